@@ -1,0 +1,16 @@
+"""cynet: a compact deep-learning framework for the CPU.
+
+Hot paths are typed Cython kernels parallelised with OpenMP (``cynet._kernels``, private); :mod:`cynet.ops` exposes
+them as plain array functions, :mod:`cynet.reference` is their NumPy twin. Threads for the kernels and for BLAS are
+controlled in one place: :func:`set_num_threads`, :func:`get_num_threads`, :func:`threads`.
+"""
+from cynet._threading import available_cpus, get_num_threads, set_num_threads, threads
+from cynet._config import show_config
+from cynet import ops, reference
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__", "available_cpus", "get_num_threads", "set_num_threads", "threads", "show_config", "ops",
+    "reference",
+]

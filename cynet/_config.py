@@ -1,0 +1,61 @@
+"""``cynet.show_config()`` / ``python -m cynet``: how this installation was built and what it will use."""
+import platform
+import sys
+
+import numpy as np
+from threadpoolctl import threadpool_info
+
+from cynet._kernels import _runtime
+from cynet._threading import available_cpus, default_num_threads, get_num_threads
+
+
+def config():
+    """The facts :func:`show_config` prints, as a dict."""
+    import cynet
+
+    blas = [
+        {
+            "library": info.get("internal_api"),
+            "version": info.get("version"),
+            "threading": info.get("threading_layer"),
+            "num_threads": info.get("num_threads"),
+            "path": info.get("filepath"),
+        }
+        for info in threadpool_info()
+        if info.get("user_api") == "blas"
+    ]
+    return {
+        "cynet": cynet.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "openmp": _runtime.openmp_enabled(),
+        "available_cpus": available_cpus(),
+        "default_threads": default_num_threads(),
+        "threads": get_num_threads(),
+        "blas": blas,
+    }
+
+
+def show_config(file=None):
+    """Print the version, whether the kernels use OpenMP, the thread counts and the BLAS in use.
+
+    Example:
+        >>> import cynet
+        >>> cynet.show_config()  # doctest: +SKIP
+        cynet 0.1.0 ...
+    """
+    c = config()
+    lines = [
+        f"cynet {c['cynet']}  (Python {c['python']}, NumPy {c['numpy']}, {c['platform']})",
+        f"OpenMP kernels : {'on' if c['openmp'] else 'OFF (serial build)'}",
+        f"threads        : {c['threads']} (default {c['default_threads']}; CPUs available {c['available_cpus']}; "
+        f"set with cynet.set_num_threads or OMP_NUM_THREADS)",
+    ]
+    if c["blas"]:
+        for b in c["blas"]:
+            lines.append(f"BLAS           : {b['library']} {b['version']} ({b['threading']} threading, "
+                         f"{b['num_threads']} threads) {b['path']}")
+    else:
+        lines.append("BLAS           : none found by threadpoolctl")
+    print("\n".join(lines), file=file or sys.stdout)

@@ -1,0 +1,28 @@
+# OpenMP shim: the kernels compile and run (serially) without OpenMP.
+#
+# With OpenMP, ``omp.h`` provides the runtime functions; without it, stand-ins report one thread. Cython's ``prange``
+# itself needs no shim: its pragmas are guarded by ``#ifdef _OPENMP`` and become plain loops in a serial build.
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define CYNET_HAVE_OPENMP 1
+    #else
+    #define CYNET_HAVE_OPENMP 0
+    static int omp_get_max_threads(void) { return 1; }
+    static int omp_get_num_procs(void) { return 1; }
+    #endif
+    """
+    bint CYNET_HAVE_OPENMP
+    int omp_get_max_threads() noexcept nogil
+    int omp_get_num_procs() noexcept nogil
+
+
+# Below this many elements an elementwise kernel runs on the calling thread: starting a parallel region costs more
+# than it saves.
+cdef enum:
+    PARALLEL_MIN_ELEMENTS = 32768
+    # Parallel chunks start on multiples of this many elements (64 bytes of float32), so every chunk but the last
+    # begins on a cache line and the threads never write the same line.
+    CHUNK_ALIGN = 16

@@ -1,0 +1,180 @@
+# Vectorisable elementary functions for the kernels.
+#
+# libm's exp/expm1/tanh are opaque calls that the compiler cannot turn into SIMD code without -ffast-math. These
+# versions are straight-line arithmetic (range reduction, a polynomial, a scale by 2**n assembled from exponent bits,
+# and selects instead of branches), so a loop calling them vectorises with the baseline instruction set.
+#
+# exp(x):   x = n*ln2 + r, |r| <= ln2/2  (n by round-to-nearest with the 1.5*2**p "magic number",
+#           ln2 split in two parts so that n*ln2_hi is exact: Cody & Waite)
+#           exp(r) = 1 + r + r*r*P(r)   (float32: Cephes' degree-5 minimax P; float64: Taylor to degree 13)
+#           exp(x) = 2**k1 * 2**k2 * exp(r) with k1 + k2 = n, so that results in the subnormal range and overflow to
+#           inf are produced by ordinary rounded multiplications.
+# expm1(x): with q = exp(r) - 1 = r + r*r*P(r):  expm1(x) = 2**n * q + (2**n - 1): exact to the last bits near 0
+#           (n = 0 gives q itself), no cancellation.
+# Measured accuracy against float64/libm: see tests/test_vecmath.py (the bound is asserted there).
+#
+# NaN propagates: the clamps are written as `x = c if x > c else x`, which leaves NaN unchanged.
+
+from libc.stdint cimport int32_t, int64_t
+from cython cimport floating
+
+cdef union _f32_bits:
+    float f
+    int32_t i
+
+cdef union _f64_bits:
+    double f
+    int64_t i
+
+
+# 2**k for an integer-valued float k in [-126, 128] (128 gives inf): the low mantissa bits of k + 1.5*2**23 hold k.
+cdef inline float exp2i_f32(float k) noexcept nogil:
+    cdef _f32_bits b
+    b.f = k + 12582912.0
+    b.i = (b.i - 0x4B400000 + 127) << 23
+    return b.f
+
+
+# 2**k for an integer-valued double k in [-1022, 1024] (1024 gives inf).
+cdef inline double exp2i_f64(double k) noexcept nogil:
+    cdef _f64_bits b
+    b.f = k + 6755399441055744.0
+    b.i = (b.i - <int64_t>0x4338000000000000 + 1023) << 52
+    return b.f
+
+
+# Round |v| < 2**22 (float32) / 2**51 (float64) to the nearest integer, ties to even, without a branch or a call.
+cdef inline float round_f32(float v) noexcept nogil:
+    return (v + <float>12582912.0) - <float>12582912.0
+
+
+cdef inline double round_f64(double v) noexcept nogil:
+    return (v + 6755399441055744.0) - 6755399441055744.0
+
+
+# q(r) = exp(r) - 1 for |r| <= ln2/2.
+cdef inline float _expm1_reduced_f32(float r) noexcept nogil:
+    cdef float p = <float>1.9875691500e-4
+    p = p * r + <float>1.3981999507e-3
+    p = p * r + <float>8.3334519073e-3
+    p = p * r + <float>4.1665795894e-2
+    p = p * r + <float>1.6666665459e-1
+    p = p * r + <float>5.0000001201e-1
+    return r + (r * r) * p
+
+
+cdef inline double _expm1_reduced_f64(double r) noexcept nogil:
+    # Taylor coefficients 1/k! for k = 2..13; the truncation error at |r| = ln2/2 is below 2**-56.
+    cdef double p = 1.0 / 6227020800.0
+    p = p * r + 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    return r + (r * r) * p
+
+
+cdef inline float exp_f32(float x) noexcept nogil:
+    cdef float n, k1, r
+    x = <float>88.8 if x > <float>88.8 else x          # exp(88.8) > FLT_MAX: inf
+    x = <float>-104.0 if x < <float>-104.0 else x      # exp(-104) < FLT_TRUE_MIN / 2: 0
+    n = round_f32(x * <float>1.44269504088896341)
+    r = x - n * <float>0.693359375
+    r = r - n * <float>-2.12194440e-4
+    k1 = round_f32(n * <float>0.5)
+    return ((<float>1.0 + _expm1_reduced_f32(r)) * exp2i_f32(k1)) * exp2i_f32(n - k1)
+
+
+cdef inline double exp_f64(double x) noexcept nogil:
+    cdef double n, k1, r
+    x = 709.9 if x > 709.9 else x                      # exp(709.9) > DBL_MAX: inf
+    x = -746.0 if x < -746.0 else x                    # exp(-746) < DBL_TRUE_MIN / 2: 0
+    n = round_f64(x * 1.4426950408889634074)
+    r = x - n * 6.93145751953125e-1
+    r = r - n * 1.42860682030941723212e-6
+    k1 = round_f64(n * 0.5)
+    return ((1.0 + _expm1_reduced_f64(r)) * exp2i_f64(k1)) * exp2i_f64(n - k1)
+
+
+# expm1 for x <= 88 (float32) / 709 (float64); larger x saturate at expm1(88) / expm1(709) (finite).
+cdef inline float expm1_f32(float x) noexcept nogil:
+    cdef float n, r, s
+    x = <float>88.0 if x > <float>88.0 else x
+    x = <float>-87.0 if x < <float>-87.0 else x        # expm1(-87) == -1 in float32
+    n = round_f32(x * <float>1.44269504088896341)
+    r = x - n * <float>0.693359375
+    r = r - n * <float>-2.12194440e-4
+    s = exp2i_f32(n)
+    return s * _expm1_reduced_f32(r) + (s - <float>1.0)
+
+
+cdef inline double expm1_f64(double x) noexcept nogil:
+    cdef double n, r, s
+    x = 709.0 if x > 709.0 else x
+    x = -740.0 if x < -740.0 else x                    # expm1(-740) == -1 in float64
+    n = round_f64(x * 1.4426950408889634074)
+    r = x - n * 6.93145751953125e-1
+    r = r - n * 1.42860682030941723212e-6
+    s = exp2i_f64(n)
+    return s * _expm1_reduced_f64(r) + (s - 1.0)
+
+
+# --- fused front ends: one name per function for the kernels written over cython.floating -------------------------
+
+cdef inline floating vexp(floating x) noexcept nogil:
+    if floating is float:
+        return exp_f32(x)
+    else:
+        return exp_f64(x)
+
+
+cdef inline floating vexpm1(floating x) noexcept nogil:
+    if floating is float:
+        return expm1_f32(x)
+    else:
+        return expm1_f64(x)
+
+
+# sigmoid(x) = 1 / (1 + exp(-x)), evaluated as e / (1 + e) with e = exp(-|x|) for x < 0 so that neither branch
+# overflows and the tiny values for very negative x keep their relative accuracy.
+cdef inline floating vsigmoid(floating x) noexcept nogil:
+    cdef floating ax = -x if x < 0 else x
+    cdef floating e = vexp(-ax)
+    cdef floating s = <floating>1.0 / (<floating>1.0 + e)
+    return e * s if x < 0 else s
+
+
+# tanh(x) = sign(x) * e / (e + 2) with e = expm1(2|x|): no cancellation near 0, exactly +-1 for large |x|.
+cdef inline floating vtanh(floating x) noexcept nogil:
+    cdef floating ax = -x if x < 0 else x
+    cdef floating e, t
+    if floating is float:
+        ax = <float>44.0 if ax > <float>44.0 else ax   # tanh(44) rounds to 1; expm1(88) is still finite
+    else:
+        ax = 354.0 if ax > 354.0 else ax
+    e = vexpm1(ax + ax)
+    t = e / (e + <floating>2.0)
+    return -t if x < 0 else t
+
+
+# erfc(z) for z >= 0 with relative error below 1.2e-7 everywhere (Numerical Recipes' Chebyshev fit, "erfcc"),
+# evaluated in double precision: accurate to about 2 ulp once rounded to float32. Used by the float32 GELU.
+cdef inline double erfc_nonneg_f32acc(double z) noexcept nogil:
+    cdef double t = 1.0 / (1.0 + 0.5 * z)
+    cdef double p = 0.17087277
+    p = p * t - 0.82215223
+    p = p * t + 1.48851587
+    p = p * t - 1.13520398
+    p = p * t + 0.27886807
+    p = p * t - 0.18628806
+    p = p * t + 0.09678418
+    p = p * t + 0.37409196
+    p = p * t + 1.00002368
+    p = p * t - 1.26551223
+    return t * exp_f64(p - z * z)

@@ -1,0 +1,320 @@
+"""Elementwise activation kernels: forward and backward of sigmoid, tanh, ReLU, Leaky ReLU, ELU, SELU, GELU (erf and
+tanh forms) and SiLU, plus PReLU (with the reduction for dalpha).
+
+Private: only ``cynet.ops`` calls these. Contract of every kernel here:
+- arrays are C-contiguous memoryviews of one floating type (float32 or float64), already validated by the caller;
+- outputs are allocated by the caller and may alias an input of the same shape (in-place);
+- no allocation, no exception, no Python object inside: the GIL is released for the whole computation;
+- the result does not depend on ``n_threads`` (elementwise maps trivially; reductions sum fixed chunks in a fixed
+  order).
+
+Elementwise kernels split the flat index range in ``n_threads`` contiguous chunks (serially below
+PARALLEL_MIN_ELEMENTS); each chunk is one plain loop over pointers that the compiler vectorises.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport erfc
+
+from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS, CHUNK_ALIGN
+from cynet._kernels._vecmath cimport vexp, vexpm1, vsigmoid, vtanh, exp_f64, erfc_nonneg_f32acc
+
+
+cpdef enum Activation:
+    SIGMOID = 0
+    TANH = 1
+    RELU = 2
+    LEAKY_RELU = 3
+    ELU = 4
+    SELU = 5
+    GELU_ERF = 6
+    GELU_TANH = 7
+    SILU = 8
+
+
+# SELU constants (Klambauer et al., 2017): lambda and alpha to the precision of float64.
+cdef double SELU_SCALE = 1.0507009873554804934193349852946
+cdef double SELU_ALPHA = 1.6732632423543772848170429916717
+cdef double SQRT_2_OVER_PI = 0.79788456080286535587989211986876   # sqrt(2/pi), GELU tanh form
+cdef double GELU_TANH_CUBIC = 0.044715
+cdef double INV_SQRT_2 = 0.70710678118654752440084436210485
+cdef double INV_SQRT_2PI = 0.39894228040143267793994605993438     # 1/sqrt(2*pi), the standard normal density at 0
+
+SELU_SCALE_PY = SELU_SCALE
+SELU_ALPHA_PY = SELU_ALPHA
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# GELU, erf form: y = x * Phi(x) = 0.5 * x * erfc(-x / sqrt(2)); dy/dx = Phi(x) + x * phi(x), phi(x) = exp(-x^2/2)/sqrt(2pi)
+# Phi is written with erfc so that the left tail (x << 0) keeps its relative accuracy. float32 evaluates it in double
+# with a 1.2e-7-relative approximation (vectorisable); float64 calls libm's erfc (exact to an ulp, scalar).
+
+cdef inline floating _std_normal_cdf(floating x) noexcept nogil:
+    cdef double z, e
+    if floating is float:
+        z = -<double>x * INV_SQRT_2
+        e = erfc_nonneg_f32acc(-z if z < 0 else z)
+        return <float>(0.5 * (e if z >= 0 else 2.0 - e))
+    else:
+        return 0.5 * erfc(-x * INV_SQRT_2)
+
+
+cdef inline floating _std_normal_pdf(floating x) noexcept nogil:
+    if floating is float:
+        return <float>(INV_SQRT_2PI * exp_f64(-0.5 * <double>x * <double>x))
+    else:
+        return INV_SQRT_2PI * exp_f64(-0.5 * x * x)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One contiguous block of an elementwise forward: y[i] = f(x[i]) for i < n.
+# `a` is the op's parameter (Leaky ReLU negative_slope, ELU alpha); unused otherwise.
+
+cdef void _forward_block(int op, const floating* x, floating* y, Py_ssize_t n, floating a) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating v, u
+    cdef floating selu_scale = <floating>SELU_SCALE
+    cdef floating selu_scale_alpha = <floating>(SELU_SCALE * SELU_ALPHA)
+    cdef floating two_c = <floating>(2.0 * SQRT_2_OVER_PI)
+    cdef floating cubic = <floating>GELU_TANH_CUBIC
+    if op == SIGMOID:
+        # y = 1 / (1 + exp(-x))
+        for i in range(n):
+            y[i] = vsigmoid(x[i])
+    elif op == TANH:
+        # y = tanh(x)
+        for i in range(n):
+            y[i] = vtanh(x[i])
+    elif op == RELU:
+        # y = max(x, 0)  (NaN propagates)
+        for i in range(n):
+            v = x[i]
+            y[i] = 0 if v < 0 else v
+    elif op == LEAKY_RELU:
+        # y = x if x > 0 else a * x
+        for i in range(n):
+            v = x[i]
+            y[i] = v if v > 0 else a * v
+    elif op == ELU:
+        # y = x if x > 0 else a * (exp(x) - 1)
+        for i in range(n):
+            v = x[i]
+            u = a * vexpm1(v)
+            y[i] = v if v > 0 else u
+    elif op == SELU:
+        # y = lambda * x if x > 0 else lambda * alpha * (exp(x) - 1)
+        for i in range(n):
+            v = x[i]
+            u = selu_scale_alpha * vexpm1(v)
+            y[i] = selu_scale * v if v > 0 else u
+    elif op == GELU_ERF:
+        # y = x * Phi(x)
+        for i in range(n):
+            v = x[i]
+            y[i] = v * _std_normal_cdf(v)
+    elif op == GELU_TANH:
+        # y = 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3); 0.5 (1 + tanh(u)) = sigmoid(2u) exactly,
+        # which keeps the left tail accurate.
+        for i in range(n):
+            v = x[i]
+            y[i] = v * vsigmoid(two_c * (v + cubic * v * v * v))
+    elif op == SILU:
+        # y = x * sigmoid(x)
+        for i in range(n):
+            v = x[i]
+            y[i] = v * vsigmoid(v)
+
+
+# One contiguous block of an elementwise backward: dx[i] = dout[i] * f'(.) from the cheapest saved tensor `s`:
+# the output y for sigmoid, tanh, ReLU, ELU and SELU; the input x for Leaky ReLU, GELU and SiLU.
+
+cdef void _backward_block(int op, const floating* dout, const floating* s, floating* dx, Py_ssize_t n,
+                          floating a) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating v, g, t
+    cdef floating selu_scale = <floating>SELU_SCALE
+    cdef floating selu_scale_alpha = <floating>(SELU_SCALE * SELU_ALPHA)
+    cdef floating two_c = <floating>(2.0 * SQRT_2_OVER_PI)
+    cdef floating cubic = <floating>GELU_TANH_CUBIC
+    cdef floating cubic3 = <floating>(3.0 * GELU_TANH_CUBIC)
+    if op == SIGMOID:
+        # dx = dout * y * (1 - y)
+        for i in range(n):
+            v = s[i]
+            dx[i] = dout[i] * (v * (1 - v))
+    elif op == TANH:
+        # dx = dout * (1 - y^2)
+        for i in range(n):
+            v = s[i]
+            dx[i] = dout[i] * (1 - v * v)
+    elif op == RELU:
+        # dx = dout if y > 0 else 0   (y > 0 exactly when x > 0, so the input works as well)
+        for i in range(n):
+            dx[i] = dout[i] if s[i] > 0 else 0
+    elif op == LEAKY_RELU:
+        # dx = dout if x > 0 else a * dout
+        for i in range(n):
+            g = dout[i]
+            dx[i] = g if s[i] > 0 else a * g
+    elif op == ELU:
+        # dx = dout if y > 0 else dout * (y + a)       (for x <= 0: d/dx a (e^x - 1) = a e^x = y + a)
+        for i in range(n):
+            v = s[i]
+            g = dout[i]
+            dx[i] = g if v > 0 else g * (v + a)
+    elif op == SELU:
+        # dx = lambda * dout if y > 0 else dout * (y + lambda * alpha)
+        for i in range(n):
+            v = s[i]
+            g = dout[i]
+            dx[i] = selu_scale * g if v > 0 else g * (v + selu_scale_alpha)
+    elif op == GELU_ERF:
+        # dx = dout * (Phi(x) + x phi(x))
+        for i in range(n):
+            v = s[i]
+            dx[i] = dout[i] * (_std_normal_cdf(v) + v * _std_normal_pdf(v))
+    elif op == GELU_TANH:
+        # y = x sigma(w), w = 2c (x + k x^3):  dx = dout * (sigma + x sigma (1 - sigma) 2c (1 + 3k x^2))
+        for i in range(n):
+            v = s[i]
+            t = vsigmoid(two_c * (v + cubic * v * v * v))
+            dx[i] = dout[i] * (t + v * t * (1 - t) * two_c * (1 + cubic3 * v * v))
+    elif op == SILU:
+        # dx = dout * sigma(x) (1 + x (1 - sigma(x)))
+        for i in range(n):
+            v = s[i]
+            t = vsigmoid(v)
+            dx[i] = dout[i] * (t * (1 + v * (1 - t)))
+
+
+cdef inline Py_ssize_t _chunk_length(Py_ssize_t n, int n_threads) noexcept nogil:
+    """Elements per chunk: all of them (one serial chunk) when n is small or one thread is asked for; otherwise an
+    equal share per thread, rounded up to CHUNK_ALIGN."""
+    if n_threads <= 1 or n < PARALLEL_MIN_ELEMENTS:
+        return n if n > 0 else 1
+    return ((n + n_threads - 1) // n_threads + CHUNK_ALIGN - 1) // CHUNK_ALIGN * CHUNK_ALIGN
+
+
+def elementwise_forward(int op, const floating[::1] x, floating[::1] y, double a, int n_threads):
+    """y = f_op(x) over flat contiguous arrays of equal length."""
+    cdef Py_ssize_t n = x.shape[0]
+    cdef Py_ssize_t chunk = _chunk_length(n, n_threads)
+    cdef Py_ssize_t n_chunks = (n + chunk - 1) // chunk
+    cdef Py_ssize_t c, lo
+    if n == 0:
+        return
+    with nogil:
+        if n_chunks == 1:
+            _forward_block(op, &x[0], &y[0], n, <floating>a)
+        else:
+            for c in prange(n_chunks, schedule='static', num_threads=n_threads):
+                lo = c * chunk
+                _forward_block(op, &x[lo], &y[lo], min(chunk, n - lo), <floating>a)
+
+
+def elementwise_backward(int op, const floating[::1] dout, const floating[::1] saved, floating[::1] dx, double a,
+                         int n_threads):
+    """dx = dout * f_op'(saved) over flat contiguous arrays of equal length."""
+    cdef Py_ssize_t n = dout.shape[0]
+    cdef Py_ssize_t chunk = _chunk_length(n, n_threads)
+    cdef Py_ssize_t n_chunks = (n + chunk - 1) // chunk
+    cdef Py_ssize_t c, lo
+    if n == 0:
+        return
+    with nogil:
+        if n_chunks == 1:
+            _backward_block(op, &dout[0], &saved[0], &dx[0], n, <floating>a)
+        else:
+            for c in prange(n_chunks, schedule='static', num_threads=n_threads):
+                lo = c * chunk
+                _backward_block(op, &dout[lo], &saved[lo], &dx[lo], min(chunk, n - lo), <floating>a)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# PReLU: y = x if x > 0 else alpha_c * x, with alpha_c the slope of x's channel.
+#   dx = dout if x > 0 else alpha_c * dout;   dalpha_c = sum over x's elements of channel c with x <= 0 of dout * x
+#
+# Two layouts cover every case without strided access:
+# - "rows":   x (M, C), channel along the contiguous axis (per-channel PReLU on (N, C) input);
+# - "planes": x (P, C, S), channel constant along the contiguous axis of length S (per-channel PReLU on (N, C, H, W);
+#             a shared alpha is C = 1).
+# dalpha: the leading axis is cut into `partials.shape[0]` fixed chunks (a number chosen by the caller from the shape
+# only); each chunk sums into its own row of `partials` (float64), then the rows are added in order. The answer is
+# therefore the same for every thread count.
+
+cdef inline Py_ssize_t _chunk_start(Py_ssize_t k, Py_ssize_t n_chunks, Py_ssize_t m) noexcept nogil:
+    return (k * m) // n_chunks
+
+
+def prelu_forward_rows(const floating[:, ::1] x, const floating[::1] alpha, floating[:, ::1] y, int n_threads):
+    cdef Py_ssize_t m = x.shape[0], C = x.shape[1], i, j
+    cdef int nt = 1 if m * C < PARALLEL_MIN_ELEMENTS else n_threads
+    cdef floating v
+    with nogil:
+        for i in prange(m, schedule='static', num_threads=nt):
+            for j in range(C):
+                v = x[i, j]
+                y[i, j] = v if v > 0 else alpha[j] * v
+
+
+def prelu_forward_planes(const floating[:, :, ::1] x, const floating[::1] alpha, floating[:, :, ::1] y,
+                         int n_threads):
+    cdef Py_ssize_t P = x.shape[0], C = x.shape[1], S = x.shape[2], p, c, s
+    cdef int nt = 1 if P * C * S < PARALLEL_MIN_ELEMENTS else n_threads
+    cdef floating v, a
+    with nogil:
+        for p in prange(P, schedule='static', num_threads=nt):
+            for c in range(C):
+                a = alpha[c]
+                for s in range(S):
+                    v = x[p, c, s]
+                    y[p, c, s] = v if v > 0 else a * v
+
+
+def prelu_backward_rows(const floating[:, ::1] dout, const floating[:, ::1] x, const floating[::1] alpha,
+                        floating[:, ::1] dx, double[:, ::1] partials, floating[::1] dalpha, int n_threads):
+    cdef Py_ssize_t m = x.shape[0], C = x.shape[1], K = partials.shape[0], k, i, j
+    cdef int nt = 1 if m * C < PARALLEL_MIN_ELEMENTS else n_threads
+    cdef floating v, g
+    cdef double acc
+    with nogil:
+        for k in prange(K, schedule='static', num_threads=nt):
+            for j in range(C):
+                partials[k, j] = 0
+            for i in range(_chunk_start(k, K, m), _chunk_start(k + 1, K, m)):
+                for j in range(C):
+                    v = x[i, j]
+                    g = dout[i, j]
+                    dx[i, j] = g if v > 0 else alpha[j] * g
+                    partials[k, j] += 0.0 if v > 0 else <double>g * <double>v
+        for j in range(C):
+            acc = 0
+            for k in range(K):
+                acc += partials[k, j]
+            dalpha[j] = <floating>acc
+
+
+def prelu_backward_planes(const floating[:, :, ::1] dout, const floating[:, :, ::1] x, const floating[::1] alpha,
+                          floating[:, :, ::1] dx, double[:, ::1] partials, floating[::1] dalpha, int n_threads):
+    cdef Py_ssize_t P = x.shape[0], C = x.shape[1], S = x.shape[2], K = partials.shape[0], k, p, c, s
+    cdef int nt = 1 if P * C * S < PARALLEL_MIN_ELEMENTS else n_threads
+    cdef floating v, g, a
+    cdef double acc
+    with nogil:
+        for k in prange(K, schedule='static', num_threads=nt):
+            for c in range(C):
+                partials[k, c] = 0
+            for p in range(_chunk_start(k, K, P), _chunk_start(k + 1, K, P)):
+                for c in range(C):
+                    a = alpha[c]
+                    acc = 0
+                    for s in range(S):
+                        v = x[p, c, s]
+                        g = dout[p, c, s]
+                        dx[p, c, s] = g if v > 0 else a * g
+                        acc = acc + (0.0 if v > 0 else <double>g * <double>v)
+                    partials[k, c] += acc
+        for c in range(C):
+            acc = 0
+            for k in range(K):
+                acc += partials[k, c]
+            dalpha[c] = <floating>acc

@@ -1,0 +1,56 @@
+"""Input and output checks shared by every op: clear errors that name the op and the shapes, never a crash.
+
+The kernels accept exactly one thing: C-contiguous float32 or float64 arrays of agreeing shapes, outputs writable.
+These helpers turn everything a user may pass into that, or raise:
+
+- a non-floating dtype (int, bool, complex, object) is a ``TypeError``;
+- mismatched shapes are a ``ValueError``; mismatched dtypes between arrays of one call are a ``TypeError``;
+- non-contiguous or read-only inputs are accepted (non-contiguous ones are copied once);
+- ``out=`` must already be right (shape, dtype, C-contiguous, writable): it is never silently replaced.
+"""
+import numpy as np
+
+KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def describe(a):
+    """``float32 array of shape (2, 3)``: how errors show an array."""
+    return f"{a.dtype} array of shape {tuple(a.shape)}"
+
+
+def as_float_array(op, name, a):
+    """``a`` as a C-contiguous floating ndarray (copying only when it is not contiguous); TypeError otherwise."""
+    a = np.asarray(a)
+    if a.dtype.kind != "f":
+        raise TypeError(f"{op}: {name} must be a floating-point array (float32 or float64), got {describe(a)}")
+    return np.ascontiguousarray(a)
+
+
+def same_layout(op, names, arrays):
+    """Check that all arrays share the first one's shape and dtype."""
+    first = arrays[0]
+    for name, a in zip(names[1:], arrays[1:]):
+        if a.dtype != first.dtype:
+            raise TypeError(f"{op}: {names[0]} and {name} must have the same dtype, got {describe(first)} and "
+                            f"{describe(a)}")
+        if a.shape != first.shape:
+            raise ValueError(f"{op}: {names[0]} and {name} must have the same shape, got {describe(first)} and "
+                             f"{describe(a)}")
+
+
+def output(op, out, shape, dtype, name="out"):
+    """A fresh array of ``shape``/``dtype``, or ``out`` after checking it can receive the result."""
+    shape = tuple(shape)
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"{op}: {name} must have dtype {np.dtype(dtype)}, got {describe(out)}")
+    if out.shape != shape:
+        raise ValueError(f"{op}: {name} must have shape {shape}, got {describe(out)}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{op}: {name} must be C-contiguous, got a strided {describe(out)}")
+    if not out.flags.writeable:
+        raise ValueError(f"{op}: {name} is read-only ({describe(out)})")
+    return out

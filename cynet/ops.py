@@ -1,0 +1,506 @@
+"""Stateless array ops over cynet's Cython kernels: one plain function per forward and per backward.
+
+Every function validates its arrays (floating dtype, agreeing shapes and dtypes, a usable ``out=``), allocates the
+output when none is given, resolves the thread count (:func:`cynet.get_num_threads`) and calls the kernel with the
+GIL released. float32 and float64 run the compiled kernels; other floating dtypes (float16, longdouble) fall back to
+:mod:`cynet.reference`, which has the same signatures. Inputs may be non-contiguous (copied once) or read-only;
+``out`` may be the input itself for an in-place update.
+
+Each backward takes the cheapest tensor saved by the forward:
+
+=========================  ================  ==========================================
+op                         backward needs    derivative
+=========================  ================  ==========================================
+sigmoid                    output y          y (1 - y)
+tanh                       output y          1 - y^2
+relu                       output y (or x)   1[y > 0]
+leaky_relu                 input x           1 if x > 0 else negative_slope
+prelu                      input x           as leaky_relu per channel; dalpha = sum dout*x over x <= 0
+elu                        output y          1 if y > 0 else y + alpha
+selu                       output y          lambda if y > 0 else y + lambda*alpha
+gelu                       input x           Phi(x) + x phi(x)   (or its tanh-form counterpart)
+silu                       input x           s (1 + x (1 - s)),  s = sigmoid(x)
+maxout                     winning indices   1 for the winning piece, 0 for the others
+=========================  ================  ==========================================
+"""
+import numpy as np
+
+from cynet import reference
+from cynet._kernels import activations as _act
+from cynet._kernels import maxout as _maxout
+from cynet._threading import get_num_threads
+from cynet._validation import KERNEL_DTYPES, as_float_array, describe, output, same_layout
+
+__all__ = list(reference.__all__)
+
+SELU_SCALE = reference.SELU_SCALE
+SELU_ALPHA = reference.SELU_ALPHA
+
+# PReLU's dalpha is summed over this many fixed chunks of the leading axis (at most), whatever the thread count.
+_PRELU_REDUCTION_CHUNKS = 64
+
+
+def _forward(op, code, x, out, param, fallback):
+    x = as_float_array(op, "x", x)
+    if x.dtype not in KERNEL_DTYPES:
+        return fallback(x, out)
+    y = output(op, out, x.shape, x.dtype)
+    _act.elementwise_forward(code, x.reshape(-1), y.reshape(-1), float(param), get_num_threads())
+    return y
+
+
+def _backward(op, code, dout, saved, saved_name, out, param, fallback):
+    dout = as_float_array(op, "dout", dout)
+    saved = as_float_array(op, saved_name, saved)
+    same_layout(op, ("dout", saved_name), (dout, saved))
+    if dout.dtype not in KERNEL_DTYPES:
+        return fallback(dout, saved, out)
+    dx = output(op, out, dout.shape, dout.dtype)
+    _act.elementwise_backward(code, dout.reshape(-1), saved.reshape(-1), dx.reshape(-1), float(param),
+                              get_num_threads())
+    return dx
+
+
+def _finite_number(op, name, value):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: {name} must be a real number, got {value!r}") from None
+    if not np.isfinite(value):
+        raise ValueError(f"{op}: {name} must be finite, got {value}")
+    return value
+
+
+# --- sigmoid / tanh --------------------------------------------------------------------------------------------------
+def sigmoid_forward(x, *, out=None):
+    r"""Logistic sigmoid, :math:`y = \sigma(x) = 1 / (1 + e^{-x})`, never overflowing for large :math:`|x|`.
+
+    Args:
+        x (array_like): input, float32 or float64 (other floating dtypes use the NumPy reference).
+        out (ndarray, optional): receives y; same shape and dtype as x, C-contiguous; may be x itself.
+
+    Shape: any; y has x's shape.
+
+    Example:
+        >>> import numpy as np, cynet
+        >>> cynet.ops.sigmoid_forward(np.array([0.0, 2.0], np.float32))
+        array([0.5      , 0.8807971], dtype=float32)
+    """
+    return _forward("sigmoid_forward", _act.SIGMOID, x, out, 0.0,
+                    lambda x, out: reference.sigmoid_forward(x, out=out))
+
+
+def sigmoid_backward(dout, y, *, out=None):
+    r"""Gradient of the sigmoid from its output: :math:`dx = dout \cdot y (1 - y)`.
+
+    Args:
+        dout (array_like): gradient of the loss with respect to y.
+        y (array_like): the forward's output, same shape and dtype as dout.
+        out (ndarray, optional): receives dx.
+
+    Shape: dout, y and dx share one shape.
+    """
+    return _backward("sigmoid_backward", _act.SIGMOID, dout, y, "y", out, 0.0,
+                     lambda dout, y, out: reference.sigmoid_backward(dout, y, out=out))
+
+
+def tanh_forward(x, *, out=None):
+    r"""Hyperbolic tangent, :math:`y = \tanh x`, accurate near 0 and exactly :math:`\pm 1` for large :math:`|x|`.
+
+    Args:
+        x (array_like): input, float32 or float64.
+        out (ndarray, optional): receives y.
+
+    Shape: any; y has x's shape.
+
+    Example:
+        >>> import numpy as np, cynet
+        >>> cynet.ops.tanh_forward(np.array([0.0, 100.0]))
+        array([0., 1.])
+    """
+    return _forward("tanh_forward", _act.TANH, x, out, 0.0, lambda x, out: reference.tanh_forward(x, out=out))
+
+
+def tanh_backward(dout, y, *, out=None):
+    r"""Gradient of tanh from its output: :math:`dx = dout \cdot (1 - y^2)`.
+
+    Shape: dout, y and dx share one shape.
+    """
+    return _backward("tanh_backward", _act.TANH, dout, y, "y", out, 0.0,
+                     lambda dout, y, out: reference.tanh_backward(dout, y, out=out))
+
+
+# --- ReLU family -----------------------------------------------------------------------------------------------------
+def relu_forward(x, *, out=None):
+    r"""Rectified linear unit, :math:`y = \max(x, 0)` (NaN propagates).
+
+    Args:
+        x (array_like): input, float32 or float64.
+        out (ndarray, optional): receives y; may be x for an in-place ReLU.
+
+    Shape: any; y has x's shape.
+
+    Example:
+        >>> import numpy as np, cynet
+        >>> cynet.ops.relu_forward(np.array([-1.0, 2.0], np.float32))
+        array([0., 2.], dtype=float32)
+    """
+    return _forward("relu_forward", _act.RELU, x, out, 0.0, lambda x, out: reference.relu_forward(x, out=out))
+
+
+def relu_backward(dout, y, *, out=None):
+    r"""Gradient of ReLU: :math:`dx = dout \cdot 1[y > 0]`. Since :math:`y > 0 \iff x > 0`, the input works too.
+
+    Shape: dout, y and dx share one shape.
+    """
+    return _backward("relu_backward", _act.RELU, dout, y, "y", out, 0.0,
+                     lambda dout, y, out: reference.relu_backward(dout, y, out=out))
+
+
+def leaky_relu_forward(x, negative_slope=0.01, *, out=None):
+    r"""Leaky ReLU, :math:`y = x` if :math:`x > 0` else :math:`\text{negative\_slope} \cdot x`.
+
+    Args:
+        x (array_like): input, float32 or float64.
+        negative_slope (float): slope for negative inputs. Default: 0.01.
+        out (ndarray, optional): receives y.
+
+    Shape: any; y has x's shape.
+
+    Example:
+        >>> import numpy as np, cynet
+        >>> cynet.ops.leaky_relu_forward(np.array([-2.0, 3.0]), negative_slope=0.1)
+        array([-0.2,  3. ])
+    """
+    slope = _finite_number("leaky_relu_forward", "negative_slope", negative_slope)
+    return _forward("leaky_relu_forward", _act.LEAKY_RELU, x, out, slope,
+                    lambda x, out: reference.leaky_relu_forward(x, slope, out=out))
+
+
+def leaky_relu_backward(dout, x, negative_slope=0.01, *, out=None):
+    r"""Gradient of Leaky ReLU from its input: :math:`dx = dout` if :math:`x > 0` else
+    :math:`\text{negative\_slope} \cdot dout`.
+
+    Shape: dout, x and dx share one shape.
+    """
+    slope = _finite_number("leaky_relu_backward", "negative_slope", negative_slope)
+    return _backward("leaky_relu_backward", _act.LEAKY_RELU, dout, x, "x", out, slope,
+                     lambda dout, x, out: reference.leaky_relu_backward(dout, x, slope, out=out))
+
+
+# --- PReLU -----------------------------------------------------------------------------------------------------------
+def _prelu_inputs(op, x, alpha):
+    """Validate PReLU's x and alpha; return x, alpha (as x's dtype, contiguous, 1-D) and the kernel layout."""
+    x = as_float_array(op, "x", x)
+    alpha_in = np.asarray(alpha)
+    if alpha_in.dtype.kind != "f":
+        raise TypeError(f"{op}: alpha must be floating-point, got {describe(alpha_in)}")
+    alpha_flat = np.ascontiguousarray(alpha_in, dtype=x.dtype).reshape(-1)
+    if alpha_flat.size == 1:
+        layout = "shared"
+    elif x.ndim >= 2 and alpha_flat.size == x.shape[1]:
+        layout = "rows" if x.ndim == 2 else "planes"
+    else:
+        raise ValueError(f"{op}: alpha must hold 1 value (shared) or one per channel of axis 1 of x; got alpha of "
+                         f"shape {tuple(alpha_in.shape)} for x of shape {tuple(x.shape)}")
+    return x, alpha_in, alpha_flat, layout
+
+
+def _prelu_planes_view(a, layout):
+    """(P, C, S) view of x-shaped ``a``: the channel axis in the middle (C = 1 for a shared alpha)."""
+    if layout == "shared":
+        lead = a.shape[0] if a.ndim >= 1 and a.shape[0] > 0 else 1
+        return a.reshape(lead, 1, -1)
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def prelu_forward(x, alpha, *, out=None):
+    r"""Parametric ReLU (He et al., 2015): :math:`y = x` if :math:`x > 0` else :math:`\alpha_c x`.
+
+    Args:
+        x (array_like): input, float32 or float64.
+        alpha (array_like): one slope shared by all elements (shape () or (1,)), or one per channel of axis 1
+            (shape (C,) with C = x.shape[1]).
+        out (ndarray, optional): receives y.
+
+    Shape: x is (N, C, *) for per-channel slopes, anything for a shared one; y has x's shape.
+
+    Example:
+        >>> import numpy as np, cynet
+        >>> x = np.array([[-1.0, -1.0], [2.0, -4.0]], np.float32)
+        >>> cynet.ops.prelu_forward(x, np.array([0.25, 0.5], np.float32))
+        array([[-0.25, -0.5 ],
+               [ 2.  , -2.  ]], dtype=float32)
+    """
+    op = "prelu_forward"
+    x, _, alpha_flat, layout = _prelu_inputs(op, x, alpha)
+    if x.dtype not in KERNEL_DTYPES:
+        return reference.prelu_forward(x, alpha_flat, out=out)
+    y = output(op, out, x.shape, x.dtype)
+    if x.size:
+        if layout == "rows":
+            _act.prelu_forward_rows(x, alpha_flat, y, get_num_threads())
+        else:
+            _act.prelu_forward_planes(_prelu_planes_view(x, layout), alpha_flat, _prelu_planes_view(y, layout),
+                                      get_num_threads())
+    return y
+
+
+def prelu_backward(dout, x, alpha, *, out=None, alpha_grad_out=None):
+    r"""Gradients of PReLU: :math:`dx = dout` if :math:`x > 0` else :math:`\alpha_c \, dout`, and
+    :math:`d\alpha_c = \sum_{x_i \le 0,\ i \in c} dout_i \, x_i`.
+
+    dalpha is accumulated in float64 over fixed chunks added in a fixed order: bit-identical for any thread count.
+
+    Args:
+        dout (array_like): gradient with respect to y.
+        x (array_like): the forward's input.
+        alpha (array_like): the slopes used in the forward.
+        out (ndarray, optional): receives dx.
+        alpha_grad_out (ndarray, optional): receives dalpha (alpha's shape, x's dtype).
+
+    Returns:
+        (dx, dalpha): dx has x's shape, dalpha has alpha's shape.
+    """
+    op = "prelu_backward"
+    x, alpha_in, alpha_flat, layout = _prelu_inputs(op, x, alpha)
+    dout = as_float_array(op, "dout", dout)
+    same_layout(op, ("dout", "x"), (dout, x))
+    if x.dtype not in KERNEL_DTYPES:
+        return reference.prelu_backward(dout, x, alpha_flat.reshape(alpha_in.shape), out=out,
+                                        alpha_grad_out=alpha_grad_out)
+    dx = output(op, out, x.shape, x.dtype)
+    dalpha = output(op, alpha_grad_out, alpha_in.shape, x.dtype, name="alpha_grad_out")
+    dalpha_flat = dalpha.reshape(-1)
+    if x.size == 0:
+        dalpha_flat[...] = 0
+        return dx, dalpha
+    if layout == "rows":
+        views = (dout, x, dx)
+    else:
+        views = tuple(_prelu_planes_view(a, layout) for a in (dout, x, dx))
+    chunks = min(views[1].shape[0], _PRELU_REDUCTION_CHUNKS)
+    partials = np.empty((chunks, alpha_flat.size), dtype=np.float64)
+    kernel = _act.prelu_backward_rows if layout == "rows" else _act.prelu_backward_planes
+    kernel(views[0], views[1], alpha_flat, views[2], partials, dalpha_flat, get_num_threads())
+    return dx, dalpha
+
+
+# --- exponential linear units ----------------------------------------------------------------------------------------
+def _elu_alpha(op, alpha):
+    alpha = _finite_number(op, "alpha", alpha)
+    if alpha < 0:
+        raise ValueError(f"{op}: alpha must be >= 0 (the backward reads the sign of the output), got {alpha}")
+    return alpha
+
+
+def elu_forward(x, alpha=1.0, *, out=None):
+    r"""Exponential linear unit (Clevert et al., 2015): :math:`y = x` if :math:`x > 0` else
+    :math:`\alpha (e^x - 1)`, with :math:`e^x - 1` evaluated without cancellation near 0.
+
+    Args:
+        x (array_like): input, float32 or float64.
+        alpha (float): saturation value for negative inputs, >= 0. Default: 1.0.
+        out (ndarray, optional): receives y.
+
+    Shape: any; y has x's shape.
+
+    Example:
+        >>> import numpy as np, cynet
+        >>> cynet.ops.elu_forward(np.array([-50.0, 1.5]))
+        array([-1. ,  1.5])
+    """
+    alpha = _elu_alpha("elu_forward", alpha)
+    return _forward("elu_forward", _act.ELU, x, out, alpha, lambda x, out: reference.elu_forward(x, alpha, out=out))
+
+
+def elu_backward(dout, y, alpha=1.0, *, out=None):
+    r"""Gradient of ELU from its output: :math:`dx = dout` if :math:`y > 0` else :math:`dout \cdot (y + \alpha)`.
+
+    Shape: dout, y and dx share one shape.
+    """
+    alpha = _elu_alpha("elu_backward", alpha)
+    return _backward("elu_backward", _act.ELU, dout, y, "y", out, alpha,
+                     lambda dout, y, out: reference.elu_backward(dout, y, alpha, out=out))
+
+
+def selu_forward(x, *, out=None):
+    r"""Scaled ELU (Klambauer et al., 2017): :math:`y = \lambda x` if :math:`x > 0` else
+    :math:`\lambda \alpha (e^x - 1)`, with :math:`\lambda \approx 1.0507`, :math:`\alpha \approx 1.6733`.
+
+    Shape: any; y has x's shape.
+
+    Example:
+        >>> import numpy as np, cynet
+        >>> cynet.ops.selu_forward(np.array([1.0]))
+        array([1.05070099])
+    """
+    return _forward("selu_forward", _act.SELU, x, out, 0.0, lambda x, out: reference.selu_forward(x, out=out))
+
+
+def selu_backward(dout, y, *, out=None):
+    r"""Gradient of SELU from its output: :math:`dx = \lambda\,dout` if :math:`y > 0` else
+    :math:`dout \cdot (y + \lambda \alpha)`.
+
+    Shape: dout, y and dx share one shape.
+    """
+    return _backward("selu_backward", _act.SELU, dout, y, "y", out, 0.0,
+                     lambda dout, y, out: reference.selu_backward(dout, y, out=out))
+
+
+# --- GELU and SiLU ---------------------------------------------------------------------------------------------------
+def _gelu_code(op, approximate):
+    if approximate == "none":
+        return _act.GELU_ERF
+    if approximate == "tanh":
+        return _act.GELU_TANH
+    raise ValueError(f"{op}: approximate must be 'none' or 'tanh', got {approximate!r}")
+
+
+def gelu_forward(x, approximate="none", *, out=None):
+    r"""Gaussian error linear unit (Hendrycks & Gimpel, 2016).
+
+    .. math::
+        \text{none:}\quad y = x\,\Phi(x) = \tfrac12 x \,\operatorname{erfc}(-x/\sqrt2) \qquad
+        \text{tanh:}\quad y = \tfrac12 x \left(1 + \tanh\!\big(\sqrt{2/\pi}\,(x + 0.044715 x^3)\big)\right)
+
+    Args:
+        x (array_like): input, float32 or float64.
+        approximate (str): ``'none'`` (exact, erf form) or ``'tanh'``. Default: ``'none'``.
+        out (ndarray, optional): receives y.
+
+    Shape: any; y has x's shape.
+
+    Example:
+        >>> import numpy as np, cynet
+        >>> cynet.ops.gelu_forward(np.array([0.0, 1.0]))
+        array([0.        , 0.84134475])
+    """
+    code = _gelu_code("gelu_forward", approximate)
+    return _forward("gelu_forward", code, x, out, 0.0,
+                    lambda x, out: reference.gelu_forward(x, approximate, out=out))
+
+
+def gelu_backward(dout, x, approximate="none", *, out=None):
+    r"""Gradient of GELU from its input: :math:`dx = dout \cdot (\Phi(x) + x \varphi(x))` (erf form), or the
+    derivative of the tanh form.
+
+    Shape: dout, x and dx share one shape.
+    """
+    code = _gelu_code("gelu_backward", approximate)
+    return _backward("gelu_backward", code, dout, x, "x", out, 0.0,
+                     lambda dout, x, out: reference.gelu_backward(dout, x, approximate, out=out))
+
+
+def silu_forward(x, *, out=None):
+    r"""SiLU / Swish (Ramachandran et al., 2017; Elfwing et al., 2018): :math:`y = x\,\sigma(x)`.
+
+    Shape: any; y has x's shape.
+
+    Example:
+        >>> import numpy as np, cynet
+        >>> cynet.ops.silu_forward(np.array([0.0, 1.0]))
+        array([0.        , 0.73105858])
+    """
+    return _forward("silu_forward", _act.SILU, x, out, 0.0, lambda x, out: reference.silu_forward(x, out=out))
+
+
+def silu_backward(dout, x, *, out=None):
+    r"""Gradient of SiLU from its input: :math:`dx = dout \cdot \sigma(x) (1 + x (1 - \sigma(x)))`.
+
+    Shape: dout, x and dx share one shape.
+    """
+    return _backward("silu_backward", _act.SILU, dout, x, "x", out, 0.0,
+                     lambda dout, x, out: reference.silu_backward(dout, x, out=out))
+
+
+# --- Maxout ----------------------------------------------------------------------------------------------------------
+def _maxout_pieces(op, pieces):
+    if isinstance(pieces, bool) or not isinstance(pieces, (int, np.integer)):
+        raise TypeError(f"{op}: pieces must be an int, got {pieces!r}")
+    if pieces < 1:
+        raise ValueError(f"{op}: pieces must be >= 1, got {pieces}")
+    return int(pieces)
+
+
+def maxout_forward(x, pieces, *, out=None, indices_out=None):
+    r"""Maxout (Goodfellow et al., 2013): each of D units outputs the largest of its k pieces.
+
+    .. math:: y_{m,j} = \max_{p < k} x_{m,\,p D + j}
+
+    Piece layout (piece-major): along the last axis, x holds k blocks of D values; block p is piece p of every unit.
+    A linear layer feeding maxout orders its k*D output columns the same way. Ties go to the lowest piece index; a
+    NaN piece wins (NaN propagates), as ``np.argmax`` would choose.
+
+    Args:
+        x (array_like): input, float32 or float64, last axis of length D*k.
+        pieces (int): k, the pieces per unit.
+        out (ndarray, optional): receives y.
+        indices_out (ndarray, optional): receives the winning piece indices (int32).
+
+    Shape: x (*, D*k) -> y (*, D) and indices (*, D), int32 in [0, k).
+
+    Returns:
+        (y, indices)
+
+    Example:
+        >>> import numpy as np, cynet
+        >>> y, idx = cynet.ops.maxout_forward(np.array([[1.0, 5.0, 3.0, 2.0]], np.float32), pieces=2)
+        >>> y, idx
+        (array([[3., 5.]], dtype=float32), array([[1, 0]], dtype=int32))
+    """
+    op = "maxout_forward"
+    k = _maxout_pieces(op, pieces)
+    x = as_float_array(op, "x", x)
+    if x.ndim == 0 or x.shape[-1] % k:
+        raise ValueError(f"{op}: the last axis of x must hold D*pieces values; got x of shape {tuple(x.shape)} "
+                         f"with pieces={k}")
+    units = x.shape[-1] // k
+    out_shape = x.shape[:-1] + (units,)
+    if x.dtype not in KERNEL_DTYPES:
+        return reference.maxout_forward(x, k, out=out, indices_out=indices_out)
+    y = output(op, out, out_shape, x.dtype)
+    indices = output(op, indices_out, out_shape, np.dtype(np.int32), name="indices_out")
+    if x.size:
+        rows = int(np.prod(x.shape[:-1], dtype=np.int64))
+        _maxout.maxout_forward(x.reshape(rows, k, units), y.reshape(rows, units), indices.reshape(rows, units),
+                               get_num_threads())
+    return y, indices
+
+
+def maxout_backward(dout, indices, pieces, *, out=None):
+    r"""Gradient of maxout: the gradient reaches only the winning piece of each unit,
+    :math:`dx_{m,\,pD+j} = dout_{m,j}` if :math:`p = \text{indices}_{m,j}` else 0.
+
+    Args:
+        dout (array_like): gradient with respect to y, shape (*, D).
+        indices (array_like): the forward's winning indices, integer, dout's shape, values in [0, pieces).
+        pieces (int): k.
+        out (ndarray, optional): receives dx.
+
+    Shape: dout (*, D), indices (*, D) -> dx (*, D*k).
+    """
+    op = "maxout_backward"
+    k = _maxout_pieces(op, pieces)
+    dout = as_float_array(op, "dout", dout)
+    indices = np.asarray(indices)
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"{op}: indices must be an integer array, got {describe(indices)}")
+    if indices.shape != dout.shape:
+        raise ValueError(f"{op}: dout and indices must have the same shape, got {describe(dout)} and "
+                         f"{describe(indices)}")
+    if dout.ndim == 0:
+        raise ValueError(f"{op}: dout must have at least one axis, got {describe(dout)}")
+    if indices.size and (indices.min() < 0 or indices.max() >= k):
+        raise ValueError(f"{op}: indices must lie in [0, {k}), got values in [{indices.min()}, {indices.max()}]")
+    out_shape = dout.shape[:-1] + (dout.shape[-1] * k,)
+    if dout.dtype not in KERNEL_DTYPES:
+        return reference.maxout_backward(dout, indices, k, out=out)
+    indices = np.ascontiguousarray(indices, dtype=np.int32)
+    dx = output(op, out, out_shape, dout.dtype)
+    if dx.size:
+        units = dout.shape[-1]
+        rows = int(np.prod(dout.shape[:-1], dtype=np.int64))
+        _maxout.maxout_backward(dout.reshape(rows, units), indices.reshape(rows, units), dx.reshape(rows, k, units),
+                                get_num_threads())
+    return dx

@@ -1,0 +1,120 @@
+"""Build script for cynet's Cython kernels.
+
+One extension per kernel family (every ``cynet/_kernels/*.pyx``), all compiled with the same Cython directives and the
+same compiler flags. OpenMP flags are chosen for the compiler in use and *probed*: a tiny OpenMP program must compile
+and link with them, otherwise the kernels are built serially (``prange`` then runs as a plain loop) and a warning says
+so. ``CYNET_NO_OPENMP=1`` forces the serial build.
+
+The default build is portable: ``-O3`` only, no ``-march=native`` and no ``-ffast-math``. The kernels are written so
+that the compiler can vectorise them with the baseline instruction set of the target.
+"""
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+import textwrap
+from glob import glob
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Cython directives, set once for every kernel family.
+CYTHON_DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": False,
+    "wraparound": False,
+    "initializedcheck": False,
+    "nonecheck": False,
+    "cdivision": True,
+    "embedsignature": True,
+    "binding": False,
+}
+
+OPENMP_PROBE = textwrap.dedent(
+    """
+    #include <omp.h>
+    #include <stdio.h>
+    int main(void) {
+        int n = 0;
+        #pragma omp parallel reduction(+:n)
+        n += 1;
+        printf("%d %d\\n", n, omp_get_max_threads());
+        return 0;
+    }
+    """
+)
+
+
+def _openmp_flags(compiler):
+    """Return (compile_args, link_args) for OpenMP with this compiler, or None when OpenMP is disabled/unusable."""
+    if os.environ.get("CYNET_NO_OPENMP", "0") not in ("", "0"):
+        print("cynet: CYNET_NO_OPENMP is set: building the kernels without OpenMP (serial).")
+        return None
+    if compiler.compiler_type == "msvc":
+        candidates = [(["/openmp"], [])]
+    elif sys.platform == "darwin":
+        # Apple clang needs the preprocessor flag and libomp (e.g. from Homebrew).
+        candidates = [(["-Xpreprocessor", "-fopenmp"], ["-lomp"]), (["-fopenmp"], ["-fopenmp"])]
+    else:
+        candidates = [(["-fopenmp"], ["-fopenmp"])]
+    for compile_args, link_args in candidates:
+        if _probe(compiler, compile_args, link_args):
+            return compile_args, link_args
+    print(
+        "cynet: WARNING: no working OpenMP flags for this compiler "
+        f"(tried {[c for c, _ in candidates]}); building the kernels serially. "
+        "Everything works, only without multi-threading.",
+        file=sys.stderr,
+    )
+    return None
+
+
+def _probe(compiler, compile_args, link_args):
+    tmp = tempfile.mkdtemp(prefix="cynet_omp_probe_")
+    try:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write(OPENMP_PROBE)
+        objects = compiler.compile([src], output_dir=tmp, extra_postargs=compile_args)
+        compiler.link_executable(objects, "probe", output_dir=tmp, extra_postargs=link_args)
+        return True
+    except Exception:  # any compile or link error means: these flags do not work here
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class BuildExtWithOpenMP(build_ext):
+    """build_ext that probes the OpenMP flags once and applies them (and the optimisation flags) to every kernel."""
+
+    def build_extensions(self):
+        flags = _openmp_flags(self.compiler)
+        if self.compiler.compiler_type == "msvc":
+            opt = ["/O2"]
+        else:
+            opt = ["-O3", "-fno-strict-aliasing", "-Wno-unused-function", "-Wno-unreachable-code"]
+        for ext in self.extensions:
+            ext.extra_compile_args = list(opt) + (flags[0] if flags else [])
+            ext.extra_link_args = list(flags[1]) if flags else []
+            ext.define_macros = list(ext.define_macros or []) + [
+                ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                ("CYNET_OPENMP", "1" if flags else "0"),
+            ]
+        super().build_extensions()
+
+
+def _extensions():
+    sources = sorted(glob(os.path.join("cynet", "_kernels", "*.pyx")))
+    exts = []
+    for src in sources:
+        name = src[:-4].replace(os.sep, ".")
+        exts.append(Extension(name, [src], include_dirs=[numpy.get_include()]))
+    return cythonize(exts, compiler_directives=CYTHON_DIRECTIVES, quiet=True)
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExtWithOpenMP})
