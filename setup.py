@@ -5,7 +5,7 @@ same compiler flags. OpenMP flags are chosen for the compiler in use and *probed
 and link with them, otherwise the kernels are built serially (``prange`` then runs as a plain loop) and a warning says
 so. ``CYNET_NO_OPENMP=1`` forces the serial build.
 
-The default build is portable: ``-O3`` only, no ``-march=native`` and no ``-ffast-math``. The kernels are written so
+The default build is portable: ``-O3 -fno-trapping-math``, no ``-march=native`` and no ``-ffast-math``. The kernels are written so
 that the compiler can vectorise them with the baseline instruction set of the target.
 """
 import os
@@ -97,7 +97,10 @@ class BuildExtWithOpenMP(build_ext):
         if self.compiler.compiler_type == "msvc":
             opt = ["/O2"]
         else:
-            opt = ["-O3", "-fno-strict-aliasing", "-Wno-unused-function", "-Wno-unreachable-code"]
+            # -fno-trapping-math (clang's default) lets the compiler evaluate both arms of a select, which is what
+            # turns the branch-free kernels into SIMD code; values, NaN and inf are unchanged. Not -ffast-math.
+            opt = ["-O3", "-fno-trapping-math", "-fno-strict-aliasing", "-Wno-unused-function",
+                   "-Wno-unreachable-code"]
         for ext in self.extensions:
             ext.extra_compile_args = list(opt) + (flags[0] if flags else [])
             ext.extra_link_args = list(flags[1]) if flags else []

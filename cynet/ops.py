@@ -28,6 +28,7 @@ import numpy as np
 from cynet import reference
 from cynet._kernels import activations as _act
 from cynet._kernels import maxout as _maxout
+from cynet._kernels.activations import Activation as _A
 from cynet._threading import get_num_threads
 from cynet._validation import KERNEL_DTYPES, as_float_array, describe, output, same_layout
 
@@ -86,7 +87,7 @@ def sigmoid_forward(x, *, out=None):
         >>> cynet.ops.sigmoid_forward(np.array([0.0, 2.0], np.float32))
         array([0.5      , 0.8807971], dtype=float32)
     """
-    return _forward("sigmoid_forward", _act.SIGMOID, x, out, 0.0,
+    return _forward("sigmoid_forward", _A.SIGMOID, x, out, 0.0,
                     lambda x, out: reference.sigmoid_forward(x, out=out))
 
 
@@ -100,7 +101,7 @@ def sigmoid_backward(dout, y, *, out=None):
 
     Shape: dout, y and dx share one shape.
     """
-    return _backward("sigmoid_backward", _act.SIGMOID, dout, y, "y", out, 0.0,
+    return _backward("sigmoid_backward", _A.SIGMOID, dout, y, "y", out, 0.0,
                      lambda dout, y, out: reference.sigmoid_backward(dout, y, out=out))
 
 
@@ -118,7 +119,7 @@ def tanh_forward(x, *, out=None):
         >>> cynet.ops.tanh_forward(np.array([0.0, 100.0]))
         array([0., 1.])
     """
-    return _forward("tanh_forward", _act.TANH, x, out, 0.0, lambda x, out: reference.tanh_forward(x, out=out))
+    return _forward("tanh_forward", _A.TANH, x, out, 0.0, lambda x, out: reference.tanh_forward(x, out=out))
 
 
 def tanh_backward(dout, y, *, out=None):
@@ -126,7 +127,7 @@ def tanh_backward(dout, y, *, out=None):
 
     Shape: dout, y and dx share one shape.
     """
-    return _backward("tanh_backward", _act.TANH, dout, y, "y", out, 0.0,
+    return _backward("tanh_backward", _A.TANH, dout, y, "y", out, 0.0,
                      lambda dout, y, out: reference.tanh_backward(dout, y, out=out))
 
 
@@ -145,7 +146,7 @@ def relu_forward(x, *, out=None):
         >>> cynet.ops.relu_forward(np.array([-1.0, 2.0], np.float32))
         array([0., 2.], dtype=float32)
     """
-    return _forward("relu_forward", _act.RELU, x, out, 0.0, lambda x, out: reference.relu_forward(x, out=out))
+    return _forward("relu_forward", _A.RELU, x, out, 0.0, lambda x, out: reference.relu_forward(x, out=out))
 
 
 def relu_backward(dout, y, *, out=None):
@@ -153,7 +154,7 @@ def relu_backward(dout, y, *, out=None):
 
     Shape: dout, y and dx share one shape.
     """
-    return _backward("relu_backward", _act.RELU, dout, y, "y", out, 0.0,
+    return _backward("relu_backward", _A.RELU, dout, y, "y", out, 0.0,
                      lambda dout, y, out: reference.relu_backward(dout, y, out=out))
 
 
@@ -173,7 +174,7 @@ def leaky_relu_forward(x, negative_slope=0.01, *, out=None):
         array([-0.2,  3. ])
     """
     slope = _finite_number("leaky_relu_forward", "negative_slope", negative_slope)
-    return _forward("leaky_relu_forward", _act.LEAKY_RELU, x, out, slope,
+    return _forward("leaky_relu_forward", _A.LEAKY_RELU, x, out, slope,
                     lambda x, out: reference.leaky_relu_forward(x, slope, out=out))
 
 
@@ -184,7 +185,7 @@ def leaky_relu_backward(dout, x, negative_slope=0.01, *, out=None):
     Shape: dout, x and dx share one shape.
     """
     slope = _finite_number("leaky_relu_backward", "negative_slope", negative_slope)
-    return _backward("leaky_relu_backward", _act.LEAKY_RELU, dout, x, "x", out, slope,
+    return _backward("leaky_relu_backward", _A.LEAKY_RELU, dout, x, "x", out, slope,
                      lambda dout, x, out: reference.leaky_relu_backward(dout, x, slope, out=out))
 
 
@@ -311,7 +312,7 @@ def elu_forward(x, alpha=1.0, *, out=None):
         array([-1. ,  1.5])
     """
     alpha = _elu_alpha("elu_forward", alpha)
-    return _forward("elu_forward", _act.ELU, x, out, alpha, lambda x, out: reference.elu_forward(x, alpha, out=out))
+    return _forward("elu_forward", _A.ELU, x, out, alpha, lambda x, out: reference.elu_forward(x, alpha, out=out))
 
 
 def elu_backward(dout, y, alpha=1.0, *, out=None):
@@ -320,7 +321,7 @@ def elu_backward(dout, y, alpha=1.0, *, out=None):
     Shape: dout, y and dx share one shape.
     """
     alpha = _elu_alpha("elu_backward", alpha)
-    return _backward("elu_backward", _act.ELU, dout, y, "y", out, alpha,
+    return _backward("elu_backward", _A.ELU, dout, y, "y", out, alpha,
                      lambda dout, y, out: reference.elu_backward(dout, y, alpha, out=out))
 
 
@@ -335,7 +336,7 @@ def selu_forward(x, *, out=None):
         >>> cynet.ops.selu_forward(np.array([1.0]))
         array([1.05070099])
     """
-    return _forward("selu_forward", _act.SELU, x, out, 0.0, lambda x, out: reference.selu_forward(x, out=out))
+    return _forward("selu_forward", _A.SELU, x, out, 0.0, lambda x, out: reference.selu_forward(x, out=out))
 
 
 def selu_backward(dout, y, *, out=None):
@@ -344,16 +345,16 @@ def selu_backward(dout, y, *, out=None):
 
     Shape: dout, y and dx share one shape.
     """
-    return _backward("selu_backward", _act.SELU, dout, y, "y", out, 0.0,
+    return _backward("selu_backward", _A.SELU, dout, y, "y", out, 0.0,
                      lambda dout, y, out: reference.selu_backward(dout, y, out=out))
 
 
 # --- GELU and SiLU ---------------------------------------------------------------------------------------------------
 def _gelu_code(op, approximate):
     if approximate == "none":
-        return _act.GELU_ERF
+        return _A.GELU_ERF
     if approximate == "tanh":
-        return _act.GELU_TANH
+        return _A.GELU_TANH
     raise ValueError(f"{op}: approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
@@ -402,7 +403,7 @@ def silu_forward(x, *, out=None):
         >>> cynet.ops.silu_forward(np.array([0.0, 1.0]))
         array([0.        , 0.73105858])
     """
-    return _forward("silu_forward", _act.SILU, x, out, 0.0, lambda x, out: reference.silu_forward(x, out=out))
+    return _forward("silu_forward", _A.SILU, x, out, 0.0, lambda x, out: reference.silu_forward(x, out=out))
 
 
 def silu_backward(dout, x, *, out=None):
@@ -410,7 +411,7 @@ def silu_backward(dout, x, *, out=None):
 
     Shape: dout, x and dx share one shape.
     """
-    return _backward("silu_backward", _act.SILU, dout, x, "x", out, 0.0,
+    return _backward("silu_backward", _A.SILU, dout, x, "x", out, 0.0,
                      lambda dout, x, out: reference.silu_backward(dout, x, out=out))
 
 

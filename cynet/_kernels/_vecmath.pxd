@@ -117,7 +117,7 @@ cdef inline float expm1_f32(float x) noexcept nogil:
 cdef inline double expm1_f64(double x) noexcept nogil:
     cdef double n, r, s
     x = 709.0 if x > 709.0 else x
-    x = -740.0 if x < -740.0 else x                    # expm1(-740) == -1 in float64
+    x = -708.0 if x < -708.0 else x                    # expm1(-708) == -1 in float64; 2**n stays normal
     n = round_f64(x * 1.4426950408889634074)
     r = x - n * 6.93145751953125e-1
     r = r - n * 1.42860682030941723212e-6

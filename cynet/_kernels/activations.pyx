@@ -39,8 +39,6 @@ cdef double GELU_TANH_CUBIC = 0.044715
 cdef double INV_SQRT_2 = 0.70710678118654752440084436210485
 cdef double INV_SQRT_2PI = 0.39894228040143267793994605993438     # 1/sqrt(2*pi), the standard normal density at 0
 
-SELU_SCALE_PY = SELU_SCALE
-SELU_ALPHA_PY = SELU_ALPHA
 
 
 # ---------------------------------------------------------------------------------------------------------------------
