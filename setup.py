@@ -5,8 +5,10 @@ same compiler flags. OpenMP flags are chosen for the compiler in use and *probed
 and link with them, otherwise the kernels are built serially (``prange`` then runs as a plain loop) and a warning says
 so. ``CYNET_NO_OPENMP=1`` forces the serial build.
 
-The default build is portable: ``-O3 -fno-trapping-math``, no ``-march=native`` and no ``-ffast-math``. The kernels are written so
-that the compiler can vectorise them with the baseline instruction set of the target.
+The default build is portable: ``-O3 -fno-trapping-math -ffp-contract=off``, no ``-march=native`` and no
+``-ffast-math``. The kernels are written so that the compiler can vectorise them. On x86-64, each kernel family is
+also built for AVX2 and AVX-512 (same source, wider vectors) and the widest variant the CPU runs is chosen at import
+time (``cynet._kernels.load``); ``CYNET_NO_SIMD_VARIANTS=1`` builds the baseline only.
 """
 import os
 import shutil
@@ -89,8 +91,59 @@ def _probe(compiler, compile_args, link_args):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# SIMD variants built beside the baseline on x86-64 with GCC/clang; cynet._kernels.load picks one at run time from the
+# CPU's features. Same source, same operations: the variant differs only in vector width.
+ISA_VARIANTS = {
+    "avx2": ["-mavx2"],
+    "avx512": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mprefer-vector-width=512"],
+}
+# Kernel families without a hot loop get no variants.
+NO_VARIANTS = {"_runtime"}
+
+
+def _flags_compile(compiler, flags):
+    """True when the compiler accepts ``flags`` (probe on a trivial file)."""
+    tmp = tempfile.mkdtemp(prefix="cynet_isa_probe_")
+    try:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write("int cynet_probe(int x) { return x + 1; }\n")
+        compiler.compile([src], output_dir=tmp, extra_postargs=flags)
+        return True
+    except Exception:
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _x86_64():
+    import platform
+
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _simd_variants():
+    """[(isa, flags)] the compiler accepts, on x86-64 with a GCC-style compiler; [] elsewhere or when disabled."""
+    if os.environ.get("CYNET_NO_SIMD_VARIANTS", "0") not in ("", "0") or not _x86_64():
+        return []
+    from setuptools._distutils.ccompiler import new_compiler
+    from setuptools._distutils.sysconfig import customize_compiler
+
+    compiler = new_compiler()
+    customize_compiler(compiler)
+    if compiler.compiler_type == "msvc":
+        return []
+    variants = []
+    for isa, flags in ISA_VARIANTS.items():
+        if _flags_compile(compiler, flags):
+            variants.append((isa, flags))
+        else:
+            print(f"cynet: the compiler does not accept {flags}: no {isa} kernels.")
+    return variants
+
+
 class BuildExtWithOpenMP(build_ext):
-    """build_ext that probes the OpenMP flags once and applies them (and the optimisation flags) to every kernel."""
+    """build_ext that probes the OpenMP flags once and applies them, with the optimisation flags, to every kernel."""
 
     def build_extensions(self):
         flags = _openmp_flags(self.compiler)
@@ -98,26 +151,34 @@ class BuildExtWithOpenMP(build_ext):
             opt = ["/O2"]
         else:
             # -fno-trapping-math (clang's default) lets the compiler evaluate both arms of a select, which is what
-            # turns the branch-free kernels into SIMD code; values, NaN and inf are unchanged. Not -ffast-math.
-            opt = ["-O3", "-fno-trapping-math", "-fno-strict-aliasing", "-Wno-unused-function",
-                   "-Wno-unreachable-code"]
+            # turns the branch-free kernels into SIMD code; values, NaN and inf are unchanged. -ffp-contract=off
+            # keeps a*b+c two rounded operations on every target (no FMA contraction), so results are identical
+            # across instruction sets and equal to NumPy's where the formula is the same. Not -ffast-math.
+            opt = ["-O3", "-fno-trapping-math", "-ffp-contract=off", "-fno-strict-aliasing",
+                   "-Wno-unused-function", "-Wno-unreachable-code"]
         for ext in self.extensions:
-            ext.extra_compile_args = list(opt) + (flags[0] if flags else [])
+            ext.extra_compile_args = list(opt) + list(ext.extra_compile_args or []) + (flags[0] if flags else [])
             ext.extra_link_args = list(flags[1]) if flags else []
-            ext.define_macros = list(ext.define_macros or []) + [
-                ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
-                ("CYNET_OPENMP", "1" if flags else "0"),
-            ]
+            ext.define_macros = list(ext.define_macros or []) + [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
         super().build_extensions()
 
 
 def _extensions():
     sources = sorted(glob(os.path.join("cynet", "_kernels", "*.pyx")))
-    exts = []
-    for src in sources:
-        name = src[:-4].replace(os.sep, ".")
-        exts.append(Extension(name, [src], include_dirs=[numpy.get_include()]))
-    return cythonize(exts, compiler_directives=CYTHON_DIRECTIVES, quiet=True)
+    exts = [Extension(src[:-4].replace(os.sep, "."), [src], include_dirs=[numpy.get_include()]) for src in sources]
+    exts = cythonize(exts, compiler_directives=CYTHON_DIRECTIVES, quiet=True)
+    variants = []
+    for isa, isa_flags in _simd_variants():
+        for ext in exts:
+            family = ext.name.rsplit(".", 1)[-1]
+            if family in NO_VARIANTS:
+                continue
+            # The variant compiles the family's generated C file under another module name: rename its init function.
+            variants.append(Extension(
+                f"{ext.name}_{isa}", list(ext.sources), include_dirs=list(ext.include_dirs),
+                extra_compile_args=isa_flags + [f"-DPyInit_{family}=PyInit_{family}_{isa}"],
+            ))
+    return exts + variants
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExtWithOpenMP})

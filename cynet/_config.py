@@ -5,7 +5,7 @@ import sys
 import numpy as np
 from threadpoolctl import threadpool_info
 
-from cynet._kernels import _runtime
+from cynet._kernels import _runtime, available_isas, selected_isa
 from cynet._threading import available_cpus, default_num_threads, get_num_threads
 
 
@@ -30,6 +30,8 @@ def config():
         "platform": platform.platform(),
         "numpy": np.__version__,
         "openmp": _runtime.openmp_enabled(),
+        "simd": selected_isa(),
+        "simd_available": available_isas(),
         "available_cpus": available_cpus(),
         "default_threads": default_num_threads(),
         "threads": get_num_threads(),
@@ -49,6 +51,8 @@ def show_config(file=None):
     lines = [
         f"cynet {c['cynet']}  (Python {c['python']}, NumPy {c['numpy']}, {c['platform']})",
         f"OpenMP kernels : {'on' if c['openmp'] else 'OFF (serial build)'}",
+        f"SIMD kernels   : {c['simd']} (built and supported here: {', '.join(c['simd_available'])}; "
+        f"cap with CYNET_ISA)",
         f"threads        : {c['threads']} (default {c['default_threads']}; CPUs available {c['available_cpus']}; "
         f"set with cynet.set_num_threads or OMP_NUM_THREADS)",
     ]

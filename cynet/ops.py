@@ -26,13 +26,15 @@ maxout                     winning indices   1 for the winning piece, 0 for the 
 import numpy as np
 
 from cynet import reference
-from cynet._kernels import activations as _act
-from cynet._kernels import maxout as _maxout
-from cynet._kernels.activations import Activation as _A
+from cynet._kernels import load as _load_kernels
 from cynet._threading import get_num_threads
 from cynet._validation import KERNEL_DTYPES, as_float_array, describe, output, same_layout
 
 __all__ = list(reference.__all__)
+
+_act = _load_kernels("activations")
+_maxout = _load_kernels("maxout")
+_A = _act.Activation
 
 SELU_SCALE = reference.SELU_SCALE
 SELU_ALPHA = reference.SELU_ALPHA
@@ -249,7 +251,7 @@ def prelu_forward(x, alpha, *, out=None):
 
 def prelu_backward(dout, x, alpha, *, out=None, alpha_grad_out=None):
     r"""Gradients of PReLU: :math:`dx = dout` if :math:`x > 0` else :math:`\alpha_c \, dout`, and
-    :math:`d\alpha_c = \sum_{x_i \le 0,\ i \in c} dout_i \, x_i`.
+    :math:`d\alpha_c = \sum_{i \in c} dout_i \min(x_i, 0)`.
 
     dalpha is accumulated in float64 over fixed chunks added in a fixed order: bit-identical for any thread count.
 

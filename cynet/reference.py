@@ -100,7 +100,8 @@ def prelu_backward(dout, x, alpha, *, out=None, alpha_grad_out=None):
     alpha_arr = np.asarray(alpha, dtype=x.dtype)
     a = _prelu_alpha_view(x, alpha_arr)
     dx = _store(np.where(x > 0, dout, a * dout), out)
-    contribution = np.where(x > 0, 0.0, dout.astype(np.float64) * x.astype(np.float64))
+    # dalpha = sum of dout * min(x, 0): zero where x > 0, NaN where dout or x is NaN.
+    contribution = dout.astype(np.float64) * np.minimum(x, 0).astype(np.float64)
     if alpha_arr.size == 1:
         dalpha = np.asarray(contribution.sum()).reshape(alpha_arr.shape)
     else:

@@ -15,3 +15,36 @@ def openmp_max_threads():
 def openmp_num_procs():
     """Processors the OpenMP runtime sees (1 in a serial build)."""
     return omp_get_num_procs()
+
+
+cdef extern from *:
+    """
+    #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+    static int cynet_cpu_has_avx2(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2");
+    }
+    static int cynet_cpu_has_avx512(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")
+            && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    }
+    #else
+    static int cynet_cpu_has_avx2(void) { return 0; }
+    static int cynet_cpu_has_avx512(void) { return 0; }
+    #endif
+    """
+    int cynet_cpu_has_avx2() nogil
+    int cynet_cpu_has_avx512() nogil
+
+
+def cpu_supports(str isa):
+    """Whether this CPU (and the OS, which must save the wider registers) runs code built for ``isa``:
+    ``'baseline'`` (always), ``'avx2'`` or ``'avx512'`` (F, DQ, BW and VL). False off x86 or with other compilers."""
+    if isa == "baseline":
+        return True
+    if isa == "avx2":
+        return bool(cynet_cpu_has_avx2())
+    if isa == "avx512":
+        return bool(cynet_cpu_has_avx512())
+    raise ValueError(f"unknown instruction set {isa!r}; expected 'baseline', 'avx2' or 'avx512'")

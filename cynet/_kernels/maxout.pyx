@@ -17,30 +17,77 @@ from libc.stdint cimport int32_t
 from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS
 
 
-def maxout_forward(const floating[:, :, ::1] x, floating[:, ::1] y, int32_t[:, ::1] idx, int n_threads):
-    cdef Py_ssize_t M = x.shape[0], K = x.shape[1], D = x.shape[2], m, p, j
-    cdef int nt = 1 if M * K * D < PARALLEL_MIN_ELEMENTS else n_threads
+# y[m, j] = max_p x[m, p, j], idx[m, j] = first argmax, over `rows` rows of K pieces x D units.
+cdef void _maxout_rows_forward(const floating* x, floating* y, int32_t* idx, Py_ssize_t rows, Py_ssize_t K,
+                               Py_ssize_t D) noexcept nogil:
+    cdef Py_ssize_t m, p, j
+    cdef const floating* xr
+    cdef floating* yr
+    cdef int32_t* ir
     cdef floating v, best
+    cdef int32_t winner
     cdef bint take
-    with nogil:
-        for m in prange(M, schedule='static', num_threads=nt):
+    for m in range(rows):
+        xr = x + m * K * D
+        yr = y + m * D
+        ir = idx + m * D
+        for j in range(D):
+            yr[j] = xr[j]
+            ir[j] = 0
+        for p in range(1, K):
             for j in range(D):
-                y[m, j] = x[m, 0, j]
-                idx[m, j] = 0
-            for p in range(1, K):
-                for j in range(D):
-                    v = x[m, p, j]
-                    best = y[m, j]
-                    take = (v > best) or (v != v and best == best)
-                    y[m, j] = v if take else best
-                    idx[m, j] = <int32_t>p if take else idx[m, j]
+                v = xr[p * D + j]
+                best = yr[j]
+                winner = ir[j]
+                take = (v > best) or (v != v and best == best)
+                yr[j] = v if take else best
+                ir[j] = <int32_t>p if take else winner
+
+
+# dx[m, p, j] = dout[m, j] if idx[m, j] == p else 0, over `rows` rows.
+cdef void _maxout_rows_backward(const floating* dout, const int32_t* idx, floating* dx, Py_ssize_t rows,
+                                Py_ssize_t K, Py_ssize_t D) noexcept nogil:
+    cdef Py_ssize_t m, p, j
+    cdef const floating* gr
+    cdef const int32_t* ir
+    cdef floating* dr
+    cdef floating g
+    for m in range(rows):
+        gr = dout + m * D
+        ir = idx + m * D
+        dr = dx + m * K * D
+        for p in range(K):
+            for j in range(D):
+                g = gr[j]
+                dr[p * D + j] = g if ir[j] == p else 0
+
+
+cdef inline Py_ssize_t _row_chunk(Py_ssize_t M, Py_ssize_t elements, int n_threads) noexcept nogil:
+    """Rows per parallel chunk: all rows (serial) below the threshold, else an equal share per thread."""
+    if n_threads <= 1 or elements < PARALLEL_MIN_ELEMENTS:
+        return M if M > 0 else 1
+    return (M + n_threads - 1) // n_threads
+
+
+def maxout_forward(const floating[:, :, ::1] x, floating[:, ::1] y, int32_t[:, ::1] idx, int n_threads):
+    cdef Py_ssize_t M = x.shape[0], K = x.shape[1], D = x.shape[2], c, lo
+    cdef Py_ssize_t chunk = _row_chunk(M, M * K * D, n_threads)
+    cdef Py_ssize_t n_chunks = (M + chunk - 1) // chunk
+    if M == 0 or D == 0:
+        return
+    with nogil:
+        for c in prange(n_chunks, schedule='static', num_threads=n_chunks):
+            lo = c * chunk
+            _maxout_rows_forward(&x[lo, 0, 0], &y[lo, 0], &idx[lo, 0], min(chunk, M - lo), K, D)
 
 
 def maxout_backward(const floating[:, ::1] dout, const int32_t[:, ::1] idx, floating[:, :, ::1] dx, int n_threads):
-    cdef Py_ssize_t M = dx.shape[0], K = dx.shape[1], D = dx.shape[2], m, p, j
-    cdef int nt = 1 if M * K * D < PARALLEL_MIN_ELEMENTS else n_threads
+    cdef Py_ssize_t M = dx.shape[0], K = dx.shape[1], D = dx.shape[2], c, lo
+    cdef Py_ssize_t chunk = _row_chunk(M, M * K * D, n_threads)
+    cdef Py_ssize_t n_chunks = (M + chunk - 1) // chunk
+    if M == 0 or D == 0:
+        return
     with nogil:
-        for m in prange(M, schedule='static', num_threads=nt):
-            for p in range(K):
-                for j in range(D):
-                    dx[m, p, j] = dout[m, j] if idx[m, j] == p else 0
+        for c in prange(n_chunks, schedule='static', num_threads=n_chunks):
+            lo = c * chunk
+            _maxout_rows_backward(&dout[lo, 0], &idx[lo, 0], &dx[lo, 0, 0], min(chunk, M - lo), K, D)
