@@ -23,14 +23,15 @@ SELU_ALPHA = 1.6732632423543772848170429916717
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_TANH_CUBIC = 0.044715
 
-try:  # SciPy's erfc is vectorised; math.erfc (libm) element by element is the dependency-free fallback.
-    from scipy.special import erfc as _erfc
-except ImportError:  # pragma: no cover - depends on the environment
-    _erfc_scalar = np.frompyfunc(math.erfc, 1, 1)
-
-    def _erfc(z):
-        z = np.asarray(z)
-        return _erfc_scalar(z.astype(np.float64)).astype(np.float64)
+def _erfc(z):
+    """erfc in float64: SciPy's vectorised one when installed (imported on first use: it is slow to import),
+    else libm's math.erfc element by element."""
+    try:
+        from scipy.special import erfc
+    except ImportError:  # pragma: no cover - depends on the environment
+        z = np.asarray(z, dtype=np.float64)
+        return np.frompyfunc(math.erfc, 1, 1)(z).astype(np.float64)
+    return erfc(z)
 
 
 def _store(result, out):
