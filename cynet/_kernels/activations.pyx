@@ -16,7 +16,7 @@ from cython.parallel cimport prange
 from libc.math cimport erfc
 
 from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS, CHUNK_ALIGN
-from cynet._kernels._vecmath cimport vexp, vexpm1, vsigmoid, vtanh, exp_f64, erfc_nonneg_f32acc
+from cynet._kernels._vecmath cimport vexpm1, vsigmoid, vtanh, exp_f64, exp_f64_for_f32, erfc_nonneg_f32acc
 
 
 cpdef enum Activation:
@@ -57,8 +57,10 @@ cdef inline floating _std_normal_cdf(floating x) noexcept nogil:
 
 
 cdef inline floating _std_normal_pdf(floating x) noexcept nogil:
+    cdef double xd = x
     if floating is float:
-        return <float>(INV_SQRT_2PI * exp_f64(-0.5 * <double>x * <double>x))
+        xd = 37.0 if xd > 37.0 else (-37.0 if xd < -37.0 else xd)    # exp(-37^2/2) is 0 in float32; in range
+        return <float>(INV_SQRT_2PI * exp_f64_for_f32(-0.5 * xd * xd))
     else:
         return INV_SQRT_2PI * exp_f64(-0.5 * x * x)
 
