@@ -198,39 +198,42 @@ cdef inline Py_ssize_t _chunk_length(Py_ssize_t n, int n_threads) noexcept nogil
     return ((n + n_threads - 1) // n_threads + CHUNK_ALIGN - 1) // CHUNK_ALIGN * CHUNK_ALIGN
 
 
-def elementwise_forward(int op, const floating[::1] x, floating[::1] y, double a, int n_threads):
-    """y = f_op(x) over flat contiguous arrays of equal length."""
-    cdef Py_ssize_t n = x.shape[0]
+cdef inline void _block(bint backward, int op, const floating* u, const floating* saved, floating* out, Py_ssize_t n,
+                        floating a) noexcept nogil:
+    if backward:
+        _backward_block(op, u, saved, out, n, a)
+    else:
+        _forward_block(op, u, out, n, a)
+
+
+cdef void _elementwise(bint backward, int op, const floating[::1] u, const floating[::1] saved, floating[::1] out,
+                       double a, int n_threads) noexcept nogil:
+    """Run one elementwise forward (u = x) or backward (u = dout) over chunks of the flat index range."""
+    cdef Py_ssize_t n = u.shape[0]
     cdef Py_ssize_t chunk = _chunk_length(n, n_threads)
     cdef Py_ssize_t n_chunks = (n + chunk - 1) // chunk
     cdef Py_ssize_t c, lo
     if n == 0:
         return
+    if n_chunks == 1:
+        _block(backward, op, &u[0], &saved[0], &out[0], n, <floating>a)
+    else:
+        for c in prange(n_chunks, schedule='static', num_threads=n_threads):
+            lo = c * chunk
+            _block(backward, op, &u[lo], &saved[lo], &out[lo], min(chunk, n - lo), <floating>a)
+
+
+def elementwise_forward(int op, const floating[::1] x, floating[::1] y, double a, int n_threads):
+    """y = f_op(x) over flat contiguous arrays of equal length."""
     with nogil:
-        if n_chunks == 1:
-            _forward_block(op, &x[0], &y[0], n, <floating>a)
-        else:
-            for c in prange(n_chunks, schedule='static', num_threads=n_threads):
-                lo = c * chunk
-                _forward_block(op, &x[lo], &y[lo], min(chunk, n - lo), <floating>a)
+        _elementwise(False, op, x, x, y, a, n_threads)
 
 
 def elementwise_backward(int op, const floating[::1] dout, const floating[::1] saved, floating[::1] dx, double a,
                          int n_threads):
     """dx = dout * f_op'(saved) over flat contiguous arrays of equal length."""
-    cdef Py_ssize_t n = dout.shape[0]
-    cdef Py_ssize_t chunk = _chunk_length(n, n_threads)
-    cdef Py_ssize_t n_chunks = (n + chunk - 1) // chunk
-    cdef Py_ssize_t c, lo
-    if n == 0:
-        return
     with nogil:
-        if n_chunks == 1:
-            _backward_block(op, &dout[0], &saved[0], &dx[0], n, <floating>a)
-        else:
-            for c in prange(n_chunks, schedule='static', num_threads=n_threads):
-                lo = c * chunk
-                _backward_block(op, &dout[lo], &saved[lo], &dx[lo], min(chunk, n - lo), <floating>a)
+        _elementwise(True, op, dout, saved, dx, a, n_threads)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
