@@ -195,3 +195,13 @@ cdef inline double erfc_nonneg_f32acc(double z) noexcept nogil:
     p = p * t - 1.26551223
     z = 26.0 if z > 26.0 else z                        # erfc(26) ~ 1e-296: 0 in float32; keeps exp in range
     return t * exp_f64_for_f32(p - z * z)
+
+
+# sigmoid in double precision to what a float32 result needs (relative 2e-10): for float32 kernels whose sigmoid
+# argument is itself computed (GELU's tanh form), so that the argument is not rounded to float32 first.
+cdef inline double sigmoid_f64_for_f32(double u) noexcept nogil:
+    cdef double au = -u if u < 0 else u
+    au = 700.0 if au > 700.0 else au                   # sigmoid(-700) == 0 in float32; keeps exp in range
+    cdef double e = exp_f64_for_f32(-au)
+    cdef double s = 1.0 / (1.0 + e)
+    return e * s if u < 0 else s
