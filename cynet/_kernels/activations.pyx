@@ -154,18 +154,19 @@ cdef void _backward_block(int op, const floating* dout, const floating* s, float
                           floating a) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating v, g, t
+    cdef floating one = 1   # a typed 1: Cython writes a bare 1 in float arithmetic as the double 1.0
     cdef floating selu_scale = <floating>SELU_SCALE
     cdef floating selu_scale_alpha = <floating>(SELU_SCALE * SELU_ALPHA)
     if op == SIGMOID:
         # dx = dout * y * (1 - y)
         for i in range(n):
             v = s[i]
-            dx[i] = dout[i] * (v * (1 - v))
+            dx[i] = dout[i] * (v * (one - v))
     elif op == TANH:
         # dx = dout * (1 - y^2)
         for i in range(n):
             v = s[i]
-            dx[i] = dout[i] * (1 - v * v)
+            dx[i] = dout[i] * (one - v * v)
     elif op == RELU:
         # dx = dout if y > 0 else 0   (y > 0 exactly when x > 0, so the input works as well)
         for i in range(n):
@@ -203,7 +204,7 @@ cdef void _backward_block(int op, const floating* dout, const floating* s, float
         for i in range(n):
             v = s[i]
             t = vsigmoid(v)
-            dx[i] = dout[i] * (t * (1 + v * (1 - t)))
+            dx[i] = dout[i] * (t * (one + v * (one - t)))
 
 
 cdef inline Py_ssize_t _chunk_length(Py_ssize_t n, int n_threads) noexcept nogil:
