@@ -23,6 +23,8 @@ silu                       input x           s (1 + x (1 - s)),  s = sigmoid(x)
 maxout                     winning indices   1 for the winning piece, 0 for the others
 =========================  ================  ==========================================
 """
+import numbers
+
 import numpy as np
 
 from cynet import reference
@@ -65,10 +67,9 @@ def _backward(op, code, dout, saved, saved_name, out, param, fallback):
 
 
 def _finite_number(op, name, value):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{op}: {name} must be a real number, got {value!r}") from None
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: {name} must be a real number, got {value!r}")
+    value = float(value)
     if not np.isfinite(value):
         raise ValueError(f"{op}: {name} must be finite, got {value}")
     return value
