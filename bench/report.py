@@ -1,54 +1,142 @@
-"""Turn a pytest-benchmark JSON of bench/test_bench_activations.py into a Markdown table of ratios.
+"""Markdown ratio table from a pytest-benchmark JSON of bench/test_bench_activations.py.
 
-    python bench/report.py bench/results/run.json
+    python bench/report.py bench/results/run.json [--flag-limit 1.3]
 
-One row per (op, direction, shape, threads): median milliseconds of cynet, the NumPy reference, PyTorch and the
-memory-bandwidth floor ('limit'), then cynet/limit (1.0 = as fast as copying the bytes), numpy/cynet and torch/cynet
-(speed-ups: above 1 means cynet is faster). A '!' marks a row where cynet is above 1.3x the limit or slower than torch.
+One row per (op, direction, shape, threads), in run order: the median milliseconds of cynet, the NumPy reference,
+torch and the memory-bandwidth floor, then
+
+- cynet/limit:  cynet's time over the floor's (1.00 = as fast as moving the op's bytes);
+- numpy/cynet:  speed-up over the NumPy reference (above 1: cynet is faster);
+- torch/cynet:  speed-up over torch (above 1: cynet is faster; below 1: torch is faster).
+
+The floor ('limit') is the faster of the two floor benchmarks of the row: NumPy (``limit``, one thread) and torch
+(``limit_torch``, the row's thread count); the 'floor' column says which. A row is flagged when cynet/limit is above
+--flag-limit (default 1.3) or when torch is faster than cynet. A dagger on a torch time points to a footnote: that
+torch path does not do exactly cynet's work (it allocates, or moves more bytes); see the notes under the table.
+Standard library only.
 """
 import argparse
 import json
-from collections import defaultdict
+import sys
+
+IMPLS = ("cynet", "numpy", "torch", "limit", "limit_torch")
 
 
 def load(path):
     with open(path) as f:
         data = json.load(f)
-    rows = defaultdict(dict)
-    for bench in data["benchmarks"]:
-        info = bench["extra_info"]
-        key = (info["case"], tuple(info["shape"]), info["threads"])
-        rows[key][info["impl"]] = bench["stats"]["median"] * 1e3
-    return data.get("machine_info", {}), rows
+    rows = {}        # (op, direction, shape, threads) -> {impl: median ms}
+    notes = {}       # (op, direction, impl) -> note
+    differs = set()  # (op, direction) where torch's path does more work than cynet's
+    for bench in data.get("benchmarks", []):
+        info = bench.get("extra_info", {})
+        if info.get("impl") not in IMPLS:
+            continue
+        key = (info["op"], info["direction"], info["shape"], int(info["threads"]))
+        rows.setdefault(key, {})[info["impl"]] = bench["stats"]["median"] * 1e3
+        if info.get("note"):
+            notes[(info["op"], info["direction"], info["impl"])] = info["note"]
+        if info.get("torch_differs"):
+            differs.add((info["op"], info["direction"]))
+    return data, rows, notes, differs
 
 
-def fmt(value, spec=".2f"):
-    return "—" if value is None else format(value, spec)
+def fmt_ms(value):
+    if value is None:
+        return "—"
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
 
-def table(rows, limit_target=1.3):
-    lines = ["| op | shape | threads | cynet ms | numpy ms | torch ms | limit ms | cynet/limit | numpy/cynet "
-             "| torch/cynet |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for (case, shape, threads), t in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
-        c, n, tr, lim = (t.get(k) for k in ("cynet", "numpy", "torch", "limit"))
-        vs_limit = c / lim if c and lim else None
-        vs_numpy = n / c if c and n else None
-        vs_torch = tr / c if c and tr else None
-        flag = " !" if (vs_limit and vs_limit > limit_target) or (vs_torch and vs_torch < 1) else ""
-        lines.append(f"| {case}{flag} | {shape[0]}x{shape[1]} | {threads} | {fmt(c)} | {fmt(n, '.1f')} | "
-                     f"{fmt(tr)} | {fmt(lim)} | {fmt(vs_limit)} | {fmt(vs_numpy, '.1f')} | {fmt(vs_torch)} |")
+def fmt_ratio(value, digits=2):
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def header(data):
+    m = data.get("machine_info", {})
+    c = m.get("cynet_bench", {})
+    commit = data.get("commit_info", {})
+    cpu = m.get("cpu", {})
+    lines = [
+        f"- run: {data.get('datetime', '?')}, commit {str(commit.get('id', '?'))[:10]}"
+        f"{' (dirty)' if commit.get('dirty') else ''}, wall {c.get('wall_seconds', '?')} s",
+        f"- machine: {cpu.get('brand_raw', '?')}, {c.get('available_cpus', cpu.get('count', '?'))} CPUs; "
+        f"Python {m.get('python_version', '?')}",
+        f"- cynet {c.get('cynet', '?')} (SIMD {c.get('simd', '?')}, OpenMP runtime "
+        f"{', '.join(c.get('openmp_runtimes', [])) or '?'}), NumPy {c.get('numpy', '?')}, torch {c.get('torch')}",
+    ]
+    if "foreign_cpu_fraction" in c:
+        frac = c["foreign_cpu_fraction"]
+        warn = " — **other processes were busy: treat the numbers as noisy**" if frac > 0.05 else ""
+        lines.append(f"- CPU used by other processes during the run: {c['foreign_cpu_seconds']} s "
+                     f"({100 * frac:.1f}% of the machine), steal {c.get('steal_seconds', '?')} s; load average "
+                     f"at start {c.get('loadavg_start')}{warn}")
     return "\n".join(lines)
 
 
-def main():
+def table(rows, differs, flag_limit):
+    out = ["| op | dir | shape | thr | cynet ms | numpy ms | torch ms | limit ms | floor | cynet/limit "
+           "| numpy/cynet | torch/cynet | flag |",
+           "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|"]
+    flagged = []
+    for (op, direction, shape, threads), t in rows.items():
+        cynet, numpy, torch = t.get("cynet"), t.get("numpy"), t.get("torch")
+        floors = {name: t[impl] for name, impl in (("np", "limit"), ("torch", "limit_torch")) if impl in t}
+        floor_by = min(floors, key=floors.get) if floors else None
+        limit = floors.get(floor_by)
+        vs_limit, vs_numpy, vs_torch = ratio(cynet, limit), ratio(numpy, cynet), ratio(torch, cynet)
+        flags = []
+        if vs_limit is not None and vs_limit > flag_limit:
+            flags.append(f"> {flag_limit}x limit")
+        if vs_torch is not None and vs_torch < 1:
+            flags.append("slower than torch")
+        if flags:
+            flagged.append((op, direction, shape, threads))
+        dagger = "†" if torch is not None and (op, direction) in differs else ""
+        out.append(f"| {op} | {direction[:3]} | {shape} | {threads} | {fmt_ms(cynet)} | {fmt_ms(numpy)} | "
+                   f"{fmt_ms(torch)}{dagger} | {fmt_ms(limit)} | {floor_by or '—'} | {fmt_ratio(vs_limit)} | "
+                   f"{fmt_ratio(vs_numpy, 1)} | {fmt_ratio(vs_torch)} | {'**' + '; '.join(flags) + '**' if flags else ''} |")
+    return "\n".join(out), flagged
+
+
+def footnotes(notes, differs):
+    lines = ["Torch paths (notes; † in the table: torch does more work than cynet there, so torch/cynet flatters "
+             "cynet):\n"]
+    lines += [f"- {op} {d}{' †' if (op, d) in differs else ''}: {n}"
+              for (op, d, impl), n in notes.items() if impl == "torch"]
+    by_note = {}
+    for (op, d, impl), n in notes.items():
+        if impl == "limit":
+            by_note.setdefault(n, []).append(f"{op} {d}")
+    lines.append("\nFloors (NumPy form, 'limit'; 'limit_torch' moves the same arrays with torch on the row's threads):"
+                 "\n")
+    lines += [f"- {n} — {', '.join(cases)}" for n, cases in by_note.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("json", help="pytest-benchmark JSON (--benchmark-json=...)")
-    args = parser.parse_args()
-    machine, rows = load(args.json)
-    cpu = machine.get("cpu", {}).get("brand_raw", "?")
-    print(f"CPU: {cpu}; cores: {machine.get('cpu', {}).get('count', '?')}\n")
-    print(table(rows))
+    parser.add_argument("json", help="pytest-benchmark JSON written with --benchmark-json=...")
+    parser.add_argument("--flag-limit", type=float, default=1.3,
+                        help="flag rows where cynet/limit is above this (default 1.3)")
+    parser.add_argument("--no-notes", action="store_true", help="print the table only")
+    args = parser.parse_args(argv)
+    data, rows, notes, differs = load(args.json)
+    if not rows:
+        print(f"{args.json}: no benchmarks of bench/test_bench_activations.py", file=sys.stderr)
+        return 1
+    body, flagged = table(rows, differs, args.flag_limit)
+    if not args.no_notes:
+        print(header(data) + "\n")
+    print(body)
+    if not args.no_notes:
+        print(f"\n{len(flagged)} of {len(rows)} rows flagged (cynet/limit > {args.flag_limit} or slower than torch).")
+        print("\n" + footnotes(notes, differs))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

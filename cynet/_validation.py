@@ -23,7 +23,8 @@ def as_float_array(op, name, a):
     a = np.asarray(a)
     if a.dtype.kind != "f":
         raise TypeError(f"{op}: {name} must be a floating-point array (float32 or float64), got {describe(a)}")
-    return np.ascontiguousarray(a)
+    # (np.ascontiguousarray would turn a 0-d array into shape (1,); 0-d arrays are always contiguous)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
 def same_layout(op, names, arrays):

@@ -166,7 +166,10 @@ def gelu_backward(dout, x, approximate="none", *, out=None):
 
 
 def silu_forward(x, *, out=None):
-    return _store(x * _stable_sigmoid(x), out)
+    s = _stable_sigmoid(x)
+    with np.errstate(invalid="ignore"):
+        y = np.where(s == 0, x.dtype.type(-0.0), x * s)  # -0 where sigmoid underflows: the limit at -inf
+    return _store(y, out)
 
 
 def silu_backward(dout, x, *, out=None):

@@ -160,7 +160,7 @@ cdef inline floating vtanh(floating x) noexcept nogil:
         ax = 354.0 if ax > 354.0 else ax
     e = vexpm1(ax + ax)
     t = e / (e + <floating>2.0)
-    return -t if x < 0 else t
+    return t if x > 0 else (-t if x < 0 else x)       # +-0 and NaN are returned as they came
 
 
 # exp(x) in double precision to a relative 2e-10 only (Taylor to degree 8): what a float32 result needs, cheaper than

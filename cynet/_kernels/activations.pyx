@@ -93,6 +93,7 @@ cdef inline floating _gelu_tanh_slope(floating x) noexcept nogil:
 cdef void _forward_block(int op, const floating* x, floating* y, Py_ssize_t n, floating a) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating v, u
+    cdef floating zero = 0
     cdef floating selu_scale = <floating>SELU_SCALE
     cdef floating selu_scale_alpha = <floating>(SELU_SCALE * SELU_ALPHA)
     if op == SIGMOID:
@@ -138,10 +139,11 @@ cdef void _forward_block(int op, const floating* x, floating* y, Py_ssize_t n, f
             v = x[i]
             y[i] = _gelu_tanh_gate(v) * v
     elif op == SILU:
-        # y = x * sigmoid(x)
+        # y = x * sigmoid(x), and -0 where sigmoid underflows to 0 (the limit at -inf, not -inf * 0 = NaN)
         for i in range(n):
             v = x[i]
-            y[i] = v * vsigmoid(v)
+            u = vsigmoid(v)
+            y[i] = v * u if u != 0 else -zero
 
 
 # Loads happen before the selects (`g = dout[i]; ... g if c else ...`): a load inside one arm of a select cannot be
@@ -306,15 +308,16 @@ cdef void _prelu_rows_backward(const floating* dout, const floating* x, const fl
     cdef floating v, g, a
     for i in range(rows):
         # Two passes over the (cache-resident) row: one loop doing both stores does not vectorise, each alone does.
+        # The reduction goes first: dx may be dout or x itself (in-place backward).
+        for j in range(C):
+            v = x[i * C + j]
+            g = dout[i * C + j]
+            partial[j] += <double>g * <double>(0 if v > 0 else v)
         for j in range(C):
             v = x[i * C + j]
             g = dout[i * C + j]
             a = alpha[j]
             dx[i * C + j] = g if v > 0 else a * g
-        for j in range(C):
-            v = x[i * C + j]
-            g = dout[i * C + j]
-            partial[j] += <double>g * <double>(0 if v > 0 else v)
 
 
 # Same over n values sharing the slope a; returns sum of dout * x over x <= 0. Four interleaved float64 accumulators,

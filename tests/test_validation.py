@@ -1,0 +1,245 @@
+"""Every validation error of cynet.ops: the right exception type, a message naming the op and the offending array's
+dtype and shape, raised before anything is written."""
+import re
+
+import numpy as np
+import pytest
+
+from cynet import ops
+from _helpers import ELEMENTWISE
+
+BAD_DTYPES = [
+    pytest.param(np.arange(6).reshape(2, 3), id="int64"),
+    pytest.param(np.ones((2, 3), np.int32), id="int32"),
+    pytest.param(np.ones((2, 3), np.uint8), id="uint8"),
+    pytest.param(np.ones((2, 3), bool), id="bool"),
+    pytest.param(np.ones((2, 3), np.complex64), id="complex64"),
+    pytest.param(np.ones((2, 3), np.complex128), id="complex128"),
+    pytest.param(np.full((2, 3), "a"), id="str"),
+    pytest.param(np.full((2, 3), None, dtype=object), id="object"),
+    pytest.param([[1, 2, 3], [4, 5, 6]], id="int-list"),
+    pytest.param([[True, False, True], [True, True, True]], id="bool-list"),
+]
+
+
+def _shape_text(shape):
+    return re.escape(str(tuple(shape)))
+
+
+# --- dtypes ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", BAD_DTYPES)
+def test_non_floating_input_is_a_type_error_naming_the_op(op, bad):
+    dtype = np.asarray(bad).dtype
+    good = np.ones((2, 3))
+    described = rf"got {re.escape(str(dtype))} array of shape \(2, 3\)"
+    with pytest.raises(TypeError, match=rf"^{op.name}_forward: x must be a floating-point array .*{described}"):
+        op.forward(bad)
+    with pytest.raises(TypeError, match=rf"^{op.name}_backward: dout must be a floating-point array .*{described}"):
+        op.backward(bad, good)
+    with pytest.raises(TypeError, match=rf"^{op.name}_backward: {op.saved} must be a floating-point array .*"
+                                        rf"{described}"):
+        op.backward(good, bad)
+
+
+@pytest.mark.parametrize("bad", BAD_DTYPES)
+def test_prelu_and_maxout_refuse_non_floating_input(bad):
+    described = r"got .* array of shape \(2, 3\)"
+    with pytest.raises(TypeError, match=rf"^prelu_forward: x must be a floating-point array .*{described}"):
+        ops.prelu_forward(bad, 0.25)
+    with pytest.raises(TypeError, match=rf"^prelu_backward: (dout|x) must be a floating-point array .*{described}"):
+        ops.prelu_backward(bad, bad, 0.25)
+    with pytest.raises(TypeError, match=rf"^prelu_backward: dout must be a floating-point array .*{described}"):
+        ops.prelu_backward(bad, np.ones((2, 3)), 0.25)
+    with pytest.raises(TypeError, match=rf"^maxout_forward: x must be a floating-point array .*{described}"):
+        ops.maxout_forward(bad, 3)
+    with pytest.raises(TypeError, match=rf"^maxout_backward: dout must be a floating-point array .*{described}"):
+        ops.maxout_backward(bad, np.zeros((2, 3), np.int32), 2)
+
+
+@pytest.mark.parametrize("alpha", [np.ones(3, np.int64), np.array(1), 1, True, np.ones(3, bool),
+                                   np.ones(3, np.complex64)], ids=["int64", "0-d int", "int", "bool", "bool-array",
+                                                                  "complex"])
+def test_prelu_alpha_must_be_floating(alpha):
+    x = np.ones((4, 3), np.float32)
+    with pytest.raises(TypeError, match=r"^prelu_forward: alpha must be floating-point, got .* array of shape"):
+        ops.prelu_forward(x, alpha)
+    with pytest.raises(TypeError, match=r"^prelu_backward: alpha must be floating-point"):
+        ops.prelu_backward(x, x, alpha)
+
+
+# --- shapes and dtypes of the backward's pair ------------------------------------------------------------------------
+@pytest.mark.parametrize("dout_shape,saved_shape", [((3,), (4,)), ((2, 3), (3, 2)), ((2, 3), (6,)), ((0,), (1,)),
+                                                    ((1, 5), (5,))], ids=str)
+def test_backward_shape_mismatch_names_both_shapes(op, dout_shape, saved_shape):
+    dout, saved = np.ones(dout_shape, np.float32), np.ones(saved_shape, np.float32)
+    with pytest.raises(ValueError, match=rf"^{op.name}_backward: dout and {op.saved} must have the same shape, got "
+                                         rf"float32 array of shape {_shape_text(dout_shape)} and float32 array of "
+                                         rf"shape {_shape_text(saved_shape)}"):
+        op.backward(dout, saved)
+
+
+def test_backward_dtype_mismatch_names_both_dtypes(op):
+    with pytest.raises(TypeError, match=rf"^{op.name}_backward: dout and {op.saved} must have the same dtype, got "
+                                        r"float32 array of shape \(3,\) and float64 array of shape \(3,\)"):
+        op.backward(np.ones(3, np.float32), np.ones(3, np.float64))
+    with pytest.raises(TypeError, match=rf"^{op.name}_backward: dout and {op.saved} must have the same dtype"):
+        op.backward(np.ones(3, np.float16), np.ones(3, np.float32))
+
+
+def test_prelu_shape_and_dtype_mismatch():
+    x = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"^prelu_backward: dout and x must have the same shape, got float32 array of "
+                                         r"shape \(4, 2\) and float32 array of shape \(4, 3\)"):
+        ops.prelu_backward(np.zeros((4, 2), np.float32), x, np.ones(3, np.float32))
+    with pytest.raises(TypeError, match=r"^prelu_backward: dout and x must have the same dtype, got float64"):
+        ops.prelu_backward(np.zeros((4, 3)), x, np.ones(3, np.float32))
+
+
+# --- out= ------------------------------------------------------------------------------------------------------------
+def _bad_outs(shape, dtype):
+    """(out, exception, message pattern) for every way an out= buffer can be unusable."""
+    other = np.float64 if dtype == np.float32 else np.float32
+    wrong_shape = shape[:-1] + (shape[-1] + 1,)
+    readonly = np.zeros(shape, dtype)
+    readonly.flags.writeable = False
+    strided = np.zeros(shape[:-1] + (2 * shape[-1],), dtype)[..., ::2]
+    return [
+        (np.zeros(wrong_shape, dtype), ValueError,
+         rf"out must have shape {_shape_text(shape)}, got {np.dtype(dtype)} array of shape {_shape_text(wrong_shape)}"),
+        (np.zeros(shape[::-1] if len(shape) > 1 and shape[0] != shape[-1] else wrong_shape, dtype), ValueError,
+         rf"out must have shape {_shape_text(shape)}"),
+        (np.zeros(shape, other), TypeError,
+         rf"out must have dtype {np.dtype(dtype)}, got {np.dtype(other)} array of shape {_shape_text(shape)}"),
+        (strided, ValueError, rf"out must be C-contiguous, got a strided {np.dtype(dtype)} array of shape "
+                              rf"{_shape_text(shape)}"),
+        (np.asfortranarray(np.zeros(shape, dtype)) if len(shape) > 1 else strided, ValueError,
+         r"out must be C-contiguous"),
+        (readonly, ValueError, rf"out is read-only \({np.dtype(dtype)} array of shape {_shape_text(shape)}\)"),
+        (np.zeros(shape, dtype).tolist(), TypeError, r"out must be a numpy.ndarray, got list"),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_bad_out_is_refused_and_left_untouched(op, dtype):
+    shape = (4, 6)
+    x = np.linspace(-3, 3, 24, dtype=dtype).reshape(shape)
+    for out, exc, pattern in _bad_outs(shape, dtype):
+        before = np.array(out, copy=True)
+        with pytest.raises(exc, match=rf"^{op.name}_forward: {pattern}"):
+            op.forward(x, out=out)
+        with pytest.raises(exc, match=rf"^{op.name}_backward: {pattern}"):
+            op.backward(x, x, out=out)
+        np.testing.assert_array_equal(np.asarray(out), before)
+
+
+def test_bad_out_buffers_of_prelu_and_maxout():
+    x = np.ones((4, 6), np.float32)
+    alpha = np.full(6, 0.25, np.float32)
+    for out, exc, pattern in _bad_outs((4, 6), np.float32):
+        with pytest.raises(exc, match=rf"^prelu_forward: {pattern}"):
+            ops.prelu_forward(x, alpha, out=out)
+        with pytest.raises(exc, match=rf"^prelu_backward: {pattern}"):
+            ops.prelu_backward(x, x, alpha, out=out)
+        with pytest.raises(exc, match=rf"^maxout_backward: {pattern}"):
+            ops.maxout_backward(np.ones((4, 3), np.float32), np.zeros((4, 3), np.int32), 2, out=out)
+    for out, exc, pattern in _bad_outs((4, 3), np.float32):
+        with pytest.raises(exc, match=rf"^maxout_forward: {pattern}"):
+            ops.maxout_forward(x, 2, out=out)
+    for out, exc, pattern in _bad_outs((6,), np.float32):
+        with pytest.raises(exc, match=rf"^prelu_backward: {pattern.replace('out ', 'alpha_grad_out ', 1)}"):
+            ops.prelu_backward(x, x, alpha, alpha_grad_out=out)
+    with pytest.raises(TypeError, match=r"^maxout_forward: indices_out must have dtype int32, got int64 array of shape "
+                                        r"\(4, 3\)"):
+        ops.maxout_forward(x, 2, indices_out=np.empty((4, 3), np.int64))
+    with pytest.raises(ValueError, match=r"^maxout_forward: indices_out must have shape \(4, 3\), got int32 array of "
+                                         r"shape \(4, 2\)"):
+        ops.maxout_forward(x, 2, indices_out=np.empty((4, 2), np.int32))
+    with pytest.raises(ValueError, match=r"^prelu_backward: alpha_grad_out must have shape \(\), got float32 array of "
+                                         r"shape \(1,\)"):
+        ops.prelu_backward(x, x, 0.25, alpha_grad_out=np.empty(1, np.float32))
+
+
+# --- op parameters ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("approximate", ["erf", "Tanh", "", None, True, 0])
+def test_gelu_approximate_must_be_none_or_tanh(approximate):
+    x = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match=rf"^gelu_forward: approximate must be 'none' or 'tanh', got "
+                                         rf"{re.escape(repr(approximate))}"):
+        ops.gelu_forward(x, approximate=approximate)
+    with pytest.raises(ValueError, match=r"^gelu_backward: approximate must be 'none' or 'tanh'"):
+        ops.gelu_backward(x, x, approximate=approximate)
+
+
+@pytest.mark.parametrize("value,exc,message", [
+    (float("nan"), ValueError, "must be finite, got nan"), (float("inf"), ValueError, "must be finite, got inf"),
+    (-np.inf, ValueError, "must be finite, got -inf"), ("0.1", TypeError, "must be a real number, got '0.1'"),
+    (None, TypeError, "must be a real number, got None"), (1j, TypeError, "must be a real number"),
+    (np.array([0.1, 0.2]), TypeError, "must be a real number")], ids=str)
+def test_leaky_relu_slope_and_elu_alpha_must_be_finite_numbers(value, exc, message):
+    x = np.ones(3, np.float32)
+    for call, name in [(lambda: ops.leaky_relu_forward(x, negative_slope=value), "leaky_relu_forward: negative_slope"),
+                       (lambda: ops.leaky_relu_backward(x, x, negative_slope=value),
+                        "leaky_relu_backward: negative_slope"),
+                       (lambda: ops.elu_forward(x, alpha=value), "elu_forward: alpha"),
+                       (lambda: ops.elu_backward(x, x, alpha=value), "elu_backward: alpha")]:
+        with pytest.raises(exc, match=rf"^{name} {re.escape(message)}"):
+            call()
+
+
+@pytest.mark.parametrize("alpha", [-1.0, -1e-300, -np.float32(2)])
+def test_elu_alpha_must_not_be_negative(alpha):
+    x = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match=r"^elu_forward: alpha must be >= 0 .*got -"):
+        ops.elu_forward(x, alpha=alpha)
+    with pytest.raises(ValueError, match=r"^elu_backward: alpha must be >= 0"):
+        ops.elu_backward(x, x, alpha=alpha)
+
+
+# --- maxout ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("pieces,exc,message", [
+    (0, ValueError, "pieces must be >= 1, got 0"), (-2, ValueError, "pieces must be >= 1, got -2"),
+    (2.0, TypeError, "pieces must be an int, got 2.0"), (True, TypeError, "pieces must be an int, got True"),
+    ("2", TypeError, "pieces must be an int, got '2'"), (None, TypeError, "pieces must be an int, got None")], ids=str)
+def test_maxout_pieces_must_be_a_positive_int(pieces, exc, message):
+    with pytest.raises(exc, match=rf"^maxout_forward: {re.escape(message)}"):
+        ops.maxout_forward(np.zeros((4, 4), np.float32), pieces)
+    with pytest.raises(exc, match=rf"^maxout_backward: {re.escape(message)}"):
+        ops.maxout_backward(np.zeros((4, 2), np.float32), np.zeros((4, 2), np.int32), pieces)
+
+
+def test_maxout_numpy_integer_pieces_are_accepted():
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    y, idx = ops.maxout_forward(x, np.int64(2))
+    np.testing.assert_array_equal(y, [[2, 3], [6, 7]])
+    np.testing.assert_array_equal(ops.maxout_backward(np.ones((2, 2), np.float32), idx, np.int8(2)),
+                                  [[0, 0, 1, 1], [0, 0, 1, 1]])
+
+
+@pytest.mark.parametrize("indices", [np.zeros((2, 2)), np.zeros((2, 2), bool), np.zeros((2, 2), np.complex64)],
+                         ids=["float64", "bool", "complex"])
+def test_maxout_indices_must_be_integers(indices):
+    with pytest.raises(TypeError, match=r"^maxout_backward: indices must be an integer array, got .* array of shape "
+                                        r"\(2, 2\)"):
+        ops.maxout_backward(np.zeros((2, 2), np.float32), indices, 2)
+
+
+def test_maxout_checks_run_before_any_write():
+    out = np.full((2, 4), 7.0, np.float32)
+    with pytest.raises(ValueError, match=r"indices must lie in"):
+        ops.maxout_backward(np.ones((2, 2), np.float32), np.array([[0, 5], [0, 0]]), 2, out=out)
+    np.testing.assert_array_equal(out, 7.0)
+
+
+# A 0-d x or dout is refused with a message showing its () shape.
+def test_maxout_zero_d_input_is_a_value_error():
+    with pytest.raises(ValueError, match=r"^maxout_forward: .*shape \(\)"):
+        ops.maxout_forward(np.array(2.0), 1)
+    with pytest.raises(ValueError, match=r"^maxout_backward: dout must have at least one axis, got float64 array of "
+                                         r"shape \(\)"):
+        ops.maxout_backward(np.array(1.0), np.array(0), 1)
+
+
+def test_every_elementwise_op_is_covered():
+    names = {f"{spec.name}_{direction}" for spec in ELEMENTWISE for direction in ("forward", "backward")}
+    public = {name for name in ops.__all__ if name.endswith(("_forward", "_backward"))}
+    assert public - names == {"prelu_forward", "prelu_backward", "maxout_forward", "maxout_backward"}
