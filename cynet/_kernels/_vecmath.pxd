@@ -52,6 +52,17 @@ cdef inline double round_f64(double v) noexcept nogil:
     return (v + 6755399441055744.0) - 6755399441055744.0
 
 
+# r = x - n*ln2 with ln2 split in two (Cody & Waite) so that n*ln2_hi is exact; n is an integer-valued float.
+cdef inline float _ln2_remainder_f32(float x, float n) noexcept nogil:
+    cdef float r = x - n * <float>0.693359375
+    return r - n * <float>-2.12194440e-4
+
+
+cdef inline double _ln2_remainder_f64(double x, double n) noexcept nogil:
+    cdef double r = x - n * 6.93145751953125e-1
+    return r - n * 1.42860682030941723212e-6
+
+
 # q(r) = exp(r) - 1 for |r| <= ln2/2.
 cdef inline float _expm1_reduced_f32(float r) noexcept nogil:
     cdef float p = <float>1.9875691500e-4
@@ -85,8 +96,7 @@ cdef inline float exp_f32(float x) noexcept nogil:
     x = <float>88.8 if x > <float>88.8 else x          # exp(88.8) > FLT_MAX: inf
     x = <float>-104.0 if x < <float>-104.0 else x      # exp(-104) < FLT_TRUE_MIN / 2: 0
     n = round_f32(x * <float>1.44269504088896341)
-    r = x - n * <float>0.693359375
-    r = r - n * <float>-2.12194440e-4
+    r = _ln2_remainder_f32(x, n)
     k1 = round_f32(n * <float>0.5)
     return ((<float>1.0 + _expm1_reduced_f32(r)) * exp2i_f32(k1)) * exp2i_f32(n - k1)
 
@@ -96,8 +106,7 @@ cdef inline double exp_f64(double x) noexcept nogil:
     x = 709.9 if x > 709.9 else x                      # exp(709.9) > DBL_MAX: inf
     x = -746.0 if x < -746.0 else x                    # exp(-746) < DBL_TRUE_MIN / 2: 0
     n = round_f64(x * 1.4426950408889634074)
-    r = x - n * 6.93145751953125e-1
-    r = r - n * 1.42860682030941723212e-6
+    r = _ln2_remainder_f64(x, n)
     k1 = round_f64(n * 0.5)
     return ((1.0 + _expm1_reduced_f64(r)) * exp2i_f64(k1)) * exp2i_f64(n - k1)
 
@@ -108,8 +117,7 @@ cdef inline float expm1_f32(float x) noexcept nogil:
     x = <float>88.0 if x > <float>88.0 else x
     x = <float>-87.0 if x < <float>-87.0 else x        # expm1(-87) == -1 in float32
     n = round_f32(x * <float>1.44269504088896341)
-    r = x - n * <float>0.693359375
-    r = r - n * <float>-2.12194440e-4
+    r = _ln2_remainder_f32(x, n)
     s = exp2i_f32(n)
     return s * _expm1_reduced_f32(r) + (s - <float>1.0)
 
@@ -119,8 +127,7 @@ cdef inline double expm1_f64(double x) noexcept nogil:
     x = 709.0 if x > 709.0 else x
     x = -708.0 if x < -708.0 else x                    # expm1(-708) == -1 in float64; 2**n stays normal
     n = round_f64(x * 1.4426950408889634074)
-    r = x - n * 6.93145751953125e-1
-    r = r - n * 1.42860682030941723212e-6
+    r = _ln2_remainder_f64(x, n)
     s = exp2i_f64(n)
     return s * _expm1_reduced_f64(r) + (s - 1.0)
 
@@ -167,8 +174,7 @@ cdef inline floating vtanh(floating x) noexcept nogil:
 # exp_f64. x must lie in [-708, 709].
 cdef inline double exp_f64_for_f32(double x) noexcept nogil:
     cdef double n = round_f64(x * 1.4426950408889634074)
-    cdef double r = x - n * 6.93145751953125e-1
-    r = r - n * 1.42860682030941723212e-6
+    cdef double r = _ln2_remainder_f64(x, n)
     cdef double p = 1.0 / 40320.0
     p = p * r + 1.0 / 5040.0
     p = p * r + 1.0 / 720.0
