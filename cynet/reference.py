@@ -30,7 +30,7 @@ def _erfc(z):
         from scipy.special import erfc
     except ImportError:  # pragma: no cover - depends on the environment
         z = np.asarray(z, dtype=np.float64)
-        return np.frompyfunc(math.erfc, 1, 1)(z).astype(np.float64)
+        return np.asarray(np.frompyfunc(math.erfc, 1, 1)(z), dtype=np.float64)  # 0-d input gives a Python float
     return erfc(z)
 
 
