@@ -26,3 +26,12 @@ cdef enum:
     # Parallel chunks start on multiples of this many elements (64 bytes of float32), so every chunk but the last
     # begins on a cache line and the threads never write the same line.
     CHUNK_ALIGN = 16
+
+
+cdef inline Py_ssize_t split_length(Py_ssize_t n, Py_ssize_t work, int n_threads, Py_ssize_t align) noexcept nogil:
+    """Items per parallel chunk when n items (worth `work` elements) are shared by n_threads: all n in one serial
+    chunk below PARALLEL_MIN_ELEMENTS or with one thread, else an equal share rounded up to a multiple of align.
+    Never 0, so that ceil(n / length) is always defined."""
+    if n_threads <= 1 or work < PARALLEL_MIN_ELEMENTS:
+        return n if n > 0 else 1
+    return ((n + n_threads - 1) // n_threads + align - 1) // align * align

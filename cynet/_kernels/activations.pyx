@@ -15,7 +15,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport erfc
 
-from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS, CHUNK_ALIGN
+from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS, CHUNK_ALIGN, split_length
 from cynet._kernels._vecmath cimport (vexpm1, vsigmoid, vtanh, exp_f64, exp_f64_for_f32, erfc_nonneg_f32acc,
                                       sigmoid_f64_for_f32)
 
@@ -209,14 +209,6 @@ cdef void _backward_block(int op, const floating* dout, const floating* s, float
             dx[i] = dout[i] * (t * (one + v * (one - t)))
 
 
-cdef inline Py_ssize_t _chunk_length(Py_ssize_t n, int n_threads) noexcept nogil:
-    """Elements per chunk: all of them (one serial chunk) when n is small or one thread is asked for; otherwise an
-    equal share per thread, rounded up to CHUNK_ALIGN."""
-    if n_threads <= 1 or n < PARALLEL_MIN_ELEMENTS:
-        return n if n > 0 else 1
-    return ((n + n_threads - 1) // n_threads + CHUNK_ALIGN - 1) // CHUNK_ALIGN * CHUNK_ALIGN
-
-
 cdef inline void _block(bint backward, int op, const floating* u, const floating* saved, floating* out, Py_ssize_t n,
                         floating a) noexcept nogil:
     if backward:
@@ -229,7 +221,7 @@ cdef void _elementwise(bint backward, int op, const floating[::1] u, const float
                        double a, int n_threads) noexcept nogil:
     """Run one elementwise forward (u = x) or backward (u = dout) over chunks of the flat index range."""
     cdef Py_ssize_t n = u.shape[0]
-    cdef Py_ssize_t chunk = _chunk_length(n, n_threads)
+    cdef Py_ssize_t chunk = split_length(n, n, n_threads, CHUNK_ALIGN)
     cdef Py_ssize_t n_chunks = (n + chunk - 1) // chunk
     cdef Py_ssize_t c, lo
     if n == 0:

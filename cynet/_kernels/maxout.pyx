@@ -14,7 +14,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdint cimport int32_t
 
-from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS
+from cynet._kernels._openmp cimport split_length
 
 
 # y[m, j] = max_p x[m, p, j], idx[m, j] = first argmax, over `rows` rows of K pieces x D units.
@@ -62,16 +62,9 @@ cdef void _maxout_rows_backward(const floating* dout, const int32_t* idx, floati
                 dr[p * D + j] = g if ir[j] == p else 0
 
 
-cdef inline Py_ssize_t _row_chunk(Py_ssize_t M, Py_ssize_t elements, int n_threads) noexcept nogil:
-    """Rows per parallel chunk: all rows (serial) below the threshold, else an equal share per thread."""
-    if n_threads <= 1 or elements < PARALLEL_MIN_ELEMENTS:
-        return M if M > 0 else 1
-    return (M + n_threads - 1) // n_threads
-
-
 def maxout_forward(const floating[:, :, ::1] x, floating[:, ::1] y, int32_t[:, ::1] idx, int n_threads):
     cdef Py_ssize_t M = x.shape[0], K = x.shape[1], D = x.shape[2], c, lo
-    cdef Py_ssize_t chunk = _row_chunk(M, M * K * D, n_threads)
+    cdef Py_ssize_t chunk = split_length(M, M * K * D, n_threads, 1)
     cdef Py_ssize_t n_chunks = (M + chunk - 1) // chunk
     if M == 0 or D == 0:
         return
@@ -83,7 +76,7 @@ def maxout_forward(const floating[:, :, ::1] x, floating[:, ::1] y, int32_t[:, :
 
 def maxout_backward(const floating[:, ::1] dout, const int32_t[:, ::1] idx, floating[:, :, ::1] dx, int n_threads):
     cdef Py_ssize_t M = dx.shape[0], K = dx.shape[1], D = dx.shape[2], c, lo
-    cdef Py_ssize_t chunk = _row_chunk(M, M * K * D, n_threads)
+    cdef Py_ssize_t chunk = split_length(M, M * K * D, n_threads, 1)
     cdef Py_ssize_t n_chunks = (M + chunk - 1) // chunk
     if M == 0 or D == 0:
         return
