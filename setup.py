@@ -9,6 +9,9 @@ The default build is portable: ``-O3 -fno-trapping-math -ffp-contract=off``, no 
 ``-ffast-math``. The kernels are written so that the compiler can vectorise them. On x86-64, each kernel family is
 also built for AVX2 and AVX-512 (same source, wider vectors) and the widest variant the CPU runs is chosen at import
 time (``cynet._kernels.load``); ``CYNET_NO_SIMD_VARIANTS=1`` builds the baseline only.
+
+For development, ``CYNET_BUILD_ONLY=family[,family]`` with ``python setup.py build_ext --inplace`` rebuilds just
+those kernel families.
 """
 import os
 import shutil
@@ -165,6 +168,11 @@ class BuildExtWithOpenMP(build_ext):
 
 def _extensions():
     sources = sorted(glob(os.path.join("cynet", "_kernels", "*.pyx")))
+    # Development knob: CYNET_BUILD_ONLY=optim,losses rebuilds only those families (the others keep their built
+    # modules). Installs and CI leave it unset and build everything.
+    only = {f.strip() for f in os.environ.get("CYNET_BUILD_ONLY", "").split(",") if f.strip()}
+    if only:
+        sources = [s for s in sources if os.path.basename(s)[:-4] in only]
     exts = [Extension(src[:-4].replace(os.sep, "."), [src], include_dirs=[numpy.get_include()]) for src in sources]
     exts = cythonize(exts, compiler_directives=CYTHON_DIRECTIVES, quiet=True)
     variants = []

@@ -6,11 +6,13 @@ controlled in one place: :func:`set_num_threads`, :func:`get_num_threads`, :func
 """
 from cynet._threading import available_cpus, get_num_threads, set_num_threads, threads
 from cynet._config import show_config
+from cynet._random import get_rng_state, manual_seed, set_rng_state
 from cynet import ops, reference
+from cynet import nn
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__", "available_cpus", "get_num_threads", "set_num_threads", "threads", "show_config", "ops",
-    "reference",
+    "reference", "manual_seed", "get_rng_state", "set_rng_state", "nn",
 ]

@@ -1,0 +1,523 @@
+r"""Weight initialisers with the names and semantics of ``torch.nn.init``.
+
+Every function fills its argument *in place* and returns it. The argument is a :class:`~cynet.nn.Parameter` (its
+``data`` is filled) or a floating-point :class:`numpy.ndarray`. Random values are drawn in float64 from
+``generator`` (``None``: the global generator that :func:`cynet.manual_seed` reseeds; an int: a fresh generator
+seeded with it; or a :class:`numpy.random.Generator`) and then cast to the array's dtype, so float32 and float64
+weights drawn from the same seed agree up to rounding.
+
+Why the scale matters (CS231n, "Training Neural Networks I"): with weights too small the activations of a deep net
+shrink towards zero layer after layer, too large and tanh/sigmoid units saturate; in both cases the gradients vanish.
+The variance-preserving rules keep :math:`\mathrm{Var}(y) \approx \mathrm{Var}(x)` through a layer
+:math:`y = W x`:
+
+- Xavier/Glorot (tanh, linear units): :math:`\text{std} = g \sqrt{2 / (\text{fan\_in} + \text{fan\_out})}`;
+- Kaiming/He (ReLU units, half of whose inputs are zeroed): :math:`\text{std} = g / \sqrt{\text{fan}}` with
+  :math:`g = \sqrt 2`;
+- orthogonal (deep and recurrent nets): :math:`W W^T = g^2 I` (or :math:`W^T W`).
+
+A uniform distribution :math:`U(-b, b)` has std :math:`b / \sqrt 3`, so the ``*_uniform_`` variants use
+:math:`b = \sqrt 3 \cdot \text{std}`.
+
+Weights follow PyTorch's layout ``(out_features, in_features, *receptive_field)``:
+:func:`fan_in_and_fan_out` gives ``fan_in = in_features * receptive`` and ``fan_out = out_features * receptive``.
+
+Example:
+    >>> import numpy as np, cynet
+    >>> from cynet import init
+    >>> w = np.empty((256, 512), np.float32)
+    >>> _ = cynet.manual_seed(0)
+    >>> _ = init.kaiming_normal_(w, nonlinearity="relu")
+    >>> round(float(w.std() * np.sqrt(512 / 2)), 1)
+    1.0
+"""
+import math
+import numbers
+
+import numpy as np
+
+from cynet._random import resolve_generator
+from cynet._validation import describe
+
+__all__ = [
+    "calculate_gain", "fan_in_and_fan_out", "zeros_", "ones_", "constant_", "normal_", "uniform_",
+    "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "default_bias_",
+    "get_initializer", "INITIALIZERS",
+]
+
+_LINEAR_FNS = ("linear", "identity", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+               "conv_transpose3d", "sigmoid")
+_NONLINEARITIES = _LINEAR_FNS + ("tanh", "relu", "leaky_relu", "selu")
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------------
+def _array(fn, tensor):
+    """The ndarray behind ``tensor`` (a Parameter's ``data`` or the array itself); TypeError otherwise."""
+    array = tensor if isinstance(tensor, np.ndarray) else getattr(tensor, "data", None)
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"cynet.init.{fn}: expected a Parameter or a numpy.ndarray, got {type(tensor).__name__}")
+    if array.dtype.kind != "f":
+        raise TypeError(f"cynet.init.{fn}: the array must be floating point (float32 or float64), "
+                        f"got {describe(array)}")
+    if not array.flags.writeable:
+        raise ValueError(f"cynet.init.{fn}: the array is read-only ({describe(array)})")
+    return array
+
+
+def _real(fn, name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"cynet.init.{fn}: {name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"cynet.init.{fn}: {name} must be finite, got {value}")
+    return value
+
+
+def _fill(array, values):
+    """Write float64 ``values`` into ``array`` (cast to its dtype)."""
+    array[...] = values.astype(array.dtype, copy=False)
+
+
+def _normal(fn, tensor, mean, std, generator):
+    array = _array(fn, tensor)
+    mean = _real(fn, "mean", mean)
+    std = _real(fn, "std", std)
+    if std < 0:
+        raise ValueError(f"cynet.init.{fn}: std must be non-negative, got {std}")
+    rng = resolve_generator(generator)
+    _fill(array, rng.standard_normal(array.shape) * std + mean)
+    return tensor
+
+
+def _uniform(fn, tensor, low, high, generator):
+    array = _array(fn, tensor)
+    low = _real(fn, "low", low)
+    high = _real(fn, "high", high)
+    if low > high:
+        raise ValueError(f"cynet.init.{fn}: low must be <= high, got low={low}, high={high}")
+    rng = resolve_generator(generator)
+    _fill(array, rng.uniform(low, high, size=array.shape))
+    return tensor
+
+
+# --- gain and fans ---------------------------------------------------------------------------------------------------
+def calculate_gain(nonlinearity, param=None):
+    r"""The recommended gain :math:`g` for a nonlinearity (the factor that keeps the activations' variance stable).
+
+    ===================  ================================================
+    nonlinearity         gain
+    ===================  ================================================
+    linear / identity    1 (also the conv names, as in PyTorch)
+    sigmoid              1
+    tanh                 5/3
+    relu                 :math:`\sqrt 2`
+    leaky_relu           :math:`\sqrt{2 / (1 + \text{negative\_slope}^2)}`
+    selu                 3/4
+    ===================  ================================================
+
+    Args:
+        nonlinearity (str): one of the names above.
+        param (float, optional): the negative slope of ``leaky_relu``. Default 0.01.
+
+    Returns:
+        float: the gain.
+
+    Raises:
+        ValueError: unknown nonlinearity, or a slope that is not a number.
+
+    Example:
+        >>> from cynet import init
+        >>> init.calculate_gain("leaky_relu", 0.2)  # sqrt(2 / 1.04)
+        1.3867504905630728
+    """
+    if nonlinearity in _LINEAR_FNS:
+        return 1.0
+    if nonlinearity == "tanh":
+        return 5.0 / 3
+    if nonlinearity == "relu":
+        return math.sqrt(2.0)
+    if nonlinearity == "leaky_relu":
+        if param is None:
+            slope = 0.01
+        elif not isinstance(param, bool) and isinstance(param, numbers.Real) and math.isfinite(param):
+            slope = float(param)
+        else:
+            raise ValueError(f"cynet.init.calculate_gain: negative_slope {param!r} is not a valid number")
+        return math.sqrt(2.0 / (1 + slope ** 2))
+    if nonlinearity == "selu":
+        return 3.0 / 4
+    raise ValueError(f"cynet.init.calculate_gain: unsupported nonlinearity {nonlinearity!r}; expected one of "
+                     f"{', '.join(_NONLINEARITIES)}")
+
+
+def fan_in_and_fan_out(tensor):
+    """``(fan_in, fan_out)`` of a weight of shape ``(out_features, in_features, *receptive_field)``.
+
+    :math:`\\text{fan\\_in} = \\text{in\\_features} \\cdot r` and :math:`\\text{fan\\_out} = \\text{out\\_features}
+    \\cdot r`, with :math:`r` the product of the receptive-field sizes (1 for a Linear weight).
+
+    Args:
+        tensor (Parameter or ndarray): at least 2-d.
+
+    Raises:
+        ValueError: fewer than 2 dimensions (the fans of a bias or a scalar are undefined, as in PyTorch).
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import init
+        >>> init.fan_in_and_fan_out(np.empty((64, 3, 5, 5)))   # a conv weight: 3*25 in, 64*25 out
+        (75, 1600)
+    """
+    array = _array("fan_in_and_fan_out", tensor)
+    if array.ndim < 2:
+        raise ValueError(f"cynet.init.fan_in_and_fan_out: fan in and fan out can not be computed for a tensor with "
+                         f"fewer than 2 dimensions, got {describe(array)}")
+    receptive = int(np.prod(array.shape[2:], dtype=np.int64)) if array.ndim > 2 else 1
+    return array.shape[1] * receptive, array.shape[0] * receptive
+
+
+def _fan(fn, tensor, mode):
+    if mode not in ("fan_in", "fan_out"):
+        raise ValueError(f"cynet.init.{fn}: mode must be 'fan_in' or 'fan_out', got {mode!r}")
+    fan_in, fan_out = fan_in_and_fan_out(tensor)
+    return fan_in if mode == "fan_in" else fan_out
+
+
+# --- constant fills --------------------------------------------------------------------------------------------------
+def constant_(tensor, value):
+    """Fill with ``value``.
+
+    Args:
+        tensor (Parameter or ndarray): filled in place.
+        value (float): the constant.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import init
+        >>> init.constant_(np.empty(3), 0.5)
+        array([0.5, 0.5, 0.5])
+    """
+    array = _array("constant_", tensor)
+    array[...] = _real("constant_", "value", value)
+    return tensor
+
+
+def zeros_(tensor):
+    """Fill with 0 (``constant_(tensor, 0)``). Fine for biases; for weights it makes every unit of a layer compute
+    the same thing and receive the same gradient, so they never become different ("symmetry breaking" fails)."""
+    array = _array("zeros_", tensor)
+    array[...] = 0
+    return tensor
+
+
+def ones_(tensor):
+    """Fill with 1 (``constant_(tensor, 1)``), e.g. a batch-norm scale."""
+    array = _array("ones_", tensor)
+    array[...] = 1
+    return tensor
+
+
+# --- plain random fills ----------------------------------------------------------------------------------------------
+def normal_(tensor, mean=0.0, std=1.0, generator=None):
+    r"""Fill with draws from :math:`\mathcal N(\text{mean}, \text{std}^2)`.
+
+    Args:
+        tensor (Parameter or ndarray): filled in place.
+        mean (float): Default 0.
+        std (float): non-negative. Default 1.
+        generator: ``None`` (the global generator), an int seed or a :class:`numpy.random.Generator`.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import init
+        >>> w = init.normal_(np.empty((100, 100)), std=0.01, generator=0)   # "small random numbers"
+        >>> bool(abs(w.std() - 0.01) < 1e-3)
+        True
+    """
+    return _normal("normal_", tensor, mean, std, generator)
+
+
+def uniform_(tensor, low=0.0, high=1.0, generator=None):
+    r"""Fill with draws from :math:`U(\text{low}, \text{high})`.
+
+    Args:
+        tensor (Parameter or ndarray): filled in place.
+        low (float): Default 0.
+        high (float): at least ``low``. Default 1.
+        generator: ``None`` (the global generator), an int seed or a :class:`numpy.random.Generator`.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import init
+        >>> w = init.uniform_(np.empty(1000), -2, 2, generator=0)
+        >>> bool(w.min() >= -2 and w.max() < 2)
+        True
+    """
+    return _uniform("uniform_", tensor, low, high, generator)
+
+
+# --- variance-scaling initialisers -----------------------------------------------------------------------------------
+def xavier_uniform_(tensor, gain=1.0, generator=None):
+    r"""Glorot/Xavier uniform: :math:`U(-b, b)` with
+    :math:`b = g \sqrt{6 / (\text{fan\_in} + \text{fan\_out})}` (std :math:`g \sqrt{2 / (\text{fan\_in} +
+    \text{fan\_out})}`).
+
+    Args:
+        tensor (Parameter or ndarray): at least 2-d, filled in place.
+        gain (float): Default 1 (see :func:`calculate_gain`).
+        generator: ``None`` (the global generator), an int seed or a :class:`numpy.random.Generator`.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import init
+        >>> w = init.xavier_uniform_(np.empty((300, 300)), generator=0)
+        >>> bool(np.abs(w).max() <= 0.1)    # b = sqrt(6 / 600)
+        True
+    """
+    fan_in, fan_out = fan_in_and_fan_out(tensor)
+    gain = _real("xavier_uniform_", "gain", gain)
+    std = gain * math.sqrt(2.0 / float(fan_in + fan_out)) if fan_in + fan_out else 0.0
+    bound = math.sqrt(3.0) * std
+    return _uniform("xavier_uniform_", tensor, -bound, bound, generator)
+
+
+def xavier_normal_(tensor, gain=1.0, generator=None):
+    r"""Glorot/Xavier normal: :math:`\mathcal N(0, \text{std}^2)` with
+    :math:`\text{std} = g \sqrt{2 / (\text{fan\_in} + \text{fan\_out})}`.
+
+    Args:
+        tensor (Parameter or ndarray): at least 2-d, filled in place.
+        gain (float): Default 1 (see :func:`calculate_gain`).
+        generator: ``None`` (the global generator), an int seed or a :class:`numpy.random.Generator`.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import init
+        >>> w = init.xavier_normal_(np.empty((400, 400)), generator=0)
+        >>> bool(abs(w.std() / np.sqrt(2 / 800) - 1) < 0.02)
+        True
+    """
+    fan_in, fan_out = fan_in_and_fan_out(tensor)
+    gain = _real("xavier_normal_", "gain", gain)
+    std = gain * math.sqrt(2.0 / float(fan_in + fan_out)) if fan_in + fan_out else 0.0
+    return _normal("xavier_normal_", tensor, 0.0, std, generator)
+
+
+def _kaiming_std(fn, tensor, a, mode, nonlinearity):
+    fan = _fan(fn, tensor, mode)
+    gain = calculate_gain(nonlinearity, a)
+    return gain / math.sqrt(fan) if fan else 0.0
+
+
+def kaiming_uniform_(tensor, a=0, mode="fan_in", nonlinearity="leaky_relu", generator=None):
+    r"""He/Kaiming uniform: :math:`U(-b, b)` with :math:`b = g \sqrt{3 / \text{fan}}`, :math:`g` =
+    ``calculate_gain(nonlinearity, a)``.
+
+    ``a=sqrt(5)`` (with the default leaky_relu) gives :math:`b = 1/\sqrt{\text{fan\_in}}`: PyTorch's default for
+    ``nn.Linear`` (``init="default"`` here).
+
+    Args:
+        tensor (Parameter or ndarray): at least 2-d, filled in place.
+        a (float): negative slope of the leaky_relu that follows. Default 0.
+        mode (str): ``"fan_in"`` (keeps the forward variance, default) or ``"fan_out"`` (keeps the backward one).
+        nonlinearity (str): ``"relu"`` or ``"leaky_relu"`` (default) are the intended ones.
+        generator: ``None`` (the global generator), an int seed or a :class:`numpy.random.Generator`.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import init
+        >>> w = init.kaiming_uniform_(np.empty((10, 400)), nonlinearity="relu", generator=0)
+        >>> bool(np.abs(w).max() <= np.sqrt(6 / 400))
+        True
+    """
+    if _array("kaiming_uniform_", tensor).size == 0:
+        return tensor
+    bound = math.sqrt(3.0) * _kaiming_std("kaiming_uniform_", tensor, a, mode, nonlinearity)
+    return _uniform("kaiming_uniform_", tensor, -bound, bound, generator)
+
+
+def kaiming_normal_(tensor, a=0, mode="fan_in", nonlinearity="leaky_relu", generator=None):
+    r"""He/Kaiming normal: :math:`\mathcal N(0, \text{std}^2)` with :math:`\text{std} = g / \sqrt{\text{fan}}`,
+    :math:`g` = ``calculate_gain(nonlinearity, a)``; with ReLU, :math:`\text{std} = \sqrt{2 / \text{fan\_in}}`
+    (He et al., 2015: half of a ReLU's inputs are zeroed, so the variance needs the factor 2).
+
+    Args:
+        tensor (Parameter or ndarray): at least 2-d, filled in place.
+        a (float): negative slope of the leaky_relu that follows. Default 0.
+        mode (str): ``"fan_in"`` (default) or ``"fan_out"``.
+        nonlinearity (str): ``"relu"`` or ``"leaky_relu"`` (default) are the intended ones.
+        generator: ``None`` (the global generator), an int seed or a :class:`numpy.random.Generator`.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import init
+        >>> w = init.kaiming_normal_(np.empty((400, 200)), nonlinearity="relu", generator=0)
+        >>> bool(abs(w.std() / np.sqrt(2 / 200) - 1) < 0.02)
+        True
+    """
+    if _array("kaiming_normal_", tensor).size == 0:
+        return tensor
+    std = _kaiming_std("kaiming_normal_", tensor, a, mode, nonlinearity)
+    return _normal("kaiming_normal_", tensor, 0.0, std, generator)
+
+
+def orthogonal_(tensor, gain=1.0, generator=None):
+    r"""A (semi-)orthogonal matrix times ``gain`` (Saxe et al., 2013), as ``torch.nn.init.orthogonal_``.
+
+    The weight is viewed as a ``rows x cols`` matrix (rows = first axis, cols = the product of the others). A
+    Gaussian matrix is factored :math:`A = QR` (transposed first when rows < cols) and :math:`Q` is multiplied by
+    :math:`\mathrm{sign}(\mathrm{diag}(R))` so the result is uniformly distributed over the orthogonal matrices.
+    Then :math:`W W^T = g^2 I` when rows <= cols, :math:`W^T W = g^2 I` otherwise.
+
+    Args:
+        tensor (Parameter or ndarray): at least 2-d, filled in place.
+        gain (float): Default 1.
+        generator: ``None`` (the global generator), an int seed or a :class:`numpy.random.Generator`.
+
+    Raises:
+        ValueError: fewer than 2 dimensions.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import init
+        >>> w = init.orthogonal_(np.empty((3, 5)), generator=0)
+        >>> np.allclose(w @ w.T, np.eye(3))
+        True
+    """
+    array = _array("orthogonal_", tensor)
+    if array.ndim < 2:
+        raise ValueError(f"cynet.init.orthogonal_: only tensors with 2 or more dimensions are supported, "
+                         f"got {describe(array)}")
+    gain = _real("orthogonal_", "gain", gain)
+    if array.size == 0:
+        return tensor
+    rows = array.shape[0]
+    cols = array.size // rows
+    flat = resolve_generator(generator).standard_normal((rows, cols))
+    if rows < cols:
+        flat = flat.T
+    q, r = np.linalg.qr(flat)
+    q *= np.sign(np.diag(r))       # column j times sign(R_jj): makes the factorisation unique
+    if rows < cols:
+        q = q.T
+    _fill(array, (q * gain).reshape(array.shape))
+    return tensor
+
+
+def default_bias_(bias, fan_in, generator=None):
+    r"""PyTorch's default ``nn.Linear`` bias: :math:`U(-1/\sqrt{\text{fan\_in}}, 1/\sqrt{\text{fan\_in}})`
+    (zeros when ``fan_in`` is 0).
+
+    Args:
+        bias (Parameter or ndarray): filled in place.
+        fan_in (int): the layer's ``in_features`` (times the receptive field for a convolution).
+        generator: ``None`` (the global generator), an int seed or a :class:`numpy.random.Generator`.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import init
+        >>> b = init.default_bias_(np.empty(100), fan_in=25, generator=0)
+        >>> bool(np.abs(b).max() <= 0.2)
+        True
+    """
+    if isinstance(fan_in, bool) or not isinstance(fan_in, numbers.Integral) or fan_in < 0:
+        raise ValueError(f"cynet.init.default_bias_: fan_in must be a non-negative int, got {fan_in!r}")
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    return _uniform("default_bias_", bias, -bound, bound, generator)
+
+
+# --- names for modules' init= argument -------------------------------------------------------------------------------
+def _zeros(w, generator=None):
+    return zeros_(w)
+
+
+def _small_normal(w, generator=None):
+    return normal_(w, 0.0, 0.01, generator=generator)
+
+
+def _xavier_uniform(w, generator=None):
+    return xavier_uniform_(w, generator=generator)
+
+
+def _xavier_normal(w, generator=None):
+    return xavier_normal_(w, generator=generator)
+
+
+def _kaiming_uniform_relu(w, generator=None):
+    return kaiming_uniform_(w, nonlinearity="relu", generator=generator)
+
+
+def _kaiming_normal_relu(w, generator=None):
+    return kaiming_normal_(w, nonlinearity="relu", generator=generator)
+
+
+def _orthogonal(w, generator=None):
+    return orthogonal_(w, generator=generator)
+
+
+def _pytorch_default(w, generator=None):
+    return kaiming_uniform_(w, a=math.sqrt(5), generator=generator)
+
+
+#: The names :func:`get_initializer` understands, and what each one does to a weight.
+INITIALIZERS = {
+    "default": _pytorch_default,           # PyTorch's nn.Linear: kaiming_uniform_(a=sqrt(5)), U(+-1/sqrt(fan_in))
+    "zeros": _zeros,                       # symmetric: every unit of the layer stays identical
+    "normal": _small_normal,               # "small random numbers": N(0, 0.01^2)
+    "xavier_uniform": _xavier_uniform,
+    "xavier_normal": _xavier_normal,
+    "xavier": _xavier_normal,
+    "kaiming_uniform": _kaiming_uniform_relu,
+    "kaiming_normal": _kaiming_normal_relu,
+    "he": _kaiming_normal_relu,
+    "orthogonal": _orthogonal,
+}
+
+
+def get_initializer(spec):
+    r"""The weight initialiser named by ``spec``, as a callable ``init(weight, generator=None)`` (modules' ``init=``).
+
+    =====================  =======================================================
+    name                   weight
+    =====================  =======================================================
+    ``"default"``          PyTorch's Linear default, ``kaiming_uniform_(a=sqrt(5))``
+    ``"zeros"``            all zeros (a lecture counter-example)
+    ``"normal"``           :math:`\mathcal N(0, 0.01^2)`, "small random numbers"
+    ``"xavier_uniform"``   :func:`xavier_uniform_`
+    ``"xavier_normal"``    :func:`xavier_normal_`; alias ``"xavier"``
+    ``"kaiming_uniform"``  :func:`kaiming_uniform_` with ``nonlinearity="relu"``
+    ``"kaiming_normal"``   :func:`kaiming_normal_` with ``nonlinearity="relu"``; alias ``"he"``
+    ``"orthogonal"``       :func:`orthogonal_`
+    =====================  =======================================================
+
+    Args:
+        spec (str or callable): a name above, or ``f(weight_array, generator)`` that fills the float ndarray it is
+            given in place (``generator`` is a :class:`numpy.random.Generator`).
+
+    Returns:
+        callable: ``init(weight, generator=None)`` filling a Parameter or ndarray in place and returning it.
+
+    Raises:
+        ValueError: unknown name. TypeError: neither a string nor a callable.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import init
+        >>> w = init.get_initializer("he")(np.empty((50, 200)), generator=0)
+        >>> bool(abs(w.std() / np.sqrt(2 / 200) - 1) < 0.05)
+        True
+    """
+    if isinstance(spec, str):
+        try:
+            return INITIALIZERS[spec]
+        except KeyError:
+            raise ValueError(f"cynet.init.get_initializer: unknown initialiser {spec!r}; expected one of "
+                             f"{', '.join(repr(k) for k in INITIALIZERS)} or a callable f(weight, generator)") from None
+    if callable(spec):
+        def custom(w, generator=None):
+            spec(_array("get_initializer", w), resolve_generator(generator))
+            return w
+
+        custom.__name__ = getattr(spec, "__name__", "custom")
+        return custom
+    raise TypeError(f"cynet.init.get_initializer: expected an initialiser name or a callable, got {spec!r}")

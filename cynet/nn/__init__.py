@@ -1,0 +1,13 @@
+"""Modules: layers that own parameters and caches, in the CS231n forward/backward contract with PyTorch's names.
+
+See :mod:`cynet.nn.module` for the contract (``forward``, ``backward(dout, input_grad=True)``, parameters, state).
+"""
+from cynet.nn.module import Module, Parameter, Sequential
+from cynet.nn.layers import (
+    ELU, GELU, SELU, Dropout, Flatten, LeakyReLU, Linear, Maxout, PReLU, ReLU, Sigmoid, SiLU, Tanh,
+)
+
+__all__ = [
+    "Module", "Parameter", "Sequential", "Linear", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU",
+    "GELU", "SiLU", "Maxout", "Dropout", "Flatten",
+]

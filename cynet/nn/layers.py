@@ -1,0 +1,528 @@
+"""Layers: Linear, the activation functions, Maxout, Dropout and Flatten.
+
+Each module's ``forward`` calls :mod:`cynet.ops` (the Cython kernels) or BLAS and caches only what its backward
+needs — the cheapest saved tensor of each op (the output for sigmoid/tanh/ReLU/ELU/SELU, the input otherwise).
+``backward(dout, input_grad=True)`` returns dx and adds parameter gradients into ``param.grad``.
+"""
+import math
+
+import numpy as np
+
+from cynet import ops
+from cynet._random import resolve_generator
+from cynet._validation import describe
+from cynet.nn.module import Module, Parameter
+
+
+def _float_dtype(layer, dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"{layer}: dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def _positive_int(layer, name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{layer}: {name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _cached(module, attribute):
+    value = getattr(module, attribute, None)
+    if value is None:
+        raise RuntimeError(f"{module!r}: backward called before forward (nothing cached)")
+    return value
+
+
+# --- Linear ----------------------------------------------------------------------------------------------------------
+class Linear(Module):
+    r"""Fully connected layer, :math:`y = x W^T + b`.
+
+    One BLAS matrix product per pass (NumPy's ``matmul``, which threads through the BLAS that
+    :func:`cynet.set_num_threads` limits): forward :math:`xW^T`; backward :math:`dW = dout^T x` written straight into
+    the gradient buffer, :math:`db = \sum_n dout_n`, and :math:`dx = dout\,W` only when the input gradient is needed.
+
+    Args:
+        in_features (int): D, the size of each input row.
+        out_features (int): M, the size of each output row.
+        bias (bool): learn an additive bias. Default True.
+        init (str or callable): weight initialisation, a name understood by :func:`cynet.init.get_initializer`
+            ("default" — PyTorch's, uniform with bound :math:`1/\sqrt{D}` —, "he"/"kaiming_normal",
+            "kaiming_uniform", "xavier"/"xavier_normal", "xavier_uniform", "normal" (std 0.01), "orthogonal",
+            "zeros") or a callable ``f(weight, generator)``. The bias starts at zero, except with "default" where it
+            is uniform in :math:`\pm 1/\sqrt{D}` as in PyTorch.
+        dtype: float32 (default) or float64.
+        generator: a seed or :class:`numpy.random.Generator` for the initial weights (default: the global one).
+
+    Shape:
+        x (N, D) -> y (N, M); weight (M, D), bias (M,).
+
+    Example:
+        >>> import numpy as np, cynet
+        >>> from cynet import nn
+        >>> layer = nn.Linear(3072, 100, init="he")
+        >>> layer(np.ones((2, 3072), np.float32)).shape
+        (2, 100)
+    """
+
+    def __init__(self, in_features, out_features, bias=True, init="default", dtype=np.float32, generator=None):
+        super().__init__()
+        from cynet import init as initialisers
+
+        self.in_features = _positive_int("Linear", "in_features", in_features)
+        self.out_features = _positive_int("Linear", "out_features", out_features)
+        dtype = _float_dtype("Linear", dtype)
+        rng = resolve_generator(generator)
+        self.init = init if isinstance(init, str) else getattr(init, "__name__", "custom")
+        weight = np.empty((self.out_features, self.in_features), dtype=dtype)
+        initialisers.get_initializer(init)(weight, generator=rng)
+        self.weight = Parameter(weight)
+        if bias:
+            b = np.zeros(self.out_features, dtype=dtype)
+            if init == "default":
+                initialisers.default_bias_(b, self.in_features, generator=rng)
+            self.bias = Parameter(b)
+        else:
+            self.bias = None
+        self._x = None
+
+    def _check_input(self, x):
+        x = np.asarray(x)
+        w = self.weight.data
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"{self!r}: expected input of shape (N, {self.in_features}), got {describe(x)}")
+        if x.dtype != w.dtype:
+            raise TypeError(f"{self!r}: input must have the weights' dtype {w.dtype}, got {describe(x)} "
+                            f"(convert the data, or the model with .to({x.dtype}))")
+        return x
+
+    def forward(self, x):
+        x = self._check_input(x)
+        y = np.matmul(x, self.weight.data.T)
+        if self.bias is not None:
+            y += self.bias.data
+        self._x = x
+        return y
+
+    def backward(self, dout, *, input_grad=True):
+        x = _cached(self, "_x")
+        dout = np.asarray(dout)
+        if dout.shape != (x.shape[0], self.out_features) or dout.dtype != x.dtype:
+            raise ValueError(f"{self!r}: dout must be a {x.dtype} array of shape {(x.shape[0], self.out_features)}, "
+                             f"got {describe(dout)}")
+        if self.weight.requires_grad:
+            grad, fresh = self.weight.grad_target()
+            if fresh:
+                np.matmul(dout.T, x, out=grad)
+            else:
+                grad += np.matmul(dout.T, x)
+        if self.bias is not None and self.bias.requires_grad:
+            grad, fresh = self.bias.grad_target()
+            if fresh:
+                np.sum(dout, axis=0, out=grad)
+            else:
+                grad += dout.sum(axis=0)
+        if not input_grad:
+            return None
+        return np.matmul(dout, self.weight.data)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+# --- elementwise activations -----------------------------------------------------------------------------------------
+class _Elementwise(Module):
+    """An activation over :mod:`cynet.ops`: subclasses name the op and which tensor its backward reads."""
+
+    _op = None            # ops.<_op>_forward / ops.<_op>_backward
+    _saves = "y"          # "y": backward reads the output; "x": the input
+    _kinked = False       # derivative jumps at 0: kink_state() reports the sign pattern
+
+    def __init__(self):
+        super().__init__()
+        self._saved = None
+
+    def _args(self):
+        return ()
+
+    def forward(self, x):
+        y = getattr(ops, f"{self._op}_forward")(x, *self._args())
+        self._saved = y if self._saves == "y" else np.asarray(x)
+        return y
+
+    def backward(self, dout, *, input_grad=True):
+        saved = _cached(self, "_saved")
+        if not input_grad:
+            return None
+        return getattr(ops, f"{self._op}_backward")(dout, saved, *self._args())
+
+    def kink_state(self):
+        """Boolean mask of the positive side of the last forward (where the derivative changes branch)."""
+        if not self._kinked or self._saved is None:
+            return None
+        return self._saved > 0
+
+
+class Sigmoid(_Elementwise):
+    r"""Logistic sigmoid, :math:`y = 1/(1 + e^{-x})`; :math:`dy/dx = y(1-y)` (saturates: at most 1/4).
+
+    Shape: any -> same.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> nn.Sigmoid()(np.zeros(2, np.float32))
+        array([0.5, 0.5], dtype=float32)
+    """
+    _op = "sigmoid"
+
+
+class Tanh(_Elementwise):
+    r"""Hyperbolic tangent, :math:`y = \tanh x`; :math:`dy/dx = 1 - y^2` (zero-centred, still saturates).
+
+    Shape: any -> same.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> nn.Tanh()(np.zeros(2, np.float32))
+        array([0., 0.], dtype=float32)
+    """
+    _op = "tanh"
+
+
+class ReLU(_Elementwise):
+    r"""Rectified linear unit, :math:`y = \max(0, x)`; :math:`dy/dx = 1[x > 0]` (read from the output).
+
+    Shape: any -> same.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> nn.ReLU()(np.array([-1.0, 2.0], np.float32))
+        array([0., 2.], dtype=float32)
+    """
+    _op = "relu"
+    _kinked = True
+
+
+class LeakyReLU(_Elementwise):
+    r"""Leaky ReLU, :math:`y = x` if :math:`x > 0` else :math:`s\,x`.
+
+    Args:
+        negative_slope (float): s. Default 0.01.
+
+    Shape: any -> same.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> nn.LeakyReLU(0.1)(np.array([-1.0, 2.0], np.float32))
+        array([-0.1,  2. ], dtype=float32)
+    """
+    _op = "leaky_relu"
+    _saves = "x"
+    _kinked = True
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = ops._finite_number("LeakyReLU", "negative_slope", negative_slope)
+
+    def _args(self):
+        return (self.negative_slope,)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class ELU(_Elementwise):
+    r"""Exponential linear unit, :math:`y = x` if :math:`x > 0` else :math:`\alpha(e^x - 1)`; the backward reads y:
+    :math:`dy/dx = 1` or :math:`y + \alpha`.
+
+    Args:
+        alpha (float): :math:`\alpha \ge 0`. Default 1.0.
+
+    Shape: any -> same.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> nn.ELU()(np.array([0.0, 1.0], np.float32))
+        array([0., 1.], dtype=float32)
+    """
+    _op = "elu"
+    _kinked = True
+
+    def __init__(self, alpha=1.0):
+        super().__init__()
+        self.alpha = ops._elu_alpha("ELU", alpha)
+
+    def _args(self):
+        return (self.alpha,)
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}"
+
+
+class SELU(_Elementwise):
+    r"""Scaled ELU (Klambauer et al., 2017), :math:`y = \lambda x` if :math:`x > 0` else
+    :math:`\lambda\alpha(e^x - 1)` with :math:`\lambda \approx 1.0507`, :math:`\alpha \approx 1.6733`.
+
+    Shape: any -> same.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> nn.SELU()(np.zeros(1, np.float32))
+        array([0.], dtype=float32)
+    """
+    _op = "selu"
+    _kinked = True
+
+
+class GELU(_Elementwise):
+    r"""Gaussian error linear unit, :math:`y = x\,\Phi(x)` (``approximate="none"``) or its tanh approximation
+    :math:`\tfrac{x}{2}(1 + \tanh(\sqrt{2/\pi}(x + 0.044715x^3)))` (``approximate="tanh"``).
+
+    Args:
+        approximate (str): "none" (default) or "tanh".
+
+    Shape: any -> same.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> nn.GELU()(np.zeros(1, np.float32))
+        array([0.], dtype=float32)
+    """
+    _op = "gelu"
+    _saves = "x"
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        ops._gelu_code("GELU", approximate)
+        self.approximate = approximate
+
+    def _args(self):
+        return (self.approximate,)
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
+
+class SiLU(_Elementwise):
+    r"""SiLU / Swish, :math:`y = x\,\sigma(x)`; :math:`dy/dx = \sigma(x)(1 + x(1 - \sigma(x)))`.
+
+    Shape: any -> same.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> nn.SiLU()(np.zeros(1, np.float32))
+        array([0.], dtype=float32)
+    """
+    _op = "silu"
+    _saves = "x"
+
+
+class PReLU(Module):
+    r"""Parametric ReLU (He et al., 2015): :math:`y = x` if :math:`x > 0` else :math:`\alpha_c x`, with learnt
+    slopes: one shared (``num_parameters=1``) or one per channel of axis 1.
+
+    :math:`\partial L/\partial \alpha_c = \sum_{i \in c} dout_i \min(x_i, 0)`, summed in float64.
+
+    Args:
+        num_parameters (int): 1 or C, the size of axis 1 of the input. Default 1.
+        init (float): initial slope. Default 0.25.
+        dtype: float32 (default) or float64.
+
+    Shape:
+        x (N, C, *) -> same; alpha (num_parameters,).
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> nn.PReLU()(np.array([-4.0, 2.0], np.float32))
+        array([-1.,  2.], dtype=float32)
+    """
+
+    def __init__(self, num_parameters=1, init=0.25, dtype=np.float32):
+        super().__init__()
+        self.num_parameters = _positive_int("PReLU", "num_parameters", num_parameters)
+        value = ops._finite_number("PReLU", "init", init)
+        self.alpha = Parameter(np.full(self.num_parameters, value, dtype=_float_dtype("PReLU", dtype)))
+        self._x = None
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if x.dtype != self.alpha.data.dtype:
+            raise TypeError(f"{self!r}: input must have alpha's dtype {self.alpha.data.dtype}, got {describe(x)}")
+        y = ops.prelu_forward(x, self.alpha.data)
+        self._x = x
+        return y
+
+    def backward(self, dout, *, input_grad=True):
+        x = _cached(self, "_x")
+        dx, dalpha = ops.prelu_backward(dout, x, self.alpha.data)
+        if self.alpha.requires_grad:
+            self.alpha.accumulate(dalpha)
+        return dx if input_grad else None
+
+    def kink_state(self):
+        return None if self._x is None else self._x > 0
+
+    def extra_repr(self):
+        return f"num_parameters={self.num_parameters}"
+
+
+class Maxout(Module):
+    r"""Maxout unit (Goodfellow et al., 2013): k linear pieces per output unit, the largest one wins,
+    :math:`y_j = \max_{p<k} (x W_p^T + b_p)_j`.
+
+    It owns its pieces as one :class:`Linear` of ``out_features * pieces`` outputs in the piece-major layout of
+    :func:`cynet.ops.maxout_forward` (column ``p*out_features + j`` is piece p of unit j). The gradient reaches only
+    the winning piece (ties: the lowest piece index).
+
+    Args:
+        in_features (int): D.
+        out_features (int): M, the number of maxout units.
+        pieces (int): k >= 1. Default 2.
+        bias (bool), init, dtype, generator: as for :class:`Linear`.
+
+    Shape:
+        x (N, D) -> y (N, M); ``linear.weight`` (k*M, D).
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> nn.Maxout(8, 4, pieces=3)(np.ones((2, 8), np.float32)).shape
+        (2, 4)
+    """
+
+    def __init__(self, in_features, out_features, pieces=2, bias=True, init="default", dtype=np.float32,
+                 generator=None):
+        super().__init__()
+        self.pieces = _positive_int("Maxout", "pieces", pieces)
+        self.out_features = _positive_int("Maxout", "out_features", out_features)
+        self.linear = Linear(in_features, self.out_features * self.pieces, bias=bias, init=init, dtype=dtype,
+                             generator=generator)
+        self._indices = None
+
+    def forward(self, x):
+        y, self._indices = ops.maxout_forward(self.linear(x), self.pieces)
+        return y
+
+    def backward(self, dout, *, input_grad=True):
+        indices = _cached(self, "_indices")
+        dz = ops.maxout_backward(dout, indices, self.pieces)
+        return self.linear.backward(dz, input_grad=input_grad)
+
+    def kink_state(self):
+        return self._indices
+
+    def extra_repr(self):
+        return f"in_features={self.linear.in_features}, out_features={self.out_features}, pieces={self.pieces}"
+
+
+# --- Dropout, Flatten ------------------------------------------------------------------------------------------------
+class Dropout(Module):
+    r"""Inverted dropout: in training, zero each element with probability p and scale the survivors by
+    :math:`1/(1-p)`, so evaluation (an identity) needs no rescaling.
+
+    .. math:: y = x \odot m / (1 - p), \quad m_i \sim \text{Bernoulli}(1 - p)
+
+    Masks come from ``generator`` (default: the global generator, reseeded by :func:`cynet.manual_seed`). Setting
+    ``reuse_mask = True`` makes the next forward passes reuse the last mask (gradient checks use it).
+
+    Args:
+        p (float): drop probability in [0, 1]. Default 0.5.
+        generator: a seed or :class:`numpy.random.Generator` (default: the global one).
+
+    Shape: any -> same.
+
+    Example:
+        >>> import numpy as np, cynet
+        >>> from cynet import nn
+        >>> _ = cynet.manual_seed(0)
+        >>> drop = nn.Dropout(0.5)
+        >>> sorted(set(drop(np.ones(1000, np.float32)).tolist()))
+        [0.0, 2.0]
+        >>> drop.eval()(np.ones(2, np.float32))
+        array([1., 1.], dtype=float32)
+    """
+
+    def __init__(self, p=0.5, generator=None):
+        super().__init__()
+        p = ops._finite_number("Dropout", "p", p)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must lie in [0, 1], got {p}")
+        self.p = p
+        self.generator = None if generator is None else resolve_generator(generator)
+        self.reuse_mask = False
+        self._mask = None          # keep-mask scaled by 1/(1-p), in x's dtype; None in eval or when p == 0
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if x.dtype.kind != "f":
+            raise TypeError(f"{self!r}: input must be floating point, got {describe(x)}")
+        if not self.training or self.p == 0.0:
+            self._mask = None
+            return x
+        if not (self.reuse_mask and self._mask is not None and self._mask.shape == x.shape):
+            rng = resolve_generator(self.generator)
+            keep = rng.random(x.shape, dtype=np.float32 if x.dtype == np.float32 else np.float64) >= self.p
+            scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
+            self._mask = keep.astype(x.dtype)
+            self._mask *= x.dtype.type(scale)
+        return np.multiply(x, self._mask, dtype=x.dtype)
+
+    def backward(self, dout, *, input_grad=True):
+        if not input_grad:
+            return None
+        dout = np.asarray(dout)
+        if self._mask is None:
+            return dout
+        if dout.shape != self._mask.shape:
+            raise ValueError(f"{self!r}: dout must have shape {self._mask.shape}, got {describe(dout)}")
+        return np.multiply(dout, self._mask, dtype=dout.dtype)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class Flatten(Module):
+    """Flatten all axes from ``start_dim`` on: (N, C, H, W) -> (N, C*H*W). A view, no copy.
+
+    Args:
+        start_dim (int): first axis to flatten. Default 1.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> nn.Flatten()(np.zeros((2, 3, 32, 32), np.float32)).shape
+        (2, 3072)
+    """
+
+    def __init__(self, start_dim=1):
+        super().__init__()
+        self.start_dim = int(start_dim)
+        self._shape = None
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if x.ndim < self.start_dim:
+            raise ValueError(f"{self!r}: input needs at least {self.start_dim} axes, got {describe(x)}")
+        self._shape = x.shape
+        return x.reshape(x.shape[:self.start_dim] + (-1,))
+
+    def backward(self, dout, *, input_grad=True):
+        shape = _cached(self, "_shape")
+        if not input_grad:
+            return None
+        dout = np.asarray(dout)
+        if dout.size != math.prod(shape):
+            raise ValueError(f"{self!r}: dout of shape {dout.shape} does not match the input shape {shape}")
+        return dout.reshape(shape)
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}"

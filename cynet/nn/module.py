@@ -1,0 +1,371 @@
+"""Parameters, the module base class and :class:`Sequential`: the CS231n layer contract in PyTorch's clothes.
+
+A module's ``forward(x)`` (also ``module(x)``) returns its output and caches what its backward needs;
+``backward(dout)`` returns dx and *adds* each parameter's gradient into ``param.grad``. There is no autograd: a
+model is a chain of modules and the backward pass runs the chain in reverse.
+
+``backward(dout, input_grad=False)`` skips dx (returns ``None``): the first layer of a network never needs it, and
+for a Linear layer it is a whole matrix product per batch. :class:`Sequential` asks only its first child to skip it.
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+from cynet._validation import describe
+
+
+class Parameter:
+    """A learnable array and its gradient.
+
+    ``data`` is a C-contiguous float array; ``grad`` has its shape and dtype and accumulates over backward passes
+    until :meth:`zero_grad`. ``requires_grad=False`` freezes it: modules compute no gradient for it and optimisers
+    leave it unchanged.
+
+    Args:
+        data (array_like): initial value (copied), float32 or float64.
+        requires_grad (bool): whether it learns. Default True.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet.nn import Parameter
+        >>> p = Parameter(np.ones((2, 3), np.float32))
+        >>> p.grad.sum()
+        0.0
+    """
+
+    __slots__ = ("data", "_grad", "_grad_is_zero", "requires_grad")
+
+    def __init__(self, data, requires_grad=True):
+        data = np.array(data, copy=True, order="C")
+        if data.dtype.kind != "f":
+            raise TypeError(f"Parameter: data must be floating point, got {describe(data)}")
+        self.data = data
+        self._grad = np.zeros_like(data)
+        self._grad_is_zero = True
+        self.requires_grad = bool(requires_grad)
+
+    @property
+    def grad(self):
+        """The accumulated gradient (same shape and dtype as ``data``)."""
+        if self._grad_is_zero:
+            self._grad.fill(0)
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        value = np.asarray(value)
+        if value.shape != self.data.shape:
+            raise ValueError(f"Parameter: grad must have shape {self.data.shape}, got {describe(value)}")
+        self._grad[...] = value
+        self._grad_is_zero = False
+
+    def zero_grad(self):
+        """Reset the gradient to zero (lazily: the next writer overwrites instead of adding)."""
+        self._grad_is_zero = True
+
+    def grad_target(self):
+        """``(buffer, fresh)`` for a module about to contribute a gradient.
+
+        When ``fresh`` is True the buffer holds stale values and the caller must *overwrite* all of it (for example
+        ``np.matmul(a, b, out=buffer)``: no zero-fill, no extra pass); otherwise it must *add* into it.
+        """
+        fresh = self._grad_is_zero
+        self._grad_is_zero = False
+        return self._grad, fresh
+
+    def accumulate(self, value):
+        """Add ``value`` into the gradient (overwrite when it is still zero)."""
+        buffer, fresh = self.grad_target()
+        if fresh:
+            np.copyto(buffer, value)
+        else:
+            buffer += value
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def size(self):
+        return self.data.size
+
+    def __repr__(self):
+        frozen = "" if self.requires_grad else ", requires_grad=False"
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype}{frozen})"
+
+
+class Module:
+    """Base class of every layer, activation, loss and container.
+
+    Subclasses set parameters (:class:`Parameter`), buffers (:meth:`register_buffer`, e.g. running statistics) and
+    child modules as attributes; they are found by name, in assignment order. Subclasses implement
+    ``forward(x)`` and ``backward(dout, *, input_grad=True)``.
+
+    Example:
+        >>> import numpy as np, cynet
+        >>> from cynet import nn
+        >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+        >>> [name for name, _ in model.named_parameters()]
+        ['0.weight', '0.bias', '2.weight', '2.bias']
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    # --- registration ------------------------------------------------------------------------------------------------
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        for registry in (self._parameters, self._buffers, self._modules):
+            registry.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        for registry in (self._parameters, self._buffers, self._modules):
+            registry.pop(name, None)
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name, array):
+        """Register a non-learnable array saved in :meth:`state_dict` (running statistics, for example)."""
+        array = np.ascontiguousarray(array)
+        object.__setattr__(self, name, array)
+        self._buffers[name] = array
+        return array
+
+    def _set_buffer(self, name, array):
+        """Replace a buffer's array (keeping it registered)."""
+        object.__setattr__(self, name, array)
+        self._buffers[name] = array
+
+    # --- traversal ---------------------------------------------------------------------------------------------------
+    def children(self):
+        """The direct child modules."""
+        return iter(self._modules.values())
+
+    def named_children(self):
+        return iter(self._modules.items())
+
+    def named_modules(self, prefix=""):
+        """``(name, module)`` for this module and every descendant, depth first."""
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        for _, module in self.named_modules():
+            yield module
+
+    def named_parameters(self, prefix=""):
+        """``(dotted name, Parameter)`` for every parameter, in registration order."""
+        for name, module in self.named_modules(prefix):
+            for pname, param in module._parameters.items():
+                yield (f"{name}.{pname}" if name else pname), param
+
+    def parameters(self):
+        """Every :class:`Parameter` of the module and its descendants (frozen ones included)."""
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self, prefix=""):
+        for name, module in self.named_modules(prefix):
+            for bname, buf in module._buffers.items():
+                yield (f"{name}.{bname}" if name else bname), buf
+
+    def buffers(self):
+        return [b for _, b in self.named_buffers()]
+
+    # --- modes, gradients, freezing ----------------------------------------------------------------------------------
+    def train(self, mode=True):
+        """Training mode (dropout active, batch statistics) for this module and its descendants; returns self."""
+        for module in self.modules():
+            object.__setattr__(module, "training", bool(mode))
+        return self
+
+    def eval(self):
+        """Evaluation mode: ``train(False)``."""
+        return self.train(False)
+
+    def zero_grad(self):
+        """Reset every parameter's gradient to zero."""
+        for param in self.parameters():
+            param.zero_grad()
+
+    def requires_grad_(self, requires_grad=True):
+        """Freeze (False) or unfreeze (True) every parameter; returns self."""
+        for param in self.parameters():
+            param.requires_grad = bool(requires_grad)
+        return self
+
+    def freeze(self):
+        """Stop learning: no gradients, no updates (``requires_grad_(False)``); returns self."""
+        return self.requires_grad_(False)
+
+    def unfreeze(self):
+        return self.requires_grad_(True)
+
+    @property
+    def frozen(self):
+        """True when the module has parameters and none of them learns."""
+        params = self.parameters()
+        return bool(params) and not any(p.requires_grad for p in params)
+
+    def to(self, dtype):
+        """Cast every parameter and floating buffer to ``dtype`` (float32 or float64) in place; returns self.
+
+        Gradient checks run a float64 copy of a model: ``copy.deepcopy(model).to(np.float64)``.
+        """
+        dtype = np.dtype(dtype)
+        if dtype.kind != "f":
+            raise TypeError(f"{type(self).__name__}.to: dtype must be floating point, got {dtype}")
+        for module in self.modules():
+            for param in module._parameters.values():
+                if param.data.dtype != dtype:
+                    param.data = param.data.astype(dtype)
+                    param._grad = param._grad.astype(dtype)
+            for name, buf in list(module._buffers.items()):
+                if buf.dtype.kind == "f" and buf.dtype != dtype:
+                    module._set_buffer(name, buf.astype(dtype))
+        return self
+
+    # --- state -------------------------------------------------------------------------------------------------------
+    def state_dict(self):
+        """An ordered ``{dotted name: array copy}`` of every parameter and buffer."""
+        state = OrderedDict()
+        for name, param in self.named_parameters():
+            state[name] = param.data.copy()
+        for name, buf in self.named_buffers():
+            state[name] = np.array(buf, copy=True)
+        return state
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy arrays from ``state_dict`` into the parameters and buffers, in place.
+
+        Args:
+            state_dict (Mapping[str, array_like]): as returned by :meth:`state_dict`.
+            strict (bool): require exactly the same keys (default). Shapes must always agree.
+
+        Returns:
+            tuple: ``(missing_keys, unexpected_keys)`` (both empty when strict).
+
+        Raises:
+            KeyError: strict and keys are missing or unexpected (all of them listed).
+            ValueError: an array's shape differs from the module's.
+        """
+        targets = OrderedDict(self.named_parameters())
+        buffers = OrderedDict(self.named_buffers())
+        expected = list(targets) + list(buffers)
+        missing = [k for k in expected if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in targets and k not in buffers]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if unexpected:
+                parts.append(f"unexpected keys {unexpected}")
+            raise KeyError(f"{type(self).__name__}.load_state_dict: " + "; ".join(parts))
+        mismatched = []
+        for key, value in state_dict.items():
+            target = targets[key].data if key in targets else buffers.get(key)
+            if target is None:
+                continue
+            value = np.asarray(value)
+            if value.shape != target.shape:
+                mismatched.append(f"{key}: expected shape {target.shape}, got {value.shape}")
+        if mismatched:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: shape mismatch: " + "; ".join(mismatched))
+        for key, value in state_dict.items():
+            if key in targets:
+                targets[key].data[...] = value
+            elif key in buffers:
+                buffers[key][...] = value
+        return missing, unexpected
+
+    # --- calling -----------------------------------------------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def backward(self, dout, *, input_grad=True):
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # --- printing ----------------------------------------------------------------------------------------------------
+    def extra_repr(self):
+        """The settings shown inside the module's repr."""
+        return ""
+
+    def __repr__(self):
+        extra = self.extra_repr()
+        if self._parameters and self.frozen:
+            extra = f"{extra}, frozen" if extra else "frozen"
+        if not self._modules:
+            return f"{type(self).__name__}({extra})"
+        lines = [f"{type(self).__name__}(" + (extra if extra else "")]
+        for name, child in self._modules.items():
+            child_repr = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {child_repr}")
+        return "\n".join(lines) + "\n)"
+
+
+class Sequential(Module):
+    """A chain of modules: ``forward`` runs them in order, ``backward`` in reverse.
+
+    Args:
+        *modules (Module): the layers, named ``"0"``, ``"1"``, ... in the state dict.
+
+    Shape: the first module's input to the last module's output.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> model = nn.Sequential(nn.Linear(3072, 100), nn.ReLU(), nn.Linear(100, 10))
+        >>> model(np.zeros((8, 3072), np.float32)).shape
+        (8, 10)
+    """
+
+    def __init__(self, *modules):
+        super().__init__()
+        for index, module in enumerate(modules):
+            if not isinstance(module, Module):
+                raise TypeError(f"Sequential: argument {index} is not a Module: {module!r}")
+            setattr(self, str(index), module)
+
+    def append(self, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"Sequential.append: not a Module: {module!r}")
+        setattr(self, str(len(self._modules)), module)
+        return self
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, index):
+        layers = list(self._modules.values())
+        if isinstance(index, slice):
+            return Sequential(*layers[index])
+        return layers[index]
+
+    def forward(self, x):
+        for module in self._modules.values():
+            x = module(x)
+        return x
+
+    def backward(self, dout, *, input_grad=True):
+        layers = list(self._modules.values())
+        for position in range(len(layers) - 1, -1, -1):
+            dout = layers[position].backward(dout, input_grad=input_grad if position == 0 else True)
+        return dout

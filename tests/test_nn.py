@@ -1,0 +1,342 @@
+"""cynet.nn: the module contract (parameters, state, modes, freezing) and every layer against independent oracles.
+
+Oracles: NumPy formulas written here, centred-difference numerical gradients in float64 (own helper, independent of
+cynet.gradcheck), and torch.nn when torch is importable.
+"""
+import copy
+import math
+
+import numpy as np
+import pytest
+
+import cynet
+from cynet import nn
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - depends on the environment
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
+
+
+def numerical_grad(f, a, h=1e-5):
+    """Centred-difference gradient of the scalar f() with respect to every entry of a (modified in place)."""
+    grad = np.zeros_like(a)
+    flat, gflat = a.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        fp = f()
+        flat[i] = old - h
+        fm = f()
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * h)
+    return grad
+
+
+def rel_err(a, b):
+    """Normwise relative error (entrywise errors of tiny entries are dominated by the difference's rounding)."""
+    return np.linalg.norm(a - b) / max(np.linalg.norm(a), np.linalg.norm(b), 1e-300)
+
+
+# --- Parameter and Module --------------------------------------------------------------------------------------------
+def test_parameter_grad_is_lazily_zeroed_and_accumulates():
+    p = nn.Parameter(np.ones((2, 3), np.float32))
+    assert p.grad.dtype == np.float32 and not p.grad.any()
+    p.accumulate(np.full((2, 3), 2.0, np.float32))
+    p.accumulate(np.full((2, 3), 3.0, np.float32))
+    np.testing.assert_array_equal(p.grad, 5.0)
+    p.zero_grad()
+    np.testing.assert_array_equal(p.grad, 0.0)
+    buffer, fresh = p.grad_target()
+    assert fresh and buffer is p._grad
+    buffer[...] = 7.0
+    _, fresh = p.grad_target()
+    assert not fresh
+    np.testing.assert_array_equal(p.grad, 7.0)
+
+
+def test_parameter_rejects_integer_data():
+    with pytest.raises(TypeError, match="Parameter"):
+        nn.Parameter(np.arange(3))
+
+
+def mlp(dtype=np.float32, seed=0):
+    return nn.Sequential(nn.Linear(5, 4, dtype=dtype, generator=seed), nn.ReLU(),
+                         nn.Linear(4, 3, dtype=dtype, generator=seed + 1))
+
+
+def test_named_parameters_state_dict_and_strict_loading():
+    model = mlp()
+    assert [n for n, _ in model.named_parameters()] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    state = model.state_dict()
+    other = mlp(seed=7)
+    assert not np.array_equal(other[0].weight.data, model[0].weight.data)
+    weight_before = other[0].weight.data
+    assert other.load_state_dict(state) == ([], [])
+    np.testing.assert_array_equal(other[0].weight.data, model[0].weight.data)
+    assert other[0].weight.data is weight_before  # loaded in place: optimisers keep their references
+
+    missing = {k: v for k, v in state.items() if k != "2.bias"}
+    with pytest.raises(KeyError, match=r"missing keys \['2.bias'\]"):
+        other.load_state_dict(missing)
+    extra = dict(state, **{"9.weight": np.zeros(1)})
+    with pytest.raises(KeyError, match=r"unexpected keys \['9.weight'\]"):
+        other.load_state_dict(extra)
+    assert other.load_state_dict(extra, strict=False) == ([], ["9.weight"])
+    bad = dict(state, **{"0.weight": np.zeros((3, 5), np.float32)})
+    with pytest.raises(ValueError, match=r"0.weight: expected shape \(4, 5\), got \(3, 5\)"):
+        other.load_state_dict(bad)
+
+
+def test_state_dict_returns_copies():
+    model = mlp()
+    state = model.state_dict()
+    state["0.weight"][...] = 0
+    assert model[0].weight.data.any()
+
+
+def test_train_eval_propagate_and_repr():
+    model = nn.Sequential(nn.Linear(3, 2), nn.Dropout(0.5))
+    model.eval()
+    assert not model.training and not model[1].training
+    model.train()
+    assert model[1].training
+    text = repr(model)
+    assert "(0): Linear(in_features=3, out_features=2, bias=True)" in text and "(1): Dropout(p=0.5)" in text
+
+
+def test_freezing_blocks_gradients_and_shows_in_repr(rng):
+    model = mlp()
+    model[0].freeze()
+    assert "frozen" in repr(model[0]) and model[0].frozen and not model.frozen
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    model.zero_grad()
+    model(x)
+    model.backward(np.ones((6, 3), np.float32))
+    assert not model[0].weight.grad.any() and not model[0].bias.grad.any()
+    assert model[2].weight.grad.any()
+    model[0].unfreeze()
+    assert "frozen" not in repr(model[0])
+
+
+def test_to_float64_casts_parameters_and_keeps_values():
+    model = mlp()
+    w32 = model[0].weight.data.copy()
+    model.to(np.float64)
+    assert model[0].weight.data.dtype == np.float64 and model[0].weight.grad.dtype == np.float64
+    np.testing.assert_array_equal(model[0].weight.data, w32.astype(np.float64))
+    with pytest.raises(TypeError):
+        model.to(np.int32)
+
+
+def test_sequential_rejects_non_modules_and_indexes():
+    with pytest.raises(TypeError, match="argument 1"):
+        nn.Sequential(nn.ReLU(), "relu")
+    model = mlp()
+    assert len(model) == 3 and isinstance(model[-1], nn.Linear)
+    assert isinstance(model[:2], nn.Sequential) and len(model[:2]) == 2
+
+
+def test_backward_before_forward_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        nn.ReLU().backward(np.ones(3, np.float32))
+    with pytest.raises(RuntimeError, match="Linear"):
+        nn.Linear(2, 2).backward(np.ones((1, 2), np.float32))
+
+
+# --- Linear ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_linear_matches_numpy(dtype, rng):
+    layer = nn.Linear(7, 5, dtype=dtype, generator=3)
+    x = rng.standard_normal((9, 7)).astype(dtype)
+    w, b = layer.weight.data.astype(np.float64), layer.bias.data.astype(np.float64)
+    y = layer(x)
+    assert y.dtype == dtype and y.shape == (9, 5)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(y, x @ w.T + b, rtol=tol, atol=tol)
+    dout = rng.standard_normal((9, 5)).astype(dtype)
+    layer.zero_grad()
+    dx = layer.backward(dout)
+    np.testing.assert_allclose(dx, dout @ w, rtol=tol, atol=tol)
+    np.testing.assert_allclose(layer.weight.grad, dout.T.astype(np.float64) @ x, rtol=tol, atol=tol)
+    np.testing.assert_allclose(layer.bias.grad, dout.sum(0, dtype=np.float64), rtol=tol, atol=tol)
+
+
+def test_linear_gradients_accumulate_until_zero_grad(rng):
+    layer = nn.Linear(4, 3, dtype=np.float64)
+    x = rng.standard_normal((5, 4))
+    dout = rng.standard_normal((5, 3))
+    layer.zero_grad()
+    layer(x)
+    layer.backward(dout)
+    once = layer.weight.grad.copy(), layer.bias.grad.copy()
+    layer.backward(dout)
+    np.testing.assert_allclose(layer.weight.grad, 2 * once[0])
+    np.testing.assert_allclose(layer.bias.grad, 2 * once[1])
+    layer.zero_grad()
+    layer.backward(dout)
+    np.testing.assert_allclose(layer.weight.grad, once[0])
+
+
+def test_linear_skips_input_gradient_when_not_needed(rng):
+    model = mlp(np.float64)
+    x = rng.standard_normal((3, 5))
+    model(x)
+    assert model.backward(np.ones((3, 3)), input_grad=False) is None
+    assert model[0].weight.grad.any()
+
+
+def test_linear_validates_shape_and_dtype():
+    layer = nn.Linear(4, 3)
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 4\), got float32 array of shape \(2, 5\)"):
+        layer(np.zeros((2, 5), np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        layer(np.zeros((2, 4), np.float64))
+    layer(np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match="dout"):
+        layer.backward(np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError):
+        nn.Linear(0, 3)
+
+
+def test_linear_accepts_strided_input(rng):
+    layer = nn.Linear(4, 3, dtype=np.float64)
+    big = rng.standard_normal((6, 8))
+    x = big[::2, ::2]
+    np.testing.assert_allclose(layer(x), layer(np.ascontiguousarray(x)), rtol=1e-14)
+
+
+def test_linear_without_bias(rng):
+    layer = nn.Linear(4, 3, bias=False, dtype=np.float64)
+    assert [n for n, _ in layer.named_parameters()] == ["weight"]
+    x = rng.standard_normal((2, 4))
+    np.testing.assert_allclose(layer(x), x @ layer.weight.data.T)
+
+
+@pytest.mark.parametrize("init, std", [("he", math.sqrt(2 / 400)), ("xavier", math.sqrt(2 / 600)), ("normal", 0.01)])
+def test_linear_init_choice_sets_the_weight_scale(init, std):
+    layer = nn.Linear(400, 200, init=init, generator=0)
+    assert abs(layer.weight.data.std() / std - 1) < 0.05
+    assert not layer.bias.data.any()
+
+
+def test_linear_default_init_is_pytorchs():
+    layer = nn.Linear(400, 300, generator=0)
+    bound = 1 / math.sqrt(400)
+    assert np.abs(layer.weight.data).max() <= bound and np.abs(layer.weight.data).max() > 0.95 * bound
+    assert np.abs(layer.bias.data).max() <= bound and layer.bias.data.std() > 0.5 * bound / math.sqrt(3)
+
+
+def test_seeded_construction_is_reproducible():
+    cynet.manual_seed(5)
+    a = nn.Linear(6, 4)
+    cynet.manual_seed(5)
+    b = nn.Linear(6, 4)
+    np.testing.assert_array_equal(a.weight.data, b.weight.data)
+
+
+# --- numerical gradients of every layer (float64) ---------------------------------------------------------------------
+def _layers():
+    return [
+        ("linear", lambda: nn.Linear(6, 4, dtype=np.float64, generator=1)),
+        ("sigmoid", nn.Sigmoid), ("tanh", nn.Tanh), ("relu", nn.ReLU), ("leaky_relu", lambda: nn.LeakyReLU(0.1)),
+        ("prelu_shared", lambda: nn.PReLU(1, init=0.3, dtype=np.float64)),
+        ("prelu_channels", lambda: nn.PReLU(6, init=0.2, dtype=np.float64)),
+        ("elu", lambda: nn.ELU(0.7)), ("selu", nn.SELU), ("gelu", nn.GELU), ("gelu_tanh", lambda: nn.GELU("tanh")),
+        ("silu", nn.SiLU), ("maxout", lambda: nn.Maxout(6, 3, pieces=3, dtype=np.float64, generator=2)),
+        ("flatten", nn.Flatten),
+    ]
+
+
+@pytest.mark.parametrize("name, make", _layers(), ids=[n for n, _ in _layers()])
+def test_every_layer_backward_matches_numerical_gradient(name, make, rng):
+    layer = make()
+    x = rng.standard_normal((5, 6))
+    x[np.abs(x) < 1e-3] = 0.5  # keep away from the kinks at 0
+    y = layer(x)
+    dout = rng.standard_normal(y.shape)
+    layer.zero_grad()
+    dx = layer.backward(dout)
+
+    def loss():
+        return float(np.sum(layer(x) * dout))
+
+    assert rel_err(dx, numerical_grad(loss, x)) < 1e-7
+    for pname, param in layer.named_parameters():
+        assert rel_err(param.grad, numerical_grad(loss, param.data)) < 1e-7, pname
+
+
+def test_kink_state_reports_the_branch_pattern():
+    relu = nn.ReLU()
+    relu(np.array([-1.0, 2.0, 0.0]))
+    np.testing.assert_array_equal(relu.kink_state(), [False, True, False])
+    maxout = nn.Maxout(2, 1, pieces=2, dtype=np.float64)
+    maxout(np.ones((3, 2)))
+    assert maxout.kink_state().shape == (3, 1)
+    assert nn.Tanh().kink_state() is None
+
+
+# --- torch -----------------------------------------------------------------------------------------------------------
+@needs_torch
+def test_linear_and_prelu_match_torch(rng):
+    x = rng.standard_normal((8, 6))
+    dout = rng.standard_normal((8, 4))
+    layer = nn.Linear(6, 4, dtype=np.float64)
+    prelu = nn.PReLU(4, init=0.1, dtype=np.float64)
+    t_layer = torch.nn.Linear(6, 4).double()
+    t_prelu = torch.nn.PReLU(4, init=0.1).double()
+    with torch.no_grad():
+        t_layer.weight.copy_(torch.from_numpy(layer.weight.data))
+        t_layer.bias.copy_(torch.from_numpy(layer.bias.data))
+        t_prelu.weight.copy_(torch.from_numpy(prelu.alpha.data))  # torch made its 0.1 in float32
+    tx = torch.from_numpy(x).requires_grad_()
+    ty = t_prelu(t_layer(tx))
+    ty.backward(torch.from_numpy(dout))
+    y = prelu(layer(x))
+    dx = layer.backward(prelu.backward(dout))
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(layer.weight.grad, t_layer.weight.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(layer.bias.grad, t_layer.bias.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(prelu.alpha.grad, t_prelu.weight.grad.numpy(), rtol=1e-12)
+
+
+# --- Dropout, Flatten ------------------------------------------------------------------------------------------------
+def test_dropout_is_inverted_seeded_and_identity_in_eval():
+    x = np.ones((200, 500), np.float32)
+    cynet.manual_seed(1)
+    drop = nn.Dropout(0.3)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.mean() - 0.7) < 0.01
+    np.testing.assert_allclose(y[kept], 1 / 0.7, rtol=1e-6)
+    dx = drop.backward(np.full_like(x, 2.0))
+    np.testing.assert_allclose(dx, 2 * y)
+    cynet.manual_seed(1)
+    np.testing.assert_array_equal(nn.Dropout(0.3)(x), y)
+    drop.eval()
+    assert drop(x) is x
+
+
+def test_dropout_reuse_mask_and_edge_probabilities(rng):
+    x = rng.standard_normal((4, 50)).astype(np.float32)
+    drop = nn.Dropout(0.5, generator=0)
+    first = drop(x)
+    drop.reuse_mask = True
+    np.testing.assert_array_equal(drop(x), first)
+    drop.reuse_mask = False
+    assert not np.array_equal(drop(x), first)
+    np.testing.assert_array_equal(nn.Dropout(0.0)(x), x)
+    np.testing.assert_array_equal(nn.Dropout(1.0)(x), np.zeros_like(x))
+    with pytest.raises(ValueError, match="Dropout"):
+        nn.Dropout(1.5)
+
+
+def test_flatten_round_trip():
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    flat = nn.Flatten()
+    y = flat(x)
+    assert y.shape == (2, 12)
+    np.testing.assert_array_equal(flat.backward(y), x)
