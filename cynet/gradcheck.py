@@ -1,0 +1,543 @@
+r"""Numerical gradient checking, following the CS231n notes ("Gradient checks").
+
+The analytic gradient a module's ``backward`` computes is compared with the centred difference
+
+.. math:: \frac{\partial L}{\partial w_i} \approx \frac{L(w + h e_i) - L(w - h e_i)}{2h}, \qquad h = 10^{-5},
+
+whose error is :math:`O(h^2)` (the one-sided difference's is :math:`O(h)`), through the relative error
+
+.. math:: e_i = \frac{|a_i - n_i|}{\max(|a_i|, |n_i|)} \qquad (0 \text{ when both are } 0).
+
+The recipe of the notes, all applied here:
+
+- **float64**: the model is deep-copied and cast (``copy.deepcopy(model).to(np.float64)``), the input too; in
+  float32 the rounding error of :math:`L` divided by :math:`2h` swamps the comparison.
+- **sampled entries**: ``num_checks`` entries (seeded) of every parameter, biases included, and of the input; each
+  costs two forward passes.
+- **dropout fixed**: after the first forward, every module with a ``reuse_mask`` attribute gets ``reuse_mask =
+  True``, so all forward passes of the check see the same mask.
+- **kinks**: :math:`\max(0, x)` and friends are not differentiable at their kinks; when :math:`x \pm h` lies on the
+  other side the centred difference is meaningless. Every module with a ``kink_state()`` method (ReLU's positive
+  mask, Maxout's winners, ...; the loss too) is read at :math:`w`, :math:`w + h e_i` and :math:`w - h e_i`; an entry
+  whose perturbation changes any state is counted as "kink crossed" and left out of the verdict.
+- **regularisation checked separately** (:func:`check_model`): a penalty's gradient is often much larger than the
+  data loss's and would hide a bug in the latter, so the data loss is checked first and the penalty alone second.
+
+Reading the maximum relative error (the lecture's bands, :func:`verdict`):
+
+=================  ==============================================================
+``> 1e-2``         wrong: the gradient is probably wrong
+``1e-4 .. 1e-2``   uncomfortable
+``1e-7 .. 1e-4``   ok for kinked functions (fine if kinks present, otherwise suspicious)
+``< 1e-7``         good
+=================  ==============================================================
+
+The entry points return a :class:`GradcheckReport`: print it for a table, test ``report.passed`` or call
+``report.raise_if_failed()``.
+
+Example:
+    >>> import numpy as np
+    >>> from cynet import nn, gradcheck
+    >>> model = nn.Sequential(nn.Linear(5, 4, generator=0), nn.Tanh(), nn.Linear(4, 3, generator=1))
+    >>> report = gradcheck.check_module(model, np.random.default_rng(0).standard_normal((2, 5)))
+    >>> report.passed, report.verdict
+    (True, 'good')
+"""
+import copy
+import numbers
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cynet._validation import describe
+
+__all__ = ["rel_error", "verdict", "check_module", "check_loss", "check_model", "ArrayCheck", "GradcheckReport",
+           "GradientCheckError"]
+
+#: The lecture's bands: (lower bound of the band, its verdict), from the worst down.
+BANDS = (
+    (1e-2, "wrong"),
+    (1e-4, "uncomfortable"),
+    (1e-7, "ok for kinked functions (fine if kinks present, otherwise suspicious)"),
+)
+GOOD = "good"
+
+
+def rel_error(a, n):
+    r"""Elementwise relative error :math:`|a - n| / \max(|a|, |n|)`, 0 where both are 0.
+
+    Args:
+        a (array_like): analytic gradient values.
+        n (array_like): numerical gradient values (same shape, or broadcastable).
+
+    Returns:
+        ndarray: float64 errors in [0, 2] (NaN when an input is NaN).
+
+    Example:
+        >>> from cynet.gradcheck import rel_error
+        >>> rel_error([1.0, 0.0, -2.0], [1.1, 0.0, 2.0])
+        array([0.09090909, 0.        , 2.        ])
+    """
+    a = np.asarray(a, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    num = np.abs(a - n)
+    den = np.maximum(np.abs(a), np.abs(n))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((num == 0) & (den == 0), 0.0, num / np.where(den == 0, 1.0, den))
+
+
+def verdict(error):
+    """The lecture's reading of a maximum relative error: "wrong", "uncomfortable", "ok for kinked functions (...)"
+    or "good". NaN reads as "wrong".
+
+    Example:
+        >>> from cynet.gradcheck import verdict
+        >>> verdict(3e-9), verdict(5e-3)
+        ('good', 'uncomfortable')
+    """
+    error = float(error)
+    if np.isnan(error):
+        return BANDS[0][1]
+    for bound, name in BANDS:
+        if error > bound:
+            return name
+    return GOOD
+
+
+class GradientCheckError(AssertionError):
+    """Raised by :meth:`GradcheckReport.raise_if_failed`; its message is the report's table."""
+
+
+@dataclass
+class ArrayCheck:
+    """The check of one array (a parameter or the input).
+
+    Attributes:
+        name (str): ``"0.weight"``, ``"input"``, ``"scores"``, ...
+        section (str): ``"data loss"``, ``"regularisation"``, ``"module"`` or ``"loss"``.
+        shape (tuple): the array's shape.
+        indices (list[tuple]): the checked entries (multi-indices), kink-crossed ones included.
+        analytic, numeric, errors (ndarray): per checked entry.
+        kink (ndarray of bool): the entries whose perturbation crossed a kink (left out of :attr:`max_error`).
+    """
+
+    name: str
+    section: str
+    shape: tuple
+    indices: list = field(default_factory=list)
+    analytic: np.ndarray = None
+    numeric: np.ndarray = None
+    errors: np.ndarray = None
+    kink: np.ndarray = None
+
+    @property
+    def num_checked(self):
+        """Entries that count in the verdict (sampled minus kink-crossed)."""
+        return int(np.count_nonzero(~self.kink))
+
+    @property
+    def num_kinks(self):
+        """Entries left out because their perturbation crossed a kink."""
+        return int(np.count_nonzero(self.kink))
+
+    @property
+    def max_error(self):
+        """Largest relative error over the counted entries (NaN counts as inf; 0 when none counts)."""
+        counted = self.errors[~self.kink]
+        if counted.size == 0:
+            return 0.0
+        return float(np.max(np.where(np.isnan(counted), np.inf, counted)))
+
+    @property
+    def worst(self):
+        """``(index, analytic, numeric, error)`` of the worst counted entry, or None."""
+        counted = np.flatnonzero(~self.kink)
+        if counted.size == 0:
+            return None
+        errors = np.where(np.isnan(self.errors), np.inf, self.errors)
+        i = counted[np.argmax(errors[counted])]
+        return self.indices[i], float(self.analytic[i]), float(self.numeric[i]), float(self.errors[i])
+
+
+class GradcheckReport:
+    """The result of a gradient check: one :class:`ArrayCheck` per array, a verdict and pass/fail.
+
+    Attributes:
+        arrays (list[ArrayCheck]): in the order checked (data-loss section before the regularisation section).
+        kinks_present (bool): some module exposed a kink state (ReLU, Maxout, ...), so the kink tolerance applies.
+        tolerance (float): the pass threshold for smooth functions. kink_tolerance (float): the one with kinks.
+        notes (list[str]): how the check ran ("dropout fixed", "regularisation checked separately", frozen
+            parameters skipped, ...).
+    """
+
+    def __init__(self, arrays, *, kinks_present, tolerance, kink_tolerance, h, num_checks, seed, notes=()):
+        self.arrays = list(arrays)
+        self.kinks_present = bool(kinks_present)
+        self.tolerance = float(tolerance)
+        self.kink_tolerance = float(kink_tolerance)
+        self.h = h
+        self.num_checks = num_checks
+        self.seed = seed
+        self.notes = list(notes)
+
+    @property
+    def max_error(self):
+        """Largest relative error over every counted entry of every array."""
+        return max((a.max_error for a in self.arrays), default=0.0)
+
+    @property
+    def num_kinks(self):
+        """Entries skipped because their perturbation crossed a kink."""
+        return sum(a.num_kinks for a in self.arrays)
+
+    @property
+    def verdict(self):
+        """The lecture's band of :attr:`max_error` (see :func:`verdict`)."""
+        return verdict(self.max_error)
+
+    @property
+    def threshold(self):
+        """The error the check must stay below: ``kink_tolerance`` if kinks are present, else ``tolerance``."""
+        return max(self.tolerance, self.kink_tolerance) if self.kinks_present else self.tolerance
+
+    @property
+    def passed(self):
+        """True when :attr:`max_error` is below :attr:`threshold`."""
+        return self.max_error < self.threshold
+
+    def __getitem__(self, name):
+        """The :class:`ArrayCheck` named ``name`` (the first one, data-loss section first)."""
+        for a in self.arrays:
+            if a.name == name:
+                return a
+        raise KeyError(f"GradcheckReport: no array named {name!r}; checked {[a.name for a in self.arrays]}")
+
+    def raise_if_failed(self):
+        """Raise :class:`GradientCheckError` (an AssertionError) with the table when the check did not pass."""
+        if not self.passed:
+            raise GradientCheckError("gradient check failed\n" + str(self))
+        return self
+
+    def __str__(self):
+        head = (f"Gradient check: float64, centred differences h={self.h:g}, up to {self.num_checks} entries per "
+                f"array, seed {self.seed}")
+        if self.notes:
+            head += "; " + "; ".join(self.notes)
+        rows = [("section", "array", "shape", "checked", "kinks", "max rel error", "verdict")]
+        for a in self.arrays:
+            rows.append((a.section, a.name, str(a.shape), str(a.num_checked), str(a.num_kinks), f"{a.max_error:.2e}",
+                         verdict(a.max_error)))
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
+        lines = [head]
+        for r in rows:
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1])
+        worst = max(self.arrays, key=lambda a: a.max_error, default=None)
+        if worst is not None and worst.worst is not None and not self.passed:
+            index, an, nu, err = worst.worst
+            lines.append(f"worst entry ({worst.section}): {worst.name}{list(index)}: analytic {an:.6e}, "
+                         f"numeric {nu:.6e}, rel error {err:.2e}")
+        status = "PASSED" if self.passed else "FAILED"
+        kinks = f", {self.num_kinks} kink-crossed entries skipped" if self.num_kinks else ""
+        lines.append(f"overall: max rel error {self.max_error:.2e} -> {self.verdict}; {status} "
+                     f"(threshold {self.threshold:g}{', kinks present' if self.kinks_present else ''}){kinks}")
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return (f"GradcheckReport(max_error={self.max_error:.2e}, verdict={self.verdict!r}, passed={self.passed}, "
+                f"arrays={[a.name for a in self.arrays]})")
+
+
+# --- machinery -------------------------------------------------------------------------------------------------------
+def _validate_settings(fn, num_checks, h, tolerance, kink_tolerance):
+    if isinstance(num_checks, bool) or not isinstance(num_checks, numbers.Integral) or num_checks < 1:
+        raise ValueError(f"{fn}: num_checks must be a positive int, got {num_checks!r}")
+    for name, value in (("h", h), ("tolerance", tolerance), ("kink_tolerance", kink_tolerance)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < value < np.inf):
+            raise ValueError(f"{fn}: {name} must be a positive finite number, got {value!r}")
+
+
+def _float64_copy(module):
+    if not hasattr(module, "to"):
+        return copy.deepcopy(module)
+    return copy.deepcopy(module).to(np.float64)
+
+
+def _float64_input(fn, name, x):
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        raise TypeError(f"{fn}: {name} must be floating point to be checked, got {describe(x)}")
+    return np.array(x, dtype=np.float64, order="C", copy=True)
+
+
+def _float64_targets(y):
+    """Floating targets (regression) go to float64 like the scores; labels pass through unchanged."""
+    y_array = np.asarray(y)
+    return np.array(y_array, dtype=np.float64) if y_array.dtype.kind == "f" else y
+
+
+def _kink_modules(*roots):
+    found = []
+    for root in roots:
+        members = root.modules() if hasattr(root, "modules") else [root]
+        found.extend(m for m in members if callable(getattr(m, "kink_state", None)))
+    return found
+
+
+def _kink_states(modules):
+    states = []
+    for m in modules:
+        s = m.kink_state()
+        states.append(None if s is None else np.array(s, copy=True))
+    return states
+
+
+def _same_states(s1, s2):
+    return all((a is None and b is None) or (a is not None and b is not None and a.shape == b.shape
+                                             and np.array_equal(a, b)) for a, b in zip(s1, s2))
+
+
+def _fix_dropout(*roots):
+    """Set ``reuse_mask = True`` on every module that has the attribute; True when one of them is in training mode
+    (in evaluation mode dropout is the identity and there is no mask to fix)."""
+    fixed = False
+    for root in roots:
+        for m in (root.modules() if hasattr(root, "modules") else [root]):
+            if hasattr(m, "reuse_mask"):
+                m.reuse_mask = True
+                fixed = fixed or bool(getattr(m, "training", True))
+    return fixed
+
+
+def _check_array(name, section, array, analytic, loss, kink_modules, base_states, rng, num_checks, h):
+    """Compare ``analytic`` with centred differences of ``loss()`` at sampled entries of ``array`` (perturbed in
+    place and restored)."""
+    analytic = np.asarray(analytic, dtype=np.float64)
+    if analytic.shape != array.shape:
+        raise ValueError(f"gradcheck: the analytic gradient of {name!r} has shape {analytic.shape}, the array "
+                         f"{array.shape}")
+    k = min(num_checks, array.size)
+    flat_indices = np.sort(rng.choice(array.size, size=k, replace=False)) if k else np.empty(0, np.int64)
+    flat = array.reshape(-1)            # a view: array is C-contiguous
+    an = np.empty(k)
+    nu = np.empty(k)
+    kink = np.zeros(k, dtype=bool)
+    for j, i in enumerate(flat_indices):
+        old = flat[i]
+        flat[i] = old + h
+        fp = float(loss())
+        crossed = not _same_states(base_states, _kink_states(kink_modules))
+        flat[i] = old - h
+        fm = float(loss())
+        crossed = crossed or not _same_states(base_states, _kink_states(kink_modules))
+        flat[i] = old
+        an[j] = analytic.reshape(-1)[i]
+        nu[j] = (fp - fm) / (2 * h)
+        kink[j] = crossed
+    indices = [tuple(int(v) for v in np.unravel_index(i, array.shape)) for i in flat_indices]
+    return ArrayCheck(name=name, section=section, shape=tuple(array.shape), indices=indices, analytic=an, numeric=nu,
+                      errors=rel_error(an, nu), kink=kink)
+
+
+def _parameters(model, notes):
+    """``(name, Parameter)`` of the learnable parameters; frozen ones are noted and skipped."""
+    named = list(model.named_parameters()) if hasattr(model, "named_parameters") else []
+    frozen = [name for name, p in named if not p.requires_grad]
+    if frozen:
+        notes.append(f"frozen parameters skipped: {', '.join(frozen)}")
+    return [(name, p) for name, p in named if p.requires_grad]
+
+
+# --- entry points ----------------------------------------------------------------------------------------------------
+def check_module(module, x, *, num_checks=10, h=1e-5, seed=0, check_input=True, dout=None, tolerance=1e-6,
+                 kink_tolerance=1e-4):
+    r"""Gradient check of one module (or a :class:`~cynet.nn.Sequential`) through the loss
+    :math:`L = \sum_i \text{forward}(x)_i \, \text{dout}_i`, whose gradient with respect to the output is ``dout``.
+
+    A float64 deep copy of ``module`` runs ``backward(dout)`` once (after ``zero_grad``); then ``num_checks``
+    sampled entries of every learnable parameter (frozen ones are skipped) and of ``x`` are perturbed by
+    :math:`\pm h` and the forward re-run. The module passed in is not modified.
+
+    Args:
+        module (Module): the module, in its current mode (``train()`` checks dropout with a fixed mask).
+        x (ndarray): a floating-point input (copied to float64).
+        num_checks (int): entries sampled per array (all of them when the array is smaller). Default 10.
+        h (float): the perturbation. Default 1e-5.
+        seed (int): seeds the entry sampling and the random ``dout``. Default 0.
+        check_input (bool): also check dx. Default True.
+        dout (ndarray, optional): the upstream gradient; default standard-normal draws.
+        tolerance (float): pass threshold when no module has kinks. Default 1e-6.
+        kink_tolerance (float): pass threshold when some module exposes ``kink_state()``. Default 1e-4.
+
+    Returns:
+        GradcheckReport: arrays named like ``"0.weight"``, ``"0.bias"``, ``"input"``.
+
+    Shape:
+        x: whatever the module takes; dout: the module's output shape.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> from cynet.gradcheck import check_module
+        >>> check_module(nn.Linear(4, 3, generator=0), np.ones((2, 4))).verdict
+        'good'
+    """
+    fn = "check_module"
+    _validate_settings(fn, num_checks, h, tolerance, kink_tolerance)
+    model = _float64_copy(module)
+    x = _float64_input(fn, "x", x)
+    rng = np.random.default_rng(seed)
+    notes = []
+
+    out = np.asarray(model(x))
+    if _fix_dropout(model):
+        notes.append("dropout fixed")
+    if dout is None:
+        dout = rng.standard_normal(out.shape)
+    else:
+        dout = np.asarray(dout)
+        if dout.shape != out.shape:
+            raise ValueError(f"{fn}: dout must have the output's shape {out.shape}, got {describe(dout)}")
+        dout = np.array(dout, dtype=np.float64)
+
+    def loss():
+        return np.sum(np.asarray(model(x)) * dout)
+
+    model.zero_grad()
+    loss()                                     # a fresh forward (mask fixed) so the caches belong to this x
+    kink_modules = _kink_modules(model)
+    base = _kink_states(kink_modules)
+    dx = model.backward(dout, input_grad=check_input)
+    params = _parameters(model, notes)
+    grads = {name: p.grad.copy() for name, p in params}
+
+    arrays = [_check_array(name, "module", p.data, grads[name], loss, kink_modules, base, rng, num_checks, h)
+              for name, p in params]
+    if check_input:
+        if dx is None:
+            raise ValueError(f"{fn}: {type(module).__name__}.backward returned None for the input gradient")
+        arrays.append(_check_array("input", "module", x, dx, loss, kink_modules, base, rng, num_checks, h))
+    return GradcheckReport(arrays, kinks_present=any(s is not None for s in base), tolerance=tolerance,
+                           kink_tolerance=kink_tolerance, h=h, num_checks=num_checks, seed=seed, notes=notes)
+
+
+def check_loss(loss_module, scores, y, *, num_checks=10, h=1e-5, seed=0, tolerance=1e-6, kink_tolerance=1e-4):
+    r"""Gradient check of a loss: ``backward()`` (dL/dscores) against centred differences of
+    ``forward(scores, y)``.
+
+    Args:
+        loss_module: an object with ``forward(scores, y) -> float`` and ``backward() -> dscores`` (the losses of
+            :mod:`cynet.nn.loss`); ``kink_state()`` when it has kinks (the SVM's margins).
+        scores (ndarray): the scores, copied to float64.
+        y: the targets: labels pass through unchanged, floating targets are copied to float64.
+        num_checks, h, seed, tolerance, kink_tolerance: as for :func:`check_module`.
+
+    Returns:
+        GradcheckReport: one array, ``"scores"``.
+
+    Shape:
+        scores (N, C) (or whatever the loss takes); y as the loss expects.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet.nn.loss import SoftmaxCrossEntropy     # doctest: +SKIP
+        >>> scores = np.random.default_rng(0).standard_normal((4, 3))
+        >>> check_loss(SoftmaxCrossEntropy(), scores, np.array([0, 2, 1, 1])).verdict   # doctest: +SKIP
+        'good'
+    """
+    fn = "check_loss"
+    _validate_settings(fn, num_checks, h, tolerance, kink_tolerance)
+    loss_module = _float64_copy(loss_module)
+    scores = _float64_input(fn, "scores", scores)
+    y = _float64_targets(y)
+    rng = np.random.default_rng(seed)
+
+    def loss():
+        return loss_module.forward(scores, y)
+
+    loss()
+    kink_modules = _kink_modules(loss_module)
+    base = _kink_states(kink_modules)
+    dscores = loss_module.backward()
+    arrays = [_check_array("scores", "loss", scores, dscores, loss, kink_modules, base, rng, num_checks, h)]
+    return GradcheckReport(arrays, kinks_present=any(s is not None for s in base), tolerance=tolerance,
+                           kink_tolerance=kink_tolerance, h=h, num_checks=num_checks, seed=seed)
+
+
+def check_model(model, loss_module, x, y, *, regularization=None, num_checks=10, h=1e-5, seed=0, check_input=True,
+                tolerance=1e-6, kink_tolerance=1e-4):
+    r"""End-to-end gradient check of a model and its loss, with the regularisation checked separately.
+
+    Section "data loss": :math:`L = \text{loss}(\text{model}(x), y)`; the analytic gradients come from
+    ``loss_module.backward()`` fed into ``model.backward``; every learnable parameter and (``check_input``) the input
+    are sampled. Section "regularisation" (when ``regularization`` is given): the penalty :math:`R(\text{model})`
+    alone, its gradient from ``regularization.backward(model)`` after ``zero_grad``, every parameter sampled. Checking
+    the two apart keeps a large penalty gradient from hiding a wrong data gradient (the CS231n advice).
+
+    Args:
+        model (Module): the network (copied and cast to float64; the original is untouched).
+        loss_module: ``forward(scores, y) -> float``, ``backward() -> dscores`` (see :mod:`cynet.nn.loss`).
+        x (ndarray): the input batch. y: its targets (floating ones are copied to float64).
+        regularization (optional): an object with ``__call__(model) -> float`` and ``backward(model)`` that adds
+            the penalty's gradient into the parameters' ``grad`` (e.g. ``cynet.nn.loss.L2Penalty(strength)``).
+        num_checks, h, seed, check_input, tolerance, kink_tolerance: as for :func:`check_module`.
+
+    Returns:
+        GradcheckReport: arrays of section ``"data loss"`` then ``"regularisation"``.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> from cynet.nn.loss import SoftmaxCrossEntropy, L2Penalty      # doctest: +SKIP
+        >>> model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+        >>> x, y = np.random.default_rng(0).standard_normal((6, 5)), np.array([0, 1, 2, 0, 1, 2])
+        >>> check_model(model, SoftmaxCrossEntropy(), x, y, regularization=L2Penalty(1e-2)).passed  # doctest: +SKIP
+        True
+    """
+    fn = "check_model"
+    _validate_settings(fn, num_checks, h, tolerance, kink_tolerance)
+    model = _float64_copy(model)
+    loss_module = _float64_copy(loss_module)
+    x = _float64_input(fn, "x", x)
+    y = _float64_targets(y)
+    rng = np.random.default_rng(seed)
+    notes = []
+
+    model(x)
+    if _fix_dropout(model, loss_module):
+        notes.append("dropout fixed")
+
+    def data_loss():
+        return loss_module.forward(model(x), y)
+
+    model.zero_grad()
+    data_loss()
+    kink_modules = _kink_modules(model, loss_module)
+    base = _kink_states(kink_modules)
+    dx = model.backward(loss_module.backward(), input_grad=check_input)
+    params = _parameters(model, notes)
+    grads = {name: p.grad.copy() for name, p in params}
+    arrays = [_check_array(name, "data loss", p.data, grads[name], data_loss, kink_modules, base, rng, num_checks, h)
+              for name, p in params]
+    if check_input:
+        if dx is None:
+            raise ValueError(f"{fn}: {type(model).__name__}.backward returned None for the input gradient")
+        arrays.append(_check_array("input", "data loss", x, dx, data_loss, kink_modules, base, rng, num_checks, h))
+    kinks_present = any(s is not None for s in base)
+
+    if regularization is not None:
+        notes.append("regularisation checked separately")
+        model.zero_grad()
+        regularization.backward(model)
+        grads = {name: p.grad.copy() for name, p in params}
+        reg_kinks = _kink_modules(regularization) if callable(getattr(regularization, "kink_state", None)) else []
+
+        def penalty():
+            return regularization(model)
+
+        penalty()
+        reg_base = _kink_states(reg_kinks)
+        kinks_present = kinks_present or any(s is not None for s in reg_base)
+        arrays += [_check_array(name, "regularisation", p.data, grads[name], penalty, reg_kinks, reg_base, rng,
+                                num_checks, h) for name, p in params]
+    return GradcheckReport(arrays, kinks_present=kinks_present, tolerance=tolerance, kink_tolerance=kink_tolerance,
+                           h=h, num_checks=num_checks, seed=seed, notes=notes)

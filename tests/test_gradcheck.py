@@ -1,0 +1,390 @@
+"""cynet.gradcheck: relative error, verdict bands, and the checker on hand-made modules with known gradients.
+
+Oracles: hand-computed relative errors; small Module subclasses written here whose correct derivatives are derived
+by hand (a quadratic layer, a ReLU, a squared-error and a hinge loss, an L2 penalty), together with deliberately
+broken twins whose gradients are wrong by a known amount; NumPy formulas for the expected numerical derivatives.
+"""
+import numpy as np
+import pytest
+
+from cynet import gradcheck, nn
+from cynet.gradcheck import GradientCheckError, check_loss, check_model, check_module, rel_error, verdict
+from cynet.nn import Module, Parameter
+
+try:
+    from cynet.nn import loss as nn_loss
+except ImportError:  # pragma: no cover - depends on the state of the tree
+    nn_loss = None
+
+needs_loss = pytest.mark.skipif(nn_loss is None, reason="cynet.nn.loss is not available yet")
+
+H = 1e-5
+KINKED = "ok for kinked functions (fine if kinks present, otherwise suspicious)"
+
+
+# --- hand-made modules -----------------------------------------------------------------------------------------------
+class Quadratic(Module):
+    """y = w * x**2 + b per feature: dw = sum_n dout x^2, db = sum_n dout, dx = 2 w x dout."""
+
+    def __init__(self, d, dtype=np.float64, seed=0):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.weight = Parameter(rng.standard_normal(d).astype(dtype))
+        self.bias = Parameter(rng.standard_normal(d).astype(dtype))
+        self.seen_dtypes = []
+
+    def forward(self, x):
+        self.seen_dtypes.append(x.dtype)
+        self._x = x
+        return self.weight.data * x ** 2 + self.bias.data
+
+    def backward(self, dout, *, input_grad=True):
+        x = self._x
+        if self.weight.requires_grad:
+            self.weight.accumulate((dout * x ** 2).sum(axis=0))
+        if self.bias.requires_grad:
+            self.bias.accumulate(dout.sum(axis=0))
+        return 2 * self.weight.data * x * dout if input_grad else None
+
+
+class InputGradTwiceTooLarge(Quadratic):
+    def backward(self, dout, *, input_grad=True):
+        dx = super().backward(dout, input_grad=input_grad)
+        return 2 * dx
+
+
+class MissingBiasGradient(Quadratic):
+    def backward(self, dout, *, input_grad=True):
+        self.weight.accumulate((dout * self._x ** 2).sum(axis=0))
+        return 2 * self.weight.data * self._x * dout
+
+
+class SlightlyOff(Quadratic):
+    """dx off by a relative 1e-3: rel error 1e-3 / (1 + 1e-3), the "uncomfortable" band."""
+
+    def backward(self, dout, *, input_grad=True):
+        return super().backward(dout, input_grad=input_grad) * (1 + 1e-3)
+
+
+class Relu(Module):
+    """max(0, x) with its kink at 0; kink_state() is the mask x > 0 of the last forward."""
+
+    def forward(self, x):
+        self._x = x
+        return np.maximum(x, 0)
+
+    def backward(self, dout, *, input_grad=True):
+        return dout * (self._x > 0)
+
+    def kink_state(self):
+        return self._x > 0
+
+
+class ReluWithoutKinkState(Relu):
+    kink_state = None           # hides the method: the checker cannot see the kinks
+
+
+class SquaredError:
+    """L = 0.5 * mean_n sum_j (s - y)^2; dL/ds = (s - y) / N."""
+
+    def forward(self, scores, y):
+        self._d = scores - y
+        return 0.5 * np.sum(self._d ** 2) / scores.shape[0]
+
+    def backward(self):
+        return self._d / self._d.shape[0]
+
+
+class SquaredErrorWrong(SquaredError):
+    def backward(self):
+        return self._d            # forgot the 1/N
+
+
+class Hinge:
+    """L = sum_n sum_{j != y_n} max(0, s_nj - s_ny + 1) / N (the multiclass SVM), with kink_state = margins > 0."""
+
+    def forward(self, scores, y):
+        n = scores.shape[0]
+        margins = scores - scores[np.arange(n), y][:, None] + 1.0
+        margins[np.arange(n), y] = 0.0
+        self._pos = margins > 0
+        self._y = y
+        return np.maximum(margins, 0).sum() / n
+
+    def backward(self):
+        n = self._pos.shape[0]
+        d = self._pos.astype(np.float64)
+        d[np.arange(n), self._y] = -d.sum(axis=1)
+        return d / n
+
+    def kink_state(self):
+        return self._pos
+
+
+class L2:
+    """R = strength * sum of squared weights (biases not penalised); dR/dW = 2 strength W."""
+
+    def __init__(self, strength, factor=2.0):
+        self.strength, self.factor = strength, factor
+
+    def __call__(self, model):
+        return self.strength * sum(np.sum(p.data ** 2) for name, p in model.named_parameters()
+                                   if name.endswith("weight"))
+
+    def backward(self, model):
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and p.requires_grad:
+                p.accumulate(self.factor * self.strength * p.data)
+
+
+def batch(shape=(4, 3), seed=1, dtype=np.float64):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+# --- rel_error and verdict -------------------------------------------------------------------------------------------
+def test_rel_error_values():
+    np.testing.assert_allclose(rel_error([1.0, -2.0, 3.0, 1e-8], [1.1, 2.0, 3.0, 2e-8]),
+                               [0.1 / 1.1, 2.0, 0.0, 0.5], rtol=1e-12)
+    assert rel_error(0.0, 0.0) == 0.0                 # both zero: no error
+    np.testing.assert_array_equal(rel_error([0.0, -0.0], [0.0, 0.0]), [0.0, 0.0])
+    assert rel_error(0.0, 1e-12) == 1.0               # one zero: as wrong as it gets
+    assert rel_error(2.0, 3.0) == rel_error(3.0, 2.0)
+    assert np.isnan(rel_error(np.nan, 1.0))
+
+
+@pytest.mark.parametrize("error, expected", [
+    (0.5, "wrong"), (1.01e-2, "wrong"), (1e-2, "uncomfortable"), (1e-3, "uncomfortable"), (1.01e-4, "uncomfortable"),
+    (1e-4, KINKED), (1e-6, KINKED), (1.01e-7, KINKED), (1e-7, "good"), (0.0, "good"), (float("nan"), "wrong"),
+    (float("inf"), "wrong"),
+])
+def test_verdict_bands(error, expected):
+    assert verdict(error) == expected
+
+
+# --- check_module ----------------------------------------------------------------------------------------------------
+def test_correct_module_passes_and_numeric_matches_formula():
+    x = batch()
+    dout = np.random.default_rng(3).standard_normal((4, 3))
+    report = check_module(Quadratic(3), x, num_checks=10, seed=3, dout=dout)
+    assert report.passed and report.verdict == "good" and report.max_error < 1e-7
+    assert [a.name for a in report.arrays] == ["weight", "bias", "input"]
+    assert [a.num_checked for a in report.arrays] == [3, 3, 10]      # all 3 + 3 parameter entries, 10 of 12 inputs
+    assert report.num_kinks == 0 and not report.kinks_present
+    # the numerical derivatives are those of L = sum(dout * (w x^2 + b)) written out here
+    w = np.random.default_rng(0).standard_normal(3)
+    expected = {"weight": (dout * x ** 2).sum(0), "bias": dout.sum(0), "input": 2 * w * x * dout}
+    for a in report.arrays:
+        np.testing.assert_allclose(a.numeric, [expected[a.name][i] for i in a.indices], rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(a.analytic, [expected[a.name][i] for i in a.indices], rtol=1e-14)
+
+
+def test_input_gradient_factor_two_off_is_wrong():
+    report = check_module(InputGradTwiceTooLarge(3), batch())
+    assert report["weight"].max_error < 1e-7 and report["bias"].max_error < 1e-7
+    assert report["input"].max_error == pytest.approx(0.5, rel=1e-6)         # |2n - n| / |2n|
+    assert report.verdict == "wrong" and not report.passed
+    with pytest.raises(GradientCheckError, match=r"(?s)gradient check failed.*input.*wrong.*FAILED"):
+        report.raise_if_failed()
+
+
+def test_missing_bias_gradient_is_wrong():
+    report = check_module(MissingBiasGradient(3), batch())
+    assert report["bias"].max_error == 1.0           # analytic 0 against a non-zero numerical gradient
+    assert report["weight"].max_error < 1e-7
+    assert report.verdict == "wrong" and not report.passed
+    assert "worst entry (module): bias[" in str(report)
+
+
+def test_slightly_wrong_gradient_is_uncomfortable():
+    report = check_module(SlightlyOff(3), batch())
+    assert report["input"].max_error == pytest.approx(1e-3 / (1 + 1e-3), rel=1e-4)
+    assert report.verdict == "uncomfortable" and not report.passed
+
+
+def test_kinks_crossed_are_reported_and_skipped():
+    # half of the inputs sit at +-h/2, where x +- h lands on the other side of the kink (the centred difference
+    # there is 3/4 of the slope: a rel error of 1/4); the other half are far from 0
+    rng = np.random.default_rng(0)
+    near = H / 2 * rng.choice([-1.0, 1.0], size=(4, 3))
+    far = rng.uniform(0.1, 1.0, size=(4, 3)) * rng.choice([-1.0, 1.0], size=(4, 3))
+    x = np.concatenate([near, far], axis=1)
+    report = check_module(Relu(), x, num_checks=24)
+    a = report["input"]
+    assert a.num_kinks == 12 and a.num_checked == 12
+    assert all(x[idx] == pytest.approx(H / 2, rel=1e-9) or x[idx] == pytest.approx(-H / 2, rel=1e-9)
+               for idx, k in zip(a.indices, a.kink) if k)
+    np.testing.assert_allclose(a.errors[a.kink & (a.analytic != 0)], 0.25, rtol=1e-5)   # they would fail
+    assert a.max_error < 1e-7 and report.kinks_present and report.passed
+    text = str(report)
+    assert "12 kink-crossed entries skipped" in text and "kinks present" in text
+
+    # the same check without kink_state: the crossed entries count, and the check fails
+    blind = check_module(ReluWithoutKinkState(), x, num_checks=24)
+    assert blind["input"].num_kinks == 0 and blind.verdict == "wrong" and not blind.passed
+
+
+def test_kinked_threshold_is_relaxed_to_1e_4():
+    x = batch((4, 3)) + np.sign(batch((4, 3))) * 0.5
+    smooth = check_module(Quadratic(3), x, tolerance=1e-20)
+    assert not smooth.passed and smooth.threshold == 1e-20
+    kinked = check_module(nn.Sequential(Quadratic(3), Relu()), x, tolerance=1e-20)
+    assert kinked.kinks_present and kinked.threshold == 1e-4 and kinked.passed
+
+
+def test_seed_reproducibility():
+    x = batch((5, 4))
+    a = check_module(Quadratic(4), x, num_checks=6, seed=7)
+    b = check_module(Quadratic(4), x, num_checks=6, seed=7)
+    c = check_module(Quadratic(4), x, num_checks=6, seed=8)
+    assert [r.indices for r in a.arrays] == [r.indices for r in b.arrays]
+    for ra, rb in zip(a.arrays, b.arrays):
+        np.testing.assert_array_equal(ra.numeric, rb.numeric)
+        np.testing.assert_array_equal(ra.errors, rb.errors)
+    assert a["input"].indices != c["input"].indices
+    assert len(set(a["input"].indices)) == 6          # distinct entries
+
+
+def test_runs_in_float64_and_leaves_the_module_alone():
+    module = Quadratic(3, dtype=np.float32)
+    before = module.state_dict()
+    report = check_module(module, batch(dtype=np.float32))
+    assert report.passed and report.max_error < 1e-7            # impossible in float32
+    assert module.seen_dtypes == [] and module.weight.dtype == np.float32
+    for k, v in module.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_given_dout_check_input_false_and_frozen_parameters():
+    module = Quadratic(3)
+    module.bias.requires_grad = False
+    report = check_module(module, batch(), dout=np.ones((4, 3)), check_input=False)
+    assert [a.name for a in report.arrays] == ["weight"]
+    np.testing.assert_allclose(report["weight"].numeric, (batch() ** 2).sum(0), rtol=1e-8)
+    assert "frozen parameters skipped: bias" in str(report)
+    with pytest.raises(ValueError, match=r"check_module: dout must have the output's shape \(4, 3\)"):
+        check_module(Quadratic(3), batch(), dout=np.ones((3, 4)))
+
+
+def test_argument_errors():
+    with pytest.raises(ValueError, match="num_checks must be a positive int, got 0"):
+        check_module(Quadratic(3), batch(), num_checks=0)
+    with pytest.raises(ValueError, match="h must be a positive finite number"):
+        check_module(Quadratic(3), batch(), h=-1e-5)
+    with pytest.raises(TypeError, match="check_module: x must be floating point.*int64"):
+        check_module(Quadratic(3), np.ones((4, 3), np.int64))
+    with pytest.raises(KeyError, match="no array named 'gamma'"):
+        check_module(Quadratic(3), batch())["gamma"]
+
+
+def test_report_table():
+    text = str(check_module(Quadratic(3), batch()))
+    lines = text.splitlines()
+    assert lines[0].startswith("Gradient check: float64, centred differences h=1e-05")
+    assert lines[1].split()[:7] == ["section", "array", "shape", "checked", "kinks", "max", "rel"]
+    assert lines[2].split()[:5] == ["module", "weight", "(3,)", "3", "0"]
+    assert lines[-1].startswith("overall: max rel error") and "good; PASSED" in lines[-1]
+
+
+# --- check_loss ------------------------------------------------------------------------------------------------------
+def test_check_loss_correct_and_wrong():
+    scores, y = batch((5, 3)), batch((5, 3), seed=2)
+    report = check_loss(SquaredError(), scores, y, num_checks=15)
+    assert report.passed and report.max_error < 1e-7 and report["scores"].num_checked == 15
+    wrong = check_loss(SquaredErrorWrong(), scores, y)
+    assert wrong["scores"].max_error == pytest.approx(0.8, rel=1e-6)       # |5n - n| / |5n|
+    assert wrong.verdict == "wrong" and not wrong.passed
+
+
+def test_check_loss_kinks_of_the_hinge():
+    rng = np.random.default_rng(4)
+    scores = rng.standard_normal((6, 4))
+    y = rng.integers(0, 4, size=6)
+    report = check_loss(Hinge(), scores, y, num_checks=24)
+    assert report.kinks_present and report.passed and report["scores"].num_kinks == 0
+    # put the margins of row 0 at +-h/2 from the kink: s_0j = s_0y - 1 +- h/2 for j != y_0; then moving any score
+    # of row 0 by h (s_0y included: it shifts every margin) crosses a kink, and no other entry does
+    others = np.arange(4) != y[0]
+    scores[0, others] = scores[0, y[0]] - 1 + H / 2 * np.array([1.0, -1.0, 1.0])
+    report = check_loss(Hinge(), scores, y, num_checks=24)
+    a = report["scores"]
+    assert a.num_kinks == 4 and {idx for idx, k in zip(a.indices, a.kink) if k} == {(0, j) for j in range(4)}
+    assert report.passed and a.max_error < 1e-7
+
+
+# --- check_model -----------------------------------------------------------------------------------------------------
+def test_check_model_with_regularisation_checked_separately():
+    model = nn.Sequential(Quadratic(3, seed=0), Quadratic(3, seed=1))
+    x, y = batch(), batch(seed=2)
+    report = check_model(model, SquaredError(), x, y, regularization=L2(0.1))
+    assert [(a.section, a.name) for a in report.arrays] == [
+        ("data loss", "0.weight"), ("data loss", "0.bias"), ("data loss", "1.weight"), ("data loss", "1.bias"),
+        ("data loss", "input"), ("regularisation", "0.weight"), ("regularisation", "0.bias"),
+        ("regularisation", "1.weight"), ("regularisation", "1.bias")]
+    assert report.passed and report.max_error < 1e-7
+    assert "regularisation checked separately" in str(report)
+    reg = [a for a in report.arrays if a.section == "regularisation"]
+    w0 = model[0].weight.data
+    np.testing.assert_allclose(reg[0].numeric, [0.2 * w0[i] for i in reg[0].indices], rtol=1e-7)
+
+    # a penalty with half its gradient: the data-loss section stays good, the regularisation section is wrong
+    bad = check_model(model, SquaredError(), x, y, regularization=L2(0.1, factor=1.0))
+    assert all(a.max_error < 1e-7 for a in bad.arrays if a.section == "data loss")
+    assert bad["1.weight"].max_error < 1e-7                 # lookup by name finds the data-loss section first
+    assert max(a.max_error for a in bad.arrays if a.section == "regularisation") == pytest.approx(0.5)
+    assert not bad.passed
+
+
+def test_check_model_finds_a_wrong_loss():
+    model = nn.Sequential(Quadratic(3))
+    report = check_model(model, SquaredErrorWrong(), batch(), batch(seed=2))
+    assert report.verdict == "wrong" and not report.passed
+
+
+# --- with cynet.nn layers --------------------------------------------------------------------------------------------
+def test_linear_relu_model_end_to_end():
+    model = nn.Sequential(nn.Linear(5, 4, generator=0), nn.ReLU(), nn.Linear(4, 3, generator=1))
+    x = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
+    report = check_module(model, x, num_checks=12)
+    assert report.passed and report.max_error < 1e-7 and report.kinks_present
+    assert [a.name for a in report.arrays] == ["0.weight", "0.bias", "2.weight", "2.bias", "input"]
+    report = check_model(model, SquaredError(), x, np.zeros((6, 3)), regularization=L2(1e-2))
+    assert report.passed and report.max_error < 1e-7
+
+
+def test_dropout_is_fixed_during_the_check():
+    model = nn.Sequential(nn.Linear(6, 5, generator=0), nn.Dropout(0.5, generator=3), nn.Linear(5, 2, generator=1))
+    report = check_module(model, np.random.default_rng(1).standard_normal((8, 6)))
+    assert report.passed and report.max_error < 1e-7 and "dropout fixed" in str(report)
+    assert model[1].reuse_mask is False                 # on the copy only
+    report = check_module(model.eval(), np.random.default_rng(1).standard_normal((8, 6)))
+    assert report.passed and "dropout fixed" not in str(report)
+
+
+@needs_loss
+def test_cynet_losses_and_l2_penalty():
+    rng = np.random.default_rng(0)
+    scores, y = rng.standard_normal((6, 4)), rng.integers(0, 4, size=6)
+    for loss in (nn_loss.SoftmaxCrossEntropy(), nn_loss.MulticlassSVM()):
+        assert check_loss(loss, scores, y).passed
+    assert check_loss(nn_loss.MSELoss(), scores, rng.standard_normal((6, 4))).passed
+    model = nn.Sequential(nn.Linear(5, 4, generator=0), nn.ReLU(), nn.Linear(4, 4, generator=1))
+    report = check_model(model, nn_loss.SoftmaxCrossEntropy(), rng.standard_normal((6, 5)), y,
+                         regularization=nn_loss.L2Penalty(0.1))
+    assert report.passed and any(a.section == "regularisation" for a in report.arrays)
+    assert gradcheck.verdict(report.max_error) in ("good", KINKED)
+
+
+def test_cynet_relu_and_maxout_kinks():
+    rng = np.random.default_rng(2)
+    x = np.concatenate([H / 2 * rng.choice([-1.0, 1.0], size=(3, 4)), rng.uniform(0.1, 1, (3, 4))], axis=1)
+    report = check_module(nn.ReLU(), x, num_checks=24)
+    assert report["input"].num_kinks == 12 and report.passed
+    # Maxout: two pieces of unit 0 tied up to h/4 for every sample, so moving an input by h may swap the winner
+    model = nn.Maxout(3, 2, pieces=2, generator=0).to(np.float64)
+    w, b = model.linear.weight.data, model.linear.bias.data
+    w[2] = w[0]                                   # piece 1 of unit 0 (row 2) = piece 0 (row 0) + a tiny offset
+    b[2] = b[0] + H / 4
+    x = rng.standard_normal((5, 3))
+    report = check_module(model, x, num_checks=15)
+    assert report["input"].num_kinks == 0                       # the tie is in the bias: moving x never swaps
+    assert report["linear.bias"].num_kinks == 2 and report.passed   # b[0] and b[2] swap the winner and report.max_error < 1e-7
