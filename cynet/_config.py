@@ -1,4 +1,5 @@
 """``cynet.show_config()`` / ``python -m cynet``: how this installation was built and what it will use."""
+import os
 import platform
 import sys
 
@@ -35,6 +36,7 @@ def config():
         "available_cpus": available_cpus(),
         "default_threads": default_num_threads(),
         "threads": get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "blas": blas,
     }
 
@@ -55,6 +57,8 @@ def show_config(file=None):
         f"cap with CYNET_ISA)",
         f"threads        : {c['threads']} (default {c['default_threads']}; CPUs available {c['available_cpus']}; "
         f"set with cynet.set_num_threads or OMP_NUM_THREADS)",
+        f"OpenMP waits   : {c['omp_wait_policy'] or 'runtime default'} (OMP_WAIT_POLICY; passive idle workers "
+        f"leave the cores to BLAS)",
     ]
     if c["blas"]:
         for b in c["blas"]:

@@ -188,3 +188,15 @@ def test_python_m_cynet_prints_the_configuration():
     assert out.startswith(f"cynet {cynet.__version__} ")
     assert "OpenMP" in out and "SIMD kernels" in out and "BLAS" in out
     assert "threads        : 3 (default 3;" in out
+
+
+@pytest.mark.parametrize("user_setting, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_workers_wait_passively_unless_the_user_chose(user_setting, expected):
+    """Idle OpenMP workers must not spin on the cores BLAS needs next; a user's own OMP_WAIT_POLICY wins."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user_setting:
+        env["OMP_WAIT_POLICY"] = user_setting
+    code = "import os, cynet; print(os.environ['OMP_WAIT_POLICY'])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+                            timeout=120)
+    assert result.stdout.strip() == expected
