@@ -6,8 +6,12 @@ from cynet.nn.module import Module, Parameter, Sequential
 from cynet.nn.layers import (
     ELU, GELU, SELU, Dropout, Flatten, LeakyReLU, Linear, Maxout, PReLU, ReLU, Sigmoid, SiLU, Tanh,
 )
+from cynet.nn.normalization import (
+    BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, fold_batchnorm, recompute_batchnorm_statistics,
+)
 
 __all__ = [
     "Module", "Parameter", "Sequential", "Linear", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU",
-    "GELU", "SiLU", "Maxout", "Dropout", "Flatten",
+    "GELU", "SiLU", "Maxout", "Dropout", "Flatten", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm",
+    "fold_batchnorm", "recompute_batchnorm_statistics",
 ]

@@ -1,0 +1,524 @@
+"""Normalisation kernels: batch norm (two layouts), and the per-row norm behind LayerNorm and GroupNorm.
+
+Private: only ``cynet.nn.normalization`` calls these. Contract of every kernel here:
+- arrays are C-contiguous memoryviews of one floating type (float32 or float64), already validated by the caller;
+  statistics (mean, var, inv_std) and parameter gradients are float64 arrays, also allocated by the caller;
+- no allocation, no exception, no Python object inside: the GIL is released for the whole computation;
+- the result does not depend on ``n_threads``: each statistic is accumulated by one thread in a fixed order, and the
+  cross-row reductions of LayerNorm/GroupNorm's backward sum fixed row chunks (a count chosen from the shape only)
+  into their own rows of ``partials``, which are then added in order.
+
+Statistics are one pass of *shifted* sums in float64: with k the first value of the feature,
+``mean = k + sum(x - k)/n`` and ``var = sum((x - k)^2)/n - (sum(x - k)/n)^2``. Shifting by a sample keeps the
+cancellation of the textbook ``E[x^2] - E[x]^2`` away when the mean is large against the spread. For the same reason
+x - mean is formed as ``(x - hi) - lo`` with ``hi + lo`` the float64 mean split in two values of x's type: in float32
+a mean of 1e4 rounded to float32 would be off by up to 5e-4, a large fraction of a small standard deviation.
+
+Layouts:
+- "rows":   x (N, D), BatchNorm1d: the feature is the column. A thread takes a block of columns (a width chosen from
+            the shape, so that the block of x and dout stays in the core's L2 cache) and walks the rows twice: once
+            for the statistics, once for y (or dx) while the block is still cached.
+- "planes": x (P, C, S), BatchNorm2d (and BatchNorm1d on (N, C, L)): channel c is P contiguous planes of S values;
+            a thread takes whole channels.
+- per-row:  x (M, L) with L = Cg * S: LayerNorm (Cg = L, S = 1) and GroupNorm (M = N * G rows, Cg channels of S
+            values per row); row m uses gamma[(m % G) * Cg + c].
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+
+from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS
+
+
+cdef enum:
+    # Most columns of one "rows" block (stack arrays of this many doubles per thread).
+    ROWS_BLOCK_MAX = 256
+    # Bytes of x (and dout) per "rows" block that should stay in L2 between the two passes.
+    ROWS_BLOCK_BYTES = 262144
+
+
+cdef inline int _threads_for(Py_ssize_t work, Py_ssize_t tasks, int n_threads) noexcept nogil:
+    """Threads for `tasks` independent tasks worth `work` elements: 1 (serial) below PARALLEL_MIN_ELEMENTS."""
+    if n_threads <= 1 or work < PARALLEL_MIN_ELEMENTS or tasks < 2:
+        return 1
+    return n_threads if n_threads < tasks else <int>tasks
+
+
+def rows_block_width(Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t itemsize):
+    """Columns per block of the "rows" layout (a function of the shape only): a multiple of 16 (one 64-byte line of
+    float32) with ROWS_BLOCK_BYTES of x per block, between 16 and ROWS_BLOCK_MAX."""
+    cdef Py_ssize_t w = ROWS_BLOCK_BYTES // max(n_rows * itemsize, 1)
+    w = (w // 16) * 16
+    w = max(16, min(<Py_ssize_t>ROWS_BLOCK_MAX, w))
+    return min(w, max(n_cols, 1))
+
+
+cdef inline double _inv_std(double var, double eps) noexcept nogil:
+    return 1.0 / sqrt(var + eps)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Batch norm, "rows" layout (N, D), training forward, on columns [j0, j0 + w):
+#   mean_j = (1/N) sum_i x_ij;  var_j = (1/N) sum_i (x_ij - mean_j)^2 (biased);  r_j = 1/sqrt(var_j + eps)
+#   y_ij = (x_ij - mean_j) * (gamma_j r_j) + beta_j
+
+cdef void _bn_rows_forward_block(const floating* x, const floating* gamma, const floating* beta, floating* y,
+                                 double* mean, double* var, double* inv_std, Py_ssize_t N, Py_ssize_t D,
+                                 Py_ssize_t j0, Py_ssize_t w, double eps) noexcept nogil:
+    cdef double s1[ROWS_BLOCK_MAX]
+    cdef double s2[ROWS_BLOCK_MAX]
+    cdef double k[ROWS_BLOCK_MAX]
+    cdef floating center[ROWS_BLOCK_MAX]
+    cdef floating center_lo[ROWS_BLOCK_MAX]
+    cdef floating scale[ROWS_BLOCK_MAX]
+    cdef floating shift[ROWS_BLOCK_MAX]
+    cdef Py_ssize_t i, j
+    cdef const floating* row
+    cdef floating* out
+    cdef double d, m, v, r
+    for j in range(w):
+        k[j] = x[j0 + j]
+        s1[j] = 0
+        s2[j] = 0
+    for i in range(N):
+        row = x + i * D + j0
+        for j in range(w):
+            d = <double>row[j] - k[j]
+            s1[j] = s1[j] + d
+            s2[j] = s2[j] + d * d
+    for j in range(w):
+        m = s1[j] / N
+        v = s2[j] / N - m * m
+        v = v if v > 0 else 0
+        r = _inv_std(v, eps)
+        mean[j0 + j] = k[j] + m
+        var[j0 + j] = v
+        inv_std[j0 + j] = r
+        center[j] = <floating>(k[j] + m)
+        center_lo[j] = <floating>((k[j] + m) - <double>center[j])
+        scale[j] = <floating>(gamma[j0 + j] * r)
+        shift[j] = beta[j0 + j]
+    for i in range(N):
+        row = x + i * D + j0
+        out = y + i * D + j0
+        for j in range(w):
+            out[j] = ((row[j] - center[j]) - center_lo[j]) * scale[j] + shift[j]
+
+
+# Batch norm backward, "rows" layout, on columns [j0, j0 + w), with x_hat = (x - mean) r:
+#   dbeta_j = sum_i dout_ij;  dgamma_j = sum_i dout_ij x_hat_ij
+#   dx_ij = (gamma_j r_j / N) (N dout_ij - dbeta_j - x_hat_ij dgamma_j)
+#         = a_j dout_ij + (b_j (x_ij - mean_j) + c_j),  a = gamma r, b = -gamma r^2 dgamma / N, c = -gamma r dbeta / N
+
+cdef void _bn_rows_backward_block(const floating* dout, const floating* x, const floating* gamma,
+                                  const double* mean, const double* inv_std, floating* dx, double* dgamma,
+                                  double* dbeta, Py_ssize_t N, Py_ssize_t D, Py_ssize_t j0, Py_ssize_t w,
+                                  bint compute_dx) noexcept nogil:
+    cdef double sd[ROWS_BLOCK_MAX]
+    cdef double sdx[ROWS_BLOCK_MAX]
+    cdef double mu[ROWS_BLOCK_MAX]
+    cdef floating center[ROWS_BLOCK_MAX]
+    cdef floating center_lo[ROWS_BLOCK_MAX]
+    cdef floating ca[ROWS_BLOCK_MAX]
+    cdef floating cb[ROWS_BLOCK_MAX]
+    cdef floating cc[ROWS_BLOCK_MAX]
+    cdef Py_ssize_t i, j
+    cdef const floating* row
+    cdef const floating* grow
+    cdef floating* out
+    cdef double g, r, gr
+    for j in range(w):
+        mu[j] = mean[j0 + j]
+        sd[j] = 0
+        sdx[j] = 0
+    for i in range(N):
+        row = x + i * D + j0
+        grow = dout + i * D + j0
+        for j in range(w):
+            g = grow[j]
+            sd[j] = sd[j] + g
+            sdx[j] = sdx[j] + g * (<double>row[j] - mu[j])
+    for j in range(w):
+        r = inv_std[j0 + j]
+        gr = gamma[j0 + j] * r
+        dbeta[j0 + j] = sd[j]
+        dgamma[j0 + j] = sdx[j] * r
+        center[j] = <floating>mu[j]
+        center_lo[j] = <floating>(mu[j] - <double>center[j])
+        ca[j] = <floating>gr
+        cb[j] = <floating>(-gr * r * r * sdx[j] / N)
+        cc[j] = <floating>(-gr * sd[j] / N)
+    if not compute_dx:
+        return
+    for i in range(N):
+        row = x + i * D + j0
+        grow = dout + i * D + j0
+        out = dx + i * D + j0
+        for j in range(w):
+            out[j] = ca[j] * grow[j] + (cb[j] * ((row[j] - center[j]) - center_lo[j]) + cc[j])
+
+
+def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const floating[::1] beta, double eps,
+                    floating[:, ::1] y, double[::1] mean, double[::1] var, double[::1] inv_std, Py_ssize_t width,
+                    int n_threads):
+    """Training forward of BatchNorm1d on (N, D): y, and the batch mean, biased var and 1/sqrt(var + eps)."""
+    cdef Py_ssize_t N = x.shape[0], D = x.shape[1], n_blocks, b, j0
+    if N == 0 or D == 0:
+        return
+    n_blocks = (D + width - 1) // width
+    cdef int nt = _threads_for(N * D, n_blocks, n_threads)
+    with nogil:
+        if nt == 1:
+            for b in range(n_blocks):
+                j0 = b * width
+                _bn_rows_forward_block(&x[0, 0], &gamma[0], &beta[0], &y[0, 0], &mean[0], &var[0], &inv_std[0],
+                                       N, D, j0, min(width, D - j0), eps)
+        else:
+            for b in prange(n_blocks, schedule='static', num_threads=nt):
+                j0 = b * width
+                _bn_rows_forward_block(&x[0, 0], &gamma[0], &beta[0], &y[0, 0], &mean[0], &var[0], &inv_std[0],
+                                       N, D, j0, min(width, D - j0), eps)
+
+
+def bn_rows_backward(const floating[:, ::1] dout, const floating[:, ::1] x, const floating[::1] gamma,
+                     const double[::1] mean, const double[::1] inv_std, floating[:, ::1] dx, double[::1] dgamma,
+                     double[::1] dbeta, bint compute_dx, Py_ssize_t width, int n_threads):
+    """Backward of the training forward on (N, D): dx (when compute_dx), dgamma, dbeta (float64)."""
+    cdef Py_ssize_t N = x.shape[0], D = x.shape[1], n_blocks, b, j0
+    if N == 0 or D == 0:
+        return
+    n_blocks = (D + width - 1) // width
+    cdef int nt = _threads_for(N * D, n_blocks, n_threads)
+    with nogil:
+        if nt == 1:
+            for b in range(n_blocks):
+                j0 = b * width
+                _bn_rows_backward_block(&dout[0, 0], &x[0, 0], &gamma[0], &mean[0], &inv_std[0], &dx[0, 0],
+                                        &dgamma[0], &dbeta[0], N, D, j0, min(width, D - j0), compute_dx)
+        else:
+            for b in prange(n_blocks, schedule='static', num_threads=nt):
+                j0 = b * width
+                _bn_rows_backward_block(&dout[0, 0], &x[0, 0], &gamma[0], &mean[0], &inv_std[0], &dx[0, 0],
+                                        &dgamma[0], &dbeta[0], N, D, j0, min(width, D - j0), compute_dx)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Batch norm, "planes" layout (P, C, S): the same formulas, channel c being the P planes x[:, c, :].
+# Sums over a plane use four interleaved float64 accumulators combined as (a0 + a1) + (a2 + a3) + tail: a fixed
+# order that the compiler can keep in SIMD lanes.
+
+cdef inline void _plane_sums(const floating* x, double k, Py_ssize_t n, double* s1, double* s2) noexcept nogil:
+    """s1 += sum(x - k), s2 += sum((x - k)^2) over n values."""
+    cdef Py_ssize_t s, n4 = n - n % 4
+    cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0, q0 = 0, q1 = 0, q2 = 0, q3 = 0, d0, d1, d2, d3
+    cdef double ta = 0, tq = 0
+    for s in range(0, n4, 4):
+        d0 = <double>x[s] - k
+        d1 = <double>x[s + 1] - k
+        d2 = <double>x[s + 2] - k
+        d3 = <double>x[s + 3] - k
+        a0 = a0 + d0
+        a1 = a1 + d1
+        a2 = a2 + d2
+        a3 = a3 + d3
+        q0 = q0 + d0 * d0
+        q1 = q1 + d1 * d1
+        q2 = q2 + d2 * d2
+        q3 = q3 + d3 * d3
+    for s in range(n4, n):
+        d0 = <double>x[s] - k
+        ta = ta + d0
+        tq = tq + d0 * d0
+    s1[0] = s1[0] + (((a0 + a1) + (a2 + a3)) + ta)
+    s2[0] = s2[0] + (((q0 + q1) + (q2 + q3)) + tq)
+
+
+cdef inline void _plane_grad_sums(const floating* dout, const floating* x, double mu, Py_ssize_t n, double* sd,
+                                  double* sdx) noexcept nogil:
+    """sd += sum(dout), sdx += sum(dout * (x - mu)) over n values."""
+    cdef Py_ssize_t s, n4 = n - n % 4
+    cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0, q0 = 0, q1 = 0, q2 = 0, q3 = 0, g0, g1, g2, g3
+    cdef double ta = 0, tq = 0
+    for s in range(0, n4, 4):
+        g0 = dout[s]
+        g1 = dout[s + 1]
+        g2 = dout[s + 2]
+        g3 = dout[s + 3]
+        a0 = a0 + g0
+        a1 = a1 + g1
+        a2 = a2 + g2
+        a3 = a3 + g3
+        q0 = q0 + g0 * (<double>x[s] - mu)
+        q1 = q1 + g1 * (<double>x[s + 1] - mu)
+        q2 = q2 + g2 * (<double>x[s + 2] - mu)
+        q3 = q3 + g3 * (<double>x[s + 3] - mu)
+    for s in range(n4, n):
+        g0 = dout[s]
+        ta = ta + g0
+        tq = tq + g0 * (<double>x[s] - mu)
+    sd[0] = sd[0] + (((a0 + a1) + (a2 + a3)) + ta)
+    sdx[0] = sdx[0] + (((q0 + q1) + (q2 + q3)) + tq)
+
+
+cdef inline void _plane_affine(const floating* x, floating center, floating center_lo, floating scale,
+                               floating shift, floating* y, Py_ssize_t n) noexcept nogil:
+    """y = ((x - center) - center_lo) * scale + shift over n values."""
+    cdef Py_ssize_t s
+    for s in range(n):
+        y[s] = ((x[s] - center) - center_lo) * scale + shift
+
+
+cdef inline void _plane_dx(const floating* dout, const floating* x, floating center, floating center_lo,
+                           floating a, floating b, floating c, floating* dx, Py_ssize_t n) noexcept nogil:
+    """dx = a * dout + (b * ((x - center) - center_lo) + c) over n values."""
+    cdef Py_ssize_t s
+    for s in range(n):
+        dx[s] = a * dout[s] + (b * ((x[s] - center) - center_lo) + c)
+
+
+cdef void _bn_planes_forward_channel(const floating* x, const floating* gamma, const floating* beta, floating* y,
+                                     double* mean, double* var, double* inv_std, Py_ssize_t P, Py_ssize_t C,
+                                     Py_ssize_t S, Py_ssize_t c, double eps) noexcept nogil:
+    cdef Py_ssize_t p
+    cdef Py_ssize_t n = P * S
+    cdef double k = x[c * S], s1 = 0, s2 = 0, m, v, r
+    cdef floating center, center_lo, scale
+    for p in range(P):
+        _plane_sums(x + (p * C + c) * S, k, S, &s1, &s2)
+    m = s1 / n
+    v = s2 / n - m * m
+    v = v if v > 0 else 0
+    r = _inv_std(v, eps)
+    mean[c] = k + m
+    var[c] = v
+    inv_std[c] = r
+    center = <floating>(k + m)
+    center_lo = <floating>((k + m) - <double>center)
+    scale = <floating>(gamma[c] * r)
+    for p in range(P):
+        _plane_affine(x + (p * C + c) * S, center, center_lo, scale, beta[c], y + (p * C + c) * S, S)
+
+
+cdef void _bn_planes_backward_channel(const floating* dout, const floating* x, const floating* gamma,
+                                      const double* mean, const double* inv_std, floating* dx, double* dgamma,
+                                      double* dbeta, Py_ssize_t P, Py_ssize_t C, Py_ssize_t S, Py_ssize_t c,
+                                      bint compute_dx) noexcept nogil:
+    cdef Py_ssize_t p, off
+    cdef Py_ssize_t n = P * S
+    cdef double mu = mean[c], r = inv_std[c], sd = 0, sdx = 0, gr
+    cdef floating center, center_lo, a, b, cc
+    for p in range(P):
+        off = (p * C + c) * S
+        _plane_grad_sums(dout + off, x + off, mu, S, &sd, &sdx)
+    dbeta[c] = sd
+    dgamma[c] = sdx * r
+    if not compute_dx:
+        return
+    gr = gamma[c] * r
+    center = <floating>mu
+    center_lo = <floating>(mu - <double>center)
+    a = <floating>gr
+    b = <floating>(-gr * r * r * sdx / n)
+    cc = <floating>(-gr * sd / n)
+    for p in range(P):
+        off = (p * C + c) * S
+        _plane_dx(dout + off, x + off, center, center_lo, a, b, cc, dx + off, S)
+
+
+def bn_planes_forward(const floating[:, :, ::1] x, const floating[::1] gamma, const floating[::1] beta, double eps,
+                      floating[:, :, ::1] y, double[::1] mean, double[::1] var, double[::1] inv_std, int n_threads):
+    """Training forward of batch norm on (P, C, S) (statistics per channel over P and S)."""
+    cdef Py_ssize_t P = x.shape[0], C = x.shape[1], S = x.shape[2], c
+    if P == 0 or C == 0 or S == 0:
+        return
+    cdef int nt = _threads_for(P * C * S, C, n_threads)
+    with nogil:
+        if nt == 1:
+            for c in range(C):
+                _bn_planes_forward_channel(&x[0, 0, 0], &gamma[0], &beta[0], &y[0, 0, 0], &mean[0], &var[0],
+                                           &inv_std[0], P, C, S, c, eps)
+        else:
+            for c in prange(C, schedule='static', num_threads=nt):
+                _bn_planes_forward_channel(&x[0, 0, 0], &gamma[0], &beta[0], &y[0, 0, 0], &mean[0], &var[0],
+                                           &inv_std[0], P, C, S, c, eps)
+
+
+def bn_planes_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] x, const floating[::1] gamma,
+                       const double[::1] mean, const double[::1] inv_std, floating[:, :, ::1] dx,
+                       double[::1] dgamma, double[::1] dbeta, bint compute_dx, int n_threads):
+    """Backward of the training forward on (P, C, S): dx (when compute_dx), dgamma, dbeta (float64)."""
+    cdef Py_ssize_t P = x.shape[0], C = x.shape[1], S = x.shape[2], c
+    if P == 0 or C == 0 or S == 0:
+        return
+    cdef int nt = _threads_for(P * C * S, C, n_threads)
+    with nogil:
+        if nt == 1:
+            for c in range(C):
+                _bn_planes_backward_channel(&dout[0, 0, 0], &x[0, 0, 0], &gamma[0], &mean[0], &inv_std[0],
+                                            &dx[0, 0, 0], &dgamma[0], &dbeta[0], P, C, S, c, compute_dx)
+        else:
+            for c in prange(C, schedule='static', num_threads=nt):
+                _bn_planes_backward_channel(&dout[0, 0, 0], &x[0, 0, 0], &gamma[0], &mean[0], &inv_std[0],
+                                            &dx[0, 0, 0], &dgamma[0], &dbeta[0], P, C, S, c, compute_dx)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Per-channel affine map, one pass: y = (x - center_c) * scale_c + shift_c on (P, C, S) (S = 1 for (N, D)).
+# Evaluation-mode batch norm (center = running_mean, scale = gamma / sqrt(running_var + eps), shift = beta) and its
+# input gradient (center = shift = 0: dx = dout * scale).
+
+cdef void _affine_rows(const floating* x, const floating* center, const floating* scale, const floating* shift,
+                       floating* y, Py_ssize_t rows, Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t i, j
+    for i in range(rows):
+        for j in range(C):
+            y[i * C + j] = (x[i * C + j] - center[j]) * scale[j] + shift[j]
+
+
+def channel_affine(const floating[:, :, ::1] x, const floating[::1] center, const floating[::1] scale,
+                   const floating[::1] shift, floating[:, :, ::1] y, int n_threads):
+    """y = (x - center_c) * scale_c + shift_c over (P, C, S)."""
+    cdef Py_ssize_t P = x.shape[0], C = x.shape[1], S = x.shape[2], q, K, k, lo, hi
+    if P == 0 or C == 0 or S == 0:
+        return
+    cdef int nt = _threads_for(P * C * S, P * C if S > 1 else P, n_threads)
+    K = nt
+    with nogil:
+        if S == 1:
+            for k in prange(K, schedule='static', num_threads=nt):
+                lo = (k * P) // K
+                hi = ((k + 1) * P) // K
+                _affine_rows(&x[0, 0, 0] + lo * C, &center[0], &scale[0], &shift[0], &y[0, 0, 0] + lo * C,
+                             hi - lo, C)
+        else:
+            for q in prange(P * C, schedule='static', num_threads=nt):
+                _plane_affine(&x[0, 0, 0] + q * S, center[q % C], 0, scale[q % C], shift[q % C],
+                              &y[0, 0, 0] + q * S, S)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Per-row norm on (M, Cg, S), LayerNorm and GroupNorm: statistics over each row of L = Cg * S values,
+#   y = (x - mean_m) * (gamma_c r_m) + beta_c with c = (m % G) * Cg + (channel within the row).
+# Backward, with g = dout * gamma_c (the gradient of x_hat) and A = sum_row g, B = sum_row g (x - mean):
+#   dx = r g - r A / L - (x - mean) r^3 B / L
+#   dgamma_c += sum dout x_hat, dbeta_c += sum dout over the elements of channel c in the row.
+
+cdef void _row_forward(const floating* x, const floating* gamma, const floating* beta, floating* y, double* mean,
+                       double* inv_std, Py_ssize_t m, Py_ssize_t G, Py_ssize_t Cg, Py_ssize_t S,
+                       double eps) noexcept nogil:
+    cdef Py_ssize_t L = Cg * S, c, j, base = (m % G) * Cg
+    cdef const floating* xr = x + m * L
+    cdef floating* yr = y + m * L
+    cdef double k = xr[0], s1 = 0, s2 = 0, mu, v, r
+    cdef floating center, center_lo, rf, scale
+    _plane_sums(xr, k, L, &s1, &s2)
+    mu = s1 / L
+    v = s2 / L - mu * mu
+    v = v if v > 0 else 0
+    r = _inv_std(v, eps)
+    mean[m] = k + mu
+    inv_std[m] = r
+    center = <floating>(k + mu)
+    center_lo = <floating>((k + mu) - <double>center)
+    rf = <floating>r
+    if S == 1:
+        for j in range(L):
+            yr[j] = ((xr[j] - center) - center_lo) * (gamma[base + j] * rf) + beta[base + j]
+    else:
+        for c in range(Cg):
+            scale = gamma[base + c] * rf
+            _plane_affine(xr + c * S, center, center_lo, scale, beta[base + c], yr + c * S, S)
+
+
+cdef void _row_backward(const floating* dout, const floating* x, const floating* gamma, const double* mean,
+                        const double* inv_std, floating* dx, double* dgamma, double* dbeta, Py_ssize_t m,
+                        Py_ssize_t G, Py_ssize_t Cg, Py_ssize_t S, bint compute_dx) noexcept nogil:
+    cdef Py_ssize_t L = Cg * S, c, j, base = (m % G) * Cg
+    cdef const floating* xr = x + m * L
+    cdef const floating* gr = dout + m * L
+    cdef floating* dxr = dx + m * L
+    cdef double mu = mean[m], r = inv_std[m], A = 0, B = 0, sd, sdx, gm, d, xc
+    cdef floating center, center_lo, fa, fb, fc, rf
+    if S == 1:
+        for j in range(L):
+            d = gr[j]
+            xc = <double>xr[j] - mu
+            gm = gamma[base + j]
+            A = A + gm * d
+            B = B + gm * d * xc
+            dgamma[base + j] += d * xc * r
+            dbeta[base + j] += d
+    else:
+        for c in range(Cg):
+            sd = 0
+            sdx = 0
+            _plane_grad_sums(gr + c * S, xr + c * S, mu, S, &sd, &sdx)
+            gm = gamma[base + c]
+            A = A + gm * sd
+            B = B + gm * sdx
+            dgamma[base + c] += sdx * r
+            dbeta[base + c] += sd
+    if not compute_dx:
+        return
+    # dx = (gamma_c r) dout + (b (x - mean) + c0) with b = -r^3 B / L, c0 = -r A / L
+    center = <floating>mu
+    center_lo = <floating>(mu - <double>center)
+    rf = <floating>r
+    fb = <floating>(-r * r * r * B / L)
+    fc = <floating>(-r * A / L)
+    if S == 1:
+        for j in range(L):
+            dxr[j] = (gamma[base + j] * rf) * gr[j] + (fb * ((xr[j] - center) - center_lo) + fc)
+    else:
+        for c in range(Cg):
+            fa = gamma[base + c] * rf
+            _plane_dx(gr + c * S, xr + c * S, center, center_lo, fa, fb, fc, dxr + c * S, S)
+
+
+def row_norm_forward(const floating[:, :, ::1] x, Py_ssize_t G, const floating[::1] gamma,
+                     const floating[::1] beta, double eps, floating[:, :, ::1] y, double[::1] mean,
+                     double[::1] inv_std, int n_threads):
+    """Forward of LayerNorm/GroupNorm on (M, Cg, S): statistics per row m, gamma/beta of length G * Cg."""
+    cdef Py_ssize_t M = x.shape[0], Cg = x.shape[1], S = x.shape[2], m
+    if M == 0 or Cg == 0 or S == 0:
+        return
+    cdef int nt = _threads_for(M * Cg * S, M, n_threads)
+    with nogil:
+        if nt == 1:
+            for m in range(M):
+                _row_forward(&x[0, 0, 0], &gamma[0], &beta[0], &y[0, 0, 0], &mean[0], &inv_std[0], m, G, Cg, S, eps)
+        else:
+            for m in prange(M, schedule='static', num_threads=nt):
+                _row_forward(&x[0, 0, 0], &gamma[0], &beta[0], &y[0, 0, 0], &mean[0], &inv_std[0], m, G, Cg, S, eps)
+
+
+def row_norm_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] x, Py_ssize_t G,
+                      const floating[::1] gamma, const double[::1] mean, const double[::1] inv_std,
+                      floating[:, :, ::1] dx, double[:, :, ::1] partials, double[::1] dgamma, double[::1] dbeta,
+                      bint compute_dx, int n_threads):
+    """Backward of row_norm_forward. The rows are cut into K = partials.shape[0] fixed chunks (K from the shape
+    only); chunk k sums dgamma into partials[k, 0] and dbeta into partials[k, 1], which are then added in order."""
+    cdef Py_ssize_t M = x.shape[0], Cg = x.shape[1], S = x.shape[2], K = partials.shape[0]
+    cdef Py_ssize_t P = partials.shape[2], k, m, lo, hi, j
+    cdef double acc_g, acc_b
+    partials[:, :, :] = 0
+    if M == 0 or Cg == 0 or S == 0:
+        dgamma[:] = 0
+        dbeta[:] = 0
+        return
+    cdef int nt = _threads_for(M * Cg * S, K, n_threads)
+    with nogil:
+        for k in prange(K, schedule='static', num_threads=nt):
+            lo = (k * M) // K
+            hi = ((k + 1) * M) // K
+            for m in range(lo, hi):
+                _row_backward(&dout[0, 0, 0], &x[0, 0, 0], &gamma[0], &mean[0], &inv_std[0], &dx[0, 0, 0],
+                              &partials[k, 0, 0], &partials[k, 1, 0], m, G, Cg, S, compute_dx)
+        for j in range(P):
+            acc_g = 0
+            acc_b = 0
+            for k in range(K):
+                acc_g = acc_g + partials[k, 0, j]
+                acc_b = acc_b + partials[k, 1, j]
+            dgamma[j] = acc_g
+            dbeta[j] = acc_b

@@ -1,0 +1,693 @@
+r"""Normalisation layers over fused Cython kernels: BatchNorm1d, BatchNorm2d, LayerNorm, GroupNorm, and the batch-norm
+tools :func:`recompute_batchnorm_statistics` and :func:`fold_batchnorm`.
+
+Every layer computes :math:`\hat x = (x - \mu)/\sqrt{\sigma^2 + \epsilon}` and :math:`y = \gamma \hat x + \beta`; they
+differ in the axes :math:`\mu` and :math:`\sigma^2` (biased) are taken over. The kernels (``cynet._kernels``'s
+``normalization`` family) do the statistics in one pass of shifted float64 sums and write y in a second pass; they
+save only the per-feature mean and inverse standard deviation (not :math:`\hat x`). The backward uses the compact form
+
+.. math:: dx = \frac{\gamma\, r}{n}\Big(n\, dout - \sum dout - \hat x \sum dout\,\hat x\Big), \quad
+          d\gamma = \sum dout\,\hat x, \quad d\beta = \sum dout,
+
+(:math:`r = 1/\sqrt{\sigma^2+\epsilon}`, sums over the n values sharing a statistic): one pass for the two sums, one
+for dx. Results do not depend on the thread count.
+
+The array functions (``batch_norm_forward``, ``batch_norm_backward``, ``channel_affine``, ``row_norm_forward``,
+``row_norm_backward``) validate, allocate and call the kernels; the modules own parameters, buffers and caches.
+"""
+import copy
+import math
+
+import numpy as np
+
+from cynet._kernels import load
+from cynet._threading import get_num_threads
+from cynet._validation import describe, output
+from cynet.nn.layers import Linear
+from cynet.nn.module import Module, Parameter, Sequential
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "recompute_batchnorm_statistics",
+           "fold_batchnorm", "batch_norm_forward", "batch_norm_backward", "channel_affine", "row_norm_forward",
+           "row_norm_backward"]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+# Row chunks of LayerNorm/GroupNorm's backward reduction (dgamma, dbeta): a function of the shape only.
+_ROW_CHUNKS = 16
+_ROW_CHUNK_MIN_ELEMENTS = 32768
+
+
+def _kernels():
+    return load("normalization")
+
+
+def _planes(x):
+    """(N, C, *) as a (N, C, S) view (S = 1 for (N, C))."""
+    n, c = x.shape[0], x.shape[1]
+    return x.reshape(n, c, -1) if x.ndim > 2 else x.reshape(n, c, 1)
+
+
+# --- array functions -------------------------------------------------------------------------------------------------
+def batch_norm_forward(x, gamma, beta, eps, *, out=None):
+    r"""Training-mode batch norm of x (N, C) or (N, C, *) with batch statistics per channel.
+
+    Returns ``(y, mean, var, inv_std)``: y like x (written into ``out`` when given); mean, biased var and
+    :math:`1/\sqrt{var+\epsilon}` as float64 arrays of length C. x must be C-contiguous, gamma and beta of x's dtype.
+    """
+    k = _kernels()
+    C = x.shape[1]
+    y = output("batch_norm_forward", out, x.shape, x.dtype)
+    mean = np.empty(C)
+    var = np.empty(C)
+    inv_std = np.empty(C)
+    if x.ndim == 2:
+        width = k.rows_block_width(x.shape[0], C, x.itemsize)
+        k.bn_rows_forward(x, gamma, beta, float(eps), y, mean, var, inv_std, width, get_num_threads())
+    else:
+        k.bn_planes_forward(_planes(x), gamma, beta, float(eps), _planes(y), mean, var, inv_std, get_num_threads())
+    return y, mean, var, inv_std
+
+
+def batch_norm_backward(dout, x, gamma, mean, inv_std, *, input_grad=True, out=None):
+    """Backward of :func:`batch_norm_forward`: ``(dx or None, dgamma, dbeta)``, the last two float64.
+
+    dx is written into ``out`` when given. With ``input_grad=False`` the kernel runs only its reduction pass (dx is
+    never written)."""
+    k = _kernels()
+    C = x.shape[1]
+    # without input_grad the kernel gets a one-row stand-in for dx that it never writes
+    if input_grad:
+        dx = output("batch_norm_backward", out, x.shape, x.dtype)
+    else:
+        dx = np.empty((1,) + x.shape[1:], x.dtype)
+    dgamma = np.empty(C)
+    dbeta = np.empty(C)
+    if x.ndim == 2:
+        width = k.rows_block_width(x.shape[0], C, x.itemsize)
+        k.bn_rows_backward(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, bool(input_grad), width,
+                           get_num_threads())
+    else:
+        k.bn_planes_backward(_planes(dout), _planes(x), gamma, mean, inv_std, _planes(dx), dgamma, dbeta,
+                             bool(input_grad), get_num_threads())
+    return (dx if input_grad else None), dgamma, dbeta
+
+
+def channel_affine(x, center, scale, shift):
+    """One pass ``y = (x - center_c) * scale_c + shift_c`` over x (N, C) or (N, C, *); per-channel arrays of x's
+    dtype."""
+    y = np.empty_like(x)
+    _kernels().channel_affine(_planes(x), center, scale, shift, _planes(y), get_num_threads())
+    return y
+
+
+def row_norm_forward(x3, groups, gamma, beta, eps):
+    """LayerNorm/GroupNorm forward on x3 (M, Cg, S): ``(y3, mean, inv_std)`` with float64 per-row statistics."""
+    M = x3.shape[0]
+    y3 = np.empty_like(x3)
+    mean = np.empty(M)
+    inv_std = np.empty(M)
+    _kernels().row_norm_forward(x3, int(groups), gamma, beta, float(eps), y3, mean, inv_std, get_num_threads())
+    return y3, mean, inv_std
+
+
+def _row_chunks(x3):
+    M = x3.shape[0]
+    if x3.size < _ROW_CHUNK_MIN_ELEMENTS:
+        return 1
+    return max(1, min(M, _ROW_CHUNKS))
+
+
+def row_norm_backward(dout3, x3, groups, gamma, mean, inv_std, *, input_grad=True):
+    """Backward of :func:`row_norm_forward`: ``(dx3 or None, dgamma, dbeta)``, the last two float64 of gamma's
+    length."""
+    P = gamma.shape[0]
+    dx3 = np.empty_like(x3)
+    partials = np.empty((_row_chunks(x3), 2, P))
+    dgamma = np.empty(P)
+    dbeta = np.empty(P)
+    _kernels().row_norm_backward(dout3, x3, int(groups), gamma, mean, inv_std, dx3, partials, dgamma, dbeta,
+                                 bool(input_grad), get_num_threads())
+    return (dx3 if input_grad else None), dgamma, dbeta
+
+
+# --- shared checks ---------------------------------------------------------------------------------------------------
+def _float_dtype(layer, dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in _FLOATS:
+        raise TypeError(f"{layer}: dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def _positive_int(layer, name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{layer}: {name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _positive_float(layer, name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+            or not (0 < float(value) < math.inf):
+        raise ValueError(f"{layer}: {name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _accumulate(param, value):
+    """Add a float64 gradient into a parameter (cast to its dtype)."""
+    if param is not None and param.requires_grad:
+        param.accumulate(value.astype(param.data.dtype, copy=False))
+
+
+# --- batch norm ------------------------------------------------------------------------------------------------------
+class _BatchNorm(Module):
+    """Shared implementation of BatchNorm1d/2d; subclasses give the accepted input ranks."""
+
+    _ranks = ()
+    _shape_text = ""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 dtype=np.float32):
+        super().__init__()
+        name = type(self).__name__
+        self.num_features = _positive_int(name, "num_features", num_features)
+        self.eps = _positive_float(name, "eps", eps)
+        if momentum is not None and (isinstance(momentum, bool) or not 0 <= float(momentum) <= 1):
+            raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {momentum!r}")
+        self.momentum = None if momentum is None else float(momentum)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        dtype = _float_dtype(name, dtype)
+        self._dtype_no_state = dtype
+        C = self.num_features
+        if self.affine:
+            self.weight = Parameter(np.ones(C, dtype))
+            self.bias = Parameter(np.zeros(C, dtype))
+        else:
+            self.weight = None
+            self.bias = None
+        if self.track_running_stats:
+            self.register_buffer("running_mean", np.zeros(C, dtype))
+            self.register_buffer("running_var", np.ones(C, dtype))
+            self.register_buffer("num_batches_tracked", np.zeros(1, np.int64))
+            self._set_buffer("num_batches_tracked", np.array(0, dtype=np.int64))   # 0-d, as in PyTorch
+        else:
+            self.running_mean = None
+            self.running_var = None
+            self.num_batches_tracked = None
+        self._frozen_stats = False
+        self._cache = None
+
+    # --- freezing: a frozen batch norm normalises with its running statistics and updates nothing ---------------
+    def requires_grad_(self, requires_grad=True):
+        super().requires_grad_(requires_grad)
+        self._frozen_stats = not requires_grad
+        return self
+
+    @property
+    def frozen(self):
+        """True after :meth:`freeze` (or when every parameter has ``requires_grad=False``)."""
+        if self._parameters:
+            return super().frozen
+        return self._frozen_stats
+
+    def reset_running_stats(self):
+        """Running mean 0, running variance 1, no batch tracked."""
+        if self.track_running_stats:
+            self.running_mean[...] = 0
+            self.running_var[...] = 1
+            self.num_batches_tracked[...] = 0
+
+    def _params(self, dtype):
+        if self.affine:
+            return self.weight.data, self.bias.data
+        C = self.num_features
+        return np.ones(C, dtype), np.zeros(C, dtype)
+
+    def _check_input(self, x):
+        x = np.asarray(x)
+        if x.ndim not in self._ranks or x.shape[1] != self.num_features:
+            raise ValueError(f"{self!r}: expected input of shape {self._shape_text} with C = {self.num_features}, "
+                             f"got {describe(x)}")
+        dtype = self._dtype()
+        if x.dtype != dtype:
+            raise TypeError(f"{self!r}: input must have the layer's dtype {dtype}, got {describe(x)} "
+                            f"(convert the data, or the model with .to({x.dtype}))")
+        return np.ascontiguousarray(x)
+
+    def _dtype(self):
+        if self.affine:
+            return self.weight.data.dtype
+        if self.track_running_stats:
+            return self.running_mean.dtype
+        return self._dtype_no_state
+
+    def to(self, dtype):
+        super().to(dtype)
+        self._dtype_no_state = np.dtype(dtype)
+        return self
+
+    @property
+    def _uses_batch_stats(self):
+        """Batch statistics in training mode (unless frozen), and always without running statistics."""
+        if not self.track_running_stats:
+            return True
+        return self.training and not self.frozen
+
+    def forward(self, x):
+        x = self._check_input(x)
+        gamma, beta = self._params(x.dtype)
+        if self._uses_batch_stats:
+            values = x.size // self.num_features
+            if values <= 1 and (self.training or x.size == 0):
+                raise ValueError(f"{self!r}: expected more than 1 value per channel when training, got input of "
+                                 f"shape {tuple(x.shape)} ({values} value{'s' if values != 1 else ''} per channel)")
+            y, mean, var, inv_std = batch_norm_forward(x, gamma, beta, self.eps)
+            if self.training and self.track_running_stats and not self.frozen:
+                self._update_running_stats(mean, var, values)
+            self._cache = ("batch", x, mean, inv_std)
+        else:
+            inv_std = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
+            scale = (gamma * inv_std).astype(x.dtype)
+            y = channel_affine(x, self.running_mean, scale, beta)
+            self._cache = ("running", x, self.running_mean.astype(np.float64), inv_std, scale)
+        return y
+
+    def _update_running_stats(self, mean, var, n):
+        self.num_batches_tracked[...] += 1
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        unbiased = var * (n / (n - 1))
+        self.running_mean[...] = (1 - factor) * self.running_mean + factor * mean
+        self.running_var[...] = (1 - factor) * self.running_var + factor * unbiased
+
+    def backward(self, dout, *, input_grad=True):
+        if self._cache is None:
+            raise RuntimeError(f"{self!r}: backward called before forward (nothing cached)")
+        mode, x, mean, inv_std, *rest = self._cache
+        dout = np.asarray(dout)
+        if dout.shape != x.shape or dout.dtype != x.dtype:
+            raise ValueError(f"{self!r}: dout must be a {x.dtype} array of shape {tuple(x.shape)}, got "
+                             f"{describe(dout)}")
+        dout = np.ascontiguousarray(dout)
+        learns = self.affine and (self.weight.requires_grad or self.bias.requires_grad)
+        if mode == "batch":
+            gamma, _ = self._params(x.dtype)
+            dx, dgamma, dbeta = batch_norm_backward(dout, x, gamma, mean, inv_std, input_grad=input_grad)
+            if learns:
+                _accumulate(self.weight, dgamma)
+                _accumulate(self.bias, dbeta)
+            return dx
+        # running statistics: y = (x - mean) * scale + beta is affine in x
+        (scale,) = rest
+        if learns:
+            axes = (0,) + tuple(range(2, x.ndim))
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            x_hat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
+            _accumulate(self.weight, np.sum(dout * x_hat, axis=axes, dtype=np.float64))
+            _accumulate(self.bias, np.sum(dout, axis=axes, dtype=np.float64))
+        if not input_grad:
+            return None
+        zero = np.zeros(self.num_features, x.dtype)
+        return channel_affine(dout, zero, scale, zero)
+
+    def extra_repr(self):
+        text = (f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}")
+        if not self._parameters and self.frozen:
+            text += ", frozen"
+        return text
+
+
+_BatchNorm._dtype_no_state = np.dtype(np.float32)
+
+
+class BatchNorm1d(_BatchNorm):
+    r"""Batch normalisation over the batch axis (Ioffe & Szegedy, 2015), per feature of (N, C) or (N, C, L) input.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \gamma + \beta
+
+    In training mode mean and (biased) variance are taken over the batch (and L) for each feature, and the running
+    estimates move towards them: ``running = (1 - momentum) * running + momentum * batch``, the variance unbiased
+    (times n/(n-1)); with ``momentum=None`` they are the cumulative average over the batches seen. In eval mode the
+    running estimates are used: one pass ``y = (x - running_mean) * scale + beta`` with
+    ``scale = gamma / sqrt(running_var + eps)``. Without running statistics (``track_running_stats=False``) batch
+    statistics are used in both modes.
+
+    Training needs more than one value per feature (N > 1): a batch of one raises ValueError (its variance would be
+    0 and every output beta).
+
+    **Frozen** (``freeze()``, or ``requires_grad=False`` on both parameters): the layer behaves as in eval mode even
+    in training mode: it normalises with the running statistics, does not update them, and its backward gives dx
+    only (no gradient for weight and bias). The usual choice when fine-tuning with small batches. Its repr shows
+    ``frozen``.
+
+    Args:
+        num_features (int): C.
+        eps (float): added to the variance. Default 1e-5.
+        momentum (float or None): weight of the new batch in the running statistics; None for the cumulative
+            average. Default 0.1.
+        affine (bool): learn gamma (``weight``, ones) and beta (``bias``, zeros). Default True.
+        track_running_stats (bool): keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` buffers.
+            Default True.
+        dtype: float32 (default) or float64.
+
+    Shape:
+        x (N, C) or (N, C, L) -> y of the same shape; weight, bias, running_mean, running_var (C,).
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> bn = nn.BatchNorm1d(3)
+        >>> y = bn(np.arange(12, dtype=np.float32).reshape(4, 3))
+        >>> np.round(y[:, 0], 3)
+        array([-1.342, -0.447,  0.447,  1.342], dtype=float32)
+    """
+
+    _ranks = (2, 3)
+    _shape_text = "(N, C) or (N, C, L)"
+
+
+class BatchNorm2d(_BatchNorm):
+    r"""Spatial batch normalisation: :class:`BatchNorm1d` per channel of (N, C, H, W), statistics over N, H and W.
+
+    .. math:: y_{nchw} = \frac{x_{nchw} - \mu_c}{\sqrt{\sigma_c^2 + \epsilon}} \gamma_c + \beta_c
+
+    Training needs more than one value per channel (N*H*W > 1). Freezing, running statistics and eval mode as in
+    :class:`BatchNorm1d`.
+
+    Args:
+        num_features (int): C.
+        eps (float): Default 1e-5.  momentum (float or None): Default 0.1.  affine (bool): Default True.
+        track_running_stats (bool): Default True.  dtype: float32 (default) or float64.
+
+    Shape:
+        x (N, C, H, W) -> y (N, C, H, W); weight, bias, running_mean, running_var (C,).
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> bn = nn.BatchNorm2d(16)
+        >>> bn(np.random.default_rng(0).standard_normal((8, 16, 5, 5), dtype=np.float32)).shape
+        (8, 16, 5, 5)
+    """
+
+    _ranks = (4,)
+    _shape_text = "(N, C, H, W)"
+
+
+# --- per-sample norms ------------------------------------------------------------------------------------------------
+class _RowNorm(Module):
+    """LayerNorm and GroupNorm: statistics per row of a (M, Cg, S) view; subclasses give the view."""
+
+    def _view(self, x):
+        raise NotImplementedError
+
+    def _affine_arrays(self, dtype):
+        if self.weight is not None:
+            return self.weight.data.reshape(-1), self.bias.data.reshape(-1)
+        P = self._param_size
+        return np.ones(P, dtype), np.zeros(P, dtype)
+
+    def _dtype(self):
+        return self.weight.data.dtype if self.weight is not None else self._dtype_no_state
+
+    def to(self, dtype):
+        super().to(dtype)
+        self._dtype_no_state = np.dtype(dtype)
+        return self
+
+    def _check_dtype(self, x):
+        dtype = self._dtype()
+        if x.dtype != dtype:
+            raise TypeError(f"{self!r}: input must have the layer's dtype {dtype}, got {describe(x)} "
+                            f"(convert the data, or the model with .to({x.dtype}))")
+
+    def forward(self, x):
+        x = np.ascontiguousarray(x)
+        x3, groups = self._view(x)
+        self._check_dtype(x)
+        gamma, beta = self._affine_arrays(x.dtype)
+        y3, mean, inv_std = row_norm_forward(x3, groups, gamma, beta, self.eps)
+        self._cache = (x, x3, groups, mean, inv_std)
+        return y3.reshape(x.shape)
+
+    def backward(self, dout, *, input_grad=True):
+        if getattr(self, "_cache", None) is None:
+            raise RuntimeError(f"{self!r}: backward called before forward (nothing cached)")
+        x, x3, groups, mean, inv_std = self._cache
+        dout = np.asarray(dout)
+        if dout.shape != x.shape or dout.dtype != x.dtype:
+            raise ValueError(f"{self!r}: dout must be a {x.dtype} array of shape {tuple(x.shape)}, got "
+                             f"{describe(dout)}")
+        dout3 = np.ascontiguousarray(dout).reshape(x3.shape)
+        gamma, _ = self._affine_arrays(x.dtype)
+        dx3, dgamma, dbeta = row_norm_backward(dout3, x3, groups, gamma, mean, inv_std, input_grad=input_grad)
+        if self.weight is not None:
+            _accumulate(self.weight, dgamma.reshape(self.weight.data.shape))
+            _accumulate(self.bias, dbeta.reshape(self.bias.data.shape))
+        return None if dx3 is None else dx3.reshape(x.shape)
+
+
+_RowNorm._dtype_no_state = np.dtype(np.float32)
+
+
+class LayerNorm(_RowNorm):
+    r"""Layer normalisation (Ba et al., 2016): each sample normalised over its trailing ``normalized_shape`` axes.
+
+    .. math:: y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \odot \gamma + \beta
+
+    with mean and biased variance over the last ``len(normalized_shape)`` axes of each sample; gamma and beta have
+    ``normalized_shape`` (one value per normalised element). Identical in training and eval mode.
+
+    Args:
+        normalized_shape (int or tuple): the trailing shape normalised over.
+        eps (float): added to the variance. Default 1e-5.
+        elementwise_affine (bool): learn ``weight`` (ones) and ``bias`` (zeros). Default True.
+        dtype: float32 (default) or float64.
+
+    Shape:
+        x (*, *normalized_shape) -> y of the same shape.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> ln = nn.LayerNorm(4)
+        >>> np.round(ln(np.array([[1, 2, 3, 4]], np.float32)), 3)
+        array([[-1.342, -0.447,  0.447,  1.342]], dtype=float32)
+    """
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, dtype=np.float32):
+        super().__init__()
+        if isinstance(normalized_shape, (int, np.integer)) and not isinstance(normalized_shape, bool):
+            normalized_shape = (normalized_shape,)
+        shape = tuple(normalized_shape)
+        for n in shape:
+            _positive_int("LayerNorm", "normalized_shape", n)
+        if not shape:
+            raise ValueError("LayerNorm: normalized_shape must not be empty")
+        self.normalized_shape = tuple(int(n) for n in shape)
+        self.eps = _positive_float("LayerNorm", "eps", eps)
+        self.elementwise_affine = bool(elementwise_affine)
+        dtype = _float_dtype("LayerNorm", dtype)
+        self._dtype_no_state = dtype
+        self._param_size = int(np.prod(self.normalized_shape))
+        if self.elementwise_affine:
+            self.weight = Parameter(np.ones(self.normalized_shape, dtype))
+            self.bias = Parameter(np.zeros(self.normalized_shape, dtype))
+        else:
+            self.weight = None
+            self.bias = None
+        self._cache = None
+
+    def _view(self, x):
+        k = len(self.normalized_shape)
+        if x.ndim < k or tuple(x.shape[x.ndim - k:]) != self.normalized_shape:
+            raise ValueError(f"{self!r}: expected input of shape (*, {', '.join(map(str, self.normalized_shape))}), "
+                             f"got {describe(x)}")
+        return x.reshape(-1, self._param_size, 1), 1
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps:g}, elementwise_affine={self.elementwise_affine}"
+
+
+class GroupNorm(_RowNorm):
+    r"""Group normalisation (Wu & He, 2018): the C channels of each sample split into ``num_groups`` groups, each
+    normalised over its channels and spatial positions.
+
+    .. math:: y_{nc\ldots} = \frac{x_{nc\ldots} - \mu_{ng}}{\sqrt{\sigma_{ng}^2 + \epsilon}} \gamma_c + \beta_c,
+              \quad g = \lfloor c / (C/G) \rfloor
+
+    gamma and beta are per channel. ``num_groups = num_channels`` is **InstanceNorm** (each channel of each sample
+    normalised over its spatial positions, affine per channel); ``num_groups = 1`` normalises each sample over all
+    of (C, H, W) like LayerNorm but with per-channel gamma and beta. Identical in training and eval mode.
+
+    Args:
+        num_groups (int): G, dividing num_channels.
+        num_channels (int): C.
+        eps (float): added to the variance. Default 1e-5.
+        affine (bool): learn ``weight`` (ones) and ``bias`` (zeros) of shape (C,). Default True.
+        dtype: float32 (default) or float64.
+
+    Shape:
+        x (N, C, *) -> y of the same shape.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> gn = nn.GroupNorm(2, 4)
+        >>> gn(np.ones((3, 4, 5, 5), np.float32)).shape
+        (3, 4, 5, 5)
+    """
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32):
+        super().__init__()
+        self.num_groups = _positive_int("GroupNorm", "num_groups", num_groups)
+        self.num_channels = _positive_int("GroupNorm", "num_channels", num_channels)
+        if self.num_channels % self.num_groups:
+            raise ValueError(f"GroupNorm: num_channels ({self.num_channels}) must be divisible by num_groups "
+                             f"({self.num_groups})")
+        self.eps = _positive_float("GroupNorm", "eps", eps)
+        self.affine = bool(affine)
+        dtype = _float_dtype("GroupNorm", dtype)
+        self._dtype_no_state = dtype
+        self._param_size = self.num_channels
+        if self.affine:
+            self.weight = Parameter(np.ones(self.num_channels, dtype))
+            self.bias = Parameter(np.zeros(self.num_channels, dtype))
+        else:
+            self.weight = None
+            self.bias = None
+        self._cache = None
+
+    def _view(self, x):
+        if x.ndim < 2 or x.shape[1] != self.num_channels:
+            raise ValueError(f"{self!r}: expected input of shape (N, {self.num_channels}, *), got {describe(x)}")
+        G = self.num_groups
+        S = int(np.prod(x.shape[2:], dtype=np.int64))
+        return x.reshape(x.shape[0] * G, self.num_channels // G, S), G
+
+    def extra_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps:g}, affine={self.affine}"
+
+
+# --- batch-norm tools ------------------------------------------------------------------------------------------------
+def _batch_slices(n, batch_size):
+    """Consecutive batches covering [0, n); a last batch of one sample joins the one before (batch norm cannot
+    train on it)."""
+    bounds = list(range(0, n, batch_size)) + [n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        del bounds[-2]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def recompute_batchnorm_statistics(model, x, batch_size=256):
+    """Reset and re-estimate the running statistics of every batch norm in ``model`` over the data set ``x``.
+
+    Each batch-norm layer (frozen ones too) gets the cumulative average of the batch statistics over the batches
+    (as ``momentum=None`` in PyTorch; variances unbiased), computed with the rest of the model in eval mode (dropout
+    off). Useful after training with small or unrepresentative batches, or after changing weights. The modes (train /
+    eval), momenta and frozen states of all modules are restored afterwards; parameters are not touched.
+
+    Args:
+        model (Module): the model (called as ``model(batch)``).
+        x (ndarray): the data, samples along the first axis.
+        batch_size (int): samples per forward pass. Default 256. A last batch of a single sample is merged into the
+            previous one.
+
+    Returns:
+        Module: the model.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4))
+        >>> _ = recompute_batchnorm_statistics(model, np.ones((10, 5), np.float32), batch_size=4)
+        >>> int(model[1].num_batches_tracked)
+        3
+    """
+    batch_size = _positive_int("recompute_batchnorm_statistics", "batch_size", batch_size)
+    x = np.asarray(x)
+    if x.ndim < 1 or x.shape[0] < 2:
+        raise ValueError(f"recompute_batchnorm_statistics: need at least 2 samples, got {describe(x)}")
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    modes = [(m, m.training) for m in model.modules()]
+    saved = [(bn, bn.momentum, bn._frozen_stats) for bn in norms]
+    frozen_params = [(p, p.requires_grad) for bn in norms for p in bn.parameters()]
+    try:
+        model.eval()
+        for bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn._frozen_stats = False
+            for p in bn.parameters():
+                p.requires_grad = True
+            object.__setattr__(bn, "training", True)
+        for s in _batch_slices(x.shape[0], batch_size):
+            model(x[s])
+    finally:
+        for module, training in modes:
+            object.__setattr__(module, "training", training)
+        for bn, momentum, frozen in saved:
+            bn.momentum = momentum
+            bn._frozen_stats = frozen
+            bn._cache = None
+        for p, requires_grad in frozen_params:
+            p.requires_grad = requires_grad
+    return model
+
+
+def fold_batchnorm(model):
+    r"""A new :class:`~cynet.nn.Sequential` for inference, each BatchNorm1d directly after a Linear folded into it.
+
+    With :math:`s = \gamma / \sqrt{\text{running\_var} + \epsilon}`, the pair computes
+    :math:`(xW^T + b - \mu)s + \beta`, which is one Linear layer with
+
+    .. math:: W' = W \odot s[:, \text{None}], \qquad b' = (b - \mu) s + \beta.
+
+    Folded weights are computed in float64 and stored in the Linear's dtype. Batch norms without running statistics,
+    or not preceded by a Linear, are copied unchanged. The result is in eval mode; its outputs equal the original
+    model's in eval mode (to rounding). The original model is not modified.
+
+    Args:
+        model (Sequential): the trained model (its top-level layers are scanned).
+
+    Returns:
+        Sequential: deep copies of the layers, with the folds applied, in eval mode.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.ReLU())
+        >>> folded = fold_batchnorm(model)
+        >>> [type(m).__name__ for m in folded]
+        ['Linear', 'ReLU']
+    """
+    if not isinstance(model, Sequential):
+        raise TypeError(f"fold_batchnorm: expected a Sequential, got {type(model).__name__}")
+    layers = list(model)
+    out = []
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        if (type(layer) is Linear and isinstance(nxt, BatchNorm1d) and nxt.track_running_stats
+                and nxt.num_features == layer.out_features):
+            out.append(_fold_linear(layer, nxt))
+            i += 2
+        else:
+            out.append(copy.deepcopy(layer))
+            i += 1
+    return Sequential(*out).eval()
+
+
+def _fold_linear(linear, bn):
+    dtype = linear.weight.data.dtype
+    scale = 1.0 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
+    beta = np.zeros(bn.num_features)
+    if bn.affine:
+        scale = scale * bn.weight.data.astype(np.float64)
+        beta = bn.bias.data.astype(np.float64)
+    b = linear.bias.data.astype(np.float64) if linear.bias is not None else np.zeros(linear.out_features)
+    folded = copy.deepcopy(linear)
+    folded.weight = Parameter((linear.weight.data.astype(np.float64) * scale[:, None]).astype(dtype),
+                              requires_grad=linear.weight.requires_grad)
+    folded.bias = Parameter(((b - bn.running_mean.astype(np.float64)) * scale + beta).astype(dtype))
+    folded._x = None
+    return folded

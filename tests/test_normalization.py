@@ -1,0 +1,504 @@
+"""Normalisation layers: BatchNorm1d/2d, LayerNorm, GroupNorm and the batch-norm tools.
+
+Oracles: a NumPy reference written here (float64 two-pass statistics), float64 centred differences
+(:func:`cynet.gradcheck.check_module`), and ``torch.nn.functional`` when torch is importable.
+"""
+
+import numpy as np
+import pytest
+
+import cynet
+from cynet import nn
+from cynet.gradcheck import check_module
+from cynet.nn.normalization import (BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, fold_batchnorm,
+                                    recompute_batchnorm_statistics)
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # pragma: no cover - depends on the environment
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not importable")
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
+
+# (N, D) and (N, C, H, W) shapes: C = 1, odd sizes, below and above the kernels' parallel threshold (32768 elements).
+SHAPES_1D = [(2, 1), (7, 5), (3, 33), (300, 257), (40, 1000)]
+SHAPES_2D = [(2, 1, 1, 3), (3, 5, 7, 9), (2, 1, 130, 130), (16, 8, 33, 17)]
+
+
+# --- NumPy reference --------------------------------------------------------------------------------------------------
+def ref_norm(x, axes, gamma, beta, eps, gamma_shape):
+    """y, mean, biased var with the statistics over ``axes`` (two-pass, float64)."""
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=axes, keepdims=True)
+    var = ((x64 - mean) ** 2).mean(axis=axes, keepdims=True)
+    y = (x64 - mean) / np.sqrt(var + eps) * gamma.astype(np.float64).reshape(gamma_shape) \
+        + beta.astype(np.float64).reshape(gamma_shape)
+    return y, mean, var
+
+
+def bn_axes(x):
+    return (0,) + tuple(range(2, x.ndim))
+
+
+def bn_param_shape(x):
+    return (1, -1) + (1,) * (x.ndim - 2)
+
+
+def ref_bn_train(x, gamma, beta, eps=1e-5):
+    y, mean, var = ref_norm(x, bn_axes(x), gamma, beta, eps, bn_param_shape(x))
+    return y, mean.reshape(-1), var.reshape(-1)
+
+
+def ref_bn_eval(x, gamma, beta, running_mean, running_var, eps=1e-5):
+    s = bn_param_shape(x)
+    return ((x.astype(np.float64) - running_mean.reshape(s)) / np.sqrt(running_var.astype(np.float64).reshape(s) + eps)
+            * gamma.reshape(s) + beta.reshape(s))
+
+
+def ref_bn_backward(dout, x, gamma, eps=1e-5):
+    """dx, dgamma, dbeta of training-mode batch norm, from the textbook (uncompacted) chain rule."""
+    axes, s = bn_axes(x), bn_param_shape(x)
+    x, dout = x.astype(np.float64), dout.astype(np.float64)
+    n = x.size // x.shape[1]
+    mu = x.mean(axis=axes, keepdims=True)
+    xc = x - mu
+    var = (xc ** 2).mean(axis=axes, keepdims=True)
+    inv = 1 / np.sqrt(var + eps)
+    x_hat = xc * inv
+    dx_hat = dout * gamma.reshape(s)
+    dvar = np.sum(dx_hat * xc * -0.5 * inv ** 3, axis=axes, keepdims=True)
+    dmu = np.sum(-dx_hat * inv, axis=axes, keepdims=True) + dvar * np.mean(-2 * xc, axis=axes, keepdims=True)
+    dx = dx_hat * inv + dvar * 2 * xc / n + dmu / n
+    return dx, np.sum(dout * x_hat, axis=axes), np.sum(dout, axis=axes)
+
+
+def make_bn(cls, C, dtype, rng, **kw):
+    bn = cls(C, dtype=dtype, **kw)
+    if bn.affine:
+        bn.weight.data[...] = rng.uniform(0.5, 1.5, C)
+        bn.bias.data[...] = rng.standard_normal(C)
+    return bn
+
+
+def randn(rng, shape, dtype, loc=0.0, scale=1.0):
+    return (rng.standard_normal(shape) * scale + loc).astype(dtype)
+
+
+# --- batch norm against the reference ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES_1D + SHAPES_2D + [(5, 3, 4)], ids=str)
+def test_batchnorm_train_forward_backward_and_running_stats(shape, dtype, rng):
+    cls = BatchNorm1d if len(shape) in (2, 3) else BatchNorm2d
+    C = shape[1]
+    bn = make_bn(cls, C, dtype, rng)
+    rm = np.zeros(C)
+    rv = np.ones(C)
+    n = int(np.prod(shape)) // C
+    for step in range(3):
+        x = randn(rng, shape, dtype, loc=step - 1.0, scale=2.0)
+        y = bn(x)
+        want, mean, var = ref_bn_train(x, bn.weight.data, bn.bias.data)
+        assert y.dtype == dtype and y.shape == shape
+        np.testing.assert_allclose(y, want, **TOL[dtype])
+        rm = 0.9 * rm + 0.1 * mean
+        rv = 0.9 * rv + 0.1 * var * n / (n - 1)
+    np.testing.assert_allclose(bn.running_mean, rm, **TOL[dtype])
+    np.testing.assert_allclose(bn.running_var, rv, **TOL[dtype])
+    assert bn.running_mean.dtype == dtype and int(bn.num_batches_tracked) == 3
+
+    dout = randn(rng, shape, dtype)
+    bn.zero_grad()
+    dx = bn.backward(dout)
+    dx_ref, dg_ref, db_ref = ref_bn_backward(dout, x, bn.weight.data)
+    tol = dict(rtol=1e-4, atol=1e-4 * max(1.0, np.sqrt(n) / 10)) if dtype == np.float32 else TOL[dtype]
+    np.testing.assert_allclose(dx, dx_ref, **tol)
+    np.testing.assert_allclose(bn.weight.grad, dg_ref, **tol)
+    np.testing.assert_allclose(bn.bias.grad, db_ref, **tol)
+
+    bn.eval()
+    x = randn(rng, shape, dtype)
+    np.testing.assert_allclose(bn(x), ref_bn_eval(x, bn.weight.data, bn.bias.data, bn.running_mean,
+                                                  bn.running_var), **TOL[dtype])
+
+
+def test_batchnorm_statistics_are_numerically_safe(rng):
+    # mean 1e4, std 1e-2: E[x^2] - E[x]^2 in float32 (or even unshifted float64 sums) would lose every digit
+    x = (1e4 + 1e-2 * rng.standard_normal((500, 3))).astype(np.float32)
+    bn = BatchNorm1d(3, momentum=1.0)        # running statistics = this batch's (float32)
+    y = bn(x)
+    want, mean, var = ref_bn_train(x, np.ones(3), np.zeros(3))
+    np.testing.assert_allclose(bn.running_mean, mean, rtol=1e-7)
+    np.testing.assert_allclose(bn.running_var, var * 500 / 499, rtol=1e-5)
+    np.testing.assert_allclose(y, want, rtol=1e-3, atol=1e-3)
+
+
+def test_batchnorm_accumulates_gradients_and_input_grad_false(rng):
+    x = randn(rng, (9, 4), np.float64)
+    dout = randn(rng, (9, 4), np.float64)
+    bn = make_bn(BatchNorm1d, 4, np.float64, rng)
+    bn(x)
+    dx = bn.backward(dout)
+    g1 = bn.weight.grad.copy()
+    assert bn.backward(dout, input_grad=False) is None
+    np.testing.assert_allclose(bn.weight.grad, 2 * g1, rtol=1e-14)
+    _, dg, db = ref_bn_backward(dout, x, bn.weight.data)
+    np.testing.assert_allclose(bn.bias.grad, 2 * db, rtol=1e-12, atol=1e-12)
+    assert dx.shape == x.shape
+
+
+# --- gradient checks (float64 centred differences) --------------------------------------------------------------------
+GRADCHECK_CASES = [
+    ("bn1d", lambda: BatchNorm1d(5), (6, 5)),
+    ("bn1d-C1", lambda: BatchNorm1d(1), (4, 1)),
+    ("bn1d-NCL", lambda: BatchNorm1d(3), (4, 3, 5)),
+    ("bn1d-no-affine", lambda: BatchNorm1d(4, affine=False), (5, 4)),
+    ("bn1d-no-tracking-eval", lambda: BatchNorm1d(4, track_running_stats=False).eval(), (5, 4)),
+    ("bn2d", lambda: BatchNorm2d(3), (2, 3, 4, 5)),
+    ("bn2d-eval", lambda: BatchNorm2d(3).eval(), (2, 3, 4, 5)),
+    ("layernorm", lambda: LayerNorm(7), (3, 7)),
+    ("layernorm-2d-shape", lambda: LayerNorm((3, 4)), (2, 5, 3, 4)),
+    ("layernorm-no-affine", lambda: LayerNorm(6, elementwise_affine=False), (4, 6)),
+    ("groupnorm", lambda: GroupNorm(2, 6), (3, 6, 4, 3)),
+    ("groupnorm-1group", lambda: GroupNorm(1, 4), (2, 4, 5)),
+    ("instancenorm", lambda: GroupNorm(4, 4), (2, 4, 3, 3)),
+    ("groupnorm-NC", lambda: GroupNorm(2, 6, affine=False), (4, 6)),
+]
+
+
+@pytest.mark.parametrize("make,shape", [c[1:] for c in GRADCHECK_CASES], ids=[c[0] for c in GRADCHECK_CASES])
+def test_gradcheck(make, shape, rng):
+    module = make()
+    for p in module.parameters():  # non-trivial gamma and beta
+        p.data[...] = rng.uniform(0.5, 1.5, p.data.shape) if p is module.weight else rng.standard_normal(p.data.shape)
+    if getattr(module, "track_running_stats", False):
+        module.running_mean[...] = rng.standard_normal(module.running_mean.shape)
+        module.running_var[...] = rng.uniform(0.5, 2.0, module.running_var.shape)
+    x = rng.standard_normal(shape) * 1.5 + 0.3
+    report = check_module(module, x, num_checks=12)
+    assert report.passed, str(report)
+    assert report.max_error < 1e-6
+    names = {a.name for a in report.arrays}
+    assert "input" in names
+    if module.parameters():
+        assert {"weight", "bias"} <= names
+
+
+# --- thread-count invariance -----------------------------------------------------------------------------------------
+THREAD_CASES = [
+    ("bn1d", lambda d: BatchNorm1d(1000, dtype=d), (70, 1000)),
+    ("bn1d-narrow", lambda d: BatchNorm1d(40, dtype=d), (2000, 40)),
+    ("bn2d", lambda d: BatchNorm2d(8, dtype=d), (8, 8, 31, 33)),
+    ("layernorm", lambda d: LayerNorm(300, dtype=d), (200, 300)),
+    ("groupnorm", lambda d: GroupNorm(4, 16, dtype=d), (8, 16, 20, 21)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("make,shape", [c[1:] for c in THREAD_CASES], ids=[c[0] for c in THREAD_CASES])
+def test_thread_count_invariance(make, shape, dtype, rng):
+    x = randn(rng, shape, dtype, loc=0.5)
+    dout = randn(rng, shape, dtype)
+    results = []
+    for n in (1, 2, 3):
+        module = make(dtype)
+        for p in module.parameters():
+            p.data[...] = np.linspace(0.5, 1.5, p.data.size).reshape(p.data.shape)
+        with cynet.threads(n):
+            y = module(x)
+            dx = module.backward(dout)
+            state = [b.copy() for b in module.buffers()]
+            grads = [p.grad.copy() for p in module.parameters()]
+            module.eval()
+            y_eval = module(x)
+        results.append([y, dx, y_eval] + state + grads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+# --- against torch ---------------------------------------------------------------------------------------------------
+def _torch_grads(fn, x, weight, bias, dout):
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(weight, requires_grad=True)
+    bt = torch.tensor(bias, requires_grad=True)
+    yt = fn(xt, wt, bt)
+    yt.backward(torch.tensor(dout))
+    return yt.detach().numpy(), xt.grad.numpy(), wt.grad.numpy(), bt.grad.numpy()
+
+
+def _assert_matches_torch(module, x, dout, fn, dtype):
+    y = module(x)
+    module.zero_grad()
+    dx = module.backward(dout)
+    yt, dxt, dwt, dbt = _torch_grads(fn, x, module.weight.data, module.bias.data, dout)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(y, yt, **tol)
+    np.testing.assert_allclose(dx, dxt, **tol)
+    np.testing.assert_allclose(module.weight.grad, dwt, **tol)
+    np.testing.assert_allclose(module.bias.grad, dbt, **tol)
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(7, 5), (300, 257), (4, 3, 6), (3, 5, 7, 9), (16, 8, 33, 17)], ids=str)
+def test_batchnorm_matches_torch(shape, dtype, rng):
+    cls = BatchNorm2d if len(shape) == 4 else BatchNorm1d
+    C = shape[1]
+    bn = make_bn(cls, C, dtype, rng)
+    rm = torch.zeros(C, dtype=torch.float64 if dtype == np.float64 else torch.float32)
+    rv = torch.ones_like(rm)
+    x = randn(rng, shape, dtype, loc=1.0, scale=2.0)
+    dout = randn(rng, shape, dtype)
+    _assert_matches_torch(bn, x, dout, lambda xt, w, b: F.batch_norm(xt, rm, rv, w, b, training=True), dtype)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(bn.running_mean, rm.numpy(), **tol)
+    np.testing.assert_allclose(bn.running_var, rv.numpy(), **tol)
+    bn.eval()
+    _assert_matches_torch(bn, x, dout, lambda xt, w, b: F.batch_norm(xt, rm, rv, w, b, training=False), dtype)
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("normalized_shape,shape", [(5, (3, 5)), (300, (200, 300)), ((4, 6), (2, 3, 4, 6))], ids=str)
+def test_layernorm_matches_torch(normalized_shape, shape, dtype, rng):
+    ln = LayerNorm(normalized_shape, dtype=dtype)
+    ln.weight.data[...] = rng.uniform(0.5, 1.5, ln.weight.data.shape)
+    ln.bias.data[...] = rng.standard_normal(ln.bias.data.shape)
+    x = randn(rng, shape, dtype, loc=-2.0, scale=3.0)
+    dout = randn(rng, shape, dtype)
+    ns = ln.normalized_shape
+    _assert_matches_torch(ln, x, dout, lambda xt, w, b: F.layer_norm(xt, ns, w, b, 1e-5), dtype)
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("groups,shape", [(1, (3, 4, 5, 5)), (2, (2, 6, 7)), (6, (4, 6, 9, 8)), (4, (8, 16, 20, 21)),
+                                          (3, (5, 6))], ids=str)
+def test_groupnorm_matches_torch(groups, shape, dtype, rng):
+    gn = GroupNorm(groups, shape[1], dtype=dtype)
+    gn.weight.data[...] = rng.uniform(0.5, 1.5, shape[1])
+    gn.bias.data[...] = rng.standard_normal(shape[1])
+    x = randn(rng, shape, dtype, loc=1.0, scale=2.0)
+    dout = randn(rng, shape, dtype)
+    _assert_matches_torch(gn, x, dout, lambda xt, w, b: F.group_norm(xt, groups, w, b, 1e-5), dtype)
+
+
+def test_row_norms_against_reference(rng):
+    x = rng.standard_normal((4, 6, 5))
+    gn = GroupNorm(3, 6, dtype=np.float64)
+    gn.weight.data[...] = rng.uniform(0.5, 1.5, 6)
+    xg = x.reshape(4, 3, 10)
+    mean = xg.mean(axis=2, keepdims=True)
+    want = ((xg - mean) / np.sqrt(xg.var(axis=2, keepdims=True) + 1e-5)).reshape(x.shape) \
+        * gn.weight.data[None, :, None]
+    np.testing.assert_allclose(gn(x), want, rtol=1e-12, atol=1e-12)
+    ln = LayerNorm((6, 5), elementwise_affine=False, dtype=np.float64)
+    want, _, _ = ref_norm(x, (1, 2), np.ones(1), np.zeros(1), 1e-5, (1,))
+    np.testing.assert_allclose(ln(x), want, rtol=1e-12, atol=1e-12)
+    assert ln.parameters() == [] and gn(x).shape == x.shape
+
+
+# --- safety -----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls,shape", [(BatchNorm1d, (1, 4)), (BatchNorm1d, (1, 4, 1)), (BatchNorm2d, (1, 3, 1, 1))])
+def test_one_value_per_channel_raises_when_training(cls, shape):
+    bn = cls(shape[1])
+    with pytest.raises(ValueError, match=rf"{cls.__name__}.*more than 1 value per channel.*{shape[0]}, {shape[1]}"):
+        bn(np.ones(shape, np.float32))
+    assert int(bn.num_batches_tracked) == 0 and np.all(bn.running_var == 1)
+    bn.eval()
+    assert np.all(np.isfinite(bn(np.ones(shape, np.float32))))
+
+
+def test_batchnorm2d_single_sample_with_spatial_extent_trains(rng):
+    bn = BatchNorm2d(3)
+    y = bn(randn(rng, (1, 3, 2, 2), np.float32))
+    assert np.all(np.isfinite(y))
+
+
+@pytest.mark.parametrize("how", ["freeze", "requires_grad"])
+def test_frozen_batchnorm_uses_and_keeps_running_stats(how, rng):
+    bn = make_bn(BatchNorm1d, 4, np.float64, rng)
+    bn(randn(rng, (16, 4), np.float64, loc=3.0))
+    if how == "freeze":
+        bn.freeze()
+    else:
+        bn.weight.requires_grad = False
+        bn.bias.requires_grad = False
+    assert bn.frozen and bn.training and "frozen" in repr(bn)
+    state = bn.state_dict()
+    x = randn(rng, (10, 4), np.float64)
+    y = bn(x)
+    np.testing.assert_allclose(y, ref_bn_eval(x, bn.weight.data, bn.bias.data, bn.running_mean, bn.running_var),
+                               rtol=1e-12, atol=1e-12)
+    dout = randn(rng, (10, 4), np.float64)
+    bn.zero_grad()
+    dx = bn.backward(dout)
+    np.testing.assert_allclose(dx, dout * bn.weight.data / np.sqrt(bn.running_var + bn.eps), rtol=1e-12)
+    assert not bn.weight.grad.any() and not bn.bias.grad.any()
+    for key, value in bn.state_dict().items():
+        np.testing.assert_array_equal(value, state[key])
+    # a frozen batch norm works with a single sample
+    assert np.all(np.isfinite(bn(x[:1])))
+    bn.unfreeze()
+    assert not bn.frozen and "frozen" not in repr(bn)
+    bn(x)
+    assert int(bn.num_batches_tracked) == 2
+
+
+def test_frozen_batchnorm_without_affine(rng):
+    bn = BatchNorm1d(3, affine=False).freeze()
+    assert bn.frozen and "frozen" in repr(bn)
+    bn(randn(rng, (5, 3), np.float32))
+    assert int(bn.num_batches_tracked) == 0
+
+
+def _bn_model(rng, dtype=np.float64):
+    model = nn.Sequential(nn.Linear(6, 5, generator=1, dtype=dtype), BatchNorm1d(5, dtype=dtype), nn.ReLU(),
+                          nn.Linear(5, 4, generator=2, dtype=dtype), BatchNorm1d(4, dtype=dtype))
+    for bn in (model[1], model[4]):
+        bn.weight.data[...] = rng.uniform(0.5, 1.5, bn.num_features)
+        bn.bias.data[...] = rng.standard_normal(bn.num_features)
+    return model
+
+
+def test_recompute_batchnorm_statistics(rng):
+    model = _bn_model(rng)
+    x = rng.standard_normal((101, 6)) + 2.0
+    for i in range(3):                      # some training steps with momentum 0.1
+        model(x[i * 10:(i + 1) * 10])
+    model[4].freeze()
+    model[2].eval()                         # a mixed mode to restore
+    recompute_batchnorm_statistics(model, x, batch_size=25)
+    # batches 0:25, 25:50, 50:75, 75:101 (the last sample joins the last batch)
+    slices = [slice(0, 25), slice(25, 50), slice(50, 75), slice(75, 101)]
+    h = x @ model[0].weight.data.T + model[0].bias.data
+    first = model[1]
+    means = [h[s].mean(0) for s in slices]
+    vars_ = [h[s].var(0, ddof=1) for s in slices]
+    np.testing.assert_allclose(first.running_mean, np.mean(means, 0), rtol=1e-12)
+    np.testing.assert_allclose(first.running_var, np.mean(vars_, 0), rtol=1e-12)
+    assert int(first.num_batches_tracked) == 4 and int(model[4].num_batches_tracked) == 4
+    # the second batch norm sees the first one in eval mode with the statistics it had for that batch: check its
+    # statistics through an eval-mode forward of the first layers on the whole data in one batch
+    assert model[4].frozen and model[4].momentum == 0.1 and first.momentum == 0.1
+    assert model.training and model[1].training and not model[2].training
+    # one batch covering all data: exactly the data set's statistics
+    recompute_batchnorm_statistics(model, x, batch_size=1000)
+    np.testing.assert_allclose(first.running_mean, h.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(first.running_var, h.var(0, ddof=1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+def test_fold_batchnorm_matches_eval_model(dtype, tol, rng):
+    model = _bn_model(rng, dtype)
+    model[3].bias = None                    # a Linear without bias folds too
+    for _ in range(4):
+        model(randn(rng, (32, 6), dtype, loc=1.0))
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    folded = fold_batchnorm(model)
+    assert [type(m).__name__ for m in folded] == ["Linear", "ReLU", "Linear"]
+    assert not folded.training and model.training
+    x = randn(rng, (20, 6), dtype)
+    y_folded = folded(x)
+    y = model.eval()(x)
+    assert y_folded.dtype == dtype
+    np.testing.assert_allclose(y_folded, y, rtol=tol, atol=tol)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    assert model[3].bias is None and len(model) == 5
+
+
+def test_fold_batchnorm_leaves_unfoldable_layers():
+    model = nn.Sequential(BatchNorm1d(3), nn.Linear(3, 3), nn.ReLU(), BatchNorm1d(3, track_running_stats=False))
+    folded = fold_batchnorm(model)
+    assert [type(m).__name__ for m in folded] == ["BatchNorm1d", "Linear", "ReLU", "BatchNorm1d"]
+    assert folded[0] is not model[0]
+    with pytest.raises(TypeError, match="fold_batchnorm"):
+        fold_batchnorm(BatchNorm1d(3))
+
+
+# --- state, modes, options --------------------------------------------------------------------------------------------
+def test_state_dict_round_trip(rng):
+    bn = make_bn(BatchNorm2d, 3, np.float32, rng)
+    for _ in range(2):
+        bn(randn(rng, (4, 3, 5, 5), np.float32, loc=2.0))
+    state = bn.state_dict()
+    assert list(state) == ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    assert state["num_batches_tracked"].shape == () and state["num_batches_tracked"].dtype == np.int64
+    fresh = BatchNorm2d(3)
+    fresh.load_state_dict(state)
+    for key, value in fresh.state_dict().items():
+        np.testing.assert_array_equal(value, state[key])
+    x = randn(rng, (2, 3, 5, 5), np.float32)
+    np.testing.assert_array_equal(fresh.eval()(x), bn.eval()(x))
+    assert list(BatchNorm1d(3, track_running_stats=False).state_dict()) == ["weight", "bias"]
+    assert list(BatchNorm1d(3, affine=False).state_dict()) == ["running_mean", "running_var", "num_batches_tracked"]
+
+
+def test_eval_versus_train(rng):
+    bn = make_bn(BatchNorm1d, 3, np.float64, rng)
+    x = randn(rng, (8, 3), np.float64, loc=5.0)
+    y_train = bn(x)
+    bn.eval()
+    before = bn.state_dict()
+    y_eval = bn(x)
+    assert not np.allclose(y_train, y_eval)
+    np.testing.assert_allclose(y_eval, ref_bn_eval(x, bn.weight.data, bn.bias.data, bn.running_mean,
+                                                   bn.running_var), rtol=1e-12)
+    for key, value in bn.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+    # without running statistics, batch statistics in both modes
+    nt = BatchNorm1d(3, track_running_stats=False, dtype=np.float64).eval()
+    np.testing.assert_allclose(nt(x), ref_bn_train(x, np.ones(3), np.zeros(3))[0], rtol=1e-12, atol=1e-12)
+    assert nt.running_mean is None
+
+
+def test_affine_false_and_momentum_none(rng):
+    bn = BatchNorm1d(4, affine=False, momentum=None, dtype=np.float64)
+    assert bn.parameters() == [] and bn.weight is None
+    xs = [randn(rng, (6, 4), np.float64, loc=i) for i in range(3)]
+    for x in xs:
+        np.testing.assert_allclose(bn(x), ref_bn_train(x, np.ones(4), np.zeros(4))[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(bn.running_mean, np.mean([x.mean(0) for x in xs], 0), rtol=1e-12)
+    np.testing.assert_allclose(bn.running_var, np.mean([x.var(0, ddof=1) for x in xs], 0), rtol=1e-12)
+    assert bn.backward(randn(rng, (6, 4), np.float64)).shape == (6, 4)
+
+
+def test_to_float64_and_non_contiguous_input(rng):
+    bn = BatchNorm2d(3).to(np.float64)
+    x = rng.standard_normal((4, 5, 6, 3)).transpose(0, 3, 1, 2)     # (4, 3, 5, 6), strided
+    y = bn(x)
+    np.testing.assert_allclose(y, ref_bn_train(x, np.ones(3), np.zeros(3))[0], rtol=1e-12, atol=1e-12)
+    assert bn.running_var.dtype == np.float64
+
+
+def test_errors_name_layer_and_shapes():
+    with pytest.raises(ValueError, match=r"BatchNorm1d.*\(N, C\).*C = 4.*shape \(2, 3\)"):
+        BatchNorm1d(4)(np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"BatchNorm2d.*shape \(2, 3\)"):
+        BatchNorm2d(3)(np.ones((2, 3), np.float32))
+    with pytest.raises(TypeError, match=r"BatchNorm1d.*float32.*float64"):
+        BatchNorm1d(3)(np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"LayerNorm.*\(\*, 5\).*shape \(2, 4\)"):
+        LayerNorm(5)(np.ones((2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"GroupNorm.*divisible"):
+        GroupNorm(4, 6)
+    with pytest.raises(ValueError, match=r"GroupNorm.*\(N, 6, \*\).*shape \(2, 4\)"):
+        GroupNorm(3, 6)(np.ones((2, 4), np.float32))
+    with pytest.raises(RuntimeError, match="before forward"):
+        BatchNorm1d(3).backward(np.ones((2, 3), np.float32))
+    bn = BatchNorm1d(3)
+    bn(np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"BatchNorm1d.*dout.*\(2, 3\).*shape \(3, 3\)"):
+        bn.backward(np.ones((3, 3), np.float32))
+    with pytest.raises(ValueError, match="momentum"):
+        BatchNorm1d(3, momentum=2.0)
+
+
+def test_reprs():
+    assert repr(BatchNorm2d(8)) == "BatchNorm2d(8, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)"
+    assert repr(LayerNorm((2, 3))) == "LayerNorm((2, 3), eps=1e-05, elementwise_affine=True)"
+    assert repr(GroupNorm(2, 4, affine=False)) == "GroupNorm(2, 4, eps=1e-05, affine=False)"
