@@ -9,12 +9,12 @@ from cynet._config import show_config
 from cynet._random import get_rng_state, manual_seed, set_rng_state
 from cynet import ops, reference
 from cynet import nn
-from cynet import init, gradcheck
+from cynet import init, gradcheck, data
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__", "available_cpus", "get_num_threads", "set_num_threads", "threads", "show_config", "ops",
     "reference", "manual_seed", "get_rng_state", "set_rng_state", "nn", "init",
-    "gradcheck",
+    "gradcheck", "data",
 ]

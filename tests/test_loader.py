@@ -1,0 +1,147 @@
+"""cynet.data.loader: epoch coverage, seeded reproducibility, per-batch transform, and augmentation properties.
+
+Oracles: index bookkeeping (samples carry their own index), hand-built shifted and mirrored images, np.pad.
+"""
+import numpy as np
+import pytest
+
+import cynet
+from cynet.data import (BatchIterator, Compose, MeanImage, RandomCrop, RandomHorizontalFlip, augment_batch,
+                        make_batch_transform)
+
+
+def indexed(n=23, shape=(3, 4, 4)):
+    """x[i] is filled with i, so a batch tells which samples it holds."""
+    x = np.broadcast_to(np.arange(n, dtype=np.float32).reshape((n,) + (1,) * len(shape)), (n,) + shape).copy()
+    return x, np.arange(n)
+
+
+@pytest.mark.parametrize("batch_size, drop_last, expected_len", [(5, False, 5), (5, True, 4), (23, False, 1),
+                                                                 (50, False, 1), (1, True, 23)])
+def test_every_sample_once_per_epoch(batch_size, drop_last, expected_len):
+    x, y = indexed()
+    it = BatchIterator(x, y, batch_size, seed=0, drop_last=drop_last)
+    assert len(it) == expected_len
+    for _ in range(3):
+        seen = []
+        batches = list(it)
+        assert len(batches) == expected_len
+        for xb, yb in batches:
+            assert xb.shape[1:] == x.shape[1:] and len(xb) == len(yb) <= batch_size
+            np.testing.assert_array_equal(xb[:, 0, 0, 0], yb)  # x and y stay paired
+            seen.extend(yb.tolist())
+        if drop_last:
+            assert len(seen) == expected_len * batch_size and len(set(seen)) == len(seen)
+        else:
+            assert sorted(seen) == list(range(23))
+
+
+def test_shuffles_differently_each_epoch_and_reproducibly_with_a_seed():
+    x, y = indexed()
+    epochs = lambda it: [np.concatenate([yb for _, yb in it]) for _ in range(3)]  # noqa: E731
+    a, b = epochs(BatchIterator(x, y, 4, seed=7)), epochs(BatchIterator(x, y, 4, seed=7))
+    for ea, eb in zip(a, b):
+        np.testing.assert_array_equal(ea, eb)
+    assert not np.array_equal(a[0], a[1]) and not np.array_equal(a[0], np.arange(23))
+    assert not np.array_equal(a[0], epochs(BatchIterator(x, y, 4, seed=8))[0])
+    cynet.manual_seed(3)
+    c = epochs(BatchIterator(x, y, 4))  # seed=None: the global generator
+    cynet.manual_seed(3)
+    np.testing.assert_array_equal(c[0], epochs(BatchIterator(x, y, 4))[0])
+    in_order = np.concatenate([yb for _, yb in BatchIterator(x, y, 4, shuffle=False)])
+    np.testing.assert_array_equal(in_order, np.arange(23))
+
+
+def test_iterator_applies_the_fitted_transform_per_batch():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(20, 3, 4, 4), dtype=np.uint8)
+    y = np.arange(20)
+    t = MeanImage().fit(x)
+    for xb, yb in BatchIterator(x, y, 6, seed=1, transform=t):
+        assert xb.dtype == np.float32
+        np.testing.assert_allclose(xb, x[yb] - x.astype(np.float64).mean(axis=0), atol=1e-4)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        BatchIterator(x, y, 6, transform=MeanImage())
+
+
+def test_iterator_validates_its_arguments():
+    x, y = indexed()
+    with pytest.raises(ValueError, match="same number of samples"):
+        BatchIterator(x, y[:-1], 4)
+    with pytest.raises(ValueError, match="batch_size"):
+        BatchIterator(x, y, 0)
+    with pytest.raises(ValueError, match="drop_last"):
+        BatchIterator(x, y, 30, drop_last=True)
+    assert [yb for _, yb in BatchIterator(x, None, 30)] == [None]
+
+
+# --- augmentation ----------------------------------------------------------------------------------------------------
+def test_random_crop_is_a_shifted_copy_with_zero_fill():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(1, 2, size=(64, 2, 6, 6)).astype(np.float32)  # no zeros: zeros can only come from padding
+    out = RandomCrop(6, padding=2)(x, np.random.default_rng(5))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    padded = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    offsets = set()
+    for n in range(len(x)):
+        matches = [(dy, dx) for dy in range(5) for dx in range(5)
+                   if np.array_equal(out[n], padded[n, :, dy:dy + 6, dx:dx + 6])]
+        assert len(matches) == 1, n  # exactly one window of the zero-padded image
+        offsets.add(matches[0])
+    assert len(offsets) > 10  # per-image offsets, not one shift for the whole batch
+
+
+def test_random_crop_smaller_window_and_no_padding():
+    x = np.arange(2 * 1 * 5 * 5, dtype=np.float32).reshape(2, 1, 5, 5)
+    out = RandomCrop((3, 2), padding=0)(x, np.random.default_rng(1))
+    assert out.shape == (2, 1, 3, 2)
+    for n in range(2):
+        assert any(np.array_equal(out[n, 0], x[n, 0, i:i + 3, j:j + 2]) for i in range(3) for j in range(4))
+    with pytest.raises(ValueError, match="larger than the padded image"):
+        RandomCrop(8, padding=1)(x, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        RandomCrop(5)(x.reshape(2, 25), np.random.default_rng(0))
+
+
+def test_random_horizontal_flip_reverses_the_last_axis_of_chosen_images():
+    x = np.random.default_rng(0).normal(size=(200, 3, 4, 5)).astype(np.float32)
+    out = RandomHorizontalFlip(p=0.5)(x, np.random.default_rng(3))
+    flipped = np.array([np.array_equal(out[n], x[n, :, :, ::-1]) for n in range(len(x))])
+    kept = np.array([np.array_equal(out[n], x[n]) for n in range(len(x))])
+    assert np.all(flipped ^ kept)
+    assert 60 < flipped.sum() < 140
+    # the choice is the generator's: the same draw reproduces it
+    np.testing.assert_array_equal(flipped, np.random.default_rng(3).random(200) < 0.5)
+    np.testing.assert_array_equal(RandomHorizontalFlip(p=0.0)(x, np.random.default_rng(0)), x)
+    np.testing.assert_array_equal(RandomHorizontalFlip(p=1.0)(x, np.random.default_rng(0)), x[..., ::-1])
+    assert out is not x
+
+
+def test_compose_and_batch_transform_hook():
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 256, size=(8, 3, 4, 4), dtype=np.uint8)
+    t = MeanImage().fit(x)
+    aug = Compose([RandomCrop(4, padding=1), RandomHorizontalFlip(p=1.0)])
+    hook = make_batch_transform(t, aug)
+    np.testing.assert_array_equal(hook(x, None), t.transform(x))  # evaluation: transform only
+    train = hook(x, np.random.default_rng(2))
+    # same generator, same steps by hand: transform first, then crop, then flip
+    g = np.random.default_rng(2)
+    by_hand = RandomHorizontalFlip(p=1.0)(RandomCrop(4, padding=1)(t.transform(x), g), g)
+    np.testing.assert_array_equal(train, by_hand)
+    np.testing.assert_array_equal(augment_batch(x, np.random.default_rng(2), aug, t), by_hand)
+    assert hook(x, None).dtype == np.float32 and make_batch_transform()(x, None).dtype == np.float32
+
+
+def test_iterator_augments_after_the_transform_reproducibly():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(12, 3, 4, 4), dtype=np.uint8)
+    t = MeanImage().fit(x)
+    aug = Compose([RandomCrop(4, padding=1), RandomHorizontalFlip()])
+    a = [xb for xb, _ in BatchIterator(x, None, 5, seed=4, transform=t, augment=aug)]
+    b = [xb for xb, _ in BatchIterator(x, None, 5, seed=4, transform=t, augment=aug)]
+    for xa, xb in zip(a, b):
+        np.testing.assert_array_equal(xa, xb)
+        assert xa.dtype == np.float32
+    # zero fill happens after mean subtraction: padded pixels are exactly 0 in the transformed space
+    assert any((xa == 0).any() for xa in a)

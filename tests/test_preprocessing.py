@@ -1,0 +1,341 @@
+"""cynet.data.preprocessing: every transform against NumPy formulas written here, fitting bookkeeping, state, bundles.
+
+Oracles: direct float64 NumPy statistics (mean, variance, covariance), numpy.linalg.eigh / SVD for PCA (up to sign),
+hand-computed values on tiny arrays.
+"""
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+from cynet import nn
+from cynet.data import (TRANSFORMS, ChannelMean, MeanImage, PCA, PCAWhitening, Pipeline, Standardize, ZCAWhitening,
+                        load_bundle, save_bundle, transform_from_state_dict)
+
+
+def images(n=40, c=3, h=4, w=5, seed=0):
+    """Correlated uint8 images: a per-image brightness plus noise, so covariances are far from diagonal."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(40, 200, size=(n, 1, 1, 1))
+    return np.clip(base + rng.integers(-40, 40, size=(n, c, h, w)), 0, 255).astype(np.uint8)
+
+
+def gaussian(n=300, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(d, d)) * np.linspace(3.0, 0.3, d)[:, None]
+    return (rng.normal(size=(n, d)) @ mix + rng.normal(size=d) * 5).astype(np.float64)
+
+
+# --- mean and standardisation ----------------------------------------------------------------------------------------
+def test_mean_image_hand_computed():
+    x = np.array([[0, 2, 10], [4, 6, 20]], np.uint8)
+    t = MeanImage().fit(x)
+    np.testing.assert_array_equal(t.mean_, [2.0, 4.0, 15.0])
+    out = t.transform(x)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [[-2, -2, -5], [2, 2, 5]])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+def test_mean_image_on_images_matches_numpy(dtype):
+    x = images().astype(dtype)
+    t = MeanImage()
+    out = t.fit_transform(x)
+    expected = x.astype(np.float64) - x.astype(np.float64).mean(axis=0)
+    assert out.shape == x.shape and out.dtype == (np.float64 if dtype == np.float64 else np.float32)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(t.inverse_transform(out), x.astype(np.float64), atol=1e-4)
+
+
+def test_channel_mean_images_and_flat_rows_agree():
+    x = images()
+    expected = x.astype(np.float64).mean(axis=(0, 2, 3))
+    t4 = ChannelMean().fit(x)
+    np.testing.assert_allclose(t4.mean_, expected, rtol=1e-12)
+    t2 = ChannelMean(channels=3).fit(x.reshape(len(x), -1))  # rows of C planes, like CIFAR's 3072 values
+    np.testing.assert_allclose(t2.mean_, expected, rtol=1e-12)
+    out = t4.transform(x)
+    np.testing.assert_allclose(out, x - expected[None, :, None, None], atol=1e-4)
+    np.testing.assert_array_equal(t2.transform(x.reshape(len(x), -1)), out.reshape(len(x), -1))
+    np.testing.assert_allclose(t4.inverse_transform(out), x, atol=1e-4)
+
+
+def test_channel_mean_rejects_wrong_channel_layout():
+    with pytest.raises(ValueError, match="channels"):
+        ChannelMean(channels=3).fit(np.zeros((4, 2, 3, 3), np.uint8))
+    with pytest.raises(ValueError, match="divisible"):
+        ChannelMean(channels=3).fit(np.zeros((4, 10), np.uint8))
+
+
+def test_standardize_per_feature_hand_computed():
+    x = np.array([[0.0, 10.0], [2.0, 30.0]])
+    out = Standardize(eps=0.0).fit_transform(x)
+    np.testing.assert_allclose(out, [[-1, -1], [1, 1]])
+
+
+@pytest.mark.parametrize("per", ["feature", "channel"])
+def test_standardize_matches_numpy(per):
+    x = images()
+    xf = x.astype(np.float64)
+    t = Standardize(per=per, eps=1e-8).fit(x)
+    if per == "feature":
+        mean, var = xf.mean(axis=0), xf.var(axis=0)
+    else:
+        mean = xf.mean(axis=(0, 2, 3))[None, :, None, None]
+        var = xf.var(axis=(0, 2, 3))[None, :, None, None]
+    expected = (xf - mean) / np.sqrt(var + 1e-8)
+    out = t.transform(x)
+    assert out.dtype == np.float32 and out.shape == x.shape
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    axes = (0,) if per == "feature" else (0, 2, 3)
+    np.testing.assert_allclose(out.astype(np.float64).std(axis=axes), 1.0, rtol=1e-4)
+    np.testing.assert_allclose(t.inverse_transform(out), xf, atol=1e-3)
+
+
+def test_standardize_constant_feature_stays_finite():
+    x = np.ones((5, 3), np.float32)
+    out = Standardize().fit_transform(x)
+    assert np.all(np.isfinite(out)) and not out.any()
+
+
+# --- chunked statistics ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls, attrs", [(MeanImage, ["mean_"]), (ChannelMean, ["mean_"]),
+                                        (Standardize, ["mean_", "var_"]),
+                                        (PCA, ["mean_", "components_", "explained_variance_"])])
+def test_chunked_statistics_equal_direct_float64(cls, attrs):
+    x = images(n=53)
+    chunked = cls(chunk_size=7).fit(x)   # 8 chunks, the last one short
+    whole = cls(chunk_size=10_000).fit(x)
+    for a in attrs:
+        np.testing.assert_allclose(getattr(chunked, a), getattr(whole, a), rtol=1e-10, atol=1e-10)
+    xf = x.astype(np.float64)
+    np.testing.assert_allclose(chunked.mean_.reshape(-1),
+                               xf.mean(axis=(0, 2, 3)) if cls is ChannelMean else xf.mean(axis=0).reshape(-1),
+                               rtol=1e-12)
+
+
+def test_transform_output_chunking_does_not_change_the_result():
+    x = images(n=53)
+    t = PCAWhitening(n_components=10, chunk_size=5).fit(x)
+    a = t.transform(x)
+    t.chunk_size = 1000
+    np.testing.assert_allclose(a, t.transform(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a, PCAWhitening(n_components=10, chunk_size=1000).fit(x).transform(x), atol=1e-4)
+
+
+# --- PCA and whitening -----------------------------------------------------------------------------------------------
+def aligned(a, b):
+    """Flip the signs of b's rows to match a's (eigenvectors are defined up to sign)."""
+    return b * np.sign(np.sum(a * b, axis=1))[:, None]
+
+
+def test_pca_matches_eigh_and_svd_up_to_sign():
+    x = gaussian()
+    pca = PCA(n_components=4).fit(x)
+    xc = x - x.mean(axis=0)
+    cov = xc.T @ xc / (len(x) - 1)
+    values, vectors = np.linalg.eigh(cov)
+    values, vectors = values[::-1], vectors[:, ::-1].T
+    np.testing.assert_allclose(pca.explained_variance_, values[:4], rtol=1e-10)
+    np.testing.assert_allclose(pca.explained_variance_ratio_, values[:4] / values.sum(), rtol=1e-10)
+    np.testing.assert_allclose(pca.components_, aligned(pca.components_, vectors[:4]), atol=1e-10)
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    np.testing.assert_allclose(pca.components_, aligned(pca.components_, vt[:4]), atol=1e-10)
+    np.testing.assert_allclose(pca.explained_variance_, s[:4] ** 2 / (len(x) - 1), rtol=1e-10)
+    z = PCA(n_components=4).fit(x).transform(x)
+    assert z.shape == (300, 4) and z.dtype == np.float64
+    np.testing.assert_allclose(z, xc @ pca.components_.T, atol=1e-9)
+
+
+def test_pca_full_inverse_round_trip_and_truncated_reconstruction():
+    x = images(n=60, c=2, h=2, w=3)
+    pca = PCA().fit(x)
+    z = pca.transform(x)
+    assert z.shape == (60, 12) and z.dtype == np.float32
+    np.testing.assert_allclose(pca.inverse_transform(z), x, atol=1e-3)
+    k2 = PCA(n_components=2).fit(x)
+    back = k2.inverse_transform(k2.transform(x)).astype(np.float64)
+    xc = x.reshape(60, -1) - x.reshape(60, -1).mean(axis=0)
+    proj = xc @ k2.components_.T @ k2.components_ + x.reshape(60, -1).mean(axis=0)
+    np.testing.assert_allclose(back.reshape(60, -1), proj, atol=1e-3)
+
+
+def test_pca_variance_fraction_picks_fewest_components():
+    x = gaussian()
+    full = PCA().fit(x)
+    cum = np.cumsum(full.explained_variance_ratio_)
+    pca = PCA(n_components=0.9).fit(x)
+    k = pca.n_components_
+    assert cum[k - 1] >= 0.9 and (k == 1 or cum[k - 2] < 0.9)
+
+
+def test_pca_whitening_covariance_is_identity():
+    x = gaussian()
+    z = PCAWhitening(eps=0.0).fit_transform(x)
+    np.testing.assert_allclose(np.cov(z, rowvar=False), np.eye(6), atol=1e-8)
+    t = PCAWhitening(n_components=3, eps=0.0).fit(x)
+    z3 = t.transform(x)
+    np.testing.assert_allclose(np.cov(z3, rowvar=False), np.eye(3), atol=1e-8)
+    full = PCAWhitening(eps=1e-5).fit(x)
+    np.testing.assert_allclose(full.inverse_transform(full.transform(x)), x, atol=1e-8)
+
+
+def test_zca_is_symmetric_whitening_closest_to_the_original():
+    x = gaussian()
+    zca = ZCAWhitening(eps=0.0).fit(x)
+    w = zca.whitening_
+    np.testing.assert_allclose(w, w.T, atol=1e-12)
+    xc = x - x.mean(axis=0)
+    cov = xc.T @ xc / (len(x) - 1)
+    values, vectors = np.linalg.eigh(cov)
+    np.testing.assert_allclose(w, vectors @ np.diag(values ** -0.5) @ vectors.T, atol=1e-9)
+    y = zca.transform(x)
+    assert y.shape == x.shape
+    np.testing.assert_allclose(np.cov(y, rowvar=False), np.eye(6), atol=1e-8)
+    # any other whitening Q W (Q orthogonal) is farther from the centred data than ZCA's
+    zca_dist = np.sum((y - xc) ** 2)
+    pca_dist = np.sum((PCAWhitening(eps=0.0).fit_transform(x) - xc) ** 2)
+    assert zca_dist < pca_dist
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+        assert zca_dist < np.sum((y @ q - xc) ** 2)
+    np.testing.assert_allclose(zca.inverse_transform(y), x, atol=1e-8)
+
+
+def test_zca_on_uint8_images_keeps_the_image_shape():
+    x = images(n=80, c=3, h=2, w=2)
+    zca = ZCAWhitening(eps=1e-2).fit(x)
+    y = zca.transform(x)
+    assert y.shape == x.shape and y.dtype == np.float32
+    np.testing.assert_allclose(zca.inverse_transform(y), x, atol=1e-2)
+
+
+# --- pipeline --------------------------------------------------------------------------------------------------------
+def test_pipeline_equals_steps_applied_by_hand():
+    x = images()
+    pipe = Pipeline([("mean", ChannelMean()), ("pca", PCA(n_components=5))]).fit(x)
+    cm = ChannelMean().fit(x)
+    pca = PCA(n_components=5).fit(cm.transform(x))
+    np.testing.assert_allclose(pipe.transform(x), pca.transform(cm.transform(x)), atol=1e-5)
+    assert pipe["pca"].n_components_ == 5 and pipe[0] is pipe["mean"]
+
+
+# --- fitting bookkeeping and errors ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", list(TRANSFORMS.values()))
+def test_transform_before_fit_is_a_clear_error(cls):
+    t = Pipeline([MeanImage()]) if cls is Pipeline else cls()
+    with pytest.raises(RuntimeError, match=r"is not fitted: call fit\(x_train\) first"):
+        t.transform(images())
+
+
+def test_wrong_feature_shape_is_refused():
+    t = MeanImage().fit(images(h=4, w=5))
+    with pytest.raises(ValueError, match=r"fitted on samples of shape \(3, 4, 5\)"):
+        t.transform(images(h=5, w=4))
+    with pytest.raises(ValueError, match="samples first"):
+        t.transform(np.zeros(60))
+    with pytest.raises(TypeError, match="numeric"):
+        t.fit(np.zeros((3, 2), dtype=bool))
+    pca = PCA(n_components=3).fit(gaussian())
+    with pytest.raises(ValueError, match="output of transform"):
+        pca.inverse_transform(np.zeros((2, 4)))
+
+
+def test_second_fit_on_different_data_warns_unless_refit():
+    train, other = images(seed=0), images(seed=1)
+    t = MeanImage().fit(train)
+    assert t.fitted_on[0] == 40 and t.fitted_on[1].startswith("crc32:")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t.fit(train)  # the same data again: harmless, no warning
+    with pytest.warns(UserWarning, match=r"training set only.*refit=True"):
+        t.fit(other)
+    np.testing.assert_allclose(t.mean_, other.astype(np.float64).mean(axis=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t.fit(train, refit=True)
+    assert t.fitted_on == MeanImage().fit(train).fitted_on
+
+
+def test_fingerprint_sees_a_change_in_the_data():
+    x = images()
+    y = x.copy()
+    y[0, 0, 0, 0] ^= 1
+    assert MeanImage().fit(x).fitted_on != MeanImage().fit(y).fitted_on
+
+
+# --- state dicts and bundles -----------------------------------------------------------------------------------------
+def fitted_transforms():
+    x = images(n=50, c=3, h=2, w=2)
+    return x, [MeanImage().fit(x), ChannelMean().fit(x), Standardize(per="channel").fit(x),
+               Standardize(per="feature", eps=1e-3).fit(x), PCA(n_components=4).fit(x),
+               PCAWhitening(n_components=0.95).fit(x), ZCAWhitening(eps=1e-3).fit(x),
+               Pipeline([("m", MeanImage()), ("w", PCAWhitening(n_components=3))]).fit(x)]
+
+
+def test_state_dict_round_trip_through_npz_without_pickle(tmp_path):
+    x, transforms = fitted_transforms()
+    for t in transforms:
+        state = t.state_dict()
+        for key, value in state.items():
+            assert isinstance(key, str)
+            assert isinstance(value, (np.ndarray, str, int, float)), (key, type(value))
+        path = tmp_path / f"{type(t).__name__}.npz"
+        np.savez(path, **{k: np.asarray(v) for k, v in state.items()})
+        with np.load(path, allow_pickle=False) as f:
+            loaded = {k: f[k] for k in f.files}
+        rebuilt = transform_from_state_dict(loaded)
+        assert type(rebuilt) is type(t) and rebuilt.config() == t.config()
+        assert rebuilt.fitted_on == t.fitted_on
+        np.testing.assert_array_equal(rebuilt.transform(x), t.transform(x))
+
+
+def test_load_state_dict_checks_class_and_arguments():
+    _, (mean_image, _, _, std_feature, *_) = fitted_transforms()
+    with pytest.raises(ValueError, match="belongs to a MeanImage"):
+        ChannelMean().load_state_dict(mean_image.state_dict())
+    with pytest.raises(ValueError, match="arguments"):
+        Standardize(per="feature").load_state_dict(std_feature.state_dict())
+    with pytest.raises(ValueError, match="unknown transform class"):
+        transform_from_state_dict({"class": "os.system", "config": "{}"})
+    assert not MeanImage().load_state_dict(MeanImage().state_dict()).is_fitted
+
+
+def test_bundle_round_trip_with_linear_model(tmp_path):
+    x = images(n=30, c=1, h=2, w=3).reshape(30, 6)
+    t = Pipeline([Standardize(), PCA(n_components=4)]).fit(x)
+    model = nn.Linear(4, 3, generator=0)
+    path = tmp_path / "model.npz"
+    assert save_bundle(path, model, t, metadata={"classes": ["a", "b", "c"], "val_acc": 0.5}) == str(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]  # no temporary file left behind
+    with np.load(path, allow_pickle=False) as f:  # a plain npz, readable without pickle
+        assert "model.weight" in f.files and "transform.class" in f.files
+    other = nn.Linear(4, 3, generator=1)
+    bundle = load_bundle(path, other)
+    assert bundle.model is other and bundle.metadata == {"classes": ["a", "b", "c"], "val_acc": 0.5}
+    np.testing.assert_array_equal(other.weight.data, model.weight.data)
+    np.testing.assert_array_equal(other.bias.data, model.bias.data)
+    np.testing.assert_array_equal(bundle.transform.transform(x), t.transform(x))
+    np.testing.assert_array_equal(other(bundle.transform.transform(x)), model(t.transform(x)))
+
+
+def test_bundle_errors(tmp_path):
+    with pytest.raises(RuntimeError, match="not fitted"):
+        save_bundle(tmp_path / "m.npz", nn.Linear(2, 2), MeanImage())
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        load_bundle(tmp_path / "missing.npz", nn.Linear(2, 2))
+    np.savez(tmp_path / "plain.npz", a=np.zeros(2))
+    with pytest.raises(ValueError, match="not a cynet bundle"):
+        load_bundle(tmp_path / "plain.npz", nn.Linear(2, 2))
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="junk.npz"):
+        load_bundle(tmp_path / "junk.npz", nn.Linear(2, 2))
+    model = nn.Linear(2, 2)
+    save_bundle(tmp_path / "no_transform.npz", model)
+    assert load_bundle(tmp_path / "no_transform.npz", nn.Linear(2, 2)).transform is None
+    meta = json.loads(np.load(tmp_path / "no_transform.npz")["bundle.metadata"].item())
+    assert meta == {}
+    assert os.listdir(tmp_path).count("no_transform.npz") == 1
