@@ -1,0 +1,156 @@
+"""One training epoch of a CIFAR-sized MLP: cynet against a NumPy reference loop, PyTorch and the bare-GEMM floor.
+
+The model of the lecture's assignment, 3072-1024-ReLU-512-ReLU-10, softmax cross-entropy, SGD with momentum 0.9,
+one epoch over 10,000 CIFAR-shaped float32 samples in mini-batches of 256 (39 full batches and one of 16), shuffled.
+One pytest-benchmark group per thread count (``epoch/mlp/tN``); the implementations:
+
+- ``cynet``:       ``cynet.train.Trainer(...).fit(x, y, epochs=1)`` without a progress bar — what a user runs;
+- ``cynet_loop``:  the same loop written by hand over cynet's modules, loss and optimiser (no trainer bookkeeping);
+- ``numpy``:       the CS231n-style loop in plain NumPy (matmul, maximum, softmax, momentum update);
+- ``torch``:       ``torch.nn.Sequential`` + ``F.cross_entropy`` + ``torch.optim.SGD`` (skipped without torch);
+- ``floor``:       only the matrix products an epoch must do (3 forward, 3 weight-gradient and 2 input-gradient
+                   products per batch, into preallocated outputs): no implementation can be faster.
+
+The issue's target: cynet's epoch within 1.1x the floor and never slower than torch.
+
+Run:  python -m pytest bench/test_bench_training.py --benchmark-only --benchmark-json=bench/results/training.json
+"""
+import numpy as np
+import pytest
+
+import cynet
+from cynet import nn
+from cynet.nn.loss import SoftmaxCrossEntropy
+from cynet.optim import SGD
+from cynet.train import Trainer
+
+SAMPLES = 10_000
+BATCH = 256
+SIZES = (3072, 1024, 512, 10)
+LR = 1e-3
+MOMENTUM = 0.9
+THREADS = [1, 2]
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((SAMPLES, SIZES[0]), dtype=np.float32)
+    y = rng.integers(0, SIZES[-1], SAMPLES)
+    return x, y
+
+
+def _batches(rng):
+    order = rng.permutation(SAMPLES)
+    return [order[i:i + BATCH] for i in range(0, SAMPLES, BATCH)]
+
+
+def _cynet_model(seed=0):
+    return nn.Sequential(nn.Linear(3072, 1024, init="he", generator=seed), nn.ReLU(),
+                         nn.Linear(1024, 512, init="he", generator=seed + 1), nn.ReLU(),
+                         nn.Linear(512, 10, init="he", generator=seed + 2))
+
+
+def _numpy_epoch(x, y, params, velocity, rng):
+    """The assignment's loop in plain NumPy: forward, softmax loss, backward, momentum update."""
+    w1, b1, w2, b2, w3, b3 = params
+    for idx in _batches(rng):
+        xb, yb = x[idx], y[idx]
+        n = len(idx)
+        h1 = np.maximum(xb @ w1.T + b1, 0)
+        h2 = np.maximum(h1 @ w2.T + b2, 0)
+        s = h2 @ w3.T + b3
+        s -= s.max(axis=1, keepdims=True)
+        p = np.exp(s)
+        p /= p.sum(axis=1, keepdims=True)
+        p[np.arange(n), yb] -= 1
+        ds = p / n
+        grads = [None] * 6
+        grads[4], grads[5] = ds.T @ h2, ds.sum(0)
+        dh2 = (ds @ w3) * (h2 > 0)
+        grads[2], grads[3] = dh2.T @ h1, dh2.sum(0)
+        dh1 = (dh2 @ w2) * (h1 > 0)
+        grads[0], grads[1] = dh1.T @ xb, dh1.sum(0)
+        for param, v, g in zip(params, velocity, grads):
+            v *= MOMENTUM
+            v += g
+            param -= LR * v
+
+
+def _floor_epoch(x, buffers):
+    """Only the matrix products of one epoch, same shapes and order, into preallocated outputs."""
+    w1, w2, w3, h1, h2, s, dw1, dw2, dw3, dh1, dh2 = buffers
+    for start in range(0, SAMPLES, BATCH):
+        xb = x[start:start + BATCH]
+        n = xb.shape[0]
+        np.matmul(xb, w1.T, out=h1[:n])
+        np.matmul(h1[:n], w2.T, out=h2[:n])
+        np.matmul(h2[:n], w3.T, out=s[:n])
+        np.matmul(s[:n].T, h2[:n], out=dw3)
+        np.matmul(s[:n], w3, out=dh2[:n])
+        np.matmul(dh2[:n].T, h1[:n], out=dw2)
+        np.matmul(dh2[:n], w2, out=dh1[:n])
+        np.matmul(dh1[:n].T, xb, out=dw1)
+
+
+@pytest.mark.parametrize("threads", THREADS, ids=[f"t{n}" for n in THREADS])
+@pytest.mark.parametrize("impl", ["cynet", "cynet_loop", "numpy", "torch", "floor"])
+def test_epoch(benchmark, timing, use_threads, data, impl, threads):
+    x, y = data
+    benchmark.group = f"epoch/mlp/t{threads}"
+    benchmark.extra_info.update(impl=impl, threads=threads, samples=SAMPLES, batch=BATCH)
+    rng = np.random.default_rng(1)
+    if impl == "cynet":
+        model = _cynet_model()
+        trainer = Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=LR, momentum=MOMENTUM),
+                          progress=False)
+        epochs = iter(range(1, 10_000))
+
+        def run():
+            trainer.fit(x, y, epochs=next(epochs), batch_size=BATCH)
+    elif impl == "cynet_loop":
+        model = _cynet_model()
+        loss = SoftmaxCrossEntropy()
+        optimizer = SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+
+        def run():
+            for idx in _batches(rng):
+                optimizer.zero_grad()
+                loss(model(x[idx]), y[idx])
+                model.backward(loss.backward(), input_grad=False)
+                optimizer.step()
+    elif impl == "numpy":
+        model = _cynet_model()
+        params = [p.data.copy() for p in model.parameters()]
+        velocity = [np.zeros_like(p) for p in params]
+
+        def run():
+            _numpy_epoch(x, y, params, velocity, rng)
+    elif impl == "torch":
+        torch = pytest.importorskip("torch")
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3072, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 512),
+                                    torch.nn.ReLU(), torch.nn.Linear(512, 10))
+        optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+        def run():
+            for idx in _batches(rng):
+                t_idx = torch.from_numpy(idx)
+                optimizer.zero_grad()
+                out = torch.nn.functional.cross_entropy(model(tx[t_idx]), ty[t_idx])
+                out.backward()
+                optimizer.step()
+    else:
+        gen = np.random.default_rng(2)
+        w = [gen.standard_normal((SIZES[i + 1], SIZES[i]), dtype=np.float32) * 0.01 for i in range(3)]
+        acts = [np.zeros((BATCH, n), np.float32) for n in SIZES[1:]]
+        grads = [np.zeros_like(a) for a in w]
+        dacts = [np.zeros((BATCH, n), np.float32) for n in SIZES[1:3]]
+        buffers = (*w, *acts, *grads, *dacts)
+
+        def run():
+            _floor_epoch(x, buffers)
+
+    with use_threads(threads):
+        timing.run(benchmark, run)

@@ -1,0 +1,398 @@
+"""Checkpoints: NumPy ``.npz`` archives plus a JSON header, written atomically and read without pickle.
+
+A checkpoint is a plain ``.npz`` file (a zip of ``.npy`` arrays, written by :func:`numpy.savez`). Besides the arrays
+it holds one entry, ``__meta__``: a 0-d unicode array whose text is a JSON object. Nothing is ever pickled, so
+loading a checkpoint cannot run code (:func:`numpy.load` is called with ``allow_pickle=False``).
+
+Writing is atomic: the archive goes to a temporary file in the destination's directory, is flushed and ``fsync``-ed,
+then renamed over the destination with :func:`os.replace`. A crash or an error half-way through leaves the previous
+checkpoint untouched, never a truncated one.
+
+The header (``meta``) always holds::
+
+    {"format": "cynet-checkpoint", "format_version": 1, "kind": "model" | "trainer", ...}
+
+Key naming. Array entries use flat, dotted names with one prefix per owner:
+
+============================  =====================================================================================
+``model.<name>``              every parameter and buffer of the model: ``model.`` + its :meth:`Module.state_dict`
+                              key, e.g. ``model.0.weight``, ``model.2.bias``.
+``optim.<key>``               the optimiser's flat :meth:`state_dict` entries that are arrays (e.g. momentum
+                              buffers); its scalar entries (``lr``, step counts) go to ``meta["optim"]``.
+``sched.<key>``               the same for the learning-rate scheduler (``meta["sched"]`` for its scalars).
+``history.<key>``             the trainer's history lists as float64 arrays (``history.loss``, ``history.val_acc``).
+``callback.<i>.<key>``        array state of the trainer's i-th callback (an :class:`~cynet.train.EarlyStopping`'s
+                              best weights, for example); its scalars go to ``meta["callbacks"][i]``.
+============================  =====================================================================================
+
+A trainer checkpoint's header also stores the epoch and iteration counters, the first iteration's loss (the
+divergence guard's reference), the optimiser's learning rate and the random states (JSON strings from
+:func:`cynet.get_rng_state`): the trainer's shuffling/augmentation generator, cynet's global generator (dropout
+masks) and any module's own ``generator`` (``meta["rng"]``). Restoring all of it makes a resumed
+:meth:`~cynet.train.Trainer.fit` produce exactly the weights of an uninterrupted run.
+
+A model checkpoint (:func:`save_model`) holds only the ``model.`` entries; :func:`load_model` also accepts a trainer
+checkpoint and takes its model part.
+
+Example:
+    >>> import numpy as np, tempfile, os
+    >>> from cynet import checkpoint
+    >>> path = os.path.join(tempfile.mkdtemp(), "run.npz")
+    >>> checkpoint.save(path, {"w": np.arange(3.0)}, {"note": "demo"})
+    >>> arrays, meta = checkpoint.load(path)
+    >>> arrays["w"], meta["note"]
+    (array([0., 1., 2.]), 'demo')
+"""
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from cynet import _random
+
+__all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "save", "load", "save_model", "load_model",
+           "save_trainer", "load_trainer"]
+
+FORMAT = "cynet-checkpoint"
+FORMAT_VERSION = 1
+_META_KEY = "__meta__"
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be read as a cynet checkpoint, or whose contents do not fit the object loading it."""
+
+
+# --- the file format -------------------------------------------------------------------------------------------------
+def _check_arrays(arrays):
+    if not isinstance(arrays, dict):
+        raise TypeError(f"checkpoint.save: arrays must be a dict of str -> numpy.ndarray, got "
+                        f"{type(arrays).__name__}")
+    checked = {}
+    for key, value in arrays.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"checkpoint.save: array names must be non-empty strings, got {key!r}")
+        if key == _META_KEY:
+            raise ValueError(f"checkpoint.save: the name {_META_KEY!r} is reserved for the header")
+        if "/" in key or "\\" in key:
+            raise ValueError(f"checkpoint.save: array name {key!r} must not contain a path separator")
+        value = np.asarray(value)
+        if value.dtype.hasobject:
+            raise TypeError(f"checkpoint.save: array {key!r} has dtype object, which only pickle could store; "
+                            f"convert it to a numeric or string array")
+        checked[key] = value
+    return checked
+
+
+def save(path, arrays, meta):
+    """Write ``arrays`` and the JSON-serialisable ``meta`` to ``path`` as an ``.npz`` archive, atomically.
+
+    The archive is written to a temporary file next to ``path``, flushed to disk (``fsync``) and renamed over
+    ``path`` (:func:`os.replace`), so ``path`` always holds either the old complete file or the new complete one.
+    ``path`` is used exactly as given (no ``.npz`` suffix is appended).
+
+    Args:
+        path (str or os.PathLike): destination file; its directory must exist.
+        arrays (dict[str, numpy.ndarray]): the arrays, by name (no ``/``; not ``"__meta__"``; no object dtype).
+        meta (dict): JSON-serialisable header. ``format`` and ``format_version`` are added (overwriting keys of
+            those names).
+
+    Raises:
+        TypeError: an array of object dtype, a non-string name, or ``meta`` not JSON-serialisable.
+        OSError: the file cannot be written (the old file, if any, is left as it was).
+
+    Example:
+        >>> import numpy as np, tempfile, os
+        >>> from cynet import checkpoint
+        >>> checkpoint.save(os.path.join(tempfile.mkdtemp(), "a.npz"), {"x": np.zeros(2)}, {})
+    """
+    path = os.fspath(path)
+    arrays = _check_arrays(arrays)
+    if not isinstance(meta, dict):
+        raise TypeError(f"checkpoint.save: meta must be a dict, got {type(meta).__name__}")
+    header = dict(meta)
+    header["format"] = FORMAT
+    header["format_version"] = FORMAT_VERSION
+    try:
+        text = json.dumps(header)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"checkpoint.save: meta for {path!r} is not JSON-serialisable: {error}") from None
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, allow_pickle=False, **arrays, **{_META_KEY: np.array(text)})
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory):
+    """Make the rename itself durable (POSIX); silently skipped where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load(path):
+    """Read a checkpoint written by :func:`save`.
+
+    Args:
+        path (str or os.PathLike): the file.
+
+    Returns:
+        tuple: ``(arrays, meta)``: a dict of name -> :class:`numpy.ndarray` (fully read into memory) and the header
+        dict (with ``format`` and ``format_version``).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: the file is not a zip archive, is truncated or corrupt (bad CRC), holds pickled data, is an
+            ``.npz`` without a cynet header, or was written by a newer format version. The message names the file.
+
+    Example:
+        >>> from cynet import checkpoint
+        >>> arrays, meta = checkpoint.load("run.npz")  # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint: no such file {path!r}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"checkpoint: {path!r} is a directory, not a checkpoint file")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint: {path!r} is not a cynet checkpoint: not an .npz (zip) archive "
+                              f"(truncated, corrupt or another kind of file)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as error:
+        raise CheckpointError(f"checkpoint: {path!r} is truncated or corrupt: {type(error).__name__}: {error}") \
+            from error
+    if _META_KEY not in arrays:
+        raise CheckpointError(f"checkpoint: {path!r} is not a cynet checkpoint: an .npz archive without the "
+                              f"{_META_KEY!r} header entry")
+    raw = arrays.pop(_META_KEY)
+    try:
+        meta = json.loads(str(raw[()]))
+    except (ValueError, TypeError, IndexError) as error:
+        raise CheckpointError(f"checkpoint: {path!r} has an unreadable header ({error})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint: {path!r} is not a cynet checkpoint (header format "
+                              f"{meta.get('format') if isinstance(meta, dict) else meta!r})")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise CheckpointError(f"checkpoint: {path!r} has format version {version!r}; this cynet reads versions "
+                              f"1 to {FORMAT_VERSION} (written by a newer cynet?)")
+    return arrays, meta
+
+
+# --- models ----------------------------------------------------------------------------------------------------------
+def _prefixed(prefix, mapping):
+    return {prefix + key: np.asarray(value) for key, value in mapping.items()}
+
+
+def _strip(prefix, arrays):
+    return {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
+
+
+def _check_model_state(path, model, state):
+    """Raise CheckpointError listing every key or shape that differs between ``model`` and the stored ``state``."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    shapes = [f"{key}: model {tuple(expected[key].shape)}, checkpoint {tuple(state[key].shape)}"
+              for key in expected if key in state and state[key].shape != expected[key].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing from the checkpoint: {missing}")
+        if unexpected:
+            parts.append(f"not in the model: {unexpected}")
+        if shapes:
+            parts.append("shape mismatch: " + "; ".join(shapes))
+        raise CheckpointError(f"checkpoint: {path!r} does not fit {type(model).__name__}: " + " | ".join(parts))
+
+
+def save_model(path, model):
+    """Save a model's parameters and buffers (its :meth:`~cynet.nn.Module.state_dict`) to ``path``, atomically.
+
+    Args:
+        path (str or os.PathLike): destination file.
+        model (cynet.nn.Module): the model.
+
+    Example:
+        >>> import tempfile, os
+        >>> from cynet import nn, checkpoint
+        >>> path = os.path.join(tempfile.mkdtemp(), "model.npz")
+        >>> checkpoint.save_model(path, nn.Linear(3, 2))
+        >>> _ = checkpoint.load_model(path, nn.Linear(3, 2))
+    """
+    save(path, _prefixed("model.", model.state_dict()), {"kind": "model", "model": type(model).__name__})
+
+
+def load_model(path, model):
+    """Load parameters and buffers saved by :func:`save_model` (or the model part of a trainer checkpoint).
+
+    The stored arrays are copied into the model's existing arrays (cast to their dtype); nothing is changed unless
+    every key and shape matches.
+
+    Args:
+        path (str or os.PathLike): the checkpoint.
+        model (cynet.nn.Module): a model of the same architecture.
+
+    Returns:
+        cynet.nn.Module: ``model``.
+
+    Raises:
+        CheckpointError: the file is not a readable cynet checkpoint, or its keys/shapes differ from the model's
+            (all differences listed).
+    """
+    arrays, _ = load(path)
+    state = _strip("model.", arrays)
+    _check_model_state(os.fspath(path), model, state)
+    model.load_state_dict(state)
+    return model
+
+
+# --- trainers --------------------------------------------------------------------------------------------------------
+def _split_flat(owner, state):
+    """A flat state dict into (arrays, JSON scalars)."""
+    arrays, scalars = {}, {}
+    for key, value in state.items():
+        if isinstance(value, np.ndarray):
+            arrays[key] = value
+        elif isinstance(value, np.generic):
+            scalars[key] = value.item()
+        else:
+            scalars[key] = value
+    try:
+        json.dumps(scalars)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"checkpoint: {owner}.state_dict() holds a value that is neither an array nor "
+                        f"JSON-serialisable: {error}") from None
+    return arrays, scalars
+
+
+def _module_generators(model):
+    """``{module name: Generator}`` for modules with their own generator (a Dropout(generator=...), say)."""
+    found = {}
+    for name, module in model.named_modules():
+        generator = module.__dict__.get("generator")
+        if isinstance(generator, np.random.Generator):
+            found[name] = generator
+    return found
+
+
+def save_trainer(path, trainer):
+    """Save everything a :class:`~cynet.train.Trainer` needs to resume exactly: model, optimiser, scheduler,
+    callbacks, random states, history and counters (see the module docstring for the key names).
+
+    Args:
+        path (str or os.PathLike): destination file (written atomically).
+        trainer (cynet.train.Trainer): the trainer.
+    """
+    arrays = _prefixed("model.", trainer.model.state_dict())
+    meta = {"kind": "trainer", "model": type(trainer.model).__name__}
+
+    optim_arrays, meta["optim"] = _split_flat(type(trainer.optimizer).__name__, trainer.optimizer.state_dict())
+    arrays.update(_prefixed("optim.", optim_arrays))
+    if trainer.scheduler is not None:
+        sched_arrays, meta["sched"] = _split_flat(type(trainer.scheduler).__name__, trainer.scheduler.state_dict())
+        arrays.update(_prefixed("sched.", sched_arrays))
+    else:
+        meta["sched"] = None
+
+    callbacks = []
+    for index, callback in enumerate(trainer.callbacks):
+        cb_arrays, cb_scalars = _split_flat(type(callback).__name__, callback.state_dict())
+        arrays.update(_prefixed(f"callback.{index}.", cb_arrays))
+        callbacks.append({"type": type(callback).__name__, "state": cb_scalars})
+    meta["callbacks"] = callbacks
+
+    for key, values in trainer.history.items():
+        arrays["history." + key] = np.asarray(values, dtype=np.float64)
+    meta["history_keys"] = list(trainer.history)
+
+    meta["rng"] = {
+        "trainer": _random.get_rng_state(trainer.generator),
+        "global": _random.get_rng_state(),
+        "modules": {name: _random.get_rng_state(g) for name, g in _module_generators(trainer.model).items()},
+    }
+    meta["trainer"] = {"epoch": trainer.epoch, "iteration": trainer.iteration,
+                       "first_loss": trainer._first_loss, "lr": float(trainer.optimizer.lr),
+                       "stop_reason": trainer.stop_reason}
+    save(path, arrays, meta)
+
+
+def load_trainer(path, trainer):
+    """Restore a checkpoint written by :func:`save_trainer` into ``trainer`` (built with the same architecture,
+    optimiser and scheduler types).
+
+    The model's keys and shapes are checked before anything changes.
+
+    Args:
+        path (str or os.PathLike): the checkpoint.
+        trainer (cynet.train.Trainer): the trainer to restore into.
+
+    Raises:
+        CheckpointError: unreadable file, a model checkpoint (not a trainer one), a model mismatch, or an
+            optimiser/scheduler of another type than the one saved.
+    """
+    path = os.fspath(path)
+    arrays, meta = load(path)
+    if meta.get("kind") != "trainer":
+        raise CheckpointError(f"checkpoint: {path!r} holds a {meta.get('kind')!r} checkpoint, not a trainer's "
+                              f"(use checkpoint.load_model for model checkpoints)")
+    model_state = _strip("model.", arrays)
+    _check_model_state(path, trainer.model, model_state)
+    if (meta.get("sched") is None) != (trainer.scheduler is None):
+        raise CheckpointError(f"checkpoint: {path!r} was saved {'without' if meta.get('sched') is None else 'with'}"
+                              f" a learning-rate scheduler but the trainer has "
+                              f"{'one' if trainer.scheduler is not None else 'none'}")
+    generators = _module_generators(trainer.model)
+    saved_generators = meta["rng"].get("modules", {})
+    if set(generators) != set(saved_generators):
+        raise CheckpointError(f"checkpoint: {path!r} stores generators for modules {sorted(saved_generators)} but "
+                              f"the model's modules with their own generator are {sorted(generators)}")
+
+    trainer.model.load_state_dict(model_state)
+    optim_state = _strip("optim.", arrays)
+    optim_state.update(meta["optim"])
+    trainer.optimizer.load_state_dict(optim_state)
+    if trainer.scheduler is not None:
+        sched_state = _strip("sched.", arrays)
+        sched_state.update(meta["sched"])
+        trainer.scheduler.load_state_dict(sched_state)
+    trainer.optimizer.lr = meta["trainer"]["lr"]
+
+    saved_callbacks = meta.get("callbacks", [])
+    for index, callback in enumerate(trainer.callbacks):
+        if index < len(saved_callbacks) and saved_callbacks[index]["type"] == type(callback).__name__:
+            state = _strip(f"callback.{index}.", arrays)
+            state.update(saved_callbacks[index]["state"])
+            callback.load_state_dict(state)
+
+    trainer.history = {key: arrays["history." + key].tolist() for key in meta["history_keys"]}
+    _random.set_rng_state(meta["rng"]["trainer"], trainer.generator)
+    _random.set_rng_state(meta["rng"]["global"])
+    for name, state in saved_generators.items():
+        _random.set_rng_state(state, generators[name])
+    counters = meta["trainer"]
+    trainer.epoch = int(counters["epoch"])
+    trainer.iteration = int(counters["iteration"])
+    trainer._first_loss = counters["first_loss"]
+    trainer.stop_reason = counters.get("stop_reason")

@@ -1,0 +1,393 @@
+r"""Data losses and the L2 penalty: softmax cross-entropy, the multiclass SVM, mean squared error, :class:`L2Penalty`.
+
+A loss sits after the last layer: ``loss.forward(scores, y)`` (also ``loss(scores, y)``) returns the *mean* data loss
+over the batch as a Python float, and ``loss.backward()`` returns :math:`\partial L / \partial \text{scores}`, which
+is fed to ``model.backward``::
+
+    data_loss = loss(model(x), y)
+    model.backward(loss.backward(), input_grad=False)
+
+Forward and gradient are computed together by one fused kernel (``cynet._kernels.losses``) in a single pass over
+the scores, so ``backward()`` costs nothing: it returns the array the forward already filled. That array belongs to
+the loss until the next forward, which writes a new one (an array returned earlier is never overwritten).
+
+All losses take float32 or float64 scores (the gradient has their dtype) and accumulate the loss in double precision;
+the result is bit-identical for any number of threads (:func:`cynet.set_num_threads`).
+
+The regularisation penalty is separate from the data loss, as in CS231n: :class:`L2Penalty` adds
+:math:`\tfrac{\lambda}{2}\sum W^2` over the weights and :math:`\lambda W` into their gradients.
+"""
+import math
+import numbers
+
+import numpy as np
+
+from cynet._kernels import load
+from cynet._threading import get_num_threads
+from cynet._validation import KERNEL_DTYPES, describe
+from cynet.nn.module import Module
+
+__all__ = ["SoftmaxCrossEntropy", "MulticlassSVM", "MSELoss", "L2Penalty"]
+
+_kernels = None
+
+
+def _k():
+    """The loss kernels, loaded on first use."""
+    global _kernels
+    if _kernels is None:
+        _kernels = load("losses")
+    return _kernels
+
+
+# --- validation ------------------------------------------------------------------------------------------------------
+def _float_scores(owner, name, scores):
+    """``scores`` as a C-contiguous float32/float64 ndarray (copied only when strided); TypeError otherwise."""
+    a = np.asarray(scores)
+    if a.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"{owner}: {name} must be a float32 or float64 array, got {describe(a)}")
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def _class_scores(owner, scores):
+    """Validated (N, C) scores with N >= 1 and C >= 1."""
+    scores = _float_scores(owner, "scores", scores)
+    if scores.ndim != 2:
+        raise ValueError(f"{owner}: scores must be 2-d (N, C), got {describe(scores)}")
+    if scores.shape[0] < 1 or scores.shape[1] < 1:
+        raise ValueError(f"{owner}: scores must have N >= 1 rows and C >= 1 classes, got {describe(scores)}")
+    return scores
+
+
+def _labels(owner, y, scores):
+    """``y`` as a C-contiguous int64 array of length N with every label in [0, C); clear errors otherwise."""
+    n, c = scores.shape
+    y = np.asarray(y)
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"{owner}: labels y must be an integer array of class indices, got {describe(y)}")
+    if y.shape != (n,):
+        raise ValueError(f"{owner}: labels y must have shape ({n},) to match scores of shape {scores.shape}, "
+                         f"got {describe(y)}")
+    if y.min() < 0 or y.max() >= c:
+        bad = np.flatnonzero((y < 0) | (y >= c))
+        first = int(bad[0])
+        more = f" ({bad.size} labels out of range in all)" if bad.size > 1 else ""
+        raise ValueError(f"{owner}: label {int(y[first])} at position {first} is out of range [0, {c}) for scores "
+                         f"of shape {scores.shape}{more}")
+    return np.ascontiguousarray(y, dtype=np.int64)
+
+
+# --- classification losses -------------------------------------------------------------------------------------------
+class _DataLoss(Module):
+    """Shared plumbing: the cached gradient, ``backward`` and the repr. Subclasses implement ``forward``."""
+
+    def __init__(self):
+        super().__init__()
+        self.loss = None          # the mean data loss of the last forward (a Python float)
+        self._dscores = None      # its gradient, filled by the fused kernel
+
+    def backward(self, dout=1.0):
+        """The gradient of the last forward's mean loss with respect to its scores.
+
+        Args:
+            dout (float): the upstream gradient :math:`\\partial(\\text{objective}) / \\partial L`, a scalar.
+                Default 1 (the loss is the objective): the array computed by the forward is returned as is;
+                otherwise a new array ``dout * dscores``.
+
+        Returns:
+            ndarray: ``dscores``, same shape and dtype as the scores.
+
+        Raises:
+            RuntimeError: no forward has run yet.
+        """
+        if self._dscores is None:
+            raise RuntimeError(f"{type(self).__name__}: backward called before forward (no gradient computed yet)")
+        if isinstance(dout, np.ndarray) and dout.size == 1:
+            dout = dout.item()
+        if not isinstance(dout, numbers.Real) or isinstance(dout, bool):
+            raise TypeError(f"{type(self).__name__}.backward: dout must be a real scalar (the loss is a scalar), "
+                            f"got {dout!r}")
+        if dout == 1:
+            return self._dscores
+        return self._dscores * self._dscores.dtype.type(dout)
+
+
+class SoftmaxCrossEntropy(_DataLoss):
+    r"""Softmax cross-entropy: the mean negative log-probability of the correct class.
+
+    .. math::
+        L = \frac{1}{N}\sum_{i=1}^{N} L_i, \qquad
+        L_i = -\log\frac{e^{s_{i,y_i}}}{\sum_j e^{s_{ij}}} = \log\sum_j e^{s_{ij}} - s_{i,y_i}, \qquad
+        \frac{\partial L}{\partial s_{ij}} = \frac{p_{ij} - [j = y_i]}{N}
+
+    with :math:`p_{ij}` the softmax of row :math:`i`. ``torch.nn.CrossEntropyLoss()`` (mean reduction) computes the
+    same number. With small random scores every class is about equally likely and :math:`L \approx \ln C` (2.303 for
+    10 classes): the CS231n sanity check of the initial loss.
+
+    One fused pass per row: max-subtract, exponentiate, sum, then the loss and the gradient, which is written during
+    the forward (``backward()`` is free). Numerically stable for any finite scores (1e30 and -1e30 in one row give
+    a finite loss and the exact gradient); a score of -inf in a wrong class has probability 0.
+
+    Non-finite input: -inf at the target class gives a loss of +inf (a finite gradient: :math:`-1/N` there); a NaN
+    or +inf score anywhere in a row, or a row of only -inf, makes the loss NaN and that row of the gradient NaN.
+    Nothing raises: a diverging run sees the NaN/inf loss (cynet's Trainer stops on it).
+
+    Args: none.
+
+    Shape:
+        scores (N, C) float32 or float64 (non-contiguous input is copied); y (N,) integer labels in [0, C);
+        ``backward()`` -> (N, C), the dtype of the scores.
+
+    Attributes:
+        loss (float): the mean loss of the last forward (None before any).
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet.nn.loss import SoftmaxCrossEntropy
+        >>> loss = SoftmaxCrossEntropy()
+        >>> scores = np.zeros((4, 10), np.float32)
+        >>> round(loss(scores, np.array([0, 3, 9, 2])), 4)        # ln 10
+        2.3026
+        >>> loss.backward()[0, :3]                                 # (0.1 - [j = 0]) / 4
+        array([-0.225,  0.025,  0.025], dtype=float32)
+    """
+
+    def forward(self, scores, y):
+        """Mean cross-entropy of ``scores`` (N, C) against labels ``y`` (N,); also computes the gradient.
+
+        Returns:
+            float: the mean loss (also kept as ``self.loss``).
+        """
+        name = type(self).__name__
+        scores = _class_scores(name, scores)
+        labels = _labels(name, y, scores)
+        dscores = np.empty_like(scores)
+        row_loss = np.empty(scores.shape[0], np.float64)
+        self.loss = float(_k().softmax_cross_entropy(scores, labels, dscores, row_loss, get_num_threads()))
+        self._dscores = dscores
+        return self.loss
+
+    def probabilities(self, scores):
+        r"""The row-wise softmax :math:`p_{ij} = e^{s_{ij}} / \sum_k e^{s_{ik}}` of ``scores`` (N, C): class
+        probabilities, each row summing to 1 (same dtype as the scores). Does not change the cached gradient."""
+        scores = _class_scores(f"{type(self).__name__}.probabilities", scores)
+        out = np.empty_like(scores)
+        _k().softmax(scores, out, get_num_threads())
+        return out
+
+
+class MulticlassSVM(_DataLoss):
+    r"""Multiclass SVM (Weston-Watkins hinge) loss, as in CS231n: every wrong class should score at least ``margin``
+    below the correct one.
+
+    .. math::
+        L = \frac{1}{N}\sum_{i=1}^{N}\sum_{j \ne y_i} \max(0,\; s_{ij} - s_{i,y_i} + \Delta), \qquad
+        \frac{\partial L}{\partial s_{ij}} = \frac{[m_{ij} > 0]}{N}\ (j \ne y_i), \qquad
+        \frac{\partial L}{\partial s_{i,y_i}} = -\frac{1}{N}\sum_{j \ne y_i} [m_{ij} > 0]
+
+    with :math:`m_{ij} = s_{ij} - s_{i,y_i} + \Delta` the margins. ``torch.nn.MultiMarginLoss(margin=Δ)`` divides
+    each row by C as well: this loss is C times torch's. At :math:`m_{ij} = 0` the loss has a kink (the gradient
+    taken there is the right-hand one's complement, 0); :meth:`kink_state` reports which margins are active so that a
+    gradient check can skip entries whose perturbation crosses a kink.
+
+    Non-finite input: infinite scores give the limit where there is one (+inf in a wrong class: loss +inf; +inf at
+    the target: margins -inf, loss 0); NaN, or inf - inf in a margin, makes the loss NaN and puts NaN in the gradient
+    at that entry and at the target. Nothing raises.
+
+    Args:
+        margin (float): :math:`\Delta`, finite and >= 0. Default 1.0.
+
+    Shape:
+        scores (N, C) float32 or float64 (non-contiguous input is copied); y (N,) integer labels in [0, C);
+        ``backward()`` -> (N, C), the dtype of the scores.
+
+    Attributes:
+        loss (float): the mean loss of the last forward (None before any).
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet.nn.loss import MulticlassSVM
+        >>> svm = MulticlassSVM(margin=1.0)
+        >>> svm(np.array([[3.0, 5.0, -2.0]]), np.array([0]))      # max(0, 5 - 3 + 1) + max(0, -2 - 3 + 1)
+        3.0
+        >>> svm.backward()
+        array([[-1.,  1.,  0.]])
+    """
+
+    def __init__(self, margin=1.0):
+        super().__init__()
+        if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not math.isfinite(margin) \
+                or margin < 0:
+            raise ValueError(f"MulticlassSVM: margin must be a finite number >= 0, got {margin!r}")
+        self.margin = float(margin)
+        self._labels = None
+
+    def forward(self, scores, y):
+        """Mean hinge loss of ``scores`` (N, C) against labels ``y`` (N,); also computes the gradient.
+
+        Returns:
+            float: the mean loss (also kept as ``self.loss``).
+        """
+        name = type(self).__name__
+        scores = _class_scores(name, scores)
+        labels = _labels(name, y, scores)
+        dscores = np.empty_like(scores)
+        row_loss = np.empty(scores.shape[0], np.float64)
+        self.loss = float(_k().multiclass_svm(scores, labels, self.margin, dscores, row_loss, get_num_threads()))
+        self._dscores = dscores
+        self._labels = labels
+        return self.loss
+
+    def kink_state(self):
+        r"""Boolean (N, C) array of the active margins of the last forward, :math:`s_{ij} - s_{i,y_i} + \Delta > 0`
+        for :math:`j \ne y_i` (False at the targets), or None before any forward.
+
+        Read from the gradient the forward wrote (an active margin is exactly a :math:`1/N` entry), so it is the
+        kernel's own decision, computed in double precision."""
+        if self._dscores is None:
+            return None
+        active = self._dscores > 0
+        active[np.arange(active.shape[0]), self._labels] = False
+        return active
+
+    def extra_repr(self):
+        return f"margin={self.margin}"
+
+
+# --- regression ------------------------------------------------------------------------------------------------------
+class MSELoss(_DataLoss):
+    r"""Mean squared error over every element (PyTorch's ``MSELoss()``, ``reduction='mean'``).
+
+    .. math::
+        L = \frac{1}{n}\sum_{k=1}^{n} (\hat y_k - y_k)^2, \qquad
+        \frac{\partial L}{\partial \hat y_k} = \frac{2(\hat y_k - y_k)}{n}
+
+    with :math:`n` the number of elements (N times the features), not the batch size. Differences and the sum are
+    formed in double precision. inf or NaN in either array gives an inf or NaN loss (and gradient entries).
+
+    Args: none.
+
+    Shape:
+        scores (N, \*) float32 or float64, the predictions (any number of dimensions >= 1; non-contiguous input is
+        copied); y the targets, floating, the same shape (cast to the dtype of the predictions: a float64 target
+        for float32 predictions is rounded to float32). No broadcasting: a (N, 1) prediction with (N,) targets is
+        an error, not an (N, N) loss. ``backward()`` -> the shape and dtype of the predictions.
+
+    Attributes:
+        loss (float): the mean loss of the last forward (None before any).
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet.nn.loss import MSELoss
+        >>> mse = MSELoss()
+        >>> mse(np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[1.0, 0.0], [3.0, 5.0]]))   # (0 + 4 + 0 + 1) / 4
+        1.25
+        >>> mse.backward()
+        array([[ 0. ,  1. ],
+               [ 0. , -0.5]])
+    """
+
+    def forward(self, scores, y):
+        """Mean of ``(scores - y) ** 2`` over all elements; also computes the gradient.
+
+        Returns:
+            float: the mean loss (also kept as ``self.loss``).
+        """
+        name = type(self).__name__
+        pred = _float_scores(name, "scores (the predictions)", scores)
+        if pred.ndim < 1 or pred.shape[0] < 1 or pred.size < 1:
+            raise ValueError(f"{name}: scores must be an array of shape (N, ...) with N >= 1 and at least one "
+                             f"element, got {describe(pred)}")
+        target = np.asarray(y)
+        if target.dtype.kind != "f":
+            raise TypeError(f"{name}: targets y must be a floating-point array, got {describe(target)}")
+        if target.shape != pred.shape:
+            raise ValueError(f"{name}: targets y must have the shape of scores {pred.shape} (no broadcasting), got "
+                             f"{describe(target)}")
+        target = np.ascontiguousarray(target, dtype=pred.dtype)
+        dpred = np.empty_like(pred)
+        n = pred.size
+        partials = np.empty(_k().partials_length(n), np.float64)
+        self.loss = float(_k().mse(pred.reshape(-1), target.reshape(-1), dpred.reshape(-1), partials,
+                                   get_num_threads()))
+        self._dscores = dpred
+        return self.loss
+
+
+# --- regularisation --------------------------------------------------------------------------------------------------
+class L2Penalty:
+    r"""L2 regularisation of a model's weights, in the CS231n convention :math:`R = \tfrac{\lambda}{2}\sum W^2`.
+
+    .. math::
+        R(\text{model}) = \frac{\lambda}{2} \sum_{W} \sum_k W_k^2, \qquad \frac{\partial R}{\partial W} = \lambda W
+
+    over the parameters with ``ndim >= 2`` that require grad: the weight matrices and convolution kernels, not the
+    biases nor the 1-d gains and shifts of normalisation layers (penalising those only hurts), nor frozen parameters.
+    A parameter shared by several modules counts once.
+
+    The :math:`\tfrac12` makes the gradient :math:`\lambda W` (CS231n assignment 2's ``reg * W``), which is exactly
+    what an optimiser's ``weight_decay=λ`` adds to the gradient: use one or the other, not both. (Assignment 1
+    writes :math:`\lambda\sum W^2` with gradient :math:`2\lambda W`: the same penalty at twice the strength.)
+
+    The value is reported apart from the data loss; ``backward(model)`` *adds* :math:`\lambda W` into each weight's
+    ``grad`` (overwriting a gradient that was just zeroed), so call it after ``model.backward`` and before the
+    optimiser step.
+
+    Args:
+        strength (float): :math:`\lambda`, finite and >= 0 (0 turns it off).
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> from cynet.nn.loss import L2Penalty
+        >>> model = nn.Linear(3, 2)
+        >>> model.weight.data[...] = 1.0
+        >>> reg = L2Penalty(0.1)
+        >>> round(reg(model), 6)                 # 0.5 * 0.1 * 6 weights of 1 (the bias is not penalised)
+        0.3
+        >>> model.zero_grad(); reg.backward(model); model.weight.grad[0]
+        array([0.1, 0.1, 0.1], dtype=float32)
+    """
+
+    def __init__(self, strength):
+        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength) \
+                or strength < 0:
+            raise ValueError(f"L2Penalty: strength must be a finite number >= 0, got {strength!r}")
+        self.strength = float(strength)
+
+    def penalized(self, model):
+        """The ``(name, Parameter)`` pairs the penalty covers: ndim >= 2, requires_grad, each parameter once."""
+        if not callable(getattr(model, "named_parameters", None)):
+            raise TypeError(f"L2Penalty: model must be a cynet.nn.Module, got {type(model).__name__}")
+        seen, chosen = set(), []
+        for name, param in model.named_parameters():
+            if id(param) in seen or not param.requires_grad or param.data.ndim < 2 or param.data.size == 0:
+                continue
+            seen.add(id(param))
+            chosen.append((name, param))
+        return chosen
+
+    def __call__(self, model):
+        r"""The penalty :math:`\tfrac{\lambda}{2}\sum W^2` of ``model``'s weights (a Python float)."""
+        params = self.penalized(model)
+        if self.strength == 0:
+            return 0.0
+        k, n_threads = _k(), get_num_threads()
+        total = 0.0
+        for _, param in params:
+            w = param.data.reshape(-1)
+            total += k.sum_squares(w, np.empty(k.partials_length(w.size), np.float64), n_threads)
+        return 0.5 * self.strength * total
+
+    def backward(self, model):
+        r"""Add :math:`\lambda W` into the ``grad`` of each weight of ``model`` (nothing when :math:`\lambda = 0`)."""
+        params = self.penalized(model)
+        if self.strength == 0:
+            return
+        k, n_threads = _k(), get_num_threads()
+        for _, param in params:
+            buffer, fresh = param.grad_target()
+            k.l2_grad(param.data.reshape(-1), self.strength, buffer.reshape(-1), not fresh, n_threads)
+
+    def __repr__(self):
+        return f"L2Penalty(strength={self.strength!r})"

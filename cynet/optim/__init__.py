@@ -1,0 +1,29 @@
+"""Optimisers and learning-rate schedules: the update rules of CS231n's "Training Neural Networks" in PyTorch's API.
+
+Optimisers (:mod:`cynet.optim.optimizers`): :class:`SGD` (momentum, Nesterov), :class:`AdaGrad`, :class:`RMSProp`,
+:class:`Adam`, :class:`AdamW`. Each step is one fused Cython kernel per parameter, with PyTorch's formulas.
+
+Schedules (:mod:`cynet.optim.lr_scheduler`, re-exported here): :class:`StepLR`, :class:`MultiStepLR`,
+:class:`ExponentialLR`, :class:`InverseTimeLR`, :class:`CosineAnnealingLR`, :class:`LinearWarmup`,
+:class:`ReduceLROnPlateau`.
+
+Example:
+    >>> import numpy as np
+    >>> from cynet import nn, optim
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> opt = optim.Adam(model.parameters(), lr=1e-3)
+    >>> sched = optim.CosineAnnealingLR(opt, T_max=10)
+    >>> out = model(np.ones((5, 4), np.float32)); _ = model.backward(np.ones_like(out))
+    >>> opt.step(); opt.zero_grad(); sched.step()
+"""
+from cynet.optim import lr_scheduler
+from cynet.optim.lr_scheduler import (
+    CosineAnnealingLR, ExponentialLR, InverseTimeLR, LinearWarmup, LRScheduler, MultiStepLR, ReduceLROnPlateau,
+    StepLR,
+)
+from cynet.optim.optimizers import SGD, AdaGrad, Adam, AdamW, Optimizer, RMSProp
+
+__all__ = [
+    "Optimizer", "SGD", "AdaGrad", "RMSProp", "Adam", "AdamW", "lr_scheduler", "LRScheduler", "StepLR",
+    "MultiStepLR", "ExponentialLR", "InverseTimeLR", "CosineAnnealingLR", "LinearWarmup", "ReduceLROnPlateau",
+]

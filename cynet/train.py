@@ -1,0 +1,810 @@
+"""The mini-batch training loop of the lecture, with callbacks, a divergence guard and exact checkpoints.
+
+One iteration of :meth:`Trainer.fit` is the loop every CS231n solver runs::
+
+    model.zero_grad()
+    scores = model(x_batch)                                # forward
+    data_loss = loss.forward(scores, y_batch)              # mean data loss
+    reg_loss = regularization(model)                       # reported separately
+    model.backward(loss.backward(), input_grad=False)      # nobody needs d(loss)/d(input)
+    regularization.backward(model)                         # adds its gradient into the weights' grads
+    optimizer.step()
+
+and once per epoch, after the validation pass, ``scheduler.step()`` (``scheduler.step(val_loss)`` for
+:class:`~cynet.optim.lr_scheduler.ReduceLROnPlateau`).
+
+Each epoch visits the training set in the order of ``trainer.generator.permutation(n)``, a
+:class:`numpy.random.Generator` owned by the trainer and seeded with ``seed``; batches are gathered one at a time
+by fancy indexing (``x[indices]``), so the data set is never copied as a whole (a :class:`numpy.memmap` works).
+
+The divergence guard is always on: a NaN/inf loss, or a data loss above ``Trainer.divergence_factor`` (3) times the
+first iteration's, stops training at once with a :class:`DivergenceWarning` naming the iteration and the value,
+sets :attr:`Trainer.stop_reason`, and restores the weights from before the step that made things go wrong.
+
+Example:
+    >>> import numpy as np, cynet
+    >>> from cynet import nn, optim
+    >>> from cynet.nn.loss import SoftmaxCrossEntropy
+    >>> from cynet.train import Trainer, EarlyStopping
+    >>> _ = cynet.manual_seed(0)
+    >>> x = np.random.default_rng(0).normal(size=(200, 5)).astype(np.float32); y = (x[:, 0] > 0).astype(np.int64)
+    >>> model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 2))
+    >>> trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+    ...                   callbacks=[EarlyStopping(patience=3)], progress=False)
+    >>> history = trainer.fit(x, y, epochs=5, batch_size=32, validation=(x, y))
+    >>> len(history["train_loss"]) <= 5
+    True
+"""
+import contextlib
+import inspect
+import math
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from cynet import checkpoint as _checkpoint
+from cynet.nn.module import Module
+
+__all__ = ["Trainer", "Callback", "ProgressBar", "EarlyStopping", "ModelCheckpoint", "DivergenceWarning"]
+
+ITERATION_KEYS = ("loss", "reg_loss", "lr")
+EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_time")
+
+
+class DivergenceWarning(RuntimeWarning):
+    """Issued when the divergence guard stops training (NaN/inf loss, or a loss that exploded)."""
+
+
+# --- small checks ----------------------------------------------------------------------------------------------------
+def _int_at_least(op, name, value, low):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{op}: {name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
+def _check_data(op, x, y):
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim == 0 or y.ndim == 0:
+        raise ValueError(f"{op}: x and y must be arrays with one row per example, got shapes {x.shape} and "
+                         f"{y.shape}")
+    if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
+        raise TypeError(f"{op}: x and y must be numeric arrays, got dtypes {x.dtype} and {y.dtype}")
+    if len(x) != len(y):
+        raise ValueError(f"{op}: x and y must have the same length (one label per example), got {len(x)} and "
+                         f"{len(y)}")
+    if len(x) == 0:
+        raise ValueError(f"{op}: x and y are empty")
+    return x, y
+
+
+def _check_x(op, x):
+    x = np.asarray(x)
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError(f"{op}: x must hold at least one example, got shape {x.shape}")
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"{op}: x must be a numeric array, got dtype {x.dtype}")
+    return x
+
+
+def _correct(scores, y):
+    """Number of rows whose arg-max score is the label, or None when accuracy does not apply (regression)."""
+    if scores.ndim != 2 or y.ndim != 1 or y.dtype.kind not in "iu":
+        return None
+    return int(np.count_nonzero(np.argmax(scores, axis=1) == y))
+
+
+def _resolve_mode(owner, monitor, mode):
+    if mode == "auto":
+        return "max" if monitor.endswith("acc") else "min"
+    if mode not in ("min", "max"):
+        raise ValueError(f"{owner}: mode must be 'auto', 'min' or 'max', got {mode!r}")
+    return mode
+
+
+def _check_monitor(owner, monitor):
+    if monitor not in EPOCH_KEYS or monitor == "epoch_time":
+        raise ValueError(f"{owner}: monitor must be one of 'val_acc', 'val_loss', 'train_acc', 'train_loss', "
+                         f"got {monitor!r}")
+    return monitor
+
+
+def _wants_metric(scheduler):
+    """True for schedulers whose ``step`` needs a metric (ReduceLROnPlateau)."""
+    try:
+        from cynet.optim.lr_scheduler import ReduceLROnPlateau
+        if isinstance(scheduler, ReduceLROnPlateau):
+            return True
+    except ImportError:
+        pass
+    try:
+        parameters = inspect.signature(scheduler.step).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+               for p in parameters)
+
+
+# --- callbacks -------------------------------------------------------------------------------------------------------
+class Callback:
+    """Base class of trainer callbacks: override the hooks you need; each receives the :class:`Trainer`.
+
+    Hooks run in this order: ``on_train_begin`` once per :meth:`Trainer.fit`, then per epoch ``on_epoch_begin``,
+    ``on_batch_end`` after every optimiser step, ``on_epoch_end`` (after validation, the scheduler step and the
+    epoch counter's increment, so ``trainer.history`` holds the epoch's numbers), and ``on_train_end`` once,
+    whatever ends the run (last epoch, a stop, the divergence guard, an exception or KeyboardInterrupt).
+
+    A callback stops training with ``trainer.stop(reason)``. State that must survive a checkpoint goes through
+    :meth:`state_dict` / :meth:`load_state_dict` (flat: str -> ndarray or JSON scalar).
+
+    Example:
+        >>> from cynet.train import Callback
+        >>> class PrintLR(Callback):
+        ...     def on_epoch_end(self, trainer):
+        ...         print(trainer.epoch, trainer.optimizer.lr)
+    """
+
+    def on_train_begin(self, trainer):
+        pass
+
+    def on_epoch_begin(self, trainer):
+        pass
+
+    def on_batch_end(self, trainer):
+        pass
+
+    def on_epoch_end(self, trainer):
+        pass
+
+    def on_train_end(self, trainer):
+        pass
+
+    def state_dict(self):
+        """Flat state saved in trainer checkpoints (default: nothing)."""
+        return {}
+
+    def load_state_dict(self, state):
+        """Restore :meth:`state_dict`'s output."""
+
+
+class _BestTracker(Callback):
+    """Shared bookkeeping of callbacks that watch one per-epoch number for improvements."""
+
+    def __init__(self, owner, monitor, mode, min_delta=0.0):
+        self.monitor = _check_monitor(owner, monitor)
+        self.mode = _resolve_mode(owner, monitor, mode)
+        self.min_delta = float(min_delta)
+        if not math.isfinite(self.min_delta) or self.min_delta < 0:
+            raise ValueError(f"{owner}: min_delta must be a finite number >= 0, got {min_delta!r}")
+        self._owner = owner
+        self.best = None
+        self.best_epoch = None
+
+    def _require_validation(self, trainer):
+        if self.monitor.startswith("val_") and not trainer.has_validation:
+            raise ValueError(f"{self._owner}: monitor={self.monitor!r} needs validation data: pass "
+                             f"fit(..., validation=(x_val, y_val)) or monitor a 'train_' value")
+
+    def _improved(self, value):
+        if not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        if self.mode == "max":
+            return value > self.best + self.min_delta
+        return value < self.best - self.min_delta
+
+    def state_dict(self):
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state):
+        self.best = state.get("best")
+        self.best_epoch = state.get("best_epoch")
+
+
+class EarlyStopping(_BestTracker):
+    """Stop when a monitored number stops improving, and put the best weights back.
+
+    After each epoch, ``monitor`` counts as improved when it beats the best so far by more than ``min_delta``
+    (higher is better for accuracies, lower for losses). After ``patience`` epochs in a row without improvement,
+    training stops. With ``restore_best_weights`` the model gets the weights of the best epoch back at the end
+    of every :meth:`Trainer.fit`, whatever ended it (early stop, last epoch, the divergence guard, an exception,
+    KeyboardInterrupt).
+
+    The best value, the count of epochs without improvement and the best weights carry over between ``fit`` calls
+    and are saved in trainer checkpoints; :meth:`reset` starts afresh.
+
+    Args:
+        monitor (str): "val_acc" (default), "val_loss", "train_acc" or "train_loss".
+        patience (int): epochs without improvement tolerated before stopping. Default 5.
+        min_delta (float): the smallest change that counts as an improvement. Default 0.
+        restore_best_weights (bool): restore the best epoch's weights at the end. Default True.
+        mode (str): "auto" (default: "max" for accuracies, "min" for losses), "min" or "max".
+
+    Example:
+        >>> from cynet.train import EarlyStopping
+        >>> stopper = EarlyStopping(monitor="val_loss", patience=3)
+    """
+
+    def __init__(self, monitor="val_acc", patience=5, min_delta=0, restore_best_weights=True, mode="auto"):
+        super().__init__("EarlyStopping", monitor, mode, min_delta)
+        self.patience = _int_at_least("EarlyStopping", "patience", patience, 0)
+        self.restore_best_weights = bool(restore_best_weights)
+        self.wait = 0
+        self.best_state = None
+
+    def reset(self):
+        """Forget the best value, the waiting count and the best weights."""
+        self.best = None
+        self.best_epoch = None
+        self.wait = 0
+        self.best_state = None
+
+    def on_train_begin(self, trainer):
+        self._require_validation(trainer)
+
+    def on_epoch_end(self, trainer):
+        value = trainer.history[self.monitor][-1]
+        if self._improved(value):
+            self.best = float(value)
+            self.best_epoch = trainer.epoch
+            self.wait = 0
+            if self.restore_best_weights:
+                self.best_state = trainer.model.state_dict()
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            trainer.stop(f"early stopping: {self.monitor} did not improve on {self.best:.6g} (epoch "
+                         f"{self.best_epoch}) for {self.wait} epochs")
+
+    def on_train_end(self, trainer):
+        if self.restore_best_weights and self.best_state is not None:
+            trainer.model.load_state_dict(self.best_state)
+
+    def state_dict(self):
+        state = super().state_dict()
+        state["wait"] = self.wait
+        state["has_best_state"] = self.best_state is not None
+        if self.best_state is not None:
+            state.update({"best_state." + key: value for key, value in self.best_state.items()})
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.wait = int(state.get("wait", 0))
+        if state.get("has_best_state"):
+            prefix = "best_state."
+            self.best_state = {key[len(prefix):]: np.array(value) for key, value in state.items()
+                               if key.startswith(prefix)}
+        else:
+            self.best_state = None
+
+    def __repr__(self):
+        return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, min_delta={self.min_delta}, "
+                f"restore_best_weights={self.restore_best_weights})")
+
+
+class ModelCheckpoint(_BestTracker):
+    """Save the model (:func:`cynet.checkpoint.save_model`) to ``path`` each time ``monitor`` reaches a new best.
+
+    The file is written atomically, so ``path`` always holds a complete copy of the best model so far. Load it
+    with :func:`cynet.checkpoint.load_model`.
+
+    Args:
+        path (str or os.PathLike): destination file (written exactly there, e.g. "best.npz").
+        monitor (str): "val_acc" (default), "val_loss", "train_acc" or "train_loss".
+        mode (str): "auto" (default), "min" or "max", as for :class:`EarlyStopping`.
+
+    Example:
+        >>> from cynet.train import ModelCheckpoint
+        >>> saver = ModelCheckpoint("best.npz", monitor="val_acc")
+    """
+
+    def __init__(self, path, monitor="val_acc", mode="auto"):
+        super().__init__("ModelCheckpoint", monitor, mode)
+        self.path = path
+
+    def on_train_begin(self, trainer):
+        self._require_validation(trainer)
+
+    def on_epoch_end(self, trainer):
+        value = trainer.history[self.monitor][-1]
+        if self._improved(value):
+            self.best = float(value)
+            self.best_epoch = trainer.epoch
+            _checkpoint.save_model(self.path, trainer.model)
+
+    def __repr__(self):
+        return f"ModelCheckpoint({self.path!r}, monitor={self.monitor!r})"
+
+
+class ProgressBar(Callback):
+    """A tqdm progress bar per epoch showing the running loss and accuracy, then the validation numbers.
+
+    :class:`Trainer` adds one when ``progress=True``. Without tqdm installed it prints one line per epoch.
+
+    Args:
+        file: stream to write to (default: tqdm's, stderr).
+
+    Example:
+        >>> import io
+        >>> from cynet.train import ProgressBar
+        >>> bar = ProgressBar(file=io.StringIO())
+    """
+
+    def __init__(self, file=None):
+        self.file = file
+        self._bar = None
+
+    def _tqdm(self):
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return None
+        return tqdm
+
+    def on_epoch_begin(self, trainer):
+        tqdm = self._tqdm()
+        if tqdm is not None:
+            self._bar = tqdm(total=trainer.batches_per_epoch, desc=f"epoch {trainer.epoch + 1}/{trainer.epochs}",
+                             unit="batch", file=self.file, leave=True, dynamic_ncols=True)
+
+    def on_batch_end(self, trainer):
+        if self._bar is not None:
+            self._bar.set_postfix(self._postfix(trainer.running_loss, trainer.running_acc), refresh=False)
+            self._bar.update(1)
+
+    @staticmethod
+    def _postfix(loss, acc, val_loss=math.nan, val_acc=math.nan):
+        postfix = {"loss": f"{loss:.4f}"}
+        if math.isfinite(acc):
+            postfix["acc"] = f"{acc:.4f}"
+        if math.isfinite(val_loss):
+            postfix["val_loss"] = f"{val_loss:.4f}"
+        if math.isfinite(val_acc):
+            postfix["val_acc"] = f"{val_acc:.4f}"
+        return postfix
+
+    def on_epoch_end(self, trainer):
+        h = trainer.history
+        postfix = self._postfix(h["train_loss"][-1], h["train_acc"][-1], h["val_loss"][-1], h["val_acc"][-1])
+        if self._bar is not None:
+            self._bar.set_postfix(postfix)
+            self._bar.close()
+            self._bar = None
+        else:
+            text = ", ".join(f"{k} {v}" for k, v in postfix.items())
+            print(f"epoch {trainer.epoch}/{trainer.epochs}: {text} ({h['epoch_time'][-1]:.1f} s)",
+                  file=self.file or sys.stderr)
+
+    def on_train_end(self, trainer):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if trainer.stop_reason:
+            print(f"stopped: {trainer.stop_reason}", file=self.file or sys.stderr)
+
+
+# --- the trainer -----------------------------------------------------------------------------------------------------
+class Trainer:
+    """Mini-batch training of a cynet model: the lecture's loop, history, callbacks and exact checkpoints.
+
+    Args:
+        model (cynet.nn.Module): the network; its output is the scores the loss reads.
+        loss: a data loss with ``forward(scores, y) -> float`` (the batch mean) and ``backward() -> dscores``
+            (e.g. :class:`cynet.nn.loss.SoftmaxCrossEntropy`).
+        optimizer: a :mod:`cynet.optim` optimiser over the model's parameters (``step``, ``lr``, ``state_dict``).
+        scheduler: optional learning-rate schedule from :mod:`cynet.optim.lr_scheduler`, stepped once per epoch
+            (a ReduceLROnPlateau gets the validation loss, or the training loss when there is no validation).
+            Default None.
+        regularization: optional penalty such as :class:`cynet.nn.loss.L2Penalty`: ``regularization(model)``
+            gives its value (history "reg_loss") and ``regularization.backward(model)`` adds its gradient.
+            Default None.
+        callbacks (iterable of Callback): hooks run during :meth:`fit`. Default ().
+        batch_transform (callable): ``batch_transform(xb, rng) -> float array`` applied to every batch, for
+            augmentation or preprocessing (``xb`` may be uint8). During training ``rng`` is the trainer's
+            generator; for :meth:`evaluate`, :meth:`predict` and validation it is called as
+            ``batch_transform(xb, None)``, which must mean "no randomness" (for example a centre crop instead of a
+            random one, no flip). Default None. Batches whose dtype differs from the model's parameters are then
+            cast to it (so uint8 images without a transform become float32 of the same values).
+        seed (int): seeds :attr:`generator`, the source of the shuffling order (and of the transform's
+            randomness). Default 0.
+        progress (bool): show a :class:`ProgressBar` (tqdm). Default True.
+
+    Attributes:
+        history (dict[str, list[float]]): per iteration "loss" (data loss), "reg_loss", "lr"; per completed
+            epoch "train_loss" (mean data loss over the epoch's examples), "train_acc" (accuracy on the batches
+            *as they were trained on*: with dropout active and the weights changing during the epoch, so usually
+            a little below an :meth:`evaluate` of the final weights; NaN when the labels are not class indices),
+            "val_loss", "val_acc" (NaN without validation data) and "epoch_time" (seconds, validation included).
+        epoch (int): epochs completed.
+        iteration (int): training iterations run (one per entry of ``history["loss"]``; a diverged iteration is
+            counted and recorded but takes no step).
+        stop_reason (str or None): why the last :meth:`fit` stopped early (None when it ran all its epochs).
+        generator (numpy.random.Generator): the trainer's random source.
+        divergence_factor (float): class attribute, 3.0: the guard stops when a data loss exceeds this many times
+            the first iteration's (when that was positive). Right for classification, where the first loss is
+            about log(C) on every batch; for a regression loss on small, noisy batches a single batch can exceed
+            3x by chance: set a larger factor on the instance (``trainer.divergence_factor = 20``).
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn, optim
+        >>> from cynet.nn.loss import SoftmaxCrossEntropy
+        >>> from cynet.train import Trainer
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False)
+        >>> x = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32); y = np.arange(30) % 3
+        >>> _ = trainer.fit(x, y, epochs=2, batch_size=10)
+        >>> trainer.epoch, len(trainer.history["loss"])
+        (2, 6)
+    """
+
+    divergence_factor = 3.0
+
+    def __init__(self, model, loss, optimizer, *, scheduler=None, regularization=None, callbacks=(),
+                 batch_transform=None, seed=0, progress=True):
+        if not isinstance(model, Module):
+            raise TypeError(f"Trainer: model must be a cynet.nn.Module, got {type(model).__name__}")
+        for name in ("forward", "backward"):
+            if not callable(getattr(loss, name, None)):
+                raise TypeError(f"Trainer: loss must have forward(scores, y) and backward(), got {loss!r}")
+        for name in ("step", "zero_grad", "state_dict", "load_state_dict"):
+            if not callable(getattr(optimizer, name, None)):
+                raise TypeError(f"Trainer: optimizer must be a cynet.optim optimiser (step, zero_grad, state_dict, "
+                                f"load_state_dict), got {optimizer!r}")
+        if scheduler is not None and not callable(getattr(scheduler, "step", None)):
+            raise TypeError(f"Trainer: scheduler must have a step() method, got {scheduler!r}")
+        if regularization is not None and not (callable(regularization)
+                                               and callable(getattr(regularization, "backward", None))):
+            raise TypeError(f"Trainer: regularization must be callable as penalty(model) and have "
+                            f"backward(model), got {regularization!r}")
+        if batch_transform is not None and not callable(batch_transform):
+            raise TypeError(f"Trainer: batch_transform must be callable as f(xb, rng), got {batch_transform!r}")
+        callbacks = list(callbacks)
+        for callback in callbacks:
+            if not isinstance(callback, Callback):
+                raise TypeError(f"Trainer: callbacks must be cynet.train.Callback instances, got {callback!r}")
+        seed = _int_at_least("Trainer", "seed", seed, 0)
+        if progress and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(ProgressBar())
+
+        self.model = model
+        self.loss = loss
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.regularization = regularization
+        self.batch_transform = batch_transform
+        self.callbacks = callbacks
+        self.seed = seed
+        self.generator = np.random.default_rng(seed)
+        self.history = {key: [] for key in ITERATION_KEYS + EPOCH_KEYS}
+        self.epoch = 0
+        self.iteration = 0
+        self.stop_reason = None
+        self.stop_training = False
+        # during fit, for callbacks
+        self.epochs = None
+        self.batches_per_epoch = None
+        self.has_validation = False
+        self.running_loss = math.nan
+        self.running_acc = math.nan
+        self._first_loss = None
+        self._snapshot = None
+        self._snapshot_valid = False
+
+    # --- helpers -----------------------------------------------------------------------------------------------------
+    def _call(self, hook):
+        for callback in self.callbacks:
+            getattr(callback, hook)(self)
+
+    def _model_dtype(self):
+        for param in self.model.parameters():
+            return param.data.dtype
+        return None
+
+    def _prepare(self, xb, rng, dtype):
+        if self.batch_transform is not None:
+            xb = np.asarray(self.batch_transform(xb, rng))
+        if dtype is not None and xb.dtype != dtype:
+            xb = xb.astype(dtype)
+        return xb
+
+    @contextlib.contextmanager
+    def _eval_mode(self):
+        """Evaluation mode for the block; every module's own previous mode comes back afterwards, even on error."""
+        modes = [(module, module.training) for module in self.model.modules()]
+        self.model.eval()
+        try:
+            yield
+        finally:
+            for module, mode in modes:
+                object.__setattr__(module, "training", mode)
+
+    def stop(self, reason):
+        """Ask :meth:`fit` to stop after the current batch (for callbacks); ``reason`` goes to :attr:`stop_reason`."""
+        self.stop_training = True
+        self.stop_reason = str(reason)
+
+    # --- training ----------------------------------------------------------------------------------------------------
+    def fit(self, x, y, epochs, batch_size=256, validation=None, shuffle=True):
+        """Train until :attr:`epoch` reaches ``epochs`` (a total, not a count of further epochs).
+
+        After loading a checkpoint saved at epoch 2, ``fit(x, y, epochs=4)`` runs epochs 3 and 4. A run ends
+        early when a callback stops it (:class:`EarlyStopping`) or the divergence guard fires; an epoch cut short
+        leaves no per-epoch entry in the history and does not count in :attr:`epoch`.
+
+        Args:
+            x (array_like): training inputs, one example per row (any numeric dtype; see ``batch_transform``).
+            y (array_like): labels (class indices for classification losses), ``len(y) == len(x)``.
+            epochs (int): the epoch count to reach, >= 0.
+            batch_size (int): examples per step (the last batch of an epoch may be smaller). Default 256.
+            validation (tuple): optional ``(x_val, y_val)``, evaluated after every epoch. Default None.
+            shuffle (bool): visit the examples in a fresh random order each epoch (default); False keeps the
+                data order.
+
+        Returns:
+            dict[str, list[float]]: :attr:`history`.
+
+        Raises:
+            ValueError: mismatched lengths, empty data, ``batch_size < 1`` or ``epochs < 0``.
+
+        Example:
+            >>> history = trainer.fit(x_train, y_train, epochs=10, batch_size=128,
+            ...                       validation=(x_val, y_val))  # doctest: +SKIP
+            >>> history["val_acc"][-1], trainer.stop_reason  # doctest: +SKIP
+            (0.52, None)
+        """
+        x, y = _check_data("Trainer.fit", x, y)
+        epochs = _int_at_least("Trainer.fit", "epochs", epochs, 0)
+        batch_size = _int_at_least("Trainer.fit", "batch_size", batch_size, 1)
+        if validation is not None:
+            if not isinstance(validation, (tuple, list)) or len(validation) != 2:
+                raise ValueError("Trainer.fit: validation must be a pair (x_val, y_val)")
+            validation = _check_data("Trainer.fit (validation)", *validation)
+        if epochs <= self.epoch:
+            if self.epoch > 0:
+                warnings.warn(f"Trainer.fit: epochs={epochs} is the total to reach and {self.epoch} epochs are "
+                              f"already done: nothing to train (pass epochs={self.epoch + epochs} for {epochs} "
+                              f"more)", stacklevel=2)
+            return self.history
+
+        self.epochs = epochs
+        self.batches_per_epoch = -(-len(x) // batch_size)
+        self.has_validation = validation is not None
+        self.stop_training = False
+        self.stop_reason = None
+        self._snapshot = [np.empty_like(p.data) for p in self.model.parameters()]
+        self._snapshot_valid = False
+        self.model.train()
+        self._call("on_train_begin")
+        try:
+            while self.epoch < epochs and not self.stop_training:
+                self._run_epoch(x, y, batch_size, shuffle, validation)
+        except KeyboardInterrupt:
+            self.stop_reason = f"interrupted (KeyboardInterrupt) during epoch {self.epoch + 1}"
+            raise
+        finally:
+            self._snapshot = None
+            self._call("on_train_end")
+        return self.history
+
+    def _run_epoch(self, x, y, batch_size, shuffle, validation):
+        start = time.perf_counter()
+        self._call("on_epoch_begin")
+        n = len(x)
+        order = self.generator.permutation(n) if shuffle else None
+        dtype = self._model_dtype()
+        loss_sum, seen, correct, counted = 0.0, 0, 0, 0
+        self.running_loss = self.running_acc = math.nan
+        for lo in range(0, n, batch_size):
+            hi = min(lo + batch_size, n)
+            if order is None:
+                xb, yb = x[lo:hi], y[lo:hi]
+            else:
+                index = order[lo:hi]
+                xb, yb = x[index], y[index]
+            xb = self._prepare(xb, self.generator, dtype)
+            result = self._step(xb, yb)
+            if result is None:          # diverged
+                return
+            data_loss, batch_correct = result
+            loss_sum += data_loss * (hi - lo)
+            seen += hi - lo
+            if batch_correct is not None:
+                correct += batch_correct
+                counted += hi - lo
+            self.running_loss = loss_sum / seen
+            self.running_acc = correct / counted if counted else math.nan
+            self._call("on_batch_end")
+            if self.stop_training:
+                return
+
+        history = self.history
+        history["train_loss"].append(loss_sum / seen)
+        history["train_acc"].append(correct / counted if counted else math.nan)
+        if validation is not None:
+            val_loss, val_acc = self.evaluate(*validation)
+        else:
+            val_loss, val_acc = math.nan, math.nan
+        history["val_loss"].append(val_loss)
+        history["val_acc"].append(val_acc)
+        if self.scheduler is not None:
+            if _wants_metric(self.scheduler):
+                self.scheduler.step(val_loss if validation is not None else history["train_loss"][-1])
+            else:
+                self.scheduler.step()
+        self.epoch += 1
+        history["epoch_time"].append(time.perf_counter() - start)
+        self._call("on_epoch_end")
+
+    def _step(self, xb, yb):
+        """One iteration; ``(data_loss, correct)`` or None when the divergence guard stopped training."""
+        model = self.model
+        model.zero_grad()
+        scores = model.forward(xb)
+        data_loss = float(self.loss.forward(scores, yb))
+        reg_loss = float(self.regularization(model)) if self.regularization is not None else 0.0
+        self.iteration += 1
+        self.history["loss"].append(data_loss)
+        self.history["reg_loss"].append(reg_loss)
+        self.history["lr"].append(float(self.optimizer.lr))
+
+        problem = None
+        if not math.isfinite(data_loss):
+            problem = f"loss {data_loss} is not finite"
+        elif not math.isfinite(reg_loss):
+            problem = f"regularization loss {reg_loss} is not finite"
+        elif self._first_loss is None:
+            self._first_loss = data_loss
+        elif self._first_loss > 0 and data_loss > self.divergence_factor * self._first_loss:
+            problem = (f"loss {data_loss:.6g} is more than {self.divergence_factor:g}x the first iteration's loss "
+                       f"{self._first_loss:.6g}")
+        if problem is not None:
+            self._diverged(problem)
+            return None
+
+        model.backward(self.loss.backward(), input_grad=False)
+        if self.regularization is not None:
+            self.regularization.backward(model)
+        for buffer, param in zip(self._snapshot, model.parameters()):
+            np.copyto(buffer, param.data)
+        self._snapshot_valid = True
+        self.optimizer.step()
+        return data_loss, _correct(scores, yb)
+
+    def _diverged(self, problem):
+        if self._snapshot_valid:
+            for buffer, param in zip(self._snapshot, self.model.parameters()):
+                np.copyto(param.data, buffer)
+            restored = (f"restored the weights from before the last step (those of iteration {self.iteration - 1}, "
+                        f"loss {self.history['loss'][-2]:.6g})")
+        else:
+            restored = "no step was taken in this run, so the weights are unchanged"
+        self.stop(f"diverged at iteration {self.iteration} (epoch {self.epoch + 1}): {problem}; {restored}")
+        warnings.warn(f"Trainer: training {self.stop_reason}. Try a smaller learning rate.", DivergenceWarning,
+                      stacklevel=5)
+
+    # --- inference ---------------------------------------------------------------------------------------------------
+    def _scores(self, x, batch_size):
+        """Yield ``(lo, hi, scores)`` per batch with the transform's deterministic form (callers hold eval mode)."""
+        dtype = self._model_dtype()
+        for lo in range(0, len(x), batch_size):
+            hi = min(lo + batch_size, len(x))
+            yield lo, hi, self.model.forward(self._prepare(x[lo:hi], None, dtype))
+
+    def evaluate(self, x, y, batch_size=1024):
+        """Mean data loss and accuracy of the model on ``(x, y)``, in evaluation mode, batch by batch.
+
+        Dropout is off and batch statistics are not used (every module's previous mode comes back afterwards,
+        also on error); ``batch_transform`` runs as ``batch_transform(xb, None)``; no gradient is touched. The
+        regularization penalty is not included.
+
+        Args:
+            x (array_like): inputs. y (array_like): labels, same length.
+            batch_size (int): examples per forward pass (bounds the memory). Default 1024.
+
+        Returns:
+            tuple: ``(loss, accuracy)`` as floats; accuracy is NaN when the labels are not class indices.
+
+        Example:
+            >>> loss, acc = trainer.evaluate(x_val, y_val)  # doctest: +SKIP
+        """
+        x, y = _check_data("Trainer.evaluate", x, y)
+        batch_size = _int_at_least("Trainer.evaluate", "batch_size", batch_size, 1)
+        total, correct, counted = 0.0, 0, 0
+        with self._eval_mode():
+            for lo, hi, scores in self._scores(x, batch_size):
+                yb = y[lo:hi]
+                total += float(self.loss.forward(scores, yb)) * (hi - lo)
+                batch_correct = _correct(scores, yb)
+                if batch_correct is not None:
+                    correct += batch_correct
+                    counted += hi - lo
+        return total / len(x), (correct / counted if counted else math.nan)
+
+    def predict(self, x, batch_size=1024):
+        """Predicted class (the arg-max score) of every example, in evaluation mode, batch by batch.
+
+        Args:
+            x (array_like): inputs.
+            batch_size (int): examples per forward pass. Default 1024.
+
+        Returns:
+            numpy.ndarray: int64 labels of shape (N,).
+
+        Example:
+            >>> labels = trainer.predict(x_test)  # doctest: +SKIP
+        """
+        x = _check_x("Trainer.predict", x)
+        batch_size = _int_at_least("Trainer.predict", "batch_size", batch_size, 1)
+        labels = np.empty(len(x), dtype=np.int64)
+        with self._eval_mode():
+            for lo, hi, scores in self._scores(x, batch_size):
+                labels[lo:hi] = np.argmax(scores, axis=1)
+        return labels
+
+    def predict_proba(self, x, batch_size=1024):
+        """Class probabilities of every example (the loss's ``probabilities(scores)``), in evaluation mode.
+
+        Needs a loss that defines probabilities, such as :class:`cynet.nn.loss.SoftmaxCrossEntropy` (an SVM's
+        scores are not probabilities).
+
+        Args:
+            x (array_like): inputs.
+            batch_size (int): examples per forward pass. Default 1024.
+
+        Returns:
+            numpy.ndarray: shape (N, C), rows summing to 1.
+
+        Raises:
+            TypeError: the loss has no ``probabilities`` method.
+        """
+        probabilities = getattr(self.loss, "probabilities", None)
+        if not callable(probabilities):
+            raise TypeError(f"Trainer.predict_proba: {type(self.loss).__name__} does not define probabilities "
+                            f"(use SoftmaxCrossEntropy, or predict() for labels)")
+        x = _check_x("Trainer.predict_proba", x)
+        batch_size = _int_at_least("Trainer.predict_proba", "batch_size", batch_size, 1)
+        out = None
+        with self._eval_mode():
+            for lo, hi, scores in self._scores(x, batch_size):
+                p = np.asarray(probabilities(scores))
+                if out is None:
+                    out = np.empty((len(x),) + p.shape[1:], dtype=p.dtype)
+                out[lo:hi] = p
+        return out
+
+    # --- checkpoints -------------------------------------------------------------------------------------------------
+    def save_checkpoint(self, path):
+        """Save the full training state to ``path`` (atomically): model, optimiser, scheduler, callbacks, random
+        states, history and counters. See :mod:`cynet.checkpoint` for the layout.
+
+        Example:
+            >>> trainer.save_checkpoint("run.npz")  # doctest: +SKIP
+        """
+        _checkpoint.save_trainer(path, self)
+
+    def load_checkpoint(self, path):
+        """Restore a state saved by :meth:`save_checkpoint`; a following :meth:`fit` resumes exactly.
+
+        Build the trainer as for the original run (same architecture, optimiser and scheduler types), load, then
+        call ``fit`` with the same total ``epochs``.
+
+        Returns:
+            Trainer: self.
+
+        Raises:
+            cynet.checkpoint.CheckpointError: unreadable file or a state that does not fit this trainer.
+
+        Example:
+            >>> trainer.load_checkpoint("run.npz").fit(x, y, epochs=10)  # doctest: +SKIP
+        """
+        _checkpoint.load_trainer(path, self)
+        return self
+
+    def __repr__(self):
+        return (f"Trainer(model={type(self.model).__name__}, loss={type(self.loss).__name__}, "
+                f"optimizer={type(self.optimizer).__name__}, epoch={self.epoch})")

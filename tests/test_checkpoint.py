@@ -1,0 +1,333 @@
+"""Checkpoints (cynet.checkpoint and Trainer.save_checkpoint/load_checkpoint): the file format, atomic writes,
+clear errors for bad files, model round trips and bit-exact resumption of training."""
+import io
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import cynet
+from cynet import checkpoint, nn, optim
+from cynet.checkpoint import CheckpointError
+from cynet.nn.loss import L2Penalty, SoftmaxCrossEntropy
+from cynet.optim.lr_scheduler import StepLR
+from cynet.train import Callback, EarlyStopping, Trainer
+
+
+def blobs(n, d=6, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    x = 2.0 * np.eye(classes, d)[y] + 0.8 * rng.standard_normal((n, d))
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def mlp(h=12, dropout=0.3, seed=0, dropout_generator=None):
+    return nn.Sequential(nn.Linear(6, h, generator=seed), nn.ReLU(), nn.Dropout(dropout, generator=dropout_generator),
+                         nn.Linear(h, 3, generator=seed + 1))
+
+
+def assert_same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for key in sa:
+        np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
+
+
+# --- the file format -------------------------------------------------------------------------------------------------
+def test_save_load_round_trip(tmp_path):
+    path = tmp_path / "state.npz"
+    arrays = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "count": np.array(7, np.int64),
+              "empty": np.zeros((0, 5), np.float64), "name": np.array("ünïcode"), "flags": np.array([True, False])}
+    meta = {"epoch": 3, "nested": {"lr": 0.1, "list": [1, 2.5, None]}, "text": "héllo", "inf": float("inf")}
+    checkpoint.save(path, arrays, meta)
+    got, got_meta = checkpoint.load(path)
+    assert set(got) == set(arrays)
+    for key, value in arrays.items():
+        assert got[key].dtype == value.dtype and got[key].shape == value.shape
+        np.testing.assert_array_equal(got[key], value)
+    assert got_meta["format"] == "cynet-checkpoint" and got_meta["format_version"] == checkpoint.FORMAT_VERSION
+    assert {k: got_meta[k] for k in meta} == meta
+    # a plain .npz: readable by numpy alone, without pickle, the header a 0-d unicode array of JSON
+    with np.load(path, allow_pickle=False) as raw:
+        header = raw["__meta__"]
+        assert header.shape == () and header.dtype.kind == "U"
+        assert json.loads(str(header))["epoch"] == 3
+    assert sorted(os.listdir(tmp_path)) == ["state.npz"]     # no temporary file left behind
+
+
+def test_save_writes_exactly_the_given_path_and_overwrites(tmp_path):
+    path = tmp_path / "ckpt"
+    checkpoint.save(path, {"a": np.ones(2)}, {"v": 1})
+    checkpoint.save(str(path), {"a": np.zeros(3)}, {"v": 2})
+    arrays, meta = checkpoint.load(path)
+    assert meta["v"] == 2 and arrays["a"].tolist() == [0.0, 0.0, 0.0]
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+
+
+def test_save_rejects_what_it_cannot_store_without_pickle(tmp_path):
+    path = tmp_path / "x.npz"
+    with pytest.raises(TypeError, match="object"):
+        checkpoint.save(path, {"bad": np.array([{"a": 1}], dtype=object)}, {})
+    with pytest.raises(TypeError, match="JSON"):
+        checkpoint.save(path, {}, {"when": object()})
+    with pytest.raises(ValueError, match="reserved"):
+        checkpoint.save(path, {"__meta__": np.zeros(1)}, {})
+    with pytest.raises(ValueError, match="separator"):
+        checkpoint.save(path, {"a/b": np.zeros(1)}, {})
+    assert not path.exists() and os.listdir(tmp_path) == []
+
+
+def test_a_failing_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "model.npz"
+    checkpoint.save(path, {"w": np.full(1000, 1.0)}, {"version": "old"})
+    before = path.read_bytes()
+
+    def broken_savez(file, *args, **kwargs):
+        file.write(b"PK\x03\x04 half an archive")          # some bytes reach the (temporary) file first
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save(path, {"w": np.full(1000, 2.0)}, {"version": "new"})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    arrays, meta = checkpoint.load(path)
+    assert meta["version"] == "old" and np.all(arrays["w"] == 1.0)
+    assert os.listdir(tmp_path) == ["model.npz"]
+
+    # an interrupted write (KeyboardInterrupt) is cleaned up the same way
+    def interrupted(file, *args, **kwargs):
+        file.write(b"x" * 100)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(path, {"w": np.zeros(1)}, {})
+    monkeypatch.undo()
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["model.npz"]
+
+
+def test_the_write_is_fsynced_before_the_rename(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    checkpoint.save(tmp_path / "a.npz", {"x": np.ones(3)}, {})
+    assert events.index("fsync") < events.index("replace")
+
+
+# --- unreadable files ------------------------------------------------------------------------------------------------
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.npz"
+    with pytest.raises(FileNotFoundError, match="nope.npz"):
+        checkpoint.load(path)
+    with pytest.raises(FileNotFoundError, match="nope.npz"):
+        checkpoint.load_model(path, mlp())
+
+
+def test_truncated_file(tmp_path):
+    path = tmp_path / "cut.npz"
+    checkpoint.save(path, {"w": np.arange(5000, dtype=np.float64)}, {"a": 1})
+    data = path.read_bytes()
+    for keep in (len(data) // 2, len(data) - 10, 10):
+        path.write_bytes(data[:keep])
+        with pytest.raises(CheckpointError, match="cut.npz"):
+            checkpoint.load(path)
+
+
+def test_corrupt_file_bad_crc(tmp_path):
+    path = tmp_path / "flipped.npz"
+    values = np.arange(5000, dtype=np.float64)
+    checkpoint.save(path, {"w": values}, {"a": 1})
+    data = bytearray(path.read_bytes())
+    offset = data.find(values[2500:2501].tobytes())       # stored uncompressed: flip a byte of the array's data
+    assert offset > 0
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="flipped.npz.*(corrupt|CRC)"):
+        checkpoint.load(path)
+
+
+def test_not_a_cynet_checkpoint(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, not an archive\n")
+    with pytest.raises(CheckpointError, match="notes.txt.*not a cynet checkpoint"):
+        checkpoint.load(text)
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, w=np.ones(3))
+    with pytest.raises(CheckpointError, match="plain.npz.*not a cynet checkpoint"):
+        checkpoint.load(plain)
+    npy = tmp_path / "array.npy"
+    np.save(npy, np.ones(3))
+    with pytest.raises(CheckpointError, match="array.npy"):
+        checkpoint.load(npy)
+    other = tmp_path / "other.npz"
+    np.savez(other, __meta__=np.array(json.dumps({"format": "something-else"})))
+    with pytest.raises(CheckpointError, match="other.npz.*not a cynet checkpoint"):
+        checkpoint.load(other)
+    garbled = tmp_path / "garbled.npz"
+    np.savez(garbled, __meta__=np.array("{not json"))
+    with pytest.raises(CheckpointError, match="garbled.npz.*header"):
+        checkpoint.load(garbled)
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, __meta__=np.array([{"format": "cynet-checkpoint"}], dtype=object))
+    with pytest.raises(CheckpointError, match="pickled.npz"):
+        checkpoint.load(pickled)
+
+
+def test_newer_format_version_is_refused(tmp_path):
+    path = tmp_path / "future.npz"
+    header = {"format": "cynet-checkpoint", "format_version": checkpoint.FORMAT_VERSION + 1}
+    np.savez(path, __meta__=np.array(json.dumps(header)))
+    with pytest.raises(CheckpointError, match="future.npz.*version"):
+        checkpoint.load(path)
+
+
+# --- models ----------------------------------------------------------------------------------------------------------
+def test_save_and_load_model(tmp_path):
+    path = tmp_path / "model.npz"
+    source = mlp(seed=1)
+    checkpoint.save_model(path, source)
+    target = mlp(seed=2)
+    assert not np.array_equal(source[0].weight.data, target[0].weight.data)
+    assert checkpoint.load_model(path, target) is target
+    assert_same_weights(source, target)
+    arrays, meta = checkpoint.load(path)
+    assert meta["kind"] == "model"
+    assert sorted(arrays) == ["model.0.bias", "model.0.weight", "model.3.bias", "model.3.weight"]
+
+
+def test_load_model_mismatch_lists_the_differences_and_changes_nothing(tmp_path):
+    path = tmp_path / "model.npz"
+    checkpoint.save_model(path, mlp(h=12))
+    wider = mlp(h=16, seed=5)
+    before = wider.state_dict()
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load_model(path, wider)
+    message = str(info.value)
+    assert "model.npz" in message and "0.weight" in message and "(16, 6)" in message and "(12, 6)" in message
+    assert "3.weight" in message and "3.bias" not in message
+    for key, value in before.items():
+        np.testing.assert_array_equal(wider.state_dict()[key], value)
+    deeper = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Dropout(0.3), nn.Linear(12, 3), nn.ReLU(),
+                           nn.Linear(3, 3))
+    with pytest.raises(CheckpointError, match=r"missing from the checkpoint: \['5.weight', '5.bias'\]"):
+        checkpoint.load_model(path, deeper)
+    shallow = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Dropout(0.3))
+    with pytest.raises(CheckpointError, match=r"not in the model: \['3.weight', '3.bias'\]"):
+        checkpoint.load_model(path, shallow)
+
+
+# --- trainers: exact resumption --------------------------------------------------------------------------------------
+def _trainer(kind, seed_weights=0, dropout_generator=None, callbacks=()):
+    model = mlp(seed=seed_weights, dropout_generator=dropout_generator)
+    if kind == "sgd":
+        opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    else:
+        opt = optim.Adam(model.parameters(), lr=3e-3)
+    return Trainer(model, SoftmaxCrossEntropy(), opt, scheduler=StepLR(opt, step_size=1, gamma=0.7),
+                   regularization=L2Penalty(1e-3), callbacks=list(callbacks), seed=11, progress=False)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+@pytest.mark.parametrize("own_generator", [False, True], ids=["global-dropout-rng", "dropout-own-rng"])
+def test_resume_gives_bit_identical_weights(tmp_path, kind, own_generator):
+    x, y = blobs(70, seed=1)
+    val = blobs(30, seed=2)
+
+    cynet.manual_seed(123)
+    straight = _trainer(kind, dropout_generator=7 if own_generator else None)
+    straight.fit(x, y, epochs=4, batch_size=16, validation=val)
+
+    cynet.manual_seed(123)
+    first = _trainer(kind, dropout_generator=7 if own_generator else None)
+    first.fit(x, y, epochs=2, batch_size=16, validation=val)
+    path = tmp_path / "run.npz"
+    first.save_checkpoint(path)
+
+    cynet.manual_seed(999)                           # a different global state and different initial weights
+    resumed = _trainer(kind, seed_weights=42, dropout_generator=3 if own_generator else None)
+    assert resumed.load_checkpoint(path) is resumed
+    assert resumed.epoch == 2 and resumed.iteration == first.iteration
+    resumed.fit(x, y, epochs=4, batch_size=16, validation=val)
+
+    assert_same_weights(straight.model, resumed.model)
+    timeless = lambda h: {k: v for k, v in h.items() if k != "epoch_time"}      # noqa: E731 (wall time differs)
+    assert timeless(straight.history) == timeless(resumed.history)
+    assert len(resumed.history["epoch_time"]) == 4
+    assert resumed.optimizer.lr == straight.optimizer.lr
+    assert straight.optimizer.lr != 0.05 and straight.optimizer.lr != 3e-3      # the schedule really ran
+    # and the weights really depend on the dropout masks: without restoring the random state they would differ
+    cynet.manual_seed(999)
+    careless = _trainer(kind, dropout_generator=7 if own_generator else None)
+    careless.load_checkpoint(path)
+    if own_generator:
+        careless.model[2].generator = np.random.default_rng(7)
+    else:
+        cynet.manual_seed(5)
+    careless.fit(x, y, epochs=4, batch_size=16, validation=val)
+    assert not np.array_equal(careless.model[0].weight.data, straight.model[0].weight.data)
+
+
+def test_trainer_checkpoint_contents_and_key_names(tmp_path):
+    x, y = blobs(40)
+    trainer = _trainer("sgd", callbacks=[EarlyStopping(monitor="val_loss", patience=9)])
+    trainer.fit(x, y, epochs=2, batch_size=16, validation=(x, y))
+    path = tmp_path / "t.npz"
+    trainer.save_checkpoint(path)
+    arrays, meta = checkpoint.load(path)
+    assert meta["kind"] == "trainer" and meta["trainer"]["epoch"] == 2
+    model_keys = {"model." + k for k in trainer.model.state_dict()}
+    assert model_keys <= set(arrays)
+    assert any(k.startswith("optim.") for k in arrays)
+    np.testing.assert_array_equal(arrays["history.loss"], trainer.history["loss"])
+    assert {"trainer", "global", "modules"} <= set(meta["rng"])
+    assert meta["callbacks"][0]["type"] == "EarlyStopping"
+    assert {"callback.0.best_state." + k for k in trainer.model.state_dict()} <= set(arrays)
+    # a trainer checkpoint also loads as a model checkpoint
+    restored = checkpoint.load_model(path, mlp(seed=8))
+    assert_same_weights(restored, trainer.model)
+
+
+def test_early_stopping_state_survives_a_checkpoint(tmp_path):
+    x, y = blobs(40)
+    stopper = EarlyStopping(monitor="val_loss", patience=9)
+    trainer = _trainer("adam", callbacks=[stopper])
+    trainer.fit(x, y, epochs=3, batch_size=16, validation=(x, y))
+    path = tmp_path / "t.npz"
+    trainer.save_checkpoint(path)
+    fresh = EarlyStopping(monitor="val_loss", patience=9)
+    _trainer("adam", callbacks=[fresh]).load_checkpoint(path)
+    assert (fresh.best, fresh.best_epoch, fresh.wait) == (stopper.best, stopper.best_epoch, stopper.wait)
+    assert fresh.best_state.keys() == stopper.best_state.keys()
+    for key in stopper.best_state:
+        np.testing.assert_array_equal(fresh.best_state[key], stopper.best_state[key])
+
+
+def test_load_checkpoint_errors_leave_the_trainer_unchanged(tmp_path):
+    x, y = blobs(40)
+    trainer = _trainer("sgd")
+    trainer.fit(x, y, epochs=1, batch_size=16)
+    path = tmp_path / "t.npz"
+    trainer.save_checkpoint(path)
+
+    wide = mlp(h=20)
+    other = Trainer(wide, SoftmaxCrossEntropy(), optim.SGD(wide.parameters(), lr=0.1), progress=False)
+    before = other.model.state_dict()
+    with pytest.raises(CheckpointError, match="t.npz.*0.weight.*(20, 6)"):
+        other.load_checkpoint(path)
+    assert other.epoch == 0 and other.history["loss"] == []
+    for key, value in before.items():
+        np.testing.assert_array_equal(other.model.state_dict()[key], value)
+
+    no_scheduler = mlp()
+    with pytest.raises(CheckpointError, match="scheduler"):
+        Trainer(no_scheduler, SoftmaxCrossEntropy(), optim.SGD(no_scheduler.parameters(), lr=0.1, momentum=0.9),
+                progress=False).load_checkpoint(path)
+
+    model_only = tmp_path / "m.npz"
+    checkpoint.save_model(model_only, trainer.model)
+    with pytest.raises(CheckpointError, match="m.npz.*load_model"):
+        _trainer("sgd").load_checkpoint(model_only)

@@ -1,0 +1,351 @@
+"""Learning-rate schedules (cynet.optim.lr_scheduler): hand-computed values, torch.optim.lr_scheduler over 30+ steps
+(its recursive step() and its closed forms), ReduceLROnPlateau on scripted metrics, state dicts and resume, validation.
+"""
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from cynet import nn, optim
+from cynet.optim import lr_scheduler as sched
+from cynet.optim.lr_scheduler import (
+    CosineAnnealingLR, ExponentialLR, InverseTimeLR, LinearWarmup, LRScheduler, MultiStepLR, ReduceLROnPlateau,
+    StepLR,
+)
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - depends on the environment
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not importable")
+BASE_LR = 0.5
+
+
+def make_optimizer(lr=BASE_LR):
+    return optim.SGD([nn.Parameter(np.zeros(3))], lr=lr, momentum=0.9)
+
+
+def trajectory(scheduler, steps):
+    """[lr at epoch 0, ..., lr at epoch steps], checking that the optimiser's lr follows."""
+    lrs = [scheduler.get_last_lr()]
+    for _ in range(steps):
+        scheduler.step()
+        assert scheduler.optimizer.lr == scheduler.get_last_lr()
+        lrs.append(scheduler.get_last_lr())
+    return lrs
+
+
+# --- closed forms, by hand --------------------------------------------------------------------------------------------
+def test_step_lr():
+    s = StepLR(make_optimizer(), step_size=3, gamma=0.5)
+    assert s.last_epoch == 0 and isinstance(s.get_last_lr(), float)
+    assert trajectory(s, 7) == [0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.125, 0.125]
+    assert s.last_epoch == 7
+
+
+def test_multistep_lr_counts_repeated_milestones_twice():
+    s = MultiStepLR(make_optimizer(), milestones=[4, 2, 4], gamma=0.5)
+    assert trajectory(s, 5) == [0.5, 0.5, 0.25, 0.25, 0.0625, 0.0625]
+
+
+def test_exponential_lr():
+    s = ExponentialLR(make_optimizer(), gamma=0.5)
+    assert trajectory(s, 3) == [0.5, 0.25, 0.125, 0.0625]
+
+
+def test_inverse_time_lr_is_the_cs231n_one_over_t_decay():
+    s = InverseTimeLR(make_optimizer(), decay_rate=0.5)
+    assert trajectory(s, 4) == [0.5 / (1 + 0.5 * t) for t in range(5)] == [0.5, 1 / 3, 0.25, 0.2, 0.5 / 3]
+
+
+def test_cosine_annealing_lr():
+    s = CosineAnnealingLR(make_optimizer(), T_max=4, eta_min=0.1)
+    expected = [0.1 + 0.4 * (1 + math.cos(math.pi * t / 4)) / 2 for t in range(9)]
+    np.testing.assert_allclose(trajectory(s, 8), expected, rtol=1e-15)
+    assert s.lr_at(2) == pytest.approx(0.3) and s.lr_at(4) == 0.1 and s.lr_at(8) == pytest.approx(0.5)
+
+
+def test_linear_warmup_alone_and_with_a_wrapped_schedule():
+    alone = LinearWarmup(make_optimizer(), warmup_steps=4)
+    assert trajectory(alone, 6) == [0.0, 0.125, 0.25, 0.375, 0.5, 0.5, 0.5]
+    opt = make_optimizer()
+    after = StepLR(opt, step_size=2, gamma=0.1)
+    warm = LinearWarmup(opt, warmup_steps=2, start_factor=0.5, after=after)
+    np.testing.assert_allclose(trajectory(warm, 6), [0.25, 0.375, 0.5, 0.5, 0.05, 0.05, 0.005], rtol=1e-15)
+    assert after.last_epoch == 4 and after.get_last_lr() == warm.get_last_lr()
+
+
+def test_schedules_drive_the_optimizer_updates():
+    """The optimiser reads lr at each step: SGD under StepLR equals SGD with the lr set by hand."""
+    p, q = nn.Parameter(np.ones(4)), nn.Parameter(np.ones(4))
+    opt_p, opt_q = optim.SGD([p], lr=0.1), optim.SGD([q], lr=0.1)
+    s = StepLR(opt_p, step_size=2, gamma=0.1)
+    for epoch in range(5):
+        opt_q.lr = 0.1 * 0.1 ** (epoch // 2)
+        for opt, param in ((opt_p, p), (opt_q, q)):
+            param.grad = np.full(4, 1.0)
+            opt.step()
+        s.step()
+    np.testing.assert_array_equal(p.data, q.data)
+
+
+# --- against torch ----------------------------------------------------------------------------------------------------
+def _torch_optimizer(lr=BASE_LR):
+    return torch.optim.SGD([torch.zeros(3, requires_grad=True)], lr=lr, momentum=0.9)
+
+
+def _torch_trajectory(scheduler, optimizer, steps):
+    lrs = [scheduler.get_last_lr()[0]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(steps):
+            optimizer.step()
+            scheduler.step()
+            lrs.append(scheduler.get_last_lr()[0])
+    return lrs
+
+
+TORCH_CASES = [
+    ("step", lambda o: StepLR(o, step_size=7, gamma=0.3), lambda T, o: T.StepLR(o, step_size=7, gamma=0.3)),
+    ("multistep", lambda o: MultiStepLR(o, milestones=[3, 10, 10, 21], gamma=0.3),
+     lambda T, o: T.MultiStepLR(o, milestones=[3, 10, 10, 21], gamma=0.3)),
+    ("exponential", lambda o: ExponentialLR(o, gamma=0.9), lambda T, o: T.ExponentialLR(o, gamma=0.9)),
+    ("cosine", lambda o: CosineAnnealingLR(o, T_max=12, eta_min=0.01),
+     lambda T, o: T.CosineAnnealingLR(o, T_max=12, eta_min=0.01)),
+    ("cosine-long", lambda o: CosineAnnealingLR(o, T_max=30), lambda T, o: T.CosineAnnealingLR(o, T_max=30)),
+    ("warmup-cosine", lambda o: LinearWarmup(o, 5, start_factor=0.1, after=CosineAnnealingLR(o, T_max=20)),
+     lambda T, o: T.SequentialLR(o, [T.LinearLR(o, start_factor=0.1, end_factor=1.0, total_iters=5),
+                                     T.CosineAnnealingLR(o, T_max=20)], milestones=[5])),
+    ("warmup-exponential", lambda o: LinearWarmup(o, 8, start_factor=0.25, after=ExponentialLR(o, gamma=0.8)),
+     lambda T, o: T.SequentialLR(o, [T.LinearLR(o, start_factor=0.25, end_factor=1.0, total_iters=8),
+                                     T.ExponentialLR(o, gamma=0.8)], milestones=[8])),
+    ("warmup-only", lambda o: LinearWarmup(o, 6, start_factor=0.5),
+     lambda T, o: T.LinearLR(o, start_factor=0.5, end_factor=1.0, total_iters=6)),
+]
+
+
+@needs_torch
+@pytest.mark.parametrize("label,ours,theirs", TORCH_CASES, ids=[c[0] for c in TORCH_CASES])
+def test_matches_torch_over_35_steps(label, ours, theirs):
+    """torch's step() applies a recursive form (products of ratios): it agrees with the closed form to rounding."""
+    mine = trajectory(ours(make_optimizer()), 35)
+    topt = _torch_optimizer()
+    reference = _torch_trajectory(theirs(torch.optim.lr_scheduler, topt), topt, 35)
+    np.testing.assert_allclose(mine, reference, rtol=1e-13, atol=1e-16)
+
+
+@needs_torch
+@pytest.mark.parametrize("label,ours,theirs", TORCH_CASES[:5], ids=[c[0] for c in TORCH_CASES[:5]])
+def test_equals_torch_closed_forms_exactly(label, ours, theirs):
+    tsched = theirs(torch.optim.lr_scheduler, _torch_optimizer())
+    if not hasattr(tsched, "_get_closed_form_lr"):  # pragma: no cover - private in torch, may move
+        pytest.skip("this torch has no _get_closed_form_lr")
+    s = ours(make_optimizer())
+    for epoch in range(40):
+        tsched.last_epoch = epoch
+        assert s.lr_at(epoch) == tsched._get_closed_form_lr()[0], epoch
+
+
+PLATEAU_METRICS = [1.0, 0.9, 0.95, 0.92, 0.899, 0.899, 0.5, 0.6, 0.6, 0.6, 0.6, float("nan"), 0.4, 0.4, 0.4, 0.4,
+                   0.41, 0.39, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4]
+PLATEAU_SETTINGS = [
+    dict(factor=0.5, patience=2),
+    dict(factor=0.5, patience=1, threshold=0.0),  # an equal metric is no improvement
+    dict(factor=0.5, patience=1, cooldown=2, threshold=0.01),
+    dict(factor=0.1, patience=0, min_lr=0.004),
+    dict(mode="max", factor=0.5, patience=1),
+    dict(factor=0.5, patience=1, threshold_mode="abs", threshold=0.05),
+    dict(mode="max", factor=0.7, patience=2, threshold_mode="abs", threshold=0.01, cooldown=1),
+]
+
+
+@needs_torch
+@pytest.mark.parametrize("settings", PLATEAU_SETTINGS, ids=[str(s) for s in PLATEAU_SETTINGS])
+def test_reduce_on_plateau_matches_torch_on_a_scripted_metric(settings):
+    metrics = PLATEAU_METRICS if settings.get("mode") != "max" else [-m for m in PLATEAU_METRICS]
+    s = ReduceLROnPlateau(make_optimizer(), **settings)
+    t = torch.optim.lr_scheduler.ReduceLROnPlateau(_torch_optimizer(), **settings)
+    for m in metrics:
+        s.step(m)
+        t.step(m)
+        assert s.get_last_lr() == t.get_last_lr()[0] == s.optimizer.lr
+        assert (s.num_bad_epochs, s.cooldown_counter, s.last_epoch) == (t.num_bad_epochs, t.cooldown_counter,
+                                                                         t.last_epoch)
+        assert s.best == t.best or (math.isnan(s.best) and math.isnan(t.best))
+
+
+def test_reduce_on_plateau_by_hand():
+    s = ReduceLROnPlateau(make_optimizer(1.0), factor=0.5, patience=1)
+    lrs = []
+    for m in [1.0, 0.9, 0.9, 0.9, 0.8, 0.85, 0.85, np.float32(0.85)]:
+        s.step(m)
+        lrs.append(s.get_last_lr())
+    assert lrs == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25]
+    assert s.best == 0.8 and s.last_epoch == 8
+    s = ReduceLROnPlateau(make_optimizer(1.0), factor=0.5, patience=0, min_lr=0.3)
+    for m in [1.0, 1.0, 1.0, 1.0]:
+        s.step(m)
+    assert s.get_last_lr() == 0.3  # max(lr * factor, min_lr)
+    with pytest.raises(TypeError, match="metric must be a number"):
+        s.step("0.5")
+    with pytest.raises(TypeError, match="metric must be a number"):
+        s.step(None)
+
+
+# --- state dicts ------------------------------------------------------------------------------------------------------
+EPOCH_SCHEDULES = [
+    ("step", lambda o: StepLR(o, step_size=3, gamma=0.5)),
+    ("multistep", lambda o: MultiStepLR(o, milestones=[2, 5, 9], gamma=0.3)),
+    ("exponential", lambda o: ExponentialLR(o, gamma=0.9)),
+    ("inverse-time", lambda o: InverseTimeLR(o, decay_rate=0.3)),
+    ("cosine", lambda o: CosineAnnealingLR(o, T_max=10, eta_min=0.01)),
+    ("warmup", lambda o: LinearWarmup(o, 4)),
+    ("warmup-cosine", lambda o: LinearWarmup(o, 4, 0.2, after=CosineAnnealingLR(o, T_max=8))),
+]
+
+
+def _json_round_trip(state):
+    arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+    scalars = json.loads(json.dumps({k: v for k, v in state.items() if not isinstance(v, np.ndarray)}))
+    return {**arrays, **scalars}
+
+
+@pytest.mark.parametrize("label,make", EPOCH_SCHEDULES, ids=[c[0] for c in EPOCH_SCHEDULES])
+def test_epoch_schedule_state_dict_resumes_exactly(label, make):
+    uninterrupted = trajectory(make(make_optimizer()), 14)
+    first = make(make_optimizer())
+    trajectory(first, 6)
+    state = _json_round_trip(first.state_dict())
+    assert state["type"] == type(first).__name__ and state["last_epoch"] == 6 and state["base_lr"] == BASE_LR
+    fresh_optimizer = make_optimizer(lr=0.001)  # the restored schedule sets the restored epoch's rate
+    second = make(fresh_optimizer)
+    second.load_state_dict(state)
+    assert fresh_optimizer.lr == uninterrupted[6] and second.last_epoch == 6
+    assert [second.get_last_lr()] + trajectory(second, 8)[1:] == uninterrupted[6:]
+
+
+def test_state_dict_contents():
+    opt = make_optimizer()
+    warm = LinearWarmup(opt, 3, after=MultiStepLR(opt, milestones=[5, 2]))
+    state = warm.state_dict()
+    assert set(state) == {"type", "warmup_steps", "start_factor", "base_lr", "last_epoch", "has_after",
+                          "after.type", "after.milestones", "after.gamma", "after.base_lr", "after.last_epoch"}
+    assert state["after.type"] == "MultiStepLR" and state["has_after"] is True
+    np.testing.assert_array_equal(state["after.milestones"], [2, 5])
+    assert state["after.milestones"].dtype == np.int64
+
+
+def test_reduce_on_plateau_state_dict_resumes_exactly():
+    full = ReduceLROnPlateau(make_optimizer(), factor=0.5, patience=1, cooldown=1)
+    expected = []
+    for m in PLATEAU_METRICS:
+        full.step(m)
+        expected.append(full.get_last_lr())
+    opt = make_optimizer()
+    first = ReduceLROnPlateau(opt, factor=0.5, patience=1, cooldown=1)
+    for m in PLATEAU_METRICS[:9]:
+        first.step(m)
+    state = _json_round_trip(first.state_dict())
+    opt_state = _json_round_trip(opt.state_dict())
+    resumed_opt = make_optimizer()
+    resumed_opt.load_state_dict(opt_state)  # the learning rate lives in the optimiser's state
+    second = ReduceLROnPlateau(resumed_opt)  # default settings: the state restores the saved ones
+    second.load_state_dict(state)
+    assert (second.factor, second.patience, second.cooldown) == (0.5, 1, 1)
+    resumed = []
+    for m in PLATEAU_METRICS[9:]:
+        second.step(m)
+        resumed.append(second.get_last_lr())
+    assert resumed == expected[9:]
+    initial = _json_round_trip(ReduceLROnPlateau(make_optimizer()).state_dict())
+    assert initial["best"] == math.inf  # infinities survive Python's JSON
+
+
+def test_load_state_dict_errors():
+    opt = make_optimizer()
+    s = StepLR(opt, step_size=2)
+    with pytest.raises(ValueError, match="state is of a 'ExponentialLR' schedule, not 'StepLR'"):
+        s.load_state_dict(ExponentialLR(make_optimizer(), gamma=0.5).state_dict())
+    good = s.state_dict()
+    with pytest.raises(KeyError, match=r"missing keys \['gamma'\]"):
+        s.load_state_dict({k: v for k, v in good.items() if k != "gamma"})
+    with pytest.raises(KeyError, match=r"unexpected keys \['extra'\]"):
+        s.load_state_dict({**good, "extra": 1})
+    with pytest.raises(ValueError, match="StepLR: step_size must be an int >= 1, got 0"):
+        s.load_state_dict({**good, "step_size": 0, "last_epoch": 5})
+    with pytest.raises(ValueError, match="last_epoch must be an int >= 0"):
+        s.load_state_dict({**good, "last_epoch": -2})
+    assert s.step_size == 2 and s.last_epoch == 0  # failed loads change nothing
+    with pytest.raises(TypeError, match="expected a dict"):
+        s.load_state_dict(None)
+
+    warm = LinearWarmup(opt, 3, after=CosineAnnealingLR(opt, T_max=5))
+    bare = LinearWarmup(make_optimizer(), 3)
+    with pytest.raises(ValueError, match="saved with a wrapped schedule, this LinearWarmup has none"):
+        bare.load_state_dict(warm.state_dict())
+    with pytest.raises(ValueError, match="saved without a wrapped schedule"):
+        warm.load_state_dict(bare.state_dict())
+    broken = {**warm.state_dict(), "after.T_max": 0, "last_epoch": 4}
+    with pytest.raises(ValueError, match="in the wrapped schedule: CosineAnnealingLR: T_max must be an int >= 1"):
+        warm.load_state_dict(broken)
+    assert warm.after.T_max == 5 and warm.last_epoch == 0
+    broken = {**warm.state_dict(), "after.last_epoch": 3, "warmup_steps": -1}
+    with pytest.raises(ValueError, match="warmup_steps must be an int >= 1"):
+        warm.load_state_dict(broken)
+    assert warm.after.last_epoch == 0 and opt.lr == 0.0
+
+    plateau = ReduceLROnPlateau(make_optimizer())
+    with pytest.raises(ValueError, match="mode must be 'min' or 'max'"):
+        plateau.load_state_dict({**plateau.state_dict(), "mode": "avg"})
+
+
+# --- validation -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make,error,message", [
+    (lambda o: StepLR(o, step_size=0), ValueError, "StepLR: step_size must be an int >= 1, got 0"),
+    (lambda o: StepLR(o, step_size=2.5), ValueError, "step_size must be an int"),
+    (lambda o: StepLR(o, step_size=2, gamma=0.0), ValueError, r"StepLR: gamma must be a finite number in \(0"),
+    (lambda o: MultiStepLR(o, milestones=[]), ValueError, "milestones must be a non-empty iterable of ints >= 1"),
+    (lambda o: MultiStepLR(o, milestones=[3, 0]), ValueError, "milestones must be"),
+    (lambda o: MultiStepLR(o, milestones=5), ValueError, "milestones must be an iterable of ints"),
+    (lambda o: ExponentialLR(o, gamma=float("nan")), ValueError, "ExponentialLR: gamma must be a finite number"),
+    (lambda o: InverseTimeLR(o, decay_rate=-1), ValueError, "InverseTimeLR: decay_rate must be"),
+    (lambda o: CosineAnnealingLR(o, T_max=0), ValueError, "CosineAnnealingLR: T_max must be an int >= 1"),
+    (lambda o: CosineAnnealingLR(o, T_max=5, eta_min=-0.1), ValueError, "eta_min must be"),
+    (lambda o: LinearWarmup(o, warmup_steps=0), ValueError, "LinearWarmup: warmup_steps must be an int >= 1"),
+    (lambda o: LinearWarmup(o, 3, start_factor=1.5), ValueError, r"start_factor must be a finite number in \[0, 1\]"),
+    (lambda o: LinearWarmup(o, 3, after=ReduceLROnPlateau(o)), TypeError, "after must be an epoch-based schedule"),
+    (lambda o: LinearWarmup(o, 3, after=StepLR(make_optimizer(), 2)), ValueError, "same optimiser"),
+    (lambda o: ReduceLROnPlateau(o, factor=1.0), ValueError, r"ReduceLROnPlateau: factor must be a finite number "
+                                                             r"in \[0, 1\)"),
+    (lambda o: ReduceLROnPlateau(o, mode="best"), ValueError, "mode must be 'min' or 'max', got 'best'"),
+    (lambda o: ReduceLROnPlateau(o, threshold_mode="pct"), ValueError, "threshold_mode must be 'rel' or 'abs'"),
+    (lambda o: ReduceLROnPlateau(o, patience=-1), ValueError, "patience must be an int >= 0"),
+    (lambda o: ReduceLROnPlateau(o, min_lr=-1e-3), ValueError, "min_lr must be"),
+    (lambda o: StepLR(object(), 3), TypeError, "StepLR: optimizer must be a cynet.optim optimiser, got object"),
+])
+def test_invalid_settings_are_refused(make, error, message):
+    with pytest.raises(error, match=message):
+        make(make_optimizer())
+
+
+def test_linear_warmup_needs_a_fresh_wrapped_schedule():
+    opt = make_optimizer()
+    after = StepLR(opt, 2)
+    after.step()
+    with pytest.raises(ValueError, match="fresh schedule"):
+        LinearWarmup(opt, 3, after=after)
+
+
+def test_module_exports_and_custom_schedules():
+    assert optim.StepLR is StepLR and sched.__all__[0] == "LRScheduler"
+
+    class Halving(LRScheduler):
+        def lr_at(self, epoch):
+            return self.base_lr / 2 ** epoch
+
+    s = Halving(make_optimizer(1.0))
+    assert trajectory(s, 2) == [1.0, 0.5, 0.25]
+    assert "StepLR(step_size=3, gamma=0.1, base_lr=0.5, last_epoch=0)" == repr(StepLR(make_optimizer(), 3))

@@ -1,0 +1,585 @@
+"""The training loop (cynet.train): against a hand-written NumPy loop, callbacks, the divergence guard, inference.
+
+Oracles: a NumPy float64 re-implementation of the lecture's loop for the same 2-layer MLP (weights copied in,
+the same batch order); weights recorded by a callback after every step/epoch for the restore checks; direct
+NumPy computations of the loss and accuracy for evaluate/predict.
+"""
+import io
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+import cynet
+from cynet import nn, optim
+from cynet.nn.loss import L2Penalty, MSELoss, SoftmaxCrossEntropy
+from cynet.optim.lr_scheduler import ReduceLROnPlateau, StepLR
+from cynet.train import (Callback, DivergenceWarning, EarlyStopping, ModelCheckpoint, ProgressBar, Trainer)
+from cynet import checkpoint
+
+
+# --- data and helpers ------------------------------------------------------------------------------------------------
+def blobs(n, d=6, classes=3, seed=0, spread=0.4):
+    """Well separated Gaussian blobs: class c is centred at 3*e_c."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    centres = 3.0 * np.eye(classes, d)
+    x = centres[y] + spread * rng.standard_normal((n, d))
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def mlp(d=6, h=10, c=3, dropout=None, seed=0):
+    layers = [nn.Linear(d, h, generator=seed), nn.ReLU()]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(h, c, generator=seed + 1))
+    return nn.Sequential(*layers)
+
+
+def weights(model):
+    return [p.data.copy() for p in model.parameters()]
+
+
+class Recorder(Callback):
+    """Records the weights at the start, after every step and after every epoch."""
+
+    def __init__(self):
+        self.start, self.steps, self.epochs = None, [], []
+
+    def on_train_begin(self, trainer):
+        self.start = weights(trainer.model)
+
+    def on_batch_end(self, trainer):
+        self.steps.append(weights(trainer.model))
+
+    def on_epoch_end(self, trainer):
+        self.epochs.append(weights(trainer.model))
+
+
+def numpy_softmax_loss(scores, y):
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    n = len(y)
+    dscores = np.exp(log_p)
+    dscores[np.arange(n), y] -= 1
+    return -log_p[np.arange(n), y].mean(), dscores / n
+
+
+# --- the reference loop ----------------------------------------------------------------------------------------------
+def test_matches_numpy_reference_loop():
+    """Per-iteration losses, reg losses and final weights equal a NumPy float64 loop of the same MLP."""
+    x, y = blobs(50, seed=1)
+    model = mlp()
+    w1, b1, w2, b2 = [p.astype(np.float64) for p in weights(model)]
+    lr, mu, reg, batch, seed, epochs = 0.05, 0.9, 1e-3, 16, 7, 3
+    penalty = L2Penalty(reg)
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=lr, momentum=mu),
+                      regularization=penalty, seed=seed, progress=False)
+    history = trainer.fit(x, y, epochs=epochs, batch_size=batch)
+
+    # CS231n's convention, R = 0.5 * reg * sum(W**2) over the weights (not the biases): gradient reg * W
+    ws = [model[0].weight.data.astype(np.float64), model[-1].weight.data.astype(np.float64)]
+    assert penalty(model) == pytest.approx(0.5 * reg * sum((w ** 2).sum() for w in ws), rel=1e-5)
+    k = 0.5
+
+    # NumPy loop (PyTorch's SGD momentum: v = mu * v + g; w -= lr * v)
+    params = [w1, b1, w2, b2]
+    velocity = [np.zeros_like(p) for p in params]
+    rng = np.random.default_rng(seed)
+    losses, reg_losses, epoch_means = [], [], []
+    xd = x.astype(np.float64)
+    for _ in range(epochs):
+        order = rng.permutation(len(x))
+        total = 0.0
+        for lo in range(0, len(x), batch):
+            idx = order[lo:lo + batch]
+            xb, yb = xd[idx], y[idx]
+            hidden = xb @ w1.T + b1
+            relu = np.maximum(hidden, 0)
+            scores = relu @ w2.T + b2
+            loss, dscores = numpy_softmax_loss(scores, yb)
+            losses.append(loss)
+            reg_losses.append(k * reg * ((w1 ** 2).sum() + (w2 ** 2).sum()))
+            total += loss * len(idx)
+            dw2 = dscores.T @ relu + 2 * k * reg * w2
+            db2 = dscores.sum(axis=0)
+            dhidden = (dscores @ w2) * (hidden > 0)
+            dw1 = dhidden.T @ xb + 2 * k * reg * w1
+            db1 = dhidden.sum(axis=0)
+            for p, v, g in zip(params, velocity, (dw1, db1, dw2, db2)):
+                v *= mu
+                v += g
+                p -= lr * v
+        epoch_means.append(total / len(x))
+
+    assert len(history["loss"]) == epochs * 4 == trainer.iteration
+    np.testing.assert_allclose(history["loss"], losses, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(history["reg_loss"], reg_losses, rtol=2e-5, atol=1e-8)
+    np.testing.assert_allclose(history["train_loss"], epoch_means, rtol=2e-5)
+    assert history["lr"] == [lr] * len(losses)
+    for got, want in zip(weights(model), params):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert all(math.isnan(v) for v in history["val_loss"] + history["val_acc"])
+    assert len(history["epoch_time"]) == epochs and all(t >= 0 for t in history["epoch_time"])
+
+
+def test_separable_problem_reaches_high_accuracy():
+    x, y = blobs(300, seed=2)
+    xv, yv = blobs(150, seed=3)
+    model = mlp(h=16)
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.Adam(model.parameters(), lr=1e-2), progress=False)
+    history = trainer.fit(x, y, epochs=8, batch_size=32, validation=(xv, yv))
+    assert history["val_acc"][-1] >= 0.97
+    assert history["train_loss"][-1] < history["train_loss"][0] / 4
+    assert np.mean(trainer.predict(xv) == yv) == pytest.approx(history["val_acc"][-1])
+
+
+def test_train_acc_and_loss_on_a_frozen_model_equal_evaluate():
+    """With no dropout and no updates, the per-epoch numbers (odd last batch included) equal evaluate()."""
+    x, y = blobs(37, seed=4)
+    model = mlp().freeze()
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False)
+    history = trainer.fit(x, y, epochs=1, batch_size=10, validation=(x, y))
+    scores = model.eval()(x).astype(np.float64)
+    want_loss, _ = numpy_softmax_loss(scores, y)
+    want_acc = np.mean(scores.argmax(axis=1) == y)
+    assert history["train_loss"][0] == pytest.approx(want_loss, rel=1e-5)
+    assert history["val_loss"][0] == pytest.approx(want_loss, rel=1e-5)
+    assert history["train_acc"][0] == pytest.approx(want_acc) == history["val_acc"][0]
+
+
+def test_seeded_runs_are_reproducible_and_the_seed_matters():
+    x, y = blobs(60, seed=5)
+
+    def run(seed):
+        cynet.manual_seed(3)
+        model = mlp(dropout=0.3)
+        trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                          seed=seed, progress=False)
+        return trainer.fit(x, y, epochs=2, batch_size=16), weights(model)
+
+    h1, w1 = run(0)
+    h2, w2 = run(0)
+    h3, _ = run(1)
+    assert h1["loss"] == h2["loss"]
+    for a, b in zip(w1, w2):
+        np.testing.assert_array_equal(a, b)
+    assert h1["loss"] != h3["loss"]
+
+
+def test_shuffle_false_keeps_the_data_order():
+    x, y = blobs(20, seed=6)
+    seen = []
+
+    def transform(xb, rng):
+        seen.append(xb.copy())
+        return xb
+
+    model = mlp()
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.01),
+                      batch_transform=transform, progress=False)
+    trainer.fit(x, y, epochs=1, batch_size=8, shuffle=False)
+    np.testing.assert_array_equal(np.concatenate(seen), x)
+    assert [len(b) for b in seen] == [8, 8, 4]
+
+
+def test_batch_transform_gets_uint8_and_the_trainer_generator_in_training_and_none_in_eval():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 40)
+    x = (y[:, None] * 200 + rng.integers(0, 50, (40, 4))).astype(np.uint8)
+    calls = []
+
+    def transform(xb, generator):
+        calls.append((xb.dtype, generator))
+        out = xb.astype(np.float32) / 255.0
+        if generator is not None:       # augmentation: tiny noise
+            out += generator.normal(0, 0.01, out.shape).astype(np.float32)
+        return out
+
+    model = nn.Sequential(nn.Linear(4, 2, generator=0))
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.5), batch_transform=transform,
+                      progress=False)
+    trainer.fit(x, y, epochs=2, batch_size=16, validation=(x, y))
+    train_calls = [c for c in calls if c[1] is not None]
+    assert len(train_calls) == 6 and all(g is trainer.generator for _, g in train_calls)
+    assert all(dtype == np.uint8 for dtype, _ in calls)
+    calls.clear()
+    loss, acc = trainer.evaluate(x, y, batch_size=25)
+    assert [g for _, g in calls] == [None, None]
+    want_loss, _ = numpy_softmax_loss(model(x.astype(np.float32) / 255.0).astype(np.float64), y)
+    assert loss == pytest.approx(want_loss, rel=1e-5)
+
+
+def test_uint8_input_without_transform_is_cast_to_the_model_dtype():
+    x = np.array([[0, 1], [2, 3], [4, 5]], np.uint8)
+    model = nn.Sequential(nn.Linear(2, 2, generator=0))
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False)
+    np.testing.assert_array_equal(trainer.predict(x), model(x.astype(np.float32)).argmax(axis=1))
+
+
+# --- inference -------------------------------------------------------------------------------------------------------
+def test_evaluate_and_predict_are_batched_deterministic_and_leave_gradients_alone():
+    x, y = blobs(53, seed=7)
+    model = mlp(dropout=0.5)
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False)
+    for p in model.parameters():
+        p.grad = np.full(p.shape, 0.25, p.dtype)
+    loss_small, acc_small = trainer.evaluate(x, y, batch_size=7)
+    loss_big, acc_big = trainer.evaluate(x, y)
+    model.eval()
+    scores = model(x).astype(np.float64)
+    model.train()
+    want_loss, _ = numpy_softmax_loss(scores, y)
+    assert loss_small == pytest.approx(want_loss, rel=1e-5) and loss_big == pytest.approx(want_loss, rel=1e-5)
+    assert acc_small == acc_big == np.mean(scores.argmax(axis=1) == y)
+    labels = trainer.predict(x, batch_size=10)
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, scores.argmax(axis=1))
+    proba = trainer.predict_proba(x, batch_size=10)
+    assert proba.shape == (53, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
+    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(proba, shifted / shifted.sum(axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
+    for p in model.parameters():
+        np.testing.assert_array_equal(p.grad, 0.25)
+
+
+def test_inference_restores_each_modules_mode_even_after_an_error():
+    x, y = blobs(10, seed=8)
+    model = mlp(dropout=0.5)
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False)
+    trainer.evaluate(x, y)
+    trainer.predict(x)
+    trainer.predict_proba(x)
+    assert all(m.training for m in model.modules())
+    model.eval()
+    trainer.evaluate(x, y)
+    assert not any(m.training for m in model.modules())
+    model.train()
+    model[2].eval()         # a mixed state survives too
+    before = [m.training for m in model.modules()]
+    with pytest.raises(ValueError):
+        trainer.predict(np.zeros((4, 5), np.float32))          # wrong width: Linear raises mid-inference
+    assert [m.training for m in model.modules()] == before
+    with pytest.raises(ValueError, match="same length"):
+        trainer.evaluate(x, y[:-1])
+
+    class Boom(SoftmaxCrossEntropy):
+        def forward(self, scores, yb):
+            raise RuntimeError("boom")
+
+    trainer.loss = Boom()                                  # an error outside the model, in evaluate's own loop
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.evaluate(x, y)
+    assert [m.training for m in model.modules()] == before
+
+
+def test_predict_proba_needs_a_probabilistic_loss():
+    model = mlp()
+    trainer = Trainer(model, MSELoss(), optim.SGD(model.parameters(), lr=0.1), progress=False)
+    with pytest.raises(TypeError, match="probabilities"):
+        trainer.predict_proba(np.zeros((2, 6), np.float32))
+
+
+def test_regression_targets_give_nan_accuracy():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, 3)).astype(np.float32)
+    target = (x @ np.array([[1.0], [-2.0], [0.5]], np.float32)).astype(np.float32)
+    model = nn.Sequential(nn.Linear(3, 1, generator=0))
+    trainer = Trainer(model, MSELoss(), optim.SGD(model.parameters(), lr=0.05), progress=False)
+    history = trainer.fit(x, target, epochs=20, batch_size=30, validation=(x, target))
+    assert math.isnan(history["train_acc"][-1]) and math.isnan(history["val_acc"][-1])
+    assert history["val_loss"][-1] < history["val_loss"][0] / 10
+
+
+# --- fit's arguments and the epoch count -----------------------------------------------------------------------------
+def test_fit_validates_its_arguments():
+    x, y = blobs(10)
+    model = mlp()
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False)
+    with pytest.raises(ValueError, match="same length"):
+        trainer.fit(x, y[:9], epochs=1)
+    with pytest.raises(ValueError, match="batch_size"):
+        trainer.fit(x, y, epochs=1, batch_size=0)
+    with pytest.raises(ValueError, match="epochs"):
+        trainer.fit(x, y, epochs=-1)
+    with pytest.raises(ValueError, match="epochs"):
+        trainer.fit(x, y, epochs=1.5)
+    with pytest.raises(ValueError, match="empty"):
+        trainer.fit(x[:0], y[:0], epochs=1)
+    with pytest.raises(ValueError, match="pair"):
+        trainer.fit(x, y, epochs=1, validation=x)
+    with pytest.raises(ValueError, match="validation"):
+        trainer.fit(x, y, epochs=1, validation=(x, y[:3]))
+    with pytest.raises(TypeError, match="Callback"):
+        Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), callbacks=[print])
+    with pytest.raises(TypeError, match="Module"):
+        Trainer(object(), SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="validation data"):
+        Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), callbacks=[EarlyStopping()],
+                progress=False).fit(x, y, epochs=1)
+    with pytest.raises(ValueError, match="monitor"):
+        EarlyStopping(monitor="accuracy")
+    assert trainer.epoch == 0 and trainer.history["loss"] == []
+
+
+def test_epochs_is_the_total_to_reach():
+    x, y = blobs(20)
+    model = mlp()
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False)
+    trainer.fit(x, y, epochs=2, batch_size=10)
+    trainer.fit(x, y, epochs=3, batch_size=10)
+    assert trainer.epoch == 3 and len(trainer.history["train_loss"]) == 3 and len(trainer.history["loss"]) == 6
+    with pytest.warns(UserWarning, match="already done"):
+        trainer.fit(x, y, epochs=3, batch_size=10)
+    assert trainer.epoch == 3 and len(trainer.history["loss"]) == 6
+
+
+def test_schedulers_step_once_per_epoch_and_plateau_gets_the_validation_loss():
+    x, y = blobs(40, seed=9)
+    model = mlp()
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    trainer = Trainer(model, SoftmaxCrossEntropy(), opt, scheduler=StepLR(opt, step_size=1, gamma=0.5),
+                      progress=False)
+    history = trainer.fit(x, y, epochs=3, batch_size=20)
+    np.testing.assert_allclose(history["lr"], [0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
+
+    received = []
+
+    class MetricScheduler:
+        def step(self, metric):
+            received.append(metric)
+
+        def state_dict(self):
+            return {}
+
+    model = mlp()
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1),
+                      scheduler=MetricScheduler(), progress=False)
+    history = trainer.fit(x, y, epochs=3, batch_size=20, validation=(x[:10], y[:10]))
+    assert received == history["val_loss"]
+
+    model = mlp()
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    plateau = ReduceLROnPlateau(opt, factor=0.5, patience=0)
+    seen = []
+    original = plateau.step
+
+    def spy(metric, *args, **kwargs):
+        seen.append(metric)
+        return original(metric, *args, **kwargs)
+
+    plateau.step = spy
+    trainer = Trainer(model, SoftmaxCrossEntropy(), opt, scheduler=plateau, progress=False)
+    history = trainer.fit(x, y, epochs=2, batch_size=20, validation=(x[:10], y[:10]))
+    assert seen == history["val_loss"]
+
+
+# --- callbacks -------------------------------------------------------------------------------------------------------
+def _diverging_validation_setup(**early):
+    """Validation labels are the training labels shifted, so val_loss rises as training succeeds."""
+    x, y = blobs(60, seed=10)
+    xv, yv = x, (y + 1) % 3
+    model = mlp()
+    recorder = Recorder()
+    stopper = EarlyStopping(**early)
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                      callbacks=[recorder, stopper], progress=False)
+    return trainer, recorder, stopper, (x, y), (xv, yv)
+
+
+def test_early_stopping_stops_after_patience_and_restores_the_best_weights():
+    trainer, recorder, stopper, (x, y), val = _diverging_validation_setup(monitor="val_loss", patience=2)
+    history = trainer.fit(x, y, epochs=15, batch_size=20, validation=val)
+    val_loss = history["val_loss"]
+    best = int(np.argmin(val_loss))
+    assert len(val_loss) == best + 1 + 2 < 15          # stopped exactly `patience` epochs after the best
+    assert "early stopping" in trainer.stop_reason and "val_loss" in trainer.stop_reason
+    assert stopper.best == val_loss[best] and stopper.best_epoch == best + 1
+    for got, want in zip(weights(trainer.model), recorder.epochs[best]):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(recorder.epochs[best][0], recorder.epochs[-1][0])
+
+
+def test_early_stopping_min_delta_and_no_restore():
+    trainer, recorder, stopper, (x, y), val = _diverging_validation_setup(monitor="train_loss", patience=1,
+                                                                           min_delta=1e9,
+                                                                           restore_best_weights=False)
+    trainer.fit(x, y, epochs=10, batch_size=20)
+    assert trainer.epoch == 2        # epoch 1 sets the best, epoch 2 cannot beat it by 1e9
+    for got, want in zip(weights(trainer.model), recorder.epochs[-1]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_early_stopping_restores_best_weights_on_keyboard_interrupt():
+    trainer, recorder, stopper, (x, y), val = _diverging_validation_setup(monitor="val_loss", patience=50)
+
+    class Interrupt(Callback):
+        def on_batch_end(self, trainer):
+            if trainer.epoch == 4 and trainer.iteration == 4 * 3 + 2:
+                raise KeyboardInterrupt
+
+    trainer.callbacks.append(Interrupt())
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(x, y, epochs=15, batch_size=20, validation=val)
+    assert "KeyboardInterrupt" in trainer.stop_reason and trainer.epoch == 4
+    best = int(np.argmin(trainer.history["val_loss"]))
+    for got, want in zip(weights(trainer.model), recorder.epochs[best]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_model_checkpoint_keeps_the_best_model(tmp_path):
+    trainer, recorder, _, (x, y), val = _diverging_validation_setup(monitor="val_loss", patience=100)
+    path = tmp_path / "best.npz"
+    trainer.callbacks.append(ModelCheckpoint(path, monitor="val_loss"))
+    history = trainer.fit(x, y, epochs=4, batch_size=20, validation=val)
+    best = int(np.argmin(history["val_loss"]))
+    restored = checkpoint.load_model(path, mlp(seed=99))
+    for got, want in zip(weights(restored), recorder.epochs[best]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_progress_bar_shows_loss_and_accuracy():
+    x, y = blobs(30)
+    stream = io.StringIO()
+    model = mlp()
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1),
+                      callbacks=[ProgressBar(file=stream)])
+    assert sum(isinstance(c, ProgressBar) for c in trainer.callbacks) == 1
+    trainer.fit(x, y, epochs=2, batch_size=10, validation=(x, y))
+    text = stream.getvalue()
+    assert "epoch 1/2" in text and "epoch 2/2" in text
+    assert "loss=" in text and "acc=" in text and "val_acc=" in text
+    assert any(isinstance(c, ProgressBar) for c in Trainer(model, SoftmaxCrossEntropy(), trainer.optimizer).callbacks)
+    assert not any(isinstance(c, ProgressBar)
+                   for c in Trainer(model, SoftmaxCrossEntropy(), trainer.optimizer, progress=False).callbacks)
+
+
+def test_callback_hooks_run_in_order():
+    events = []
+
+    class Log(Callback):
+        def on_train_begin(self, t):
+            events.append("train_begin")
+
+        def on_epoch_begin(self, t):
+            events.append(f"epoch_begin {t.epoch}")
+
+        def on_batch_end(self, t):
+            events.append(f"batch {t.iteration}")
+
+        def on_epoch_end(self, t):
+            events.append(f"epoch_end {t.epoch} {len(t.history['val_loss'])}")
+
+        def on_train_end(self, t):
+            events.append("train_end")
+
+    x, y = blobs(8)
+    model = mlp()
+    Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), callbacks=[Log()],
+            progress=False).fit(x, y, epochs=2, batch_size=5, validation=(x, y))
+    assert events == ["train_begin", "epoch_begin 0", "batch 1", "batch 2", "epoch_end 1 1",
+                      "epoch_begin 1", "batch 3", "batch 4", "epoch_end 2 2", "train_end"]
+
+
+# --- the divergence guard --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("lr", [1e4, 10.0])     # blows up at once / after a couple of steps
+def test_divergence_guard_stops_on_a_huge_learning_rate_and_restores_the_last_good_weights(lr):
+    x, y = blobs(64, seed=11)
+    model = mlp()
+    recorder = Recorder()
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=lr), callbacks=[recorder],
+                      progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(x, y, epochs=50, batch_size=8)
+    caught = [w for w in caught if issubclass(w.category, DivergenceWarning)]
+    assert len(caught) == 1
+    losses = trainer.history["loss"]
+    bad = len(losses)                           # 1-based number of the diverged iteration
+    assert bad >= 2 and trainer.iteration == bad and len(recorder.steps) == bad - 1
+    assert not math.isfinite(losses[-1]) or losses[-1] > 3 * losses[0]
+    assert all(math.isfinite(v) and v <= 3 * losses[0] for v in losses[:-1])
+    message = str(caught[0].message)
+    assert f"iteration {bad}" in message and ("3x the first" in message or "not finite" in message)
+    assert "diverged" in trainer.stop_reason and trainer.epoch < 50
+    # the weights that produced the last good loss (iteration bad-1), i.e. from before the bad step
+    before_bad_step = recorder.steps[bad - 3] if bad >= 3 else recorder.start
+    for got, want in zip(weights(model), before_bad_step):
+        assert np.all(np.isfinite(got))
+        np.testing.assert_array_equal(got, want)
+
+
+def test_divergence_guard_catches_nan_and_early_stopping_still_restores_the_best():
+    x, y = blobs(40, seed=12)
+
+    class NaNAfter(SoftmaxCrossEntropy):
+        calls = 0
+
+        def forward(self, scores, yb):
+            NaNAfter.calls += 1
+            value = super().forward(scores, yb)
+            return math.nan if NaNAfter.calls == 10 else value
+
+    model = mlp()
+    recorder = Recorder()
+    stopper = EarlyStopping(monitor="val_acc", patience=100)
+    trainer = Trainer(model, NaNAfter(), optim.SGD(model.parameters(), lr=0.05), callbacks=[recorder, stopper],
+                      progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(x[:30], y[:30], epochs=20, batch_size=10, validation=(x[30:], y[30:]))
+    messages = [str(w.message) for w in caught if issubclass(w.category, DivergenceWarning)]
+    # validation calls forward too: 3 training + 1 validation batches per epoch, so call 10 is iteration 8
+    assert len(messages) == 1 and "not finite" in messages[0]
+    assert trainer.epoch == 2 and "diverged" in trainer.stop_reason
+    best = int(np.argmax(trainer.history["val_acc"]))    # first maximum: later ties are not improvements
+    for got, want in zip(weights(model), recorder.epochs[best]):
+        np.testing.assert_array_equal(got, want)
+
+
+# --- data plumbing ---------------------------------------------------------------------------------------------------
+def test_memmapped_data_trains_like_in_memory_data(tmp_path):
+    """Batches are gathered one at a time, so a read-only memmap works and gives the same run."""
+    x, y = blobs(45, seed=13)
+    path = tmp_path / "x.dat"
+    stored = np.memmap(path, dtype=np.float32, mode="w+", shape=x.shape)
+    stored[:] = x
+    stored.flush()
+    mapped = np.memmap(path, dtype=np.float32, mode="r", shape=x.shape)
+
+    def run(data):
+        model = mlp()
+        Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False).fit(
+            data, y, epochs=2, batch_size=16)
+        return weights(model)
+
+    for a, b in zip(run(x), run(mapped)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_backward_skips_the_input_gradient():
+    calls = []
+
+    class Spy(nn.Sequential):
+        def backward(self, dout, *, input_grad=True):
+            calls.append(input_grad)
+            return super().backward(dout, input_grad=input_grad)
+
+    x, y = blobs(12)
+    model = Spy(nn.Linear(6, 3, generator=0))
+    Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False).fit(
+        x, y, epochs=1, batch_size=5)
+    assert calls == [False, False, False]
+
+
+def test_progress_without_tqdm_prints_one_line_per_epoch(monkeypatch):
+    monkeypatch.setattr(ProgressBar, "_tqdm", lambda self: None)
+    x, y = blobs(20)
+    stream = io.StringIO()
+    model = mlp()
+    Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1),
+            callbacks=[ProgressBar(file=stream)]).fit(x, y, epochs=2, batch_size=10)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2: loss ") and " acc " in lines[1]
