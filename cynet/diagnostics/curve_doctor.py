@@ -1,0 +1,241 @@
+r"""The curve doctor: read a training history and name the lecture's patterns, with the numbers and the advice.
+
+:func:`diagnose` takes a :class:`cynet.train.Trainer` history (per iteration "loss"; per epoch "train_loss",
+"train_acc", "val_loss", "val_acc") and applies these rules. The per-iteration loss is first smoothed with a
+moving average over :math:`w = \max(1, n/20)` iterations; *start* is the mean of the first w losses, *end* the last
+smoothed value.
+
+====================  ========  ===============================================================  ====================
+finding               severity  rule (module constant)                                           advice
+====================  ========  ===============================================================  ====================
+loss exploded         alarm     a NaN/inf loss, or one above 3x start (``EXPLODE_FACTOR``)      lower the lr
+loss not moving       alarm     end >= 95 % of start (``NOT_MOVING`` = 0.05)                     raise the lr
+flat then sudden      warning   the smoothed loss stays above 90 % of start for >= 15 % of the   better init
+drop                            run (``FLAT_FRACTION``), then ends below 70 % of start
+plateau               warning   the loss fell >= 10 % overall but < 2 % (``PLATEAU_DROP``) of    lr decay
+                                its level over the last 25 % of iterations (``PLATEAU_TAIL``)
+overfitting           warning   final train_acc - val_acc > 0.15 (``GAP``)                       regularise, more data
+underfitting          warning   gap < 0.05 (``SMALL_GAP``) and train_acc < 0.6                   bigger model, longer
+                                (``LOW_ACCURACY``)
+still improving       info      val_acc at its best in the last epoch and up > 1 point           train longer
+                                (``RISING``) over the last 3 epochs
+healthy               ok        none of the alarms or warnings above                             —
+====================  ========  ===============================================================  ====================
+
+Example:
+    >>> import numpy as np
+    >>> from cynet.diagnostics.curve_doctor import diagnose
+    >>> findings = diagnose({"loss": [2.3] * 200})
+    >>> findings[0].name
+    'loss not moving'
+"""
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Finding", "Diagnosis", "diagnose"]
+
+EXPLODE_FACTOR = 3.0
+NOT_MOVING = 0.05
+FLAT_LEVEL = 0.90
+FLAT_FRACTION = 0.15
+DROP_LEVEL = 0.70
+PLATEAU_MIN_TOTAL_DROP = 0.10
+PLATEAU_TAIL = 0.25
+PLATEAU_DROP = 0.02
+GAP = 0.15
+SMALL_GAP = 0.05
+LOW_ACCURACY = 0.60
+RISING = 0.01
+RISING_EPOCHS = 3
+SEVERITIES = ("alarm", "warning", "info", "ok")
+
+
+@dataclass
+class Finding:
+    """One diagnosis.
+
+    Attributes:
+        name (str): the pattern, e.g. "overfitting".
+        severity (str): "alarm", "warning", "info" or "ok".
+        evidence (str): the numbers that triggered it.
+        advice (str): what to try.
+        values (dict): the raw numbers.
+    """
+
+    name: str
+    severity: str
+    evidence: str
+    advice: str
+    values: dict = field(default_factory=dict)
+
+    def __str__(self):
+        return f"[{self.severity}] {self.name}: {self.evidence} -> {self.advice}"
+
+
+class Diagnosis(list):
+    """A list of :class:`Finding` that prints one line per finding; :attr:`alarming` keeps alarms and warnings."""
+
+    @property
+    def alarming(self):
+        return [f for f in self if f.severity in ("alarm", "warning")]
+
+    def names(self):
+        return [f.name for f in self]
+
+    def __str__(self):
+        return "\n".join(str(f) for f in self) if self else "no findings"
+
+
+def _moving_average(values, window):
+    if window <= 1:
+        return values.copy()
+    kernel = np.ones(window) / window
+    return np.convolve(values, kernel, mode="valid")
+
+
+def _series(history, key):
+    values = history.get(key)
+    if values is None:
+        return np.zeros(0)
+    return np.asarray(list(values), dtype=np.float64)
+
+
+def _loss_findings(loss, found):
+    n = len(loss)
+    if n < 2:
+        return
+    window = max(1, n // 20)
+    bad = np.flatnonzero(~np.isfinite(loss))
+    start = float(np.mean(loss[:window])) if np.all(np.isfinite(loss[:window])) else float(loss[0])
+    if bad.size:
+        found.append(Finding(
+            "loss exploded", "alarm",
+            f"the loss is {loss[bad[0]]} at iteration {bad[0] + 1} of {n} (started at {start:.4g})",
+            "the learning rate is too high: lower it by 3-10x (or clip gradients; check the initialisation)",
+            {"iteration": int(bad[0] + 1), "start": start}))
+        return
+    peak = int(np.argmax(loss))
+    if start > 0 and loss[peak] > EXPLODE_FACTOR * start:
+        found.append(Finding(
+            "loss exploded", "alarm",
+            f"the loss reached {loss[peak]:.4g} at iteration {peak + 1}, {loss[peak] / start:.1f}x its start "
+            f"{start:.4g} (threshold {EXPLODE_FACTOR:g}x)",
+            "the learning rate is too high: lower it by 3-10x",
+            {"iteration": peak + 1, "peak": float(loss[peak]), "start": start}))
+        return
+    smooth = _moving_average(loss, window)
+    end = float(smooth[-1])
+    if start <= 0:
+        return
+    if end >= (1 - NOT_MOVING) * start:
+        found.append(Finding(
+            "loss not moving", "alarm",
+            f"the loss went from {start:.4g} to {end:.4g} in {n} iterations ({(start - end) / start:+.1%} drop, "
+            f"threshold {NOT_MOVING:.0%})",
+            "the learning rate is probably too low: raise it by 10x (if it stays flat at every rate, check the "
+            "backward pass with cynet.gradcheck)",
+            {"start": start, "end": end, "iterations": n}))
+        return
+    below = np.flatnonzero(smooth < FLAT_LEVEL * start)
+    if below.size and below[0] >= FLAT_FRACTION * len(smooth) and end < DROP_LEVEL * start:
+        flat = int(below[0]) + window        # iterations up to the end of the first window below the level
+        found.append(Finding(
+            "flat then sudden drop", "warning",
+            f"the loss stayed above {FLAT_LEVEL:.0%} of its start {start:.4g} for {flat} of {n} iterations, then "
+            f"fell to {end:.4g}",
+            "a long flat start points at a bad initialisation (weights too small/large): try Xavier/He "
+            "initialisation, or batch normalisation",
+            {"flat_iterations": flat, "start": start, "end": end}))
+    tail = max(2, int(round(PLATEAU_TAIL * len(smooth))))
+    if len(smooth) >= 2 * tail and (start - end) >= PLATEAU_MIN_TOTAL_DROP * start:
+        tail_start = float(smooth[-tail])
+        tail_drop = (tail_start - end) / tail_start if tail_start > 0 else 0.0
+        if tail_drop < PLATEAU_DROP:
+            found.append(Finding(
+                "plateau", "warning",
+                f"over the last {tail} iterations the loss moved from {tail_start:.4g} to {end:.4g} "
+                f"({tail_drop:+.1%}; threshold {PLATEAU_DROP:.0%}) after falling from {start:.4g}",
+                "the loss has plateaued: decay the learning rate (step decay x0.1, cosine, or ReduceLROnPlateau)",
+                {"tail_start": tail_start, "end": end, "start": start}))
+
+
+def _accuracy_findings(history, found):
+    train = _series(history, "train_acc")
+    val = _series(history, "val_acc")
+    if not train.size or not math.isfinite(train[-1]):
+        return
+    if val.size != train.size or not math.isfinite(val[-1]):
+        if train[-1] < LOW_ACCURACY:
+            found.append(Finding(
+                "underfitting", "warning",
+                f"train accuracy {train[-1]:.1%} (below {LOW_ACCURACY:.0%}; no validation numbers)",
+                "the model does not even fit its training data: use a bigger model, train longer, lower the "
+                "regularisation or tune the learning rate", {"train_acc": float(train[-1])}))
+        return
+    gap = float(train[-1] - val[-1])
+    values = {"train_acc": float(train[-1]), "val_acc": float(val[-1]), "gap": gap}
+    if gap > GAP:
+        evidence = (f"train accuracy {train[-1]:.1%} vs validation {val[-1]:.1%}: a gap of {gap:.1%} (threshold "
+                    f"{GAP:.0%})")
+        val_loss = _series(history, "val_loss")
+        if val_loss.size == val.size and np.all(np.isfinite(val_loss)) and val_loss.size >= 2:
+            best = int(np.argmin(val_loss))
+            if best < val_loss.size - 1 and val_loss[-1] > val_loss[best]:
+                evidence += (f"; validation loss rose from {val_loss[best]:.4g} (epoch {best + 1}) to "
+                             f"{val_loss[-1]:.4g}")
+        found.append(Finding("overfitting", "warning", evidence,
+                             "increase the regularisation (weight decay, dropout), get more data or augment it, "
+                             "or stop earlier (EarlyStopping)", values))
+    elif gap < SMALL_GAP and train[-1] < LOW_ACCURACY:
+        found.append(Finding(
+            "underfitting", "warning",
+            f"train accuracy {train[-1]:.1%} and validation {val[-1]:.1%}: no gap ({gap:+.1%}) and low accuracy "
+            f"(below {LOW_ACCURACY:.0%})",
+            "the model is too weak for the data: use a bigger model, train longer, or lower the regularisation",
+            values))
+    if val.size >= 2:
+        back = min(RISING_EPOCHS, val.size - 1)
+        rise = float(val[-1] - val[-1 - back])
+        if val[-1] >= np.max(val) and rise > RISING:
+            found.append(Finding(
+                "still improving", "info",
+                f"validation accuracy is still rising: {val[-1 - back]:.1%} -> {val[-1]:.1%} over the last {back} "
+                f"epochs (its best is the last epoch)",
+                "train longer: the model has not converged", {"rise": rise, "epochs": back}))
+
+
+def diagnose(history):
+    """Name the patterns of a training history, with the evidence in numbers and the advice.
+
+    Args:
+        history (Mapping[str, Sequence[float]]): a :attr:`cynet.train.Trainer.history`; the keys used are "loss"
+            (per iteration) and "train_acc", "val_acc", "val_loss" (per epoch). Missing or NaN entries skip the
+            findings that need them.
+
+    Returns:
+        Diagnosis: a list of :class:`Finding`, alarms first, then warnings, information and "healthy" (added when
+        nothing alarming was found); ``print`` shows one line per finding.
+
+    Raises:
+        TypeError: history is not a mapping.
+
+    Example:
+        >>> d = diagnose(trainer.history)    # doctest: +SKIP
+        >>> print(d)                          # doctest: +SKIP
+        [warning] overfitting: train accuracy 98.0% vs validation 61.0%: a gap of 37.0% (threshold 15%) -> ...
+    """
+    if not hasattr(history, "get"):
+        raise TypeError(f"diagnose: history must be a mapping such as Trainer.history, got {type(history).__name__}")
+    found = []
+    _loss_findings(_series(history, "loss"), found)
+    _accuracy_findings(history, found)
+    if not any(f.severity in ("alarm", "warning") for f in found):
+        loss = _series(history, "loss")
+        evidence = "no alarm or warning"
+        if loss.size >= 2:
+            evidence += f"; loss {loss[0]:.4g} -> {loss[-1]:.4g} over {loss.size} iterations"
+        found.append(Finding("healthy", "ok", evidence, "keep going"))
+    found.sort(key=lambda f: SEVERITIES.index(f.severity))
+    return Diagnosis(found)

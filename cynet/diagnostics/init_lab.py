@@ -1,0 +1,345 @@
+r"""The initialisation lab: per-layer activation statistics, and the lecture's 10-layer experiment in numbers.
+
+CS231n ("Training Neural Networks I", *weight initialisation*) feeds a (1000, 500) unit-Gaussian input through 10
+layers of 500 units, ``H = f(H @ W)`` without biases, and looks at each layer's activations:
+
+========  ==========================  =====================================================================
+init      weight std                  what happens (tanh / ReLU)
+========  ==========================  =====================================================================
+small     0.01                        std shrinks ~4.5x (ReLU ~6.4x) per layer: collapses towards 0
+large     1.0                         tanh: saturated at ±1 (gradients vanish); ReLU: explodes
+xavier    :math:`1/\sqrt{fan_{in}}`   tanh: healthy; ReLU: the variance halves per layer (std x ~0.7)
+he        :math:`\sqrt{2/fan_{in}}`   ReLU: std stays roughly constant
+zeros     0                           every unit of a layer identical, before and after training: no symmetry
+                                      breaking
+========  ==========================  =====================================================================
+
+:func:`init_experiment` builds that net and turns the numbers into a verdict, by these rules in this order:
+
+- "symmetry never broken": in every layer all units (columns) carry identical activations;
+- "exploding": non-finite activations, the last layer's std above 1000x the first layer's, or growing more than
+  2x per layer (geometric mean);
+- "saturated at ±1" (tanh/sigmoid): more than half of the last layer's units saturated (|y| > 0.99 for tanh,
+  y < 0.01 or y > 0.99 for sigmoid);
+- "std collapses layer by layer towards 0": last layer's std below 1e-3 x the first's;
+- "collapsing": over the second half of the layers the std shrinks by more than 15 % per layer (geometric mean);
+- otherwise "healthy".
+
+Example:
+    >>> from cynet.diagnostics.init_lab import init_experiment
+    >>> result = init_experiment("tanh", "small", width=100, samples=200)
+    >>> result.verdict
+    'std collapses layer by layer towards 0'
+"""
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cynet.nn.layers import Linear, Maxout, PReLU, ReLU, Sigmoid, Tanh, _Elementwise
+from cynet.nn.module import Module, Sequential
+
+__all__ = ["LayerStats", "InitExperiment", "activation_statistics", "init_experiment", "INIT_SCALES"]
+
+ACTIVATION_TYPES = (_Elementwise, PReLU, Maxout)
+INIT_SCALES = ("small", "large", "xavier", "he", "zeros")
+EXPLODE_RATIO = 1e3
+COLLAPSE_RATIO = 1e-3
+SATURATED_MAJORITY = 0.5
+COLLAPSING_PER_LAYER = 0.85
+EXPLODE_PER_LAYER = 2.0
+
+
+@dataclass
+class LayerStats:
+    """Statistics of one layer's output over a batch.
+
+    Attributes:
+        name (str): the module's dotted name (``named_modules``) or its index in a list of layers.
+        kind (str): the module's class name ("ReLU", "Tanh", ...).
+        mean (float), std (float): over every value of the output.
+        counts (numpy.ndarray): histogram counts, shape (bins,).
+        edges (numpy.ndarray): histogram bin edges, shape (bins + 1,), spanning the output's range.
+        saturated (float): fraction of saturated values (tanh: |y| > 0.99; sigmoid: y < 0.01 or y > 0.99); NaN for
+            other layers.
+        dead (float): fraction of units (features along axis 1) never positive in the batch, for ReLU; NaN
+            otherwise.
+        shape (tuple): the output's shape.
+    """
+
+    name: str
+    kind: str
+    mean: float
+    std: float
+    counts: np.ndarray
+    edges: np.ndarray
+    saturated: float = math.nan
+    dead: float = math.nan
+    shape: tuple = ()
+
+
+def _saturation_mask(module, y):
+    if isinstance(module, Tanh):
+        return np.abs(y) > 0.99
+    if isinstance(module, Sigmoid):
+        return (y < 0.01) | (y > 0.99)
+    return None
+
+
+def _unit_active(y):
+    """Per unit (axis 1), whether it was positive anywhere in the batch."""
+    if y.ndim < 2:
+        return np.asarray(y > 0).reshape(1, -1).any(axis=0)
+    axes = (0,) + tuple(range(2, y.ndim))
+    return np.any(y > 0, axis=axes)
+
+
+def summarize(name, module, y, bins=50):
+    """Per-layer :class:`LayerStats` of the output ``y`` of ``module`` (NumPy reductions in float64).
+
+    Args:
+        name (str): the layer's name.
+        module (Module or None): the layer (decides saturation and dead-unit statistics).
+        y (numpy.ndarray): its output.
+        bins (int): histogram bins. Default 50.
+
+    Returns:
+        LayerStats: the summary.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> summarize("0", nn.ReLU(), np.array([[0.0, 1.0], [0.0, 3.0]])).dead
+        0.5
+    """
+    y = np.asarray(y)
+    finite = np.isfinite(y)
+    if finite.all():
+        mean = float(np.mean(y, dtype=np.float64))
+        std = float(np.std(y, dtype=np.float64))
+        lo, hi = (float(y.min()), float(y.max())) if y.size else (0.0, 1.0)
+        if lo == hi:
+            lo, hi = lo - 0.5, hi + 0.5
+        counts, edges = np.histogram(y, bins=bins, range=(lo, hi))
+    else:
+        mean = std = math.nan
+        counts, edges = np.zeros(bins, np.int64), np.linspace(0.0, 1.0, bins + 1)
+    mask = _saturation_mask(module, y)
+    saturated = float(np.mean(mask)) if mask is not None and y.size else math.nan
+    dead = math.nan
+    if isinstance(module, ReLU) and y.size:
+        dead = float(np.mean(~_unit_active(y)))
+    return LayerStats(str(name), type(module).__name__ if module is not None else "array", mean, std, counts,
+                      edges, saturated, dead, tuple(y.shape))
+
+
+def monitored_layers(model):
+    """``(name, module)`` of the activation modules of ``model`` (every leaf module when it has none)."""
+    named = [(name, m) for name, m in model.named_modules() if isinstance(m, ACTIVATION_TYPES)]
+    if named:
+        return named
+    return [(name, m) for name, m in model.named_modules() if not m._modules and name]
+
+
+@contextlib.contextmanager
+def recording(named_modules, sink):
+    """Within the block, every forward of the given modules appends ``(name, module, output)`` to ``sink``.
+
+    The wrapper is an instance attribute shadowing the class's ``forward`` and is removed on exit (also on error).
+    """
+    wrapped = []
+    try:
+        for name, module in named_modules:
+            original = module.forward
+
+            def forward(*args, _original=original, _name=name, _module=module, **kwargs):
+                out = _original(*args, **kwargs)
+                sink.append((_name, _module, out))
+                return out
+
+            object.__setattr__(module, "forward", forward)
+            wrapped.append(module)
+        yield sink
+    finally:
+        for module in wrapped:
+            module.__dict__.pop("forward", None)
+
+
+def activation_statistics(model_or_layers, x, *, bins=50):
+    """Per-layer mean, std and histogram of the activations of one forward pass of ``x``.
+
+    A model records the output of each activation module (ReLU, Tanh, Sigmoid, ..., PReLU, Maxout) or, when it has
+    none, of each leaf module; a list of modules is applied in order and records every layer's output. The model's
+    own ``forward`` runs, in its current train/eval mode.
+
+    Args:
+        model_or_layers (Module or sequence of Module): the network, or its layers in order.
+        x (numpy.ndarray): the input batch (the parameters' dtype).
+        bins (int): histogram bins per layer. Default 50.
+
+    Returns:
+        list[LayerStats]: one entry per recorded layer, in forward order.
+
+    Raises:
+        TypeError: neither a Module nor a sequence of Modules.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> model = nn.Sequential(nn.Linear(10, 20), nn.Tanh(), nn.Linear(20, 20), nn.Tanh())
+        >>> stats = activation_statistics(model, np.ones((4, 10), np.float32))
+        >>> [s.name for s in stats]
+        ['1', '3']
+    """
+    if isinstance(model_or_layers, Module):
+        sink = []
+        with recording(monitored_layers(model_or_layers), sink):
+            model_or_layers(x)
+        return [summarize(name, module, y, bins) for name, module, y in sink]
+    layers = list(model_or_layers)
+    if not layers or not all(isinstance(m, Module) for m in layers):
+        raise TypeError("activation_statistics: expected a cynet.nn.Module or a non-empty sequence of Modules")
+    stats = []
+    for index, layer in enumerate(layers):
+        x = layer(x)
+        stats.append(summarize(str(index), layer, x, bins))
+    return stats
+
+
+@dataclass
+class InitExperiment:
+    """The outcome of :func:`init_experiment`.
+
+    Attributes:
+        nonlinearity (str), init (str): the settings.
+        weight_std (float): the std the weights were drawn with.
+        stats (list[LayerStats]): per layer, after the nonlinearity.
+        verdict (str): one of "healthy", "collapsing", "std collapses layer by layer towards 0",
+            "saturated at ±1", "exploding", "symmetry never broken".
+        identical_units (list[bool]): per layer, whether all units carry identical activations.
+        symmetric_after_step (bool): whether, after one SGD step, all units of every layer still share the same
+            weights.
+    """
+
+    nonlinearity: str
+    init: str
+    weight_std: float
+    stats: list = field(default_factory=list)
+    verdict: str = ""
+    identical_units: list = field(default_factory=list)
+    symmetric_after_step: bool = False
+
+    @property
+    def stds(self):
+        return np.array([s.std for s in self.stats])
+
+    @property
+    def means(self):
+        return np.array([s.mean for s in self.stats])
+
+    def __str__(self):
+        head = f"{self.nonlinearity} / {self.init} (weight std {self.weight_std:.4g}): {self.verdict}"
+        lines = [head, "layer        mean         std   saturated   dead units"]
+        for index, s in enumerate(self.stats, 1):
+            sat = "" if math.isnan(s.saturated) else f"{s.saturated:.1%}"
+            dead = "" if math.isnan(s.dead) else f"{s.dead:.1%}"
+            lines.append(f"{index:5d} {s.mean:11.3g} {s.std:11.3g} {sat:>11} {dead:>12}")
+        return "\n".join(lines)
+
+
+def _weight_std(init, fan_in):
+    if init == "small":
+        return 0.01
+    if init == "large":
+        return 1.0
+    if init == "xavier":
+        return 1.0 / math.sqrt(fan_in)
+    if init == "he":
+        return math.sqrt(2.0 / fan_in)
+    return 0.0
+
+
+def _verdict(result):
+    stds = result.stds
+    if result.identical_units and all(result.identical_units):
+        return "symmetry never broken"
+    if not np.all(np.isfinite(stds)):
+        return "exploding"
+    first, last = stds[0], stds[-1]
+    growth = (last / first) ** (1.0 / (len(stds) - 1)) if first > 0 and len(stds) > 1 else 1.0
+    if first > 0 and (last > EXPLODE_RATIO * first or growth > EXPLODE_PER_LAYER):
+        return "exploding"
+    if result.nonlinearity in ("tanh", "sigmoid") and result.stats[-1].saturated > SATURATED_MAJORITY:
+        return "saturated at ±1"
+    if last < COLLAPSE_RATIO * first:
+        return "std collapses layer by layer towards 0"
+    half = stds[len(stds) // 2:]
+    if len(half) >= 2 and half[0] > 0:
+        per_layer = (half[-1] / half[0]) ** (1.0 / (len(half) - 1))
+        if per_layer < COLLAPSING_PER_LAYER:
+            return "collapsing"
+    return "healthy"
+
+
+def init_experiment(nonlinearity="tanh", init="xavier", layers=10, width=500, samples=1000, seed=0):
+    r"""The lecture's experiment: a deep net on unit-Gaussian data, one weight scale, statistics per layer.
+
+    ``layers`` bias-free Linear layers of ``width`` units, each followed by the nonlinearity, on a
+    ``(samples, width)`` standard normal input (float64); weights normal with std 0.01 ("small"), 1.0 ("large"),
+    :math:`1/\sqrt{fan_{in}}` ("xavier", as in the lecture), :math:`\sqrt{2/fan_{in}}` ("he") or 0 ("zeros").
+    After recording the activations it takes one SGD step (lr 0.1) on a mean-squared loss against a random target
+    and checks whether every layer's units still share the same weights. The verdict rules are in
+    :mod:`cynet.diagnostics.init_lab`.
+
+    Args:
+        nonlinearity (str): "tanh" (default), "relu" or "sigmoid".
+        init (str): "small", "large", "xavier" (default), "he" or "zeros".
+        layers (int): depth. Default 10.
+        width (int): units per layer (and input features). Default 500.
+        samples (int): input rows. Default 1000.
+        seed (int): seeds the input, the weights and the target. Default 0.
+
+    Returns:
+        InitExperiment: per-layer statistics, the verdict and the symmetry findings; ``print`` shows a table.
+
+    Raises:
+        ValueError: unknown nonlinearity or init, or sizes below 1.
+
+    Example:
+        >>> r = init_experiment("relu", "he", width=200, samples=300)
+        >>> r.verdict
+        'healthy'
+    """
+    activations = {"tanh": Tanh, "relu": ReLU, "sigmoid": Sigmoid}
+    if nonlinearity not in activations:
+        raise ValueError(f"init_experiment: nonlinearity must be 'tanh', 'relu' or 'sigmoid', got {nonlinearity!r}")
+    if init not in INIT_SCALES:
+        raise ValueError(f"init_experiment: init must be one of {', '.join(INIT_SCALES)}, got {init!r}")
+    for name, value in (("layers", layers), ("width", width), ("samples", samples)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"init_experiment: {name} must be a positive int, got {value!r}")
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((samples, width))
+    std = _weight_std(init, width)
+    modules = []
+    for _ in range(layers):
+        linear = Linear(width, width, bias=False, init="zeros", dtype=np.float64)
+        linear.weight.data[...] = rng.standard_normal((width, width)) * std
+        modules += [linear, activations[nonlinearity]()]
+    net = Sequential(*modules)
+    result = InitExperiment(nonlinearity, init, std)
+    sink = []
+    with recording([(str(i // 2 + 1), m) for i, m in enumerate(modules) if i % 2 == 1], sink):
+        out = net(x)
+    result.stats = [summarize(name, module, y) for name, module, y in sink]
+    result.identical_units = [bool(y.size and np.all(y == y[:, :1])) for _, _, y in sink]
+    # one SGD step on 0.5 * mean squared error against a random target
+    target = rng.standard_normal(out.shape)
+    net.zero_grad()
+    net.backward((out - target) / out.shape[0], input_grad=False)
+    for param in net.parameters():
+        param.data -= 0.1 * param.grad
+    result.symmetric_after_step = all(bool(np.all(m.weight.data == m.weight.data[:1])) for m in modules[::2])
+    result.verdict = _verdict(result)
+    return result

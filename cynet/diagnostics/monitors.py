@@ -1,0 +1,248 @@
+r"""Training monitors: what the lecture says to watch while a network trains, recorded by a trainer callback.
+
+:class:`TrainingMonitor` is a :class:`cynet.train.Callback`; it does nothing unless you add it to a
+:class:`~cynet.train.Trainer`'s ``callbacks``, and then only the *monitored* iterations pay. On a monitored
+iteration it records, per layer (the activation modules, see :func:`cynet.diagnostics.init_lab.monitored_layers`):
+
+- the mean, std and a histogram of the activations of the training batch;
+- the fraction of saturated units of tanh (|y| > 0.99) and sigmoid (y < 0.01 or y > 0.99) layers;
+- the fraction of dead ReLUs: units (features, or channels of images) never positive in the monitored batches;
+
+and per parameter:
+
+- the std of its gradient (the one the optimiser used: data loss plus regularisation);
+- the update-to-weight ratio :math:`\lVert\Delta W\rVert / \lVert W\rVert` of the step, which the lecture wants
+  around 1e-3. Outside ``ratio_range`` (1e-4 ... 1e-2 by default) for a weight matrix, an
+  :class:`UpdateRatioWarning` says which layer and by how much (biases are recorded but never warned about: they
+  start at zero).
+
+How it hooks in: before a monitored iteration (from ``on_epoch_begin`` or the previous ``on_batch_end``) it copies
+the trainable weights and shadows each activation module's ``forward`` with a wrapper that keeps a reference to
+the output; after the step (``on_batch_end``) it reads the outputs, the gradients and the weights, then removes the
+wrappers. Other iterations, and the validation passes, run untouched.
+
+Overhead, measured on 2 CPU cores for a 3072-1024-512-10 ReLU MLP trained with SGD on batches of 128: one
+monitored iteration costs about 12-14 ms of extra work (copying, differencing and summing 3.7 M weights and
+gradients, histograms of the activations). Monitoring every epoch (one batch per epoch) therefore cost 2.5 % of a
+40-batch epoch (0.58 s), and would cost about 0.3 % of a full CIFAR-10 epoch (390 batches); the target is
+<= 10 %. Monitoring every iteration adds about 80 % to each step: use ``every_iterations`` sparingly.
+
+Example:
+    >>> from cynet.diagnostics.monitors import TrainingMonitor
+    >>> monitor = TrainingMonitor(every=1)
+    >>> trainer = Trainer(model, loss, optimizer, callbacks=[monitor])        # doctest: +SKIP
+    >>> _ = trainer.fit(x, y, epochs=5)                                         # doctest: +SKIP
+    >>> monitor.records[-1]["update_ratio"]                                     # doctest: +SKIP
+    {'0.weight': 0.0012, '0.bias': 0.004, ...}
+"""
+import math
+import warnings
+
+import numpy as np
+
+from cynet.diagnostics.init_lab import monitored_layers, recording, summarize
+from cynet.train import Callback
+
+__all__ = ["TrainingMonitor", "UpdateRatioWarning"]
+
+
+class UpdateRatioWarning(UserWarning):
+    """A weight's update-to-weight ratio ‖ΔW‖/‖W‖ left the healthy range (learning rate too high or too low)."""
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"TrainingMonitor: {name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+class TrainingMonitor(Callback):
+    """Record activation statistics, saturation, dead ReLUs, gradient stds and update ratios during training.
+
+    Args:
+        every (int): monitor the first ``batches`` batches of every ``every``-th epoch (epochs 1, 1 + every, ...).
+            Default 1.
+        every_iterations (int): instead, monitor ``batches`` consecutive iterations every ``every_iterations``
+            iterations (iterations 1, 1 + k, ...). Default None (epoch schedule).
+        bins (int): histogram bins per layer. Default 50.
+        batches (int): consecutive batches pooled into one record (activations concatenated, dead units over all
+            of them, gradient stds and update ratios averaged). Default 1.
+        ratio_range (tuple): ``(low, high)`` healthy update-to-weight ratios. Default (1e-4, 1e-2).
+        warn (bool): issue :class:`UpdateRatioWarning` outside ``ratio_range``. Default True.
+
+    Attributes:
+        records (list[dict]): one per monitored window: "epoch" (1-based, the epoch it ran in), "iteration" (the
+            trainer's iteration count after it), "layers" (list of
+            :class:`~cynet.diagnostics.init_lab.LayerStats`), "grad_std" and "update_ratio" (dicts keyed by
+            parameter name).
+
+    Example:
+        >>> monitor = TrainingMonitor(every_iterations=50, ratio_range=(1e-4, 1e-2))
+        >>> # Trainer(model, loss, optimizer, callbacks=[monitor]).fit(x, y, epochs=3)
+        >>> monitor.records
+        []
+    """
+
+    def __init__(self, every=1, every_iterations=None, bins=50, batches=1, ratio_range=(1e-4, 1e-2), warn=True):
+        self.every = _positive_int("every", every)
+        self.every_iterations = None if every_iterations is None else _positive_int("every_iterations",
+                                                                                    every_iterations)
+        self.bins = _positive_int("bins", bins)
+        self.batches = _positive_int("batches", batches)
+        low, high = (float(v) for v in ratio_range)
+        if not (0 <= low < high):
+            raise ValueError(f"TrainingMonitor: ratio_range must be (low, high) with 0 <= low < high, got "
+                             f"{ratio_range!r}")
+        self.ratio_range = (low, high)
+        self.warn = bool(warn)
+        self.records = []
+        self._layers = None
+        self._params = None
+        self._recorder = None
+        self._sink = []
+        self._before = None
+        self._left = 0
+        self._window = None
+        self._batch_in_epoch = 0
+
+    # --- arming ------------------------------------------------------------------------------------------------------
+    def _arm(self, trainer):
+        """Prepare the coming iteration: copy the weights, install the forward wrappers (once per window)."""
+        self._before = [p.data.copy() for _, p in self._params]
+        if self._recorder is None:
+            self._sink = []
+            self._recorder = recording(self._layers, self._sink)
+            self._recorder.__enter__()
+            self._window = {"grad_std": {}, "update_ratio": {}, "count": 0}
+
+    def _disarm(self):
+        if self._recorder is not None:
+            self._recorder.__exit__(None, None, None)
+        self._recorder = None
+        self._before = None
+        self._left = 0
+
+    def _starts_window(self, iteration):
+        """Iteration-schedule test for the 1-based ``iteration`` about to run."""
+        return (iteration - 1) % self.every_iterations == 0
+
+    # --- hooks -------------------------------------------------------------------------------------------------------
+    def on_train_begin(self, trainer):
+        self._layers = monitored_layers(trainer.model)
+        self._params = [(name, p) for name, p in trainer.model.named_parameters() if p.requires_grad]
+        self._disarm()
+
+    def on_epoch_begin(self, trainer):
+        self._batch_in_epoch = 0
+        self._disarm()
+        if self.every_iterations is None:
+            due = trainer.epoch % self.every == 0
+        else:
+            due = self._starts_window(trainer.iteration + 1)
+        if due:
+            self._left = self.batches
+            self._arm(trainer)
+
+    def on_batch_end(self, trainer):
+        self._batch_in_epoch += 1
+        last_of_epoch = self._batch_in_epoch >= (trainer.batches_per_epoch or 0)
+        if self._before is not None:
+            self._measure(trainer)
+            self._left -= 1
+            if self._left <= 0 or last_of_epoch:     # windows end with the epoch: validation is never recorded
+                self._finish(trainer)
+                self._left = 0
+        if last_of_epoch:
+            return
+        if self.every_iterations is not None and self._left == 0 and self._starts_window(trainer.iteration + 1):
+            self._left = self.batches
+        if self._left > 0:
+            self._arm(trainer)
+
+    def on_train_end(self, trainer):
+        self._disarm()
+
+    # --- measuring ---------------------------------------------------------------------------------------------------
+    def _measure(self, trainer):
+        window = self._window
+        window["count"] += 1
+        for (name, param), before in zip(self._params, self._before):
+            grad = param.grad
+            window["grad_std"][name] = window["grad_std"].get(name, 0.0) + float(np.std(grad, dtype=np.float64))
+            norm = float(np.linalg.norm(before.ravel()))
+            delta = float(np.linalg.norm((param.data - before).ravel()))
+            ratio = delta / norm if norm > 0 else math.nan
+            window["update_ratio"][name] = window["update_ratio"].get(name, 0.0) + ratio
+        self._before = None
+
+    def _finish(self, trainer):
+        window = self._window
+        count = max(window["count"], 1)
+        outputs = {}
+        for name, module, y in self._sink:
+            outputs.setdefault(name, (module, []))[1].append(np.asarray(y))
+        layers = []
+        for name, (module, arrays) in outputs.items():
+            y = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+            layers.append(summarize(name, module, y, self.bins))
+        record = {
+            "epoch": trainer.epoch + 1,
+            "iteration": trainer.iteration,
+            "layers": layers,
+            "grad_std": {k: v / count for k, v in window["grad_std"].items()},
+            "update_ratio": {k: v / count for k, v in window["update_ratio"].items()},
+        }
+        self.records.append(record)
+        self._sink.clear()
+        if self._recorder is not None:
+            self._recorder.__exit__(None, None, None)
+        self._recorder = None
+        self._window = None
+        self._check_ratios(record)
+
+    def _check_ratios(self, record):
+        if not self.warn:
+            return
+        low, high = self.ratio_range
+        shapes = {name: p.data.ndim for name, p in self._params}
+        bad = []
+        for name, ratio in record["update_ratio"].items():
+            if shapes.get(name, 0) < 2 or not math.isfinite(ratio):
+                continue
+            if ratio > high:
+                bad.append(f"{name} {ratio:.2e} > {high:g} (learning rate too high?)")
+            elif ratio < low:
+                bad.append(f"{name} {ratio:.2e} < {low:g} (learning rate too low?)")
+        if bad:
+            warnings.warn(f"TrainingMonitor: update-to-weight ratio ‖ΔW‖/‖W‖ out of [{low:g}, {high:g}] at "
+                          f"iteration {record['iteration']}: " + "; ".join(bad), UpdateRatioWarning, stacklevel=2)
+
+    # --- reading -----------------------------------------------------------------------------------------------------
+    def history(self, key, name):
+        """``(iterations, values)`` of one recorded quantity across the records.
+
+        Args:
+            key (str): "update_ratio", "grad_std" (``name`` a parameter) or "mean", "std", "saturated", "dead"
+                (``name`` a layer).
+            name (str): the parameter or layer name.
+
+        Returns:
+            tuple: two numpy arrays of the same length.
+        """
+        iterations, values = [], []
+        for record in self.records:
+            if key in ("update_ratio", "grad_std"):
+                if name in record[key]:
+                    iterations.append(record["iteration"])
+                    values.append(record[key][name])
+            else:
+                for layer in record["layers"]:
+                    if layer.name == name:
+                        iterations.append(record["iteration"])
+                        values.append(getattr(layer, key))
+        return np.asarray(iterations), np.asarray(values, dtype=np.float64)
+
+    def __repr__(self):
+        schedule = (f"every_iterations={self.every_iterations}" if self.every_iterations is not None
+                    else f"every={self.every}")
+        return f"TrainingMonitor({schedule}, batches={self.batches}, records={len(self.records)})"

@@ -1,0 +1,210 @@
+"""Tests of cynet.diagnostics.babysit: each check provoked both ways, with hand-computed expectations."""
+import math
+
+import numpy as np
+import pytest
+
+import cynet
+from cynet import nn
+from cynet.diagnostics import BabysitReport, babysit
+from cynet.nn.loss import L2Penalty, MSELoss, MulticlassSVM, SoftmaxCrossEntropy
+from cynet.optim import SGD
+
+
+def _data(n=300, d=20, c=4, seed=0):
+    """Separable synthetic data: the label is the arg-max of a fixed linear map."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    w = rng.normal(size=(d, c))
+    return x, np.argmax(x @ w, axis=1).astype(np.int64)
+
+
+def _mlp(d=20, h=32, c=4, seed=0):
+    return nn.Sequential(nn.Linear(d, h, generator=seed), nn.ReLU(), nn.Linear(h, c, generator=seed + 1))
+
+
+FAST = dict(probe_steps=30, lr_probe=(1e-1, 1e-6))
+
+
+def sgd(params, lr):
+    return SGD(params, lr=lr, momentum=0.9)
+
+
+class ZeroGradLinear(nn.Linear):
+    """A Linear layer whose backward is broken: it reports zero parameter gradients."""
+
+    def backward(self, dout, *, input_grad=True):
+        dx = super().backward(dout, input_grad=input_grad)
+        self.weight.grad = np.zeros_like(self.weight.data)
+        if self.bias is not None:
+            self.bias.grad = np.zeros_like(self.bias.data)
+        return dx
+
+
+def test_healthy_mlp_passes_every_check():
+    x, y = _data()
+    report = babysit(_mlp(), SoftmaxCrossEntropy(), x, y, regularization=L2Penalty(1.0), **FAST)
+    assert isinstance(report, BabysitReport)
+    assert report.passed, str(report)
+    assert [c.name for c in report.checks] == ["initial loss", "regularization raises loss", "overfit tiny subset",
+                                               "learning-rate probe"]
+    assert all(c.passed is True for c in report.checks)
+    assert f"{math.log(4):.3f}" in report["initial loss"].explanation       # ln 4 = 1.386
+    assert report.recommended_lr == (1e-1, 1e-1)
+    assert [r.verdict for r in report.probe] == ["decreasing", "barely changing"]
+    text = str(report)
+    assert "initial loss" in text and "PASS" in text and "overall: PASSED" in text
+
+
+def test_huge_init_fails_initial_loss_with_too_large_hint():
+    x, y = _data()
+    model = _mlp()
+    for p in model.parameters():
+        p.data *= 100
+    report = babysit(model, SoftmaxCrossEntropy(), x, y, **FAST)
+    check = report["initial loss"]
+    assert check.passed is False and not report.passed
+    assert "too large" in check.explanation
+    assert check.values["loss"] > 1.15 * math.log(4)
+    assert "got" in check.explanation and "1.386" in check.explanation
+
+
+def test_initial_loss_value_matches_numpy_softmax():
+    x, y = _data()
+    model = _mlp()
+    report = babysit(model, SoftmaxCrossEntropy(), x, y, **FAST)
+    rng = np.random.default_rng(0)                           # babysit's own sample: the first draw of seed 0
+    sample = np.sort(rng.choice(len(x), size=256, replace=False))
+    s = model(x[sample]).astype(np.float64)
+    s -= s.max(axis=1, keepdims=True)
+    expected = float(np.mean(np.log(np.exp(s).sum(axis=1)) - s[np.arange(256), y[sample]]))
+    assert report["initial loss"].values["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_svm_expected_loss_is_c_minus_one_and_mse_is_skipped():
+    x, y = _data(c=5)
+    small = nn.Sequential(nn.Linear(20, 5, init="normal", generator=0))   # std 0.01: scores ~ 0, loss ~ C - 1
+    report = babysit(small, MulticlassSVM(), x, y, optimizer_factory=sgd, overfit_lr=0.05, **FAST)
+    check = report["initial loss"]
+    assert check.passed is True
+    assert check.expected.startswith("4 ")
+    assert check.values["expected"] == 4.0
+    assert check.values["loss"] == pytest.approx(4.0, rel=0.05)
+    target = np.random.default_rng(1).normal(size=(len(x), 5)).astype(np.float32)
+    report = babysit(small, MSELoss(), x, target, optimizer_factory=sgd, **FAST)
+    assert report["initial loss"].passed is None and "skipped" in report["initial loss"].explanation
+
+
+def test_zero_init_passes_but_warns_about_symmetry():
+    x, y = _data()
+    model = nn.Sequential(nn.Linear(20, 16, init="zeros"), nn.ReLU(), nn.Linear(16, 4, init="zeros"))
+    report = babysit(model, SoftmaxCrossEntropy(), x, y, **FAST)
+    check = report["initial loss"]
+    assert check.passed is True
+    assert check.values["loss"] == pytest.approx(math.log(4), abs=1e-6)
+    assert "symmetry" in check.explanation
+
+
+def test_regularization_check_rises_fails_and_skips():
+    x, y = _data()
+    on = babysit(_mlp(), SoftmaxCrossEntropy(), x, y, regularization=L2Penalty(10.0), **FAST)
+    values = on["regularization raises loss"].values
+    assert values["total_loss"] > values["data_loss"]
+    assert values["penalty"] == pytest.approx(float(L2Penalty(10.0)(_mlp())), rel=1e-6)   # same initial weights
+    off = babysit(_mlp(), SoftmaxCrossEntropy(), x, y, regularization=L2Penalty(0.0), **FAST)
+    assert off["regularization raises loss"].passed is False
+    skipped = babysit(_mlp(), SoftmaxCrossEntropy(), x, y, **FAST)
+    assert skipped["regularization raises loss"].passed is None
+    assert skipped.passed            # a skipped check does not fail the report
+
+
+def test_broken_backward_fails_overfit_check():
+    x, y = _data()
+    model = nn.Sequential(ZeroGradLinear(20, 32, generator=0), nn.ReLU(), ZeroGradLinear(32, 4, generator=1))
+    report = babysit(model, SoftmaxCrossEntropy(), x, y, overfit_steps=50, **FAST)
+    check = report["overfit tiny subset"]
+    assert check.passed is False
+    assert "not decreasing" in check.explanation and "backward" in check.explanation
+    assert report["learning-rate probe"].passed is False
+
+
+class ForgetfulPenalty(L2Penalty):
+    """A penalty whose value is right but whose backward forgets to add the gradient."""
+
+    def backward(self, model):
+        pass
+
+
+def test_regularization_without_gradient_fails():
+    x, y = _data()
+    report = babysit(_mlp(), SoftmaxCrossEntropy(), x, y, regularization=ForgetfulPenalty(1.0), **FAST)
+    check = report["regularization raises loss"]
+    assert check.passed is False and "no gradient" in check.explanation
+
+
+def test_too_little_capacity_stalls():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 2)).astype(np.float32)
+    y = rng.integers(0, 4, size=40)                      # random labels: a linear model on 2 features cannot fit
+    model = nn.Sequential(nn.Linear(2, 4, init="normal", generator=0))
+    report = babysit(model, SoftmaxCrossEntropy(), x, y, tiny_size=20, overfit_lr=1e-2, **FAST)
+    check = report["overfit tiny subset"]
+    assert check.passed is False
+    assert check.values["final_loss"] < 0.95 * check.values["initial_loss"]
+    assert check.values["accuracy"] < 1.0
+    assert "stalls" in check.explanation and "capacity" in check.explanation
+
+
+def test_tiny_subset_is_overfitted_to_100_percent():
+    x, y = _data()
+    report = babysit(_mlp(), SoftmaxCrossEntropy(), x, y, **FAST)
+    check = report["overfit tiny subset"]
+    assert check.passed is True and "100%" in check.measured
+    assert check.values["accuracy"] == 1.0
+    assert check.values["final_loss"] <= 0.1 * check.values["initial_loss"]
+    assert check.values["steps"] <= 200
+
+
+def test_lr_probe_classifies_exploding_and_barely_changing():
+    x, y = _data()
+    report = babysit(_mlp(), SoftmaxCrossEntropy(), x, y, optimizer_factory=sgd, overfit_lr=0.05,
+                     lr_probe=(1e6, 1e-9), probe_steps=20)
+    exploding, still = report.probe
+    assert exploding.verdict == "exploding"
+    assert exploding.steps < 20 or not math.isfinite(exploding.final_loss)
+    assert still.verdict == "barely changing" and abs(still.relative_drop) < 0.03
+    assert report["learning-rate probe"].passed is False
+    assert report.recommended_lr is None
+
+
+def test_model_state_modes_and_rng_are_restored_exactly():
+    x, y = _data()
+    model = nn.Sequential(nn.Linear(20, 32, generator=0), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 4, generator=1),
+                          nn.BatchNorm1d(4))
+    model.eval()
+    model[1].train()
+    before = model.state_dict()
+    modes = [m.training for m in model.modules()]
+    cynet.manual_seed(123)
+    state = cynet.get_rng_state()
+    babysit(model, SoftmaxCrossEntropy(), x, y, **FAST)
+    after = model.state_dict()
+    assert list(before) == list(after)
+    for key in before:
+        assert np.array_equal(before[key], after[key]), key
+        assert before[key].dtype == after[key].dtype
+    assert [m.training for m in model.modules()] == modes
+    assert cynet.get_rng_state() == state
+    assert all(not np.any(p.grad) for p in model.parameters())
+
+
+def test_invalid_arguments():
+    x, y = _data()
+    with pytest.raises(TypeError):
+        babysit(object(), SoftmaxCrossEntropy(), x, y)
+    with pytest.raises(ValueError):
+        babysit(_mlp(), SoftmaxCrossEntropy(), x, y[:-1])
+    with pytest.raises(ValueError):
+        babysit(_mlp(), SoftmaxCrossEntropy(), x, y, lr_probe=())
+    with pytest.raises(ValueError):
+        babysit(_mlp(), SoftmaxCrossEntropy(), x, y, tiny_size=0)

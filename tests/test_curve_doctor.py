@@ -1,0 +1,105 @@
+"""Tests of cynet.diagnostics.curve_doctor: one synthetic history per pattern, and a healthy one."""
+import math
+
+import numpy as np
+import pytest
+
+from cynet.diagnostics.curve_doctor import diagnose
+
+RNG = np.random.default_rng(0)
+
+
+def _noisy(curve, scale=0.02):
+    curve = np.asarray(curve, dtype=np.float64)
+    return list(curve * (1 + scale * RNG.standard_normal(curve.shape)))
+
+
+def _healthy_history():
+    t = np.arange(1000)
+    loss = 2.3 / np.sqrt(1 + t / 20)                    # keeps falling (power law), no plateau
+    epochs = np.arange(1, 11)
+    train_acc = 0.30 + 0.05 * epochs                    # 0.35 ... 0.80
+    val_acc = train_acc - 0.04                          # small gap
+    return {"loss": _noisy(loss), "train_acc": list(train_acc), "val_acc": list(val_acc),
+            "train_loss": list(2.3 - 0.1 * epochs), "val_loss": list(2.35 - 0.1 * epochs)}
+
+
+def test_healthy_history_has_no_alarming_finding():
+    d = diagnose(_healthy_history())
+    assert d.alarming == []
+    assert "healthy" in d.names()
+    assert "still improving" in d.names()                # val accuracy rose 0.15 over the last 3 epochs
+    rise = [f for f in d if f.name == "still improving"][0].values["rise"]
+    assert rise == pytest.approx(0.15)
+
+
+def test_nan_loss_is_an_explosion():
+    loss = _noisy(np.linspace(2.3, 1.5, 100)) + [float("nan")]
+    d = diagnose({"loss": loss})
+    assert d[0].name == "loss exploded" and d[0].severity == "alarm"
+    assert d[0].values["iteration"] == 101
+    assert "learning rate is too high" in d[0].advice
+
+
+def test_loss_above_three_times_start_is_an_explosion():
+    loss = [2.3] * 50 + [5.0, 9.0, 30.0]
+    d = diagnose({"loss": loss})
+    assert d[0].name == "loss exploded"
+    assert d[0].values["peak"] == 30.0 and d[0].values["iteration"] == 53
+
+
+def test_flat_loss_is_not_moving():
+    d = diagnose({"loss": _noisy(np.full(500, 2.30), 0.01)})
+    assert d.names()[0] == "loss not moving"
+    assert "too low" in d[0].advice
+
+
+def test_flat_then_sudden_drop_points_at_initialisation():
+    loss = np.concatenate([np.full(300, 2.30), 2.30 * np.exp(-np.arange(700) / 60) + 0.3])
+    d = diagnose({"loss": _noisy(loss, 0.01)})
+    assert "flat then sudden drop" in d.names()
+    finding = [f for f in d if f.name == "flat then sudden drop"][0]
+    assert 280 <= finding.values["flat_iterations"] <= 360        # the flat stretch: 300 iterations
+    assert "initialisation" in finding.advice
+
+
+def test_plateau_suggests_lr_decay():
+    t = np.arange(1000)
+    loss = 1.2 + 1.1 * np.exp(-t / 80)               # converges to 1.2 and stays
+    d = diagnose({"loss": _noisy(loss, 0.01)})
+    assert "plateau" in d.names()
+    assert "decay" in [f for f in d if f.name == "plateau"][0].advice
+    assert "flat then sudden drop" not in d.names()
+
+
+def test_overfitting_gap():
+    h = {"train_acc": [0.5, 0.7, 0.9, 0.98], "val_acc": [0.45, 0.55, 0.58, 0.57],
+         "val_loss": [1.5, 1.3, 1.35, 1.6]}
+    d = diagnose(h)
+    f = [f for f in d if f.name == "overfitting"][0]
+    assert f.values["gap"] == pytest.approx(0.41)
+    assert "1.3" in f.evidence and "1.6" in f.evidence       # validation loss rose from its best
+    assert "regularisation" in f.advice
+    assert "underfitting" not in d.names()
+
+
+def test_underfitting_no_gap_low_accuracy():
+    d = diagnose({"train_acc": [0.34, 0.34, 0.34, 0.34], "val_acc": [0.33, 0.335, 0.33, 0.335]})
+    f = [f for f in d if f.name == "underfitting"][0]
+    assert f.values["gap"] == pytest.approx(0.005)
+    assert "bigger model" in f.advice
+    assert "still improving" not in d.names()       # +0.5 points over the last 3 epochs: below the 1-point rule
+
+
+def test_still_improving_rule():
+    d = diagnose({"train_acc": [0.6, 0.7, 0.8, 0.85], "val_acc": [0.55, 0.65, 0.75, 0.80]})
+    assert "still improving" in d.names()
+    d = diagnose({"train_acc": [0.6, 0.7, 0.8, 0.85], "val_acc": [0.55, 0.80, 0.79, 0.795]})
+    assert "still improving" not in d.names()            # not at its best in the last epoch
+
+
+def test_missing_keys_and_errors():
+    assert diagnose({}).names() == ["healthy"]
+    assert diagnose({"val_acc": [math.nan], "train_acc": [math.nan]}).names() == ["healthy"]
+    with pytest.raises(TypeError):
+        diagnose([1, 2, 3])

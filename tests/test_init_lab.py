@@ -1,0 +1,118 @@
+"""Tests of cynet.diagnostics.init_lab: the lecture's findings hold in the numbers; NumPy is the oracle."""
+import math
+
+import numpy as np
+import pytest
+
+from cynet import nn
+from cynet.diagnostics.init_lab import activation_statistics, init_experiment, summarize
+
+
+def _numpy_experiment(nonlinearity, std, layers=10, width=500, samples=1000, seed=0):
+    """The lecture's loop written directly in NumPy (same draw order as init_experiment)."""
+    rng = np.random.default_rng(seed)
+    h = rng.standard_normal((samples, width))
+    out = []
+    for _ in range(layers):
+        w = rng.standard_normal((width, width)) * std      # (out, in), as a Linear layer stores it
+        h = h @ w.T
+        h = np.tanh(h) if nonlinearity == "tanh" else np.maximum(h, 0)
+        out.append(h)
+    return out
+
+
+@pytest.mark.parametrize("nonlinearity,init,std", [("tanh", "xavier", 1 / math.sqrt(500)),
+                                                   ("relu", "he", math.sqrt(2 / 500))])
+def test_statistics_match_numpy(nonlinearity, init, std):
+    result = init_experiment(nonlinearity, init)
+    reference = _numpy_experiment(nonlinearity, std)
+    assert result.weight_std == pytest.approx(std)
+    np.testing.assert_allclose(result.stds, [h.std() for h in reference], rtol=1e-9)
+    np.testing.assert_allclose(result.means, [h.mean() for h in reference], rtol=1e-9, atol=1e-12)
+    assert sum(result.stats[0].counts) == 1000 * 500
+
+
+def test_small_weights_collapse_towards_zero():
+    result = init_experiment("tanh", "small")
+    stds = result.stds
+    assert stds[-1] < 1e-6 and stds[-1] < 1e-5 * stds[0]
+    assert np.all(np.diff(stds) < 0)
+    assert result.verdict == "std collapses layer by layer towards 0"
+
+
+def test_large_weights_saturate_tanh():
+    result = init_experiment("tanh", "large")
+    for s in result.stats[4:]:                                   # deep layers
+        assert s.saturated > 0.90
+    assert result.verdict == "saturated at ±1"
+
+
+def test_xavier_tanh_stays_healthy():
+    result = init_experiment("tanh", "xavier")
+    assert np.all((result.stds > 0.1) & (result.stds < 0.9))
+    assert all(s.saturated < 0.01 for s in result.stats)
+    assert result.verdict == "healthy"
+
+
+def test_xavier_relu_halves_the_variance_per_layer():
+    result = init_experiment("relu", "xavier")
+    ratios = result.stds[1:] / result.stds[:-1]
+    # E[relu(h)^2] = Var(h) / 2: the second moment halves, so the std shrinks by about 1/sqrt(2) per layer
+    assert np.all((ratios > 0.55) & (ratios < 0.85))
+    second_moments = [s.std ** 2 + s.mean ** 2 for s in result.stats]
+    np.testing.assert_allclose(np.array(second_moments[1:]) / second_moments[:-1], 0.5, rtol=0.2)
+    assert result.verdict == "collapsing"
+
+
+def test_he_relu_keeps_the_std_constant():
+    result = init_experiment("relu", "he")
+    stds = result.stds
+    assert np.all(np.abs(stds / stds[0] - 1) < 0.2)
+    assert result.verdict == "healthy"
+
+
+def test_large_relu_explodes():
+    assert init_experiment("relu", "large", layers=4, width=100, samples=100).verdict == "exploding"
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_zero_init_never_breaks_symmetry(nonlinearity):
+    result = init_experiment(nonlinearity, "zeros", layers=4, width=50, samples=100)
+    assert result.identical_units == [True] * 4
+    assert result.symmetric_after_step
+    assert result.verdict == "symmetry never broken"
+    healthy = init_experiment(nonlinearity, "xavier", layers=4, width=50, samples=100)
+    assert not any(healthy.identical_units) and not healthy.symmetric_after_step
+    assert "symmetry never broken" in str(result)
+
+
+def test_activation_statistics_on_a_model_and_on_layers():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype(np.float32)
+    model = nn.Sequential(nn.Linear(8, 16, generator=0), nn.ReLU(), nn.Linear(16, 4, generator=1), nn.Sigmoid())
+    stats = activation_statistics(model, x, bins=10)
+    assert [(s.name, s.kind) for s in stats] == [("1", "ReLU"), ("3", "Sigmoid")]
+    h = np.maximum(x @ model[0].weight.data.T + model[0].bias.data, 0)
+    assert stats[0].mean == pytest.approx(float(h.mean()), rel=1e-5)
+    assert stats[0].std == pytest.approx(float(h.std()), rel=1e-4)
+    assert stats[0].dead == pytest.approx(float(np.mean(~(h > 0).any(axis=0))))
+    counts, edges = np.histogram(h, bins=10, range=(h.min(), h.max()))
+    np.testing.assert_array_equal(stats[0].counts, counts)
+    sig = 1 / (1 + np.exp(-(h @ model[2].weight.data.T + model[2].bias.data)))
+    assert stats[1].saturated == pytest.approx(float(np.mean((sig < 0.01) | (sig > 0.99))))
+    assert "forward" not in model[1].__dict__                 # the recording wrapper is gone
+    by_layer = activation_statistics(list(model), x)
+    assert [s.name for s in by_layer] == ["0", "1", "2", "3"]
+    assert by_layer[1].std == pytest.approx(stats[0].std, rel=1e-6)
+
+
+def test_dead_relu_units_and_errors():
+    y = np.array([[0.0, 1.0, 0.0], [0.0, 2.0, 3.0]])
+    assert summarize("r", nn.ReLU(), y).dead == pytest.approx(1 / 3)
+    assert math.isnan(summarize("t", nn.Tanh(), y).dead)
+    with pytest.raises(ValueError):
+        init_experiment("tanh", "huge")
+    with pytest.raises(ValueError):
+        init_experiment("softplus", "he")
+    with pytest.raises(TypeError):
+        activation_statistics([1, 2], np.zeros((2, 2)))

@@ -1,0 +1,110 @@
+"""Tests of cynet.diagnostics.plots: valid PNG files come out, wrong inputs give clear errors."""
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cynet import nn
+from cynet.diagnostics import plots
+from cynet.diagnostics.init_lab import activation_statistics, init_experiment
+from cynet.diagnostics.monitors import TrainingMonitor, UpdateRatioWarning
+from cynet.nn.loss import SoftmaxCrossEntropy
+from cynet.optim import SGD
+from cynet.train import Trainer
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png(path, min_side=50):
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_SIGNATURE
+    import matplotlib.image
+    image = matplotlib.image.imread(str(path))
+    assert image.ndim == 3 and image.shape[0] >= min_side and image.shape[1] >= min_side
+    assert image.std() > 0                       # something was drawn
+
+
+def _history():
+    rng = np.random.default_rng(0)
+    loss = list(2.3 * np.exp(-np.arange(300) / 100) + 0.1 * rng.random(300))
+    return {"loss": loss, "train_acc": [0.3, 0.5, 0.6], "val_acc": [0.28, 0.45, 0.5]}
+
+
+def test_loss_and_accuracy_plots(tmp_path):
+    h = _history()
+    assert plots.plot_loss(h, tmp_path / "loss.png", window=20) == str(tmp_path / "loss.png")
+    _check_png(tmp_path / "loss.png")
+    plots.plot_loss({"loss": [2.3, 2.0, float("nan")]}, tmp_path / "nan.png")
+    _check_png(tmp_path / "nan.png")
+    plots.plot_accuracy(h, tmp_path / "acc.png")
+    _check_png(tmp_path / "acc.png")
+    with pytest.raises(ValueError, match="loss"):
+        plots.plot_loss({"loss": []}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="window"):
+        plots.plot_loss(h, tmp_path / "x.png", window=0)
+    with pytest.raises(ValueError, match="train_acc"):
+        plots.plot_accuracy({"loss": [1.0]}, tmp_path / "x.png")
+    with pytest.raises(TypeError):
+        plots.plot_loss([1, 2], tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_activation_histograms(tmp_path):
+    experiment = init_experiment("tanh", "xavier", layers=6, width=50, samples=100)
+    plots.plot_activation_histograms(experiment, tmp_path / "h.png")
+    _check_png(tmp_path / "h.png")
+    model = nn.Sequential(nn.Linear(4, 8, generator=0), nn.ReLU())
+    stats = activation_statistics(model, np.ones((5, 4), np.float32))
+    plots.plot_activation_histograms(stats, tmp_path / "one.png", title="one layer")
+    _check_png(tmp_path / "one.png")
+    with pytest.raises(ValueError):
+        plots.plot_activation_histograms([], tmp_path / "x.png")
+    with pytest.raises(ValueError):
+        plots.plot_activation_histograms([1.0, 2.0], tmp_path / "x.png")
+
+
+def test_update_ratios(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    model = nn.Sequential(nn.Linear(6, 8, generator=0), nn.ReLU(), nn.Linear(8, 2, generator=1))
+    monitor = TrainingMonitor(every_iterations=1)
+    with pytest.raises(ValueError, match="no records"):
+        plots.plot_update_ratios(monitor, tmp_path / "x.png")
+    trainer = Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.05), callbacks=[monitor],
+                      progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UpdateRatioWarning)
+        trainer.fit(x, y, epochs=2, batch_size=32)
+    plots.plot_update_ratios(monitor, tmp_path / "r.png")
+    _check_png(tmp_path / "r.png")
+    with pytest.raises(TypeError):
+        plots.plot_update_ratios({"records": []}, tmp_path / "x.png")
+
+
+def test_first_layer_templates(tmp_path):
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(10, 3072)).astype(np.float32)
+    plots.plot_first_layer_templates(weight, tmp_path / "t.png")
+    _check_png(tmp_path / "t.png")
+    layer = nn.Linear(3072, 12, generator=0)
+    plots.plot_first_layer_templates(layer.weight, tmp_path / "p.png", max_templates=5)
+    _check_png(tmp_path / "p.png")
+    plots.plot_first_layer_templates(rng.normal(size=(3, 64)), tmp_path / "g.png", image_shape=(1, 8, 8))
+    _check_png(tmp_path / "g.png", min_side=20)
+    with pytest.raises(ValueError, match=r"\(out, 3072\)"):
+        plots.plot_first_layer_templates(np.zeros((10, 3000)), tmp_path / "x.png")
+    with pytest.raises(ValueError):
+        plots.plot_first_layer_templates(np.zeros(3072), tmp_path / "x.png")
+    with pytest.raises(ValueError):
+        plots.plot_first_layer_templates(np.zeros((2, 48)), tmp_path / "x.png", image_shape=(2, 4, 6))
+
+
+def test_importing_diagnostics_does_not_import_matplotlib():
+    code = "import sys, cynet.diagnostics; print('matplotlib' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == "False"
