@@ -1,0 +1,374 @@
+"""Model ensembles and Polyak/EMA weight averaging: the lecture's cheap extra points of test accuracy.
+
+:class:`Ensemble` averages the class probabilities (softmax of the scores) of several models: independently
+trained ones, or checkpoints of one run (:meth:`Ensemble.from_checkpoints`). :class:`EMA` is a trainer callback
+keeping an exponential moving average of the weights, updated after every optimiser step::
+
+    shadow <- decay * shadow + (1 - decay) * weights
+
+and evaluated by swapping the averaged weights in (``with ema.apply(): ...``).
+
+Example:
+    >>> import numpy as np, cynet
+    >>> from cynet import nn
+    >>> from cynet.ensemble import Ensemble
+    >>> _ = cynet.manual_seed(0)
+    >>> models = [nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)) for _ in range(3)]
+    >>> proba = Ensemble(models).predict_proba(np.ones((2, 4), np.float32))
+    >>> proba.shape, bool(np.allclose(proba.sum(axis=1), 1))
+    ((2, 3), True)
+"""
+import contextlib
+
+import numpy as np
+
+from cynet.nn.module import Module
+from cynet.train import Callback
+
+__all__ = ["Ensemble", "EMA", "softmax"]
+
+
+def softmax(scores):
+    """Row-wise softmax of a (N, C) score array, computed stably (the row maximum subtracted first).
+
+    Args:
+        scores (array_like): shape (N, C), float.
+
+    Returns:
+        numpy.ndarray: probabilities of the scores' float dtype, rows summing to 1.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet.ensemble import softmax
+        >>> softmax(np.array([[0.0, 0.0]]))
+        array([[0.5, 0.5]])
+    """
+    scores = np.asarray(scores)
+    if scores.dtype.kind != "f":
+        scores = scores.astype(np.float64)
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            object.__setattr__(module, "training", mode)
+
+
+def _model_dtype(model):
+    for param in model.parameters():
+        return param.data.dtype
+    return None
+
+
+class Ensemble:
+    """Average the class probabilities of several models (each model's softmax of its scores, in eval mode).
+
+    Args:
+        models (sequence of cynet.nn.Module): the members (at least one), all producing (N, C) scores.
+        weights (sequence of float or None): non-negative member weights (normalised to sum to 1). Default None
+            (the plain mean).
+        transform (callable or None): ``transform(x_batch) -> array`` applied before every forward pass (the
+            preprocessing the members were trained with, e.g. a fitted ``Standardize().transform``). Default None.
+
+    Example:
+        >>> from cynet import nn
+        >>> from cynet.ensemble import Ensemble
+        >>> ensemble = Ensemble([nn.Linear(5, 2), nn.Linear(5, 2)])
+        >>> len(ensemble)
+        2
+    """
+
+    def __init__(self, models, weights=None, transform=None):
+        models = list(models)
+        if not models:
+            raise ValueError("Ensemble: needs at least one model")
+        for model in models:
+            if not isinstance(model, Module):
+                raise TypeError(f"Ensemble: models must be cynet.nn.Module instances, got {type(model).__name__}")
+        if weights is None:
+            weights = np.full(len(models), 1.0 / len(models))
+        else:
+            weights = np.asarray(weights, dtype=np.float64)
+            if weights.shape != (len(models),) or not np.all(np.isfinite(weights)) or np.any(weights < 0) \
+                    or weights.sum() <= 0:
+                raise ValueError(f"Ensemble: weights must be {len(models)} finite non-negative numbers with a "
+                                 f"positive sum, got {weights!r}")
+            weights = weights / weights.sum()
+        if transform is not None and not callable(transform):
+            raise TypeError(f"Ensemble: transform must be callable, got {transform!r}")
+        self.models = models
+        self.weights = weights
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.models)
+
+    @classmethod
+    def from_checkpoints(cls, paths, build_model, weights=None, transform=None):
+        """An ensemble of models loaded from checkpoints (:func:`cynet.checkpoint.save_model` files, trainer
+        checkpoints, or a search's ``best_val*.npz``).
+
+        Args:
+            paths (sequence of str or os.PathLike): the files.
+            build_model (callable): ``build_model() -> Module`` of the saved architecture (called once per path).
+            weights, transform: as for :class:`Ensemble`.
+
+        Returns:
+            Ensemble: the loaded members.
+
+        Example:
+            >>> ens = Ensemble.from_checkpoints(["e10.npz", "e20.npz"], lambda: make_mlp())  # doctest: +SKIP
+        """
+        from cynet import checkpoint
+
+        models = [checkpoint.load_model(path, build_model()) for path in paths]
+        return cls(models, weights=weights, transform=transform)
+
+    def _member_proba(self, model, x, batch_size):
+        dtype = _model_dtype(model)
+        out = None
+        with _eval_mode(model):
+            for lo in range(0, len(x), batch_size):
+                xb = x[lo:lo + batch_size]
+                if self.transform is not None:
+                    xb = np.asarray(self.transform(xb))
+                if dtype is not None and xb.dtype != dtype:
+                    xb = xb.astype(dtype)
+                p = softmax(model.forward(xb))
+                if out is None:
+                    out = np.empty((len(x),) + p.shape[1:], dtype=np.float64)
+                out[lo:lo + len(xb)] = p
+        return out
+
+    def member_proba(self, x, batch_size=1024):
+        """Each member's class probabilities.
+
+        Args:
+            x (array_like): inputs. batch_size (int): examples per forward pass. Default 1024.
+
+        Returns:
+            list of numpy.ndarray: one (N, C) float64 array per member.
+        """
+        x = np.asarray(x)
+        if x.ndim == 0 or len(x) == 0:
+            raise ValueError(f"Ensemble: x must hold at least one example, got shape {x.shape}")
+        return [self._member_proba(model, x, int(batch_size)) for model in self.models]
+
+    def predict_proba(self, x, batch_size=1024):
+        """The (weighted) mean of the members' class probabilities.
+
+        Args:
+            x (array_like): inputs, one example per row.
+            batch_size (int): examples per forward pass. Default 1024.
+
+        Returns:
+            numpy.ndarray: (N, C) float64, rows summing to 1.
+        """
+        members = self.member_proba(x, batch_size)
+        out = np.zeros_like(members[0])
+        for weight, p in zip(self.weights, members):
+            out += weight * p
+        return out
+
+    def predict(self, x, batch_size=1024):
+        """The class of highest mean probability.
+
+        Returns:
+            numpy.ndarray: int64 labels, shape (N,).
+        """
+        return np.argmax(self.predict_proba(x, batch_size), axis=1).astype(np.int64)
+
+    @staticmethod
+    def _score(proba, y):
+        y = np.asarray(y)
+        if len(y) != len(proba):
+            raise ValueError(f"Ensemble.evaluate: x and y lengths differ ({len(proba)} and {len(y)})")
+        picked = proba[np.arange(len(y)), y]
+        loss = float(-np.mean(np.log(np.maximum(picked, np.finfo(np.float64).tiny))))
+        return loss, float(np.mean(np.argmax(proba, axis=1) == y))
+
+    def evaluate(self, x, y, batch_size=1024):
+        """Cross-entropy of the mean probabilities and accuracy of the ensemble on ``(x, y)``.
+
+        Args:
+            x (array_like): inputs. y (array_like): class labels.
+            batch_size (int): examples per forward pass. Default 1024.
+
+        Returns:
+            tuple: ``(loss, accuracy)`` as floats.
+        """
+        return self._score(self.predict_proba(x, batch_size), y)
+
+    def evaluate_members(self, x, y, batch_size=1024):
+        """``(loss, accuracy)`` of each member alone (to see the ensemble's gain).
+
+        Returns:
+            list of tuple: one ``(loss, accuracy)`` per member.
+        """
+        return [self._score(p, y) for p in self.member_proba(x, batch_size)]
+
+    def __repr__(self):
+        return f"Ensemble({len(self.models)} models)"
+
+
+class EMA(Callback):
+    """Polyak/EMA averaging of the weights, as a :class:`~cynet.train.Trainer` callback.
+
+    At the start of training the shadow weights are a copy of the model's; after every optimiser step
+    (``on_batch_end``; a step the divergence guard refused does not count)
+    ``shadow = decay * shadow + (1 - decay) * weights``. ``with ema.apply(): trainer.evaluate(...)`` evaluates the
+    averaged weights and puts the trained ones back afterwards (or call :meth:`apply` and :meth:`restore`).
+    Buffers (batch-norm running statistics) are not averaged; recompute them for the averaged weights if needed.
+
+    Args:
+        decay (float): in [0, 1); the average's memory is about ``1 / (1 - decay)`` steps. Default 0.999.
+
+    Attributes:
+        shadow (list of numpy.ndarray or None): the averaged weights, one per parameter.
+        num_updates (int): updates since the shadow was initialised.
+
+    Example:
+        >>> from cynet.ensemble import EMA
+        >>> ema = EMA(decay=0.99)
+        >>> # trainer = Trainer(model, loss, opt, callbacks=[ema]); trainer.fit(...)
+        >>> # with ema.apply(): val_loss, val_acc = trainer.evaluate(x_val, y_val)
+    """
+
+    def __init__(self, decay=0.999):
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+            raise ValueError(f"EMA: decay must be a number in [0, 1), got {decay!r}")
+        self.decay = float(decay)
+        self.model = None
+        self.shadow = None
+        self.num_updates = 0
+        self._backup = None
+        self._pending_state = None
+
+    def attach(self, model):
+        """Start averaging ``model``'s weights (the shadow becomes a copy of them, unless restored from a state).
+
+        Args:
+            model (cynet.nn.Module): the model.
+
+        Returns:
+            EMA: self.
+        """
+        if not isinstance(model, Module):
+            raise TypeError(f"EMA: model must be a cynet.nn.Module, got {type(model).__name__}")
+        self.model = model
+        names = [name for name, _ in model.named_parameters()]
+        if self._pending_state is not None:
+            state, self._pending_state = self._pending_state, None
+            missing = [name for name in names if "shadow." + name not in state]
+            if missing:
+                raise ValueError(f"EMA: the saved state has no shadow for {missing}")
+            self.shadow = [np.array(state["shadow." + name], dtype=p.data.dtype)
+                           for name, p in model.named_parameters()]
+        else:
+            self.shadow = [p.data.copy() for p in model.parameters()]
+            self.num_updates = 0
+        return self
+
+    def update(self):
+        """One averaging step: ``shadow = decay * shadow + (1 - decay) * weights`` (in place)."""
+        if self.shadow is None:
+            raise RuntimeError("EMA.update: call attach(model) first (the Trainer does it in on_train_begin)")
+        if self._backup is not None:
+            raise RuntimeError("EMA.update: the averaged weights are applied; restore() first")
+        keep = self.decay
+        for shadow, param in zip(self.shadow, self.model.parameters()):
+            shadow *= keep
+            shadow += (1.0 - keep) * param.data
+        self.num_updates += 1
+
+    # --- trainer hooks ---
+    def on_train_begin(self, trainer):
+        if self.model is not trainer.model or self.shadow is None:
+            self.attach(trainer.model)
+
+    def on_batch_end(self, trainer):
+        self.update()
+
+    # --- evaluation with the averaged weights ---
+    def apply(self):
+        """Swap the averaged weights into the model (the trained ones are kept aside).
+
+        Returns:
+            contextlib.AbstractContextManager: leaving it calls :meth:`restore`.
+        """
+        if self.shadow is None:
+            raise RuntimeError("EMA.apply: nothing averaged yet (attach a model or train first)")
+        if self._backup is not None:
+            raise RuntimeError("EMA.apply: the averaged weights are already applied")
+        params = self.model.parameters()
+        self._backup = [p.data.copy() for p in params]
+        for param, shadow in zip(params, self.shadow):
+            np.copyto(param.data, shadow)
+        return _Restorer(self)
+
+    def restore(self):
+        """Put the trained weights back after :meth:`apply`."""
+        if self._backup is None:
+            return
+        for param, saved in zip(self.model.parameters(), self._backup):
+            np.copyto(param.data, saved)
+        self._backup = None
+
+    def copy_to(self, model):
+        """Write the averaged weights into ``model`` (same architecture) for good, e.g. before saving it.
+
+        Args:
+            model (cynet.nn.Module): the destination.
+
+        Returns:
+            cynet.nn.Module: ``model``.
+        """
+        params = model.parameters()
+        if self.shadow is None or len(params) != len(self.shadow):
+            raise ValueError("EMA.copy_to: the model does not match the averaged parameters")
+        for param, shadow in zip(params, self.shadow):
+            if param.data.shape != shadow.shape:
+                raise ValueError(f"EMA.copy_to: shape {param.data.shape} differs from the shadow's {shadow.shape}")
+            np.copyto(param.data, shadow)
+        return model
+
+    def state_dict(self):
+        """Flat state: "decay", "num_updates" and "shadow.<parameter name>" arrays."""
+        state = {"decay": self.decay, "num_updates": self.num_updates}
+        if self.shadow is not None:
+            for (name, _), shadow in zip(self.model.named_parameters(), self.shadow):
+                state["shadow." + name] = shadow.copy()
+        return state
+
+    def load_state_dict(self, state):
+        """Restore :meth:`state_dict`'s output (the shadow is bound to the model at the next attach/training)."""
+        self.decay = float(state.get("decay", self.decay))
+        self.num_updates = int(state.get("num_updates", 0))
+        if any(key.startswith("shadow.") for key in state):
+            self._pending_state = dict(state)
+            if self.model is not None:
+                self.attach(self.model)
+
+    def __repr__(self):
+        return f"EMA(decay={self.decay}, num_updates={self.num_updates})"
+
+
+class _Restorer:
+    def __init__(self, ema):
+        self.ema = ema
+
+    def __enter__(self):
+        return self.ema
+
+    def __exit__(self, *exc):
+        self.ema.restore()
+        return False
+

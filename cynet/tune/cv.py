@@ -1,0 +1,248 @@
+"""Validation for hyperparameter search: a holdout split, k-fold and stratified k-fold cross-validation.
+
+Preprocessing statistics belong to the training part of each split: :func:`cross_validate` builds a fresh
+transform per fold with ``transform_factory()``, fits it on that fold's training rows only and applies it to both
+parts, so no validation row ever leaks into a mean or a variance.
+
+Example:
+    >>> import numpy as np
+    >>> from cynet.tune import KFold
+    >>> [len(val) for _, val in KFold(3).split(np.zeros((10, 2)))]
+    [4, 3, 3]
+"""
+import numpy as np
+
+__all__ = ["KFold", "StratifiedKFold", "holdout_split", "cross_validate", "CrossValidatedTrial"]
+
+
+def _check_splits(owner, n_splits):
+    if isinstance(n_splits, bool) or not isinstance(n_splits, (int, np.integer)) or n_splits < 2:
+        raise ValueError(f"{owner}: n_splits must be an int >= 2, got {n_splits!r}")
+    return int(n_splits)
+
+
+class KFold:
+    """K-fold cross-validation indices: each example is in exactly one validation fold.
+
+    The first ``n % n_splits`` folds have one example more than the others (as scikit-learn's ``KFold``).
+
+    Args:
+        n_splits (int): number of folds, >= 2. Default 5.
+        shuffle (bool): permute the examples before splitting. Default False.
+        seed (int): seed of the permutation when shuffling. Default 0.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet.tune import KFold
+        >>> train, val = next(KFold(5, shuffle=True, seed=0).split(np.zeros((20, 3))))
+        >>> len(train), len(val)
+        (16, 4)
+    """
+
+    def __init__(self, n_splits=5, shuffle=False, seed=0):
+        self.n_splits = _check_splits("KFold", n_splits)
+        self.shuffle = bool(shuffle)
+        self.seed = seed
+
+    def _order(self, n):
+        return np.random.default_rng(self.seed).permutation(n) if self.shuffle else np.arange(n)
+
+    def split(self, x, y=None):
+        """Yield ``(train_indices, val_indices)`` for each fold (int64 arrays, sorted).
+
+        Args:
+            x (array_like): the data (only its length is used).
+            y (array_like): ignored (accepted for symmetry with :class:`StratifiedKFold`). Default None.
+
+        Yields:
+            tuple: ``(train_indices, val_indices)``.
+        """
+        n = len(x)
+        if n < self.n_splits:
+            raise ValueError(f"{type(self).__name__}: cannot split {n} examples into {self.n_splits} folds")
+        order = self._order(n)
+        for val in np.array_split(order, self.n_splits):
+            mask = np.ones(n, dtype=bool)
+            mask[val] = False
+            yield np.flatnonzero(mask), np.sort(val).astype(np.int64)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(n_splits={self.n_splits}, shuffle={self.shuffle}, seed={self.seed})"
+
+
+class StratifiedKFold(KFold):
+    """K-fold split that keeps each class's proportion in every fold (within one example per class).
+
+    Each class's examples (shuffled when ``shuffle``) are dealt into the folds in near-equal parts; the fold that
+    gets a class's extra examples rotates from class to class, so the fold sizes also stay within one or two.
+
+    Args:
+        n_splits (int): number of folds, >= 2. Default 5.
+        shuffle (bool): shuffle within each class first. Default False.
+        seed (int): seed of the shuffle. Default 0.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet.tune import StratifiedKFold
+        >>> y = np.array([0] * 8 + [1] * 4)
+        >>> [np.bincount(y[val]).tolist() for _, val in StratifiedKFold(4).split(y, y)]
+        [[2, 1], [2, 1], [2, 1], [2, 1]]
+    """
+
+    def split(self, x, y=None):
+        """Yield ``(train_indices, val_indices)`` for each fold, stratified by the labels ``y``.
+
+        Args:
+            x (array_like): the data (only its length is used).
+            y (array_like): class labels, one per example (required).
+
+        Yields:
+            tuple: ``(train_indices, val_indices)``.
+        """
+        if y is None:
+            raise ValueError("StratifiedKFold.split: needs the labels y")
+        y = np.asarray(y)
+        n = len(x)
+        if len(y) != n:
+            raise ValueError(f"StratifiedKFold.split: x and y lengths differ ({n} and {len(y)})")
+        if n < self.n_splits:
+            raise ValueError(f"StratifiedKFold: cannot split {n} examples into {self.n_splits} folds")
+        rng = np.random.default_rng(self.seed)
+        folds = [[] for _ in range(self.n_splits)]
+        offset = 0
+        for label in np.unique(y):
+            members = np.flatnonzero(y == label)
+            if self.shuffle:
+                members = rng.permutation(members)
+            parts = np.array_split(members, self.n_splits)      # the first len % k parts are one longer
+            for i, part in enumerate(parts):
+                folds[(i + offset) % self.n_splits].append(part)
+            offset += len(members) % self.n_splits
+        for parts in folds:
+            val = np.sort(np.concatenate(parts)).astype(np.int64)
+            mask = np.ones(n, dtype=bool)
+            mask[val] = False
+            yield np.flatnonzero(mask), val
+
+
+def holdout_split(x, y, val_fraction=0.2, *, seed=0, stratify=True):
+    """Split ``(x, y)`` once into a training and a validation part (the default validation of a search).
+
+    Args:
+        x (array_like): inputs, one example per row.
+        y (array_like): labels.
+        val_fraction (float): share of the examples held out, in (0, 1). Default 0.2.
+        seed (int): seed of the random split. Default 0.
+        stratify (bool): keep the class proportions in both parts. Default True.
+
+    Returns:
+        tuple: ``(x_train, y_train, x_val, y_val)``, the data format of :func:`cynet.tune.make_trainer_trial`.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet.tune import holdout_split
+        >>> x_tr, y_tr, x_val, y_val = holdout_split(np.zeros((10, 2)), np.arange(10) % 2, 0.2)
+        >>> len(x_tr), len(x_val)
+        (8, 2)
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) != len(y):
+        raise ValueError(f"holdout_split: x and y lengths differ ({len(x)} and {len(y)})")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"holdout_split: val_fraction must lie in (0, 1), got {val_fraction!r}")
+    n = len(x)
+    n_val = int(round(val_fraction * n))
+    if not 0 < n_val < n:
+        raise ValueError(f"holdout_split: {val_fraction} of {n} examples leaves an empty part")
+    rng = np.random.default_rng(seed)
+    if stratify:
+        # take round(val_fraction * count) of each class, then fix the total by the largest remainders
+        labels, counts = np.unique(y, return_counts=True)
+        exact = val_fraction * counts
+        take = np.floor(exact).astype(int)
+        for i in np.argsort(-(exact - take), kind="stable")[:n_val - take.sum()]:
+            take[i] += 1
+        val = np.concatenate([rng.permutation(np.flatnonzero(y == label))[:k] for label, k in zip(labels, take)])
+    else:
+        val = rng.permutation(n)[:n_val]
+    val = np.sort(val)
+    mask = np.ones(n, dtype=bool)
+    mask[val] = False
+    return x[mask], y[mask], x[val], y[val]
+
+
+def _fold_seed(seed, fold):
+    return int(np.random.SeedSequence(seed, spawn_key=(fold,)).generate_state(1)[0])
+
+
+def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, budget=1, seed=0):
+    """Train and score one configuration on every fold; the mean validation accuracy is its score.
+
+    For each fold: a fresh transform from ``transform_factory()`` is fitted on the fold's training rows only and
+    applied to both parts; then ``train_fn(params, (x_train, y_train, x_val, y_val), budget, fold_seed)`` runs.
+
+    Args:
+        train_fn (callable): a trial function (for example :func:`cynet.tune.make_trainer_trial`'s).
+        params (dict): the configuration.
+        x (array_like): all the (training) data; y (array_like): labels.
+        cv: a splitter with ``split(x, y)`` (:class:`KFold`, :class:`StratifiedKFold`). Default None
+            (``StratifiedKFold(5, shuffle=True, seed=seed)``).
+        transform_factory (callable): ``transform_factory() -> transform`` with ``fit`` and ``transform``
+            (:class:`cynet.data.Standardize`, ...). Default None (no preprocessing).
+        budget (int): passed to ``train_fn``. Default 1.
+        seed (int): fold ``k`` trains with ``SeedSequence(seed).spawn(...)[k]``'s seed. Default 0.
+
+    Returns:
+        dict: "val_acc" (mean over folds; NaN when a fold did not finish), "val_acc_folds", "val_loss",
+        "epochs" (per fold), "status" ("ok", or "diverged" when any fold diverged).
+
+    Example:
+        >>> from cynet.tune import cross_validate, KFold
+        >>> scores = cross_validate(trial, {"lr": 1e-2}, x, y, cv=KFold(5, shuffle=True))  # doctest: +SKIP
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    if cv is None:
+        cv = StratifiedKFold(5, shuffle=True, seed=seed)
+    accs, losses, epochs, status = [], [], [], "ok"
+    for fold, (train, val) in enumerate(cv.split(x, y)):
+        x_train, x_val = x[train], x[val]
+        if transform_factory is not None:
+            transform = transform_factory()
+            transform.fit(x_train)
+            x_train, x_val = transform.transform(x_train), transform.transform(x_val)
+        out = train_fn(dict(params), (x_train, y[train], x_val, y[val]), budget, _fold_seed(seed, fold))
+        accs.append(float(out["val_acc"]))
+        losses.append(float(out.get("val_loss", np.nan)))
+        epochs.append(out.get("epochs", budget))
+        if out.get("status", "ok") != "ok" or not np.isfinite(accs[-1]):
+            status = "diverged"
+    return {"val_acc": float(np.mean(accs)) if status == "ok" else float("nan"), "val_acc_folds": accs,
+            "val_loss": float(np.mean(losses)), "epochs": epochs, "status": status}
+
+
+class CrossValidatedTrial:
+    """Turn a trial function on a holdout split into one scored by cross-validation (usable in any search).
+
+    The search's ``data`` is then ``(x, y)``; each trial runs :func:`cross_validate` with the trial's seed.
+
+    Args:
+        train_fn (callable): ``train_fn(params, (x_train, y_train, x_val, y_val), budget, seed) -> dict``.
+        cv: the splitter. Default None (``StratifiedKFold(5, shuffle=True, seed=trial seed)``).
+        transform_factory (callable): preprocessing fitted inside each fold. Default None.
+
+    Example:
+        >>> from cynet.data import Standardize
+        >>> from cynet.tune import CrossValidatedTrial, KFold, RandomSearch
+        >>> cv_trial = CrossValidatedTrial(trial, KFold(3, True), transform_factory=Standardize)  # doctest: +SKIP
+        >>> RandomSearch(space, 8).run(cv_trial, (x, y))                                       # doctest: +SKIP
+    """
+
+    def __init__(self, train_fn, cv=None, transform_factory=None):
+        if not callable(train_fn):
+            raise TypeError(f"CrossValidatedTrial: train_fn must be callable, got {train_fn!r}")
+        self.train_fn, self.cv, self.transform_factory = train_fn, cv, transform_factory
+
+    def __call__(self, params, data, budget, seed):
+        x, y = data
+        return cross_validate(self.train_fn, params, x, y, cv=self.cv, transform_factory=self.transform_factory,
+                              budget=budget, seed=seed)

@@ -1,0 +1,380 @@
+"""Search spaces: the distributions hyperparameters are drawn from, and how coarse-to-fine narrows them.
+
+A space is a dict ``{name: distribution or constant}``. :func:`loguniform` is the lecture's choice for learning
+rates and regularisation strengths (a value is as likely in [1e-4, 1e-3] as in [1e-3, 1e-2]); :func:`uniform` for
+dropout-like numbers; :func:`randint` for integers; :func:`choice` for categories. Constants pass through unchanged.
+
+Example:
+    >>> import numpy as np
+    >>> from cynet.tune import loguniform, choice, sample_space
+    >>> space = {"lr": loguniform(1e-4, 1e-1), "hidden": choice([64, 128]), "batch_size": 64}
+    >>> params = sample_space(space, np.random.default_rng(0))
+    >>> sorted(params)
+    ['batch_size', 'hidden', 'lr']
+"""
+import math
+
+import numpy as np
+
+__all__ = ["Distribution", "LogUniform", "Uniform", "Choice", "RandInt", "loguniform", "uniform", "choice", "randint",
+           "sample_space", "grid_points", "narrow_space", "edge_report"]
+
+
+def _number(owner, name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value):
+        raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}")
+    return value
+
+
+class Distribution:
+    """Base class of the search-space distributions.
+
+    Subclasses implement ``sample(rng)``, ``grid(n)`` (``n`` representative values), ``narrow(values, margin)``
+    (a smaller distribution around ``values``) and ``position(value)`` (where ``value`` lies, 0 at the lower end,
+    1 at the upper end, in the distribution's own scale; None for categories).
+    """
+
+    numeric = True
+    log = False
+
+    def sample(self, rng):
+        raise NotImplementedError
+
+    def grid(self, n):
+        raise NotImplementedError
+
+    def narrow(self, values, margin):
+        raise NotImplementedError
+
+    def position(self, value):
+        return None
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    def __hash__(self):
+        return hash((type(self).__name__, repr(self)))
+
+
+class _Interval(Distribution):
+    """A continuous range [lo, hi], linear or logarithmic."""
+
+    name = "interval"
+
+    def __init__(self, lo, hi):
+        owner = self.name
+        lo, hi = _number(owner, "lo", lo), _number(owner, "hi", hi)
+        if not lo < hi:
+            raise ValueError(f"{owner}: need lo < hi, got lo={lo!r}, hi={hi!r}")
+        if self.log and lo <= 0:
+            raise ValueError(f"{owner}: the bounds must be positive (it samples log(value) uniformly), got "
+                             f"lo={lo!r}")
+        self.lo, self.hi = float(lo), float(hi)
+
+    def _to(self, value):
+        return math.log(value) if self.log else float(value)
+
+    def _from(self, t):
+        return math.exp(t) if self.log else float(t)
+
+    def sample(self, rng):
+        value = self._from(rng.uniform(self._to(self.lo), self._to(self.hi)))
+        return min(max(value, self.lo), self.hi)   # exp(log(hi)) may round just past hi
+
+    def grid(self, n):
+        if n == 1:
+            return [self._from(0.5 * (self._to(self.lo) + self._to(self.hi)))]
+        return [self._from(t) for t in np.linspace(self._to(self.lo), self._to(self.hi), n)]
+
+    def position(self, value):
+        a, b = self._to(self.lo), self._to(self.hi)
+        return (self._to(value) - a) / (b - a)
+
+    def narrow(self, values, margin):
+        """The range spanned by ``values``, widened by ``margin`` of this range's width on each side, clipped to it.
+
+        In log space for :class:`LogUniform`.
+        """
+        a, b = self._to(self.lo), self._to(self.hi)
+        t = [self._to(v) for v in values]
+        pad = margin * (b - a)
+        lo, hi = max(a, min(t) - pad), min(b, max(t) + pad)
+        if not lo < hi:    # margin 0 and a single value: keep a sliver around it
+            lo, hi = max(a, lo - 1e-6 * (b - a)), min(b, hi + 1e-6 * (b - a))
+        return type(self)(self._from(lo), self._from(hi))
+
+    def __repr__(self):
+        return f"{self.name}({self.lo!r}, {self.hi!r})"
+
+
+class LogUniform(_Interval):
+    """``log(value)`` uniform on [log(lo), log(hi)]: for learning rates and regularisation strengths."""
+
+    name = "loguniform"
+    log = True
+
+
+class Uniform(_Interval):
+    """``value`` uniform on [lo, hi]."""
+
+    name = "uniform"
+
+
+class RandInt(Distribution):
+    """An integer uniform on ``lo, lo + 1, ..., hi - 1`` (``hi`` excluded, as ``numpy`` and ``torch.randint``)."""
+
+    def __init__(self, lo, hi):
+        for name, value in (("lo", lo), ("hi", hi)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"randint: {name} must be an int, got {value!r}")
+        if not lo < hi:
+            raise ValueError(f"randint: need lo < hi (hi is excluded), got lo={lo!r}, hi={hi!r}")
+        self.lo, self.hi = int(lo), int(hi)
+
+    def sample(self, rng):
+        return int(rng.integers(self.lo, self.hi))
+
+    def grid(self, n):
+        return sorted({int(round(v)) for v in np.linspace(self.lo, self.hi - 1, n)})
+
+    def position(self, value):
+        if self.hi - self.lo == 1:
+            return 0.5
+        return (value - self.lo) / (self.hi - 1 - self.lo)
+
+    def narrow(self, values, margin):
+        pad = int(math.ceil(margin * (self.hi - 1 - self.lo)))
+        lo = max(self.lo, min(values) - pad)
+        hi = min(self.hi, max(values) + pad + 1)
+        return RandInt(int(lo), int(hi))
+
+    def __repr__(self):
+        return f"randint({self.lo}, {self.hi})"
+
+
+class Choice(Distribution):
+    """One of a list of options, each equally likely (categories: activations, optimisers, widths)."""
+
+    numeric = False
+
+    def __init__(self, options):
+        options = list(options)
+        if not options:
+            raise ValueError("choice: needs at least one option")
+        self.options = options
+
+    def sample(self, rng):
+        return self.options[int(rng.integers(len(self.options)))]
+
+    def grid(self, n):
+        return list(self.options)
+
+    def narrow(self, values, margin):
+        """The options among ``values``, in their original order."""
+        kept = [option for option in self.options if any(_same(option, v) for v in values)]
+        return Choice(kept or self.options)
+
+    def __repr__(self):
+        return f"choice({self.options!r})"
+
+
+def _same(a, b):
+    try:
+        return bool(a == b)
+    except Exception:       # arrays and other odd options
+        return a is b
+
+
+def loguniform(lo, hi):
+    """A log-uniform distribution on [lo, hi] (both > 0).
+
+    Args:
+        lo (float): lower bound, > 0.
+        hi (float): upper bound, > lo.
+
+    Returns:
+        LogUniform: the distribution.
+
+    Example:
+        >>> from cynet.tune import loguniform
+        >>> lr = loguniform(1e-5, 1e-1)
+    """
+    return LogUniform(lo, hi)
+
+
+def uniform(lo, hi):
+    """A uniform distribution on [lo, hi].
+
+    Args:
+        lo (float): lower bound.
+        hi (float): upper bound, > lo.
+
+    Returns:
+        Uniform: the distribution.
+
+    Example:
+        >>> from cynet.tune import uniform
+        >>> p = uniform(0.0, 0.5)
+    """
+    return Uniform(lo, hi)
+
+
+def randint(lo, hi):
+    """A uniform integer in ``[lo, hi)`` (``hi`` excluded).
+
+    Args:
+        lo (int): smallest value.
+        hi (int): one past the largest value.
+
+    Returns:
+        RandInt: the distribution.
+
+    Example:
+        >>> from cynet.tune import randint
+        >>> layers = randint(1, 4)     # 1, 2 or 3
+    """
+    return RandInt(lo, hi)
+
+
+def choice(options):
+    """One of ``options``, uniformly.
+
+    Args:
+        options (sequence): the candidates (at least one).
+
+    Returns:
+        Choice: the distribution.
+
+    Example:
+        >>> from cynet.tune import choice
+        >>> hidden = choice([64, 128, 256])
+    """
+    return Choice(options)
+
+
+def _check_space(space):
+    if not isinstance(space, dict) or not space:
+        raise TypeError(f"tune: a search space must be a non-empty dict {{name: distribution or constant}}, got "
+                        f"{space!r}")
+    for name in space:
+        if not isinstance(name, str):
+            raise TypeError(f"tune: hyperparameter names must be strings, got {name!r}")
+    return space
+
+
+def sample_space(space, rng):
+    """Draw one configuration: each distribution sampled in the space's key order, constants copied.
+
+    Args:
+        space (dict): ``{name: Distribution or constant}``.
+        rng (numpy.random.Generator): the random source.
+
+    Returns:
+        dict: ``{name: value}``.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet.tune import sample_space, uniform
+        >>> sample_space({"p": uniform(0, 1), "k": 3}, np.random.default_rng(0))["k"]
+        3
+    """
+    _check_space(space)
+    return {name: (dist.sample(rng) if isinstance(dist, Distribution) else dist) for name, dist in space.items()}
+
+
+def grid_points(space, points):
+    """The values a grid search tries for each hyperparameter.
+
+    Args:
+        space (dict): ``{name: Distribution or constant}``.
+        points (int or dict): values per numeric dimension (log-spaced for :func:`loguniform`), one number for all
+            or ``{name: n}``; a :func:`choice` contributes all its options, a constant itself.
+
+    Returns:
+        dict: ``{name: list of values}``.
+    """
+    _check_space(space)
+    out = {}
+    for name, dist in space.items():
+        n = points.get(name, 3) if isinstance(points, dict) else points
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"GridSearch: points for {name!r} must be an int >= 1, got {n!r}")
+        out[name] = dist.grid(int(n)) if isinstance(dist, Distribution) else [dist]
+    return out
+
+
+def narrow_space(space, best_params, margin=0.1):
+    """A smaller space around the given configurations (coarse-to-fine).
+
+    Each numeric range becomes the span of the values in ``best_params`` widened by ``margin`` of the old range's
+    width on both sides (in log space for :func:`loguniform`) and clipped to the old range; a :func:`choice` keeps
+    the options that occur in ``best_params``; constants stay.
+
+    Args:
+        space (dict): the current space.
+        best_params (list of dict): configurations of the best trials (at least one).
+        margin (float): padding as a fraction of the old range's width. Default 0.1.
+
+    Returns:
+        dict: the narrowed space.
+
+    Example:
+        >>> from cynet.tune import loguniform, narrow_space
+        >>> narrow_space({"lr": loguniform(1e-4, 1e0)}, [{"lr": 1e-2}], margin=0.25)["lr"]
+        loguniform(0.001, 0.1)
+    """
+    _check_space(space)
+    if not best_params:
+        raise ValueError("narrow_space: needs at least one configuration to narrow around")
+    if not (isinstance(margin, (int, float)) and 0 <= margin):
+        raise ValueError(f"narrow_space: margin must be a number >= 0, got {margin!r}")
+    out = {}
+    for name, dist in space.items():
+        if isinstance(dist, Distribution):
+            narrowed = dist.narrow([p[name] for p in best_params], margin)
+            if isinstance(narrowed, _Interval):    # tidy float noise such as 0.0009999999999999998
+                narrowed.lo, narrowed.hi = (float(f"{narrowed.lo:.12g}"), float(f"{narrowed.hi:.12g}"))
+                narrowed.lo, narrowed.hi = max(narrowed.lo, dist.lo), min(narrowed.hi, dist.hi)
+            out[name] = narrowed
+        else:
+            out[name] = dist
+    return out
+
+
+def edge_report(space, params, edge=0.1):
+    """The hyperparameters of ``params`` that lie within ``edge`` of an end of their range.
+
+    The position is measured in the distribution's own scale (log scale for :func:`loguniform`), as a fraction of
+    the range's width. A best value at an edge means the optimum may lie outside the range searched.
+
+    Args:
+        space (dict): the space the values were drawn from.
+        params (dict): one configuration (usually the best).
+        edge (float): the fraction of the range counted as an edge; 0 turns the check off. Default 0.1.
+
+    Returns:
+        list of str: one message per hyperparameter at an edge (empty when none is).
+
+    Example:
+        >>> from cynet.tune import loguniform, edge_report
+        >>> print(edge_report({"lr": loguniform(1e-4, 1e-1)}, {"lr": 0.09})[0][:60])
+        lr=0.09 lies at the upper edge of loguniform(0.0001, 0.1) (p
+    """
+    messages = []
+    if not edge > 0:
+        return messages
+    for name, dist in space.items():
+        if not isinstance(dist, Distribution) or not dist.numeric or name not in params:
+            continue
+        if isinstance(dist, RandInt) and dist.hi - dist.lo <= 2:
+            continue    # one or two integers: every value is an edge, nothing to learn
+        position = dist.position(params[name])
+        scale = "log-range" if dist.log else "range"
+        if position <= edge:
+            messages.append(f"{name}={params[name]:.4g} lies at the lower edge of {dist!r} (position "
+                            f"{position:.2f} of the {scale}): the best value may lie below it; widen the range")
+        elif position >= 1 - edge:
+            messages.append(f"{name}={params[name]:.4g} lies at the upper edge of {dist!r} (position "
+                            f"{position:.2f} of the {scale}): the best value may lie above it; widen the range")
+    return messages

@@ -1,0 +1,141 @@
+"""Validation splits (cynet.tune.cv): KFold / StratifiedKFold partition the data and keep class proportions, the
+holdout split is stratified, and preprocessing is fitted inside each fold on that fold's training rows only."""
+import numpy as np
+import pytest
+
+from cynet.data import Standardize
+from cynet.tune import CrossValidatedTrial, KFold, RandomSearch, StratifiedKFold, cross_validate, holdout_split, \
+    loguniform
+
+
+def check_partition(splits, n):
+    vals = [val for _, val in splits]
+    all_val = np.sort(np.concatenate(vals))
+    np.testing.assert_array_equal(all_val, np.arange(n))           # every example validated exactly once
+    for train, val in splits:
+        assert np.intersect1d(train, val).size == 0
+        np.testing.assert_array_equal(np.sort(np.concatenate([train, val])), np.arange(n))
+
+
+@pytest.mark.parametrize("n,k", [(10, 3), (12, 4), (7, 7), (101, 5)])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_kfold_partitions(n, k, shuffle):
+    splits = list(KFold(k, shuffle=shuffle, seed=1).split(np.zeros((n, 2))))
+    assert len(splits) == k
+    check_partition(splits, n)
+    sizes = [len(val) for _, val in splits]
+    assert sizes == [n // k + 1] * (n % k) + [n // k] * (k - n % k)   # scikit-learn's fold sizes
+
+
+def test_kfold_without_shuffle_is_contiguous_and_shuffle_is_seeded():
+    assert [v.tolist() for _, v in KFold(3).split(range(7))] == [[0, 1, 2], [3, 4], [5, 6]]
+    a = [v.tolist() for _, v in KFold(3, shuffle=True, seed=5).split(range(30))]
+    b = [v.tolist() for _, v in KFold(3, shuffle=True, seed=5).split(range(30))]
+    c = [v.tolist() for _, v in KFold(3, shuffle=True, seed=6).split(range(30))]
+    assert a == b != c
+
+
+def test_kfold_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        KFold(1)
+    with pytest.raises(ValueError, match="cannot split"):
+        list(KFold(5).split(range(3)))
+    with pytest.raises(ValueError, match="labels"):
+        list(StratifiedKFold(2).split(range(4)))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_stratified_kfold_keeps_class_proportions(shuffle):
+    rng = np.random.default_rng(0)
+    y = rng.permutation(np.repeat([0, 1, 2, 3], [50, 30, 17, 3]))
+    k = 5
+    splits = list(StratifiedKFold(k, shuffle=shuffle, seed=3).split(y, y))
+    check_partition(splits, len(y))
+    counts = np.bincount(y, minlength=4)
+    for _, val in splits:
+        fold_counts = np.bincount(y[val], minlength=4)
+        assert np.all(np.abs(fold_counts - counts / k) < 1), fold_counts    # each class within one example
+    sizes = [len(val) for _, val in splits]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_holdout_split_is_stratified_and_disjoint():
+    x = np.arange(200)[:, None]
+    y = np.repeat([0, 1, 2], [100, 60, 40])
+    x_tr, y_tr, x_val, y_val = holdout_split(x, y, 0.25, seed=0)
+    assert len(x_val) == 50 and len(x_tr) == 150
+    assert np.bincount(y_val).tolist() == [25, 15, 10]
+    assert np.intersect1d(x_tr[:, 0], x_val[:, 0]).size == 0
+    np.testing.assert_array_equal(y[x_val[:, 0]], y_val)          # rows and labels stay together
+    plain = holdout_split(x, y, 0.25, seed=0, stratify=False)
+    assert len(plain[2]) == 50
+
+
+class RecordingStandardize(Standardize):
+    """A real Standardize that also records the row ids (column 0 of the raw data) of every fit."""
+
+    fits = []
+
+    def fit(self, x, **kwargs):
+        RecordingStandardize.fits.append(set(np.asarray(x)[:, 0].astype(int).tolist()))
+        return super().fit(x, **kwargs)
+
+
+def recording_fn(params, data, budget, seed):
+    x_tr, y_tr, x_val, y_val = data
+    return {"val_acc": float(np.mean(x_val[:, 1])), "val_loss": float(len(x_val)), "epochs": budget,
+            "x_train_mean": x_tr.mean(axis=0)}
+
+
+def test_transform_is_fitted_on_each_folds_training_rows_only():
+    rng = np.random.default_rng(0)
+    n = 60
+    x = np.column_stack([np.arange(n), rng.normal(5.0, 3.0, size=n)]).astype(np.float64)
+    y = np.arange(n) % 3
+    RecordingStandardize.fits = []
+    cv = StratifiedKFold(4, shuffle=True, seed=2)
+    out = cross_validate(recording_fn, {}, x, y, cv=cv, transform_factory=RecordingStandardize, budget=2, seed=0)
+    splits = list(cv.split(x, y))
+    assert len(RecordingStandardize.fits) == 4                    # one fresh transform per fold
+    for fitted_rows, (train, val) in zip(RecordingStandardize.fits, splits):
+        assert fitted_rows == set(train.tolist())
+        assert fitted_rows.isdisjoint(val.tolist())               # never saw a validation row
+    # the oracle: validation rows standardised with the training rows' statistics
+    expected = []
+    for train, val in splits:
+        mu, sd = x[train, 1].mean(), x[train, 1].std()
+        expected.append(np.mean((x[val, 1] - mu) / (sd + 1e-8)))
+    np.testing.assert_allclose(out["val_acc_folds"], expected, rtol=1e-5, atol=1e-6)
+    assert out["val_acc"] == pytest.approx(np.mean(out["val_acc_folds"]))
+    assert out["epochs"] == [2, 2, 2, 2] and out["status"] == "ok"
+
+
+def fold_seed_fn(params, data, budget, seed):
+    return {"val_acc": float(seed % 1000) / 1000}
+
+
+def test_cross_validated_trial_in_a_search_uses_fold_seeds():
+    x = np.zeros((30, 2))
+    y = np.arange(30) % 2
+    trial = CrossValidatedTrial(fold_seed_fn, KFold(3))
+    result = RandomSearch({"lr": loguniform(1e-3, 1e-1)}, n_trials=2, seed=0, edge=0).run(trial, (x, y),
+                                                                                          executor=None)
+    for t in result.trials:
+        seeds = [int(np.random.SeedSequence(t["seed"], spawn_key=(k,)).generate_state(1)[0]) for k in range(3)]
+        assert t["val_acc"] == pytest.approx(np.mean([s % 1000 for s in seeds]) / 1000)
+
+
+def test_cross_validated_search_with_preprocessing_on_the_process_pool():
+    from test_tune import make_problem, mlp_trial
+
+    x_tr, y_tr, x_val, y_val = make_problem()
+    x = np.concatenate([x_tr, x_val]) * 50 + 7         # badly scaled: the fold-fitted Standardize undoes it
+    y = np.concatenate([y_tr, y_val])
+    trial = CrossValidatedTrial(mlp_trial(), StratifiedKFold(3, shuffle=True, seed=0), transform_factory=Standardize)
+    space = {"lr": loguniform(1e-2, 1.0)}
+    serial = RandomSearch(space, n_trials=3, seed=0, edge=0).run(trial, (x, y), executor=None, threads_per_trial=1)
+    pooled = RandomSearch(space, n_trials=3, seed=0, edge=0).run(trial, (x, y), executor="process", n_workers=2,
+                                                                 threads_per_trial=1)
+    assert [(t["number"], t["val_acc"]) for t in serial.trials] == [(t["number"], t["val_acc"]) for t in pooled.trials]
+    assert all(t["status"] == "ok" and t["epochs"] == [1, 1, 1] for t in serial.trials)
+    assert serial.best_val_acc > 0.6                    # chance is 1/3

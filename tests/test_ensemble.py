@@ -1,0 +1,186 @@
+"""Ensembles and EMA weight averaging (cynet.ensemble) against NumPy oracles."""
+import numpy as np
+import pytest
+
+import cynet
+from cynet import checkpoint, nn
+from cynet.ensemble import EMA, Ensemble, softmax
+from cynet.nn.loss import SoftmaxCrossEntropy
+from cynet.optim import SGD
+from cynet.train import Trainer
+
+
+def np_softmax(s):
+    s = np.asarray(s, dtype=np.float64)
+    e = np.exp(s - s.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def linear_with(w, b):
+    layer = nn.Linear(w.shape[1], w.shape[0])
+    layer.load_state_dict({"weight": w.astype(np.float32), "bias": b.astype(np.float32)})
+    return layer
+
+
+@pytest.fixture
+def members():
+    rng = np.random.default_rng(0)
+    ws = [rng.normal(size=(3, 4)) for _ in range(3)]
+    bs = [rng.normal(size=3) for _ in range(3)]
+    return ws, bs, rng.normal(size=(7, 4)).astype(np.float32)
+
+
+def oracle_scores(w, b, x):
+    return x.astype(np.float32) @ w.astype(np.float32).T + b.astype(np.float32)
+
+
+def test_softmax_matches_oracle_and_is_stable():
+    s = np.array([[1.0, 2.0, 3.0], [1000.0, 1000.0, -1000.0]])
+    np.testing.assert_allclose(softmax(s), np_softmax(s), rtol=1e-12)
+    assert np.all(np.isfinite(softmax(s)))
+
+
+def test_ensemble_is_the_mean_of_member_probabilities(members):
+    ws, bs, x = members
+    ensemble = Ensemble([linear_with(w, b) for w, b in zip(ws, bs)])
+    expected = np.mean([np_softmax(oracle_scores(w, b, x)) for w, b in zip(ws, bs)], axis=0)
+    np.testing.assert_allclose(ensemble.predict_proba(x, batch_size=3), expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(ensemble.predict(x), np.argmax(ensemble.predict_proba(x), axis=1))
+    y = np.array([0, 1, 2, 0, 1, 2, 0])
+    loss, acc = ensemble.evaluate(x, y)
+    assert loss == pytest.approx(-np.mean(np.log(expected[np.arange(7), y])), rel=1e-5)
+    assert acc == pytest.approx(np.mean(np.argmax(expected, axis=1) == y))
+    member = ensemble.evaluate_members(x, y)
+    assert member[1][1] == pytest.approx(np.mean(np.argmax(oracle_scores(ws[1], bs[1], x), axis=1) == y))
+
+
+def test_weighted_ensemble_and_validation(members):
+    ws, bs, x = members
+    models = [linear_with(w, b) for w, b in zip(ws, bs)]
+    proba = Ensemble(models, weights=[2, 1, 1]).predict_proba(x)
+    p = [np_softmax(oracle_scores(w, b, x)) for w, b in zip(ws, bs)]
+    np.testing.assert_allclose(proba, 0.5 * p[0] + 0.25 * p[1] + 0.25 * p[2], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError):
+        Ensemble(models, weights=[1, -1, 1])
+    with pytest.raises(ValueError):
+        Ensemble([])
+    with pytest.raises(TypeError):
+        Ensemble([np.zeros(3)])
+
+
+def test_ensemble_uses_eval_mode_and_restores_modes():
+    cynet.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2))
+    x = np.ones((5, 4), np.float32)
+    a = Ensemble([model]).predict_proba(x)
+    b = Ensemble([model]).predict_proba(x)
+    np.testing.assert_array_equal(a, b)              # no dropout noise
+    assert model.training
+
+
+def test_from_checkpoints_loads_each_member(members, tmp_path):
+    ws, bs, x = members
+    paths = []
+    for i, (w, b) in enumerate(zip(ws, bs)):
+        paths.append(tmp_path / f"m{i}.npz")
+        checkpoint.save_model(paths[-1], linear_with(w, b))
+    ensemble = Ensemble.from_checkpoints(paths, lambda: nn.Linear(4, 3))
+    expected = np.mean([np_softmax(oracle_scores(w, b, x)) for w, b in zip(ws, bs)], axis=0)
+    np.testing.assert_allclose(ensemble.predict_proba(x), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_ema_shadow_equals_closed_form_average():
+    decay = 0.9
+    model = nn.Linear(3, 2)
+    rng = np.random.default_rng(1)
+    weights = [rng.normal(size=(2, 3)) for _ in range(6)]
+    model.weight.data[...] = weights[0]
+    ema = EMA(decay).attach(model)
+    for w in weights[1:]:
+        model.weight.data[...] = w
+        ema.update()
+    t = len(weights) - 1
+    closed = decay ** t * weights[0] + sum((1 - decay) * decay ** (t - k) * weights[k] for k in range(1, t + 1))
+    np.testing.assert_allclose(ema.shadow[0], closed, rtol=1e-5, atol=1e-6)
+    assert ema.num_updates == t
+    # apply swaps the average in and restore puts the trained weights back
+    with ema.apply():
+        np.testing.assert_array_equal(model.weight.data, ema.shadow[0])
+    np.testing.assert_array_equal(model.weight.data, weights[-1].astype(np.float32))
+
+
+def test_ema_as_trainer_callback_and_state_dict():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 5)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    cynet.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
+    ema = EMA(decay=0.5)
+    start = [p.data.copy() for p in model.parameters()]
+    seen = []
+
+    class Spy(cynet.train.Callback):
+        def on_batch_end(self, trainer):
+            seen.append([p.data.copy() for p in trainer.model.parameters()])
+
+    trainer = Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.1), callbacks=[ema, Spy()],
+                      progress=False, seed=0)
+    trainer.fit(x, y, epochs=2, batch_size=16)
+    assert ema.num_updates == trainer.iteration == 8
+    for i, shadow in enumerate(ema.shadow):          # the same recursion replayed on the recorded weights
+        expected = start[i].astype(np.float64)
+        for weights in seen:
+            expected = 0.5 * expected + 0.5 * weights[i]
+        np.testing.assert_allclose(shadow, expected, rtol=1e-5, atol=1e-6)
+    trained = [p.data.copy() for p in model.parameters()]
+    with ema.apply():
+        loss_avg, _ = trainer.evaluate(x, y)
+    for p, w in zip(model.parameters(), trained):
+        np.testing.assert_array_equal(p.data, w)
+    state = ema.state_dict()
+    assert set(state) == {"decay", "num_updates"} | {"shadow." + n for n, _ in model.named_parameters()}
+    other = EMA(0.9)
+    other.load_state_dict(state)
+    other.attach(model)
+    for a, b in zip(other.shadow, ema.shadow):
+        np.testing.assert_array_equal(a, b)
+    assert other.decay == 0.5 and other.num_updates == 8
+    copy = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
+    ema.copy_to(copy)
+    assert copy.forward(x) is not None and np.array_equal(copy.parameters()[0].data, ema.shadow[0])
+    assert np.isfinite(loss_avg)
+
+
+def test_ema_rejects_bad_decay_and_double_apply():
+    with pytest.raises(ValueError):
+        EMA(1.0)
+    ema = EMA(0.9).attach(nn.Linear(2, 2))
+    with ema.apply():
+        with pytest.raises(RuntimeError):
+            ema.apply()
+
+
+def test_ema_state_survives_a_trainer_checkpoint(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 5)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+
+    def make():
+        cynet.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
+        ema = EMA(0.9)
+        trainer = Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.1, momentum=0.9),
+                          callbacks=[ema], progress=False)
+        return trainer, ema
+
+    straight, ema_straight = make()
+    straight.fit(x, y, epochs=4, batch_size=16)
+    first, _ = make()
+    first.fit(x, y, epochs=2, batch_size=16)
+    first.save_checkpoint(tmp_path / "run.npz")
+    resumed, ema_resumed = make()
+    resumed.load_checkpoint(tmp_path / "run.npz")
+    resumed.fit(x, y, epochs=4, batch_size=16)
+    assert ema_resumed.num_updates == ema_straight.num_updates == 16
+    for a, b in zip(ema_resumed.shadow, ema_straight.shadow):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,415 @@
+"""Hyperparameter search (cynet.tune): spaces, random/grid search, failures, coarse-to-fine, successive halving,
+the process pool and the results (table, CSV/JSON, best checkpoint, plot).
+
+Small real problem: a 10-32-3 MLP on a synthetic 3-class problem (labels are the arg-max of a fixed linear map), two
+epochs of plain SGD; there the learning rate decides between chance and ~90 % validation accuracy.
+"""
+import csv
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+import cynet
+from cynet import checkpoint, nn
+from cynet.nn.loss import SoftmaxCrossEntropy
+from cynet.optim import SGD
+from cynet.tune import (
+    CoarseToFine, GridSearch, RandomSearch, Stage, choice, edge_report, grid_points, loguniform, make_trainer_trial,
+    narrow_space, randint, sample_space, successive_halving, trial_seed, uniform,
+)
+from cynet.tune.executors import execute_trial
+
+
+# --- the small real problem ------------------------------------------------------------------------------------------
+def make_problem(n_train=480, n_val=240, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(10, 3))
+    x = rng.normal(size=(n_train + n_val, 10)).astype(np.float32)
+    y = np.argmax(x @ w, axis=1).astype(np.int64)
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+def build_mlp(params):
+    hidden = int(params.get("hidden", 32))
+    return nn.Sequential(nn.Linear(10, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+
+
+def sgd_factory(parameters, params):
+    return SGD(parameters, lr=params["lr"])
+
+
+def mlp_trial(batch_size=32):
+    return make_trainer_trial(build_mlp, SoftmaxCrossEntropy(), sgd_factory, batch_size=batch_size)
+
+
+SPACE = {"lr": loguniform(1e-4, 10.0), "hidden": choice([16, 32])}
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return make_problem()
+
+
+# --- helper trial functions (module level: picklable for the process pool) -------------------------------------------
+def peak_fn(params, data, budget, seed):
+    """A deterministic score peaking at lr = 1e-2 (in log space) that grows with the budget."""
+    return {"val_acc": budget / (budget + 1) - abs(math.log10(params["lr"]) + 2) / 10}
+
+
+def edge_peak_fn(params, data, budget, seed):
+    """Best at the lowest learning rate of the range."""
+    return {"val_acc": -math.log10(params["lr"])}
+
+
+def flaky_fn(params, data, budget, seed):
+    if params["lr"] > 0.1:
+        raise RuntimeError(f"boom at lr={params['lr']:.3g}")
+    if params["lr"] < 1e-3:
+        return {"val_acc": float("nan")}
+    return {"val_acc": params["lr"]}
+
+
+def dying_fn(params, data, budget, seed):
+    if params["lr"] > 0.1:
+        os._exit(3)      # the worker process dies without a word
+    return {"val_acc": params["lr"]}
+
+
+def where_fn(params, data, budget, seed):
+    """Reports which process ran it and which data object it saw (to check data is shipped once per worker)."""
+    return {"val_acc": float(params["lr"]), "history": {"pid": os.getpid(), "data_id": id(data),
+                                                        "threads": cynet.get_num_threads()}}
+
+
+# --- spaces ----------------------------------------------------------------------------------------------------------
+def test_loguniform_is_uniform_in_log_space():
+    rng = np.random.default_rng(0)
+    dist = loguniform(1e-4, 1e0)
+    values = np.array([dist.sample(rng) for _ in range(8000)])
+    assert values.min() >= 1e-4 and values.max() <= 1.0
+    per_decade = np.histogram(np.log10(values), bins=4, range=(-4, 0))[0]
+    assert np.all(np.abs(per_decade - 2000) < 150), per_decade     # +-3.8 sigma of a binomial(8000, 1/4)
+
+
+def test_uniform_randint_choice_ranges():
+    rng = np.random.default_rng(1)
+    u = np.array([uniform(-1.0, 3.0).sample(rng) for _ in range(4000)])
+    assert u.min() >= -1 and u.max() <= 3 and abs(u.mean() - 1.0) < 0.1
+    r = [randint(2, 5).sample(rng) for _ in range(600)]
+    assert set(r) == {2, 3, 4} and all(isinstance(v, int) for v in r)
+    c = [choice(["a", "b", "c"]).sample(rng) for _ in range(300)]
+    assert set(c) == {"a", "b", "c"}
+
+
+@pytest.mark.parametrize("bad", [lambda: loguniform(0, 1), lambda: loguniform(1, 1), lambda: uniform(2, 1),
+                                 lambda: randint(3, 3), lambda: choice([]), lambda: uniform(0, float("inf"))])
+def test_invalid_distributions_raise(bad):
+    with pytest.raises(ValueError):
+        bad()
+
+
+def test_grid_points_log_spaced():
+    values = grid_points({"lr": loguniform(1e-4, 1e-1), "p": uniform(0, 1), "h": choice([8, 16]), "k": 5}, 4)
+    np.testing.assert_allclose(values["lr"], np.logspace(-4, -1, 4), rtol=1e-12)
+    np.testing.assert_allclose(values["p"], [0, 1 / 3, 2 / 3, 1])
+    assert values["h"] == [8, 16] and values["k"] == [5]
+
+
+def test_sample_space_passes_constants():
+    params = sample_space({"lr": loguniform(1e-3, 1e-1), "batch_size": 64}, np.random.default_rng(0))
+    assert params["batch_size"] == 64 and 1e-3 <= params["lr"] <= 1e-1
+
+
+# --- seeds and configurations ----------------------------------------------------------------------------------------
+def test_trial_seeds_come_from_seedsequence_spawn():
+    children = np.random.SeedSequence(123).spawn(6)
+    assert [trial_seed(123, i) for i in range(6)] == [int(c.generate_state(1)[0]) for c in children]
+
+
+def test_random_search_reproducible_and_prefix_stable():
+    a = RandomSearch(SPACE, n_trials=10, seed=7).configurations()
+    b = RandomSearch(SPACE, n_trials=10, seed=7).configurations()
+    c = RandomSearch(SPACE, n_trials=4, seed=7).configurations()
+    d = RandomSearch(SPACE, n_trials=10, seed=8).configurations()
+    assert a == b and a[:4] == c and a != d
+
+
+def test_random_search_tries_more_distinct_values_than_grid():
+    """The lecture's point: 9 grid trials over 2 dimensions try 3 learning rates, 9 random trials try 9."""
+    space = {"lr": loguniform(1e-4, 1e-1), "reg": loguniform(1e-5, 1e-1)}
+    grid = GridSearch(space, points=3).configurations()
+    rand = RandomSearch(space, n_trials=9, seed=0).configurations()
+    assert len(grid) == 9 and len({p["lr"] for p in grid}) == 3
+    assert len({p["lr"] for p in rand}) == 9
+
+
+def one_knob_fn(params, data, budget, seed):
+    """Only the learning rate matters (peak at 10**-2.2); "reg" is a distraction."""
+    return {"val_acc": -abs(math.log10(params["lr"]) + 2.2)}
+
+
+def test_random_search_beats_grid_search_on_average_when_one_knob_matters():
+    space = {"lr": loguniform(1e-4, 1e-1), "reg": loguniform(1e-5, 1e-1)}
+    grid_best = GridSearch(space, points=3, edge=0).run(one_knob_fn, executor=None).best_val_acc
+    random_best = [RandomSearch(space, n_trials=9, seed=s, edge=0).run(one_knob_fn, executor=None).best_val_acc
+                   for s in range(20)]
+    assert grid_best == pytest.approx(-0.3)           # the nearest grid learning rate is 10**-2.5
+    assert np.mean(random_best) > grid_best + 0.1
+
+
+# --- searches on the real problem ------------------------------------------------------------------------------------
+def test_random_search_beats_the_median_trial(problem):
+    result = RandomSearch(SPACE, n_trials=10, seed=0).run(mlp_trial(), problem, budget=2, executor=None)
+    accs = [t["val_acc"] for t in result.trials if t["status"] == "ok"]
+    assert len(result.trials) == 10
+    assert result.best_val_acc == max(accs)
+    assert result.best_val_acc > np.median(accs) + 0.05
+    assert result.best_val_acc > 0.75           # chance is ~1/3
+    # the table is sorted best first and the recorded epochs are the ones run
+    ok = [t for t in result.trials if t["status"] == "ok"]
+    assert [t["val_acc"] for t in ok] == sorted(accs, reverse=True)
+    assert all(t["epochs"] == 2 for t in ok)
+
+
+def test_trainer_trial_is_reproducible_and_restores_global_rng(problem):
+    trial = mlp_trial()
+    cynet.manual_seed(99)
+    before = cynet.get_rng_state()
+    first = trial({"lr": 0.1}, problem, 1, seed=5)
+    assert cynet.get_rng_state() == before
+    second = trial({"lr": 0.1}, problem, 1, seed=5)
+    third = trial({"lr": 0.1}, problem, 1, seed=6)
+    assert first["val_acc"] == second["val_acc"]
+    for key in first["state_dict"]:
+        np.testing.assert_array_equal(first["state_dict"][key], second["state_dict"][key])
+    assert any(not np.array_equal(first["state_dict"][k], third["state_dict"][k]) for k in first["state_dict"])
+
+
+def test_trainer_trial_reports_divergence(problem):
+    with_huge_lr = mlp_trial()({"lr": 1e4}, problem, 2, seed=0)
+    assert with_huge_lr["status"] == "diverged" and math.isnan(with_huge_lr["val_acc"])
+    assert with_huge_lr["stop_reason"].startswith("diverged")
+
+
+# --- failure handling ------------------------------------------------------------------------------------------------
+def test_errors_and_diverged_trials_are_recorded_not_ranked():
+    result = RandomSearch({"lr": loguniform(1e-4, 1.0)}, n_trials=12, seed=3).run(flaky_fn, executor=None)
+    by_status = {s: [t for t in result.trials if t["status"] == s] for s in ("ok", "diverged", "error")}
+    configs = RandomSearch({"lr": loguniform(1e-4, 1.0)}, n_trials=12, seed=3).configurations()
+    assert len(by_status["error"]) == sum(p["lr"] > 0.1 for p in configs) > 0
+    assert len(by_status["diverged"]) == sum(p["lr"] < 1e-3 for p in configs) > 0
+    assert all("RuntimeError: boom" in t["error"] for t in by_status["error"])
+    statuses = [t["status"] for t in result.trials]
+    assert statuses == sorted(statuses, key=["ok", "diverged", "error"].index)     # failures rank last
+    assert result.best_params["lr"] == max(p["lr"] for p in configs if 1e-3 <= p["lr"] <= 0.1)
+
+
+def test_diverging_trainer_trials_never_win(problem):
+    space = {"lr": choice([1e4, 0.3, 1e-3])}
+    result = GridSearch(space, seed=0).run(mlp_trial(), problem, budget=2, executor=None)
+    assert [t["status"] for t in result.trials] == ["ok", "ok", "diverged"]
+    assert result.best_params["lr"] == 0.3
+
+
+def test_no_finished_trial_raises_clearly():
+    result = RandomSearch({"lr": loguniform(0.2, 1.0)}, n_trials=3).run(flaky_fn, executor=None)
+    with pytest.raises(RuntimeError, match="no trial finished"):
+        result.best_params
+
+
+def test_execute_trial_rejects_bad_return_values():
+    record = execute_trial(lambda p, d, b, s: 0.5, None, {"number": 0, "params": {}, "budget": 1, "seed": 0})
+    assert record["status"] == "error" and "val_acc" in record["error"]
+
+
+def test_process_pool_survives_a_dying_worker():
+    space = {"lr": loguniform(1e-3, 1.0)}
+    configs = RandomSearch(space, n_trials=8, seed=1).configurations()
+    result = RandomSearch(space, n_trials=8, seed=1).run(dying_fn, executor="process", n_workers=2)
+    errors = {t["number"] for t in result.trials if t["status"] == "error"}
+    assert errors == {i for i, p in enumerate(configs) if p["lr"] > 0.1} != set()
+    assert all("worker process died" in t["error"] for t in result.trials if t["status"] == "error")
+    ok = [t for t in result.trials if t["status"] == "ok"]
+    assert len(ok) == 8 - len(errors) and result.best_val_acc == max(p["lr"] for p in configs if p["lr"] <= 0.1)
+
+
+# --- parallel execution ----------------------------------------------------------------------------------------------
+def test_process_pool_matches_serial_exactly(problem):
+    # the same threads per trial everywhere: BLAS sums in another order with another thread count
+    search = RandomSearch(SPACE, n_trials=6, seed=11)
+    serial = search.run(mlp_trial(), problem, budget=1, executor=None, threads_per_trial=1)
+    pooled = search.run(mlp_trial(), problem, budget=1, executor="process", n_workers=2, threads_per_trial=1)
+    table = lambda r: [(t["number"], t["status"], t["val_acc"], t["threads"]) for t in r.trials]
+    assert table(serial) == table(pooled)
+    assert {t["threads"] for t in pooled.trials} == {1}
+    for a, b in zip(serial.best_state_dict.values(), pooled.best_state_dict.values()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore:RandomSearch. best")
+def test_process_pool_ships_data_once_per_worker_and_splits_cores():
+    data = np.arange(1000.0)
+    result = RandomSearch({"lr": uniform(0, 1)}, n_trials=8, seed=0).run(where_fn, data, executor="process",
+                                                                          n_workers=2)
+    seen = {}
+    for t in result.trials:
+        seen.setdefault(t["history"]["pid"], set()).add(t["history"]["data_id"])
+    assert os.getpid() not in seen and 1 <= len(seen) <= 2
+    assert all(len(ids) == 1 for ids in seen.values())     # one copy of the data per worker, reused by every trial
+    expected_threads = max(1, cynet.available_cpus() // 2)
+    assert {t["history"]["threads"] for t in result.trials} == {expected_threads}
+
+
+def test_any_executor_with_submit_works(problem):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        result = RandomSearch({"lr": loguniform(1e-3, 1e-1)}, n_trials=4, seed=0).run(peak_fn, executor=pool)
+    serial = RandomSearch({"lr": loguniform(1e-3, 1e-1)}, n_trials=4, seed=0).run(peak_fn, executor=None)
+    assert [t["val_acc"] for t in result.trials] == [t["val_acc"] for t in serial.trials]
+
+
+def test_unknown_executor_rejected():
+    with pytest.raises(ValueError, match="executor"):
+        RandomSearch({"lr": uniform(0, 1)}, 2).run(peak_fn, executor="threads")
+
+
+# --- coarse-to-fine and successive halving ---------------------------------------------------------------------------
+def test_narrow_space_log_and_linear_oracle():
+    space = {"lr": loguniform(1e-6, 1e0), "p": uniform(0.0, 1.0), "h": choice([8, 16, 32]), "c": 3}
+    best = [{"lr": 1e-3, "p": 0.4, "h": 32, "c": 3}, {"lr": 1e-2, "p": 0.5, "h": 8, "c": 3}]
+    out = narrow_space(space, best, margin=0.1)
+    # log10 range is 6 wide: pad 0.6 decade each side of [-3, -2]
+    np.testing.assert_allclose(np.log10([out["lr"].lo, out["lr"].hi]), [-3.6, -1.4], rtol=1e-9)
+    np.testing.assert_allclose([out["p"].lo, out["p"].hi], [0.3, 0.6])
+    assert out["h"].options == [8, 32] and out["c"] == 3
+    clipped = narrow_space({"lr": loguniform(1e-4, 1e-1)}, [{"lr": 1e-4}], margin=0.2)["lr"]
+    assert clipped.lo == 1e-4 and clipped.hi == pytest.approx(10 ** -3.4)
+
+
+def test_coarse_to_fine_narrows_around_the_best_trials():
+    space = {"lr": loguniform(1e-6, 1e0)}
+    search = CoarseToFine(space, [Stage(12, 1, keep=3), Stage(8, 2, keep=2), Stage(4, 3)], seed=0, margin=0.1)
+    result = search.run(peak_fn, executor=None)
+    spaces = result.stage_spaces
+    assert len(spaces) == 3 and len(result.trials) == 24
+    for stage in range(2):
+        trials = sorted((t for t in result.trials if t["stage"] == stage), key=lambda t: -t["val_acc"])
+        keep = [3, 2][stage]
+        old, new = spaces[stage]["lr"], spaces[stage + 1]["lr"]
+        logs = np.log10([t["params"]["lr"] for t in trials[:keep]])
+        pad = 0.1 * (math.log10(old.hi) - math.log10(old.lo))
+        expected = [max(math.log10(old.lo), logs.min() - pad), min(math.log10(old.hi), logs.max() + pad)]
+        np.testing.assert_allclose(np.log10([new.lo, new.hi]), expected, rtol=1e-9)
+        assert (new.hi / new.lo) < (old.hi / old.lo)
+        assert all(new.lo <= t["params"]["lr"] <= new.hi for t in result.trials if t["stage"] == stage + 1)
+    assert [t["budget"] for t in sorted(result.trials, key=lambda t: t["number"])] == [1] * 12 + [2] * 8 + [3] * 4
+    assert abs(math.log10(result.best_params["lr"]) + 2) < 0.3      # found the peak at 1e-2
+    assert len({t["number"] for t in result.trials}) == 24
+
+
+def test_edge_warning_when_best_lies_on_the_range_edge():
+    with pytest.warns(UserWarning, match=r"lr=.* lower edge of loguniform\(0.0001, 1.0\)"):
+        RandomSearch({"lr": loguniform(1e-4, 1.0)}, n_trials=30, seed=0).run(edge_peak_fn, executor=None)
+    assert edge_report({"lr": loguniform(1e-4, 1.0)}, {"lr": 1e-2}) == []
+    assert "upper edge" in edge_report({"p": uniform(0, 1)}, {"p": 0.95})[0]
+
+
+def test_successive_halving_keeps_the_top_third_and_triples_the_budget():
+    space = {"lr": loguniform(1e-5, 1e1)}
+    result = successive_halving(peak_fn, None, space, n_trials=9, min_budget=1, eta=3, seed=2, executor=None)
+    rungs = {r: [t for t in result.trials if t["rung"] == r] for r in range(3)}
+    assert [len(rungs[r]) for r in range(3)] == [9, 3, 1]
+    assert [{t["budget"] for t in rungs[r]} for r in range(3)] == [{1}, {3}, {9}]
+    for r in range(2):
+        top = sorted(rungs[r], key=lambda t: -t["val_acc"])[:len(rungs[r + 1])]
+        assert {t["number"] for t in top} == {t["number"] for t in rungs[r + 1]}
+    survivor = rungs[2][0]
+    assert survivor["seed"] == trial_seed(2, survivor["number"])         # a configuration keeps its seed
+    assert result.best_trial is survivor
+
+
+# --- results ---------------------------------------------------------------------------------------------------------
+def test_results_table_csv_json_checkpoint_and_plot(problem, tmp_path):
+    result = RandomSearch(SPACE, n_trials=5, seed=4).run(mlp_trial(), problem, budget=1, executor=None,
+                                                          checkpoint_dir=tmp_path)
+    rows = result.table()
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
+    with open(result.to_csv(tmp_path / "trials.csv")) as f:
+        read = list(csv.DictReader(f))
+    assert [float(r["val_acc"]) for r in read] == [r["val_acc"] for r in rows]
+    assert {"lr", "hidden", "status", "epochs", "seconds"} <= set(read[0])
+    with open(result.to_json(tmp_path / "trials.json")) as f:
+        doc = json.load(f)
+    assert doc["best"]["params"] == result.best_params and len(doc["trials"]) == 5
+
+    path = result.best_checkpoint
+    assert os.path.basename(path) == f"best_val{result.best_val_acc:.4f}.npz" and os.path.exists(path)
+    model = checkpoint.load_model(path, build_mlp(result.best_params))
+    x_val, y_val = problem[2], problem[3]
+    acc = float(np.mean(np.argmax(model.forward(x_val), axis=1) == y_val))
+    assert acc == pytest.approx(result.best_val_acc, abs=1e-12)
+
+    pytest.importorskip("matplotlib")
+    png = result.plot(tmp_path / "acc.png")
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "SearchResult(5 trials" in repr(result) and "val_acc" in str(result)
+
+
+@pytest.mark.filterwarnings("ignore:CoarseToFine. best")
+def test_coarse_to_fine_stage_with_successive_halving():
+    space = {"lr": loguniform(1e-6, 1e0)}
+    search = CoarseToFine(space, [Stage(8, 1, keep=2), Stage(4, 1, eta=2)], seed=5)
+    result = search.run(peak_fn, executor=None)
+    fine = [t for t in result.trials if t["stage"] == 1]
+    assert sorted((t["rung"], t["budget"]) for t in fine) == [(0, 1)] * 4 + [(1, 2)] * 2 + [(2, 4)]
+    assert result.best_trial["stage"] == 1 and result.best_trial["rung"] == 2     # the longest-trained survivor
+    assert {t["number"] for t in fine} <= set(range(8, 12))
+
+
+def test_grid_search_on_the_process_pool_matches_serial():
+    space = {"lr": loguniform(1e-4, 1e-1), "h": choice([1, 2])}
+    serial = GridSearch(space, points=3, edge=0).run(peak_fn, executor=None)
+    pooled = GridSearch(space, points=3, edge=0).run(peak_fn, executor="process", n_workers=2)
+    assert len(serial.trials) == 6
+    assert [(t["number"], t["val_acc"]) for t in serial.trials] == [(t["number"], t["val_acc"]) for t in pooled.trials]
+
+
+def test_json_writes_nan_as_null_and_save_best_needs_weights(tmp_path):
+    result = RandomSearch({"lr": loguniform(1e-4, 1.0)}, n_trials=12, seed=3).run(flaky_fn, executor=None)
+    with open(result.to_json(tmp_path / "r.json")) as f:
+        doc = json.load(f)            # strict JSON: no NaN tokens
+    assert any(t["val_acc"] is None and t["status"] == "diverged" for t in doc["trials"])
+    with pytest.raises(RuntimeError, match="state_dict"):
+        result.save_best(tmp_path)
+
+
+def test_plot_uses_a_log_axis_for_loguniform(tmp_path, monkeypatch):
+    figure = pytest.importorskip("matplotlib.figure")
+    result = RandomSearch({"lr": loguniform(1e-4, 1.0), "p": uniform(0, 1)}, n_trials=6, seed=0,
+                          edge=0).run(peak_fn, executor=None)
+    saved = []
+    original = figure.Figure.savefig
+    monkeypatch.setattr(figure.Figure, "savefig", lambda self, *a, **k: (saved.append(self), original(self, *a, **k)))
+    result.plot(tmp_path / "p.png")
+    (fig,) = saved
+    assert [ax.get_xscale() for ax in fig.axes] == ["log", "linear"]
+    assert [ax.get_xlabel() for ax in fig.axes] == ["lr", "p"]
+    best = max(t["val_acc"] for t in result.trials)
+    assert best in fig.axes[0].collections[1].get_offsets()[:, 1]       # the gold star marks the best trial
+
+
+@pytest.mark.parametrize("executor", [None, "process"])
+def test_progress_hears_every_trial_once(executor, capsys):
+    heard = []
+    result = RandomSearch({"lr": loguniform(1e-4, 1.0)}, n_trials=6, seed=3).run(
+        flaky_fn, executor=executor, n_workers=2, progress=heard.append)
+    assert sorted(r["number"] for r in heard) == list(range(6))
+    assert {r["number"]: r["status"] for r in heard} == {t["number"]: t["status"] for t in result.trials}
+    RandomSearch({"lr": loguniform(1e-3, 1e-1)}, n_trials=2, seed=0, edge=0).run(peak_fn, executor=None,
+                                                                                  progress=True)
+    assert capsys.readouterr().out.count("val_acc") == 2
