@@ -7,11 +7,18 @@ training part only -> build an MLP with batch norm and He initialisation -> run 
 best checkpoint by validation accuracy -> plot the loss curve and the accuracies -> report test accuracy once, on
 the best checkpoint, as the last line ``test accuracy: NN.NN% (N images)``.
 
+Data, the first that is there: ``--data``; ``$CYNET_DATA`` or ``~/.cache/cynet``; the development copy
+``../shared/datasets`` next to the project (40,000 training images, and its 1,017 test images in
+``cifar10_test_partial.npz``); else the small subset packaged with cynet, which the run says it uses.
+
 Examples:
-    # offline, in under a minute, on the packaged subset (1,000 training / 300 test images)
+    # the data this machine can reach, offline
     python examples/train_cifar10.py
 
-    # the 40,000 shared development images and the 1,017 shared test images
+    # every stage in under a minute, on the packaged subset (1,000 training / 300 test images)
+    python examples/train_cifar10.py --subset
+
+    # a directory and a test file named explicitly
     python examples/train_cifar10.py --data ../shared/datasets/cifar-10-batches-py \\
         --test-data ../shared/datasets/cifar10_test_partial.npz
 
@@ -22,15 +29,16 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 import cynet
 from cynet import nn, optim
 from cynet.checkpoint import load_model
-from cynet.data import (Compose, RandomCrop, RandomHorizontalFlip, Standardize, load_cifar10, load_cifar10_subset,
+from cynet.data import (Compose, RandomCrop, RandomHorizontalFlip, Standardize, load_cifar10_reachable, load_cifar10_subset,
                         load_test_npz, make_batch_transform, save_bundle)
-from cynet.nn.loss import SoftmaxCrossEntropy
+from cynet.nn.loss import L2Penalty, SoftmaxCrossEntropy
 from cynet.optim.lr_scheduler import CosineAnnealingLR
 from cynet.train import ModelCheckpoint, Trainer
 
@@ -46,10 +54,13 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="CIFAR-10 directory (data_batch_* files) or cifar-10-python.tar.gz; default: "
-                                  "$CYNET_DATA / ~/.cache/cynet when it holds the data, else the packaged subset")
-    p.add_argument("--test-data", help="test images as an .npz with 'data' and 'labels' (used when the data "
-                                       "directory has no test_batch)")
+                                  "$CYNET_DATA or ~/.cache/cynet, else ../shared/datasets next to the project, "
+                                  "else the subset packaged with cynet")
+    p.add_argument("--test-data", help="test images as an .npz with 'data' and 'labels' (default: test_batch, "
+                                       "else the one *test*.npz file beside the batches, if any)")
     p.add_argument("--download", action="store_true", help="download the official archive if it is not there")
+    p.add_argument("--subset", action="store_true", help="train on the small subset packaged with cynet (a quick "
+                                                         "offline run of every stage, under a minute)")
     p.add_argument("--epochs", type=int, default=None, help="default: 30 on a full data set, 15 on the subset")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=0.05, help="initial learning rate (SGD, Nesterov momentum 0.9)")
@@ -69,27 +80,26 @@ def stage(title):
     print(f"\n== {title} " + "=" * max(0, 74 - len(title)), flush=True)
 
 
+# the development copy next to the project (../shared/datasets), when this checkout has one; $CYNET_SHARED_DATA moves it
+SHARED = Path(os.environ.get("CYNET_SHARED_DATA")
+              or Path(__file__).resolve().parents[1].parent / "shared" / "datasets")
+
+
 def load_data(args):
-    """(x_train, y_train, x_test, y_test, description); uint8 images (N, 3, 32, 32)."""
-    subset = False
-    if args.data or args.download:
-        data = load_cifar10(args.data, download=args.download)
+    """(x_train, y_train, x_test, y_test, description, test source, subset?); uint8 images (N, 3, 32, 32)."""
+    if args.subset:
+        data, subset = load_cifar10_subset(), True
     else:
-        try:
-            data = load_cifar10(None)
-        except (FileNotFoundError, OSError):
-            data = load_cifar10_subset()
-            subset = True
-    x_test, y_test, test_source = data.x_test, data.y_test, "test_batch"
+        data, subset = load_cifar10_reachable(args.data, fallbacks=[SHARED], download=args.download)
+    x_test, y_test = data.x_test, data.y_test
+    test_source = None if x_test is None else "as loaded"
     if args.test_data:
         x_test, y_test = load_test_npz(args.test_data)
         test_source = args.test_data
-    elif x_test is None:
-        test_source = None
     description = data.source
     if subset:
         description += ("  <- the small subset packaged with cynet, used because no CIFAR-10 data was found "
-                        "(pass --data DIR or --download for the full set)")
+                        "(pass --data DIR, set $CYNET_DATA, or --download for the full set)")
     return data.x_train, data.y_train, x_test, y_test, description, test_source, subset
 
 
@@ -101,7 +111,10 @@ def build_model(hidden, dropout, seed):
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         width = units
-    layers.append(nn.Linear(width, 10, init="he", generator=seed + len(hidden)))
+    # the classifier starts with small weights, N(0, 0.01^2) (the lecture's "small random numbers"): every class
+    # then scores about the same and the first loss is ln 10 = 2.303, which the sanity checks verify; He scaling
+    # here would start near 3 and only cost the first iterations
+    layers.append(nn.Linear(width, 10, init="normal", generator=seed + len(hidden)))
     return nn.Sequential(*layers)
 
 
@@ -143,7 +156,6 @@ def main(argv=None):
     augment = None if args.no_augment else Compose([RandomCrop(32, padding=2), RandomHorizontalFlip()])
     batch_transform = make_batch_transform(transform, augment)
     print(f"augmentation : {'none' if augment is None else 'random crop (padding 2) + horizontal flip'}")
-    xv = batch_transform(x_val, None)
 
     stage("model")
     hidden = MODELS[args.model]
@@ -157,8 +169,15 @@ def main(argv=None):
         from cynet.diagnostics import babysit
 
         xb = batch_transform(x_train[:512], None)
-        report = babysit(model, loss, xb, y_train[:512], num_classes=10, seed=args.seed)
+        # probe with the optimiser training will use, so the recommended range speaks of --lr
+        report = babysit(model, loss, xb, y_train[:512], num_classes=10, seed=args.seed,
+                         optimizer_factory=lambda params, lr: optim.SGD(params, lr=lr, momentum=0.9, nesterov=True),
+                         overfit_lr=args.lr,
+                         regularization=L2Penalty(args.weight_decay) if args.weight_decay > 0 else None)
         print(report)
+        low, high = report.recommended_lr or (None, None)
+        if low is not None and not low <= args.lr <= high:
+            print(f"note: --lr {args.lr:g} lies outside the probe's recommended range {low:g} … {high:g}")
 
     stage("training")
     epochs = args.epochs if args.epochs is not None else (15 if subset else 30)
@@ -169,7 +188,7 @@ def main(argv=None):
     trainer = Trainer(model, loss, optimizer, scheduler=scheduler, batch_transform=batch_transform,
                       callbacks=[ModelCheckpoint(best_path, monitor="val_acc")], seed=args.seed)
     train_started = time.perf_counter()
-    history = trainer.fit(x_train, y_train, epochs=epochs, batch_size=args.batch_size, validation=(xv, y_val))
+    history = trainer.fit(x_train, y_train, epochs=epochs, batch_size=args.batch_size, validation=(x_val, y_val))
     train_seconds = time.perf_counter() - train_started
     epoch_times = history.get("epoch_time", [])
     print(f"trained {trainer.epoch} epochs in {train_seconds:.1f} s "
@@ -191,7 +210,8 @@ def main(argv=None):
     if x_test is None:
         print("no test set available: pass --test-data FILE.npz or a directory with test_batch")
         return None
-    _, test_acc = trainer.evaluate(batch_transform(x_test, None), y_test)
+    # the trainer applies batch_transform(x, None) itself: pass the raw uint8 images
+    _, test_acc = trainer.evaluate(x_test, y_test)
     print(f"test accuracy: {100 * test_acc:.2f}% ({len(x_test)} images)")
     return test_acc
 

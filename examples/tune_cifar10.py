@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cynet import nn
-from cynet.data import Standardize, load_cifar10, load_cifar10_subset
+from cynet.data import Standardize, load_cifar10_reachable
 from cynet.tune import CoarseToFine, RandomSearch, Stage, choice, holdout_split, loguniform, make_trainer_trial
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar-10-batches-py"
@@ -33,15 +33,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "c
 
 def load_data(path=None, n_train=5000, n_val=1000, seed=0):
     """(x_train, y_train, x_val, y_val, description): flattened float32, standardised with training statistics."""
-    data = load_cifar10(path, test=False, flatten=True) if path else None    # an explicit path must work
-    for candidate in ([] if path else [None, SHARED]):
-        try:
-            data = load_cifar10(candidate, test=False, flatten=True)
-            break
-        except (FileNotFoundError, OSError):
-            continue
-    if data is None:
-        data = load_cifar10_subset(flatten=True)
+    data, _ = load_cifar10_reachable(path, fallbacks=[SHARED], test=False, flatten=True)
     x, y = data.x_train, data.y_train
     n_train, n_val = min(n_train, len(x) - len(x) // 5), min(n_val, len(x) // 5)
     rng = np.random.default_rng(seed)

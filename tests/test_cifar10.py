@@ -307,6 +307,40 @@ def test_load_test_npz_synthetic_and_errors(tmp_path):
         load_test_npz(tmp_path / "absent.npz")
 
 
+# --- the data a program can reach --------------------------------------------------------------------------------------
+def test_reachable_tries_the_default_root_then_the_fallbacks_then_the_subset(tmp_path, monkeypatch):
+    from cynet.data import load_cifar10_reachable
+
+    monkeypatch.setenv("CYNET_DATA", str(tmp_path / "empty"))
+    data, is_subset = load_cifar10_reachable(fallbacks=[tmp_path / "nowhere"])
+    assert is_subset and "subset" in data.source
+    # a development copy: batches without test_batch, one *test*.npz beside them
+    dev = tmp_path / "dev"
+    make_dir(dev / "cifar-10-batches-py", train=(1, 2), test=False)
+    xt, yt = batch(7)
+    np.savez(dev / "cifar10_test_partial.npz", data=xt, labels=np.asarray(yt))
+    data, is_subset = load_cifar10_reachable(fallbacks=[tmp_path / "nowhere", dev])
+    assert not is_subset
+    np.testing.assert_array_equal(data.y_train, expected([1, 2])[1])
+    np.testing.assert_array_equal(data.x_test.reshape(-1, 3072), xt)
+    np.testing.assert_array_equal(data.y_test, yt)
+    assert "cifar10_test_partial.npz" in data.source
+    flat, _ = load_cifar10_reachable(dev / "cifar-10-batches-py", flatten=True)
+    assert flat.x_test.shape == (ROWS, 3072)
+    # $CYNET_DATA comes before the fallbacks; its test_batch is not replaced
+    make_dir(tmp_path / "home" / "cifar-10-batches-py", train=(3,))
+    monkeypatch.setenv("CYNET_DATA", str(tmp_path / "home"))
+    data, _ = load_cifar10_reachable(fallbacks=[dev])
+    np.testing.assert_array_equal(data.y_train, expected([3])[1])
+    np.testing.assert_array_equal(data.y_test, batch(99)[1])
+    # two candidate test files: ambiguous, none is taken
+    np.savez(dev / "other_test.npz", data=xt, labels=np.asarray(yt))
+    assert load_cifar10_reachable(dev)[0].x_test is None
+    # an explicit root must work: its error is not swallowed
+    with pytest.raises(FileNotFoundError, match="no CIFAR-10 data"):
+        load_cifar10_reachable(tmp_path / "nowhere")
+
+
 # --- the shared development data -------------------------------------------------------------------------------------
 def trusted_batch(i):
     with open(SHARED_TRAIN / f"data_batch_{i}", "rb") as f:

@@ -20,7 +20,8 @@ from cynet.data.preprocessing import (TRANSFORMS, Bundle, ChannelMean, MeanImage
                                       Standardize, Transform, ZCAWhitening, fingerprint, load_bundle, save_bundle,
                                       transform_from_state_dict)
 from cynet.data.cifar10 import (CIFAR10, CIFAR10FormatError, CLASSES, UnsafePickleError, default_root,
-                                download_cifar10, load_cifar10, load_cifar10_subset, load_test_npz)
+                                download_cifar10, load_cifar10, load_cifar10_reachable, load_cifar10_subset,
+                                load_test_npz)
 from cynet.data.loader import (BatchIterator, Compose, RandomCrop, RandomHorizontalFlip, augment_batch,
                                make_batch_transform)
 
@@ -28,6 +29,6 @@ __all__ = [
     "Transform", "MeanImage", "ChannelMean", "Standardize", "PCA", "PCAWhitening", "ZCAWhitening", "Pipeline",
     "TRANSFORMS", "transform_from_state_dict", "fingerprint", "Bundle", "save_bundle", "load_bundle",
     "CIFAR10", "CIFAR10FormatError", "UnsafePickleError", "CLASSES", "default_root", "download_cifar10",
-    "load_cifar10", "load_cifar10_subset", "load_test_npz",
+    "load_cifar10", "load_cifar10_reachable", "load_cifar10_subset", "load_test_npz",
     "BatchIterator", "RandomCrop", "RandomHorizontalFlip", "Compose", "make_batch_transform", "augment_batch",
 ]

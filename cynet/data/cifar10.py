@@ -334,6 +334,55 @@ def load_cifar10(root=None, *, batches=None, test=True, flatten=False, download=
     return CIFAR10(x_train, y_train, x_test, y_test, tuple(classes), description)
 
 
+def load_cifar10_reachable(root=None, *, fallbacks=(), test=True, flatten=False, download=False):
+    """CIFAR-10 from the first place that holds it, else the packaged subset: what an offline program can reach.
+
+    An explicit ``root`` (or ``download=True``) must work: its errors propagate. Otherwise the places tried are
+    ``$CYNET_DATA`` / ``~/.cache/cynet`` (:func:`default_root`), then each of ``fallbacks`` in order (for example
+    a development copy next to the project), and last :func:`load_cifar10_subset`. When the training batches come
+    without a test batch, a single ``*test*.npz`` file beside them (``data``/``labels``, see
+    :func:`load_test_npz`) serves as the test set, as the shared development copy's ``cifar10_test_partial.npz``
+    does; ``source`` then names it.
+
+    Args:
+        root (str, PathLike or None): the data set's location, as :func:`load_cifar10` takes it. Default None.
+        fallbacks (sequence of str or PathLike): further places to try when ``root`` is None. Default ().
+        test (bool): load test images too. Default True.
+        flatten (bool): ``(N, 3072)`` rows instead of ``(N, 3, 32, 32)``. Default False.
+        download (bool): fetch the official archive into ``root`` / the default root if it is not there.
+
+    Returns:
+        tuple: ``(CIFAR10, is_subset)``; ``is_subset`` is True when only the packaged subset was found.
+
+    Example:
+        >>> data, is_subset = load_cifar10_reachable(fallbacks=["../shared/datasets"])  # doctest: +SKIP
+        >>> print(data.source)                                                            # doctest: +SKIP
+    """
+    if root is not None or download:
+        data = load_cifar10(root, test=test, flatten=flatten, download=download)
+        places = [default_root() if root is None else Path(root).expanduser()]
+    else:
+        data, places = None, [default_root()] + [Path(p).expanduser() for p in fallbacks]
+        for place in places:
+            try:
+                data = load_cifar10(place, test=test, flatten=flatten)
+                places = [place]
+                break
+            except (FileNotFoundError, OSError):
+                continue
+        if data is None:
+            return load_cifar10_subset(flatten=flatten), True
+    if test and data.x_test is None:
+        place = places[0]
+        directory = place.parent if place.is_file() else place
+        found = sorted({f for d in (directory, directory.parent) if d.is_dir() for f in d.glob("*test*.npz")})
+        if len(found) == 1:
+            x_test, y_test = load_test_npz(found[0], flatten=flatten)
+            data = CIFAR10(data.x_train, data.y_train, x_test, y_test, data.classes,
+                           f"{data.source}; test images from {found[0]} ({len(y_test)})")
+    return data, False
+
+
 def _batch_range(names):
     numbers = [int(n.rsplit("_", 1)[1]) for n in names]
     if numbers == list(range(numbers[0], numbers[-1] + 1)) and len(numbers) > 1:

@@ -6,6 +6,7 @@ from cynet.nn.module import Module, Parameter, Sequential
 from cynet.nn.layers import (
     ELU, GELU, SELU, Dropout, Flatten, LeakyReLU, Linear, Maxout, PReLU, ReLU, Sigmoid, SiLU, Tanh,
 )
+from cynet.nn.loss import L2Penalty, MSELoss, MulticlassSVM, SoftmaxCrossEntropy
 from cynet.nn.normalization import (
     BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, fold_batchnorm, recompute_batchnorm_statistics,
 )
@@ -13,5 +14,6 @@ from cynet.nn.normalization import (
 __all__ = [
     "Module", "Parameter", "Sequential", "Linear", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU",
     "GELU", "SiLU", "Maxout", "Dropout", "Flatten", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm",
-    "fold_batchnorm", "recompute_batchnorm_statistics",
+    "fold_batchnorm", "recompute_batchnorm_statistics", "SoftmaxCrossEntropy", "MulticlassSVM", "MSELoss",
+    "L2Penalty",
 ]
