@@ -1,15 +1,18 @@
 """One training epoch of a CIFAR-sized MLP: cynet against a NumPy reference loop, PyTorch and the bare-GEMM floor.
 
-The model of the lecture's assignment, 3072-1024-ReLU-512-ReLU-10, softmax cross-entropy, SGD with momentum 0.9,
-one epoch over 10,000 CIFAR-shaped float32 samples in mini-batches of 256 (39 full batches and one of 16), shuffled.
-One pytest-benchmark group per thread count (``epoch/mlp/tN``); the implementations:
+The model of the lecture's assignment, 3072-1024-ReLU-512-ReLU-10 (``mlp``), and the same with batch normalisation
+after each hidden Linear (``mlp_bn``: 3072-1024-BN-ReLU-512-BN-ReLU-10), softmax cross-entropy, SGD with momentum
+0.9, one epoch over 10,000 CIFAR-shaped float32 samples in mini-batches of 256 (39 full batches and one of 16),
+shuffled. One pytest-benchmark group per model and thread count (``epoch/mlp/tN``, ``epoch/mlp_bn/tN``); the
+implementations:
 
 - ``cynet``:       ``cynet.train.Trainer(...).fit(x, y, epochs=1)`` without a progress bar — what a user runs;
 - ``cynet_loop``:  the same loop written by hand over cynet's modules, loss and optimiser (no trainer bookkeeping);
 - ``numpy``:       the CS231n-style loop in plain NumPy (matmul, maximum, softmax, momentum update);
 - ``torch``:       ``torch.nn.Sequential`` + ``F.cross_entropy`` + ``torch.optim.SGD`` (skipped without torch);
 - ``floor``:       only the matrix products an epoch must do (3 forward, 3 weight-gradient and 2 input-gradient
-                   products per batch, into preallocated outputs): no implementation can be faster.
+                   products per batch, into preallocated outputs): no implementation can be faster. The same
+                   floor serves both models (batch norm adds no matrix product).
 
 The issue's target: cynet's epoch within 1.1x the floor and never slower than torch.
 
@@ -45,10 +48,61 @@ def _batches(rng):
     return [order[i:i + BATCH] for i in range(0, SAMPLES, BATCH)]
 
 
-def _cynet_model(seed=0):
-    return nn.Sequential(nn.Linear(3072, 1024, init="he", generator=seed), nn.ReLU(),
-                         nn.Linear(1024, 512, init="he", generator=seed + 1), nn.ReLU(),
-                         nn.Linear(512, 10, init="he", generator=seed + 2))
+MODELS = ["mlp", "mlp_bn"]
+BN_EPS = 1e-5
+
+
+def _cynet_model(batchnorm=False, seed=0):
+    layers = []
+    for i, (fan_in, fan_out) in enumerate(zip(SIZES[:-2], SIZES[1:-1])):
+        layers += [nn.Linear(fan_in, fan_out, init="he", generator=seed + i)]
+        layers += [nn.BatchNorm1d(fan_out, eps=BN_EPS)] if batchnorm else []
+        layers += [nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(SIZES[-2], SIZES[-1], init="he", generator=seed + 2))
+
+
+def _numpy_bn_forward(h, gamma, beta):
+    mean = h.mean(axis=0)
+    inv_std = 1.0 / np.sqrt(h.var(axis=0) + BN_EPS)
+    xhat = (h - mean) * inv_std
+    return xhat * gamma + beta, (xhat, inv_std)
+
+
+def _numpy_bn_backward(dout, gamma, cache):
+    """The compact batch-norm backward: dx = gamma*inv_std/N * (N*dout - sum(dout) - xhat*sum(dout*xhat))."""
+    xhat, inv_std = cache
+    dbeta = dout.sum(axis=0)
+    dgamma = (dout * xhat).sum(axis=0)
+    dx = (gamma * inv_std / len(dout)) * (len(dout) * dout - dbeta - xhat * dgamma)
+    return dx, dgamma, dbeta
+
+
+def _numpy_bn_epoch(x, y, params, velocity, rng):
+    """The loop with batch norm after each hidden Linear (training-mode statistics), in plain NumPy."""
+    w1, b1, g1, be1, w2, b2, g2, be2, w3, b3 = params
+    for idx in _batches(rng):
+        xb, yb = x[idx], y[idx]
+        n = len(idx)
+        z1, c1 = _numpy_bn_forward(xb @ w1.T + b1, g1, be1)
+        h1 = np.maximum(z1, 0)
+        z2, c2 = _numpy_bn_forward(h1 @ w2.T + b2, g2, be2)
+        h2 = np.maximum(z2, 0)
+        s = h2 @ w3.T + b3
+        s -= s.max(axis=1, keepdims=True)
+        p = np.exp(s)
+        p /= p.sum(axis=1, keepdims=True)
+        p[np.arange(n), yb] -= 1
+        ds = p / n
+        grads = [None] * 10
+        grads[8], grads[9] = ds.T @ h2, ds.sum(0)
+        da2, grads[6], grads[7] = _numpy_bn_backward((ds @ w3) * (h2 > 0), g2, c2)
+        grads[4], grads[5] = da2.T @ h1, da2.sum(0)
+        da1, grads[2], grads[3] = _numpy_bn_backward((da2 @ w2) * (h1 > 0), g1, c1)
+        grads[0], grads[1] = da1.T @ xb, da1.sum(0)
+        for param, v, g in zip(params, velocity, grads):
+            v *= MOMENTUM
+            v += g
+            param -= LR * v
 
 
 def _numpy_epoch(x, y, params, velocity, rng):
@@ -95,13 +149,15 @@ def _floor_epoch(x, buffers):
 
 @pytest.mark.parametrize("threads", THREADS, ids=[f"t{n}" for n in THREADS])
 @pytest.mark.parametrize("impl", ["cynet", "cynet_loop", "numpy", "torch", "floor"])
-def test_epoch(benchmark, timing, use_threads, data, impl, threads):
+@pytest.mark.parametrize("model_name", MODELS)
+def test_epoch(benchmark, timing, use_threads, data, model_name, impl, threads):
     x, y = data
-    benchmark.group = f"epoch/mlp/t{threads}"
-    benchmark.extra_info.update(impl=impl, threads=threads, samples=SAMPLES, batch=BATCH)
+    batchnorm = model_name == "mlp_bn"
+    benchmark.group = f"epoch/{model_name}/t{threads}"
+    benchmark.extra_info.update(impl=impl, threads=threads, samples=SAMPLES, batch=BATCH, model=model_name)
     rng = np.random.default_rng(1)
     if impl == "cynet":
-        model = _cynet_model()
+        model = _cynet_model(batchnorm)
         trainer = Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=LR, momentum=MOMENTUM),
                           progress=False)
         epochs = iter(range(1, 10_000))
@@ -109,7 +165,7 @@ def test_epoch(benchmark, timing, use_threads, data, impl, threads):
         def run():
             trainer.fit(x, y, epochs=next(epochs), batch_size=BATCH)
     elif impl == "cynet_loop":
-        model = _cynet_model()
+        model = _cynet_model(batchnorm)
         loss = SoftmaxCrossEntropy()
         optimizer = SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
 
@@ -120,17 +176,19 @@ def test_epoch(benchmark, timing, use_threads, data, impl, threads):
                 model.backward(loss.backward(), input_grad=False)
                 optimizer.step()
     elif impl == "numpy":
-        model = _cynet_model()
+        model = _cynet_model(batchnorm)
         params = [p.data.copy() for p in model.parameters()]
         velocity = [np.zeros_like(p) for p in params]
+        epoch = _numpy_bn_epoch if batchnorm else _numpy_epoch
 
         def run():
-            _numpy_epoch(x, y, params, velocity, rng)
+            epoch(x, y, params, velocity, rng)
     elif impl == "torch":
         torch = pytest.importorskip("torch")
         torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(3072, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 512),
-                                    torch.nn.ReLU(), torch.nn.Linear(512, 10))
+        norm = (lambda n: [torch.nn.BatchNorm1d(n, eps=BN_EPS)]) if batchnorm else (lambda n: [])
+        model = torch.nn.Sequential(torch.nn.Linear(3072, 1024), *norm(1024), torch.nn.ReLU(),
+                                    torch.nn.Linear(1024, 512), *norm(512), torch.nn.ReLU(), torch.nn.Linear(512, 10))
         optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
         tx, ty = torch.from_numpy(x), torch.from_numpy(y)
 

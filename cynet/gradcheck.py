@@ -8,6 +8,12 @@ whose error is :math:`O(h^2)` (the one-sided difference's is :math:`O(h)`), thro
 
 .. math:: e_i = \frac{|a_i - n_i|}{\max(|a_i|, |n_i|)} \qquad (0 \text{ when both are } 0).
 
+Both "zero" in floating point counts as both zero: the centred difference cannot resolve a derivative below the
+rounding noise of its two losses, :math:`\delta_i = 10\,\varepsilon \max(|L(w + h e_i)|, |L(w - h e_i)|) / h`
+(about :math:`5 \cdot 10^{-10}` for a loss near 2.3), so an entry with :math:`\max(|a_i|, |n_i|) \le \delta_i`
+counts as agreeing (:math:`e_i = 0`). Without this rule a gradient that is exactly zero in exact arithmetic but
+:math:`10^{-20}` after rounding (the bias of a Linear followed by batch norm) would read as "wrong".
+
 The recipe of the notes, all applied here:
 
 - **float64**: the model is deep-copied and cast (``copy.deepcopy(model).to(np.float64)``), the input too; in
@@ -61,6 +67,8 @@ BANDS = (
     (1e-7, "ok for kinked functions (fine if kinks present, otherwise suspicious)"),
 )
 GOOD = "good"
+#: Multiples of float64's epsilon * |L| / h below which a centred difference is rounding noise (see the module doc).
+NOISE_FACTOR = 10.0
 
 
 def rel_error(a, n):
@@ -320,6 +328,7 @@ def _check_array(name, section, array, analytic, loss, kink_modules, base_states
     flat = array.reshape(-1)            # a view: array is C-contiguous
     an = np.empty(k)
     nu = np.empty(k)
+    noise = np.empty(k)
     kink = np.zeros(k, dtype=bool)
     for j, i in enumerate(flat_indices):
         old = flat[i]
@@ -332,10 +341,13 @@ def _check_array(name, section, array, analytic, loss, kink_modules, base_states
         flat[i] = old
         an[j] = analytic.reshape(-1)[i]
         nu[j] = (fp - fm) / (2 * h)
+        noise[j] = NOISE_FACTOR * np.finfo(np.float64).eps * max(abs(fp), abs(fm)) / h
         kink[j] = crossed
     indices = [tuple(int(v) for v in np.unravel_index(i, array.shape)) for i in flat_indices]
+    errors = rel_error(an, nu)
+    errors[np.maximum(np.abs(an), np.abs(nu)) <= noise] = 0.0     # both zero to within rounding
     return ArrayCheck(name=name, section=section, shape=tuple(array.shape), indices=indices, analytic=an, numeric=nu,
-                      errors=rel_error(an, nu), kink=kink)
+                      errors=errors, kink=kink)
 
 
 def _parameters(model, notes):

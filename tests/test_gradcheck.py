@@ -388,3 +388,20 @@ def test_cynet_relu_and_maxout_kinks():
     report = check_module(model, x, num_checks=15)
     assert report["input"].num_kinks == 0                       # the tie is in the bias: moving x never swaps
     assert report["linear.bias"].num_kinks == 2 and report.passed   # b[0] and b[2] swap the winner and report.max_error < 1e-7
+
+
+def test_zero_gradient_up_to_rounding_passes_but_a_missing_small_gradient_does_not():
+    # A Linear followed by batch norm: the Linear's bias cannot change the normalised output, so its gradient is
+    # exactly 0 in exact arithmetic and ~1e-20 after rounding; the centred difference gives 0 or ~1e-11. Both are
+    # below the difference's rounding noise: the check must call them equal, not "wrong".
+    from cynet.nn.loss import SoftmaxCrossEntropy
+
+    rng = np.random.default_rng(3)
+    model = nn.Sequential(nn.Linear(6, 5, generator=0), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 3, generator=1))
+    x = rng.standard_normal((8, 6))
+    y = rng.integers(0, 3, 8)
+    report = gradcheck.check_model(model, SoftmaxCrossEntropy(), x, y, num_checks=5)
+    bias = report["0.bias"]
+    assert np.all(np.abs(bias.analytic) < 1e-12) and np.all(bias.errors == 0.0)
+    assert report.passed, str(report)
+    # (an analytic 0 against a numerical gradient above the noise is still "wrong": test_missing_bias_gradient_is_wrong)
