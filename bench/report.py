@@ -1,4 +1,4 @@
-"""Markdown ratio table from a pytest-benchmark JSON of bench/test_bench_activations.py.
+"""Markdown ratio tables from a pytest-benchmark JSON of the suite in bench/.
 
     python bench/report.py bench/results/run.json [--flag-limit 1.3]
 
@@ -13,6 +13,12 @@ The floor ('limit') is the faster of the two floor benchmarks of the row: NumPy 
 (``limit_torch``, the row's thread count); the 'floor' column says which. A row is flagged when cynet/limit is above
 --flag-limit (default 1.3) or when torch is faster than cynet. A dagger on a torch time points to a footnote: that
 torch path does not do exactly cynet's work (it allocates, or moves more bytes); see the notes under the table.
+
+Benchmarks without an ``op`` (a training epoch, a search, a monitored epoch) go into a second table, one row per
+pytest-benchmark group: the median seconds of every implementation of the group and each one's ratio to the
+group's baseline (``floor`` where the group has one, else ``serial``, else ``plain``, else its first
+implementation).
+
 Standard library only.
 """
 import argparse
@@ -20,6 +26,7 @@ import json
 import sys
 
 IMPLS = ("cynet", "numpy", "torch", "limit", "limit_torch")
+BASELINES = ("floor", "serial", "plain")
 
 
 def load(path):
@@ -39,6 +46,26 @@ def load(path):
         if info.get("torch_differs"):
             differs.add((info["op"], info["direction"]))
     return data, rows, notes, differs
+
+
+def load_groups(data):
+    """{group: {impl: median seconds}} of the benchmarks that are not per-op kernel timings, in run order."""
+    groups = {}
+    for bench in data.get("benchmarks", []):
+        info = bench.get("extra_info", {})
+        if "op" in info or "impl" not in info:
+            continue
+        groups.setdefault(bench.get("group") or bench["name"], {})[info["impl"]] = bench["stats"]["median"]
+    return groups
+
+
+def group_table(groups):
+    out = ["| group | baseline | implementations: median s (ratio to the baseline) |", "|---|---|---|"]
+    for group, times in groups.items():
+        base = next((b for b in BASELINES if b in times), next(iter(times)))
+        cells = [f"{impl} {times[impl]:.3f} s ({times[impl] / times[base]:.2f})" for impl in times]
+        out.append(f"| {group} | {base} | {'; '.join(cells)} |")
+    return "\n".join(out)
 
 
 def fmt_ms(value):
@@ -125,16 +152,21 @@ def main(argv=None):
     parser.add_argument("--no-notes", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
     data, rows, notes, differs = load(args.json)
-    if not rows:
-        print(f"{args.json}: no benchmarks of bench/test_bench_activations.py", file=sys.stderr)
+    groups = load_groups(data)
+    if not rows and not groups:
+        print(f"{args.json}: no benchmarks of bench/ in this file", file=sys.stderr)
         return 1
-    body, flagged = table(rows, differs, args.flag_limit)
     if not args.no_notes:
         print(header(data) + "\n")
-    print(body)
-    if not args.no_notes:
-        print(f"\n{len(flagged)} of {len(rows)} rows flagged (cynet/limit > {args.flag_limit} or slower than torch).")
-        print("\n" + footnotes(notes, differs))
+    if rows:
+        body, flagged = table(rows, differs, args.flag_limit)
+        print(body)
+        if not args.no_notes:
+            print(f"\n{len(flagged)} of {len(rows)} rows flagged (cynet/limit > {args.flag_limit} or slower than "
+                  f"torch).")
+            print("\n" + footnotes(notes, differs))
+    if groups:
+        print(("\n" if rows else "") + group_table(groups))
     return 0
 
 

@@ -7,8 +7,9 @@ import pytest
 import cynet
 from cynet import nn
 from cynet.diagnostics import BabysitReport, babysit
+from cynet.gradcheck import rel_error
 from cynet.nn.loss import L2Penalty, MSELoss, MulticlassSVM, SoftmaxCrossEntropy
-from cynet.optim import SGD
+from cynet.optim import SGD, Adam
 
 
 def _data(n=300, d=20, c=4, seed=0):
@@ -41,6 +42,32 @@ class ZeroGradLinear(nn.Linear):
         return dx
 
 
+class NegatedGradLinear(nn.Linear):
+    """A Linear layer whose backward has the wrong sign for its weight gradient (gradient ascent on it)."""
+
+    def backward(self, dout, *, input_grad=True):
+        dx = super().backward(dout, input_grad=input_grad)
+        self.weight.grad = -self.weight.grad
+        return dx
+
+
+def _units_identical(weight):
+    """The oracle for symmetry: every row (unit) of the weight equals the first, exactly."""
+    return bool(np.all(weight == weight[0]))
+
+
+def _train_by_hand(model, x, y, steps=50, lr=1e-3):
+    """Full-batch Adam steps written out here, independent of babysit, to see what training does to the units."""
+    loss = SoftmaxCrossEntropy()
+    optimizer = Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        model.zero_grad()
+        loss.forward(model(x), y)
+        model.backward(loss.backward(), input_grad=False)
+        optimizer.step()
+    return model
+
+
 def test_healthy_mlp_passes_every_check():
     x, y = _data()
     report = babysit(_mlp(), SoftmaxCrossEntropy(), x, y, regularization=L2Penalty(1.0), **FAST)
@@ -52,6 +79,8 @@ def test_healthy_mlp_passes_every_check():
     assert f"{math.log(4):.3f}" in report["initial loss"].explanation       # ln 4 = 1.386
     assert report.recommended_lr == (1e-1, 1e-1)
     assert [r.verdict for r in report.probe] == ["decreasing", "barely changing"]
+    assert report["overfit tiny subset"].values["symmetric_layers"] == []
+    assert "identical" not in report["initial loss"].explanation
     text = str(report)
     assert "initial loss" in text and "PASS" in text and "overall: PASSED" in text
 
@@ -102,7 +131,71 @@ def test_zero_init_passes_but_warns_about_symmetry():
     check = report["initial loss"]
     assert check.passed is True
     assert check.values["loss"] == pytest.approx(math.log(4), abs=1e-6)
-    assert "symmetry" in check.explanation
+    assert "symmetry" in check.explanation and "layer 0 (Linear, 16 units)" in check.explanation
+    assert "layer 2" not in check.explanation          # the output layer's units are classes: not symmetric
+
+
+def test_all_zero_mlp_fails_overfit_because_symmetry_is_never_broken():
+    x, y = _data()
+    model = nn.Sequential(nn.Linear(20, 16, init="zeros"), nn.ReLU(), nn.Linear(16, 4, init="zeros"))
+    report = babysit(model, SoftmaxCrossEntropy(), x, y, **FAST)
+    check = report["overfit tiny subset"]
+    assert check.passed is False and not report.passed
+    assert check.explanation.startswith("symmetry never broken: the units of layer 0 (Linear, 16 units) are identical")
+    assert "zero/constant init" in check.explanation
+    assert "backward" not in check.explanation and "learning rate" not in check.explanation
+    assert check.values["symmetric_layers"] == ["0"]
+    probe = report["learning-rate probe"]
+    assert probe.passed is False and "symmetry never broken" in probe.explanation
+    assert "too small" not in probe.explanation
+    trained = _train_by_hand(model, x[:20], y[:20])          # the oracle: training leaves the units identical
+    assert _units_identical(trained[0].weight.data) and _units_identical(trained[0].bias.data[:, None])
+
+
+def test_one_zero_hidden_layer_fails_overfit_with_symmetry_of_that_layer():
+    x, y = _data()
+    model = nn.Sequential(nn.Linear(20, 32, generator=0), nn.ReLU(), nn.Linear(32, 32, init="zeros"), nn.ReLU(),
+                          nn.Linear(32, 4, generator=1))
+    report = babysit(model, SoftmaxCrossEntropy(), x, y, **FAST)
+    assert "layer 2 (Linear, 32 units) are identical" in report["initial loss"].explanation
+    check = report["overfit tiny subset"]
+    assert check.passed is False
+    assert check.explanation.startswith("symmetry never broken: the units of layer 2 (Linear, 32 units)")
+    assert "layer 0" not in check.explanation and "backward" not in check.explanation
+    assert check.values["symmetric_layers"] == ["2"]
+    trained = _train_by_hand(model, x[:20], y[:20])
+    assert _units_identical(trained[2].weight.data)
+    assert not _units_identical(trained[0].weight.data)
+
+
+def test_constant_init_everywhere_is_symmetric_too():
+    x, y = _data()
+    model = nn.Sequential(nn.Linear(20, 16), nn.Tanh(), nn.Linear(16, 4))
+    for p in model.parameters():
+        p.data[...] = 0.05                                      # every unit of every layer the same
+    report = babysit(model, SoftmaxCrossEntropy(), x, y, **FAST)
+    check = report["overfit tiny subset"]
+    assert check.passed is False
+    # exact arithmetic would keep the units identical forever; float32 rounding separates them late in the run
+    assert check.explanation.startswith("symmetry ")
+    assert "the units of layer 0 (Linear, 16 units)" in check.explanation and "zero/constant init" in check.explanation
+    assert "layer 2" not in check.explanation and "backward" not in check.explanation
+    held = check.values["symmetry_broken_at"].get("0", math.inf)
+    assert held > 20                                             # identical for more than 10 % of the 200 steps
+    trained = _train_by_hand(model, x[:20], y[:20], steps=20)   # the oracle: after 20 steps still one unit
+    spread = np.ptp(trained[0].weight.data, axis=0).max()
+    assert spread <= 1e-5 * np.abs(trained[0].weight.data).max()
+
+
+def test_zero_layer_before_random_layer_is_not_blamed_once_training_breaks_the_symmetry():
+    x, y = _data()
+    model = nn.Sequential(nn.Linear(20, 16, init="zeros"), nn.Tanh(), nn.Linear(16, 4, generator=1))
+    report = babysit(model, SoftmaxCrossEntropy(), x, y, **FAST)
+    check = report["overfit tiny subset"]
+    assert check.values["symmetric_layers"] == []             # the random next layer broke it
+    assert "never broken" not in check.explanation
+    trained = _train_by_hand(model, x[:20], y[:20])
+    assert not _units_identical(trained[0].weight.data)          # the oracle agrees
 
 
 def test_regularization_check_rises_fails_and_skips():
@@ -124,8 +217,61 @@ def test_broken_backward_fails_overfit_check():
     report = babysit(model, SoftmaxCrossEntropy(), x, y, overfit_steps=50, **FAST)
     check = report["overfit tiny subset"]
     assert check.passed is False
-    assert "not decreasing" in check.explanation and "backward" in check.explanation
-    assert report["learning-rate probe"].passed is False
+    assert "not decreasing" in check.explanation and "the backward pass is wrong" in check.explanation
+    assert "learning rate too low" not in check.explanation
+    assert check.values["weight_change"] == 0.0                 # no gradient: the weights never moved
+    assert check.values["gradient_check_error"] == 1.0           # rel_error(analytic 0, numeric n != 0) is 1
+    probe = report["learning-rate probe"]
+    assert probe.passed is False and "backward pass is wrong" in probe.explanation
+    assert "too small" not in probe.explanation
+
+
+def test_wrong_sign_backward_fails_overfit_as_backward_not_learning_rate():
+    x, y = _data()
+    model = nn.Sequential(nn.Linear(20, 32, generator=0), nn.ReLU(), NegatedGradLinear(32, 4, generator=1))
+    report = babysit(model, SoftmaxCrossEntropy(), x, y, **FAST)
+    check = report["overfit tiny subset"]
+    assert check.passed is False
+    assert "the backward pass is wrong" in check.explanation and "2.weight" in check.explanation
+    assert check.values["gradient_check_error"] == pytest.approx(float(rel_error(-1.0, 1.0)))   # = 2
+    assert "learning rate too" not in check.explanation
+
+
+def test_overfit_with_tiny_learning_rate_says_learning_rate_too_low():
+    x, y = _data()
+    for factory in (None, sgd):
+        report = babysit(_mlp(), SoftmaxCrossEntropy(), x, y, optimizer_factory=factory, overfit_lr=1e-9, **FAST)
+        check = report["overfit tiny subset"]
+        assert check.passed is False and not report.passed
+        assert check.explanation.startswith("the loss barely moved")
+        assert "learning rate too low" in check.explanation and "raise it" in check.explanation
+        assert "backward" not in check.explanation
+        assert 0 < check.values["weight_change"] < 1e-5
+        assert check.values["weight_change_per_step"] == pytest.approx(check.values["weight_change"] / 200)
+        assert check.values["gradient_check_error"] < 1e-4
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_overfit_with_huge_learning_rate_says_exploding_too_high():
+    x, y = _data()
+    report = babysit(_mlp(), SoftmaxCrossEntropy(), x, y, optimizer_factory=sgd, overfit_lr=1e6, **FAST)
+    check = report["overfit tiny subset"]
+    assert check.passed is False
+    assert check.explanation.startswith("the loss exploded") and "1e+06 is too high" in check.explanation
+    assert not math.isfinite(check.values["final_loss"]) or check.values["final_loss"] > 3 * math.log(4)
+    assert "backward pass is wrong" not in check.explanation
+
+
+@pytest.mark.parametrize("rate, verdict, hint", [(1e6, "exploding", "every rate is too large"),
+                                                 (1e-9, "barely changing", "every rate is too small")])
+def test_lr_probe_names_a_range_that_is_too_large_or_too_small(rate, verdict, hint):
+    x, y = _data()
+    report = babysit(_mlp(), SoftmaxCrossEntropy(), x, y, optimizer_factory=sgd, overfit_lr=0.05, lr_probe=(rate,),
+                     probe_steps=20)
+    assert [r.verdict for r in report.probe] == [verdict]
+    check = report["learning-rate probe"]
+    assert check.passed is False and hint in check.explanation
+    assert report["overfit tiny subset"].passed is True          # only the probed rate is wrong
 
 
 class ForgetfulPenalty(L2Penalty):

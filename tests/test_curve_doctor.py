@@ -54,6 +54,58 @@ def test_flat_loss_is_not_moving():
     assert "too low" in d[0].advice
 
 
+def _start_and_end(loss):
+    """The doctor's start (mean of the first n // 20 losses) and end (mean of the last n // 20), computed here."""
+    loss = np.asarray(loss, dtype=np.float64)
+    window = max(1, len(loss) // 20)
+    return loss[:window].mean(), loss[-window:].mean()
+
+
+def test_steadily_rising_loss_below_explosion_is_named_rising_not_lr_too_low():
+    loss = np.linspace(2.3, 6, 200)                     # peaks at 2.6x its start: below the 3x explosion rule
+    d = diagnose({"loss": loss})
+    assert d.names() == ["loss rising"]
+    f = d[0]
+    assert f.severity == "alarm"
+    start, end = _start_and_end(loss)
+    assert f.values["start"] == pytest.approx(start) and f.values["end"] == pytest.approx(end)
+    assert f"{(end - start) / start:+.1%}" in f.evidence          # +148.2%
+    assert "too high" in f.advice and "bug" in f.advice
+    assert "too low" not in f.advice and "raise" not in f.advice
+
+
+def test_slow_noisy_rise_is_rising_and_flat_loss_is_not():
+    rising = _noisy(np.linspace(2.3, 2.6, 2000), 0.02)               # +13 %, well inside the noise step to step
+    d = diagnose({"loss": rising})
+    assert d.names()[0] == "loss rising" and d[0].severity == "alarm"
+    assert "not moving" not in " ".join(d.names())
+    start, end = _start_and_end(rising)
+    assert end > 1.05 * start                                         # the oracle agrees the rise passes the rule
+    d = diagnose({"loss": _noisy(np.full(2000, 2.3), 0.02)})
+    assert d.names()[0] == "loss not moving" and "loss rising" not in d.names()
+
+
+def test_loss_that_climbs_back_after_falling_is_a_rebound():
+    fall = 2.3 * np.exp(-np.arange(300) / 60) + 0.6                   # down to about 0.6 ...
+    climb = 0.6 + np.arange(300) / 300                                # ... then back up to about 1.6
+    loss = np.concatenate([fall, climb])
+    d = diagnose({"loss": _noisy(loss, 0.01)})
+    assert d.names()[0] == "loss rising"
+    f = d[0]
+    assert f.severity == "warning"
+    assert 0.55 < f.values["low"] < 0.7 and 270 <= f.values["low_iteration"] <= 340
+    assert f.values["end"] > f.values["low"] + 0.25 * (f.values["start"] - f.values["low"])
+    assert "too high" in f.advice and "decay" in f.advice
+    assert "plateau" not in d.names() and "healthy" not in d.names()
+
+
+def test_small_wobble_after_convergence_is_not_a_rebound():
+    t = np.arange(1000)
+    loss = 0.5 + 1.8 * np.exp(-t / 80) + 0.02 * np.sin(t / 30)       # converged, wobbling by 1 % of the drop
+    d = diagnose({"loss": _noisy(loss, 0.01)})
+    assert "loss rising" not in d.names()
+
+
 def test_flat_then_sudden_drop_points_at_initialisation():
     loss = np.concatenate([np.full(300, 2.30), 2.30 * np.exp(-np.arange(700) / 60) + 0.3])
     d = diagnose({"loss": _noisy(loss, 0.01)})

@@ -13,12 +13,29 @@ CS231n ("Training Neural Networks I", *babysitting the learning process*) asks f
    reported as *skipped*: there is nothing of yours to verify, and inventing a penalty would only test cynet.
 3. **Overfit a tiny subset.** ``tiny_size`` examples, regularisation off, full-batch steps: a working model,
    loss and backward pass reach 100 % training accuracy and a loss near 0 (below 10 % of the starting loss,
-   ``OVERFIT_LOSS_FRACTION``) within ``overfit_steps`` steps.
+   ``OVERFIT_LOSS_FRACTION``) within ``overfit_steps`` steps. A failure is explained by measurement; the first
+   matching rule names the cause:
+
+   - a NaN/inf loss, or one above 3x the first (``EXPLODE_FACTOR``): the learning rate is too high — unless
+     :func:`cynet.gradcheck.check_model` (data loss, ``GRADCHECK_ENTRIES`` = 5 entries per parameter, float64, on
+     the initial weights) fails, which makes it a wrong backward pass;
+   - a *symmetric layer* still symmetric after the run: symmetry never broken; or one that stayed symmetric for
+     more than 10 % of the steps (``SYMMETRY_HELD``): symmetry broken too late (rounding differences can grow and
+     separate units that exact arithmetic would keep identical). A symmetric layer is a weight matrix followed by
+     more weight layers whose units (rows, with their biases) are identical up to ``SYMMETRY_RTOL``, as after a
+     zero or constant initialisation;
+   - a loss that fell by less than 5 % (``NOT_DECREASING``): a failed gradient check means a wrong backward pass;
+     with a correct gradient, a net change of the weight matrices :math:`\lVert W_T - W_0\rVert / \lVert
+     W_0\rVert` below 1e-4 per step (``LOW_UPDATE_RATIO``, the low end of
+     :class:`~cynet.diagnostics.TrainingMonitor`'s healthy range) means the learning rate is too low;
+   - a loss that fell, but not far enough: too little capacity, or a learning rate to tune.
+
 4. **Learning-rate probe.** From the *same* initial weights, ``probe_steps`` mini-batch steps per learning rate.
    The loss on a fixed evaluation sample (up to 256 examples) before and after classifies each rate: *exploding*
    (a NaN/inf loss, or a batch loss above 3x the initial loss, ``EXPLODE_FACTOR``), *rising* (ended higher by more
    than 3 %), *barely changing* (moved less than 3 %, ``BARELY_CHANGING``) or *decreasing*. The recommended range
-   spans the decreasing rates.
+   spans the decreasing rates. When none decreases, the hint names a symmetric layer that no rate unlocked or a
+   backward pass the overfit check found wrong before blaming the range of rates.
 
 All randomness comes from ``seed`` (the subset, the batches) and the global generator (dropout masks), whose
 state is saved and put back. Afterwards the model has exactly its initial parameters and buffers again
@@ -49,7 +66,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cynet._random import get_rng_state, set_rng_state
-from cynet.nn.module import Module
+from cynet.nn.module import Module, Parameter
 
 __all__ = ["babysit", "BabysitReport", "Check", "ProbeResult"]
 
@@ -58,6 +75,11 @@ OVERFIT_LOSS_FRACTION = 0.10
 EXPLODE_FACTOR = 3.0
 BARELY_CHANGING = 0.03
 EVAL_SAMPLE = 256
+NOT_DECREASING = 0.05
+LOW_UPDATE_RATIO = 1e-4
+SYMMETRY_RTOL = 1e-5
+SYMMETRY_HELD = 0.10
+GRADCHECK_ENTRIES = 5
 
 
 @dataclass
@@ -202,6 +224,56 @@ def _weight_stats(model):
     return math.sqrt(sq / total), all(not np.any(w) for w in weights)
 
 
+def _weight_layers(model):
+    """``(name, module)`` of every module owning a ``weight`` Parameter with two or more dimensions, in order."""
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(getattr(module, "weight", None), Parameter) and module.weight.data.ndim >= 2]
+
+
+def _identical_units(module):
+    """True when the layer's units are interchangeable: every row of its weight (units along axis 0, as in
+    ``Linear``'s (M, D)) and every entry of its bias equal the first, up to ``SYMMETRY_RTOL`` of their largest
+    magnitude (all-zero layers included)."""
+    weight = module.weight.data
+    if weight.shape[0] < 2:
+        return False
+    rows = weight.reshape(weight.shape[0], -1).astype(np.float64)
+    spread = float(np.max(np.abs(rows - rows[0])))
+    scale = float(np.max(np.abs(rows)))
+    bias = getattr(module, "bias", None)
+    if isinstance(bias, Parameter) and bias.data.shape == (weight.shape[0],):
+        b = bias.data.astype(np.float64)
+        spread = max(spread, float(np.max(np.abs(b - b[0]))))
+        scale = max(scale, float(np.max(np.abs(b))))
+    return spread <= SYMMETRY_RTOL * scale          # NaN compares False: a diverged layer is not symmetric
+
+
+def _symmetric_layers(model):
+    """``(name, module)`` of the symmetric layers: weight layers followed by another weight layer whose units are
+    identical (a zero or constant initialisation). The last weight layer is left out: its units are the outputs,
+    which the loss tells apart."""
+    return [(name, module) for name, module in _weight_layers(model)[:-1] if _identical_units(module)]
+
+
+def _layer_label(name, module):
+    return f"layer {name or '(the model)'} ({type(module).__name__}, {module.weight.data.shape[0]} units)"
+
+
+def _labels(layers):
+    return " and ".join(_layer_label(name, module) for name, module in layers)
+
+
+def _weight_matrices(model):
+    return [p.data for p in model.parameters() if p.requires_grad and p.data.ndim >= 2]
+
+
+def _relative_change(before, after):
+    """``||after - before|| / ||before||`` over all the arrays together (NaN when ``before`` is all zero)."""
+    moved = sum(float(np.sum(np.square(a.astype(np.float64) - b))) for b, a in zip(before, after))
+    norm = sum(float(np.sum(np.square(b, dtype=np.float64))) for b in before)
+    return math.sqrt(moved / norm) if norm > 0 else math.nan
+
+
 class _Session:
     """The shared machinery: forward/loss/backward/step on the model, with the initial state kept for resets."""
 
@@ -209,6 +281,12 @@ class _Session:
         self.model, self.loss, self.factory = model, loss, factory
         self.x, self.y, self.dtype = x, y, dtype
         self.initial = model.state_dict()
+        self.symmetric = _symmetric_layers(model)         # at the initial weights
+        self.gradient_check = None                          # set by the overfit check when it runs one
+
+    def still_symmetric(self):
+        """The initially symmetric layers whose units are still identical at the current weights."""
+        return [(name, module) for name, module in self.symmetric if _identical_units(module)]
 
     def reset(self):
         self.model.load_state_dict(self.initial)
@@ -256,9 +334,11 @@ def _check_initial_loss(session, sample, loss, num_classes):
         text = (f"expected {expected:.3f}, got {value:.3f} ({relative:+.1%}, within {INITIAL_LOSS_RTOL:.0%}): "
                 f"the scores start near chance, as they should")
         spread = float(np.std(np.asarray(scores, dtype=np.float64)))
-        if all_zero:
-            text += ("; but every weight is exactly zero: all units of a layer compute the same value and get the "
-                     "same update, so the symmetry is never broken — initialise with small random weights")
+        if session.symmetric:
+            text += (f"; but {'every weight is exactly zero and ' if all_zero else ''}the units of "
+                     f"{_labels(session.symmetric)} are identical (zero/constant init): they compute the same value "
+                     f"and get the same update, so training may never break the symmetry — initialise with small "
+                     f"random weights")
         elif spread < 1e-6:
             text += (f"; the scores are all equal (std {spread:.1e}): the weights are tiny or zero, which can leave "
                      f"units symmetric and the gradients vanishing")
@@ -306,11 +386,62 @@ def _check_regularization(session, regularization, data_loss):
     return Check(name, True, measured, "> data loss", text, values)
 
 
+def _gradient_check(session, tiny, values):
+    """:func:`cynet.gradcheck.check_model` of the initial model on the tiny subset (data loss only), kept on the
+    session and in ``values``; None when the model cannot be checked (e.g. a module that does not survive the
+    float64 copy)."""
+    from cynet.gradcheck import check_model
+
+    session.reset()
+    xb, yb = session.batch(tiny)
+    try:
+        report = check_model(session.model, session.loss, xb, yb, num_checks=GRADCHECK_ENTRIES, check_input=False,
+                             seed=0)
+    except Exception:           # the check is a diagnosis aid: it must not turn a report into a crash
+        return None
+    session.gradient_check = report
+    values["gradient_check_error"] = report.max_error
+    return report
+
+
+def _backward_is_wrong(report, what_the_loss_did):
+    worst = max(report.arrays, key=lambda array: array.max_error)
+    return (f"{what_the_loss_did}: the backward pass is wrong — the gradient check disagrees with the loss (max "
+            f"relative error {report.max_error:.2g} in {worst.name}, threshold {report.threshold:g}); print "
+            f"cynet.gradcheck.check_model(model, loss, x, y) for the table")
+
+
+def _explain_not_decreasing(session, tiny, first, last, taken, lr, values):
+    """Why the loss did not fall: a wrong backward pass (gradient check), a learning rate too low (the weights
+    barely moved) or, when neither, steps that move the weights without lowering the loss."""
+    report = _gradient_check(session, tiny, values)
+    movement = values["weight_change"]
+    per_step = movement / taken if taken else math.nan
+    values["weight_change_per_step"] = per_step
+    head = f"the loss is not decreasing ({first:.3f} -> {last:.3f} in {taken} steps, lr {lr:g})"
+    if report is None:
+        return (f"{head}: the backward pass is probably wrong (run cynet.gradcheck on the model) or the learning "
+                f"rate is far too small")
+    if not report.passed:
+        return _backward_is_wrong(report, head)
+    checked = f"the gradient checks out (max relative error {report.max_error:.1g})"
+    if math.isfinite(per_step) and per_step < LOW_UPDATE_RATIO:
+        return (f"the loss barely moved ({first:.3f} -> {last:.3f} in {taken} steps): learning rate too low — "
+                f"lr {lr:g} changed the weights by {movement:.2g} of their norm in all ({per_step:.2g} per step, "
+                f"below {LOW_UPDATE_RATIO:g}; healthy steps are about 1e-3) while {checked}: raise it by 10-100x")
+    return (f"{head} although {checked} and the weights moved ({per_step:.2g} of their norm per step): the steps "
+            f"may overshoot (lower the learning rate) or the units may be dead or saturated (look at "
+            f"cynet.diagnostics.activation_statistics)")
+
+
 def _check_overfit(session, tiny, steps, lr):
     name = "overfit tiny subset"
     session.reset()
     optimizer = session.factory(session.model.parameters(), lr)
+    start_weights = [w.copy() for w in _weight_matrices(session.model)]
     first = last = math.nan
+    peak, peak_step = -math.inf, 0
+    broken_at = {}                      # initially symmetric layer -> the first step after which its units differ
     accuracy = math.nan
     reached = None
     taken = 0
@@ -322,6 +453,11 @@ def _check_overfit(session, tiny, steps, lr):
         last = value
         if not math.isfinite(value):
             break
+        if value > peak:
+            peak, peak_step = value, step
+        for layer, module in session.symmetric:
+            if layer not in broken_at and not _identical_units(module):
+                broken_at[layer] = step
         if _is_classification(scores, yb):
             accuracy = float(np.mean(np.argmax(scores, axis=1) == yb))
         if (math.isnan(accuracy) or accuracy == 1.0) and value <= OVERFIT_LOSS_FRACTION * first:
@@ -331,26 +467,57 @@ def _check_overfit(session, tiny, steps, lr):
         last, scores, yb = session.loss_of(tiny)
         if _is_classification(scores, yb):
             accuracy = float(np.mean(np.argmax(scores, axis=1) == yb))
+    symmetric = session.still_symmetric()
+    held_long = [(layer, module) for layer, module in session.symmetric
+                 if layer in broken_at and broken_at[layer] > SYMMETRY_HELD * taken]
     n = len(tiny)
     acc_text = "" if math.isnan(accuracy) else f", train accuracy {accuracy:.0%}"
     measured = f"loss {first:.3g} -> {last:.3g}{acc_text}"
     expected = f"100% acc, loss < {OVERFIT_LOSS_FRACTION:.0%} of start"
-    values = {"initial_loss": first, "final_loss": last, "accuracy": accuracy, "steps": taken, "lr": lr}
+    values = {"initial_loss": first, "final_loss": last, "accuracy": accuracy, "steps": taken, "lr": lr,
+              "weight_change": _relative_change(start_weights, _weight_matrices(session.model)),
+              "symmetric_layers": [layer for layer, _ in symmetric], "symmetry_broken_at": dict(broken_at)}
     if reached is not None:
         return Check(name, True, measured, expected,
                      f"{n} examples fitted in {reached} steps (lr {lr:g}): loss {first:.3f} -> {last:.3f}"
                      f"{acc_text}; forward, backward and update work together", values)
-    if not math.isfinite(last):
-        text = (f"the loss became {last} after {taken} steps: the learning rate {lr:g} is too high (or the "
-                f"weights are far too large)")
-    elif last >= 0.95 * first:
-        text = (f"the loss is not decreasing ({first:.3f} -> {last:.3f} in {taken} steps, lr {lr:g}): the "
-                f"backward pass is probably wrong (run cynet.gradcheck on the model) or the learning rate is far "
-                f"too small")
+    exploded = math.isfinite(first) and first > 0 and peak > EXPLODE_FACTOR * first
+    if not math.isfinite(last) or exploded:
+        if not math.isfinite(last):
+            what = f"the loss exploded: it became {last} after {taken} steps"
+        else:
+            what = (f"the loss exploded to {peak:.4g} at step {peak_step}, {peak / first:.0f}x its start "
+                    f"{first:.3f} (threshold {EXPLODE_FACTOR:g}x)")
+        report = _gradient_check(session, tiny, values)
+        if report is not None and not report.passed:
+            text = _backward_is_wrong(report, what)
+        else:
+            text = f"{what}: the learning rate {lr:g} is too high (or the weights are far too large)"
+            if report is not None:
+                text += f"; the gradient checks out (max relative error {report.max_error:.1g})"
+    elif symmetric:
+        text = (f"symmetry never broken: the units of {_labels(symmetric)} are identical (zero/constant init) and "
+                f"still are after {taken} steps (loss {first:.3f} -> {last:.3f}{acc_text}): they compute the same "
+                f"value and get the same update (or none), so each such layer acts as a single unit — initialise "
+                f"with small random weights (Xavier/He)")
+    elif held_long:
+        if len(held_long) == 1:
+            held = str(broken_at[held_long[0][0]] - 1)
+        else:
+            held = ", ".join(f"{broken_at[layer] - 1} (layer {layer})" for layer, _ in held_long)
+        text = (f"symmetry broken too late: the units of {_labels(held_long)} started identical (zero/constant "
+                f"init) and stayed so for {held} of {taken} steps (loss {first:.3f} -> {last:.3f}{acc_text}): "
+                f"for that long each such layer acted as a single unit — initialise with small random weights "
+                f"(Xavier/He)")
+    elif last >= (1 - NOT_DECREASING) * first:
+        text = _explain_not_decreasing(session, tiny, first, last, taken, lr, values)
     else:
         text = (f"the loss decreases but stalls ({first:.3f} -> {last:.3f}{acc_text} after {taken} steps, lr "
                 f"{lr:g}): too little capacity for {n} examples, or a learning rate that is too low/high; try "
                 f"more steps or another rate")
+    if session.symmetric and not symmetric and not held_long:
+        text += (f" (note: {_labels(session.symmetric)} started with identical units, a zero/constant init; the run "
+                 f"broke that symmetry, but small random weights give training a better start)")
     return Check(name, False, measured, expected, text, values)
 
 
@@ -383,14 +550,28 @@ def _check_lr_probe(report, session, sample, rates, steps, batch_size, rng):
     batches = [rng.choice(n, size=size, replace=False) for _ in range(steps)]
     session.reset()
     initial, _, _ = session.loss_of(sample)
+    symmetric_after = []                # per rate that did not explode: the layers still symmetric after it
     for lr in rates:
-        report.probe.append(_probe_one(session, lr, batches, sample, initial))
+        result = _probe_one(session, lr, batches, sample, initial)
+        report.probe.append(result)
+        if result.verdict != "exploding":
+            symmetric_after.append({layer for layer, _ in session.still_symmetric()})
+    never_broken = set.intersection(*symmetric_after) if symmetric_after else set()
     summary = ", ".join(f"{r.lr:.0e} {r.verdict}" for r in report.probe)
     good = [r for r in report.probe if r.verdict == "decreasing"]
     expected = "some lr decreasing"
     if not good:
         hints = []
-        if all(r.verdict == "barely changing" for r in report.probe):
+        backward = session.gradient_check
+        if never_broken:
+            layers = [(layer, module) for layer, module in session.symmetric if layer in never_broken]
+            hints.append(f"symmetry never broken: the units of {_labels(layers)} are identical (zero/constant init) "
+                         f"after every rate that did not explode, so no learning rate helps — initialise with small "
+                         f"random weights")
+        elif backward is not None and not backward.passed:
+            hints.append(f"the backward pass is wrong (the overfit check's gradient check: max relative error "
+                         f"{backward.max_error:.2g}), so no learning rate helps — fix it first")
+        elif all(r.verdict == "barely changing" for r in report.probe):
             hints.append("every rate is too small: try larger ones")
         elif all(r.verdict in ("exploding", "rising") for r in report.probe):
             hints.append("every rate is too large: try smaller ones")
@@ -399,7 +580,7 @@ def _check_lr_probe(report, session, sample, rates, steps, batch_size, rng):
                          "backward pass")
         return Check(name, False, summary, expected,
                      f"no rate decreased the loss by {BARELY_CHANGING:.0%} in {steps} steps; " + "; ".join(hints),
-                     {"verdicts": {r.lr: r.verdict for r in report.probe}})
+                     {"verdicts": {r.lr: r.verdict for r in report.probe}, "symmetric_layers": sorted(never_broken)})
     low, high = min(r.lr for r in good), max(r.lr for r in good)
     best = min(good, key=lambda r: r.final_loss)
     report.recommended_lr = (low, high)
@@ -443,7 +624,11 @@ def babysit(model, loss, x, y, *, optimizer_factory=None, regularization=None, n
 
     Returns:
         BabysitReport: ``print(report)`` shows the table; ``report.passed``, ``report["initial loss"]``,
-        ``report.recommended_lr``.
+        ``report.recommended_lr``. The overfit check's ``values`` hold the measurements behind its explanation:
+        "weight_change" (net relative change of the weight matrices), "symmetric_layers" (names of the layers
+        whose units were still identical after the run), "symmetry_broken_at" (initially symmetric layer -> the
+        step after which its units differed) and, when the failure called for them, the gradient check's
+        "gradient_check_error" and "weight_change_per_step".
 
     Raises:
         TypeError: model is not a Module, or the loss lacks forward/backward.

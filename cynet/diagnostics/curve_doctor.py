@@ -9,7 +9,11 @@ smoothed value.
 finding               severity  rule (module constant)                                           advice
 ====================  ========  ===============================================================  ====================
 loss exploded         alarm     a NaN/inf loss, or one above 3x start (``EXPLODE_FACTOR``)      lower the lr
-loss not moving       alarm     end >= 95 % of start (``NOT_MOVING`` = 0.05)                     raise the lr
+loss rising           alarm     end > 105 % of start (``LOSS_RISE`` = 0.05): a slow divergence   lower the lr, or
+                                                                                                 look for a bug
+loss not moving       alarm     end within 5 % of start (``NOT_MOVING`` = 0.05)                  raise the lr
+loss rising           warning   fell, then climbed back: end - low > 25 % (``REBOUND``) of       decay / lower the
+                                start - low, where low is the smoothed minimum                   lr
 flat then sudden      warning   the smoothed loss stays above 90 % of start for >= 15 % of the   better init
 drop                            run (``FLAT_FRACTION``), then ends below 70 % of start
 plateau               warning   the loss fell >= 10 % overall but < 2 % (``PLATEAU_DROP``) of    lr decay
@@ -37,7 +41,9 @@ import numpy as np
 __all__ = ["Finding", "Diagnosis", "diagnose"]
 
 EXPLODE_FACTOR = 3.0
+LOSS_RISE = 0.05
 NOT_MOVING = 0.05
+REBOUND = 0.25
 FLAT_LEVEL = 0.90
 FLAT_FRACTION = 0.15
 DROP_LEVEL = 0.70
@@ -129,6 +135,16 @@ def _loss_findings(loss, found):
     end = float(smooth[-1])
     if start <= 0:
         return
+    if end > (1 + LOSS_RISE) * start:
+        found.append(Finding(
+            "loss rising", "alarm",
+            f"the loss rose from {start:.4g} to {end:.4g} in {n} iterations ({(end - start) / start:+.1%}, "
+            f"threshold +{LOSS_RISE:.0%}) without reaching {EXPLODE_FACTOR:g}x its start",
+            "a rising training loss is a slow divergence: the learning rate is too high, lower it by 3-10x; if the "
+            "loss rises at every rate, look for a bug (an update with the wrong sign, a wrong backward pass — check "
+            "with cynet.gradcheck — or labels shuffled apart from their inputs)",
+            {"start": start, "end": end, "iterations": n}))
+        return
     if end >= (1 - NOT_MOVING) * start:
         found.append(Finding(
             "loss not moving", "alarm",
@@ -137,6 +153,19 @@ def _loss_findings(loss, found):
             "the learning rate is probably too low: raise it by 10x (if it stays flat at every rate, check the "
             "backward pass with cynet.gradcheck)",
             {"start": start, "end": end, "iterations": n}))
+        return
+    low_at = int(np.argmin(smooth))
+    low = float(smooth[low_at])
+    if end - low > REBOUND * (start - low):
+        low_iteration = low_at + window        # the last iteration of the window with the lowest mean
+        found.append(Finding(
+            "loss rising", "warning",
+            f"the loss fell from {start:.4g} to {low:.4g} (iteration {low_iteration}), then climbed back to "
+            f"{end:.4g}: it gave back {(end - low) / (start - low):.0%} of its drop (threshold {REBOUND:.0%})",
+            "the training loss should not climb back: the learning rate has become too high for this stage — "
+            "decay it (step decay, cosine, ReduceLROnPlateau) or lower it; with a fixed rate, check for a bug "
+            "(an update with the wrong sign, data that changes between epochs)",
+            {"start": start, "low": low, "low_iteration": low_iteration, "end": end, "iterations": n}))
         return
     below = np.flatnonzero(smooth < FLAT_LEVEL * start)
     if below.size and below[0] >= FLAT_FRACTION * len(smooth) and end < DROP_LEVEL * start:
