@@ -340,59 +340,196 @@ def save_trainer(path, trainer):
 
 def load_trainer(path, trainer):
     """Restore a checkpoint written by :func:`save_trainer` into ``trainer`` (built with the same architecture,
-    optimiser and scheduler types).
+    optimiser and scheduler types and the same callbacks).
 
-    The model's keys and shapes are checked before anything changes.
+    All or nothing: everything is checked before anything changes (the model's keys and shapes, the optimiser's
+    type, settings and state shapes, the scheduler's presence and type, the callbacks, the random states, the history
+    and the counters), so a load that fails leaves the trainer as it was. The scheduler's and the callbacks' own
+    ``load_state_dict`` run first and are undone should one of them refuse its state.
+
+    Callbacks are matched in order, leaving out those without state on both sides (a callback whose
+    ``state_dict()`` is empty, such as :class:`~cynet.train.ProgressBar`, so ``progress=True`` or ``False`` does not
+    matter). The others must agree in number and type: a saved callback state with no callback of its type to take
+    it, or a callback with state that the checkpoint cannot restore, raises CheckpointError rather than being skipped
+    (to reuse only the weights, use :func:`load_model`).
 
     Args:
         path (str or os.PathLike): the checkpoint.
         trainer (cynet.train.Trainer): the trainer to restore into.
 
     Raises:
-        CheckpointError: unreadable file, a model checkpoint (not a trainer one), a model mismatch, or an
-            optimiser/scheduler of another type than the one saved.
+        CheckpointError: unreadable file, a model checkpoint (not a trainer one), a model mismatch, an optimiser or
+            scheduler of another type than the one saved (or state that does not fit it), callbacks that do not
+            match, or an incomplete header. The message names the file and what does not fit.
     """
+    from cynet.optim.optimizers import Optimizer
+
     path = os.fspath(path)
     arrays, meta = load(path)
     if meta.get("kind") != "trainer":
         raise CheckpointError(f"checkpoint: {path!r} holds a {meta.get('kind')!r} checkpoint, not a trainer's "
                               f"(use checkpoint.load_model for model checkpoints)")
+    absent = [key for key in ("optim", "sched", "callbacks", "history_keys", "rng", "trainer") if key not in meta]
+    if absent:
+        raise CheckpointError(f"checkpoint: {path!r} is an incomplete trainer checkpoint: its header lacks {absent}")
+    malformed = [key for key in ("optim", "rng", "trainer") if not isinstance(meta[key], dict)]
+    malformed += [] if meta["sched"] is None or isinstance(meta["sched"], dict) else ["sched"]
+    malformed += [] if isinstance(meta["history_keys"], list) else ["history_keys"]
+    if malformed:
+        raise CheckpointError(f"checkpoint: {path!r} has malformed header entries {malformed}")
+
+    # --- check everything --------------------------------------------------------------------------------------------
     model_state = _strip("model.", arrays)
     _check_model_state(path, trainer.model, model_state)
-    if (meta.get("sched") is None) != (trainer.scheduler is None):
-        raise CheckpointError(f"checkpoint: {path!r} was saved {'without' if meta.get('sched') is None else 'with'}"
+
+    optimizer = trainer.optimizer
+    optim_state = _strip("optim.", arrays)
+    optim_state.update(meta["optim"])
+    if optim_state.get("type") != type(optimizer).__name__:
+        raise CheckpointError(f"checkpoint: {path!r} holds the state of a {optim_state.get('type')} optimiser but "
+                              f"the trainer's optimiser is a {type(optimizer).__name__}")
+    checked_optim = None
+    if isinstance(optimizer, Optimizer):
+        try:
+            checked_optim = optimizer._checked_state(optim_state)
+        except (KeyError, ValueError, TypeError) as error:
+            raise CheckpointError(f"checkpoint: {path!r}: the optimiser state does not fit the trainer's "
+                                  f"{type(optimizer).__name__}: {_reason(error)}") from error
+
+    scheduler = trainer.scheduler
+    if (meta["sched"] is None) != (scheduler is None):
+        raise CheckpointError(f"checkpoint: {path!r} was saved {'without' if meta['sched'] is None else 'with'}"
                               f" a learning-rate scheduler but the trainer has "
-                              f"{'one' if trainer.scheduler is not None else 'none'}")
+                              f"{'one' if scheduler is not None else 'none'}")
+    sched_state = None
+    if scheduler is not None:
+        sched_state = _strip("sched.", arrays)
+        sched_state.update(meta["sched"])
+        if sched_state.get("type") != type(scheduler).__name__:
+            raise CheckpointError(f"checkpoint: {path!r} holds the state of a {sched_state.get('type')} scheduler "
+                                  f"but the trainer's scheduler is a {type(scheduler).__name__}")
+
+    callback_states = _matched_callback_states(path, trainer.callbacks, meta["callbacks"], arrays)
+
     generators = _module_generators(trainer.model)
-    saved_generators = meta["rng"].get("modules", {})
+    rng = meta["rng"]
+    saved_generators = rng.get("modules", {})
     if set(generators) != set(saved_generators):
         raise CheckpointError(f"checkpoint: {path!r} stores generators for modules {sorted(saved_generators)} but "
                               f"the model's modules with their own generator are {sorted(generators)}")
+    _check_rng_state(path, "the trainer's generator", rng.get("trainer"), trainer.generator)
+    _check_rng_state(path, "the global generator", rng.get("global"), _random.resolve_generator(None))
+    for name, state in saved_generators.items():
+        _check_rng_state(path, f"module {name!r}'s generator", state, generators[name])
+
+    history_keys = meta["history_keys"]
+    absent = [key for key in history_keys if "history." + key not in arrays or arrays["history." + key].ndim != 1]
+    if absent:
+        raise CheckpointError(f"checkpoint: {path!r} lists history keys {absent} without a 1-d array for each")
+    counters = meta["trainer"]
+    problems = [f"{key} = {counters.get(key)!r}" for key in ("epoch", "iteration")
+                if not _is_count(counters.get(key))]
+    lr = counters.get("lr")
+    if not _is_number(lr) or not (0 <= lr < float("inf")):
+        problems.append(f"lr = {lr!r}")
+    first_loss = counters.get("first_loss")
+    if first_loss is not None and not _is_number(first_loss):
+        problems.append(f"first_loss = {first_loss!r}")
+    if problems:
+        raise CheckpointError(f"checkpoint: {path!r} has invalid trainer counters: {', '.join(problems)}")
+
+    # --- apply: first what may still refuse its state (undone on failure), then what cannot fail ---------------------
+    old_lr = optimizer.lr
+    undo = []
+    stage = None
+    try:
+        if scheduler is not None:
+            stage = f"the {type(scheduler).__name__} scheduler"
+            sched_backup = _copied(scheduler.state_dict())
+            scheduler.load_state_dict(sched_state)
+            undo.append(lambda: scheduler.load_state_dict(sched_backup))
+        for callback, state in callback_states:
+            stage = f"the {type(callback).__name__} callback"
+            backup = _copied(callback.state_dict())
+            callback.load_state_dict(state)
+            undo.append(lambda callback=callback, backup=backup: callback.load_state_dict(backup))
+        if checked_optim is None:       # not a cynet optimiser: it could not be checked beforehand
+            stage = f"the {type(optimizer).__name__} optimiser"
+            optim_backup = _copied(optimizer.state_dict())
+            optimizer.load_state_dict(optim_state)
+            undo.append(lambda: optimizer.load_state_dict(optim_backup))
+    except Exception as error:
+        for step in reversed(undo):
+            step()
+        optimizer.lr = old_lr
+        raise CheckpointError(f"checkpoint: {path!r}: {stage} refused its saved state: {_reason(error)}") from error
 
     trainer.model.load_state_dict(model_state)
-    optim_state = _strip("optim.", arrays)
-    optim_state.update(meta["optim"])
-    trainer.optimizer.load_state_dict(optim_state)
-    if trainer.scheduler is not None:
-        sched_state = _strip("sched.", arrays)
-        sched_state.update(meta["sched"])
-        trainer.scheduler.load_state_dict(sched_state)
-    trainer.optimizer.lr = meta["trainer"]["lr"]
-
-    saved_callbacks = meta.get("callbacks", [])
-    for index, callback in enumerate(trainer.callbacks):
-        if index < len(saved_callbacks) and saved_callbacks[index]["type"] == type(callback).__name__:
-            state = _strip(f"callback.{index}.", arrays)
-            state.update(saved_callbacks[index]["state"])
-            callback.load_state_dict(state)
-
-    trainer.history = {key: arrays["history." + key].tolist() for key in meta["history_keys"]}
-    _random.set_rng_state(meta["rng"]["trainer"], trainer.generator)
-    _random.set_rng_state(meta["rng"]["global"])
+    if checked_optim is not None:
+        optimizer._apply_checked_state(checked_optim)
+    optimizer.lr = lr
+    trainer.history = {key: arrays["history." + key].tolist() for key in history_keys}
+    _random.set_rng_state(rng["trainer"], trainer.generator)
+    _random.set_rng_state(rng["global"])
     for name, state in saved_generators.items():
         _random.set_rng_state(state, generators[name])
-    counters = meta["trainer"]
     trainer.epoch = int(counters["epoch"])
     trainer.iteration = int(counters["iteration"])
-    trainer._first_loss = counters["first_loss"]
+    trainer._first_loss = first_loss
     trainer.stop_reason = counters.get("stop_reason")
+
+
+def _reason(error):
+    """An exception's message without the quotes ``str(KeyError)`` adds."""
+    return str(error.args[0]) if len(error.args) == 1 else str(error)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _copied(state):
+    """A flat state dict whose arrays are copies (a backup that later changes of the owner cannot reach)."""
+    return {key: value.copy() if isinstance(value, np.ndarray) else value for key, value in state.items()}
+
+
+def _callback_has_state(saved, index, arrays):
+    prefix = f"callback.{index}."
+    return bool(saved.get("state")) or any(key.startswith(prefix) for key in arrays)
+
+
+def _matched_callback_states(path, callbacks, saved_callbacks, arrays):
+    """``[(callback, saved state)]`` pairing the trainer's callbacks that have state with the saved ones, in order;
+    CheckpointError when their numbers or types differ."""
+    if not isinstance(saved_callbacks, list) or not all(isinstance(entry, dict) and "type" in entry
+                                                        for entry in saved_callbacks):
+        raise CheckpointError(f"checkpoint: {path!r} has an unreadable callbacks entry in its header")
+    saved = [(index, entry) for index, entry in enumerate(saved_callbacks)
+             if _callback_has_state(entry, index, arrays)]
+    live = [callback for callback in callbacks if callback.state_dict()]
+    saved_types = [entry["type"] for _, entry in saved]
+    live_types = [type(callback).__name__ for callback in live]
+    if saved_types != live_types:
+        raise CheckpointError(f"checkpoint: {path!r} holds the state of the callbacks {saved_types} but the "
+                              f"trainer's callbacks with state are {live_types}: build the trainer with the same "
+                              f"callbacks in the same order (or use checkpoint.load_model for the weights alone)")
+    pairs = []
+    for callback, (index, entry) in zip(live, saved):
+        state = _strip(f"callback.{index}.", arrays)
+        state.update(entry.get("state") or {})
+        pairs.append((callback, state))
+    return pairs
+
+
+def _check_rng_state(path, owner, state, generator):
+    """CheckpointError unless ``state`` can be set into a generator like ``generator`` (tried on a scratch one)."""
+    scratch = np.random.Generator(type(generator.bit_generator)())
+    try:
+        _random.set_rng_state(state, scratch)
+    except (TypeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"checkpoint: {path!r} has an invalid random state for {owner}: "
+                              f"{_reason(error)}") from error

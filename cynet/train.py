@@ -19,7 +19,10 @@ by fancy indexing (``x[indices]``), so the data set is never copied as a whole (
 
 The divergence guard is always on: a NaN/inf loss, or a data loss above ``Trainer.divergence_factor`` (3) times the
 first iteration's, stops training at once with a :class:`DivergenceWarning` naming the iteration and the value,
-sets :attr:`Trainer.stop_reason`, and restores the weights from before the step that made things go wrong.
+sets :attr:`Trainer.stop_reason`, and puts back the whole training state from just before the step that made things
+go wrong: the weights, the module buffers (BatchNorm running statistics) and the optimiser's state (momentum
+buffers, Adam's moments, step counts). To that end every iteration copies the learning parameters, the buffers and
+the optimiser state into arrays allocated once per :meth:`Trainer.fit` (``np.copyto``: no allocation per step).
 
 Example:
     >>> import numpy as np, cynet
@@ -387,6 +390,56 @@ class ProgressBar(Callback):
             print(f"stopped: {trainer.stop_reason}", file=self.file or sys.stderr)
 
 
+# --- the divergence guard's copy -------------------------------------------------------------------------------------
+class _LastGoodState:
+    """A copy of everything an optimiser step changes, taken just before each step, for the divergence guard.
+
+    It holds the data of the parameters that learn (a step leaves frozen ones alone), every module buffer (BatchNorm
+    running statistics, which the iteration's forward pass has just updated) and the optimiser's state through its
+    ``snapshot``/``restore`` (``state_dict``/``load_state_dict`` for an optimiser without them). The arrays are
+    allocated once, when :meth:`Trainer.fit` starts (the optimiser's when its state first appears), and overwritten
+    in place afterwards. A first copy is taken at that start, so a divergence at the run's first iteration still
+    undoes what its forward pass did to the buffers.
+    """
+
+    def __init__(self, model, optimizer):
+        self.model = model
+        self.optimizer = optimizer
+        self.param_copies = [np.empty_like(p.data) for p in model.parameters()]
+        self.copied = [False] * len(self.param_copies)
+        self.buffer_copies = [np.empty_like(b) for b in model.buffers()]
+        self.optimizer_copy = None
+        self.before_a_step = False   # False while the copy is the one taken when fit started
+        self.take(before_a_step=False)
+
+    def _has_snapshots(self):
+        return all(callable(getattr(self.optimizer, name, None)) for name in ("snapshot", "restore"))
+
+    def take(self, before_a_step=True):
+        for index, (saved, param) in enumerate(zip(self.param_copies, self.model.parameters())):
+            self.copied[index] = param.requires_grad
+            if param.requires_grad:
+                np.copyto(saved, param.data)
+        for saved, buffer in zip(self.buffer_copies, self.model.buffers()):
+            np.copyto(saved, buffer)
+        if self._has_snapshots():
+            self.optimizer_copy = self.optimizer.snapshot(self.optimizer_copy)
+        else:
+            self.optimizer_copy = self.optimizer.state_dict()
+        self.before_a_step = before_a_step
+
+    def restore(self):
+        for saved, copied, param in zip(self.param_copies, self.copied, self.model.parameters()):
+            if copied:
+                np.copyto(param.data, saved)
+        for saved, buffer in zip(self.buffer_copies, self.model.buffers()):
+            np.copyto(buffer, saved)
+        if self._has_snapshots():
+            self.optimizer.restore(self.optimizer_copy)
+        else:
+            self.optimizer.load_state_dict(self.optimizer_copy)
+
+
 # --- the trainer -----------------------------------------------------------------------------------------------------
 class Trainer:
     """Mini-batch training of a cynet model: the lecture's loop, history, callbacks and exact checkpoints.
@@ -492,8 +545,7 @@ class Trainer:
         self.running_loss = math.nan
         self.running_acc = math.nan
         self._first_loss = None
-        self._snapshot = None
-        self._snapshot_valid = False
+        self._last_good = None      # the divergence guard's copy, during fit
 
     # --- helpers -----------------------------------------------------------------------------------------------------
     def _call(self, hook):
@@ -576,8 +628,7 @@ class Trainer:
         self.has_validation = validation is not None
         self.stop_training = False
         self.stop_reason = None
-        self._snapshot = [np.empty_like(p.data) for p in self.model.parameters()]
-        self._snapshot_valid = False
+        self._last_good = _LastGoodState(self.model, self.optimizer)
         self.model.train()
         self._call("on_train_begin")
         try:
@@ -587,7 +638,7 @@ class Trainer:
             self.stop_reason = f"interrupted (KeyboardInterrupt) during epoch {self.epoch + 1}"
             raise
         finally:
-            self._snapshot = None
+            self._last_good = None
             self._call("on_train_end")
         return self.history
 
@@ -669,20 +720,17 @@ class Trainer:
         model.backward(self.loss.backward(), input_grad=False)
         if self.regularization is not None:
             self.regularization.backward(model)
-        for buffer, param in zip(self._snapshot, model.parameters()):
-            np.copyto(buffer, param.data)
-        self._snapshot_valid = True
+        self._last_good.take()
         self.optimizer.step()
         return data_loss, _correct(scores, yb)
 
     def _diverged(self, problem):
-        if self._snapshot_valid:
-            for buffer, param in zip(self._snapshot, self.model.parameters()):
-                np.copyto(param.data, buffer)
-            restored = (f"restored the weights from before the last step (those of iteration {self.iteration - 1}, "
-                        f"loss {self.history['loss'][-2]:.6g})")
+        self._last_good.restore()
+        if self._last_good.before_a_step:
+            restored = (f"restored the weights, buffers and optimiser state from before the last step (the weights "
+                        f"of iteration {self.iteration - 1}, loss {self.history['loss'][-2]:.6g})")
         else:
-            restored = "no step was taken in this run, so the weights are unchanged"
+            restored = "no step was taken in this run, so the weights are unchanged (buffers restored)"
         self.stop(f"diverged at iteration {self.iteration} (epoch {self.epoch + 1}): {problem}; {restored}")
         warnings.warn(f"Trainer: training {self.stop_reason}. Try a smaller learning rate.", DivergenceWarning,
                       stacklevel=5)
@@ -790,14 +838,16 @@ class Trainer:
     def load_checkpoint(self, path):
         """Restore a state saved by :meth:`save_checkpoint`; a following :meth:`fit` resumes exactly.
 
-        Build the trainer as for the original run (same architecture, optimiser and scheduler types), load, then
-        call ``fit`` with the same total ``epochs``.
+        Build the trainer as for the original run (same architecture, optimiser and scheduler types, and the same
+        callbacks with state, in the same order; see :func:`cynet.checkpoint.load_trainer`), load, then call ``fit``
+        with the same total ``epochs``. A load that fails changes nothing.
 
         Returns:
             Trainer: self.
 
         Raises:
-            cynet.checkpoint.CheckpointError: unreadable file or a state that does not fit this trainer.
+            cynet.checkpoint.CheckpointError: unreadable file or a state that does not fit this trainer (naming what
+                does not fit).
 
         Example:
             >>> trainer.load_checkpoint("run.npz").fit(x, y, epochs=10)  # doctest: +SKIP

@@ -12,8 +12,8 @@ import cynet
 from cynet import checkpoint, nn, optim
 from cynet.checkpoint import CheckpointError
 from cynet.nn.loss import L2Penalty, SoftmaxCrossEntropy
-from cynet.optim.lr_scheduler import StepLR
-from cynet.train import Callback, EarlyStopping, Trainer
+from cynet.optim.lr_scheduler import ExponentialLR, StepLR
+from cynet.train import Callback, EarlyStopping, ModelCheckpoint, ProgressBar, Trainer
 
 
 def blobs(n, d=6, classes=3, seed=0):
@@ -331,3 +331,157 @@ def test_load_checkpoint_errors_leave_the_trainer_unchanged(tmp_path):
     checkpoint.save_model(model_only, trainer.model)
     with pytest.raises(CheckpointError, match="m.npz.*load_model"):
         _trainer("sgd").load_checkpoint(model_only)
+
+
+def trainer_state(trainer):
+    """Everything load_checkpoint may change, as comparable copies."""
+    return {"model": trainer.model.state_dict(), "optim": trainer.optimizer.state_dict(),
+            "sched": None if trainer.scheduler is None else trainer.scheduler.state_dict(),
+            "callbacks": [callback.state_dict() for callback in trainer.callbacks], "lr": trainer.optimizer.lr,
+            "history": {k: list(v) for k, v in trainer.history.items()}, "epoch": trainer.epoch,
+            "iteration": trainer.iteration, "rng": cynet.get_rng_state(trainer.generator)}
+
+
+def assert_same_trainer_state(got, want):
+    assert got.keys() == want.keys()
+    for part in want:
+        if isinstance(want[part], dict) and part != "history":
+            assert_same_flat(got[part], want[part], part)
+        elif part == "callbacks":
+            assert len(got[part]) == len(want[part])
+            for g, w in zip(got[part], want[part]):
+                assert_same_flat(g, w, part)
+        else:
+            assert got[part] == want[part], part
+
+
+def assert_same_flat(got, want, label):
+    assert got.keys() == want.keys(), label
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=f"{label}: {key}")
+
+
+def _saved_sgd_run(tmp_path, callbacks=()):
+    """A 1-epoch SGD+momentum/StepLR run saved to tmp_path/t.npz; its path."""
+    x, y = blobs(40)
+    trainer = _trainer("sgd", callbacks=callbacks)
+    trainer.fit(x, y, epochs=1, batch_size=16, validation=(x, y))
+    path = tmp_path / "t.npz"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def _trained_target(kind="adam", callbacks=(), scheduler=StepLR, **trainer_kw):
+    """A trainer with state of its own (one epoch of training), to load into."""
+    x, y = blobs(30, seed=5)
+    model = mlp(seed=3)
+    opt = optim.Adam(model.parameters(), lr=1e-3) if kind == "adam" else optim.SGD(model.parameters(), lr=0.1,
+                                                                                     momentum=0.5)
+    sched = scheduler(opt, 0.5) if scheduler is ExponentialLR else scheduler(opt, step_size=1, gamma=0.5)
+    trainer = Trainer(model, SoftmaxCrossEntropy(), opt, scheduler=sched, callbacks=list(callbacks), seed=4,
+                      **{"progress": False, **trainer_kw})
+    trainer.fit(x, y, epochs=1, batch_size=10, validation=(x, y))
+    return trainer
+
+
+def test_an_optimiser_of_another_type_is_a_checkpoint_error_and_changes_nothing(tmp_path):
+    path = _saved_sgd_run(tmp_path)
+    target = _trained_target("adam")
+    before = trainer_state(target)
+    with pytest.raises(CheckpointError, match=r"t.npz.*state of a SGD optimiser but the trainer's optimiser is a "
+                                              r"Adam"):
+        target.load_checkpoint(path)
+    assert_same_trainer_state(trainer_state(target), before)
+
+
+def test_optimiser_state_that_does_not_fit_is_a_checkpoint_error_and_changes_nothing(tmp_path):
+    path = _saved_sgd_run(tmp_path)
+    model = mlp(seed=3)
+    partial = optim.SGD(model.parameters()[:2], lr=0.1, momentum=0.9)      # optimises the first layer only
+    target = Trainer(model, SoftmaxCrossEntropy(), partial, scheduler=StepLR(partial, step_size=1, gamma=0.7),
+                     progress=False)
+    before = trainer_state(target)
+    with pytest.raises(CheckpointError, match="optimiser state does not fit.*holds 4 parameters, this optimiser "
+                                              "has 2"):
+        target.load_checkpoint(path)
+    assert_same_trainer_state(trainer_state(target), before)
+
+
+def test_a_scheduler_of_another_type_is_a_checkpoint_error_and_changes_nothing(tmp_path):
+    path = _saved_sgd_run(tmp_path)
+    target = _trained_target("sgd", scheduler=ExponentialLR)
+    before = trainer_state(target)
+    with pytest.raises(CheckpointError, match="state of a StepLR scheduler but the trainer's scheduler is a "
+                                              "ExponentialLR"):
+        target.load_checkpoint(path)
+    assert_same_trainer_state(trainer_state(target), before)
+
+
+@pytest.mark.parametrize("callbacks,message", [
+    (lambda tmp: [], r"callbacks \['EarlyStopping'\] but the trainer's callbacks with state are \[\]"),
+    (lambda tmp: [ModelCheckpoint(tmp / "best.npz", monitor="val_loss")], r"are \['ModelCheckpoint'\]"),
+    (lambda tmp: [EarlyStopping(monitor="val_loss"), EarlyStopping(monitor="val_acc")],
+     r"are \['EarlyStopping', 'EarlyStopping'\]"),
+], ids=["missing", "other-type", "one-too-many"])
+def test_callbacks_that_do_not_match_are_a_checkpoint_error_and_change_nothing(tmp_path, callbacks, message):
+    path = _saved_sgd_run(tmp_path, callbacks=[EarlyStopping(monitor="val_loss", patience=9)])
+    target = _trained_target("sgd", callbacks=callbacks(tmp_path))
+    before = trainer_state(target)
+    with pytest.raises(CheckpointError, match=message):
+        target.load_checkpoint(path)
+    assert_same_trainer_state(trainer_state(target), before)
+
+
+def test_callbacks_without_state_are_left_out_of_the_matching(tmp_path):
+    """A progress bar (no state) on one side only does not matter; the stateful callbacks are paired in order."""
+    saved_stopper = EarlyStopping(monitor="val_loss", patience=9)
+    path = _saved_sgd_run(tmp_path, callbacks=[saved_stopper])
+    stopper = EarlyStopping(monitor="val_loss", patience=9)
+    target = _trained_target("sgd", callbacks=[ProgressBar(file=io.StringIO()), Callback(), stopper])
+    target.load_checkpoint(path)
+    assert (stopper.best, stopper.best_epoch, stopper.wait) == (saved_stopper.best, saved_stopper.best_epoch,
+                                                                saved_stopper.wait)
+    assert target.epoch == 1 and type(target.optimizer) is optim.SGD
+
+
+class Picky(Callback):
+    """A callback with state that refuses to load anything but its own kind."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def state_dict(self):
+        return {"kind": self.kind}
+
+    def load_state_dict(self, state):
+        if state["kind"] != self.kind:
+            raise ValueError(f"Picky: cannot load the state of a {state['kind']!r} callback into a {self.kind!r} one")
+
+
+def test_a_callback_refusing_its_state_undoes_what_was_loaded_before_it(tmp_path):
+    path = _saved_sgd_run(tmp_path, callbacks=[EarlyStopping(monitor="val_loss", patience=9), Picky("a")])
+    stopper = EarlyStopping(monitor="val_loss", patience=9)
+    target = _trained_target("sgd", callbacks=[stopper, Picky("b")])
+    before = trainer_state(target)
+    assert stopper.best is not None                      # it has state of its own, which must come back
+    with pytest.raises(CheckpointError, match="the Picky callback refused its saved state: Picky: cannot load"):
+        target.load_checkpoint(path)
+    assert_same_trainer_state(trainer_state(target), before)
+
+
+def test_a_corrupt_random_state_or_counter_is_found_before_anything_changes(tmp_path):
+    path = _saved_sgd_run(tmp_path)
+    arrays, meta = checkpoint.load(path)
+    target = _trained_target("sgd")
+    before = trainer_state(target)
+    broken_rng = json.loads(json.dumps(meta))
+    broken_rng["rng"]["global"] = "not json"
+    checkpoint.save(tmp_path / "rng.npz", arrays, broken_rng)
+    with pytest.raises(CheckpointError, match="invalid random state for the global generator"):
+        target.load_checkpoint(tmp_path / "rng.npz")
+    broken_epoch = json.loads(json.dumps(meta))
+    broken_epoch["trainer"]["epoch"] = -1
+    checkpoint.save(tmp_path / "epoch.npz", arrays, broken_epoch)
+    with pytest.raises(CheckpointError, match=r"invalid trainer counters: epoch = -1"):
+        target.load_checkpoint(tmp_path / "epoch.npz")
+    assert_same_trainer_state(trainer_state(target), before)

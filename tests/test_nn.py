@@ -48,13 +48,77 @@ def test_parameter_grad_is_lazily_zeroed_and_accumulates():
     p.accumulate(np.full((2, 3), 3.0, np.float32))
     np.testing.assert_array_equal(p.grad, 5.0)
     p.zero_grad()
-    np.testing.assert_array_equal(p.grad, 0.0)
-    buffer, fresh = p.grad_target()
+    buffer, fresh = p.grad_target()      # nothing touched the gradient since zero_grad: the writer overwrites
     assert fresh and buffer is p._grad
     buffer[...] = 7.0
     _, fresh = p.grad_target()
     assert not fresh
     np.testing.assert_array_equal(p.grad, 7.0)
+    p.zero_grad()
+    np.testing.assert_array_equal(p.grad, 0.0)   # a read zero-fills the buffer ...
+    _, fresh = p.grad_target()
+    assert not fresh                             # ... and counts as a write: the next contribution adds to it
+
+
+def test_writes_through_grad_after_zero_grad_are_kept():
+    p = nn.Parameter(np.zeros(3))
+    p.grad = np.ones(3)
+    p.zero_grad()
+    g = p.grad
+    g += 5
+    np.testing.assert_array_equal(p.grad, [5.0, 5.0, 5.0])
+    np.add(p.grad, 2, out=p.grad)
+    np.testing.assert_array_equal(p.grad, [7.0, 7.0, 7.0])
+    p.accumulate(np.array([1.0, 2.0, 3.0]))      # a module's contribution adds to what was written
+    np.testing.assert_array_equal(p.grad, [8.0, 9.0, 10.0])
+    p.zero_grad()
+    p.grad[1] = 4.0                              # item assignment on a freshly zeroed gradient
+    np.testing.assert_array_equal(p.grad, [0.0, 4.0, 0.0])
+
+
+class FeatureScale(nn.Module):
+    """y = x * w per feature, written the naive way: the backward adds into ``w.grad`` through the property."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.w = nn.Parameter(np.linspace(0.5, 1.5, d))
+
+    def forward(self, x):
+        self._x = x
+        return x * self.w.data
+
+    def backward(self, dout, *, input_grad=True):
+        self.w.grad[...] += (dout * self._x).sum(axis=0)
+        return dout * self.w.data if input_grad else None
+
+
+def test_custom_module_adding_into_grad_in_place_after_zero_grad(rng):
+    """A module that does ``self.w.grad[...] += ...`` gets the true gradient, after zero_grad, alone or next to
+    layers that overwrite their freshly zeroed buffers, and an optimiser step uses it."""
+    model = nn.Sequential(nn.Linear(4, 3, dtype=np.float64, generator=0), FeatureScale(3))
+    x, dout = rng.standard_normal((5, 4)), rng.standard_normal((5, 3))
+    scale = model[1]
+    z = x @ model[0].weight.data.T + model[0].bias.data
+    expected = (dout * z).sum(axis=0)                                       # dL/dw for L = sum(dout * y)
+    for _ in range(2):                                                      # the second pass after a zero_grad
+        model.zero_grad()
+        model(x)
+        model.backward(dout)
+        np.testing.assert_allclose(scale.w.grad, expected, rtol=1e-12)
+    model(x)
+    model.backward(dout)                                                    # no zero_grad: accumulates
+    np.testing.assert_allclose(scale.w.grad, 2 * expected, rtol=1e-12)
+
+    def loss():
+        return float(np.sum(model(x) * dout))
+    np.testing.assert_allclose(numerical_grad(loss, scale.w.data), expected, rtol=1e-7)   # the oracle's oracle
+
+    model.zero_grad()
+    w = scale.w.data.copy()
+    model(x)
+    model.backward(dout)
+    cynet.optim.SGD(model.parameters(), lr=0.1).step()
+    np.testing.assert_allclose(scale.w.data, w - 0.1 * expected, rtol=1e-12)
 
 
 def test_parameter_rejects_integer_data():
@@ -95,6 +159,64 @@ def test_state_dict_returns_copies():
     state = model.state_dict()
     state["0.weight"][...] = 0
     assert model[0].weight.data.any()
+
+
+def tied_mlp(seed=0):
+    """Linear(4, 4) -> Tanh -> Linear(4, 4) whose two layers share one weight Parameter (float64)."""
+    model = nn.Sequential(nn.Linear(4, 4, dtype=np.float64, generator=seed), nn.Tanh(),
+                          nn.Linear(4, 4, dtype=np.float64, generator=seed + 1))
+    model[2].weight = model[0].weight
+    return model
+
+
+def test_tied_weights_are_listed_once_under_the_first_name():
+    model = tied_mlp()
+    assert [n for n, _ in model.named_parameters()] == ["0.weight", "0.bias", "2.bias"]
+    assert len(model.parameters()) == 3 and model.parameters()[0] is model[2].weight
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "2.bias"]
+    other = tied_mlp(seed=5)
+    other.load_state_dict(model.state_dict())
+    assert other[2].weight is other[0].weight
+    np.testing.assert_array_equal(other[2].weight.data, model[0].weight.data)
+
+    class Twice(nn.Module):                       # one module instance under two names
+        def __init__(self):
+            super().__init__()
+            self.a = nn.BatchNorm1d(3)
+            self.b = self.a
+
+    twice = Twice()
+    assert [n for n, _ in twice.named_modules()] == ["", "a"]
+    assert [n for n, _ in twice.named_parameters()] == ["a.weight", "a.bias"]
+    assert [n for n, _ in twice.named_buffers()] == ["a.running_mean", "a.running_var", "a.num_batches_tracked"]
+
+
+def test_tied_weight_gradient_is_the_sum_of_both_uses_and_one_step_works(rng):
+    model = tied_mlp()
+    w, b0, b2 = model[0].weight.data.copy(), model[0].bias.data.copy(), model[2].bias.data.copy()
+    x, dout = rng.standard_normal((5, 4)), rng.standard_normal((5, 4))
+    model.zero_grad()
+    model(x)
+    model.backward(dout)
+
+    # by hand: out = h W^T + b2 with h = tanh(x W^T + b0), for L = sum(dout * out)
+    h = np.tanh(x @ w.T + b0)
+    second_use = dout.T @ h
+    first_use = ((dout @ w) * (1 - h ** 2)).T @ x
+    np.testing.assert_allclose(model[0].weight.grad, first_use + second_use, rtol=1e-12, atol=1e-14)
+    assert model[2].weight.grad is model[0].weight.grad
+
+    def loss():
+        return float(np.sum(model(x) * dout))
+    numeric = numerical_grad(loss, model[0].weight.data)   # moves the shared entry: both uses see it
+    assert rel_err(model[0].weight.grad, numeric) < 1e-8
+    assert rel_err(first_use, numeric) > 1e-2 and rel_err(second_use, numeric) > 1e-2   # neither use alone
+
+    opt = cynet.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    opt.step()
+    np.testing.assert_allclose(model[0].weight.data, w - 0.1 * (first_use + second_use), rtol=1e-12)
+    assert model[2].weight.data is model[0].weight.data
+    np.testing.assert_allclose(model[2].bias.data, b2 - 0.1 * dout.sum(axis=0), rtol=1e-12)
 
 
 def test_train_eval_propagate_and_repr():

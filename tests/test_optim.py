@@ -366,6 +366,81 @@ def test_lr_is_a_validated_float_attribute():
     assert opt.lr == 0.25
 
 
+# (constructor with the bad value, a valid optimiser, the setting, the bad value): assigning the value later must be
+# refused with the constructor's own message
+LATE_SETTINGS = [
+    (lambda p: SGD(p, lr=0.1, momentum=-5), lambda p: SGD(p, lr=0.1, momentum=0.9), "momentum", -5),
+    (lambda p: SGD(p, lr=0.1, momentum=float("nan")), lambda p: SGD(p, lr=0.1), "momentum", float("nan")),
+    (lambda p: SGD(p, lr=0.1, nesterov="yes"), lambda p: SGD(p, lr=0.1, momentum=0.9), "nesterov", "yes"),
+    (lambda p: SGD(p, lr=0.1, nesterov=True), lambda p: SGD(p, lr=0.1), "nesterov", True),
+    (lambda p: SGD(p, lr=0.1, momentum=0, nesterov=True), lambda p: SGD(p, lr=0.1, momentum=0.9, nesterov=True),
+     "momentum", 0),
+    (lambda p: SGD(p, lr=0.1, momentum=0.9, nesterov=True, dampening=0.5),
+     lambda p: SGD(p, lr=0.1, momentum=0.9, nesterov=True), "dampening", 0.5),
+    (lambda p: SGD(p, lr=0.1, weight_decay=-1e-4), lambda p: SGD(p, lr=0.1), "weight_decay", -1e-4),
+    (lambda p: SGD(p, lr=0.1, dampening=float("inf")), lambda p: SGD(p, lr=0.1), "dampening", float("inf")),
+    (lambda p: AdaGrad(p, eps=-1.0), lambda p: AdaGrad(p), "eps", -1.0),
+    (lambda p: AdaGrad(p, weight_decay="0.1"), lambda p: AdaGrad(p), "weight_decay", "0.1"),
+    (lambda p: RMSProp(p, alpha=1.5), lambda p: RMSProp(p), "alpha", 1.5),
+    (lambda p: RMSProp(p, momentum=-1), lambda p: RMSProp(p), "momentum", -1),
+    (lambda p: Adam(p, betas=(1.0, 0.999)), lambda p: Adam(p), "beta1", 1.0),
+    (lambda p: Adam(p, betas=(0.9, 1.0)), lambda p: Adam(p), "beta2", 1.0),
+    (lambda p: Adam(p, betas=(0.9, -0.1)), lambda p: Adam(p), "beta2", -0.1),
+    (lambda p: Adam(p, eps=-1e-8), lambda p: Adam(p), "eps", -1e-8),
+    (lambda p: AdamW(p, weight_decay=-0.01), lambda p: AdamW(p), "weight_decay", -0.01),
+    (lambda p: AdamW(p, betas=(0.9, 1.0)), lambda p: AdamW(p), "betas", (0.5, 1.0)),
+    (lambda p: Adam(p, betas=0.9), lambda p: Adam(p), "betas", 0.9),
+]
+
+
+@pytest.mark.parametrize("construct,make,name,value", LATE_SETTINGS,
+                         ids=[f"{i}-{case[2]}={case[3]!r}" for i, case in enumerate(LATE_SETTINGS)])
+def test_settings_assigned_after_construction_are_checked_like_the_constructors(construct, make, name, value):
+    with pytest.raises(ValueError) as from_constructor:
+        construct([nn.Parameter(np.zeros(3))])
+    opt = make([nn.Parameter(np.zeros(3))])
+    before = {key: getattr(opt, key) for key in opt._hyperparameters}
+    with pytest.raises(ValueError) as from_assignment:
+        setattr(opt, name, value)
+    assert str(from_assignment.value) == str(from_constructor.value)
+    assert {key: getattr(opt, key) for key in opt._hyperparameters} == before     # the old values stay
+
+
+def test_refused_adam_beta_leaves_the_weights_finite(rng):
+    """The reported failure: beta1 = 1 set after construction made the bias correction 0 and the weights NaN."""
+    param = _param(rng, (5,), np.float32)
+    opt = Adam([param])
+    with pytest.raises(ValueError, match="Adam: invalid beta parameter at index 0: 1.0"):
+        opt.beta1 = 1.0
+    param.grad = np.ones(5, np.float32)
+    opt.step()
+    assert np.all(np.isfinite(param.data))
+
+
+def test_valid_late_settings_are_normalised_and_used(rng):
+    opt = SGD([nn.Parameter(np.zeros(3))], lr=0.1)
+    opt.momentum = 1
+    opt.nesterov = np.bool_(True)
+    assert opt.momentum == 1.0 and isinstance(opt.momentum, float) and opt.nesterov is True
+    opt.nesterov = False
+    opt.momentum = 0                       # allowed once Nesterov momentum is off
+    assert (opt.momentum, opt.nesterov) == (0.0, False)
+
+    # a changed setting takes effect at the next step, as if given to the constructor
+    grads = _grads(rng, (6,), np.float64, 3)
+    late = _param(rng, (6,), np.float64)
+    direct = nn.Parameter(late.data.copy())
+    late_opt, direct_opt = Adam([late], lr=0.01), Adam([direct], lr=0.01, betas=(0.5, 0.9), eps=1e-3)
+    late_opt.betas = (0.5, 0.9)
+    late_opt.eps = 1e-3
+    assert late_opt.betas == (0.5, 0.9)
+    for g in grads:
+        late.grad, direct.grad = g, g
+        late_opt.step()
+        direct_opt.step()
+    np.testing.assert_array_equal(late.data, direct.data)
+
+
 def test_mismatched_dtypes_or_layouts_raise_instead_of_crashing(rng):
     param = nn.Parameter(np.ones(6, np.float32))
     opt = Adam([param])
@@ -506,6 +581,55 @@ def test_load_state_dict_errors(rng):
         other.load_state_dict([1, 2])
     # nothing of the failed loads stuck
     assert other.step_count == 0 and all(s == {} for s in other.state) and other.beta1 == 0.9
+
+
+# --- snapshots ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind,settings", CONFIGS, ids=CONFIG_IDS)
+def test_restore_puts_back_the_state_of_the_snapshot_and_the_run_continues_exactly(kind, settings, rng):
+    model, opt, grads = _trained(kind, settings, rng, 5)
+    reference = copy.deepcopy(model)
+    reference_opt = CLASSES[kind](reference.parameters(), **settings)
+    _run(reference, reference_opt, grads[:2] + grads[4:])       # never took steps 3 and 4
+
+    _run(model, opt, grads[:2])
+    expected = opt.state_dict()
+    weights = [p.data.copy() for p in model.parameters()]
+    saved = opt.snapshot()
+    _run(model, opt, grads[2:4])
+    opt.lr = 0.5
+    for p, w in zip(model.parameters(), weights):
+        p.data[...] = w                                         # the trainer puts the weights back itself
+    opt.restore(saved)
+    got = opt.state_dict()
+    assert got.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    _run(model, opt, grads[4:])
+    for p, q in zip(model.parameters(), reference.parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
+
+
+def test_snapshot_reuses_its_arrays_skips_frozen_parameters_and_restores_no_state(rng):
+    model, opt, grads = _trained("adam", dict(lr=0.01), rng, 3)
+    fresh = opt.snapshot()                                      # before the first step: no state at all
+    _run(model, opt, grads[:1])
+    saved = opt.snapshot()
+    arrays = [saved["state"][i]["exp_avg"] for i in range(4)]
+    model[0].weight.requires_grad = False
+    _run(model, opt, grads[1:2])
+    assert opt.snapshot(out=saved) is saved
+    assert all(saved["state"][i]["exp_avg"] is arrays[i] for i in range(4))   # overwritten in place
+    frozen_state = opt.state[0]["exp_avg"].copy()
+    saved_frozen = saved["state"][0]["exp_avg"].copy()
+    _run(model, opt, grads[2:])
+    opt.restore(saved)
+    assert opt.state[0]["step"] == 1 and opt.state[1]["step"] == 2 and opt.step_count == 2
+    np.testing.assert_array_equal(opt.state[0]["exp_avg"], frozen_state)  # frozen: never copied, untouched
+    assert np.array_equal(saved["state"][0]["exp_avg"], saved_frozen)
+    opt.restore(fresh)
+    assert opt.step_count == 0 and opt.state[1:] == [{}, {}, {}]
+    with pytest.raises(ValueError, match="the snapshot holds 4 parameters, this optimiser has 2"):
+        Adam(model.parameters()[:2]).restore(saved)
 
 
 def test_optimizer_base_class_and_repr():

@@ -539,6 +539,80 @@ def test_divergence_guard_catches_nan_and_early_stopping_still_restores_the_best
         np.testing.assert_array_equal(got, want)
 
 
+def _recording(optimizer_class):
+    """``optimizer_class`` that records its state dict and the model's (weights and buffers) before every step."""
+    class Recording(optimizer_class):
+        def __init__(self, model, *args, **kwargs):
+            super().__init__(model.parameters(), *args, **kwargs)
+            self.model = model
+            self.before_steps = []
+
+        def step(self):
+            self.before_steps.append((self.state_dict(), self.model.state_dict()))
+            super().step()
+    return Recording
+
+
+class RecordingLoss(SoftmaxCrossEntropy):
+    """Records the model's state dict at every forward, i.e. after the forward pass updated the running stats."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.seen = model, []
+
+    def forward(self, scores, yb):
+        self.seen.append(self.model.state_dict())
+        return super().forward(scores, yb)
+
+
+def assert_same_state(got, want):
+    assert got.keys() == want.keys()
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+@pytest.mark.parametrize("optimizer_class,settings", [(optim.SGD, dict(lr=2.0, momentum=0.9)),
+                                                      (optim.Adam, dict(lr=1.0))], ids=["sgd-momentum", "adam"])
+def test_divergence_guard_restores_optimiser_state_and_batchnorm_statistics(optimizer_class, settings):
+    x, y = blobs(64, seed=11)
+    model = nn.Sequential(nn.Linear(6, 10, generator=0), nn.BatchNorm1d(10), nn.ReLU(), nn.Linear(10, 3, generator=1))
+    opt = _recording(optimizer_class)(model, **settings)
+    loss = RecordingLoss(model)
+    trainer = Trainer(model, loss, opt, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DivergenceWarning)
+        trainer.fit(x, y, epochs=30, batch_size=8)
+    bad = trainer.iteration                       # the diverged iteration; the bad step was step bad - 1
+    assert "diverged" in trainer.stop_reason and bad >= 4 and len(opt.before_steps) == bad - 1
+    optimizer_before, model_before = opt.before_steps[bad - 2]
+    assert_same_state(opt.state_dict(), optimizer_before)         # momentum buffers / moments and step counts
+    assert opt.step_count == bad - 2
+    assert_same_state(model.state_dict(), model_before)           # weights, running mean/var, batch count
+    # what the guard undid: the bad step and the diverged iteration's update of the running statistics
+    diverged = loss.seen[-1]
+    assert int(diverged["1.num_batches_tracked"]) == int(model_before["1.num_batches_tracked"]) + 1
+    assert not np.array_equal(diverged["1.running_mean"], model_before["1.running_mean"])
+    assert not np.array_equal(diverged["0.weight"], model_before["0.weight"])
+
+
+def test_divergence_at_the_first_iteration_restores_the_running_statistics():
+    x, y = blobs(24, seed=3)
+
+    class NaNLoss(SoftmaxCrossEntropy):
+        def forward(self, scores, yb):
+            super().forward(scores, yb)
+            return math.nan
+
+    model = nn.Sequential(nn.Linear(6, 5, generator=0), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3, generator=1))
+    start = model.state_dict()
+    trainer = Trainer(model, NaNLoss(), optim.SGD(model.parameters(), lr=0.1, momentum=0.9), progress=False)
+    with pytest.warns(DivergenceWarning, match="no step was taken"):
+        trainer.fit(x, y, epochs=1, batch_size=8)
+    assert trainer.iteration == 1
+    assert_same_state(model.state_dict(), start)          # running_mean 0, running_var 1, no batch counted
+    assert int(start["1.num_batches_tracked"]) == 0 and trainer.optimizer.state[0] == {}
+
+
 # --- data plumbing ---------------------------------------------------------------------------------------------------
 def test_memmapped_data_trains_like_in_memory_data(tmp_path):
     """Batches are gathered one at a time, so a read-only memmap works and gives the same run."""

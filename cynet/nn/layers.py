@@ -491,10 +491,20 @@ class Dropout(Module):
 
 
 class Flatten(Module):
-    """Flatten all axes from ``start_dim`` on: (N, C, H, W) -> (N, C*H*W). A view, no copy.
+    r"""Flatten all axes from ``start_dim`` on into one, in C (row-major) order: (N, C, H, W) -> (N, C*H*W).
+
+    With the default ``start_dim=1``, each example's entries are laid out one after the other:
+
+    .. math:: y_{n,\, (c H + h) W + w} = x_{n, c, h, w}, \qquad dx = dout \text{ reshaped to the shape of } x
+
+    Forward and backward are reshapes: views of a C-contiguous input, no copy, no arithmetic.
 
     Args:
         start_dim (int): first axis to flatten. Default 1.
+
+    Shape:
+        x :math:`(d_0, \dots, d_{s-1}, d_s, \dots, d_{k})` -> y :math:`(d_0, \dots, d_{s-1}, d_s \cdots d_k)` with
+        s = ``start_dim``; e.g. (N, C, H, W) -> (N, C*H*W) for s = 1.
 
     Example:
         >>> import numpy as np

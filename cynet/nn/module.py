@@ -21,6 +21,12 @@ class Parameter:
     until :meth:`zero_grad`. ``requires_grad=False`` freezes it: modules compute no gradient for it and optimisers
     leave it unchanged.
 
+    Zeroing is lazy: :meth:`zero_grad` only flags the gradient buffer as zero, and the first module to contribute
+    afterwards (through :meth:`grad_target` or :meth:`accumulate`) overwrites the buffer instead of adding to it, so a
+    Linear layer writes its weight gradient straight into it with one matrix product (no zero-fill pass, no
+    temporary). Reading :attr:`grad` while the buffer is flagged zero-fills it and clears the flag, so anything
+    written through the returned array (``p.grad[...] += g``) is kept.
+
     Args:
         data (array_like): initial value (copied), float32 or float64.
         requires_grad (bool): whether it learns. Default True.
@@ -29,8 +35,11 @@ class Parameter:
         >>> import numpy as np
         >>> from cynet.nn import Parameter
         >>> p = Parameter(np.ones((2, 3), np.float32))
-        >>> p.grad.sum()
+        >>> float(p.grad.sum())
         0.0
+        >>> p.grad[...] += 2.0      # the buffer itself: writes through it are kept
+        >>> float(p.grad.sum())
+        12.0
     """
 
     __slots__ = ("data", "_grad", "_grad_is_zero", "requires_grad")
@@ -46,9 +55,14 @@ class Parameter:
 
     @property
     def grad(self):
-        """The accumulated gradient (same shape and dtype as ``data``)."""
+        """The accumulated gradient (same shape and dtype as ``data``): the buffer itself, not a copy.
+
+        After :meth:`zero_grad` the first read zero-fills the buffer and counts as a write (the buffer is no longer
+        flagged zero), so in-place updates of the returned array are kept and later contributions add to them.
+        """
         if self._grad_is_zero:
             self._grad.fill(0)
+            self._grad_is_zero = False
         return self._grad
 
     @grad.setter
@@ -60,7 +74,8 @@ class Parameter:
         self._grad_is_zero = False
 
     def zero_grad(self):
-        """Reset the gradient to zero (lazily: the next writer overwrites instead of adding)."""
+        """Reset the gradient to zero, lazily: no memory is written; the next contribution overwrites the buffer
+        instead of adding to it, and the next read of :attr:`grad` zero-fills it."""
         self._grad_is_zero = True
 
     def grad_target(self):
@@ -157,29 +172,51 @@ class Module:
         return iter(self._modules.items())
 
     def named_modules(self, prefix=""):
-        """``(name, module)`` for this module and every descendant, depth first."""
+        """``(name, module)`` for this module and every descendant, depth first.
+
+        A module reachable along several paths (one instance assigned to two attributes) is listed once, under the
+        first name met, as in PyTorch.
+        """
+        return self._named_modules(prefix, set())
+
+    def _named_modules(self, prefix, seen):
+        if id(self) in seen:
+            return
+        seen.add(id(self))
         yield prefix, self
         for name, child in self._modules.items():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+            yield from child._named_modules(f"{prefix}.{name}" if prefix else name, seen)
 
     def modules(self):
         for _, module in self.named_modules():
             yield module
 
     def named_parameters(self, prefix=""):
-        """``(dotted name, Parameter)`` for every parameter, in registration order."""
+        """``(dotted name, Parameter)`` for every parameter, in registration order.
+
+        Tied weights (one :class:`Parameter` registered in several modules) are listed once, under the first name
+        met, as in PyTorch: an optimiser then updates them once per step, with the gradient that every use added into
+        the shared ``grad``; :meth:`state_dict` stores them under that name only.
+        """
+        seen = set()
         for name, module in self.named_modules(prefix):
             for pname, param in module._parameters.items():
-                yield (f"{name}.{pname}" if name else pname), param
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    yield (f"{name}.{pname}" if name else pname), param
 
     def parameters(self):
-        """Every :class:`Parameter` of the module and its descendants (frozen ones included)."""
+        """Every :class:`Parameter` of the module and its descendants (frozen ones included), each once."""
         return [p for _, p in self.named_parameters()]
 
     def named_buffers(self, prefix=""):
+        """``(dotted name, array)`` for every buffer, in registration order; a shared array is listed once."""
+        seen = set()
         for name, module in self.named_modules(prefix):
             for bname, buf in module._buffers.items():
-                yield (f"{name}.{bname}" if name else bname), buf
+                if id(buf) not in seen:
+                    seen.add(id(buf))
+                    yield (f"{name}.{bname}" if name else bname), buf
 
     def buffers(self):
         return [b for _, b in self.named_buffers()]

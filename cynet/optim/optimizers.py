@@ -50,7 +50,12 @@ class Optimizer:
 
     Subclasses declare their hyperparameters (``_hyperparameters``, saved in :meth:`state_dict`), the names of their
     per-parameter arrays (``_state_arrays``), whether they count steps per parameter (``_counts_steps``), and
-    implement ``_update(param, flat_data, flat_grad, state, n_threads)``.
+    implement ``_update(param, flat_data, flat_grad, state, n_threads)`` and ``_check_setting(name, value)`` (and
+    ``_check_combination(settings)`` where settings constrain each other).
+
+    Every setting is checked whenever it is assigned, in the constructor or later (``opt.momentum = 0.5``), with the
+    same ``ValueError`` (PyTorch's wording: ``"SGD: invalid momentum value: -5"``); a refused value leaves the old
+    one in place.
 
     Args:
         params (iterable of Parameter): the parameters to optimise, e.g. ``model.parameters()``; frozen ones may be
@@ -105,6 +110,23 @@ class Optimizer:
         if not _is_real(value) or not value >= 0 or math.isinf(value):
             raise ValueError(f"{type(self).__name__}: invalid learning rate: {value}")
         self._lr = float(value)
+
+    # --- the other settings -------------------------------------------------------------------------------------------
+    def __setattr__(self, name, value):
+        if name in self._hyperparameters:
+            value = self._check_setting(name, value)
+            settings = {key: self.__dict__[key] for key in self._hyperparameters if key in self.__dict__}
+            settings[name] = value
+            if len(settings) == len(self._hyperparameters):  # all assigned (the constructor sets them one by one)
+                self._check_combination(settings)
+        object.__setattr__(self, name, value)
+
+    def _check_setting(self, name, value):
+        """``value`` checked and normalised for the setting ``name``; ValueError naming it otherwise."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _check_setting")
+
+    def _check_combination(self, settings):
+        """ValueError when the settings (name -> checked value, all of them) contradict each other."""
 
     # --- validation helpers -------------------------------------------------------------------------------------------
     def _check(self, condition, message):
@@ -207,6 +229,11 @@ class Optimizer:
                 shape differs from its parameter's.
             KeyError: missing settings or unknown keys (all listed).
         """
+        self._apply_checked_state(self._checked_state(state))
+
+    def _checked_state(self, state):
+        """Check ``state`` as :meth:`load_state_dict` does, changing nothing; returns what
+        :meth:`_apply_checked_state` needs: ``(settings, step, per-parameter state)``, arrays already copied."""
         name = f"{type(self).__name__}.load_state_dict"
         if not hasattr(state, "keys"):
             raise TypeError(f"{name}: expected a dict from state_dict(), got {type(state).__name__}")
@@ -251,7 +278,7 @@ class Optimizer:
             raise KeyError(f"{name}: unexpected keys {unexpected}")
         if mismatched:
             raise ValueError(f"{name}: " + "; ".join(mismatched))
-        # Validate the settings on a scratch optimiser before changing anything.
+        # Validate the settings on a scratch optimiser (assignment checks them) before changing anything.
         settings = {key: state[key] for key in ("lr",) + tuple(self._hyperparameters)}
         probe = self._validated_probe(settings)
         for index, entries in enumerate(per_param):
@@ -260,10 +287,77 @@ class Optimizer:
         step = state["step"]
         if not isinstance(step, numbers.Integral) or isinstance(step, bool) or step < 0:
             raise ValueError(f"{name}: step must be a non-negative int, got {step!r}")
-        for key in settings:
-            setattr(self, key, getattr(probe, key))
-        self.step_count = int(step)
+        return {key: getattr(probe, key) for key in settings}, int(step), per_param
+
+    def _apply_checked_state(self, checked):
+        """Install the output of :meth:`_checked_state` (cannot fail)."""
+        settings, step, per_param = checked
+        self._set_checked_settings(settings)
+        self.step_count = step
         self.state = per_param
+
+    def _set_checked_settings(self, settings):
+        """Install settings already checked together. Assigned one by one they could clash with the current values
+        on the way (SGD's Nesterov rule), so the per-assignment checks are bypassed."""
+        for key, value in settings.items():
+            if key == "lr":
+                self.lr = value
+            else:
+                object.__setattr__(self, key, value)
+
+    # --- snapshots ----------------------------------------------------------------------------------------------------
+    def snapshot(self, out=None):
+        """Copy the state a :meth:`step` changes — per-parameter arrays and step counts — and the settings, for
+        :meth:`restore`.
+
+        Cheap enough to take before every step (the trainer's divergence guard does): pass the previous snapshot as
+        ``out`` and its arrays are overwritten in place, so nothing is allocated once the state exists. Frozen
+        parameters are not copied, since a step leaves their state alone.
+
+        Args:
+            out (dict): an earlier snapshot of this optimiser to overwrite. Default None: a new one.
+
+        Returns:
+            dict: the snapshot (pass it to :meth:`restore`).
+
+        Example:
+            >>> import numpy as np
+            >>> from cynet import nn, optim
+            >>> p = nn.Parameter(np.ones(2)); opt = optim.SGD([p], lr=0.1, momentum=0.9)
+            >>> saved = opt.snapshot()
+            >>> p.grad = np.ones(2); opt.step()
+            >>> opt.restore(saved); opt.step_count, opt.state[0]
+            (0, {})
+        """
+        if out is None or len(out["state"]) != len(self.params):
+            out = {"state": [{} for _ in self.params], "taken": [False] * len(self.params)}
+        out["settings"] = {"lr": self.lr, **self._hyperparameter_values()}
+        out["step_count"] = self.step_count
+        for index, (param, live) in enumerate(zip(self.params, self.state)):
+            out["taken"][index] = param.requires_grad
+            if param.requires_grad:
+                _copy_state(live, out["state"][index])
+        return out
+
+    def restore(self, snapshot):
+        """Put back the state copied by :meth:`snapshot` (into the existing arrays, so references stay valid): the
+        settings, the step counts and every parameter's state as it was, including "no state yet" for parameters
+        whose first step came after the snapshot.
+
+        Args:
+            snapshot (dict): from :meth:`snapshot` of this optimiser.
+
+        Raises:
+            ValueError: the snapshot was taken of an optimiser with another number of parameters.
+        """
+        if len(snapshot["state"]) != len(self.params):
+            raise ValueError(f"{type(self).__name__}.restore: the snapshot holds {len(snapshot['state'])} parameters, "
+                             f"this optimiser has {len(self.params)}")
+        self._set_checked_settings(snapshot["settings"])
+        self.step_count = snapshot["step_count"]
+        for index, taken in enumerate(snapshot["taken"]):
+            if taken:
+                _copy_state(snapshot["state"][index], self.state[index])
 
     def _check_complete_state(self, name, index, entries):
         """A parameter's state must be whole: every array of the rule (and its step count where counted)."""
@@ -283,16 +377,28 @@ class Optimizer:
         probe = object.__new__(type(self))
         for key, value in settings.items():
             setattr(probe, key, value)
-        probe._validate()
         return probe
-
-    def _validate(self):
-        raise NotImplementedError
 
     def __repr__(self):
         settings = ", ".join(f"{key}={value!r}" for key, value in
                              [("lr", self.lr)] + list(self._hyperparameter_values().items()))
         return f"{type(self).__name__}({len(self.params)} parameters, {settings})"
+
+
+def _copy_state(source, target):
+    """Make the per-parameter state dict ``target`` equal to ``source``: arrays copied into ``target``'s arrays where
+    they fit (no allocation), keys that ``source`` lacks removed."""
+    for key in [key for key in target if key not in source]:
+        del target[key]
+    for key, value in source.items():
+        if isinstance(value, np.ndarray):
+            buffer = target.get(key)
+            if isinstance(buffer, np.ndarray) and buffer.shape == value.shape and buffer.dtype == value.dtype:
+                np.copyto(buffer, value)
+            else:
+                target[key] = value.copy()
+        else:
+            target[key] = value
 
 
 class SGD(Optimizer):
@@ -313,7 +419,8 @@ class SGD(Optimizer):
         params (iterable of Parameter): parameters to optimise.
         lr (float): learning rate :math:`\eta`, >= 0 (required).
         momentum (float): :math:`\mu` >= 0. Default 0 (plain SGD).
-        nesterov (bool): Nesterov momentum (needs momentum > 0 and dampening 0). Default False.
+        nesterov (bool): Nesterov momentum (needs momentum > 0 and dampening 0, also when settings change later:
+            to drop the momentum of a Nesterov optimiser, set ``nesterov = False`` first). Default False.
         weight_decay (float): L2 penalty :math:`\lambda` >= 0 added to the gradient. Default 0.
         dampening (float): :math:`\tau`, scales the gradient's share of the velocity. Default 0.
 
@@ -334,15 +441,16 @@ class SGD(Optimizer):
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0):
         super().__init__(params, lr)
         self.momentum, self.nesterov, self.weight_decay, self.dampening = momentum, nesterov, weight_decay, dampening
-        self._validate()
 
-    def _validate(self):
-        self.momentum = self._real("momentum value", self.momentum)
-        self.weight_decay = self._real("weight_decay value", self.weight_decay)
-        self.dampening = self._real("dampening value", self.dampening, low=-math.inf)
-        self._check(isinstance(self.nesterov, (bool, np.bool_)), f"nesterov must be a bool, got {self.nesterov!r}")
-        self.nesterov = bool(self.nesterov)
-        self._check(not self.nesterov or (self.momentum > 0 and self.dampening == 0),
+    def _check_setting(self, name, value):
+        if name == "nesterov":
+            self._check(isinstance(value, (bool, np.bool_)), f"nesterov must be a bool, got {value!r}")
+            return bool(value)
+        return self._real(f"{name} value", value, low=-math.inf if name == "dampening" else 0.0)
+
+    def _check_combination(self, settings):
+        # Checked on every assignment: to drop momentum from a Nesterov optimiser, set nesterov = False first.
+        self._check(not settings["nesterov"] or (settings["momentum"] > 0 and settings["dampening"] == 0),
                     "Nesterov momentum requires a momentum and zero dampening")
 
     def _required_state(self):
@@ -386,11 +494,9 @@ class AdaGrad(Optimizer):
     def __init__(self, params, lr=1e-2, eps=1e-10, weight_decay=0.0):
         super().__init__(params, lr)
         self.eps, self.weight_decay = eps, weight_decay
-        self._validate()
 
-    def _validate(self):
-        self.eps = self._real("epsilon value", self.eps)
-        self.weight_decay = self._real("weight_decay value", self.weight_decay)
+    def _check_setting(self, name, value):
+        return self._real("epsilon value" if name == "eps" else f"{name} value", value)
 
     def _update(self, param, data, grad, state, n_threads):
         if "sum" not in state:
@@ -431,13 +537,11 @@ class RMSProp(Optimizer):
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0):
         super().__init__(params, lr)
         self.alpha, self.eps, self.weight_decay, self.momentum = alpha, eps, weight_decay, momentum
-        self._validate()
 
-    def _validate(self):
-        self.alpha = self._real("alpha value", self.alpha, high=1.0)
-        self.eps = self._real("epsilon value", self.eps)
-        self.weight_decay = self._real("weight_decay value", self.weight_decay)
-        self.momentum = self._real("momentum value", self.momentum)
+    def _check_setting(self, name, value):
+        if name == "alpha":
+            return self._real("alpha value", value, high=1.0)
+        return self._real("epsilon value" if name == "eps" else f"{name} value", value)
 
     def _required_state(self):
         return self._state_arrays if self.momentum > 0 else ("square_avg",)
@@ -494,18 +598,25 @@ class Adam(Optimizer):
         except (TypeError, ValueError):
             raise ValueError(f"{type(self).__name__}: betas must be a pair of floats, got {betas!r}") from None
         self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, weight_decay
-        self._validate()
 
     @property
     def betas(self):
-        """``(beta1, beta2)``."""
+        """``(beta1, beta2)``; assigning a pair checks both before setting either."""
         return (self.beta1, self.beta2)
 
-    def _validate(self):
-        self.beta1 = self._real("beta parameter at index 0", self.beta1, high=1.0, high_open=True)
-        self.beta2 = self._real("beta parameter at index 1", self.beta2, high=1.0, high_open=True)
-        self.eps = self._real("epsilon value", self.eps)
-        self.weight_decay = self._real("weight_decay value", self.weight_decay)
+    @betas.setter
+    def betas(self, value):
+        try:
+            beta1, beta2 = value
+        except (TypeError, ValueError):
+            raise ValueError(f"{type(self).__name__}: betas must be a pair of floats, got {value!r}") from None
+        beta1, beta2 = self._check_setting("beta1", beta1), self._check_setting("beta2", beta2)
+        self.beta1, self.beta2 = beta1, beta2
+
+    def _check_setting(self, name, value):
+        if name in ("beta1", "beta2"):
+            return self._real(f"beta parameter at index {int(name == 'beta2')}", value, high=1.0, high_open=True)
+        return self._real("epsilon value" if name == "eps" else f"{name} value", value)
 
     def _update(self, param, data, grad, state, n_threads):
         if "exp_avg" not in state:
