@@ -139,3 +139,32 @@ def test_cross_validated_search_with_preprocessing_on_the_process_pool():
     assert [(t["number"], t["val_acc"]) for t in serial.trials] == [(t["number"], t["val_acc"]) for t in pooled.trials]
     assert all(t["status"] == "ok" and t["epochs"] == [1, 1, 1] for t in serial.trials)
     assert serial.best_val_acc > 0.6                    # chance is 1/3
+
+
+FOLDS_SEEN = []      # (training seed, validation row ids) of every fold a trial trained, in order (serial runs)
+
+
+def fold_recording_fn(params, data, budget, seed):
+    x_tr, y_tr, x_val, y_val = data
+    FOLDS_SEEN.append((seed, tuple(x_val[:, 0].astype(int).tolist())))
+    return {"val_acc": params["lr"]}
+
+
+def test_every_trial_of_a_search_is_scored_on_the_same_folds():
+    x = np.column_stack([np.arange(40), np.zeros(40)])
+    y = np.arange(40) % 3
+    FOLDS_SEEN.clear()
+    RandomSearch({"lr": loguniform(1e-3, 1e-1)}, n_trials=3, seed=0, edge=0).run(CrossValidatedTrial(fold_recording_fn),
+                                                                                (x, y), executor=None)
+    per_trial = [FOLDS_SEEN[5 * t:5 * t + 5] for t in range(3)]          # the default splitter has 5 folds
+    assert len(FOLDS_SEEN) == 15
+    training_seeds = [tuple(seed for seed, _ in folds) for folds in per_trial]
+    assert len(set(training_seeds)) == 3                                  # the trials train with their own seeds ...
+    folds = [[rows for _, rows in trial] for trial in per_trial]
+    oracle = [tuple(val.tolist()) for _, val in StratifiedKFold(5, shuffle=True, seed=0).split(x, y)]
+    assert folds == [oracle] * 3                                          # ... on the same (shuffled) splits
+
+    FOLDS_SEEN.clear()
+    cross_validate(fold_recording_fn, {"lr": 0.1}, x, y, seed=1, cv_seed=7)
+    other_splits = [tuple(val.tolist()) for _, val in StratifiedKFold(5, shuffle=True, seed=7).split(x, y)]
+    assert [rows for _, rows in FOLDS_SEEN] == other_splits != oracle      # cv_seed picks the splits

@@ -8,6 +8,8 @@ import csv
 import json
 import math
 import os
+import pathlib
+import time
 
 import numpy as np
 import pytest
@@ -82,6 +84,55 @@ def where_fn(params, data, budget, seed):
     """Reports which process ran it and which data object it saw (to check data is shipped once per worker)."""
     return {"val_acc": float(params["lr"]), "history": {"pid": os.getpid(), "data_id": id(data),
                                                         "threads": cynet.get_num_threads()}}
+
+
+def dying_where_fn(params, data, budget, seed):
+    """Kills its worker when lr > 0.1; otherwise a score from lr and the seed, and where it ran (pid, data object)."""
+    if params["lr"] > 0.1:
+        os._exit(3)
+    return {"val_acc": params["lr"], "val_loss": seed / 2 ** 32,
+            "history": {"pid": os.getpid(), "data_id": id(data)}}
+
+
+def raising_twin_of_dying_where_fn(params, data, budget, seed):
+    """The serial oracle of :func:`dying_where_fn`: the same scores, an exception where that one kills its worker."""
+    if params["lr"] > 0.1:
+        raise RuntimeError("this trial kills its worker")
+    return {"val_acc": params["lr"], "val_loss": seed / 2 ** 32}
+
+
+def _wait_for(path, what):
+    deadline = time.monotonic() + 60
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up waiting for {what}")
+        time.sleep(0.01)
+
+
+def choreographed_fn(params, data, budget, seed):
+    """Trials whose order of events is fixed by marker files in the directory ``data`` (no timing involved):
+
+    - "blocker": its first run blocks until the broken pool terminates it (so it is running when a worker dies);
+      a later run returns at once;
+    - "killer": once the blocker runs, kills its worker (every time);
+    - "pair" 0 and 1: each returns only once the other has started, so they finish only when run in parallel;
+    - "plain": returns at once.
+    Each returns ``val_acc = params["x"]`` and ``val_loss = seed``.
+    """
+    folder, role = pathlib.Path(data), params["role"]
+    if role == "blocker":
+        started = folder / "blocker-started"
+        if not started.exists():
+            started.touch()
+            time.sleep(600)
+    elif role == "killer":
+        _wait_for(folder / "blocker-started", "the blocker")
+        os._exit(3)
+    elif role == "pair":
+        (folder / f"pair-{params['id']}-started").touch()
+        _wait_for(folder / f"pair-{1 - params['id']}-started", "the other trial of the pair: they did not run in "
+                                                               "parallel")
+    return {"val_acc": params["x"], "val_loss": float(seed)}
 
 
 # --- spaces ----------------------------------------------------------------------------------------------------------
@@ -236,6 +287,61 @@ def test_process_pool_survives_a_dying_worker():
     assert len(ok) == 8 - len(errors) and result.best_val_acc == max(p["lr"] for p in configs if p["lr"] <= 0.1)
 
 
+@pytest.mark.parametrize("seed", [1, 6])        # six killers of eight trials; one killer, trial 5
+def test_process_pool_records_only_the_killers_and_matches_serial(seed):
+    space = {"lr": loguniform(1e-3, 1.0)}
+    killers = {i for i, p in enumerate(RandomSearch(space, n_trials=8, seed=seed).configurations()) if p["lr"] > 0.1}
+    pooled = RandomSearch(space, n_trials=8, seed=seed).run(dying_where_fn, executor="process", n_workers=2)
+    serial = RandomSearch(space, n_trials=8, seed=seed).run(raising_twin_of_dying_where_fn, executor=None)
+    assert {t["number"] for t in pooled.trials if t["status"] == "error"} == killers
+    assert all("worker process died" in t["error"] for t in pooled.trials if t["number"] in killers)
+    table = lambda r: sorted((t["number"], t["status"], t["val_acc"], t["val_loss"]) for t in r.trials
+                             if t["number"] not in killers)
+    assert table(pooled) == table(serial) and all(row[1] == "ok" for row in table(pooled))
+
+
+class UnloadableData:
+    """Data that pickle can write but not read back: every worker's initializer fails under "spawn"."""
+
+    def __reduce__(self):
+        return (_refuse_to_load, ())
+
+
+def _refuse_to_load():
+    raise RuntimeError("this data cannot be loaded in a worker")
+
+
+def test_process_pool_that_breaks_before_any_trial_runs_records_errors_instead_of_looping():
+    import multiprocessing
+
+    result = RandomSearch({"lr": loguniform(1e-3, 1e-1)}, n_trials=3, seed=0).run(
+        peak_fn, UnloadableData(), executor="process", n_workers=2, mp_context=multiprocessing.get_context("spawn"))
+    assert sorted(t["number"] for t in result.trials) == [0, 1, 2]
+    assert all(t["status"] == "error" and "broke twice before this trial started" in t["error"]
+               for t in result.trials)
+
+
+def test_process_pool_recovery_spares_running_trials_and_stays_parallel(tmp_path):
+    from cynet.tune.executors import make_runner
+
+    roles = [{"role": "blocker"}, {"role": "killer"}, {"role": "pair", "id": 0}, {"role": "pair", "id": 1}] + \
+            [{"role": "plain"}] * 4
+    specs = [{"number": i, "params": dict(role, x=i / 10), "budget": 1, "seed": 100 + i}
+             for i, role in enumerate(roles)]
+    runner = make_runner("process", choreographed_fn, str(tmp_path), n_workers=2, threads_per_trial=1)
+    try:
+        records = runner.run(specs)
+    finally:
+        runner.close()
+    assert [r["number"] for r in records] == list(range(8))
+    killer = records[1]
+    assert killer["status"] == "error" and "worker process died" in killer["error"]
+    # the blocker was running when the killer's worker died, yet is not blamed; the pair, queued at that moment,
+    # ran in parallel on the new pool (one at a time, each would have waited for the other in vain)
+    others = [(r["status"], r["val_acc"], r["val_loss"]) for r in records if r["number"] != 1]
+    assert others == [("ok", s["params"]["x"], float(s["seed"])) for s in specs if s["number"] != 1]
+
+
 # --- parallel execution ----------------------------------------------------------------------------------------------
 def test_process_pool_matches_serial_exactly(problem):
     # the same threads per trial everywhere: BLAS sums in another order with another thread count
@@ -316,6 +422,33 @@ def test_edge_warning_when_best_lies_on_the_range_edge():
         RandomSearch({"lr": loguniform(1e-4, 1.0)}, n_trials=30, seed=0).run(edge_peak_fn, executor=None)
     assert edge_report({"lr": loguniform(1e-4, 1.0)}, {"lr": 1e-2}) == []
     assert "upper edge" in edge_report({"p": uniform(0, 1)}, {"p": 0.95})[0]
+
+
+def run_recording_warnings(search, train_fn):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = search.run(train_fn, executor=None)
+    return result, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+def test_coarse_to_fine_judges_the_edge_against_the_ranges_the_user_gave():
+    space = {"lr": loguniform(1e-5, 1.0)}
+    at_a_narrowed_edge = 0
+    for seed in range(30):
+        search = CoarseToFine(space, [Stage(12, 1, keep=2), Stage(8, 1)], seed=seed)
+        result, messages = run_recording_warnings(search, peak_fn)
+        assert abs(math.log10(result.best_params["lr"]) + 2) < 1              # the optimum 1e-2 is well inside
+        assert messages == [], (seed, messages)
+        at_a_narrowed_edge += bool(edge_report(result.stage_spaces[-1], result.best_params))
+    assert at_a_narrowed_edge > 0      # the case that used to warn: best at an edge of the narrowed last range
+
+    search = CoarseToFine({"lr": loguniform(1e-4, 1.0)}, [Stage(12, 1, keep=2), Stage(8, 1)], seed=0)
+    result, messages = run_recording_warnings(search, edge_peak_fn)
+    assert result.best_params["lr"] < 10 ** -3.6                               # within 0.1 of the lower end
+    assert any(m.startswith("CoarseToFine: best lr=") and "lower edge of loguniform(0.0001, 1.0)" in m
+               for m in messages), messages
 
 
 def test_successive_halving_keeps_the_top_third_and_triples_the_budget():

@@ -175,22 +175,26 @@ def _fold_seed(seed, fold):
     return int(np.random.SeedSequence(seed, spawn_key=(fold,)).generate_state(1)[0])
 
 
-def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, budget=1, seed=0):
+def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, budget=1, seed=0, cv_seed=0):
     """Train and score one configuration on every fold; the mean validation accuracy is its score.
 
     For each fold: a fresh transform from ``transform_factory()`` is fitted on the fold's training rows only and
     applied to both parts; then ``train_fn(params, (x_train, y_train, x_val, y_val), budget, fold_seed)`` runs.
+
+    The folds depend on ``cv`` (or ``cv_seed``) only, never on ``seed``: configurations cross-validated with
+    different training seeds are scored on the same splits, so their scores can be compared.
 
     Args:
         train_fn (callable): a trial function (for example :func:`cynet.tune.make_trainer_trial`'s).
         params (dict): the configuration.
         x (array_like): all the (training) data; y (array_like): labels.
         cv: a splitter with ``split(x, y)`` (:class:`KFold`, :class:`StratifiedKFold`). Default None
-            (``StratifiedKFold(5, shuffle=True, seed=seed)``).
+            (``StratifiedKFold(5, shuffle=True, seed=cv_seed)``).
         transform_factory (callable): ``transform_factory() -> transform`` with ``fit`` and ``transform``
             (:class:`cynet.data.Standardize`, ...). Default None (no preprocessing).
         budget (int): passed to ``train_fn``. Default 1.
         seed (int): fold ``k`` trains with ``SeedSequence(seed).spawn(...)[k]``'s seed. Default 0.
+        cv_seed (int): seed of the default splitter's shuffle (ignored when ``cv`` is given). Default 0.
 
     Returns:
         dict: "val_acc" (mean over folds; NaN when a fold did not finish), "val_acc_folds", "val_loss",
@@ -202,7 +206,7 @@ def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, b
     """
     x, y = np.asarray(x), np.asarray(y)
     if cv is None:
-        cv = StratifiedKFold(5, shuffle=True, seed=seed)
+        cv = StratifiedKFold(5, shuffle=True, seed=cv_seed)
     accs, losses, epochs, status = [], [], [], "ok"
     for fold, (train, val) in enumerate(cv.split(x, y)):
         x_train, x_val = x[train], x[val]
@@ -223,12 +227,16 @@ def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, b
 class CrossValidatedTrial:
     """Turn a trial function on a holdout split into one scored by cross-validation (usable in any search).
 
-    The search's ``data`` is then ``(x, y)``; each trial runs :func:`cross_validate` with the trial's seed.
+    The search's ``data`` is then ``(x, y)``; each trial runs :func:`cross_validate` with the trial's seed for
+    training. The folds do not depend on the trial's seed: every trial of a search (and every search with the same
+    ``cv`` or ``cv_seed``) is scored on the same splits, so the ranking compares configurations, not splits.
 
     Args:
         train_fn (callable): ``train_fn(params, (x_train, y_train, x_val, y_val), budget, seed) -> dict``.
-        cv: the splitter. Default None (``StratifiedKFold(5, shuffle=True, seed=trial seed)``).
+        cv: the splitter. Default None (``StratifiedKFold(5, shuffle=True, seed=cv_seed)``).
         transform_factory (callable): preprocessing fitted inside each fold. Default None.
+        cv_seed (int): seed of the default splitter's shuffle, the same for every trial (ignored when ``cv`` is
+            given). Default 0.
 
     Example:
         >>> from cynet.data import Standardize
@@ -237,12 +245,13 @@ class CrossValidatedTrial:
         >>> RandomSearch(space, 8).run(cv_trial, (x, y))                                       # doctest: +SKIP
     """
 
-    def __init__(self, train_fn, cv=None, transform_factory=None):
+    def __init__(self, train_fn, cv=None, transform_factory=None, cv_seed=0):
         if not callable(train_fn):
             raise TypeError(f"CrossValidatedTrial: train_fn must be callable, got {train_fn!r}")
         self.train_fn, self.cv, self.transform_factory = train_fn, cv, transform_factory
+        self.cv_seed = cv_seed
 
     def __call__(self, params, data, budget, seed):
         x, y = data
         return cross_validate(self.train_fn, params, x, y, cv=self.cv, transform_factory=self.transform_factory,
-                              budget=budget, seed=seed)
+                              budget=budget, seed=seed, cv_seed=self.cv_seed)

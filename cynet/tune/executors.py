@@ -8,10 +8,13 @@ once and then only the small per-trial specification:
 - serial (``executor=None`` or ``"serial"``): in this process;
 - ``"process"``: a :class:`concurrent.futures.ProcessPoolExecutor` whose workers split the cores (threads per
   trial = cores // workers, set by :func:`cynet.set_num_threads` in each worker's initializer, which also receives
-  ``train_fn`` and ``data`` once per worker); a worker that dies is recorded as an "error" trial and the pool is
-  rebuilt;
-- a :class:`distributed.Client` (detected): ``data`` is scattered to every worker once
-  (``client.scatter(data, broadcast=True)``) and each trial gets the resulting future;
+  ``train_fn`` and ``data`` once per worker); a trial that kills its worker is recorded as an "error" (the trials
+  that were running when the pool broke are run again, each in a process of its own, to tell it from the innocent
+  ones), and the trials that had not started go on in parallel on a new pool;
+- a :class:`distributed.Client` (detected): ``data`` reach every worker once, through a worker plugin that the
+  scheduler also gives to workers that join or restart later; each trial carries only the plugin's name. A worker
+  that dies costs only the trial that killed it (Dask's ``KilledWorker``, checked by a rerun alone when Dask blamed
+  several trials); the others finish, or run again elsewhere;
 - any other object with ``submit(fn, *args) -> future`` (``future.result()``): used as given, ``data`` passed
   with every submission.
 
@@ -28,8 +31,10 @@ Dask), so pass ``threads_per_trial`` explicitly when comparing executors.
 """
 import concurrent.futures
 import math
+import multiprocessing
 import time
 import traceback
+import uuid
 import warnings
 
 import numpy as np
@@ -114,20 +119,40 @@ def _error_record(spec, text):
 
 # --- process pool ----------------------------------------------------------------------------------------------------
 _WORKER = {}
+_IDLE = -1          # a worker's entry in the table of running trials while it runs none
 
 
-def _init_worker(train_fn, data, threads):
-    """Process-pool initializer: keep ``train_fn`` and ``data`` for every trial of this worker; set its threads."""
+def _init_worker(train_fn, data, threads, running_tickets=None, next_slot=None):
+    """Process-pool initializer: keep ``train_fn`` and ``data`` for every trial of this worker; set its threads.
+
+    ``running_tickets`` (a shared array, one entry per worker) and ``next_slot`` (a shared counter) let the parent
+    see which trial each worker is running: this worker takes the next free entry and writes the ticket of its
+    trial there while the trial runs, so that after a worker dies the parent knows which trials were running.
+    """
     import cynet
 
     cynet.set_num_threads(int(threads))
     _WORKER["train_fn"] = train_fn
     _WORKER["data"] = data
     _WORKER["threads"] = int(threads)
+    _WORKER["running_tickets"], _WORKER["slot"] = running_tickets, None
+    if running_tickets is not None:
+        with next_slot.get_lock():
+            if next_slot.value < len(running_tickets):
+                _WORKER["slot"] = next_slot.value
+            next_slot.value += 1
 
 
-def _run_in_worker(spec):
-    return execute_trial(_WORKER["train_fn"], _WORKER["data"], spec)
+def _run_in_worker(spec, ticket):
+    """Run one trial on this worker's ``train_fn`` and ``data``, publishing ``ticket`` while it runs."""
+    running_tickets, slot = _WORKER.get("running_tickets"), _WORKER.get("slot")
+    if slot is not None:
+        running_tickets[slot] = ticket
+    try:
+        return execute_trial(_WORKER["train_fn"], _WORKER["data"], spec)
+    finally:
+        if slot is not None:
+            running_tickets[slot] = _IDLE
 
 
 def _run_with_data(train_fn, data, spec, threads):
@@ -166,7 +191,47 @@ class _SerialRunner(_Runner):
         pass
 
 
+class _ProcessPool:
+    """A :class:`concurrent.futures.ProcessPoolExecutor` whose workers publish the ticket of the trial they run.
+
+    Args:
+        n_workers (int): worker processes.
+        mp_context: the :mod:`multiprocessing` context (None: the platform's).
+        train_fn, data, threads: handed to each worker once, by the initializer.
+    """
+
+    def __init__(self, n_workers, mp_context, train_fn, data, threads):
+        context = mp_context if mp_context is not None else multiprocessing.get_context()
+        self.running_tickets = context.RawArray("q", [_IDLE] * n_workers)
+        next_slot = context.Value("i", 0)
+        self.executor = concurrent.futures.ProcessPoolExecutor(
+            max_workers=n_workers, mp_context=mp_context, initializer=_init_worker,
+            initargs=(train_fn, data, threads, self.running_tickets, next_slot))
+
+    def submit(self, spec, ticket):
+        return self.executor.submit(_run_in_worker, spec, ticket)
+
+    def tickets_running(self):
+        """The tickets of the trials the workers were running (after a break: when the pool broke)."""
+        return {ticket for ticket in self.running_tickets if ticket != _IDLE}
+
+    def shutdown(self, wait):
+        self.executor.shutdown(wait=wait, cancel_futures=True)
+
+
 class _ProcessRunner(_Runner):
+    """Trials on a local process pool; a worker that dies costs one error record and a rebuilt pool.
+
+    When a worker dies, :class:`concurrent.futures.ProcessPoolExecutor` fails every unfinished trial with
+    ``BrokenProcessPool``, whether it was running or still queued. The pool's workers publish which trial each one
+    runs, so after a break the runner knows the few trials that were running (the culprit and the innocent trials
+    it took with it) from the many that had not started. The runner then
+
+    - runs each trial that was running in a process of its own (all of them at once, one process each): a trial
+      whose process dies there is the culprit and is recorded as an "error"; the others finish normally;
+    - reruns the trials that had not started on a new pool, in parallel as before.
+    """
+
     name = "process"
 
     def __init__(self, train_fn, data, n_workers, threads, mp_context, max_parallel=None):
@@ -180,71 +245,196 @@ class _ProcessRunner(_Runner):
         self.threads = int(threads) if threads is not None else max(1, available_cpus() // self.n_workers)
         self.train_fn, self.data, self.mp_context = train_fn, data, mp_context
         self.pool = None
+        self.tickets_issued = 0     # each submission to the shared pool gets a new ticket (> 0)
 
     def _pool(self):
         if self.pool is None:
-            self.pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.n_workers, mp_context=self.mp_context, initializer=_init_worker,
-                initargs=(self.train_fn, self.data, self.threads))
+            self.pool = _ProcessPool(self.n_workers, self.mp_context, self.train_fn, self.data, self.threads)
         return self.pool
 
     def _discard_pool(self):
         if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool.shutdown(wait=False)
             self.pool = None
 
     def run(self, specs):
-        futures = [self._pool().submit(_run_in_worker, spec) for spec in specs]
-        results, retry = [None] * len(specs), []
-        for i, future in enumerate(futures):
+        results = [None] * len(specs)
+        waiting = list(range(len(specs)))
+        breaks_before_any_trial_ran = 0
+        while waiting:
+            lost, running = self._run_on_shared_pool(specs, waiting, results)
+            if not lost:
+                break
+            if running:
+                breaks_before_any_trial_ran = 0
+                self._run_each_in_its_own_process(specs, running, results)
+            else:
+                # no trial was running (an initializer that fails, a worker killed from outside while idle):
+                # try a new pool once, then give up rather than loop
+                breaks_before_any_trial_ran += 1
+                if breaks_before_any_trial_ran == 2:
+                    for i in lost:
+                        results[i] = self._notify(_error_record(
+                            specs[i], "the process pool broke twice before this trial started (BrokenProcessPool; "
+                                      "does the worker initializer fail, or is something killing the workers?)"))
+                    break
+            waiting = [i for i in lost if i not in running]
+        return results
+
+    def _run_on_shared_pool(self, specs, indices, results):
+        """Run ``specs[indices]`` on the pool; returns the indices lost to a broken pool and those of them that
+        were running when it broke (the pool is then discarded)."""
+        pool = self._pool()
+        tickets = {}
+        futures = []
+        for i in indices:
+            self.tickets_issued += 1
+            ticket = self.tickets_issued
+            tickets[ticket] = i
+            futures.append((i, pool.submit(specs[i], ticket)))
+        lost = []
+        for i, future in futures:
             try:
                 results[i] = self._notify(future.result())
             except concurrent.futures.process.BrokenProcessPool:
-                retry.append(i)
+                lost.append(i)
             except Exception as error:  # e.g. a result that cannot be pickled back
                 results[i] = self._notify(_error_record(specs[i], f"{type(error).__name__}: {error}"))
-        if retry:
-            self._discard_pool()
-            # a dead worker takes every trial in flight with it: rerun those one at a time to find the culprit
-            for i in retry:
+        if not lost:
+            return [], set()
+        running = {tickets[t] for t in pool.tickets_running() if t in tickets} & set(lost)
+        self._discard_pool()
+        return lost, running
+
+    def _run_each_in_its_own_process(self, specs, indices, results):
+        """Run each of ``specs[indices]`` alone in a one-worker pool; a trial whose worker dies is recorded."""
+        pools = {i: _ProcessPool(1, self.mp_context, self.train_fn, self.data, self.threads) for i in sorted(indices)}
+        try:
+            futures = [(i, pool.submit(specs[i], ticket=0)) for i, pool in pools.items()]
+            for i, future in futures:
                 try:
-                    results[i] = self._notify(self._pool().submit(_run_in_worker, specs[i]).result())
+                    results[i] = self._notify(future.result())
                 except concurrent.futures.process.BrokenProcessPool as error:
-                    self._discard_pool()
                     results[i] = self._notify(_error_record(
-                        specs[i], f"the worker process died while running this trial (BrokenProcessPool: {error})"))
-        return results
+                        specs[i], f"the worker process died while running this trial alone (BrokenProcessPool: "
+                                  f"{error})"))
+                except Exception as error:
+                    results[i] = self._notify(_error_record(specs[i], f"{type(error).__name__}: {error}"))
+        finally:
+            for pool in pools.values():
+                pool.shutdown(wait=True)
 
     def close(self):
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)   # an interrupted search drops its queued trials
+            self.pool.shutdown(wait=True)   # an interrupted search drops its queued trials
             self.pool = None
 
 
+def _worker_data_plugin(data):
+    """A :class:`distributed.diagnostics.plugin.WorkerPlugin` that holds ``data`` on every worker.
+
+    The scheduler keeps the plugin (pickled once, by the client) and installs it on each worker as it joins,
+    including a worker that a nanny restarts after a trial killed it; trials read the data from their worker's
+    plugin. Unlike a scattered future, nothing depends on a replica that a dying worker can take with it. The
+    scheduler holds the pickled data until the search ends.
+    """
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class TrialData(WorkerPlugin):
+        def __init__(self, data):
+            self.data = data
+
+        def teardown(self, worker):
+            self.data = None
+
+    return TrialData(data)
+
+
+def _run_with_worker_data(train_fn, plugin_name, spec, threads):
+    """Dask task: run one trial on the data held by this worker's plugin ``plugin_name``."""
+    from distributed import get_worker
+
+    return execute_trial(train_fn, get_worker().plugins[plugin_name].data, spec, threads)
+
+
 class _DaskRunner(_Runner):
+    """Trials on a Dask cluster; the data reach each worker once, through a worker plugin.
+
+    A worker that dies (a trial that calls ``os._exit``, segfaults, runs out of memory) is restarted by its nanny
+    and gets the data again from the scheduler; Dask reschedules the trials it was running and, once a trial has
+    been on ``distributed.scheduler.allowed-failures + 1`` workers that died, fails it with ``KilledWorker``. Dask
+    counts every trial assigned to a dying worker, including those queued behind the culprit, so a ``KilledWorker``
+    verdict is checked: when several trials got one, each is run again alone (the latest submitted first) until the
+    verdicts are settled (an innocent trial then finishes; a culprit kills its workers again and keeps its error).
+    A single trial with ``KilledWorker``, or the last one left once the others proved innocent, keeps Dask's
+    verdict without a rerun.
+
+    Each culprit costs ``allowed-failures + 1`` worker restarts (twice that when a rerun confirms it). A
+    :class:`distributed.LocalCluster` closes a worker for good when it finds it dead again
+    ``distributed.deploy.lost-worker-timeout`` (15 s) after a death, so many such trials can use up its workers.
+    """
+
     name = "dask"
 
     def __init__(self, client, train_fn, data, threads):
         self.client, self.train_fn = client, train_fn
         self.threads = 1 if threads is None else int(threads)
-        self.data_future = client.scatter(data, broadcast=True)
+        self.plugin_name = f"cynet-tune-data-{uuid.uuid4().hex}"
+        client.register_plugin(_worker_data_plugin(data), name=self.plugin_name)
+
+    def _submit(self, spec):
+        key = f"cynet-trial-{spec['number']}-{spec.get('rung', 0)}-{time.monotonic_ns()}"
+        return self.client.submit(_run_with_worker_data, self.train_fn, self.plugin_name, spec, self.threads,
+                                  pure=False, key=key)
 
     def run(self, specs):
-        futures = [self.client.submit(_run_with_data, self.train_fn, self.data_future, spec, self.threads,
-                                      pure=False, key=f"cynet-trial-{spec['number']}-{spec.get('rung', 0)}-"
-                                                      f"{time.monotonic_ns()}")
-                   for spec in specs]
-        results = []
-        for spec, future in zip(specs, futures):
+        from distributed import KilledWorker, as_completed
+
+        finished, index_of = as_completed(), {}
+        for i, spec in enumerate(specs):
+            future = self._submit(spec)
+            index_of[future.key] = i
+            finished.add(future)
+        results, killed_worker = [None] * len(specs), {}
+        for future in finished:
+            i = index_of[future.key]
             try:
-                results.append(self._notify(future.result()))
-            except Exception as error:  # KilledWorker, lost connections, ...
-                results.append(self._notify(_error_record(spec, f"{type(error).__name__}: {error}")))
+                results[i] = self._notify(future.result())
+            except KilledWorker as error:
+                killed_worker[i] = error
+            except Exception as error:  # lost connections, cancelled futures, ...
+                results[i] = self._notify(_error_record(specs[i], f"{type(error).__name__}: {error}"))
+            finally:
+                # a result left on the cluster is lost with its worker and computed again: let it go once read
+                future.release()
+        self._settle_killed_worker_verdicts(specs, killed_worker, results)
         return results
+
+    def _settle_killed_worker_verdicts(self, specs, killed_worker, results):
+        """Rerun alone the trials Dask failed with ``KilledWorker`` until it is clear which of them are culprits."""
+        from distributed import KilledWorker
+
+        # latest submitted first: on a one-thread worker, the trials Dask blames with the culprit are those queued
+        # behind it, submitted after it, and once they are cleared the culprit needs no rerun
+        unsettled = sorted(killed_worker, reverse=True)
+        culprit_confirmed = False
+        while unsettled:
+            i = unsettled.pop(0)
+            if not unsettled and not culprit_confirmed:
+                # workers died, and every other suspect finished when alone: this trial killed them
+                results[i] = self._notify(_error_record(specs[i], f"KilledWorker: {killed_worker[i]}"))
+                break
+            try:
+                results[i] = self._notify(self._submit(specs[i]).result())
+            except KilledWorker as error:
+                culprit_confirmed = True
+                results[i] = self._notify(_error_record(specs[i], f"KilledWorker (also when run alone): {error}"))
+            except Exception as error:
+                results[i] = self._notify(_error_record(specs[i], f"{type(error).__name__}: {error}"))
 
     def close(self):
         try:
-            self.client.cancel(self.data_future)
+            self.client.unregister_worker_plugin(self.plugin_name)
         except Exception:
             pass
 

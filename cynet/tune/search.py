@@ -491,7 +491,9 @@ class _Search:
         except RuntimeError:
             best = None
         if best is not None:
-            for message in edge_report(spaces[-1], best, self.edge):
+            # judged against the ranges the user gave: coarse-to-fine narrows around the best trials, so a best
+            # value at the edge of a narrowed range is expected and says nothing about the ranges searched
+            for message in edge_report(self.space, best, self.edge):
                 warnings.warn(f"{type(self).__name__}: best {message}", UserWarning, stacklevel=2)
             if checkpoint_dir is not None and result.best_state_dict is not None:
                 result.save_best(checkpoint_dir)
@@ -664,16 +666,18 @@ class CoarseToFine(_Search):
 
     After each stage the ``keep`` best trials define the next space (:func:`narrow_space`: span of their values
     plus ``margin`` of the old width each side, log space for :func:`loguniform`, clipped to the old range; a
-    :func:`choice` keeps the options they used). A ``UserWarning`` is issued when a stage's best value lies within
-    ``edge`` of an end of its range (:func:`edge_report`): the optimum may be outside the range. A stage with
-    ``eta`` runs successive halving (:func:`successive_halving`).
+    :func:`choice` keeps the options they used). A ``UserWarning`` is issued when a stage's best value, or the
+    search's, lies within ``edge`` of an end of its range in the initial ``space`` (:func:`edge_report`): the
+    optimum may be outside the ranges searched. The narrowed ranges are not judged: they are centred on the best
+    trials so far, and a best value near their edge is expected. A stage with ``eta`` runs successive halving
+    (:func:`successive_halving`).
 
     Args:
         space (dict): the initial (coarse) space.
         stages (list of Stage): the stages, coarse first.
         seed (int): the search's seed; trial numbers continue across stages. Default 0.
         margin (float): padding of the narrowed ranges, a fraction of the old width. Default 0.1.
-        edge (float): edge-warning threshold, a fraction of the range. Default 0.1.
+        edge (float): edge-warning threshold, a fraction of the initial range. Default 0.1.
 
     Attributes (after :meth:`run`):
         stage_spaces (list of dict): the space of each stage (also on the result).
@@ -715,7 +719,7 @@ class CoarseToFine(_Search):
                               UserWarning, stacklevel=3)
                 continue
             if index + 1 < len(self.stages):
-                for message in edge_report(space, ranked[0]["params"], self.edge):
+                for message in edge_report(self.space, ranked[0]["params"], self.edge):
                     warnings.warn(f"CoarseToFine stage {index}: best {message}", UserWarning, stacklevel=3)
                 kept, seen = [], set()
                 for r in ranked:
