@@ -24,7 +24,8 @@ DTYPES = [np.float32, np.float64]
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
 
 # (N, D) and (N, C, H, W) shapes: C = 1, odd sizes, below and above the kernels' parallel threshold (32768 elements).
-SHAPES_1D = [(2, 1), (7, 5), (3, 33), (300, 257), (40, 1000)]
+# (N, D): the last two are tall enough for BatchNorm1d's row-chunk plan (the others use column blocks).
+SHAPES_1D = [(2, 1), (7, 5), (3, 33), (300, 257), (40, 1000), (1100, 129), (2500, 70)]
 SHAPES_2D = [(2, 1, 1, 3), (3, 5, 7, 9), (2, 1, 130, 130), (16, 8, 33, 17)]
 
 
@@ -124,14 +125,16 @@ def test_batchnorm_train_forward_backward_and_running_stats(shape, dtype, rng):
                                                   bn.running_var), **TOL[dtype])
 
 
-def test_batchnorm_statistics_are_numerically_safe(rng):
+@pytest.mark.parametrize("shape", [(500, 3), (3000, 100)], ids=["column-blocks", "row-chunks"])
+def test_batchnorm_statistics_are_numerically_safe(shape, rng):
     # mean 1e4, std 1e-2: E[x^2] - E[x]^2 in float32 (or even unshifted float64 sums) would lose every digit
-    x = (1e4 + 1e-2 * rng.standard_normal((500, 3))).astype(np.float32)
-    bn = BatchNorm1d(3, momentum=1.0)        # running statistics = this batch's (float32)
+    n, d = shape
+    x = (1e4 + 1e-2 * rng.standard_normal(shape)).astype(np.float32)
+    bn = BatchNorm1d(d, momentum=1.0)        # running statistics = this batch's (float32)
     y = bn(x)
-    want, mean, var = ref_bn_train(x, np.ones(3), np.zeros(3))
+    want, mean, var = ref_bn_train(x, np.ones(d), np.zeros(d))
     np.testing.assert_allclose(bn.running_mean, mean, rtol=1e-7)
-    np.testing.assert_allclose(bn.running_var, var * 500 / 499, rtol=1e-5)
+    np.testing.assert_allclose(bn.running_var, var * n / (n - 1), rtol=1e-5)
     np.testing.assert_allclose(y, want, rtol=1e-3, atol=1e-3)
 
 
@@ -190,6 +193,7 @@ def test_gradcheck(make, shape, rng):
 THREAD_CASES = [
     ("bn1d", lambda d: BatchNorm1d(1000, dtype=d), (70, 1000)),
     ("bn1d-narrow", lambda d: BatchNorm1d(40, dtype=d), (2000, 40)),
+    ("bn1d-tall", lambda d: BatchNorm1d(300, dtype=d), (3000, 300)),
     ("bn2d", lambda d: BatchNorm2d(8, dtype=d), (8, 8, 31, 33)),
     ("layernorm", lambda d: LayerNorm(300, dtype=d), (200, 300)),
     ("groupnorm", lambda d: GroupNorm(4, 16, dtype=d), (8, 16, 20, 21)),

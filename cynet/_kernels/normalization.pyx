@@ -15,9 +15,13 @@ x - mean is formed as ``(x - hi) - lo`` with ``hi + lo`` the float64 mean split 
 a mean of 1e4 rounded to float32 would be off by up to 5e-4, a large fraction of a small standard deviation.
 
 Layouts:
-- "rows":   x (N, D), BatchNorm1d: the feature is the column. A thread takes a block of columns (a width chosen from
-            the shape, so that the block of x and dout stays in the core's L2 cache) and walks the rows twice: once
-            for the statistics, once for y (or dx) while the block is still cached.
+- "rows":   x (N, D), BatchNorm1d: the feature is the column. Two plans, chosen from the shape (``rows_plan``):
+            short x (the batches of training): a thread takes a block of columns (a width chosen so that the block
+            of x and dout stays in the core's L2 cache) and walks the rows twice, once for the statistics, once for
+            y (or dx), in one parallel region; tall x, where such a block would be so narrow that the walk strides
+            through memory a page per row: every pass streams whole rows in memory order, the per-column sums of a
+            fixed number of row chunks go to caller-allocated float64 ``partials`` and are added in chunk order,
+            then one pass writes y (or dx).
 - "planes": x (P, C, S), BatchNorm2d (and BatchNorm1d on (N, C, L)): channel c is P contiguous planes of S values;
             a thread takes whole channels.
 - per-row:  x (M, L) with L = Cg * S: LayerNorm (Cg = L, S = 1) and GroupNorm (M = N * G rows, Cg channels of S
@@ -35,6 +39,12 @@ cdef enum:
     ROWS_BLOCK_MAX = 256
     # Bytes of x (and dout) per "rows" block that should stay in L2 between the two passes.
     ROWS_BLOCK_BYTES = 262144
+    # Narrowest column block worth the strided walk over the rows; below it (tall x) the rows are streamed instead.
+    ROWS_BLOCK_MIN_WIDTH = 64
+    # Most row chunks of the "rows" layout: each holds two float64 rows of D partial sums in `partials`.
+    ROWS_MAX_CHUNKS = 16
+    # Fewest rows per chunk: a chunk's partial sums must be worth the pass that adds them up.
+    ROWS_MIN_CHUNK = 32
 
 
 cdef inline int _threads_for(Py_ssize_t work, Py_ssize_t tasks, int n_threads) noexcept nogil:
@@ -45,12 +55,26 @@ cdef inline int _threads_for(Py_ssize_t work, Py_ssize_t tasks, int n_threads) n
 
 
 def rows_block_width(Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t itemsize):
-    """Columns per block of the "rows" layout (a function of the shape only): a multiple of 16 (one 64-byte line of
-    float32) with ROWS_BLOCK_BYTES of x per block, between 16 and ROWS_BLOCK_MAX."""
+    """Columns per block of the "rows" layout's column blocks (a function of the shape only): a multiple of 16 (one
+    64-byte line of float32) with ROWS_BLOCK_BYTES of x per block, between 16 and ROWS_BLOCK_MAX."""
     cdef Py_ssize_t w = ROWS_BLOCK_BYTES // max(n_rows * itemsize, 1)
     w = (w // 16) * 16
     w = max(16, min(<Py_ssize_t>ROWS_BLOCK_MAX, w))
     return min(w, max(n_cols, 1))
+
+
+def rows_plan(Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t itemsize):
+    """How the "rows" kernels split (N, D), from the shape only: ``(width, chunks)``, one of them 0.
+
+    - ``(width, 0)``: column blocks of ``width`` (x short enough that a block of all N rows stays in L2 while the
+      two passes walk it, one thread per block; one parallel region, the cheapest for the batches of training);
+    - ``(0, chunks)``: tall x, where a block narrower than ROWS_BLOCK_MIN_WIDTH columns would walk memory a page per
+      row: the rows are streamed in ``chunks`` fixed chunks (N // ROWS_MIN_CHUNK, at most ROWS_MAX_CHUNKS) whose
+      per-column sums go to a caller-allocated float64 ``partials`` of shape (2 * chunks, D)."""
+    cdef Py_ssize_t w = rows_block_width(n_rows, n_cols, itemsize)
+    if w >= ROWS_BLOCK_MIN_WIDTH or w >= n_cols:
+        return w, 0
+    return 0, max(1, min(<Py_ssize_t>ROWS_MAX_CHUNKS, n_rows // ROWS_MIN_CHUNK))
 
 
 cdef inline double _inv_std(double var, double eps) noexcept nogil:
@@ -58,7 +82,7 @@ cdef inline double _inv_std(double var, double eps) noexcept nogil:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Batch norm, "rows" layout (N, D), training forward, on columns [j0, j0 + w):
+# Batch norm, "rows" layout (N, D), column blocks (short x), training forward, on columns [j0, j0 + w):
 #   mean_j = (1/N) sum_i x_ij;  var_j = (1/N) sum_i (x_ij - mean_j)^2 (biased);  r_j = 1/sqrt(var_j + eps)
 #   y_ij = (x_ij - mean_j) * (gamma_j r_j) + beta_j
 
@@ -158,48 +182,259 @@ cdef void _bn_rows_backward_block(const floating* dout, const floating* x, const
             out[j] = ca[j] * grow[j] + (cb[j] * ((row[j] - center[j]) - center_lo[j]) + cc[j])
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Batch norm, "rows" layout (N, D), row chunks (tall x): the feature is the column, so every pass streams the rows in memory
+# order and keeps D per-column quantities in contiguous arrays (the inner loop over j vectorises). Statistics are
+# shifted by the first row, k_j = x_0j, and summed per row chunk into partials[2c] and partials[2c + 1] (float64),
+# then the chunks are added in order: a fixed summation order for any thread count.
+#   mean_j = k_j + (1/N) sum_i (x_ij - k_j);  var_j = (1/N) sum_i (x_ij - k_j)^2 - (mean_j - k_j)^2 (biased)
+#   r_j = 1/sqrt(var_j + eps);  y_ij = (x_ij - mean_j) * (gamma_j r_j) + beta_j
+
+cdef void _rows_shifted_sums(const floating* x, double* s1, double* s2, Py_ssize_t D, Py_ssize_t r0,
+                             Py_ssize_t r1) noexcept nogil:
+    """s1_j = sum_i (x_ij - x_0j), s2_j = sum_i (x_ij - x_0j)^2 over rows [r0, r1)."""
+    cdef Py_ssize_t i, j
+    cdef const floating* row
+    cdef double d
+    for j in range(D):
+        s1[j] = 0
+        s2[j] = 0
+    for i in range(r0, r1):
+        row = x + i * D
+        for j in range(D):
+            d = <double>row[j] - <double>x[j]
+            s1[j] = s1[j] + d
+            s2[j] = s2[j] + d * d
+
+
+cdef void _rows_statistics(const floating* x, const floating* gamma, const floating* beta, const double* partials,
+                           Py_ssize_t n_chunks, double* mean, double* var, double* inv_std, floating* coef,
+                           Py_ssize_t N, Py_ssize_t D, Py_ssize_t j0, Py_ssize_t j1, double eps) noexcept nogil:
+    """Columns [j0, j1): add the chunks' sums in order; mean, var, inv_std; coef rows center, center_lo, scale,
+    shift (x's type) for the affine pass."""
+    cdef Py_ssize_t j, c
+    cdef double t1, t2, m, v, r, k
+    cdef floating center
+    for j in range(j0, j1):
+        t1 = 0
+        t2 = 0
+        for c in range(n_chunks):
+            t1 = t1 + partials[(2 * c) * D + j]
+            t2 = t2 + partials[(2 * c + 1) * D + j]
+        k = x[j]
+        m = t1 / N
+        v = t2 / N - m * m
+        v = v if v > 0 else 0
+        r = _inv_std(v, eps)
+        mean[j] = k + m
+        var[j] = v
+        inv_std[j] = r
+        center = <floating>(k + m)
+        coef[j] = center
+        coef[D + j] = <floating>((k + m) - <double>center)
+        coef[2 * D + j] = <floating>(gamma[j] * r)
+        coef[3 * D + j] = beta[j]
+
+
+cdef void _rows_affine(const floating* x, const floating* coef, floating* y, Py_ssize_t D, Py_ssize_t r0,
+                       Py_ssize_t r1) noexcept nogil:
+    """y_ij = ((x_ij - center_j) - center_lo_j) * scale_j + shift_j over rows [r0, r1)."""
+    cdef Py_ssize_t i, j
+    cdef const floating* row
+    cdef floating* out
+    cdef const floating* center = coef
+    cdef const floating* center_lo = coef + D
+    cdef const floating* scale = coef + 2 * D
+    cdef const floating* shift = coef + 3 * D
+    for i in range(r0, r1):
+        row = x + i * D
+        out = y + i * D
+        for j in range(D):
+            out[j] = ((row[j] - center[j]) - center_lo[j]) * scale[j] + shift[j]
+
+
 def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const floating[::1] beta, double eps,
-                    floating[:, ::1] y, double[::1] mean, double[::1] var, double[::1] inv_std, Py_ssize_t width,
-                    int n_threads):
-    """Training forward of BatchNorm1d on (N, D): y, and the batch mean, biased var and 1/sqrt(var + eps)."""
-    cdef Py_ssize_t N = x.shape[0], D = x.shape[1], n_blocks, b, j0
+                    floating[:, ::1] y, double[::1] mean, double[::1] var, double[::1] inv_std,
+                    Py_ssize_t width, double[:, ::1] partials, floating[:, ::1] coef, int n_threads):
+    """Training forward of BatchNorm1d on (N, D): y, and the batch mean, biased var and 1/sqrt(var + eps).
+
+    Split as :func:`rows_plan` says: column blocks of ``width`` when it is > 0, else row chunks, one per pair of
+    rows of the caller's scratch ``partials`` (float64 (2 * chunks, D)) with ``coef`` of x's type (4, D)."""
+    cdef Py_ssize_t N = x.shape[0], D = x.shape[1], n_chunks = partials.shape[0] // 2, c, r0, r1, j, jb, b, j0
+    cdef Py_ssize_t col_block = 64, n_col_blocks, n_blocks
+    cdef int nt, nt_cols
     if N == 0 or D == 0:
         return
-    n_blocks = (D + width - 1) // width
-    cdef int nt = _threads_for(N * D, n_blocks, n_threads)
+    if width > 0:
+        n_blocks = (D + width - 1) // width
+        nt = _threads_for(N * D, n_blocks, n_threads)
+        with nogil:
+            if nt == 1:
+                for b in range(n_blocks):
+                    j0 = b * width
+                    _bn_rows_forward_block(&x[0, 0], &gamma[0], &beta[0], &y[0, 0], &mean[0], &var[0],
+                                           &inv_std[0], N, D, j0, min(width, D - j0), eps)
+            else:
+                for b in prange(n_blocks, schedule='static', num_threads=nt):
+                    j0 = b * width
+                    _bn_rows_forward_block(&x[0, 0], &gamma[0], &beta[0], &y[0, 0], &mean[0], &var[0],
+                                           &inv_std[0], N, D, j0, min(width, D - j0), eps)
+        return
+    n_col_blocks = (D + col_block - 1) // col_block
+    nt = _threads_for(N * D, n_chunks, n_threads)
+    nt_cols = _threads_for(n_chunks * D, n_col_blocks, n_threads)
     with nogil:
         if nt == 1:
-            for b in range(n_blocks):
-                j0 = b * width
-                _bn_rows_forward_block(&x[0, 0], &gamma[0], &beta[0], &y[0, 0], &mean[0], &var[0], &inv_std[0],
-                                       N, D, j0, min(width, D - j0), eps)
+            for c in range(n_chunks):
+                r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
+                r1 = (N * (c + 1)) // n_chunks
+                _rows_shifted_sums(&x[0, 0], &partials[2 * c, 0], &partials[2 * c + 1, 0], D, r0, r1)
+            _rows_statistics(&x[0, 0], &gamma[0], &beta[0], &partials[0, 0], n_chunks, &mean[0], &var[0],
+                             &inv_std[0], &coef[0, 0], N, D, 0, D, eps)
+            _rows_affine(&x[0, 0], &coef[0, 0], &y[0, 0], D, 0, N)
         else:
-            for b in prange(n_blocks, schedule='static', num_threads=nt):
-                j0 = b * width
-                _bn_rows_forward_block(&x[0, 0], &gamma[0], &beta[0], &y[0, 0], &mean[0], &var[0], &inv_std[0],
-                                       N, D, j0, min(width, D - j0), eps)
+            for c in prange(n_chunks, schedule='static', num_threads=nt):
+                r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
+                r1 = (N * (c + 1)) // n_chunks
+                _rows_shifted_sums(&x[0, 0], &partials[2 * c, 0], &partials[2 * c + 1, 0], D, r0, r1)
+            for jb in prange(n_col_blocks, schedule='static', num_threads=nt_cols):
+                j = jb * col_block
+                _rows_statistics(&x[0, 0], &gamma[0], &beta[0], &partials[0, 0], n_chunks, &mean[0], &var[0],
+                                 &inv_std[0], &coef[0, 0], N, D, j, min(j + col_block, D), eps)
+            for c in prange(n_chunks, schedule='static', num_threads=nt):
+                r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
+                r1 = (N * (c + 1)) // n_chunks
+                _rows_affine(&x[0, 0], &coef[0, 0], &y[0, 0], D, r0, r1)
+
+
+# Batch norm backward, "rows" layout, with x_hat = (x - mean) r:
+#   dbeta_j = sum_i dout_ij;  dgamma_j = sum_i dout_ij x_hat_ij
+#   dx_ij = (gamma_j r_j / N) (N dout_ij - dbeta_j - x_hat_ij dgamma_j)
+#         = a_j dout_ij + (b_j (x_ij - mean_j) + c_j),  a = gamma r, b = -gamma r^2 dgamma / N, c = -gamma r dbeta / N
+# The two sums are taken per row chunk (partials) and added in order, as in the forward.
+
+cdef void _rows_grad_sums(const floating* dout, const floating* x, const double* mean, double* sd, double* sdx,
+                          Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """sd_j = sum_i dout_ij, sdx_j = sum_i dout_ij (x_ij - mean_j) over rows [r0, r1)."""
+    cdef Py_ssize_t i, j
+    cdef const floating* row
+    cdef const floating* grow
+    cdef double g
+    for j in range(D):
+        sd[j] = 0
+        sdx[j] = 0
+    for i in range(r0, r1):
+        row = x + i * D
+        grow = dout + i * D
+        for j in range(D):
+            g = grow[j]
+            sd[j] = sd[j] + g
+            sdx[j] = sdx[j] + g * (<double>row[j] - mean[j])
+
+
+cdef void _rows_grad_coefficients(const floating* gamma, const double* mean, const double* inv_std,
+                                  const double* partials, Py_ssize_t n_chunks, double* dgamma, double* dbeta,
+                                  floating* coef, Py_ssize_t N, Py_ssize_t D, Py_ssize_t j0,
+                                  Py_ssize_t j1) noexcept nogil:
+    """Columns [j0, j1): dgamma, dbeta, and coef rows center, center_lo, a, b, c (x's type) for the dx pass."""
+    cdef Py_ssize_t j, c
+    cdef double sd, sdx, r, gr, mu
+    cdef floating center
+    for j in range(j0, j1):
+        sd = 0
+        sdx = 0
+        for c in range(n_chunks):
+            sd = sd + partials[(2 * c) * D + j]
+            sdx = sdx + partials[(2 * c + 1) * D + j]
+        r = inv_std[j]
+        gr = gamma[j] * r
+        mu = mean[j]
+        dbeta[j] = sd
+        dgamma[j] = sdx * r
+        center = <floating>mu
+        coef[j] = center
+        coef[D + j] = <floating>(mu - <double>center)
+        coef[2 * D + j] = <floating>gr
+        coef[3 * D + j] = <floating>(-gr * r * r * sdx / N)
+        coef[4 * D + j] = <floating>(-gr * sd / N)
+
+
+cdef void _rows_dx(const floating* dout, const floating* x, const floating* coef, floating* dx, Py_ssize_t D,
+                   Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """dx_ij = a_j dout_ij + (b_j ((x_ij - center_j) - center_lo_j) + c_j) over rows [r0, r1)."""
+    cdef Py_ssize_t i, j
+    cdef const floating* row
+    cdef const floating* grow
+    cdef floating* out
+    cdef const floating* center = coef
+    cdef const floating* center_lo = coef + D
+    cdef const floating* ca = coef + 2 * D
+    cdef const floating* cb = coef + 3 * D
+    cdef const floating* cc = coef + 4 * D
+    for i in range(r0, r1):
+        row = x + i * D
+        grow = dout + i * D
+        out = dx + i * D
+        for j in range(D):
+            out[j] = ca[j] * grow[j] + (cb[j] * ((row[j] - center[j]) - center_lo[j]) + cc[j])
 
 
 def bn_rows_backward(const floating[:, ::1] dout, const floating[:, ::1] x, const floating[::1] gamma,
                      const double[::1] mean, const double[::1] inv_std, floating[:, ::1] dx, double[::1] dgamma,
-                     double[::1] dbeta, bint compute_dx, Py_ssize_t width, int n_threads):
-    """Backward of the training forward on (N, D): dx (when compute_dx), dgamma, dbeta (float64)."""
-    cdef Py_ssize_t N = x.shape[0], D = x.shape[1], n_blocks, b, j0
+                     double[::1] dbeta, bint compute_dx, Py_ssize_t width, double[:, ::1] partials,
+                     floating[:, ::1] coef, int n_threads):
+    """Backward of the training forward on (N, D): dx (when compute_dx), dgamma, dbeta (float64).
+
+    Split as in :func:`bn_rows_forward`; the row-chunk scratch: partials float64 (2 * chunks, D), coef (5, D)."""
+    cdef Py_ssize_t N = x.shape[0], D = x.shape[1], n_chunks = partials.shape[0] // 2, c, r0, r1, j, jb, b, j0
+    cdef Py_ssize_t col_block = 64, n_col_blocks, n_blocks
+    cdef int nt, nt_cols
     if N == 0 or D == 0:
         return
-    n_blocks = (D + width - 1) // width
-    cdef int nt = _threads_for(N * D, n_blocks, n_threads)
+    if width > 0:
+        n_blocks = (D + width - 1) // width
+        nt = _threads_for(N * D, n_blocks, n_threads)
+        with nogil:
+            if nt == 1:
+                for b in range(n_blocks):
+                    j0 = b * width
+                    _bn_rows_backward_block(&dout[0, 0], &x[0, 0], &gamma[0], &mean[0], &inv_std[0], &dx[0, 0],
+                                            &dgamma[0], &dbeta[0], N, D, j0, min(width, D - j0), compute_dx)
+            else:
+                for b in prange(n_blocks, schedule='static', num_threads=nt):
+                    j0 = b * width
+                    _bn_rows_backward_block(&dout[0, 0], &x[0, 0], &gamma[0], &mean[0], &inv_std[0], &dx[0, 0],
+                                            &dgamma[0], &dbeta[0], N, D, j0, min(width, D - j0), compute_dx)
+        return
+    n_col_blocks = (D + col_block - 1) // col_block
+    nt = _threads_for(N * D, n_chunks, n_threads)
+    nt_cols = _threads_for(n_chunks * D, n_col_blocks, n_threads)
     with nogil:
         if nt == 1:
-            for b in range(n_blocks):
-                j0 = b * width
-                _bn_rows_backward_block(&dout[0, 0], &x[0, 0], &gamma[0], &mean[0], &inv_std[0], &dx[0, 0],
-                                        &dgamma[0], &dbeta[0], N, D, j0, min(width, D - j0), compute_dx)
+            for c in range(n_chunks):
+                r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
+                r1 = (N * (c + 1)) // n_chunks
+                _rows_grad_sums(&dout[0, 0], &x[0, 0], &mean[0], &partials[2 * c, 0], &partials[2 * c + 1, 0],
+                                D, r0, r1)
+            _rows_grad_coefficients(&gamma[0], &mean[0], &inv_std[0], &partials[0, 0], n_chunks, &dgamma[0],
+                                    &dbeta[0], &coef[0, 0], N, D, 0, D)
+            if compute_dx:
+                _rows_dx(&dout[0, 0], &x[0, 0], &coef[0, 0], &dx[0, 0], D, 0, N)
         else:
-            for b in prange(n_blocks, schedule='static', num_threads=nt):
-                j0 = b * width
-                _bn_rows_backward_block(&dout[0, 0], &x[0, 0], &gamma[0], &mean[0], &inv_std[0], &dx[0, 0],
-                                        &dgamma[0], &dbeta[0], N, D, j0, min(width, D - j0), compute_dx)
+            for c in prange(n_chunks, schedule='static', num_threads=nt):
+                r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
+                r1 = (N * (c + 1)) // n_chunks
+                _rows_grad_sums(&dout[0, 0], &x[0, 0], &mean[0], &partials[2 * c, 0], &partials[2 * c + 1, 0],
+                                D, r0, r1)
+            for jb in prange(n_col_blocks, schedule='static', num_threads=nt_cols):
+                j = jb * col_block
+                _rows_grad_coefficients(&gamma[0], &mean[0], &inv_std[0], &partials[0, 0], n_chunks, &dgamma[0],
+                                        &dbeta[0], &coef[0, 0], N, D, j, min(j + col_block, D))
+            if compute_dx:
+                for c in prange(n_chunks, schedule='static', num_threads=nt):
+                    r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
+                    r1 = (N * (c + 1)) // n_chunks
+                    _rows_dx(&dout[0, 0], &x[0, 0], &coef[0, 0], &dx[0, 0], D, r0, r1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

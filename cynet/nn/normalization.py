@@ -60,8 +60,11 @@ def batch_norm_forward(x, gamma, beta, eps, *, out=None):
     var = np.empty(C)
     inv_std = np.empty(C)
     if x.ndim == 2:
-        width = k.rows_block_width(x.shape[0], C, x.itemsize)
-        k.bn_rows_forward(x, gamma, beta, float(eps), y, mean, var, inv_std, width, get_num_threads())
+        width, chunks = k.rows_plan(x.shape[0], C, x.itemsize)
+        partials = np.empty((2 * chunks, C) if chunks else (0, 1))      # scratch of the row-chunk plan
+        coef = np.empty((4, C) if chunks else (0, 1), x.dtype)
+        k.bn_rows_forward(x, gamma, beta, float(eps), y, mean, var, inv_std, width, partials, coef,
+                          get_num_threads())
     else:
         k.bn_planes_forward(_planes(x), gamma, beta, float(eps), _planes(y), mean, var, inv_std, get_num_threads())
     return y, mean, var, inv_std
@@ -82,9 +85,11 @@ def batch_norm_backward(dout, x, gamma, mean, inv_std, *, input_grad=True, out=N
     dgamma = np.empty(C)
     dbeta = np.empty(C)
     if x.ndim == 2:
-        width = k.rows_block_width(x.shape[0], C, x.itemsize)
-        k.bn_rows_backward(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, bool(input_grad), width,
-                           get_num_threads())
+        width, chunks = k.rows_plan(x.shape[0], C, x.itemsize)
+        partials = np.empty((2 * chunks, C) if chunks else (0, 1))
+        coef = np.empty((5, C) if chunks else (0, 1), x.dtype)
+        k.bn_rows_backward(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, bool(input_grad), width, partials,
+                           coef, get_num_threads())
     else:
         k.bn_planes_backward(_planes(dout), _planes(x), gamma, mean, inv_std, _planes(dx), dgamma, dbeta,
                              bool(input_grad), get_num_threads())
