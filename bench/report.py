@@ -37,7 +37,7 @@ def load(path):
     differs = set()  # (op, direction) where torch's path does more work than cynet's
     for bench in data.get("benchmarks", []):
         info = bench.get("extra_info", {})
-        if info.get("impl") not in IMPLS:
+        if info.get("impl") not in IMPLS or "op" not in info:
             continue
         key = (info["op"], info["direction"], info["shape"], int(info["threads"]))
         rows.setdefault(key, {})[info["impl"]] = bench["stats"]["median"] * 1e3

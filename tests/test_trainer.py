@@ -484,13 +484,22 @@ def test_callback_hooks_run_in_order():
 
 
 # --- the divergence guard --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("lr", [1e4, 10.0])     # blows up at once / after a couple of steps
-def test_divergence_guard_stops_on_a_huge_learning_rate_and_restores_the_last_good_weights(lr):
+def snapshot_iteration(bad, guard_every):
+    """The iteration before whose step the guard's latest copy was taken, for a divergence at iteration ``bad``:
+    the largest 1 + m * guard_every below ``bad`` (None: only the copy taken when fit started)."""
+    taken = [i for i in range(1, bad) if (i - 1) % guard_every == 0]
+    return taken[-1] if taken else None
+
+
+@pytest.mark.parametrize("guard_every", [1, 3])
+@pytest.mark.parametrize("lr", [1e4, 10.0, 6.0])     # blows up at once / after two steps / after four
+def test_divergence_guard_stops_on_a_huge_learning_rate_and_restores_the_last_good_weights(lr, guard_every):
     x, y = blobs(64, seed=11)
     model = mlp()
     recorder = Recorder()
     trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=lr), callbacks=[recorder],
                       progress=False)
+    trainer.guard_every = guard_every
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(x, y, epochs=50, batch_size=8)
@@ -504,11 +513,17 @@ def test_divergence_guard_stops_on_a_huge_learning_rate_and_restores_the_last_go
     message = str(caught[0].message)
     assert f"iteration {bad}" in message and ("3x the first" in message or "not finite" in message)
     assert "diverged" in trainer.stop_reason and trainer.epoch < 50
-    # the weights that produced the last good loss (iteration bad-1), i.e. from before the bad step
-    before_bad_step = recorder.steps[bad - 3] if bad >= 3 else recorder.start
-    for got, want in zip(weights(model), before_bad_step):
+    # the weights from before the step of the iteration of the guard's latest copy (with guard_every = 1 the bad
+    # step itself: the weights that produced the last good loss); recorder.steps[i] follows the step of iteration
+    # i + 1
+    taken = snapshot_iteration(bad, guard_every)
+    want_weights = recorder.steps[taken - 2] if taken is not None and taken >= 2 else recorder.start
+    for got, want in zip(weights(model), want_weights):
         assert np.all(np.isfinite(got))
         np.testing.assert_array_equal(got, want)
+    if taken is not None:
+        back = "the last step" if taken == bad - 1 else f"the step of iteration {taken}"
+        assert f"from before {back} (those of iteration {taken}" in message
 
 
 def test_divergence_guard_catches_nan_and_early_stopping_still_restores_the_best():
@@ -571,26 +586,29 @@ def assert_same_state(got, want):
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
+@pytest.mark.parametrize("guard_every", [1, 2, Trainer.guard_every])
 @pytest.mark.parametrize("optimizer_class,settings", [(optim.SGD, dict(lr=2.0, momentum=0.9)),
                                                       (optim.Adam, dict(lr=1.0))], ids=["sgd-momentum", "adam"])
-def test_divergence_guard_restores_optimiser_state_and_batchnorm_statistics(optimizer_class, settings):
+def test_divergence_guard_restores_optimiser_state_and_batchnorm_statistics(optimizer_class, settings, guard_every):
     x, y = blobs(64, seed=11)
     model = nn.Sequential(nn.Linear(6, 10, generator=0), nn.BatchNorm1d(10), nn.ReLU(), nn.Linear(10, 3, generator=1))
     opt = _recording(optimizer_class)(model, **settings)
     loss = RecordingLoss(model)
     trainer = Trainer(model, loss, opt, progress=False)
+    trainer.guard_every = guard_every
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DivergenceWarning)
         trainer.fit(x, y, epochs=30, batch_size=8)
     bad = trainer.iteration                       # the diverged iteration; the bad step was step bad - 1
     assert "diverged" in trainer.stop_reason and bad >= 4 and len(opt.before_steps) == bad - 1
-    optimizer_before, model_before = opt.before_steps[bad - 2]
+    taken = snapshot_iteration(bad, guard_every)  # the state from before the step of iteration `taken`
+    optimizer_before, model_before = opt.before_steps[taken - 1]
     assert_same_state(opt.state_dict(), optimizer_before)         # momentum buffers / moments and step counts
-    assert opt.step_count == bad - 2
+    assert opt.step_count == taken - 1
     assert_same_state(model.state_dict(), model_before)           # weights, running mean/var, batch count
-    # what the guard undid: the bad step and the diverged iteration's update of the running statistics
+    # what the guard undid: the steps since its copy and the forward passes' updates of the running statistics
     diverged = loss.seen[-1]
-    assert int(diverged["1.num_batches_tracked"]) == int(model_before["1.num_batches_tracked"]) + 1
+    assert int(diverged["1.num_batches_tracked"]) == int(model_before["1.num_batches_tracked"]) + (bad - taken)
     assert not np.array_equal(diverged["1.running_mean"], model_before["1.running_mean"])
     assert not np.array_equal(diverged["0.weight"], model_before["0.weight"])
 
