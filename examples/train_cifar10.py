@@ -92,7 +92,7 @@ def load_data(args):
     else:
         data, subset = load_cifar10_reachable(args.data, fallbacks=[SHARED], download=args.download)
     x_test, y_test = data.x_test, data.y_test
-    test_source = None if x_test is None else "as loaded"
+    test_source = None if x_test is None else "named under source"
     if args.test_data:
         x_test, y_test = load_test_npz(args.test_data)
         test_source = args.test_data
