@@ -504,6 +504,24 @@ def test_coarse_to_fine_stage_with_successive_halving():
     assert {t["number"] for t in fine} <= set(range(8, 12))
 
 
+def test_a_short_budget_record_never_outranks_the_longest_trained_survivor():
+    # accuracy that falls with the budget (overfitting): every configuration's best number is its 1-epoch one, but
+    # the ranking must not compare a 1-epoch accuracy with a 4-epoch one
+    def overfitting_fn(params, data, budget, seed):
+        return {"val_acc": 0.9 - abs(math.log10(params["lr"]) + 2) / 10 - 0.05 * budget}
+
+    result = successive_halving(overfitting_fn, None, {"lr": loguniform(1e-4, 1e0)}, n_trials=4, eta=2,
+                                executor=None, seed=1)
+    budgets = [t["budget"] for t in result.trials]
+    assert budgets == sorted(budgets, reverse=True) and set(budgets) == {1, 2, 4}
+    best = result.best_trial
+    assert best["budget"] == 4 and best["rung"] == 2
+    assert best["val_acc"] < max(t["val_acc"] for t in result.trials)     # a 1-epoch record scored higher
+    # among equal budgets, accuracy decides
+    first_rung = [t["val_acc"] for t in result.trials if t["budget"] == 1]
+    assert first_rung == sorted(first_rung, reverse=True)
+
+
 def test_grid_search_on_the_process_pool_matches_serial():
     space = {"lr": loguniform(1e-4, 1e-1), "h": choice([1, 2])}
     serial = GridSearch(space, points=3, edge=0).run(peak_fn, executor=None)

@@ -76,11 +76,15 @@ def _param_rng(seed, number):
 
 
 def _sort_key(record):
-    """Ranking: finished trials by accuracy (ties: lower number), then diverged, then errors."""
+    """Ranking: finished trials first, the longest-trained (largest budget) first among them, then by accuracy
+    (ties: lower number); then diverged, then errors. An accuracy after 1 epoch is not compared with one after 9:
+    under successive halving or coarse-to-fine the best record is one of the longest-trained survivors."""
     acc = record["val_acc"]
     ok = record["status"] == "ok" and math.isfinite(acc)
     group = 0 if ok else max(1, _STATUS_ORDER.get(record["status"], 3))
-    return (group, -acc if ok else 0.0, record["number"], record.get("rung", 0))
+    budget = record.get("budget", 0)
+    budget = budget if ok and isinstance(budget, (int, float)) and math.isfinite(budget) else 0
+    return (group, -budget, -acc if ok else 0.0, record["number"], record.get("rung", 0))
 
 
 def _stage_key(record):
@@ -227,8 +231,10 @@ def _format(value):
 class SearchResult:
     """Every trial of a search, best first, with the best configuration, exports, a plot and the best checkpoint.
 
-    Trials that finished ("ok") are ranked by validation accuracy (ties: lower trial number first); "diverged" and
-    "error" trials follow and never count as best.
+    Trials that finished ("ok") are ranked by budget, the longest-trained first (an accuracy after 1 epoch is not
+    compared with one after 9: under successive halving and coarse-to-fine the best is a longest-trained survivor),
+    then by validation accuracy (ties: lower trial number first); "diverged" and "error" trials follow and never
+    count as best. In a single-budget search (random, grid) that is simply the order of accuracy.
 
     Attributes:
         trials (list of dict): one record per trial run (per rung under successive halving), best first: "number",
