@@ -5,8 +5,8 @@ same compiler flags. OpenMP flags are chosen for the compiler in use and *probed
 and link with them, otherwise the kernels are built serially (``prange`` then runs as a plain loop) and a warning says
 so. ``CYNET_NO_OPENMP=1`` forces the serial build.
 
-The default build is portable: ``-O3 -fno-trapping-math -ffp-contract=off``, no ``-march=native`` and no
-``-ffast-math``. The kernels are written so that the compiler can vectorise them. On x86-64, each kernel family is
+The default build is portable: ``-O3 -fno-trapping-math -fno-math-errno -ffp-contract=off``, no ``-march=native``
+and no ``-ffast-math``. The kernels are written so that the compiler can vectorise them. On x86-64, each kernel family is
 also built for AVX2 and AVX-512 (same source, wider vectors) and the widest variant the CPU runs is chosen at import
 time (``cynet._kernels.load``); ``CYNET_NO_SIMD_VARIANTS=1`` builds the baseline only.
 
@@ -156,8 +156,11 @@ class BuildExtWithOpenMP(build_ext):
             # -fno-trapping-math (clang's default) lets the compiler evaluate both arms of a select, which is what
             # turns the branch-free kernels into SIMD code; values, NaN and inf are unchanged. -ffp-contract=off
             # keeps a*b+c two rounded operations on every target (no FMA contraction), so results are identical
-            # across instruction sets and equal to NumPy's where the formula is the same. Not -ffast-math.
-            opt = ["-O3", "-fno-trapping-math", "-ffp-contract=off", "-fno-strict-aliasing",
+            # across instruction sets and equal to NumPy's where the formula is the same. -fno-math-errno (clang's
+            # default on macOS) lets sqrt become the SIMD square-root instruction instead of a call that may set
+            # errno: without it the AdaGrad, RMSProp and Adam update loops do not vectorise. The value is the same
+            # correctly rounded IEEE square root (NaN for a negative input) either way. Not -ffast-math.
+            opt = ["-O3", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=off", "-fno-strict-aliasing",
                    "-Wno-unused-function", "-Wno-unreachable-code"]
         for ext in self.extensions:
             ext.extra_compile_args = list(opt) + list(ext.extra_compile_args or []) + (flags[0] if flags else [])
