@@ -81,6 +81,18 @@ cdef inline double _inv_std(double var, double eps) noexcept nogil:
     return 1.0 / sqrt(var + eps)
 
 
+# Statistics from the shifted sums s1 = sum(x - k), s2 = sum((x - k)^2) of n values (every norm here):
+#   mean = k + s1/n;  var = s2/n - (s1/n)^2, clamped at 0 (biased);  returns r = 1/sqrt(var + eps).
+cdef inline double _shifted_statistics(double k, double s1, double s2, Py_ssize_t n, double eps, double* mean,
+                                       double* var) noexcept nogil:
+    cdef double m = s1 / n
+    cdef double v = s2 / n - m * m
+    v = v if v > 0 else 0
+    mean[0] = k + m
+    var[0] = v
+    return _inv_std(v, eps)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Batch norm, "rows" layout (N, D), column blocks (short x), training forward, on columns [j0, j0 + w):
 #   mean_j = (1/N) sum_i x_ij;  var_j = (1/N) sum_i (x_ij - mean_j)^2 (biased);  r_j = 1/sqrt(var_j + eps)
@@ -99,7 +111,7 @@ cdef void _bn_rows_forward_block(const floating* x, const floating* gamma, const
     cdef Py_ssize_t i, j
     cdef const floating* row
     cdef floating* out
-    cdef double d, m, v, r
+    cdef double d, r
     for j in range(w):
         k[j] = x[j0 + j]
         s1[j] = 0
@@ -111,15 +123,10 @@ cdef void _bn_rows_forward_block(const floating* x, const floating* gamma, const
             s1[j] = s1[j] + d
             s2[j] = s2[j] + d * d
     for j in range(w):
-        m = s1[j] / N
-        v = s2[j] / N - m * m
-        v = v if v > 0 else 0
-        r = _inv_std(v, eps)
-        mean[j0 + j] = k[j] + m
-        var[j0 + j] = v
+        r = _shifted_statistics(k[j], s1[j], s2[j], N, eps, &mean[j0 + j], &var[j0 + j])
         inv_std[j0 + j] = r
-        center[j] = <floating>(k[j] + m)
-        center_lo[j] = <floating>((k[j] + m) - <double>center[j])
+        center[j] = <floating>mean[j0 + j]
+        center_lo[j] = <floating>(mean[j0 + j] - <double>center[j])
         scale[j] = <floating>(gamma[j0 + j] * r)
         shift[j] = beta[j0 + j]
     for i in range(N):
@@ -183,8 +190,8 @@ cdef void _bn_rows_backward_block(const floating* dout, const floating* x, const
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Batch norm, "rows" layout (N, D), row chunks (tall x): the feature is the column, so every pass streams the rows in memory
-# order and keeps D per-column quantities in contiguous arrays (the inner loop over j vectorises). Statistics are
+# Batch norm, "rows" layout (N, D), row chunks (tall x): the feature is the column, so every pass streams the rows in
+# memory order and keeps D per-column quantities in contiguous arrays (the inner loop over j vectorises). Statistics are
 # shifted by the first row, k_j = x_0j, and summed per row chunk into partials[2c] and partials[2c + 1] (float64),
 # then the chunks are added in order: a fixed summation order for any thread count.
 #   mean_j = k_j + (1/N) sum_i (x_ij - k_j);  var_j = (1/N) sum_i (x_ij - k_j)^2 - (mean_j - k_j)^2 (biased)
@@ -207,31 +214,33 @@ cdef void _rows_shifted_sums(const floating* x, double* s1, double* s2, Py_ssize
             s2[j] = s2[j] + d * d
 
 
+cdef inline void _add_chunk_sums(const double* partials, Py_ssize_t n_chunks, Py_ssize_t D, Py_ssize_t j,
+                                 double* first, double* second) noexcept nogil:
+    """Column j of the two sums of every chunk (rows 2c and 2c + 1 of ``partials``), added in chunk order."""
+    cdef Py_ssize_t c
+    cdef double t1 = 0, t2 = 0
+    for c in range(n_chunks):
+        t1 = t1 + partials[(2 * c) * D + j]
+        t2 = t2 + partials[(2 * c + 1) * D + j]
+    first[0] = t1
+    second[0] = t2
+
+
 cdef void _rows_statistics(const floating* x, const floating* gamma, const floating* beta, const double* partials,
                            Py_ssize_t n_chunks, double* mean, double* var, double* inv_std, floating* coef,
                            Py_ssize_t N, Py_ssize_t D, Py_ssize_t j0, Py_ssize_t j1, double eps) noexcept nogil:
     """Columns [j0, j1): add the chunks' sums in order; mean, var, inv_std; coef rows center, center_lo, scale,
     shift (x's type) for the affine pass."""
-    cdef Py_ssize_t j, c
-    cdef double t1, t2, m, v, r, k
+    cdef Py_ssize_t j
+    cdef double t1, t2, r
     cdef floating center
     for j in range(j0, j1):
-        t1 = 0
-        t2 = 0
-        for c in range(n_chunks):
-            t1 = t1 + partials[(2 * c) * D + j]
-            t2 = t2 + partials[(2 * c + 1) * D + j]
-        k = x[j]
-        m = t1 / N
-        v = t2 / N - m * m
-        v = v if v > 0 else 0
-        r = _inv_std(v, eps)
-        mean[j] = k + m
-        var[j] = v
+        _add_chunk_sums(partials, n_chunks, D, j, &t1, &t2)
+        r = _shifted_statistics(x[j], t1, t2, N, eps, &mean[j], &var[j])
         inv_std[j] = r
-        center = <floating>(k + m)
+        center = <floating>mean[j]
         coef[j] = center
-        coef[D + j] = <floating>((k + m) - <double>center)
+        coef[D + j] = <floating>(mean[j] - <double>center)
         coef[2 * D + j] = <floating>(gamma[j] * r)
         coef[3 * D + j] = beta[j]
 
@@ -337,15 +346,11 @@ cdef void _rows_grad_coefficients(const floating* gamma, const double* mean, con
                                   floating* coef, Py_ssize_t N, Py_ssize_t D, Py_ssize_t j0,
                                   Py_ssize_t j1) noexcept nogil:
     """Columns [j0, j1): dgamma, dbeta, and coef rows center, center_lo, a, b, c (x's type) for the dx pass."""
-    cdef Py_ssize_t j, c
+    cdef Py_ssize_t j
     cdef double sd, sdx, r, gr, mu
     cdef floating center
     for j in range(j0, j1):
-        sd = 0
-        sdx = 0
-        for c in range(n_chunks):
-            sd = sd + partials[(2 * c) * D + j]
-            sdx = sdx + partials[(2 * c + 1) * D + j]
+        _add_chunk_sums(partials, n_chunks, D, j, &sd, &sdx)
         r = inv_std[j]
         gr = gamma[j] * r
         mu = mean[j]
@@ -516,19 +521,14 @@ cdef void _bn_planes_forward_channel(const floating* x, const floating* gamma, c
                                      Py_ssize_t S, Py_ssize_t c, double eps) noexcept nogil:
     cdef Py_ssize_t p
     cdef Py_ssize_t n = P * S
-    cdef double k = x[c * S], s1 = 0, s2 = 0, m, v, r
+    cdef double k = x[c * S], s1 = 0, s2 = 0, r
     cdef floating center, center_lo, scale
     for p in range(P):
         _plane_sums(x + (p * C + c) * S, k, S, &s1, &s2)
-    m = s1 / n
-    v = s2 / n - m * m
-    v = v if v > 0 else 0
-    r = _inv_std(v, eps)
-    mean[c] = k + m
-    var[c] = v
+    r = _shifted_statistics(k, s1, s2, n, eps, &mean[c], &var[c])
     inv_std[c] = r
-    center = <floating>(k + m)
-    center_lo = <floating>((k + m) - <double>center)
+    center = <floating>mean[c]
+    center_lo = <floating>(mean[c] - <double>center)
     scale = <floating>(gamma[c] * r)
     for p in range(P):
         _plane_affine(x + (p * C + c) * S, center, center_lo, scale, beta[c], y + (p * C + c) * S, S)
@@ -644,17 +644,13 @@ cdef void _row_forward(const floating* x, const floating* gamma, const floating*
     cdef Py_ssize_t L = Cg * S, c, j, base = (m % G) * Cg
     cdef const floating* xr = x + m * L
     cdef floating* yr = y + m * L
-    cdef double k = xr[0], s1 = 0, s2 = 0, mu, v, r
+    cdef double k = xr[0], s1 = 0, s2 = 0, var, r
     cdef floating center, center_lo, rf, scale
     _plane_sums(xr, k, L, &s1, &s2)
-    mu = s1 / L
-    v = s2 / L - mu * mu
-    v = v if v > 0 else 0
-    r = _inv_std(v, eps)
-    mean[m] = k + mu
+    r = _shifted_statistics(k, s1, s2, L, eps, &mean[m], &var)
     inv_std[m] = r
-    center = <floating>(k + mu)
-    center_lo = <floating>((k + mu) - <double>center)
+    center = <floating>mean[m]
+    center_lo = <floating>(mean[m] - <double>center)
     rf = <floating>r
     if S == 1:
         for j in range(L):
