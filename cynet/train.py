@@ -189,10 +189,19 @@ class _BestTracker(Callback):
         self.best = None
         self.best_epoch = None
 
-    def _require_validation(self, trainer):
+    def on_train_begin(self, trainer):
         if self.monitor.startswith("val_") and not trainer.has_validation:
             raise ValueError(f"{self._owner}: monitor={self.monitor!r} needs validation data: pass "
                              f"fit(..., validation=(x_val, y_val)) or monitor a 'train_' value")
+
+    def _record_if_improved(self, trainer):
+        """True, with ``best`` and ``best_epoch`` updated, when this epoch's ``monitor`` value is a new best."""
+        value = trainer.history[self.monitor][-1]
+        if not self._improved(value):
+            return False
+        self.best = float(value)
+        self.best_epoch = trainer.epoch
+        return True
 
     def _improved(self, value):
         if not math.isfinite(value):
@@ -249,14 +258,8 @@ class EarlyStopping(_BestTracker):
         self.wait = 0
         self.best_state = None
 
-    def on_train_begin(self, trainer):
-        self._require_validation(trainer)
-
     def on_epoch_end(self, trainer):
-        value = trainer.history[self.monitor][-1]
-        if self._improved(value):
-            self.best = float(value)
-            self.best_epoch = trainer.epoch
+        if self._record_if_improved(trainer):
             self.wait = 0
             if self.restore_best_weights:
                 self.best_state = trainer.model.state_dict()
@@ -313,14 +316,8 @@ class ModelCheckpoint(_BestTracker):
         super().__init__("ModelCheckpoint", monitor, mode)
         self.path = path
 
-    def on_train_begin(self, trainer):
-        self._require_validation(trainer)
-
     def on_epoch_end(self, trainer):
-        value = trainer.history[self.monitor][-1]
-        if self._improved(value):
-            self.best = float(value)
-            self.best_epoch = trainer.epoch
+        if self._record_if_improved(trainer):
             _checkpoint.save_model(self.path, trainer.model)
 
     def __repr__(self):

@@ -36,8 +36,8 @@ import numpy as np
 import cynet
 from cynet import nn, optim
 from cynet.checkpoint import load_model
-from cynet.data import (Compose, RandomCrop, RandomHorizontalFlip, Standardize, load_cifar10_reachable, load_cifar10_subset,
-                        load_test_npz, make_batch_transform, save_bundle)
+from cynet.data import (Compose, RandomCrop, RandomHorizontalFlip, Standardize, load_cifar10_reachable,
+                        load_cifar10_subset, load_test_npz, make_batch_transform, save_bundle)
 from cynet.nn.loss import L2Penalty, SoftmaxCrossEntropy
 from cynet.optim.lr_scheduler import CosineAnnealingLR
 from cynet.train import ModelCheckpoint, Trainer

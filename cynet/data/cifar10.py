@@ -359,21 +359,19 @@ def load_cifar10_reachable(root=None, *, fallbacks=(), test=True, flatten=False,
         >>> print(data.source)                                                            # doctest: +SKIP
     """
     if root is not None or download:
-        data = load_cifar10(root, test=test, flatten=flatten, download=download)
-        places = [default_root() if root is None else Path(root).expanduser()]
+        place = default_root() if root is None else Path(root).expanduser()
+        data = load_cifar10(place, test=test, flatten=flatten, download=download)
     else:
-        data, places = None, [default_root()] + [Path(p).expanduser() for p in fallbacks]
-        for place in places:
+        data = None
+        for place in [default_root()] + [Path(p).expanduser() for p in fallbacks]:
             try:
                 data = load_cifar10(place, test=test, flatten=flatten)
-                places = [place]
                 break
             except (FileNotFoundError, OSError):
                 continue
         if data is None:
             return load_cifar10_subset(flatten=flatten), True
-    if test and data.x_test is None:
-        place = places[0]
+    if test and data.x_test is None:                      # `place` is where the batches were found
         directory = place.parent if place.is_file() else place
         found = sorted({f for d in (directory, directory.parent) if d.is_dir() for f in d.glob("*test*.npz")})
         if len(found) == 1:

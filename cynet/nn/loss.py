@@ -111,6 +111,18 @@ class _DataLoss(Module):
             return self._dscores
         return self._dscores * self._dscores.dtype.type(dout)
 
+    def _classification_forward(self, scores, y, kernel, *params):
+        """Validate ``scores`` (N, C) and labels ``y``, run the fused ``kernel(scores, labels, *params, dscores,
+        row_loss, n_threads)``, keep its gradient and mean loss; returns the validated labels."""
+        name = type(self).__name__
+        scores = _class_scores(name, scores)
+        labels = _labels(name, y, scores)
+        dscores = np.empty_like(scores)
+        row_loss = np.empty(scores.shape[0], np.float64)
+        self.loss = float(kernel(scores, labels, *params, dscores, row_loss, get_num_threads()))
+        self._dscores = dscores
+        return labels
+
 
 class SoftmaxCrossEntropy(_DataLoss):
     r"""Softmax cross-entropy: the mean negative log-probability of the correct class.
@@ -158,13 +170,7 @@ class SoftmaxCrossEntropy(_DataLoss):
         Returns:
             float: the mean loss (also kept as ``self.loss``).
         """
-        name = type(self).__name__
-        scores = _class_scores(name, scores)
-        labels = _labels(name, y, scores)
-        dscores = np.empty_like(scores)
-        row_loss = np.empty(scores.shape[0], np.float64)
-        self.loss = float(_k().softmax_cross_entropy(scores, labels, dscores, row_loss, get_num_threads()))
-        self._dscores = dscores
+        self._classification_forward(scores, y, _k().softmax_cross_entropy)
         return self.loss
 
     def probabilities(self, scores):
@@ -228,14 +234,7 @@ class MulticlassSVM(_DataLoss):
         Returns:
             float: the mean loss (also kept as ``self.loss``).
         """
-        name = type(self).__name__
-        scores = _class_scores(name, scores)
-        labels = _labels(name, y, scores)
-        dscores = np.empty_like(scores)
-        row_loss = np.empty(scores.shape[0], np.float64)
-        self.loss = float(_k().multiclass_svm(scores, labels, self.margin, dscores, row_loss, get_num_threads()))
-        self._dscores = dscores
-        self._labels = labels
+        self._labels = self._classification_forward(scores, y, _k().multiclass_svm, self.margin)
         return self.loss
 
     def kink_state(self):
