@@ -157,6 +157,7 @@ GRADCHECK_CASES = [
     ("bn1d", lambda: BatchNorm1d(5), (6, 5)),
     ("bn1d-C1", lambda: BatchNorm1d(1), (4, 1)),
     ("bn1d-NCL", lambda: BatchNorm1d(3), (4, 3, 5)),
+    ("bn1d-row-chunks", lambda: BatchNorm1d(60), (700, 60)),           # tall x: the row-chunk plan
     ("bn1d-no-affine", lambda: BatchNorm1d(4, affine=False), (5, 4)),
     ("bn1d-no-tracking-eval", lambda: BatchNorm1d(4, track_running_stats=False).eval(), (5, 4)),
     ("bn2d", lambda: BatchNorm2d(3), (2, 3, 4, 5)),
