@@ -608,7 +608,8 @@ class Trainer:
             dict[str, list[float]]: :attr:`history`.
 
         Raises:
-            ValueError: mismatched lengths, empty data, ``batch_size < 1`` or ``epochs < 0``.
+            ValueError: mismatched lengths, empty data, ``batch_size < 1``, ``epochs < 0`` or a
+                :attr:`guard_every` that is not an int >= 1.
 
         Example:
             >>> history = trainer.fit(x_train, y_train, epochs=10, batch_size=128,
@@ -619,6 +620,7 @@ class Trainer:
         x, y = _check_data("Trainer.fit", x, y)
         epochs = _int_at_least("Trainer.fit", "epochs", epochs, 0)
         batch_size = _int_at_least("Trainer.fit", "batch_size", batch_size, 1)
+        _int_at_least("Trainer.fit", "guard_every", self.guard_every, 1)
         if validation is not None:
             if not isinstance(validation, (tuple, list)) or len(validation) != 2:
                 raise ValueError("Trainer.fit: validation must be a pair (x_val, y_val)")

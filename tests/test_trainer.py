@@ -613,6 +613,17 @@ def test_divergence_guard_restores_optimiser_state_and_batchnorm_statistics(opti
     assert not np.array_equal(diverged["0.weight"], model_before["0.weight"])
 
 
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_guard_every_must_be_a_positive_int(bad):
+    x, y = blobs(16, seed=2)
+    model = mlp()
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False)
+    trainer.guard_every = bad
+    with pytest.raises(ValueError, match=r"Trainer.fit: guard_every must be an int >= 1, got"):
+        trainer.fit(x, y, epochs=1, batch_size=8)
+    assert trainer.iteration == 0
+
+
 def test_divergence_at_the_first_iteration_restores_the_running_statistics():
     x, y = blobs(24, seed=3)
 
