@@ -3,7 +3,10 @@
 Each kernel family (``activations``, ``maxout``, ...) is compiled from one ``.pyx`` into a baseline module that runs
 on any CPU of the platform, and, on x86-64 with GCC or clang, into variants for wider SIMD (``<family>_avx2``,
 ``<family>_avx512``) selected at import time from what the CPU supports: the same source, the same IEEE operations in
-the same order (no FMA contraction), hence the same results, only more lanes per instruction.
+the same order (no FMA contraction), only more lanes per instruction, with one deliberate exception: the polynomial
+steps of the vectorised exp/expm1/erfc (_vecmath.pxd) are fused multiply-adds in the variants (both have FMA), two
+roundings in the baseline. Exact ops give the same bits everywhere; the transcendental ones may differ in the last bit
+and each variant meets the accuracy bounds asserted in tests/test_vecmath.py.
 
 ``CYNET_ISA=baseline|avx2|avx512`` caps the choice (for comparisons and debugging).
 """
@@ -26,15 +29,29 @@ def _allowed_levels():
     return ISA_LEVELS[ISA_LEVELS.index(cap):]
 
 
+def _import(family, isa):
+    """Import the ``isa`` build of ``family``, the baseline build first.
+
+    A Cython module registers itself in sys.modules under the name it was compiled as as well: a variant imported
+    first would stand in for the baseline module ``cynet._kernels.<family>`` from then on (and the comparison of the
+    variants with the baseline would compare a variant with itself). Importing the baseline first keeps each name
+    bound to its own build."""
+    try:
+        importlib.import_module(f"cynet._kernels.{family}")
+    except ImportError:
+        pass
+    name = family if isa == "baseline" else f"{family}_{isa}"
+    return importlib.import_module(f"cynet._kernels.{name}")
+
+
 def available_isas(family="activations"):
     """Instruction-set variants of ``family`` that were built and that this CPU runs, widest first."""
     found = []
     for isa in ISA_LEVELS:
-        name = family if isa == "baseline" else f"{family}_{isa}"
         if not _runtime.cpu_supports(isa):
             continue
         try:
-            importlib.import_module(f"cynet._kernels.{name}")
+            _import(family, isa)
         except ImportError:
             continue
         found.append(isa)
@@ -50,9 +67,8 @@ def load(family, isa=None):
     for level in levels:
         if not _runtime.cpu_supports(level):
             continue
-        name = family if level == "baseline" else f"{family}_{level}"
         try:
-            module = importlib.import_module(f"cynet._kernels.{name}")
+            module = _import(family, level)
         except ImportError:
             continue
         _loaded[key] = module

@@ -22,7 +22,7 @@ cdef extern from *:
     #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
     static int cynet_cpu_has_avx2(void) {
         __builtin_cpu_init();
-        return __builtin_cpu_supports("avx2");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     }
     static int cynet_cpu_has_avx512(void) {
         __builtin_cpu_init();
@@ -40,7 +40,8 @@ cdef extern from *:
 
 def cpu_supports(str isa):
     """Whether this CPU (and the OS, which must save the wider registers) runs code built for ``isa``:
-    ``'baseline'`` (always), ``'avx2'`` or ``'avx512'`` (F, DQ, BW and VL). False off x86 or with other compilers."""
+    ``'baseline'`` (always), ``'avx2'`` (with FMA) or ``'avx512'`` (F, DQ, BW and VL). False off x86 or with other
+    compilers."""
     if isa == "baseline":
         return True
     if isa == "avx2":

@@ -14,9 +14,28 @@
 # Measured accuracy against float64/libm: see tests/test_vecmath.py (the bound is asserted there).
 #
 # NaN propagates: the clamps are written as `x = c if x > c else x`, which leaves NaN unchanged.
+#
+# The polynomial steps are written as fused multiply-adds (fma_f32 / fma_f64): one rounding per step in the SIMD
+# variants built with FMA (avx2, avx512), where this takes about 20% off an exp, and the plain a*b + c (two roundings,
+# -ffp-contract=off) in the baseline build, which must run on CPUs without FMA. The two differ in the last bit of some
+# results; both meet the accuracy bounds of tests/test_vecmath.py (asserted for every variant built).
 
 from libc.stdint cimport int32_t, int64_t
 from cython cimport floating
+
+cdef extern from *:
+    """
+    #if defined(__FMA__) && (defined(__GNUC__) || defined(__clang__))
+    #define cynet_fma_f32(a, b, c) __builtin_fmaf((a), (b), (c))
+    #define cynet_fma_f64(a, b, c) __builtin_fma((a), (b), (c))
+    #else
+    #define cynet_fma_f32(a, b, c) ((a) * (b) + (c))
+    #define cynet_fma_f64(a, b, c) ((a) * (b) + (c))
+    #endif
+    """
+    # a * b + c, fused (one rounding) where the instruction set has FMA, else two rounded operations.
+    float fma_f32 "cynet_fma_f32"(float a, float b, float c) noexcept nogil
+    double fma_f64 "cynet_fma_f64"(double a, double b, double c) noexcept nogil
 
 cdef union _f32_bits:
     float f
@@ -54,41 +73,41 @@ cdef inline double round_f64(double v) noexcept nogil:
 
 # r = x - n*ln2 with ln2 split in two (Cody & Waite) so that n*ln2_hi is exact; n is an integer-valued float.
 cdef inline float _ln2_remainder_f32(float x, float n) noexcept nogil:
-    cdef float r = x - n * <float>0.693359375
-    return r - n * <float>-2.12194440e-4
+    cdef float r = fma_f32(n, <float>-0.693359375, x)      # exact: n * ln2_hi has few bits
+    return fma_f32(n, <float>2.12194440e-4, r)
 
 
 cdef inline double _ln2_remainder_f64(double x, double n) noexcept nogil:
-    cdef double r = x - n * 6.93145751953125e-1
-    return r - n * 1.42860682030941723212e-6
+    cdef double r = fma_f64(n, -6.93145751953125e-1, x)
+    return fma_f64(n, -1.42860682030941723212e-6, r)
 
 
 # q(r) = exp(r) - 1 for |r| <= ln2/2.
 cdef inline float _expm1_reduced_f32(float r) noexcept nogil:
     cdef float p = <float>1.9875691500e-4
-    p = p * r + <float>1.3981999507e-3
-    p = p * r + <float>8.3334519073e-3
-    p = p * r + <float>4.1665795894e-2
-    p = p * r + <float>1.6666665459e-1
-    p = p * r + <float>5.0000001201e-1
-    return r + (r * r) * p
+    p = fma_f32(p, r, <float>1.3981999507e-3)
+    p = fma_f32(p, r, <float>8.3334519073e-3)
+    p = fma_f32(p, r, <float>4.1665795894e-2)
+    p = fma_f32(p, r, <float>1.6666665459e-1)
+    p = fma_f32(p, r, <float>5.0000001201e-1)
+    return fma_f32(r * r, p, r)
 
 
 cdef inline double _expm1_reduced_f64(double r) noexcept nogil:
     # Taylor coefficients 1/k! for k = 2..13; the truncation error at |r| = ln2/2 is below 2**-56.
     cdef double p = 1.0 / 6227020800.0
-    p = p * r + 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    return r + (r * r) * p
+    p = fma_f64(p, r, 1.0 / 479001600.0)
+    p = fma_f64(p, r, 1.0 / 39916800.0)
+    p = fma_f64(p, r, 1.0 / 3628800.0)
+    p = fma_f64(p, r, 1.0 / 362880.0)
+    p = fma_f64(p, r, 1.0 / 40320.0)
+    p = fma_f64(p, r, 1.0 / 5040.0)
+    p = fma_f64(p, r, 1.0 / 720.0)
+    p = fma_f64(p, r, 1.0 / 120.0)
+    p = fma_f64(p, r, 1.0 / 24.0)
+    p = fma_f64(p, r, 1.0 / 6.0)
+    p = fma_f64(p, r, 0.5)
+    return fma_f64(r * r, p, r)
 
 
 cdef inline float exp_f32(float x) noexcept nogil:
@@ -119,7 +138,7 @@ cdef inline float expm1_f32(float x) noexcept nogil:
     n = round_f32(x * <float>1.44269504088896341)
     r = _ln2_remainder_f32(x, n)
     s = exp2i_f32(n)
-    return s * _expm1_reduced_f32(r) + (s - <float>1.0)
+    return fma_f32(s, _expm1_reduced_f32(r), s - <float>1.0)
 
 
 cdef inline double expm1_f64(double x) noexcept nogil:
@@ -129,7 +148,7 @@ cdef inline double expm1_f64(double x) noexcept nogil:
     n = round_f64(x * 1.4426950408889634074)
     r = _ln2_remainder_f64(x, n)
     s = exp2i_f64(n)
-    return s * _expm1_reduced_f64(r) + (s - 1.0)
+    return fma_f64(s, _expm1_reduced_f64(r), s - 1.0)
 
 
 # --- fused front ends: one name per function for the kernels written over cython.floating -------------------------
@@ -176,13 +195,13 @@ cdef inline double exp_f64_for_f32(double x) noexcept nogil:
     cdef double n = round_f64(x * 1.4426950408889634074)
     cdef double r = _ln2_remainder_f64(x, n)
     cdef double p = 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    return (1.0 + (r + (r * r) * p)) * exp2i_f64(n)
+    p = fma_f64(p, r, 1.0 / 5040.0)
+    p = fma_f64(p, r, 1.0 / 720.0)
+    p = fma_f64(p, r, 1.0 / 120.0)
+    p = fma_f64(p, r, 1.0 / 24.0)
+    p = fma_f64(p, r, 1.0 / 6.0)
+    p = fma_f64(p, r, 0.5)
+    return (1.0 + fma_f64(r * r, p, r)) * exp2i_f64(n)
 
 
 # erfc(z) for z >= 0 with relative error below 1.2e-7 everywhere (Numerical Recipes' Chebyshev fit, "erfcc"),
@@ -190,15 +209,15 @@ cdef inline double exp_f64_for_f32(double x) noexcept nogil:
 cdef inline double erfc_nonneg_f32acc(double z) noexcept nogil:
     cdef double t = 1.0 / (1.0 + 0.5 * z)
     cdef double p = 0.17087277
-    p = p * t - 0.82215223
-    p = p * t + 1.48851587
-    p = p * t - 1.13520398
-    p = p * t + 0.27886807
-    p = p * t - 0.18628806
-    p = p * t + 0.09678418
-    p = p * t + 0.37409196
-    p = p * t + 1.00002368
-    p = p * t - 1.26551223
+    p = fma_f64(p, t, -0.82215223)
+    p = fma_f64(p, t, 1.48851587)
+    p = fma_f64(p, t, -1.13520398)
+    p = fma_f64(p, t, 0.27886807)
+    p = fma_f64(p, t, -0.18628806)
+    p = fma_f64(p, t, 0.09678418)
+    p = fma_f64(p, t, 0.37409196)
+    p = fma_f64(p, t, 1.00002368)
+    p = fma_f64(p, t, -1.26551223)
     z = 26.0 if z > 26.0 else z                        # erfc(26) ~ 1e-296: 0 in float32; keeps exp in range
     return t * exp_f64_for_f32(p - z * z)
 
