@@ -5,9 +5,11 @@ them as plain array functions, :mod:`cynet.reference` is their NumPy twin. On to
 and losses), :mod:`cynet.optim`, :class:`Trainer` (:mod:`cynet.train`), :func:`babysit` and the other checks of
 :mod:`cynet.diagnostics`, :mod:`cynet.tune` (search, cross-validation), :mod:`cynet.ensemble` and :mod:`cynet.data`.
 Threads for the kernels and for BLAS are controlled in one place: :func:`set_num_threads`, :func:`get_num_threads`,
-:func:`threads`.
+:func:`threads`; :func:`kernel_threads` decides, per kernel call, whether splitting the work pays for waking the
+workers.
 """
-from cynet._threading import available_cpus, get_num_threads, set_num_threads, threads
+from cynet._threading import (available_cpus, get_num_threads, kernel_threads, parallel_overhead, set_num_threads,
+                              threads)
 from cynet._config import show_config
 from cynet._random import get_rng_state, manual_seed, set_rng_state
 from cynet import ops, reference
@@ -19,7 +21,8 @@ from cynet.train import Trainer
 __version__ = "0.1.0"
 
 __all__ = [
-    "__version__", "available_cpus", "get_num_threads", "set_num_threads", "threads", "show_config", "ops",
+    "__version__", "available_cpus", "get_num_threads", "set_num_threads", "threads", "kernel_threads",
+    "parallel_overhead", "show_config", "ops",
     "reference", "manual_seed", "get_rng_state", "set_rng_state", "nn", "init",
     "gradcheck", "data", "optim", "babysit", "Trainer",
 ]

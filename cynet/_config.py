@@ -7,7 +7,7 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 from cynet._kernels import _runtime, available_isas, selected_isa
-from cynet._threading import available_cpus, default_num_threads, get_num_threads
+from cynet._threading import available_cpus, default_num_threads, get_num_threads, parallel_overhead
 
 
 def config():
@@ -37,6 +37,7 @@ def config():
         "default_threads": default_num_threads(),
         "threads": get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "parallel_overhead_us": parallel_overhead() * 1e6,
         "blas": blas,
     }
 
@@ -59,6 +60,8 @@ def show_config(file=None):
         f"set with cynet.set_num_threads or OMP_NUM_THREADS)",
         f"OpenMP waits   : {c['omp_wait_policy'] or 'runtime default'} (OMP_WAIT_POLICY; passive idle workers "
         f"leave the cores to BLAS)",
+        f"parallel call  : {c['parallel_overhead_us']:.0f} us to wake the workers (measured; a kernel call runs on "
+        f"one thread unless splitting saves more; CYNET_PARALLEL_OVERHEAD_US overrides)",
     ]
     if c["blas"]:
         for b in c["blas"]:

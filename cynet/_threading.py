@@ -16,22 +16,38 @@ parallel loop (libgomp's default), and OpenBLAS's workers need those cores for t
 the 2-core development machine, a (256, 3072) x (3072, 1024) float32 GEMM followed by a ReLU kernel took 18 ms
 with spinning workers against 7.7 ms for the GEMM alone. cynet therefore sets ``OMP_WAIT_POLICY=PASSIVE`` (idle
 workers sleep; the pair then takes 7.6 ms) before its kernels load the OpenMP runtime, unless the variable is already
-set. The price is a wake-up of some tens of microseconds per parallel kernel call, small against the millisecond
-kernels of a training step. It takes effect only if no other library loaded the same OpenMP runtime first.
+set. It takes effect only if no other library loaded the same OpenMP runtime first.
+
+The price of sleeping workers is a wake-up on every parallel kernel call, and what a wake-up costs depends on the
+machine: some microseconds on bare metal, but 140-170 us on the 2-vCPU virtual machine cynet is developed on, where a
+ReLU over 40,000 floats took 11 us on one thread and 150-180 us on two, and one over a (256, 1024) batch 38 us against
+190 us. So the thread count a kernel actually gets comes from :func:`kernel_threads`: all of them only when the work,
+at the kernel's cost per element, outweighs :func:`parallel_overhead`, which is measured once per process (an empty
+parallel region, timed). Results do not depend on the choice: every kernel gives the same bits for any thread count.
 """
 import contextlib
 import math
 import os
 import threading
+import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from threadpoolctl import threadpool_limits
 
-__all__ = ["available_cpus", "get_num_threads", "set_num_threads", "threads"]
+__all__ = ["available_cpus", "get_num_threads", "kernel_threads", "parallel_overhead", "set_num_threads", "threads"]
+
+# Kernel cost classes for kernel_threads, in nanoseconds per element on one core (measured on the development
+# machine, AMD EPYC with AVX2, data in cache): memory-bound maps (ReLU, the backwards from the output, PReLU, Maxout,
+# batch/layer norm passes, optimiser updates, 0.1-0.6) and maps evaluating exp/expm1/tanh (sigmoid, tanh, ELU, SELU,
+# SiLU, softmax, 0.6-1.8) and GELU (2.2-5).
+NS_STREAM = 0.4
+NS_EXP = 1.2
+NS_GELU = 3.5
 
 _state = threading.local()
 _global_num_threads = None  # set by set_num_threads; None means "the default"
+_overhead_seconds = {}  # thread count -> measured cost of a parallel region (see parallel_overhead)
 _blas_limiter = None  # the threadpoolctl limiter of the last set_num_threads, to restore on reset
 
 
@@ -154,3 +170,78 @@ def threads(n):
             yield n
     finally:
         _state.num_threads = previous
+
+
+def _measured_overhead(n):
+    from cynet._kernels import _runtime
+
+    if not _runtime.openmp_enabled():
+        return 0.0
+    _runtime.parallel_region(n)  # the first region creates the team
+    samples = []
+    for _ in range(40):
+        start = time.perf_counter()
+        _runtime.parallel_region(n)
+        samples.append(time.perf_counter() - start)
+    serial = min(_timed(_runtime.parallel_region, 1) for _ in range(5))
+    samples.sort()
+    return max(0.0, samples[len(samples) // 2] - serial)
+
+
+def _timed(f, *args):
+    start = time.perf_counter()
+    f(*args)
+    return time.perf_counter() - start
+
+
+def parallel_overhead(n=None):
+    """Seconds that running a kernel on ``n`` threads (default: the current count) costs over one thread on this
+    machine, whatever the work: starting and joining the team, i.e. waking the sleeping workers.
+
+    Measured on first use for each thread count (the median of 40 empty parallel regions, about 40 x the cost) and
+    kept for the process. ``CYNET_PARALLEL_OVERHEAD_US`` (microseconds, >= 0) replaces the measurement: 0 runs every
+    kernel above its own small threshold on all threads (the test suite does so, to exercise the parallel paths).
+
+    Example:
+        >>> import cynet
+        >>> cynet.parallel_overhead(1)
+        0.0
+    """
+    n = get_num_threads() if n is None else _validate(n)
+    if n <= 1:
+        return 0.0
+    value = _overhead_seconds.get(n)
+    if value is None:
+        setting = os.environ.get("CYNET_PARALLEL_OVERHEAD_US", "").strip()
+        if setting:
+            try:
+                value = float(setting) * 1e-6
+            except ValueError:
+                value = -1.0
+            if not value >= 0 or value == float("inf"):
+                raise ValueError(f"cynet: CYNET_PARALLEL_OVERHEAD_US must be a number of microseconds >= 0, got "
+                                 f"{setting!r}")
+        else:
+            value = _measured_overhead(n)
+        _overhead_seconds[n] = value
+    return value
+
+
+def kernel_threads(elements, ns_per_element=NS_STREAM):
+    """The thread count for one kernel call over ``elements`` elements costing ``ns_per_element`` each on one core:
+    the current count (:func:`get_num_threads`) when splitting the work saves more than :func:`parallel_overhead`,
+    else 1.
+
+    With n threads the call saves ``t (1 - 1/n)`` of its one-thread time t and pays the overhead once.
+
+    Example:
+        >>> import cynet
+        >>> with cynet.threads(1):
+        ...     cynet.kernel_threads(10**9)
+        1
+    """
+    n = get_num_threads()
+    if n <= 1:
+        return 1
+    one_thread = elements * ns_per_element * 1e-9
+    return n if one_thread * (1.0 - 1.0 / n) > parallel_overhead(n) else 1

@@ -1,7 +1,7 @@
 """Stateless array ops over cynet's Cython kernels: one plain function per forward and per backward.
 
 Every function validates its arrays (floating dtype, agreeing shapes and dtypes, a usable ``out=``), allocates the
-output when none is given, resolves the thread count (:func:`cynet.get_num_threads`) and calls the kernel with the
+output when none is given, resolves the thread count (:func:`cynet.kernel_threads`) and calls the kernel with the
 GIL released. float32 and float64 run the compiled kernels; other floating dtypes (float16, longdouble) fall back to
 :mod:`cynet.reference`, which has the same signatures. Inputs may be non-contiguous (copied once) or read-only;
 ``out`` may be the input itself for an in-place update.
@@ -29,7 +29,7 @@ import numpy as np
 
 from cynet import reference
 from cynet._kernels import load as _load_kernels
-from cynet._threading import get_num_threads
+from cynet._threading import NS_EXP, NS_GELU, NS_STREAM, kernel_threads
 from cynet._validation import KERNEL_DTYPES, as_float_array, describe, output, same_layout
 
 __all__ = list(reference.__all__)
@@ -45,12 +45,23 @@ SELU_ALPHA = reference.SELU_ALPHA
 _PRELU_REDUCTION_CHUNKS = 64
 
 
+def _ns_per_element(code, backward):
+    """Cost class of an elementwise kernel for kernel_threads: the forwards that evaluate exp/expm1/tanh and the
+    backwards that evaluate the function again from x; the rest only stream memory."""
+    if code in (_A.GELU_ERF, _A.GELU_TANH):
+        return NS_GELU
+    if code == _A.SILU or (not backward and code in (_A.SIGMOID, _A.TANH, _A.ELU, _A.SELU)):
+        return NS_EXP
+    return NS_STREAM
+
+
 def _forward(op, code, x, out, param, fallback):
     x = as_float_array(op, "x", x)
     if x.dtype not in KERNEL_DTYPES:
         return fallback(x, out)
     y = output(op, out, x.shape, x.dtype)
-    _act.elementwise_forward(code, x.reshape(-1), y.reshape(-1), float(param), get_num_threads())
+    _act.elementwise_forward(code, x.reshape(-1), y.reshape(-1), float(param),
+                             kernel_threads(x.size, _ns_per_element(code, False)))
     return y
 
 
@@ -62,7 +73,7 @@ def _backward(op, code, dout, saved, saved_name, out, param, fallback):
         return fallback(dout, saved, out)
     dx = output(op, out, dout.shape, dout.dtype)
     _act.elementwise_backward(code, dout.reshape(-1), saved.reshape(-1), dx.reshape(-1), float(param),
-                              get_num_threads())
+                              kernel_threads(dout.size, _ns_per_element(code, True)))
     return dx
 
 
@@ -243,10 +254,10 @@ def prelu_forward(x, alpha, *, out=None):
     y = output(op, out, x.shape, x.dtype)
     if x.size:
         if layout == "rows":
-            _act.prelu_forward_rows(x, alpha_flat, y, get_num_threads())
+            _act.prelu_forward_rows(x, alpha_flat, y, kernel_threads(x.size))
         else:
             _act.prelu_forward_planes(_prelu_planes_view(x, layout), alpha_flat, _prelu_planes_view(y, layout),
-                                      get_num_threads())
+                                      kernel_threads(x.size))
     return y
 
 
@@ -286,7 +297,7 @@ def prelu_backward(dout, x, alpha, *, out=None, alpha_grad_out=None):
     chunks = min(views[1].shape[0], _PRELU_REDUCTION_CHUNKS)
     partials = np.empty((chunks, alpha_flat.size), dtype=np.float64)
     kernel = _act.prelu_backward_rows if layout == "rows" else _act.prelu_backward_planes
-    kernel(views[0], views[1], alpha_flat, views[2], partials, dalpha_flat, get_num_threads())
+    kernel(views[0], views[1], alpha_flat, views[2], partials, dalpha_flat, kernel_threads(x.size))
     return dx, dalpha
 
 
@@ -468,7 +479,7 @@ def maxout_forward(x, pieces, *, out=None, indices_out=None):
     if x.size:
         rows = int(np.prod(x.shape[:-1], dtype=np.int64))
         _maxout.maxout_forward(x.reshape(rows, k, units), y.reshape(rows, units), indices.reshape(rows, units),
-                               get_num_threads())
+                               kernel_threads(x.size))
     return y, indices
 
 
@@ -506,5 +517,5 @@ def maxout_backward(dout, indices, pieces, *, out=None):
         units = dout.shape[-1]
         rows = int(np.prod(dout.shape[:-1], dtype=np.int64))
         _maxout.maxout_backward(dout.reshape(rows, units), indices.reshape(rows, units), dx.reshape(rows, k, units),
-                                get_num_threads())
+                                kernel_threads(dx.size))
     return dx

@@ -200,3 +200,73 @@ def test_openmp_workers_wait_passively_unless_the_user_chose(user_setting, expec
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
                             timeout=120)
     assert result.stdout.strip() == expected
+
+
+# --- kernel_threads: one thread for calls too small to pay for waking the workers --------------------------------------
+@pytest.fixture
+def overhead(monkeypatch):
+    """Set CYNET_PARALLEL_OVERHEAD_US for one test (the measured/cached value is forgotten before and after)."""
+    from cynet import _threading
+
+    def set_us(value):
+        monkeypatch.setenv("CYNET_PARALLEL_OVERHEAD_US", value)
+        _threading._overhead_seconds.clear()
+
+    yield set_us
+    _threading._overhead_seconds.clear()
+
+
+def test_kernel_threads_splits_only_work_that_outweighs_the_wake_up(overhead):
+    overhead("200")
+    with cynet.threads(2):
+        assert cynet.parallel_overhead() == pytest.approx(200e-6)
+        # one thread: 1e6 elements at 0.4 ns = 400 us, of which two threads save 200 us: the wake-up's cost
+        assert cynet.kernel_threads(990_000, 0.4) == 1
+        assert cynet.kernel_threads(1_010_000, 0.4) == 2
+        assert cynet.kernel_threads(200_000, 2.5) == 2      # 500 us of GELU-like work: 250 us saved
+        assert cynet.kernel_threads(40_000, 0.4) == 1
+    with cynet.threads(4):
+        # four threads save 3/4 of 400 us = 300 us > 200 us
+        assert cynet.kernel_threads(1_000_000, 0.4) == 4
+    with cynet.threads(1):
+        assert cynet.kernel_threads(10**9, 5.0) == 1
+        assert cynet.parallel_overhead() == 0.0
+
+
+def test_zero_overhead_gives_every_kernel_all_threads(overhead):
+    overhead("0")
+    with cynet.threads(3):
+        assert cynet.kernel_threads(1) == 3
+
+
+@pytest.mark.parametrize("bad", ["-5", "abc", "nan", "inf"])
+def test_a_bad_overhead_setting_is_refused(overhead, bad):
+    overhead(bad)
+    with cynet.threads(2), pytest.raises(ValueError, match="CYNET_PARALLEL_OVERHEAD_US"):
+        cynet.parallel_overhead()
+
+
+def test_the_overhead_is_measured_when_not_set():
+    # a fresh process without the test suite's setting: the measured cost of waking the workers of a 2-thread team
+    code = ("import cynet, math; v = cynet.parallel_overhead(2); "
+            "assert v == cynet.parallel_overhead(2) and 0 <= v < 0.1 and math.isfinite(v), v; print(v)")
+    env = {k: v for k, v in os.environ.items() if k != "CYNET_PARALLEL_OVERHEAD_US"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) >= 0
+
+
+def test_small_calls_on_one_thread_give_the_same_bits_as_split_ones(overhead):
+    # the same call split (overhead 0) and kept on one thread (huge overhead): every kernel is thread-invariant
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 257)).astype(np.float32)
+    results = []
+    for setting in ("0", "1e9"):
+        overhead(setting)
+        with cynet.threads(2):
+            bn = cynet.nn.BatchNorm1d(257)
+            y = bn(x)
+            dx = bn.backward(np.cos(x))
+            results.append((cynet.ops.gelu_forward(x), cynet.ops.sigmoid_forward(x), y, dx, bn.weight.grad.copy()))
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)

@@ -1,4 +1,6 @@
 """Facts about how the kernels were compiled (OpenMP on or off) and the OpenMP runtime."""
+from cython.parallel cimport prange
+
 from cynet._kernels._openmp cimport CYNET_HAVE_OPENMP, omp_get_max_threads, omp_get_num_procs
 
 
@@ -49,3 +51,13 @@ def cpu_supports(str isa):
     if isa == "avx512":
         return bool(cynet_cpu_has_avx512())
     raise ValueError(f"unknown instruction set {isa!r}; expected 'baseline', 'avx2' or 'avx512'")
+
+
+def parallel_region(int n_threads):
+    """Run one OpenMP parallel region of ``n_threads`` threads that does next to nothing: its wall time is what
+    starting and joining the team costs (waking sleeping workers), the price every parallel kernel call pays."""
+    cdef int i
+    cdef int sink[64]
+    with nogil:
+        for i in prange(n_threads, schedule='static', num_threads=n_threads):
+            sink[i % 64] = i

@@ -23,7 +23,7 @@ import numbers
 import numpy as np
 
 from cynet._kernels import load
-from cynet._threading import get_num_threads
+from cynet._threading import NS_EXP, kernel_threads
 from cynet._validation import KERNEL_DTYPES, describe
 from cynet.nn.module import Module
 
@@ -119,7 +119,7 @@ class _DataLoss(Module):
         labels = _labels(name, y, scores)
         dscores = np.empty_like(scores)
         row_loss = np.empty(scores.shape[0], np.float64)
-        self.loss = float(kernel(scores, labels, *params, dscores, row_loss, get_num_threads()))
+        self.loss = float(kernel(scores, labels, *params, dscores, row_loss, kernel_threads(scores.size, NS_EXP)))
         self._dscores = dscores
         return labels
 
@@ -178,7 +178,7 @@ class SoftmaxCrossEntropy(_DataLoss):
         probabilities, each row summing to 1 (same dtype as the scores). Does not change the cached gradient."""
         scores = _class_scores(f"{type(self).__name__}.probabilities", scores)
         out = np.empty_like(scores)
-        _k().softmax(scores, out, get_num_threads())
+        _k().softmax(scores, out, kernel_threads(scores.size, NS_EXP))
         return out
 
 
@@ -308,7 +308,7 @@ class MSELoss(_DataLoss):
         n = pred.size
         partials = np.empty(_k().partials_length(n), np.float64)
         self.loss = float(_k().mse(pred.reshape(-1), target.reshape(-1), dpred.reshape(-1), partials,
-                                   get_num_threads()))
+                                   kernel_threads(n)))
         self._dscores = dpred
         return self.loss
 
@@ -371,11 +371,11 @@ class L2Penalty:
         params = self.penalized(model)
         if self.strength == 0:
             return 0.0
-        k, n_threads = _k(), get_num_threads()
+        k = _k()
         total = 0.0
         for _, param in params:
             w = param.data.reshape(-1)
-            total += k.sum_squares(w, np.empty(k.partials_length(w.size), np.float64), n_threads)
+            total += k.sum_squares(w, np.empty(k.partials_length(w.size), np.float64), kernel_threads(w.size))
         return 0.5 * self.strength * total
 
     def backward(self, model):
@@ -383,10 +383,11 @@ class L2Penalty:
         params = self.penalized(model)
         if self.strength == 0:
             return
-        k, n_threads = _k(), get_num_threads()
+        k = _k()
         for _, param in params:
             buffer, fresh = param.grad_target()
-            k.l2_grad(param.data.reshape(-1), self.strength, buffer.reshape(-1), not fresh, n_threads)
+            k.l2_grad(param.data.reshape(-1), self.strength, buffer.reshape(-1), not fresh,
+                      kernel_threads(param.data.size))
 
     def __repr__(self):
         return f"L2Penalty(strength={self.strength!r})"

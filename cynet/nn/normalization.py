@@ -21,7 +21,10 @@ import math
 import numpy as np
 
 from cynet._kernels import load
-from cynet._threading import get_num_threads
+from cynet._threading import NS_STREAM, kernel_threads
+
+# Cost class of the normalisation kernels for kernel_threads: two passes over the data (statistics, then the map).
+_NS_TWO_PASSES = 2 * NS_STREAM
 from cynet._validation import describe, output
 from cynet.nn.layers import Linear
 from cynet.nn.module import Module, Parameter, Sequential
@@ -64,9 +67,10 @@ def batch_norm_forward(x, gamma, beta, eps, *, out=None):
         partials = np.empty((2 * chunks, C) if chunks else (0, 1))      # scratch of the row-chunk plan
         coef = np.empty((4, C) if chunks else (0, 1), x.dtype)
         k.bn_rows_forward(x, gamma, beta, float(eps), y, mean, var, inv_std, width, partials, coef,
-                          get_num_threads())
+                          kernel_threads(x.size, _NS_TWO_PASSES))
     else:
-        k.bn_planes_forward(_planes(x), gamma, beta, float(eps), _planes(y), mean, var, inv_std, get_num_threads())
+        k.bn_planes_forward(_planes(x), gamma, beta, float(eps), _planes(y), mean, var, inv_std,
+                            kernel_threads(x.size, _NS_TWO_PASSES))
     return y, mean, var, inv_std
 
 
@@ -89,10 +93,10 @@ def batch_norm_backward(dout, x, gamma, mean, inv_std, *, input_grad=True, out=N
         partials = np.empty((2 * chunks, C) if chunks else (0, 1))
         coef = np.empty((5, C) if chunks else (0, 1), x.dtype)
         k.bn_rows_backward(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, bool(input_grad), width, partials,
-                           coef, get_num_threads())
+                           coef, kernel_threads(x.size, _NS_TWO_PASSES))
     else:
         k.bn_planes_backward(_planes(dout), _planes(x), gamma, mean, inv_std, _planes(dx), dgamma, dbeta,
-                             bool(input_grad), get_num_threads())
+                             bool(input_grad), kernel_threads(x.size, _NS_TWO_PASSES))
     return (dx if input_grad else None), dgamma, dbeta
 
 
@@ -100,7 +104,7 @@ def channel_affine(x, center, scale, shift):
     """One pass ``y = (x - center_c) * scale_c + shift_c`` over x (N, C) or (N, C, *); per-channel arrays of x's
     dtype."""
     y = np.empty_like(x)
-    _kernels().channel_affine(_planes(x), center, scale, shift, _planes(y), get_num_threads())
+    _kernels().channel_affine(_planes(x), center, scale, shift, _planes(y), kernel_threads(x.size))
     return y
 
 
@@ -110,7 +114,8 @@ def row_norm_forward(x3, groups, gamma, beta, eps):
     y3 = np.empty_like(x3)
     mean = np.empty(M)
     inv_std = np.empty(M)
-    _kernels().row_norm_forward(x3, int(groups), gamma, beta, float(eps), y3, mean, inv_std, get_num_threads())
+    _kernels().row_norm_forward(x3, int(groups), gamma, beta, float(eps), y3, mean, inv_std,
+                                kernel_threads(x3.size, _NS_TWO_PASSES))
     return y3, mean, inv_std
 
 
@@ -130,7 +135,7 @@ def row_norm_backward(dout3, x3, groups, gamma, mean, inv_std, *, input_grad=Tru
     dgamma = np.empty(P)
     dbeta = np.empty(P)
     _kernels().row_norm_backward(dout3, x3, int(groups), gamma, mean, inv_std, dx3, partials, dgamma, dbeta,
-                                 bool(input_grad), get_num_threads())
+                                 bool(input_grad), kernel_threads(x3.size, _NS_TWO_PASSES))
     return (dx3 if input_grad else None), dgamma, dbeta
 
 

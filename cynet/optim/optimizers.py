@@ -2,7 +2,7 @@
 
 Each ``step()`` updates every learning parameter with ONE fused Cython kernel call over its flattened array: the kernel
 reads p, the gradient and the rule's state and writes p and the state in a single pass (no temporaries, no NumPy ops),
-in the parameter's precision, split over :func:`cynet.get_num_threads` threads (elementwise, so every thread count
+in the parameter's precision, split over :func:`cynet.kernel_threads` threads (elementwise, so every thread count
 gives the same bits). The formulas and the order of operations are those of ``torch.optim`` (its single-tensor path),
 so float64 results agree with PyTorch step for step.
 
@@ -24,7 +24,7 @@ import numbers
 import numpy as np
 
 from cynet._kernels import load
-from cynet._threading import get_num_threads
+from cynet._threading import NS_STREAM, kernel_threads
 from cynet._validation import KERNEL_DTYPES, describe
 from cynet.nn.module import Parameter
 
@@ -173,7 +173,6 @@ class Optimizer:
         Returns:
             None
         """
-        n_threads = get_num_threads()
         for index, param in enumerate(self.params):
             if not param.requires_grad:
                 continue
@@ -181,7 +180,8 @@ class Optimizer:
             state = self.state[index]
             if self._counts_steps:
                 state["step"] = state.get("step", 0) + 1
-            self._update(param, data, grad, state, n_threads)
+            # an update streams the parameter, its gradient and one or two state buffers
+            self._update(param, data, grad, state, kernel_threads(data.size, 2 * NS_STREAM))
         self.step_count += 1
 
     def _update(self, param, data, grad, state, n_threads):
