@@ -37,13 +37,14 @@ from threadpoolctl import threadpool_limits
 
 __all__ = ["available_cpus", "get_num_threads", "kernel_threads", "parallel_overhead", "set_num_threads", "threads"]
 
-# Kernel cost classes for kernel_threads, in nanoseconds per element on one core (measured on the development
-# machine, AMD EPYC with AVX2, data in cache): memory-bound maps (ReLU, the backwards from the output, PReLU, Maxout,
-# batch/layer norm passes, optimiser updates, 0.1-0.6) and maps evaluating exp/expm1/tanh (sigmoid, tanh, ELU, SELU,
-# SiLU, softmax, 0.6-1.8) and GELU (2.2-5).
-NS_STREAM = 0.4
-NS_EXP = 1.2
+# Kernel cost classes for kernel_threads, in nanoseconds per element on one core, measured on the development machine
+# (AMD EPYC, AVX2) with the data in cache, where the decision is close (a few MB): maps that only stream memory (ReLU,
+# Leaky ReLU, the backwards from the output, PReLU, Maxout: 0.12-0.2), maps evaluating exp/expm1/tanh (sigmoid, tanh,
+# ELU, SELU, SiLU, softmax: 0.7-1.4), GELU (2.2-5), batch norm's two passes (forward 0.55, backward 1.3).
+NS_STREAM = 0.15
+NS_EXP = 1.1
 NS_GELU = 3.5
+NS_NORM = 0.8
 
 _state = threading.local()
 _global_num_threads = None  # set by set_num_threads; None means "the default"

@@ -103,17 +103,10 @@ def test_backward_matches_reference(op, dtype, shape, threads):
     assert_backward_accurate(op, dout, saved, dx)
 
 
-# BUG (float32 GELU near underflow): the kernel rounds Phi(x) (erf form) / sigma(w) (tanh form) to float32 before
-# multiplying by x. Where that factor is subnormal (x < -12.9 erf form, x < -10.0 tanh form) it keeps few significant
-# bits, and x * factor (normal down to x = -13.2 / -10.1, subnormal below) inherits the error: measured on a 2e6 grid,
-# 8.4 ulp at x=-13.105 (y=-2.02e-38, a normal float32) for the erf form, 5.8 ulp at x=-10.58 (5.5 ulp at x=-10.0986,
-# y=-1.23e-38 normal) for the tanh form. Multiplying in double and rounding once would fix it.
-_GELU_NEAR_UNDERFLOW = "BUG: float32 GELU rounds Phi(x)/sigma(w) to a subnormal float32 before * x: up to 8.4 ulp"
-
-
-@pytest.mark.parametrize("op", [
-    pytest.param(spec, marks=pytest.mark.xfail(strict=True, reason=_GELU_NEAR_UNDERFLOW))
-    if spec.name == "gelu" else spec for spec in TRANSCENDENTAL], ids=[spec.id for spec in TRANSCENDENTAL])
+# Float32 GELU near underflow: Phi(x) (erf form) / sigma(w) (tanh form) is subnormal for x < -12.9 / -10.0. It used to
+# be rounded to float32 before the multiplication by x, which cost up to 8.4 ulp (x = -13.105, erf form) and 5.8 ulp
+# (x = -10.58, tanh form) in y; the kernels now multiply in double and round once. Asserted here over |x| <= 20.
+@pytest.mark.parametrize("op", TRANSCENDENTAL, ids=[spec.id for spec in TRANSCENDENTAL])
 def test_float32_forward_within_4_ulp_on_a_dense_grid_of_abs_x_up_to_20(op):
     x = np.linspace(-20, 20, 400_001).astype(np.float32)
     err = ulp_error(op.forward(x), _reference_f64(op.forward, x, module=reference), np.float32)
@@ -240,19 +233,13 @@ def test_special_values_forward(op, dtype):
     assert_forward_agrees_on_any_values(op, _special(dtype))
 
 
-# BUG: float32 gelu_backward(approximate='tanh') at x=-inf returns -inf (the reference and the float64 kernel: NaN; the
-# derivative's limit: 0). sigmoid_f64_for_f32 clamps its argument at -700, so the gate is exp(-700) = 1e-304 rather
-# than 0, and t + x t (1 - t) 2c (1 + 3k x^2) = -inf * 1e-304 * inf = -inf.
-_GELU_TANH_BACKWARD_AT_MINUS_INF = "BUG: float32 gelu_backward(x=-inf, approximate='tanh') is -inf, reference NaN"
-
-
+# float32 gelu_backward(approximate='tanh') at x = -inf used to return -inf (the reference and the float64 kernel: NaN,
+# x * 0 with the gate exactly 0): sigmoid_f64_for_f32 clamped its argument at -700 and returned exp(-700) = 1e-304 for
+# every smaller one. It returns exactly 0 there now (sigmoid(-700) is 0 in float32 anyway).
 def _special_backward_cases():
     for spec in ELEMENTWISE:
         for dtype, dtype_id in zip(DTYPES, DTYPE_IDS):
-            marks = ()
-            if spec.id == "gelu-tanh" and dtype == np.float32:
-                marks = pytest.mark.xfail(strict=True, reason=_GELU_TANH_BACKWARD_AT_MINUS_INF)
-            yield pytest.param(spec, dtype, marks=marks, id=f"{spec.id}-{dtype_id}")
+            yield pytest.param(spec, dtype, id=f"{spec.id}-{dtype_id}")
 
 
 @pytest.mark.parametrize("op,dtype", list(_special_backward_cases()))
@@ -286,8 +273,6 @@ def test_property_backward_on_any_values(data):
     n = data.draw(st.integers(0, 40), label="n")
     dout = data.draw(_any_floats(dtype, n), label="dout")
     saved = data.draw(_any_floats(dtype, n), label=op.saved)
-    if op.id == "gelu-tanh" and dtype == np.float32:
-        saved[saved == -np.inf] = np.nan  # the known bug at x = -inf (test_special_values_backward, xfail)
     assert_backward_agrees_on_any_values(op, dout, saved)
 
 

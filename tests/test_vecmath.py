@@ -26,11 +26,15 @@ kappa = |x f'(x) / f(x)| is the condition number: GELU's left tail is ill-condit
 ~ 3|w| with w = 2c(x + 0.044715 x^3) for the tanh form), so one rounding of the argument of erfc / sigmoid, which no
 float64 evaluation avoids, costs kappa/2 ulp: the float64 GELU bound is stated relative to it.
 
-The float32 GELU figures for |x| > 10 (8.54 and 5.77 ulp) come from a bug, asserted (xfail) in
-tests/test_activations.py: Phi(x) / sigma(w) is rounded to a subnormal float32 before the multiplication by x.
+The float32 GELU figures above for |x| > 10 (8.54 and 5.77 ulp) came from a bug, fixed since: Phi(x) / sigma(w) was
+rounded to a (subnormal) float32 before the multiplication by x. The float32 GELU now multiplies in double and rounds
+once; measured 2026-12-03 on the AVX2 variant (with FMA), 2,000,001-point grids: erf form 2.25 ulp over [-10, 10]
+(x = -6.7275) and 2.12 over [-20, -10]; tanh form 0.50 and 0.50; and every float32 with |x| <= 10 within 3 and 1 ulp
+(the exhaustive test below). The other ops' figures with FMA stay within the same bounds (the dense-grid and exhaustive
+tests pass for the baseline and the AVX2 variant).
 
-Asserted below: each op's measured maximum rounded up, float32 over |x| <= 10 (from the exhaustive figures: the 2e6 grid
-alone gave 3.00 for gelu erf, where the true maximum is 3.07), float64 over [-30, 30].
+Asserted below: each op's measured maximum rounded up, float32 over |x| <= 10 (from the exhaustive figures), float64
+over [-30, 30].
 """
 import os
 import subprocess
@@ -46,7 +50,7 @@ from _helpers import BY_ID, EXTENDED, LD, OpSpec, condition_number, erfc_ld, tru
 OPS = {spec.id: spec for spec in [BY_ID["sigmoid"], BY_ID["tanh"], OpSpec("elu", {"alpha": 1.0}, saved="y"),
                                   BY_ID["selu"], BY_ID["silu"], BY_ID["gelu-none"], BY_ID["gelu-tanh"]]}
 
-FLOAT32_BOUND = {"sigmoid": 3, "tanh": 3, "elu-1.0": 1, "selu": 2, "silu": 4, "gelu-none": 4, "gelu-tanh": 2}
+FLOAT32_BOUND = {"sigmoid": 3, "tanh": 3, "elu-1.0": 1, "selu": 2, "silu": 4, "gelu-none": 3, "gelu-tanh": 1}
 FLOAT64_BOUND = {"sigmoid": 3, "tanh": 3, "elu-1.0": 2, "selu": 3, "silu": 4}
 FLOAT64_GELU_BOUND = {"gelu-none": 2, "gelu-tanh": 3}  # times (1 + kappa)
 

@@ -226,7 +226,7 @@ cdef inline double erfc_nonneg_f32acc(double z) noexcept nogil:
 # argument is itself computed (GELU's tanh form), so that the argument is not rounded to float32 first.
 cdef inline double sigmoid_f64_for_f32(double u) noexcept nogil:
     cdef double au = -u if u < 0 else u
-    au = 700.0 if au > 700.0 else au                   # sigmoid(-700) == 0 in float32; keeps exp in range
-    cdef double e = exp_f64_for_f32(-au)
+    cdef double e = exp_f64_for_f32(-(700.0 if au > 700.0 else au))  # clamped: keeps exp in range
+    e = 0.0 if au > 700.0 else e                       # sigmoid(-700) is 0 in float32: exactly 0, as at -inf
     cdef double s = 1.0 / (1.0 + e)
     return e * s if u < 0 else s

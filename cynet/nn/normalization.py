@@ -21,10 +21,7 @@ import math
 import numpy as np
 
 from cynet._kernels import load
-from cynet._threading import NS_STREAM, kernel_threads
-
-# Cost class of the normalisation kernels for kernel_threads: two passes over the data (statistics, then the map).
-_NS_TWO_PASSES = 2 * NS_STREAM
+from cynet._threading import NS_NORM, kernel_threads
 from cynet._validation import describe, output
 from cynet.nn.layers import Linear
 from cynet.nn.module import Module, Parameter, Sequential
@@ -67,10 +64,10 @@ def batch_norm_forward(x, gamma, beta, eps, *, out=None):
         partials = np.empty((2 * chunks, C) if chunks else (0, 1))      # scratch of the row-chunk plan
         coef = np.empty((4, C) if chunks else (0, 1), x.dtype)
         k.bn_rows_forward(x, gamma, beta, float(eps), y, mean, var, inv_std, width, partials, coef,
-                          kernel_threads(x.size, _NS_TWO_PASSES))
+                          kernel_threads(x.size, NS_NORM))
     else:
         k.bn_planes_forward(_planes(x), gamma, beta, float(eps), _planes(y), mean, var, inv_std,
-                            kernel_threads(x.size, _NS_TWO_PASSES))
+                            kernel_threads(x.size, NS_NORM))
     return y, mean, var, inv_std
 
 
@@ -93,10 +90,10 @@ def batch_norm_backward(dout, x, gamma, mean, inv_std, *, input_grad=True, out=N
         partials = np.empty((2 * chunks, C) if chunks else (0, 1))
         coef = np.empty((5, C) if chunks else (0, 1), x.dtype)
         k.bn_rows_backward(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, bool(input_grad), width, partials,
-                           coef, kernel_threads(x.size, _NS_TWO_PASSES))
+                           coef, kernel_threads(x.size, NS_NORM))
     else:
         k.bn_planes_backward(_planes(dout), _planes(x), gamma, mean, inv_std, _planes(dx), dgamma, dbeta,
-                             bool(input_grad), kernel_threads(x.size, _NS_TWO_PASSES))
+                             bool(input_grad), kernel_threads(x.size, NS_NORM))
     return (dx if input_grad else None), dgamma, dbeta
 
 
@@ -115,7 +112,7 @@ def row_norm_forward(x3, groups, gamma, beta, eps):
     mean = np.empty(M)
     inv_std = np.empty(M)
     _kernels().row_norm_forward(x3, int(groups), gamma, beta, float(eps), y3, mean, inv_std,
-                                kernel_threads(x3.size, _NS_TWO_PASSES))
+                                kernel_threads(x3.size, NS_NORM))
     return y3, mean, inv_std
 
 
@@ -135,7 +132,7 @@ def row_norm_backward(dout3, x3, groups, gamma, mean, inv_std, *, input_grad=Tru
     dgamma = np.empty(P)
     dbeta = np.empty(P)
     _kernels().row_norm_backward(dout3, x3, int(groups), gamma, mean, inv_std, dx3, partials, dgamma, dbeta,
-                                 bool(input_grad), kernel_threads(x3.size, _NS_TWO_PASSES))
+                                 bool(input_grad), kernel_threads(x3.size, NS_NORM))
     return (dx3 if input_grad else None), dgamma, dbeta
 
 
