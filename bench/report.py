@@ -26,7 +26,7 @@ import json
 import sys
 
 IMPLS = ("cynet", "numpy", "torch", "limit", "limit_torch")
-BASELINES = ("floor", "serial", "plain")
+BASELINES = ("floor", "floor (interleaved)", "serial", "plain")
 
 
 def load(path):
@@ -55,15 +55,22 @@ def load_groups(data):
         info = bench.get("extra_info", {})
         if "op" in info or "impl" not in info:
             continue
-        groups.setdefault(bench.get("group") or bench["name"], {})[info["impl"]] = bench["stats"]["median"]
+        group = groups.setdefault(bench.get("group") or bench["name"], {})
+        group[info["impl"]] = bench["stats"]["median"]
+        if "interleaved_floor_median" in info:       # test_epoch_interleaved_with_the_floor
+            group["floor (interleaved)"] = info["interleaved_floor_median"]
+            group["median of the per-round ratios"] = info["ratio_to_floor_median"]
     return groups
 
 
 def group_table(groups):
     out = ["| group | baseline | implementations: median s (ratio to the baseline) |", "|---|---|---|"]
     for group, times in groups.items():
+        ratio_median = times.pop("median of the per-round ratios", None)
         base = next((b for b in BASELINES if b in times), next(iter(times)))
         cells = [f"{impl} {times[impl]:.3f} s ({times[impl] / times[base]:.2f})" for impl in times]
+        if ratio_median is not None:
+            cells.append(f"cynet / floor round by round: median {ratio_median:.3f}")
         out.append(f"| {group} | {base} | {'; '.join(cells)} |")
     return "\n".join(out)
 

@@ -18,6 +18,9 @@ The issue's target: cynet's epoch within 1.1x the floor and never slower than to
 
 Run:  python -m pytest bench/test_bench_training.py --benchmark-only --benchmark-json=bench/results/training.json
 """
+import statistics
+import time
+
 import numpy as np
 import pytest
 
@@ -131,6 +134,16 @@ def _numpy_epoch(x, y, params, velocity, rng):
             param -= LR * v
 
 
+def _floor_buffers():
+    """Weights, activations and gradients of the floor's matrix products, allocated and written once."""
+    gen = np.random.default_rng(2)
+    w = [gen.standard_normal((SIZES[i + 1], SIZES[i]), dtype=np.float32) * 0.01 for i in range(3)]
+    acts = [np.zeros((BATCH, n), np.float32) for n in SIZES[1:]]
+    grads = [np.zeros_like(a) for a in w]
+    dacts = [np.zeros((BATCH, n), np.float32) for n in SIZES[1:3]]
+    return (*w, *acts, *grads, *dacts)
+
+
 def _floor_epoch(x, buffers):
     """Only the matrix products of one epoch, same shapes and order, into preallocated outputs."""
     w1, w2, w3, h1, h2, s, dw1, dw2, dw3, dh1, dh2 = buffers
@@ -200,15 +213,49 @@ def test_epoch(benchmark, timing, use_threads, data, model_name, impl, threads):
                 out.backward()
                 optimizer.step()
     else:
-        gen = np.random.default_rng(2)
-        w = [gen.standard_normal((SIZES[i + 1], SIZES[i]), dtype=np.float32) * 0.01 for i in range(3)]
-        acts = [np.zeros((BATCH, n), np.float32) for n in SIZES[1:]]
-        grads = [np.zeros_like(a) for a in w]
-        dacts = [np.zeros((BATCH, n), np.float32) for n in SIZES[1:3]]
-        buffers = (*w, *acts, *grads, *dacts)
+        buffers = _floor_buffers()
 
         def run():
             _floor_epoch(x, buffers)
 
     with use_threads(threads):
         timing.run(benchmark, run)
+
+
+INTERLEAVED_ROUNDS = 7
+
+
+@pytest.mark.parametrize("threads", THREADS, ids=[f"t{n}" for n in THREADS])
+@pytest.mark.parametrize("model_name", MODELS)
+def test_epoch_interleaved_with_the_floor(benchmark, use_threads, data, model_name, threads):
+    """The Trainer's epoch and the bare-GEMM floor in alternation, one of each per round, so that the machine's drift
+    (5-20 % between benchmarks a minute apart on the 2-vCPU development VM: the floor itself moved that much between the
+    two groups of one run) cancels out of the per-round ratio cynet / floor, whose median goes to
+    ``extra_info["ratio_to_floor_median"]`` (report.py prints it)."""
+    x, y = data
+    benchmark.group = f"epoch_interleaved/{model_name}/t{threads}"
+    model = _cynet_model(model_name == "mlp_bn")
+    trainer = Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=LR, momentum=MOMENTUM),
+                      progress=False)
+    epochs = iter(range(1, 10_000))
+    buffers = _floor_buffers()
+    floor_seconds = []
+
+    def floor_round():
+        start = time.perf_counter()
+        _floor_epoch(x, buffers)
+        floor_seconds.append(time.perf_counter() - start)
+
+    def run():
+        trainer.fit(x, y, epochs=next(epochs), batch_size=BATCH)
+
+    with use_threads(threads):
+        run()
+        _floor_epoch(x, buffers)  # warm-up of both
+        benchmark.pedantic(run, setup=floor_round, rounds=INTERLEAVED_ROUNDS, iterations=1)
+    cynet_seconds = list(benchmark.stats.stats.data)
+    ratios = [c / f for c, f in zip(cynet_seconds, floor_seconds)]
+    benchmark.extra_info.update(impl="cynet", threads=threads, samples=SAMPLES, batch=BATCH, model=model_name,
+                                interleaved_floor_median=statistics.median(floor_seconds),
+                                ratio_to_floor_median=statistics.median(ratios),
+                                ratios=[round(r, 4) for r in ratios])
