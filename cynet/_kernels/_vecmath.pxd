@@ -93,6 +93,17 @@ cdef inline float _expm1_reduced_f32(float r) noexcept nogil:
     return fma_f32(r * r, p, r)
 
 
+# The last Horner steps of the Taylor polynomials of exp(r) - 1 - r: from a partial value p of the terms above 1/7!,
+# p r + 1/7!, then 1/6!, ..., 1/2!. Shared by the degree-13 and degree-8 expansions below.
+cdef inline double _exp_taylor_tail(double p, double r) noexcept nogil:
+    p = fma_f64(p, r, 1.0 / 5040.0)
+    p = fma_f64(p, r, 1.0 / 720.0)
+    p = fma_f64(p, r, 1.0 / 120.0)
+    p = fma_f64(p, r, 1.0 / 24.0)
+    p = fma_f64(p, r, 1.0 / 6.0)
+    return fma_f64(p, r, 0.5)
+
+
 cdef inline double _expm1_reduced_f64(double r) noexcept nogil:
     # Taylor coefficients 1/k! for k = 2..13; the truncation error at |r| = ln2/2 is below 2**-56.
     cdef double p = 1.0 / 6227020800.0
@@ -101,13 +112,7 @@ cdef inline double _expm1_reduced_f64(double r) noexcept nogil:
     p = fma_f64(p, r, 1.0 / 3628800.0)
     p = fma_f64(p, r, 1.0 / 362880.0)
     p = fma_f64(p, r, 1.0 / 40320.0)
-    p = fma_f64(p, r, 1.0 / 5040.0)
-    p = fma_f64(p, r, 1.0 / 720.0)
-    p = fma_f64(p, r, 1.0 / 120.0)
-    p = fma_f64(p, r, 1.0 / 24.0)
-    p = fma_f64(p, r, 1.0 / 6.0)
-    p = fma_f64(p, r, 0.5)
-    return fma_f64(r * r, p, r)
+    return fma_f64(r * r, _exp_taylor_tail(p, r), r)
 
 
 cdef inline float exp_f32(float x) noexcept nogil:
@@ -194,14 +199,7 @@ cdef inline floating vtanh(floating x) noexcept nogil:
 cdef inline double exp_f64_for_f32(double x) noexcept nogil:
     cdef double n = round_f64(x * 1.4426950408889634074)
     cdef double r = _ln2_remainder_f64(x, n)
-    cdef double p = 1.0 / 40320.0
-    p = fma_f64(p, r, 1.0 / 5040.0)
-    p = fma_f64(p, r, 1.0 / 720.0)
-    p = fma_f64(p, r, 1.0 / 120.0)
-    p = fma_f64(p, r, 1.0 / 24.0)
-    p = fma_f64(p, r, 1.0 / 6.0)
-    p = fma_f64(p, r, 0.5)
-    return (1.0 + fma_f64(r * r, p, r)) * exp2i_f64(n)
+    return (1.0 + fma_f64(r * r, _exp_taylor_tail(1.0 / 40320.0, r), r)) * exp2i_f64(n)
 
 
 # erfc(z) for z >= 0 with relative error below 1.2e-7 everywhere (Numerical Recipes' Chebyshev fit, "erfcc"),
