@@ -196,6 +196,7 @@ THREAD_CASES = [
     ("bn1d-narrow", lambda d: BatchNorm1d(40, dtype=d), (2000, 40)),
     ("bn1d-tall", lambda d: BatchNorm1d(300, dtype=d), (3000, 300)),
     ("bn2d", lambda d: BatchNorm2d(8, dtype=d), (8, 8, 31, 33)),
+    ("bn2d-blocks", lambda d: BatchNorm2d(8, dtype=d), (4, 8, 40, 30)),   # 1200 positions: two blocks of sums
     ("layernorm", lambda d: LayerNorm(300, dtype=d), (200, 300)),
     ("groupnorm", lambda d: GroupNorm(4, 16, dtype=d), (8, 16, 20, 21)),
 ]

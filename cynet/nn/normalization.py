@@ -66,9 +66,15 @@ def batch_norm_forward(x, gamma, beta, eps, *, out=None):
         k.bn_rows_forward(x, gamma, beta, float(eps), y, mean, var, inv_std, width, partials, coef,
                           kernel_threads(x.size, NS_NORM))
     else:
-        k.bn_planes_forward(_planes(x), gamma, beta, float(eps), _planes(y), mean, var, inv_std,
-                            kernel_threads(x.size, NS_NORM))
+        planes, n_threads = _planes(x), kernel_threads(x.size, NS_NORM)
+        k.bn_planes_forward(planes, gamma, beta, float(eps), _planes(y), mean, var, inv_std,
+                            _plane_scratch(k, planes, n_threads), n_threads)
     return y, mean, var, inv_std
+
+
+def _plane_scratch(k, planes, n_threads):
+    """The planes kernels' per-thread float64 accumulators: (n_threads, 2 * block width), the width from the shape."""
+    return np.empty((n_threads, 2 * k.plane_block_width(planes.shape[2])))
 
 
 def batch_norm_backward(dout, x, gamma, mean, inv_std, *, input_grad=True, out=None):
@@ -92,8 +98,9 @@ def batch_norm_backward(dout, x, gamma, mean, inv_std, *, input_grad=True, out=N
         k.bn_rows_backward(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, bool(input_grad), width, partials,
                            coef, kernel_threads(x.size, NS_NORM))
     else:
-        k.bn_planes_backward(_planes(dout), _planes(x), gamma, mean, inv_std, _planes(dx), dgamma, dbeta,
-                             bool(input_grad), kernel_threads(x.size, NS_NORM))
+        planes, n_threads = _planes(x), kernel_threads(x.size, NS_NORM)
+        k.bn_planes_backward(_planes(dout), planes, gamma, mean, inv_std, _planes(dx), dgamma, dbeta,
+                             bool(input_grad), _plane_scratch(k, planes, n_threads), n_threads)
     return (dx if input_grad else None), dgamma, dbeta
 
 
