@@ -19,7 +19,7 @@ workers sleep; the pair then takes 7.6 ms) before its kernels load the OpenMP ru
 set. It takes effect only if no other library loaded the same OpenMP runtime first.
 
 The price of sleeping workers is a wake-up on every parallel kernel call, and what a wake-up costs depends on the
-machine: some microseconds on bare metal, but 140-170 us on the 2-vCPU virtual machine cynet is developed on, where a
+machine: some microseconds on bare metal, but 80-170 us on the 2-vCPU virtual machine cynet is developed on, where a
 ReLU over 40,000 floats took 11 us on one thread and 150-180 us on two, and one over a (256, 1024) batch 38 us against
 190 us. So the thread count a kernel actually gets comes from :func:`kernel_threads`: all of them only when the work,
 at the kernel's cost per element, outweighs :func:`parallel_overhead`, which is measured once per process (an empty
