@@ -26,6 +26,7 @@ at the kernel's cost per element, outweighs :func:`parallel_overhead`, which is 
 parallel region, timed). Results do not depend on the choice: every kernel gives the same bits for any thread count.
 """
 import contextlib
+import functools
 import math
 import os
 import threading
@@ -52,8 +53,12 @@ _overhead_seconds = {}  # thread count -> measured cost of a parallel region (se
 _blas_limiter = None  # the threadpoolctl limiter of the last set_num_threads, to restore on reset
 
 
+@functools.lru_cache(maxsize=None)
 def _cgroup_cpu_quota():
-    """CPUs allowed by a cgroup v2 (cpu.max) or v1 (cfs quota/period) limit, or None when there is no limit."""
+    """CPUs allowed by a cgroup v2 (cpu.max) or v1 (cfs quota/period) limit, or None when there is no limit.
+
+    Read once per process: opening the cgroup files took ~50 us, and every kernel call asks for the thread count
+    (the affinity mask, a ~0.5 us system call, is still read each time)."""
     try:
         with open("/sys/fs/cgroup/cpu.max") as f:
             quota, period = f.read().split()[:2]
