@@ -134,6 +134,12 @@ def _numpy_epoch(x, y, params, velocity, rng):
             param -= LR * v
 
 
+def _cynet_trainer(batchnorm):
+    """What a user runs: the model, softmax cross-entropy and SGD with momentum in a Trainer, no progress bar."""
+    model = _cynet_model(batchnorm)
+    return Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=LR, momentum=MOMENTUM), progress=False)
+
+
 def _floor_buffers():
     """Weights, activations and gradients of the floor's matrix products, allocated and written once."""
     gen = np.random.default_rng(2)
@@ -170,9 +176,7 @@ def test_epoch(benchmark, timing, use_threads, data, model_name, impl, threads):
     benchmark.extra_info.update(impl=impl, threads=threads, samples=SAMPLES, batch=BATCH, model=model_name)
     rng = np.random.default_rng(1)
     if impl == "cynet":
-        model = _cynet_model(batchnorm)
-        trainer = Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=LR, momentum=MOMENTUM),
-                          progress=False)
+        trainer = _cynet_trainer(batchnorm)
         epochs = iter(range(1, 10_000))
 
         def run():
@@ -234,9 +238,7 @@ def test_epoch_interleaved_with_the_floor(benchmark, use_threads, data, model_na
     ``extra_info["ratio_to_floor_median"]`` (report.py prints it)."""
     x, y = data
     benchmark.group = f"epoch_interleaved/{model_name}/t{threads}"
-    model = _cynet_model(model_name == "mlp_bn")
-    trainer = Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=LR, momentum=MOMENTUM),
-                      progress=False)
+    trainer = _cynet_trainer(model_name == "mlp_bn")
     epochs = iter(range(1, 10_000))
     buffers = _floor_buffers()
     floor_seconds = []

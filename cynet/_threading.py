@@ -184,13 +184,8 @@ def _measured_overhead(n):
     if not _runtime.openmp_enabled():
         return 0.0
     _runtime.parallel_region(n)  # the first region creates the team
-    samples = []
-    for _ in range(40):
-        start = time.perf_counter()
-        _runtime.parallel_region(n)
-        samples.append(time.perf_counter() - start)
+    samples = sorted(_timed(_runtime.parallel_region, n) for _ in range(40))
     serial = min(_timed(_runtime.parallel_region, 1) for _ in range(5))
-    samples.sort()
     return max(0.0, samples[len(samples) // 2] - serial)
 
 
@@ -223,8 +218,8 @@ def parallel_overhead(n=None):
             try:
                 value = float(setting) * 1e-6
             except ValueError:
-                value = -1.0
-            if not value >= 0 or value == float("inf"):
+                value = None
+            if value is None or not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"cynet: CYNET_PARALLEL_OVERHEAD_US must be a number of microseconds >= 0, got "
                                  f"{setting!r}")
         else:

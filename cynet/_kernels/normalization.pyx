@@ -199,15 +199,21 @@ cdef void _bn_rows_backward_block(const floating* dout, const floating* x, const
 #   mean_j = k_j + (1/N) sum_i (x_ij - k_j);  var_j = (1/N) sum_i (x_ij - k_j)^2 - (mean_j - k_j)^2 (biased)
 #   r_j = 1/sqrt(var_j + eps);  y_ij = (x_ij - mean_j) * (gamma_j r_j) + beta_j
 
+cdef inline void _zero_pair(double* first, double* second, Py_ssize_t n) noexcept nogil:
+    """first[0:n] = second[0:n] = 0: the two rows of sums every norm accumulates."""
+    cdef Py_ssize_t j
+    for j in range(n):
+        first[j] = 0
+        second[j] = 0
+
+
 cdef void _rows_shifted_sums(const floating* x, double* s1, double* s2, Py_ssize_t D, Py_ssize_t r0,
                              Py_ssize_t r1) noexcept nogil:
     """s1_j = sum_i (x_ij - x_0j), s2_j = sum_i (x_ij - x_0j)^2 over rows [r0, r1)."""
     cdef Py_ssize_t i, j
     cdef const floating* row
     cdef double d
-    for j in range(D):
-        s1[j] = 0
-        s2[j] = 0
+    _zero_pair(s1, s2, D)
     for i in range(r0, r1):
         row = x + i * D
         for j in range(D):
@@ -331,9 +337,7 @@ cdef void _rows_grad_sums(const floating* dout, const floating* x, const double*
     cdef const floating* row
     cdef const floating* grow
     cdef double g
-    for j in range(D):
-        sd[j] = 0
-        sdx[j] = 0
+    _zero_pair(sd, sdx, D)
     for i in range(r0, r1):
         row = x + i * D
         grow = dout + i * D
@@ -524,12 +528,6 @@ cdef inline void _plane_dx(const floating* dout, const floating* x, floating cen
 # does), then the block's `width` sums are added in order. The order depends on the shape only (width = min(S,
 # PLANE_BLOCK)): the same bits for any thread count. (Summing a plane at a time needs one running sum, which the
 # compiler keeps scalar: 2.6 cycles per value on one thread.)
-cdef inline void _zero_column_sums(double* acc, Py_ssize_t width, Py_ssize_t w) noexcept nogil:
-    """Clear the first w of each of the two accumulator rows (acc[0:w], acc[width:width + w])."""
-    cdef Py_ssize_t s
-    for s in range(w):
-        acc[s] = 0
-        acc[width + s] = 0
 
 
 cdef inline void _add_column_sums(const double* acc, Py_ssize_t width, Py_ssize_t w, double* t1,
@@ -550,7 +548,7 @@ cdef void _planes_shifted_sums(const floating* x, Py_ssize_t P, Py_ssize_t C, Py
     for blk in range((S + width - 1) // width):
         s0 = blk * width
         w = min(width, S - s0)
-        _zero_column_sums(acc, width, w)
+        _zero_pair(acc, acc + width, w)
         for p in range(P):
             row = x + (p * C + c) * S + s0
             for s in range(w):
@@ -572,7 +570,7 @@ cdef void _planes_grad_sums(const floating* dout, const floating* x, Py_ssize_t 
     for blk in range((S + width - 1) // width):
         s0 = blk * width
         w = min(width, S - s0)
-        _zero_column_sums(acc, width, w)
+        _zero_pair(acc, acc + width, w)
         for p in range(P):
             off = (p * C + c) * S + s0
             for s in range(w):
