@@ -7,7 +7,8 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 from cynet._kernels import _runtime, available_isas, selected_isa
-from cynet._threading import available_cpus, default_num_threads, get_num_threads, parallel_overhead
+from cynet._threading import (WAIT_POLICY_SET_BY_USER, available_cpus, default_num_threads, get_num_threads,
+                              idle_spin_seconds, parallel_overhead)
 
 
 def config():
@@ -37,6 +38,8 @@ def config():
         "default_threads": default_num_threads(),
         "threads": get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "wait_policy_set_by_user": WAIT_POLICY_SET_BY_USER,
+        "idle_spin_ms": idle_spin_seconds() * 1e3,
         "parallel_overhead_us": parallel_overhead() * 1e6,
         "blas": blas,
     }
@@ -59,9 +62,13 @@ def show_config(file=None):
         f"threads        : {c['threads']} (default {c['default_threads']}; CPUs available {c['available_cpus']}; "
         f"set with cynet.set_num_threads or OMP_NUM_THREADS)",
         f"OpenMP waits   : {c['omp_wait_policy'] or 'runtime default'} (OMP_WAIT_POLICY; passive idle workers "
-        f"leave the cores to BLAS)",
-        f"parallel call  : {c['parallel_overhead_us']:.0f} us to wake the workers (measured; a kernel call runs on "
-        f"one thread unless splitting saves more; CYNET_PARALLEL_OVERHEAD_US overrides)",
+        f"leave the cores to BLAS); idle workers measured spinning {c['idle_spin_ms']:.1f} ms after a parallel region"
+        + ("" if c["idle_spin_ms"] < 1 or c["wait_policy_set_by_user"] else
+           " (the OpenMP runtime started before cynet could make it passive, e.g. torch imported first; import cynet "
+           "first or set OMP_WAIT_POLICY=PASSIVE in the environment)"),
+        f"parallel call  : {c['parallel_overhead_us']:.0f} us (waking the workers, or their spinning where larger; "
+        f"measured; a kernel call runs on one thread unless splitting saves more; CYNET_PARALLEL_OVERHEAD_US "
+        f"overrides)",
     ]
     if c["blas"]:
         for b in c["blas"]:

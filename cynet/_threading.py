@@ -16,7 +16,12 @@ parallel loop (libgomp's default), and OpenBLAS's workers need those cores for t
 the 2-core development machine, a (256, 3072) x (3072, 1024) float32 GEMM followed by a ReLU kernel took 18 ms
 with spinning workers against 7.7 ms for the GEMM alone. cynet therefore sets ``OMP_WAIT_POLICY=PASSIVE`` (idle
 workers sleep; the pair then takes 7.6 ms) before its kernels load the OpenMP runtime, unless the variable is already
-set. It takes effect only if no other library loaded the same OpenMP runtime first.
+set. It takes effect only if no other library loaded the same OpenMP runtime first: ``import torch`` before
+``import cynet`` starts libgomp with its default, and its idle workers then spin for about 8 ms after every parallel
+region (measured here), which made a training epoch 2.5-3x slower (3.2-3.9 s against 1.25-1.37 s). So the cost of a
+parallel call (:func:`parallel_overhead`) also counts the time the idle workers keep a core busy, measured from their
+CPU clocks (:func:`idle_spin_seconds`), unless the user chose the wait policy (``OMP_WAIT_POLICY`` set before cynet was
+imported): with spinning workers only kernels long enough to be worth a core for that long are split.
 
 The price of sleeping workers is a wake-up on every parallel kernel call, and what a wake-up costs depends on the
 machine: some microseconds on bare metal, but 80-170 us on the 2-vCPU virtual machine cynet is developed on, where a
@@ -32,11 +37,14 @@ import os
 import threading
 import time
 
+# whether the OpenMP wait policy is the user's choice (then spinning idle workers are what they asked for)
+WAIT_POLICY_SET_BY_USER = "OMP_WAIT_POLICY" in os.environ
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from threadpoolctl import threadpool_limits
 
-__all__ = ["available_cpus", "get_num_threads", "kernel_threads", "parallel_overhead", "set_num_threads", "threads"]
+__all__ = ["available_cpus", "get_num_threads", "idle_spin_seconds", "kernel_threads", "parallel_overhead",
+           "set_num_threads", "threads"]
 
 # Kernel cost classes for kernel_threads, in nanoseconds per element on one core, measured on the development machine
 # (AMD EPYC, AVX2) with the data in cache, where the decision is close (a few MB): maps that only stream memory (ReLU,
@@ -50,6 +58,7 @@ NS_NORM = 0.8
 _state = threading.local()
 _global_num_threads = None  # set by set_num_threads; None means "the default"
 _overhead_seconds = {}  # thread count -> measured cost of a parallel region (see parallel_overhead)
+_spin_seconds = {}  # thread count -> measured spinning of the idle workers (see idle_spin_seconds)
 _blas_limiter = None  # the threadpoolctl limiter of the last set_num_threads, to restore on reset
 
 
@@ -186,7 +195,45 @@ def _measured_overhead(n):
     _runtime.parallel_region(n)  # the first region creates the team
     samples = sorted(_timed(_runtime.parallel_region, n) for _ in range(40))
     serial = min(_timed(_runtime.parallel_region, 1) for _ in range(5))
-    return max(0.0, samples[len(samples) // 2] - serial)
+    wake_up = max(0.0, samples[len(samples) // 2] - serial)
+    spin = 0.0 if WAIT_POLICY_SET_BY_USER else max(0.0, idle_spin_seconds(n))
+    return max(wake_up, spin)
+
+
+SPIN_HORIZON = 0.05  # idle_spin_seconds watches the idle workers for at most this long
+
+
+def idle_spin_seconds(n=None):
+    """Seconds for which the OpenMP runtime's idle workers keep their cores busy after a parallel region of ``n``
+    threads (default: the current count) ends: about 0 when they sleep at once (``OMP_WAIT_POLICY=PASSIVE``, which
+    cynet sets), about 8 ms on the development machine with libgomp's default (the runtime was started before cynet,
+    e.g. by ``import torch``), 0.05 (the horizon watched) with ``OMP_WAIT_POLICY=ACTIVE``.
+
+    Measured once per process and thread count from the workers' CPU clocks while the caller sleeps (Linux); 0.0 where
+    that cannot be measured (other systems, a serial build) and for ``n`` = 1.
+
+    Example:
+        >>> import cynet
+        >>> cynet.idle_spin_seconds(1)
+        0.0
+    """
+    return _once_per_thread_count(_spin_seconds, n, _measured_spin)
+
+
+def _measured_spin(n):
+    from cynet._kernels import _runtime
+
+    return max(0.0, _runtime.idle_spin_seconds(n, SPIN_HORIZON) if _runtime.openmp_enabled() else -1.0)
+
+
+def _once_per_thread_count(cache, n, compute):
+    """``cache[n]`` for ``n`` threads (default: the current count), ``compute(n)`` on first use; 0.0 for one thread."""
+    n = get_num_threads() if n is None else _validate(n)
+    if n <= 1:
+        return 0.0
+    if n not in cache:
+        cache[n] = compute(n)
+    return cache[n]
 
 
 def _timed(f, *args):
@@ -197,7 +244,9 @@ def _timed(f, *args):
 
 def parallel_overhead(n=None):
     """Seconds that running a kernel on ``n`` threads (default: the current count) costs over one thread on this
-    machine, whatever the work: starting and joining the team, i.e. waking the sleeping workers.
+    machine, whatever the work: starting and joining the team, i.e. waking the sleeping workers, or, where the idle
+    workers spin instead of sleeping and the wait policy is not the user's choice, the time they then keep a core
+    from whatever runs next (:func:`idle_spin_seconds`), whichever is larger.
 
     Measured on first use for each thread count (the median of 40 empty parallel regions, about 40 x the cost) and
     kept for the process. ``CYNET_PARALLEL_OVERHEAD_US`` (microseconds, >= 0) replaces the measurement: 0 runs every
@@ -208,23 +257,19 @@ def parallel_overhead(n=None):
         >>> cynet.parallel_overhead(1)
         0.0
     """
-    n = get_num_threads() if n is None else _validate(n)
-    if n <= 1:
-        return 0.0
-    value = _overhead_seconds.get(n)
-    if value is None:
-        setting = os.environ.get("CYNET_PARALLEL_OVERHEAD_US", "").strip()
-        if setting:
-            try:
-                value = float(setting) * 1e-6
-            except ValueError:
-                value = None
-            if value is None or not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"cynet: CYNET_PARALLEL_OVERHEAD_US must be a number of microseconds >= 0, got "
-                                 f"{setting!r}")
-        else:
-            value = _measured_overhead(n)
-        _overhead_seconds[n] = value
+    return _once_per_thread_count(_overhead_seconds, n, _set_or_measured_overhead)
+
+
+def _set_or_measured_overhead(n):
+    setting = os.environ.get("CYNET_PARALLEL_OVERHEAD_US", "").strip()
+    if not setting:
+        return _measured_overhead(n)
+    try:
+        value = float(setting) * 1e-6
+    except ValueError:
+        value = None
+    if value is None or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"cynet: CYNET_PARALLEL_OVERHEAD_US must be a number of microseconds >= 0, got {setting!r}")
     return value
 
 

@@ -11,6 +11,7 @@ import pytest
 
 import cynet
 from cynet import ops, reference
+from cynet._kernels import _runtime
 from cynet._threading import default_num_threads
 
 
@@ -254,6 +255,68 @@ def test_the_overhead_is_measured_when_not_set():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout) >= 0
+
+
+def _fresh_process_json(code, **env):
+    """Run ``code`` (which prints one JSON document) in a fresh Python with neither the test suite's
+    CYNET_PARALLEL_OVERHEAD_US nor the OMP_WAIT_POLICY that importing cynet put in this process's environment."""
+    import json
+
+    full_env = {k: v for k, v in os.environ.items() if k not in ("CYNET_PARALLEL_OVERHEAD_US", "OMP_WAIT_POLICY")}
+    full_env.update(env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+_spin_report = (
+    "import io, json, cynet\n"
+    "from threadpoolctl import threadpool_info\n"
+    "spin = cynet.idle_spin_seconds(2)\n"
+    "text = io.StringIO(); cynet.show_config(file=text)\n"
+    "runtimes = sorted({i['filepath'] for i in threadpool_info() if i['user_api'] == 'openmp'})\n"
+    "print(json.dumps(dict(spin=spin, overhead=cynet.parallel_overhead(2), config=text.getvalue(),"
+    " runtimes=runtimes)))\n")
+
+needs_thread_clocks = pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and _runtime.openmp_enabled() and cynet.available_cpus() >= 2),
+    reason="idle workers are watched through Linux thread CPU clocks, with OpenMP and two CPUs")
+
+
+@needs_thread_clocks
+def test_idle_workers_sleep_when_cynet_starts_the_openmp_runtime():
+    report = _fresh_process_json(_spin_report)
+    assert 0 <= report["spin"] < 2e-3, report
+    assert "PASSIVE" in report["config"] and "started before cynet" not in report["config"]
+
+
+@needs_thread_clocks
+def test_a_runtime_started_before_cynet_spins_and_parallel_calls_pay_for_it():
+    # what `import torch` before `import cynet` does: libgomp starts with its default wait policy (spinning), and
+    # cynet's setting comes too late; its kernels then share the spinning runtime (the same soname)
+    code = ("import ctypes, sys\n"
+            "try:\n"
+            "    ctypes.CDLL('libgomp.so.1', mode=ctypes.RTLD_GLOBAL)\n"
+            "except OSError:\n"
+            "    print('{\"runtimes\": []}'); sys.exit(0)\n" + _spin_report)
+    report = _fresh_process_json(code)
+    if len(report["runtimes"]) != 1 or "libgomp" not in report["runtimes"][0]:
+        pytest.skip(f"the kernels do not run on the preloaded libgomp here: {report['runtimes']}")
+    assert report["spin"] > 1e-3, report  # libgomp's default spin: about 8 ms on the development machine
+    assert report["overhead"] >= report["spin"]
+    assert "started before cynet" in report["config"]
+
+
+@needs_thread_clocks
+def test_spinning_chosen_by_the_user_is_reported_but_not_charged():
+    report = _fresh_process_json(_spin_report, OMP_WAIT_POLICY="ACTIVE")
+    assert report["spin"] > 1e-3, report
+    assert report["overhead"] < report["spin"]
+    assert "ACTIVE" in report["config"] and "started before cynet" not in report["config"]
+
+
+def test_idle_spin_is_zero_for_one_thread():
+    assert cynet.idle_spin_seconds(1) == 0.0
 
 
 def test_small_calls_on_one_thread_give_the_same_bits_as_split_ones(overhead):

@@ -61,3 +61,69 @@ def parallel_region(int n_threads):
     with nogil:
         for i in prange(n_threads, schedule='static', num_threads=n_threads):
             sink[i % 64] = i
+
+
+cdef extern from *:
+    """
+    #if defined(__linux__) && defined(_OPENMP)
+    #include <pthread.h>
+    #include <time.h>
+    #define CYNET_MAX_RECORDED_THREADS 256
+    static pthread_t cynet_team_threads[CYNET_MAX_RECORDED_THREADS];
+    static int cynet_thread_clocks_supported(void) { return 1; }
+    static void cynet_record_team_thread(int index) {
+        if (index >= 0 && index < CYNET_MAX_RECORDED_THREADS) cynet_team_threads[index] = pthread_self();
+    }
+    /* CPU seconds the recorded team thread `index` has run so far, or -1 when its clock cannot be read. */
+    static double cynet_team_thread_cpu_seconds(int index) {
+        clockid_t clock;
+        struct timespec now;
+        if (index < 0 || index >= CYNET_MAX_RECORDED_THREADS) return -1.0;
+        if (pthread_getcpuclockid(cynet_team_threads[index], &clock) != 0) return -1.0;
+        if (clock_gettime(clock, &now) != 0) return -1.0;
+        return (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
+    }
+    #else
+    static int cynet_thread_clocks_supported(void) { return 0; }
+    static void cynet_record_team_thread(int index) { (void)index; }
+    static double cynet_team_thread_cpu_seconds(int index) { (void)index; return -1.0; }
+    #endif
+    """
+    int cynet_thread_clocks_supported() nogil
+    void cynet_record_team_thread(int index) noexcept nogil
+    double cynet_team_thread_cpu_seconds(int index) nogil
+
+
+def idle_spin_seconds(int n_threads, double horizon=0.05, double step=0.0005):
+    """How long the OpenMP runtime's idle workers keep a core busy after a parallel region ends: run a region of
+    ``n_threads`` threads, then watch the CPU clocks of its workers (not the calling thread) while the caller sleeps,
+    in steps of ``step`` seconds, until no worker ran for more than a fifth of a step (a spinning worker that shares
+    its core with another busy thread still runs about half of it).
+
+    Returns the time from the end of the region to the end of the last step in which a worker was still running
+    (0.0 when they sleep at once, as with OMP_WAIT_POLICY=PASSIVE; libgomp's default spins for milliseconds),
+    ``horizon`` when they were still spinning then, or -1.0 where thread CPU clocks cannot be read (not Linux, or no
+    OpenMP) or ``n_threads`` < 2."""
+    import time
+
+    cdef int i
+    if n_threads < 2 or not cynet_thread_clocks_supported():
+        return -1.0
+    with nogil:
+        for i in prange(n_threads, schedule='static', chunksize=1, num_threads=n_threads):
+            cynet_record_team_thread(i)
+    start = time.perf_counter()
+    previous = [cynet_team_thread_cpu_seconds(i) for i in range(1, n_threads)]
+    if min(previous) < 0:
+        return -1.0
+    busy_until = 0.0
+    while True:
+        time.sleep(step)
+        elapsed = time.perf_counter() - start
+        now = [cynet_team_thread_cpu_seconds(i) for i in range(1, n_threads)]
+        if max(b - a for a, b in zip(previous, now)) <= 0.2 * step:
+            return busy_until
+        busy_until = elapsed
+        if elapsed >= horizon:
+            return horizon
+        previous = now
