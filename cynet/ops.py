@@ -29,7 +29,7 @@ import numpy as np
 
 from cynet import reference
 from cynet._kernels import load as _load_kernels
-from cynet._threading import NS_EXP, NS_GELU, NS_STREAM, kernel_threads
+from cynet._threading import NS_EXP, NS_GELU, NS_STREAM, kernel_threads, stream_stores
 from cynet._validation import KERNEL_DTYPES, as_float_array, describe, output, same_layout
 
 __all__ = list(reference.__all__)
@@ -55,13 +55,21 @@ def _ns_per_element(code, backward):
     return NS_STREAM
 
 
+def _streams(ns_per_element, out):
+    """Non-temporal stores for a large output of a kernel that only streams memory (measured, (4096, 4096) float32,
+    two threads: ReLU forward 6.9 -> 5.7 ms, ReLU backward 9.3 -> 8.3 ms); the kernels that evaluate exp or erf were
+    3-10 % slower through the store buffer, so they keep plain stores."""
+    return ns_per_element == NS_STREAM and stream_stores(out.nbytes)
+
+
 def _forward(op, code, x, out, param, fallback):
     x = as_float_array(op, "x", x)
     if x.dtype not in KERNEL_DTYPES:
         return fallback(x, out)
     y = output(op, out, x.shape, x.dtype)
-    _act.elementwise_forward(code, x.reshape(-1), y.reshape(-1), float(param),
-                             kernel_threads(x.size, _ns_per_element(code, False)))
+    ns = _ns_per_element(code, False)
+    _act.elementwise_forward(code, x.reshape(-1), y.reshape(-1), float(param), _streams(ns, y),
+                             kernel_threads(x.size, ns))
     return y
 
 
@@ -72,8 +80,9 @@ def _backward(op, code, dout, saved, saved_name, out, param, fallback):
     if dout.dtype not in KERNEL_DTYPES:
         return fallback(dout, saved, out)
     dx = output(op, out, dout.shape, dout.dtype)
+    ns = _ns_per_element(code, True)
     _act.elementwise_backward(code, dout.reshape(-1), saved.reshape(-1), dx.reshape(-1), float(param),
-                              kernel_threads(dout.size, _ns_per_element(code, True)))
+                              _streams(ns, dx), kernel_threads(dout.size, ns))
     return dx
 
 

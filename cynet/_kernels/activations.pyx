@@ -16,6 +16,7 @@ from cython.parallel cimport prange
 from libc.math cimport erfc
 
 from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS, CHUNK_ALIGN, split_length
+from cynet._kernels._stream cimport STREAM_BLOCK, stream_fence, stream_head, stream_store
 from cynet._kernels._vecmath cimport (vexpm1, vsigmoid, vtanh, exp_f64, exp_f64_for_f32, erfc_nonneg_f32acc,
                                       sigmoid_f64_for_f32)
 
@@ -220,9 +221,32 @@ cdef inline void _block(bint backward, int op, const floating* u, const floating
         _forward_block(op, u, out, n, a)
 
 
+cdef void _streamed_block(bint backward, int op, const floating* u, const floating* saved, floating* out,
+                          Py_ssize_t n, floating a) noexcept nogil:
+    """_block through an L1 buffer, STREAM_BLOCK values at a time, written out with non-temporal stores."""
+    cdef floating buffer[STREAM_BLOCK]
+    cdef Py_ssize_t head = stream_head(out, n), b, start, m
+    _block(backward, op, u, saved, out, head, a)
+    for b in range((n - head + STREAM_BLOCK - 1) // STREAM_BLOCK):
+        start = head + b * STREAM_BLOCK
+        m = min(<Py_ssize_t>STREAM_BLOCK, n - start)
+        _block(backward, op, u + start, saved + start, buffer, m, a)
+        stream_store(out + start, buffer, m)
+    stream_fence()
+
+
+cdef inline void _chunk(bint backward, int op, const floating* u, const floating* saved, floating* out, Py_ssize_t n,
+                        floating a, bint stream) noexcept nogil:
+    if stream:
+        _streamed_block(backward, op, u, saved, out, n, a)
+    else:
+        _block(backward, op, u, saved, out, n, a)
+
+
 cdef void _elementwise(bint backward, int op, const floating[::1] u, const floating[::1] saved, floating[::1] out,
-                       double a, int n_threads) noexcept nogil:
-    """Run one elementwise forward (u = x) or backward (u = dout) over chunks of the flat index range."""
+                       double a, bint stream, int n_threads) noexcept nogil:
+    """Run one elementwise forward (u = x) or backward (u = dout) over chunks of the flat index range; with
+    ``stream``, the output goes to memory with non-temporal stores (outputs larger than the cache)."""
     cdef Py_ssize_t n = u.shape[0]
     cdef Py_ssize_t chunk = split_length(n, n, n_threads, CHUNK_ALIGN)
     cdef Py_ssize_t n_chunks = (n + chunk - 1) // chunk
@@ -230,24 +254,25 @@ cdef void _elementwise(bint backward, int op, const floating[::1] u, const float
     if n == 0:
         return
     if n_chunks == 1:
-        _block(backward, op, &u[0], &saved[0], &out[0], n, <floating>a)
+        _chunk(backward, op, &u[0], &saved[0], &out[0], n, <floating>a, stream)
     else:
         for c in prange(n_chunks, schedule='static', num_threads=n_threads):
             lo = c * chunk
-            _block(backward, op, &u[lo], &saved[lo], &out[lo], min(chunk, n - lo), <floating>a)
+            _chunk(backward, op, &u[lo], &saved[lo], &out[lo], min(chunk, n - lo), <floating>a, stream)
 
 
-def elementwise_forward(int op, const floating[::1] x, floating[::1] y, double a, int n_threads):
-    """y = f_op(x) over flat contiguous arrays of equal length."""
+def elementwise_forward(int op, const floating[::1] x, floating[::1] y, double a, bint stream, int n_threads):
+    """y = f_op(x) over flat contiguous arrays of equal length (``stream``: non-temporal stores of y)."""
     with nogil:
-        _elementwise(False, op, x, x, y, a, n_threads)
+        _elementwise(False, op, x, x, y, a, stream, n_threads)
 
 
 def elementwise_backward(int op, const floating[::1] dout, const floating[::1] saved, floating[::1] dx, double a,
-                         int n_threads):
-    """dx = dout * f_op'(saved) over flat contiguous arrays of equal length."""
+                         bint stream, int n_threads):
+    """dx = dout * f_op'(saved) over flat contiguous arrays of equal length (``stream``: non-temporal stores of
+    dx)."""
     with nogil:
-        _elementwise(True, op, dout, saved, dx, a, n_threads)
+        _elementwise(True, op, dout, saved, dx, a, stream, n_threads)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from cython.parallel cimport prange, threadid
 from libc.math cimport sqrt
 
 from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS
+from cynet._kernels._stream cimport STREAM_BLOCK, stream_fence, stream_head, stream_store
 
 
 cdef enum:
@@ -207,19 +208,84 @@ cdef inline void _zero_pair(double* first, double* second, Py_ssize_t n) noexcep
         second[j] = 0
 
 
-cdef void _rows_shifted_sums(const floating* x, double* s1, double* s2, Py_ssize_t D, Py_ssize_t r0,
-                             Py_ssize_t r1) noexcept nogil:
-    """s1_j = sum_i (x_ij - x_0j), s2_j = sum_i (x_ij - x_0j)^2 over rows [r0, r1)."""
-    cdef Py_ssize_t i, j
-    cdef const floating* row
-    cdef double d
-    _zero_pair(s1, s2, D)
-    for i in range(r0, r1):
-        row = x + i * D
-        for j in range(D):
-            d = <double>row[j] - <double>x[j]
-            s1[j] = s1[j] + d
-            s2[j] = s2[j] + d * d
+# The row-chunk sums, four rows per sweep over the 2 D float64 sums ((d0 + d1) + (d2 + d3) added to them, then any
+# remaining rows one by one): a sweep reads and writes the sums (out of L1 for D > 2048) once for four rows instead of
+# once per row. Written in C for `restrict`: the build keeps -fno-strict-aliasing, so without it the compiler must
+# assume the float64 sums may overlap the input and does not vectorise a loop over six arrays.
+cdef extern from *:
+    """
+    #define CYNET_ROWS_SUMS(T, SUFFIX)                                                                              \
+    static void cynet_rows_shifted_sums_##SUFFIX(const T* CYTHON_RESTRICT x, double* CYTHON_RESTRICT s1,         \
+                                                 double* CYTHON_RESTRICT s2, Py_ssize_t D, Py_ssize_t r0,         \
+                                                 Py_ssize_t r1) {                                                 \
+        Py_ssize_t i = r0, j;                                                                                     \
+        for (j = 0; j < D; j++) { s1[j] = 0; s2[j] = 0; }                                                         \
+        for (; i + 4 <= r1; i += 4) {                                                                             \
+            const T* CYTHON_RESTRICT a = x + i * D;                                                               \
+            for (j = 0; j < D; j++) {                                                                             \
+                double k = (double)x[j];                                                                          \
+                double d0 = (double)a[j] - k, d1 = (double)a[D + j] - k;                                          \
+                double d2 = (double)a[2 * D + j] - k, d3 = (double)a[3 * D + j] - k;                              \
+                s1[j] = s1[j] + ((d0 + d1) + (d2 + d3));                                                          \
+                s2[j] = s2[j] + ((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3));                                      \
+            }                                                                                                     \
+        }                                                                                                         \
+        for (; i < r1; i++) {                                                                                     \
+            const T* CYTHON_RESTRICT a = x + i * D;                                                               \
+            for (j = 0; j < D; j++) {                                                                             \
+                double d0 = (double)a[j] - (double)x[j];                                                          \
+                s1[j] = s1[j] + d0;                                                                               \
+                s2[j] = s2[j] + d0 * d0;                                                                          \
+            }                                                                                                     \
+        }                                                                                                         \
+    }                                                                                                             \
+    static void cynet_rows_grad_sums_##SUFFIX(const T* CYTHON_RESTRICT dout, const T* CYTHON_RESTRICT x,         \
+                                              const double* CYTHON_RESTRICT mean, double* CYTHON_RESTRICT sd,      \
+                                              double* CYTHON_RESTRICT sdx, Py_ssize_t D, Py_ssize_t r0,            \
+                                              Py_ssize_t r1) {                                                    \
+        Py_ssize_t i = r0, j;                                                                                     \
+        for (j = 0; j < D; j++) { sd[j] = 0; sdx[j] = 0; }                                                        \
+        for (; i + 4 <= r1; i += 4) {                                                                             \
+            const T* CYTHON_RESTRICT g = dout + i * D;                                                            \
+            const T* CYTHON_RESTRICT a = x + i * D;                                                               \
+            for (j = 0; j < D; j++) {                                                                             \
+                double mu = mean[j];                                                                              \
+                double g0 = g[j], g1 = g[D + j], g2 = g[2 * D + j], g3 = g[3 * D + j];                            \
+                sd[j] = sd[j] + ((g0 + g1) + (g2 + g3));                                                          \
+                sdx[j] = sdx[j] + ((g0 * ((double)a[j] - mu) + g1 * ((double)a[D + j] - mu))                      \
+                                   + (g2 * ((double)a[2 * D + j] - mu) + g3 * ((double)a[3 * D + j] - mu)));      \
+            }                                                                                                     \
+        }                                                                                                         \
+        for (; i < r1; i++) {                                                                                     \
+            const T* CYTHON_RESTRICT g = dout + i * D;                                                            \
+            const T* CYTHON_RESTRICT a = x + i * D;                                                               \
+            for (j = 0; j < D; j++) {                                                                             \
+                double g0 = g[j];                                                                                 \
+                sd[j] = sd[j] + g0;                                                                               \
+                sdx[j] = sdx[j] + g0 * ((double)a[j] - mean[j]);                                                  \
+            }                                                                                                     \
+        }                                                                                                         \
+    }
+    CYNET_ROWS_SUMS(float, f32)
+    CYNET_ROWS_SUMS(double, f64)
+    """
+    void cynet_rows_shifted_sums_f32(const float* x, double* s1, double* s2, Py_ssize_t D, Py_ssize_t r0,
+                                     Py_ssize_t r1) noexcept nogil
+    void cynet_rows_shifted_sums_f64(const double* x, double* s1, double* s2, Py_ssize_t D, Py_ssize_t r0,
+                                     Py_ssize_t r1) noexcept nogil
+    void cynet_rows_grad_sums_f32(const float* dout, const float* x, const double* mean, double* sd, double* sdx,
+                                  Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
+    void cynet_rows_grad_sums_f64(const double* dout, const double* x, const double* mean, double* sd, double* sdx,
+                                  Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
+
+
+cdef inline void _rows_shifted_sums(const floating* x, double* s1, double* s2, Py_ssize_t D, Py_ssize_t r0,
+                                    Py_ssize_t r1) noexcept nogil:
+    """s1_j = sum_i (x_ij - x_0j), s2_j = sum_i (x_ij - x_0j)^2 over rows [r0, r1) (four rows per sweep)."""
+    if floating is float:
+        cynet_rows_shifted_sums_f32(x, s1, s2, D, r0, r1)
+    else:
+        cynet_rows_shifted_sums_f64(x, s1, s2, D, r0, r1)
 
 
 cdef inline void _add_chunk_sums(const double* partials, Py_ssize_t n_chunks, Py_ssize_t D, Py_ssize_t j,
@@ -253,30 +319,47 @@ cdef void _rows_statistics(const floating* x, const floating* gamma, const float
         coef[3 * D + j] = beta[j]
 
 
+cdef inline void _affine_span(const floating* x, const floating* center, const floating* center_lo,
+                              const floating* scale, const floating* shift, floating* y, Py_ssize_t n) noexcept nogil:
+    """y_j = ((x_j - center_j) - center_lo_j) * scale_j + shift_j for j < n."""
+    cdef Py_ssize_t j
+    for j in range(n):
+        y[j] = ((x[j] - center[j]) - center_lo[j]) * scale[j] + shift[j]
+
+
 cdef void _rows_affine(const floating* x, const floating* coef, floating* y, Py_ssize_t D, Py_ssize_t r0,
-                       Py_ssize_t r1) noexcept nogil:
-    """y_ij = ((x_ij - center_j) - center_lo_j) * scale_j + shift_j over rows [r0, r1)."""
-    cdef Py_ssize_t i, j
-    cdef const floating* row
-    cdef floating* out
+                       Py_ssize_t r1, bint stream) noexcept nogil:
+    """y_ij = ((x_ij - center_j) - center_lo_j) * scale_j + shift_j over rows [r0, r1); with ``stream``, y goes to
+    memory with non-temporal stores (through an L1 buffer, block by block of each row)."""
+    cdef floating buffer[STREAM_BLOCK]
+    cdef Py_ssize_t i, b, head, j, m
     cdef const floating* center = coef
     cdef const floating* center_lo = coef + D
     cdef const floating* scale = coef + 2 * D
     cdef const floating* shift = coef + 3 * D
     for i in range(r0, r1):
-        row = x + i * D
-        out = y + i * D
-        for j in range(D):
-            out[j] = ((row[j] - center[j]) - center_lo[j]) * scale[j] + shift[j]
+        if not stream:
+            _affine_span(x + i * D, center, center_lo, scale, shift, y + i * D, D)
+            continue
+        head = stream_head(y + i * D, D)
+        _affine_span(x + i * D, center, center_lo, scale, shift, y + i * D, head)
+        for b in range((D - head + STREAM_BLOCK - 1) // STREAM_BLOCK):
+            j = head + b * STREAM_BLOCK
+            m = min(<Py_ssize_t>STREAM_BLOCK, D - j)
+            _affine_span(x + i * D + j, center + j, center_lo + j, scale + j, shift + j, buffer, m)
+            stream_store(y + i * D + j, buffer, m)
+    if stream:
+        stream_fence()
 
 
 def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const floating[::1] beta, double eps,
                     floating[:, ::1] y, double[::1] mean, double[::1] var, double[::1] inv_std,
-                    Py_ssize_t width, double[:, ::1] partials, floating[:, ::1] coef, int n_threads):
+                    Py_ssize_t width, double[:, ::1] partials, floating[:, ::1] coef, bint stream, int n_threads):
     """Training forward of BatchNorm1d on (N, D): y, and the batch mean, biased var and 1/sqrt(var + eps).
 
     Split as :func:`rows_plan` says: column blocks of ``width`` when it is > 0, else row chunks, one per pair of
-    rows of the caller's scratch ``partials`` (float64 (2 * chunks, D)) with ``coef`` of x's type (4, D)."""
+    rows of the caller's scratch ``partials`` (float64 (2 * chunks, D)) with ``coef`` of x's type (4, D). ``stream``:
+    the row chunks write y with non-temporal stores (an output larger than the cache)."""
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], n_chunks = partials.shape[0] // 2, c, r0, r1, j, jb, b, j0
     cdef Py_ssize_t col_block = 64, n_col_blocks, n_blocks
     cdef int nt, nt_cols
@@ -308,7 +391,7 @@ def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const f
                 _rows_shifted_sums(&x[0, 0], &partials[2 * c, 0], &partials[2 * c + 1, 0], D, r0, r1)
             _rows_statistics(&x[0, 0], &gamma[0], &beta[0], &partials[0, 0], n_chunks, &mean[0], &var[0],
                              &inv_std[0], &coef[0, 0], N, D, 0, D, eps)
-            _rows_affine(&x[0, 0], &coef[0, 0], &y[0, 0], D, 0, N)
+            _rows_affine(&x[0, 0], &coef[0, 0], &y[0, 0], D, 0, N, stream)
         else:
             for c in prange(n_chunks, schedule='static', num_threads=nt):
                 r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
@@ -321,7 +404,7 @@ def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const f
             for c in prange(n_chunks, schedule='static', num_threads=nt):
                 r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
                 r1 = (N * (c + 1)) // n_chunks
-                _rows_affine(&x[0, 0], &coef[0, 0], &y[0, 0], D, r0, r1)
+                _rows_affine(&x[0, 0], &coef[0, 0], &y[0, 0], D, r0, r1, stream)
 
 
 # Batch norm backward, "rows" layout, with x_hat = (x - mean) r:
@@ -330,21 +413,13 @@ def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const f
 #         = a_j dout_ij + (b_j (x_ij - mean_j) + c_j),  a = gamma r, b = -gamma r^2 dgamma / N, c = -gamma r dbeta / N
 # The two sums are taken per row chunk (partials) and added in order, as in the forward.
 
-cdef void _rows_grad_sums(const floating* dout, const floating* x, const double* mean, double* sd, double* sdx,
-                          Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
-    """sd_j = sum_i dout_ij, sdx_j = sum_i dout_ij (x_ij - mean_j) over rows [r0, r1)."""
-    cdef Py_ssize_t i, j
-    cdef const floating* row
-    cdef const floating* grow
-    cdef double g
-    _zero_pair(sd, sdx, D)
-    for i in range(r0, r1):
-        row = x + i * D
-        grow = dout + i * D
-        for j in range(D):
-            g = grow[j]
-            sd[j] = sd[j] + g
-            sdx[j] = sdx[j] + g * (<double>row[j] - mean[j])
+cdef inline void _rows_grad_sums(const floating* dout, const floating* x, const double* mean, double* sd,
+                                 double* sdx, Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """sd_j = sum_i dout_ij, sdx_j = sum_i dout_ij (x_ij - mean_j) over rows [r0, r1) (four rows per sweep)."""
+    if floating is float:
+        cynet_rows_grad_sums_f32(dout, x, mean, sd, sdx, D, r0, r1)
+    else:
+        cynet_rows_grad_sums_f64(dout, x, mean, sd, sdx, D, r0, r1)
 
 
 cdef void _rows_grad_coefficients(const floating* gamma, const double* mean, const double* inv_std,
@@ -370,33 +445,51 @@ cdef void _rows_grad_coefficients(const floating* gamma, const double* mean, con
         coef[4 * D + j] = <floating>(-gr * sd / N)
 
 
+cdef inline void _dx_span(const floating* dout, const floating* x, const floating* center, const floating* center_lo,
+                          const floating* ca, const floating* cb, const floating* cc, floating* dx,
+                          Py_ssize_t n) noexcept nogil:
+    """dx_j = a_j dout_j + (b_j ((x_j - center_j) - center_lo_j) + c_j) for j < n."""
+    cdef Py_ssize_t j
+    for j in range(n):
+        dx[j] = ca[j] * dout[j] + (cb[j] * ((x[j] - center[j]) - center_lo[j]) + cc[j])
+
+
 cdef void _rows_dx(const floating* dout, const floating* x, const floating* coef, floating* dx, Py_ssize_t D,
-                   Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
-    """dx_ij = a_j dout_ij + (b_j ((x_ij - center_j) - center_lo_j) + c_j) over rows [r0, r1)."""
-    cdef Py_ssize_t i, j
-    cdef const floating* row
-    cdef const floating* grow
-    cdef floating* out
+                   Py_ssize_t r0, Py_ssize_t r1, bint stream) noexcept nogil:
+    """dx_ij = a_j dout_ij + (b_j ((x_ij - center_j) - center_lo_j) + c_j) over rows [r0, r1); ``stream`` as in
+    _rows_affine."""
+    cdef floating buffer[STREAM_BLOCK]
+    cdef Py_ssize_t i, b, head, j, m, o
     cdef const floating* center = coef
     cdef const floating* center_lo = coef + D
     cdef const floating* ca = coef + 2 * D
     cdef const floating* cb = coef + 3 * D
     cdef const floating* cc = coef + 4 * D
     for i in range(r0, r1):
-        row = x + i * D
-        grow = dout + i * D
-        out = dx + i * D
-        for j in range(D):
-            out[j] = ca[j] * grow[j] + (cb[j] * ((row[j] - center[j]) - center_lo[j]) + cc[j])
+        o = i * D
+        if not stream:
+            _dx_span(dout + o, x + o, center, center_lo, ca, cb, cc, dx + o, D)
+            continue
+        head = stream_head(dx + o, D)
+        _dx_span(dout + o, x + o, center, center_lo, ca, cb, cc, dx + o, head)
+        for b in range((D - head + STREAM_BLOCK - 1) // STREAM_BLOCK):
+            j = head + b * STREAM_BLOCK
+            m = min(<Py_ssize_t>STREAM_BLOCK, D - j)
+            _dx_span(dout + o + j, x + o + j, center + j, center_lo + j, ca + j, cb + j, cc + j, buffer, m)
+            stream_store(dx + o + j, buffer, m)
+    if stream:
+        stream_fence()
 
 
+# ---------------------------------------------------------------------------------------------------------------------
 def bn_rows_backward(const floating[:, ::1] dout, const floating[:, ::1] x, const floating[::1] gamma,
                      const double[::1] mean, const double[::1] inv_std, floating[:, ::1] dx, double[::1] dgamma,
                      double[::1] dbeta, bint compute_dx, Py_ssize_t width, double[:, ::1] partials,
-                     floating[:, ::1] coef, int n_threads):
+                     floating[:, ::1] coef, bint stream, int n_threads):
     """Backward of the training forward on (N, D): dx (when compute_dx), dgamma, dbeta (float64).
 
-    Split as in :func:`bn_rows_forward`; the row-chunk scratch: partials float64 (2 * chunks, D), coef (5, D)."""
+    Split as in :func:`bn_rows_forward`; the row-chunk scratch: partials float64 (2 * chunks, D), coef (5, D);
+    ``stream`` as there, for dx."""
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], n_chunks = partials.shape[0] // 2, c, r0, r1, j, jb, b, j0
     cdef Py_ssize_t col_block = 64, n_col_blocks, n_blocks
     cdef int nt, nt_cols
@@ -430,7 +523,7 @@ def bn_rows_backward(const floating[:, ::1] dout, const floating[:, ::1] x, cons
             _rows_grad_coefficients(&gamma[0], &mean[0], &inv_std[0], &partials[0, 0], n_chunks, &dgamma[0],
                                     &dbeta[0], &coef[0, 0], N, D, 0, D)
             if compute_dx:
-                _rows_dx(&dout[0, 0], &x[0, 0], &coef[0, 0], &dx[0, 0], D, 0, N)
+                _rows_dx(&dout[0, 0], &x[0, 0], &coef[0, 0], &dx[0, 0], D, 0, N, stream)
         else:
             for c in prange(n_chunks, schedule='static', num_threads=nt):
                 r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
@@ -445,7 +538,7 @@ def bn_rows_backward(const floating[:, ::1] dout, const floating[:, ::1] x, cons
                 for c in prange(n_chunks, schedule='static', num_threads=nt):
                     r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
                     r1 = (N * (c + 1)) // n_chunks
-                    _rows_dx(&dout[0, 0], &x[0, 0], &coef[0, 0], &dx[0, 0], D, r0, r1)
+                    _rows_dx(&dout[0, 0], &x[0, 0], &coef[0, 0], &dx[0, 0], D, r0, r1, stream)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -522,6 +615,32 @@ cdef inline void _plane_dx(const floating* dout, const floating* x, floating cen
         dx[s] = a * dout[s] + (b * ((x[s] - center) - center_lo) + c)
 
 
+cdef void _plane_affine_streamed(const floating* x, floating center, floating center_lo, floating scale,
+                                 floating shift, floating* y, Py_ssize_t n) noexcept nogil:
+    """_plane_affine with y written by non-temporal stores, through an L1 buffer (the caller fences)."""
+    cdef floating buffer[STREAM_BLOCK]
+    cdef Py_ssize_t head = stream_head(y, n), b, s, m
+    _plane_affine(x, center, center_lo, scale, shift, y, head)
+    for b in range((n - head + STREAM_BLOCK - 1) // STREAM_BLOCK):
+        s = head + b * STREAM_BLOCK
+        m = min(<Py_ssize_t>STREAM_BLOCK, n - s)
+        _plane_affine(x + s, center, center_lo, scale, shift, buffer, m)
+        stream_store(y + s, buffer, m)
+
+
+cdef void _plane_dx_streamed(const floating* dout, const floating* x, floating center, floating center_lo,
+                             floating a, floating b, floating c, floating* dx, Py_ssize_t n) noexcept nogil:
+    """_plane_dx with dx written by non-temporal stores, through an L1 buffer (the caller fences)."""
+    cdef floating buffer[STREAM_BLOCK]
+    cdef Py_ssize_t head = stream_head(dx, n), k, s, m
+    _plane_dx(dout, x, center, center_lo, a, b, c, dx, head)
+    for k in range((n - head + STREAM_BLOCK - 1) // STREAM_BLOCK):
+        s = head + k * STREAM_BLOCK
+        m = min(<Py_ssize_t>STREAM_BLOCK, n - s)
+        _plane_dx(dout + s, x + s, center, center_lo, a, b, c, buffer, m)
+        stream_store(dx + s, buffer, m)
+
+
 # Per-channel sums of the planes layout, "column" order: the channel's P planes are P rows of S values; block by block
 # of `width` positions, each position's values over the P planes are summed into acc[s] (and the second sum into
 # acc[width + s]), a loop over s that the compiler vectorises (one sum per position, as the "rows" layout of BatchNorm1d
@@ -585,7 +704,7 @@ cdef void _planes_grad_sums(const floating* dout, const floating* x, Py_ssize_t 
 cdef void _bn_planes_forward_channel(const floating* x, const floating* gamma, const floating* beta, floating* y,
                                      double* mean, double* var, double* inv_std, Py_ssize_t P, Py_ssize_t C,
                                      Py_ssize_t S, Py_ssize_t c, double eps, double* acc,
-                                     Py_ssize_t width) noexcept nogil:
+                                     Py_ssize_t width, bint stream) noexcept nogil:
     cdef Py_ssize_t p
     cdef Py_ssize_t n = P * S
     cdef double k = x[c * S], s1 = 0, s2 = 0, r
@@ -597,13 +716,19 @@ cdef void _bn_planes_forward_channel(const floating* x, const floating* gamma, c
     center_lo = <floating>(mean[c] - <double>center)
     scale = <floating>(gamma[c] * r)
     for p in range(P):
-        _plane_affine(x + (p * C + c) * S, center, center_lo, scale, beta[c], y + (p * C + c) * S, S)
+        if stream:
+            _plane_affine_streamed(x + (p * C + c) * S, center, center_lo, scale, beta[c], y + (p * C + c) * S, S)
+        else:
+            _plane_affine(x + (p * C + c) * S, center, center_lo, scale, beta[c], y + (p * C + c) * S, S)
+    if stream:
+        stream_fence()
 
 
 cdef void _bn_planes_backward_channel(const floating* dout, const floating* x, const floating* gamma,
                                       const double* mean, const double* inv_std, floating* dx, double* dgamma,
                                       double* dbeta, Py_ssize_t P, Py_ssize_t C, Py_ssize_t S, Py_ssize_t c,
-                                      bint compute_dx, double* acc, Py_ssize_t width) noexcept nogil:
+                                      bint compute_dx, double* acc, Py_ssize_t width,
+                                      bint stream) noexcept nogil:
     cdef Py_ssize_t p, off
     cdef Py_ssize_t n = P * S
     cdef double mu = mean[c], r = inv_std[c], sd = 0, sdx = 0, gr
@@ -621,7 +746,12 @@ cdef void _bn_planes_backward_channel(const floating* dout, const floating* x, c
     cc = <floating>(-gr * sd / n)
     for p in range(P):
         off = (p * C + c) * S
-        _plane_dx(dout + off, x + off, center, center_lo, a, b, cc, dx + off, S)
+        if stream:
+            _plane_dx_streamed(dout + off, x + off, center, center_lo, a, b, cc, dx + off, S)
+        else:
+            _plane_dx(dout + off, x + off, center, center_lo, a, b, cc, dx + off, S)
+    if stream:
+        stream_fence()
 
 
 def plane_block_width(Py_ssize_t S):
@@ -632,9 +762,9 @@ def plane_block_width(Py_ssize_t S):
 
 def bn_planes_forward(const floating[:, :, ::1] x, const floating[::1] gamma, const floating[::1] beta, double eps,
                       floating[:, :, ::1] y, double[::1] mean, double[::1] var, double[::1] inv_std,
-                      double[:, ::1] scratch, int n_threads):
+                      double[:, ::1] scratch, bint stream, int n_threads):
     """Training forward of batch norm on (P, C, S) (statistics per channel over P and S). ``scratch``: float64
-    (n_threads, 2 * plane_block_width(S)), one row per thread."""
+    (n_threads, 2 * plane_block_width(S)), one row per thread; ``stream``: y written with non-temporal stores."""
     cdef Py_ssize_t P = x.shape[0], C = x.shape[1], S = x.shape[2], c
     cdef Py_ssize_t width = scratch.shape[1] // 2
     if P == 0 or C == 0 or S == 0:
@@ -644,19 +774,20 @@ def bn_planes_forward(const floating[:, :, ::1] x, const floating[::1] gamma, co
         if nt == 1:
             for c in range(C):
                 _bn_planes_forward_channel(&x[0, 0, 0], &gamma[0], &beta[0], &y[0, 0, 0], &mean[0], &var[0],
-                                           &inv_std[0], P, C, S, c, eps, &scratch[0, 0], width)
+                                           &inv_std[0], P, C, S, c, eps, &scratch[0, 0], width, stream)
         else:
             for c in prange(C, schedule='static', num_threads=nt):
                 _bn_planes_forward_channel(&x[0, 0, 0], &gamma[0], &beta[0], &y[0, 0, 0], &mean[0], &var[0],
-                                           &inv_std[0], P, C, S, c, eps, &scratch[threadid(), 0], width)
+                                           &inv_std[0], P, C, S, c, eps, &scratch[threadid(), 0], width,
+                                           stream)
 
 
 def bn_planes_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] x, const floating[::1] gamma,
                        const double[::1] mean, const double[::1] inv_std, floating[:, :, ::1] dx,
                        double[::1] dgamma, double[::1] dbeta, bint compute_dx, double[:, ::1] scratch,
-                       int n_threads):
-    """Backward of the training forward on (P, C, S): dx (when compute_dx), dgamma, dbeta (float64). ``scratch`` as
-    in :func:`bn_planes_forward`."""
+                       bint stream, int n_threads):
+    """Backward of the training forward on (P, C, S): dx (when compute_dx), dgamma, dbeta (float64). ``scratch`` and
+    ``stream`` (for dx) as in :func:`bn_planes_forward`."""
     cdef Py_ssize_t P = x.shape[0], C = x.shape[1], S = x.shape[2], c
     cdef Py_ssize_t width = scratch.shape[1] // 2
     if P == 0 or C == 0 or S == 0:
@@ -667,12 +798,12 @@ def bn_planes_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1]
             for c in range(C):
                 _bn_planes_backward_channel(&dout[0, 0, 0], &x[0, 0, 0], &gamma[0], &mean[0], &inv_std[0],
                                             &dx[0, 0, 0], &dgamma[0], &dbeta[0], P, C, S, c, compute_dx,
-                                            &scratch[0, 0], width)
+                                            &scratch[0, 0], width, stream)
         else:
             for c in prange(C, schedule='static', num_threads=nt):
                 _bn_planes_backward_channel(&dout[0, 0, 0], &x[0, 0, 0], &gamma[0], &mean[0], &inv_std[0],
                                             &dx[0, 0, 0], &dgamma[0], &dbeta[0], P, C, S, c, compute_dx,
-                                            &scratch[threadid(), 0], width)
+                                            &scratch[threadid(), 0], width, stream)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from cynet._kernels import load
-from cynet._threading import NS_NORM, kernel_threads
+from cynet._threading import NS_NORM, kernel_threads, stream_stores
 from cynet._validation import describe, output
 from cynet.nn.layers import Linear
 from cynet.nn.module import Module, Parameter, Sequential
@@ -64,11 +64,11 @@ def batch_norm_forward(x, gamma, beta, eps, *, out=None):
         partials = np.empty((2 * chunks, C) if chunks else (0, 1))      # scratch of the row-chunk plan
         coef = np.empty((4, C) if chunks else (0, 1), x.dtype)
         k.bn_rows_forward(x, gamma, beta, float(eps), y, mean, var, inv_std, width, partials, coef,
-                          kernel_threads(x.size, NS_NORM))
+                          stream_stores(y.nbytes), kernel_threads(x.size, NS_NORM))
     else:
         planes, n_threads = _planes(x), kernel_threads(x.size, NS_NORM)
         k.bn_planes_forward(planes, gamma, beta, float(eps), _planes(y), mean, var, inv_std,
-                            _plane_scratch(k, planes, n_threads), n_threads)
+                            _plane_scratch(k, planes, n_threads), stream_stores(y.nbytes), n_threads)
     return y, mean, var, inv_std
 
 
@@ -96,11 +96,12 @@ def batch_norm_backward(dout, x, gamma, mean, inv_std, *, input_grad=True, out=N
         partials = np.empty((2 * chunks, C) if chunks else (0, 1))
         coef = np.empty((5, C) if chunks else (0, 1), x.dtype)
         k.bn_rows_backward(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, bool(input_grad), width, partials,
-                           coef, kernel_threads(x.size, NS_NORM))
+                           coef, stream_stores(dx.nbytes), kernel_threads(x.size, NS_NORM))
     else:
         planes, n_threads = _planes(x), kernel_threads(x.size, NS_NORM)
         k.bn_planes_backward(_planes(dout), planes, gamma, mean, inv_std, _planes(dx), dgamma, dbeta,
-                             bool(input_grad), _plane_scratch(k, planes, n_threads), n_threads)
+                             bool(input_grad), _plane_scratch(k, planes, n_threads), stream_stores(dx.nbytes),
+                             n_threads)
     return (dx if input_grad else None), dgamma, dbeta
 
 

@@ -1,0 +1,116 @@
+"""Non-temporal ("streaming") stores: the kernels that may write their output that way give the same bits either way,
+for any alignment of the output, any length (partial cache lines at both ends), in place, and any thread count; and
+the size threshold that chooses them (cynet.stream_stores, CYNET_STREAM_MIN_BYTES)."""
+import numpy as np
+import pytest
+
+import cynet
+from cynet import ops
+from cynet._kernels import load
+from cynet._threading import last_level_cache_bytes, stream_stores
+from cynet.nn.normalization import batch_norm_backward, batch_norm_forward
+
+DTYPES = [np.float32, np.float64]
+LENGTHS = [1, 15, 17, 1023, 1024 + 37, 5000, 70_001]
+
+
+def _misaligned(shape, dtype, offset):
+    """A C-contiguous array of ``shape`` starting ``offset`` items after an allocation's start (so not on a cache
+    line when offset > 0)."""
+    size = int(np.prod(shape))
+    return np.empty(size + offset, dtype)[offset:].reshape(shape)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n", LENGTHS)
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_elementwise_kernels_write_the_same_bits_with_streaming_stores(dtype, n, offset):
+    act = load("activations")
+    rng = np.random.default_rng(n + offset)
+    x = (rng.standard_normal(n) * 3).astype(dtype)
+    dout = rng.standard_normal(n).astype(dtype)
+    for op in act.Activation:
+        for backward in (False, True):
+            results = []
+            for stream in (False, True):
+                for threads in (1, 3):
+                    out = _misaligned((n,), dtype, offset)
+                    out[:] = np.nan  # every element must be written
+                    if backward:
+                        act.elementwise_backward(int(op), dout, x, out, 1.5, stream, threads)
+                    else:
+                        act.elementwise_forward(int(op), x, out, 1.5, stream, threads)
+                    results.append(out)
+            for other in results[1:]:
+                np.testing.assert_array_equal(other, results[0], err_msg=f"{op.name} backward={backward}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_streaming_stores_in_place(dtype):
+    act = load("activations")
+    x = np.random.default_rng(0).standard_normal(4099).astype(dtype)
+    expected = np.maximum(x, 0)
+    act.elementwise_forward(int(act.Activation.RELU), x, x, 0.0, True, 2)
+    np.testing.assert_array_equal(x, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", [(4099, 37), (2001, 1500), (5, 3, 7, 111), (9, 4, 33, 41)], ids=str)
+@pytest.mark.parametrize("offset", [0, 3])
+def test_batch_norm_writes_the_same_bits_with_streaming_stores(monkeypatch, dtype, shape, offset):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    gamma = rng.uniform(0.5, 1.5, shape[1]).astype(dtype)
+    beta = rng.standard_normal(shape[1]).astype(dtype)
+    results = []
+    for threshold in ("0", str(2**62)):
+        monkeypatch.setenv("CYNET_STREAM_MIN_BYTES", threshold)
+        assert stream_stores(x.nbytes) == (threshold == "0")
+        for threads in (1, 2):
+            with cynet.threads(threads):
+                y = _misaligned(shape, dtype, offset)
+                dx = _misaligned(shape, dtype, offset)
+                y[...] = dx[...] = np.nan
+                _, mean, var, inv_std = batch_norm_forward(x, gamma, beta, 1e-5, out=y)
+                _, dgamma, dbeta = batch_norm_backward(dout, x, gamma, mean, inv_std, out=dx)
+                results.append((y, dx, mean, var, dgamma, dbeta))
+    # an independent check of the streamed forward: y = (x - mean) / sqrt(var + eps) * gamma + beta
+    axes = (0,) + tuple(range(2, len(shape)))
+    expand = (1, -1) + (1,) * (len(shape) - 2)
+    mean64 = x.astype(np.float64).mean(axis=axes)
+    var64 = x.astype(np.float64).var(axis=axes)
+    reference = ((x - mean64.reshape(expand)) / np.sqrt(var64.reshape(expand) + 1e-5) * gamma.reshape(expand)
+                 + beta.reshape(expand))
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(results[0][0], reference, rtol=tolerance, atol=tolerance)
+    for other in results[1:]:
+        for a, b in zip(other, results[0]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_the_threshold_is_the_last_level_cache_unless_set(monkeypatch):
+    monkeypatch.delenv("CYNET_STREAM_MIN_BYTES", raising=False)
+    cache = last_level_cache_bytes()
+    assert isinstance(cache, int) and cache >= 2**18
+    assert not stream_stores(cache - 1)
+    assert stream_stores(cache)
+    assert not stream_stores(0)
+    monkeypatch.setenv("CYNET_STREAM_MIN_BYTES", "0")
+    assert stream_stores(1) and not stream_stores(0)
+
+
+@pytest.mark.parametrize("bad", ["-1", "1.5", "lots"])
+def test_a_bad_threshold_is_refused(monkeypatch, bad):
+    monkeypatch.setenv("CYNET_STREAM_MIN_BYTES", bad)
+    with pytest.raises(ValueError, match="CYNET_STREAM_MIN_BYTES"):
+        stream_stores(100)
+
+
+def test_ops_stream_large_outputs_of_memory_bound_kernels_only(monkeypatch):
+    # through cynet.ops with the threshold at 0: the answers stay the reference's
+    monkeypatch.setenv("CYNET_STREAM_MIN_BYTES", "0")
+    x = np.random.default_rng(2).standard_normal((300, 257)).astype(np.float32)
+    np.testing.assert_array_equal(ops.relu_forward(x), np.maximum(x, 0))
+    np.testing.assert_array_equal(ops.relu_backward(x, x), np.where(x > 0, x, 0))
+    np.testing.assert_array_equal(ops.leaky_relu_forward(x, 0.1), np.where(x > 0, x, np.float32(0.1) * x))
