@@ -106,7 +106,6 @@ cdef void _bn_rows_forward_block(const floating* x, const floating* gamma, const
                                  Py_ssize_t j0, Py_ssize_t w, double eps) noexcept nogil:
     cdef double s1[ROWS_BLOCK_MAX]
     cdef double s2[ROWS_BLOCK_MAX]
-    cdef double k[ROWS_BLOCK_MAX]
     cdef floating center[ROWS_BLOCK_MAX]
     cdef floating center_lo[ROWS_BLOCK_MAX]
     cdef floating scale[ROWS_BLOCK_MAX]
@@ -114,27 +113,25 @@ cdef void _bn_rows_forward_block(const floating* x, const floating* gamma, const
     cdef Py_ssize_t i, j
     cdef const floating* row
     cdef floating* out
-    cdef double d, r
+    cdef double r
+    _rows_shifted_sums(x + j0, s1, s2, D, w, 0, N)
     for j in range(w):
-        k[j] = x[j0 + j]
-        s1[j] = 0
-        s2[j] = 0
-    for i in range(N):
-        row = x + i * D + j0
-        for j in range(w):
-            d = <double>row[j] - k[j]
-            s1[j] = s1[j] + d
-            s2[j] = s2[j] + d * d
-    for j in range(w):
-        r = _shifted_statistics(k[j], s1[j], s2[j], N, eps, &mean[j0 + j], &var[j0 + j])
+        r = _shifted_statistics(x[j0 + j], s1[j], s2[j], N, eps, &mean[j0 + j], &var[j0 + j])
         inv_std[j0 + j] = r
         center[j] = <floating>mean[j0 + j]
         center_lo[j] = <floating>(mean[j0 + j] - <double>center[j])
         scale[j] = <floating>(gamma[j0 + j] * r)
         shift[j] = beta[j0 + j]
-    for i in range(N):
+    # two rows per sweep: each coefficient loaded once for both
+    for i in range(0, N - 1, 2):
         row = x + i * D + j0
         out = y + i * D + j0
+        for j in range(w):
+            out[j] = ((row[j] - center[j]) - center_lo[j]) * scale[j] + shift[j]
+            out[D + j] = ((row[D + j] - center[j]) - center_lo[j]) * scale[j] + shift[j]
+    if N % 2:
+        row = x + (N - 1) * D + j0
+        out = y + (N - 1) * D + j0
         for j in range(w):
             out[j] = ((row[j] - center[j]) - center_lo[j]) * scale[j] + shift[j]
 
@@ -150,7 +147,6 @@ cdef void _bn_rows_backward_block(const floating* dout, const floating* x, const
                                   bint compute_dx) noexcept nogil:
     cdef double sd[ROWS_BLOCK_MAX]
     cdef double sdx[ROWS_BLOCK_MAX]
-    cdef double mu[ROWS_BLOCK_MAX]
     cdef floating center[ROWS_BLOCK_MAX]
     cdef floating center_lo[ROWS_BLOCK_MAX]
     cdef floating ca[ROWS_BLOCK_MAX]
@@ -160,34 +156,31 @@ cdef void _bn_rows_backward_block(const floating* dout, const floating* x, const
     cdef const floating* row
     cdef const floating* grow
     cdef floating* out
-    cdef double g, r, gr
-    for j in range(w):
-        mu[j] = mean[j0 + j]
-        sd[j] = 0
-        sdx[j] = 0
-    for i in range(N):
-        row = x + i * D + j0
-        grow = dout + i * D + j0
-        for j in range(w):
-            g = grow[j]
-            sd[j] = sd[j] + g
-            sdx[j] = sdx[j] + g * (<double>row[j] - mu[j])
+    cdef double r, gr
+    _rows_grad_sums(dout + j0, x + j0, mean + j0, sd, sdx, D, w, 0, N)
     for j in range(w):
         r = inv_std[j0 + j]
         gr = gamma[j0 + j] * r
         dbeta[j0 + j] = sd[j]
         dgamma[j0 + j] = sdx[j] * r
-        center[j] = <floating>mu[j]
-        center_lo[j] = <floating>(mu[j] - <double>center[j])
+        center[j] = <floating>mean[j0 + j]
+        center_lo[j] = <floating>(mean[j0 + j] - <double>center[j])
         ca[j] = <floating>gr
         cb[j] = <floating>(-gr * r * r * sdx[j] / N)
         cc[j] = <floating>(-gr * sd[j] / N)
     if not compute_dx:
         return
-    for i in range(N):
+    for i in range(0, N - 1, 2):  # two rows per sweep, as in the forward
         row = x + i * D + j0
         grow = dout + i * D + j0
         out = dx + i * D + j0
+        for j in range(w):
+            out[j] = ca[j] * grow[j] + (cb[j] * ((row[j] - center[j]) - center_lo[j]) + cc[j])
+            out[D + j] = ca[j] * grow[D + j] + (cb[j] * ((row[D + j] - center[j]) - center_lo[j]) + cc[j])
+    if N % 2:
+        row = x + (N - 1) * D + j0
+        grow = dout + (N - 1) * D + j0
+        out = dx + (N - 1) * D + j0
         for j in range(w):
             out[j] = ca[j] * grow[j] + (cb[j] * ((row[j] - center[j]) - center_lo[j]) + cc[j])
 
@@ -216,13 +209,13 @@ cdef extern from *:
     """
     #define CYNET_ROWS_SUMS(T, SUFFIX)                                                                              \
     static void cynet_rows_shifted_sums_##SUFFIX(const T* CYTHON_RESTRICT x, double* CYTHON_RESTRICT s1,         \
-                                                 double* CYTHON_RESTRICT s2, Py_ssize_t D, Py_ssize_t r0,         \
-                                                 Py_ssize_t r1) {                                                 \
+                                                 double* CYTHON_RESTRICT s2, Py_ssize_t D, Py_ssize_t n,           \
+                                                 Py_ssize_t r0, Py_ssize_t r1) {                                                 \
         Py_ssize_t i = r0, j;                                                                                     \
-        for (j = 0; j < D; j++) { s1[j] = 0; s2[j] = 0; }                                                         \
+        for (j = 0; j < n; j++) { s1[j] = 0; s2[j] = 0; }                                                         \
         for (; i + 4 <= r1; i += 4) {                                                                             \
             const T* CYTHON_RESTRICT a = x + i * D;                                                               \
-            for (j = 0; j < D; j++) {                                                                             \
+            for (j = 0; j < n; j++) {                                                                             \
                 double k = (double)x[j];                                                                          \
                 double d0 = (double)a[j] - k, d1 = (double)a[D + j] - k;                                          \
                 double d2 = (double)a[2 * D + j] - k, d3 = (double)a[3 * D + j] - k;                              \
@@ -232,7 +225,7 @@ cdef extern from *:
         }                                                                                                         \
         for (; i < r1; i++) {                                                                                     \
             const T* CYTHON_RESTRICT a = x + i * D;                                                               \
-            for (j = 0; j < D; j++) {                                                                             \
+            for (j = 0; j < n; j++) {                                                                             \
                 double d0 = (double)a[j] - (double)x[j];                                                          \
                 s1[j] = s1[j] + d0;                                                                               \
                 s2[j] = s2[j] + d0 * d0;                                                                          \
@@ -241,14 +234,14 @@ cdef extern from *:
     }                                                                                                             \
     static void cynet_rows_grad_sums_##SUFFIX(const T* CYTHON_RESTRICT dout, const T* CYTHON_RESTRICT x,         \
                                               const double* CYTHON_RESTRICT mean, double* CYTHON_RESTRICT sd,      \
-                                              double* CYTHON_RESTRICT sdx, Py_ssize_t D, Py_ssize_t r0,            \
-                                              Py_ssize_t r1) {                                                    \
+                                              double* CYTHON_RESTRICT sdx, Py_ssize_t D, Py_ssize_t n,              \
+                                              Py_ssize_t r0, Py_ssize_t r1) {                                                    \
         Py_ssize_t i = r0, j;                                                                                     \
-        for (j = 0; j < D; j++) { sd[j] = 0; sdx[j] = 0; }                                                        \
+        for (j = 0; j < n; j++) { sd[j] = 0; sdx[j] = 0; }                                                        \
         for (; i + 4 <= r1; i += 4) {                                                                             \
             const T* CYTHON_RESTRICT g = dout + i * D;                                                            \
             const T* CYTHON_RESTRICT a = x + i * D;                                                               \
-            for (j = 0; j < D; j++) {                                                                             \
+            for (j = 0; j < n; j++) {                                                                             \
                 double mu = mean[j];                                                                              \
                 double g0 = g[j], g1 = g[D + j], g2 = g[2 * D + j], g3 = g[3 * D + j];                            \
                 sd[j] = sd[j] + ((g0 + g1) + (g2 + g3));                                                          \
@@ -259,7 +252,7 @@ cdef extern from *:
         for (; i < r1; i++) {                                                                                     \
             const T* CYTHON_RESTRICT g = dout + i * D;                                                            \
             const T* CYTHON_RESTRICT a = x + i * D;                                                               \
-            for (j = 0; j < D; j++) {                                                                             \
+            for (j = 0; j < n; j++) {                                                                             \
                 double g0 = g[j];                                                                                 \
                 sd[j] = sd[j] + g0;                                                                               \
                 sdx[j] = sdx[j] + g0 * ((double)a[j] - mean[j]);                                                  \
@@ -269,23 +262,24 @@ cdef extern from *:
     CYNET_ROWS_SUMS(float, f32)
     CYNET_ROWS_SUMS(double, f64)
     """
-    void cynet_rows_shifted_sums_f32(const float* x, double* s1, double* s2, Py_ssize_t D, Py_ssize_t r0,
-                                     Py_ssize_t r1) noexcept nogil
-    void cynet_rows_shifted_sums_f64(const double* x, double* s1, double* s2, Py_ssize_t D, Py_ssize_t r0,
-                                     Py_ssize_t r1) noexcept nogil
+    void cynet_rows_shifted_sums_f32(const float* x, double* s1, double* s2, Py_ssize_t D, Py_ssize_t n,
+                                     Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
+    void cynet_rows_shifted_sums_f64(const double* x, double* s1, double* s2, Py_ssize_t D, Py_ssize_t n,
+                                     Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
     void cynet_rows_grad_sums_f32(const float* dout, const float* x, const double* mean, double* sd, double* sdx,
-                                  Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
+                                  Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
     void cynet_rows_grad_sums_f64(const double* dout, const double* x, const double* mean, double* sd, double* sdx,
-                                  Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
+                                  Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
 
 
-cdef inline void _rows_shifted_sums(const floating* x, double* s1, double* s2, Py_ssize_t D, Py_ssize_t r0,
-                                    Py_ssize_t r1) noexcept nogil:
-    """s1_j = sum_i (x_ij - x_0j), s2_j = sum_i (x_ij - x_0j)^2 over rows [r0, r1) (four rows per sweep)."""
+cdef inline void _rows_shifted_sums(const floating* x, double* s1, double* s2, Py_ssize_t D, Py_ssize_t n,
+                                    Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """s1_j = sum_i (x_ij - x_0j), s2_j = sum_i (x_ij - x_0j)^2 for the n columns j < n of x (rows D apart), over
+    rows [r0, r1) (four rows per sweep)."""
     if floating is float:
-        cynet_rows_shifted_sums_f32(x, s1, s2, D, r0, r1)
+        cynet_rows_shifted_sums_f32(x, s1, s2, D, n, r0, r1)
     else:
-        cynet_rows_shifted_sums_f64(x, s1, s2, D, r0, r1)
+        cynet_rows_shifted_sums_f64(x, s1, s2, D, n, r0, r1)
 
 
 cdef inline void _add_chunk_sums(const double* partials, Py_ssize_t n_chunks, Py_ssize_t D, Py_ssize_t j,
@@ -388,7 +382,7 @@ def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const f
             for c in range(n_chunks):
                 r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
                 r1 = (N * (c + 1)) // n_chunks
-                _rows_shifted_sums(&x[0, 0], &partials[2 * c, 0], &partials[2 * c + 1, 0], D, r0, r1)
+                _rows_shifted_sums(&x[0, 0], &partials[2 * c, 0], &partials[2 * c + 1, 0], D, D, r0, r1)
             _rows_statistics(&x[0, 0], &gamma[0], &beta[0], &partials[0, 0], n_chunks, &mean[0], &var[0],
                              &inv_std[0], &coef[0, 0], N, D, 0, D, eps)
             _rows_affine(&x[0, 0], &coef[0, 0], &y[0, 0], D, 0, N, stream)
@@ -396,7 +390,7 @@ def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const f
             for c in prange(n_chunks, schedule='static', num_threads=nt):
                 r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
                 r1 = (N * (c + 1)) // n_chunks
-                _rows_shifted_sums(&x[0, 0], &partials[2 * c, 0], &partials[2 * c + 1, 0], D, r0, r1)
+                _rows_shifted_sums(&x[0, 0], &partials[2 * c, 0], &partials[2 * c + 1, 0], D, D, r0, r1)
             for jb in prange(n_col_blocks, schedule='static', num_threads=nt_cols):
                 j = jb * col_block
                 _rows_statistics(&x[0, 0], &gamma[0], &beta[0], &partials[0, 0], n_chunks, &mean[0], &var[0],
@@ -414,12 +408,13 @@ def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const f
 # The two sums are taken per row chunk (partials) and added in order, as in the forward.
 
 cdef inline void _rows_grad_sums(const floating* dout, const floating* x, const double* mean, double* sd,
-                                 double* sdx, Py_ssize_t D, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
-    """sd_j = sum_i dout_ij, sdx_j = sum_i dout_ij (x_ij - mean_j) over rows [r0, r1) (four rows per sweep)."""
+                                 double* sdx, Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """sd_j = sum_i dout_ij, sdx_j = sum_i dout_ij (x_ij - mean_j) for the n columns j < n (rows D apart), over rows
+    [r0, r1) (four rows per sweep)."""
     if floating is float:
-        cynet_rows_grad_sums_f32(dout, x, mean, sd, sdx, D, r0, r1)
+        cynet_rows_grad_sums_f32(dout, x, mean, sd, sdx, D, n, r0, r1)
     else:
-        cynet_rows_grad_sums_f64(dout, x, mean, sd, sdx, D, r0, r1)
+        cynet_rows_grad_sums_f64(dout, x, mean, sd, sdx, D, n, r0, r1)
 
 
 cdef void _rows_grad_coefficients(const floating* gamma, const double* mean, const double* inv_std,
@@ -519,7 +514,7 @@ def bn_rows_backward(const floating[:, ::1] dout, const floating[:, ::1] x, cons
                 r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
                 r1 = (N * (c + 1)) // n_chunks
                 _rows_grad_sums(&dout[0, 0], &x[0, 0], &mean[0], &partials[2 * c, 0], &partials[2 * c + 1, 0],
-                                D, r0, r1)
+                                D, D, r0, r1)
             _rows_grad_coefficients(&gamma[0], &mean[0], &inv_std[0], &partials[0, 0], n_chunks, &dgamma[0],
                                     &dbeta[0], &coef[0, 0], N, D, 0, D)
             if compute_dx:
@@ -529,7 +524,7 @@ def bn_rows_backward(const floating[:, ::1] dout, const floating[:, ::1] x, cons
                 r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
                 r1 = (N * (c + 1)) // n_chunks
                 _rows_grad_sums(&dout[0, 0], &x[0, 0], &mean[0], &partials[2 * c, 0], &partials[2 * c + 1, 0],
-                                D, r0, r1)
+                                D, D, r0, r1)
             for jb in prange(n_col_blocks, schedule='static', num_threads=nt_cols):
                 j = jb * col_block
                 _rows_grad_coefficients(&gamma[0], &mean[0], &inv_std[0], &partials[0, 0], n_chunks, &dgamma[0],
