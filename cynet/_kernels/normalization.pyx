@@ -207,16 +207,14 @@ cdef inline void _zero_pair(double* first, double* second, Py_ssize_t n) noexcep
 # assume the float64 sums may overlap the input and does not vectorise a loop over six arrays.
 cdef extern from *:
     """
-    #define CYNET_ROWS_SUMS(T, SUFFIX)                                                                              \
-    static void cynet_rows_shifted_sums_##SUFFIX(const T* CYTHON_RESTRICT x, double* CYTHON_RESTRICT s1,         \
-                                                 double* CYTHON_RESTRICT s2, Py_ssize_t D, Py_ssize_t n,           \
-                                                 Py_ssize_t r0, Py_ssize_t r1) {                                                 \
+    /* The sweeps over rows [r0, r1) of n columns, rows D apart; K: the shift of column j, MU: its mean. */
+    #define CYNET_SHIFTED_SWEEPS(T, K)                                                                            \
         Py_ssize_t i = r0, j;                                                                                     \
         for (j = 0; j < n; j++) { s1[j] = 0; s2[j] = 0; }                                                         \
         for (; i + 4 <= r1; i += 4) {                                                                             \
             const T* CYTHON_RESTRICT a = x + i * D;                                                               \
             for (j = 0; j < n; j++) {                                                                             \
-                double k = (double)x[j];                                                                          \
+                double k = (K);                                                                                   \
                 double d0 = (double)a[j] - k, d1 = (double)a[D + j] - k;                                          \
                 double d2 = (double)a[2 * D + j] - k, d3 = (double)a[3 * D + j] - k;                              \
                 s1[j] = s1[j] + ((d0 + d1) + (d2 + d3));                                                          \
@@ -226,23 +224,19 @@ cdef extern from *:
         for (; i < r1; i++) {                                                                                     \
             const T* CYTHON_RESTRICT a = x + i * D;                                                               \
             for (j = 0; j < n; j++) {                                                                             \
-                double d0 = (double)a[j] - (double)x[j];                                                          \
+                double d0 = (double)a[j] - (K);                                                                   \
                 s1[j] = s1[j] + d0;                                                                               \
                 s2[j] = s2[j] + d0 * d0;                                                                          \
             }                                                                                                     \
-        }                                                                                                         \
-    }                                                                                                             \
-    static void cynet_rows_grad_sums_##SUFFIX(const T* CYTHON_RESTRICT dout, const T* CYTHON_RESTRICT x,         \
-                                              const double* CYTHON_RESTRICT mean, double* CYTHON_RESTRICT sd,      \
-                                              double* CYTHON_RESTRICT sdx, Py_ssize_t D, Py_ssize_t n,              \
-                                              Py_ssize_t r0, Py_ssize_t r1) {                                                    \
+        }
+    #define CYNET_GRAD_SWEEPS(T, MU)                                                                              \
         Py_ssize_t i = r0, j;                                                                                     \
         for (j = 0; j < n; j++) { sd[j] = 0; sdx[j] = 0; }                                                        \
         for (; i + 4 <= r1; i += 4) {                                                                             \
             const T* CYTHON_RESTRICT g = dout + i * D;                                                            \
             const T* CYTHON_RESTRICT a = x + i * D;                                                               \
             for (j = 0; j < n; j++) {                                                                             \
-                double mu = mean[j];                                                                              \
+                double mu = (MU);                                                                                 \
                 double g0 = g[j], g1 = g[D + j], g2 = g[2 * D + j], g3 = g[3 * D + j];                            \
                 sd[j] = sd[j] + ((g0 + g1) + (g2 + g3));                                                          \
                 sdx[j] = sdx[j] + ((g0 * ((double)a[j] - mu) + g1 * ((double)a[D + j] - mu))                      \
@@ -255,9 +249,29 @@ cdef extern from *:
             for (j = 0; j < n; j++) {                                                                             \
                 double g0 = g[j];                                                                                 \
                 sd[j] = sd[j] + g0;                                                                               \
-                sdx[j] = sdx[j] + g0 * ((double)a[j] - mean[j]);                                                  \
+                sdx[j] = sdx[j] + g0 * ((double)a[j] - (MU));                                                     \
             }                                                                                                     \
-        }                                                                                                         \
+        }
+    /* rows: column j shifted by its first row's value, its mean mean[j]; planes: one shift k0 and one mean mu0. */
+    #define CYNET_ROWS_SUMS(T, SUFFIX)                                                                            \
+    static void cynet_rows_shifted_sums_##SUFFIX(const T* CYTHON_RESTRICT x, double* CYTHON_RESTRICT s1,         \
+            double* CYTHON_RESTRICT s2, Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1) {               \
+        CYNET_SHIFTED_SWEEPS(T, (double)x[j])                                                                     \
+    }                                                                                                             \
+    static void cynet_planes_shifted_sums_##SUFFIX(const T* CYTHON_RESTRICT x, double k0,                        \
+            double* CYTHON_RESTRICT s1, double* CYTHON_RESTRICT s2, Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0,    \
+            Py_ssize_t r1) {                                                                                      \
+        CYNET_SHIFTED_SWEEPS(T, k0)                                                                               \
+    }                                                                                                             \
+    static void cynet_rows_grad_sums_##SUFFIX(const T* CYTHON_RESTRICT dout, const T* CYTHON_RESTRICT x,         \
+            const double* CYTHON_RESTRICT mean, double* CYTHON_RESTRICT sd, double* CYTHON_RESTRICT sdx,          \
+            Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1) {                                           \
+        CYNET_GRAD_SWEEPS(T, mean[j])                                                                             \
+    }                                                                                                             \
+    static void cynet_planes_grad_sums_##SUFFIX(const T* CYTHON_RESTRICT dout, const T* CYTHON_RESTRICT x,       \
+            double mu0, double* CYTHON_RESTRICT sd, double* CYTHON_RESTRICT sdx, Py_ssize_t D, Py_ssize_t n,      \
+            Py_ssize_t r0, Py_ssize_t r1) {                                                                       \
+        CYNET_GRAD_SWEEPS(T, mu0)                                                                                 \
     }
     CYNET_ROWS_SUMS(float, f32)
     CYNET_ROWS_SUMS(double, f64)
@@ -270,6 +284,14 @@ cdef extern from *:
                                   Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
     void cynet_rows_grad_sums_f64(const double* dout, const double* x, const double* mean, double* sd, double* sdx,
                                   Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
+    void cynet_planes_shifted_sums_f32(const float* x, double k0, double* s1, double* s2, Py_ssize_t D, Py_ssize_t n,
+                                       Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
+    void cynet_planes_shifted_sums_f64(const double* x, double k0, double* s1, double* s2, Py_ssize_t D, Py_ssize_t n,
+                                       Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
+    void cynet_planes_grad_sums_f32(const float* dout, const float* x, double mu0, double* sd, double* sdx,
+                                    Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
+    void cynet_planes_grad_sums_f64(const double* dout, const double* x, double mu0, double* sd, double* sdx,
+                                    Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
 
 
 cdef inline void _rows_shifted_sums(const floating* x, double* s1, double* s2, Py_ssize_t D, Py_ssize_t n,
@@ -638,8 +660,8 @@ cdef void _plane_dx_streamed(const floating* dout, const floating* x, floating c
 
 # Per-channel sums of the planes layout, "column" order: the channel's P planes are P rows of S values; block by block
 # of `width` positions, each position's values over the P planes are summed into acc[s] (and the second sum into
-# acc[width + s]), a loop over s that the compiler vectorises (one sum per position, as the "rows" layout of BatchNorm1d
-# does), then the block's `width` sums are added in order. The order depends on the shape only (width = min(S,
+# acc[width + s]) by the sweeps of the "rows" layout (four planes per sweep, one sum per position: the loop over s
+# vectorises), then the block's `width` sums are added in order. The order depends on the shape only (width = min(S,
 # PLANE_BLOCK)): the same bits for any thread count. (Summing a plane at a time needs one running sum, which the
 # compiler keeps scalar: 2.6 cycles per value on one thread.)
 
@@ -656,19 +678,15 @@ cdef inline void _add_column_sums(const double* acc, Py_ssize_t width, Py_ssize_
 cdef void _planes_shifted_sums(const floating* x, Py_ssize_t P, Py_ssize_t C, Py_ssize_t S, Py_ssize_t c, double k,
                                double* acc, Py_ssize_t width, double* s1, double* s2) noexcept nogil:
     """s1 = sum(x - k), s2 = sum((x - k)^2) over the P planes of channel c."""
-    cdef Py_ssize_t blk, s0, s, p, w
-    cdef const floating* row
-    cdef double d, t1 = 0, t2 = 0
+    cdef Py_ssize_t blk, s0, w
+    cdef double t1 = 0, t2 = 0
     for blk in range((S + width - 1) // width):
         s0 = blk * width
         w = min(width, S - s0)
-        _zero_pair(acc, acc + width, w)
-        for p in range(P):
-            row = x + (p * C + c) * S + s0
-            for s in range(w):
-                d = <double>row[s] - k
-                acc[s] = acc[s] + d
-                acc[width + s] = acc[width + s] + d * d
+        if floating is float:
+            cynet_planes_shifted_sums_f32(x + c * S + s0, k, acc, acc + width, C * S, w, 0, P)
+        else:
+            cynet_planes_shifted_sums_f64(x + c * S + s0, k, acc, acc + width, C * S, w, 0, P)
         _add_column_sums(acc, width, w, &t1, &t2)
     s1[0] = t1
     s2[0] = t2
@@ -679,18 +697,15 @@ cdef void _planes_grad_sums(const floating* dout, const floating* x, Py_ssize_t 
                             double* sdx) noexcept nogil:
     """sd = sum(dout), sdx = sum(dout (x - mu)) over the P planes of channel c, in the order of
     _planes_shifted_sums."""
-    cdef Py_ssize_t blk, s0, s, p, w, off
-    cdef double g, t1 = 0, t2 = 0
+    cdef Py_ssize_t blk, s0, w
+    cdef double t1 = 0, t2 = 0
     for blk in range((S + width - 1) // width):
         s0 = blk * width
         w = min(width, S - s0)
-        _zero_pair(acc, acc + width, w)
-        for p in range(P):
-            off = (p * C + c) * S + s0
-            for s in range(w):
-                g = dout[off + s]
-                acc[s] = acc[s] + g
-                acc[width + s] = acc[width + s] + g * (<double>x[off + s] - mu)
+        if floating is float:
+            cynet_planes_grad_sums_f32(dout + c * S + s0, x + c * S + s0, mu, acc, acc + width, C * S, w, 0, P)
+        else:
+            cynet_planes_grad_sums_f64(dout + c * S + s0, x + c * S + s0, mu, acc, acc + width, C * S, w, 0, P)
         _add_column_sums(acc, width, w, &t1, &t2)
     sd[0] = t1
     sdx[0] = t2
