@@ -305,8 +305,11 @@ def prelu_backward(dout, x, alpha, *, out=None, alpha_grad_out=None):
         views = tuple(_prelu_planes_view(a, layout) for a in (dout, x, dx))
     chunks = min(views[1].shape[0], _PRELU_REDUCTION_CHUNKS)
     partials = np.empty((chunks, alpha_flat.size), dtype=np.float64)
-    kernel = _act.prelu_backward_rows if layout == "rows" else _act.prelu_backward_planes
-    kernel(views[0], views[1], alpha_flat, views[2], partials, dalpha_flat, kernel_threads(x.size))
+    if layout == "rows":
+        _act.prelu_backward_rows(*views[:2], alpha_flat, views[2], partials, dalpha_flat, stream_stores(dx.nbytes),
+                                 kernel_threads(x.size))
+    else:
+        _act.prelu_backward_planes(*views[:2], alpha_flat, views[2], partials, dalpha_flat, kernel_threads(x.size))
     return dx, dalpha
 
 
@@ -526,5 +529,5 @@ def maxout_backward(dout, indices, pieces, *, out=None):
         units = dout.shape[-1]
         rows = int(np.prod(dout.shape[:-1], dtype=np.int64))
         _maxout.maxout_backward(dout.reshape(rows, units), indices.reshape(rows, units), dx.reshape(rows, k, units),
-                                kernel_threads(dx.size))
+                                stream_stores(dx.nbytes), kernel_threads(dx.size))
     return dx

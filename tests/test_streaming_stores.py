@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import cynet
-from cynet import ops
+from cynet import ops, reference
 from cynet._kernels import load
 from cynet._threading import last_level_cache_bytes, stream_stores
 from cynet.nn.normalization import batch_norm_backward, batch_norm_forward
@@ -114,3 +114,32 @@ def test_ops_stream_large_outputs_of_memory_bound_kernels_only(monkeypatch):
     np.testing.assert_array_equal(ops.relu_forward(x), np.maximum(x, 0))
     np.testing.assert_array_equal(ops.relu_backward(x, x), np.where(x > 0, x, 0))
     np.testing.assert_array_equal(ops.leaky_relu_forward(x, 0.1), np.where(x > 0, x, np.float32(0.1) * x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", [(37, 1500), (3, 2050), (1, 17)], ids=str)
+@pytest.mark.parametrize("offset", [0, 1])
+def test_prelu_and_maxout_backwards_write_the_same_bits_with_streaming_stores(monkeypatch, dtype, shape, offset):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    alpha = rng.uniform(0.05, 0.5, shape[1]).astype(dtype)
+    scores = rng.standard_normal((shape[0], 2 * shape[1])).astype(dtype)
+    _, winners = ops.maxout_forward(scores, 2)
+    results = []
+    for threshold in ("0", str(2**62)):
+        monkeypatch.setenv("CYNET_STREAM_MIN_BYTES", threshold)
+        for threads in (1, 2):
+            with cynet.threads(threads):
+                dx = _misaligned(shape, dtype, offset)
+                dscores = _misaligned(scores.shape, dtype, offset)
+                dx[...] = dscores[...] = np.nan
+                _, dalpha = ops.prelu_backward(dout, x, alpha, out=dx)
+                ops.maxout_backward(dout, winners, 2, out=dscores)
+                results.append((dx, dalpha, dscores))
+    expected_dx, _ = reference.prelu_backward(dout, x, alpha)
+    np.testing.assert_array_equal(results[0][0], expected_dx)
+    np.testing.assert_array_equal(results[0][2], reference.maxout_backward(dout, winners, 2))
+    for other in results[1:]:
+        for a, b in zip(other, results[0]):
+            np.testing.assert_array_equal(a, b)

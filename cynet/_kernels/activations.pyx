@@ -322,22 +322,40 @@ cdef void _prelu_plane_forward(const floating* x, floating a, floating* y, Py_ss
 
 # dx = dout if x > 0 else alpha[j] * dout;  partial[j] += dout * min(x, 0) (in float64), over rows of C values.
 # (dout * min(x, 0) rather than a select of the product: the form the compiler vectorises; a NaN dout propagates.)
+cdef inline void _prelu_dx_span(const floating* dout, const floating* x, const floating* alpha, floating* dx,
+                                Py_ssize_t n) noexcept nogil:
+    """dx[j] = dout[j] if x[j] > 0 else alpha[j] dout[j] for j < n."""
+    cdef Py_ssize_t j
+    for j in range(n):
+        dx[j] = dout[j] if x[j] > 0 else alpha[j] * dout[j]
+
+
 cdef void _prelu_rows_backward(const floating* dout, const floating* x, const floating* alpha, floating* dx,
-                               double* partial, Py_ssize_t rows, Py_ssize_t C) noexcept nogil:
-    cdef Py_ssize_t i, j
-    cdef floating v, g, a
+                               double* partial, Py_ssize_t rows, Py_ssize_t C, bint stream) noexcept nogil:
+    cdef floating buffer[STREAM_BLOCK]
+    cdef Py_ssize_t i, j, b, head, n, o
+    cdef floating v, g
     for i in range(rows):
         # Two passes over the (cache-resident) row: one loop doing both stores does not vectorise, each alone does.
         # The reduction goes first: dx may be dout or x itself (in-place backward).
+        o = i * C
         for j in range(C):
-            v = x[i * C + j]
-            g = dout[i * C + j]
+            v = x[o + j]
+            g = dout[o + j]
             partial[j] += <double>g * <double>(0 if v > 0 else v)
-        for j in range(C):
-            v = x[i * C + j]
-            g = dout[i * C + j]
-            a = alpha[j]
-            dx[i * C + j] = g if v > 0 else a * g
+        if not stream:
+            _prelu_dx_span(dout + o, x + o, alpha, dx + o, C)
+            continue
+        # non-temporal stores of dx (an output larger than the cache), through an L1 buffer, whole lines
+        head = stream_head(dx + o, C)
+        _prelu_dx_span(dout + o, x + o, alpha, dx + o, head)
+        for b in range((C - head + STREAM_BLOCK - 1) // STREAM_BLOCK):
+            j = head + b * STREAM_BLOCK
+            n = min(<Py_ssize_t>STREAM_BLOCK, C - j)
+            _prelu_dx_span(dout + o + j, x + o + j, alpha + j, buffer, n)
+            stream_store(dx + o + j, buffer, n)
+    if stream:
+        stream_fence()
 
 
 # Same over n values sharing the slope a; returns sum of dout * x over x <= 0. Four interleaved float64 accumulators,
@@ -395,8 +413,10 @@ def prelu_forward_planes(const floating[:, :, ::1] x, const floating[::1] alpha,
 
 
 def prelu_backward_rows(const floating[:, ::1] dout, const floating[:, ::1] x, const floating[::1] alpha,
-                        floating[:, ::1] dx, double[:, ::1] partials, floating[::1] dalpha, int n_threads):
-    """dx, and dalpha summed over K = partials.shape[0] fixed row chunks (K from the shape only), in order."""
+                        floating[:, ::1] dx, double[:, ::1] partials, floating[::1] dalpha, bint stream,
+                        int n_threads):
+    """dx, and dalpha summed over K = partials.shape[0] fixed row chunks (K from the shape only), in order.
+    ``stream``: dx written with non-temporal stores."""
     cdef Py_ssize_t m = x.shape[0], C = x.shape[1], K = partials.shape[0], k, j, lo, hi
     cdef int nt = 1 if m * C < PARALLEL_MIN_ELEMENTS else n_threads
     cdef double acc
@@ -405,7 +425,8 @@ def prelu_backward_rows(const floating[:, ::1] dout, const floating[:, ::1] x, c
         for k in prange(K, schedule='static', num_threads=nt):
             lo = _chunk_start(k, K, m)
             hi = _chunk_start(k + 1, K, m)
-            _prelu_rows_backward(&dout[lo, 0], &x[lo, 0], &alpha[0], &dx[lo, 0], &partials[k, 0], hi - lo, C)
+            _prelu_rows_backward(&dout[lo, 0], &x[lo, 0], &alpha[0], &dx[lo, 0], &partials[k, 0], hi - lo, C,
+                                 stream)
         for j in range(C):
             acc = 0
             for k in range(K):

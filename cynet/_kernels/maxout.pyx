@@ -15,6 +15,7 @@ from cython.parallel cimport prange
 from libc.stdint cimport int32_t
 
 from cynet._kernels._openmp cimport split_length
+from cynet._kernels._stream cimport STREAM_BLOCK, stream_fence, stream_head, stream_store
 
 
 # y[m, j] = max_p x[m, p, j], idx[m, j] = first argmax, over `rows` rows of K pieces x D units.
@@ -44,22 +45,36 @@ cdef void _maxout_rows_forward(const floating* x, floating* y, int32_t* idx, Py_
                 ir[j] = <int32_t>p if take else winner
 
 
-# dx[m, p, j] = dout[m, j] if idx[m, j] == p else 0, over `rows` rows.
+cdef inline void _piece_span(const floating* dout, const int32_t* idx, int32_t p, floating* dx,
+                             Py_ssize_t n) noexcept nogil:
+    """dx[j] = dout[j] if idx[j] == p else 0 for j < n."""
+    cdef Py_ssize_t j
+    for j in range(n):
+        dx[j] = dout[j] if idx[j] == p else 0
+
+
+# dx[m, p, j] = dout[m, j] if idx[m, j] == p else 0, over `rows` rows; with `stream`, dx is written with non-temporal
+# stores (through an L1 buffer, whole lines: see _stream.pxd).
 cdef void _maxout_rows_backward(const floating* dout, const int32_t* idx, floating* dx, Py_ssize_t rows,
-                                Py_ssize_t K, Py_ssize_t D) noexcept nogil:
-    cdef Py_ssize_t m, p, j
-    cdef const floating* gr
-    cdef const int32_t* ir
-    cdef floating* dr
-    cdef floating g
+                                Py_ssize_t K, Py_ssize_t D, bint stream) noexcept nogil:
+    cdef floating buffer[STREAM_BLOCK]
+    cdef Py_ssize_t m, p, b, head, j, n
+    cdef floating* out
     for m in range(rows):
-        gr = dout + m * D
-        ir = idx + m * D
-        dr = dx + m * K * D
         for p in range(K):
-            for j in range(D):
-                g = gr[j]
-                dr[p * D + j] = g if ir[j] == p else 0
+            out = dx + (m * K + p) * D
+            if not stream:
+                _piece_span(dout + m * D, idx + m * D, <int32_t>p, out, D)
+                continue
+            head = stream_head(out, D)
+            _piece_span(dout + m * D, idx + m * D, <int32_t>p, out, head)
+            for b in range((D - head + STREAM_BLOCK - 1) // STREAM_BLOCK):
+                j = head + b * STREAM_BLOCK
+                n = min(<Py_ssize_t>STREAM_BLOCK, D - j)
+                _piece_span(dout + m * D + j, idx + m * D + j, <int32_t>p, buffer, n)
+                stream_store(out + j, buffer, n)
+    if stream:
+        stream_fence()
 
 
 def maxout_forward(const floating[:, :, ::1] x, floating[:, ::1] y, int32_t[:, ::1] idx, int n_threads):
@@ -74,7 +89,8 @@ def maxout_forward(const floating[:, :, ::1] x, floating[:, ::1] y, int32_t[:, :
             _maxout_rows_forward(&x[lo, 0, 0], &y[lo, 0], &idx[lo, 0], min(chunk, M - lo), K, D)
 
 
-def maxout_backward(const floating[:, ::1] dout, const int32_t[:, ::1] idx, floating[:, :, ::1] dx, int n_threads):
+def maxout_backward(const floating[:, ::1] dout, const int32_t[:, ::1] idx, floating[:, :, ::1] dx, bint stream,
+                    int n_threads):
     cdef Py_ssize_t M = dx.shape[0], K = dx.shape[1], D = dx.shape[2], c, lo
     cdef Py_ssize_t chunk = split_length(M, M * K * D, n_threads, 1)
     cdef Py_ssize_t n_chunks = (M + chunk - 1) // chunk
@@ -83,4 +99,4 @@ def maxout_backward(const floating[:, ::1] dout, const int32_t[:, ::1] idx, floa
     with nogil:
         for c in prange(n_chunks, schedule='static', num_threads=n_chunks):
             lo = c * chunk
-            _maxout_rows_backward(&dout[lo, 0], &idx[lo, 0], &dx[lo, 0, 0], min(chunk, M - lo), K, D)
+            _maxout_rows_backward(&dout[lo, 0], &idx[lo, 0], &dx[lo, 0, 0], min(chunk, M - lo), K, D, stream)
