@@ -310,7 +310,8 @@ def last_level_cache_bytes():
     return DEFAULT_LAST_LEVEL_CACHE
 
 
-def _stream_threshold():
+def stream_min_bytes():
+    """The output size from which kernels use non-temporal stores: ``CYNET_STREAM_MIN_BYTES`` or the last-level cache."""
     setting = os.environ.get("CYNET_STREAM_MIN_BYTES", "").strip()
     if not setting:
         return last_level_cache_bytes()
@@ -337,4 +338,4 @@ def stream_stores(output_bytes):
         >>> cynet.stream_stores(1024)
         False
     """
-    return output_bytes > 0 and output_bytes >= _stream_threshold()
+    return output_bytes > 0 and output_bytes >= stream_min_bytes()
