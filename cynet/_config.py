@@ -7,8 +7,8 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 from cynet._kernels import _runtime, available_isas, selected_isa
-from cynet._threading import (WAIT_POLICY_SET_BY_USER, stream_min_bytes, available_cpus, default_num_threads,
-                              get_num_threads, idle_spin_seconds, last_level_cache_bytes, parallel_overhead)
+from cynet._threading import (WAIT_POLICY_SET_BY_USER, available_cpus, default_num_threads, get_num_threads,
+                              idle_spin_seconds, last_level_cache_bytes, parallel_overhead, stream_min_bytes)
 
 
 def config():
