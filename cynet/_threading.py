@@ -1,4 +1,5 @@
-"""The one place that decides how many threads cynet uses, for its OpenMP kernels and for BLAS alike.
+"""The one place that decides how many threads cynet uses, for its OpenMP kernels and for BLAS alike (and, with the
+same kind of machine facts, whether a kernel's output goes to memory with streaming stores: :func:`stream_stores`).
 
 Resolution of the default, first match wins:
 
