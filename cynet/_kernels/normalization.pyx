@@ -273,7 +273,69 @@ cdef extern from *:
             Py_ssize_t r0, Py_ssize_t r1) {                                                                       \
         CYNET_GRAD_SWEEPS(T, mu0)                                                                                 \
     }
+    /* Sums along one contiguous run of n values in eight float64 lanes (lane l takes values l, l + 8, ...; the tail
+       goes to a ninth sum), combined as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)) + tail: a fixed order that
+       the compiler keeps in two AVX2 vectors (one running sum per row is a chain of dependent adds, 4 cycles each). */
+    #define CYNET_LANE_TOTAL(a, tail) ((((a)[0] + (a)[1]) + ((a)[2] + (a)[3])) + (((a)[4] + (a)[5]) + ((a)[6] + (a)[7])) \
+                                        + (tail))
+    #define CYNET_RUN_SUMS(T, SUFFIX)                                                                             \
+    static void cynet_run_shifted_sums_##SUFFIX(const T* CYTHON_RESTRICT x, Py_ssize_t n, double k,              \
+                                                double* s1, double* s2) {                                         \
+        double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, q[8] = {0, 0, 0, 0, 0, 0, 0, 0}, ta = 0, tq = 0;                  \
+        Py_ssize_t i = 0;                                                                                         \
+        int l;                                                                                                    \
+        for (; i + 8 <= n; i += 8)                                                                                \
+            for (l = 0; l < 8; l++) { double d = (double)x[i + l] - k; a[l] = a[l] + d; q[l] = q[l] + d * d; }   \
+        for (; i < n; i++) { double d = (double)x[i] - k; ta = ta + d; tq = tq + d * d; }                         \
+        *s1 = *s1 + CYNET_LANE_TOTAL(a, ta);                                                                      \
+        *s2 = *s2 + CYNET_LANE_TOTAL(q, tq);                                                                      \
+    }                                                                                                             \
+    static void cynet_run_grad_sums_##SUFFIX(const T* CYTHON_RESTRICT dout, const T* CYTHON_RESTRICT x,          \
+                                             Py_ssize_t n, double mu, double* sd, double* sdx) {                  \
+        double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, q[8] = {0, 0, 0, 0, 0, 0, 0, 0}, ta = 0, tq = 0;                  \
+        Py_ssize_t i = 0;                                                                                         \
+        int l;                                                                                                    \
+        for (; i + 8 <= n; i += 8)                                                                                \
+            for (l = 0; l < 8; l++) {                                                                             \
+                double g = dout[i + l];                                                                           \
+                a[l] = a[l] + g;                                                                                  \
+                q[l] = q[l] + g * ((double)x[i + l] - mu);                                                        \
+            }                                                                                                     \
+        for (; i < n; i++) { double g = dout[i]; ta = ta + g; tq = tq + g * ((double)x[i] - mu); }                \
+        *sd = *sd + CYNET_LANE_TOTAL(a, ta);                                                                      \
+        *sdx = *sdx + CYNET_LANE_TOTAL(q, tq);                                                                    \
+    }                                                                                                             \
+    /* LayerNorm's backward sums over one row of n features with gamma per feature: A = sum gamma d,              \
+       B = sum gamma d (x - mu) (eight lanes as above), and per feature dgamma_j += d (x - mu) r, dbeta_j += d. */ \
+    static void cynet_ln_row_grad_##SUFFIX(const T* CYTHON_RESTRICT dout, const T* CYTHON_RESTRICT x,            \
+                                           const T* CYTHON_RESTRICT gamma, Py_ssize_t n, double mu, double r,     \
+                                           double* CYTHON_RESTRICT dgamma, double* CYTHON_RESTRICT dbeta,          \
+                                           double* A, double* B) {                                                \
+        double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, b[8] = {0, 0, 0, 0, 0, 0, 0, 0}, ta = 0, tb = 0;                  \
+        Py_ssize_t i = 0, j;                                                                                      \
+        int l;                                                                                                    \
+        for (; i + 8 <= n; i += 8)                                                                                \
+            for (l = 0; l < 8; l++) {                                                                             \
+                double d = dout[i + l], xc = (double)x[i + l] - mu, gm = gamma[i + l];                            \
+                a[l] = a[l] + gm * d;                                                                             \
+                b[l] = b[l] + gm * d * xc;                                                                        \
+            }                                                                                                     \
+        for (; i < n; i++) {                                                                                      \
+            double d = dout[i], xc = (double)x[i] - mu, gm = gamma[i];                                            \
+            ta = ta + gm * d;                                                                                     \
+            tb = tb + gm * d * xc;                                                                                \
+        }                                                                                                         \
+        for (j = 0; j < n; j++) {                                                                                 \
+            double d = dout[j];                                                                                   \
+            dgamma[j] += d * ((double)x[j] - mu) * r;                                                             \
+            dbeta[j] += d;                                                                                        \
+        }                                                                                                         \
+        *A = *A + CYNET_LANE_TOTAL(a, ta);                                                                        \
+        *B = *B + CYNET_LANE_TOTAL(b, tb);                                                                        \
+    }
     CYNET_ROWS_SUMS(float, f32)
+    CYNET_RUN_SUMS(float, f32)
+    CYNET_RUN_SUMS(double, f64)
     CYNET_ROWS_SUMS(double, f64)
     """
     void cynet_rows_shifted_sums_f32(const float* x, double* s1, double* s2, Py_ssize_t D, Py_ssize_t n,
@@ -284,6 +346,16 @@ cdef extern from *:
                                   Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
     void cynet_rows_grad_sums_f64(const double* dout, const double* x, const double* mean, double* sd, double* sdx,
                                   Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
+    void cynet_run_shifted_sums_f32(const float* x, Py_ssize_t n, double k, double* s1, double* s2) noexcept nogil
+    void cynet_run_shifted_sums_f64(const double* x, Py_ssize_t n, double k, double* s1, double* s2) noexcept nogil
+    void cynet_run_grad_sums_f32(const float* dout, const float* x, Py_ssize_t n, double mu, double* sd,
+                                 double* sdx) noexcept nogil
+    void cynet_run_grad_sums_f64(const double* dout, const double* x, Py_ssize_t n, double mu, double* sd,
+                                 double* sdx) noexcept nogil
+    void cynet_ln_row_grad_f32(const float* dout, const float* x, const float* gamma, Py_ssize_t n, double mu,
+                               double r, double* dgamma, double* dbeta, double* A, double* B) noexcept nogil
+    void cynet_ln_row_grad_f64(const double* dout, const double* x, const double* gamma, Py_ssize_t n, double mu,
+                               double r, double* dgamma, double* dbeta, double* A, double* B) noexcept nogil
     void cynet_planes_shifted_sums_f32(const float* x, double k0, double* s1, double* s2, Py_ssize_t D, Py_ssize_t n,
                                        Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
     void cynet_planes_shifted_sums_f64(const double* x, double k0, double* s1, double* s2, Py_ssize_t D, Py_ssize_t n,
@@ -560,60 +632,23 @@ def bn_rows_backward(const floating[:, ::1] dout, const floating[:, ::1] x, cons
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Batch norm, "planes" layout (P, C, S): the same formulas, channel c being the P planes x[:, c, :].
-# Sums over a plane use four interleaved float64 accumulators combined as (a0 + a1) + (a2 + a3) + tail: a fixed
-# order that the compiler can keep in SIMD lanes.
+# Sums along one contiguous run (a plane, or a LayerNorm/GroupNorm row) use eight float64 lanes (cynet_run_*_sums).
 
 cdef inline void _plane_sums(const floating* x, double k, Py_ssize_t n, double* s1, double* s2) noexcept nogil:
-    """s1 += sum(x - k), s2 += sum((x - k)^2) over n values."""
-    cdef Py_ssize_t s, n4 = n - n % 4
-    cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0, q0 = 0, q1 = 0, q2 = 0, q3 = 0, d0, d1, d2, d3
-    cdef double ta = 0, tq = 0
-    for s in range(0, n4, 4):
-        d0 = <double>x[s] - k
-        d1 = <double>x[s + 1] - k
-        d2 = <double>x[s + 2] - k
-        d3 = <double>x[s + 3] - k
-        a0 = a0 + d0
-        a1 = a1 + d1
-        a2 = a2 + d2
-        a3 = a3 + d3
-        q0 = q0 + d0 * d0
-        q1 = q1 + d1 * d1
-        q2 = q2 + d2 * d2
-        q3 = q3 + d3 * d3
-    for s in range(n4, n):
-        d0 = <double>x[s] - k
-        ta = ta + d0
-        tq = tq + d0 * d0
-    s1[0] = s1[0] + (((a0 + a1) + (a2 + a3)) + ta)
-    s2[0] = s2[0] + (((q0 + q1) + (q2 + q3)) + tq)
+    """s1 += sum(x - k), s2 += sum((x - k)^2) over n contiguous values (eight float64 lanes, a fixed order)."""
+    if floating is float:
+        cynet_run_shifted_sums_f32(x, n, k, s1, s2)
+    else:
+        cynet_run_shifted_sums_f64(x, n, k, s1, s2)
 
 
 cdef inline void _plane_grad_sums(const floating* dout, const floating* x, double mu, Py_ssize_t n, double* sd,
                                   double* sdx) noexcept nogil:
-    """sd += sum(dout), sdx += sum(dout * (x - mu)) over n values."""
-    cdef Py_ssize_t s, n4 = n - n % 4
-    cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0, q0 = 0, q1 = 0, q2 = 0, q3 = 0, g0, g1, g2, g3
-    cdef double ta = 0, tq = 0
-    for s in range(0, n4, 4):
-        g0 = dout[s]
-        g1 = dout[s + 1]
-        g2 = dout[s + 2]
-        g3 = dout[s + 3]
-        a0 = a0 + g0
-        a1 = a1 + g1
-        a2 = a2 + g2
-        a3 = a3 + g3
-        q0 = q0 + g0 * (<double>x[s] - mu)
-        q1 = q1 + g1 * (<double>x[s + 1] - mu)
-        q2 = q2 + g2 * (<double>x[s + 2] - mu)
-        q3 = q3 + g3 * (<double>x[s + 3] - mu)
-    for s in range(n4, n):
-        g0 = dout[s]
-        ta = ta + g0
-        tq = tq + g0 * (<double>x[s] - mu)
-    sd[0] = sd[0] + (((a0 + a1) + (a2 + a3)) + ta)
-    sdx[0] = sdx[0] + (((q0 + q1) + (q2 + q3)) + tq)
+    """sd += sum(dout), sdx += sum(dout * (x - mu)) over n contiguous values (eight float64 lanes)."""
+    if floating is float:
+        cynet_run_grad_sums_f32(dout, x, n, mu, sd, sdx)
+    else:
+        cynet_run_grad_sums_f64(dout, x, n, mu, sd, sdx)
 
 
 cdef inline void _plane_affine(const floating* x, floating center, floating center_lo, floating scale,
@@ -887,17 +922,13 @@ cdef void _row_backward(const floating* dout, const floating* x, const floating*
     cdef const floating* xr = x + m * L
     cdef const floating* gr = dout + m * L
     cdef floating* dxr = dx + m * L
-    cdef double mu = mean[m], r = inv_std[m], A = 0, B = 0, sd, sdx, gm, d, xc
+    cdef double mu = mean[m], r = inv_std[m], A = 0, B = 0, sd, sdx, gm
     cdef floating center, center_lo, fa, fb, fc, rf
     if S == 1:
-        for j in range(L):
-            d = gr[j]
-            xc = <double>xr[j] - mu
-            gm = gamma[base + j]
-            A = A + gm * d
-            B = B + gm * d * xc
-            dgamma[base + j] += d * xc * r
-            dbeta[base + j] += d
+        if floating is float:
+            cynet_ln_row_grad_f32(gr, xr, gamma + base, L, mu, r, dgamma + base, dbeta + base, &A, &B)
+        else:
+            cynet_ln_row_grad_f64(gr, xr, gamma + base, L, mu, r, dgamma + base, dbeta + base, &A, &B)
     else:
         for c in range(Cg):
             sd = 0
