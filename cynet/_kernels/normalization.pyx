@@ -274,36 +274,74 @@ cdef extern from *:
         CYNET_GRAD_SWEEPS(T, mu0)                                                                                 \
     }
     /* Sums along one contiguous run of n values in eight float64 lanes (lane l takes values l, l + 8, ...; the tail
-       goes to a ninth sum), combined as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)) + tail: a fixed order that
-       the compiler keeps in two AVX2 vectors (one running sum per row is a chain of dependent adds, 4 cycles each). */
+       goes to a ninth sum), combined as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)) + tail: a fixed order.
+       With GCC/Clang the lanes are two 4-double vectors (vector extensions; the compiler keeps eight scalar lanes
+       scalar), elsewhere (or built with -DCYNET_SCALAR_LANES) eight scalars: each lane sees the same operations in the
+       same order, so the same bits. */
     #define CYNET_LANE_TOTAL(a, tail) ((((a)[0] + (a)[1]) + ((a)[2] + (a)[3])) + (((a)[4] + (a)[5]) + ((a)[6] + (a)[7])) \
                                         + (tail))
+    #if defined(__GNUC__) && (defined(__clang__) || __GNUC__ >= 9) && !defined(CYNET_SCALAR_LANES)
+    typedef double cynet_v4d __attribute__((vector_size(32)));
+    typedef float cynet_v4f __attribute__((vector_size(16)));
+    static inline cynet_v4d cynet_load4_f32(const float* p) {
+        cynet_v4f v; memcpy(&v, p, sizeof(v)); return __builtin_convertvector(v, cynet_v4d);
+    }
+    static inline cynet_v4d cynet_load4_f64(const double* p) { cynet_v4d v; memcpy(&v, p, sizeof(v)); return v; }
+    #define CYNET_LANES_DECLARE(name) cynet_v4d name##0 = {0, 0, 0, 0}, name##1 = {0, 0, 0, 0}
+    #define CYNET_LANES_STORE(name, out) do { int l_; for (l_ = 0; l_ < 4; l_++) {                                 \
+            (out)[l_] = name##0[l_]; (out)[4 + l_] = name##1[l_]; } } while (0)
+    #define CYNET_RUN_SWEEPS(SUFFIX, x, i, k, a, q)                                                              \
+        {                                                                                                         \
+            cynet_v4d d0 = cynet_load4_##SUFFIX((x) + (i)) - (k), d1 = cynet_load4_##SUFFIX((x) + (i) + 4) - (k);  \
+            a##0 = a##0 + d0; a##1 = a##1 + d1; q##0 = q##0 + d0 * d0; q##1 = q##1 + d1 * d1;                     \
+        }
+    #define CYNET_GRAD_RUN_SWEEPS(SUFFIX, g, x, i, mu, a, q)                                                      \
+        {                                                                                                         \
+            cynet_v4d g0 = cynet_load4_##SUFFIX((g) + (i)), g1 = cynet_load4_##SUFFIX((g) + (i) + 4);             \
+            cynet_v4d c0 = cynet_load4_##SUFFIX((x) + (i)) - (mu), c1 = cynet_load4_##SUFFIX((x) + (i) + 4) - (mu); \
+            a##0 = a##0 + g0; a##1 = a##1 + g1; q##0 = q##0 + g0 * c0; q##1 = q##1 + g1 * c1;                     \
+        }
+    #define CYNET_LN_SWEEPS(SUFFIX, g, x, gamma, i, mu, a, b)                                                    \
+        {                                                                                                         \
+            cynet_v4d gd0 = cynet_load4_##SUFFIX((gamma) + (i)) * cynet_load4_##SUFFIX((g) + (i));                \
+            cynet_v4d gd1 = cynet_load4_##SUFFIX((gamma) + (i) + 4) * cynet_load4_##SUFFIX((g) + (i) + 4);        \
+            cynet_v4d c0 = cynet_load4_##SUFFIX((x) + (i)) - (mu), c1 = cynet_load4_##SUFFIX((x) + (i) + 4) - (mu); \
+            a##0 = a##0 + gd0; a##1 = a##1 + gd1; b##0 = b##0 + gd0 * c0; b##1 = b##1 + gd1 * c1;                 \
+        }
+    #else
+    #define CYNET_LANES_DECLARE(name) double name[8] = {0, 0, 0, 0, 0, 0, 0, 0}
+    #define CYNET_LANES_STORE(name, out) do { int l_; for (l_ = 0; l_ < 8; l_++) (out)[l_] = name[l_]; } while (0)
+    #define CYNET_RUN_SWEEPS(SUFFIX, x, i, k, a, q)                                                              \
+        { int l; for (l = 0; l < 8; l++) { double d = (double)(x)[(i) + l] - (k); a[l] += d; q[l] += d * d; } }
+    #define CYNET_GRAD_RUN_SWEEPS(SUFFIX, g, x, i, mu, a, q)                                                      \
+        { int l; for (l = 0; l < 8; l++) { double gg = (g)[(i) + l];                                              \
+                                           a[l] += gg; q[l] += gg * ((double)(x)[(i) + l] - (mu)); } }
+    #define CYNET_LN_SWEEPS(SUFFIX, g, x, gamma, i, mu, a, b)                                                    \
+        { int l; for (l = 0; l < 8; l++) { double gd = (double)(gamma)[(i) + l] * (double)(g)[(i) + l];          \
+                                           a[l] += gd; b[l] += gd * ((double)(x)[(i) + l] - (mu)); } }
+    #endif
     #define CYNET_RUN_SUMS(T, SUFFIX)                                                                             \
     static void cynet_run_shifted_sums_##SUFFIX(const T* CYTHON_RESTRICT x, Py_ssize_t n, double k,              \
                                                 double* s1, double* s2) {                                         \
-        double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, q[8] = {0, 0, 0, 0, 0, 0, 0, 0}, ta = 0, tq = 0;                  \
+        CYNET_LANES_DECLARE(a); CYNET_LANES_DECLARE(q);                                                           \
+        double la[8], lq[8], ta = 0, tq = 0;                                                                      \
         Py_ssize_t i = 0;                                                                                         \
-        int l;                                                                                                    \
-        for (; i + 8 <= n; i += 8)                                                                                \
-            for (l = 0; l < 8; l++) { double d = (double)x[i + l] - k; a[l] = a[l] + d; q[l] = q[l] + d * d; }   \
+        for (; i + 8 <= n; i += 8) CYNET_RUN_SWEEPS(SUFFIX, x, i, k, a, q)                                        \
         for (; i < n; i++) { double d = (double)x[i] - k; ta = ta + d; tq = tq + d * d; }                         \
-        *s1 = *s1 + CYNET_LANE_TOTAL(a, ta);                                                                      \
-        *s2 = *s2 + CYNET_LANE_TOTAL(q, tq);                                                                      \
+        CYNET_LANES_STORE(a, la); CYNET_LANES_STORE(q, lq);                                                       \
+        *s1 = *s1 + CYNET_LANE_TOTAL(la, ta);                                                                     \
+        *s2 = *s2 + CYNET_LANE_TOTAL(lq, tq);                                                                     \
     }                                                                                                             \
     static void cynet_run_grad_sums_##SUFFIX(const T* CYTHON_RESTRICT dout, const T* CYTHON_RESTRICT x,          \
                                              Py_ssize_t n, double mu, double* sd, double* sdx) {                  \
-        double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, q[8] = {0, 0, 0, 0, 0, 0, 0, 0}, ta = 0, tq = 0;                  \
+        CYNET_LANES_DECLARE(a); CYNET_LANES_DECLARE(q);                                                           \
+        double la[8], lq[8], ta = 0, tq = 0;                                                                      \
         Py_ssize_t i = 0;                                                                                         \
-        int l;                                                                                                    \
-        for (; i + 8 <= n; i += 8)                                                                                \
-            for (l = 0; l < 8; l++) {                                                                             \
-                double g = dout[i + l];                                                                           \
-                a[l] = a[l] + g;                                                                                  \
-                q[l] = q[l] + g * ((double)x[i + l] - mu);                                                        \
-            }                                                                                                     \
+        for (; i + 8 <= n; i += 8) CYNET_GRAD_RUN_SWEEPS(SUFFIX, dout, x, i, mu, a, q)                            \
         for (; i < n; i++) { double g = dout[i]; ta = ta + g; tq = tq + g * ((double)x[i] - mu); }                \
-        *sd = *sd + CYNET_LANE_TOTAL(a, ta);                                                                      \
-        *sdx = *sdx + CYNET_LANE_TOTAL(q, tq);                                                                    \
+        CYNET_LANES_STORE(a, la); CYNET_LANES_STORE(q, lq);                                                       \
+        *sd = *sd + CYNET_LANE_TOTAL(la, ta);                                                                     \
+        *sdx = *sdx + CYNET_LANE_TOTAL(lq, tq);                                                                   \
     }                                                                                                             \
     /* LayerNorm's backward sums over one row of n features with gamma per feature: A = sum gamma d,              \
        B = sum gamma d (x - mu) (eight lanes as above), and per feature dgamma_j += d (x - mu) r, dbeta_j += d. */ \
@@ -311,27 +349,23 @@ cdef extern from *:
                                            const T* CYTHON_RESTRICT gamma, Py_ssize_t n, double mu, double r,     \
                                            double* CYTHON_RESTRICT dgamma, double* CYTHON_RESTRICT dbeta,          \
                                            double* A, double* B) {                                                \
-        double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, b[8] = {0, 0, 0, 0, 0, 0, 0, 0}, ta = 0, tb = 0;                  \
+        CYNET_LANES_DECLARE(a); CYNET_LANES_DECLARE(b);                                                           \
+        double la[8], lb[8], ta = 0, tb = 0;                                                                      \
         Py_ssize_t i = 0, j;                                                                                      \
-        int l;                                                                                                    \
-        for (; i + 8 <= n; i += 8)                                                                                \
-            for (l = 0; l < 8; l++) {                                                                             \
-                double d = dout[i + l], xc = (double)x[i + l] - mu, gm = gamma[i + l];                            \
-                a[l] = a[l] + gm * d;                                                                             \
-                b[l] = b[l] + gm * d * xc;                                                                        \
-            }                                                                                                     \
+        for (; i + 8 <= n; i += 8) CYNET_LN_SWEEPS(SUFFIX, dout, x, gamma, i, mu, a, b)                           \
         for (; i < n; i++) {                                                                                      \
-            double d = dout[i], xc = (double)x[i] - mu, gm = gamma[i];                                            \
-            ta = ta + gm * d;                                                                                     \
-            tb = tb + gm * d * xc;                                                                                \
+            double gd = (double)gamma[i] * (double)dout[i];                                                       \
+            ta = ta + gd;                                                                                         \
+            tb = tb + gd * ((double)x[i] - mu);                                                                   \
         }                                                                                                         \
         for (j = 0; j < n; j++) {                                                                                 \
             double d = dout[j];                                                                                   \
             dgamma[j] += d * ((double)x[j] - mu) * r;                                                             \
             dbeta[j] += d;                                                                                        \
         }                                                                                                         \
-        *A = *A + CYNET_LANE_TOTAL(a, ta);                                                                        \
-        *B = *B + CYNET_LANE_TOTAL(b, tb);                                                                        \
+        CYNET_LANES_STORE(a, la); CYNET_LANES_STORE(b, lb);                                                       \
+        *A = *A + CYNET_LANE_TOTAL(la, ta);                                                                       \
+        *B = *B + CYNET_LANE_TOTAL(lb, tb);                                                                       \
     }
     CYNET_ROWS_SUMS(float, f32)
     CYNET_RUN_SUMS(float, f32)
