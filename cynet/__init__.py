@@ -9,7 +9,7 @@ Threads for the kernels and for BLAS are controlled in one place: :func:`set_num
 workers.
 """
 from cynet._threading import (available_cpus, get_num_threads, idle_spin_seconds, kernel_threads, parallel_overhead,
-                              set_num_threads, threads)
+                              set_num_threads, stream_stores, threads)
 from cynet._config import show_config
 from cynet._random import get_rng_state, manual_seed, set_rng_state
 from cynet import ops, reference
@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__", "available_cpus", "get_num_threads", "set_num_threads", "threads", "kernel_threads",
-    "parallel_overhead", "idle_spin_seconds", "show_config", "ops",
+    "parallel_overhead", "idle_spin_seconds", "stream_stores", "show_config", "ops",
     "reference", "manual_seed", "get_rng_state", "set_rng_state", "nn", "init",
     "gradcheck", "data", "optim", "babysit", "Trainer",
 ]

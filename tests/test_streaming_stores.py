@@ -143,3 +143,8 @@ def test_prelu_and_maxout_backwards_write_the_same_bits_with_streaming_stores(mo
     for other in results[1:]:
         for a, b in zip(other, results[0]):
             np.testing.assert_array_equal(a, b)
+
+
+def test_stream_stores_is_public():
+    assert cynet.stream_stores is stream_stores
+    assert "stream_stores" in cynet.__all__
