@@ -9,7 +9,7 @@
 #
 # Use: compute a block of at most STREAM_BLOCK values into a buffer on the stack (it stays in L1), then
 # stream_store(dst, buffer, n), blocks starting on a 64-byte line of dst (stream_head gives how many values come before
-# the first line boundary: write those directly); call stream_fence() once the thread has written its share (non-temporal stores are
+# the first line boundary: write those directly; stream_blocks and stream_block give the blocks after them); call stream_fence() once the thread has written its share (non-temporal stores are
 # weakly ordered: the fence makes them visible before the region's closing barrier). Off x86 (no SSE2) both are plain
 # copies / no-ops. Values are never changed: only how they reach memory.
 
@@ -85,6 +85,18 @@ cdef inline Py_ssize_t stream_head(const floating* dst, Py_ssize_t n) noexcept n
     cdef Py_ssize_t misaligned = (<size_t>dst) & 63
     cdef Py_ssize_t head = 0 if misaligned == 0 else (64 - misaligned) // sizeof(floating)
     return min(head, n)
+
+
+cdef inline Py_ssize_t stream_blocks(Py_ssize_t head, Py_ssize_t n) noexcept nogil:
+    """How many buffered blocks of at most STREAM_BLOCK values cover values [head, n)."""
+    return (n - head + STREAM_BLOCK - 1) // STREAM_BLOCK
+
+
+cdef inline Py_ssize_t stream_block(Py_ssize_t head, Py_ssize_t b, Py_ssize_t n, Py_ssize_t* length) noexcept nogil:
+    """Start of buffered block b (0 <= b < stream_blocks(head, n)); its number of values goes to length."""
+    cdef Py_ssize_t start = head + b * STREAM_BLOCK
+    length[0] = min(<Py_ssize_t>STREAM_BLOCK, n - start)
+    return start
 
 
 cdef inline void stream_fence() noexcept nogil:

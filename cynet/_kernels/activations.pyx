@@ -16,7 +16,8 @@ from cython.parallel cimport prange
 from libc.math cimport erfc
 
 from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS, CHUNK_ALIGN, split_length
-from cynet._kernels._stream cimport STREAM_BLOCK, stream_fence, stream_head, stream_store
+from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, stream_fence, stream_head,
+                                     stream_store)
 from cynet._kernels._vecmath cimport (vexpm1, vsigmoid, vtanh, exp_f64, exp_f64_for_f32, erfc_nonneg_f32acc,
                                       sigmoid_f64_for_f32)
 
@@ -227,9 +228,8 @@ cdef void _streamed_block(bint backward, int op, const floating* u, const floati
     cdef floating buffer[STREAM_BLOCK]
     cdef Py_ssize_t head = stream_head(out, n), b, start, m
     _block(backward, op, u, saved, out, head, a)
-    for b in range((n - head + STREAM_BLOCK - 1) // STREAM_BLOCK):
-        start = head + b * STREAM_BLOCK
-        m = min(<Py_ssize_t>STREAM_BLOCK, n - start)
+    for b in range(stream_blocks(head, n)):
+        start = stream_block(head, b, n, &m)
         _block(backward, op, u + start, saved + start, buffer, m, a)
         stream_store(out + start, buffer, m)
     stream_fence()
@@ -349,9 +349,8 @@ cdef void _prelu_rows_backward(const floating* dout, const floating* x, const fl
         # non-temporal stores of dx (an output larger than the cache), through an L1 buffer, whole lines
         head = stream_head(dx + o, C)
         _prelu_dx_span(dout + o, x + o, alpha, dx + o, head)
-        for b in range((C - head + STREAM_BLOCK - 1) // STREAM_BLOCK):
-            j = head + b * STREAM_BLOCK
-            n = min(<Py_ssize_t>STREAM_BLOCK, C - j)
+        for b in range(stream_blocks(head, C)):
+            j = stream_block(head, b, C, &n)
             _prelu_dx_span(dout + o + j, x + o + j, alpha + j, buffer, n)
             stream_store(dx + o + j, buffer, n)
     if stream:

@@ -15,7 +15,8 @@ from cython.parallel cimport prange
 from libc.stdint cimport int32_t
 
 from cynet._kernels._openmp cimport split_length
-from cynet._kernels._stream cimport STREAM_BLOCK, stream_fence, stream_head, stream_store
+from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, stream_fence, stream_head,
+                                     stream_store)
 
 
 # y[m, j] = max_p x[m, p, j], idx[m, j] = first argmax, over `rows` rows of K pieces x D units.
@@ -68,9 +69,8 @@ cdef void _maxout_rows_backward(const floating* dout, const int32_t* idx, floati
                 continue
             head = stream_head(out, D)
             _piece_span(dout + m * D, idx + m * D, <int32_t>p, out, head)
-            for b in range((D - head + STREAM_BLOCK - 1) // STREAM_BLOCK):
-                j = head + b * STREAM_BLOCK
-                n = min(<Py_ssize_t>STREAM_BLOCK, D - j)
+            for b in range(stream_blocks(head, D)):
+                j = stream_block(head, b, D, &n)
                 _piece_span(dout + m * D + j, idx + m * D + j, <int32_t>p, buffer, n)
                 stream_store(out + j, buffer, n)
     if stream:

@@ -32,7 +32,8 @@ from cython.parallel cimport prange, threadid
 from libc.math cimport sqrt
 
 from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS
-from cynet._kernels._stream cimport STREAM_BLOCK, stream_fence, stream_head, stream_store
+from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, stream_fence, stream_head,
+                                     stream_store)
 
 
 cdef enum:
@@ -192,14 +193,6 @@ cdef void _bn_rows_backward_block(const floating* dout, const floating* x, const
 # then the chunks are added in order: a fixed summation order for any thread count.
 #   mean_j = k_j + (1/N) sum_i (x_ij - k_j);  var_j = (1/N) sum_i (x_ij - k_j)^2 - (mean_j - k_j)^2 (biased)
 #   r_j = 1/sqrt(var_j + eps);  y_ij = (x_ij - mean_j) * (gamma_j r_j) + beta_j
-
-cdef inline void _zero_pair(double* first, double* second, Py_ssize_t n) noexcept nogil:
-    """first[0:n] = second[0:n] = 0: the two rows of sums every norm accumulates."""
-    cdef Py_ssize_t j
-    for j in range(n):
-        first[j] = 0
-        second[j] = 0
-
 
 # The row-chunk sums, four rows per sweep over the 2 D float64 sums ((d0 + d1) + (d2 + d3) added to them, then any
 # remaining rows one by one): a sweep reads and writes the sums (out of L1 for D > 2048) once for four rows instead of
@@ -465,9 +458,8 @@ cdef void _rows_affine(const floating* x, const floating* coef, floating* y, Py_
             continue
         head = stream_head(y + i * D, D)
         _affine_span(x + i * D, center, center_lo, scale, shift, y + i * D, head)
-        for b in range((D - head + STREAM_BLOCK - 1) // STREAM_BLOCK):
-            j = head + b * STREAM_BLOCK
-            m = min(<Py_ssize_t>STREAM_BLOCK, D - j)
+        for b in range(stream_blocks(head, D)):
+            j = stream_block(head, b, D, &m)
             _affine_span(x + i * D + j, center + j, center_lo + j, scale + j, shift + j, buffer, m)
             stream_store(y + i * D + j, buffer, m)
     if stream:
@@ -595,9 +587,8 @@ cdef void _rows_dx(const floating* dout, const floating* x, const floating* coef
             continue
         head = stream_head(dx + o, D)
         _dx_span(dout + o, x + o, center, center_lo, ca, cb, cc, dx + o, head)
-        for b in range((D - head + STREAM_BLOCK - 1) // STREAM_BLOCK):
-            j = head + b * STREAM_BLOCK
-            m = min(<Py_ssize_t>STREAM_BLOCK, D - j)
+        for b in range(stream_blocks(head, D)):
+            j = stream_block(head, b, D, &m)
             _dx_span(dout + o + j, x + o + j, center + j, center_lo + j, ca + j, cb + j, cc + j, buffer, m)
             stream_store(dx + o + j, buffer, m)
     if stream:
@@ -707,9 +698,8 @@ cdef void _plane_affine_streamed(const floating* x, floating center, floating ce
     cdef floating buffer[STREAM_BLOCK]
     cdef Py_ssize_t head = stream_head(y, n), b, s, m
     _plane_affine(x, center, center_lo, scale, shift, y, head)
-    for b in range((n - head + STREAM_BLOCK - 1) // STREAM_BLOCK):
-        s = head + b * STREAM_BLOCK
-        m = min(<Py_ssize_t>STREAM_BLOCK, n - s)
+    for b in range(stream_blocks(head, n)):
+        s = stream_block(head, b, n, &m)
         _plane_affine(x + s, center, center_lo, scale, shift, buffer, m)
         stream_store(y + s, buffer, m)
 
@@ -720,9 +710,8 @@ cdef void _plane_dx_streamed(const floating* dout, const floating* x, floating c
     cdef floating buffer[STREAM_BLOCK]
     cdef Py_ssize_t head = stream_head(dx, n), k, s, m
     _plane_dx(dout, x, center, center_lo, a, b, c, dx, head)
-    for k in range((n - head + STREAM_BLOCK - 1) // STREAM_BLOCK):
-        s = head + k * STREAM_BLOCK
-        m = min(<Py_ssize_t>STREAM_BLOCK, n - s)
+    for k in range(stream_blocks(head, n)):
+        s = stream_block(head, k, n, &m)
         _plane_dx(dout + s, x + s, center, center_lo, a, b, c, buffer, m)
         stream_store(dx + s, buffer, m)
 
