@@ -33,6 +33,11 @@ once; measured 2026-12-03 on the AVX2 variant (with FMA), 2,000,001-point grids:
 (the exhaustive test below). The other ops' figures with FMA stay within the same bounds (the dense-grid and exhaustive
 tests pass for the baseline and the AVX2 variant).
 
+The float32 erf form was then rewritten for speed (2026-12-03; 1.6x faster forward, 2.2x backward): exp(-x^2/2) in
+float32 with x^2 split so that it is not rounded, R(|x|) = Phi(-|x|) exp(x^2/2) as a rational fit evaluated in double,
+one rounding at the end. Every float32 with |x| <= 16 (exhaustive): AVX2 variant 2.54 ulp (x = -2.7758), 2.35 for
+10 < |x| <= 16; baseline 2.80 (x = -2.7701), 2.43 for 10 < |x| <= 16. The bound asserted stays 3.
+
 Asserted below: each op's measured maximum rounded up, float32 over |x| <= 10 (from the exhaustive figures), float64
 over [-30, 30].
 """

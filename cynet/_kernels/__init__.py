@@ -4,9 +4,9 @@ Each kernel family (``activations``, ``maxout``, ...) is compiled from one ``.py
 on any CPU of the platform, and, on x86-64 with GCC or clang, into variants for wider SIMD (``<family>_avx2``,
 ``<family>_avx512``) selected at import time from what the CPU supports: the same source, the same IEEE operations in
 the same order (no FMA contraction), only more lanes per instruction, with one deliberate exception: the polynomial
-steps of the vectorised exp/expm1/erfc (_vecmath.pxd) are fused multiply-adds in the variants (both have FMA), two
-roundings in the baseline. Exact ops give the same bits everywhere; the transcendental ones may differ in the last bit
-and each variant meets the accuracy bounds asserted in tests/test_vecmath.py.
+steps of the vectorised exp/expm1 and of GELU's tail ratio (_vecmath.pxd) are fused multiply-adds in the variants (both
+have FMA), two roundings in the baseline. Exact ops give the same bits everywhere; the transcendental ones may differ
+in the last bit and each variant meets the accuracy bounds asserted in tests/test_vecmath.py.
 
 ``CYNET_ISA=baseline|avx2|avx512`` caps the choice (for comparisons and debugging).
 """

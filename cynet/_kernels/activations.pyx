@@ -18,8 +18,8 @@ from libc.math cimport erfc
 from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS, CHUNK_ALIGN, split_length
 from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, stream_fence, stream_head,
                                      stream_store)
-from cynet._kernels._vecmath cimport (vexpm1, vsigmoid, vtanh, exp_f64, exp_f64_for_f32, erfc_nonneg_f32acc,
-                                      sigmoid_f64_for_f32)
+from cynet._kernels._vecmath cimport (vexpm1, vsigmoid, vtanh, exp_f64, fma_f32, normal_tail_ratio,
+                                      scaled_exp_neg_half_square_f32, sigmoid_f64_for_f32)
 
 
 cpdef enum Activation:
@@ -46,29 +46,41 @@ cdef double INV_SQRT_2PI = 0.39894228040143267793994605993438     # 1/sqrt(2*pi)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # GELU, erf form: y = x * Phi(x) = 0.5 * x * erfc(-x / sqrt(2)); dy/dx = Phi(x) + x * phi(x), phi(x) = exp(-x^2/2)/sqrt(2pi)
-# Phi is written with erfc so that the left tail (x << 0) keeps its relative accuracy. float32 evaluates it in double
-# with a 1.2e-7-relative approximation (vectorisable); float64 calls libm's erfc (exact to an ulp, scalar).
+# Phi is written so that the left tail (x << 0) keeps its relative accuracy.
+#
+# float32, with u = |x| and R(u) = Phi(-u) exp(u^2/2) (_vecmath.normal_tail_ratio, double precision, rounded once):
+#   x < 0:  y = exp(-u^2/2) * (x R(u))           (one rounding after the exponential, also into the subnormal range)
+#   x >= 0: y = x - x Phi(-u),  Phi(-u) = exp(-u^2/2) R(u)   (one fused step)
+#   dy/dx = [x >= 0] + exp(-u^2/2) * (x / sqrt(2pi) + (R(u) if x < 0 else -R(u)))
+# The exponential is float32 (8 lanes per AVX2 instruction) with u^2 split so that it is not rounded. Beyond u = 15,
+# Phi(-u) is 0 in float32: the factor is set to 0, so that the limits are exact (and x Phi(x) is NaN at -inf, as the
+# reference's -inf * 0). The literal 15 is written out: a module-level constant is a global that the stores might
+# alias, which keeps the loop from vectorising. float64 calls libm's erfc (exact to an ulp, scalar).
+cdef inline float _gelu_erf_f32(float x) noexcept nogil:
+    cdef float u = x if x > 0 else -x                          # -0 for +0 and +0 for -0: fma(-u, t, x) keeps x's zero
+    cdef float uc = <float>15.0 if u > <float>15.0 else u      # NaN passes through
+    cdef float ratio = <float>normal_tail_ratio(uc)
+    cdef float m = x * ratio if x < 0 else ratio
+    cdef float t = scaled_exp_neg_half_square_f32(uc, m)       # x Phi(x) for x < 0, else Phi(-x)
+    t = t * (<float>0.0 if u > <float>15.0 else <float>1.0)
+    return t if x < 0 else fma_f32(-uc, t, x)                  # uc == x up to 15; beyond, t == 0
 
-# Both return double: for float32 x the value to float32 accuracy but unrounded, so that the forward and backward
-# round once, at the end (Phi(x) rounded to float32 first is subnormal for x < -13 and cost up to 8.4 ulp in x Phi(x)).
-cdef inline double _std_normal_cdf(floating x) noexcept nogil:
-    cdef double z, e
-    if floating is float:
-        z = -<double>x * INV_SQRT_2
-        e = erfc_nonneg_f32acc(-z if z < 0 else z)
-        return 0.5 * (e if z >= 0 else 2.0 - e)
-    else:
-        return 0.5 * erfc(-x * INV_SQRT_2)
+
+cdef inline float _gelu_erf_slope_f32(float x) noexcept nogil:
+    cdef float u = x if x > 0 else -x
+    cdef float uc = <float>15.0 if u > <float>15.0 else u
+    cdef double ratio = normal_tail_ratio(uc)
+    cdef float d = <float>((ratio if x < 0 else -ratio) + <double>x * INV_SQRT_2PI)
+    cdef float e = scaled_exp_neg_half_square_f32(uc, <float>0.0 if u > <float>15.0 else <float>1.0)
+    return fma_f32(e, d, <float>-0.0 if x < 0 else <float>1.0)  # -0: the sign of an underflowed negative slope
 
 
-cdef inline double _std_normal_pdf(floating x) noexcept nogil:
-    cdef double xd = x, ad, e
-    if floating is float:
-        ad = -xd if xd < 0 else xd
-        e = INV_SQRT_2PI * exp_f64_for_f32(-0.5 * (37.0 if ad > 37.0 else ad) ** 2)   # clamped: exp in range
-        return 0.0 if ad > 37.0 else e     # exp(-37^2/2) is 0 in float32: exactly 0 (x phi at +-inf: NaN)
-    else:
-        return INV_SQRT_2PI * exp_f64(-0.5 * x * x)
+cdef inline double _std_normal_cdf(double x) noexcept nogil:
+    return 0.5 * erfc(-x * INV_SQRT_2)
+
+
+cdef inline double _std_normal_pdf(double x) noexcept nogil:
+    return INV_SQRT_2PI * exp_f64(-0.5 * x * x)
 
 
 # GELU, tanh form, as x * sigma(w) with w = 2c (x + k x^3), c = sqrt(2/pi), k = 0.044715:
@@ -134,8 +146,11 @@ cdef void _forward_block(int op, const floating* x, floating* y, Py_ssize_t n, f
     elif op == GELU_ERF:
         # y = x * Phi(x)
         for i in range(n):
-            v = x[i]
-            y[i] = <floating>(v * _std_normal_cdf(v))
+            if floating is float:
+                y[i] = _gelu_erf_f32(x[i])
+            else:
+                v = x[i]
+                y[i] = v * _std_normal_cdf(v)
     elif op == GELU_TANH:
         # y = 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3); 0.5 (1 + tanh(u)) = sigmoid(2u) exactly,
         # which keeps the left tail accurate. float32 evaluates it in double: rounding the argument u (up to ~|2u| ulp
@@ -200,7 +215,10 @@ cdef void _backward_block(int op, const floating* dout, const floating* s, float
         # dx = dout * (Phi(x) + x phi(x))
         for i in range(n):
             v = s[i]
-            dx[i] = dout[i] * <floating>(_std_normal_cdf(v) + v * _std_normal_pdf(v))
+            if floating is float:
+                dx[i] = dout[i] * _gelu_erf_slope_f32(v)
+            else:
+                dx[i] = dout[i] * (_std_normal_cdf(v) + v * _std_normal_pdf(v))
     elif op == GELU_TANH:
         # y = x sigma(w), w = 2c (x + k x^3):  dx = dout * (sigma + x sigma (1 - sigma) 2c (1 + 3k x^2))
         for i in range(n):
