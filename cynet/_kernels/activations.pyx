@@ -18,7 +18,7 @@ from libc.math cimport erfc
 from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS, CHUNK_ALIGN, split_length
 from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, stream_fence, stream_head,
                                      stream_store)
-from cynet._kernels._vecmath cimport (vexpm1, vsigmoid, vtanh, exp_f64, fma_f32, normal_tail_ratio,
+from cynet._kernels._vecmath cimport (vexpm1, vsigmoid, vtanh, exp_f32, exp_f64, fma_f32, normal_tail_ratio,
                                       scaled_exp_neg_half_square_f32, sigmoid_f64_for_f32)
 
 
@@ -54,8 +54,7 @@ cdef double INV_SQRT_2PI = 0.39894228040143267793994605993438     # 1/sqrt(2*pi)
 #   dy/dx = [x >= 0] + exp(-u^2/2) * (x / sqrt(2pi) + (R(u) if x < 0 else -R(u)))
 # The exponential is float32 (8 lanes per AVX2 instruction) with u^2 split so that it is not rounded. Beyond u = 15,
 # Phi(-u) is 0 in float32: the factor is set to 0, so that the limits are exact (and x Phi(x) is NaN at -inf, as the
-# reference's -inf * 0). The literal 15 is written out: a module-level constant is a global that the stores might
-# alias, which keeps the loop from vectorising. float64 calls libm's erfc (exact to an ulp, scalar).
+# reference's -inf * 0). float64 calls libm's erfc (exact to an ulp, scalar).
 cdef inline float _gelu_erf_f32(float x) noexcept nogil:
     cdef float u = x if x > 0 else -x                          # -0 for +0 and +0 for -0: fma(-u, t, x) keeps x's zero
     cdef float uc = <float>15.0 if u > <float>15.0 else u      # NaN passes through
@@ -93,11 +92,27 @@ cdef inline double _gelu_tanh_gate(floating x) noexcept nogil:
         return vsigmoid(2.0 * SQRT_2_OVER_PI * (x + GELU_TANH_CUBIC * x * x * x))
 
 
+# The float32 slope in float32 lanes (its bound is absolute, |error| <= 4 eps |dout| (1 + |x|), which float32
+# arithmetic meets where the forward's ulp bound needs double). sigma(w) (1 - sigma(w)) is taken as e / (1 + e)^2,
+# e = exp(-|w|), without the cancellation of 1 - sigma(w) near 1. x is clamped to +-20 inside w and the polynomial
+# (beyond, the gate is 0 or 1 in float32 and its derivative 0) but not in the factor x, so that x = +-inf gives NaN, as
+# the reference's inf * 0. The float literals are 2c = 2 sqrt(2/pi), k and 3k.
+cdef inline float _gelu_tanh_slope_f32(float x) noexcept nogil:
+    cdef float xc = <float>20.0 if x > <float>20.0 else (<float>-20.0 if x < <float>-20.0 else x)
+    cdef float x2 = xc * xc
+    cdef float w = <float>1.5957691216057308 * (xc + <float>0.044715 * (xc * x2))     # 2c (x + k x^3)
+    cdef float aw = -w if w < 0 else w
+    cdef float e = exp_f32(-aw)
+    cdef float s = <float>1.0 / (<float>1.0 + e)
+    cdef float gate = e * s if w < 0 else s
+    cdef float gate_slope = (e * s) * s                                                 # sigma(w) (1 - sigma(w))
+    return gate + x * (gate_slope * (<float>1.5957691216057308 * (<float>1.0 + <float>0.134145 * x2)))
+
+
 cdef inline floating _gelu_tanh_slope(floating x) noexcept nogil:
-    cdef double xd = x, t
+    cdef double t
     if floating is float:
-        t = sigmoid_f64_for_f32(2.0 * SQRT_2_OVER_PI * (xd + GELU_TANH_CUBIC * xd * xd * xd))
-        return <float>(t + xd * t * (1 - t) * 2.0 * SQRT_2_OVER_PI * (1 + 3.0 * GELU_TANH_CUBIC * xd * xd))
+        return _gelu_tanh_slope_f32(x)
     else:
         t = vsigmoid(2.0 * SQRT_2_OVER_PI * (x + GELU_TANH_CUBIC * x * x * x))
         return t + x * t * (1 - t) * 2.0 * SQRT_2_OVER_PI * (1 + 3.0 * GELU_TANH_CUBIC * x * x)
