@@ -49,6 +49,9 @@ cdef enum:
     ROWS_MIN_CHUNK = 32
     # Most positions per block of the planes layout's column sums (2 x 8 KB of float64 accumulators: L1-resident).
     PLANE_BLOCK = 1024
+    # Columns per block of the "rows" layout's row-chunk plan when the chunks' sums are added up (2 x 512 B of float64
+    # on the stack; also the unit of the parallel split of that step).
+    SUM_BLOCK = 64
 
 
 cdef inline int _threads_for(Py_ssize_t work, Py_ssize_t tasks, int n_threads) noexcept nogil:
@@ -403,29 +406,37 @@ cdef inline void _rows_shifted_sums(const floating* x, double* s1, double* s2, P
         cynet_rows_shifted_sums_f64(x, s1, s2, D, n, r0, r1)
 
 
-cdef inline void _add_chunk_sums(const double* partials, Py_ssize_t n_chunks, Py_ssize_t D, Py_ssize_t j,
-                                 double* first, double* second) noexcept nogil:
-    """Column j of the two sums of every chunk (rows 2c and 2c + 1 of ``partials``), added in chunk order."""
-    cdef Py_ssize_t c
-    cdef double t1 = 0, t2 = 0
+cdef inline void _add_chunk_sums(const double* partials, Py_ssize_t n_chunks, Py_ssize_t D, Py_ssize_t j0,
+                                 Py_ssize_t w, double* first, double* second) noexcept nogil:
+    """Columns [j0, j0 + w) (w <= SUM_BLOCK) of the two sums of every chunk (rows 2c and 2c + 1 of ``partials``), added
+    in chunk order, a chunk's row at a time: walking the chunks for one column reads lines D doubles apart, which share
+    an L1 set when D is a power of two."""
+    cdef Py_ssize_t c, j
+    cdef const double* row
+    for j in range(w):
+        first[j] = 0
+        second[j] = 0
     for c in range(n_chunks):
-        t1 = t1 + partials[(2 * c) * D + j]
-        t2 = t2 + partials[(2 * c + 1) * D + j]
-    first[0] = t1
-    second[0] = t2
+        row = partials + (2 * c) * D + j0
+        for j in range(w):
+            first[j] = first[j] + row[j]
+            second[j] = second[j] + row[D + j]
 
 
 cdef void _rows_statistics(const floating* x, const floating* gamma, const floating* beta, const double* partials,
                            Py_ssize_t n_chunks, double* mean, double* var, double* inv_std, floating* coef,
                            Py_ssize_t N, Py_ssize_t D, Py_ssize_t j0, Py_ssize_t j1, double eps) noexcept nogil:
-    """Columns [j0, j1): add the chunks' sums in order; mean, var, inv_std; coef rows center, center_lo, scale,
-    shift (x's type) for the affine pass."""
-    cdef Py_ssize_t j
-    cdef double t1, t2, r
+    """Columns [j0, j1), at most SUM_BLOCK of them: add the chunks' sums in order; mean, var, inv_std; coef rows
+    center, center_lo, scale, shift (x's type) for the affine pass."""
+    cdef Py_ssize_t i, j
+    cdef double t1[SUM_BLOCK]
+    cdef double t2[SUM_BLOCK]
+    cdef double r
     cdef floating center
-    for j in range(j0, j1):
-        _add_chunk_sums(partials, n_chunks, D, j, &t1, &t2)
-        r = _shifted_statistics(x[j], t1, t2, N, eps, &mean[j], &var[j])
+    _add_chunk_sums(partials, n_chunks, D, j0, j1 - j0, t1, t2)
+    for i in range(j1 - j0):
+        j = j0 + i
+        r = _shifted_statistics(x[j], t1[i], t2[i], N, eps, &mean[j], &var[j])
         inv_std[j] = r
         center = <floating>mean[j]
         coef[j] = center
@@ -475,7 +486,7 @@ def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const f
     rows of the caller's scratch ``partials`` (float64 (2 * chunks, D)) with ``coef`` of x's type (4, D). ``stream``:
     the row chunks write y with non-temporal stores (an output larger than the cache)."""
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], n_chunks = partials.shape[0] // 2, c, r0, r1, j, jb, b, j0
-    cdef Py_ssize_t col_block = 64, n_col_blocks, n_blocks
+    cdef Py_ssize_t n_col_blocks, n_blocks
     cdef int nt, nt_cols
     if N == 0 or D == 0:
         return
@@ -494,7 +505,7 @@ def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const f
                     _bn_rows_forward_block(&x[0, 0], &gamma[0], &beta[0], &y[0, 0], &mean[0], &var[0],
                                            &inv_std[0], N, D, j0, min(width, D - j0), eps)
         return
-    n_col_blocks = (D + col_block - 1) // col_block
+    n_col_blocks = (D + SUM_BLOCK - 1) // SUM_BLOCK
     nt = _threads_for(N * D, n_chunks, n_threads)
     nt_cols = _threads_for(n_chunks * D, n_col_blocks, n_threads)
     with nogil:
@@ -503,8 +514,10 @@ def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const f
                 r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
                 r1 = (N * (c + 1)) // n_chunks
                 _rows_shifted_sums(&x[0, 0], &partials[2 * c, 0], &partials[2 * c + 1, 0], D, D, r0, r1)
-            _rows_statistics(&x[0, 0], &gamma[0], &beta[0], &partials[0, 0], n_chunks, &mean[0], &var[0],
-                             &inv_std[0], &coef[0, 0], N, D, 0, D, eps)
+            for jb in range(n_col_blocks):
+                j = jb * SUM_BLOCK
+                _rows_statistics(&x[0, 0], &gamma[0], &beta[0], &partials[0, 0], n_chunks, &mean[0], &var[0],
+                                 &inv_std[0], &coef[0, 0], N, D, j, min(j + SUM_BLOCK, D), eps)
             _rows_affine(&x[0, 0], &coef[0, 0], &y[0, 0], D, 0, N, stream)
         else:
             for c in prange(n_chunks, schedule='static', num_threads=nt):
@@ -512,9 +525,9 @@ def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const f
                 r1 = (N * (c + 1)) // n_chunks
                 _rows_shifted_sums(&x[0, 0], &partials[2 * c, 0], &partials[2 * c + 1, 0], D, D, r0, r1)
             for jb in prange(n_col_blocks, schedule='static', num_threads=nt_cols):
-                j = jb * col_block
+                j = jb * SUM_BLOCK
                 _rows_statistics(&x[0, 0], &gamma[0], &beta[0], &partials[0, 0], n_chunks, &mean[0], &var[0],
-                                 &inv_std[0], &coef[0, 0], N, D, j, min(j + col_block, D), eps)
+                                 &inv_std[0], &coef[0, 0], N, D, j, min(j + SUM_BLOCK, D), eps)
             for c in prange(n_chunks, schedule='static', num_threads=nt):
                 r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
                 r1 = (N * (c + 1)) // n_chunks
@@ -541,12 +554,18 @@ cdef void _rows_grad_coefficients(const floating* gamma, const double* mean, con
                                   const double* partials, Py_ssize_t n_chunks, double* dgamma, double* dbeta,
                                   floating* coef, Py_ssize_t N, Py_ssize_t D, Py_ssize_t j0,
                                   Py_ssize_t j1) noexcept nogil:
-    """Columns [j0, j1): dgamma, dbeta, and coef rows center, center_lo, a, b, c (x's type) for the dx pass."""
-    cdef Py_ssize_t j
+    """Columns [j0, j1), at most SUM_BLOCK of them: dgamma, dbeta, and coef rows center, center_lo, a, b, c (x's
+    type) for the dx pass."""
+    cdef Py_ssize_t i, j
+    cdef double t1[SUM_BLOCK]
+    cdef double t2[SUM_BLOCK]
     cdef double sd, sdx, r, gr, mu
     cdef floating center
-    for j in range(j0, j1):
-        _add_chunk_sums(partials, n_chunks, D, j, &sd, &sdx)
+    _add_chunk_sums(partials, n_chunks, D, j0, j1 - j0, t1, t2)
+    for i in range(j1 - j0):
+        j = j0 + i
+        sd = t1[i]
+        sdx = t2[i]
         r = inv_std[j]
         gr = gamma[j] * r
         mu = mean[j]
@@ -605,7 +624,7 @@ def bn_rows_backward(const floating[:, ::1] dout, const floating[:, ::1] x, cons
     Split as in :func:`bn_rows_forward`; the row-chunk scratch: partials float64 (2 * chunks, D), coef (5, D);
     ``stream`` as there, for dx."""
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], n_chunks = partials.shape[0] // 2, c, r0, r1, j, jb, b, j0
-    cdef Py_ssize_t col_block = 64, n_col_blocks, n_blocks
+    cdef Py_ssize_t n_col_blocks, n_blocks
     cdef int nt, nt_cols
     if N == 0 or D == 0:
         return
@@ -624,7 +643,7 @@ def bn_rows_backward(const floating[:, ::1] dout, const floating[:, ::1] x, cons
                     _bn_rows_backward_block(&dout[0, 0], &x[0, 0], &gamma[0], &mean[0], &inv_std[0], &dx[0, 0],
                                             &dgamma[0], &dbeta[0], N, D, j0, min(width, D - j0), compute_dx)
         return
-    n_col_blocks = (D + col_block - 1) // col_block
+    n_col_blocks = (D + SUM_BLOCK - 1) // SUM_BLOCK
     nt = _threads_for(N * D, n_chunks, n_threads)
     nt_cols = _threads_for(n_chunks * D, n_col_blocks, n_threads)
     with nogil:
@@ -634,8 +653,10 @@ def bn_rows_backward(const floating[:, ::1] dout, const floating[:, ::1] x, cons
                 r1 = (N * (c + 1)) // n_chunks
                 _rows_grad_sums(&dout[0, 0], &x[0, 0], &mean[0], &partials[2 * c, 0], &partials[2 * c + 1, 0],
                                 D, D, r0, r1)
-            _rows_grad_coefficients(&gamma[0], &mean[0], &inv_std[0], &partials[0, 0], n_chunks, &dgamma[0],
-                                    &dbeta[0], &coef[0, 0], N, D, 0, D)
+            for jb in range(n_col_blocks):
+                j = jb * SUM_BLOCK
+                _rows_grad_coefficients(&gamma[0], &mean[0], &inv_std[0], &partials[0, 0], n_chunks, &dgamma[0],
+                                        &dbeta[0], &coef[0, 0], N, D, j, min(j + SUM_BLOCK, D))
             if compute_dx:
                 _rows_dx(&dout[0, 0], &x[0, 0], &coef[0, 0], &dx[0, 0], D, 0, N, stream)
         else:
@@ -645,9 +666,9 @@ def bn_rows_backward(const floating[:, ::1] dout, const floating[:, ::1] x, cons
                 _rows_grad_sums(&dout[0, 0], &x[0, 0], &mean[0], &partials[2 * c, 0], &partials[2 * c + 1, 0],
                                 D, D, r0, r1)
             for jb in prange(n_col_blocks, schedule='static', num_threads=nt_cols):
-                j = jb * col_block
+                j = jb * SUM_BLOCK
                 _rows_grad_coefficients(&gamma[0], &mean[0], &inv_std[0], &partials[0, 0], n_chunks, &dgamma[0],
-                                        &dbeta[0], &coef[0, 0], N, D, j, min(j + col_block, D))
+                                        &dbeta[0], &coef[0, 0], N, D, j, min(j + SUM_BLOCK, D))
             if compute_dx:
                 for c in prange(n_chunks, schedule='static', num_threads=nt):
                     r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
@@ -1001,10 +1022,11 @@ def row_norm_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] 
                       floating[:, :, ::1] dx, double[:, :, ::1] partials, double[::1] dgamma, double[::1] dbeta,
                       bint compute_dx, int n_threads):
     """Backward of row_norm_forward. The rows are cut into K = partials.shape[0] fixed chunks (K from the shape
-    only); chunk k sums dgamma into partials[k, 0] and dbeta into partials[k, 1], which are then added in order."""
+    only); chunk k sums dgamma into partials[k, 0] and dbeta into partials[k, 1], which are then added in order (chunk
+    by chunk, each a contiguous row: walking k for one j at a time reads lines 2 P doubles apart, which share an L1
+    set when P is a power of two; that walk took a quarter of a (256, 4096) LayerNorm backward)."""
     cdef Py_ssize_t M = x.shape[0], Cg = x.shape[1], S = x.shape[2], K = partials.shape[0]
     cdef Py_ssize_t P = partials.shape[2], k, m, lo, hi, j
-    cdef double acc_g, acc_b
     partials[:, :, :] = 0
     if M == 0 or Cg == 0 or S == 0:
         dgamma[:] = 0
@@ -1019,10 +1041,9 @@ def row_norm_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] 
                 _row_backward(&dout[0, 0, 0], &x[0, 0, 0], &gamma[0], &mean[0], &inv_std[0], &dx[0, 0, 0],
                               &partials[k, 0, 0], &partials[k, 1, 0], m, G, Cg, S, compute_dx)
         for j in range(P):
-            acc_g = 0
-            acc_b = 0
-            for k in range(K):
-                acc_g = acc_g + partials[k, 0, j]
-                acc_b = acc_b + partials[k, 1, j]
-            dgamma[j] = acc_g
-            dbeta[j] = acc_b
+            dgamma[j] = 0
+            dbeta[j] = 0
+        for k in range(K):
+            for j in range(P):
+                dgamma[j] = dgamma[j] + partials[k, 0, j]
+                dbeta[j] = dbeta[j] + partials[k, 1, j]
