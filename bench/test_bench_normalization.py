@@ -1,29 +1,35 @@
-"""Batch-norm kernels: cynet against a NumPy reference, PyTorch's CPU kernels and the memory-bandwidth floor.
+"""Normalisation kernels: cynet against a NumPy reference, PyTorch's CPU kernels and the memory-bandwidth floor.
 
-One pytest-benchmark group per (direction, shape, threads), named ``batchnorm/direction/shape/tN``; inside it the
-implementations (the test id ends with the name, ``benchmark.extra_info["impl"]`` holds it):
+One pytest-benchmark group per (op, direction, shape, threads), named ``op/direction/shape/tN`` with op one of
+``batchnorm``, ``layernorm``, ``groupnorm``; inside it the implementations (the test id ends with the name,
+``benchmark.extra_info["impl"]`` holds it):
 
-- ``cynet``:  ``batch_norm_forward(x, gamma, beta, eps, out=y)`` (training mode: batch statistics) and
-              ``batch_norm_backward(dout, x, gamma, mean, inv_std, out=dx)`` of :mod:`cynet.nn.normalization`;
-- ``numpy``:  the textbook NumPy version below (statistics with ``mean``/``var``, then the affine map; the compact
+- ``cynet``:  the array functions of :mod:`cynet.nn.normalization` that the modules call, into a preallocated
+              ``out``: ``batch_norm_forward`` / ``batch_norm_backward`` (training mode: batch statistics),
+              ``row_norm_forward`` / ``row_norm_backward`` (LayerNorm over the last axis; GroupNorm with 32 groups);
+- ``numpy``:  the textbook NumPy versions below (statistics with ``mean``/``var``, then the affine map; the compact
               backward), writing the same output buffer;
-- ``torch``:  ``torch.native_batch_norm`` / ``aten.native_batch_norm_backward`` (the kernels autograd runs); they
-              allocate their outputs (``torch_differs``); skipped without torch;
+- ``torch``:  the kernels autograd runs (``native_batch_norm``, ``native_layer_norm``, ``native_group_norm`` and
+              their ``*_backward``); they allocate their outputs (``torch_differs``); skipped without torch;
 - ``limit``:  ``np.copyto(out, x)``: reading and writing x's bytes once, single-threaded. The forward must read x
               (at least once) and write y; the backward reads dout and x and writes dx, 1.5 copies at the very best.
 
-Shapes: (256, 4096) and (4096, 4096) for BatchNorm1d, (128, 64, 32, 32) for BatchNorm2d, float32.
+Shapes, float32: BatchNorm1d (256, 4096) and (4096, 4096), BatchNorm2d (128, 64, 32, 32); LayerNorm (256, 4096)
+and (4096, 4096) (normalised over the 4096 features of each row); GroupNorm (128, 64, 32, 32) with 32 groups.
 
-Run:  python -m pytest bench/test_bench_normalization.py --benchmark-only -q
+Run:  python -m pytest bench/test_bench_normalization.py --benchmark-only -q   (-k batchnorm, -k layernorm, ...)
 """
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
-from cynet.nn.normalization import batch_norm_backward, batch_norm_forward
+from cynet.nn.normalization import batch_norm_backward, batch_norm_forward, row_norm_backward, row_norm_forward
 
-SHAPES = [(256, 4096), (4096, 4096), (128, 64, 32, 32)]
+OP_SHAPES = {"batchnorm": [(256, 4096), (4096, 4096), (128, 64, 32, 32)],
+             "layernorm": [(256, 4096), (4096, 4096)],
+             "groupnorm": [(128, 64, 32, 32)]}
+GROUPS = 32
 THREADS = [1, 2]
 IMPLS = ["cynet", "numpy", "torch", "limit"]
 EPS = 1e-5
@@ -65,48 +71,101 @@ def numpy_backward(dout, x, gamma, mean, inv_std, out):
     return out, dgamma, dbeta
 
 
-class Buffers:
-    """Inputs, a shared output buffer and the saved statistics of one shape (allocated and touched once)."""
+def _row_view(op, x):
+    """x as (N, G, Cg, S) with the statistics over axes 2 and 3, and the shape gamma takes in that view."""
+    if op == "layernorm":
+        return x.reshape(x.shape[0], 1, 1, -1), (1, 1, 1, -1)
+    n, c = x.shape[:2]
+    return x.reshape(n, GROUPS, c // GROUPS, -1), (1, GROUPS, c // GROUPS, 1)
 
-    def __init__(self, shape):
+
+def numpy_row_forward(xv, gamma, beta, eps, out):
+    """LayerNorm/GroupNorm in NumPy on the (N, G, Cg, S) view: y = (x - mean) / std * gamma + beta into ``out``."""
+    mean = xv.mean(axis=(2, 3), keepdims=True)
+    inv_std = 1.0 / np.sqrt(xv.var(axis=(2, 3), keepdims=True) + eps)
+    np.subtract(xv, mean, out=out)
+    out *= inv_std
+    out *= gamma
+    out += beta
+    return out
+
+
+def numpy_row_backward(dout, xv, gamma, mean, inv_std, out):
+    """dx = (r / L) (L g - sum(g) - x_hat sum(g x_hat)), g = dout * gamma, sums over each row of L values."""
+    n = xv.shape[2] * xv.shape[3]
+    x_hat = (xv - mean) * inv_std
+    g = dout * gamma
+    np.multiply(x_hat, (g * x_hat).sum(axis=(2, 3), keepdims=True), out=out)
+    np.subtract(n * g, out, out=out)
+    out -= g.sum(axis=(2, 3), keepdims=True)
+    out *= inv_std / n
+    return out
+
+
+class Buffers:
+    """Inputs, a shared output buffer and the saved statistics of one op and shape (allocated and touched once)."""
+
+    def __init__(self, op, shape):
         rng = np.random.default_rng(0)
-        C = shape[1]
-        self.shape = shape
+        P = shape[-1] if op == "layernorm" else shape[1]
+        self.op, self.shape = op, shape
         self.x = (rng.standard_normal(shape, dtype=DTYPE) * 2 + 0.5).astype(DTYPE)
         self.dout = rng.standard_normal(shape, dtype=DTYPE)
         self.out = np.empty(shape, DTYPE)
         self.out.fill(0)
-        self.gamma = rng.uniform(0.5, 1.5, C).astype(DTYPE)
-        self.beta = rng.standard_normal(C).astype(DTYPE)
+        self.gamma = rng.uniform(0.5, 1.5, P).astype(DTYPE)
+        self.beta = rng.standard_normal(P).astype(DTYPE)
         x64 = self.x.astype(np.float64)
-        self.mean = x64.mean(axis=_axes(self.x))
-        self.inv_std = 1.0 / np.sqrt(x64.var(axis=_axes(self.x)) + EPS)
+        if op == "batchnorm":
+            self.mean = x64.mean(axis=_axes(self.x))
+            self.inv_std = 1.0 / np.sqrt(x64.var(axis=_axes(self.x)) + EPS)
+        else:
+            xv, self.gamma_shape = _row_view(op, x64)
+            self.mean = xv.mean(axis=(2, 3), keepdims=True)
+            self.inv_std = 1.0 / np.sqrt(xv.var(axis=(2, 3), keepdims=True) + EPS)
+            # the kernels' row view (M, Cg, S) and its per-row statistics (float64, M = N * G)
+            self.groups = 1 if op == "layernorm" else GROUPS
+            rows = xv.shape[0] * xv.shape[1]
+            self.x3 = self.x.reshape(rows, -1, 1) if op == "layernorm" else self.x.reshape(rows, xv.shape[2], -1)
+            self.dout3, self.out3 = self.dout.reshape(self.x3.shape), self.out.reshape(self.x3.shape)
+            self.row_mean, self.row_inv_std = self.mean.reshape(-1), self.inv_std.reshape(-1)
         self.expected = {}
 
     def reference(self, direction):
         if direction not in self.expected:
             out = np.empty(self.shape, np.float64)
-            x64, g64 = self.x.astype(np.float64), self.gamma.astype(np.float64)
-            if direction == "forward":
-                self.expected[direction] = numpy_forward(x64, g64, self.beta.astype(np.float64), EPS, out)[0]
+            x64, g64, b64 = self.x.astype(np.float64), self.gamma.astype(np.float64), self.beta.astype(np.float64)
+            d64 = self.dout.astype(np.float64)
+            if self.op == "batchnorm":
+                if direction == "forward":
+                    result = numpy_forward(x64, g64, b64, EPS, out)[0]
+                else:
+                    result = numpy_backward(d64, x64, g64, self.mean, self.inv_std, out)[0]
             else:
-                self.expected[direction] = numpy_backward(self.dout.astype(np.float64), x64, g64, self.mean,
-                                                          self.inv_std, out)[0]
+                xv, gs = _row_view(self.op, x64)
+                outv = out.reshape(xv.shape)
+                if direction == "forward":
+                    numpy_row_forward(xv, g64.reshape(gs), b64.reshape(gs), EPS, outv)
+                else:
+                    numpy_row_backward(d64.reshape(xv.shape), xv, g64.reshape(gs), self.mean, self.inv_std, outv)
+                result = out
+            self.expected[direction] = result
         return self.expected[direction]
 
 
 _pool = {}
 
 
-def buffers(shape):
-    if shape not in _pool:
-        _pool.clear()  # keep one shape: the 4096x4096 set is a few hundred MB
-        _pool[shape] = Buffers(shape)
-    return _pool[shape]
+def buffers(op, shape):
+    if (op, shape) not in _pool:
+        _pool.clear()  # keep one set: the 4096x4096 one is a few hundred MB
+        _pool[(op, shape)] = Buffers(op, shape)
+    return _pool[(op, shape)]
 
 
 @dataclass(frozen=True)
 class Case:
+    op: str
     direction: str
     shape: tuple
     threads: int
@@ -118,19 +177,27 @@ class Case:
 
     @property
     def id(self):
-        return f"batchnorm-{self.direction}-{self.shape_id}-t{self.threads}-{self.impl}"
+        return f"{self.op}-{self.direction}-{self.shape_id}-t{self.threads}-{self.impl}"
 
     @property
     def group(self):
-        return f"batchnorm/{self.direction}/{self.shape_id}/t{self.threads}"
+        return f"{self.op}/{self.direction}/{self.shape_id}/t{self.threads}"
 
 
-CASES = [Case(d, shape, t, impl) for shape in SHAPES for d in ("forward", "backward") for t in THREADS
-         for impl in IMPLS]
+CASES = [Case(op, d, shape, t, impl) for op, shapes in OP_SHAPES.items() for shape in shapes
+         for d in ("forward", "backward") for t in THREADS for impl in IMPLS]
 
 
 def _make(case, b, torch):
     """A zero-argument callable with every argument bound, and a note for extra_info."""
+    if case.impl == "limit":
+        return (lambda: np.copyto(b.out, b.x)), "np.copyto(out, x): one read and one write of x's bytes"
+    if case.op == "batchnorm":
+        return _make_batchnorm(case, b, torch)
+    return _make_row_norm(case, b, torch)
+
+
+def _make_batchnorm(case, b, torch):
     mean32, inv32 = b.mean.astype(DTYPE), b.inv_std.astype(DTYPE)
     if case.impl == "cynet":
         if case.direction == "forward":
@@ -140,26 +207,61 @@ def _make(case, b, torch):
         if case.direction == "forward":
             return (lambda: numpy_forward(b.x, b.gamma, b.beta, EPS, b.out)[0]), ""
         return (lambda: numpy_backward(b.dout, b.x, b.gamma, mean32, inv32, b.out)[0]), ""
-    if case.impl == "torch":
-        x, dout = torch.from_numpy(b.x), torch.from_numpy(b.dout)
-        w, bias = torch.from_numpy(b.gamma), torch.from_numpy(b.beta)
+    x, dout = torch.from_numpy(b.x), torch.from_numpy(b.dout)
+    w, bias = torch.from_numpy(b.gamma), torch.from_numpy(b.beta)
+    if case.direction == "forward":
+        f = torch.native_batch_norm
+        return (lambda: f(x, w, bias, None, None, True, 0.1, EPS)[0]), "torch.native_batch_norm (allocates y)"
+    _, save_mean, save_invstd = torch.native_batch_norm(x, w, bias, None, None, True, 0.1, EPS)
+    g = torch.ops.aten.native_batch_norm_backward
+    return ((lambda: g(dout, x, w, None, None, save_mean, save_invstd, True, EPS, [True, True, True])[0]),
+            "aten.native_batch_norm_backward (allocates dx)")
+
+
+def _make_row_norm(case, b, torch):
+    if case.impl == "cynet":
         if case.direction == "forward":
-            f = torch.native_batch_norm
-            return (lambda: f(x, w, bias, None, None, True, 0.1, EPS)[0]), "torch.native_batch_norm (allocates y)"
-        _, save_mean, save_invstd = torch.native_batch_norm(x, w, bias, None, None, True, 0.1, EPS)
-        g = torch.ops.aten.native_batch_norm_backward
-        return ((lambda: g(dout, x, w, None, None, save_mean, save_invstd, True, EPS, [True, True, True])[0]),
-                "aten.native_batch_norm_backward (allocates dx)")
-    return (lambda: np.copyto(b.out, b.x)), "np.copyto(out, x): one read and one write of x's bytes"
+            return (lambda: row_norm_forward(b.x3, b.groups, b.gamma, b.beta, EPS, out=b.out3)[0].reshape(b.shape)), \
+                ""
+        return (lambda: row_norm_backward(b.dout3, b.x3, b.groups, b.gamma, b.row_mean, b.row_inv_std,
+                                          out=b.out3)[0].reshape(b.shape)), ""
+    xv, gs = _row_view(case.op, b.x)
+    if case.impl == "numpy":
+        gamma, beta, outv = b.gamma.reshape(gs), b.beta.reshape(gs), b.out.reshape(xv.shape)
+        mean32, inv32 = b.mean.astype(DTYPE), b.inv_std.astype(DTYPE)
+        if case.direction == "forward":
+            return (lambda: numpy_row_forward(xv, gamma, beta, EPS, outv).reshape(b.shape)), ""
+        dout = b.dout.reshape(xv.shape)
+        return (lambda: numpy_row_backward(dout, xv, gamma, mean32, inv32, outv).reshape(b.shape)), ""
+    x, dout = torch.from_numpy(b.x), torch.from_numpy(b.dout)
+    w, bias = torch.from_numpy(b.gamma), torch.from_numpy(b.beta)
+    if case.op == "layernorm":
+        shape = [b.shape[-1]]
+        if case.direction == "forward":
+            return ((lambda: torch.native_layer_norm(x, shape, w, bias, EPS)[0]),
+                    "torch.native_layer_norm (allocates y)")
+        _, mean, rstd = torch.native_layer_norm(x, shape, w, bias, EPS)
+        g = torch.ops.aten.native_layer_norm_backward
+        return ((lambda: g(dout, x, shape, mean, rstd, w, bias, [True, True, True])[0]),
+                "aten.native_layer_norm_backward (allocates dx)")
+    n, c = b.shape[:2]
+    hw = int(np.prod(b.shape[2:]))
+    if case.direction == "forward":
+        return ((lambda: torch.native_group_norm(x, w, bias, n, c, hw, GROUPS, EPS)[0]),
+                "torch.native_group_norm (allocates y)")
+    _, mean, rstd = torch.native_group_norm(x, w, bias, n, c, hw, GROUPS, EPS)
+    g = torch.ops.aten.native_group_norm_backward
+    return ((lambda: g(dout, x, mean, rstd, w, n, c, hw, GROUPS, [True, True, True])[0]),
+            "aten.native_group_norm_backward (allocates dx)")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_batchnorm(case, benchmark, use_threads, timing, request):
+def test_normalization(case, benchmark, use_threads, timing, request):
     benchmark.group = case.group
-    benchmark.extra_info.update(op="batchnorm", direction=case.direction, shape=case.shape_id,
+    benchmark.extra_info.update(op=case.op, direction=case.direction, shape=case.shape_id,
                                 threads=case.threads, impl=case.impl)
     torch = request.getfixturevalue("torch_module") if case.impl == "torch" else None
-    b = buffers(case.shape)
+    b = buffers(case.op, case.shape)
     fn, note = _make(case, b, torch)
     if note:
         benchmark.extra_info["note"] = note

@@ -11,7 +11,7 @@ import cynet
 from cynet import nn
 from cynet.gradcheck import check_module
 from cynet.nn.normalization import (BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, fold_batchnorm,
-                                    recompute_batchnorm_statistics)
+                                    recompute_batchnorm_statistics, row_norm_backward, row_norm_forward)
 
 try:
     import torch
@@ -305,6 +305,26 @@ def test_row_norms_against_reference(rng):
     want, _, _ = ref_norm(x, (1, 2), np.ones(1), np.zeros(1), 1e-5, (1,))
     np.testing.assert_allclose(ln(x), want, rtol=1e-12, atol=1e-12)
     assert ln.parameters() == [] and gn(x).shape == x.shape
+
+
+def test_row_norm_functions_write_into_out(rng):
+    # GroupNorm's row view (N * G, C / G, H * W), float32: the same bits with and without out=, out returned
+    x3 = rng.standard_normal((8, 3, 10)).astype(np.float32)
+    dout3 = rng.standard_normal(x3.shape).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 1.5, 6).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    y_fresh, mean, inv_std = row_norm_forward(x3, 2, gamma, beta, 1e-5)
+    out = np.empty_like(x3)
+    y, _, _ = row_norm_forward(x3, 2, gamma, beta, 1e-5, out=out)
+    assert y is out and np.array_equal(y, y_fresh)
+    dx_fresh, dgamma, dbeta = row_norm_backward(dout3, x3, 2, gamma, mean, inv_std)
+    out = np.empty_like(x3)
+    dx, dgamma2, dbeta2 = row_norm_backward(dout3, x3, 2, gamma, mean, inv_std, out=out)
+    assert dx is out and np.array_equal(dx, dx_fresh)
+    assert np.array_equal(dgamma, dgamma2) and np.array_equal(dbeta, dbeta2)
+    with pytest.raises(ValueError, match=r"row_norm_forward: out must have shape \(8, 3, 10\)"):
+        row_norm_forward(x3, 2, gamma, beta, 1e-5, out=np.empty((8, 30), np.float32))
+    with pytest.raises(TypeError, match="row_norm_backward: out must have dtype float32"):
+        row_norm_backward(dout3, x3, 2, gamma, mean, inv_std, out=np.empty(x3.shape))
 
 
 # --- safety -----------------------------------------------------------------------------------------------------------

@@ -113,10 +113,11 @@ def channel_affine(x, center, scale, shift):
     return y
 
 
-def row_norm_forward(x3, groups, gamma, beta, eps):
-    """LayerNorm/GroupNorm forward on x3 (M, Cg, S): ``(y3, mean, inv_std)`` with float64 per-row statistics."""
+def row_norm_forward(x3, groups, gamma, beta, eps, *, out=None):
+    """LayerNorm/GroupNorm forward on x3 (M, Cg, S): ``(y3, mean, inv_std)`` with float64 per-row statistics; y3 is
+    written into ``out`` when given."""
     M = x3.shape[0]
-    y3 = np.empty_like(x3)
+    y3 = output("row_norm_forward", out, x3.shape, x3.dtype)
     mean = np.empty(M)
     inv_std = np.empty(M)
     _kernels().row_norm_forward(x3, int(groups), gamma, beta, float(eps), y3, mean, inv_std,
@@ -131,11 +132,11 @@ def _row_chunks(x3):
     return max(1, min(M, _ROW_CHUNKS))
 
 
-def row_norm_backward(dout3, x3, groups, gamma, mean, inv_std, *, input_grad=True):
+def row_norm_backward(dout3, x3, groups, gamma, mean, inv_std, *, input_grad=True, out=None):
     """Backward of :func:`row_norm_forward`: ``(dx3 or None, dgamma, dbeta)``, the last two float64 of gamma's
-    length."""
+    length; dx3 is written into ``out`` when given."""
     P = gamma.shape[0]
-    dx3 = np.empty_like(x3)
+    dx3 = output("row_norm_backward", out, x3.shape, x3.dtype)
     partials = np.empty((_row_chunks(x3), 2, P))
     dgamma = np.empty(P)
     dbeta = np.empty(P)
