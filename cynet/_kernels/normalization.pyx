@@ -283,6 +283,7 @@ cdef extern from *:
         cynet_v4f v; memcpy(&v, p, sizeof(v)); return __builtin_convertvector(v, cynet_v4d);
     }
     static inline cynet_v4d cynet_load4_f64(const double* p) { cynet_v4d v; memcpy(&v, p, sizeof(v)); return v; }
+    static inline void cynet_store4_f64(double* p, cynet_v4d v) { memcpy(p, &v, sizeof(v)); }
     #define CYNET_LANES_DECLARE(name) cynet_v4d name##0 = {0, 0, 0, 0}, name##1 = {0, 0, 0, 0}
     #define CYNET_LANES_STORE(name, out) do { int l_; for (l_ = 0; l_ < 4; l_++) {                                 \
             (out)[l_] = name##0[l_]; (out)[4 + l_] = name##1[l_]; } } while (0)
@@ -297,12 +298,17 @@ cdef extern from *:
             cynet_v4d c0 = cynet_load4_##SUFFIX((x) + (i)) - (mu), c1 = cynet_load4_##SUFFIX((x) + (i) + 4) - (mu); \
             a##0 = a##0 + g0; a##1 = a##1 + g1; q##0 = q##0 + g0 * c0; q##1 = q##1 + g1 * c1;                     \
         }
-    #define CYNET_LN_SWEEPS(SUFFIX, g, x, gamma, i, mu, a, b)                                                    \
+    #define CYNET_LN_SWEEPS(SUFFIX, g, x, gamma, i, mu, r, a, b, dgamma, dbeta)                                 \
         {                                                                                                         \
-            cynet_v4d gd0 = cynet_load4_##SUFFIX((gamma) + (i)) * cynet_load4_##SUFFIX((g) + (i));                \
-            cynet_v4d gd1 = cynet_load4_##SUFFIX((gamma) + (i) + 4) * cynet_load4_##SUFFIX((g) + (i) + 4);        \
+            cynet_v4d d0 = cynet_load4_##SUFFIX((g) + (i)), d1 = cynet_load4_##SUFFIX((g) + (i) + 4);             \
+            cynet_v4d gd0 = cynet_load4_##SUFFIX((gamma) + (i)) * d0;                                             \
+            cynet_v4d gd1 = cynet_load4_##SUFFIX((gamma) + (i) + 4) * d1;                                         \
             cynet_v4d c0 = cynet_load4_##SUFFIX((x) + (i)) - (mu), c1 = cynet_load4_##SUFFIX((x) + (i) + 4) - (mu); \
             a##0 = a##0 + gd0; a##1 = a##1 + gd1; b##0 = b##0 + gd0 * c0; b##1 = b##1 + gd1 * c1;                 \
+            cynet_store4_f64((dgamma) + (i), cynet_load4_f64((dgamma) + (i)) + (d0 * c0) * (r));                  \
+            cynet_store4_f64((dgamma) + (i) + 4, cynet_load4_f64((dgamma) + (i) + 4) + (d1 * c1) * (r));          \
+            cynet_store4_f64((dbeta) + (i), cynet_load4_f64((dbeta) + (i)) + d0);                                 \
+            cynet_store4_f64((dbeta) + (i) + 4, cynet_load4_f64((dbeta) + (i) + 4) + d1);                         \
         }
     #else
     #define CYNET_LANES_DECLARE(name) double name[8] = {0, 0, 0, 0, 0, 0, 0, 0}
@@ -312,9 +318,11 @@ cdef extern from *:
     #define CYNET_GRAD_RUN_SWEEPS(SUFFIX, g, x, i, mu, a, q)                                                      \
         { int l; for (l = 0; l < 8; l++) { double gg = (g)[(i) + l];                                              \
                                            a[l] += gg; q[l] += gg * ((double)(x)[(i) + l] - (mu)); } }
-    #define CYNET_LN_SWEEPS(SUFFIX, g, x, gamma, i, mu, a, b)                                                    \
-        { int l; for (l = 0; l < 8; l++) { double gd = (double)(gamma)[(i) + l] * (double)(g)[(i) + l];          \
-                                           a[l] += gd; b[l] += gd * ((double)(x)[(i) + l] - (mu)); } }
+    #define CYNET_LN_SWEEPS(SUFFIX, g, x, gamma, i, mu, r, a, b, dgamma, dbeta)                                 \
+        { int l; for (l = 0; l < 8; l++) { double d = (g)[(i) + l], c = (double)(x)[(i) + l] - (mu);            \
+                                           double gd = (double)(gamma)[(i) + l] * d;                              \
+                                           a[l] += gd; b[l] += gd * c;                                            \
+                                           (dgamma)[(i) + l] += d * c * (r); (dbeta)[(i) + l] += d; } }
     #endif
     #define CYNET_RUN_SUMS(T, SUFFIX)                                                                             \
     static void cynet_run_shifted_sums_##SUFFIX(const T* CYTHON_RESTRICT x, Py_ssize_t n, double k,              \
@@ -340,24 +348,23 @@ cdef extern from *:
         *sdx = *sdx + CYNET_LANE_TOTAL(lq, tq);                                                                   \
     }                                                                                                             \
     /* LayerNorm's backward sums over one row of n features with gamma per feature: A = sum gamma d,              \
-       B = sum gamma d (x - mu) (eight lanes as above), and per feature dgamma_j += d (x - mu) r, dbeta_j += d. */ \
+       B = sum gamma d (x - mu) (eight lanes as above), and per feature dgamma_j += d (x - mu) r, dbeta_j += d, in   \
+       the same sweep (one read of the row for both). */                                                          \
     static void cynet_ln_row_grad_##SUFFIX(const T* CYTHON_RESTRICT dout, const T* CYTHON_RESTRICT x,            \
                                            const T* CYTHON_RESTRICT gamma, Py_ssize_t n, double mu, double r,     \
                                            double* CYTHON_RESTRICT dgamma, double* CYTHON_RESTRICT dbeta,          \
                                            double* A, double* B) {                                                \
         CYNET_LANES_DECLARE(a); CYNET_LANES_DECLARE(b);                                                           \
         double la[8], lb[8], ta = 0, tb = 0;                                                                      \
-        Py_ssize_t i = 0, j;                                                                                      \
-        for (; i + 8 <= n; i += 8) CYNET_LN_SWEEPS(SUFFIX, dout, x, gamma, i, mu, a, b)                           \
+        Py_ssize_t i = 0;                                                                                         \
+        for (; i + 8 <= n; i += 8) CYNET_LN_SWEEPS(SUFFIX, dout, x, gamma, i, mu, r, a, b, dgamma, dbeta)         \
         for (; i < n; i++) {                                                                                      \
-            double gd = (double)gamma[i] * (double)dout[i];                                                       \
+            double d = dout[i], c = (double)x[i] - mu;                                                            \
+            double gd = (double)gamma[i] * d;                                                                     \
             ta = ta + gd;                                                                                         \
-            tb = tb + gd * ((double)x[i] - mu);                                                                   \
-        }                                                                                                         \
-        for (j = 0; j < n; j++) {                                                                                 \
-            double d = dout[j];                                                                                   \
-            dgamma[j] += d * ((double)x[j] - mu) * r;                                                             \
-            dbeta[j] += d;                                                                                        \
+            tb = tb + gd * c;                                                                                     \
+            dgamma[i] += d * c * r;                                                                               \
+            dbeta[i] += d;                                                                                        \
         }                                                                                                         \
         CYNET_LANES_STORE(a, la); CYNET_LANES_STORE(b, lb);                                                       \
         *A = *A + CYNET_LANE_TOTAL(la, ta);                                                                       \
