@@ -415,9 +415,9 @@ cdef inline void _rows_shifted_sums(const floating* x, double* s1, double* s2, P
 
 cdef inline void _add_chunk_sums(const double* partials, Py_ssize_t n_chunks, Py_ssize_t D, Py_ssize_t j0,
                                  Py_ssize_t w, double* first, double* second) noexcept nogil:
-    """Columns [j0, j0 + w) (w <= SUM_BLOCK) of the two sums of every chunk (rows 2c and 2c + 1 of ``partials``), added
-    in chunk order, a chunk's row at a time: walking the chunks for one column reads lines D doubles apart, which share
-    an L1 set when D is a power of two."""
+    """Columns [j0, j0 + w) of the two sums of every chunk (rows 2c and 2c + 1 of ``partials``, rows D apart) into
+    first[:w] and second[:w], added in chunk order, a chunk's row at a time: walking the chunks for one column reads
+    lines D doubles apart, which share an L1 set when D is a power of two."""
     cdef Py_ssize_t c, j
     cdef const double* row
     for j in range(w):
@@ -1029,11 +1029,11 @@ def row_norm_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] 
                       floating[:, :, ::1] dx, double[:, :, ::1] partials, double[::1] dgamma, double[::1] dbeta,
                       bint compute_dx, int n_threads):
     """Backward of row_norm_forward. The rows are cut into K = partials.shape[0] fixed chunks (K from the shape
-    only); chunk k sums dgamma into partials[k, 0] and dbeta into partials[k, 1], which are then added in order (chunk
-    by chunk, each a contiguous row: walking k for one j at a time reads lines 2 P doubles apart, which share an L1
-    set when P is a power of two; that walk took a quarter of a (256, 4096) LayerNorm backward)."""
+    only); chunk k sums dgamma into partials[k, 0] and dbeta into partials[k, 1], which are then added in order by
+    _add_chunk_sums (the same layout as the "rows" plan's (2 K, P) scratch; walking k for one j at a time instead took
+    a quarter of a (256, 4096) LayerNorm backward)."""
     cdef Py_ssize_t M = x.shape[0], Cg = x.shape[1], S = x.shape[2], K = partials.shape[0]
-    cdef Py_ssize_t P = partials.shape[2], k, m, lo, hi, j
+    cdef Py_ssize_t P = partials.shape[2], k, m, lo, hi
     partials[:, :, :] = 0
     if M == 0 or Cg == 0 or S == 0:
         dgamma[:] = 0
@@ -1047,10 +1047,4 @@ def row_norm_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] 
             for m in range(lo, hi):
                 _row_backward(&dout[0, 0, 0], &x[0, 0, 0], &gamma[0], &mean[0], &inv_std[0], &dx[0, 0, 0],
                               &partials[k, 0, 0], &partials[k, 1, 0], m, G, Cg, S, compute_dx)
-        for j in range(P):
-            dgamma[j] = 0
-            dbeta[j] = 0
-        for k in range(K):
-            for j in range(P):
-                dgamma[j] = dgamma[j] + partials[k, 0, j]
-                dbeta[j] = dbeta[j] + partials[k, 1, j]
+        _add_chunk_sums(&partials[0, 0, 0], K, P, 0, P, &dgamma[0], &dbeta[0])
