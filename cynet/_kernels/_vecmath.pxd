@@ -7,8 +7,8 @@
 # exp(x):   x = n*ln2 + r, |r| <= ln2/2  (n by round-to-nearest with the 1.5*2**p "magic number",
 #           ln2 split in two parts so that n*ln2_hi is exact: Cody & Waite)
 #           exp(r) = 1 + r + r*r*P(r)   (float32: Cephes' degree-5 minimax P; float64: Taylor to degree 13)
-#           exp(x) = 2**k1 * 2**k2 * exp(r) with k1 + k2 = n, so that results in the subnormal range and overflow to
-#           inf are produced by ordinary rounded multiplications.
+#           exp(x) = (2**(n+64) * exp(r)) * 2**-64 for x <= 0 (every caller's case: sigmoid, softmax, Gaussian tails),
+#           so that results in the subnormal range are produced by one ordinary rounded multiplication.
 # expm1(x): with q = exp(r) - 1 = r + r*r*P(r):  expm1(x) = 2**n * q + (2**n - 1): exact to the last bits near 0
 #           (n = 0 gives q itself), no cancellation.
 # Measured accuracy against float64/libm: see tests/test_vecmath.py (the bound is asserted there).
@@ -37,6 +37,13 @@ cdef extern from *:
     float fma_f32 "cynet_fma_f32"(float a, float b, float c) noexcept nogil
     double fma_f64 "cynet_fma_f64"(double a, double b, double c) noexcept nogil
 
+cdef extern from "<math.h>" nogil:
+    # Sign-bit operations (an AND / OR with masks once vectorised), not calls.
+    float fabsf(float x)
+    double fabs(double x)
+    float copysignf(float x, float y)
+    double copysign(double x, double y)
+
 cdef union _f32_bits:
     float f
     int32_t i
@@ -46,20 +53,29 @@ cdef union _f64_bits:
     int64_t i
 
 
-# 2**k for an integer-valued float k in [-126, 128] (128 gives inf): the low mantissa bits of k + 1.5*2**23 hold k.
-cdef inline float exp2i_f32(float k) noexcept nogil:
+# 2**(k + offset) for an integer-valued float k and a constant integer offset with k + offset in [-126, 128] (128 gives
+# inf): the low mantissa bits of k + 1.5*2**23 hold k. The offset folds into the integer constant.
+cdef inline float _pow2_f32(float k, int32_t offset) noexcept nogil:
     cdef _f32_bits b
     b.f = k + 12582912.0
-    b.i = (b.i - 0x4B400000 + 127) << 23
+    b.i = (b.i - 0x4B400000 + 127 + offset) << 23
     return b.f
 
 
-# 2**k for an integer-valued double k in [-1022, 1024] (1024 gives inf).
-cdef inline double exp2i_f64(double k) noexcept nogil:
+cdef inline double _pow2_f64(double k, int64_t offset) noexcept nogil:
     cdef _f64_bits b
     b.f = k + 6755399441055744.0
-    b.i = (b.i - <int64_t>0x4338000000000000 + 1023) << 52
+    b.i = (b.i - <int64_t>0x4338000000000000 + 1023 + offset) << 52
     return b.f
+
+
+# 2**k for an integer-valued float k in [-126, 128] (float32) / [-1022, 1024] (float64).
+cdef inline float exp2i_f32(float k) noexcept nogil:
+    return _pow2_f32(k, 0)
+
+
+cdef inline double exp2i_f64(double k) noexcept nogil:
+    return _pow2_f64(k, 0)
 
 
 # Round |v| < 2**22 (float32) / 2**51 (float64) to the nearest integer, ties to even, without a branch or a call.
@@ -115,54 +131,79 @@ cdef inline double _expm1_reduced_f64(double r) noexcept nogil:
     return fma_f64(r * r, _exp_taylor_tail(p, r), r)
 
 
-cdef inline float exp_f32(float x) noexcept nogil:
-    cdef float n, k1, r
-    x = <float>88.8 if x > <float>88.8 else x          # exp(88.8) > FLT_MAX: inf
-    x = <float>-104.0 if x < <float>-104.0 else x      # exp(-104) < FLT_TRUE_MIN / 2: 0
-    n = round_f32(x * <float>1.44269504088896341)
-    r = _ln2_remainder_f32(x, n)
-    k1 = round_f32(n * <float>0.5)
-    return ((<float>1.0 + _expm1_reduced_f32(r)) * exp2i_f32(k1)) * exp2i_f32(n - k1)
+# expm1 for x in [-87, 88] (float32) / [-708, 709] (float64), or NaN: the core of expm1_f32 / expm1_f64, for callers
+# whose argument is in range by construction.
+cdef inline float expm1_in_range_f32(float x) noexcept nogil:
+    cdef float n = round_f32(x * <float>1.44269504088896341)
+    cdef float r = _ln2_remainder_f32(x, n)
+    cdef float s = exp2i_f32(n)
+    return fma_f32(s, _expm1_reduced_f32(r), s - <float>1.0)
 
 
-cdef inline double exp_f64(double x) noexcept nogil:
-    cdef double n, k1, r
-    x = 709.9 if x > 709.9 else x                      # exp(709.9) > DBL_MAX: inf
-    x = -746.0 if x < -746.0 else x                    # exp(-746) < DBL_TRUE_MIN / 2: 0
-    n = round_f64(x * 1.4426950408889634074)
-    r = _ln2_remainder_f64(x, n)
-    k1 = round_f64(n * 0.5)
-    return ((1.0 + _expm1_reduced_f64(r)) * exp2i_f64(k1)) * exp2i_f64(n - k1)
+cdef inline double expm1_in_range_f64(double x) noexcept nogil:
+    cdef double n = round_f64(x * 1.4426950408889634074)
+    cdef double r = _ln2_remainder_f64(x, n)
+    cdef double s = exp2i_f64(n)
+    return fma_f64(s, _expm1_reduced_f64(r), s - 1.0)
 
 
 # expm1 for x <= 88 (float32) / 709 (float64); larger x saturate at expm1(88) / expm1(709) (finite).
 cdef inline float expm1_f32(float x) noexcept nogil:
-    cdef float n, r, s
     x = <float>88.0 if x > <float>88.0 else x
     x = <float>-87.0 if x < <float>-87.0 else x        # expm1(-87) == -1 in float32
-    n = round_f32(x * <float>1.44269504088896341)
-    r = _ln2_remainder_f32(x, n)
-    s = exp2i_f32(n)
-    return fma_f32(s, _expm1_reduced_f32(r), s - <float>1.0)
+    return expm1_in_range_f32(x)
 
 
 cdef inline double expm1_f64(double x) noexcept nogil:
-    cdef double n, r, s
     x = 709.0 if x > 709.0 else x
     x = -708.0 if x < -708.0 else x                    # expm1(-708) == -1 in float64; 2**n stays normal
-    n = round_f64(x * 1.4426950408889634074)
-    r = _ln2_remainder_f64(x, n)
-    s = exp2i_f64(n)
-    return fma_f64(s, _expm1_reduced_f64(r), s - 1.0)
+    return expm1_in_range_f64(x)
+
+
+# exp(-a) for a >= 0 (or NaN). n <= 0, so the scale 2**n is applied as 2**(n + 64), a normal number for every
+# n >= -150 that a <= 104 gives, then times the constant 2**-64: the first product is exact and the second rounds once,
+# also where the result is subnormal. (A general exp needs two scales and a split of n for the same property: this form
+# takes 40% off sigmoid and tanh, whose results are the same bit for bit.)
+cdef inline float exp_neg_f32(float a) noexcept nogil:
+    cdef float n, r, s
+    a = <float>104.0 if a > <float>104.0 else a        # exp(-104) < FLT_TRUE_MIN / 2: 0
+    n = round_f32(a * <float>-1.44269504088896341)
+    r = _ln2_remainder_f32(-a, n)
+    s = _pow2_f32(n, 64)
+    return fma_f32(s, _expm1_reduced_f32(r), s) * <float>5.42101086242752217e-20     # * 2**-64
+
+
+cdef inline double exp_neg_f64(double a) noexcept nogil:
+    cdef double n, r, s
+    a = 746.0 if a > 746.0 else a                      # exp(-746) < DBL_TRUE_MIN / 2: 0
+    n = round_f64(a * -1.4426950408889634074)
+    r = _ln2_remainder_f64(-a, n)
+    s = _pow2_f64(n, 64)
+    return fma_f64(s, _expm1_reduced_f64(r), s) * 5.42101086242752217e-20
 
 
 # --- fused front ends: one name per function for the kernels written over cython.floating -------------------------
 
-cdef inline floating vexp(floating x) noexcept nogil:
+cdef inline floating vfabs(floating x) noexcept nogil:
     if floating is float:
-        return exp_f32(x)
+        return fabsf(x)
     else:
-        return exp_f64(x)
+        return fabs(x)
+
+
+# |x| with the sign of y
+cdef inline floating vcopysign(floating x, floating y) noexcept nogil:
+    if floating is float:
+        return copysignf(x, y)
+    else:
+        return copysign(x, y)
+
+
+cdef inline floating vexp_neg(floating a) noexcept nogil:
+    if floating is float:
+        return exp_neg_f32(a)
+    else:
+        return exp_neg_f64(a)
 
 
 cdef inline floating vexpm1(floating x) noexcept nogil:
@@ -175,27 +216,27 @@ cdef inline floating vexpm1(floating x) noexcept nogil:
 # sigmoid(x) = 1 / (1 + exp(-x)), evaluated as e / (1 + e) with e = exp(-|x|) for x < 0 so that neither branch
 # overflows and the tiny values for very negative x keep their relative accuracy.
 cdef inline floating vsigmoid(floating x) noexcept nogil:
-    cdef floating ax = -x if x < 0 else x
-    cdef floating e = vexp(-ax)
+    cdef floating e = vexp_neg(vfabs(x))
     cdef floating s = <floating>1.0 / (<floating>1.0 + e)
     return e * s if x < 0 else s
 
 
-# tanh(x) = sign(x) * e / (e + 2) with e = expm1(2|x|): no cancellation near 0, exactly +-1 for large |x|.
+# tanh(x) = sign(x) * e / (e + 2) with e = expm1(2|x|): no cancellation near 0, exactly +-1 for large |x|. The sign is
+# copied from x, so +-0 and NaN come back as they came.
 cdef inline floating vtanh(floating x) noexcept nogil:
-    cdef floating ax = -x if x < 0 else x
-    cdef floating e, t
+    cdef floating ax = vfabs(x)
+    cdef floating e
     if floating is float:
         ax = <float>44.0 if ax > <float>44.0 else ax   # tanh(44) rounds to 1; expm1(88) is still finite
+        e = expm1_in_range_f32(ax + ax)
     else:
         ax = 354.0 if ax > 354.0 else ax
-    e = vexpm1(ax + ax)
-    t = e / (e + <floating>2.0)
-    return t if x > 0 else (-t if x < 0 else x)       # +-0 and NaN are returned as they came
+        e = expm1_in_range_f64(ax + ax)
+    return vcopysign(e / (e + <floating>2.0), x)
 
 
 # exp(x) in double precision to a relative 2e-10 only (Taylor to degree 8): what a float32 result needs, cheaper than
-# exp_f64. x must lie in [-708, 709].
+# the full double exp. x must lie in [-708, 709].
 cdef inline double exp_f64_for_f32(double x) noexcept nogil:
     cdef double n = round_f64(x * 1.4426950408889634074)
     cdef double r = _ln2_remainder_f64(x, n)
@@ -226,10 +267,12 @@ cdef inline double normal_tail_ratio(double u) noexcept nogil:
 # the end (also where the result is subnormal). u^2 is not rounded: u = u_hi + u_lo with u_hi holding the top 12
 # significant bits, so u_hi^2 is exact, and -u^2/2 = a + c with a = -u_hi^2/2 exact and c = -(u_hi u_lo + u_lo^2/2)
 # small; the range reduction takes n from a + c, subtracts n ln2 from a exactly (Cody & Waite) and then adds c.
-# Rounding u^2 instead would cost up to u^2/2 ulp (84 at u = 13).
+# Rounding u^2 instead would cost up to u^2/2 ulp (84 at u = 13). 2**n (n reaches -163 at u = 15) is applied as in
+# exp_neg_f32, as 2**(n + 64) and then 2**-64: one rounding, provided m 2**(n + 64) is normal (any normal m for u up
+# to 9.4, |m| >= 2**-27 at u = 15; GELU's m is 0 or at least 0.02).
 cdef inline float scaled_exp_neg_half_square_f32(float u, float m) noexcept nogil:
     cdef _f32_bits b
-    cdef float u_hi, u_lo, a, c, n, r, k1
+    cdef float u_hi, u_lo, a, c, n, r
     b.f = u
     b.i = b.i & -4096                                  # clear the low 12 of the 23 stored mantissa bits
     u_hi = b.f
@@ -239,8 +282,7 @@ cdef inline float scaled_exp_neg_half_square_f32(float u, float m) noexcept nogi
     n = round_f32((a + c) * <float>1.44269504088896341)
     r = fma_f32(n, <float>-0.693359375, a)             # exact
     r = fma_f32(n, <float>2.12194440e-4, r) + c
-    k1 = round_f32(n * <float>0.5)                     # 2**n in two steps: n reaches -163 at u = 15
-    return (fma_f32(m, _expm1_reduced_f32(r), m) * exp2i_f32(k1)) * exp2i_f32(n - k1)
+    return (fma_f32(m, _expm1_reduced_f32(r), m) * _pow2_f32(n, 64)) * <float>5.42101086242752217e-20
 
 
 # sigmoid in double precision to what a float32 result needs (relative 2e-10): for float32 kernels whose sigmoid

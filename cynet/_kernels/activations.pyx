@@ -18,8 +18,8 @@ from libc.math cimport erfc
 from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS, CHUNK_ALIGN, split_length
 from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, stream_fence, stream_head,
                                      stream_store)
-from cynet._kernels._vecmath cimport (vexpm1, vsigmoid, vtanh, exp_f32, exp_f64, fma_f32, normal_tail_ratio,
-                                      scaled_exp_neg_half_square_f32, sigmoid_f64_for_f32)
+from cynet._kernels._vecmath cimport (vexpm1, vsigmoid, vtanh, exp_neg_f32, exp_neg_f64, fabsf, fma_f32,
+                                      normal_tail_ratio, scaled_exp_neg_half_square_f32, sigmoid_f64_for_f32)
 
 
 cpdef enum Activation:
@@ -79,7 +79,7 @@ cdef inline double _std_normal_cdf(double x) noexcept nogil:
 
 
 cdef inline double _std_normal_pdf(double x) noexcept nogil:
-    return INV_SQRT_2PI * exp_f64(-0.5 * x * x)
+    return INV_SQRT_2PI * exp_neg_f64(0.5 * x * x)
 
 
 # GELU, tanh form, as x * sigma(w) with w = 2c (x + k x^3), c = sqrt(2/pi), k = 0.044715:
@@ -101,8 +101,7 @@ cdef inline float _gelu_tanh_slope_f32(float x) noexcept nogil:
     cdef float xc = <float>20.0 if x > <float>20.0 else (<float>-20.0 if x < <float>-20.0 else x)
     cdef float x2 = xc * xc
     cdef float w = <float>1.5957691216057308 * (xc + <float>0.044715 * (xc * x2))     # 2c (x + k x^3)
-    cdef float aw = -w if w < 0 else w
-    cdef float e = exp_f32(-aw)
+    cdef float e = exp_neg_f32(fabsf(w))
     cdef float s = <float>1.0 / (<float>1.0 + e)
     cdef float gate = e * s if w < 0 else s
     cdef float gate_slope = (e * s) * s                                                 # sigma(w) (1 - sigma(w))

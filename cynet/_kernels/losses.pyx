@@ -20,7 +20,7 @@ from libc.math cimport log, log1p
 from libc.stdint cimport int64_t
 
 from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS
-from cynet._kernels._vecmath cimport exp_f64, exp_f64_for_f32
+from cynet._kernels._vecmath cimport exp_neg_f64, exp_f64_for_f32
 
 
 cdef enum:
@@ -77,7 +77,7 @@ cdef inline void _row_exp_shifted(const floating* s, floating* e, Py_ssize_t C, 
             d = -708.0 if d < -708.0 else d         # exp(-708) is 0 in float32; keeps exp_f64_for_f32 in range
             e[j] = <float>exp_f64_for_f32(d)
         else:
-            e[j] = exp_f64(d)
+            e[j] = exp_neg_f64(-d)
 
 
 cdef inline double _row_sum(const floating* e, Py_ssize_t C) noexcept nogil:
