@@ -131,55 +131,68 @@ cdef inline double _expm1_reduced_f64(double r) noexcept nogil:
     return fma_f64(r * r, _exp_taylor_tail(p, r), r)
 
 
-# expm1 for x in [-87, 88] (float32) / [-708, 709] (float64), or NaN: the core of expm1_f32 / expm1_f64, for callers
-# whose argument is in range by construction.
-cdef inline float expm1_in_range_f32(float x) noexcept nogil:
+# expm1 for x in [-87, 88] (float32) / [-708, 709] (float64), or NaN, in two halves as exp_neg below (the staged
+# forms use them apart): the range reduction (r through the pointer, 2**n returned), then the polynomial and scaling.
+cdef inline float _expm1_reduce_f32(float x, float* r) noexcept nogil:
     cdef float n = round_f32(x * <float>1.44269504088896341)
-    cdef float r = _ln2_remainder_f32(x, n)
-    cdef float s = exp2i_f32(n)
+    r[0] = _ln2_remainder_f32(x, n)
+    return exp2i_f32(n)
+
+
+cdef inline float _expm1_finish_f32(float r, float s) noexcept nogil:
     return fma_f32(s, _expm1_reduced_f32(r), s - <float>1.0)
 
 
-cdef inline double expm1_in_range_f64(double x) noexcept nogil:
+cdef inline double _expm1_reduce_f64(double x, double* r) noexcept nogil:
     cdef double n = round_f64(x * 1.4426950408889634074)
-    cdef double r = _ln2_remainder_f64(x, n)
-    cdef double s = exp2i_f64(n)
+    r[0] = _ln2_remainder_f64(x, n)
+    return exp2i_f64(n)
+
+
+cdef inline double _expm1_finish_f64(double r, double s) noexcept nogil:
     return fma_f64(s, _expm1_reduced_f64(r), s - 1.0)
-
-
-# expm1 for x <= 88 (float32) / 709 (float64); larger x saturate at expm1(88) / expm1(709) (finite).
-cdef inline float expm1_f32(float x) noexcept nogil:
-    x = <float>88.0 if x > <float>88.0 else x
-    x = <float>-87.0 if x < <float>-87.0 else x        # expm1(-87) == -1 in float32
-    return expm1_in_range_f32(x)
-
-
-cdef inline double expm1_f64(double x) noexcept nogil:
-    x = 709.0 if x > 709.0 else x
-    x = -708.0 if x < -708.0 else x                    # expm1(-708) == -1 in float64; 2**n stays normal
-    return expm1_in_range_f64(x)
 
 
 # exp(-a) for a >= 0 (or NaN). n <= 0, so the scale 2**n is applied as 2**(n + 64), a normal number for every
 # n >= -150 that a <= 104 gives, then times the constant 2**-64: the first product is exact and the second rounds once,
 # also where the result is subnormal. (A general exp needs two scales and a split of n for the same property: this form
 # takes 40% off sigmoid and tanh, whose results are the same bit for bit.)
-cdef inline float exp_neg_f32(float a) noexcept nogil:
-    cdef float n, r, s
+# Its two halves, also used apart by the staged form below: the range reduction (r returned through a pointer, the
+# scale 2**(n + 64) returned), then the polynomial and the scaling.
+cdef inline float _exp_neg_reduce_f32(float a, float* r) noexcept nogil:
+    cdef float n
     a = <float>104.0 if a > <float>104.0 else a        # exp(-104) < FLT_TRUE_MIN / 2: 0
     n = round_f32(a * <float>-1.44269504088896341)
-    r = _ln2_remainder_f32(-a, n)
-    s = _pow2_f32(n, 64)
+    r[0] = _ln2_remainder_f32(-a, n)
+    return _pow2_f32(n, 64)
+
+
+cdef inline float _exp_neg_finish_f32(float r, float s) noexcept nogil:
     return fma_f32(s, _expm1_reduced_f32(r), s) * <float>5.42101086242752217e-20     # * 2**-64
 
 
-cdef inline double exp_neg_f64(double a) noexcept nogil:
-    cdef double n, r, s
+cdef inline double _exp_neg_reduce_f64(double a, double* r) noexcept nogil:
+    cdef double n
     a = 746.0 if a > 746.0 else a                      # exp(-746) < DBL_TRUE_MIN / 2: 0
     n = round_f64(a * -1.4426950408889634074)
-    r = _ln2_remainder_f64(-a, n)
-    s = _pow2_f64(n, 64)
+    r[0] = _ln2_remainder_f64(-a, n)
+    return _pow2_f64(n, 64)
+
+
+cdef inline double _exp_neg_finish_f64(double r, double s) noexcept nogil:
     return fma_f64(s, _expm1_reduced_f64(r), s) * 5.42101086242752217e-20
+
+
+cdef inline float exp_neg_f32(float a) noexcept nogil:
+    cdef float r
+    cdef float s = _exp_neg_reduce_f32(a, &r)
+    return _exp_neg_finish_f32(r, s)
+
+
+cdef inline double exp_neg_f64(double a) noexcept nogil:
+    cdef double r
+    cdef double s = _exp_neg_reduce_f64(a, &r)
+    return _exp_neg_finish_f64(r, s)
 
 
 # --- fused front ends: one name per function for the kernels written over cython.floating -------------------------
@@ -206,11 +219,68 @@ cdef inline floating vexp_neg(floating a) noexcept nogil:
         return exp_neg_f64(a)
 
 
-cdef inline floating vexpm1(floating x) noexcept nogil:
+# Staged ("block") forms: the same values, bit for bit, for n <= STAGE arguments at a time, each half of the evaluation
+# as its own loop over buffers that stay in L1. One loop over the whole evaluation is latency-bound: each value's
+# chain of dependent operations (~60 cycles for exp) is longer than the out-of-order window covers at 8 values per
+# instruction, so the core waits. Shorter loops keep it busy. Callers pass n = STAGE (a constant: the loops' trip
+# count is then known) and once the remainder. STAGE = 64 measured best in a C model (32 to 2048 tried: from 1024 on,
+# staging was slower than one loop on arrays in memory); software prefetch of later stages gained nothing in the
+# kernels. Measured in the kernels, old one loop -> staged, AVX2 host, median of per-pair ratios, in cache
+# (256 x 4096, 1 thread) / (4096, 4096) on 1 thread / on 2: sigmoid 0.84 / 0.86 / 0.89, tanh 0.71 / 0.74 / 0.83,
+# SiLU 0.75 / 0.78 / 0.80, ELU 0.77 / 0.87 / 0.86. The buffers may be the same array.
+cdef enum:
+    STAGE = 64
+
+# e[i] = exp(-a[i]) for a[i] >= 0 or NaN: exp_neg_f32 / _f64
+cdef inline void vexp_neg_block(const floating* a, floating* e, Py_ssize_t n) noexcept nogil:
+    cdef floating r[STAGE]
+    cdef floating s[STAGE]
+    cdef Py_ssize_t i
     if floating is float:
-        return expm1_f32(x)
+        for i in range(n):
+            s[i] = _exp_neg_reduce_f32(a[i], &r[i])
+        for i in range(n):
+            e[i] = _exp_neg_finish_f32(r[i], s[i])
     else:
-        return expm1_f64(x)
+        for i in range(n):
+            s[i] = _exp_neg_reduce_f64(a[i], &r[i])
+        for i in range(n):
+            e[i] = _exp_neg_finish_f64(r[i], s[i])
+
+
+# e[i] = expm1(x[i]) for x[i] in [-87, 88] (float32) / [-708, 709] (float64) or NaN
+cdef inline void vexpm1_in_range_block(const floating* x, floating* e, Py_ssize_t n) noexcept nogil:
+    cdef floating r[STAGE]
+    cdef floating s[STAGE]
+    cdef Py_ssize_t i
+    if floating is float:
+        for i in range(n):
+            s[i] = _expm1_reduce_f32(x[i], &r[i])
+        for i in range(n):
+            e[i] = _expm1_finish_f32(r[i], s[i])
+    else:
+        for i in range(n):
+            s[i] = _expm1_reduce_f64(x[i], &r[i])
+        for i in range(n):
+            e[i] = _expm1_finish_f64(r[i], s[i])
+
+
+# e[i] = expm1(x[i]) for any x[i] (or NaN), staged: arguments above 88 (float32) / 709 (float64) saturate at
+# expm1(88) / expm1(709) (finite); below -87 / -708, expm1 is -1 (and 2**n stays normal). e may be x.
+cdef inline void vexpm1_block(const floating* x, floating* e, Py_ssize_t n) noexcept nogil:
+    cdef floating c[STAGE]
+    cdef floating v
+    cdef Py_ssize_t i
+    for i in range(n):
+        v = x[i]
+        if floating is float:
+            v = <float>88.0 if v > <float>88.0 else v
+            v = <float>-87.0 if v < <float>-87.0 else v
+        else:
+            v = 709.0 if v > 709.0 else v
+            v = -708.0 if v < -708.0 else v
+        c[i] = v
+    vexpm1_in_range_block(c, e, n)
 
 
 # sigmoid(x) = 1 / (1 + exp(-x)), evaluated as e / (1 + e) with e = exp(-|x|) for x < 0 so that neither branch
@@ -221,18 +291,40 @@ cdef inline floating vsigmoid(floating x) noexcept nogil:
     return e * s if x < 0 else s
 
 
-# tanh(x) = sign(x) * e / (e + 2) with e = expm1(2|x|): no cancellation near 0, exactly +-1 for large |x|. The sign is
-# copied from x, so +-0 and NaN come back as they came.
-cdef inline floating vtanh(floating x) noexcept nogil:
-    cdef floating ax = vfabs(x)
-    cdef floating e
+# y[i] = vsigmoid(x[i]) for i < n <= STAGE, staged (see vexp_neg_block); y may be x.
+cdef inline void vsigmoid_block(const floating* x, floating* y, Py_ssize_t n) noexcept nogil:
+    cdef floating e[STAGE]
+    cdef floating t, s
+    cdef Py_ssize_t i
+    for i in range(n):
+        e[i] = vfabs(x[i])
+    vexp_neg_block(e, e, n)
+    for i in range(n):
+        t = e[i]
+        s = <floating>1.0 / (<floating>1.0 + t)
+        y[i] = t * s if x[i] < 0 else s
+
+
+# y[i] = tanh(x[i]) for i < n <= STAGE, staged; y may be x. tanh(x) = sign(x) e / (e + 2) with e = expm1(2|x|): no
+# cancellation near 0, exactly +-1 for large |x| (|x| is clamped at 44 / 354, where tanh rounds to 1 and expm1(2|x|) is
+# still finite). The sign is copied from x, so +-0 and NaN come back as they came.
+cdef inline void vtanh_block(const floating* x, floating* y, Py_ssize_t n) noexcept nogil:
+    cdef floating e[STAGE]
+    cdef floating ax, t
+    cdef floating limit
+    cdef Py_ssize_t i
     if floating is float:
-        ax = <float>44.0 if ax > <float>44.0 else ax   # tanh(44) rounds to 1; expm1(88) is still finite
-        e = expm1_in_range_f32(ax + ax)
+        limit = 44.0
     else:
-        ax = 354.0 if ax > 354.0 else ax
-        e = expm1_in_range_f64(ax + ax)
-    return vcopysign(e / (e + <floating>2.0), x)
+        limit = 354.0
+    for i in range(n):
+        ax = vfabs(x[i])
+        ax = limit if ax > limit else ax
+        e[i] = ax + ax
+    vexpm1_in_range_block(e, e, n)
+    for i in range(n):
+        t = e[i]
+        y[i] = vcopysign(t / (t + <floating>2.0), x[i])
 
 
 # exp(x) in double precision to a relative 2e-10 only (Taylor to degree 8): what a float32 result needs, cheaper than

@@ -18,8 +18,9 @@ from libc.math cimport erfc
 from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS, CHUNK_ALIGN, split_length
 from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, stream_fence, stream_head,
                                      stream_store)
-from cynet._kernels._vecmath cimport (vexpm1, vsigmoid, vtanh, exp_neg_f32, exp_neg_f64, fabsf, fma_f32,
-                                      normal_tail_ratio, scaled_exp_neg_half_square_f32, sigmoid_f64_for_f32)
+from cynet._kernels._vecmath cimport (STAGE, exp_neg_f32, exp_neg_f64, fabsf, fma_f32, normal_tail_ratio,
+                                      scaled_exp_neg_half_square_f32, sigmoid_f64_for_f32, vexpm1_block, vsigmoid,
+                                      vsigmoid_block, vtanh_block)
 
 
 cpdef enum Activation:
@@ -117,24 +118,69 @@ cdef inline floating _gelu_tanh_slope(floating x) noexcept nogil:
         return t + x * t * (1 - t) * 2.0 * SQRT_2_OVER_PI * (1 + 3.0 * GELU_TANH_CUBIC * x * x)
 
 
+# Per-stage bodies (m <= STAGE values; the kernels call them with m = STAGE, a constant the compiler unrolls for, then
+# once for the remainder).
+
+# ELU and SELU: y = pos x if x > 0 else neg (exp(x) - 1)  (ELU: pos = 1, neg = alpha; SELU: lambda, lambda alpha)
+cdef inline void _elu_stage(const floating* x, floating* y, Py_ssize_t m, floating pos, floating neg) noexcept nogil:
+    cdef floating t[STAGE]
+    cdef floating v
+    cdef Py_ssize_t i
+    vexpm1_block(x, t, m)
+    for i in range(m):
+        v = x[i]
+        y[i] = pos * v if v > 0 else neg * t[i]
+
+
+# SiLU: y = x sigma(x), and -0 where sigma underflows to 0 (the limit at -inf, not -inf * 0 = NaN)
+cdef inline void _silu_stage(const floating* x, floating* y, Py_ssize_t m) noexcept nogil:
+    cdef floating t[STAGE]
+    cdef floating v, u
+    cdef floating zero = 0
+    cdef Py_ssize_t i
+    vsigmoid_block(x, t, m)
+    for i in range(m):
+        v = x[i]
+        u = t[i]
+        y[i] = v * u if u != 0 else -zero
+
+
+# SiLU backward: dx = dout sigma(x) (1 + x (1 - sigma(x)))
+cdef inline void _silu_slope_stage(const floating* dout, const floating* x, floating* dx, Py_ssize_t m) noexcept nogil:
+    cdef floating t[STAGE]
+    cdef floating v, u
+    cdef floating one = 1
+    cdef Py_ssize_t i
+    vsigmoid_block(x, t, m)
+    for i in range(m):
+        v = x[i]
+        u = t[i]
+        dx[i] = dout[i] * (u * (one + v * (one - u)))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # One contiguous block of an elementwise forward: y[i] = f(x[i]) for i < n.
 # `a` is the op's parameter (Leaky ReLU negative_slope, ELU alpha); unused otherwise.
 
 cdef void _forward_block(int op, const floating* x, floating* y, Py_ssize_t n, floating a) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef floating v, u
-    cdef floating zero = 0
+    cdef Py_ssize_t i, b, i0
+    cdef floating v
     cdef floating selu_scale = <floating>SELU_SCALE
     cdef floating selu_scale_alpha = <floating>(SELU_SCALE * SELU_ALPHA)
     if op == SIGMOID:
         # y = 1 / (1 + exp(-x))
-        for i in range(n):
-            y[i] = vsigmoid(x[i])
+        for b in range(n // STAGE):
+            i0 = b * STAGE
+            vsigmoid_block(x + i0, y + i0, STAGE)
+        i0 = n - n % STAGE
+        vsigmoid_block(x + i0, y + i0, n - i0)
     elif op == TANH:
         # y = tanh(x)
-        for i in range(n):
-            y[i] = vtanh(x[i])
+        for b in range(n // STAGE):
+            i0 = b * STAGE
+            vtanh_block(x + i0, y + i0, STAGE)
+        i0 = n - n % STAGE
+        vtanh_block(x + i0, y + i0, n - i0)
     elif op == RELU:
         # y = max(x, 0)  (NaN propagates)
         for i in range(n):
@@ -147,16 +193,18 @@ cdef void _forward_block(int op, const floating* x, floating* y, Py_ssize_t n, f
             y[i] = v if v > 0 else a * v
     elif op == ELU:
         # y = x if x > 0 else a * (exp(x) - 1)
-        for i in range(n):
-            v = x[i]
-            u = a * vexpm1(v)
-            y[i] = v if v > 0 else u
+        for b in range(n // STAGE):
+            i0 = b * STAGE
+            _elu_stage(x + i0, y + i0, STAGE, 1, a)
+        i0 = n - n % STAGE
+        _elu_stage(x + i0, y + i0, n - i0, 1, a)
     elif op == SELU:
         # y = lambda * x if x > 0 else lambda * alpha * (exp(x) - 1)
-        for i in range(n):
-            v = x[i]
-            u = selu_scale_alpha * vexpm1(v)
-            y[i] = selu_scale * v if v > 0 else u
+        for b in range(n // STAGE):
+            i0 = b * STAGE
+            _elu_stage(x + i0, y + i0, STAGE, selu_scale, selu_scale_alpha)
+        i0 = n - n % STAGE
+        _elu_stage(x + i0, y + i0, n - i0, selu_scale, selu_scale_alpha)
     elif op == GELU_ERF:
         # y = x * Phi(x)
         for i in range(n):
@@ -173,11 +221,12 @@ cdef void _forward_block(int op, const floating* x, floating* y, Py_ssize_t n, f
             v = x[i]
             y[i] = <floating>(_gelu_tanh_gate(v) * v)
     elif op == SILU:
-        # y = x * sigmoid(x), and -0 where sigmoid underflows to 0 (the limit at -inf, not -inf * 0 = NaN)
-        for i in range(n):
-            v = x[i]
-            u = vsigmoid(v)
-            y[i] = v * u if u != 0 else -zero
+        # y = x * sigmoid(x)
+        for b in range(n // STAGE):
+            i0 = b * STAGE
+            _silu_stage(x + i0, y + i0, STAGE)
+        i0 = n - n % STAGE
+        _silu_stage(x + i0, y + i0, n - i0)
 
 
 # Loads happen before the selects (`g = dout[i]; ... g if c else ...`): a load inside one arm of a select cannot be
@@ -188,8 +237,8 @@ cdef void _forward_block(int op, const floating* x, floating* y, Py_ssize_t n, f
 
 cdef void _backward_block(int op, const floating* dout, const floating* s, floating* dx, Py_ssize_t n,
                           floating a) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef floating v, g, t
+    cdef Py_ssize_t i, b, i0
+    cdef floating v, g
     cdef floating one = 1   # a typed 1: Cython writes a bare 1 in float arithmetic as the double 1.0
     cdef floating selu_scale = <floating>SELU_SCALE
     cdef floating selu_scale_alpha = <floating>(SELU_SCALE * SELU_ALPHA)
@@ -240,10 +289,11 @@ cdef void _backward_block(int op, const floating* dout, const floating* s, float
             dx[i] = dout[i] * _gelu_tanh_slope(v)
     elif op == SILU:
         # dx = dout * sigma(x) (1 + x (1 - sigma(x)))
-        for i in range(n):
-            v = s[i]
-            t = vsigmoid(v)
-            dx[i] = dout[i] * (t * (one + v * (one - t)))
+        for b in range(n // STAGE):
+            i0 = b * STAGE
+            _silu_slope_stage(dout + i0, s + i0, dx + i0, STAGE)
+        i0 = n - n % STAGE
+        _silu_slope_stage(dout + i0, s + i0, dx + i0, n - i0)
 
 
 cdef inline void _block(bint backward, int op, const floating* u, const floating* saved, floating* out, Py_ssize_t n,
