@@ -212,13 +212,6 @@ cdef inline floating vcopysign(floating x, floating y) noexcept nogil:
         return copysign(x, y)
 
 
-cdef inline floating vexp_neg(floating a) noexcept nogil:
-    if floating is float:
-        return exp_neg_f32(a)
-    else:
-        return exp_neg_f64(a)
-
-
 # Staged ("block") forms: the same values, bit for bit, for n <= STAGE arguments at a time, each half of the evaluation
 # as its own loop over buffers that stay in L1. One loop over the whole evaluation is latency-bound: each value's
 # chain of dependent operations (~60 cycles for exp) is longer than the out-of-order window covers at 8 values per
@@ -283,15 +276,9 @@ cdef inline void vexpm1_block(const floating* x, floating* e, Py_ssize_t n) noex
     vexpm1_in_range_block(c, e, n)
 
 
-# sigmoid(x) = 1 / (1 + exp(-x)), evaluated as e / (1 + e) with e = exp(-|x|) for x < 0 so that neither branch
-# overflows and the tiny values for very negative x keep their relative accuracy.
-cdef inline floating vsigmoid(floating x) noexcept nogil:
-    cdef floating e = vexp_neg(vfabs(x))
-    cdef floating s = <floating>1.0 / (<floating>1.0 + e)
-    return e * s if x < 0 else s
-
-
-# y[i] = vsigmoid(x[i]) for i < n <= STAGE, staged (see vexp_neg_block); y may be x.
+# y[i] = sigmoid(x[i]) = 1 / (1 + exp(-x[i])) for i < n <= STAGE, staged (see vexp_neg_block); y may be x. Evaluated
+# as e / (1 + e) with e = exp(-|x|) for x < 0 so that neither branch overflows and the tiny values for very negative x
+# keep their relative accuracy.
 cdef inline void vsigmoid_block(const floating* x, floating* y, Py_ssize_t n) noexcept nogil:
     cdef floating e[STAGE]
     cdef floating t, s
@@ -377,11 +364,27 @@ cdef inline float scaled_exp_neg_half_square_f32(float u, float m) noexcept nogi
     return (fma_f32(m, _expm1_reduced_f32(r), m) * _pow2_f32(n, 64)) * <float>5.42101086242752217e-20
 
 
-# sigmoid in double precision to what a float32 result needs (relative 2e-10): for float32 kernels whose sigmoid
-# argument is itself computed (GELU's tanh form), so that the argument is not rounded to float32 first.
-cdef inline double sigmoid_f64_for_f32(double u) noexcept nogil:
-    cdef double au = -u if u < 0 else u
-    cdef double e = exp_f64_for_f32(-(700.0 if au > 700.0 else au))  # clamped: keeps exp in range
-    e = 0.0 if au > 700.0 else e                       # sigmoid(-700) is 0 in float32: exactly 0, as at -inf
-    cdef double s = 1.0 / (1.0 + e)
-    return e * s if u < 0 else s
+# g[i] = sigmoid(u[i]) in double precision to what a float32 result needs (relative 2e-10), for i < n <= STAGE,
+# staged (see vexp_neg_block); g may be u. For float32 kernels whose sigmoid argument is itself computed (GELU's tanh
+# form), so that the argument is not rounded to float32 first. Evaluated as e / (1 + e) for u < 0, 1 / (1 + e) else,
+# e = exp(-|u|), with |u| clamped at 700 for the exponential and e = 0 beyond (sigmoid(-700) is 0 in float32: exactly
+# 0, as at -inf).
+cdef inline void sigmoid_f64_for_f32_block(const double* u, double* g, Py_ssize_t n) noexcept nogil:
+    cdef double k[STAGE]
+    cdef double r[STAGE]
+    cdef double e[STAGE]
+    cdef double a, t, s
+    cdef Py_ssize_t i
+    for i in range(n):                                 # exp_f64_for_f32's reduction, on -min(|u|, 700)
+        a = -u[i] if u[i] < 0 else u[i]
+        a = -(700.0 if a > 700.0 else a)
+        k[i] = round_f64(a * 1.4426950408889634074)
+        r[i] = _ln2_remainder_f64(a, k[i])
+    for i in range(n):                                 # its polynomial and scaling
+        t = r[i]
+        e[i] = (1.0 + fma_f64(t * t, _exp_taylor_tail(1.0 / 40320.0, t), t)) * exp2i_f64(k[i])
+    for i in range(n):
+        a = -u[i] if u[i] < 0 else u[i]
+        t = 0.0 if a > 700.0 else e[i]
+        s = 1.0 / (1.0 + t)
+        g[i] = t * s if u[i] < 0 else s

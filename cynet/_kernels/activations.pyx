@@ -18,9 +18,9 @@ from libc.math cimport erfc
 from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS, CHUNK_ALIGN, split_length
 from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, stream_fence, stream_head,
                                      stream_store)
-from cynet._kernels._vecmath cimport (STAGE, exp_neg_f32, exp_neg_f64, fabsf, fma_f32, normal_tail_ratio,
-                                      scaled_exp_neg_half_square_f32, sigmoid_f64_for_f32, vexpm1_block, vsigmoid,
-                                      vsigmoid_block, vtanh_block)
+from cynet._kernels._vecmath cimport (STAGE, exp_neg_f64, fabsf, fma_f32, normal_tail_ratio,
+                                      scaled_exp_neg_half_square_f32, sigmoid_f64_for_f32_block, vexp_neg_block,
+                                      vexpm1_block, vsigmoid_block, vtanh_block)
 
 
 cpdef enum Activation:
@@ -85,37 +85,62 @@ cdef inline double _std_normal_pdf(double x) noexcept nogil:
 
 # GELU, tanh form, as x * sigma(w) with w = 2c (x + k x^3), c = sqrt(2/pi), k = 0.044715:
 #   gate = sigma(w);   d/dx = sigma + x sigma (1 - sigma) 2c (1 + 3k x^2)
-cdef inline double _gelu_tanh_gate(floating x) noexcept nogil:
-    cdef double xd = x
+# The forward, staged (see _vecmath's block forms): w in double for the STAGE values, the gate sigma(w) over the buffer,
+# then y = x sigma(w) rounded once.
+cdef inline void _gelu_tanh_stage(const floating* x, floating* y, Py_ssize_t m) noexcept nogil:
+    cdef double w[STAGE]
+    cdef double xd
+    cdef Py_ssize_t i
+    for i in range(m):
+        xd = x[i]
+        w[i] = 2.0 * SQRT_2_OVER_PI * (xd + GELU_TANH_CUBIC * xd * xd * xd)
     if floating is float:
-        return sigmoid_f64_for_f32(2.0 * SQRT_2_OVER_PI * (xd + GELU_TANH_CUBIC * xd * xd * xd))
+        sigmoid_f64_for_f32_block(w, w, m)
     else:
-        return vsigmoid(2.0 * SQRT_2_OVER_PI * (x + GELU_TANH_CUBIC * x * x * x))
+        vsigmoid_block(w, w, m)
+    for i in range(m):
+        y[i] = <floating>(w[i] * x[i])
 
 
-# The float32 slope in float32 lanes (its bound is absolute, |error| <= 4 eps |dout| (1 + |x|), which float32
-# arithmetic meets where the forward's ulp bound needs double). sigma(w) (1 - sigma(w)) is taken as e / (1 + e)^2,
+# The backward, staged. The float32 slope in float32 lanes (its bound is absolute, |error| <= 4 eps |dout| (1 + |x|),
+# which float32 arithmetic meets where the forward's ulp bound needs double). sigma(w) (1 - sigma(w)) is e / (1 + e)^2,
 # e = exp(-|w|), without the cancellation of 1 - sigma(w) near 1. x is clamped to +-20 inside w and the polynomial
 # (beyond, the gate is 0 or 1 in float32 and its derivative 0) but not in the factor x, so that x = +-inf gives NaN, as
 # the reference's inf * 0. The float literals are 2c = 2 sqrt(2/pi), k and 3k.
-cdef inline float _gelu_tanh_slope_f32(float x) noexcept nogil:
-    cdef float xc = <float>20.0 if x > <float>20.0 else (<float>-20.0 if x < <float>-20.0 else x)
-    cdef float x2 = xc * xc
-    cdef float w = <float>1.5957691216057308 * (xc + <float>0.044715 * (xc * x2))     # 2c (x + k x^3)
-    cdef float e = exp_neg_f32(fabsf(w))
-    cdef float s = <float>1.0 / (<float>1.0 + e)
-    cdef float gate = e * s if w < 0 else s
-    cdef float gate_slope = (e * s) * s                                                 # sigma(w) (1 - sigma(w))
-    return gate + x * (gate_slope * (<float>1.5957691216057308 * (<float>1.0 + <float>0.134145 * x2)))
-
-
-cdef inline floating _gelu_tanh_slope(floating x) noexcept nogil:
-    cdef double t
+cdef inline void _gelu_tanh_slope_stage(const floating* dout, const floating* x, floating* dx,
+                                        Py_ssize_t m) noexcept nogil:
+    """dx = dout * (sigma + x sigma (1 - sigma) 2c (1 + 3k x^2)) for m <= STAGE values, staged."""
+    cdef floating w[STAGE]
+    cdef floating e[STAGE]
+    cdef floating v, xc, x2, t, s, gate, gate_slope
+    cdef Py_ssize_t i
     if floating is float:
-        return _gelu_tanh_slope_f32(x)
+        for i in range(m):
+            v = x[i]
+            xc = <float>20.0 if v > <float>20.0 else (<float>-20.0 if v < <float>-20.0 else v)
+            x2 = xc * xc
+            w[i] = <float>1.5957691216057308 * (xc + <float>0.044715 * (xc * x2))       # 2c (x + k x^3)
+            e[i] = fabsf(w[i])
+        vexp_neg_block(e, e, m)
+        for i in range(m):
+            v = x[i]
+            xc = <float>20.0 if v > <float>20.0 else (<float>-20.0 if v < <float>-20.0 else v)
+            x2 = xc * xc
+            t = e[i]
+            s = <float>1.0 / (<float>1.0 + t)
+            gate = t * s if w[i] < 0 else s
+            gate_slope = (t * s) * s                                                    # sigma(w) (1 - sigma(w))
+            dx[i] = dout[i] * (gate + v * (gate_slope * (<float>1.5957691216057308 *
+                                                          (<float>1.0 + <float>0.134145 * x2))))
     else:
-        t = vsigmoid(2.0 * SQRT_2_OVER_PI * (x + GELU_TANH_CUBIC * x * x * x))
-        return t + x * t * (1 - t) * 2.0 * SQRT_2_OVER_PI * (1 + 3.0 * GELU_TANH_CUBIC * x * x)
+        for i in range(m):
+            v = x[i]
+            w[i] = 2.0 * SQRT_2_OVER_PI * (v + GELU_TANH_CUBIC * v * v * v)
+        vsigmoid_block(w, w, m)
+        for i in range(m):
+            v = x[i]
+            t = w[i]
+            dx[i] = dout[i] * (t + v * t * (1 - t) * 2.0 * SQRT_2_OVER_PI * (1 + 3.0 * GELU_TANH_CUBIC * v * v))
 
 
 # Per-stage bodies (m <= STAGE values; the kernels call them with m = STAGE, a constant the compiler unrolls for, then
@@ -217,9 +242,11 @@ cdef void _forward_block(int op, const floating* x, floating* y, Py_ssize_t n, f
         # y = 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3); 0.5 (1 + tanh(u)) = sigmoid(2u) exactly,
         # which keeps the left tail accurate. float32 evaluates it in double: rounding the argument u (up to ~|2u| ulp
         # of error in the result) is what would otherwise cost accuracy.
-        for i in range(n):
-            v = x[i]
-            y[i] = <floating>(_gelu_tanh_gate(v) * v)
+        for b in range(n // STAGE):
+            i0 = b * STAGE
+            _gelu_tanh_stage(x + i0, y + i0, STAGE)
+        i0 = n - n % STAGE
+        _gelu_tanh_stage(x + i0, y + i0, n - i0)
     elif op == SILU:
         # y = x * sigmoid(x)
         for b in range(n // STAGE):
@@ -284,9 +311,11 @@ cdef void _backward_block(int op, const floating* dout, const floating* s, float
                 dx[i] = dout[i] * (_std_normal_cdf(v) + v * _std_normal_pdf(v))
     elif op == GELU_TANH:
         # y = x sigma(w), w = 2c (x + k x^3):  dx = dout * (sigma + x sigma (1 - sigma) 2c (1 + 3k x^2))
-        for i in range(n):
-            v = s[i]
-            dx[i] = dout[i] * _gelu_tanh_slope(v)
+        for b in range(n // STAGE):
+            i0 = b * STAGE
+            _gelu_tanh_slope_stage(dout + i0, s + i0, dx + i0, STAGE)
+        i0 = n - n % STAGE
+        _gelu_tanh_slope_stage(dout + i0, s + i0, dx + i0, n - i0)
     elif op == SILU:
         # dx = dout * sigma(x) (1 + x (1 - sigma(x)))
         for b in range(n // STAGE):
