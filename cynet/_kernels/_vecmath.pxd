@@ -241,17 +241,18 @@ cdef enum:
 cdef inline void vexp_neg_block(const floating* a, floating* e, Py_ssize_t n) noexcept nogil:
     cdef floating r[STAGE]
     cdef floating s[STAGE]
-    cdef float limit32 = opaque_f32(104.0)
-    cdef double limit64 = opaque_f64(746.0)
+    cdef floating limit
     cdef Py_ssize_t i
     if floating is float:
+        limit = opaque_f32(104.0)
         for i in range(n):
-            s[i] = _exp_neg_reduce_f32(a[i], limit32, &r[i])
+            s[i] = _exp_neg_reduce_f32(a[i], limit, &r[i])
         for i in range(n):
             e[i] = _exp_neg_finish_f32(r[i], s[i])
     else:
+        limit = opaque_f64(746.0)
         for i in range(n):
-            s[i] = _exp_neg_reduce_f64(a[i], limit64, &r[i])
+            s[i] = _exp_neg_reduce_f64(a[i], limit, &r[i])
         for i in range(n):
             e[i] = _exp_neg_finish_f64(r[i], s[i])
 

@@ -55,8 +55,8 @@ cdef double INV_SQRT_2PI = 0.39894228040143267793994605993438     # 1/sqrt(2*pi)
 #   dy/dx = [x >= 0] + exp(-u^2/2) * (x / sqrt(2pi) + (R(u) if x < 0 else -R(u)))
 # The exponential is float32 (8 lanes per AVX2 instruction) with u^2 split so that it is not rounded. Beyond u = 15,
 # Phi(-u) is 0 in float32: the factor is set to 0, so that the limits are exact (and x Phi(x) is NaN at -inf, as the
-# reference's -inf * 0). float64 calls libm's erfc (exact to an ulp, scalar). `limit` is that 15, passed in by the
-# kernel.
+# reference's -inf * 0). float64 calls libm's erfc (exact to an ulp, scalar). The forward's `limit` is that 15, passed
+# in by the kernel as opaque_f32(15).
 cdef inline float _gelu_erf_f32(float x, float limit) noexcept nogil:
     cdef float u = x if x > 0 else -x                          # -0 for +0 and +0 for -0: fma(-u, t, x) keeps x's zero
     cdef float uc = limit if u > limit else u                  # NaN passes through
@@ -67,9 +67,9 @@ cdef inline float _gelu_erf_f32(float x, float limit) noexcept nogil:
     return t if x < 0 else fma_f32(-uc, t, x)                  # uc == x up to 15; beyond, t == 0
 
 
-cdef inline float _gelu_erf_slope_f32(float x, float limit) noexcept nogil:
+cdef inline float _gelu_erf_slope_f32(float x) noexcept nogil:
     cdef float u = x if x > 0 else -x
-    cdef float uc = limit if u > limit else u
+    cdef float uc = <float>15.0 if u > <float>15.0 else u     # a literal: here 2-5% faster than opaque_f32
     cdef double ratio = normal_tail_ratio(uc)
     cdef float d = <float>((ratio if x < 0 else -ratio) + <double>x * INV_SQRT_2PI)
     cdef float e = scaled_exp_neg_half_square_f32(uc, <float>0.0 if u > <float>15.0 else <float>1.0)
@@ -309,7 +309,7 @@ cdef void _backward_block(int op, const floating* dout, const floating* s, float
         for i in range(n):
             v = s[i]
             if floating is float:
-                dx[i] = dout[i] * _gelu_erf_slope_f32(v, 15.0)  # a literal: here, 2-5% faster than opaque
+                dx[i] = dout[i] * _gelu_erf_slope_f32(v)
             else:
                 dx[i] = dout[i] * (_std_normal_cdf(v) + v * _std_normal_pdf(v))
     elif op == GELU_TANH:
