@@ -29,7 +29,7 @@ import numpy as np
 
 from cynet import reference
 from cynet._kernels import load as _load_kernels
-from cynet._threading import NS_EXP, NS_GELU, NS_STREAM, kernel_threads, stream_stores
+from cynet._threading import NS_EXP, NS_GELU, NS_PRELU_BACKWARD, NS_STREAM, kernel_threads, stream_stores
 from cynet._validation import KERNEL_DTYPES, as_float_array, describe, output, same_layout
 
 __all__ = list(reference.__all__)
@@ -43,6 +43,10 @@ SELU_ALPHA = reference.SELU_ALPHA
 
 # PReLU's dalpha is summed over this many fixed chunks of the leading axis (at most), whatever the thread count.
 _PRELU_REDUCTION_CHUNKS = 64
+# In the (M, C) layout each chunk owns a float64 row of C partial sums that it zeroes, updates once per row and that
+# is finally added to the others: chunks of at least this many rows keep that under a tenth of the data moved
+# ((256, 4096) float32, 2 threads: 0.60 ms with 64 chunks of 4 rows, 0.34 ms with 16 of 16).
+_PRELU_ROWS_PER_CHUNK = 16
 
 
 def _ns_per_element(code, backward):
@@ -303,13 +307,18 @@ def prelu_backward(dout, x, alpha, *, out=None, alpha_grad_out=None):
         views = (dout, x, dx)
     else:
         views = tuple(_prelu_planes_view(a, layout) for a in (dout, x, dx))
-    chunks = min(views[1].shape[0], _PRELU_REDUCTION_CHUNKS)
+    leading = views[1].shape[0]
+    if layout == "rows":
+        chunks = min(max(1, leading // _PRELU_ROWS_PER_CHUNK), _PRELU_REDUCTION_CHUNKS)
+    else:
+        chunks = min(leading, _PRELU_REDUCTION_CHUNKS)
     partials = np.empty((chunks, alpha_flat.size), dtype=np.float64)
     if layout == "rows":
         _act.prelu_backward_rows(*views[:2], alpha_flat, views[2], partials, dalpha_flat, stream_stores(dx.nbytes),
-                                 kernel_threads(x.size))
+                                 kernel_threads(x.size, NS_PRELU_BACKWARD))
     else:
-        _act.prelu_backward_planes(*views[:2], alpha_flat, views[2], partials, dalpha_flat, kernel_threads(x.size))
+        _act.prelu_backward_planes(*views[:2], alpha_flat, views[2], partials, dalpha_flat,
+                                   kernel_threads(x.size, NS_PRELU_BACKWARD))
     return dx, dalpha
 
 
