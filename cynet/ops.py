@@ -514,6 +514,10 @@ def maxout_backward(dout, indices, pieces, *, out=None):
         pieces (int): k.
         out (ndarray, optional): receives dx.
 
+    Raises:
+        ValueError: an index outside [0, pieces). int32 indices are checked by the kernel as it reads them, so `out`
+            may then already hold part of a result.
+
     Shape: dout (*, D), indices (*, D) -> dx (*, D*k).
     """
     op = "maxout_backward"
@@ -527,9 +531,11 @@ def maxout_backward(dout, indices, pieces, *, out=None):
                          f"{describe(indices)}")
     if dout.ndim == 0:
         raise ValueError(f"{op}: dout must have at least one axis, got {describe(dout)}")
-    if indices.size and (indices.min() < 0 or indices.max() >= k):
-        raise ValueError(f"{op}: indices must lie in [0, {k}), got values in [{indices.min()}, {indices.max()}]")
     out_shape = dout.shape[:-1] + (dout.shape[-1] * k,)
+    # int32 indices (maxout_forward's) are range-checked by the kernel, row by row as it reads them; any other type is
+    # checked here, before the conversion to int32 could wrap a value into range.
+    if (indices.dtype != np.int32 or dout.dtype not in KERNEL_DTYPES) and indices.size:
+        _check_maxout_indices(op, indices, k)
     if dout.dtype not in KERNEL_DTYPES:
         return reference.maxout_backward(dout, indices, k, out=out)
     indices = np.ascontiguousarray(indices, dtype=np.int32)
@@ -537,6 +543,14 @@ def maxout_backward(dout, indices, pieces, *, out=None):
     if dx.size:
         units = dout.shape[-1]
         rows = int(np.prod(dout.shape[:-1], dtype=np.int64))
-        _maxout.maxout_backward(dout.reshape(rows, units), indices.reshape(rows, units), dx.reshape(rows, k, units),
-                                stream_stores(dx.nbytes), kernel_threads(dx.size))
+        out_of_range = _maxout.maxout_backward(dout.reshape(rows, units), indices.reshape(rows, units),
+                                               dx.reshape(rows, k, units), stream_stores(dx.nbytes),
+                                               kernel_threads(dx.size))
+        if out_of_range:
+            _check_maxout_indices(op, indices, k)
     return dx
+
+
+def _check_maxout_indices(op, indices, k):
+    if indices.min() < 0 or indices.max() >= k:
+        raise ValueError(f"{op}: indices must lie in [0, {k}), got values in [{indices.min()}, {indices.max()}]")

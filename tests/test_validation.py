@@ -1,11 +1,13 @@
 """Every validation error of cynet.ops: the right exception type, a message naming the op and the offending array's
-dtype and shape, raised before anything is written."""
+dtype and shape, raised before anything is written (one exception: int32 Maxout indices are range-checked by the
+kernel as it reads them)."""
 import re
 
 import numpy as np
 import pytest
 
 from cynet import ops
+from cynet._kernels import load
 from _helpers import ELEMENTWISE
 
 BAD_DTYPES = [
@@ -224,10 +226,38 @@ def test_maxout_indices_must_be_integers(indices):
 
 
 def test_maxout_checks_run_before_any_write():
+    # indices of a type other than int32 are checked in Python, before the kernel writes anything
     out = np.full((2, 4), 7.0, np.float32)
     with pytest.raises(ValueError, match=r"indices must lie in"):
-        ops.maxout_backward(np.ones((2, 2), np.float32), np.array([[0, 5], [0, 0]]), 2, out=out)
+        ops.maxout_backward(np.ones((2, 2), np.float32), np.array([[0, 5], [0, 0]], np.int64), 2, out=out)
     np.testing.assert_array_equal(out, 7.0)
+
+
+@pytest.mark.parametrize("bad", [2, -1, 2 ** 31 - 1, -2 ** 31])
+def test_maxout_int32_indices_out_of_range_raise_from_the_kernel_check(bad):
+    # int32 indices (maxout_forward's type) are counted out of range by the kernel as it reads them; the error names
+    # the range, as the Python check does
+    indices = np.zeros((300, 128), np.int32)
+    indices[-1, -1] = bad
+    with pytest.raises(ValueError, match=rf"maxout_backward: indices must lie in \[0, 2\), got values in "
+                                         rf"\[{min(bad, 0)}, {max(bad, 0)}\]"):
+        ops.maxout_backward(np.ones((300, 128), np.float32), indices, 2)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 4])
+def test_maxout_kernel_counts_every_out_of_range_index_in_every_chunk(n_threads):
+    rng = np.random.default_rng(3)
+    indices = rng.integers(0, 3, size=(257, 300)).astype(np.int32)
+    flat = indices.reshape(-1)
+    positions = rng.choice(flat.size, size=37, replace=False)
+    flat[positions] = rng.choice([-2 ** 31, -1, 3, 4, 2 ** 31 - 1], size=positions.size)
+    flat[[0, flat.size - 1]] = [3, -1]                      # the first and the last value too
+    expected = int(np.count_nonzero((indices < 0) | (indices >= 3)))
+    dx = np.empty((257, 3, 300), np.float32)
+    kernel = load("maxout", None)
+    assert kernel.maxout_backward(np.ones((257, 300), np.float32), indices, dx, False, n_threads) == expected
+    assert kernel.maxout_backward(np.ones((257, 300), np.float32), np.zeros_like(indices), dx, False,
+                                  n_threads) == 0
 
 
 # A 0-d x or dout is refused with a message showing its () shape.
