@@ -377,6 +377,7 @@ cdef inline float normal_tail_ratio_f32(float u) noexcept nogil:
     q = fma_f32(q, u, <float>1.0)
     return p / q
 
+
 # m * exp(-u^2/2) in float32 for 0 <= u <= 15, within about one ulp of m times the exact exponential, rounded once at
 # the end (also where the result is subnormal). u^2 is not rounded: u = u_hi + u_lo with u_hi holding the top 12
 # significant bits, so u_hi^2 is exact, and -u^2/2 = a + c with a = -u_hi^2/2 exact and c = -(u_hi u_lo + u_lo^2/2)
