@@ -79,6 +79,7 @@ cdef inline void _gelu_erf_slope_stage_f32(const float* dout, const float* x, fl
     cdef float d[STAGE]
     cdef float e[STAGE]
     cdef float v, u, r
+    cdef float inv_sqrt_2pi = <float>INV_SQRT_2PI
     cdef Py_ssize_t i
     for i in range(m):
         u = fabsf(x[i])
@@ -86,7 +87,7 @@ cdef inline void _gelu_erf_slope_stage_f32(const float* dout, const float* x, fl
     for i in range(m):
         v = x[i]
         r = normal_tail_ratio_f32(uc[i])
-        d[i] = (r if v < 0 else -r) + v * <float>0.3989422804014327
+        d[i] = (r if v < 0 else -r) + v * inv_sqrt_2pi
     for i in range(m):
         e[i] = scaled_exp_neg_half_square_f32(uc[i], <float>0.0 if fabsf(x[i]) > <float>15.0 else <float>1.0)
     for i in range(m):
