@@ -234,9 +234,8 @@ def test_special_values_forward(op, dtype):
 
 
 # float32 gelu_backward(approximate='tanh') at x = -inf used to return -inf (the reference and the float64 kernel: NaN,
-# x * 0 with the gate exactly 0): the float32 gate in double (now _vecmath.sigmoid_f64_for_f32_block) clamped its
-# argument at -700 and returned exp(-700) = 1e-304 for every smaller one. It returns exactly 0 there now (sigmoid(-700)
-# is 0 in float32 anyway).
+# x * 0 with the gate exactly 0): the float32 gate, then evaluated in double, clamped its argument at -700 and returned
+# exp(-700) = 1e-304 for every smaller one. It returns exactly 0 there now (sigmoid(-700) is 0 in float32 anyway).
 def _special_backward_cases():
     for spec in ELEMENTWISE:
         for dtype, dtype_id in zip(DTYPES, DTYPE_IDS):

@@ -28,14 +28,19 @@ cdef extern from *:
     #if defined(__FMA__) && (defined(__GNUC__) || defined(__clang__))
     #define cynet_fma_f32(a, b, c) __builtin_fmaf((a), (b), (c))
     #define cynet_fma_f64(a, b, c) __builtin_fma((a), (b), (c))
+    #define CYNET_FUSED_FMA 1
     #else
     #define cynet_fma_f32(a, b, c) ((a) * (b) + (c))
     #define cynet_fma_f64(a, b, c) ((a) * (b) + (c))
+    #define CYNET_FUSED_FMA 0
     #endif
     """
     # a * b + c, fused (one rounding) where the instruction set has FMA, else two rounded operations.
     float fma_f32 "cynet_fma_f32"(float a, float b, float c) noexcept nogil
     double fma_f64 "cynet_fma_f64"(double a, double b, double c) noexcept nogil
+    # True in the builds where fma_f32 / fma_f64 round once (a compile-time constant: a branch on it is folded away),
+    # so that fma_f32(a, b, -a * b) is the exact rounding error of a * b.
+    const bint FUSED_FMA "CYNET_FUSED_FMA"
 
 cdef extern from "<math.h>" nogil:
     # Sign-bit operations (an AND / OR with masks once vectorised), not calls.
@@ -194,6 +199,19 @@ cdef inline double _exp_neg_reduce_f64(double a, double limit, double* r) noexce
 
 cdef inline double _exp_neg_finish_f64(double r, double s) noexcept nogil:
     return fma_f64(s, _expm1_reduced_f64(r), s) * 5.42101086242752217e-20
+
+
+# exp_neg_f32's range reduction for an argument a >= 0 (or NaN) computed in double precision, so that a is not rounded to
+# float32 first (for large a that rounding alone would cost up to a/2 ulp of the result): n and r = -a - n ln2 in
+# double, r then rounded once to float32 (|r| <= ln2/2: an absolute error of at most 2**-26, a third of an ulp of
+# exp(r)). Returns the scale 2**(n + 64) for _exp_neg_finish_f32. a is clamped at `limit` (at most 190, where 2**(n + 64)
+# is still normal; the caller selects its result beyond).
+cdef inline float exp_neg_reduce_f64_to_f32(double a, double limit, float* r) noexcept nogil:
+    cdef double n
+    a = limit if a > limit else a
+    n = round_f64(a * -1.4426950408889634074)
+    r[0] = <float>_ln2_remainder_f64(-a, n)
+    return _pow2_f32(<float>n, 64)
 
 
 cdef inline float exp_neg_f32(float a) noexcept nogil:
@@ -398,30 +416,3 @@ cdef inline float scaled_exp_neg_half_square_f32(float u, float m) noexcept nogi
     r = fma_f32(n, <float>-0.693359375, a)             # exact
     r = fma_f32(n, <float>2.12194440e-4, r) + c
     return (fma_f32(m, _expm1_reduced_f32(r), m) * _pow2_f32(n, 64)) * <float>5.42101086242752217e-20
-
-
-# g[i] = sigmoid(u[i]) in double precision to what a float32 result needs (relative 2e-10), for i < n <= STAGE,
-# staged (see vexp_neg_block); g may be u. For float32 kernels whose sigmoid argument is itself computed (GELU's tanh
-# form), so that the argument is not rounded to float32 first. Evaluated as e / (1 + e) for u < 0, 1 / (1 + e) else,
-# e = exp(-|u|), with |u| clamped at 700 for the exponential and e = 0 beyond (sigmoid(-700) is 0 in float32: exactly
-# 0, as at -inf).
-cdef inline void sigmoid_f64_for_f32_block(const double* u, double* g, Py_ssize_t n) noexcept nogil:
-    cdef double k[STAGE]
-    cdef double r[STAGE]
-    cdef double e[STAGE]
-    cdef double a, t, s
-    cdef double limit = opaque_f64(700.0)
-    cdef Py_ssize_t i
-    for i in range(n):                                 # exp_f64_for_f32's reduction, on -min(|u|, 700)
-        a = -u[i] if u[i] < 0 else u[i]
-        a = -(limit if a > limit else a)
-        k[i] = round_f64(a * 1.4426950408889634074)
-        r[i] = _ln2_remainder_f64(a, k[i])
-    for i in range(n):                                 # its polynomial and scaling
-        t = r[i]
-        e[i] = (1.0 + fma_f64(t * t, _exp_taylor_tail(1.0 / 40320.0, t), t)) * exp2i_f64(k[i])
-    for i in range(n):
-        a = -u[i] if u[i] < 0 else u[i]
-        t = 0.0 if a > 700.0 else e[i]
-        s = 1.0 / (1.0 + t)
-        g[i] = t * s if u[i] < 0 else s
