@@ -404,8 +404,16 @@ cdef inline float normal_tail_ratio_f32(float u) noexcept nogil:
 # exp_neg_f32, as 2**(n + 64) and then 2**-64: one rounding, provided m 2**(n + 64) is normal (any normal m for u up
 # to 9.4, |m| >= 2**-27 at u = 15; GELU's m is 0 or at least 0.02).
 cdef inline float scaled_exp_neg_half_square_f32(float u, float m) noexcept nogil:
+    cdef float r
+    cdef float s = half_square_exp_reduce_f32(u, &r)
+    return scaled_exp_finish_f32(m, r, s)
+
+
+# The two halves of scaled_exp_neg_half_square_f32, for staged loops: the range reduction of -u^2/2 (r through the
+# pointer, the scale 2**(n + 64) returned), then m exp(-u^2/2) = (m (1 + p(r)) 2**(n + 64)) 2**-64.
+cdef inline float half_square_exp_reduce_f32(float u, float* r) noexcept nogil:
     cdef _f32_bits b
-    cdef float u_hi, u_lo, a, c, n, r
+    cdef float u_hi, u_lo, a, c, n, t
     b.f = u
     b.i = b.i & -4096                                  # clear the low 12 of the 23 stored mantissa bits
     u_hi = b.f
@@ -413,6 +421,10 @@ cdef inline float scaled_exp_neg_half_square_f32(float u, float m) noexcept nogi
     a = <float>-0.5 * (u_hi * u_hi)                    # exact
     c = -(u_hi * u_lo + <float>0.5 * (u_lo * u_lo))
     n = round_f32((a + c) * <float>1.44269504088896341)
-    r = fma_f32(n, <float>-0.693359375, a)             # exact
-    r = fma_f32(n, <float>2.12194440e-4, r) + c
-    return (fma_f32(m, _expm1_reduced_f32(r), m) * _pow2_f32(n, 64)) * <float>5.42101086242752217e-20
+    t = fma_f32(n, <float>-0.693359375, a)             # exact
+    r[0] = fma_f32(n, <float>2.12194440e-4, t) + c
+    return _pow2_f32(n, 64)
+
+
+cdef inline float scaled_exp_finish_f32(float m, float r, float s) noexcept nogil:
+    return (fma_f32(m, _expm1_reduced_f32(r), m) * s) * <float>5.42101086242752217e-20
