@@ -50,13 +50,13 @@ __all__ = ["available_cpus", "get_num_threads", "idle_spin_seconds", "kernel_thr
 # Kernel cost classes for kernel_threads, in nanoseconds per element on one core, measured on the development machine
 # (AMD EPYC, AVX2) with the data in cache, where the decision is close (a few MB): maps that only stream memory (ReLU,
 # Leaky ReLU, the backwards from the output, PReLU, Maxout: 0.12-0.2), maps evaluating exp/expm1/tanh (sigmoid, tanh,
-# ELU, SELU, SiLU: 0.45-0.75 since they are staged; softmax: 1.4), GELU (float32: erf form 2.0-2.3, tanh form
-# 1.0-1.7), batch norm's two passes (forward 0.55, backward 1.3), the PReLU backward (dx and dalpha's float64 partial
-# sums: 0.6).
+# ELU, SELU, SiLU: 0.45-0.75 since they are staged; softmax: 1.4), GELU (float32, forward / backward: erf form
+# 1.55 / 1.3, tanh form 1.0-1.3 / 0.9), batch norm's two passes (forward 0.55, backward 1.3), the PReLU backward (dx
+# and dalpha's float64 partial sums: 0.6).
 NS_STREAM = 0.15
 NS_PRELU_BACKWARD = 0.6
 NS_EXP = 1.1
-NS_GELU = 2.2
+NS_GELU = 1.3
 NS_NORM = 0.8
 
 _state = threading.local()
