@@ -126,6 +126,24 @@ def test_float32_every_binade(spec_id, record_property):
     assert err.max() <= FLOAT32_BOUND[spec_id], x[np.argmax(err)]
 
 
+def test_float32_gelu_tanh_every_value_where_its_gate_underflows():
+    # the float32 tanh form clamps |w| at 110 for its exponential and sets the result of x < -11 to -0: every float32
+    # of [-11.5, -10] (1.6e6 values; the gate reaches the subnormal range at x = -10.0), against the float64
+    # reference, within the bound; -0 (not +0) wherever the result rounds to zero, NaN at -inf
+    spec = OPS["gelu-tanh"]
+    lo, hi = np.float32(10.0).view(np.int32), np.float32(11.5).view(np.int32)
+    x = -np.arange(lo, hi + 1, dtype=np.int32).view(np.float32)
+    y = spec.forward(x)
+    err = _float32_errors(spec, x)
+    assert err.max() <= FLOAT32_BOUND["gelu-tanh"], x[np.argmax(err)]
+    zero = y == 0
+    assert zero.any() and np.all(np.signbit(y[zero]))
+    assert np.all(zero[x < -11]) and not np.any(zero[x > -10.6])
+    with np.errstate(invalid="ignore"):
+        special = spec.forward(np.array([-np.inf, -1e30, -3e38, -11.0, -110.0], np.float32))
+    assert np.isnan(special[0]) and np.all(special[1:] == 0) and np.all(np.signbit(special[1:]))
+
+
 # --- float64 ---------------------------------------------------------------------------------------------------------
 @needs_extended
 @pytest.mark.parametrize("spec_id", list(OPS))
