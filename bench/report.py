@@ -64,15 +64,20 @@ def load_groups(data):
 
 
 def group_table(groups):
-    out = ["| group | baseline | implementations: median s (ratio to the baseline) |", "|---|---|---|"]
+    out = ["| group | baseline | implementations: median (ratio to the baseline) |", "|---|---|---|"]
     for group, times in groups.items():
         ratio_median = times.pop("median of the per-round ratios", None)
         base = next((b for b in BASELINES if b in times), next(iter(times)))
-        cells = [f"{impl} {times[impl]:.3f} s ({times[impl] / times[base]:.2f})" for impl in times]
+        cells = [f"{impl} {fmt_seconds(times[impl])} ({times[impl] / times[base]:.2f})" for impl in times]
         if ratio_median is not None:
             cells.append(f"cynet / floor round by round: median {ratio_median:.3f}")
         out.append(f"| {group} | {base} | {'; '.join(cells)} |")
     return "\n".join(out)
+
+
+def fmt_seconds(value):
+    """A group's median: in seconds from one second up, else in milliseconds."""
+    return f"{value:.3f} s" if value >= 1 else f"{value * 1e3:.2f} ms"
 
 
 def fmt_ms(value):

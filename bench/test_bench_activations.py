@@ -16,9 +16,16 @@ Every implementation reads the same input arrays and writes the same output buff
 ``torch.from_numpy`` views), allocated and touched once per shape. Before anything is timed, the result of each
 implementation is compared with the reference, so a broken kernel (or a wrong torch mapping) is never timed.
 
+The target condition, (4096, 4096) on 2 threads, is timed a second way by ``test_activation_interleaved_with_the_floor``:
+one cynet call and one call of each floor (NumPy's, torch's when importable) per round, so that the machine's drift
+(the floor of one op moves by 20-40% between groups on the development VM) cancels out of the per-round ratio cynet /
+faster floor; report.py prints its median (groups ``interleaved/op/direction/4096x4096/t2``).
+
 Run:  python -m pytest bench --benchmark-only --benchmark-json=bench/results/run.json
       python bench/report.py bench/results/run.json
 """
+import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -26,6 +33,11 @@ import numpy as np
 import pytest
 
 from cynet import ops, reference
+
+try:  # optional, as in conftest.py: the interleaved floors use torch's when it is importable
+    import torch
+except ImportError:
+    torch = None
 
 SHAPES = [(256, 4096), (4096, 4096)]
 THREADS = [1, 2]
@@ -375,3 +387,45 @@ def test_activation(case, benchmark, buffer_pool, use_threads, timing, request):
                 pytest.skip(f"torch {torch.__version__} cannot run {case.group} this way: {exc}")
             _check(case, result, b.expected((case.op.label, case.op.direction), case.op.expected))
         timing.run(benchmark, fn)
+
+
+# --- the target condition, each kernel in alternation with its floor ---------------------------------------------------
+INTERLEAVED_SHAPE = (4096, 4096)
+INTERLEAVED_THREADS = 2
+INTERLEAVED_ROUNDS = 15
+
+
+@pytest.mark.parametrize("op", OPS, ids=[f"{op.label}-{op.direction}" for op in OPS])
+def test_activation_interleaved_with_the_floor(op, benchmark, buffer_pool, use_threads):
+    """cynet's kernel and the floors in alternation at the target's shape and thread count: per round one call of the
+    NumPy floor, one of torch's (when importable) and one of cynet; the per-round ratio is cynet over the faster
+    floor of that round, its median goes to ``extra_info["ratio_to_floor_median"]``."""
+    shape, threads = INTERLEAVED_SHAPE, INTERLEAVED_THREADS
+    benchmark.group = f"interleaved/{op.label}/{op.direction}/{shape[0]}x{shape[1]}/t{threads}"
+    b = buffer_pool.get(shape)
+    case = Case(op, shape, threads, "cynet")
+    kernel = op.make_cynet(b)
+    floors = [_floor_call(Case(op, shape, threads, "limit"), b, None)[0]]
+    if torch is not None:
+        floors.append(_floor_call(Case(op, shape, threads, "limit_torch"), b, torch)[0])
+    floor_seconds = []
+
+    def floor_round():
+        best = None
+        for floor in floors:
+            start = time.perf_counter()
+            floor()
+            elapsed = time.perf_counter() - start
+            best = elapsed if best is None else min(best, elapsed)
+        floor_seconds.append(best)
+
+    with use_threads(threads):
+        _check(case, kernel(), b.expected((op.label, op.direction), op.expected))
+        for floor in floors:                                     # warm-up of every call
+            floor()
+        benchmark.pedantic(kernel, setup=floor_round, rounds=INTERLEAVED_ROUNDS, iterations=1)
+    ratios = [c / f for c, f in zip(benchmark.stats.stats.data, floor_seconds)]
+    benchmark.extra_info.update(impl="cynet", threads=threads, kernel=op.label, direction=op.direction,
+                                interleaved_floor_median=statistics.median(floor_seconds),
+                                ratio_to_floor_median=statistics.median(ratios),
+                                ratios=[round(r, 4) for r in ratios])
