@@ -396,21 +396,15 @@ cdef inline float normal_tail_ratio_f32(float u) noexcept nogil:
     return p / q
 
 
-# m * exp(-u^2/2) in float32 for 0 <= u <= 15, within about one ulp of m times the exact exponential, rounded once at
-# the end (also where the result is subnormal). u^2 is not rounded: u = u_hi + u_lo with u_hi holding the top 12
-# significant bits, so u_hi^2 is exact, and -u^2/2 = a + c with a = -u_hi^2/2 exact and c = -(u_hi u_lo + u_lo^2/2)
-# small; the range reduction takes n from a + c, subtracts n ln2 from a exactly (Cody & Waite) and then adds c.
-# Rounding u^2 instead would cost up to u^2/2 ulp (84 at u = 13). 2**n (n reaches -163 at u = 15) is applied as in
-# exp_neg_f32, as 2**(n + 64) and then 2**-64: one rounding, provided m 2**(n + 64) is normal (any normal m for u up
-# to 9.4, |m| >= 2**-27 at u = 15; GELU's m is 0 or at least 0.02).
-cdef inline float scaled_exp_neg_half_square_f32(float u, float m) noexcept nogil:
-    cdef float r
-    cdef float s = half_square_exp_reduce_f32(u, &r)
-    return scaled_exp_finish_f32(m, r, s)
-
-
-# The two halves of scaled_exp_neg_half_square_f32, for staged loops: the range reduction of -u^2/2 (r through the
-# pointer, the scale 2**(n + 64) returned), then m exp(-u^2/2) = (m (1 + p(r)) 2**(n + 64)) 2**-64.
+# The range reduction of m * exp(-u^2/2) in float32 for 0 <= u <= 15 (r through the pointer, the scale 2**(n + 64)
+# returned); the caller finishes it as (m (1 + q) s) 2**-64 with q = _expm1_reduced_f32(r) and s the scale, in loops of
+# their own (staged: see activations.pyx, GELU erf form), within about one ulp of m times the exact exponential,
+# rounded once at the end (also where the result is subnormal). u^2 is not rounded: u = u_hi + u_lo with u_hi holding
+# the top 12 significant bits, so u_hi^2 is exact, and -u^2/2 = a + c with a = -u_hi^2/2 exact and
+# c = -(u_hi u_lo + u_lo^2/2) small; the reduction takes n from a + c, subtracts n ln2 from a exactly (Cody & Waite)
+# and then adds c. Rounding u^2 instead would cost up to u^2/2 ulp (84 at u = 13). 2**n (n reaches -163 at u = 15) is
+# applied as in exp_neg_f32, as 2**(n + 64) and then 2**-64: one rounding, provided m 2**(n + 64) is normal (any
+# normal m for u up to 9.4, |m| >= 2**-27 at u = 15; GELU's m is 0 or at least 0.02).
 cdef inline float half_square_exp_reduce_f32(float u, float* r) noexcept nogil:
     cdef _f32_bits b
     cdef float u_hi, u_lo, a, c, n, t
@@ -424,7 +418,3 @@ cdef inline float half_square_exp_reduce_f32(float u, float* r) noexcept nogil:
     t = fma_f32(n, <float>-0.693359375, a)             # exact
     r[0] = fma_f32(n, <float>2.12194440e-4, t) + c
     return _pow2_f32(n, 64)
-
-
-cdef inline float scaled_exp_finish_f32(float m, float r, float s) noexcept nogil:
-    return (fma_f32(m, _expm1_reduced_f32(r), m) * s) * <float>5.42101086242752217e-20

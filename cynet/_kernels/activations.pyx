@@ -21,8 +21,7 @@ from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, 
 from cynet._kernels._vecmath cimport (FUSED_FMA, STAGE, _expm1_reduced_f32, _pow2_f32, exp_neg_f64,
                                       exp_neg_reduce_f64_to_f32, fabsf, fma_f32, fma_f64, half_square_exp_reduce_f32,
                                       normal_tail_ratio, normal_tail_ratio_f32, opaque_f32, opaque_f64, round_f32,
-                                      scaled_exp_neg_half_square_f32, vexp_neg_block, vexpm1_block, vfabs,
-                                      vsigmoid_block, vtanh_block)
+                                      vexp_neg_block, vexpm1_block, vsigmoid_block, vtanh_block)
 
 
 cpdef enum Activation:
