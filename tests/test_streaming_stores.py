@@ -8,7 +8,7 @@ import cynet
 from cynet import ops, reference
 from cynet._kernels import load
 from cynet._threading import last_level_cache_bytes, stream_stores
-from cynet.nn.normalization import batch_norm_backward, batch_norm_forward
+from cynet.nn.normalization import batch_norm_backward, batch_norm_forward, row_norm_backward, row_norm_forward
 
 DTYPES = [np.float32, np.float64]
 LENGTHS = [1, 15, 17, 1023, 1024 + 37, 5000, 70_001]
@@ -84,6 +84,43 @@ def test_batch_norm_writes_the_same_bits_with_streaming_stores(monkeypatch, dtyp
                  + beta.reshape(expand))
     tolerance = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(results[0][0], reference, rtol=tolerance, atol=tolerance)
+    for other in results[1:]:
+        for a, b in zip(other, results[0]):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape,groups", [((37, 1500, 1), 1), ((5, 4099, 1), 1), ((8, 100, 1), 2), ((6, 3, 333), 2),
+                                         ((4, 2, 17), 4)],
+                         ids=str)
+@pytest.mark.parametrize("offset", [0, 3])
+def test_layer_and_group_norm_write_the_same_bits_with_streaming_stores(monkeypatch, dtype, shape, groups, offset):
+    # row_norm_* on (M, Cg, S): LayerNorm's rows (Cg features, S = 1) and GroupNorm's (row m holds channels
+    # (m % groups) Cg ... of sample m // groups, S values each)
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    gamma = rng.uniform(0.5, 1.5, groups * shape[1]).astype(dtype)
+    beta = rng.standard_normal(groups * shape[1]).astype(dtype)
+    results = []
+    for threshold in ("0", str(2**62)):
+        monkeypatch.setenv("CYNET_STREAM_MIN_BYTES", threshold)
+        for threads in (1, 2):
+            with cynet.threads(threads):
+                y = _misaligned(shape, dtype, offset)
+                dx = _misaligned(shape, dtype, offset)
+                y[...] = dx[...] = np.nan
+                _, mean, inv_std = row_norm_forward(x, groups, gamma, beta, 1e-5, out=y)
+                _, dgamma, dbeta = row_norm_backward(dout, x, groups, gamma, mean, inv_std, out=dx)
+                results.append((y, dx, mean, inv_std, dgamma, dbeta))
+    # an independent check of the streamed forward, each row's statistics in float64
+    x64 = x.astype(np.float64)
+    mean64 = x64.mean(axis=(1, 2), keepdims=True)
+    var64 = x64.var(axis=(1, 2), keepdims=True)
+    channel = np.arange(shape[0])[:, None] % groups * shape[1] + np.arange(shape[1])[None, :]
+    reference_y = (x64 - mean64) / np.sqrt(var64 + 1e-5) * gamma[channel][..., None] + beta[channel][..., None]
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(results[0][0], reference_y, rtol=tolerance, atol=tolerance)
     for other in results[1:]:
         for a, b in zip(other, results[0]):
             np.testing.assert_array_equal(a, b)

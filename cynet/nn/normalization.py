@@ -120,7 +120,7 @@ def row_norm_forward(x3, groups, gamma, beta, eps, *, out=None):
     y3 = output("row_norm_forward", out, x3.shape, x3.dtype)
     mean = np.empty(M)
     inv_std = np.empty(M)
-    _kernels().row_norm_forward(x3, int(groups), gamma, beta, float(eps), y3, mean, inv_std,
+    _kernels().row_norm_forward(x3, int(groups), gamma, beta, float(eps), y3, mean, inv_std, stream_stores(y3.nbytes),
                                 kernel_threads(x3.size, NS_NORM))
     return y3, mean, inv_std
 
@@ -141,7 +141,8 @@ def row_norm_backward(dout3, x3, groups, gamma, mean, inv_std, *, input_grad=Tru
     dgamma = np.empty(P)
     dbeta = np.empty(P)
     _kernels().row_norm_backward(dout3, x3, int(groups), gamma, mean, inv_std, dx3, partials, dgamma, dbeta,
-                                 bool(input_grad), kernel_threads(x3.size, NS_NORM))
+                                 bool(input_grad), bool(input_grad) and stream_stores(dx3.nbytes),
+                                 kernel_threads(x3.size, NS_NORM))
     return (dx3 if input_grad else None), dgamma, dbeta
 
 
