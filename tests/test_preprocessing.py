@@ -109,7 +109,18 @@ def test_chunked_statistics_equal_direct_float64(cls, attrs):
     chunked = cls(chunk_size=7).fit(x)   # 8 chunks, the last one short
     whole = cls(chunk_size=10_000).fit(x)
     for a in attrs:
-        np.testing.assert_allclose(getattr(chunked, a), getattr(whole, a), rtol=1e-10, atol=1e-10)
+        ours, theirs = getattr(chunked, a), getattr(whole, a)
+        if a == "components_":
+            # 53 centred samples span at most 52 directions: a component of (numerically) zero variance is any unit
+            # vector of the null space, which the eigensolver picks as the rounding of its input leads it (it did
+            # differ between the two fits with one BLAS build). Compare the determined ones; the rest must still be
+            # orthonormal rows of zero variance in both fits.
+            determined = whole.explained_variance_ > 1e-9 * whole.explained_variance_[0]
+            assert determined.sum() == 52
+            np.testing.assert_allclose(np.abs(chunked.explained_variance_[~determined]).max(), 0, atol=1e-9)
+            np.testing.assert_allclose(ours @ ours.T, np.eye(len(ours)), atol=1e-10)
+            ours, theirs = ours[determined], theirs[determined]
+        np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-10)
     xf = x.astype(np.float64)
     np.testing.assert_allclose(chunked.mean_.reshape(-1),
                                xf.mean(axis=(0, 2, 3)) if cls is ChannelMean else xf.mean(axis=0).reshape(-1),
