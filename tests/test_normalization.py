@@ -24,7 +24,7 @@ DTYPES = [np.float32, np.float64]
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
 
 # (N, D) and (N, C, H, W) shapes: C = 1, odd sizes, below and above the kernels' parallel threshold (32768 elements).
-# (N, D): the last two are tall enough for BatchNorm1d's row-chunk plan (the others use column blocks).
+# (N, D): BatchNorm1d splits x with D >= 128 into column ranges (one per thread), narrower x into row chunks.
 SHAPES_1D = [(2, 1), (7, 5), (3, 33), (300, 257), (40, 1000), (1100, 129), (2500, 70)]
 SHAPES_2D = [(2, 1, 1, 3), (3, 5, 7, 9), (2, 1, 130, 130), (16, 8, 33, 17)]
 
@@ -195,6 +195,7 @@ THREAD_CASES = [
     ("bn1d", lambda d: BatchNorm1d(1000, dtype=d), (70, 1000)),
     ("bn1d-narrow", lambda d: BatchNorm1d(40, dtype=d), (2000, 40)),
     ("bn1d-tall", lambda d: BatchNorm1d(300, dtype=d), (3000, 300)),
+    ("bn1d-odd-ranges", lambda d: BatchNorm1d(515, dtype=d), (90, 515)),   # ranges of 160, 176, 179 columns at 3
     ("bn2d", lambda d: BatchNorm2d(8, dtype=d), (8, 8, 31, 33)),
     ("bn2d-blocks", lambda d: BatchNorm2d(8, dtype=d), (4, 8, 40, 30)),   # 1200 positions: two blocks of sums
     ("layernorm", lambda d: LayerNorm(300, dtype=d), (200, 300)),

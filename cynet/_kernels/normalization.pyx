@@ -37,12 +37,9 @@ from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, 
 
 
 cdef enum:
-    # Most columns of one "rows" block (stack arrays of this many doubles per thread).
-    ROWS_BLOCK_MAX = 256
-    # Bytes of x (and dout) per "rows" block that should stay in L2 between the two passes.
-    ROWS_BLOCK_BYTES = 262144
-    # Narrowest column block worth the strided walk over the rows; below it (tall x) the rows are streamed instead.
-    ROWS_BLOCK_MIN_WIDTH = 64
+    # Fewest columns of x (N, D) for BatchNorm1d's column-range plan, and fewest columns per range (a thread's share).
+    ROWS_RANGE_MIN_COLUMNS = 128
+    ROWS_RANGE_MIN_WIDTH = 64
     # Most row chunks of the "rows" layout: each holds two float64 rows of D partial sums in `partials`.
     ROWS_MAX_CHUNKS = 16
     # Fewest rows per chunk: a chunk's partial sums must be worth the pass that adds them up.
@@ -61,27 +58,31 @@ cdef inline int _threads_for(Py_ssize_t work, Py_ssize_t tasks, int n_threads) n
     return n_threads if n_threads < tasks else <int>tasks
 
 
-def rows_block_width(Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t itemsize):
-    """Columns per block of the "rows" layout's column blocks (a function of the shape only): a multiple of 16 (one
-    64-byte line of float32) with ROWS_BLOCK_BYTES of x per block, between 16 and ROWS_BLOCK_MAX."""
-    cdef Py_ssize_t w = ROWS_BLOCK_BYTES // max(n_rows * itemsize, 1)
-    w = (w // 16) * 16
-    w = max(16, min(<Py_ssize_t>ROWS_BLOCK_MAX, w))
-    return min(w, max(n_cols, 1))
-
-
 def rows_plan(Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t itemsize):
     """How the "rows" kernels split (N, D), from the shape only: ``(width, chunks)``, one of them 0.
 
-    - ``(width, 0)``: column blocks of ``width`` (x short enough that a block of all N rows stays in L2 while the
-      two passes walk it, one thread per block; one parallel region, the cheapest for the batches of training);
-    - ``(0, chunks)``: tall x, where a block narrower than ROWS_BLOCK_MIN_WIDTH columns would walk memory a page per
-      row: the rows are streamed in ``chunks`` fixed chunks (N // ROWS_MIN_CHUNK, at most ROWS_MAX_CHUNKS) whose
-      per-column sums go to a caller-allocated float64 ``partials`` of shape (2 * chunks, D)."""
-    cdef Py_ssize_t w = rows_block_width(n_rows, n_cols, itemsize)
-    if w >= ROWS_BLOCK_MIN_WIDTH or w >= n_cols:
-        return w, 0
+    - ``(width, 0)``, D >= ROWS_RANGE_MIN_COLUMNS: column ranges. The sums, statistics and output of a column do not
+      depend on the other columns, so each thread takes a contiguous range of at least ``width`` columns (multiples
+      of 16: whole 64-byte lines of float32 rows) and runs all three passes over every row of it, walking memory
+      row by row; one parallel region, and the same bits for any number of ranges;
+    - ``(0, chunks)``, narrower x: the rows are streamed in ``chunks`` fixed chunks (N // ROWS_MIN_CHUNK, at most
+      ROWS_MAX_CHUNKS) whose per-column sums go to a caller-allocated float64 ``partials`` of shape (2 * chunks, D)
+      and are then added in chunk order.
+
+    (Until this plan, short x was split into column blocks of at most 256 columns sized to stay in L2 between the
+    passes: each walked the rows a short segment per row, D values apart. On the Intel Xeon of a later development
+    machine that cost up to three times the row-by-row walk at one thread where D is a power of two: the rows of a
+    block shared a few cache sets, and loads waited on stores to addresses 4 KB apart.)"""
+    if n_cols >= ROWS_RANGE_MIN_COLUMNS:
+        return <Py_ssize_t>ROWS_RANGE_MIN_WIDTH, 0
     return 0, max(1, min(<Py_ssize_t>ROWS_MAX_CHUNKS, n_rows // ROWS_MIN_CHUNK))
+
+
+cdef inline Py_ssize_t _range_start(Py_ssize_t D, Py_ssize_t t, Py_ssize_t n_ranges) noexcept nogil:
+    """First column of range t of n_ranges over D columns: near-equal ranges, boundaries on multiples of 16."""
+    if t >= n_ranges:
+        return D
+    return min(D, ((D * t) // n_ranges) // 16 * 16)
 
 
 cdef inline double _inv_std(double var, double eps) noexcept nogil:
@@ -101,99 +102,11 @@ cdef inline double _shifted_statistics(double k, double s1, double s2, Py_ssize_
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Batch norm, "rows" layout (N, D), column blocks (short x), training forward, on columns [j0, j0 + w):
-#   mean_j = (1/N) sum_i x_ij;  var_j = (1/N) sum_i (x_ij - mean_j)^2 (biased);  r_j = 1/sqrt(var_j + eps)
-#   y_ij = (x_ij - mean_j) * (gamma_j r_j) + beta_j
-
-cdef void _bn_rows_forward_block(const floating* x, const floating* gamma, const floating* beta, floating* y,
-                                 double* mean, double* var, double* inv_std, Py_ssize_t N, Py_ssize_t D,
-                                 Py_ssize_t j0, Py_ssize_t w, double eps) noexcept nogil:
-    cdef double s1[ROWS_BLOCK_MAX]
-    cdef double s2[ROWS_BLOCK_MAX]
-    cdef floating center[ROWS_BLOCK_MAX]
-    cdef floating center_lo[ROWS_BLOCK_MAX]
-    cdef floating scale[ROWS_BLOCK_MAX]
-    cdef floating shift[ROWS_BLOCK_MAX]
-    cdef Py_ssize_t i, j
-    cdef const floating* row
-    cdef floating* out
-    cdef double r
-    _rows_shifted_sums(x + j0, s1, s2, D, w, 0, N)
-    for j in range(w):
-        r = _shifted_statistics(x[j0 + j], s1[j], s2[j], N, eps, &mean[j0 + j], &var[j0 + j])
-        inv_std[j0 + j] = r
-        center[j] = <floating>mean[j0 + j]
-        center_lo[j] = <floating>(mean[j0 + j] - <double>center[j])
-        scale[j] = <floating>(gamma[j0 + j] * r)
-        shift[j] = beta[j0 + j]
-    # two rows per sweep: each coefficient loaded once for both
-    for i in range(0, N - 1, 2):
-        row = x + i * D + j0
-        out = y + i * D + j0
-        for j in range(w):
-            out[j] = ((row[j] - center[j]) - center_lo[j]) * scale[j] + shift[j]
-            out[D + j] = ((row[D + j] - center[j]) - center_lo[j]) * scale[j] + shift[j]
-    if N % 2:
-        row = x + (N - 1) * D + j0
-        out = y + (N - 1) * D + j0
-        for j in range(w):
-            out[j] = ((row[j] - center[j]) - center_lo[j]) * scale[j] + shift[j]
-
-
-# Batch norm backward, "rows" layout, on columns [j0, j0 + w), with x_hat = (x - mean) r:
-#   dbeta_j = sum_i dout_ij;  dgamma_j = sum_i dout_ij x_hat_ij
-#   dx_ij = (gamma_j r_j / N) (N dout_ij - dbeta_j - x_hat_ij dgamma_j)
-#         = a_j dout_ij + (b_j (x_ij - mean_j) + c_j),  a = gamma r, b = -gamma r^2 dgamma / N, c = -gamma r dbeta / N
-
-cdef void _bn_rows_backward_block(const floating* dout, const floating* x, const floating* gamma,
-                                  const double* mean, const double* inv_std, floating* dx, double* dgamma,
-                                  double* dbeta, Py_ssize_t N, Py_ssize_t D, Py_ssize_t j0, Py_ssize_t w,
-                                  bint compute_dx) noexcept nogil:
-    cdef double sd[ROWS_BLOCK_MAX]
-    cdef double sdx[ROWS_BLOCK_MAX]
-    cdef floating center[ROWS_BLOCK_MAX]
-    cdef floating center_lo[ROWS_BLOCK_MAX]
-    cdef floating ca[ROWS_BLOCK_MAX]
-    cdef floating cb[ROWS_BLOCK_MAX]
-    cdef floating cc[ROWS_BLOCK_MAX]
-    cdef Py_ssize_t i, j
-    cdef const floating* row
-    cdef const floating* grow
-    cdef floating* out
-    cdef double r, gr
-    _rows_grad_sums(dout + j0, x + j0, mean + j0, sd, sdx, D, w, 0, N)
-    for j in range(w):
-        r = inv_std[j0 + j]
-        gr = gamma[j0 + j] * r
-        dbeta[j0 + j] = sd[j]
-        dgamma[j0 + j] = sdx[j] * r
-        center[j] = <floating>mean[j0 + j]
-        center_lo[j] = <floating>(mean[j0 + j] - <double>center[j])
-        ca[j] = <floating>gr
-        cb[j] = <floating>(-gr * r * r * sdx[j] / N)
-        cc[j] = <floating>(-gr * sd[j] / N)
-    if not compute_dx:
-        return
-    for i in range(0, N - 1, 2):  # two rows per sweep, as in the forward
-        row = x + i * D + j0
-        grow = dout + i * D + j0
-        out = dx + i * D + j0
-        for j in range(w):
-            out[j] = ca[j] * grow[j] + (cb[j] * ((row[j] - center[j]) - center_lo[j]) + cc[j])
-            out[D + j] = ca[j] * grow[D + j] + (cb[j] * ((row[D + j] - center[j]) - center_lo[j]) + cc[j])
-    if N % 2:
-        row = x + (N - 1) * D + j0
-        grow = dout + (N - 1) * D + j0
-        out = dx + (N - 1) * D + j0
-        for j in range(w):
-            out[j] = ca[j] * grow[j] + (cb[j] * ((row[j] - center[j]) - center_lo[j]) + cc[j])
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Batch norm, "rows" layout (N, D), row chunks (tall x): the feature is the column, so every pass streams the rows in
-# memory order and keeps D per-column quantities in contiguous arrays (the inner loop over j vectorises). Statistics are
-# shifted by the first row, k_j = x_0j, and summed per row chunk into partials[2c] and partials[2c + 1] (float64),
-# then the chunks are added in order: a fixed summation order for any thread count.
+# Batch norm, "rows" layout (N, D): the feature is the column, so every pass streams the rows in memory order (all of
+# a row, or a thread's range of its columns) and keeps per-column quantities in contiguous arrays (the inner loop over
+# j vectorises). Statistics are shifted by the first row, k_j = x_0j, and summed into partials[2c] and
+# partials[2c + 1] (float64): per row chunk c, the chunks then added in order (row-chunk plan), or over all rows as
+# one chunk (column-range plan, see rows_plan): a fixed summation order for any thread count.
 #   mean_j = k_j + (1/N) sum_i (x_ij - k_j);  var_j = (1/N) sum_i (x_ij - k_j)^2 - (mean_j - k_j)^2 (biased)
 #   r_j = 1/sqrt(var_j + eps);  y_ij = (x_ij - mean_j) * (gamma_j r_j) + beta_j
 
@@ -484,28 +397,42 @@ cdef inline void _affine_span(const floating* x, const floating* center, const f
         y[j] = ((x[j] - center[j]) - center_lo[j]) * scale[j] + shift[j]
 
 
-cdef void _rows_affine(const floating* x, const floating* coef, floating* y, Py_ssize_t D, Py_ssize_t r0,
-                       Py_ssize_t r1, bint stream) noexcept nogil:
-    """y_ij = ((x_ij - center_j) - center_lo_j) * scale_j + shift_j over rows [r0, r1); with ``stream``, y goes to
-    memory with non-temporal stores (through an L1 buffer, block by block of each row)."""
+cdef void _rows_affine(const floating* x, const floating* coef, floating* y, Py_ssize_t D, Py_ssize_t j0,
+                       Py_ssize_t j1, Py_ssize_t r0, Py_ssize_t r1, bint stream) noexcept nogil:
+    """y_ij = ((x_ij - center_j) - center_lo_j) * scale_j + shift_j over rows [r0, r1), columns [j0, j1); with
+    ``stream``, y goes to memory with non-temporal stores (through an L1 buffer, block by block of each row)."""
     cdef floating buffer[STREAM_BLOCK]
-    cdef Py_ssize_t i, b, head, j, m
-    cdef const floating* center = coef
-    cdef const floating* center_lo = coef + D
-    cdef const floating* scale = coef + 2 * D
-    cdef const floating* shift = coef + 3 * D
+    cdef Py_ssize_t i, b, head, j, m, o, n = j1 - j0
+    cdef const floating* center = coef + j0
+    cdef const floating* center_lo = coef + D + j0
+    cdef const floating* scale = coef + 2 * D + j0
+    cdef const floating* shift = coef + 3 * D + j0
     for i in range(r0, r1):
+        o = i * D + j0
         if not stream:
-            _affine_span(x + i * D, center, center_lo, scale, shift, y + i * D, D)
+            _affine_span(x + o, center, center_lo, scale, shift, y + o, n)
             continue
-        head = stream_head(y + i * D, D)
-        _affine_span(x + i * D, center, center_lo, scale, shift, y + i * D, head)
-        for b in range(stream_blocks(head, D)):
-            j = stream_block(head, b, D, &m)
-            _affine_span(x + i * D + j, center + j, center_lo + j, scale + j, shift + j, buffer, m)
-            stream_store(y + i * D + j, buffer, m)
+        head = stream_head(y + o, n)
+        _affine_span(x + o, center, center_lo, scale, shift, y + o, head)
+        for b in range(stream_blocks(head, n)):
+            j = stream_block(head, b, n, &m)
+            _affine_span(x + o + j, center + j, center_lo + j, scale + j, shift + j, buffer, m)
+            stream_store(y + o + j, buffer, m)
     if stream:
         stream_fence()
+
+
+cdef void _bn_rows_forward_range(const floating* x, const floating* gamma, const floating* beta, floating* y,
+                                 double* mean, double* var, double* inv_std, double* partials, floating* coef,
+                                 Py_ssize_t N, Py_ssize_t D, Py_ssize_t j0, Py_ssize_t j1, double eps,
+                                 bint stream) noexcept nogil:
+    """The column-range plan's forward on columns [j0, j1): sums over all N rows (one chunk), statistics, y."""
+    cdef Py_ssize_t j = j0
+    _rows_shifted_sums(x + j0, partials + j0, partials + D + j0, D, j1 - j0, 0, N)
+    while j < j1:
+        _rows_statistics(x, gamma, beta, partials, 1, mean, var, inv_std, coef, N, D, j, min(j + SUM_BLOCK, j1), eps)
+        j += SUM_BLOCK
+    _rows_affine(x, coef, y, D, j0, j1, 0, N, stream)
 
 
 def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const floating[::1] beta, double eps,
@@ -513,28 +440,27 @@ def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const f
                     Py_ssize_t width, double[:, ::1] partials, floating[:, ::1] coef, bint stream, int n_threads):
     """Training forward of BatchNorm1d on (N, D): y, and the batch mean, biased var and 1/sqrt(var + eps).
 
-    Split as :func:`rows_plan` says: column blocks of ``width`` when it is > 0, else row chunks, one per pair of
-    rows of the caller's scratch ``partials`` (float64 (2 * chunks, D)) with ``coef`` of x's type (4, D). ``stream``:
-    the row chunks write y with non-temporal stores (an output larger than the cache)."""
-    cdef Py_ssize_t N = x.shape[0], D = x.shape[1], n_chunks = partials.shape[0] // 2, c, r0, r1, j, jb, b, j0
-    cdef Py_ssize_t n_col_blocks, n_blocks
+    Split as :func:`rows_plan` says: column ranges of at least ``width`` columns when it is > 0, else row chunks,
+    one per pair of rows of the caller's scratch ``partials`` (float64 (2 * chunks, D); two rows for the ranges)
+    with ``coef`` of x's type (4, D). ``stream``: y is written with non-temporal stores (an output larger than the
+    cache)."""
+    cdef Py_ssize_t N = x.shape[0], D = x.shape[1], n_chunks = partials.shape[0] // 2, c, r0, r1, j, jb, t
+    cdef Py_ssize_t n_col_blocks, n_ranges
     cdef int nt, nt_cols
     if N == 0 or D == 0:
         return
     if width > 0:
-        n_blocks = (D + width - 1) // width
-        nt = _threads_for(N * D, n_blocks, n_threads)
+        nt = _threads_for(N * D, D // width, n_threads)
+        n_ranges = nt
         with nogil:
             if nt == 1:
-                for b in range(n_blocks):
-                    j0 = b * width
-                    _bn_rows_forward_block(&x[0, 0], &gamma[0], &beta[0], &y[0, 0], &mean[0], &var[0],
-                                           &inv_std[0], N, D, j0, min(width, D - j0), eps)
+                _bn_rows_forward_range(&x[0, 0], &gamma[0], &beta[0], &y[0, 0], &mean[0], &var[0], &inv_std[0],
+                                       &partials[0, 0], &coef[0, 0], N, D, 0, D, eps, stream)
             else:
-                for b in prange(n_blocks, schedule='static', num_threads=nt):
-                    j0 = b * width
-                    _bn_rows_forward_block(&x[0, 0], &gamma[0], &beta[0], &y[0, 0], &mean[0], &var[0],
-                                           &inv_std[0], N, D, j0, min(width, D - j0), eps)
+                for t in prange(n_ranges, schedule='static', num_threads=nt):
+                    _bn_rows_forward_range(&x[0, 0], &gamma[0], &beta[0], &y[0, 0], &mean[0], &var[0], &inv_std[0],
+                                           &partials[0, 0], &coef[0, 0], N, D, _range_start(D, t, n_ranges),
+                                           _range_start(D, t + 1, n_ranges), eps, stream)
         return
     n_col_blocks = (D + SUM_BLOCK - 1) // SUM_BLOCK
     nt = _threads_for(N * D, n_chunks, n_threads)
@@ -549,7 +475,7 @@ def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const f
                 j = jb * SUM_BLOCK
                 _rows_statistics(&x[0, 0], &gamma[0], &beta[0], &partials[0, 0], n_chunks, &mean[0], &var[0],
                                  &inv_std[0], &coef[0, 0], N, D, j, min(j + SUM_BLOCK, D), eps)
-            _rows_affine(&x[0, 0], &coef[0, 0], &y[0, 0], D, 0, N, stream)
+            _rows_affine(&x[0, 0], &coef[0, 0], &y[0, 0], D, 0, D, 0, N, stream)
         else:
             for c in prange(n_chunks, schedule='static', num_threads=nt):
                 r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
@@ -562,14 +488,14 @@ def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const f
             for c in prange(n_chunks, schedule='static', num_threads=nt):
                 r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
                 r1 = (N * (c + 1)) // n_chunks
-                _rows_affine(&x[0, 0], &coef[0, 0], &y[0, 0], D, r0, r1, stream)
+                _rows_affine(&x[0, 0], &coef[0, 0], &y[0, 0], D, 0, D, r0, r1, stream)
 
 
 # Batch norm backward, "rows" layout, with x_hat = (x - mean) r:
 #   dbeta_j = sum_i dout_ij;  dgamma_j = sum_i dout_ij x_hat_ij
 #   dx_ij = (gamma_j r_j / N) (N dout_ij - dbeta_j - x_hat_ij dgamma_j)
 #         = a_j dout_ij + (b_j (x_ij - mean_j) + c_j),  a = gamma r, b = -gamma r^2 dgamma / N, c = -gamma r dbeta / N
-# The two sums are taken per row chunk (partials) and added in order, as in the forward.
+# The two sums are taken per row chunk (partials) and added in order, or per column range, as in the forward.
 
 cdef inline void _rows_grad_sums(const floating* dout, const floating* x, const double* mean, double* sd,
                                  double* sdx, Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
@@ -620,29 +546,44 @@ cdef inline void _dx_span(const floating* dout, const floating* x, const floatin
 
 
 cdef void _rows_dx(const floating* dout, const floating* x, const floating* coef, floating* dx, Py_ssize_t D,
-                   Py_ssize_t r0, Py_ssize_t r1, bint stream) noexcept nogil:
-    """dx_ij = a_j dout_ij + (b_j ((x_ij - center_j) - center_lo_j) + c_j) over rows [r0, r1); ``stream`` as in
-    _rows_affine."""
+                   Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t r0, Py_ssize_t r1, bint stream) noexcept nogil:
+    """dx_ij = a_j dout_ij + (b_j ((x_ij - center_j) - center_lo_j) + c_j) over rows [r0, r1), columns [j0, j1);
+    ``stream`` as in _rows_affine."""
     cdef floating buffer[STREAM_BLOCK]
-    cdef Py_ssize_t i, b, head, j, m, o
-    cdef const floating* center = coef
-    cdef const floating* center_lo = coef + D
-    cdef const floating* ca = coef + 2 * D
-    cdef const floating* cb = coef + 3 * D
-    cdef const floating* cc = coef + 4 * D
+    cdef Py_ssize_t i, b, head, j, m, o, n = j1 - j0
+    cdef const floating* center = coef + j0
+    cdef const floating* center_lo = coef + D + j0
+    cdef const floating* ca = coef + 2 * D + j0
+    cdef const floating* cb = coef + 3 * D + j0
+    cdef const floating* cc = coef + 4 * D + j0
     for i in range(r0, r1):
-        o = i * D
+        o = i * D + j0
         if not stream:
-            _dx_span(dout + o, x + o, center, center_lo, ca, cb, cc, dx + o, D)
+            _dx_span(dout + o, x + o, center, center_lo, ca, cb, cc, dx + o, n)
             continue
-        head = stream_head(dx + o, D)
+        head = stream_head(dx + o, n)
         _dx_span(dout + o, x + o, center, center_lo, ca, cb, cc, dx + o, head)
-        for b in range(stream_blocks(head, D)):
-            j = stream_block(head, b, D, &m)
+        for b in range(stream_blocks(head, n)):
+            j = stream_block(head, b, n, &m)
             _dx_span(dout + o + j, x + o + j, center + j, center_lo + j, ca + j, cb + j, cc + j, buffer, m)
             stream_store(dx + o + j, buffer, m)
     if stream:
         stream_fence()
+
+
+cdef void _bn_rows_backward_range(const floating* dout, const floating* x, const floating* gamma,
+                                  const double* mean, const double* inv_std, floating* dx, double* dgamma,
+                                  double* dbeta, double* partials, floating* coef, Py_ssize_t N, Py_ssize_t D,
+                                  Py_ssize_t j0, Py_ssize_t j1, bint compute_dx, bint stream) noexcept nogil:
+    """The column-range plan's backward on columns [j0, j1): sums over all N rows (one chunk), dgamma, dbeta, dx."""
+    cdef Py_ssize_t j = j0
+    _rows_grad_sums(dout + j0, x + j0, mean + j0, partials + j0, partials + D + j0, D, j1 - j0, 0, N)
+    while j < j1:
+        _rows_grad_coefficients(gamma, mean, inv_std, partials, 1, dgamma, dbeta, coef, N, D, j,
+                                min(j + SUM_BLOCK, j1))
+        j += SUM_BLOCK
+    if compute_dx:
+        _rows_dx(dout, x, coef, dx, D, j0, j1, 0, N, stream)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -652,27 +593,27 @@ def bn_rows_backward(const floating[:, ::1] dout, const floating[:, ::1] x, cons
                      floating[:, ::1] coef, bint stream, int n_threads):
     """Backward of the training forward on (N, D): dx (when compute_dx), dgamma, dbeta (float64).
 
-    Split as in :func:`bn_rows_forward`; the row-chunk scratch: partials float64 (2 * chunks, D), coef (5, D);
-    ``stream`` as there, for dx."""
-    cdef Py_ssize_t N = x.shape[0], D = x.shape[1], n_chunks = partials.shape[0] // 2, c, r0, r1, j, jb, b, j0
-    cdef Py_ssize_t n_col_blocks, n_blocks
+    Split as in :func:`bn_rows_forward`; the scratch: partials float64 (2 * chunks, D) (two rows for the column
+    ranges), coef (5, D); ``stream`` as there, for dx."""
+    cdef Py_ssize_t N = x.shape[0], D = x.shape[1], n_chunks = partials.shape[0] // 2, c, r0, r1, j, jb, t
+    cdef Py_ssize_t n_col_blocks, n_ranges
     cdef int nt, nt_cols
     if N == 0 or D == 0:
         return
     if width > 0:
-        n_blocks = (D + width - 1) // width
-        nt = _threads_for(N * D, n_blocks, n_threads)
+        nt = _threads_for(N * D, D // width, n_threads)
+        n_ranges = nt
         with nogil:
             if nt == 1:
-                for b in range(n_blocks):
-                    j0 = b * width
-                    _bn_rows_backward_block(&dout[0, 0], &x[0, 0], &gamma[0], &mean[0], &inv_std[0], &dx[0, 0],
-                                            &dgamma[0], &dbeta[0], N, D, j0, min(width, D - j0), compute_dx)
+                _bn_rows_backward_range(&dout[0, 0], &x[0, 0], &gamma[0], &mean[0], &inv_std[0], &dx[0, 0],
+                                        &dgamma[0], &dbeta[0], &partials[0, 0], &coef[0, 0], N, D, 0, D,
+                                        compute_dx, stream)
             else:
-                for b in prange(n_blocks, schedule='static', num_threads=nt):
-                    j0 = b * width
-                    _bn_rows_backward_block(&dout[0, 0], &x[0, 0], &gamma[0], &mean[0], &inv_std[0], &dx[0, 0],
-                                            &dgamma[0], &dbeta[0], N, D, j0, min(width, D - j0), compute_dx)
+                for t in prange(n_ranges, schedule='static', num_threads=nt):
+                    _bn_rows_backward_range(&dout[0, 0], &x[0, 0], &gamma[0], &mean[0], &inv_std[0], &dx[0, 0],
+                                            &dgamma[0], &dbeta[0], &partials[0, 0], &coef[0, 0], N, D,
+                                            _range_start(D, t, n_ranges), _range_start(D, t + 1, n_ranges),
+                                            compute_dx, stream)
         return
     n_col_blocks = (D + SUM_BLOCK - 1) // SUM_BLOCK
     nt = _threads_for(N * D, n_chunks, n_threads)
@@ -689,7 +630,7 @@ def bn_rows_backward(const floating[:, ::1] dout, const floating[:, ::1] x, cons
                 _rows_grad_coefficients(&gamma[0], &mean[0], &inv_std[0], &partials[0, 0], n_chunks, &dgamma[0],
                                         &dbeta[0], &coef[0, 0], N, D, j, min(j + SUM_BLOCK, D))
             if compute_dx:
-                _rows_dx(&dout[0, 0], &x[0, 0], &coef[0, 0], &dx[0, 0], D, 0, N, stream)
+                _rows_dx(&dout[0, 0], &x[0, 0], &coef[0, 0], &dx[0, 0], D, 0, D, 0, N, stream)
         else:
             for c in prange(n_chunks, schedule='static', num_threads=nt):
                 r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
@@ -704,7 +645,7 @@ def bn_rows_backward(const floating[:, ::1] dout, const floating[:, ::1] x, cons
                 for c in prange(n_chunks, schedule='static', num_threads=nt):
                     r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
                     r1 = (N * (c + 1)) // n_chunks
-                    _rows_dx(&dout[0, 0], &x[0, 0], &coef[0, 0], &dx[0, 0], D, r0, r1, stream)
+                    _rows_dx(&dout[0, 0], &x[0, 0], &coef[0, 0], &dx[0, 0], D, 0, D, r0, r1, stream)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

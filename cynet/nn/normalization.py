@@ -61,8 +61,8 @@ def batch_norm_forward(x, gamma, beta, eps, *, out=None):
     inv_std = np.empty(C)
     if x.ndim == 2:
         width, chunks = k.rows_plan(x.shape[0], C, x.itemsize)
-        partials = np.empty((2 * chunks, C) if chunks else (0, 1))      # scratch of the row-chunk plan
-        coef = np.empty((4, C) if chunks else (0, 1), x.dtype)
+        partials = np.empty((2 * max(chunks, 1), C))      # scratch: float64 sums, coefficients of the output pass
+        coef = np.empty((4, C), x.dtype)
         k.bn_rows_forward(x, gamma, beta, float(eps), y, mean, var, inv_std, width, partials, coef,
                           stream_stores(y.nbytes), kernel_threads(x.size, NS_NORM))
     else:
@@ -93,8 +93,8 @@ def batch_norm_backward(dout, x, gamma, mean, inv_std, *, input_grad=True, out=N
     dbeta = np.empty(C)
     if x.ndim == 2:
         width, chunks = k.rows_plan(x.shape[0], C, x.itemsize)
-        partials = np.empty((2 * chunks, C) if chunks else (0, 1))
-        coef = np.empty((5, C) if chunks else (0, 1), x.dtype)
+        partials = np.empty((2 * max(chunks, 1), C))
+        coef = np.empty((5, C), x.dtype)
         k.bn_rows_backward(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, bool(input_grad), width, partials,
                            coef, stream_stores(dx.nbytes), kernel_threads(x.size, NS_NORM))
     else:
