@@ -29,7 +29,8 @@ cdef extern from *:
     static int cynet_cpu_has_avx512(void) {
         __builtin_cpu_init();
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")
-            && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+            && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")
+            && __builtin_cpu_supports("fma");
     }
     #else
     static int cynet_cpu_has_avx2(void) { return 0; }
@@ -42,7 +43,7 @@ cdef extern from *:
 
 def cpu_supports(str isa):
     """Whether this CPU (and the OS, which must save the wider registers) runs code built for ``isa``:
-    ``'baseline'`` (always), ``'avx2'`` (with FMA) or ``'avx512'`` (F, DQ, BW and VL). False off x86 or with other
+    ``'baseline'`` (always), ``'avx2'`` (with FMA) or ``'avx512'`` (F, DQ, BW and VL, with FMA). False off x86 or with other
     compilers."""
     if isa == "baseline":
         return True
