@@ -8,7 +8,7 @@ from threadpoolctl import threadpool_info
 
 from cynet._kernels import _runtime, available_isas, selected_isa
 from cynet._threading import (WAIT_POLICY_SET_BY_USER, available_cpus, default_num_threads, get_num_threads,
-                              idle_spin_seconds, last_level_cache_bytes, parallel_overhead, stream_min_bytes)
+                              idle_spin_seconds, parallel_overhead, stream_min_bytes)
 
 
 def config():
@@ -41,7 +41,6 @@ def config():
         "wait_policy_set_by_user": WAIT_POLICY_SET_BY_USER,
         "idle_spin_ms": idle_spin_seconds() * 1e3,
         "parallel_overhead_us": parallel_overhead() * 1e6,
-        "last_level_cache_bytes": last_level_cache_bytes(),
         "stream_min_bytes": stream_min_bytes(),
         "blas": blas,
     }
@@ -72,7 +71,7 @@ def show_config(file=None):
         f"measured; a kernel call runs on one thread unless splitting saves more; CYNET_PARALLEL_OVERHEAD_US "
         f"overrides)",
         f"streaming      : outputs of {c['stream_min_bytes'] / 2**20:.1f} MiB or more written with non-temporal stores "
-        f"(last-level cache {c['last_level_cache_bytes'] / 2**20:.1f} MiB; CYNET_STREAM_MIN_BYTES overrides)",
+        f"(a measured threshold; CYNET_STREAM_MIN_BYTES overrides)",
     ]
     if c["blas"]:
         for b in c["blas"]:

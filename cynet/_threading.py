@@ -298,27 +298,19 @@ def kernel_threads(elements, ns_per_element=NS_STREAM):
 
 
 # --- streaming stores ------------------------------------------------------------------------------------------------
-DEFAULT_LAST_LEVEL_CACHE = 32 * 2**20  # bytes, where the OS does not say
-
-
-@functools.lru_cache(maxsize=None)
-def last_level_cache_bytes():
-    """Size of the largest CPU cache (L3, else L2) as the OS reports it (``sysconf``), else 32 MiB."""
-    for name in ("SC_LEVEL3_CACHE_SIZE", "SC_LEVEL2_CACHE_SIZE"):
-        try:
-            size = os.sysconf(name)
-        except (ValueError, OSError, AttributeError):
-            continue
-        if size and size > 0:
-            return int(size)
-    return DEFAULT_LAST_LEVEL_CACHE
+# Non-temporal stores from 32 MiB of output on: a measured threshold, not the cache size the OS reports. On the AMD
+# EPYC of the first development machines (32 MiB of L3 per core complex) a (4096, 4096) float32 ReLU went from 6.9 to
+# 5.7 ms on two threads with them. On the Intel Xeon of a later one (the OS reports 480 MiB of L3, shared by the whole
+# socket's tenants) they still paid at 64 MiB (that ReLU 7.4 -> 4.8 ms on one thread, 3.4 -> 2.4 ms on two) and cost
+# at 16 MiB (0.63 -> 0.77 ms on two threads): what one core gets of a large shared L3 is much less than its size.
+DEFAULT_STREAM_MIN_BYTES = 32 * 2**20
 
 
 def stream_min_bytes():
-    """The output size from which kernels use non-temporal stores: ``CYNET_STREAM_MIN_BYTES`` or the last-level cache."""
+    """The output size from which kernels use non-temporal stores: ``CYNET_STREAM_MIN_BYTES``, else 32 MiB."""
     setting = os.environ.get("CYNET_STREAM_MIN_BYTES", "").strip()
     if not setting:
-        return last_level_cache_bytes()
+        return DEFAULT_STREAM_MIN_BYTES
     try:
         value = int(setting)
     except ValueError:
@@ -332,10 +324,9 @@ def stream_stores(output_bytes):
     """Whether a kernel writing ``output_bytes`` should send its output straight to memory (non-temporal stores).
 
     An ordinary store first reads the line it writes (two memory transfers per output byte), a non-temporal one does
-    not, but leaves nothing in cache. So: only for outputs of at least the last-level cache size
-    (:func:`last_level_cache_bytes`), which a consumer would mostly read from memory anyway. On the development machine
-    this took a (4096, 4096) float32 ReLU from 6.9 to 5.7 ms on two threads (a copy loop in C: 5.8 -> 4.0 ms). ``CYNET_STREAM_MIN_BYTES`` replaces the
-    threshold (0: always; the test suite uses it to exercise both paths). Results never depend on it.
+    not, but leaves nothing in cache. So: only for outputs of at least :func:`stream_min_bytes` (32 MiB unless
+    ``CYNET_STREAM_MIN_BYTES`` says otherwise; 0: always, which the test suite uses to exercise both paths), which a
+    consumer would mostly read from memory anyway. Results never depend on it.
 
     Example:
         >>> import cynet

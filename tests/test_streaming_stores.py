@@ -7,7 +7,7 @@ import pytest
 import cynet
 from cynet import ops, reference
 from cynet._kernels import load
-from cynet._threading import last_level_cache_bytes, stream_stores
+from cynet._threading import DEFAULT_STREAM_MIN_BYTES, stream_min_bytes, stream_stores
 from cynet.nn.normalization import batch_norm_backward, batch_norm_forward, row_norm_backward, row_norm_forward
 
 DTYPES = [np.float32, np.float64]
@@ -126,12 +126,11 @@ def test_layer_and_group_norm_write_the_same_bits_with_streaming_stores(monkeypa
             np.testing.assert_array_equal(a, b)
 
 
-def test_the_threshold_is_the_last_level_cache_unless_set(monkeypatch):
+def test_the_threshold_is_32_mib_unless_set(monkeypatch):
     monkeypatch.delenv("CYNET_STREAM_MIN_BYTES", raising=False)
-    cache = last_level_cache_bytes()
-    assert isinstance(cache, int) and cache >= 2**18
-    assert not stream_stores(cache - 1)
-    assert stream_stores(cache)
+    assert stream_min_bytes() == DEFAULT_STREAM_MIN_BYTES == 32 * 2**20
+    assert not stream_stores(32 * 2**20 - 1)
+    assert stream_stores(32 * 2**20)
     assert not stream_stores(0)
     monkeypatch.setenv("CYNET_STREAM_MIN_BYTES", "0")
     assert stream_stores(1) and not stream_stores(0)

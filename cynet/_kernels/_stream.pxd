@@ -4,8 +4,8 @@
 # writes it back: an output costs two transfers per byte. A non-temporal store writes whole lines straight to memory:
 # one transfer. Measured on the development machine (2-vCPU AMD EPYC, 64 MB float32 arrays, 2 threads): a copy loop
 # 5.8 -> 4.0 ms, a two-input add 8.2 -> 6.0 ms. The price: the output is not in cache afterwards, so the kernels use it
-# only for outputs larger than the last-level cache (the caller decides, cynet.stream_stores), where a consumer would
-# find most of it in memory anyway.
+# only for outputs of at least 32 MiB (the caller decides, cynet.stream_stores: a measured threshold), where a consumer
+# would find most of it in memory anyway.
 #
 # Use: compute a block of at most STREAM_BLOCK values into a buffer on the stack (it stays in L1), then
 # stream_store(dst, buffer, n), blocks starting on a 64-byte line of dst (stream_head gives how many values come before
