@@ -192,9 +192,15 @@ cdef extern from *:
     #if defined(__GNUC__) && (defined(__clang__) || __GNUC__ >= 9) && !defined(CYNET_SCALAR_LANES)
     typedef double cynet_v8d __attribute__((vector_size(64)));
     typedef float cynet_v8f __attribute__((vector_size(32)));
+    #if defined(__AVX512F__)
+    #include <immintrin.h>
+    /* one vcvtps2pd zmm, ymm: GCC 12 lowers the generic conversion below to two halves and an insert */
+    static inline cynet_v8d cynet_load8_f32(const float* p) { return (cynet_v8d)_mm512_cvtps_pd(_mm256_loadu_ps(p)); }
+    #else
     static inline cynet_v8d cynet_load8_f32(const float* p) {
         cynet_v8f v; memcpy(&v, p, sizeof(v)); return __builtin_convertvector(v, cynet_v8d);
     }
+    #endif
     static inline cynet_v8d cynet_load8_f64(const double* p) { cynet_v8d v; memcpy(&v, p, sizeof(v)); return v; }
     static inline void cynet_store8_f64(double* p, cynet_v8d v) { memcpy(p, &v, sizeof(v)); }
     #define CYNET_LANES_DECLARE(name) cynet_v8d name = {0, 0, 0, 0, 0, 0, 0, 0}
