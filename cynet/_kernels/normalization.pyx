@@ -224,6 +224,17 @@ cdef extern from *:
             cynet_store8_f64((dgamma) + (i), cynet_load8_f64((dgamma) + (i)) + (d * c) * (r));                    \
             cynet_store8_f64((dbeta) + (i), cynet_load8_f64((dbeta) + (i)) + d);                                  \
         }
+    #define CYNET_LN2_SWEEPS(SUFFIX, g0, x0, g1, x1, gamma, i, mu0, r0, mu1, r1, a0, b0, a1, b1, dgamma, dbeta)  \
+        {                                                                                                         \
+            cynet_v8d gm = cynet_load8_##SUFFIX((gamma) + (i));                                                   \
+            cynet_v8d d0 = cynet_load8_##SUFFIX((g0) + (i)), c0 = cynet_load8_##SUFFIX((x0) + (i)) - (mu0);       \
+            cynet_v8d d1 = cynet_load8_##SUFFIX((g1) + (i)), c1 = cynet_load8_##SUFFIX((x1) + (i)) - (mu1);       \
+            cynet_v8d gd0 = gm * d0, gd1 = gm * d1;                                                               \
+            a0 = a0 + gd0; b0 = b0 + gd0 * c0; a1 = a1 + gd1; b1 = b1 + gd1 * c1;                                 \
+            cynet_store8_f64((dgamma) + (i), cynet_load8_f64((dgamma) + (i))                                      \
+                                             + ((d0 * c0) * (r0) + (d1 * c1) * (r1)));                            \
+            cynet_store8_f64((dbeta) + (i), cynet_load8_f64((dbeta) + (i)) + (d0 + d1));                          \
+        }
     #else
     #define CYNET_LANES_DECLARE(name) double name[8] = {0, 0, 0, 0, 0, 0, 0, 0}
     #define CYNET_LANES_STORE(name, out) do { int l_; for (l_ = 0; l_ < 8; l_++) (out)[l_] = name[l_]; } while (0)
@@ -237,6 +248,14 @@ cdef extern from *:
                                            double gd = (double)(gamma)[(i) + l] * d;                              \
                                            a[l] += gd; b[l] += gd * c;                                            \
                                            (dgamma)[(i) + l] += d * c * (r); (dbeta)[(i) + l] += d; } }
+    #define CYNET_LN2_SWEEPS(SUFFIX, g0, x0, g1, x1, gamma, i, mu0, r0, mu1, r1, a0, b0, a1, b1, dgamma, dbeta)  \
+        { int l; for (l = 0; l < 8; l++) {                                                                        \
+            double gm = (gamma)[(i) + l];                                                                         \
+            double d0 = (g0)[(i) + l], c0 = (double)(x0)[(i) + l] - (mu0);                                        \
+            double d1 = (g1)[(i) + l], c1 = (double)(x1)[(i) + l] - (mu1);                                        \
+            double gd0 = gm * d0, gd1 = gm * d1;                                                                  \
+            a0[l] += gd0; b0[l] += gd0 * c0; a1[l] += gd1; b1[l] += gd1 * c1;                                     \
+            (dgamma)[(i) + l] += d0 * c0 * (r0) + d1 * c1 * (r1); (dbeta)[(i) + l] += d0 + d1; } }
     #endif
     /* A read-prefetch of the line holding p into every cache level (a hint: never faults, changes no value). */
     #if defined(__GNUC__) || defined(__clang__)
@@ -308,6 +327,40 @@ cdef extern from *:
         CYNET_LANES_STORE(a, la); CYNET_LANES_STORE(b, lb);                                                       \
         *A = *A + CYNET_LANE_TOTAL(la, ta);                                                                       \
         *B = *B + CYNET_LANE_TOTAL(lb, tb);                                                                       \
+    }                                                                                                             \
+    /* The same for two rows (dout0/x0, dout1/x1) sharing gamma, dgamma and dbeta (LayerNorm): each row's A and B   \
+       as above, and per feature dgamma_j += d0 (x0 - mu0) r0 + d1 (x1 - mu1) r1, dbeta_j += d0 + d1: one update of \
+       the float64 dgamma/dbeta (out of L1 at D = 4096) for two rows. */                                          \
+    static void cynet_ln_rows2_grad_##SUFFIX(const T* CYTHON_RESTRICT dout0, const T* CYTHON_RESTRICT x0,        \
+                                             const T* CYTHON_RESTRICT dout1, const T* CYTHON_RESTRICT x1,        \
+                                             const T* CYTHON_RESTRICT gamma, Py_ssize_t n, double mu0, double r0, \
+                                             double mu1, double r1, double* CYTHON_RESTRICT dgamma,              \
+                                             double* CYTHON_RESTRICT dbeta, double* A0, double* B0, double* A1,   \
+                                             double* B1, Py_ssize_t ahead) {                                      \
+        CYNET_LANES_DECLARE(a0); CYNET_LANES_DECLARE(b0); CYNET_LANES_DECLARE(a1); CYNET_LANES_DECLARE(b1);       \
+        double la[8], lb[8], ta0 = 0, tb0 = 0, ta1 = 0, tb1 = 0;                                                  \
+        Py_ssize_t i = 0;                                                                                         \
+        for (; i + 8 <= n; i += 8) {                                                                              \
+            CYNET_PREFETCH(dout0 + i + ahead);                                                                    \
+            CYNET_PREFETCH(x0 + i + ahead);                                                                       \
+            CYNET_PREFETCH(dout1 + i + ahead);                                                                    \
+            CYNET_PREFETCH(x1 + i + ahead);                                                                       \
+            CYNET_LN2_SWEEPS(SUFFIX, dout0, x0, dout1, x1, gamma, i, mu0, r0, mu1, r1, a0, b0, a1, b1, dgamma,     \
+                             dbeta)                                                                               \
+        }                                                                                                         \
+        for (; i < n; i++) {                                                                                      \
+            double d0 = dout0[i], c0 = (double)x0[i] - mu0, d1 = dout1[i], c1 = (double)x1[i] - mu1;              \
+            double gm = (double)gamma[i], gd0 = gm * d0, gd1 = gm * d1;                                           \
+            ta0 = ta0 + gd0; tb0 = tb0 + gd0 * c0; ta1 = ta1 + gd1; tb1 = tb1 + gd1 * c1;                         \
+            dgamma[i] += d0 * c0 * r0 + d1 * c1 * r1;                                                             \
+            dbeta[i] += d0 + d1;                                                                                  \
+        }                                                                                                         \
+        CYNET_LANES_STORE(a0, la); CYNET_LANES_STORE(b0, lb);                                                     \
+        *A0 = *A0 + CYNET_LANE_TOTAL(la, ta0);                                                                    \
+        *B0 = *B0 + CYNET_LANE_TOTAL(lb, tb0);                                                                    \
+        CYNET_LANES_STORE(a1, la); CYNET_LANES_STORE(b1, lb);                                                     \
+        *A1 = *A1 + CYNET_LANE_TOTAL(la, ta1);                                                                    \
+        *B1 = *B1 + CYNET_LANE_TOTAL(lb, tb1);                                                                    \
     }
     CYNET_ROWS_SUMS(float, f32)
     CYNET_RUN_SUMS(float, f32)
@@ -336,6 +389,14 @@ cdef extern from *:
     void cynet_ln_row_grad_f64(const double* dout, const double* x, const double* gamma, Py_ssize_t n, double mu,
                                double r, double* dgamma, double* dbeta, double* A, double* B,
                                Py_ssize_t ahead) noexcept nogil
+    void cynet_ln_rows2_grad_f32(const float* dout0, const float* x0, const float* dout1, const float* x1,
+                                 const float* gamma, Py_ssize_t n, double mu0, double r0, double mu1, double r1,
+                                 double* dgamma, double* dbeta, double* A0, double* B0, double* A1, double* B1,
+                                 Py_ssize_t ahead) noexcept nogil
+    void cynet_ln_rows2_grad_f64(const double* dout0, const double* x0, const double* dout1, const double* x1,
+                                 const double* gamma, Py_ssize_t n, double mu0, double r0, double mu1, double r1,
+                                 double* dgamma, double* dbeta, double* A0, double* B0, double* A1, double* B1,
+                                 Py_ssize_t ahead) noexcept nogil
     void cynet_planes_shifted_sums_f32(const float* x, double k0, double* s1, double* s2, Py_ssize_t D, Py_ssize_t n,
                                        Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
     void cynet_planes_shifted_sums_f64(const double* x, double k0, double* s1, double* s2, Py_ssize_t D, Py_ssize_t n,
@@ -995,6 +1056,38 @@ cdef void _row_forward(const floating* x, const floating* gamma, const floating*
         stream_fence()
 
 
+cdef void _row_dx(const floating* dout, const floating* x, const floating* gamma, const double* mean,
+                  const double* inv_std, floating* dx, Py_ssize_t m, Py_ssize_t G, Py_ssize_t Cg, Py_ssize_t S,
+                  double A, double B, bint stream) noexcept nogil:
+    """Row m's dx from its sums A = sum g, B = sum g (x - mean) (g = dout gamma):
+    dx = (gamma_c r) dout + (b (x - mean) + c0) with b = -r^3 B / L, c0 = -r A / L."""
+    cdef Py_ssize_t L = Cg * S, c, base = (m % G) * Cg
+    cdef const floating* xr = x + m * L
+    cdef const floating* gr = dout + m * L
+    cdef floating* dxr = dx + m * L
+    cdef double mu = mean[m], r = inv_std[m]
+    cdef floating center = <floating>mu
+    cdef floating center_lo = <floating>(mu - <double>center)
+    cdef floating rf = <floating>r
+    cdef floating fb = <floating>(-r * r * r * B / L)
+    cdef floating fc = <floating>(-r * A / L)
+    cdef floating fa
+    if S == 1:
+        if stream:
+            _ln_dx_streamed(gr, xr, gamma + base, center, center_lo, rf, fb, fc, dxr, L)
+        else:
+            _ln_dx_span(gr, xr, gamma + base, center, center_lo, rf, fb, fc, dxr, L)
+    else:
+        for c in range(Cg):
+            fa = gamma[base + c] * rf
+            if stream:
+                _plane_dx_streamed(gr + c * S, xr + c * S, center, center_lo, fa, fb, fc, dxr + c * S, S)
+            else:
+                _plane_dx(gr + c * S, xr + c * S, center, center_lo, fa, fb, fc, dxr + c * S, S)
+    if stream:
+        stream_fence()
+
+
 cdef void _row_backward(const floating* dout, const floating* x, const floating* gamma, const double* mean,
                         const double* inv_std, floating* dx, double* dgamma, double* dbeta, Py_ssize_t m,
                         Py_ssize_t G, Py_ssize_t Cg, Py_ssize_t S, bint compute_dx, Py_ssize_t ahead,
@@ -1002,9 +1095,7 @@ cdef void _row_backward(const floating* dout, const floating* x, const floating*
     cdef Py_ssize_t L = Cg * S, c, base = (m % G) * Cg
     cdef const floating* xr = x + m * L
     cdef const floating* gr = dout + m * L
-    cdef floating* dxr = dx + m * L
     cdef double mu = mean[m], r = inv_std[m], A = 0, B = 0, sd, sdx, gm
-    cdef floating center, center_lo, fa, fb, fc, rf
     if S == 1:
         if floating is float:
             cynet_ln_row_grad_f32(gr, xr, gamma + base, L, mu, r, dgamma + base, dbeta + base, &A, &B, ahead)
@@ -1020,28 +1111,24 @@ cdef void _row_backward(const floating* dout, const floating* x, const floating*
             B = B + gm * sdx
             dgamma[base + c] += sdx * r
             dbeta[base + c] += sd
-    if not compute_dx:
-        return
-    # dx = (gamma_c r) dout + (b (x - mean) + c0) with b = -r^3 B / L, c0 = -r A / L
-    center = <floating>mu
-    center_lo = <floating>(mu - <double>center)
-    rf = <floating>r
-    fb = <floating>(-r * r * r * B / L)
-    fc = <floating>(-r * A / L)
-    if S == 1:
-        if stream:
-            _ln_dx_streamed(gr, xr, gamma + base, center, center_lo, rf, fb, fc, dxr, L)
-        else:
-            _ln_dx_span(gr, xr, gamma + base, center, center_lo, rf, fb, fc, dxr, L)
+    if compute_dx:
+        _row_dx(dout, x, gamma, mean, inv_std, dx, m, G, Cg, S, A, B, stream)
+
+
+cdef void _row_pair_backward(const floating* dout, const floating* x, const floating* gamma, const double* mean,
+                             const double* inv_std, floating* dx, double* dgamma, double* dbeta, Py_ssize_t m,
+                             Py_ssize_t L, bint compute_dx, Py_ssize_t ahead, bint stream) noexcept nogil:
+    """LayerNorm's rows m and m + 1 (one group, S = 1): their sums in one sweep (cynet_ln_rows2_grad), then dx."""
+    cdef double A0 = 0, B0 = 0, A1 = 0, B1 = 0
+    if floating is float:
+        cynet_ln_rows2_grad_f32(dout + m * L, x + m * L, dout + (m + 1) * L, x + (m + 1) * L, gamma, L, mean[m],
+                                inv_std[m], mean[m + 1], inv_std[m + 1], dgamma, dbeta, &A0, &B0, &A1, &B1, ahead)
     else:
-        for c in range(Cg):
-            fa = gamma[base + c] * rf
-            if stream:
-                _plane_dx_streamed(gr + c * S, xr + c * S, center, center_lo, fa, fb, fc, dxr + c * S, S)
-            else:
-                _plane_dx(gr + c * S, xr + c * S, center, center_lo, fa, fb, fc, dxr + c * S, S)
-    if stream:
-        stream_fence()
+        cynet_ln_rows2_grad_f64(dout + m * L, x + m * L, dout + (m + 1) * L, x + (m + 1) * L, gamma, L, mean[m],
+                                inv_std[m], mean[m + 1], inv_std[m + 1], dgamma, dbeta, &A0, &B0, &A1, &B1, ahead)
+    if compute_dx:
+        _row_dx(dout, x, gamma, mean, inv_std, dx, m, 1, L, 1, A0, B0, stream)
+        _row_dx(dout, x, gamma, mean, inv_std, dx, m + 1, 1, L, 1, A1, B1, stream)
 
 
 def row_norm_forward(const floating[:, :, ::1] x, Py_ssize_t G, const floating[::1] gamma,
@@ -1084,8 +1171,16 @@ def row_norm_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] 
         for k in prange(K, schedule='static', num_threads=nt):
             lo = (k * M) // K
             hi = ((k + 1) * M) // K
-            for m in range(lo, hi):
+            m = lo
+            if S == 1 and G == 1:         # LayerNorm: rows in pairs from the chunk's first (see _row_pair_backward)
+                while m + 1 < hi:
+                    _row_pair_backward(&dout[0, 0, 0], &x[0, 0, 0], &gamma[0], &mean[0], &inv_std[0], &dx[0, 0, 0],
+                                       &partials[k, 0, 0], &partials[k, 1, 0], m, L, compute_dx,
+                                       2 * L if m + 3 < hi else 0, stream)
+                    m = m + 2
+            while m < hi:
                 _row_backward(&dout[0, 0, 0], &x[0, 0, 0], &gamma[0], &mean[0], &inv_std[0], &dx[0, 0, 0],
                               &partials[k, 0, 0], &partials[k, 1, 0], m, G, Cg, S, compute_dx,
                               L if m + 1 < hi else 0, stream)
+                m = m + 1
         _add_chunk_sums(&partials[0, 0, 0], K, P, 0, P, &dgamma[0], &dbeta[0])
