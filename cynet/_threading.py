@@ -52,12 +52,15 @@ __all__ = ["available_cpus", "get_num_threads", "idle_spin_seconds", "kernel_thr
 # Leaky ReLU, the backwards from the output, PReLU, Maxout: 0.12-0.2), maps evaluating exp/expm1/tanh (sigmoid, tanh,
 # ELU, SELU, SiLU: 0.45-0.75 since they are staged; softmax: 1.4), GELU (float32, forward / backward: erf form
 # 1.55 / 1.3, tanh form 1.0-1.3 / 0.9), batch norm's two passes (forward 0.55, backward 1.3), the PReLU backward (dx
-# and dalpha's float64 partial sums: 0.6).
+# and dalpha's float64 partial sums: 0.6). The normalisation forwards have their own class since the column-range
+# plan (Intel Xeon host, one thread: BatchNorm1d 0.34-0.5, LayerNorm 0.3 ns per value; with NS_NORM they were split
+# at (256, 1024), where two threads took 191 us against 104 on one, 135 against 79 for LayerNorm).
 NS_STREAM = 0.15
 NS_PRELU_BACKWARD = 0.6
 NS_EXP = 1.1
 NS_GELU = 1.3
 NS_NORM = 0.8
+NS_NORM_FORWARD = 0.5
 
 _state = threading.local()
 _global_num_threads = None  # set by set_num_threads; None means "the default"

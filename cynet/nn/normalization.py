@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from cynet._kernels import load
-from cynet._threading import NS_NORM, kernel_threads, stream_stores
+from cynet._threading import NS_NORM, NS_NORM_FORWARD, kernel_threads, stream_stores
 from cynet._validation import describe, output
 from cynet.nn.layers import Linear
 from cynet.nn.module import Module, Parameter, Sequential
@@ -64,9 +64,9 @@ def batch_norm_forward(x, gamma, beta, eps, *, out=None):
         partials = np.empty((2 * max(chunks, 1), C))      # scratch: float64 sums, coefficients of the output pass
         coef = np.empty((4, C), x.dtype)
         k.bn_rows_forward(x, gamma, beta, float(eps), y, mean, var, inv_std, width, partials, coef,
-                          stream_stores(y.nbytes), kernel_threads(x.size, NS_NORM))
+                          stream_stores(y.nbytes), kernel_threads(x.size, NS_NORM_FORWARD))
     else:
-        planes, n_threads = _planes(x), kernel_threads(x.size, NS_NORM)
+        planes, n_threads = _planes(x), kernel_threads(x.size, NS_NORM_FORWARD)
         k.bn_planes_forward(planes, gamma, beta, float(eps), _planes(y), mean, var, inv_std,
                             _plane_scratch(k, planes, n_threads), stream_stores(y.nbytes), n_threads)
     return y, mean, var, inv_std
@@ -121,7 +121,7 @@ def row_norm_forward(x3, groups, gamma, beta, eps, *, out=None):
     mean = np.empty(M)
     inv_std = np.empty(M)
     _kernels().row_norm_forward(x3, int(groups), gamma, beta, float(eps), y3, mean, inv_std, stream_stores(y3.nbytes),
-                                kernel_threads(x3.size, NS_NORM))
+                                kernel_threads(x3.size, NS_NORM_FORWARD))
     return y3, mean, inv_std
 
 
