@@ -300,6 +300,43 @@ def test_process_pool_records_only_the_killers_and_matches_serial(seed):
     assert table(pooled) == table(serial) and all(row[1] == "ok" for row in table(pooled))
 
 
+class _PoolBrokenWhileSubmitting:
+    """A stand-in for the runner's process pool: the first trial is running when a worker dies, which the executor
+    notices during the second submission (submit raises BrokenProcessPool; the first future fails with it)."""
+
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, spec, ticket):
+        import concurrent.futures.process
+
+        if self.submitted:
+            raise concurrent.futures.process.BrokenProcessPool("a child process terminated abruptly")
+        self.submitted.append(ticket)
+        future = concurrent.futures.Future()
+        future.set_exception(concurrent.futures.process.BrokenProcessPool("a child process terminated abruptly"))
+        return future
+
+    def tickets_running(self):
+        return set(self.submitted)
+
+    def shutdown(self, wait):
+        pass
+
+
+def test_a_pool_that_breaks_while_trials_are_submitted_loses_them_instead_of_raising():
+    # seen in CI: a killer trial ran (and killed its worker) before the last trial was submitted
+    from cynet.tune.executors import _ProcessRunner
+
+    runner = _ProcessRunner(dying_where_fn, None, n_workers=2, threads=1, mp_context=None)
+    runner.pool = _PoolBrokenWhileSubmitting()
+    specs = [{"number": i, "params": {"lr": 0.5}} for i in range(4)]
+    results = [None] * 4
+    lost, running = runner._run_on_shared_pool(specs, [0, 1, 2, 3], results)
+    assert lost == [0, 1, 2, 3] and running == {0}        # trial 0 was running; 1-3 never reached the pool
+    assert runner.pool is None and results == [None] * 4  # the broken pool is dropped; nothing recorded yet
+
+
 class UnloadableData:
     """Data that pickle can write but not read back: every worker's initializer fails under "spawn"."""
 

@@ -30,6 +30,7 @@ record's "threads" says what it had); the defaults differ (all cores in-process,
 Dask), so pass ``threads_per_trial`` explicitly when comparing executors.
 """
 import concurrent.futures
+import concurrent.futures.process
 import math
 import multiprocessing
 import time
@@ -287,11 +288,18 @@ class _ProcessRunner(_Runner):
         pool = self._pool()
         tickets = {}
         futures = []
-        for i in indices:
+        unsubmitted = []
+        for n, i in enumerate(indices):
             self.tickets_issued += 1
             ticket = self.tickets_issued
+            try:
+                futures.append((i, pool.submit(specs[i], ticket)))
+            except concurrent.futures.process.BrokenProcessPool:
+                # a worker died (a trial that kills it may run before the last submission): this trial and the
+                # ones after it never reached the pool, like queued trials of a broken pool
+                unsubmitted = list(indices[n:])
+                break
             tickets[ticket] = i
-            futures.append((i, pool.submit(specs[i], ticket)))
         lost = []
         for i, future in futures:
             try:
@@ -300,6 +308,7 @@ class _ProcessRunner(_Runner):
                 lost.append(i)
             except Exception as error:  # e.g. a result that cannot be pickled back
                 results[i] = self._notify(_error_record(specs[i], f"{type(error).__name__}: {error}"))
+        lost += unsubmitted
         if not lost:
             return [], set()
         running = {tickets[t] for t in pool.tickets_running() if t in tickets} & set(lost)
