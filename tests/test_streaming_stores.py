@@ -21,6 +21,22 @@ def _misaligned(shape, dtype, offset):
     return np.empty(size + offset, dtype)[offset:].reshape(shape)
 
 
+def _same_bits_streamed_or_not(monkeypatch, output_bytes, run):
+    """``run()`` with non-temporal stores always and never (CYNET_STREAM_MIN_BYTES), on 1 and 2 threads: asserts that
+    the four runs return the same arrays bit for bit and returns the first run's."""
+    results = []
+    for threshold in ("0", str(2**62)):
+        monkeypatch.setenv("CYNET_STREAM_MIN_BYTES", threshold)
+        assert stream_stores(output_bytes) == (threshold == "0")
+        for threads in (1, 2):
+            with cynet.threads(threads):
+                results.append(run())
+    for other in results[1:]:
+        for a, b in zip(other, results[0]):
+            np.testing.assert_array_equal(a, b)
+    return results[0]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("n", LENGTHS)
 @pytest.mark.parametrize("offset", [0, 1, 3])
@@ -63,18 +79,16 @@ def test_batch_norm_writes_the_same_bits_with_streaming_stores(monkeypatch, dtyp
     dout = rng.standard_normal(shape).astype(dtype)
     gamma = rng.uniform(0.5, 1.5, shape[1]).astype(dtype)
     beta = rng.standard_normal(shape[1]).astype(dtype)
-    results = []
-    for threshold in ("0", str(2**62)):
-        monkeypatch.setenv("CYNET_STREAM_MIN_BYTES", threshold)
-        assert stream_stores(x.nbytes) == (threshold == "0")
-        for threads in (1, 2):
-            with cynet.threads(threads):
-                y = _misaligned(shape, dtype, offset)
-                dx = _misaligned(shape, dtype, offset)
-                y[...] = dx[...] = np.nan
-                _, mean, var, inv_std = batch_norm_forward(x, gamma, beta, 1e-5, out=y)
-                _, dgamma, dbeta = batch_norm_backward(dout, x, gamma, mean, inv_std, out=dx)
-                results.append((y, dx, mean, var, dgamma, dbeta))
+
+    def run():
+        y = _misaligned(shape, dtype, offset)
+        dx = _misaligned(shape, dtype, offset)
+        y[...] = dx[...] = np.nan
+        _, mean, var, inv_std = batch_norm_forward(x, gamma, beta, 1e-5, out=y)
+        _, dgamma, dbeta = batch_norm_backward(dout, x, gamma, mean, inv_std, out=dx)
+        return y, dx, mean, var, dgamma, dbeta
+
+    y = _same_bits_streamed_or_not(monkeypatch, x.nbytes, run)[0]
     # an independent check of the streamed forward: y = (x - mean) / sqrt(var + eps) * gamma + beta
     axes = (0,) + tuple(range(2, len(shape)))
     expand = (1, -1) + (1,) * (len(shape) - 2)
@@ -83,10 +97,7 @@ def test_batch_norm_writes_the_same_bits_with_streaming_stores(monkeypatch, dtyp
     reference = ((x - mean64.reshape(expand)) / np.sqrt(var64.reshape(expand) + 1e-5) * gamma.reshape(expand)
                  + beta.reshape(expand))
     tolerance = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(results[0][0], reference, rtol=tolerance, atol=tolerance)
-    for other in results[1:]:
-        for a, b in zip(other, results[0]):
-            np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(y, reference, rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -102,17 +113,16 @@ def test_layer_and_group_norm_write_the_same_bits_with_streaming_stores(monkeypa
     dout = rng.standard_normal(shape).astype(dtype)
     gamma = rng.uniform(0.5, 1.5, groups * shape[1]).astype(dtype)
     beta = rng.standard_normal(groups * shape[1]).astype(dtype)
-    results = []
-    for threshold in ("0", str(2**62)):
-        monkeypatch.setenv("CYNET_STREAM_MIN_BYTES", threshold)
-        for threads in (1, 2):
-            with cynet.threads(threads):
-                y = _misaligned(shape, dtype, offset)
-                dx = _misaligned(shape, dtype, offset)
-                y[...] = dx[...] = np.nan
-                _, mean, inv_std = row_norm_forward(x, groups, gamma, beta, 1e-5, out=y)
-                _, dgamma, dbeta = row_norm_backward(dout, x, groups, gamma, mean, inv_std, out=dx)
-                results.append((y, dx, mean, inv_std, dgamma, dbeta))
+
+    def run():
+        y = _misaligned(shape, dtype, offset)
+        dx = _misaligned(shape, dtype, offset)
+        y[...] = dx[...] = np.nan
+        _, mean, inv_std = row_norm_forward(x, groups, gamma, beta, 1e-5, out=y)
+        _, dgamma, dbeta = row_norm_backward(dout, x, groups, gamma, mean, inv_std, out=dx)
+        return y, dx, mean, inv_std, dgamma, dbeta
+
+    y = _same_bits_streamed_or_not(monkeypatch, x.nbytes, run)[0]
     # an independent check of the streamed forward, each row's statistics in float64
     x64 = x.astype(np.float64)
     mean64 = x64.mean(axis=(1, 2), keepdims=True)
@@ -120,10 +130,7 @@ def test_layer_and_group_norm_write_the_same_bits_with_streaming_stores(monkeypa
     channel = np.arange(shape[0])[:, None] % groups * shape[1] + np.arange(shape[1])[None, :]
     reference_y = (x64 - mean64) / np.sqrt(var64 + 1e-5) * gamma[channel][..., None] + beta[channel][..., None]
     tolerance = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(results[0][0], reference_y, rtol=tolerance, atol=tolerance)
-    for other in results[1:]:
-        for a, b in zip(other, results[0]):
-            np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(y, reference_y, rtol=tolerance, atol=tolerance)
 
 
 def test_the_threshold_is_32_mib_unless_set(monkeypatch):
@@ -162,23 +169,19 @@ def test_prelu_and_maxout_backwards_write_the_same_bits_with_streaming_stores(mo
     alpha = rng.uniform(0.05, 0.5, shape[1]).astype(dtype)
     scores = rng.standard_normal((shape[0], 2 * shape[1])).astype(dtype)
     _, winners = ops.maxout_forward(scores, 2)
-    results = []
-    for threshold in ("0", str(2**62)):
-        monkeypatch.setenv("CYNET_STREAM_MIN_BYTES", threshold)
-        for threads in (1, 2):
-            with cynet.threads(threads):
-                dx = _misaligned(shape, dtype, offset)
-                dscores = _misaligned(scores.shape, dtype, offset)
-                dx[...] = dscores[...] = np.nan
-                _, dalpha = ops.prelu_backward(dout, x, alpha, out=dx)
-                ops.maxout_backward(dout, winners, 2, out=dscores)
-                results.append((dx, dalpha, dscores))
+
+    def run():
+        dx = _misaligned(shape, dtype, offset)
+        dscores = _misaligned(scores.shape, dtype, offset)
+        dx[...] = dscores[...] = np.nan
+        _, dalpha = ops.prelu_backward(dout, x, alpha, out=dx)
+        ops.maxout_backward(dout, winners, 2, out=dscores)
+        return dx, dalpha, dscores
+
+    dx, _, dscores = _same_bits_streamed_or_not(monkeypatch, x.nbytes, run)
     expected_dx, _ = reference.prelu_backward(dout, x, alpha)
-    np.testing.assert_array_equal(results[0][0], expected_dx)
-    np.testing.assert_array_equal(results[0][2], reference.maxout_backward(dout, winners, 2))
-    for other in results[1:]:
-        for a, b in zip(other, results[0]):
-            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(dx, expected_dx)
+    np.testing.assert_array_equal(dscores, reference.maxout_backward(dout, winners, 2))
 
 
 def test_stream_stores_is_public():

@@ -43,8 +43,8 @@ cdef extern from *:
 
 def cpu_supports(str isa):
     """Whether this CPU (and the OS, which must save the wider registers) runs code built for ``isa``:
-    ``'baseline'`` (always), ``'avx2'`` (with FMA) or ``'avx512'`` (F, DQ, BW and VL, with FMA). False off x86 or with other
-    compilers."""
+    ``'baseline'`` (always), ``'avx2'`` (with FMA) or ``'avx512'`` (F, DQ, BW and VL, with FMA). False off x86 or
+    with other compilers."""
     if isa == "baseline":
         return True
     if isa == "avx2":

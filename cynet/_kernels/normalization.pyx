@@ -512,22 +512,21 @@ def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const f
     with ``coef`` of x's type (4, D). ``stream``: y is written with non-temporal stores (an output larger than the
     cache)."""
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], n_chunks = partials.shape[0] // 2, c, r0, r1, j, jb, t
-    cdef Py_ssize_t n_col_blocks, n_ranges
+    cdef Py_ssize_t n_col_blocks
     cdef int nt, nt_cols
     if N == 0 or D == 0:
         return
     if width > 0:
-        nt = _threads_for(N * D, D // width, n_threads)
-        n_ranges = nt
+        nt = _threads_for(N * D, D // width, n_threads)        # one column range per thread
         with nogil:
             if nt == 1:
                 _bn_rows_forward_range(&x[0, 0], &gamma[0], &beta[0], &y[0, 0], &mean[0], &var[0], &inv_std[0],
                                        &partials[0, 0], &coef[0, 0], N, D, 0, D, eps, stream)
             else:
-                for t in prange(n_ranges, schedule='static', num_threads=nt):
+                for t in prange(nt, schedule='static', num_threads=nt):
                     _bn_rows_forward_range(&x[0, 0], &gamma[0], &beta[0], &y[0, 0], &mean[0], &var[0], &inv_std[0],
-                                           &partials[0, 0], &coef[0, 0], N, D, _range_start(D, t, n_ranges),
-                                           _range_start(D, t + 1, n_ranges), eps, stream)
+                                           &partials[0, 0], &coef[0, 0], N, D, _range_start(D, t, nt),
+                                           _range_start(D, t + 1, nt), eps, stream)
         return
     n_col_blocks = (D + SUM_BLOCK - 1) // SUM_BLOCK
     nt = _threads_for(N * D, n_chunks, n_threads)
@@ -663,23 +662,22 @@ def bn_rows_backward(const floating[:, ::1] dout, const floating[:, ::1] x, cons
     Split as in :func:`bn_rows_forward`; the scratch: partials float64 (2 * chunks, D) (two rows for the column
     ranges), coef (5, D); ``stream`` as there, for dx."""
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], n_chunks = partials.shape[0] // 2, c, r0, r1, j, jb, t
-    cdef Py_ssize_t n_col_blocks, n_ranges
+    cdef Py_ssize_t n_col_blocks
     cdef int nt, nt_cols
     if N == 0 or D == 0:
         return
     if width > 0:
-        nt = _threads_for(N * D, D // width, n_threads)
-        n_ranges = nt
+        nt = _threads_for(N * D, D // width, n_threads)        # one column range per thread
         with nogil:
             if nt == 1:
                 _bn_rows_backward_range(&dout[0, 0], &x[0, 0], &gamma[0], &mean[0], &inv_std[0], &dx[0, 0],
                                         &dgamma[0], &dbeta[0], &partials[0, 0], &coef[0, 0], N, D, 0, D,
                                         compute_dx, stream)
             else:
-                for t in prange(n_ranges, schedule='static', num_threads=nt):
+                for t in prange(nt, schedule='static', num_threads=nt):
                     _bn_rows_backward_range(&dout[0, 0], &x[0, 0], &gamma[0], &mean[0], &inv_std[0], &dx[0, 0],
                                             &dgamma[0], &dbeta[0], &partials[0, 0], &coef[0, 0], N, D,
-                                            _range_start(D, t, n_ranges), _range_start(D, t + 1, n_ranges),
+                                            _range_start(D, t, nt), _range_start(D, t + 1, nt),
                                             compute_dx, stream)
         return
     n_col_blocks = (D + SUM_BLOCK - 1) // SUM_BLOCK
