@@ -1,6 +1,6 @@
 """Markdown ratio tables from a pytest-benchmark JSON of the suite in bench/.
 
-    python bench/report.py bench/results/run.json [--flag-limit 1.3]
+    python bench/report.py bench/results/run.json [more.json ...] [--flag-limit 1.3]
 
 One row per (op, direction, shape, threads), in run order: the median milliseconds of cynet, the NumPy reference,
 torch and the memory-bandwidth floor, then
@@ -19,6 +19,9 @@ pytest-benchmark group: the median seconds of every implementation of the group 
 group's baseline (``floor`` where the group has one, else ``serial``, else ``plain``, else its first
 implementation).
 
+Several JSON files (runs of one suite at different thread counts, say) make one table, in the order given; the
+header describes the first.
+
 Standard library only.
 """
 import argparse
@@ -29,9 +32,13 @@ IMPLS = ("cynet", "numpy", "torch", "limit", "limit_torch")
 BASELINES = ("floor", "floor (interleaved)", "serial", "plain")
 
 
-def load(path):
-    with open(path) as f:
-        data = json.load(f)
+def load(paths):
+    """The first file's run data and the rows, notes and torch_differs flags of all files, in the order given."""
+    datas = []
+    for path in [paths] if isinstance(paths, str) else paths:
+        with open(path) as f:
+            datas.append(json.load(f))
+    data = dict(datas[0], benchmarks=[bench for d in datas for bench in d.get("benchmarks", [])])
     rows = {}        # (op, direction, shape, threads) -> {impl: median ms}
     notes = {}       # (op, direction, impl) -> note
     differs = set()  # (op, direction) where torch's path does more work than cynet's
@@ -45,6 +52,10 @@ def load(path):
             notes[(info["op"], info["direction"], info["impl"])] = info["note"]
         if info.get("torch_differs"):
             differs.add((info["op"], info["direction"]))
+    first_seen = {}  # rows of one (op, direction, shape) together, its thread counts in increasing order
+    for key in rows:
+        first_seen.setdefault(key[:3], len(first_seen))
+    rows = dict(sorted(rows.items(), key=lambda item: (first_seen[item[0][:3]], item[0][3])))
     return data, rows, notes, differs
 
 
@@ -148,17 +159,17 @@ def footnotes(notes, differs):
               for (op, d, impl), n in notes.items() if impl == "torch"]
     by_note = {}
     for (op, d, impl), n in notes.items():
-        if impl == "limit":
+        if impl in ("limit", "limit_torch"):
             by_note.setdefault(n, []).append(f"{op} {d}")
-    lines.append("\nFloors (NumPy form, 'limit'; 'limit_torch' moves the same arrays with torch on the row's threads):"
-                 "\n")
+    lines.append("\nFloors ('limit': NumPy on one thread; 'limit_torch': the same arrays moved by torch on the row's "
+                 "threads):\n")
     lines += [f"- {n} — {', '.join(cases)}" for n, cases in by_note.items()]
     return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("json", help="pytest-benchmark JSON written with --benchmark-json=...")
+    parser.add_argument("json", nargs="+", help="pytest-benchmark JSON written with --benchmark-json=...")
     parser.add_argument("--flag-limit", type=float, default=1.3,
                         help="flag rows where cynet/limit is above this (default 1.3)")
     parser.add_argument("--no-notes", action="store_true", help="print the table only")
@@ -166,7 +177,7 @@ def main(argv=None):
     data, rows, notes, differs = load(args.json)
     groups = load_groups(data)
     if not rows and not groups:
-        print(f"{args.json}: no benchmarks of bench/ in this file", file=sys.stderr)
+        print(f"{', '.join(args.json)}: no benchmarks of bench/ in these files", file=sys.stderr)
         return 1
     if not args.no_notes:
         print(header(data) + "\n")

@@ -33,6 +33,7 @@ import numpy as np
 import pytest
 
 from cynet import ops, reference
+from settings import bench_threads
 
 try:  # optional, as in conftest.py: the interleaved floors use torch's when it is importable
     import torch
@@ -40,7 +41,7 @@ except ImportError:
     torch = None
 
 SHAPES = [(256, 4096), (4096, 4096)]
-THREADS = [1, 2]
+THREADS = bench_threads()
 IMPLS = ["cynet", "numpy", "torch", "limit", "limit_torch"]
 LEAKY_SLOPE = 0.01
 ELU_ALPHA = 1.0

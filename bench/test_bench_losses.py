@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 
 from cynet.nn.loss import SoftmaxCrossEntropy
+from settings import bench_threads
 
 SHAPES = [(256, 10), (4096, 1000)]
-THREADS = [1, 2]
+THREADS = bench_threads()
 IMPLS = ["cynet", "numpy", "torch"]
 SEED = 0
 SCALE = 3.0           # scores ~ N(0, 3^2): a spread of probabilities, as after some training

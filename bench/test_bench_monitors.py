@@ -30,11 +30,12 @@ from cynet.diagnostics import TrainingMonitor
 from cynet.nn.loss import SoftmaxCrossEntropy
 from cynet.optim import SGD
 from cynet.train import Trainer
+from settings import bench_threads
 
 SAMPLES = training.SAMPLES
 BATCH = training.BATCH
 INPUT_FEATURES, CLASSES = training.SIZES[0], training.SIZES[-1]
-THREADS = [1, 2]
+THREADS = bench_threads()
 IMPLS = ["plain", "monitored", "monitored_every_step"]
 
 

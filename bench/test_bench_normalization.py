@@ -15,7 +15,10 @@ One pytest-benchmark group per (op, direction, shape, threads), named ``op/direc
               writes y, ``np.copyto(out, x)``; the backward reads dout and x and writes dx, ``np.add(dout, x, out=out)``
               (the convention of the activation benchmarks for two inputs and one output). BatchNorm's backward needs
               its two sums over every row before its first dx: at (4096, 4096), far beyond the cache, it reads dout
-              and x twice, 5/3 of the limit's traffic at the very best.
+              and x twice, 5/3 of the limit's traffic at the very best;
+- ``limit_torch``: the same byte pattern through torch on the group's thread count (``out.copy_(x)``,
+              ``torch.add(dout, x, out=out)``): the floor for more than one thread, which one NumPy thread cannot show.
+              report.py divides by the faster of the two floors. Skipped without torch.
 
 Shapes, float32: BatchNorm1d (256, 4096) and (4096, 4096), BatchNorm2d (128, 64, 32, 32); LayerNorm (256, 4096)
 and (4096, 4096) (normalised over the 4096 features of each row); GroupNorm (128, 64, 32, 32) with 32 groups.
@@ -28,13 +31,14 @@ import numpy as np
 import pytest
 
 from cynet.nn.normalization import batch_norm_backward, batch_norm_forward, row_norm_backward, row_norm_forward
+from settings import bench_threads
 
 OP_SHAPES = {"batchnorm": [(256, 4096), (4096, 4096), (128, 64, 32, 32)],
              "layernorm": [(256, 4096), (4096, 4096)],
              "groupnorm": [(128, 64, 32, 32)]}
 GROUPS = 32
-THREADS = [1, 2]
-IMPLS = ["cynet", "numpy", "torch", "limit"]
+THREADS = bench_threads()
+IMPLS = ["cynet", "numpy", "torch", "limit", "limit_torch"]
 EPS = 1e-5
 DTYPE = np.float32
 TOLERANCE = {"cynet": (1e-4, 1e-4), "numpy": (1e-4, 1e-4), "torch": (1e-3, 1e-3)}
@@ -197,6 +201,11 @@ def _make(case, b, torch):
         if case.direction == "forward":
             return (lambda: np.copyto(b.out, b.x)), "np.copyto(out, x): x's bytes read once, y's written once"
         return (lambda: np.add(b.dout, b.x, out=b.out)), "np.add(dout, x, out=out): two inputs read once, one written"
+    if case.impl == "limit_torch":
+        x, dout, out = torch.from_numpy(b.x), torch.from_numpy(b.dout), torch.from_numpy(b.out)
+        if case.direction == "forward":
+            return (lambda: out.copy_(x)), "out.copy_(x) on the group's threads"
+        return (lambda: torch.add(dout, x, out=out)), "torch.add(dout, x, out=out) on the group's threads"
     if case.op == "batchnorm":
         return _make_batchnorm(case, b, torch)
     return _make_row_norm(case, b, torch)
@@ -265,7 +274,7 @@ def test_normalization(case, benchmark, use_threads, timing, request):
     benchmark.group = case.group
     benchmark.extra_info.update(op=case.op, direction=case.direction, shape=case.shape_id,
                                 threads=case.threads, impl=case.impl)
-    torch = request.getfixturevalue("torch_module") if case.impl == "torch" else None
+    torch = request.getfixturevalue("torch_module") if case.impl in ("torch", "limit_torch") else None
     b = buffers(case.op, case.shape)
     fn, note = _make(case, b, torch)
     if note:
@@ -273,7 +282,7 @@ def test_normalization(case, benchmark, use_threads, timing, request):
     if case.impl == "torch":
         benchmark.extra_info["torch_differs"] = True
     with use_threads(case.threads):
-        if case.impl != "limit":
+        if not case.impl.startswith("limit"):
             result = fn()
             result = result.numpy() if hasattr(result, "numpy") and not isinstance(result, np.ndarray) else result
             rtol, atol = TOLERANCE[case.impl]

@@ -26,9 +26,10 @@ import numpy as np
 import pytest
 
 from cynet import nn, optim
+from settings import bench_threads
 
 SHAPE = (1200, 3072)
-THREADS = [1, 2]
+THREADS = bench_threads()
 RULES = ["sgd_momentum", "adam"]
 IMPLS = ["cynet", "numpy", "torch", "limit"]
 DTYPE = np.float32

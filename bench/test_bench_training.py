@@ -29,13 +29,14 @@ from cynet import nn
 from cynet.nn.loss import SoftmaxCrossEntropy
 from cynet.optim import SGD
 from cynet.train import Trainer
+from settings import bench_threads
 
 SAMPLES = 10_000
 BATCH = 256
 SIZES = (3072, 1024, 512, 10)
 LR = 1e-3
 MOMENTUM = 0.9
-THREADS = [1, 2]
+THREADS = bench_threads()
 
 
 @pytest.fixture(scope="module")
