@@ -17,6 +17,9 @@ from cynet import nn
 from cynet import init, gradcheck, data, optim
 from cynet.diagnostics import babysit
 from cynet.train import Trainer
+from cynet._threading import _install_blas_pool
+
+_install_blas_pool()  # NumPy's OpenBLAS is loaded by now; with CYNET_BLAS_POOL=1 its jobs go to cynet's OpenMP team
 
 __version__ = "0.1.0"
 

@@ -7,8 +7,8 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 from cynet._kernels import _runtime, available_isas, selected_isa
-from cynet._threading import (WAIT_POLICY_SET_BY_USER, available_cpus, default_num_threads, get_num_threads,
-                              idle_spin_seconds, parallel_overhead, stream_min_bytes)
+from cynet._threading import (WAIT_POLICY_SET_BY_USER, available_cpus, blas_pool_status, default_num_threads,
+                              get_num_threads, idle_spin_seconds, parallel_overhead, stream_min_bytes)
 
 
 def config():
@@ -43,6 +43,7 @@ def config():
         "parallel_overhead_us": parallel_overhead() * 1e6,
         "stream_min_bytes": stream_min_bytes(),
         "blas": blas,
+        "blas_pool": blas_pool_status(),
     }
 
 
@@ -79,4 +80,8 @@ def show_config(file=None):
                          f"{b['num_threads']} threads) {b['path']}")
     else:
         lines.append("BLAS           : none found by threadpoolctl")
+    pool = c["blas_pool"]
+    lines.append("BLAS jobs      : " + (f"on cynet's OpenMP team (one thread pool, CYNET_BLAS_POOL=1): "
+                                        f"{', '.join(pool['libraries'])}" if pool["libraries"] else
+                                        f"OpenBLAS's own workers; one pool with cynet's team: {pool['reason']}"))
     print("\n".join(lines), file=file or sys.stdout)

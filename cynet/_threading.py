@@ -300,6 +300,76 @@ def kernel_threads(elements, ns_per_element=NS_STREAM):
     return n if one_thread * (1.0 - 1.0 / n) > parallel_overhead(n) else 1
 
 
+# --- one thread pool: BLAS jobs on cynet's OpenMP team (opt-in) ------------------------------------------------------
+# A pthreads OpenBLAS keeps its own workers, and after every call they spin (sched_yield) for about 2^28 cycles on the
+# cores that cynet's next kernel wakes its OpenMP team on. OpenBLAS's threads callback (0.3.28 and later) hands each
+# call's jobs to cynet's team instead (cynet._kernels._runtime), whose idle threads sleep. Matrix products keep their
+# bits: the jobs and their split are OpenBLAS's own. Measured, it is a trade, so it is off unless CYNET_BLAS_POOL=1:
+# - 16-core Intel Xeon host, (1024, 3072) SGD update right after a (256, 3072) x (3072, 1024) product, 16 threads:
+#   0.37-0.40 ms with the one pool against 0.64-0.97 ms without; the benchmark epoch 432-448 against 504-528 ms;
+# - but its bare matrix products (the floor) 293-309 against 224-229 ms on 16 threads, 382-447 against 340-374 ms on
+#   4, where the epoch lost (601-676 against 503-551 ms): waking a sleeping team for every product costs more than
+#   OpenBLAS's spinning workers, which start at once;
+# - on the 2-vCPU development machine, 2 threads: epoch 689-699 against 674-689 ms.
+_OPENBLAS_AFFIXES = [(prefix, suffix) for prefix in ("", "scipy_") for suffix in ("", "64_", "_64")]
+_blas_pool = {"libraries": [], "reason": "off (CYNET_BLAS_POOL=1 turns it on)"}
+
+
+def _openblas_callback_setters():
+    """(file and version, ``openblas_set_threads_callback_function``) of every loaded pthreads OpenBLAS that has it."""
+    import ctypes
+
+    from threadpoolctl import ThreadpoolController
+
+    setters = []
+    for controller in ThreadpoolController().select(internal_api="openblas").lib_controllers:
+        if getattr(controller, "threading_layer", None) != "pthreads":
+            continue
+        for prefix, suffix in _OPENBLAS_AFFIXES:
+            setter = getattr(controller.dynlib, f"{prefix}openblas_set_threads_callback_function{suffix}", None)
+            if setter is not None:
+                setter.argtypes, setter.restype = [ctypes.c_void_p], None
+                setters.append((f"{controller.filepath} ({controller.version})", setter))
+                break
+    return setters
+
+
+def _set_blas_pool(enabled):
+    """Hand the parallel jobs of every loaded pthreads OpenBLAS to cynet's OpenMP team (``enabled``), or give them back
+    to OpenBLAS's own workers. Returns :func:`blas_pool_status`."""
+    from cynet._kernels import _runtime
+
+    address = _runtime.blas_callback_address() if enabled else 0
+    if enabled and not address:
+        _blas_pool.update(libraries=[], reason="not built here (needs OpenMP, not on Windows)")
+        return blas_pool_status()
+    setters = _openblas_callback_setters()
+    for _, setter in setters:
+        setter(address or None)
+    if not enabled:
+        _blas_pool.update(libraries=[], reason="off (CYNET_BLAS_POOL=1 turns it on)")
+    elif setters:
+        _blas_pool.update(libraries=[name for name, _ in setters], reason="")
+    else:
+        _blas_pool.update(libraries=[], reason="no pthreads OpenBLAS with a threads callback (0.3.28+) is loaded")
+    return blas_pool_status()
+
+
+def _install_blas_pool():
+    """At import, once NumPy's BLAS is loaded: the one pool when ``CYNET_BLAS_POOL=1``."""
+    if os.environ.get("CYNET_BLAS_POOL", "").strip() == "1":
+        _set_blas_pool(True)
+
+
+def blas_pool_status():
+    """Whether BLAS runs its parallel jobs on cynet's OpenMP team (``CYNET_BLAS_POOL=1``): a dict with ``libraries``
+    (the OpenBLAS files whose jobs it runs, with versions), ``reason`` (why none, else '') and ``calls`` (BLAS calls
+    run so far on the team and on fresh threads, which serve calls from inside a parallel region or a forked child)."""
+    from cynet._kernels import _runtime
+
+    return dict(_blas_pool, calls=dict(zip(("team", "fresh_threads"), _runtime.blas_callback_counts())))
+
+
 # --- streaming stores ------------------------------------------------------------------------------------------------
 # Non-temporal stores from 32 MiB of output on: a measured threshold, not the cache size the OS reports. On the AMD
 # EPYC of the first development machines (32 MiB of L3 per core complex) a (4096, 4096) float32 ReLU went from 6.9 to

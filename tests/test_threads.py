@@ -333,3 +333,113 @@ def test_small_calls_on_one_thread_give_the_same_bits_as_split_ones(overhead):
             results.append((cynet.ops.gelu_forward(x), cynet.ops.sigmoid_forward(x), y, dx, bn.weight.grad.copy()))
     for a, b in zip(*results):
         assert np.array_equal(a, b)
+
+
+# --- one thread pool: OpenBLAS's jobs on cynet's OpenMP team (CYNET_BLAS_POOL=1) --------------------------------------
+GEMM_SHAPES = [(256, 3072, 1024), (300, 77, 513), (1024, 512, 256)]
+
+
+def _products(threads, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    with cynet.threads(threads):
+        for m, k, n in GEMM_SHAPES:
+            a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+            out += [a @ b, a.astype(np.float64) @ b.astype(np.float64)]
+    return out
+
+
+@pytest.fixture
+def blas_pool():
+    """The one pool on for the test, as before afterwards; a skip where no pthreads OpenBLAS has the callback."""
+    was_on = bool(cynet._threading.blas_pool_status()["libraries"])
+    status = cynet._threading._set_blas_pool(True)
+    try:
+        if not status["libraries"]:
+            pytest.skip(f"no one pool here: {status['reason']}")
+        yield status
+    finally:
+        cynet._threading._set_blas_pool(was_on)
+
+
+def test_blas_pool_is_off_by_default_and_on_with_the_environment_variable():
+    code = "import cynet; print(cynet._threading.blas_pool_status()['reason'] or 'on')"
+    assert _run(["-c", code], CYNET_BLAS_POOL="").strip() == "off (CYNET_BLAS_POOL=1 turns it on)"
+    answer = _run(["-c", code], CYNET_BLAS_POOL="1").strip()
+    expected = cynet._threading._set_blas_pool(True)
+    cynet._threading._set_blas_pool(False)
+    assert answer == (expected["reason"] or "on")
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_blas_pool_runs_the_jobs_on_the_team_and_gives_the_same_bits(blas_pool, threads):
+    cynet._threading._set_blas_pool(False)
+    own_workers = _products(threads)
+    cynet._threading._set_blas_pool(True)
+    team_before = cynet._threading.blas_pool_status()["calls"]["team"]
+    one_pool = _products(threads)
+    assert cynet._threading.blas_pool_status()["calls"]["team"] > team_before
+    for got, expected in zip(one_pool, own_workers):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_blas_pool_fresh_threads_path_gives_the_same_bits(blas_pool):
+    expected = _products(2)
+    fresh_before = cynet._threading.blas_pool_status()["calls"]["fresh_threads"]
+    _runtime.blas_callback_force_fresh_threads(True)
+    try:
+        got = _products(2)
+    finally:
+        _runtime.blas_callback_force_fresh_threads(False)
+    assert cynet._threading.blas_pool_status()["calls"]["fresh_threads"] > fresh_before
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_blas_pool_serves_concurrent_python_threads(blas_pool):
+    expected = _products(2)
+    results, errors = {}, []
+
+    def worker(i):
+        try:
+            results[i] = _products(2)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert not any(w.is_alive() for w in workers), "a BLAS call on the one pool did not return"
+    assert not errors
+    for got in results.values():
+        for g, e in zip(got, expected):
+            np.testing.assert_array_equal(g, e)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_blas_pool_in_a_forked_child_uses_fresh_threads():
+    # libgomp's team does not survive fork(): a child whose parent ran the team must not wait on it.
+    code = """
+import os, sys, numpy as np, cynet
+status = cynet._threading.blas_pool_status()
+if not status["libraries"]:
+    print("skip", status["reason"]); sys.exit(0)
+rng = np.random.default_rng(0)
+a, b = rng.standard_normal((256, 3072), np.float32), rng.standard_normal((3072, 1024), np.float32)
+with cynet.threads(2):
+    parent = a @ b
+pid = os.fork()
+if pid == 0:
+    with cynet.threads(2):
+        child = a @ b
+    calls = cynet._threading.blas_pool_status()["calls"]
+    os._exit(0 if np.array_equal(child, parent) and calls["fresh_threads"] >= 1 else 3)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+"""
+    out = _run(["-c", code], CYNET_BLAS_POOL="1").strip()
+    if out.startswith("skip"):
+        pytest.skip(out)
+    assert out == "child 0"

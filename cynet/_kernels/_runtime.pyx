@@ -128,3 +128,134 @@ def idle_spin_seconds(int n_threads, double horizon=0.05, double step=0.0005):
         if elapsed >= horizon:
             return horizon
         previous = now
+
+
+# --- one thread pool for BLAS and the kernels --------------------------------------------------------------------------
+# OpenBLAS (pthreads build, 0.3.28 and later) hands its parallel jobs to a callback when one is registered, instead of
+# waking its own worker threads. Registered, BLAS calls run on the same OpenMP team as cynet's kernels, and the two
+# pools no longer fight: OpenBLAS's own idle workers spin (sched_yield) for about 2^28 cycles after every call, on the
+# cores the next kernel needs. The jobs of one call wait for each other (level-3 routines exchange packed panels), so
+# all of them must run at the same time: on a team of exactly `numjobs` threads, else on as many fresh threads. The
+# fresh threads serve the cases where an OpenMP team cannot be had: a call from inside a parallel region, a dynamic or
+# capped team size, and a process forked after its parent started a team (libgomp's team does not survive fork()).
+cdef extern from *:
+    """
+    #include <stddef.h>
+    typedef void (*cynet_blas_dojob_t)(int job, void *job_data, int dojob_data);
+
+    #if defined(_OPENMP) && !defined(_WIN32)
+    #include <pthread.h>
+    #include <stdlib.h>
+    #include <unistd.h>
+    #define CYNET_BLAS_POOL_SUPPORTED 1
+
+    static pid_t cynet_blas_pool_pid = 0;           /* the process that may use its OpenMP team; 0: none */
+    static int cynet_blas_force_fresh_threads = 0;  /* tests: take the fresh-thread path */
+    static volatile long cynet_blas_team_calls = 0, cynet_blas_fresh_calls = 0;
+
+    typedef struct { cynet_blas_dojob_t dojob; char *data; int job, dojob_data; } cynet_blas_job_t;
+
+    static void *cynet_blas_run_job(void *arg) {
+        cynet_blas_job_t *j = (cynet_blas_job_t *)arg;
+        j->dojob(j->job, j->data, j->dojob_data);
+        return NULL;
+    }
+
+    /* Jobs 1..n-1 on new threads, job 0 on the caller, all at once. Should a thread not start (no memory, no thread
+       left), its job runs on the caller after the others: a last resort that can wait forever on jobs that wait for
+       each other, where OpenBLAS's own pool would have stopped the program. */
+    static void cynet_blas_on_fresh_threads(cynet_blas_dojob_t dojob, int numjobs, size_t elsize, char *data,
+                                            int dojob_data) {
+        cynet_blas_job_t *jobs = (cynet_blas_job_t *)malloc((size_t)numjobs * sizeof(cynet_blas_job_t));
+        pthread_t *ids = (pthread_t *)malloc((size_t)numjobs * sizeof(pthread_t));
+        char *started = (char *)calloc((size_t)numjobs, 1);
+        int i;
+        if (jobs == NULL || ids == NULL || started == NULL) {
+            for (i = 0; i < numjobs; i++) dojob(i, data + (size_t)i * elsize, dojob_data);
+        } else {
+            for (i = 0; i < numjobs; i++) {
+                jobs[i].dojob = dojob; jobs[i].data = data + (size_t)i * elsize;
+                jobs[i].job = i; jobs[i].dojob_data = dojob_data;
+            }
+            for (i = 1; i < numjobs; i++) started[i] = pthread_create(&ids[i], NULL, cynet_blas_run_job, &jobs[i]) == 0;
+            cynet_blas_run_job(&jobs[0]);
+            for (i = 1; i < numjobs; i++) {
+                if (started[i]) pthread_join(ids[i], NULL);
+                else cynet_blas_run_job(&jobs[i]);
+            }
+        }
+        free(jobs); free(ids); free(started);
+        __atomic_add_fetch(&cynet_blas_fresh_calls, 1, __ATOMIC_RELAXED);
+    }
+
+    /* OpenBLAS's openblas_threads_callback: run job i, i = 0..numjobs-1, each on its own thread, and return when all
+       are done (sync is always 1 for the calls that use it). */
+    /* One parallel BLAS call at a time: OpenBLAS's own server queues concurrent callers, the callback path does not,
+       and two calls at once on it gave wrong products (their jobs share per-job buffers). Re-made in a forked child,
+       where a lock held by another thread of the parent at fork() would never be released. */
+    static pthread_mutex_t cynet_blas_lock = PTHREAD_MUTEX_INITIALIZER;
+    static void cynet_blas_lock_in_child(void) { pthread_mutex_init(&cynet_blas_lock, NULL); }
+
+    static void cynet_blas_threads_callback(int sync, cynet_blas_dojob_t dojob, int numjobs, size_t elsize,
+                                            void *jobdata, int dojob_data) {
+        char *data = (char *)jobdata;
+        int team_ran = 0;
+        (void)sync;
+        pthread_mutex_lock(&cynet_blas_lock);
+        if (numjobs <= 1) {
+            if (numjobs == 1) dojob(0, data, dojob_data);
+            pthread_mutex_unlock(&cynet_blas_lock);
+            return;
+        }
+        if (!cynet_blas_force_fresh_threads && getpid() == cynet_blas_pool_pid && !omp_in_parallel()
+                && !omp_get_dynamic() && numjobs <= omp_get_thread_limit()) {
+            #pragma omp parallel num_threads(numjobs)
+            {
+                /* A team short of numjobs (which the checks above rule out) runs nothing: the fresh threads do. */
+                if (omp_get_num_threads() == numjobs) {
+                    int i = omp_get_thread_num();
+                    dojob(i, data + (size_t)i * elsize, dojob_data);
+                    if (i == 0) team_ran = 1;
+                }
+            }
+        }
+        if (team_ran) __atomic_add_fetch(&cynet_blas_team_calls, 1, __ATOMIC_RELAXED);
+        else cynet_blas_on_fresh_threads(dojob, numjobs, elsize, data, dojob_data);
+        pthread_mutex_unlock(&cynet_blas_lock);
+    }
+    static size_t cynet_blas_callback_address(void) {
+        static int fork_handler_registered = 0;
+        if (!fork_handler_registered) fork_handler_registered = pthread_atfork(NULL, NULL, cynet_blas_lock_in_child) == 0;
+        cynet_blas_pool_pid = getpid();
+        return (size_t)&cynet_blas_threads_callback;
+    }
+    #else
+    #define CYNET_BLAS_POOL_SUPPORTED 0
+    static int cynet_blas_force_fresh_threads = 0;
+    static volatile long cynet_blas_team_calls = 0, cynet_blas_fresh_calls = 0;
+    static size_t cynet_blas_callback_address(void) { return 0; }
+    #endif
+    """
+    bint CYNET_BLAS_POOL_SUPPORTED
+    int cynet_blas_force_fresh_threads
+    long cynet_blas_team_calls
+    long cynet_blas_fresh_calls
+    size_t cynet_blas_callback_address()
+
+
+def blas_callback_address():
+    """The address of cynet's OpenBLAS threads callback (an ``openblas_threads_callback``), for
+    ``openblas_set_threads_callback_function``; 0 where it is not built (no OpenMP, or Windows). Taking it makes
+    the calling process the one whose OpenMP team runs BLAS jobs (a forked child runs them on fresh threads)."""
+    return cynet_blas_callback_address()
+
+
+def blas_callback_counts():
+    """(calls run on the OpenMP team, calls run on fresh threads) since the process started."""
+    return int(cynet_blas_team_calls), int(cynet_blas_fresh_calls)
+
+
+def blas_callback_force_fresh_threads(bint force):
+    """Tests: run every BLAS job set on fresh threads (the path of nested or forked callers) when ``force``."""
+    global cynet_blas_force_fresh_threads
+    cynet_blas_force_fresh_threads = force
