@@ -127,17 +127,49 @@ def default_num_threads():
 def get_num_threads():
     """The number of threads cynet's kernels (and BLAS, once set) use in this thread of the program.
 
+    In a process forked (``os.fork``, multiprocessing's "fork" start method) from one that had imported cynet, the
+    kernels run on one thread whatever the setting, with a warning the first time more were asked for: libgomp's
+    team does not survive fork(), and a parallel region in the child waits forever for the parent's workers. BLAS
+    keeps the setting. Start workers with "spawn" or "forkserver" for parallel kernels in them.
+
     Example:
         >>> import cynet
         >>> cynet.get_num_threads() >= 1
         True
     """
     local = getattr(_state, "num_threads", None)
-    if local is not None:
-        return local
-    if _global_num_threads is not None:
-        return _global_num_threads
-    return default_num_threads()
+    n = local if local is not None else (_global_num_threads if _global_num_threads is not None
+                                         else default_num_threads())
+    if _forked and n > 1:
+        return _one_thread_after_fork(n)
+    return n
+
+
+# Set in a forked child: see get_num_threads.
+_forked = False
+_warned_after_fork = False
+
+
+def _after_fork_in_child():
+    global _forked
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _one_thread_after_fork(asked):
+    global _warned_after_fork
+    if not _warned_after_fork:
+        _warned_after_fork = True
+        import warnings
+
+        warnings.warn(f"cynet: this process was forked from one that had imported cynet, and libgomp's OpenMP team "
+                      f"does not survive fork(): cynet's kernels run on 1 thread here instead of {asked} (BLAS keeps "
+                      f"{asked}). Start worker processes with the 'spawn' or 'forkserver' method for parallel "
+                      f"kernels.", RuntimeWarning, stacklevel=3)
+    return 1
 
 
 def _validate(n):
@@ -236,7 +268,7 @@ def _measured_spin(n):
 def _once_per_thread_count(cache, n, compute):
     """``cache[n]`` for ``n`` threads (default: the current count), ``compute(n)`` on first use; 0.0 for one thread."""
     n = get_num_threads() if n is None else _validate(n)
-    if n <= 1:
+    if n <= 1 or _forked:  # a forked child runs no team (see get_num_threads)
         return 0.0
     if n not in cache:
         cache[n] = compute(n)

@@ -443,3 +443,27 @@ print("child", os.waitstatus_to_exitcode(status))
     if out.startswith("skip"):
         pytest.skip(out)
     assert out == "child 0"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_kernels_in_a_forked_child_run_on_one_thread_instead_of_hanging():
+    # Before: a child forked after the parent's kernels ran on 2 threads hung in its first parallel kernel.
+    code = """
+import os, warnings, numpy as np, cynet
+x = np.random.default_rng(0).standard_normal((1000, 1000)).astype(np.float32)
+with cynet.threads(2):
+    parent = cynet.ops.tanh_forward(x)
+    pid = os.fork()
+    if pid == 0:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            child = cynet.ops.tanh_forward(x)
+            n = cynet.get_num_threads()
+            overhead = cynet.parallel_overhead(4)
+        ok = (np.array_equal(child, parent) and n == 1 and overhead == 0.0 and len(caught) == 1
+              and "does not survive fork()" in str(caught[0].message))
+        os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status), cynet.get_num_threads())
+"""
+    assert _run(["-c", code]).strip() == "child 0 2"

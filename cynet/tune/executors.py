@@ -22,6 +22,11 @@ On the process pool (and Dask) ``train_fn`` and ``data`` must be picklable: modu
 :func:`cynet.tune.make_trainer_trial` with module-level factories (with the "fork" start method, Linux's default up
 to Python 3.13, closures work on the pool too, since nothing is pickled there).
 
+Threads in forked workers: libgomp's OpenMP team does not survive fork(), so in pool workers forked from a process
+that had imported cynet ("fork", Linux's default up to Python 3.13) the kernels run on one thread whatever
+``threads_per_trial`` says (BLAS keeps it), with a RuntimeWarning; pass ``mp_context=multiprocessing.get_context(
+"forkserver")`` (or "spawn") for parallel kernels in the workers.
+
 Reproducibility: a trial's outcome depends only on its hyperparameters, seed, budget, data and the number of
 threads it runs with. The last matters because BLAS (OpenBLAS, MKL) sums matrix products in another order with
 another thread count, and a float32 difference in the last bit can change an accuracy after a few epochs. Trials
