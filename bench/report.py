@@ -20,7 +20,7 @@ group's baseline (``floor`` where the group has one, else ``serial``, else ``pla
 implementation).
 
 Several JSON files (runs of one suite at different thread counts, say) make one table, in the order given; the
-header describes the first.
+header describes the first. ``--scaling`` prints instead one row per op with cynet's time at every thread count.
 
 Standard library only.
 """
@@ -152,6 +152,27 @@ def table(rows, differs, flag_limit):
     return "\n".join(out), flagged
 
 
+def scaling_table(rows):
+    """One row per (op, direction, shape): cynet's median ms at each thread count, then, at the largest count, the
+    speed-up over cynet on the smallest count, cynet over the floor and torch over cynet."""
+    counts = sorted({key[3] for key in rows})
+    ops = list(dict.fromkeys(key[:3] for key in rows))
+    head = " | ".join(f"t{n} ms" for n in counts)
+    top, low = counts[-1], counts[0]
+    out = [f"| op | dir | shape | {head} | t{low}/t{top} | cynet/limit t{top} | torch/cynet t{top} |",
+           "|---|---|---|" + "---:|" * (len(counts) + 3)]
+    for op, direction, shape in ops:
+        times = {n: rows.get((op, direction, shape, n), {}) for n in counts}
+        last = times[top]
+        floors = [last[impl] for impl in ("limit", "limit_torch") if impl in last]
+        cells = " | ".join(fmt_ms(times[n].get("cynet")) for n in counts)
+        out.append(f"| {op} | {direction[:3]} | {shape} | {cells} | "
+                   f"{fmt_ratio(ratio(times[low].get('cynet'), last.get('cynet')), 1)} | "
+                   f"{fmt_ratio(ratio(last.get('cynet'), min(floors) if floors else None))} | "
+                   f"{fmt_ratio(ratio(last.get('torch'), last.get('cynet')))} |")
+    return "\n".join(out)
+
+
 def footnotes(notes, differs):
     lines = ["Torch paths (notes; † in the table: torch does more work than cynet there, so torch/cynet flatters "
              "cynet):\n"]
@@ -173,6 +194,8 @@ def main(argv=None):
     parser.add_argument("--flag-limit", type=float, default=1.3,
                         help="flag rows where cynet/limit is above this (default 1.3)")
     parser.add_argument("--no-notes", action="store_true", help="print the table only")
+    parser.add_argument("--scaling", action="store_true",
+                        help="one row per op with cynet's time at every thread count (runs of bench/scaling.sh)")
     args = parser.parse_args(argv)
     data, rows, notes, differs = load(args.json)
     groups = load_groups(data)
@@ -181,7 +204,9 @@ def main(argv=None):
         return 1
     if not args.no_notes:
         print(header(data) + "\n")
-    if rows:
+    if rows and args.scaling:
+        print(scaling_table(rows))
+    elif rows:
         body, flagged = table(rows, differs, args.flag_limit)
         print(body)
         if not args.no_notes:
