@@ -18,10 +18,10 @@ from libc.math cimport erfc
 from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS, CHUNK_ALIGN, split_length
 from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, stream_fence, stream_head,
                                      stream_store)
-from cynet._kernels._vecmath cimport (FUSED_FMA, STAGE, _expm1_reduced_f32, _pow2_f32, exp_neg_f64,
+from cynet._kernels._vecmath cimport (FUSED_FMA, STAGE, TAIL_RATIO_BLOCK, _expm1_reduced_f32, _pow2_f32, exp_neg_f64,
                                       exp_neg_reduce_f64_to_f32, fabsf, fma_f32, fma_f64, half_square_exp_reduce_f32,
-                                      normal_tail_ratio, normal_tail_ratio_f32, opaque_f32, opaque_f64, round_f32,
-                                      vexp_neg_block, vexpm1_block, vsigmoid_block, vtanh_block)
+                                      normal_tail_ratio, normal_tail_ratio_block, normal_tail_ratio_f32, opaque_f32,
+                                      opaque_f64, round_f32, vexp_neg_block, vexpm1_block, vsigmoid_block, vtanh_block)
 
 
 cpdef enum Activation:
@@ -75,8 +75,11 @@ cdef inline void _gelu_erf_stage_f32(const float* x, float* y, Py_ssize_t m) noe
     for i in range(m):
         u = fabsf(x[i])
         uc[i] = limit if u > limit else u                     # NaN passes through
-    for i in range(m):
-        ratio[i] = <float>normal_tail_ratio(uc[i])
+    if TAIL_RATIO_BLOCK:
+        normal_tail_ratio_block(uc, ratio, m)
+    else:
+        for i in range(m):
+            ratio[i] = <float>normal_tail_ratio(uc[i])
     for i in range(m):
         sc[i] = half_square_exp_reduce_f32(uc[i], &r[i])
     for i in range(m):
