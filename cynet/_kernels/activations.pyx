@@ -50,7 +50,8 @@ cdef double INV_SQRT_2PI = 0.39894228040143267793994605993438     # 1/sqrt(2*pi)
 # GELU, erf form: y = x * Phi(x) = 0.5 * x * erfc(-x / sqrt(2));  dy/dx = Phi(x) + x * phi(x),
 # phi(x) = exp(-x^2/2) / sqrt(2pi). Phi is written so that the left tail (x << 0) keeps its relative accuracy.
 #
-# float32, with u = |x| and R(u) = Phi(-u) exp(u^2/2) (_vecmath.normal_tail_ratio, double precision, rounded once):
+# float32, with u = |x| and R(u) = Phi(-u) exp(u^2/2) (_vecmath.normal_tail_ratio, double precision, rounded once; in
+# the AVX-512 build _vecmath.normal_tail_ratio_block, a float32 piecewise polynomial within 0.72 ulp of R):
 #   x < 0:  y = exp(-u^2/2) * (x R(u))           (one rounding after the exponential, also into the subnormal range)
 #   x >= 0: y = x - x Phi(-u),  Phi(-u) = exp(-u^2/2) R(u)   (one fused step where the instruction set has FMA)
 #   dy/dx = [x >= 0] + exp(-u^2/2) * (x / sqrt(2pi) + (R(u) if x < 0 else -R(u)))
