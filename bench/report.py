@@ -33,9 +33,10 @@ BASELINES = ("floor", "floor (interleaved)", "serial", "plain")
 
 
 def load(paths):
-    """The first file's run data and the rows, notes and torch_differs flags of all files, in the order given."""
+    """The first file's run data and the rows, notes and torch_differs flags of all files (a list of paths), in the
+    order given."""
     datas = []
-    for path in [paths] if isinstance(paths, str) else paths:
+    for path in paths:
         with open(path) as f:
             datas.append(json.load(f))
     data = dict(datas[0], benchmarks=[bench for d in datas for bench in d.get("benchmarks", [])])

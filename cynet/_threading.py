@@ -344,7 +344,8 @@ def kernel_threads(elements, ns_per_element=NS_STREAM):
 #   OpenBLAS's spinning workers, which start at once;
 # - on the 2-vCPU development machine, 2 threads: epoch 689-699 against 674-689 ms.
 _OPENBLAS_AFFIXES = [(prefix, suffix) for prefix in ("", "scipy_") for suffix in ("", "64_", "_64")]
-_blas_pool = {"libraries": [], "reason": "off (CYNET_BLAS_POOL=1 turns it on)"}
+_BLAS_POOL_OFF = "off (CYNET_BLAS_POOL=1 turns it on)"
+_blas_pool = {"libraries": [], "reason": _BLAS_POOL_OFF}
 
 
 def _openblas_callback_setters():
@@ -379,7 +380,7 @@ def _set_blas_pool(enabled):
     for _, setter in setters:
         setter(address or None)
     if not enabled:
-        _blas_pool.update(libraries=[], reason="off (CYNET_BLAS_POOL=1 turns it on)")
+        _blas_pool.update(libraries=[], reason=_BLAS_POOL_OFF)
     elif setters:
         _blas_pool.update(libraries=[name for name, _ in setters], reason="")
     else:

@@ -147,7 +147,6 @@ cdef extern from *:
     #include <pthread.h>
     #include <stdlib.h>
     #include <unistd.h>
-    #define CYNET_BLAS_POOL_SUPPORTED 1
 
     static pid_t cynet_blas_pool_pid = 0;           /* the process that may use its OpenMP team; 0: none */
     static int cynet_blas_force_fresh_threads = 0;  /* tests: take the fresh-thread path */
@@ -188,14 +187,14 @@ cdef extern from *:
         __atomic_add_fetch(&cynet_blas_fresh_calls, 1, __ATOMIC_RELAXED);
     }
 
-    /* OpenBLAS's openblas_threads_callback: run job i, i = 0..numjobs-1, each on its own thread, and return when all
-       are done (sync is always 1 for the calls that use it). */
     /* One parallel BLAS call at a time: OpenBLAS's own server queues concurrent callers, the callback path does not,
        and two calls at once on it gave wrong products (their jobs share per-job buffers). Re-made in a forked child,
        where a lock held by another thread of the parent at fork() would never be released. */
     static pthread_mutex_t cynet_blas_lock = PTHREAD_MUTEX_INITIALIZER;
     static void cynet_blas_lock_in_child(void) { pthread_mutex_init(&cynet_blas_lock, NULL); }
 
+    /* OpenBLAS's openblas_threads_callback: run job i, i = 0..numjobs-1, each on its own thread, and return when all
+       are done (sync is always 1 for the calls that use it). */
     static void cynet_blas_threads_callback(int sync, cynet_blas_dojob_t dojob, int numjobs, size_t elsize,
                                             void *jobdata, int dojob_data) {
         char *data = (char *)jobdata;
@@ -230,13 +229,11 @@ cdef extern from *:
         return (size_t)&cynet_blas_threads_callback;
     }
     #else
-    #define CYNET_BLAS_POOL_SUPPORTED 0
     static int cynet_blas_force_fresh_threads = 0;
     static volatile long cynet_blas_team_calls = 0, cynet_blas_fresh_calls = 0;
     static size_t cynet_blas_callback_address(void) { return 0; }
     #endif
     """
-    bint CYNET_BLAS_POOL_SUPPORTED
     int cynet_blas_force_fresh_threads
     long cynet_blas_team_calls
     long cynet_blas_fresh_calls
