@@ -1,0 +1,54 @@
+"""The benchmark suite's own tools (bench/settings.py, bench/report.py): the thread-count setting and the reports
+built from several runs. The benchmarks themselves are timed, not tested; these are plain functions."""
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "bench"
+
+
+def _module(name):
+    spec = importlib.util.spec_from_file_location(f"cynet_bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+settings = _module("settings")
+report = _module("report")
+
+
+@pytest.mark.parametrize("text,expected", [("1, 4,16", [1, 4, 16]), ("", [1, 2]), ("  ", [1, 2]), ("8", [8])])
+def test_bench_threads_parses_the_environment_variable(text, expected):
+    assert settings.bench_threads({"CYNET_BENCH_THREADS": text}) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "1,-2", "two", "1,,x"])
+def test_bench_threads_refuses_what_is_not_positive_integers(text):
+    with pytest.raises(ValueError, match="CYNET_BENCH_THREADS"):
+        settings.bench_threads({"CYNET_BENCH_THREADS": text})
+
+
+def _run(path, threads, times):
+    """A pytest-benchmark JSON with one (op, direction, shape) group at ``threads``: {impl: median seconds}."""
+    benchmarks = [{"name": f"relu-{impl}-t{threads}", "group": f"relu/forward/8x8/t{threads}",
+                   "stats": {"median": seconds},
+                   "extra_info": {"op": "relu", "direction": "forward", "shape": "8x8", "threads": threads,
+                                  "impl": impl}}
+                  for impl, seconds in times.items()]
+    path.write_text(json.dumps({"benchmarks": benchmarks, "machine_info": {}, "commit_info": {}}))
+    return str(path)
+
+
+def test_report_merges_runs_and_prints_one_scaling_row_per_op(tmp_path):
+    # two runs given in the order t4, t1: the rows come back t1, t4
+    t4 = _run(tmp_path / "t4.json", 4, {"cynet": 0.002, "torch": 0.003, "limit_torch": 0.001})
+    t1 = _run(tmp_path / "t1.json", 1, {"cynet": 0.010, "torch": 0.012, "limit": 0.005})
+    _, rows, _, _ = report.load([t4, t1])
+    assert list(rows) == [("relu", "forward", "8x8", 1), ("relu", "forward", "8x8", 4)]
+    assert rows[("relu", "forward", "8x8", 4)] == {"cynet": 2.0, "torch": 3.0, "limit_torch": 1.0}
+    line = report.scaling_table(rows).splitlines()[-1]
+    # t1 10 ms, t4 2 ms; t1/t4 = 5.0; at t4 cynet / floor = 2 / 1, torch / cynet = 3 / 2
+    assert line == "| relu | for | 8x8 | 10.0 | 2.000 | 5.0 | 2.00 | 1.50 |"
