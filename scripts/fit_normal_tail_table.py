@@ -1,16 +1,22 @@
-"""Fit the piecewise polynomial behind the AVX-512 float32 GELU (erf form): R(u) = Phi(-u) exp(u^2/2) on [0, 16).
+"""Fit the piecewise polynomials behind the AVX-512 float32 GELU (erf form).
 
-R is the function of scripts/fit_normal_tail_ratio.py (Mills' ratio over sqrt(2 pi)). Here [0, 16) is cut into 32
-intervals of width 1/2; on interval k, u = k/2 + 1/4 + t with -1/4 <= t < 1/4 (t = (u - k/2) - 1/4: the first
-difference is exact, the second too except for u < 1/8, where its rounding moves R by under 0.1 ulp), and
-R(k/2 + 1/4 + t) ~ c0 + t (c1 + t (c2 + ... + t c6)), a degree-6 polynomial fitted for the least maximum relative error
-(Lawson's iteratively reweighted least squares on 48 Chebyshev nodes, against a 40-digit reference). The kernel
-looks the coefficients up with one vpermt2ps per degree (32 floats in two registers), evaluates in float32 and adds
+Two tables, both for a function of u = |x| >= 0, each cut into 32 intervals (one vpermt2ps per coefficient looks up
+32 floats held in two registers):
+
+- the tail ratio R(u) = Phi(-u) exp(u^2/2) on [0, 16), intervals of width 1/2, degree 6. R is the function of
+  scripts/fit_normal_tail_ratio.py (Mills' ratio over sqrt(2 pi)); the kernel multiplies it by exp(-u^2/2);
+- the lower tail Phi(-u) itself on [0, 5), intervals of width 5/32, degree 6: the central path, which needs no
+  exponential (|x| <= 5 holds all but 6e-7 of standard normal values, 1.2% of those with standard deviation 2).
+
+On interval k of width h, u = k h + h/2 + t with -h/2 <= t < h/2 (for the tail ratio t = (u - k h) - h/2: the first
+difference is exact, the second too except for u - k h < h/4, where its rounding moves R by under 0.1 ulp; for the
+lower tail t = u - (k h + h/2), exact for k >= 1, as u and the centre are within a factor 2 of each other), and
+f(k h + h/2 + t) ~ c0 + t (c1 + t (c2 + ...)), fitted for the least maximum relative error (Lawson's iteratively
+reweighted least squares on 48 Chebyshev nodes, against a 40-digit reference). The kernel evaluates in float32 and adds
 c0 last as a pair c0_hi + c0_lo of floats, so that c0's own rounding does not count.
 
-Prints the C table of cynet/_kernels/_vecmath.pxd (rows c0_hi, c0_lo, c1, ..., c6; 32 columns) and the fit's
-maximum relative error (float64 evaluation), then the error of a float32 evaluation as the kernel does it, in float32
-ulp of R, on a dense grid.
+Prints each C table of cynet/_kernels/_vecmath.pxd (rows c0_hi, c0_lo, c1, ...; 32 columns) and the error of a float32
+evaluation as the kernel does it, in float32 ulp of the function, on a dense grid.
 
 Needs mpmath (not a cynet dependency: `pip install mpmath`; torch installs it).
 Run: python scripts/fit_normal_tail_table.py
@@ -19,7 +25,7 @@ import mpmath
 import numpy as np
 
 mpmath.mp.dps = 40
-INTERVALS, WIDTH, DEGREE, NODES = 32, 0.5, 6, 48
+INTERVALS, NODES = 32, 48
 
 
 def tail_ratio(u):
@@ -27,11 +33,23 @@ def tail_ratio(u):
     return float(mpmath.erfc(u / mpmath.sqrt(2)) / 2 * mpmath.exp(u * u / 2))
 
 
-def fit_interval(k):
+def lower_tail(u):
+    """Phi(-u), the standard normal distribution function at -u."""
+    return float(mpmath.erfc(mpmath.mpf(u) / mpmath.sqrt(2)) / 2)
+
+
+# name, function, interval width, degree, the grid checked (the kernel's u are float32 numbers)
+TABLES = [
+    ("cynet_tail_table", tail_ratio, 0.5, 6, np.linspace(0, 15, 20_001)),
+    ("cynet_lower_tail_table", lower_tail, 0.15625, 6, np.linspace(0, 5, 40_001)),
+]
+
+
+def fit_interval(f, k, width, degree):
     j = np.arange(NODES)
-    t = WIDTH * np.cos(np.pi * (j + 0.5) / NODES) / 2
-    r = np.array([tail_ratio(k * WIDTH + WIDTH / 2 + x) for x in t])
-    v = np.vander(t, DEGREE + 1, increasing=True)
+    t = width * np.cos(np.pi * (j + 0.5) / NODES) / 2
+    r = np.array([f(k * width + width / 2 + x) for x in t])
+    v = np.vander(t, degree + 1, increasing=True)
     w = np.ones(NODES)
     best = None
     for _ in range(60):
@@ -40,17 +58,20 @@ def fit_interval(k):
         if best is None or err.max() < best[1]:
             best = (c, err.max())
         w = w * err / err.mean()
-    return best[0]
+    return best
 
 
-def table():
-    rows = np.zeros((DEGREE + 2, INTERVALS), np.float32)     # c0_hi, c0_lo, c1, ..., c6
+def table(f, width, degree):
+    """(rows c0_hi, c0_lo, c1, ..., c_degree as float32, the largest relative fit error in float64)."""
+    rows = np.zeros((degree + 2, INTERVALS), np.float32)
+    worst = 0.0
     for k in range(INTERVALS):
-        c = fit_interval(k)
+        c, err = fit_interval(f, k, width, degree)
+        worst = max(worst, err)
         hi = np.float32(c[0])
         rows[0, k], rows[1, k] = hi, np.float32(c[0] - np.float64(hi))
         rows[2:, k] = c[1:].astype(np.float32)
-    return rows
+    return rows, worst
 
 
 def fma32(a, b, c):
@@ -58,32 +79,39 @@ def fma32(a, b, c):
     return (a.astype(np.float64) * b + c).astype(np.float32)
 
 
-def evaluate_f32(rows, u):
+def evaluate_f32(rows, u, width, centred):
+    """The kernel's float32 evaluation. t = (u - k h) - h/2 for the tail table, u - (k h + h/2) for the lower tail
+    (centred: the centre k h + h/2 is exact, and so is u minus it for k >= 1, both being within a factor 2)."""
     u = u.astype(np.float32)
-    k = np.minimum((u * np.float32(2)).astype(np.int32), INTERVALS - 1)
-    t = ((u - k.astype(np.float32) * np.float32(0.5)).astype(np.float32) - np.float32(0.25)).astype(np.float32)
-    p = rows[DEGREE + 1, k]
-    for row in range(DEGREE, 1, -1):
+    k = np.minimum((u * np.float32(1 / width)).astype(np.int32), INTERVALS - 1)
+    kh = (k.astype(np.float32) * np.float32(width)).astype(np.float32)
+    if centred:
+        t = (u - (kh + np.float32(width / 2)).astype(np.float32)).astype(np.float32)
+    else:
+        t = ((u - kh).astype(np.float32) - np.float32(width / 2)).astype(np.float32)
+    p = rows[-1, k]
+    for row in range(len(rows) - 2, 1, -1):
         p = fma32(p, t, rows[row, k])
     s = (p * t).astype(np.float32)
     return (rows[0, k] + (s + rows[1, k]).astype(np.float32)).astype(np.float32)
 
 
 def main():
-    rows = table()
-    print("static const float cynet_tail_table[%d][%d] = {" % rows.shape)
-    names = ["c0_hi", "c0_lo"] + [f"c{d}" for d in range(1, DEGREE + 1)]
-    for name, row in zip(names, rows):
-        values = ", ".join(f"{float(v):.9g}f" for v in row)
-        print(f"    /* {name} */ {{{values}}},")
-    print("};")
-    u = np.linspace(0, 15, 20_001).astype(np.float32)            # the kernel's u are float32 numbers
-    truth = np.array([tail_ratio(float(x)) for x in u])
-    got = evaluate_f32(rows, u).astype(np.float64)
-    ulp = np.spacing(np.abs(truth).astype(np.float32)).astype(np.float64)
-    err = np.abs(got - truth) / ulp
-    print(f"float32 evaluation: max {err.max():.3f} ulp of R at u = {u[np.argmax(err)]:.5f}, "
-          f"mean {err.mean():.3f} ({err.size} points)")
+    for name, f, width, degree, grid in TABLES:
+        rows, worst = table(f, width, degree)
+        print(f"static const float {name}[{rows.shape[0]}][{rows.shape[1]}] = {{")
+        names = ["c0_hi", "c0_lo"] + [f"c{d}" for d in range(1, degree + 1)]
+        for row_name, row in zip(names, rows):
+            values = ", ".join(f"{float(v):.9g}f" for v in row)
+            print(f"    /* {row_name} */ {{{values}}},")
+        print("};")
+        u = grid.astype(np.float32)
+        truth = np.array([f(float(x)) for x in u])
+        got = evaluate_f32(rows, u, width, centred=f is lower_tail).astype(np.float64)
+        ulp = np.spacing(np.abs(truth).astype(np.float32)).astype(np.float64)
+        err = np.abs(got - truth) / ulp
+        print(f"{name}: fit error {worst:.2e} relative; float32 evaluation: max {err.max():.3f} ulp at "
+              f"u = {u[np.argmax(err)]:.5f}, mean {err.mean():.3f} ({err.size} points)\n")
 
 
 if __name__ == "__main__":
