@@ -1,16 +1,18 @@
-"""Fit the piecewise polynomials behind the AVX-512 float32 GELU (erf form).
+"""Fit the piecewise polynomials behind the AVX-512 float32 GELU (both forms).
 
-Two tables, both for a function of u = |x| >= 0, each cut into 32 intervals (one vpermt2ps per coefficient looks up
+Three tables, each for a function of u = |x| >= 0, each cut into 32 intervals (one vpermt2ps per coefficient looks up
 32 floats held in two registers):
 
 - the tail ratio R(u) = Phi(-u) exp(u^2/2) on [0, 16), intervals of width 1/2, degree 6. R is the function of
   scripts/fit_normal_tail_ratio.py (Mills' ratio over sqrt(2 pi)); the kernel multiplies it by exp(-u^2/2);
 - the lower tail Phi(-u) itself on [0, 5), intervals of width 5/32, degree 6: the central path, which needs no
-  exponential (|x| <= 5 holds all but 6e-7 of standard normal values, 1.2% of those with standard deviation 2).
+  exponential (|x| <= 5 holds all but 6e-7 of standard normal values, 1.2% of those with standard deviation 2);
+- the tanh form's gate at -u, S(-u) = (1 + tanh(-w)) / 2 = 1 / (1 + exp(2w)) with w = sqrt(2/pi) (u + 0.044715 u^3),
+  on [0, 5), width 5/32, degree 6: the same central path for GELU's tanh form.
 
 On interval k of width h, u = k h + h/2 + t with -h/2 <= t < h/2 (for the tail ratio t = (u - k h) - h/2: the first
 difference is exact, the second too except for u - k h < h/4, where its rounding moves R by under 0.1 ulp; for the
-lower tail t = u - (k h + h/2), exact for k >= 1, as u and the centre are within a factor 2 of each other), and
+other two t = u - (k h + h/2), exact for k >= 1, as u and the centre are within a factor 2 of each other), and
 f(k h + h/2 + t) ~ c0 + t (c1 + t (c2 + ...)), fitted for the least maximum relative error (Lawson's iteratively
 reweighted least squares on 48 Chebyshev nodes, against a 40-digit reference). The kernel evaluates in float32 and adds
 c0 last as a pair c0_hi + c0_lo of floats, so that c0's own rounding does not count.
@@ -38,10 +40,17 @@ def lower_tail(u):
     return float(mpmath.erfc(mpmath.mpf(u) / mpmath.sqrt(2)) / 2)
 
 
+def tanh_gate_lower(u):
+    """The tanh form's gate 0.5 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) at x = -u."""
+    u = mpmath.mpf(u)
+    return float(1 / (1 + mpmath.exp(2 * mpmath.sqrt(2 / mpmath.pi) * (u + mpmath.mpf("0.044715") * u ** 3))))
+
+
 # name, function, interval width, degree, the grid checked (the kernel's u are float32 numbers)
 TABLES = [
     ("cynet_tail_table", tail_ratio, 0.5, 6, np.linspace(0, 15, 20_001)),
     ("cynet_lower_tail_table", lower_tail, 0.15625, 6, np.linspace(0, 5, 40_001)),
+    ("cynet_tanh_gate_table", tanh_gate_lower, 0.15625, 6, np.linspace(0, 5, 40_001)),
 ]
 
 
@@ -80,7 +89,7 @@ def fma32(a, b, c):
 
 
 def evaluate_f32(rows, u, width, centred):
-    """The kernel's float32 evaluation. t = (u - k h) - h/2 for the tail table, u - (k h + h/2) for the lower tail
+    """The kernel's float32 evaluation. t = (u - k h) - h/2 for the tail ratio, u - (k h + h/2) for the others
     (centred: the centre k h + h/2 is exact, and so is u minus it for k >= 1, both being within a factor 2)."""
     u = u.astype(np.float32)
     k = np.minimum((u * np.float32(1 / width)).astype(np.int32), INTERVALS - 1)
@@ -107,7 +116,7 @@ def main():
         print("};")
         u = grid.astype(np.float32)
         truth = np.array([f(float(x)) for x in u])
-        got = evaluate_f32(rows, u, width, centred=f is lower_tail).astype(np.float64)
+        got = evaluate_f32(rows, u, width, centred=f is not tail_ratio).astype(np.float64)
         ulp = np.spacing(np.abs(truth).astype(np.float32)).astype(np.float64)
         err = np.abs(got - truth) / ulp
         print(f"{name}: fit error {worst:.2e} relative; float32 evaluation: max {err.max():.3f} ulp at "

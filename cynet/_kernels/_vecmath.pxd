@@ -376,6 +376,8 @@ cdef extern from *:
     #define CYNET_TAIL_Q4 1.6744753312637684
     #if defined(__AVX512F__) && defined(__AVX512VL__) && defined(__FMA__)
     #include <immintrin.h>
+    #include <float.h>
+    #include <math.h>
     #define CYNET_TAIL_RATIO_BLOCK 1
     /* R on [0, 16) as 32 degree-6 polynomials, one per interval of width 1/2, in t = (u - k/2) - 1/4 (both
        differences exact but for u < 1/8, where the second moves R by under 0.1 ulp); rows c0_hi, c0_lo, c1, ..., c6
@@ -431,27 +433,45 @@ cdef extern from *:
         /* c5 */ {-0.00980952848f, -0.00863675121f, -0.00648591761f, -0.00370523776f, -0.000724519894f, 0.00202936796f, 0.00420958828f, 0.00560232718f, 0.00614665542f, 0.00592135731f, 0.00510671921f, 0.00393385859f, 0.00263475813f, 0.00140335155f, 0.000373090064f, -0.000388486049f, -0.00087170332f, -0.00110867957f, -0.00115484151f, -0.00107242179f, -0.000918462465f, -0.000738032453f, -0.000562030473f, -0.000408222113f, -0.000284044567f, -0.000189930477f, -0.000122331898f, -7.60336407e-05f, -4.56679736e-05f, -2.65372801e-05f, -1.49330599e-05f, -8.14384566e-06f},
         /* c6 */ {0.000646794331f, 0.00182603789f, 0.0027044646f, 0.00315276696f, 0.00312885642f, 0.00268011331f, 0.00192617218f, 0.00102592609f, 0.00014093479f, -0.000596790109f, -0.00110521284f, -0.00135825644f, -0.00137874018f, -0.0012224731f, -0.000959840254f, -0.000658842153f, -0.000373446703f, -0.000138225863f, 3.15301259e-05f, 0.000136030954f, 0.000185384182f, 0.000194291686f, 0.000177767724f, 0.000148489853f, 0.000115680516f, 8.5065185e-05f, 5.94866979e-05f, 3.9760358e-05f, 2.54913994e-05f, 1.57180202e-05f, 9.33988304e-06f, 5.35690469e-06f},
     };
-    /* y[i] = x[i] Phi(x[i]) for every i < m with |x[i]| <= 5, sixteen at a time: the GELU (erf form) of the central
-       range, where Phi(-|x|) is looked up as above (no exponential), then y = x Phi(-|x|) for x < 0 and
-       y = x - |x| Phi(-|x|) for x >= 0 (one fused step; -0 stays -0). Every other x[i] (|x| > 5, NaN) is left to the
-       caller: appended to far_x with offset + i in far_at (both of room m + 16: whole vectors are stored), y[i]
-       untouched. Returns how many were appended. m <= CYNET_CENTRAL_MAX (the callers' STAGE). x is prefetched 2 KB
-       ahead: the form is light enough for the loads' latency to show (without it, (4096, 4096) standard normal took
+    /* The tanh form's gate at -u, S(-u) = 1 / (1 + exp(2 sqrt(2/pi) (u + 0.044715 u^3))), on [0, 5) in the same
+       layout (fit error below 1.1e-8 relative; float32 evaluation within 1.48 ulp of S(-u) on the same grid). */
+    static const float cynet_tanh_gate_table[8][32] = {
+        /* c0_hi */ {0.468864471f, 0.407351017f, 0.348054826f, 0.292275786f, 0.241068736f, 0.195187151f, 0.155059785f, 0.120800115f, 0.0922435373f, 0.069003731f, 0.0505384393f, 0.0362156816f, 0.0253729466f, 0.0173649807f, 0.011598181f, 0.00755185867f, 0.00478803646f, 0.00295223226f, 0.00176785386f, 0.00102666137f, 0.000577364466f, 0.000313943689f, 0.000164798868f, 8.33812519e-05f, 4.05973515e-05f, 1.8990675e-05f, 8.52101948e-06f, 3.66137579e-06f, 1.50414826e-06f, 5.8982323e-07f, 2.20408879e-07f, 7.8361559e-08f},
+        /* c0_lo */ {-4.03543776e-09f, -6.44475939e-09f, 1.43733683e-08f, -5.63253177e-09f, -1.49711621e-09f, 7.28978922e-09f, 3.10388715e-10f, -2.65941891e-09f, 3.7237895e-09f, -1.16349197e-09f, 1.50202328e-09f, 9.96742799e-10f, -2.37323008e-12f, -9.15644727e-10f, -2.65427846e-10f, 1.34501799e-10f, 1.16969517e-10f, -3.28383709e-11f, -5.29420154e-11f, 3.17886082e-12f, -2.23719827e-11f, -1.42980575e-11f, -5.43471648e-12f, 7.89675454e-13f, 9.55953415e-13f, -2.06748511e-14f, 9.93833312e-14f, 9.30295405e-14f, -1.59914027e-14f, 2.09493084e-14f, -1.74004941e-15f, 1.41880348e-15f},
+        /* c1 */ {-0.397720665f, -0.388083249f, -0.369512022f, -0.343328595f, -0.311315417f, -0.275512516f, -0.238000885f, -0.200704664f, -0.165238723f, -0.132816419f, -0.104219794f, -0.0798233151f, -0.0596556403f, -0.0434817486f, -0.0308896881f, -0.02137045f, -0.0143839521f, -0.00940832589f, -0.00597260054f, -0.00367477699f, -0.00218814379f, -0.00125901226f, -0.000698883145f, -0.000373677671f, -0.000192130756f, -9.48394227e-05f, -4.48700812e-05f, -2.0313495e-05f, -8.78532046e-06f, -3.62378637e-06f, -1.42327372e-06f, -5.31404964e-07f},
+        /* c2 */ {0.0156122465f, 0.0456873327f, 0.0724550784f, 0.0941570625f, 0.109627485f, 0.118390456f, 0.120649569f, 0.117180079f, 0.109153308f, 0.0979337171f, 0.0848884061f, 0.0712382868f, 0.0579648763f, 0.0457720496f, 0.0350921489f, 0.026121648f, 0.0188719947f, 0.0132241426f, 0.00897921063f, 0.00590096181f, 0.00374835311f, 0.00229803054f, 0.00135767413f, 0.000771724968f, 0.000421353121f, 0.000220612434f, 0.000110585039f, 5.29821737e-05f, 2.42224505e-05f, 1.05500121e-05f, 4.37048766e-06f, 1.71928457e-06f},
+        /* c3 */ {0.0661984012f, 0.0613452122f, 0.0522315502f, 0.039945513f, 0.0258928481f, 0.0115722492f, -0.00165121118f, -0.0127280001f, -0.0210274365f, -0.0263513308f, -0.0288712345f, -0.029018987f, -0.0273642559f, -0.0245060939f, -0.0209935103f, -0.0172785483f, -0.0136974715f, -0.0104722735f, -0.00772459758f, -0.0054957699f, -0.00376857864f, -0.00248804013f, -0.0015794459f, -0.000962707389f, -0.00056255376f, -0.000314653909f, -0.00016819514f, -8.57858904e-05f, -4.16825278e-05f, -1.92639563e-05f, -8.45495924e-06f, -3.51865765e-06f},
+        /* c4 */ {-0.00396430725f, -0.0114052473f, -0.0174634922f, -0.0214708205f, -0.0230918229f, -0.0223650485f, -0.0196672846f, -0.015609866f, -0.0108971875f, -0.00618800428f, -0.00199417071f, 0.00136652519f, 0.00376673485f, 0.00523172924f, 0.00588749116f, 0.00591075141f, 0.00548985414f, 0.00479885936f, 0.00398324803f, 0.00315413182f, 0.00238801516f, 0.00173000887f, 0.00119912135f, 0.00079467945f, 0.000503038929f, 0.000303791428f, 0.000174803994f, 9.57067168e-05f, 4.97909095e-05f, 2.45793053e-05f, 1.14972208e-05f, 5.08872563e-06f},
+        /* c5 */ {-0.0100298142f, -0.00880104862f, -0.00654543284f, -0.00363197457f, -0.000527863915f, 0.00229567592f, 0.0044607725f, 0.00575416256f, 0.00615005894f, 0.00578168035f, 0.00487844739f, 0.00369527144f, 0.00245649577f, 0.00132521195f, 0.000396780815f, -0.000291505567f, -0.000743944081f, -0.000989994733f, -0.00107132364f, -0.00103294186f, -0.000917618396f, -0.000762463431f, -0.000596918981f, -0.000441860233f, -0.000309741736f, -0.000205711622f, -0.00012941724f, -7.70855404e-05f, -4.3438944e-05f, -2.31381273e-05f, -1.1638439e-05f, -5.52232723e-06f},
+        /* c6 */ {0.000677330245f, 0.00191419537f, 0.00283654919f, 0.00329723023f, 0.00323908892f, 0.00271196384f, 0.00186126924f, 0.00088471832f, -2.46142208e-05f, -0.000726992148f, -0.00115880859f, -0.00132715108f, -0.00128610583f, -0.00110820646f, -0.000862557383f, -0.000602791493f, -0.000363911648f, -0.000165040503f, -1.37143952e-05f, 9.00066952e-05f, 0.000150679261f, 0.000175651367f, 0.000173791806f, 0.00015436059f, 0.000125900333f, 9.53181443e-05f, 6.73592585e-05f, 4.45636506e-05f, 2.76440187e-05f, 1.60904619e-05f, 8.7895296e-06f, 4.50536936e-06f},
+    };
+    /* The GELU of the central range, y[i] = x[i] G(x[i]) for every i < m with |x[i]| <= 5, sixteen at a time, with
+       G(-u) (Phi(-u) for the erf form, S(-u) for the tanh form) looked up in `table` (one of the two above: no
+       exponential), then y = x G(-|x|) for x < 0 and y = x - |x| G(-|x|) for x >= 0 (G(u) = 1 - G(-u) for both
+       forms; one fused step; -0 stays -0). Every other x[i] (|x| > 5, NaN) is left to the caller: appended to far_x
+       with offset + i in far_at (both of room m + 16: whole vectors are stored), y[i] untouched; but where more than
+       CYNET_SHORTCUT_MIN of them are, those whose full form gives a known result take it here: y = x for x > 6, and
+       y = -0 for -FLT_MAX <= x < zero_below (-11 for the tanh form, -inf for the erf form: none). Returns how many
+       were appended. m <= CYNET_CENTRAL_MAX (the callers' STAGE). x is prefetched 2 KB ahead: the form is light
+       enough for the loads' latency to show (without it, the erf form on (4096, 4096) standard normal values took
        1.3-1.5x as long on 1 and 2 threads on the Intel Xeon development machine). */
     #define CYNET_CENTRAL_MAX 64
+    #define CYNET_SHORTCUT_MIN 16
     #ifndef CYNET_CENTRAL_PREFETCH
     #define CYNET_CENTRAL_PREFETCH 2048
     #endif
-    static inline Py_ssize_t cynet_gelu_erf_central_block(const float *x, float *y, Py_ssize_t m, int offset,
-                                                          float *far_x, int *far_at) {
+    static inline Py_ssize_t cynet_gelu_central_block(const float (*table)[32], float zero_below_f, const float *x,
+                                                      float *y, Py_ssize_t m, int offset, float *far_x, int *far_at) {
+        const __m512 zero_below = _mm512_set1_ps(zero_below_f);
         __m512 lo[8], hi[8];
+        int shortcuts;
         const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         __mmask16 far_mask[CYNET_CENTRAL_MAX / 16], any_far = 0;
         int row;
         Py_ssize_t i, n_far = 0;
         for (row = 0; row < 8; row++) {
-            lo[row] = _mm512_loadu_ps(cynet_lower_tail_table[row]);
-            hi[row] = _mm512_loadu_ps(cynet_lower_tail_table[row] + 16);
+            lo[row] = _mm512_loadu_ps(table[row]);
+            hi[row] = _mm512_loadu_ps(table[row] + 16);
         }
         for (i = 0; i < m; i += 16) {
             __mmask16 mask = (m - i >= 16) ? (__mmask16)0xFFFF : (__mmask16)((1u << (m - i)) - 1u);
@@ -468,7 +488,7 @@ cdef extern from *:
             for (row = 6; row >= 2; row--)
                 p = _mm512_fmadd_ps(p, t, _mm512_permutex2var_ps(lo[row], k, hi[row]));
             p = _mm512_fmadd_ps(p, t, _mm512_permutex2var_ps(lo[1], k, hi[1]));  /* t (c1 + ...) + c0_lo */
-            p = _mm512_add_ps(_mm512_permutex2var_ps(lo[0], k, hi[0]), p);        /* Phi(-|x|) */
+            p = _mm512_add_ps(_mm512_permutex2var_ps(lo[0], k, hi[0]), p);        /* G(-|x|) */
             __m512 r = _mm512_mask_mul_ps(_mm512_fnmadd_ps(u, p, v), _mm512_cmp_ps_mask(v, _mm512_setzero_ps(),
                                           _CMP_LT_OQ), v, p);
             _mm512_mask_storeu_ps(y + i, central, r);
@@ -477,14 +497,38 @@ cdef extern from *:
         }
         if (!any_far)                                 /* the common case: one branch per call, rarely mispredicted */
             return 0;
+        for (i = 0; i < m; i += 16)
+            n_far += __builtin_popcount((unsigned)far_mask[i / 16]);
+        /* many beyond 5 (wide inputs): take those whose full form is known exactly here (the same bits either way,
+           so the threshold only moves work) */
+        shortcuts = n_far > CYNET_SHORTCUT_MIN;
+        n_far = 0;
         for (i = 0; i < m; i += 16) {                 /* no branch per vector: for wide inputs, a coin toss */
             __mmask16 far = far_mask[i / 16];
+            __m512 v = _mm512_maskz_loadu_ps(far, x + i);
+            if (shortcuts) {
+                /* x > 6 (+inf too): y = x (the full forms round x - x G(-x), G(-x) < 1e-9, to x); and
+                   -FLT_MAX <= x < zero_below: y = -0 (the tanh form's full form below -11) */
+                __mmask16 ident = _mm512_mask_cmp_ps_mask(far, v, _mm512_set1_ps(6.0f), _CMP_GT_OQ);
+                __mmask16 zero = _mm512_mask_cmp_ps_mask(_mm512_mask_cmp_ps_mask(far, v, zero_below, _CMP_LT_OQ),
+                                                         v, _mm512_set1_ps(-FLT_MAX), _CMP_GE_OQ);
+                _mm512_mask_storeu_ps(y + i, ident | zero, _mm512_mask_mov_ps(v, zero, _mm512_set1_ps(-0.0f)));
+                far &= ~(ident | zero);
+            }
             __m512i at = _mm512_add_epi32(lane, _mm512_set1_epi32(offset + (int)i));
-            _mm512_storeu_ps(far_x + n_far, _mm512_maskz_compress_ps(far, _mm512_maskz_loadu_ps(far, x + i)));
+            _mm512_storeu_ps(far_x + n_far, _mm512_maskz_compress_ps(far, v));
             _mm512_storeu_si512((void *)(far_at + n_far), _mm512_maskz_compress_epi32(far, at));
             n_far += __builtin_popcount((unsigned)far);
         }
         return n_far;
+    }
+    static inline Py_ssize_t cynet_gelu_erf_central_block(const float *x, float *y, Py_ssize_t m, int offset,
+                                                          float *far_x, int *far_at) {
+        return cynet_gelu_central_block(cynet_lower_tail_table, -INFINITY, x, y, m, offset, far_x, far_at);
+    }
+    static inline Py_ssize_t cynet_gelu_tanh_central_block(const float *x, float *y, Py_ssize_t m, int offset,
+                                                           float *far_x, int *far_at) {
+        return cynet_gelu_central_block(cynet_tanh_gate_table, -11.0f, x, y, m, offset, far_x, far_at);
     }
     #else
     #define CYNET_TAIL_RATIO_BLOCK 0
@@ -493,6 +537,11 @@ cdef extern from *:
     }
     static inline Py_ssize_t cynet_gelu_erf_central_block(const float *x, float *y, Py_ssize_t m, int offset,
                                                           float *far_x, int *far_at) {
+        (void)x; (void)y; (void)m; (void)offset; (void)far_x; (void)far_at;  /* not called: TAIL_RATIO_BLOCK is 0 */
+        return 0;
+    }
+    static inline Py_ssize_t cynet_gelu_tanh_central_block(const float *x, float *y, Py_ssize_t m, int offset,
+                                                           float *far_x, int *far_at) {
         (void)x; (void)y; (void)m; (void)offset; (void)far_x; (void)far_at;  /* not called: TAIL_RATIO_BLOCK is 0 */
         return 0;
     }
@@ -512,10 +561,14 @@ cdef extern from *:
     # normal_tail_ratio (a compile-time constant: the branch on it is folded away).
     bint TAIL_RATIO_BLOCK "CYNET_TAIL_RATIO_BLOCK"
     void normal_tail_ratio_block "cynet_normal_tail_ratio_block"(const float* u, float* out, Py_ssize_t m) noexcept nogil
-    # y = x Phi(x) where |x| <= 5, the other x and offset + their index appended to far_x / far_at (AVX-512 build only)
+    # y = x G(x) where |x| <= 5 (G: Phi, or the tanh form's gate), the other x and offset + their index appended to
+    # far_x / far_at (the AVX-512 build only)
     Py_ssize_t gelu_erf_central_block "cynet_gelu_erf_central_block"(const float* x, float* y, Py_ssize_t m,
                                                                      int offset, float* far_x,
                                                                      int* far_at) noexcept nogil
+    Py_ssize_t gelu_tanh_central_block "cynet_gelu_tanh_central_block"(const float* x, float* y, Py_ssize_t m,
+                                                                       int offset, float* far_x,
+                                                                       int* far_at) noexcept nogil
 
 
 cdef inline double normal_tail_ratio(double u) noexcept nogil:

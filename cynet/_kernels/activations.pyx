@@ -20,7 +20,7 @@ from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, 
                                      stream_store)
 from cynet._kernels._vecmath cimport (FUSED_FMA, STAGE, TAIL_RATIO_BLOCK, _expm1_reduced_f32, _pow2_f32, exp_neg_f64,
                                       exp_neg_reduce_f64_to_f32, fabsf, fma_f32, fma_f64, half_square_exp_reduce_f32,
-                                      gelu_erf_central_block, normal_tail_ratio, normal_tail_ratio_block,
+                                      gelu_erf_central_block, gelu_tanh_central_block, normal_tail_ratio, normal_tail_ratio_block,
                                       normal_tail_ratio_f32, opaque_f32, opaque_f64, round_f32, vexp_neg_block,
                                       vexpm1_block, vsigmoid_block, vtanh_block)
 
@@ -94,49 +94,6 @@ cdef inline void _gelu_erf_full_stage_f32(const float* x, float* y, Py_ssize_t m
         t = (fma_f32(mm, r[i], mm) * (sc[i] * (<float>0.0 if fabsf(v) > <float>15.0 else <float>1.0)))
         t = t * <float>5.42101086242752217e-20                     # * 2**-64
         y[i] = t if v < 0 else fma_f32(-uc[i], t, v)              # uc == |x| up to 15; beyond, t == 0
-
-
-# y = x Phi(x) for n float32 values. In the AVX-512 build each |x| <= 5 takes the central form
-# (_vecmath.gelu_erf_central_block: Phi(-|x|) from a table of polynomials, no exponential, stage by stage), and the
-# others are gathered (value and offset) until a whole stage of them can take the full form above together, then put
-# in place; each value's form depends on its own magnitude only, so the bits do not depend on how the work is split.
-# A/B against the full form for every value, (4096, 4096), 1 / 2 threads: standard normal x 0.58 / 0.57; standard
-# deviation 2 (1.2% of |x| beyond 5) 0.75 / 0.79; 3 (9.6%) 0.88 / 0.91; 8 (53%, and many subnormal results, each a
-# micro-code assist in either form) 1.12 / 1.11.
-cdef enum:
-    FAR_WINDOW = 1 << 30          # values per window of _gelu_erf_f32's int offsets
-
-cdef void _gelu_erf_f32(const float* x, float* y, Py_ssize_t n) noexcept nogil:
-    cdef float far_x[2 * STAGE + 16]                          # up to STAGE - 1 waiting, STAGE more, whole vectors
-    cdef float far_y[STAGE]
-    cdef int far_at[2 * STAGE + 16]                           # offsets from y + window
-    cdef Py_ssize_t b, i0, j, n_far = 0, window = 0
-    if not TAIL_RATIO_BLOCK:
-        for b in range((n + STAGE - 1) // STAGE):
-            i0 = b * STAGE
-            _gelu_erf_full_stage_f32(x + i0, y + i0, min(STAGE, n - i0))
-        return
-    for b in range((n + STAGE - 1) // STAGE):
-        i0 = b * STAGE
-        if i0 - window >= FAR_WINDOW:                          # keep the offsets within int
-            _gelu_erf_full_stage_f32(far_x, far_y, n_far)
-            for j in range(n_far):
-                y[window + far_at[j]] = far_y[j]
-            n_far = 0
-            window = i0
-        n_far += gelu_erf_central_block(x + i0, y + i0, min(STAGE, n - i0), <int>(i0 - window), far_x + n_far,
-                                        far_at + n_far)
-        if n_far >= STAGE:
-            _gelu_erf_full_stage_f32(far_x, far_y, STAGE)
-            for j in range(STAGE):
-                y[window + far_at[j]] = far_y[j]
-            n_far -= STAGE
-            for j in range(n_far):
-                far_x[j] = far_x[STAGE + j]
-                far_at[j] = far_at[STAGE + j]
-    _gelu_erf_full_stage_f32(far_x, far_y, n_far)
-    for j in range(n_far):
-        y[window + far_at[j]] = far_y[j]
 
 
 # The float32 slope, staged (see _vecmath's block forms) over m <= STAGE values: |x| clamped, then
@@ -270,6 +227,78 @@ cdef inline void _gelu_tanh_stage_f32(const float* x, float* y, Py_ssize_t m) no
         y[i] = (num / (<float>1.0 + e)) * scale
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# GELU, float32, both forms: y = x G(x) with G = Phi (erf form) or the tanh form's gate, over n values. In the AVX-512
+# build each |x| <= 5 takes the central form (_vecmath.gelu_*_central_block: G(-|x|) from a table of polynomials, no
+# exponential, stage by stage), and the others are gathered (value and offset) until a whole stage of them can take
+# the full form (_gelu_erf_full_stage_f32 / _gelu_tanh_stage_f32) together, then put in place; each value's form
+# depends on its own magnitude only, so the bits do not depend on how the work is split. Elsewhere: the full form.
+# A/B against the full form for every value (in-process, alternating; (4096, 4096), medians, 1 / 2 threads; inputs
+# normal with standard deviation 1 / 2 / 3 / 8, of which 6e-7 / 1.2% / 9.6% / 53% lie beyond 5):
+#   erf form  0.57 / 0.58, 0.77 / 0.77, 0.85 / 0.87, 0.64 / 0.65
+#   tanh form 0.65 / 0.63, 0.83 / 0.83, 0.94 / 0.93, 0.97 / 0.96
+# Without the shortcuts for wide inputs (see gelu_central_block) the last column was 1.11 and 1.30; with them always
+# on, the first three of the erf form lost 4-12%.
+cdef enum:
+    FAR_WINDOW = 1 << 30          # values per window of _gelu_f32's int offsets
+
+# The form as a compile-time choice: one specialisation of _gelu_f32 per form, each with only its own code (one
+# function taking the form as a flag ran 3-7% slower on the central path).
+ctypedef signed char erf_form
+ctypedef unsigned char tanh_form
+ctypedef fused gelu_form:
+    erf_form
+    tanh_form
+
+
+cdef inline Py_ssize_t _gelu_central_block(gelu_form form, const float* x, float* y, Py_ssize_t m, int offset,
+                                           float* far_x, int* far_at) noexcept nogil:
+    if gelu_form is tanh_form:
+        return gelu_tanh_central_block(x, y, m, offset, far_x, far_at)
+    else:
+        return gelu_erf_central_block(x, y, m, offset, far_x, far_at)
+
+
+cdef inline void _gelu_full_stage_f32(gelu_form form, const float* x, float* y, Py_ssize_t m) noexcept nogil:
+    if gelu_form is tanh_form:
+        _gelu_tanh_stage_f32(x, y, m)
+    else:
+        _gelu_erf_full_stage_f32(x, y, m)
+
+
+cdef void _gelu_f32(gelu_form form, const float* x, float* y, Py_ssize_t n) noexcept nogil:
+    cdef float far_x[2 * STAGE + 16]                          # up to STAGE - 1 waiting, STAGE more, whole vectors
+    cdef float far_y[STAGE]
+    cdef int far_at[2 * STAGE + 16]                           # offsets from y + window
+    cdef Py_ssize_t b, i0, j, n_far = 0, window = 0
+    if not TAIL_RATIO_BLOCK:
+        for b in range((n + STAGE - 1) // STAGE):
+            i0 = b * STAGE
+            _gelu_full_stage_f32(form, x + i0, y + i0, min(STAGE, n - i0))
+        return
+    for b in range((n + STAGE - 1) // STAGE):
+        i0 = b * STAGE
+        if i0 - window >= FAR_WINDOW:                          # keep the offsets within int
+            _gelu_full_stage_f32(form, far_x, far_y, n_far)
+            for j in range(n_far):
+                y[window + far_at[j]] = far_y[j]
+            n_far = 0
+            window = i0
+        n_far += _gelu_central_block(form, x + i0, y + i0, min(STAGE, n - i0), <int>(i0 - window),
+                                     far_x + n_far, far_at + n_far)
+        if n_far >= STAGE:
+            _gelu_full_stage_f32(form, far_x, far_y, STAGE)
+            for j in range(STAGE):
+                y[window + far_at[j]] = far_y[j]
+            n_far -= STAGE
+            for j in range(n_far):
+                far_x[j] = far_x[STAGE + j]
+                far_at[j] = far_at[STAGE + j]
+    _gelu_full_stage_f32(form, far_x, far_y, n_far)
+    for j in range(n_far):
+        y[window + far_at[j]] = far_y[j]
+
+
 # The backward, staged. The float32 slope in float32 lanes (its bound is absolute, |error| <= 4 eps |dout| (1 + |x|),
 # which float32 arithmetic meets where the forward's ulp bound needs double). sigma(w) (1 - sigma(w)) is e / (1 + e)^2,
 # e = exp(-|w|), without the cancellation of 1 - sigma(w) near 1. x is clamped to +-20 inside w and the polynomial
@@ -401,7 +430,7 @@ cdef void _forward_block(int op, const floating* x, floating* y, Py_ssize_t n, f
     elif op == GELU_ERF:
         # y = x * Phi(x)
         if floating is float:
-            _gelu_erf_f32(x, y, n)
+            _gelu_f32(<erf_form>0, x, y, n)
         else:
             for i in range(n):
                 v = x[i]
@@ -410,16 +439,13 @@ cdef void _forward_block(int op, const floating* x, floating* y, Py_ssize_t n, f
         # y = 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3); 0.5 (1 + tanh(u)) = sigmoid(2u) exactly,
         # which keeps the left tail accurate. float32 keeps the argument 2u to more than float32's precision (rounding
         # it would cost up to ~|2u|/2 ulp of the result): see _gelu_tanh_stage_f32.
-        for b in range(n // STAGE):
-            i0 = b * STAGE
-            if floating is float:
-                _gelu_tanh_stage_f32(x + i0, y + i0, STAGE)
-            else:
-                _gelu_tanh_stage(x + i0, y + i0, STAGE)
-        i0 = n - n % STAGE
         if floating is float:
-            _gelu_tanh_stage_f32(x + i0, y + i0, n - i0)
+            _gelu_f32(<tanh_form>0, x, y, n)
         else:
+            for b in range(n // STAGE):
+                i0 = b * STAGE
+                _gelu_tanh_stage(x + i0, y + i0, STAGE)
+            i0 = n - n % STAGE
             _gelu_tanh_stage(x + i0, y + i0, n - i0)
     elif op == SILU:
         # y = x * sigmoid(x)
