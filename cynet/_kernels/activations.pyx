@@ -20,9 +20,9 @@ from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, 
                                      stream_store)
 from cynet._kernels._vecmath cimport (FUSED_FMA, STAGE, TAIL_RATIO_BLOCK, _expm1_reduced_f32, _pow2_f32, exp_neg_f64,
                                       exp_neg_reduce_f64_to_f32, fabsf, fma_f32, fma_f64, half_square_exp_reduce_f32,
-                                      gelu_erf_central_block, gelu_tanh_central_block, normal_tail_ratio, normal_tail_ratio_block,
-                                      normal_tail_ratio_f32, opaque_f32, opaque_f64, round_f32, vexp_neg_block,
-                                      vexpm1_block, vsigmoid_block, vtanh_block)
+                                      gelu_erf_central_block, gelu_tanh_central_block, normal_tail_ratio,
+                                      normal_tail_ratio_block, normal_tail_ratio_f32, opaque_f32, opaque_f64, round_f32,
+                                      vexp_neg_block, vexpm1_block, vsigmoid_block, vtanh_block)
 
 
 cpdef enum Activation:
@@ -272,9 +272,11 @@ cdef void _gelu_f32(gelu_form form, const float* x, float* y, Py_ssize_t n) noex
     cdef int far_at[2 * STAGE + 16]                           # offsets from y + window
     cdef Py_ssize_t b, i0, j, n_far = 0, window = 0
     if not TAIL_RATIO_BLOCK:
-        for b in range((n + STAGE - 1) // STAGE):
+        for b in range(n // STAGE):
             i0 = b * STAGE
-            _gelu_full_stage_f32(form, x + i0, y + i0, min(STAGE, n - i0))
+            _gelu_full_stage_f32(form, x + i0, y + i0, STAGE)         # a constant trip count for the stage's loops
+        i0 = n - n % STAGE
+        _gelu_full_stage_f32(form, x + i0, y + i0, n - i0)
         return
     for b in range((n + STAGE - 1) // STAGE):
         i0 = b * STAGE
