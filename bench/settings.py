@@ -1,4 +1,4 @@
-"""Settings shared by the benchmark modules (not a test module: pytest does not collect it).
+"""Settings and helpers shared by the benchmark modules (not a test module: pytest does not collect it).
 
 ``CYNET_BENCH_THREADS``: the thread counts of the per-group benchmarks, comma-separated (default ``1,2``, the
 development machine's cores). A host with more cores measures OpenMP scaling with, for example,
@@ -6,6 +6,8 @@ development machine's cores). A host with more cores measures OpenMP scaling wit
 prints one row per thread count.
 """
 import os
+
+import numpy as np
 
 DEFAULT_THREADS = (1, 2)
 
@@ -29,3 +31,33 @@ def bench_threads(environ=os.environ):
         raise ValueError(f"CYNET_BENCH_THREADS={text!r}: expected positive integers separated by commas, "
                          "such as 1,2,4,8,16")
     return counts
+
+
+def memory_pass(kind, inputs, out, torch=None, to_torch=None):
+    """The floor of a kernel: one plain memory pass over the same bytes, as a zero-argument callable.
+
+    ``kind`` is ``"copy"`` (``out = inputs[0]``: one array read, one written) or ``"add"``
+    (``out = inputs[0] + inputs[1]``: two read, one written). Without ``torch``: NumPy, one thread. With it: the same
+    through torch on the current thread count (``to_torch`` maps an array to a tensor sharing its memory; default
+    ``torch.from_numpy``), the floor for more than one thread, which one NumPy thread cannot show.
+
+    >>> a, b, c = np.ones(3, np.float32), np.full(3, 2, np.float32), np.zeros(3, np.float32)
+    >>> memory_pass("add", [a, b], c)()
+    array([3., 3., 3.], dtype=float32)
+    """
+    if kind not in ("copy", "add"):
+        raise ValueError(f"memory_pass: kind must be 'copy' or 'add', got {kind!r}")
+    if torch is None:
+        if kind == "copy":
+            (src,) = inputs
+            return lambda: np.copyto(out, src)
+        first, second = inputs
+        return lambda: np.add(first, second, out=out)
+    to_torch = to_torch or torch.from_numpy
+    t_out = to_torch(out)
+    if kind == "copy":
+        (t_src,) = (to_torch(a) for a in inputs)
+        return lambda: t_out.copy_(t_src)
+    t_first, t_second = (to_torch(a) for a in inputs)
+    add = torch.add
+    return lambda: add(t_first, t_second, out=t_out)

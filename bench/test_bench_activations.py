@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 
 from cynet import ops, reference
-from settings import bench_threads
+from settings import bench_threads, memory_pass
 
 try:  # optional, as in conftest.py: the interleaved floors use torch's when it is importable
     import torch
@@ -339,18 +339,11 @@ def _check(case, result, expected):
 def _floor_call(case, b, torch):
     *inputs, out = case.op.floor_arrays(b)
     if case.impl == "limit":
-        if case.op.floor == "copy":
-            (src,) = inputs
-            return lambda: np.copyto(out, src), case.op.floor_note
-        a1, a2 = inputs
-        return lambda: np.add(a1, a2, out=out), case.op.floor_note
-    t_out = b.t(out)
+        return memory_pass(case.op.floor, inputs, out), case.op.floor_note
+    fn = memory_pass(case.op.floor, inputs, out, torch, to_torch=b.t)
     if case.op.floor == "copy":
-        t_src = b.t(inputs[0])
-        return lambda: t_out.copy_(t_src), case.op.floor_note.replace("np.copyto(out, x)", "out.copy_(x)")
-    t1, t2 = (b.t(a) for a in inputs)
-    add = torch.add
-    return lambda: add(t1, t2, out=t_out), "torch.add(a, b, out=c) on the group's threads"
+        return fn, case.op.floor_note.replace("np.copyto(out, x)", "out.copy_(x)")
+    return fn, "torch.add(a, b, out=c) on the group's threads"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from cynet.nn.normalization import batch_norm_backward, batch_norm_forward, row_norm_backward, row_norm_forward
-from settings import bench_threads
+from settings import bench_threads, memory_pass
 
 OP_SHAPES = {"batchnorm": [(256, 4096), (4096, 4096), (128, 64, 32, 32)],
              "layernorm": [(256, 4096), (4096, 4096)],
@@ -195,17 +195,20 @@ CASES = [Case(op, d, shape, t, impl) for op, shapes in OP_SHAPES.items() for sha
          for d in ("forward", "backward") for t in THREADS for impl in IMPLS]
 
 
+FLOOR_NOTES = {
+    ("limit", "copy"): "np.copyto(out, x): x's bytes read once, y's written once",
+    ("limit", "add"): "np.add(dout, x, out=out): two inputs read once, one written",
+    ("limit_torch", "copy"): "out.copy_(x) on the group's threads",
+    ("limit_torch", "add"): "torch.add(dout, x, out=out) on the group's threads",
+}
+
+
 def _make(case, b, torch):
     """A zero-argument callable with every argument bound, and a note for extra_info."""
-    if case.impl == "limit":
-        if case.direction == "forward":
-            return (lambda: np.copyto(b.out, b.x)), "np.copyto(out, x): x's bytes read once, y's written once"
-        return (lambda: np.add(b.dout, b.x, out=b.out)), "np.add(dout, x, out=out): two inputs read once, one written"
-    if case.impl == "limit_torch":
-        x, dout, out = torch.from_numpy(b.x), torch.from_numpy(b.dout), torch.from_numpy(b.out)
-        if case.direction == "forward":
-            return (lambda: out.copy_(x)), "out.copy_(x) on the group's threads"
-        return (lambda: torch.add(dout, x, out=out)), "torch.add(dout, x, out=out) on the group's threads"
+    if case.impl in ("limit", "limit_torch"):
+        kind, inputs = ("copy", [b.x]) if case.direction == "forward" else ("add", [b.dout, b.x])
+        fn = memory_pass(kind, inputs, b.out, torch if case.impl == "limit_torch" else None)
+        return fn, FLOOR_NOTES[case.impl, kind]
     if case.op == "batchnorm":
         return _make_batchnorm(case, b, torch)
     return _make_row_norm(case, b, torch)

@@ -1,9 +1,11 @@
-"""The benchmark suite's own tools (bench/settings.py, bench/report.py): the thread-count setting and the reports
-built from several runs. The benchmarks themselves are timed, not tested; these are plain functions."""
+"""The benchmark suite's own tools (bench/settings.py, bench/report.py): the thread-count setting, the floors' memory
+passes and the reports built from several runs. The benchmarks themselves are timed, not tested; these are plain
+functions."""
 import importlib.util
 import json
 import pathlib
 
+import numpy as np
 import pytest
 
 BENCH = pathlib.Path(__file__).resolve().parent.parent / "bench"
@@ -29,6 +31,20 @@ def test_bench_threads_parses_the_environment_variable(text, expected):
 def test_bench_threads_refuses_what_is_not_positive_integers(text):
     with pytest.raises(ValueError, match="CYNET_BENCH_THREADS"):
         settings.bench_threads({"CYNET_BENCH_THREADS": text})
+
+
+@pytest.mark.parametrize("use_torch", [False, True], ids=["numpy", "torch"])
+def test_memory_pass_moves_the_bytes_it_names(use_torch):
+    torch = pytest.importorskip("torch") if use_torch else None
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.full((2, 3), 10, np.float32)
+    out = np.zeros((2, 3), np.float32)
+    settings.memory_pass("copy", [a], out, torch)()
+    np.testing.assert_array_equal(out, a)
+    settings.memory_pass("add", [a, b], out, torch)()
+    np.testing.assert_array_equal(out, [[10, 11, 12], [13, 14, 15]])      # written in place, into `out`
+    with pytest.raises(ValueError, match="memory_pass: kind"):
+        settings.memory_pass("scale", [a], out, torch)
 
 
 def _run(path, threads, times):
