@@ -38,6 +38,7 @@ def config():
         "default_threads": default_num_threads(),
         "threads": get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", ""),
         "wait_policy_set_by_user": WAIT_POLICY_SET_BY_USER,
         "idle_spin_ms": idle_spin_seconds() * 1e3,
         "parallel_overhead_us": parallel_overhead() * 1e6,
@@ -45,6 +46,13 @@ def config():
         "blas": blas,
         "blas_pool": blas_pool_status(),
     }
+
+
+def _wait_policy_text(c):
+    if c["omp_wait_policy"] or not c["gomp_spincount"]:
+        return (f"{c['omp_wait_policy'] or 'runtime default'} (OMP_WAIT_POLICY; passive idle workers leave the cores "
+                f"to BLAS)")
+    return f"spin {c['gomp_spincount']} rounds, then sleep (GOMP_SPINCOUNT, with OMP_WAIT_POLICY unset)"
 
 
 def show_config(file=None):
@@ -63,8 +71,8 @@ def show_config(file=None):
         f"cap with CYNET_ISA)",
         f"threads        : {c['threads']} (default {c['default_threads']}; CPUs available {c['available_cpus']}; "
         f"set with cynet.set_num_threads or OMP_NUM_THREADS)",
-        f"OpenMP waits   : {c['omp_wait_policy'] or 'runtime default'} (OMP_WAIT_POLICY; passive idle workers "
-        f"leave the cores to BLAS); idle workers measured spinning {c['idle_spin_ms']:.1f} ms after a parallel region"
+        f"OpenMP waits   : {_wait_policy_text(c)}; idle workers measured spinning {c['idle_spin_ms']:.1f} ms after "
+        f"a parallel region"
         + ("" if c["idle_spin_ms"] < 1 or c["wait_policy_set_by_user"] else
            " (the OpenMP runtime started before cynet could make it passive, e.g. torch imported first; import cynet "
            "first or set OMP_WAIT_POLICY=PASSIVE in the environment)"),

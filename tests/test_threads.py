@@ -191,13 +191,15 @@ def test_python_m_cynet_prints_the_configuration():
     assert "threads        : 3 (default 3;" in out
 
 
-@pytest.mark.parametrize("user_setting, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+@pytest.mark.parametrize("user_setting, expected", [(None, "PASSIVE"), (("OMP_WAIT_POLICY", "ACTIVE"), "ACTIVE"),
+                                                    (("GOMP_SPINCOUNT", "3000"), "unset")])
 def test_openmp_workers_wait_passively_unless_the_user_chose(user_setting, expected):
-    """Idle OpenMP workers must not spin on the cores BLAS needs next; a user's own OMP_WAIT_POLICY wins."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    """Idle OpenMP workers must not spin on the cores BLAS needs next; a user's own OMP_WAIT_POLICY wins, and so does
+    a GOMP_SPINCOUNT (libgomp ignores it unless OMP_WAIT_POLICY is unset)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     if user_setting:
-        env["OMP_WAIT_POLICY"] = user_setting
-    code = "import os, cynet; print(os.environ['OMP_WAIT_POLICY'])"
+        env[user_setting[0]] = user_setting[1]
+    code = "import os, cynet; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
                             timeout=120)
     assert result.stdout.strip() == expected
@@ -262,7 +264,8 @@ def _fresh_process_json(code, **env):
     CYNET_PARALLEL_OVERHEAD_US nor the OMP_WAIT_POLICY that importing cynet put in this process's environment."""
     import json
 
-    full_env = {k: v for k, v in os.environ.items() if k not in ("CYNET_PARALLEL_OVERHEAD_US", "OMP_WAIT_POLICY")}
+    full_env = {k: v for k, v in os.environ.items() if k not in ("CYNET_PARALLEL_OVERHEAD_US", "OMP_WAIT_POLICY",
+                                                                 "GOMP_SPINCOUNT")}
     full_env.update(env)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -313,6 +316,14 @@ def test_spinning_chosen_by_the_user_is_reported_but_not_charged():
     assert report["spin"] > 1e-3, report
     assert report["overhead"] < report["spin"]
     assert "ACTIVE" in report["config"] and "started before cynet" not in report["config"]
+
+
+@needs_thread_clocks
+def test_a_short_spin_chosen_by_the_user_is_reported_and_ends():
+    # GOMP_SPINCOUNT with OMP_WAIT_POLICY unset: idle workers spin 3000 rounds (well under a millisecond), then sleep
+    report = _fresh_process_json(_spin_report, GOMP_SPINCOUNT="3000")
+    assert 0 <= report["spin"] < 2e-3, report
+    assert "GOMP_SPINCOUNT" in report["config"] and "started before cynet" not in report["config"]
 
 
 def test_idle_spin_is_zero_for_one_thread():
