@@ -379,6 +379,25 @@ cdef extern from *:
     #include <float.h>
     #include <math.h>
     #define CYNET_TAIL_RATIO_BLOCK 1
+    /* A table of 8 rows (c0_hi, c0_lo, c1, ..., c6) over 32 intervals in registers: lo[r] holds entries 0-15 of row
+       r, hi[r] entries 16-31. */
+    static inline void cynet_table32_load(const float (*table)[32], __m512 *lo, __m512 *hi) {
+        int row;
+        for (row = 0; row < 8; row++) {
+            lo[row] = _mm512_loadu_ps(table[row]);
+            hi[row] = _mm512_loadu_ps(table[row] + 16);
+        }
+    }
+    /* The polynomial of interval k at t, each coefficient looked up with one vpermt2ps (32 floats in two registers):
+       Horner's rule in float32, and c0 added last as c0_hi + (t (c1 + t (c2 + ...)) + c0_lo). */
+    static inline __m512 cynet_table32_eval(const __m512 *lo, const __m512 *hi, __m512i k, __m512 t) {
+        int row;
+        __m512 p = _mm512_permutex2var_ps(lo[7], k, hi[7]);
+        for (row = 6; row >= 2; row--)
+            p = _mm512_fmadd_ps(p, t, _mm512_permutex2var_ps(lo[row], k, hi[row]));
+        p = _mm512_fmadd_ps(p, t, _mm512_permutex2var_ps(lo[1], k, hi[1]));      /* t (c1 + ...) + c0_lo */
+        return _mm512_add_ps(_mm512_permutex2var_ps(lo[0], k, hi[0]), p);
+    }
     /* R on [0, 16) as 32 degree-6 polynomials, one per interval of width 1/2, in t = (u - k/2) - 1/4 (both
        differences exact but for u < 1/8, where the second moves R by under 0.1 ulp); rows c0_hi, c0_lo, c1, ..., c6
        (scripts/fit_normal_tail_table.py: fit error below 4.6e-9 relative; evaluated in float32 as below, within
@@ -400,23 +419,15 @@ cdef extern from *:
        took half of the GELU forward on AVX-512. */
     static inline void cynet_normal_tail_ratio_block(const float *u, float *out, Py_ssize_t m) {
         __m512 lo[8], hi[8];
-        int row;
         Py_ssize_t i;
-        for (row = 0; row < 8; row++) {
-            lo[row] = _mm512_loadu_ps(cynet_tail_table[row]);
-            hi[row] = _mm512_loadu_ps(cynet_tail_table[row] + 16);
-        }
+        cynet_table32_load(cynet_tail_table, lo, hi);
         for (i = 0; i < m; i += 16) {
             __mmask16 mask = (m - i >= 16) ? (__mmask16)0xFFFF : (__mmask16)((1u << (m - i)) - 1u);
             __m512 x = _mm512_maskz_loadu_ps(mask, u + i);
             __m512i k = _mm512_min_epi32(_mm512_cvttps_epi32(_mm512_add_ps(x, x)), _mm512_set1_epi32(31));
             __m512 t = _mm512_sub_ps(_mm512_fnmadd_ps(_mm512_cvtepi32_ps(k), _mm512_set1_ps(0.5f), x),
                                      _mm512_set1_ps(0.25f));
-            __m512 p = _mm512_permutex2var_ps(lo[7], k, hi[7]);
-            for (row = 6; row >= 2; row--)
-                p = _mm512_fmadd_ps(p, t, _mm512_permutex2var_ps(lo[row], k, hi[row]));
-            p = _mm512_fmadd_ps(p, t, _mm512_permutex2var_ps(lo[1], k, hi[1]));  /* t (c1 + ...) + c0_lo */
-            _mm512_mask_storeu_ps(out + i, mask, _mm512_add_ps(_mm512_permutex2var_ps(lo[0], k, hi[0]), p));
+            _mm512_mask_storeu_ps(out + i, mask, cynet_table32_eval(lo, hi, k, t));
         }
     }
     /* Phi(-u) on [0, 5) as 32 degree-6 polynomials, one per interval of width h = 5/32, in t = u - (k h + h/2) (the
@@ -467,12 +478,8 @@ cdef extern from *:
         int shortcuts;
         const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         __mmask16 far_mask[CYNET_CENTRAL_MAX / 16], any_far = 0;
-        int row;
         Py_ssize_t i, n_far = 0;
-        for (row = 0; row < 8; row++) {
-            lo[row] = _mm512_loadu_ps(table[row]);
-            hi[row] = _mm512_loadu_ps(table[row] + 16);
-        }
+        cynet_table32_load(table, lo, hi);
         for (i = 0; i < m; i += 16) {
             __mmask16 mask = (m - i >= 16) ? (__mmask16)0xFFFF : (__mmask16)((1u << (m - i)) - 1u);
             __m512 v = _mm512_maskz_loadu_ps(mask, x + i);
@@ -484,11 +491,7 @@ cdef extern from *:
                                          _mm512_set1_epi32(31));
             __m512 t = _mm512_sub_ps(u, _mm512_fmadd_ps(_mm512_cvtepi32_ps(k), _mm512_set1_ps(0.15625f),
                                                         _mm512_set1_ps(0.078125f)));
-            __m512 p = _mm512_permutex2var_ps(lo[7], k, hi[7]);
-            for (row = 6; row >= 2; row--)
-                p = _mm512_fmadd_ps(p, t, _mm512_permutex2var_ps(lo[row], k, hi[row]));
-            p = _mm512_fmadd_ps(p, t, _mm512_permutex2var_ps(lo[1], k, hi[1]));  /* t (c1 + ...) + c0_lo */
-            p = _mm512_add_ps(_mm512_permutex2var_ps(lo[0], k, hi[0]), p);        /* G(-|x|) */
+            __m512 p = cynet_table32_eval(lo, hi, k, t);                          /* G(-|x|) */
             __m512 r = _mm512_mask_mul_ps(_mm512_fnmadd_ps(u, p, v), _mm512_cmp_ps_mask(v, _mm512_setzero_ps(),
                                           _CMP_LT_OQ), v, p);
             _mm512_mask_storeu_ps(y + i, central, r);
