@@ -19,12 +19,13 @@ with spinning workers against 7.7 ms for the GEMM alone. cynet therefore sets ``
 workers sleep; the pair then takes 7.6 ms) before its kernels load the OpenMP runtime, unless the variable is already
 set, or ``GOMP_SPINCOUNT`` is (libgomp's short spin, which needs the policy unset: with ``CYNET_BLAS_POOL=1`` and
 ``GOMP_SPINCOUNT=3000`` the training benchmark's epoch on 2 threads went from 1.245x to 1.184x the bare-GEMM floor on
-the 2-vCPU Intel development machine, medians of five alternating rounds). It takes effect only if no other library loaded the same OpenMP runtime first: ``import torch`` before
-``import cynet`` starts libgomp with its default, and its idle workers then spin for about 8 ms after every parallel
-region (measured here), which made a training epoch 2.5-3x slower (3.2-3.9 s against 1.25-1.37 s). So the cost of a
-parallel call (:func:`parallel_overhead`) also counts the time the idle workers keep a core busy, measured from their
-CPU clocks (:func:`idle_spin_seconds`), unless the user chose the wait policy (``OMP_WAIT_POLICY`` set before cynet was
-imported): with spinning workers only kernels long enough to be worth a core for that long are split.
+the 2-vCPU Intel development machine, medians of five alternating rounds). It takes effect only if no other library
+loaded the same OpenMP runtime first: ``import torch`` before ``import cynet`` starts libgomp with its default, and
+its idle workers then spin for about 8 ms after every parallel region (measured here), which made a training epoch
+2.5-3x slower (3.2-3.9 s against 1.25-1.37 s). So the cost of a parallel call (:func:`parallel_overhead`) also counts
+the time the idle workers keep a core busy, measured from their CPU clocks (:func:`idle_spin_seconds`), unless the user
+chose the wait policy (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` set before cynet was imported): with spinning workers
+only kernels long enough to be worth a core for that long are split.
 
 The price of sleeping workers is a wake-up on every parallel kernel call, and what a wake-up costs depends on the
 machine: some microseconds on bare metal, but 80-170 us on the 2-vCPU virtual machine cynet is developed on, where a
@@ -347,7 +348,8 @@ def kernel_threads(elements, ns_per_element=NS_STREAM):
 # - but its bare matrix products (the floor) 293-309 against 224-229 ms on 16 threads, 382-447 against 340-374 ms on
 #   4, where the epoch lost (601-676 against 503-551 ms): waking a sleeping team for every product costs more than
 #   OpenBLAS's spinning workers, which start at once;
-# - on the 2-vCPU development machine, 2 threads: epoch 689-699 against 674-689 ms.
+# - on the 2-vCPU development machine, 2 threads: epoch 689-699 against 674-689 ms in one session; in a later one,
+#   epoch / floor 1.200-1.215 against 1.232-1.265 (five alternating rounds), 1.173-1.207 with GOMP_SPINCOUNT=3000.
 _OPENBLAS_AFFIXES = [(prefix, suffix) for prefix in ("", "scipy_") for suffix in ("", "64_", "_64")]
 _BLAS_POOL_OFF = "off (CYNET_BLAS_POOL=1 turns it on)"
 _blas_pool = {"libraries": [], "reason": _BLAS_POOL_OFF}
