@@ -266,9 +266,18 @@ cdef inline void _gelu_full_stage_f32(gelu_form form, const float* x, float* y, 
         _gelu_erf_full_stage_f32(x, y, m)
 
 
+# The full form of m gathered values, each put in place at y[far_at[j]] (m <= STAGE).
+cdef inline void _gelu_far_stage_f32(gelu_form form, const float* far_x, const int* far_at, Py_ssize_t m,
+                                     float* y) noexcept nogil:
+    cdef float far_y[STAGE]
+    cdef Py_ssize_t j
+    _gelu_full_stage_f32(form, far_x, far_y, m)
+    for j in range(m):
+        y[far_at[j]] = far_y[j]
+
+
 cdef void _gelu_f32(gelu_form form, const float* x, float* y, Py_ssize_t n) noexcept nogil:
     cdef float far_x[2 * STAGE + 16]                          # up to STAGE - 1 waiting, STAGE more, whole vectors
-    cdef float far_y[STAGE]
     cdef int far_at[2 * STAGE + 16]                           # offsets from y + window
     cdef Py_ssize_t b, i0, j, n_far = 0, window = 0
     if not TAIL_RATIO_BLOCK:
@@ -281,24 +290,18 @@ cdef void _gelu_f32(gelu_form form, const float* x, float* y, Py_ssize_t n) noex
     for b in range((n + STAGE - 1) // STAGE):
         i0 = b * STAGE
         if i0 - window >= FAR_WINDOW:                          # keep the offsets within int
-            _gelu_full_stage_f32(form, far_x, far_y, n_far)
-            for j in range(n_far):
-                y[window + far_at[j]] = far_y[j]
+            _gelu_far_stage_f32(form, far_x, far_at, n_far, y + window)
             n_far = 0
             window = i0
         n_far += _gelu_central_block(form, x + i0, y + i0, min(STAGE, n - i0), <int>(i0 - window),
                                      far_x + n_far, far_at + n_far)
         if n_far >= STAGE:
-            _gelu_full_stage_f32(form, far_x, far_y, STAGE)
-            for j in range(STAGE):
-                y[window + far_at[j]] = far_y[j]
+            _gelu_far_stage_f32(form, far_x, far_at, STAGE, y + window)
             n_far -= STAGE
             for j in range(n_far):
                 far_x[j] = far_x[STAGE + j]
                 far_at[j] = far_at[STAGE + j]
-    _gelu_full_stage_f32(form, far_x, far_y, n_far)
-    for j in range(n_far):
-        y[window + far_at[j]] = far_y[j]
+    _gelu_far_stage_f32(form, far_x, far_at, n_far, y + window)
 
 
 # The backward, staged. The float32 slope in float32 lanes (its bound is absolute, |error| <= 4 eps |dout| (1 + |x|),
