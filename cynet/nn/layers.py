@@ -27,6 +27,18 @@ def _positive_int(layer, name, value):
     return int(value)
 
 
+def _check_writeable_input(module, x):
+    """An in-place activation's input: a writeable C-contiguous float32/float64 numpy array."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{module!r}: an in-place input must be a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"{module!r}: an in-place input must be float32 or float64, got {describe(x)}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{module!r}: an in-place input must be C-contiguous, got a strided {describe(x)}")
+    if not x.flags.writeable:
+        raise ValueError(f"{module!r}: an in-place input must be writeable, got a read-only {describe(x)}")
+
+
 def _cached(module, attribute):
     value = getattr(module, attribute, None)
     if value is None:
@@ -132,20 +144,40 @@ class Linear(Module):
 
 # --- elementwise activations -----------------------------------------------------------------------------------------
 class _Elementwise(Module):
-    """An activation over :mod:`cynet.ops`: subclasses name the op and which tensor its backward reads."""
+    """An activation over :mod:`cynet.ops`: subclasses name the op and which tensor its backward reads.
+
+    With ``inplace=True`` (the subclasses whose backward can read the output: Sigmoid, Tanh, ReLU, LeakyReLU with a
+    slope >= 0, ELU, SELU; GELU and SiLU need their input) forward writes y into x's array and returns it; see
+    :class:`cynet.nn.Sequential` for the checks that keep this from overwriting an array something else still needs.
+    """
 
     _op = None            # ops.<_op>_forward / ops.<_op>_backward
     _saves = "y"          # "y": backward reads the output; "x": the input
     _kinked = False       # derivative jumps at 0: kink_state() reports the sign pattern
+    _y_serves_backward = False   # _saves == "x", but y gives the backward the same answer (LeakyReLU, slope >= 0)
 
-    def __init__(self):
+    def __init__(self, inplace=False):
         super().__init__()
+        if not isinstance(inplace, (bool, np.bool_)):
+            raise TypeError(f"{type(self).__name__}: inplace must be True or False, got {inplace!r}")
+        if inplace and self._saves != "y" and not self._y_serves_backward:
+            raise ValueError(f"{type(self).__name__}: no in-place form: its backward reads its input x, which an "
+                             f"in-place forward would overwrite")
+        self.inplace = bool(inplace)
         self._saved = None
 
     def _args(self):
         return ()
 
+    def _overwrites_input(self):
+        return self.inplace
+
     def forward(self, x):
+        if self.inplace:
+            _check_writeable_input(self, x)
+            # out=x; the backward reads y, which is x's array now (for LeakyReLU, y > 0 exactly where x > 0)
+            y = self._saved = getattr(ops, f"{self._op}_forward")(x, *self._args(), out=x)
+            return y
         y = getattr(ops, f"{self._op}_forward")(x, *self._args())
         self._saved = y if self._saves == "y" else np.asarray(x)
         return y
@@ -173,8 +205,14 @@ class Sigmoid(_Elementwise):
         >>> from cynet import nn
         >>> nn.Sigmoid()(np.zeros(2, np.float32))
         array([0.5, 0.5], dtype=float32)
+
+    Args:
+        inplace (bool): write y into x's array (the backward reads y). Default False.
     """
     _op = "sigmoid"
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
 
 
 class Tanh(_Elementwise):
@@ -187,8 +225,14 @@ class Tanh(_Elementwise):
         >>> from cynet import nn
         >>> nn.Tanh()(np.zeros(2, np.float32))
         array([0., 0.], dtype=float32)
+
+    Args:
+        inplace (bool): write y into x's array (the backward reads y). Default False.
     """
     _op = "tanh"
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
 
 
 class ReLU(_Elementwise):
@@ -201,9 +245,15 @@ class ReLU(_Elementwise):
         >>> from cynet import nn
         >>> nn.ReLU()(np.array([-1.0, 2.0], np.float32))
         array([0., 2.], dtype=float32)
+
+    Args:
+        inplace (bool): write y into x's array (no new array; the backward reads y). Default False.
     """
     _op = "relu"
     _kinked = True
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
 
 
 class LeakyReLU(_Elementwise):
@@ -211,6 +261,8 @@ class LeakyReLU(_Elementwise):
 
     Args:
         negative_slope (float): s. Default 0.01.
+        inplace (bool): write y into x's array; the backward then reads y, which has x's sign only for s >= 0 (a
+            negative s with inplace=True is a ValueError). Default False.
 
     Shape: any -> same.
 
@@ -223,16 +275,20 @@ class LeakyReLU(_Elementwise):
     _op = "leaky_relu"
     _saves = "x"
     _kinked = True
+    _y_serves_backward = True
 
-    def __init__(self, negative_slope=0.01):
-        super().__init__()
+    def __init__(self, negative_slope=0.01, inplace=False):
+        super().__init__(inplace)
         self.negative_slope = ops._finite_number("LeakyReLU", "negative_slope", negative_slope)
+        if self.inplace and self.negative_slope < 0:
+            raise ValueError(f"LeakyReLU: inplace=True needs negative_slope >= 0 (the backward reads the sign of y, "
+                             f"which a negative slope flips), got {self.negative_slope}")
 
     def _args(self):
         return (self.negative_slope,)
 
     def extra_repr(self):
-        return f"negative_slope={self.negative_slope}"
+        return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
 
 
 class ELU(_Elementwise):
@@ -241,6 +297,7 @@ class ELU(_Elementwise):
 
     Args:
         alpha (float): :math:`\alpha \ge 0`. Default 1.0.
+        inplace (bool): write y into x's array (the backward reads y). Default False.
 
     Shape: any -> same.
 
@@ -253,15 +310,15 @@ class ELU(_Elementwise):
     _op = "elu"
     _kinked = True
 
-    def __init__(self, alpha=1.0):
-        super().__init__()
+    def __init__(self, alpha=1.0, inplace=False):
+        super().__init__(inplace)
         self.alpha = ops._elu_alpha("ELU", alpha)
 
     def _args(self):
         return (self.alpha,)
 
     def extra_repr(self):
-        return f"alpha={self.alpha}"
+        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
 
 
 class SELU(_Elementwise):
@@ -275,9 +332,15 @@ class SELU(_Elementwise):
         >>> from cynet import nn
         >>> nn.SELU()(np.zeros(1, np.float32))
         array([0.], dtype=float32)
+
+    Args:
+        inplace (bool): write y into x's array (the backward reads y). Default False.
     """
     _op = "selu"
     _kinked = True
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
 
 
 class GELU(_Elementwise):

@@ -6,7 +6,12 @@ model is a chain of modules and the backward pass runs the chain in reverse.
 
 ``backward(dout, input_grad=False)`` skips dx (returns ``None``): the first layer of a network never needs it, and
 for a Linear layer it is a whole matrix product per batch. :class:`Sequential` asks only its first child to skip it.
+
+In-place activations (``nn.ReLU(inplace=True)``, ...) write their output into their input array. Without autograd's
+version counters, :class:`Sequential` checks each of them before it runs: its input must not be (a view of) an array
+that an earlier module keeps for its backward (a Sigmoid's output, say), nor the caller's own input.
 """
+import contextvars
 from collections import OrderedDict
 
 import numpy as np
@@ -327,6 +332,18 @@ class Module:
                 buffers[key][...] = value
         return missing, unexpected
 
+    # --- in-place modules --------------------------------------------------------------------------------------------
+    def _overwrites_input(self):
+        """Whether ``forward`` writes its result into its input array (an activation built with ``inplace=True``)."""
+        return False
+
+    def _kept_arrays(self):
+        """Every array this module and its descendants hold between calls: what forward cached for backward, buffers.
+        :class:`Sequential` keeps in-place modules off them."""
+        for module in self.modules():
+            for value in vars(module).values():
+                yield from _arrays_within(value)
+
     # --- calling -----------------------------------------------------------------------------------------------------
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
@@ -355,8 +372,30 @@ class Module:
         return "\n".join(lines) + "\n)"
 
 
+def _arrays_within(value):
+    """The numpy arrays in value: itself, or inside a tuple, list or dict (one module attribute)."""
+    if isinstance(value, np.ndarray):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _arrays_within(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _arrays_within(item)
+
+
+# The arrays that an in-place module inside the running Sequential.forward must not overwrite: the outermost
+# Sequential's input and what every module run before holds (a nested Sequential starts from its parent's list).
+_protected_arrays = contextvars.ContextVar("cynet_protected_arrays", default=None)
+
+
 class Sequential(Module):
     """A chain of modules: ``forward`` runs them in order, ``backward`` in reverse.
+
+    An in-place module (``nn.ReLU(inplace=True)``) may follow any module that does not keep its own output for its
+    backward (Linear, BatchNorm1d, ...). Before it runs, forward raises a ValueError if its input is, or is a view
+    of, an array that an earlier module keeps (the output of a Sigmoid, Tanh, ELU or of another in-place activation,
+    also through a Flatten or an evaluation-mode Dropout, which pass their input on) or the caller's own input.
 
     Args:
         *modules (Module): the layers, named ``"0"``, ``"1"``, ... in the state dict.
@@ -397,9 +436,36 @@ class Sequential(Module):
         return layers[index]
 
     def forward(self, x):
-        for module in self._modules.values():
-            x = module(x)
+        modules = list(self._modules.values())
+        if not any(module._overwrites_input() for module in self.modules()):
+            for module in modules:
+                x = module(x)
+            return x
+        outer = _protected_arrays.get()
+        protected = list(outer) if outer is not None else [a for a in _arrays_within(x)]
+        token = _protected_arrays.set(protected)
+        try:
+            for position, module in enumerate(modules):
+                if module._overwrites_input():
+                    self._check_overwrite(modules, position, x, protected)
+                x = module(x)
+                protected.extend(module._kept_arrays())
+        finally:
+            _protected_arrays.reset(token)
         return x
+
+    def _check_overwrite(self, modules, position, x, protected):
+        """Raise if the in-place module at ``position`` would write into an array that must outlive it."""
+        for array in protected:
+            if isinstance(x, np.ndarray) and np.may_share_memory(array, x):
+                holder = next((f"module {index} ({type(m).__name__})" for index, m in enumerate(modules[:position])
+                               if any(a is array for a in m._kept_arrays())), None)
+                whose = f"an array that {holder} keeps for its backward" if holder else (
+                    "the input passed to the Sequential (or an array an enclosing module keeps)")
+                raise ValueError(
+                    f"Sequential: module {position} ({modules[position]!r}) runs in place and would overwrite {whose} "
+                    f"({describe(x)}); build it with inplace=False, or put it after a module that returns a fresh "
+                    f"array (Linear, BatchNorm1d)")
 
     def backward(self, dout, *, input_grad=True):
         layers = list(self._modules.values())
