@@ -142,3 +142,23 @@ def test_inplace_settings_and_inputs_are_validated():
         relu([1.0, -1.0])
     assert repr(nn.ELU(0.5, inplace=True)) == "ELU(alpha=0.5, inplace=True)"
     assert repr(nn.ReLU()) == "ReLU()"
+
+
+def test_inplace_dropout_writes_the_same_values_into_its_input():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    plain, inplace = nn.Dropout(0.4, generator=3), nn.Dropout(0.4, generator=3, inplace=True)
+    buffer = x.copy()
+    y = inplace(buffer)
+    assert y is buffer
+    assert np.array_equal(y, plain(x))
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    assert np.array_equal(inplace.backward(dout), plain.backward(dout))
+    assert repr(inplace) == "Dropout(p=0.4, inplace=True)"
+    inplace.eval()
+    assert inplace(x) is x and not inplace._overwrites_input()      # evaluation: the identity, nothing written
+    model = nn.Sequential(nn.Linear(5, 5), nn.Tanh(), nn.Dropout(0.5, inplace=True))
+    with pytest.raises(ValueError, match=r"module 1 \(Tanh\)"):
+        model(x)
+    with pytest.raises(TypeError, match="inplace must be True or False"):
+        nn.Dropout(0.5, inplace=None)

@@ -500,6 +500,8 @@ class Dropout(Module):
     Args:
         p (float): drop probability in [0, 1]. Default 0.5.
         generator: a seed or :class:`numpy.random.Generator` (default: the global one).
+        inplace (bool): in training, write y into x's array (the backward needs only the mask); see
+            :class:`cynet.nn.Sequential` for what it checks first. Default False.
 
     Shape: any -> same.
 
@@ -514,17 +516,25 @@ class Dropout(Module):
         array([1., 1.], dtype=float32)
     """
 
-    def __init__(self, p=0.5, generator=None):
+    def __init__(self, p=0.5, generator=None, inplace=False):
         super().__init__()
         p = ops._finite_number("Dropout", "p", p)
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"Dropout: p must lie in [0, 1], got {p}")
+        if not isinstance(inplace, (bool, np.bool_)):
+            raise TypeError(f"Dropout: inplace must be True or False, got {inplace!r}")
         self.p = p
         self.generator = None if generator is None else resolve_generator(generator)
+        self.inplace = bool(inplace)
         self.reuse_mask = False
         self._mask = None          # keep-mask scaled by 1/(1-p), in x's dtype; None in eval or when p == 0
 
+    def _overwrites_input(self):
+        return self.inplace and self.training and self.p > 0.0
+
     def forward(self, x):
+        if self._overwrites_input():
+            _check_writeable_input(self, x)
         x = np.asarray(x)
         if x.dtype.kind != "f":
             raise TypeError(f"{self!r}: input must be floating point, got {describe(x)}")
@@ -537,6 +547,8 @@ class Dropout(Module):
             scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
             self._mask = keep.astype(x.dtype)
             self._mask *= x.dtype.type(scale)
+        if self.inplace:
+            return np.multiply(x, self._mask, out=x)
         return np.multiply(x, self._mask, dtype=x.dtype)
 
     def backward(self, dout, *, input_grad=True):
@@ -550,7 +562,7 @@ class Dropout(Module):
         return np.multiply(dout, self._mask, dtype=dout.dtype)
 
     def extra_repr(self):
-        return f"p={self.p}"
+        return f"p={self.p}" + (", inplace=True" if self.inplace else "")
 
 
 class Flatten(Module):
