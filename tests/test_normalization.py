@@ -529,3 +529,19 @@ def test_reprs():
     assert repr(BatchNorm2d(8)) == "BatchNorm2d(8, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)"
     assert repr(LayerNorm((2, 3))) == "LayerNorm((2, 3), eps=1e-05, elementwise_affine=True)"
     assert repr(GroupNorm(2, 4, affine=False)) == "GroupNorm(2, 4, eps=1e-05, affine=False)"
+
+
+def test_rows_kernels_refuse_a_coefficient_scratch_of_the_wrong_shape():
+    """The private kernels write coef's rows without bounds checks inside: its shape is checked on entry."""
+    from cynet._kernels import load
+    k = load("normalization")
+    x = np.ones((8, 5), np.float32)
+    gamma, beta, stats = np.ones(5, np.float32), np.zeros(5, np.float32), [np.empty(5) for _ in range(3)]
+    width, chunks = k.rows_plan(8, 5, 4)
+    partials = np.empty((2 * max(chunks, 1), 5))
+    with pytest.raises(ValueError, match=r"coef must have shape \(3, 5\), got \(2, 5\)"):
+        k.bn_rows_forward(x, gamma, beta, 1e-5, np.empty_like(x), *stats, width, partials,
+                          np.empty((2, 5), np.float32), False, 1)
+    with pytest.raises(ValueError, match=r"coef must have shape \(4, 5\), got \(3, 5\)"):
+        k.bn_rows_backward(x, x, gamma, stats[0], stats[2], np.empty_like(x), np.empty(5), np.empty(5), True, width,
+                           partials, np.empty((3, 5), np.float32), False, 1)

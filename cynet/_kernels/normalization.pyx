@@ -438,7 +438,10 @@ cdef void _rows_statistics(const floating* x, const floating* gamma, const float
                            Py_ssize_t n_chunks, double* mean, double* var, double* inv_std, floating* coef,
                            Py_ssize_t N, Py_ssize_t D, Py_ssize_t j0, Py_ssize_t j1, double eps) noexcept nogil:
     """Columns [j0, j1), at most SUM_BLOCK of them: add the chunks' sums in order; mean, var, inv_std; coef rows
-    center, center_lo, scale, shift (x's type) for the affine pass."""
+    center, scale, shift (x's type) for the affine pass: center = mean rounded to x's type, scale = gamma r, and shift
+    = beta - (mean - center) scale (in double, rounded once), so that y = (x - center) scale + shift is
+    (x - mean) scale + beta with mean's rounding folded into the shift (a fourth row for it cost the pass 5-9% on one
+    thread: the rows of coefficients are read again for every row of x, from L2 where D is large)."""
     cdef Py_ssize_t i, j
     cdef double t1[SUM_BLOCK]
     cdef double t2[SUM_BLOCK]
@@ -451,39 +454,37 @@ cdef void _rows_statistics(const floating* x, const floating* gamma, const float
         inv_std[j] = r
         center = <floating>mean[j]
         coef[j] = center
-        coef[D + j] = <floating>(mean[j] - <double>center)
-        coef[2 * D + j] = <floating>(gamma[j] * r)
-        coef[3 * D + j] = beta[j]
+        coef[D + j] = <floating>(gamma[j] * r)
+        coef[2 * D + j] = <floating>(<double>beta[j] - (mean[j] - <double>center) * (gamma[j] * r))
 
 
-cdef inline void _affine_span(const floating* x, const floating* center, const floating* center_lo,
-                              const floating* scale, const floating* shift, floating* y, Py_ssize_t n) noexcept nogil:
-    """y_j = ((x_j - center_j) - center_lo_j) * scale_j + shift_j for j < n."""
+cdef inline void _affine_span(const floating* x, const floating* center, const floating* scale,
+                              const floating* shift, floating* y, Py_ssize_t n) noexcept nogil:
+    """y_j = (x_j - center_j) * scale_j + shift_j for j < n."""
     cdef Py_ssize_t j
     for j in range(n):
-        y[j] = ((x[j] - center[j]) - center_lo[j]) * scale[j] + shift[j]
+        y[j] = (x[j] - center[j]) * scale[j] + shift[j]
 
 
 cdef void _rows_affine(const floating* x, const floating* coef, floating* y, Py_ssize_t D, Py_ssize_t j0,
                        Py_ssize_t j1, Py_ssize_t r0, Py_ssize_t r1, bint stream) noexcept nogil:
-    """y_ij = ((x_ij - center_j) - center_lo_j) * scale_j + shift_j over rows [r0, r1), columns [j0, j1); with
+    """y_ij = (x_ij - center_j) * scale_j + shift_j over rows [r0, r1), columns [j0, j1) (coef: _rows_statistics); with
     ``stream``, y goes to memory with non-temporal stores (through an L1 buffer, block by block of each row)."""
     cdef floating buffer[STREAM_BLOCK]
     cdef Py_ssize_t i, b, head, j, m, o, n = j1 - j0
     cdef const floating* center = coef + j0
-    cdef const floating* center_lo = coef + D + j0
-    cdef const floating* scale = coef + 2 * D + j0
-    cdef const floating* shift = coef + 3 * D + j0
+    cdef const floating* scale = coef + D + j0
+    cdef const floating* shift = coef + 2 * D + j0
     for i in range(r0, r1):
         o = i * D + j0
         if not stream:
-            _affine_span(x + o, center, center_lo, scale, shift, y + o, n)
+            _affine_span(x + o, center, scale, shift, y + o, n)
             continue
         head = stream_head(y + o, n)
-        _affine_span(x + o, center, center_lo, scale, shift, y + o, head)
+        _affine_span(x + o, center, scale, shift, y + o, head)
         for b in range(stream_blocks(head, n)):
             j = stream_block(head, b, n, &m)
-            _affine_span(x + o + j, center + j, center_lo + j, scale + j, shift + j, buffer, m)
+            _affine_span(x + o + j, center + j, scale + j, shift + j, buffer, m)
             stream_store(y + o + j, buffer, m)
     if stream:
         stream_fence()
@@ -502,6 +503,11 @@ cdef void _bn_rows_forward_range(const floating* x, const floating* gamma, const
     _rows_affine(x, coef, y, D, j0, j1, 0, N, stream)
 
 
+def _check_coef(Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t want_rows, Py_ssize_t D):
+    if rows != want_rows or cols != D:
+        raise ValueError(f"cynet._kernels.normalization: coef must have shape ({want_rows}, {D}), got ({rows}, {cols})")
+
+
 def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const floating[::1] beta, double eps,
                     floating[:, ::1] y, double[::1] mean, double[::1] var, double[::1] inv_std,
                     Py_ssize_t width, double[:, ::1] partials, floating[:, ::1] coef, bint stream, int n_threads):
@@ -509,11 +515,12 @@ def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const f
 
     Split as :func:`rows_plan` says: column ranges of at least ``width`` columns when it is > 0, else row chunks,
     one per pair of rows of the caller's scratch ``partials`` (float64 (2 * chunks, D); two rows for the ranges)
-    with ``coef`` of x's type (4, D). ``stream``: y is written with non-temporal stores (an output larger than the
+    with ``coef`` of x's type (3, D). ``stream``: y is written with non-temporal stores (an output larger than the
     cache)."""
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], n_chunks = partials.shape[0] // 2, c, r0, r1, j, jb, t
     cdef Py_ssize_t n_col_blocks
     cdef int nt, nt_cols
+    _check_coef(coef.shape[0], coef.shape[1], 3, D)
     if N == 0 or D == 0:
         return
     if width > 0:
@@ -577,8 +584,9 @@ cdef void _rows_grad_coefficients(const floating* gamma, const double* mean, con
                                   const double* partials, Py_ssize_t n_chunks, double* dgamma, double* dbeta,
                                   floating* coef, Py_ssize_t N, Py_ssize_t D, Py_ssize_t j0,
                                   Py_ssize_t j1) noexcept nogil:
-    """Columns [j0, j1), at most SUM_BLOCK of them: dgamma, dbeta, and coef rows center, center_lo, a, b, c (x's
-    type) for the dx pass."""
+    """Columns [j0, j1), at most SUM_BLOCK of them: dgamma, dbeta, and coef rows center, a, b, c (x's type) for the dx
+    pass: center = mean rounded to x's type, a = gamma r, b = -a r^2 sdx / N, and c = -a sd / N - b (mean - center)
+    (in double, rounded once), mean's rounding folded into c as in _rows_statistics."""
     cdef Py_ssize_t i, j
     cdef double t1[SUM_BLOCK]
     cdef double t2[SUM_BLOCK]
@@ -596,42 +604,39 @@ cdef void _rows_grad_coefficients(const floating* gamma, const double* mean, con
         dgamma[j] = sdx * r
         center = <floating>mu
         coef[j] = center
-        coef[D + j] = <floating>(mu - <double>center)
-        coef[2 * D + j] = <floating>gr
-        coef[3 * D + j] = <floating>(-gr * r * r * sdx / N)
-        coef[4 * D + j] = <floating>(-gr * sd / N)
+        coef[D + j] = <floating>gr
+        coef[2 * D + j] = <floating>(-gr * r * r * sdx / N)
+        coef[3 * D + j] = <floating>(-gr * sd / N + (gr * r * r * sdx / N) * (mu - <double>center))
 
 
-cdef inline void _dx_span(const floating* dout, const floating* x, const floating* center, const floating* center_lo,
-                          const floating* ca, const floating* cb, const floating* cc, floating* dx,
-                          Py_ssize_t n) noexcept nogil:
-    """dx_j = a_j dout_j + (b_j ((x_j - center_j) - center_lo_j) + c_j) for j < n."""
+cdef inline void _dx_span(const floating* dout, const floating* x, const floating* center, const floating* ca,
+                          const floating* cb, const floating* cc, floating* dx, Py_ssize_t n) noexcept nogil:
+    """dx_j = a_j dout_j + (b_j (x_j - center_j) + c_j) for j < n."""
     cdef Py_ssize_t j
     for j in range(n):
-        dx[j] = ca[j] * dout[j] + (cb[j] * ((x[j] - center[j]) - center_lo[j]) + cc[j])
+        dx[j] = ca[j] * dout[j] + (cb[j] * (x[j] - center[j]) + cc[j])
 
 
 cdef void _rows_dx(const floating* dout, const floating* x, const floating* coef, floating* dx, Py_ssize_t D,
                    Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t r0, Py_ssize_t r1, bint stream) noexcept nogil:
-    """dx_ij = a_j dout_ij + (b_j ((x_ij - center_j) - center_lo_j) + c_j) over rows [r0, r1), columns [j0, j1);
+    """dx_ij = a_j dout_ij + (b_j (x_ij - center_j) + c_j) over rows [r0, r1), columns [j0, j1);
     ``stream`` as in _rows_affine."""
     cdef floating buffer[STREAM_BLOCK]
     cdef Py_ssize_t i, b, head, j, m, o, n = j1 - j0
     cdef const floating* center = coef + j0
-    cdef const floating* center_lo = coef + D + j0
-    cdef const floating* ca = coef + 2 * D + j0
-    cdef const floating* cb = coef + 3 * D + j0
-    cdef const floating* cc = coef + 4 * D + j0
+    cdef const floating* ca = coef + D + j0
+    cdef const floating* cb = coef + 2 * D + j0
+    cdef const floating* cc = coef + 3 * D + j0
     for i in range(r0, r1):
         o = i * D + j0
         if not stream:
-            _dx_span(dout + o, x + o, center, center_lo, ca, cb, cc, dx + o, n)
+            _dx_span(dout + o, x + o, center, ca, cb, cc, dx + o, n)
             continue
         head = stream_head(dx + o, n)
-        _dx_span(dout + o, x + o, center, center_lo, ca, cb, cc, dx + o, head)
+        _dx_span(dout + o, x + o, center, ca, cb, cc, dx + o, head)
         for b in range(stream_blocks(head, n)):
             j = stream_block(head, b, n, &m)
-            _dx_span(dout + o + j, x + o + j, center + j, center_lo + j, ca + j, cb + j, cc + j, buffer, m)
+            _dx_span(dout + o + j, x + o + j, center + j, ca + j, cb + j, cc + j, buffer, m)
             stream_store(dx + o + j, buffer, m)
     if stream:
         stream_fence()
@@ -660,10 +665,11 @@ def bn_rows_backward(const floating[:, ::1] dout, const floating[:, ::1] x, cons
     """Backward of the training forward on (N, D): dx (when compute_dx), dgamma, dbeta (float64).
 
     Split as in :func:`bn_rows_forward`; the scratch: partials float64 (2 * chunks, D) (two rows for the column
-    ranges), coef (5, D); ``stream`` as there, for dx."""
+    ranges), coef (4, D); ``stream`` as there, for dx."""
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], n_chunks = partials.shape[0] // 2, c, r0, r1, j, jb, t
     cdef Py_ssize_t n_col_blocks
     cdef int nt, nt_cols
+    _check_coef(coef.shape[0], coef.shape[1], 4, D)
     if N == 0 or D == 0:
         return
     if width > 0:

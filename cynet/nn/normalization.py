@@ -62,7 +62,7 @@ def batch_norm_forward(x, gamma, beta, eps, *, out=None):
     if x.ndim == 2:
         width, chunks = k.rows_plan(x.shape[0], C, x.itemsize)
         partials = np.empty((2 * max(chunks, 1), C))      # scratch: float64 sums, coefficients of the output pass
-        coef = np.empty((4, C), x.dtype)
+        coef = np.empty((3, C), x.dtype)
         k.bn_rows_forward(x, gamma, beta, float(eps), y, mean, var, inv_std, width, partials, coef,
                           stream_stores(y.nbytes), kernel_threads(x.size, NS_NORM_FORWARD))
     else:
@@ -94,7 +94,7 @@ def batch_norm_backward(dout, x, gamma, mean, inv_std, *, input_grad=True, out=N
     if x.ndim == 2:
         width, chunks = k.rows_plan(x.shape[0], C, x.itemsize)
         partials = np.empty((2 * max(chunks, 1), C))
-        coef = np.empty((5, C), x.dtype)
+        coef = np.empty((4, C), x.dtype)
         k.bn_rows_backward(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, bool(input_grad), width, partials,
                            coef, stream_stores(dx.nbytes), kernel_threads(x.size, NS_NORM))
     else:
