@@ -462,3 +462,54 @@ def test_flatten_round_trip():
     y = flat(x)
     assert y.shape == (2, 12)
     np.testing.assert_array_equal(flat.backward(y), x)
+
+
+def test_apply_visits_every_module_children_first_and_returns_the_model():
+    inner = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    model = nn.Sequential(nn.Linear(3, 4), inner, nn.Linear(4, 2))
+    visited = []
+    assert model.apply(visited.append) is model
+    assert visited == [model[0], inner[0], inner[1], inner, model[2], model]
+
+    def zero_linear(m):
+        if isinstance(m, nn.Linear):
+            cynet.init.zeros_(m.weight)
+            cynet.init.constant_(m.bias, 0.5)
+    model.apply(zero_linear)
+    y = model(np.ones((2, 3), np.float32))
+    assert np.array_equal(y, np.full((2, 2), 0.5, np.float32))      # hand value: zero weights, bias 0.5
+
+
+def test_identity_passes_x_and_dout_through():
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    identity = nn.Identity(128, affine=False)
+    assert identity(x) is x
+    assert identity.backward(x) is x and identity.backward(x, input_grad=False) is None
+    assert list(identity.parameters()) == [] and repr(identity) == "Identity()"
+    cynet.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    cynet.manual_seed(0)
+    ablated = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Identity(), nn.Linear(4, 2))
+    assert np.array_equal(plain(x), ablated(x))
+    dout = np.ones((2, 2), np.float32)
+    assert np.array_equal(plain.backward(dout), ablated.backward(dout))
+
+
+def test_sequential_list_operations_renumber_the_modules():
+    a, b, c, d = nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 3), nn.Tanh()
+    model = nn.Sequential(a, b)
+    model.extend([c])
+    assert [name for name, _ in model.named_children()] == ["0", "1", "2"] and model[2] is c
+    model.insert(1, d)
+    assert list(model) == [a, d, b, c]
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "3.weight", "3.bias"]
+    assert model.insert(-1, nn.Identity()) is model and isinstance(model[3], nn.Identity) and model[4] is c
+    assert model.pop(3).__class__ is nn.Identity
+    assert model.pop() is c and list(model) == [a, d, b]
+    del model[0]
+    assert list(model) == [d, b] and [name for name, _ in model.named_children()] == ["0", "1"]
+    assert not hasattr(model, "2")
+    with pytest.raises(TypeError, match="not a Module"):
+        model.insert(0, "relu")
+    with pytest.raises(IndexError):
+        nn.Sequential().pop()

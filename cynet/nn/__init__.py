@@ -4,7 +4,7 @@ See :mod:`cynet.nn.module` for the contract (``forward``, ``backward(dout, input
 """
 from cynet.nn.module import Module, Parameter, Sequential
 from cynet.nn.layers import (
-    ELU, GELU, SELU, Dropout, Flatten, LeakyReLU, Linear, Maxout, PReLU, ReLU, Sigmoid, SiLU, Tanh,
+    ELU, GELU, SELU, Dropout, Flatten, Identity, LeakyReLU, Linear, Maxout, PReLU, ReLU, Sigmoid, SiLU, Tanh,
 )
 from cynet.nn.loss import L2Penalty, MSELoss, MulticlassSVM, SoftmaxCrossEntropy
 from cynet.nn.normalization import (
@@ -13,7 +13,7 @@ from cynet.nn.normalization import (
 
 __all__ = [
     "Module", "Parameter", "Sequential", "Linear", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU",
-    "GELU", "SiLU", "Maxout", "Dropout", "Flatten", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm",
+    "GELU", "SiLU", "Maxout", "Dropout", "Flatten", "Identity", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm",
     "fold_batchnorm", "recompute_batchnorm_statistics", "SoftmaxCrossEntropy", "MulticlassSVM", "MSELoss",
     "L2Penalty",
 ]

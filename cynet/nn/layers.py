@@ -1,4 +1,4 @@
-"""Layers: Linear, the activation functions, Maxout, Dropout and Flatten.
+"""Layers: Linear, the activation functions, Maxout, Dropout, Flatten and Identity.
 
 Each module's ``forward`` calls :mod:`cynet.ops` (the Cython kernels) or BLAS and caches only what its backward
 needs — the cheapest saved tensor of each op (the output for sigmoid/tanh/ReLU/ELU/SELU, the input otherwise).
@@ -611,3 +611,30 @@ class Flatten(Module):
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}"
+
+
+class Identity(Module):
+    r"""The identity, :math:`y = x`, :math:`dx = dout`: a placeholder where a layer is switched off (an ablation, a
+    BatchNorm replaced in an experiment), as ``torch.nn.Identity``. Any arguments are accepted and ignored.
+
+    Forward returns x itself (no copy); an in-place module after it writes into x, which :class:`Sequential` checks
+    as it does for any module that passes its input on.
+
+    Shape: any -> same.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> x = np.ones(3, np.float32)
+        >>> nn.Identity(54, unused="setting")(x) is x
+        True
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dout, *, input_grad=True):
+        return dout if input_grad else None

@@ -196,6 +196,26 @@ class Module:
         for _, module in self.named_modules():
             yield module
 
+    def apply(self, fn):
+        """Call ``fn(module)`` on every child (recursively, each child's own children first), then on this module;
+        returns this module. The PyTorch idiom for a custom initialisation.
+
+        Example:
+            >>> import numpy as np, cynet
+            >>> from cynet import nn
+            >>> def init_weights(m):
+            ...     if isinstance(m, nn.Linear):
+            ...         cynet.init.xavier_uniform_(m.weight, generator=0)
+            ...         cynet.init.zeros_(m.bias)
+            >>> model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).apply(init_weights)
+            >>> float(np.abs(model[2].bias.data).max())
+            0.0
+        """
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
+
     def named_parameters(self, prefix=""):
         """``(dotted name, Parameter)`` for every parameter, in registration order.
 
@@ -422,6 +442,44 @@ class Sequential(Module):
             raise TypeError(f"Sequential.append: not a Module: {module!r}")
         setattr(self, str(len(self._modules)), module)
         return self
+
+    def extend(self, modules):
+        """Append each module of an iterable (another Sequential, a list); returns self."""
+        for module in list(modules):
+            self.append(module)
+        return self
+
+    def insert(self, index, module):
+        """Insert ``module`` before position ``index`` (negative counts from the end, as for a list); the modules
+        after it are renamed, so state-dict keys follow the new positions. Returns self."""
+        if not isinstance(module, Module):
+            raise TypeError(f"Sequential.insert: not a Module: {module!r}")
+        layers = list(self._modules.values())
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+            raise TypeError(f"Sequential.insert: index must be an int, got {index!r}")
+        layers.insert(int(index), module)
+        self._renumber(layers)
+        return self
+
+    def pop(self, index=-1):
+        """Remove and return the module at ``index`` (the last by default); the ones after it are renamed."""
+        layers = list(self._modules.values())
+        if not layers:
+            raise IndexError("Sequential.pop: the Sequential is empty")
+        module = layers.pop(index)
+        self._renumber(layers)
+        return module
+
+    def __delitem__(self, index):
+        layers = list(self._modules.values())
+        del layers[index]
+        self._renumber(layers)
+
+    def _renumber(self, layers):
+        for name in list(self._modules):
+            delattr(self, name)
+        for position, module in enumerate(layers):
+            setattr(self, str(position), module)
 
     def __len__(self):
         return len(self._modules)
