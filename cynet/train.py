@@ -45,6 +45,7 @@ Example:
 import contextlib
 import inspect
 import math
+import numbers
 import sys
 import time
 import warnings
@@ -53,6 +54,7 @@ import numpy as np
 
 from cynet import checkpoint as _checkpoint
 from cynet.nn.module import Module
+from cynet.nn.utils import clip_grad_norm_
 
 __all__ = ["Trainer", "Callback", "ProgressBar", "EarlyStopping", "ModelCheckpoint", "DivergenceWarning"]
 
@@ -467,6 +469,8 @@ class Trainer:
         seed (int): seeds :attr:`generator`, the source of the shuffling order (and of the transform's
             randomness). Default 0.
         progress (bool): show a :class:`ProgressBar` (tqdm). Default True.
+        clip_grad_norm (float): when set, every step first rescales the gradients (the regularization's included)
+            so that their global 2-norm is at most this (:func:`cynet.nn.utils.clip_grad_norm_`). Default None.
 
     Attributes:
         history (dict[str, list[float]]): per iteration "loss" (data loss), "reg_loss", "lr"; per completed
@@ -505,7 +509,7 @@ class Trainer:
     guard_every = 10
 
     def __init__(self, model, loss, optimizer, *, scheduler=None, regularization=None, callbacks=(),
-                 batch_transform=None, seed=0, progress=True):
+                 batch_transform=None, seed=0, progress=True, clip_grad_norm=None):
         if not isinstance(model, Module):
             raise TypeError(f"Trainer: model must be a cynet.nn.Module, got {type(model).__name__}")
         for name in ("forward", "backward"):
@@ -528,6 +532,11 @@ class Trainer:
             if not isinstance(callback, Callback):
                 raise TypeError(f"Trainer: callbacks must be cynet.train.Callback instances, got {callback!r}")
         seed = _int_at_least("Trainer", "seed", seed, 0)
+        if clip_grad_norm is not None and (isinstance(clip_grad_norm, bool)
+                                           or not isinstance(clip_grad_norm, numbers.Real)
+                                           or not 0 < clip_grad_norm < math.inf):
+            raise ValueError(f"Trainer: clip_grad_norm must be a positive finite number or None, "
+                             f"got {clip_grad_norm!r}")
         if progress and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(ProgressBar())
 
@@ -539,6 +548,7 @@ class Trainer:
         self.batch_transform = batch_transform
         self.callbacks = callbacks
         self.seed = seed
+        self.clip_grad_norm = None if clip_grad_norm is None else float(clip_grad_norm)
         self.generator = np.random.default_rng(seed)
         self.history = {key: [] for key in ITERATION_KEYS + EPOCH_KEYS}
         self.epoch = 0
@@ -729,6 +739,8 @@ class Trainer:
         model.backward(self.loss.backward(), input_grad=False)
         if self.regularization is not None:
             self.regularization.backward(model)
+        if self.clip_grad_norm is not None:
+            clip_grad_norm_(model.parameters(), self.clip_grad_norm)
         if (self.iteration - 1) % self.guard_every == 0:
             self._last_good.take(self.iteration)
         self.optimizer.step()

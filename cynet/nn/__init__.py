@@ -7,6 +7,7 @@ from cynet.nn.layers import (
     ELU, GELU, SELU, Dropout, Flatten, Identity, LeakyReLU, Linear, Maxout, PReLU, ReLU, Sigmoid, SiLU, Tanh,
 )
 from cynet.nn.loss import L2Penalty, MSELoss, MulticlassSVM, SoftmaxCrossEntropy
+from cynet.nn import utils
 from cynet.nn.normalization import (
     BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, fold_batchnorm, recompute_batchnorm_statistics,
 )
