@@ -8,7 +8,7 @@ import pytest
 
 import cynet
 from cynet import nn
-from tests._helpers import numerical_gradient
+from _helpers import numerical_gradient
 
 # every activation that takes inplace=True, with its settings; each backward reads the output
 INPLACE = [

@@ -605,3 +605,18 @@ def test_l2_penalty_zero_strength_and_validation(rng):
     with pytest.raises(TypeError, match="L2Penalty: model must be a cynet.nn.Module, got list"):
         L2Penalty(0.1)([model.weight])
     assert repr(L2Penalty(0.001)) == "L2Penalty(strength=0.001)"
+
+
+def test_cross_entropy_loss_is_softmax_cross_entropy_under_pytorchs_name():
+    from cynet import nn
+    rng = np.random.default_rng(11)
+    scores = rng.standard_normal((6, 5)).astype(np.float32)
+    y = rng.integers(0, 5, 6)
+    a, b = nn.CrossEntropyLoss(), nn.SoftmaxCrossEntropy()
+    assert a(scores, y) == b(scores, y)
+    assert np.array_equal(a.backward(), b.backward())
+    s64 = scores.astype(np.float64)
+    expected = np.mean(np.log(np.exp(s64).sum(1)) - s64[np.arange(6), y])     # hand formula, float64
+    assert a(scores, y) == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(TypeError):
+        nn.CrossEntropyLoss(label_smoothing=0.1)

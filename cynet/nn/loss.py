@@ -27,7 +27,7 @@ from cynet._threading import NS_EXP, kernel_threads
 from cynet._validation import KERNEL_DTYPES, describe
 from cynet.nn.module import Module
 
-__all__ = ["SoftmaxCrossEntropy", "MulticlassSVM", "MSELoss", "L2Penalty"]
+__all__ = ["SoftmaxCrossEntropy", "CrossEntropyLoss", "MulticlassSVM", "MSELoss", "L2Penalty"]
 
 _kernels = None
 
@@ -180,6 +180,20 @@ class SoftmaxCrossEntropy(_DataLoss):
         out = np.empty_like(scores)
         _k().softmax(scores, out, kernel_threads(scores.size, NS_EXP))
         return out
+
+
+class CrossEntropyLoss(SoftmaxCrossEntropy):
+    r"""The name PyTorch users look for: :class:`SoftmaxCrossEntropy` itself (the mean over the batch of the softmax
+    cross-entropy of integer labels, what ``torch.nn.CrossEntropyLoss()`` computes with its defaults). PyTorch's
+    options (class weights, ``ignore_index``, ``label_smoothing``, other reductions) are not taken: passing one is a
+    TypeError rather than a silently different loss.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> round(nn.CrossEntropyLoss()(np.zeros((2, 10), np.float32), np.array([1, 7])), 4)   # ln 10
+        2.3026
+    """
 
 
 class MulticlassSVM(_DataLoss):
