@@ -8,6 +8,7 @@
 - :class:`TrainingMonitor` — a trainer callback recording activations, saturation, dead ReLUs, gradient stds and
   update-to-weight ratios (:mod:`.monitors`).
 - :mod:`cynet.diagnostics.plots` — PNG plots of all of the above.
+- :func:`summary` — the model's layers, output shapes and parameter counts as a table (Keras's ``model.summary()``).
 
 Importing this package does not import matplotlib: :mod:`cynet.diagnostics.plots` loads it when a plot is drawn.
 
@@ -20,10 +21,11 @@ from cynet.diagnostics.babysit import BabysitReport, Check, ProbeResult, babysit
 from cynet.diagnostics.curve_doctor import Diagnosis, Finding, diagnose
 from cynet.diagnostics.init_lab import InitExperiment, LayerStats, activation_statistics, init_experiment
 from cynet.diagnostics.monitors import TrainingMonitor, UpdateRatioWarning
+from cynet.diagnostics.summary import ModelSummary, summary
 from cynet.diagnostics import plots
 
 __all__ = [
     "babysit", "BabysitReport", "Check", "ProbeResult", "diagnose", "Diagnosis", "Finding",
     "activation_statistics", "init_experiment", "InitExperiment", "LayerStats", "TrainingMonitor",
-    "UpdateRatioWarning", "plots",
+    "UpdateRatioWarning", "plots", "summary", "ModelSummary",
 ]
