@@ -54,9 +54,9 @@ import numpy as np
 
 from cynet import checkpoint as _checkpoint
 from cynet.nn.module import Module
-from cynet.nn.utils import clip_grad_norm_
+from cynet.nn.utils import clip_grad_norm_, max_norm_
 
-__all__ = ["Trainer", "Callback", "ProgressBar", "EarlyStopping", "ModelCheckpoint", "DivergenceWarning"]
+__all__ = ["Trainer", "Callback", "ProgressBar", "EarlyStopping", "ModelCheckpoint", "MaxNorm", "DivergenceWarning"]
 
 ITERATION_KEYS = ("loss", "reg_loss", "lr")
 EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_time")
@@ -324,6 +324,37 @@ class ModelCheckpoint(_BestTracker):
 
     def __repr__(self):
         return f"ModelCheckpoint({self.path!r}, monitor={self.monitor!r})"
+
+
+class MaxNorm(Callback):
+    r"""The max-norm constraint at the start of :meth:`Trainer.fit` and after every optimiser step: each unit's
+    incoming weight vector is scaled back to :math:`\lVert w \rVert_2 \le c` (:func:`cynet.nn.utils.max_norm_`),
+    the CS231n notes' alternative to (or companion of) weight decay, with c typically 3 or 4.
+
+    Args:
+        max_norm (float): c, > 0. Default 3.0.
+
+    Attributes:
+        scaled (int): units scaled back during the last :meth:`Trainer.fit` (how often the constraint bites).
+
+    Example:
+        >>> from cynet.train import MaxNorm
+        >>> MaxNorm(4.0).max_norm
+        4.0
+    """
+
+    def __init__(self, max_norm=3.0):
+        if isinstance(max_norm, bool) or not isinstance(max_norm, numbers.Real) or not 0 < max_norm < math.inf:
+            raise ValueError(f"MaxNorm: max_norm must be a positive finite number, got {max_norm!r}")
+        self.max_norm = float(max_norm)
+        self.scaled = 0
+
+    def on_train_begin(self, trainer):
+        # projected gradient descent starts from a point of the constraint set
+        self.scaled = max_norm_(trainer.model.parameters(), self.max_norm)
+
+    def on_batch_end(self, trainer):
+        self.scaled += max_norm_(trainer.model.parameters(), self.max_norm)
 
 
 class ProgressBar(Callback):

@@ -16,7 +16,7 @@ PARALLEL_MIN_ELEMENTS elements, or with one thread, everything runs on the calli
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport log, log1p
+from libc.math cimport fabs, log, log1p
 from libc.stdint cimport int64_t
 
 from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS
@@ -31,7 +31,7 @@ cdef enum:
 
 
 def partials_length(Py_ssize_t n):
-    """Length of the ``partials`` scratch buffer that ``mse`` and ``sum_squares`` need for ``n`` elements."""
+    """Length of the ``partials`` scratch buffer that ``mse`` and ``penalty_sum`` need for ``n`` elements."""
     return (n + REDUCE_CHUNK - 1) // REDUCE_CHUNK if n > 0 else 1
 
 
@@ -293,26 +293,6 @@ cdef inline double _sum_squares_chunk(const floating* w, Py_ssize_t n) noexcept 
     return (a0 + a1) + (a2 + a3)
 
 
-def sum_squares(const floating[::1] w, double[::1] partials, int n_threads):
-    """sum_k w_k^2 accumulated in double; ``partials`` has ``partials_length(n)`` entries."""
-    cdef Py_ssize_t n = w.shape[0], n_chunks = (n + REDUCE_CHUNK - 1) // REDUCE_CHUNK, c, k0, length
-    cdef double total = 0
-    with nogil:
-        if _serial(n, n_chunks, n_threads):
-            for c in range(n_chunks):
-                k0 = c * REDUCE_CHUNK
-                length = n - k0 if n - k0 < REDUCE_CHUNK else REDUCE_CHUNK
-                partials[c] = _sum_squares_chunk(&w[k0], length)
-        else:
-            for c in prange(n_chunks, schedule="static", num_threads=n_threads):
-                k0 = c * REDUCE_CHUNK
-                length = n - k0 if n - k0 < REDUCE_CHUNK else REDUCE_CHUNK
-                partials[c] = _sum_squares_chunk(&w[k0], length)
-        for c in range(n_chunks):
-            total += partials[c]
-    return total
-
-
 cdef inline void _l2_grad_chunk(const floating* w, floating lam, floating* g, Py_ssize_t n,
                                 bint accumulate) noexcept nogil:
     cdef Py_ssize_t k
@@ -324,15 +304,91 @@ cdef inline void _l2_grad_chunk(const floating* w, floating lam, floating* g, Py
             g[k] = lam * w[k]
 
 
-def l2_grad(const floating[::1] w, double strength, floating[::1] grad, bint accumulate, int n_threads):
-    """grad = strength * w (``accumulate`` False: overwrite) or grad += strength * w (True)."""
+# ---------------------------------------------------------------------------------------------------------------------
+# L1 penalty, the two halves:  sum_k |w_k|  (in double)  and  grad_k = lam * sign(w_k)  (fresh)  or
+# grad_k += lam * sign(w_k), sign(0) = 0 (the subgradient NumPy's np.sign gives) and NaN for NaN, lam rounded to w's
+# type first, so that the gradient equals NumPy's  grad + np.float32(lam) * np.sign(w)  bit for bit. The drivers
+# (penalty_sum, penalty_grad) below serve both penalties.
+
+cdef inline double _sum_abs_chunk(const floating* w, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t k = 0
+    cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0
+    while k + 4 <= n:
+        a0 += fabs(w[k])
+        a1 += fabs(w[k + 1])
+        a2 += fabs(w[k + 2])
+        a3 += fabs(w[k + 3])
+        k += 4
+    while k < n:
+        a0 += fabs(w[k])
+        k += 1
+    return (a0 + a1) + (a2 + a3)
+
+
+cdef inline floating _sign(floating v) noexcept nogil:
+    # 1, -1, 0 for +-0, and NaN (v itself) for NaN
+    return <floating>1 if v > 0 else (<floating>-1 if v < 0 else v * 0 if v != v else <floating>0)
+
+
+cdef inline void _l1_grad_chunk(const floating* w, floating lam, floating* g, Py_ssize_t n,
+                                bint accumulate) noexcept nogil:
+    cdef Py_ssize_t k
+    if accumulate:
+        for k in range(n):
+            g[k] = g[k] + lam * _sign(w[k])
+    else:
+        for k in range(n):
+            g[k] = lam * _sign(w[k])
+
+
+# The drivers of both penalties: ``power`` 2 (L2: w^2 and lam * w) or 1 (L1: |w| and lam * sign(w)); the chunk
+# function is chosen once per chunk of REDUCE_CHUNK values, and the chunks' sums are added in order (the same bits for
+# any thread count).
+
+def penalty_sum(const floating[::1] w, int power, double[::1] partials, int n_threads):
+    """sum_k w_k^2 (power 2) or sum_k |w_k| (power 1), accumulated in double; ``partials`` has
+    ``partials_length(n)`` entries."""
     cdef Py_ssize_t n = w.shape[0], n_chunks = (n + REDUCE_CHUNK - 1) // REDUCE_CHUNK, c, k0, length
-    cdef floating lam = <floating>strength
+    cdef double total = 0
+    if power != 1 and power != 2:
+        raise ValueError(f"penalty_sum: power must be 1 or 2, got {power}")
     with nogil:
         if _serial(n, n_chunks, n_threads):
-            _l2_grad_chunk(&w[0], lam, &grad[0], n, accumulate)
+            for c in range(n_chunks):
+                k0 = c * REDUCE_CHUNK
+                length = n - k0 if n - k0 < REDUCE_CHUNK else REDUCE_CHUNK
+                partials[c] = _sum_squares_chunk(&w[k0], length) if power == 2 else _sum_abs_chunk(&w[k0], length)
         else:
             for c in prange(n_chunks, schedule="static", num_threads=n_threads):
                 k0 = c * REDUCE_CHUNK
                 length = n - k0 if n - k0 < REDUCE_CHUNK else REDUCE_CHUNK
-                _l2_grad_chunk(&w[k0], lam, &grad[k0], length, accumulate)
+                partials[c] = _sum_squares_chunk(&w[k0], length) if power == 2 else _sum_abs_chunk(&w[k0], length)
+        for c in range(n_chunks):
+            total += partials[c]
+    return total
+
+
+cdef inline void _penalty_grad_chunk(const floating* w, floating lam, floating* g, Py_ssize_t n, bint accumulate,
+                                     int power) noexcept nogil:
+    if power == 2:
+        _l2_grad_chunk(w, lam, g, n, accumulate)
+    else:
+        _l1_grad_chunk(w, lam, g, n, accumulate)
+
+
+def penalty_grad(const floating[::1] w, int power, double strength, floating[::1] grad, bint accumulate,
+                 int n_threads):
+    """grad = strength * w (power 2) or strength * sign(w) (power 1) when ``accumulate`` is False (overwrite), else
+    grad += the same."""
+    cdef Py_ssize_t n = w.shape[0], n_chunks = (n + REDUCE_CHUNK - 1) // REDUCE_CHUNK, c, k0, length
+    cdef floating lam = <floating>strength
+    if power != 1 and power != 2:
+        raise ValueError(f"penalty_grad: power must be 1 or 2, got {power}")
+    with nogil:
+        if _serial(n, n_chunks, n_threads):
+            _penalty_grad_chunk(&w[0], lam, &grad[0], n, accumulate, power)
+        else:
+            for c in prange(n_chunks, schedule="static", num_threads=n_threads):
+                k0 = c * REDUCE_CHUNK
+                length = n - k0 if n - k0 < REDUCE_CHUNK else REDUCE_CHUNK
+                _penalty_grad_chunk(&w[k0], lam, &grad[k0], length, accumulate, power)

@@ -6,7 +6,8 @@ from cynet.nn.module import Module, Parameter, Sequential
 from cynet.nn.layers import (
     ELU, GELU, SELU, Dropout, Flatten, Identity, LeakyReLU, Linear, Maxout, PReLU, ReLU, Sigmoid, SiLU, Tanh,
 )
-from cynet.nn.loss import CrossEntropyLoss, L2Penalty, MSELoss, MulticlassSVM, SoftmaxCrossEntropy
+from cynet.nn.loss import (CrossEntropyLoss, L1Penalty, L2Penalty, MSELoss, MulticlassSVM, PenaltySum,
+                           SoftmaxCrossEntropy)
 from cynet.nn import utils
 from cynet.nn.normalization import (
     BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, fold_batchnorm, recompute_batchnorm_statistics,
@@ -16,5 +17,5 @@ __all__ = [
     "Module", "Parameter", "Sequential", "Linear", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU",
     "GELU", "SiLU", "Maxout", "Dropout", "Flatten", "Identity", "BatchNorm1d", "BatchNorm2d", "LayerNorm",
     "GroupNorm", "fold_batchnorm", "recompute_batchnorm_statistics", "SoftmaxCrossEntropy", "CrossEntropyLoss",
-    "MulticlassSVM", "MSELoss", "L2Penalty",
+    "MulticlassSVM", "MSELoss", "L2Penalty", "L1Penalty", "PenaltySum",
 ]

@@ -27,7 +27,8 @@ from cynet._threading import NS_EXP, kernel_threads
 from cynet._validation import KERNEL_DTYPES, describe
 from cynet.nn.module import Module
 
-__all__ = ["SoftmaxCrossEntropy", "CrossEntropyLoss", "MulticlassSVM", "MSELoss", "L2Penalty"]
+__all__ = ["SoftmaxCrossEntropy", "CrossEntropyLoss", "MulticlassSVM", "MSELoss", "L2Penalty", "L1Penalty",
+           "PenaltySum"]
 
 _kernels = None
 
@@ -328,7 +329,65 @@ class MSELoss(_DataLoss):
 
 
 # --- regularisation --------------------------------------------------------------------------------------------------
-class L2Penalty:
+class _WeightPenalty:
+    """What the weight penalties share: the strength, the parameters covered, the sum of two penalties."""
+
+    def __init__(self, strength):
+        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength) \
+                or strength < 0:
+            raise ValueError(f"{type(self).__name__}: strength must be a finite number >= 0, got {strength!r}")
+        self.strength = float(strength)
+
+    def penalized(self, model):
+        """The ``(name, Parameter)`` pairs the penalty covers: ndim >= 2, requires_grad, each parameter once."""
+        if not callable(getattr(model, "named_parameters", None)):
+            raise TypeError(f"{type(self).__name__}: model must be a cynet.nn.Module, got {type(model).__name__}")
+        seen, chosen = set(), []
+        for name, param in model.named_parameters():
+            if id(param) in seen or not param.requires_grad or param.data.ndim < 2 or param.data.size == 0:
+                continue
+            seen.add(id(param))
+            chosen.append((name, param))
+        return chosen
+
+    _power = 2            # the penalty is _scale * strength * sum |W|^_power; its gradient strength * (W or sign W)
+    _scale = 0.5
+
+    def __call__(self, model):
+        """The penalty of ``model``'s weights (a Python float; 0.0 when the strength is 0)."""
+        params = self.penalized(model)
+        if self.strength == 0:
+            return 0.0
+        k = _k()
+        total = 0.0
+        for _, param in params:
+            w = param.data.reshape(-1)
+            total += k.penalty_sum(w, self._power, np.empty(k.partials_length(w.size), np.float64),
+                                   kernel_threads(w.size))
+        return self._scale * self.strength * total
+
+    def backward(self, model):
+        """Add the penalty's gradient into the ``grad`` of each weight of ``model`` (nothing when the strength is
+        0)."""
+        params = self.penalized(model)
+        if self.strength == 0:
+            return
+        k = _k()
+        for _, param in params:
+            buffer, fresh = param.grad_target()
+            k.penalty_grad(param.data.reshape(-1), self._power, self.strength, buffer.reshape(-1), not fresh,
+                           kernel_threads(param.data.size))
+
+    def __add__(self, other):
+        if not isinstance(other, (_WeightPenalty, PenaltySum)):
+            return NotImplemented
+        return PenaltySum(self, other)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(strength={self.strength!r})"
+
+
+class L2Penalty(_WeightPenalty):
     r"""L2 regularisation of a model's weights, in the CS231n convention :math:`R = \tfrac{\lambda}{2}\sum W^2`.
 
     .. math::
@@ -344,7 +403,7 @@ class L2Penalty:
 
     The value is reported apart from the data loss; ``backward(model)`` *adds* :math:`\lambda W` into each weight's
     ``grad`` (overwriting a gradient that was just zeroed), so call it after ``model.backward`` and before the
-    optimiser step.
+    optimiser step. ``L1Penalty(a) + L2Penalty(b)`` is the elastic net (:class:`PenaltySum`).
 
     Args:
         strength (float): :math:`\lambda`, finite and >= 0 (0 turns it off).
@@ -362,46 +421,77 @@ class L2Penalty:
         array([0.1, 0.1, 0.1], dtype=float32)
     """
 
-    def __init__(self, strength):
-        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength) \
-                or strength < 0:
-            raise ValueError(f"L2Penalty: strength must be a finite number >= 0, got {strength!r}")
-        self.strength = float(strength)
+    _power = 2
+    _scale = 0.5
 
-    def penalized(self, model):
-        """The ``(name, Parameter)`` pairs the penalty covers: ndim >= 2, requires_grad, each parameter once."""
-        if not callable(getattr(model, "named_parameters", None)):
-            raise TypeError(f"L2Penalty: model must be a cynet.nn.Module, got {type(model).__name__}")
-        seen, chosen = set(), []
-        for name, param in model.named_parameters():
-            if id(param) in seen or not param.requires_grad or param.data.ndim < 2 or param.data.size == 0:
-                continue
-            seen.add(id(param))
-            chosen.append((name, param))
-        return chosen
+
+class L1Penalty(_WeightPenalty):
+    r"""L1 regularisation of a model's weights (CS231n: it drives many weights to exactly zero, sparse weights that
+    keep only the most useful inputs; L2 spreads the weight instead).
+
+    .. math::
+        R(\text{model}) = \lambda \sum_{W} \sum_k |W_k|, \qquad \frac{\partial R}{\partial W} = \lambda\,
+        \mathrm{sign}(W)
+
+    over the same parameters as :class:`L2Penalty` (``ndim >= 2``, requires_grad, each once), with the subgradient 0
+    at :math:`W_k = 0`. Used as :class:`L2Penalty`: the trainer's ``regularization=``, or the value and
+    ``backward(model)`` between ``model.backward`` and the optimiser step. ``L1Penalty(a) + L2Penalty(b)`` is the
+    elastic net.
+
+    Args:
+        strength (float): :math:`\lambda`, finite and >= 0 (0 turns it off).
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> from cynet.nn.loss import L1Penalty
+        >>> model = nn.Linear(2, 2)
+        >>> model.weight.data[...] = [[1.5, -0.5], [0.0, 2.0]]
+        >>> reg = L1Penalty(0.1)
+        >>> round(reg(model), 6)                 # 0.1 * (1.5 + 0.5 + 0 + 2)
+        0.4
+        >>> model.zero_grad(); reg.backward(model); model.weight.grad
+        array([[ 0.1, -0.1],
+               [ 0. ,  0.1]], dtype=float32)
+    """
+
+    _power = 1
+    _scale = 1.0
+
+
+class PenaltySum:
+    """The sum of weight penalties, e.g. the elastic net ``L1Penalty(1e-5) + L2Penalty(1e-4)``: the value is the sum
+    of the values, ``backward(model)`` adds each one's gradient.
+
+    Example:
+        >>> from cynet import nn
+        >>> from cynet.nn.loss import L1Penalty, L2Penalty
+        >>> L1Penalty(1e-5) + L2Penalty(1e-4)
+        PenaltySum(L1Penalty(strength=1e-05), L2Penalty(strength=0.0001))
+    """
+
+    def __init__(self, *terms):
+        flat = []
+        for term in terms:
+            if isinstance(term, PenaltySum):
+                flat.extend(term.terms)
+            elif isinstance(term, _WeightPenalty):
+                flat.append(term)
+            else:
+                raise TypeError(f"PenaltySum: terms must be weight penalties, got {term!r}")
+        self.terms = tuple(flat)
 
     def __call__(self, model):
-        r"""The penalty :math:`\tfrac{\lambda}{2}\sum W^2` of ``model``'s weights (a Python float)."""
-        params = self.penalized(model)
-        if self.strength == 0:
-            return 0.0
-        k = _k()
-        total = 0.0
-        for _, param in params:
-            w = param.data.reshape(-1)
-            total += k.sum_squares(w, np.empty(k.partials_length(w.size), np.float64), kernel_threads(w.size))
-        return 0.5 * self.strength * total
+        return sum(term(model) for term in self.terms)
 
     def backward(self, model):
-        r"""Add :math:`\lambda W` into the ``grad`` of each weight of ``model`` (nothing when :math:`\lambda = 0`)."""
-        params = self.penalized(model)
-        if self.strength == 0:
-            return
-        k = _k()
-        for _, param in params:
-            buffer, fresh = param.grad_target()
-            k.l2_grad(param.data.reshape(-1), self.strength, buffer.reshape(-1), not fresh,
-                      kernel_threads(param.data.size))
+        for term in self.terms:
+            term.backward(model)
+
+    def __add__(self, other):
+        if not isinstance(other, (_WeightPenalty, PenaltySum)):
+            return NotImplemented
+        return PenaltySum(self, other)
 
     def __repr__(self):
-        return f"L2Penalty(strength={self.strength!r})"
+        return f"PenaltySum({', '.join(map(repr, self.terms))})"

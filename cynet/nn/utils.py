@@ -1,5 +1,5 @@
 r"""Gradient clipping, as ``torch.nn.utils``: rescale or clamp the gradients a backward pass left in the parameters,
-between ``model.backward(...)`` and ``optimizer.step()``.
+between ``model.backward(...)`` and ``optimizer.step()``; and the max-norm weight constraint (:func:`max_norm_`).
 
 Clipping by the global norm keeps the direction of the step and bounds its length:
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from cynet.nn.module import Parameter
 
-__all__ = ["clip_grad_norm_", "clip_grad_value_"]
+__all__ = ["clip_grad_norm_", "clip_grad_value_", "max_norm_"]
 
 
 def _gradients(fn, parameters):
@@ -111,3 +111,53 @@ def clip_grad_value_(parameters, clip_value):
     clip_value = _number(fn, "clip_value", clip_value, 0.0)
     for g in _gradients(fn, parameters):
         np.clip(g, -clip_value, clip_value, out=g)
+
+
+def max_norm_(parameters, max_norm):
+    r"""The max-norm constraint of the CS231n notes: after an update, scale every unit's incoming weight vector back
+    onto the ball :math:`\lVert w \rVert_2 \le c` (projected gradient descent; c is typically 3 or 4). With it the
+    weights cannot blow up even with a large learning rate.
+
+    .. math:: w_i \leftarrow w_i \cdot \min\Big(1, \frac{c}{\lVert w_i \rVert_2}\Big)
+
+    for each slice :math:`w_i` along axis 0 of every learning parameter with ``ndim >= 2``: the rows of a Linear
+    weight (out_features, in_features), one per output unit. Biases, normalisation gains and frozen parameters are
+    left alone. The trainer applies it after every step with the :class:`cynet.train.MaxNorm` callback.
+
+    Args:
+        parameters (iterable of Parameter, or one Parameter): typically ``model.parameters()``.
+        max_norm (float): c, > 0.
+
+    Returns:
+        int: how many units were scaled back.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> from cynet.nn.utils import max_norm_
+        >>> layer = nn.Linear(2, 2); layer.weight.data[...] = [[3.0, 4.0], [0.3, 0.4]]
+        >>> max_norm_(layer.parameters(), 1.0)
+        1
+        >>> layer.weight.data.round(4)
+        array([[0.6, 0.8],
+               [0.3, 0.4]], dtype=float32)
+    """
+    fn = "max_norm_"
+    max_norm = _number(fn, "max_norm", max_norm, 0.0)
+    if max_norm == 0:
+        raise ValueError(f"{fn}: max_norm must be > 0, got {max_norm!r}")
+    if isinstance(parameters, Parameter):
+        parameters = [parameters]
+    scaled = 0
+    for p in parameters:
+        if not isinstance(p, Parameter):
+            raise TypeError(f"{fn}: parameters must be cynet.nn.Parameter objects, got {type(p).__name__}")
+        if not p.requires_grad or p.data.ndim < 2 or p.data.size == 0:
+            continue
+        rows = p.data.reshape(p.data.shape[0], -1)
+        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+        over = np.flatnonzero(norms > max_norm)
+        if over.size:
+            rows[over] *= (max_norm / norms[over]).astype(rows.dtype)[:, None]
+            scaled += over.size
+    return scaled
