@@ -513,3 +513,55 @@ def test_sequential_list_operations_renumber_the_modules():
         model.insert(0, "relu")
     with pytest.raises(IndexError):
         nn.Sequential().pop()
+
+
+def test_sequential_from_an_ordered_dict_names_its_layers():
+    from collections import OrderedDict
+    cynet.manual_seed(0)
+    named = nn.Sequential(OrderedDict([("fc1", nn.Linear(4, 3)), ("act", nn.ReLU()), ("fc2", nn.Linear(3, 2))]))
+    cynet.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    assert named.fc1 is named[0] and [n for n, _ in named.named_children()] == ["fc1", "act", "fc2"]
+    assert list(named.state_dict()) == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    assert np.array_equal(named(x), plain(x))
+    for bad in ("a.b", "", "forward", "append", 3):
+        with pytest.raises(ValueError, match="layer names"):
+            nn.Sequential({bad: nn.ReLU()})
+
+
+def test_module_list_registers_its_modules_for_a_custom_forward():
+    class Tower(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([nn.Linear(4, 4), nn.Tanh()])
+            self.layers.append(nn.Linear(4, 2))
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+        def backward(self, dout, *, input_grad=True):
+            for layer in reversed(list(self.layers)):
+                dout = layer.backward(dout)
+            return dout
+
+    cynet.manual_seed(1)
+    tower = Tower()
+    cynet.manual_seed(1)
+    chain = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    assert [n for n, _ in tower.named_parameters()] == ["layers.0.weight", "layers.0.bias", "layers.2.weight",
+                                                          "layers.2.bias"]
+    x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+    assert np.array_equal(tower(x), chain(x))
+    dout = np.ones((3, 2), np.float32)
+    assert np.array_equal(tower.backward(dout), chain.backward(dout))
+    assert tower.eval().layers[1].training is False
+    assert isinstance(tower.layers[:2], nn.ModuleList) and len(tower.layers[:2]) == 2
+    tower.layers.insert(0, nn.Identity())
+    assert isinstance(tower.layers[0], nn.Identity) and len(tower.layers) == 4
+    with pytest.raises(NotImplementedError, match="ModuleList has no forward"):
+        tower.layers(x)
+    with pytest.raises(TypeError, match="not a Module"):
+        nn.ModuleList([nn.ReLU(), "relu"])

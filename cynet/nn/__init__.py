@@ -2,7 +2,7 @@
 
 See :mod:`cynet.nn.module` for the contract (``forward``, ``backward(dout, input_grad=True)``, parameters, state).
 """
-from cynet.nn.module import Module, Parameter, Sequential
+from cynet.nn.module import Module, ModuleList, Parameter, Sequential
 from cynet.nn.layers import (
     ELU, GELU, SELU, Dropout, Flatten, Identity, LeakyReLU, Linear, Maxout, PReLU, ReLU, Sigmoid, SiLU, Tanh,
 )
@@ -14,8 +14,8 @@ from cynet.nn.normalization import (
 )
 
 __all__ = [
-    "Module", "Parameter", "Sequential", "Linear", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU",
-    "GELU", "SiLU", "Maxout", "Dropout", "Flatten", "Identity", "BatchNorm1d", "BatchNorm2d", "LayerNorm",
-    "GroupNorm", "fold_batchnorm", "recompute_batchnorm_statistics", "SoftmaxCrossEntropy", "CrossEntropyLoss",
-    "MulticlassSVM", "MSELoss", "L2Penalty", "L1Penalty", "PenaltySum",
+    "Module", "ModuleList", "Parameter", "Sequential", "Linear", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU",
+    "ELU", "SELU", "GELU", "SiLU", "Maxout", "Dropout", "Flatten", "Identity", "BatchNorm1d", "BatchNorm2d",
+    "LayerNorm", "GroupNorm", "fold_batchnorm", "recompute_batchnorm_statistics", "SoftmaxCrossEntropy",
+    "CrossEntropyLoss", "MulticlassSVM", "MSELoss", "L2Penalty", "L1Penalty", "PenaltySum",
 ]

@@ -409,54 +409,35 @@ def _arrays_within(value):
 _protected_arrays = contextvars.ContextVar("cynet_protected_arrays", default=None)
 
 
-class Sequential(Module):
-    """A chain of modules: ``forward`` runs them in order, ``backward`` in reverse.
+class _ModuleSequence(Module):
+    """An ordered list of child modules named by position ("0", "1", ...): list-style access and editing, shared by
+    :class:`Sequential` and :class:`ModuleList`. Insertions and removals rename the children to their new positions,
+    so state-dict keys follow (as in PyTorch)."""
 
-    An in-place module (``nn.ReLU(inplace=True)``) may follow any module that does not keep its own output for its
-    backward (Linear, BatchNorm1d, ...). Before it runs, forward raises a ValueError if its input is, or is a view
-    of, an array that an earlier module keeps (the output of a Sigmoid, Tanh, ELU or of another in-place activation,
-    also through a Flatten or an evaluation-mode Dropout, which pass their input on) or the caller's own input.
-
-    Args:
-        *modules (Module): the layers, named ``"0"``, ``"1"``, ... in the state dict.
-
-    Shape: the first module's input to the last module's output.
-
-    Example:
-        >>> import numpy as np
-        >>> from cynet import nn
-        >>> model = nn.Sequential(nn.Linear(3072, 100), nn.ReLU(), nn.Linear(100, 10))
-        >>> model(np.zeros((8, 3072), np.float32)).shape
-        (8, 10)
-    """
-
-    def __init__(self, *modules):
-        super().__init__()
-        for index, module in enumerate(modules):
-            if not isinstance(module, Module):
-                raise TypeError(f"Sequential: argument {index} is not a Module: {module!r}")
-            setattr(self, str(index), module)
+    def _add(self, what, name, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__}.{what}: not a Module: {module!r}")
+        setattr(self, name, module)
 
     def append(self, module):
-        if not isinstance(module, Module):
-            raise TypeError(f"Sequential.append: not a Module: {module!r}")
-        setattr(self, str(len(self._modules)), module)
+        """Add ``module`` at the end; returns self."""
+        self._add("append", str(len(self._modules)), module)
         return self
 
     def extend(self, modules):
-        """Append each module of an iterable (another Sequential, a list); returns self."""
+        """Append each module of an iterable (another Sequential or ModuleList, a list); returns self."""
         for module in list(modules):
             self.append(module)
         return self
 
     def insert(self, index, module):
         """Insert ``module`` before position ``index`` (negative counts from the end, as for a list); the modules
-        after it are renamed, so state-dict keys follow the new positions. Returns self."""
+        after it are renamed. Returns self."""
         if not isinstance(module, Module):
-            raise TypeError(f"Sequential.insert: not a Module: {module!r}")
-        layers = list(self._modules.values())
+            raise TypeError(f"{type(self).__name__}.insert: not a Module: {module!r}")
         if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
-            raise TypeError(f"Sequential.insert: index must be an int, got {index!r}")
+            raise TypeError(f"{type(self).__name__}.insert: index must be an int, got {index!r}")
+        layers = list(self._modules.values())
         layers.insert(int(index), module)
         self._renumber(layers)
         return self
@@ -465,7 +446,7 @@ class Sequential(Module):
         """Remove and return the module at ``index`` (the last by default); the ones after it are renamed."""
         layers = list(self._modules.values())
         if not layers:
-            raise IndexError("Sequential.pop: the Sequential is empty")
+            raise IndexError(f"{type(self).__name__}.pop: it is empty")
         module = layers.pop(index)
         self._renumber(layers)
         return module
@@ -490,8 +471,87 @@ class Sequential(Module):
     def __getitem__(self, index):
         layers = list(self._modules.values())
         if isinstance(index, slice):
-            return Sequential(*layers[index])
+            return type(self)(*layers[index]) if isinstance(self, Sequential) else type(self)(layers[index])
         return layers[index]
+
+
+class ModuleList(_ModuleSequence):
+    """A list of modules registered as children (their parameters, buffers, modes and state-dict entries belong to
+    the module holding the list), for a custom module whose ``forward`` and ``backward`` walk them itself. It has no
+    forward of its own.
+
+    Args:
+        modules (iterable of Module): the initial modules, named "0", "1", ... Default empty.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> class Tower(nn.Module):
+        ...     def __init__(self, width, depth):
+        ...         super().__init__()
+        ...         self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        ...     def forward(self, x):
+        ...         for layer in self.layers:
+        ...             x = layer(x)
+        ...         return x
+        ...     def backward(self, dout, *, input_grad=True):
+        ...         for i, layer in reversed(list(enumerate(self.layers))):
+        ...             dout = layer.backward(dout, input_grad=input_grad or i > 0)
+        ...         return dout
+        >>> tower = Tower(4, 3)
+        >>> len(tower.layers), [name for name, _ in tower.named_parameters()][:2]
+        (3, ['layers.0.weight', 'layers.0.bias'])
+    """
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for index, module in enumerate(modules):
+            self._add(f"__init__ (item {index})", str(index), module)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError("ModuleList has no forward: iterate over it in your module's forward")
+
+
+class Sequential(_ModuleSequence):
+    """A chain of modules: ``forward`` runs them in order, ``backward`` in reverse.
+
+    An in-place module (``nn.ReLU(inplace=True)``) may follow any module that does not keep its own output for its
+    backward (Linear, BatchNorm1d, ...). Before it runs, forward raises a ValueError if its input is, or is a view
+    of, an array that an earlier module keeps (the output of a Sigmoid, Tanh, ELU or of another in-place activation,
+    also through a Flatten or an evaluation-mode Dropout, which pass their input on) or the caller's own input.
+
+    Args:
+        *modules (Module): the layers, named ``"0"``, ``"1"``, ... in the state dict; or one dict (an
+            ``OrderedDict``) of name -> module, as in PyTorch, whose names then name them (``model.fc1``, state-dict
+            keys ``fc1.weight``). ``insert``, ``pop`` and ``del`` rename every layer by position.
+
+    Shape: the first module's input to the last module's output.
+
+    Example:
+        >>> import numpy as np
+        >>> from collections import OrderedDict
+        >>> from cynet import nn
+        >>> model = nn.Sequential(nn.Linear(3072, 100), nn.ReLU(), nn.Linear(100, 10))
+        >>> model(np.zeros((8, 3072), np.float32)).shape
+        (8, 10)
+        >>> named = nn.Sequential(OrderedDict([("fc1", nn.Linear(4, 3)), ("act", nn.Tanh()), ("fc2", nn.Linear(3, 2))]))
+        >>> list(named.state_dict())
+        ['fc1.weight', 'fc1.bias', 'fc2.weight', 'fc2.bias']
+    """
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], dict):
+            for name, module in modules[0].items():
+                if not isinstance(name, str) or not name or "." in name or hasattr(type(self), name):
+                    raise ValueError(f"Sequential: layer names must be non-empty strings without '.' that do not "
+                                     f"hide an attribute, got {name!r}")
+                self._add(f"__init__ (layer {name!r})", name, module)
+            return
+        for index, module in enumerate(modules):
+            if not isinstance(module, Module):
+                raise TypeError(f"Sequential: argument {index} is not a Module: {module!r}")
+            setattr(self, str(index), module)
 
     def forward(self, x):
         modules = list(self._modules.values())
