@@ -629,7 +629,7 @@ class Trainer:
         self.stop_reason = str(reason)
 
     # --- training ----------------------------------------------------------------------------------------------------
-    def fit(self, x, y, epochs, batch_size=256, validation=None, shuffle=True):
+    def fit(self, x, y, epochs, batch_size=256, validation=None, shuffle=True, validation_split=None):
         """Train until :attr:`epoch` reaches ``epochs`` (a total, not a count of further epochs).
 
         After loading a checkpoint saved at epoch 2, ``fit(x, y, epochs=4)`` runs epochs 3 and 4. A run ends
@@ -644,6 +644,9 @@ class Trainer:
             validation (tuple): optional ``(x_val, y_val)``, evaluated after every epoch. Default None.
             shuffle (bool): visit the examples in a fresh random order each epoch (default); False keeps the
                 data order.
+            validation_split (float): instead of ``validation``, hold out this fraction of ``(x, y)``, in (0, 1):
+                the *last* ``round(fraction * len(x))`` examples, as Keras does (views, no copy; the same examples
+                in every epoch and after a resume). Shuffle the data first if its order is not random. Default None.
 
         Returns:
             dict[str, list[float]]: :attr:`history`.
@@ -659,6 +662,19 @@ class Trainer:
             (0.52, None)
         """
         x, y = _check_data("Trainer.fit", x, y)
+        if validation_split is not None:
+            if validation is not None:
+                raise ValueError("Trainer.fit: pass validation or validation_split, not both")
+            if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
+                    or not 0 < validation_split < 1:
+                raise ValueError(f"Trainer.fit: validation_split must be a fraction in (0, 1), "
+                                 f"got {validation_split!r}")
+            held = int(round(validation_split * len(x)))
+            if not 0 < held < len(x):
+                raise ValueError(f"Trainer.fit: validation_split={validation_split} of {len(x)} examples holds out "
+                                 f"{held}; it must leave at least one example on each side")
+            validation = (x[len(x) - held:], y[len(y) - held:])
+            x, y = x[:len(x) - held], y[:len(y) - held]
         epochs = _int_at_least("Trainer.fit", "epochs", epochs, 0)
         batch_size = _int_at_least("Trainer.fit", "batch_size", batch_size, 1)
         _int_at_least("Trainer.fit", "guard_every", self.guard_every, 1)

@@ -686,3 +686,27 @@ def test_progress_without_tqdm_prints_one_line_per_epoch(monkeypatch):
             callbacks=[ProgressBar(file=stream)]).fit(x, y, epochs=2, batch_size=10)
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2 and lines[0].startswith("epoch 1/2: loss ") and " acc " in lines[1]
+
+
+def test_validation_split_holds_out_the_last_examples_as_keras_does():
+    rng = np.random.default_rng(12)
+    x, y = rng.standard_normal((50, 6)).astype(np.float32), rng.integers(0, 3, 50)
+
+    def run(**kwargs):
+        cynet.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+        trainer = Trainer(model, nn.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False)
+        return trainer.fit(kwargs.pop("x"), kwargs.pop("y"), epochs=3, batch_size=8, **kwargs)
+
+    split = run(x=x, y=y, validation_split=0.2)
+    explicit = run(x=x[:40], y=y[:40], validation=(x[40:], y[40:]))
+    assert split.keys() == explicit.keys()
+    for key in split:
+        if key != "epoch_time":                                # wall-clock seconds
+            assert split[key] == explicit[key], key
+    assert len(split["val_acc"]) == 3
+    with pytest.raises(ValueError, match="not both"):
+        run(x=x, y=y, validation_split=0.2, validation=(x, y))
+    for bad in (0, 1, 1.5, -0.1, True, 0.001):
+        with pytest.raises(ValueError, match="validation_split"):
+            run(x=x, y=y, validation_split=bad)
