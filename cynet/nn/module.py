@@ -471,7 +471,7 @@ class _ModuleSequence(Module):
     def __getitem__(self, index):
         layers = list(self._modules.values())
         if isinstance(index, slice):
-            return type(self)(*layers[index]) if isinstance(self, Sequential) else type(self)(layers[index])
+            return Sequential(*layers[index]) if isinstance(self, Sequential) else ModuleList(layers[index])
         return layers[index]
 
 
