@@ -161,6 +161,7 @@ GRADCHECK_CASES = [
     ("bn1d-no-affine", lambda: BatchNorm1d(4, affine=False), (5, 4)),
     ("bn1d-no-tracking-eval", lambda: BatchNorm1d(4, track_running_stats=False).eval(), (5, 4)),
     ("bn2d", lambda: BatchNorm2d(3), (2, 3, 4, 5)),
+    ("bn2d-plane-runs", lambda: BatchNorm2d(2), (2, 2, 16, 16)),          # planes of 256: summed a plane at a time
     ("bn2d-eval", lambda: BatchNorm2d(3).eval(), (2, 3, 4, 5)),
     ("layernorm", lambda: LayerNorm(7), (3, 7)),
     ("layernorm-2d-shape", lambda: LayerNorm((3, 4)), (2, 5, 3, 4)),
@@ -196,8 +197,9 @@ THREAD_CASES = [
     ("bn1d-narrow", lambda d: BatchNorm1d(40, dtype=d), (2000, 40)),
     ("bn1d-tall", lambda d: BatchNorm1d(300, dtype=d), (3000, 300)),
     ("bn1d-odd-ranges", lambda d: BatchNorm1d(515, dtype=d), (90, 515)),   # ranges of 160, 176, 179 columns at 3
-    ("bn2d", lambda d: BatchNorm2d(8, dtype=d), (8, 8, 31, 33)),
-    ("bn2d-blocks", lambda d: BatchNorm2d(8, dtype=d), (4, 8, 40, 30)),   # 1200 positions: two blocks of sums
+    ("bn2d", lambda d: BatchNorm2d(8, dtype=d), (8, 8, 31, 33)),         # planes of >= 256: a plane at a time
+    ("bn2d-long-planes", lambda d: BatchNorm2d(8, dtype=d), (4, 8, 40, 30)),
+    ("bn2d-columns", lambda d: BatchNorm2d(16, dtype=d), (64, 16, 8, 12)),  # planes of 96: the column sweeps
     ("layernorm", lambda d: LayerNorm(300, dtype=d), (200, 300)),
     ("groupnorm", lambda d: GroupNorm(4, 16, dtype=d), (8, 16, 20, 21)),
 ]
