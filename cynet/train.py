@@ -73,6 +73,12 @@ def _int_at_least(op, name, value, low):
     return int(value)
 
 
+def _positive_finite(op, name, value, allowed="a positive finite number"):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+        raise ValueError(f"{op}: {name} must be {allowed}, got {value!r}")
+    return float(value)
+
+
 def _check_data(op, x, y):
     x = np.asarray(x)
     y = np.asarray(y)
@@ -344,9 +350,7 @@ class MaxNorm(Callback):
     """
 
     def __init__(self, max_norm=3.0):
-        if isinstance(max_norm, bool) or not isinstance(max_norm, numbers.Real) or not 0 < max_norm < math.inf:
-            raise ValueError(f"MaxNorm: max_norm must be a positive finite number, got {max_norm!r}")
-        self.max_norm = float(max_norm)
+        self.max_norm = _positive_finite("MaxNorm", "max_norm", max_norm)
         self.scaled = 0
 
     def on_train_begin(self, trainer):
@@ -563,11 +567,9 @@ class Trainer:
             if not isinstance(callback, Callback):
                 raise TypeError(f"Trainer: callbacks must be cynet.train.Callback instances, got {callback!r}")
         seed = _int_at_least("Trainer", "seed", seed, 0)
-        if clip_grad_norm is not None and (isinstance(clip_grad_norm, bool)
-                                           or not isinstance(clip_grad_norm, numbers.Real)
-                                           or not 0 < clip_grad_norm < math.inf):
-            raise ValueError(f"Trainer: clip_grad_norm must be a positive finite number or None, "
-                             f"got {clip_grad_norm!r}")
+        if clip_grad_norm is not None:
+            clip_grad_norm = _positive_finite("Trainer", "clip_grad_norm", clip_grad_norm,
+                                              "a positive finite number or None")
         if progress and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(ProgressBar())
 
@@ -579,7 +581,7 @@ class Trainer:
         self.batch_transform = batch_transform
         self.callbacks = callbacks
         self.seed = seed
-        self.clip_grad_norm = None if clip_grad_norm is None else float(clip_grad_norm)
+        self.clip_grad_norm = clip_grad_norm
         self.generator = np.random.default_rng(seed)
         self.history = {key: [] for key in ITERATION_KEYS + EPOCH_KEYS}
         self.epoch = 0

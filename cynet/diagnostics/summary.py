@@ -5,7 +5,6 @@ activations take.
 The shapes come from one forward pass of a batch of zeros in evaluation mode (no dropout; batch norm reads, and does
 not update, its running statistics); every module's own mode is put back afterwards.
 """
-import math
 from dataclasses import dataclass, field
 
 import numpy as np

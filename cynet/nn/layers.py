@@ -27,6 +27,12 @@ def _positive_int(layer, name, value):
     return int(value)
 
 
+def _inplace_flag(layer, inplace):
+    if not isinstance(inplace, (bool, np.bool_)):
+        raise TypeError(f"{layer}: inplace must be True or False, got {inplace!r}")
+    return bool(inplace)
+
+
 def _check_writeable_input(module, x):
     """An in-place activation's input: a writeable C-contiguous float32/float64 numpy array."""
     if not isinstance(x, np.ndarray):
@@ -158,16 +164,22 @@ class _Elementwise(Module):
 
     def __init__(self, inplace=False):
         super().__init__()
-        if not isinstance(inplace, (bool, np.bool_)):
-            raise TypeError(f"{type(self).__name__}: inplace must be True or False, got {inplace!r}")
+        inplace = _inplace_flag(type(self).__name__, inplace)
         if inplace and self._saves != "y" and not self._y_serves_backward:
             raise ValueError(f"{type(self).__name__}: no in-place form: its backward reads its input x, which an "
                              f"in-place forward would overwrite")
-        self.inplace = bool(inplace)
+        self.inplace = inplace
         self._saved = None
 
     def _args(self):
         return ()
+
+    def _settings_repr(self):
+        """The subclass's own settings for the repr ("" when it has none)."""
+        return ""
+
+    def extra_repr(self):
+        return ", ".join(part for part in (self._settings_repr(), "inplace=True" if self.inplace else "") if part)
 
     def _overwrites_input(self):
         return self.inplace
@@ -211,10 +223,6 @@ class Sigmoid(_Elementwise):
     """
     _op = "sigmoid"
 
-    def extra_repr(self):
-        return "inplace=True" if self.inplace else ""
-
-
 class Tanh(_Elementwise):
     r"""Hyperbolic tangent, :math:`y = \tanh x`; :math:`dy/dx = 1 - y^2` (zero-centred, still saturates).
 
@@ -230,10 +238,6 @@ class Tanh(_Elementwise):
         inplace (bool): write y into x's array (the backward reads y). Default False.
     """
     _op = "tanh"
-
-    def extra_repr(self):
-        return "inplace=True" if self.inplace else ""
-
 
 class ReLU(_Elementwise):
     r"""Rectified linear unit, :math:`y = \max(0, x)`; :math:`dy/dx = 1[x > 0]` (read from the output).
@@ -251,10 +255,6 @@ class ReLU(_Elementwise):
     """
     _op = "relu"
     _kinked = True
-
-    def extra_repr(self):
-        return "inplace=True" if self.inplace else ""
-
 
 class LeakyReLU(_Elementwise):
     r"""Leaky ReLU, :math:`y = x` if :math:`x > 0` else :math:`s\,x`.
@@ -287,8 +287,8 @@ class LeakyReLU(_Elementwise):
     def _args(self):
         return (self.negative_slope,)
 
-    def extra_repr(self):
-        return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
+    def _settings_repr(self):
+        return f"negative_slope={self.negative_slope}"
 
 
 class ELU(_Elementwise):
@@ -317,8 +317,8 @@ class ELU(_Elementwise):
     def _args(self):
         return (self.alpha,)
 
-    def extra_repr(self):
-        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
+    def _settings_repr(self):
+        return f"alpha={self.alpha}"
 
 
 class SELU(_Elementwise):
@@ -338,10 +338,6 @@ class SELU(_Elementwise):
     """
     _op = "selu"
     _kinked = True
-
-    def extra_repr(self):
-        return "inplace=True" if self.inplace else ""
-
 
 class GELU(_Elementwise):
     r"""Gaussian error linear unit, :math:`y = x\,\Phi(x)` (``approximate="none"``) or its tanh approximation
@@ -369,7 +365,7 @@ class GELU(_Elementwise):
     def _args(self):
         return (self.approximate,)
 
-    def extra_repr(self):
+    def _settings_repr(self):
         return f"approximate={self.approximate!r}"
 
 
@@ -521,11 +517,9 @@ class Dropout(Module):
         p = ops._finite_number("Dropout", "p", p)
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"Dropout: p must lie in [0, 1], got {p}")
-        if not isinstance(inplace, (bool, np.bool_)):
-            raise TypeError(f"Dropout: inplace must be True or False, got {inplace!r}")
         self.p = p
         self.generator = None if generator is None else resolve_generator(generator)
-        self.inplace = bool(inplace)
+        self.inplace = _inplace_flag("Dropout", inplace)
         self.reuse_mask = False
         self._mask = None          # keep-mask scaled by 1/(1-p), in x's dtype; None in eval or when p == 0
 

@@ -330,7 +330,9 @@ class MSELoss(_DataLoss):
 
 # --- regularisation --------------------------------------------------------------------------------------------------
 class _WeightPenalty:
-    """What the weight penalties share: the strength, the parameters covered, the sum of two penalties."""
+    """What the weight penalties share: the strength, the parameters covered, the value and gradient kernels, the sum
+    of two penalties. A subclass sets ``_power`` (2 or 1) and ``_scale``: the penalty is
+    ``_scale * strength * sum |W|^_power``, its gradient ``strength * W`` (power 2) or ``strength * sign(W)``."""
 
     def __init__(self, strength):
         if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength) \
@@ -349,9 +351,6 @@ class _WeightPenalty:
             seen.add(id(param))
             chosen.append((name, param))
         return chosen
-
-    _power = 2            # the penalty is _scale * strength * sum |W|^_power; its gradient strength * (W or sign W)
-    _scale = 0.5
 
     def __call__(self, model):
         """The penalty of ``model``'s weights (a Python float; 0.0 when the strength is 0)."""

@@ -574,8 +574,10 @@ class Sequential(_ModuleSequence):
 
     def _check_overwrite(self, modules, position, x, protected):
         """Raise if the in-place module at ``position`` would write into an array that must outlive it."""
+        if not isinstance(x, np.ndarray):
+            return                                  # the module's own check refuses it
         for array in protected:
-            if isinstance(x, np.ndarray) and np.may_share_memory(array, x):
+            if np.may_share_memory(array, x):
                 holder = next((f"module {index} ({type(m).__name__})" for index, m in enumerate(modules[:position])
                                if any(a is array for a in m._kept_arrays())), None)
                 whose = f"an array that {holder} keeps for its backward" if holder else (

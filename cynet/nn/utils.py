@@ -23,17 +23,20 @@ from cynet.nn.module import Parameter
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "max_norm_"]
 
 
-def _gradients(fn, parameters):
-    """The gradient buffers of the learning parameters that received a gradient since zero_grad."""
+def _parameters(fn, parameters):
+    """``parameters`` (one Parameter or an iterable of them) as a list, each checked."""
     if isinstance(parameters, Parameter):
-        parameters = [parameters]
-    grads = []
-    for p in parameters:
+        return [parameters]
+    params = list(parameters)
+    for p in params:
         if not isinstance(p, Parameter):
             raise TypeError(f"{fn}: parameters must be cynet.nn.Parameter objects, got {type(p).__name__}")
-        if p.requires_grad and not p._grad_is_zero:
-            grads.append(p._grad)
-    return grads
+    return params
+
+
+def _gradients(fn, parameters):
+    """The gradient buffers of the learning parameters that received a gradient since zero_grad."""
+    return [p._grad for p in _parameters(fn, parameters) if p.requires_grad and not p._grad_is_zero]
 
 
 def _number(fn, name, value, low):
@@ -146,12 +149,8 @@ def max_norm_(parameters, max_norm):
     max_norm = _number(fn, "max_norm", max_norm, 0.0)
     if max_norm == 0:
         raise ValueError(f"{fn}: max_norm must be > 0, got {max_norm!r}")
-    if isinstance(parameters, Parameter):
-        parameters = [parameters]
     scaled = 0
-    for p in parameters:
-        if not isinstance(p, Parameter):
-            raise TypeError(f"{fn}: parameters must be cynet.nn.Parameter objects, got {type(p).__name__}")
+    for p in _parameters(fn, parameters):
         if not p.requires_grad or p.data.ndim < 2 or p.data.size == 0:
             continue
         rows = p.data.reshape(p.data.shape[0], -1)
