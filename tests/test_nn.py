@@ -513,6 +513,8 @@ def test_sequential_list_operations_renumber_the_modules():
         model.insert(0, "relu")
     with pytest.raises(IndexError):
         nn.Sequential().pop()
+    with pytest.raises(TypeError, match="index must be an int"):
+        model.insert(1.0, nn.ReLU())
 
 
 def test_sequential_from_an_ordered_dict_names_its_layers():

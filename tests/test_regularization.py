@@ -116,3 +116,15 @@ def test_max_norm_callback_keeps_every_unit_on_the_ball():
             MaxNorm(bad)
     with pytest.raises(ValueError, match="max_norm must be > 0"):
         max_norm_(model.parameters(), 0.0)
+
+
+def test_penalty_errors():
+    with pytest.raises(TypeError, match="PenaltySum: terms must be weight penalties"):
+        PenaltySum(L1Penalty(1.0), 2)
+    from cynet._kernels import load
+    k = load("losses")
+    w = np.ones(8, np.float32)
+    with pytest.raises(ValueError, match="penalty_sum: power must be 1 or 2, got 3"):
+        k.penalty_sum(w, 3, np.empty(k.partials_length(8)), 1)
+    with pytest.raises(ValueError, match="penalty_grad: power must be 1 or 2, got 0"):
+        k.penalty_grad(w, 0, 0.1, np.empty_like(w), False, 1)

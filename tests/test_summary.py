@@ -47,6 +47,8 @@ def test_summary_leaves_the_model_as_it_was():
 def test_summary_errors():
     with pytest.raises(TypeError, match="cynet.nn.Module"):
         summary(lambda x: x, (3,))
+    with pytest.raises(TypeError, match="input_shape must be a tuple of ints"):
+        summary(_model(), 3072)
     with pytest.raises(ValueError, match="must be positive"):
         summary(_model(), (0, 32, 32))
     with pytest.raises(ValueError):                         # the model's own error for a wrong input size
