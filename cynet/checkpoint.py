@@ -51,6 +51,7 @@ import zipfile
 import numpy as np
 
 from cynet import _random
+from cynet.optim.optimizers import learning_rates
 
 __all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "save", "load", "save_model", "load_model",
            "save_trainer", "load_trainer"]
@@ -333,7 +334,7 @@ def save_trainer(path, trainer):
         "modules": {name: _random.get_rng_state(g) for name, g in _module_generators(trainer.model).items()},
     }
     meta["trainer"] = {"epoch": trainer.epoch, "iteration": trainer.iteration,
-                       "first_loss": trainer._first_loss, "lr": float(trainer.optimizer.lr),
+                       "first_loss": trainer._first_loss, "lr": _saved_rates(trainer.optimizer),
                        "stop_reason": trainer.stop_reason}
     save(path, arrays, meta)
 
@@ -430,7 +431,8 @@ def load_trainer(path, trainer):
     problems = [f"{key} = {counters.get(key)!r}" for key in ("epoch", "iteration")
                 if not _is_count(counters.get(key))]
     lr = counters.get("lr")
-    if not _is_number(lr) or not (0 <= lr < float("inf")):
+    rates = lr if isinstance(lr, list) else [lr]
+    if len(rates) != len(learning_rates(optimizer)) or not all(_is_number(r) and 0 <= r < float("inf") for r in rates):
         problems.append(f"lr = {lr!r}")
     first_loss = counters.get("first_loss")
     if first_loss is not None and not _is_number(first_loss):
@@ -439,7 +441,7 @@ def load_trainer(path, trainer):
         raise CheckpointError(f"checkpoint: {path!r} has invalid trainer counters: {', '.join(problems)}")
 
     # --- apply: first what may still refuse its state (undone on failure), then what cannot fail ---------------------
-    old_lr = optimizer.lr
+    old_rates = learning_rates(optimizer)
     undo = []
     stage = None
     try:
@@ -461,13 +463,13 @@ def load_trainer(path, trainer):
     except Exception as error:
         for step in reversed(undo):
             step()
-        optimizer.lr = old_lr
+        _set_rates(optimizer, old_rates)
         raise CheckpointError(f"checkpoint: {path!r}: {stage} refused its saved state: {_reason(error)}") from error
 
     trainer.model.load_state_dict(model_state)
     if checked_optim is not None:
         optimizer._apply_checked_state(checked_optim)
-    optimizer.lr = lr
+    _set_rates(optimizer, rates)
     trainer.history = {key: arrays["history." + key].tolist() for key in history_keys}
     _random.set_rng_state(rng["trainer"], trainer.generator)
     _random.set_rng_state(rng["global"])
@@ -477,6 +479,21 @@ def load_trainer(path, trainer):
     trainer.iteration = int(counters["iteration"])
     trainer._first_loss = first_loss
     trainer.stop_reason = counters.get("stop_reason")
+
+
+def _saved_rates(optimizer):
+    """The learning rate as the header keeps it: a float, or a list of one per parameter group."""
+    rates = learning_rates(optimizer)
+    return rates[0] if len(rates) == 1 else rates
+
+
+def _set_rates(optimizer, rates):
+    groups = getattr(optimizer, "param_groups", None)
+    if groups:
+        for group, rate in zip(groups, rates):
+            group["lr"] = rate
+    else:
+        optimizer.lr = rates[0]
 
 
 def _reason(error):

@@ -55,6 +55,7 @@ import numpy as np
 from cynet import checkpoint as _checkpoint
 from cynet.nn.module import Module
 from cynet.nn.utils import clip_grad_norm_, max_norm_
+from cynet.optim.optimizers import learning_rates
 
 __all__ = ["Trainer", "Callback", "ProgressBar", "EarlyStopping", "ModelCheckpoint", "MaxNorm", "DivergenceWarning"]
 
@@ -508,11 +509,12 @@ class Trainer:
             so that their global 2-norm is at most this (:func:`cynet.nn.utils.clip_grad_norm_`). Default None.
 
     Attributes:
-        history (dict[str, list[float]]): per iteration "loss" (data loss), "reg_loss", "lr"; per completed
-            epoch "train_loss" (mean data loss over the epoch's examples), "train_acc" (accuracy on the batches
-            *as they were trained on*: with dropout active and the weights changing during the epoch, so usually
-            a little below an :meth:`evaluate` of the final weights; NaN when the labels are not class indices),
-            "val_loss", "val_acc" (NaN without validation data) and "epoch_time" (seconds, validation included).
+        history (dict[str, list[float]]): per iteration "loss" (data loss), "reg_loss", "lr" (the first parameter
+            group's); per completed epoch "train_loss" (mean data loss over the epoch's examples), "train_acc"
+            (accuracy on the batches *as they were trained on*: with dropout active and the weights changing during
+            the epoch, so usually a little below an :meth:`evaluate` of the final weights; NaN when the labels are
+            not class indices), "val_loss", "val_acc" (NaN without validation data) and "epoch_time" (seconds,
+            validation included).
         epoch (int): epochs completed.
         iteration (int): training iterations run (one per entry of ``history["loss"]``; a diverged iteration is
             counted and recorded but takes no step).
@@ -769,7 +771,7 @@ class Trainer:
         self.iteration += 1
         self.history["loss"].append(data_loss)
         self.history["reg_loss"].append(reg_loss)
-        self.history["lr"].append(float(self.optimizer.lr))
+        self.history["lr"].append(learning_rates(self.optimizer)[0])
 
         problem = None
         if not math.isfinite(data_loss):

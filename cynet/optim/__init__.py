@@ -1,7 +1,9 @@
 """Optimisers and learning-rate schedules: the update rules of CS231n's "Training Neural Networks" in PyTorch's API.
 
 Optimisers (:mod:`cynet.optim.optimizers`): :class:`SGD` (momentum, Nesterov), :class:`AdaGrad`, :class:`RMSProp`,
-:class:`Adam`, :class:`AdamW`. Each step is one fused Cython kernel per parameter, with PyTorch's formulas.
+:class:`Adam`, :class:`AdamW`. Each step is one fused Cython kernel per parameter, with PyTorch's formulas. Parameter
+groups (``[{"params": ..., "lr": ...}, ...]``) give parts of a model their own settings; :func:`weight_decay_groups`
+builds the usual pair that leaves biases and normalisation parameters out of weight decay.
 
 Schedules (:mod:`cynet.optim.lr_scheduler`, re-exported here): :class:`StepLR`, :class:`MultiStepLR`,
 :class:`ExponentialLR`, :class:`InverseTimeLR`, :class:`CosineAnnealingLR`, :class:`LinearWarmup`,
@@ -21,9 +23,12 @@ from cynet.optim.lr_scheduler import (
     CosineAnnealingLR, ExponentialLR, InverseTimeLR, LinearWarmup, LRScheduler, MultiStepLR, ReduceLROnPlateau,
     StepLR,
 )
-from cynet.optim.optimizers import SGD, AdaGrad, Adam, AdamW, Optimizer, RMSProp
+from cynet.optim.optimizers import (
+    SGD, AdaGrad, Adam, AdamW, Optimizer, ParamGroup, RMSProp, weight_decay_groups,
+)
 
 __all__ = [
-    "Optimizer", "SGD", "AdaGrad", "RMSProp", "Adam", "AdamW", "lr_scheduler", "LRScheduler", "StepLR",
-    "MultiStepLR", "ExponentialLR", "InverseTimeLR", "CosineAnnealingLR", "LinearWarmup", "ReduceLROnPlateau",
+    "Optimizer", "ParamGroup", "SGD", "AdaGrad", "RMSProp", "Adam", "AdamW", "weight_decay_groups", "lr_scheduler",
+    "LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "InverseTimeLR", "CosineAnnealingLR", "LinearWarmup",
+    "ReduceLROnPlateau",
 ]

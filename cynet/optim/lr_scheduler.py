@@ -17,7 +17,10 @@ equivalent recursive form, which agrees to rounding). So a schedule resumes exac
 overwrites any change made to ``optimizer.lr`` by hand at its next step. :class:`ReduceLROnPlateau` is the
 exception: it reads the current ``optimizer.lr`` and multiplies it when a metric stops improving.
 
-:meth:`get_last_lr` returns a float: cynet optimisers have one learning rate (PyTorch returns one per parameter group).
+With parameter groups (:class:`~cynet.optim.Optimizer`) each group follows the schedule from its own base rate (its
+``lr`` when the schedule was made), as in PyTorch: ``lr_at`` is evaluated once per group, with ``base_lr`` set to that
+group's base. :meth:`get_last_lr` returns a float for an optimiser with one group, and a list with one rate per group
+otherwise (PyTorch always returns the list).
 
 ``state_dict()`` is flat and JSON-friendly like the optimisers': string keys, JSON scalars (MultiStepLR's milestones
 are an int64 ndarray); a wrapped schedule's keys are prefixed ``after.``.
@@ -81,8 +84,21 @@ class _Scheduler:
         """Check and normalise the settings in place (ValueError naming the class and the setting)."""
 
     def get_last_lr(self):
-        """The learning rate the last :meth:`step` (or the constructor) set, as a float."""
-        return self._last_lr
+        """The learning rate the last :meth:`step` (or the constructor) set: a float, or a list of one per parameter
+        group when the optimiser has several."""
+        return self._last_lrs[0] if len(self._last_lrs) == 1 else list(self._last_lrs)
+
+    def _group_rates(self, label, value):
+        """``value`` (a number, or one per parameter group) as a list of one float >= 0 per group of the optimiser."""
+        groups = len(self.optimizer.param_groups)
+        values = np.asarray(value).reshape(-1).tolist() if isinstance(value, (np.ndarray, list, tuple)) else [value]
+        if len(values) != groups:
+            self._fail(f"{label} holds {len(values)} rate(s), the optimiser has {groups} parameter group(s)")
+        return [self._real(label, item, low=0) for item in values]
+
+    def _state_of_rates(self, rates):
+        """Rates as state_dict stores them: a float for one group, a float64 array for several."""
+        return rates[0] if len(rates) == 1 else np.array(rates, dtype=np.float64)
 
     def state_dict(self):
         """A flat dict: ``type``, the settings and the counters (JSON scalars; ndarrays where noted)."""
@@ -111,8 +127,7 @@ class _Scheduler:
             setattr(probe, key, state[key])
         probe._validate()
         probe._validate_counters()
-        for key in self._settings + self._counters:
-            setattr(self, key, getattr(probe, key))
+        self.__dict__.update(probe.__dict__)  # the settings, the counters and what is derived from them
 
     def _accepts_key(self, key):
         return False
@@ -125,13 +140,16 @@ class LRScheduler(_Scheduler):
     """Base class of the epoch-based schedules: ``lr = lr_at(last_epoch)``, a closed form of the epoch counter.
 
     Subclasses implement :meth:`lr_at` (from ``self.base_lr``) and :meth:`_validate`, and list their settings in
-    ``_settings``. The constructor records ``base_lr = optimizer.lr`` and sets the learning rate of epoch 0.
+    ``_settings``. The constructor records each parameter group's ``lr`` as its base rate and sets the learning rates
+    of epoch 0.
 
     Args:
-        optimizer (Optimizer): the optimiser whose ``lr`` the schedule sets.
+        optimizer (Optimizer): the optimiser whose learning rates the schedule sets.
 
     Attributes:
-        base_lr (float): the optimiser's learning rate when the schedule was created.
+        base_lrs (list of float): each parameter group's learning rate when the schedule was created.
+        base_lr (float): the base rate ``lr_at`` works from: the first group's, or during a step the group's whose
+            rate is being computed.
         last_epoch (int): number of :meth:`step` calls (0 after construction).
     """
 
@@ -139,18 +157,29 @@ class LRScheduler(_Scheduler):
 
     def __init__(self, optimizer):
         self._attach(optimizer)
-        self.base_lr = float(optimizer.lr)
+        self.base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
+        self.base_lr = self.base_lrs[0]
         self.last_epoch = 0
         self._validate()
         self._apply()
 
     def lr_at(self, epoch):
-        """The learning rate at epoch ``epoch`` (closed form)."""
+        """The learning rate at epoch ``epoch`` (closed form) for the base rate ``self.base_lr``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement lr_at")
 
     def _apply(self):
-        self._last_lr = float(self.lr_at(self.last_epoch))
-        self.optimizer.lr = self._last_lr
+        groups = self.optimizer.param_groups
+        if len(groups) != len(self.base_lrs):
+            self._fail(f"the optimiser has {len(groups)} parameter groups, the schedule was made for "
+                       f"{len(self.base_lrs)}: create the schedule after adding groups")
+        rates = []
+        for base in self.base_lrs:
+            self.base_lr = base
+            rates.append(float(self.lr_at(self.last_epoch)))
+        self.base_lr = self.base_lrs[0]
+        for group, rate in zip(groups, rates):
+            group["lr"] = rate
+        self._last_lrs = rates
 
     def step(self):
         """Advance one epoch and set the optimiser's learning rate to ``lr_at(last_epoch)``."""
@@ -167,13 +196,22 @@ class LRScheduler(_Scheduler):
         self._restore(state)
         self._apply()
 
+    def state_dict(self):
+        """A flat dict: ``type``, the settings and the counters; ``base_lr`` is a float, or a float64 array of one
+        base rate per parameter group."""
+        out = super().state_dict()
+        out["base_lr"] = self._state_of_rates(self.base_lrs)
+        return out
+
     def _validate_counters(self):
         super()._validate_counters()
-        self.base_lr = self._real("base_lr", self.base_lr, low=0)
+        self.base_lrs = self._group_rates("base_lr", self.base_lr)
+        self.base_lr = self.base_lrs[0]
 
     def __repr__(self):
         settings = ", ".join(f"{key}={getattr(self, key)!r}" for key in self._settings)
-        return f"{type(self).__name__}({settings}, base_lr={self.base_lr!r}, last_epoch={self.last_epoch})"
+        base = self.base_lr if len(self.base_lrs) == 1 else self.base_lrs
+        return f"{type(self).__name__}({settings}, base_lr={base!r}, last_epoch={self.last_epoch})"
 
 
 class StepLR(LRScheduler):
@@ -386,7 +424,7 @@ class LinearWarmup(LRScheduler):
         self.warmup_steps, self.start_factor = warmup_steps, start_factor
         super().__init__(optimizer)
         if after is not None:
-            self.base_lr = after.base_lr
+            self.base_lrs = list(after.base_lrs)
             self._apply()
 
     def _validate(self):
@@ -398,7 +436,12 @@ class LinearWarmup(LRScheduler):
             return self.base_lr * (self.start_factor + (1 - self.start_factor) * epoch / self.warmup_steps)
         if self.after is None:
             return self.base_lr
-        return self.after.lr_at(epoch - self.warmup_steps)
+        first = self.after.base_lr
+        self.after.base_lr = self.base_lr  # the group being computed
+        try:
+            return self.after.lr_at(epoch - self.warmup_steps)
+        finally:
+            self.after.base_lr = first
 
     def _apply(self):
         if self.after is not None:
@@ -497,7 +540,7 @@ class ReduceLROnPlateau(_Scheduler):
         self.num_bad_epochs = 0
         self.cooldown_counter = 0
         self.last_epoch = 0
-        self._last_lr = float(optimizer.lr)
+        self._last_lrs = [float(group["lr"]) for group in optimizer.param_groups]
 
     def _validate(self):
         if self.mode not in ("min", "max"):
@@ -548,19 +591,22 @@ class ReduceLROnPlateau(_Scheduler):
         if self.in_cooldown:
             self.cooldown_counter -= 1
             self.num_bad_epochs = 0  # bad epochs during the cooldown do not count
+        groups = self.optimizer.param_groups
         if self.num_bad_epochs > self.patience:
-            old_lr = float(self.optimizer.lr)
-            new_lr = max(old_lr * self.factor, self.min_lr)
-            if old_lr - new_lr > self.eps:
-                self.optimizer.lr = new_lr
+            for group in groups:  # each group's rate, as PyTorch does
+                old_lr = float(group["lr"])
+                new_lr = max(old_lr * self.factor, self.min_lr)
+                if old_lr - new_lr > self.eps:
+                    group["lr"] = new_lr
             self.cooldown_counter = self.cooldown
             self.num_bad_epochs = 0
-        self._last_lr = float(self.optimizer.lr)
+        self._last_lrs = [float(group["lr"]) for group in groups]
 
     def state_dict(self):
-        """Flat state: settings, ``best``, the counters and ``last_lr`` (JSON scalars; ``best`` may be +-inf)."""
+        """Flat state: settings, ``best``, the counters and ``last_lr`` (JSON scalars, ``best`` may be +-inf;
+        ``last_lr`` is a float64 array of one rate per group when the optimiser has several)."""
         out = super().state_dict()
-        out["last_lr"] = self._last_lr
+        out["last_lr"] = self._state_of_rates(self._last_lrs)
         return out
 
     def _accepts_key(self, key):
@@ -568,9 +614,11 @@ class ReduceLROnPlateau(_Scheduler):
 
     def load_state_dict(self, state):
         """Restore :meth:`state_dict`'s output (the learning rate itself lives in the optimiser's state dict)."""
+        if "last_lr" in state:
+            last_lrs = self._group_rates("last_lr", state["last_lr"])
         self._restore(state)
         if "last_lr" in state:
-            self._last_lr = float(state["last_lr"])
+            self._last_lrs = last_lrs
 
     def __repr__(self):
         return (f"ReduceLROnPlateau(mode={self.mode!r}, factor={self.factor}, patience={self.patience}, "

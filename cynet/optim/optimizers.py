@@ -28,7 +28,7 @@ from cynet._threading import NS_STREAM, kernel_threads
 from cynet._validation import KERNEL_DTYPES, describe
 from cynet.nn.module import Parameter
 
-__all__ = ["Optimizer", "SGD", "AdaGrad", "RMSProp", "Adam", "AdamW"]
+__all__ = ["Optimizer", "ParamGroup", "SGD", "AdaGrad", "RMSProp", "Adam", "AdamW", "weight_decay_groups"]
 
 _kernels = None
 
@@ -45,81 +45,282 @@ def _is_real(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+class ParamGroup(dict):
+    """One parameter group of an optimiser: ``group["params"]``, the group's list of :class:`~cynet.nn.Parameter`
+    (fixed once the group exists), and one entry per setting of the optimiser (``"lr"``, ``"momentum"``, ...).
+
+    A plain dict to read. Assigning a setting, ``group["lr"] = 0.01`` (PyTorch's idiom for per-group rates), checks it
+    as the optimiser's constructor does and leaves the old value in place when it is refused; unknown keys and
+    changes to ``"params"`` are refused too, so a misspelt setting cannot be ignored in silence.
+    """
+
+    def __init__(self, optimizer, entries):
+        dict.__init__(self, entries)
+        self._optimizer = optimizer
+
+    def __getitem__(self, key):
+        aliases = self._optimizer._aliases
+        if key in aliases:
+            return tuple(dict.__getitem__(self, part) for part in aliases[key])
+        return dict.__getitem__(self, key)
+
+    def __setitem__(self, key, value):
+        if key == "params":
+            self._refuse()
+        self._optimizer._assign({key: value}, [self])
+
+    def update(self, *args, **kwargs):
+        self._optimizer._assign(dict(*args, **kwargs), [self])
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError(f"{type(self._optimizer).__name__}: a parameter group's entries cannot be removed or added; "
+                        f"assign a setting, or use add_param_group for more parameters")
+
+    __delitem__ = pop = popitem = clear = setdefault = _refuse
+
+    def __reduce__(self):  # copy and pickle rebuild the group without going through __setitem__
+        return ParamGroup, (self._optimizer, dict(self))
+
+
 class Optimizer:
-    """Base class: holds the parameters, their per-parameter state and the learning rate.
+    """Base class: holds the parameter groups, the per-parameter state and the settings.
 
     Subclasses declare their hyperparameters (``_hyperparameters``, saved in :meth:`state_dict`), the names of their
     per-parameter arrays (``_state_arrays``), whether they count steps per parameter (``_counts_steps``), and
-    implement ``_update(param, flat_data, flat_grad, state, n_threads)`` and ``_check_setting(name, value)`` (and
-    ``_check_combination(settings)`` where settings constrain each other).
+    implement ``_update(group, param, flat_data, flat_grad, state, n_threads)`` (``group`` holds the settings of the
+    parameter's group) and ``_check_setting(name, value)`` (and ``_check_combination(settings)`` where settings
+    constrain each other).
 
-    Every setting is checked whenever it is assigned, in the constructor or later (``opt.momentum = 0.5``), with the
-    same ``ValueError`` (PyTorch's wording: ``"SGD: invalid momentum value: -5"``); a refused value leaves the old
-    one in place.
+    **Parameter groups** (PyTorch's form): ``params`` may be a list of dicts, each ``{"params": [...], setting:
+    value, ...}``; a setting a group does not give takes the constructor's value. The usual use is to leave biases and
+    normalisation parameters out of weight decay (CS231n: "it is not common to regularize the bias parameters"; see
+    :func:`weight_decay_groups`) or to give pretrained layers a smaller learning rate.
+
+    Every setting is checked whenever it is assigned, in the constructor, in a group, or later, with the same
+    ``ValueError`` (PyTorch's wording: ``"SGD: invalid momentum value: -5"``); a refused value leaves the old one in
+    place. ``opt.lr = 0.01`` (or any other setting) sets it in every group and in :attr:`defaults`; reading
+    ``opt.lr`` gives the groups' common value, and a ValueError when the groups differ (read
+    ``opt.param_groups[i]["lr"]`` then).
 
     Args:
-        params (iterable of Parameter): the parameters to optimise, e.g. ``model.parameters()``; frozen ones may be
-            included (they are skipped while frozen).
+        params (iterable of Parameter, or of dict): the parameters to optimise, e.g. ``model.parameters()``, or
+            parameter groups; frozen parameters may be included (they are skipped while frozen).
         lr (float): learning rate, >= 0.
+        **hyperparameters: the subclass's other settings (every one of ``_hyperparameters``).
 
     Attributes:
-        params (list of Parameter): the parameters, in the given order (their index names their state).
-        lr (float): the learning rate; schedulers in :mod:`cynet.optim.lr_scheduler` read and set it.
+        param_groups (list of ParamGroup): the groups, in the given order.
+        defaults (dict): the constructor's settings, taken by groups that do not set their own.
+        params (list of Parameter): every parameter, group after group (its index here names its state).
         state (list of dict): per-parameter state, ``{}`` until the parameter's first step.
         step_count (int): number of :meth:`step` calls so far.
+
+    Example:
+        >>> from cynet import nn, optim
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> opt = optim.SGD([{"params": model[0].parameters(), "lr": 0.01},
+        ...                  {"params": model[2].parameters()}], lr=0.1, momentum=0.9)
+        >>> [group["lr"] for group in opt.param_groups]
+        [0.01, 0.1]
+        >>> opt.param_groups[0]["lr"] = -1.0
+        Traceback (most recent call last):
+        ...
+        ValueError: SGD: invalid learning rate: -1.0
     """
 
     _hyperparameters = ()
     _state_arrays = ()
     _counts_steps = False
+    _aliases = {}       # a name that stands for several settings, e.g. Adam's betas -> (beta1, beta2)
 
-    def __init__(self, params, lr):
+    def __init__(self, params, lr, **hyperparameters):
         name = type(self).__name__
-        if isinstance(params, (Parameter, np.ndarray)):
-            raise TypeError(f"{name}: params must be an iterable of Parameter (e.g. model.parameters()), got a single "
-                            f"{type(params).__name__}")
-        try:
-            params = list(params)
-        except TypeError:
-            raise TypeError(f"{name}: params must be an iterable of Parameter (e.g. model.parameters()), got "
-                            f"{type(params).__name__}") from None
+        missing = [key for key in self._hyperparameters if key not in hyperparameters]
+        unknown = [key for key in hyperparameters if key not in self._hyperparameters]
+        if missing or unknown:
+            raise TypeError(f"{name}: settings {missing} missing, {unknown} unknown")
+        object.__setattr__(self, "defaults", self._checked_settings({}, {"lr": lr, **hyperparameters}, ""))
+        self.param_groups = []
+        self.params = []
+        self.state = []
+        self._group_of = []     # the group of each parameter of self.params
+        self.step_count = 0
+        for params, overrides, where in self._group_specs(params):
+            self._add_group(params, overrides, where)
+
+    def _group_specs(self, params):
+        """The constructor's ``params`` as ``(parameters, settings, where)`` per group, the parameters checked."""
+        name = type(self).__name__
+        params = self._listed(params, (Parameter, np.ndarray, dict), "", "params must be an iterable of Parameter "
+                              "(e.g. model.parameters()) or a list of parameter-group dicts")
         if not params:
             raise ValueError(f"{name}: got an empty parameter list")
-        seen = set()
+        groups = [item for item in params if isinstance(item, dict)]
+        if not groups:
+            return [(self._group_parameters({"params": params}, ""), {}, "")]
+        if len(groups) != len(params):
+            raise TypeError(f"{name}: params mixes parameter-group dicts and other items; give either parameters or "
+                            f"one dict per group")
+        specs = [self._group_spec(group, f" param_groups[{index}]") for index, group in enumerate(groups)]
+        if not any(spec[0] for spec in specs):
+            raise ValueError(f"{name}: got an empty parameter list (every parameter group is empty)")
+        return specs
+
+    def _group_spec(self, group, where):
+        return (self._group_parameters(group, where), {key: value for key, value in group.items() if key != "params"},
+                where)
+
+    def _group_parameters(self, group, where):
+        """The list of Parameters of a group dict, checked one by one."""
+        name = type(self).__name__
+        if "params" not in group:
+            raise KeyError(f"{name}:{where}: a parameter group needs a 'params' entry")
+        params = group["params"]
+        if isinstance(params, Parameter):
+            return [params]
+        params = self._listed(params, (np.ndarray, dict, str), where,
+                              "'params' must be a Parameter or an iterable of Parameter")
         for index, param in enumerate(params):
             if not isinstance(param, Parameter):
                 hint = " (pass model.parameters(), not named_parameters())" if isinstance(param, tuple) else ""
-                raise TypeError(f"{name}: params[{index}] is not a cynet.nn.Parameter but a "
+                raise TypeError(f"{name}: {self._label(where, index)} is not a cynet.nn.Parameter but a "
                                 f"{type(param).__name__}{hint}")
-            if id(param) in seen:
-                raise ValueError(f"{name}: params[{index}] appears more than once in the parameter list")
-            seen.add(id(param))
-        self.params = params
-        self.state = [{} for _ in params]
-        self.step_count = 0
-        self.lr = lr
+        return params
 
-    # --- the learning rate --------------------------------------------------------------------------------------------
+    def _listed(self, value, refused, where, wanted):
+        """``list(value)``; TypeError saying what was ``wanted`` when ``value`` is one of ``refused`` or not
+        iterable."""
+        prefix = f"{type(self).__name__}:{where}{':' if where else ''} {wanted}, got"
+        if isinstance(value, refused):
+            raise TypeError(f"{prefix} a single {type(value).__name__}")
+        try:
+            return list(value)
+        except TypeError:
+            raise TypeError(f"{prefix} {type(value).__name__}") from None
+
+    @staticmethod
+    def _label(where, index):
+        return f"params[{index}]" if not where else f"{where.strip()}['params'][{index}]"
+
+    def add_param_group(self, param_group):
+        """Add a group of parameters (PyTorch's method), e.g. layers unfrozen part-way through fine-tuning.
+
+        Args:
+            param_group (dict): ``{"params": Parameter or iterable of Parameter, setting: value, ...}``; settings it
+                does not give take :attr:`defaults`.
+
+        Raises:
+            ValueError: a parameter already in the optimiser (or twice in the group), or an invalid setting.
+            TypeError: not a dict, or items that are not Parameters.
+
+        Example:
+            >>> from cynet import nn, optim
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = optim.SGD(model[2].parameters(), lr=0.1)
+            >>> opt.add_param_group({"params": model[0].parameters(), "lr": 0.01})
+            >>> len(opt.params), [group["lr"] for group in opt.param_groups]
+            (4, [0.1, 0.01])
+        """
+        if not isinstance(param_group, dict):
+            raise TypeError(f"{type(self).__name__}.add_param_group: expected a dict with a 'params' entry, got "
+                            f"{type(param_group).__name__}")
+        self._add_group(*self._group_spec(param_group, f" param_groups[{len(self.param_groups)}]"))
+
+    def _add_group(self, params, overrides, where):
+        """Check a group (its parameters against those already held, its settings) and append it; nothing changes
+        when it is refused."""
+        name = type(self).__name__
+        known = {id(param) for param in self.params}
+        for index, param in enumerate(params):
+            if id(param) in known:
+                raise ValueError(f"{name}: {self._label(where, index)} appears more than once in the parameter list")
+            known.add(id(param))
+        try:
+            settings = self._checked_settings(self.defaults, overrides, where)
+        except ValueError as error:
+            raise ValueError(f"{error.args[0]} (in{where})" if where and "unknown" not in error.args[0]
+                             else error.args[0]) from None
+        group = ParamGroup(self, {"params": params, **settings})
+        self.param_groups.append(group)
+        self.params.extend(params)
+        self.state.extend({} for _ in params)
+        self._group_of.extend(group for _ in params)
+
+    # --- settings -----------------------------------------------------------------------------------------------------
+    def _setting_names(self):
+        return ("lr",) + tuple(self._hyperparameters)
+
+    def _checked_settings(self, settings, changes, where):
+        """``settings`` (a complete, checked set) with ``changes`` applied, each change checked and normalised and the
+        result's combination checked; ValueError naming the setting (and ``where``: the group) otherwise."""
+        expanded = {}
+        for key, value in changes.items():
+            if key in self._aliases:
+                expanded.update(self._split_alias(key, value))
+            else:
+                expanded[key] = value
+        unknown = [key for key in expanded if key not in self._setting_names()]
+        if unknown:
+            raise ValueError(f"{type(self).__name__}:{where} unknown settings {unknown}; the settings are "
+                             f"{list(self._setting_names()) + list(self._aliases)}")
+        merged = dict(settings)
+        for key, value in expanded.items():
+            merged[key] = self._checked_lr(value) if key == "lr" else self._check_setting(key, value)
+        self._check_combination(merged)
+        return merged
+
+    def _split_alias(self, key, value):
+        raise NotImplementedError(f"{type(self).__name__} declares the alias {key!r} without splitting it")
+
+    def _checked_lr(self, value):
+        if not _is_real(value) or not value >= 0 or math.isinf(value):
+            raise ValueError(f"{type(self).__name__}: invalid learning rate: {value}")
+        return float(value)
+
+    def _group_settings(self, group):
+        return {key: dict.__getitem__(group, key) for key in self._setting_names()}
+
+    def _assign(self, changes, groups):
+        """Check ``changes`` (setting -> value) against every group of ``groups`` first, then assign them (all or
+        nothing)."""
+        updated = [self._checked_settings(self._group_settings(group), changes, "") for group in groups]
+        for group, settings in zip(groups, updated):
+            for key, value in settings.items():
+                dict.__setitem__(group, key, value)
+
+    def _common(self, key):
+        """The value of a setting that all groups share; ValueError naming the groups' values otherwise."""
+        values = [group[key] for group in self.param_groups]
+        if any(value != values[0] for value in values[1:]):
+            raise ValueError(f"{type(self).__name__} has {len(values)} parameter groups with different {key} "
+                             f"({', '.join(map(repr, values))}): read param_groups[i][{key!r}]")
+        return values[0]
+
+    def _set_everywhere(self, changes):
+        """Assign settings to every group and to :attr:`defaults` (checked against each first)."""
+        defaults = self._checked_settings(self.defaults, changes, "")
+        self._assign(changes, self.param_groups)
+        object.__setattr__(self, "defaults", defaults)
+
     @property
     def lr(self):
-        """The learning rate (a float >= 0)."""
-        return self._lr
+        """The learning rate (a float >= 0) of every group; setting it sets every group's."""
+        return self._common("lr")
 
     @lr.setter
     def lr(self, value):
-        if not _is_real(value) or not value >= 0 or math.isinf(value):
-            raise ValueError(f"{type(self).__name__}: invalid learning rate: {value}")
-        self._lr = float(value)
+        self._set_everywhere({"lr": value})
 
-    # --- the other settings -------------------------------------------------------------------------------------------
+    def __getattr__(self, name):  # the hyperparameters live in the groups
+        if name in type(self)._hyperparameters and "param_groups" in self.__dict__:
+            return self._common(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def __setattr__(self, name, value):
         if name in self._hyperparameters:
-            value = self._check_setting(name, value)
-            settings = {key: self.__dict__[key] for key in self._hyperparameters if key in self.__dict__}
-            settings[name] = value
-            if len(settings) == len(self._hyperparameters):  # all assigned (the constructor sets them one by one)
-                self._check_combination(settings)
-        object.__setattr__(self, name, value)
+            self._set_everywhere({name: value})
+        else:
+            object.__setattr__(self, name, value)
 
     def _check_setting(self, name, value):
         """``value`` checked and normalised for the setting ``name``; ValueError naming it otherwise."""
@@ -168,7 +369,8 @@ class Optimizer:
         return data.reshape(-1), grad.reshape(-1)
 
     def step(self):
-        """Update every learning parameter once from its current gradient (frozen parameters are skipped).
+        """Update every learning parameter once from its current gradient, with its group's settings (frozen
+        parameters are skipped).
 
         Returns:
             None
@@ -181,10 +383,10 @@ class Optimizer:
             if self._counts_steps:
                 state["step"] = state.get("step", 0) + 1
             # an update streams the parameter, its gradient and one or two state buffers
-            self._update(param, data, grad, state, kernel_threads(data.size, 2 * NS_STREAM))
+            self._update(self._group_of[index], param, data, grad, state, kernel_threads(data.size, 2 * NS_STREAM))
         self.step_count += 1
 
-    def _update(self, param, data, grad, state, n_threads):
+    def _update(self, group, param, data, grad, state, n_threads):
         raise NotImplementedError(f"{type(self).__name__} does not implement _update")
 
     def _zeros(self, param):
@@ -196,18 +398,34 @@ class Optimizer:
             param.zero_grad()
 
     # --- state --------------------------------------------------------------------------------------------------------
-    def _hyperparameter_values(self):
-        return {name: getattr(self, name) for name in self._hyperparameters}
+    def _settings_keys(self):
+        """The scalar keys of :meth:`state_dict` that hold settings: ``{(group, setting): key}``."""
+        if len(self.param_groups) == 1:
+            return {(0, key): key for key in self._setting_names()}
+        return {(index, key): f"group.{index}.{key}" for index in range(len(self.param_groups))
+                for key in self._setting_names()}
+
+    def _layout_keys(self):
+        if len(self.param_groups) == 1:
+            return ()
+        return ("n_groups",) + tuple(f"group.{index}.n_params" for index in range(len(self.param_groups)))
 
     def state_dict(self):
         """A flat dict of everything needed to resume: settings, step counts and per-parameter arrays (copies).
 
-        Keys: ``type`` (the class name), ``lr``, the other settings, ``step`` (number of :meth:`step` calls),
-        ``n_params``, then for each parameter ``i`` that has state ``state.i.<name>`` (an ndarray of the parameter's
-        shape, or ``state.i.step``, an int). Values are ndarrays or JSON scalars: no pickle needed.
+        Keys: ``type`` (the class name), the settings (``lr``, ``momentum``, ...), ``step`` (number of :meth:`step`
+        calls), ``n_params``, then for each parameter ``i`` that has state ``state.i.<name>`` (an ndarray of the
+        parameter's shape, or ``state.i.step``, an int). With several parameter groups the settings are
+        ``group.<g>.<setting>``, and ``n_groups`` and ``group.<g>.n_params`` give the layout. Values are ndarrays or
+        JSON scalars: no pickle needed.
         """
-        out = {"type": type(self).__name__, "lr": self.lr}
-        out.update(self._hyperparameter_values())
+        out = {"type": type(self).__name__}
+        if len(self.param_groups) > 1:
+            out["n_groups"] = len(self.param_groups)
+            for index, group in enumerate(self.param_groups):
+                out[f"group.{index}.n_params"] = len(group["params"])
+        for (index, setting), key in self._settings_keys().items():
+            out[key] = dict.__getitem__(self.param_groups[index], setting)
         out["step"] = self.step_count
         out["n_params"] = len(self.params)
         for index, (param, state) in enumerate(zip(self.params, self.state)):
@@ -222,36 +440,45 @@ class Optimizer:
         """Restore :meth:`state_dict`'s output (settings, step counts, per-parameter arrays), checked first.
 
         Arrays are copied into the parameter's dtype. Continuing after a load gives exactly the results of never
-        having stopped.
+        having stopped. The optimiser must have the same parameter groups (their number and sizes) as the saved one.
 
         Raises:
-            ValueError: another optimiser type, another number of parameters, an invalid setting, or an array whose
-                shape differs from its parameter's.
+            ValueError: another optimiser type, another number of parameters or groups, an invalid setting, or an
+                array whose shape differs from its parameter's.
             KeyError: missing settings or unknown keys (all listed).
         """
         self._apply_checked_state(self._checked_state(state))
 
     def _checked_state(self, state):
         """Check ``state`` as :meth:`load_state_dict` does, changing nothing; returns what
-        :meth:`_apply_checked_state` needs: ``(settings, step, per-parameter state)``, arrays already copied."""
+        :meth:`_apply_checked_state` needs: ``(settings per group, step, per-parameter state)``, arrays copied."""
         name = f"{type(self).__name__}.load_state_dict"
         if not hasattr(state, "keys"):
             raise TypeError(f"{name}: expected a dict from state_dict(), got {type(state).__name__}")
         kind = state.get("type")
         if kind != type(self).__name__:
             raise ValueError(f"{name}: the state is of a {kind!r} optimiser, not {type(self).__name__!r}")
-        scalars = ("lr",) + tuple(self._hyperparameters) + ("step", "n_params")
+        saved_groups = state.get("n_groups", 1)
+        if saved_groups != len(self.param_groups):
+            raise ValueError(f"{name}: the state holds {saved_groups} parameter group(s), this optimiser has "
+                             f"{len(self.param_groups)}")
+        settings_keys = self._settings_keys()
+        scalars = ("type",) + self._layout_keys() + tuple(settings_keys.values()) + ("step", "n_params")
         missing = [key for key in scalars if key not in state]
         if missing:
             raise KeyError(f"{name}: missing keys {missing}")
         if state["n_params"] != len(self.params):
             raise ValueError(f"{name}: the state holds {state['n_params']} parameters, this optimiser has "
                              f"{len(self.params)}")
+        sizes = [state[f"group.{index}.n_params"] for index in range(saved_groups)] if saved_groups > 1 else []
+        if sizes and sizes != [len(group["params"]) for group in self.param_groups]:
+            raise ValueError(f"{name}: the state's groups hold {sizes} parameters, this optimiser's "
+                             f"{[len(group['params']) for group in self.param_groups]}")
         allowed = set(self._state_arrays) | ({"step"} if self._counts_steps else set())
         per_param = [{} for _ in self.params]
         unexpected, mismatched = [], []
         for key, value in state.items():
-            if key in scalars or key == "type":
+            if key in scalars:
                 continue
             parts = key.split(".")
             if (len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit() or int(parts[1]) >= len(self.params)
@@ -278,16 +505,18 @@ class Optimizer:
             raise KeyError(f"{name}: unexpected keys {unexpected}")
         if mismatched:
             raise ValueError(f"{name}: " + "; ".join(mismatched))
-        # Validate the settings on a scratch optimiser (assignment checks them) before changing anything.
-        settings = {key: state[key] for key in ("lr",) + tuple(self._hyperparameters)}
-        probe = self._validated_probe(settings)
+        settings = [{} for _ in self.param_groups]
+        for (index, setting), key in settings_keys.items():
+            settings[index][setting] = state[key]
+        settings = [self._checked_settings({}, group_settings, "") for group_settings in settings]
         for index, entries in enumerate(per_param):
             if entries:
-                probe._check_complete_state(name, index, entries)
+                group_index = self.param_groups.index(self._group_of[index])
+                self._check_complete_state(name, index, entries, settings[group_index])
         step = state["step"]
         if not isinstance(step, numbers.Integral) or isinstance(step, bool) or step < 0:
             raise ValueError(f"{name}: step must be a non-negative int, got {step!r}")
-        return {key: getattr(probe, key) for key in settings}, int(step), per_param
+        return settings, int(step), per_param
 
     def _apply_checked_state(self, checked):
         """Install the output of :meth:`_checked_state` (cannot fail)."""
@@ -297,13 +526,11 @@ class Optimizer:
         self.state = per_param
 
     def _set_checked_settings(self, settings):
-        """Install settings already checked together. Assigned one by one they could clash with the current values
-        on the way (SGD's Nesterov rule), so the per-assignment checks are bypassed."""
-        for key, value in settings.items():
-            if key == "lr":
-                self.lr = value
-            else:
-                object.__setattr__(self, key, value)
+        """Install per-group settings already checked together, without the per-assignment checks (assigned one by
+        one they could clash with the current values on the way: SGD's Nesterov rule)."""
+        for group, values in zip(self.param_groups, settings):
+            for key, value in values.items():
+                dict.__setitem__(group, key, value)
 
     # --- snapshots ----------------------------------------------------------------------------------------------------
     def snapshot(self, out=None):
@@ -331,7 +558,7 @@ class Optimizer:
         """
         if out is None or len(out["state"]) != len(self.params):
             out = {"state": [{} for _ in self.params], "taken": [False] * len(self.params)}
-        out["settings"] = {"lr": self.lr, **self._hyperparameter_values()}
+        out["settings"] = [self._group_settings(group) for group in self.param_groups]
         out["step_count"] = self.step_count
         for index, (param, live) in enumerate(zip(self.params, self.state)):
             out["taken"][index] = param.requires_grad
@@ -348,20 +575,25 @@ class Optimizer:
             snapshot (dict): from :meth:`snapshot` of this optimiser.
 
         Raises:
-            ValueError: the snapshot was taken of an optimiser with another number of parameters.
+            ValueError: the snapshot was taken of an optimiser with another number of parameters or groups.
         """
+        name = f"{type(self).__name__}.restore"
         if len(snapshot["state"]) != len(self.params):
-            raise ValueError(f"{type(self).__name__}.restore: the snapshot holds {len(snapshot['state'])} parameters, "
-                             f"this optimiser has {len(self.params)}")
+            raise ValueError(f"{name}: the snapshot holds {len(snapshot['state'])} parameters, this optimiser has "
+                             f"{len(self.params)}")
+        if len(snapshot["settings"]) != len(self.param_groups):
+            raise ValueError(f"{name}: the snapshot holds {len(snapshot['settings'])} parameter group(s), this "
+                             f"optimiser has {len(self.param_groups)}")
         self._set_checked_settings(snapshot["settings"])
         self.step_count = snapshot["step_count"]
         for index, taken in enumerate(snapshot["taken"]):
             if taken:
                 _copy_state(snapshot["state"][index], self.state[index])
 
-    def _check_complete_state(self, name, index, entries):
-        """A parameter's state must be whole: every array of the rule (and its step count where counted)."""
-        required = list(self._required_state())
+    def _check_complete_state(self, name, index, entries, settings):
+        """A parameter's state must be whole: every array its group's rule keeps (and its step count where
+        counted)."""
+        required = list(self._required_state(settings))
         if self._counts_steps:
             required.append("step")
         absent = [key for key in required if key not in entries]
@@ -369,20 +601,60 @@ class Optimizer:
             raise KeyError(f"{name}: parameter {index} has state {sorted(entries)} but lacks "
                            f"{[f'state.{index}.{key}' for key in absent]}")
 
-    def _required_state(self):
+    def _required_state(self, settings):
+        """The state arrays a parameter keeps under ``settings`` (its group's)."""
         return self._state_arrays
 
-    def _validated_probe(self, settings):
-        """A parameterless instance holding ``settings`` (name -> value); ValueError unless they are valid."""
-        probe = object.__new__(type(self))
-        for key, value in settings.items():
-            setattr(probe, key, value)
-        return probe
-
     def __repr__(self):
-        settings = ", ".join(f"{key}={value!r}" for key, value in
-                             [("lr", self.lr)] + list(self._hyperparameter_values().items()))
-        return f"{type(self).__name__}({len(self.params)} parameters, {settings})"
+        def described(settings):
+            return ", ".join(f"{key}={value!r}" for key, value in settings.items())
+
+        name = type(self).__name__
+        if len(self.param_groups) == 1:
+            return f"{name}({len(self.params)} parameters, {described(self._group_settings(self.param_groups[0]))})"
+        groups = ", ".join(f"{{{len(group['params'])} parameters, {described(self._group_settings(group))}}}"
+                           for group in self.param_groups)
+        return f"{name}({len(self.params)} parameters in {len(self.param_groups)} groups: {groups})"
+
+
+def weight_decay_groups(model, weight_decay):
+    r"""Parameter groups that decay the weights only: CS231n's "it is not common to regularize the bias parameters".
+
+    The parameters with ``ndim >= 2`` (weight matrices and kernels, the ones :class:`~cynet.nn.L2Penalty` covers)
+    take ``weight_decay``; the others (biases, the gains and shifts of normalisation layers, PReLU slopes) take 0.
+    Frozen parameters are included, since the optimiser skips them while they stay frozen; a parameter shared by
+    several modules is listed once.
+
+    Args:
+        model (Module): the model.
+        weight_decay (float): :math:`\lambda` for the weights (the optimiser checks it).
+
+    Returns:
+        list of dict: ``[{"params": weights, "weight_decay": weight_decay}, {"params": others, "weight_decay":
+        0.0}]``, to pass as any optimiser's ``params``.
+
+    Example:
+        >>> from cynet import nn, optim
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+        >>> opt = optim.SGD(optim.weight_decay_groups(model, 5e-4), lr=0.1, momentum=0.9)
+        >>> [(len(group["params"]), group["weight_decay"]) for group in opt.param_groups]
+        [(2, 0.0005), (4, 0.0)]
+    """
+    if not callable(getattr(model, "named_parameters", None)):
+        raise TypeError(f"weight_decay_groups: model must be a cynet.nn.Module, got {type(model).__name__}")
+    seen, decayed, others = set(), [], []
+    for _, param in model.named_parameters():
+        if id(param) not in seen:
+            seen.add(id(param))
+            (decayed if param.data.ndim >= 2 else others).append(param)
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]
+
+
+def learning_rates(optimizer):
+    """Each parameter group's learning rate as a list of floats (``[optimizer.lr]`` for an optimiser of another
+    library that has no groups)."""
+    groups = getattr(optimizer, "param_groups", None)
+    return [float(group["lr"]) for group in groups] if groups else [float(optimizer.lr)]
 
 
 def _copy_state(source, target):
@@ -439,8 +711,8 @@ class SGD(Optimizer):
     _state_arrays = ("momentum_buffer",)
 
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0):
-        super().__init__(params, lr)
-        self.momentum, self.nesterov, self.weight_decay, self.dampening = momentum, nesterov, weight_decay, dampening
+        super().__init__(params, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                         dampening=dampening)
 
     def _check_setting(self, name, value):
         if name == "nesterov":
@@ -453,19 +725,19 @@ class SGD(Optimizer):
         self._check(not settings["nesterov"] or (settings["momentum"] > 0 and settings["dampening"] == 0),
                     "Nesterov momentum requires a momentum and zero dampening")
 
-    def _required_state(self):
-        return self._state_arrays if self.momentum != 0 else ()
+    def _required_state(self, settings):
+        return self._state_arrays if settings["momentum"] != 0 else ()
 
-    def _update(self, param, data, grad, state, n_threads):
+    def _update(self, group, param, data, grad, state, n_threads):
         first = False
         buffer = data  # ignored by the kernel without momentum
-        if self.momentum != 0:
+        if group["momentum"] != 0:
             buffer = state.get("momentum_buffer")
             if buffer is None:
                 buffer = state["momentum_buffer"] = np.empty_like(data)  # filled with d by the first step
                 first = True
-        _k().sgd_update(data, grad, buffer, self.lr, self.weight_decay, self.momentum, self.dampening, self.nesterov,
-                        first, n_threads)
+        _k().sgd_update(data, grad, buffer, group["lr"], group["weight_decay"], group["momentum"], group["dampening"],
+                        group["nesterov"], first, n_threads)
 
 
 class AdaGrad(Optimizer):
@@ -492,16 +764,15 @@ class AdaGrad(Optimizer):
     _counts_steps = True
 
     def __init__(self, params, lr=1e-2, eps=1e-10, weight_decay=0.0):
-        super().__init__(params, lr)
-        self.eps, self.weight_decay = eps, weight_decay
+        super().__init__(params, lr, eps=eps, weight_decay=weight_decay)
 
     def _check_setting(self, name, value):
         return self._real("epsilon value" if name == "eps" else f"{name} value", value)
 
-    def _update(self, param, data, grad, state, n_threads):
+    def _update(self, group, param, data, grad, state, n_threads):
         if "sum" not in state:
             state["sum"] = self._zeros(param)
-        _k().adagrad_update(data, grad, state["sum"], self.lr, self.eps, self.weight_decay, n_threads)
+        _k().adagrad_update(data, grad, state["sum"], group["lr"], group["eps"], group["weight_decay"], n_threads)
 
 
 class RMSProp(Optimizer):
@@ -535,27 +806,26 @@ class RMSProp(Optimizer):
     _counts_steps = True
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0):
-        super().__init__(params, lr)
-        self.alpha, self.eps, self.weight_decay, self.momentum = alpha, eps, weight_decay, momentum
+        super().__init__(params, lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum)
 
     def _check_setting(self, name, value):
         if name == "alpha":
             return self._real("alpha value", value, high=1.0)
         return self._real("epsilon value" if name == "eps" else f"{name} value", value)
 
-    def _required_state(self):
-        return self._state_arrays if self.momentum > 0 else ("square_avg",)
+    def _required_state(self, settings):
+        return self._state_arrays if settings["momentum"] > 0 else ("square_avg",)
 
-    def _update(self, param, data, grad, state, n_threads):
+    def _update(self, group, param, data, grad, state, n_threads):
         if "square_avg" not in state:
             state["square_avg"] = self._zeros(param)
         buffer = data  # ignored by the kernel without momentum
-        if self.momentum > 0:
+        if group["momentum"] > 0:
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = self._zeros(param)
             buffer = state["momentum_buffer"]
-        _k().rmsprop_update(data, grad, state["square_avg"], buffer, self.lr, self.alpha, self.eps,
-                            self.weight_decay, self.momentum, n_threads)
+        _k().rmsprop_update(data, grad, state["square_avg"], buffer, group["lr"], group["alpha"], group["eps"],
+                            group["weight_decay"], group["momentum"], n_threads)
 
 
 class Adam(Optimizer):
@@ -592,41 +862,42 @@ class Adam(Optimizer):
     _decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__(params, lr)
-        try:
-            beta1, beta2 = betas
-        except (TypeError, ValueError):
-            raise ValueError(f"{type(self).__name__}: betas must be a pair of floats, got {betas!r}") from None
-        self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, weight_decay
+        pair = self._split_alias("betas", betas)
+        super().__init__(params, lr, beta1=pair["beta1"], beta2=pair["beta2"], eps=eps, weight_decay=weight_decay)
 
-    @property
-    def betas(self):
-        """``(beta1, beta2)``; assigning a pair checks both before setting either."""
-        return (self.beta1, self.beta2)
+    _aliases = {"betas": ("beta1", "beta2")}
 
-    @betas.setter
-    def betas(self, value):
+    def _split_alias(self, key, value):
         try:
             beta1, beta2 = value
         except (TypeError, ValueError):
             raise ValueError(f"{type(self).__name__}: betas must be a pair of floats, got {value!r}") from None
-        beta1, beta2 = self._check_setting("beta1", beta1), self._check_setting("beta2", beta2)
-        self.beta1, self.beta2 = beta1, beta2
+        return {"beta1": beta1, "beta2": beta2}
+
+    @property
+    def betas(self):
+        """``(beta1, beta2)``; assigning a pair checks both before setting either (also as a group's ``"betas"``)."""
+        return (self.beta1, self.beta2)
+
+    @betas.setter
+    def betas(self, value):
+        self._set_everywhere({"betas": value})
 
     def _check_setting(self, name, value):
         if name in ("beta1", "beta2"):
             return self._real(f"beta parameter at index {int(name == 'beta2')}", value, high=1.0, high_open=True)
         return self._real("epsilon value" if name == "eps" else f"{name} value", value)
 
-    def _update(self, param, data, grad, state, n_threads):
+    def _update(self, group, param, data, grad, state, n_threads):
         if "exp_avg" not in state:
             state["exp_avg"] = self._zeros(param)
             state["exp_avg_sq"] = self._zeros(param)
         step = float(state["step"])
-        bias_correction1 = 1 - self.beta1 ** step
-        bias_correction2_sqrt = (1 - self.beta2 ** step) ** 0.5
-        _k().adam_update(data, grad, state["exp_avg"], state["exp_avg_sq"], self.lr, self.beta1, self.beta2,
-                         self.eps, self.weight_decay, self._decoupled, bias_correction1, bias_correction2_sqrt,
+        beta1, beta2 = group["beta1"], group["beta2"]
+        bias_correction1 = 1 - beta1 ** step
+        bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
+        _k().adam_update(data, grad, state["exp_avg"], state["exp_avg_sq"], group["lr"], beta1, beta2,
+                         group["eps"], group["weight_decay"], self._decoupled, bias_correction1, bias_correction2_sqrt,
                          n_threads)
 
 
