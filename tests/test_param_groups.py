@@ -161,6 +161,7 @@ def test_adam_groups_accept_and_give_betas():
         opt.betas
     opt.betas = (0.8, 0.99)
     assert [g["betas"] for g in opt.param_groups] == [(0.8, 0.99), (0.8, 0.99)]
+    assert opt.param_groups[0].get("betas") == (0.8, 0.99) and opt.param_groups[0].get("momentum", 7) == 7
 
 
 @pytest.mark.parametrize("make,error,message", [
@@ -189,6 +190,8 @@ def test_add_param_group_checks_before_adding():
     with pytest.raises(ValueError, match=r"invalid learning rate: -0.1 \(in param_groups\[1\]\)"):
         opt.add_param_group({"params": model[0].parameters(), "lr": -0.1})
     assert len(opt.param_groups) == 1 and len(opt.params) == 2 and len(opt.state) == 2
+    with pytest.raises(AttributeError):                         # a group appended by hand would never be stepped
+        opt.param_groups.append({"params": model[0].parameters()})
     opt.add_param_group({"params": model[0].parameters(), "lr": 0.01})
     assert opt.params == model[2].parameters() + model[0].parameters() and len(opt.state) == 4
 

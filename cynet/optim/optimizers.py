@@ -64,6 +64,9 @@ class ParamGroup(dict):
             return tuple(dict.__getitem__(self, part) for part in aliases[key])
         return dict.__getitem__(self, key)
 
+    def get(self, key, default=None):
+        return self[key] if key in self._optimizer._aliases or key in self else default
+
     def __setitem__(self, key, value):
         if key == "params":
             self._refuse()
@@ -109,7 +112,7 @@ class Optimizer:
         **hyperparameters: the subclass's other settings (every one of ``_hyperparameters``).
 
     Attributes:
-        param_groups (list of ParamGroup): the groups, in the given order.
+        param_groups (tuple of ParamGroup): the groups, in the given order (:meth:`add_param_group` adds one).
         defaults (dict): the constructor's settings, taken by groups that do not set their own.
         params (list of Parameter): every parameter, group after group (its index here names its state).
         state (list of dict): per-parameter state, ``{}`` until the parameter's first step.
@@ -140,10 +143,10 @@ class Optimizer:
         if missing or unknown:
             raise TypeError(f"{name}: settings {missing} missing, {unknown} unknown")
         object.__setattr__(self, "defaults", self._checked_settings({}, {"lr": lr, **hyperparameters}, ""))
-        self.param_groups = []
+        self.param_groups = ()
         self.params = []
         self.state = []
-        self._group_of = []     # the group of each parameter of self.params
+        self._group_of = []     # the index in param_groups of each parameter's group
         self.step_count = 0
         for params, overrides, where in self._group_specs(params):
             self._add_group(params, overrides, where)
@@ -241,10 +244,10 @@ class Optimizer:
             raise ValueError(f"{error.args[0]} (in{where})" if where and "unknown" not in error.args[0]
                              else error.args[0]) from None
         group = ParamGroup(self, {"params": params, **settings})
-        self.param_groups.append(group)
+        self._group_of.extend(len(self.param_groups) for _ in params)
+        self.param_groups = self.param_groups + (group,)
         self.params.extend(params)
         self.state.extend({} for _ in params)
-        self._group_of.extend(group for _ in params)
 
     # --- settings -----------------------------------------------------------------------------------------------------
     def _setting_names(self):
@@ -383,7 +386,8 @@ class Optimizer:
             if self._counts_steps:
                 state["step"] = state.get("step", 0) + 1
             # an update streams the parameter, its gradient and one or two state buffers
-            self._update(self._group_of[index], param, data, grad, state, kernel_threads(data.size, 2 * NS_STREAM))
+            group = self.param_groups[self._group_of[index]]
+            self._update(group, param, data, grad, state, kernel_threads(data.size, 2 * NS_STREAM))
         self.step_count += 1
 
     def _update(self, group, param, data, grad, state, n_threads):
@@ -511,8 +515,7 @@ class Optimizer:
         settings = [self._checked_settings({}, group_settings, "") for group_settings in settings]
         for index, entries in enumerate(per_param):
             if entries:
-                group_index = self.param_groups.index(self._group_of[index])
-                self._check_complete_state(name, index, entries, settings[group_index])
+                self._check_complete_state(name, index, entries, settings[self._group_of[index]])
         step = state["step"]
         if not isinstance(step, numbers.Integral) or isinstance(step, bool) or step < 0:
             raise ValueError(f"{name}: step must be a non-negative int, got {step!r}")
