@@ -181,8 +181,8 @@ def main(argv=None):
 
     stage("training")
     epochs = args.epochs if args.epochs is not None else (15 if subset else 30)
-    optimizer = optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
-                          weight_decay=args.weight_decay)
+    # weight decay on the weight matrices only, as the babysitter's L2Penalty: not on biases nor BatchNorm's gamma/beta
+    optimizer = optim.SGD(optim.weight_decay_groups(model, args.weight_decay), lr=args.lr, momentum=0.9, nesterov=True)
     scheduler = CosineAnnealingLR(optimizer, T_max=epochs)
     best_path = os.path.join(args.out, "best.npz")
     trainer = Trainer(model, loss, optimizer, scheduler=scheduler, batch_transform=batch_transform,
