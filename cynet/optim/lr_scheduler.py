@@ -614,10 +614,11 @@ class ReduceLROnPlateau(_Scheduler):
 
     def load_state_dict(self, state):
         """Restore :meth:`state_dict`'s output (the learning rate itself lives in the optimiser's state dict)."""
-        if "last_lr" in state:
+        saved = hasattr(state, "keys") and "last_lr" in state
+        if saved:  # checked before anything changes
             last_lrs = self._group_rates("last_lr", state["last_lr"])
         self._restore(state)
-        if "last_lr" in state:
+        if saved:
             self._last_lrs = last_lrs
 
     def __repr__(self):
