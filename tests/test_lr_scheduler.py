@@ -11,8 +11,8 @@ import pytest
 from cynet import nn, optim
 from cynet.optim import lr_scheduler as sched
 from cynet.optim.lr_scheduler import (
-    CosineAnnealingLR, ExponentialLR, InverseTimeLR, LinearWarmup, LRScheduler, MultiStepLR, ReduceLROnPlateau,
-    StepLR,
+    CosineAnnealingLR, CosineAnnealingWarmRestarts, ExponentialLR, InverseSqrtLR, InverseTimeLR, LinearLR, LinearWarmup,
+    LRScheduler, MultiStepLR, PolynomialLR, ReduceLROnPlateau, StepLR,
 )
 
 try:
@@ -66,6 +66,41 @@ def test_cosine_annealing_lr():
     expected = [0.1 + 0.4 * (1 + math.cos(math.pi * t / 4)) / 2 for t in range(9)]
     np.testing.assert_allclose(trajectory(s, 8), expected, rtol=1e-15)
     assert s.lr_at(2) == pytest.approx(0.3) and s.lr_at(4) == 0.1 and s.lr_at(8) == pytest.approx(0.5)
+
+
+def test_inverse_sqrt_lr():
+    s = InverseSqrtLR(make_optimizer(), decay_rate=0.25)
+    np.testing.assert_allclose(trajectory(s, 5), [0.5 / math.sqrt(1 + 0.25 * t) for t in range(6)], rtol=1e-15)
+    assert s.lr_at(12) == 0.25
+    # after a warm-up of W epochs with k = 1 / W: the Transformer's eta_0 sqrt(W / t) from epoch W on
+    opt = make_optimizer(1.0)
+    warm = LinearWarmup(opt, 4, after=InverseSqrtLR(opt, decay_rate=1 / 4))
+    lrs = trajectory(warm, 16)
+    assert lrs[:5] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    np.testing.assert_allclose(lrs[4:], [math.sqrt(4 / t) for t in range(4, 17)], rtol=1e-15)
+
+
+def test_linear_and_polynomial_decay():
+    s = LinearLR(make_optimizer(), start_factor=1.0, end_factor=0.0, total_iters=4)
+    assert trajectory(s, 6) == [0.5, 0.375, 0.25, 0.125, 0.0, 0.0, 0.0]
+    s = LinearLR(make_optimizer())  # PyTorch's defaults: 1/3 -> 1 over 5 epochs
+    np.testing.assert_allclose(trajectory(s, 6), [0.5 * (1 / 3 + (2 / 3) * min(t, 5) / 5) for t in range(7)],
+                               rtol=1e-15)
+    s = PolynomialLR(make_optimizer(), total_iters=4, power=2.0)
+    assert trajectory(s, 5) == [0.5, 0.28125, 0.125, 0.03125, 0.0, 0.0]
+    assert PolynomialLR(make_optimizer(), total_iters=4).lr_at(1) == 0.375   # power 1: linear
+
+
+def test_cosine_annealing_warm_restarts():
+    s = CosineAnnealingWarmRestarts(make_optimizer(), T_0=3, T_mult=2, eta_min=0.1)
+    # cycles [0, 3), [3, 9), [9, 21): the rate restarts at 3, 9 and 21
+    assert [s.cycle_at(t) for t in (0, 2, 3, 8, 9, 20, 21)] == [(0, 3), (2, 3), (0, 6), (5, 6), (0, 12), (11, 12),
+                                                               (0, 24)]
+    lrs = trajectory(s, 22)
+    assert lrs[0] == lrs[3] == lrs[9] == lrs[21] == 0.5
+    np.testing.assert_allclose(lrs[6], 0.1 + 0.4 * (1 + math.cos(math.pi * 3 / 6)) / 2, rtol=1e-15)
+    equal = CosineAnnealingWarmRestarts(make_optimizer(), T_0=4)
+    assert trajectory(equal, 8)[::4] == [0.5, 0.5, 0.5]
 
 
 def test_linear_warmup_alone_and_with_a_wrapped_schedule():
@@ -124,7 +159,20 @@ TORCH_CASES = [
                                      T.ExponentialLR(o, gamma=0.8)], milestones=[8])),
     ("warmup-only", lambda o: LinearWarmup(o, 6, start_factor=0.5),
      lambda T, o: T.LinearLR(o, start_factor=0.5, end_factor=1.0, total_iters=6)),
+    ("linear-decay", lambda o: LinearLR(o, start_factor=1.0, end_factor=0.05, total_iters=20),
+     lambda T, o: T.LinearLR(o, start_factor=1.0, end_factor=0.05, total_iters=20)),
+    ("linear-defaults", lambda o: LinearLR(o), lambda T, o: T.LinearLR(o)),
+    ("polynomial", lambda o: PolynomialLR(o, total_iters=25, power=2.0),
+     lambda T, o: T.PolynomialLR(o, total_iters=25, power=2.0)),
+    ("polynomial-sqrt", lambda o: PolynomialLR(o, total_iters=30, power=0.5),
+     lambda T, o: T.PolynomialLR(o, total_iters=30, power=0.5)),
+    ("restarts", lambda o: CosineAnnealingWarmRestarts(o, T_0=7, eta_min=0.02),
+     lambda T, o: T.CosineAnnealingWarmRestarts(o, T_0=7, eta_min=0.02)),
+    ("restarts-doubling", lambda o: CosineAnnealingWarmRestarts(o, T_0=3, T_mult=2),
+     lambda T, o: T.CosineAnnealingWarmRestarts(o, T_0=3, T_mult=2)),
 ]
+# the schedules whose torch closed form (_get_closed_form_lr) or step formula equals cynet's operation for operation
+EXACT_CASES = TORCH_CASES[:5] + [case for case in TORCH_CASES if case[0].startswith(("linear-", "polynomial"))]
 
 
 @needs_torch
@@ -138,7 +186,7 @@ def test_matches_torch_over_35_steps(label, ours, theirs):
 
 
 @needs_torch
-@pytest.mark.parametrize("label,ours,theirs", TORCH_CASES[:5], ids=[c[0] for c in TORCH_CASES[:5]])
+@pytest.mark.parametrize("label,ours,theirs", EXACT_CASES, ids=[c[0] for c in EXACT_CASES])
 def test_equals_torch_closed_forms_exactly(label, ours, theirs):
     tsched = theirs(torch.optim.lr_scheduler, _torch_optimizer())
     if not hasattr(tsched, "_get_closed_form_lr"):  # pragma: no cover - private in torch, may move
@@ -147,6 +195,16 @@ def test_equals_torch_closed_forms_exactly(label, ours, theirs):
     for epoch in range(40):
         tsched.last_epoch = epoch
         assert s.lr_at(epoch) == tsched._get_closed_form_lr()[0], epoch
+
+
+@needs_torch
+@pytest.mark.parametrize("t_0,t_mult", [(7, 1), (3, 2), (2, 3)])
+def test_warm_restarts_equal_torch_step_by_step(t_0, t_mult):
+    """torch counts T_cur and T_i in whole epochs and applies the cosine formula itself: equal to the last bit."""
+    mine = trajectory(CosineAnnealingWarmRestarts(make_optimizer(), T_0=t_0, T_mult=t_mult, eta_min=0.01), 60)
+    topt = _torch_optimizer()
+    theirs = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(topt, T_0=t_0, T_mult=t_mult, eta_min=0.01)
+    assert mine == _torch_trajectory(theirs, topt, 60)
 
 
 PLATEAU_METRICS = [1.0, 0.9, 0.95, 0.92, 0.899, 0.899, 0.5, 0.6, 0.6, 0.6, 0.6, float("nan"), 0.4, 0.4, 0.4, 0.4,
@@ -204,6 +262,11 @@ EPOCH_SCHEDULES = [
     ("cosine", lambda o: CosineAnnealingLR(o, T_max=10, eta_min=0.01)),
     ("warmup", lambda o: LinearWarmup(o, 4)),
     ("warmup-cosine", lambda o: LinearWarmup(o, 4, 0.2, after=CosineAnnealingLR(o, T_max=8))),
+    ("inverse-sqrt", lambda o: InverseSqrtLR(o, decay_rate=0.5)),
+    ("linear", lambda o: LinearLR(o, start_factor=0.9, end_factor=0.1, total_iters=9)),
+    ("polynomial", lambda o: PolynomialLR(o, total_iters=10, power=3.0)),
+    ("restarts", lambda o: CosineAnnealingWarmRestarts(o, T_0=2, T_mult=2, eta_min=0.01)),
+    ("warmup-inverse-sqrt", lambda o: LinearWarmup(o, 3, after=InverseSqrtLR(o, decay_rate=1 / 3))),
 ]
 
 
@@ -314,6 +377,15 @@ def test_load_state_dict_errors():
     (lambda o: InverseTimeLR(o, decay_rate=-1), ValueError, "InverseTimeLR: decay_rate must be"),
     (lambda o: CosineAnnealingLR(o, T_max=0), ValueError, "CosineAnnealingLR: T_max must be an int >= 1"),
     (lambda o: CosineAnnealingLR(o, T_max=5, eta_min=-0.1), ValueError, "eta_min must be"),
+    (lambda o: InverseSqrtLR(o, decay_rate=float("inf")), ValueError, "InverseSqrtLR: decay_rate must be a finite"),
+    (lambda o: LinearLR(o, start_factor=1.2), ValueError, r"LinearLR: start_factor must be a finite number in \[0, 1"),
+    (lambda o: LinearLR(o, end_factor=-0.1), ValueError, "LinearLR: end_factor must be"),
+    (lambda o: LinearLR(o, total_iters=0), ValueError, "LinearLR: total_iters must be an int >= 1"),
+    (lambda o: PolynomialLR(o, total_iters=3.0), ValueError, "PolynomialLR: total_iters must be an int"),
+    (lambda o: PolynomialLR(o, power=-1), ValueError, "PolynomialLR: power must be"),
+    (lambda o: CosineAnnealingWarmRestarts(o, T_0=0), ValueError, "CosineAnnealingWarmRestarts: T_0 must be an int"),
+    (lambda o: CosineAnnealingWarmRestarts(o, T_0=2, T_mult=1.5), ValueError, "T_mult must be an int >= 1"),
+    (lambda o: CosineAnnealingWarmRestarts(o, T_0=2, eta_min=-1), ValueError, "eta_min must be"),
     (lambda o: LinearWarmup(o, warmup_steps=0), ValueError, "LinearWarmup: warmup_steps must be an int >= 1"),
     (lambda o: LinearWarmup(o, 3, start_factor=1.5), ValueError, r"start_factor must be a finite number in \[0, 1\]"),
     (lambda o: LinearWarmup(o, 3, after=ReduceLROnPlateau(o)), TypeError, "after must be an epoch-based schedule"),

@@ -285,6 +285,12 @@ SCHEDULES = [
     (lambda o: optim.ExponentialLR(o, gamma=0.8), lambda m, o: m.ExponentialLR(o, gamma=0.8)),
     (lambda o: optim.CosineAnnealingLR(o, T_max=6, eta_min=0.001),
      lambda m, o: m.CosineAnnealingLR(o, T_max=6, eta_min=0.001)),
+    (lambda o: optim.LinearLR(o, start_factor=1.0, end_factor=0.1, total_iters=8),
+     lambda m, o: m.LinearLR(o, start_factor=1.0, end_factor=0.1, total_iters=8)),
+    (lambda o: optim.PolynomialLR(o, total_iters=8, power=2.0),
+     lambda m, o: m.PolynomialLR(o, total_iters=8, power=2.0)),
+    (lambda o: optim.CosineAnnealingWarmRestarts(o, T_0=3, T_mult=2, eta_min=0.001),
+     lambda m, o: m.CosineAnnealingWarmRestarts(o, T_0=3, T_mult=2, eta_min=0.001)),
 ]
 
 
@@ -303,7 +309,8 @@ def test_each_group_follows_the_schedule_from_its_own_base_rate():
 
 
 @needs_torch
-@pytest.mark.parametrize("ours,theirs", SCHEDULES, ids=["step", "multistep", "exponential", "cosine"])
+@pytest.mark.parametrize("ours,theirs", SCHEDULES, ids=["step", "multistep", "exponential", "cosine", "linear",
+                                                        "polynomial", "restarts"])
 def test_group_schedules_match_torch(ours, theirs):
     opt = _grouped_sgd()
     sched = ours(opt)

@@ -6,8 +6,8 @@ groups (``[{"params": ..., "lr": ...}, ...]``) give parts of a model their own s
 builds the usual pair that leaves biases and normalisation parameters out of weight decay.
 
 Schedules (:mod:`cynet.optim.lr_scheduler`, re-exported here): :class:`StepLR`, :class:`MultiStepLR`,
-:class:`ExponentialLR`, :class:`InverseTimeLR`, :class:`CosineAnnealingLR`, :class:`LinearWarmup`,
-:class:`ReduceLROnPlateau`.
+:class:`ExponentialLR`, :class:`InverseTimeLR`, :class:`InverseSqrtLR`, :class:`LinearLR`, :class:`PolynomialLR`,
+:class:`CosineAnnealingLR`, :class:`CosineAnnealingWarmRestarts`, :class:`LinearWarmup`, :class:`ReduceLROnPlateau`.
 
 Example:
     >>> import numpy as np
@@ -20,8 +20,8 @@ Example:
 """
 from cynet.optim import lr_scheduler
 from cynet.optim.lr_scheduler import (
-    CosineAnnealingLR, ExponentialLR, InverseTimeLR, LinearWarmup, LRScheduler, MultiStepLR, ReduceLROnPlateau,
-    StepLR,
+    CosineAnnealingLR, CosineAnnealingWarmRestarts, ExponentialLR, InverseSqrtLR, InverseTimeLR, LinearLR, LinearWarmup,
+    LRScheduler, MultiStepLR, PolynomialLR, ReduceLROnPlateau, StepLR,
 )
 from cynet.optim.optimizers import (
     SGD, AdaGrad, Adam, AdamW, Optimizer, ParamGroup, RMSProp, weight_decay_groups,
@@ -29,6 +29,6 @@ from cynet.optim.optimizers import (
 
 __all__ = [
     "Optimizer", "ParamGroup", "SGD", "AdaGrad", "RMSProp", "Adam", "AdamW", "weight_decay_groups", "lr_scheduler",
-    "LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "InverseTimeLR", "CosineAnnealingLR", "LinearWarmup",
-    "ReduceLROnPlateau",
+    "LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "InverseTimeLR", "InverseSqrtLR", "LinearLR",
+    "PolynomialLR", "CosineAnnealingLR", "CosineAnnealingWarmRestarts", "LinearWarmup", "ReduceLROnPlateau",
 ]

@@ -1,4 +1,6 @@
-"""Learning-rate schedules: step, multi-step, exponential, 1/t, cosine, linear warm-up, and reduce-on-plateau.
+"""Learning-rate schedules: step, multi-step, exponential, 1/t, 1/sqrt(t), linear, polynomial, cosine (with or without
+warm restarts), linear warm-up, and reduce-on-plateau: the decays of CS231n's "Training Neural Networks" and PyTorch's
+names for them.
 
 A schedule owns an optimiser's :attr:`~cynet.optim.Optimizer.lr`. Construct it after the optimiser (the optimiser's
 current ``lr`` becomes the schedule's ``base_lr``), then call :meth:`~LRScheduler.step` once per epoch (or per
@@ -34,8 +36,8 @@ import numpy as np
 
 from cynet.optim.optimizers import Optimizer
 
-__all__ = ["LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "InverseTimeLR", "CosineAnnealingLR",
-           "LinearWarmup", "ReduceLROnPlateau"]
+__all__ = ["LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "InverseTimeLR", "InverseSqrtLR", "LinearLR",
+           "PolynomialLR", "CosineAnnealingLR", "CosineAnnealingWarmRestarts", "LinearWarmup", "ReduceLROnPlateau"]
 
 
 def _is_int(value):
@@ -318,7 +320,20 @@ class ExponentialLR(LRScheduler):
         return self.base_lr * self.gamma ** epoch
 
 
-class InverseTimeLR(LRScheduler):
+class _DecayRateSchedule(LRScheduler):
+    """A schedule of one setting, ``decay_rate`` k >= 0 (InverseTimeLR, InverseSqrtLR)."""
+
+    _settings = ("decay_rate",)
+
+    def __init__(self, optimizer, decay_rate):
+        self.decay_rate = decay_rate
+        super().__init__(optimizer)
+
+    def _validate(self):
+        self.decay_rate = self._real("decay_rate", self.decay_rate, low=0)
+
+
+class InverseTimeLR(_DecayRateSchedule):
     r"""1/t decay (the CS231n notes' form): the learning rate falls as the inverse of the epoch.
 
     .. math:: \eta_t = \frac{\eta_0}{1 + k t}
@@ -334,15 +349,6 @@ class InverseTimeLR(LRScheduler):
         >>> sched.step(); sched.step(); sched.get_last_lr()
         0.5
     """
-
-    _settings = ("decay_rate",)
-
-    def __init__(self, optimizer, decay_rate):
-        self.decay_rate = decay_rate
-        super().__init__(optimizer)
-
-    def _validate(self):
-        self.decay_rate = self._real("decay_rate", self.decay_rate, low=0)
 
     def lr_at(self, epoch):
         return self.base_lr / (1 + self.decay_rate * epoch)
@@ -380,6 +386,152 @@ class CosineAnnealingLR(LRScheduler):
 
     def lr_at(self, epoch):
         return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
+
+
+class InverseSqrtLR(_DecayRateSchedule):
+    r"""Inverse square-root decay (the lecture's :math:`\eta_0 / \sqrt{t}`, as in "Attention is all you need"),
+    shifted so that it starts at the base rate.
+
+    .. math:: \eta_t = \frac{\eta_0}{\sqrt{1 + k t}}
+
+    Usually after a warm-up: ``LinearWarmup(opt, W, after=InverseSqrtLR(opt, decay_rate=1 / W))`` gives
+    :math:`\eta_0 \sqrt{W / t}` from epoch W on, the Transformer's schedule (Hugging Face's
+    ``get_inverse_sqrt_schedule`` with ``timescale`` :math:`1 / k`).
+
+    Args:
+        optimizer (Optimizer): the optimiser.
+        decay_rate (float): :math:`k` >= 0.
+
+    Example:
+        >>> from cynet import nn, optim
+        >>> opt = optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
+        >>> sched = optim.InverseSqrtLR(opt, decay_rate=1.0)
+        >>> sched.step(); sched.step(); sched.step(); sched.get_last_lr()
+        0.5
+    """
+
+    def lr_at(self, epoch):
+        return self.base_lr / math.sqrt(1 + self.decay_rate * epoch)
+
+
+class LinearLR(LRScheduler):
+    r"""Scale the base rate by a factor that moves linearly from ``start_factor`` to ``end_factor`` over
+    ``total_iters`` epochs, then stays (PyTorch's ``LinearLR``, same defaults).
+
+    .. math:: \eta_t = \eta_0 \left(s + (e - s) \, \frac{\min(t, T)}{T}\right)
+
+    The lecture's linear decay to zero is ``LinearLR(opt, start_factor=1.0, end_factor=0.0, total_iters=T)``.
+
+    Args:
+        optimizer (Optimizer): the optimiser.
+        start_factor (float): :math:`s` in [0, 1]. Default 1/3.
+        end_factor (float): :math:`e` in [0, 1]. Default 1.0.
+        total_iters (int): :math:`T` >= 1. Default 5.
+
+    Example:
+        >>> from cynet import nn, optim
+        >>> opt = optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
+        >>> sched = optim.LinearLR(opt, start_factor=1.0, end_factor=0.0, total_iters=4)
+        >>> [sched.step() or sched.get_last_lr() for _ in range(5)]
+        [0.75, 0.5, 0.25, 0.0, 0.0]
+    """
+
+    _settings = ("start_factor", "end_factor", "total_iters")
+
+    def __init__(self, optimizer, start_factor=1.0 / 3, end_factor=1.0, total_iters=5):
+        self.start_factor, self.end_factor, self.total_iters = start_factor, end_factor, total_iters
+        super().__init__(optimizer)
+
+    def _validate(self):
+        self.start_factor = self._real("start_factor", self.start_factor, low=0, high=1)
+        self.end_factor = self._real("end_factor", self.end_factor, low=0, high=1)
+        self.total_iters = self._int("total_iters", self.total_iters, 1)
+
+    def lr_at(self, epoch):
+        return self.base_lr * (self.start_factor + (self.end_factor - self.start_factor)
+                               * min(self.total_iters, epoch) / self.total_iters)
+
+
+class PolynomialLR(LRScheduler):
+    r"""Polynomial decay to zero over ``total_iters`` epochs, then zero (PyTorch's ``PolynomialLR``).
+
+    .. math:: \eta_t = \eta_0 \left(1 - \frac{\min(t, T)}{T}\right)^p
+
+    ``power=1`` is the lecture's linear decay.
+
+    Args:
+        optimizer (Optimizer): the optimiser.
+        total_iters (int): :math:`T` >= 1. Default 5.
+        power (float): :math:`p` >= 0. Default 1.0.
+
+    Example:
+        >>> from cynet import nn, optim
+        >>> opt = optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
+        >>> sched = optim.PolynomialLR(opt, total_iters=4, power=2.0)
+        >>> [sched.step() or sched.get_last_lr() for _ in range(5)]
+        [0.5625, 0.25, 0.0625, 0.0, 0.0]
+    """
+
+    _settings = ("total_iters", "power")
+
+    def __init__(self, optimizer, total_iters=5, power=1.0):
+        self.total_iters, self.power = total_iters, power
+        super().__init__(optimizer)
+
+    def _validate(self):
+        self.total_iters = self._int("total_iters", self.total_iters, 1)
+        self.power = self._real("power", self.power, low=0)
+
+    def lr_at(self, epoch):
+        return self.base_lr * (1.0 - min(self.total_iters, epoch) / self.total_iters) ** self.power
+
+
+class CosineAnnealingWarmRestarts(LRScheduler):
+    r"""Cosine annealing with warm restarts (SGDR, Loshchilov & Hutter 2017; PyTorch's
+    ``CosineAnnealingWarmRestarts`` for whole epochs): the rate falls from the base rate towards ``eta_min`` along a
+    half cosine, then jumps back, each cycle ``T_mult`` times longer than the one before.
+
+    .. math:: \eta_t = \eta_{min} + (\eta_0 - \eta_{min}) \, \frac{1 + \cos(\pi T_{cur} / T_i)}{2}
+
+    with :math:`T_i = T_0 T_{mult}^i` the length of the current cycle and :math:`T_{cur}` the epochs since its start.
+
+    Args:
+        optimizer (Optimizer): the optimiser.
+        T_0 (int): length of the first cycle, >= 1.
+        T_mult (int): growth of each cycle, >= 1. Default 1 (cycles of equal length).
+        eta_min (float): the lowest rate, >= 0. Default 0.
+
+    Example:
+        >>> from cynet import nn, optim
+        >>> opt = optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
+        >>> sched = optim.CosineAnnealingWarmRestarts(opt, T_0=2, T_mult=2)
+        >>> [round(sched.step() or sched.get_last_lr(), 6) for _ in range(6)]
+        [0.5, 1.0, 0.853553, 0.5, 0.146447, 1.0]
+    """
+
+    _settings = ("T_0", "T_mult", "eta_min")
+
+    def __init__(self, optimizer, T_0, T_mult=1, eta_min=0.0):
+        self.T_0, self.T_mult, self.eta_min = T_0, T_mult, eta_min
+        super().__init__(optimizer)
+
+    def _validate(self):
+        self.T_0 = self._int("T_0", self.T_0, 1)
+        self.T_mult = self._int("T_mult", self.T_mult, 1)
+        self.eta_min = self._real("eta_min", self.eta_min, low=0)
+
+    def cycle_at(self, epoch):
+        """``(T_cur, T_i)`` at ``epoch``: epochs since the current cycle began, and its length (whole numbers)."""
+        if self.T_mult == 1:
+            return epoch % self.T_0, self.T_0
+        start, length = 0, self.T_0
+        while start + length <= epoch:
+            start, length = start + length, length * self.T_mult
+        return epoch - start, length
+
+    def lr_at(self, epoch):
+        t_cur, t_i = self.cycle_at(epoch)
+        return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
 
 
 class LinearWarmup(LRScheduler):
