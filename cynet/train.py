@@ -507,6 +507,10 @@ class Trainer:
         progress (bool): show a :class:`ProgressBar` (tqdm). Default True.
         clip_grad_norm (float): when set, every step first rescales the gradients (the regularization's included)
             so that their global 2-norm is at most this (:func:`cynet.nn.utils.clip_grad_norm_`). Default None.
+        mixup (callable): ``mixup(xb, yb, generator) -> (xb, targets)`` applied to every training batch after
+            ``batch_transform``, e.g. :class:`cynet.data.Mixup`; it draws from the trainer's generator, so runs and
+            resumed runs stay reproducible. The loss must take its targets (SoftmaxCrossEntropy takes (N, C)
+            distributions), and "train_acc" is NaN (the targets are mixtures). Default None.
 
     Attributes:
         history (dict[str, list[float]]): per iteration "loss" (data loss), "reg_loss", "lr" (the first parameter
@@ -546,7 +550,7 @@ class Trainer:
     guard_every = 10
 
     def __init__(self, model, loss, optimizer, *, scheduler=None, regularization=None, callbacks=(),
-                 batch_transform=None, seed=0, progress=True, clip_grad_norm=None):
+                 batch_transform=None, seed=0, progress=True, clip_grad_norm=None, mixup=None):
         if not isinstance(model, Module):
             raise TypeError(f"Trainer: model must be a cynet.nn.Module, got {type(model).__name__}")
         for name in ("forward", "backward"):
@@ -564,6 +568,8 @@ class Trainer:
                             f"backward(model), got {regularization!r}")
         if batch_transform is not None and not callable(batch_transform):
             raise TypeError(f"Trainer: batch_transform must be callable as f(xb, rng), got {batch_transform!r}")
+        if mixup is not None and not callable(mixup):
+            raise TypeError(f"Trainer: mixup must be callable as f(xb, yb, rng) -> (xb, targets), got {mixup!r}")
         callbacks = list(callbacks)
         for callback in callbacks:
             if not isinstance(callback, Callback):
@@ -581,6 +587,7 @@ class Trainer:
         self.scheduler = scheduler
         self.regularization = regularization
         self.batch_transform = batch_transform
+        self.mixup = mixup
         self.callbacks = callbacks
         self.seed = seed
         self.clip_grad_norm = clip_grad_norm
@@ -728,6 +735,8 @@ class Trainer:
                 index = order[lo:hi]
                 xb, yb = x[index], y[index]
             xb = self._prepare(xb, self.generator, dtype)
+            if self.mixup is not None:
+                xb, yb = self.mixup(xb, yb, self.generator)
             result = self._step(xb, yb)
             if result is None:          # diverged
                 return

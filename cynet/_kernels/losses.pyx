@@ -1,5 +1,6 @@
-"""Loss kernels: softmax cross-entropy and the multiclass SVM (forward and gradient fused in one call), the softmax
-alone, mean squared error, and the two halves of the L2 penalty (sum of squares, gradient strength * W).
+"""Loss kernels: softmax cross-entropy (integer labels or target distributions) and the multiclass SVM (forward and
+gradient fused in one call), the softmax alone, mean squared error, and the two halves of the L2 penalty (sum of
+squares, gradient strength * W).
 
 Private: only ``cynet.nn.loss`` calls these. Contract of every kernel here:
 - arrays are C-contiguous memoryviews of one floating type (float32 or float64), already validated by the caller
@@ -143,6 +144,59 @@ def softmax_cross_entropy(const floating[:, ::1] scores, const int64_t[::1] labe
         else:
             for i in prange(N, schedule="static", num_threads=n_threads):
                 row_loss[i] = _ce_row(&scores[i, 0], labels[i], &dscores[i, 0], C, inv_n)
+        for i in range(N):
+            total += row_loss[i]
+    return total * inv_n
+
+
+# Softmax cross-entropy of row i against a target distribution t (PyTorch's class-probability targets: soft labels,
+# label smoothing, mixup; the t_j need not sum to 1):
+#   m = max_j s_j,  e_j = exp(s_j - m),  Z = sum_j e_j = ones + others  (ones: the entries equal to m, e_j = 1)
+#   log Z = log1p((ones - 1) + others)   (no loss of the small others next to 1, as in _ce_row)
+#   loss_i = -sum_j t_j log p_ij = sum_{j: t_j != 0} t_j ((m - s_j) + log Z)   (a zero target adds 0, even at
+#            s_j = -inf)
+#   dscores_ij = (T p_ij - t_j) / N,   T = sum_j t_j,  p_ij = e_j / Z
+# Sums in double; NaN or +inf scores give NaN as in _ce_row.
+
+cdef inline double _soft_ce_row(const floating* s, const floating* t, floating* d, Py_ssize_t C,
+                                double inv_n) noexcept nogil:
+    cdef double m = _row_max(s, C)
+    cdef double ones = 0, others = 0, total_t = 0, loss = 0, log_z, scale, tj
+    cdef Py_ssize_t j
+    _row_exp_shifted(s, d, C, m)
+    for j in range(C):
+        if <double>s[j] == m:
+            ones += 1
+        else:
+            others += d[j]
+    log_z = log1p((ones - 1) + others)
+    for j in range(C):
+        tj = t[j]
+        total_t += tj
+        if tj != 0:
+            loss += tj * ((m - <double>s[j]) + log_z)
+    scale = total_t * inv_n / (ones + others)
+    for j in range(C):
+        d[j] = <floating>(d[j] * scale - <double>t[j] * inv_n)
+    return loss
+
+
+def softmax_cross_entropy_soft(const floating[:, ::1] scores, const floating[:, ::1] targets,
+                               floating[:, ::1] dscores, double[::1] row_loss, int n_threads):
+    """Mean softmax cross-entropy of ``scores`` (N, C) against target distributions ``targets`` (N, C); writes the
+    gradient of the mean into ``dscores`` (N, C) and each row's loss into ``row_loss`` (N,). Returns the mean."""
+    cdef Py_ssize_t N = scores.shape[0], C = scores.shape[1], i
+    cdef double inv_n = 1.0 / N, total = 0
+    if targets.shape[0] != N or targets.shape[1] != C:
+        raise ValueError(f"cynet._kernels.losses.softmax_cross_entropy_soft: targets ({targets.shape[0]}, "
+                         f"{targets.shape[1]}) do not match scores ({N}, {C})")
+    with nogil:
+        if _serial(N * C, N, n_threads):
+            for i in range(N):
+                row_loss[i] = _soft_ce_row(&scores[i, 0], &targets[i, 0], &dscores[i, 0], C, inv_n)
+        else:
+            for i in prange(N, schedule="static", num_threads=n_threads):
+                row_loss[i] = _soft_ce_row(&scores[i, 0], &targets[i, 0], &dscores[i, 0], C, inv_n)
         for i in range(N):
             total += row_loss[i]
     return total * inv_n

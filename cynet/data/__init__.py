@@ -6,7 +6,7 @@
 - :mod:`cynet.data.cifar10`: :func:`load_cifar10` (directory or ``.tar.gz``, restricted unpickler, opt-in download),
   :func:`load_test_npz`, :func:`load_cifar10_subset` (a small real subset shipped with cynet).
 - :mod:`cynet.data.loader`: :class:`BatchIterator`, :class:`RandomCrop`, :class:`RandomHorizontalFlip`,
-  :class:`Compose`, :func:`make_batch_transform`.
+  :class:`Cutout`, :class:`Compose`, :func:`make_batch_transform`, and :class:`Mixup` (for ``Trainer(mixup=...)``).
 
 Example:
     >>> from cynet.data import load_cifar10_subset, MeanImage, BatchIterator
@@ -22,7 +22,7 @@ from cynet.data.preprocessing import (TRANSFORMS, Bundle, ChannelMean, MeanImage
 from cynet.data.cifar10 import (CIFAR10, CIFAR10FormatError, CLASSES, UnsafePickleError, default_root,
                                 download_cifar10, load_cifar10, load_cifar10_reachable, load_cifar10_subset,
                                 load_test_npz)
-from cynet.data.loader import (BatchIterator, Compose, RandomCrop, RandomHorizontalFlip, augment_batch,
+from cynet.data.loader import (BatchIterator, Compose, Cutout, Mixup, RandomCrop, RandomHorizontalFlip, augment_batch,
                                make_batch_transform)
 
 __all__ = [
@@ -30,5 +30,6 @@ __all__ = [
     "TRANSFORMS", "transform_from_state_dict", "fingerprint", "Bundle", "save_bundle", "load_bundle",
     "CIFAR10", "CIFAR10FormatError", "UnsafePickleError", "CLASSES", "default_root", "download_cifar10",
     "load_cifar10", "load_cifar10_reachable", "load_cifar10_subset", "load_test_npz",
-    "BatchIterator", "RandomCrop", "RandomHorizontalFlip", "Compose", "make_batch_transform", "augment_batch",
+    "BatchIterator", "RandomCrop", "RandomHorizontalFlip", "Cutout", "Mixup", "Compose", "make_batch_transform",
+    "augment_batch",
 ]

@@ -1,4 +1,5 @@
-"""Mini-batches for training: a seeded shuffling iterator, image augmentation, and the per-batch transform hook.
+"""Mini-batches for training: a seeded shuffling iterator, image augmentation (random crops, flips, Cutout), Mixup,
+and the per-batch transform hook.
 
 Order of operations for every batch (training)::
 
@@ -138,6 +139,129 @@ class Compose:
 
     def __repr__(self):
         return f"Compose({self.augmentations!r})"
+
+
+class Cutout:
+    """Cutout (DeVries & Taylor, 2017): set a random ``size`` x ``size`` square of every image to ``value``.
+
+    The square's centre is uniform over the image, so near an edge only part of it falls inside (the paper's form).
+    Each image gets its own square, drawn with probability ``p``; the masking is one vectorised ``where``.
+
+    Args:
+        size (int): side of the square, >= 1. Default 16 (the paper's choice for CIFAR-10).
+        p (float): probability that an image is cut. Default 1.0.
+        value (float): what the square is filled with. Default 0 (the mean, after mean subtraction).
+
+    Shape:
+        ``(N, C, H, W)`` -> the same; a new array.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet.data import Cutout
+        >>> out = Cutout(size=2)(np.ones((3, 1, 4, 4), np.float32), np.random.default_rng(0))
+        >>> out.shape, bool(np.all((out == 0) | (out == 1))), int((out == 0).sum(axis=(1, 2, 3)).max()) <= 4
+        ((3, 1, 4, 4), True, True)
+    """
+
+    def __init__(self, size=16, p=1.0, value=0.0):
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise ValueError(f"Cutout: size must be an int >= 1, got {size!r}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Cutout: p must be in [0, 1], got {p!r}")
+        if not np.isfinite(value):
+            raise ValueError(f"Cutout: value must be finite, got {value!r}")
+        self.size, self.p, self.value = int(size), float(p), float(value)
+
+    def __call__(self, xb, generator=None):
+        xb = _check_images("Cutout", xb)
+        n, _, h, w = xb.shape
+        rng = resolve_generator(generator)
+        cy, cx = rng.integers(0, h, size=n), rng.integers(0, w, size=n)
+        cut = rng.random(n) < self.p
+        top, left = cy - self.size // 2, cx - self.size // 2
+        rows, cols = np.arange(h), np.arange(w)
+        inside_rows = (rows >= top[:, None]) & (rows < (top + self.size)[:, None])            # (N, H)
+        inside_cols = (cols >= left[:, None]) & (cols < (left + self.size)[:, None])          # (N, W)
+        mask = (inside_rows[:, :, None] & inside_cols[:, None, :]) & cut[:, None, None]       # (N, H, W)
+        return np.where(mask[:, None, :, :], xb.dtype.type(self.value), xb)
+
+    def __repr__(self):
+        return f"Cutout(size={self.size}, p={self.p}, value={self.value})"
+
+
+class Mixup:
+    r"""Mixup (Zhang et al., 2018): train on convex combinations of pairs of examples and of their labels.
+
+    .. math::
+        \tilde x_i = \lambda x_i + (1 - \lambda) x_{\pi(i)}, \qquad
+        \tilde t_i = \lambda e_{y_i} + (1 - \lambda) e_{y_{\pi(i)}}, \qquad \lambda \sim \mathrm{Beta}(\alpha, \alpha)
+
+    with one :math:`\lambda` per batch and :math:`\pi` a random permutation of the batch (the paper's batch form),
+    :math:`e_y` the one-hot vector of class y. The targets are (N, C) distributions, which
+    :class:`cynet.nn.SoftmaxCrossEntropy` takes. Pass it to the trainer, ``Trainer(..., mixup=Mixup(0.2, 10))``:
+    only training batches are mixed; evaluation sees the real inputs and labels.
+
+    Args:
+        alpha (float): :math:`\alpha` > 0 of the Beta distribution (small: mostly mild mixes). Default 0.2.
+        num_classes (int): C, the number of classes (>= 2).
+
+    Call:
+        ``mixup(xb, yb, generator) -> (x_mixed, targets)``: ``xb`` a float batch (any shape, examples first), ``yb``
+        integer labels (N,) or target distributions (N, C); ``targets`` (N, C) in ``xb``'s dtype.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet.data import Mixup
+        >>> x = np.eye(2, dtype=np.float32); y = np.array([0, 1])
+        >>> xm, t = Mixup(alpha=1.0, num_classes=2)(x, y, np.random.default_rng(0))
+        >>> bool(np.allclose(xm, t))                 # x was one-hot too: inputs and targets mix alike
+        True
+    """
+
+    def __init__(self, alpha=0.2, num_classes=None):
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer)) or \
+                not (0 < alpha < np.inf):
+            raise ValueError(f"Mixup: alpha must be a finite number > 0, got {alpha!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+            raise ValueError(f"Mixup: num_classes must be an int >= 2, got {num_classes!r}")
+        self.alpha, self.num_classes = float(alpha), int(num_classes)
+
+    def targets(self, yb, dtype=np.float32):
+        """``yb`` as (N, C) distributions: one-hot rows for integer labels, checked float rows as they are."""
+        yb = np.asarray(yb)
+        c = self.num_classes
+        if yb.ndim == 2 and yb.dtype.kind == "f":
+            if yb.shape[1] != c:
+                raise ValueError(f"Mixup: target distributions must have {c} columns, got shape {yb.shape}")
+            return yb.astype(dtype, copy=False)
+        if yb.ndim != 1 or yb.dtype.kind not in "iu":
+            raise TypeError(f"Mixup: labels must be integer class indices (N,) or (N, {c}) distributions, got "
+                            f"{yb.dtype} array of shape {yb.shape}")
+        if yb.size and (yb.min() < 0 or yb.max() >= c):
+            raise ValueError(f"Mixup: labels must lie in [0, {c}), got values in [{yb.min()}, {yb.max()}]")
+        out = np.zeros((len(yb), c), dtype=dtype)
+        out[np.arange(len(yb)), yb] = 1
+        return out
+
+    def __call__(self, xb, yb, generator=None):
+        xb = np.asarray(xb)
+        if xb.dtype.kind != "f":
+            raise TypeError(f"Mixup: xb must be a float batch (mix after preprocessing), got {xb.dtype}")
+        if len(yb) != len(xb):
+            raise ValueError(f"Mixup: xb and yb must have the same length, got {len(xb)} and {len(yb)}")
+        targets = self.targets(yb, xb.dtype)
+        rng = resolve_generator(generator)
+        lam = rng.beta(self.alpha, self.alpha)
+        perm = rng.permutation(len(xb))
+        keep, take = xb.dtype.type(lam), xb.dtype.type(1 - lam)
+        mixed = xb * keep
+        mixed += xb[perm] * take
+        mixed_targets = targets * keep
+        mixed_targets += targets[perm] * take
+        return mixed, mixed_targets
+
+    def __repr__(self):
+        return f"Mixup(alpha={self.alpha}, num_classes={self.num_classes})"
 
 
 def make_batch_transform(transform=None, augment=None):

@@ -78,6 +78,28 @@ def _labels(owner, y, scores):
     return np.ascontiguousarray(y, dtype=np.int64)
 
 
+def _float_targets(owner, what, y, scores):
+    """``y`` as a float array of exactly the scores' shape (no broadcasting); TypeError / ValueError naming ``what``."""
+    y = np.asarray(y)
+    if y.dtype.kind != "f":
+        raise TypeError(f"{owner}: {what} y must be a floating-point array, got {describe(y)}")
+    if y.shape != scores.shape:
+        raise ValueError(f"{owner}: {what} y must have the shape of scores {scores.shape} (no broadcasting), got "
+                         f"{describe(y)}")
+    return y
+
+
+def _soft_targets(owner, y, scores):
+    """``y`` (N, C) class-probability targets as a C-contiguous array of the scores' dtype: every entry finite and
+    >= 0 (rows need not sum to 1, as in PyTorch); clear errors otherwise."""
+    y = _float_targets(owner, "target distributions", y, scores)
+    if not np.all(np.isfinite(y)) or np.any(y < 0):
+        raise ValueError(f"{owner}: target probabilities must be finite and >= 0, got values in "
+                         f"[{np.nanmin(y)}, {np.nanmax(y)}]" + (" and non-finite ones" if not np.all(np.isfinite(y))
+                                                                else ""))
+    return np.ascontiguousarray(y, dtype=scores.dtype)
+
+
 # --- classification losses -------------------------------------------------------------------------------------------
 class _DataLoss(Module):
     """Shared plumbing: the cached gradient, ``backward`` and the repr. Subclasses implement ``forward``."""
@@ -133,6 +155,12 @@ class SoftmaxCrossEntropy(_DataLoss):
         L_i = -\log\frac{e^{s_{i,y_i}}}{\sum_j e^{s_{ij}}} = \log\sum_j e^{s_{ij}} - s_{i,y_i}, \qquad
         \frac{\partial L}{\partial s_{ij}} = \frac{p_{ij} - [j = y_i]}{N}
 
+    ``y`` may also be a float (N, C) array of target distributions :math:`t_{ij}` (soft labels, as PyTorch's
+    probability targets; what :class:`cynet.data.Mixup` produces): :math:`L_i = -\sum_j t_{ij} \log p_{ij}`,
+    :math:`\partial L / \partial s_{ij} = (p_{ij} \sum_k t_{ik} - t_{ij}) / N`. With ``label_smoothing``
+    :math:`\varepsilon` the targets become :math:`(1 - \varepsilon)\,t + \varepsilon / C` (one-hot :math:`t` for
+    integer labels), PyTorch's definition; its minimum is then above 0, the entropy of the smoothed target.
+
     with :math:`p_{ij}` the softmax of row :math:`i`. ``torch.nn.CrossEntropyLoss()`` (mean reduction) computes the
     same number. With small random scores every class is about equally likely and :math:`L \approx \ln C` (2.303 for
     10 classes): the CS231n sanity check of the initial loss.
@@ -145,11 +173,12 @@ class SoftmaxCrossEntropy(_DataLoss):
     or +inf score anywhere in a row, or a row of only -inf, makes the loss NaN and that row of the gradient NaN.
     Nothing raises: a diverging run sees the NaN/inf loss (cynet's Trainer stops on it).
 
-    Args: none.
+    Args:
+        label_smoothing (float): :math:`\varepsilon` in [0, 1]. Default 0.
 
     Shape:
-        scores (N, C) float32 or float64 (non-contiguous input is copied); y (N,) integer labels in [0, C);
-        ``backward()`` -> (N, C), the dtype of the scores.
+        scores (N, C) float32 or float64 (non-contiguous input is copied); y (N,) integer labels in [0, C), or (N, C)
+        float target probabilities (finite, >= 0); ``backward()`` -> (N, C), the dtype of the scores.
 
     Attributes:
         loss (float): the mean loss of the last forward (None before any).
@@ -163,16 +192,49 @@ class SoftmaxCrossEntropy(_DataLoss):
         2.3026
         >>> loss.backward()[0, :3]                                 # (0.1 - [j = 0]) / 4
         array([-0.225,  0.025,  0.025], dtype=float32)
+        >>> round(loss(scores, np.full((4, 10), 0.1, np.float32)), 4)   # soft targets: the same ln 10
+        2.3026
     """
 
+    def __init__(self, label_smoothing=0.0):
+        super().__init__()
+        if not isinstance(label_smoothing, numbers.Real) or isinstance(label_smoothing, bool) or \
+                not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"{type(self).__name__}: label_smoothing must be a number in [0, 1], got "
+                             f"{label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+
     def forward(self, scores, y):
-        """Mean cross-entropy of ``scores`` (N, C) against labels ``y`` (N,); also computes the gradient.
+        """Mean cross-entropy of ``scores`` (N, C) against labels ``y`` (N,) or target distributions (N, C); also
+        computes the gradient.
 
         Returns:
             float: the mean loss (also kept as ``self.loss``).
         """
-        self._classification_forward(scores, y, _k().softmax_cross_entropy)
+        name = type(self).__name__
+        y = np.asarray(y)
+        soft = y.dtype.kind == "f" and y.ndim == 2          # (N, C) distributions; float (N,) labels stay an error
+        if not soft and self.label_smoothing == 0:
+            self._classification_forward(scores, y, _k().softmax_cross_entropy)
+            return self.loss
+        scores = _class_scores(name, scores)
+        if soft:
+            targets = _soft_targets(name, y, scores)
+        else:
+            targets = np.zeros_like(scores)
+            targets[np.arange(len(scores)), _labels(name, y, scores)] = 1
+        if self.label_smoothing:
+            eps = self.label_smoothing
+            targets = targets * scores.dtype.type(1 - eps) + scores.dtype.type(eps / scores.shape[1])
+        dscores = np.empty_like(scores)
+        row_loss = np.empty(scores.shape[0], np.float64)
+        self.loss = float(_k().softmax_cross_entropy_soft(scores, targets, dscores, row_loss,
+                                                          kernel_threads(scores.size, NS_EXP)))
+        self._dscores = dscores
         return self.loss
+
+    def extra_repr(self):
+        return f"label_smoothing={self.label_smoothing}" if self.label_smoothing else ""
 
     def probabilities(self, scores):
         r"""The row-wise softmax :math:`p_{ij} = e^{s_{ij}} / \sum_k e^{s_{ik}}` of ``scores`` (N, C): class
@@ -185,9 +247,9 @@ class SoftmaxCrossEntropy(_DataLoss):
 
 class CrossEntropyLoss(SoftmaxCrossEntropy):
     r"""The name PyTorch users look for: :class:`SoftmaxCrossEntropy` itself (the mean over the batch of the softmax
-    cross-entropy of integer labels, what ``torch.nn.CrossEntropyLoss()`` computes with its defaults). PyTorch's
-    options (class weights, ``ignore_index``, ``label_smoothing``, other reductions) are not taken: passing one is a
-    TypeError rather than a silently different loss.
+    cross-entropy, what ``torch.nn.CrossEntropyLoss()`` computes with its defaults, integer labels or class
+    probabilities, and ``label_smoothing``). PyTorch's other options (class weights, ``ignore_index``, other
+    reductions) are not taken: passing one is a TypeError rather than a silently different loss.
 
     Example:
         >>> import numpy as np
@@ -312,13 +374,7 @@ class MSELoss(_DataLoss):
         if pred.ndim < 1 or pred.shape[0] < 1 or pred.size < 1:
             raise ValueError(f"{name}: scores must be an array of shape (N, ...) with N >= 1 and at least one "
                              f"element, got {describe(pred)}")
-        target = np.asarray(y)
-        if target.dtype.kind != "f":
-            raise TypeError(f"{name}: targets y must be a floating-point array, got {describe(target)}")
-        if target.shape != pred.shape:
-            raise ValueError(f"{name}: targets y must have the shape of scores {pred.shape} (no broadcasting), got "
-                             f"{describe(target)}")
-        target = np.ascontiguousarray(target, dtype=pred.dtype)
+        target = np.ascontiguousarray(_float_targets(name, "targets", y, pred), dtype=pred.dtype)
         dpred = np.empty_like(pred)
         n = pred.size
         partials = np.empty(_k().partials_length(n), np.float64)
