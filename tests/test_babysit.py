@@ -311,6 +311,22 @@ def test_tiny_subset_is_overfitted_to_100_percent():
     assert check.values["steps"] <= 200
 
 
+def test_label_smoothing_is_measured_from_its_loss_floor():
+    """With label smoothing the loss cannot reach 0: the entropy of the smoothed target is its floor (hand-computed
+    for C = 4, eps = 0.1), and the overfit check measures from there instead of failing a working model."""
+    x, y = _data()
+    report = babysit(_mlp(), nn.CrossEntropyLoss(label_smoothing=0.1), x, y, **FAST)
+    check = report["overfit tiny subset"]
+    high, low = 1 - 0.1 + 0.1 / 4, 0.1 / 4
+    floor = -(high * math.log(high) + 3 * low * math.log(low))
+    assert check.values["loss_floor"] == pytest.approx(floor, rel=1e-12) and floor == pytest.approx(0.3488, abs=1e-4)
+    assert check.passed is True and check.values["accuracy"] == 1.0
+    assert check.values["final_loss"] - floor <= 0.1 * (check.values["initial_loss"] - floor)
+    assert check.values["final_loss"] > floor and "cannot go below 0.349" in check.explanation
+    assert report["initial loss"].passed                          # ln C holds for smoothed targets too
+    assert babysit(_mlp(), nn.CrossEntropyLoss(), x, y, **FAST)["overfit tiny subset"].values["loss_floor"] == 0
+
+
 def test_lr_probe_classifies_exploding_and_barely_changing():
     x, y = _data()
     report = babysit(_mlp(), SoftmaxCrossEntropy(), x, y, optimizer_factory=sgd, overfit_lr=0.05,

@@ -13,8 +13,9 @@ CS231n ("Training Neural Networks I", *babysitting the learning process*) asks f
    reported as *skipped*: there is nothing of yours to verify, and inventing a penalty would only test cynet.
 3. **Overfit a tiny subset.** ``tiny_size`` examples, regularisation off, full-batch steps: a working model,
    loss and backward pass reach 100 % training accuracy and a loss near 0 (below 10 % of the starting loss,
-   ``OVERFIT_LOSS_FRACTION``) within ``overfit_steps`` steps. A failure is explained by measurement; the first
-   matching rule names the cause:
+   ``OVERFIT_LOSS_FRACTION``) within ``overfit_steps`` steps. A loss with label smoothing cannot go below the entropy
+   of its smoothed targets: losses are then measured from that floor (10 % of the way from the floor to the start).
+   A failure is explained by measurement; the first matching rule names the cause:
 
    - a NaN/inf loss, or one above 3x the first (``EXPLODE_FACTOR``): the learning rate is too high — unless
      :func:`cynet.gradcheck.check_model` (data loss, ``GRADCHECK_ENTRIES`` = 5 entries per parameter, float64, on
@@ -434,6 +435,16 @@ def _explain_not_decreasing(session, tiny, first, last, taken, lr, values):
             f"cynet.diagnostics.activation_statistics)")
 
 
+def _loss_floor(loss, num_classes):
+    """The lowest value the data loss can take on integer labels: 0, or with label smoothing eps the entropy of the
+    smoothed one-hot target, -(h ln h + (C - 1) l ln l) with h = 1 - eps + eps / C and l = eps / C."""
+    eps = getattr(loss, "label_smoothing", 0.0)
+    if not eps or num_classes < 2:
+        return 0.0
+    high, low = 1 - eps + eps / num_classes, eps / num_classes
+    return -(high * math.log(high) + (num_classes - 1) * low * math.log(low))
+
+
 def _check_overfit(session, tiny, steps, lr):
     name = "overfit tiny subset"
     session.reset()
@@ -445,11 +456,14 @@ def _check_overfit(session, tiny, steps, lr):
     accuracy = math.nan
     reached = None
     taken = 0
+    floor = 0.0
     for step in range(1, steps + 1):
         value, scores, yb = session.step(optimizer, tiny)
         taken = step
         if step == 1:
             first = value
+            if _is_classification(scores, yb):
+                floor = _loss_floor(session.loss, int(scores.shape[-1]))
         last = value
         if not math.isfinite(value):
             break
@@ -460,7 +474,7 @@ def _check_overfit(session, tiny, steps, lr):
                 broken_at[layer] = step
         if _is_classification(scores, yb):
             accuracy = float(np.mean(np.argmax(scores, axis=1) == yb))
-        if (math.isnan(accuracy) or accuracy == 1.0) and value <= OVERFIT_LOSS_FRACTION * first:
+        if (math.isnan(accuracy) or accuracy == 1.0) and value - floor <= OVERFIT_LOSS_FRACTION * (first - floor):
             reached = step
             break
     if reached is None and math.isfinite(last):      # the loss and accuracy after the last step
@@ -474,13 +488,17 @@ def _check_overfit(session, tiny, steps, lr):
     acc_text = "" if math.isnan(accuracy) else f", train accuracy {accuracy:.0%}"
     measured = f"loss {first:.3g} -> {last:.3g}{acc_text}"
     expected = f"100% acc, loss < {OVERFIT_LOSS_FRACTION:.0%} of start"
+    if floor:
+        expected = f"100% acc, loss < floor {floor:.3g} + {OVERFIT_LOSS_FRACTION:.0%} of (start - floor)"
     values = {"initial_loss": first, "final_loss": last, "accuracy": accuracy, "steps": taken, "lr": lr,
+              "loss_floor": floor,
               "weight_change": _relative_change(start_weights, _weight_matrices(session.model)),
               "symmetric_layers": [layer for layer, _ in symmetric], "symmetry_broken_at": dict(broken_at)}
+    floor_text = f" (the label-smoothed loss cannot go below {floor:.3f})" if floor else ""
     if reached is not None:
         return Check(name, True, measured, expected,
                      f"{n} examples fitted in {reached} steps (lr {lr:g}): loss {first:.3f} -> {last:.3f}"
-                     f"{acc_text}; forward, backward and update work together", values)
+                     f"{acc_text}{floor_text}; forward, backward and update work together", values)
     exploded = math.isfinite(first) and first > 0 and peak > EXPLODE_FACTOR * first
     if not math.isfinite(last) or exploded:
         if not math.isfinite(last):
@@ -509,7 +527,7 @@ def _check_overfit(session, tiny, steps, lr):
                 f"init) and stayed so for {held} of {taken} steps (loss {first:.3f} -> {last:.3f}{acc_text}): "
                 f"for that long each such layer acted as a single unit — initialise with small random weights "
                 f"(Xavier/He)")
-    elif last >= (1 - NOT_DECREASING) * first:
+    elif last - floor >= (1 - NOT_DECREASING) * (first - floor):
         text = _explain_not_decreasing(session, tiny, first, last, taken, lr, values)
     else:
         text = (f"the loss decreases but stalls ({first:.3f} -> {last:.3f}{acc_text} after {taken} steps, lr "
