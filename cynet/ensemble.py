@@ -53,13 +53,9 @@ def softmax(scores):
 
 @contextlib.contextmanager
 def _eval_mode(model):
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
+    with model.modes_restored():
+        model.eval()
         yield
-    finally:
-        for module, mode in modes:
-            object.__setattr__(module, "training", mode)
 
 
 def _model_dtype(model):

@@ -14,7 +14,9 @@ The variance-preserving rules keep :math:`\mathrm{Var}(y) \approx \mathrm{Var}(x
 - Xavier/Glorot (tanh, linear units): :math:`\text{std} = g \sqrt{2 / (\text{fan\_in} + \text{fan\_out})}`;
 - Kaiming/He (ReLU units, half of whose inputs are zeroed): :math:`\text{std} = g / \sqrt{\text{fan}}` with
   :math:`g = \sqrt 2`;
-- orthogonal (deep and recurrent nets): :math:`W W^T = g^2 I` (or :math:`W^T W`).
+- orthogonal (deep and recurrent nets): :math:`W W^T = g^2 I` (or :math:`W^T W`);
+- data-driven, :func:`lsuv_` (Mishkin & Matas): orthonormal weights scaled, layer after layer, until each layer's
+  output on a batch of real inputs has unit variance, whatever the nonlinearities.
 
 A uniform distribution :math:`U(-b, b)` has std :math:`b / \sqrt 3`, so the ``*_uniform_`` variants use
 :math:`b = \sqrt 3 \cdot \text{std}`.
@@ -42,7 +44,7 @@ from cynet._validation import describe
 __all__ = [
     "calculate_gain", "fan_in_and_fan_out", "zeros_", "ones_", "constant_", "normal_", "uniform_",
     "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "default_bias_",
-    "get_initializer", "INITIALIZERS",
+    "get_initializer", "INITIALIZERS", "lsuv_", "LSUVReport", "LSUVLayer",
 ]
 
 _LINEAR_FNS = ("linear", "identity", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
@@ -521,3 +523,123 @@ def get_initializer(spec):
         custom.__name__ = getattr(spec, "__name__", "custom")
         return custom
     raise TypeError(f"cynet.init.get_initializer: expected an initialiser name or a callable, got {spec!r}")
+
+
+# --- data-driven: layer-sequential unit-variance initialisation -------------------------------------------------------
+class LSUVLayer(tuple):
+    """One layer's record from :func:`lsuv_`: ``(name, kind, std_before, std_after, scale, iterations)``."""
+
+    __slots__ = ()
+    _fields = ("name", "kind", "std_before", "std_after", "scale", "iterations")
+
+    def __new__(cls, *values):
+        return tuple.__new__(cls, values)
+
+    name = property(lambda self: self[0])
+    kind = property(lambda self: self[1])
+    std_before = property(lambda self: self[2])
+    std_after = property(lambda self: self[3])
+    scale = property(lambda self: self[4])
+    iterations = property(lambda self: self[5])
+
+
+class LSUVReport(list):
+    """The layers :func:`lsuv_` scaled, in forward order (a list of :class:`LSUVLayer`), printable as a table."""
+
+    def __str__(self):
+        lines = [f"{'layer':<12} {'kind':<8} {'std before':>11} {'std after':>10} {'scale':>10} {'iterations':>10}"]
+        for r in self:
+            lines.append(f"{r.name:<12} {r.kind:<8} {r.std_before:>11.4g} {r.std_after:>10.4g} {r.scale:>10.4g} "
+                         f"{r.iterations:>10}")
+        return "\n".join(lines)
+
+
+def _output_std(model, x, layer_name, layer):
+    """The standard deviation (float64) of ``layer``'s output in a forward pass of ``x`` through ``model``."""
+    from cynet.diagnostics.init_lab import recording
+
+    outputs = []
+    with recording([(layer_name, layer)], outputs):
+        model.forward(x)
+    std = float(np.std(np.asarray(outputs[-1][2], dtype=np.float64)))
+    if not math.isfinite(std) or std == 0:
+        raise ValueError(f"lsuv_: the output of layer {layer_name!r} ({type(layer).__name__}) has std {std} on this "
+                         f"batch: nothing to scale (constant input or dead units)")
+    return std
+
+
+def lsuv_(model, x, *, target_std=1.0, tol=0.02, max_iter=10, orthogonal=True, generator=None):
+    r"""Layer-sequential unit-variance (LSUV) initialisation (Mishkin & Matas, "All you need is a good init", 2016):
+    the data-driven initialisation the lecture lists after Xavier and He.
+
+    Every layer with a weight matrix (Linear, Maxout: a ``weight`` of two or more dimensions), in forward order:
+    optionally re-drawn orthonormal (:func:`orthogonal_`), then scaled by ``target_std / std`` where ``std`` is the
+    standard deviation of its output on the batch ``x``, repeated until that std is within ``tol`` (relative) of
+    ``target_std`` or ``max_iter`` scalings were made. Each layer is measured after the layers before it are done,
+    so every layer's output on this batch ends with unit variance whatever the nonlinearities in between: unlike the
+    closed-form rules, the scale comes from the data. The forward passes run in evaluation mode (no dropout;
+    batch norm with its running statistics), and every module's mode is restored afterwards.
+
+    .. math:: W_\ell \leftarrow W_\ell \cdot \frac{\sigma^*}{\operatorname{std}(y_\ell(x))}
+
+    Args:
+        model (Module): the model (modified in place).
+        x (ndarray): a batch of inputs of the model's dtype (a few hundred examples).
+        target_std (float): :math:`\sigma^*` > 0. Default 1.
+        tol (float): relative tolerance on the std, > 0. Default 0.02.
+        max_iter (int): most scalings per layer, >= 1. Default 10.
+        orthogonal (bool): orthonormal weights first, as in the paper. Default True.
+        generator: seed or Generator for the orthonormal draw (default: the global one).
+
+    Returns:
+        LSUVReport: per layer its name, kind, output std with the weights it had (its inputs already scaled) and
+        after, the total scale applied after the orthonormal draw, and the number of scalings.
+
+    Raises:
+        ValueError: no layer with a weight matrix, invalid settings, or a layer whose output has zero or non-finite
+            std on ``x`` (nothing to scale: constant input or dead units).
+
+    Example:
+        >>> import numpy as np, cynet
+        >>> from cynet import init, nn
+        >>> _ = cynet.manual_seed(0)
+        >>> model = nn.Sequential(*[m for _ in range(5) for m in (nn.Linear(64, 64, init="normal"), nn.Tanh())])
+        >>> x = np.random.default_rng(0).standard_normal((256, 64)).astype(np.float32)
+        >>> report = init.lsuv_(model, x)
+        >>> [round(r.std_after, 1) for r in report]
+        [1.0, 1.0, 1.0, 1.0, 1.0]
+    """
+    from cynet.nn.module import Module, Parameter
+
+    name = "lsuv_"
+    if not isinstance(model, Module):
+        raise TypeError(f"{name}: model must be a cynet.nn.Module, got {type(model).__name__}")
+    target_std = _real(name, "target_std", target_std)
+    tol = _real(name, "tol", tol)
+    if target_std <= 0 or tol <= 0:
+        raise ValueError(f"{name}: target_std and tol must be > 0, got {target_std} and {tol}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
+        raise ValueError(f"{name}: max_iter must be an int >= 1, got {max_iter!r}")
+    layers = [(layer_name or type(m).__name__, m) for layer_name, m in model.named_modules()
+              if isinstance(getattr(m, "weight", None), Parameter) and m.weight.data.ndim >= 2]
+    if not layers:
+        raise ValueError(f"{name}: {type(model).__name__} has no layer with a weight matrix to initialise")
+    rng = resolve_generator(generator)
+    report = LSUVReport()
+    with model.modes_restored():
+        model.eval()
+        for layer_name, layer in layers:
+            weight = layer.weight.data
+            std = before = _output_std(model, x, layer_name, layer)
+            if orthogonal:
+                orthogonal_(weight, generator=rng)
+                std = _output_std(model, x, layer_name, layer)
+            total, iterations = 1.0, 0
+            while abs(std / target_std - 1) > tol and iterations < max_iter:
+                factor = target_std / std
+                weight *= weight.dtype.type(factor)
+                total *= factor
+                iterations += 1
+                std = _output_std(model, x, layer_name, layer)
+            report.append(LSUVLayer(layer_name, type(layer).__name__, before, std, total, iterations))
+    return report

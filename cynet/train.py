@@ -626,13 +626,9 @@ class Trainer:
     @contextlib.contextmanager
     def _eval_mode(self):
         """Evaluation mode for the block; every module's own previous mode comes back afterwards, even on error."""
-        modes = [(module, module.training) for module in self.model.modules()]
-        self.model.eval()
-        try:
+        with self.model.modes_restored():
+            self.model.eval()
             yield
-        finally:
-            for module, mode in modes:
-                object.__setattr__(module, "training", mode)
 
     def stop(self, reason):
         """Ask :meth:`fit` to stop after the current batch (for callbacks); ``reason`` goes to :attr:`stop_reason`."""

@@ -681,7 +681,6 @@ def babysit(model, loss, x, y, *, optimizer_factory=None, regularization=None, n
 
     params = model.parameters()
     dtype = params[0].data.dtype if params else None
-    modes = [(module, module.training) for module in model.modules()]
     rng_state = get_rng_state()
     session = _Session(model, loss, factory, x, y, dtype)
     rng = np.random.default_rng(seed)
@@ -689,18 +688,17 @@ def babysit(model, loss, x, y, *, optimizer_factory=None, regularization=None, n
     sample = np.sort(rng.choice(n, size=min(EVAL_SAMPLE, n), replace=False))
     tiny = np.sort(rng.choice(n, size=min(int(tiny_size), n), replace=False))
     report = BabysitReport()
-    try:
-        model.train()
-        check, data_loss = _check_initial_loss(session, sample, loss, num_classes)
-        report.checks.append(check)
-        report.checks.append(_check_regularization(session, regularization, data_loss))
-        report.checks.append(_check_overfit(session, tiny, int(overfit_steps), float(overfit_lr)))
-        report.checks.append(_check_lr_probe(report, session, sample, rates, int(probe_steps), int(batch_size),
-                                             rng))
-    finally:
-        session.reset()
-        for module, mode in modes:
-            object.__setattr__(module, "training", mode)
-        set_rng_state(rng_state)
+    with model.modes_restored():
+        try:
+            model.train()
+            check, data_loss = _check_initial_loss(session, sample, loss, num_classes)
+            report.checks.append(check)
+            report.checks.append(_check_regularization(session, regularization, data_loss))
+            report.checks.append(_check_overfit(session, tiny, int(overfit_steps), float(overfit_lr)))
+            report.checks.append(_check_lr_probe(report, session, sample, rates, int(probe_steps), int(batch_size),
+                                                 rng))
+        finally:
+            session.reset()
+            set_rng_state(rng_state)
     report.seconds = time.perf_counter() - start
     return report

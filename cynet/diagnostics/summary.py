@@ -98,15 +98,10 @@ def summary(model, input_shape, dtype=np.float32, batch_size=2):
     if any(d < 1 for d in input_shape) or isinstance(batch_size, bool) or int(batch_size) < 1:
         raise ValueError(f"summary: input_shape {input_shape} and batch_size {batch_size!r} must be positive")
     leaves = [(name, m) for name, m in model.named_modules() if not m._modules]
-    modes = [(m, m.training) for m in model.modules()]
     sink = []
-    model.eval()
-    try:
-        with recording(leaves, sink):
-            model.forward(np.zeros((int(batch_size),) + input_shape, dtype))
-    finally:
-        for module, mode in modes:
-            object.__setattr__(module, "training", mode)
+    with model.modes_restored(), recording(leaves, sink):
+        model.eval()
+        model.forward(np.zeros((int(batch_size),) + input_shape, dtype))
     result = ModelSummary(input_shape=input_shape, dtype=np.dtype(dtype))
     for name, module, out in sink:
         params = list(module.parameters())

@@ -11,6 +11,7 @@ In-place activations (``nn.ReLU(inplace=True)``, ...) write their output into th
 version counters, :class:`Sequential` checks each of them before it runs: its input must not be (a view of) an array
 that an earlier module keeps for its backward (a Sigmoid's output, say), nor the caller's own input.
 """
+import contextlib
 import contextvars
 from collections import OrderedDict
 
@@ -256,6 +257,26 @@ class Module:
     def eval(self):
         """Evaluation mode: ``train(False)``."""
         return self.train(False)
+
+    @contextlib.contextmanager
+    def modes_restored(self):
+        """Within the block, switch this module and its descendants between training and evaluation freely: each
+        module's own mode comes back on exit, also on error (the tools that evaluate a model on the side use it).
+
+        Example:
+            >>> from cynet import nn
+            >>> model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+            >>> with model.modes_restored():
+            ...     _ = model.eval()
+            >>> model.training, model[1].training
+            (True, True)
+        """
+        modes = [(module, module.training) for module in self.modules()]
+        try:
+            yield self
+        finally:
+            for module, mode in modes:
+                object.__setattr__(module, "training", mode)
 
     def zero_grad(self):
         """Reset every parameter's gradient to zero."""

@@ -624,9 +624,15 @@ def recompute_batchnorm_statistics(model, x, batch_size=256):
     if x.ndim < 1 or x.shape[0] < 2:
         raise ValueError(f"recompute_batchnorm_statistics: need at least 2 samples, got {describe(x)}")
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    modes = [(m, m.training) for m in model.modules()]
     saved = [(bn, bn.momentum, bn._frozen_stats) for bn in norms]
     frozen_params = [(p, p.requires_grad) for bn in norms for p in bn.parameters()]
+    with model.modes_restored():
+        _recompute_statistics(model, x, batch_size, norms, saved, frozen_params)
+    return model
+
+
+def _recompute_statistics(model, x, batch_size, norms, saved, frozen_params):
+    """recompute_batchnorm_statistics's passes; the momenta, frozen states and requires_grad flags come back."""
     try:
         model.eval()
         for bn in norms:
@@ -639,15 +645,12 @@ def recompute_batchnorm_statistics(model, x, batch_size=256):
         for s in _batch_slices(x.shape[0], batch_size):
             model(x[s])
     finally:
-        for module, training in modes:
-            object.__setattr__(module, "training", training)
         for bn, momentum, frozen in saved:
             bn.momentum = momentum
             bn._frozen_stats = frozen
             bn._cache = None
         for p, requires_grad in frozen_params:
             p.requires_grad = requires_grad
-    return model
 
 
 def fold_batchnorm(model):
