@@ -281,3 +281,19 @@ def condition_number(spec, x):
     with np.errstate(all="ignore"):
         kappa = np.abs(x.astype(LD) * truth_derivative(spec, x) / truth_forward(spec, x))
     return np.where(np.isfinite(kappa), kappa, 0).astype(np.float64)
+
+
+def assert_resumes_exactly(make_trainer, x, y, path, reference, *, epochs, first_epochs=1, batch_size=16):
+    """A trainer fitted for ``first_epochs``, saved to ``path`` with :func:`cynet.checkpoint.save_trainer`, loaded into
+    a fresh ``make_trainer()`` and fitted on to ``epochs`` ends with exactly the weights of ``reference``, a trainer
+    fitted straight to ``epochs``."""
+    from cynet import checkpoint
+
+    first = make_trainer()
+    first.fit(x, y, epochs=first_epochs, batch_size=batch_size)
+    checkpoint.save_trainer(path, first)
+    resumed = make_trainer()
+    checkpoint.load_trainer(path, resumed)
+    resumed.fit(x, y, epochs=epochs, batch_size=batch_size)
+    for p, q in zip(resumed.model.parameters(), reference.model.parameters()):
+        np.testing.assert_array_equal(p.data, q.data)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 import cynet
-from cynet import checkpoint, nn, optim
+from cynet import nn, optim
 from cynet.data import Cutout, Mixup
 from cynet.nn.loss import SoftmaxCrossEntropy
 from cynet.train import Trainer
-from _helpers import numerical_gradient, relative_error
+from _helpers import assert_resumes_exactly, numerical_gradient, relative_error
 
 try:
     import torch
@@ -225,14 +225,6 @@ def test_trainer_mixup_trains_reproducibly_resumes_exactly_and_leaves_evaluation
     first.model.train()
     assert acc == np.mean(np.argmax(scores, axis=1) == y) and np.isfinite(loss)
 
-    resumed = _trainer()
-    resumed.fit(x, y, epochs=1, batch_size=32)
-    path = tmp_path / "mixup.npz"
-    checkpoint.save_trainer(path, resumed)
-    again = _trainer()
-    checkpoint.load_trainer(path, again)
-    again.fit(x, y, epochs=3, batch_size=32)
-    for p, q in zip(again.model.parameters(), first.model.parameters()):
-        np.testing.assert_array_equal(p.data, q.data)
+    assert_resumes_exactly(_trainer, x, y, tmp_path / "mixup.npz", first, epochs=3, batch_size=32)
     with pytest.raises(TypeError, match="mixup must be callable"):
         _trainer(mixup=0.2)

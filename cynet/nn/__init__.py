@@ -4,7 +4,8 @@ See :mod:`cynet.nn.module` for the contract (``forward``, ``backward(dout, input
 """
 from cynet.nn.module import Module, ModuleList, Parameter, Sequential
 from cynet.nn.layers import (
-    ELU, GELU, SELU, Dropout, Flatten, Identity, LeakyReLU, Linear, Maxout, PReLU, ReLU, Sigmoid, SiLU, Tanh,
+    ELU, GELU, SELU, DropConnectLinear, Dropout, Flatten, Identity, LeakyReLU, Linear, Maxout, PReLU, ReLU, Sigmoid,
+    SiLU, Tanh,
 )
 from cynet.nn.loss import (CrossEntropyLoss, L1Penalty, L2Penalty, MSELoss, MulticlassSVM, PenaltySum,
                            SoftmaxCrossEntropy)
@@ -15,7 +16,7 @@ from cynet.nn.normalization import (
 
 __all__ = [
     "Module", "ModuleList", "Parameter", "Sequential", "Linear", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU",
-    "ELU", "SELU", "GELU", "SiLU", "Maxout", "Dropout", "Flatten", "Identity", "BatchNorm1d", "BatchNorm2d",
+    "ELU", "SELU", "GELU", "SiLU", "Maxout", "Dropout", "DropConnectLinear", "Flatten", "Identity", "BatchNorm1d", "BatchNorm2d",
     "LayerNorm", "GroupNorm", "fold_batchnorm", "recompute_batchnorm_statistics", "SoftmaxCrossEntropy",
     "CrossEntropyLoss", "MulticlassSVM", "MSELoss", "L2Penalty", "L1Penalty", "PenaltySum",
 ]

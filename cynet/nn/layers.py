@@ -116,11 +116,26 @@ class Linear(Module):
 
     def forward(self, x):
         x = self._check_input(x)
-        y = np.matmul(x, self.weight.data.T)
+        y = np.matmul(x, self._forward_weight().T)
         if self.bias is not None:
             y += self.bias.data
         self._x = x
         return y
+
+    def _forward_weight(self):
+        """The weight matrix this forward pass uses (subclasses: a dropped one)."""
+        return self.weight.data
+
+    def _backward_weight(self):
+        """The weight matrix the last forward used, for dx."""
+        return self.weight.data
+
+    def _weight_gradient(self, dout, x, grad, fresh):
+        """Write (``fresh``) or add ``dout^T x`` into ``grad``."""
+        if fresh:
+            np.matmul(dout.T, x, out=grad)
+        else:
+            grad += np.matmul(dout.T, x)
 
     def backward(self, dout, *, input_grad=True):
         x = _cached(self, "_x")
@@ -129,11 +144,7 @@ class Linear(Module):
             raise ValueError(f"{self!r}: dout must be a {x.dtype} array of shape {(x.shape[0], self.out_features)}, "
                              f"got {describe(dout)}")
         if self.weight.requires_grad:
-            grad, fresh = self.weight.grad_target()
-            if fresh:
-                np.matmul(dout.T, x, out=grad)
-            else:
-                grad += np.matmul(dout.T, x)
+            self._weight_gradient(dout, x, *self.weight.grad_target())
         if self.bias is not None and self.bias.requires_grad:
             grad, fresh = self.bias.grad_target()
             if fresh:
@@ -142,7 +153,7 @@ class Linear(Module):
                 grad += dout.sum(axis=0)
         if not input_grad:
             return None
-        return np.matmul(dout, self.weight.data)
+        return np.matmul(dout, self._backward_weight())
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -481,6 +492,80 @@ class Maxout(Module):
 
     def extra_repr(self):
         return f"in_features={self.linear.in_features}, out_features={self.out_features}, pieces={self.pieces}"
+
+
+class DropConnectLinear(Linear):
+    r"""A fully connected layer with DropConnect (Wan et al., 2013): in training each *weight*, rather than each
+    activation as in :class:`Dropout`, is dropped with probability p, the survivors scaled by :math:`1/(1-p)`.
+
+    .. math::
+        y = x \tilde W^T + b, \qquad \tilde W = W \odot M / (1 - p), \quad M_{kj} \sim \text{Bernoulli}(1 - p)
+
+    One mask per forward pass, shared by the batch (the paper draws one per example, which costs a weight matrix per
+    example); the bias is not dropped. Backward: :math:`dW = (dout^T x) \odot M / (1 - p)`,
+    :math:`dx = dout\,\tilde W`. Evaluation uses :math:`W` itself (the inverted scaling makes its expectation
+    :math:`\tilde W`'s; the paper's moment-matching inference is not done). ``reuse_mask = True`` keeps the last
+    mask for the next passes (gradient checks set it).
+
+    Args:
+        in_features, out_features, bias, init, dtype: as :class:`Linear`.
+        p (float): drop probability of each weight, in [0, 1). Default 0.5.
+        generator: a seed or :class:`numpy.random.Generator` for the initial weights and then the masks (default:
+            the global one).
+
+    Shape:
+        x (N, D) -> y (N, M); weight (M, D), bias (M,).
+
+    Example:
+        >>> import numpy as np, cynet
+        >>> from cynet import nn
+        >>> layer = nn.DropConnectLinear(100, 50, p=0.5, init="he", generator=0)
+        >>> y = layer(np.ones((2, 100), np.float32))
+        >>> kept = layer._mask != 0                            # this pass's surviving weights
+        >>> bool(abs(kept.mean() - 0.5) < 0.02), sorted(set(layer._mask.ravel().tolist()))
+        (True, [0.0, 2.0])
+    """
+
+    def __init__(self, in_features, out_features, bias=True, init="default", dtype=np.float32, generator=None, *,
+                 p=0.5):
+        generator = None if generator is None else resolve_generator(generator)
+        super().__init__(in_features, out_features, bias=bias, init=init, dtype=dtype, generator=generator)
+        p = ops._finite_number("DropConnectLinear", "p", p)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"DropConnectLinear: p must lie in [0, 1), got {p}")
+        self.p = p
+        self.generator = generator
+        self.reuse_mask = False
+        self._mask = None           # keep-mask scaled by 1/(1-p), the weights' dtype; None when the weights are W
+        self._dropped = None        # W * mask of the last training pass
+
+    def _forward_weight(self):
+        w = self.weight.data
+        if not self.training or self.p == 0.0:
+            self._mask = self._dropped = None
+            return w
+        if not (self.reuse_mask and self._mask is not None and self._mask.shape == w.shape):
+            keep = resolve_generator(self.generator).random(w.shape, dtype=w.dtype) >= self.p
+            self._mask = keep.astype(w.dtype)
+            self._mask *= w.dtype.type(1.0 / (1.0 - self.p))
+        self._dropped = np.multiply(w, self._mask)
+        return self._dropped
+
+    def _backward_weight(self):
+        return self.weight.data if self._dropped is None else self._dropped
+
+    def _weight_gradient(self, dout, x, grad, fresh):
+        if self._mask is None:
+            return super()._weight_gradient(dout, x, grad, fresh)
+        masked = np.matmul(dout.T, x)
+        masked *= self._mask
+        if fresh:
+            np.copyto(grad, masked)
+        else:
+            grad += masked
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, p={self.p}"
 
 
 # --- Dropout, Flatten ------------------------------------------------------------------------------------------------
