@@ -1,7 +1,8 @@
 """The lecture's initialisation experiment: a 10-layer, 500-unit net on unit-Gaussian data, per-layer statistics.
 
-Prints, for tanh and ReLU and each weight scale (0.01, 1.0, Xavier, He, zeros), the mean and std of every layer's
-activations and a verdict computed from the numbers; ``--plots DIR`` also draws each run's per-layer histograms.
+Prints, for tanh and ReLU and each weight scale (0.01, 1.0, Xavier, He, zeros, and LSUV from the data), the mean and
+std of every layer's activations and a verdict computed from the numbers; ``--plots DIR`` also draws each run's
+per-layer histograms.
 
 Usage:
     python examples/init_lab.py

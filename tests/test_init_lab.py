@@ -71,6 +71,17 @@ def test_he_relu_keeps_the_std_constant():
     assert result.verdict == "healthy"
 
 
+@pytest.mark.parametrize("nonlinearity,post_std", [("tanh", 0.63), ("relu", 0.58)])
+def test_lsuv_makes_every_layer_healthy_from_the_data(nonlinearity, post_std):
+    """Each Linear's output has unit std on the input, so every layer's activations have the std of f(N(0, 1)):
+    E[tanh(z)^2] = 0.394 (std 0.63), and for ReLU the std of max(z, 0), sqrt(1/2 - 1/(2 pi)) = 0.58."""
+    result = init_experiment(nonlinearity, "lsuv", layers=6, width=100, samples=400)
+    assert result.verdict == "healthy"
+    np.testing.assert_allclose(result.stds, post_std, rtol=0.08)
+    assert result.weight_std == pytest.approx(1 / math.sqrt(100), rel=1e-3)     # orthonormal rows, no rescaling
+    assert math.sqrt(0.5 - 1 / (2 * math.pi)) == pytest.approx(0.58, abs=0.005)
+
+
 def test_large_relu_explodes():
     assert init_experiment("relu", "large", layers=4, width=100, samples=100).verdict == "exploding"
 

@@ -12,6 +12,8 @@ xavier    :math:`1/\sqrt{fan_{in}}`   tanh: healthy; ReLU: the variance halves p
 he        :math:`\sqrt{2/fan_{in}}`   ReLU: std stays roughly constant
 zeros     0                           every unit of a layer identical, before and after training: no symmetry
                                       breaking
+lsuv      from the data               :func:`cynet.init.lsuv_`: orthonormal, then each layer scaled until its
+                                      output std on the input is 1: healthy for either nonlinearity
 ========  ==========================  =====================================================================
 
 :func:`init_experiment` builds that net and turns the numbers into a verdict, by these rules in this order:
@@ -43,7 +45,7 @@ from cynet.nn.module import Module, Sequential
 __all__ = ["LayerStats", "InitExperiment", "activation_statistics", "init_experiment", "INIT_SCALES"]
 
 ACTIVATION_TYPES = (_Elementwise, PReLU, Maxout)
-INIT_SCALES = ("small", "large", "xavier", "he", "zeros")
+INIT_SCALES = ("small", "large", "xavier", "he", "zeros", "lsuv")
 EXPLODE_RATIO = 1e3
 COLLAPSE_RATIO = 1e-3
 SATURATED_MAJORITY = 0.5
@@ -249,7 +251,7 @@ class InitExperiment:
 
 
 def _weight_std(init, fan_in):
-    if init == "small":
+    if init in ("small", "lsuv"):       # lsuv: a small draw, then lsuv_ sets each layer from the data
         return 0.01
     if init == "large":
         return 1.0
@@ -287,14 +289,16 @@ def init_experiment(nonlinearity="tanh", init="xavier", layers=10, width=500, sa
 
     ``layers`` bias-free Linear layers of ``width`` units, each followed by the nonlinearity, on a
     ``(samples, width)`` standard normal input (float64); weights normal with std 0.01 ("small"), 1.0 ("large"),
-    :math:`1/\sqrt{fan_{in}}` ("xavier", as in the lecture), :math:`\sqrt{2/fan_{in}}` ("he") or 0 ("zeros").
+    :math:`1/\sqrt{fan_{in}}` ("xavier", as in the lecture), :math:`\sqrt{2/fan_{in}}` ("he") or 0 ("zeros"), or
+    drawn small and then set by :func:`cynet.init.lsuv_` on the input itself ("lsuv"; ``weight_std`` is then the
+    first layer's).
     After recording the activations it takes one SGD step (lr 0.1) on a mean-squared loss against a random target
     and checks whether every layer's units still share the same weights. The verdict rules are in
     :mod:`cynet.diagnostics.init_lab`.
 
     Args:
         nonlinearity (str): "tanh" (default), "relu" or "sigmoid".
-        init (str): "small", "large", "xavier" (default), "he" or "zeros".
+        init (str): "small", "large", "xavier" (default), "he", "zeros" or "lsuv".
         layers (int): depth. Default 10.
         width (int): units per layer (and input features). Default 500.
         samples (int): input rows. Default 1000.
@@ -328,6 +332,11 @@ def init_experiment(nonlinearity="tanh", init="xavier", layers=10, width=500, sa
         linear.weight.data[...] = rng.standard_normal((width, width)) * std
         modules += [linear, activations[nonlinearity]()]
     net = Sequential(*modules)
+    if init == "lsuv":
+        from cynet.init import lsuv_
+
+        lsuv_(net, x, generator=rng)
+        std = float(np.std(modules[0].weight.data))
     result = InitExperiment(nonlinearity, init, std)
     sink = []
     with recording([(str(i // 2 + 1), m) for i, m in enumerate(modules) if i % 2 == 1], sink):
