@@ -53,3 +53,17 @@ def test_train_cifar10_sanity_checks_pass_for_the_default_model(tmp_path, capsys
     assert re.search(r"\[PASS\] initial loss: expected 2\.303", printed), printed
     assert "[PASS] overfit tiny subset" in printed
     assert "[PASS] regularization raises loss" in printed
+
+
+def test_regularization_lab_compares_every_method_on_the_subset(capsys, no_cifar_data):
+    example = load_example("regularization_lab")
+    results = example.main(["--train", "300", "--val", "200", "--epochs", "2", "--batch-size", "50"])
+    printed = capsys.readouterr().out
+    names = [r["name"] for r in results]
+    assert names[0] == "none" and len(names) == 8 and len(set(names)) == 8
+    for r in results:
+        assert 0.0 <= r["val_acc"] <= 1.0 and 0.0 <= r["train_acc"] <= 1.0
+        assert r["gap"] == pytest.approx(r["train_acc"] - r["val_acc"])
+        assert r["name"] in printed
+    assert "300 training and 200 validation images from packaged" in printed
+    assert "smallest gap:" in printed.splitlines()[-1]
