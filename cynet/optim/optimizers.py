@@ -4,7 +4,8 @@ Each ``step()`` updates every learning parameter with ONE fused Cython kernel ca
 reads p, the gradient and the rule's state and writes p and the state in a single pass (no temporaries, no NumPy ops),
 in the parameter's precision, split over :func:`cynet.kernel_threads` threads (elementwise, so every thread count
 gives the same bits). The formulas and the order of operations are those of ``torch.optim`` (its single-tensor path),
-so float64 results agree with PyTorch step for step.
+so float64 results agree with PyTorch step for step. Parameter groups (:class:`ParamGroup`) give parts of a model
+their own settings, as in PyTorch; each parameter is updated with its group's.
 
 Per-parameter state (momentum buffers, squared-gradient averages, Adam's moments) is allocated lazily, at a
 parameter's first step, in its dtype. Frozen parameters (``requires_grad=False``) are skipped: neither their data nor
@@ -16,7 +17,8 @@ sets gradients to ``None``, would skip such a parameter).
 
 :meth:`Optimizer.state_dict` is flat and storable without pickle: string keys, values that are ndarrays or JSON
 scalars, for example ``{"type": "SGD", "lr": 0.1, "momentum": 0.9, ..., "step": 3,
-"state.0.momentum_buffer": ndarray}``, where 0 is the parameter's index in :attr:`Optimizer.params`.
+"state.0.momentum_buffer": ndarray}``, where 0 is the parameter's index in :attr:`Optimizer.params`; with several
+parameter groups the settings are ``group.<g>.<setting>`` beside ``n_groups`` and ``group.<g>.n_params``.
 """
 import math
 import numbers
