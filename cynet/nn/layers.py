@@ -45,6 +45,17 @@ def _check_writeable_input(module, x):
         raise ValueError(f"{module!r}: an in-place input must be writeable, got a read-only {describe(x)}")
 
 
+def _add_bias_gradient(bias, dout, axis):
+    """Write (first gradient since zero_grad) or add ``dout.sum(axis)`` into ``bias.grad``, unless it is frozen."""
+    if bias is None or not bias.requires_grad:
+        return
+    grad, fresh = bias.grad_target()
+    if fresh:
+        np.sum(dout, axis=axis, out=grad)
+    else:
+        grad += dout.sum(axis=axis)
+
+
 def _cached(module, attribute):
     value = getattr(module, attribute, None)
     if value is None:
@@ -145,12 +156,7 @@ class Linear(Module):
                              f"got {describe(dout)}")
         if self.weight.requires_grad:
             self._weight_gradient(dout, x, *self.weight.grad_target())
-        if self.bias is not None and self.bias.requires_grad:
-            grad, fresh = self.bias.grad_target()
-            if fresh:
-                np.sum(dout, axis=0, out=grad)
-            else:
-                grad += dout.sum(axis=0)
+        _add_bias_gradient(self.bias, dout, 0)
         if not input_grad:
             return None
         return np.matmul(dout, self._backward_weight())

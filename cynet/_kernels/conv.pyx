@@ -1,0 +1,231 @@
+"""Convolution and pooling kernels: im2col / col2im for Conv2d's matrix products, and 2-d max pooling.
+
+Private: only ``cynet.nn.conv`` calls these. Contract of every kernel here:
+- arrays are C-contiguous memoryviews of one floating type (float32 or float64); shapes are validated by the caller
+  and re-checked here where a wrong one would be out of bounds (a ValueError before any work);
+- no allocation and no Python object inside the loops: the GIL is released for the whole computation;
+- the result does not depend on ``n_threads``: im2col writes each row of ``cols`` from one thread; col2im and the
+  pooling backward accumulate each input channel (plane) on one thread, in a fixed order.
+
+Layout of the column matrix (the Caffe convention, with the batch inside the columns so that one matrix product
+covers the whole batch): for a (N, C, H, W) input, a kh x kw kernel, stride s and zero padding p,
+OH = (H + 2p - kh) // s + 1, OW = (W + 2p - kw) // s + 1, K = C kh kw, L = OH OW:
+
+    cols[(c kh + a) kw + b, (n OH + i) OW + j] = x[n, c, i s - p + a, j s - p + b]   (0 outside the image)
+
+so that Conv2d's forward is ``W.reshape(F, K) @ cols`` (F, N L).
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t
+
+from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS
+
+
+cdef inline int _threads(Py_ssize_t work, Py_ssize_t tasks, int n_threads) noexcept nogil:
+    """Threads for `tasks` independent tasks worth `work` elements: 1 (serial) below PARALLEL_MIN_ELEMENTS."""
+    if n_threads <= 1 or work < PARALLEL_MIN_ELEMENTS or tasks < 2:
+        return 1
+    return n_threads if n_threads < tasks else <int>tasks
+
+
+cdef inline void _valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size, Py_ssize_t n_out,
+                              Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """[lo, hi): the outputs o < n_out whose input position o * stride + offset lies in [0, size)."""
+    cdef Py_ssize_t first = 0, last
+    if offset < 0:
+        first = (-offset + stride - 1) // stride
+    if offset >= size:
+        lo[0] = hi[0] = n_out
+        return
+    last = (size - 1 - offset) // stride + 1
+    lo[0] = min(first, n_out)
+    hi[0] = max(lo[0], min(last, n_out))
+
+
+def output_size(Py_ssize_t size, Py_ssize_t kernel, Py_ssize_t stride, Py_ssize_t pad):
+    """(size + 2 pad - kernel) // stride + 1: the positions of a kernel sliding over a padded axis (<= 0: none)."""
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# im2col: one row of cols per (c, a, b), each row written by one thread; a row holds, image after image and output
+# row after output row, the input values under kernel position (a, b) (zero where that falls in the padding).
+
+cdef void _im2col_row(const floating* x, floating* row, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                      Py_ssize_t c, Py_ssize_t a, Py_ssize_t b, Py_ssize_t stride, Py_ssize_t pad, Py_ssize_t OH,
+                      Py_ssize_t OW) noexcept nogil:
+    cdef Py_ssize_t n, i, j, j0, j1, src_i
+    cdef const floating* plane
+    cdef const floating* line
+    cdef floating* out
+    _valid_range(b - pad, stride, W, OW, &j0, &j1)
+    for n in range(N):
+        plane = x + (n * C + c) * H * W
+        for i in range(OH):
+            out = row + (n * OH + i) * OW
+            src_i = i * stride - pad + a
+            if src_i < 0 or src_i >= H:
+                for j in range(OW):
+                    out[j] = 0
+                continue
+            line = plane + src_i * W + (b - pad)
+            for j in range(j0):
+                out[j] = 0
+            if stride == 1:
+                for j in range(j0, j1):
+                    out[j] = line[j]
+            else:
+                for j in range(j0, j1):
+                    out[j] = line[j * stride]
+            for j in range(j1, OW):
+                out[j] = 0
+
+
+def _check_columns(str op, Py_ssize_t rows, Py_ssize_t columns, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H,
+                   Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride, Py_ssize_t pad):
+    """ValueError unless the settings are valid and the column matrix is (C kh kw, N OH OW) for the image shape."""
+    cdef Py_ssize_t OH = (H + 2 * pad - kh) // stride + 1, OW = (W + 2 * pad - kw) // stride + 1
+    if kh < 1 or kw < 1 or stride < 1 or pad < 0 or OH < 1 or OW < 1 or rows != C * kh * kw \
+            or columns != N * OH * OW:
+        raise ValueError(f"cynet._kernels.conv.{op}: the columns must be ({C * kh * kw}, {N * OH * OW}) for images "
+                         f"{(N, C, H, W)}, kernel ({kh}, {kw}), stride {stride}, padding {pad}; got ({rows}, "
+                         f"{columns})")
+
+
+def im2col(const floating[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride, Py_ssize_t pad,
+           floating[:, ::1] cols, int n_threads):
+    """Fill ``cols`` (C kh kw, N OH OW) from ``x`` (N, C, H, W) (see the module docstring)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    _check_columns("im2col", cols.shape[0], cols.shape[1], N, C, H, W, kh, kw, stride, pad)
+    cdef Py_ssize_t OH = (H + 2 * pad - kh) // stride + 1, OW = (W + 2 * pad - kw) // stride + 1
+    cdef Py_ssize_t K = C * kh * kw, k
+    if K == 0 or N == 0:
+        return
+    cdef int nt = _threads(K * N * OH * OW, K, n_threads)
+    with nogil:
+        for k in prange(K, schedule="static", num_threads=nt):
+            _im2col_row(&x[0, 0, 0, 0], &cols[k, 0], N, C, H, W, k // (kh * kw), (k // kw) % kh, k % kw, stride,
+                        pad, OH, OW)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# col2im, the adjoint of im2col: dx[n, c, i s - p + a, j s - p + b] += dcols[(c kh + a) kw + b, (n OH + i) OW + j].
+# One channel per thread (all its kh kw rows, in order), so no two threads add into the same value.
+
+cdef void _col2im_channel(const floating* dcols, floating* dx, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H,
+                          Py_ssize_t W, Py_ssize_t c, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride,
+                          Py_ssize_t pad, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+    cdef Py_ssize_t a, b, n, i, j, j0, j1, dst_i, L = N * OH * OW
+    cdef const floating* row
+    cdef const floating* src
+    cdef floating* line
+    for a in range(kh):
+        for b in range(kw):
+            row = dcols + ((c * kh + a) * kw + b) * L
+            _valid_range(b - pad, stride, W, OW, &j0, &j1)
+            for n in range(N):
+                for i in range(OH):
+                    dst_i = i * stride - pad + a
+                    if dst_i < 0 or dst_i >= H:
+                        continue
+                    src = row + (n * OH + i) * OW
+                    line = dx + ((n * C + c) * H + dst_i) * W + (b - pad)
+                    if stride == 1:
+                        for j in range(j0, j1):
+                            line[j] = line[j] + src[j]
+                    else:
+                        for j in range(j0, j1):
+                            line[j * stride] = line[j * stride] + src[j]
+
+
+def col2im(const floating[:, ::1] dcols, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride, Py_ssize_t pad,
+           floating[:, :, :, ::1] dx, int n_threads):
+    """Add the columns ``dcols`` (C kh kw, N OH OW) back into ``dx`` (N, C, H, W), which the caller zeroes first."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    _check_columns("col2im", dcols.shape[0], dcols.shape[1], N, C, H, W, kh, kw, stride, pad)
+    cdef Py_ssize_t OH = (H + 2 * pad - kh) // stride + 1, OW = (W + 2 * pad - kw) // stride + 1
+    cdef Py_ssize_t K = C * kh * kw, c
+    if K == 0 or N == 0:
+        return
+    cdef int nt = _threads(K * N * OH * OW, C, n_threads)
+    with nogil:
+        for c in prange(C, schedule="static", num_threads=nt):
+            _col2im_channel(&dcols[0, 0], &dx[0, 0, 0, 0], N, C, H, W, c, kh, kw, stride, pad, OH, OW)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2-d max pooling over each (n, c) plane:
+#   y[i, j] = max over the window rows i s - p ... + kh - 1, columns j s - p ... + kw - 1 inside the plane,
+#   idx[i, j] = the flat position (row * W + col) of the first maximum in row-major window order (a NaN counts as
+#   maximal, as np.max propagates it); backward: dx[plane, idx] += dout (overlapping windows add up, in order).
+
+cdef void _maxpool_plane(const floating* x, floating* y, int64_t* idx, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh,
+                         Py_ssize_t kw, Py_ssize_t stride, Py_ssize_t pad, Py_ssize_t OH,
+                         Py_ssize_t OW) noexcept nogil:
+    cdef Py_ssize_t i, j, r, s, r0, r1, s0, s1, where
+    cdef floating best, v
+    for i in range(OH):
+        r0 = max(i * stride - pad, 0)
+        r1 = min(i * stride - pad + kh, H)
+        for j in range(OW):
+            s0 = max(j * stride - pad, 0)
+            s1 = min(j * stride - pad + kw, W)
+            where = r0 * W + s0
+            best = x[where]
+            for r in range(r0, r1):
+                for s in range(s0, s1):
+                    v = x[r * W + s]
+                    if v > best or (v != v and best == best):
+                        best = v
+                        where = r * W + s
+            y[i * OW + j] = best
+            idx[i * OW + j] = where
+
+
+def maxpool_forward(const floating[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride,
+                    Py_ssize_t pad, floating[:, :, :, ::1] y, int64_t[:, :, :, ::1] idx, int n_threads):
+    """Max pooling of ``x`` (N, C, H, W) into ``y`` and the argmax positions ``idx`` (N, C, OH, OW); every window
+    must overlap the image (pad < kernel, checked by the caller)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = (H + 2 * pad - kh) // stride + 1, OW = (W + 2 * pad - kw) // stride + 1, p
+    if kh < 1 or kw < 1 or stride < 1 or pad < 0 or 2 * pad > kh or 2 * pad > kw or OH < 1 or OW < 1 \
+            or y.shape[0] != N or y.shape[1] != C or y.shape[2] != OH or y.shape[3] != OW \
+            or idx.shape[0] != N or idx.shape[1] != C or idx.shape[2] != OH or idx.shape[3] != OW:
+        raise ValueError(f"cynet._kernels.conv.maxpool_forward: y and idx must be {(N, C, OH, OW)} for x "
+                         f"{(N, C, H, W)}, kernel ({kh}, {kw}), stride {stride}, padding {pad}")
+    if N * C == 0:
+        return
+    cdef int nt = _threads(N * C * H * W, N * C, n_threads)
+    with nogil:
+        for p in prange(N * C, schedule="static", num_threads=nt):
+            _maxpool_plane(&x[0, 0, 0, 0] + p * H * W, &y[0, 0, 0, 0] + p * OH * OW, &idx[0, 0, 0, 0] + p * OH * OW,
+                           H, W, kh, kw, stride, pad, OH, OW)
+
+
+cdef void _maxpool_plane_backward(const floating* dout, const int64_t* idx, floating* dx, Py_ssize_t n_out,
+                                  Py_ssize_t n_in) noexcept nogil:
+    cdef Py_ssize_t o, where
+    for o in range(n_in):
+        dx[o] = 0
+    for o in range(n_out):
+        where = idx[o]
+        if 0 <= where < n_in:
+            dx[where] = dx[where] + dout[o]
+
+
+def maxpool_backward(const floating[:, :, :, ::1] dout, const int64_t[:, :, :, ::1] idx, floating[:, :, :, ::1] dx,
+                     int n_threads):
+    """dx (N, C, H, W) = 0, then dout (N, C, OH, OW) added at each window's argmax ``idx``."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t OH = dout.shape[2], OW = dout.shape[3], p
+    if dout.shape[0] != N or dout.shape[1] != C or idx.shape[0] != N or idx.shape[1] != C or idx.shape[2] != OH \
+            or idx.shape[3] != OW:
+        raise ValueError("cynet._kernels.conv.maxpool_backward: dout, idx and dx disagree in shape")
+    if N * C == 0:
+        return
+    cdef int nt = _threads(N * C * H * W, N * C, n_threads)
+    with nogil:
+        for p in prange(N * C, schedule="static", num_threads=nt):
+            _maxpool_plane_backward(&dout[0, 0, 0, 0] + p * OH * OW, &idx[0, 0, 0, 0] + p * OH * OW,
+                                    &dx[0, 0, 0, 0] + p * H * W, OH * OW, H * W)

@@ -1,0 +1,256 @@
+r"""Convolution and pooling: :class:`Conv2d` (im2col and one BLAS matrix product per pass) and :class:`MaxPool2d`.
+
+The spatial layers that :class:`~cynet.nn.BatchNorm2d` and :class:`~cynet.nn.GroupNorm` normalise (CS231n's
+conv - batch norm - ReLU - pool block). Inputs are (N, C, H, W) C-contiguous arrays, weights PyTorch's
+(F, C, kh, kw). The column matrix of :mod:`cynet._kernels.conv` holds the whole batch, so a forward pass is one
+product ``W (F, C kh kw) @ cols (C kh kw, N OH OW)`` and a backward pass two (dW, and dcols for dx), whatever the
+batch size; the column matrix is kept from the forward for the backward (it is the memory cost of the layer).
+"""
+import numpy as np
+
+from cynet._kernels import load
+from cynet._random import resolve_generator
+from cynet._threading import NS_STREAM, kernel_threads
+from cynet._validation import describe
+from cynet.nn.layers import _add_bias_gradient, _cached, _float_dtype, _positive_int
+from cynet.nn.module import Module, Parameter
+
+__all__ = ["Conv2d", "MaxPool2d"]
+
+_kernels = None
+
+
+def _k():
+    """The conv kernel family (loaded on first use)."""
+    global _kernels
+    if _kernels is None:
+        _kernels = load("conv")
+    return _kernels
+
+
+def _pair(layer, name, value, low=1):
+    """``value`` (an int or a pair of ints, each >= low) as a pair."""
+    pair = (value, value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else value
+    try:
+        a, b = pair
+    except (TypeError, ValueError):
+        raise ValueError(f"{layer}: {name} must be an int or a pair of ints, got {value!r}") from None
+    for v in (a, b):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+            raise ValueError(f"{layer}: {name} must be an int >= {low} or a pair of them, got {value!r}")
+    return int(a), int(b)
+
+
+def _square(layer, name, pair):
+    """The one value of a pair that must be equal (stride and padding: the kernels take one of each)."""
+    if pair[0] != pair[1]:
+        raise ValueError(f"{layer}: {name} must be the same along both axes, got {pair}")
+    return pair[0]
+
+
+def _check_images(module, x, channels, kernel, pad):
+    """x as a C-contiguous (N, channels, H, W) array of the module's dtype, large enough for the kernel."""
+    x = np.asarray(x)
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise ValueError(f"{module!r}: expected input of shape (N, {channels}, H, W), got {describe(x)}")
+    if x.shape[2] + 2 * pad < kernel[0] or x.shape[3] + 2 * pad < kernel[1]:
+        raise ValueError(f"{module!r}: the input's (H, W) = {x.shape[2:]} with padding {pad} is smaller than the "
+                         f"kernel {kernel}")
+    return np.ascontiguousarray(x)
+
+
+class Conv2d(Module):
+    r"""2-d convolution (cross-correlation, as in every framework) with zero padding.
+
+    .. math::
+        y_{n,f,i,j} = b_f + \sum_{c=0}^{C-1} \sum_{a=0}^{k_h-1} \sum_{b'=0}^{k_w-1}
+        W_{f,c,a,b'}\, x_{n,c,\, i s - p + a,\, j s - p + b'}
+
+    with :math:`OH = \lfloor (H + 2p - k_h)/s \rfloor + 1` (likewise OW). Forward: im2col (Cython, parallel over the
+    column matrix's rows) and one BLAS product; backward: :math:`dW = dY\,\text{cols}^T`, :math:`db = \sum dY`,
+    and, when needed, :math:`dx = \text{col2im}(W^T dY)` (parallel over input channels, so the same bits for any
+    thread count).
+
+    Args:
+        in_channels (int): C.
+        out_channels (int): F.
+        kernel_size (int or pair): :math:`(k_h, k_w)`.
+        stride (int): s, the same along both axes. Default 1.
+        padding (int): p, zeros on every side. Default 0.
+        bias (bool): learn a bias per output channel. Default True.
+        init (str or callable): weight initialisation as :class:`Linear`'s, with fan_in = C k_h k_w ("default" is
+            PyTorch's; "he" for ReLU nets). Default "default".
+        dtype: float32 (default) or float64.
+        generator: a seed or :class:`numpy.random.Generator` for the initial weights (default: the global one).
+
+    Shape:
+        x (N, C, H, W) -> y (N, F, OH, OW); weight (F, C, k_h, k_w), bias (F,).
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> conv = nn.Conv2d(3, 16, kernel_size=3, padding=1, init="he", generator=0)
+        >>> conv(np.ones((2, 3, 32, 32), np.float32)).shape
+        (2, 16, 32, 32)
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, init="default",
+                 dtype=np.float32, generator=None):
+        super().__init__()
+        from cynet import init as initialisers
+
+        name = "Conv2d"
+        self.in_channels = _positive_int(name, "in_channels", in_channels)
+        self.out_channels = _positive_int(name, "out_channels", out_channels)
+        self.kernel_size = _pair(name, "kernel_size", kernel_size)
+        self.stride = _square(name, "stride", _pair(name, "stride", stride))
+        self.padding = _square(name, "padding", _pair(name, "padding", padding, low=0))
+        dtype = _float_dtype(name, dtype)
+        rng = resolve_generator(generator)
+        self.init = init if isinstance(init, str) else getattr(init, "__name__", "custom")
+        weight = np.empty((self.out_channels, self.in_channels) + self.kernel_size, dtype=dtype)
+        initialisers.get_initializer(init)(weight, generator=rng)
+        self.weight = Parameter(weight)
+        if bias:
+            b = np.zeros(self.out_channels, dtype=dtype)
+            if init == "default":
+                initialisers.default_bias_(b, self.in_channels * self.kernel_size[0] * self.kernel_size[1],
+                                           generator=rng)
+            self.bias = Parameter(b)
+        else:
+            self.bias = None
+        self._cols = None           # the last forward's column matrix (its backward reads it)
+        self._dcols = None          # scratch for the backward's column gradient, kept for the next pass
+        self._input_shape = None
+
+    @staticmethod
+    def _buffer(kept, shape, dtype):
+        """``kept`` when it has this shape and dtype, else a new array: the column matrices are tens of MB, and a
+        fresh one per pass costs its page faults every time."""
+        if kept is not None and kept.shape == shape and kept.dtype == dtype:
+            return kept
+        return np.empty(shape, dtype=dtype)
+
+    def _output_hw(self, h, w):
+        k = _k()
+        return (k.output_size(h, self.kernel_size[0], self.stride, self.padding),
+                k.output_size(w, self.kernel_size[1], self.stride, self.padding))
+
+    def forward(self, x):
+        x = _check_images(self, x, self.in_channels, self.kernel_size, self.padding)
+        w = self.weight.data
+        if x.dtype != w.dtype:
+            raise TypeError(f"{self!r}: input must have the weights' dtype {w.dtype}, got {describe(x)} "
+                            f"(convert the data, or the model with .to({x.dtype}))")
+        n = x.shape[0]
+        oh, ow = self._output_hw(x.shape[2], x.shape[3])
+        cols = self._buffer(self._cols, (w[0].size, n * oh * ow), w.dtype)
+        _k().im2col(x, self.kernel_size[0], self.kernel_size[1], self.stride, self.padding, cols,
+                    kernel_threads(cols.size, NS_STREAM))
+        out = np.matmul(w.reshape(self.out_channels, -1), cols)                      # (F, N OH OW)
+        if self.bias is not None:
+            out += self.bias.data[:, None]
+        self._cols, self._input_shape = cols, x.shape
+        return np.ascontiguousarray(out.reshape(self.out_channels, n, oh, ow).transpose(1, 0, 2, 3))
+
+    def backward(self, dout, *, input_grad=True):
+        cols = _cached(self, "_cols")
+        n, c, h, w_in = self._input_shape
+        oh, ow = self._output_hw(h, w_in)
+        dout = np.asarray(dout)
+        if dout.shape != (n, self.out_channels, oh, ow) or dout.dtype != cols.dtype:
+            raise ValueError(f"{self!r}: dout must be a {cols.dtype} array of shape {(n, self.out_channels, oh, ow)}, "
+                             f"got {describe(dout)}")
+        d2 = np.ascontiguousarray(dout.transpose(1, 0, 2, 3)).reshape(self.out_channels, -1)   # (F, N OH OW)
+        if self.weight.requires_grad:
+            grad, fresh = self.weight.grad_target()
+            flat = grad.reshape(self.out_channels, -1)
+            if fresh:
+                np.matmul(d2, cols.T, out=flat)
+            else:
+                flat += np.matmul(d2, cols.T)
+        _add_bias_gradient(self.bias, d2, 1)
+        if not input_grad:
+            return None
+        dcols = self._dcols = self._buffer(self._dcols, cols.shape, cols.dtype)       # (C kh kw, N OH OW)
+        np.matmul(self.weight.data.reshape(self.out_channels, -1).T, d2, out=dcols)
+        dx = np.zeros(self._input_shape, dtype=cols.dtype)
+        _k().col2im(dcols, self.kernel_size[0], self.kernel_size[1], self.stride, self.padding, dx,
+                    kernel_threads(dcols.size, NS_STREAM))
+        return dx
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, bias={self.bias is not None}")
+
+
+class MaxPool2d(Module):
+    r"""2-d max pooling: the maximum of every ``kernel_size`` window, moved by ``stride``.
+
+    .. math:: y_{n,c,i,j} = \max_{0 \le a < k_h,\ 0 \le b < k_w} x_{n,c,\, i s - p + a,\, j s - p + b}
+
+    (padding positions never win). The backward sends each output's gradient to the position of its window's first
+    maximum (row-major order; a NaN counts as maximal), adding where windows overlap.
+
+    Args:
+        kernel_size (int or pair): :math:`(k_h, k_w)`.
+        stride (int): s. Default: the kernel size (non-overlapping windows; must be square then).
+        padding (int): p, at most half the kernel. Default 0.
+
+    Shape:
+        x (N, C, H, W) -> y (N, C, OH, OW), with OH = (H + 2p - k_h) // s + 1.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+        >>> nn.MaxPool2d(2)(x)
+        array([[[[ 5.,  7.],
+                 [13., 15.]]]], dtype=float32)
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        name = "MaxPool2d"
+        self.kernel_size = _pair(name, "kernel_size", kernel_size)
+        if stride is None:
+            stride = _square(name, "kernel_size (the default stride)", self.kernel_size)
+        self.stride = _square(name, "stride", _pair(name, "stride", stride))
+        self.padding = _square(name, "padding", _pair(name, "padding", padding, low=0))
+        if 2 * self.padding > min(self.kernel_size):
+            raise ValueError(f"{name}: padding must be at most half the kernel size, got padding {self.padding} "
+                             f"for kernel {self.kernel_size}")
+        self._idx = None
+        self._input_shape = None
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if x.ndim != 4:
+            raise ValueError(f"{self!r}: expected input of shape (N, C, H, W), got {describe(x)}")
+        if x.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{self!r}: input must be float32 or float64, got {describe(x)}")
+        x = _check_images(self, x, x.shape[1], self.kernel_size, self.padding)
+        k = _k()
+        oh = k.output_size(x.shape[2], self.kernel_size[0], self.stride, self.padding)
+        ow = k.output_size(x.shape[3], self.kernel_size[1], self.stride, self.padding)
+        y = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
+        idx = np.empty(y.shape, dtype=np.int64)
+        k.maxpool_forward(x, self.kernel_size[0], self.kernel_size[1], self.stride, self.padding, y, idx,
+                          kernel_threads(x.size, NS_STREAM))
+        self._idx, self._input_shape = idx, x.shape
+        return y
+
+    def backward(self, dout, *, input_grad=True):
+        idx = _cached(self, "_idx")
+        if not input_grad:
+            return None
+        dout = np.asarray(dout)
+        if dout.shape != idx.shape or dout.dtype not in (np.float32, np.float64):
+            raise ValueError(f"{self!r}: dout must be a float array of shape {idx.shape}, got {describe(dout)}")
+        dout = np.ascontiguousarray(dout)
+        dx = np.empty(self._input_shape, dtype=dout.dtype)
+        _k().maxpool_backward(dout, idx, dx, kernel_threads(dx.size, NS_STREAM))
+        return dx
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"

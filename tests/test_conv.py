@@ -1,0 +1,242 @@
+"""Conv2d and MaxPool2d: forward and backward against a direct NumPy implementation (loops over the kernel), the
+numerical gradient, torch.nn.functional (float64), thread-count invariance, validation, and a small CNN that trains.
+"""
+import numpy as np
+import pytest
+
+import cynet
+from cynet import gradcheck, nn, optim
+from cynet.train import Trainer
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - depends on the environment
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not importable")
+
+# (C, F, kernel, stride, padding, H, W)
+CONFIGS = [
+    (3, 4, 3, 1, 1, 7, 6),
+    (2, 5, (3, 2), 2, 0, 9, 8),
+    (4, 3, 5, 3, 2, 11, 10),
+    (1, 2, 1, 1, 0, 4, 4),
+    (2, 3, 4, 2, 1, 8, 8),
+]
+IDS = [f"C{c[0]}F{c[1]}k{c[2]}s{c[3]}p{c[4]}" for c in CONFIGS]
+
+
+def _padded(x, p):
+    return np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+
+
+def _reference_conv(x, w, b, s, p):
+    """y[n, f, i, j] = b[f] + sum_{c, a, b'} w[f, c, a, b'] x_pad[n, c, i s + a, j s + b'], a sum per kernel offset."""
+    xp = _padded(x, p)
+    f, _, kh, kw = w.shape
+    oh = (xp.shape[2] - kh) // s + 1
+    ow = (xp.shape[3] - kw) // s + 1
+    y = np.zeros((x.shape[0], f, oh, ow)) + b[None, :, None, None]
+    for a in range(kh):
+        for c in range(kw):
+            window = xp[:, :, a:a + s * (oh - 1) + 1:s, c:c + s * (ow - 1) + 1:s]          # (N, C, OH, OW)
+            y += np.einsum("nchw,fc->nfhw", window, w[:, :, a, c])
+    return y
+
+
+def _reference_conv_backward(x, w, dout, s, p):
+    """(dx, dw, db) of _reference_conv, as the same per-offset sums transposed."""
+    xp = _padded(x, p)
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    _, _, kh, kw = w.shape
+    oh, ow = dout.shape[2:]
+    for a in range(kh):
+        for c in range(kw):
+            rows, cols = slice(a, a + s * (oh - 1) + 1, s), slice(c, c + s * (ow - 1) + 1, s)
+            dw[:, :, a, c] = np.einsum("nfhw,nchw->fc", dout, xp[:, :, rows, cols])
+            dxp[:, :, rows, cols] += np.einsum("nfhw,fc->nchw", dout, w[:, :, a, c])
+    h, wd = x.shape[2:]
+    return dxp[:, :, p:p + h, p:p + wd], dw, dout.sum(axis=(0, 2, 3))
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_conv_matches_the_direct_sums(rng, config, dtype, tol):
+    c, f, k, s, p, h, w = config
+    conv = nn.Conv2d(c, f, k, stride=s, padding=p, dtype=dtype, generator=1)
+    x = rng.standard_normal((3, c, h, w)).astype(dtype)
+    y = conv(x)
+    wt, b = conv.weight.data.astype(np.float64), conv.bias.data.astype(np.float64)
+    expected = _reference_conv(x.astype(np.float64), wt, b, s, p)
+    assert y.shape == expected.shape and y.dtype == dtype and y.flags.c_contiguous
+    np.testing.assert_allclose(y, expected, rtol=tol, atol=tol)
+    dout = rng.standard_normal(y.shape).astype(dtype)
+    dx = conv.backward(dout)
+    rdx, rdw, rdb = _reference_conv_backward(x.astype(np.float64), wt, dout.astype(np.float64), s, p)
+    np.testing.assert_allclose(dx, rdx, rtol=tol, atol=tol * 10)
+    np.testing.assert_allclose(conv.weight.grad, rdw, rtol=tol, atol=tol * 10)
+    np.testing.assert_allclose(conv.bias.grad, rdb, rtol=tol, atol=tol * 10)
+
+
+@pytest.mark.parametrize("config", CONFIGS[:3], ids=IDS[:3])
+def test_conv_gradient_check(rng, config):
+    c, f, k, s, p, h, w = config
+    conv = nn.Conv2d(c, f, k, stride=s, padding=p, dtype=np.float64, generator=2)
+    report = gradcheck.check_module(conv, rng.standard_normal((2, c, h, w)))
+    assert report.passed and report.max_error < 1e-7, str(report)
+
+
+@needs_torch
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_conv_and_pool_match_torch(rng, config):
+    c, f, k, s, p, h, w = config
+    conv = nn.Conv2d(c, f, k, stride=s, padding=p, dtype=np.float64, generator=3)
+    x = rng.standard_normal((2, c, h, w))
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(conv.weight.data, requires_grad=True)
+    tb = torch.tensor(conv.bias.data, requires_grad=True)
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride=s, padding=p)
+    y = conv(x)
+    dout = rng.standard_normal(y.shape)
+    ty.backward(torch.tensor(dout))
+    dx = conv.backward(dout)
+    for mine, theirs in ((y, ty), (dx, tx.grad), (conv.weight.grad, tw.grad), (conv.bias.grad, tb.grad)):
+        np.testing.assert_allclose(mine, theirs.detach().numpy(), rtol=1e-12, atol=1e-12)
+    kernel = k if isinstance(k, int) else 2
+    pad = min(p, kernel // 2)
+    pool = nn.MaxPool2d(kernel, stride=s, padding=pad)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.nn.functional.max_pool2d(tx, kernel, stride=s, padding=pad)
+    y = pool(x)
+    dout = rng.standard_normal(y.shape)
+    ty.backward(torch.tensor(dout))
+    np.testing.assert_array_equal(y, ty.detach().numpy())
+    np.testing.assert_allclose(pool.backward(dout), tx.grad.numpy(), rtol=1e-15, atol=1e-15)
+
+
+def _reference_pool(x, k, s, p):
+    """Max over each window of x padded with -inf; the gradient to the first maximum of each window."""
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=-np.inf)
+    oh, ow = (xp.shape[2] - k) // s + 1, (xp.shape[3] - k) // s + 1
+    y = np.empty(x.shape[:2] + (oh, ow))
+    where = np.empty(y.shape + (2,), dtype=np.int64)
+    for i in range(oh):
+        for j in range(ow):
+            window = xp[:, :, i * s:i * s + k, j * s:j * s + k].reshape(x.shape[:2] + (-1,))
+            first = np.argmax(window, axis=-1)
+            y[:, :, i, j] = np.take_along_axis(window, first[..., None], -1)[..., 0]
+            where[:, :, i, j, 0] = i * s + first // k - p
+            where[:, :, i, j, 1] = j * s + first % k - p
+    return y, where
+
+
+@pytest.mark.parametrize("k,s,p", [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 0)])
+def test_max_pool_against_the_windows(rng, k, s, p):
+    x = rng.standard_normal((2, 3, 7, 8))
+    x[0, 0, :2, :2] = 1.5                                   # a tie: the first maximum in row-major order wins
+    pool = nn.MaxPool2d(k, stride=s, padding=p)
+    y = pool(x)
+    expected, where = _reference_pool(x, k, s, p)
+    np.testing.assert_array_equal(y, expected)
+    dout = rng.standard_normal(y.shape)
+    dx = pool.backward(dout)
+    reference = np.zeros_like(x)
+    for n, c, i, j in np.ndindex(*y.shape):
+        reference[n, c, where[n, c, i, j, 0], where[n, c, i, j, 1]] += dout[n, c, i, j]   # overlaps add up
+    np.testing.assert_allclose(dx, reference, rtol=1e-15, atol=1e-15)
+    report = gradcheck.check_module(nn.MaxPool2d(k, stride=s, padding=p), rng.standard_normal((2, 2, 6, 6)))
+    assert report.passed, str(report)
+
+
+def test_max_pool_propagates_nan_and_keeps_float32():
+    x = np.zeros((1, 1, 2, 4), np.float32)
+    x[0, 0, 1, 0] = np.nan
+    y = nn.MaxPool2d(2)(x)
+    assert y.dtype == np.float32 and np.isnan(y[0, 0, 0, 0]) and y[0, 0, 0, 1] == 0
+
+
+def test_results_do_not_depend_on_the_thread_count(rng):
+    x = rng.standard_normal((16, 8, 20, 20)).astype(np.float32)
+    outputs = []
+    for n in (1, 2, 4):
+        with cynet.threads(n):
+            conv = nn.Conv2d(8, 6, 3, padding=1, generator=4)
+            pool = nn.MaxPool2d(3, stride=2, padding=1)
+            y = conv(x)
+            dx = conv.backward(np.ones_like(y))
+            z = pool(x)
+            dz = pool.backward(np.ones_like(z))
+            outputs.append((y, dx, z, dz))
+    for other in outputs[1:]:
+        for a, b in zip(outputs[0], other):
+            assert np.array_equal(a, b)
+
+
+def test_gradients_accumulate_frozen_weights_and_no_input_grad(rng):
+    conv = nn.Conv2d(2, 3, 3, dtype=np.float64, generator=5)
+    x = rng.standard_normal((2, 2, 5, 5))
+    dout = np.ones((2, 3, 3, 3))
+    conv(x)
+    assert conv.backward(dout, input_grad=False) is None
+    once = conv.weight.grad.copy()
+    conv(x)
+    conv.backward(dout, input_grad=False)
+    np.testing.assert_allclose(conv.weight.grad, 2 * once, rtol=1e-15)
+    conv.zero_grad()
+    conv.weight.requires_grad = False
+    conv(x)
+    conv.backward(dout)
+    assert not np.any(conv.weight.grad) and np.any(conv.bias.grad)
+
+
+@pytest.mark.parametrize("make,x,error,message", [
+    (lambda: nn.Conv2d(3, 4, 3), np.zeros((2, 2, 5, 5), np.float32), ValueError, r"expected input of shape \(N, 3"),
+    (lambda: nn.Conv2d(3, 4, 3), np.zeros((2, 3, 5), np.float32), ValueError, "expected input of shape"),
+    (lambda: nn.Conv2d(3, 4, 5), np.zeros((2, 3, 4, 4), np.float32), ValueError, "smaller than the kernel"),
+    (lambda: nn.Conv2d(3, 4, 3), np.zeros((2, 3, 5, 5)), TypeError, "must have the weights' dtype float32"),
+    (lambda: nn.MaxPool2d(2), np.zeros((2, 3, 5)), ValueError, r"expected input of shape \(N, C, H, W\)"),
+    (lambda: nn.MaxPool2d(2), np.zeros((2, 3, 4, 4), np.int64), TypeError, "float32 or float64"),
+])
+def test_input_validation(make, x, error, message):
+    with pytest.raises(error, match=message):
+        make()(x)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: nn.Conv2d(0, 4, 3), "in_channels must be a positive int"),
+    (lambda: nn.Conv2d(3, 4, 0), "kernel_size must be an int >= 1"),
+    (lambda: nn.Conv2d(3, 4, 3, stride=(1, 2)), "stride must be the same along both axes"),
+    (lambda: nn.Conv2d(3, 4, 3, padding=-1), "padding must be an int >= 0"),
+    (lambda: nn.MaxPool2d(2, padding=2), "padding must be at most half the kernel size"),
+    (lambda: nn.MaxPool2d((2, 3)), "the default stride"),
+])
+def test_setting_validation(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_reprs_and_backward_before_forward():
+    assert repr(nn.Conv2d(3, 8, 3, padding=1)) == \
+        "Conv2d(3, 8, kernel_size=(3, 3), stride=1, padding=1, bias=True)"
+    assert repr(nn.MaxPool2d(2)) == "MaxPool2d(kernel_size=(2, 2), stride=2, padding=0)"
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        nn.Conv2d(1, 1, 1).backward(np.zeros((1, 1, 1, 1), np.float32))
+
+
+def test_a_small_cnn_with_batch_norm_learns_the_cifar_subset():
+    from cynet.data import load_cifar10_subset
+
+    data = load_cifar10_subset()
+    x = (data.x_train[:256].astype(np.float32) / 255 - 0.5).astype(np.float32)
+    y = data.y_train[:256]
+    cynet.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, init="he"), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(8, 16, 3, padding=1, init="he"), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(16 * 8 * 8, 10, init="normal"))
+    trainer = Trainer(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+                      progress=False)
+    history = trainer.fit(x, y, epochs=8, batch_size=32)
+    assert history["loss"][0] == pytest.approx(np.log(10), abs=0.3)
+    assert history["train_acc"][-1] > 0.5 > history["train_acc"][0]
+    assert cynet.summary(model, (3, 32, 32)).total_params == sum(p.data.size for p in model.parameters())
