@@ -4,7 +4,9 @@ The spatial layers that :class:`~cynet.nn.BatchNorm2d` and :class:`~cynet.nn.Gro
 conv - batch norm - ReLU - pool block). Inputs are (N, C, H, W) C-contiguous arrays, weights PyTorch's
 (F, C, kh, kw). The column matrix of :mod:`cynet._kernels.conv` holds the whole batch, so a forward pass is one
 product ``W (F, C kh kw) @ cols (C kh kw, N OH OW)`` and a backward pass two (dW, and dcols for dx), whatever the
-batch size; the column matrix is kept from the forward for the backward (it is the memory cost of the layer).
+batch size. The column matrix is kept from the forward for the backward, and a second one of the same size serves
+the backward's column gradient; both are reused by the next passes of the same shape (they are the memory cost of the
+layer: C kh kw x N OH OW values each).
 """
 import numpy as np
 
