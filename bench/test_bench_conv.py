@@ -1,0 +1,113 @@
+"""Conv2d and MaxPool2d, forward + backward: cynet against a NumPy im2col reference and PyTorch (when importable).
+
+One pytest-benchmark group per layer and thread count (``conv/<shape>/tN``, ``maxpool/<shape>/tN``); each call is
+one forward and one backward pass (dx included), float32:
+
+- ``conv/c3-32``:  (128, 3, 32, 32) -> 32 filters 3x3, padding 1 (a CIFAR-10 net's first layer);
+- ``conv/c32-64``: (128, 32, 16, 16) -> 64 filters 3x3, padding 1 (its second, after a 2x2 pooling);
+- ``maxpool/c32``: (128, 32, 32, 32), 2x2 windows, stride 2.
+
+Implementations: ``cynet`` (the module), ``numpy`` (im2col with ``sliding_window_view`` and ``tensordot``, col2im by
+``np.add.at``-free slice sums over the kernel offsets: what a careful NumPy user writes) and ``torch``
+(``torch.nn.functional`` with autograd; oneDNN on x86). Before timing, each implementation's output and input
+gradient are checked against cynet's.
+
+Run:  python -m pytest bench/test_bench_conv.py --benchmark-only --benchmark-json=bench/results/conv.json
+      python bench/report.py bench/results/conv.json
+"""
+import numpy as np
+import pytest
+
+from cynet import nn
+from settings import bench_threads
+
+THREADS = bench_threads()
+CONVS = {"c3-32": ((128, 3, 32, 32), 32), "c32-64": ((128, 32, 16, 16), 64)}
+POOL = (128, 32, 32, 32)
+
+
+def numpy_conv(x, w, b, dout):
+    """(y, dx, dw, db) of a 3x3 padding-1 stride-1 convolution in NumPy: im2col by a sliding-window view."""
+    f, c, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    windows = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))    # (N, C, H, W, kh, kw)
+    y = np.tensordot(windows, w, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2) + b[None, :, None, None]
+    dw = np.tensordot(dout, windows, axes=([0, 2, 3], [0, 2, 3]))
+    db = dout.sum(axis=(0, 2, 3))
+    dxp = np.zeros_like(xp)
+    h, wd = x.shape[2:]
+    for a in range(kh):
+        for e in range(kw):
+            dxp[:, :, a:a + h, e:e + wd] += np.tensordot(dout, w[:, :, a, e], axes=([1], [0])).transpose(0, 3, 1, 2)
+    return y, dxp[:, :, 1:-1, 1:-1], dw, db
+
+
+def numpy_pool(x, dout):
+    """(y, dx) of 2x2 stride-2 max pooling: a reshape to windows, the first maximum of each."""
+    n, c, h, w = x.shape
+    windows = x.reshape(n, c, h // 2, 2, w // 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2, w // 2, 4)
+    first = windows.argmax(axis=-1)
+    y = np.take_along_axis(windows, first[..., None], -1)[..., 0]
+    dwin = np.zeros_like(windows)
+    np.put_along_axis(dwin, first[..., None], dout[..., None], -1)
+    dx = dwin.reshape(n, c, h // 2, w // 2, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(n, c, h, w)
+    return y, dx
+
+
+def _runner(impl, layer, x, dout, torch_module):
+    """A zero-argument call doing one forward and one backward pass, and its (y, dx) for the check."""
+    if impl == "cynet":
+        def run():
+            y = layer(x)
+            return y, layer.backward(dout)
+    elif impl == "numpy":
+        if isinstance(layer, nn.Conv2d):
+            def run():
+                y, dx, _, _ = numpy_conv(x, layer.weight.data, layer.bias.data, dout)
+                return y, dx
+        else:
+            def run():
+                return numpy_pool(x, dout)
+    else:
+        torch = torch_module
+        tx = torch.tensor(x, requires_grad=True)
+        tdout = torch.tensor(dout)
+        if isinstance(layer, nn.Conv2d):
+            tw = torch.tensor(layer.weight.data, requires_grad=True)
+            tb = torch.tensor(layer.bias.data, requires_grad=True)
+            forward = lambda: torch.nn.functional.conv2d(tx, tw, tb, padding=layer.padding)   # noqa: E731
+        else:
+            forward = lambda: torch.nn.functional.max_pool2d(tx, 2)                          # noqa: E731
+
+        def run():
+            tx.grad = None
+            y = forward()
+            y.backward(tdout)
+            return y.detach().numpy(), tx.grad.numpy()
+    return run
+
+
+@pytest.mark.parametrize("threads", THREADS, ids=[f"t{n}" for n in THREADS])
+@pytest.mark.parametrize("impl", ["cynet", "numpy", "torch"])
+@pytest.mark.parametrize("name", [*CONVS, "pool"])
+def test_conv_and_pool(benchmark, timing, use_threads, request, name, impl, threads):
+    rng = np.random.default_rng(0)
+    if name == "pool":
+        shape, layer = POOL, nn.MaxPool2d(2)
+        benchmark.group = f"maxpool/c{POOL[1]}/t{threads}"
+    else:
+        shape, filters = CONVS[name]
+        layer = nn.Conv2d(shape[1], filters, 3, padding=1, init="he", generator=0)
+        benchmark.group = f"conv/{name}/t{threads}"
+    benchmark.extra_info.update(impl=impl, threads=threads, shape=list(shape))
+    x = rng.standard_normal(shape, dtype=np.float32)
+    out_shape = layer(x).shape
+    dout = rng.standard_normal(out_shape, dtype=np.float32)
+    torch_module = request.getfixturevalue("torch_module") if impl == "torch" else None
+    run = _runner(impl, layer, x, dout, torch_module)
+    with use_threads(threads):
+        y, dx = run()
+        y_ref, dx_ref = _runner("cynet", layer, x, dout, None)()
+        np.testing.assert_allclose(y, y_ref, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(dx, dx_ref, rtol=1e-3, atol=1e-3)
+        timing.run(benchmark, run)
