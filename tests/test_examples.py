@@ -46,6 +46,25 @@ def test_train_cifar10_learns_on_the_subset_and_reports_test_accuracy(tmp_path, 
         assert len(checkpoint.files) > 0
 
 
+def test_train_cifar10_cnn_learns_on_the_subset(tmp_path, capsys, no_cifar_data):
+    example = load_example("train_cifar10")
+    accuracy = example.main(["--epochs", "3", "--skip-checks", "--model", "cnn", "--out", str(tmp_path / "cnn")])
+    printed = capsys.readouterr().out
+    assert "Conv2d(3, 32, kernel_size=(3, 3)" in printed and "MaxPool2d" in printed
+    assert accuracy > 0.20                                  # chance is 10 %
+    assert printed.strip().splitlines()[-1].startswith("test accuracy: ")
+
+
+def test_train_cifar10_stops_with_a_message_when_training_diverges_at_once(tmp_path, capsys, no_cifar_data):
+    example = load_example("train_cifar10")
+    from cynet.train import DivergenceWarning
+
+    with pytest.warns(DivergenceWarning), \
+            pytest.raises(SystemExit, match=r"training stopped before its first epoch ended \(diverged"):
+        example.main(["--epochs", "1", "--skip-checks", "--model", "mlp-small", "--lr", "50", "--out",
+                      str(tmp_path / "diverged")])
+
+
 def test_train_cifar10_sanity_checks_pass_for_the_default_model(tmp_path, capsys, no_cifar_data):
     example = load_example("train_cifar10")
     example.main(["--subset", "--epochs", "1", "--model", "mlp-small", "--out", str(tmp_path / "run")])
