@@ -240,3 +240,97 @@ def test_a_small_cnn_with_batch_norm_learns_the_cifar_subset():
     assert history["loss"][0] == pytest.approx(np.log(10), abs=0.3)
     assert history["train_acc"][-1] > 0.5 > history["train_acc"][0]
     assert cynet.summary(model, (3, 32, 32)).total_params == sum(p.data.size for p in model.parameters())
+
+
+# --- average pooling --------------------------------------------------------------------------------------------------
+def _reference_avg_pool(x, k, s, p, include_pad):
+    """Mean of each window of x (zero padding), divided by the padded or the clipped window size, and its backward
+    operator as an explicit (outputs x inputs) weight matrix per plane."""
+    n, c, h, w = x.shape
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    weights = np.zeros((oh * ow, h * w))
+    for i in range(oh):
+        for j in range(ow):
+            r0, c0 = i * s - p, j * s - p
+            r1, c1 = min(r0 + k, h + p), min(c0 + k, w + p)
+            rows, cols = range(max(r0, 0), min(r1, h)), range(max(c0, 0), min(c1, w))
+            size = (r1 - r0) * (c1 - c0) if include_pad else len(rows) * len(cols)
+            for r in rows:
+                for q in cols:
+                    weights[i * ow + j, r * w + q] = 1.0 / size
+    y = (x.reshape(n, c, h * w) @ weights.T).reshape(n, c, oh, ow)
+    return y, weights
+
+
+@pytest.mark.parametrize("k,s,p,include_pad",
+                         [(2, 2, 0, True), (3, 2, 1, True), (3, 2, 1, False), (3, 1, 1, False)])
+def test_avg_pool_against_the_windows(rng, k, s, p, include_pad):
+    x = rng.standard_normal((2, 3, 7, 9))
+    pool = nn.AvgPool2d(k, stride=s, padding=p, count_include_pad=include_pad)
+    y = pool(x)
+    expected, weights = _reference_avg_pool(x, k, s, p, include_pad)
+    np.testing.assert_allclose(y, expected, rtol=1e-14, atol=1e-15)
+    dout = rng.standard_normal(y.shape)
+    dx = pool.backward(dout)
+    np.testing.assert_allclose(dx, (dout.reshape(2, 3, -1) @ weights).reshape(x.shape), rtol=1e-14, atol=1e-15)
+    assert pool(x.astype(np.float32)).dtype == np.float32
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, (4, 5), (5, 2)])
+def test_adaptive_avg_pool_windows_and_global_pooling(rng, size):
+    x = rng.standard_normal((2, 3, 7, 9))
+    pool = nn.AdaptiveAvgPool2d(size)
+    y = pool(x)
+    oh, ow = (size, size) if isinstance(size, int) else size
+    assert y.shape == (2, 3, oh, ow)
+    for i in range(oh):
+        for j in range(ow):
+            rows = slice(i * 7 // oh, -(-(i + 1) * 7 // oh))
+            cols = slice(j * 9 // ow, -(-(j + 1) * 9 // ow))
+            np.testing.assert_allclose(y[:, :, i, j], x[:, :, rows, cols].mean(axis=(2, 3)), rtol=1e-13, atol=1e-15)
+    report = gradcheck.check_module(nn.AdaptiveAvgPool2d(size), rng.standard_normal((2, 2, 7, 9)))
+    assert report.passed and report.max_error < 1e-7, str(report)
+
+
+@needs_torch
+@pytest.mark.parametrize("k,s,p,include_pad",
+                         [(2, 2, 0, True), (3, 2, 1, True), (3, 2, 1, False), ((3, 2), 2, 1, True)])
+def test_avg_pools_match_torch(rng, k, s, p, include_pad):
+    x = rng.standard_normal((2, 3, 7, 9))
+    for ours, theirs in ((nn.AvgPool2d(k, stride=s, padding=p, count_include_pad=include_pad),
+                          lambda t: torch.nn.functional.avg_pool2d(t, k, stride=s, padding=p,
+                                                                   count_include_pad=include_pad)),
+                         (nn.AdaptiveAvgPool2d((3, 4)), lambda t: torch.nn.functional.adaptive_avg_pool2d(t, (3, 4)))):
+        tx = torch.tensor(x, requires_grad=True)
+        ty = theirs(tx)
+        y = ours(x)
+        dout = rng.standard_normal(y.shape)
+        ty.backward(torch.tensor(dout))
+        np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(ours.backward(dout), tx.grad.numpy(), rtol=1e-13, atol=1e-15)
+
+
+def test_avg_pools_thread_invariance_validation_and_repr(rng):
+    x = rng.standard_normal((16, 8, 20, 20)).astype(np.float32)
+    results = []
+    for n in (1, 2, 4):
+        with cynet.threads(n):
+            pools = [nn.AvgPool2d(3, stride=2, padding=1), nn.AdaptiveAvgPool2d((6, 7))]
+            results.append([(pool(x), pool.backward(np.ones_like(pool(x)))) for pool in pools])
+    for other in results[1:]:
+        for (y0, d0), (y1, d1) in zip(results[0], other):
+            assert np.array_equal(y0, y1) and np.array_equal(d0, d1)
+    with pytest.raises(ValueError, match="padding must be at most half the kernel size"):
+        nn.AvgPool2d(2, padding=2)
+    with pytest.raises(TypeError, match="count_include_pad must be True or False"):
+        nn.AvgPool2d(2, count_include_pad="yes")
+    with pytest.raises(ValueError, match="output_size must be an int >= 1"):
+        nn.AdaptiveAvgPool2d(0)
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        nn.AvgPool2d(5)(np.zeros((1, 1, 3, 3)))
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, C, H, W\)"):
+        nn.AdaptiveAvgPool2d(1)(np.zeros((3, 3)))
+    assert repr(nn.AvgPool2d(2)) == "AvgPool2d(kernel_size=(2, 2), stride=2, padding=0)"
+    assert repr(nn.AvgPool2d(3, 1, 1, count_include_pad=False)) == \
+        "AvgPool2d(kernel_size=(3, 3), stride=1, padding=1, count_include_pad=False)"
+    assert repr(nn.AdaptiveAvgPool2d(1)) == "AdaptiveAvgPool2d(output_size=(1, 1))"

@@ -1,4 +1,4 @@
-"""Convolution and pooling kernels: im2col / col2im for Conv2d's matrix products, and 2-d max pooling.
+"""Convolution and pooling kernels: im2col / col2im for Conv2d's matrix products, 2-d max and average pooling.
 
 Private: only ``cynet.nn.conv`` calls these. Contract of every kernel here:
 - arrays are C-contiguous memoryviews of one floating type (float32 or float64); shapes are validated by the caller
@@ -229,3 +229,96 @@ def maxpool_backward(const floating[:, :, :, ::1] dout, const int64_t[:, :, :, :
         for p in prange(N * C, schedule="static", num_threads=nt):
             _maxpool_plane_backward(&dout[0, 0, 0, 0] + p * OH * OW, &idx[0, 0, 0, 0] + p * OH * OW,
                                     &dx[0, 0, 0, 0] + p * H * W, OH * OW, H * W)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2-d average pooling over each (n, c) plane, windows given per output row and column (AvgPool2d and
+# AdaptiveAvgPool2d both reduce to this):
+#   y[i, j] = (sum of x[r, c] for r in [r0_i, r1_i), c in [c0_j, c1_j)) * row_scale_i * col_scale_j
+#   backward: dx[r, c] += dout[i, j] * row_scale_i * col_scale_j over the same windows (overlaps add up, in order).
+# The window sums are taken in double.
+
+cdef void _avgpool_plane(const floating* x, floating* y, const int64_t* r0, const int64_t* r1, const int64_t* c0,
+                         const int64_t* c1, const double* row_scale, const double* col_scale, Py_ssize_t W,
+                         Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+    cdef Py_ssize_t i, j, r, c
+    cdef double total
+    for i in range(OH):
+        for j in range(OW):
+            total = 0
+            for r in range(r0[i], r1[i]):
+                for c in range(c0[j], c1[j]):
+                    total = total + x[r * W + c]
+            y[i * OW + j] = <floating>(total * row_scale[i] * col_scale[j])
+
+
+cdef void _avgpool_plane_backward(const floating* dout, floating* dx, const int64_t* r0, const int64_t* r1,
+                                  const int64_t* c0, const int64_t* c1, const double* row_scale,
+                                  const double* col_scale, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH,
+                                  Py_ssize_t OW) noexcept nogil:
+    cdef Py_ssize_t i, j, r, c
+    cdef floating share
+    for r in range(H * W):
+        dx[r] = 0
+    for i in range(OH):
+        for j in range(OW):
+            share = <floating>(dout[i * OW + j] * row_scale[i] * col_scale[j])
+            for r in range(r0[i], r1[i]):
+                for c in range(c0[j], c1[j]):
+                    dx[r * W + c] = dx[r * W + c] + share
+
+
+def _check_windows(str op, Py_ssize_t H, Py_ssize_t W, const int64_t[::1] r0, const int64_t[::1] r1,
+                   const int64_t[::1] c0, const int64_t[::1] c1, const double[::1] row_scale,
+                   const double[::1] col_scale):
+    """ValueError unless every window lies inside the (H, W) plane and the arrays agree in length."""
+    cdef Py_ssize_t i
+    if r1.shape[0] != r0.shape[0] or row_scale.shape[0] != r0.shape[0] or c1.shape[0] != c0.shape[0] \
+            or col_scale.shape[0] != c0.shape[0]:
+        raise ValueError(f"cynet._kernels.conv.{op}: window arrays of different lengths")
+    for i in range(r0.shape[0]):
+        if not 0 <= r0[i] <= r1[i] <= H:
+            raise ValueError(f"cynet._kernels.conv.{op}: row window {i} [{r0[i]}, {r1[i]}) outside [0, {H}]")
+    for i in range(c0.shape[0]):
+        if not 0 <= c0[i] <= c1[i] <= W:
+            raise ValueError(f"cynet._kernels.conv.{op}: column window {i} [{c0[i]}, {c1[i]}) outside [0, {W}]")
+
+
+def avgpool_forward(const floating[:, :, :, ::1] x, const int64_t[::1] r0, const int64_t[::1] r1,
+                    const int64_t[::1] c0, const int64_t[::1] c1, const double[::1] row_scale,
+                    const double[::1] col_scale, floating[:, :, :, ::1] y, int n_threads):
+    """Average pooling of ``x`` (N, C, H, W) into ``y`` (N, C, OH, OW) over the given windows (see above)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3], OH = r0.shape[0]
+    cdef Py_ssize_t OW = c0.shape[0], p
+    _check_windows("avgpool_forward", H, W, r0, r1, c0, c1, row_scale, col_scale)
+    if y.shape[0] != N or y.shape[1] != C or y.shape[2] != OH or y.shape[3] != OW:
+        raise ValueError(f"cynet._kernels.conv.avgpool_forward: y must be {(N, C, OH, OW)}")
+    if N * C * OH * OW == 0:
+        return
+    cdef int nt = _threads(N * C * H * W, N * C, n_threads)
+    with nogil:
+        for p in prange(N * C, schedule="static", num_threads=nt):
+            _avgpool_plane(&x[0, 0, 0, 0] + p * H * W, &y[0, 0, 0, 0] + p * OH * OW, &r0[0], &r1[0], &c0[0], &c1[0],
+                           &row_scale[0], &col_scale[0], W, OH, OW)
+
+
+def avgpool_backward(const floating[:, :, :, ::1] dout, const int64_t[::1] r0, const int64_t[::1] r1,
+                     const int64_t[::1] c0, const int64_t[::1] c1, const double[::1] row_scale,
+                     const double[::1] col_scale, floating[:, :, :, ::1] dx, int n_threads):
+    """dx (N, C, H, W) = 0, then each ``dout`` value spread evenly over its window (see above)."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3], OH = r0.shape[0]
+    cdef Py_ssize_t OW = c0.shape[0], p
+    _check_windows("avgpool_backward", H, W, r0, r1, c0, c1, row_scale, col_scale)
+    if dout.shape[0] != N or dout.shape[1] != C or dout.shape[2] != OH or dout.shape[3] != OW:
+        raise ValueError(f"cynet._kernels.conv.avgpool_backward: dout must be {(N, C, OH, OW)}")
+    if N * C * H * W == 0:
+        return
+    cdef int nt = _threads(N * C * H * W, N * C, n_threads)
+    with nogil:
+        if OH * OW == 0:
+            for p in range(N * C * H * W):
+                (&dx[0, 0, 0, 0])[p] = 0
+        else:
+            for p in prange(N * C, schedule="static", num_threads=nt):
+                _avgpool_plane_backward(&dout[0, 0, 0, 0] + p * OH * OW, &dx[0, 0, 0, 0] + p * H * W, &r0[0], &r1[0],
+                                        &c0[0], &c1[0], &row_scale[0], &col_scale[0], H, W, OH, OW)

@@ -1,4 +1,5 @@
-r"""Convolution and pooling: :class:`Conv2d` (im2col and one BLAS matrix product per pass) and :class:`MaxPool2d`.
+r"""Convolution and pooling: :class:`Conv2d` (im2col and one BLAS matrix product per pass), :class:`MaxPool2d`,
+:class:`AvgPool2d` and :class:`AdaptiveAvgPool2d` (global average pooling with output size 1).
 
 The spatial layers that :class:`~cynet.nn.BatchNorm2d` and :class:`~cynet.nn.GroupNorm` normalise (CS231n's
 conv - batch norm - ReLU - pool block). Inputs are (N, C, H, W) C-contiguous arrays, weights PyTorch's
@@ -17,7 +18,7 @@ from cynet._validation import describe
 from cynet.nn.layers import _add_bias_gradient, _cached, _float_dtype, _positive_int
 from cynet.nn.module import Module, Parameter
 
-__all__ = ["Conv2d", "MaxPool2d"]
+__all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
 
 _kernels = None
 
@@ -48,6 +49,30 @@ def _square(layer, name, pair):
     if pair[0] != pair[1]:
         raise ValueError(f"{layer}: {name} must be the same along both axes, got {pair}")
     return pair[0]
+
+
+def _pool_settings(layer, kernel_size, stride, padding):
+    """(kernel pair, stride, padding) of a pooling layer: the stride defaults to the (square) kernel, and the padding
+    may be at most half the kernel (every window then overlaps the image)."""
+    kernel = _pair(layer, "kernel_size", kernel_size)
+    if stride is None:
+        stride = _square(layer, "kernel_size (the default stride)", kernel)
+    stride = _square(layer, "stride", _pair(layer, "stride", stride))
+    padding = _square(layer, "padding", _pair(layer, "padding", padding, low=0))
+    if 2 * padding > min(kernel):
+        raise ValueError(f"{layer}: padding must be at most half the kernel size, got padding {padding} for kernel "
+                         f"{kernel}")
+    return kernel, stride, padding
+
+
+def _float_images(module, x):
+    """x as a C-contiguous float32/float64 (N, C, H, W) array; clear errors otherwise."""
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"{module!r}: expected input of shape (N, C, H, W), got {describe(x)}")
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{module!r}: input must be float32 or float64, got {describe(x)}")
+    return np.ascontiguousarray(x)
 
 
 def _check_images(module, x, channels, kernel, pad):
@@ -213,24 +238,12 @@ class MaxPool2d(Module):
 
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
-        name = "MaxPool2d"
-        self.kernel_size = _pair(name, "kernel_size", kernel_size)
-        if stride is None:
-            stride = _square(name, "kernel_size (the default stride)", self.kernel_size)
-        self.stride = _square(name, "stride", _pair(name, "stride", stride))
-        self.padding = _square(name, "padding", _pair(name, "padding", padding, low=0))
-        if 2 * self.padding > min(self.kernel_size):
-            raise ValueError(f"{name}: padding must be at most half the kernel size, got padding {self.padding} "
-                             f"for kernel {self.kernel_size}")
+        self.kernel_size, self.stride, self.padding = _pool_settings("MaxPool2d", kernel_size, stride, padding)
         self._idx = None
         self._input_shape = None
 
     def forward(self, x):
-        x = np.asarray(x)
-        if x.ndim != 4:
-            raise ValueError(f"{self!r}: expected input of shape (N, C, H, W), got {describe(x)}")
-        if x.dtype not in (np.float32, np.float64):
-            raise TypeError(f"{self!r}: input must be float32 or float64, got {describe(x)}")
+        x = _float_images(self, x)
         x = _check_images(self, x, x.shape[1], self.kernel_size, self.padding)
         k = _k()
         oh = k.output_size(x.shape[2], self.kernel_size[0], self.stride, self.padding)
@@ -256,3 +269,131 @@ class MaxPool2d(Module):
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+def _pool_windows(size, kernel, stride, pad, include_pad):
+    """(starts, ends, scales) of AvgPool2d's windows along one axis of ``size``: the window of output o covers
+    [o s - p, o s - p + k) clipped to the image; its scale is 1 / (its extent within the padded axis) with
+    ``include_pad`` (PyTorch's count_include_pad), else 1 / (its extent within the image)."""
+    n_out = (size + 2 * pad - kernel) // stride + 1
+    starts = np.arange(n_out, dtype=np.int64) * stride - pad
+    padded_ends = np.minimum(starts + kernel, size + pad)
+    clipped_starts, clipped_ends = np.maximum(starts, 0), np.minimum(padded_ends, size)
+    extent = padded_ends - starts if include_pad else clipped_ends - clipped_starts
+    return clipped_starts, clipped_ends, 1.0 / extent.astype(np.float64)
+
+
+def _adaptive_windows(size, n_out):
+    """(starts, ends, scales) of AdaptiveAvgPool2d along one axis: output o averages [floor(o size / n),
+    ceil((o + 1) size / n)), PyTorch's windows (they overlap when n does not divide size)."""
+    o = np.arange(n_out, dtype=np.int64)
+    starts = (o * size) // n_out
+    ends = -((-(o + 1) * size) // n_out)
+    return starts, ends, 1.0 / (ends - starts).astype(np.float64)
+
+
+class _AvgPool(Module):
+    """Average pooling over windows given per output row and column (the conv kernels' avgpool)."""
+
+    def _windows(self, h, w):
+        raise NotImplementedError
+
+    def forward(self, x):
+        x = _float_images(self, x)
+        rows, cols = self._windows(x.shape[2], x.shape[3])
+        y = np.empty(x.shape[:2] + (len(rows[0]), len(cols[0])), dtype=x.dtype)
+        _k().avgpool_forward(x, rows[0], rows[1], cols[0], cols[1], rows[2], cols[2], y,
+                             kernel_threads(x.size, NS_STREAM))
+        self._plan, self._input_shape = (rows, cols), x.shape
+        return y
+
+    def backward(self, dout, *, input_grad=True):
+        rows, cols = _cached(self, "_plan")
+        if not input_grad:
+            return None
+        dout = np.asarray(dout)
+        shape = self._input_shape[:2] + (len(rows[0]), len(cols[0]))
+        if dout.shape != shape or dout.dtype not in (np.float32, np.float64):
+            raise ValueError(f"{self!r}: dout must be a float array of shape {shape}, got {describe(dout)}")
+        dx = np.empty(self._input_shape, dtype=dout.dtype)
+        _k().avgpool_backward(np.ascontiguousarray(dout), rows[0], rows[1], cols[0], cols[1], rows[2], cols[2], dx,
+                              kernel_threads(dx.size, NS_STREAM))
+        return dx
+
+
+class AvgPool2d(_AvgPool):
+    r"""2-d average pooling: the mean of every ``kernel_size`` window, moved by ``stride`` (PyTorch's AvgPool2d).
+
+    .. math:: y_{n,c,i,j} = \frac{1}{|w_{ij}|} \sum_{(r, q) \in w_{ij}} x_{n,c,r,q}
+
+    over the window :math:`w_{ij}` of rows :math:`[i s - p, i s - p + k_h)` and columns likewise, where padding
+    counts as zeros; the divisor is the window's size within the padded image (``count_include_pad=True``, PyTorch's
+    default) or within the image. The backward spreads each output's gradient evenly over its window.
+
+    Args:
+        kernel_size (int or pair): :math:`(k_h, k_w)`.
+        stride (int): s. Default: the kernel size (must be square then).
+        padding (int): p, at most half the kernel. Default 0.
+        count_include_pad (bool): divide by the padded window's size. Default True.
+
+    Shape:
+        x (N, C, H, W) -> y (N, C, OH, OW), with OH = (H + 2p - k_h) // s + 1.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> nn.AvgPool2d(2)(np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4))
+        array([[[[ 2.5,  4.5],
+                 [10.5, 12.5]]]], dtype=float32)
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = _pool_settings("AvgPool2d", kernel_size, stride, padding)
+        if not isinstance(count_include_pad, (bool, np.bool_)):
+            raise TypeError(f"AvgPool2d: count_include_pad must be True or False, got {count_include_pad!r}")
+        self.count_include_pad = bool(count_include_pad)
+        self._plan = None
+
+    def _windows(self, h, w):
+        for size, k in ((h, self.kernel_size[0]), (w, self.kernel_size[1])):
+            if size + 2 * self.padding < k:
+                raise ValueError(f"{self!r}: the input's (H, W) = {(h, w)} with padding {self.padding} is smaller "
+                                 f"than the kernel {self.kernel_size}")
+        return (_pool_windows(h, self.kernel_size[0], self.stride, self.padding, self.count_include_pad),
+                _pool_windows(w, self.kernel_size[1], self.stride, self.padding, self.count_include_pad))
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+                + ("" if self.count_include_pad else ", count_include_pad=False"))
+
+
+class AdaptiveAvgPool2d(_AvgPool):
+    r"""Average pooling to a fixed output size, whatever the input's (PyTorch's AdaptiveAvgPool2d): output row i
+    averages input rows :math:`[\lfloor iH/OH \rfloor, \lceil (i+1)H/OH \rceil)`, columns likewise.
+    ``AdaptiveAvgPool2d(1)`` is global average pooling, the usual head of a convolutional net (one value per
+    channel before the classifier).
+
+    Args:
+        output_size (int or pair): (OH, OW), each >= 1.
+
+    Shape:
+        x (N, C, H, W) -> y (N, C, OH, OW).
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> nn.AdaptiveAvgPool2d(1)(np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)).ravel()
+        array([1.5, 5.5], dtype=float32)
+    """
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = _pair("AdaptiveAvgPool2d", "output_size", output_size)
+        self._plan = None
+
+    def _windows(self, h, w):
+        return _adaptive_windows(h, self.output_size[0]), _adaptive_windows(w, self.output_size[1])
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
