@@ -440,6 +440,23 @@ def test_fold_batchnorm_matches_eval_model(dtype, tol, rng):
     assert model[3].bias is None and len(model) == 5
 
 
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-4)])
+def test_fold_batchnorm_folds_convolutions_too(dtype, tol, rng):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, generator=0), BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 5, 3, stride=2, bias=False, generator=1), BatchNorm2d(5)).to(dtype)
+    for m in (model[1], model[4]):                          # non-trivial affine parameters
+        m.weight.data[...] = rng.uniform(0.5, 2.0, m.num_features)
+        m.bias.data[...] = rng.standard_normal(m.num_features)
+    for _ in range(4):
+        model(randn(rng, (8, 3, 9, 9), dtype, loc=1.0))
+    folded = fold_batchnorm(model)
+    assert [type(m).__name__ for m in folded] == ["Conv2d", "ReLU", "Conv2d"]
+    assert folded[2].bias is not None and model[3].bias is None
+    assert folded[0]._cols is None                          # no column matrix copied from the training forward
+    x = randn(rng, (6, 3, 9, 9), dtype)
+    np.testing.assert_allclose(folded(x), model.eval()(x), rtol=tol, atol=tol)
+
+
 def test_fold_batchnorm_leaves_unfoldable_layers():
     model = nn.Sequential(BatchNorm1d(3), nn.Linear(3, 3), nn.ReLU(), BatchNorm1d(3, track_running_stats=False))
     folded = fold_batchnorm(model)

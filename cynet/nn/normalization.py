@@ -23,6 +23,7 @@ import numpy as np
 from cynet._kernels import load
 from cynet._threading import NS_NORM, NS_NORM_FORWARD, kernel_threads, stream_stores
 from cynet._validation import describe, output
+from cynet.nn.conv import Conv2d
 from cynet.nn.layers import Linear
 from cynet.nn.module import Module, Parameter, Sequential
 
@@ -654,15 +655,17 @@ def _recompute_statistics(model, x, batch_size, norms, saved, frozen_params):
 
 
 def fold_batchnorm(model):
-    r"""A new :class:`~cynet.nn.Sequential` for inference, each BatchNorm1d directly after a Linear folded into it.
+    r"""A new :class:`~cynet.nn.Sequential` for inference, each BatchNorm1d directly after a Linear, and each
+    BatchNorm2d directly after a Conv2d, folded into that layer.
 
-    With :math:`s = \gamma / \sqrt{\text{running\_var} + \epsilon}`, the pair computes
-    :math:`(xW^T + b - \mu)s + \beta`, which is one Linear layer with
+    With :math:`s = \gamma / \sqrt{\text{running\_var} + \epsilon}` per output feature (channel), the pair computes
+    :math:`(xW^T + b - \mu)s + \beta` (for a convolution, the same per channel), which is one layer with
 
-    .. math:: W' = W \odot s[:, \text{None}], \qquad b' = (b - \mu) s + \beta.
+    .. math:: W'_f = W_f\, s_f, \qquad b' = (b - \mu) s + \beta
 
-    Folded weights are computed in float64 and stored in the Linear's dtype. Batch norms without running statistics,
-    or not preceded by a Linear, are copied unchanged. The result is in eval mode; its outputs equal the original
+    (:math:`W_f` the weights of output f: a row of a Linear's, a filter of a Conv2d's; a layer without bias gets
+    one). Folded weights are computed in float64 and stored in the layer's dtype. Batch norms without running
+    statistics, or not preceded by such a layer, are copied unchanged. The result is in eval mode; its outputs equal the original
     model's in eval mode (to rounding). The original model is not modified.
 
     Args:
@@ -687,9 +690,10 @@ def fold_batchnorm(model):
     while i < len(layers):
         layer = layers[i]
         nxt = layers[i + 1] if i + 1 < len(layers) else None
-        if (type(layer) is Linear and isinstance(nxt, BatchNorm1d) and nxt.track_running_stats
-                and nxt.num_features == layer.out_features):
-            out.append(_fold_linear(layer, nxt))
+        if ((type(layer) is Linear and isinstance(nxt, BatchNorm1d) and nxt.num_features == layer.out_features)
+                or (type(layer) is Conv2d and isinstance(nxt, BatchNorm2d)
+                    and nxt.num_features == layer.out_channels)) and nxt.track_running_stats:
+            out.append(_fold(layer, nxt))
             i += 2
         else:
             out.append(copy.deepcopy(layer))
@@ -697,17 +701,21 @@ def fold_batchnorm(model):
     return Sequential(*out).eval()
 
 
-def _fold_linear(linear, bn):
-    dtype = linear.weight.data.dtype
+def _fold(layer, bn):
+    """A copy of ``layer`` (Linear or Conv2d) with the batch norm that follows it folded in (fold_batchnorm)."""
+    weight = layer.weight.data
+    dtype, features = weight.dtype, weight.shape[0]
     scale = 1.0 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
     beta = np.zeros(bn.num_features)
     if bn.affine:
         scale = scale * bn.weight.data.astype(np.float64)
         beta = bn.bias.data.astype(np.float64)
-    b = linear.bias.data.astype(np.float64) if linear.bias is not None else np.zeros(linear.out_features)
-    folded = copy.deepcopy(linear)
-    folded.weight = Parameter((linear.weight.data.astype(np.float64) * scale[:, None]).astype(dtype),
-                              requires_grad=linear.weight.requires_grad)
+    b = layer.bias.data.astype(np.float64) if layer.bias is not None else np.zeros(features)
+    caches = {key: None for key in ("_x", "_cols", "_dcols", "_input_shape") if key in layer.__dict__}
+    folded = copy.deepcopy(layer)
+    folded.__dict__.update(caches)                  # no forward's cache (a convolution's column matrices) carried over
+    per_feature = scale.reshape((features,) + (1,) * (weight.ndim - 1))
+    folded.weight = Parameter((weight.astype(np.float64) * per_feature).astype(dtype),
+                              requires_grad=layer.weight.requires_grad)
     folded.bias = Parameter(((b - bn.running_mean.astype(np.float64)) * scale + beta).astype(dtype))
-    folded._x = None
     return folded
