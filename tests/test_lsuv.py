@@ -109,3 +109,19 @@ def test_modes_restored_brings_every_mode_back_also_on_error():
             model.train()
             raise RuntimeError("boom")
     assert [m.training for m in model.modules()] == [True, True, True, False, False]
+
+
+def test_lsuv_scales_convolutions_by_their_output_std():
+    cynet.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, init="normal"), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(8, 8, 3, padding=1, init="normal"), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 4 * 4, 10, init="normal")).to(np.float64)
+    x = np.random.default_rng(0).standard_normal((64, 3, 8, 8))
+    report = init.lsuv_(model, x, tol=0.01)
+    assert [r.kind for r in report] == ["Conv2d", "Conv2d", "Linear"]
+    h = model[0](x)
+    assert abs(h.std() - 1) < 0.011
+    h = model[3](model[2](model[1](h)))
+    assert abs(h.std() - 1) < 0.011
+    w = model[0].weight.data.reshape(8, -1)                     # orthonormal filters (8 rows of 27), then scaled
+    np.testing.assert_allclose(w @ w.T, report[0].scale ** 2 * np.eye(8), atol=1e-12)
