@@ -432,8 +432,12 @@ def test_weight_decay_groups_split_weights_from_biases_and_norm_parameters():
     assert others["params"] == [model[0].bias, model[1].weight, model[1].bias, model[2].alpha, shared.bias]
     penalised = [param for _, param in nn.L2Penalty(1.0).penalized(model)]
     assert penalised == decayed["params"]                       # the parameters L2Penalty covers
-    with pytest.raises(TypeError, match="weight_decay_groups: model must be a cynet.nn.Module"):
-        optim.weight_decay_groups([model[0].weight], 0.1)
+    from_params = optim.weight_decay_groups(model.parameters(), 5e-4)     # what tune's optimizer_factory receives
+    assert [g["params"] for g in from_params] == [decayed["params"], others["params"]]
+    with pytest.raises(TypeError, match="expected a cynet.nn.Module or an iterable of Parameter"):
+        optim.weight_decay_groups([model[0].weight, np.zeros(3)], 0.1)
+    with pytest.raises(TypeError, match="expected a cynet.nn.Module or an iterable of Parameter, got int"):
+        optim.weight_decay_groups(3, 0.1)
 
 
 def test_weight_decay_groups_leave_the_biases_undecayed():

@@ -631,7 +631,8 @@ def weight_decay_groups(model, weight_decay):
     several modules is listed once.
 
     Args:
-        model (Module): the model.
+        model (Module or iterable of Parameter): the model, or its parameters (what ``cynet.tune``'s
+            ``optimizer_factory(parameters, params)`` receives).
         weight_decay (float): :math:`\lambda` for the weights (the optimiser checks it).
 
     Returns:
@@ -645,10 +646,18 @@ def weight_decay_groups(model, weight_decay):
         >>> [(len(group["params"]), group["weight_decay"]) for group in opt.param_groups]
         [(2, 0.0005), (4, 0.0)]
     """
-    if not callable(getattr(model, "named_parameters", None)):
-        raise TypeError(f"weight_decay_groups: model must be a cynet.nn.Module, got {type(model).__name__}")
+    if callable(getattr(model, "named_parameters", None)):
+        params = [param for _, param in model.named_parameters()]
+    else:
+        try:
+            params = list(model) if not isinstance(model, (Parameter, np.ndarray, str)) else None
+        except TypeError:
+            params = None
+        if params is None or not all(isinstance(param, Parameter) for param in params):
+            raise TypeError(f"weight_decay_groups: expected a cynet.nn.Module or an iterable of Parameter, got "
+                            f"{type(model).__name__}")
     seen, decayed, others = set(), [], []
-    for _, param in model.named_parameters():
+    for param in params:
         if id(param) not in seen:
             seen.add(id(param))
             (decayed if param.data.ndim >= 2 else others).append(param)
