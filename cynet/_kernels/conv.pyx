@@ -43,11 +43,6 @@ cdef inline void _valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t s
     hi[0] = max(lo[0], min(last, n_out))
 
 
-def output_size(Py_ssize_t size, Py_ssize_t kernel, Py_ssize_t stride, Py_ssize_t pad):
-    """(size + 2 pad - kernel) // stride + 1: the positions of a kernel sliding over a padded axis (<= 0: none)."""
-    return (size + 2 * pad - kernel) // stride + 1
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # im2col: one row of cols per (c, a, b), each row written by one thread; a row holds, image after image and output
 # row after output row, the input values under kernel position (a, b) (zero where that falls in the padding).
@@ -268,14 +263,18 @@ cdef void _avgpool_plane_backward(const floating* dout, floating* dx, const int6
                     dx[r * W + c] = dx[r * W + c] + share
 
 
-def _check_windows(str op, Py_ssize_t H, Py_ssize_t W, const int64_t[::1] r0, const int64_t[::1] r1,
+def _check_windows(str op, str pooled_name, tuple image, tuple pooled, const int64_t[::1] r0, const int64_t[::1] r1,
                    const int64_t[::1] c0, const int64_t[::1] c1, const double[::1] row_scale,
                    const double[::1] col_scale):
-    """ValueError unless every window lies inside the (H, W) plane and the arrays agree in length."""
-    cdef Py_ssize_t i
+    """ValueError unless the arrays agree in length, the pooled array is (N, C, OH, OW) for the (N, C, H, W) image
+    and every window lies inside the (H, W) plane."""
+    cdef Py_ssize_t i, H = image[2], W = image[3]
     if r1.shape[0] != r0.shape[0] or row_scale.shape[0] != r0.shape[0] or c1.shape[0] != c0.shape[0] \
             or col_scale.shape[0] != c0.shape[0]:
         raise ValueError(f"cynet._kernels.conv.{op}: window arrays of different lengths")
+    if pooled != (image[0], image[1], r0.shape[0], c0.shape[0]):
+        raise ValueError(f"cynet._kernels.conv.{op}: {pooled_name} must be "
+                         f"{(image[0], image[1], r0.shape[0], c0.shape[0])}")
     for i in range(r0.shape[0]):
         if not 0 <= r0[i] <= r1[i] <= H:
             raise ValueError(f"cynet._kernels.conv.{op}: row window {i} [{r0[i]}, {r1[i]}) outside [0, {H}]")
@@ -290,9 +289,8 @@ def avgpool_forward(const floating[:, :, :, ::1] x, const int64_t[::1] r0, const
     """Average pooling of ``x`` (N, C, H, W) into ``y`` (N, C, OH, OW) over the given windows (see above)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3], OH = r0.shape[0]
     cdef Py_ssize_t OW = c0.shape[0], p
-    _check_windows("avgpool_forward", H, W, r0, r1, c0, c1, row_scale, col_scale)
-    if y.shape[0] != N or y.shape[1] != C or y.shape[2] != OH or y.shape[3] != OW:
-        raise ValueError(f"cynet._kernels.conv.avgpool_forward: y must be {(N, C, OH, OW)}")
+    _check_windows("avgpool_forward", "y", (N, C, H, W), (y.shape[0], y.shape[1], y.shape[2], y.shape[3]), r0, r1,
+                   c0, c1, row_scale, col_scale)
     if N * C * OH * OW == 0:
         return
     cdef int nt = _threads(N * C * H * W, N * C, n_threads)
@@ -308,9 +306,8 @@ def avgpool_backward(const floating[:, :, :, ::1] dout, const int64_t[::1] r0, c
     """dx (N, C, H, W) = 0, then each ``dout`` value spread evenly over its window (see above)."""
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3], OH = r0.shape[0]
     cdef Py_ssize_t OW = c0.shape[0], p
-    _check_windows("avgpool_backward", H, W, r0, r1, c0, c1, row_scale, col_scale)
-    if dout.shape[0] != N or dout.shape[1] != C or dout.shape[2] != OH or dout.shape[3] != OW:
-        raise ValueError(f"cynet._kernels.conv.avgpool_backward: dout must be {(N, C, OH, OW)}")
+    _check_windows("avgpool_backward", "dout", (N, C, H, W),
+                   (dout.shape[0], dout.shape[1], dout.shape[2], dout.shape[3]), r0, r1, c0, c1, row_scale, col_scale)
     if N * C * H * W == 0:
         return
     cdef int nt = _threads(N * C * H * W, N * C, n_threads)

@@ -12,11 +12,11 @@ layer: C kh kw x N OH OW values each).
 import numpy as np
 
 from cynet._kernels import load
-from cynet._random import resolve_generator
 from cynet._threading import NS_STREAM, kernel_threads
 from cynet._validation import describe
-from cynet.nn.layers import _add_bias_gradient, _cached, _float_dtype, _positive_int
-from cynet.nn.module import Module, Parameter
+from cynet.nn.layers import (_add_bias_gradient, _cached, _check_weight_dtype, _float_dtype, _initial_parameters,
+                              _positive_int)
+from cynet.nn.module import Module
 
 __all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
 
@@ -65,25 +65,33 @@ def _pool_settings(layer, kernel_size, stride, padding):
     return kernel, stride, padding
 
 
+def _output_size(size, kernel, stride, pad):
+    """(size + 2 pad - kernel) // stride + 1: the positions of a kernel sliding over a padded axis."""
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def _images(module, x, channels=None):
+    """x as a C-contiguous (N, C, H, W) array, with C = ``channels`` when given; ValueError otherwise."""
+    x = np.asarray(x)
+    if x.ndim != 4 or (channels is not None and x.shape[1] != channels):
+        raise ValueError(f"{module!r}: expected input of shape (N, {'C' if channels is None else channels}, H, W), "
+                         f"got {describe(x)}")
+    return np.ascontiguousarray(x)
+
+
 def _float_images(module, x):
     """x as a C-contiguous float32/float64 (N, C, H, W) array; clear errors otherwise."""
-    x = np.asarray(x)
-    if x.ndim != 4:
-        raise ValueError(f"{module!r}: expected input of shape (N, C, H, W), got {describe(x)}")
+    x = _images(module, x)
     if x.dtype not in (np.float32, np.float64):
         raise TypeError(f"{module!r}: input must be float32 or float64, got {describe(x)}")
-    return np.ascontiguousarray(x)
+    return x
 
 
-def _check_images(module, x, channels, kernel, pad):
-    """x as a C-contiguous (N, channels, H, W) array of the module's dtype, large enough for the kernel."""
-    x = np.asarray(x)
-    if x.ndim != 4 or x.shape[1] != channels:
-        raise ValueError(f"{module!r}: expected input of shape (N, {channels}, H, W), got {describe(x)}")
-    if x.shape[2] + 2 * pad < kernel[0] or x.shape[3] + 2 * pad < kernel[1]:
-        raise ValueError(f"{module!r}: the input's (H, W) = {x.shape[2:]} with padding {pad} is smaller than the "
+def _check_fits(module, hw, kernel, pad):
+    """ValueError unless an (H, W) image padded by ``pad`` holds the kernel."""
+    if hw[0] + 2 * pad < kernel[0] or hw[1] + 2 * pad < kernel[1]:
+        raise ValueError(f"{module!r}: the input's (H, W) = {tuple(hw)} with padding {pad} is smaller than the "
                          f"kernel {kernel}")
-    return np.ascontiguousarray(x)
 
 
 class Conv2d(Module):
@@ -124,28 +132,15 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, init="default",
                  dtype=np.float32, generator=None):
         super().__init__()
-        from cynet import init as initialisers
-
         name = "Conv2d"
         self.in_channels = _positive_int(name, "in_channels", in_channels)
         self.out_channels = _positive_int(name, "out_channels", out_channels)
         self.kernel_size = _pair(name, "kernel_size", kernel_size)
         self.stride = _square(name, "stride", _pair(name, "stride", stride))
         self.padding = _square(name, "padding", _pair(name, "padding", padding, low=0))
-        dtype = _float_dtype(name, dtype)
-        rng = resolve_generator(generator)
-        self.init = init if isinstance(init, str) else getattr(init, "__name__", "custom")
-        weight = np.empty((self.out_channels, self.in_channels) + self.kernel_size, dtype=dtype)
-        initialisers.get_initializer(init)(weight, generator=rng)
-        self.weight = Parameter(weight)
-        if bias:
-            b = np.zeros(self.out_channels, dtype=dtype)
-            if init == "default":
-                initialisers.default_bias_(b, self.in_channels * self.kernel_size[0] * self.kernel_size[1],
-                                           generator=rng)
-            self.bias = Parameter(b)
-        else:
-            self.bias = None
+        _initial_parameters(self, (self.out_channels, self.in_channels) + self.kernel_size,
+                            self.in_channels * self.kernel_size[0] * self.kernel_size[1], bias, init,
+                            _float_dtype(name, dtype), generator)
         self._cols = None           # the last forward's column matrix (its backward reads it)
         self._dcols = None          # scratch for the backward's column gradient, kept for the next pass
         self._input_shape = None
@@ -159,16 +154,14 @@ class Conv2d(Module):
         return np.empty(shape, dtype=dtype)
 
     def _output_hw(self, h, w):
-        k = _k()
-        return (k.output_size(h, self.kernel_size[0], self.stride, self.padding),
-                k.output_size(w, self.kernel_size[1], self.stride, self.padding))
+        return (_output_size(h, self.kernel_size[0], self.stride, self.padding),
+                _output_size(w, self.kernel_size[1], self.stride, self.padding))
 
     def forward(self, x):
-        x = _check_images(self, x, self.in_channels, self.kernel_size, self.padding)
+        x = _images(self, x, self.in_channels)
+        _check_fits(self, x.shape[2:], self.kernel_size, self.padding)
         w = self.weight.data
-        if x.dtype != w.dtype:
-            raise TypeError(f"{self!r}: input must have the weights' dtype {w.dtype}, got {describe(x)} "
-                            f"(convert the data, or the model with .to({x.dtype}))")
+        _check_weight_dtype(self, x, w.dtype)
         n = x.shape[0]
         oh, ow = self._output_hw(x.shape[2], x.shape[3])
         cols = self._buffer(self._cols, (w[0].size, n * oh * ow), w.dtype)
@@ -244,13 +237,12 @@ class MaxPool2d(Module):
 
     def forward(self, x):
         x = _float_images(self, x)
-        x = _check_images(self, x, x.shape[1], self.kernel_size, self.padding)
-        k = _k()
-        oh = k.output_size(x.shape[2], self.kernel_size[0], self.stride, self.padding)
-        ow = k.output_size(x.shape[3], self.kernel_size[1], self.stride, self.padding)
+        _check_fits(self, x.shape[2:], self.kernel_size, self.padding)
+        oh = _output_size(x.shape[2], self.kernel_size[0], self.stride, self.padding)
+        ow = _output_size(x.shape[3], self.kernel_size[1], self.stride, self.padding)
         y = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
         idx = np.empty(y.shape, dtype=np.int64)
-        k.maxpool_forward(x, self.kernel_size[0], self.kernel_size[1], self.stride, self.padding, y, idx,
+        _k().maxpool_forward(x, self.kernel_size[0], self.kernel_size[1], self.stride, self.padding, y, idx,
                           kernel_threads(x.size, NS_STREAM))
         self._idx, self._input_shape = idx, x.shape
         return y
@@ -275,7 +267,7 @@ def _pool_windows(size, kernel, stride, pad, include_pad):
     """(starts, ends, scales) of AvgPool2d's windows along one axis of ``size``: the window of output o covers
     [o s - p, o s - p + k) clipped to the image; its scale is 1 / (its extent within the padded axis) with
     ``include_pad`` (PyTorch's count_include_pad), else 1 / (its extent within the image)."""
-    n_out = (size + 2 * pad - kernel) // stride + 1
+    n_out = _output_size(size, kernel, stride, pad)
     starts = np.arange(n_out, dtype=np.int64) * stride - pad
     padded_ends = np.minimum(starts + kernel, size + pad)
     clipped_starts, clipped_ends = np.maximum(starts, 0), np.minimum(padded_ends, size)
@@ -356,10 +348,7 @@ class AvgPool2d(_AvgPool):
         self._plan = None
 
     def _windows(self, h, w):
-        for size, k in ((h, self.kernel_size[0]), (w, self.kernel_size[1])):
-            if size + 2 * self.padding < k:
-                raise ValueError(f"{self!r}: the input's (H, W) = {(h, w)} with padding {self.padding} is smaller "
-                                 f"than the kernel {self.kernel_size}")
+        _check_fits(self, (h, w), self.kernel_size, self.padding)
         return (_pool_windows(h, self.kernel_size[0], self.stride, self.padding, self.count_include_pad),
                 _pool_windows(w, self.kernel_size[1], self.stride, self.padding, self.count_include_pad))
 

@@ -56,6 +56,32 @@ def _add_bias_gradient(bias, dout, axis):
         grad += dout.sum(axis=axis)
 
 
+def _initial_parameters(module, weight_shape, fan_in, bias, init, dtype, generator):
+    """Set ``module.init``, ``module.weight`` (drawn by the initialiser ``init``) and ``module.bias`` (zeros, or
+    PyTorch's uniform +-1/sqrt(fan_in) with init "default"; None without bias): Linear's and Conv2d's parameters."""
+    from cynet import init as initialisers
+
+    rng = resolve_generator(generator)
+    module.init = init if isinstance(init, str) else getattr(init, "__name__", "custom")
+    weight = np.empty(weight_shape, dtype=dtype)
+    initialisers.get_initializer(init)(weight, generator=rng)
+    module.weight = Parameter(weight)
+    if bias:
+        b = np.zeros(weight_shape[0], dtype=dtype)
+        if init == "default":
+            initialisers.default_bias_(b, fan_in, generator=rng)
+        module.bias = Parameter(b)
+    else:
+        module.bias = None
+
+
+def _check_weight_dtype(module, x, dtype):
+    """TypeError unless the input ``x`` has the weights' dtype."""
+    if x.dtype != dtype:
+        raise TypeError(f"{module!r}: input must have the weights' dtype {dtype}, got {describe(x)} "
+                        f"(convert the data, or the model with .to({x.dtype}))")
+
+
 def _cached(module, attribute):
     value = getattr(module, attribute, None)
     if value is None:
@@ -96,23 +122,10 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, init="default", dtype=np.float32, generator=None):
         super().__init__()
-        from cynet import init as initialisers
-
         self.in_features = _positive_int("Linear", "in_features", in_features)
         self.out_features = _positive_int("Linear", "out_features", out_features)
-        dtype = _float_dtype("Linear", dtype)
-        rng = resolve_generator(generator)
-        self.init = init if isinstance(init, str) else getattr(init, "__name__", "custom")
-        weight = np.empty((self.out_features, self.in_features), dtype=dtype)
-        initialisers.get_initializer(init)(weight, generator=rng)
-        self.weight = Parameter(weight)
-        if bias:
-            b = np.zeros(self.out_features, dtype=dtype)
-            if init == "default":
-                initialisers.default_bias_(b, self.in_features, generator=rng)
-            self.bias = Parameter(b)
-        else:
-            self.bias = None
+        _initial_parameters(self, (self.out_features, self.in_features), self.in_features, bias, init,
+                            _float_dtype("Linear", dtype), generator)
         self._x = None
 
     def _check_input(self, x):
@@ -120,9 +133,7 @@ class Linear(Module):
         w = self.weight.data
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"{self!r}: expected input of shape (N, {self.in_features}), got {describe(x)}")
-        if x.dtype != w.dtype:
-            raise TypeError(f"{self!r}: input must have the weights' dtype {w.dtype}, got {describe(x)} "
-                            f"(convert the data, or the model with .to({x.dtype}))")
+        _check_weight_dtype(self, x, w.dtype)
         return x
 
     def forward(self, x):

@@ -665,8 +665,8 @@ def fold_batchnorm(model):
 
     (:math:`W_f` the weights of output f: a row of a Linear's, a filter of a Conv2d's; a layer without bias gets
     one). Folded weights are computed in float64 and stored in the layer's dtype. Batch norms without running
-    statistics, or not preceded by such a layer, are copied unchanged. The result is in eval mode; its outputs equal the original
-    model's in eval mode (to rounding). The original model is not modified.
+    statistics, or not preceded by such a layer, are copied unchanged. The result is in eval mode; its outputs equal
+    the original model's in eval mode (to rounding). The original model is not modified.
 
     Args:
         model (Sequential): the trained model (its top-level layers are scanned).
