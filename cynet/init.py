@@ -33,6 +33,7 @@ Example:
     >>> round(float(w.std() * np.sqrt(512 / 2)), 1)
     1.0
 """
+import collections
 import math
 import numbers
 
@@ -526,21 +527,8 @@ def get_initializer(spec):
 
 
 # --- data-driven: layer-sequential unit-variance initialisation -------------------------------------------------------
-class LSUVLayer(tuple):
-    """One layer's record from :func:`lsuv_`: ``(name, kind, std_before, std_after, scale, iterations)``."""
-
-    __slots__ = ()
-    _fields = ("name", "kind", "std_before", "std_after", "scale", "iterations")
-
-    def __new__(cls, *values):
-        return tuple.__new__(cls, values)
-
-    name = property(lambda self: self[0])
-    kind = property(lambda self: self[1])
-    std_before = property(lambda self: self[2])
-    std_after = property(lambda self: self[3])
-    scale = property(lambda self: self[4])
-    iterations = property(lambda self: self[5])
+LSUVLayer = collections.namedtuple("LSUVLayer", "name kind std_before std_after scale iterations")
+LSUVLayer.__doc__ = "One layer's record from :func:`lsuv_`: ``(name, kind, std_before, std_after, scale, iterations)``."
 
 
 class LSUVReport(list):

@@ -135,16 +135,20 @@ class _DataLoss(Module):
         return self._dscores * self._dscores.dtype.type(dout)
 
     def _classification_forward(self, scores, y, kernel, *params):
-        """Validate ``scores`` (N, C) and labels ``y``, run the fused ``kernel(scores, labels, *params, dscores,
-        row_loss, n_threads)``, keep its gradient and mean loss; returns the validated labels."""
+        """Validate ``scores`` (N, C) and labels ``y``, then :meth:`_run_fused`; returns the validated labels."""
         name = type(self).__name__
         scores = _class_scores(name, scores)
         labels = _labels(name, y, scores)
+        self._run_fused(kernel, scores, labels, *params)
+        return labels
+
+    def _run_fused(self, kernel, scores, targets, *params):
+        """Run the fused ``kernel(scores, targets, *params, dscores, row_loss, n_threads)`` on validated arrays, keep
+        its gradient and mean loss."""
         dscores = np.empty_like(scores)
         row_loss = np.empty(scores.shape[0], np.float64)
-        self.loss = float(kernel(scores, labels, *params, dscores, row_loss, kernel_threads(scores.size, NS_EXP)))
+        self.loss = float(kernel(scores, targets, *params, dscores, row_loss, kernel_threads(scores.size, NS_EXP)))
         self._dscores = dscores
-        return labels
 
 
 class SoftmaxCrossEntropy(_DataLoss):
@@ -226,11 +230,7 @@ class SoftmaxCrossEntropy(_DataLoss):
         if self.label_smoothing:
             eps = self.label_smoothing
             targets = targets * scores.dtype.type(1 - eps) + scores.dtype.type(eps / scores.shape[1])
-        dscores = np.empty_like(scores)
-        row_loss = np.empty(scores.shape[0], np.float64)
-        self.loss = float(_k().softmax_cross_entropy_soft(scores, targets, dscores, row_loss,
-                                                          kernel_threads(scores.size, NS_EXP)))
-        self._dscores = dscores
+        self._run_fused(_k().softmax_cross_entropy_soft, scores, targets)
         return self.loss
 
     def extra_repr(self):
