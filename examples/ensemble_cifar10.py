@@ -18,33 +18,16 @@ import argparse
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
 import cynet
 from cynet import checkpoint, nn
-from cynet.data import Standardize, load_cifar10_reachable
 from cynet.ensemble import EMA, Ensemble
 from cynet.nn.loss import L2Penalty, SoftmaxCrossEntropy
 from cynet.optim import SGD
 from cynet.train import Callback, Trainer
-from cynet.tune import holdout_split
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar-10-batches-py"
-
-
-def load_data(path=None, n_train=5000, n_val=1000, seed=0):
-    """(x_train, y_train, x_val, y_val, description): flattened float32, standardised with training statistics."""
-    data, _ = load_cifar10_reachable(path, fallbacks=[SHARED], test=False, flatten=True)
-    x, y = data.x_train, data.y_train
-    n_train, n_val = min(n_train, len(x) - len(x) // 5), min(n_val, len(x) // 5)
-    pick = np.random.default_rng(seed).permutation(len(x))[:n_train + n_val]
-    x_tr, y_tr, x_val, y_val = holdout_split(x[pick], y[pick], n_val / (n_train + n_val), seed=seed)
-    scaler = Standardize(per="channel").fit(x_tr.reshape(-1, 3, 32, 32))
-    x_tr = scaler.transform(x_tr.reshape(-1, 3, 32, 32)).reshape(len(x_tr), -1)
-    x_val = scaler.transform(x_val.reshape(-1, 3, 32, 32)).reshape(len(x_val), -1)
-    return x_tr, y_tr, x_val, y_val, data.source
+from cifar10_data import load_split
 
 
 def build_mlp(hidden=200):
@@ -79,7 +62,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    x_tr, y_tr, x_val, y_val, source = load_data(args.data, args.n_train, args.n_val, args.seed)
+    x_tr, y_tr, x_val, y_val, source = load_split(args.data, args.n_train, args.n_val, args.seed)
     print(f"data: {source}\n  {len(x_tr)} training / {len(x_val)} validation images\n")
     models, rows = [], []
     snapshot_dir = tempfile.TemporaryDirectory(prefix="cynet-snapshots-")     # removed at exit

@@ -22,36 +22,16 @@ Example:
     python examples/regularization_lab.py --train 2000 --epochs 15
 """
 import argparse
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 
 import cynet
 from cynet import nn, optim
-from cynet.data import Compose, Cutout, Mixup, RandomCrop, RandomHorizontalFlip, Standardize, load_cifar10_reachable
+from cynet.data import Compose, Cutout, Mixup, RandomCrop, RandomHorizontalFlip
 from cynet.diagnostics import diagnose
 from cynet.train import MaxNorm, Trainer
-from cynet.tune import holdout_split
-
-# the development copy next to the project (../shared/datasets), when this checkout has one; $CYNET_SHARED_DATA moves it
-SHARED = Path(os.environ.get("CYNET_SHARED_DATA")
-              or Path(__file__).resolve().parents[1].parent / "shared" / "datasets")
-IMAGE = (3, 32, 32)
-
-
-def load_data(path=None, n_train=2000, n_val=1000, seed=0):
-    """(x_train, y_train, x_val, y_val, description): flattened float32, standardised with training statistics."""
-    data, _ = load_cifar10_reachable(path, fallbacks=[SHARED], test=False, flatten=True)
-    x, y = data.x_train, data.y_train
-    n_train, n_val = min(n_train, len(x) - len(x) // 5), min(n_val, len(x) // 5)
-    pick = np.random.default_rng(seed).permutation(len(x))[:n_train + n_val]
-    x_tr, y_tr, x_val, y_val = holdout_split(x[pick], y[pick], n_val / (n_train + n_val), seed=seed)
-    scaler = Standardize(per="channel").fit(x_tr.reshape((-1,) + IMAGE))
-    x_tr = scaler.transform(x_tr.reshape((-1,) + IMAGE)).reshape(len(x_tr), -1)
-    x_val = scaler.transform(x_val.reshape((-1,) + IMAGE)).reshape(len(x_val), -1)
-    return x_tr, y_tr, x_val, y_val, data.source
+from cifar10_data import IMAGE, load_split
 
 
 def build_mlp(hidden=512, dropout=0.0, dropconnect=0.0):
@@ -120,7 +100,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    x_tr, y_tr, x_val, y_val, source = load_data(args.data, args.train, args.val, args.seed)
+    x_tr, y_tr, x_val, y_val, source = load_split(args.data, args.train, args.val, args.seed)
     print(f"data: {len(x_tr)} training and {len(x_val)} validation images from {source}")
     print(f"model: 3072-512-ReLU-512-ReLU-10, SGD momentum 0.9, lr {args.lr:g}, {args.epochs} epochs, batch "
           f"{args.batch_size}, {cynet.get_num_threads()} threads\n")

@@ -33,7 +33,6 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -45,6 +44,7 @@ from cynet.data import (Compose, RandomCrop, RandomHorizontalFlip, Standardize, 
 from cynet.nn.loss import L2Penalty, SoftmaxCrossEntropy
 from cynet.optim.lr_scheduler import CosineAnnealingLR
 from cynet.train import ModelCheckpoint, Trainer
+from cifar10_data import SHARED
 
 MODELS = {
     # hidden layer widths of the fully connected net (each Linear -> BatchNorm1d -> ReLU)
@@ -88,9 +88,6 @@ def stage(title):
     print(f"\n== {title} " + "=" * max(0, 74 - len(title)), flush=True)
 
 
-# the development copy next to the project (../shared/datasets), when this checkout has one; $CYNET_SHARED_DATA moves it
-SHARED = Path(os.environ.get("CYNET_SHARED_DATA")
-              or Path(__file__).resolve().parents[1].parent / "shared" / "datasets")
 
 
 def load_data(args):

@@ -20,29 +20,10 @@ The same ``--seed`` and ``--threads-per-trial`` give the same trial table on eve
 import argparse
 import os
 import time
-from pathlib import Path
-
-import numpy as np
 
 from cynet import nn
-from cynet.data import Standardize, load_cifar10_reachable
-from cynet.tune import CoarseToFine, RandomSearch, Stage, choice, holdout_split, loguniform, make_trainer_trial
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar-10-batches-py"
-
-
-def load_data(path=None, n_train=5000, n_val=1000, seed=0):
-    """(x_train, y_train, x_val, y_val, description): flattened float32, standardised with training statistics."""
-    data, _ = load_cifar10_reachable(path, fallbacks=[SHARED], test=False, flatten=True)
-    x, y = data.x_train, data.y_train
-    n_train, n_val = min(n_train, len(x) - len(x) // 5), min(n_val, len(x) // 5)
-    rng = np.random.default_rng(seed)
-    pick = rng.permutation(len(x))[:n_train + n_val]
-    x_tr, y_tr, x_val, y_val = holdout_split(x[pick], y[pick], n_val / (n_train + n_val), seed=seed)
-    scaler = Standardize(per="channel").fit(x_tr.reshape(-1, 3, 32, 32))    # training statistics only
-    x_tr = scaler.transform(x_tr.reshape(-1, 3, 32, 32)).reshape(len(x_tr), -1)
-    x_val = scaler.transform(x_val.reshape(-1, 3, 32, 32)).reshape(len(x_val), -1)
-    return x_tr, y_tr, x_val, y_val, data.source
+from cynet.tune import CoarseToFine, RandomSearch, Stage, choice, loguniform, make_trainer_trial
+from cifar10_data import load_split
 
 
 def build_mlp(params):
@@ -79,7 +60,7 @@ def main(argv=None):
     p.add_argument("--out", default="runs/tune_cifar10")
     args = p.parse_args(argv)
 
-    x_tr, y_tr, x_val, y_val, source = load_data(args.data, args.n_train, args.n_val, args.seed)
+    x_tr, y_tr, x_val, y_val, source = load_split(args.data, args.n_train, args.n_val, args.seed)
     print(f"data: {source}\n  {len(x_tr)} training / {len(x_val)} validation images")
     trial = make_trainer_trial(build_mlp, optimizer_factory=sgd_momentum, batch_size=args.batch_size)
     if args.coarse_to_fine:

@@ -5,6 +5,7 @@ deviations above it), the PNG signature of the plots, and the checkpoint reloadi
 """
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def load_example(name):
+    """Import an example as a module; its directory goes on the import path, as when it runs as a script (the
+    examples share cifar10_data.py)."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
