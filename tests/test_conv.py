@@ -334,3 +334,29 @@ def test_avg_pools_thread_invariance_validation_and_repr(rng):
     assert repr(nn.AvgPool2d(3, 1, 1, count_include_pad=False)) == \
         "AvgPool2d(kernel_size=(3, 3), stride=1, padding=1, count_include_pad=False)"
     assert repr(nn.AdaptiveAvgPool2d(1)) == "AdaptiveAvgPool2d(output_size=(1, 1))"
+
+
+def test_the_kernels_refuse_inconsistent_arrays():
+    """The checks in front of the loops: a wrong buffer is an error, never an out-of-bounds write."""
+    from cynet.nn.conv import _k
+
+    k = _k()
+    x = np.zeros((2, 3, 5, 5))
+    with pytest.raises(ValueError, match=r"im2col: the columns must be \(27, 18\)"):
+        k.im2col(x, 3, 3, 1, 0, np.zeros((27, 17)), 1)
+    with pytest.raises(ValueError, match=r"col2im: the columns must be \(27, 18\)"):
+        k.col2im(np.zeros((26, 18)), 3, 3, 1, 0, x, 1)
+    with pytest.raises(ValueError, match=r"maxpool_forward: y and idx must be \(2, 3, 2, 2\)"):
+        k.maxpool_forward(x, 2, 2, 2, 0, np.zeros((2, 3, 2, 2)), np.zeros((2, 3, 2, 3), np.int64), 1)
+    with pytest.raises(ValueError, match="maxpool_backward: dout, idx and dx disagree in shape"):
+        k.maxpool_backward(np.zeros((2, 3, 2, 2)), np.zeros((2, 3, 2, 3), np.int64), x, 1)
+    rows = (np.array([0, 2]), np.array([2, 4]), np.ones(2) / 2)
+    windows = (rows[0], rows[1], rows[0], rows[1], rows[2], rows[2])
+    with pytest.raises(ValueError, match=r"avgpool_forward: y must be \(2, 3, 2, 2\)"):
+        k.avgpool_forward(x, *windows, np.zeros((2, 3, 2, 3)), 1)
+    with pytest.raises(ValueError, match=r"avgpool_backward: dout must be \(2, 3, 2, 2\)"):
+        k.avgpool_backward(np.zeros((2, 3, 3, 2)), *windows, x, 1)
+    with pytest.raises(ValueError, match=r"row window 1 \[2, 6\) outside \[0, 5\]"):
+        k.avgpool_forward(x, rows[0], np.array([2, 6]), *windows[2:], np.zeros((2, 3, 2, 2)), 1)
+    with pytest.raises(ValueError, match="window arrays of different lengths"):
+        k.avgpool_forward(x, rows[0], rows[1], rows[0], rows[1], rows[2], np.ones(3), np.zeros((2, 3, 2, 2)), 1)

@@ -129,6 +129,13 @@ def test_soft_target_validation(targets, error, message):
         SoftmaxCrossEntropy()(np.zeros((2, 3)), targets)
 
 
+def test_soft_target_kernel_refuses_mismatched_targets():
+    from cynet.nn.loss import _k
+
+    with pytest.raises(ValueError, match=r"softmax_cross_entropy_soft: targets \(2, 4\) do not match scores \(2, 3\)"):
+        _k().softmax_cross_entropy_soft(np.zeros((2, 3)), np.zeros((2, 4)), np.zeros((2, 3)), np.zeros(2), 1)
+
+
 @pytest.mark.parametrize("value", [-0.1, 1.5, "0.1", True, float("nan")])
 def test_label_smoothing_validation(value):
     with pytest.raises(ValueError, match="label_smoothing must be a number in \\[0, 1\\]"):
