@@ -274,6 +274,9 @@ def test_avg_pool_against_the_windows(rng, k, s, p, include_pad):
     dx = pool.backward(dout)
     np.testing.assert_allclose(dx, (dout.reshape(2, 3, -1) @ weights).reshape(x.shape), rtol=1e-14, atol=1e-15)
     assert pool(x.astype(np.float32)).dtype == np.float32
+    report = gradcheck.check_module(nn.AvgPool2d(k, stride=s, padding=p, count_include_pad=include_pad),
+                                    rng.standard_normal((2, 2, 7, 9)))
+    assert report.passed and report.max_error < 1e-7, str(report)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, (4, 5), (5, 2)])
