@@ -55,6 +55,7 @@ import numpy as np
 from cynet import checkpoint as _checkpoint
 from cynet.nn.module import Module
 from cynet.nn.utils import clip_grad_norm_, max_norm_
+from cynet.optim.lbfgs import loss_closure
 from cynet.optim.optimizers import learning_rates
 
 __all__ = ["Trainer", "Callback", "ProgressBar", "EarlyStopping", "ModelCheckpoint", "MaxNorm", "DivergenceWarning"]
@@ -489,6 +490,8 @@ class Trainer:
         loss: a data loss with ``forward(scores, y) -> float`` (the batch mean) and ``backward() -> dscores``
             (e.g. :class:`cynet.nn.loss.SoftmaxCrossEntropy`).
         optimizer: a :mod:`cynet.optim` optimiser over the model's parameters (``step``, ``lr``, ``state_dict``).
+            One that takes a closure (:class:`~cynet.optim.LBFGS`) gets one re-evaluating the current batch; its
+            first call returns the loss the trainer has just computed (with the penalty), gradients already in place.
         scheduler: optional learning-rate schedule from :mod:`cynet.optim.lr_scheduler`, stepped once per epoch
             (a ReduceLROnPlateau gets the validation loss, or the training loss when there is no validation).
             Default None.
@@ -799,8 +802,29 @@ class Trainer:
             clip_grad_norm_(model.parameters(), self.clip_grad_norm)
         if (self.iteration - 1) % self.guard_every == 0:
             self._last_good.take(self.iteration)
-        self.optimizer.step()
+        if getattr(self.optimizer, "needs_closure", False):
+            self.optimizer.step(self._closure(xb, yb, data_loss + reg_loss))
+        else:
+            self.optimizer.step()
         return data_loss, _correct(scores, yb)
+
+    def _closure(self, xb, yb, current_loss):
+        """The closure of an optimiser that re-evaluates (L-BFGS): the batch's loss and gradients, as :meth:`_step`
+        computes them (penalty and clipping included); the first call returns ``current_loss``, whose gradients the
+        parameters hold already."""
+        evaluate = loss_closure(self.model, self.loss, xb, yb, self.regularization)
+        calls = []
+
+        def closure():
+            if not calls:
+                calls.append(1)
+                return current_loss
+            value = evaluate()
+            if self.clip_grad_norm is not None:
+                clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+            return value
+
+        return closure
 
     def _diverged(self, problem):
         self._last_good.restore()

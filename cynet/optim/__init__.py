@@ -1,7 +1,9 @@
 """Optimisers and learning-rate schedules: the update rules of CS231n's "Training Neural Networks" in PyTorch's API.
 
 Optimisers (:mod:`cynet.optim.optimizers`): :class:`SGD` (momentum, Nesterov), :class:`AdaGrad`, :class:`RMSProp`,
-:class:`Adam`, :class:`AdamW`. Each step is one fused Cython kernel per parameter, with PyTorch's formulas. Parameter
+:class:`Adam`, :class:`AdamW`. Each step is one fused Cython kernel per parameter, with PyTorch's formulas.
+:class:`LBFGS` (:mod:`cynet.optim.lbfgs`) is the lecture's second-order method, for full-batch problems:
+``opt.step(closure)``, with :func:`loss_closure` building the closure. Parameter
 groups (``[{"params": ..., "lr": ...}, ...]``) give parts of a model their own settings; :func:`weight_decay_groups`
 builds the usual pair that leaves biases and normalisation parameters out of weight decay.
 
@@ -23,12 +25,14 @@ from cynet.optim.lr_scheduler import (
     CosineAnnealingLR, CosineAnnealingWarmRestarts, ExponentialLR, InverseSqrtLR, InverseTimeLR, LinearLR, LinearWarmup,
     LRScheduler, MultiStepLR, PolynomialLR, ReduceLROnPlateau, StepLR,
 )
+from cynet.optim.lbfgs import LBFGS, loss_closure
 from cynet.optim.optimizers import (
     SGD, AdaGrad, Adam, AdamW, Optimizer, ParamGroup, RMSProp, weight_decay_groups,
 )
 
 __all__ = [
-    "Optimizer", "ParamGroup", "SGD", "AdaGrad", "RMSProp", "Adam", "AdamW", "weight_decay_groups", "lr_scheduler",
+    "Optimizer", "ParamGroup", "SGD", "AdaGrad", "RMSProp", "Adam", "AdamW", "LBFGS", "loss_closure",
+    "weight_decay_groups", "lr_scheduler",
     "LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "InverseTimeLR", "InverseSqrtLR", "LinearLR",
     "PolynomialLR", "CosineAnnealingLR", "CosineAnnealingWarmRestarts", "LinearWarmup", "ReduceLROnPlateau",
 ]

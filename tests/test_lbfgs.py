@@ -1,0 +1,280 @@
+"""L-BFGS (cynet.optim.LBFGS): torch.optim.LBFGS step for step in float64 (fixed steps and strong Wolfe), the exact
+minimiser of a quadratic, Rosenbrock's valley, the cubic interpolation, state dicts, snapshots, validation, and the
+trainer and its checkpoints driving it.
+"""
+import numpy as np
+import pytest
+
+import cynet
+from cynet import checkpoint, nn
+from cynet.optim import LBFGS, loss_closure
+from cynet.optim.lbfgs import _cubic_minimum
+from cynet.train import Trainer
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - depends on the environment
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not importable")
+
+
+def _data(n=60, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 6)), rng.integers(0, 4, n)
+
+
+def _model(dtype=np.float64, seed=0):
+    cynet.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4)).to(dtype)
+
+
+def _function_closure(param, function):
+    """A closure for one Parameter: ``function(x) -> (value, gradient)``."""
+    def closure():
+        value, gradient = function(param.data)
+        param.grad = gradient
+        return value
+    return closure
+
+
+@needs_torch
+@pytest.mark.parametrize("line_search", [None, "strong_wolfe"])
+def test_matches_torch_step_for_step(line_search):
+    x, y = _data()
+    model = _model()
+    reference = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4)).double()
+    with torch.no_grad():
+        for theirs, ours in zip(reference.parameters(), model.parameters()):
+            theirs.copy_(torch.from_numpy(ours.data))
+    settings = dict(lr=0.5 if line_search is None else 1.0, history_size=4, max_iter=7, line_search_fn=line_search)
+    opt = LBFGS(model.parameters(), **settings)
+    theirs_opt = torch.optim.LBFGS(reference.parameters(), **settings)
+    closure = loss_closure(model, nn.SoftmaxCrossEntropy(), x, y)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def theirs_closure():
+        theirs_opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(reference(tx), ty)
+        loss.backward()
+        return loss
+
+    for _ in range(4):
+        ours_loss, theirs_loss = opt.step(closure), theirs_opt.step(theirs_closure).item()
+        assert ours_loss == pytest.approx(theirs_loss, rel=1e-10)
+        for theirs, ours in zip(reference.parameters(), model.parameters()):
+            np.testing.assert_allclose(ours.data, theirs.detach().numpy(), rtol=0, atol=1e-9)
+        state = theirs_opt.state[theirs_opt._params[0]]
+        assert (opt._memory["n_iter"], opt._memory["func_evals"]) == (state["n_iter"], state["func_evals"])
+        assert len(opt._memory["old_dirs"]) == len(state["old_dirs"]) <= 4
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_quadratic_reaches_the_solution_of_the_linear_system(dtype):
+    # f(x) = x'Ax/2 - b'x, minimised at A^-1 b; L-BFGS with n pairs is exact on it up to the line search's rounding
+    rng = np.random.default_rng(3)
+    q, _ = np.linalg.qr(rng.standard_normal((12, 12)))
+    a = q @ np.diag(np.geomspace(1.0, 50.0, 12)) @ q.T
+    b = rng.standard_normal(12)
+    param = nn.Parameter(np.zeros(12, dtype=dtype))
+    opt = LBFGS([param], max_iter=200, tolerance_grad=1e-11, tolerance_change=0.0, line_search_fn="strong_wolfe")
+    opt.step(_function_closure(param, lambda x: (0.5 * x @ a @ x - b @ x, (a @ x - b).astype(dtype))))
+    tolerance = 1e-9 if dtype == np.float64 else 2e-4
+    np.testing.assert_allclose(param.data, np.linalg.solve(a, b), rtol=0, atol=tolerance)
+    assert opt._memory["n_iter"] < 60
+
+
+def test_rosenbrock_valley_is_crossed_with_the_line_search():
+    def rosenbrock(x):
+        value = (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
+        gradient = np.array([-2 * (1 - x[0]) - 400 * x[0] * (x[1] - x[0] ** 2), 200 * (x[1] - x[0] ** 2)])
+        return value, gradient
+
+    param = nn.Parameter(np.array([-1.5, 2.0]))
+    opt = LBFGS([param], max_iter=100, tolerance_grad=1e-10, tolerance_change=0.0, line_search_fn="strong_wolfe")
+    first = opt.step(_function_closure(param, rosenbrock))
+    assert first == pytest.approx(rosenbrock([-1.5, 2.0])[0])
+    np.testing.assert_allclose(param.data, [1.0, 1.0], atol=1e-6)
+
+    assert opt._memory["n_iter"] < 100
+
+
+def test_cubic_interpolation_finds_the_minimum_of_a_cubic_and_a_parabola():
+    # f = x^3 - 3x: f(0) = 0, f'(0) = -3, f(2) = 2, f'(2) = 9; minimum at x = 1
+    assert _cubic_minimum(0.0, 0.0, -3.0, 2.0, 2.0, 9.0) == pytest.approx(1.0, abs=1e-15)
+    assert _cubic_minimum(2.0, 2.0, 9.0, 0.0, 0.0, -3.0) == pytest.approx(1.0, abs=1e-15)
+    # f = (x - 0.3)^2 on [0, 1]
+    assert _cubic_minimum(0.0, 0.09, -0.6, 1.0, 0.49, 1.4) == pytest.approx(0.3, abs=1e-15)
+    # clipped to the bounds given, and the middle when the cubic has no minimum (slopes 2 at both ends of a secant
+    # of slope 1: d2^2 = 1 - 4 < 0)
+    assert _cubic_minimum(0.0, 0.0, -3.0, 2.0, 2.0, 9.0, 1.5, 3.0) == 1.5
+    assert _cubic_minimum(0.0, 0.0, 2.0, 1.0, 1.0, 2.0) == 0.5
+    assert _cubic_minimum(1.0, 0.0, 1.0, 1.0, 0.0, 1.0) == 1.0                # one point: no division by zero
+
+
+def test_full_batch_training_fits_and_keeps_at_most_history_size_pairs():
+    x, y = _data(80)
+    model = _model()
+    closure = loss_closure(model, nn.SoftmaxCrossEntropy(), x, y)
+    opt = LBFGS(model.parameters(), history_size=3, line_search_fn="strong_wolfe")
+    start = closure()
+    for _ in range(5):
+        opt.step(closure)
+    assert closure() < 0.3 * start
+    assert len(opt._memory["old_dirs"]) == len(opt._memory["ro"]) == 3
+    assert opt.step_count == 5 and opt._memory["n_iter"] > 5
+
+
+def test_a_converged_problem_returns_at_once_and_a_frozen_parameter_stays():
+    model = _model()
+    model[0].weight.requires_grad = False
+    frozen = model[0].weight.data.copy()
+    x, y = _data()
+    closure = loss_closure(model, nn.SoftmaxCrossEntropy(), x, y)
+    opt = LBFGS(model.parameters(), line_search_fn="strong_wolfe")
+    opt.step(closure)
+    np.testing.assert_array_equal(model[0].weight.data, frozen)
+    assert opt._memory["d"].size == sum(p.data.size for p in model.parameters() if p.requires_grad)
+
+    param = nn.Parameter(np.ones(3))
+    opt = LBFGS([param], tolerance_grad=1e-3)
+    calls = []
+    opt.step(lambda: calls.append(1) or 0.0)      # zero gradient: converged before the first iteration
+    assert calls == [1] and opt._memory["n_iter"] == 0
+    np.testing.assert_array_equal(param.data, np.ones(3))
+
+
+def _interrupted_equals_straight(save_and_load):
+    x, y = _data()
+    straight = _model()
+    opt = LBFGS(straight.parameters(), history_size=3, max_iter=4, line_search_fn="strong_wolfe")
+    closure = loss_closure(straight, nn.SoftmaxCrossEntropy(), x, y)
+    for _ in range(4):
+        opt.step(closure)
+
+    first = _model()
+    first_opt = LBFGS(first.parameters(), history_size=3, max_iter=4, line_search_fn="strong_wolfe")
+    first_closure = loss_closure(first, nn.SoftmaxCrossEntropy(), x, y)
+    for _ in range(2):
+        first_opt.step(first_closure)
+    resumed = _model(seed=5)
+    resumed.load_state_dict(first.state_dict())
+    resumed_opt = LBFGS(resumed.parameters(), lr=0.3, history_size=3)
+    save_and_load(first_opt, resumed_opt)
+    assert resumed_opt.max_iter == 4 and resumed_opt.lr == 1.0
+    resumed_closure = loss_closure(resumed, nn.SoftmaxCrossEntropy(), x, y)
+    for _ in range(2):
+        resumed_opt.step(resumed_closure)
+    for p, q in zip(resumed.parameters(), straight.parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
+    assert resumed_opt._memory["func_evals"] == opt._memory["func_evals"]
+
+
+def test_state_dict_resumes_exactly():
+    _interrupted_equals_straight(lambda source, target: target.load_state_dict(source.state_dict()))
+
+
+def test_state_dict_is_flat_and_checked():
+    x, y = _data()
+    model = _model()
+    opt = LBFGS(model.parameters(), history_size=2, max_iter=5)
+    assert opt.state_dict()["lbfgs.n_iter"] == 0 and "lbfgs.d" not in opt.state_dict()
+    opt.step(loss_closure(model, nn.SoftmaxCrossEntropy(), x, y))
+    state = opt.state_dict()
+    n = sum(p.data.size for p in model.parameters())
+    assert state["lbfgs.old_dirs"].shape == (2, n) and state["lbfgs.ro"].shape == (2,)
+    assert state["line_search_fn"] is None and state["max_eval"] == 6
+    other = LBFGS(_model().parameters(), history_size=2)
+    with pytest.raises(ValueError, match=r"lbfgs.d must have shape \(92,\)"):
+        other.load_state_dict({**state, "lbfgs.d": np.zeros(3)})
+    with pytest.raises(KeyError, match=r"missing keys \['lbfgs.ro'\]"):
+        other.load_state_dict({key: value for key, value in state.items() if key != "lbfgs.ro"})
+    with pytest.raises(KeyError, match="unexpected keys"):
+        other.load_state_dict({**state, "lbfgs.rho": 1.0})
+    with pytest.raises(ValueError, match="at most history_size"):
+        LBFGS(_model().parameters(), history_size=1).load_state_dict({**state, "history_size": 1})
+    with pytest.raises(ValueError, match="not 'LBFGS'"):
+        other.load_state_dict({**state, "type": "SGD"})
+    assert other._memory == {"n_iter": 0, "func_evals": 0}        # refused loads change nothing
+
+
+def test_snapshot_and_restore_bring_back_the_curvature_pairs():
+    x, y = _data()
+    model = _model()
+    closure = loss_closure(model, nn.SoftmaxCrossEntropy(), x, y)
+    opt = LBFGS(model.parameters(), max_iter=3)
+    opt.step(closure)
+    weights = [p.data.copy() for p in model.parameters()]
+    saved = opt.snapshot()
+    opt.step(closure)
+    after = [p.data.copy() for p in model.parameters()]
+    for p, w in zip(model.parameters(), weights):
+        np.copyto(p.data, w)
+    opt.restore(saved)
+    opt.step(closure)
+    for p, w in zip(model.parameters(), after):
+        np.testing.assert_array_equal(p.data, w)
+
+
+def test_settings_and_misuse_are_refused_with_clear_errors():
+    params = _model().parameters()
+    with pytest.raises(ValueError, match="max_iter must be an int >= 1, got 0"):
+        LBFGS(params, max_iter=0)
+    with pytest.raises(ValueError, match="history_size must be an int >= 1"):
+        LBFGS(params, history_size=2.5)
+    with pytest.raises(ValueError, match="line_search_fn must be None or 'strong_wolfe', got 'armijo'"):
+        LBFGS(params, line_search_fn="armijo")
+    with pytest.raises(ValueError, match="invalid tolerance_grad value: -1"):
+        LBFGS(params, tolerance_grad=-1)
+    with pytest.raises(ValueError, match="parameter groups are not supported"):
+        LBFGS([{"params": params[:2]}, {"params": params[2:]}])
+    opt = LBFGS(params)
+    with pytest.raises(ValueError, match="parameter groups are not supported"):
+        opt.add_param_group({"params": [nn.Parameter(np.ones(2))]})
+    with pytest.raises(TypeError, match=r"needs a closure .*step\(closure\)"):
+        opt.step()
+    with pytest.raises(TypeError, match="the same dtype"):
+        LBFGS([nn.Parameter(np.ones(2)), nn.Parameter(np.ones(2, np.float32))])
+    frozen = nn.Parameter(np.ones(2), requires_grad=False)
+    with pytest.raises(ValueError, match="every parameter is frozen"):
+        LBFGS([frozen]).step(lambda: 0.0)
+    opt.max_iter = 3
+    assert opt.param_groups[0]["max_iter"] == 3 and opt.max_iter == 3
+
+
+def _trainer(model=None):
+    model = model if model is not None else _model()
+    return Trainer(model, nn.SoftmaxCrossEntropy(), LBFGS(model.parameters(), max_iter=5, history_size=4,
+                                                          line_search_fn="strong_wolfe"),
+                   regularization=nn.L2Penalty(1e-3), progress=False)
+
+
+def test_trainer_drives_lbfgs_full_batch_as_a_hand_written_loop_does():
+    x, y = _data()
+    trainer = _trainer()
+    history = trainer.fit(x, y, epochs=4, batch_size=len(x), shuffle=False)
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
+
+    model = _model()
+    opt = LBFGS(model.parameters(), max_iter=5, history_size=4, line_search_fn="strong_wolfe")
+    closure = loss_closure(model, nn.SoftmaxCrossEntropy(), x, y, nn.L2Penalty(1e-3))
+    for _ in range(4):
+        opt.step(closure)
+    for p, q in zip(trainer.model.parameters(), model.parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
+    assert trainer.optimizer._memory["func_evals"] == opt._memory["func_evals"]   # the first calls count, reused
+
+
+def test_trainer_checkpoint_with_lbfgs_resumes_exactly(tmp_path):
+    x, y = _data()
+    straight = _trainer()
+    straight.fit(x, y, epochs=4, batch_size=30)
+    first = _trainer()
+    first.fit(x, y, epochs=2, batch_size=30)
+    path = tmp_path / "lbfgs.npz"
+    checkpoint.save_trainer(path, first)
+    resumed = _trainer(_model(seed=7))
+    checkpoint.load_trainer(path, resumed)
+    resumed.fit(x, y, epochs=4, batch_size=30)
+    for p, q in zip(resumed.model.parameters(), straight.model.parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
