@@ -91,3 +91,26 @@ def test_regularization_lab_compares_every_method_on_the_subset(capsys, no_cifar
         assert r["name"] in printed
     assert "300 training and 200 validation images from packaged" in printed
     assert "smallest gap:" in printed.splitlines()[-1]
+
+
+def test_optimizer_lab_compares_the_update_rules_on_the_ravine_and_the_subset(capsys, no_cifar_data):
+    example = load_example("optimizer_lab")
+    ravine, rows = example.main(["--train", "300", "--val", "200", "--epochs", "2", "--hidden", "20",
+                                 "--lbfgs-iterations", "30"])
+    printed = capsys.readouterr().out
+    by_rule = {r["rule"]: r for r in ravine}
+    # rotation-invariant rules take the same steps on the turned ravine; per-parameter rates do not
+    for rule in ("SGD", "SGD + momentum 0.9", "Nesterov 0.9", "L-BFGS, strong Wolfe"):
+        assert by_rule[rule]["aligned"] == by_rule[rule]["turned"]
+    assert by_rule["AdaGrad"]["aligned"][0] < by_rule["AdaGrad"]["turned"][0]
+    assert by_rule["SGD"]["aligned"][1] < 2 / 50           # SGD's rate must stay under 2 / kappa
+    assert by_rule["SGD + momentum 0.9"]["aligned"][0] < by_rule["SGD"]["aligned"][0]
+    assert by_rule["L-BFGS, strong Wolfe"]["aligned"][0] <= 10
+    names = [r["rule"] for r in rows]
+    assert names[:6] == list(example.RULES) and len(names) == 9
+    for r in rows[:6]:
+        assert r["passes"] == 2.0 and 0.0 <= r["val_acc"] <= 1.0
+    limited, converged = rows[6], rows[7]
+    assert limited["passes"] < converged["passes"] and converged["train_loss"] < limited["train_loss"]
+    assert "300 training and 200 validation images from packaged" in printed
+    assert printed.strip().splitlines()[-1].startswith("lowest training loss:")
