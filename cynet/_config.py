@@ -49,10 +49,17 @@ def config():
 
 
 def _wait_policy_text(c):
-    if c["omp_wait_policy"] or not c["gomp_spincount"]:
-        return (f"{c['omp_wait_policy'] or 'runtime default'} (OMP_WAIT_POLICY; passive idle workers leave the cores "
-                f"to BLAS)")
-    return f"spin {c['gomp_spincount']} rounds, then sleep (GOMP_SPINCOUNT, with OMP_WAIT_POLICY unset)"
+    if c["omp_wait_policy"]:
+        return f"{c['omp_wait_policy']} (OMP_WAIT_POLICY; passive idle workers leave the cores to BLAS)"
+    if c["gomp_spincount"]:
+        return f"spin {c['gomp_spincount']} rounds, then sleep (GOMP_SPINCOUNT, with OMP_WAIT_POLICY unset)"
+    return ("the runtime's default: spin a while, then sleep (with the one pool BLAS runs on the same team, so nothing "
+            "waits for the cores)")
+
+
+def _spin_left_to_runtime(c):
+    """Whether cynet left the wait policy to the runtime on purpose (the one pool): spinning is then expected."""
+    return bool(c["blas_pool"]["libraries"]) and not c["wait_policy_set_by_user"]
 
 
 def show_config(file=None):
@@ -73,7 +80,7 @@ def show_config(file=None):
         f"set with cynet.set_num_threads or OMP_NUM_THREADS)",
         f"OpenMP waits   : {_wait_policy_text(c)}; idle workers measured spinning {c['idle_spin_ms']:.1f} ms after "
         f"a parallel region"
-        + ("" if c["idle_spin_ms"] < 1 or c["wait_policy_set_by_user"] else
+        + ("" if c["idle_spin_ms"] < 1 or c["wait_policy_set_by_user"] or _spin_left_to_runtime(c) else
            " (the OpenMP runtime started before cynet could make it passive, e.g. torch imported first; import cynet "
            "first or set OMP_WAIT_POLICY=PASSIVE in the environment)"),
         f"parallel call  : {c['parallel_overhead_us']:.0f} us (waking the workers, or their spinning where larger; "
@@ -89,7 +96,7 @@ def show_config(file=None):
     else:
         lines.append("BLAS           : none found by threadpoolctl")
     pool = c["blas_pool"]
-    lines.append("BLAS jobs      : " + (f"on cynet's OpenMP team (one thread pool, CYNET_BLAS_POOL=1): "
+    lines.append("BLAS jobs      : " + (f"on cynet's OpenMP team (one thread pool; CYNET_BLAS_POOL=0 turns it off): "
                                         f"{', '.join(pool['libraries'])}" if pool["libraries"] else
                                         f"OpenBLAS's own workers; one pool with cynet's team: {pool['reason']}"))
     print("\n".join(lines), file=file or sys.stdout)

@@ -15,7 +15,8 @@ cores given and never oversubscribe them.
 Alternating is also where the two thread pools can fight: an idle OpenMP worker *spins* for a while after each
 parallel loop (libgomp's default), and OpenBLAS's workers need those cores for the next matrix product. Measured on
 the 2-core development machine, a (256, 3072) x (3072, 1024) float32 GEMM followed by a ReLU kernel took 18 ms
-with spinning workers against 7.7 ms for the GEMM alone. cynet therefore sets ``OMP_WAIT_POLICY=PASSIVE`` (idle
+with spinning workers against 7.7 ms for the GEMM alone. Unless BLAS runs on cynet's own team (the one pool, below),
+cynet therefore sets ``OMP_WAIT_POLICY=PASSIVE`` (idle
 workers sleep; the pair then takes 7.6 ms) before its kernels load the OpenMP runtime, unless the variable is already
 set, or ``GOMP_SPINCOUNT`` is (libgomp's short spin, which needs the policy unset: with ``CYNET_BLAS_POOL=1`` and
 ``GOMP_SPINCOUNT=3000`` the training benchmark's epoch on 2 threads went from 1.245x to 1.184x the bare-GEMM floor on
@@ -27,6 +28,12 @@ the time the idle workers keep a core busy, measured from their CPU clocks (:fun
 chose the wait policy (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` set before cynet was imported): with spinning workers
 only kernels long enough to be worth a core for that long are split.
 
+The one pool (:func:`blas_pool_status`): a pthreads OpenBLAS 0.3.28 or later (NumPy's wheels) can hand its jobs to
+cynet's OpenMP team, and then no other workers wait for the cores: cynet leaves the wait policy to the runtime (libgomp
+spins about 300,000 rounds, then sleeps), ready for the next product or kernel alike, and the spinning is not charged
+to a parallel call. On by default where the process may use at most two CPUs (measured there: the CIFAR-10 CNN's
+training step 230-250 ms against 320-355 ms on two threads); ``CYNET_BLAS_POOL=1`` or ``0`` forces it on or off.
+
 The price of sleeping workers is a wake-up on every parallel kernel call, and what a wake-up costs depends on the
 machine: some microseconds on bare metal, but 80-170 us on the 2-vCPU virtual machine cynet is developed on, where a
 ReLU over 40,000 floats took 11 us on one thread and 150-180 us on two, and one over a (256, 1024) batch 38 us against
@@ -36,19 +43,23 @@ parallel region, timed). Results do not depend on the choice: every kernel gives
 """
 import contextlib
 import functools
+import importlib
 import math
 import os
+import sys
 import threading
 import time
+import warnings
+
+from threadpoolctl import threadpool_limits
+
+importlib.import_module("numpy")  # loads NumPy's BLAS, which the one-pool plan at the end of this module looks for
 
 # whether the OpenMP wait policy is the user's choice (then spinning idle workers are what they asked for):
 # OMP_WAIT_POLICY, or libgomp's GOMP_SPINCOUNT, which libgomp honours only where OMP_WAIT_POLICY is unset (idle workers
-# spin that many rounds, then sleep), so cynet leaves OMP_WAIT_POLICY unset for it
+# spin that many rounds, then sleep), so cynet leaves OMP_WAIT_POLICY unset for it. cynet's own choice is made at the
+# end of this module (before any kernel loads the OpenMP runtime): PASSIVE, unless BLAS runs on cynet's team.
 WAIT_POLICY_SET_BY_USER = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
-if not WAIT_POLICY_SET_BY_USER:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-
-from threadpoolctl import threadpool_limits
 
 __all__ = ["available_cpus", "get_num_threads", "idle_spin_seconds", "kernel_threads", "parallel_overhead",
            "set_num_threads", "stream_stores", "threads"]
@@ -241,7 +252,8 @@ def _measured_overhead(n):
     samples = sorted(_timed(_runtime.parallel_region, n) for _ in range(40))
     serial = min(_timed(_runtime.parallel_region, 1) for _ in range(5))
     wake_up = max(0.0, samples[len(samples) // 2] - serial)
-    spin = 0.0 if WAIT_POLICY_SET_BY_USER else max(0.0, idle_spin_seconds(n))
+    # spinning workers cost the next BLAS call its cores, unless BLAS runs on this very team (the one pool)
+    spin = 0.0 if WAIT_POLICY_SET_BY_USER or _blas_pool["libraries"] else max(0.0, idle_spin_seconds(n))
     return max(wake_up, spin)
 
 
@@ -338,20 +350,26 @@ def kernel_threads(elements, ns_per_element=NS_STREAM):
     return n if one_thread * (1.0 - 1.0 / n) > parallel_overhead(n) else 1
 
 
-# --- one thread pool: BLAS jobs on cynet's OpenMP team (opt-in) ------------------------------------------------------
+# --- one thread pool: BLAS jobs on cynet's OpenMP team ---------------------------------------------------------------
 # A pthreads OpenBLAS keeps its own workers, and after every call they spin (sched_yield) for about 2^28 cycles on the
 # cores that cynet's next kernel wakes its OpenMP team on. OpenBLAS's threads callback (0.3.28 and later) hands each
-# call's jobs to cynet's team instead (cynet._kernels._runtime), whose idle threads sleep. Matrix products keep their
-# bits: the jobs and their split are OpenBLAS's own. Measured, it is a trade, so it is off unless CYNET_BLAS_POOL=1:
-# - 16-core Intel Xeon host, (1024, 3072) SGD update right after a (256, 3072) x (3072, 1024) product, 16 threads:
-#   0.37-0.40 ms with the one pool against 0.64-0.97 ms without; the benchmark epoch 432-448 against 504-528 ms;
-# - but its bare matrix products (the floor) 293-309 against 224-229 ms on 16 threads, 382-447 against 340-374 ms on
-#   4, where the epoch lost (601-676 against 503-551 ms): waking a sleeping team for every product costs more than
-#   OpenBLAS's spinning workers, which start at once;
-# - on the 2-vCPU development machine, 2 threads: epoch 689-699 against 674-689 ms in one session; in a later one,
-#   epoch / floor 1.200-1.215 against 1.232-1.265 (five alternating rounds), 1.173-1.207 with GOMP_SPINCOUNT=3000.
+# call's jobs to cynet's team instead (cynet._kernels._runtime): one pool, whose workers then wait as libgomp does by
+# default (spin about 300,000 rounds, then sleep) for whichever comes next, a product or a kernel. Matrix products keep
+# their bits: the jobs and their split are OpenBLAS's own. On by default where this process may use at most
+# AUTO_POOL_MAX_CPUS CPUs, where it was measured a gain; CYNET_BLAS_POOL=1 / 0 forces it on / off:
+# - 2-vCPU Intel Xeon host, 2 threads, pool with libgomp's default waits against OpenBLAS's workers and passive
+#   OpenMP waits: the CIFAR-10 CNN's training step (batch 256) 230-250 against 320-355 ms (conv, pooling and batch
+#   norm kernels run between the products, and each got one core while OpenBLAS's workers spun on the other); the
+#   benchmark MLP's epoch 1.22-1.23x the bare-GEMM floor against 1.29-1.31x (three alternating rounds each).
+# - 16-core Intel Xeon host, pool with *passive* waits (the spinning ones were not measured there): a (1024, 3072) SGD
+#   update right after a (256, 3072) x (3072, 1024) product 0.37-0.40 ms against 0.64-0.97 ms, the 16-thread epoch
+#   432-448 against 504-528 ms; but the bare products 293-309 against 224-229 ms on 16 threads, 382-447 against
+#   340-374 ms on 4, where the epoch lost (601-676 against 503-551 ms): waking a sleeping team for every product costs
+#   more than OpenBLAS's spinning workers, which start at once. So above 2 CPUs the pool stays opt-in until measured.
+AUTO_POOL_MAX_CPUS = 2
 _OPENBLAS_AFFIXES = [(prefix, suffix) for prefix in ("", "scipy_") for suffix in ("", "64_", "_64")]
 _BLAS_POOL_OFF = "off (CYNET_BLAS_POOL=1 turns it on)"
+_BLAS_POOL_CHOICES = {"": None, "auto": None, "0": False, "1": True}
 _blas_pool = {"libraries": [], "reason": _BLAS_POOL_OFF}
 
 
@@ -395,14 +413,34 @@ def _set_blas_pool(enabled):
     return blas_pool_status()
 
 
+def _planned_blas_pool():
+    """``(on, reason when off)``: the one pool's plan from ``CYNET_BLAS_POOL`` (1 on, 0 off, unset: on with at most
+    :data:`AUTO_POOL_MAX_CPUS` CPUs) and from the BLAS that NumPy loaded."""
+    setting = os.environ.get("CYNET_BLAS_POOL", "").strip().lower()
+    choice = _BLAS_POOL_CHOICES.get(setting)
+    if setting not in _BLAS_POOL_CHOICES:
+        warnings.warn(f"cynet: CYNET_BLAS_POOL must be 0, 1 or unset, got {setting!r}; deciding as if unset",
+                      RuntimeWarning, stacklevel=2)
+    if choice is False:
+        return False, "off (CYNET_BLAS_POOL=0)"
+    if choice is None and available_cpus() > AUTO_POOL_MAX_CPUS:
+        return False, (f"off: on by default with at most {AUTO_POOL_MAX_CPUS} CPUs, where it was measured (this "
+                       f"process may use {available_cpus()}); CYNET_BLAS_POOL=1 turns it on")
+    if sys.platform == "win32":
+        return False, "not built here (needs OpenMP, not on Windows)"
+    if not _openblas_callback_setters():
+        return False, "no pthreads OpenBLAS with a threads callback (0.3.28+) is loaded"
+    return True, ""
+
+
 def _install_blas_pool():
-    """At import, once NumPy's BLAS is loaded: the one pool when ``CYNET_BLAS_POOL=1``."""
-    if os.environ.get("CYNET_BLAS_POOL", "").strip() == "1":
+    """At import, once NumPy's BLAS is loaded: the one pool where it was planned (:func:`_planned_blas_pool`)."""
+    if BLAS_POOL_PLANNED:
         _set_blas_pool(True)
 
 
 def blas_pool_status():
-    """Whether BLAS runs its parallel jobs on cynet's OpenMP team (``CYNET_BLAS_POOL=1``): a dict with ``libraries``
+    """Whether BLAS runs its parallel jobs on cynet's OpenMP team (the one pool): a dict with ``libraries``
     (the OpenBLAS files whose jobs it runs, with versions), ``reason`` (why none, else '') and ``calls`` (BLAS calls
     run so far on the team and on fresh threads, which serve calls from inside a parallel region or a forked child)."""
     from cynet._kernels import _runtime
@@ -447,3 +485,11 @@ def stream_stores(output_bytes):
         False
     """
     return output_bytes > 0 and output_bytes >= stream_min_bytes()
+
+
+# The one pool's plan and the OpenMP wait policy, before any kernel loads the OpenMP runtime: idle workers sleep at
+# once (PASSIVE) so that they leave the cores to OpenBLAS's own workers, unless BLAS will run on cynet's team, whose
+# workers then wait as libgomp does by default, ready for the next product or kernel alike.
+BLAS_POOL_PLANNED, _blas_pool["reason"] = _planned_blas_pool()
+if not WAIT_POLICY_SET_BY_USER and not BLAS_POOL_PLANNED:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"

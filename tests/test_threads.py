@@ -194,9 +194,10 @@ def test_python_m_cynet_prints_the_configuration():
 @pytest.mark.parametrize("user_setting, expected", [(None, "PASSIVE"), (("OMP_WAIT_POLICY", "ACTIVE"), "ACTIVE"),
                                                     (("GOMP_SPINCOUNT", "3000"), "unset")])
 def test_openmp_workers_wait_passively_unless_the_user_chose(user_setting, expected):
-    """Idle OpenMP workers must not spin on the cores BLAS needs next; a user's own OMP_WAIT_POLICY wins, and so does
-    a GOMP_SPINCOUNT (libgomp ignores it unless OMP_WAIT_POLICY is unset)."""
+    """Without the one pool, idle OpenMP workers must not spin on the cores OpenBLAS's workers need next; a user's own
+    OMP_WAIT_POLICY wins, and so does a GOMP_SPINCOUNT (libgomp ignores it unless OMP_WAIT_POLICY is unset)."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env["CYNET_BLAS_POOL"] = "0"
     if user_setting:
         env[user_setting[0]] = user_setting[1]
     code = "import os, cynet; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
@@ -288,7 +289,7 @@ needs_thread_clocks = pytest.mark.skipif(
 
 @needs_thread_clocks
 def test_idle_workers_sleep_when_cynet_starts_the_openmp_runtime():
-    report = _fresh_process_json(_spin_report)
+    report = _fresh_process_json(_spin_report, CYNET_BLAS_POOL="0")
     assert 0 <= report["spin"] < 2e-3, report
     assert "PASSIVE" in report["config"] and "started before cynet" not in report["config"]
 
@@ -302,7 +303,7 @@ def test_a_runtime_started_before_cynet_spins_and_parallel_calls_pay_for_it():
             "    ctypes.CDLL('libgomp.so.1', mode=ctypes.RTLD_GLOBAL)\n"
             "except OSError:\n"
             "    print('{\"runtimes\": []}'); sys.exit(0)\n" + _spin_report)
-    report = _fresh_process_json(code)
+    report = _fresh_process_json(code, CYNET_BLAS_POOL="0")
     if len(report["runtimes"]) != 1 or "libgomp" not in report["runtimes"][0]:
         pytest.skip(f"the kernels do not run on the preloaded libgomp here: {report['runtimes']}")
     assert report["spin"] > 1e-3, report  # libgomp's default spin: about 8 ms on the development machine
@@ -373,13 +374,50 @@ def blas_pool():
         cynet._threading._set_blas_pool(was_on)
 
 
-def test_blas_pool_is_off_by_default_and_on_with_the_environment_variable():
-    code = "import cynet; print(cynet._threading.blas_pool_status()['reason'] or 'on')"
-    assert _run(["-c", code], CYNET_BLAS_POOL="").strip() == "off (CYNET_BLAS_POOL=1 turns it on)"
-    answer = _run(["-c", code], CYNET_BLAS_POOL="1").strip()
-    expected = cynet._threading._set_blas_pool(True)
-    cynet._threading._set_blas_pool(False)
-    assert answer == (expected["reason"] or "on")
+def _pool_available_here():
+    """'on' where this environment can run the one pool, else the reason (what a forced CYNET_BLAS_POOL=1 gives)."""
+    was_on = bool(cynet._threading.blas_pool_status()["libraries"])
+    status = cynet._threading._set_blas_pool(True)
+    cynet._threading._set_blas_pool(was_on)
+    return status["reason"] or "on"
+
+
+_POOL_REPORT = "import os, cynet; print(cynet._threading.blas_pool_status()['reason'] or 'on', " \
+               "os.environ.get('OMP_WAIT_POLICY', 'unset'))"
+
+
+def test_blas_pool_follows_the_environment_variable_and_leaves_the_waits_to_the_runtime():
+    available = _pool_available_here()
+    assert _run(["-c", _POOL_REPORT], CYNET_BLAS_POOL="0").split() == ["off", "(CYNET_BLAS_POOL=0)", "PASSIVE"]
+    forced = _run(["-c", _POOL_REPORT], CYNET_BLAS_POOL="1").strip()
+    assert forced == ("on unset" if available == "on" else f"{available} PASSIVE")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
+def test_blas_pool_is_on_by_default_with_at_most_two_cpus_and_off_above(monkeypatch):
+    code = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); " + _POOL_REPORT
+    available = _pool_available_here()
+    one_cpu = _run(["-c", code], CYNET_BLAS_POOL="").strip()
+    assert one_cpu == ("on unset" if available == "on" else f"{available} PASSIVE")
+    monkeypatch.setenv("CYNET_BLAS_POOL", "")
+    monkeypatch.setattr(cynet._threading, "available_cpus", lambda: 16)
+    assert cynet._threading._planned_blas_pool() == (
+        False, "off: on by default with at most 2 CPUs, where it was measured (this process may use 16); "
+               "CYNET_BLAS_POOL=1 turns it on")
+    monkeypatch.setenv("CYNET_BLAS_POOL", "yes")
+    with pytest.warns(RuntimeWarning, match="CYNET_BLAS_POOL must be 0, 1 or unset, got 'yes'"):
+        assert cynet._threading._planned_blas_pool()[0] is False
+
+
+@needs_thread_clocks
+def test_with_the_one_pool_idle_workers_spin_and_parallel_calls_do_not_pay_for_it():
+    if _pool_available_here() != "on":
+        pytest.skip(f"no one pool here: {_pool_available_here()}")
+    report = _fresh_process_json(_spin_report, CYNET_BLAS_POOL="1")
+    assert report["spin"] > 2e-4, report       # libgomp's default: spin a while (about 4 ms here), then sleep
+    assert report["overhead"] < report["spin"]
+    assert "the runtime's default" in report["config"] and "started before cynet" not in report["config"]
+    assert "one thread pool; CYNET_BLAS_POOL=0 turns it off" in report["config"]
 
 
 @pytest.mark.parametrize("threads", [2, 3])
