@@ -8,6 +8,7 @@ from cynet.nn.layers import (
     SiLU, Tanh,
 )
 from cynet.nn.conv import AdaptiveAvgPool2d, AvgPool2d, Conv2d, MaxPool2d
+from cynet.nn.residual import Residual, StochasticDepth
 from cynet.nn.loss import (CrossEntropyLoss, L1Penalty, L2Penalty, MSELoss, MulticlassSVM, PenaltySum,
                            SoftmaxCrossEntropy)
 from cynet.nn import utils
@@ -18,7 +19,7 @@ from cynet.nn.normalization import (
 __all__ = [
     "Module", "ModuleList", "Parameter", "Sequential", "Linear", "Conv2d", "MaxPool2d", "AvgPool2d",
     "AdaptiveAvgPool2d", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU", "GELU", "SiLU", "Maxout",
-    "Dropout", "DropConnectLinear", "Flatten", "Identity", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm",
+    "Dropout", "DropConnectLinear", "StochasticDepth", "Residual", "Flatten", "Identity", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm",
     "fold_batchnorm", "recompute_batchnorm_statistics", "SoftmaxCrossEntropy", "CrossEntropyLoss", "MulticlassSVM",
     "MSELoss", "L2Penalty", "L1Penalty", "PenaltySum",
 ]

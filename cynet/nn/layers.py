@@ -616,14 +616,20 @@ class Dropout(Module):
 
     def __init__(self, p=0.5, generator=None, inplace=False):
         super().__init__()
-        p = ops._finite_number("Dropout", "p", p)
+        name = type(self).__name__
+        p = ops._finite_number(name, "p", p)
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"Dropout: p must lie in [0, 1], got {p}")
+            raise ValueError(f"{name}: p must lie in [0, 1], got {p}")
         self.p = p
         self.generator = None if generator is None else resolve_generator(generator)
-        self.inplace = _inplace_flag("Dropout", inplace)
+        self.inplace = _inplace_flag(name, inplace)
         self.reuse_mask = False
         self._mask = None          # keep-mask scaled by 1/(1-p), in x's dtype; None in eval or when p == 0
+        self._shape = None         # the shape of the last training-mode input
+
+    def _mask_shape(self, x):
+        """The shape of the mask drawn for x (broadcast against it): one draw per element."""
+        return x.shape
 
     def _overwrites_input(self):
         return self.inplace and self.training and self.p > 0.0
@@ -637,12 +643,14 @@ class Dropout(Module):
         if not self.training or self.p == 0.0:
             self._mask = None
             return x
-        if not (self.reuse_mask and self._mask is not None and self._mask.shape == x.shape):
+        shape = self._mask_shape(x)
+        if not (self.reuse_mask and self._mask is not None and self._mask.shape == shape):
             rng = resolve_generator(self.generator)
-            keep = rng.random(x.shape, dtype=np.float32 if x.dtype == np.float32 else np.float64) >= self.p
+            keep = rng.random(shape, dtype=np.float32 if x.dtype == np.float32 else np.float64) >= self.p
             scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
             self._mask = keep.astype(x.dtype)
             self._mask *= x.dtype.type(scale)
+        self._shape = x.shape
         if self.inplace:
             return np.multiply(x, self._mask, out=x)
         return np.multiply(x, self._mask, dtype=x.dtype)
@@ -653,8 +661,8 @@ class Dropout(Module):
         dout = np.asarray(dout)
         if self._mask is None:
             return dout
-        if dout.shape != self._mask.shape:
-            raise ValueError(f"{self!r}: dout must have shape {self._mask.shape}, got {describe(dout)}")
+        if dout.shape != self._shape:
+            raise ValueError(f"{self!r}: dout must have shape {self._shape}, got {describe(dout)}")
         return np.multiply(dout, self._mask, dtype=dout.dtype)
 
     def extra_repr(self):

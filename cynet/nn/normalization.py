@@ -26,6 +26,7 @@ from cynet._validation import describe, output
 from cynet.nn.conv import Conv2d
 from cynet.nn.layers import Linear
 from cynet.nn.module import Module, Parameter, Sequential
+from cynet.nn.residual import Residual
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "recompute_batchnorm_statistics",
            "fold_batchnorm", "batch_norm_forward", "batch_norm_backward", "channel_affine", "row_norm_forward",
@@ -656,7 +657,8 @@ def _recompute_statistics(model, x, batch_size, norms, saved, frozen_params):
 
 def fold_batchnorm(model):
     r"""A new :class:`~cynet.nn.Sequential` for inference, each BatchNorm1d directly after a Linear, and each
-    BatchNorm2d directly after a Conv2d, folded into that layer.
+    BatchNorm2d directly after a Conv2d, folded into that layer, also inside nested Sequentials and the branches of
+    :class:`~cynet.nn.Residual` blocks.
 
     With :math:`s = \gamma / \sqrt{\text{running\_var} + \epsilon}` per output feature (channel), the pair computes
     :math:`(xW^T + b - \mu)s + \beta` (for a convolution, the same per channel), which is one layer with
@@ -669,7 +671,7 @@ def fold_batchnorm(model):
     the original model's in eval mode (to rounding). The original model is not modified.
 
     Args:
-        model (Sequential): the trained model (its top-level layers are scanned).
+        model (Sequential): the trained model (its layers are scanned, nested Sequentials and residual branches too).
 
     Returns:
         Sequential: deep copies of the layers, with the folds applied, in eval mode.
@@ -696,9 +698,19 @@ def fold_batchnorm(model):
             out.append(_fold(layer, nxt))
             i += 2
         else:
-            out.append(copy.deepcopy(layer))
+            out.append(_folded(layer))
             i += 1
     return Sequential(*out).eval()
+
+
+def _folded(module):
+    """``module`` with the batch norms inside it folded: nested Sequentials and the branches of a Residual block are
+    scanned as the top level is; any other module is deep-copied."""
+    if isinstance(module, Sequential):
+        return fold_batchnorm(module)
+    if isinstance(module, Residual):
+        return Residual(_folded(module.body), None if module.shortcut is None else _folded(module.shortcut))
+    return copy.deepcopy(module)
 
 
 def _fold(layer, bn):

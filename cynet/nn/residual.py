@@ -1,0 +1,127 @@
+r"""Residual connections and stochastic depth: :class:`Residual` (``y = body(x) + shortcut(x)``, He et al., 2016) and
+:class:`StochasticDepth` (Huang et al., 2016), the regulariser of CS231n's list that drops whole residual branches.
+
+Example:
+    >>> import numpy as np, cynet
+    >>> from cynet import nn
+    >>> _ = cynet.manual_seed(0)
+    >>> block = nn.Sequential(nn.Residual(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8),
+    ...                                                 nn.StochasticDepth(0.2))), nn.ReLU())
+    >>> block(np.ones((4, 8), np.float32)).shape
+    (4, 8)
+"""
+import numpy as np
+
+from cynet._validation import describe
+from cynet.nn.layers import Dropout
+from cynet.nn.module import Module, _arrays_within, _protected_arrays
+
+__all__ = ["Residual", "StochasticDepth"]
+
+
+class Residual(Module):
+    r"""A residual block: the body's output plus the input (or a projection of it).
+
+    .. math::
+        y = F(x) + S(x), \qquad \frac{\partial L}{\partial x} = F'(x)^\top \frac{\partial L}{\partial y}
+        + S'(x)^\top \frac{\partial L}{\partial y}
+
+    with :math:`S` the identity unless ``shortcut`` is given (a 1x1 convolution or a Linear layer where the body changes
+    the shape). The gradient reaches x along the shortcut unchanged, which is why deep residual nets train (CS231n).
+    A ReLU after the sum, as in ResNet, goes after the block in the enclosing :class:`Sequential`.
+
+    While the body runs, the input is kept from in-place modules inside it (the shortcut still reads it):
+    ``Residual(nn.Sequential(nn.ReLU(inplace=True), ...))`` raises the Sequential's ValueError.
+
+    Args:
+        body (Module): :math:`F`; it must not run in place itself.
+        shortcut (Module or None): :math:`S`. Default None (the identity).
+
+    Shape: x -> y of the same shape as ``body(x)``, which must equal ``shortcut(x)``'s.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet import nn
+        >>> block = nn.Residual(nn.Sequential(nn.Linear(4, 4), nn.Tanh()))
+        >>> x = np.ones((2, 4), np.float32)
+        >>> bool(np.allclose(block(x), block.body(x) + x))
+        True
+    """
+
+    def __init__(self, body, shortcut=None):
+        super().__init__()
+        for name, module in (("body", body), ("shortcut", shortcut)):
+            if module is not None and not isinstance(module, Module):
+                raise TypeError(f"Residual: {name} must be a cynet.nn.Module, got {type(module).__name__}")
+            if module is not None and module._overwrites_input():
+                raise ValueError(f"Residual: the {name} ({module!r}) runs in place and would overwrite the input "
+                                 f"that the other branch adds; build it with inplace=False")
+        if body is None:
+            raise TypeError("Residual: body must be a cynet.nn.Module, got NoneType")
+        self.body = body
+        self.shortcut = shortcut
+
+    def forward(self, x):
+        outer = _protected_arrays.get()
+        token = _protected_arrays.set((list(outer) if outer is not None else []) + list(_arrays_within(x)))
+        try:
+            out = self.body(x)
+        finally:
+            _protected_arrays.reset(token)
+        skip = np.asarray(x) if self.shortcut is None else self.shortcut(x)
+        if np.shape(out) != np.shape(skip):
+            raise ValueError(f"{self!r}: the body's output ({describe(np.asarray(out))}) and the shortcut's "
+                             f"({describe(skip)}) must have the same shape; give a shortcut that projects x")
+        return np.add(out, skip)
+
+    def backward(self, dout, *, input_grad=True):
+        dout = np.asarray(dout)
+        through_body = self.body.backward(dout, input_grad=input_grad)
+        through_shortcut = dout if self.shortcut is None else self.shortcut.backward(dout, input_grad=input_grad)
+        if not input_grad:
+            return None
+        return np.add(through_body, through_shortcut)
+
+
+class StochasticDepth(Dropout):
+    r"""Stochastic depth (Huang et al., 2016): in training, drop the residual branch it ends with probability p, per
+    example (``mode="row"``) or for the whole batch (``"batch"``), and scale the kept ones by :math:`1/(1-p)`
+    (torchvision's ``StochasticDepth``), so evaluation (an identity) needs no rescaling.
+
+    .. math:: y = x \cdot m / (1 - p), \quad m \sim \text{Bernoulli}(1 - p) \text{ per example (row) or per batch}
+
+    Put it last in a :class:`Residual` block's body: a dropped branch leaves :math:`y = S(x)`, the block's shortcut,
+    so a net of n blocks trains as an ensemble of shallower ones. It is :class:`~cynet.nn.Dropout` with one draw per
+    example (or batch) instead of per element: masks come from ``generator`` (default: the global generator, reseeded
+    by :func:`cynet.manual_seed`), and ``reuse_mask = True`` reuses the last mask (gradient checks).
+
+    Args:
+        p (float): drop probability in [0, 1]. Default 0.5 (the paper decays it linearly from 0 to 0.5 with depth).
+        mode (str): ``"row"`` (each example its own draw) or ``"batch"``. Default ``"row"``.
+        generator: a seed or :class:`numpy.random.Generator` (default: the global one).
+
+    Shape: (N, ...) -> the same.
+
+    Example:
+        >>> import numpy as np, cynet
+        >>> from cynet import nn
+        >>> _ = cynet.manual_seed(0)
+        >>> drop = nn.StochasticDepth(0.5)
+        >>> y = drop(np.ones((6, 2), np.float32))
+        >>> sorted(set(y[:, 0].tolist())), bool((y[:, 0] == y[:, 1]).all())
+        ([0.0, 2.0], True)
+    """
+
+    def __init__(self, p=0.5, mode="row", generator=None):
+        if mode not in ("row", "batch"):
+            raise ValueError(f"StochasticDepth: mode must be 'row' or 'batch', got {mode!r}")
+        super().__init__(p, generator)
+        self.mode = mode
+
+    def _mask_shape(self, x):
+        if x.ndim == 0:
+            raise ValueError(f"{self!r}: input must have a batch axis (N, ...), got {describe(x)}")
+        return (x.shape[0],) + (1,) * (x.ndim - 1) if self.mode == "row" else (1,) * x.ndim
+
+    def extra_repr(self):
+        return f"p={self.p}, mode={self.mode!r}"
