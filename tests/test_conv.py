@@ -149,6 +149,23 @@ def test_max_pool_against_the_windows(rng, k, s, p):
     assert report.passed, str(report)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 3, 7, 9), (1, 2, 4, 1100)])
+def test_two_by_two_max_pool_settles_ties_and_nans_as_the_row_major_scan(rng, dtype, shape):
+    # values from {0, 1, 2} give ties in every arrangement of a window, and a few NaNs (alone, paired, first or not);
+    # the oracle is NumPy's argmax over each window in row-major order (first maximum, first NaN). The widest shape
+    # has more output columns than the 2x2 form takes on its stack, so it checks the generic path the same way.
+    x = rng.integers(0, 3, shape).astype(dtype)
+    x[rng.random(shape) < 0.05] = np.nan
+    pool = nn.MaxPool2d(2)
+    y = pool(x)
+    expected, where = _reference_pool(x.astype(np.float64), 2, 2, 0)
+    np.testing.assert_array_equal(y, expected.astype(dtype))
+    flat = where[..., 0] * shape[3] + where[..., 1]
+    np.testing.assert_array_equal(pool._idx, flat)
+    assert np.isnan(y).any() and (np.isnan(y) == np.isnan(expected)).all()
+
+
 def test_max_pool_propagates_nan_and_keeps_float32():
     x = np.zeros((1, 1, 2, 4), np.float32)
     x[0, 0, 1, 0] = np.nan

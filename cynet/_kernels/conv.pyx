@@ -17,7 +17,7 @@ so that Conv2d's forward is ``W.reshape(F, K) @ cols`` (F, N L).
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 
 from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS
 
@@ -149,6 +149,10 @@ def col2im(const floating[:, ::1] dcols, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_
             _col2im_channel(&dcols[0, 0], &dx[0, 0, 0, 0], N, C, H, W, c, kh, kw, stride, pad, OH, OW)
 
 
+cdef enum:
+    MAXPOOL_ROW = 512             # the 2x2 form's per-row scratch lives on the stack (wider rows: the generic form)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # 2-d max pooling over each (n, c) plane:
 #   y[i, j] = max over the window rows i s - p ... + kh - 1, columns j s - p ... + kw - 1 inside the plane,
@@ -178,6 +182,54 @@ cdef void _maxpool_plane(const floating* x, floating* y, int64_t* idx, Py_ssize_
             idx[i * OW + j] = where
 
 
+# The common 2x2 window with stride 2 and no padding (the CNN's pooling), with the same results as _maxpool_plane.
+# Each window a b / c d is settled as the row-major scan settles it: the first maximum of each row (a or b, c or d; a
+# NaN counts as maximal, the first one wins), then the lower row's only where it is strictly greater (or a NaN over a
+# number), so ties go to the upper row, as in the scan. Three loops per output row, each of a form GCC vectorises
+# (a select whose condition compares values selected in the same loop is not: "no vectype"): the rows' winners from
+# the even and odd columns, then the window's winner and its place (0..3), then the place as an offset in the plane.
+cdef void _maxpool2x2_plane(const floating* x, floating* y, int64_t* idx, Py_ssize_t W, Py_ssize_t OH,
+                            Py_ssize_t OW) noexcept nogil:
+    cdef floating high[MAXPOOL_ROW]
+    cdef floating low[MAXPOOL_ROW]
+    cdef int32_t right_high[MAXPOOL_ROW]
+    cdef int32_t right_low[MAXPOOL_ROW]
+    cdef int32_t code[MAXPOOL_ROW]
+    cdef Py_ssize_t i, j
+    cdef floating* upper       # not const: GCC 12 finds no vector type for these loads through a const pointer
+    cdef floating* lower
+    cdef floating* y_row
+    cdef int64_t* idx_row
+    cdef floating a, b, c, d, h, w
+    cdef int32_t take, lower_wins
+    cdef int64_t top
+    for i in range(OH):
+        top = 2 * i * W
+        upper = <floating*>(x + top)
+        lower = upper + W
+        y_row = y + i * OW
+        idx_row = idx + i * OW
+        for j in range(OW):
+            a = upper[2 * j]
+            b = upper[2 * j + 1]
+            take = (b > a) | ((b != b) & (a == a))
+            high[j] = b if take else a
+            right_high[j] = take
+            c = lower[2 * j]
+            d = lower[2 * j + 1]
+            take = (d > c) | ((d != d) & (c == c))
+            low[j] = d if take else c
+            right_low[j] = take
+        for j in range(OW):
+            h = high[j]
+            w = low[j]
+            lower_wins = (w > h) | ((w != w) & (h == h))
+            y_row[j] = w if lower_wins else h
+            code[j] = 2 * lower_wins + (right_low[j] if lower_wins else right_high[j])
+        for j in range(OW):
+            idx_row[j] = top + 2 * j + (code[j] & 1) + (code[j] >> 1) * W
+
+
 def maxpool_forward(const floating[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride,
                     Py_ssize_t pad, floating[:, :, :, ::1] y, int64_t[:, :, :, ::1] idx, int n_threads):
     """Max pooling of ``x`` (N, C, H, W) into ``y`` and the argmax positions ``idx`` (N, C, OH, OW); every window
@@ -192,10 +244,15 @@ def maxpool_forward(const floating[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw
     if N * C == 0:
         return
     cdef int nt = _threads(N * C * H * W, N * C, n_threads)
+    cdef bint two_by_two = kh == 2 and kw == 2 and stride == 2 and pad == 0 and OW <= MAXPOOL_ROW
     with nogil:
         for p in prange(N * C, schedule="static", num_threads=nt):
-            _maxpool_plane(&x[0, 0, 0, 0] + p * H * W, &y[0, 0, 0, 0] + p * OH * OW, &idx[0, 0, 0, 0] + p * OH * OW,
-                           H, W, kh, kw, stride, pad, OH, OW)
+            if two_by_two:
+                _maxpool2x2_plane(&x[0, 0, 0, 0] + p * H * W, &y[0, 0, 0, 0] + p * OH * OW,
+                                  &idx[0, 0, 0, 0] + p * OH * OW, W, OH, OW)
+            else:
+                _maxpool_plane(&x[0, 0, 0, 0] + p * H * W, &y[0, 0, 0, 0] + p * OH * OW,
+                               &idx[0, 0, 0, 0] + p * OH * OW, H, W, kh, kw, stride, pad, OH, OW)
 
 
 cdef void _maxpool_plane_backward(const floating* dout, const int64_t* idx, floating* dx, Py_ssize_t n_out,
