@@ -112,8 +112,9 @@ def build_cnn(filters, dropout, seed):
     """CS231n's conv - batch norm - ReLU - pool blocks (32x32 -> 4x4), then the classifier on the flattened maps."""
     layers, channels = [], 3
     for i, width in enumerate(filters):
+        # the ReLU overwrites the batch norm's output (which nothing keeps): no fresh array of the block's largest size
         layers += [nn.Conv2d(channels, width, 3, padding=1, init="he", generator=seed + i), nn.BatchNorm2d(width),
-                   nn.ReLU(), nn.MaxPool2d(2)]
+                   nn.ReLU(inplace=True), nn.MaxPool2d(2)]
         channels = width
     layers.append(nn.Flatten())
     if dropout > 0:

@@ -105,6 +105,62 @@ def im2col(const floating[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw, Py_ssiz
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The product's layout and the images' (Conv2d keeps the (F, N L) arrays between passes, so that only its output and
+# the input gradient are fresh arrays):
+#   to_images:  y[n, f, l] = src[f, n L + l] + bias[f]   (bias 0 without one)
+#   to_columns: dst[f, n L + l] = src[n, f, l]
+# One (n, f) row of L values per task: contiguous copies.
+
+def to_images(const floating[:, ::1] src, const floating[::1] bias, bint has_bias, floating[:, :, ::1] y,
+              int n_threads):
+    """``y`` (N, F, L) from the product ``src`` (F, N L), plus ``bias`` (F,) per channel when ``has_bias``."""
+    cdef Py_ssize_t N = y.shape[0], F = y.shape[1], L = y.shape[2], task, n, f, l
+    if src.shape[0] != F or src.shape[1] != N * L or (has_bias and bias.shape[0] != F):
+        raise ValueError(f"cynet._kernels.conv.to_images: src must be {(F, N * L)} (and bias ({F},)) for y "
+                         f"{(N, F, L)}, got {(src.shape[0], src.shape[1])}")
+    if N * F * L == 0:
+        return
+    cdef int nt = _threads(N * F * L, N * F, n_threads)
+    cdef const floating* row
+    cdef floating* out
+    cdef floating shift
+    with nogil:
+        for task in prange(N * F, schedule="static", num_threads=nt):
+            n = task // F
+            f = task % F
+            row = &src[f, 0] + n * L
+            out = &y[n, f, 0]
+            shift = bias[f] if has_bias else 0
+            if has_bias:
+                for l in range(L):
+                    out[l] = row[l] + shift
+            else:
+                for l in range(L):
+                    out[l] = row[l]
+
+
+def to_columns(const floating[:, :, ::1] src, floating[:, ::1] dst, int n_threads):
+    """``dst`` (F, N L) from ``src`` (N, F, L): the images' layout as the product's."""
+    cdef Py_ssize_t N = src.shape[0], F = src.shape[1], L = src.shape[2], task, n, f, l
+    if dst.shape[0] != F or dst.shape[1] != N * L:
+        raise ValueError(f"cynet._kernels.conv.to_columns: dst must be {(F, N * L)} for src {(N, F, L)}, got "
+                         f"{(dst.shape[0], dst.shape[1])}")
+    if N * F * L == 0:
+        return
+    cdef int nt = _threads(N * F * L, N * F, n_threads)
+    cdef const floating* row
+    cdef floating* out
+    with nogil:
+        for task in prange(N * F, schedule="static", num_threads=nt):
+            n = task // F
+            f = task % F
+            row = &src[n, f, 0]
+            out = &dst[f, 0] + n * L
+            for l in range(L):
+                out[l] = row[l]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # col2im, the adjoint of im2col: dx[n, c, i s - p + a, j s - p + b] += dcols[(c kh + a) kw + b, (n OH + i) OW + j].
 # One channel per thread (all its kh kw rows, in order), so no two threads add into the same value.
 

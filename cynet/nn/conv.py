@@ -143,6 +143,7 @@ class Conv2d(Module):
                             _float_dtype(name, dtype), generator)
         self._cols = None           # the last forward's column matrix (its backward reads it)
         self._dcols = None          # scratch for the backward's column gradient, kept for the next pass
+        self._product = None        # scratch (F, N OH OW): the forward's product, then the backward's dout
         self._input_shape = None
 
     @staticmethod
@@ -167,11 +168,14 @@ class Conv2d(Module):
         cols = self._buffer(self._cols, (w[0].size, n * oh * ow), w.dtype)
         _k().im2col(x, self.kernel_size[0], self.kernel_size[1], self.stride, self.padding, cols,
                     kernel_threads(cols.size, NS_STREAM))
-        out = np.matmul(w.reshape(self.out_channels, -1), cols)                      # (F, N OH OW)
-        if self.bias is not None:
-            out += self.bias.data[:, None]
+        product = self._product = self._buffer(self._product, (self.out_channels, cols.shape[1]), w.dtype)
+        np.matmul(w.reshape(self.out_channels, -1), cols, out=product)                # (F, N OH OW)
+        y = np.empty((n, self.out_channels, oh, ow), dtype=w.dtype)
+        bias = self.bias.data if self.bias is not None else w.reshape(-1)[:0]
+        _k().to_images(product, bias, self.bias is not None, y.reshape(n, self.out_channels, -1),
+                       kernel_threads(y.size, NS_STREAM))
         self._cols, self._input_shape = cols, x.shape
-        return np.ascontiguousarray(out.reshape(self.out_channels, n, oh, ow).transpose(1, 0, 2, 3))
+        return y
 
     def backward(self, dout, *, input_grad=True):
         cols = _cached(self, "_cols")
@@ -181,7 +185,9 @@ class Conv2d(Module):
         if dout.shape != (n, self.out_channels, oh, ow) or dout.dtype != cols.dtype:
             raise ValueError(f"{self!r}: dout must be a {cols.dtype} array of shape {(n, self.out_channels, oh, ow)}, "
                              f"got {describe(dout)}")
-        d2 = np.ascontiguousarray(dout.transpose(1, 0, 2, 3)).reshape(self.out_channels, -1)   # (F, N OH OW)
+        d2 = self._product = self._buffer(self._product, (self.out_channels, cols.shape[1]), cols.dtype)
+        _k().to_columns(np.ascontiguousarray(dout).reshape(n, self.out_channels, -1), d2,
+                        kernel_threads(d2.size, NS_STREAM))                                # (F, N OH OW)
         if self.weight.requires_grad:
             grad, fresh = self.weight.grad_target()
             flat = grad.reshape(self.out_channels, -1)
