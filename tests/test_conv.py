@@ -380,3 +380,25 @@ def test_the_kernels_refuse_inconsistent_arrays():
         k.avgpool_forward(x, rows[0], np.array([2, 6]), *windows[2:], np.zeros((2, 3, 2, 2)), 1)
     with pytest.raises(ValueError, match="window arrays of different lengths"):
         k.avgpool_forward(x, rows[0], rows[1], rows[0], rows[1], rows[2], np.ones(3), np.zeros((2, 3, 2, 2)), 1)
+    with pytest.raises(ValueError, match=r"to_images: src must be \(3, 8\) \(and bias \(3,\)\) for y \(2, 3, 4\), got "
+                                         r"\(3, 7\)"):
+        k.to_images(np.zeros((3, 7)), np.zeros(3), True, np.zeros((2, 3, 4)), 1)
+    with pytest.raises(ValueError, match="to_images: src must be"):
+        k.to_images(np.zeros((3, 8)), np.zeros(2), True, np.zeros((2, 3, 4)), 1)
+    with pytest.raises(ValueError, match=r"to_columns: dst must be \(3, 8\) for src \(2, 3, 4\), got \(3, 9\)"):
+        k.to_columns(np.zeros((2, 3, 4)), np.zeros((3, 9)), 1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_layout_kernels_against_numpy_transposes(rng, threads):
+    from cynet.nn.conv import _k
+
+    product, bias = rng.standard_normal((5, 3 * 7)).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    y = np.empty((3, 5, 7), np.float32)
+    _k().to_images(product, bias, True, y, threads)
+    np.testing.assert_array_equal(y, (product + bias[:, None]).reshape(5, 3, 7).transpose(1, 0, 2))
+    _k().to_images(product, bias[:0], False, y, threads)
+    np.testing.assert_array_equal(y, product.reshape(5, 3, 7).transpose(1, 0, 2))
+    columns = np.empty((5, 21), np.float32)
+    _k().to_columns(y, columns, threads)
+    np.testing.assert_array_equal(columns, product)
