@@ -402,3 +402,36 @@ def test_layout_kernels_against_numpy_transposes(rng, threads):
     columns = np.empty((5, 21), np.float32)
     _k().to_columns(y, columns, threads)
     np.testing.assert_array_equal(columns, product)
+
+
+@pytest.mark.parametrize("chunk_images", [1, 2, 3])
+def test_conv_in_chunks_matches_the_direct_sums_and_rebuilds_only_the_stale_columns(rng, monkeypatch, chunk_images):
+    # CHUNK_BYTES set for 1, 2 or 3 images of a batch of 7 (a short last chunk): the same sums as the direct
+    # reference, and the backward rebuilds the columns of every chunk but the last, which the forward left in place
+    import cynet.nn.conv as conv_module
+
+    conv = nn.Conv2d(3, 4, 3, padding=1, dtype=np.float64, generator=2)
+    x = rng.standard_normal((7, 3, 5, 6))
+    monkeypatch.setattr(conv_module, "CHUNK_BYTES", conv.weight.data[0].size * 30 * 8 * chunk_images)
+    calls = []
+    original = conv._im2col
+    monkeypatch.setattr(conv, "_im2col", lambda xs, cols: (calls.append(len(xs)), original(xs, cols)))
+    y = conv(x)
+    chunks = -(-7 // chunk_images)
+    assert len(calls) == chunks and calls[-1] == 7 - chunk_images * (chunks - 1)
+    wt, b = conv.weight.data, conv.bias.data
+    np.testing.assert_allclose(y, _reference_conv(x, wt, b, 1, 1), rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(y.shape)
+    for repeat in range(2):                 # a second backward rebuilds every chunk, with the same sums
+        calls.clear()
+        conv.zero_grad()
+        dx = conv.backward(dout)
+        assert len(calls) == chunks - 1 + repeat
+        rdx, rdw, rdb = _reference_conv_backward(x, wt, dout, 1, 1)
+        np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(conv.weight.grad, rdw, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(conv.bias.grad, rdb, rtol=1e-12, atol=1e-12)
+    conv.weight.requires_grad = False         # frozen: no columns needed, dx still right
+    calls.clear()
+    np.testing.assert_allclose(conv.backward(dout), rdx, rtol=1e-12, atol=1e-12)
+    assert calls == []
