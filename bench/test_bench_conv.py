@@ -5,7 +5,10 @@ one forward and one backward pass (dx included), float32:
 
 - ``conv/c3-32``:  (128, 3, 32, 32) -> 32 filters 3x3, padding 1 (a CIFAR-10 net's first layer);
 - ``conv/c32-64``: (128, 32, 16, 16) -> 64 filters 3x3, padding 1 (its second, after a 2x2 pooling);
-- ``maxpool/c32``: (128, 32, 32, 32), 2x2 windows, stride 2.
+- ``maxpool/c32``: (128, 32, 32, 32), 2x2 windows, stride 2;
+- ``cnn_step``: one training step (forward, loss, backward, SGD with momentum) of ``examples/train_cifar10.py
+  --model cnn``'s net, three conv 3x3 - batch norm - ReLU - max pool 2x2 blocks (32, 64, 128 filters) and a Linear
+  classifier, on a batch of 256 CIFAR-shaped images: cynet against the same net in torch.
 
 Implementations: ``cynet`` (the module), ``numpy`` (im2col with ``sliding_window_view`` and ``tensordot``, col2im by
 ``np.add.at``-free slice sums over the kernel offsets: what a careful NumPy user writes) and ``torch``
@@ -110,4 +113,51 @@ def test_conv_and_pool(benchmark, timing, use_threads, request, name, impl, thre
         y_ref, dx_ref = _runner("cynet", layer, x, dout, None)()
         np.testing.assert_allclose(y, y_ref, rtol=1e-3, atol=1e-3)
         np.testing.assert_allclose(dx, dx_ref, rtol=1e-3, atol=1e-3)
+        timing.run(benchmark, run)
+
+
+def _cynet_cnn():
+    layers, channels = [], 3
+    for i, width in enumerate((32, 64, 128)):
+        layers += [nn.Conv2d(channels, width, 3, padding=1, init="he", generator=i), nn.BatchNorm2d(width),
+                   nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        channels = width
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * 4 * 4, 10, generator=3))
+
+
+@pytest.mark.parametrize("threads", THREADS, ids=[f"t{n}" for n in THREADS])
+@pytest.mark.parametrize("impl", ["cynet", "torch"])
+def test_cnn_training_step(benchmark, timing, use_threads, request, impl, threads):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 3, 32, 32), dtype=np.float32)
+    y = rng.integers(0, 10, 256)
+    benchmark.group = f"cnn_step/t{threads}"
+    benchmark.extra_info.update(impl=impl, threads=threads, batch=256)
+    if impl == "cynet":
+        from cynet.nn import SoftmaxCrossEntropy
+        from cynet.optim import SGD
+
+        model, loss = _cynet_cnn(), SoftmaxCrossEntropy()
+        optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def run():
+            optimizer.zero_grad()
+            loss.forward(model.forward(x), y)
+            model.backward(loss.backward(), input_grad=False)
+            optimizer.step()
+    else:
+        torch = request.getfixturevalue("torch_module")
+        blocks = []
+        for cin, cout in ((3, 32), (32, 64), (64, 128)):
+            blocks += [torch.nn.Conv2d(cin, cout, 3, padding=1), torch.nn.BatchNorm2d(cout),
+                       torch.nn.ReLU(inplace=True), torch.nn.MaxPool2d(2)]
+        model = torch.nn.Sequential(*blocks, torch.nn.Flatten(), torch.nn.Linear(2048, 10))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+        def run():
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(tx), ty).backward()
+            optimizer.step()
+    with use_threads(threads):
         timing.run(benchmark, run)
