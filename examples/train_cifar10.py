@@ -22,6 +22,9 @@ Examples:
     # three conv - batch norm - ReLU - pool blocks instead of the MLP (slower per epoch, more accurate)
     python examples/train_cifar10.py --model cnn --epochs 10
 
+    # the same with residual blocks (stochastic depth) and global average pooling
+    python examples/train_cifar10.py --model resnet --epochs 10
+
     # a directory and a test file named explicitly
     python examples/train_cifar10.py --data ../shared/datasets/cifar-10-batches-py \\
         --test-data ../shared/datasets/cifar10_test_partial.npz
@@ -53,6 +56,9 @@ MODELS = {
     "mlp-small": (512, 256),
     # filters of the convolutional net's three blocks (each Conv2d 3x3 -> BatchNorm2d -> ReLU -> MaxPool2d 2x2)
     "cnn": ("conv", 32, 64, 128),
+    # the same blocks, the middle one followed by a residual block (two Conv2d 3x3 - BatchNorm2d, stochastic depth,
+    # identity shortcut), and global average pooling before the classifier
+    "resnet": ("residual", 32, 64, 128),
 }
 
 
@@ -123,9 +129,36 @@ def build_cnn(filters, dropout, seed):
     return nn.Sequential(*layers)
 
 
+def build_resnet(filters, dropout, seed, drop_path=0.1):
+    """CS231n's conv blocks, each one but the first and the last followed by a residual block (He et al., 2016):
+    y = ReLU(x + BN(conv(ReLU(BN(conv x))))), the branch dropped with probability ``drop_path`` per image in training
+    (stochastic depth); the last block's maps are averaged over their 4 x 4 positions (global average pooling) into
+    the classifier."""
+    layers, channels, generator = [], 3, seed
+    for i, width in enumerate(filters):
+        layers += [nn.Conv2d(channels, width, 3, padding=1, init="he", generator=generator), nn.BatchNorm2d(width),
+                   nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        generator += 1
+        if 0 < i < len(filters) - 1:
+            body = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, init="he", generator=generator),
+                                 nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                                 nn.Conv2d(width, width, 3, padding=1, init="he", generator=generator + 1),
+                                 nn.BatchNorm2d(width), nn.StochasticDepth(drop_path, generator=generator + 2))
+            layers += [nn.Residual(body), nn.ReLU(inplace=True)]
+            generator += 3
+        channels = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(channels, 10, init="normal", generator=generator))
+    return nn.Sequential(*layers)
+
+
 def build_model(hidden, dropout, seed):
     if hidden[0] == "conv":
         return build_cnn(hidden[1:], dropout, seed)
+    if hidden[0] == "residual":
+        return build_resnet(hidden[1:], dropout, seed)
     layers = [nn.Flatten()]
     width = 3072
     for i, units in enumerate(hidden):

@@ -51,6 +51,27 @@ def test_train_cifar10_learns_on_the_subset_and_reports_test_accuracy(tmp_path, 
         assert len(checkpoint.files) > 0
 
 
+def test_train_cifar10_resnet_runs_on_the_subset_and_overfits_a_tiny_set(tmp_path, capsys, no_cifar_data):
+    example = load_example("train_cifar10")
+    accuracy = example.main(["--epochs", "2", "--skip-checks", "--model", "resnet", "--out", str(tmp_path / "res")])
+    printed = capsys.readouterr().out
+    assert "Residual(" in printed and "StochasticDepth(p=0.1, mode='row')" in printed
+    assert "AdaptiveAvgPool2d(output_size=(1, 1))" in printed and "parameters   : 169,098" in printed
+    assert 0.0 <= accuracy <= 1.0
+    assert printed.strip().splitlines()[-1].startswith("test accuracy: ")
+    # the lecture's check that the net can learn at all: 100 images fitted (chance: 10 %)
+    from cynet import Trainer, nn, optim
+    from cynet.data import Standardize, load_cifar10_subset
+
+    data = load_cifar10_subset()
+    x = Standardize(per="channel").fit(data.x_train).transform(data.x_train[:100]).reshape(-1, 3, 32, 32)
+    model = example.build_resnet((16, 32, 64), 0.0, seed=0)
+    trainer = Trainer(model, nn.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+                      progress=False, seed=0)
+    trainer.fit(x, data.y_train[:100], epochs=40, batch_size=25)
+    assert trainer.evaluate(x, data.y_train[:100])[1] > 0.9
+
+
 def test_train_cifar10_cnn_learns_on_the_subset(tmp_path, capsys, no_cifar_data):
     example = load_example("train_cifar10")
     accuracy = example.main(["--epochs", "3", "--skip-checks", "--model", "cnn", "--out", str(tmp_path / "cnn")])
