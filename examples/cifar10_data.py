@@ -1,7 +1,8 @@
 """What the CIFAR-10 examples share: where the development copy of the data lies, and a standardised split.
 
 Not an example of its own: ``train_cifar10.py``, ``tune_cifar10.py``, ``ensemble_cifar10.py``,
-``regularization_lab.py`` and ``optimizer_lab.py`` import it (it sits beside them, on their import path when they run as scripts).
+``regularization_lab.py`` and ``optimizer_lab.py`` import it (it sits beside them, on their import path when they run
+as scripts).
 """
 import os
 from pathlib import Path

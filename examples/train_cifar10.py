@@ -114,19 +114,25 @@ def load_data(args):
     return data.x_train, data.y_train, x_test, y_test, description, test_source, subset
 
 
+def conv_bn(channels, width, generator):
+    """A 3x3 convolution (padding 1, He initialisation) and the batch norm of its output."""
+    return [nn.Conv2d(channels, width, 3, padding=1, init="he", generator=generator), nn.BatchNorm2d(width)]
+
+
+def classifier(features, dropout, generator):
+    """Dropout (if any) and the Linear classifier, whose small N(0, 0.01^2) weights make the first loss ln 10."""
+    return ([nn.Dropout(dropout)] if dropout > 0 else []) + [nn.Linear(features, 10, init="normal",
+                                                                        generator=generator)]
+
+
 def build_cnn(filters, dropout, seed):
     """CS231n's conv - batch norm - ReLU - pool blocks (32x32 -> 4x4), then the classifier on the flattened maps."""
     layers, channels = [], 3
     for i, width in enumerate(filters):
         # the ReLU overwrites the batch norm's output (which nothing keeps): no fresh array of the block's largest size
-        layers += [nn.Conv2d(channels, width, 3, padding=1, init="he", generator=seed + i), nn.BatchNorm2d(width),
-                   nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        layers += conv_bn(channels, width, seed + i) + [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
         channels = width
-    layers.append(nn.Flatten())
-    if dropout > 0:
-        layers.append(nn.Dropout(dropout))
-    layers.append(nn.Linear(channels * 4 * 4, 10, init="normal", generator=seed + len(filters)))
-    return nn.Sequential(*layers)
+    return nn.Sequential(*layers, nn.Flatten(), *classifier(channels * 4 * 4, dropout, seed + len(filters)))
 
 
 def build_resnet(filters, dropout, seed, drop_path=0.1):
@@ -136,22 +142,16 @@ def build_resnet(filters, dropout, seed, drop_path=0.1):
     the classifier."""
     layers, channels, generator = [], 3, seed
     for i, width in enumerate(filters):
-        layers += [nn.Conv2d(channels, width, 3, padding=1, init="he", generator=generator), nn.BatchNorm2d(width),
-                   nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        layers += conv_bn(channels, width, generator) + [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
         generator += 1
         if 0 < i < len(filters) - 1:
-            body = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, init="he", generator=generator),
-                                 nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                                 nn.Conv2d(width, width, 3, padding=1, init="he", generator=generator + 1),
-                                 nn.BatchNorm2d(width), nn.StochasticDepth(drop_path, generator=generator + 2))
+            body = nn.Sequential(*conv_bn(width, width, generator), nn.ReLU(inplace=True),
+                                 *conv_bn(width, width, generator + 1),
+                                 nn.StochasticDepth(drop_path, generator=generator + 2))
             layers += [nn.Residual(body), nn.ReLU(inplace=True)]
             generator += 3
         channels = width
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    if dropout > 0:
-        layers.append(nn.Dropout(dropout))
-    layers.append(nn.Linear(channels, 10, init="normal", generator=generator))
-    return nn.Sequential(*layers)
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), *classifier(channels, dropout, generator))
 
 
 def build_model(hidden, dropout, seed):

@@ -79,21 +79,23 @@ cdef void _im2col_row(const floating* x, floating* row, Py_ssize_t N, Py_ssize_t
 
 def _check_columns(str op, Py_ssize_t rows, Py_ssize_t columns, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H,
                    Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride, Py_ssize_t pad):
-    """ValueError unless the settings are valid and the column matrix is (C kh kw, N OH OW) for the image shape."""
+    """``(OH, OW)``; ValueError unless the settings are valid and the column matrix is (C kh kw, N OH OW) for the
+    image shape."""
     cdef Py_ssize_t OH = (H + 2 * pad - kh) // stride + 1, OW = (W + 2 * pad - kw) // stride + 1
     if kh < 1 or kw < 1 or stride < 1 or pad < 0 or OH < 1 or OW < 1 or rows != C * kh * kw \
             or columns != N * OH * OW:
         raise ValueError(f"cynet._kernels.conv.{op}: the columns must be ({C * kh * kw}, {N * OH * OW}) for images "
                          f"{(N, C, H, W)}, kernel ({kh}, {kw}), stride {stride}, padding {pad}; got ({rows}, "
                          f"{columns})")
+    return OH, OW
 
 
 def im2col(const floating[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride, Py_ssize_t pad,
            floating[:, ::1] cols, int n_threads):
     """Fill ``cols`` (C kh kw, N OH OW) from ``x`` (N, C, H, W) (see the module docstring)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    _check_columns("im2col", cols.shape[0], cols.shape[1], N, C, H, W, kh, kw, stride, pad)
-    cdef Py_ssize_t OH = (H + 2 * pad - kh) // stride + 1, OW = (W + 2 * pad - kw) // stride + 1
+    cdef Py_ssize_t OH, OW
+    OH, OW = _check_columns("im2col", cols.shape[0], cols.shape[1], N, C, H, W, kh, kw, stride, pad)
     cdef Py_ssize_t K = C * kh * kw, k
     if K == 0 or N == 0:
         return
@@ -194,8 +196,8 @@ def col2im(const floating[:, ::1] dcols, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_
            floating[:, :, :, ::1] dx, int n_threads):
     """Add the columns ``dcols`` (C kh kw, N OH OW) back into ``dx`` (N, C, H, W), which the caller zeroes first."""
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
-    _check_columns("col2im", dcols.shape[0], dcols.shape[1], N, C, H, W, kh, kw, stride, pad)
-    cdef Py_ssize_t OH = (H + 2 * pad - kh) // stride + 1, OW = (W + 2 * pad - kw) // stride + 1
+    cdef Py_ssize_t OH, OW
+    OH, OW = _check_columns("col2im", dcols.shape[0], dcols.shape[1], N, C, H, W, kh, kw, stride, pad)
     cdef Py_ssize_t K = C * kh * kw, c
     if K == 0 or N == 0:
         return

@@ -19,7 +19,8 @@ from cynet.nn.normalization import (
 __all__ = [
     "Module", "ModuleList", "Parameter", "Sequential", "Linear", "Conv2d", "MaxPool2d", "AvgPool2d",
     "AdaptiveAvgPool2d", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "PReLU", "ELU", "SELU", "GELU", "SiLU", "Maxout",
-    "Dropout", "DropConnectLinear", "StochasticDepth", "Residual", "Flatten", "Identity", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm",
+    "Dropout", "DropConnectLinear", "StochasticDepth", "Residual", "Flatten", "Identity", "BatchNorm1d",
+    "BatchNorm2d", "LayerNorm", "GroupNorm",
     "fold_batchnorm", "recompute_batchnorm_statistics", "SoftmaxCrossEntropy", "CrossEntropyLoss", "MulticlassSVM",
     "MSELoss", "L2Penalty", "L1Penalty", "PenaltySum",
 ]

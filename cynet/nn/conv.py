@@ -1,5 +1,5 @@
-r"""Convolution and pooling: :class:`Conv2d` (im2col and BLAS matrix products, chunk by chunk of the batch), :class:`MaxPool2d`,
-:class:`AvgPool2d` and :class:`AdaptiveAvgPool2d` (global average pooling with output size 1).
+r"""Convolution and pooling: :class:`Conv2d` (im2col and BLAS matrix products, chunk by chunk of the batch),
+:class:`MaxPool2d`, :class:`AvgPool2d` and :class:`AdaptiveAvgPool2d` (global average pooling with output size 1).
 
 The spatial layers that :class:`~cynet.nn.BatchNorm2d` and :class:`~cynet.nn.GroupNorm` normalise (CS231n's
 conv - batch norm - ReLU - pool block). Inputs are (N, C, H, W) C-contiguous arrays, weights PyTorch's
@@ -108,10 +108,11 @@ class Conv2d(Module):
         y_{n,f,i,j} = b_f + \sum_{c=0}^{C-1} \sum_{a=0}^{k_h-1} \sum_{b'=0}^{k_w-1}
         W_{f,c,a,b'}\, x_{n,c,\, i s - p + a,\, j s - p + b'}
 
-    with :math:`OH = \lfloor (H + 2p - k_h)/s \rfloor + 1` (likewise OW). Forward: im2col (Cython, parallel over the
-    column matrix's rows) and one BLAS product; backward: :math:`dW = dY\,\text{cols}^T`, :math:`db = \sum dY`,
-    and, when needed, :math:`dx = \text{col2im}(W^T dY)` (parallel over input channels, so the same bits for any
-    thread count).
+    with :math:`OH = \lfloor (H + 2p - k_h)/s \rfloor + 1` (likewise OW). Per chunk of the batch (see the module
+    docstring): forward, im2col (Cython, parallel over the column matrix's rows) and one BLAS product; backward,
+    :math:`dW \mathrel{+}= dY\,\text{cols}^T`, :math:`db \mathrel{+}= \sum dY`, and, when needed,
+    :math:`dx = \text{col2im}(W^T dY)` (parallel over input channels). Chunk sizes follow the shapes only, so every
+    thread count gives the same bits.
 
     Args:
         in_channels (int): C.
@@ -174,6 +175,11 @@ class Conv2d(Module):
         chunk = max(1, min(n, CHUNK_BYTES // max(1, per_image)))
         return chunk, [(first, min(chunk, n - first)) for first in range(0, n, chunk)]
 
+    @staticmethod
+    def _rows(buffer, rows, width):
+        """The first ``rows`` x ``width`` values of a flat scratch buffer, as a C-contiguous matrix."""
+        return buffer[:rows * width].reshape(rows, width)
+
     def _im2col(self, x, cols):
         _k().im2col(x, self.kernel_size[0], self.kernel_size[1], self.stride, self.padding, cols,
                     kernel_threads(cols.size, NS_STREAM))
@@ -194,8 +200,8 @@ class Conv2d(Module):
         weights = w.reshape(features, k)
         bias = self.bias.data if self.bias is not None else w.reshape(-1)[:0]
         for first, m in chunks:
-            chunk_cols = cols[:k * m * columns].reshape(k, m * columns)
-            chunk_product = product[:features * m * columns].reshape(features, m * columns)
+            chunk_cols = self._rows(cols, k, m * columns)
+            chunk_product = self._rows(product, features, m * columns)
             self._im2col(x[first:first + m], chunk_cols)
             np.matmul(weights, chunk_cols, out=chunk_product)                           # (F, m OH OW)
             _k().to_images(chunk_product, bias, self.bias is not None, images[first:first + m],
@@ -221,10 +227,10 @@ class Conv2d(Module):
             dx = np.zeros(x.shape, dtype=x.dtype)
         weights = self.weight.data.reshape(features, k)
         for first, m in reversed(chunks):   # the last chunk first: the forward left its columns in the buffer
-            chunk_d2 = d2[:features * m * columns].reshape(features, m * columns)
+            chunk_d2 = self._rows(d2, features, m * columns)
             _k().to_columns(dout[first:first + m], chunk_d2, kernel_threads(chunk_d2.size, NS_STREAM))
             if self.weight.requires_grad:
-                chunk_cols = cols[:k * m * columns].reshape(k, m * columns)
+                chunk_cols = self._rows(cols, k, m * columns)
                 if self._cols_chunk != first:
                     self._im2col(x[first:first + m], chunk_cols)
                     self._cols_chunk = first
@@ -236,7 +242,7 @@ class Conv2d(Module):
                     flat += np.matmul(chunk_d2, chunk_cols.T)
             _add_bias_gradient(self.bias, chunk_d2, 1)
             if input_grad:
-                chunk_dcols = dcols[:k * m * columns].reshape(k, m * columns)
+                chunk_dcols = self._rows(dcols, k, m * columns)
                 np.matmul(weights.T, chunk_d2, out=chunk_dcols)
                 _k().col2im(chunk_dcols, self.kernel_size[0], self.kernel_size[1], self.stride, self.padding,
                             dx[first:first + m], kernel_threads(chunk_dcols.size, NS_STREAM))

@@ -430,6 +430,19 @@ def _arrays_within(value):
 _protected_arrays = contextvars.ContextVar("cynet_protected_arrays", default=None)
 
 
+@contextlib.contextmanager
+def _protecting(arrays):
+    """For the block: the arrays no in-place module may overwrite are the enclosing blocks' and ``arrays``; yields
+    that list (append to it what the block's modules keep)."""
+    outer = _protected_arrays.get()
+    protected = (list(outer) if outer is not None else []) + list(arrays)
+    token = _protected_arrays.set(protected)
+    try:
+        yield protected
+    finally:
+        _protected_arrays.reset(token)
+
+
 class _ModuleSequence(Module):
     """An ordered list of child modules named by position ("0", "1", ...): list-style access and editing, shared by
     :class:`Sequential` and :class:`ModuleList`. Insertions and removals rename the children to their new positions,
@@ -580,17 +593,13 @@ class Sequential(_ModuleSequence):
             for module in modules:
                 x = module(x)
             return x
-        outer = _protected_arrays.get()
-        protected = list(outer) if outer is not None else [a for a in _arrays_within(x)]
-        token = _protected_arrays.set(protected)
-        try:
+        # the caller's input is protected at the outermost Sequential; nested, the enclosing modules say what is
+        with _protecting(() if _protected_arrays.get() is not None else _arrays_within(x)) as protected:
             for position, module in enumerate(modules):
                 if module._overwrites_input():
                     self._check_overwrite(modules, position, x, protected)
                 x = module(x)
                 protected.extend(module._kept_arrays())
-        finally:
-            _protected_arrays.reset(token)
         return x
 
     def _check_overwrite(self, modules, position, x, protected):

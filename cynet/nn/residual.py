@@ -14,7 +14,7 @@ import numpy as np
 
 from cynet._validation import describe
 from cynet.nn.layers import Dropout
-from cynet.nn.module import Module, _arrays_within, _protected_arrays
+from cynet.nn.module import Module, _arrays_within, _protecting
 
 __all__ = ["Residual", "StochasticDepth"]
 
@@ -62,12 +62,8 @@ class Residual(Module):
         self.shortcut = shortcut
 
     def forward(self, x):
-        outer = _protected_arrays.get()
-        token = _protected_arrays.set((list(outer) if outer is not None else []) + list(_arrays_within(x)))
-        try:
+        with _protecting(_arrays_within(x)):      # the shortcut reads x after the body
             out = self.body(x)
-        finally:
-            _protected_arrays.reset(token)
         skip = np.asarray(x) if self.shortcut is None else self.shortcut(x)
         if np.shape(out) != np.shape(skip):
             raise ValueError(f"{self!r}: the body's output ({describe(np.asarray(out))}) and the shortcut's "
