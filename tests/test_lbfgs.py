@@ -195,6 +195,10 @@ def test_state_dict_is_flat_and_checked():
         LBFGS(_model().parameters(), history_size=1).load_state_dict({**state, "history_size": 1})
     with pytest.raises(ValueError, match="not 'LBFGS'"):
         other.load_state_dict({**state, "type": "SGD"})
+    with pytest.raises(ValueError, match="lbfgs.n_iter must be a non-negative int, got -1"):
+        other.load_state_dict({**state, "lbfgs.n_iter": -1})
+    with pytest.raises(ValueError, match=r"lbfgs.old_dirs must have shape \(2, 92\), got \(2, 91\)"):
+        other.load_state_dict({**state, "lbfgs.old_dirs": np.zeros((2, 91))})
     assert other._memory == {"n_iter": 0, "func_evals": 0}        # refused loads change nothing
 
 
@@ -240,6 +244,13 @@ def test_settings_and_misuse_are_refused_with_clear_errors():
         LBFGS([frozen]).step(lambda: 0.0)
     opt.max_iter = 3
     assert opt.param_groups[0]["max_iter"] == 3 and opt.max_iter == 3
+    model = _model()
+    opt = LBFGS(model.parameters(), max_iter=2)
+    closure = loss_closure(model, nn.SoftmaxCrossEntropy(), *_data())
+    opt.step(closure)
+    model[0].weight.requires_grad = False           # the curvature pairs no longer fit the learning parameters
+    with pytest.raises(ValueError, match=r"the learning parameters hold 44 values, the curvature pairs 92"):
+        opt.step(closure)
 
 
 def _trainer(model=None):

@@ -167,3 +167,16 @@ def test_fold_batchnorm_folds_inside_residual_branches():
     assert [type(m).__name__ for m in folded[0].body] == ["Conv2d", "ReLU", "Conv2d"]
     np.testing.assert_allclose(folded(x), model(x), rtol=0, atol=1e-12)
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())      # the original is untouched
+
+
+def test_stochastic_depth_passes_the_gradient_check_with_its_mask_fixed_and_refuses_a_scalar():
+    x = np.random.default_rng(4).standard_normal((6, 3, 2))
+    for mode in ("row", "batch"):
+        report = gradcheck.check_module(nn.StochasticDepth(0.5, mode=mode, generator=3), x, num_checks=20)
+        assert report.passed, report
+    with pytest.raises(ValueError, match=r"input must have a batch axis \(N, \.\.\.\)"):
+        nn.StochasticDepth(0.5)(np.float64(1.0))
+    drop = nn.StochasticDepth(0.5, generator=0)
+    drop(np.ones((4, 2)))
+    with pytest.raises(ValueError, match=r"dout must have shape \(4, 2\)"):
+        drop.backward(np.ones((3, 2)))
