@@ -9,6 +9,7 @@ from threadpoolctl import threadpool_info
 from cynet._kernels import _runtime, available_isas, selected_isa
 from cynet._threading import (WAIT_POLICY_SET_BY_USER, available_cpus, blas_pool_status, default_num_threads,
                               get_num_threads, idle_spin_seconds, parallel_overhead, stream_min_bytes)
+from cynet.nn import _reuse as reuse
 
 
 def config():
@@ -45,6 +46,8 @@ def config():
         "stream_min_bytes": stream_min_bytes(),
         "blas": blas,
         "blas_pool": blas_pool_status(),
+        "reuse_arrays": reuse.ENABLED,
+        "reuse_min_bytes": reuse.MIN_BYTES,
     }
 
 
@@ -88,6 +91,9 @@ def show_config(file=None):
         f"overrides)",
         f"streaming      : outputs of {c['stream_min_bytes'] / 2**20:.1f} MiB or more written with non-temporal stores "
         f"(a measured threshold; CYNET_STREAM_MIN_BYTES overrides)",
+        "layer outputs  : " + (f"those of {c['reuse_min_bytes'] / 2**20:.0f} MiB or more reused once nothing holds "
+                               f"them (CYNET_REUSE_ARRAYS=0 turns it off)" if c["reuse_arrays"] else
+                               "fresh arrays every pass (reuse off: CYNET_REUSE_ARRAYS=0, or no reference counts)"),
     ]
     if c["blas"]:
         for b in c["blas"]:

@@ -10,6 +10,10 @@ for a Linear layer it is a whole matrix product per batch. :class:`Sequential` a
 In-place activations (``nn.ReLU(inplace=True)``, ...) write their output into their input array. Without autograd's
 version counters, :class:`Sequential` checks each of them before it runs: its input must not be (a view of) an array
 that an earlier module keeps for its backward (a Sigmoid's output, say), nor the caller's own input.
+
+Outputs and input gradients of 4 MiB or more are arrays the layer handed out before whenever nothing else refers to
+them any more (:mod:`cynet.nn._reuse`: fresh large arrays cost their page faults every pass); an array a caller holds
+is never overwritten.
 """
 import contextlib
 import contextvars

@@ -23,6 +23,7 @@ import numpy as np
 from cynet._kernels import load
 from cynet._threading import NS_NORM, NS_NORM_FORWARD, kernel_threads, stream_stores
 from cynet._validation import describe, output
+from cynet.nn import _reuse as reuse
 from cynet.nn.conv import Conv2d
 from cynet.nn.layers import Linear
 from cynet.nn.module import Module, Parameter, Sequential
@@ -278,7 +279,7 @@ class _BatchNorm(Module):
             if values <= 1 and (self.training or x.size == 0):
                 raise ValueError(f"{self!r}: expected more than 1 value per channel when training, got input of "
                                  f"shape {tuple(x.shape)} ({values} value{'s' if values != 1 else ''} per channel)")
-            y, mean, var, inv_std = batch_norm_forward(x, gamma, beta, self.eps)
+            y, mean, var, inv_std = batch_norm_forward(x, gamma, beta, self.eps, out=reuse.like(self, "y", x))
             if self.training and self.track_running_stats and not self.frozen:
                 self._update_running_stats(mean, var, values)
             self._cache = ("batch", x, mean, inv_std)
@@ -308,7 +309,8 @@ class _BatchNorm(Module):
         learns = self.affine and (self.weight.requires_grad or self.bias.requires_grad)
         if mode == "batch":
             gamma, _ = self._params(x.dtype)
-            dx, dgamma, dbeta = batch_norm_backward(dout, x, gamma, mean, inv_std, input_grad=input_grad)
+            dx, dgamma, dbeta = batch_norm_backward(dout, x, gamma, mean, inv_std, input_grad=input_grad,
+                                                    out=reuse.like(self, "dx", x) if input_grad else None)
             if learns:
                 _accumulate(self.weight, dgamma)
                 _accumulate(self.bias, dbeta)
@@ -443,7 +445,7 @@ class _RowNorm(Module):
         x3, groups = self._view(x)
         self._check_dtype(x)
         gamma, beta = self._affine_arrays(x.dtype)
-        y3, mean, inv_std = row_norm_forward(x3, groups, gamma, beta, self.eps)
+        y3, mean, inv_std = row_norm_forward(x3, groups, gamma, beta, self.eps, out=reuse.like(self, "y", x3))
         self._cache = (x, x3, groups, mean, inv_std)
         return y3.reshape(x.shape)
 
@@ -457,7 +459,8 @@ class _RowNorm(Module):
                              f"{describe(dout)}")
         dout3 = np.ascontiguousarray(dout).reshape(x3.shape)
         gamma, _ = self._affine_arrays(x.dtype)
-        dx3, dgamma, dbeta = row_norm_backward(dout3, x3, groups, gamma, mean, inv_std, input_grad=input_grad)
+        dx3, dgamma, dbeta = row_norm_backward(dout3, x3, groups, gamma, mean, inv_std, input_grad=input_grad,
+                                               out=reuse.like(self, "dx", x3) if input_grad else None)
         if self.weight is not None:
             _accumulate(self.weight, dgamma.reshape(self.weight.data.shape))
             _accumulate(self.bias, dbeta.reshape(self.bias.data.shape))

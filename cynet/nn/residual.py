@@ -13,6 +13,7 @@ Example:
 import numpy as np
 
 from cynet._validation import describe
+from cynet.nn import _reuse as reuse
 from cynet.nn.layers import Dropout
 from cynet.nn.module import Module, _arrays_within, _protecting
 
@@ -68,7 +69,7 @@ class Residual(Module):
         if np.shape(out) != np.shape(skip):
             raise ValueError(f"{self!r}: the body's output ({describe(np.asarray(out))}) and the shortcut's "
                              f"({describe(skip)}) must have the same shape; give a shortcut that projects x")
-        return np.add(out, skip)
+        return np.add(out, skip, out=reuse.empty(self, "y", np.shape(skip), np.result_type(out, skip)))
 
     def backward(self, dout, *, input_grad=True):
         dout = np.asarray(dout)
@@ -76,7 +77,8 @@ class Residual(Module):
         through_shortcut = dout if self.shortcut is None else self.shortcut.backward(dout, input_grad=input_grad)
         if not input_grad:
             return None
-        return np.add(through_body, through_shortcut)
+        dtype = np.result_type(through_body, through_shortcut)
+        return np.add(through_body, through_shortcut, out=reuse.empty(self, "dx", np.shape(through_body), dtype))
 
 
 class StochasticDepth(Dropout):
