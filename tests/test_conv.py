@@ -150,11 +150,14 @@ def test_max_pool_against_the_windows(rng, k, s, p):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 3, 7, 9), (1, 2, 4, 1100)])
+@pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 3, 9, 6), (2, 2, 30, 30), (1, 2, 301, 4), (2, 3, 16, 16),
+                                   (2, 3, 7, 9), (2, 2, 6, 34), (1, 2, 4, 1100)])
 def test_two_by_two_max_pool_settles_ties_and_nans_as_the_row_major_scan(rng, dtype, shape):
     # values from {0, 1, 2} give ties in every arrangement of a window, and a few NaNs (alone, paired, first or not);
-    # the oracle is NumPy's argmax over each window in row-major order (first maximum, first NaN). The widest shape
-    # has more output columns than the 2x2 form takes on its stack, so it checks the generic path the same way.
+    # the oracle is NumPy's argmax over each window in row-major order (first maximum, first NaN). Even widths under
+    # 32 (but 16) take the narrow form, in blocks of rows (the (301, 4) planes: two blocks and an odd last row); 16,
+    # odd widths and 34 the row form; the widest shape has more output columns than the 2x2 form takes on its stack,
+    # so it checks the generic path the same way.
     x = rng.integers(0, 3, shape).astype(dtype)
     x[rng.random(shape) < 0.05] = np.nan
     pool = nn.MaxPool2d(2)

@@ -209,6 +209,7 @@ def col2im(const floating[:, ::1] dcols, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_
 
 cdef enum:
     MAXPOOL_ROW = 512             # the 2x2 form's per-row scratch lives on the stack (wider rows: the generic form)
+    MAXPOOL_HALF_ROW = 256        # the narrow 2x2 form's per-window scratch (half its column pairs)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -238,6 +239,60 @@ cdef void _maxpool_plane(const floating* x, floating* y, int64_t* idx, Py_ssize_
                         where = r * W + s
             y[i * OW + j] = best
             idx[i * OW + j] = where
+
+
+# _maxpool2x2_plane's windows (below) for planes of an even width W under 32 (OW < 16 outputs per row): there its
+# three loops per output row are shorter than a vector and ran in their scalar remainder code, whose selects became
+# branches that random data mispredicts (the (256, 128, 8, 8) float32 forward took 12.2 ms on one thread). Here the
+# data-dependent loops run over a whole block of output rows at once: the winners of the column pairs of every input
+# row (W even: the pairs of the block are consecutive values), then, after copying each window's two rows' winners
+# side by side (a copy: no decision), the window's winner and its place, then the place as an offset in the plane.
+# The same comparisons, in the same order, as _maxpool2x2_plane: the same results. Measured (AVX-512 build, one thread,
+# float32): (256, 128, 8, 8) 12.2 -> 1.8 ms; per window, even widths 4-14 and 20-28 2.4-7x faster than the row form,
+# but W = 16 (OW = 8, whole vectors in the row form) 1.2 against 1.8: that width keeps the row form.
+cdef void _maxpool2x2_narrow_plane(const floating* x, floating* y, int64_t* idx, Py_ssize_t W, Py_ssize_t OH,
+                                   Py_ssize_t OW) noexcept nogil:
+    cdef floating pair_max[MAXPOOL_ROW]
+    cdef int32_t pair_right[MAXPOOL_ROW]
+    cdef floating high[MAXPOOL_HALF_ROW]
+    cdef floating low[MAXPOOL_HALF_ROW]
+    cdef int32_t right_high[MAXPOOL_HALF_ROW]
+    cdef int32_t right_low[MAXPOOL_HALF_ROW]
+    cdef int32_t code[MAXPOOL_HALF_ROW]
+    cdef int64_t left[MAXPOOL_HALF_ROW]
+    cdef Py_ssize_t rows = MAXPOOL_ROW // W          # output rows per block: their 2 rows x OW pairs fit the scratch
+    cdef Py_ssize_t block, i0, n_rows, m, i, j, o, upper, lower
+    cdef floating* pairs                               # not const: see _maxpool2x2_plane
+    cdef floating a, b, h, w
+    cdef int32_t take, lower_wins
+    for block in range((OH + rows - 1) // rows):
+        i0 = block * rows
+        n_rows = min(rows, OH - i0)
+        pairs = <floating*>(x + 2 * i0 * W)
+        for m in range(n_rows * W):                    # the column pairs of 2 n_rows input rows
+            a = pairs[2 * m]
+            b = pairs[2 * m + 1]
+            take = (b > a) | ((b != b) & (a == a))
+            pair_max[m] = b if take else a
+            pair_right[m] = take
+        for i in range(n_rows):
+            upper = 2 * i * OW
+            lower = upper + OW
+            for j in range(OW):
+                o = i * OW + j
+                high[o] = pair_max[upper + j]
+                low[o] = pair_max[lower + j]
+                right_high[o] = pair_right[upper + j]
+                right_low[o] = pair_right[lower + j]
+                left[o] = 2 * (i0 + i) * W + 2 * j
+        for o in range(n_rows * OW):
+            h = high[o]
+            w = low[o]
+            lower_wins = (w > h) | ((w != w) & (h == h))
+            y[i0 * OW + o] = w if lower_wins else h
+            code[o] = 2 * lower_wins + (right_low[o] if lower_wins else right_high[o])
+        for o in range(n_rows * OW):
+            idx[i0 * OW + o] = left[o] + (code[o] & 1) + (code[o] >> 1) * W
 
 
 # The common 2x2 window with stride 2 and no padding (the CNN's pooling), with the same results as _maxpool_plane.
@@ -305,7 +360,10 @@ def maxpool_forward(const floating[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw
     cdef bint two_by_two = kh == 2 and kw == 2 and stride == 2 and pad == 0 and OW <= MAXPOOL_ROW
     with nogil:
         for p in prange(N * C, schedule="static", num_threads=nt):
-            if two_by_two:
+            if two_by_two and W % 2 == 0 and OW < 16 and OW != 8:
+                _maxpool2x2_narrow_plane(&x[0, 0, 0, 0] + p * H * W, &y[0, 0, 0, 0] + p * OH * OW,
+                                         &idx[0, 0, 0, 0] + p * OH * OW, W, OH, OW)
+            elif two_by_two:
                 _maxpool2x2_plane(&x[0, 0, 0, 0] + p * H * W, &y[0, 0, 0, 0] + p * OH * OW,
                                   &idx[0, 0, 0, 0] + p * OH * OW, W, OH, OW)
             else:
