@@ -48,6 +48,7 @@ def config():
         "blas_pool": blas_pool_status(),
         "reuse_arrays": reuse.ENABLED,
         "reuse_min_bytes": reuse.MIN_BYTES,
+        "reuse_max_free_bytes": reuse.MAX_FREE_BYTES,
     }
 
 
@@ -92,7 +93,8 @@ def show_config(file=None):
         f"streaming      : outputs of {c['stream_min_bytes'] / 2**20:.1f} MiB or more written with non-temporal stores "
         f"(a measured threshold; CYNET_STREAM_MIN_BYTES overrides)",
         "layer outputs  : " + (f"those of {c['reuse_min_bytes'] / 2**20:.0f} MiB or more reused once nothing holds "
-                               f"them (CYNET_REUSE_ARRAYS=0 turns it off)" if c["reuse_arrays"] else
+                               f"them, up to {c['reuse_max_free_bytes'] / 2**20:.0f} MiB kept free "
+                               f"(CYNET_REUSE_ARRAYS=0 turns it off)" if c["reuse_arrays"] else
                                "fresh arrays every pass (reuse off: CYNET_REUSE_ARRAYS=0, or no reference counts)"),
     ]
     if c["blas"]:

@@ -1,10 +1,11 @@
-"""Reused output arrays (cynet.nn._reuse): a module hands out a large output array again only when nothing else holds
-it. Oracles: copies of the outputs the caller kept, and the same training run with the reuse turned off."""
+"""Reused output arrays (cynet.nn._reuse): a layer gets a large array handed out before only when nothing else holds
+it. Oracles: copies of the outputs the caller kept, the same training run with the reuse turned off, and the pool's
+own bookkeeping (which arrays it keeps, by shape)."""
 import copy
 import os
-import pickle
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -19,9 +20,13 @@ SHAPE = (8, 8, 64, 64)
 
 @pytest.fixture(autouse=True)
 def reuse_on(monkeypatch):
-    """Reuse on, from 64 KiB: every map of these tests (the smallest, a pooled (8, 8, 32, 32) float32, is 256 KiB)."""
+    """Reuse on, from 64 KiB: every map of these tests (the smallest, a pooled (8, 8, 32, 32) float32, is 256 KiB);
+    an empty pool before and after."""
     monkeypatch.setattr(_reuse, "ENABLED", True)
     monkeypatch.setattr(_reuse, "MIN_BYTES", 64 << 10)
+    _reuse.POOL.clear()
+    yield
+    _reuse.POOL.clear()
 
 
 def _maps(seed, shape=SHAPE):
@@ -92,35 +97,87 @@ def test_a_dropped_output_is_handed_out_again():
     np.testing.assert_array_equal(y, fresh(_maps(2)))
 
 
-def test_a_cached_forward_output_alternates_between_two_arrays():
+def test_arrays_pass_between_layers_once_free():
     conv, bn = nn.Conv2d(8, 8, 3, padding=1, generator=0), nn.BatchNorm2d(8)
-    addresses = []
-    for seed in range(4):
-        y = conv(_maps(seed))
-        bn(y)                                   # holds y until its next forward
-        addresses.append(y.ctypes.data)
-        del y
-    assert addresses[0] == addresses[2] != addresses[1] == addresses[3]
+    y = conv(_maps(1))
+    first = y.ctypes.data
+    del y
+    z = bn(conv(_maps(2)))       # conv's output is the first array again; bn caches it, so its own output is another
+    assert bn._cache[1].ctypes.data == first != z.ctypes.data
+    del z
+    y = conv(_maps(3))           # the first is still in bn's cache: bn's old output, free now, serves conv
+    assert y.ctypes.data not in (first, bn._cache[1].ctypes.data)
+    assert len(_reuse.POOL) == 2
 
 
-def test_small_outputs_are_not_kept():
+def test_small_outputs_are_not_pooled():
     relu = nn.ReLU()
     for seed in (1, 2):
         relu(_maps(seed, (4, 64)))
         relu.backward(_maps(seed + 2, (4, 64)))
-    assert "_reused_arrays" not in vars(relu)
+    assert len(_reuse.POOL) == 0
 
 
-def test_copies_and_pickles_keep_no_arrays():
+def test_copies_of_a_layer_share_the_pool_and_stay_independent():
     conv = nn.Conv2d(8, 8, 3, padding=1, generator=0)
-    conv(_maps(1))
-    assert sum(len(a) for a in conv._reused_arrays.kept.values()) == 1
-    for clone in (copy.deepcopy(conv), pickle.loads(pickle.dumps(conv))):
-        assert clone._reused_arrays.kept == {}
-        np.testing.assert_array_equal(clone(_maps(2)), conv(_maps(2)))
+    kept = conv(_maps(1))
+    clone = copy.deepcopy(conv)
+    y = clone(_maps(2))
+    assert y.ctypes.data != kept.ctypes.data
+    np.testing.assert_array_equal(y, conv(_maps(2)))
 
 
-def _train_cnn(steps):
+def test_a_training_loop_stops_allocating():
+    # the second step still needs one array more (a layer cache holding the first step's array while its successor
+    # is asked for); from then on every request finds a free array
+    sizes = []
+    _train_cnn(6, after_step=lambda: sizes.append(len(_reuse.POOL)))
+    assert sizes[0] > 0 and sizes[1:] == [sizes[1]] * 5
+
+
+def test_free_arrays_beyond_the_bound_are_dropped_oldest_shape_first(monkeypatch):
+    shapes = [(8, 8, 64, 64), (8, 8, 32, 128), (8, 8, 128, 32), (8, 8, 16, 256), (8, 8, 256, 16), (8, 8, 8, 512)]
+    mib = 1 << 20                                     # each shape's float32 array
+    monkeypatch.setattr(_reuse, "MAX_FREE_BYTES", 2 * mib)
+
+    def kept_shapes():
+        return [shapes.index(key[0]) for key in _reuse.POOL.arrays]
+
+    for shape in shapes[:4]:                          # each dropped by its caller at once
+        _reuse.empty(shape, np.float32)
+    # before keeping the fourth, the pool dropped the oldest free array: two were left free
+    assert kept_shapes() == [1, 2, 3]
+    held = [_reuse.empty(shapes[0], np.float32) for _ in range(3)]   # in use: not free, never dropped
+    assert kept_shapes() == [2, 3, 0] and len(_reuse.POOL) == 5
+    monkeypatch.setattr(_reuse, "MAX_BYTES", 4 * mib)
+    fifth = _reuse.empty(shapes[4], np.float32)       # fits once the two free ones are dropped
+    assert kept_shapes() == [0, 4]
+    sixth = _reuse.empty(shapes[5], np.float32)       # nothing free to drop: handed out, not kept
+    assert kept_shapes() == [0, 4] and sixth.shape == shapes[5]
+    assert len(held) == 3 and fifth.shape == shapes[4]
+
+
+def test_concurrent_callers_never_share_an_array():
+    addresses, errors = [], []
+    barrier = threading.Barrier(4)
+
+    def work():
+        try:
+            held = [_reuse.empty(SHAPE, np.float32) for _ in range(4)]
+            addresses.extend(a.ctypes.data for a in held)
+            barrier.wait()                              # every thread holds its four at once
+        except Exception as error:                      # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(set(addresses)) == 16
+
+
+def _train_cnn(steps, after_step=lambda: None):
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1, generator=0), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         nn.Residual(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, generator=1), nn.BatchNorm2d(8), nn.ReLU(),
@@ -137,6 +194,7 @@ def _train_cnn(steps):
         losses.append(loss.forward(model.forward(x), y))
         model.backward(loss.backward(), input_grad=False)
         optimizer.step()
+        after_step()
     return losses, [p.data.copy() for p in model.parameters()]
 
 

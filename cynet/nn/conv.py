@@ -196,7 +196,7 @@ class Conv2d(Module):
         chunk, chunks = self._chunks(n, columns, w.dtype)
         cols = self._cols = self._buffer(self._cols, k * chunk * columns, w.dtype)
         product = self._product = self._buffer(self._product, features * chunk * columns, w.dtype)
-        y = reuse.empty(self, "y", (n, features, oh, ow), w.dtype)
+        y = reuse.empty((n, features, oh, ow), w.dtype)
         images = y.reshape(n, features, columns)
         weights = w.reshape(features, k)
         bias = self.bias.data if self.bias is not None else w.reshape(-1)[:0]
@@ -225,7 +225,7 @@ class Conv2d(Module):
         d2 = self._product = self._buffer(self._product, features * chunk * columns, x.dtype)
         if input_grad:
             dcols = self._dcols = self._buffer(self._dcols, k * chunk * columns, x.dtype)
-            dx = reuse.zeros(self, "dx", x.shape, x.dtype)
+            dx = reuse.zeros(x.shape, x.dtype)
         weights = self.weight.data.reshape(features, k)
         for first, m in reversed(chunks):   # the last chunk first: the forward left its columns in the buffer
             chunk_d2 = self._rows(d2, features, m * columns)
@@ -290,8 +290,8 @@ class MaxPool2d(Module):
         _check_fits(self, x.shape[2:], self.kernel_size, self.padding)
         oh = _output_size(x.shape[2], self.kernel_size[0], self.stride, self.padding)
         ow = _output_size(x.shape[3], self.kernel_size[1], self.stride, self.padding)
-        y = reuse.empty(self, "y", x.shape[:2] + (oh, ow), x.dtype)
-        idx = reuse.empty(self, "indices", y.shape, np.int64)
+        y = reuse.empty(x.shape[:2] + (oh, ow), x.dtype)
+        idx = reuse.empty(y.shape, np.int64)
         _k().maxpool_forward(x, self.kernel_size[0], self.kernel_size[1], self.stride, self.padding, y, idx,
                           kernel_threads(x.size, NS_STREAM))
         self._idx, self._input_shape = idx, x.shape
@@ -305,7 +305,7 @@ class MaxPool2d(Module):
         if dout.shape != idx.shape or dout.dtype not in (np.float32, np.float64):
             raise ValueError(f"{self!r}: dout must be a float array of shape {idx.shape}, got {describe(dout)}")
         dout = np.ascontiguousarray(dout)
-        dx = reuse.empty(self, "dx", self._input_shape, dout.dtype)
+        dx = reuse.empty(self._input_shape, dout.dtype)
         _k().maxpool_backward(dout, idx, dx, kernel_threads(dx.size, NS_STREAM))
         return dx
 
@@ -343,7 +343,7 @@ class _AvgPool(Module):
     def forward(self, x):
         x = _float_images(self, x)
         rows, cols = self._windows(x.shape[2], x.shape[3])
-        y = reuse.empty(self, "y", x.shape[:2] + (len(rows[0]), len(cols[0])), x.dtype)
+        y = reuse.empty(x.shape[:2] + (len(rows[0]), len(cols[0])), x.dtype)
         _k().avgpool_forward(x, rows[0], rows[1], cols[0], cols[1], rows[2], cols[2], y,
                              kernel_threads(x.size, NS_STREAM))
         self._plan, self._input_shape = (rows, cols), x.shape
@@ -357,7 +357,7 @@ class _AvgPool(Module):
         shape = self._input_shape[:2] + (len(rows[0]), len(cols[0]))
         if dout.shape != shape or dout.dtype not in (np.float32, np.float64):
             raise ValueError(f"{self!r}: dout must be a float array of shape {shape}, got {describe(dout)}")
-        dx = reuse.empty(self, "dx", self._input_shape, dout.dtype)
+        dx = reuse.empty(self._input_shape, dout.dtype)
         _k().avgpool_backward(np.ascontiguousarray(dout), rows[0], rows[1], cols[0], cols[1], rows[2], cols[2], dx,
                               kernel_threads(dx.size, NS_STREAM))
         return dx

@@ -46,11 +46,11 @@ def _check_writeable_input(module, x):
         raise ValueError(f"{module!r}: an in-place input must be writeable, got a read-only {describe(x)}")
 
 
-def _reused_like(module, slot, array):
+def _reused_like(array):
     """A reused output of ``array``'s shape and dtype for an op's ``out=`` (None, letting the op allocate and
     validate, when ``array`` is not a float32/float64 ndarray)."""
     if isinstance(array, np.ndarray) and array.dtype in (np.float32, np.float64):
-        return reuse.like(module, slot, array)
+        return reuse.like(array)
     return None
 
 
@@ -147,7 +147,7 @@ class Linear(Module):
 
     def forward(self, x):
         x = self._check_input(x)
-        y = np.matmul(x, self._forward_weight().T, out=reuse.empty(self, "y", (x.shape[0], self.out_features), x.dtype))
+        y = np.matmul(x, self._forward_weight().T, out=reuse.empty((x.shape[0], self.out_features), x.dtype))
         if self.bias is not None:
             y += self.bias.data
         self._x = x
@@ -179,7 +179,7 @@ class Linear(Module):
         _add_bias_gradient(self.bias, dout, 0)
         if not input_grad:
             return None
-        return np.matmul(dout, self._backward_weight(), out=reuse.empty(self, "dx", x.shape, x.dtype))
+        return np.matmul(dout, self._backward_weight(), out=reuse.empty(x.shape, x.dtype))
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -227,7 +227,7 @@ class _Elementwise(Module):
             # out=x; the backward reads y, which is x's array now (for LeakyReLU, y > 0 exactly where x > 0)
             y = self._saved = getattr(ops, f"{self._op}_forward")(x, *self._args(), out=x)
             return y
-        y = getattr(ops, f"{self._op}_forward")(x, *self._args(), out=_reused_like(self, "y", x))
+        y = getattr(ops, f"{self._op}_forward")(x, *self._args(), out=_reused_like(x))
         self._saved = y if self._saves == "y" else np.asarray(x)
         return y
 
@@ -235,7 +235,7 @@ class _Elementwise(Module):
         saved = _cached(self, "_saved")
         if not input_grad:
             return None
-        return getattr(ops, f"{self._op}_backward")(dout, saved, *self._args(), out=_reused_like(self, "dx", dout))
+        return getattr(ops, f"{self._op}_backward")(dout, saved, *self._args(), out=_reused_like(dout))
 
     def kink_state(self):
         """Boolean mask of the positive side of the last forward (where the derivative changes branch)."""
@@ -453,14 +453,13 @@ class PReLU(Module):
         x = np.asarray(x)
         if x.dtype != self.alpha.data.dtype:
             raise TypeError(f"{self!r}: input must have alpha's dtype {self.alpha.data.dtype}, got {describe(x)}")
-        y = ops.prelu_forward(x, self.alpha.data, out=_reused_like(self, "y", x))
+        y = ops.prelu_forward(x, self.alpha.data, out=_reused_like(x))
         self._x = x
         return y
 
     def backward(self, dout, *, input_grad=True):
         x = _cached(self, "_x")
-        dx, dalpha = ops.prelu_backward(dout, x, self.alpha.data,
-                                        out=_reused_like(self, "dx", x) if input_grad else None)
+        dx, dalpha = ops.prelu_backward(dout, x, self.alpha.data, out=_reused_like(x) if input_grad else None)
         if self.alpha.requires_grad:
             self.alpha.accumulate(dalpha)
         return dx if input_grad else None
@@ -663,7 +662,7 @@ class Dropout(Module):
         self._shape = x.shape
         if self.inplace:
             return np.multiply(x, self._mask, out=x)
-        return np.multiply(x, self._mask, out=reuse.like(self, "y", x))
+        return np.multiply(x, self._mask, out=reuse.like(x))
 
     def backward(self, dout, *, input_grad=True):
         if not input_grad:
@@ -673,7 +672,7 @@ class Dropout(Module):
             return dout
         if dout.shape != self._shape:
             raise ValueError(f"{self!r}: dout must have shape {self._shape}, got {describe(dout)}")
-        return np.multiply(dout, self._mask, out=reuse.empty(self, "dx", dout.shape, dout.dtype))
+        return np.multiply(dout, self._mask, out=reuse.empty(dout.shape, dout.dtype))
 
     def extra_repr(self):
         return f"p={self.p}" + (", inplace=True" if self.inplace else "")

@@ -11,9 +11,9 @@ In-place activations (``nn.ReLU(inplace=True)``, ...) write their output into th
 version counters, :class:`Sequential` checks each of them before it runs: its input must not be (a view of) an array
 that an earlier module keeps for its backward (a Sigmoid's output, say), nor the caller's own input.
 
-Outputs and input gradients of 4 MiB or more are arrays the layer handed out before whenever nothing else refers to
-them any more (:mod:`cynet.nn._reuse`: fresh large arrays cost their page faults every pass); an array a caller holds
-is never overwritten.
+Outputs and input gradients of 4 MiB or more come from one pool of arrays handed out before, each only once nothing
+else refers to it any more (:mod:`cynet.nn._reuse`: fresh large arrays cost their page faults every pass); an array a
+caller holds is never overwritten.
 """
 import contextlib
 import contextvars

@@ -279,7 +279,7 @@ class _BatchNorm(Module):
             if values <= 1 and (self.training or x.size == 0):
                 raise ValueError(f"{self!r}: expected more than 1 value per channel when training, got input of "
                                  f"shape {tuple(x.shape)} ({values} value{'s' if values != 1 else ''} per channel)")
-            y, mean, var, inv_std = batch_norm_forward(x, gamma, beta, self.eps, out=reuse.like(self, "y", x))
+            y, mean, var, inv_std = batch_norm_forward(x, gamma, beta, self.eps, out=reuse.like(x))
             if self.training and self.track_running_stats and not self.frozen:
                 self._update_running_stats(mean, var, values)
             self._cache = ("batch", x, mean, inv_std)
@@ -310,7 +310,7 @@ class _BatchNorm(Module):
         if mode == "batch":
             gamma, _ = self._params(x.dtype)
             dx, dgamma, dbeta = batch_norm_backward(dout, x, gamma, mean, inv_std, input_grad=input_grad,
-                                                    out=reuse.like(self, "dx", x) if input_grad else None)
+                                                    out=reuse.like(x) if input_grad else None)
             if learns:
                 _accumulate(self.weight, dgamma)
                 _accumulate(self.bias, dbeta)
@@ -445,7 +445,7 @@ class _RowNorm(Module):
         x3, groups = self._view(x)
         self._check_dtype(x)
         gamma, beta = self._affine_arrays(x.dtype)
-        y3, mean, inv_std = row_norm_forward(x3, groups, gamma, beta, self.eps, out=reuse.like(self, "y", x3))
+        y3, mean, inv_std = row_norm_forward(x3, groups, gamma, beta, self.eps, out=reuse.like(x3))
         self._cache = (x, x3, groups, mean, inv_std)
         return y3.reshape(x.shape)
 
@@ -460,7 +460,7 @@ class _RowNorm(Module):
         dout3 = np.ascontiguousarray(dout).reshape(x3.shape)
         gamma, _ = self._affine_arrays(x.dtype)
         dx3, dgamma, dbeta = row_norm_backward(dout3, x3, groups, gamma, mean, inv_std, input_grad=input_grad,
-                                               out=reuse.like(self, "dx", x3) if input_grad else None)
+                                               out=reuse.like(x3) if input_grad else None)
         if self.weight is not None:
             _accumulate(self.weight, dgamma.reshape(self.weight.data.shape))
             _accumulate(self.bias, dbeta.reshape(self.bias.data.shape))

@@ -69,7 +69,7 @@ class Residual(Module):
         if np.shape(out) != np.shape(skip):
             raise ValueError(f"{self!r}: the body's output ({describe(np.asarray(out))}) and the shortcut's "
                              f"({describe(skip)}) must have the same shape; give a shortcut that projects x")
-        return np.add(out, skip, out=reuse.empty(self, "y", np.shape(skip), np.result_type(out, skip)))
+        return np.add(out, skip, out=reuse.empty(np.shape(skip), np.result_type(out, skip)))
 
     def backward(self, dout, *, input_grad=True):
         dout = np.asarray(dout)
@@ -78,7 +78,7 @@ class Residual(Module):
         if not input_grad:
             return None
         dtype = np.result_type(through_body, through_shortcut)
-        return np.add(through_body, through_shortcut, out=reuse.empty(self, "dx", np.shape(through_body), dtype))
+        return np.add(through_body, through_shortcut, out=reuse.empty(np.shape(through_body), dtype))
 
 
 class StochasticDepth(Dropout):
