@@ -216,3 +216,21 @@ def test_the_environment_switch_and_the_config_printout(setting, expected):
             "print(_reuse.ENABLED, config()['reuse_arrays'])")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == [expected, expected]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_starts_with_an_empty_pool():
+    held = _reuse.empty(SHAPE, np.float32)
+    assert len(_reuse.POOL) == 1
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                  # the child: report the pool it sees, then leave at once
+        os.close(read)
+        os.write(write, str(len(_reuse.POOL)).encode())
+        os._exit(0)
+    os.close(write)
+    seen = os.read(read, 16).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert seen == "0" and len(_reuse.POOL) == 1 and held.shape == SHAPE

@@ -119,6 +119,18 @@ class ArrayPool:
 POOL = ArrayPool()
 
 
+def _after_fork_in_child():
+    """A forked child (a process-pool worker) starts with an empty pool and a fresh lock: the parent's lock may have
+    been held by another thread at the fork, and its arrays are the parent's business."""
+    POOL.arrays = OrderedDict()
+    POOL.nbytes = 0
+    POOL._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def empty(shape, dtype):
     """An uninitialised C-contiguous array of ``shape`` and ``dtype`` for a layer's output: a pooled one that nothing
     else holds when it is large, else a new one."""
