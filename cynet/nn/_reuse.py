@@ -83,8 +83,12 @@ class ArrayPool:
             return array
 
     def _free_bytes(self):
-        return sum(array.nbytes for kept in self.arrays.values() for array in kept
-                   if sys.getrefcount(array) == _UNSHARED + 1)      # + 1: the loop variable
+        total = 0
+        for kept in self.arrays.values():
+            for i in range(len(kept)):
+                if sys.getrefcount(kept[i]) == _UNSHARED:       # the same expression as the baseline's
+                    total += kept[i].nbytes
+        return total
 
     def _make_room(self, nbytes, max_free_bytes, max_bytes):
         """Before keeping a new array of ``nbytes`` (in use): drop free arrays, those of the least recently asked-for
