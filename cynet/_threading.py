@@ -53,7 +53,7 @@ import warnings
 
 from threadpoolctl import threadpool_limits
 
-importlib.import_module("numpy")  # loads NumPy's BLAS, which the one-pool plan at the end of this module looks for
+np = importlib.import_module("numpy")  # loads NumPy's BLAS, which the one-pool plan at the end of this module looks for
 
 # whether the OpenMP wait policy is the user's choice (then spinning idle workers are what they asked for):
 # OMP_WAIT_POLICY, or libgomp's GOMP_SPINCOUNT, which libgomp honours only where OMP_WAIT_POLICY is unset (idle workers
@@ -348,6 +348,29 @@ def kernel_threads(elements, ns_per_element=NS_STREAM):
         return 1
     one_thread = elements * ns_per_element * 1e-9
     return n if one_thread * (1.0 - 1.0 / n) > parallel_overhead(n) else 1
+
+
+def copyto(dst, src):
+    """``np.copyto(dst, src)`` for two C-contiguous arrays of one shape and dtype, on :func:`kernel_threads` threads
+    when that pays (a large copy on one core runs at that core's bandwidth); anything else goes to ``np.copyto``.
+
+    Example:
+        >>> import numpy as np, cynet
+        >>> a, b = np.arange(6.0), np.zeros(6)
+        >>> cynet._threading.copyto(b, a); b
+        array([0., 1., 2., 3., 4., 5.])
+    """
+    if (dst.shape != src.shape or dst.dtype != src.dtype or not dst.flags.c_contiguous or not src.flags.c_contiguous
+            or not dst.flags.writeable):
+        np.copyto(dst, src)
+        return
+    threads = kernel_threads(src.nbytes // 4, NS_STREAM)
+    if threads <= 1:
+        np.copyto(dst, src)
+        return
+    from cynet._kernels import _runtime
+
+    _runtime.copy_bytes(src.reshape(-1).view(np.uint8), dst.reshape(-1).view(np.uint8), threads)
 
 
 # --- one thread pool: BLAS jobs on cynet's OpenMP team ---------------------------------------------------------------

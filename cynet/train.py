@@ -22,13 +22,13 @@ first iteration's, stops training at once with a :class:`DivergenceWarning` nami
 sets :attr:`Trainer.stop_reason`, and puts back a whole training state from before things went wrong: the weights,
 the module buffers (BatchNorm running statistics) and the optimiser's state (momentum buffers, Adam's moments, step
 counts), as they were just before the step of a recent iteration whose loss was good. To that end the guard copies
-the learning parameters, the buffers and the optimiser state into arrays allocated once per :meth:`Trainer.fit`
-(``np.copyto``: no allocation per step) before the step of every ``Trainer.guard_every``-th iteration (1, 1 + k,
-1 + 2k, ...; default k = 10): the copy moves about as many bytes as an SGD-momentum step, so taking it at every
-iteration costs 5-10 % of the epoch of a CIFAR-10 MLP, and every tenth iteration still 2-4 % (measured on the
-benchmark's 3072-1024-512-10 MLP, two threads: the trainer's epoch 686-707 ms against 674-681 ms for the same loop
-without the guard). ``trainer.guard_every = 1`` puts back the state from just before the bad step itself; a larger
-value (50, say) makes the copies cheaper still, at the price of an older state to go back to.
+the learning parameters, the buffers and the optimiser state into arrays allocated once per :meth:`Trainer.fit` (a
+copy on the kernels' threads, no allocation per step) before the step of every ``Trainer.guard_every``-th iteration
+(1, 1 + k, 1 + 2k, ...; default k = 10). The copy moves about as many bytes as an SGD-momentum step, so taking it at
+every iteration costs 5-10 % of the epoch of a CIFAR-10 MLP, every tenth iteration 1.5-2 % (measured on the
+benchmark's 3072-1024-512-10 MLP, two threads: the trainer's epoch 669-674 ms against 658-659 ms without the guard;
+2-4 % with NumPy's one-thread copies). ``trainer.guard_every = 1`` puts back the state from just before the bad step
+itself; a larger value (50, say) makes the copies cheaper still, at the price of an older state to go back to.
 
 Example:
     >>> import numpy as np, cynet
@@ -55,6 +55,7 @@ import warnings
 import numpy as np
 
 from cynet import checkpoint as _checkpoint
+from cynet._threading import copyto
 from cynet.nn.module import Module
 from cynet.nn.utils import clip_grad_norm_, max_norm_
 from cynet.optim.lbfgs import loss_closure
@@ -462,9 +463,9 @@ class _LastGoodState:
         for index, (saved, param) in enumerate(zip(self.param_copies, self.model.parameters())):
             self.copied[index] = param.requires_grad
             if param.requires_grad:
-                np.copyto(saved, param.data)
+                copyto(saved, param.data)
         for saved, buffer in zip(self.buffer_copies, self.model.buffers()):
-            np.copyto(saved, buffer)
+            copyto(saved, buffer)
         if self._has_snapshots():
             self.optimizer_copy = self.optimizer.snapshot(self.optimizer_copy)
         else:
@@ -474,9 +475,9 @@ class _LastGoodState:
     def restore(self):
         for saved, copied, param in zip(self.param_copies, self.copied, self.model.parameters()):
             if copied:
-                np.copyto(param.data, saved)
+                copyto(param.data, saved)
         for saved, buffer in zip(self.buffer_copies, self.model.buffers()):
-            np.copyto(buffer, saved)
+            copyto(buffer, saved)
         if self._has_snapshots():
             self.optimizer.restore(self.optimizer_copy)
         else:

@@ -516,3 +516,36 @@ _, status = os.waitpid(pid, 0)
 print("child", os.waitstatus_to_exitcode(status), cynet.get_num_threads())
 """
     assert _run(["-c", code]).strip() == "child 0 2"
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_copy_bytes_copies_every_byte_for_any_thread_count(n_threads):
+    src = np.random.default_rng(0).integers(0, 256, 5 * 2**18 + 13, dtype=np.uint8)   # 5 chunks and a partial one
+    dst = np.zeros_like(src)
+    _runtime.copy_bytes(src, dst, n_threads)
+    np.testing.assert_array_equal(dst, src)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.bool_])
+def test_copyto_copies_like_numpy(dtype):
+    from cynet._threading import copyto
+
+    src = (np.random.default_rng(0).standard_normal(2**22 + 13) * 100).astype(dtype)   # large enough for the team
+    dst = np.zeros_like(src)
+    copyto(dst, src)
+    np.testing.assert_array_equal(dst, src)
+    # what it leaves to np.copyto: a strided destination, broadcasting, another dtype
+    strided = np.zeros(2 * src.size, dtype)[::2]
+    copyto(strided, src)
+    np.testing.assert_array_equal(strided, src)
+    rows = np.zeros((3, 4), np.float64)
+    copyto(rows, np.arange(4.0))
+    np.testing.assert_array_equal(rows, np.tile(np.arange(4.0), (3, 1)))
+    as_float = np.zeros(src.shape, np.float64)
+    copyto(as_float, src)
+    np.testing.assert_array_equal(as_float, src.astype(np.float64))
+
+
+def test_copy_bytes_refuses_unequal_lengths():
+    with pytest.raises(ValueError, match="dst holds 3 bytes, src 4"):
+        _runtime.copy_bytes(np.zeros(4, np.uint8), np.zeros(3, np.uint8), 2)

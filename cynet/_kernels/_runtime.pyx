@@ -1,5 +1,6 @@
 """Facts about how the kernels were compiled (OpenMP on or off) and the OpenMP runtime."""
 from cython.parallel cimport prange
+from libc.string cimport memcpy
 
 from cynet._kernels._openmp cimport CYNET_HAVE_OPENMP, omp_get_max_threads, omp_get_num_procs
 
@@ -52,6 +53,29 @@ def cpu_supports(str isa):
     if isa == "avx512":
         return bool(cynet_cpu_has_avx512())
     raise ValueError(f"unknown instruction set {isa!r}; expected 'baseline', 'avx2' or 'avx512'")
+
+
+# dst[i] = src[i] for every byte, in COPY_CHUNK-byte chunks spread over the team (static schedule): a large copy on
+# one core runs at that core's bandwidth, on two at nearly twice it (12.6 MB out of cache on the development host:
+# 1.85 ms with np.copyto, 1.0 ms on two threads). Plain stores: the copies this serves (the trainer's divergence
+# guard, optimiser snapshots) are read back soon or never, and non-temporal stores lost on one thread here.
+cdef enum:
+    COPY_CHUNK = 1 << 18
+
+
+def copy_bytes(const unsigned char[::1] src, unsigned char[::1] dst, int n_threads):
+    """Copy ``src`` into ``dst`` (equal byte lengths) with ``n_threads`` threads."""
+    cdef Py_ssize_t n = src.shape[0], chunks, chunk, start
+    if dst.shape[0] != n:
+        raise ValueError(f"cynet._kernels._runtime.copy_bytes: dst holds {dst.shape[0]} bytes, src {n}")
+    if n == 0:
+        return
+    chunks = (n + COPY_CHUNK - 1) // COPY_CHUNK
+    cdef int nt = n_threads if 1 < n_threads < chunks else (1 if n_threads <= 1 else <int>chunks)
+    with nogil:
+        for chunk in prange(chunks, schedule="static", num_threads=nt):
+            start = chunk * COPY_CHUNK
+            memcpy(&dst[start], &src[start], min(COPY_CHUNK, n - start))
 
 
 def parallel_region(int n_threads):

@@ -26,7 +26,7 @@ import numbers
 import numpy as np
 
 from cynet._kernels import load
-from cynet._threading import NS_STREAM, kernel_threads
+from cynet._threading import NS_STREAM, copyto, kernel_threads
 from cynet._validation import KERNEL_DTYPES, describe
 from cynet.nn.module import Parameter
 
@@ -680,7 +680,7 @@ def _copy_state(source, target):
         if isinstance(value, np.ndarray):
             buffer = target.get(key)
             if isinstance(buffer, np.ndarray) and buffer.shape == value.shape and buffer.dtype == value.dtype:
-                np.copyto(buffer, value)
+                copyto(buffer, value)
             else:
                 target[key] = value.copy()
         else:
