@@ -37,6 +37,7 @@ def _layers():
     return {
         "conv": nn.Conv2d(8, 8, 3, padding=1, generator=0),
         "batchnorm": nn.BatchNorm2d(8),
+        "batchnorm_eval": nn.BatchNorm2d(8).eval(),
         "relu": nn.ReLU(),
         "tanh": nn.Tanh(),
         "gelu": nn.GELU(),

@@ -108,10 +108,10 @@ def batch_norm_backward(dout, x, gamma, mean, inv_std, *, input_grad=True, out=N
     return (dx if input_grad else None), dgamma, dbeta
 
 
-def channel_affine(x, center, scale, shift):
+def channel_affine(x, center, scale, shift, *, out=None):
     """One pass ``y = (x - center_c) * scale_c + shift_c`` over x (N, C) or (N, C, *); per-channel arrays of x's
-    dtype."""
-    y = np.empty_like(x)
+    dtype. y is written into ``out`` when given."""
+    y = output("channel_affine", out, x.shape, x.dtype)
     _kernels().channel_affine(_planes(x), center, scale, shift, _planes(y), kernel_threads(x.size))
     return y
 
@@ -286,7 +286,7 @@ class _BatchNorm(Module):
         else:
             inv_std = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
             scale = (gamma * inv_std).astype(x.dtype)
-            y = channel_affine(x, self.running_mean, scale, beta)
+            y = channel_affine(x, self.running_mean, scale, beta, out=reuse.like(x))
             self._cache = ("running", x, self.running_mean.astype(np.float64), inv_std, scale)
         return y
 
@@ -326,7 +326,7 @@ class _BatchNorm(Module):
         if not input_grad:
             return None
         zero = np.zeros(self.num_features, x.dtype)
-        return channel_affine(dout, zero, scale, zero)
+        return channel_affine(dout, zero, scale, zero, out=reuse.like(dout))
 
     def extra_repr(self):
         text = (f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum}, affine={self.affine}, "
