@@ -8,7 +8,8 @@ one forward and one backward pass (dx included), float32:
 - ``maxpool/c32``: (128, 32, 32, 32), 2x2 windows, stride 2;
 - ``cnn_step``: one training step (forward, loss, backward, SGD with momentum) of ``examples/train_cifar10.py
   --model cnn``'s net, three conv 3x3 - batch norm - ReLU - max pool 2x2 blocks (32, 64, 128 filters) and a Linear
-  classifier, on a batch of 256 CIFAR-shaped images: cynet against the same net in torch.
+  classifier, on a batch of 256 CIFAR-shaped images: cynet against the same net in torch, and cynet with its large
+  outputs fresh arrays every pass (``cynet_fresh``: the reuse of cynet.nn._reuse off, as ``CYNET_REUSE_ARRAYS=0``).
 
 Implementations: ``cynet`` (the module), ``numpy`` (im2col with ``sliding_window_view`` and ``tensordot``, col2im by
 ``np.add.at``-free slice sums over the kernel offsets: what a careful NumPy user writes) and ``torch``
@@ -126,16 +127,19 @@ def _cynet_cnn():
 
 
 @pytest.mark.parametrize("threads", THREADS, ids=[f"t{n}" for n in THREADS])
-@pytest.mark.parametrize("impl", ["cynet", "torch"])
-def test_cnn_training_step(benchmark, timing, use_threads, request, impl, threads):
+@pytest.mark.parametrize("impl", ["cynet", "cynet_fresh", "torch"])
+def test_cnn_training_step(benchmark, timing, use_threads, request, monkeypatch, impl, threads):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((256, 3, 32, 32), dtype=np.float32)
     y = rng.integers(0, 10, 256)
     benchmark.group = f"cnn_step/t{threads}"
     benchmark.extra_info.update(impl=impl, threads=threads, batch=256)
-    if impl == "cynet":
-        from cynet.nn import SoftmaxCrossEntropy
+    if impl.startswith("cynet"):
+        from cynet.nn import SoftmaxCrossEntropy, _reuse
         from cynet.optim import SGD
+
+        if impl == "cynet_fresh":                 # every output a fresh array, as CYNET_REUSE_ARRAYS=0 makes them
+            monkeypatch.setattr(_reuse, "ENABLED", False)
 
         model, loss = _cynet_cnn(), SoftmaxCrossEntropy()
         optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
