@@ -235,3 +235,16 @@ def test_a_forked_child_starts_with_an_empty_pool():
     os.close(read)
     os.waitpid(pid, 0)
     assert seen == "0" and len(_reuse.POOL) == 1 and held.shape == SHAPE
+
+
+def test_the_layer_and_trainer_tests_pass_with_every_output_pooled():
+    """The stress mode: CYNET_REUSE_MIN_BYTES=0 pools every output, however small, so that any layer, loss or trainer
+    path that relies on getting a fresh array (or hands out one it still uses) fails its own tests."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    modules = ["test_nn.py", "test_conv.py", "test_normalization.py", "test_residual.py", "test_inplace.py",
+               "test_prelu_maxout.py", "test_trainer.py", "test_checkpoint.py", "test_gradcheck.py", "test_reuse.py"]
+    env = dict(os.environ, CYNET_REUSE_MIN_BYTES="0")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+                             "-k", "not every_output_pooled", *(os.path.join(here, m) for m in modules)],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]

@@ -25,7 +25,8 @@ validation pass: 1.35 GB without reuse, 1.65 GB with it (2.78 GB without the fre
 two arrays per output, 1.85 GB); a bound of 64 MiB took it to 1.45 GB but dropped arrays the next pass needed (the
 step 179 ms). A net whose pass leaves more than that free at once gets less reuse, never wrong results.
 ``CYNET_REUSE_ARRAYS=0`` in the environment turns the reuse off (every output fresh, as NumPy allocates it); on a
-Python without reference counts to rely on (free-threaded builds) it is off.
+Python without reference counts to rely on (free-threaded builds) it is off. ``CYNET_REUSE_MIN_BYTES=0`` pools every
+output, however small: the test suite passes that way too (a check that no layer relies on a fresh array).
 """
 import os
 import sys
@@ -34,7 +35,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-MIN_BYTES = 4 << 20      # smaller outputs are allocated fresh
+MIN_BYTES = int(os.environ.get("CYNET_REUSE_MIN_BYTES", 4 << 20))   # smaller outputs are allocated fresh
 MAX_FREE_BYTES = 256 << 20   # after each new allocation, the most the pool keeps of arrays nothing else holds
 MAX_BYTES = 2 << 30      # the most the pool keeps allocated, in use or free
 
