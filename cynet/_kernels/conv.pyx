@@ -358,9 +358,10 @@ def maxpool_forward(const floating[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw
         return
     cdef int nt = _threads(N * C * H * W, N * C, n_threads)
     cdef bint two_by_two = kh == 2 and kw == 2 and stride == 2 and pad == 0 and OW <= MAXPOOL_ROW
+    cdef bint narrow = two_by_two and W % 2 == 0 and OW < 16 and OW != 8     # see _maxpool2x2_narrow_plane
     with nogil:
         for p in prange(N * C, schedule="static", num_threads=nt):
-            if two_by_two and W % 2 == 0 and OW < 16 and OW != 8:
+            if narrow:
                 _maxpool2x2_narrow_plane(&x[0, 0, 0, 0] + p * H * W, &y[0, 0, 0, 0] + p * OH * OW,
                                          &idx[0, 0, 0, 0] + p * OH * OW, W, OH, OW)
             elif two_by_two:

@@ -127,9 +127,7 @@ POOL = ArrayPool()
 def _after_fork_in_child():
     """A forked child (a process-pool worker) starts with an empty pool and a fresh lock: the parent's lock may have
     been held by another thread at the fork, and its arrays are the parent's business."""
-    POOL.arrays = OrderedDict()
-    POOL.nbytes = 0
-    POOL._lock = threading.Lock()
+    POOL.__init__()
 
 
 if hasattr(os, "register_at_fork"):
