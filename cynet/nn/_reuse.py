@@ -28,6 +28,7 @@ step 179 ms). A net whose pass leaves more than that free at once gets less reus
 Python without reference counts to rely on (free-threaded builds) it is off. ``CYNET_REUSE_MIN_BYTES=0`` pools every
 output, however small: the test suite passes that way too (a check that no layer relies on a fresh array).
 """
+import math
 import os
 import sys
 import threading
@@ -139,7 +140,7 @@ def empty(shape, dtype):
     else holds when it is large, else a new one."""
     shape = tuple(int(n) for n in shape)
     dtype = np.dtype(dtype)
-    if not ENABLED or int(np.prod(shape, dtype=np.int64)) * dtype.itemsize < MIN_BYTES:
+    if not ENABLED or math.prod(shape) * dtype.itemsize < MIN_BYTES:
         return np.empty(shape, dtype)
     return POOL.empty(shape, dtype, MAX_FREE_BYTES, MAX_BYTES)
 
