@@ -438,3 +438,89 @@ def test_conv_in_chunks_matches_the_direct_sums_and_rebuilds_only_the_stale_colu
     calls.clear()
     np.testing.assert_allclose(conv.backward(dout), rdx, rtol=1e-12, atol=1e-12)
     assert calls == []
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-6), (np.float64, 1e-14)], ids=["float32", "float64"])
+@pytest.mark.parametrize("m,p,t", [(32, 27, 3000), (5, 7, 1000), (4, 4, 16), (1, 1, 3), (9, 13, 2049),
+                                   (6, 30, 2 * 1024 + 17), (3, 2, 0), (0, 3, 50)])
+def test_row_products_match_numpy_with_the_same_bits_for_every_thread_count_and_simd_variant(rng, dtype, tol, m, p, t):
+    # out = A B^T and the row sums of A in float64, by the kernel Conv2d uses for small weight gradients: tiles of
+    # 4 x 4, 2 x 2 or 1 x 2 outputs by SIMD variant, dealt to threads, only group sums whose order T alone fixes
+    from cynet._kernels import available_isas, load
+
+    a, b = rng.standard_normal((m, t)).astype(dtype), rng.standard_normal((p, t)).astype(dtype)
+    want, want_sums = a.astype(np.float64) @ b.astype(np.float64).T, a.astype(np.float64).sum(axis=1)
+    results = []
+    for isa in available_isas("conv"):
+        for threads in (1, 2, 3, 4):
+            out, sums = np.full((m, p), np.nan), np.full(m, np.nan)
+            load("conv", isa).row_products(a, b, out, sums, True, threads)
+            results.append((isa, threads, out, sums))
+    _, _, out, sums = results[0]
+    np.testing.assert_allclose(out, want, rtol=0, atol=tol * max(1.0, np.sqrt(t)) * 4)
+    np.testing.assert_allclose(sums, want_sums, rtol=0, atol=tol * max(1.0, np.sqrt(t)) * 4)
+    for isa, threads, other, other_sums in results[1:]:
+        assert np.array_equal(other, out) and np.array_equal(other_sums, sums), (isa, threads)
+
+
+def test_row_products_refuse_inconsistent_arrays_and_leave_the_sums_alone_without_them():
+    from cynet.nn.conv import _k
+
+    a, b = np.ones((3, 20), np.float32), np.ones((2, 20), np.float32)
+    with pytest.raises(ValueError, match=r"row_products: A \(3, 20\) and B \(2, 20\) need out \(3, 2\)"):
+        _k().row_products(a, b, np.zeros((2, 3)), np.zeros(3), True, 1)
+    with pytest.raises(ValueError, match="need out"):
+        _k().row_products(a, np.ones((2, 19), np.float32), np.zeros((3, 2)), np.zeros(3), True, 1)
+    with pytest.raises(ValueError, match=r"and row_sums \(3,\)"):
+        _k().row_products(a, b, np.zeros((3, 2)), np.zeros(2), True, 1)
+    out, sums = np.zeros((3, 2)), np.full(3, 7.0)
+    _k().row_products(a, b, out, sums, False, 2)
+    assert np.array_equal(out, np.full((3, 2), 20.0)) and np.array_equal(sums, np.full(3, 7.0))
+
+
+class _KernelSpy:
+    """The conv kernels, counting calls of one of them."""
+
+    def __init__(self, kernels, name):
+        self.kernels, self.name, self.calls = kernels, name, 0
+
+    def __getattr__(self, attr):
+        self.calls += attr == self.name
+        return getattr(self.kernels, attr)
+
+
+@pytest.mark.parametrize("bias_grad", [True, False])
+def test_small_weight_gradients_by_row_products_match_the_blas_path(rng, monkeypatch, bias_grad):
+    # a first layer's shapes (3 -> 8 filters of 3 x 3: F K / (F + K) = 6.4) take the row-products path chunk by
+    # chunk (three chunks here); the same gradients as the BLAS product and NumPy sum, accumulated over two backward
+    # passes, with the bias frozen or not; a frozen weight needs neither
+    import cynet.nn.conv as conv_module
+
+    x = rng.standard_normal((7, 3, 10, 9)).astype(np.float32)
+    dout = rng.standard_normal((7, 8, 10, 9)).astype(np.float32)
+    grads = {}
+    for ratio in (0, conv_module.SMALL_GRADIENT_RATIO):
+        monkeypatch.setattr(conv_module, "SMALL_GRADIENT_RATIO", ratio)
+        monkeypatch.setattr(conv_module, "CHUNK_BYTES", 27 * 90 * 4 * 3)
+        spy = _KernelSpy(conv_module._k(), "row_products")
+        monkeypatch.setattr(conv_module, "_kernels", spy)
+        conv = nn.Conv2d(3, 8, 3, padding=1, init="he", generator=3)
+        conv.bias.requires_grad = bias_grad
+        for _ in range(2):
+            conv(x)
+            conv.backward(dout, input_grad=False)
+        assert spy.calls == (6 if ratio else 0)
+        grads[ratio] = (conv.weight.grad.copy(), conv.bias.grad.copy())
+        conv.zero_grad()
+        conv.weight.requires_grad = False
+        conv(x)
+        conv.backward(dout, input_grad=False)
+        assert spy.calls == (6 if ratio else 0) and not np.any(conv.weight.grad)
+        assert np.any(conv.bias.grad) == bias_grad
+    (w_blas, b_blas), (w_rows, b_rows) = grads[0], grads[conv_module.SMALL_GRADIENT_RATIO]
+    np.testing.assert_allclose(w_rows, w_blas, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(b_rows, b_blas, rtol=1e-5, atol=1e-4)
+    _, rdw, rdb = _reference_conv_backward(x.astype(np.float64), conv.weight.data.astype(np.float64),
+                                           dout.astype(np.float64), 1, 1)
+    np.testing.assert_allclose(w_rows, 2 * rdw, rtol=1e-5, atol=1e-4)
+    assert not bias_grad or np.allclose(b_rows, 2 * rdb, rtol=1e-5, atol=1e-4)

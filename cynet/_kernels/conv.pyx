@@ -163,6 +163,228 @@ def to_columns(const floating[:, :, ::1] src, floating[:, ::1] dst, int n_thread
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Row products for a small weight gradient: out[a, b] = sum_t A[a, t] B[b, t] and row_sums[a] = sum_t A[a, t] for
+# A (M, T) and B (P, T), C-contiguous, out and row_sums float64. Conv2d's dW = dout cols^T (A = its (F, N L) dout,
+# B = the (C kh kw, N L) columns) and db = the row sums, where F x C kh kw is too small for BLAS to run well (the
+# first layer of a CIFAR net: 32 x 27 outputs of a 76,800-long sum per chunk; OpenBLAS packs both operands whole for
+# each call: 3.2 ms with the NumPy row sums on two threads, 3.7 on one; here 1.3 and 2.4 ms, rows on 64-byte lines).
+#
+# The order of every sum, fixed by T alone: t is cut into blocks of ROW_PRODUCT_BLOCK values; within a block the
+# products go to 64 bytes of lanes (16 float32 or 8 float64: lane l takes t = t0 + i * lanes + l), the values after
+# the last full set of lanes then one by one into a tail sum; the lanes (in float64) are added by folding halves
+# (l and l + 8, then l + 4, l + 2, l + 1), plus the tail, and the block's total is added to the float64 result,
+# block after block. Outputs are computed in tiles of TA x TB (wider where the ISA has more registers: 4 x 4 with
+# AVX-512's 32, 2 x 2 with AVX2's 16, 1 x 2 else), a tile on one thread, so tile shape and thread count only group
+# the sums: the same bits everywhere. No fused multiply-add: a product is rounded to the input type before it is
+# added, as in every other kernel here.
+cdef enum:
+    ROW_PRODUCT_BLOCK = 1024      # values per block (a 32 + 27-row block of float32, 236 KB, stays in L2)
+
+cdef extern from *:
+    """
+    #include <string.h>
+    #if defined(__AVX512F__)
+    #define CYNET_RP_TA 4
+    #define CYNET_RP_TB 4
+    #elif defined(__AVX2__) || defined(__AVX__)
+    #define CYNET_RP_TA 2
+    #define CYNET_RP_TB 2
+    #else
+    #define CYNET_RP_TA 1
+    #define CYNET_RP_TB 2
+    #endif
+    /* The tile sizes each ISA's build instantiates: TA x TB and the edges' smaller ones (up to 3 x 3 at a corner). */
+    #define CYNET_RP_CASE(S, a, b) case (a) * 8 + (b):                                                            \
+        cynet_rp_tile_##S##_##a##_##b(A, B, len, t0, t1, a0, b0, out, P); break;
+    #define CYNET_RP_TILES_UPTO2(T, S, L) CYNET_RP_TILE(T, S, L, 1, 1) CYNET_RP_TILE(T, S, L, 1, 2)                \
+        CYNET_RP_TILE(T, S, L, 2, 1) CYNET_RP_TILE(T, S, L, 2, 2)
+    #define CYNET_RP_CASES_UPTO2(S) CYNET_RP_CASE(S, 1, 1) CYNET_RP_CASE(S, 1, 2) CYNET_RP_CASE(S, 2, 1)           \
+        CYNET_RP_CASE(S, 2, 2)
+    #if CYNET_RP_TA == 4 && CYNET_RP_TB == 4
+    #define CYNET_RP_TILES(T, S, L) CYNET_RP_TILES_UPTO2(T, S, L)                                                 \
+        CYNET_RP_TILE(T, S, L, 1, 3) CYNET_RP_TILE(T, S, L, 2, 3) CYNET_RP_TILE(T, S, L, 3, 1)                    \
+        CYNET_RP_TILE(T, S, L, 3, 2) CYNET_RP_TILE(T, S, L, 3, 3) CYNET_RP_TILE(T, S, L, 4, 1)                    \
+        CYNET_RP_TILE(T, S, L, 4, 2) CYNET_RP_TILE(T, S, L, 4, 3) CYNET_RP_TILE(T, S, L, 4, 4)                    \
+        CYNET_RP_TILE(T, S, L, 1, 4) CYNET_RP_TILE(T, S, L, 2, 4) CYNET_RP_TILE(T, S, L, 3, 4)
+    #define CYNET_RP_CASES(S) CYNET_RP_CASES_UPTO2(S)                                                             \
+        CYNET_RP_CASE(S, 1, 3) CYNET_RP_CASE(S, 2, 3) CYNET_RP_CASE(S, 3, 1) CYNET_RP_CASE(S, 3, 2)               \
+        CYNET_RP_CASE(S, 3, 3) CYNET_RP_CASE(S, 4, 1) CYNET_RP_CASE(S, 4, 2) CYNET_RP_CASE(S, 4, 3)               \
+        CYNET_RP_CASE(S, 4, 4) CYNET_RP_CASE(S, 1, 4) CYNET_RP_CASE(S, 2, 4) CYNET_RP_CASE(S, 3, 4)
+    #elif CYNET_RP_TA == 2 && CYNET_RP_TB == 2
+    #define CYNET_RP_TILES(T, S, L) CYNET_RP_TILES_UPTO2(T, S, L)
+    #define CYNET_RP_CASES(S) CYNET_RP_CASES_UPTO2(S)
+    #else
+    #define CYNET_RP_TILES(T, S, L) CYNET_RP_TILE(T, S, L, 1, 1) CYNET_RP_TILE(T, S, L, 1, 2)
+    #define CYNET_RP_CASES(S) CYNET_RP_CASE(S, 1, 1) CYNET_RP_CASE(S, 1, 2)
+    #endif
+    /* 64 bytes of lanes: a GCC/Clang vector (one AVX-512 register, two AVX2 ones, four SSE2 ones), elsewhere (or
+       with -DCYNET_SCALAR_LANES) an array stepped lane by lane: each lane sees the same operations either way. */
+    #if defined(__GNUC__) && (defined(__clang__) || __GNUC__ >= 9) && !defined(CYNET_SCALAR_LANES)
+    typedef float cynet_rp_f32 __attribute__((vector_size(64)));
+    typedef double cynet_rp_f64 __attribute__((vector_size(64)));
+    #define CYNET_RP_ZERO(v) memset(&(v), 0, 64)
+    #define CYNET_RP_LOAD(v, p) memcpy(&(v), (p), 64)
+    #define CYNET_RP_MULADD(s, x, y, L) (s) = (s) + (x) * (y)
+    #define CYNET_RP_ADD(s, x, L) (s) = (s) + (x)
+    #define CYNET_RP_LANE(v, l) ((v)[l])
+    #else
+    typedef struct { float v[16]; } cynet_rp_f32;
+    typedef struct { double v[8]; } cynet_rp_f64;
+    #define CYNET_RP_ZERO(v) memset(&(v), 0, 64)
+    #define CYNET_RP_LOAD(v, p) memcpy(&(v), (p), 64)
+    #define CYNET_RP_MULADD(s, x, y, L) do { int l_; for (l_ = 0; l_ < (L); l_++)                                  \
+                                             (s).v[l_] = (s).v[l_] + (x).v[l_] * (y).v[l_]; } while (0)
+    #define CYNET_RP_ADD(s, x, L) do { int l_; for (l_ = 0; l_ < (L); l_++) (s).v[l_] = (s).v[l_] + (x).v[l_]; }    \
+                                  while (0)
+    #define CYNET_RP_LANE(v, l) ((v).v[l])
+    #endif
+    /* The total of 16 (or 8) float64 lanes, folding halves: l + (l + 8), then l + (l + 4), l + (l + 2), l + (l + 1)
+       (constant bounds: vector instructions). */
+    static inline double cynet_rp_fold16(double* t) {
+        int i;
+        for (i = 0; i < 8; i++) t[i] = t[i] + t[i + 8];
+        for (i = 0; i < 4; i++) t[i] = t[i] + t[i + 4];
+        for (i = 0; i < 2; i++) t[i] = t[i] + t[i + 2];
+        return t[0] + t[1];
+    }
+    static inline double cynet_rp_fold8(double* t) {
+        int i;
+        for (i = 0; i < 4; i++) t[i] = t[i] + t[i + 4];
+        for (i = 0; i < 2; i++) t[i] = t[i] + t[i + 2];
+        return t[0] + t[1];
+    }
+    #define cynet_rp_tree(t, n) ((n) == 16 ? cynet_rp_fold16(t) : cynet_rp_fold8(t))
+    /* One block [t0, t1) of a RA x RB tile: rows a0.. of A against rows b0.. of B, each block total added into
+       out[a][b] (P values per row of out). RA and RB are constants: the sums stay in registers. */
+    #define CYNET_RP_TILE(T, SUFFIX, L, RA, RB)                                                                   \
+    static void cynet_rp_tile_##SUFFIX##_##RA##_##RB(const T* A, const T* B, Py_ssize_t len, Py_ssize_t t0,      \
+                                                     Py_ssize_t t1, Py_ssize_t a0, Py_ssize_t b0, double* out,    \
+                                                     Py_ssize_t P) {                                              \
+        cynet_rp_##SUFFIX s[RA][RB], x[RA], y[RB];                                                                \
+        T tail[RA][RB];                                                                                           \
+        double lanes[16];                                                                                         \
+        Py_ssize_t t = t0;                                                                                        \
+        int a, b, l;                                                                                              \
+        for (a = 0; a < RA; a++) for (b = 0; b < RB; b++) { CYNET_RP_ZERO(s[a][b]); tail[a][b] = 0; }            \
+        for (; t + (L) <= t1; t += (L)) {                                                                         \
+            for (a = 0; a < RA; a++) CYNET_RP_LOAD(x[a], A + (a0 + a) * len + t);                                 \
+            for (b = 0; b < RB; b++) CYNET_RP_LOAD(y[b], B + (b0 + b) * len + t);                                 \
+            for (a = 0; a < RA; a++) for (b = 0; b < RB; b++) CYNET_RP_MULADD(s[a][b], x[a], y[b], L);           \
+        }                                                                                                         \
+        for (; t < t1; t++)                                                                                       \
+            for (a = 0; a < RA; a++) for (b = 0; b < RB; b++)                                                     \
+                tail[a][b] = tail[a][b] + A[(a0 + a) * len + t] * B[(b0 + b) * len + t];                         \
+        for (a = 0; a < RA; a++) for (b = 0; b < RB; b++) {                                                       \
+            for (l = 0; l < (L); l++) lanes[l] = (double)CYNET_RP_LANE(s[a][b], l);                               \
+            out[(a0 + a) * P + b0 + b] += cynet_rp_tree(lanes, (L)) + (double)tail[a][b];                         \
+        }                                                                                                         \
+    }
+    #define CYNET_RP_ROW_SUM(T, SUFFIX, L, R)                                                                     \
+    static inline void cynet_rp_row_sum_##SUFFIX##_##R(const T* A, Py_ssize_t len, Py_ssize_t t0, Py_ssize_t t1, \
+                                                       Py_ssize_t a0, double* row_sums) {                         \
+        cynet_rp_##SUFFIX s[R], x;                                                                                \
+        T tail[R];                                                                                                \
+        double lanes[16];                                                                                         \
+        Py_ssize_t t = t0;                                                                                        \
+        int l, r;                                                                                                 \
+        for (r = 0; r < R; r++) { CYNET_RP_ZERO(s[r]); tail[r] = 0; }                                            \
+        for (; t + (L) <= t1; t += (L))                                                                           \
+            for (r = 0; r < R; r++) { CYNET_RP_LOAD(x, A + (a0 + r) * len + t); CYNET_RP_ADD(s[r], x, L); }       \
+        for (; t < t1; t++)                                                                                       \
+            for (r = 0; r < R; r++) tail[r] = tail[r] + A[(a0 + r) * len + t];                                    \
+        for (r = 0; r < R; r++) {                                                                                 \
+            for (l = 0; l < (L); l++) lanes[l] = (double)CYNET_RP_LANE(s[r], l);                                  \
+            row_sums[a0 + r] += cynet_rp_tree(lanes, (L)) + (double)tail[r];                                      \
+        }                                                                                                         \
+    }
+    #define CYNET_ROW_PRODUCTS(T, SUFFIX, L)                                                                      \
+    CYNET_RP_TILES(T, SUFFIX, L)                                                                                  \
+    /* row_sums[a] += the block's sum of A's row a, in the lanes' order, for R rows a0.. at once (R chains of     \
+       additions side by side). */                                                                               \
+    CYNET_RP_ROW_SUM(T, SUFFIX, L, 4)                                                                             \
+    CYNET_RP_ROW_SUM(T, SUFFIX, L, 1)                                                                             \
+    static void cynet_rp_row_sums_##SUFFIX(const T* A, Py_ssize_t len, Py_ssize_t t0, Py_ssize_t t1,             \
+                                           Py_ssize_t a0, Py_ssize_t M, double* row_sums) {                      \
+        if (a0 + 4 <= M) { cynet_rp_row_sum_##SUFFIX##_4(A, len, t0, t1, a0, row_sums); return; }                 \
+        for (; a0 < M; a0++) cynet_rp_row_sum_##SUFFIX##_1(A, len, t0, t1, a0, row_sums);                         \
+    }                                                                                                             \
+    /* Tile w of one block: the tiles cover out row-major, TA x TB each (smaller at the bottom and right edges);  \
+       each size a call with constant bounds, so that the compiler keeps the sums in registers. */                \
+    static void cynet_rp_item_##SUFFIX(const T* A, const T* B, Py_ssize_t M, Py_ssize_t P, Py_ssize_t len,        \
+                                       Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t w, double* out) {                 \
+        Py_ssize_t gp = (P + CYNET_RP_TB - 1) / CYNET_RP_TB;                                                      \
+        Py_ssize_t a0 = (w / gp) * CYNET_RP_TA, b0 = (w % gp) * CYNET_RP_TB;                                      \
+        int ta = (int)(M - a0 < CYNET_RP_TA ? M - a0 : CYNET_RP_TA);                                              \
+        int tb = (int)(P - b0 < CYNET_RP_TB ? P - b0 : CYNET_RP_TB);                                              \
+        switch (ta * 8 + tb) {                                                                                    \
+            CYNET_RP_CASES(SUFFIX)                                                                                \
+        }                                                                                                         \
+    }
+    CYNET_ROW_PRODUCTS(float, f32, 16)
+    CYNET_ROW_PRODUCTS(double, f64, 8)
+    static inline Py_ssize_t cynet_rp_items(Py_ssize_t M, Py_ssize_t P) {
+        return ((M + CYNET_RP_TA - 1) / CYNET_RP_TA) * ((P + CYNET_RP_TB - 1) / CYNET_RP_TB);
+    }
+    """
+    Py_ssize_t cynet_rp_items(Py_ssize_t M, Py_ssize_t P) noexcept nogil
+    void cynet_rp_item_f32(const float* A, const float* B, Py_ssize_t M, Py_ssize_t P, Py_ssize_t len, Py_ssize_t t0,
+                           Py_ssize_t t1, Py_ssize_t w, double* out) noexcept nogil
+    void cynet_rp_item_f64(const double* A, const double* B, Py_ssize_t M, Py_ssize_t P, Py_ssize_t len,
+                           Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t w, double* out) noexcept nogil
+    void cynet_rp_row_sums_f32(const float* A, Py_ssize_t len, Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t a0,
+                               Py_ssize_t M, double* row_sums) noexcept nogil
+    void cynet_rp_row_sums_f64(const double* A, Py_ssize_t len, Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t a0,
+                               Py_ssize_t M, double* row_sums) noexcept nogil
+
+
+cdef void _row_products_share(const floating* A, const floating* B, Py_ssize_t M, Py_ssize_t P, Py_ssize_t T,
+                              double* out, double* row_sums, bint sums, int part, int parts) noexcept nogil:
+    """Thread ``part`` of ``parts``: block after block, its work items (every parts-th) and its rows' sums."""
+    cdef Py_ssize_t items = cynet_rp_items(M, P), t0 = 0, t1, w, a
+    while t0 < T:
+        t1 = min(T, t0 + ROW_PRODUCT_BLOCK)
+        w = part
+        while w < items:
+            if floating is float:
+                cynet_rp_item_f32(A, B, M, P, T, t0, t1, w, out)
+            else:
+                cynet_rp_item_f64(A, B, M, P, T, t0, t1, w, out)
+            w += parts
+        if sums:
+            a = 4 * part                      # rows four at a time: group g is rows 4g .. 4g + 3
+            while a < M:
+                if floating is float:
+                    cynet_rp_row_sums_f32(A, T, t0, t1, a, M, row_sums)
+                else:
+                    cynet_rp_row_sums_f64(A, T, t0, t1, a, M, row_sums)
+                a += 4 * parts
+        t0 = t1
+
+
+def row_products(const floating[:, ::1] A, const floating[:, ::1] B, double[:, ::1] out, double[::1] row_sums,
+                 bint sums, int n_threads):
+    """``out`` (M, P) = A B^T and, with ``sums``, ``row_sums`` (M,) = A's row sums, in float64, for A (M, T) and
+    B (P, T) (see above for the order of the sums): Conv2d's weight and bias gradients where they are small."""
+    cdef Py_ssize_t M = A.shape[0], P = B.shape[0], T = A.shape[1], part
+    if B.shape[1] != T or out.shape[0] != M or out.shape[1] != P or (sums and row_sums.shape[0] != M):
+        raise ValueError(f"cynet._kernels.conv.row_products: A {(M, T)} and B {(P, B.shape[1])} need out {(M, P)} "
+                         f"and row_sums ({M},); got {(out.shape[0], out.shape[1])} and ({row_sums.shape[0]},)")
+    out[:, :] = 0
+    if sums:
+        row_sums[:] = 0
+    if M == 0 or P == 0 or T == 0:
+        return
+    cdef int nt = _threads(M * P * T // 8 + (M + P) * T, cynet_rp_items(M, P), n_threads)
+    with nogil:
+        if nt == 1:
+            _row_products_share(&A[0, 0], &B[0, 0], M, P, T, &out[0, 0], &row_sums[0] if sums else NULL, sums, 0, 1)
+        else:
+            for part in prange(nt, schedule="static", num_threads=nt):
+                _row_products_share(&A[0, 0], &B[0, 0], M, P, T, &out[0, 0], &row_sums[0] if sums else NULL, sums,
+                                    part, nt)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # col2im, the adjoint of im2col: dx[n, c, i s - p + a, j s - p + b] += dcols[(c kh + a) kw + b, (n OH + i) OW + j].
 # One channel per thread (all its kh kw rows, in order), so no two threads add into the same value.
 
