@@ -3,7 +3,6 @@ clear errors for bad files, model round trips and bit-exact resumption of traini
 import io
 import json
 import os
-import zipfile
 
 import numpy as np
 import pytest

@@ -3,7 +3,6 @@
 Oracles: NumPy formulas written here, centred-difference numerical gradients in float64 (own helper, independent of
 cynet.gradcheck), and torch.nn when torch is importable.
 """
-import copy
 import math
 
 import numpy as np
