@@ -10,6 +10,7 @@ from cynet._kernels import _runtime, available_isas, selected_isa
 from cynet._threading import (WAIT_POLICY_SET_BY_USER, available_cpus, blas_pool_status, default_num_threads,
                               get_num_threads, idle_spin_seconds, parallel_overhead, stream_min_bytes)
 from cynet.nn import _reuse as reuse
+from cynet.nn import module
 
 
 def config():
@@ -49,6 +50,7 @@ def config():
         "reuse_arrays": reuse.ENABLED,
         "reuse_min_bytes": reuse.MIN_BYTES,
         "reuse_max_free_bytes": reuse.MAX_FREE_BYTES,
+        "fuse_batchnorm_relu": module.FUSE_BATCHNORM_RELU,
     }
 
 
@@ -96,6 +98,9 @@ def show_config(file=None):
                                f"them, up to {c['reuse_max_free_bytes'] / 2**20:.0f} MiB kept free "
                                f"(CYNET_REUSE_ARRAYS=0 turns it off)" if c["reuse_arrays"] else
                                "fresh arrays every pass (reuse off: CYNET_REUSE_ARRAYS=0, or no reference counts)"),
+        "fusion         : " + ("a batch norm and the ReLU after it in one pass inside Sequential (training "
+                               "statistics; CYNET_FUSE_BATCHNORM_RELU=0 turns it off)" if c["fuse_batchnorm_relu"] else
+                               "none (CYNET_FUSE_BATCHNORM_RELU=0)"),
     ]
     if c["blas"]:
         for b in c["blas"]:

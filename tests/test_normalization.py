@@ -564,3 +564,131 @@ def test_rows_kernels_refuse_a_coefficient_scratch_of_the_wrong_shape():
     with pytest.raises(ValueError, match=r"coef must have shape \(4, 5\), got \(3, 5\)"):
         k.bn_rows_backward(x, x, gamma, stats[0], stats[2], np.empty_like(x), np.empty(5), np.empty(5), True, width,
                            partials, np.empty((3, 5), np.float32), False, 1)
+
+
+# --- batch norm fused with the ReLU after it ------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("shape", [(8, 3, 20, 20), (16, 5, 8, 8), (4, 7, 17, 19), (2, 3, 1, 300), (5, 4, 3),
+                                   (64, 32, 16, 16)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_norm_with_relu_gives_the_bits_of_batch_norm_then_relu(rng, dtype, shape, threads):
+    # relu=True forward and the relu_beta backward against batch_norm_forward -> ops.relu_forward and
+    # ops.relu_backward -> batch_norm_backward: planes of >= 256 values (sums a plane at a time) and fewer (the
+    # column sums), a NaN, the mask applied to an already masked gradient too (idempotent)
+    from cynet import ops
+    from cynet.nn.normalization import batch_norm_backward, batch_norm_forward
+
+    x = (rng.standard_normal(shape) * 2 + 0.3).astype(dtype)
+    x.flat[5] = np.nan
+    dout = rng.standard_normal(shape).astype(dtype)
+    gamma, beta = rng.standard_normal(shape[1]).astype(dtype), rng.standard_normal(shape[1]).astype(dtype)
+    with cynet.threads(threads):
+        y, mean, _, inv_std = batch_norm_forward(x, gamma, beta, 1e-5)
+        relu_y = ops.relu_forward(y)
+        masked = ops.relu_backward(dout, relu_y)
+        want = batch_norm_backward(masked, x, gamma, mean, inv_std)
+        fused_y, fused_mean, _, fused_inv = batch_norm_forward(x, gamma, beta, 1e-5, relu=True)
+        got = batch_norm_backward(dout, x, gamma, fused_mean, fused_inv, relu_beta=beta)
+        again = batch_norm_backward(masked, x, gamma, fused_mean, fused_inv, relu_beta=beta)
+        sums_only = batch_norm_backward(dout, x, gamma, fused_mean, fused_inv, relu_beta=beta, input_grad=False)
+    assert np.any(relu_y == 0) and np.any(relu_y > 0)
+    np.testing.assert_array_equal(fused_y, relu_y)
+    for result in (got, again):
+        for a, b in zip(result, want):
+            np.testing.assert_array_equal(a, b)
+    assert sums_only[0] is None
+    np.testing.assert_array_equal(sums_only[1], want[1])
+    np.testing.assert_array_equal(sums_only[2], want[2])
+
+
+def test_batch_norm_with_relu_refuses_what_it_cannot_do():
+    from cynet.nn.normalization import batch_norm_backward, batch_norm_forward
+
+    x = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"relu=True needs \(N, C, \*\) input"):
+        batch_norm_forward(x, np.ones(3, np.float32), np.zeros(3, np.float32), 1e-5, relu=True)
+    x = np.random.default_rng(0).standard_normal((4, 3, 5)).astype(np.float32)
+    _, mean, _, inv_std = batch_norm_forward(x, np.ones(3, np.float32), np.zeros(3, np.float32), 1e-5)
+    with pytest.raises(ValueError, match="relu_beta must have 3 values, got 2"):
+        batch_norm_backward(x, x, np.ones(3, np.float32), mean, inv_std, relu_beta=np.zeros(2, np.float32))
+
+
+class _Calls:
+    """Counts the calls of one method of one module (an instance attribute shadows it, as a monitor would not)."""
+
+    def __init__(self, monkeypatch, module, name):
+        self.count, original = 0, getattr(type(module), name)
+
+        def counting(this, *args, **kwargs):
+            self.count += 1
+            return original(this, *args, **kwargs)
+
+        monkeypatch.setattr(type(module), name, counting)
+
+
+def _conv_bn_relu_net(inplace, dtype=np.float32, channels=6):
+    # no conv bias: the batch norm after it cancels it, and its gradient, zero up to rounding, fails any gradient check
+    return nn.Sequential(nn.Conv2d(3, channels, 3, padding=1, bias=False, init="he", generator=1, dtype=dtype),
+                         nn.BatchNorm2d(channels, dtype=dtype), nn.ReLU(inplace=inplace), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(channels * 25, 4, generator=2, dtype=dtype))
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_sequential_fuses_batch_norm_and_relu_with_the_same_bits(rng, monkeypatch, inplace):
+    # the same forward, gradients, running statistics and ReLU kink state as the two layers one by one
+    # (FUSE_BATCHNORM_RELU off); fused, the ReLU's forward and backward do not run
+    import cynet.nn.module as module_file
+
+    x = rng.standard_normal((8, 3, 10, 10)).astype(np.float32)
+    dout = rng.standard_normal((8, 4)).astype(np.float32)
+    results = {}
+    for fuse in (False, True):
+        monkeypatch.setattr(module_file, "FUSE_BATCHNORM_RELU", fuse)
+        net = _conv_bn_relu_net(inplace)
+        forwards = _Calls(monkeypatch, net[2], "forward")
+        backwards = _Calls(monkeypatch, net[2], "backward")
+        outputs = [net(x), net(x)]
+        dx = net.backward(dout)
+        results[fuse] = (outputs, dx, [p.grad.copy() for p in net.parameters()], net[1].running_mean.copy(),
+                         net[1].running_var.copy(), net[2].kink_state())
+        assert (forwards.count, backwards.count) == ((0, 0) if fuse else (2, 1))
+        monkeypatch.undo()
+    plain, fused = results[False], results[True]
+    for a, b in zip(plain[0], fused[0]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(plain[1], fused[1])
+    for a, b in zip(plain[2], fused[2]):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(plain[3:], fused[3:]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_batch_norm_and_relu_run_one_by_one_where_fusing_does_not_apply(rng, monkeypatch):
+    # evaluation mode (running statistics), (N, C) input, and a shadowed forward (a monitor's wrapper) all run the
+    # ReLU itself, with the right answers
+    x = rng.standard_normal((8, 3, 10, 10)).astype(np.float32)
+    net = _conv_bn_relu_net(False)
+    calls = _Calls(monkeypatch, net[2], "forward")
+    net(x)
+    assert calls.count == 0
+    net.eval()
+    want = np.maximum(net[1](net[0](x)), 0)
+    net(x)
+    assert calls.count == 1
+    np.testing.assert_array_equal(net[2]._saved, want)
+    net.train()
+    seen = []
+    net[2].forward = lambda value: seen.append(value) or nn.ReLU.forward(net[2], value)
+    net(x)
+    assert calls.count == 2 and len(seen) == 1
+    del net[2].forward
+    flat = nn.Sequential(nn.Linear(5, 4, generator=0), nn.BatchNorm1d(4), nn.ReLU())
+    flat_calls = _Calls(monkeypatch, flat[2], "forward")
+    y = flat(rng.standard_normal((6, 5)).astype(np.float32))
+    assert flat_calls.count == 1 and np.all(y >= 0)
+
+
+def test_fused_batch_norm_and_relu_pass_the_gradient_check(rng):
+    net = _conv_bn_relu_net(True, np.float64, channels=3)
+    report = check_module(net, rng.standard_normal((4, 3, 10, 10)), num_checks=8)
+    assert report.passed, report

@@ -140,7 +140,11 @@ cdef extern from *:
                 s2[j] = s2[j] + d0 * d0;                                                                          \
             }                                                                                                     \
         }
-    #define CYNET_GRAD_SWEEPS(T, MU)                                                                              \
+    /* G(g, a, k): the gradient at offset k of the rows g (dout) and a (x), as a double: g[k], or, for a batch norm
+       fused with a ReLU, g[k] masked by the forward's sign (CYNET_RELU_G, below). */
+    #define CYNET_PLAIN_G(g, a, k) ((double)(g)[k])
+    #define CYNET_GRAD_SWEEPS(T, MU) CYNET_GRAD_SWEEPS_G(T, MU, CYNET_PLAIN_G)
+    #define CYNET_GRAD_SWEEPS_G(T, MU, G)                                                                         \
         Py_ssize_t i = r0, j;                                                                                     \
         for (j = 0; j < n; j++) { sd[j] = 0; sdx[j] = 0; }                                                        \
         for (; i + 4 <= r1; i += 4) {                                                                             \
@@ -148,7 +152,7 @@ cdef extern from *:
             const T* CYTHON_RESTRICT a = x + i * D;                                                               \
             for (j = 0; j < n; j++) {                                                                             \
                 double mu = (MU);                                                                                 \
-                double g0 = g[j], g1 = g[D + j], g2 = g[2 * D + j], g3 = g[3 * D + j];                            \
+                double g0 = G(g, a, j), g1 = G(g, a, D + j), g2 = G(g, a, 2 * D + j), g3 = G(g, a, 3 * D + j);    \
                 sd[j] = sd[j] + ((g0 + g1) + (g2 + g3));                                                          \
                 sdx[j] = sdx[j] + ((g0 * ((double)a[j] - mu) + g1 * ((double)a[D + j] - mu))                      \
                                    + (g2 * ((double)a[2 * D + j] - mu) + g3 * ((double)a[3 * D + j] - mu)));      \
@@ -158,7 +162,7 @@ cdef extern from *:
             const T* CYTHON_RESTRICT g = dout + i * D;                                                            \
             const T* CYTHON_RESTRICT a = x + i * D;                                                               \
             for (j = 0; j < n; j++) {                                                                             \
-                double g0 = g[j];                                                                                 \
+                double g0 = G(g, a, j);                                                                           \
                 sd[j] = sd[j] + g0;                                                                               \
                 sdx[j] = sdx[j] + g0 * ((double)a[j] - (MU));                                                     \
             }                                                                                                     \
@@ -218,6 +222,30 @@ cdef extern from *:
             cynet_v8d gv = cynet_load8_##SUFFIX((g) + (i)), c = cynet_load8_##SUFFIX((x) + (i)) - (mu);           \
             a = a + gv; q = q + gv * c;                                                                           \
         }
+    /* The gradient sweep of a batch norm fused with a ReLU: g = dout where ((x - c0) - c1) sc + sh > 0 (in x's
+       type), else +0, as a vector select (the compare's all-ones lanes keep dout's bits). */
+    typedef int cynet_v8i __attribute__((vector_size(32)));
+    typedef long long cynet_v8l __attribute__((vector_size(64)));
+    static inline cynet_v8d cynet_relu8_f32(const float* g, const float* x, float c0, float c1, float sc, float sh) {
+        cynet_v8f gv, xv, v;
+        memcpy(&gv, g, sizeof(gv)); memcpy(&xv, x, sizeof(xv));
+        v = ((xv - c0) - c1) * sc + sh;
+        gv = (cynet_v8f)((cynet_v8i)gv & (cynet_v8i)(v > 0));
+        return __builtin_convertvector(gv, cynet_v8d);
+    }
+    static inline cynet_v8d cynet_relu8_f64(const double* g, const double* x, double c0, double c1, double sc,
+                                            double sh) {
+        cynet_v8d gv, xv, v;
+        memcpy(&gv, g, sizeof(gv)); memcpy(&xv, x, sizeof(xv));
+        v = ((xv - c0) - c1) * sc + sh;
+        return (cynet_v8d)((cynet_v8l)gv & (cynet_v8l)(v > 0));
+    }
+    #define CYNET_RELU_RUN_SWEEPS(T, SUFFIX, g, x, i, mu, a, q)                                                  \
+        {                                                                                                         \
+            cynet_v8d gv = cynet_relu8_##SUFFIX((g) + (i), (x) + (i), c0, c1, sc, sh);                            \
+            cynet_v8d c = cynet_load8_##SUFFIX((x) + (i)) - (mu);                                                 \
+            a = a + gv; q = q + gv * c;                                                                           \
+        }
     #define CYNET_LN_SWEEPS(SUFFIX, g, x, gamma, i, mu, r, a, b, dgamma, dbeta)                                 \
         {                                                                                                         \
             cynet_v8d d = cynet_load8_##SUFFIX((g) + (i));                                                        \
@@ -246,6 +274,10 @@ cdef extern from *:
         { int l; for (l = 0; l < 8; l++) { double d = (double)(x)[(i) + l] - (k); a[l] += d; q[l] += d * d; } }
     #define CYNET_GRAD_RUN_SWEEPS(SUFFIX, g, x, i, mu, a, q)                                                      \
         { int l; for (l = 0; l < 8; l++) { double gg = (g)[(i) + l];                                              \
+                                           a[l] += gg; q[l] += gg * ((double)(x)[(i) + l] - (mu)); } }
+    #define CYNET_RELU_RUN_SWEEPS(T, SUFFIX, g, x, i, mu, a, q)                                                  \
+        { int l; for (l = 0; l < 8; l++) { T d = (g)[(i) + l], v = (((x)[(i) + l] - c0) - c1) * sc + sh;           \
+                                           double gg = v > 0 ? d : (T)0;                                          \
                                            a[l] += gg; q[l] += gg * ((double)(x)[(i) + l] - (mu)); } }
     #define CYNET_LN_SWEEPS(SUFFIX, g, x, gamma, i, mu, r, a, b, dgamma, dbeta)                                 \
         { int l; for (l = 0; l < 8; l++) { double d = (g)[(i) + l], c = (double)(x)[(i) + l] - (mu);            \
@@ -280,6 +312,22 @@ cdef extern from *:
        eight values: (128, 64, 32, 32) float32 forward on one thread 3.53 -> 3.40 ms, LayerNorm (4096, 4096)
        8.2 -> 7.9 ms (in one process, alternating). The gradient sums read two runs per eight values and gained
        nothing from a second set. */
+    /* The gradient sums' sweep over a run: SWEEP adds eight values a step into the lanes, G gives a tail value
+       (plain, or masked for a batch norm fused with a ReLU). */
+    #define CYNET_PLAIN_RUN_SWEEPS(T, SUFFIX, g, x, i, mu, a, q) CYNET_GRAD_RUN_SWEEPS(SUFFIX, g, x, i, mu, a, q)
+    #define CYNET_GRAD_RUN_BODY(T, SUFFIX, SWEEP, G)                                                              \
+        CYNET_LANES_DECLARE(a); CYNET_LANES_DECLARE(q);                                                           \
+        double la[8], lq[8], ta = 0, tq = 0;                                                                      \
+        Py_ssize_t i = 0;                                                                                         \
+        for (; i + 8 <= n; i += 8) {                                                                              \
+            CYNET_PREFETCH(dout + i + ahead);                                                                     \
+            CYNET_PREFETCH(x + i + ahead);                                                                        \
+            SWEEP(T, SUFFIX, dout, x, i, mu, a, q)                                                                \
+        }                                                                                                         \
+        for (; i < n; i++) { double g = G(dout, x, i); ta = ta + g; tq = tq + g * ((double)x[i] - mu); }          \
+        CYNET_LANES_STORE(a, la); CYNET_LANES_STORE(q, lq);                                                       \
+        *sd = *sd + CYNET_LANE_TOTAL(la, ta);                                                                     \
+        *sdx = *sdx + CYNET_LANE_TOTAL(lq, tq);
     #define CYNET_RUN_SUMS(T, SUFFIX)                                                                             \
     static void cynet_run_shifted_sums_##SUFFIX(const T* CYTHON_RESTRICT x, Py_ssize_t n, double k,              \
                                                 double* s1, double* s2, Py_ssize_t ahead) {                       \
@@ -305,18 +353,7 @@ cdef extern from *:
     static void cynet_run_grad_sums_##SUFFIX(const T* CYTHON_RESTRICT dout, const T* CYTHON_RESTRICT x,          \
                                              Py_ssize_t n, double mu, double* sd, double* sdx,                    \
                                              Py_ssize_t ahead) {                                                  \
-        CYNET_LANES_DECLARE(a); CYNET_LANES_DECLARE(q);                                                           \
-        double la[8], lq[8], ta = 0, tq = 0;                                                                      \
-        Py_ssize_t i = 0;                                                                                         \
-        for (; i + 8 <= n; i += 8) {                                                                              \
-            CYNET_PREFETCH(dout + i + ahead);                                                                     \
-            CYNET_PREFETCH(x + i + ahead);                                                                        \
-            CYNET_GRAD_RUN_SWEEPS(SUFFIX, dout, x, i, mu, a, q)                                                   \
-        }                                                                                                         \
-        for (; i < n; i++) { double g = dout[i]; ta = ta + g; tq = tq + g * ((double)x[i] - mu); }                \
-        CYNET_LANES_STORE(a, la); CYNET_LANES_STORE(q, lq);                                                       \
-        *sd = *sd + CYNET_LANE_TOTAL(la, ta);                                                                     \
-        *sdx = *sdx + CYNET_LANE_TOTAL(lq, tq);                                                                   \
+        CYNET_GRAD_RUN_BODY(T, SUFFIX, CYNET_PLAIN_RUN_SWEEPS, CYNET_PLAIN_G)                                     \
     }                                                                                                             \
     /* LayerNorm's backward sums over one row of n features with gamma per feature: A = sum gamma d,              \
        B = sum gamma d (x - mu) (eight lanes as above), and per feature dgamma_j += d (x - mu) r, dbeta_j += d, in   \
@@ -383,6 +420,27 @@ cdef extern from *:
     CYNET_RUN_SUMS(float, f32)
     CYNET_RUN_SUMS(double, f64)
     CYNET_ROWS_SUMS(double, f64)
+    /* A batch norm fused with the ReLU after it (y = max(0, v), v = ((x - c0) - c1) sc + sh in x's type, the
+       forward's coefficients): its backward's two sums over g = dout where v > 0, else 0 -- what cynet's ReLU
+       backward hands a batch norm, recomputed from x instead of read from a gradient array -- in the orders of the
+       unfused sums above (the same bits). */
+    #define CYNET_RELU_G(g, a, k) cynet_relu_g((double)(g)[k], ((a)[k] - c0) - c1, sc, sh)
+    /* Both operands are loaded whatever the sign, so that the choice is a select, not a branch (random signs
+       mispredict half the time: a branch made the fused backward ten times slower). */
+    #define cynet_relu_g(g, d, sc, sh) ((d) * (sc) + (sh) > 0 ? (g) : 0.0)
+    #define CYNET_RELU_SUMS(T, SUFFIX)                                                                            \
+    static void cynet_planes_grad_sums_relu_##SUFFIX(const T* CYTHON_RESTRICT dout, const T* CYTHON_RESTRICT x,  \
+            double mu0, double* CYTHON_RESTRICT sd, double* CYTHON_RESTRICT sdx, Py_ssize_t D, Py_ssize_t n,      \
+            Py_ssize_t r0, Py_ssize_t r1, T c0, T c1, T sc, T sh) {                                               \
+        CYNET_GRAD_SWEEPS_G(T, mu0, CYNET_RELU_G)                                                                 \
+    }                                                                                                             \
+    static void cynet_run_grad_sums_relu_##SUFFIX(const T* CYTHON_RESTRICT dout, const T* CYTHON_RESTRICT x,     \
+                                                  Py_ssize_t n, double mu, double* sd, double* sdx,               \
+                                                  Py_ssize_t ahead, T c0, T c1, T sc, T sh) {                     \
+        CYNET_GRAD_RUN_BODY(T, SUFFIX, CYNET_RELU_RUN_SWEEPS, CYNET_RELU_G)                                       \
+    }
+    CYNET_RELU_SUMS(float, f32)
+    CYNET_RELU_SUMS(double, f64)
     """
     void cynet_rows_shifted_sums_f32(const float* x, double* s1, double* s2, Py_ssize_t D, Py_ssize_t n,
                                      Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
@@ -400,6 +458,18 @@ cdef extern from *:
                                  double* sdx, Py_ssize_t ahead) noexcept nogil
     void cynet_run_grad_sums_f64(const double* dout, const double* x, Py_ssize_t n, double mu, double* sd,
                                  double* sdx, Py_ssize_t ahead) noexcept nogil
+    void cynet_planes_grad_sums_relu_f32(const float* dout, const float* x, double mu0, double* sd, double* sdx,
+                                         Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1, float c0,
+                                         float c1, float sc, float sh) noexcept nogil
+    void cynet_planes_grad_sums_relu_f64(const double* dout, const double* x, double mu0, double* sd, double* sdx,
+                                         Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1, double c0,
+                                         double c1, double sc, double sh) noexcept nogil
+    void cynet_run_grad_sums_relu_f32(const float* dout, const float* x, Py_ssize_t n, double mu, double* sd,
+                                      double* sdx, Py_ssize_t ahead, float c0, float c1, float sc,
+                                      float sh) noexcept nogil
+    void cynet_run_grad_sums_relu_f64(const double* dout, const double* x, Py_ssize_t n, double mu, double* sd,
+                                      double* sdx, Py_ssize_t ahead, double c0, double c1, double sc,
+                                      double sh) noexcept nogil
     void cynet_ln_row_grad_f32(const float* dout, const float* x, const float* gamma, Py_ssize_t n, double mu,
                                double r, double* dgamma, double* dbeta, double* A, double* B,
                                Py_ssize_t ahead) noexcept nogil
@@ -761,42 +831,60 @@ cdef inline void _plane_grad_sums(const floating* dout, const floating* x, doubl
 
 
 cdef inline void _plane_affine(const floating* x, floating center, floating center_lo, floating scale,
-                               floating shift, floating* y, Py_ssize_t n) noexcept nogil:
-    """y = ((x - center) - center_lo) * scale + shift over n values."""
+                               floating shift, floating* y, Py_ssize_t n, bint relu) noexcept nogil:
+    """y = ((x - center) - center_lo) * scale + shift over n values; with ``relu``, max(0, that) as cynet's ReLU
+    (0 if v < 0 else v: NaN passes)."""
     cdef Py_ssize_t s
+    cdef floating v
+    if relu:
+        for s in range(n):
+            v = ((x[s] - center) - center_lo) * scale + shift
+            y[s] = 0 if v < 0 else v
+        return
     for s in range(n):
         y[s] = ((x[s] - center) - center_lo) * scale + shift
 
 
 cdef inline void _plane_dx(const floating* dout, const floating* x, floating center, floating center_lo,
-                           floating a, floating b, floating c, floating* dx, Py_ssize_t n) noexcept nogil:
-    """dx = a * dout + (b * ((x - center) - center_lo) + c) over n values."""
+                           floating a, floating b, floating c, floating* dx, Py_ssize_t n, bint relu,
+                           floating scale, floating shift) noexcept nogil:
+    """dx = a * g + (b * ((x - center) - center_lo) + c) over n values, g = dout; with ``relu``, g = dout where the
+    forward's ((x - center) - center_lo) * scale + shift > 0, else 0 (cynet's ReLU backward on the fused output)."""
     cdef Py_ssize_t s
+    cdef floating v, g
+    if relu:
+        for s in range(n):
+            v = ((x[s] - center) - center_lo) * scale + shift
+            g = dout[s]                         # loaded whatever v's sign: a select, not a branch
+            g = g if v > 0 else 0
+            dx[s] = a * g + (b * ((x[s] - center) - center_lo) + c)
+        return
     for s in range(n):
         dx[s] = a * dout[s] + (b * ((x[s] - center) - center_lo) + c)
 
 
 cdef void _plane_affine_streamed(const floating* x, floating center, floating center_lo, floating scale,
-                                 floating shift, floating* y, Py_ssize_t n) noexcept nogil:
+                                 floating shift, floating* y, Py_ssize_t n, bint relu) noexcept nogil:
     """_plane_affine with y written by non-temporal stores, through an L1 buffer (the caller fences)."""
     cdef floating buffer[STREAM_BLOCK]
     cdef Py_ssize_t head = stream_head(y, n), b, s, m
-    _plane_affine(x, center, center_lo, scale, shift, y, head)
+    _plane_affine(x, center, center_lo, scale, shift, y, head, relu)
     for b in range(stream_blocks(head, n)):
         s = stream_block(head, b, n, &m)
-        _plane_affine(x + s, center, center_lo, scale, shift, buffer, m)
+        _plane_affine(x + s, center, center_lo, scale, shift, buffer, m, relu)
         stream_store(y + s, buffer, m)
 
 
 cdef void _plane_dx_streamed(const floating* dout, const floating* x, floating center, floating center_lo,
-                             floating a, floating b, floating c, floating* dx, Py_ssize_t n) noexcept nogil:
+                             floating a, floating b, floating c, floating* dx, Py_ssize_t n, bint relu,
+                             floating scale, floating shift) noexcept nogil:
     """_plane_dx with dx written by non-temporal stores, through an L1 buffer (the caller fences)."""
     cdef floating buffer[STREAM_BLOCK]
     cdef Py_ssize_t head = stream_head(dx, n), k, s, m
-    _plane_dx(dout, x, center, center_lo, a, b, c, dx, head)
+    _plane_dx(dout, x, center, center_lo, a, b, c, dx, head, relu, scale, shift)
     for k in range(stream_blocks(head, n)):
         s = stream_block(head, k, n, &m)
-        _plane_dx(dout + s, x + s, center, center_lo, a, b, c, buffer, m)
+        _plane_dx(dout + s, x + s, center, center_lo, a, b, c, buffer, m, relu, scale, shift)
         stream_store(dx + s, buffer, m)
 
 
@@ -846,21 +934,37 @@ cdef void _planes_shifted_sums(const floating* x, Py_ssize_t P, Py_ssize_t C, Py
 
 cdef void _planes_grad_sums(const floating* dout, const floating* x, Py_ssize_t P, Py_ssize_t C, Py_ssize_t S,
                             Py_ssize_t c, double mu, double* acc, Py_ssize_t width, double* sd,
-                            double* sdx) noexcept nogil:
-    """sd = sum(dout), sdx = sum(dout (x - mu)) over the P planes of channel c, in the order of
-    _planes_shifted_sums."""
-    cdef Py_ssize_t blk, s0, w, p
+                            double* sdx, bint relu, floating c0, floating c1, floating sc,
+                            floating sh) noexcept nogil:
+    """sd = sum(g), sdx = sum(g (x - mu)) over the P planes of channel c, in the order of _planes_shifted_sums;
+    g = dout, or with ``relu`` dout where ((x - c0) - c1) sc + sh > 0, else 0."""
+    cdef Py_ssize_t blk, s0, w, p, ahead
     cdef double t1 = 0, t2 = 0
     if S >= PLANE_RUN_MIN:
         for p in range(P):
-            _plane_grad_sums(dout + (p * C + c) * S, x + (p * C + c) * S, mu, S, &t1, &t2, C * S if p + 1 < P else 0)
+            ahead = C * S if p + 1 < P else 0
+            if not relu:
+                _plane_grad_sums(dout + (p * C + c) * S, x + (p * C + c) * S, mu, S, &t1, &t2, ahead)
+            elif floating is float:
+                cynet_run_grad_sums_relu_f32(dout + (p * C + c) * S, x + (p * C + c) * S, S, mu, &t1, &t2, ahead,
+                                             c0, c1, sc, sh)
+            else:
+                cynet_run_grad_sums_relu_f64(dout + (p * C + c) * S, x + (p * C + c) * S, S, mu, &t1, &t2, ahead,
+                                             c0, c1, sc, sh)
         sd[0] = t1
         sdx[0] = t2
         return
     for blk in range((S + width - 1) // width):
         s0 = blk * width
         w = min(width, S - s0)
-        if floating is float:
+        if relu:
+            if floating is float:
+                cynet_planes_grad_sums_relu_f32(dout + c * S + s0, x + c * S + s0, mu, acc, acc + width, C * S, w,
+                                                0, P, c0, c1, sc, sh)
+            else:
+                cynet_planes_grad_sums_relu_f64(dout + c * S + s0, x + c * S + s0, mu, acc, acc + width, C * S, w,
+                                                0, P, c0, c1, sc, sh)
+        elif floating is float:
             cynet_planes_grad_sums_f32(dout + c * S + s0, x + c * S + s0, mu, acc, acc + width, C * S, w, 0, P)
         else:
             cynet_planes_grad_sums_f64(dout + c * S + s0, x + c * S + s0, mu, acc, acc + width, C * S, w, 0, P)
@@ -872,7 +976,7 @@ cdef void _planes_grad_sums(const floating* dout, const floating* x, Py_ssize_t 
 cdef void _bn_planes_forward_channel(const floating* x, const floating* gamma, const floating* beta, floating* y,
                                      double* mean, double* var, double* inv_std, Py_ssize_t P, Py_ssize_t C,
                                      Py_ssize_t S, Py_ssize_t c, double eps, double* acc,
-                                     Py_ssize_t width, bint stream) noexcept nogil:
+                                     Py_ssize_t width, bint stream, bint relu) noexcept nogil:
     cdef Py_ssize_t p
     cdef Py_ssize_t n = P * S
     cdef double k = x[c * S], s1 = 0, s2 = 0, r
@@ -885,9 +989,10 @@ cdef void _bn_planes_forward_channel(const floating* x, const floating* gamma, c
     scale = <floating>(gamma[c] * r)
     for p in range(P):
         if stream:
-            _plane_affine_streamed(x + (p * C + c) * S, center, center_lo, scale, beta[c], y + (p * C + c) * S, S)
+            _plane_affine_streamed(x + (p * C + c) * S, center, center_lo, scale, beta[c], y + (p * C + c) * S, S,
+                                   relu)
         else:
-            _plane_affine(x + (p * C + c) * S, center, center_lo, scale, beta[c], y + (p * C + c) * S, S)
+            _plane_affine(x + (p * C + c) * S, center, center_lo, scale, beta[c], y + (p * C + c) * S, S, relu)
     if stream:
         stream_fence()
 
@@ -896,28 +1001,34 @@ cdef void _bn_planes_backward_channel(const floating* dout, const floating* x, c
                                       const double* mean, const double* inv_std, floating* dx, double* dgamma,
                                       double* dbeta, Py_ssize_t P, Py_ssize_t C, Py_ssize_t S, Py_ssize_t c,
                                       bint compute_dx, double* acc, Py_ssize_t width,
-                                      bint stream) noexcept nogil:
+                                      bint stream, const floating* beta) noexcept nogil:
+    """dgamma, dbeta and dx of channel c; with ``beta`` (not NULL) the forward was fused with a ReLU (relu=True):
+    the gradient reaching the batch norm is dout where the forward's pre-ReLU value was > 0, else 0."""
     cdef Py_ssize_t p, off
     cdef Py_ssize_t n = P * S
     cdef double mu = mean[c], r = inv_std[c], sd = 0, sdx = 0, gr
-    cdef floating center, center_lo, a, b, cc
-    _planes_grad_sums(dout, x, P, C, S, c, mu, acc, width, &sd, &sdx)
+    cdef floating center, center_lo, a, b, cc, scale = 0, shift = 0
+    cdef bint relu = beta != NULL
+    center = <floating>mu
+    center_lo = <floating>(mu - <double>center)
+    if relu:                                    # the forward's coefficients, rounded as there
+        scale = <floating>(gamma[c] * r)
+        shift = beta[c]
+    _planes_grad_sums(dout, x, P, C, S, c, mu, acc, width, &sd, &sdx, relu, center, center_lo, scale, shift)
     dbeta[c] = sd
     dgamma[c] = sdx * r
     if not compute_dx:
         return
     gr = gamma[c] * r
-    center = <floating>mu
-    center_lo = <floating>(mu - <double>center)
     a = <floating>gr
     b = <floating>(-gr * r * r * sdx / n)
     cc = <floating>(-gr * sd / n)
     for p in range(P):
         off = (p * C + c) * S
         if stream:
-            _plane_dx_streamed(dout + off, x + off, center, center_lo, a, b, cc, dx + off, S)
+            _plane_dx_streamed(dout + off, x + off, center, center_lo, a, b, cc, dx + off, S, relu, scale, shift)
         else:
-            _plane_dx(dout + off, x + off, center, center_lo, a, b, cc, dx + off, S)
+            _plane_dx(dout + off, x + off, center, center_lo, a, b, cc, dx + off, S, relu, scale, shift)
     if stream:
         stream_fence()
 
@@ -930,9 +1041,10 @@ def plane_block_width(Py_ssize_t S):
 
 def bn_planes_forward(const floating[:, :, ::1] x, const floating[::1] gamma, const floating[::1] beta, double eps,
                       floating[:, :, ::1] y, double[::1] mean, double[::1] var, double[::1] inv_std,
-                      double[:, ::1] scratch, bint stream, int n_threads):
+                      double[:, ::1] scratch, bint stream, int n_threads, bint relu=False):
     """Training forward of batch norm on (P, C, S) (statistics per channel over P and S). ``scratch``: float64
-    (n_threads, 2 * plane_block_width(S)), one row per thread; ``stream``: y written with non-temporal stores."""
+    (n_threads, 2 * plane_block_width(S)), one row per thread; ``stream``: y written with non-temporal stores;
+    ``relu``: y = max(0, batch norm) as cynet's ReLU computes it (a batch norm - ReLU pair in one pass)."""
     cdef Py_ssize_t P = x.shape[0], C = x.shape[1], S = x.shape[2], c
     cdef Py_ssize_t width = scratch.shape[1] // 2
     if P == 0 or C == 0 or S == 0:
@@ -942,36 +1054,44 @@ def bn_planes_forward(const floating[:, :, ::1] x, const floating[::1] gamma, co
         if nt == 1:
             for c in range(C):
                 _bn_planes_forward_channel(&x[0, 0, 0], &gamma[0], &beta[0], &y[0, 0, 0], &mean[0], &var[0],
-                                           &inv_std[0], P, C, S, c, eps, &scratch[0, 0], width, stream)
+                                           &inv_std[0], P, C, S, c, eps, &scratch[0, 0], width, stream, relu)
         else:
             for c in prange(C, schedule='static', num_threads=nt):
                 _bn_planes_forward_channel(&x[0, 0, 0], &gamma[0], &beta[0], &y[0, 0, 0], &mean[0], &var[0],
                                            &inv_std[0], P, C, S, c, eps, &scratch[threadid(), 0], width,
-                                           stream)
+                                           stream, relu)
 
 
 def bn_planes_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1] x, const floating[::1] gamma,
                        const double[::1] mean, const double[::1] inv_std, floating[:, :, ::1] dx,
                        double[::1] dgamma, double[::1] dbeta, bint compute_dx, double[:, ::1] scratch,
-                       bint stream, int n_threads):
+                       bint stream, int n_threads, const floating[::1] relu_beta=None):
     """Backward of the training forward on (P, C, S): dx (when compute_dx), dgamma, dbeta (float64). ``scratch`` and
-    ``stream`` (for dx) as in :func:`bn_planes_forward`."""
+    ``stream`` (for dx) as in :func:`bn_planes_forward`; ``relu_beta``: the forward ran with relu=True and this beta,
+    and dout is the gradient of the ReLU's output (masked here as the ReLU's backward would)."""
     cdef Py_ssize_t P = x.shape[0], C = x.shape[1], S = x.shape[2], c
     cdef Py_ssize_t width = scratch.shape[1] // 2
     if P == 0 or C == 0 or S == 0:
         return
     cdef int nt = _threads_for(P * C * S, C, min(n_threads, <int>scratch.shape[0]))
+    cdef const floating* beta = NULL
+    if relu_beta is not None:
+        if relu_beta.shape[0] != C:
+            raise ValueError(f"cynet._kernels.normalization.bn_planes_backward: relu_beta must have {C} values, got "
+                             f"{relu_beta.shape[0]}")
+        if C > 0:
+            beta = &relu_beta[0]
     with nogil:
         if nt == 1:
             for c in range(C):
                 _bn_planes_backward_channel(&dout[0, 0, 0], &x[0, 0, 0], &gamma[0], &mean[0], &inv_std[0],
                                             &dx[0, 0, 0], &dgamma[0], &dbeta[0], P, C, S, c, compute_dx,
-                                            &scratch[0, 0], width, stream)
+                                            &scratch[0, 0], width, stream, beta)
         else:
             for c in prange(C, schedule='static', num_threads=nt):
                 _bn_planes_backward_channel(&dout[0, 0, 0], &x[0, 0, 0], &gamma[0], &mean[0], &inv_std[0],
                                             &dx[0, 0, 0], &dgamma[0], &dbeta[0], P, C, S, c, compute_dx,
-                                            &scratch[threadid(), 0], width, stream)
+                                            &scratch[threadid(), 0], width, stream, beta)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1005,7 +1125,7 @@ def channel_affine(const floating[:, :, ::1] x, const floating[::1] center, cons
         else:
             for q in prange(P * C, schedule='static', num_threads=nt):
                 _plane_affine(&x[0, 0, 0] + q * S, center[q % C], 0, scale[q % C], shift[q % C],
-                              &y[0, 0, 0] + q * S, S)
+                              &y[0, 0, 0] + q * S, S, False)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1086,9 +1206,9 @@ cdef void _row_forward(const floating* x, const floating* gamma, const floating*
         for c in range(Cg):
             scale = gamma[base + c] * rf
             if stream:
-                _plane_affine_streamed(xr + c * S, center, center_lo, scale, beta[base + c], yr + c * S, S)
+                _plane_affine_streamed(xr + c * S, center, center_lo, scale, beta[base + c], yr + c * S, S, False)
             else:
-                _plane_affine(xr + c * S, center, center_lo, scale, beta[base + c], yr + c * S, S)
+                _plane_affine(xr + c * S, center, center_lo, scale, beta[base + c], yr + c * S, S, False)
     if stream:
         stream_fence()
 
@@ -1118,9 +1238,10 @@ cdef void _row_dx(const floating* dout, const floating* x, const floating* gamma
         for c in range(Cg):
             fa = gamma[base + c] * rf
             if stream:
-                _plane_dx_streamed(gr + c * S, xr + c * S, center, center_lo, fa, fb, fc, dxr + c * S, S)
+                _plane_dx_streamed(gr + c * S, xr + c * S, center, center_lo, fa, fb, fc, dxr + c * S, S, False, 0,
+                                   0)
             else:
-                _plane_dx(gr + c * S, xr + c * S, center, center_lo, fa, fb, fc, dxr + c * S, S)
+                _plane_dx(gr + c * S, xr + c * S, center, center_lo, fa, fb, fc, dxr + c * S, S, False, 0, 0)
     if stream:
         stream_fence()
 

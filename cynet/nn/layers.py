@@ -237,6 +237,11 @@ class _Elementwise(Module):
             return None
         return getattr(ops, f"{self._op}_backward")(dout, saved, *self._args(), out=_reused_like(dout))
 
+    def _adopt_output(self, y):
+        """Take ``y`` as the output of a forward this module did not run (a ReLU computed inside the batch norm before
+        it: :meth:`cynet.nn.BatchNorm2d.forward_relu`), so that its backward and kink state read it."""
+        self._saved = y
+
     def kink_state(self):
         """Boolean mask of the positive side of the last forward (where the derivative changes branch)."""
         if not self._kinked or self._saved is None:

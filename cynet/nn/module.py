@@ -17,6 +17,7 @@ caller holds is never overwritten.
 """
 import contextlib
 import contextvars
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -433,6 +434,10 @@ def _arrays_within(value):
 # Sequential's input and what every module run before holds (a nested Sequential starts from its parent's list).
 _protected_arrays = contextvars.ContextVar("cynet_protected_arrays", default=None)
 
+# Sequential runs a batch norm (training statistics, (N, C, *) input) and a plain ReLU right after it as one pass
+# (BatchNorm*.forward_relu); CYNET_FUSE_BATCHNORM_RELU=0 runs them one by one (the same bits either way).
+FUSE_BATCHNORM_RELU = os.environ.get("CYNET_FUSE_BATCHNORM_RELU", "1").strip() != "0"
+
 
 @contextlib.contextmanager
 def _protecting(arrays):
@@ -553,6 +558,10 @@ class ModuleList(_ModuleSequence):
 class Sequential(_ModuleSequence):
     """A chain of modules: ``forward`` runs them in order, ``backward`` in reverse.
 
+    A batch norm in training mode on (N, C, *) input and a plain ReLU right after it run as one pass
+    (:meth:`~cynet.nn.BatchNorm2d.forward_relu`; the same bits; ``CYNET_FUSE_BATCHNORM_RELU=0`` turns it off), unless
+    either forward is shadowed, as a :class:`~cynet.diagnostics.TrainingMonitor` does to record activations.
+
     An in-place module (``nn.ReLU(inplace=True)``) may follow any module that does not keep its own output for its
     backward (Linear, BatchNorm1d, ...). Before it runs, forward raises a ValueError if its input is, or is a view
     of, an array that an earlier module keeps (the output of a Sigmoid, Tanh, ELU or of another in-place activation,
@@ -593,18 +602,52 @@ class Sequential(_ModuleSequence):
 
     def forward(self, x):
         modules = list(self._modules.values())
+        self._fused = set()
         if not any(module._overwrites_input() for module in self.modules()):
-            for module in modules:
-                x = module(x)
+            position = 0
+            while position < len(modules):
+                y = self._fused_batchnorm_relu(modules, position, x)
+                x = modules[position](x) if y is None else y
+                position += 1 if y is None else 2
             return x
         # the caller's input is protected at the outermost Sequential; nested, the enclosing modules say what is
         with _protecting(() if _protected_arrays.get() is not None else _arrays_within(x)) as protected:
-            for position, module in enumerate(modules):
-                if module._overwrites_input():
-                    self._check_overwrite(modules, position, x, protected)
-                x = module(x)
-                protected.extend(module._kept_arrays())
+            position = 0
+            while position < len(modules):
+                y = self._fused_batchnorm_relu(modules, position, x)
+                if y is None:
+                    if modules[position]._overwrites_input():
+                        self._check_overwrite(modules, position, x, protected)
+                    y = modules[position](x)
+                    protected.extend(modules[position]._kept_arrays())
+                else:       # the ReLU's output is the batch norm's fresh array: nothing to check
+                    protected.extend(modules[position]._kept_arrays())
+                    protected.extend(modules[position + 1]._kept_arrays())
+                    position += 1
+                x = y
+                position += 1
         return x
+
+    def _fused_batchnorm_relu(self, modules, position, x):
+        """A batch norm (training statistics, (N, C, *) input) and the plain ReLU after it in one pass, or None.
+
+        The ReLU takes the result as its own output; backward then skips the ReLU, whose mask the batch norm's
+        backward applies (the same bits as the two layers run one by one). Not when either module's forward is
+        shadowed (a :class:`~cynet.diagnostics.TrainingMonitor` recording activations), nor with
+        ``CYNET_FUSE_BATCHNORM_RELU=0``."""
+        from cynet.nn.layers import ReLU
+
+        if not FUSE_BATCHNORM_RELU or position + 1 >= len(modules):
+            return None
+        norm, relu = modules[position], modules[position + 1]
+        if type(relu) is not ReLU or not hasattr(norm, "forward_relu") or "forward" in vars(norm) \
+                or "forward" in vars(relu):
+            return None
+        y = norm.forward_relu(x)
+        if y is not None:
+            relu._adopt_output(y)
+            self._fused.add(position)
+        return y
 
     def _check_overwrite(self, modules, position, x, protected):
         """Raise if the in-place module at ``position`` would write into an array that must outlive it."""
@@ -623,6 +666,9 @@ class Sequential(_ModuleSequence):
 
     def backward(self, dout, *, input_grad=True):
         layers = list(self._modules.values())
+        fused = getattr(self, "_fused", ())
         for position in range(len(layers) - 1, -1, -1):
+            if position - 1 in fused:
+                continue            # a ReLU fused with the batch norm before it: that backward applies its mask
             dout = layers[position].backward(dout, input_grad=input_grad if position == 0 else True)
         return dout
