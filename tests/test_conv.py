@@ -524,3 +524,29 @@ def test_small_weight_gradients_by_row_products_match_the_blas_path(rng, monkeyp
                                            dout.astype(np.float64), 1, 1)
     np.testing.assert_allclose(w_rows, 2 * rdw, rtol=1e-5, atol=1e-4)
     assert not bias_grad or np.allclose(b_rows, 2 * rdb, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("c,h,w,kh,kw,stride,pad", [
+    (3, 8, 8, 3, 3, 1, 1), (2, 5, 7, 3, 3, 1, 1), (2, 1, 1, 3, 3, 1, 1), (1, 2, 9, 3, 3, 1, 1), (2, 6, 4, 5, 5, 1, 2),
+    (3, 4, 5, 1, 1, 1, 0), (2, 7, 6, 4, 3, 1, 1), (2, 3, 3, 5, 5, 1, 2), (2, 6, 6, 3, 3, 1, 0), (2, 7, 8, 3, 3, 2, 1),
+    (1, 1, 5, 1, 3, 1, 1)])
+def test_im2col_against_numpy_windows(rng, dtype, c, h, w, kh, kw, stride, pad):
+    # stride 1 with OW == W (the 'same' padding) takes the shifted-copy form, the rest the row-by-row form: both the
+    # columns a zero-padded sliding window gives, for planes smaller than the kernel too
+    from cynet.nn.conv import _k
+
+    n = 3
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    oh, ow = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
+    padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    want = np.empty((c * kh * kw, n * oh * ow), dtype)
+    for ci in range(c):
+        for a in range(kh):
+            for b in range(kw):
+                window = padded[:, ci, a:a + stride * (oh - 1) + 1:stride, b:b + stride * (ow - 1) + 1:stride]
+                want[(ci * kh + a) * kw + b] = window.reshape(-1)
+    for threads in (1, 2):
+        cols = np.full(want.shape, np.nan, dtype)
+        _k().im2col(x, kh, kw, stride, pad, cols, threads)
+        np.testing.assert_array_equal(cols, want)

