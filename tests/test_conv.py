@@ -550,3 +550,32 @@ def test_im2col_against_numpy_windows(rng, dtype, c, h, w, kh, kw, stride, pad):
         cols = np.full(want.shape, np.nan, dtype)
         _k().im2col(x, kh, kw, stride, pad, cols, threads)
         np.testing.assert_array_equal(cols, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("c,h,w,kh,kw,stride,pad", [
+    (3, 8, 8, 3, 3, 1, 1), (2, 5, 7, 3, 3, 1, 1), (2, 1, 1, 3, 3, 1, 1), (2, 6, 4, 5, 5, 1, 2), (3, 4, 5, 1, 1, 1, 0),
+    (2, 7, 6, 4, 3, 1, 1), (2, 3, 3, 5, 5, 1, 2), (2, 6, 6, 3, 3, 1, 0), (2, 7, 8, 3, 3, 2, 1)])
+def test_col2im_adds_the_columns_back_tap_by_tap(rng, dtype, c, h, w, kh, kw, stride, pad):
+    # the adjoint of im2col: each kernel offset's columns added into the padded image in offset order, the padding's
+    # share dropped; the same bits as that NumPy loop (stride 1 with OW == W takes the shifted-run form, which zeroes
+    # the padding's entries of its scratch columns first), non-finite values in the padding's share included
+    from cynet.nn.conv import _k
+
+    n = 3
+    oh, ow = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
+    dcols = rng.standard_normal((c * kh * kw, n * oh * ow)).astype(dtype)
+    want = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype)
+    for ci in range(c):
+        for a in range(kh):
+            for b in range(kw):
+                rows, cols = slice(a, a + stride * (oh - 1) + 1, stride), slice(b, b + stride * (ow - 1) + 1, stride)
+                want[:, ci, rows, cols] += dcols[(ci * kh + a) * kw + b].reshape(n, oh, ow)
+    want = want[:, :, pad:pad + h, pad:pad + w]
+    if pad:               # a gradient that lands in the padding (a row above, a column left of it) never reaches dx
+        dcols.reshape(c * kh * kw, n, oh, ow)[0, :, 0, 0] = np.inf
+        dcols.reshape(c * kh * kw, n, oh, ow)[kw * (kh // 2), :, oh // 2, 0] = np.nan
+    for threads in (1, 2):
+        dx = np.zeros((n, c, h, w), dtype)
+        _k().col2im(dcols.copy(), kh, kw, stride, pad, dx, threads)
+        np.testing.assert_array_equal(dx, want)

@@ -422,17 +422,45 @@ def row_products(const floating[:, ::1] A, const floating[:, ::1] B, double[:, :
 # col2im, the adjoint of im2col: dx[n, c, i s - p + a, j s - p + b] += dcols[(c kh + a) kw + b, (n OH + i) OW + j].
 # One channel per thread (all its kh kw rows, in order), so no two threads add into the same value.
 
-cdef void _col2im_channel(const floating* dcols, floating* dx, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H,
+cdef void _col2im_block_same_width(floating* src, floating* plane, Py_ssize_t H, Py_ssize_t W, Py_ssize_t a,
+                                   Py_ssize_t b, Py_ssize_t pad, Py_ssize_t OH, Py_ssize_t j0,
+                                   Py_ssize_t j1) noexcept nogil:
+    """The adjoint of _im2col_block_same_width: plane[(i + a - pad) W + j + b - pad] += src[i W + j] over the valid
+    rows and columns as one shifted run, after setting src's columns outside [j0, j1) (the padding's gradient, never
+    added) to +0. Adding +0 leaves every value as it was: dx starts at +0 and a sum that starts at +0 is never -0 in
+    round-to-nearest. (56, 64, 8, 8) from 3x3 columns 1.07 -> 0.81 ms on one thread, 0.56 -> 0.43 on two;
+    (28, 32, 16, 16) 0.69 -> 0.57 and 0.38 -> 0.29 ms."""
+    cdef Py_ssize_t i0 = max(0, pad - a), i1 = min(OH, H + pad - a), shift = (a - pad) * W + (b - pad)
+    cdef Py_ssize_t t, t0, t1, i, j
+    if i1 <= i0:
+        return
+    for i in range(i0, i1):
+        for j in range(j0):
+            src[i * W + j] = 0
+        for j in range(j1, W):
+            src[i * W + j] = 0
+    t0 = max(i0 * W, -shift)
+    t1 = min(i1 * W, H * W - shift)
+    for t in range(t0, t1):
+        plane[t + shift] = plane[t + shift] + src[t]
+
+
+cdef void _col2im_channel(floating* dcols, floating* dx, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H,
                           Py_ssize_t W, Py_ssize_t c, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride,
                           Py_ssize_t pad, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
     cdef Py_ssize_t a, b, n, i, j, j0, j1, dst_i, L = N * OH * OW
-    cdef const floating* row
+    cdef floating* row
     cdef const floating* src
     cdef floating* line
     for a in range(kh):
         for b in range(kw):
             row = dcols + ((c * kh + a) * kw + b) * L
             _valid_range(b - pad, stride, W, OW, &j0, &j1)
+            if stride == 1 and OW == W:
+                for n in range(N):
+                    _col2im_block_same_width(row + n * OH * OW, dx + (n * C + c) * H * W, H, W, a, b, pad, OH, j0,
+                                             j1)
+                continue
             for n in range(N):
                 for i in range(OH):
                     dst_i = i * stride - pad + a
@@ -448,9 +476,10 @@ cdef void _col2im_channel(const floating* dcols, floating* dx, Py_ssize_t N, Py_
                             line[j * stride] = line[j * stride] + src[j]
 
 
-def col2im(const floating[:, ::1] dcols, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride, Py_ssize_t pad,
+def col2im(floating[:, ::1] dcols, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride, Py_ssize_t pad,
            floating[:, :, :, ::1] dx, int n_threads):
-    """Add the columns ``dcols`` (C kh kw, N OH OW) back into ``dx`` (N, C, H, W), which the caller zeroes first."""
+    """Add the columns ``dcols`` (C kh kw, N OH OW) back into ``dx`` (N, C, H, W), which the caller zeroes first.
+    With stride 1 and OW == W the entries of ``dcols`` that fall in the padding are set to zero (a scratch array)."""
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OH, OW
     OH, OW = _check_columns("col2im", dcols.shape[0], dcols.shape[1], N, C, H, W, kh, kw, stride, pad)
