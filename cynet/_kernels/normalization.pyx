@@ -424,10 +424,10 @@ cdef extern from *:
        forward's coefficients): its backward's two sums over g = dout where v > 0, else 0 -- what cynet's ReLU
        backward hands a batch norm, recomputed from x instead of read from a gradient array -- in the orders of the
        unfused sums above (the same bits). */
-    #define CYNET_RELU_G(g, a, k) cynet_relu_g((double)(g)[k], ((a)[k] - c0) - c1, sc, sh)
+    #define CYNET_RELU_G(g, a, k) CYNET_RELU_KEEP((double)(g)[k], ((a)[k] - c0) - c1, sc, sh)
     /* Both operands are loaded whatever the sign, so that the choice is a select, not a branch (random signs
        mispredict half the time: a branch made the fused backward ten times slower). */
-    #define cynet_relu_g(g, d, sc, sh) ((d) * (sc) + (sh) > 0 ? (g) : 0.0)
+    #define CYNET_RELU_KEEP(g, d, sc, sh) ((d) * (sc) + (sh) > 0 ? (g) : 0.0)
     #define CYNET_RELU_SUMS(T, SUFFIX)                                                                            \
     static void cynet_planes_grad_sums_relu_##SUFFIX(const T* CYTHON_RESTRICT dout, const T* CYTHON_RESTRICT x,  \
             double mu0, double* CYTHON_RESTRICT sd, double* CYTHON_RESTRICT sdx, Py_ssize_t D, Py_ssize_t n,      \
@@ -851,13 +851,13 @@ cdef inline void _plane_dx(const floating* dout, const floating* x, floating cen
     """dx = a * g + (b * ((x - center) - center_lo) + c) over n values, g = dout; with ``relu``, g = dout where the
     forward's ((x - center) - center_lo) * scale + shift > 0, else 0 (cynet's ReLU backward on the fused output)."""
     cdef Py_ssize_t s
-    cdef floating v, g
+    cdef floating d, g
     if relu:
         for s in range(n):
-            v = ((x[s] - center) - center_lo) * scale + shift
-            g = dout[s]                         # loaded whatever v's sign: a select, not a branch
-            g = g if v > 0 else 0
-            dx[s] = a * g + (b * ((x[s] - center) - center_lo) + c)
+            d = (x[s] - center) - center_lo
+            g = dout[s]                         # loaded whatever the sign: a select, not a branch
+            g = g if d * scale + shift > 0 else 0
+            dx[s] = a * g + (b * d + c)
         return
     for s in range(n):
         dx[s] = a * dout[s] + (b * ((x[s] - center) - center_lo) + c)

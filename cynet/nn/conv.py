@@ -257,7 +257,8 @@ class Conv2d(Module):
                     _k().row_products(chunk_d2, chunk_cols, dw_chunk, db_chunk, bias_sums,
                                       kernel_threads(chunk_d2.size + chunk_cols.size, NS_STREAM))
                     dw_total += dw_chunk
-                    db_total += db_chunk if bias_sums else 0
+                    if bias_sums:
+                        db_total += db_chunk
                 else:
                     grad, fresh = self.weight.grad_target()
                     flat = grad.reshape(features, k)

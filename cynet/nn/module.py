@@ -615,17 +615,16 @@ class Sequential(_ModuleSequence):
             position = 0
             while position < len(modules):
                 y = self._fused_batchnorm_relu(modules, position, x)
+                # fused, the ReLU's output is the batch norm's fresh array: nothing to check
+                ran = modules[position:position + 1 if y is None else position + 2]
                 if y is None:
                     if modules[position]._overwrites_input():
                         self._check_overwrite(modules, position, x, protected)
                     y = modules[position](x)
-                    protected.extend(modules[position]._kept_arrays())
-                else:       # the ReLU's output is the batch norm's fresh array: nothing to check
-                    protected.extend(modules[position]._kept_arrays())
-                    protected.extend(modules[position + 1]._kept_arrays())
-                    position += 1
+                for module in ran:
+                    protected.extend(module._kept_arrays())
                 x = y
-                position += 1
+                position += len(ran)
         return x
 
     def _fused_batchnorm_relu(self, modules, position, x):
@@ -635,13 +634,12 @@ class Sequential(_ModuleSequence):
         backward applies (the same bits as the two layers run one by one). Not when either module's forward is
         shadowed (a :class:`~cynet.diagnostics.TrainingMonitor` recording activations), nor with
         ``CYNET_FUSE_BATCHNORM_RELU=0``."""
+        if not FUSE_BATCHNORM_RELU or position + 1 >= len(modules) or not hasattr(modules[position], "forward_relu"):
+            return None
         from cynet.nn.layers import ReLU
 
-        if not FUSE_BATCHNORM_RELU or position + 1 >= len(modules):
-            return None
         norm, relu = modules[position], modules[position + 1]
-        if type(relu) is not ReLU or not hasattr(norm, "forward_relu") or "forward" in vars(norm) \
-                or "forward" in vars(relu):
+        if type(relu) is not ReLU or "forward" in vars(norm) or "forward" in vars(relu):
             return None
         y = norm.forward_relu(x)
         if y is not None:

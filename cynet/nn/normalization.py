@@ -57,14 +57,14 @@ def batch_norm_forward(x, gamma, beta, eps, *, out=None, relu=False):
     :math:`1/\sqrt{var+\epsilon}` as float64 arrays of length C. x must be C-contiguous, gamma and beta of x's dtype.
     ``relu`` (x of rank 3 or more): y = ReLU(batch norm) in the same pass, the values cynet's ReLU would give.
     """
+    if relu and x.ndim == 2:
+        raise ValueError(f"batch_norm_forward: relu=True needs (N, C, *) input, got {describe(x)}")
     k = _kernels()
     C = x.shape[1]
     y = output("batch_norm_forward", out, x.shape, x.dtype)
     mean = np.empty(C)
     var = np.empty(C)
     inv_std = np.empty(C)
-    if relu and x.ndim == 2:
-        raise ValueError(f"batch_norm_forward: relu=True needs (N, C, *) input, got {describe(x)}")
     if x.ndim == 2:
         width, chunks = k.rows_plan(x.shape[0], C, x.itemsize)
         partials = np.empty((2 * max(chunks, 1), C))      # scratch: float64 sums, coefficients of the output pass
