@@ -190,6 +190,73 @@ def test_float32_gelu_each_value_by_its_own_magnitude(spec_id):
         assert np.array_equal(spec.forward(in_place, out=in_place), expected, equal_nan=True)
 
 
+# The float32 GELU backward's bound (tests/test_activations.py): |dx - reference in float64| <= 4 eps |dout| (1 + |x|).
+SLOPE_BOUND_EPS = 4
+
+
+def _gelu_slope_errors(spec, x, dout):
+    """|dx - reference| / (eps |dout| (1 + |x|)) for the float32 backward, and dx."""
+    with np.errstate(invalid="ignore"):
+        dx = spec.backward(dout, x)
+        expected = spec.backward(dout.astype(np.float64), x.astype(np.float64), module=reference)
+    scale = np.finfo(np.float32).eps * np.abs(dout.astype(np.float64)) * (1 + np.abs(x.astype(np.float64)))
+    return np.abs(dx - expected) / scale, dx
+
+
+@pytest.mark.parametrize("spec_id", ["gelu-none", "gelu-tanh"])
+def test_float32_gelu_backward_around_every_interval_of_its_central_table(spec_id):
+    # the AVX-512 backward looks the slope D(-|x|) up for |x| <= 5 in the forward's 32 intervals (width 5/32), takes
+    # 1 - D(-|x|) for x >= 0, and hands |x| > 5 to the full form: 2001 float32 on each side of every boundary, both
+    # signs, with dout = 1 and dout = -3
+    steps = np.arange(-1000, 1001, dtype=np.int32)
+    boundaries = np.arange(0, 33) * (5 / 32)
+    magnitudes = (boundaries.astype(np.float32).view(np.int32)[:, None] + steps[None, :]).reshape(-1)
+    magnitudes = magnitudes[magnitudes >= 0].view(np.float32)
+    x = np.concatenate([magnitudes, -magnitudes])
+    for g in (1.0, -3.0):
+        err, _ = _gelu_slope_errors(OPS[spec_id], x, np.full_like(x, g))
+        assert err.max() <= SLOPE_BOUND_EPS, (x[np.argmax(err)], err.max())
+
+
+@pytest.mark.parametrize("spec_id", ["gelu-none", "gelu-tanh"])
+def test_float32_gelu_backward_on_a_dense_grid(spec_id):
+    # 2,000,001 points of [-20, 20] with random dout: the central form, the full form beyond |x| = 5, and the range
+    # where the slope underflows (measured on the AVX-512 variant, 2026-12-05: at most 0.57 eps |dout| (1 + |x|) for
+    # both forms, at |x| < 0.04; the full form everywhere gave 1.03)
+    x = np.linspace(-20, 20, 2_000_001).astype(np.float32)
+    dout = np.random.default_rng(5).standard_normal(x.size).astype(np.float32)
+    err, _ = _gelu_slope_errors(OPS[spec_id], x, dout)
+    assert err.max() <= SLOPE_BOUND_EPS, (x[np.argmax(err)], err.max())
+
+
+@pytest.mark.parametrize("spec_id", ["gelu-none", "gelu-tanh"])
+def test_float32_gelu_backward_each_value_by_its_own_magnitude(spec_id):
+    # the AVX-512 backward takes |x| <= 5 through the central form and gathers the offsets of the others into stages
+    # of their own: whatever the neighbours, the alignment, the thread count or in place (dx written over dout),
+    # each value gets the same bits; non-finite x gives NaN as the reference does
+    rng = np.random.default_rng(12)
+    runs = [rng.standard_normal(100), 5 + rng.random(130), -(5 + rng.random(70) * 10), rng.standard_normal(1000) * 4,
+            -(5 + rng.random(63)), [0.5], 5.5 + rng.random(65), rng.standard_normal(5000) * 8,
+            [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, -1e-40, 5.0, -5.0, 5.000001, -5.000001, 6.0, -14.0, -3e38,
+             3e38]]
+    x = np.concatenate([np.asarray(r, np.float64) for r in runs] * 3).astype(np.float32)
+    dout = rng.standard_normal(x.size).astype(np.float32)
+    spec = OPS[spec_id]
+    err, expected = _gelu_slope_errors(spec, x, dout)
+    finite = np.isfinite(x)
+    assert np.isnan(expected[~finite]).all()
+    assert err[finite].max() <= SLOPE_BOUND_EPS
+    with np.errstate(invalid="ignore"):
+        for offset in (1, 3, 16, 17, 63):
+            got = spec.backward(dout[offset:].copy(), x[offset:].copy())
+            assert np.array_equal(got, expected[offset:], equal_nan=True), offset
+        for n in (1, 2, 3):
+            with cynet.threads(n):
+                assert np.array_equal(spec.backward(dout, x), expected, equal_nan=True), n
+        in_place = dout.copy()
+        assert np.array_equal(spec.backward(in_place, x, out=in_place), expected, equal_nan=True)
+
+
 def test_float32_gelu_tanh_every_value_where_its_gate_underflows():
     # the float32 tanh form clamps |w| at 110 for its exponential and sets the result of x < -11 to -0: every float32
     # of [-11.5, -10] (1.6e6 values; the gate reaches the subnormal range at x = -10.0), against the float64

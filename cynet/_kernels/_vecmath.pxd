@@ -374,6 +374,18 @@ cdef extern from *:
     #define CYNET_TAIL_Q2 0.4694707632584922
     #define CYNET_TAIL_Q3 1.2025036221967573
     #define CYNET_TAIL_Q4 1.6744753312637684
+    /* dst[at[j]] = src[j] for j < m, one scalar store each. Left alone, GCC turns this loop into vscatterdps, which
+       AMD's Zen 4 runs slowly: the GELU backward's gathered far values took 2x as long on inputs with standard
+       deviation 8. The empty asm statement keeps the loop scalar. */
+    static inline void cynet_scatter_f32(float *dst, const int *at, const float *src, Py_ssize_t m) {
+        Py_ssize_t j;
+        for (j = 0; j < m; j++) {
+            dst[at[j]] = src[j];
+    #if defined(__GNUC__)
+            __asm__ volatile("" ::: "memory");
+    #endif
+        }
+    }
     #if defined(__AVX512F__) && defined(__AVX512VL__) && defined(__FMA__)
     #include <immintrin.h>
     #include <float.h>
@@ -466,6 +478,15 @@ cdef extern from *:
        were appended. m <= CYNET_CENTRAL_MAX (the callers' STAGE). x is prefetched 2 KB ahead: the form is light
        enough for the loads' latency to show (without it, the erf form on (4096, 4096) standard normal values took
        1.3-1.5x as long on 1 and 2 threads on the Intel Xeon development machine). */
+    /* A central table (32 intervals of width h = 5/32 on [0, 5)) at u: interval k = min(floor(6.4 u), 31), t = u -
+       (k h + h/2); for u > 5 a value of the last interval, which the callers do not use. */
+    static inline __m512 cynet_central_eval(const __m512 *lo, const __m512 *hi, __m512 u) {
+        __m512i k = _mm512_min_epi32(_mm512_cvttps_epi32(_mm512_mul_ps(u, _mm512_set1_ps(6.4f))),
+                                     _mm512_set1_epi32(31));
+        __m512 t = _mm512_sub_ps(u, _mm512_fmadd_ps(_mm512_cvtepi32_ps(k), _mm512_set1_ps(0.15625f),
+                                                    _mm512_set1_ps(0.078125f)));
+        return cynet_table32_eval(lo, hi, k, t);
+    }
     #define CYNET_CENTRAL_MAX 64
     #define CYNET_SHORTCUT_MIN 16
     #ifndef CYNET_CENTRAL_PREFETCH
@@ -487,11 +508,7 @@ cdef extern from *:
             _mm_prefetch((const char *)(x + i) + CYNET_CENTRAL_PREFETCH, _MM_HINT_T0);
             __mmask16 central = _mm512_mask_cmp_ps_mask(mask, u, _mm512_set1_ps(5.0f), _CMP_LE_OQ);
             __mmask16 far = mask & ~central;
-            __m512i k = _mm512_min_epi32(_mm512_cvttps_epi32(_mm512_mul_ps(u, _mm512_set1_ps(6.4f))),
-                                         _mm512_set1_epi32(31));
-            __m512 t = _mm512_sub_ps(u, _mm512_fmadd_ps(_mm512_cvtepi32_ps(k), _mm512_set1_ps(0.15625f),
-                                                        _mm512_set1_ps(0.078125f)));
-            __m512 p = cynet_table32_eval(lo, hi, k, t);                          /* G(-|x|) */
+            __m512 p = cynet_central_eval(lo, hi, u);                             /* G(-|x|) */
             __m512 r = _mm512_mask_mul_ps(_mm512_fnmadd_ps(u, p, v), _mm512_cmp_ps_mask(v, _mm512_setzero_ps(),
                                           _CMP_LT_OQ), v, p);
             _mm512_mask_storeu_ps(y + i, central, r);
@@ -533,6 +550,80 @@ cdef extern from *:
                                                            float *far_x, int *far_at) {
         return cynet_gelu_central_block(cynet_tanh_gate_table, -11.0f, x, y, m, offset, far_x, far_at);
     }
+    /* The slopes at -u of both forms, D(-u) = d/dx [x G(x)] at x = -u, on [0, 5) in the same layout: Phi(-u) - u phi(u)
+       (erf form) and S(-u) - u S(-u) (1 - S(-u)) 2c (1 + 3k u^2) (tanh form). D changes sign near u = 0.75, so these
+       are fitted for the least absolute error (scripts/fit_normal_tail_table.py: below 2.7e-12; evaluated in float32
+       as below, within 0.16 eps (1 + u) of D(-u), and 1 - D(-u) rounded to float32 within 0.40 eps (1 + u), on the
+       same grid: the backward's bound is 4 eps |dout| (1 + |x|)). */
+    static const float cynet_erf_slope_table[8][32] = {
+        /* c0_hi */ {0.437791914f, 0.316377997f, 0.203647569f, 0.104363181f, 0.0219161976f, -0.041919902f, -0.0870079622f, -0.114656374f, -0.127272442f, -0.12793307f, -0.11994876f, -0.106485367f, -0.0902858227f, -0.0735090822f, -0.0576803312f, -0.043730136f, -0.0320922323f, -0.0228288136f, -0.0157575998f, -0.0105628092f, -0.0068807858f, -0.00435810816f, -0.00268503302f, -0.00160972332f, -0.000939367455f, -0.000533721934f, -0.000295315316f, -0.000159158968f, -8.35646206e-05f, -4.27486739e-05f, -2.13101648e-05f, -1.03529392e-05f},
+        /* c0_lo */ {1.2824013e-09f, 3.10538151e-09f, 3.88388566e-09f, -2.27547181e-09f, 4.13285517e-10f, -1.1079259e-10f, -1.12044218e-09f, 2.77079915e-09f, 2.09304352e-10f, 3.11003423e-09f, -2.35373698e-09f, -2.18688859e-10f, 8.40656711e-10f, -3.13139448e-09f, 1.64003144e-09f, 2.84577417e-10f, 1.1659243e-10f, -7.37561456e-10f, 7.69597275e-10f, 3.12460141e-10f, -2.29431946e-10f, 2.2693418e-10f, -1.12833035e-10f, 2.79550406e-12f, -1.92782248e-11f, 2.50226801e-11f, 1.43578257e-11f, -5.58147712e-12f, 1.22039087e-12f, 1.72357484e-12f, -1.05115976e-13f, 3.3519132e-13f},
+        /* c1 */ {-0.793025792f, -0.754947364f, -0.682872772f, -0.584323287f, -0.469104707f, -0.347872287f, -0.230688646f, -0.125825778f, -0.0389894508f, 0.0269612223f, 0.071831055f, 0.0975575224f, 0.107488811f, 0.105631232f, 0.0959951356f, 0.0821184739f, 0.0667941794f, 0.0519839823f, 0.0388735607f, 0.0280138031f, 0.0194965526f, 0.0131255388f, 0.00855848007f, 0.00541039603f, 0.00331866415f, 0.00197644718f, 0.00114348962f, 0.000642989413f, 0.000351535738f, 0.000186928068f, 9.67040178e-05f, 4.86842946e-05f},
+        /* c2 */ {0.0620499663f, 0.179439321f, 0.277763247f, 0.347645044f, 0.383992344f, 0.386463106f, 0.359058529f, 0.309006035f, 0.245232284f, 0.176777512f, 0.111462489f, 0.0550137609f, 0.0107186716f, -0.020442741f, -0.0393269844f, -0.0479898714f, -0.0490427352f, -0.0451180935f, -0.0385044627f, -0.0309583023f, -0.0236644354f, -0.0172981005f, -0.0121398102f, -0.00820303708f, -0.00534820184f, -0.00336990273f, -0.00205474743f, -0.00121360249f, -0.000694920192f, -0.000386042695f, -0.000208176032f, -0.000109027467f},
+        /* c3 */ {0.262321144f, 0.234076723f, 0.18205668f, 0.114278153f, 0.040697556f, -0.0286913607f, -0.0856084675f, -0.124716468f, -0.144121736f, -0.145139515f, -0.131489754f, -0.108194798f, -0.0804669112f, -0.0528166555f, -0.0285107382f, -0.00939883199f, 0.00395748951f, 0.0119673721f, 0.0156251043f, 0.0161530618f, 0.0147316726f, 0.0123363277f, 0.00967173465f, 0.007177928f, 0.00507778488f, 0.00343994983f, 0.00223906757f, 0.00140371872f, 0.000849181437f, 0.000496435969f, 0.000280786946f, 0.000153800123f},
+        /* c4 */ {-0.0232173707f, -0.0659476742f, -0.0983340666f, -0.115849733f, -0.11689508f, -0.102907851f, -0.0777902529f, -0.046857316f, -0.0156128192f, 0.0113334227f, 0.0309759509f, 0.0421537086f, 0.0453582034f, 0.042247165f, 0.0350424238f, 0.0259748604f, 0.0168851297f, 0.00902137998f, 0.00301659736f, -0.0010080525f, -0.00327864289f, -0.004198818f, -0.00421190588f, -0.00371058914f, -0.00299320417f, -0.00225591683f, -0.00160681794f, -0.00108938362f, -0.000706422899f, -0.000439654454f, -0.000263285852f, -0.000152005872f},
+        /* c5 */ {-0.0585307516f, -0.0492363013f, -0.0325689092f, -0.0118850721f, 0.00885118823f, 0.0259966273f, 0.0370022878f, 0.0408418477f, 0.0380226485f, 0.0302336067f, 0.0197771285f, 0.00896667968f, -0.000352218311f, -0.00706688222f, -0.0108334078f, -0.0119336732f, -0.0110362228f, -0.00894545671f, -0.00640134513f, -0.00395968882f, -0.00195282919f, -0.00051109615f, 0.000382477476f, 0.000829182274f, 0.000960584963f, 0.000901452324f, 0.000750326028f, 0.000574048085f, 0.000411002198f, 0.000278278108f, 0.000179373601f, 0.000110578723f},
+        /* c6 */ {0.00513731642f, 0.0143411225f, 0.0206053779f, 0.0228045844f, 0.0207772516f, 0.0153399995f, 0.00795671623f, 0.000330964889f, -0.00603519334f, -0.0101621207f, -0.0117266653f, -0.0110040484f, -0.00867841113f, -0.00558799552f, -0.00250171591f, 3.13189958e-05f, 0.00173698727f, 0.00258997362f, 0.00273829466f, 0.00241215853f, 0.00184707635f, 0.00123279297f, 0.000692438567f, 0.000284520065f, 1.82616441e-05f, -0.000126859915f, -0.000183763434f, -0.000185625235f, -0.000159316885f, -0.000123322548f, -8.84099645e-05f, -5.95469501e-05f},
+    };
+    static const float cynet_tanh_slope_table[8][32] = {
+        /* c0_hi */ {0.43779254f, 0.316394001f, 0.203714207f, 0.104517944f, 0.0221750773f, -0.0415814184f, -0.0866598636f, -0.114400662f, -0.127214134f, -0.128145635f, -0.120447159f, -0.107216835f, -0.0911419764f, -0.0743543357f, -0.05838627f, -0.0442047007f, -0.0322955921f, -0.022773657f, -0.0154966945f, -0.0101699242f, -0.00643153349f, -0.00391555065f, -0.00229221233f, -0.00128871645f, -0.000694903196f, -0.000358885154f, -0.000177269161f, -8.36231702e-05f, -3.76179778e-05f, -1.61135667e-05f, -6.56237944e-06f, -2.53714688e-06f},
+        /* c0_lo */ {-8.36937408e-10f, -2.98654079e-09f, -5.93912364e-10f, 3.24092442e-09f, 7.62726271e-11f, 3.16684179e-10f, -1.46152113e-09f, 1.37061906e-09f, 1.9897286e-09f, -7.17514936e-09f, 2.60726152e-09f, 3.67928488e-09f, -1.96414018e-09f, 3.90746741e-10f, -4.17814394e-10f, 8.76560269e-10f, 1.13291532e-09f, -7.97395372e-10f, 2.17960885e-10f, -1.9354128e-10f, 8.42833373e-11f, -1.60846558e-10f, 5.75802392e-11f, 4.31977301e-11f, 1.1218872e-12f, -3.25267352e-12f, 6.3572537e-12f, -2.21158161e-12f, -1.00720365e-12f, 3.44155341e-13f, -7.25056476e-14f, 2.86192545e-14f},
+        /* c1 */ {-0.79300195f, -0.75475055f, -0.682418525f, -0.583672941f, -0.468467206f, -0.347541451f, -0.230932325f, -0.126768515f, -0.0405389629f, 0.0251078885f, 0.0701004937f, 0.0963659585f, 0.10711401f, 0.106137343f, 0.0972319171f, 0.0837858319f, 0.068540819f, 0.05350288f, 0.0399658605f, 0.0286094323f, 0.0196365993f, 0.0129218679f, 0.00814837962f, 0.00491999974f, 0.00284172338f, 0.00156832661f, 0.000826042262f, 0.000414688635f, 0.000198160589f, 9.00103769e-05f, 3.88096814e-05f, 1.58614093e-05f},
+        /* c2 */ {0.0623519979f, 0.180195376f, 0.278574109f, 0.348006785f, 0.383500159f, 0.385006011f, 0.35691759f, 0.306793272f, 0.243678629f, 0.176455304f, 0.112564564f, 0.0572843663f, 0.0135572068f, -0.0177614298f, -0.0374137685f, -0.04717445f, -0.0493253469f, -0.0462328978f, -0.0400490798f, -0.0325318612f, -0.0249686129f, -0.0181806851f, -0.0125852004f, -0.0082896566f, -0.00519652897f, -0.00309927063f, -0.00175755308f, -0.000946894637f, -0.000484190619f, -0.000234738021f, -0.000107770335f, -4.67986574e-05f},
+        /* c3 */ {0.263554603f, 0.234688327f, 0.181639448f, 0.11281462f, 0.0386256501f, -0.0305908639f, -0.0865032375f, -0.124083348f, -0.142001167f, -0.142146707f, -0.128571764f, -0.106254071f, -0.0800293684f, -0.053881567f, -0.0306185167f, -0.0118536334f, 0.00182439014f, 0.0105985682f, 0.015158033f, 0.0164579879f, 0.0155221801f, 0.0132948477f, 0.0105448449f, 0.00782098621f, 0.00545251649f, 0.003583004f, 0.00222235708f, 0.0013017701f, 0.000720135053f, 0.000376099721f, 0.00018532906f, 8.60992586e-05f},
+        /* c4 */ {-0.0237443168f, -0.0673524514f, -0.100114852f, -0.117290601f, -0.117304303f, -0.101931028f, -0.0756373629f, -0.0442782752f, -0.0135926325f, 0.0120120924f, 0.0300711524f, 0.0400369652f, 0.0428114124f, 0.040112786f, 0.0339036658f, 0.0259939879f, 0.0178317092f, 0.0104358848f, 0.00441441033f, 2.24013438e-05f, -0.00276263547f, -0.0041586319f, -0.00449508475f, -0.00413442869f, -0.00340783689f, -0.00257347059f, -0.00180020684f, -0.0011734888f, -0.000715217262f, -0.000408316177f, -0.000218550515f, -0.000109708519f},
+        /* c5 */ {-0.0598370507f, -0.0500973351f, -0.0326161198f, -0.0109714651f, 0.0104960073f, 0.0277589057f, 0.0381146893f, 0.040760912f, 0.0367237702f, 0.0282340646f, 0.0178764444f, 0.00786647014f, -0.000339188729f, -0.00608997978f, -0.0093668038f, -0.01053329f, -0.010118112f, -0.00867062062f, -0.00668474147f, -0.00456594117f, -0.00261783344f, -0.00103666761f, 8.700131e-05f, 0.000755921181f, 0.00104187278f, 0.00105372898f, 0.000905771041f, 0.000693910813f, 0.000483831915f, 0.000310370408f, 0.000184282952f, 0.000101632177f},
+        /* c6 */ {0.00537976343f, 0.0150365802f, 0.0216071643f, 0.0237801392f, 0.0212862361f, 0.0150513723f, 0.00690021878f, -0.00106096989f, -0.00713998359f, -0.010499699f, -0.0111970492f, -0.00989912916f, -0.00749446359f, -0.00477520097f, -0.00228380202f, -0.000300984451f, 0.00108800957f, 0.00191188091f, 0.00225258688f, 0.00221358938f, 0.00190758368f, 0.00144972978f, 0.00094836083f, 0.000491986109f, 0.000137933341f, -9.19456943e-05f, -0.000206482786f, -0.000233847255f, -0.00020829156f, -0.0001600291f, -0.000109808905f, -6.84303814e-05f},
+    };
+    /* The GELU backward of the central range, dx[i] = dout[i] D(x[i]) for every i < m with |x[i]| <= 5, sixteen at a
+       time: D(-|x|) looked up in `table` (one of the two above: no exponential), D(x) = D(-|x|) for x < 0 and
+       1 - D(-|x|) otherwise (for both forms D(x) + D(-x) = 1, as G(x) + G(-x) = 1). Every other x[i] (|x| > 5, NaN)
+       is left to the caller: offset + i appended to far_at (of room m + 16: whole vectors are stored; the caller
+       reads x and dout there, which this block leaves as they are, as it leaves dx[i]). Returns how many were
+       appended (only the offsets are gathered here: compressing x and dout too made wide inputs 10% slower). m <= CYNET_CENTRAL_MAX;
+       x and dout are prefetched as in cynet_gelu_central_block. */
+    static inline Py_ssize_t cynet_gelu_slope_central_block(const float (*table)[32], const float *dout,
+                                                            const float *x, float *dx, Py_ssize_t m, int offset,
+                                                            int *far_at) {
+        __m512 lo[8], hi[8];
+        const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        __mmask16 far_mask[CYNET_CENTRAL_MAX / 16], any_far = 0;
+        Py_ssize_t i, n_far = 0;
+        cynet_table32_load(table, lo, hi);
+        for (i = 0; i < m; i += 16) {
+            __mmask16 mask = (m - i >= 16) ? (__mmask16)0xFFFF : (__mmask16)((1u << (m - i)) - 1u);
+            __m512 v = _mm512_maskz_loadu_ps(mask, x + i);
+            __m512 g = _mm512_maskz_loadu_ps(mask, dout + i);
+            __m512 u = _mm512_abs_ps(v);
+            _mm_prefetch((const char *)(x + i) + CYNET_CENTRAL_PREFETCH, _MM_HINT_T0);
+            _mm_prefetch((const char *)(dout + i) + CYNET_CENTRAL_PREFETCH, _MM_HINT_T0);
+            __mmask16 central = _mm512_mask_cmp_ps_mask(mask, u, _mm512_set1_ps(5.0f), _CMP_LE_OQ);
+            __mmask16 far = mask & ~central;
+            __m512 p = cynet_central_eval(lo, hi, u);                             /* D(-|x|) */
+            __m512 slope = _mm512_mask_sub_ps(p, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GE_OQ),
+                                              _mm512_set1_ps(1.0f), p);
+            _mm512_mask_storeu_ps(dx + i, central, _mm512_mul_ps(g, slope));
+            far_mask[i / 16] = far;
+            any_far |= far;
+        }
+        if (!any_far)
+            return 0;
+        for (i = 0; i < m; i += 16) {
+            __mmask16 far = far_mask[i / 16];
+            __m512i at = _mm512_add_epi32(lane, _mm512_set1_epi32(offset + (int)i));
+            _mm512_storeu_si512((void *)(far_at + n_far), _mm512_maskz_compress_epi32(far, at));
+            n_far += __builtin_popcount((unsigned)far);
+        }
+        return n_far;
+    }
+    static inline Py_ssize_t cynet_gelu_erf_slope_central_block(const float *dout, const float *x, float *dx,
+                                                                Py_ssize_t m, int offset, int *far_at) {
+        return cynet_gelu_slope_central_block(cynet_erf_slope_table, dout, x, dx, m, offset, far_at);
+    }
+    static inline Py_ssize_t cynet_gelu_tanh_slope_central_block(const float *dout, const float *x, float *dx,
+                                                                 Py_ssize_t m, int offset, int *far_at) {
+        return cynet_gelu_slope_central_block(cynet_tanh_slope_table, dout, x, dx, m, offset, far_at);
+    }
     #else
     #define CYNET_TAIL_RATIO_BLOCK 0
     static inline void cynet_normal_tail_ratio_block(const float *u, float *out, Py_ssize_t m) {
@@ -546,6 +637,16 @@ cdef extern from *:
     static inline Py_ssize_t cynet_gelu_tanh_central_block(const float *x, float *y, Py_ssize_t m, int offset,
                                                            float *far_x, int *far_at) {
         (void)x; (void)y; (void)m; (void)offset; (void)far_x; (void)far_at;  /* not called: TAIL_RATIO_BLOCK is 0 */
+        return 0;
+    }
+    static inline Py_ssize_t cynet_gelu_erf_slope_central_block(const float *dout, const float *x, float *dx,
+                                                                Py_ssize_t m, int offset, int *far_at) {
+        (void)dout; (void)x; (void)dx; (void)m; (void)offset; (void)far_at;  /* not called: TAIL_RATIO_BLOCK is 0 */
+        return 0;
+    }
+    static inline Py_ssize_t cynet_gelu_tanh_slope_central_block(const float *dout, const float *x, float *dx,
+                                                                 Py_ssize_t m, int offset, int *far_at) {
+        (void)dout; (void)x; (void)dx; (void)m; (void)offset; (void)far_at;  /* not called: TAIL_RATIO_BLOCK is 0 */
         return 0;
     }
     #endif
@@ -563,6 +664,8 @@ cdef extern from *:
     # True in the AVX-512 build, where normal_tail_ratio_block (a float32 piecewise polynomial) replaces a loop of
     # normal_tail_ratio (a compile-time constant: the branch on it is folded away).
     bint TAIL_RATIO_BLOCK "CYNET_TAIL_RATIO_BLOCK"
+    # dst[at[j]] = src[j] for j < m, scalar stores (never a vector scatter)
+    void scatter_f32 "cynet_scatter_f32"(float* dst, const int* at, const float* src, Py_ssize_t m) noexcept nogil
     void normal_tail_ratio_block "cynet_normal_tail_ratio_block"(const float* u, float* out, Py_ssize_t m) noexcept nogil
     # y = x G(x) where |x| <= 5 (G: Phi, or the tanh form's gate), the other x and offset + their index appended to
     # far_x / far_at (the AVX-512 build only)
@@ -572,6 +675,12 @@ cdef extern from *:
     Py_ssize_t gelu_tanh_central_block "cynet_gelu_tanh_central_block"(const float* x, float* y, Py_ssize_t m,
                                                                        int offset, float* far_x,
                                                                        int* far_at) noexcept nogil
+    # dx = dout D(x) where |x| <= 5 (D: the slope of x G(x)), offset + the other indices appended to far_at (the
+    # AVX-512 build only)
+    Py_ssize_t gelu_erf_slope_central_block "cynet_gelu_erf_slope_central_block"(
+        const float* dout, const float* x, float* dx, Py_ssize_t m, int offset, int* far_at) noexcept nogil
+    Py_ssize_t gelu_tanh_slope_central_block "cynet_gelu_tanh_slope_central_block"(
+        const float* dout, const float* x, float* dx, Py_ssize_t m, int offset, int* far_at) noexcept nogil
 
 
 cdef inline double normal_tail_ratio(double u) noexcept nogil:

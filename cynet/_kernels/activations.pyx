@@ -14,13 +14,15 @@ PARALLEL_MIN_ELEMENTS); each chunk is one plain loop over pointers that the comp
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport erfc
+from libc.string cimport memcpy
 
 from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS, CHUNK_ALIGN, split_length
 from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, stream_fence, stream_head,
                                      stream_store)
 from cynet._kernels._vecmath cimport (FUSED_FMA, STAGE, TAIL_RATIO_BLOCK, _expm1_reduced_f32, _pow2_f32, exp_neg_f64,
                                       exp_neg_reduce_f64_to_f32, fabsf, fma_f32, fma_f64, half_square_exp_reduce_f32,
-                                      gelu_erf_central_block, gelu_tanh_central_block, normal_tail_ratio,
+                                      gelu_erf_central_block, gelu_erf_slope_central_block, gelu_tanh_central_block,
+                                      gelu_tanh_slope_central_block, normal_tail_ratio, scatter_f32,
                                       normal_tail_ratio_block, normal_tail_ratio_f32, opaque_f32, opaque_f64, round_f32,
                                       vexp_neg_block, vexpm1_block, vsigmoid_block, vtanh_block)
 
@@ -270,10 +272,8 @@ cdef inline void _gelu_full_stage_f32(gelu_form form, const float* x, float* y, 
 cdef inline void _gelu_far_stage_f32(gelu_form form, const float* far_x, const int* far_at, Py_ssize_t m,
                                      float* y) noexcept nogil:
     cdef float far_y[STAGE]
-    cdef Py_ssize_t j
     _gelu_full_stage_f32(form, far_x, far_y, m)
-    for j in range(m):
-        y[far_at[j]] = far_y[j]
+    scatter_f32(y, far_at, far_y, m)
 
 
 cdef void _gelu_f32(gelu_form form, const float* x, float* y, Py_ssize_t n) noexcept nogil:
@@ -461,6 +461,66 @@ cdef void _forward_block(int op, const floating* x, floating* y, Py_ssize_t n, f
         _silu_stage(x + i0, y + i0, n - i0)
 
 
+# The float32 GELU backward, both forms, over n values: in the AVX-512 build each |x| <= 5 takes the central form
+# (_vecmath.gelu_*_slope_central_block: the slope D(-|x|) from a table of polynomials, no exponential, stage by stage),
+# the offsets of the others are gathered until a whole stage of them can take the full slope stage together, then
+# the results are put in place, as in _gelu_f32: each value's form depends on its own magnitude only. Elsewhere: the
+# full slope stage for every value.
+cdef inline Py_ssize_t _gelu_slope_central_block(gelu_form form, const float* dout, const float* x, float* dx,
+                                                 Py_ssize_t m, int offset, int* far_at) noexcept nogil:
+    if gelu_form is tanh_form:
+        return gelu_tanh_slope_central_block(dout, x, dx, m, offset, far_at)
+    else:
+        return gelu_erf_slope_central_block(dout, x, dx, m, offset, far_at)
+
+
+cdef inline void _gelu_slope_stage_f32(gelu_form form, const float* dout, const float* x, float* dx,
+                                       Py_ssize_t m) noexcept nogil:
+    if gelu_form is tanh_form:
+        _gelu_tanh_slope_stage(dout, x, dx, m)
+    else:
+        _gelu_erf_slope_stage_f32(dout, x, dx, m)
+
+
+# The full slope stage of the m values at offsets far_at[j] of dout, x and dx (m <= STAGE).
+cdef inline void _gelu_far_slope_stage_f32(gelu_form form, const float* dout, const float* x, const int* far_at,
+                                           Py_ssize_t m, float* dx) noexcept nogil:
+    cdef float far_x[STAGE]
+    cdef float far_dout[STAGE]
+    cdef float far_dx[STAGE]
+    cdef Py_ssize_t j
+    for j in range(m):
+        far_x[j] = x[far_at[j]]
+        far_dout[j] = dout[far_at[j]]
+    _gelu_slope_stage_f32(form, far_dout, far_x, far_dx, m)
+    scatter_f32(dx, far_at, far_dx, m)
+
+
+cdef void _gelu_slope_f32(gelu_form form, const float* dout, const float* x, float* dx, Py_ssize_t n) noexcept nogil:
+    cdef int far_at[2 * STAGE + 16]                           # up to STAGE - 1 waiting, STAGE more, whole vectors
+    cdef Py_ssize_t b, i0, n_far = 0, window = 0              # far_at: offsets from window
+    if not TAIL_RATIO_BLOCK:
+        for b in range(n // STAGE):
+            i0 = b * STAGE
+            _gelu_slope_stage_f32(form, dout + i0, x + i0, dx + i0, STAGE)
+        i0 = n - n % STAGE
+        _gelu_slope_stage_f32(form, dout + i0, x + i0, dx + i0, n - i0)
+        return
+    for b in range((n + STAGE - 1) // STAGE):
+        i0 = b * STAGE
+        if i0 - window >= FAR_WINDOW:                          # keep the offsets within int
+            _gelu_far_slope_stage_f32(form, dout + window, x + window, far_at, n_far, dx + window)
+            n_far = 0
+            window = i0
+        n_far += _gelu_slope_central_block(form, dout + i0, x + i0, dx + i0, min(STAGE, n - i0), <int>(i0 - window),
+                                           far_at + n_far)
+        if n_far >= STAGE:
+            _gelu_far_slope_stage_f32(form, dout + window, x + window, far_at, STAGE, dx + window)
+            n_far -= STAGE                                     # < STAGE left: the copy does not overlap
+            memcpy(far_at, far_at + STAGE, n_far * sizeof(int))
+    _gelu_far_slope_stage_f32(form, dout + window, x + window, far_at, n_far, dx + window)
+
+
 # Loads happen before the selects (`g = dout[i]; ... g if c else ...`): a load inside one arm of a select cannot be
 # speculated by the compiler and would keep the loop scalar.
 
@@ -509,22 +569,21 @@ cdef void _backward_block(int op, const floating* dout, const floating* s, float
     elif op == GELU_ERF:
         # dx = dout * (Phi(x) + x phi(x))
         if floating is float:
-            for b in range(n // STAGE):
-                i0 = b * STAGE
-                _gelu_erf_slope_stage_f32(dout + i0, s + i0, dx + i0, STAGE)
-            i0 = n - n % STAGE
-            _gelu_erf_slope_stage_f32(dout + i0, s + i0, dx + i0, n - i0)
+            _gelu_slope_f32(<erf_form>0, dout, s, dx, n)
         else:
             for i in range(n):
                 v = s[i]
                 dx[i] = dout[i] * (_std_normal_cdf(v) + v * _std_normal_pdf(v))
     elif op == GELU_TANH:
         # y = x sigma(w), w = 2c (x + k x^3):  dx = dout * (sigma + x sigma (1 - sigma) 2c (1 + 3k x^2))
-        for b in range(n // STAGE):
-            i0 = b * STAGE
-            _gelu_tanh_slope_stage(dout + i0, s + i0, dx + i0, STAGE)
-        i0 = n - n % STAGE
-        _gelu_tanh_slope_stage(dout + i0, s + i0, dx + i0, n - i0)
+        if floating is float:
+            _gelu_slope_f32(<tanh_form>0, dout, s, dx, n)
+        else:
+            for b in range(n // STAGE):
+                i0 = b * STAGE
+                _gelu_tanh_slope_stage(dout + i0, s + i0, dx + i0, STAGE)
+            i0 = n - n % STAGE
+            _gelu_tanh_slope_stage(dout + i0, s + i0, dx + i0, n - i0)
     elif op == SILU:
         # dx = dout * sigma(x) (1 + x (1 - sigma(x)))
         for b in range(n // STAGE):
