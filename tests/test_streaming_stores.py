@@ -71,7 +71,10 @@ def test_streaming_stores_in_place(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("shape", [(4099, 37), (2001, 1500), (5, 3, 7, 111), (9, 4, 33, 41)], ids=str)
+# (N, D) with D a multiple of 16 take four rows at a time when streamed (row chunks for D < 128, column ranges
+# above), with 1-3 rows left over
+@pytest.mark.parametrize("shape", [(4099, 37), (2001, 1500), (4099, 64), (1030, 160), (7, 256), (5, 3, 7, 111),
+                                   (9, 4, 33, 41)], ids=str)
 @pytest.mark.parametrize("offset", [0, 3])
 def test_batch_norm_writes_the_same_bits_with_streaming_stores(monkeypatch, dtype, shape, offset):
     rng = np.random.default_rng(1)
