@@ -257,6 +257,23 @@ def test_float32_gelu_backward_each_value_by_its_own_magnitude(spec_id):
         assert np.array_equal(spec.backward(in_place, x, out=in_place), expected, equal_nan=True)
 
 
+@pytest.mark.parametrize("spec_id", ["gelu-none", "gelu-tanh"])
+def test_float32_gelu_backward_is_dout_beyond_6(spec_id):
+    # the AVX-512 backward gives dx = dout for 6 < x <= FLT_MAX without the full form where a stage holds many such
+    # values (wide inputs), trusting that the full form rounds the slope to 1 there: every 7th float32 of (6, 40] and
+    # a sweep to FLT_MAX, alone (the shortcut) and one in 64 among standard normal values (the full form)
+    lo, hi = np.float32(6.0).view(np.int32) + 1, np.float32(40.0).view(np.int32)
+    far = np.concatenate([np.arange(lo, hi, 7, dtype=np.int32).view(np.float32),
+                          np.geomspace(40, 3.4e38, 10_000).astype(np.float32), [np.finfo(np.float32).max]])
+    spec = OPS[spec_id]
+    dout = np.random.default_rng(6).standard_normal(far.size).astype(np.float32)
+    assert np.array_equal(spec.backward(dout, far), dout)
+    sparse = np.random.default_rng(7).standard_normal(64 * 5000).astype(np.float32)
+    sparse[::64] = far[:5000]
+    dout = np.random.default_rng(8).standard_normal(sparse.size).astype(np.float32)
+    assert np.array_equal(spec.backward(dout, sparse)[::64], dout[::64])
+
+
 def test_float32_gelu_tanh_every_value_where_its_gate_underflows():
     # the float32 tanh form clamps |w| at 110 for its exponential and sets the result of x < -11 to -0: every float32
     # of [-11.5, -10] (1.6e6 values; the gate reaches the subnormal range at x = -10.0), against the float64
