@@ -135,12 +135,17 @@ def test_float32_every_binade(spec_id, record_property):
     assert err.max() <= FLOAT32_BOUND[spec_id], x[np.argmax(err)]
 
 
-def _assert_gelu_within_bound_around(spec_id, boundaries):
-    """The float32 GELU within its bound on the 2001 float32 on each side of every boundary, both signs."""
+def _float32_around(boundaries):
+    """The 2001 float32 on each side of every boundary, both signs."""
     steps = np.arange(-1000, 1001, dtype=np.int32)
     magnitudes = (boundaries.astype(np.float32).view(np.int32)[:, None] + steps[None, :]).reshape(-1)
     magnitudes = magnitudes[magnitudes >= 0].view(np.float32)
-    x = np.concatenate([magnitudes, -magnitudes])
+    return np.concatenate([magnitudes, -magnitudes])
+
+
+def _assert_gelu_within_bound_around(spec_id, boundaries):
+    """The float32 GELU within its bound on the 2001 float32 on each side of every boundary, both signs."""
+    x = _float32_around(boundaries)
     err = _float32_errors(OPS[spec_id], x)
     assert err.max() <= FLOAT32_BOUND[spec_id], (x[np.argmax(err)], err.max())
 
@@ -208,11 +213,7 @@ def test_float32_gelu_backward_around_every_interval_of_its_central_table(spec_i
     # the AVX-512 backward looks the slope D(-|x|) up for |x| <= 5 in the forward's 32 intervals (width 5/32), takes
     # 1 - D(-|x|) for x >= 0, and hands |x| > 5 to the full form: 2001 float32 on each side of every boundary, both
     # signs, with dout = 1 and dout = -3
-    steps = np.arange(-1000, 1001, dtype=np.int32)
-    boundaries = np.arange(0, 33) * (5 / 32)
-    magnitudes = (boundaries.astype(np.float32).view(np.int32)[:, None] + steps[None, :]).reshape(-1)
-    magnitudes = magnitudes[magnitudes >= 0].view(np.float32)
-    x = np.concatenate([magnitudes, -magnitudes])
+    x = _float32_around(np.arange(0, 33) * (5 / 32))
     for g in (1.0, -3.0):
         err, _ = _gelu_slope_errors(OPS[spec_id], x, np.full_like(x, g))
         assert err.max() <= SLOPE_BOUND_EPS, (x[np.argmax(err)], err.max())

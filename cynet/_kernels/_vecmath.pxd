@@ -578,41 +578,47 @@ cdef extern from *:
     /* The GELU backward of the central range, dx[i] = dout[i] D(x[i]) for every i < m with |x[i]| <= 5, sixteen at a
        time: D(-|x|) looked up in `table` (one of the two above: no exponential), D(x) = D(-|x|) for x < 0 and
        1 - D(-|x|) otherwise (for both forms D(x) + D(-x) = 1, as G(x) + G(-x) = 1); where more than
-       CYNET_SHORTCUT_MIN lie beyond, dx[i] = dout[i] for 6 < x[i] <= FLT_MAX (cynet_slope_far_values). Every other
+       CYNET_SHORTCUT_MIN lie beyond, dx[i] = dout[i] for 6 < x[i] <= FLT_MAX (cynet_slope_known_results). Every other
        x[i] (|x| > 5, NaN) is left to the caller: offset + i appended to far_at (of room m + 16: whole vectors are stored; the caller reads x and
        dout there, which this block leaves as they are, as it leaves dx[i]). Returns how many were appended (only the
        offsets are gathered here: compressing x and dout too made wide inputs 10% slower). m <= CYNET_CENTRAL_MAX;
        x and dout are prefetched as in cynet_gelu_central_block. */
-    /* The far values of cynet_gelu_slope_central_block when there are many (far_mask: one mask per vector of 16):
-       6 < x <= FLT_MAX take dx = dout here (the slope is 1 in float32, |D(-x)| < 4e-8 for both forms: the full
-       forms' bits, checked for every float32 of (6, 40] and a sweep to FLT_MAX); the others' offsets (offset + i) are
-       appended to far_at; returns how many. Not inlined: inlined, its constants took registers from the central loop
-       (16 of them hold the table), which then ran 1.2x slower even on inputs without a single far value. */
+    /* The offsets offset + i of the lanes set in far_mask (one mask per vector of 16 of a block of m values),
+       appended to far_at in order (whole vectors are stored: room for m + 16); returns how many. */
+    static inline Py_ssize_t cynet_far_offsets(const __mmask16 *far_mask, Py_ssize_t m, int offset, int *far_at) {
+        const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        Py_ssize_t i, n_far = 0;
+        for (i = 0; i < m; i += 16) {
+            __m512i at = _mm512_add_epi32(lane, _mm512_set1_epi32(offset + (int)i));
+            _mm512_storeu_si512((void *)(far_at + n_far), _mm512_maskz_compress_epi32(far_mask[i / 16], at));
+            n_far += __builtin_popcount((unsigned)far_mask[i / 16]);
+        }
+        return n_far;
+    }
+    /* The known results among the far values of cynet_gelu_slope_central_block, for blocks with many of them:
+       6 < x <= FLT_MAX take dx = dout (the slope is 1 in float32, |D(-x)| < 4e-8 for both forms: the full forms'
+       bits, checked for every float32 of (6, 40] and a sweep to FLT_MAX) and leave far_mask. Not inlined: inlined,
+       its constants took registers from the central loop (16 of them hold the table), which then ran 1.2x slower
+       even on inputs without a single far value. */
     #if defined(__GNUC__)
     __attribute__((noinline))
     #endif
-    static Py_ssize_t cynet_slope_far_values(const float *dout, const float *x, float *dx, Py_ssize_t m, int offset,
-                                             const __mmask16 *far_mask, int *far_at) {
-        const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        Py_ssize_t i, n_far = 0;
+    static void cynet_slope_known_results(const float *dout, const float *x, float *dx, Py_ssize_t m,
+                                          __mmask16 *far_mask) {
+        Py_ssize_t i;
         for (i = 0; i < m; i += 16) {
             __mmask16 far = far_mask[i / 16];
             __m512 v = _mm512_maskz_loadu_ps(far, x + i);
             __mmask16 one = _mm512_mask_cmp_ps_mask(_mm512_mask_cmp_ps_mask(far, v, _mm512_set1_ps(6.0f), _CMP_GT_OQ),
                                                     v, _mm512_set1_ps(FLT_MAX), _CMP_LE_OQ);
-            __m512i at = _mm512_add_epi32(lane, _mm512_set1_epi32(offset + (int)i));
             _mm512_mask_storeu_ps(dx + i, one, _mm512_maskz_loadu_ps(one, dout + i));
-            far &= ~one;
-            _mm512_storeu_si512((void *)(far_at + n_far), _mm512_maskz_compress_epi32(far, at));
-            n_far += __builtin_popcount((unsigned)far);
+            far_mask[i / 16] = far & ~one;
         }
-        return n_far;
     }
     static inline Py_ssize_t cynet_gelu_slope_central_block(const float (*table)[32], const float *dout,
                                                             const float *x, float *dx, Py_ssize_t m, int offset,
                                                             int *far_at) {
         __m512 lo[8], hi[8];
-        const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         __mmask16 far_mask[CYNET_CENTRAL_MAX / 16], any_far = 0;
         Py_ssize_t i, n_far = 0;
         cynet_table32_load(table, lo, hi);
@@ -637,15 +643,8 @@ cdef extern from *:
         for (i = 0; i < m; i += 16)
             n_far += __builtin_popcount((unsigned)far_mask[i / 16]);
         if (n_far > CYNET_SHORTCUT_MIN)                    /* wide inputs: take the known results (the same bits) */
-            return cynet_slope_far_values(dout, x, dx, m, offset, far_mask, far_at);
-        n_far = 0;
-        for (i = 0; i < m; i += 16) {
-            __mmask16 far = far_mask[i / 16];
-            __m512i at = _mm512_add_epi32(lane, _mm512_set1_epi32(offset + (int)i));
-            _mm512_storeu_si512((void *)(far_at + n_far), _mm512_maskz_compress_epi32(far, at));
-            n_far += __builtin_popcount((unsigned)far);
-        }
-        return n_far;
+            cynet_slope_known_results(dout, x, dx, m, far_mask);
+        return cynet_far_offsets(far_mask, m, offset, far_at);
     }
     static inline Py_ssize_t cynet_gelu_erf_slope_central_block(const float *dout, const float *x, float *dx,
                                                                 Py_ssize_t m, int offset, int *far_at) {
