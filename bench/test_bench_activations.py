@@ -17,9 +17,10 @@ Every implementation reads the same input arrays and writes the same output buff
 implementation is compared with the reference, so a broken kernel (or a wrong torch mapping) is never timed.
 
 The target condition, (4096, 4096) on 2 threads, is timed a second way by ``test_activation_interleaved_with_the_floor``:
-one cynet call and one call of each floor (NumPy's, torch's when importable) per round, so that the machine's drift
-(the floor of one op moves by 20-40% between groups on the development VM) cancels out of the per-round ratio cynet /
-faster floor; report.py prints its median (groups ``interleaved/op/direction/4096x4096/t2``).
+one cynet call, one call of each floor (NumPy's, torch's when importable) and one of torch's kernel per round, so that
+the machine's drift (the floor of one op moves by 20-40% between groups on the development VM) cancels out of the
+per-round ratios cynet / faster floor and torch / cynet; report.py prints their medians (groups
+``interleaved/op/direction/4096x4096/t2``).
 
 Run:  python -m pytest bench --benchmark-only --benchmark-json=bench/results/run.json
       python bench/report.py bench/results/run.json
@@ -391,18 +392,25 @@ INTERLEAVED_ROUNDS = 15
 
 @pytest.mark.parametrize("op", OPS, ids=[f"{op.label}-{op.direction}" for op in OPS])
 def test_activation_interleaved_with_the_floor(op, benchmark, buffer_pool, use_threads):
-    """cynet's kernel and the floors in alternation at the target's shape and thread count: per round one call of the
-    NumPy floor, one of torch's (when importable) and one of cynet; the per-round ratio is cynet over the faster
-    floor of that round, its median goes to ``extra_info["ratio_to_floor_median"]``."""
+    """cynet's kernel, the floors and torch's kernel in alternation at the target's shape and thread count: per round
+    one call of the NumPy floor, one of torch's floor and one of torch's kernel (when torch is importable), then one of
+    cynet. The per-round ratio cynet / faster floor has its median in ``extra_info["ratio_to_floor_median"]``, the
+    per-round ratio torch's kernel / cynet in ``extra_info["torch_over_cynet_median"]`` (the issue's "never slower than
+    PyTorch", with the machine's drift cancelled as for the floor)."""
     shape, threads = INTERLEAVED_SHAPE, INTERLEAVED_THREADS
     benchmark.group = f"interleaved/{op.label}/{op.direction}/{shape[0]}x{shape[1]}/t{threads}"
     b = buffer_pool.get(shape)
     case = Case(op, shape, threads, "cynet")
     kernel = op.make_cynet(b)
     floors = [_floor_call(Case(op, shape, threads, "limit"), b, None)[0]]
+    torch_kernel = None
     if torch is not None:
         floors.append(_floor_call(Case(op, shape, threads, "limit_torch"), b, torch)[0])
-    floor_seconds = []
+        try:
+            torch_kernel = op.make_torch(b, torch)[0]
+        except (AttributeError, TorchUnavailable):
+            torch_kernel = None
+    floor_seconds, torch_seconds = [], []
 
     def floor_round():
         best = None
@@ -412,9 +420,21 @@ def test_activation_interleaved_with_the_floor(op, benchmark, buffer_pool, use_t
             elapsed = time.perf_counter() - start
             best = elapsed if best is None else min(best, elapsed)
         floor_seconds.append(best)
+        if torch_kernel is not None:
+            start = time.perf_counter()
+            torch_kernel()
+            torch_seconds.append(time.perf_counter() - start)
 
     with use_threads(threads):
         _check(case, kernel(), b.expected((op.label, op.direction), op.expected))
+        if torch_kernel is not None:
+            try:
+                torch_result = torch_kernel()
+            except (RuntimeError, TypeError):                    # as test_activation: torch cannot run it this way
+                torch_kernel = None
+            else:
+                _check(Case(op, shape, threads, "torch"), torch_result,
+                       b.expected((op.label, op.direction), op.expected))
         for floor in floors:                                     # warm-up of every call
             floor()
         benchmark.pedantic(kernel, setup=floor_round, rounds=INTERLEAVED_ROUNDS, iterations=1)
@@ -423,3 +443,7 @@ def test_activation_interleaved_with_the_floor(op, benchmark, buffer_pool, use_t
                                 interleaved_floor_median=statistics.median(floor_seconds),
                                 ratio_to_floor_median=statistics.median(ratios),
                                 ratios=[round(r, 4) for r in ratios])
+    if torch_seconds:
+        torch_ratios = [t / c for t, c in zip(torch_seconds, benchmark.stats.stats.data)]
+        benchmark.extra_info.update(interleaved_torch_median=statistics.median(torch_seconds),
+                                    torch_over_cynet_median=statistics.median(torch_ratios))
