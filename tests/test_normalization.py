@@ -569,12 +569,13 @@ def test_rows_kernels_refuse_a_coefficient_scratch_of_the_wrong_shape():
 # --- batch norm fused with the ReLU after it ------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("shape", [(8, 3, 20, 20), (16, 5, 8, 8), (4, 7, 17, 19), (2, 3, 1, 300), (5, 4, 3),
-                                   (64, 32, 16, 16)])
+                                   (64, 32, 16, 16), (64, 40), (33, 5), (300, 256), (7, 130), (130, 1030)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_batch_norm_with_relu_gives_the_bits_of_batch_norm_then_relu(rng, dtype, shape, threads):
     # relu=True forward and the relu_beta backward against batch_norm_forward -> ops.relu_forward and
     # ops.relu_backward -> batch_norm_backward: planes of >= 256 values (sums a plane at a time) and fewer (the
-    # column sums), a NaN, the mask applied to an already masked gradient too (idempotent)
+    # column sums), (N, D) in row chunks (D < 128) and column ranges, with rows left over by the sweeps of four, a
+    # NaN, the mask applied to an already masked gradient too (idempotent)
     from cynet import ops
     from cynet.nn.normalization import batch_norm_backward, batch_norm_forward
 
@@ -601,13 +602,11 @@ def test_batch_norm_with_relu_gives_the_bits_of_batch_norm_then_relu(rng, dtype,
     np.testing.assert_array_equal(sums_only[2], want[2])
 
 
-def test_batch_norm_with_relu_refuses_what_it_cannot_do():
+@pytest.mark.parametrize("shape", [(4, 3, 5), (4, 3)])
+def test_batch_norm_with_relu_refuses_a_beta_of_the_wrong_length(shape):
     from cynet.nn.normalization import batch_norm_backward, batch_norm_forward
 
-    x = np.ones((4, 3), np.float32)
-    with pytest.raises(ValueError, match=r"relu=True needs \(N, C, \*\) input"):
-        batch_norm_forward(x, np.ones(3, np.float32), np.zeros(3, np.float32), 1e-5, relu=True)
-    x = np.random.default_rng(0).standard_normal((4, 3, 5)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     _, mean, _, inv_std = batch_norm_forward(x, np.ones(3, np.float32), np.zeros(3, np.float32), 1e-5)
     with pytest.raises(ValueError, match="relu_beta must have 3 values, got 2"):
         batch_norm_backward(x, x, np.ones(3, np.float32), mean, inv_std, relu_beta=np.zeros(2, np.float32))
@@ -664,8 +663,8 @@ def test_sequential_fuses_batch_norm_and_relu_with_the_same_bits(rng, monkeypatc
 
 
 def test_batch_norm_and_relu_run_one_by_one_where_fusing_does_not_apply(rng, monkeypatch):
-    # evaluation mode (running statistics), (N, C) input, and a shadowed forward (a monitor's wrapper) all run the
-    # ReLU itself, with the right answers
+    # evaluation mode (running statistics) and a shadowed forward (a monitor's wrapper) run the ReLU itself, with
+    # the right answers; (N, C) input is fused as (N, C, *) is
     x = rng.standard_normal((8, 3, 10, 10)).astype(np.float32)
     net = _conv_bn_relu_net(False)
     calls = _Calls(monkeypatch, net[2], "forward")
@@ -685,7 +684,48 @@ def test_batch_norm_and_relu_run_one_by_one_where_fusing_does_not_apply(rng, mon
     flat = nn.Sequential(nn.Linear(5, 4, generator=0), nn.BatchNorm1d(4), nn.ReLU())
     flat_calls = _Calls(monkeypatch, flat[2], "forward")
     y = flat(rng.standard_normal((6, 5)).astype(np.float32))
+    assert flat_calls.count == 0 and np.all(y >= 0)
+    flat.eval()
+    y = flat(rng.standard_normal((6, 5)).astype(np.float32))
     assert flat_calls.count == 1 and np.all(y >= 0)
+
+
+def _mlp_bn_relu_net(inplace, dtype=np.float32):
+    return nn.Sequential(nn.Linear(12, 40, init="he", generator=1, dtype=dtype), nn.BatchNorm1d(40, dtype=dtype),
+                         nn.ReLU(inplace=inplace), nn.Linear(40, 130, init="he", generator=2, dtype=dtype),
+                         nn.BatchNorm1d(130, dtype=dtype), nn.ReLU(inplace=inplace),
+                         nn.Linear(130, 4, generator=3, dtype=dtype))
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_sequential_fuses_batch_norm_1d_and_relu_with_the_same_bits(rng, monkeypatch, inplace):
+    # the CS231n MLP's Linear -> BatchNorm1d -> ReLU: the same forward, gradients, running statistics and kink state
+    # as the layers one by one; widths 40 (row chunks) and 130 (column ranges)
+    import cynet.nn.module as module_file
+
+    x = rng.standard_normal((70, 12)).astype(np.float32)
+    dout = rng.standard_normal((70, 4)).astype(np.float32)
+    results = {}
+    for fuse in (False, True):
+        monkeypatch.setattr(module_file, "FUSE_BATCHNORM_RELU", fuse)
+        net = _mlp_bn_relu_net(inplace)
+        calls = _Calls(monkeypatch, net[2], "forward")          # ReLU.forward: both ReLUs' calls
+        outputs = [net(x), net(x)]
+        dx = net.backward(dout)
+        results[fuse] = (outputs, dx, [p.grad.copy() for p in net.parameters()],
+                         [b.copy() for b in net.buffers()], net[2].kink_state(), net[5].kink_state())
+        assert calls.count == (0 if fuse else 4)
+        monkeypatch.undo()
+    plain, fused = results[False], results[True]
+    for a, b in zip(plain[0] + [plain[1]] + plain[2] + plain[3], fused[0] + [fused[1]] + fused[2] + fused[3]):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(plain[4:], fused[4:]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fused_batch_norm_1d_and_relu_pass_the_gradient_check(rng):
+    report = check_module(_mlp_bn_relu_net(False, np.float64), rng.standard_normal((16, 12)), num_checks=8)
+    assert report.passed, report
 
 
 def test_fused_batch_norm_and_relu_pass_the_gradient_check(rng):

@@ -84,12 +84,14 @@ def test_batch_norm_writes_the_same_bits_with_streaming_stores(monkeypatch, dtyp
     beta = rng.standard_normal(shape[1]).astype(dtype)
 
     def run():
-        y = _misaligned(shape, dtype, offset)
-        dx = _misaligned(shape, dtype, offset)
-        y[...] = dx[...] = np.nan
+        y, dx, relu_y, relu_dx = (_misaligned(shape, dtype, offset) for _ in range(4))
+        y[...] = dx[...] = relu_y[...] = relu_dx[...] = np.nan
         _, mean, var, inv_std = batch_norm_forward(x, gamma, beta, 1e-5, out=y)
         _, dgamma, dbeta = batch_norm_backward(dout, x, gamma, mean, inv_std, out=dx)
-        return y, dx, mean, var, dgamma, dbeta
+        # fused with the ReLU after it (its own output passes, four rows at a time for (N, D) too)
+        batch_norm_forward(x, gamma, beta, 1e-5, out=relu_y, relu=True)
+        _, relu_dgamma, relu_dbeta = batch_norm_backward(dout, x, gamma, mean, inv_std, out=relu_dx, relu_beta=beta)
+        return y, dx, mean, var, dgamma, dbeta, relu_y, relu_dx, relu_dgamma, relu_dbeta
 
     y = _same_bits_streamed_or_not(monkeypatch, x.nbytes, run)[0]
     # an independent check of the streamed forward: y = (x - mean) / sqrt(var + eps) * gamma + beta

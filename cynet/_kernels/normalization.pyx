@@ -441,6 +441,18 @@ cdef extern from *:
     }
     CYNET_RELU_SUMS(float, f32)
     CYNET_RELU_SUMS(double, f64)
+    /* The rows layout's (BatchNorm1d): column j's forward value (x - ctr[j]) scl[j] + sft[j], as _affine_span computes
+       it (the coefficient rows of the forward's output pass, recomputed by _rows_relu_coefficients). */
+    #define CYNET_ROWS_RELU_G(g, a, k) CYNET_RELU_KEEP((double)(g)[k], (a)[k] - ctr[j], scl[j], sft[j])
+    #define CYNET_ROWS_RELU_SUMS(T, SUFFIX)                                                                       \
+    static void cynet_rows_grad_sums_relu_##SUFFIX(const T* CYTHON_RESTRICT dout, const T* CYTHON_RESTRICT x,    \
+            const double* CYTHON_RESTRICT mean, double* CYTHON_RESTRICT sd, double* CYTHON_RESTRICT sdx,          \
+            Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1, const T* CYTHON_RESTRICT ctr,               \
+            const T* CYTHON_RESTRICT scl, const T* CYTHON_RESTRICT sft) {                                         \
+        CYNET_GRAD_SWEEPS_G(T, mean[j], CYNET_ROWS_RELU_G)                                                        \
+    }
+    CYNET_ROWS_RELU_SUMS(float, f32)
+    CYNET_ROWS_RELU_SUMS(double, f64)
     """
     void cynet_rows_shifted_sums_f32(const float* x, double* s1, double* s2, Py_ssize_t D, Py_ssize_t n,
                                      Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
@@ -450,6 +462,12 @@ cdef extern from *:
                                   Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
     void cynet_rows_grad_sums_f64(const double* dout, const double* x, const double* mean, double* sd, double* sdx,
                                   Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
+    void cynet_rows_grad_sums_relu_f32(const float* dout, const float* x, const double* mean, double* sd, double* sdx,
+                                       Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1, const float* ctr,
+                                       const float* scl, const float* sft) noexcept nogil
+    void cynet_rows_grad_sums_relu_f64(const double* dout, const double* x, const double* mean, double* sd,
+                                       double* sdx, Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1,
+                                       const double* ctr, const double* scl, const double* sft) noexcept nogil
     void cynet_run_shifted_sums_f32(const float* x, Py_ssize_t n, double k, double* s1, double* s2,
                                     Py_ssize_t ahead) noexcept nogil
     void cynet_run_shifted_sums_f64(const double* x, Py_ssize_t n, double k, double* s1, double* s2,
@@ -539,16 +557,39 @@ cdef void _rows_statistics(const floating* x, const floating* gamma, const float
         j = j0 + i
         r = _shifted_statistics(x[j], t1[i], t2[i], N, eps, &mean[j], &var[j])
         inv_std[j] = r
-        center = <floating>mean[j]
-        coef[j] = center
-        coef[D + j] = <floating>(gamma[j] * r)
-        coef[2 * D + j] = <floating>(<double>beta[j] - (mean[j] - <double>center) * (gamma[j] * r))
+        _affine_coefficients(gamma[j], beta[j], mean[j], r, &coef[j], &coef[D + j], &coef[2 * D + j])
+
+
+cdef inline void _affine_coefficients(floating gamma, floating beta, double mean, double r, floating* center,
+                                      floating* scale, floating* shift) noexcept nogil:
+    """Column j's coefficients of the output pass (see _rows_statistics)."""
+    center[0] = <floating>mean
+    scale[0] = <floating>(gamma * r)
+    shift[0] = <floating>(<double>beta - (mean - <double>center[0]) * (gamma * r))
+
+
+cdef void _rows_relu_coefficients(const floating* gamma, const floating* beta, const double* mean,
+                                  const double* inv_std, floating* coef, Py_ssize_t D, Py_ssize_t j0,
+                                  Py_ssize_t j1) noexcept nogil:
+    """The backward of a forward fused with a ReLU: the forward's coefficients of columns [j0, j1), recomputed from
+    its statistics and beta with the same roundings, into coef rows 0 (center), 1 (scale) and 4 (shift): the mask of
+    the ReLU is the sign of (x - center) scale + shift. (Rows 0 and 1 are also the dx pass's center and a.)"""
+    cdef Py_ssize_t j
+    for j in range(j0, j1):
+        _affine_coefficients(gamma[j], beta[j], mean[j], inv_std[j], &coef[j], &coef[D + j], &coef[4 * D + j])
 
 
 cdef inline void _affine_span(const floating* x, const floating* center, const floating* scale,
-                              const floating* shift, floating* y, Py_ssize_t n) noexcept nogil:
-    """y_j = (x_j - center_j) * scale_j + shift_j for j < n."""
+                              const floating* shift, floating* y, Py_ssize_t n, bint relu) noexcept nogil:
+    """y_j = (x_j - center_j) * scale_j + shift_j for j < n; with ``relu``, max(0, that) as cynet's ReLU (0 if v < 0
+    else v: NaN passes)."""
     cdef Py_ssize_t j
+    cdef floating v
+    if relu:
+        for j in range(n):
+            v = (x[j] - center[j]) * scale[j] + shift[j]
+            y[j] = 0 if v < 0 else v
+        return
     for j in range(n):
         y[j] = (x[j] - center[j]) * scale[j] + shift[j]
 
@@ -563,10 +604,24 @@ cdef inline void _affine_span(const floating* x, const floating* center, const f
 # is unchanged.
 cdef inline void _affine_span4(const floating* x, const floating* center, const floating* scale,
                                const floating* shift, floating* y0, floating* y1, floating* y2, floating* y3,
-                               Py_ssize_t D, Py_ssize_t n) noexcept nogil:
+                               Py_ssize_t D, Py_ssize_t n, bint relu) noexcept nogil:
     """_affine_span on four rows at once (x's rows D apart, into y0..y3): each coefficient loaded once for four."""
     cdef Py_ssize_t j
-    cdef floating c, s, h
+    cdef floating c, s, h, v0, v1, v2, v3
+    if relu:
+        for j in range(n):
+            c = center[j]
+            s = scale[j]
+            h = shift[j]
+            v0 = (x[j] - c) * s + h
+            v1 = (x[D + j] - c) * s + h
+            v2 = (x[2 * D + j] - c) * s + h
+            v3 = (x[3 * D + j] - c) * s + h
+            y0[j] = 0 if v0 < 0 else v0
+            y1[j] = 0 if v1 < 0 else v1
+            y2[j] = 0 if v2 < 0 else v2
+            y3[j] = 0 if v3 < 0 else v3
+        return
     for j in range(n):
         c = center[j]
         s = scale[j]
@@ -578,10 +633,10 @@ cdef inline void _affine_span4(const floating* x, const floating* center, const 
 
 
 cdef void _rows_affine(const floating* x, const floating* coef, floating* y, Py_ssize_t D, Py_ssize_t j0,
-                       Py_ssize_t j1, Py_ssize_t r0, Py_ssize_t r1, bint stream) noexcept nogil:
+                       Py_ssize_t j1, Py_ssize_t r0, Py_ssize_t r1, bint stream, bint relu) noexcept nogil:
     """y_ij = (x_ij - center_j) * scale_j + shift_j over rows [r0, r1), columns [j0, j1) (coef: _rows_statistics); with
     ``stream``, y goes to memory with non-temporal stores (through an L1 buffer, block by block of each row; four rows
-    at a time where D values are whole 64-byte lines: see _affine_span4)."""
+    at a time where D values are whole 64-byte lines: see _affine_span4); with ``relu``, max(0, y) as cynet's ReLU."""
     cdef floating buffer[STREAM_BLOCK]
     cdef floating buffers[4][STREAM_BLOCK]
     cdef Py_ssize_t i, b, head, j, m, o, k, n = j1 - j0
@@ -594,11 +649,11 @@ cdef void _rows_affine(const floating* x, const floating* coef, floating* y, Py_
             o = i * D + j0
             head = stream_head(y + o, n)                   # the same for the four rows: D values are whole lines
             for k in range(4):
-                _affine_span(x + o + k * D, center, scale, shift, y + o + k * D, head)
+                _affine_span(x + o + k * D, center, scale, shift, y + o + k * D, head, relu)
             for b in range(stream_blocks(head, n)):
                 j = stream_block(head, b, n, &m)
                 _affine_span4(x + o + j, center + j, scale + j, shift + j, buffers[0], buffers[1], buffers[2],
-                              buffers[3], D, m)
+                              buffers[3], D, m, relu)
                 for k in range(4):
                     stream_store(y + o + k * D + j, buffers[k], m)
             i += 4
@@ -606,13 +661,13 @@ cdef void _rows_affine(const floating* x, const floating* coef, floating* y, Py_
         o = i * D + j0
         i += 1
         if not stream:
-            _affine_span(x + o, center, scale, shift, y + o, n)
+            _affine_span(x + o, center, scale, shift, y + o, n, relu)
             continue
         head = stream_head(y + o, n)
-        _affine_span(x + o, center, scale, shift, y + o, head)
+        _affine_span(x + o, center, scale, shift, y + o, head, relu)
         for b in range(stream_blocks(head, n)):
             j = stream_block(head, b, n, &m)
-            _affine_span(x + o + j, center + j, scale + j, shift + j, buffer, m)
+            _affine_span(x + o + j, center + j, scale + j, shift + j, buffer, m, relu)
             stream_store(y + o + j, buffer, m)
     if stream:
         stream_fence()
@@ -621,14 +676,14 @@ cdef void _rows_affine(const floating* x, const floating* coef, floating* y, Py_
 cdef void _bn_rows_forward_range(const floating* x, const floating* gamma, const floating* beta, floating* y,
                                  double* mean, double* var, double* inv_std, double* partials, floating* coef,
                                  Py_ssize_t N, Py_ssize_t D, Py_ssize_t j0, Py_ssize_t j1, double eps,
-                                 bint stream) noexcept nogil:
+                                 bint stream, bint relu) noexcept nogil:
     """The column-range plan's forward on columns [j0, j1): sums over all N rows (one chunk), statistics, y."""
     cdef Py_ssize_t j = j0
     _rows_shifted_sums(x + j0, partials + j0, partials + D + j0, D, j1 - j0, 0, N)
     while j < j1:
         _rows_statistics(x, gamma, beta, partials, 1, mean, var, inv_std, coef, N, D, j, min(j + SUM_BLOCK, j1), eps)
         j += SUM_BLOCK
-    _rows_affine(x, coef, y, D, j0, j1, 0, N, stream)
+    _rows_affine(x, coef, y, D, j0, j1, 0, N, stream, relu)
 
 
 def _check_coef(Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t want_rows, Py_ssize_t D):
@@ -638,13 +693,14 @@ def _check_coef(Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t want_rows, Py_ssize
 
 def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const floating[::1] beta, double eps,
                     floating[:, ::1] y, double[::1] mean, double[::1] var, double[::1] inv_std,
-                    Py_ssize_t width, double[:, ::1] partials, floating[:, ::1] coef, bint stream, int n_threads):
+                    Py_ssize_t width, double[:, ::1] partials, floating[:, ::1] coef, bint stream, int n_threads,
+                    bint relu=False):
     """Training forward of BatchNorm1d on (N, D): y, and the batch mean, biased var and 1/sqrt(var + eps).
 
     Split as :func:`rows_plan` says: column ranges of at least ``width`` columns when it is > 0, else row chunks,
     one per pair of rows of the caller's scratch ``partials`` (float64 (2 * chunks, D); two rows for the ranges)
     with ``coef`` of x's type (3, D). ``stream``: y is written with non-temporal stores (an output larger than the
-    cache)."""
+    cache). ``relu``: y = ReLU(batch norm) in the same pass (the bits of cynet's ReLU on the batch norm's output)."""
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], n_chunks = partials.shape[0] // 2, c, r0, r1, j, jb, t
     cdef Py_ssize_t n_col_blocks
     cdef int nt, nt_cols
@@ -656,12 +712,12 @@ def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const f
         with nogil:
             if nt == 1:
                 _bn_rows_forward_range(&x[0, 0], &gamma[0], &beta[0], &y[0, 0], &mean[0], &var[0], &inv_std[0],
-                                       &partials[0, 0], &coef[0, 0], N, D, 0, D, eps, stream)
+                                       &partials[0, 0], &coef[0, 0], N, D, 0, D, eps, stream, relu)
             else:
                 for t in prange(nt, schedule='static', num_threads=nt):
                     _bn_rows_forward_range(&x[0, 0], &gamma[0], &beta[0], &y[0, 0], &mean[0], &var[0], &inv_std[0],
                                            &partials[0, 0], &coef[0, 0], N, D, _range_start(D, t, nt),
-                                           _range_start(D, t + 1, nt), eps, stream)
+                                           _range_start(D, t + 1, nt), eps, stream, relu)
         return
     n_col_blocks = (D + SUM_BLOCK - 1) // SUM_BLOCK
     nt = _threads_for(N * D, n_chunks, n_threads)
@@ -676,7 +732,7 @@ def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const f
                 j = jb * SUM_BLOCK
                 _rows_statistics(&x[0, 0], &gamma[0], &beta[0], &partials[0, 0], n_chunks, &mean[0], &var[0],
                                  &inv_std[0], &coef[0, 0], N, D, j, min(j + SUM_BLOCK, D), eps)
-            _rows_affine(&x[0, 0], &coef[0, 0], &y[0, 0], D, 0, D, 0, N, stream)
+            _rows_affine(&x[0, 0], &coef[0, 0], &y[0, 0], D, 0, D, 0, N, stream, relu)
         else:
             for c in prange(n_chunks, schedule='static', num_threads=nt):
                 r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
@@ -689,7 +745,7 @@ def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const f
             for c in prange(n_chunks, schedule='static', num_threads=nt):
                 r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
                 r1 = (N * (c + 1)) // n_chunks
-                _rows_affine(&x[0, 0], &coef[0, 0], &y[0, 0], D, 0, D, r0, r1, stream)
+                _rows_affine(&x[0, 0], &coef[0, 0], &y[0, 0], D, 0, D, r0, r1, stream, relu)
 
 
 # Batch norm backward, "rows" layout, with x_hat = (x - mean) r:
@@ -699,10 +755,19 @@ def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const f
 # The two sums are taken per row chunk (partials) and added in order, or per column range, as in the forward.
 
 cdef inline void _rows_grad_sums(const floating* dout, const floating* x, const double* mean, double* sd,
-                                 double* sdx, Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
-    """sd_j = sum_i dout_ij, sdx_j = sum_i dout_ij (x_ij - mean_j) for the n columns j < n (rows D apart), over rows
-    [r0, r1) (four rows per sweep)."""
-    if floating is float:
+                                 double* sdx, Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1,
+                                 const floating* relu_coef) noexcept nogil:
+    """sd_j = sum_i g_ij, sdx_j = sum_i g_ij (x_ij - mean_j) for the n columns j < n (rows D apart), over rows
+    [r0, r1) (four rows per sweep); g = dout, or with ``relu_coef`` (not NULL: the coef rows of
+    _rows_relu_coefficients, offset to column 0 of these n) dout where the forward's pre-ReLU value is > 0, else 0."""
+    if relu_coef != NULL:
+        if floating is float:
+            cynet_rows_grad_sums_relu_f32(dout, x, mean, sd, sdx, D, n, r0, r1, relu_coef, relu_coef + D,
+                                          relu_coef + 4 * D)
+        else:
+            cynet_rows_grad_sums_relu_f64(dout, x, mean, sd, sdx, D, n, r0, r1, relu_coef, relu_coef + D,
+                                          relu_coef + 4 * D)
+    elif floating is float:
         cynet_rows_grad_sums_f32(dout, x, mean, sd, sdx, D, n, r0, r1)
     else:
         cynet_rows_grad_sums_f64(dout, x, mean, sd, sdx, D, n, r0, r1)
@@ -738,19 +803,54 @@ cdef void _rows_grad_coefficients(const floating* gamma, const double* mean, con
 
 
 cdef inline void _dx_span(const floating* dout, const floating* x, const floating* center, const floating* ca,
-                          const floating* cb, const floating* cc, floating* dx, Py_ssize_t n) noexcept nogil:
-    """dx_j = a_j dout_j + (b_j (x_j - center_j) + c_j) for j < n."""
+                          const floating* cb, const floating* cc, floating* dx, Py_ssize_t n,
+                          const floating* shift) noexcept nogil:
+    """dx_j = a_j dout_j + (b_j (x_j - center_j) + c_j) for j < n; with ``shift`` (not NULL: the forward was fused
+    with a ReLU), dout_j where (x_j - center_j) a_j + shift_j > 0 (the forward's pre-ReLU value: a is its scale),
+    else 0, in place of dout_j."""
     cdef Py_ssize_t j
+    cdef floating d, g
+    if shift != NULL:
+        for j in range(n):
+            d = x[j] - center[j]
+            g = dout[j]                         # loaded whatever the sign: a select, not a branch
+            g = g if d * ca[j] + shift[j] > 0 else 0
+            dx[j] = ca[j] * g + (cb[j] * d + cc[j])
+        return
     for j in range(n):
         dx[j] = ca[j] * dout[j] + (cb[j] * (x[j] - center[j]) + cc[j])
 
 
 cdef inline void _dx_span4(const floating* dout, const floating* x, const floating* center, const floating* ca,
                            const floating* cb, const floating* cc, floating* dx0, floating* dx1, floating* dx2,
-                           floating* dx3, Py_ssize_t D, Py_ssize_t n) noexcept nogil:
+                           floating* dx3, Py_ssize_t D, Py_ssize_t n, const floating* shift) noexcept nogil:
     """_dx_span on four rows at once (dout's and x's rows D apart, into dx0..dx3): each coefficient loaded once."""
     cdef Py_ssize_t j
-    cdef floating e, a, b, c
+    cdef floating e, a, b, c, h, d0, d1, d2, d3, g0, g1, g2, g3
+    if shift != NULL:
+        for j in range(n):
+            e = center[j]
+            a = ca[j]
+            b = cb[j]
+            c = cc[j]
+            h = shift[j]
+            d0 = x[j] - e
+            d1 = x[D + j] - e
+            d2 = x[2 * D + j] - e
+            d3 = x[3 * D + j] - e
+            g0 = dout[j]
+            g1 = dout[D + j]
+            g2 = dout[2 * D + j]
+            g3 = dout[3 * D + j]
+            g0 = g0 if d0 * a + h > 0 else 0
+            g1 = g1 if d1 * a + h > 0 else 0
+            g2 = g2 if d2 * a + h > 0 else 0
+            g3 = g3 if d3 * a + h > 0 else 0
+            dx0[j] = a * g0 + (b * d0 + c)
+            dx1[j] = a * g1 + (b * d1 + c)
+            dx2[j] = a * g2 + (b * d2 + c)
+            dx3[j] = a * g3 + (b * d3 + c)
+        return
     for j in range(n):
         e = center[j]
         a = ca[j]
@@ -763,9 +863,10 @@ cdef inline void _dx_span4(const floating* dout, const floating* x, const floati
 
 
 cdef void _rows_dx(const floating* dout, const floating* x, const floating* coef, floating* dx, Py_ssize_t D,
-                   Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t r0, Py_ssize_t r1, bint stream) noexcept nogil:
+                   Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t r0, Py_ssize_t r1, bint stream, bint relu) noexcept nogil:
     """dx_ij = a_j dout_ij + (b_j (x_ij - center_j) + c_j) over rows [r0, r1), columns [j0, j1);
-    ``stream`` as in _rows_affine (four rows at a time there)."""
+    ``stream`` as in _rows_affine (four rows at a time there); ``relu``: dout masked by the forward's sign (coef
+    row 4: _rows_relu_coefficients' shift)."""
     cdef floating buffer[STREAM_BLOCK]
     cdef floating buffers[4][STREAM_BLOCK]
     cdef Py_ssize_t i, b, head, j, m, o, k, n = j1 - j0
@@ -773,17 +874,18 @@ cdef void _rows_dx(const floating* dout, const floating* x, const floating* coef
     cdef const floating* ca = coef + D + j0
     cdef const floating* cb = coef + 2 * D + j0
     cdef const floating* cc = coef + 3 * D + j0
+    cdef const floating* shift = coef + 4 * D + j0 if relu else NULL
     i = r0
     if stream and (D * sizeof(floating)) % 64 == 0:
         while i + 4 <= r1:
             o = i * D + j0
             head = stream_head(dx + o, n)                  # the same for the four rows: D values are whole lines
             for k in range(4):
-                _dx_span(dout + o + k * D, x + o + k * D, center, ca, cb, cc, dx + o + k * D, head)
+                _dx_span(dout + o + k * D, x + o + k * D, center, ca, cb, cc, dx + o + k * D, head, shift)
             for b in range(stream_blocks(head, n)):
                 j = stream_block(head, b, n, &m)
                 _dx_span4(dout + o + j, x + o + j, center + j, ca + j, cb + j, cc + j, buffers[0], buffers[1],
-                          buffers[2], buffers[3], D, m)
+                          buffers[2], buffers[3], D, m, shift + j if relu else NULL)
                 for k in range(4):
                     stream_store(dx + o + k * D + j, buffers[k], m)
             i += 4
@@ -791,13 +893,14 @@ cdef void _rows_dx(const floating* dout, const floating* x, const floating* coef
         o = i * D + j0
         i += 1
         if not stream:
-            _dx_span(dout + o, x + o, center, ca, cb, cc, dx + o, n)
+            _dx_span(dout + o, x + o, center, ca, cb, cc, dx + o, n, shift)
             continue
         head = stream_head(dx + o, n)
-        _dx_span(dout + o, x + o, center, ca, cb, cc, dx + o, head)
+        _dx_span(dout + o, x + o, center, ca, cb, cc, dx + o, head, shift)
         for b in range(stream_blocks(head, n)):
             j = stream_block(head, b, n, &m)
-            _dx_span(dout + o + j, x + o + j, center + j, ca + j, cb + j, cc + j, buffer, m)
+            _dx_span(dout + o + j, x + o + j, center + j, ca + j, cb + j, cc + j, buffer, m,
+                     shift + j if relu else NULL)
             stream_store(dx + o + j, buffer, m)
     if stream:
         stream_fence()
@@ -806,69 +909,87 @@ cdef void _rows_dx(const floating* dout, const floating* x, const floating* coef
 cdef void _bn_rows_backward_range(const floating* dout, const floating* x, const floating* gamma,
                                   const double* mean, const double* inv_std, floating* dx, double* dgamma,
                                   double* dbeta, double* partials, floating* coef, Py_ssize_t N, Py_ssize_t D,
-                                  Py_ssize_t j0, Py_ssize_t j1, bint compute_dx, bint stream) noexcept nogil:
-    """The column-range plan's backward on columns [j0, j1): sums over all N rows (one chunk), dgamma, dbeta, dx."""
+                                  Py_ssize_t j0, Py_ssize_t j1, bint compute_dx, bint stream,
+                                  const floating* beta) noexcept nogil:
+    """The column-range plan's backward on columns [j0, j1): sums over all N rows (one chunk), dgamma, dbeta, dx;
+    with ``beta`` (not NULL) the forward was fused with a ReLU (relu=True) and dout is masked by its sign."""
     cdef Py_ssize_t j = j0
-    _rows_grad_sums(dout + j0, x + j0, mean + j0, partials + j0, partials + D + j0, D, j1 - j0, 0, N)
+    if beta != NULL:
+        _rows_relu_coefficients(gamma, beta, mean, inv_std, coef, D, j0, j1)
+    _rows_grad_sums(dout + j0, x + j0, mean + j0, partials + j0, partials + D + j0, D, j1 - j0, 0, N,
+                    coef + j0 if beta != NULL else NULL)
     while j < j1:
         _rows_grad_coefficients(gamma, mean, inv_std, partials, 1, dgamma, dbeta, coef, N, D, j,
                                 min(j + SUM_BLOCK, j1))
         j += SUM_BLOCK
     if compute_dx:
-        _rows_dx(dout, x, coef, dx, D, j0, j1, 0, N, stream)
+        _rows_dx(dout, x, coef, dx, D, j0, j1, 0, N, stream, beta != NULL)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 def bn_rows_backward(const floating[:, ::1] dout, const floating[:, ::1] x, const floating[::1] gamma,
                      const double[::1] mean, const double[::1] inv_std, floating[:, ::1] dx, double[::1] dgamma,
                      double[::1] dbeta, bint compute_dx, Py_ssize_t width, double[:, ::1] partials,
-                     floating[:, ::1] coef, bint stream, int n_threads):
+                     floating[:, ::1] coef, bint stream, int n_threads, const floating[::1] relu_beta=None):
     """Backward of the training forward on (N, D): dx (when compute_dx), dgamma, dbeta (float64).
 
     Split as in :func:`bn_rows_forward`; the scratch: partials float64 (2 * chunks, D) (two rows for the column
-    ranges), coef (4, D); ``stream`` as there, for dx."""
+    ranges), coef (4, D), (5, D) with ``relu_beta``; ``stream`` as there, for dx. ``relu_beta``: the forward ran with
+    relu=True and this beta, and dout is the gradient of the ReLU's output (masked here as the ReLU's backward
+    would)."""
     cdef Py_ssize_t N = x.shape[0], D = x.shape[1], n_chunks = partials.shape[0] // 2, c, r0, r1, j, jb, t
     cdef Py_ssize_t n_col_blocks
     cdef int nt, nt_cols
-    _check_coef(coef.shape[0], coef.shape[1], 4, D)
+    cdef const floating* beta = NULL
+    cdef const floating* relu_coef = NULL
+    _check_coef(coef.shape[0], coef.shape[1], 4 if relu_beta is None else 5, D)
+    if relu_beta is not None:
+        if relu_beta.shape[0] != D:
+            raise ValueError(f"cynet._kernels.normalization.bn_rows_backward: relu_beta must have {D} values, got "
+                             f"{relu_beta.shape[0]}")
     if N == 0 or D == 0:
         return
+    if relu_beta is not None:
+        beta = &relu_beta[0]
+        relu_coef = &coef[0, 0]
     if width > 0:
         nt = _threads_for(N * D, D // width, n_threads)        # one column range per thread
         with nogil:
             if nt == 1:
                 _bn_rows_backward_range(&dout[0, 0], &x[0, 0], &gamma[0], &mean[0], &inv_std[0], &dx[0, 0],
                                         &dgamma[0], &dbeta[0], &partials[0, 0], &coef[0, 0], N, D, 0, D,
-                                        compute_dx, stream)
+                                        compute_dx, stream, beta)
             else:
                 for t in prange(nt, schedule='static', num_threads=nt):
                     _bn_rows_backward_range(&dout[0, 0], &x[0, 0], &gamma[0], &mean[0], &inv_std[0], &dx[0, 0],
                                             &dgamma[0], &dbeta[0], &partials[0, 0], &coef[0, 0], N, D,
                                             _range_start(D, t, nt), _range_start(D, t + 1, nt),
-                                            compute_dx, stream)
+                                            compute_dx, stream, beta)
         return
     n_col_blocks = (D + SUM_BLOCK - 1) // SUM_BLOCK
     nt = _threads_for(N * D, n_chunks, n_threads)
     nt_cols = _threads_for(n_chunks * D, n_col_blocks, n_threads)
     with nogil:
+        if beta != NULL:                          # a few operations per column: serial
+            _rows_relu_coefficients(&gamma[0], beta, &mean[0], &inv_std[0], &coef[0, 0], D, 0, D)
         if nt == 1:
             for c in range(n_chunks):
                 r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
                 r1 = (N * (c + 1)) // n_chunks
                 _rows_grad_sums(&dout[0, 0], &x[0, 0], &mean[0], &partials[2 * c, 0], &partials[2 * c + 1, 0],
-                                D, D, r0, r1)
+                                D, D, r0, r1, relu_coef)
             for jb in range(n_col_blocks):
                 j = jb * SUM_BLOCK
                 _rows_grad_coefficients(&gamma[0], &mean[0], &inv_std[0], &partials[0, 0], n_chunks, &dgamma[0],
                                         &dbeta[0], &coef[0, 0], N, D, j, min(j + SUM_BLOCK, D))
             if compute_dx:
-                _rows_dx(&dout[0, 0], &x[0, 0], &coef[0, 0], &dx[0, 0], D, 0, D, 0, N, stream)
+                _rows_dx(&dout[0, 0], &x[0, 0], &coef[0, 0], &dx[0, 0], D, 0, D, 0, N, stream, beta != NULL)
         else:
             for c in prange(n_chunks, schedule='static', num_threads=nt):
                 r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
                 r1 = (N * (c + 1)) // n_chunks
                 _rows_grad_sums(&dout[0, 0], &x[0, 0], &mean[0], &partials[2 * c, 0], &partials[2 * c + 1, 0],
-                                D, D, r0, r1)
+                                D, D, r0, r1, relu_coef)
             for jb in prange(n_col_blocks, schedule='static', num_threads=nt_cols):
                 j = jb * SUM_BLOCK
                 _rows_grad_coefficients(&gamma[0], &mean[0], &inv_std[0], &partials[0, 0], n_chunks, &dgamma[0],
@@ -877,7 +998,7 @@ def bn_rows_backward(const floating[:, ::1] dout, const floating[:, ::1] x, cons
                 for c in prange(n_chunks, schedule='static', num_threads=nt):
                     r0 = (N * c) // n_chunks          # chunk c: rows [r0, r1), near-equal chunks
                     r1 = (N * (c + 1)) // n_chunks
-                    _rows_dx(&dout[0, 0], &x[0, 0], &coef[0, 0], &dx[0, 0], D, 0, D, r0, r1, stream)
+                    _rows_dx(&dout[0, 0], &x[0, 0], &coef[0, 0], &dx[0, 0], D, 0, D, r0, r1, stream, beta != NULL)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

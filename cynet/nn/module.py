@@ -434,7 +434,7 @@ def _arrays_within(value):
 # Sequential's input and what every module run before holds (a nested Sequential starts from its parent's list).
 _protected_arrays = contextvars.ContextVar("cynet_protected_arrays", default=None)
 
-# Sequential runs a batch norm (training statistics, (N, C, *) input) and a plain ReLU right after it as one pass
+# Sequential runs a batch norm (training statistics) and a plain ReLU right after it as one pass
 # (BatchNorm*.forward_relu); CYNET_FUSE_BATCHNORM_RELU=0 runs them one by one (the same bits either way).
 FUSE_BATCHNORM_RELU = os.environ.get("CYNET_FUSE_BATCHNORM_RELU", "1").strip() != "0"
 
@@ -558,7 +558,7 @@ class ModuleList(_ModuleSequence):
 class Sequential(_ModuleSequence):
     """A chain of modules: ``forward`` runs them in order, ``backward`` in reverse.
 
-    A batch norm in training mode on (N, C, *) input and a plain ReLU right after it run as one pass
+    A batch norm in training mode and a plain ReLU right after it run as one pass
     (:meth:`~cynet.nn.BatchNorm2d.forward_relu`; the same bits; ``CYNET_FUSE_BATCHNORM_RELU=0`` turns it off), unless
     either forward is shadowed, as a :class:`~cynet.diagnostics.TrainingMonitor` does to record activations.
 
@@ -628,7 +628,7 @@ class Sequential(_ModuleSequence):
         return x
 
     def _fused_batchnorm_relu(self, modules, position, x):
-        """A batch norm (training statistics, (N, C, *) input) and the plain ReLU after it in one pass, or None.
+        """A batch norm (training statistics) and the plain ReLU after it in one pass, or None.
 
         The ReLU takes the result as its own output; backward then skips the ReLU, whose mask the batch norm's
         backward applies (the same bits as the two layers run one by one). Not when either module's forward is

@@ -55,10 +55,8 @@ def batch_norm_forward(x, gamma, beta, eps, *, out=None, relu=False):
 
     Returns ``(y, mean, var, inv_std)``: y like x (written into ``out`` when given); mean, biased var and
     :math:`1/\sqrt{var+\epsilon}` as float64 arrays of length C. x must be C-contiguous, gamma and beta of x's dtype.
-    ``relu`` (x of rank 3 or more): y = ReLU(batch norm) in the same pass, the values cynet's ReLU would give.
+    ``relu``: y = ReLU(batch norm) in the same pass, the values cynet's ReLU would give.
     """
-    if relu and x.ndim == 2:
-        raise ValueError(f"batch_norm_forward: relu=True needs (N, C, *) input, got {describe(x)}")
     k = _kernels()
     C = x.shape[1]
     y = output("batch_norm_forward", out, x.shape, x.dtype)
@@ -70,7 +68,7 @@ def batch_norm_forward(x, gamma, beta, eps, *, out=None, relu=False):
         partials = np.empty((2 * max(chunks, 1), C))      # scratch: float64 sums, coefficients of the output pass
         coef = np.empty((3, C), x.dtype)
         k.bn_rows_forward(x, gamma, beta, float(eps), y, mean, var, inv_std, width, partials, coef,
-                          stream_stores(y.nbytes), kernel_threads(x.size, NS_NORM_FORWARD))
+                          stream_stores(y.nbytes), kernel_threads(x.size, NS_NORM_FORWARD), bool(relu))
     else:
         planes, n_threads = _planes(x), kernel_threads(x.size, NS_NORM_FORWARD)
         k.bn_planes_forward(planes, gamma, beta, float(eps), _planes(y), mean, var, inv_std,
@@ -101,9 +99,9 @@ def batch_norm_backward(dout, x, gamma, mean, inv_std, *, input_grad=True, out=N
     if x.ndim == 2:
         width, chunks = k.rows_plan(x.shape[0], C, x.itemsize)
         partials = np.empty((2 * max(chunks, 1), C))
-        coef = np.empty((4, C), x.dtype)
+        coef = np.empty((4 if relu_beta is None else 5, C), x.dtype)
         k.bn_rows_backward(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, bool(input_grad), width, partials,
-                           coef, stream_stores(dx.nbytes), kernel_threads(x.size, NS_NORM))
+                           coef, stream_stores(dx.nbytes), kernel_threads(x.size, NS_NORM), relu_beta)
     else:
         planes, n_threads = _planes(x), kernel_threads(x.size, NS_NORM)
         k.bn_planes_backward(_planes(dout), planes, gamma, mean, inv_std, _planes(dx), dgamma, dbeta,
@@ -301,15 +299,13 @@ class _BatchNorm(Module):
 
     def forward_relu(self, x):
         """``ReLU()(self(x))`` in one pass over x, or None where that does not apply (evaluation with running
-        statistics, or (N, C) input): what :class:`~cynet.nn.Sequential` runs for a batch norm followed by a ReLU.
+        statistics): what :class:`~cynet.nn.Sequential` runs for a batch norm followed by a ReLU.
         The backward then takes the gradient of the ReLU's output and applies the ReLU's mask itself, recomputed from
         x: the same bits as the two layers, without the ReLU's two passes over the activations (the CIFAR CNN's
         training step 161 -> 154 ms on two threads, 297-301 -> 280 ms on one)."""
         if not self._uses_batch_stats:
             return None
         x = self._check_input(x)
-        if x.ndim < 3:
-            return None
         gamma, beta = self._params(x.dtype)
         return self._batch_forward(x, gamma, beta, relu=True)
 
