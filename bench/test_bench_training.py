@@ -24,12 +24,16 @@ import time
 import numpy as np
 import pytest
 
-import cynet
 from cynet import nn
 from cynet.nn.loss import SoftmaxCrossEntropy
 from cynet.optim import SGD
 from cynet.train import Trainer
 from settings import bench_threads
+
+try:  # optional, as in conftest.py: the interleaved rounds time torch's epoch too when it is importable
+    import torch
+except ImportError:
+    torch = None
 
 SAMPLES = 10_000
 BATCH = 256
@@ -167,6 +171,27 @@ def _floor_epoch(x, buffers):
         np.matmul(dh1[:n].T, xb, out=dw1)
 
 
+def _torch_epoch(batchnorm, x, y, rng):
+    """The same model, loss and update in torch (nn.Sequential, F.cross_entropy, optim.SGD): a function running one
+    epoch over x, y, shuffled by ``rng``."""
+    torch.manual_seed(0)
+    norm = (lambda n: [torch.nn.BatchNorm1d(n, eps=BN_EPS)]) if batchnorm else (lambda n: [])
+    model = torch.nn.Sequential(torch.nn.Linear(3072, 1024), *norm(1024), torch.nn.ReLU(),
+                                torch.nn.Linear(1024, 512), *norm(512), torch.nn.ReLU(), torch.nn.Linear(512, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def run():
+        for idx in _batches(rng):
+            t_idx = torch.from_numpy(idx)
+            optimizer.zero_grad()
+            out = torch.nn.functional.cross_entropy(model(tx[t_idx]), ty[t_idx])
+            out.backward()
+            optimizer.step()
+
+    return run
+
+
 @pytest.mark.parametrize("threads", THREADS, ids=[f"t{n}" for n in THREADS])
 @pytest.mark.parametrize("impl", ["cynet", "cynet_loop", "numpy", "torch", "floor"])
 @pytest.mark.parametrize("model_name", MODELS)
@@ -202,21 +227,8 @@ def test_epoch(benchmark, timing, use_threads, data, model_name, impl, threads):
         def run():
             epoch(x, y, params, velocity, rng)
     elif impl == "torch":
-        torch = pytest.importorskip("torch")
-        torch.manual_seed(0)
-        norm = (lambda n: [torch.nn.BatchNorm1d(n, eps=BN_EPS)]) if batchnorm else (lambda n: [])
-        model = torch.nn.Sequential(torch.nn.Linear(3072, 1024), *norm(1024), torch.nn.ReLU(),
-                                    torch.nn.Linear(1024, 512), *norm(512), torch.nn.ReLU(), torch.nn.Linear(512, 10))
-        optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-        def run():
-            for idx in _batches(rng):
-                t_idx = torch.from_numpy(idx)
-                optimizer.zero_grad()
-                out = torch.nn.functional.cross_entropy(model(tx[t_idx]), ty[t_idx])
-                out.backward()
-                optimizer.step()
+        pytest.importorskip("torch")
+        run = _torch_epoch(batchnorm, x, y, rng)
     else:
         buffers = _floor_buffers()
 
@@ -233,28 +245,36 @@ INTERLEAVED_ROUNDS = 7
 @pytest.mark.parametrize("threads", THREADS, ids=[f"t{n}" for n in THREADS])
 @pytest.mark.parametrize("model_name", MODELS)
 def test_epoch_interleaved_with_the_floor(benchmark, use_threads, data, model_name, threads):
-    """The Trainer's epoch and the bare-GEMM floor in alternation, one of each per round, so that the machine's drift
-    (5-20 % between benchmarks a minute apart on the 2-vCPU development VM: the floor itself moved that much between the
-    two groups of one run) cancels out of the per-round ratio cynet / floor, whose median goes to
-    ``extra_info["ratio_to_floor_median"]`` (report.py prints it)."""
+    """The Trainer's epoch, the bare-GEMM floor and (when importable) torch's epoch in alternation, one of each per
+    round, so that the machine's drift (5-20 % between benchmarks a minute apart on the 2-vCPU development VM: the
+    floor itself moved that much between the two groups of one run) cancels out of the per-round ratios cynet / floor
+    and torch / cynet, whose medians go to ``extra_info["ratio_to_floor_median"]`` and
+    ``extra_info["torch_over_cynet_median"]`` (report.py prints them)."""
     x, y = data
     benchmark.group = f"epoch_interleaved/{model_name}/t{threads}"
     trainer = _cynet_trainer(model_name == "mlp_bn")
     epochs = iter(range(1, 10_000))
     buffers = _floor_buffers()
-    floor_seconds = []
+    torch_run = _torch_epoch(model_name == "mlp_bn", x, y, np.random.default_rng(1)) if torch is not None else None
+    floor_seconds, torch_seconds = [], []
 
     def floor_round():
         start = time.perf_counter()
         _floor_epoch(x, buffers)
         floor_seconds.append(time.perf_counter() - start)
+        if torch_run is not None:
+            start = time.perf_counter()
+            torch_run()
+            torch_seconds.append(time.perf_counter() - start)
 
     def run():
         trainer.fit(x, y, epochs=next(epochs), batch_size=BATCH)
 
     with use_threads(threads):
         run()
-        _floor_epoch(x, buffers)  # warm-up of both
+        _floor_epoch(x, buffers)  # warm-up of each
+        if torch_run is not None:
+            torch_run()
         benchmark.pedantic(run, setup=floor_round, rounds=INTERLEAVED_ROUNDS, iterations=1)
     cynet_seconds = list(benchmark.stats.stats.data)
     ratios = [c / f for c, f in zip(cynet_seconds, floor_seconds)]
@@ -262,3 +282,7 @@ def test_epoch_interleaved_with_the_floor(benchmark, use_threads, data, model_na
                                 interleaved_floor_median=statistics.median(floor_seconds),
                                 ratio_to_floor_median=statistics.median(ratios),
                                 ratios=[round(r, 4) for r in ratios])
+    if torch_seconds:
+        benchmark.extra_info.update(
+            interleaved_torch_median=statistics.median(torch_seconds),
+            torch_over_cynet_median=statistics.median([t / c for t, c in zip(torch_seconds, cynet_seconds)]))
