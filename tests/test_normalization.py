@@ -197,6 +197,8 @@ THREAD_CASES = [
     ("bn1d-narrow", lambda d: BatchNorm1d(40, dtype=d), (2000, 40)),
     ("bn1d-tall", lambda d: BatchNorm1d(300, dtype=d), (3000, 300)),
     ("bn1d-odd-ranges", lambda d: BatchNorm1d(515, dtype=d), (90, 515)),   # ranges of 160, 176, 179 columns at 3
+    # coefficient rows of >= 24 KB on one thread (four rows at a time into the outputs), < 24 KB per range at 2 and 3
+    ("bn1d-four-rows", lambda d: BatchNorm1d(2048, dtype=d), (38, 2048)),
     ("bn2d", lambda d: BatchNorm2d(8, dtype=d), (8, 8, 31, 33)),         # planes of >= 256: a plane at a time
     ("bn2d-long-planes", lambda d: BatchNorm2d(8, dtype=d), (4, 8, 40, 30)),
     ("bn2d-columns", lambda d: BatchNorm2d(16, dtype=d), (64, 16, 8, 12)),  # planes of 96: the column sweeps
@@ -569,7 +571,8 @@ def test_rows_kernels_refuse_a_coefficient_scratch_of_the_wrong_shape():
 # --- batch norm fused with the ReLU after it ------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("shape", [(8, 3, 20, 20), (16, 5, 8, 8), (4, 7, 17, 19), (2, 3, 1, 300), (5, 4, 3),
-                                   (64, 32, 16, 16), (64, 40), (33, 5), (300, 256), (7, 130), (130, 1030)])
+                                   (64, 32, 16, 16), (64, 40), (33, 5), (300, 256), (7, 130), (130, 1030),
+                                   (37, 2048)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_batch_norm_with_relu_gives_the_bits_of_batch_norm_then_relu(rng, dtype, shape, threads):
     # relu=True forward and the relu_beta backward against batch_norm_forward -> ops.relu_forward and
@@ -732,3 +735,25 @@ def test_fused_batch_norm_and_relu_pass_the_gradient_check(rng):
     net = _conv_bn_relu_net(True, np.float64, channels=3)
     report = check_module(net, rng.standard_normal((4, 3, 10, 10)), num_checks=8)
     assert report.passed, report
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_batch_norm_1d_in_place_gives_the_bits_of_a_fresh_output(rng, relu):
+    # (40, 2048) float32 on one thread takes four rows at a time into a fresh output; written over x (forward) or
+    # over dout (backward) it goes row by row instead (the four-row pass assumes its outputs overlap nothing it reads)
+    from cynet.nn.normalization import batch_norm_backward, batch_norm_forward
+
+    x = rng.standard_normal((40, 2048)).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 1.5, 2048).astype(np.float32), rng.standard_normal(2048).astype(np.float32)
+    with cynet.threads(1):
+        want, mean, _, inv_std = batch_norm_forward(x, gamma, beta, 1e-5, relu=relu)
+        want_dx = batch_norm_backward(dout, x, gamma, mean, inv_std, relu_beta=beta if relu else None)[0]
+        over_x = x.copy()
+        assert batch_norm_forward(over_x, gamma, beta, 1e-5, out=over_x, relu=relu)[0] is over_x
+        over_dout = dout.copy()
+        dx = batch_norm_backward(over_dout, x, gamma, mean, inv_std, out=over_dout,
+                                 relu_beta=beta if relu else None)[0]
+    np.testing.assert_array_equal(over_x, want)
+    assert dx is over_dout
+    np.testing.assert_array_equal(dx, want_dx)
