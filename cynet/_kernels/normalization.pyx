@@ -51,11 +51,12 @@ cdef enum:
     # Columns per block of the "rows" layout's row-chunk plan when the chunks' sums are added up (2 x 512 B of float64
     # on the stack; also the unit of the parallel split of that step).
     SUM_BLOCK = 64
-    # Bytes of coefficient rows from which BatchNorm1d's output passes take four rows at a time into cache-resident
-    # outputs too (_rows_affine, _rows_dx): where the rows a pass reads for every row of x no longer fit L1 (AMD Zen
-    # 4: 32 KB). Measured in alternating processes, float32: (256, 4096) forward 455 -> 366 us on one thread, 242 ->
-    # 212 on two (24 KB of rows per thread), backward 574 -> 475 / 304 -> 276 us; (1024, 2048) on one thread 0.91x /
-    # 0.95x. With the rows in L1 four rows were slower: (256, 1024) backward 1.25x (16 KB).
+    # Bytes of coefficient rows from which BatchNorm1d's forward output pass takes four rows at a time into
+    # cache-resident outputs too (_rows_affine): where the rows it reads for every row of x no longer fit L1 (AMD Zen
+    # 4: 32 KB). Measured in alternating processes, float32: (256, 4096) forward 436-447 -> 347-379 us on one thread,
+    # 228-238 -> 194-216 on two (24 KB of rows per thread); (1024, 2048) on one thread 838-871 -> 655-719 us. The
+    # backward's dx pass the same way (four coefficient rows) was 0.83x in one session of runs and 1.25-1.3x in
+    # another (the sixteen streams of dout, x and dx, all 4 KB apart, wait on each other): it stays a row at a time.
     FOUR_ROW_COEF_BYTES = 24576
 
 
@@ -459,13 +460,12 @@ cdef extern from *:
     }
     CYNET_ROWS_RELU_SUMS(float, f32)
     CYNET_ROWS_RELU_SUMS(double, f64)
-    /* BatchNorm1d's output passes on four rows at once (x's, dout's and the outputs' rows D apart), each coefficient
+    /* BatchNorm1d's forward output pass on four rows at once (x's and the outputs' rows D apart), each coefficient
        loaded once for the four (see _rows_affine). Written in C for `restrict`: in Cython the compiler cannot rule
        out that the four outputs overlap the inputs, and the loop ran 2x slower. The same expressions as
-       _affine_span / _dx_span, value by value. shift: NULL, or (dx) the forward's shift of a batch norm fused with a
-       ReLU, whose sign of (x - center) a + shift masks dout. */
+       _affine_span, value by value. */
     #define CYNET_ROWS4(T, SUFFIX)                                                                                \
-    static void cynet_affine4_##SUFFIX(const T* CYTHON_RESTRICT x, const T* CYTHON_RESTRICT center,               \
+    static inline void cynet_affine4_##SUFFIX(const T* CYTHON_RESTRICT x, const T* CYTHON_RESTRICT center,            \
             const T* CYTHON_RESTRICT scale, const T* CYTHON_RESTRICT shift, T* CYTHON_RESTRICT y0,                \
             T* CYTHON_RESTRICT y1, T* CYTHON_RESTRICT y2, T* CYTHON_RESTRICT y3, Py_ssize_t D, Py_ssize_t n,      \
             int relu) {                                                                                           \
@@ -485,32 +485,6 @@ cdef extern from *:
             y0[j] = (x[j] - c) * s + h; y1[j] = (x[D + j] - c) * s + h;                                           \
             y2[j] = (x[2 * D + j] - c) * s + h; y3[j] = (x[3 * D + j] - c) * s + h;                               \
         }                                                                                                         \
-    }                                                                                                             \
-    static void cynet_dx4_##SUFFIX(const T* CYTHON_RESTRICT dout, const T* CYTHON_RESTRICT x,                    \
-            const T* CYTHON_RESTRICT center, const T* CYTHON_RESTRICT ca, const T* CYTHON_RESTRICT cb,            \
-            const T* CYTHON_RESTRICT cc, const T* CYTHON_RESTRICT shift, T* CYTHON_RESTRICT dx0,                  \
-            T* CYTHON_RESTRICT dx1, T* CYTHON_RESTRICT dx2, T* CYTHON_RESTRICT dx3, Py_ssize_t D,                 \
-            Py_ssize_t n) {                                                                                       \
-        Py_ssize_t j;                                                                                             \
-        if (shift) {                                                                                              \
-            for (j = 0; j < n; j++) {                                                                             \
-                T e = center[j], a = ca[j], b = cb[j], c = cc[j], h = shift[j];                                   \
-                T d0 = x[j] - e, d1 = x[D + j] - e, d2 = x[2 * D + j] - e, d3 = x[3 * D + j] - e;                 \
-                T g0 = dout[j], g1 = dout[D + j], g2 = dout[2 * D + j], g3 = dout[3 * D + j];                     \
-                g0 = d0 * a + h > 0 ? g0 : 0; g1 = d1 * a + h > 0 ? g1 : 0;                                       \
-                g2 = d2 * a + h > 0 ? g2 : 0; g3 = d3 * a + h > 0 ? g3 : 0;                                       \
-                dx0[j] = a * g0 + (b * d0 + c); dx1[j] = a * g1 + (b * d1 + c);                                   \
-                dx2[j] = a * g2 + (b * d2 + c); dx3[j] = a * g3 + (b * d3 + c);                                   \
-            }                                                                                                     \
-            return;                                                                                               \
-        }                                                                                                         \
-        for (j = 0; j < n; j++) {                                                                                 \
-            T e = center[j], a = ca[j], b = cb[j], c = cc[j];                                                     \
-            dx0[j] = a * dout[j] + (b * (x[j] - e) + c);                                                          \
-            dx1[j] = a * dout[D + j] + (b * (x[D + j] - e) + c);                                                  \
-            dx2[j] = a * dout[2 * D + j] + (b * (x[2 * D + j] - e) + c);                                          \
-            dx3[j] = a * dout[3 * D + j] + (b * (x[3 * D + j] - e) + c);                                          \
-        }                                                                                                         \
     }
     CYNET_ROWS4(float, f32)
     CYNET_ROWS4(double, f64)
@@ -528,12 +502,6 @@ cdef extern from *:
     void cynet_affine4_f64(const double* x, const double* center, const double* scale, const double* shift,
                            double* y0, double* y1, double* y2, double* y3, Py_ssize_t D, Py_ssize_t n,
                            int relu) noexcept nogil
-    void cynet_dx4_f32(const float* dout, const float* x, const float* center, const float* ca, const float* cb,
-                       const float* cc, const float* shift, float* dx0, float* dx1, float* dx2, float* dx3,
-                       Py_ssize_t D, Py_ssize_t n) noexcept nogil
-    void cynet_dx4_f64(const double* dout, const double* x, const double* center, const double* ca,
-                       const double* cb, const double* cc, const double* shift, double* dx0, double* dx1,
-                       double* dx2, double* dx3, Py_ssize_t D, Py_ssize_t n) noexcept nogil
     void cynet_rows_grad_sums_relu_f32(const float* dout, const float* x, const double* mean, double* sd, double* sdx,
                                        Py_ssize_t D, Py_ssize_t n, Py_ssize_t r0, Py_ssize_t r1, const float* ctr,
                                        const float* scl, const float* sft) noexcept nogil
@@ -887,12 +855,42 @@ cdef inline void _dx_span(const floating* dout, const floating* x, const floatin
 cdef inline void _dx_span4(const floating* dout, const floating* x, const floating* center, const floating* ca,
                            const floating* cb, const floating* cc, floating* dx0, floating* dx1, floating* dx2,
                            floating* dx3, Py_ssize_t D, Py_ssize_t n, const floating* shift) noexcept nogil:
-    """_dx_span on four rows at once (dout's and x's rows D apart, into dx0..dx3, which must not overlap them): each
-    coefficient loaded once (cynet_dx4_*)."""
-    if floating is float:
-        cynet_dx4_f32(dout, x, center, ca, cb, cc, shift, dx0, dx1, dx2, dx3, D, n)
-    else:
-        cynet_dx4_f64(dout, x, center, ca, cb, cc, shift, dx0, dx1, dx2, dx3, D, n)
+    """_dx_span on four rows at once (dout's and x's rows D apart, into dx0..dx3): each coefficient loaded once."""
+    cdef Py_ssize_t j
+    cdef floating e, a, b, c, h, d0, d1, d2, d3, g0, g1, g2, g3
+    if shift != NULL:
+        for j in range(n):
+            e = center[j]
+            a = ca[j]
+            b = cb[j]
+            c = cc[j]
+            h = shift[j]
+            d0 = x[j] - e
+            d1 = x[D + j] - e
+            d2 = x[2 * D + j] - e
+            d3 = x[3 * D + j] - e
+            g0 = dout[j]
+            g1 = dout[D + j]
+            g2 = dout[2 * D + j]
+            g3 = dout[3 * D + j]
+            g0 = g0 if d0 * a + h > 0 else 0
+            g1 = g1 if d1 * a + h > 0 else 0
+            g2 = g2 if d2 * a + h > 0 else 0
+            g3 = g3 if d3 * a + h > 0 else 0
+            dx0[j] = a * g0 + (b * d0 + c)
+            dx1[j] = a * g1 + (b * d1 + c)
+            dx2[j] = a * g2 + (b * d2 + c)
+            dx3[j] = a * g3 + (b * d3 + c)
+        return
+    for j in range(n):
+        e = center[j]
+        a = ca[j]
+        b = cb[j]
+        c = cc[j]
+        dx0[j] = a * dout[j] + (b * (x[j] - e) + c)
+        dx1[j] = a * dout[D + j] + (b * (x[D + j] - e) + c)
+        dx2[j] = a * dout[2 * D + j] + (b * (x[2 * D + j] - e) + c)
+        dx3[j] = a * dout[3 * D + j] + (b * (x[3 * D + j] - e) + c)
 
 
 cdef void _rows_dx(const floating* dout, const floating* x, const floating* coef, floating* dx, Py_ssize_t D,
@@ -921,13 +919,6 @@ cdef void _rows_dx(const floating* dout, const floating* x, const floating* coef
                           buffers[2], buffers[3], D, m, shift + j if relu else NULL)
                 for k in range(4):
                     stream_store(dx + o + k * D + j, buffers[k], m)
-            i += 4
-    elif (not stream and (5 if relu else 4) * n * <Py_ssize_t>sizeof(floating) >= FOUR_ROW_COEF_BYTES
-          and _disjoint(x, dx, r1 * D) and _disjoint(dout, dx, r1 * D)):
-        while i + 4 <= r1:
-            o = i * D + j0
-            _dx_span4(dout + o, x + o, center, ca, cb, cc, dx + o, dx + o + D, dx + o + 2 * D, dx + o + 3 * D, D, n,
-                      shift)
             i += 4
     while i < r1:
         o = i * D + j0
