@@ -492,6 +492,16 @@ cdef extern from *:
     #ifndef CYNET_CENTRAL_PREFETCH
     #define CYNET_CENTRAL_PREFETCH 2048
     #endif
+    /* The lanes of x[i:i + 16] (of m) a central block takes: *mask the lanes within m, *v their values, *u = |v|; x is
+       prefetched CYNET_CENTRAL_PREFETCH bytes ahead. Returns the central lanes, |x| <= 5 (NaN is not). */
+    static inline __mmask16 cynet_central_lanes(const float *x, Py_ssize_t i, Py_ssize_t m, __mmask16 *mask,
+                                                __m512 *v, __m512 *u) {
+        *mask = (m - i >= 16) ? (__mmask16)0xFFFF : (__mmask16)((1u << (m - i)) - 1u);
+        *v = _mm512_maskz_loadu_ps(*mask, x + i);
+        *u = _mm512_abs_ps(*v);
+        _mm_prefetch((const char *)(x + i) + CYNET_CENTRAL_PREFETCH, _MM_HINT_T0);
+        return _mm512_mask_cmp_ps_mask(*mask, *u, _mm512_set1_ps(5.0f), _CMP_LE_OQ);
+    }
     static inline Py_ssize_t cynet_gelu_central_block(const float (*table)[32], float zero_below_f, const float *x,
                                                       float *y, Py_ssize_t m, int offset, float *far_x, int *far_at) {
         const __m512 zero_below = _mm512_set1_ps(zero_below_f);
@@ -502,11 +512,9 @@ cdef extern from *:
         Py_ssize_t i, n_far = 0;
         cynet_table32_load(table, lo, hi);
         for (i = 0; i < m; i += 16) {
-            __mmask16 mask = (m - i >= 16) ? (__mmask16)0xFFFF : (__mmask16)((1u << (m - i)) - 1u);
-            __m512 v = _mm512_maskz_loadu_ps(mask, x + i);
-            __m512 u = _mm512_abs_ps(v);
-            _mm_prefetch((const char *)(x + i) + CYNET_CENTRAL_PREFETCH, _MM_HINT_T0);
-            __mmask16 central = _mm512_mask_cmp_ps_mask(mask, u, _mm512_set1_ps(5.0f), _CMP_LE_OQ);
+            __mmask16 mask;
+            __m512 v, u;
+            __mmask16 central = cynet_central_lanes(x, i, m, &mask, &v, &u);
             __mmask16 far = mask & ~central;
             __m512 p = cynet_central_eval(lo, hi, u);                             /* G(-|x|) */
             __m512 r = _mm512_mask_mul_ps(_mm512_fnmadd_ps(u, p, v), _mm512_cmp_ps_mask(v, _mm512_setzero_ps(),
@@ -623,13 +631,11 @@ cdef extern from *:
         Py_ssize_t i, n_far = 0;
         cynet_table32_load(table, lo, hi);
         for (i = 0; i < m; i += 16) {
-            __mmask16 mask = (m - i >= 16) ? (__mmask16)0xFFFF : (__mmask16)((1u << (m - i)) - 1u);
-            __m512 v = _mm512_maskz_loadu_ps(mask, x + i);
+            __mmask16 mask;
+            __m512 v, u;
+            __mmask16 central = cynet_central_lanes(x, i, m, &mask, &v, &u);
             __m512 g = _mm512_maskz_loadu_ps(mask, dout + i);
-            __m512 u = _mm512_abs_ps(v);
-            _mm_prefetch((const char *)(x + i) + CYNET_CENTRAL_PREFETCH, _MM_HINT_T0);
             _mm_prefetch((const char *)(dout + i) + CYNET_CENTRAL_PREFETCH, _MM_HINT_T0);
-            __mmask16 central = _mm512_mask_cmp_ps_mask(mask, u, _mm512_set1_ps(5.0f), _CMP_LE_OQ);
             __mmask16 far = mask & ~central;
             __m512 p = cynet_central_eval(lo, hi, u);                             /* D(-|x|) */
             __m512 slope = _mm512_mask_sub_ps(p, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GE_OQ),
