@@ -51,7 +51,17 @@ def config():
         "reuse_min_bytes": reuse.MIN_BYTES,
         "reuse_max_free_bytes": reuse.MAX_FREE_BYTES,
         "fuse_batchnorm_relu": module.FUSE_BATCHNORM_RELU,
+        "fuse_linear_relu": module.FUSE_LINEAR_RELU,
     }
+
+
+def _fusion_text(c):
+    fused = ([] if not c["fuse_batchnorm_relu"] else
+             ["a batch norm and the ReLU after it (training statistics; CYNET_FUSE_BATCHNORM_RELU=0 turns it off)"])
+    fused += ([] if not c["fuse_linear_relu"] else
+              ["a Linear's bias and the ReLU after it (CYNET_FUSE_LINEAR_RELU=0 turns it off)"])
+    return "; ".join(fused) + " in one pass inside Sequential" if fused else \
+        "none (CYNET_FUSE_BATCHNORM_RELU=0, CYNET_FUSE_LINEAR_RELU=0)"
 
 
 def _wait_policy_text(c):
@@ -98,9 +108,7 @@ def show_config(file=None):
                                f"them, up to {c['reuse_max_free_bytes'] / 2**20:.0f} MiB kept free "
                                f"(CYNET_REUSE_ARRAYS=0 turns it off)" if c["reuse_arrays"] else
                                "fresh arrays every pass (reuse off: CYNET_REUSE_ARRAYS=0, or no reference counts)"),
-        "fusion         : " + ("a batch norm and the ReLU after it in one pass inside Sequential (training "
-                               "statistics; CYNET_FUSE_BATCHNORM_RELU=0 turns it off)" if c["fuse_batchnorm_relu"] else
-                               "none (CYNET_FUSE_BATCHNORM_RELU=0)"),
+        "fusion         : " + _fusion_text(c),
     ]
     if c["blas"]:
         for b in c["blas"]:

@@ -297,3 +297,17 @@ def assert_resumes_exactly(make_trainer, x, y, path, reference, *, epochs, first
     resumed.fit(x, y, epochs=epochs, batch_size=batch_size)
     for p, q in zip(resumed.model.parameters(), reference.model.parameters()):
         np.testing.assert_array_equal(p.data, q.data)
+
+
+class MethodCalls:
+    """Counts the calls of one method of one module's class, patched on the class for the test (an instance
+    attribute would shadow it, which Sequential's fusions treat as a monitor's wrapper)."""
+
+    def __init__(self, monkeypatch, module, name):
+        self.count, original = 0, getattr(type(module), name)
+
+        def counting(this, *args, **kwargs):
+            self.count += 1
+            return original(this, *args, **kwargs)
+
+        monkeypatch.setattr(type(module), name, counting)

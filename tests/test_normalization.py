@@ -12,6 +12,7 @@ from cynet import nn
 from cynet.gradcheck import check_module
 from cynet.nn.normalization import (BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, fold_batchnorm,
                                     recompute_batchnorm_statistics, row_norm_backward, row_norm_forward)
+from _helpers import MethodCalls
 
 try:
     import torch
@@ -615,19 +616,6 @@ def test_batch_norm_with_relu_refuses_a_beta_of_the_wrong_length(shape):
         batch_norm_backward(x, x, np.ones(3, np.float32), mean, inv_std, relu_beta=np.zeros(2, np.float32))
 
 
-class _Calls:
-    """Counts the calls of one method of one module (an instance attribute shadows it, as a monitor would not)."""
-
-    def __init__(self, monkeypatch, module, name):
-        self.count, original = 0, getattr(type(module), name)
-
-        def counting(this, *args, **kwargs):
-            self.count += 1
-            return original(this, *args, **kwargs)
-
-        monkeypatch.setattr(type(module), name, counting)
-
-
 def _conv_bn_relu_net(inplace, dtype=np.float32, channels=6):
     # no conv bias: the batch norm after it cancels it, and its gradient, zero up to rounding, fails any gradient check
     return nn.Sequential(nn.Conv2d(3, channels, 3, padding=1, bias=False, init="he", generator=1, dtype=dtype),
@@ -647,8 +635,8 @@ def test_sequential_fuses_batch_norm_and_relu_with_the_same_bits(rng, monkeypatc
     for fuse in (False, True):
         monkeypatch.setattr(module_file, "FUSE_BATCHNORM_RELU", fuse)
         net = _conv_bn_relu_net(inplace)
-        forwards = _Calls(monkeypatch, net[2], "forward")
-        backwards = _Calls(monkeypatch, net[2], "backward")
+        forwards = MethodCalls(monkeypatch, net[2], "forward")
+        backwards = MethodCalls(monkeypatch, net[2], "backward")
         outputs = [net(x), net(x)]
         dx = net.backward(dout)
         results[fuse] = (outputs, dx, [p.grad.copy() for p in net.parameters()], net[1].running_mean.copy(),
@@ -670,7 +658,7 @@ def test_batch_norm_and_relu_run_one_by_one_where_fusing_does_not_apply(rng, mon
     # the right answers; (N, C) input is fused as (N, C, *) is
     x = rng.standard_normal((8, 3, 10, 10)).astype(np.float32)
     net = _conv_bn_relu_net(False)
-    calls = _Calls(monkeypatch, net[2], "forward")
+    calls = MethodCalls(monkeypatch, net[2], "forward")
     net(x)
     assert calls.count == 0
     net.eval()
@@ -685,7 +673,7 @@ def test_batch_norm_and_relu_run_one_by_one_where_fusing_does_not_apply(rng, mon
     assert calls.count == 2 and len(seen) == 1
     del net[2].forward
     flat = nn.Sequential(nn.Linear(5, 4, generator=0), nn.BatchNorm1d(4), nn.ReLU())
-    flat_calls = _Calls(monkeypatch, flat[2], "forward")
+    flat_calls = MethodCalls(monkeypatch, flat[2], "forward")
     y = flat(rng.standard_normal((6, 5)).astype(np.float32))
     assert flat_calls.count == 0 and np.all(y >= 0)
     flat.eval()
@@ -712,7 +700,7 @@ def test_sequential_fuses_batch_norm_1d_and_relu_with_the_same_bits(rng, monkeyp
     for fuse in (False, True):
         monkeypatch.setattr(module_file, "FUSE_BATCHNORM_RELU", fuse)
         net = _mlp_bn_relu_net(inplace)
-        calls = _Calls(monkeypatch, net[2], "forward")          # ReLU.forward: both ReLUs' calls
+        calls = MethodCalls(monkeypatch, net[2], "forward")          # ReLU.forward: both ReLUs' calls
         outputs = [net(x), net(x)]
         dx = net.backward(dout)
         results[fuse] = (outputs, dx, [p.grad.copy() for p in net.parameters()],

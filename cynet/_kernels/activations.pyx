@@ -855,3 +855,115 @@ def prelu_backward_planes(const floating[:, :, ::1] dout, const floating[:, :, :
                     partials[k, c] += _prelu_plane_backward(&dout[0, 0, 0] + offset, &x[0, 0, 0] + offset,
                                                             alpha[c], &dx[0, 0, 0] + offset, S)
         _sum_partials_in_order(&partials[0, 0], K, C, &dalpha[0])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A Linear layer's bias, and the ReLU after it, on the layer's output y (N, M) (a Sequential runs Linear -> ReLU so):
+#   forward, in place:   v = y_ij + b_j;  y_ij = v, or with the ReLU 0 if v < 0 else v   (NumPy's y += b, then
+#                        cynet's ReLU: NaN passes)
+#   backward:            dz_ij = dout_ij if y_ij > 0 else 0   (cynet's ReLU backward; without the ReLU, dz is dout)
+#                        db_j = (((dz_0j + dz_1j) + dz_2j) + ...) in the arrays' type, rows in order (NumPy's
+#                        dz.sum(axis=0) on a C-contiguous array: the same bits)
+# The forward splits the rows into one chunk per thread; the backward splits the columns into ranges of whole 64-byte
+# lines, each thread walking every row of its range, so that a column's sum is one chain in row order whatever the
+# thread count.
+
+cdef void _bias_relu_rows(floating* y, const floating* b, Py_ssize_t rows, Py_ssize_t M, bint has_bias,
+                          bint relu) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef floating v
+    cdef floating* row
+    for i in range(rows):
+        row = y + i * M
+        if has_bias and relu:
+            for j in range(M):
+                v = row[j] + b[j]
+                row[j] = 0 if v < 0 else v
+        elif has_bias:
+            for j in range(M):
+                row[j] = row[j] + b[j]
+        elif relu:
+            for j in range(M):
+                v = row[j]
+                row[j] = 0 if v < 0 else v
+
+
+def bias_relu_rows(floating[:, ::1] y, const floating[::1] bias, bint relu, int n_threads):
+    """y += bias (one value per column; None: no bias) and, with ``relu``, y = ReLU(y), in place, on (N, M)."""
+    cdef Py_ssize_t N = y.shape[0], M = y.shape[1], k, lo, hi
+    cdef bint has_bias = bias is not None
+    cdef const floating* b = &bias[0] if has_bias and M > 0 else NULL
+    cdef Py_ssize_t K = _n_parallel_chunks(N, N * M, n_threads)
+    if N == 0 or M == 0 or not (has_bias or relu):
+        return
+    with nogil:
+        if K == 1:
+            _bias_relu_rows(&y[0, 0], b, N, M, has_bias, relu)
+        else:
+            for k in prange(K, schedule='static', num_threads=K):
+                lo = _chunk_start(k, K, N)
+                hi = _chunk_start(k + 1, K, N)
+                _bias_relu_rows(&y[lo, 0], b, hi - lo, M, has_bias, relu)
+
+
+cdef void _relu_bias_grad_columns(const floating* dout, const floating* y, floating* dz, floating* db, Py_ssize_t N,
+                                  Py_ssize_t M, Py_ssize_t j0, Py_ssize_t j1, bint relu) noexcept nogil:
+    """Columns [j0, j1) of dz (with ``relu``) and db: the first row starts each sum, the others are added in order."""
+    cdef Py_ssize_t i, j
+    cdef floating g
+    cdef const floating* g_row
+    cdef const floating* y_row
+    cdef floating* dz_row
+    if relu:
+        for j in range(j0, j1):
+            g = dout[j] if y[j] > 0 else 0
+            dz[j] = g
+            db[j] = g
+        for i in range(1, N):
+            g_row = dout + i * M
+            y_row = y + i * M
+            dz_row = dz + i * M
+            for j in range(j0, j1):
+                g = g_row[j] if y_row[j] > 0 else 0
+                dz_row[j] = g
+                db[j] = db[j] + g
+    else:
+        for j in range(j0, j1):
+            db[j] = dout[j]
+        for i in range(1, N):
+            g_row = dout + i * M
+            for j in range(j0, j1):
+                db[j] = db[j] + g_row[j]
+
+
+cdef inline Py_ssize_t _column_range_start(Py_ssize_t M, Py_ssize_t t, Py_ssize_t n_ranges,
+                                           Py_ssize_t per_line) noexcept nogil:
+    """First column of range t of n_ranges over M columns: near-equal ranges starting on whole 64-byte lines."""
+    if t >= n_ranges:
+        return M
+    return min(M, ((M * t) // n_ranges) // per_line * per_line)
+
+
+def relu_bias_grad_rows(const floating[:, ::1] dout, const floating[:, ::1] y, floating[:, ::1] dz,
+                        floating[::1] db, bint relu, int n_threads):
+    """The backward of bias_relu_rows on (N, M): dz (with ``relu``: dout masked by y > 0; without it dz is not
+    written and may be None) and the bias gradient db (M,), the column sums of dz (0 where N = 0)."""
+    cdef Py_ssize_t N = dout.shape[0], M = dout.shape[1], t, j
+    cdef Py_ssize_t per_line = 64 // sizeof(floating)
+    cdef Py_ssize_t n_ranges = min(<Py_ssize_t>n_threads, M // per_line) if N * M >= PARALLEL_MIN_ELEMENTS else 1
+    cdef const floating* y_ptr = &y[0, 0] if relu and N > 0 and M > 0 else NULL
+    cdef floating* dz_ptr = &dz[0, 0] if relu and N > 0 and M > 0 else NULL
+    if M == 0:
+        return
+    if N == 0:
+        for j in range(M):
+            db[j] = 0
+        return
+    with nogil:
+        if n_ranges <= 1:
+            _relu_bias_grad_columns(&dout[0, 0], y_ptr, dz_ptr, &db[0], N, M, 0, M, relu)
+        else:
+            for t in prange(n_ranges, schedule='static', num_threads=n_ranges):
+                _relu_bias_grad_columns(&dout[0, 0], y_ptr, dz_ptr, &db[0], N, M,
+                                        _column_range_start(M, t, n_ranges, per_line),
+                                        _column_range_start(M, t + 1, n_ranges, per_line), relu)

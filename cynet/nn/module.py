@@ -435,8 +435,10 @@ def _arrays_within(value):
 _protected_arrays = contextvars.ContextVar("cynet_protected_arrays", default=None)
 
 # Sequential runs a batch norm (training statistics) and a plain ReLU right after it as one pass
-# (BatchNorm*.forward_relu); CYNET_FUSE_BATCHNORM_RELU=0 runs them one by one (the same bits either way).
+# (BatchNorm*.forward_relu); CYNET_FUSE_BATCHNORM_RELU=0 runs them one by one (the same bits either way). Likewise a
+# Linear and a plain ReLU (Linear.forward_relu: the bias and the ReLU in one pass); CYNET_FUSE_LINEAR_RELU=0.
 FUSE_BATCHNORM_RELU = os.environ.get("CYNET_FUSE_BATCHNORM_RELU", "1").strip() != "0"
+FUSE_LINEAR_RELU = os.environ.get("CYNET_FUSE_LINEAR_RELU", "1").strip() != "0"
 
 
 @contextlib.contextmanager
@@ -559,8 +561,10 @@ class Sequential(_ModuleSequence):
     """A chain of modules: ``forward`` runs them in order, ``backward`` in reverse.
 
     A batch norm in training mode and a plain ReLU right after it run as one pass
-    (:meth:`~cynet.nn.BatchNorm2d.forward_relu`; the same bits; ``CYNET_FUSE_BATCHNORM_RELU=0`` turns it off), unless
-    either forward is shadowed, as a :class:`~cynet.diagnostics.TrainingMonitor` does to record activations.
+    (:meth:`~cynet.nn.BatchNorm2d.forward_relu`; the same bits; ``CYNET_FUSE_BATCHNORM_RELU=0`` turns it off), and so
+    do a Linear and a plain ReLU after it (:meth:`~cynet.nn.Linear.forward_relu`: the bias and the ReLU in one pass;
+    ``CYNET_FUSE_LINEAR_RELU=0``), unless either module's forward or backward is shadowed, as a
+    :class:`~cynet.diagnostics.TrainingMonitor` does to record activations.
 
     An in-place module (``nn.ReLU(inplace=True)``) may follow any module that does not keep its own output for its
     backward (Linear, BatchNorm1d, ...). Before it runs, forward raises a ValueError if its input is, or is a view
@@ -606,7 +610,7 @@ class Sequential(_ModuleSequence):
         if not any(module._overwrites_input() for module in self.modules()):
             position = 0
             while position < len(modules):
-                y = self._fused_batchnorm_relu(modules, position, x)
+                y = self._fused_relu(modules, position, x)
                 x = modules[position](x) if y is None else y
                 position += 1 if y is None else 2
             return x
@@ -614,7 +618,7 @@ class Sequential(_ModuleSequence):
         with _protecting(() if _protected_arrays.get() is not None else _arrays_within(x)) as protected:
             position = 0
             while position < len(modules):
-                y = self._fused_batchnorm_relu(modules, position, x)
+                y = self._fused_relu(modules, position, x)
                 # fused, the ReLU's output is the batch norm's fresh array: nothing to check
                 ran = modules[position:position + 1 if y is None else position + 2]
                 if y is None:
@@ -627,21 +631,28 @@ class Sequential(_ModuleSequence):
                 position += len(ran)
         return x
 
-    def _fused_batchnorm_relu(self, modules, position, x):
-        """A batch norm (training statistics) and the plain ReLU after it in one pass, or None.
+    def _fused_relu(self, modules, position, x):
+        """A batch norm (training statistics) or a Linear and the plain ReLU after it in one pass, or None.
 
-        The ReLU takes the result as its own output; backward then skips the ReLU, whose mask the batch norm's
+        The ReLU takes the result as its own output; backward then skips the ReLU, whose mask the first module's
         backward applies (the same bits as the two layers run one by one). Not when either module's forward is
-        shadowed (a :class:`~cynet.diagnostics.TrainingMonitor` recording activations), nor with
-        ``CYNET_FUSE_BATCHNORM_RELU=0``."""
-        if not FUSE_BATCHNORM_RELU or position + 1 >= len(modules) or not hasattr(modules[position], "forward_relu"):
+        shadowed (a :class:`~cynet.diagnostics.TrainingMonitor` recording activations) or overridden by a subclass,
+        nor with ``CYNET_FUSE_BATCHNORM_RELU=0`` / ``CYNET_FUSE_LINEAR_RELU=0``."""
+        if position + 1 >= len(modules) or not hasattr(modules[position], "forward_relu"):
             return None
-        from cynet.nn.layers import ReLU
+        from cynet.nn.layers import Linear, ReLU
 
-        norm, relu = modules[position], modules[position + 1]
-        if type(relu) is not ReLU or "forward" in vars(norm) or "forward" in vars(relu):
+        first, relu = modules[position], modules[position + 1]
+        if isinstance(first, Linear):
+            if not FUSE_LINEAR_RELU or type(first).forward is not Linear.forward or \
+                    type(first).backward is not Linear.backward:
+                return None
+        elif not FUSE_BATCHNORM_RELU:
             return None
-        y = norm.forward_relu(x)
+        if type(relu) is not ReLU or any(name in vars(module) for module in (first, relu)
+                                         for name in ("forward", "backward")):
+            return None
+        y = first.forward_relu(x)
         if y is not None:
             relu._adopt_output(y)
             self._fused.add(position)
@@ -653,7 +664,9 @@ class Sequential(_ModuleSequence):
             return                                  # the module's own check refuses it
         for array in protected:
             if np.may_share_memory(array, x):
-                holder = next((f"module {index} ({type(m).__name__})" for index, m in enumerate(modules[:position])
+                # the nearest module keeping it (a Linear fused with the ReLU after it keeps the ReLU's output too)
+                holder = next((f"module {index} ({type(m).__name__})"
+                               for index, m in reversed(list(enumerate(modules[:position])))
                                if any(a is array for a in m._kept_arrays())), None)
                 whose = f"an array that {holder} keeps for its backward" if holder else (
                     "the input passed to the Sequential (or an array an enclosing module keeps)")
@@ -667,6 +680,6 @@ class Sequential(_ModuleSequence):
         fused = getattr(self, "_fused", ())
         for position in range(len(layers) - 1, -1, -1):
             if position - 1 in fused:
-                continue            # a ReLU fused with the batch norm before it: that backward applies its mask
+                continue            # a ReLU fused with the module before it: that backward applies its mask
             dout = layers[position].backward(dout, input_grad=input_grad if position == 0 else True)
         return dout
