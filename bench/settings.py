@@ -6,6 +6,7 @@ development machine's cores). A host with more cores measures OpenMP scaling wit
 prints one row per thread count.
 """
 import os
+import statistics
 
 import numpy as np
 
@@ -61,3 +62,24 @@ def memory_pass(kind, inputs, out, torch=None, to_torch=None):
     t_first, t_second = (to_torch(a) for a in inputs)
     add = torch.add
     return lambda: add(t_first, t_second, out=t_out)
+
+
+def record_interleaved(benchmark, floor_seconds, torch_seconds, **info):
+    """Store an interleaved run's medians in ``benchmark.extra_info``: the floor's, the per-round ratios cynet / floor
+    (``ratio_to_floor_median``, and every ratio) and, when torch was timed, torch / cynet (``torch_over_cynet_median``),
+    with ``info`` (``impl="cynet"``, the thread count, ...). The rounds are the pedantic run's, each after its
+    ``setup`` (which timed the floors and torch); with ``--benchmark-disable`` nothing was timed and only ``info`` is
+    stored."""
+    benchmark.extra_info.update(info)
+    stats = getattr(benchmark, "stats", None)
+    if stats is None:
+        return
+    cynet_seconds = list(stats.stats.data)
+    ratios = [c / f for c, f in zip(cynet_seconds, floor_seconds)]
+    benchmark.extra_info.update(interleaved_floor_median=statistics.median(floor_seconds),
+                                ratio_to_floor_median=statistics.median(ratios),
+                                ratios=[round(r, 4) for r in ratios])
+    if torch_seconds:
+        benchmark.extra_info.update(
+            interleaved_torch_median=statistics.median(torch_seconds),
+            torch_over_cynet_median=statistics.median([t / c for t, c in zip(torch_seconds, cynet_seconds)]))

@@ -25,7 +25,6 @@ per-round ratios cynet / faster floor and torch / cynet; report.py prints their 
 Run:  python -m pytest bench --benchmark-only --benchmark-json=bench/results/run.json
       python bench/report.py bench/results/run.json
 """
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -34,7 +33,7 @@ import numpy as np
 import pytest
 
 from cynet import ops, reference
-from settings import bench_threads, memory_pass
+from settings import bench_threads, memory_pass, record_interleaved
 
 try:  # optional, as in conftest.py: the interleaved floors use torch's when it is importable
     import torch
@@ -438,12 +437,5 @@ def test_activation_interleaved_with_the_floor(op, benchmark, buffer_pool, use_t
         for floor in floors:                                     # warm-up of every call
             floor()
         benchmark.pedantic(kernel, setup=floor_round, rounds=INTERLEAVED_ROUNDS, iterations=1)
-    ratios = [c / f for c, f in zip(benchmark.stats.stats.data, floor_seconds)]
-    benchmark.extra_info.update(impl="cynet", threads=threads, kernel=op.label, direction=op.direction,
-                                interleaved_floor_median=statistics.median(floor_seconds),
-                                ratio_to_floor_median=statistics.median(ratios),
-                                ratios=[round(r, 4) for r in ratios])
-    if torch_seconds:
-        torch_ratios = [t / c for t, c in zip(torch_seconds, benchmark.stats.stats.data)]
-        benchmark.extra_info.update(interleaved_torch_median=statistics.median(torch_seconds),
-                                    torch_over_cynet_median=statistics.median(torch_ratios))
+    record_interleaved(benchmark, floor_seconds, torch_seconds, impl="cynet", threads=threads, kernel=op.label,
+                       direction=op.direction)

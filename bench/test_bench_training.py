@@ -18,7 +18,6 @@ The issue's target: cynet's epoch within 1.1x the floor and never slower than to
 
 Run:  python -m pytest bench/test_bench_training.py --benchmark-only --benchmark-json=bench/results/training.json
 """
-import statistics
 import time
 
 import numpy as np
@@ -28,7 +27,7 @@ from cynet import nn
 from cynet.nn.loss import SoftmaxCrossEntropy
 from cynet.optim import SGD
 from cynet.train import Trainer
-from settings import bench_threads
+from settings import bench_threads, record_interleaved
 
 try:  # optional, as in conftest.py: the interleaved rounds time torch's epoch too when it is importable
     import torch
@@ -276,13 +275,5 @@ def test_epoch_interleaved_with_the_floor(benchmark, use_threads, data, model_na
         if torch_run is not None:
             torch_run()
         benchmark.pedantic(run, setup=floor_round, rounds=INTERLEAVED_ROUNDS, iterations=1)
-    cynet_seconds = list(benchmark.stats.stats.data)
-    ratios = [c / f for c, f in zip(cynet_seconds, floor_seconds)]
-    benchmark.extra_info.update(impl="cynet", threads=threads, samples=SAMPLES, batch=BATCH, model=model_name,
-                                interleaved_floor_median=statistics.median(floor_seconds),
-                                ratio_to_floor_median=statistics.median(ratios),
-                                ratios=[round(r, 4) for r in ratios])
-    if torch_seconds:
-        benchmark.extra_info.update(
-            interleaved_torch_median=statistics.median(torch_seconds),
-            torch_over_cynet_median=statistics.median([t / c for t, c in zip(torch_seconds, cynet_seconds)]))
+    record_interleaved(benchmark, floor_seconds, torch_seconds, impl="cynet", threads=threads, samples=SAMPLES,
+                       batch=BATCH, model=model_name)
