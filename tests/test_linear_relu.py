@@ -160,3 +160,23 @@ def test_fused_mlp_trains_to_the_same_weights_on_any_thread_count(rng):
     for other in weights[1:]:
         for a, b in zip(weights[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("replace", ["float64", "reversed-view"])
+def test_a_replaced_bias_array_goes_through_numpy(rng, replace):
+    # a bias whose array was swapped for one the kernels do not take (another dtype, a non-contiguous view): NumPy's
+    # y += b as before, fused or not, and its gradient still lands in the bias's gradient buffer
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    dout = rng.standard_normal((5, 3)).astype(np.float32)
+    for fused in (False, True):
+        layer = nn.Linear(4, 3, generator=0)
+        values = rng.standard_normal(3)
+        layer.bias.data = values if replace == "float64" else values.astype(np.float32)[::-1].copy()[::-1]
+        want = x @ layer.weight.data.T
+        want += layer.bias.data
+        model = nn.Sequential(layer, nn.ReLU()) if fused else layer
+        y = model(x)
+        np.testing.assert_array_equal(y, np.maximum(want, 0) if fused else want)
+        model.backward(dout)
+        grad = np.where(want > 0, dout, 0) if fused else dout
+        np.testing.assert_allclose(layer.bias.grad, grad.sum(axis=0), rtol=1e-6)

@@ -71,9 +71,17 @@ def _add_bias_gradient(bias, dout, axis):
 # column sum, bit for bit).
 def _add_bias_relu(y, bias, relu):
     """y += bias (None: no bias) and, with ``relu``, y = max(y, 0), in place on Linear's fresh product y."""
+    if bias is not None and not _kernel_vector(bias, y.dtype, y.shape[1]):
+        y += bias                   # a bias array someone replaced (another dtype, a view): NumPy's add, as before
+        bias = None
     if bias is None and not relu:
         return
     ops._act.bias_relu_rows(y, bias, relu, kernel_threads(y.size))
+
+
+def _kernel_vector(array, dtype, length):
+    """Whether ``array`` can go to the row kernels as a per-column vector: C-contiguous, ``dtype``, (length,)."""
+    return array.dtype == dtype and array.shape == (length,) and array.flags.c_contiguous
 
 
 def _add_row_bias_gradient(bias, dout):
@@ -85,10 +93,13 @@ def _add_row_bias_gradient(bias, dout):
         _add_bias_gradient(bias, dout, 0)
         return
     grad, fresh = bias.grad_target()
-    sums = grad if fresh else np.empty_like(grad)
+    sums = grad if fresh and _kernel_vector(grad, dout.dtype, dout.shape[1]) else np.empty(dout.shape[1], dout.dtype)
     ops._act.relu_bias_grad_rows(dout, None, None, sums, False, kernel_threads(dout.size))
-    if not fresh:
-        grad += sums
+    if sums is not grad:
+        if fresh:
+            grad[...] = sums
+        else:
+            grad += sums
 
 
 def _relu_and_bias_gradient(bias, dout, y):
@@ -99,10 +110,13 @@ def _relu_and_bias_gradient(bias, dout, y):
     if bias is None or not bias.requires_grad:
         return ops.relu_backward(dout, y, out=dz)
     grad, fresh = bias.grad_target()
-    sums = grad if fresh else np.empty_like(grad)
+    sums = grad if fresh and _kernel_vector(grad, dout.dtype, dout.shape[1]) else np.empty(dout.shape[1], dout.dtype)
     ops._act.relu_bias_grad_rows(dout, y, dz, sums, True, kernel_threads(dout.size))
-    if not fresh:
-        grad += sums
+    if sums is not grad:
+        if fresh:
+            grad[...] = sums
+        else:
+            grad += sums
     return dz
 
 
