@@ -91,6 +91,28 @@ def test_random_crop_is_a_shifted_copy_with_zero_fill():
     assert len(offsets) > 10  # per-image offsets, not one shift for the whole batch
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
+@pytest.mark.parametrize("shape,size,padding", [((256, 3, 32, 32), 32, 2), ((9, 2, 7, 5), (4, 6), 3),
+                                                ((5, 1, 3, 3), 9, 3), ((4, 3, 6, 6), (2, 2), 0)],
+                         ids=["cifar", "odd-window", "window-larger-than-image", "no-padding"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_random_crop_equals_the_padded_window_at_the_drawn_offsets(dtype, shape, size, padding, threads):
+    # the oracle: draw the offsets from the same seed (rows, then columns, as RandomCrop does), pad with np.pad and
+    # slice image by image; the kernel (float batches) and the NumPy gather (others) must give exactly that
+    n, c, h, w = shape
+    sh, sw = (size, size) if isinstance(size, int) else size
+    x = np.random.default_rng(3).uniform(1, 200, size=shape).astype(dtype)[:, :, :, ::-1]   # not C-contiguous
+    with cynet.threads(threads):
+        out = RandomCrop(size, padding=padding)(x, np.random.default_rng(11))
+    draws = np.random.default_rng(11)
+    dy = draws.integers(0, h + 2 * padding - sh + 1, size=n)
+    dx = draws.integers(0, w + 2 * padding - sw + 1, size=n)
+    padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    want = np.stack([padded[i, :, dy[i]:dy[i] + sh, dx[i]:dx[i] + sw] for i in range(n)])
+    assert out.dtype == x.dtype and out.shape == want.shape
+    np.testing.assert_array_equal(out, want)
+
+
 def test_random_crop_smaller_window_and_no_padding():
     x = np.arange(2 * 1 * 5 * 5, dtype=np.float32).reshape(2, 1, 5, 5)
     out = RandomCrop((3, 2), padding=0)(x, np.random.default_rng(1))

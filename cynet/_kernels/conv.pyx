@@ -790,3 +790,51 @@ def avgpool_backward(const floating[:, :, :, ::1] dout, const int64_t[::1] r0, c
             for p in prange(N * C, schedule="static", num_threads=nt):
                 _avgpool_plane_backward(&dout[0, 0, 0, 0] + p * OH * OW, &dx[0, 0, 0, 0] + p * H * W, &r0[0], &r1[0],
                                         &c0[0], &c1[0], &row_scale[0], &col_scale[0], H, W, OH, OW)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# RandomCrop's window (cynet.data.RandomCrop): each image n of x (N, C, H, W), padded with zeros by `pad` on every
+# side, cropped at its own offset (dy_n, dx_n) of the padded image into y (N, C, OH, OW):
+#   y[n, c, i, j] = x[n, c, i + dy_n - pad, j + dx_n - pad]   (0 outside the image)
+# A copy: the values are x's bits. The planes are split across the team; no padded array is built.
+
+cdef void _crop_plane(const floating* x, floating* y, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
+                      Py_ssize_t top, Py_ssize_t left) noexcept nogil:
+    """One plane: y[i, j] = x[i + top, j + left] where that lies in the H x W image, else 0."""
+    cdef Py_ssize_t i, j, r, j0, j1
+    j0 = min(OW, max(0, -left))                   # the output columns whose source column is inside the image
+    j1 = max(j0, min(OW, W - left))
+    for i in range(OH):
+        r = i + top
+        if r < 0 or r >= H:
+            for j in range(OW):
+                y[i * OW + j] = 0
+            continue
+        for j in range(j0):
+            y[i * OW + j] = 0
+        for j in range(j0, j1):
+            y[i * OW + j] = x[r * W + j + left]
+        for j in range(j1, OW):
+            y[i * OW + j] = 0
+
+
+def random_crop(const floating[:, :, :, ::1] x, const int64_t[::1] dy, const int64_t[::1] dx, Py_ssize_t pad,
+                floating[:, :, :, ::1] y, int n_threads):
+    """y[n] = the window of x[n] zero-padded by ``pad``, at row dy[n] and column dx[n] of the padded image."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3], p, n
+    if y.shape[0] != N or y.shape[1] != C or dy.shape[0] != N or dx.shape[0] != N or pad < 0:
+        raise ValueError(f"cynet._kernels.conv.random_crop: y must be (N, C, OH, OW) and dy, dx of length N for x "
+                         f"{(N, C, H, W)}, got y {(y.shape[0], y.shape[1], OH, OW)}, {dy.shape[0]} and {dx.shape[0]} "
+                         f"offsets")
+    for n in range(N):
+        if not (0 <= dy[n] <= H + 2 * pad - OH and 0 <= dx[n] <= W + 2 * pad - OW):
+            raise ValueError(f"cynet._kernels.conv.random_crop: offset ({dy[n]}, {dx[n]}) of image {n} puts the "
+                             f"{OH} x {OW} window outside the padded {H + 2 * pad} x {W + 2 * pad} image")
+    if N * C == 0 or OH == 0 or OW == 0:
+        return
+    cdef int nt = _threads(N * C * OH * OW, N * C, n_threads)
+    with nogil:
+        for p in prange(N * C, schedule="static", num_threads=nt):
+            _crop_plane(&x[0, 0, 0, 0] + p * H * W, &y[0, 0, 0, 0] + p * OH * OW, H, W, OH, OW,
+                        dy[p // C] - pad, dx[p // C] - pad)
