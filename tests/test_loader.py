@@ -113,6 +113,20 @@ def test_random_crop_equals_the_padded_window_at_the_drawn_offsets(dtype, shape,
     np.testing.assert_array_equal(out, want)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_random_flip_mirrors_the_drawn_images(dtype, p, threads):
+    # the oracle: the same draws (one uniform per image, flipped where < p), each image reversed along its last axis
+    x = np.random.default_rng(4).uniform(1, 200, size=(256, 3, 9, 7)).astype(dtype)[:, ::-1]   # not C-contiguous
+    with cynet.threads(threads):
+        out = RandomHorizontalFlip(p=p)(x, np.random.default_rng(12))
+    flip = np.random.default_rng(12).random(len(x)) < p
+    want = np.stack([image[:, :, ::-1] if f else image for image, f in zip(x, flip)])
+    assert out.dtype == x.dtype and not np.shares_memory(out, x)
+    np.testing.assert_array_equal(out, want)
+
+
 def test_random_crop_smaller_window_and_no_padding():
     x = np.arange(2 * 1 * 5 * 5, dtype=np.float32).reshape(2, 1, 5, 5)
     out = RandomCrop((3, 2), padding=0)(x, np.random.default_rng(1))

@@ -838,3 +838,31 @@ def random_crop(const floating[:, :, :, ::1] x, const int64_t[::1] dy, const int
         for p in prange(N * C, schedule="static", num_threads=nt):
             _crop_plane(&x[0, 0, 0, 0] + p * H * W, &y[0, 0, 0, 0] + p * OH * OW, H, W, OH, OW,
                         dy[p // C] - pad, dx[p // C] - pad)
+
+
+# RandomHorizontalFlip (cynet.data.RandomHorizontalFlip): y[n] = x[n] mirrored left-right where flip[n], else a copy.
+#   y[n, c, i, j] = x[n, c, i, W - 1 - j] if flip[n] else x[n, c, i, j]
+cdef void _flip_plane(const floating* x, floating* y, Py_ssize_t H, Py_ssize_t W, bint mirror) noexcept nogil:
+    cdef Py_ssize_t i, j
+    if not mirror:
+        for j in range(H * W):
+            y[j] = x[j]
+        return
+    for i in range(H):
+        for j in range(W):
+            y[i * W + j] = x[i * W + W - 1 - j]
+
+
+def random_flip(const floating[:, :, :, ::1] x, const unsigned char[::1] flip, floating[:, :, :, ::1] y,
+                int n_threads):
+    """y[n] = x[n] with its last axis reversed where flip[n] is nonzero, else x[n] (y must not overlap x)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3], p
+    if y.shape[0] != N or y.shape[1] != C or y.shape[2] != H or y.shape[3] != W or flip.shape[0] != N:
+        raise ValueError(f"cynet._kernels.conv.random_flip: y must have x's shape {(N, C, H, W)} and flip N values, "
+                         f"got y {(y.shape[0], y.shape[1], y.shape[2], y.shape[3])} and {flip.shape[0]} flags")
+    if N * C * H * W == 0:
+        return
+    cdef int nt = _threads(N * C * H * W, N * C, n_threads)
+    with nogil:
+        for p in prange(N * C, schedule="static", num_threads=nt):
+            _flip_plane(&x[0, 0, 0, 0] + p * H * W, &y[0, 0, 0, 0] + p * H * W, H, W, flip[p // C] != 0)
