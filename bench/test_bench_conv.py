@@ -6,6 +6,10 @@ one forward and one backward pass (dx included), float32:
 - ``conv/c3-32``:  (128, 3, 32, 32) -> 32 filters 3x3, padding 1 (a CIFAR-10 net's first layer);
 - ``conv/c32-64``: (128, 32, 16, 16) -> 64 filters 3x3, padding 1 (its second, after a 2x2 pooling);
 - ``maxpool/c32``: (128, 32, 32, 32), 2x2 windows, stride 2;
+- ``augment/crop``, ``augment/flip``: the CIFAR-10 example's augmentation of a (256, 3, 32, 32) float32 batch,
+  ``RandomCrop(32, padding=2)`` and ``RandomHorizontalFlip()`` (``cynet``: their kernels) against the NumPy
+  formulations they replaced (``numpy``: a zero-padded copy and a four-axis fancy gather; a copy and a fancy-indexed
+  assignment), from the same seed, so the same windows and flips;
 - ``cnn_step``: one training step (forward, loss, backward, SGD with momentum) of ``examples/train_cifar10.py
   --model cnn``'s net, three conv 3x3 - batch norm - ReLU - max pool 2x2 blocks (32, 64, 128 filters) and a Linear
   classifier, on a batch of 256 CIFAR-shaped images: cynet against the same net in torch, and cynet with its large
@@ -23,7 +27,7 @@ import numpy as np
 import pytest
 
 from cynet import nn
-from settings import bench_threads
+from settings import bench_threads, memory_pass
 
 THREADS = bench_threads()
 CONVS = {"c3-32": ((128, 3, 32, 32), 32), "c32-64": ((128, 32, 16, 16), 64)}
@@ -115,6 +119,51 @@ def test_conv_and_pool(benchmark, timing, use_threads, request, name, impl, thre
         np.testing.assert_allclose(y, y_ref, rtol=1e-3, atol=1e-3)
         np.testing.assert_allclose(dx, dx_ref, rtol=1e-3, atol=1e-3)
         timing.run(benchmark, run)
+
+
+AUGMENT_BATCH = (256, 3, 32, 32)
+AUGMENT_PADDING = 2
+
+
+def numpy_crop(xb, rng, padding=AUGMENT_PADDING):
+    """RandomCrop in NumPy: pad with zeros, draw each image's offset (rows, then columns), gather the windows."""
+    n, c, h, w = xb.shape
+    padded = np.zeros((n, c, h + 2 * padding, w + 2 * padding), xb.dtype)
+    padded[:, :, padding:padding + h, padding:padding + w] = xb
+    dy = rng.integers(0, 2 * padding + 1, size=n)
+    dx = rng.integers(0, 2 * padding + 1, size=n)
+    rows = (dy[:, None] + np.arange(h))[:, None, :, None]
+    cols = (dx[:, None] + np.arange(w))[:, None, None, :]
+    return padded[np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None], rows, cols]
+
+
+def numpy_flip(xb, rng, p=0.5):
+    """RandomHorizontalFlip in NumPy: a copy, then the drawn images reversed along their last axis."""
+    flip = rng.random(len(xb)) < p
+    out = np.array(xb, copy=True)
+    out[flip] = xb[flip, :, :, ::-1]
+    return out
+
+
+@pytest.mark.parametrize("threads", THREADS, ids=[f"t{n}" for n in THREADS])
+@pytest.mark.parametrize("impl", ["cynet", "numpy", "limit"])
+@pytest.mark.parametrize("name", ["crop", "flip"])
+def test_augmentation(benchmark, timing, use_threads, name, impl, threads):
+    """``limit``: a one-thread copy of the batch into a preallocated output, the bytes any augmentation moves."""
+    from cynet.data import RandomCrop, RandomHorizontalFlip
+
+    benchmark.group = f"augment/{name}/t{threads}"
+    benchmark.extra_info.update(impl=impl, threads=threads, shape=list(AUGMENT_BATCH))
+    xb = np.random.default_rng(0).standard_normal(AUGMENT_BATCH, dtype=np.float32)
+    cynet_op = RandomCrop(32, padding=AUGMENT_PADDING) if name == "crop" else RandomHorizontalFlip()
+    with use_threads(threads):
+        if impl == "limit":
+            timing.run(benchmark, memory_pass("copy", [xb], np.zeros_like(xb)))
+            return
+        op = cynet_op if impl == "cynet" else (numpy_crop if name == "crop" else numpy_flip)
+        np.testing.assert_array_equal(op(xb, np.random.default_rng(1)), cynet_op(xb, np.random.default_rng(1)))
+        rng = np.random.default_rng(2)
+        timing.run(benchmark, lambda: op(xb, rng))
 
 
 def _cynet_cnn():
