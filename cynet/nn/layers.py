@@ -92,14 +92,7 @@ def _add_row_bias_gradient(bias, dout):
     if not dout.flags.c_contiguous:
         _add_bias_gradient(bias, dout, 0)
         return
-    grad, fresh = bias.grad_target()
-    sums = grad if fresh and _kernel_vector(grad, dout.dtype, dout.shape[1]) else np.empty(dout.shape[1], dout.dtype)
-    ops._act.relu_bias_grad_rows(dout, None, None, sums, False, kernel_threads(dout.size))
-    if sums is not grad:
-        if fresh:
-            grad[...] = sums
-        else:
-            grad += sums
+    _column_sums_into(bias, dout, None, None)
 
 
 def _relu_and_bias_gradient(bias, dout, y):
@@ -109,15 +102,21 @@ def _relu_and_bias_gradient(bias, dout, y):
     dz = reuse.empty(dout.shape, dout.dtype)
     if bias is None or not bias.requires_grad:
         return ops.relu_backward(dout, y, out=dz)
+    _column_sums_into(bias, dout, y, dz)
+    return dz
+
+
+def _column_sums_into(bias, dout, y, dz):
+    """Write (first gradient since zero_grad) or add into the bias gradient the column sums of dout (C-contiguous),
+    or, given y, of dz = dout masked by y > 0, which the same pass writes."""
     grad, fresh = bias.grad_target()
     sums = grad if fresh and _kernel_vector(grad, dout.dtype, dout.shape[1]) else np.empty(dout.shape[1], dout.dtype)
-    ops._act.relu_bias_grad_rows(dout, y, dz, sums, True, kernel_threads(dout.size))
+    ops._act.relu_bias_grad_rows(dout, y, dz, sums, y is not None, kernel_threads(dout.size))
     if sums is not grad:
         if fresh:
             grad[...] = sums
         else:
             grad += sums
-    return dz
 
 
 def _initial_parameters(module, weight_shape, fan_in, bias, init, dtype, generator):
