@@ -7,6 +7,7 @@ prints one row per thread count.
 """
 import os
 import statistics
+import time
 
 import numpy as np
 
@@ -64,22 +65,51 @@ def memory_pass(kind, inputs, out, torch=None, to_torch=None):
     return lambda: add(t_first, t_second, out=t_out)
 
 
-def record_interleaved(benchmark, floor_seconds, torch_seconds, **info):
-    """Store an interleaved run's medians in ``benchmark.extra_info``: the floor's, the per-round ratios cynet / floor
-    (``ratio_to_floor_median``, and every ratio) and, when torch was timed, torch / cynet (``torch_over_cynet_median``),
-    with ``info`` (``impl="cynet"``, the thread count, ...). The rounds are the pedantic run's, each after its
-    ``setup`` (which timed the floors and torch); with ``--benchmark-disable`` nothing was timed and only ``info`` is
-    stored."""
-    benchmark.extra_info.update(info)
-    stats = getattr(benchmark, "stats", None)
-    if stats is None:
-        return
-    cynet_seconds = list(stats.stats.data)
-    ratios = [c / f for c, f in zip(cynet_seconds, floor_seconds)]
-    benchmark.extra_info.update(interleaved_floor_median=statistics.median(floor_seconds),
-                                ratio_to_floor_median=statistics.median(ratios),
-                                ratios=[round(r, 4) for r in ratios])
-    if torch_seconds:
-        benchmark.extra_info.update(
-            interleaved_torch_median=statistics.median(torch_seconds),
-            torch_over_cynet_median=statistics.median([t / c for t, c in zip(torch_seconds, cynet_seconds)]))
+class InterleavedRounds:
+    """The ``setup`` of an interleaved pedantic run: before each timed call of cynet, one call of every floor (the
+    fastest of them counts for the round) and then, when given, one of torch's; :meth:`record` stores the medians.
+
+    ``torch_call`` may be set to None before the run (torch cannot run the case).
+    """
+
+    def __init__(self, floors, torch_call=None):
+        self.floors, self.torch_call = list(floors), torch_call
+        self.floor_seconds, self.torch_seconds = [], []
+
+    def warm_up(self):
+        """One untimed call of each floor and of torch's call."""
+        for call in self.floors + ([self.torch_call] if self.torch_call is not None else []):
+            call()
+
+    def __call__(self):
+        best = None
+        for floor in self.floors:
+            start = time.perf_counter()
+            floor()
+            elapsed = time.perf_counter() - start
+            best = elapsed if best is None else min(best, elapsed)
+        self.floor_seconds.append(best)
+        if self.torch_call is not None:
+            start = time.perf_counter()
+            self.torch_call()
+            self.torch_seconds.append(time.perf_counter() - start)
+
+    def record(self, benchmark, **info):
+        """Store in ``benchmark.extra_info``: the floor's median, the per-round ratios cynet / floor
+        (``ratio_to_floor_median``, and every ratio) and, when torch was timed, torch / cynet
+        (``torch_over_cynet_median``), with ``info`` (``impl="cynet"``, the thread count, ...). With
+        ``--benchmark-disable`` nothing was timed and only ``info`` is stored."""
+        benchmark.extra_info.update(info)
+        stats = getattr(benchmark, "stats", None)
+        if stats is None:
+            return
+        cynet_seconds = list(stats.stats.data)
+        ratios = [c / f for c, f in zip(cynet_seconds, self.floor_seconds)]
+        benchmark.extra_info.update(interleaved_floor_median=statistics.median(self.floor_seconds),
+                                    ratio_to_floor_median=statistics.median(ratios),
+                                    ratios=[round(r, 4) for r in ratios])
+        if self.torch_seconds:
+            benchmark.extra_info.update(
+                interleaved_torch_median=statistics.median(self.torch_seconds),
+                torch_over_cynet_median=statistics.median([t / c for t, c in zip(self.torch_seconds,
+                                                                                   cynet_seconds)]))

@@ -25,7 +25,6 @@ per-round ratios cynet / faster floor and torch / cynet; report.py prints their 
 Run:  python -m pytest bench --benchmark-only --benchmark-json=bench/results/run.json
       python bench/report.py bench/results/run.json
 """
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -33,7 +32,7 @@ import numpy as np
 import pytest
 
 from cynet import ops, reference
-from settings import bench_threads, memory_pass, record_interleaved
+from settings import InterleavedRounds, bench_threads, memory_pass
 
 try:  # optional, as in conftest.py: the interleaved floors use torch's when it is importable
     import torch
@@ -401,41 +400,24 @@ def test_activation_interleaved_with_the_floor(op, benchmark, buffer_pool, use_t
     b = buffer_pool.get(shape)
     case = Case(op, shape, threads, "cynet")
     kernel = op.make_cynet(b)
-    floors = [_floor_call(Case(op, shape, threads, "limit"), b, None)[0]]
-    torch_kernel = None
+    rounds = InterleavedRounds([_floor_call(Case(op, shape, threads, "limit"), b, None)[0]])
     if torch is not None:
-        floors.append(_floor_call(Case(op, shape, threads, "limit_torch"), b, torch)[0])
+        rounds.floors.append(_floor_call(Case(op, shape, threads, "limit_torch"), b, torch)[0])
         try:
-            torch_kernel = op.make_torch(b, torch)[0]
+            rounds.torch_call = op.make_torch(b, torch)[0]
         except (AttributeError, TorchUnavailable):
-            torch_kernel = None
-    floor_seconds, torch_seconds = [], []
-
-    def floor_round():
-        best = None
-        for floor in floors:
-            start = time.perf_counter()
-            floor()
-            elapsed = time.perf_counter() - start
-            best = elapsed if best is None else min(best, elapsed)
-        floor_seconds.append(best)
-        if torch_kernel is not None:
-            start = time.perf_counter()
-            torch_kernel()
-            torch_seconds.append(time.perf_counter() - start)
+            rounds.torch_call = None
 
     with use_threads(threads):
         _check(case, kernel(), b.expected((op.label, op.direction), op.expected))
-        if torch_kernel is not None:
+        if rounds.torch_call is not None:
             try:
-                torch_result = torch_kernel()
+                torch_result = rounds.torch_call()
             except (RuntimeError, TypeError):                    # as test_activation: torch cannot run it this way
-                torch_kernel = None
+                rounds.torch_call = None
             else:
                 _check(Case(op, shape, threads, "torch"), torch_result,
                        b.expected((op.label, op.direction), op.expected))
-        for floor in floors:                                     # warm-up of every call
-            floor()
-        benchmark.pedantic(kernel, setup=floor_round, rounds=INTERLEAVED_ROUNDS, iterations=1)
-    record_interleaved(benchmark, floor_seconds, torch_seconds, impl="cynet", threads=threads, kernel=op.label,
-                       direction=op.direction)
+        rounds.warm_up()
+        benchmark.pedantic(kernel, setup=rounds, rounds=INTERLEAVED_ROUNDS, iterations=1)
+    rounds.record(benchmark, impl="cynet", threads=threads, kernel=op.label, direction=op.direction)

@@ -31,14 +31,13 @@ run; groups ``batchnorm_interleaved/direction/shape/tN``).
 
 Run:  python -m pytest bench/test_bench_normalization.py --benchmark-only -q   (-k batchnorm, -k layernorm, ...)
 """
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from cynet.nn.normalization import batch_norm_backward, batch_norm_forward, row_norm_backward, row_norm_forward
-from settings import bench_threads, memory_pass, record_interleaved
+from settings import InterleavedRounds, bench_threads, memory_pass
 
 OP_SHAPES = {"batchnorm": [(256, 4096), (4096, 4096), (128, 64, 32, 32)],
              "layernorm": [(256, 4096), (4096, 4096)],
@@ -320,33 +319,16 @@ def test_batchnorm_interleaved_with_the_floor(case, benchmark, use_threads, requ
         torch = None
     b = buffers(case.op, case.shape)
     kernel = _make(case, b, torch)[0]
-    floors = [_make(Case(case.op, case.direction, case.shape, case.threads, "limit"), b, torch)[0]]
-    torch_kernel = None
+    rounds = InterleavedRounds([_make(Case(case.op, case.direction, case.shape, case.threads, "limit"), b, torch)[0]])
     if torch is not None:
-        floors.append(_make(Case(case.op, case.direction, case.shape, case.threads, "limit_torch"), b, torch)[0])
-        torch_kernel = _make(Case(case.op, case.direction, case.shape, case.threads, "torch"), b, torch)[0]
-    floor_seconds, torch_seconds = [], []
-
-    def floor_round():
-        best = None
-        for floor in floors:
-            start = time.perf_counter()
-            floor()
-            elapsed = time.perf_counter() - start
-            best = elapsed if best is None else min(best, elapsed)
-        floor_seconds.append(best)
-        if torch_kernel is not None:
-            start = time.perf_counter()
-            torch_kernel()
-            torch_seconds.append(time.perf_counter() - start)
+        rounds.floors.append(_make(Case(case.op, case.direction, case.shape, case.threads, "limit_torch"), b,
+                                   torch)[0])
+        rounds.torch_call = _make(Case(case.op, case.direction, case.shape, case.threads, "torch"), b, torch)[0]
 
     with use_threads(case.threads):
         rtol, atol = TOLERANCE["cynet"]
         np.testing.assert_allclose(kernel(), b.reference(case.direction), rtol=rtol, atol=atol, err_msg=case.id)
-        for floor in floors:                                     # warm-up of every call
-            floor()
-        if torch_kernel is not None:
-            torch_kernel()
-        benchmark.pedantic(kernel, setup=floor_round, rounds=INTERLEAVED_ROUNDS, iterations=1)
-    record_interleaved(benchmark, floor_seconds, torch_seconds, impl="cynet", threads=case.threads, kernel=case.op,
-                       direction=case.direction, shape=case.shape_id)
+        rounds.warm_up()
+        benchmark.pedantic(kernel, setup=rounds, rounds=INTERLEAVED_ROUNDS, iterations=1)
+    rounds.record(benchmark, impl="cynet", threads=case.threads, kernel=case.op, direction=case.direction,
+                  shape=case.shape_id)

@@ -18,7 +18,6 @@ The issue's target: cynet's epoch within 1.1x the floor and never slower than to
 
 Run:  python -m pytest bench/test_bench_training.py --benchmark-only --benchmark-json=bench/results/training.json
 """
-import time
 
 import numpy as np
 import pytest
@@ -27,7 +26,7 @@ from cynet import nn
 from cynet.nn.loss import SoftmaxCrossEntropy
 from cynet.optim import SGD
 from cynet.train import Trainer
-from settings import bench_threads, record_interleaved
+from settings import InterleavedRounds, bench_threads
 
 try:  # optional, as in conftest.py: the interleaved rounds time torch's epoch too when it is importable
     import torch
@@ -255,25 +254,13 @@ def test_epoch_interleaved_with_the_floor(benchmark, use_threads, data, model_na
     epochs = iter(range(1, 10_000))
     buffers = _floor_buffers()
     torch_run = _torch_epoch(model_name == "mlp_bn", x, y, np.random.default_rng(1)) if torch is not None else None
-    floor_seconds, torch_seconds = [], []
-
-    def floor_round():
-        start = time.perf_counter()
-        _floor_epoch(x, buffers)
-        floor_seconds.append(time.perf_counter() - start)
-        if torch_run is not None:
-            start = time.perf_counter()
-            torch_run()
-            torch_seconds.append(time.perf_counter() - start)
+    rounds = InterleavedRounds([lambda: _floor_epoch(x, buffers)], torch_run)
 
     def run():
         trainer.fit(x, y, epochs=next(epochs), batch_size=BATCH)
 
     with use_threads(threads):
         run()
-        _floor_epoch(x, buffers)  # warm-up of each
-        if torch_run is not None:
-            torch_run()
-        benchmark.pedantic(run, setup=floor_round, rounds=INTERLEAVED_ROUNDS, iterations=1)
-    record_interleaved(benchmark, floor_seconds, torch_seconds, impl="cynet", threads=threads, samples=SAMPLES,
-                       batch=BATCH, model=model_name)
+        rounds.warm_up()
+        benchmark.pedantic(run, setup=rounds, rounds=INTERLEAVED_ROUNDS, iterations=1)
+    rounds.record(benchmark, impl="cynet", threads=threads, samples=SAMPLES, batch=BATCH, model=model_name)
