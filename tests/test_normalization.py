@@ -745,3 +745,16 @@ def test_batch_norm_1d_in_place_gives_the_bits_of_a_fresh_output(rng, relu):
     np.testing.assert_array_equal(over_x, want)
     assert dx is over_dout
     np.testing.assert_array_equal(dx, want_dx)
+
+
+def test_a_batch_norm_subclass_with_its_own_forward_is_not_fused(rng):
+    # forward_relu computes _BatchNorm's forward: a subclass that changes forward runs its own, then the ReLU
+    class Shifted(BatchNorm1d):
+        def forward(self, x):
+            return super().forward(x) - 1.0
+
+    model = nn.Sequential(Shifted(5), nn.ReLU())
+    x = rng.standard_normal((8, 5)).astype(np.float32)
+    y = model(x)
+    plain = BatchNorm1d(5)
+    np.testing.assert_array_equal(y, np.maximum(plain(x) - 1.0, 0))

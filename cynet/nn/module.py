@@ -643,11 +643,11 @@ class Sequential(_ModuleSequence):
         from cynet.nn.layers import Linear, ReLU
 
         first, relu = modules[position], modules[position + 1]
-        if isinstance(first, Linear):
-            if not FUSE_LINEAR_RELU or type(first).forward is not Linear.forward or \
-                    type(first).backward is not Linear.backward:
-                return None
-        elif not FUSE_BATCHNORM_RELU:
+        if not (FUSE_LINEAR_RELU if isinstance(first, Linear) else FUSE_BATCHNORM_RELU):
+            return None
+        # forward_relu stands for its own class's forward and backward: not for a subclass's or an instance's own
+        owner = next(cls for cls in type(first).__mro__ if "forward_relu" in vars(cls))
+        if type(first).forward is not owner.forward or type(first).backward is not owner.backward:
             return None
         if type(relu) is not ReLU or any(name in vars(module) for module in (first, relu)
                                          for name in ("forward", "backward")):
