@@ -180,3 +180,13 @@ def test_a_replaced_bias_array_goes_through_numpy(rng, replace):
         model.backward(dout)
         grad = np.where(want > 0, dout, 0) if fused else dout
         np.testing.assert_allclose(layer.bias.grad, grad.sum(axis=0), rtol=1e-6)
+
+
+def test_the_kernels_refuse_mismatched_lengths_before_touching_memory():
+    y = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="bias must have 4 values for y of shape"):
+        _act.bias_relu_rows(y, np.zeros(3, np.float32), True, 1)
+    for dz_y, db in [((y, y), np.zeros(3, np.float32)), ((y[:2], y), np.zeros(4, np.float32)),
+                     ((None, None), np.zeros(4, np.float32))]:
+        with pytest.raises(ValueError, match="db must have 4 values and, with the ReLU, y and dz"):
+            _act.relu_bias_grad_rows(y, dz_y[0], dz_y[1], db, True, 1)

@@ -127,6 +127,20 @@ def test_random_flip_mirrors_the_drawn_images(dtype, p, threads):
     np.testing.assert_array_equal(out, want)
 
 
+def test_crop_and_flip_kernels_refuse_bad_shapes_and_offsets():
+    from cynet._kernels import load
+
+    conv = load("conv")
+    x = np.zeros((2, 1, 4, 4), np.float32)
+    offsets = np.zeros(2, np.int64)
+    with pytest.raises(ValueError, match="y must be"):
+        conv.random_crop(x, offsets, offsets, 1, np.zeros((3, 1, 4, 4), np.float32), 1)
+    with pytest.raises(ValueError, match=r"offset \(3, 0\) of image 1 puts the 4 x 4 window outside"):
+        conv.random_crop(x, np.array([0, 3]), offsets, 1, np.zeros((2, 1, 4, 4), np.float32), 1)
+    with pytest.raises(ValueError, match="y must have x's shape"):
+        conv.random_flip(x, np.zeros(2, np.uint8), np.zeros((2, 1, 4, 3), np.float32), 1)
+
+
 def test_random_crop_smaller_window_and_no_padding():
     x = np.arange(2 * 1 * 5 * 5, dtype=np.float32).reshape(2, 1, 5, 5)
     out = RandomCrop((3, 2), padding=0)(x, np.random.default_rng(1))

@@ -892,6 +892,9 @@ def bias_relu_rows(floating[:, ::1] y, const floating[::1] bias, bint relu, int 
     """y += bias (one value per column; None: no bias) and, with ``relu``, y = ReLU(y), in place, on (N, M)."""
     cdef Py_ssize_t N = y.shape[0], M = y.shape[1], k, lo, hi
     cdef bint has_bias = bias is not None
+    if has_bias and bias.shape[0] != M:
+        raise ValueError(f"cynet._kernels.activations.bias_relu_rows: bias must have {M} values for y of shape "
+                         f"({N}, {M}), got {bias.shape[0]}")
     cdef const floating* b = &bias[0] if has_bias and M > 0 else NULL
     cdef Py_ssize_t K = _n_parallel_chunks(N, N * M, n_threads)
     if N == 0 or M == 0 or not (has_bias or relu):
@@ -950,6 +953,10 @@ def relu_bias_grad_rows(const floating[:, ::1] dout, const floating[:, ::1] y, f
     written and may be None) and the bias gradient db (M,), the column sums of dz (0 where N = 0)."""
     cdef Py_ssize_t N = dout.shape[0], M = dout.shape[1], t, j
     cdef Py_ssize_t per_line = 64 // sizeof(floating)
+    if db.shape[0] != M or (relu and (y is None or dz is None or y.shape[0] != N or y.shape[1] != M
+                                      or dz.shape[0] != N or dz.shape[1] != M)):
+        raise ValueError(f"cynet._kernels.activations.relu_bias_grad_rows: db must have {M} values and, with the "
+                         f"ReLU, y and dz dout's shape ({N}, {M})")
     cdef Py_ssize_t n_ranges = min(<Py_ssize_t>n_threads, M // per_line) if N * M >= PARALLEL_MIN_ELEMENTS else 1
     cdef const floating* y_ptr = &y[0, 0] if relu and N > 0 and M > 0 else NULL
     cdef floating* dz_ptr = &dz[0, 0] if relu and N > 0 and M > 0 else NULL
