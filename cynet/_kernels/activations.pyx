@@ -919,7 +919,8 @@ cdef void _relu_bias_grad_columns(const floating* dout, const floating* y, float
     cdef floating* dz_row
     if relu:
         for j in range(j0, j1):
-            g = dout[j] if y[j] > 0 else 0
+            g = dout[j]
+            g = g if y[j] > 0 else 0
             dz[j] = g
             db[j] = g
         for i in range(1, N):
@@ -927,7 +928,8 @@ cdef void _relu_bias_grad_columns(const floating* dout, const floating* y, float
             y_row = y + i * M
             dz_row = dz + i * M
             for j in range(j0, j1):
-                g = g_row[j] if y_row[j] > 0 else 0
+                g = g_row[j]                        # loaded unconditionally: a select, not a branch on y's sign
+                g = g if y_row[j] > 0 else 0
                 dz_row[j] = g
                 db[j] = db[j] + g
     else:
