@@ -50,8 +50,10 @@ cdef inline void _piece_span(const floating* dout, const int32_t* idx, int32_t p
                              Py_ssize_t n) noexcept nogil:
     """dx[j] = dout[j] if idx[j] == p else 0 for j < n."""
     cdef Py_ssize_t j
+    cdef floating g
     for j in range(n):
-        dx[j] = dout[j] if idx[j] == p else 0
+        g = dout[j]                  # loaded for every j: a load under the condition is a branch (or a masked load)
+        dx[j] = g if idx[j] == p else 0
 
 
 # The number of idx[j] outside [0, K) for j < n (one unsigned compare: negative values wrap above K).
