@@ -758,3 +758,38 @@ def test_a_batch_norm_subclass_with_its_own_forward_is_not_fused(rng):
     y = model(x)
     plain = BatchNorm1d(5)
     np.testing.assert_array_equal(y, np.maximum(plain(x) - 1.0, 0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_every_simd_variant_gives_identical_bits(rng, monkeypatch, dtype):
+    # The statistics' and gradients' sums run in eight float64 lanes: one AVX-512 vector, eight scalars the compiler
+    # vectorises elsewhere; the order of every addition is fixed by the lanes, so every variant must agree to the bit
+    # (BatchNorm1d's column ranges and row chunks, the planes of BatchNorm2d, with and without the fused ReLU,
+    # LayerNorm, GroupNorm; forward, dx, dgamma, dbeta, running statistics).
+    from cynet._kernels import available_isas, load
+    import cynet.nn.normalization as norm
+
+    isas = available_isas("normalization")
+    if len(isas) < 2:
+        pytest.skip(f"only {isas} built/supported here")
+    cases = [(lambda: BatchNorm1d(300), (64, 300)), (lambda: BatchNorm1d(70), (2500, 70)),
+             (lambda: BatchNorm2d(8), (16, 8, 33, 17)), (lambda: LayerNorm(257), (40, 257)),
+             (lambda: GroupNorm(4, 8), (6, 8, 13, 11))]
+    inputs = [(rng.standard_normal(shape) * 3 + 1).astype(dtype) for _, shape in cases]
+    douts = [rng.standard_normal(shape).astype(dtype) for _, shape in cases]
+    results = {}
+    for isa in isas:
+        monkeypatch.setattr(norm, "_kernels", lambda isa=isa: load("normalization", isa))
+        got = []
+        for (make, _), x, dout in zip(cases, inputs, douts):
+            for relu in ((False, True) if isinstance(make(), (BatchNorm1d, BatchNorm2d)) else (False,)):
+                layer = make().to(dtype)
+                y = (layer.forward_relu(x) if relu else layer(x)).copy()
+                dx = layer.backward(dout).copy()
+                got.append((y, dx, layer.weight.grad.copy(), layer.bias.grad.copy(),
+                            *[b.copy() for b in layer.buffers()]))
+        results[isa] = got
+    for isa in isas:
+        for case, (got, base) in enumerate(zip(results[isa], results["baseline"])):
+            for a, b in zip(got, base):
+                assert np.array_equal(a, b, equal_nan=True), (isa, case)
