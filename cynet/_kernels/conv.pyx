@@ -303,8 +303,8 @@ cdef extern from *:
     #define CYNET_RP_LOAD(v, p) memcpy(&(v), (p), 64)
     #define CYNET_RP_MULADD(s, x, y, L) do { int l_; for (l_ = 0; l_ < (L); l_++)                                  \
                                              (s).lane[l_] = (s).lane[l_] + (x).lane[l_] * (y).lane[l_]; } while (0)
-    #define CYNET_RP_ADD(s, x, L) do { int l_; for (l_ = 0; l_ < (L); l_++) (s).lane[l_] = (s).lane[l_] + (x).lane[l_]; }    \
-                                  while (0)
+    #define CYNET_RP_ADD(s, x, L) do { int l_; for (l_ = 0; l_ < (L); l_++)                                     \
+                                           (s).lane[l_] = (s).lane[l_] + (x).lane[l_]; } while (0)
     #define CYNET_RP_LANE(v, l) ((v).lane[l])
     #endif
     /* The total of 16 (or 8) float64 lanes, folding halves: l + (l + 8), then l + (l + 4), l + (l + 2), l + (l + 1)
