@@ -270,10 +270,12 @@ cdef extern from *:
     #define CYNET_RP_TILES(T, S, L) CYNET_RP_TILE(T, S, L, 1, 1) CYNET_RP_TILE(T, S, L, 1, 2)
     #define CYNET_RP_CASES(S) CYNET_RP_CASE(S, 1, 1) CYNET_RP_CASE(S, 1, 2)
     #endif
-    /* 64 bytes of lanes: a GCC/Clang vector (one AVX-512 register; for AVX2, two 32-byte halves: a 64-byte vector is
-       not a register type there, GCC kept it on the stack and the first CIFAR layer, conv/c3-32 forward and backward
-       at one thread, took 42.8 ms against 20.1 for AVX-512 and 37.4 for SSE2), elsewhere (or with
-       -DCYNET_SCALAR_LANES) an array stepped lane by lane: each lane sees the same operations either way. */
+    /* 64 bytes of lanes: with GCC/Clang, vectors of the target's width: one 64-byte vector for AVX-512, two 32-byte
+       halves for AVX2, four 16-byte quarters for SSE2 or NEON (a 64-byte vector is not a register type on a narrower
+       target: GCC kept it on the stack, and the first CIFAR layer, conv/c3-32 forward and backward at one thread,
+       took 42.8 ms in the AVX2 variant and 35-37 in SSE2's against 18-22 for AVX-512; in halves and quarters 21.5-23
+       and 25-26); elsewhere (or with -DCYNET_SCALAR_LANES) an array stepped lane by lane: each lane sees the same
+       operations in every form. */
     #if defined(__GNUC__) && (defined(__clang__) || __GNUC__ >= 9) && !defined(CYNET_SCALAR_LANES) \
         && defined(__AVX__) && !defined(__AVX512F__)
     typedef float cynet_rp_h32 __attribute__((vector_size(32)));
@@ -288,6 +290,28 @@ cdef extern from *:
     #define CYNET_RP_ADD(s, x, L) ((s).lo = (s).lo + (x).lo, (s).hi = (s).hi + (x).hi)
     #define CYNET_RP_HALF(v) ((int)(sizeof((v).lo) / sizeof((v).lo[0])))
     #define CYNET_RP_LANE(v, l) ((l) < CYNET_RP_HALF(v) ? (v).lo[(l)] : (v).hi[(l) - CYNET_RP_HALF(v)])
+    #elif defined(__GNUC__) && (defined(__clang__) || __GNUC__ >= 9) && !defined(CYNET_SCALAR_LANES) \
+        && !defined(__AVX512F__)
+    /* 16-byte targets (SSE2, NEON): four 16-byte quarters */
+    typedef float cynet_rp_q32 __attribute__((vector_size(16)));
+    typedef double cynet_rp_q64 __attribute__((vector_size(16)));
+    typedef struct { cynet_rp_q32 q0, q1, q2, q3; } cynet_rp_f32;
+    typedef struct { cynet_rp_q64 q0, q1, q2, q3; } cynet_rp_f64;
+    #define CYNET_RP_ZERO(v) ((v).q0 = (__typeof__((v).q0)){0}, (v).q1 = (v).q0, (v).q2 = (v).q0, (v).q3 = (v).q0)
+    #define CYNET_RP_Q(v) ((int)(sizeof((v).q0) / sizeof((v).q0[0])))
+    #define CYNET_RP_LOAD(v, p) do { __typeof__((v).q0) q0_, q1_, q2_, q3_;                                      \
+                                     memcpy(&q0_, (p), 16); memcpy(&q1_, (p) + CYNET_RP_Q(v), 16);                \
+                                     memcpy(&q2_, (p) + 2 * CYNET_RP_Q(v), 16);                                    \
+                                     memcpy(&q3_, (p) + 3 * CYNET_RP_Q(v), 16);                                    \
+                                     (v).q0 = q0_; (v).q1 = q1_; (v).q2 = q2_; (v).q3 = q3_; } while (0)
+    #define CYNET_RP_MULADD(s, x, y, L) ((s).q0 = (s).q0 + (x).q0 * (y).q0, (s).q1 = (s).q1 + (x).q1 * (y).q1,      \
+                                         (s).q2 = (s).q2 + (x).q2 * (y).q2, (s).q3 = (s).q3 + (x).q3 * (y).q3)
+    #define CYNET_RP_ADD(s, x, L) ((s).q0 = (s).q0 + (x).q0, (s).q1 = (s).q1 + (x).q1, (s).q2 = (s).q2 + (x).q2,      \
+                                   (s).q3 = (s).q3 + (x).q3)
+    #define CYNET_RP_LANE(v, l) ((l) < CYNET_RP_Q(v) ? (v).q0[(l)]                                               \
+                                 : (l) < 2 * CYNET_RP_Q(v) ? (v).q1[(l) - CYNET_RP_Q(v)]                              \
+                                 : (l) < 3 * CYNET_RP_Q(v) ? (v).q2[(l) - 2 * CYNET_RP_Q(v)]                          \
+                                 : (v).q3[(l) - 3 * CYNET_RP_Q(v)])
     #elif defined(__GNUC__) && (defined(__clang__) || __GNUC__ >= 9) && !defined(CYNET_SCALAR_LANES)
     typedef float cynet_rp_f32 __attribute__((vector_size(64)));
     typedef double cynet_rp_f64 __attribute__((vector_size(64)));
