@@ -154,12 +154,34 @@ def get_num_threads():
         >>> cynet.get_num_threads() >= 1
         True
     """
+    return _num_threads(default_num_threads)
+
+
+def _num_threads(default):
+    """get_num_threads with ``default()`` for the count when nothing was set."""
     local = getattr(_state, "num_threads", None)
-    n = local if local is not None else (_global_num_threads if _global_num_threads is not None
-                                         else default_num_threads())
+    n = local if local is not None else (_global_num_threads if _global_num_threads is not None else default())
     if _forked and n > 1:
         return _one_thread_after_fork(n)
     return n
+
+
+# The default as kernel calls see it: read again once DEFAULT_REFRESH_SECONDS have passed since the last reading.
+# Reading it (OMP_NUM_THREADS through os.environ, the affinity mask by a system call) took 1.4 us of the 2.6 us of
+# each kernel_threads call, about 14 calls per training step: a fifth of a tiny MLP's step (8-8-8-10, batch 256:
+# 175 us, mostly Python), where a hyperparameter search spends its time. A change of OMP_NUM_THREADS or of the
+# affinity mask reaches the kernels within that interval (get_num_threads reads both every time); set_num_threads and
+# threads() reach them at once.
+DEFAULT_REFRESH_SECONDS = 0.05
+_recent_default = [float("-inf"), 1]  # [monotonic time of the reading, default_num_threads() then]
+
+
+def _recent_default_num_threads():
+    now = time.monotonic()
+    if now - _recent_default[0] >= DEFAULT_REFRESH_SECONDS:
+        _recent_default[1] = default_num_threads()
+        _recent_default[0] = now
+    return _recent_default[1]
 
 
 # Set in a forked child: see get_num_threads.
@@ -343,11 +365,13 @@ def kernel_threads(elements, ns_per_element=NS_STREAM):
         ...     cynet.kernel_threads(10**9)
         1
     """
-    n = get_num_threads()
+    n = _num_threads(_recent_default_num_threads)
     if n <= 1:
         return 1
-    one_thread = elements * ns_per_element * 1e-9
-    return n if one_thread * (1.0 - 1.0 / n) > parallel_overhead(n) else 1
+    overhead = _overhead_seconds.get(n)
+    if overhead is None or _forked:
+        overhead = parallel_overhead(n)
+    return n if elements * ns_per_element * 1e-9 * (1.0 - 1.0 / n) > overhead else 1
 
 
 def copyto(dst, src):

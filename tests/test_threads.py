@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -241,6 +242,30 @@ def test_zero_overhead_gives_every_kernel_all_threads(overhead):
     overhead("0")
     with cynet.threads(3):
         assert cynet.kernel_threads(1) == 3
+
+
+def test_kernel_calls_see_a_new_default_within_the_refresh_interval(overhead, monkeypatch):
+    # The default (OMP_NUM_THREADS, then the CPUs available) is read again by kernel calls once
+    # DEFAULT_REFRESH_SECONDS have passed; get_num_threads reads it every time; explicit settings apply at once.
+    from cynet import _threading
+
+    overhead("0")
+    cynet.set_num_threads(None)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    time.sleep(_threading.DEFAULT_REFRESH_SECONDS)
+    assert cynet.kernel_threads(10**6) == 3 == cynet.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert cynet.get_num_threads() == 1                    # at once
+    with cynet.threads(2):
+        assert cynet.kernel_threads(10**6) == 2            # at once
+    cynet.set_num_threads(4)
+    assert cynet.kernel_threads(10**6) == 4
+    cynet.set_num_threads(None)
+    time.sleep(_threading.DEFAULT_REFRESH_SECONDS)
+    assert cynet.kernel_threads(10**6) == 1                # the new default, after the interval
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    time.sleep(_threading.DEFAULT_REFRESH_SECONDS)
+    assert cynet.kernel_threads(10**6) == cynet.available_cpus()
 
 
 @pytest.mark.parametrize("bad", ["-5", "abc", "nan", "inf"])
