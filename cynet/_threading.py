@@ -90,8 +90,8 @@ _blas_limiter = None  # the threadpoolctl limiter of the last set_num_threads, t
 def _cgroup_cpu_quota():
     """CPUs allowed by a cgroup v2 (cpu.max) or v1 (cfs quota/period) limit, or None when there is no limit.
 
-    Read once per process: opening the cgroup files took ~50 us, and every kernel call asks for the thread count
-    (the affinity mask, a ~0.5 us system call, is still read each time)."""
+    Read once per process: opening the cgroup files took ~50 us (the affinity mask, a ~0.5 us system call, is read
+    by every get_num_threads call, and by kernel calls every DEFAULT_REFRESH_SECONDS)."""
     try:
         with open("/sys/fs/cgroup/cpu.max") as f:
             quota, period = f.read().split()[:2]
