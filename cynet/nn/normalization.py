@@ -227,7 +227,9 @@ class _BatchNorm(Module):
     def frozen(self):
         """True after :meth:`freeze` (or when every parameter has ``requires_grad=False``)."""
         if self._parameters:
-            return super().frozen
+            if self._modules:
+                return super().frozen
+            return not any(p.requires_grad for p in self._parameters.values())   # every forward asks: no tree walk
         return self._frozen_stats
 
     def reset_running_stats(self):

@@ -351,25 +351,29 @@ class Optimizer:
     def _arrays(self, index, param):
         """``(flat data, flat grad)`` of a parameter, after checking they are what the kernels accept."""
         data = param.data
-        name = f"{type(self).__name__}.step: params[{index}]"
+
+        def name():
+            return f"{type(self).__name__}.step: params[{index}]"
+
         if not isinstance(data, np.ndarray) or data.dtype not in KERNEL_DTYPES:
-            raise TypeError(f"{name}: data must be a float32 or float64 ndarray, got "
+            raise TypeError(f"{name()}: data must be a float32 or float64 ndarray, got "
                             f"{describe(data) if isinstance(data, np.ndarray) else type(data).__name__}")
-        if not data.flags.c_contiguous or not data.flags.writeable:
-            raise ValueError(f"{name}: data must be C-contiguous and writable, got a "
-                             f"{'strided' if not data.flags.c_contiguous else 'read-only'} {describe(data)}")
+        flags = data.flags
+        if not flags.c_contiguous or not flags.writeable:
+            raise ValueError(f"{name()}: data must be C-contiguous and writable, got a "
+                             f"{'strided' if not flags.c_contiguous else 'read-only'} {describe(data)}")
         grad = param.grad
         if grad.dtype != data.dtype or grad.shape != data.shape:
-            raise TypeError(f"{name}: gradient ({describe(grad)}) does not match the data ({describe(data)}); was "
+            raise TypeError(f"{name()}: gradient ({describe(grad)}) does not match the data ({describe(data)}); was "
                             f"param.data replaced without its gradient? Use Module.to(dtype) to change dtypes")
         if not grad.flags.c_contiguous:
-            raise ValueError(f"{name}: gradient must be C-contiguous, got a strided {describe(grad)}")
+            raise ValueError(f"{name()}: gradient must be C-contiguous, got a strided {describe(grad)}")
         state = self.state[index]
         for key in self._state_arrays:
             buffer = state.get(key)
             if buffer is not None and (buffer.dtype != data.dtype or buffer.size != data.size):
-                raise TypeError(f"{name}: state {key!r} ({buffer.dtype}, {buffer.size} elements) does not match the "
-                                f"parameter ({describe(data)}); the parameter changed dtype or size after the "
+                raise TypeError(f"{name()}: state {key!r} ({buffer.dtype}, {buffer.size} elements) does not match "
+                                f"the parameter ({describe(data)}); the parameter changed dtype or size after the "
                                 f"optimiser started: create a new optimiser")
         return data.reshape(-1), grad.reshape(-1)
 
