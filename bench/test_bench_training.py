@@ -333,3 +333,40 @@ def test_linear_bias_relu(benchmark, timing, use_threads, width, direction, impl
                 np.testing.assert_array_equal(db, (dout * (y > 0)).sum(axis=0))
         np.copyto(out, product)
         timing.run(benchmark, run)
+
+
+# --- dropout ---------------------------------------------------------------------------------------------------------
+# The CIFAR-10 example's Dropout(0.2) after each hidden layer: the mask (Philox4x32-10 words on the kernels' threads,
+# cynet._kernels.dropout) and the product in one pass, against NumPy's formulation (a uniform draw per element from
+# a Generator, the comparison, the scaled product: what cynet did before) and a copy of the same bytes.
+DROPOUT_P = 0.2
+
+
+@pytest.mark.parametrize("threads", THREADS, ids=[f"t{n}" for n in THREADS])
+@pytest.mark.parametrize("impl", ["cynet", "numpy", "limit"])
+@pytest.mark.parametrize("width", BIAS_WIDTHS)
+def test_dropout_forward(benchmark, timing, use_threads, width, impl, threads):
+    x = np.random.default_rng(4).standard_normal((BATCH, width), dtype=np.float32)
+    benchmark.group = f"dropout/forward/{BATCH}x{width}/t{threads}"
+    benchmark.extra_info.update(impl=impl, threads=threads, shape=[BATCH, width], p=DROPOUT_P)
+    out = np.empty_like(x)
+    scale = np.float32(1 / (1 - DROPOUT_P))
+    if impl == "cynet":
+        layer = nn.Dropout(DROPOUT_P, generator=0)
+        run = lambda: layer(x)                                                              # noqa: E731
+    elif impl == "numpy":
+        rng = np.random.default_rng(0)
+
+        def run():
+            mask = (rng.random(x.shape, dtype=np.float32) >= DROPOUT_P).astype(np.float32)
+            mask *= scale
+            return np.multiply(x, mask, out=out)
+    else:
+        run = memory_pass("copy", [x], out)
+    with use_threads(threads):
+        if impl != "limit":                   # inverted dropout: each value 0 or x / (1 - p), about 1 - p kept
+            y = run()
+            kept = y != 0
+            np.testing.assert_array_equal(y[kept], x[kept] * scale)
+            assert abs(kept.mean() - (1 - DROPOUT_P)) < 0.01
+        timing.run(benchmark, run)

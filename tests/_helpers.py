@@ -311,3 +311,28 @@ class MethodCalls:
             return original(this, *args, **kwargs)
 
         monkeypatch.setattr(type(module), name, counting)
+
+
+def philox4x32_10(counter, key):
+    """Philox4x32-10 (Salmon et al., SC 2011) in NumPy, from the specification: ``counter`` four arrays of uint32
+    values, ``key`` two ints; returns the four output words as uint64 arrays (values < 2^32). The test oracle of
+    cynet's dropout masks (tests check it against the Random123 known-answer vectors)."""
+    mask32 = np.uint64(0xFFFFFFFF)
+    x0, x1, x2, x3 = (np.asarray(c, np.uint64) & mask32 for c in counter)
+    k0, k1 = np.uint64(key[0] & 0xFFFFFFFF), np.uint64(key[1] & 0xFFFFFFFF)
+    for r in range(10):
+        if r:
+            k0, k1 = (k0 + np.uint64(0x9E3779B9)) & mask32, (k1 + np.uint64(0xBB67AE85)) & mask32
+        p0, p1 = np.uint64(0xD2511F53) * x0, np.uint64(0xCD9E8D57) * x2
+        x0, x1, x2, x3 = ((p1 >> np.uint64(32)) ^ x1 ^ k0) & mask32, p1 & mask32, \
+            ((p0 >> np.uint64(32)) ^ x3 ^ k1) & mask32, p0 & mask32
+    return x0, x1, x2, x3
+
+
+def dropout_keep(key, n, p):
+    """The keep decisions of n elements of a cynet dropout mask keyed by ``key``: word i % 4 of Philox4x32-10 at
+    counter (i // 4 low word, high word, 0, 0) and key (key low word, high word), kept when >= round(p 2^32)."""
+    blocks = np.arange((n + 3) // 4, dtype=np.uint64)
+    words = philox4x32_10((blocks, blocks >> np.uint64(32), np.zeros_like(blocks), np.zeros_like(blocks)),
+                          (key & 0xFFFFFFFF, key >> 32))
+    return np.stack(words, axis=1).reshape(-1)[:n] >= round(p * 2**32)

@@ -74,7 +74,9 @@ def test_train_cifar10_resnet_runs_on_the_subset_and_overfits_a_tiny_set(tmp_pat
 
 def test_train_cifar10_cnn_learns_on_the_subset(tmp_path, capsys, no_cifar_data):
     example = load_example("train_cifar10")
-    accuracy = example.main(["--epochs", "3", "--skip-checks", "--model", "cnn", "--out", str(tmp_path / "cnn")])
+    # four epochs: after three, the best checkpoint of some streams of dropout masks was still the noisy second
+    # epoch's (test accuracy 0.14-0.22 for seed 0, 0.22-0.30 for seeds 1-5); after four 0.26-0.35 for seeds 0-5
+    accuracy = example.main(["--epochs", "4", "--skip-checks", "--model", "cnn", "--out", str(tmp_path / "cnn")])
     printed = capsys.readouterr().out
     assert "Conv2d(3, 32, kernel_size=(3, 3)" in printed and "MaxPool2d" in printed
     assert accuracy > 0.20                                  # chance is 10 %

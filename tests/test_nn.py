@@ -10,6 +10,7 @@ import pytest
 
 import cynet
 from cynet import nn
+from _helpers import dropout_keep, philox4x32_10
 
 try:
     import torch
@@ -453,6 +454,47 @@ def test_dropout_reuse_mask_and_edge_probabilities(rng):
     np.testing.assert_array_equal(nn.Dropout(1.0)(x), np.zeros_like(x))
     with pytest.raises(ValueError, match="Dropout"):
         nn.Dropout(1.5)
+
+
+@pytest.mark.parametrize("counter,key,words", [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF, 0xFFFFFFFF), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1))])
+def test_the_philox_oracle_gives_the_random123_known_answers(counter, key, words):
+    got = philox4x32_10([np.array([c], np.uint64) for c in counter], key)
+    assert tuple(int(w[0]) for w in got) == words
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 7), (256, 1024), (5, 4, 33)])
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.9])
+def test_dropout_masks_are_philox_words_keyed_by_one_generator_draw(dtype, shape, p):
+    x = np.random.default_rng(5).standard_normal(shape).astype(dtype)
+    key = int(np.random.default_rng(11).integers(0, 2**64, dtype=np.uint64))
+    keep = dropout_keep(key, x.size, p).reshape(shape)
+    scale = dtype(1 / (1 - p))
+    want = np.multiply(x, keep.astype(dtype) * scale)
+    for threads in (1, 2, 3):
+        with cynet.threads(threads):
+            drop = nn.Dropout(p, generator=11)
+            y = drop(x)
+            np.testing.assert_array_equal(y, want)
+            np.testing.assert_array_equal(drop.backward(np.ones_like(x)), keep.astype(dtype) * scale)
+    inplace = x.copy()
+    assert nn.Dropout(p, generator=11, inplace=True)(inplace) is inplace
+    np.testing.assert_array_equal(inplace, want)
+    strided = np.asfortranarray(x)                  # not C-contiguous: the mask, then NumPy's product
+    np.testing.assert_array_equal(nn.Dropout(p, generator=11)(strided), want)
+
+
+def test_dropout_keeps_one_minus_p_and_draws_a_new_key_each_pass():
+    x = np.ones(400_000, np.float32)
+    drop = nn.Dropout(0.3, generator=0)
+    first, second = drop(x) != 0, drop(x) != 0
+    for kept in (first, second):
+        assert abs(kept.mean() - 0.7) < 4 * np.sqrt(0.21 / x.size)
+    assert abs((first & second).mean() - 0.49) < 4 * np.sqrt(0.49 * 0.51 / x.size)   # independent passes
 
 
 def test_flatten_round_trip():

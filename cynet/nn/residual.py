@@ -105,7 +105,7 @@ class StochasticDepth(Dropout):
         >>> from cynet import nn
         >>> _ = cynet.manual_seed(0)
         >>> drop = nn.StochasticDepth(0.5)
-        >>> y = drop(np.ones((6, 2), np.float32))
+        >>> y = drop(np.ones((8, 2), np.float32))
         >>> sorted(set(y[:, 0].tolist())), bool((y[:, 0] == y[:, 1]).all())
         ([0.0, 2.0], True)
     """
