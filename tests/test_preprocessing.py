@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
+import cynet
 from cynet import nn
 from cynet.data import (TRANSFORMS, ChannelMean, MeanImage, PCA, PCAWhitening, Pipeline, Standardize, ZCAWhitening,
                         load_bundle, save_bundle, transform_from_state_dict)
@@ -350,3 +351,23 @@ def test_bundle_errors(tmp_path):
     meta = json.loads(np.load(tmp_path / "no_transform.npz")["bundle.metadata"].item())
     assert meta == {}
     assert os.listdir(tmp_path).count("no_transform.npz") == 1
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+def test_channel_standardize_gives_numpys_bits_on_any_thread_count(dtype):
+    # per-channel Standardize of C-contiguous batches runs on the kernels' threads (conv.channel_standardize): the
+    # values of NumPy's subtraction then division in the output type, for uint8, float32 and float64 data
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (70, 3, 9, 11)).astype(dtype)
+    st = Standardize(per="channel").fit(x)
+    out_type = np.float64 if dtype == np.float64 else np.float32
+    want = np.empty(x.shape, out_type).reshape(70, 3, -1)
+    np.subtract(x.reshape(70, 3, -1), st.mean_[:, None].astype(out_type), out=want, casting="unsafe")
+    want /= st.scale_[:, None].astype(out_type)
+    for threads in (1, 2, 3):
+        with cynet.threads(threads):
+            got = st.transform(x)
+            assert got.dtype == out_type
+            np.testing.assert_array_equal(got, want.reshape(x.shape))
+    strided = x[:, :, ::-1]                             # not C-contiguous: NumPy's path, the same values
+    np.testing.assert_array_equal(st.transform(strided), want.reshape(x.shape)[:, :, ::-1])

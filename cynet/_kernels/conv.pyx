@@ -906,3 +906,38 @@ def random_flip(const floating[:, :, :, ::1] x, const unsigned char[::1] flip, f
     with nogil:
         for p in prange(N * C, schedule="static", num_threads=nt):
             _flip_plane(&x[0, 0, 0, 0] + p * H * W, &y[0, 0, 0, 0] + p * H * W, H, W, flip[p // C] != 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Per-channel standardisation of a batch (cynet.data.Standardize(per="channel")), the data's own type converted:
+#   out[n, c, p] = (T(x[n, c, p]) - mean_c) / scale_c       in the output's type T, two roundings as in NumPy's
+#                                                            np.subtract(x, mean, out) then out /= scale
+ctypedef fused standardize_source:
+    unsigned char
+    float
+    double
+
+
+cdef void _standardize_plane(const standardize_source* x, floating mean, floating scale, floating* out,
+                             Py_ssize_t P) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating v
+    for i in range(P):
+        v = <floating>x[i] - mean
+        out[i] = v / scale
+
+
+def channel_standardize(const standardize_source[:, :, ::1] x, const floating[::1] mean, const floating[::1] scale,
+                        floating[:, :, ::1] out, int n_threads):
+    """out = (x - mean_c) / scale_c on (N, C, P) planes, x uint8, float32 or float64 converted to out's type."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2], q
+    if out.shape[0] != N or out.shape[1] != C or out.shape[2] != P or mean.shape[0] != C or scale.shape[0] != C:
+        raise ValueError(f"cynet._kernels.conv.channel_standardize: x {(N, C, P)} needs out of its shape and mean and "
+                         f"scale of {C} values, got out {(out.shape[0], out.shape[1], out.shape[2])}, mean "
+                         f"({mean.shape[0]},), scale ({scale.shape[0]},)")
+    if N == 0 or C == 0 or P == 0:
+        return
+    cdef int nt = _threads(N * C * P, N * C, n_threads)
+    with nogil:
+        for q in prange(N * C, schedule="static", num_threads=nt):
+            _standardize_plane(&x[0, 0, 0] + q * P, mean[q % C], scale[q % C], &out[0, 0, 0] + q * P, P)

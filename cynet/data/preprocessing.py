@@ -31,6 +31,9 @@ from collections import namedtuple
 
 import numpy as np
 
+from cynet._kernels import load
+from cynet._threading import kernel_threads
+
 DEFAULT_CHUNK_SIZE = 4096
 _BUNDLE_FORMAT = "cynet-bundle-v1"
 
@@ -409,6 +412,14 @@ class ChannelMean(Transform):
         return self._apply(x, dtype, +1)
 
 
+def _standardize_kernel_takes(x3, dtype):
+    """Whether conv.channel_standardize can run on the (N, C, P) view: C-contiguous uint8 data into float32/float64,
+    or float data into its own type (NumPy's subtraction and division give the same values then)."""
+    if not x3.flags.c_contiguous or dtype not in (np.float32, np.float64):
+        return False
+    return x3.dtype == np.uint8 or x3.dtype == dtype
+
+
 class Standardize(Transform):
     """Zero mean and unit variance, per feature (sklearn's StandardScaler) or per channel.
 
@@ -466,6 +477,11 @@ class Standardize(Transform):
     def _transform(self, x, dtype):
         xv, mean, scale = self._view(x)
         out = np.empty(xv.shape, dtype=dtype)
+        if self.per == "channel" and _standardize_kernel_takes(xv, dtype):
+            # the same two roundings on the kernels' threads (a CIFAR batch of 256: 0.39 ms on one thread in NumPy)
+            load("conv").channel_standardize(xv, self.mean_.astype(dtype), self.scale_.astype(dtype), out,
+                                             kernel_threads(out.size))
+            return out.reshape(x.shape)
         np.subtract(xv, mean.astype(dtype), out=out, casting="unsafe")
         out /= scale.astype(dtype)
         return out.reshape(x.shape)
