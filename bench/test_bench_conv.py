@@ -10,6 +10,8 @@ one forward and one backward pass (dx included), float32:
   ``RandomCrop(32, padding=2)`` and ``RandomHorizontalFlip()`` (``cynet``: their kernels) against the NumPy
   formulations they replaced (``numpy``: a zero-padded copy and a four-axis fancy gather; a copy and a fancy-indexed
   assignment), from the same seed, so the same windows and flips;
+- ``augment/standardize``: the example's ``Standardize(per="channel")`` of a uint8 batch into float32 against its
+  NumPy formulation (the same values) and a conversion of the batch;
 - ``cnn_step``: one training step (forward, loss, backward, SGD with momentum) of ``examples/train_cifar10.py
   --model cnn``'s net, three conv 3x3 - batch norm - ReLU - max pool 2x2 blocks (32, 64, 128 filters) and a Linear
   classifier, on a batch of 256 CIFAR-shaped images: cynet against the same net in torch, and cynet with its large
@@ -164,6 +166,39 @@ def test_augmentation(benchmark, timing, use_threads, name, impl, threads):
         np.testing.assert_array_equal(op(xb, np.random.default_rng(1)), cynet_op(xb, np.random.default_rng(1)))
         rng = np.random.default_rng(2)
         timing.run(benchmark, lambda: op(xb, rng))
+
+
+def numpy_standardize(xb, mean, scale):
+    """Per-channel standardisation in NumPy, into float32: subtract, then divide (Standardize's NumPy path)."""
+    x3 = xb.reshape(xb.shape[0], xb.shape[1], -1)
+    out = np.empty(x3.shape, np.float32)
+    np.subtract(x3, mean[:, None].astype(np.float32), out=out, casting="unsafe")
+    out /= scale[:, None].astype(np.float32)
+    return out.reshape(xb.shape)
+
+
+@pytest.mark.parametrize("threads", THREADS, ids=[f"t{n}" for n in THREADS])
+@pytest.mark.parametrize("impl", ["cynet", "numpy", "limit"])
+def test_standardize_batch(benchmark, timing, use_threads, impl, threads):
+    """The CIFAR-10 example's ``Standardize(per="channel")`` of a uint8 (256, 3, 32, 32) batch into float32:
+    ``cynet`` (its kernel), ``numpy`` (the formulation it replaced; the same values, checked) and ``limit``
+    (a one-thread conversion of the batch to float32: the bytes it must read and write)."""
+    from cynet.data import Standardize
+
+    benchmark.group = f"augment/standardize/t{threads}"
+    benchmark.extra_info.update(impl=impl, threads=threads, shape=list(AUGMENT_BATCH))
+    xb = np.random.default_rng(0).integers(0, 256, AUGMENT_BATCH).astype(np.uint8)
+    st = Standardize(per="channel").fit(xb)
+    out = np.empty(AUGMENT_BATCH, np.float32)
+    with use_threads(threads):
+        np.testing.assert_array_equal(st.transform(xb), numpy_standardize(xb, st.mean_, st.scale_))
+        if impl == "cynet":
+            run = lambda: st.transform(xb)                                               # noqa: E731
+        elif impl == "numpy":
+            run = lambda: numpy_standardize(xb, st.mean_, st.scale_)                     # noqa: E731
+        else:
+            run = lambda: np.copyto(out, xb, casting="unsafe")                            # noqa: E731
+        timing.run(benchmark, run)
 
 
 def _cynet_cnn():
