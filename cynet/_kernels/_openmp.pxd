@@ -35,3 +35,12 @@ cdef inline Py_ssize_t split_length(Py_ssize_t n, Py_ssize_t work, int n_threads
     if n_threads <= 1 or work < PARALLEL_MIN_ELEMENTS:
         return n if n > 0 else 1
     return ((n + n_threads - 1) // n_threads + align - 1) // align * align
+
+
+cdef inline Py_ssize_t range_start(Py_ssize_t n, Py_ssize_t t, Py_ssize_t n_ranges, Py_ssize_t align) noexcept nogil:
+    """First item of range t of n_ranges over n items: near-equal ranges starting on multiples of align (n for
+    t >= n_ranges), so that a thread's range of columns starts on a whole 64-byte line; a function of the shape and
+    the range count only."""
+    if t >= n_ranges:
+        return n
+    return min(n, ((n * t) // n_ranges) // align * align)

@@ -16,7 +16,7 @@ from cython.parallel cimport prange
 from libc.math cimport erfc
 from libc.string cimport memcpy
 
-from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS, CHUNK_ALIGN, split_length
+from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS, CHUNK_ALIGN, range_start, split_length
 from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, stream_fence, stream_head,
                                      stream_store)
 from cynet._kernels._vecmath cimport (FUSED_FMA, STAGE, TAIL_RATIO_BLOCK, _expm1_reduced_f32, _pow2_f32, exp_neg_f64,
@@ -941,14 +941,6 @@ cdef void _relu_bias_grad_columns(const floating* dout, const floating* y, float
                 db[j] = db[j] + g_row[j]
 
 
-cdef inline Py_ssize_t _column_range_start(Py_ssize_t M, Py_ssize_t t, Py_ssize_t n_ranges,
-                                           Py_ssize_t per_line) noexcept nogil:
-    """First column of range t of n_ranges over M columns: near-equal ranges starting on whole 64-byte lines."""
-    if t >= n_ranges:
-        return M
-    return min(M, ((M * t) // n_ranges) // per_line * per_line)
-
-
 def relu_bias_grad_rows(const floating[:, ::1] dout, const floating[:, ::1] y, floating[:, ::1] dz,
                         floating[::1] db, bint relu, int n_threads):
     """The backward of bias_relu_rows on (N, M): dz (with ``relu``: dout masked by y > 0; without it dz is not
@@ -974,5 +966,5 @@ def relu_bias_grad_rows(const floating[:, ::1] dout, const floating[:, ::1] y, f
         else:
             for t in prange(n_ranges, schedule='static', num_threads=n_ranges):
                 _relu_bias_grad_columns(&dout[0, 0], y_ptr, dz_ptr, &db[0], N, M,
-                                        _column_range_start(M, t, n_ranges, per_line),
-                                        _column_range_start(M, t + 1, n_ranges, per_line), relu)
+                                        range_start(M, t, n_ranges, per_line),
+                                        range_start(M, t + 1, n_ranges, per_line), relu)

@@ -31,7 +31,7 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.math cimport sqrt
 
-from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS
+from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS, range_start
 from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, stream_fence, stream_head,
                                      stream_store)
 
@@ -85,13 +85,6 @@ def rows_plan(Py_ssize_t n_rows, Py_ssize_t n_cols, Py_ssize_t itemsize):
     if n_cols >= ROWS_RANGE_MIN_COLUMNS:
         return <Py_ssize_t>ROWS_RANGE_MIN_WIDTH, 0
     return 0, max(1, min(<Py_ssize_t>ROWS_MAX_CHUNKS, n_rows // ROWS_MIN_CHUNK))
-
-
-cdef inline Py_ssize_t _range_start(Py_ssize_t D, Py_ssize_t t, Py_ssize_t n_ranges) noexcept nogil:
-    """First column of range t of n_ranges over D columns: near-equal ranges, boundaries on multiples of 16."""
-    if t >= n_ranges:
-        return D
-    return min(D, ((D * t) // n_ranges) // 16 * 16)
 
 
 cdef inline double _inv_std(double var, double eps) noexcept nogil:
@@ -747,8 +740,8 @@ def bn_rows_forward(const floating[:, ::1] x, const floating[::1] gamma, const f
             else:
                 for t in prange(nt, schedule='static', num_threads=nt):
                     _bn_rows_forward_range(&x[0, 0], &gamma[0], &beta[0], &y[0, 0], &mean[0], &var[0], &inv_std[0],
-                                           &partials[0, 0], &coef[0, 0], N, D, _range_start(D, t, nt),
-                                           _range_start(D, t + 1, nt), eps, stream, relu)
+                                           &partials[0, 0], &coef[0, 0], N, D, range_start(D, t, nt, 16),
+                                           range_start(D, t + 1, nt, 16), eps, stream, relu)
         return
     n_col_blocks = (D + SUM_BLOCK - 1) // SUM_BLOCK
     nt = _threads_for(N * D, n_chunks, n_threads)
@@ -994,7 +987,7 @@ def bn_rows_backward(const floating[:, ::1] dout, const floating[:, ::1] x, cons
                 for t in prange(nt, schedule='static', num_threads=nt):
                     _bn_rows_backward_range(&dout[0, 0], &x[0, 0], &gamma[0], &mean[0], &inv_std[0], &dx[0, 0],
                                             &dgamma[0], &dbeta[0], &partials[0, 0], &coef[0, 0], N, D,
-                                            _range_start(D, t, nt), _range_start(D, t + 1, nt),
+                                            range_start(D, t, nt, 16), range_start(D, t + 1, nt, 16),
                                             compute_dx, stream, beta)
         return
     n_col_blocks = (D + SUM_BLOCK - 1) // SUM_BLOCK
@@ -1361,8 +1354,8 @@ def bn_planes_forward(const floating[:, :, ::1] x, const floating[::1] gamma, co
             else:
                 for t in prange(nt, schedule='static', num_threads=nt):
                     _bn_planes_forward_range(&x[0, 0, 0], &gamma[0], &beta[0], &y[0, 0, 0], &mean[0], &var[0],
-                                             &inv_std[0], P, C, S, _range_start(C, t, nt), _range_start(C, t + 1, nt),
-                                             eps, stream, relu)
+                                             &inv_std[0], P, C, S, range_start(C, t, nt, 16),
+                                             range_start(C, t + 1, nt, 16), eps, stream, relu)
         elif nt == 1:
             for c in range(C):
                 _bn_planes_forward_channel(&x[0, 0, 0], &gamma[0], &beta[0], &y[0, 0, 0], &mean[0], &var[0],
@@ -1401,8 +1394,8 @@ def bn_planes_backward(const floating[:, :, ::1] dout, const floating[:, :, ::1]
             else:
                 for t in prange(nt, schedule='static', num_threads=nt):
                     _bn_planes_backward_range(&dout[0, 0, 0], &x[0, 0, 0], &gamma[0], &mean[0], &inv_std[0],
-                                              &dx[0, 0, 0], &dgamma[0], &dbeta[0], P, C, S, _range_start(C, t, nt),
-                                              _range_start(C, t + 1, nt), compute_dx, stream, beta)
+                                              &dx[0, 0, 0], &dgamma[0], &dbeta[0], P, C, S, range_start(C, t, nt, 16),
+                                              range_start(C, t + 1, nt, 16), compute_dx, stream, beta)
         elif nt == 1:
             for c in range(C):
                 _bn_planes_backward_channel(&dout[0, 0, 0], &x[0, 0, 0], &gamma[0], &mean[0], &inv_std[0],
