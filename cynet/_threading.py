@@ -368,8 +368,8 @@ def kernel_threads(elements, ns_per_element=NS_STREAM):
     n = _num_threads(_recent_default_num_threads)
     if n <= 1:
         return 1
-    overhead = _overhead_seconds.get(n)
-    if overhead is None or _forked:
+    overhead = _overhead_seconds.get(n)               # (n > 1: not a forked child, see get_num_threads)
+    if overhead is None:
         overhead = parallel_overhead(n)
     return n if elements * ns_per_element * 1e-9 * (1.0 - 1.0 / n) > overhead else 1
 

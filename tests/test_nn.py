@@ -488,6 +488,16 @@ def test_dropout_masks_are_philox_words_keyed_by_one_generator_draw(dtype, shape
     np.testing.assert_array_equal(nn.Dropout(p, generator=11)(strided), want)
 
 
+def test_the_dropout_kernel_refuses_x_without_y_and_lengths_unlike_the_masks():
+    from cynet._kernels import load
+
+    kernel, mask = load("dropout"), np.empty(8, np.float32)
+    with pytest.raises(ValueError, match="x and y must both be given, with the mask's length 8"):
+        kernel.dropout_mask(mask, 1, 0, False, 1.0, 1, np.ones(8, np.float32), None)
+    with pytest.raises(ValueError, match="mask's length 8"):
+        kernel.dropout_mask(mask, 1, 0, False, 1.0, 1, np.ones(7, np.float32), np.ones(7, np.float32))
+
+
 def test_dropout_keeps_one_minus_p_and_draws_a_new_key_each_pass():
     x = np.ones(400_000, np.float32)
     drop = nn.Dropout(0.3, generator=0)

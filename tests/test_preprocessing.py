@@ -371,3 +371,14 @@ def test_channel_standardize_gives_numpys_bits_on_any_thread_count(dtype):
             np.testing.assert_array_equal(got, want.reshape(x.shape))
     strided = x[:, :, ::-1]                             # not C-contiguous: NumPy's path, the same values
     np.testing.assert_array_equal(st.transform(strided), want.reshape(x.shape)[:, :, ::-1])
+
+
+def test_the_standardize_kernel_refuses_inconsistent_shapes():
+    from cynet._kernels import load
+
+    x = np.zeros((2, 3, 4), np.uint8)
+    ones = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match=r"channel_standardize: x \(2, 3, 4\) needs out of its shape"):
+        load("conv").channel_standardize(x, ones, ones, np.empty((2, 3, 5), np.float32), 1)
+    with pytest.raises(ValueError, match=r"scale \(2,\)"):
+        load("conv").channel_standardize(x, ones, np.ones(2, np.float32), np.empty((2, 3, 4), np.float32), 1)

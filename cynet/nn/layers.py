@@ -9,9 +9,10 @@ import math
 import numpy as np
 
 from cynet import ops
+from cynet._kernels import load
 from cynet._random import resolve_generator
 from cynet._threading import kernel_threads
-from cynet._validation import describe
+from cynet._validation import KERNEL_DTYPES, describe
 from cynet.nn import _reuse as reuse
 from cynet.nn.module import Module, Parameter
 
@@ -243,9 +244,8 @@ class Linear(Module):
         if dout.shape != (x.shape[0], self.out_features) or dout.dtype != x.dtype:
             raise ValueError(f"{self!r}: dout must be a {x.dtype} array of shape {(x.shape[0], self.out_features)}, "
                              f"got {describe(dout)}")
-        relu_y = getattr(self, "_relu_y", None)
-        if relu_y is not None:          # forward_relu: dout is the ReLU's output gradient
-            dout = _relu_and_bias_gradient(self.bias, dout, relu_y)
+        if self._relu_y is not None:    # forward_relu: dout is the ReLU's output gradient
+            dout = _relu_and_bias_gradient(self.bias, dout, self._relu_y)
         else:
             _add_row_bias_gradient(self.bias, dout)
         if self.weight.requires_grad:
@@ -673,8 +673,6 @@ class DropConnectLinear(Linear):
 
 
 # --- Dropout, Flatten ------------------------------------------------------------------------------------------------
-_KERNEL_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_dropout_kernels = None
 NS_DROPOUT = 0.7   # ns per element of the mask and product pass on one core (AMD Zen 4: AVX-512 0.73, AVX2 2.1)
 
 
@@ -683,27 +681,19 @@ def _dropout_mask(p, generator, shape, dtype, x=None, y=None, reuse=None):
     ``generator``; given x (C-contiguous, of the mask's shape) and y, also y = x * mask in the same pass (y may be x).
     ``reuse``: the previous mask, overwritten when it has the shape and dtype (no fresh 1 MB array per pass: freeing
     and allocating those made the heap shrink and fault its pages in again, 0.2 -> 0.4 ms per (256, 1024) pass)."""
-    global _dropout_kernels
-    if _dropout_kernels is None:
-        from cynet._kernels import load
-        _dropout_kernels = load("dropout")
     key = int(generator.integers(0, 2**64, dtype=np.uint64))
     threshold = round(p * 2.0**32)
     keep_none = p == 1.0 or threshold >= 2**32
     scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
-    kernel_dtype = dtype if dtype in _KERNEL_FLOATS else np.dtype(np.float64)
+    kernel_dtype = dtype if dtype in KERNEL_DTYPES else np.dtype(np.float64)
     if reuse is not None and reuse.shape == shape and reuse.dtype == kernel_dtype and reuse.flags.c_contiguous:
         mask = reuse
     else:
         mask = np.empty(shape, kernel_dtype)
-    size = mask.size
-    if x is None:
-        _dropout_kernels.dropout_mask(mask.reshape(-1), key, 0 if keep_none else threshold, keep_none, scale,
-                                      kernel_threads(size, NS_DROPOUT))
-        return mask if mask.dtype == dtype else mask.astype(dtype)
-    _dropout_kernels.dropout_mask(mask.reshape(-1), key, 0 if keep_none else threshold, keep_none, scale,
-                                  kernel_threads(size, NS_DROPOUT), x.reshape(-1), y.reshape(-1))
-    return mask
+    load("dropout").dropout_mask(mask.reshape(-1), key, 0 if keep_none else threshold, keep_none, scale,
+                                 kernel_threads(mask.size, NS_DROPOUT), None if x is None else x.reshape(-1),
+                                 None if y is None else y.reshape(-1))
+    return mask if mask.dtype == dtype else mask.astype(dtype)
 
 
 class Dropout(Module):
@@ -770,7 +760,7 @@ class Dropout(Module):
         self._shape = x.shape
         out = x if self.inplace else None
         if not (self.reuse_mask and self._mask is not None and self._mask.shape == shape):
-            fused = shape == x.shape and x.dtype in _KERNEL_FLOATS and x.flags.c_contiguous
+            fused = shape == x.shape and x.dtype in KERNEL_DTYPES and x.flags.c_contiguous
             if fused and out is None:
                 out = reuse.like(x)
             self._mask = _dropout_mask(self.p, resolve_generator(self.generator), shape, x.dtype,
