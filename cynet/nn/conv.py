@@ -118,7 +118,10 @@ class Conv2d(Module):
 
     with :math:`OH = \lfloor (H + 2p - k_h)/s \rfloor + 1` (likewise OW). Per chunk of the batch (see the module
     docstring): forward, im2col (Cython, parallel over the column matrix's rows) and one BLAS product; backward,
-    :math:`dW \mathrel{+}= dY\,\text{cols}^T`, :math:`db \mathrel{+}= \sum dY`, and, when needed,
+    :math:`dW \mathrel{+}= dY\,\text{cols}^T` (computed as its transpose :math:`\text{cols}\,dY^T`, (C k_h k_w, F):
+    the same sums, which OpenBLAS runs faster this way round: a (64, 288) gradient over 7,168 pixels 3.7 -> 3.0 ms
+    on one thread),
+    :math:`db \mathrel{+}= \sum dY`, and, when needed,
     :math:`dx = \text{col2im}(W^T dY)` (parallel over input channels). Where the weight is small for its sums
     (:data:`SMALL_GRADIENT_RATIO`: a first layer's 3 x 3 x 3 filters) dW and db come from one Cython pass per chunk,
     summed in float64 over the chunks, instead of a BLAS product and a NumPy sum. Chunk sizes follow the shapes only,
@@ -164,6 +167,7 @@ class Conv2d(Module):
         self._cols_chunk = None     # the first image of the chunk whose columns _cols holds (None: stale)
         self._product = None        # scratch: one chunk's product (F, m OH OW), then its dout
         self._dcols = None          # scratch: one chunk's column gradient
+        self._dw_t = None           # scratch: one chunk's weight gradient, transposed (C k_h k_w, F)
 
     @staticmethod
     def _buffer(kept, size, dtype):
@@ -259,13 +263,10 @@ class Conv2d(Module):
                     dw_total += dw_chunk
                     if bias_sums:
                         db_total += db_chunk
-                else:
-                    grad, fresh = self.weight.grad_target()
-                    flat = grad.reshape(features, k)
-                    if fresh:
-                        np.matmul(chunk_d2, chunk_cols.T, out=flat)
-                    else:
-                        flat += np.matmul(chunk_d2, chunk_cols.T)
+                else:     # dW^T = cols dY^T (see the class docstring)
+                    dw_t = self._dw_t = self._buffer(self._dw_t, k * features, x.dtype).reshape(k, features)
+                    np.matmul(chunk_cols, chunk_d2.T, out=dw_t)
+                    self.weight.accumulate(dw_t.T.reshape(self.weight.shape))
             if not bias_sums:
                 _add_bias_gradient(self.bias, chunk_d2, 1)
             if input_grad:
