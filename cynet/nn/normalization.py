@@ -22,7 +22,7 @@ import numpy as np
 
 from cynet._kernels import load
 from cynet._threading import NS_NORM, NS_NORM_FORWARD, kernel_threads, stream_stores
-from cynet._validation import describe, output
+from cynet._validation import KERNEL_DTYPES, describe, output
 from cynet.nn import _reuse as reuse
 from cynet.nn.conv import Conv2d
 from cynet.nn.layers import Linear
@@ -33,7 +33,6 @@ __all__ = ["BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "recompute_ba
            "fold_batchnorm", "batch_norm_forward", "batch_norm_backward", "channel_affine", "row_norm_forward",
            "row_norm_backward"]
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # Row chunks of LayerNorm/GroupNorm's backward reduction (dgamma, dbeta): a function of the shape only.
 _ROW_CHUNKS = 16
 _ROW_CHUNK_MIN_ELEMENTS = 32768
@@ -154,7 +153,7 @@ def row_norm_backward(dout3, x3, groups, gamma, mean, inv_std, *, input_grad=Tru
 # --- shared checks ---------------------------------------------------------------------------------------------------
 def _float_dtype(layer, dtype):
     dtype = np.dtype(dtype)
-    if dtype not in _FLOATS:
+    if dtype not in KERNEL_DTYPES:
         raise TypeError(f"{layer}: dtype must be float32 or float64, got {dtype}")
     return dtype
 
