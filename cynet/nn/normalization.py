@@ -746,7 +746,7 @@ def _fold(layer, bn):
         scale = scale * bn.weight.data.astype(np.float64)
         beta = bn.bias.data.astype(np.float64)
     b = layer.bias.data.astype(np.float64) if layer.bias is not None else np.zeros(features)
-    caches = {key: None for key in ("_x", "_cols", "_cols_chunk", "_dcols", "_product", "_input_shape")
+    caches = {key: None for key in ("_x", "_cols", "_cols_chunk", "_dcols", "_dw_t", "_product", "_input_shape")
               if key in layer.__dict__}
     folded = copy.deepcopy(layer)
     folded.__dict__.update(caches)                  # no forward's cache (a convolution's column matrices) carried over
