@@ -616,10 +616,16 @@ cdef void _streamed_block(bint backward, int op, const floating* u, const floati
 
 cdef inline void _chunk(bint backward, int op, const floating* u, const floating* saved, floating* out, Py_ssize_t n,
                         floating a, bint stream) noexcept nogil:
+    """One chunk; unstreamed, its first values up to out's first 64-byte line go apart, so that the vector loops store
+    whole lines (and load them too where the inputs share out's alignment, as NumPy's arrays do): each 64-byte access
+    split over two lines made a (256, 4096) ReLU in the cache 1.18x a copy's time. Elementwise: the same values."""
+    cdef Py_ssize_t head
     if stream:
         _streamed_block(backward, op, u, saved, out, n, a)
     else:
-        _block(backward, op, u, saved, out, n, a)
+        head = stream_head(out, n)
+        _block(backward, op, u, saved, out, head, a)
+        _block(backward, op, u + head, saved + head, out + head, n - head, a)
 
 
 cdef void _elementwise(bint backward, int op, const floating[::1] u, const floating[::1] saved, floating[::1] out,
