@@ -265,6 +265,35 @@ def test_thread_count_does_not_change_a_bit(kind, settings, dtype, rng):
         np.testing.assert_array_equal(other, results[0])
 
 
+@pytest.mark.parametrize("kind,settings", [CONFIGS[3], CONFIGS[6], CONFIGS[8], CONFIGS[10], CONFIGS[12]],
+                         ids=[CONFIG_IDS[3], CONFIG_IDS[6], CONFIG_IDS[8], CONFIG_IDS[10], CONFIG_IDS[12]])
+def test_every_start_within_a_cache_line_gives_the_reference_bits(kind, settings, rng):
+    # the kernels run a parameter's values before its first 64-byte line apart from the rest (so that the vector
+    # loops store whole lines): every float32 start within a line, a short parameter and a chunked one, one and two
+    # threads, against the NumPy reference
+    dtype = np.float32
+    for size in (5, 40_001):
+        start = rng.standard_normal(size).astype(dtype)
+        grads = _grads(rng, (size,), dtype, 2)
+        for offset in range(16):
+            for threads in (1, 2):
+                param = nn.Parameter(start)
+                buffer = np.empty(size + 32, dtype)
+                first = (-buffer.ctypes.data % 64) // 4             # the first item on a line
+                param.data = buffer[first + offset:first + offset + size]
+                param.data[...] = start
+                assert param.data.ctypes.data % 64 == 4 * offset
+                opt = CLASSES[kind]([param], **settings)
+                expected = start.copy()
+                ref = Reference(kind, dtype, **{k: v for k, v in settings.items() if k != "lr"})
+                with cynet.threads(threads):
+                    for g in grads:
+                        param.grad = g
+                        opt.step()
+                        ref.step(expected, g, settings["lr"])
+                np.testing.assert_array_equal(param.data, expected, err_msg=f"offset {offset}, {threads} threads")
+
+
 # --- frozen parameters, zero_grad -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind,settings", CONFIGS, ids=CONFIG_IDS)
 def test_frozen_parameters_are_untouched(kind, settings, rng):
