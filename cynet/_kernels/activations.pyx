@@ -16,7 +16,8 @@ from cython.parallel cimport prange
 from libc.math cimport erfc
 from libc.string cimport memcpy
 
-from cynet._kernels._openmp cimport PARALLEL_MIN_ELEMENTS, CHUNK_ALIGN, range_start, split_length
+from cynet._kernels._openmp cimport (PARALLEL_MIN_ELEMENTS, CHUNK_ALIGN, n_spans, range_start, span_start,
+                                     split_length)
 from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, stream_fence, stream_head,
                                      stream_store)
 from cynet._kernels._vecmath cimport (FUSED_FMA, STAGE, TAIL_RATIO_BLOCK, _expm1_reduced_f32, _pow2_f32, exp_neg_f64,
@@ -616,34 +617,31 @@ cdef void _streamed_block(bint backward, int op, const floating* u, const floati
 
 cdef inline void _chunk(bint backward, int op, const floating* u, const floating* saved, floating* out, Py_ssize_t n,
                         floating a, bint stream) noexcept nogil:
-    """One chunk; unstreamed, its first values up to out's first 64-byte line go apart, so that the vector loops store
-    whole lines (and load them too where the inputs share out's alignment, as NumPy's arrays do): each 64-byte access
-    split over two lines made a (256, 4096) ReLU in the cache 1.18x a copy's time. Elementwise: the same values."""
-    cdef Py_ssize_t head
     if stream:
         _streamed_block(backward, op, u, saved, out, n, a)
     else:
-        head = stream_head(out, n)
-        _block(backward, op, u, saved, out, head, a)
-        _block(backward, op, u + head, saved + head, out + head, n - head, a)
+        _block(backward, op, u, saved, out, n, a)
 
 
 cdef void _elementwise(bint backward, int op, const floating[::1] u, const floating[::1] saved, floating[::1] out,
                        double a, bint stream, int n_threads) noexcept nogil:
-    """Run one elementwise forward (u = x) or backward (u = dout) over chunks of the flat index range; with
-    ``stream``, the output goes to memory with non-temporal stores (outputs larger than the cache)."""
+    """Run one elementwise forward (u = x) or backward (u = dout) over spans of the flat index range, every one but
+    the first starting on a cache line of out (_openmp.span_start); with ``stream``, the output goes to memory with
+    non-temporal stores (outputs larger than the cache)."""
     cdef Py_ssize_t n = u.shape[0]
     cdef Py_ssize_t chunk = split_length(n, n, n_threads, CHUNK_ALIGN)
-    cdef Py_ssize_t n_chunks = (n + chunk - 1) // chunk
-    cdef Py_ssize_t c, lo
+    cdef Py_ssize_t c, lo, m, head
     if n == 0:
         return
-    if n_chunks == 1:
-        _chunk(backward, op, &u[0], &saved[0], &out[0], n, <floating>a, stream)
+    head = stream_head(&out[0], n)
+    if (n + chunk - 1) // chunk == 1:
+        for c in range(n_spans(n, head, chunk)):
+            lo = span_start(c, head, chunk, n, &m)
+            _chunk(backward, op, &u[lo], &saved[lo], &out[lo], m, <floating>a, stream)
     else:
-        for c in prange(n_chunks, schedule='static', num_threads=n_threads):
-            lo = c * chunk
-            _chunk(backward, op, &u[lo], &saved[lo], &out[lo], min(chunk, n - lo), <floating>a, stream)
+        for c in prange(n_spans(n, head, chunk), schedule='static', num_threads=n_threads):
+            lo = span_start(c, head, chunk, n, &m)
+            _chunk(backward, op, &u[lo], &saved[lo], &out[lo], m, <floating>a, stream)
 
 
 def elementwise_forward(int op, const floating[::1] x, floating[::1] y, double a, bint stream, int n_threads):

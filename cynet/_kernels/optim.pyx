@@ -23,7 +23,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt, sqrtf
 
-from cynet._kernels._openmp cimport CHUNK_ALIGN, split_length
+from cynet._kernels._openmp cimport CHUNK_ALIGN, n_spans, span_start, split_length
 from cynet._kernels._stream cimport stream_head
 
 
@@ -36,22 +36,6 @@ cdef inline floating _sqrt(floating x) noexcept nogil:
 
 cdef inline Py_ssize_t _n_chunks(Py_ssize_t n, Py_ssize_t chunk) noexcept nogil:
     return (n + chunk - 1) // chunk
-
-
-cdef inline Py_ssize_t _n_spans(Py_ssize_t n, Py_ssize_t head, Py_ssize_t chunk) noexcept nogil:
-    """Span 0 is the parameter's values before its first 64-byte line, then chunks of ``chunk`` from there."""
-    return 1 + _n_chunks(n - head, chunk)
-
-
-cdef inline Py_ssize_t _span(Py_ssize_t k, Py_ssize_t head, Py_ssize_t chunk, Py_ssize_t n,
-                             Py_ssize_t* length) noexcept nogil:
-    """First index of span k, its length through ``length``: every span but the first starts on a 64-byte line of the
-    parameter, so that the vector loops' stores (and loads, where the other arrays share its alignment, as NumPy's
-    do) never straddle two lines; in the cache, a (512, 512) float32 SGD step on 16-byte-aligned arrays took 1.22x the
-    time of a line-aligned one before."""
-    cdef Py_ssize_t lo = 0 if k == 0 else min(n, head + (k - 1) * chunk)
-    length[0] = (head if k == 0 else min(n, head + k * chunk)) - lo
-    return lo
 
 
 def _check_lengths(str rule, Py_ssize_t n, lengths):
@@ -120,13 +104,13 @@ def sgd_update(floating[::1] param, const floating[::1] grad, floating[::1] mome
     head = stream_head(&param[0], n)
     with nogil:
         if _n_chunks(n, chunk) == 1:
-            for c in range(_n_spans(n, head, chunk)):
-                lo = _span(c, head, chunk, n, &m)
+            for c in range(n_spans(n, head, chunk)):
+                lo = span_start(c, head, chunk, n, &m)
                 _sgd_block(&param[lo], &grad[lo], &momentum_buffer[lo] if has_momentum else &param[lo], m, neg_lr,
                            wd, has_wd, mu, one_minus_damp, has_momentum, first_step, nesterov)
         else:
-            for c in prange(_n_spans(n, head, chunk), schedule='static', num_threads=n_threads):
-                lo = _span(c, head, chunk, n, &m)
+            for c in prange(n_spans(n, head, chunk), schedule='static', num_threads=n_threads):
+                lo = span_start(c, head, chunk, n, &m)
                 _sgd_block(&param[lo], &grad[lo], &momentum_buffer[lo] if has_momentum else &param[lo], m, neg_lr,
                            wd, has_wd, mu, one_minus_damp, has_momentum, first_step, nesterov)
 
@@ -163,12 +147,12 @@ def adagrad_update(floating[::1] param, const floating[::1] grad, floating[::1] 
     head = stream_head(&param[0], n)
     with nogil:
         if _n_chunks(n, chunk) == 1:
-            for c in range(_n_spans(n, head, chunk)):
-                lo = _span(c, head, chunk, n, &m)
+            for c in range(n_spans(n, head, chunk)):
+                lo = span_start(c, head, chunk, n, &m)
                 _adagrad_block(&param[lo], &grad[lo], &state_sum[lo], m, neg_lr, wd, has_wd, e)
         else:
-            for c in prange(_n_spans(n, head, chunk), schedule='static', num_threads=n_threads):
-                lo = _span(c, head, chunk, n, &m)
+            for c in prange(n_spans(n, head, chunk), schedule='static', num_threads=n_threads):
+                lo = span_start(c, head, chunk, n, &m)
                 _adagrad_block(&param[lo], &grad[lo], &state_sum[lo], m, neg_lr, wd, has_wd, e)
 
 
@@ -226,14 +210,14 @@ def rmsprop_update(floating[::1] param, const floating[::1] grad, floating[::1] 
     head = stream_head(&param[0], n)
     with nogil:
         if _n_chunks(n, chunk) == 1:
-            for c in range(_n_spans(n, head, chunk)):
-                lo = _span(c, head, chunk, n, &m)
+            for c in range(n_spans(n, head, chunk)):
+                lo = span_start(c, head, chunk, n, &m)
                 _rmsprop_block(&param[lo], &grad[lo], &square_avg[lo],
                                &momentum_buffer[lo] if has_momentum else &param[lo], m, neg_lr, a,
                                one_minus_a, e, wd, has_wd, mu, has_momentum)
         else:
-            for c in prange(_n_spans(n, head, chunk), schedule='static', num_threads=n_threads):
-                lo = _span(c, head, chunk, n, &m)
+            for c in prange(n_spans(n, head, chunk), schedule='static', num_threads=n_threads):
+                lo = span_start(c, head, chunk, n, &m)
                 _rmsprop_block(&param[lo], &grad[lo], &square_avg[lo],
                                &momentum_buffer[lo] if has_momentum else &param[lo], m, neg_lr, a,
                                one_minus_a, e, wd, has_wd, mu, has_momentum)
@@ -296,12 +280,12 @@ def adam_update(floating[::1] param, const floating[::1] grad, floating[::1] exp
     head = stream_head(&param[0], n)
     with nogil:
         if _n_chunks(n, chunk) == 1:
-            for c in range(_n_spans(n, head, chunk)):
-                lo = _span(c, head, chunk, n, &m)
+            for c in range(n_spans(n, head, chunk)):
+                lo = span_start(c, head, chunk, n, &m)
                 _adam_block(&param[lo], &grad[lo], &exp_avg[lo], &exp_avg_sq[lo], m, decay, use_decay, wd,
                             has_wd and not decoupled, w1, lerp_small, b2, one_minus_b2, bc2, e, neg_step)
         else:
-            for c in prange(_n_spans(n, head, chunk), schedule='static', num_threads=n_threads):
-                lo = _span(c, head, chunk, n, &m)
+            for c in prange(n_spans(n, head, chunk), schedule='static', num_threads=n_threads):
+                lo = span_start(c, head, chunk, n, &m)
                 _adam_block(&param[lo], &grad[lo], &exp_avg[lo], &exp_avg_sq[lo], m, decay, use_decay, wd,
                             has_wd and not decoupled, w1, lerp_small, b2, one_minus_b2, bc2, e, neg_step)
