@@ -79,7 +79,16 @@ NS_GELU = 1.3
 NS_NORM = 0.8
 NS_NORM_FORWARD = 0.5
 
-_state = threading.local()
+
+
+class _ThreadSettings(threading.local):
+    """The calling Python thread's own count (``threads()``); None: none set. (A class attribute, so that reading an
+    unset count is a plain lookup: getattr with a default on a bare threading.local took 0.4 us, raising inside.)"""
+
+    num_threads = None
+
+
+_state = _ThreadSettings()
 _global_num_threads = None  # set by set_num_threads; None means "the default"
 _overhead_seconds = {}  # thread count -> measured cost of a parallel region (see parallel_overhead)
 _spin_seconds = {}  # thread count -> measured spinning of the idle workers (see idle_spin_seconds)
@@ -159,29 +168,55 @@ def get_num_threads():
 
 def _num_threads(default):
     """get_num_threads with ``default()`` for the count when nothing was set."""
-    local = getattr(_state, "num_threads", None)
+    local = _state.num_threads
     n = local if local is not None else (_global_num_threads if _global_num_threads is not None else default())
     if _forked and n > 1:
         return _one_thread_after_fork(n)
     return n
 
 
-# The default as kernel calls see it: read again once DEFAULT_REFRESH_SECONDS have passed since the last reading.
-# Reading it (OMP_NUM_THREADS through os.environ, the affinity mask by a system call) took 1.4 us of the 2.6 us of
-# each kernel_threads call, about 14 calls per training step: a fifth of a tiny MLP's step (8-8-8-10, batch 256:
-# 175 us, mostly Python), where a hyperparameter search spends its time. A change of OMP_NUM_THREADS or of the
-# affinity mask reaches the kernels within that interval (get_num_threads reads both every time); set_num_threads and
-# threads() reach them at once.
+# Settings from the environment as kernel calls see them: read again once DEFAULT_REFRESH_SECONDS have passed since
+# the last reading. Reading the default thread count (OMP_NUM_THREADS through os.environ, the affinity mask by a
+# system call) took 1.4 us of the 2.6 us of each kernel_threads call, and CYNET_STREAM_MIN_BYTES 0.8 us of each
+# stream_stores call; a training step makes dozens of such calls, and a tiny MLP's step (8-8-8-10, batch 256: 175 us,
+# mostly Python) is what a hyperparameter search spends its time on. A change of OMP_NUM_THREADS, of the affinity
+# mask or of CYNET_STREAM_MIN_BYTES reaches the kernels within that interval (at once after reread_environment());
+# get_num_threads and stream_min_bytes read them every time; set_num_threads and threads() reach the kernels at once.
 DEFAULT_REFRESH_SECONDS = 0.05
-_recent_default = [float("-inf"), 1]  # [monotonic time of the reading, default_num_threads() then]
 
 
-def _recent_default_num_threads():
-    now = time.monotonic()
-    if now - _recent_default[0] >= DEFAULT_REFRESH_SECONDS:
-        _recent_default[1] = default_num_threads()
-        _recent_default[0] = now
-    return _recent_default[1]
+class _RecentReading:
+    """``read()`` as it was at most DEFAULT_REFRESH_SECONDS ago."""
+
+    __slots__ = ("read", "value", "read_at")
+
+    def __init__(self, read):
+        self.read = read
+        self.value = None
+        self.read_at = float("-inf")
+
+    def __call__(self):
+        now = time.monotonic()
+        if now - self.read_at >= DEFAULT_REFRESH_SECONDS:
+            self.value = self.read()
+            self.read_at = now
+        return self.value
+
+
+_recent_default_num_threads = _RecentReading(lambda: default_num_threads())
+_recent_stream_min_bytes = _RecentReading(lambda: stream_min_bytes())
+
+
+def reread_environment():
+    """Make the next kernel call read ``OMP_NUM_THREADS``, the affinity mask and ``CYNET_STREAM_MIN_BYTES`` again
+    instead of waiting up to DEFAULT_REFRESH_SECONDS for it (the tests change them and check the kernels at once).
+
+    Example:
+        >>> import cynet
+        >>> cynet._threading.reread_environment()
+    """
+    for reading in (_recent_default_num_threads, _recent_stream_min_bytes):
+        reading.read_at = float("-inf")
 
 
 # Set in a forked child: see get_num_threads.
@@ -256,7 +291,7 @@ def threads(n):
         ...     y = cynet.ops.relu_forward(np.ones(3, np.float32))
     """
     n = _validate(n)
-    previous = getattr(_state, "num_threads", None)
+    previous = _state.num_threads
     _state.num_threads = n
     try:
         with threadpool_limits(limits=n, user_api="blas"):
@@ -524,14 +559,15 @@ def stream_stores(output_bytes):
     An ordinary store first reads the line it writes (two memory transfers per output byte), a non-temporal one does
     not, but leaves nothing in cache. So: only for outputs of at least :func:`stream_min_bytes` (32 MiB unless
     ``CYNET_STREAM_MIN_BYTES`` says otherwise; 0: always, which the test suite uses to exercise both paths), which a
-    consumer would mostly read from memory anyway. Results never depend on it.
+    consumer would mostly read from memory anyway. Results never depend on it. The setting is read at most every
+    ``DEFAULT_REFRESH_SECONDS`` (see :func:`reread_environment`).
 
     Example:
         >>> import cynet
         >>> cynet.stream_stores(1024)
         False
     """
-    return output_bytes > 0 and output_bytes >= stream_min_bytes()
+    return output_bytes > 0 and output_bytes >= _recent_stream_min_bytes()
 
 
 # The one pool's plan and the OpenMP wait policy, before any kernel loads the OpenMP runtime: idle workers sleep at

@@ -59,6 +59,12 @@ def _ns_per_element(code, backward):
     return NS_STREAM
 
 
+# _ns_per_element of every code, indexed by the code (activations.pyx numbers them 0, 1, ...): an op's call pays an
+# index, not the enum's comparisons (0.8 us a call).
+_NS_FORWARD = tuple(_ns_per_element(code, False) for code in sorted(_A))
+_NS_BACKWARD = tuple(_ns_per_element(code, True) for code in sorted(_A))
+
+
 def _streams(ns_per_element, out):
     """Non-temporal stores for a large output of a kernel that only streams memory (measured, (4096, 4096) float32,
     two threads: ReLU forward 6.9 -> 5.7 ms, ReLU backward 9.3 -> 8.3 ms); the kernels that evaluate exp or erf were
@@ -71,7 +77,7 @@ def _forward(op, code, x, out, param, fallback):
     if x.dtype not in KERNEL_DTYPES:
         return fallback(x, out)
     y = output(op, out, x.shape, x.dtype)
-    ns = _ns_per_element(code, False)
+    ns = _NS_FORWARD[code]
     _act.elementwise_forward(code, x.reshape(-1), y.reshape(-1), float(param), _streams(ns, y),
                              kernel_threads(x.size, ns))
     return y
@@ -84,7 +90,7 @@ def _backward(op, code, dout, saved, saved_name, out, param, fallback):
     if dout.dtype not in KERNEL_DTYPES:
         return fallback(dout, saved, out)
     dx = output(op, out, dout.shape, dout.dtype)
-    ns = _ns_per_element(code, True)
+    ns = _NS_BACKWARD[code]
     _act.elementwise_backward(code, dout.reshape(-1), saved.reshape(-1), dx.reshape(-1), float(param),
                               _streams(ns, dx), kernel_threads(dout.size, ns))
     return dx

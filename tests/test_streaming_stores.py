@@ -1,13 +1,16 @@
 """Non-temporal ("streaming") stores: the kernels that may write their output that way give the same bits either way,
 for any alignment of the output, any length (partial cache lines at both ends), in place, and any thread count; and
 the size threshold that chooses them (cynet.stream_stores, CYNET_STREAM_MIN_BYTES)."""
+import time
+
 import numpy as np
 import pytest
 
 import cynet
 from cynet import ops, reference
 from cynet._kernels import load
-from cynet._threading import DEFAULT_STREAM_MIN_BYTES, stream_min_bytes, stream_stores
+from cynet._threading import (DEFAULT_REFRESH_SECONDS, DEFAULT_STREAM_MIN_BYTES, reread_environment, stream_min_bytes,
+                              stream_stores)
 from cynet.nn.normalization import batch_norm_backward, batch_norm_forward, row_norm_backward, row_norm_forward
 
 DTYPES = [np.float32, np.float64]
@@ -21,12 +24,30 @@ def _misaligned(shape, dtype, offset):
     return np.empty(size + offset, dtype)[offset:].reshape(shape)
 
 
+@pytest.fixture(autouse=True)
+def _kernels_see_each_setting_at_once():
+    """Kernel calls re-read CYNET_STREAM_MIN_BYTES every DEFAULT_REFRESH_SECONDS: each test starts and ends with a
+    fresh reading, and _set_threshold makes the kernels see a change at once."""
+    reread_environment()
+    yield
+    reread_environment()
+
+
+def _set_threshold(monkeypatch, value):
+    """CYNET_STREAM_MIN_BYTES = value (None: unset), seen by the next kernel call."""
+    if value is None:
+        monkeypatch.delenv("CYNET_STREAM_MIN_BYTES", raising=False)
+    else:
+        monkeypatch.setenv("CYNET_STREAM_MIN_BYTES", value)
+    reread_environment()
+
+
 def _same_bits_streamed_or_not(monkeypatch, output_bytes, run):
     """``run()`` with non-temporal stores always and never (CYNET_STREAM_MIN_BYTES), on 1 and 2 threads: asserts that
     the four runs return the same arrays bit for bit and returns the first run's."""
     results = []
     for threshold in ("0", str(2**62)):
-        monkeypatch.setenv("CYNET_STREAM_MIN_BYTES", threshold)
+        _set_threshold(monkeypatch, threshold)
         assert stream_stores(output_bytes) == (threshold == "0")
         for threads in (1, 2):
             with cynet.threads(threads):
@@ -139,25 +160,34 @@ def test_layer_and_group_norm_write_the_same_bits_with_streaming_stores(monkeypa
 
 
 def test_the_threshold_is_32_mib_unless_set(monkeypatch):
-    monkeypatch.delenv("CYNET_STREAM_MIN_BYTES", raising=False)
+    _set_threshold(monkeypatch, None)
     assert stream_min_bytes() == DEFAULT_STREAM_MIN_BYTES == 32 * 2**20
     assert not stream_stores(32 * 2**20 - 1)
     assert stream_stores(32 * 2**20)
     assert not stream_stores(0)
-    monkeypatch.setenv("CYNET_STREAM_MIN_BYTES", "0")
+    _set_threshold(monkeypatch, "0")
     assert stream_stores(1) and not stream_stores(0)
+
+
+def test_kernel_calls_see_a_changed_threshold_within_the_refresh_interval(monkeypatch):
+    _set_threshold(monkeypatch, "0")
+    assert stream_stores(1)
+    monkeypatch.setenv("CYNET_STREAM_MIN_BYTES", str(2**40))     # without reread_environment()
+    assert stream_min_bytes() == 2**40                            # read every time
+    time.sleep(DEFAULT_REFRESH_SECONDS)
+    assert not stream_stores(1)
 
 
 @pytest.mark.parametrize("bad", ["-1", "1.5", "lots"])
 def test_a_bad_threshold_is_refused(monkeypatch, bad):
-    monkeypatch.setenv("CYNET_STREAM_MIN_BYTES", bad)
+    _set_threshold(monkeypatch, bad)
     with pytest.raises(ValueError, match="CYNET_STREAM_MIN_BYTES"):
         stream_stores(100)
 
 
 def test_ops_stream_large_outputs_of_memory_bound_kernels_only(monkeypatch):
     # through cynet.ops with the threshold at 0: the answers stay the reference's
-    monkeypatch.setenv("CYNET_STREAM_MIN_BYTES", "0")
+    _set_threshold(monkeypatch, "0")
     x = np.random.default_rng(2).standard_normal((300, 257)).astype(np.float32)
     np.testing.assert_array_equal(ops.relu_forward(x), np.maximum(x, 0))
     np.testing.assert_array_equal(ops.relu_backward(x, x), np.where(x > 0, x, 0))

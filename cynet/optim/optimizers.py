@@ -384,6 +384,8 @@ class Optimizer:
         Returns:
             None
         """
+        # each group's settings as a plain dict for this step: ParamGroup's own lookup (aliases) cost 0.3 us a read
+        settings = [dict(group) for group in self.param_groups]
         for index, param in enumerate(self.params):
             if not param.requires_grad:
                 continue
@@ -392,8 +394,8 @@ class Optimizer:
             if self._counts_steps:
                 state["step"] = state.get("step", 0) + 1
             # an update streams the parameter, its gradient and one or two state buffers
-            group = self.param_groups[self._group_of[index]]
-            self._update(group, param, data, grad, state, kernel_threads(data.size, 2 * NS_STREAM))
+            self._update(settings[self._group_of[index]], param, data, grad, state,
+                         kernel_threads(data.size, 2 * NS_STREAM))
         self.step_count += 1
 
     def _update(self, group, param, data, grad, state, n_threads):
