@@ -10,7 +10,7 @@ import pytest
 import cynet
 from cynet import nn
 from cynet.gradcheck import check_module
-from cynet.nn.normalization import (BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, fold_batchnorm,
+from cynet.nn.normalization import (BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, batch_norm_forward, fold_batchnorm,
                                     recompute_batchnorm_statistics, row_norm_backward, row_norm_forward)
 from _helpers import MethodCalls
 
@@ -124,6 +124,28 @@ def test_batchnorm_train_forward_backward_and_running_stats(shape, dtype, rng):
     x = randn(rng, shape, dtype)
     np.testing.assert_allclose(bn(x), ref_bn_eval(x, bn.weight.data, bn.bias.data, bn.running_mean,
                                                   bn.running_var), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum", [0.1, 0.37, None], ids=["0.1", "0.37", "cumulative"])
+def test_running_statistics_are_numpys_update_bit_for_bit(dtype, momentum, rng):
+    # the update of the running statistics, (1 - f) running + f batch (the variance unbiased), as NumPy evaluates
+    # the expressions with f a Python float: (1 - f) running in the running arrays' dtype, the rest in float64
+    C, n = 37, 6
+    bn = BatchNorm1d(C, momentum=momentum, dtype=dtype)
+    bn.running_mean[...] = rng.standard_normal(C)
+    bn.running_var[...] = rng.uniform(0.5, 2.0, C)
+    want_mean, want_var = bn.running_mean.copy(), bn.running_var.copy()
+    for batches in range(1, 4):
+        x = randn(rng, (n, C), dtype, loc=3.0, scale=0.5)
+        bn(x)
+        _, mean, var, _ = batch_norm_forward(x, bn.weight.data, bn.bias.data, bn.eps)   # the batch's statistics
+        np.testing.assert_allclose(var, x.astype(np.float64).var(0), rtol=1e-12)
+        f = momentum if momentum is not None else 1.0 / batches
+        want_mean[...] = (1 - f) * want_mean + f * mean
+        want_var[...] = (1 - f) * want_var + f * (var * (n / (n - 1)))
+        np.testing.assert_array_equal(bn.running_mean, want_mean)
+        np.testing.assert_array_equal(bn.running_var, want_var)
 
 
 @pytest.mark.parametrize("shape", [(500, 3), (3000, 100)], ids=["column-blocks", "row-chunks"])

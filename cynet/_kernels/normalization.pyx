@@ -1443,6 +1443,25 @@ def channel_affine(const floating[:, :, ::1] x, const floating[::1] center, cons
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Running statistics after a training batch (PyTorch's convention), f the momentum (or 1 / batches seen for the
+# cumulative average), n the values per channel:
+#   running_mean = (1 - f) running_mean + f mean,    running_var = (1 - f) running_var + f (var n / (n - 1))
+# with NumPy's operations and roundings for these expressions: (1 - f) rounded to the running arrays' type and its
+# product in that type; f mean, the unbiased variance and the sum in float64; one rounding into the running array.
+# A serial loop over the C channels (a few thousand at most: a parallel region would cost more than the loop).
+
+def bn_update_running_stats(floating[::1] running_mean, floating[::1] running_var, const double[::1] mean,
+                            const double[::1] var, double factor, double unbiased_scale):
+    """running_* = (1 - factor) running_* + factor (mean, var * unbiased_scale), per channel."""
+    cdef Py_ssize_t c
+    cdef floating keep = <floating>(1.0 - factor)
+    with nogil:
+        for c in range(running_mean.shape[0]):
+            running_mean[c] = <floating>(<double>(keep * running_mean[c]) + factor * mean[c])
+            running_var[c] = <floating>(<double>(keep * running_var[c]) + factor * (var[c] * unbiased_scale))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Per-row norm on (M, Cg, S), LayerNorm and GroupNorm: statistics over each row of L = Cg * S values,
 #   y = (x - mean_m) * (gamma_c r_m) + beta_c with c = (m % G) * Cg + (channel within the row).
 # Backward, with g = dout * gamma_c (the gradient of x_hat) and A = sum_row g, B = sum_row g (x - mean):

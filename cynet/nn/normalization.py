@@ -313,9 +313,8 @@ class _BatchNorm(Module):
     def _update_running_stats(self, mean, var, n):
         self.num_batches_tracked[...] += 1
         factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        unbiased = var * (n / (n - 1))
-        self.running_mean[...] = (1 - factor) * self.running_mean + factor * mean
-        self.running_var[...] = (1 - factor) * self.running_var + factor * unbiased
+        # (1 - factor) * running_mean + factor * mean, and the same for var * n / (n - 1): NumPy's bits, one call
+        _kernels().bn_update_running_stats(self.running_mean, self.running_var, mean, var, factor, n / (n - 1))
 
     def backward(self, dout, *, input_grad=True):
         if self._cache is None:
