@@ -18,6 +18,21 @@ def describe(a):
     return f"{a.dtype} array of shape {tuple(a.shape)}"
 
 
+def float_dtype(owner, dtype):
+    """``np.dtype(dtype)`` if the kernels compile it (float32, float64); a TypeError naming ``owner`` otherwise."""
+    dtype = np.dtype(dtype)
+    if dtype not in KERNEL_DTYPES:
+        raise TypeError(f"{owner}: dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def positive_int(owner, name, value):
+    """``int(value)`` for an integer >= 1 (not a bool); a ValueError naming ``owner`` and ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
+    return int(value)
+
+
 def as_float_array(op, name, a):
     """``a`` as a C-contiguous floating ndarray (copying only when it is not contiguous); TypeError otherwise."""
     a = np.asarray(a)

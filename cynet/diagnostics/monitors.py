@@ -42,6 +42,7 @@ import warnings
 
 import numpy as np
 
+from cynet._validation import positive_int
 from cynet.diagnostics.init_lab import monitored_layers, recording, summarize
 from cynet.train import Callback
 
@@ -50,12 +51,6 @@ __all__ = ["TrainingMonitor", "UpdateRatioWarning"]
 
 class UpdateRatioWarning(UserWarning):
     """A weight's update-to-weight ratio ‖ΔW‖/‖W‖ left the healthy range (learning rate too high or too low)."""
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"TrainingMonitor: {name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 class TrainingMonitor(Callback):
@@ -86,11 +81,12 @@ class TrainingMonitor(Callback):
     """
 
     def __init__(self, every=1, every_iterations=None, bins=50, batches=1, ratio_range=(1e-4, 1e-2), warn=True):
-        self.every = _positive_int("every", every)
-        self.every_iterations = None if every_iterations is None else _positive_int("every_iterations",
+        name = "TrainingMonitor"
+        self.every = positive_int(name, "every", every)
+        self.every_iterations = None if every_iterations is None else positive_int(name, "every_iterations",
                                                                                     every_iterations)
-        self.bins = _positive_int("bins", bins)
-        self.batches = _positive_int("batches", batches)
+        self.bins = positive_int(name, "bins", bins)
+        self.batches = positive_int(name, "batches", batches)
         low, high = (float(v) for v in ratio_range)
         if not (0 <= low < high):
             raise ValueError(f"TrainingMonitor: ratio_range must be (low, high) with 0 <= low < high, got "

@@ -14,10 +14,9 @@ import numpy as np
 
 from cynet._kernels import load
 from cynet._threading import NS_STREAM, kernel_threads
-from cynet._validation import describe
+from cynet._validation import describe, float_dtype, positive_int
 from cynet.nn import _reuse as reuse
-from cynet.nn.layers import (_add_bias_gradient, _cached, _check_weight_dtype, _float_dtype, _initial_parameters,
-                              _positive_int)
+from cynet.nn.layers import _add_bias_gradient, _cached, _check_weight_dtype, _initial_parameters
 from cynet.nn.module import Module
 
 __all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
@@ -154,14 +153,14 @@ class Conv2d(Module):
                  dtype=np.float32, generator=None):
         super().__init__()
         name = "Conv2d"
-        self.in_channels = _positive_int(name, "in_channels", in_channels)
-        self.out_channels = _positive_int(name, "out_channels", out_channels)
+        self.in_channels = positive_int(name, "in_channels", in_channels)
+        self.out_channels = positive_int(name, "out_channels", out_channels)
         self.kernel_size = _pair(name, "kernel_size", kernel_size)
         self.stride = _square(name, "stride", _pair(name, "stride", stride))
         self.padding = _square(name, "padding", _pair(name, "padding", padding, low=0))
         _initial_parameters(self, (self.out_channels, self.in_channels) + self.kernel_size,
                             self.in_channels * self.kernel_size[0] * self.kernel_size[1], bias, init,
-                            _float_dtype(name, dtype), generator)
+                            float_dtype(name, dtype), generator)
         self._x = None              # the last forward's input (the backward rebuilds its columns chunk by chunk)
         self._cols = None           # scratch: one chunk's column matrix, kept for the next pass
         self._cols_chunk = None     # the first image of the chunk whose columns _cols holds (None: stale)

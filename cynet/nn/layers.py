@@ -12,22 +12,9 @@ from cynet import ops
 from cynet._kernels import load
 from cynet._random import resolve_generator
 from cynet._threading import kernel_threads
-from cynet._validation import KERNEL_DTYPES, describe
+from cynet._validation import KERNEL_DTYPES, describe, float_dtype, positive_int
 from cynet.nn import _reuse as reuse
 from cynet.nn.module import Module, Parameter
-
-
-def _float_dtype(layer, dtype):
-    dtype = np.dtype(dtype)
-    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"{layer}: dtype must be float32 or float64, got {dtype}")
-    return dtype
-
-
-def _positive_int(layer, name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{layer}: {name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _inplace_flag(layer, inplace):
@@ -188,10 +175,10 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, init="default", dtype=np.float32, generator=None):
         super().__init__()
-        self.in_features = _positive_int("Linear", "in_features", in_features)
-        self.out_features = _positive_int("Linear", "out_features", out_features)
+        self.in_features = positive_int("Linear", "in_features", in_features)
+        self.out_features = positive_int("Linear", "out_features", out_features)
         _initial_parameters(self, (self.out_features, self.in_features), self.in_features, bias, init,
-                            _float_dtype("Linear", dtype), generator)
+                            float_dtype("Linear", dtype), generator)
         self._x = None
         self._relu_y = None           # forward_relu's output, whose mask the backward applies
 
@@ -522,9 +509,9 @@ class PReLU(Module):
 
     def __init__(self, num_parameters=1, init=0.25, dtype=np.float32):
         super().__init__()
-        self.num_parameters = _positive_int("PReLU", "num_parameters", num_parameters)
+        self.num_parameters = positive_int("PReLU", "num_parameters", num_parameters)
         value = ops._finite_number("PReLU", "init", init)
-        self.alpha = Parameter(np.full(self.num_parameters, value, dtype=_float_dtype("PReLU", dtype)))
+        self.alpha = Parameter(np.full(self.num_parameters, value, dtype=float_dtype("PReLU", dtype)))
         self._x = None
 
     def forward(self, x):
@@ -576,8 +563,8 @@ class Maxout(Module):
     def __init__(self, in_features, out_features, pieces=2, bias=True, init="default", dtype=np.float32,
                  generator=None):
         super().__init__()
-        self.pieces = _positive_int("Maxout", "pieces", pieces)
-        self.out_features = _positive_int("Maxout", "out_features", out_features)
+        self.pieces = positive_int("Maxout", "pieces", pieces)
+        self.out_features = positive_int("Maxout", "out_features", out_features)
         self.linear = Linear(in_features, self.out_features * self.pieces, bias=bias, init=init, dtype=dtype,
                              generator=generator)
         self._indices = None

@@ -22,7 +22,7 @@ import numpy as np
 
 from cynet._kernels import load
 from cynet._threading import NS_NORM, NS_NORM_FORWARD, kernel_threads, stream_stores
-from cynet._validation import KERNEL_DTYPES, describe, output
+from cynet._validation import describe, float_dtype, output, positive_int
 from cynet.nn import _reuse as reuse
 from cynet.nn.conv import Conv2d
 from cynet.nn.layers import Linear
@@ -151,19 +151,6 @@ def row_norm_backward(dout3, x3, groups, gamma, mean, inv_std, *, input_grad=Tru
 
 
 # --- shared checks ---------------------------------------------------------------------------------------------------
-def _float_dtype(layer, dtype):
-    dtype = np.dtype(dtype)
-    if dtype not in KERNEL_DTYPES:
-        raise TypeError(f"{layer}: dtype must be float32 or float64, got {dtype}")
-    return dtype
-
-
-def _positive_int(layer, name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{layer}: {name} must be a positive int, got {value!r}")
-    return int(value)
-
-
 def _positive_float(layer, name, value):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
             or not (0 < float(value) < math.inf):
@@ -188,14 +175,14 @@ class _BatchNorm(Module):
                  dtype=np.float32):
         super().__init__()
         name = type(self).__name__
-        self.num_features = _positive_int(name, "num_features", num_features)
+        self.num_features = positive_int(name, "num_features", num_features)
         self.eps = _positive_float(name, "eps", eps)
         if momentum is not None and (isinstance(momentum, bool) or not 0 <= float(momentum) <= 1):
             raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {momentum!r}")
         self.momentum = None if momentum is None else float(momentum)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
-        dtype = _float_dtype(name, dtype)
+        dtype = float_dtype(name, dtype)
         self._dtype_no_state = dtype
         C = self.num_features
         if self.affine:
@@ -520,13 +507,13 @@ class LayerNorm(_RowNorm):
             normalized_shape = (normalized_shape,)
         shape = tuple(normalized_shape)
         for n in shape:
-            _positive_int("LayerNorm", "normalized_shape", n)
+            positive_int("LayerNorm", "normalized_shape", n)
         if not shape:
             raise ValueError("LayerNorm: normalized_shape must not be empty")
         self.normalized_shape = tuple(int(n) for n in shape)
         self.eps = _positive_float("LayerNorm", "eps", eps)
         self.elementwise_affine = bool(elementwise_affine)
-        dtype = _float_dtype("LayerNorm", dtype)
+        dtype = float_dtype("LayerNorm", dtype)
         self._dtype_no_state = dtype
         self._param_size = int(np.prod(self.normalized_shape))
         if self.elementwise_affine:
@@ -579,14 +566,14 @@ class GroupNorm(_RowNorm):
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32):
         super().__init__()
-        self.num_groups = _positive_int("GroupNorm", "num_groups", num_groups)
-        self.num_channels = _positive_int("GroupNorm", "num_channels", num_channels)
+        self.num_groups = positive_int("GroupNorm", "num_groups", num_groups)
+        self.num_channels = positive_int("GroupNorm", "num_channels", num_channels)
         if self.num_channels % self.num_groups:
             raise ValueError(f"GroupNorm: num_channels ({self.num_channels}) must be divisible by num_groups "
                              f"({self.num_groups})")
         self.eps = _positive_float("GroupNorm", "eps", eps)
         self.affine = bool(affine)
-        dtype = _float_dtype("GroupNorm", dtype)
+        dtype = float_dtype("GroupNorm", dtype)
         self._dtype_no_state = dtype
         self._param_size = self.num_channels
         if self.affine:
@@ -643,7 +630,7 @@ def recompute_batchnorm_statistics(model, x, batch_size=256):
         >>> int(model[1].num_batches_tracked)
         3
     """
-    batch_size = _positive_int("recompute_batchnorm_statistics", "batch_size", batch_size)
+    batch_size = positive_int("recompute_batchnorm_statistics", "batch_size", batch_size)
     x = np.asarray(x)
     if x.ndim < 1 or x.shape[0] < 2:
         raise ValueError(f"recompute_batchnorm_statistics: need at least 2 samples, got {describe(x)}")
