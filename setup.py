@@ -6,10 +6,10 @@ and link with them, otherwise the kernels are built serially (``prange`` then ru
 so. ``CYNET_NO_OPENMP=1`` forces the serial build.
 
 The default build is portable: ``-O3 -fno-trapping-math -fno-math-errno -ffp-contract=off`` (and GCC's
-``-fno-thread-jumps``), no ``-march=native``
-and no ``-ffast-math``. The kernels are written so that the compiler can vectorise them. On x86-64, each kernel family is
-also built for AVX2 and AVX-512 (same source, wider vectors) and the widest variant the CPU runs is chosen at import
-time (``cynet._kernels.load``); ``CYNET_NO_SIMD_VARIANTS=1`` builds the baseline only.
+``-fno-thread-jumps``), no ``-march=native`` and no ``-ffast-math``. The kernels are written so that the compiler can
+vectorise them. On x86-64, each kernel family is also built for AVX2 and AVX-512 (same source, wider vectors) and
+the widest variant the CPU runs is chosen at import time (``cynet._kernels.load``); ``CYNET_NO_SIMD_VARIANTS=1``
+builds the baseline only.
 
 For development, ``CYNET_BUILD_ONLY=family[,family]`` with ``python setup.py build_ext --inplace`` rebuilds just
 those kernel families.
@@ -17,7 +17,6 @@ those kernel families.
 import os
 import shutil
 import sys
-import sysconfig
 import tempfile
 import textwrap
 from glob import glob
@@ -160,10 +159,11 @@ class BuildExtWithOpenMP(build_ext):
             # turns the branch-free kernels into SIMD code; values, NaN and inf are unchanged. -ffp-contract=off
             # keeps a*b+c two rounded operations on every target (no FMA contraction), so results are identical
             # across instruction sets and equal to NumPy's where the formula is the same; the one exception is
-            # deliberate: the explicit fma calls of _vecmath.pxd's polynomials (fused in the FMA variants). -fno-math-errno (clang's
-            # default on macOS) lets sqrt become the SIMD square-root instruction instead of a call that may set
-            # errno: without it the AdaGrad, RMSProp and Adam update loops do not vectorise. The value is the same
-            # correctly rounded IEEE square root (NaN for a negative input) either way. Not -ffast-math.
+            # deliberate: the explicit fma calls of _vecmath.pxd's polynomials (fused in the FMA variants).
+            # -fno-math-errno (clang's default on macOS) lets sqrt become the SIMD square-root instruction instead of
+            # a call that may set errno: without it the AdaGrad, RMSProp and Adam update loops do not vectorise. The
+            # value is the same correctly rounded IEEE square root (NaN for a negative input) either way. Not
+            # -ffast-math.
             opt = ["-O3", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=off", "-fno-strict-aliasing",
                    "-Wno-unused-function", "-Wno-unreachable-code"]
             # GCC's jump threading copies the rest of an exp/expm1 once per clamp of its argument ("x > 88.8: every

@@ -155,7 +155,8 @@ def table(rows, differs, flag_limit):
         dagger = "†" if torch is not None and (op, direction) in differs else ""
         out.append(f"| {op} | {direction[:3]} | {shape} | {threads} | {fmt_ms(cynet)} | {fmt_ms(numpy)} | "
                    f"{fmt_ms(torch)}{dagger} | {fmt_ms(limit)} | {floor_by or '—'} | {fmt_ratio(vs_limit)} | "
-                   f"{fmt_ratio(vs_numpy, 1)} | {fmt_ratio(vs_torch)} | {'**' + '; '.join(flags) + '**' if flags else ''} |")
+                   f"{fmt_ratio(vs_numpy, 1)} | {fmt_ratio(vs_torch)} | "
+                   f"{'**' + '; '.join(flags) + '**' if flags else ''} |")
     return "\n".join(out), flagged
 
 

@@ -16,11 +16,11 @@ Every implementation reads the same input arrays and writes the same output buff
 ``torch.from_numpy`` views), allocated and touched once per shape. Before anything is timed, the result of each
 implementation is compared with the reference, so a broken kernel (or a wrong torch mapping) is never timed.
 
-The target condition, (4096, 4096) on 2 threads, is timed a second way by ``test_activation_interleaved_with_the_floor``:
-one cynet call, one call of each floor (NumPy's, torch's when importable) and one of torch's kernel per round, so that
-the machine's drift (the floor of one op moves by 20-40% between groups on the development VM) cancels out of the
-per-round ratios cynet / faster floor and torch / cynet; report.py prints their medians (groups
-``interleaved/op/direction/4096x4096/t2``).
+The target condition, (4096, 4096) on 2 threads, is timed a second way by
+``test_activation_interleaved_with_the_floor``: one cynet call, one call of each floor (NumPy's, torch's when
+importable) and one of torch's kernel per round, so that the machine's drift (the floor of one op moves by 20-40%
+between groups on the development VM) cancels out of the per-round ratios cynet / faster floor and torch / cynet;
+report.py prints their medians (groups ``interleaved/op/direction/4096x4096/t2``).
 
 Run:  python -m pytest bench --benchmark-only --benchmark-json=bench/results/run.json
       python bench/report.py bench/results/run.json
@@ -75,7 +75,7 @@ class Op:
     extra: dict = field(default_factory=dict)
 
 
-# --- elementwise ops ---------------------------------------------------------------------------------------------------
+# --- elementwise ops --------------------------------------------------------------------------------------------------
 # label, name in cynet.ops / cynet.reference, keyword arguments, tensor the backward reads ("x" or the output "y")
 ELEMENTWISE = [
     ("sigmoid", "sigmoid", {}, "y"),
@@ -188,7 +188,7 @@ def _elementwise_ops():
     return result
 
 
-# --- PReLU (one slope per channel, alpha of shape (D,)) ----------------------------------------------------------------
+# --- PReLU (one slope per channel, alpha of shape (D,)) ---------------------------------------------------------------
 def _torch_prelu_forward(b, torch):
     f, x, alpha = torch._prelu_kernel, b.t(b.x), b.t(b.alpha)
     return ((lambda: f(x, alpha)), "torch._prelu_kernel has no out=: allocates y on every call (page faults at 64 MB)",
@@ -382,7 +382,7 @@ def test_activation(case, benchmark, buffer_pool, use_threads, timing, request):
         timing.run(benchmark, fn)
 
 
-# --- the target condition, each kernel in alternation with its floor ---------------------------------------------------
+# --- the target condition, each kernel in alternation with its floor --------------------------------------------------
 INTERLEAVED_SHAPE = (4096, 4096)
 INTERLEAVED_THREADS = 2
 INTERLEAVED_ROUNDS = 15

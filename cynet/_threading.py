@@ -80,7 +80,6 @@ NS_NORM = 0.8
 NS_NORM_FORWARD = 0.5
 
 
-
 class _ThreadSettings(threading.local):
     """The calling Python thread's own count (``threads()``); None: none set. (A class attribute, so that reading an
     unset count is a plain lookup: getattr with a default on a bare threading.local took 0.4 us, raising inside.)"""

@@ -367,4 +367,3 @@ class _Restorer:
     def __exit__(self, *exc):
         self.ema.restore()
         return False
-

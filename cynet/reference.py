@@ -23,6 +23,7 @@ SELU_ALPHA = 1.6732632423543772848170429916717
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_TANH_CUBIC = 0.044715
 
+
 def _erfc(z):
     """erfc in float64: SciPy's vectorised one when installed (imported on first use: it is slow to import),
     else libm's math.erfc element by element."""

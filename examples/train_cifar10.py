@@ -94,8 +94,6 @@ def stage(title):
     print(f"\n== {title} " + "=" * max(0, 74 - len(title)), flush=True)
 
 
-
-
 def load_data(args):
     """(x_train, y_train, x_test, y_test, description, test source, subset?); uint8 images (N, 3, 32, 32)."""
     if args.subset:

@@ -307,7 +307,7 @@ def test_load_test_npz_synthetic_and_errors(tmp_path):
         load_test_npz(tmp_path / "absent.npz")
 
 
-# --- the data a program can reach --------------------------------------------------------------------------------------
+# --- the data a program can reach -------------------------------------------------------------------------------------
 def test_reachable_tries_the_default_root_then_the_fallbacks_then_the_subset(tmp_path, monkeypatch):
     from cynet.data import load_cifar10_reachable
 

@@ -40,7 +40,8 @@ def test_clip_grad_norm_scales_every_gradient_by_one_factor(norm_type, dtype):
     for p, g in zip(params, grads):
         np.testing.assert_allclose(p.grad, g.astype(np.float64) * factor, rtol=rtol)
     clipped = np.concatenate([p.grad.astype(np.float64).ravel() for p in params])
-    after = np.max(np.abs(clipped)) if norm_type == math.inf else np.sum(np.abs(clipped) ** norm_type) ** (1 / norm_type)
+    after = (np.max(np.abs(clipped)) if norm_type == math.inf
+             else np.sum(np.abs(clipped) ** norm_type) ** (1 / norm_type))
     assert after == pytest.approx(2.5, rel=1e-5)
 
 

@@ -396,7 +396,8 @@ def test_mse_non_finite():
 # --- thread-count invariance -----------------------------------------------------------------------------------------
 def _run_losses(scores, y, pred, target, model):
     out = []
-    for loss, args in ((SoftmaxCrossEntropy(), (scores, y)), (MulticlassSVM(), (scores, y)), (MSELoss(), (pred, target))):
+    for loss, args in ((SoftmaxCrossEntropy(), (scores, y)), (MulticlassSVM(), (scores, y)),
+                       (MSELoss(), (pred, target))):
         out.append((loss(*args), loss.backward().copy()))
     out.append((SoftmaxCrossEntropy().probabilities(scores),))
     reg = L2Penalty(1e-2)

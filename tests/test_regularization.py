@@ -54,7 +54,8 @@ def test_l1_penalty_gradient_is_the_numerical_gradient_away_from_zero():
 def test_elastic_net_sums_both_penalties():
     model = _model(np.float64)
     net = L1Penalty(1e-3) + L2Penalty(1e-2)
-    assert isinstance(net, PenaltySum) and repr(net) == "PenaltySum(L1Penalty(strength=0.001), L2Penalty(strength=0.01))"
+    assert isinstance(net, PenaltySum)
+    assert repr(net) == "PenaltySum(L1Penalty(strength=0.001), L2Penalty(strength=0.01))"
     assert net(model) == pytest.approx(L1Penalty(1e-3)(model) + L2Penalty(1e-2)(model), rel=1e-15)
     model.zero_grad()
     net.backward(model)

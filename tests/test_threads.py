@@ -207,7 +207,7 @@ def test_openmp_workers_wait_passively_unless_the_user_chose(user_setting, expec
     assert result.stdout.strip() == expected
 
 
-# --- kernel_threads: one thread for calls too small to pay for waking the workers --------------------------------------
+# --- kernel_threads: one thread for calls too small to pay for waking the workers -------------------------------------
 @pytest.fixture
 def overhead(monkeypatch):
     """Set CYNET_PARALLEL_OVERHEAD_US for one test (the measured/cached value is forgotten before and after)."""

@@ -325,6 +325,7 @@ class Sigmoid(_Elementwise):
     """
     _op = "sigmoid"
 
+
 class Tanh(_Elementwise):
     r"""Hyperbolic tangent, :math:`y = \tanh x`; :math:`dy/dx = 1 - y^2` (zero-centred, still saturates).
 
@@ -340,6 +341,7 @@ class Tanh(_Elementwise):
         inplace (bool): write y into x's array (the backward reads y). Default False.
     """
     _op = "tanh"
+
 
 class ReLU(_Elementwise):
     r"""Rectified linear unit, :math:`y = \max(0, x)`; :math:`dy/dx = 1[x > 0]` (read from the output).
@@ -357,6 +359,7 @@ class ReLU(_Elementwise):
     """
     _op = "relu"
     _kinked = True
+
 
 class LeakyReLU(_Elementwise):
     r"""Leaky ReLU, :math:`y = x` if :math:`x > 0` else :math:`s\,x`.
@@ -440,6 +443,7 @@ class SELU(_Elementwise):
     """
     _op = "selu"
     _kinked = True
+
 
 class GELU(_Elementwise):
     r"""Gaussian error linear unit, :math:`y = x\,\Phi(x)` (``approximate="none"``) or its tanh approximation
