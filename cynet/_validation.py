@@ -18,6 +18,13 @@ def describe(a):
     return f"{a.dtype} array of shape {tuple(a.shape)}"
 
 
+def dtype_remedy(input_dtype):
+    """How to fix an input whose dtype differs from a model's: the hint that ends such a TypeError."""
+    if np.dtype(input_dtype) in KERNEL_DTYPES:
+        return f"convert the data, or the model with .to({np.dtype(input_dtype)})"
+    return "convert the data to the model's dtype: models compute in float32 or float64"
+
+
 def float_dtype(owner, dtype):
     """``np.dtype(dtype)`` if the kernels compile it (float32, float64); a TypeError naming ``owner`` otherwise."""
     dtype = np.dtype(dtype)

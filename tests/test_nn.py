@@ -10,6 +10,7 @@ import pytest
 
 import cynet
 from cynet import nn
+from cynet.gradcheck import check_module
 from _helpers import dropout_keep, philox4x32_10
 
 try:
@@ -513,6 +514,87 @@ def test_flatten_round_trip():
     y = flat(x)
     assert y.shape == (2, 12)
     np.testing.assert_array_equal(flat.backward(y), x)
+
+
+@pytest.mark.parametrize("shape, start_dim, want", [
+    ((0, 3, 4, 4), 1, (0, 48)),           # an empty batch (NumPy cannot infer -1 there)
+    ((2, 0, 3, 4), 2, (2, 0, 12)),
+    ((2, 3, 4), -1, (2, 3, 4)),           # negative axes as in PyTorch
+    ((2, 3, 4), -2, (2, 12)),
+    ((2, 3, 4), 0, (24,)),
+    ((2, 3, 4), 2, (2, 3, 4)),
+])
+def test_flatten_shapes_match_numpy_reshape(shape, start_dim, want):
+    x = np.arange(math.prod(shape), dtype=np.float32).reshape(shape)
+    flat = nn.Flatten(start_dim)
+    y = flat(x)
+    assert y.shape == want
+    np.testing.assert_array_equal(y.reshape(-1), x.reshape(-1))
+    np.testing.assert_array_equal(flat.backward(y), x)
+
+
+@pytest.mark.parametrize("shape, start_dim", [((2, 3, 4), 3), ((2, 3, 4), -4), ((5,), 1), ((), 0)])
+def test_flatten_refuses_a_start_dim_that_is_not_an_axis(shape, start_dim):
+    with pytest.raises(ValueError, match="start_dim"):
+        nn.Flatten(start_dim)(np.zeros(shape, np.float32))
+
+
+@pytest.mark.parametrize("start_dim", [1.7, True, "1"])
+def test_flatten_start_dim_must_be_an_int(start_dim):
+    with pytest.raises(TypeError, match="start_dim must be an int"):
+        nn.Flatten(start_dim)
+
+
+def test_sequential_refuses_an_instance_it_already_holds():
+    # run twice in one pass, the module's first backward would read its second forward's values
+    tanh, linear = nn.Tanh(), nn.Linear(4, 4)
+    builds = [lambda: nn.Sequential(nn.Linear(4, 4), tanh, nn.Linear(4, 4), tanh),
+              lambda: nn.Sequential(linear, nn.Tanh(), linear),
+              lambda: nn.Sequential(tanh, nn.Sequential(nn.Linear(4, 4), tanh)),
+              lambda: nn.Sequential(nn.Linear(4, 4), tanh).append(tanh),
+              lambda: nn.Sequential(tanh, nn.Linear(4, 4)).insert(0, tanh)]
+    for build in builds:
+        with pytest.raises(ValueError, match="already in this Sequential"):
+            build()
+    model = nn.Sequential(nn.Linear(4, 4), tanh)
+    model.insert(0, nn.Linear(4, 4))          # renaming the layers is no second use
+    model.pop(0)
+    setattr(model, "1", tanh)                 # nor putting a layer back in its own place
+    assert len(model) == 2 and model[1] is tanh
+
+
+def test_a_parameter_shared_by_two_layers_gets_both_gradients(rng):
+    # the supported way to tie weights: two instances, one Parameter
+    first, second = nn.Linear(4, 4, dtype=np.float64), nn.Linear(4, 4, dtype=np.float64)
+    second.weight = first.weight
+    model = nn.Sequential(first, nn.Tanh(), second)
+    report = check_module(model, rng.standard_normal((3, 4)), num_checks=40)
+    assert report.passed and report.max_error < 1e-7
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_freezing_a_container_freezes_its_batch_norms_statistics_too(affine, rng):
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3, affine=affine))
+    model.freeze()
+    model(rng.standard_normal((4, 3)).astype(np.float32))
+    bn = model[1]
+    assert model.frozen and bn.frozen and int(bn.num_batches_tracked) == 0
+    np.testing.assert_array_equal(bn.running_mean, 0)
+    model.unfreeze()
+    model(rng.standard_normal((4, 3)).astype(np.float32))
+    assert not bn.frozen and int(bn.num_batches_tracked) == 1
+
+
+def test_dropout_backward_before_any_forward_is_an_error():
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        nn.Dropout(0.3).backward(np.ones(3, np.float32))
+
+
+@pytest.mark.parametrize("dtype, hint", [(np.float64, r"\.to\(float64\)"), (np.int64, "float32 or float64"),
+                                         (np.float16, "float32 or float64")])
+def test_a_wrong_input_dtype_names_a_remedy_that_works(dtype, hint):
+    with pytest.raises(TypeError, match=hint):
+        nn.Linear(3, 2)(np.ones((2, 3), dtype))
 
 
 def test_apply_visits_every_module_children_first_and_returns_the_model():

@@ -12,7 +12,7 @@ from cynet import ops
 from cynet._kernels import load
 from cynet._random import resolve_generator
 from cynet._threading import kernel_threads
-from cynet._validation import KERNEL_DTYPES, describe, float_dtype, positive_int
+from cynet._validation import KERNEL_DTYPES, describe, dtype_remedy, float_dtype, positive_int
 from cynet.nn import _reuse as reuse
 from cynet.nn.module import Module, Parameter
 
@@ -130,7 +130,7 @@ def _check_weight_dtype(module, x, dtype):
     """TypeError unless the input ``x`` has the weights' dtype."""
     if x.dtype != dtype:
         raise TypeError(f"{module!r}: input must have the weights' dtype {dtype}, got {describe(x)} "
-                        f"(convert the data, or the model with .to({x.dtype}))")
+                        f"({dtype_remedy(x.dtype)})")
 
 
 def _cached(module, attribute):
@@ -730,6 +730,7 @@ class Dropout(Module):
         self.reuse_mask = False
         self._mask = None          # keep-mask scaled by 1/(1-p), in x's dtype; None in eval or when p == 0
         self._shape = None         # the shape of the last training-mode input
+        self._ran = False          # a forward has run (backward before it is an error, as for every module)
 
     def _mask_shape(self, x):
         """The shape of the mask drawn for x (broadcast against it): one draw per element."""
@@ -744,6 +745,7 @@ class Dropout(Module):
         x = np.asarray(x)
         if x.dtype.kind != "f":
             raise TypeError(f"{self!r}: input must be floating point, got {describe(x)}")
+        self._ran = True
         if not self.training or self.p == 0.0:
             self._mask = None
             return x
@@ -761,6 +763,8 @@ class Dropout(Module):
         return np.multiply(x, self._mask, out=out if out is not None else reuse.like(x))
 
     def backward(self, dout, *, input_grad=True):
+        if not self._ran:
+            raise RuntimeError(f"{self!r}: backward called before forward (nothing cached)")
         if not input_grad:
             return None
         dout = np.asarray(dout)
@@ -784,7 +788,7 @@ class Flatten(Module):
     Forward and backward are reshapes: views of a C-contiguous input, no copy, no arithmetic.
 
     Args:
-        start_dim (int): first axis to flatten. Default 1.
+        start_dim (int): first axis to flatten; negative counts from the last axis, as in PyTorch. Default 1.
 
     Shape:
         x :math:`(d_0, \dots, d_{s-1}, d_s, \dots, d_{k})` -> y :math:`(d_0, \dots, d_{s-1}, d_s \cdots d_k)` with
@@ -799,15 +803,19 @@ class Flatten(Module):
 
     def __init__(self, start_dim=1):
         super().__init__()
+        if isinstance(start_dim, bool) or not isinstance(start_dim, (int, np.integer)):
+            raise TypeError(f"Flatten: start_dim must be an int, got {start_dim!r}")
         self.start_dim = int(start_dim)
         self._shape = None
 
     def forward(self, x):
         x = np.asarray(x)
-        if x.ndim < self.start_dim:
-            raise ValueError(f"{self!r}: input needs at least {self.start_dim} axes, got {describe(x)}")
+        start = self.start_dim + x.ndim if self.start_dim < 0 else self.start_dim
+        if not 0 <= start < x.ndim:
+            raise ValueError(f"{self!r}: start_dim {self.start_dim} is not an axis of the input ({describe(x)})")
         self._shape = x.shape
-        return x.reshape(x.shape[:self.start_dim] + (-1,))
+        # the flattened length spelt out: NumPy cannot infer -1 when a kept axis has length 0
+        return x.reshape(x.shape[:start] + (math.prod(x.shape[start:]),))
 
     def backward(self, dout, *, input_grad=True):
         shape = _cached(self, "_shape")

@@ -131,6 +131,12 @@ class Module:
     child modules as attributes; they are found by name, in assignment order. Subclasses implement
     ``forward(x)`` and ``backward(dout, *, input_grad=True)``.
 
+    A module keeps what its backward needs from its latest forward (the input, the output, a mask), one pass at a
+    time: an instance must run at most once per forward pass that is followed by a backward. (PyTorch's autograd
+    records every call; here a second call would overwrite the first one's values and its backward would give wrong
+    gradients.) :class:`Sequential` refuses to hold an instance twice; to share weights between two layers, give
+    them the same :class:`Parameter` (``second.weight = first.weight``).
+
     Example:
         >>> import numpy as np, cynet
         >>> from cynet import nn
@@ -289,10 +295,17 @@ class Module:
             param.zero_grad()
 
     def requires_grad_(self, requires_grad=True):
-        """Freeze (False) or unfreeze (True) every parameter; returns self."""
+        """Freeze (False) or unfreeze (True) every parameter, and every module inside (their own notion of frozen,
+        e.g. a batch norm without parameters stops updating its running statistics); returns self."""
         for param in self.parameters():
             param.requires_grad = bool(requires_grad)
+        for module in self.modules():
+            module._set_frozen_state(not requires_grad)
         return self
+
+    def _set_frozen_state(self, frozen):
+        """What a module freezes besides its parameters (nothing by default), called by requires_grad_ on every
+        module of the tree."""
 
     def freeze(self):
         """Stop learning: no gradients, no updates (``requires_grad_(False)``); returns self."""
@@ -603,6 +616,27 @@ class Sequential(_ModuleSequence):
             if not isinstance(module, Module):
                 raise TypeError(f"Sequential: argument {index} is not a Module: {module!r}")
             setattr(self, str(index), module)
+
+    def __setattr__(self, name, value):
+        if isinstance(value, Module) and "_modules" in self.__dict__:
+            self._refuse_a_second_use(name, value)
+        super().__setattr__(name, value)
+
+    def _refuse_a_second_use(self, name, module):
+        """ValueError if ``module``, or a module inside it, is already in this Sequential (outside the layer ``name``
+        it replaces): run twice in one pass, the first run's backward would read the second run's values."""
+        present = {id(self): "the Sequential itself"}
+        for child_name, child in self._modules.items():
+            if child_name != name:
+                for inner_name, inner in child.named_modules(child_name):
+                    present.setdefault(id(inner), f"layer {inner_name!r}")
+        for inner_name, inner in module.named_modules(name):
+            if id(inner) in present:
+                raise ValueError(
+                    f"Sequential: layer {inner_name!r} ({type(inner).__name__}) is already in this Sequential as "
+                    f"{present[id(inner)]}: a module keeps the values of one forward pass for its backward, so one "
+                    f"instance running twice in a pass would give wrong gradients. Use a new instance (to share "
+                    f"weights, give it the same Parameter: second.weight = first.weight)")
 
     def forward(self, x):
         modules = list(self._modules.values())

@@ -204,10 +204,8 @@ class _BatchNorm(Module):
         self._cache = None
 
     # --- freezing: a frozen batch norm normalises with its running statistics and updates nothing ---------------
-    def requires_grad_(self, requires_grad=True):
-        super().requires_grad_(requires_grad)
-        self._frozen_stats = not requires_grad
-        return self
+    def _set_frozen_state(self, frozen):
+        self._frozen_stats = bool(frozen)      # what `frozen` reads without affine parameters
 
     @property
     def frozen(self):
