@@ -219,7 +219,8 @@ class EMA(Callback):
     """Polyak/EMA averaging of the weights, as a :class:`~cynet.train.Trainer` callback.
 
     At the start of training the shadow weights are a copy of the model's; after every optimiser step
-    (``on_batch_end``; a step the divergence guard refused does not count)
+    (``on_batch_end``; a step the divergence guard refused does not count, and the steps it undoes are undone in
+    the average too)
     ``shadow = decay * shadow + (1 - decay) * weights``. ``with ema.apply(): trainer.evaluate(...)`` evaluates the
     averaged weights and puts the trained ones back afterwards (or call :meth:`apply` and :meth:`restore`).
     Buffers (batch-norm running statistics) are not averaged; recompute them for the averaged weights if needed.
@@ -292,6 +293,24 @@ class EMA(Callback):
 
     def on_batch_end(self, trainer):
         self.update()
+
+    def guard_snapshot(self, previous):
+        # the average goes back with the weights when the divergence guard undoes steps
+        if self.shadow is None:
+            return None
+        if previous is None or len(previous[0]) != len(self.shadow):
+            previous = ([np.empty_like(shadow) for shadow in self.shadow], 0)
+        copies = previous[0]
+        for saved, shadow in zip(copies, self.shadow):
+            np.copyto(saved, shadow)
+        return copies, self.num_updates
+
+    def guard_restore(self, snapshot):
+        if snapshot is None or self.shadow is None:
+            return
+        copies, self.num_updates = snapshot
+        for shadow, saved in zip(self.shadow, copies):
+            np.copyto(shadow, saved)
 
     # --- evaluation with the averaged weights ---
     def apply(self):

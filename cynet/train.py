@@ -157,7 +157,9 @@ class Callback:
     whatever ends the run (last epoch, a stop, the divergence guard, an exception or KeyboardInterrupt).
 
     A callback stops training with ``trainer.stop(reason)``. State that must survive a checkpoint goes through
-    :meth:`state_dict` / :meth:`load_state_dict` (flat: str -> ndarray or JSON scalar).
+    :meth:`state_dict` / :meth:`load_state_dict` (flat: str -> ndarray or JSON scalar). State that follows the
+    optimiser steps (an average of the weights) goes back with the weights when the divergence guard undoes steps
+    through :meth:`guard_snapshot` / :meth:`guard_restore`.
 
     Example:
         >>> from cynet.train import Callback
@@ -187,6 +189,15 @@ class Callback:
 
     def load_state_dict(self, state):
         """Restore :meth:`state_dict`'s output."""
+
+    def guard_snapshot(self, previous):
+        """A copy of the state that the optimiser steps change, taken with the divergence guard's copy of the
+        weights (default: None, nothing). ``previous`` is this method's last result (None the first time): reuse
+        its arrays."""
+        return None
+
+    def guard_restore(self, snapshot):
+        """Put back :meth:`guard_snapshot`'s copy: the divergence guard has undone the steps taken since."""
 
 
 class _BestTracker(Callback):
@@ -243,7 +254,10 @@ class EarlyStopping(_BestTracker):
     KeyboardInterrupt).
 
     The best value, the count of epochs without improvement and the best weights carry over between ``fit`` calls
-    and are saved in trainer checkpoints; :meth:`reset` starts afresh.
+    and are saved in trainer checkpoints; :meth:`reset` starts afresh. When the best weights are put back, the
+    weights training had reached are kept too (and saved in checkpoints): the next ``fit`` (or one resumed from a
+    checkpoint) continues from them, so that training in several calls gives the weights of one uninterrupted run.
+    It does not if the model's weights were changed in between (they are then the ones training continues from).
 
     Args:
         monitor (str): "val_acc" (default), "val_loss", "train_acc" or "train_loss".
@@ -263,6 +277,7 @@ class EarlyStopping(_BestTracker):
         self.restore_best_weights = bool(restore_best_weights)
         self.wait = 0
         self.best_state = None
+        self.training_state = None     # the weights training reached, while the best ones are put back
 
     def reset(self):
         """Forget the best value, the waiting count and the best weights."""
@@ -270,6 +285,14 @@ class EarlyStopping(_BestTracker):
         self.best_epoch = None
         self.wait = 0
         self.best_state = None
+        self.training_state = None
+
+    def on_train_begin(self, trainer):
+        super().on_train_begin(trainer)
+        training_state, self.training_state = self.training_state, None
+        if training_state is not None and self.best_state is not None and _same_arrays(
+                trainer.model.state_dict(), self.best_state):
+            trainer.model.load_state_dict(training_state)
 
     def on_epoch_end(self, trainer):
         if self._record_if_improved(trainer):
@@ -284,29 +307,35 @@ class EarlyStopping(_BestTracker):
 
     def on_train_end(self, trainer):
         if self.restore_best_weights and self.best_state is not None:
+            self.training_state = trainer.model.state_dict()
             trainer.model.load_state_dict(self.best_state)
 
     def state_dict(self):
         state = super().state_dict()
         state["wait"] = self.wait
-        state["has_best_state"] = self.best_state is not None
-        if self.best_state is not None:
-            state.update({"best_state." + key: value for key, value in self.best_state.items()})
+        for name in ("best_state", "training_state"):
+            saved = getattr(self, name)
+            state[f"has_{name}"] = saved is not None
+            if saved is not None:
+                state.update({f"{name}.{key}": value for key, value in saved.items()})
         return state
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.wait = int(state.get("wait", 0))
-        if state.get("has_best_state"):
-            prefix = "best_state."
-            self.best_state = {key[len(prefix):]: np.array(value) for key, value in state.items()
-                               if key.startswith(prefix)}
-        else:
-            self.best_state = None
+        for name in ("best_state", "training_state"):
+            prefix = name + "."
+            setattr(self, name, {key[len(prefix):]: np.array(value) for key, value in state.items()
+                                 if key.startswith(prefix)} if state.get(f"has_{name}") else None)
 
     def __repr__(self):
         return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, min_delta={self.min_delta}, "
                 f"restore_best_weights={self.restore_best_weights})")
+
+
+def _same_arrays(first, second):
+    """Whether two state dicts hold the same keys and arrays (bit for bit)."""
+    return first.keys() == second.keys() and all(np.array_equal(first[key], second[key]) for key in first)
 
 
 class ModelCheckpoint(_BestTracker):
@@ -445,13 +474,16 @@ class _LastGoodState:
     undoes what its forward pass did to the buffers.
     """
 
-    def __init__(self, model, optimizer):
+    def __init__(self, model, optimizer, callbacks, start_iteration):
         self.model = model
         self.optimizer = optimizer
+        self.callbacks = list(callbacks)
         self.param_copies = [np.empty_like(p.data) for p in model.parameters()]
         self.copied = [False] * len(self.param_copies)
         self.buffer_copies = [np.empty_like(b) for b in model.buffers()]
         self.optimizer_copy = None
+        self.callback_copies = [None] * len(self.callbacks)
+        self.start_iteration = start_iteration   # iterations done when fit started
         self.iteration = None        # the iteration before whose step the copy was taken; None: when fit started
         self.take(None)
 
@@ -470,6 +502,8 @@ class _LastGoodState:
             self.optimizer_copy = self.optimizer.snapshot(self.optimizer_copy)
         else:
             self.optimizer_copy = self.optimizer.state_dict()
+        for index, callback in enumerate(self.callbacks):
+            self.callback_copies[index] = callback.guard_snapshot(self.callback_copies[index])
         self.iteration = iteration
 
     def restore(self):
@@ -482,6 +516,8 @@ class _LastGoodState:
             self.optimizer.restore(self.optimizer_copy)
         else:
             self.optimizer.load_state_dict(self.optimizer_copy)
+        for callback, saved in zip(self.callbacks, self.callback_copies):
+            callback.guard_restore(saved)
 
 
 # --- the trainer -----------------------------------------------------------------------------------------------------
@@ -707,9 +743,10 @@ class Trainer:
         self.has_validation = validation is not None
         self.stop_training = False
         self.stop_reason = None
-        self._last_good = _LastGoodState(self.model, self.optimizer)
         self.model.train()
         self._call("on_train_begin")
+        # after the callbacks' changes to the weights
+        self._last_good = _LastGoodState(self.model, self.optimizer, self.callbacks, self.iteration)
         try:
             while self.epoch < epochs and not self.stop_training:
                 self._run_epoch(x, y, batch_size, shuffle, validation)
@@ -836,6 +873,12 @@ class Trainer:
             back = "the last step" if taken == self.iteration - 1 else f"the step of iteration {taken}"
             restored = (f"restored the weights, buffers and optimiser state from before {back} (those of iteration "
                         f"{taken}, loss {self.history['loss'][taken - 1]:.6g})")
+        elif self.iteration - 1 > self._last_good.start_iteration:
+            first = self._last_good.start_iteration + 1
+            steps = (f"the step of iteration {first}" if first == self.iteration - 1 else
+                     f"the steps of iterations {first}-{self.iteration - 1}")
+            restored = (f"restored the weights, buffers and optimiser state from the start of this fit (undoing "
+                        f"{steps})")
         else:
             restored = "no step was taken in this run, so the weights are unchanged (buffers restored)"
         self.stop(f"diverged at iteration {self.iteration} (epoch {self.epoch + 1}): {problem}; {restored}")

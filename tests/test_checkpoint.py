@@ -28,7 +28,8 @@ def mlp(h=12, dropout=0.3, seed=0, dropout_generator=None):
 
 
 def assert_same_weights(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
+    """Two models (or state dicts) hold the same arrays bit for bit."""
+    sa, sb = (m.state_dict() if hasattr(m, "state_dict") else m for m in (a, b))
     assert list(sa) == list(sb)
     for key in sa:
         np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
@@ -303,6 +304,43 @@ def test_early_stopping_state_survives_a_checkpoint(tmp_path):
     assert fresh.best_state.keys() == stopper.best_state.keys()
     for key in stopper.best_state:
         np.testing.assert_array_equal(fresh.best_state[key], stopper.best_state[key])
+
+
+@pytest.mark.parametrize("through_checkpoint", [False, True], ids=["same-trainer", "checkpoint"])
+def test_early_stopping_putting_back_the_best_weights_does_not_change_a_run_in_parts(tmp_path, through_checkpoint):
+    # the best epoch is the first (the highest training loss): every fit ends with older weights put back, and the
+    # next fit must go on from the weights training had reached, as the run in one part does
+    x, y = blobs(70, seed=1)
+    val = blobs(30, seed=2)
+
+    def run(parts):
+        cynet.manual_seed(123)
+        trainer = _trainer("sgd", callbacks=[EarlyStopping(monitor="train_loss", mode="max", patience=100)])
+        for epochs in parts:
+            if through_checkpoint and trainer.epoch:
+                path = tmp_path / f"at{trainer.epoch}.npz"
+                trainer.save_checkpoint(path)
+                cynet.manual_seed(999)
+                trainer = _trainer("sgd", seed_weights=42,
+                                   callbacks=[EarlyStopping(monitor="train_loss", mode="max", patience=100)])
+                trainer.load_checkpoint(path)
+            trainer.fit(x, y, epochs=epochs, batch_size=16, validation=val)
+            stopper = trainer.callbacks[0]
+            assert stopper.best_epoch == 1 and stopper.training_state is not None
+            assert_same_weights(trainer.model, stopper.best_state)
+        return trainer
+
+    straight, parts = run([4]), run([2, 3, 4])
+    timeless = lambda h: {k: v for k, v in h.items() if k != "epoch_time"}      # noqa: E731 (wall time differs)
+    assert timeless(parts.history) == timeless(straight.history)
+    for key, value in straight.callbacks[0].training_state.items():
+        np.testing.assert_array_equal(parts.callbacks[0].training_state[key], value)
+    # weights changed between the parts are the ones the next part trains from
+    changed = run([2])
+    changed.model[0].weight.data += 1
+    expected = changed.model.state_dict()
+    changed.callbacks[0].on_train_begin(changed)
+    assert_same_weights(changed.model, expected)
 
 
 def test_load_checkpoint_errors_leave_the_trainer_unchanged(tmp_path):

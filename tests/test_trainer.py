@@ -554,6 +554,49 @@ def test_divergence_guard_catches_nan_and_early_stopping_still_restores_the_best
         np.testing.assert_array_equal(got, want)
 
 
+def test_a_divergence_in_a_later_fit_says_which_steps_it_undid():
+    x, y = blobs(40, seed=3)
+    model = mlp()
+    opt = optim.SGD(model.parameters(), lr=0.05)
+    trainer = Trainer(model, SoftmaxCrossEntropy(), opt, progress=False)
+    trainer.fit(x, y, epochs=1, batch_size=8)                  # iterations 1-5
+    after_first = weights(model)
+    opt.lr = 1e4                                               # the step of iteration 6 blows the loss up at 7
+    with pytest.warns(DivergenceWarning, match=r"from the start of this fit \(undoing the step of iteration 6\)"):
+        trainer.fit(x, y, epochs=2, batch_size=8)
+    assert trainer.iteration == 7
+    for got, want in zip(weights(model), after_first):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_the_divergence_guard_undoes_the_steps_in_an_ema_average_too():
+    from cynet.ensemble import EMA
+
+    class ShadowRecorder(Callback):
+        def __init__(self, ema):
+            self.ema, self.seen = ema, {}
+
+        def on_train_begin(self, trainer):
+            self.on_batch_end(trainer)
+
+        def on_batch_end(self, trainer):
+            self.seen[self.ema.num_updates] = [shadow.copy() for shadow in self.ema.shadow]
+
+    x, y = blobs(40, seed=3, spread=3.0)                       # overlapping classes: the loss cannot reach 0
+    model = mlp()
+    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    ema = EMA(0.9)
+    recorder = ShadowRecorder(ema)
+    trainer = Trainer(model, SoftmaxCrossEntropy(), opt, callbacks=[ema, recorder], progress=False)
+    trainer.fit(x, y, epochs=3, batch_size=4)
+    opt.lr = 1e4
+    with pytest.warns(DivergenceWarning):
+        trainer.fit(x, y, epochs=6, batch_size=4)
+    assert ema.num_updates < max(recorder.seen)                # steps were undone ...
+    for got, want in zip(ema.shadow, recorder.seen[ema.num_updates]):
+        np.testing.assert_array_equal(got, want)               # ... and the average is the one from before them
+
+
 def _recording(optimizer_class):
     """``optimizer_class`` that records its state dict and the model's (weights and buffers) before every step."""
     class Recording(optimizer_class):
