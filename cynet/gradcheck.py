@@ -12,7 +12,10 @@ Both "zero" in floating point counts as both zero: the centred difference cannot
 rounding noise of its two losses, :math:`\delta_i = 10\,\varepsilon \max(|L(w + h e_i)|, |L(w - h e_i)|) / h`
 (about :math:`5 \cdot 10^{-10}` for a loss near 2.3), so an entry with :math:`\max(|a_i|, |n_i|) \le \delta_i`
 counts as agreeing (:math:`e_i = 0`). Without this rule a gradient that is exactly zero in exact arithmetic but
-:math:`10^{-20}` after rounding (the bias of a Linear followed by batch norm) would read as "wrong".
+:math:`10^{-20}` after rounding (the bias of a Linear followed by batch norm) would read as "wrong". For the same
+reason an entry with :math:`|a_i - n_i| \le \delta_i` agrees: a gradient of :math:`3 \cdot 10^{-8}` (an L2
+penalty's on a weight near 0) read through losses near 1 differs from its centred difference by the rounding
+noise alone, which is a relative error of :math:`10^{-6}`.
 
 The recipe of the notes, all applied here:
 
@@ -291,6 +294,16 @@ def _kink_modules(*roots):
     return found
 
 
+class _PenaltyKinks:
+    """A penalty's ``kink_state(model)`` as the ``kink_state()`` the checks read."""
+
+    def __init__(self, penalty, model):
+        self.penalty, self.model = penalty, model
+
+    def kink_state(self):
+        return self.penalty.kink_state(self.model)
+
+
 def _kink_states(modules):
     states = []
     for m in modules:
@@ -345,7 +358,8 @@ def _check_array(name, section, array, analytic, loss, kink_modules, base_states
         kink[j] = crossed
     indices = [tuple(int(v) for v in np.unravel_index(i, array.shape)) for i in flat_indices]
     errors = rel_error(an, nu)
-    errors[np.maximum(np.abs(an), np.abs(nu)) <= noise] = 0.0     # both zero to within rounding
+    # both zero, or equal, to within the centred difference's rounding noise
+    errors[(np.maximum(np.abs(an), np.abs(nu)) <= noise) | (np.abs(an - nu) <= noise)] = 0.0
     return ArrayCheck(name=name, section=section, shape=tuple(array.shape), indices=indices, analytic=an, numeric=nu,
                       errors=errors, kink=kink)
 
@@ -490,7 +504,9 @@ def check_model(model, loss_module, x, y, *, regularization=None, num_checks=10,
         loss_module: ``forward(scores, y) -> float``, ``backward() -> dscores`` (see :mod:`cynet.nn.loss`).
         x (ndarray): the input batch. y: its targets (floating ones are copied to float64).
         regularization (optional): an object with ``__call__(model) -> float`` and ``backward(model)`` that adds
-            the penalty's gradient into the parameters' ``grad`` (e.g. ``cynet.nn.loss.L2Penalty(strength)``).
+            the penalty's gradient into the parameters' ``grad`` (e.g. ``cynet.nn.loss.L2Penalty(strength)``); a
+            penalty with kinks gives ``kink_state(model)`` (L1's signs of the weights), and an entry whose
+            perturbation changes it is "kink crossed", as for the modules.
         num_checks, h, seed, check_input, tolerance, kink_tolerance: as for :func:`check_module`.
 
     Returns:
@@ -541,7 +557,8 @@ def check_model(model, loss_module, x, y, *, regularization=None, num_checks=10,
         model.zero_grad()
         regularization.backward(model)
         grads = {name: p.grad.copy() for name, p in params}
-        reg_kinks = _kink_modules(regularization) if callable(getattr(regularization, "kink_state", None)) else []
+        reg_kinks = [_PenaltyKinks(regularization, model)] if callable(getattr(regularization, "kink_state",
+                                                                                None)) else []
 
         def penalty():
             return regularization(model)

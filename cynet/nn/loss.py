@@ -433,6 +433,14 @@ class _WeightPenalty:
             k.penalty_grad(param.data.reshape(-1), self._power, self.strength, buffer.reshape(-1), not fresh,
                            kernel_threads(param.data.size))
 
+    def kink_state(self, model):
+        """Where the penalty's gradient jumps, for gradient checks (:func:`cynet.gradcheck.check_model`): the signs of
+        the covered weights for L1 (a weight within h of 0 crosses the kink of |w|), None for the smooth L2."""
+        if self._power != 1 or self.strength == 0:
+            return None
+        params = self.penalized(model)
+        return np.concatenate([np.sign(param.data).reshape(-1) for _, param in params]) if params else None
+
     def __add__(self, other):
         if not isinstance(other, (_WeightPenalty, PenaltySum)):
             return NotImplemented
@@ -542,6 +550,11 @@ class PenaltySum:
     def backward(self, model):
         for term in self.terms:
             term.backward(model)
+
+    def kink_state(self, model):
+        """The terms' kink states side by side (see :meth:`L1Penalty.kink_state`); None when no term has kinks."""
+        states = [state for state in (term.kink_state(model) for term in self.terms) if state is not None]
+        return np.concatenate(states) if states else None
 
     def __add__(self, other):
         if not isinstance(other, (_WeightPenalty, PenaltySum)):
