@@ -22,6 +22,7 @@ import contextlib
 
 import numpy as np
 
+from cynet._validation import positive_int
 from cynet.nn.module import Module
 from cynet.train import Callback
 
@@ -156,7 +157,8 @@ class Ensemble:
         x = np.asarray(x)
         if x.ndim == 0 or len(x) == 0:
             raise ValueError(f"Ensemble: x must hold at least one example, got shape {x.shape}")
-        return [self._member_proba(model, x, int(batch_size)) for model in self.models]
+        batch_size = positive_int("Ensemble", "batch_size", batch_size)
+        return [self._member_proba(model, x, batch_size) for model in self.models]
 
     def predict_proba(self, x, batch_size=1024):
         """The (weighted) mean of the members' class probabilities.
@@ -185,8 +187,15 @@ class Ensemble:
     @staticmethod
     def _score(proba, y):
         y = np.asarray(y)
+        if y.ndim != 1 or y.dtype.kind not in "iu":
+            raise TypeError(f"Ensemble.evaluate: y must be a 1-d array of integer class labels, got {y.dtype} of "
+                            f"shape {y.shape}")
         if len(y) != len(proba):
             raise ValueError(f"Ensemble.evaluate: x and y lengths differ ({len(proba)} and {len(y)})")
+        classes = proba.shape[1]
+        if len(y) and (y.min() < 0 or y.max() >= classes):
+            raise ValueError(f"Ensemble.evaluate: labels must lie in [0, {classes}) for the members' {classes} "
+                             f"classes, got values from {y.min()} to {y.max()}")
         picked = proba[np.arange(len(y)), y]
         loss = float(-np.mean(np.log(np.maximum(picked, np.finfo(np.float64).tiny))))
         return loss, float(np.mean(np.argmax(proba, axis=1) == y))

@@ -68,6 +68,28 @@ def test_weighted_ensemble_and_validation(members):
         Ensemble([np.zeros(3)])
 
 
+@pytest.mark.parametrize("labels, error, match", [
+    ([0, 1, 2, 0, 1, 2, -1], ValueError, r"labels must lie in \[0, 3\).*-1 to 2"),   # -1 would score class 2
+    ([0, 1, 2, 0, 1, 2, 3], ValueError, r"labels must lie in \[0, 3\)"),
+    ([0.0, 1, 2, 0, 1, 2, 0], TypeError, "integer class labels"),
+    ([[0, 1, 2, 0, 1, 2, 0]], TypeError, "integer class labels"),
+])
+def test_ensemble_evaluate_refuses_labels_outside_the_classes(members, labels, error, match):
+    ws, bs, x = members
+    ensemble = Ensemble([linear_with(w, b) for w, b in zip(ws, bs)])
+    with pytest.raises(error, match=match):
+        ensemble.evaluate(x, np.array(labels))
+    with pytest.raises(error, match=match):
+        ensemble.evaluate_members(x, np.array(labels))
+
+
+@pytest.mark.parametrize("batch_size", [0, -3, 2.5, True])
+def test_ensemble_batch_size_must_be_a_positive_int(members, batch_size):
+    ws, bs, x = members
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        Ensemble([linear_with(ws[0], bs[0])]).predict(x, batch_size=batch_size)
+
+
 def test_ensemble_uses_eval_mode_and_restores_modes():
     cynet.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2))

@@ -382,3 +382,33 @@ def test_the_standardize_kernel_refuses_inconsistent_shapes():
         load("conv").channel_standardize(x, ones, ones, np.empty((2, 3, 5), np.float32), 1)
     with pytest.raises(ValueError, match=r"scale \(2,\)"):
         load("conv").channel_standardize(x, ones, np.ones(2, np.float32), np.empty((2, 3, 4), np.float32), 1)
+
+
+@pytest.mark.parametrize("make", [Standardize, lambda: Standardize(per="channel"), MeanImage, ChannelMean, PCA,
+                                  ZCAWhitening], ids=["standardize", "per-channel", "mean-image", "channel-mean",
+                                                      "pca", "zca"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_fit_refuses_training_data_with_nan_or_inf_and_keeps_its_previous_fit(make, bad):
+    rng = np.random.default_rng(0)
+    clean = rng.standard_normal((40, 3, 2, 2)).astype(np.float32)
+    dirty = clean.copy()
+    dirty[5, 1, 0, 1] = bad
+    transform = make()
+    with pytest.raises(ValueError, match="holds 1 NaN or infinite values"):
+        transform.fit(dirty)
+    assert not transform.is_fitted
+    transform.fit(clean)
+    before = transform.state_dict()
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        transform.fit(dirty, refit=True)
+    after = transform.state_dict()
+    assert before.keys() == after.keys()
+    for key in before:
+        np.testing.assert_array_equal(after[key], before[key])
+
+
+def test_fit_refuses_values_whose_statistics_overflow():
+    transform = Standardize()
+    with pytest.raises(ValueError, match="overflow the statistics"):
+        transform.fit(np.array([[0.0], [1e300], [-1e300]]))
+    assert not transform.is_fitted

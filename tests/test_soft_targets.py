@@ -205,6 +205,19 @@ def test_cutout_zeroes_one_clipped_square_per_image():
         Cutout()(np.zeros((2, 12), np.float32))
 
 
+@pytest.mark.parametrize("value", [-1.0, 256.0, 0.5])
+def test_cutout_refuses_a_value_that_uint8_images_cannot_hold(value):
+    # -1 would overflow and 0.5 be truncated to 0 without a word
+    with pytest.raises(ValueError, match="cannot be stored in uint8 images"):
+        Cutout(2, value=value)(np.ones((1, 1, 3, 3), np.uint8), np.random.default_rng(0))
+    assert np.all(Cutout(9, value=value)(np.ones((1, 1, 3, 3), np.float32), np.random.default_rng(0)) == value)
+
+
+def test_cutout_fills_uint8_images_with_a_whole_value():
+    out = Cutout(9, value=128)(np.ones((2, 3, 3, 3), np.uint8), np.random.default_rng(0))
+    assert out.dtype == np.uint8 and np.all(out == 128)
+
+
 # --- the trainer's hook -----------------------------------------------------------------------------------------------
 def _data(seed=0):
     rng = np.random.default_rng(seed)

@@ -187,6 +187,12 @@ class Cutout:
 
     def __call__(self, xb, generator=None):
         xb = _check_images("Cutout", xb)
+        if xb.dtype.kind in "iu":
+            info = np.iinfo(xb.dtype)
+            if self.value != int(self.value) or not info.min <= self.value <= info.max:
+                raise ValueError(f"Cutout: value {self.value:g} cannot be stored in {xb.dtype} images (whole numbers "
+                                 f"from {info.min} to {info.max}); give such a value, or cut after the conversion "
+                                 f"to floating point")
         n, _, h, w = xb.shape
         rng = resolve_generator(generator)
         cy, cx = rng.integers(0, h, size=n), rng.integers(0, w, size=n)

@@ -179,8 +179,21 @@ class Transform:
         if x.shape[0] < self._min_samples:
             raise ValueError(f"{type(self).__name__}.fit: needs at least {self._min_samples} samples, got "
                              f"{_describe(x)}")
+        name = type(self).__name__
+        bad = _count_nonfinite(x)
+        if bad:
+            raise ValueError(f"{name}.fit: the training data holds {bad} NaN or infinite values ({_describe(x)}); "
+                             f"remove or repair those samples first")
         print_ = self._check_refit(x, refit)
+        previous = self.state_dict()
         self._fit(x)
+        broken = [key for key in self._fitted_names if np.asarray(getattr(self, key)).dtype.kind == "f"
+                  and not np.all(np.isfinite(getattr(self, key)))]
+        if broken:
+            self.load_state_dict(previous)                    # as before the call
+            raise ValueError(f"{name}.fit: the training data's values ({_describe(x)}, largest magnitude "
+                             f"{float(np.max(np.abs(x))):g}) overflow the statistics ({', '.join(broken)}); scale "
+                             f"the data first")
         self.feature_shape_ = tuple(int(s) for s in x.shape[1:])
         self.fitted_on = (int(x.shape[0]), print_)
         return self
@@ -418,6 +431,14 @@ def _standardize_kernel_takes(x3, dtype):
     if not x3.flags.c_contiguous or dtype not in (np.float32, np.float64):
         return False
     return x3.dtype == np.uint8 or x3.dtype == dtype
+
+
+def _count_nonfinite(x, rows_per_block=4096):
+    """NaN and infinite values in x (0 for integer data), a block of rows at a time (no x-sized temporary)."""
+    if x.dtype.kind not in "fc":
+        return 0
+    return sum(int(np.count_nonzero(~np.isfinite(x[start:start + rows_per_block])))
+               for start in range(0, x.shape[0], rows_per_block))
 
 
 class Standardize(Transform):
