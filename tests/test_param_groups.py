@@ -423,8 +423,9 @@ def test_trainer_with_groups_records_the_first_groups_rate_and_resumes_exactly(t
 
 # --- weight_decay_groups ----------------------------------------------------------------------------------------------
 def test_weight_decay_groups_split_weights_from_biases_and_norm_parameters():
-    shared = nn.Linear(4, 4)
-    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.PReLU(4), shared, nn.ReLU(), shared)
+    shared, tied = nn.Linear(4, 4), nn.Linear(4, 4)
+    tied.weight, tied.bias = shared.weight, shared.bias         # parameters shared by two layers count once
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.PReLU(4), shared, nn.ReLU(), tied)
     model[0].bias.requires_grad = False                         # frozen ones are included
     decayed, others = optim.weight_decay_groups(model, 5e-4)
     assert decayed["weight_decay"] == 5e-4 and others["weight_decay"] == 0.0
