@@ -41,10 +41,16 @@ def positive_int(owner, name, value):
 
 
 def as_float_array(op, name, a):
-    """``a`` as a C-contiguous floating ndarray (copying only when it is not contiguous); TypeError otherwise."""
+    """``a`` as a C-contiguous floating ndarray in the machine's byte order (copying only when it is not);
+    TypeError otherwise (also for a masked array, whose mask no kernel would honour)."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{op}: {name} is a masked array; the mask would be ignored: pass a.filled(value) or "
+                        f"a.data explicitly")
     a = np.asarray(a)
     if a.dtype.kind != "f":
         raise TypeError(f"{op}: {name} must be a floating-point array (float32 or float64), got {describe(a)}")
+    if not a.dtype.isnative:
+        return a.astype(a.dtype.newbyteorder("="))        # big-endian data: the kernels read native floats
     # (np.ascontiguousarray would turn a 0-d array into shape (1,); 0-d arrays are always contiguous)
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 

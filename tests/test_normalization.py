@@ -4,14 +4,19 @@ Oracles: a NumPy reference written here (float64 two-pass statistics), float64 c
 (:func:`cynet.gradcheck.check_module`), and ``torch.nn.functional`` when torch is importable.
 """
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
 import cynet
 from cynet import nn
 from cynet.gradcheck import check_module
-from cynet.nn.normalization import (BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, batch_norm_forward, fold_batchnorm,
-                                    recompute_batchnorm_statistics, row_norm_backward, row_norm_forward)
+from cynet.nn.normalization import (BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, batch_norm_backward,
+                                    batch_norm_forward, channel_affine, fold_batchnorm, recompute_batchnorm_statistics,
+                                    row_norm_backward, row_norm_forward)
 from _helpers import MethodCalls
 
 try:
@@ -634,7 +639,8 @@ def test_batch_norm_with_relu_refuses_a_beta_of_the_wrong_length(shape):
 
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     _, mean, _, inv_std = batch_norm_forward(x, np.ones(3, np.float32), np.zeros(3, np.float32), 1e-5)
-    with pytest.raises(ValueError, match="relu_beta must have 3 values, got 2"):
+    with pytest.raises(ValueError, match=r"batch_norm_backward: relu_beta must have shape \(3,\).*got float32 array of "
+                                         r"shape \(2,\)"):
         batch_norm_backward(x, x, np.ones(3, np.float32), mean, inv_std, relu_beta=np.zeros(2, np.float32))
 
 
@@ -815,3 +821,361 @@ def test_every_simd_variant_gives_identical_bits(rng, monkeypatch, dtype):
         for case, (got, base) in enumerate(zip(results[isa], results["baseline"])):
             for a, b in zip(got, base):
                 assert np.array_equal(a, b, equal_nan=True), (isa, case)
+
+
+# --- argument checks of the array functions ---------------------------------------------------------------------------
+# The kernels index without bounds checks: every wrong argument must be a TypeError/ValueError naming the function and
+# the shapes, raised before any kernel runs (a QA run found segfaults, SIGFPE and silent garbage).
+F32 = np.float32
+
+
+def _bn_case(shape=(6, 5), dtype=F32):
+    """x, gamma, beta, dout and the forward's mean, inv_std for the batch-norm functions."""
+    r = np.random.default_rng(1)
+    x = r.standard_normal(shape).astype(dtype)
+    gamma, beta = r.uniform(0.5, 1.5, shape[1]).astype(dtype), r.standard_normal(shape[1]).astype(dtype)
+    _, mean, _, inv_std = batch_norm_forward(x, gamma, beta, 1e-5)
+    return x, gamma, beta, r.standard_normal(shape).astype(dtype), mean, inv_std
+
+
+def _row_case(shape=(8, 3, 4), groups=2, dtype=F32):
+    """x3, groups, gamma, beta, dout3 and the forward's mean, inv_std for the row-norm functions."""
+    r = np.random.default_rng(2)
+    x3 = r.standard_normal(shape).astype(dtype)
+    P = groups * shape[1]
+    gamma, beta = r.uniform(0.5, 1.5, P).astype(dtype), r.standard_normal(P).astype(dtype)
+    _, mean, inv_std = row_norm_forward(x3, groups, gamma, beta, 1e-5)
+    return x3, groups, gamma, beta, r.standard_normal(shape).astype(dtype), mean, inv_std
+
+
+def _bad_bn_calls():
+    x, g, b, d, m, i = _bn_case()
+    x3, x3_groups, g3, b3, d3, m3, i3 = _row_case()
+    one = np.ones(1, F32)
+    return [
+        # the QA reproducers, scaled down (they raise before any kernel call)
+        ("bn-forward-gamma-too-short", lambda: batch_norm_forward(np.ones((4, 4000), F32), one, one, 1e-5),
+         ValueError, r"batch_norm_forward: gamma must have shape \(4000,\).*\(4, 4000\).*got float32 array of "
+                     r"shape \(1,\)"),
+        ("channel-affine-too-short", lambda: channel_affine(np.ones((4, 4000), F32), one, one, one),
+         ValueError, r"channel_affine: center must have shape \(4000,\)"),
+        ("bn-backward-dout-too-short", lambda: batch_norm_backward(np.ones((1, 5), F32), x, g, m, i),
+         ValueError, r"batch_norm_backward: x and dout must have the same shape.*\(6, 5\).*\(1, 5\)"),
+        ("row-backward-dout-too-short", lambda: row_norm_backward(np.ones((1, 3, 4), F32), x3, 2, g3, m3, i3),
+         ValueError, r"row_norm_backward: x3 and dout3 must have the same shape.*\(8, 3, 4\).*\(1, 3, 4\)"),
+        ("row-forward-groups-0", lambda: row_norm_forward(np.ones((64, 16, 8), F32), 0, np.ones(16, F32),
+                                                          np.ones(16, F32), 1e-5),
+         ValueError, "row_norm_forward: groups must be a positive int, got 0"),
+        # the silent garbage: statistics too short, gamma for the wrong number of groups, gamma empty
+        ("bn-backward-mean-too-short", lambda: batch_norm_backward(d, x, g, m[:2], i),
+         ValueError, r"batch_norm_backward: mean must have shape \(5,\).*got float64 array of shape \(2,\)"),
+        ("bn-backward-inv-std-too-short", lambda: batch_norm_backward(d, x, g, m, i[:4]),
+         ValueError, r"batch_norm_backward: inv_std must have shape \(5,\)"),
+        ("row-backward-mean-too-short", lambda: row_norm_backward(d3, x3, 2, g3, m3[:3], i3),
+         ValueError, r"row_norm_backward: mean must have shape \(8,\).*per row of x3"),
+        ("row-backward-inv-std-too-short", lambda: row_norm_backward(d3, x3, 2, g3, m3, i3[:7]),
+         ValueError, r"row_norm_backward: inv_std must have shape \(8,\)"),
+        ("row-forward-gamma-for-fewer-groups", lambda: row_norm_forward(np.ones((64, 16, 8), F32), 4,
+                                                                        np.ones(32, F32), np.ones(32, F32), 1e-5),
+         ValueError, r"row_norm_forward: gamma must have shape \(64,\) \(groups \* Cg = 4 \* 16 values.*got float32 "
+                     r"array of shape \(32,\)"),
+        ("row-forward-beta-too-short", lambda: row_norm_forward(x3, 2, g3, b3[:5], 1e-5),
+         ValueError, r"row_norm_forward: beta must have shape \(6,\)"),
+        ("row-backward-gamma-too-long", lambda: row_norm_backward(d3, x3, 1, g3, m3, i3),
+         ValueError, r"row_norm_backward: gamma must have shape \(3,\)"),
+        ("bn-forward-gamma-empty", lambda: batch_norm_forward(x, g[:0], b, 1e-5),
+         ValueError, r"batch_norm_forward: gamma must have shape \(5,\).*got float32 array of shape \(0,\)"),
+        ("bn-forward-beta-2d", lambda: batch_norm_forward(x, g, b[None], 1e-5),
+         ValueError, r"batch_norm_forward: beta must have shape \(5,\)"),
+        ("bn-backward-relu-beta-too-short", lambda: batch_norm_backward(d, x, g, m, i, relu_beta=b[:1]),
+         ValueError, r"batch_norm_backward: relu_beta must have shape \(5,\)"),
+        ("channel-affine-shift-too-long", lambda: channel_affine(x, g, g, np.ones(6, F32)),
+         ValueError, r"channel_affine: shift must have shape \(5,\)"),
+        # groups: a positive int dividing the rows
+        ("row-forward-groups-negative", lambda: row_norm_forward(x3, -2, g3, b3, 1e-5),
+         ValueError, "row_norm_forward: groups must be a positive int, got -2"),
+        ("row-forward-groups-float", lambda: row_norm_forward(x3, 2.0, g3, b3, 1e-5),
+         ValueError, "row_norm_forward: groups must be a positive int, got 2.0"),
+        ("row-forward-groups-bool", lambda: row_norm_forward(x3, True, g3[:3], b3[:3], 1e-5),
+         ValueError, "row_norm_forward: groups must be a positive int, got True"),
+        ("row-forward-groups-not-dividing-rows", lambda: row_norm_forward(x3, 3, np.ones(9, F32), np.ones(9, F32),
+                                                                          1e-5),
+         ValueError, r"row_norm_forward: groups \(3\) must divide the rows of x3.*\(8, 3, 4\)"),
+        ("row-backward-groups-0", lambda: row_norm_backward(d3, x3, 0, g3, m3, i3),
+         ValueError, "row_norm_backward: groups must be a positive int, got 0"),
+        # dtypes
+        ("bn-forward-float16", lambda: batch_norm_forward(x.astype(np.float16), g, b, 1e-5),
+         TypeError, r"batch_norm_forward: x must be float32 or float64.*got float16 array of shape \(6, 5\)"),
+        ("row-forward-float16", lambda: row_norm_forward(x3.astype(np.float16), 2, g3, b3, 1e-5),
+         TypeError, "row_norm_forward: x3 must be float32 or float64.*got float16"),
+        ("channel-affine-int", lambda: channel_affine(np.ones((4, 5), np.int64), g, g, g),
+         TypeError, r"channel_affine: x must be a floating-point array.*got int64 array of shape \(4, 5\)"),
+        ("bn-forward-int-list", lambda: batch_norm_forward([[1, 2], [3, 4]], g[:2], b[:2], 1e-5),
+         TypeError, "batch_norm_forward: x must be a floating-point array.*int64"),
+        ("bn-forward-complex", lambda: batch_norm_forward(x.astype(np.complex64), g, b, 1e-5),
+         TypeError, "batch_norm_forward: x must be a floating-point array.*complex64"),
+        ("bn-forward-float64-gamma", lambda: batch_norm_forward(x, g.astype(np.float64), b, 1e-5),
+         TypeError, r"batch_norm_forward: gamma must be a float32 array.*got float64 array of shape \(5,\)"),
+        ("bn-forward-int-beta", lambda: batch_norm_forward(x, g, np.zeros(5, np.int32), 1e-5),
+         TypeError, "batch_norm_forward: beta must be a floating-point array.*int32"),
+        ("row-forward-float64-beta", lambda: row_norm_forward(x3, 2, g3, b3.astype(np.float64), 1e-5),
+         TypeError, "row_norm_forward: beta must be a float32 array"),
+        ("bn-backward-float32-mean", lambda: batch_norm_backward(d, x, g, m.astype(F32), i),
+         TypeError, "batch_norm_backward: mean must be a float64 array.*got float32"),
+        ("row-backward-float32-inv-std", lambda: row_norm_backward(d3, x3, 2, g3, m3, i3.astype(F32)),
+         TypeError, "row_norm_backward: inv_std must be a float64 array"),
+        ("bn-backward-float64-dout", lambda: batch_norm_backward(d.astype(np.float64), x, g, m, i),
+         TypeError, "batch_norm_backward: x and dout must have the same dtype.*float32.*float64"),
+        ("row-backward-float64-dout", lambda: row_norm_backward(d3.astype(np.float64), x3, 2, g3, m3, i3),
+         TypeError, "row_norm_backward: x3 and dout3 must have the same dtype"),
+        ("bn-backward-relu-beta-float64", lambda: batch_norm_backward(d, x, g, m, i, relu_beta=b.astype(np.float64)),
+         TypeError, "batch_norm_backward: relu_beta must be a float32 array"),
+        ("bn-forward-gamma-none", lambda: batch_norm_forward(x, None, b, 1e-5),
+         TypeError, "batch_norm_forward: gamma must be a floating-point array"),
+        # ranks
+        ("bn-forward-1d", lambda: batch_norm_forward(g, g, b, 1e-5),
+         ValueError, r"batch_norm_forward: x must have shape \(N, C\) or \(N, C, \*\), got float32 array of "
+                     r"shape \(5,\)"),
+        ("bn-forward-0d", lambda: batch_norm_forward(np.float32(1), g, b, 1e-5),
+         ValueError, r"batch_norm_forward: x must have shape \(N, C\).*shape \(\)"),
+        ("bn-backward-1d", lambda: batch_norm_backward(g, g, g, m, i),
+         ValueError, r"batch_norm_backward: x must have shape \(N, C\)"),
+        ("channel-affine-0d", lambda: channel_affine(np.float64(2.0), g, g, g),
+         ValueError, r"channel_affine: x must have shape \(N, C\)"),
+        ("row-forward-2d", lambda: row_norm_forward(x, 1, g, b, 1e-5),
+         ValueError, r"row_norm_forward: x3 must have shape \(M, Cg, S\) \(3-D\), got float32 array of "
+                     r"shape \(6, 5\)"),
+        ("row-forward-4d", lambda: row_norm_forward(x3[..., None], 2, g3, b3, 1e-5),
+         ValueError, r"row_norm_forward: x3 must have shape \(M, Cg, S\)"),
+        ("row-backward-1d", lambda: row_norm_backward(g3, g3, 1, g3, m3, i3),
+         ValueError, r"row_norm_backward: x3 must have shape \(M, Cg, S\)"),
+        # eps
+        ("bn-forward-eps-nan", lambda: batch_norm_forward(x, g, b, float("nan")),
+         ValueError, "batch_norm_forward: eps must be finite and >= 0, got nan"),
+        ("bn-forward-eps-negative", lambda: batch_norm_forward(x, g, b, -1e-5),
+         ValueError, "batch_norm_forward: eps must be finite and >= 0"),
+        ("row-forward-eps-inf", lambda: row_norm_forward(x3, 2, g3, b3, np.inf),
+         ValueError, "row_norm_forward: eps must be finite and >= 0, got inf"),
+        ("row-forward-eps-string", lambda: row_norm_forward(x3, 2, g3, b3, "1e-5"),
+         TypeError, "row_norm_forward: eps must be a real number, got '1e-5'"),
+        ("bn-forward-eps-none", lambda: batch_norm_forward(x, g, b, None),
+         TypeError, "batch_norm_forward: eps must be a real number, got None"),
+        # out= (checked by _validation.output)
+        ("channel-affine-out-strided", lambda: channel_affine(x, g, g, b, out=np.empty((5, 6), F32).T),
+         ValueError, "channel_affine: out must be C-contiguous"),
+        ("row-forward-out-wrong-dtype", lambda: row_norm_forward(x3, 2, g3, b3, 1e-5, out=np.empty(x3.shape)),
+         TypeError, "row_norm_forward: out must have dtype float32"),
+    ]
+
+
+@pytest.mark.parametrize("call,error,pattern", [case[1:] for case in _bad_bn_calls()],
+                         ids=[case[0] for case in _bad_bn_calls()])
+def test_array_functions_refuse_bad_arguments_with_a_clear_error(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
+
+
+def test_out_must_be_writable():
+    x, g, b, d, m, i = _bn_case()
+    out = np.empty_like(x)
+    out.setflags(write=False)
+    with pytest.raises(ValueError, match="batch_norm_backward: out is read-only"):
+        batch_norm_backward(d, x, g, m, i, out=out)
+    with pytest.raises(ValueError, match="batch_norm_forward: out is read-only"):
+        batch_norm_forward(x, g, b, 1e-5, out=out)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("shape", [(7, 5), (4, 5, 6), (3, 5, 4, 2)])
+def test_batch_norm_functions_accept_strided_arrays_with_the_same_result(dtype, shape):
+    # x, dout, gamma and the statistics non-contiguous: copied, the bits of the contiguous call
+    x, g, b, d, m, i = _bn_case(shape, dtype)
+
+    def strided(a):
+        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+        big[..., ::2] = a
+        view = big[..., ::2]
+        assert not view.flags.c_contiguous and np.array_equal(view, a)
+        return view
+    want = batch_norm_forward(x, g, b, 1e-5)
+    got = batch_norm_forward(strided(x), strided(g), strided(b), 1e-5)
+    for a, c in zip(got, want):
+        np.testing.assert_array_equal(a, c)
+    want = batch_norm_backward(d, x, g, m, i, relu_beta=b)
+    got = batch_norm_backward(strided(d), strided(x), strided(g), strided(m), strided(i), relu_beta=strided(b))
+    for a, c in zip(got, want):
+        np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(channel_affine(strided(x), strided(m.astype(dtype)), strided(g), strided(b)),
+                                  channel_affine(x, m.astype(dtype), g, b))
+    # a transposed (Fortran-ordered) x too
+    xt = np.asfortranarray(x)
+    assert not xt.flags.c_contiguous
+    np.testing.assert_array_equal(batch_norm_forward(xt, g, b, 1e-5)[0], batch_norm_forward(x, g, b, 1e-5)[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_row_norm_functions_accept_strided_arrays_with_the_same_result(dtype):
+    x3, groups, g, b, d3, m, i = _row_case((6, 4, 5), 3, dtype)
+    x3_strided = np.ascontiguousarray(x3.transpose(0, 2, 1)).transpose(0, 2, 1)
+    d3_strided = np.ascontiguousarray(d3.transpose(0, 2, 1)).transpose(0, 2, 1)
+    assert not x3_strided.flags.c_contiguous and np.array_equal(x3_strided, x3)
+    want = row_norm_forward(x3, groups, g, b, 1e-5)
+    got = row_norm_forward(x3_strided, groups, np.repeat(g, 2)[::2], np.repeat(b, 2)[::2], 1e-5)
+    for a, c in zip(got, want):
+        np.testing.assert_array_equal(a, c)
+    want = row_norm_backward(d3, x3, groups, g, m, i)
+    got = row_norm_backward(d3_strided, x3_strided, groups, np.repeat(g, 2)[::2], np.repeat(m, 2)[::2],
+                            np.repeat(i, 2)[::2])
+    for a, c in zip(got, want):
+        np.testing.assert_array_equal(a, c)
+
+
+def test_array_functions_accept_lists():
+    x = [[1.0, 2.0, 0.5], [3.0, 5.0, -1.0], [0.0, 1.0, 2.0]]
+    xa = np.array(x)
+    want = batch_norm_forward(xa, np.ones(3), np.zeros(3), 1e-5)
+    got = batch_norm_forward(x, [1, 1, 1], [0.0, 0.0, 0.0], 1e-5)
+    for a, c in zip(got, want):
+        np.testing.assert_array_equal(a, c)
+    # per-channel lists take x's dtype (a list has none of its own)
+    x32 = xa.astype(F32)
+    np.testing.assert_array_equal(batch_norm_forward(x32, [1.0, 1.0, 1.0], [0, 0, 0], 1e-5)[0],
+                                  batch_norm_forward(x32, np.ones(3, F32), np.zeros(3, F32), 1e-5)[0])
+    _, mean, _, inv_std = want
+    np.testing.assert_array_equal(batch_norm_backward(x, x, [1.0] * 3, list(mean), list(inv_std))[0],
+                                  batch_norm_backward(xa, xa, np.ones(3), mean, inv_std)[0])
+    np.testing.assert_array_equal(channel_affine(x, [0.0] * 3, [2.0] * 3, [1.0] * 3), xa * 2 + 1)
+    x3 = [[[1.0], [2.0], [4.0]], [[0.0], [1.0], [5.0]]]
+    y3, m3, i3 = row_norm_forward(x3, 1, [1.0] * 3, [0.0] * 3, 1e-5)
+    np.testing.assert_array_equal(y3, row_norm_forward(np.array(x3), 1, np.ones(3), np.zeros(3), 1e-5)[0])
+    assert row_norm_backward(x3, x3, 1, [1.0] * 3, list(m3), list(i3))[0].shape == (2, 3, 1)
+
+
+def test_read_only_and_big_endian_arguments_work():
+    x, g, b, d, m, i = _bn_case((5, 4))
+    want = batch_norm_forward(x, g, b, 1e-5)
+    for a in (x, g, b):
+        a.setflags(write=False)
+    for a, c in zip(batch_norm_forward(x, g, b, 1e-5), want):
+        np.testing.assert_array_equal(a, c)
+    for a, c in zip(batch_norm_forward(x.astype(">f4"), g.astype(">f4"), b, 1e-5), want):
+        np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (0, 3, 4), (2, 3, 0), (0, 0), (2, 0, 5)])
+def test_batch_norm_functions_on_empty_input(shape):
+    # nothing to normalise: an empty y, NaN statistics (the mean of no values), zero parameter gradients
+    x = np.ones(shape, F32)
+    C = shape[1]
+    y, mean, var, inv_std = batch_norm_forward(x, np.ones(C, F32), np.zeros(C, F32), 1e-5)
+    assert y.shape == shape and mean.shape == var.shape == inv_std.shape == (C,)
+    assert np.all(np.isnan(mean)) and np.all(np.isnan(var)) and np.all(np.isnan(inv_std))
+    dx, dgamma, dbeta = batch_norm_backward(x, x, np.ones(C, F32), np.zeros(C), np.ones(C))
+    assert dx.shape == shape and np.array_equal(dgamma, np.zeros(C)) and np.array_equal(dbeta, np.zeros(C))
+    assert channel_affine(x, np.zeros(C, F32), np.ones(C, F32), np.zeros(C, F32)).shape == shape
+
+
+@pytest.mark.parametrize("shape,groups", [((0, 3, 4), 2), ((4, 3, 0), 2), ((0, 0, 1), 1)])
+def test_row_norm_functions_on_empty_input(shape, groups):
+    x3 = np.ones(shape, F32)
+    P = groups * shape[1]
+    y3, mean, inv_std = row_norm_forward(x3, groups, np.ones(P, F32), np.zeros(P, F32), 1e-5)
+    assert y3.shape == shape and mean.shape == inv_std.shape == (shape[0],) and np.all(np.isnan(mean))
+    dx3, dgamma, dbeta = row_norm_backward(x3, x3, groups, np.ones(P, F32), mean, inv_std)
+    assert dx3.shape == shape and np.array_equal(dgamma, np.zeros(P)) and np.array_equal(dbeta, np.zeros(P))
+
+
+def test_eps_zero_and_numpy_scalars_are_accepted():
+    x, g, b, _, _, _ = _bn_case()
+    want = batch_norm_forward(x, g, b, 1e-5)[0]
+    np.testing.assert_array_equal(batch_norm_forward(x, g, b, np.float32(1e-5))[0],
+                                  batch_norm_forward(x, g, b, float(np.float32(1e-5)))[0])
+    np.testing.assert_array_equal(batch_norm_forward(x, g, b, np.float64(1e-5))[0], want)
+    assert np.all(np.isfinite(batch_norm_forward(x, g, b, 0)[0]))
+    x3, groups, g3, b3, _, _, _ = _row_case()
+    np.testing.assert_array_equal(row_norm_forward(x3, np.int64(groups), g3, b3, 1e-5)[0],
+                                  row_norm_forward(x3, groups, g3, b3, 1e-5)[0])
+
+
+def test_the_qa_reproducers_raise_in_a_subprocess():
+    # The calls that crashed the interpreter (SIGSEGV, SIGFPE), at sizes where an unchecked kernel would read or write
+    # far out of bounds: each must raise ValueError, and the process must exit normally.
+    code = textwrap.dedent("""
+        import numpy as np
+        from cynet.nn import normalization as N
+        def expect_value_error(f):
+            try:
+                f()
+            except ValueError as e:
+                print("ValueError:", e)
+            else:
+                raise SystemExit("no error")
+        x = np.random.rand(4, 400000).astype(np.float32); g = np.ones(1, np.float32)
+        expect_value_error(lambda: N.batch_norm_forward(x, g, g, 1e-5))
+        expect_value_error(lambda: N.channel_affine(x, g, g, g))
+        x = np.random.rand(2000, 1000).astype(np.float32); g = np.ones(1000, np.float32)
+        y, m, v, i = N.batch_norm_forward(x, g, g*0, 1e-5)
+        expect_value_error(lambda: N.batch_norm_backward(np.ones((1, 1000), np.float32), x, g, m, i))
+        x3 = np.random.rand(2000, 1000, 1).astype(np.float32); y3, m3, i3 = N.row_norm_forward(x3, 1, g, g*0, 1e-5)
+        expect_value_error(lambda: N.row_norm_backward(np.ones((1, 1000, 1), np.float32), x3, 1, g, m3, i3))
+        expect_value_error(lambda: N.row_norm_forward(np.random.rand(64, 16, 8).astype(np.float32), 0,
+                                                      np.ones(16, np.float32), np.ones(16, np.float32), 1e-5))
+        print("survived")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "survived" and sum(line.startswith("ValueError:") for line in lines) == 5
+
+
+# --- batch statistics need more than one value per channel, also in eval mode without running statistics -------------
+@pytest.mark.parametrize("cls,shape", [(BatchNorm1d, (1, 4)), (BatchNorm1d, (1, 4, 1)), (BatchNorm2d, (1, 3, 1, 1)),
+                                       (BatchNorm1d, (0, 4)), (BatchNorm2d, (0, 3, 2, 2))])
+@pytest.mark.parametrize("relu", [False, True], ids=["plain", "fused-relu"])
+def test_eval_without_running_stats_raises_on_one_value_per_channel(cls, shape, relu):
+    # eval mode without running statistics normalises with batch statistics, as training does: one value per channel
+    # would give beta everywhere (PyTorch raises "Expected more than 1 value per channel when training" too)
+    bn = cls(shape[1], track_running_stats=False).eval()
+    x = np.ones(shape, np.float32)
+    with pytest.raises(ValueError, match=rf"{cls.__name__}.*more than 1 value per channel to normalise with batch "
+                                         rf"statistics.*track_running_stats=False.*\({shape[0]}, {shape[1]}"):
+        bn.forward_relu(x) if relu else bn(x)
+    # with two values per channel it normalises; with running statistics one value is fine in eval mode
+    two = np.arange(2 * int(np.prod(shape[1:])), dtype=np.float32).reshape((2,) + shape[1:])
+    assert np.all(np.isfinite(bn(two)))
+    tracked = cls(shape[1]).eval()
+    assert tracked(np.ones((1,) + shape[1:], np.float32)).shape == (1,) + shape[1:]
+
+
+# --- the modules check the parameter and buffer arrays they hand to the kernels ---------------------------------------
+def test_modules_refuse_parameters_replaced_by_hand():
+    x = np.ones((3, 4), np.float32)
+    bn = BatchNorm1d(4)
+    bn.weight.data = np.ones(1, np.float32)
+    with pytest.raises(ValueError, match=r"BatchNorm1d\(4.*weight must have shape \(4,\).*shape \(1,\)"):
+        bn(x)
+    bn = BatchNorm1d(4)
+    bn(x)
+    bn.weight.data = np.ones(2, np.float32)
+    with pytest.raises(ValueError, match=r"BatchNorm1d\(4.*weight must have shape \(4,\)"):
+        bn.backward(x)
+    bn = BatchNorm1d(4)
+    bn.bias.data = np.zeros(4)
+    with pytest.raises(TypeError, match=r"BatchNorm1d\(4.*bias must be a float32 array.*float64"):
+        bn.forward_relu(x)
+    bn = BatchNorm2d(4).eval()
+    bn.running_mean = np.zeros(2, np.float32)
+    with pytest.raises(ValueError, match=r"BatchNorm2d\(4.*running_mean must have shape \(4,\)"):
+        bn(np.ones((2, 4, 3, 3), np.float32))
+    bn = BatchNorm1d(4).eval()
+    bn.running_var = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match=r"BatchNorm1d\(4.*running_var must have shape \(4,\)"):
+        bn(x)
+    ln = LayerNorm((2, 4))
+    ln.weight.data = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match=r"LayerNorm\(\(2, 4\).*weight must have shape \(8,\)"):
+        ln(np.ones((3, 2, 4), np.float32))
+    gn = GroupNorm(2, 4)
+    gn.bias.data = np.zeros(4)
+    with pytest.raises(TypeError, match=r"GroupNorm\(2, 4.*bias must be a float32 array"):
+        gn(np.ones((3, 4, 5), np.float32))

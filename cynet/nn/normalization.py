@@ -13,16 +13,19 @@ save only the per-feature mean and inverse standard deviation (not :math:`\hat x
 for dx. Results do not depend on the thread count.
 
 The array functions (``batch_norm_forward``, ``batch_norm_backward``, ``channel_affine``, ``row_norm_forward``,
-``row_norm_backward``) validate, allocate and call the kernels; the modules own parameters, buffers and caches.
+``row_norm_backward``) validate, allocate and call the kernels: a wrong argument is a TypeError or ValueError naming
+the function and the shapes. The modules own parameters, buffers and caches, and call the functions' unchecked twins
+(their inputs checked on entry, their parameter arrays on the way).
 """
 import copy
 import math
+import sys
 
 import numpy as np
 
 from cynet._kernels import load
 from cynet._threading import NS_NORM, NS_NORM_FORWARD, kernel_threads, stream_stores
-from cynet._validation import describe, float_dtype, output, positive_int
+from cynet._validation import KERNEL_DTYPES, as_float_array, describe, float_dtype, output, positive_int, same_layout
 from cynet.nn import _reuse as reuse
 from cynet.nn.conv import Conv2d
 from cynet.nn.layers import Linear
@@ -36,6 +39,7 @@ __all__ = ["BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "recompute_ba
 # Row chunks of LayerNorm/GroupNorm's backward reduction (dgamma, dbeta): a function of the shape only.
 _ROW_CHUNKS = 16
 _ROW_CHUNK_MIN_ELEMENTS = 32768
+_FLOAT64 = np.dtype(np.float64)
 
 
 def _kernels():
@@ -45,33 +49,165 @@ def _kernels():
 def _planes(x):
     """(N, C, *) as a (N, C, S) view (S = 1 for (N, C))."""
     n, c = x.shape[0], x.shape[1]
-    return x.reshape(n, c, -1) if x.ndim > 2 else x.reshape(n, c, 1)
+    if x.ndim == 2:
+        return x.reshape(n, c, 1)
+    return x.reshape(n, c, -1) if n and c else x.reshape(n, c, math.prod(x.shape[2:]))   # (-1: ambiguous when empty)
+
+
+# --- argument checks of the array functions --------------------------------------------------------------------------
+# The kernels take C-contiguous float32/float64 arrays of agreeing lengths and index them without bounds checks: every
+# public array function checks its arguments first, so that a wrong one is a TypeError/ValueError naming the function
+# and the shapes, never a read or write out of bounds. An argument that is already right is returned as it is after a
+# few attribute reads; the conversions (lists, strided arrays: copied) and the error messages are off that path
+# (_kernel_array, _vector_slow, _converted).
+
+_ONLY_KERNEL_DTYPES = "float32 or float64 (the only dtypes of these kernel-level functions)"
+
+
+def _channels_input(fn, x):
+    """x of the batch-norm functions: (N, C) or (N, C, *), float32/float64, C-contiguous."""
+    if type(x) is np.ndarray and x.ndim >= 2 and x.dtype in KERNEL_DTYPES and x.flags.c_contiguous:
+        return x
+    x = _kernel_array(fn, "x", x)
+    if x.ndim < 2:
+        raise ValueError(f"{fn}: x must have shape (N, C) or (N, C, *), got {describe(x)}")
+    return x
+
+
+def _rows_input(fn, x3):
+    """x3 of the row-norm functions: (M, Cg, S), float32/float64, C-contiguous."""
+    if type(x3) is np.ndarray and x3.ndim == 3 and x3.dtype in KERNEL_DTYPES and x3.flags.c_contiguous:
+        return x3
+    x3 = _kernel_array(fn, "x3", x3)
+    if x3.ndim != 3:
+        raise ValueError(f"{fn}: x3 must have shape (M, Cg, S) (3-D), got {describe(x3)}")
+    return x3
+
+
+def _kernel_array(fn, name, a):
+    """``a`` as a C-contiguous float32/float64 ndarray: a list, a strided array or another byte order is converted
+    (copied, by as_float_array), any other dtype is a TypeError."""
+    a = as_float_array(fn, name, a)
+    if a.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"{fn}: {name} must be {_ONLY_KERNEL_DTYPES}, got {describe(a)}")
+    return a
+
+
+def _vector(fn, name, v, n, dtype, what, ref):
+    """``v`` as a C-contiguous 1-D array of ``n`` values of ``dtype``. ``what``: the values, for the error, with
+    ``{ref}`` for the array the length comes from."""
+    if type(v) is np.ndarray and v.dtype is dtype and v.shape == (n,) and v.flags.c_contiguous:
+        return v
+    return _vector_slow(fn, name, v, n, dtype, what, ref)
+
+
+def _vector_slow(fn, name, v, n, dtype, what, ref):
+    v = _converted(fn, name, v, dtype)
+    if v.dtype != dtype:
+        raise TypeError(f"{fn}: {name} must be a {np.dtype(dtype)} array ({what.format(ref=describe(ref))}), got "
+                        f"{describe(v)}")
+    if v.shape != (n,):
+        raise ValueError(f"{fn}: {name} must have shape ({n},) ({what.format(ref=describe(ref))}), got "
+                         f"{describe(v)}")
+    return v
+
+
+def _converted(fn, name, a, dtype):
+    """``a`` as a C-contiguous floating ndarray; an array-like that is not an ndarray (a list: it has no dtype of its
+    own) is converted to ``dtype`` when its values are real numbers."""
+    if not isinstance(a, np.ndarray):
+        a = np.asarray(a)
+        if a.dtype.kind in "iuf":
+            a = a.astype(dtype)
+    return as_float_array(fn, name, a)
+
+
+def _like(fn, name, a, ref, ref_name):
+    """``a`` (dout) as a C-contiguous array of ``ref``'s shape and dtype."""
+    if type(a) is np.ndarray and a.dtype is ref.dtype and a.shape == ref.shape and a.flags.c_contiguous:
+        return a
+    a = _converted(fn, name, a, ref.dtype)
+    same_layout(fn, (ref_name, name), (ref, a))
+    return a
+
+
+def _eps(fn, eps):
+    """eps as a float, finite and >= 0."""
+    if type(eps) is float and 0.0 <= eps < math.inf:
+        return eps
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{fn}: eps must be a real number, got {eps!r}")
+    value = float(eps)
+    if not 0.0 <= value < math.inf:
+        raise ValueError(f"{fn}: eps must be finite and >= 0, got {eps!r}")
+    return value
+
+
+def _groups(fn, groups, x3, gamma):
+    """groups (G) of the row-norm functions: a positive int dividing M (the rows are sample-major, row m normalised
+    with gamma's values of group m % G), gamma of G * Cg values. Returns (G, gamma as a vector of x3's dtype)."""
+    if type(groups) is not int or not 0 < groups <= sys.maxsize:
+        groups = positive_int(fn, "groups", groups)
+        if groups > sys.maxsize:
+            raise ValueError(f"{fn}: groups must be at most {sys.maxsize}, got {groups}")
+    M, Cg = x3.shape[0], x3.shape[1]
+    if M % groups:
+        raise ValueError(f"{fn}: groups ({groups}) must divide the rows of x3 (M = N * groups), got "
+                         f"{describe(x3)}")
+    n = groups * Cg
+    if not (type(gamma) is np.ndarray and gamma.dtype is x3.dtype and gamma.shape == (n,) and gamma.flags.c_contiguous):
+        gamma = _vector_slow(fn, "gamma", gamma, n, x3.dtype, f"groups * Cg = {groups} * {Cg} values for x3, a {{ref}}",
+                             x3)
+    return groups, gamma
+
+
+# what the vectors hold, in the errors ({ref}: the array their length comes from)
+_PER_CHANNEL = "one value per channel of x, a {ref}"
+_PER_PARAMETER = "the layer's parameter size, flattened; input: a {ref}"
+_STATS_PER_CHANNEL = "one per channel of x, a {ref}, as batch_norm_forward returns them"
+_STATS_PER_ROW = "one per row of x3, a {ref}, as row_norm_forward returns them"
 
 
 # --- array functions -------------------------------------------------------------------------------------------------
+# Each public function checks its arguments and calls its unchecked twin (_bn_forward, ...), which allocates and runs
+# the kernel. The modules call the twins directly: x, dout and the statistics they pass are theirs, checked when they
+# came in or made by the kernels; only their parameter and buffer arrays, which a user may replace by hand, are checked
+# on the way (_vector, a few attribute reads).
 def batch_norm_forward(x, gamma, beta, eps, *, out=None, relu=False):
     r"""Training-mode batch norm of x (N, C) or (N, C, *) with batch statistics per channel.
 
     Returns ``(y, mean, var, inv_std)``: y like x (written into ``out`` when given); mean, biased var and
-    :math:`1/\sqrt{var+\epsilon}` as float64 arrays of length C. x must be C-contiguous, gamma and beta of x's dtype.
-    ``relu``: y = ReLU(batch norm) in the same pass, the values cynet's ReLU would give.
+    :math:`1/\sqrt{var+\epsilon}` as float64 arrays of length C (NaN where x has no values). x is float32 or float64
+    (a strided x is copied), gamma and beta of x's dtype and length C, eps finite and >= 0; anything else raises
+    TypeError or ValueError. ``relu``: y = ReLU(batch norm) in the same pass, the values cynet's ReLU would give.
     """
+    fn = "batch_norm_forward"
+    x = _channels_input(fn, x)
+    C = x.shape[1]
+    gamma = _vector(fn, "gamma", gamma, C, x.dtype, _PER_CHANNEL, x)
+    beta = _vector(fn, "beta", beta, C, x.dtype, _PER_CHANNEL, x)
+    return _bn_forward(x, gamma, beta, _eps(fn, eps), output(fn, out, x.shape, x.dtype), bool(relu))
+
+
+def _bn_forward(x, gamma, beta, eps, y, relu):
+    """batch_norm_forward on checked arguments, y the output."""
     k = _kernels()
     C = x.shape[1]
-    y = output("batch_norm_forward", out, x.shape, x.dtype)
     mean = np.empty(C)
     var = np.empty(C)
     inv_std = np.empty(C)
+    if x.size == 0:                                         # (the kernels return at once)
+        mean[:] = var[:] = inv_std[:] = np.nan
     if x.ndim == 2:
         width, chunks = k.rows_plan(x.shape[0], C, x.itemsize)
         partials = np.empty((2 * max(chunks, 1), C))      # scratch: float64 sums, coefficients of the output pass
         coef = np.empty((3, C), x.dtype)
-        k.bn_rows_forward(x, gamma, beta, float(eps), y, mean, var, inv_std, width, partials, coef,
-                          stream_stores(y.nbytes), kernel_threads(x.size, NS_NORM_FORWARD), bool(relu))
+        k.bn_rows_forward(x, gamma, beta, eps, y, mean, var, inv_std, width, partials, coef,
+                          stream_stores(y.nbytes), kernel_threads(x.size, NS_NORM_FORWARD), relu)
     else:
         planes, n_threads = _planes(x), kernel_threads(x.size, NS_NORM_FORWARD)
-        k.bn_planes_forward(planes, gamma, beta, float(eps), _planes(y), mean, var, inv_std,
-                            _plane_scratch(k, planes, n_threads), stream_stores(y.nbytes), n_threads, bool(relu))
+        k.bn_planes_forward(planes, gamma, beta, eps, _planes(y), mean, var, inv_std,
+                            _plane_scratch(k, planes, n_threads), stream_stores(y.nbytes), n_threads, relu)
     return y, mean, var, inv_std
 
 
@@ -83,48 +219,89 @@ def _plane_scratch(k, planes, n_threads):
 def batch_norm_backward(dout, x, gamma, mean, inv_std, *, input_grad=True, out=None, relu_beta=None):
     """Backward of :func:`batch_norm_forward`: ``(dx or None, dgamma, dbeta)``, the last two float64.
 
-    dx is written into ``out`` when given. With ``input_grad=False`` the kernel runs only its reduction pass (dx is
-    never written). ``relu_beta``: the forward ran with ``relu=True`` and this beta; dout is then the gradient of the
-    ReLU's output, masked here as the ReLU's backward would mask it."""
+    dout has x's shape and dtype; gamma (and relu_beta) x's dtype and length C; mean and inv_std float64 of length C
+    (as the forward returns them). dx is written into ``out`` when given. With ``input_grad=False`` the kernel runs
+    only its reduction pass (dx is never written). ``relu_beta``: the forward ran with ``relu=True`` and this beta;
+    dout is then the gradient of the ReLU's output, masked here as the ReLU's backward would mask it."""
+    fn = "batch_norm_backward"
+    x = _channels_input(fn, x)
+    dout = _like(fn, "dout", dout, x, "x")
+    C = x.shape[1]
+    gamma = _vector(fn, "gamma", gamma, C, x.dtype, _PER_CHANNEL, x)
+    mean = _vector(fn, "mean", mean, C, _FLOAT64, _STATS_PER_CHANNEL, x)
+    inv_std = _vector(fn, "inv_std", inv_std, C, _FLOAT64, _STATS_PER_CHANNEL, x)
+    if relu_beta is not None:
+        relu_beta = _vector(fn, "relu_beta", relu_beta, C, x.dtype, _PER_CHANNEL, x)
+    dx = output(fn, out, x.shape, x.dtype) if input_grad else None
+    return _bn_backward(dout, x, gamma, mean, inv_std, dx, relu_beta)
+
+
+def _bn_backward(dout, x, gamma, mean, inv_std, dx, relu_beta):
+    """batch_norm_backward on checked arguments; ``dx`` the output, None for input_grad=False."""
     k = _kernels()
     C = x.shape[1]
-    # without input_grad the kernel gets a one-row stand-in for dx that it never writes
-    if input_grad:
-        dx = output("batch_norm_backward", out, x.shape, x.dtype)
-    else:
+    input_grad = dx is not None
+    if not input_grad:                  # the kernel gets a one-row stand-in for dx that it never writes
         dx = np.empty((1,) + x.shape[1:], x.dtype)
     dgamma = np.empty(C)
     dbeta = np.empty(C)
+    if x.size == 0:                                         # (the kernels return at once)
+        dgamma[:] = dbeta[:] = 0
     if x.ndim == 2:
         width, chunks = k.rows_plan(x.shape[0], C, x.itemsize)
         partials = np.empty((2 * max(chunks, 1), C))
         coef = np.empty((4 if relu_beta is None else 5, C), x.dtype)
-        k.bn_rows_backward(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, bool(input_grad), width, partials,
+        k.bn_rows_backward(dout, x, gamma, mean, inv_std, dx, dgamma, dbeta, input_grad, width, partials,
                            coef, stream_stores(dx.nbytes), kernel_threads(x.size, NS_NORM), relu_beta)
     else:
         planes, n_threads = _planes(x), kernel_threads(x.size, NS_NORM)
         k.bn_planes_backward(_planes(dout), planes, gamma, mean, inv_std, _planes(dx), dgamma, dbeta,
-                             bool(input_grad), _plane_scratch(k, planes, n_threads), stream_stores(dx.nbytes),
+                             input_grad, _plane_scratch(k, planes, n_threads), stream_stores(dx.nbytes),
                              n_threads, relu_beta)
     return (dx if input_grad else None), dgamma, dbeta
 
 
 def channel_affine(x, center, scale, shift, *, out=None):
-    """One pass ``y = (x - center_c) * scale_c + shift_c`` over x (N, C) or (N, C, *); per-channel arrays of x's
-    dtype. y is written into ``out`` when given."""
-    y = output("channel_affine", out, x.shape, x.dtype)
+    """One pass ``y = (x - center_c) * scale_c + shift_c`` over x (N, C) or (N, C, *), float32 or float64;
+    center, scale and shift of x's dtype and length C. y is written into ``out`` when given."""
+    fn = "channel_affine"
+    x = _channels_input(fn, x)
+    C = x.shape[1]
+    center = _vector(fn, "center", center, C, x.dtype, _PER_CHANNEL, x)
+    scale = _vector(fn, "scale", scale, C, x.dtype, _PER_CHANNEL, x)
+    shift = _vector(fn, "shift", shift, C, x.dtype, _PER_CHANNEL, x)
+    return _channel_affine(x, center, scale, shift, output(fn, out, x.shape, x.dtype))
+
+
+def _channel_affine(x, center, scale, shift, y):
+    """channel_affine on checked arguments, y the output."""
     _kernels().channel_affine(_planes(x), center, scale, shift, _planes(y), kernel_threads(x.size))
     return y
 
 
 def row_norm_forward(x3, groups, gamma, beta, eps, *, out=None):
-    """LayerNorm/GroupNorm forward on x3 (M, Cg, S): ``(y3, mean, inv_std)`` with float64 per-row statistics; y3 is
-    written into ``out`` when given."""
+    """LayerNorm/GroupNorm forward on x3 (M, Cg, S): ``(y3, mean, inv_std)`` with float64 per-row statistics (NaN for
+    rows without values); y3 is written into ``out`` when given.
+
+    Row m is normalised over its Cg * S values and scaled with gamma[g * Cg + c] (c its channel, g = m % groups):
+    M = N * groups rows, sample-major (GroupNorm's (N, C, *) seen as (N * G, C / G, S); LayerNorm's (*, D) as
+    (M, D, 1) with groups = 1). x3 is float32 or float64, groups a positive int dividing M, gamma and beta of x3's
+    dtype and length groups * Cg, eps finite and >= 0; anything else raises TypeError or ValueError."""
+    fn = "row_norm_forward"
+    x3 = _rows_input(fn, x3)
+    groups, gamma = _groups(fn, groups, x3, gamma)
+    beta = _vector(fn, "beta", beta, gamma.shape[0], x3.dtype, "groups * Cg values, as gamma, for x3, a {ref}", x3)
+    return _row_norm_forward(x3, groups, gamma, beta, _eps(fn, eps), output(fn, out, x3.shape, x3.dtype))
+
+
+def _row_norm_forward(x3, groups, gamma, beta, eps, y3):
+    """row_norm_forward on checked arguments, y3 the output."""
     M = x3.shape[0]
-    y3 = output("row_norm_forward", out, x3.shape, x3.dtype)
     mean = np.empty(M)
     inv_std = np.empty(M)
-    _kernels().row_norm_forward(x3, int(groups), gamma, beta, float(eps), y3, mean, inv_std, stream_stores(y3.nbytes),
+    if x3.size == 0:                                        # (the kernel returns at once)
+        mean[:] = inv_std[:] = np.nan
+    _kernels().row_norm_forward(x3, groups, gamma, beta, eps, y3, mean, inv_std, stream_stores(y3.nbytes),
                                 kernel_threads(x3.size, NS_NORM_FORWARD))
     return y3, mean, inv_std
 
@@ -138,14 +315,30 @@ def _row_chunks(x3):
 
 def row_norm_backward(dout3, x3, groups, gamma, mean, inv_std, *, input_grad=True, out=None):
     """Backward of :func:`row_norm_forward`: ``(dx3 or None, dgamma, dbeta)``, the last two float64 of gamma's
-    length; dx3 is written into ``out`` when given."""
+    length; dx3 is written into ``out`` when given. dout3 has x3's shape and dtype, groups and gamma as in the
+    forward, mean and inv_std float64 of length M (as the forward returns them)."""
+    fn = "row_norm_backward"
+    x3 = _rows_input(fn, x3)
+    dout3 = _like(fn, "dout3", dout3, x3, "x3")
+    groups, gamma = _groups(fn, groups, x3, gamma)
+    M = x3.shape[0]
+    mean = _vector(fn, "mean", mean, M, _FLOAT64, _STATS_PER_ROW, x3)
+    inv_std = _vector(fn, "inv_std", inv_std, M, _FLOAT64, _STATS_PER_ROW, x3)
+    dx3 = output(fn, out, x3.shape, x3.dtype) if input_grad else None
+    return _row_norm_backward(dout3, x3, groups, gamma, mean, inv_std, dx3)
+
+
+def _row_norm_backward(dout3, x3, groups, gamma, mean, inv_std, dx3):
+    """row_norm_backward on checked arguments; ``dx3`` the output, None for input_grad=False."""
+    input_grad = dx3 is not None
+    if not input_grad:
+        dx3 = np.empty(x3.shape, x3.dtype)                  # (never written)
     P = gamma.shape[0]
-    dx3 = output("row_norm_backward", out, x3.shape, x3.dtype)
     partials = np.empty((_row_chunks(x3), 2, P))
     dgamma = np.empty(P)
     dbeta = np.empty(P)
-    _kernels().row_norm_backward(dout3, x3, int(groups), gamma, mean, inv_std, dx3, partials, dgamma, dbeta,
-                                 bool(input_grad), bool(input_grad) and stream_stores(dx3.nbytes),
+    _kernels().row_norm_backward(dout3, x3, groups, gamma, mean, inv_std, dx3, partials, dgamma, dbeta,
+                                 input_grad, input_grad and stream_stores(dx3.nbytes),
                                  kernel_threads(x3.size, NS_NORM))
     return (dx3 if input_grad else None), dgamma, dbeta
 
@@ -223,11 +416,14 @@ class _BatchNorm(Module):
             self.running_var[...] = 1
             self.num_batches_tracked[...] = 0
 
-    def _params(self, dtype):
-        if self.affine:
-            return self.weight.data, self.bias.data
+    def _params(self, x):
+        """gamma and beta for x: the parameters (checked: replaced by hand, they would reach the kernels), or ones and
+        zeros."""
         C = self.num_features
-        return np.ones(C, dtype), np.zeros(C, dtype)
+        if self.affine:
+            return (_vector(self, "weight", self.weight.data, C, x.dtype, _PER_CHANNEL, x),
+                    _vector(self, "bias", self.bias.data, C, x.dtype, _PER_CHANNEL, x))
+        return np.ones(C, x.dtype), np.zeros(C, x.dtype)
 
     def _check_input(self, x):
         x = np.asarray(x)
@@ -261,22 +457,29 @@ class _BatchNorm(Module):
 
     def forward(self, x):
         x = self._check_input(x)
-        gamma, beta = self._params(x.dtype)
+        gamma, beta = self._params(x)
         if self._uses_batch_stats:
             return self._batch_forward(x, gamma, beta, relu=False)
-        else:
-            inv_std = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
-            scale = (gamma * inv_std).astype(x.dtype)
-            y = channel_affine(x, self.running_mean, scale, beta, out=reuse.like(x))
-            self._cache = ("running", x, self.running_mean.astype(np.float64), inv_std, scale)
+        C = self.num_features
+        running_mean = _vector(self, "running_mean", self.running_mean, C, x.dtype, _PER_CHANNEL, x)
+        if self.running_var.shape != (C,):
+            raise ValueError(f"{self!r}: running_var must have shape ({C},), got {describe(self.running_var)}")
+        inv_std = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
+        scale = (gamma * inv_std).astype(x.dtype)
+        y = _channel_affine(x, running_mean, scale, beta, reuse.like(x))
+        self._cache = ("running", x, running_mean.astype(np.float64), inv_std, scale)
         return y
 
     def _batch_forward(self, x, gamma, beta, relu):
+        # batch statistics (training, or no running statistics in either mode) need more than one value per channel:
+        # the variance of one is 0 and every output beta (PyTorch raises too)
         values = x.size // self.num_features
-        if values <= 1 and (self.training or x.size == 0):
-            raise ValueError(f"{self!r}: expected more than 1 value per channel when training, got input of "
-                             f"shape {tuple(x.shape)} ({values} value{'s' if values != 1 else ''} per channel)")
-        y, mean, var, inv_std = batch_norm_forward(x, gamma, beta, self.eps, out=reuse.like(x), relu=relu)
+        if values <= 1:
+            when = ("when training" if self.training else
+                    "to normalise with batch statistics (in eval mode too with track_running_stats=False)")
+            raise ValueError(f"{self!r}: expected more than 1 value per channel {when}, got input of shape "
+                             f"{tuple(x.shape)} ({values} value{'s' if values != 1 else ''} per channel)")
+        y, mean, var, inv_std = _bn_forward(x, gamma, beta, self.eps, reuse.like(x), relu)
         if self.training and self.track_running_stats and not self.frozen:
             self._update_running_stats(mean, var, values)
         # with relu, the backward masks dout as the ReLU's backward would, from x and the forward's beta
@@ -292,7 +495,7 @@ class _BatchNorm(Module):
         if not self._uses_batch_stats:
             return None
         x = self._check_input(x)
-        gamma, beta = self._params(x.dtype)
+        gamma, beta = self._params(x)
         return self._batch_forward(x, gamma, beta, relu=True)
 
     def _update_running_stats(self, mean, var, n):
@@ -312,9 +515,9 @@ class _BatchNorm(Module):
         dout = np.ascontiguousarray(dout)
         learns = self.affine and (self.weight.requires_grad or self.bias.requires_grad)
         if mode == "batch":
-            gamma, _ = self._params(x.dtype)
-            dx, dgamma, dbeta = batch_norm_backward(dout, x, gamma, mean, inv_std, input_grad=input_grad,
-                                                    out=reuse.like(x) if input_grad else None, relu_beta=rest[0])
+            gamma, _ = self._params(x)
+            dx, dgamma, dbeta = _bn_backward(dout, x, gamma, mean, inv_std, reuse.like(x) if input_grad else None,
+                                             rest[0])
             if learns:
                 _accumulate(self.weight, dgamma)
                 _accumulate(self.bias, dbeta)
@@ -330,7 +533,7 @@ class _BatchNorm(Module):
         if not input_grad:
             return None
         zero = np.zeros(self.num_features, x.dtype)
-        return channel_affine(dout, zero, scale, zero, out=reuse.like(dout))
+        return _channel_affine(dout, zero, scale, zero, reuse.like(dout))
 
     def extra_repr(self):
         text = (f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum}, affine={self.affine}, "
@@ -424,11 +627,14 @@ class _RowNorm(Module):
     def _view(self, x):
         raise NotImplementedError
 
-    def _affine_arrays(self, dtype):
-        if self.weight is not None:
-            return self.weight.data.reshape(-1), self.bias.data.reshape(-1)
+    def _affine_arrays(self, x):
+        """gamma and beta as vectors for x: the parameters (checked: replaced by hand, they would reach the kernels),
+        or ones and zeros."""
         P = self._param_size
-        return np.ones(P, dtype), np.zeros(P, dtype)
+        if self.weight is not None:
+            return (_vector(self, "weight", self.weight.data.reshape(-1), P, x.dtype, _PER_PARAMETER, x),
+                    _vector(self, "bias", self.bias.data.reshape(-1), P, x.dtype, _PER_PARAMETER, x))
+        return np.ones(P, x.dtype), np.zeros(P, x.dtype)
 
     def _dtype(self):
         return self.weight.data.dtype if self.weight is not None else self._dtype_no_state
@@ -448,8 +654,8 @@ class _RowNorm(Module):
         x = np.ascontiguousarray(x)
         x3, groups = self._view(x)
         self._check_dtype(x)
-        gamma, beta = self._affine_arrays(x.dtype)
-        y3, mean, inv_std = row_norm_forward(x3, groups, gamma, beta, self.eps, out=reuse.like(x3))
+        gamma, beta = self._affine_arrays(x)
+        y3, mean, inv_std = _row_norm_forward(x3, groups, gamma, beta, self.eps, reuse.like(x3))
         self._cache = (x, x3, groups, mean, inv_std)
         return y3.reshape(x.shape)
 
@@ -462,9 +668,9 @@ class _RowNorm(Module):
             raise ValueError(f"{self!r}: dout must be a {x.dtype} array of shape {tuple(x.shape)}, got "
                              f"{describe(dout)}")
         dout3 = np.ascontiguousarray(dout).reshape(x3.shape)
-        gamma, _ = self._affine_arrays(x.dtype)
-        dx3, dgamma, dbeta = row_norm_backward(dout3, x3, groups, gamma, mean, inv_std, input_grad=input_grad,
-                                               out=reuse.like(x3) if input_grad else None)
+        gamma, _ = self._affine_arrays(x)
+        dx3, dgamma, dbeta = _row_norm_backward(dout3, x3, groups, gamma, mean, inv_std,
+                                                reuse.like(x3) if input_grad else None)
         if self.weight is not None:
             _accumulate(self.weight, dgamma.reshape(self.weight.data.shape))
             _accumulate(self.bias, dbeta.reshape(self.bias.data.shape))
