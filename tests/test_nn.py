@@ -700,3 +700,34 @@ def test_module_list_registers_its_modules_for_a_custom_forward():
         tower.layers(x)
     with pytest.raises(TypeError, match="not a Module"):
         nn.ModuleList([nn.ReLU(), "relu"])
+
+
+def test_replacing_a_parameters_data_gives_it_a_gradient_of_the_new_shape():
+    # the penalties write the gradient by the data's size: a stale smaller buffer was written out of bounds
+    model = nn.Linear(3, 2)
+    model.weight.data = np.full((40, 30), -2.0, np.float32)
+    assert model.weight.grad.shape == (40, 30) and not model.weight.grad.any()
+    nn.L2Penalty(0.1).backward(model)
+    np.testing.assert_allclose(model.weight.grad, -0.2)
+    nn.L1Penalty(0.5).backward(model)
+    np.testing.assert_allclose(model.weight.grad, -0.7)
+    model.weight.data = np.ones((40, 30), np.float16)             # no kernel for float16: NumPy, same values
+    assert nn.L1Penalty(0.5)(model) == 600.0
+    model.zero_grad()
+    nn.L2Penalty(0.1).backward(model)
+    assert model.weight.grad.dtype == np.float16
+    np.testing.assert_allclose(model.weight.grad, 0.1, rtol=1e-3)
+
+
+@pytest.mark.parametrize("replace", ["short", "long", "float64", "list", "strided", "read-only"])
+def test_running_statistics_replaced_by_hand_are_refused_before_any_write(replace, rng):
+    bn = nn.BatchNorm1d(64)
+    bad = {"short": np.ones(1, np.float32), "long": np.ones(10**6, np.float32), "float64": np.ones(64),
+           "list": [1.0] * 64, "strided": np.ones(128, np.float32)[::2],
+           "read-only": np.ones(64, np.float32)}[replace]
+    if replace == "read-only":
+        bad.setflags(write=False)
+    bn.running_var = bad
+    with pytest.raises(ValueError, match="running_mean and running_var must be writable C-contiguous"):
+        bn(rng.standard_normal((8, 64)).astype(np.float32))
+    assert int(bn.num_batches_tracked) == 0

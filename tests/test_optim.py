@@ -473,16 +473,17 @@ def test_valid_late_settings_are_normalised_and_used(rng):
 def test_mismatched_dtypes_or_layouts_raise_instead_of_crashing(rng):
     param = nn.Parameter(np.ones(6, np.float32))
     opt = Adam([param])
-    param.data = np.ones(6)  # float64 data, float32 gradient: replaced by hand, not through Module.to
+    param.data = np.ones(6)  # float64 data replaced by hand: the gradient follows (a float64 zero buffer)
+    assert param.grad.dtype == np.float64 and param.grad.shape == (6,) and not param.grad.any()
+    param._grad = np.zeros(6, np.float32)  # a gradient that does not match, forced past the data's setter
     with pytest.raises(TypeError, match=r"Adam.step: params\[0\]: gradient \(float32 array of shape \(6,\)\) does "
                                         r"not match the data \(float64 array of shape \(6,\)\)"):
         opt.step()
     param.data = np.ones(12, np.float32)[::2]
     with pytest.raises(ValueError, match="must be C-contiguous"):
         opt.step()
-    param.data = np.ones(6, np.int64)
-    with pytest.raises(TypeError, match="must be a float32 or float64 ndarray"):
-        opt.step()
+    with pytest.raises(TypeError, match="data must be floating point"):
+        param.data = np.ones(6, np.int64)
     readonly = np.ones(6, np.float32)
     readonly.setflags(write=False)
     param.data = readonly

@@ -1453,10 +1453,13 @@ def channel_affine(const floating[:, :, ::1] x, const floating[::1] center, cons
 def bn_update_running_stats(floating[::1] running_mean, floating[::1] running_var, const double[::1] mean,
                             const double[::1] var, double factor, double unbiased_scale):
     """running_* = (1 - factor) running_* + factor (mean, var * unbiased_scale), per channel."""
-    cdef Py_ssize_t c
+    cdef Py_ssize_t c, C = running_mean.shape[0]
     cdef floating keep = <floating>(1.0 - factor)
+    if running_var.shape[0] != C or mean.shape[0] != C or var.shape[0] != C:
+        raise ValueError(f"bn_update_running_stats: running_mean, running_var, mean and var must have one length, "
+                         f"got {running_mean.shape[0]}, {running_var.shape[0]}, {mean.shape[0]}, {var.shape[0]}")
     with nogil:
-        for c in range(running_mean.shape[0]):
+        for c in range(C):
             running_mean[c] = <floating>(<double>(keep * running_mean[c]) + factor * mean[c])
             running_var[c] = <floating>(<double>(keep * running_var[c]) + factor * (var[c] * unbiased_scale))
 

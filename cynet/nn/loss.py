@@ -417,8 +417,12 @@ class _WeightPenalty:
         total = 0.0
         for _, param in params:
             w = param.data.reshape(-1)
-            total += k.penalty_sum(w, self._power, np.empty(k.partials_length(w.size), np.float64),
-                                   kernel_threads(w.size))
+            if w.dtype in KERNEL_DTYPES and w.flags.c_contiguous:
+                total += k.penalty_sum(w, self._power, np.empty(k.partials_length(w.size), np.float64),
+                                       kernel_threads(w.size))
+            else:                      # weights a user made float16 or strided: NumPy, in float64
+                magnitude = np.abs(w.astype(np.float64))
+                total += float(np.sum(magnitude * magnitude if self._power == 2 else magnitude))
         return self._scale * self.strength * total
 
     def backward(self, model):
@@ -429,9 +433,13 @@ class _WeightPenalty:
             return
         k = _k()
         for _, param in params:
-            buffer, fresh = param.grad_target()
-            k.penalty_grad(param.data.reshape(-1), self._power, self.strength, buffer.reshape(-1), not fresh,
-                           kernel_threads(param.data.size))
+            w = param.data
+            if w.dtype in KERNEL_DTYPES and w.flags.c_contiguous and param._grad.flags.c_contiguous:
+                buffer, fresh = param.grad_target()
+                k.penalty_grad(w.reshape(-1), self._power, self.strength, buffer.reshape(-1), not fresh,
+                               kernel_threads(w.size))
+            else:
+                param.accumulate(self.strength * (w if self._power == 2 else np.sign(w)))
 
     def kink_state(self, model):
         """Where the penalty's gradient jumps, for gradient checks (:func:`cynet.gradcheck.check_model`): the signs of

@@ -53,16 +53,36 @@ class Parameter:
         12.0
     """
 
-    __slots__ = ("data", "_grad", "_grad_is_zero", "requires_grad")
+    __slots__ = ("_data", "_grad", "_grad_is_zero", "requires_grad")
 
     def __init__(self, data, requires_grad=True):
-        data = np.array(data, copy=True, order="C")
-        if data.dtype.kind != "f":
-            raise TypeError(f"Parameter: data must be floating point, got {describe(data)}")
-        self.data = data
-        self._grad = np.zeros_like(data)
-        self._grad_is_zero = True
+        self._grad = None
+        self.data = np.array(data, copy=True, order="C")
         self.requires_grad = bool(requires_grad)
+
+    @property
+    def data(self):
+        """The array itself. Assigning another array (``p.data = w``) keeps it as it is; when its shape or dtype
+        differs from the old one's, the gradient becomes a zero buffer of the new shape and dtype (every module and
+        optimiser writes the gradient by the data's size)."""
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        if not isinstance(value, np.ndarray):
+            value = np.asarray(value)
+        if value.dtype.kind != "f":
+            raise TypeError(f"Parameter: data must be floating point, got {describe(value)}")
+        self._data = value
+        if self._grad is None or self._grad.shape != value.shape or self._grad.dtype != value.dtype:
+            self._grad = np.zeros(value.shape, value.dtype)
+            self._grad_is_zero = True
+
+    def _cast(self, dtype):
+        """Data and gradient in ``dtype`` (Module.to), the gradient's values and its zero flag kept."""
+        grad, is_zero = self._grad.astype(dtype), self._grad_is_zero
+        self.data = self._data.astype(dtype)
+        self._grad, self._grad_is_zero = grad, is_zero
 
     @property
     def grad(self):
@@ -331,8 +351,7 @@ class Module:
         for module in self.modules():
             for param in module._parameters.values():
                 if param.data.dtype != dtype:
-                    param.data = param.data.astype(dtype)
-                    param._grad = param._grad.astype(dtype)
+                    param._cast(dtype)
             for name, buf in list(module._buffers.items()):
                 if buf.dtype.kind == "f" and buf.dtype != dtype:
                     module._set_buffer(name, buf.astype(dtype))

@@ -499,6 +499,13 @@ class _BatchNorm(Module):
         return self._batch_forward(x, gamma, beta, relu=True)
 
     def _update_running_stats(self, mean, var, n):
+        C = mean.shape[0]
+        running = (self.running_mean, self.running_var)
+        if not all(type(a) is np.ndarray and a.shape == (C,) and a.dtype == running[0].dtype
+                   and a.dtype in KERNEL_DTYPES and a.flags.c_contiguous and a.flags.writeable for a in running):
+            raise ValueError(f"{self!r}: running_mean and running_var must be writable C-contiguous float32 or "
+                             f"float64 arrays of shape ({C},) and one dtype (were they replaced by hand?), got "
+                             f"{describe(np.asarray(running[0]))} and {describe(np.asarray(running[1]))}")
         self.num_batches_tracked[...] += 1
         factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         # (1 - factor) * running_mean + factor * mean, and the same for var * n / (n - 1): NumPy's bits, one call
