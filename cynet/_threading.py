@@ -246,11 +246,12 @@ def _one_thread_after_fork(asked):
 
 
 def _validate(n):
-    if isinstance(n, bool) or not isinstance(n, int):
+    """``n`` as a Python int: an int or a NumPy integer (not a bool), >= 1."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"cynet: the number of threads must be an int, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"cynet: the number of threads must be >= 1, got {n}")
-    return n
+    return int(n)
 
 
 def set_num_threads(n):
@@ -267,13 +268,14 @@ def set_num_threads(n):
         >>> cynet.set_num_threads(None)
     """
     global _global_num_threads, _blas_limiter
+    n = None if n is None else _validate(n)  # before anything changes: a refused n leaves the setting as it was
     if _blas_limiter is not None:
         _blas_limiter.restore_original_limits()
         _blas_limiter = None
     if n is None:
         _global_num_threads = None
         return
-    _global_num_threads = _validate(n)
+    _global_num_threads = n
     _blas_limiter = threadpool_limits(limits=n, user_api="blas")
 
 

@@ -3,8 +3,9 @@
 Every function validates its arrays (floating dtype, agreeing shapes and dtypes, a usable ``out=``), allocates the
 output when none is given, resolves the thread count (:func:`cynet.kernel_threads`) and calls the kernel with the
 GIL released. float32 and float64 run the compiled kernels; other floating dtypes (float16, longdouble) fall back to
-:mod:`cynet.reference`, which has the same signatures. Inputs may be non-contiguous (copied once) or read-only;
-``out`` may be the input itself for an in-place update.
+:mod:`cynet.reference`, which has the same signatures, after the same checks (``out=`` included). Inputs may be
+non-contiguous (copied once) or read-only; ``out`` may be the input itself for an in-place update. Scalar parameters
+(Leaky ReLU's ``negative_slope``, ELU's ``alpha``) are real numbers, not bools, finite in the input's dtype.
 
 Each backward takes the cheapest tensor saved by the forward:
 
@@ -23,6 +24,7 @@ silu                       input x           s (1 + x (1 - s)),  s = sigmoid(x)
 maxout                     winning indices   1 for the winning piece, 0 for the others
 =========================  ================  ==========================================
 """
+import math
 import numbers
 
 import numpy as np
@@ -72,37 +74,103 @@ def _streams(ns_per_element, out):
     return ns_per_element == NS_STREAM and stream_stores(out.nbytes)
 
 
-def _forward(op, code, x, out, param, fallback):
+def _forward(op, code, x, out, param, fallback, parameter=None):
+    """y = f(x) by the kernel, or by ``fallback(x, y, param)`` (the reference) for the other floating dtypes; out= is
+    checked first either way. ``parameter(op, param, dtype)``, if given, checks the op's scalar parameter for x's
+    dtype and returns it as the kernel or the reference takes it."""
     x = as_float_array(op, "x", x)
-    if x.dtype not in KERNEL_DTYPES:
-        return fallback(x, out)
     y = output(op, out, x.shape, x.dtype)
+    if parameter is not None:
+        param = parameter(op, param, x.dtype)
+    if x.dtype not in KERNEL_DTYPES:
+        return fallback(x, y, param)
     ns = _NS_FORWARD[code]
     _act.elementwise_forward(code, x.reshape(-1), y.reshape(-1), float(param), _streams(ns, y),
                              kernel_threads(x.size, ns))
     return y
 
 
-def _backward(op, code, dout, saved, saved_name, out, param, fallback):
+def _backward(op, code, dout, saved, saved_name, out, param, fallback, parameter=None):
+    """dx by the kernel, or by ``fallback(dout, saved, dx, param)``; as :func:`_forward`."""
     dout = as_float_array(op, "dout", dout)
     saved = as_float_array(op, saved_name, saved)
     same_layout(op, ("dout", saved_name), (dout, saved))
-    if dout.dtype not in KERNEL_DTYPES:
-        return fallback(dout, saved, out)
     dx = output(op, out, dout.shape, dout.dtype)
+    if parameter is not None:
+        param = parameter(op, param, dout.dtype)
+    if dout.dtype not in KERNEL_DTYPES:
+        return fallback(dout, saved, dx, param)
     ns = _NS_BACKWARD[code]
     _act.elementwise_backward(code, dout.reshape(-1), saved.reshape(-1), dx.reshape(-1), float(param),
                               _streams(ns, dx), kernel_threads(dout.size, ns))
     return dx
 
 
-def _finite_number(op, name, value):
-    if not isinstance(value, numbers.Real):
-        raise TypeError(f"{op}: {name} must be a real number, got {value!r}")
-    value = float(value)
-    if not np.isfinite(value):
-        raise ValueError(f"{op}: {name} must be finite, got {value}")
+def _real_number(op, name, value):
+    """``value`` if it is a real number and not a bool (``True`` as a slope is a mistake); a TypeError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: {name} must be a real number{', not a bool' if isinstance(value, bool) else ''}, "
+                        f"got {value!r}")
     return value
+
+
+# A float64 at least this large in magnitude rounds to inf in the kernel's dtype (float32: its largest value plus half
+# an ulp, which rounds to even, i.e. up); the kernels take the parameter as a double and round it to their dtype.
+_ROUNDS_TO_INF = {np.dtype(np.float32): 2.0 ** 128 - 2.0 ** 103, np.dtype(np.float64): math.inf}
+
+
+def _finite_in(op, name, value, dtype):
+    """The real number ``value`` (see _real_number) as the kernels (a float) or the reference (a scalar of ``dtype``)
+    take it for an input of ``dtype``; a ValueError unless it is finite there: NaN, inf, and a finite value that
+    becomes inf in ``dtype`` (1e39 for float32, 1e5 for float16), which would turn 0 * slope into NaN."""
+    limit = _ROUNDS_TO_INF.get(dtype)
+    if limit is not None:
+        try:
+            as_float = float(value)
+        except OverflowError:  # an int beyond float64's range
+            as_float = math.inf
+        if abs(as_float) < limit:
+            return as_float
+    else:
+        try:
+            with np.errstate(over="ignore"):
+                in_dtype = dtype.type(value)
+        except (OverflowError, ValueError):  # an int of more than 4300 digits (NumPy converts ints via str)
+            in_dtype = dtype.type(math.inf)
+        if np.isfinite(in_dtype):
+            return in_dtype
+    try:
+        finite = isinstance(value, numbers.Integral) or bool(np.isfinite(np.longdouble(value)))
+    except (TypeError, ValueError, OverflowError):
+        finite = True
+    if finite:
+        raise ValueError(f"{op}: {name} must be finite in {dtype}, the input's dtype (largest value "
+                         f"{np.finfo(dtype).max!s}), got {_shown(value)}")
+    raise ValueError(f"{op}: {name} must be finite, got {value!s}")
+
+
+def _shown(value):
+    """``str(value)``, or a description of an int too long to show (10**5000 cannot even be printed)."""
+    if isinstance(value, numbers.Integral) and abs(value) > 10 ** 30:
+        return f"an int of {int(value).bit_length()} bits"
+    return str(value)
+
+
+def _finite_number(op, name, value):
+    """``float(value)`` for a real number (not a bool) finite in float64: the check where no input dtype is known yet
+    (the layers' constructors); the ops check their parameters again for the input's dtype (:func:`_finite_in`)."""
+    _real_number(op, name, value)
+    try:
+        as_float = float(value)
+    except OverflowError:  # an int beyond float64's range
+        as_float = math.inf
+    if not math.isfinite(as_float):
+        raise ValueError(f"{op}: {name} must be finite, got {_shown(value)}")
+    return as_float
+
+
+def _slope(op, value, dtype):
+    return _finite_in(op, "negative_slope", value, dtype)
 
 
 # --- sigmoid / tanh --------------------------------------------------------------------------------------------------
@@ -121,7 +189,7 @@ def sigmoid_forward(x, *, out=None):
         array([0.5     , 0.880797], dtype=float32)
     """
     return _forward("sigmoid_forward", _A.SIGMOID, x, out, 0.0,
-                    lambda x, out: reference.sigmoid_forward(x, out=out))
+                    lambda x, out, _: reference.sigmoid_forward(x, out=out))
 
 
 def sigmoid_backward(dout, y, *, out=None):
@@ -135,7 +203,7 @@ def sigmoid_backward(dout, y, *, out=None):
     Shape: dout, y and dx share one shape.
     """
     return _backward("sigmoid_backward", _A.SIGMOID, dout, y, "y", out, 0.0,
-                     lambda dout, y, out: reference.sigmoid_backward(dout, y, out=out))
+                     lambda dout, y, out, _: reference.sigmoid_backward(dout, y, out=out))
 
 
 def tanh_forward(x, *, out=None):
@@ -152,7 +220,7 @@ def tanh_forward(x, *, out=None):
         >>> cynet.ops.tanh_forward(np.array([0.0, 100.0]))
         array([0., 1.])
     """
-    return _forward("tanh_forward", _A.TANH, x, out, 0.0, lambda x, out: reference.tanh_forward(x, out=out))
+    return _forward("tanh_forward", _A.TANH, x, out, 0.0, lambda x, out, _: reference.tanh_forward(x, out=out))
 
 
 def tanh_backward(dout, y, *, out=None):
@@ -161,7 +229,7 @@ def tanh_backward(dout, y, *, out=None):
     Shape: dout, y and dx share one shape.
     """
     return _backward("tanh_backward", _A.TANH, dout, y, "y", out, 0.0,
-                     lambda dout, y, out: reference.tanh_backward(dout, y, out=out))
+                     lambda dout, y, out, _: reference.tanh_backward(dout, y, out=out))
 
 
 # --- ReLU family -----------------------------------------------------------------------------------------------------
@@ -179,7 +247,7 @@ def relu_forward(x, *, out=None):
         >>> cynet.ops.relu_forward(np.array([-1.0, 2.0], np.float32))
         array([0., 2.], dtype=float32)
     """
-    return _forward("relu_forward", _A.RELU, x, out, 0.0, lambda x, out: reference.relu_forward(x, out=out))
+    return _forward("relu_forward", _A.RELU, x, out, 0.0, lambda x, out, _: reference.relu_forward(x, out=out))
 
 
 def relu_backward(dout, y, *, out=None):
@@ -188,7 +256,7 @@ def relu_backward(dout, y, *, out=None):
     Shape: dout, y and dx share one shape.
     """
     return _backward("relu_backward", _A.RELU, dout, y, "y", out, 0.0,
-                     lambda dout, y, out: reference.relu_backward(dout, y, out=out))
+                     lambda dout, y, out, _: reference.relu_backward(dout, y, out=out))
 
 
 def leaky_relu_forward(x, negative_slope=0.01, *, out=None):
@@ -196,7 +264,7 @@ def leaky_relu_forward(x, negative_slope=0.01, *, out=None):
 
     Args:
         x (array_like): input, float32 or float64.
-        negative_slope (float): slope for negative inputs. Default: 0.01.
+        negative_slope (float): slope for negative inputs, finite in x's dtype (not a bool). Default: 0.01.
         out (ndarray, optional): receives y.
 
     Shape: any; y has x's shape.
@@ -206,9 +274,9 @@ def leaky_relu_forward(x, negative_slope=0.01, *, out=None):
         >>> cynet.ops.leaky_relu_forward(np.array([-2.0, 3.0]), negative_slope=0.1)
         array([-0.2,  3. ])
     """
-    slope = _finite_number("leaky_relu_forward", "negative_slope", negative_slope)
+    slope = _real_number("leaky_relu_forward", "negative_slope", negative_slope)
     return _forward("leaky_relu_forward", _A.LEAKY_RELU, x, out, slope,
-                    lambda x, out: reference.leaky_relu_forward(x, slope, out=out))
+                    lambda x, out, slope: reference.leaky_relu_forward(x, slope, out=out), _slope)
 
 
 def leaky_relu_backward(dout, x, negative_slope=0.01, *, out=None):
@@ -217,9 +285,9 @@ def leaky_relu_backward(dout, x, negative_slope=0.01, *, out=None):
 
     Shape: dout, x and dx share one shape.
     """
-    slope = _finite_number("leaky_relu_backward", "negative_slope", negative_slope)
+    slope = _real_number("leaky_relu_backward", "negative_slope", negative_slope)
     return _backward("leaky_relu_backward", _A.LEAKY_RELU, dout, x, "x", out, slope,
-                     lambda dout, x, out: reference.leaky_relu_backward(dout, x, slope, out=out))
+                     lambda dout, x, out, slope: reference.leaky_relu_backward(dout, x, slope, out=out), _slope)
 
 
 # --- PReLU -----------------------------------------------------------------------------------------------------------
@@ -229,7 +297,7 @@ def _prelu_inputs(op, x, alpha):
     alpha_in = np.asarray(alpha)
     if alpha_in.dtype.kind != "f":
         raise TypeError(f"{op}: alpha must be floating-point, got {describe(alpha_in)}")
-    alpha_flat = np.ascontiguousarray(alpha_in, dtype=x.dtype).reshape(-1)
+    alpha_flat = _alpha_in_dtype(op, alpha_in, x.dtype)
     if alpha_flat.size == 1:
         layout = "shared"
     elif x.ndim >= 2 and alpha_flat.size == x.shape[1]:
@@ -238,6 +306,24 @@ def _prelu_inputs(op, x, alpha):
         raise ValueError(f"{op}: alpha must hold 1 value (shared) or one per channel of axis 1 of x; got alpha of "
                          f"shape {tuple(alpha_in.shape)} for x of shape {tuple(x.shape)}")
     return x, alpha_in, alpha_flat, layout
+
+
+def _alpha_in_dtype(op, alpha_in, dtype):
+    """PReLU's alpha as a contiguous 1-D array of x's ``dtype``; a ValueError where the cast would turn a finite
+    value into inf (1e39 for float32). (NaN and inf given as alpha propagate as the formula says.)"""
+    if alpha_in.dtype.itemsize > dtype.itemsize:  # a narrowing cast
+        limit = _ROUNDS_TO_INF.get(dtype)
+        # one value for a kernel dtype, the usual case (a Python float for float32 x), checked in 0.1 us
+        if limit is None or alpha_in.size != 1 or not abs(float(alpha_in.item())) < limit:
+            with np.errstate(over="ignore"):
+                alpha_flat = np.ascontiguousarray(alpha_in, dtype=dtype).reshape(-1)
+            overflowed = np.isinf(alpha_flat) & np.isfinite(alpha_in.reshape(-1))
+            if overflowed.any():
+                raise ValueError(f"{op}: alpha must be finite in {dtype}, x's dtype (largest value "
+                                 f"{np.finfo(dtype).max!s}), got {alpha_in.reshape(-1)[overflowed][0]!s} in a "
+                                 f"{describe(alpha_in)}")
+            return alpha_flat
+    return np.ascontiguousarray(alpha_in, dtype=dtype).reshape(-1)
 
 
 def _prelu_planes_view(a, layout):
@@ -254,7 +340,8 @@ def prelu_forward(x, alpha, *, out=None):
     Args:
         x (array_like): input, float32 or float64.
         alpha (array_like): one slope shared by all elements (shape () or (1,)), or one per channel of axis 1
-            (shape (C,) with C = x.shape[1]).
+            (shape (C,) with C = x.shape[1]); floating, cast to x's dtype (a finite value that would become inf
+            there is a ValueError).
         out (ndarray, optional): receives y.
 
     Shape: x is (N, C, *) for per-channel slopes, anything for a shared one; y has x's shape.
@@ -268,9 +355,9 @@ def prelu_forward(x, alpha, *, out=None):
     """
     op = "prelu_forward"
     x, _, alpha_flat, layout = _prelu_inputs(op, x, alpha)
-    if x.dtype not in KERNEL_DTYPES:
-        return reference.prelu_forward(x, alpha_flat, out=out)
     y = output(op, out, x.shape, x.dtype)
+    if x.dtype not in KERNEL_DTYPES:
+        return reference.prelu_forward(x, alpha_flat, out=y)
     if x.size:
         if layout == "rows":
             _act.prelu_forward_rows(x, alpha_flat, y, kernel_threads(x.size))
@@ -300,11 +387,10 @@ def prelu_backward(dout, x, alpha, *, out=None, alpha_grad_out=None):
     x, alpha_in, alpha_flat, layout = _prelu_inputs(op, x, alpha)
     dout = as_float_array(op, "dout", dout)
     same_layout(op, ("dout", "x"), (dout, x))
-    if x.dtype not in KERNEL_DTYPES:
-        return reference.prelu_backward(dout, x, alpha_flat.reshape(alpha_in.shape), out=out,
-                                        alpha_grad_out=alpha_grad_out)
     dx = output(op, out, x.shape, x.dtype)
     dalpha = output(op, alpha_grad_out, alpha_in.shape, x.dtype, name="alpha_grad_out")
+    if x.dtype not in KERNEL_DTYPES:
+        return reference.prelu_backward(dout, x, alpha_flat.reshape(alpha_in.shape), out=dx, alpha_grad_out=dalpha)
     dalpha_flat = dalpha.reshape(-1)
     if x.size == 0:
         dalpha_flat[...] = 0
@@ -329,11 +415,13 @@ def prelu_backward(dout, x, alpha, *, out=None, alpha_grad_out=None):
 
 
 # --- exponential linear units ----------------------------------------------------------------------------------------
-def _elu_alpha(op, alpha):
-    alpha = _finite_number(op, "alpha", alpha)
-    if alpha < 0:
-        raise ValueError(f"{op}: alpha must be >= 0 (the backward reads the sign of the output), got {alpha}")
-    return alpha
+def _elu_alpha(op, alpha, dtype=None):
+    """ELU's alpha, finite and >= 0: as a float (:func:`_finite_number`) when no input dtype is given (nn.ELU's
+    constructor), else as the kernel or the reference takes it for an input of ``dtype`` (:func:`_finite_in`)."""
+    value = _finite_number(op, "alpha", alpha) if dtype is None else _finite_in(op, "alpha", alpha, dtype)
+    if alpha < 0:  # the value given: -1e-300 is refused although it rounds to -0 in float32
+        raise ValueError(f"{op}: alpha must be >= 0 (the backward reads the sign of the output), got {alpha!s}")
+    return value
 
 
 def elu_forward(x, alpha=1.0, *, out=None):
@@ -342,7 +430,7 @@ def elu_forward(x, alpha=1.0, *, out=None):
 
     Args:
         x (array_like): input, float32 or float64.
-        alpha (float): saturation value for negative inputs, >= 0. Default: 1.0.
+        alpha (float): saturation value for negative inputs, >= 0 and finite in x's dtype. Default: 1.0.
         out (ndarray, optional): receives y.
 
     Shape: any; y has x's shape.
@@ -352,8 +440,9 @@ def elu_forward(x, alpha=1.0, *, out=None):
         >>> cynet.ops.elu_forward(np.array([-50.0, 1.5]))
         array([-1. ,  1.5])
     """
-    alpha = _elu_alpha("elu_forward", alpha)
-    return _forward("elu_forward", _A.ELU, x, out, alpha, lambda x, out: reference.elu_forward(x, alpha, out=out))
+    alpha = _real_number("elu_forward", "alpha", alpha)
+    return _forward("elu_forward", _A.ELU, x, out, alpha,
+                    lambda x, out, alpha: reference.elu_forward(x, alpha, out=out), _elu_alpha)
 
 
 def elu_backward(dout, y, alpha=1.0, *, out=None):
@@ -361,9 +450,9 @@ def elu_backward(dout, y, alpha=1.0, *, out=None):
 
     Shape: dout, y and dx share one shape.
     """
-    alpha = _elu_alpha("elu_backward", alpha)
+    alpha = _real_number("elu_backward", "alpha", alpha)
     return _backward("elu_backward", _A.ELU, dout, y, "y", out, alpha,
-                     lambda dout, y, out: reference.elu_backward(dout, y, alpha, out=out))
+                     lambda dout, y, out, alpha: reference.elu_backward(dout, y, alpha, out=out), _elu_alpha)
 
 
 def selu_forward(x, *, out=None):
@@ -377,7 +466,7 @@ def selu_forward(x, *, out=None):
         >>> cynet.ops.selu_forward(np.array([1.0]))
         array([1.05070099])
     """
-    return _forward("selu_forward", _A.SELU, x, out, 0.0, lambda x, out: reference.selu_forward(x, out=out))
+    return _forward("selu_forward", _A.SELU, x, out, 0.0, lambda x, out, _: reference.selu_forward(x, out=out))
 
 
 def selu_backward(dout, y, *, out=None):
@@ -387,7 +476,7 @@ def selu_backward(dout, y, *, out=None):
     Shape: dout, y and dx share one shape.
     """
     return _backward("selu_backward", _A.SELU, dout, y, "y", out, 0.0,
-                     lambda dout, y, out: reference.selu_backward(dout, y, out=out))
+                     lambda dout, y, out, _: reference.selu_backward(dout, y, out=out))
 
 
 # --- GELU and SiLU ---------------------------------------------------------------------------------------------------
@@ -407,7 +496,9 @@ def gelu_forward(x, approximate="none", *, out=None):
         \text{tanh:}\quad y = \tfrac12 x \left(1 + \tanh\!\big(\sqrt{2/\pi}\,(x + 0.044715 x^3)\big)\right)
 
     Args:
-        x (array_like): input, float32 or float64.
+        x (array_like): input, float32 or float64. Other floating dtypes use the NumPy reference, which evaluates
+            GELU in float64 and rounds once for float16, and in long double for long double (see
+            :mod:`cynet.reference`).
         approximate (str): ``'none'`` (exact, erf form) or ``'tanh'``. Default: ``'none'``.
         out (ndarray, optional): receives y.
 
@@ -420,7 +511,7 @@ def gelu_forward(x, approximate="none", *, out=None):
     """
     code = _gelu_code("gelu_forward", approximate)
     return _forward("gelu_forward", code, x, out, 0.0,
-                    lambda x, out: reference.gelu_forward(x, approximate, out=out))
+                    lambda x, out, _: reference.gelu_forward(x, approximate, out=out))
 
 
 def gelu_backward(dout, x, approximate="none", *, out=None):
@@ -431,7 +522,7 @@ def gelu_backward(dout, x, approximate="none", *, out=None):
     """
     code = _gelu_code("gelu_backward", approximate)
     return _backward("gelu_backward", code, dout, x, "x", out, 0.0,
-                     lambda dout, x, out: reference.gelu_backward(dout, x, approximate, out=out))
+                     lambda dout, x, out, _: reference.gelu_backward(dout, x, approximate, out=out))
 
 
 def silu_forward(x, *, out=None):
@@ -444,7 +535,7 @@ def silu_forward(x, *, out=None):
         >>> cynet.ops.silu_forward(np.array([0.0, 1.0]))
         array([0.        , 0.73105858])
     """
-    return _forward("silu_forward", _A.SILU, x, out, 0.0, lambda x, out: reference.silu_forward(x, out=out))
+    return _forward("silu_forward", _A.SILU, x, out, 0.0, lambda x, out, _: reference.silu_forward(x, out=out))
 
 
 def silu_backward(dout, x, *, out=None):
@@ -453,7 +544,7 @@ def silu_backward(dout, x, *, out=None):
     Shape: dout, x and dx share one shape.
     """
     return _backward("silu_backward", _A.SILU, dout, x, "x", out, 0.0,
-                     lambda dout, x, out: reference.silu_backward(dout, x, out=out))
+                     lambda dout, x, out, _: reference.silu_backward(dout, x, out=out))
 
 
 # --- Maxout ----------------------------------------------------------------------------------------------------------
@@ -499,10 +590,10 @@ def maxout_forward(x, pieces, *, out=None, indices_out=None):
                          f"with pieces={k}")
     units = x.shape[-1] // k
     out_shape = x.shape[:-1] + (units,)
-    if x.dtype not in KERNEL_DTYPES:
-        return reference.maxout_forward(x, k, out=out, indices_out=indices_out)
     y = output(op, out, out_shape, x.dtype)
     indices = output(op, indices_out, out_shape, np.dtype(np.int32), name="indices_out")
+    if x.dtype not in KERNEL_DTYPES:
+        return reference.maxout_forward(x, k, out=y, indices_out=indices)
     if x.size:
         rows = int(np.prod(x.shape[:-1], dtype=np.int64))
         _maxout.maxout_forward(x.reshape(rows, k, units), y.reshape(rows, units), indices.reshape(rows, units),
@@ -542,10 +633,10 @@ def maxout_backward(dout, indices, pieces, *, out=None):
     # checked here, before the conversion to int32 could wrap a value into range.
     if (indices.dtype != np.int32 or dout.dtype not in KERNEL_DTYPES) and indices.size:
         _check_maxout_indices(op, indices, k)
-    if dout.dtype not in KERNEL_DTYPES:
-        return reference.maxout_backward(dout, indices, k, out=out)
-    indices = np.ascontiguousarray(indices, dtype=np.int32)
     dx = output(op, out, out_shape, dout.dtype)
+    if dout.dtype not in KERNEL_DTYPES:
+        return reference.maxout_backward(dout, indices, k, out=dx)
+    indices = np.ascontiguousarray(indices, dtype=np.int32)
     if dx.size:
         units = dout.shape[-1]
         rows = int(np.prod(dout.shape[:-1], dtype=np.int64))

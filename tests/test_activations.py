@@ -470,3 +470,47 @@ def test_longdouble_falls_back_to_the_reference(op):
     y = op.forward(x)
     assert y.dtype == np.longdouble
     np.testing.assert_array_equal(y, op.forward(x, module=reference))
+
+
+# Long double GELU, evaluated in long double (cynet.reference._erfc_wide), not in float64 and rounded: exact values from
+# mpmath (300 bits) as (x, x Phi(x), Phi(x) + x phi(x), and the condition numbers |x f'/f| of both, at least 1).
+_LD_1_AND_A_BIT = np.longdouble(1) + np.longdouble(2) ** -60  # 1 in float64
+_LD_GELU_TRUTH = [
+    (_LD_1_AND_A_BIT, "8.413447460685429495248589e-1", "1.083315470587686298592939", 1.288, 1),
+    (-_LD_1_AND_A_BIT, "-1.586552539314570513425028e-1", "-8.331547058768629859293889e-2", 1, 2.904),
+    ("0.5", "3.457312306370065518188523e-1", "8.674951246561628425250448e-1", 1.255, 1),
+    ("-3.5", "-8.142017766243376272247406e-4", "-2.821760353624635193254249e-3", 12.13, 11.1),
+    ("3", "2.995950305905109716420045", "1.011945647204183927000155", 1.013, 1),
+    ("-10", "-7.619853024160526065973343e-23", "-7.6184000964648140856793e-22", 99.98, 98.98),
+    ("-60", "-7.425438171860390984393264e-783", "-4.45526221652862288186298e-781", 3600, 3599),   # 0 in float64
+    ("-120", "-4.793030673383282764307282e-3128", "-5.75163675260429948738358e-3126", 1.44e4, 1.44e4),
+]
+needs_extended = pytest.mark.skipif(not EXTENDED, reason="long double is not x87 extended precision here")
+
+
+@needs_extended
+def test_longdouble_gelu_is_evaluated_in_long_double():
+    # within 4 long-double eps times the condition number of mpmath's values (measured: 2.5); in float64 the first
+    # two would be ~1e-17 off (x rounded to +-1), and -60, -120 would give -0
+    eps = float(np.finfo(np.longdouble).eps)
+    for x_value, y_text, g_text, kappa_y, kappa_g in _LD_GELU_TRUTH:
+        x = np.array([np.longdouble(x_value)])
+        y_true, g_true = np.longdouble(y_text), np.longdouble(g_text)
+        y = ops.gelu_forward(x)
+        dx = ops.gelu_backward(np.ones_like(x), x)
+        assert y.dtype == dx.dtype == np.longdouble
+        assert float(abs((y[0] - y_true) / y_true)) <= 4 * eps * kappa_y, (x_value, y[0], y_true)
+        assert float(abs((dx[0] - g_true) / g_true)) <= 4 * eps * kappa_g, (x_value, dx[0], g_true)
+
+
+@needs_extended
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_longdouble_gelu_beyond_the_range_of_float64(approximate):
+    # computed in float64, 1e400 became inf (-> inf), -1e400 -inf (-> NaN) and -1e-400 -0 (-> -0)
+    ld = np.longdouble
+    x = np.array([ld("1e400"), ld("-1e-400"), ld("-1e400"), ld("1e-400"), ld("1e4000"), ld("-1e4000")])
+    y = ops.gelu_forward(x, approximate)
+    np.testing.assert_array_equal(y, [ld("1e400"), ld("-1e-400") / 2, 0, ld("1e-400") / 2, ld("1e4000"), 0])
+    assert np.signbit(y[2]) and np.signbit(y[5])                # -0: the limit of x Phi(x) from the left
+    dx = ops.gelu_backward(np.ones_like(x), x, approximate)
+    np.testing.assert_array_equal(dx, [1, 0.5, 0, 0.5, 1, 0])

@@ -29,7 +29,9 @@ def _run(args, **env):
     (0, ValueError, "must be >= 1, got 0"), (-1, ValueError, "must be >= 1, got -1"),
     (1.5, TypeError, "must be an int, got float"), (True, TypeError, "must be an int, got bool"),
     (False, TypeError, "must be an int, got bool"), ("2", TypeError, "must be an int, got str"),
-    (2.0, TypeError, "must be an int, got float")], ids=str)
+    (2.0, TypeError, "must be an int, got float"), (np.True_, TypeError, "must be an int, got bool"),
+    (np.float64(2), TypeError, "must be an int, got float64"), (np.int64(0), ValueError, "must be >= 1, got 0"),
+    (np.int8(-3), ValueError, "must be >= 1, got -3")], ids=repr)
 def test_bad_thread_counts_are_refused_and_change_nothing(bad, exc, message):
     cynet.set_num_threads(2)
     with pytest.raises(exc, match=rf"^cynet: the number of threads {message}"):
@@ -39,6 +41,38 @@ def test_bad_thread_counts_are_refused_and_change_nothing(bad, exc, message):
         with cynet.threads(bad):
             pass  # pragma: no cover - never entered
     assert cynet.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("n", [np.int64(2), np.int32(1), np.uint8(3), np.intp(4)], ids=repr)
+def test_numpy_integer_thread_counts_are_accepted(n):
+    # as other APIs take them (maxout's pieces): a count computed with NumPy, e.g. np.int64(os.cpu_count() // 2)
+    cynet.set_num_threads(n)
+    assert cynet.get_num_threads() == int(n) and type(cynet.get_num_threads()) is int
+    cynet.set_num_threads(None)
+    with cynet.threads(n) as got:
+        assert got == int(n) and type(got) is int
+        assert cynet.get_num_threads() == int(n)
+        assert cynet.kernel_threads(10 ** 9) == int(n)
+        np.testing.assert_array_equal(ops.relu_forward(np.array([-1.0, 2.0], np.float32)), [0.0, 2.0])
+    assert cynet.parallel_overhead(n) >= 0.0
+
+
+def test_a_refused_thread_count_keeps_the_blas_limit():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    if not before or max(before) == 1:
+        pytest.skip("no BLAS with more than one thread here: a dropped limit of 1 would not show")
+    cynet.set_num_threads(1)
+    with pytest.raises(TypeError):
+        cynet.set_num_threads("2")
+    assert cynet.get_num_threads() == 1
+    assert blas_threads() == [1] * len(before)   # the limit of set_num_threads(1) still holds
+    cynet.set_num_threads(None)
+    assert blas_threads() == before
 
 
 def test_set_get_round_trip_and_reset_to_the_default():

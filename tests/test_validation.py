@@ -6,9 +6,14 @@ import re
 import numpy as np
 import pytest
 
-from cynet import ops
+from cynet import ops, reference
 from cynet._kernels import load
 from _helpers import ELEMENTWISE
+
+# The kernels' dtypes, and the ones that fall back to cynet.reference after the same checks.
+ALL_FLOAT_DTYPES = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64"),
+                    pytest.param(np.float16, id="float16"), pytest.param(np.longdouble, id="longdouble")]
+FALLBACK_DTYPES = [pytest.param(np.float16, id="float16"), pytest.param(np.longdouble, id="longdouble")]
 
 BAD_DTYPES = [
     pytest.param(np.arange(6).reshape(2, 3), id="int64"),
@@ -59,8 +64,8 @@ def test_prelu_and_maxout_refuse_non_floating_input(bad):
 
 
 @pytest.mark.parametrize("alpha", [np.ones(3, np.int64), np.array(1), 1, True, np.ones(3, bool),
-                                   np.ones(3, np.complex64)], ids=["int64", "0-d int", "int", "bool", "bool-array",
-                                                                  "complex"])
+                                   np.ones(3, np.complex64)],
+                         ids=["int64", "0-d int", "int", "bool", "bool-array", "complex"])
 def test_prelu_alpha_must_be_floating(alpha):
     x = np.ones((4, 3), np.float32)
     with pytest.raises(TypeError, match=r"^prelu_forward: alpha must be floating-point, got .* array of shape"):
@@ -118,10 +123,17 @@ def _bad_outs(shape, dtype):
          r"out must be C-contiguous"),
         (readonly, ValueError, rf"out is read-only \({np.dtype(dtype)} array of shape {_shape_text(shape)}\)"),
         (np.zeros(shape, dtype).tolist(), TypeError, r"out must be a numpy.ndarray, got list"),
+        (np.zeros(shape, np.int32), TypeError,
+         rf"out must have dtype {np.dtype(dtype)}, got int32 array of shape {_shape_text(shape)}"),
+        # a larger array the result would broadcast into
+        (np.zeros((2,) + shape, dtype), ValueError,
+         rf"out must have shape {_shape_text(shape)}, got {np.dtype(dtype)} array of shape "
+         rf"{_shape_text((2,) + shape)}"),
     ]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+# float16 and longdouble included: they fall back to the reference, after the same checks of out=.
+@pytest.mark.parametrize("dtype", ALL_FLOAT_DTYPES)
 def test_bad_out_is_refused_and_left_untouched(op, dtype):
     shape = (4, 6)
     x = np.linspace(-3, 3, 24, dtype=dtype).reshape(shape)
@@ -134,31 +146,79 @@ def test_bad_out_is_refused_and_left_untouched(op, dtype):
         np.testing.assert_array_equal(np.asarray(out), before)
 
 
-def test_bad_out_buffers_of_prelu_and_maxout():
-    x = np.ones((4, 6), np.float32)
-    alpha = np.full(6, 0.25, np.float32)
-    for out, exc, pattern in _bad_outs((4, 6), np.float32):
+@pytest.mark.parametrize("dtype", ALL_FLOAT_DTYPES)
+def test_bad_out_buffers_of_prelu_and_maxout(dtype):
+    x = np.ones((4, 6), dtype)
+    alpha = np.full(6, 0.25, dtype)
+    name = np.dtype(dtype).name
+    for out, exc, pattern in _bad_outs((4, 6), dtype):
+        before = np.array(out, copy=True)
         with pytest.raises(exc, match=rf"^prelu_forward: {pattern}"):
             ops.prelu_forward(x, alpha, out=out)
         with pytest.raises(exc, match=rf"^prelu_backward: {pattern}"):
             ops.prelu_backward(x, x, alpha, out=out)
         with pytest.raises(exc, match=rf"^maxout_backward: {pattern}"):
-            ops.maxout_backward(np.ones((4, 3), np.float32), np.zeros((4, 3), np.int32), 2, out=out)
-    for out, exc, pattern in _bad_outs((4, 3), np.float32):
+            ops.maxout_backward(np.ones((4, 3), dtype), np.zeros((4, 3), np.int32), 2, out=out)
+        np.testing.assert_array_equal(np.asarray(out), before)
+    for out, exc, pattern in _bad_outs((4, 3), dtype):
         with pytest.raises(exc, match=rf"^maxout_forward: {pattern}"):
             ops.maxout_forward(x, 2, out=out)
-    for out, exc, pattern in _bad_outs((6,), np.float32):
+    for out, exc, pattern in _bad_outs((6,), dtype):
         with pytest.raises(exc, match=rf"^prelu_backward: {pattern.replace('out ', 'alpha_grad_out ', 1)}"):
             ops.prelu_backward(x, x, alpha, alpha_grad_out=out)
+    with pytest.raises(TypeError, match=rf"^prelu_backward: alpha_grad_out must have dtype {name}, got int64 array "
+                                        r"of shape \(6,\)"):
+        ops.prelu_backward(x, x, alpha, alpha_grad_out=np.empty(6, np.int64))
     with pytest.raises(TypeError, match=r"^maxout_forward: indices_out must have dtype int32, got int64 array of shape "
                                         r"\(4, 3\)"):
         ops.maxout_forward(x, 2, indices_out=np.empty((4, 3), np.int64))
     with pytest.raises(ValueError, match=r"^maxout_forward: indices_out must have shape \(4, 3\), got int32 array of "
                                          r"shape \(4, 2\)"):
         ops.maxout_forward(x, 2, indices_out=np.empty((4, 2), np.int32))
-    with pytest.raises(ValueError, match=r"^prelu_backward: alpha_grad_out must have shape \(\), got float32 array of "
+    with pytest.raises(ValueError, match=r"^maxout_forward: indices_out must be C-contiguous"):
+        ops.maxout_forward(x, 2, indices_out=np.empty((4, 6), np.int32)[:, ::2])
+    with pytest.raises(ValueError, match=rf"^prelu_backward: alpha_grad_out must have shape \(\), got {name} array of "
                                          r"shape \(1,\)"):
-        ops.prelu_backward(x, x, 0.25, alpha_grad_out=np.empty(1, np.float32))
+        ops.prelu_backward(x, x, np.asarray(0.25, dtype), alpha_grad_out=np.empty(1, dtype))
+
+
+@pytest.mark.parametrize("dtype", FALLBACK_DTYPES)
+def test_fallback_dtypes_refuse_the_outs_the_kernels_refuse(dtype):
+    # QA's cases: before the fallback checked out=, these were accepted (int32: truncated; a larger array: broadcast
+    # into; a strided view: written through) or failed inside NumPy (a list)
+    x = np.linspace(-3, 3, 12, dtype=dtype).reshape(3, 4)
+    name = np.dtype(dtype).name
+    with pytest.raises(TypeError, match=rf"^sigmoid_forward: out must have dtype {name}, got int32 array"):
+        ops.sigmoid_forward(x, out=np.empty((3, 4), np.int32))
+    with pytest.raises(ValueError, match=r"^sigmoid_forward: out must have shape \(3, 4\), got .* \(2, 3, 4\)"):
+        ops.sigmoid_forward(x, out=np.empty((2, 3, 4), dtype))
+    with pytest.raises(ValueError, match=r"^sigmoid_forward: out must be C-contiguous"):
+        ops.sigmoid_forward(x, out=np.empty((3, 8), dtype)[:, ::2])
+    with pytest.raises(TypeError, match=r"^relu_backward: out must be a numpy.ndarray, got list"):
+        ops.relu_backward(x, x, out=[0] * 12)
+    with pytest.raises(TypeError, match=rf"^prelu_backward: alpha_grad_out must have dtype {name}, got int64"):
+        ops.prelu_backward(x, x, np.full(4, 0.25, dtype), alpha_grad_out=np.empty(4, np.int64))
+    with pytest.raises(TypeError, match=rf"^maxout_backward: out must have dtype {name}, got float64"):
+        ops.maxout_backward(np.ones((3, 2), dtype), np.zeros((3, 2), np.int8), 2, out=np.empty((3, 4)))
+    # a good out is filled and returned, as on the kernels' path
+    out = np.empty((3, 4), dtype)
+    assert ops.sigmoid_forward(x, out=out) is out
+    np.testing.assert_array_equal(out, reference.sigmoid_forward(x))
+    dx, dalpha = np.empty((3, 4), dtype), np.empty(4, dtype)
+    got = ops.prelu_backward(x, x, np.full(4, 0.25, dtype), out=dx, alpha_grad_out=dalpha)
+    assert got[0] is dx and got[1] is dalpha
+    y, idx = np.empty((3, 2), dtype), np.empty((3, 2), np.int32)
+    got = ops.maxout_forward(x, 2, out=y, indices_out=idx)
+    assert got[0] is y and got[1] is idx
+
+
+@pytest.mark.parametrize("dtype", FALLBACK_DTYPES)
+def test_fallback_results_have_the_input_dtype_and_shape_even_zero_d(op, dtype):
+    x = np.asarray(0.5, dtype)
+    y = op.forward(x)
+    assert isinstance(y, np.ndarray) and y.dtype == dtype and y.shape == ()
+    dx = op.backward(x, op.saved_tensor(x, y))
+    assert isinstance(dx, np.ndarray) and dx.dtype == dtype and dx.shape == ()
 
 
 # --- op parameters ---------------------------------------------------------------------------------------------------
@@ -186,6 +246,80 @@ def test_leaky_relu_slope_and_elu_alpha_must_be_finite_numbers(value, exc, messa
                        (lambda: ops.elu_backward(x, x, alpha=value), "elu_backward: alpha")]:
         with pytest.raises(exc, match=rf"^{name} {re.escape(message)}"):
             call()
+
+
+def _value_id(value):
+    if isinstance(value, type):
+        return value.__name__
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype}-array{value.shape}"
+    if isinstance(value, int) and abs(value) > 10 ** 30:  # repr(10 ** 5000) raises
+        return f"int-of-{value.bit_length()}-bits"
+    numpy = "np." if type(value).__module__ == "numpy" else ""
+    return f"{numpy}{type(value).__name__}({value!s})"
+
+
+def _parameter_calls(x, value):
+    """(call, message prefix) for each op with a scalar parameter: Leaky ReLU's negative_slope, ELU's alpha."""
+    return [(lambda: ops.leaky_relu_forward(x, negative_slope=value), "leaky_relu_forward: negative_slope"),
+            (lambda: ops.leaky_relu_backward(x, x, negative_slope=value), "leaky_relu_backward: negative_slope"),
+            (lambda: ops.elu_forward(x, alpha=value), "elu_forward: alpha"),
+            (lambda: ops.elu_backward(x, x, alpha=value), "elu_backward: alpha")]
+
+
+@pytest.mark.parametrize("dtype,value", [
+    (np.float32, 1e39), (np.float32, -1e39), (np.float32, 2.0 ** 128 - 2.0 ** 103), (np.float32, 10 ** 39),
+    (np.float32, np.float64(3.5e38)), (np.float16, 1e5), (np.float16, 65520.0), (np.float64, 10 ** 400),
+    (np.float64, np.longdouble("1e400")), (np.longdouble, 10 ** 5000)], ids=_value_id)
+def test_slope_and_alpha_must_be_finite_in_the_input_dtype(dtype, value):
+    # finite as numbers, but inf in x's dtype: with x = 0 the op would give 0 * inf = NaN
+    x = np.zeros(3, dtype)
+    for call, name in _parameter_calls(x, value):
+        with pytest.raises(ValueError, match=rf"^{name} must be finite in {np.dtype(dtype).name}, the input's dtype"):
+            call()
+
+
+@pytest.mark.parametrize("dtype,value", [
+    (np.float32, 3.4028235e38), (np.float32, 2.0 ** 128 - 2.0 ** 103 - 2.0 ** 75), (np.float16, 65519.0),
+    (np.float64, 1.7976931348623157e308), (np.float64, 10 ** 300), (np.longdouble, np.longdouble("1e400")),
+    (np.longdouble, 10 ** 400)], ids=_value_id)
+def test_the_largest_parameters_finite_in_the_input_dtype_are_accepted(dtype, value):
+    x = np.array([-1.0, 0.0, 2.0], dtype)
+    in_dtype = np.asarray(value, dtype=dtype)[()] if not isinstance(value, int) else dtype(value)
+    assert np.isfinite(in_dtype)
+    # (errstate: the NumPy reference of the fallback dtypes evaluates slope * x for x > 0 too, where it may overflow)
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(ops.leaky_relu_forward(x, value), [-in_dtype, 0, 2])
+        np.testing.assert_array_equal(ops.leaky_relu_backward(np.ones(3, dtype), x, value), [in_dtype, in_dtype, 1])
+        assert not np.isnan(ops.elu_forward(x, value)).any()
+        assert not np.isnan(ops.elu_backward(np.ones(3, dtype), x, value)).any()
+
+
+@pytest.mark.parametrize("value", [True, False, np.True_, np.bool_(False)], ids=_value_id)
+@pytest.mark.parametrize("dtype", ALL_FLOAT_DTYPES)
+def test_slope_and_alpha_must_not_be_bools(value, dtype):
+    x = np.ones(3, dtype)
+    for call, name in _parameter_calls(x, value):
+        with pytest.raises(TypeError, match=rf"^{name} must be a real number"):
+            call()
+
+
+@pytest.mark.parametrize("alpha,dtype", [(1e39, np.float32), (np.full(6, 1e39), np.float32), (1e5, np.float16),
+                                         (np.longdouble("1e400"), np.float64)], ids=_value_id)
+def test_prelu_alpha_must_stay_finite_in_the_input_dtype(alpha, dtype):
+    x = np.zeros((4, 6), dtype)
+    name = np.dtype(dtype).name
+    with pytest.raises(ValueError, match=rf"^prelu_forward: alpha must be finite in {name}, x's dtype"):
+        ops.prelu_forward(x, alpha)
+    with pytest.raises(ValueError, match=rf"^prelu_backward: alpha must be finite in {name}, x's dtype"):
+        ops.prelu_backward(x, x, alpha)
+
+
+def test_prelu_nan_or_inf_alpha_propagates_as_given():
+    # only a cast that creates an inf is refused; a non-finite alpha given as such follows the formula
+    x = np.array([[-1.0, 2.0]], np.float32)
+    np.testing.assert_array_equal(ops.prelu_forward(x, np.array([np.nan, np.inf])), [[np.nan, 2.0]])
+    np.testing.assert_array_equal(ops.prelu_forward(x, np.float32(np.inf)), [[-np.inf, 2.0]])
 
 
 @pytest.mark.parametrize("alpha", [-1.0, -1e-300, -np.float32(2)])
@@ -273,3 +407,16 @@ def test_every_elementwise_op_is_covered():
     names = {f"{spec.name}_{direction}" for spec in ELEMENTWISE for direction in ("forward", "backward")}
     public = {name for name in ops.__all__ if name.endswith(("_forward", "_backward"))}
     assert public - names == {"prelu_forward", "prelu_backward", "maxout_forward", "maxout_backward"}
+
+
+def test_a_masked_array_is_refused_rather_than_its_mask_ignored():
+    with pytest.raises(TypeError, match="masked array; the mask would be ignored"):
+        ops.relu_forward(np.ma.array([1.0, -1.0], mask=[False, True]))
+
+
+@pytest.mark.parametrize("op", ["sigmoid_forward", "relu_forward", "tanh_forward"])
+def test_big_endian_input_gives_the_native_kernels_bits(op):
+    x = np.linspace(-3, 3, 1001).astype(np.float32)
+    swapped = x.astype(">f4")
+    np.testing.assert_array_equal(getattr(ops, op)(swapped), getattr(ops, op)(x))
+    assert getattr(ops, op)(swapped).dtype == np.float32
