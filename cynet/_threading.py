@@ -421,8 +421,8 @@ def copyto(dst, src):
         array([0., 1., 2., 3., 4., 5.])
     """
     if (dst.shape != src.shape or dst.dtype != src.dtype or not dst.flags.c_contiguous or not src.flags.c_contiguous
-            or not dst.flags.writeable):
-        np.copyto(dst, src)
+            or not dst.flags.writeable or np.may_share_memory(dst, src)):
+        np.copyto(dst, src)                 # (NumPy handles overlapping arrays; the threads' chunks would not)
         return
     threads = kernel_threads(src.nbytes // 4, NS_STREAM)
     if threads <= 1:

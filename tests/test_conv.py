@@ -579,3 +579,27 @@ def test_col2im_adds_the_columns_back_tap_by_tap(rng, dtype, c, h, w, kh, kw, st
         dx = np.zeros((n, c, h, w), dtype)
         _k().col2im(dcols.copy(), kh, kw, stride, pad, dx, threads)
         np.testing.assert_array_equal(dx, want)
+
+
+def test_pooling_refuses_windows_without_values():
+    with pytest.raises(ValueError, match="every window must hold at least one value"):
+        nn.AdaptiveAvgPool2d(1)(np.ones((1, 2, 0, 0), np.float32))   # (it returned NaN)
+
+
+def test_conv_refuses_weights_and_bias_replaced_by_arrays_it_cannot_use():
+    x = np.ones((1, 3, 5, 5), np.float32)
+    conv = nn.Conv2d(3, 4, 3)
+    conv.weight.data = np.ones((4, 27), np.float32)        # forward ran, the backward failed to broadcast
+    with pytest.raises(ValueError, match=r"weight must have shape \(4, 3, 3, 3\)"):
+        conv(x)
+    conv = nn.Conv2d(3, 4, 3)
+    conv.bias.data = np.ones(4)                            # a kernel's 'Buffer dtype mismatch'
+    with pytest.raises(ValueError, match=r"bias must be a float32 array of shape \(4,\)"):
+        conv(x)
+    conv = nn.Conv2d(3, 4, 3)
+    expected = conv(x).copy()
+    conv.bias.data = conv.bias.data.repeat(2)[::2]         # strided: taken as a contiguous copy
+    np.testing.assert_array_equal(conv(x), expected)
+    conv.weight.data = conv.weight.data.astype(np.float16)
+    with pytest.raises(TypeError, match="layers compute in float32 or float64"):
+        conv(x.astype(np.float16))

@@ -669,3 +669,18 @@ def test_optimizer_base_class_and_repr():
     assert optim.AdamW([param]).weight_decay == 1e-2 and optim.AdamW([param]).betas == (0.9, 0.999)
     with pytest.raises(NotImplementedError):
         Optimizer([param], lr=0.1).step()
+
+
+@pytest.mark.parametrize("replacement", ["2-d", "strided", "read-only"])
+def test_a_state_buffer_replaced_by_hand_is_refused_with_its_name(replacement):
+    param = nn.Parameter(np.ones(6, np.float32))
+    opt = SGD([param], lr=0.1, momentum=0.9)
+    param.grad = np.ones(6, np.float32)
+    opt.step()
+    buffer = {"2-d": np.zeros((2, 3), np.float32), "strided": np.zeros(12, np.float32)[::2],
+              "read-only": np.zeros(6, np.float32)}[replacement]
+    if replacement == "read-only":
+        buffer.setflags(write=False)
+    opt.state[0]["momentum_buffer"] = buffer
+    with pytest.raises(ValueError, match="state 'momentum_buffer' must be a flat, C-contiguous, writable array"):
+        opt.step()

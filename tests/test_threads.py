@@ -479,12 +479,12 @@ def test_blas_pool_is_on_by_default_with_at_most_two_cpus_and_off_above(monkeypa
 
 
 @needs_thread_clocks
-def test_with_the_one_pool_idle_workers_spin_and_parallel_calls_do_not_pay_for_it():
+def test_with_the_one_pool_idle_workers_spin():
     if _pool_available_here() != "on":
         pytest.skip(f"no one pool here: {_pool_available_here()}")
     report = _fresh_process_json(_spin_report, CYNET_BLAS_POOL="1")
     assert report["spin"] > 2e-4, report       # libgomp's default: spin a while (about 4 ms here), then sleep
-    assert report["overhead"] < report["spin"]
+    # (that parallel calls do not pay for it is a wall-clock comparison, which a busy machine upsets: bench/'s)
     assert "the runtime's default" in report["config"] and "started before cynet" not in report["config"]
     assert "one thread pool; CYNET_BLAS_POOL=0 turns it off" in report["config"]
 
@@ -613,6 +613,19 @@ def test_copyto_copies_like_numpy(dtype):
     as_float = np.zeros(src.shape, np.float64)
     copyto(as_float, src)
     np.testing.assert_array_equal(as_float, src.astype(np.float64))
+
+
+@pytest.mark.parametrize("shift", [1000, -1000])
+def test_copyto_between_overlapping_parts_of_one_array_is_numpys_copy(shift):
+    from cynet._threading import copyto
+
+    a = np.arange(2 * 10**6, dtype=np.float64)
+    expected = a.copy()
+    dst, src = (a[:-shift], a[shift:]) if shift > 0 else (a[-shift:], a[:shift])
+    np.copyto(*((expected[:-shift], expected[shift:]) if shift > 0 else (expected[-shift:], expected[:shift])))
+    with cynet.threads(2):
+        copyto(dst, src)
+    np.testing.assert_array_equal(a, expected)
 
 
 def test_copy_bytes_refuses_unequal_lengths():

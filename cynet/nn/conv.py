@@ -206,6 +206,9 @@ class Conv2d(Module):
         _check_fits(self, x.shape[2:], self.kernel_size, self.padding)
         w = self.weight.data
         _check_weight_dtype(self, x, w.dtype)
+        expected = (self.out_channels, self.in_channels) + tuple(self.kernel_size)
+        if w.shape != expected:
+            raise ValueError(f"{self!r}: weight must have shape {expected}, got {describe(w)} (replaced by hand?)")
         n, features, k = x.shape[0], self.out_channels, w[0].size
         oh, ow = self._output_hw(x.shape[2], x.shape[3])
         columns = oh * ow
@@ -216,6 +219,10 @@ class Conv2d(Module):
         images = y.reshape(n, features, columns)
         weights = w.reshape(features, k)
         bias = self.bias.data if self.bias is not None else w.reshape(-1)[:0]
+        if self.bias is not None and (bias.shape != (features,) or bias.dtype != w.dtype):
+            raise ValueError(f"{self!r}: bias must be a {w.dtype} array of shape ({features},), got "
+                             f"{describe(bias)} (replaced by hand?)")
+        bias = np.ascontiguousarray(bias)
         for first, m in chunks:
             chunk_cols = self._rows(cols, k, m * columns)
             chunk_product = self._rows(product, features, m * columns)
@@ -372,7 +379,11 @@ class _AvgPool(Module):
 
     def forward(self, x):
         x = _float_images(self, x)
-        rows, cols = self._windows(x.shape[2], x.shape[3])
+        with np.errstate(divide="ignore"):                  # (an empty window's scale, refused below)
+            rows, cols = self._windows(x.shape[2], x.shape[3])
+        if np.any(rows[1] <= rows[0]) or np.any(cols[1] <= cols[0]):
+            raise ValueError(f"{self!r}: every window must hold at least one value, got an input of shape "
+                             f"{tuple(x.shape)} (empty images, or a kernel_size of 0?)")
         y = reuse.empty(x.shape[:2] + (len(rows[0]), len(cols[0])), x.dtype)
         _k().avgpool_forward(x, rows[0], rows[1], cols[0], cols[1], rows[2], cols[2], y,
                              kernel_threads(x.size, NS_STREAM))

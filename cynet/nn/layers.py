@@ -127,7 +127,10 @@ def _initial_parameters(module, weight_shape, fan_in, bias, init, dtype, generat
 
 
 def _check_weight_dtype(module, x, dtype):
-    """TypeError unless the input ``x`` has the weights' dtype."""
+    """TypeError unless the weights are float32/float64 and the input ``x`` has their dtype."""
+    if dtype not in KERNEL_DTYPES:
+        raise TypeError(f"{module!r}: the weights are {dtype} (replaced by hand?); layers compute in float32 or "
+                        f"float64: use .to(np.float32) or .to(np.float64)")
     if x.dtype != dtype:
         raise TypeError(f"{module!r}: input must have the weights' dtype {dtype}, got {describe(x)} "
                         f"({dtype_remedy(x.dtype)})")

@@ -375,6 +375,9 @@ class Optimizer:
                 raise TypeError(f"{name()}: state {key!r} ({buffer.dtype}, {buffer.size} elements) does not match "
                                 f"the parameter ({describe(data)}); the parameter changed dtype or size after the "
                                 f"optimiser started: create a new optimiser")
+            if buffer is not None and (buffer.ndim != 1 or not buffer.flags.c_contiguous or not buffer.flags.writeable):
+                raise ValueError(f"{name()}: state {key!r} must be a flat, C-contiguous, writable array of "
+                                 f"{data.size} values, got {describe(buffer)} (replaced by hand?)")
         return data.reshape(-1), grad.reshape(-1)
 
     def step(self):
