@@ -731,3 +731,11 @@ def test_running_statistics_replaced_by_hand_are_refused_before_any_write(replac
     with pytest.raises(ValueError, match="running_mean and running_var must be writable C-contiguous"):
         bn(rng.standard_normal((8, 64)).astype(np.float32))
     assert int(bn.num_batches_tracked) == 0
+
+
+@pytest.mark.parametrize("p", [2.0, -1.0, float("nan")])
+def test_dropout_refuses_a_drop_probability_set_outside_0_1(p):
+    drop = nn.Dropout(0.5)
+    drop.p = p
+    with pytest.raises(ValueError, match=r"p must lie in \[0, 1\]"):
+        drop(np.ones(8, np.float32))

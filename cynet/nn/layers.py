@@ -748,6 +748,8 @@ class Dropout(Module):
         x = np.asarray(x)
         if x.dtype.kind != "f":
             raise TypeError(f"{self!r}: input must be floating point, got {describe(x)}")
+        if not 0.0 <= self.p <= 1.0:             # (checked again: an attribute a user may set; p = 2 zeroed all)
+            raise ValueError(f"{self!r}: p must lie in [0, 1], got {self.p!r}")
         self._ran = True
         if not self.training or self.p == 0.0:
             self._mask = None
