@@ -66,7 +66,9 @@ def _fusion_text(c):
 
 def _wait_policy_text(c):
     if c["omp_wait_policy"]:
-        return f"{c['omp_wait_policy']} (OMP_WAIT_POLICY; passive idle workers leave the cores to BLAS)"
+        why = ("idle workers sleep at once, leaving the cores to BLAS" if c["omp_wait_policy"].upper() == "PASSIVE"
+               else "idle workers keep spinning")
+        return f"{c['omp_wait_policy']} (OMP_WAIT_POLICY: {why})"
     if c["gomp_spincount"]:
         return f"spin {c['gomp_spincount']} rounds, then sleep (GOMP_SPINCOUNT, with OMP_WAIT_POLICY unset)"
     return ("the runtime's default: spin a while, then sleep (with the one pool BLAS runs on the same team, so nothing "
@@ -99,9 +101,9 @@ def show_config(file=None):
         + ("" if c["idle_spin_ms"] < 1 or c["wait_policy_set_by_user"] or _spin_left_to_runtime(c) else
            " (the OpenMP runtime started before cynet could make it passive, e.g. torch imported first; import cynet "
            "first or set OMP_WAIT_POLICY=PASSIVE in the environment)"),
-        f"parallel call  : {c['parallel_overhead_us']:.0f} us (waking the workers, or their spinning where larger; "
-        f"measured; a kernel call runs on one thread unless splitting saves more; CYNET_PARALLEL_OVERHEAD_US "
-        f"overrides)",
+        f"parallel call  : {c['parallel_overhead_us']:.0f} us (waking the workers, or their spinning where larger "
+        f"and it takes cores from BLAS, which the one pool's does not; measured; a kernel call runs on one thread "
+        f"unless splitting saves more; CYNET_PARALLEL_OVERHEAD_US overrides)",
         f"streaming      : outputs of {c['stream_min_bytes'] / 2**20:.1f} MiB or more written with non-temporal stores "
         f"(a measured threshold; CYNET_STREAM_MIN_BYTES overrides)",
         "layer outputs  : " + (f"those of {c['reuse_min_bytes'] / 2**20:.0f} MiB or more reused once nothing holds "

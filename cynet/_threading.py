@@ -321,8 +321,9 @@ SPIN_HORIZON = 0.05  # idle_spin_seconds watches the idle workers for at most th
 def idle_spin_seconds(n=None):
     """Seconds for which the OpenMP runtime's idle workers keep their cores busy after a parallel region of ``n``
     threads (default: the current count) ends: about 0 when they sleep at once (``OMP_WAIT_POLICY=PASSIVE``, which
-    cynet sets), about 8 ms on the development machine with libgomp's default (the runtime was started before cynet,
-    e.g. by ``import torch``), 0.05 (the horizon watched) with ``OMP_WAIT_POLICY=ACTIVE``.
+    cynet sets unless BLAS runs on its team, the one pool), about 4-8 ms on the development machines with libgomp's
+    default (the one pool's choice, or a runtime started before cynet, e.g. by ``import torch``), 0.05 (the horizon
+    watched) with ``OMP_WAIT_POLICY=ACTIVE``.
 
     Measured once per process and thread count from the workers' CPU clocks while the caller sleeps (Linux); 0.0 where
     that cannot be measured (other systems, a serial build) and for ``n`` = 1.

@@ -622,12 +622,17 @@ def lsuv_(model, x, *, target_std=1.0, tol=0.02, max_iter=10, orthogonal=True, g
             if orthogonal:
                 orthogonal_(weight, generator=rng)
                 std = _output_std(model, x, layer_name, layer)
-            total, iterations = 1.0, 0
+            total, iterations, start = 1.0, 0, weight.copy()
             while abs(std / target_std - 1) > tol and iterations < max_iter:
                 factor = target_std / std
                 weight *= weight.dtype.type(factor)
                 total *= factor
                 iterations += 1
-                std = _output_std(model, x, layer_name, layer)
+                previous, std = std, _output_std(model, x, layer_name, layer)
+                if abs(std - previous) <= 1e-6 * previous:       # the weights do not move the output: only a bias
+                    weight[...] = start
+                    raise ValueError(f"{name}: the output of layer {layer_name!r} ({type(layer).__name__}) does not "
+                                     f"change with its weights on this batch (std {previous:.6g} before and after "
+                                     f"scaling them by {factor:.6g}): constant input? Pass a batch of real data")
             report.append(LSUVLayer(layer_name, type(layer).__name__, before, std, total, iterations))
     return report

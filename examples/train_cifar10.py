@@ -16,7 +16,8 @@ Examples:
     # the data this machine can reach, offline
     python examples/train_cifar10.py
 
-    # every stage in under a minute, on the packaged subset (1,000 training / 300 test images)
+    # every stage in under a minute, on the packaged subset (1,000 training images, 100 of them for validation;
+    # 300 test images)
     python examples/train_cifar10.py --subset
 
     # three conv - batch norm - ReLU - pool blocks instead of the MLP (slower per epoch, more accurate)
@@ -33,6 +34,7 @@ Examples:
     python examples/train_cifar10.py --download
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -106,7 +108,9 @@ def load_data(args):
         x_test, y_test = load_test_npz(args.test_data)
         test_source = args.test_data
     description = data.source
-    if subset:
+    if args.subset:
+        description += "  <- the small subset packaged with cynet (--subset)"
+    elif subset:
         description += ("  <- the small subset packaged with cynet, used because no CIFAR-10 data was found "
                         "(pass --data DIR, set $CYNET_DATA, or --download for the full set)")
     return data.x_train, data.y_train, x_test, y_test, description, test_source, subset
@@ -259,6 +263,10 @@ def main(argv=None):
     stage("outputs")
     for path in save_plots(history, args.out):
         print(f"plot         : {path}")
+    history_path = os.path.join(args.out, "history.json")
+    with open(history_path, "w") as f:
+        json.dump(history, f)                    # per iteration: loss, ...; per epoch: val_acc, ... (NaN as NaN)
+    print(f"history      : {history_path}")
     load_model(best_path, model)
     bundle_path = os.path.join(args.out, "model_and_preprocessing.npz")
     save_bundle(bundle_path, model, transform, metadata={"model": args.model, "epochs": trainer.epoch})

@@ -90,6 +90,12 @@ def test_lsuv_errors():
         init.lsuv_(nn.Sequential(nn.ReLU()), x)
     with pytest.raises(ValueError, match=r"the output of layer '0' \(Linear\) has std 0.0 on this batch"):
         init.lsuv_(nn.Sequential(nn.Linear(4, 4, init="he"), nn.Linear(4, 4)), np.zeros((8, 4), np.float32))
+    # a constant batch and a bias that is not zero: the output is the bias whatever the weights (they were scaled
+    # by 2e6 before giving up); refused, the weights left as the orthonormal draw made them
+    biased = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    with pytest.raises(ValueError, match=r"layer '0' \(Linear\) does not change with its weights.*constant input"):
+        init.lsuv_(biased, np.zeros((8, 4), np.float32), generator=0)
+    np.testing.assert_allclose(biased[0].weight.data @ biased[0].weight.data.T, np.eye(4), atol=1e-5)
     for bad in (dict(target_std=0), dict(tol=-1), dict(max_iter=0), dict(max_iter=2.5)):
         with pytest.raises(ValueError):
             init.lsuv_(nn.Linear(4, 4), x, **bad)

@@ -171,7 +171,7 @@ def test_mixup_mixes_inputs_and_one_hot_targets_with_one_beta_draw():
 @pytest.mark.parametrize("make,args,error,message", [
     (lambda: Mixup(0, 10), None, ValueError, "alpha must be a finite number > 0"),
     (lambda: Mixup(0.2, 1), None, ValueError, "num_classes must be an int >= 2"),
-    (lambda: Mixup(0.2), None, ValueError, "num_classes must be an int >= 2, got None"),
+    (lambda: Mixup(0.2), None, TypeError, "num_classes is required"),
     (lambda: Mixup(0.2, 3), (np.zeros((2, 4), np.uint8), np.array([0, 1])), TypeError, "xb must be a float batch"),
     (lambda: Mixup(0.2, 3), (np.zeros((2, 4)), np.array([0, 3])), ValueError, r"labels must lie in \[0, 3\)"),
     (lambda: Mixup(0.2, 3), (np.zeros((2, 4)), np.array([0, 1, 2])), ValueError, "same length"),

@@ -222,7 +222,8 @@ class Mixup:
 
     Args:
         alpha (float): :math:`\alpha` > 0 of the Beta distribution (small: mostly mild mixes). Default 0.2.
-        num_classes (int): C, the number of classes (>= 2).
+        num_classes (int): C, the number of classes (>= 2); required (its default, None, only keeps ``alpha``
+            first as in the paper's notation).
 
     Call:
         ``mixup(xb, yb, generator) -> (x_mixed, targets)``: ``xb`` a float batch (any shape, examples first), ``yb``
@@ -241,6 +242,9 @@ class Mixup:
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer)) or \
                 not (0 < alpha < np.inf):
             raise ValueError(f"Mixup: alpha must be a finite number > 0, got {alpha!r}")
+        if num_classes is None:
+            raise TypeError("Mixup: num_classes is required (the number of classes of the labels, e.g. "
+                            "Mixup(0.2, num_classes=10))")
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
             raise ValueError(f"Mixup: num_classes must be an int >= 2, got {num_classes!r}")
         self.alpha, self.num_classes = float(alpha), int(num_classes)
