@@ -50,7 +50,7 @@ def as_float_array(op, name, a):
     if a.dtype.kind != "f":
         raise TypeError(f"{op}: {name} must be a floating-point array (float32 or float64), got {describe(a)}")
     if not a.dtype.isnative:
-        return a.astype(a.dtype.newbyteorder("="))        # big-endian data: the kernels read native floats
+        return a.astype(a.dtype.newbyteorder("="), order="C")   # big-endian data: the kernels read native floats
     # (np.ascontiguousarray would turn a 0-d array into shape (1,); 0-d arrays are always contiguous)
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 

@@ -185,13 +185,18 @@ class Ensemble:
         return np.argmax(self.predict_proba(x, batch_size), axis=1).astype(np.int64)
 
     @staticmethod
-    def _score(proba, y):
+    def _labels(x, y):
+        """y as integer class labels, one per row of x (checked before any member runs)."""
         y = np.asarray(y)
         if y.ndim != 1 or y.dtype.kind not in "iu":
             raise TypeError(f"Ensemble.evaluate: y must be a 1-d array of integer class labels, got {y.dtype} of "
                             f"shape {y.shape}")
-        if len(y) != len(proba):
-            raise ValueError(f"Ensemble.evaluate: x and y lengths differ ({len(proba)} and {len(y)})")
+        if len(y) != len(x):
+            raise ValueError(f"Ensemble.evaluate: x and y lengths differ ({len(x)} and {len(y)})")
+        return y
+
+    @staticmethod
+    def _score(proba, y):
         classes = proba.shape[1]
         if len(y) and (y.min() < 0 or y.max() >= classes):
             raise ValueError(f"Ensemble.evaluate: labels must lie in [0, {classes}) for the members' {classes} "
@@ -210,6 +215,7 @@ class Ensemble:
         Returns:
             tuple: ``(loss, accuracy)`` as floats.
         """
+        y = self._labels(x, y)
         return self._score(self.predict_proba(x, batch_size), y)
 
     def evaluate_members(self, x, y, batch_size=1024):
@@ -218,6 +224,7 @@ class Ensemble:
         Returns:
             list of tuple: one ``(loss, accuracy)`` per member.
         """
+        y = self._labels(x, y)
         return [self._score(p, y) for p in self.member_proba(x, batch_size)]
 
     def __repr__(self):

@@ -53,6 +53,7 @@ Example:
     (True, 'good')
 """
 import copy
+import inspect
 import numbers
 from dataclasses import dataclass, field
 
@@ -295,13 +296,19 @@ def _kink_modules(*roots):
 
 
 class _PenaltyKinks:
-    """A penalty's ``kink_state(model)`` as the ``kink_state()`` the checks read."""
+    """A penalty's ``kink_state(model)`` as the ``kink_state()`` the checks read; a penalty whose ``kink_state``
+    takes no argument (a module's form: it reads the weights it holds) is called without one."""
 
     def __init__(self, penalty, model):
         self.penalty, self.model = penalty, model
+        try:
+            takes_model = bool(inspect.signature(penalty.kink_state).parameters)
+        except (TypeError, ValueError):        # no signature to read (a builtin): the documented form
+            takes_model = True
+        self.arguments = (model,) if takes_model else ()
 
     def kink_state(self):
-        return self.penalty.kink_state(self.model)
+        return self.penalty.kink_state(*self.arguments)
 
 
 def _kink_states(modules):
@@ -505,8 +512,9 @@ def check_model(model, loss_module, x, y, *, regularization=None, num_checks=10,
         x (ndarray): the input batch. y: its targets (floating ones are copied to float64).
         regularization (optional): an object with ``__call__(model) -> float`` and ``backward(model)`` that adds
             the penalty's gradient into the parameters' ``grad`` (e.g. ``cynet.nn.loss.L2Penalty(strength)``); a
-            penalty with kinks gives ``kink_state(model)`` (L1's signs of the weights), and an entry whose
-            perturbation changes it is "kink crossed", as for the modules.
+            penalty with kinks gives ``kink_state(model)`` (L1's signs of the weights; a ``kink_state()`` without
+            argument is read as a module's), and an entry whose perturbation changes it is "kink crossed", as for
+            the modules.
         num_checks, h, seed, check_input, tolerance, kink_tolerance: as for :func:`check_module`.
 
     Returns:

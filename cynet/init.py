@@ -629,10 +629,12 @@ def lsuv_(model, x, *, target_std=1.0, tol=0.02, max_iter=10, orthogonal=True, g
                 total *= factor
                 iterations += 1
                 previous, std = std, _output_std(model, x, layer_name, layer)
-                if abs(std - previous) <= 1e-6 * previous:       # the weights do not move the output: only a bias
+                # the weights do not move the output (a constant batch: only the bias is left): a scaling that
+                # should change the std by more than 0.1% changed it by less than half of that
+                if abs(factor - 1) > 1e-3 and abs(std / previous - 1) < 0.5 * abs(factor - 1):
                     weight[...] = start
                     raise ValueError(f"{name}: the output of layer {layer_name!r} ({type(layer).__name__}) does not "
-                                     f"change with its weights on this batch (std {previous:.6g} before and after "
-                                     f"scaling them by {factor:.6g}): constant input? Pass a batch of real data")
+                                     f"change with its weights on this batch (std {previous:.6g}, then {std:.6g} after "
+                                     f"scaling them by {factor:.4g}): constant input? Pass a batch of real data")
             report.append(LSUVLayer(layer_name, type(layer).__name__, before, std, total, iterations))
     return report

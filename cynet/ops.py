@@ -114,6 +114,14 @@ def _real_number(op, name, value):
     return value
 
 
+def _as_float_or_inf(value):
+    """``float(value)``, or inf for an int beyond float64's range (float() raises OverflowError there)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
 # A float64 at least this large in magnitude rounds to inf in the kernel's dtype (float32: its largest value plus half
 # an ulp, which rounds to even, i.e. up); the kernels take the parameter as a double and round it to their dtype.
 _ROUNDS_TO_INF = {np.dtype(np.float32): 2.0 ** 128 - 2.0 ** 103, np.dtype(np.float64): math.inf}
@@ -125,10 +133,7 @@ def _finite_in(op, name, value, dtype):
     becomes inf in ``dtype`` (1e39 for float32, 1e5 for float16), which would turn 0 * slope into NaN."""
     limit = _ROUNDS_TO_INF.get(dtype)
     if limit is not None:
-        try:
-            as_float = float(value)
-        except OverflowError:  # an int beyond float64's range
-            as_float = math.inf
+        as_float = _as_float_or_inf(value)
         if abs(as_float) < limit:
             return as_float
     else:
@@ -160,10 +165,7 @@ def _finite_number(op, name, value):
     """``float(value)`` for a real number (not a bool) finite in float64: the check where no input dtype is known yet
     (the layers' constructors); the ops check their parameters again for the input's dtype (:func:`_finite_in`)."""
     _real_number(op, name, value)
-    try:
-        as_float = float(value)
-    except OverflowError:  # an int beyond float64's range
-        as_float = math.inf
+    as_float = _as_float_or_inf(value)
     if not math.isfinite(as_float):
         raise ValueError(f"{op}: {name} must be finite, got {_shown(value)}")
     return as_float

@@ -257,7 +257,8 @@ class EarlyStopping(_BestTracker):
     and are saved in trainer checkpoints; :meth:`reset` starts afresh. When the best weights are put back, the
     weights training had reached are kept too (and saved in checkpoints): the next ``fit`` (or one resumed from a
     checkpoint) continues from them, so that training in several calls gives the weights of one uninterrupted run.
-    It does not if the model's weights were changed in between (they are then the ones training continues from).
+    It does not if the model's weights were changed in between (they are then the ones training continues from); to
+    go on from the best weights on purpose, set ``training_state = None`` before the next ``fit``.
 
     Args:
         monitor (str): "val_acc" (default), "val_loss", "train_acc" or "train_loss".

@@ -594,7 +594,7 @@ def test_conv_refuses_weights_and_bias_replaced_by_arrays_it_cannot_use():
         conv(x)
     conv = nn.Conv2d(3, 4, 3)
     conv.bias.data = np.ones(4)                            # a kernel's 'Buffer dtype mismatch'
-    with pytest.raises(ValueError, match=r"bias must be a float32 array of shape \(4,\)"):
+    with pytest.raises(TypeError, match=r"bias must be a float32 array of shape \(4,\)"):
         conv(x)
     conv = nn.Conv2d(3, 4, 3)
     expected = conv(x).copy()

@@ -448,3 +448,21 @@ def test_a_tiny_gradient_equal_to_within_the_rounding_noise_agrees():
     report = check_model(_near_zero_weight_model(), SoftmaxCrossEntropy(), x, y, regularization=L2Penalty(1e-2),
                          num_checks=100)
     assert report.passed, str(report)
+
+
+def test_a_penalty_with_a_module_style_kink_state_still_works():
+    # a regulariser may expose kink_state() without the model argument, as modules do: it is called that way
+    from cynet.nn.loss import L2Penalty, SoftmaxCrossEntropy
+
+    calls = []
+
+    class Smooth(L2Penalty):
+        def kink_state(self):                    # the module form
+            calls.append(1)
+            return None
+
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((6, 5)), rng.integers(0, 3, 6)
+    report = check_model(_near_zero_weight_model(), SoftmaxCrossEntropy(), x, y, regularization=Smooth(1e-2),
+                         num_checks=10)
+    assert report.passed and calls

@@ -131,3 +131,10 @@ def test_lsuv_scales_convolutions_by_their_output_std():
     assert abs(h.std() - 1) < 0.011
     w = model[0].weight.data.reshape(8, -1)                     # orthonormal filters (8 rows of 27), then scaled
     np.testing.assert_allclose(w @ w.T, report[0].scale ** 2 * np.eye(8), atol=1e-12)
+
+
+def test_lsuv_reaches_a_tight_tolerance_without_mistaking_it_for_a_constant_batch():
+    rng = np.random.default_rng(0)
+    model = nn.Sequential(nn.Linear(20, 30, generator=0), nn.Tanh(), nn.Linear(30, 10, generator=1))
+    report = init.lsuv_(model, rng.standard_normal((64, 20)).astype(np.float32), tol=1e-6, generator=0)
+    assert all(abs(layer.std_after - 1) < 1e-3 for layer in report)

@@ -561,6 +561,18 @@ def test_sequential_refuses_an_instance_it_already_holds():
     model.pop(0)
     setattr(model, "1", tanh)                 # nor putting a layer back in its own place
     assert len(model) == 2 and model[1] is tanh
+    # a refused insert or extend leaves the model as it was
+    layers = list(model)
+    for refused in (lambda: model.insert(1, model[0]), lambda: model.extend([nn.ReLU(), tanh])):
+        with pytest.raises(ValueError, match="already in this Sequential"):
+            refused()
+        assert list(model) == layers
+    # a nested Sequential changed after it was put in: found before the next forward
+    inner = nn.Sequential(nn.Tanh())
+    outer = nn.Sequential(linear, inner)
+    inner.append(linear)
+    with pytest.raises(ValueError, match=r"layer '1.1' \(Linear\) is already in this Sequential as layer '0'"):
+        outer(np.ones((2, 4), np.float32))
 
 
 def test_a_parameter_shared_by_two_layers_gets_both_gradients(rng):

@@ -1179,3 +1179,11 @@ def test_modules_refuse_parameters_replaced_by_hand():
     gn.bias.data = np.zeros(4)
     with pytest.raises(TypeError, match=r"GroupNorm\(2, 4.*bias must be a float32 array"):
         gn(np.ones((3, 4, 5), np.float32))
+
+
+def test_eval_mode_with_running_var_replaced_by_a_list_is_a_clear_error():
+    bn = BatchNorm1d(3)
+    bn.eval()
+    bn.running_var = [1.0, 1.0]
+    with pytest.raises(ValueError, match=r"running_var must have shape \(3,\)"):
+        bn(np.ones((4, 3), np.float32))

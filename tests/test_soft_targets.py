@@ -248,3 +248,8 @@ def test_trainer_mixup_trains_reproducibly_resumes_exactly_and_leaves_evaluation
     assert_resumes_exactly(_trainer, x, y, tmp_path / "mixup.npz", first, epochs=3, batch_size=32)
     with pytest.raises(TypeError, match="mixup must be callable"):
         _trainer(mixup=0.2)
+
+
+def test_cutout_refuses_a_value_that_overflows_float16_images():
+    with pytest.raises(ValueError, match="overflows float16 images"):
+        Cutout(2, value=1e5)(np.ones((1, 1, 3, 3), np.float16), np.random.default_rng(0))

@@ -420,3 +420,12 @@ def test_big_endian_input_gives_the_native_kernels_bits(op):
     swapped = x.astype(">f4")
     np.testing.assert_array_equal(getattr(ops, op)(swapped), getattr(ops, op)(x))
     assert getattr(ops, op)(swapped).dtype == np.float32
+
+
+def test_a_transposed_big_endian_array_becomes_c_contiguous_native():
+    from cynet._validation import as_float_array
+
+    x = np.arange(6, dtype=">f8").reshape(2, 3).T
+    converted = as_float_array("op", "x", x)
+    assert converted.flags.c_contiguous and converted.dtype == np.float64
+    np.testing.assert_array_equal(converted, x)

@@ -193,6 +193,9 @@ class Cutout:
                 raise ValueError(f"Cutout: value {self.value:g} cannot be stored in {xb.dtype} images (whole numbers "
                                  f"from {info.min} to {info.max}); give such a value, or cut after the conversion "
                                  f"to floating point")
+        elif abs(self.value) > float(np.finfo(xb.dtype).max):
+            raise ValueError(f"Cutout: value {self.value:g} overflows {xb.dtype} images (largest "
+                             f"{np.finfo(xb.dtype).max:g})")
         n, _, h, w = xb.shape
         rng = resolve_generator(generator)
         cy, cx = rng.integers(0, h, size=n), rng.integers(0, w, size=n)

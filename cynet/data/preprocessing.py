@@ -435,7 +435,7 @@ def _standardize_kernel_takes(x3, dtype):
 
 def _count_nonfinite(x, rows_per_block=4096):
     """NaN and infinite values in x (0 for integer data), a block of rows at a time (no x-sized temporary)."""
-    if x.dtype.kind not in "fc":
+    if x.dtype.kind != "f":
         return 0
     return sum(int(np.count_nonzero(~np.isfinite(x[start:start + rows_per_block])))
                for start in range(0, x.shape[0], rows_per_block))

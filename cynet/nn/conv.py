@@ -220,8 +220,9 @@ class Conv2d(Module):
         weights = w.reshape(features, k)
         bias = self.bias.data if self.bias is not None else w.reshape(-1)[:0]
         if self.bias is not None and (bias.shape != (features,) or bias.dtype != w.dtype):
-            raise ValueError(f"{self!r}: bias must be a {w.dtype} array of shape ({features},), got "
-                             f"{describe(bias)} (replaced by hand?)")
+            error = TypeError if bias.dtype != w.dtype else ValueError
+            raise error(f"{self!r}: bias must be a {w.dtype} array of shape ({features},), got {describe(bias)} "
+                        f"(replaced by hand?)")
         bias = np.ascontiguousarray(bias)
         for first, m in chunks:
             chunk_cols = self._rows(cols, k, m * columns)

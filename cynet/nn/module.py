@@ -28,7 +28,8 @@ from cynet._validation import describe
 class Parameter:
     """A learnable array and its gradient.
 
-    ``data`` is a C-contiguous float array; ``grad`` has its shape and dtype and accumulates over backward passes
+    ``data`` is a float array (C-contiguous as created; the kernels and optimisers refuse other layouts with a clear
+    error); ``grad`` has its shape and dtype and accumulates over backward passes
     until :meth:`zero_grad`. ``requires_grad=False`` freezes it: modules compute no gradient for it and optimisers
     leave it unchanged.
 
@@ -144,6 +145,26 @@ class Parameter:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype}{frozen})"
 
 
+# Child modules assigned or removed anywhere, so far: a Sequential checks its tree again for a module used twice
+# (_first_repeat) before its next forward when this has changed since its last check.
+_STRUCTURE_CHANGES = [0]
+
+
+def _first_repeat(container, layers):
+    """``(name, earlier name, module)`` for the first module met twice in the trees of ``layers`` (``(name, module)``
+    pairs) or equal to ``container``; None when each appears once. (Module.named_modules lists a repeated module
+    once: this walk does not.)"""
+    seen = {id(container): "the Sequential itself"}
+    stack = list(reversed(layers))
+    while stack:
+        name, module = stack.pop()
+        if id(module) in seen:
+            return name, seen[id(module)], module
+        seen[id(module)] = f"layer {name!r}"
+        stack.extend(reversed([(f"{name}.{child_name}", child) for child_name, child in module._modules.items()]))
+    return None
+
+
 class Module:
     """Base class of every layer, activation, loss and container.
 
@@ -181,10 +202,13 @@ class Module:
             self._parameters[name] = value
         elif isinstance(value, Module):
             self._modules[name] = value
+            _STRUCTURE_CHANGES[0] += 1
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name):
-        for registry in (self._parameters, self._buffers, self._modules):
+        if self._modules.pop(name, None) is not None:
+            _STRUCTURE_CHANGES[0] += 1
+        for registry in (self._parameters, self._buffers):
             registry.pop(name, None)
         object.__delattr__(self, name)
 
@@ -638,26 +662,42 @@ class Sequential(_ModuleSequence):
 
     def __setattr__(self, name, value):
         if isinstance(value, Module) and "_modules" in self.__dict__:
-            self._refuse_a_second_use(name, value)
+            self._refuse_a_second_use([(n, m) for n, m in self._modules.items() if n != name] + [(name, value)])
         super().__setattr__(name, value)
 
-    def _refuse_a_second_use(self, name, module):
-        """ValueError if ``module``, or a module inside it, is already in this Sequential (outside the layer ``name``
-        it replaces): run twice in one pass, the first run's backward would read the second run's values."""
-        present = {id(self): "the Sequential itself"}
-        for child_name, child in self._modules.items():
-            if child_name != name:
-                for inner_name, inner in child.named_modules(child_name):
-                    present.setdefault(id(inner), f"layer {inner_name!r}")
-        for inner_name, inner in module.named_modules(name):
-            if id(inner) in present:
-                raise ValueError(
-                    f"Sequential: layer {inner_name!r} ({type(inner).__name__}) is already in this Sequential as "
-                    f"{present[id(inner)]}: a module keeps the values of one forward pass for its backward, so one "
-                    f"instance running twice in a pass would give wrong gradients. Use a new instance (to share "
-                    f"weights, give it the same Parameter: second.weight = first.weight)")
+    def _renumber(self, layers):
+        self._refuse_a_second_use([(str(position), module) for position, module in enumerate(layers)])  # first
+        super()._renumber(layers)
+
+    def extend(self, modules):
+        """Append each module of an iterable (another Sequential or ModuleList, a list); returns self. Nothing is
+        appended when one of them is refused."""
+        modules = list(modules)
+        for index, module in enumerate(modules):
+            if not isinstance(module, Module):
+                raise TypeError(f"Sequential.extend: not a Module: {module!r}")
+        start = len(self._modules)
+        self._refuse_a_second_use(list(self._modules.items()) +
+                                  [(str(start + i), module) for i, module in enumerate(modules)])
+        return super().extend(modules)
+
+    def _refuse_a_second_use(self, layers):
+        """ValueError if a module appears twice in the trees of ``layers`` (what this Sequential would hold), or is
+        this Sequential: run twice in one pass, the first run's backward would read the second run's values."""
+        repeat = _first_repeat(self, layers)
+        if repeat is not None:
+            name, earlier, module = repeat
+            raise ValueError(
+                f"Sequential: layer {name!r} ({type(module).__name__}) is already in this Sequential as {earlier}: "
+                f"a module keeps the values of one forward pass for its backward, so one instance running twice in "
+                f"a pass would give wrong gradients. Use a new instance (to share weights, give it the same "
+                f"Parameter: second.weight = first.weight)")
 
     def forward(self, x):
+        if self.__dict__.get("_checked_at") != _STRUCTURE_CHANGES[0]:
+            # a nested container changed since the last check (e.g. inner.append(m) with m already outside it)
+            self._refuse_a_second_use(list(self._modules.items()))
+            object.__setattr__(self, "_checked_at", _STRUCTURE_CHANGES[0])
         modules = list(self._modules.values())
         self._fused = set()
         if not any(module._overwrites_input() for module in self.modules()):

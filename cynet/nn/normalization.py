@@ -462,9 +462,10 @@ class _BatchNorm(Module):
             return self._batch_forward(x, gamma, beta, relu=False)
         C = self.num_features
         running_mean = _vector(self, "running_mean", self.running_mean, C, x.dtype, _PER_CHANNEL, x)
-        if self.running_var.shape != (C,):
-            raise ValueError(f"{self!r}: running_var must have shape ({C},), got {describe(self.running_var)}")
-        inv_std = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
+        running_var = np.asarray(self.running_var)
+        if running_var.shape != (C,):
+            raise ValueError(f"{self!r}: running_var must have shape ({C},), got {describe(running_var)}")
+        inv_std = 1.0 / np.sqrt(running_var.astype(np.float64) + self.eps)
         scale = (gamma * inv_std).astype(x.dtype)
         y = _channel_affine(x, running_mean, scale, beta, reuse.like(x))
         self._cache = ("running", x, running_mean.astype(np.float64), inv_std, scale)
