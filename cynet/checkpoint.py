@@ -180,7 +180,13 @@ def load(path):
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as error:
+    except ValueError as error:
+        if "allow_pickle" in str(error):          # NumPy's refusal of object arrays
+            raise CheckpointError(f"checkpoint: {path!r} holds pickled Python objects, which cynet never loads "
+                                  f"(loading them could run code): not a cynet checkpoint") from error
+        raise CheckpointError(f"checkpoint: {path!r} is truncated or corrupt: {type(error).__name__}: {error}") \
+            from error
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as error:
         raise CheckpointError(f"checkpoint: {path!r} is truncated or corrupt: {type(error).__name__}: {error}") \
             from error
     if _META_KEY not in arrays:
