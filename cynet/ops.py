@@ -530,6 +530,12 @@ def gelu_backward(dout, x, approximate="none", *, out=None):
 def silu_forward(x, *, out=None):
     r"""SiLU / Swish (Ramachandran et al., 2017; Elfwing et al., 2018): :math:`y = x\,\sigma(x)`.
 
+    Accuracy: float32 within 4 ulp of the float64 result for :math:`|x| \le 10` (3.65 at most), and a few ulp down
+    to :math:`x \approx -87`; below that :math:`\sigma(x) \approx e^x` is itself subnormal and the product keeps
+    only its absolute accuracy (x = -90: 6 ulp; x = -100, a subnormal result: 45 of its ulp; from x = -104 on -0.0,
+    where the exact result, -7e-44 at -104, is a few steps of the smallest subnormal from 0). float64 likewise below
+    x = -708.
+
     Shape: any; y has x's shape.
 
     Example:
