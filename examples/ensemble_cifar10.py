@@ -8,7 +8,7 @@ on the validation images (carved from the training images):
 - the ensemble of the independently trained models (mean of their softmax probabilities);
 - the ensemble of model 0's last checkpoints (one run, several snapshots: ``Ensemble.from_checkpoints``).
 
-Data: ``--data`` (a CIFAR-10 directory), else ``$CYNET_DATA``, else the shared development copy
+Data: ``--data`` (a CIFAR-10 directory), else ``$CYNET_DATA`` or ``~/.cache/cynet``, else the shared development copy
 ``../shared/datasets/cifar-10-batches-py`` next to the project, else the small subset packaged with cynet.
 
 Example:

@@ -21,7 +21,7 @@ by the final training loss, the quantity every rule minimises). Then L-BFGS, thr
 The table gives each run's final training loss (whole training set), validation accuracy, data passes (gradient
 evaluations of the whole training set, or their equivalent in batches) and time.
 
-Data: ``--data`` (a CIFAR-10 directory), else ``$CYNET_DATA``, else the shared development copy
+Data: ``--data`` (a CIFAR-10 directory), else ``$CYNET_DATA`` or ``~/.cache/cynet``, else the shared development copy
 ``../shared/datasets`` next to the project (or ``$CYNET_SHARED_DATA``), else the small subset packaged with cynet.
 
 Example:
@@ -194,7 +194,8 @@ def cifar_part(data, hidden, epochs, batch_size, lbfgs_iterations, seed, report=
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="CIFAR-10 directory (default: $CYNET_DATA, the shared copy, the subset)")
+    parser.add_argument("--data", help="CIFAR-10 directory (default: $CYNET_DATA or ~/.cache/cynet, the shared "
+                                       "copy, the subset)")
     parser.add_argument("--train", type=int, default=2000, help="training images (default 2000)")
     parser.add_argument("--val", type=int, default=1000, help="validation images (default 1000)")
     parser.add_argument("--hidden", type=int, default=100, help="hidden units (default 100)")

@@ -15,7 +15,7 @@ validation accuracy, the gap between them and the time, then names the run with 
 the best validation accuracy. The strengths are the usual starting points, not tuned values: search them with
 ``cynet.tune`` for a real model.
 
-Data: ``--data`` (a CIFAR-10 directory), else ``$CYNET_DATA``, else the shared development copy
+Data: ``--data`` (a CIFAR-10 directory), else ``$CYNET_DATA`` or ``~/.cache/cynet``, else the shared development copy
 ``../shared/datasets`` next to the project (or ``$CYNET_SHARED_DATA``), else the small subset packaged with cynet.
 
 Example:
@@ -91,7 +91,8 @@ def run(name, settings, data, epochs, lr, batch_size, seed):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="CIFAR-10 directory (default: $CYNET_DATA, the shared copy, the subset)")
+    parser.add_argument("--data", help="CIFAR-10 directory (default: $CYNET_DATA or ~/.cache/cynet, the shared "
+                                       "copy, the subset)")
     parser.add_argument("--train", type=int, default=2000, help="training images (default 2000)")
     parser.add_argument("--val", type=int, default=1000, help="validation images (default 1000)")
     parser.add_argument("--epochs", type=int, default=15)

@@ -5,7 +5,7 @@ on a local process pool (default), in this process, or on a Dask cluster. Writes
 plot of validation accuracy against each hyperparameter and the best checkpoint (``best_val0.XXXX.npz``) to
 ``--out``. Validation images are carved from the training images; no test image is used.
 
-Data: ``--data`` (a CIFAR-10 directory), else ``$CYNET_DATA``, else the shared development copy
+Data: ``--data`` (a CIFAR-10 directory), else ``$CYNET_DATA`` or ``~/.cache/cynet``, else the shared development copy
 ``../shared/datasets/cifar-10-batches-py`` next to the project, else the small subset packaged with cynet.
 
 Examples:
