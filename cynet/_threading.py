@@ -91,7 +91,13 @@ _state = _ThreadSettings()
 _global_num_threads = None  # set by set_num_threads; None means "the default"
 _overhead_seconds = {}  # thread count -> measured cost of a parallel region (see parallel_overhead)
 _spin_seconds = {}  # thread count -> measured spinning of the idle workers (see idle_spin_seconds)
-_blas_limiter = None  # the threadpoolctl limiter of the last set_num_threads, to restore on reset
+# BLAS's thread limit is process-wide while cynet's counts are per Python thread: it follows the latest threads()
+# block still open in any Python thread, else set_num_threads's count, else the limits BLAS had before cynet first
+# changed them (_blas_original). Changed under _blas_lock, recomputed at every entry and exit (blocks of two Python
+# threads may close in any order).
+_blas_lock = threading.Lock()
+_blas_blocks = []        # [(token, n, thread ident)] of the open threads() blocks, in the order they were entered
+_blas_original = None    # a threadpoolctl limiter made before any change: restore_original_limits() puts them back
 
 
 @functools.lru_cache(maxsize=None)
@@ -155,7 +161,9 @@ def get_num_threads():
     In a process forked (``os.fork``, multiprocessing's "fork" start method) from one that had imported cynet, the
     kernels run on one thread whatever the setting, with a warning the first time more were asked for: libgomp's
     team does not survive fork(), and a parallel region in the child waits forever for the parent's workers. BLAS
-    keeps the setting. Start workers with "spawn" or "forkserver" for parallel kernels in them.
+    keeps the setting. Start workers with "spawn" or "forkserver" for parallel kernels in them. Do not fork while
+    another Python thread is inside a matrix product or a kernel: OpenBLAS's locks and workers are copied mid-use,
+    and the child (or, with ``CYNET_BLAS_POOL=0``, the fork itself) can hang.
 
     Example:
         >>> import cynet
@@ -267,24 +275,45 @@ def set_num_threads(n):
         1
         >>> cynet.set_num_threads(None)
     """
-    global _global_num_threads, _blas_limiter
+    global _global_num_threads
     n = None if n is None else _validate(n)  # before anything changes: a refused n leaves the setting as it was
-    if _blas_limiter is not None:
-        _blas_limiter.restore_original_limits()
-        _blas_limiter = None
+    with _blas_lock:
+        _global_num_threads = n
+        _apply_blas_limit()
+
+
+def _apply_blas_limit():
+    """Set BLAS's limit to what the open threads() blocks and set_num_threads say (call with _blas_lock held)."""
+    global _blas_original
+    n = _blas_blocks[-1][1] if _blas_blocks else _global_num_threads
+    if _blas_original is None:
+        if n is None:
+            return                           # nothing was ever changed
+        _blas_original = threadpool_limits(limits=None, user_api="blas")    # records the limits, changes nothing
     if n is None:
-        _global_num_threads = None
-        return
-    _global_num_threads = n
-    _blas_limiter = threadpool_limits(limits=n, user_api="blas")
+        _blas_original.restore_original_limits()
+    else:
+        threadpool_limits(limits=n, user_api="blas")
+
+
+def _blas_state_after_fork_in_child():
+    """A forked child: a fresh lock, and only the blocks of the thread that forked (the others did not follow)."""
+    global _blas_lock
+    _blas_lock = threading.Lock()
+    _blas_blocks[:] = [block for block in _blas_blocks if block[2] == threading.get_ident()]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_blas_state_after_fork_in_child)
 
 
 @contextlib.contextmanager
 def threads(n):
     """Context manager: run the block with ``n`` threads for cynet's kernels and BLAS, then restore.
 
-    The setting is local to the calling Python thread, so concurrent callers do not see each other's count
-    (BLAS limits are process-wide: threadpoolctl restores them on exit).
+    The setting is local to the calling Python thread, so concurrent callers do not see each other's count. BLAS's
+    limit is process-wide: it follows the latest block still open in any thread, and when the last one closes,
+    :func:`set_num_threads`'s count or the original limits (blocks of two threads may close in any order).
 
     Example:
         >>> import cynet, numpy as np
@@ -293,12 +322,18 @@ def threads(n):
     """
     n = _validate(n)
     previous = _state.num_threads
+    token = object()
+    with _blas_lock:
+        _blas_blocks.append((token, n, threading.get_ident()))
+        _apply_blas_limit()
     _state.num_threads = n
     try:
-        with threadpool_limits(limits=n, user_api="blas"):
-            yield n
+        yield n
     finally:
         _state.num_threads = previous
+        with _blas_lock:
+            _blas_blocks[:] = [block for block in _blas_blocks if block[0] is not token]
+            _apply_blas_limit()
 
 
 def _measured_overhead(n):

@@ -176,6 +176,68 @@ def test_threads_limit_blas_and_restore_it():
     assert blas_threads() == before
 
 
+def _blas_threads_or_skip():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    if not blas_threads():
+        pytest.skip("threadpoolctl finds no BLAS in this process")
+    return blas_threads
+
+
+def _in_order(*steps):
+    """Run ``steps`` (name, thread index, action) across two Python threads, one step at a time in this order."""
+    turn = [0]
+    condition = threading.Condition()
+
+    def worker(index):
+        for position, (thread, action) in enumerate(steps):
+            if thread != index:
+                continue
+            with condition:
+                condition.wait_for(lambda: turn[0] == position, timeout=30)
+            action()
+            with condition:
+                turn[0] += 1
+                condition.notify_all()
+
+    workers = [threading.Thread(target=worker, args=(i,)) for i in (0, 1)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert turn[0] == len(steps)
+
+
+def test_overlapping_threads_blocks_of_two_python_threads_leave_blas_as_it_was():
+    # A enters threads(1), B enters threads(2), A leaves, B leaves: BLAS went back to 1 (B's restore of A's limit)
+    blas_threads = _blas_threads_or_skip()
+    before = blas_threads()
+    blocks = [cynet.threads(1), cynet.threads(2)]
+    seen = {}
+    _in_order((0, blocks[0].__enter__), (1, blocks[1].__enter__),
+              (0, lambda: blocks[0].__exit__(None, None, None)), (1, lambda: seen.update(inside_b=blas_threads())),
+              (1, lambda: blocks[1].__exit__(None, None, None)))
+    assert seen["inside_b"] == [2] * len(before)          # the latest block still open
+    assert blas_threads() == before
+
+
+def test_set_num_threads_during_another_threads_block_is_kept_when_the_block_ends():
+    # (the block in this thread: OpenBLAS does not always take a limit set from another Python thread)
+    blas_threads = _blas_threads_or_skip()
+    try:
+        with cynet.threads(2):
+            setter = threading.Thread(target=cynet.set_num_threads, args=(1,))
+            setter.start()
+            setter.join()
+            assert blas_threads() == [2] * len(blas_threads())   # the open block's count
+        assert cynet.get_num_threads() == 1 and blas_threads() == [1] * len(blas_threads())
+    finally:
+        cynet.set_num_threads(None)
+
+
 # --- the default: OMP_NUM_THREADS, then the CPUs available ----------------------------------------------------------
 @pytest.mark.parametrize("value,expected", [("3", 3), ("5", 5), (" 2 ", 2), ("4,2", 4), ("1", 1), ("0", None),
                                             ("-2", None), ("abc", None), ("", None), ("2.5", None)])
