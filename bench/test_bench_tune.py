@@ -81,6 +81,8 @@ def test_random_search(benchmark, data, size, impl):
         table = lambda r: [(t["number"], t["status"], t["val_acc"]) for t in r.trials]
         assert table(_search(data, size, None, threads_used)) == table(pooled)
     benchmark.pedantic(lambda: _search(data, size, executor, threads), rounds=3, iterations=1, warmup_rounds=0)
+    if benchmark.stats is None:      # --benchmark-disable: the searches ran once, nothing was timed
+        return
     MEDIANS[size, impl] = benchmark.stats.stats.median
     if impl == "process":
         for base in ("serial", "serial_t1"):
