@@ -638,6 +638,7 @@ class Trainer:
         self.history = {key: [] for key in ITERATION_KEYS + EPOCH_KEYS}
         self.epoch = 0
         self.iteration = 0
+        self._iteration_at_epoch_end = 0   # self.iteration when the last epoch completed (save_checkpoint's check)
         self.stop_reason = None
         self.stop_training = False
         # during fit, for callbacks
@@ -807,6 +808,7 @@ class Trainer:
             else:
                 self.scheduler.step()
         self.epoch += 1
+        self._iteration_at_epoch_end = self.iteration
         history["epoch_time"].append(time.perf_counter() - start)
         self._call("on_epoch_end")
 
@@ -981,9 +983,19 @@ class Trainer:
         """Save the full training state to ``path`` (atomically): model, optimiser, scheduler, callbacks, random
         states, history and counters. See :mod:`cynet.checkpoint` for the layout.
 
+        A checkpoint taken after an epoch was cut short (KeyboardInterrupt, the divergence guard, a callback's stop
+        in the middle of an epoch) holds that epoch's partly trained weights; a resumed ``fit`` runs the whole epoch
+        again from them, which is not what the uninterrupted run did: a warning says so.
+
         Example:
             >>> trainer.save_checkpoint("run.npz")  # doctest: +SKIP
         """
+        if self.iteration != self._iteration_at_epoch_end:
+            warnings.warn(f"Trainer.save_checkpoint: epoch {self.epoch + 1} was cut short after "
+                          f"{self.iteration - self._iteration_at_epoch_end} of its iterations; a fit resumed from "
+                          f"this checkpoint runs that epoch again from these weights, unlike an uninterrupted run "
+                          f"(for an exact resume, save at the end of an epoch: e.g. from a callback's on_epoch_end)",
+                          UserWarning, stacklevel=2)
         _checkpoint.save_trainer(path, self)
 
     def load_checkpoint(self, path):
@@ -1004,6 +1016,7 @@ class Trainer:
             >>> trainer.load_checkpoint("run.npz").fit(x, y, epochs=10)  # doctest: +SKIP
         """
         _checkpoint.load_trainer(path, self)
+        self._iteration_at_epoch_end = self.iteration      # (a checkpoint cut mid-epoch was warned about when saved)
         return self
 
     def __repr__(self):

@@ -3,6 +3,7 @@ clear errors for bad files, model round trips and bit-exact resumption of traini
 import io
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -522,3 +523,24 @@ def test_a_corrupt_random_state_or_counter_is_found_before_anything_changes(tmp_
     with pytest.raises(CheckpointError, match=r"invalid trainer counters: epoch = -1"):
         target.load_checkpoint(tmp_path / "epoch.npz")
     assert_same_trainer_state(trainer_state(target), before)
+
+
+def test_a_checkpoint_saved_in_the_middle_of_an_epoch_says_it_is_not_an_exact_resume(tmp_path):
+    x, y = blobs(70, seed=1)
+
+    class StopMidEpoch(Callback):
+        def on_batch_end(self, trainer):
+            if trainer.iteration == 7:                       # epoch 2 of 5 batches: its second batch
+                trainer.stop("enough")
+
+    trainer = _trainer("sgd", callbacks=[StopMidEpoch()])
+    trainer.fit(x, y, epochs=3, batch_size=16)
+    assert trainer.epoch == 1 and trainer.iteration == 7
+    with pytest.warns(UserWarning, match="epoch 2 was cut short after 2 of its iterations"):
+        trainer.save_checkpoint(tmp_path / "mid.npz")
+    finished = _trainer("sgd")
+    finished.fit(x, y, epochs=1, batch_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        finished.save_checkpoint(tmp_path / "end.npz")       # at an epoch's end: no warning
+        _trainer("sgd").load_checkpoint(tmp_path / "end.npz").save_checkpoint(tmp_path / "again.npz")
