@@ -86,7 +86,7 @@ def test_large_relu_explodes():
     assert init_experiment("relu", "large", layers=4, width=100, samples=100).verdict == "exploding"
 
 
-@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu", "sigmoid"])   # sigmoid: 0.5 out, not 0
 def test_zero_init_never_breaks_symmetry(nonlinearity):
     result = init_experiment(nonlinearity, "zeros", layers=4, width=50, samples=100)
     assert result.identical_units == [True] * 4

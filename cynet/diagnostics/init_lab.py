@@ -220,8 +220,8 @@ class InitExperiment:
         verdict (str): one of "healthy", "collapsing", "std collapses layer by layer towards 0",
             "saturated at ±1", "exploding", "symmetry never broken".
         identical_units (list[bool]): per layer, whether all units carry identical activations.
-        symmetric_after_step (bool): whether, after one SGD step, all units of every layer still share the same
-            weights.
+        symmetric_after_step (bool): whether, after one SGD step, all units of every hidden layer still share the
+            same weights (the output layer's differ: each output unit has its own target).
     """
 
     nonlinearity: str
@@ -349,6 +349,7 @@ def init_experiment(nonlinearity="tanh", init="xavier", layers=10, width=500, sa
     net.backward((out - target) / out.shape[0], input_grad=False)
     for param in net.parameters():
         param.data -= 0.1 * param.grad
-    result.symmetric_after_step = all(bool(np.all(m.weight.data == m.weight.data[:1])) for m in modules[::2])
+    # the hidden layers: the output layer's units get different targets, so its rows part from the first step on
+    result.symmetric_after_step = all(bool(np.all(m.weight.data == m.weight.data[:1])) for m in modules[::2][:-1])
     result.verdict = _verdict(result)
     return result
