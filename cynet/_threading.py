@@ -313,7 +313,9 @@ def threads(n):
 
     The setting is local to the calling Python thread, so concurrent callers do not see each other's count. BLAS's
     limit is process-wide: it follows the latest block still open in any thread, and when the last one closes,
-    :func:`set_num_threads`'s count or the original limits (blocks of two threads may close in any order).
+    :func:`set_num_threads`'s count or the original limits (blocks of two threads may close in any order). (OpenBLAS
+    0.3.31 ignores a higher limit set from another Python thread than the main one once the main thread has set
+    one: BLAS may then stay on fewer threads until the main thread sets a limit again. Results never change.)
 
     Example:
         >>> import cynet, numpy as np
@@ -323,11 +325,11 @@ def threads(n):
     n = _validate(n)
     previous = _state.num_threads
     token = object()
-    with _blas_lock:
-        _blas_blocks.append((token, n, threading.get_ident()))
-        _apply_blas_limit()
-    _state.num_threads = n
     try:
+        with _blas_lock:
+            _blas_blocks.append((token, n, threading.get_ident()))
+            _apply_blas_limit()
+        _state.num_threads = n
         yield n
     finally:
         _state.num_threads = previous

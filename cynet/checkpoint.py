@@ -340,6 +340,7 @@ def save_trainer(path, trainer):
         "modules": {name: _random.get_rng_state(g) for name, g in _module_generators(trainer.model).items()},
     }
     meta["trainer"] = {"epoch": trainer.epoch, "iteration": trainer.iteration,
+                       "iteration_at_epoch_end": getattr(trainer, "_iteration_at_epoch_end", trainer.iteration),
                        "first_loss": trainer._first_loss, "lr": _saved_rates(trainer.optimizer),
                        "stop_reason": trainer.stop_reason}
     save(path, arrays, meta)
@@ -483,6 +484,8 @@ def load_trainer(path, trainer):
         _random.set_rng_state(state, generators[name])
     trainer.epoch = int(counters["epoch"])
     trainer.iteration = int(counters["iteration"])
+    # (older checkpoints: taken at an epoch's end, as far as can be told)
+    trainer._iteration_at_epoch_end = int(counters.get("iteration_at_epoch_end", trainer.iteration))
     trainer._first_loss = first_loss
     trainer.stop_reason = counters.get("stop_reason")
 

@@ -52,8 +52,8 @@ def _erfc(z):
 # z^2 split exactly. 40 terms make the Taylor truncation negligible (2 b d <= 4). Checked against mpmath (200 bits) in
 # x87 extended precision (64-bit mantissa) on 8001 points of [-6, 110]: relative error below 3e-19 (2.75 eps) wherever
 # erfc is a normal long double (|z| < 106.5; beyond, it underflows gradually to 0). A wider long double (IEEE quad,
-# 113 bits) gets about that accuracy, not its own. (tests/_helpers.py holds the same construction as an independent
-# oracle for the float64 kernels; this copy is the long double fallback's.)
+# 113 bits) gets about that accuracy, not its own. (tests/_helpers.py uses it as the long-double oracle of the
+# float32/float64 kernels, which do not use it; tests/test_vecmath.py checks it against mpmath's values.)
 _ERFC_STEP_INV = 16
 _ERFC_LAST_ANCHOR = 32
 _ERFC_TERMS = 40

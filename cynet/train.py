@@ -991,11 +991,11 @@ class Trainer:
             >>> trainer.save_checkpoint("run.npz")  # doctest: +SKIP
         """
         if self.iteration != self._iteration_at_epoch_end:
-            warnings.warn(f"Trainer.save_checkpoint: epoch {self.epoch + 1} was cut short after "
-                          f"{self.iteration - self._iteration_at_epoch_end} of its iterations; a fit resumed from "
-                          f"this checkpoint runs that epoch again from these weights, unlike an uninterrupted run "
-                          f"(for an exact resume, save at the end of an epoch: e.g. from a callback's on_epoch_end)",
-                          UserWarning, stacklevel=2)
+            warnings.warn(f"Trainer.save_checkpoint: saved in the middle of epoch {self.epoch + 1} "
+                          f"({self.iteration - self._iteration_at_epoch_end} of its iterations done); a fit resumed "
+                          f"from this checkpoint runs that epoch again from these weights, unlike an uninterrupted "
+                          f"run (for an exact resume, save at the end of an epoch: e.g. from a callback's "
+                          f"on_epoch_end)", UserWarning, stacklevel=2)
         _checkpoint.save_trainer(path, self)
 
     def load_checkpoint(self, path):
@@ -1016,7 +1016,6 @@ class Trainer:
             >>> trainer.load_checkpoint("run.npz").fit(x, y, epochs=10)  # doctest: +SKIP
         """
         _checkpoint.load_trainer(path, self)
-        self._iteration_at_epoch_end = self.iteration      # (a checkpoint cut mid-epoch was warned about when saved)
         return self
 
     def __repr__(self):

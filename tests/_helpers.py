@@ -146,6 +146,7 @@ _GELU_CUBIC = LD("0.044715")
 _SELU_SCALE = LD("1.0507009873554804934193349852946")
 _SELU_ALPHA = LD("1.6732632423543772848170429916717")
 
+
 def erfc_ld(z):
     """erfc in long double, relative error below 3e-19 (no SciPy, no mpmath): the reference module's expansion about
     anchors (its derivation there), itself checked against mpmath's values in tests/test_vecmath.py and

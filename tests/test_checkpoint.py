@@ -536,11 +536,16 @@ def test_a_checkpoint_saved_in_the_middle_of_an_epoch_says_it_is_not_an_exact_re
     trainer = _trainer("sgd", callbacks=[StopMidEpoch()])
     trainer.fit(x, y, epochs=3, batch_size=16)
     assert trainer.epoch == 1 and trainer.iteration == 7
-    with pytest.warns(UserWarning, match="epoch 2 was cut short after 2 of its iterations"):
+    with pytest.warns(UserWarning, match=r"in the middle of epoch 2 \(2 of its iterations done\)"):
         trainer.save_checkpoint(tmp_path / "mid.npz")
+    with pytest.warns(UserWarning, match="in the middle of epoch 2"):              # still so once loaded again
+        _trainer("sgd").load_checkpoint(tmp_path / "mid.npz").save_checkpoint(tmp_path / "mid2.npz")
     finished = _trainer("sgd")
     finished.fit(x, y, epochs=1, batch_size=16)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         finished.save_checkpoint(tmp_path / "end.npz")       # at an epoch's end: no warning
         _trainer("sgd").load_checkpoint(tmp_path / "end.npz").save_checkpoint(tmp_path / "again.npz")
+        loaded = _trainer("sgd")
+        checkpoint.load_trainer(tmp_path / "end.npz", loaded)               # the module's function, too
+        loaded.save_checkpoint(tmp_path / "again2.npz")

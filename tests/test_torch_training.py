@@ -3,7 +3,7 @@
 The modules, losses and optimiser steps are compared with torch one by one elsewhere; here they run together for a
 few dozen steps (forward, loss, backward, update, batch-norm running statistics), so that anything composed wrongly
 (an update's order of operations, a running variance's unbiasing, a gradient accumulated twice) shows as weights
-that drift apart. In float64 the two frameworks agree to rounding: 1e-15 relative after 40 SGD steps, 1e-12 with the
+that drift apart. In float64 the two frameworks agree to rounding: 1e-15 relative after 24 SGD steps, 1e-12 with the
 adaptive optimisers. The Linear (or Conv2d) right before a batch norm has no bias here: the batch norm removes it, its
 true gradient is zero, and the adaptive optimisers turn the rounding noise of that zero into full steps that differ
 between any two implementations (two torch runs with the rows of a batch reordered differ as much).

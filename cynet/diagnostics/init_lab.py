@@ -350,6 +350,7 @@ def init_experiment(nonlinearity="tanh", init="xavier", layers=10, width=500, sa
     for param in net.parameters():
         param.data -= 0.1 * param.grad
     # the hidden layers: the output layer's units get different targets, so its rows part from the first step on
-    result.symmetric_after_step = all(bool(np.all(m.weight.data == m.weight.data[:1])) for m in modules[::2][:-1])
+    hidden = modules[::2][:-1]
+    result.symmetric_after_step = bool(hidden) and all(bool(np.all(m.weight.data == m.weight.data[:1])) for m in hidden)
     result.verdict = _verdict(result)
     return result

@@ -145,23 +145,28 @@ class Parameter:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype}{frozen})"
 
 
-# Child modules assigned or removed anywhere, so far: a Sequential checks its tree again for a module used twice
-# (_first_repeat) before its next forward when this has changed since its last check.
-_STRUCTURE_CHANGES = [0]
+# Replaced whenever a child module is assigned or removed anywhere: a Sequential checks its layers again for a module
+# used twice (_first_repeat) before its next forward when the token it last checked against is not this one (an
+# object, not a count: a model unpickled in another process, or deep-copied, is checked again once).
+_STRUCTURE_TOKEN = [object()]
+
+
+def _structure_changed():
+    _STRUCTURE_TOKEN[0] = object()
 
 
 def _first_repeat(container, layers):
-    """``(name, earlier name, module)`` for the first module met twice in the trees of ``layers`` (``(name, module)``
-    pairs) or equal to ``container``; None when each appears once. (Module.named_modules lists a repeated module
-    once: this walk does not.)"""
+    """``(name, earlier name, module)`` for the first module found in two of ``layers`` (``(name, module)`` pairs),
+    in one and inside another, or equal to ``container``; None when there is none. Within one layer a module may
+    appear under two names (a custom module's alias of its own part): that layer runs it once."""
     seen = {id(container): "the Sequential itself"}
-    stack = list(reversed(layers))
-    while stack:
-        name, module = stack.pop()
-        if id(module) in seen:
-            return name, seen[id(module)], module
-        seen[id(module)] = f"layer {name!r}"
-        stack.extend(reversed([(f"{name}.{child_name}", child) for child_name, child in module._modules.items()]))
+    for name, layer in layers:
+        mine = {}
+        for inner_name, inner in layer.named_modules(name):      # each module of this layer once
+            if id(inner) in seen:
+                return inner_name, seen[id(inner)], inner
+            mine[id(inner)] = f"layer {inner_name!r}"
+        seen.update(mine)
     return None
 
 
@@ -202,12 +207,12 @@ class Module:
             self._parameters[name] = value
         elif isinstance(value, Module):
             self._modules[name] = value
-            _STRUCTURE_CHANGES[0] += 1
+            _structure_changed()
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name):
         if self._modules.pop(name, None) is not None:
-            _STRUCTURE_CHANGES[0] += 1
+            _structure_changed()
         for registry in (self._parameters, self._buffers):
             registry.pop(name, None)
         object.__delattr__(self, name)
@@ -694,10 +699,11 @@ class Sequential(_ModuleSequence):
                 f"Parameter: second.weight = first.weight)")
 
     def forward(self, x):
-        if self.__dict__.get("_checked_at") != _STRUCTURE_CHANGES[0]:
+        token = _STRUCTURE_TOKEN[0]
+        if self.__dict__.get("_checked_at") is not token:
             # a nested container changed since the last check (e.g. inner.append(m) with m already outside it)
             self._refuse_a_second_use(list(self._modules.items()))
-            object.__setattr__(self, "_checked_at", _STRUCTURE_CHANGES[0])
+            object.__setattr__(self, "_checked_at", token)
         modules = list(self._modules.values())
         self._fused = set()
         if not any(module._overwrites_input() for module in self.modules()):
