@@ -751,3 +751,24 @@ def test_dropout_refuses_a_drop_probability_set_outside_0_1(p):
     drop.p = p
     with pytest.raises(ValueError, match=r"p must lie in \[0, 1\]"):
         drop(np.ones(8, np.float32))
+
+
+def test_a_custom_modules_alias_of_its_own_part_is_not_a_second_use():
+    # self.head = self.layers[0]: one instance under two names inside one layer, run once by that layer's forward
+    class Aliased(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([nn.Linear(3, 3), nn.Tanh()])
+            self.head = self.layers[0]
+
+        def forward(self, x):
+            return self.layers[1](self.head(x))
+
+        def backward(self, dout, *, input_grad=True):
+            return self.head.backward(self.layers[1].backward(dout), input_grad=input_grad)
+
+    block = Aliased()
+    model = nn.Sequential(block, nn.Linear(3, 2))
+    assert model(np.ones((2, 3), np.float32)).shape == (2, 2)
+    with pytest.raises(ValueError, match="already in this Sequential"):
+        nn.Sequential(block, block.head)                  # the same Linear in two layers
