@@ -1187,3 +1187,11 @@ def test_eval_mode_with_running_var_replaced_by_a_list_is_a_clear_error():
     bn.running_var = [1.0, 1.0]
     with pytest.raises(ValueError, match=r"running_var must have shape \(3,\)"):
         bn(np.ones((4, 3), np.float32))
+
+
+@pytest.mark.parametrize("make", [lambda: BatchNorm1d(3), lambda: LayerNorm(3)], ids=["batchnorm", "layernorm"])
+def test_a_non_float_input_to_a_norm_names_a_remedy_that_works(make):
+    with pytest.raises(TypeError, match="float32 or float64"):     # not '.to(int64)', which .to refuses
+        make()(np.ones((4, 3), np.int64))
+    with pytest.raises(TypeError, match=r"\.to\(float64\)"):
+        make()(np.ones((4, 3), np.float64))

@@ -25,7 +25,8 @@ import numpy as np
 
 from cynet._kernels import load
 from cynet._threading import NS_NORM, NS_NORM_FORWARD, kernel_threads, stream_stores
-from cynet._validation import KERNEL_DTYPES, as_float_array, describe, float_dtype, output, positive_int, same_layout
+from cynet._validation import (KERNEL_DTYPES, as_float_array, describe, dtype_remedy, float_dtype, output, positive_int,
+                               same_layout)
 from cynet.nn import _reuse as reuse
 from cynet.nn.conv import Conv2d
 from cynet.nn.layers import Linear
@@ -433,7 +434,7 @@ class _BatchNorm(Module):
         dtype = self._dtype()
         if x.dtype != dtype:
             raise TypeError(f"{self!r}: input must have the layer's dtype {dtype}, got {describe(x)} "
-                            f"(convert the data, or the model with .to({x.dtype}))")
+                            f"({dtype_remedy(x.dtype)})")
         return np.ascontiguousarray(x)
 
     def _dtype(self):
@@ -656,7 +657,7 @@ class _RowNorm(Module):
         dtype = self._dtype()
         if x.dtype != dtype:
             raise TypeError(f"{self!r}: input must have the layer's dtype {dtype}, got {describe(x)} "
-                            f"(convert the data, or the model with .to({x.dtype}))")
+                            f"({dtype_remedy(x.dtype)})")
 
     def forward(self, x):
         x = np.ascontiguousarray(x)
