@@ -1195,3 +1195,11 @@ def test_a_non_float_input_to_a_norm_names_a_remedy_that_works(make):
         make()(np.ones((4, 3), np.int64))
     with pytest.raises(TypeError, match=r"\.to\(float64\)"):
         make()(np.ones((4, 3), np.float64))
+
+
+def test_the_running_statistics_kernel_refuses_arrays_of_different_lengths():
+    from cynet._kernels import load
+
+    k = load("normalization")
+    with pytest.raises(ValueError, match="must have one length, got 3, 2, 3, 3"):
+        k.bn_update_running_stats(np.zeros(3, np.float32), np.ones(2, np.float32), np.zeros(3), np.ones(3), 0.1, 1.0)
