@@ -51,7 +51,7 @@ import threading
 import time
 import warnings
 
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 np = importlib.import_module("numpy")  # loads NumPy's BLAS, which the one-pool plan at the end of this module looks for
 
@@ -92,12 +92,13 @@ _global_num_threads = None  # set by set_num_threads; None means "the default"
 _overhead_seconds = {}  # thread count -> measured cost of a parallel region (see parallel_overhead)
 _spin_seconds = {}  # thread count -> measured spinning of the idle workers (see idle_spin_seconds)
 # BLAS's thread limit is process-wide while cynet's counts are per Python thread: it follows the latest threads()
-# block still open in any Python thread, else set_num_threads's count, else the limits BLAS had before cynet first
-# changed them (_blas_original). Changed under _blas_lock, recomputed at every entry and exit (blocks of two Python
-# threads may close in any order).
+# block still open in any Python thread, else set_num_threads's count, else the limit each BLAS library had before
+# cynet first changed it (_blas_original: a library loaded later, after cynet's first change, is recorded when cynet
+# first sees it). Changed under _blas_lock, recomputed at every entry and exit (blocks of two Python threads may close
+# in any order).
 _blas_lock = threading.Lock()
 _blas_blocks = []        # [(token, n, thread ident)] of the open threads() blocks, in the order they were entered
-_blas_original = None    # a threadpoolctl limiter made before any change: restore_original_limits() puts them back
+_blas_original = {}      # BLAS library's file path -> its thread limit before cynet first changed it
 
 
 @functools.lru_cache(maxsize=None)
@@ -284,16 +285,12 @@ def set_num_threads(n):
 
 def _apply_blas_limit():
     """Set BLAS's limit to what the open threads() blocks and set_num_threads say (call with _blas_lock held)."""
-    global _blas_original
     n = _blas_blocks[-1][1] if _blas_blocks else _global_num_threads
-    if _blas_original is None:
-        if n is None:
-            return                           # nothing was ever changed
-        _blas_original = threadpool_limits(limits=None, user_api="blas")    # records the limits, changes nothing
-    if n is None:
-        _blas_original.restore_original_limits()
-    else:
-        threadpool_limits(limits=n, user_api="blas")
+    if n is None and not _blas_original:
+        return                               # nothing was ever changed
+    for library in ThreadpoolController().select(user_api="blas").lib_controllers:
+        original = _blas_original.setdefault(library.filepath, library.num_threads)
+        library.set_num_threads(original if n is None else n)
 
 
 def _blas_state_after_fork_in_child():
@@ -313,9 +310,10 @@ def threads(n):
 
     The setting is local to the calling Python thread, so concurrent callers do not see each other's count. BLAS's
     limit is process-wide: it follows the latest block still open in any thread, and when the last one closes,
-    :func:`set_num_threads`'s count or the original limits (blocks of two threads may close in any order). (OpenBLAS
-    0.3.31 ignores a higher limit set from another Python thread than the main one once the main thread has set
-    one: BLAS may then stay on fewer threads until the main thread sets a limit again. Results never change.)
+    :func:`set_num_threads`'s count or the original limits (blocks of two threads may close in any order).
+    (threadpoolctl 3.8 lets only one Python thread change a pthreads OpenBLAS's limit: the first that changed it,
+    while it lives. Once the main thread has set a limit, a block opened in another thread leaves BLAS's limit as it
+    is. Results never change.)
 
     Example:
         >>> import cynet, numpy as np
@@ -497,8 +495,6 @@ _blas_pool = {"libraries": [], "reason": _BLAS_POOL_OFF}
 def _openblas_callback_setters():
     """(file and version, ``openblas_set_threads_callback_function``) of every loaded pthreads OpenBLAS that has it."""
     import ctypes
-
-    from threadpoolctl import ThreadpoolController
 
     setters = []
     for controller in ThreadpoolController().select(internal_api="openblas").lib_controllers:
