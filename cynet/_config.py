@@ -28,6 +28,9 @@ def config():
         for info in threadpool_info()
         if info.get("user_api") == "blas"
     ]
+    # the idle workers' spinning is watched on at least 2 threads where there are 2 CPUs: with one thread there are no
+    # workers, yet a runtime started before cynet would spin as soon as the count is raised
+    spin_threads = max(2, get_num_threads()) if available_cpus() >= 2 else get_num_threads()
     return {
         "cynet": cynet.__version__,
         "python": sys.version.split()[0],
@@ -42,7 +45,8 @@ def config():
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", ""),
         "wait_policy_set_by_user": WAIT_POLICY_SET_BY_USER,
-        "idle_spin_ms": idle_spin_seconds() * 1e3,
+        "idle_spin_ms": idle_spin_seconds(spin_threads) * 1e3,
+        "idle_spin_threads": spin_threads,
         "parallel_overhead_us": parallel_overhead() * 1e6,
         "stream_min_bytes": stream_min_bytes(),
         "blas": blas,
@@ -97,7 +101,7 @@ def show_config(file=None):
         f"threads        : {c['threads']} (default {c['default_threads']}; CPUs available {c['available_cpus']}; "
         f"set with cynet.set_num_threads or OMP_NUM_THREADS)",
         f"OpenMP waits   : {_wait_policy_text(c)}; idle workers measured spinning {c['idle_spin_ms']:.1f} ms after "
-        f"a parallel region"
+        f"a parallel region of {c['idle_spin_threads']} thread{'s' if c['idle_spin_threads'] != 1 else ''}"
         + ("" if c["idle_spin_ms"] < 1 or c["wait_policy_set_by_user"] or _spin_left_to_runtime(c) else
            " (the OpenMP runtime started before cynet could make it passive, e.g. torch imported first; import cynet "
            "first or set OMP_WAIT_POLICY=PASSIVE in the environment)"),

@@ -637,6 +637,10 @@ def test_blas_pool_fresh_threads_path_gives_the_same_bits(blas_pool):
 
 
 def test_blas_pool_serves_concurrent_python_threads(blas_pool):
+    # BLAS's limit is process-wide and threadpoolctl takes it from the main thread only: the main thread sets 2 for
+    # everyone (the workers' threads(2) blocks would not reach BLAS where OMP_NUM_THREADS=1 started it on one thread,
+    # and OpenBLAS's products on 1 and 2 threads differ in the last bit)
+    cynet.set_num_threads(2)
     expected = _products(2)
     results, errors = {}, []
 
