@@ -296,11 +296,15 @@ def gelu_backward(dout, x, approximate="none", *, out=None):
     xd = x.astype(np.float64)
     if approximate == "none":
         cdf = 0.5 * _erfc(-xd / math.sqrt(2.0))
-        pdf = np.exp(-0.5 * xd * xd) / math.sqrt(2.0 * math.pi)
+        with np.errstate(over="ignore"):      # x^2 overflows past 1.3e154: exp(-inf) = 0, the pdf's limit
+            pdf = np.exp(-0.5 * xd * xd) / math.sqrt(2.0 * math.pi)
         grad = cdf + xd * pdf
     else:
-        s = _stable_sigmoid(2 * _SQRT_2_OVER_PI * (xd + _GELU_TANH_CUBIC * xd ** 3))
-        grad = s + xd * s * (1 - s) * 2 * _SQRT_2_OVER_PI * (1 + 3 * _GELU_TANH_CUBIC * xd * xd)
+        # x clamped to +-40 inside the gate and the polynomial: beyond, the gate is exactly 0 or 1 and its slope
+        # exactly 0 (unclamped, x^2 overflows past 1.3e154 and 0 * inf gave NaN for a finite x)
+        xc = np.clip(xd, -40.0, 40.0)
+        s = _stable_sigmoid(2 * _SQRT_2_OVER_PI * (xc + _GELU_TANH_CUBIC * xc ** 3))
+        grad = s + xd * s * (1 - s) * 2 * _SQRT_2_OVER_PI * (1 + 3 * _GELU_TANH_CUBIC * xc * xc)
     return _store((dout * grad.astype(x.dtype)).astype(x.dtype), out)
 
 

@@ -454,6 +454,23 @@ def test_every_simd_variant_of_the_activations(dtype):
         assert differing > 0  # the fused variants are really fused (and really compared)
 
 
+@pytest.mark.parametrize("code", ["GELU_TANH", "GELU_ERF"])
+def test_every_variant_of_the_float64_gelu_slope_takes_its_limit_at_huge_finite_x(code):
+    # tanh-GELU's float64 slope x sigma (1 - sigma) 2c (1 + 3k x^2) was 0 * inf = NaN once x^2 overflowed (|x| >
+    # 1.34e154): the limits are 1 (x -> +inf) and 0 (x -> -inf), reached to the last bit long before (|x| >= 40)
+    huge = np.array([40.5, 1e100, 1.34e154, 1.4e154, 1e200, np.finfo(np.float64).max])
+    x = np.concatenate([huge, -huge])
+    dout = np.full_like(x, 3.0)
+    expected = np.concatenate([np.full(huge.size, 3.0), np.zeros(huge.size)])
+    for isa in available_isas("activations"):
+        module = load("activations", isa)
+        dx = np.empty_like(x)
+        module.elementwise_backward(int(module.Activation[code]), dout, x, dx, 1.0, False, 2)
+        np.testing.assert_array_equal(dx, expected, err_msg=isa)
+    approximate = "tanh" if code == "GELU_TANH" else "none"
+    np.testing.assert_array_equal(reference.gelu_backward(dout, x, approximate), expected)
+
+
 def test_every_simd_variant_of_prelu_gives_identical_bits():
     isas = available_isas("activations")
     if len(isas) < 2:

@@ -336,14 +336,18 @@ cdef inline void _gelu_tanh_slope_stage(const floating* dout, const floating* x,
             dx[i] = dout[i] * (gate + v * (gate_slope * (<float>1.5957691216057308 *
                                                           (<float>1.0 + <float>0.134145 * x2))))
     else:
+        # x clamped to +-40 inside w and the polynomial as above (beyond, sigma(w) is exactly 0 or 1 in float64 and
+        # its derivative exactly 0; unclamped, x^2 overflows past 1.3e154 and 0 * inf gave NaN for a finite x)
         for i in range(m):
             v = x[i]
-            w[i] = 2.0 * SQRT_2_OVER_PI * (v + GELU_TANH_CUBIC * v * v * v)
+            xc = 40.0 if v > 40.0 else (-40.0 if v < -40.0 else v)
+            w[i] = 2.0 * SQRT_2_OVER_PI * (xc + GELU_TANH_CUBIC * xc * xc * xc)
         vsigmoid_block(w, w, m)
         for i in range(m):
             v = x[i]
+            xc = 40.0 if v > 40.0 else (-40.0 if v < -40.0 else v)
             t = w[i]
-            dx[i] = dout[i] * (t + v * t * (1 - t) * 2.0 * SQRT_2_OVER_PI * (1 + 3.0 * GELU_TANH_CUBIC * v * v))
+            dx[i] = dout[i] * (t + v * t * (1 - t) * 2.0 * SQRT_2_OVER_PI * (1 + 3.0 * GELU_TANH_CUBIC * xc * xc))
 
 
 # Per-stage bodies (m <= STAGE values; the kernels call them with m = STAGE, a constant the compiler unrolls for, then
