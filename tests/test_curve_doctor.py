@@ -151,7 +151,38 @@ def test_still_improving_rule():
 
 
 def test_missing_keys_and_errors():
-    assert diagnose({}).names() == ["healthy"]
-    assert diagnose({"val_acc": [math.nan], "train_acc": [math.nan]}).names() == ["healthy"]
+    assert diagnose({}).names() == ["no data"]                      # not "healthy": nothing was read
+    assert diagnose({"val_acc": [math.nan], "train_acc": [math.nan]}).names() == ["no data"]
+    assert diagnose({"loss": [2.3]}).names() == ["no data"]
     with pytest.raises(TypeError):
         diagnose([1, 2, 3])
+
+
+def test_a_loss_that_falls_and_climbs_back_to_its_start_rose_rather_than_stood_still():
+    # before: end within 5 % of start read "not moving: raise the learning rate", the opposite advice
+    loss = np.concatenate([np.linspace(2.3, 0.5, 500), np.linspace(0.5, 2.3, 500)])
+    d = diagnose({"loss": list(loss)})
+    assert "loss not moving" not in d.names()
+    rebound = [f for f in d if f.name == "loss rising"][0]
+    assert rebound.severity == "warning"
+    window = len(loss) // 20
+    smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+    assert rebound.values["low"] == pytest.approx(smooth.min())                 # 0.5 + half a window's slope
+    assert rebound.values["end"] == pytest.approx(smooth[-1])
+
+
+def test_one_noisy_batch_above_three_times_a_low_start_is_no_explosion():
+    # a low loss with chi-square batch noise: one batch at 5.3x the start, no trend
+    loss = list(0.19 * RNG.chisquare(4, 600) / 4)
+    loss[300] = 0.19 * 5.3
+    assert "loss exploded" not in diagnose({"loss": loss}).names()
+    loss[301] = loss[302] = 0.19 * 12                                           # a spike that lasts: exploded
+    d = diagnose({"loss": loss})
+    assert d[0].name == "loss exploded" and d[0].values["iteration"] in (302, 303)
+
+
+def test_flat_stretch_is_measured_to_the_middle_of_the_first_window_below_the_level():
+    loss = np.concatenate([np.full(400, 2.30), np.linspace(2.30, 0.3, 600)])
+    finding = [f for f in diagnose({"loss": list(loss)}) if f.name == "flat then sudden drop"][0]
+    # by hand: the linear fall crosses 90 % of 2.30 at 400 + 0.23 / (2.0 / 600) = 469
+    assert abs(finding.values["flat_iterations"] - 469) <= 2

@@ -127,3 +127,52 @@ def test_dead_relu_units_and_errors():
         init_experiment("softplus", "he")
     with pytest.raises(TypeError):
         activation_statistics([1, 2], np.zeros((2, 2)))
+
+
+def _sigmoid_net_in_numpy(init, layers=10, width=200, samples=300, seed=0):
+    """The experiment's forward pass written here: the same draws in the same order, plain NumPy."""
+    rng = np.random.default_rng(seed)
+    h = rng.standard_normal((samples, width))
+    std = {"small": 0.01, "xavier": 1 / np.sqrt(width)}[init]
+    for _ in range(layers):
+        h = 1 / (1 + np.exp(-(h @ (rng.standard_normal((width, width)) * std).T)))
+    return h
+
+
+@pytest.mark.parametrize("init", ["small", "xavier"])
+def test_a_sigmoid_net_whose_units_each_went_constant_collapsed(init):
+    # before: "healthy": the std of all values is the spread of the units' constants near 0.5 (0.016 / 0.11), while
+    # every input gives the same output
+    result = init_experiment("sigmoid", init, width=200, samples=300)
+    h = _sigmoid_net_in_numpy(init)
+    signal = np.sqrt(np.mean(np.var(h, axis=0)))
+    assert signal < 1e-6 and np.abs(h - h[0]).max() < 1e-5                 # the input is gone
+    assert result.unit_stds[-1] == pytest.approx(signal, rel=1e-6, abs=1e-15)
+    assert result.stds[-1] == pytest.approx(h.std(), rel=1e-9)             # the lecture's std still reads > 0.01
+    assert result.verdict == "std collapses layer by layer towards 0"
+
+
+def test_sigmoid_saturates_at_zero_and_one_and_one_zero_layer_separates_at_the_first_step():
+    assert init_experiment("sigmoid", "large", width=100, samples=200).verdict == "saturated at 0 and 1"
+    one = init_experiment("tanh", "zeros", layers=1, width=20, samples=30)
+    assert one.identical_units == [True] and not one.symmetric_after_step
+    assert one.verdict == "units identical until the first step"
+
+
+def test_a_later_in_place_module_does_not_change_a_recorded_output():
+    # leaf mode: Dropout(inplace=True) overwrote the Linear's output before it was summarised (its std read 0.80
+    # instead of 0.56)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 20)).astype(np.float32)
+    model = nn.Sequential(nn.Linear(20, 50, generator=0), nn.Dropout(0.5, inplace=True), nn.Linear(50, 3, generator=1))
+    stats = activation_statistics(model, x)
+    linear = x.astype(np.float64) @ model[0].weight.data.T.astype(np.float64) + model[0].bias.data
+    assert stats[0].std == pytest.approx(linear.std(), rel=1e-6)
+    assert stats[1].std != pytest.approx(linear.std(), rel=1e-2)      # the dropped-out copy differs
+
+
+def test_nan_activations_are_not_dead_units():
+    y = np.array([[np.nan, 0.0, 1.0], [np.nan, 0.0, 2.0]])
+    stats = summarize("0", nn.ReLU(), y)
+    assert math.isnan(stats.dead) and math.isnan(stats.std)            # was dead = 2/3: the NaN unit counted dead
+    assert summarize("0", nn.ReLU(), np.nan_to_num(y)).dead == pytest.approx(2 / 3)

@@ -108,3 +108,31 @@ def test_importing_diagnostics_does_not_import_matplotlib():
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     assert out.stdout.strip() == "False"
+
+
+def test_plots_leave_the_sessions_matplotlib_backend_alone(tmp_path):
+    # before: every plot called matplotlib.use("Agg"), which ended plt.show() in a notebook or desktop session
+    code = ("import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt\n"
+            "from cynet.diagnostics import plots\n"
+            "figure = plt.figure()\n"
+            f"plots.plot_loss({{'loss': [2.3, 2.1, 1.9]}}, {str(tmp_path / 'l.png')!r}, window=2)\n"
+            "print(matplotlib.get_backend(), plt.get_fignums() == [figure.number])")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.split() == ["svg", "True"]                 # the user's backend, and only the user's figure
+    _check_png(tmp_path / "l.png", min_side=20)
+
+
+def test_update_ratio_plot_draws_weight_matrices_not_a_batchnorms_scale():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    model = nn.Sequential(nn.Linear(6, 8, generator=0), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2, generator=1))
+    monitor = TrainingMonitor(every_iterations=1)
+    trainer = Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.05), callbacks=[monitor],
+                      progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UpdateRatioWarning)
+        trainer.fit(x, y, epochs=1, batch_size=32)
+    assert "1.weight" in monitor.records[0]["update_ratio"]          # BatchNorm1d's (8,) scale is monitored
+    assert plots._weight_matrices(monitor) == ["0.weight", "3.weight"]

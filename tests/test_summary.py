@@ -51,5 +51,14 @@ def test_summary_errors():
         summary(_model(), 3072)
     with pytest.raises(ValueError, match="must be positive"):
         summary(_model(), (0, 32, 32))
-    with pytest.raises(ValueError):                         # the model's own error for a wrong input size
-        summary(_model(), (3, 16, 16))
+    with pytest.raises(ValueError, match=r"^summary: a batch of 2 example\(s\) of shape \(3, 16, 16\) .*Linear"):
+        summary(_model(), (3, 16, 16))                      # names summary and keeps the model's own error
+
+
+def test_summary_of_a_float64_model_runs_in_float64_without_being_told():
+    # before: a float32 batch, refused by the float64 Linear unless dtype= was passed
+    model = nn.Sequential(nn.Linear(10, 5, dtype=np.float64), nn.Tanh())
+    s = summary(model, (10,))
+    assert s.dtype == np.float64 and s.param_bytes == (10 * 5 + 5) * 8     # 8 bytes an entry, by hand
+    assert s.activation_bytes_per_example == 2 * 5 * 8                     # two (5,) float64 outputs
+    assert summary(model, (10,), dtype=np.float64).total_params == s.total_params == 55

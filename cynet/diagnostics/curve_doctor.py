@@ -8,10 +8,12 @@ smoothed value.
 ====================  ========  ===============================================================  ====================
 finding               severity  rule (module constant)                                           advice
 ====================  ========  ===============================================================  ====================
-loss exploded         alarm     a NaN/inf loss, or one above 3x start (``EXPLODE_FACTOR``)      lower the lr
+loss exploded         alarm     a NaN/inf loss, the last loss or a mean of 5 above 3x start      lower the lr
+                                (``EXPLODE_FACTOR``; one noisy batch alone is no explosion)
 loss rising           alarm     end > 105 % of start (``LOSS_RISE`` = 0.05): a slow divergence   lower the lr, or
                                                                                                  look for a bug
-loss not moving       alarm     end within 5 % of start (``NOT_MOVING`` = 0.05)                  raise the lr
+loss not moving       alarm     end and the smoothed minimum within 5 % of start                 raise the lr
+                                (``NOT_MOVING`` = 0.05; a loss that fell and came back rose)
 loss rising           warning   fell, then climbed back: end - low > 25 % (``REBOUND``) of       decay / lower the
                                 start - low, where low is the smoothed minimum                   lr
 flat then sudden      warning   the smoothed loss stays above 90 % of start for >= 15 % of the   better init
@@ -24,6 +26,7 @@ underfitting          warning   gap < 0.05 (``SMALL_GAP``) and train_acc < 0.6  
 still improving       info      val_acc at its best in the last epoch and up > 1 point           train longer
                                 (``RISING``) over the last 3 epochs
 healthy               ok        none of the alarms or warnings above                             —
+no data               info      no loss over 2 or more iterations and no finite accuracy         train first
 ====================  ========  ===============================================================  ====================
 
 Example:
@@ -41,6 +44,7 @@ import numpy as np
 __all__ = ["Finding", "Diagnosis", "diagnose"]
 
 EXPLODE_FACTOR = 3.0
+SPIKE_WINDOW = 5
 LOSS_RISE = 0.05
 NOT_MOVING = 0.05
 REBOUND = 0.25
@@ -123,7 +127,10 @@ def _loss_findings(loss, found):
             {"iteration": int(bad[0] + 1), "start": start}))
         return
     peak = int(np.argmax(loss))
-    if start > 0 and loss[peak] > EXPLODE_FACTOR * start:
+    # the last loss, or a short mean: a single noisy batch of a low loss can exceed 3x its start without anything
+    # exploding, a divergence stays up (or ends the run: the Trainer's guard stops at the batch that crossed)
+    short = _moving_average(loss, min(SPIKE_WINDOW, n))
+    if start > 0 and (loss[-1] > EXPLODE_FACTOR * start or short.max() > EXPLODE_FACTOR * start):
         found.append(Finding(
             "loss exploded", "alarm",
             f"the loss reached {loss[peak]:.4g} at iteration {peak + 1}, {loss[peak] / start:.1f}x its start "
@@ -145,7 +152,9 @@ def _loss_findings(loss, found):
             "with cynet.gradcheck — or labels shuffled apart from their inputs)",
             {"start": start, "end": end, "iterations": n}))
         return
-    if end >= (1 - NOT_MOVING) * start:
+    low_at = int(np.argmin(smooth))
+    low = float(smooth[low_at])
+    if end >= (1 - NOT_MOVING) * start and low >= (1 - NOT_MOVING) * start:
         found.append(Finding(
             "loss not moving", "alarm",
             f"the loss went from {start:.4g} to {end:.4g} in {n} iterations ({(start - end) / start:+.1%} drop, "
@@ -154,8 +163,6 @@ def _loss_findings(loss, found):
             "backward pass with cynet.gradcheck)",
             {"start": start, "end": end, "iterations": n}))
         return
-    low_at = int(np.argmin(smooth))
-    low = float(smooth[low_at])
     if end - low > REBOUND * (start - low):
         low_iteration = low_at + window        # the last iteration of the window with the lowest mean
         found.append(Finding(
@@ -169,7 +176,7 @@ def _loss_findings(loss, found):
         return
     below = np.flatnonzero(smooth < FLAT_LEVEL * start)
     if below.size and below[0] >= FLAT_FRACTION * len(smooth) and end < DROP_LEVEL * start:
-        flat = int(below[0]) + window        # iterations up to the end of the first window below the level
+        flat = int(below[0]) + (window + 1) // 2     # up to the middle of the first window below the level
         found.append(Finding(
             "flat then sudden drop", "warning",
             f"the loss stayed above {FLAT_LEVEL:.0%} of its start {start:.4g} for {flat} of {n} iterations, then "
@@ -260,7 +267,13 @@ def diagnose(history):
     found = []
     _loss_findings(_series(history, "loss"), found)
     _accuracy_findings(history, found)
-    if not any(f.severity in ("alarm", "warning") for f in found):
+    readable = _series(history, "loss").size >= 2 or any(
+        np.isfinite(_series(history, key)).any() for key in ("train_acc", "val_acc"))
+    if not readable:
+        found.append(Finding(
+            "no data", "info", "the history holds no loss over 2 or more iterations and no finite accuracy",
+            "nothing to diagnose: pass the history of a run (Trainer.history after fit)"))
+    elif not any(f.severity in ("alarm", "warning") for f in found):
         loss = _series(history, "loss")
         evidence = "no alarm or warning"
         if loss.size >= 2:

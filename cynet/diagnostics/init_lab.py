@@ -18,14 +18,20 @@ lsuv      from the data               :func:`cynet.init.lsuv_`: orthonormal, the
 
 :func:`init_experiment` builds that net and turns the numbers into a verdict, by these rules in this order:
 
-- "symmetry never broken": in every layer all units (columns) carry identical activations;
+- "symmetry never broken": in every layer all units (columns) carry identical activations, and still do after one
+  training step ("units identical until the first step" where the step separates them: a single layer, whose output
+  units each have their own target);
 - "exploding": non-finite activations, the last layer's std above 1000x the first layer's, or growing more than
   2x per layer (geometric mean);
-- "saturated at ±1" (tanh/sigmoid): more than half of the last layer's units saturated (|y| > 0.99 for tanh,
-  y < 0.01 or y > 0.99 for sigmoid);
+- "saturated at ±1" (tanh) or "saturated at 0 and 1" (sigmoid): more than half of the last layer's units saturated
+  (|y| > 0.99 for tanh, y < 0.01 or y > 0.99 for sigmoid);
 - "std collapses layer by layer towards 0": last layer's std below 1e-3 x the first's;
 - "collapsing": over the second half of the layers the std shrinks by more than 15 % per layer (geometric mean);
 - otherwise "healthy".
+
+The two collapse rules read both the std of all values (the lecture's plots) and each layer's signal
+(:attr:`LayerStats.unit_std`, every unit's std across the inputs): a sigmoid layer whose units each sit at their own
+constant near 0.5 has lost its input although its values still differ from unit to unit.
 
 Example:
     >>> from cynet.diagnostics.init_lab import init_experiment
@@ -55,7 +61,7 @@ EXPLODE_PER_LAYER = 2.0
 
 @dataclass
 class LayerStats:
-    """Statistics of one layer's output over a batch.
+    r"""Statistics of one layer's output over a batch.
 
     Attributes:
         name (str): the module's dotted name (``named_modules``) or its index in a list of layers.
@@ -66,8 +72,13 @@ class LayerStats:
         saturated (float): fraction of saturated values (tanh: |y| > 0.99; sigmoid: y < 0.01 or y > 0.99); NaN for
             other layers.
         dead (float): fraction of units (features along axis 1) never positive in the batch, for ReLU; NaN
-            otherwise.
+            otherwise, and where the output holds NaN or inf.
         shape (tuple): the output's shape.
+        unit_std (float): the signal: :math:`\sqrt{\operatorname{mean}_j \operatorname{var}_i y_{ij}}`, each unit's
+            (feature's, channel's) variance across the batch (and positions), averaged over the units. Unlike
+            ``std`` it leaves out how the units' means differ, so a layer whose units are each constant across the
+            inputs (sigmoid's near 0.5) reads 0: the input no longer reaches it. NaN for outputs of fewer than 2
+            dimensions.
     """
 
     name: str
@@ -79,6 +90,7 @@ class LayerStats:
     saturated: float = math.nan
     dead: float = math.nan
     shape: tuple = ()
+    unit_std: float = math.nan
 
 
 def _saturation_mask(module, y):
@@ -127,13 +139,17 @@ def summarize(name, module, y, bins=50):
     else:
         mean = std = math.nan
         counts, edges = np.zeros(bins, np.int64), np.linspace(0.0, 1.0, bins + 1)
+    unit_std = math.nan
+    if y.ndim >= 2 and y.shape[0] and y.shape[1] and finite.all():
+        axes = (0,) + tuple(range(2, y.ndim))
+        unit_std = float(np.sqrt(np.mean(np.var(y, axis=axes, dtype=np.float64))))
     mask = _saturation_mask(module, y)
     saturated = float(np.mean(mask)) if mask is not None and y.size else math.nan
     dead = math.nan
-    if isinstance(module, ReLU) and y.size:
+    if isinstance(module, ReLU) and y.size and finite.all():     # a NaN unit is not dead (NaN > 0 is False)
         dead = float(np.mean(~_unit_active(y)))
     return LayerStats(str(name), type(module).__name__ if module is not None else "array", mean, std, counts,
-                      edges, saturated, dead, tuple(y.shape))
+                      edges, saturated, dead, tuple(y.shape), unit_std)
 
 
 def monitored_layers(model):
@@ -148,7 +164,9 @@ def monitored_layers(model):
 def recording(named_modules, sink):
     """Within the block, every forward of the given modules appends ``(name, module, output)`` to ``sink``.
 
-    The wrapper is an instance attribute shadowing the class's ``forward`` and is removed on exit (also on error).
+    The output is copied when recorded: a later in-place module (``Dropout(inplace=True)``) would otherwise change
+    it before it is read. The wrapper is an instance attribute shadowing the class's ``forward`` and is removed on
+    exit (also on error).
     """
     wrapped = []
     try:
@@ -157,7 +175,7 @@ def recording(named_modules, sink):
 
             def forward(*args, _original=original, _name=name, _module=module, **kwargs):
                 out = _original(*args, **kwargs)
-                sink.append((_name, _module, out))
+                sink.append((_name, _module, np.array(out, copy=True) if isinstance(out, np.ndarray) else out))
                 return out
 
             object.__setattr__(module, "forward", forward)
@@ -173,7 +191,9 @@ def activation_statistics(model_or_layers, x, *, bins=50):
 
     A model records the output of each activation module (ReLU, Tanh, Sigmoid, ..., PReLU, Maxout) or, when it has
     none, of each leaf module; a list of modules is applied in order and records every layer's output. The model's
-    own ``forward`` runs, in its current train/eval mode.
+    own ``forward`` runs, in its current train/eval mode: in training mode a BatchNorm updates its running statistics
+    and Dropout draws masks (from the global generator unless it has its own), as in any training forward; call
+    ``model.eval()`` first to look at the inference-time network.
 
     Args:
         model_or_layers (Module or sequence of Module): the network, or its layers in order.
@@ -218,7 +238,8 @@ class InitExperiment:
         weight_std (float): the std the weights were drawn with.
         stats (list[LayerStats]): per layer, after the nonlinearity.
         verdict (str): one of "healthy", "collapsing", "std collapses layer by layer towards 0",
-            "saturated at ±1", "exploding", "symmetry never broken".
+            "saturated at ±1" (sigmoid: at 0 and 1), "exploding", "symmetry never broken", "units identical until
+            the first step".
         identical_units (list[bool]): per layer, whether all units carry identical activations.
         symmetric_after_step (bool): whether, after one SGD step, all units of every hidden layer still share the
             same weights (the output layer's differ: each output unit has its own target).
@@ -237,16 +258,22 @@ class InitExperiment:
         return np.array([s.std for s in self.stats])
 
     @property
+    def unit_stds(self):
+        """Per layer, the signal's std (:attr:`LayerStats.unit_std`): what the verdict's collapse and explosion
+        rules read."""
+        return np.array([s.unit_std for s in self.stats])
+
+    @property
     def means(self):
         return np.array([s.mean for s in self.stats])
 
     def __str__(self):
         head = f"{self.nonlinearity} / {self.init} (weight std {self.weight_std:.4g}): {self.verdict}"
-        lines = [head, "layer        mean         std   saturated   dead units"]
+        lines = [head, "layer        mean         std  signal std   saturated   dead units"]
         for index, s in enumerate(self.stats, 1):
             sat = "" if math.isnan(s.saturated) else f"{s.saturated:.1%}"
             dead = "" if math.isnan(s.dead) else f"{s.dead:.1%}"
-            lines.append(f"{index:5d} {s.mean:11.3g} {s.std:11.3g} {sat:>11} {dead:>12}")
+            lines.append(f"{index:5d} {s.mean:11.3g} {s.std:11.3g} {s.unit_std:11.3g} {sat:>11} {dead:>12}")
         return "\n".join(lines)
 
 
@@ -262,10 +289,22 @@ def _weight_std(init, fan_in):
     return 0.0
 
 
+def _shrinks(stds):
+    """(collapsed, collapsing): the last std below COLLAPSE_RATIO x the first; the second half shrinking faster than
+    COLLAPSING_PER_LAYER per layer (geometric mean)."""
+    first, last = stds[0], stds[-1]
+    collapsed = bool(last < COLLAPSE_RATIO * first)
+    half = stds[len(stds) // 2:]
+    collapsing = bool(len(half) >= 2 and half[0] > 0
+                      and (half[-1] / half[0]) ** (1.0 / (len(half) - 1)) < COLLAPSING_PER_LAYER)
+    return collapsed, collapsing
+
+
 def _verdict(result):
     stds = result.stds
     if result.identical_units and all(result.identical_units):
-        return "symmetry never broken"
+        # one layer: its units get different targets and part at the first step (symmetric_after_step is False)
+        return "symmetry never broken" if result.symmetric_after_step else "units identical until the first step"
     if not np.all(np.isfinite(stds)):
         return "exploding"
     first, last = stds[0], stds[-1]
@@ -273,14 +312,14 @@ def _verdict(result):
     if first > 0 and (last > EXPLODE_RATIO * first or growth > EXPLODE_PER_LAYER):
         return "exploding"
     if result.nonlinearity in ("tanh", "sigmoid") and result.stats[-1].saturated > SATURATED_MAJORITY:
-        return "saturated at ±1"
-    if last < COLLAPSE_RATIO * first:
+        return "saturated at ±1" if result.nonlinearity == "tanh" else "saturated at 0 and 1"
+    # the spread of all values (the lecture's plots), and the signal (each unit across the inputs): sigmoid's units
+    # each sit at their own constant near 0.5 while the signal is gone, which only the second shows
+    spread, signal = _shrinks(stds), _shrinks(result.unit_stds)
+    if spread[0] or signal[0]:
         return "std collapses layer by layer towards 0"
-    half = stds[len(stds) // 2:]
-    if len(half) >= 2 and half[0] > 0:
-        per_layer = (half[-1] / half[0]) ** (1.0 / (len(half) - 1))
-        if per_layer < COLLAPSING_PER_LAYER:
-            return "collapsing"
+    if spread[1] or signal[1]:
+        return "collapsing"
     return "healthy"
 
 

@@ -1,8 +1,9 @@
-"""Plots of the lecture's training diagnostics, written as PNG files with matplotlib's Agg backend.
+"""Plots of the lecture's training diagnostics, written as PNG files by matplotlib.
 
-matplotlib is imported inside each function (and switched to Agg there), so ``import cynet.diagnostics`` stays
-light and the functions work on machines without a display. Every function writes one PNG file and returns its
-path.
+matplotlib is imported inside each function, so ``import cynet.diagnostics`` stays light. Each figure is a bare
+:class:`matplotlib.figure.Figure`, drawn without pyplot: the functions work on machines without a display and leave
+the session's backend and its figures alone (a notebook's ``plt.show()`` keeps working). Every function writes one PNG
+file and returns its path.
 
 Example:
     >>> from cynet.diagnostics.plots import plot_loss, plot_accuracy
@@ -18,20 +19,17 @@ __all__ = ["plot_loss", "plot_accuracy", "plot_activation_histograms", "plot_upd
            "plot_first_layer_templates"]
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def _subplots(*grid, figsize, **kwargs):
+    """``(figure, axes)`` of a new pyplot-free Figure (no backend switch, nothing registered with pyplot)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(*grid, **kwargs)
 
 
 def _save(fig, path):
-    plt = _pyplot()
     path = os.fspath(path)
-    try:
-        fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
     return path
 
 
@@ -64,8 +62,7 @@ def plot_loss(history, path, window=50):
         raise ValueError("plot_loss: history has no per-iteration 'loss' values")
     if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
         raise ValueError(f"plot_loss: window must be a positive int, got {window!r}")
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _subplots(figsize=(7, 4))
     it = np.arange(1, loss.size + 1)
     finite = np.isfinite(loss)
     ax.plot(it[finite], loss[finite], lw=0.6, alpha=0.4, color="C0", label="loss")
@@ -103,8 +100,7 @@ def plot_accuracy(history, path):
     val = _values(history, "val_acc", "plot_accuracy")
     if train.size == 0:
         raise ValueError("plot_accuracy: history has no per-epoch 'train_acc' values")
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _subplots(figsize=(6, 4))
     epochs = np.arange(1, train.size + 1)
     ax.plot(epochs, train, "o-", label="train")
     if val.size == train.size and np.isfinite(val).any():
@@ -155,11 +151,10 @@ def plot_activation_histograms(stats, path, title=None):
     if title is None and hasattr(stats, "verdict"):
         title = f"{stats.nonlinearity}, {stats.init} init: {stats.verdict}"
     layers = _layer_stats(stats)
-    plt = _pyplot()
     n = len(layers)
     cols = min(n, 5)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.3 * rows), squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(2.6 * cols, 2.3 * rows), squeeze=False)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     for ax, layer in zip(axes.ravel(), layers):
@@ -171,6 +166,14 @@ def plot_activation_histograms(stats, path, title=None):
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _weight_matrices(monitor):
+    """The names of the monitored parameters with 2 or more dimensions (Linear, Conv2d): not biases, nor a
+    BatchNorm's 1-D ``weight``; every name where there are none."""
+    names = list(monitor.records[0]["update_ratio"])
+    ndim = {name: p.data.ndim for name, p in monitor._params or ()}
+    return [n for n in names if ndim.get(n, 0 if n.endswith("bias") else 2) >= 2] or names
 
 
 def plot_update_ratios(monitor, path):
@@ -198,10 +201,8 @@ def plot_update_ratios(monitor, path):
         raise TypeError(f"plot_update_ratios: expected a TrainingMonitor, got {type(monitor).__name__}")
     if not monitor.records:
         raise ValueError("plot_update_ratios: the monitor has no records yet (train with it in the callbacks)")
-    names = list(monitor.records[0]["update_ratio"])
-    weights = [n for n in names if not n.endswith("bias")] or names
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    weights = _weight_matrices(monitor)
+    fig, ax = _subplots(figsize=(7, 4))
     drawn = 0
     for name in weights:
         its, ratios = monitor.history("update_ratio", name)
@@ -210,7 +211,6 @@ def plot_update_ratios(monitor, path):
             ax.plot(its[keep], ratios[keep], "o-", ms=3, label=name)
             drawn += 1
     if not drawn:
-        plt.close(fig)
         raise ValueError("plot_update_ratios: no finite, positive update ratio was recorded")
     low, high = monitor.ratio_range
     ax.axhspan(max(low, 1e-12), high, color="green", alpha=0.08, label=f"healthy [{low:g}, {high:g}]")
@@ -256,8 +256,7 @@ def plot_first_layer_templates(weight, path, image_shape=(3, 32, 32), max_templa
     n = len(w)
     cols = min(n, 10)
     rows = math.ceil(n / cols)
-    plt = _pyplot()
-    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.2 * rows), squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(1.2 * cols, 1.2 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for index, (ax, row) in enumerate(zip(axes.ravel(), w)):

@@ -70,13 +70,13 @@ def _describe(module):
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def summary(model, input_shape, dtype=np.float32, batch_size=2):
+def summary(model, input_shape, dtype=None, batch_size=2):
     """The layer-by-layer table of ``model`` for inputs of ``input_shape`` (one example, without the batch axis).
 
     Args:
         model (Module): the network (a Sequential, or any module whose forward takes one array).
         input_shape (tuple of int): the shape of one example, e.g. ``(3072,)`` or ``(3, 32, 32)``.
-        dtype: the input's dtype (the model's parameters' dtype). Default float32.
+        dtype: the input's dtype. Default None: the model's parameters' dtype (float32 for a model without any).
         batch_size (int): the batch of zeros run through the model. Default 2.
 
     Returns:
@@ -97,11 +97,18 @@ def summary(model, input_shape, dtype=np.float32, batch_size=2):
         raise TypeError(f"summary: input_shape must be a tuple of ints, got {input_shape!r}") from None
     if any(d < 1 for d in input_shape) or isinstance(batch_size, bool) or int(batch_size) < 1:
         raise ValueError(f"summary: input_shape {input_shape} and batch_size {batch_size!r} must be positive")
+    if dtype is None:
+        dtype = next((p.data.dtype for p in model.parameters()), np.dtype(np.float32))
     leaves = [(name, m) for name, m in model.named_modules() if not m._modules]
     sink = []
+    batch = (int(batch_size),) + input_shape
     with model.modes_restored(), recording(leaves, sink):
         model.eval()
-        model.forward(np.zeros((int(batch_size),) + input_shape, dtype))
+        try:
+            model.forward(np.zeros(batch, dtype))
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"summary: a batch of {batch_size} example(s) of shape {input_shape} "
+                              f"({np.dtype(dtype).name}) does not go through the model: {error}") from error
     result = ModelSummary(input_shape=input_shape, dtype=np.dtype(dtype))
     for name, module, out in sink:
         params = list(module.parameters())
