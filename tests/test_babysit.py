@@ -1,4 +1,5 @@
 """Tests of cynet.diagnostics.babysit: each check provoked both ways, with hand-computed expectations."""
+import json
 import math
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import cynet
 from cynet import nn
 from cynet.diagnostics import BabysitReport, babysit
-from cynet.gradcheck import rel_error
+from cynet.gradcheck import check_model, rel_error
 from cynet.nn.loss import L2Penalty, MSELoss, MulticlassSVM, SoftmaxCrossEntropy
 from cynet.optim import SGD, Adam
 
@@ -299,6 +300,7 @@ def test_too_little_capacity_stalls():
     assert check.values["final_loss"] < 0.95 * check.values["initial_loss"]
     assert check.values["accuracy"] < 1.0
     assert "stalls" in check.explanation and "capacity" in check.explanation
+    assert "the gradient checks out" in check.explanation and check.values["gradient_check_error"] < 1e-6
 
 
 def test_tiny_subset_is_overfitted_to_100_percent():
@@ -370,3 +372,267 @@ def test_invalid_arguments():
         babysit(_mlp(), SoftmaxCrossEntropy(), x, y, lr_probe=())
     with pytest.raises(ValueError):
         babysit(_mlp(), SoftmaxCrossEntropy(), x, y, tiny_size=0)
+
+
+# --- measurements, reproducibility, validation -----------------------------------------------------------------------
+def _numpy_cross_entropy(scores, y):
+    """Mean softmax cross-entropy in float64, written out here as the oracle."""
+    s = np.asarray(scores, dtype=np.float64)
+    s = s - s.max(axis=1, keepdims=True)
+    return float(np.mean(np.log(np.exp(s).sum(axis=1)) - s[np.arange(len(y)), y]))
+
+
+def _dropout_model(p=0.5):
+    """Wide hidden layer, dropout, an output layer scaled up: one dropout mask moves the loss by several percent."""
+    model = nn.Sequential(nn.Linear(20, 200, generator=0), nn.ReLU(), nn.Dropout(p), nn.Linear(200, 3, generator=1))
+    model[3].weight.data *= 5
+    return model
+
+
+def test_probe_and_initial_loss_are_measured_without_dropout_noise_and_reproducible():
+    """A rate of 1e-9 changes no weight: with dropout masks in the measurement it came out "decreasing" or "rising"
+    depending on the global generator's state. The oracle: the same model's loss with dropout in evaluation mode
+    (an identity), computed in NumPy; the report must not depend on the global generator's state."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 20)).astype(np.float32)
+    y = x[:, :3].argmax(1)
+    model = _dropout_model()
+    reports = []
+    for global_seed in (1, 2, 3, 4):                         # as if each run were a fresh process
+        cynet.manual_seed(global_seed)
+        reports.append(babysit(model, SoftmaxCrossEntropy(), x, y, probe_steps=10, lr_probe=(1e-9,)))
+    with model.modes_restored():
+        expected = _numpy_cross_entropy(model.eval()(x), y)          # 60 rows: the sample is all of x
+    for report in reports:
+        (result,) = report.probe
+        assert result.verdict == "barely changing" and report.recommended_lr is None
+        assert result.initial_loss == pytest.approx(expected, rel=1e-5)
+        assert result.final_loss == pytest.approx(expected, rel=1e-5)
+        assert report["initial loss"].values["loss"] == pytest.approx(expected, rel=1e-5)
+    first = reports[0]
+    for report in reports[1:]:
+        assert str(report).split("overall")[0] == str(first).split("overall")[0]
+        assert [c.values for c in report.checks] == [c.values for c in first.checks]
+    without = babysit(_dropout_model(p=0.0), SoftmaxCrossEntropy(), x, y, probe_steps=10, lr_probe=(1e-9,))
+    assert without.probe[0].initial_loss == pytest.approx(first.probe[0].initial_loss, rel=1e-12)
+
+
+def test_other_seeds_give_other_but_reproducible_dropout_runs():
+    """``seed`` drives the dropout masks of the training steps too: the same seed twice gives the same probe, under
+    any global state."""
+    x, y = _data()
+    model = nn.Sequential(nn.Linear(20, 32, generator=0), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 4, generator=1))
+    runs = []
+    for global_seed in (10, 11):
+        cynet.manual_seed(global_seed)
+        runs.append(babysit(model, SoftmaxCrossEntropy(), x, y, seed=5, probe_steps=10, lr_probe=(1e-2,)))
+    assert runs[0].probe == runs[1].probe
+    assert runs[0]["overfit tiny subset"].values == runs[1]["overfit tiny subset"].values
+
+
+def test_batch_norm_stays_in_training_mode_for_the_measurements():
+    """Only the random modules are switched to evaluation mode: a batch-norm layer in evaluation mode would use
+    running statistics that the probe's steps move, so a rate of 1e-9 (weights unchanged) would change the loss.
+    The oracle: the loss with batch statistics (training mode) and dropout off, computed in NumPy."""
+    rng = np.random.default_rng(0)
+    x = (3 * rng.normal(size=(200, 20)) + 1).astype(np.float32)       # not normalised: batch norm has work to do
+    y = x[:, :3].argmax(1)
+    model = nn.Sequential(nn.Linear(20, 50, generator=0), nn.BatchNorm1d(50), nn.ReLU(), nn.Dropout(0.3),
+                          nn.Linear(50, 3, generator=1))
+    report = babysit(model, SoftmaxCrossEntropy(), x, y, probe_steps=10, lr_probe=(1e-9,))
+    assert report.probe[0].verdict == "barely changing"
+    assert abs(report.probe[0].relative_drop) < 1e-5
+    with model.modes_restored():                      # 200 rows: babysit's evaluation sample is all of x
+        model[3].eval()
+        expected = _numpy_cross_entropy(model(x), y)
+    assert report.probe[0].initial_loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_generators_held_by_modules_are_restored():
+    x, y = _data()
+    model = nn.Sequential(nn.DropConnectLinear(20, 32, generator=5, p=0.3), nn.ReLU(), nn.Dropout(0.5, generator=123),
+                          nn.StochasticDepth(0.2, generator=7), nn.Linear(32, 4, generator=1))
+    generators = [model[0].generator, model[2].generator, model[3].generator]
+    states = [json.dumps(g.bit_generator.state) for g in generators]
+    fresh = [np.random.default_rng(seed).random(3) for seed in (5, 123, 7)]
+    babysit(model, SoftmaxCrossEntropy(), x, y, **FAST)
+    assert [json.dumps(g.bit_generator.state) for g in generators] == states
+    assert [model[i].generator for i in (0, 2, 3)] == generators              # the same objects
+    # the masks drawn next are those of an untouched generator: only Dropout's was not advanced by its init
+    assert np.array_equal(model[2].generator.random(3), fresh[1])
+
+
+def test_non_finite_inputs_are_rejected_up_front():
+    x, y = _data()
+    x = x.copy()
+    x[3, 5] = np.nan
+    with pytest.raises(ValueError, match=r"^babysit: x holds 1 NaN/inf value \(first in row 3\)"):
+        babysit(_mlp(), SoftmaxCrossEntropy(), x, y, **FAST)
+    x[3, 5] = 0.0
+    x[[7, 9], 0] = np.inf
+    with pytest.raises(ValueError, match=r"^babysit: x holds 2 NaN/inf values \(first in row 7\)"):
+        babysit(_mlp(), SoftmaxCrossEntropy(), x, y, **FAST)
+    x[[7, 9], 0] = 0.0
+    target = np.zeros((len(x), 4), np.float32)
+    target[11, 2] = -np.inf
+    with pytest.raises(ValueError, match=r"^babysit: y holds 1 NaN/inf value \(first in row 11\)"):
+        babysit(_mlp(), MSELoss(), x, target, optimizer_factory=sgd, **FAST)
+
+
+class FlipTanh(nn.Tanh):
+    """Tanh whose backward has the wrong sign: the loss still falls a little (the output layer's gradient is right)
+    but stalls."""
+
+    def backward(self, dout, *, input_grad=True):
+        dx = super().backward(dout, input_grad=input_grad)
+        return None if dx is None else -dx
+
+
+def test_stalling_loss_with_wrong_backward_blames_the_backward_not_the_capacity():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 20)).astype(np.float32)
+    y = x[:, :3].argmax(1)
+    model = nn.Sequential(nn.Linear(20, 50, generator=0), FlipTanh(), nn.Linear(50, 50, generator=2), nn.Tanh(),
+                          nn.Linear(50, 3, generator=1))
+    report = babysit(model, SoftmaxCrossEntropy(), x, y, probe_steps=20)
+    check = report["overfit tiny subset"]
+    assert check.passed is False
+    assert check.values["final_loss"] < 0.95 * check.values["initial_loss"]          # the "stalls" branch
+    assert check.explanation.startswith("the loss decreases but stalls")
+    assert "the backward pass is wrong" in check.explanation and "capacity" not in check.explanation
+    rng = np.random.default_rng(0)                               # babysit's draws: the sample, then the subset
+    rng.choice(200, size=200, replace=False)
+    tiny = np.sort(rng.choice(200, size=20, replace=False))
+    oracle = check_model(model, SoftmaxCrossEntropy(), x[tiny], y[tiny], num_checks=5, check_input=False)
+    assert oracle.max_error == pytest.approx(2.0, rel=1e-6)                     # rel_error(-g, g) = 2
+    assert check.values["gradient_check_error"] == pytest.approx(oracle.max_error, rel=1e-6)
+
+
+@pytest.mark.parametrize("loss", [SoftmaxCrossEntropy(), MulticlassSVM()])
+def test_one_output_class_is_an_error_like_num_classes_one(loss):
+    """One output: C = 1, a chance-level loss of 0 ("expected 0.000, got 0.000 (+inf%)" before); refused like an
+    explicit num_classes=1."""
+    x, y = _data()
+    model = nn.Sequential(nn.Linear(20, 16, generator=0), nn.ReLU(), nn.Linear(16, 1, generator=1))
+    zeros = np.zeros(len(x), np.int64)
+    with pytest.raises(ValueError, match=r"^babysit: the model has 1 output .* C >= 2"):
+        babysit(model, loss, x, zeros, **FAST)
+    with pytest.raises(ValueError, match=r"^babysit: num_classes must be an int >= 2"):
+        babysit(_mlp(), loss, x, y, num_classes=1, **FAST)
+
+
+def test_svm_with_zero_margin_skips_the_initial_loss_check():
+    """Chance level (C - 1) * 0 = 0: a relative tolerance is meaningless there, so the check is skipped with the
+    reason, and the measured value is still reported (the oracle: the hinge loss written out in NumPy)."""
+    x, y = _data()
+    model = _mlp()
+    report = babysit(model, MulticlassSVM(margin=0.0), x, y, optimizer_factory=sgd, overfit_lr=0.05, **FAST)
+    check = report["initial loss"]
+    assert check.passed is None and check.status == "SKIP"
+    assert check.explanation.startswith("skipped: the chance-level loss is 0")
+    assert "+inf" not in check.explanation and "too large" not in check.explanation
+    sample = np.sort(np.random.default_rng(0).choice(len(x), size=256, replace=False))
+    s = model(x[sample]).astype(np.float64)
+    correct = s[np.arange(256), y[sample]][:, None]
+    hinge = np.maximum(0.0, s - correct)
+    hinge[np.arange(256), y[sample]] = 0.0
+    assert check.values["loss"] == pytest.approx(float(hinge.sum(axis=1).mean()), rel=1e-5)
+    assert check.values["expected"] == 0.0
+
+
+@pytest.mark.parametrize("num_classes", [2.7, "3", True, 1, np.int64(1), 4.0])
+def test_num_classes_must_be_an_int_of_at_least_two(num_classes):
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"^babysit: num_classes must be an int >= 2"):
+        babysit(_mlp(), SoftmaxCrossEntropy(), x, y, num_classes=num_classes, **FAST)
+
+
+def test_num_classes_accepts_numpy_integers():
+    x, y = _data()
+    report = babysit(_mlp(), SoftmaxCrossEntropy(), x, y, num_classes=np.int64(4), **FAST)
+    assert report["initial loss"].values["num_classes"] == 4
+    assert report["initial loss"].values["expected"] == pytest.approx(math.log(4))
+
+
+def test_lr_probe_accepts_one_number_and_rejects_non_sequences():
+    x, y = _data()
+    one = babysit(_mlp(), SoftmaxCrossEntropy(), x, y, lr_probe=1e-1, probe_steps=30)
+    as_tuple = babysit(_mlp(), SoftmaxCrossEntropy(), x, y, lr_probe=(1e-1,), probe_steps=30)
+    assert [r.lr for r in one.probe] == [0.1]
+    assert one.probe == as_tuple.probe
+    for bad in ("1e-3", None, object()):
+        with pytest.raises(ValueError, match=r"^babysit: lr_probe must be a sequence of learning rates"):
+            babysit(_mlp(), SoftmaxCrossEntropy(), x, y, lr_probe=bad, probe_steps=30)
+    for bad in ((1e-3, "1e-2"), (True,), (1e-3, -1.0), (math.nan,)):
+        with pytest.raises(ValueError, match=r"^babysit: lr_probe must hold positive finite learning rates"):
+            babysit(_mlp(), SoftmaxCrossEntropy(), x, y, lr_probe=bad, probe_steps=30)
+
+
+def test_errors_from_the_model_and_the_loss_start_with_babysit_and_keep_their_text():
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"^babysit: the model's forward pass failed") as info:
+        babysit(_mlp(), SoftmaxCrossEntropy(), x[:, :19], y, **FAST)
+    original = info.value.__cause__
+    assert isinstance(original, ValueError) and "expected input of shape (N, 20)" in str(original)
+    assert str(original) in str(info.value)
+    bad = y.copy()
+    bad[7] = 4                                                         # 4 classes: labels 0..3
+    bad[150] = -1
+    for loss in (SoftmaxCrossEntropy(), MulticlassSVM()):
+        with pytest.raises(ValueError, match=r"^babysit: y holds 2 labels outside \[0, 4\) .*first: 4 in row 7"):
+            babysit(_mlp(), loss, x, bad, **FAST)
+
+
+def test_seed_must_be_a_non_negative_int():
+    x, y = _data()
+    for bad in (-1, 1.5, "0", True):
+        with pytest.raises(ValueError, match=r"^babysit: seed must be a non-negative int"):
+            babysit(_mlp(), SoftmaxCrossEntropy(), x, y, seed=bad, **FAST)
+
+
+class _AscentAt:
+    """An optimizer factory: momentum SGD, except at the rate ``bad`` where it climbs the gradient (3 x lr per step),
+    so that this one rate rises while its neighbours decrease (the oracle for the verdicts is the construction)."""
+
+    def __init__(self, bad):
+        self.bad = bad
+
+    def __call__(self, params, lr):
+        optimizer = sgd(params, lr)
+        if lr != self.bad:
+            return optimizer
+
+        class Ascent:
+            def zero_grad(self):
+                optimizer.zero_grad()
+
+            def step(self):
+                for p in params:
+                    p.data += 3 * lr * p.grad
+
+        return Ascent()
+
+
+def test_recommended_range_is_the_contiguous_run_around_the_best_rate():
+    """1e-1, 3e-2 and 3e-3 decrease, 1e-2 rises: the range must stop at 1e-2, not span 3e-3 ... 1e-1."""
+    x, y = _data()
+    report = babysit(_mlp(), SoftmaxCrossEntropy(), x, y, optimizer_factory=_AscentAt(1e-2), overfit_lr=0.05,
+                     lr_probe=(1e-1, 3e-2, 1e-2, 3e-3), probe_steps=50)
+    verdicts = [r.verdict for r in report.probe]
+    assert verdicts == ["decreasing", "decreasing", "rising", "decreasing"], verdicts
+    losses = [r.final_loss for r in report.probe]
+    assert losses[0] == min(losses)                                  # the best rate is 1e-1
+    assert report.best_lr == 1e-1
+    assert report.recommended_lr == (3e-2, 1e-1)                     # its contiguous decreasing neighbour, no more
+    values = report["learning-rate probe"].values
+    assert (values["low"], values["high"], values["best"]) == (3e-2, 1e-1, 1e-1)
+    assert report["learning-rate probe"].measured == "recommend 3e-02 … 1e-01"
+
+
+def test_recommended_range_reaches_across_unsorted_rates():
+    """Contiguity is in order of value, not of the order given: shuffled rates give the same range."""
+    x, y = _data()
+    report = babysit(_mlp(), SoftmaxCrossEntropy(), x, y, optimizer_factory=_AscentAt(1e-2), overfit_lr=0.05,
+                     lr_probe=(3e-3, 1e-1, 1e-2, 3e-2), probe_steps=50)
+    assert [r.verdict for r in report.probe] == ["decreasing", "decreasing", "rising", "decreasing"]
+    assert report.recommended_lr == (3e-2, 1e-1)

@@ -6,7 +6,9 @@ CS231n ("Training Neural Networks I", *babysitting the learning process*) asks f
    loss only, regularisation off) is :math:`\ln C` for softmax cross-entropy and :math:`(C-1)\,\Delta` for the
    multiclass SVM with margin :math:`\Delta` (1 by default). Tolerance: 15 % relative (``INITIAL_LOSS_RTOL``): a
    float32 MLP with a sensible initialisation lands within a few percent; a weight scale 10x too large misses by
-   far more than 15 %.
+   far more than 15 %. A chance level of 0 (an SVM with margin 0) is skipped: its loss scales with the scores, so
+   no tolerance separates a good start from a bad one. A classification loss on a model with one output (C = 1) is
+   an error: there is nothing to classify.
 2. **Regularisation raises the loss.** With the penalty on, the total loss must be larger than the data loss,
    and the penalty's ``backward(model)`` must add a gradient.
    Checked only when you pass ``regularization`` (e.g. :class:`cynet.nn.loss.L2Penalty`); without one the check is
@@ -29,17 +31,32 @@ CS231n ("Training Neural Networks I", *babysitting the learning process*) asks f
      with a correct gradient, a net change of the weight matrices :math:`\lVert W_T - W_0\rVert / \lVert
      W_0\rVert` below 1e-4 per step (``LOW_UPDATE_RATIO``, the low end of
      :class:`~cynet.diagnostics.TrainingMonitor`'s healthy range) means the learning rate is too low;
-   - a loss that fell, but not far enough: too little capacity, or a learning rate to tune.
+   - a loss that fell, but not far enough: a failed gradient check means a wrong backward pass (a wrong gradient
+     can still point downhill often enough to lower the loss a little); with a correct gradient, too little
+     capacity, or a learning rate to tune.
 
 4. **Learning-rate probe.** From the *same* initial weights, ``probe_steps`` mini-batch steps per learning rate.
    The loss on a fixed evaluation sample (up to 256 examples) before and after classifies each rate: *exploding*
    (a NaN/inf loss, or a batch loss above 3x the initial loss, ``EXPLODE_FACTOR``), *rising* (ended higher by more
    than 3 %), *barely changing* (moved less than 3 %, ``BARELY_CHANGING``) or *decreasing*. The recommended range
-   spans the decreasing rates. When none decreases, the hint names a symmetric layer that no rate unlocked or a
-   backward pass the overfit check found wrong before blaming the range of rates.
+   is the contiguous run of decreasing rates around the best one (the lowest final loss), in the order of the
+   rates' values: a range never spans a probed rate that rose, exploded or barely changed. When none decreases, the
+   hint names a symmetric layer that no rate unlocked or a backward pass the overfit check found wrong before
+   blaming the range of rates.
 
-All randomness comes from ``seed`` (the subset, the batches) and the global generator (dropout masks), whose
-state is saved and put back. Afterwards the model has exactly its initial parameters and buffers again
+The losses that checks 1 and 4 compare (the initial loss, the probe's before and after) are *measurements*: they
+are taken with the modules that draw at random in their forward pass (:class:`~cynet.nn.Dropout`,
+:class:`~cynet.nn.StochasticDepth`, :class:`~cynet.nn.DropConnectLinear`: every module with a ``generator``
+attribute) in evaluation mode, so a dropout mask cannot turn a rate that changes nothing into "decreasing" or
+"rising", and the initial loss is the untrained network's rather than one noisy draw of it (inverted dropout also
+inflates the scores). Every other module stays in training mode: a batch-norm layer keeps normalising with the batch
+statistics, since in evaluation mode it would use running statistics that the probe's steps themselves move,
+which changes the loss at a learning rate too small to move a weight. Training steps run in training mode.
+
+All randomness comes from ``seed``: the subset and the batches, and, for the duration of the call, the global
+generator (dropout masks and the like), which is seeded from it. The global generator's state and that of every
+generator a module holds (``module.generator``) are saved first and put back, so a report depends only on the
+model, the data and ``seed``. Afterwards the model has exactly its initial parameters and buffers again
 (``load_state_dict`` of a :meth:`~cynet.nn.Module.state_dict` taken first), every module its own train/eval mode,
 and zeroed gradients.
 
@@ -60,7 +77,9 @@ Example:
     (True, True)
     >>> print(report)                                                        # doctest: +SKIP
 """
+import contextlib
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -143,7 +162,8 @@ class BabysitReport:
     Attributes:
         checks (list[Check]): initial loss, regularisation, overfit, learning-rate probe.
         probe (list[ProbeResult]): one entry per probed learning rate, in the order given.
-        recommended_lr (tuple or None): ``(low, high)``, the smallest and largest decreasing rate.
+        recommended_lr (tuple or None): ``(low, high)``, the smallest and largest rate of the contiguous run of
+            decreasing rates (in order of value) that holds ``best_lr``; None when no rate decreased.
         best_lr (float or None): the probed rate with the lowest final loss among the decreasing ones.
         seconds (float): wall time of the whole run.
     """
@@ -204,6 +224,24 @@ def _expected_initial_loss(loss, num_classes):
         text = f"C - 1 = {num_classes - 1}" if margin == 1.0 else f"(C - 1) * margin = {num_classes - 1} * {margin:g}"
         return (num_classes - 1) * margin, text
     return None, f"no chance-level value is known for {type(loss).__name__}"
+
+
+def _learning_rates(lr_probe):
+    """``lr_probe`` as a list of floats: a single number is one rate; raises ValueError for anything else than
+    positive finite numbers (bools and strings included)."""
+    if isinstance(lr_probe, numbers.Real) and not isinstance(lr_probe, bool):
+        lr_probe = (lr_probe,)
+    try:
+        if isinstance(lr_probe, (str, bytes)):
+            raise TypeError
+        rates = list(lr_probe)
+    except TypeError:
+        raise ValueError(f"babysit: lr_probe must be a sequence of learning rates (or one number), got "
+                         f"{lr_probe!r}") from None
+    if not rates or not all(isinstance(lr, numbers.Real) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0
+                            for lr in rates):
+        raise ValueError(f"babysit: lr_probe must hold positive finite learning rates, got {lr_probe!r}")
+    return [float(lr) for lr in rates]
 
 
 def _default_factory(params, lr):
@@ -275,6 +313,68 @@ def _relative_change(before, after):
     return math.sqrt(moved / norm) if norm > 0 else math.nan
 
 
+# the errors a model or loss raises for data it cannot take (wrong feature count, labels out of range): re-raised
+# with "babysit:" and the context, as the builtin class itself so that ``except ValueError`` still catches them
+_WRAPPED = (ValueError, TypeError, IndexError)
+
+
+def _rethrow(err, context):
+    """Raise ``err`` (one of ``_WRAPPED``, from the model or the loss) again as its builtin class with the message
+    "babysit: <context>: <its own message>", chained to it."""
+    cls = next(c for c in _WRAPPED if isinstance(err, c))
+    raise cls(f"babysit: {context}: {err}") from err
+
+
+def _draws_at_random(module):
+    """True for a module whose forward pass draws random numbers in training: cynet's Dropout, StochasticDepth and
+    DropConnectLinear keep a ``generator`` attribute (None: the global generator), the convention for such modules."""
+    return hasattr(module, "generator")
+
+
+def _module_generators(*objects):
+    """Every :class:`numpy.random.Generator` held as an attribute by the modules of ``objects`` (a model, a loss),
+    each once."""
+    found = {}
+    for obj in objects:
+        modules = obj.modules() if isinstance(obj, Module) else [obj]
+        for module in modules:
+            for value in vars(module).values():
+                if isinstance(value, np.random.Generator):
+                    found[id(value)] = value
+    return list(found.values())
+
+
+def _check_finite(name, array):
+    """Raise ValueError when a floating (or complex) ``array`` holds NaN or inf: it would pass for an overflow of the
+    scores (a weight scale far too large) in the initial-loss check and an explosion at every probed rate."""
+    if array.dtype.kind not in "fc":
+        return
+    # fast path without a boolean copy of x: NaN/inf always reach the sum (a float64 sum of finite float32 values
+    # cannot overflow; a float64 one that does falls through to the exact count)
+    if array.dtype.kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = float(np.sum(array, dtype=np.float64))
+        if math.isfinite(total):
+            return
+    bad = ~np.isfinite(array)
+    count = int(np.count_nonzero(bad))
+    if count:
+        row = int(np.argwhere(bad)[0][0])
+        raise ValueError(f"babysit: {name} holds {count} NaN/inf value{'s' if count > 1 else ''} (first in row {row}); "
+                         f"remove or impute them before training")
+
+
+def _check_labels(y, num_outputs):
+    """Raise ValueError when integer labels fall outside ``[0, num_outputs)``, naming the first such row of ``y``
+    (the loss itself would name a position within a sampled batch)."""
+    bad = (y < 0) | (y >= num_outputs)
+    count = int(np.count_nonzero(bad))
+    if count:
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"babysit: y holds {count} label{'s' if count > 1 else ''} outside [0, {num_outputs}) for "
+                         f"the model's {num_outputs} outputs (first: {y[row]} in row {row})")
+
+
 class _Session:
     """The shared machinery: forward/loss/backward/step on the model, with the initial state kept for resets."""
 
@@ -284,6 +384,7 @@ class _Session:
         self.initial = model.state_dict()
         self.symmetric = _symmetric_layers(model)         # at the initial weights
         self.gradient_check = None                          # set by the overfit check when it runs one
+        self.random_modules = [module for module in model.modules() if _draws_at_random(module)]
 
     def still_symmetric(self):
         """The initially symmetric layers whose units are still identical at the current weights."""
@@ -299,30 +400,83 @@ class _Session:
             xb = xb.astype(self.dtype)
         return xb, self.y[index]
 
+    def scores_of(self, xb):
+        try:
+            return self.model.forward(xb)
+        except _WRAPPED as err:
+            _rethrow(err, f"the model's forward pass failed on a batch of x of shape {xb.shape}")
+
+    def loss_value(self, scores, yb):
+        try:
+            return float(self.loss.forward(scores, yb))
+        except _WRAPPED as err:
+            _rethrow(err, f"{type(self.loss).__name__}.forward failed on scores of shape {np.shape(scores)} and a "
+                          f"batch of y of shape {yb.shape}")
+
     def loss_of(self, index):
         xb, yb = self.batch(index)
-        scores = self.model.forward(xb)
-        return float(self.loss.forward(scores, yb)), scores, yb
+        scores = self.scores_of(xb)
+        return self.loss_value(scores, yb), scores, yb
+
+    @contextlib.contextmanager
+    def measuring(self):
+        """Within the block, the modules that draw at random are in evaluation mode (the rest as they were), so a
+        loss taken there is a measurement of the weights, not of one random mask; their modes come back on exit."""
+        with self.model.modes_restored():
+            for module in self.random_modules:
+                module.train(False)
+            yield
+
+    def measure(self, index):
+        """``loss_of(index)`` taken ``measuring()``."""
+        with self.measuring():
+            return self.loss_of(index)
 
     def step(self, optimizer, index):
         self.model.zero_grad()
         value, scores, yb = self.loss_of(index)
         if math.isfinite(value):
-            self.model.backward(self.loss.backward(), input_grad=False)
+            try:
+                self.model.backward(self.loss.backward(), input_grad=False)
+            except _WRAPPED as err:
+                _rethrow(err, "the backward pass failed")
             optimizer.step()
         return value, scores, yb
 
 
 # --- the checks ------------------------------------------------------------------------------------------------------
 def _check_initial_loss(session, sample, loss, num_classes):
-    value, scores, yb = session.loss_of(sample)
-    if num_classes is None:
-        num_classes = int(scores.shape[-1]) if scores.ndim >= 2 else 2
-    expected, formula = _expected_initial_loss(loss, int(num_classes))
+    """Check 1. Measured with the random modules in evaluation mode (``session.measuring()``): the chance level is
+    the untrained network's loss, and a dropout mask would only add noise to it (inverted dropout also scales the
+    surviving activations up, which inflates the scores). Returns ``(Check, data loss)``.
+
+    Raises:
+        ValueError: a classification loss on a model with fewer than 2 outputs, or labels outside its outputs.
+    """
     name = "initial loss"
+    with session.measuring():
+        xb, yb = session.batch(sample)
+        scores = session.scores_of(xb)
+        inferred = num_classes is None
+        if inferred:
+            num_classes = int(scores.shape[-1]) if np.ndim(scores) >= 2 else 2
+        expected, formula = _expected_initial_loss(loss, int(num_classes))
+        if expected is not None and inferred and num_classes < 2:
+            # an explicit num_classes=1 is refused up front; one inferred from the model's width must be too: the
+            # chance-level loss would be 0 and every relative comparison with it meaningless
+            raise ValueError(f"babysit: the model has {num_classes} output (scores of shape {np.shape(scores)}), so "
+                             f"{type(loss).__name__} sees C = {num_classes} class and has nothing to classify; a "
+                             f"classifier needs C >= 2 outputs (2 for a two-class problem)")
+        if expected is not None and _is_classification(np.asarray(scores), session.y):
+            _check_labels(session.y, int(scores.shape[-1]))
+        value = session.loss_value(scores, yb)
     values = {"loss": value, "expected": expected, "num_classes": int(num_classes)}
     if expected is None:
         return Check(name, None, f"{value:.4g}", "n/a", f"skipped: {formula}", values), value
+    if expected == 0:
+        return Check(name, None, f"{value:.4g}", f"0 ({formula})",
+                     f"skipped: the chance-level loss is 0 ({formula}); such a loss scales with the scores, so no "
+                     f"tolerance tells a good initial scale from a bad one (measured {value:.4g})", values), value
     weight_std, all_zero = _weight_stats(session.model)
     measured = f"{value:.4g}"
     expect = f"{expected:.4g} ({formula})"
@@ -330,7 +484,7 @@ def _check_initial_loss(session, sample, loss, num_classes):
         return Check(name, False, measured, expect,
                      f"expected {expected:.3f}, got {value}: the scores overflow; the weight scale is far too "
                      f"large (weight std {weight_std:.3g}) or the inputs are not normalised", values), value
-    relative = (value - expected) / expected if expected else math.inf
+    relative = (value - expected) / expected
     if abs(relative) <= INITIAL_LOSS_RTOL:
         text = (f"expected {expected:.3f}, got {value:.3f} ({relative:+.1%}, within {INITIAL_LOSS_RTOL:.0%}): "
                 f"the scores start near chance, as they should")
@@ -530,9 +684,17 @@ def _check_overfit(session, tiny, steps, lr):
     elif last - floor >= (1 - NOT_DECREASING) * (first - floor):
         text = _explain_not_decreasing(session, tiny, first, last, taken, lr, values)
     else:
-        text = (f"the loss decreases but stalls ({first:.3f} -> {last:.3f}{acc_text} after {taken} steps, lr "
-                f"{lr:g}): too little capacity for {n} examples, or a learning rate that is too low/high; try "
-                f"more steps or another rate")
+        # a wrong gradient can still point downhill often enough to lower the loss a little: check it before
+        # blaming the capacity or the rate, as in the branches above
+        head = f"the loss decreases but stalls ({first:.3f} -> {last:.3f}{acc_text} after {taken} steps, lr {lr:g})"
+        report = _gradient_check(session, tiny, values)
+        if report is not None and not report.passed:
+            text = _backward_is_wrong(report, head)
+        else:
+            text = (f"{head}: too little capacity for {n} examples, or a learning rate that is too low/high; try "
+                    f"more steps or another rate")
+            if report is not None:
+                text += f" (the gradient checks out: max relative error {report.max_error:.1g})"
     if session.symmetric and not symmetric and not held_long:
         text += (f" (note: {_labels(session.symmetric)} started with identical units, a zero/constant init; the run "
                  f"broke that symmetry, but small random weights give training a better start)")
@@ -548,7 +710,7 @@ def _probe_one(session, lr, batches, sample, initial):
         taken += 1
         if not math.isfinite(value) or value > EXPLODE_FACTOR * initial:
             return ProbeResult(lr, "exploding", initial, value, taken)
-    final, _, _ = session.loss_of(sample)
+    final, _, _ = session.measure(sample)         # like ``initial``: random modules in evaluation mode
     if not math.isfinite(final) or final > EXPLODE_FACTOR * initial:
         return ProbeResult(lr, "exploding", initial, final, taken)
     drop = (initial - final) / initial if initial else 0.0
@@ -561,13 +723,30 @@ def _probe_one(session, lr, batches, sample, initial):
     return ProbeResult(lr, verdict, initial, final, taken)
 
 
+def _contiguous_range(results, best):
+    """``(low, high)``: the smallest and largest rate of the run of "decreasing" results around ``best`` in order of
+    value. The decreasing rates need not be contiguous (1e-1 and 1e-3 decreasing, 1e-2 rising: a noisy or unstable
+    regime); a range spanning a rate that failed would recommend it, so the run stops at the first one that did
+    not decrease."""
+    ordered = sorted(results, key=lambda r: r.lr)
+    at = next(i for i, r in enumerate(ordered) if r is best)
+    lo = hi = at
+    while lo > 0 and ordered[lo - 1].verdict == "decreasing":
+        lo -= 1
+    while hi < len(ordered) - 1 and ordered[hi + 1].verdict == "decreasing":
+        hi += 1
+    return ordered[lo].lr, ordered[hi].lr
+
+
 def _check_lr_probe(report, session, sample, rates, steps, batch_size, rng):
     name = "learning-rate probe"
     n = len(session.x)
     size = min(batch_size, n)
     batches = [rng.choice(n, size=size, replace=False) for _ in range(steps)]
     session.reset()
-    initial, _, _ = session.loss_of(sample)
+    # the before/after losses the verdicts compare are measurements (random modules in evaluation mode): with
+    # dropout active they differed by a fresh mask each, enough to call a rate of 1e-9 "decreasing" or "rising"
+    initial, _, _ = session.measure(sample)
     symmetric_after = []                # per rate that did not explode: the layers still symmetric after it
     for lr in rates:
         result = _probe_one(session, lr, batches, sample, initial)
@@ -599,8 +778,8 @@ def _check_lr_probe(report, session, sample, rates, steps, batch_size, rng):
         return Check(name, False, summary, expected,
                      f"no rate decreased the loss by {BARELY_CHANGING:.0%} in {steps} steps; " + "; ".join(hints),
                      {"verdicts": {r.lr: r.verdict for r in report.probe}, "symmetric_layers": sorted(never_broken)})
-    low, high = min(r.lr for r in good), max(r.lr for r in good)
     best = min(good, key=lambda r: r.final_loss)
+    low, high = _contiguous_range(report.probe, best)
     report.recommended_lr = (low, high)
     report.best_lr = best.lr
     span = f"{low:.0e}" if low == high else f"{low:.0e} … {high:.0e}"
@@ -630,15 +809,19 @@ def babysit(model, loss, x, y, *, optimizer_factory=None, regularization=None, n
             :class:`cynet.optim.Adam` (reliably overfits 20 CIFAR-like examples in well under 200 steps).
         regularization: optional penalty, ``penalty(model) -> float`` (e.g. ``L2Penalty(1e-3)``). Only check 2
             uses it; without it check 2 is skipped. Default None.
-        num_classes (int): C for the expected initial loss. Default None: the width of the model's output.
+        num_classes (int): C for the expected initial loss, an int >= 2. Default None: the width of the model's
+            output (which must then be 2 or more for a classification loss).
         tiny_size (int): examples in the overfitting subset. Default 20.
         overfit_steps (int): full-batch steps allowed for overfitting. Default 200.
         overfit_lr (float): learning rate of the overfitting run. Default 1e-3 (right for Adam; pass your own
             with an SGD factory, e.g. 1e-2 to 1e-1 for momentum SGD on normalised data).
-        lr_probe (sequence of float): learning rates to probe. Default (1e-1, 1e-2, 1e-3, 1e-4, 1e-5).
+        lr_probe (sequence of float): learning rates to probe; a single number probes that one rate. Default
+            (1e-1, 1e-2, 1e-3, 1e-4, 1e-5).
         probe_steps (int): mini-batch steps per probed rate. Default 100.
         batch_size (int): mini-batch size of the probe. Default 64.
-        seed (int): seeds the subset and batch choices. Default 0.
+        seed (int): a non-negative int that seeds the subset and batch choices and, for the duration of the call,
+            the global generator (dropout masks): the same seed on the same model and data gives the same report.
+            Default 0.
 
     Returns:
         BabysitReport: ``print(report)`` shows the table; ``report.passed``, ``report["initial loss"]``,
@@ -650,7 +833,11 @@ def babysit(model, loss, x, y, *, optimizer_factory=None, regularization=None, n
 
     Raises:
         TypeError: model is not a Module, or the loss lacks forward/backward.
-        ValueError: mismatched or empty data, bad sizes, or an empty ``lr_probe``.
+        ValueError: mismatched or empty data, NaN/inf in x (or in floating y), bad sizes, a ``num_classes`` that
+            is not an int >= 2, an empty or non-numeric ``lr_probe``, a bad ``seed``, a classification loss on a
+            model with a single output, or labels outside the model's outputs. An error the model or the loss
+            raises on the data (e.g. a wrong feature count) comes back as its builtin class (ValueError,
+            TypeError, IndexError) with "babysit:" and the context before its own message.
 
     Example:
         >>> from cynet.diagnostics import babysit
@@ -668,28 +855,39 @@ def babysit(model, loss, x, y, *, optimizer_factory=None, regularization=None, n
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y) or len(x) == 0:
         raise ValueError(f"babysit: x and y must be non-empty arrays of the same length, got shapes {x.shape} "
                          f"and {y.shape}")
+    _check_finite("x", x)
+    _check_finite("y", y)               # regression targets; integer labels are checked against the outputs later
     for arg, value in (("tiny_size", tiny_size), ("overfit_steps", overfit_steps), ("probe_steps", probe_steps),
                        ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"babysit: {arg} must be a positive int, got {value!r}")
-    rates = [float(lr) for lr in lr_probe]
-    if not rates or not all(math.isfinite(lr) and lr > 0 for lr in rates):
-        raise ValueError(f"babysit: lr_probe must hold positive finite learning rates, got {lr_probe!r}")
-    if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 2):
+    rates = _learning_rates(lr_probe)
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
+                                    or num_classes < 2):
+        # int(2.7) would silently become 2 classes and int("3") accept a string
         raise ValueError(f"babysit: num_classes must be an int >= 2, got {num_classes!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"babysit: seed must be a non-negative int, got {seed!r}")
     factory = _default_factory if optimizer_factory is None else optimizer_factory
 
     params = model.parameters()
     dtype = params[0].data.dtype if params else None
     rng_state = get_rng_state()
+    # modules may draw from generators of their own (nn.Dropout(0.5, generator=123)): put those back too, so that
+    # babysit leaves the training run that follows exactly as it found it
+    own_states = [(generator, generator.bit_generator.state) for generator in _module_generators(model, loss)]
     session = _Session(model, loss, factory, x, y, dtype)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(int(seed))
     n = len(x)
     sample = np.sort(rng.choice(n, size=min(EVAL_SAMPLE, n), replace=False))
     tiny = np.sort(rng.choice(n, size=min(int(tiny_size), n), replace=False))
     report = BabysitReport()
     with model.modes_restored():
         try:
+            # the global generator (masks of the modules without one of their own) is seeded from ``seed`` for the
+            # call, in place (a module may hold the global generator object itself), from a stream of its own so
+            # that the subset and batch draws stay those of default_rng(seed)
+            set_rng_state(np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(1)[0]).bit_generator.state)
             model.train()
             check, data_loss = _check_initial_loss(session, sample, loss, num_classes)
             report.checks.append(check)
@@ -700,5 +898,7 @@ def babysit(model, loss, x, y, *, optimizer_factory=None, regularization=None, n
         finally:
             session.reset()
             set_rng_state(rng_state)
+            for generator, state in own_states:
+                generator.bit_generator.state = state
     report.seconds = time.perf_counter() - start
     return report
