@@ -1,5 +1,7 @@
 """Validation splits (cynet.tune.cv): KFold / StratifiedKFold partition the data and keep class proportions, the
 holdout split is stratified, and preprocessing is fitted inside each fold on that fold's training rows only."""
+import csv
+
 import numpy as np
 import pytest
 
@@ -168,3 +170,58 @@ def test_every_trial_of_a_search_is_scored_on_the_same_folds():
     cross_validate(fold_recording_fn, {"lr": 0.1}, x, y, seed=1, cv_seed=7)
     other_splits = [tuple(val.tolist()) for _, val in StratifiedKFold(5, shuffle=True, seed=7).split(x, y)]
     assert [rows for _, rows in FOLDS_SEEN] == other_splits != oracle      # cv_seed picks the splits
+
+
+def _stratified_kfold_folds(x, y):
+    return [val for _, val in StratifiedKFold(3).split(x, y)]
+
+
+def _holdout_rows(x, y):
+    return [holdout_split(x, y, 0.2)[2]]
+
+
+@pytest.mark.parametrize("split,name", [(_stratified_kfold_folds, "StratifiedKFold.split"),
+                                        (_holdout_rows, "holdout_split")], ids=["stratified-kfold", "holdout"])
+def test_stratified_splits_want_one_class_label_per_example(split, name):
+    """One-hot labels raised a bare IndexError; NaN labels were put in no class, so those examples were never
+    validated (10 of 30 here)."""
+    x = np.arange(30)[:, None]
+    with pytest.raises(ValueError, match=rf"{name}: .*1-D array of integer class labels.*one-hot labels: pass "
+                                         rf"y\.argmax\(axis=1\)"):
+        split(x, np.eye(3)[np.arange(30) % 3])
+    with pytest.raises(ValueError, match=rf"{name}: y holds 10 NaN labels"):
+        split(x, np.array([0.0, 1.0, np.nan] * 10))
+    # float labels without NaN are classes like any others: the same split as their integer twins
+    y = np.arange(30) % 3
+    for got, want in zip(split(x, y.astype(np.float64)), split(x, y)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_unstratified_holdout_still_takes_any_labels():
+    x, y = np.arange(30)[:, None], np.eye(3)[np.arange(30) % 3]
+    x_tr, y_tr, x_val, y_val = holdout_split(x, y, 0.2, stratify=False)
+    assert y_val.shape == (6, 3)
+    np.testing.assert_array_equal(y[x_val[:, 0]], y_val)
+
+
+def test_a_cross_validated_search_keeps_every_folds_accuracy(tmp_path):
+    """The fold accuracies (and their spread) reach the trial records, the table and the CSV; the oracle is
+    cross_validate called directly with the trial's seed."""
+    x = np.random.default_rng(0).normal(size=(30, 2))
+    y = np.arange(30) % 2
+    trial = CrossValidatedTrial(fold_seed_fn, KFold(3))
+    result = RandomSearch({"lr": loguniform(1e-3, 1e-1)}, n_trials=3, seed=0, edge=0).run(trial, (x, y),
+                                                                                          executor=None)
+    for t in result.trials:
+        direct = cross_validate(fold_seed_fn, t["params"], x, y, cv=KFold(3), seed=t["seed"])
+        assert t["val_acc_folds"] == direct["val_acc_folds"] and len(t["val_acc_folds"]) == 3
+        assert t["val_acc_std"] == pytest.approx(np.std(direct["val_acc_folds"]), abs=1e-15)
+        assert t["val_acc"] == pytest.approx(np.mean(t["val_acc_folds"]), abs=1e-15)
+    rows = result.table()
+    assert list(rows[0])[:8] == ["rank", "number", "stage", "rung", "status", "val_acc", "val_acc_std",
+                                 "val_acc_folds"]
+    assert [r["val_acc_folds"] for r in rows] == [t["val_acc_folds"] for t in result.trials]
+    with open(result.to_csv(tmp_path / "trials.csv")) as f:
+        read = list(csv.DictReader(f))
+    assert [float(r["val_acc_std"]) for r in read] == [t["val_acc_std"] for t in result.trials]
+    assert "val_acc_folds" in str(result)

@@ -412,3 +412,62 @@ def test_fit_refuses_values_whose_statistics_overflow():
     with pytest.raises(ValueError, match="overflow the statistics"):
         transform.fit(np.array([[0.0], [1e300], [-1e300]]))
     assert not transform.is_fitted
+
+
+def test_a_failed_pipeline_fit_leaves_every_step_as_it_was():
+    """PCA refuses one sample after Standardize has already refitted on it: the pipeline must not keep the new mean
+    and variance in front of the old components (it transformed to -1.9e7 instead of its previous values)."""
+    x = gaussian(n=100, d=4)
+    pipe = Pipeline([Standardize(), PCA(2)]).fit(x)
+    oracle = Pipeline([Standardize(), PCA(2)]).fit(x)                  # the same fit, never touched again
+    before = pipe.state_dict()
+    with pytest.raises(ValueError, match="PCA.fit: needs at least 2 samples"):
+        pipe.fit(x[:1] + 1000, refit=True)
+    after = pipe.state_dict()
+    assert before.keys() == after.keys()
+    for key in before:
+        np.testing.assert_array_equal(after[key], before[key])
+    np.testing.assert_array_equal(pipe.transform(x[:5]), oracle.transform(x[:5]))
+    # a first fit that fails leaves every step unfitted, not half of them fitted
+    fresh = Pipeline([Standardize(), PCA(2)])
+    with pytest.raises(ValueError, match="needs at least 2 samples"):
+        fresh.fit(x[:1])
+    assert not fresh.is_fitted and not fresh[0].is_fitted and not fresh[1].is_fitted
+
+
+def test_a_fit_that_fails_midway_restores_the_previous_statistics(monkeypatch):
+    """PCA sets its mean before the eigendecomposition: an error there must not leave the new mean with the old
+    components (the previous fit is the oracle)."""
+    x = gaussian()
+    pca = PCA(3).fit(x)
+    before = pca.state_dict()
+    expected = PCA(3).fit(x).transform(x[:4])
+
+    def failing_eigh(cov):
+        raise np.linalg.LinAlgError("Eigenvalues did not converge")
+
+    monkeypatch.setattr(np.linalg, "eigh", failing_eigh)
+    with pytest.raises(np.linalg.LinAlgError):
+        pca.fit(x * 3 + 100, refit=True)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(pca.mean_, before["mean_"])
+    np.testing.assert_array_equal(pca.transform(x[:4]), expected)
+
+
+@pytest.mark.parametrize("make", [MeanImage, ChannelMean, Standardize, lambda: Standardize(per="channel"),
+                                  lambda: PCA(2), lambda: PCAWhitening(3), ZCAWhitening,
+                                  lambda: Pipeline([Standardize(), PCA(2)])],
+                         ids=["mean-image", "channel-mean", "standardize", "per-channel", "pca", "pca-whitening",
+                              "zca", "pipeline"])
+@pytest.mark.parametrize("shape", [(20, 6), (20, 3, 2, 2)], ids=["rows", "images"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+def test_an_empty_batch_gives_an_empty_result_of_the_right_shape(make, shape, dtype):
+    """Oracle: the shape and dtype the same transform gives for a batch of one row, with zero rows."""
+    x = np.random.default_rng(0).integers(0, 255, size=shape).astype(dtype)
+    transform = make().fit(x)
+    one = transform.transform(x[:1])
+    empty = transform.transform(x[:0])
+    assert empty.shape == (0,) + one.shape[1:] and empty.dtype == one.dtype
+    back_one = transform.inverse_transform(one)
+    back = transform.inverse_transform(empty)
+    assert back.shape == (0,) + back_one.shape[1:] == (0,) + shape[1:] and back.dtype == back_one.dtype

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import pathlib
+import threading
 import time
 
 import numpy as np
@@ -19,8 +20,8 @@ from cynet import checkpoint, nn
 from cynet.nn.loss import SoftmaxCrossEntropy
 from cynet.optim import SGD
 from cynet.tune import (
-    CoarseToFine, GridSearch, RandomSearch, Stage, choice, edge_report, grid_points, loguniform, make_trainer_trial,
-    narrow_space, randint, sample_space, successive_halving, trial_seed, uniform,
+    CoarseToFine, GridSearch, LogUniform, RandomSearch, Stage, choice, edge_report, grid_points, loguniform,
+    make_trainer_trial, narrow_space, randint, sample_space, successive_halving, trial_seed, uniform,
 )
 from cynet.tune.executors import execute_trial
 
@@ -169,6 +170,21 @@ def test_grid_points_log_spaced():
     assert values["h"] == [8, 16] and values["k"] == [5]
 
 
+@pytest.mark.parametrize("dist", [loguniform(1e-5, 1e-1), loguniform(3e-4, 7.0), uniform(-0.3, 0.7)], ids=repr)
+@pytest.mark.parametrize("n", [1, 2, 3, 7])
+def test_grid_reaches_both_ends_exactly_and_stays_inside(dist, n):
+    """exp(log(1e-5)) is 9.999999999999997e-06: the grid's ends were just outside [lo, hi]."""
+    values = dist.grid(n)
+    assert len(values) == n and all(dist.lo <= v <= dist.hi for v in values)
+    if n > 1:
+        assert values[0] == dist.lo and values[-1] == dist.hi
+    scale = np.log if isinstance(dist, LogUniform) else np.asarray
+    np.testing.assert_allclose(scale(values), np.linspace(scale(dist.lo), scale(dist.hi), n) if n > 1
+                               else [(scale(dist.lo) + scale(dist.hi)) / 2], rtol=1e-12)
+    configs = GridSearch({"lr": dist, "k": 2}, points=n).configurations()
+    assert [c["lr"] for c in configs] == values
+
+
 def test_sample_space_passes_constants():
     params = sample_space({"lr": loguniform(1e-3, 1e-1), "batch_size": 64}, np.random.default_rng(0))
     assert params["batch_size"] == 64 and 1e-3 <= params["lr"] <= 1e-1
@@ -237,6 +253,73 @@ def test_trainer_trial_is_reproducible_and_restores_global_rng(problem):
     for key in first["state_dict"]:
         np.testing.assert_array_equal(first["state_dict"][key], second["state_dict"][key])
     assert any(not np.array_equal(first["state_dict"][k], third["state_dict"][k]) for k in first["state_dict"])
+
+
+class SlowDropout(nn.Dropout):
+    """Dropout that sleeps a moment before each mask, so trainings on two threads interleave their draws."""
+
+    def forward(self, x):
+        if self.training:
+            time.sleep(0.001)
+        return super().forward(x)
+
+
+def build_synced_mlp(params):
+    """An MLP with dropout; when ``params`` carries a barrier ("sync"), the trials sharing it build together, after
+    every one of them has started (the moment a trial that seeded the process-wide generator was overtaken)."""
+    if "sync" in params:
+        params["sync"].wait()
+    hidden = int(params.get("hidden", 16))
+    return nn.Sequential(nn.Linear(10, hidden), nn.ReLU(), SlowDropout(0.5), nn.Linear(hidden, 3))
+
+
+def _alone_on_one_thread(trial, params, data, seed):
+    with cynet.threads(1):
+        return trial(params, data, 1, seed)
+
+
+def test_trainer_trials_on_threads_give_their_serial_results(problem):
+    """Two trials training a dropout MLP at once on two threads: each gets exactly its serial run's weights, history
+    and score (its initial weights and dropout masks depend on its own seed only), and the caller's generator is not
+    touched."""
+    import concurrent.futures
+
+    trial = make_trainer_trial(build_synced_mlp, SoftmaxCrossEntropy(), sgd_factory, batch_size=32)
+    small = tuple(part[:160] for part in problem[:2]) + tuple(part[:80] for part in problem[2:])
+    seeds = (111, 222)
+    serial = [_alone_on_one_thread(trial, {"lr": 0.2}, small, seed) for seed in seeds]
+    cynet.manual_seed(5)
+    before = cynet.get_rng_state()
+    sync = threading.Barrier(2, timeout=30)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(_alone_on_one_thread, trial, {"lr": 0.2, "sync": sync}, small, seed) for seed in seeds]
+        threaded = [f.result() for f in futures]
+    for alone, beside in zip(serial, threaded):
+        for key in alone["state_dict"]:
+            np.testing.assert_array_equal(beside["state_dict"][key], alone["state_dict"][key])
+        assert beside["val_loss"] == alone["val_loss"] and beside["history"] == alone["history"]
+    assert cynet.get_rng_state() == before
+    assert serial[0]["val_loss"] != serial[1]["val_loss"]          # the seeds matter: the check above means something
+
+
+def test_random_search_on_a_thread_pool_matches_serial(problem):
+    """The README's promise, on a thread pool: the same table as a serial run (trials built two at a time)."""
+    import concurrent.futures
+
+    trial = make_trainer_trial(build_synced_mlp, SoftmaxCrossEntropy(), sgd_factory, batch_size=32)
+    small = tuple(part[:160] for part in problem[:2]) + tuple(part[:80] for part in problem[2:])
+    space = {"lr": loguniform(1e-2, 1.0), "hidden": choice([8, 16])}
+
+    def table(result):
+        return sorted((t["number"], t["status"], t["val_acc"], t["val_loss"], t["history"]["train_loss"])
+                      for t in result.trials)
+
+    serial = RandomSearch(space, n_trials=4, seed=0, edge=0).run(trial, small, executor=None, threads_per_trial=1)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        threaded = RandomSearch(dict(space, sync=threading.Barrier(2, timeout=30)), n_trials=4, seed=0,
+                                edge=0).run(trial, small, executor=pool, threads_per_trial=1)
+    assert all(t["status"] == "ok" for t in threaded.trials), [t["error"] for t in threaded.trials]
+    assert table(threaded) == table(serial)
 
 
 def test_trainer_trial_reports_divergence(problem):
@@ -486,6 +569,55 @@ def test_coarse_to_fine_judges_the_edge_against_the_ranges_the_user_gave():
     assert result.best_params["lr"] < 10 ** -3.6                               # within 0.1 of the lower end
     assert any(m.startswith("CoarseToFine: best lr=") and "lower edge of loguniform(0.0001, 1.0)" in m
                for m in messages), messages
+
+
+def count_calls_fn(params, data, budget, seed):
+    CALLS.append(params)
+    return {"val_acc": params["lr"]}
+
+
+CALLS = []
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: CoarseToFine({"lr": loguniform(1e-4, 1e-1)}, [Stage(3), Stage(3)], margin=-0.1),
+     "CoarseToFine: margin must be a finite number >= 0, got -0.1"),
+    (lambda: CoarseToFine({"lr": loguniform(1e-4, 1e-1)}, [Stage(3), Stage(3)], margin=float("nan")),
+     "CoarseToFine: margin"),
+    (lambda: CoarseToFine({"lr": loguniform(1e-4, 1e-1)}, [Stage(3)], edge=0.5), r"CoarseToFine: edge .* \[0, 0.5\)"),
+    (lambda: RandomSearch({"lr": loguniform(1e-4, 1e-1)}, edge=-1), "RandomSearch: edge"),
+    (lambda: GridSearch({"lr": loguniform(1e-4, 1e-1)}, edge="wide"), "GridSearch: edge"),
+], ids=["negative-margin", "nan-margin", "edge-half", "negative-edge", "edge-string"])
+def test_search_arguments_are_checked_before_any_trial_runs(make, message):
+    CALLS.clear()
+    with pytest.raises(ValueError, match=message):
+        make().run(count_calls_fn, executor=None)
+    assert CALLS == []             # the negative margin used to fail only in narrow_space, after a stage trained
+
+
+@pytest.mark.parametrize("kwargs,message", [({"n_trials": 0}, "n_trials"), ({"eta": 1}, "eta"),
+                                            ({"max_rungs": 0}, "max_rungs"), ({"min_budget": 0}, "min_budget"),
+                                            ({"min_budget": float("inf")}, "min_budget")])
+def test_successive_halving_names_itself_in_argument_errors(kwargs, message):
+    CALLS.clear()
+    with pytest.raises(ValueError, match=f"successive_halving: {message}"):
+        successive_halving(count_calls_fn, None, {"lr": loguniform(1e-4, 1e-1)}, executor=None, **kwargs)
+    assert CALLS == []
+
+
+def nan_fn(params, data, budget, seed):
+    return {"val_acc": float("nan")}
+
+
+def test_successive_halving_warnings_name_successive_halving():
+    with pytest.warns(UserWarning) as caught:
+        successive_halving(edge_peak_fn, None, {"lr": loguniform(1e-4, 1e-1)}, n_trials=27, eta=3, executor=None)
+        successive_halving(nan_fn, None, {"lr": loguniform(1e-4, 1e-1)}, n_trials=3, eta=3, executor=None)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("successive_halving: best lr=") and "lower edge" in messages[0]
+    assert messages[1] == "successive_halving: no trial of the search finished"
+    assert {w.filename for w in caught} == {__file__}                # they point at the caller's line
 
 
 def test_successive_halving_keeps_the_top_third_and_triples_the_budget():

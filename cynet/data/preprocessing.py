@@ -59,6 +59,12 @@ def _check_data(owner, x, what="x"):
     return x
 
 
+def _rows(x):
+    """``x`` (N, ...) viewed as (N, D) rows. The feature count is spelled out: ``reshape(N, -1)`` cannot infer it
+    from an empty batch (N = 0: "cannot reshape array of size 0")."""
+    return x.reshape(x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64)))
+
+
 def _chunks(n, size):
     for start in range(0, n, size):
         yield start, min(start + size, n)
@@ -186,7 +192,11 @@ class Transform:
                              f"remove or repair those samples first")
         print_ = self._check_refit(x, refit)
         previous = self.state_dict()
-        self._fit(x)
+        try:
+            self._fit(x)
+        except BaseException:
+            self.load_state_dict(previous)                    # _fit may have set some statistics before it failed
+            raise
         broken = [key for key in self._fitted_names if np.asarray(getattr(self, key)).dtype.kind == "f"
                   and not np.all(np.isfinite(getattr(self, key)))]
         if broken:
@@ -312,11 +322,11 @@ def _channel_view(owner, x, channels):
         if x.shape[1] != channels:
             raise ValueError(f"{owner}: expects {channels} channels on axis 1 (channels={channels}), got "
                              f"{_describe(x)}")
-        return x.reshape(x.shape[0], channels, -1)
+        return x.reshape(x.shape[0], channels, int(np.prod(x.shape[2:], dtype=np.int64)))   # (N = 0 too)
     if x.shape[1] % channels:
         raise ValueError(f"{owner}: (N, D) input needs D divisible by channels={channels} (rows of C planes, "
                          f"like CIFAR's 1024 R, 1024 G, 1024 B), got {_describe(x)}")
-    return x.reshape(x.shape[0], channels, -1)
+    return x.reshape(x.shape[0], channels, x.shape[1] // channels)
 
 
 def _channel_stats(x3, chunk_size, with_var):
@@ -368,7 +378,7 @@ class MeanImage(Transform):
     _fitted_names = ("mean_",)
 
     def _fit(self, x):
-        self.mean_ = _column_mean(x.reshape(x.shape[0], -1), self.chunk_size).reshape(x.shape[1:])
+        self.mean_ = _column_mean(_rows(x), self.chunk_size).reshape(x.shape[1:])
 
     def _transform(self, x, dtype):
         out = np.empty(x.shape, dtype=dtype)
@@ -484,7 +494,7 @@ class Standardize(Transform):
             self.mean_, self.var_ = _channel_stats(_channel_view("Standardize.fit", x, self.channels),
                                                    self.chunk_size, True)
         else:
-            x2 = x.reshape(x.shape[0], -1)
+            x2 = _rows(x)
             mean = _column_mean(x2, self.chunk_size)
             self.var_ = _column_var(x2, mean, self.chunk_size).reshape(x.shape[1:])
             self.mean_ = mean.reshape(x.shape[1:])
@@ -578,7 +588,7 @@ class PCA(Transform):
         self.n_components = n_components
 
     def _fit(self, x):
-        x2 = x.reshape(x.shape[0], -1)
+        x2 = _rows(x)
         n, d = x2.shape
         if isinstance(self.n_components, int) and self.n_components > d:
             raise ValueError(f"{type(self).__name__}.fit: n_components={self.n_components} exceeds the {d} "
@@ -627,7 +637,7 @@ class PCA(Transform):
         return (self.n_components_,)
 
     def _transform(self, x, dtype):
-        x2 = x.reshape(x.shape[0], -1)
+        x2 = _rows(x)
         w, mean = self._matrix(dtype), self.mean_.astype(dtype)
         out = np.empty((x2.shape[0], w.shape[1]), dtype=dtype)
         for a, b in _chunks(x2.shape[0], self.chunk_size):
@@ -635,7 +645,7 @@ class PCA(Transform):
         return out.reshape((x.shape[0],) + self._output_shape())
 
     def _inverse(self, x, dtype):
-        x2 = x.reshape(x.shape[0], -1)
+        x2 = _rows(x)
         w, mean = self._inverse_matrix(dtype), self.mean_.astype(dtype)
         out = np.empty((x2.shape[0], w.shape[1]), dtype=dtype)
         for a, b in _chunks(x2.shape[0], self.chunk_size):
@@ -722,7 +732,7 @@ class ZCAWhitening(PCAWhitening):
         return {"eps": self.eps}
 
     def _fit(self, x):
-        x2 = x.reshape(x.shape[0], -1)
+        x2 = _rows(x)
         self.mean_ = _column_mean(x2, self.chunk_size)
         values, vectors = _eigh_descending(_covariance(x2, self.mean_, self.chunk_size))
         total = values.sum()
@@ -784,13 +794,35 @@ class Pipeline(Transform):
         return len(self.steps)
 
     def fit(self, x, *, refit=False):
+        """Fit every step in turn, each on the output of the steps before it; all or nothing.
+
+        Args:
+            x (array_like): training data, as for :meth:`Transform.fit`.
+            refit (bool): silence the warning given when the fitted pipeline is fitted on different data.
+                Default False.
+
+        Returns:
+            self
+
+        Raises:
+            ValueError, TypeError: a step refused its input (what that step raises). Every step then has the state
+            it had before the call (fitted or not), like a single transform whose fit fails.
+        """
         x = _check_data("Pipeline.fit", x)
         print_ = self._check_refit(x, refit)
         shape = tuple(int(s) for s in x.shape[1:])
         n = int(x.shape[0])
-        for t in self.steps[:-1]:
-            x = t.fit_transform(x, refit=True)
-        self.steps[-1].fit(x, refit=True)
+        # A step that fails after earlier steps were refitted would leave new statistics in front of old ones, and a
+        # pipeline that still transforms without complaint, silently wrong: put every step back as it was.
+        previous = [t.state_dict() for t in self.steps]
+        try:
+            for t in self.steps[:-1]:
+                x = t.fit_transform(x, refit=True)
+            self.steps[-1].fit(x, refit=True)
+        except BaseException:
+            for t, state in zip(self.steps, previous):
+                t.load_state_dict(state)
+            raise
         self.feature_shape_, self.fitted_on = shape, (n, print_)
         return self
 

@@ -21,6 +21,25 @@ def _check_splits(owner, n_splits):
     return int(n_splits)
 
 
+def _class_labels(owner, y):
+    """``y`` as a 1-D array of class labels to stratify by; ValueError naming ``owner`` otherwise.
+
+    One-hot or soft labels (2-D) would be split by their columns (an IndexError or a wrong split), and NaN labels
+    never compare equal to themselves, so ``y == label`` puts them in no class and no fold would ever validate them.
+    """
+    y = np.asarray(y)
+    if y.ndim != 1:
+        hint = " (one-hot labels: pass y.argmax(axis=1))" if y.ndim == 2 else ""
+        raise ValueError(f"{owner}: stratifying needs y as a 1-D array of integer class labels, one per example, got "
+                         f"an array of shape {y.shape}{hint}")
+    if y.dtype.kind in "fc":
+        missing = int(np.count_nonzero(np.isnan(y)))
+        if missing:
+            raise ValueError(f"{owner}: y holds {missing} NaN labels (of {len(y)}); stratifying needs a class label "
+                             f"for every example (1-D integer class labels); drop or label those examples first")
+    return y
+
+
 class KFold:
     """K-fold cross-validation indices: each example is in exactly one validation fold.
 
@@ -94,14 +113,19 @@ class StratifiedKFold(KFold):
 
         Args:
             x (array_like): the data (only its length is used).
-            y (array_like): class labels, one per example (required).
+            y (array_like): class labels, one per example (required): a 1-D array of integer labels (any labels
+                that compare equal within a class do; NaN does not).
 
         Yields:
             tuple: ``(train_indices, val_indices)``.
+
+        Raises:
+            ValueError: no ``y``; ``y`` not 1-D (one-hot labels: pass ``y.argmax(axis=1)``) or holding NaN; ``x`` and
+            ``y`` of different lengths; fewer examples than folds.
         """
         if y is None:
             raise ValueError("StratifiedKFold.split: needs the labels y")
-        y = np.asarray(y)
+        y = _class_labels("StratifiedKFold.split", y)
         n = len(x)
         if len(y) != n:
             raise ValueError(f"StratifiedKFold.split: x and y lengths differ ({n} and {len(y)})")
@@ -130,13 +154,17 @@ def holdout_split(x, y, val_fraction=0.2, *, seed=0, stratify=True):
 
     Args:
         x (array_like): inputs, one example per row.
-        y (array_like): labels.
+        y (array_like): labels; with ``stratify``, a 1-D array of integer class labels (no NaN).
         val_fraction (float): share of the examples held out, in (0, 1). Default 0.2.
         seed (int): seed of the random split. Default 0.
         stratify (bool): keep the class proportions in both parts. Default True.
 
     Returns:
         tuple: ``(x_train, y_train, x_val, y_val)``, the data format of :func:`cynet.tune.make_trainer_trial`.
+
+    Raises:
+        ValueError: ``x`` and ``y`` of different lengths, ``val_fraction`` outside (0, 1) or leaving an empty part,
+        or (with ``stratify``) ``y`` not 1-D class labels (one-hot labels: pass ``y.argmax(axis=1)``) or holding NaN.
 
     Example:
         >>> import numpy as np
@@ -156,6 +184,7 @@ def holdout_split(x, y, val_fraction=0.2, *, seed=0, stratify=True):
         raise ValueError(f"holdout_split: {val_fraction} of {n} examples leaves an empty part")
     rng = np.random.default_rng(seed)
     if stratify:
+        _class_labels("holdout_split", y)
         # take round(val_fraction * count) of each class, then fix the total by the largest remainders
         labels, counts = np.unique(y, return_counts=True)
         exact = val_fraction * counts
@@ -197,8 +226,10 @@ def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, b
         cv_seed (int): seed of the default splitter's shuffle (ignored when ``cv`` is given). Default 0.
 
     Returns:
-        dict: "val_acc" (mean over folds; NaN when a fold did not finish), "val_acc_folds", "val_loss",
-        "epochs" (per fold), "status" ("ok", or "diverged" when any fold diverged).
+        dict: "val_acc" (mean over folds; NaN when a fold did not finish), "val_acc_folds" (each fold's accuracy),
+        "val_acc_std" (their standard deviation, ``numpy.std``: divisor the number of folds; NaN when a fold did not
+        finish), "val_loss", "epochs" (per fold), "status" ("ok", or "diverged" when any fold diverged). In a search,
+        "val_acc_folds" and "val_acc_std" are kept in each trial's record and shown in the results table.
 
     Example:
         >>> from cynet.tune import cross_validate, KFold
@@ -221,6 +252,7 @@ def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, b
         if out.get("status", "ok") != "ok" or not np.isfinite(accs[-1]):
             status = "diverged"
     return {"val_acc": float(np.mean(accs)) if status == "ok" else float("nan"), "val_acc_folds": accs,
+            "val_acc_std": float(np.std(accs)) if status == "ok" else float("nan"),
             "val_loss": float(np.mean(losses)), "epochs": epochs, "status": status}
 
 

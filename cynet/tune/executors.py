@@ -69,7 +69,8 @@ def execute_trial(train_fn, data, spec, threads=None):
 
     Returns:
         dict: the spec's keys plus "status", "val_acc", "val_loss", "epochs", "seconds", "threads" (the thread
-        count it ran with), "error", "history", "state_dict".
+        count it ran with), "error", "history", "state_dict"; and "val_acc_folds" (floats) and "val_acc_std" when
+        ``train_fn`` returns per-fold accuracies (:class:`cynet.tune.CrossValidatedTrial` does).
 
     Example:
         >>> from cynet.tune.executors import execute_trial
@@ -99,6 +100,12 @@ def execute_trial(train_fn, data, spec, threads=None):
         record["epochs"] = _plain(out.get("epochs", spec["budget"]))
         record["history"] = out.get("history")
         record["state_dict"] = out.get("state_dict")
+        if out.get("val_acc_folds") is not None:
+            # a cross-validated trial: keep each fold's accuracy, so the results show the spread behind the mean
+            folds = [float(v) for v in out["val_acc_folds"]]
+            record["val_acc_folds"] = folds
+            record["val_acc_std"] = float(out["val_acc_std"]) if out.get("val_acc_std") is not None \
+                else float(np.std(folds)) if folds else math.nan
         status = out.get("status", "ok")
         if status not in STATUSES:
             raise ValueError(f"train_fn returned status {status!r}; expected one of {STATUSES}")

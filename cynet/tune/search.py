@@ -47,6 +47,16 @@ def _check_int(owner, name, value, low):
     return int(value)
 
 
+def _check_fraction(owner, name, value, upper=None):
+    """``value`` as a float when it is a finite number >= 0 (and < ``upper`` when given); ValueError otherwise."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating)) \
+        and math.isfinite(value) and value >= 0 and (upper is None or value < upper)
+    if not ok:
+        bound = ">= 0" if upper is None else f"in [0, {upper})"
+        raise ValueError(f"{owner}: {name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
 def _trial_sequence(seed, number):
     """Trial ``number``'s SeedSequence: the same as ``SeedSequence(seed).spawn(number + 1)[number]``."""
     return np.random.SeedSequence(seed, spawn_key=(number,))
@@ -146,15 +156,16 @@ class TrainerTrial:
         return None
 
     def __call__(self, params, data, budget, seed):
-        import cynet
         from cynet import _random
         from cynet.train import DivergenceWarning, Trainer
 
         x_train, y_train, x_val, y_val = _split_data(data)
         epochs = max(1, int(round(budget)))
-        saved_rng = _random.get_rng_state()
-        try:
-            cynet.manual_seed(seed)   # the model's initial weights come from the trial's seed
+        # The trial's own generator, local to this thread, for the initial weights, dropout masks and every other
+        # generator=None draw: seeding the process-wide generator (and restoring it afterwards) let trials running on
+        # threads beside each other (a thread pool, a Dask worker with several threads) draw from each other's seeds.
+        # It is the generator cynet.manual_seed(seed) would make, so serial results are what they always were.
+        with _random.generator_scope(seed):
             model = self.build_model(params)
             if self.loss is None:
                 from cynet.nn.loss import SoftmaxCrossEntropy
@@ -169,13 +180,11 @@ class TrainerTrial:
                 warnings.simplefilter("ignore", DivergenceWarning)
                 trainer.fit(x_train, y_train, epochs=epochs, batch_size=int(params.get("batch_size", self.batch_size)),
                             validation=(x_val, y_val))
-        finally:
-            _random.set_rng_state(saved_rng)
-        diverged = bool(trainer.stop_reason) and trainer.stop_reason.startswith("diverged")
-        if diverged:
-            val_loss, val_acc = math.nan, math.nan
-        else:
-            val_loss, val_acc = trainer.evaluate(x_val, y_val)
+            diverged = bool(trainer.stop_reason) and trainer.stop_reason.startswith("diverged")
+            if diverged:
+                val_loss, val_acc = math.nan, math.nan
+            else:
+                val_loss, val_acc = trainer.evaluate(x_val, y_val)
         history = {key: list(trainer.history[key]) for key in ("train_loss", "train_acc", "val_loss", "val_acc")}
         return {"val_acc": val_acc, "val_loss": val_loss, "epochs": trainer.epoch, "history": history,
                 "state_dict": dict(model.state_dict()), "status": "diverged" if diverged else "ok",
@@ -189,10 +198,12 @@ def make_trainer_trial(build_model, loss=None, optimizer_factory=None, *, batch_
                        callbacks=None, batch_transform=None):
     """A trial function that builds a model from the hyperparameters and trains it with :class:`Trainer`.
 
-    Per trial: the global generator is seeded with the trial's seed (so the initial weights depend on it alone, and
-    the caller's generator state is restored afterwards), the model is built, trained for ``budget`` epochs on
-    ``data = (x_train, y_train, x_val, y_val)`` (or a dict with those keys) with the trainer's divergence guard,
-    and scored on the validation split. A run the guard stopped is reported with status "diverged" (and NaN
+    Per trial, inside :func:`cynet._random.generator_scope` of the trial's seed (a global generator local to the
+    calling thread, the one ``cynet.manual_seed(seed)`` would make; the caller's generator is never touched), the
+    model is built, trained for ``budget`` epochs on ``data = (x_train, y_train, x_val, y_val)`` (or a dict with
+    those keys) with the trainer's divergence guard, and scored on the validation split. Its initial weights and
+    dropout masks thus depend on the seed alone, also when other trials run on threads beside it (a thread pool, a
+    Dask worker with several threads). A run the guard stopped is reported with status "diverged" (and NaN
     accuracy), never ranked.
 
     Args:
@@ -225,6 +236,8 @@ def make_trainer_trial(build_model, loss=None, optimizer_factory=None, *, batch_
 def _format(value):
     if isinstance(value, float):
         return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):     # per-fold accuracies and epochs of a cross-validated trial
+        return "[" + ", ".join(_format(v) for v in value) + "]"
     return str(value)
 
 
@@ -239,7 +252,8 @@ class SearchResult:
     Attributes:
         trials (list of dict): one record per trial run (per rung under successive halving), best first: "number",
             "stage", "rung", "params", "seed", "budget", "status", "val_acc", "val_loss", "epochs", "seconds",
-            "threads", "error", "history".
+            "threads", "error", "history"; with a cross-validated trial (:class:`~cynet.tune.CrossValidatedTrial`)
+            also "val_acc_folds" (each fold's accuracy) and "val_acc_std" (their standard deviation).
         space (dict): the initial search space.
         best_state_dict (dict or None): the best trial's weights, when its ``train_fn`` returned a "state_dict".
         best_checkpoint (str or None): where :meth:`save_best` wrote them.
@@ -284,17 +298,22 @@ class SearchResult:
         return names
 
     def table(self):
-        """The trials as flat rows (dicts), best first: rank, number, stage, rung, status, val_acc, val_loss,
-        epochs, budget, seconds, threads, seed, one column per hyperparameter, error.
+        """The trials as flat rows (dicts), best first: rank, number, stage, rung, status, val_acc, (when trials
+        were cross-validated: val_acc_std, val_acc_folds,) val_loss, epochs, budget, seconds, threads, seed, one
+        column per hyperparameter, error.
 
         Returns:
             list of dict: the rows.
         """
         rows = []
+        folds = any("val_acc_folds" in t for t in self.trials)
         for rank, t in enumerate(self.trials, 1):
             row = {"rank": rank, "number": t["number"], "stage": t.get("stage", 0), "rung": t.get("rung", 0),
-                   "status": t["status"], "val_acc": t["val_acc"], "val_loss": t["val_loss"], "epochs": t["epochs"],
-                   "budget": t["budget"], "seconds": t["seconds"], "threads": t.get("threads"), "seed": t["seed"]}
+                   "status": t["status"], "val_acc": t["val_acc"]}
+            if folds:               # the mean accuracy alone hides how much it varies from fold to fold
+                row["val_acc_std"], row["val_acc_folds"] = t.get("val_acc_std"), t.get("val_acc_folds")
+            row.update({"val_loss": t["val_loss"], "epochs": t["epochs"], "budget": t["budget"],
+                        "seconds": t["seconds"], "threads": t.get("threads"), "seed": t["seed"]})
             for name in self._param_names():
                 row[name] = t["params"].get(name)
             row["error"] = t["error"]
@@ -454,6 +473,12 @@ class _Search:
     """Shared machinery: the runner, the bookkeeping of the best weights, edge warnings, the result."""
 
     edge = 0.1
+    _caller_name = None     # the function the user called, when it is not the class (successive_halving)
+    _caller_depth = 0       # its extra frames between the user and run(), for the warnings' stacklevel
+
+    def _caller(self):
+        """The name warnings and errors give: the class's, or the function's that built the search."""
+        return self._caller_name or type(self).__name__
 
     def run(self, train_fn, data=None, *, budget=1, executor="process", n_workers=None, threads_per_trial=None,
             checkpoint_dir=None, progress=False, mp_context=None):
@@ -500,7 +525,7 @@ class _Search:
             # judged against the ranges the user gave: coarse-to-fine narrows around the best trials, so a best
             # value at the edge of a narrowed range is expected and says nothing about the ranges searched
             for message in edge_report(self.space, best, self.edge):
-                warnings.warn(f"{type(self).__name__}: best {message}", UserWarning, stacklevel=2)
+                warnings.warn(f"{self._caller()}: best {message}", UserWarning, stacklevel=2 + self._caller_depth)
             if checkpoint_dir is not None and result.best_state_dict is not None:
                 result.save_best(checkpoint_dir)
         return result
@@ -535,8 +560,11 @@ class RandomSearch(_Search):
             :func:`randint`).
         n_trials (int): number of configurations. Default 16.
         seed (int): the search's seed. Default 0.
-        edge (float): warn when the best value lies within this fraction of an end of its range (0: never).
-            Default 0.1.
+        edge (float): warn when the best value lies within this fraction of an end of its range, in [0, 0.5)
+            (0: never). Default 0.1.
+
+    Raises:
+        ValueError: ``n_trials`` < 1, a negative ``seed``, ``edge`` outside [0, 0.5).
 
     Example:
         >>> from cynet.tune import RandomSearch, loguniform, uniform
@@ -550,7 +578,7 @@ class RandomSearch(_Search):
         self.space = _check_space(space)
         self.n_trials = _check_int("RandomSearch", "n_trials", n_trials, 1)
         self.seed = _check_int("RandomSearch", "seed", seed, 0)
-        self.edge = float(edge)
+        self.edge = _check_fraction("RandomSearch", "edge", edge, 0.5)
 
     def configurations(self):
         """The hyperparameter draws of every trial, in trial order (no training).
@@ -577,8 +605,11 @@ class GridSearch(_Search):
         space (dict): the search space.
         points (int or dict): values per numeric dimension (``{name: n}`` per dimension). Default 3.
         seed (int): seeds the trials' training (:func:`trial_seed`). Default 0.
-        edge (float): edge-warning threshold, as for :class:`RandomSearch` (a grid always reaches both ends of a
-            range, so the warning says that the best grid point is an end point). Default 0.1.
+        edge (float): edge-warning threshold in [0, 0.5), as for :class:`RandomSearch` (a grid always reaches both
+            ends of a range, so the warning says that the best grid point is an end point). Default 0.1.
+
+    Raises:
+        ValueError: bad ``points``, a negative ``seed``, ``edge`` outside [0, 0.5).
 
     Example:
         >>> from cynet.tune import GridSearch, loguniform
@@ -591,7 +622,7 @@ class GridSearch(_Search):
         self.points = points
         grid_points(space, points)      # validates
         self.seed = _check_int("GridSearch", "seed", seed, 0)
-        self.edge = float(edge)
+        self.edge = _check_fraction("GridSearch", "edge", edge, 0.5)
 
     def _max_parallel(self):
         return len(self.configurations())
@@ -682,8 +713,13 @@ class CoarseToFine(_Search):
         space (dict): the initial (coarse) space.
         stages (list of Stage): the stages, coarse first.
         seed (int): the search's seed; trial numbers continue across stages. Default 0.
-        margin (float): padding of the narrowed ranges, a fraction of the old width. Default 0.1.
-        edge (float): edge-warning threshold, a fraction of the initial range. Default 0.1.
+        margin (float): padding of the narrowed ranges, a fraction of the old width, >= 0. Default 0.1.
+        edge (float): edge-warning threshold, a fraction of the initial range, in [0, 0.5). Default 0.1.
+
+    Raises:
+        TypeError: ``stages`` is not a non-empty list of :class:`Stage`.
+        ValueError: a negative ``seed`` or ``margin``, ``edge`` outside [0, 0.5) (checked here, before any trial
+        runs).
 
     Attributes (after :meth:`run`):
         stage_spaces (list of dict): the space of each stage (also on the result).
@@ -701,8 +737,9 @@ class CoarseToFine(_Search):
             raise TypeError("CoarseToFine: stages must be a non-empty list of Stage")
         self.stages = stages
         self.seed = _check_int("CoarseToFine", "seed", seed, 0)
-        self.margin = float(margin)
-        self.edge = float(edge)
+        # checked here, not when the first stage has trained and narrow_space meets it
+        self.margin = _check_fraction("CoarseToFine", "margin", margin)
+        self.edge = _check_fraction("CoarseToFine", "edge", edge, 0.5)
         self.stage_spaces = []
 
     def _max_parallel(self):
@@ -720,13 +757,17 @@ class CoarseToFine(_Search):
             number += stage.n_trials
             ranked = [r for r in sorted(stage_records, key=_stage_key)
                       if r["status"] == "ok" and math.isfinite(r["val_acc"])]
+            last = index + 1 == len(self.stages)
             if not ranked:
-                warnings.warn(f"CoarseToFine: no trial of stage {index} finished; the next stage keeps its ranges",
-                              UserWarning, stacklevel=3)
+                what = f"stage {index}" if len(self.stages) > 1 else "the search"
+                warnings.warn(f"{self._caller()}: no trial of {what} finished"
+                              + ("" if last else "; the next stage keeps its ranges"), UserWarning,
+                              stacklevel=3 + self._caller_depth)
                 continue
-            if index + 1 < len(self.stages):
+            if not last:
                 for message in edge_report(self.space, ranked[0]["params"], self.edge):
-                    warnings.warn(f"CoarseToFine stage {index}: best {message}", UserWarning, stacklevel=3)
+                    warnings.warn(f"{self._caller()} stage {index}: best {message}", UserWarning,
+                                  stacklevel=3 + self._caller_depth)
                 kept, seen = [], set()
                 for r in ranked:
                     if r["number"] not in seen:
@@ -757,6 +798,10 @@ def successive_halving(train_fn, data=None, space=None, *, n_trials=27, min_budg
         SearchResult: every rung's records (a surviving configuration keeps its trial number and seed; "rung" says
         which budget it had).
 
+    Raises:
+        ValueError: no ``space``; ``n_trials`` < 1, ``eta`` < 2, ``max_rungs`` < 1, ``min_budget`` <= 0 or a
+        negative ``seed``. TypeError: ``train_fn`` is not callable.
+
     Example:
         >>> from cynet.tune import successive_halving, loguniform
         >>> result = successive_halving(lambda p, d, b, s: {"val_acc": b / (1 + abs(p["lr"] - 0.01))}, None,
@@ -766,7 +811,21 @@ def successive_halving(train_fn, data=None, space=None, *, n_trials=27, min_budg
     """
     if space is None:
         raise ValueError("successive_halving: space is required")
+    if not callable(train_fn):
+        raise TypeError(f"successive_halving: train_fn must be callable, got {train_fn!r}")
+    # checked under this function's name (Stage and CoarseToFine would name themselves, which the caller never saw)
+    n_trials = _check_int("successive_halving", "n_trials", n_trials, 1)
+    eta = _check_int("successive_halving", "eta", eta, 2)
+    if max_rungs is not None:
+        max_rungs = _check_int("successive_halving", "max_rungs", max_rungs, 1)
+    if isinstance(min_budget, bool) or not isinstance(min_budget, (int, float, np.integer, np.floating)) \
+            or not (math.isfinite(min_budget) and min_budget > 0):
+        raise ValueError(f"successive_halving: min_budget must be a finite number > 0, got {min_budget!r}")
+    if isinstance(min_budget, (np.integer, np.floating)):
+        min_budget = min_budget.item()      # Stage takes Python numbers; the records show the budget as given
+    seed = _check_int("successive_halving", "seed", seed, 0)
     search = CoarseToFine(space, [Stage(n_trials, budget_epochs=min_budget, keep=1, eta=eta, max_rungs=max_rungs)],
                           seed=seed)
+    search._caller_name, search._caller_depth = "successive_halving", 1
     return search.run(train_fn, data, executor=executor, n_workers=n_workers, threads_per_trial=threads_per_trial,
                       checkpoint_dir=checkpoint_dir, progress=progress)

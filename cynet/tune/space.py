@@ -83,9 +83,15 @@ class _Interval(Distribution):
         return min(max(value, self.lo), self.hi)   # exp(log(hi)) may round just past hi
 
     def grid(self, n):
+        """``n`` evenly spaced values (in log space for :class:`LogUniform`), both ends exactly ``lo`` and ``hi``
+        (``n == 1``: the midpoint), all within [lo, hi]."""
         if n == 1:
-            return [self._from(0.5 * (self._to(self.lo) + self._to(self.hi)))]
-        return [self._from(t) for t in np.linspace(self._to(self.lo), self._to(self.hi), n)]
+            return [min(max(self._from(0.5 * (self._to(self.lo) + self._to(self.hi))), self.lo), self.hi)]
+        # exp(log(x)) rounds off x (exp(log(1e-5)) is 9.999999999999997e-06): clamp like sample(), ends exact
+        values = [min(max(self._from(t), self.lo), self.hi)
+                  for t in np.linspace(self._to(self.lo), self._to(self.hi), n)]
+        values[0], values[-1] = self.lo, self.hi
+        return values
 
     def position(self, value):
         a, b = self._to(self.lo), self._to(self.hi)
