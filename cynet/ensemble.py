@@ -158,7 +158,16 @@ class Ensemble:
         if x.ndim == 0 or len(x) == 0:
             raise ValueError(f"Ensemble: x must hold at least one example, got shape {x.shape}")
         batch_size = positive_int("Ensemble", "batch_size", batch_size)
-        return [self._member_proba(model, x, batch_size) for model in self.models]
+        probabilities = []
+        for index, model in enumerate(self.models):
+            p = self._member_proba(model, x, batch_size)
+            # a member with another number of classes would broadcast into the mean (one output: rows summing to 2)
+            if p.ndim != 2 or p.shape[1] < 2 or (probabilities and p.shape != probabilities[0].shape):
+                first = f"; member 0 gives {probabilities[0].shape[1]}" if probabilities else ""
+                raise ValueError(f"Ensemble: member {index} gives scores of shape {p.shape} for {len(x)} examples"
+                                 f"{first}: every member must give the same number of class scores, 2 or more")
+            probabilities.append(p)
+        return probabilities
 
     def predict_proba(self, x, batch_size=1024):
         """The (weighted) mean of the members' class probabilities.

@@ -206,3 +206,14 @@ def test_ema_state_survives_a_trainer_checkpoint(tmp_path):
     assert ema_resumed.num_updates == ema_straight.num_updates == 16
     for a, b in zip(ema_resumed.shadow, ema_straight.shadow):
         np.testing.assert_array_equal(a, b)
+
+
+def test_members_with_different_numbers_of_classes_are_refused():
+    # before: a 1-output member's probabilities (all ones) broadcast into every class, rows summing to 2
+    x = np.ones((2, 4), np.float32)
+    with pytest.raises(ValueError, match=r"member 1 gives scores of shape \(2, 1\).*member 0 gives 3"):
+        Ensemble([nn.Linear(4, 3), nn.Linear(4, 1)]).predict_proba(x)
+    with pytest.raises(ValueError, match=r"member 1 gives scores of shape \(2, 5\)"):
+        Ensemble([nn.Linear(4, 3), nn.Linear(4, 5)]).evaluate(x, np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"member 0 gives scores of shape \(2, 1\)"):
+        Ensemble([nn.Linear(4, 1)]).predict(x)

@@ -441,6 +441,16 @@ def test_weight_decay_groups_split_weights_from_biases_and_norm_parameters():
         optim.weight_decay_groups(3, 0.1)
 
 
+def test_a_layernorm_over_two_axes_keeps_its_gain_and_shift_out_of_decay_and_penalties():
+    # before: its (3, 4) gain and shift have ndim 2 and were decayed and penalised like weight matrices
+    model = nn.Sequential(nn.LayerNorm((3, 4)), nn.Linear(4, 2), nn.GroupNorm(1, 3))
+    decayed, others = optim.weight_decay_groups(model, 1e-2)
+    assert decayed["params"] == [model[1].weight]
+    assert others["params"] == [model[0].weight, model[0].bias, model[1].bias, model[2].weight, model[2].bias]
+    assert [name for name, _ in nn.L2Penalty(1.0).penalized(model)] == ["1.weight"]
+    assert nn.L2Penalty(2.0)(model) == pytest.approx(np.sum(model[1].weight.data.astype(np.float64) ** 2))  # by hand
+
+
 def test_weight_decay_groups_leave_the_biases_undecayed():
     """One SGD step from a zero gradient: weights shrink by lr * wd, biases stay (hand-computed)."""
     model = _model()

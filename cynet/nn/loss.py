@@ -397,10 +397,13 @@ class _WeightPenalty:
         self.strength = float(strength)
 
     def penalized(self, model):
-        """The ``(name, Parameter)`` pairs the penalty covers: ndim >= 2, requires_grad, each parameter once."""
+        """The ``(name, Parameter)`` pairs the penalty covers: ndim >= 2, requires_grad, not a normalisation layer's
+        gain or shift (whatever its shape), each parameter once."""
+        from cynet.nn.normalization import normalization_parameters
+
         if not callable(getattr(model, "named_parameters", None)):
             raise TypeError(f"{type(self).__name__}: model must be a cynet.nn.Module, got {type(model).__name__}")
-        seen, chosen = set(), []
+        seen, chosen = normalization_parameters(model), []
         for name, param in model.named_parameters():
             if id(param) in seen or not param.requires_grad or param.data.ndim < 2 or param.data.size == 0:
                 continue
@@ -465,7 +468,8 @@ class L2Penalty(_WeightPenalty):
         R(\text{model}) = \frac{\lambda}{2} \sum_{W} \sum_k W_k^2, \qquad \frac{\partial R}{\partial W} = \lambda W
 
     over the parameters with ``ndim >= 2`` that require grad: the weight matrices and convolution kernels, not the
-    biases nor the 1-d gains and shifts of normalisation layers (penalising those only hurts), nor frozen parameters.
+    biases nor the gains and shifts of normalisation layers (penalising those only hurts; also a LayerNorm's 2-d
+    ones over a (C, D) shape), nor frozen parameters.
     A parameter shared by several modules counts once.
 
     The :math:`\tfrac12` makes the gradient :math:`\lambda W` (CS231n assignment 2's ``reg * W``), which is exactly

@@ -359,6 +359,14 @@ def _accumulate(param, value):
 
 
 # --- batch norm ------------------------------------------------------------------------------------------------------
+def normalization_parameters(model):
+    """The ids of the gains and shifts of every normalisation layer in ``model`` (BatchNorm, LayerNorm, GroupNorm),
+    whatever their shape: the parameters weight decay and penalties leave alone (a LayerNorm over (3, 4) has a 2-d
+    gain and shift, which a rule by dimension alone would take for a weight matrix)."""
+    return {id(param) for module in model.modules() if isinstance(module, (_BatchNorm, _RowNorm))
+            for param in module.parameters()}
+
+
 class _BatchNorm(Module):
     """Shared implementation of BatchNorm1d/2d; subclasses give the accepted input ranks."""
 

@@ -635,7 +635,8 @@ def weight_decay_groups(model, weight_decay):
     r"""Parameter groups that decay the weights only: CS231n's "it is not common to regularize the bias parameters".
 
     The parameters with ``ndim >= 2`` (weight matrices and kernels, the ones :class:`~cynet.nn.L2Penalty` covers)
-    take ``weight_decay``; the others (biases, the gains and shifts of normalisation layers, PReLU slopes) take 0.
+    take ``weight_decay``; the others (biases, the gains and shifts of normalisation layers, whatever their shape when
+    a model is given, PReLU slopes) take 0.
     Frozen parameters are included, since the optimiser skips them while they stay frozen; a parameter shared by
     several modules is listed once.
 
@@ -655,8 +656,12 @@ def weight_decay_groups(model, weight_decay):
         >>> [(len(group["params"]), group["weight_decay"]) for group in opt.param_groups]
         [(2, 0.0005), (4, 0.0)]
     """
+    never = set()
     if callable(getattr(model, "named_parameters", None)):
+        from cynet.nn.normalization import normalization_parameters
+
         params = [param for _, param in model.named_parameters()]
+        never = normalization_parameters(model)       # a LayerNorm over (C, D): 2-d gains and shifts, still not decayed
     else:
         try:
             params = list(model) if not isinstance(model, (Parameter, np.ndarray, str)) else None
@@ -669,7 +674,7 @@ def weight_decay_groups(model, weight_decay):
     for param in params:
         if id(param) not in seen:
             seen.add(id(param))
-            (decayed if param.data.ndim >= 2 else others).append(param)
+            (decayed if param.data.ndim >= 2 and id(param) not in never else others).append(param)
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]
 
 
