@@ -636,3 +636,17 @@ def test_recommended_range_reaches_across_unsorted_rates():
                      lr_probe=(3e-3, 1e-1, 1e-2, 3e-2), probe_steps=50)
     assert [r.verdict for r in report.probe] == ["decreasing", "decreasing", "rising", "decreasing"]
     assert report.recommended_lr == (3e-2, 1e-1)
+
+
+def test_a_gradient_check_with_every_gradient_below_the_noise_is_not_called_a_wrong_backward():
+    # gradcheck now reports such a check as unresolved (passed False): babysit must not read it as a wrong backward
+    from cynet import gradcheck
+    from cynet.diagnostics.babysit import _backward_is_wrong
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 20)) * 1e-11, np.arange(20) % 3          # weight gradients ~1e-11: below the noise
+    model = nn.Sequential(nn.Linear(20, 3, bias=False, dtype=np.float64, generator=0))
+    report = gradcheck.check_model(model, SoftmaxCrossEntropy(), x, y, num_checks=10, check_input=False, seed=0)
+    assert report.unresolved and not report.passed
+    text = _backward_is_wrong(report, "the loss is not decreasing")
+    assert "gradients vanish" in text and "backward pass is wrong" not in text

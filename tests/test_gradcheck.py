@@ -2,7 +2,9 @@
 
 Oracles: hand-computed relative errors; small Module subclasses written here whose correct derivatives are derived
 by hand (a quadratic layer, a ReLU, a squared-error and a hinge loss, an L2 penalty), together with deliberately
-broken twins whose gradients are wrong by a known amount; NumPy formulas for the expected numerical derivatives.
+broken twins whose gradients are wrong by a known amount; NumPy formulas for the expected numerical derivatives;
+hand arguments for where the truth is known exactly (a bias that batch norm cancels has gradient 0; a max-pooling
+window changes its winner under a perturbation of h only at a tie) or is below the rounding floor.
 """
 import numpy as np
 import pytest
@@ -288,8 +290,8 @@ def test_report_table():
     text = str(check_module(Quadratic(3), batch()))
     lines = text.splitlines()
     assert lines[0].startswith("Gradient check: float64, centred differences h=1e-05")
-    assert lines[1].split()[:7] == ["section", "array", "shape", "checked", "kinks", "max", "rel"]
-    assert lines[2].split()[:5] == ["module", "weight", "(3,)", "3", "0"]
+    assert lines[1].split()[:9] == ["section", "array", "shape", "checked", "kinks", "below", "noise", "max", "rel"]
+    assert lines[2].split()[:6] == ["module", "weight", "(3,)", "3", "0", "0"]
     assert lines[-1].startswith("overall: max rel error") and "good; PASSED" in lines[-1]
 
 
@@ -466,3 +468,250 @@ def test_a_penalty_with_a_module_style_kink_state_still_works():
     report = check_model(_near_zero_weight_model(), SoftmaxCrossEntropy(), x, y, regularization=Smooth(1e-2),
                          num_checks=10)
     assert report.passed and calls
+
+
+# --- rounding noise: estimated from the second difference, and not counted as verified ------------------------------
+def _bn_after_biased_linear(seed):
+    """Linear(6, 8) -> BatchNorm1d(8) with bias 1 against a batch spread of 0.01 and gamma 20: batch norm subtracts
+    the batch mean, so the Linear's bias cancels exactly (dL/db = 0 for any loss downstream), while the forward loses
+    about two digits in that subtraction and gamma amplifies them: the centred difference of the bias is rounding
+    noise far above 10 eps |L| / h."""
+    model = nn.Sequential(nn.Linear(6, 8, dtype=np.float64, generator=seed), nn.BatchNorm1d(8, dtype=np.float64))
+    model[0].bias.data[...] = 1.0
+    model[1].weight.data[...] = 20.0
+    x = np.random.default_rng(seed).standard_normal((16, 6)) * 1e-2
+    return model, x
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_bias_cancelled_by_batch_norm_is_below_the_noise_not_wrong(seed):
+    model, x = _bn_after_biased_linear(seed)
+    report = check_module(model, x, seed=seed)
+    bias = report["0.bias"]
+    # the hand argument above: the exact gradient is 0; what the backward gives is rounding, and so is the numeric
+    assert np.all(np.abs(bias.analytic) < 1e-9)
+    assert bias.num_below_noise == 8 and bias.num_checked == 0 and bias.unresolved
+    assert np.all(np.abs(bias.numeric) <= bias.noise) and np.all(bias.errors == 0.0)
+    assert report.passed and report.unresolved_arrays == ["0.bias"], str(report)
+    assert all(a.num_below_noise == 0 and a.num_checked > 0 for a in report.arrays if a.name != "0.bias")
+    assert "unresolved: 0.bias" in str(report).splitlines()[-1]
+
+
+@needs_loss
+def test_a_bias_cancelled_by_batch_norm_in_a_classifier_passes():
+    # QA: check_model of Linear -> BN -> ReLU -> Linear with cross-entropy read "wrong" on the bias for most seeds
+    for seed in range(6):
+        model, x = _bn_after_biased_linear(seed)
+        model = nn.Sequential(*model, nn.ReLU(), nn.Linear(8, 4, dtype=np.float64, generator=99))
+        y = np.random.default_rng(seed).integers(0, 4, 16)
+        report = check_model(model, nn_loss.SoftmaxCrossEntropy(), x, y, seed=seed, check_input=False)
+        assert report.passed and report["0.bias"].num_checked == 0, str(report)
+
+
+class BiasGradientOff(nn.Linear):
+    """A Linear whose bias gradient is 1e-5 too large: far above the noise of the batch-norm model above."""
+
+    def backward(self, dout, *, input_grad=True):
+        dx = super().backward(dout, input_grad=input_grad)
+        self.bias.grad += 1e-5
+        return dx
+
+
+def test_the_noise_rule_still_catches_a_small_wrong_gradient_under_batch_norm():
+    _, x = _bn_after_biased_linear(0)
+    model = nn.Sequential(BiasGradientOff(6, 8, dtype=np.float64, generator=0), nn.BatchNorm1d(8, dtype=np.float64))
+    model[0].bias.data[...] = 1.0
+    model[1].weight.data[...] = 20.0
+    report = check_module(model, x)
+    bias = report["0.bias"]
+    assert bias.num_checked == 8 and bias.max_error == pytest.approx(1.0, abs=0.05)    # analytic 1e-5, numeric ~0
+    assert report.verdict == "wrong" and not report.passed
+
+
+class ScaleWrongSign(Module):
+    """y = a x with a scalar a, and a backward that negates da (the QA's layer): da = -sum(dout * x)."""
+
+    def __init__(self, a=1.0):
+        super().__init__()
+        self.a = Parameter(np.array([a]))
+
+    def forward(self, x):
+        self._x = x
+        return self.a.data[0] * x
+
+    def backward(self, dout, *, input_grad=True):
+        self.a.accumulate(-np.array([np.sum(dout * self._x)]))
+        return self.a.data[0] * dout if input_grad else None
+
+
+def test_a_check_with_every_entry_below_the_noise_is_unresolved_not_good():
+    # L = 0.5 mean_n sum_j (a x - y)^2 with y = 1 and x ~ 1e-11: |L| ~ 2.5 and dL/da = mean_n sum_j (a x - 1) x
+    # ~ 1e-11, below the floor 10 eps |L| / h ~ 5e-10: the sign error of da cannot be seen, and nothing else is checked
+    x = batch((4, 5)) * 1e-11
+    y = np.ones((4, 5))
+    true_da = np.sum((x - y) * x) / 4
+    loss = SquaredError().forward(x, y)
+    assert abs(true_da) < 10 * np.finfo(float).eps * loss / H
+    report = check_model(ScaleWrongSign(), SquaredError(), x, y, check_input=False)
+    assert report["a"].num_below_noise == 1 and report["a"].num_checked == 0
+    assert report.unresolved and not report.passed
+    assert report.verdict.startswith("unresolved: gradients below the rounding noise") and "scale" in report.verdict
+    with pytest.raises(GradientCheckError, match="no entry rose above the rounding noise"):
+        report.raise_if_failed()
+    # the same layer at a resolvable scale is "wrong"
+    assert check_model(ScaleWrongSign(), SquaredError(), x * 1e9, y, check_input=False).verdict == "wrong"
+
+
+@needs_loss
+def test_an_array_below_the_noise_is_reported_not_verified():
+    # the QA's case: the wrong-sign scale before a Linear, input 1e-9, cross-entropy (|L| ~ 1.6): dL/da ~ 1e-11 and
+    # dL/dW ~ 1e-10 are below the noise; the Linear's bias (~0.1) is resolved. "a" must not count as verified
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 5)) * 1e-9, rng.integers(0, 5, 8)
+    model = nn.Sequential(ScaleWrongSign(), nn.Linear(5, 5, dtype=np.float64, generator=0))
+    report = check_model(model, nn_loss.SoftmaxCrossEntropy(), x, y, check_input=False)
+    a = report["0.a"]
+    assert a.num_checked == 0 and a.num_below_noise == 1 and a.unresolved and not report.unresolved
+    assert report["1.bias"].num_checked == 5
+    text = str(report)
+    assert "unresolved (below the rounding noise)" in text and "entries below the rounding noise" in text
+    assert "unresolved: 0.a" in text.splitlines()[-1]
+
+
+def test_exact_zero_gradients_agree_and_count():
+    # a dead ReLU layer: every gradient before it is exactly 0 and so is every centred difference (the loss does not
+    # move by a bit): that is agreement, not noise
+    model = nn.Sequential(nn.Linear(3, 4, dtype=np.float64, generator=0), Relu())
+    model[0].bias.data[...] = -100.0
+    report = check_module(model, batch())
+    assert report.num_below_noise == 0 and report["0.weight"].num_checked == 10 and report.passed
+
+
+def test_a_tiny_gradient_agreeing_within_the_floor_is_verified():
+    # dR/dw = 2 * 0.01 * w for w = 3e-6: 6e-8, resolved against the floor (~1e-11) although the penalty's curvature
+    # 0.02 makes the second difference larger than the gradient; it agrees within the floor and counts as verified
+    w = np.full((1, 3), 3e-6)
+    model = nn.Sequential(Quadratic(3))
+    model[0].weight.data[...] = w[0]
+    report = check_model(model, SquaredError(), batch(), batch(seed=2), regularization=L2(0.01), check_input=False)
+    reg = [a for a in report.arrays if a.section == "regularisation" and a.name == "0.weight"][0]
+    np.testing.assert_allclose(reg.numeric, 2 * 0.01 * 3e-6, rtol=1e-4)
+    assert reg.num_checked == 3 and reg.num_below_noise == 0 and report.passed
+
+
+# --- in-place modules, memory layout, MaxPool ties, global generator, the printed status -----------------------------
+@pytest.mark.parametrize("make, derivative", [
+    (lambda: nn.Sigmoid(inplace=True), lambda x: (1 / (1 + np.exp(-x))) * (1 - 1 / (1 + np.exp(-x)))),
+    (lambda: nn.Tanh(inplace=True), lambda x: 1 - np.tanh(x) ** 2),
+    (lambda: nn.ELU(inplace=True), lambda x: np.where(x > 0, 1.0, np.exp(x))),
+])
+def test_an_in_place_module_is_checked_on_fresh_copies_of_the_input(make, derivative):
+    x = batch((4, 5))
+    x_before = x.copy()
+    dout = np.random.default_rng(5).standard_normal((4, 5))
+    report = check_module(make(), x, dout=dout, num_checks=20)
+    a = report["input"]
+    expected = derivative(x) * dout                  # elementwise: dL/dx = f'(x) dout
+    np.testing.assert_allclose(a.numeric, [expected[i] for i in a.indices], rtol=1e-7, atol=1e-12)
+    assert report.passed and report.max_error < 1e-7, str(report)
+    np.testing.assert_array_equal(x, x_before)
+    report = check_model(make(), SquaredError(), x, np.zeros((4, 5)))
+    assert report.passed, str(report)
+
+
+class FortranLinear(Module):
+    """y = x W^T with W stored in Fortran order: dW = dout^T x, dx = dout W."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = Parameter(np.random.default_rng(0).standard_normal((3, 5)))
+        self.weight.data = np.asfortranarray(self.weight.data)
+
+    def forward(self, x):
+        self._x = x
+        return x @ self.weight.data.T
+
+    def backward(self, dout, *, input_grad=True):
+        self.weight.accumulate(dout.T @ self._x)
+        return dout @ self.weight.data if input_grad else None
+
+
+def test_a_parameter_in_any_memory_layout_is_perturbed_where_the_forward_reads_it():
+    module = FortranLinear()
+    assert module.weight.data.flags.f_contiguous and not module.weight.data.flags.c_contiguous
+    x, dout = batch((4, 5)), np.random.default_rng(6).standard_normal((4, 3))
+    report = check_module(module, x, dout=dout, num_checks=15)
+    expected = dout.T @ x
+    np.testing.assert_allclose(report["weight"].numeric, [expected[i] for i in report["weight"].indices], rtol=1e-8)
+    assert report.passed and report.max_error < 1e-7, str(report)
+
+
+def test_maxpool_ties_are_kinks_not_wrong_gradients():
+    xq = np.random.default_rng(0).integers(0, 3, (2, 1, 4, 4)).astype(np.float64)
+    report = check_module(nn.MaxPool2d(2), xq, num_checks=32)
+    a = report["input"]
+    # by hand: moving an entry by h changes a window's winner only when it is one of two or more tied maxima of its
+    # window (the values are integers, so any other entry is at least 1 away from its window's maximum)
+    windows = xq.reshape(2, 1, 2, 2, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(2, 1, 2, 2, 4)
+    tied = set()
+    for n, c, i, j in np.ndindex(2, 1, 2, 2):
+        w = windows[n, c, i, j]
+        if np.count_nonzero(w == w.max()) > 1:
+            tied |= {(n, c, 2 * i + k // 2, 2 * j + k % 2) for k in np.flatnonzero(w == w.max())}
+    assert tied and {idx for idx, k in zip(a.indices, a.kink) if k} == tied
+    assert report.kinks_present and report.passed and a.max_error < 1e-7, str(report)
+
+
+def test_maxpool_kink_state_is_the_winners_of_the_last_forward():
+    pool = nn.MaxPool2d(2)
+    assert pool.kink_state() is None
+    x = np.array([[[[1.0, 2.0], [0.0, 2.0]]]])
+    pool(x)
+    first = pool.kink_state()
+    pool(x + np.array([[[[0.0, 0.0], [0.0, 1e-9]]]]))          # the tie at 2 goes to the other entry
+    assert not np.array_equal(first, pool.kink_state())
+    pool(x + np.array([[[[0.0, 1e-9], [0.0, 0.0]]]]))
+    np.testing.assert_array_equal(first, pool.kink_state())
+
+
+def test_a_check_leaves_the_global_generator_alone_and_seeds_global_draws():
+    import cynet
+
+    x = np.ones((4, 6))
+
+    def next_mask(run_check):
+        cynet.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 6, generator=1), nn.Dropout(0.5))
+        if run_check:
+            report = check_module(model, x.astype(np.float32))
+            assert report.passed and "dropout fixed" in str(report)
+        return model(np.ones((4, 6), np.float32)) != 0
+
+    np.testing.assert_array_equal(next_mask(False), next_mask(True))
+    # the mask the check draws from the global generator comes from the check's seed, not the global state
+    model = nn.Sequential(nn.Linear(6, 6, dtype=np.float64, generator=1), nn.Dropout(0.5))
+    cynet.manual_seed(1)
+    a = check_module(model, x, seed=3)
+    cynet.manual_seed(2)
+    b = check_module(model, x, seed=3)
+    for ra, rb in zip(a.arrays, b.arrays):
+        np.testing.assert_array_equal(ra.numeric, rb.numeric)
+
+
+class InputGradOff3e7(Quadratic):
+    """dx 3e-7 (relative) too large: below the smooth tolerance 1e-6, above the lecture's "good" bound 1e-7."""
+
+    def backward(self, dout, *, input_grad=True):
+        dx = super().backward(dout, input_grad=input_grad)
+        return None if dx is None else dx * (1 + 3e-7)
+
+
+def test_a_smooth_pass_in_the_suspicious_band_says_so():
+    x = batch((4, 3)) + np.sign(batch((4, 3))) * 0.5
+    report = check_module(InputGradOff3e7(3), x)
+    assert 1e-7 < report.max_error < 1e-6 and report.passed and report.suspicious
+    lines = str(report).splitlines()
+    assert lines[-1].startswith("overall") and "PASSED the tolerance, but with no kinks present" in lines[-1]
+    assert any(line.startswith("worst entry (module): input[") for line in lines)
+    kinked = check_module(nn.Sequential(InputGradOff3e7(3), Relu()), x)
+    assert kinked.passed and not kinked.suspicious and "PASSED (threshold" in str(kinked)

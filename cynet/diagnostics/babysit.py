@@ -560,6 +560,12 @@ def _gradient_check(session, tiny, values):
 
 
 def _backward_is_wrong(report, what_the_loss_did):
+    """The explanation for a failed gradient check: a wrong backward pass, or, where every checked gradient was below
+    the rounding noise (the check is unresolved), gradients too small to check at all."""
+    if getattr(report, "unresolved", False):
+        return (f"{what_the_loss_did}: the gradients vanish — every gradient the check sampled is below the rounding "
+                f"noise of the loss, so it cannot tell whether the backward pass is right; look for weights far too "
+                f"small, saturated tanh/sigmoid units or dead ReLUs (cynet.diagnostics.activation_statistics)")
     worst = max(report.arrays, key=lambda array: array.max_error)
     return (f"{what_the_loss_did}: the backward pass is wrong — the gradient check disagrees with the loss (max "
             f"relative error {report.max_error:.2g} in {worst.name}, threshold {report.threshold:g}); print "

@@ -347,6 +347,13 @@ class MaxPool2d(Module):
         _k().maxpool_backward(dout, idx, dx, kernel_threads(dx.size, NS_STREAM))
         return dx
 
+    def kink_state(self):
+        """The position of every window's maximum in the last forward (a copy; None before one). Max pooling is not
+        differentiable where two entries of a window tie: a perturbation that changes a winner crossed that kink
+        (read by :mod:`cynet.gradcheck`, as :class:`~cynet.nn.Maxout`'s winners are). Read from the indices the
+        forward keeps for the backward: nothing is computed until it is called."""
+        return None if self._idx is None else self._idx.copy()
+
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
