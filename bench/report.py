@@ -16,8 +16,15 @@ torch path does not do exactly cynet's work (it allocates, or moves more bytes);
 
 Benchmarks without an ``op`` (a training epoch, a search, a monitored epoch) go into a second table, one row per
 pytest-benchmark group: the median seconds of every implementation of the group and each one's ratio to the
-group's baseline (``floor`` where the group has one, else ``serial``, else ``plain``, else its first
-implementation).
+group's baseline (``floor`` where the group has one, else ``limit``, else ``serial``, else ``plain``, else its
+first implementation: a group with a ``limit`` reads cynet/limit the same way round as the op table).
+
+The floors are ordinary stores (``np.copyto``, ``np.add``, torch's ``copy_``/``add``): each written byte is read
+first (write-allocate), 3 transfers per copied byte and 4 per added one. cynet writes outputs of 32 MiB or more with
+non-temporal stores, which skip that read: at (4096, 4096) and for BatchNorm2d's (128, 64, 32, 32) a cynet/limit
+below 1 is possible, and the floor there is not a lower bound (the byte counts are right, the access pattern is not
+the kernel's). The optimiser floor copies between two arrays where the step updates in place: it overstates the
+limit the same way.
 
 Several JSON files (runs of one suite at different thread counts, say) make one table, in the order given; the
 header describes the first. ``--scaling`` prints instead one row per op with cynet's time at every thread count.
@@ -29,7 +36,7 @@ import json
 import sys
 
 IMPLS = ("cynet", "numpy", "torch", "limit", "limit_torch")
-BASELINES = ("floor", "floor (interleaved)", "serial", "plain")
+BASELINES = ("floor", "floor (interleaved)", "limit", "serial", "plain")
 
 
 def load(paths):

@@ -421,3 +421,32 @@ def test_module_exports_and_custom_schedules():
     s = Halving(make_optimizer(1.0))
     assert trajectory(s, 2) == [1.0, 0.5, 0.25]
     assert "StepLR(step_size=3, gamma=0.1, base_lr=0.5, last_epoch=0)" == repr(StepLR(make_optimizer(), 3))
+
+
+def test_a_second_schedule_or_a_hand_change_that_a_step_overwrites_is_warned_about():
+    # before: two schedules on one optimiser silently trained at about 1/10 of the rate (torch 2.13 composes them:
+    # 0.01, 0.036, 0.0567, ... where cynet's last step overwrote the other's: 0.01, 0.009, 0.0081, ...)
+    opt = optim.SGD(nn.Linear(3, 2).parameters(), lr=0.1)
+    warmup = optim.LinearLR(opt, start_factor=0.1, total_iters=3)
+    decay = optim.ExponentialLR(opt, gamma=0.9)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            opt.step()
+            warmup.step()
+            decay.step()
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2                                # once per schedule
+    assert messages[0].startswith("ExponentialLR.step: group 0's learning rate is 0.04, not the 0.01")   # LinearLR's
+    assert "LinearWarmup" in messages[0] and messages[1].startswith("LinearLR.step:")
+    opt = optim.SGD(nn.Linear(3, 2).parameters(), lr=0.1)
+    schedule = optim.StepLR(opt, step_size=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                      # one schedule: never a warning
+        for _ in range(5):
+            opt.step()
+            schedule.step()
+    opt.param_groups[0]["lr"] /= 10                          # by hand: overwritten at the next step, and said so
+    with pytest.warns(UserWarning, match="StepLR.step: group 0's learning rate is 0.0001, not the 0.001 "):
+        schedule.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.1 ** 3)

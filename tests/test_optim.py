@@ -684,3 +684,16 @@ def test_a_state_buffer_replaced_by_hand_is_refused_with_its_name(replacement):
     opt.state[0]["momentum_buffer"] = buffer
     with pytest.raises(ValueError, match="state 'momentum_buffer' must be a flat, C-contiguous, writable array"):
         opt.step()
+
+
+def test_settings_after_momentum_and_adagrads_eps_are_keyword_only():
+    # torch's positional orders differ (SGD: lr, momentum, dampening, weight_decay, nesterov; Adagrad: lr, lr_decay,
+    # ...): a call ported positionally failed late (SGD: "nesterov must be a bool, got 0") or silently ran with
+    # AdaGrad eps=0 (NaN weights from dead units); it is now a TypeError at once
+    params = nn.Linear(3, 2).parameters()
+    with pytest.raises(TypeError, match="positional"):
+        SGD(params, 0.1, 0.9, 0, 5e-4)
+    with pytest.raises(TypeError, match="positional"):
+        AdaGrad(params, 0.01, 0)
+    opt = SGD(params, 0.1, 0.9, nesterov=True, weight_decay=5e-4)
+    assert (opt.lr, opt.momentum, opt.nesterov, opt.weight_decay) == (0.1, 0.9, True, 5e-4)

@@ -31,6 +31,7 @@ import bisect
 import copy
 import math
 import numbers
+import warnings
 
 import numpy as np
 
@@ -184,9 +185,30 @@ class LRScheduler(_Scheduler):
         self._last_lrs = rates
 
     def step(self):
-        """Advance one epoch and set the optimiser's learning rate to ``lr_at(last_epoch)``."""
+        """Advance one epoch and set the optimiser's learning rate to ``lr_at(last_epoch)``.
+
+        Warns (once per schedule) when a group's rate is no longer the one this schedule set last: another schedule
+        on the same optimiser, or a change by hand, which this step overwrites (PyTorch's schedules multiply the
+        current rate and so compose; cynet's set it from the epoch count: chain a warm-up with
+        ``LinearWarmup(opt, warmup_steps, after=schedule)``)."""
+        self._warn_if_overwriting()
         self.last_epoch += 1
         self._apply()
+
+    def _warn_if_overwriting(self):
+        if getattr(self, "_warned_overwrite", False):
+            return
+        current = [float(group["lr"]) for group in self.optimizer.param_groups]
+        if len(current) != len(self._last_lrs) or current == list(self._last_lrs):
+            return
+        self._warned_overwrite = True
+        group = next(i for i, (a, b) in enumerate(zip(current, self._last_lrs)) if a != b)
+        warnings.warn(
+            f"{type(self).__name__}.step: group {group}'s learning rate is {current[group]:g}, not the "
+            f"{self._last_lrs[group]:g} this schedule set last: another schedule on the same optimiser or a change by "
+            f"hand, which this step overwrites (cynet's schedules set the rate from their epoch count, they do not "
+            f"multiply it as PyTorch's do: one schedule per optimiser; chain a warm-up with LinearWarmup(optimizer, "
+            f"warmup_steps, after=schedule))", UserWarning, stacklevel=2)
 
     def load_state_dict(self, state):
         """Restore :meth:`state_dict`'s output and set the optimiser's ``lr`` to the restored epoch's value.

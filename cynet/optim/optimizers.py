@@ -719,7 +719,9 @@ class SGD(Optimizer):
         params (iterable of Parameter): parameters to optimise.
         lr (float): learning rate :math:`\eta`, >= 0 (required).
         momentum (float): :math:`\mu` >= 0. Default 0 (plain SGD).
-        nesterov (bool): Nesterov momentum (needs momentum > 0 and dampening 0, also when settings change later:
+        nesterov (bool): keyword-only, as the two after it (PyTorch's positional order is ``lr, momentum,
+            dampening, weight_decay, nesterov``: a positional call ported from it fails instead of mixing them up).
+            Nesterov momentum (needs momentum > 0 and dampening 0, also when settings change later:
             to drop the momentum of a Nesterov optimiser, set ``nesterov = False`` first). Default False.
         weight_decay (float): L2 penalty :math:`\lambda` >= 0 added to the gradient. Default 0.
         dampening (float): :math:`\tau`, scales the gradient's share of the velocity. Default 0.
@@ -738,7 +740,7 @@ class SGD(Optimizer):
     _hyperparameters = ("momentum", "nesterov", "weight_decay", "dampening")
     _state_arrays = ("momentum_buffer",)
 
-    def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0):
+    def __init__(self, params, lr, momentum=0.0, *, nesterov=False, weight_decay=0.0, dampening=0.0):
         super().__init__(params, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                          dampening=dampening)
 
@@ -777,7 +779,8 @@ class AdaGrad(Optimizer):
     Args:
         params (iterable of Parameter): parameters to optimise.
         lr (float): learning rate :math:`\eta`, >= 0. Default 1e-2.
-        eps (float): :math:`\epsilon` >= 0 added to the root (numerical stability). Default 1e-10.
+        eps (float): keyword-only, as ``weight_decay`` (PyTorch's third positional argument is ``lr_decay``):
+            :math:`\epsilon` >= 0 added to the root (numerical stability). Default 1e-10.
         weight_decay (float): L2 penalty :math:`\lambda` >= 0. Default 0.
 
     State per parameter: ``sum`` (starts at 0) and ``step``.
@@ -791,7 +794,7 @@ class AdaGrad(Optimizer):
     _state_arrays = ("sum",)
     _counts_steps = True
 
-    def __init__(self, params, lr=1e-2, eps=1e-10, weight_decay=0.0):
+    def __init__(self, params, lr=1e-2, *, eps=1e-10, weight_decay=0.0):
         super().__init__(params, lr, eps=eps, weight_decay=weight_decay)
 
     def _check_setting(self, name, value):
