@@ -621,3 +621,19 @@ def test_cross_entropy_loss_is_softmax_cross_entropy_under_pytorchs_name():
     assert a(scores, y) == pytest.approx(expected, rel=1e-6)
     with pytest.raises(TypeError):
         nn.CrossEntropyLoss(ignore_index=-100)                 # PyTorch options cynet does not take
+
+
+def test_a_loss_value_is_a_float_with_item_and_a_backward_that_says_how():
+    import copy
+    import pickle
+
+    from cynet.nn.loss import LossValue
+
+    loss_fn = SoftmaxCrossEntropy()
+    value = loss_fn(np.zeros((2, 4), np.float32), np.array([0, 3]))
+    assert isinstance(value, LossValue) and isinstance(value, float)
+    assert value.item() == pytest.approx(math.log(4)) and type(value.item()) is float      # ln C at zero scores
+    with pytest.raises(TypeError, match=r"model.backward\(loss_fn.backward\(\)\)"):
+        value.backward()
+    assert type(pickle.loads(pickle.dumps(value))) is float and type(copy.deepcopy(value)) is float
+    assert isinstance(MSELoss()(np.zeros(3, np.float32), np.ones(3, np.float32)), LossValue)

@@ -772,3 +772,14 @@ def test_a_custom_modules_alias_of_its_own_part_is_not_a_second_use():
     assert model(np.ones((2, 3), np.float32)).shape == (2, 2)
     with pytest.raises(ValueError, match="already in this Sequential"):
         nn.Sequential(block, block.head)                  # the same Linear in two layers
+
+
+def test_pytorch_names_numel_double_float_to_cpu_and_nn_init():
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU())
+    assert model[0].weight.numel() == 6 == model[0].weight.size
+    assert model.double() is model and model[0].weight.dtype == np.float64 and model[0].bias.grad.dtype == np.float64
+    assert model.float() is model and model[0].weight.dtype == np.float32
+    assert model.to("cpu") is model and model[0].weight.dtype == np.float32
+    import cynet.init
+
+    assert nn.init is cynet.init

@@ -697,3 +697,23 @@ def test_settings_after_momentum_and_adagrads_eps_are_keyword_only():
         AdaGrad(params, 0.01, 0)
     opt = SGD(params, 0.1, 0.9, nesterov=True, weight_decay=5e-4)
     assert (opt.lr, opt.momentum, opt.nesterov, opt.weight_decay) == (0.1, 0.9, True, 5e-4)
+
+
+def test_torch_spellings_and_settings_read_back_as_0d_arrays():
+    assert optim.Adagrad is AdaGrad and optim.RMSprop is RMSProp
+    opt = SGD(nn.Linear(3, 2).parameters(), lr=0.1, momentum=0.9)
+    saved = np.load(_npz_round_trip({"lr": 0.25, "momentum": 0.5}))   # np.savez gives 0-d arrays back
+    opt.param_groups[0]["lr"] = saved["lr"]
+    opt.momentum = saved["momentum"]
+    assert (opt.lr, opt.momentum) == (0.25, 0.5) and type(opt.param_groups[0]["lr"]) is float
+    with pytest.raises(ValueError, match="invalid learning rate"):
+        opt.param_groups[0]["lr"] = np.array([0.1])                   # not a scalar: still refused
+
+
+def _npz_round_trip(values):
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **values)
+    buffer.seek(0)
+    return buffer

@@ -12,6 +12,7 @@ from cynet.nn.residual import Residual, StochasticDepth
 from cynet.nn.loss import (CrossEntropyLoss, L1Penalty, L2Penalty, MSELoss, MulticlassSVM, PenaltySum,
                            SoftmaxCrossEntropy)
 from cynet.nn import utils
+from cynet import init          # also as cynet.nn.init, where PyTorch code looks for it (nn.init.kaiming_normal_)
 from cynet.nn.normalization import (
     BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, fold_batchnorm, recompute_batchnorm_statistics,
 )
@@ -22,5 +23,5 @@ __all__ = [
     "Dropout", "DropConnectLinear", "StochasticDepth", "Residual", "Flatten", "Identity", "BatchNorm1d",
     "BatchNorm2d", "LayerNorm", "GroupNorm",
     "fold_batchnorm", "recompute_batchnorm_statistics", "SoftmaxCrossEntropy", "CrossEntropyLoss", "MulticlassSVM",
-    "MSELoss", "L2Penalty", "L1Penalty", "PenaltySum",
+    "MSELoss", "L2Penalty", "L1Penalty", "PenaltySum", "init", "utils",
 ]

@@ -28,7 +28,7 @@ from cynet._validation import KERNEL_DTYPES, describe
 from cynet.nn.module import Module
 
 __all__ = ["SoftmaxCrossEntropy", "CrossEntropyLoss", "MulticlassSVM", "MSELoss", "L2Penalty", "L1Penalty",
-           "PenaltySum"]
+           "PenaltySum", "LossValue"]
 
 _kernels = None
 
@@ -100,6 +100,35 @@ def _soft_targets(owner, y, scores):
     return np.ascontiguousarray(y, dtype=scores.dtype)
 
 
+class LossValue(float):
+    """The value a loss's ``forward`` returns: a Python float, with PyTorch's :meth:`item`.
+
+    cynet has no autograd graph: the loss module keeps the gradient of its last forward, and the backward pass is
+    ``model.backward(loss_fn.backward())``. :meth:`backward` on the value says so instead of an AttributeError.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet.nn.loss import SoftmaxCrossEntropy
+        >>> value = SoftmaxCrossEntropy()(np.zeros((2, 4), np.float32), np.array([0, 3]))
+        >>> round(value.item(), 4), isinstance(value, float)
+        (1.3863, True)
+    """
+
+    __slots__ = ()
+
+    def item(self):
+        """The value as a plain Python float (PyTorch's ``Tensor.item()``)."""
+        return float(self)
+
+    def backward(self):
+        raise TypeError("cynet: a loss value is a number, not a node of a graph: run the backward pass with "
+                        "model.backward(loss_fn.backward()) (the loss module keeps the gradient of its last forward), "
+                        "then optimizer.step()")
+
+    def __reduce__(self):                  # pickles (and deep-copies) as the plain float it is
+        return (float, (float(self),))
+
+
 # --- classification losses -------------------------------------------------------------------------------------------
 class _DataLoss(Module):
     """Shared plumbing: the cached gradient, ``backward`` and the repr. Subclasses implement ``forward``."""
@@ -147,7 +176,8 @@ class _DataLoss(Module):
         its gradient and mean loss."""
         dscores = np.empty_like(scores)
         row_loss = np.empty(scores.shape[0], np.float64)
-        self.loss = float(kernel(scores, targets, *params, dscores, row_loss, kernel_threads(scores.size, NS_EXP)))
+        self.loss = LossValue(kernel(scores, targets, *params, dscores, row_loss,
+                                     kernel_threads(scores.size, NS_EXP)))
         self._dscores = dscores
 
 
@@ -213,7 +243,7 @@ class SoftmaxCrossEntropy(_DataLoss):
         computes the gradient.
 
         Returns:
-            float: the mean loss (also kept as ``self.loss``).
+            LossValue: the mean loss, a float (also kept as ``self.loss``).
         """
         name = type(self).__name__
         y = np.asarray(y)
@@ -309,7 +339,7 @@ class MulticlassSVM(_DataLoss):
         """Mean hinge loss of ``scores`` (N, C) against labels ``y`` (N,); also computes the gradient.
 
         Returns:
-            float: the mean loss (also kept as ``self.loss``).
+            LossValue: the mean loss, a float (also kept as ``self.loss``).
         """
         self._labels = self._classification_forward(scores, y, _k().multiclass_svm, self.margin)
         return self.loss
@@ -367,7 +397,7 @@ class MSELoss(_DataLoss):
         """Mean of ``(scores - y) ** 2`` over all elements; also computes the gradient.
 
         Returns:
-            float: the mean loss (also kept as ``self.loss``).
+            LossValue: the mean loss, a float (also kept as ``self.loss``).
         """
         name = type(self).__name__
         pred = _float_scores(name, "scores (the predictions)", scores)
@@ -378,7 +408,7 @@ class MSELoss(_DataLoss):
         dpred = np.empty_like(pred)
         n = pred.size
         partials = np.empty(_k().partials_length(n), np.float64)
-        self.loss = float(_k().mse(pred.reshape(-1), target.reshape(-1), dpred.reshape(-1), partials,
+        self.loss = LossValue(_k().mse(pred.reshape(-1), target.reshape(-1), dpred.reshape(-1), partials,
                                    kernel_threads(n)))
         self._dscores = dpred
         return self.loss

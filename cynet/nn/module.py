@@ -140,6 +140,10 @@ class Parameter:
     def size(self):
         return self.data.size
 
+    def numel(self):
+        """The number of entries (PyTorch's ``numel()``; ``size`` is that number too, not torch's shape method)."""
+        return self.data.size
+
     def __repr__(self):
         frozen = "" if self.requires_grad else ", requires_grad=False"
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype}{frozen})"
@@ -372,8 +376,11 @@ class Module:
     def to(self, dtype):
         """Cast every parameter and floating buffer to ``dtype`` (float32 or float64) in place; returns self.
 
-        Gradient checks run a float64 copy of a model: ``copy.deepcopy(model).to(np.float64)``.
+        Gradient checks run a float64 copy of a model: ``copy.deepcopy(model).to(np.float64)``. ``"cpu"`` (PyTorch's
+        ``.to(device)``) changes nothing: cynet runs on the CPU.
         """
+        if isinstance(dtype, str) and dtype.lower() == "cpu":
+            return self
         dtype = np.dtype(dtype)
         if dtype.kind != "f":
             raise TypeError(f"{type(self).__name__}.to: dtype must be floating point, got {dtype}")
@@ -385,6 +392,14 @@ class Module:
                 if buf.dtype.kind == "f" and buf.dtype != dtype:
                     module._set_buffer(name, buf.astype(dtype))
         return self
+
+    def double(self):
+        """``self.to(np.float64)`` (PyTorch's name)."""
+        return self.to(np.float64)
+
+    def float(self):
+        """``self.to(np.float32)`` (PyTorch's name)."""
+        return self.to(np.float32)
 
     # --- state -------------------------------------------------------------------------------------------------------
     def state_dict(self):

@@ -30,8 +30,13 @@ from cynet.optim.optimizers import (
     SGD, AdaGrad, Adam, AdamW, Optimizer, ParamGroup, RMSProp, weight_decay_groups,
 )
 
+# PyTorch's spellings of the same classes
+Adagrad = AdaGrad
+RMSprop = RMSProp
+
 __all__ = [
-    "Optimizer", "ParamGroup", "SGD", "AdaGrad", "RMSProp", "Adam", "AdamW", "LBFGS", "loss_closure",
+    "Optimizer", "ParamGroup", "SGD", "AdaGrad", "RMSProp", "Adagrad", "RMSprop", "Adam", "AdamW", "LBFGS",
+    "loss_closure",
     "weight_decay_groups", "lr_scheduler",
     "LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "InverseTimeLR", "InverseSqrtLR", "LinearLR",
     "PolynomialLR", "CosineAnnealingLR", "CosineAnnealingWarmRestarts", "LinearWarmup", "ReduceLROnPlateau",

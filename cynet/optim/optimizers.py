@@ -47,6 +47,14 @@ def _is_real(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _unwrap(value):
+    """A 0-d integer or floating NumPy array (a setting read back from ``np.load``/``np.savez``) as its Python
+    number; anything else as it is."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        return value.item()
+    return value
+
+
 class ParamGroup(dict):
     """One parameter group of an optimiser: ``group["params"]``, the group's list of :class:`~cynet.nn.Parameter`
     (fixed once the group exists), and one entry per setting of the optimiser (``"lr"``, ``"momentum"``, ...).
@@ -278,6 +286,7 @@ class Optimizer:
         raise NotImplementedError(f"{type(self).__name__} declares the alias {key!r} without splitting it")
 
     def _checked_lr(self, value):
+        value = _unwrap(value)
         if not _is_real(value) or not value >= 0 or math.isinf(value):
             raise ValueError(f"{type(self).__name__}: invalid learning rate: {value}")
         return float(value)
@@ -341,6 +350,7 @@ class Optimizer:
 
     def _real(self, label, value, low=0.0, high=None, high_open=False):
         """``float(value)`` after checking low <= value (< or <=) high; ValueError naming the setting otherwise."""
+        value = _unwrap(value)
         ok = _is_real(value) and math.isfinite(value) and value >= low
         if ok and high is not None:
             ok = value < high if high_open else value <= high
