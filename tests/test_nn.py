@@ -783,3 +783,31 @@ def test_pytorch_names_numel_double_float_to_cpu_and_nn_init():
     import cynet.init
 
     assert nn.init is cynet.init
+
+
+def test_a_hand_written_module_as_the_readme_shows_it_checks_out_and_a_missing_backward_says_how():
+    class Scale(nn.Module):
+        def __init__(self, features):
+            super().__init__()
+            self.a = nn.Parameter(np.ones(features, np.float32))
+
+        def forward(self, x):
+            self.x = x
+            return x * self.a.data
+
+        def backward(self, dout, *, input_grad=True):
+            self.a.grad += (dout * self.x).sum(axis=0)
+            return dout * self.a.data if input_grad else None
+
+    from cynet import gradcheck
+
+    x = np.random.default_rng(0).standard_normal((16, 8))
+    assert gradcheck.check_module(nn.Sequential(nn.Linear(8, 4), Scale(4), nn.Tanh()), x).passed
+    assert gradcheck.check_module(nn.Sequential(Scale(8), nn.Linear(8, 4)), x).passed        # as the first layer
+
+    class NoBackward(nn.Module):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(NotImplementedError, match=r"backward\(self, dout, \*, input_grad=True\).*param.grad"):
+        NoBackward().backward(np.ones(3))

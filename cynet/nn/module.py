@@ -471,7 +471,11 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
     def backward(self, dout, *, input_grad=True):
-        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement backward: cynet has no autograd; a module defines "
+            f"backward(self, dout, *, input_grad=True), which adds its parameters' gradients into param.grad (+=) "
+            f"from what forward kept and returns the input's gradient (None when input_grad is False); see the "
+            f"README's 'Your own module'")
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
