@@ -74,8 +74,7 @@ def resolve_generator(generator=None):
     """``generator`` itself, a new generator seeded with it when it is an int, or the global one when ``None``
     (:func:`default_generator`: the calling thread's scoped one inside :func:`generator_scope`)."""
     if generator is None:
-        scoped = _scope.generator
-        return _generator if scoped is None else scoped
+        return default_generator()
     if isinstance(generator, np.random.Generator):
         return generator
     if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):

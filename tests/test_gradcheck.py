@@ -225,19 +225,24 @@ def test_kinks_crossed_are_reported_and_skipped():
     assert blind["input"].num_kinks == 0 and blind.verdict == "wrong" and not blind.passed
 
 
-class InputGradSlightlyOff(Quadratic):
-    """dx 1e-6 (relative) too large: a real discrepancy, far above the centred difference's rounding noise."""
+class InputGradOff(Quadratic):
+    """dx ``relative`` too large: a real discrepancy (1e-6: far above the centred difference's rounding noise; 3e-7:
+    below the smooth tolerance 1e-6, above the lecture's "good" bound 1e-7)."""
+
+    def __init__(self, d, relative):
+        super().__init__(d)
+        self.relative = relative
 
     def backward(self, dout, *, input_grad=True):
         dx = super().backward(dout, input_grad=input_grad)
-        return None if dx is None else dx * (1 + 1e-6)
+        return None if dx is None else dx * (1 + self.relative)
 
 
 def test_kinked_threshold_is_relaxed_to_1e_4():
     x = batch((4, 3)) + np.sign(batch((4, 3))) * 0.5
-    smooth = check_module(InputGradSlightlyOff(3), x, tolerance=1e-7)
+    smooth = check_module(InputGradOff(3, 1e-6), x, tolerance=1e-7)
     assert not smooth.passed and smooth.threshold == 1e-7 and 5e-7 < smooth.max_error < 2e-6
-    kinked = check_module(nn.Sequential(InputGradSlightlyOff(3), Relu()), x, tolerance=1e-7)
+    kinked = check_module(nn.Sequential(InputGradOff(3, 1e-6), Relu()), x, tolerance=1e-7)
     assert kinked.kinks_present and kinked.threshold == 1e-4 and kinked.passed
 
 
@@ -698,20 +703,12 @@ def test_a_check_leaves_the_global_generator_alone_and_seeds_global_draws():
         np.testing.assert_array_equal(ra.numeric, rb.numeric)
 
 
-class InputGradOff3e7(Quadratic):
-    """dx 3e-7 (relative) too large: below the smooth tolerance 1e-6, above the lecture's "good" bound 1e-7."""
-
-    def backward(self, dout, *, input_grad=True):
-        dx = super().backward(dout, input_grad=input_grad)
-        return None if dx is None else dx * (1 + 3e-7)
-
-
 def test_a_smooth_pass_in_the_suspicious_band_says_so():
     x = batch((4, 3)) + np.sign(batch((4, 3))) * 0.5
-    report = check_module(InputGradOff3e7(3), x)
+    report = check_module(InputGradOff(3, 3e-7), x)
     assert 1e-7 < report.max_error < 1e-6 and report.passed and report.suspicious
     lines = str(report).splitlines()
     assert lines[-1].startswith("overall") and "PASSED the tolerance, but with no kinks present" in lines[-1]
     assert any(line.startswith("worst entry (module): input[") for line in lines)
-    kinked = check_module(nn.Sequential(InputGradOff3e7(3), Relu()), x)
+    kinked = check_module(nn.Sequential(InputGradOff(3, 3e-7), Relu()), x)
     assert kinked.passed and not kinked.suspicious and "PASSED (threshold" in str(kinked)

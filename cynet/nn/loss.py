@@ -409,7 +409,7 @@ class MSELoss(_DataLoss):
         n = pred.size
         partials = np.empty(_k().partials_length(n), np.float64)
         self.loss = LossValue(_k().mse(pred.reshape(-1), target.reshape(-1), dpred.reshape(-1), partials,
-                                   kernel_threads(n)))
+                                       kernel_threads(n)))
         self._dscores = dpred
         return self.loss
 

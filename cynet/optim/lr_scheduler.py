@@ -157,6 +157,7 @@ class LRScheduler(_Scheduler):
     """
 
     _counters = ("base_lr", "last_epoch")
+    _warned_overwrite = False        # set on the instance by the first warning of step()
 
     def __init__(self, optimizer):
         self._attach(optimizer)
@@ -196,7 +197,7 @@ class LRScheduler(_Scheduler):
         self._apply()
 
     def _warn_if_overwriting(self):
-        if getattr(self, "_warned_overwrite", False):
+        if self._warned_overwrite:
             return
         current = [float(group["lr"]) for group in self.optimizer.param_groups]
         if len(current) != len(self._last_lrs) or current == list(self._last_lrs):
