@@ -9,8 +9,9 @@ torch and the memory-bandwidth floor, then
 - numpy/cynet:  speed-up over the NumPy reference (above 1: cynet is faster);
 - torch/cynet:  speed-up over torch (above 1: cynet is faster; below 1: torch is faster).
 
-The floor ('limit') is the faster of the two floor benchmarks of the row: NumPy (``limit``, one thread) and torch
-(``limit_torch``, the row's thread count); the 'floor' column says which. A row is flagged when cynet/limit is above
+The floor ('limit') is the fastest of the floor benchmarks of the row: NumPy (``limit``, one thread), torch
+(``limit_torch``, the row's thread count) and cynet's streaming pass (``limit_stream``, non-temporal stores on the
+row's thread count); the 'floor' column says which (np, torch, nt). A row is flagged when cynet/limit is above
 --flag-limit (default 1.3) or when torch is faster than cynet. A dagger on a torch time points to a footnote: that
 torch path does not do exactly cynet's work (it allocates, or moves more bytes); see the notes under the table.
 
@@ -19,12 +20,11 @@ pytest-benchmark group: the median seconds of every implementation of the group 
 group's baseline (``floor`` where the group has one, else ``limit``, else ``serial``, else ``plain``, else its
 first implementation: a group with a ``limit`` reads cynet/limit the same way round as the op table).
 
-The floors are ordinary stores (``np.copyto``, ``np.add``, torch's ``copy_``/``add``): each written byte is read
-first (write-allocate), 3 transfers per copied byte and 4 per added one. cynet writes outputs of 32 MiB or more with
-non-temporal stores, which skip that read: at (4096, 4096) and for BatchNorm2d's (128, 64, 32, 32) a cynet/limit
-below 1 is possible, and the floor there is not a lower bound (the byte counts are right, the access pattern is not
-the kernel's). The optimiser floor copies between two arrays where the step updates in place: it overstates the
-limit the same way.
+Ordinary stores (``np.copyto``, ``np.add``, torch's ``copy_``/``add``) read each written line first (write-allocate):
+3 transfers per copied byte and 4 per added one. Non-temporal stores skip that read, and cynet writes outputs of 32
+MiB or more with them; out of cache the streaming floor is therefore the one to beat, in cache the ordinary stores
+win. A file from before the streaming floor existed has no ``limit_stream``: its cynet/limit at (4096, 4096) and for
+BatchNorm2d's (128, 64, 32, 32) is flattered (ratios below 1 were possible).
 
 Several JSON files (runs of one suite at different thread counts, say) make one table, in the order given; the
 header describes the first. ``--scaling`` prints instead one row per op with cynet's time at every thread count.
@@ -35,7 +35,8 @@ import argparse
 import json
 import sys
 
-IMPLS = ("cynet", "numpy", "torch", "limit", "limit_torch")
+IMPLS = ("cynet", "numpy", "torch", "limit", "limit_torch", "limit_stream")
+FLOORS = (("np", "limit"), ("torch", "limit_torch"), ("nt", "limit_stream"))
 BASELINES = ("floor", "floor (interleaved)", "limit", "serial", "plain")
 
 
@@ -148,7 +149,7 @@ def table(rows, differs, flag_limit):
     flagged = []
     for (op, direction, shape, threads), t in rows.items():
         cynet, numpy, torch = t.get("cynet"), t.get("numpy"), t.get("torch")
-        floors = {name: t[impl] for name, impl in (("np", "limit"), ("torch", "limit_torch")) if impl in t}
+        floors = {name: t[impl] for name, impl in FLOORS if impl in t}
         floor_by = min(floors, key=floors.get) if floors else None
         limit = floors.get(floor_by)
         vs_limit, vs_numpy, vs_torch = ratio(cynet, limit), ratio(numpy, cynet), ratio(torch, cynet)
@@ -179,7 +180,7 @@ def scaling_table(rows):
     for op, direction, shape in ops:
         times = {n: rows.get((op, direction, shape, n), {}) for n in counts}
         last = times[top]
-        floors = [last[impl] for impl in ("limit", "limit_torch") if impl in last]
+        floors = [last[impl] for _, impl in FLOORS if impl in last]
         cells = " | ".join(fmt_ms(times[n].get("cynet")) for n in counts)
         out.append(f"| {op} | {direction[:3]} | {shape} | {cells} | "
                    f"{fmt_ratio(ratio(times[low].get('cynet'), last.get('cynet')), 1)} | "
@@ -195,10 +196,10 @@ def footnotes(notes, differs):
               for (op, d, impl), n in notes.items() if impl == "torch"]
     by_note = {}
     for (op, d, impl), n in notes.items():
-        if impl in ("limit", "limit_torch"):
+        if impl in ("limit", "limit_torch", "limit_stream"):
             by_note.setdefault(n, []).append(f"{op} {d}")
     lines.append("\nFloors ('limit': NumPy on one thread; 'limit_torch': the same arrays moved by torch on the row's "
-                 "threads):\n")
+                 "threads; 'limit_stream': non-temporal stores on the row's threads):\n")
     lines += [f"- {n} — {', '.join(cases)}" for n, cases in by_note.items()]
     return "\n".join(lines)
 

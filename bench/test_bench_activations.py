@@ -10,16 +10,20 @@ implementations (the test id ends with the name, ``benchmark.extra_info["impl"]`
 - ``limit``:       NumPy moving the same bytes: ``np.copyto(out, a)`` for one-in-one-out ops, ``np.add(a, b, out=c)``
                    for two-in-one-out ops (every backward); single-threaded whatever the thread setting;
 - ``limit_torch``: the same byte pattern through torch (``out.copy_(a)``, ``torch.add(a, b, out=c)``) on the
-                   group's thread count: the floor for 2 threads, which one NumPy thread cannot show.
+                   group's thread count: the floor for 2 threads, which one NumPy thread cannot show;
+- ``limit_stream``: the same byte pattern with non-temporal stores (``cynet._kernels.memory``) on the group's thread
+                   count: the floor out of cache, where the ordinary stores of the other two read each written line
+                   first (cynet streams outputs of 32 MiB or more). report.py takes the fastest of the three.
 
 Every implementation reads the same input arrays and writes the same output buffers (torch through
 ``torch.from_numpy`` views), allocated and touched once per shape. Before anything is timed, the result of each
 implementation is compared with the reference, so a broken kernel (or a wrong torch mapping) is never timed.
 
 The target condition, (4096, 4096) on 2 threads, is timed a second way by
-``test_activation_interleaved_with_the_floor``: one cynet call, one call of each floor (NumPy's, torch's when
-importable) and one of torch's kernel per round, so that the machine's drift (the floor of one op moves by 20-40%
-between groups on the development VM) cancels out of the per-round ratios cynet / faster floor and torch / cynet;
+``test_activation_interleaved_with_the_floor``: one cynet call, one call of each floor (NumPy's, the streaming one,
+torch's when importable) and one of torch's kernel per round, so that the machine's drift (the floor of one op moves by
+20-40% between groups on the development VM) cancels out of the per-round ratios cynet / fastest floor and torch /
+cynet;
 report.py prints their medians (groups ``interleaved/op/direction/4096x4096/t2``).
 
 Run:  python -m pytest bench --benchmark-only --benchmark-json=bench/results/run.json
@@ -41,7 +45,7 @@ except ImportError:
 
 SHAPES = [(256, 4096), (4096, 4096)]
 THREADS = bench_threads()
-IMPLS = ["cynet", "numpy", "torch", "limit", "limit_torch"]
+IMPLS = ["cynet", "numpy", "torch", "limit", "limit_torch", "limit_stream"]
 LEAKY_SLOPE = 0.01
 ELU_ALPHA = 1.0
 MAXOUT_PIECES = 2
@@ -339,9 +343,13 @@ def _floor_call(case, b, torch):
     *inputs, out = case.op.floor_arrays(b)
     if case.impl == "limit":
         return memory_pass(case.op.floor, inputs, out), case.op.floor_note
+    if case.impl == "limit_stream":
+        fn = memory_pass(case.op.floor, inputs, out, stream_threads=case.threads)
+        return fn, f"{case.op.floor} with non-temporal stores on the group's threads (cynet._kernels.memory)"
     fn = memory_pass(case.op.floor, inputs, out, torch, to_torch=b.t)
     if case.op.floor == "copy":
-        return fn, case.op.floor_note.replace("np.copyto(out, x)", "out.copy_(x)")
+        return fn, case.op.floor_note.replace("np.copyto(out, x)", "out.copy_(x)").replace("np.copyto(dx, x)",
+                                                                                            "dx.copy_(x)")
     return fn, "torch.add(a, b, out=c) on the group's threads"
 
 
@@ -391,16 +399,18 @@ INTERLEAVED_ROUNDS = 15
 @pytest.mark.parametrize("op", OPS, ids=[f"{op.label}-{op.direction}" for op in OPS])
 def test_activation_interleaved_with_the_floor(op, benchmark, buffer_pool, use_threads):
     """cynet's kernel, the floors and torch's kernel in alternation at the target's shape and thread count: per round
-    one call of the NumPy floor, one of torch's floor and one of torch's kernel (when torch is importable), then one of
-    cynet. The per-round ratio cynet / faster floor has its median in ``extra_info["ratio_to_floor_median"]``, the
-    per-round ratio torch's kernel / cynet in ``extra_info["torch_over_cynet_median"]`` (the issue's "never slower than
-    PyTorch", with the machine's drift cancelled as for the floor)."""
+    one call of the NumPy floor, one of the streaming floor, one of torch's floor and one of torch's kernel (when torch
+    is importable), then one of cynet. The per-round ratio cynet / fastest floor has its median in
+    ``extra_info["ratio_to_floor_median"]``, the per-round ratio torch's kernel / cynet in
+    ``extra_info["torch_over_cynet_median"]`` (the issue's "never slower than PyTorch", with the machine's drift
+    cancelled as for the floor)."""
     shape, threads = INTERLEAVED_SHAPE, INTERLEAVED_THREADS
     benchmark.group = f"interleaved/{op.label}/{op.direction}/{shape[0]}x{shape[1]}/t{threads}"
     b = buffer_pool.get(shape)
     case = Case(op, shape, threads, "cynet")
     kernel = op.make_cynet(b)
-    rounds = InterleavedRounds([_floor_call(Case(op, shape, threads, "limit"), b, None)[0]])
+    rounds = InterleavedRounds([_floor_call(Case(op, shape, threads, impl), b, None)[0]
+                                for impl in ("limit", "limit_stream")])
     if torch is not None:
         rounds.floors.append(_floor_call(Case(op, shape, threads, "limit_torch"), b, torch)[0])
         try:

@@ -26,10 +26,10 @@ Shapes, float32: BatchNorm1d (256, 4096) and (4096, 4096), BatchNorm2d (128, 64,
 and (4096, 4096) (normalised over the 4096 features of each row); GroupNorm (128, 64, 32, 32) with 32 groups.
 
 The issue's target (BatchNorm within 1.5x the floor, faster than torch) is timed a second way by
-``test_batchnorm_interleaved_with_the_floor``: per round one call of each floor (NumPy's, and torch's when it is
-importable), one of torch's kernel, then one of cynet's, so that the medians of the per-round ratios cynet / faster
-floor and torch / cynet cancel the machine's drift (this VM's copy of 64 MB moved between 2.5 and 4.3 ms from run to
-run; groups ``batchnorm_interleaved/direction/shape/tN``).
+``test_batchnorm_interleaved_with_the_floor``: per round one call of each floor (NumPy's, the streaming one, and
+torch's when it is importable), one of torch's kernel, then one of cynet's, so that the medians of the per-round ratios
+cynet / fastest floor and torch / cynet cancel the machine's drift (this VM's copy of 64 MB moved between 2.5 and 4.3
+ms from run to run; groups ``batchnorm_interleaved/direction/shape/tN``).
 
 Run:  python -m pytest bench/test_bench_normalization.py --benchmark-only -q   (-k batchnorm, -k layernorm, ...)
 """
@@ -46,7 +46,7 @@ OP_SHAPES = {"batchnorm": [(256, 4096), (4096, 4096), (128, 64, 32, 32)],
              "groupnorm": [(128, 64, 32, 32)]}
 GROUPS = 32
 THREADS = bench_threads()
-IMPLS = ["cynet", "numpy", "torch", "limit", "limit_torch"]
+IMPLS = ["cynet", "numpy", "torch", "limit", "limit_torch", "limit_stream"]
 EPS = 1e-5
 DTYPE = np.float32
 TOLERANCE = {"cynet": (1e-4, 1e-4), "numpy": (1e-4, 1e-4), "torch": (1e-3, 1e-3)}
@@ -208,14 +208,19 @@ FLOOR_NOTES = {
     ("limit", "add"): "np.add(dout, x, out=out): two inputs read once, one written",
     ("limit_torch", "copy"): "out.copy_(x) on the group's threads",
     ("limit_torch", "add"): "torch.add(dout, x, out=out) on the group's threads",
+    ("limit_stream", "copy"): "x copied to out with non-temporal stores on the group's threads",
+    ("limit_stream", "add"): "dout + x into out with non-temporal stores on the group's threads",
 }
 
 
 def _make(case, b, torch):
     """A zero-argument callable with every argument bound, and a note for extra_info."""
-    if case.impl in ("limit", "limit_torch"):
+    if case.impl.startswith("limit"):
         kind, inputs = ("copy", [b.x]) if case.direction == "forward" else ("add", [b.dout, b.x])
-        fn = memory_pass(kind, inputs, b.out, torch if case.impl == "limit_torch" else None)
+        if case.impl == "limit_stream":
+            fn = memory_pass(kind, inputs, b.out, stream_threads=case.threads)
+        else:
+            fn = memory_pass(kind, inputs, b.out, torch if case.impl == "limit_torch" else None)
         return fn, FLOOR_NOTES[case.impl, kind]
     if case.op == "batchnorm":
         return _make_batchnorm(case, b, torch)
@@ -315,9 +320,9 @@ INTERLEAVED_CASES = [Case("batchnorm", d, shape, t, "cynet") for shape in OP_SHA
 @pytest.mark.parametrize("case", INTERLEAVED_CASES, ids=[c.id.replace("-cynet", "") for c in INTERLEAVED_CASES])
 def test_batchnorm_interleaved_with_the_floor(case, benchmark, use_threads, request):
     """cynet's batch norm in alternation with the floors and torch's kernel: per round one call of NumPy's floor, one
-    of torch's floor and one of torch's kernel (when torch is importable), then one of cynet. The median of the
-    per-round ratios cynet / faster floor is ``extra_info["ratio_to_floor_median"]``, that of torch / cynet
-    ``extra_info["torch_over_cynet_median"]``."""
+    of the streaming floor, one of torch's floor and one of torch's kernel (when torch is importable), then one of
+    cynet. The median of the per-round ratios cynet / fastest floor is ``extra_info["ratio_to_floor_median"]``, that
+    of torch / cynet ``extra_info["torch_over_cynet_median"]``."""
     benchmark.group = f"batchnorm_interleaved/{case.direction}/{case.shape_id}/t{case.threads}"
     try:
         torch = request.getfixturevalue("torch_module")
@@ -325,7 +330,8 @@ def test_batchnorm_interleaved_with_the_floor(case, benchmark, use_threads, requ
         torch = None
     b = buffers(case.op, case.shape)
     kernel = _make(case, b, torch)[0]
-    rounds = InterleavedRounds([_make(Case(case.op, case.direction, case.shape, case.threads, "limit"), b, torch)[0]])
+    rounds = InterleavedRounds([_make(Case(case.op, case.direction, case.shape, case.threads, impl), b, torch)[0]
+                                for impl in ("limit", "limit_stream")])
     if torch is not None:
         rounds.floors.append(_make(Case(case.op, case.direction, case.shape, case.threads, "limit_torch"), b,
                                    torch)[0])

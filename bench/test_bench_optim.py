@@ -8,11 +8,14 @@ holds it):
 - ``cynet``:  ``optimizer.step()`` of :mod:`cynet.optim`: one fused kernel call, one pass over p, g and the state;
 - ``numpy``:  the same update written with in-place NumPy ufuncs (``out=`` into one preallocated scratch array, no
               allocation per step), as one writes it without kernels: several passes over memory;
-- ``torch``:  ``torch.optim.SGD`` / ``torch.optim.Adam`` with their default implementation (``foreach=None``, which
-              on CPU is the per-tensor loop of ATen ops), on tensors sharing the NumPy buffers; skipped without torch;
-- ``limit``:  ``np.copyto`` moving as many bytes as the fused kernel must: SGD-momentum reads p, g, b and writes p, b
-              (5 passes of the parameter's 14.7 MB), a copy of 2.5 parameter sizes; Adam reads p, g, m, v and writes
-              p, m, v (7 passes), a copy of 3.5 parameter sizes. Single-threaded whatever the setting.
+- ``torch``:  ``torch.optim.SGD`` / ``torch.optim.Adam`` with ``fused=True`` (torch's fused CPU kernel, its fastest
+              step; the default ``foreach=None`` is a per-tensor loop of ATen ops) where this torch has it, else the
+              default, on tensors sharing the NumPy buffers; skipped without torch;
+- ``limit``:  the traffic of a fused step, in place: SGD-momentum reads p, g, b and writes p and b back into the lines
+              it read (5 passes of the parameter's 14.7 MB), Adam reads p, g, m, v and writes p, m, v (7 passes); the
+              floor adds g into 2 (3) parameter-sized rows in place (``settings.in_place_pass``) on the group's
+              threads. (Before 2026-12-06 it was a copy of 2.5 / 3.5 parameter sizes between two arrays, whose ordinary
+              stores read each line first: about twice the traffic, a floor too slow.)
 
 Every implementation starts from the same parameter, gradient and (zero) state; before anything is timed, its first
 step is compared with a float64 NumPy computation of that step, so a wrong update is never timed. Timed rounds then
@@ -26,7 +29,7 @@ import numpy as np
 import pytest
 
 from cynet import nn, optim
-from settings import bench_threads
+from settings import bench_threads, in_place_pass
 
 SHAPE = (1200, 3072)
 THREADS = bench_threads()
@@ -34,8 +37,9 @@ RULES = ["sgd_momentum", "adam"]
 IMPLS = ["cynet", "numpy", "torch", "limit"]
 DTYPE = np.float32
 LR, MOMENTUM, BETAS, EPS = 1e-3, 0.9, (0.9, 0.999), 1e-8
-# passes over the parameter's bytes a fused step makes (reads + writes), for the copy floor
-TRAFFIC = {"sgd_momentum": 5, "adam": 7}
+# arrays a fused step updates in place (p and its state), besides reading g: 2 + 1 read = 5 passes for SGD-momentum,
+# 3 + 1 = 7 for Adam
+UPDATED = {"sgd_momentum": 2, "adam": 3}
 
 
 class Buffers:
@@ -144,10 +148,11 @@ CASES = [Case(rule, t, impl) for rule in RULES for t in THREADS for impl in IMPL
 def _make(case, b, torch):
     """``(step, parameter array, note)``: a zero-argument step with fresh state, and the array it updates."""
     if case.impl == "limit":
-        n = int(TRAFFIC[case.rule] / 2 * b.p0.size)
-        src, dst = np.ones(n, DTYPE), np.zeros(n, DTYPE)
-        return (lambda: np.copyto(dst, src)), None, (f"np.copyto of {TRAFFIC[case.rule] / 2} parameter sizes: the "
-                                                     f"{TRAFFIC[case.rule]} passes of a fused step")
+        rows = UPDATED[case.rule]
+        targets = np.zeros((rows, b.p0.size), DTYPE)
+        return in_place_pass(targets, b.g.reshape(-1), case.threads), None, (
+            f"g added in place into {rows} parameter-sized rows on the group's threads: the {2 * rows + 1} passes of "
+            f"a fused step")
     p = b.p0.copy()
     if case.impl == "cynet":
         param = nn.Parameter(p)
@@ -160,9 +165,14 @@ def _make(case, b, torch):
         return opt.step, p, "in-place ufuncs, one scratch array"
     tp = torch.from_numpy(p).requires_grad_()
     tp.grad = torch.from_numpy(b.g)
-    opt = (torch.optim.SGD([tp], lr=LR, momentum=MOMENTUM) if case.rule == "sgd_momentum"
-           else torch.optim.Adam([tp], lr=LR, betas=BETAS, eps=EPS))
-    return opt.step, p, "torch.optim default (foreach=None)"
+    try:                                              # torch's fused CPU kernels (torch 2.4 and later)
+        opt = (torch.optim.SGD([tp], lr=LR, momentum=MOMENTUM, fused=True) if case.rule == "sgd_momentum"
+               else torch.optim.Adam([tp], lr=LR, betas=BETAS, eps=EPS, fused=True))
+        return opt.step, p, "torch.optim with fused=True (one fused kernel per step)"
+    except (RuntimeError, TypeError, ValueError):
+        opt = (torch.optim.SGD([tp], lr=LR, momentum=MOMENTUM) if case.rule == "sgd_momentum"
+               else torch.optim.Adam([tp], lr=LR, betas=BETAS, eps=EPS))
+        return opt.step, p, "torch.optim default (foreach=None): this torch has no fused CPU step"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -362,10 +362,10 @@ def prelu_forward(x, alpha, *, out=None):
         return reference.prelu_forward(x, alpha_flat, out=y)
     if x.size:
         if layout == "rows":
-            _act.prelu_forward_rows(x, alpha_flat, y, kernel_threads(x.size))
+            _act.prelu_forward_rows(x, alpha_flat, y, stream_stores(y.nbytes), kernel_threads(x.size))
         else:
             _act.prelu_forward_planes(_prelu_planes_view(x, layout), alpha_flat, _prelu_planes_view(y, layout),
-                                      kernel_threads(x.size))
+                                      stream_stores(y.nbytes), kernel_threads(x.size))
     return y
 
 
@@ -605,7 +605,7 @@ def maxout_forward(x, pieces, *, out=None, indices_out=None):
     if x.size:
         rows = int(np.prod(x.shape[:-1], dtype=np.int64))
         _maxout.maxout_forward(x.reshape(rows, k, units), y.reshape(rows, units), indices.reshape(rows, units),
-                               kernel_threads(x.size))
+                               stream_stores(y.nbytes + indices.nbytes), kernel_threads(x.size))
     return y, indices
 
 

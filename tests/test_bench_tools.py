@@ -47,6 +47,35 @@ def test_memory_pass_moves_the_bytes_it_names(use_torch):
         settings.memory_pass("scale", [a], out, torch)
 
 
+def test_streaming_and_in_place_passes_move_the_bytes_they_name():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.full((2, 3), 10, np.float32)
+    out = np.zeros((2, 3), np.float32)
+    settings.memory_pass("copy", [a], out, stream_threads=2)()
+    np.testing.assert_array_equal(out, a)
+    settings.memory_pass("add", [a, b], out, stream_threads=1)()
+    np.testing.assert_array_equal(out, [[10, 11, 12], [13, 14, 15]])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        settings.memory_pass("copy", [a.T], out.T, stream_threads=1)
+    targets = np.ones((3, 4), np.float32)
+    step = settings.in_place_pass(targets, np.arange(4, dtype=np.float32), 2)
+    step()
+    step()
+    np.testing.assert_array_equal(targets, np.tile([1, 3, 5, 7], (3, 1)))
+
+
+def test_report_takes_the_fastest_of_the_three_floors():
+    rows = {("relu", "forward", "4096x4096", 2): {"cynet": 3.0, "limit": 6.0, "limit_torch": 4.0,
+                                                  "limit_stream": 2.5}}
+    body, flagged = report.table(rows, set(), 1.3)
+    line = body.splitlines()[-1]
+    # the streaming floor (2.5 ms) is the limit: cynet / limit = 1.2, not flagged at 1.3
+    assert "| 2.500 | nt | 1.20 |" in line and not flagged
+    rows[("relu", "forward", "4096x4096", 2)]["limit_stream"] = 2.0
+    body, flagged = report.table(rows, set(), 1.3)
+    assert "| 2.000 | nt | 1.50 |" in body and flagged == [("relu", "forward", "4096x4096", 2)]
+
+
 def _run(path, threads, times):
     """A pytest-benchmark JSON with one (op, direction, shape) group at ``threads``: {impl: median seconds}."""
     benchmarks = [{"name": f"relu-{impl}-t{threads}", "group": f"relu/forward/8x8/t{threads}",

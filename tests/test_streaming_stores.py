@@ -197,25 +197,37 @@ def test_ops_stream_large_outputs_of_memory_bound_kernels_only(monkeypatch):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("shape", [(37, 1500), (3, 2050), (1, 17)], ids=str)
 @pytest.mark.parametrize("offset", [0, 1])
-def test_prelu_and_maxout_backwards_write_the_same_bits_with_streaming_stores(monkeypatch, dtype, shape, offset):
+def test_prelu_and_maxout_write_the_same_bits_with_streaming_stores(monkeypatch, dtype, shape, offset):
     rng = np.random.default_rng(3)
     x = rng.standard_normal(shape).astype(dtype)
     dout = rng.standard_normal(shape).astype(dtype)
     alpha = rng.uniform(0.05, 0.5, shape[1]).astype(dtype)
     scores = rng.standard_normal((shape[0], 2 * shape[1])).astype(dtype)
+    scores[0, :3] = np.nan                           # a NaN piece wins
     _, winners = ops.maxout_forward(scores, 2)
+    planes = rng.standard_normal((2, shape[1], 3, 5)).astype(dtype)   # one slope per channel of axis 1
 
     def run():
-        dx = _misaligned(shape, dtype, offset)
+        y, y_planes, dx = (_misaligned(a.shape, dtype, offset) for a in (x, planes, x))
         dscores = _misaligned(scores.shape, dtype, offset)
-        dx[...] = dscores[...] = np.nan
+        maxed, won = _misaligned(shape, dtype, offset), _misaligned(shape, np.int32, offset)
+        y[...] = y_planes[...] = dx[...] = dscores[...] = maxed[...] = np.nan
+        won[...] = -1
+        ops.prelu_forward(x, alpha, out=y)
+        ops.prelu_forward(planes, alpha, out=y_planes)
         _, dalpha = ops.prelu_backward(dout, x, alpha, out=dx)
+        ops.maxout_forward(scores, 2, out=maxed, indices_out=won)
         ops.maxout_backward(dout, winners, 2, out=dscores)
-        return dx, dalpha, dscores
+        return y, y_planes, dx, dalpha, maxed, won, dscores
 
-    dx, _, dscores = _same_bits_streamed_or_not(monkeypatch, x.nbytes, run)
+    y, y_planes, dx, _, maxed, won, dscores = _same_bits_streamed_or_not(monkeypatch, x.nbytes, run)
+    np.testing.assert_array_equal(y, reference.prelu_forward(x, alpha))
+    np.testing.assert_array_equal(y_planes, reference.prelu_forward(planes, alpha))
     expected_dx, _ = reference.prelu_backward(dout, x, alpha)
     np.testing.assert_array_equal(dx, expected_dx)
+    expected_max, expected_won = reference.maxout_forward(scores, 2)
+    np.testing.assert_array_equal(maxed, expected_max)
+    np.testing.assert_array_equal(won, expected_won)
     np.testing.assert_array_equal(dscores, reference.maxout_backward(dout, winners, 2))
 
 

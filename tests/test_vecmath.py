@@ -480,8 +480,10 @@ def test_every_simd_variant_of_prelu_gives_identical_bits():
     results = {}
     for isa in isas:
         module = load("activations", isa)
-        y = np.empty_like(planes)
-        module.prelu_forward_planes(planes, alpha, y, 2)
+        y, y_streamed = np.empty_like(planes), np.empty_like(planes)
+        module.prelu_forward_planes(planes, alpha, y, False, 2)
+        module.prelu_forward_planes(planes, alpha, y_streamed, True, 2)
+        assert np.array_equal(y, y_streamed, equal_nan=True), isa
         dx, partials, dalpha = np.empty_like(planes), np.empty((64, 7)), np.empty(7, np.float32)
         module.prelu_backward_planes(planes, planes, alpha, dx, partials, dalpha, 2)
         results[isa] = (y, dx, dalpha)
@@ -498,11 +500,13 @@ def test_every_simd_variant_of_maxout_gives_identical_bits():
     results = {}
     for isa in isas:
         module = load("maxout", isa)
-        y, idx = np.empty((5000, 4), np.float32), np.empty((5000, 4), np.int32)
-        module.maxout_forward(x, y, idx, 2)
-        dx = np.empty_like(x)
-        module.maxout_backward(y, idx, dx, True, 2)  # streaming stores: each variant's own
-        results[isa] = (y, idx, dx)
+        results[isa] = ()
+        for stream in (False, True):                 # streaming stores: each variant's own
+            y, idx = np.empty((5000, 4), np.float32), np.empty((5000, 4), np.int32)
+            module.maxout_forward(x, y, idx, stream, 2)
+            dx = np.empty_like(x)
+            module.maxout_backward(y, idx, dx, stream, 2)
+            results[isa] += (y, idx, dx)
     for isa in isas:
         for got, base in zip(results[isa], results["baseline"]):
             assert np.array_equal(got, base, equal_nan=True), isa

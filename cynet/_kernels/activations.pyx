@@ -686,25 +686,60 @@ cdef inline Py_ssize_t _n_parallel_chunks(Py_ssize_t leading, Py_ssize_t element
     return min(leading, <Py_ssize_t>n_threads)
 
 
-# y = x if x > 0 else alpha[j] * x over `rows` rows of C values (channel j along the row).
-cdef void _prelu_rows_forward(const floating* x, const floating* alpha, floating* y, Py_ssize_t rows,
-                              Py_ssize_t C) noexcept nogil:
-    cdef Py_ssize_t i, j
+cdef inline void _prelu_y_span(const floating* x, const floating* alpha, floating* y, Py_ssize_t n) noexcept nogil:
+    """y[j] = x[j] if x[j] > 0 else alpha[j] x[j] for j < n."""
+    cdef Py_ssize_t j
     cdef floating v, a
+    for j in range(n):
+        v = x[j]
+        a = alpha[j]
+        y[j] = v if v > 0 else a * v
+
+
+# y = x if x > 0 else alpha[j] * x over `rows` rows of C values (channel j along the row); with `stream`, y is written
+# with non-temporal stores (an output larger than the cache), through an L1 buffer, whole lines.
+cdef void _prelu_rows_forward(const floating* x, const floating* alpha, floating* y, Py_ssize_t rows,
+                              Py_ssize_t C, bint stream) noexcept nogil:
+    cdef floating buffer[STREAM_BLOCK]
+    cdef Py_ssize_t i, j, b, head, n, o
     for i in range(rows):
-        for j in range(C):
-            v = x[i * C + j]
-            a = alpha[j]
-            y[i * C + j] = v if v > 0 else a * v
+        o = i * C
+        if not stream:
+            _prelu_y_span(x + o, alpha, y + o, C)
+            continue
+        head = stream_head(y + o, C)
+        _prelu_y_span(x + o, alpha, y + o, head)
+        for b in range(stream_blocks(head, C)):
+            j = stream_block(head, b, C, &n)
+            _prelu_y_span(x + o + j, alpha + j, buffer, n)
+            stream_store(y + o + j, buffer, n)
+    if stream:
+        stream_fence()
 
 
-# y = x if x > 0 else a * x over n values sharing the slope a.
-cdef void _prelu_plane_forward(const floating* x, floating a, floating* y, Py_ssize_t n) noexcept nogil:
+cdef inline void _prelu_slope_span(const floating* x, floating a, floating* y, Py_ssize_t n) noexcept nogil:
+    """y[s] = x[s] if x[s] > 0 else a x[s] for s < n."""
     cdef Py_ssize_t s
     cdef floating v
     for s in range(n):
         v = x[s]
         y[s] = v if v > 0 else a * v
+
+
+# y = x if x > 0 else a * x over n values sharing the slope a; with `stream`, non-temporal stores as above (the
+# caller fences once its planes are written).
+cdef void _prelu_plane_forward(const floating* x, floating a, floating* y, Py_ssize_t n, bint stream) noexcept nogil:
+    cdef floating buffer[STREAM_BLOCK]
+    cdef Py_ssize_t b, head, j, m
+    if not stream:
+        _prelu_slope_span(x, a, y, n)
+        return
+    head = stream_head(y, n)
+    _prelu_slope_span(x, a, y, head)
+    for b in range(stream_blocks(head, n)):
+        j = stream_block(head, b, n, &m)
+        _prelu_slope_span(x + j, a, buffer, m)
+        stream_store(y + j, buffer, m)
 
 
 # dx = dout if x > 0 else alpha[j] * dout;  partial[j] += dout * min(x, 0) (in float64), over rows of C values.
@@ -807,18 +842,21 @@ cdef void _sum_partials_in_order(double* partials, Py_ssize_t K, Py_ssize_t C, f
         total[j] = <floating>partials[j]
 
 
-def prelu_forward_rows(const floating[:, ::1] x, const floating[::1] alpha, floating[:, ::1] y, int n_threads):
+def prelu_forward_rows(const floating[:, ::1] x, const floating[::1] alpha, floating[:, ::1] y, bint stream,
+                       int n_threads):
+    """y from x and one slope per column; ``stream``: y written with non-temporal stores."""
     cdef Py_ssize_t m = x.shape[0], C = x.shape[1], k, lo, hi
     cdef Py_ssize_t K = _n_parallel_chunks(m, m * C, n_threads)
     with nogil:
         for k in prange(K, schedule='static', num_threads=K):
             lo = _chunk_start(k, K, m)
             hi = _chunk_start(k + 1, K, m)
-            _prelu_rows_forward(&x[lo, 0], &alpha[0], &y[lo, 0], hi - lo, C)
+            _prelu_rows_forward(&x[lo, 0], &alpha[0], &y[lo, 0], hi - lo, C, stream)
 
 
-def prelu_forward_planes(const floating[:, :, ::1] x, const floating[::1] alpha, floating[:, :, ::1] y,
+def prelu_forward_planes(const floating[:, :, ::1] x, const floating[::1] alpha, floating[:, :, ::1] y, bint stream,
                          int n_threads):
+    """y from x and one slope per plane (axis 1); ``stream``: y written with non-temporal stores."""
     cdef Py_ssize_t P = x.shape[0], C = x.shape[1], S = x.shape[2], k, q, lo, hi
     cdef Py_ssize_t K = _n_parallel_chunks(P * C, P * C * S, n_threads)
     with nogil:
@@ -826,7 +864,9 @@ def prelu_forward_planes(const floating[:, :, ::1] x, const floating[::1] alpha,
             lo = _chunk_start(k, K, P * C)
             hi = _chunk_start(k + 1, K, P * C)
             for q in range(lo, hi):
-                _prelu_plane_forward(&x[0, 0, 0] + q * S, alpha[q % C], &y[0, 0, 0] + q * S, S)
+                _prelu_plane_forward(&x[0, 0, 0] + q * S, alpha[q % C], &y[0, 0, 0] + q * S, S, stream)
+            if stream:
+                stream_fence()
 
 
 def prelu_backward_rows(const floating[:, ::1] dout, const floating[:, ::1] x, const floating[::1] alpha,

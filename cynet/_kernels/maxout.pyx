@@ -19,31 +19,63 @@ from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, 
                                      stream_store)
 
 
-# y[m, j] = max_p x[m, p, j], idx[m, j] = first argmax, over `rows` rows of K pieces x D units.
-cdef void _maxout_rows_forward(const floating* x, floating* y, int32_t* idx, Py_ssize_t rows, Py_ssize_t K,
-                               Py_ssize_t D) noexcept nogil:
-    cdef Py_ssize_t m, p, j
-    cdef const floating* xr
-    cdef floating* yr
-    cdef int32_t* ir
+cdef extern from *:
+    """
+    /* The int32 indices streamed through the float32 path: its loads and non-temporal stores move bits unchanged. */
+    #define cynet_stream_store_i32(dst, src, n) cynet_stream_store_f32((float*)(dst), (const float*)(src), (n))
+    """
+    void cynet_stream_store_i32(int32_t* dst, const int32_t* src, Py_ssize_t n) noexcept nogil
+
+
+# y[j] = max_p x[p * D + j], idx[j] = the first p reaching it (a NaN piece wins), for j < n: x points at unit 0 of
+# piece 0 of one row, y and idx at the n outputs (the row's units offset by the caller).
+cdef inline void _max_of_pieces(const floating* x, floating* y, int32_t* idx, Py_ssize_t n, Py_ssize_t K,
+                                Py_ssize_t D) noexcept nogil:
+    cdef Py_ssize_t p, j
     cdef floating v, best
     cdef int32_t winner
     cdef bint take
+    for j in range(n):
+        y[j] = x[j]
+        idx[j] = 0
+    for p in range(1, K):
+        for j in range(n):
+            v = x[p * D + j]
+            best = y[j]
+            winner = idx[j]
+            take = (v > best) or (v != v and best == best)
+            y[j] = v if take else best
+            idx[j] = <int32_t>p if take else winner
+
+
+# y[m, j] = max_p x[m, p, j], idx[m, j] = first argmax, over `rows` rows of K pieces x D units. With `stream`, y and
+# idx go to memory with non-temporal stores: each row's units in blocks of STREAM_BLOCK computed into L1 buffers, the
+# blocks starting on 64-byte lines of y (idx's lines too when both arrays share their offset in a line, as NumPy's
+# allocations of one size do; otherwise idx's partial lines are written twice, the same values).
+cdef void _maxout_rows_forward(const floating* x, floating* y, int32_t* idx, Py_ssize_t rows, Py_ssize_t K,
+                               Py_ssize_t D, bint stream) noexcept nogil:
+    cdef floating y_buffer[STREAM_BLOCK]
+    cdef int32_t idx_buffer[STREAM_BLOCK]
+    cdef Py_ssize_t m, b, head, j, n
+    cdef const floating* xr
+    cdef floating* yr
+    cdef int32_t* ir
     for m in range(rows):
         xr = x + m * K * D
         yr = y + m * D
         ir = idx + m * D
-        for j in range(D):
-            yr[j] = xr[j]
-            ir[j] = 0
-        for p in range(1, K):
-            for j in range(D):
-                v = xr[p * D + j]
-                best = yr[j]
-                winner = ir[j]
-                take = (v > best) or (v != v and best == best)
-                yr[j] = v if take else best
-                ir[j] = <int32_t>p if take else winner
+        if not stream:
+            _max_of_pieces(xr, yr, ir, D, K, D)
+            continue
+        head = stream_head(yr, D)
+        _max_of_pieces(xr, yr, ir, head, K, D)
+        for b in range(stream_blocks(head, D)):
+            j = stream_block(head, b, D, &n)
+            _max_of_pieces(xr + j, y_buffer, idx_buffer, n, K, D)
+            stream_store(yr + j, y_buffer, n)
+            cynet_stream_store_i32(ir + j, idx_buffer, n)
+    if stream:
+        stream_fence()
 
 
 cdef inline void _piece_span(const floating* dout, const int32_t* idx, int32_t p, floating* dx,
@@ -91,7 +123,9 @@ cdef Py_ssize_t _maxout_rows_backward(const floating* dout, const int32_t* idx, 
     return bad
 
 
-def maxout_forward(const floating[:, :, ::1] x, floating[:, ::1] y, int32_t[:, ::1] idx, int n_threads):
+def maxout_forward(const floating[:, :, ::1] x, floating[:, ::1] y, int32_t[:, ::1] idx, bint stream,
+                   int n_threads):
+    """y and the winning pieces idx from x (M, K, D); ``stream``: y and idx written with non-temporal stores."""
     cdef Py_ssize_t M = x.shape[0], K = x.shape[1], D = x.shape[2], c, lo
     cdef Py_ssize_t chunk = split_length(M, M * K * D, n_threads, 1)
     cdef Py_ssize_t n_chunks = (M + chunk - 1) // chunk
@@ -100,7 +134,7 @@ def maxout_forward(const floating[:, :, ::1] x, floating[:, ::1] y, int32_t[:, :
     with nogil:
         for c in prange(n_chunks, schedule='static', num_threads=n_chunks):
             lo = c * chunk
-            _maxout_rows_forward(&x[lo, 0, 0], &y[lo, 0], &idx[lo, 0], min(chunk, M - lo), K, D)
+            _maxout_rows_forward(&x[lo, 0, 0], &y[lo, 0], &idx[lo, 0], min(chunk, M - lo), K, D, stream)
 
 
 def maxout_backward(const floating[:, ::1] dout, const int32_t[:, ::1] idx, floating[:, :, ::1] dx, bint stream,

@@ -1,0 +1,71 @@
+"""The memory passes the benchmarks use as bandwidth floors (cynet._kernels.memory): a streaming copy, a streaming
+add and an in-place add. They must move exactly the values they name (a floor that skips work would flatter every
+kernel held against it): checked against NumPy for every built instruction-set variant, both dtypes, lengths with
+partial cache lines at either end, outputs off a cache line, in place, and 1, 2 and 4 threads (bit for bit: one IEEE
+addition per value)."""
+import numpy as np
+import pytest
+
+from cynet._kernels import available_isas, load
+
+ISAS = available_isas("memory")
+DTYPES = [np.float32, np.float64]
+LENGTHS = [0, 1, 15, 17, 1000, 40_003, 100_000]
+THREADS = [1, 2, 4]
+
+
+def _misaligned(n, dtype, offset):
+    """n values starting ``offset`` items after an allocation's start (not on a cache line when offset > 0)."""
+    return np.zeros(n + offset, dtype)[offset:]
+
+
+def _values(n, dtype, seed):
+    return np.random.default_rng(seed).standard_normal(n).astype(dtype)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("n", LENGTHS)
+@pytest.mark.parametrize("offset", [0, 3])
+@pytest.mark.parametrize("threads", THREADS)
+def test_stream_copy_and_add_write_exactly_numpys_values(isa, dtype, n, offset, threads):
+    memory = load("memory", isa)
+    a, b = _values(n, dtype, 1), _values(n, dtype, 2)
+    out = _misaligned(n, dtype, offset)
+    memory.stream_copy(a, out, threads)
+    np.testing.assert_array_equal(out, a)
+    memory.stream_add(a, b, out, threads)
+    np.testing.assert_array_equal(out, a + b)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("rows", [1, 2, 3])
+@pytest.mark.parametrize("n", LENGTHS)
+@pytest.mark.parametrize("threads", THREADS)
+def test_add_in_place_adds_the_source_into_every_row(isa, dtype, rows, n, threads):
+    memory = load("memory", isa)
+    targets = _values(rows * n, dtype, 3).reshape(rows, n)
+    source = _values(n, dtype, 4)
+    expected = targets + source
+    memory.add_in_place(targets, source, threads)
+    np.testing.assert_array_equal(targets, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_stream_add_in_place_of_one_input(dtype):
+    a, b = _values(50_001, dtype, 5), _values(50_001, dtype, 6)
+    expected = a + b
+    load("memory").stream_add(a, b, a, 2)
+    np.testing.assert_array_equal(a, expected)
+
+
+def test_lengths_that_differ_are_refused():
+    memory = load("memory")
+    a, short = np.zeros(8, np.float32), np.zeros(7, np.float32)
+    with pytest.raises(ValueError, match="stream_copy: dst holds 7 values, src 8"):
+        memory.stream_copy(a, short, 1)
+    with pytest.raises(ValueError, match="stream_add: lengths 8, 7 and 8 differ"):
+        memory.stream_add(a, short, a, 1)
+    with pytest.raises(ValueError, match="add_in_place: rows of 8 values, source 7"):
+        memory.add_in_place(np.zeros((2, 8), np.float32), short, 1)
