@@ -49,18 +49,39 @@ cdef void _add_span(const floating* a, const floating* b, floating* dst, Py_ssiz
     stream_fence()
 
 
-# targets[k, i] += source[i], in blocks of IN_PLACE_BLOCK values of every row.
+# targets[k, i] += source[i] for i in [lo, lo + n): one loop over i updating every row (up to three, the optimiser
+# steps' count: each array one sequential stream, as a fused step walks them), in blocks of IN_PLACE_BLOCK values of
+# each row for more.
 cdef void _add_in_place_span(floating* targets, Py_ssize_t rows, Py_ssize_t stride, const floating* source,
                              Py_ssize_t lo, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t start = lo, stop, k, i
+    cdef floating g
     cdef floating* row
-    while start < lo + n:
-        stop = min(start + IN_PLACE_BLOCK, lo + n)
-        for k in range(rows):
-            row = targets + k * stride
-            for i in range(start, stop):
-                row[i] = row[i] + source[i]
-        start = stop
+    cdef floating* r0 = targets
+    cdef floating* r1 = targets + stride
+    cdef floating* r2 = targets + 2 * stride
+    if rows == 1:
+        for i in range(lo, lo + n):
+            r0[i] = r0[i] + source[i]
+    elif rows == 2:
+        for i in range(lo, lo + n):
+            g = source[i]
+            r0[i] = r0[i] + g
+            r1[i] = r1[i] + g
+    elif rows == 3:
+        for i in range(lo, lo + n):
+            g = source[i]
+            r0[i] = r0[i] + g
+            r1[i] = r1[i] + g
+            r2[i] = r2[i] + g
+    else:
+        while start < lo + n:
+            stop = min(start + IN_PLACE_BLOCK, lo + n)
+            for k in range(rows):
+                row = targets + k * stride
+                for i in range(start, stop):
+                    row[i] = row[i] + source[i]
+            start = stop
 
 
 cdef void _streamed_pass(const floating* a, const floating* b, floating* dst, Py_ssize_t n,
