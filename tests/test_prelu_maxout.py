@@ -356,6 +356,11 @@ def test_maxout_piece_layout_ties_and_nan():
     y, idx = ops.maxout_forward(np.array([np.inf, -np.inf, np.nan, -np.inf]), pieces=2)
     assert np.isnan(y[0]) and y[1] == -np.inf
     np.testing.assert_array_equal(idx, [1, 0])
+    # two pieces (the kernel's one-pass case): both NaN -> piece 0; NaN only in piece 1 -> piece 1; float32 too
+    for dtype in (np.float32, np.float64):
+        y, idx = ops.maxout_forward(np.array([[np.nan, 1.0, np.nan, np.nan]], dtype), pieces=2)
+        assert np.isnan(y).all()
+        np.testing.assert_array_equal(idx, [[0, 1]])
     # the gradient goes to the winning piece only
     dx = ops.maxout_backward(np.array([[10.0, 20.0]]), np.array([[1, 0]]), pieces=2)
     np.testing.assert_array_equal(dx, [[0.0, 20.0, 10.0, 0.0]])

@@ -35,6 +35,14 @@ cdef inline void _max_of_pieces(const floating* x, floating* y, int32_t* idx, Py
     cdef floating v, best
     cdef int32_t winner
     cdef bint take
+    if K == 2:                                       # the usual count: one pass, no second round through y and idx
+        for j in range(n):
+            best = x[j]
+            v = x[D + j]
+            take = (v > best) or (v != v and best == best)
+            y[j] = v if take else best
+            idx[j] = 1 if take else 0
+        return
     for j in range(n):
         y[j] = x[j]
         idx[j] = 0
