@@ -107,12 +107,15 @@ class InterleavedRounds:
     """The ``setup`` of an interleaved pedantic run: before each timed call of cynet, one call of every floor (the
     fastest of them counts for the round) and then, when given, one of torch's; :meth:`record` stores the medians.
 
-    ``torch_call`` may be set to None before the run (torch cannot run the case).
+    ``torch_call`` may be set to None before the run (torch cannot run the case). With ``names`` (one per floor, in
+    order; a floor appended later needs its name appended too), :meth:`record` also stores the median of the per-round
+    ratios cynet / each floor (``ratio_to_each_floor_median``).
     """
 
-    def __init__(self, floors, torch_call=None):
+    def __init__(self, floors, torch_call=None, names=None):
         self.floors, self.torch_call = list(floors), torch_call
-        self.floor_seconds, self.torch_seconds = [], []
+        self.names = list(names) if names is not None else None
+        self.floor_seconds, self.torch_seconds, self.each_floor_seconds = [], [], []
 
     def warm_up(self):
         """One untimed call of each floor and of torch's call."""
@@ -120,13 +123,13 @@ class InterleavedRounds:
             call()
 
     def __call__(self):
-        best = None
+        each = []
         for floor in self.floors:
             start = time.perf_counter()
             floor()
-            elapsed = time.perf_counter() - start
-            best = elapsed if best is None else min(best, elapsed)
-        self.floor_seconds.append(best)
+            each.append(time.perf_counter() - start)
+        self.floor_seconds.append(min(each))
+        self.each_floor_seconds.append(each)
         if self.torch_call is not None:
             start = time.perf_counter()
             self.torch_call()
@@ -146,6 +149,10 @@ class InterleavedRounds:
         benchmark.extra_info.update(interleaved_floor_median=statistics.median(self.floor_seconds),
                                     ratio_to_floor_median=statistics.median(ratios),
                                     ratios=[round(r, 4) for r in ratios])
+        if self.names is not None:
+            benchmark.extra_info["ratio_to_each_floor_median"] = {
+                name: statistics.median([c / each[k] for c, each in zip(cynet_seconds, self.each_floor_seconds)])
+                for k, name in enumerate(self.names)}
         if self.torch_seconds:
             benchmark.extra_info.update(
                 interleaved_torch_median=statistics.median(self.torch_seconds),

@@ -410,9 +410,10 @@ def test_activation_interleaved_with_the_floor(op, benchmark, buffer_pool, use_t
     case = Case(op, shape, threads, "cynet")
     kernel = op.make_cynet(b)
     rounds = InterleavedRounds([_floor_call(Case(op, shape, threads, impl), b, None)[0]
-                                for impl in ("limit", "limit_stream")])
+                                for impl in ("limit", "limit_stream")], names=["np", "nt"])
     if torch is not None:
         rounds.floors.append(_floor_call(Case(op, shape, threads, "limit_torch"), b, torch)[0])
+        rounds.names.append("torch")
         try:
             rounds.torch_call = op.make_torch(b, torch)[0]
         except (AttributeError, TorchUnavailable):

@@ -331,10 +331,11 @@ def test_batchnorm_interleaved_with_the_floor(case, benchmark, use_threads, requ
     b = buffers(case.op, case.shape)
     kernel = _make(case, b, torch)[0]
     rounds = InterleavedRounds([_make(Case(case.op, case.direction, case.shape, case.threads, impl), b, torch)[0]
-                                for impl in ("limit", "limit_stream")])
+                                for impl in ("limit", "limit_stream")], names=["np", "nt"])
     if torch is not None:
         rounds.floors.append(_make(Case(case.op, case.direction, case.shape, case.threads, "limit_torch"), b,
                                    torch)[0])
+        rounds.names.append("torch")
         rounds.torch_call = _make(Case(case.op, case.direction, case.shape, case.threads, "torch"), b, torch)[0]
 
     with use_threads(case.threads):

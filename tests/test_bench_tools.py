@@ -97,3 +97,36 @@ def test_report_merges_runs_and_prints_one_scaling_row_per_op(tmp_path):
     line = report.scaling_table(rows).splitlines()[-1]
     # t1 10 ms, t4 2 ms; t1/t4 = 5.0; at t4 cynet / floor = 2 / 1, torch / cynet = 3 / 2
     assert line == "| relu | for | 8x8 | 10.0 | 2.000 | 5.0 | 2.00 | 1.50 |"
+
+
+def test_interleaved_rounds_record_the_ratio_to_each_floor(monkeypatch):
+    # a fake clock: each floor call takes the time listed for it, round by round (np 4 and 6 ms, nt 2 and 3 ms)
+    durations = iter([0.004, 0.002, 0.006, 0.003])
+    clock = {"now": 0.0, "pending": None}
+
+    def perf_counter():
+        if clock["pending"] is None:                  # a call starts
+            clock["pending"] = next(durations)
+            return clock["now"]
+        clock["now"] += clock["pending"]              # ... and ends
+        clock["pending"] = None
+        return clock["now"]
+
+    monkeypatch.setattr(settings.time, "perf_counter", perf_counter)
+    rounds = settings.InterleavedRounds([lambda: None, lambda: None], names=["np", "nt"])
+    rounds()
+    rounds()
+
+    class Stats:                                      # what pytest-benchmark's fixture holds: cynet 4 and 6 ms
+        class stats:
+            data = [0.004, 0.006]
+
+    class Benchmark:
+        extra_info = {}
+        stats = Stats
+
+    rounds.record(Benchmark, impl="cynet")
+    info = Benchmark.extra_info
+    assert info["ratio_to_floor_median"] == pytest.approx(2.0)           # against the faster floor (nt) each round
+    assert info["ratio_to_each_floor_median"] == pytest.approx({"np": 1.0, "nt": 2.0})
+    assert info["interleaved_floor_median"] == pytest.approx(0.0025)
