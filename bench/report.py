@@ -11,9 +11,11 @@ torch and the memory-bandwidth floor, then
 
 The floor ('limit') is the fastest of the floor benchmarks of the row: NumPy (``limit``, one thread), torch
 (``limit_torch``, the row's thread count) and cynet's streaming pass (``limit_stream``, non-temporal stores on the
-row's thread count); the 'floor' column says which (np, torch, nt). A row is flagged when cynet/limit is above
---flag-limit (default 1.3) or when torch is faster than cynet. A dagger on a torch time points to a footnote: that
-torch path does not do exactly cynet's work (it allocates, or moves more bytes); see the notes under the table.
+row's thread count); the 'floor' column says which (np, torch, nt). The optimiser steps have one floor of their own,
+``limit_inplace`` (in-place: the step's arrays read and written back in place on the row's threads). A row is
+flagged when cynet/limit is above --flag-limit (default 1.3) or when torch is faster than cynet. A dagger on a torch
+time points to a footnote: that torch path does not do exactly cynet's work (it allocates, or moves more bytes); see
+the notes under the table.
 
 Benchmarks without an ``op`` (a training epoch, a search, a monitored epoch) go into a second table, one row per
 pytest-benchmark group: the median seconds of every implementation of the group and each one's ratio to the
@@ -35,8 +37,8 @@ import argparse
 import json
 import sys
 
-IMPLS = ("cynet", "numpy", "torch", "limit", "limit_torch", "limit_stream")
-FLOORS = (("np", "limit"), ("torch", "limit_torch"), ("nt", "limit_stream"))
+IMPLS = ("cynet", "numpy", "torch", "limit", "limit_torch", "limit_stream", "limit_inplace")
+FLOORS = (("np", "limit"), ("torch", "limit_torch"), ("nt", "limit_stream"), ("in-place", "limit_inplace"))
 BASELINES = ("floor", "floor (interleaved)", "limit", "serial", "plain")
 
 
@@ -201,10 +203,11 @@ def footnotes(notes, differs):
               for (op, d, impl), n in notes.items() if impl == "torch"]
     by_note = {}
     for (op, d, impl), n in notes.items():
-        if impl in ("limit", "limit_torch", "limit_stream"):
+        if impl.startswith("limit"):
             by_note.setdefault(n, []).append(f"{op} {d}")
     lines.append("\nFloors ('limit': NumPy on one thread; 'limit_torch': the same arrays moved by torch on the row's "
-                 "threads; 'limit_stream': non-temporal stores on the row's threads):\n")
+                 "threads; 'limit_stream': non-temporal stores on the row's threads; 'limit_inplace': an optimiser "
+                 "step's arrays updated in place):\n")
     lines += [f"- {n} — {', '.join(cases)}" for n, cases in by_note.items()]
     return "\n".join(lines)
 

@@ -11,11 +11,11 @@ holds it):
 - ``torch``:  ``torch.optim.SGD`` / ``torch.optim.Adam`` with ``fused=True`` (torch's fused CPU kernel, its fastest
               step; the default ``foreach=None`` is a per-tensor loop of ATen ops) where this torch has it, else the
               default, on tensors sharing the NumPy buffers; skipped without torch;
-- ``limit``:  the traffic of a fused step, in place: SGD-momentum reads p, g, b and writes p and b back into the lines
-              it read (5 passes of the parameter's 14.7 MB), Adam reads p, g, m, v and writes p, m, v (7 passes); the
-              floor adds g into 2 (3) parameter-sized rows in place (``settings.in_place_pass``) on the group's
-              threads. (Before 2026-12-06 it was a copy of 2.5 / 3.5 parameter sizes between two arrays, whose ordinary
-              stores read each line first: about twice the traffic, a floor too slow.)
+- ``limit_inplace``: the traffic of a fused step, in place: SGD-momentum reads p, g, b and writes p and b back
+              into the lines it read (5 passes of the parameter's 14.7 MB), Adam reads p, g, m, v and writes p, m, v
+              (7 passes); the floor adds g into 2 (3) parameter-sized rows in place (``settings.in_place_pass``) on
+              the group's threads. (Before 2026-12-06 it was a copy of 2.5 / 3.5 parameter sizes between two arrays,
+              whose ordinary stores read each line first: about twice the traffic, a floor too slow.)
 
 Every implementation starts from the same parameter, gradient and (zero) state; before anything is timed, its first
 step is compared with a float64 NumPy computation of that step, so a wrong update is never timed. Timed rounds then
@@ -34,7 +34,7 @@ from settings import bench_threads, in_place_pass
 SHAPE = (1200, 3072)
 THREADS = bench_threads()
 RULES = ["sgd_momentum", "adam"]
-IMPLS = ["cynet", "numpy", "torch", "limit"]
+IMPLS = ["cynet", "numpy", "torch", "limit_inplace"]
 DTYPE = np.float32
 LR, MOMENTUM, BETAS, EPS = 1e-3, 0.9, (0.9, 0.999), 1e-8
 # arrays a fused step updates in place (p and its state), besides reading g: 2 + 1 read = 5 passes for SGD-momentum,
@@ -147,7 +147,7 @@ CASES = [Case(rule, t, impl) for rule in RULES for t in THREADS for impl in IMPL
 
 def _make(case, b, torch):
     """``(step, parameter array, note)``: a zero-argument step with fresh state, and the array it updates."""
-    if case.impl == "limit":
+    if case.impl == "limit_inplace":
         rows = UPDATED[case.rule]
         targets = np.zeros((rows, b.p0.size), DTYPE)
         return in_place_pass(targets, b.g.reshape(-1), case.threads), None, (
