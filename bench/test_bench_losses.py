@@ -8,7 +8,11 @@ test id ends with the name, ``benchmark.extra_info["impl"]`` holds it):
 - ``numpy``: the vectorised NumPy version a CS231n student writes (max-subtract, exp, sum, log, then
   ``probs[range(N), y] -= 1``; ``/= N``), in float32 like the input, single-threaded whatever the setting;
 - ``torch``: ``F.cross_entropy(x, y)`` then ``torch.autograd.grad(loss, x)`` (log-softmax + NLL forward, their
-  backward), on the group's thread count; skipped without torch.
+  backward), on the group's thread count; skipped without torch;
+- ``limit``: the bytes any implementation must move, the scores read and an (N, C) gradient written: ``np.copyto``
+  into a preallocated array, one thread; ``limit_torch``: the same copy through torch on the group's threads (skipped
+  without torch). The arrays (at most 16 MB) stay in cache, where ordinary stores are the faster floor, so there is no
+  streaming one.
 
 Each call computes the mean loss and the full (N, C) gradient from the same float32 scores and int64 labels. Before
 anything is timed, each implementation's loss and gradient are compared with a float64 NumPy reference, so a broken
@@ -22,11 +26,11 @@ import numpy as np
 import pytest
 
 from cynet.nn.loss import SoftmaxCrossEntropy
-from settings import bench_threads
+from settings import bench_threads, memory_pass
 
 SHAPES = [(256, 10), (4096, 1000)]
 THREADS = bench_threads()
-IMPLS = ["cynet", "numpy", "torch"]
+IMPLS = ["cynet", "numpy", "torch", "limit", "limit_torch"]
 SEED = 0
 SCALE = 3.0           # scores ~ N(0, 3^2): a spread of probabilities, as after some training
 
@@ -94,6 +98,8 @@ class Problem:
 
 def _make(case, problem, torch):
     scores, y = problem.scores, problem.y
+    if case.impl.startswith("limit"):
+        return memory_pass("copy", [scores], np.zeros_like(scores), torch if case.impl == "limit_torch" else None)
     if case.impl == "cynet":
         loss = SoftmaxCrossEntropy()
 
@@ -130,9 +136,10 @@ def test_softmax_cross_entropy(case, benchmark, use_threads, timing, request):
     benchmark.group = case.group
     benchmark.extra_info.update(op="softmax_ce", direction="forward+backward", shape=case.shape_id,
                                 threads=case.threads, impl=case.impl)
-    torch = request.getfixturevalue("torch_module") if case.impl == "torch" else None
+    torch = request.getfixturevalue("torch_module") if case.impl in ("torch", "limit_torch") else None
     problem = Problem.get(case.shape)
     fn = _make(case, problem, torch)
     with use_threads(case.threads):
-        _check(case, fn(), problem.expected)
+        if not case.impl.startswith("limit"):
+            _check(case, fn(), problem.expected)
         timing.run(benchmark, fn)

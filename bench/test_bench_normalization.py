@@ -106,15 +106,20 @@ def numpy_row_forward(xv, gamma, beta, eps, out):
 
 
 def numpy_row_backward(dout, xv, gamma, mean, inv_std, out):
-    """dx = (r / L) (L g - sum(g) - x_hat sum(g x_hat)), g = dout * gamma, sums over each row of L values."""
+    """``(dx, dgamma, dbeta)``: dx = (r / L) (L g - sum(g) - x_hat sum(g x_hat)), g = dout * gamma, sums over each
+    row of L values, into ``out``; dgamma = sum(dout x_hat) and dbeta = sum(dout) over the axes gamma is broadcast
+    along (all the work the kernels and torch do)."""
     n = xv.shape[2] * xv.shape[3]
     x_hat = (xv - mean) * inv_std
+    param_axes = tuple(axis for axis, size in enumerate(gamma.shape) if size == 1)
+    dgamma = (dout * x_hat).sum(axis=param_axes).reshape(-1)
+    dbeta = dout.sum(axis=param_axes).reshape(-1)
     g = dout * gamma
     np.multiply(x_hat, (g * x_hat).sum(axis=(2, 3), keepdims=True), out=out)
     np.subtract(n * g, out, out=out)
     out -= g.sum(axis=(2, 3), keepdims=True)
     out *= inv_std / n
-    return out
+    return out, dgamma, dbeta
 
 
 class Buffers:
@@ -266,7 +271,7 @@ def _make_row_norm(case, b, torch):
         if case.direction == "forward":
             return (lambda: numpy_row_forward(xv, gamma, beta, EPS, outv).reshape(b.shape)), ""
         dout = b.dout.reshape(xv.shape)
-        return (lambda: numpy_row_backward(dout, xv, gamma, mean32, inv32, outv).reshape(b.shape)), ""
+        return (lambda: numpy_row_backward(dout, xv, gamma, mean32, inv32, outv)[0].reshape(b.shape)), ""
     x, dout = torch.from_numpy(b.x), torch.from_numpy(b.dout)
     w, bias = torch.from_numpy(b.gamma), torch.from_numpy(b.beta)
     if case.op == "layernorm":
