@@ -496,17 +496,18 @@ def test_every_simd_variant_of_maxout_gives_identical_bits():
     isas = available_isas("maxout")
     if len(isas) < 2:
         pytest.skip(f"only {isas} built/supported here")
-    x = _special_and_random(np.float32, 60_000 - 17).reshape(5000, 3, 4)
+    values = _special_and_random(np.float32, 60_000 - 17)
     results = {}
     for isa in isas:
         module = load("maxout", isa)
         results[isa] = ()
-        for stream in (False, True):                 # streaming stores: each variant's own
-            y, idx = np.empty((5000, 4), np.float32), np.empty((5000, 4), np.int32)
-            module.maxout_forward(x, y, idx, stream, 2)
-            dx = np.empty_like(x)
-            module.maxout_backward(y, idx, dx, stream, 2)
-            results[isa] += (y, idx, dx)
+        for x in (values.reshape(5000, 3, 4), values[:2 * 1875 * 16].reshape(1875, 2, 16)):   # 3 and 2 pieces
+            for stream in (False, True):             # streaming stores: each variant's own
+                y, idx = np.empty((x.shape[0], x.shape[2]), np.float32), np.empty((x.shape[0], x.shape[2]), np.int32)
+                module.maxout_forward(x, y, idx, stream, 2)
+                dx = np.empty_like(x)
+                module.maxout_backward(y, idx, dx, stream, 2)
+                results[isa] += (y, idx, dx)
     for isa in isas:
         for got, base in zip(results[isa], results["baseline"]):
             assert np.array_equal(got, base, equal_nan=True), isa

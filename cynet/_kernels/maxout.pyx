@@ -96,6 +96,20 @@ cdef inline void _piece_span(const floating* dout, const int32_t* idx, int32_t p
         dx[j] = g if idx[j] == p else 0
 
 
+cdef inline void _two_pieces_span(const floating* dout, const int32_t* idx, floating* dx0, floating* dx1,
+                                  Py_ssize_t n) noexcept nogil:
+    """dx0[j] = dout[j] if idx[j] == 0 else 0 and dx1[j] = dout[j] if idx[j] == 1 else 0 for j < n: both pieces of
+    two-piece units from one pass over dout and the indices."""
+    cdef Py_ssize_t j
+    cdef floating g
+    cdef int32_t w
+    for j in range(n):
+        g = dout[j]
+        w = idx[j]
+        dx0[j] = g if w == 0 else 0
+        dx1[j] = g if w == 1 else 0
+
+
 # The number of idx[j] outside [0, K) for j < n (one unsigned compare: negative values wrap above K).
 cdef inline Py_ssize_t _count_out_of_range(const int32_t* idx, Py_ssize_t n, Py_ssize_t K) noexcept nogil:
     cdef Py_ssize_t j, bad = 0
@@ -111,10 +125,24 @@ cdef inline Py_ssize_t _count_out_of_range(const int32_t* idx, Py_ssize_t n, Py_
 cdef Py_ssize_t _maxout_rows_backward(const floating* dout, const int32_t* idx, floating* dx, Py_ssize_t rows,
                                       Py_ssize_t K, Py_ssize_t D, bint stream) noexcept nogil:
     cdef floating buffer[STREAM_BLOCK]
+    cdef floating buffer1[STREAM_BLOCK]
     cdef Py_ssize_t m, p, b, head, j, n, bad = 0
     cdef floating* out
     for m in range(rows):
         bad += _count_out_of_range(idx + m * D, D, K)
+        out = dx + m * K * D
+        if K == 2 and not stream:                    # two pieces (the usual count): both rows from one pass
+            _two_pieces_span(dout + m * D, idx + m * D, out, out + D, D)
+            continue
+        head = stream_head(out, D)
+        if K == 2 and head == stream_head(out + D, D):   # the same, streamed (both rows' lines at the same offsets)
+            _two_pieces_span(dout + m * D, idx + m * D, out, out + D, head)
+            for b in range(stream_blocks(head, D)):
+                j = stream_block(head, b, D, &n)
+                _two_pieces_span(dout + m * D + j, idx + m * D + j, buffer, buffer1, n)
+                stream_store(out + j, buffer, n)
+                stream_store(out + D + j, buffer1, n)
+            continue
         for p in range(K):
             out = dx + (m * K + p) * D
             if not stream:

@@ -24,8 +24,8 @@ from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, 
                                      stream_store)
 
 cdef enum:
-    # Values of each row per step of add_in_place: the source's block is read from memory once and from L1 for the
-    # other rows (2 KB of float32 per row).
+    # Values of each row per step of add_in_place with more than three rows: the source's block is read from memory
+    # once and from L1 for the other rows (2 KB of float32 per row).
     IN_PLACE_BLOCK = 512
 
 
