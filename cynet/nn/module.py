@@ -17,7 +17,6 @@ caller holds is never overwritten.
 """
 import contextlib
 import contextvars
-import functools
 import os
 from collections import OrderedDict
 
@@ -186,9 +185,7 @@ class Module:
     time: an instance must run at most once per forward pass that is followed by a backward. (PyTorch's autograd
     records every call; here a second call would overwrite the first one's values and its backward would give wrong
     gradients.) :class:`Sequential` refuses to hold an instance twice; to share weights between two layers, give
-    them the same :class:`Parameter` (``second.weight = first.weight``). An instance called (``module(x)``) on two
-    different inputs and then taken back twice (two backwards with no call between) raises a RuntimeError at the
-    second backward, which could only use the later call's values.
+    them the same :class:`Parameter` (``second.weight = first.weight``).
 
     Example:
         >>> import numpy as np, cynet
@@ -198,59 +195,11 @@ class Module:
         ['0.weight', '0.bias', '2.weight', '2.bias']
     """
 
-    # Calls (``module(x)``) since the latest backward, the id of the first one's input and whether a later one had
-    # another, and whether that backward came after such calls: a backward then with no call since belongs to an
-    # earlier call, whose cache a later call overwrote (the instance was used twice in one forward pass). Ids only:
-    # holding the inputs would keep them alive. Class-level defaults; instances write their own.
-    _calls_since_backward = 0
-    _first_input_id = None
-    _inputs_differ = False
-    _backward_after_repeated_calls = False
-    _backward_depth = 0
-
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
-
-    def __init_subclass__(cls, **kwargs):
-        """Wrap a subclass's own ``backward`` in the check against a reused instance (:meth:`_check_backward`)."""
-        super().__init_subclass__(**kwargs)
-        backward = cls.__dict__.get("backward")
-        if backward is None or getattr(backward, "_checks_reuse", False):
-            return
-
-        @functools.wraps(backward)
-        def checked_backward(self, *args, **kwargs):
-            if self._backward_depth:                 # a subclass's backward calling super().backward(): checked once
-                return backward(self, *args, **kwargs)
-            self._check_backward()
-            object.__setattr__(self, "_backward_depth", 1)
-            try:
-                return backward(self, *args, **kwargs)
-            finally:
-                object.__setattr__(self, "_backward_depth", 0)
-
-        checked_backward._checks_reuse = True
-        cls.backward = checked_backward
-
-    def _check_backward(self):
-        """Refuse a backward that can only belong to an overwritten call: none since the previous backward, which came
-        after two or more calls on different inputs (``a = act(x1); b = act(x2)``, then ``act.backward(db)``,
-        ``act.backward(da)``: the second would use x2's values). Calls through ``forward`` directly are not counted;
-        a backward repeated after one call, or after calls on the same input object, is allowed (its values are the
-        same)."""
-        calls = self._calls_since_backward
-        if calls == 0 and self._backward_after_repeated_calls:
-            raise RuntimeError(
-                f"{type(self).__name__}: backward called again with no call since its previous backward, which "
-                f"followed several calls of this instance on different inputs: the instance was used more than once in "
-                f"one forward pass and keeps only its latest call's values, so this backward would compute wrong "
-                f"gradients. Use one instance per use (to share weights, give two layers the same Parameter); see the "
-                f"README's 'Your own module'")
-        object.__setattr__(self, "_backward_after_repeated_calls", calls >= 2 and self._inputs_differ)
-        object.__setattr__(self, "_calls_since_backward", 0)
 
     # --- registration ------------------------------------------------------------------------------------------------
     def __setattr__(self, name, value):
@@ -529,13 +478,6 @@ class Module:
             f"README's 'Your own module'")
 
     def __call__(self, *args, **kwargs):
-        first = id(args[0]) if args else None
-        if self._calls_since_backward == 0:
-            object.__setattr__(self, "_first_input_id", first)
-            object.__setattr__(self, "_inputs_differ", False)
-        elif first != self._first_input_id:
-            object.__setattr__(self, "_inputs_differ", True)
-        object.__setattr__(self, "_calls_since_backward", self._calls_since_backward + 1)
         return self.forward(*args, **kwargs)
 
     # --- printing ----------------------------------------------------------------------------------------------------
