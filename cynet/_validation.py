@@ -6,7 +6,9 @@ These helpers turn everything a user may pass into that, or raise:
 - a non-floating dtype (int, bool, complex, object) is a ``TypeError``;
 - mismatched shapes are a ``ValueError``; mismatched dtypes between arrays of one call are a ``TypeError``;
 - non-contiguous or read-only inputs are accepted (non-contiguous ones are copied once);
-- ``out=`` must already be right (shape, dtype, C-contiguous, writable): it is never silently replaced.
+- ``out=`` must already be right (shape, dtype, C-contiguous, writable): it is never silently replaced. It may be an
+  input itself (in place), and it may overlap an input otherwise: that input is then copied first (:func:`apart_from`),
+  so the result is NumPy's, not whatever the threads' order of reads and writes would give.
 """
 import numpy as np
 
@@ -83,3 +85,36 @@ def output(op, out, shape, dtype, name="out"):
     if not out.flags.writeable:
         raise ValueError(f"{op}: {name} is read-only ({describe(out)})")
     return out
+
+
+def _same_memory(a, b):
+    """Whether a and b are the same elements in the same order (in-place use of an output)."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.shape == b.shape
+            and a.strides == b.strides and a.dtype.itemsize == b.dtype.itemsize)
+
+
+def apart_from(out, *arrays):
+    """``arrays`` with each one that overlaps ``out`` without being exactly it replaced by a copy.
+
+    The kernels compute in place (``out`` is an input) but not over a partial overlap (``out=x[:-1]`` for
+    ``x[1:]``), where the threads would read values already overwritten; NumPy's ufuncs copy such an input first, and
+    so does this. ``out`` None (no output to write) returns ``arrays`` unchanged. A tuple, one entry per array.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.arange(5.0)
+        >>> shifted, = apart_from(x[:-1], x[1:])
+        >>> shifted is x[1:], np.shares_memory(shifted, x)
+        (False, False)
+    """
+    if out is None:
+        return arrays
+    return tuple(a.copy() if (isinstance(a, np.ndarray) and np.may_share_memory(out, a)
+                              and not _same_memory(out, a)) else a for a in arrays)
+
+
+def separate_outputs(op, first, second, names=("out", "second output")):
+    """Refuse two outputs of one call that share memory (each would overwrite the other's values)."""
+    if first is not None and second is not None and np.may_share_memory(first, second):
+        raise ValueError(f"{op}: {names[0]} and {names[1]} share memory ({describe(first)} and {describe(second)}); "
+                         f"pass separate arrays")

@@ -32,7 +32,8 @@ import numpy as np
 from cynet import reference
 from cynet._kernels import load as _load_kernels
 from cynet._threading import NS_EXP, NS_GELU, NS_PRELU_BACKWARD, NS_STREAM, kernel_threads, stream_stores
-from cynet._validation import KERNEL_DTYPES, as_float_array, describe, output, same_layout
+from cynet._validation import (KERNEL_DTYPES, apart_from, as_float_array, describe, output, same_layout,
+                               separate_outputs)
 
 __all__ = list(reference.__all__)
 
@@ -80,6 +81,7 @@ def _forward(op, code, x, out, param, fallback, parameter=None):
     dtype and returns it as the kernel or the reference takes it."""
     x = as_float_array(op, "x", x)
     y = output(op, out, x.shape, x.dtype)
+    (x,) = apart_from(y, x)
     if parameter is not None:
         param = parameter(op, param, x.dtype)
     if x.dtype not in KERNEL_DTYPES:
@@ -96,6 +98,7 @@ def _backward(op, code, dout, saved, saved_name, out, param, fallback, parameter
     saved = as_float_array(op, saved_name, saved)
     same_layout(op, ("dout", saved_name), (dout, saved))
     dx = output(op, out, dout.shape, dout.dtype)
+    dout, saved = apart_from(dx, dout, saved)
     if parameter is not None:
         param = parameter(op, param, dout.dtype)
     if dout.dtype not in KERNEL_DTYPES:
@@ -358,6 +361,7 @@ def prelu_forward(x, alpha, *, out=None):
     op = "prelu_forward"
     x, _, alpha_flat, layout = _prelu_inputs(op, x, alpha)
     y = output(op, out, x.shape, x.dtype)
+    x, alpha_flat = apart_from(y, x, alpha_flat)
     if x.dtype not in KERNEL_DTYPES:
         return reference.prelu_forward(x, alpha_flat, out=y)
     if x.size:
@@ -391,6 +395,8 @@ def prelu_backward(dout, x, alpha, *, out=None, alpha_grad_out=None):
     same_layout(op, ("dout", "x"), (dout, x))
     dx = output(op, out, x.shape, x.dtype)
     dalpha = output(op, alpha_grad_out, alpha_in.shape, x.dtype, name="alpha_grad_out")
+    separate_outputs(op, dx, dalpha, ("out", "alpha_grad_out"))
+    dout, x, alpha_flat = apart_from(dx, dout, x, alpha_flat)
     if x.dtype not in KERNEL_DTYPES:
         return reference.prelu_backward(dout, x, alpha_flat.reshape(alpha_in.shape), out=dx, alpha_grad_out=dalpha)
     dalpha_flat = dalpha.reshape(-1)
@@ -600,6 +606,9 @@ def maxout_forward(x, pieces, *, out=None, indices_out=None):
     out_shape = x.shape[:-1] + (units,)
     y = output(op, out, out_shape, x.dtype)
     indices = output(op, indices_out, out_shape, np.dtype(np.int32), name="indices_out")
+    separate_outputs(op, y, indices, ("out", "indices_out"))
+    (x,) = apart_from(y, x)
+    (x,) = apart_from(indices, x)
     if x.dtype not in KERNEL_DTYPES:
         return reference.maxout_forward(x, k, out=y, indices_out=indices)
     if x.size:
@@ -642,6 +651,7 @@ def maxout_backward(dout, indices, pieces, *, out=None):
     if (indices.dtype != np.int32 or dout.dtype not in KERNEL_DTYPES) and indices.size:
         _check_maxout_indices(op, indices, k)
     dx = output(op, out, out_shape, dout.dtype)
+    dout, indices = apart_from(dx, dout, indices)
     if dout.dtype not in KERNEL_DTYPES:
         return reference.maxout_backward(dout, indices, k, out=dx)
     indices = np.ascontiguousarray(indices, dtype=np.int32)

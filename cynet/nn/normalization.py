@@ -25,8 +25,8 @@ import numpy as np
 
 from cynet._kernels import load
 from cynet._threading import NS_NORM, NS_NORM_FORWARD, kernel_threads, stream_stores
-from cynet._validation import (KERNEL_DTYPES, as_float_array, describe, dtype_remedy, float_dtype, output, positive_int,
-                               same_layout)
+from cynet._validation import (KERNEL_DTYPES, apart_from, as_float_array, describe, dtype_remedy, float_dtype, output,
+                               positive_int, same_layout)
 from cynet.nn import _reuse as reuse
 from cynet.nn.conv import Conv2d
 from cynet.nn.layers import Linear
@@ -187,7 +187,9 @@ def batch_norm_forward(x, gamma, beta, eps, *, out=None, relu=False):
     C = x.shape[1]
     gamma = _vector(fn, "gamma", gamma, C, x.dtype, _PER_CHANNEL, x)
     beta = _vector(fn, "beta", beta, C, x.dtype, _PER_CHANNEL, x)
-    return _bn_forward(x, gamma, beta, _eps(fn, eps), output(fn, out, x.shape, x.dtype), bool(relu))
+    y = output(fn, out, x.shape, x.dtype)
+    x, gamma, beta = apart_from(y, x, gamma, beta)
+    return _bn_forward(x, gamma, beta, _eps(fn, eps), y, bool(relu))
 
 
 def _bn_forward(x, gamma, beta, eps, y, relu):
@@ -234,6 +236,7 @@ def batch_norm_backward(dout, x, gamma, mean, inv_std, *, input_grad=True, out=N
     if relu_beta is not None:
         relu_beta = _vector(fn, "relu_beta", relu_beta, C, x.dtype, _PER_CHANNEL, x)
     dx = output(fn, out, x.shape, x.dtype) if input_grad else None
+    dout, x, gamma, mean, inv_std, relu_beta = apart_from(dx, dout, x, gamma, mean, inv_std, relu_beta)
     return _bn_backward(dout, x, gamma, mean, inv_std, dx, relu_beta)
 
 
@@ -271,7 +274,9 @@ def channel_affine(x, center, scale, shift, *, out=None):
     center = _vector(fn, "center", center, C, x.dtype, _PER_CHANNEL, x)
     scale = _vector(fn, "scale", scale, C, x.dtype, _PER_CHANNEL, x)
     shift = _vector(fn, "shift", shift, C, x.dtype, _PER_CHANNEL, x)
-    return _channel_affine(x, center, scale, shift, output(fn, out, x.shape, x.dtype))
+    y = output(fn, out, x.shape, x.dtype)
+    x, center, scale, shift = apart_from(y, x, center, scale, shift)
+    return _channel_affine(x, center, scale, shift, y)
 
 
 def _channel_affine(x, center, scale, shift, y):
@@ -292,7 +297,9 @@ def row_norm_forward(x3, groups, gamma, beta, eps, *, out=None):
     x3 = _rows_input(fn, x3)
     groups, gamma = _groups(fn, groups, x3, gamma)
     beta = _vector(fn, "beta", beta, gamma.shape[0], x3.dtype, "groups * Cg values, as gamma, for x3, a {ref}", x3)
-    return _row_norm_forward(x3, groups, gamma, beta, _eps(fn, eps), output(fn, out, x3.shape, x3.dtype))
+    y3 = output(fn, out, x3.shape, x3.dtype)
+    x3, gamma, beta = apart_from(y3, x3, gamma, beta)
+    return _row_norm_forward(x3, groups, gamma, beta, _eps(fn, eps), y3)
 
 
 def _row_norm_forward(x3, groups, gamma, beta, eps, y3):
@@ -326,6 +333,7 @@ def row_norm_backward(dout3, x3, groups, gamma, mean, inv_std, *, input_grad=Tru
     mean = _vector(fn, "mean", mean, M, _FLOAT64, _STATS_PER_ROW, x3)
     inv_std = _vector(fn, "inv_std", inv_std, M, _FLOAT64, _STATS_PER_ROW, x3)
     dx3 = output(fn, out, x3.shape, x3.dtype) if input_grad else None
+    dout3, x3, gamma, mean, inv_std = apart_from(dx3, dout3, x3, gamma, mean, inv_std)
     return _row_norm_backward(dout3, x3, groups, gamma, mean, inv_std, dx3)
 
 
