@@ -162,3 +162,37 @@ def test_inplace_dropout_writes_the_same_values_into_its_input():
         model(x)
     with pytest.raises(TypeError, match="inplace must be True or False"):
         nn.Dropout(0.5, inplace=None)
+
+
+# --- outside a Sequential: a kept array overwritten by hand is caught at the backward --------------------------------
+@pytest.mark.parametrize("first,second", [("Sigmoid", "Tanh"), ("Tanh", "ReLU"), ("ELU", "Sigmoid"),
+                                          ("SELU", "LeakyReLU")])
+def test_a_kept_output_overwritten_in_place_by_hand_is_refused(first, second):
+    # torch's autograd refuses the same chain ("modified by an inplace operation"); without the check cynet's
+    # Sigmoid -> Tanh(inplace) gave dx [0.1803, 0.1717, 0.1037] against the true [0.1830, 0.1632, 0.0525]
+    x = np.random.default_rng(0).standard_normal((5, 40))
+    a, b = getattr(nn, first)(), getattr(nn, second)(inplace=True)
+    b(a(x))                                            # b writes over the array a keeps for its backward
+    d = b.backward(np.ones_like(x))
+    with pytest.raises(RuntimeError, match=f"^{first}\\(.*\\): the output its forward kept for the backward was "
+                                           "modified since that forward"):
+        a.backward(d)
+
+
+def test_a_kept_input_overwritten_in_place_by_hand_is_refused():
+    x = np.random.default_rng(1).standard_normal((4, 30))
+    gelu = nn.GELU()
+    gelu(x)
+    nn.ReLU(inplace=True)(x)                          # GELU's backward reads x itself
+    with pytest.raises(RuntimeError, match="^GELU\\(.*\\): the input its forward kept"):
+        gelu.backward(np.ones_like(x))
+
+
+def test_an_in_place_pass_that_changes_nothing_is_not_refused():
+    # ReLU in place over an all-positive kept output changes no value: the backward is right, and runs
+    x = np.abs(np.random.default_rng(2).standard_normal((3, 20))) + 0.1
+    sig = nn.Sigmoid()
+    y = sig(x)
+    expected = y * (1 - y)
+    nn.ReLU(inplace=True)(y)
+    np.testing.assert_allclose(sig.backward(np.ones_like(x)), expected)

@@ -143,6 +143,37 @@ def _cached(module, attribute):
     return value
 
 
+# Values sampled from an array a module keeps for its backward, to notice that something overwrote it in between (an
+# in-place activation called by hand on that array: Sequential refuses such a chain up front, but a hand-written loop
+# or custom module has no such check, and torch's autograd refuses it with its version counters).
+_FINGERPRINT_SAMPLES = 16
+_fingerprint_positions = {}
+
+
+def _fingerprint(a):
+    """A copy of ``_FINGERPRINT_SAMPLES`` values of ``a`` at fixed, evenly spread flat positions (all when fewer): an
+    in-place activation changes most values (ReLU every negative one), so a changed array almost surely shows."""
+    n = a.size
+    positions = _fingerprint_positions.get(n)
+    if positions is None:
+        positions = np.unique(np.linspace(0, max(n - 1, 0), _FINGERPRINT_SAMPLES).astype(np.intp)) if n else \
+            np.empty(0, np.intp)
+        if len(_fingerprint_positions) > 256:
+            _fingerprint_positions.clear()
+        _fingerprint_positions[n] = positions
+    return a.flat[positions]
+
+
+def _check_unchanged(module, kept, fingerprint, what):
+    """Refuse a backward whose kept array was modified since the forward that kept it."""
+    if fingerprint is not None and _fingerprint(kept).tobytes() != fingerprint.tobytes():      # bit for bit
+        raise RuntimeError(
+            f"{module!r}: the {what} its forward kept for the backward was modified since that forward (an in-place "
+            f"operation, such as an in-place activation applied to it outside a Sequential, overwrote it), so the "
+            f"gradient would be wrong. Use inplace=False there, or run the layers in a Sequential, which refuses "
+            f"such a chain before it runs")
+
+
 # --- Linear ----------------------------------------------------------------------------------------------------------
 class Linear(Module):
     r"""Fully connected layer, :math:`y = x W^T + b`.
@@ -255,6 +286,8 @@ class _Elementwise(Module):
     With ``inplace=True`` (the subclasses whose backward can read the output: Sigmoid, Tanh, ReLU, LeakyReLU with a
     slope >= 0, ELU, SELU; GELU and SiLU need their input) forward writes y into x's array and returns it; see
     :class:`cynet.nn.Sequential` for the checks that keep this from overwriting an array something else still needs.
+    Outside a Sequential, the backward notices when the array it kept (y, or x) was changed since the forward (16
+    sampled values compared bit for bit) and raises instead of returning a wrong gradient.
     """
 
     _op = None            # ops.<_op>_forward / ops.<_op>_backward
@@ -270,6 +303,7 @@ class _Elementwise(Module):
                              f"in-place forward would overwrite")
         self.inplace = inplace
         self._saved = None
+        self._saved_print = None
 
     def _args(self):
         return ()
@@ -289,13 +323,16 @@ class _Elementwise(Module):
             _check_writeable_input(self, x)
             # out=x; the backward reads y, which is x's array now (for LeakyReLU, y > 0 exactly where x > 0)
             y = self._saved = getattr(ops, f"{self._op}_forward")(x, *self._args(), out=x)
+            self._saved_print = _fingerprint(y)
             return y
         y = getattr(ops, f"{self._op}_forward")(x, *self._args(), out=_reused_like(x))
         self._saved = y if self._saves == "y" else np.asarray(x)
+        self._saved_print = _fingerprint(self._saved)
         return y
 
     def backward(self, dout, *, input_grad=True):
         saved = _cached(self, "_saved")
+        _check_unchanged(self, saved, self._saved_print, "output" if self._saves == "y" or self.inplace else "input")
         if not input_grad:
             return None
         return getattr(ops, f"{self._op}_backward")(dout, saved, *self._args(), out=_reused_like(dout))
@@ -304,6 +341,7 @@ class _Elementwise(Module):
         """Take ``y`` as the output of a forward this module did not run (a ReLU computed inside the batch norm before
         it: :meth:`cynet.nn.BatchNorm2d.forward_relu`), so that its backward and kink state read it."""
         self._saved = y
+        self._saved_print = _fingerprint(y)
 
     def kink_state(self):
         """Boolean mask of the positive side of the last forward (where the derivative changes branch)."""
