@@ -37,8 +37,8 @@ import argparse
 import json
 import sys
 
-IMPLS = ("cynet", "numpy", "torch", "limit", "limit_torch", "limit_stream", "limit_inplace")
 FLOORS = (("np", "limit"), ("torch", "limit_torch"), ("nt", "limit_stream"), ("in-place", "limit_inplace"))
+IMPLS = ("cynet", "numpy", "torch") + tuple(impl for _, impl in FLOORS)
 BASELINES = ("floor", "floor (interleaved)", "limit", "serial", "plain")
 
 

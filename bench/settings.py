@@ -115,7 +115,7 @@ class InterleavedRounds:
     def __init__(self, floors, torch_call=None, names=None):
         self.floors, self.torch_call = list(floors), torch_call
         self.names = list(names) if names is not None else None
-        self.floor_seconds, self.torch_seconds, self.each_floor_seconds = [], [], []
+        self.torch_seconds, self.each_floor_seconds = [], []
 
     def warm_up(self):
         """One untimed call of each floor and of torch's call."""
@@ -128,7 +128,6 @@ class InterleavedRounds:
             start = time.perf_counter()
             floor()
             each.append(time.perf_counter() - start)
-        self.floor_seconds.append(min(each))
         self.each_floor_seconds.append(each)
         if self.torch_call is not None:
             start = time.perf_counter()
@@ -145,8 +144,9 @@ class InterleavedRounds:
         if stats is None:
             return
         cynet_seconds = list(stats.stats.data)
-        ratios = [c / f for c, f in zip(cynet_seconds, self.floor_seconds)]
-        benchmark.extra_info.update(interleaved_floor_median=statistics.median(self.floor_seconds),
+        floor_seconds = [min(each) for each in self.each_floor_seconds]       # the fastest floor of each round
+        ratios = [c / f for c, f in zip(cynet_seconds, floor_seconds)]
+        benchmark.extra_info.update(interleaved_floor_median=statistics.median(floor_seconds),
                                     ratio_to_floor_median=statistics.median(ratios),
                                     ratios=[round(r, 4) for r in ratios])
         if self.names is not None:

@@ -40,7 +40,7 @@ def test_stream_copy_and_add_write_exactly_numpys_values(isa, dtype, n, offset, 
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
-@pytest.mark.parametrize("rows", [1, 2, 3])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5])   # 1 and 5: the block path
 @pytest.mark.parametrize("n", LENGTHS)
 @pytest.mark.parametrize("threads", THREADS)
 def test_add_in_place_adds_the_source_into_every_row(isa, dtype, rows, n, threads):

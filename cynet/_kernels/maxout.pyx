@@ -131,18 +131,19 @@ cdef Py_ssize_t _maxout_rows_backward(const floating* dout, const int32_t* idx, 
     for m in range(rows):
         bad += _count_out_of_range(idx + m * D, D, K)
         out = dx + m * K * D
-        if K == 2 and not stream:                    # two pieces (the usual count): both rows from one pass
-            _two_pieces_span(dout + m * D, idx + m * D, out, out + D, D)
-            continue
-        head = stream_head(out, D)
-        if K == 2 and head == stream_head(out + D, D):   # the same, streamed (both rows' lines at the same offsets)
-            _two_pieces_span(dout + m * D, idx + m * D, out, out + D, head)
-            for b in range(stream_blocks(head, D)):
-                j = stream_block(head, b, D, &n)
-                _two_pieces_span(dout + m * D + j, idx + m * D + j, buffer, buffer1, n)
-                stream_store(out + j, buffer, n)
-                stream_store(out + D + j, buffer1, n)
-            continue
+        if K == 2:                                   # two pieces (the usual count): both rows from one pass
+            if not stream:
+                _two_pieces_span(dout + m * D, idx + m * D, out, out + D, D)
+                continue
+            head = stream_head(out, D)
+            if head == stream_head(out + D, D):      # streamed when both rows' lines sit at the same offsets
+                _two_pieces_span(dout + m * D, idx + m * D, out, out + D, head)
+                for b in range(stream_blocks(head, D)):
+                    j = stream_block(head, b, D, &n)
+                    _two_pieces_span(dout + m * D + j, idx + m * D + j, buffer, buffer1, n)
+                    stream_store(out + j, buffer, n)
+                    stream_store(out + D + j, buffer1, n)
+                continue
         for p in range(K):
             out = dx + (m * K + p) * D
             if not stream:

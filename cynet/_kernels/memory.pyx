@@ -24,8 +24,8 @@ from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, 
                                      stream_store)
 
 cdef enum:
-    # Values of each row per step of add_in_place with more than three rows: the source's block is read from memory
-    # once and from L1 for the other rows (2 KB of float32 per row).
+    # Values of each row per step of add_in_place with a row count other than two or three: the source's block is read
+    # from memory once and from L1 for the other rows (2 KB of float32 per row).
     IN_PLACE_BLOCK = 512
 
 
@@ -49,9 +49,9 @@ cdef void _add_span(const floating* a, const floating* b, floating* dst, Py_ssiz
     stream_fence()
 
 
-# targets[k, i] += source[i] for i in [lo, lo + n): one loop over i updating every row (up to three, the optimiser
-# steps' count: each array one sequential stream, as a fused step walks them), in blocks of IN_PLACE_BLOCK values of
-# each row for more.
+# targets[k, i] += source[i] for i in [lo, lo + n): for two or three rows (the optimiser steps' counts) one loop over
+# i updating every row (each array one sequential stream, as a fused step walks them), for other counts blocks of
+# IN_PLACE_BLOCK values of each row in turn.
 cdef void _add_in_place_span(floating* targets, Py_ssize_t rows, Py_ssize_t stride, const floating* source,
                              Py_ssize_t lo, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t start = lo, stop, k, i
@@ -60,10 +60,7 @@ cdef void _add_in_place_span(floating* targets, Py_ssize_t rows, Py_ssize_t stri
     cdef floating* r0 = targets
     cdef floating* r1 = targets + stride
     cdef floating* r2 = targets + 2 * stride
-    if rows == 1:
-        for i in range(lo, lo + n):
-            r0[i] = r0[i] + source[i]
-    elif rows == 2:
+    if rows == 2:
         for i in range(lo, lo + n):
             g = source[i]
             r0[i] = r0[i] + g

@@ -322,13 +322,17 @@ class _Elementwise(Module):
         if self.inplace:
             _check_writeable_input(self, x)
             # out=x; the backward reads y, which is x's array now (for LeakyReLU, y > 0 exactly where x > 0)
-            y = self._saved = getattr(ops, f"{self._op}_forward")(x, *self._args(), out=x)
-            self._saved_print = _fingerprint(y)
+            y = getattr(ops, f"{self._op}_forward")(x, *self._args(), out=x)
+            self._keep(y)
             return y
         y = getattr(ops, f"{self._op}_forward")(x, *self._args(), out=_reused_like(x))
-        self._saved = y if self._saves == "y" else np.asarray(x)
-        self._saved_print = _fingerprint(self._saved)
+        self._keep(y if self._saves == "y" else np.asarray(x))
         return y
+
+    def _keep(self, array):
+        """Keep ``array`` for the backward, with its fingerprint (_check_unchanged)."""
+        self._saved = array
+        self._saved_print = _fingerprint(array)
 
     def backward(self, dout, *, input_grad=True):
         saved = _cached(self, "_saved")
@@ -340,8 +344,7 @@ class _Elementwise(Module):
     def _adopt_output(self, y):
         """Take ``y`` as the output of a forward this module did not run (a ReLU computed inside the batch norm before
         it: :meth:`cynet.nn.BatchNorm2d.forward_relu`), so that its backward and kink state read it."""
-        self._saved = y
-        self._saved_print = _fingerprint(y)
+        self._keep(y)
 
     def kink_state(self):
         """Boolean mask of the positive side of the last forward (where the derivative changes branch)."""
