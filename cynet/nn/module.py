@@ -17,7 +17,10 @@ caller holds is never overwritten.
 """
 import contextlib
 import contextvars
+import functools
 import os
+import threading
+import types
 from collections import OrderedDict
 
 import numpy as np
@@ -174,6 +177,56 @@ def _first_repeat(container, layers):
     return None
 
 
+# --- forward passes, for the check against an instance run twice in one pass ---------------------------------------
+# A pass is one outermost module forward (no other module forward running on this thread) with every module forward it
+# makes, and has a token of its own (a fresh object: a record copied or unpickled never matches a live pass). Each
+# module records (token, runs in that pass) when its forward starts, unless the same instance is already running on
+# this thread (a subclass's forward calling super().forward(), forward_relu calling _forward): the record says whether
+# the module ran more than once in the latest pass it took part in. Costs about 1 us per module forward.
+_forwards_running = threading.local()     # .modules: ids of the modules running a forward; .token: the pass's
+
+
+def _recording_passes(forward):
+    @functools.wraps(forward)
+    def recorded_forward(self, *args, **kwargs):
+        running = getattr(_forwards_running, "modules", None)
+        if running is None:
+            running = _forwards_running.modules = set()
+        if not running:
+            _forwards_running.token = object()
+        key = id(self)
+        if key in running:
+            return forward(self, *args, **kwargs)
+        token = _forwards_running.token
+        last, runs = self.__dict__.get("_pass_runs", (None, 0))
+        self.__dict__["_pass_runs"] = (token, runs + 1 if last is token else 1)
+        running.add(key)
+        try:
+            return forward(self, *args, **kwargs)
+        finally:
+            running.discard(key)
+
+    recorded_forward._cynet_pass_wrapper = True
+    return recorded_forward
+
+
+def _refusing_a_reused_instance(backward):
+    @functools.wraps(backward)
+    def checked_backward(self, *args, **kwargs):
+        runs = self.__dict__.get("_pass_runs", (0, 0))[1]
+        if runs > 1:
+            raise RuntimeError(
+                f"{type(self).__name__}: backward of an instance that ran {runs} times in one forward pass "
+                f"({self!r}): a module keeps only its latest run's values for its backward, so the gradients of the "
+                f"earlier runs would be wrong (PyTorch's autograd records every call; cynet does not). Create one "
+                f"instance per use (self.relu1, self.relu2); to share weights, give two layers the same Parameter "
+                f"(second.weight = first.weight)")
+        return backward(self, *args, **kwargs)
+
+    checked_backward._cynet_pass_wrapper = True
+    return checked_backward
+
+
 class Module:
     """Base class of every layer, activation, loss and container.
 
@@ -185,7 +238,11 @@ class Module:
     time: an instance must run at most once per forward pass that is followed by a backward. (PyTorch's autograd
     records every call; here a second call would overwrite the first one's values and its backward would give wrong
     gradients.) :class:`Sequential` refuses to hold an instance twice; to share weights between two layers, give
-    them the same :class:`Parameter` (``second.weight = first.weight``).
+    them the same :class:`Parameter` (``second.weight = first.weight``). Elsewhere (a custom module whose forward
+    calls one ``self.relu`` in two places) the instance's backward raises a RuntimeError: a forward pass is one
+    outermost ``forward`` call with every module forward it makes, and a module that ran twice in the latest pass it
+    took part in refuses its backward. Forwards with no backward (evaluation) never raise; modules called one by one
+    at the top level are a pass each.
 
     Example:
         >>> import numpy as np, cynet
@@ -194,6 +251,16 @@ class Module:
         >>> [name for name, _ in model.named_parameters()]
         ['0.weight', '0.bias', '2.weight', '2.bias']
     """
+
+    def __init_subclass__(cls, **kwargs):
+        """Wrap the subclass's own ``forward`` / ``forward_relu`` in the record of forward passes and its own
+        ``backward`` in the check against a second run in one pass (see the class docstring)."""
+        super().__init_subclass__(**kwargs)
+        for name, wrap in (("forward", _recording_passes), ("forward_relu", _recording_passes),
+                           ("backward", _refusing_a_reused_instance)):
+            method = cls.__dict__.get(name)
+            if isinstance(method, types.FunctionType) and not getattr(method, "_cynet_pass_wrapper", False):
+                setattr(cls, name, wrap(method))
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
