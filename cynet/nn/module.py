@@ -186,6 +186,14 @@ def _first_repeat(container, layers):
 _forwards_running = threading.local()     # .modules: ids of the modules running a forward; .token: the pass's
 
 
+def _record_run(module):
+    """Count one run of ``module`` in the pass running on this thread (a forward, or a ReLU that a Sequential fused
+    into the module before it, whose forward does not run)."""
+    token = _forwards_running.token
+    last, runs = module.__dict__.get("_pass_runs", (None, 0))
+    module.__dict__["_pass_runs"] = (token, runs + 1 if last is token else 1)
+
+
 def _recording_passes(forward):
     @functools.wraps(forward)
     def recorded_forward(self, *args, **kwargs):
@@ -197,9 +205,7 @@ def _recording_passes(forward):
         key = id(self)
         if key in running:
             return forward(self, *args, **kwargs)
-        token = _forwards_running.token
-        last, runs = self.__dict__.get("_pass_runs", (None, 0))
-        self.__dict__["_pass_runs"] = (token, runs + 1 if last is token else 1)
+        _record_run(self)
         running.add(key)
         try:
             return forward(self, *args, **kwargs)
@@ -216,11 +222,13 @@ def _refusing_a_reused_instance(backward):
         runs = self.__dict__.get("_pass_runs", (0, 0))[1]
         if runs > 1:
             raise RuntimeError(
-                f"{type(self).__name__}: backward of an instance that ran {runs} times in one forward pass "
-                f"({self!r}): a module keeps only its latest run's values for its backward, so the gradients of the "
-                f"earlier runs would be wrong (PyTorch's autograd records every call; cynet does not). Create one "
-                f"instance per use (self.relu1, self.relu2); to share weights, give two layers the same Parameter "
-                f"(second.weight = first.weight)")
+                f"{type(self).__name__}: backward of an instance that ran {runs} times in one forward pass (the "
+                f"outermost forward call and every module forward it makes; {self!r}): a module keeps only its latest "
+                f"run's values for its backward, so the gradients of the earlier runs would be wrong (PyTorch's "
+                f"autograd records every call; cynet does not). Create one instance per use (self.relu1, "
+                f"self.relu2); to share weights, give two layers the same Parameter (second.weight = first.weight); "
+                f"runs that need no backward (a target, statistics, an initialisation) belong outside the forward "
+                f"pass or on a copy (copy.deepcopy(module))")
         return backward(self, *args, **kwargs)
 
     checked_backward._cynet_pass_wrapper = True
@@ -258,7 +266,11 @@ class Module:
         super().__init_subclass__(**kwargs)
         for name, wrap in (("forward", _recording_passes), ("forward_relu", _recording_passes),
                            ("backward", _refusing_a_reused_instance)):
-            method = cls.__dict__.get(name)
+            # the class's own method, or one it inherits from a class that is not a Module (a mixin's)
+            owner = next((klass for klass in cls.__mro__ if name in vars(klass)), None)
+            if owner is None or (owner is not cls and issubclass(owner, Module)):
+                continue
+            method = vars(owner)[name]
             if isinstance(method, types.FunctionType) and not getattr(method, "_cynet_pass_wrapper", False):
                 setattr(cls, name, wrap(method))
 
@@ -839,6 +851,7 @@ class Sequential(_ModuleSequence):
             return None
         y = first.forward_relu(x)
         if y is not None:
+            _record_run(relu)           # a run of the ReLU, as if its forward had run (the check against reuse)
             relu._adopt_output(y)
             self._fused.add(position)
         return y
