@@ -84,6 +84,8 @@ def load_groups(data):
             group["median of the per-round ratios"] = info["ratio_to_floor_median"]
         if "ratio_to_each_floor_median" in info:     # the same, against each floor of the round on its own
             group["median per floor"] = info["ratio_to_each_floor_median"]
+        if "ratio_to_bound_median" in info:          # against slower passes that are not floors (two-pass)
+            group["median per bound"] = info["ratio_to_bound_median"]
         if "interleaved_torch_median" in info:       # test_activation_interleaved_with_the_floor, torch importable
             group["torch (interleaved)"] = info["interleaved_torch_median"]
             group["median of torch / cynet per round"] = info["torch_over_cynet_median"]
@@ -96,12 +98,15 @@ def group_table(groups):
         ratio_median = times.pop("median of the per-round ratios", None)
         torch_ratio_median = times.pop("median of torch / cynet per round", None)
         per_floor = times.pop("median per floor", None)
+        per_bound = times.pop("median per bound", None)
         base = next((b for b in BASELINES if b in times), next(iter(times)))
         cells = [f"{impl} {fmt_seconds(times[impl])} ({times[impl] / times[base]:.2f})" for impl in times]
         if ratio_median is not None:
             cells.append(f"cynet / floor round by round: median {ratio_median:.3f}")
         if per_floor:
             cells.append("by floor: " + ", ".join(f"{name} {value:.3f}" for name, value in per_floor.items()))
+        if per_bound:
+            cells.append("against " + ", ".join(f"the {name} bound {value:.3f}" for name, value in per_bound.items()))
         if torch_ratio_median is not None:
             cells.append(f"torch / cynet round by round: median {torch_ratio_median:.3f}")
         out.append(f"| {group} | {base} | {'; '.join(cells)} |")

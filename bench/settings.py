@@ -35,7 +35,7 @@ def bench_threads(environ=os.environ):
     return counts
 
 
-def memory_pass(kind, inputs, out, torch=None, to_torch=None, stream_threads=None):
+def memory_pass(kind, inputs, out, torch=None, to_torch=None, stream_threads=None, read_first=False):
     """The floor of a kernel: one plain memory pass over the same bytes, as a zero-argument callable.
 
     ``kind`` is ``"copy"`` (``out = inputs[0]``: one array read, one written) or ``"add"``
@@ -47,7 +47,10 @@ def memory_pass(kind, inputs, out, torch=None, to_torch=None, stream_threads=Non
     - ``stream_threads=n``: cynet's streaming pass on n threads (``cynet._kernels.memory``): non-temporal stores, so
       each written byte crosses to memory once, where an ordinary store first reads its line (3 transfers per copied
       byte instead of 2). cynet's kernels stream outputs of 32 MiB or more; out of cache this is the floor they must
-      be held to, in cache the ordinary stores are faster.
+      be held to, in cache the ordinary stores are faster;
+    - ``stream_threads=n, read_first=True``: a read of every input (``memory.count_nonzero``: each byte once, nothing
+      written) and then the streaming pass: the floor of a kernel that must read its inputs twice (a batch norm,
+      whose statistics come before its first output value), out of cache.
 
     >>> a, b, c = np.ones(3, np.float32), np.full(3, 2, np.float32), np.zeros(3, np.float32)
     >>> memory_pass("add", [a, b], c)()
@@ -67,9 +70,20 @@ def memory_pass(kind, inputs, out, torch=None, to_torch=None, stream_threads=Non
         flat = [a.reshape(-1) for a in inputs]
         if kind == "copy":
             (src,) = flat
-            return lambda: memory.stream_copy(src, flat_out, stream_threads)
-        first, second = flat
-        return lambda: memory.stream_add(first, second, flat_out, stream_threads)
+            stream = (lambda: memory.stream_copy(src, flat_out, stream_threads))
+        else:
+            first, second = flat
+            stream = (lambda: memory.stream_add(first, second, flat_out, stream_threads))
+        if not read_first:
+            return stream
+
+        def read_then_stream():
+            for array in flat:
+                memory.count_nonzero(array, stream_threads)
+            stream()
+        return read_then_stream
+    if read_first:
+        raise ValueError("memory_pass: read_first goes with stream_threads")
     if torch is None:
         if kind == "copy":
             (src,) = inputs
@@ -109,17 +123,21 @@ class InterleavedRounds:
 
     ``torch_call`` may be set to None before the run (torch cannot run the case). With ``names`` (one per floor, in
     order; a floor appended later needs its name appended too), :meth:`record` also stores the median of the per-round
-    ratios cynet / each floor (``ratio_to_each_floor_median``).
+    ratios cynet / each floor (``ratio_to_each_floor_median``). ``bounds`` ({name: call}) are timed in each round too
+    but are not floors (a slower pass that a kind of kernel cannot beat, e.g. a two-pass one): :meth:`record` stores
+    the median ratio cynet / each (``ratio_to_bound_median``).
     """
 
-    def __init__(self, floors, torch_call=None, names=None):
+    def __init__(self, floors, torch_call=None, names=None, bounds=None):
         self.floors, self.torch_call = list(floors), torch_call
         self.names = list(names) if names is not None else None
+        self.bounds = dict(bounds or {})
         self.torch_seconds, self.each_floor_seconds = [], []
+        self.bound_seconds = {name: [] for name in self.bounds}
 
     def warm_up(self):
-        """One untimed call of each floor and of torch's call."""
-        for call in self.floors + ([self.torch_call] if self.torch_call is not None else []):
+        """One untimed call of each floor, bound and of torch's call."""
+        for call in self.floors + list(self.bounds.values()) + ([self.torch_call] if self.torch_call else []):
             call()
 
     def __call__(self):
@@ -129,6 +147,10 @@ class InterleavedRounds:
             floor()
             each.append(time.perf_counter() - start)
         self.each_floor_seconds.append(each)
+        for name, call in self.bounds.items():
+            start = time.perf_counter()
+            call()
+            self.bound_seconds[name].append(time.perf_counter() - start)
         if self.torch_call is not None:
             start = time.perf_counter()
             self.torch_call()
@@ -153,6 +175,10 @@ class InterleavedRounds:
             benchmark.extra_info["ratio_to_each_floor_median"] = {
                 name: statistics.median([c / each[k] for c, each in zip(cynet_seconds, self.each_floor_seconds)])
                 for k, name in enumerate(self.names)}
+        if self.bounds:
+            benchmark.extra_info["ratio_to_bound_median"] = {
+                name: statistics.median([c / b for c, b in zip(cynet_seconds, seconds)])
+                for name, seconds in self.bound_seconds.items()}
         if self.torch_seconds:
             benchmark.extra_info.update(
                 interleaved_torch_median=statistics.median(self.torch_seconds),

@@ -29,7 +29,9 @@ The issue's target (BatchNorm within 1.5x the floor, faster than torch) is timed
 ``test_batchnorm_interleaved_with_the_floor``: per round one call of each floor (NumPy's, the streaming one, and
 torch's when it is importable), one of torch's kernel, then one of cynet's, so that the medians of the per-round ratios
 cynet / fastest floor and torch / cynet cancel the machine's drift (this VM's copy of 64 MB moved between 2.5 and 4.3
-ms from run to run; groups ``batchnorm_interleaved/direction/shape/tN``).
+ms from run to run; groups ``batchnorm_interleaved/direction/shape/tN``). Each round also times the two-pass bound:
+every input read once (``memory.count_nonzero``), then the streaming pass, which no batch norm out of cache can beat
+(its statistics need every row before the first output); ``extra_info["ratio_to_bound_median"]``.
 
 Run:  python -m pytest bench/test_bench_normalization.py --benchmark-only -q   (-k batchnorm, -k layernorm, ...)
 """
@@ -232,6 +234,14 @@ def _make(case, b, torch):
     return _make_row_norm(case, b, torch)
 
 
+def _two_pass_bound(case, b):
+    """The bound of a two-pass batch norm out of cache: every input read once (its statistics, memory.count_nonzero),
+    then the streaming pass (the output pass): x then a streamed copy forward, dout and x then a streamed add
+    backward, on the group's threads."""
+    kind, inputs = ("copy", [b.x]) if case.direction == "forward" else ("add", [b.dout, b.x])
+    return memory_pass(kind, inputs, b.out, stream_threads=case.threads, read_first=True)
+
+
 def _make_batchnorm(case, b, torch):
     mean32, inv32 = b.mean.astype(DTYPE), b.inv_std.astype(DTYPE)
     if case.impl == "cynet":
@@ -336,7 +346,8 @@ def test_batchnorm_interleaved_with_the_floor(case, benchmark, use_threads, requ
     b = buffers(case.op, case.shape)
     kernel = _make(case, b, torch)[0]
     rounds = InterleavedRounds([_make(Case(case.op, case.direction, case.shape, case.threads, impl), b, torch)[0]
-                                for impl in ("limit", "limit_stream")], names=["np", "nt"])
+                                for impl in ("limit", "limit_stream")], names=["np", "nt"],
+                               bounds={"two-pass": _two_pass_bound(case, b)})
     if torch is not None:
         rounds.floors.append(_make(Case(case.op, case.direction, case.shape, case.threads, "limit_torch"), b,
                                    torch)[0])

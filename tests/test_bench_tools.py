@@ -57,6 +57,18 @@ def test_streaming_and_in_place_passes_move_the_bytes_they_name():
     np.testing.assert_array_equal(out, [[10, 11, 12], [13, 14, 15]])
     with pytest.raises(ValueError, match="C-contiguous"):
         settings.memory_pass("copy", [a.T], out.T, stream_threads=1)
+    calls = []
+    memory = settings_memory()
+    original = memory.count_nonzero
+    try:
+        memory.count_nonzero = lambda array, threads: calls.append(array.copy()) or original(array, threads)
+        settings.memory_pass("add", [a, b], out, stream_threads=2, read_first=True)()
+    finally:
+        memory.count_nonzero = original
+    np.testing.assert_array_equal(out, [[10, 11, 12], [13, 14, 15]])
+    assert len(calls) == 2 and np.array_equal(calls[0], a.ravel()) and np.array_equal(calls[1], b.ravel())
+    with pytest.raises(ValueError, match="read_first goes with stream_threads"):
+        settings.memory_pass("copy", [a], out, read_first=True)
     targets = np.ones((3, 4), np.float32)
     step = settings.in_place_pass(targets, np.arange(4, dtype=np.float32), 2)
     step()
@@ -99,9 +111,15 @@ def test_report_merges_runs_and_prints_one_scaling_row_per_op(tmp_path):
     assert line == "| relu | for | 8x8 | 10.0 | 2.000 | 5.0 | 2.00 | 1.50 |"
 
 
+def settings_memory():
+    from cynet._kernels import load
+    return load("memory")
+
+
 def test_interleaved_rounds_record_the_ratio_to_each_floor(monkeypatch):
-    # a fake clock: each floor call takes the time listed for it, round by round (np 4 and 6 ms, nt 2 and 3 ms)
-    durations = iter([0.004, 0.002, 0.006, 0.003])
+    # a fake clock: each floor call takes the time listed for it, round by round (np 4 and 6 ms, nt 2 and 3 ms), then
+    # the two-pass bound (8 and 3 ms)
+    durations = iter([0.004, 0.002, 0.008, 0.006, 0.003, 0.003])
     clock = {"now": 0.0, "pending": None}
 
     def perf_counter():
@@ -113,7 +131,8 @@ def test_interleaved_rounds_record_the_ratio_to_each_floor(monkeypatch):
         return clock["now"]
 
     monkeypatch.setattr(settings.time, "perf_counter", perf_counter)
-    rounds = settings.InterleavedRounds([lambda: None, lambda: None], names=["np", "nt"])
+    rounds = settings.InterleavedRounds([lambda: None, lambda: None], names=["np", "nt"],
+                                        bounds={"two-pass": lambda: None})
     rounds()
     rounds()
 
@@ -130,3 +149,14 @@ def test_interleaved_rounds_record_the_ratio_to_each_floor(monkeypatch):
     assert info["ratio_to_floor_median"] == pytest.approx(2.0)           # against the faster floor (nt) each round
     assert info["ratio_to_each_floor_median"] == pytest.approx({"np": 1.0, "nt": 2.0})
     assert info["interleaved_floor_median"] == pytest.approx(0.0025)
+    assert info["ratio_to_bound_median"] == pytest.approx({"two-pass": (0.5 + 2.0) / 2})   # 4/8 and 6/3
+
+
+def test_report_prints_the_interleaved_ratios_to_each_floor_and_bound():
+    data = {"benchmarks": [{"name": "bn", "group": "batchnorm_interleaved/forward/8x8/t2", "stats": {"median": 0.004},
+                            "extra_info": {"impl": "cynet", "interleaved_floor_median": 0.002,
+                                           "ratio_to_floor_median": 2.0,
+                                           "ratio_to_each_floor_median": {"np": 1.25, "nt": 2.0},
+                                           "ratio_to_bound_median": {"two-pass": 1.2}}}]}
+    line = report.group_table(report.load_groups(data)).splitlines()[-1]
+    assert "by floor: np 1.250, nt 2.000" in line and "against the two-pass bound 1.200" in line

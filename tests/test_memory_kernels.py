@@ -1,5 +1,5 @@
 """The memory passes the benchmarks use as bandwidth floors (cynet._kernels.memory): a streaming copy, a streaming
-add and an in-place add. They must move exactly the values they name (a floor that skips work would flatter every
+add, an in-place add and a read (count_nonzero). They must move exactly the values they name (a floor that skips work would flatter every
 kernel held against it): checked against NumPy for every built instruction-set variant, both dtypes, lengths with
 partial cache lines at either end, outputs off a cache line, in place, and 1, 2 and 4 threads (bit for bit: one IEEE
 addition per value)."""
@@ -69,3 +69,22 @@ def test_lengths_that_differ_are_refused():
         memory.stream_add(a, short, a, 1)
     with pytest.raises(ValueError, match="add_in_place: rows of 8 values, source 7"):
         memory.add_in_place(np.zeros((2, 8), np.float32), short, 1)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("n", LENGTHS + [(1 << 20) + 5])   # past one int32 block of counts
+@pytest.mark.parametrize("offset", [0, 3])
+@pytest.mark.parametrize("threads", THREADS)
+def test_count_nonzero_reads_every_value(isa, dtype, n, offset, threads):
+    """The read floor must look at every value: NumPy's count of zeros placed at either end, at block edges and at
+    random; NaN and -0.0 as NumPy counts them (NaN is not zero, -0.0 is)."""
+    x = _misaligned(n, dtype, offset)
+    x[:] = _values(n, dtype, 7)
+    rng = np.random.default_rng(8)
+    zeros = rng.integers(0, max(n, 1), size=n // 3) if n else []
+    x[zeros] = 0
+    for index, value in ((0, 0.0), (n - 1, -0.0), (n // 2, np.nan), ((1 << 20) - 1, 0.0), (1 << 20, np.nan)):
+        if 0 <= index < n:
+            x[index] = value
+    assert load("memory", isa).count_nonzero(x, threads) == np.count_nonzero(x)

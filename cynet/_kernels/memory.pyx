@@ -8,6 +8,9 @@ cannot beat the time it takes to move those bytes; how fast the bytes move depen
   ``np.copyto`` moves 3 bytes per byte copied where a streaming copy moves 2. cynet's elementwise and normalisation
   kernels stream outputs of 32 MiB or more, so for those this is the floor to compare with; in cache (small outputs)
   ordinary stores are faster, and the benchmarks take the faster of the two floors.
+- ``count_nonzero``: how many values are not zero: a read of every byte and one comparison per value, nothing
+  written; the read pass of a two-pass kernel (a batch norm reads x for its statistics before its output pass), so
+  ``count_nonzero`` + ``stream_copy`` is the floor of any kernel that must read its input twice out of cache.
 - ``add_in_place``: targets[k, i] += source[i] for every row k: an in-place update that reads k + 1 arrays and writes k
   back into lines it has just read (no read for ownership), the traffic of a fused optimiser step (SGD with momentum:
   p and the velocity updated, g read; Adam: p, m and v).
@@ -27,6 +30,8 @@ cdef enum:
     # Values of each row per step of add_in_place with a row count other than two or three: the source's block is read
     # from memory once and from L1 for the other rows (2 KB of float32 per row).
     IN_PLACE_BLOCK = 512
+    # Values per int32 count in count_nonzero (far below 2**31).
+    COUNT_BLOCK = 1 << 20
 
 
 # dst[i] = src[i]: whole 64-byte lines of dst with non-temporal stores straight from the loads.
@@ -81,6 +86,21 @@ cdef void _add_in_place_span(floating* targets, Py_ssize_t rows, Py_ssize_t stri
             start = stop
 
 
+# The number of values x[i] != 0 in [0, n): in int32 lanes over blocks of COUNT_BLOCK values (the compiler's vectors
+# of counts stay 32-bit: a 64-bit count per lane widened every comparison), added up as Py_ssize_t.
+cdef Py_ssize_t _count_span(const floating* x, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t total = 0, start = 0, stop, i
+    cdef int count
+    while start < n:
+        stop = min(start + COUNT_BLOCK, n)
+        count = 0
+        for i in range(start, stop):
+            count = count + (x[i] != 0)
+        total += count
+        start = stop
+    return total
+
+
 cdef void _streamed_pass(const floating* a, const floating* b, floating* dst, Py_ssize_t n,
                          int n_threads) noexcept nogil:
     """dst = a (b NULL) or a + b over n values, in chunks starting on 64-byte lines of dst."""
@@ -111,6 +131,21 @@ def stream_add(const floating[::1] a, const floating[::1] b, floating[::1] dst, 
     if n:
         with nogil:
             _streamed_pass(&a[0], &b[0], &dst[0], n, n_threads)
+
+
+def count_nonzero(const floating[::1] x, int n_threads):
+    """How many values of a flat contiguous array are not zero (NaN counts): each byte read once, nothing written.
+    An exact integer whatever the thread count."""
+    cdef Py_ssize_t n = x.shape[0], chunk, head, c, lo, m, total = 0
+    if n == 0:
+        return 0
+    chunk = split_length(n, n, n_threads, CHUNK_ALIGN)
+    head = stream_head(&x[0], n)
+    with nogil:
+        for c in prange(n_spans(n, head, chunk), schedule='static', num_threads=max(1, n_threads)):
+            lo = span_start(c, head, chunk, n, &m)
+            total += _count_span(&x[lo], m)
+    return total
 
 
 def add_in_place(floating[:, ::1] targets, const floating[::1] source, int n_threads):
