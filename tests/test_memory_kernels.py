@@ -1,8 +1,8 @@
 """The memory passes the benchmarks use as bandwidth floors (cynet._kernels.memory): a streaming copy, a streaming
-add, an in-place add and a read (count_nonzero). They must move exactly the values they name (a floor that skips work would flatter every
-kernel held against it): checked against NumPy for every built instruction-set variant, both dtypes, lengths with
-partial cache lines at either end, outputs off a cache line, in place, and 1, 2 and 4 threads (bit for bit: one IEEE
-addition per value)."""
+add, an in-place add and a read (count_nonzero). They must move exactly the values they name (a floor that skips
+work would flatter every kernel held against it): checked against NumPy for every built instruction-set variant, both
+dtypes, lengths with partial cache lines at either end, outputs off a cache line, in place, and 1, 2 and 4 threads
+(bit for bit: one IEEE addition per value; the count exactly)."""
 import numpy as np
 import pytest
 

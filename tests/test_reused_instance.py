@@ -4,6 +4,8 @@ PyTorch users write one ``self.relu`` and call it in every place (autograd recor
 only its latest run's values, so the backward of the earlier run would use the later run's mask or input. Oracles:
 the numerical gradient of the same function (float64 centred differences), which the separate-instance model matches
 and the unchecked backward of the reused one misses; and hand-made call sequences for what must stay allowed."""
+import copy
+import pickle
 import threading
 
 import numpy as np
@@ -53,6 +55,19 @@ ACTIVATIONS = {
 
 def _x(seed=0, n=6):
     return np.random.default_rng(seed).standard_normal((n, WIDTH))
+
+
+def _weight_gradient(f, weight, dout):
+    """The numerical gradient of sum(f() * dout) with respect to the array ``weight``, which f reads (changed in place
+    entry by entry and restored)."""
+    def at(w):
+        saved = weight.copy()
+        weight[...] = w
+        value = f()
+        weight[...] = saved
+        return value
+
+    return numerical_gradient(at, weight.copy(), dout)
 
 
 @pytest.mark.parametrize("name", list(ACTIVATIONS))
@@ -180,23 +195,12 @@ def test_weights_shared_through_one_parameter_add_both_gradients():
     model.zero_grad()
     model(x)
     model.backward(dout)
-    weight = first.weight.data
-
-    def loss(w):
-        saved = weight.copy()
-        weight[...] = w
-        value = model.forward(x)
-        weight[...] = saved
-        return value
-
-    numeric = numerical_gradient(loss, weight.copy(), dout)
+    numeric = _weight_gradient(lambda: model.forward(x), first.weight.data, dout)
     np.testing.assert_allclose(first.weight.grad, numeric, rtol=1e-6, atol=1e-8)
 
 
 def test_a_copied_or_unpickled_module_starts_without_a_record():
     """A copy carries the refused pass's record, but no later pass matches it: one run, then its backward, is fine."""
-    import copy
-    import pickle
 
     model = TwoUses(nn.ReLU, shared=True)
     model(_x())
@@ -251,3 +255,64 @@ def test_a_forward_from_a_mixin_is_recorded_too():
     y = model(_x())
     with pytest.raises(RuntimeError, match="Tanh: backward of an instance that ran 2 times"):
         model.backward(np.ones_like(y))
+
+
+# --- shared_copy: one layer's weights at two places ------------------------------------------------------------------
+def test_a_shared_copy_ties_parameters_and_buffers_and_keeps_its_own_caches():
+    net = nn.Sequential(nn.Linear(WIDTH, 4, generator=14), nn.BatchNorm1d(4), nn.Tanh()).double()
+    twin = net.shared_copy()
+    assert all(a is b for a, b in zip(net.parameters(), twin.parameters()))
+    assert all(a is b for a, b in zip(net.buffers(), twin.buffers()))
+    assert twin[0] is not net[0] and twin[2] is not net[2]
+    y1, y2 = net(_x(1)), twin(_x(2))
+    np.testing.assert_array_equal(y2, copy.deepcopy(net).forward(_x(2)))       # an independent copy's output
+    # each keeps its own forward's values: the backward of net is net's alone
+    d = np.random.default_rng(4).standard_normal(y1.shape)
+    net.zero_grad()
+    dx1 = net.backward(d)
+    numeric = numerical_gradient(lambda v: net.forward(v), _x(1).copy(), d)
+    np.testing.assert_allclose(dx1, numeric, rtol=1e-5, atol=1e-7)
+    # one set of running statistics; a dtype change of a module holding both keeps it shared
+    nn.ModuleList([net, twin]).float()
+    assert all(a is b for a, b in zip(net.buffers(), twin.buffers()))
+    assert twin[0].weight.data.dtype == np.float32 and twin[1].running_mean.dtype == np.float32
+
+
+def test_a_siamese_pair_through_a_shared_copy_gets_the_numerical_gradient():
+    """e1 = net(x1), e2 = twin(x2), L = sum(e1 * e2): the tied weight's gradient is the sum of both branches', as the
+    numerical gradient of L with respect to the one weight says."""
+    net = nn.Sequential(nn.Linear(WIDTH, 3, generator=15), nn.Tanh()).double()
+    twin = net.shared_copy()
+    x1, x2 = _x(5), _x(6)
+    net.zero_grad()
+    e1, e2 = net(x1), twin(x2)
+    net.backward(e2)
+    twin.backward(e1)
+    numeric = _weight_gradient(lambda: np.sum(net.forward(x1) * twin.forward(x2)), net[0].weight.data, 1.0)
+    np.testing.assert_allclose(net[0].weight.grad, numeric, rtol=1e-6, atol=1e-8)
+    parent = nn.ModuleList([net, twin])
+    assert len(parent.parameters()) == 2                    # weight and bias, once each: one optimiser step each
+
+
+def test_one_layer_at_two_places_through_a_shared_copy():
+    """The reuse error's advice: the reused Linear replaced by a tied twin trains like two uses of one layer."""
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(WIDTH, WIDTH, generator=16).double()
+            self.fc_again = self.fc.shared_copy()
+            self.act = nn.Tanh()
+
+        def forward(self, x):
+            return self.fc_again(self.act(self.fc(x)))
+
+        def backward(self, dout, *, input_grad=True):
+            return self.fc.backward(self.act.backward(self.fc_again.backward(dout)), input_grad=input_grad)
+
+    model, x = Tied(), _x(7)
+    dout = np.random.default_rng(8).standard_normal((6, WIDTH))
+    model.zero_grad()
+    model(x)
+    model.backward(dout)
+    numeric = _weight_gradient(lambda: model.forward(x), model.fc.weight.data, dout)
+    np.testing.assert_allclose(model.fc.weight.grad, numeric, rtol=1e-6, atol=1e-8)

@@ -17,6 +17,7 @@ caller holds is never overwritten.
 """
 import contextlib
 import contextvars
+import copy
 import functools
 import os
 import threading
@@ -226,7 +227,7 @@ def _refusing_a_reused_instance(backward):
                 f"outermost forward call and every module forward it makes; {self!r}): a module keeps only its latest "
                 f"run's values for its backward, so the gradients of the earlier runs would be wrong (PyTorch's "
                 f"autograd records every call; cynet does not). Create one instance per use (self.relu1, "
-                f"self.relu2); to share weights, give two layers the same Parameter (second.weight = first.weight); "
+                f"self.relu2); for one layer with its weights at two places, a tied twin: module.shared_copy(); "
                 f"runs that need no backward (a target, statistics, an initialisation) belong outside the forward "
                 f"pass or on a copy (copy.deepcopy(module))")
         return backward(self, *args, **kwargs)
@@ -426,6 +427,30 @@ class Module:
         for param in self.parameters():
             param.zero_grad()
 
+    def shared_copy(self):
+        """A second instance of this module sharing every :class:`Parameter` and buffer with it: the weights are tied
+        (both add their gradients into the same ``grad``; an optimiser over a model holding both updates each
+        Parameter once) and so are running statistics, while what a forward keeps for its backward is each
+        instance's own. Use it where one module would otherwise run twice in one forward pass (a Siamese network's
+        two branches, one layer applied at two places), which a module cannot do (see :class:`Module`). A dtype
+        change (:meth:`to`, :meth:`float`, :meth:`double`) keeps the buffers shared when it is applied to a module
+        holding both instances (or before the copy).
+
+        Example:
+            >>> import numpy as np
+            >>> from cynet import nn
+            >>> branch = nn.Sequential(nn.Linear(4, 3), nn.Tanh())
+            >>> twin = branch.shared_copy()
+            >>> twin[0].weight is branch[0].weight
+            True
+            >>> e1, e2 = branch(np.ones((2, 4), np.float32)), twin(np.zeros((2, 4), np.float32))
+        """
+        shared = {}
+        for module in self.modules():
+            for value in list(module._parameters.values()) + list(module._buffers.values()):
+                shared[id(value)] = value
+        return copy.deepcopy(self, shared)
+
     def requires_grad_(self, requires_grad=True):
         """Freeze (False) or unfreeze (True) every parameter, and every module inside (their own notion of frozen,
         e.g. a batch norm without parameters stops updating its running statistics); returns self."""
@@ -463,13 +488,14 @@ class Module:
         dtype = np.dtype(dtype)
         if dtype.kind != "f":
             raise TypeError(f"{type(self).__name__}.to: dtype must be floating point, got {dtype}")
+        cast = {}           # one new array per buffer array: buffers shared by modules (shared_copy) stay shared
         for module in self.modules():
             for param in module._parameters.values():
                 if param.data.dtype != dtype:
                     param._cast(dtype)
             for name, buf in list(module._buffers.items()):
                 if buf.dtype.kind == "f" and buf.dtype != dtype:
-                    module._set_buffer(name, buf.astype(dtype))
+                    module._set_buffer(name, cast.setdefault(id(buf), (buf, buf.astype(dtype)))[1])
         return self
 
     def double(self):
