@@ -271,6 +271,12 @@ def main(argv=None):
     bundle_path = os.path.join(args.out, "model_and_preprocessing.npz")
     save_bundle(bundle_path, model, transform, metadata={"model": args.model, "epochs": trainer.epoch})
     print(f"checkpoint   : {best_path} (best validation accuracy); model + preprocessing: {bundle_path}")
+    if not args.skip_checks and any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in model.modules()):
+        stage("batch norm in training and in evaluation (CS231n: batch normalization at test time)")
+        from cynet.diagnostics import check_batchnorm
+        part = slice(0, min(len(x_train), 5000))          # the running statistics against 5,000 training images
+        print(check_batchnorm(model, batch_transform(x_train[part], None), y_train[part],
+                              batch_size=args.batch_size))
     print(f"total time   : {time.perf_counter() - started:.1f} s")
 
     if x_test is None:

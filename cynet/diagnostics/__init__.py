@@ -9,6 +9,8 @@
   update-to-weight ratios (:mod:`.monitors`).
 - :mod:`cynet.diagnostics.plots` — PNG plots of all of the above.
 - :func:`summary` — the model's layers, output shapes and parameter counts as a table (Keras's ``model.summary()``).
+- :func:`check_batchnorm` — batch norm in training and in evaluation: whether the running statistics still describe
+  the data, and how much eval mode's predictions differ from those with batch statistics (:mod:`.batchnorm_check`).
 
 Importing this package does not import matplotlib: :mod:`cynet.diagnostics.plots` loads it when a plot is drawn.
 
@@ -18,6 +20,7 @@ Example:
     healthy
 """
 from cynet.diagnostics.babysit import BabysitReport, Check, ProbeResult, babysit
+from cynet.diagnostics.batchnorm_check import BatchNormReport, LayerStatistics, check_batchnorm
 from cynet.diagnostics.curve_doctor import Diagnosis, Finding, diagnose
 from cynet.diagnostics.init_lab import InitExperiment, LayerStats, activation_statistics, init_experiment
 from cynet.diagnostics.monitors import TrainingMonitor, UpdateRatioWarning
@@ -27,5 +30,6 @@ from cynet.diagnostics import plots
 __all__ = [
     "babysit", "BabysitReport", "Check", "ProbeResult", "diagnose", "Diagnosis", "Finding",
     "activation_statistics", "init_experiment", "InitExperiment", "LayerStats", "TrainingMonitor",
-    "UpdateRatioWarning", "plots", "summary", "ModelSummary",
+    "UpdateRatioWarning", "plots", "summary", "ModelSummary", "check_batchnorm", "BatchNormReport",
+    "LayerStatistics",
 ]

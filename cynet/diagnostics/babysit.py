@@ -155,8 +155,33 @@ class ProbeResult:
         return (self.initial_loss - self.final_loss) / self.initial_loss
 
 
+def _table_lines(rows):
+    """A header row, a rule, the other rows and a rule, in columns as wide as their widest cell."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    rule = "  ".join("-" * w for w in widths)
+
+    def line(row):
+        return "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+    return [line(rows[0]), rule] + [line(row) for row in rows[1:]] + [rule]
+
+
+class _Checks:
+    """What a report of :class:`Check` s answers: ``passed`` and the check by name (``report["initial loss"]``)."""
+
+    @property
+    def passed(self):
+        """True when no check failed (skipped checks do not count)."""
+        return all(check.passed is not False for check in self.checks)
+
+    def __getitem__(self, name):
+        for check in self.checks:
+            if check.name == name:
+                return check
+        raise KeyError(f"{type(self).__name__}: no check named {name!r}; have {[c.name for c in self.checks]}")
+
+
 @dataclass
-class BabysitReport:
+class BabysitReport(_Checks):
     """What :func:`babysit` found: the checks in order, the probe's per-rate results and the recommendation.
 
     Attributes:
@@ -174,25 +199,10 @@ class BabysitReport:
     best_lr: object = None
     seconds: float = 0.0
 
-    @property
-    def passed(self):
-        """True when no check failed (skipped checks do not count)."""
-        return all(check.passed is not False for check in self.checks)
-
-    def __getitem__(self, name):
-        for check in self.checks:
-            if check.name == name:
-                return check
-        raise KeyError(f"BabysitReport: no check named {name!r}; have {[c.name for c in self.checks]}")
-
     def __str__(self):
         rows = [("check", "result", "measured", "expected")]
         rows += [(c.name, c.status, c.measured, c.expected) for c in self.checks]
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
-        line = "  ".join("-" * w for w in widths)
-        out = ["  ".join(cell.ljust(w) for cell, w in zip(rows[0], widths)), line]
-        out += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows[1:]]
-        out.append(line)
+        out = _table_lines(rows)
         for check in self.checks:
             out.append(f"[{check.status}] {check.name}: {check.explanation}")
         if self.probe:

@@ -1,0 +1,157 @@
+"""cynet.diagnostics.check_batchnorm: the running statistics against the data's, and eval mode against batch
+statistics. Oracles: statistics computed by hand with NumPy (the data's mean and variance where the batch norm
+reads the input directly), hand-set running statistics, and the model's own outputs compared before and after."""
+import numpy as np
+import pytest
+
+from cynet import nn
+from cynet.diagnostics import check_batchnorm
+from cynet.diagnostics.batchnorm_check import MEAN_SHIFT_TOLERANCE
+
+FEATURES = 6
+
+
+def _data(n=600, mean=3.0, std=2.0, seed=0):
+    return np.random.default_rng(seed).normal(mean, std, (n, FEATURES))
+
+
+def _model():
+    """A batch norm reading the input itself, so its input's statistics are the data's."""
+    return nn.Sequential(nn.BatchNorm1d(FEATURES), nn.Linear(FEATURES, 3, generator=0)).double()
+
+
+def test_never_updated_statistics_are_stale_by_the_hand_computed_shift_and_ratio():
+    x = _data()
+    model = _model()                                # running mean 0, running variance 1
+    report = check_batchnorm(model, x, batch_size=100)
+    layer = report.layers[0]
+    eps = model[0].eps
+    mean, var = x.mean(axis=0), x.var(axis=0, ddof=1)   # the unbiased batch variances average to about this
+    assert layer.batches_tracked == 0 and layer.describes_data is False
+    shift = mean / np.sqrt(var + eps)
+    np.testing.assert_allclose(layer.mean_shift, np.sqrt(np.mean(shift ** 2)), rtol=0.02)
+    np.testing.assert_allclose(layer.max_mean_shift, np.max(np.abs(shift)), rtol=0.02)
+    ratio = (1 + eps) / (var + eps)
+    np.testing.assert_allclose(layer.variance_ratio, (ratio.min(), ratio.max()), rtol=0.05)
+    np.testing.assert_allclose(layer.variance_factor, np.exp(np.sqrt(np.mean(np.log(ratio) ** 2))), rtol=0.05)
+    assert report["running statistics"].passed is False and not report.passed
+    assert "never updated" in report["running statistics"].explanation
+    assert "STALE" in str(report)
+
+
+def test_statistics_set_to_the_datas_pass_and_eval_agrees_with_large_batches():
+    x = _data()
+    model = _model()
+    bn = model[0]
+    bn.running_mean[...] = x.mean(axis=0)
+    bn.running_var[...] = x.var(axis=0, ddof=1)
+    bn.num_batches_tracked[...] = 50
+    report = check_batchnorm(model, x, batch_size=300)
+    assert report["running statistics"].passed
+    assert report.layers[0].mean_shift < MEAN_SHIFT_TOLERANCE
+    low, high = report.layers[0].variance_ratio
+    assert 0.9 < low <= high < 1.1
+    assert report["eval vs batch statistics"].passed         # batches of 300 from one distribution
+
+
+def test_a_shifted_running_mean_is_reported_in_standard_deviations():
+    x = _data()
+    model = _model()
+    bn = model[0]
+    std = np.sqrt(x.var(axis=0, ddof=1) + bn.eps)
+    bn.running_mean[...] = x.mean(axis=0) + np.array([0, 0, 0.5, 0, 0, 0]) * std      # one feature off by 0.5 std
+    bn.running_var[...] = x.var(axis=0, ddof=1)
+    bn.num_batches_tracked[...] = 10
+    layer = check_batchnorm(model, x, batch_size=600).layers[0]     # one batch: the data's statistics exactly
+    np.testing.assert_allclose(layer.max_mean_shift, 0.5, rtol=1e-6)
+    np.testing.assert_allclose(layer.mean_shift, 0.5 / np.sqrt(FEATURES), rtol=1e-6)     # rms over 6 features
+    np.testing.assert_allclose(layer.variance_factor, 1.0, rtol=1e-9)
+    assert 0.5 / np.sqrt(FEATURES) > MEAN_SHIFT_TOLERANCE and layer.describes_data is False     # 0.204: stale
+
+
+def test_recomputing_fixes_what_the_check_found_and_predictions_improve():
+    rng = np.random.default_rng(1)
+    x = rng.normal(0.0, 1.0, (800, FEATURES))
+    y = (x[:, 0] > 0).astype(np.int64)
+    x = x * 3.0 + 5.0                               # the batch norm must undo this for the classifier
+    model = nn.Sequential(nn.BatchNorm1d(FEATURES), nn.Linear(FEATURES, 2, generator=0)).double()
+    w = np.zeros((2, FEATURES))
+    w[1, 0], w[0, 0] = 1.0, -1.0                    # class 1 where the normalised feature 0 is positive
+    model[1].weight.data[...] = w
+    model[1].bias.data[...] = 0
+    report = check_batchnorm(model, x, y)
+    assert report.accuracy["recomputed statistics"] > 0.95 and report.accuracy["batch statistics"] > 0.95
+    assert report.accuracy["eval"] < 0.6            # mean 0 / variance 1: every sample looks positive
+    assert not report["running statistics"].passed and not report["eval vs batch statistics"].passed
+    nn.recompute_batchnorm_statistics(model, x)
+    again = check_batchnorm(model, x, y)
+    assert again.passed and again.accuracy["eval"] > 0.95
+
+
+def test_the_model_is_left_as_it_was():
+    x = _data()
+    model = nn.Sequential(nn.Linear(FEATURES, 4, generator=1), nn.BatchNorm1d(4), nn.Dropout(0.5, generator=2),
+                          nn.Linear(4, 3, generator=3)).double()
+    model(x[:50])                                   # one training step's statistics
+    model[2].eval()
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    report = check_batchnorm(model, x, batch_size=128)
+    after = model.state_dict()
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+    assert [m.training for m in model.modules()] == modes
+    assert report.training_mode
+
+
+def test_a_model_without_batch_norm_and_one_without_running_statistics():
+    x = _data()
+    plain = check_batchnorm(nn.Sequential(nn.Linear(FEATURES, 3, generator=0)).double(), x)
+    assert plain.layers == [] and plain.passed and plain.checks[0].passed is None
+    untracked = nn.Sequential(nn.BatchNorm1d(FEATURES, track_running_stats=False),
+                              nn.Linear(FEATURES, 3, generator=0)).double()
+    report = check_batchnorm(untracked, x)
+    assert report.layers[0].describes_data is None and report["running statistics"].passed is None
+    assert report["eval vs batch statistics"].passed            # both modes use the batch's statistics
+
+
+def test_batchnorm2d_on_images():
+    rng = np.random.default_rng(3)
+    x = rng.normal(2.0, 0.5, (64, 3, 5, 5))
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(75, 4, generator=0)).double()
+    layer = check_batchnorm(model, x, batch_size=32).layers[0]
+    mean = x.mean(axis=(0, 2, 3))
+    var = x.transpose(1, 0, 2, 3).reshape(3, -1).var(axis=1, ddof=1)
+    np.testing.assert_allclose(layer.max_mean_shift, np.max(np.abs(mean) / np.sqrt(var + 1e-5)), rtol=0.02)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"batch_size": 1}, "batch_size must be an int >= 2"),
+    ({"y": np.zeros(3, np.int64)}, "one per sample"),
+    ({"y": np.zeros(600)}, "integer labels"),
+])
+def test_bad_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        check_batchnorm(_model(), _data(), **kwargs)
+
+
+def test_one_sample_is_refused():
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        check_batchnorm(_model(), _data(n=1))
+
+
+def test_dropout_before_a_batch_norm_is_named_as_a_cause():
+    """Training with dropout in front of a batch norm: the running variance includes dropout's noise, eval's input
+    does not (Li et al. 2019's variance shift): by hand, inverted dropout with p = 0.5 on x of mean m and variance v
+    gives variance 2 v + m^2 in training."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(1.0, 1.0, (1024, FEATURES))
+    model = nn.Sequential(nn.Dropout(0.5, generator=5), nn.BatchNorm1d(FEATURES, momentum=None),
+                          nn.Linear(FEATURES, 3, generator=0)).double()
+    for s in range(0, 1024, 128):
+        model(x[s:s + 128])                         # training: dropout on, the running statistics average
+    report = check_batchnorm(model, x)
+    layer = report.layers[0]
+    np.testing.assert_allclose(layer.variance_factor, (2 * 1.0 + 1.0 ** 2) / 1.0, rtol=0.1)
+    assert layer.describes_data is False
+    assert "a Dropout runs before 1" in report["running statistics"].explanation
