@@ -495,7 +495,9 @@ class Module:
                     param._cast(dtype)
             for name, buf in list(module._buffers.items()):
                 if buf.dtype.kind == "f" and buf.dtype != dtype:
-                    module._set_buffer(name, cast.setdefault(id(buf), (buf, buf.astype(dtype)))[1])
+                    if id(buf) not in cast:
+                        cast[id(buf)] = (buf, buf.astype(dtype))     # (the old array kept: its id stays its own)
+                    module._set_buffer(name, cast[id(buf)][1])
         return self
 
     def double(self):
