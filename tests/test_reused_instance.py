@@ -316,3 +316,21 @@ def test_one_layer_at_two_places_through_a_shared_copy():
     model.backward(dout)
     numeric = _weight_gradient(lambda: model.forward(x), model.fc.weight.data, dout)
     np.testing.assert_allclose(model.fc.weight.grad, numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("state", ["frozen", "eval"])
+def test_a_batch_norm_that_declines_the_fused_pass_runs_once(state):
+    """A frozen or eval-mode batch norm before a ReLU in a Sequential declines forward_relu (it returns None) and then
+    runs its forward: one run, not two (found by QA: fine-tuning with a frozen BatchNorm raised at the backward)."""
+    model = nn.Sequential(nn.Linear(WIDTH, 4, generator=17), nn.BatchNorm1d(4), nn.ReLU(),
+                          nn.Linear(4, 3, generator=18)).double()
+    model(_x())                                     # running statistics from one batch
+    if state == "frozen":
+        model[1].freeze()
+    else:
+        model.eval()
+    x, dout = _x(9), np.random.default_rng(10).standard_normal((6, 3))
+    model(x)
+    dx = model.backward(dout)
+    np.testing.assert_allclose(dx, numerical_gradient(lambda v: model.forward(v), x.copy(), dout), rtol=1e-5,
+                               atol=1e-7)

@@ -195,7 +195,9 @@ def _record_run(module):
     module.__dict__["_pass_runs"] = (token, runs + 1 if last is token else 1)
 
 
-def _recording_passes(forward):
+def _recording_passes(forward, declined_is_no_run=False):
+    """``forward`` recording its runs; with ``declined_is_no_run`` (forward_relu) a call that returns None, declining
+    the fused pass (eval mode, a frozen batch norm: the caller then runs forward and the ReLU), is no run."""
     @functools.wraps(forward)
     def recorded_forward(self, *args, **kwargs):
         running = getattr(_forwards_running, "modules", None)
@@ -206,12 +208,19 @@ def _recording_passes(forward):
         key = id(self)
         if key in running:
             return forward(self, *args, **kwargs)
+        before = self.__dict__.get("_pass_runs")
         _record_run(self)
         running.add(key)
         try:
-            return forward(self, *args, **kwargs)
+            result = forward(self, *args, **kwargs)
         finally:
             running.discard(key)
+        if result is None and declined_is_no_run:
+            if before is None:
+                del self.__dict__["_pass_runs"]
+            else:
+                self.__dict__["_pass_runs"] = before
+        return result
 
     recorded_forward._cynet_pass_wrapper = True
     return recorded_forward
@@ -265,7 +274,8 @@ class Module:
         """Wrap the subclass's own ``forward`` / ``forward_relu`` in the record of forward passes and its own
         ``backward`` in the check against a second run in one pass (see the class docstring)."""
         super().__init_subclass__(**kwargs)
-        for name, wrap in (("forward", _recording_passes), ("forward_relu", _recording_passes),
+        for name, wrap in (("forward", _recording_passes),
+                           ("forward_relu", functools.partial(_recording_passes, declined_is_no_run=True)),
                            ("backward", _refusing_a_reused_instance)):
             # the class's own method, or one it inherits from a class that is not a Module (a mixin's)
             owner = next((klass for klass in cls.__mro__ if name in vars(klass)), None)
