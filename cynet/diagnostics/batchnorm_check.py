@@ -6,10 +6,9 @@ the last 10-20 batches), they stop in a frozen layer, and they were never right 
 no longer match the data, the model that validated well in training mode predicts worse in eval mode, the
 discrepancy the lecture warns about. :func:`check_batchnorm` measures it:
 
-- for each batch-norm layer, its running mean and variance against the data's own statistics of that layer's input,
-  with the rest of the model in eval mode (what :func:`~cynet.nn.recompute_batchnorm_statistics` would put there):
-  per channel c the mean shift in units of the data's standard deviation and the variance ratio, which is what the
-  layer's output scale is off by,
+- for each batch-norm layer, its running mean and variance against the mean and variance of what the layer receives
+  over the data in eval mode (every value counted, whatever the order of the samples): per channel c the mean shift
+  in units of that standard deviation and the variance ratio, which is what the layer's output scale is off by,
 
   .. math:: d_c = \\frac{\\mu^{run}_c - \\mu_c}{\\sqrt{\\sigma^2_c + \\epsilon}}, \\qquad
             r_c = \\frac{\\sigma^{2,run}_c + \\epsilon}{\\sigma^2_c + \\epsilon},
@@ -18,12 +17,14 @@ discrepancy the lecture warns about. :func:`check_batchnorm` measures it:
   :math:`\\exp\\sqrt{\\overline{(\\ln r_c)^2}}` (a typical factor, 1 when every variance is right), with the
   extremes alongside: a layer whose weights moved since its averages were taken is off in many channels, while
   estimation noise alone puts a few of a thousand channels far out;
+- where a layer is stale, the same pass with the layers that act only in training switched on (Dropout,
+  DropConnect, stochastic depth): how much they widen each batch norm's input, which the running variance took in
+  training and eval mode never sees (named as a cause from a factor of 1.1);
 - the model's outputs in eval mode against the same model normalising with batch statistics (training mode for the
   batch norms only: dropout stays off), and against eval mode with the recomputed statistics; with labels, the
   accuracy of each.
 
-Nothing in the model changes: the recomputation and the batch-statistics pass run on copies, and every module's mode
-comes back.
+Nothing in the model changes: every pass runs on a copy.
 """
 import copy
 import time
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cynet._random import get_rng_state, set_rng_state
 from cynet._validation import describe
 from cynet.diagnostics.babysit import Check, _Checks, _table_lines
 from cynet.nn.normalization import _batch_slices, _BatchNorm, recompute_batchnorm_statistics
@@ -40,6 +42,8 @@ from cynet.nn.normalization import _batch_slices, _BatchNorm, recompute_batchnor
 MEAN_SHIFT_TOLERANCE = 0.1
 #: Largest typical variance factor, exp(rms |ln ratio|), that counts as describing the data.
 VARIANCE_FACTOR_TOLERANCE = 1.25
+#: Variance factor from which the layers acting only in training are named as a cause of stale statistics.
+TRAINING_NOISE_FACTOR = 1.1
 #: Largest share of samples whose predicted class may differ between eval mode and batch statistics (no labels).
 DISAGREEMENT_TOLERANCE = 0.05
 #: Largest accuracy difference between eval mode and batch statistics (with labels), as a fraction.
@@ -62,7 +66,7 @@ class LayerStatistics:
             eps): the factor a typical channel's variance is off by (1: right).
         variance_ratio (tuple): (min, max) of the ratio over channels.
         describes_data (bool or None): mean_shift and variance_factor within tolerance (None: the layer keeps no
-            running statistics and always normalises with the batch's).
+            running statistics and always normalises with the batch's, or the data never reached it).
     """
 
     name: str
@@ -105,7 +109,8 @@ class BatchNormReport(_Checks):
         rows = [("layer", "kind", "channels", "batches", "mean shift rms (max)", "variance factor (range)", "")]
         for layer in self.layers:
             if layer.describes_data is None:
-                rows.append((layer.name, layer.kind, str(layer.channels), "-", "-", "-", "batch statistics only"))
+                what = "batch statistics only" if layer.batches_tracked is None else "not reached by the data"
+                rows.append((layer.name, layer.kind, str(layer.channels), "-", "-", "-", what))
                 continue
             low, high = layer.variance_ratio
             rows.append((layer.name, layer.kind, str(layer.channels), str(layer.batches_tracked),
@@ -130,17 +135,52 @@ def _outputs(model, x, batch_size):
     return np.concatenate([np.asarray(model(x[s])) for s in _batch_slices(x.shape[0], batch_size)])
 
 
-def _layer_statistics(name, layer, data_layer):
-    """LayerStatistics of ``layer`` against ``data_layer``, the same layer after recompute_batchnorm_statistics."""
+class _InputMoments:
+    """Per-channel count, mean and variance (float64, shifted by the first batch's means) of every array a batch
+    norm receives: channels on axis 1, statistics over the others."""
+
+    def __init__(self):
+        self.count, self.shift, self.s1, self.s2 = 0, None, 0.0, 0.0
+
+    def add(self, x):
+        x = np.asarray(x, dtype=np.float64)
+        axes = (0,) + tuple(range(2, x.ndim))
+        if self.shift is None:
+            self.shift = x.mean(axis=axes)
+        d = x - self.shift.reshape((1, -1) + (1,) * (x.ndim - 2))
+        self.count += x.size // max(x.shape[1], 1)
+        self.s1 = self.s1 + d.sum(axis=axes)
+        self.s2 = self.s2 + (d * d).sum(axis=axes)
+
+    def mean_var(self):
+        m = self.s1 / self.count
+        return self.shift + m, np.maximum(self.s2 / self.count - m * m, 0.0)
+
+
+def _recording_inputs(layer, moments):
+    """Shadow ``layer.forward`` on this instance (a copy's): every input goes to ``moments`` first."""
+    forward = layer.forward
+
+    def recorded(x):
+        moments.add(x)
+        return forward(x)
+    object.__setattr__(layer, "forward", recorded)
+
+
+def _layer_statistics(name, layer, moments):
+    """LayerStatistics of ``layer``'s running statistics against the moments of its inputs over the data."""
     kind, channels = type(layer).__name__, int(layer.num_features)
     nan = float("nan")
     if not layer.track_running_stats:
         return LayerStatistics(name, kind, channels, None, nan, nan, nan, (nan, nan), None)
-    data_var = data_layer.running_var.astype(np.float64) + layer.eps
-    shift = (layer.running_mean.astype(np.float64) - data_layer.running_mean) / np.sqrt(data_var)
+    if moments.count == 0:
+        return LayerStatistics(name, kind, channels, int(layer.num_batches_tracked), nan, nan, nan, (nan, nan), None)
+    data_mean, data_var = moments.mean_var()
+    data_var = data_var + layer.eps
+    shift = (layer.running_mean.astype(np.float64) - data_mean) / np.sqrt(data_var)
     ratio = (layer.running_var.astype(np.float64) + layer.eps) / data_var
     rms_shift = float(np.sqrt(np.mean(shift ** 2)))
-    factor = float(np.exp(np.sqrt(np.mean(np.log(ratio) ** 2))))
+    factor = _variance_factor(ratio)
     fine = rms_shift <= MEAN_SHIFT_TOLERANCE and factor <= VARIANCE_FACTOR_TOLERANCE
     return LayerStatistics(name, kind, channels, int(layer.num_batches_tracked), rms_shift,
                            float(np.abs(shift).max()), factor, (float(ratio.min()), float(ratio.max())), bool(fine))
@@ -155,23 +195,36 @@ def _compare(reference, other):
     return float(np.mean(reference.argmax(axis=1) != other.argmax(axis=1))), difference
 
 
-def _after_dropout(model, names):
-    """The names among ``names`` of batch norms that a Dropout with p > 0 precedes in the model's module order."""
-    seen_dropout, found = False, []
-    for name, module in model.named_modules():
-        if type(module).__name__ == "Dropout" and getattr(module, "p", 0) > 0:
-            seen_dropout = True
-        elif name in names and seen_dropout:
-            found.append(name)
-    return found
+def _input_moments(model, x, batch_size, names, training_only_layers=False):
+    """{name: _InputMoments} of the named batch norms' inputs over x, and the outputs, from a copy of ``model`` in
+    eval mode; with ``training_only_layers`` every module but the batch norms in training mode (Dropout, DropConnect,
+    stochastic depth act as in training; cynet's global generator is put back afterwards)."""
+    observed = copy.deepcopy(model).eval()
+    moments = {name: _InputMoments() for name in names}
+    for name, layer in observed.named_modules():
+        if name in moments:
+            _recording_inputs(layer, moments[name])
+        elif training_only_layers and not isinstance(layer, _BatchNorm):
+            object.__setattr__(layer, "training", True)
+    state = get_rng_state()
+    try:
+        outputs = _outputs(observed, x, batch_size)
+    finally:
+        set_rng_state(state)
+    return moments, outputs
 
 
-def _running_statistics_check(layers, model):
+def _variance_factor(ratio):
+    """exp(rms |ln ratio|): the factor a typical channel's variance is off by."""
+    return float(np.exp(np.sqrt(np.mean(np.log(ratio) ** 2))))
+
+
+def _running_statistics_check(layers, widened):
     tracked = [layer for layer in layers if layer.describes_data is not None]
     if not tracked:
         return Check("running statistics", None, "no running statistics", "-",
-                     "no batch-norm layer keeps running statistics (track_running_stats=False): every mode "
-                     "normalises with the batch's own statistics")
+                     "no batch-norm layer that these data reach keeps running statistics "
+                     "(track_running_stats=False: every mode normalises with the batch's own statistics)")
     stale = [layer for layer in tracked if not layer.describes_data]
     worst = max(tracked, key=lambda layer: layer.mean_shift)
     measured = (f"{len(stale)} of {len(tracked)} stale; largest rms shift {worst.mean_shift:.3f} std "
@@ -189,11 +242,13 @@ def _running_statistics_check(layers, model):
     else:
         why = ("the weights before them moved since the averages were taken (the averages follow roughly the last "
                "1/momentum batches), or the training batches differ from these data (augmentation)")
-        behind_dropout = _after_dropout(model, {layer.name for layer in stale})
-        if behind_dropout:
-            why += (f"; a Dropout runs before {', '.join(behind_dropout)} in training, which widens the input "
-                    f"whose variance the running average took, and not in eval (the 'variance shift' of dropout "
-                    f"before batch norm)")
+        noisy = {name: factor for name, factor in widened.items() if factor > TRAINING_NOISE_FACTOR}
+        if noisy:
+            factors = ", ".join(f"{name} by {factor:.2f}x" for name, factor in noisy.items())
+            why += (f"; and layers that act only in training (Dropout, DropConnect, stochastic depth) widen the "
+                    f"variance of what {', '.join(noisy)} receive in training ({factors}, measured with them on), "
+                    f"which the running averages took and eval mode does not see (the 'variance shift' of "
+                    f"dropout before batch norm)")
     return Check("running statistics", False, measured, expected,
                  f"the running statistics of {names} do not describe their input over these data: {why}. In eval "
                  f"mode those layers normalise with the wrong mean and scale. Fix: "
@@ -279,24 +334,30 @@ def check_batchnorm(model, x, y=None, *, batch_size=256):
         report.seconds = time.perf_counter() - start
         return report
 
-    recomputed = recompute_batchnorm_statistics(copy.deepcopy(model), x, batch_size)
-    recomputed_layers = dict(recomputed.named_modules())
-    report.layers = [_layer_statistics(name, layer, recomputed_layers[name]) for name, layer in norms]
+    names = [name for name, _ in norms]
+    moments, eval_out = _input_moments(model, x, batch_size, names)       # the model as it is, in eval mode
+    report.layers = [_layer_statistics(name, layer, moments[name]) for name, layer in norms]
+    widened = {}
+    if any(layer.describes_data is False for layer in report.layers):
+        noisy, _ = _input_moments(model, x, batch_size, names, training_only_layers=True)
+        widened = {name: _variance_factor(noisy[name].mean_var()[1] / moments[name].mean_var()[1])
+                   for name in names if moments[name].count and np.all(moments[name].mean_var()[1] > 0)}
     batch_mode = copy.deepcopy(model).eval()
     for module in batch_mode.modules():
         if isinstance(module, _BatchNorm):
             object.__setattr__(module, "training", True)
-    with model.modes_restored():
-        eval_out = _outputs(model.eval(), x, batch_size)
-    with recomputed.modes_restored():
-        outputs = {"batch statistics": _outputs(batch_mode, x, batch_size),
-                   "recomputed statistics": _outputs(recomputed.eval(), x, batch_size)}
+    recomputed = recompute_batchnorm_statistics(copy.deepcopy(model), x, batch_size).eval()
+    outputs = {"batch statistics": _outputs(batch_mode, x, batch_size),
+               "recomputed statistics": _outputs(recomputed, x, batch_size)}
     for mode, out in outputs.items():
         report.disagreement[mode], report.output_difference[mode] = _compare(eval_out, out)
-    if y is not None and eval_out.ndim == 2 and eval_out.shape[1] >= 2:
+    if y is not None and not (eval_out.ndim == 2 and eval_out.shape[1] >= 2):
+        raise ValueError(f"check_batchnorm: labels y need class scores from the model, (N, C) with C >= 2; it "
+                         f"returns {describe(eval_out)}: call it without y")
+    if y is not None:
         report.accuracy = {"eval": float(np.mean(eval_out.argmax(axis=1) == y))}
         report.accuracy.update({mode: float(np.mean(out.argmax(axis=1) == y)) for mode, out in outputs.items()})
-    report.checks = [_running_statistics_check(report.layers, model),
+    report.checks = [_running_statistics_check(report.layers, widened),
                      _modes_check(report.disagreement, report.output_difference, report.accuracy, batch_size)]
     report.seconds = time.perf_counter() - start
     return report
