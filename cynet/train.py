@@ -57,6 +57,7 @@ import numpy as np
 from cynet import checkpoint as _checkpoint
 from cynet._threading import copyto
 from cynet.nn.module import Module
+from cynet.nn.normalization import _batch_slices
 from cynet.nn.utils import clip_grad_norm_, max_norm_
 from cynet.optim.lbfgs import loss_closure
 from cynet.optim.optimizers import learning_rates
@@ -691,7 +692,8 @@ class Trainer:
             x (array_like): training inputs, one example per row (any numeric dtype; see ``batch_transform``).
             y (array_like): labels (class indices for classification losses), ``len(y) == len(x)``.
             epochs (int): the epoch count to reach, >= 0.
-            batch_size (int): examples per step (the last batch of an epoch may be smaller). Default 256.
+            batch_size (int): examples per step (the last batch of an epoch may be smaller; a last batch of one
+                example joins the one before, since a batch norm cannot train on one). Default 256.
             validation (tuple): optional ``(x_val, y_val)``, evaluated after every epoch. Default None.
             shuffle (bool): visit the examples in a fresh random order each epoch (default); False keeps the
                 data order.
@@ -768,8 +770,8 @@ class Trainer:
         dtype = self._model_dtype()
         loss_sum, seen, correct, counted = 0.0, 0, 0, 0
         self.running_loss = self.running_acc = math.nan
-        for lo in range(0, n, batch_size):
-            hi = min(lo + batch_size, n)
+        for batch in _batch_slices(n, batch_size):        # a last batch of one joins the one before
+            lo, hi = batch.start, batch.stop
             if order is None:
                 xb, yb = x[lo:hi], y[lo:hi]
             else:

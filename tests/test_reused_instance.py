@@ -334,3 +334,16 @@ def test_a_batch_norm_that_declines_the_fused_pass_runs_once(state):
     dx = model.backward(dout)
     np.testing.assert_allclose(dx, numerical_gradient(lambda v: model.forward(v), x.copy(), dout), rtol=1e-5,
                                atol=1e-7)
+
+
+def test_twins_draw_their_dropout_masks_from_one_stream():
+    """A Dropout with its own generator: the twin shares it, so the two branches get different masks, those one
+    module would draw in two calls (found by QA: the twin had a copy of the generator and repeated the masks)."""
+    x = np.ones((4, WIDTH))
+    branch = nn.Sequential(nn.Dropout(0.5, generator=3)).double()
+    twin = branch.shared_copy()
+    first, second = branch(x), twin(x)
+    assert not np.array_equal(first, second)
+    one = nn.Dropout(0.5, generator=3).double()
+    np.testing.assert_array_equal(first, one(x))
+    np.testing.assert_array_equal(second, one(x))

@@ -753,3 +753,26 @@ def test_validation_split_holds_out_the_last_examples_as_keras_does():
     for bad in (0, 1, 1.5, -0.1, True, 0.001):
         with pytest.raises(ValueError, match="validation_split"):
             run(x=x, y=y, validation_split=bad)
+
+
+def test_a_last_batch_of_one_example_joins_the_one_before():
+    """97 examples in batches of 16: six steps, the last of 17, and a batch norm trains through the epoch (a batch
+    of one made it raise after the other steps); the step count is the oracle, and the first five steps' data
+    losses equal a run on the first 80 examples."""
+    from cynet.nn.loss import SoftmaxCrossEntropy
+    from cynet.optim import SGD
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((97, 5)), rng.integers(0, 3, 97)
+
+    def trainer():
+        model = nn.Sequential(nn.Linear(5, 4, generator=0), nn.BatchNorm1d(4), nn.ReLU(),
+                              nn.Linear(4, 3, generator=1)).double()
+        return Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.1), progress=False)
+
+    merged = trainer()
+    history = merged.fit(x, y, epochs=1, batch_size=16, shuffle=False)
+    assert len(history["loss"]) == 6
+    plain = trainer()
+    first = plain.fit(x[:80], y[:80], epochs=1, batch_size=16, shuffle=False)
+    np.testing.assert_array_equal(history["loss"][:5], first["loss"])

@@ -440,9 +440,11 @@ class Module:
     def shared_copy(self):
         """A second instance of this module sharing every :class:`Parameter` and buffer with it: the weights are tied
         (both add their gradients into the same ``grad``; an optimiser over a model holding both updates each
-        Parameter once) and so are running statistics, while what a forward keeps for its backward is each
-        instance's own. Use it where one module would otherwise run twice in one forward pass (a Siamese network's
-        two branches, one layer applied at two places), which a module cannot do (see :class:`Module`). A dtype
+        Parameter once) and so are running statistics and random generators (a Dropout with its own generator draws
+        the twins' masks from one stream, as one module called twice would), while what a forward keeps for its
+        backward is each instance's own. Use it where one module would otherwise run twice in one forward pass (a
+        Siamese network's two branches, one layer applied at two places), which a module cannot do (see
+        :class:`Module`). A dtype
         change (:meth:`to`, :meth:`float`, :meth:`double`) keeps the buffers shared when it is applied to a module
         holding both instances (or before the copy).
 
@@ -457,7 +459,8 @@ class Module:
         """
         shared = {}
         for module in self.modules():
-            for value in list(module._parameters.values()) + list(module._buffers.values()):
+            generators = [v for v in vars(module).values() if isinstance(v, np.random.Generator)]
+            for value in list(module._parameters.values()) + list(module._buffers.values()) + generators:
                 shared[id(value)] = value
         return copy.deepcopy(self, shared)
 
