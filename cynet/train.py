@@ -57,7 +57,7 @@ import numpy as np
 from cynet import checkpoint as _checkpoint
 from cynet._threading import copyto
 from cynet.nn.module import Module
-from cynet.nn.normalization import _batch_slices
+from cynet.nn.normalization import _batch_slices, _BatchNorm
 from cynet.nn.utils import clip_grad_norm_, max_norm_
 from cynet.optim.lbfgs import loss_closure
 from cynet.optim.optimizers import learning_rates
@@ -656,6 +656,13 @@ class Trainer:
         for callback in self.callbacks:
             getattr(callback, hook)(self)
 
+    def _batches(self, n, batch_size):
+        """The slices of an epoch's batches; a last batch of one example joins the one before when the model has a
+        batch norm (which cannot train on one) and batches hold more than one."""
+        if batch_size > 1 and any(isinstance(m, _BatchNorm) for m in self.model.modules()):
+            return _batch_slices(n, batch_size)
+        return [slice(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
+
     def _model_dtype(self):
         for param in self.model.parameters():
             return param.data.dtype
@@ -692,8 +699,8 @@ class Trainer:
             x (array_like): training inputs, one example per row (any numeric dtype; see ``batch_transform``).
             y (array_like): labels (class indices for classification losses), ``len(y) == len(x)``.
             epochs (int): the epoch count to reach, >= 0.
-            batch_size (int): examples per step (the last batch of an epoch may be smaller; a last batch of one
-                example joins the one before, since a batch norm cannot train on one). Default 256.
+            batch_size (int): examples per step (the last batch of an epoch may be smaller; in a model with a batch
+                norm, which cannot train on one example, a last batch of one joins the one before). Default 256.
             validation (tuple): optional ``(x_val, y_val)``, evaluated after every epoch. Default None.
             shuffle (bool): visit the examples in a fresh random order each epoch (default); False keeps the
                 data order.
@@ -743,7 +750,7 @@ class Trainer:
             return self.history
 
         self.epochs = epochs
-        self.batches_per_epoch = -(-len(x) // batch_size)
+        self.batches_per_epoch = len(self._batches(len(x), batch_size))
         self.has_validation = validation is not None
         self.stop_training = False
         self.stop_reason = None
@@ -770,7 +777,7 @@ class Trainer:
         dtype = self._model_dtype()
         loss_sum, seen, correct, counted = 0.0, 0, 0, 0
         self.running_loss = self.running_acc = math.nan
-        for batch in _batch_slices(n, batch_size):        # a last batch of one joins the one before
+        for batch in self._batches(n, batch_size):
             lo, hi = batch.start, batch.stop
             if order is None:
                 xb, yb = x[lo:hi], y[lo:hi]

@@ -1203,3 +1203,16 @@ def test_the_running_statistics_kernel_refuses_arrays_of_different_lengths():
     k = load("normalization")
     with pytest.raises(ValueError, match="must have one length, got 3, 2, 3, 3"):
         k.bn_update_running_stats(np.zeros(3, np.float32), np.ones(2, np.float32), np.zeros(3), np.ones(3), 0.1, 1.0)
+
+
+@pytest.mark.parametrize("make", [lambda: nn.BatchNorm1d(4, affine=False, track_running_stats=False),
+                                  lambda: nn.LayerNorm(4, elementwise_affine=False)])
+def test_a_norm_without_state_takes_the_dtype_of_its_container(make):
+    """A norm with neither parameters nor running statistics remembers its dtype apart: a cast of the model around it
+    must reach it too (found by QA: Sequential(...).double() left it expecting float32)."""
+    model = nn.Sequential(nn.Linear(3, 4, generator=0), make()).double()
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    y = model(x)
+    assert y.dtype == np.float64
+    model.float()
+    assert model(x.astype(np.float32)).dtype == np.float32

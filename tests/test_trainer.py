@@ -772,7 +772,38 @@ def test_a_last_batch_of_one_example_joins_the_one_before():
 
     merged = trainer()
     history = merged.fit(x, y, epochs=1, batch_size=16, shuffle=False)
-    assert len(history["loss"]) == 6
+    assert len(history["loss"]) == 6 and merged.batches_per_epoch == 6    # what progress bars and monitors count
     plain = trainer()
     first = plain.fit(x[:80], y[:80], epochs=1, batch_size=16, shuffle=False)
     np.testing.assert_array_equal(history["loss"][:5], first["loss"])
+
+
+@pytest.mark.parametrize("n, batch_size, steps", [(97, 16, 7), (5, 1, 5)])
+def test_without_a_batch_norm_every_batch_stays_as_sliced(n, batch_size, steps):
+    """The merge is for batch norms only: a model without one keeps a last batch of one, and batch_size=1 stays one
+    example per step (found by QA: the first version merged for every model)."""
+    from cynet.nn.loss import SoftmaxCrossEntropy
+    from cynet.optim import SGD
+
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((n, 5)), rng.integers(0, 3, n)
+    model = nn.Sequential(nn.Linear(5, 4, generator=0), nn.ReLU(), nn.Linear(4, 3, generator=1)).double()
+    trainer = Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.1), progress=False)
+    history = trainer.fit(x, y, epochs=1, batch_size=batch_size, shuffle=False)
+    assert len(history["loss"]) == steps and trainer.batches_per_epoch == steps
+
+
+@pytest.mark.filterwarnings("ignore::cynet.diagnostics.UpdateRatioWarning")
+def test_a_monitor_records_when_the_last_batch_joined_the_one_before():
+    from cynet.diagnostics import TrainingMonitor
+    from cynet.nn.loss import SoftmaxCrossEntropy
+    from cynet.optim import SGD
+
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((97, 8)), rng.integers(0, 3, 97)
+    model = nn.Sequential(nn.Linear(8, 16, generator=0), nn.BatchNorm1d(16), nn.ReLU(),
+                          nn.Linear(16, 3, generator=1)).double()
+    monitor = TrainingMonitor(batches=10)
+    Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.1), callbacks=[monitor],
+            progress=False).fit(x, y, epochs=2, batch_size=16, validation=(x[:10], y[:10]))
+    assert len(monitor.records) == 2

@@ -503,6 +503,7 @@ class Module:
             raise TypeError(f"{type(self).__name__}.to: dtype must be floating point, got {dtype}")
         cast = {}           # one new array per buffer array: buffers shared by modules (shared_copy) stay shared
         for module in self.modules():
+            module._cast_state(dtype)
             for param in module._parameters.values():
                 if param.data.dtype != dtype:
                     param._cast(dtype)
@@ -512,6 +513,10 @@ class Module:
                         cast[id(buf)] = (buf, buf.astype(dtype))     # (the old array kept: its id stays its own)
                     module._set_buffer(name, cast[id(buf)][1])
         return self
+
+    def _cast_state(self, dtype):
+        """What :meth:`to` changes in this module besides its parameters and buffers (nothing by default; a norm
+        without either keeps the dtype it expects), called for every module of the tree."""
 
     def double(self):
         """``self.to(np.float64)`` (PyTorch's name)."""

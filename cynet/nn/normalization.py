@@ -460,10 +460,8 @@ class _BatchNorm(Module):
             return self.running_mean.dtype
         return self._dtype_no_state
 
-    def to(self, dtype):
-        super().to(dtype)
-        self._dtype_no_state = np.dtype(dtype)
-        return self
+    def _cast_state(self, dtype):
+        self._dtype_no_state = dtype          # the dtype without parameters or running statistics to tell it
 
     @property
     def _uses_batch_stats(self):
@@ -664,10 +662,8 @@ class _RowNorm(Module):
     def _dtype(self):
         return self.weight.data.dtype if self.weight is not None else self._dtype_no_state
 
-    def to(self, dtype):
-        super().to(dtype)
-        self._dtype_no_state = np.dtype(dtype)
-        return self
+    def _cast_state(self, dtype):
+        self._dtype_no_state = dtype          # the dtype without parameters or running statistics to tell it
 
     def _check_dtype(self, x):
         dtype = self._dtype()
