@@ -195,20 +195,20 @@ def _compare(reference, other):
     return float(np.mean(reference.argmax(axis=1) != other.argmax(axis=1))), difference
 
 
-def _input_moments(model, x, batch_size, names, training_only_layers=False):
-    """{name: _InputMoments} of the named batch norms' inputs over x, and the outputs, from a copy of ``model`` in
-    eval mode; with ``training_only_layers`` every module but the batch norms in training mode (Dropout, DropConnect,
-    stochastic depth act as in training; cynet's global generator is put back afterwards)."""
-    observed = copy.deepcopy(model).eval()
-    moments = {name: _InputMoments() for name in names}
-    for name, layer in observed.named_modules():
+def _run_copy(model, x, batch_size, record=(), training=lambda module: False):
+    """``({name: _InputMoments}, outputs)``: the outputs over x of a copy of ``model`` in eval mode but for the modules
+    for which ``training`` holds, which run in training mode, with the inputs of the batch norms named in ``record``
+    counted. cynet's global generator is put back afterwards (a Dropout in training mode draws from it)."""
+    copied = copy.deepcopy(model).eval()
+    moments = {name: _InputMoments() for name in record}
+    for name, layer in copied.named_modules():
         if name in moments:
             _recording_inputs(layer, moments[name])
-        elif training_only_layers and not isinstance(layer, _BatchNorm):
+        if training(layer):
             object.__setattr__(layer, "training", True)
     state = get_rng_state()
     try:
-        outputs = _outputs(observed, x, batch_size)
+        outputs = _outputs(copied, x, batch_size)
     finally:
         set_rng_state(state)
     return moments, outputs
@@ -335,25 +335,23 @@ def check_batchnorm(model, x, y=None, *, batch_size=256):
         return report
 
     names = [name for name, _ in norms]
-    moments, eval_out = _input_moments(model, x, batch_size, names)       # the model as it is, in eval mode
-    report.layers = [_layer_statistics(name, layer, moments[name]) for name, layer in norms]
-    widened = {}
-    if any(layer.describes_data is False for layer in report.layers):
-        noisy, _ = _input_moments(model, x, batch_size, names, training_only_layers=True)
-        widened = {name: _variance_factor(noisy[name].mean_var()[1] / moments[name].mean_var()[1])
-                   for name in names if moments[name].count and np.all(moments[name].mean_var()[1] > 0)}
-    batch_mode = copy.deepcopy(model).eval()
-    for module in batch_mode.modules():
-        if isinstance(module, _BatchNorm):
-            object.__setattr__(module, "training", True)
-    recomputed = recompute_batchnorm_statistics(copy.deepcopy(model), x, batch_size).eval()
-    outputs = {"batch statistics": _outputs(batch_mode, x, batch_size),
-               "recomputed statistics": _outputs(recomputed, x, batch_size)}
-    for mode, out in outputs.items():
-        report.disagreement[mode], report.output_difference[mode] = _compare(eval_out, out)
+    moments, eval_out = _run_copy(model, x, batch_size, record=names)      # the model as it is, in eval mode
     if y is not None and not (eval_out.ndim == 2 and eval_out.shape[1] >= 2):
         raise ValueError(f"check_batchnorm: labels y need class scores from the model, (N, C) with C >= 2; it "
                          f"returns {describe(eval_out)}: call it without y")
+    report.layers = [_layer_statistics(name, layer, moments[name]) for name, layer in norms]
+    widened = {}
+    if any(layer.describes_data is False for layer in report.layers):
+        # the layers acting only in training switched on: how much they widen each batch norm's input
+        noisy, _ = _run_copy(model, x, batch_size, record=names, training=lambda m: not isinstance(m, _BatchNorm))
+        eval_var = {name: moments[name].mean_var()[1] for name in names if moments[name].count}
+        widened = {name: _variance_factor(noisy[name].mean_var()[1] / var)
+                   for name, var in eval_var.items() if np.all(var > 0)}
+    recomputed = recompute_batchnorm_statistics(copy.deepcopy(model), x, batch_size).eval()
+    outputs = {"batch statistics": _run_copy(model, x, batch_size, training=lambda m: isinstance(m, _BatchNorm))[1],
+               "recomputed statistics": _outputs(recomputed, x, batch_size)}
+    for mode, out in outputs.items():
+        report.disagreement[mode], report.output_difference[mode] = _compare(eval_out, out)
     if y is not None:
         report.accuracy = {"eval": float(np.mean(eval_out.argmax(axis=1) == y))}
         report.accuracy.update({mode: float(np.mean(out.argmax(axis=1) == y)) for mode, out in outputs.items()})
