@@ -659,9 +659,8 @@ class Trainer:
     def _batches(self, n, batch_size):
         """The slices of an epoch's batches; a last batch of one example joins the one before when the model has a
         batch norm (which cannot train on one) and batches hold more than one."""
-        if batch_size > 1 and any(isinstance(m, _BatchNorm) for m in self.model.modules()):
-            return _batch_slices(n, batch_size)
-        return [slice(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
+        join = batch_size > 1 and any(isinstance(m, _BatchNorm) for m in self.model.modules())
+        return _batch_slices(n, batch_size, join_single=join)
 
     def _model_dtype(self):
         for param in self.model.parameters():

@@ -821,11 +821,11 @@ class GroupNorm(_RowNorm):
 
 
 # --- batch-norm tools ------------------------------------------------------------------------------------------------
-def _batch_slices(n, batch_size):
-    """Consecutive batches covering [0, n); a last batch of one sample joins the one before (batch norm cannot
-    train on it)."""
+def _batch_slices(n, batch_size, join_single=True):
+    """Consecutive batches covering [0, n); with ``join_single``, a last batch of one sample joins the one before
+    (batch norm cannot train on it)."""
     bounds = list(range(0, n, batch_size)) + [n]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+    if join_single and len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
         del bounds[-2]
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
