@@ -16,7 +16,7 @@ from cython.parallel cimport prange
 from libc.math cimport erfc
 from libc.string cimport memcpy
 
-from cynet._kernels._openmp cimport (PARALLEL_MIN_ELEMENTS, CHUNK_ALIGN, n_spans, range_start, span_start,
+from cynet._kernels._openmp cimport (PARALLEL_MIN_ELEMENTS, CHUNK_ALIGN, n_spans, range_start, span_start, span_length,
                                      split_length)
 from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, stream_fence, stream_head,
                                      stream_store)
@@ -640,11 +640,13 @@ cdef void _elementwise(bint backward, int op, const floating[::1] u, const float
     head = stream_head(&out[0], n)
     if (n + chunk - 1) // chunk == 1:
         for c in range(n_spans(n, head, chunk)):
-            lo = span_start(c, head, chunk, n, &m)
+            lo = span_start(c, head, chunk, n)
+            m = span_length(c, head, chunk, n)
             _chunk(backward, op, &u[lo], &saved[lo], &out[lo], m, <floating>a, stream)
     else:
         for c in prange(n_spans(n, head, chunk), schedule='static', num_threads=n_threads):
-            lo = span_start(c, head, chunk, n, &m)
+            lo = span_start(c, head, chunk, n)
+            m = span_length(c, head, chunk, n)
             _chunk(backward, op, &u[lo], &saved[lo], &out[lo], m, <floating>a, stream)
 
 

@@ -22,7 +22,7 @@ count. No allocation, no exception, the GIL released.
 from cython cimport floating
 from cython.parallel cimport prange
 
-from cynet._kernels._openmp cimport CHUNK_ALIGN, n_spans, span_start, split_length
+from cynet._kernels._openmp cimport CHUNK_ALIGN, n_spans, span_start, span_length, split_length
 from cynet._kernels._stream cimport (STREAM_BLOCK, stream_block, stream_blocks, stream_fence, stream_head,
                                      stream_store)
 
@@ -107,7 +107,8 @@ cdef void _streamed_pass(const floating* a, const floating* b, floating* dst, Py
     cdef Py_ssize_t chunk = split_length(n, n, n_threads, CHUNK_ALIGN)
     cdef Py_ssize_t head = stream_head(dst, n), c, lo, m
     for c in prange(n_spans(n, head, chunk), schedule='static', num_threads=max(1, n_threads)):
-        lo = span_start(c, head, chunk, n, &m)
+        lo = span_start(c, head, chunk, n)
+        m = span_length(c, head, chunk, n)
         if b == NULL:
             _copy_span(a + lo, dst + lo, m)
         else:
@@ -143,7 +144,8 @@ def count_nonzero(const floating[::1] x, int n_threads):
     head = stream_head(&x[0], n)
     with nogil:
         for c in prange(n_spans(n, head, chunk), schedule='static', num_threads=max(1, n_threads)):
-            lo = span_start(c, head, chunk, n, &m)
+            lo = span_start(c, head, chunk, n)
+            m = span_length(c, head, chunk, n)
             total += _count_span(&x[lo], m)
     return total
 
@@ -159,5 +161,6 @@ def add_in_place(floating[:, ::1] targets, const floating[::1] source, int n_thr
     head = stream_head(&targets[0, 0], n)
     with nogil:
         for c in prange(n_spans(n, head, chunk), schedule='static', num_threads=max(1, n_threads)):
-            lo = span_start(c, head, chunk, n, &m)
+            lo = span_start(c, head, chunk, n)
+            m = span_length(c, head, chunk, n)
             _add_in_place_span(&targets[0, 0], rows, n, &source[0], lo, m)

@@ -23,7 +23,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt, sqrtf
 
-from cynet._kernels._openmp cimport CHUNK_ALIGN, n_spans, span_start, split_length
+from cynet._kernels._openmp cimport CHUNK_ALIGN, n_spans, span_start, span_length, split_length
 from cynet._kernels._stream cimport stream_head
 
 
@@ -105,12 +105,14 @@ def sgd_update(floating[::1] param, const floating[::1] grad, floating[::1] mome
     with nogil:
         if _n_chunks(n, chunk) == 1:
             for c in range(n_spans(n, head, chunk)):
-                lo = span_start(c, head, chunk, n, &m)
+                lo = span_start(c, head, chunk, n)
+                m = span_length(c, head, chunk, n)
                 _sgd_block(&param[lo], &grad[lo], &momentum_buffer[lo] if has_momentum else &param[lo], m, neg_lr,
                            wd, has_wd, mu, one_minus_damp, has_momentum, first_step, nesterov)
         else:
             for c in prange(n_spans(n, head, chunk), schedule='static', num_threads=n_threads):
-                lo = span_start(c, head, chunk, n, &m)
+                lo = span_start(c, head, chunk, n)
+                m = span_length(c, head, chunk, n)
                 _sgd_block(&param[lo], &grad[lo], &momentum_buffer[lo] if has_momentum else &param[lo], m, neg_lr,
                            wd, has_wd, mu, one_minus_damp, has_momentum, first_step, nesterov)
 
@@ -148,11 +150,13 @@ def adagrad_update(floating[::1] param, const floating[::1] grad, floating[::1] 
     with nogil:
         if _n_chunks(n, chunk) == 1:
             for c in range(n_spans(n, head, chunk)):
-                lo = span_start(c, head, chunk, n, &m)
+                lo = span_start(c, head, chunk, n)
+                m = span_length(c, head, chunk, n)
                 _adagrad_block(&param[lo], &grad[lo], &state_sum[lo], m, neg_lr, wd, has_wd, e)
         else:
             for c in prange(n_spans(n, head, chunk), schedule='static', num_threads=n_threads):
-                lo = span_start(c, head, chunk, n, &m)
+                lo = span_start(c, head, chunk, n)
+                m = span_length(c, head, chunk, n)
                 _adagrad_block(&param[lo], &grad[lo], &state_sum[lo], m, neg_lr, wd, has_wd, e)
 
 
@@ -211,13 +215,15 @@ def rmsprop_update(floating[::1] param, const floating[::1] grad, floating[::1] 
     with nogil:
         if _n_chunks(n, chunk) == 1:
             for c in range(n_spans(n, head, chunk)):
-                lo = span_start(c, head, chunk, n, &m)
+                lo = span_start(c, head, chunk, n)
+                m = span_length(c, head, chunk, n)
                 _rmsprop_block(&param[lo], &grad[lo], &square_avg[lo],
                                &momentum_buffer[lo] if has_momentum else &param[lo], m, neg_lr, a,
                                one_minus_a, e, wd, has_wd, mu, has_momentum)
         else:
             for c in prange(n_spans(n, head, chunk), schedule='static', num_threads=n_threads):
-                lo = span_start(c, head, chunk, n, &m)
+                lo = span_start(c, head, chunk, n)
+                m = span_length(c, head, chunk, n)
                 _rmsprop_block(&param[lo], &grad[lo], &square_avg[lo],
                                &momentum_buffer[lo] if has_momentum else &param[lo], m, neg_lr, a,
                                one_minus_a, e, wd, has_wd, mu, has_momentum)
@@ -281,11 +287,13 @@ def adam_update(floating[::1] param, const floating[::1] grad, floating[::1] exp
     with nogil:
         if _n_chunks(n, chunk) == 1:
             for c in range(n_spans(n, head, chunk)):
-                lo = span_start(c, head, chunk, n, &m)
+                lo = span_start(c, head, chunk, n)
+                m = span_length(c, head, chunk, n)
                 _adam_block(&param[lo], &grad[lo], &exp_avg[lo], &exp_avg_sq[lo], m, decay, use_decay, wd,
                             has_wd and not decoupled, w1, lerp_small, b2, one_minus_b2, bc2, e, neg_step)
         else:
             for c in prange(n_spans(n, head, chunk), schedule='static', num_threads=n_threads):
-                lo = span_start(c, head, chunk, n, &m)
+                lo = span_start(c, head, chunk, n)
+                m = span_length(c, head, chunk, n)
                 _adam_block(&param[lo], &grad[lo], &exp_avg[lo], &exp_avg_sq[lo], m, decay, use_decay, wd,
                             has_wd and not decoupled, w1, lerp_small, b2, one_minus_b2, bc2, e, neg_step)
