@@ -57,6 +57,15 @@ def as_float_array(op, name, a):
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
+def check_probabilities(owner, y):
+    """Raise ValueError naming ``owner`` unless every entry of the float array ``y`` is finite and >= 0 (target
+    probabilities; rows need not sum to 1, as in PyTorch)."""
+    if not np.all(np.isfinite(y)) or np.any(y < 0):
+        raise ValueError(f"{owner}: target probabilities must be finite and >= 0, got values in "
+                         f"[{np.nanmin(y)}, {np.nanmax(y)}]" + (" and non-finite ones" if not np.all(np.isfinite(y))
+                                                                else ""))
+
+
 def same_layout(op, names, arrays):
     """Check that all arrays share the first one's shape and dtype."""
     first = arrays[0]

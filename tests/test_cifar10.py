@@ -221,6 +221,19 @@ def test_truncated_archive_names_the_archive(tmp_path):
         load_cifar10(archive)
 
 
+def test_a_data_file_given_as_root_is_named_as_the_wrong_root_not_as_a_corrupt_archive(tmp_path):
+    d = make_dir(tmp_path / "c", train=(1,), test=False)
+    x, labels = batch(1)
+    np.savez(tmp_path / "test.npz", data=x, labels=np.asarray(labels))
+    for wrong in (d / "data_batch_1", tmp_path / "test.npz"):
+        with pytest.raises(CIFAR10FormatError, match="is a file but not a CIFAR-10 archive") as error:
+            load_cifar10(wrong)
+        assert "delete" not in str(error.value)          # the file is fine: never advise deleting it
+    # an archive under another name is still read as one
+    archive = make_archive(tmp_path / "my_copy.tgz", make_dir(tmp_path / "src", train=(1,)))
+    np.testing.assert_array_equal(load_cifar10(archive).y_train, expected([1])[1])
+
+
 def test_malformed_contents_are_rejected(tmp_path):
     d = make_dir(tmp_path / "c", train=(1,), test=False)
     x, labels = batch(1)
@@ -336,6 +349,13 @@ def test_reachable_tries_the_default_root_then_the_fallbacks_then_the_subset(tmp
     # two candidate test files: ambiguous, none is taken
     np.savez(dev / "other_test.npz", data=xt, labels=np.asarray(yt))
     assert load_cifar10_reachable(dev)[0].x_test is None
+    # one place given as a plain string (or path) is one place, not a sequence of one-character ones
+    monkeypatch.setenv("CYNET_DATA", str(tmp_path / "empty"))
+    for one in (str(dev), dev):
+        data, is_subset = load_cifar10_reachable(fallbacks=one)
+        assert not is_subset
+        np.testing.assert_array_equal(data.y_train, expected([1, 2])[1])
+    monkeypatch.setenv("CYNET_DATA", str(tmp_path / "home"))
     # an explicit root must work: its error is not swallowed
     with pytest.raises(FileNotFoundError, match="no CIFAR-10 data"):
         load_cifar10_reachable(tmp_path / "nowhere")

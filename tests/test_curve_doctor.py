@@ -148,6 +148,9 @@ def test_still_improving_rule():
     assert "still improving" in d.names()
     d = diagnose({"train_acc": [0.6, 0.7, 0.8, 0.85], "val_acc": [0.55, 0.80, 0.79, 0.795]})
     assert "still improving" not in d.names()            # not at its best in the last epoch
+    # a first fit without validation data leaves NaN in the first epochs; the rule reads the epochs that have it
+    d = diagnose({"train_acc": [0.5, 0.6, 0.7, 0.8, 0.85], "val_acc": [math.nan, 0.55, 0.62, 0.70, 0.78]})
+    assert "still improving" in d.names()
 
 
 def test_missing_keys_and_errors():

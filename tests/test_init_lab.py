@@ -125,8 +125,9 @@ def test_dead_relu_units_and_errors():
         init_experiment("tanh", "huge")
     with pytest.raises(ValueError):
         init_experiment("softplus", "he")
-    with pytest.raises(TypeError):
-        activation_statistics([1, 2], np.zeros((2, 2)))
+    for wrong in ([1, 2], 5, None):
+        with pytest.raises(TypeError, match="expected a cynet.nn.Module or a non-empty sequence of Modules"):
+            activation_statistics(wrong, np.zeros((2, 2)))
 
 
 def _sigmoid_net_in_numpy(init, layers=10, width=200, samples=300, seed=0):

@@ -194,6 +194,26 @@ def test_pca_whitening_covariance_is_identity():
     np.testing.assert_allclose(full.inverse_transform(full.transform(x)), x, atol=1e-8)
 
 
+@pytest.mark.parametrize("make", [lambda: PCAWhitening(eps=0.0), lambda: ZCAWhitening(eps=0.0)])
+@pytest.mark.parametrize("case", ["constant feature", "fewer samples than features"])
+def test_whitening_without_eps_refuses_zero_variance_directions_at_fit(make, case):
+    """eps=0 divides by each direction's standard deviation: a direction of zero variance gave all-NaN (ZCA) or
+    inf/NaN (PCA whitening) outputs from a fit that had succeeded."""
+    x = gaussian(n=100, d=4) if case == "constant feature" else gaussian(n=3, d=5)
+    if case == "constant feature":
+        x[:, 2] = 7.0
+    rank = np.linalg.matrix_rank(np.cov(x, rowvar=False))
+    t = make()
+    with pytest.raises(ValueError, match=f"eps=0 and .* have zero variance .*rank {rank}.*Use eps > 0"):
+        t.fit(x)
+    assert not t.is_fitted
+    # with eps > 0 the same data whitens to finite values; without the null directions eps=0 works
+    assert np.all(np.isfinite(type(t)(eps=1e-5).fit_transform(x)))
+    if isinstance(t, PCAWhitening) and not isinstance(t, ZCAWhitening):
+        z = PCAWhitening(n_components=int(rank), eps=0.0).fit_transform(x)
+        assert np.all(np.isfinite(z))
+
+
 def test_zca_is_symmetric_whitening_closest_to_the_original():
     x = gaussian()
     zca = ZCAWhitening(eps=0.0).fit(x)
@@ -412,6 +432,35 @@ def test_fit_refuses_values_whose_statistics_overflow():
     with pytest.raises(ValueError, match="overflow the statistics"):
         transform.fit(np.array([[0.0], [1e300], [-1e300]]))
     assert not transform.is_fitted
+
+
+def test_a_failed_load_leaves_a_transform_or_a_pipeline_as_it_was():
+    """A pipeline whose second step refused its state kept the first step's new statistics and went on
+    transforming, silently wrong; a single transform given a state without feature_shape had its mean replaced."""
+    a, b = gaussian(n=50, d=6, seed=0), gaussian(n=50, d=6, seed=1) * 10 + 3
+    pipe = Pipeline([MeanImage(), PCA(3)]).fit(a)
+    expected = pipe.transform(a)
+    other = Pipeline([MeanImage(), PCAWhitening(3)]).fit(b).state_dict()          # the same step names
+    with pytest.raises(ValueError, match="belongs to a PCAWhitening, not a PCA"):
+        pipe.load_state_dict(other)
+    np.testing.assert_array_equal(pipe[0].mean_, a.mean(axis=0))
+    np.testing.assert_array_equal(pipe.transform(a), expected)
+    mean = MeanImage().fit(a)
+    state = MeanImage().fit(b).state_dict()
+    del state["feature_shape"]
+    with pytest.raises(KeyError, match="lacks .*feature_shape"):
+        mean.load_state_dict(state)
+    np.testing.assert_array_equal(mean.mean_, a.mean(axis=0))
+
+
+@pytest.mark.parametrize("make", [MeanImage, Standardize, lambda: PCA(3), lambda: ZCAWhitening(eps=1e-3)])
+def test_big_endian_float64_input_gives_float64_output(make):
+    """Non-native float64 came back float32 (the dtype test compared with the native float64)."""
+    x = gaussian(n=40, d=6)
+    swapped = x.astype(">f8")
+    out = make().fit_transform(swapped)
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, make().fit_transform(x))
 
 
 def test_a_failed_pipeline_fit_leaves_every_step_as_it_was():

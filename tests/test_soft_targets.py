@@ -177,6 +177,12 @@ def test_mixup_mixes_inputs_and_one_hot_targets_with_one_beta_draw():
     (lambda: Mixup(0.2, 3), (np.zeros((2, 4)), np.array([0, 1, 2])), ValueError, "same length"),
     (lambda: Mixup(0.2, 3), (np.zeros((2, 4)), np.zeros((2, 4))), ValueError, "must have 3 columns"),
     (lambda: Mixup(0.2, 3), (np.zeros((2, 4)), np.array(["a", "b"])), TypeError, "integer class indices"),
+    # soft targets are held to what the soft-target losses accept: finite, >= 0 (a negative entry mixed with a
+    # positive one could come out positive and pass the loss's own check)
+    (lambda: Mixup(0.2, 3), (np.zeros((2, 4)), np.array([[-5., 3, 3], [0, 1, 0]])), ValueError,
+     "finite and >= 0"),
+    (lambda: Mixup(0.2, 3), (np.zeros((2, 4)), np.array([[np.nan, 0, 1], [0, 1, 0]])), ValueError,
+     "non-finite"),
 ])
 def test_mixup_validation(make, args, error, message):
     with pytest.raises(error, match=message):

@@ -49,6 +49,9 @@ def test_summary_errors():
         summary(lambda x: x, (3,))
     with pytest.raises(TypeError, match="input_shape must be a tuple of ints"):
         summary(_model(), 3072)
+    for wrong in ("abc", (3.7,), (3, 32.0, 32), (True, 2)):            # never read as some other shape
+        with pytest.raises(TypeError, match="input_shape must be a tuple of ints"):
+            summary(_model(), wrong)
     with pytest.raises(ValueError, match="must be positive"):
         summary(_model(), (0, 32, 32))
     with pytest.raises(ValueError, match=r"^summary: a batch of 2 example\(s\) of shape \(3, 16, 16\) .*Linear"):

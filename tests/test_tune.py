@@ -708,6 +708,61 @@ def test_json_writes_nan_as_null_and_save_best_needs_weights(tmp_path):
         result.save_best(tmp_path)
 
 
+def test_best_weights_are_the_best_trials_or_none(tmp_path):
+    """Only the weaker trials return weights: the best trial's weights are absent, so save_best must refuse rather
+    than save a worse trial's weights under the best trial's name."""
+    def fn(params, data, budget, seed):
+        out = {"val_acc": params["x"]}
+        if params["x"] < 0.5:
+            out["state_dict"] = {"w": np.array([params["x"]])}
+        return out
+
+    search = RandomSearch({"x": uniform(0, 1)}, n_trials=8, seed=0, edge=0)
+    assert max(c["x"] for c in search.configurations()) > 0.5 > min(c["x"] for c in search.configurations())
+    result = search.run(fn, executor=None)
+    assert result.best_params["x"] > 0.5 and result.best_state_dict is None
+    with pytest.raises(RuntimeError, match="no 'state_dict' for the best trial"):
+        result.save_best(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    # every trial returns weights: the best one's are kept
+    result = search.run(lambda p, d, b, s: {"val_acc": p["x"], "state_dict": {"w": np.array([p["x"]])}},
+                        executor=None)
+    assert result.best_state_dict["w"][0] == result.best_params["x"]
+
+
+def test_an_optional_val_loss_of_none_is_absent_not_an_error():
+    record = execute_trial(lambda p, d, b, s: {"val_acc": 0.8, "val_loss": None}, None,
+                           {"number": 0, "params": {}, "budget": 1, "seed": 0})
+    assert record["status"] == "ok" and record["val_acc"] == 0.8 and math.isnan(record["val_loss"])
+
+
+def test_stage_budget_takes_numpy_numbers_and_refuses_what_successive_halving_refuses():
+    assert Stage(4, budget_epochs=np.int64(3)).budget_epochs == 3
+    assert type(Stage(4, budget_epochs=np.float32(2.0)).budget_epochs) is float
+    for bad in (float("inf"), True, 0, -1, "3", float("nan")):
+        with pytest.raises(ValueError, match="Stage: budget_epochs must be a finite number > 0"):
+            Stage(4, budget_epochs=bad)
+
+
+def test_narrow_space_keeps_a_valid_range_and_clips_values_outside():
+    narrow = narrow_space({"x": uniform(1e6, 1e6 + 1)}, [{"x": 1e6 + 0.5}], margin=0)["x"]
+    assert 1e6 < narrow.lo < 1e6 + 0.5 < narrow.hi < 1e6 + 1          # rounding to 12 digits had closed it
+    assert narrow_space({"x": uniform(0, 1)}, [{"x": 5.0}], margin=0.1)["x"] == uniform(0.9, 1.0)
+    assert narrow_space({"x": uniform(0, 1)}, [{"x": -5.0}], margin=0.1)["x"] == uniform(0.0, 0.1)
+    assert narrow_space({"lr": loguniform(1e-4, 1.0)}, [{"lr": 0.0}], margin=0.25)["lr"].lo == 1e-4
+    assert narrow_space({"n": randint(0, 10)}, [{"n": 40}], margin=0.1)["n"] == randint(8, 10)
+    for margin in (True, float("inf"), "0.1"):
+        with pytest.raises(ValueError, match="margin"):
+            narrow_space({"x": uniform(0, 1)}, [{"x": 0.5}], margin=margin)
+
+
+def test_randint_grid_is_exact_for_large_integers():
+    big = 10 ** 17
+    assert randint(big, big + 10).grid(3) == [big, big + 4, big + 9]         # linspace over floats gave big + 16
+    for lo, hi, n in [(0, 10, 3), (1, 8, 4), (0, 2, 5), (3, 4, 3), (0, 100, 7), (5, 17, 6)]:
+        assert randint(lo, hi).grid(n) == sorted({int(round(v)) for v in np.linspace(lo, hi - 1, n)})
+
+
 def test_plot_uses_a_log_axis_for_loguniform(tmp_path, monkeypatch):
     figure = pytest.importorskip("matplotlib.figure")
     result = RandomSearch({"lr": loguniform(1e-4, 1.0), "p": uniform(0, 1)}, n_trials=6, seed=0,

@@ -244,10 +244,21 @@ def default_root():
     return Path(os.environ.get("CYNET_DATA") or Path.home() / ".cache" / "cynet").expanduser()
 
 
+def _looks_like_archive(path):
+    """Whether ``path`` starts as a gzip, bzip2 or xz stream or a tar file does (its first bytes only)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    return head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")) or head[257:262] == b"ustar"
+
+
 def _find_source(root):
     """A source for ``root``: an archive path, a batches directory, or a directory holding either."""
     root = Path(root).expanduser()
     if root.is_file():
+        if root.name != ARCHIVE_NAME and not _looks_like_archive(root):
+            raise CIFAR10FormatError(
+                f"{root} is a file but not a CIFAR-10 archive (tar, tar.gz, tar.bz2 or tar.xz); root must be the "
+                f"{FOLDER_NAME} directory, a directory holding it or {ARCHIVE_NAME}, or that archive itself")
         return _TarSource(root)
     candidates = (root, root / FOLDER_NAME)
     for directory in candidates:
@@ -346,7 +357,7 @@ def load_cifar10_reachable(root=None, *, fallbacks=(), test=True, flatten=False,
 
     Args:
         root (str, PathLike or None): the data set's location, as :func:`load_cifar10` takes it. Default None.
-        fallbacks (sequence of str or PathLike): further places to try when ``root`` is None. Default ().
+        fallbacks (str, PathLike or a sequence of them): further places to try when ``root`` is None. Default ().
         test (bool): load test images too. Default True.
         flatten (bool): ``(N, 3072)`` rows instead of ``(N, 3, 32, 32)``. Default False.
         download (bool): fetch the official archive into ``root`` / the default root if it is not there.
@@ -363,6 +374,8 @@ def load_cifar10_reachable(root=None, *, fallbacks=(), test=True, flatten=False,
         data = load_cifar10(place, test=test, flatten=flatten, download=download)
     else:
         data = None
+        if isinstance(fallbacks, (str, bytes, os.PathLike)):
+            fallbacks = [fallbacks]     # one place, not a sequence of one-character places
         for place in [default_root()] + [Path(p).expanduser() for p in fallbacks]:
             try:
                 data = load_cifar10(place, test=test, flatten=flatten)

@@ -23,6 +23,7 @@ import numpy as np
 from cynet._kernels import load
 from cynet._random import resolve_generator
 from cynet._threading import kernel_threads
+from cynet._validation import check_probabilities
 
 
 def _check_images(owner, xb):
@@ -253,12 +254,14 @@ class Mixup:
         self.alpha, self.num_classes = float(alpha), int(num_classes)
 
     def targets(self, yb, dtype=np.float32):
-        """``yb`` as (N, C) distributions: one-hot rows for integer labels, checked float rows as they are."""
+        """``yb`` as (N, C) distributions: one-hot rows for integer labels, float rows as they are once checked (C
+        columns, every entry finite and >= 0, as the soft-target losses require)."""
         yb = np.asarray(yb)
         c = self.num_classes
         if yb.ndim == 2 and yb.dtype.kind == "f":
             if yb.shape[1] != c:
                 raise ValueError(f"Mixup: target distributions must have {c} columns, got shape {yb.shape}")
+            check_probabilities("Mixup", yb)
             return yb.astype(dtype, copy=False)
         if yb.ndim != 1 or yb.dtype.kind not in "iu":
             raise TypeError(f"Mixup: labels must be integer class indices (N,) or (N, {c}) distributions, got "

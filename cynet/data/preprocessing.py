@@ -44,8 +44,9 @@ def _describe(x):
 
 
 def _output_dtype(x):
-    """float64 stays float64; uint8, other integers and float32 give float32."""
-    return np.dtype(np.float64) if x.dtype == np.float64 else np.dtype(np.float32)
+    """float64 stays float64 (in either byte order; wider floats give float64 too); uint8, other integers, float16
+    and float32 give float32."""
+    return np.dtype(np.float64) if x.dtype.kind == "f" and x.dtype.itemsize >= 8 else np.dtype(np.float32)
 
 
 def _check_data(owner, x, what="x"):
@@ -291,13 +292,14 @@ class Transform:
         if "fitted_on.n_samples" not in state:
             self.fitted_on, self.feature_shape_ = None, None
             return self
-        missing = [k for k in self._fitted_names if k not in state]
-        if missing:
+        missing = [k for k in (*self._fitted_names, "feature_shape", "fitted_on.fingerprint") if k not in state]
+        if missing:     # checked before anything is assigned: a failed load leaves the transform as it was
             raise KeyError(f"{name}.load_state_dict: fitted state lacks {missing}")
+        feature_shape = tuple(int(s) for s in np.asarray(state["feature_shape"]).reshape(-1))
+        fitted_on = (int(_scalar(state["fitted_on.n_samples"])), str(_scalar(state["fitted_on.fingerprint"])))
         for key in self._fitted_names:
             object.__setattr__(self, key, np.array(state[key], copy=True))
-        self.feature_shape_ = tuple(int(s) for s in np.asarray(state["feature_shape"]).reshape(-1))
-        self.fitted_on = (int(_scalar(state["fitted_on.n_samples"])), str(_scalar(state["fitted_on.fingerprint"])))
+        self.feature_shape_, self.fitted_on = feature_shape, fitted_on
         self._after_load()
         return self
 
@@ -688,6 +690,21 @@ class PCAWhitening(PCA):
             raise ValueError(f"{type(self).__name__}: eps must be a finite number >= 0, got {eps!r}")
         self.eps = float(eps)
 
+    def _set_fitted(self, components, variance, ratio):
+        if self.eps == 0 and variance.size:
+            # eps = 0 divides each component by its standard deviation: one of (numerically) zero variance would
+            # come out inf/NaN or as rounding noise amplified ~1e8 times, so refuse it here rather than at transform
+            zero = variance <= variance[0] * max(variance.size, 1) * np.finfo(np.float64).eps
+            if zero.any():
+                name = type(self).__name__
+                raise ValueError(
+                    f"{name}.fit: eps=0 and {int(zero.sum())} of the {variance.size} directions kept have zero "
+                    f"variance in the training data (its covariance has rank {int((~zero).sum())}: constant "
+                    f"features, or fewer samples than features); whitening them divides by zero. Use eps > 0 "
+                    f"(the default is 1e-5)" + ("" if isinstance(self, ZCAWhitening) else
+                                                f" or n_components <= {int((~zero).sum())}"))
+        super()._set_fitted(components, variance, ratio)
+
     def _forward_matrix(self):
         return self.components_.T / np.sqrt(self.explained_variance_ + self.eps)
 
@@ -847,11 +864,21 @@ class Pipeline(Transform):
         return state
 
     def load_state_dict(self, state):
+        """Restore every step from :meth:`state_dict` output; all or nothing (a step that refuses its state puts
+        the steps loaded before it back), as :meth:`fit`. Returns self."""
+        previous = self.state_dict()
+        try:
+            self._load_all(state)
+        except BaseException:
+            self._load_all(previous)
+            raise
+        return self
+
+    def _load_all(self, state):
         super().load_state_dict(state)
         for i, t in enumerate(self.steps):
             prefix = f"steps.{i}."
             t.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-        return self
 
     @classmethod
     def from_state_dict(cls, state):

@@ -234,7 +234,7 @@ def _accuracy_findings(history, found):
     if val.size >= 2:
         back = min(RISING_EPOCHS, val.size - 1)
         rise = float(val[-1] - val[-1 - back])
-        if val[-1] >= np.max(val) and rise > RISING:
+        if val[-1] >= np.nanmax(val) and rise > RISING:     # NaN: epochs fitted without validation data
             found.append(Finding(
                 "still improving", "info",
                 f"validation accuracy is still rising: {val[-1 - back]:.1%} -> {val[-1]:.1%} over the last {back} "

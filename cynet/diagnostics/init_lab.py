@@ -219,7 +219,10 @@ def activation_statistics(model_or_layers, x, *, bins=50):
         with recording(monitored_layers(model_or_layers), sink):
             model_or_layers(x)
         return [summarize(name, module, y, bins) for name, module, y in sink]
-    layers = list(model_or_layers)
+    try:
+        layers = list(model_or_layers)
+    except TypeError:
+        layers = []
     if not layers or not all(isinstance(m, Module) for m in layers):
         raise TypeError("activation_statistics: expected a cynet.nn.Module or a non-empty sequence of Modules")
     stats = []

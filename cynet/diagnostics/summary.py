@@ -5,6 +5,7 @@ activations take.
 The shapes come from one forward pass of a batch of zeros in evaluation mode (no dropout; batch norm reads, and does
 not update, its running statistics); every module's own mode is put back afterwards.
 """
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,10 +92,10 @@ def summary(model, input_shape, dtype=None, batch_size=2):
     """
     if not isinstance(model, Module):
         raise TypeError(f"summary: model must be a cynet.nn.Module, got {type(model).__name__}")
-    try:
-        input_shape = tuple(int(d) for d in input_shape)
-    except TypeError:
-        raise TypeError(f"summary: input_shape must be a tuple of ints, got {input_shape!r}") from None
+    if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Iterable) or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in input_shape):
+        raise TypeError(f"summary: input_shape must be a tuple of ints, got {input_shape!r}")
+    input_shape = tuple(int(d) for d in input_shape)
     if any(d < 1 for d in input_shape) or isinstance(batch_size, bool) or int(batch_size) < 1:
         raise ValueError(f"summary: input_shape {input_shape} and batch_size {batch_size!r} must be positive")
     if dtype is None:

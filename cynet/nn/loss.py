@@ -24,7 +24,7 @@ import numpy as np
 
 from cynet._kernels import load
 from cynet._threading import NS_EXP, kernel_threads
-from cynet._validation import KERNEL_DTYPES, describe
+from cynet._validation import KERNEL_DTYPES, check_probabilities, describe
 from cynet.nn.module import Module
 
 __all__ = ["SoftmaxCrossEntropy", "CrossEntropyLoss", "MulticlassSVM", "MSELoss", "L2Penalty", "L1Penalty",
@@ -93,10 +93,7 @@ def _soft_targets(owner, y, scores):
     """``y`` (N, C) class-probability targets as a C-contiguous array of the scores' dtype: every entry finite and
     >= 0 (rows need not sum to 1, as in PyTorch); clear errors otherwise."""
     y = _float_targets(owner, "target distributions", y, scores)
-    if not np.all(np.isfinite(y)) or np.any(y < 0):
-        raise ValueError(f"{owner}: target probabilities must be finite and >= 0, got values in "
-                         f"[{np.nanmin(y)}, {np.nanmax(y)}]" + (" and non-finite ones" if not np.all(np.isfinite(y))
-                                                                else ""))
+    check_probabilities(owner, y)
     return np.ascontiguousarray(y, dtype=scores.dtype)
 
 

@@ -96,7 +96,8 @@ def execute_trial(train_fn, data, spec, threads=None):
         if not isinstance(out, dict) or "val_acc" not in out:
             raise TypeError(f"train_fn must return a dict with at least 'val_acc', got {out!r:.200}")
         record["val_acc"] = float(out["val_acc"])
-        record["val_loss"] = float(out.get("val_loss", math.nan))
+        val_loss = out.get("val_loss")
+        record["val_loss"] = math.nan if val_loss is None else float(val_loss)     # optional: None as absent
         record["epochs"] = _plain(out.get("epochs", spec["budget"]))
         record["history"] = out.get("history")
         record["state_dict"] = out.get("state_dict")

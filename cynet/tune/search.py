@@ -57,6 +57,15 @@ def _check_fraction(owner, name, value, upper=None):
     return float(value)
 
 
+def _check_budget(owner, name, value):
+    """``value`` as a Python number when it is a finite number > 0 (NumPy scalars too, not bools); ValueError
+    otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{owner}: {name} must be a finite number > 0, got {value!r}")
+    return value.item() if isinstance(value, (np.integer, np.floating)) else value
+
+
 def _trial_sequence(seed, number):
     """Trial ``number``'s SeedSequence: the same as ``SeedSequence(seed).spawn(number + 1)[number]``."""
     return np.random.SeedSequence(seed, spawn_key=(number,))
@@ -531,11 +540,12 @@ class _Search:
         return result
 
     def _run_batch(self, runner, specs):
-        """Run specs, keep only the best-so-far weights (the others are dropped to save memory)."""
+        """Run specs, keep only the best-so-far trial's weights (the others are dropped to save memory): None when
+        the best trial returned none, even if a worse one did."""
         records = runner.run(specs)
         for record in records:
             state = record.pop("state_dict", None)
-            if record["status"] == "ok" and math.isfinite(record["val_acc"]) and state is not None:
+            if record["status"] == "ok" and math.isfinite(record["val_acc"]):
                 key = _sort_key(record)
                 if self._best is None or key < self._best[0]:
                     self._best = (key, state)
@@ -673,8 +683,7 @@ class Stage:
             _check_int("Stage", "eta", self.eta, 2)
         if self.max_rungs is not None:
             _check_int("Stage", "max_rungs", self.max_rungs, 1)
-        if not (isinstance(self.budget_epochs, (int, float)) and self.budget_epochs > 0):
-            raise ValueError(f"Stage: budget_epochs must be > 0, got {self.budget_epochs!r}")
+        self.budget_epochs = _check_budget("Stage", "budget_epochs", self.budget_epochs)
 
 
 def _halving(search, runner, configs, budget, eta, max_rungs, stage, first_number, seed):
@@ -818,11 +827,7 @@ def successive_halving(train_fn, data=None, space=None, *, n_trials=27, min_budg
     eta = _check_int("successive_halving", "eta", eta, 2)
     if max_rungs is not None:
         max_rungs = _check_int("successive_halving", "max_rungs", max_rungs, 1)
-    if isinstance(min_budget, bool) or not isinstance(min_budget, (int, float, np.integer, np.floating)) \
-            or not (math.isfinite(min_budget) and min_budget > 0):
-        raise ValueError(f"successive_halving: min_budget must be a finite number > 0, got {min_budget!r}")
-    if isinstance(min_budget, (np.integer, np.floating)):
-        min_budget = min_budget.item()      # Stage takes Python numbers; the records show the budget as given
+    min_budget = _check_budget("successive_halving", "min_budget", min_budget)
     seed = _check_int("successive_halving", "seed", seed, 0)
     search = CoarseToFine(space, [Stage(n_trials, budget_epochs=min_budget, keep=1, eta=eta, max_rungs=max_rungs)],
                           seed=seed)

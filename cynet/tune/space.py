@@ -13,6 +13,7 @@ Example:
     ['batch_size', 'hidden', 'lr']
 """
 import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -103,12 +104,17 @@ class _Interval(Distribution):
         In log space for :class:`LogUniform`.
         """
         a, b = self._to(self.lo), self._to(self.hi)
-        t = [self._to(v) for v in values]
+        t = [self._to(min(max(float(v), self.lo), self.hi)) for v in values]    # values outside: their end
         pad = margin * (b - a)
         lo, hi = max(a, min(t) - pad), min(b, max(t) + pad)
         if not lo < hi:    # margin 0 and a single value: keep a sliver around it
             lo, hi = max(a, lo - 1e-6 * (b - a)), min(b, hi + 1e-6 * (b - a))
-        return type(self)(self._from(lo), self._from(hi))
+        lo, hi = max(self._from(lo), self.lo), min(self._from(hi), self.hi)
+        # tidy float noise such as 0.0009999999999999998, unless that would close a narrow range
+        tidy_lo, tidy_hi = max(float(f"{lo:.12g}"), self.lo), min(float(f"{hi:.12g}"), self.hi)
+        if tidy_lo < tidy_hi:
+            lo, hi = tidy_lo, tidy_hi
+        return type(self)(lo, hi)
 
     def __repr__(self):
         return f"{self.name}({self.lo!r}, {self.hi!r})"
@@ -142,7 +148,9 @@ class RandInt(Distribution):
         return int(rng.integers(self.lo, self.hi))
 
     def grid(self, n):
-        return sorted({int(round(v)) for v in np.linspace(self.lo, self.hi - 1, n)})
+        # as np.linspace(lo, hi - 1, n) rounded, in exact integer arithmetic (floats lose large integers)
+        span = self.hi - 1 - self.lo
+        return sorted({self.lo + round(Fraction(i * span, n - 1)) for i in range(n)} if n > 1 else {self.lo})
 
     def position(self, value):
         if self.hi - self.lo == 1:
@@ -150,6 +158,7 @@ class RandInt(Distribution):
         return (value - self.lo) / (self.hi - 1 - self.lo)
 
     def narrow(self, values, margin):
+        values = [min(max(int(v), self.lo), self.hi - 1) for v in values]     # values outside: their end
         pad = int(math.ceil(margin * (self.hi - 1 - self.lo)))
         lo = max(self.lo, min(values) - pad)
         hi = min(self.hi, max(values) + pad + 1)
@@ -333,16 +342,13 @@ def narrow_space(space, best_params, margin=0.1):
     _check_space(space)
     if not best_params:
         raise ValueError("narrow_space: needs at least one configuration to narrow around")
-    if not (isinstance(margin, (int, float)) and 0 <= margin):
+    if isinstance(margin, bool) or not (isinstance(margin, (int, float, np.integer, np.floating))
+                                        and math.isfinite(margin) and 0 <= margin):
         raise ValueError(f"narrow_space: margin must be a number >= 0, got {margin!r}")
     out = {}
     for name, dist in space.items():
         if isinstance(dist, Distribution):
-            narrowed = dist.narrow([p[name] for p in best_params], margin)
-            if isinstance(narrowed, _Interval):    # tidy float noise such as 0.0009999999999999998
-                narrowed.lo, narrowed.hi = (float(f"{narrowed.lo:.12g}"), float(f"{narrowed.hi:.12g}"))
-                narrowed.lo, narrowed.hi = max(narrowed.lo, dist.lo), min(narrowed.hi, dist.hi)
-            out[name] = narrowed
+            out[name] = dist.narrow([p[name] for p in best_params], margin)
         else:
             out[name] = dist
     return out
