@@ -45,12 +45,12 @@ Example:
 """
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
 from cynet import _random
+from cynet._files import atomic_file
 from cynet.optim.optimizers import learning_rates
 
 __all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "save", "load", "save_model", "load_model",
@@ -119,35 +119,8 @@ def save(path, arrays, meta):
         text = json.dumps(header)
     except (TypeError, ValueError) as error:
         raise TypeError(f"checkpoint.save: meta for {path!r} is not JSON-serialisable: {error}") from None
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, allow_pickle=False, **arrays, **{_META_KEY: np.array(text)})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory):
-    """Make the rename itself durable (POSIX); silently skipped where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_file(path) as f:
+        np.savez(f, allow_pickle=False, **arrays, **{_META_KEY: np.array(text)})
 
 
 def load(path):

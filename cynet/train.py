@@ -468,7 +468,8 @@ class ProgressBar(Callback):
 class _LastGoodState:
     """A copy of everything an optimiser step changes, taken just before a step, for the divergence guard.
 
-    It holds the data of the parameters that learn (a step leaves frozen ones alone), every module buffer (BatchNorm
+    It holds the data of every parameter (frozen ones too: a callback may unfreeze one between two copies, and a
+    step after that moves it), every module buffer (BatchNorm
     running statistics, which the iteration's forward pass has just updated) and the optimiser's state through its
     ``snapshot``/``restore`` (``state_dict``/``load_state_dict`` for an optimiser without them). The arrays are
     allocated once, when :meth:`Trainer.fit` starts (the optimiser's when its state first appears), and overwritten
@@ -481,7 +482,6 @@ class _LastGoodState:
         self.optimizer = optimizer
         self.callbacks = list(callbacks)
         self.param_copies = [np.empty_like(p.data) for p in model.parameters()]
-        self.copied = [False] * len(self.param_copies)
         self.buffer_copies = [np.empty_like(b) for b in model.buffers()]
         self.optimizer_copy = None
         self.callback_copies = [None] * len(self.callbacks)
@@ -494,10 +494,8 @@ class _LastGoodState:
 
     def take(self, iteration):
         """Copy the state now, just before the step of ``iteration`` (None: at the start of fit)."""
-        for index, (saved, param) in enumerate(zip(self.param_copies, self.model.parameters())):
-            self.copied[index] = param.requires_grad
-            if param.requires_grad:
-                copyto(saved, param.data)
+        for saved, param in zip(self.param_copies, self.model.parameters()):
+            copyto(saved, param.data)       # frozen ones too: a callback may unfreeze them before the next copy
         for saved, buffer in zip(self.buffer_copies, self.model.buffers()):
             copyto(saved, buffer)
         if self._has_snapshots():
@@ -509,9 +507,8 @@ class _LastGoodState:
         self.iteration = iteration
 
     def restore(self):
-        for saved, copied, param in zip(self.param_copies, self.copied, self.model.parameters()):
-            if copied:
-                copyto(param.data, saved)
+        for saved, param in zip(self.param_copies, self.model.parameters()):
+            copyto(param.data, saved)
         for saved, buffer in zip(self.buffer_copies, self.model.buffers()):
             copyto(buffer, saved)
         if self._has_snapshots():
@@ -640,6 +637,7 @@ class Trainer:
         self.epoch = 0
         self.iteration = 0
         self._iteration_at_epoch_end = 0   # self.iteration when the last epoch completed (save_checkpoint's check)
+        self._saves_after_epoch_end = None  # paths save_checkpoint was given during on_epoch_end, saved after it
         self.stop_reason = None
         self.stop_training = False
         # during fit, for callbacks
@@ -655,6 +653,19 @@ class Trainer:
     def _call(self, hook):
         for callback in self.callbacks:
             getattr(callback, hook)(self)
+
+    def _epoch_end(self):
+        """Every callback's on_epoch_end, then the checkpoints they asked for: a checkpoint saved by one callback
+        must hold what the callbacks after it do at this epoch's end (EarlyStopping counting this epoch), or a fit
+        resumed from it goes another way than the uninterrupted run."""
+        self._saves_after_epoch_end = []
+        try:
+            self._call("on_epoch_end")
+            paths = self._saves_after_epoch_end
+        finally:
+            self._saves_after_epoch_end = None
+        for path in paths:
+            _checkpoint.save_trainer(path, self)
 
     def _batches(self, n, batch_size):
         """The slices of an epoch's batches; a last batch of one example joins the one before when the model has a
@@ -818,7 +829,7 @@ class Trainer:
         self.epoch += 1
         self._iteration_at_epoch_end = self.iteration
         history["epoch_time"].append(time.perf_counter() - start)
-        self._call("on_epoch_end")
+        self._epoch_end()
 
     def _step(self, xb, yb):
         """One iteration; ``(data_loss, correct)`` or None when the divergence guard stopped training."""
@@ -991,6 +1002,10 @@ class Trainer:
         """Save the full training state to ``path`` (atomically): model, optimiser, scheduler, callbacks, random
         states, history and counters. See :mod:`cynet.checkpoint` for the layout.
 
+        Called from a callback's ``on_epoch_end``, the file is written once every callback's ``on_epoch_end`` has
+        run, so that it holds their state after this epoch whatever their order (an :class:`EarlyStopping` after the
+        saving callback has then counted the epoch).
+
         A checkpoint taken after an epoch was cut short (KeyboardInterrupt, the divergence guard, a callback's stop
         in the middle of an epoch) holds that epoch's partly trained weights; a resumed ``fit`` runs the whole epoch
         again from them, which is not what the uninterrupted run did: a warning says so.
@@ -1004,6 +1019,9 @@ class Trainer:
                           f"from this checkpoint runs that epoch again from these weights, unlike an uninterrupted "
                           f"run (for an exact resume, save at the end of an epoch: e.g. from a callback's "
                           f"on_epoch_end)", UserWarning, stacklevel=2)
+        if self._saves_after_epoch_end is not None:
+            self._saves_after_epoch_end.append(path)
+            return
         _checkpoint.save_trainer(path, self)
 
     def load_checkpoint(self, path):

@@ -119,6 +119,30 @@ def test_the_write_is_fsynced_before_the_rename(tmp_path, monkeypatch):
     assert events.index("fsync") < events.index("replace")
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_files_get_the_permissions_a_plain_write_gives_and_an_overwrite_keeps_them(tmp_path):
+    """Written through a temporary file from mkstemp, every checkpoint, bundle or download ended up 0600 whatever
+    the umask, and overwriting a shared 0644 file made it private."""
+    from cynet.data import MeanImage, save_bundle
+
+    old = os.umask(0o022)
+    try:
+        checkpoint.save(tmp_path / "a.npz", {"w": np.ones(2)}, {})
+        save_bundle(tmp_path / "b.npz", nn.Linear(2, 2), MeanImage().fit(np.ones((3, 2))))
+        np.savez(tmp_path / "plain.npz", w=np.ones(2))
+        mode = lambda name: os.stat(tmp_path / name).st_mode & 0o777           # noqa: E731
+        assert mode("a.npz") == mode("b.npz") == mode("plain.npz") == 0o644
+        os.chmod(tmp_path / "a.npz", 0o640)
+        checkpoint.save(tmp_path / "a.npz", {"w": np.zeros(2)}, {})            # an overwrite keeps the mode
+        assert mode("a.npz") == 0o640
+        os.umask(0o077)
+        checkpoint.save(tmp_path / "c.npz", {"w": np.ones(2)}, {})
+        assert mode("c.npz") == 0o600
+    finally:
+        os.umask(old)
+    assert sorted(os.listdir(tmp_path)) == ["a.npz", "b.npz", "c.npz", "plain.npz"]       # no temporary files
+
+
 # --- unreadable files ------------------------------------------------------------------------------------------------
 def test_missing_file(tmp_path):
     path = tmp_path / "nope.npz"
@@ -549,3 +573,35 @@ def test_a_checkpoint_saved_in_the_middle_of_an_epoch_says_it_is_not_an_exact_re
         loaded = _trainer("sgd")
         checkpoint.load_trainer(tmp_path / "end.npz", loaded)               # the module's function, too
         loaded.save_checkpoint(tmp_path / "again2.npz")
+
+
+@pytest.mark.parametrize("saver_first", [True, False], ids=["saver-before-early-stopping", "saver-after"])
+def test_a_checkpoint_saved_from_on_epoch_end_resumes_exactly_whatever_the_callback_order(tmp_path, saver_first):
+    """Saved by a callback before EarlyStopping, the file held EarlyStopping's state from before it counted the
+    epoch: the resumed run trained 10 epochs where the uninterrupted one stopped after 6, with other weights."""
+    x, y = blobs(70, seed=1)
+    val = blobs(30, seed=2)
+    path = tmp_path / "at2.npz"
+
+    class Saver(Callback):
+        def on_epoch_end(self, trainer):
+            if trainer.epoch == 2:
+                trainer.save_checkpoint(path)
+                assert not path.exists()                 # written once every callback has seen this epoch's end
+
+    def run(load=False):
+        stopper = EarlyStopping(monitor="train_loss", mode="max", patience=2)      # best epoch 1: stops after 3
+        callbacks = [Saver(), stopper] if saver_first else [stopper, Saver()]
+        cynet.manual_seed(5)
+        trainer = _trainer("sgd", callbacks=callbacks)
+        if load:
+            trainer.load_checkpoint(path)
+        trainer.fit(x, y, epochs=6, batch_size=16, validation=val)
+        return trainer, stopper
+
+    straight, stopper = run()
+    assert path.exists() and straight.epoch == 3 and "early stopping" in straight.stop_reason
+    resumed, resumed_stopper = run(load=True)
+    assert resumed.epoch == straight.epoch and resumed.stop_reason == straight.stop_reason
+    assert (resumed_stopper.best_epoch, resumed_stopper.wait) == (stopper.best_epoch, stopper.wait)
+    assert_same_weights(resumed.model, straight.model.state_dict())

@@ -69,6 +69,39 @@ def test_matches_torch_step_for_step(line_search):
         assert len(opt._memory["old_dirs"]) == len(state["old_dirs"]) <= 4
 
 
+@needs_torch
+def test_the_line_search_gets_what_is_left_of_max_eval_as_in_torch():
+    """A tiny first step makes the line search extrapolate for long: it was given 25 evaluations whatever max_eval
+    said (8 closure calls for max_eval=5); torch gives it max_eval minus the calls made so far."""
+    x, y = _data()
+    for max_iter, max_eval in ((4, 5), (3, 3), (10, 12)):
+        model = _model()
+        reference = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4)).double()
+        with torch.no_grad():
+            for theirs, ours in zip(reference.parameters(), model.parameters()):
+                theirs.copy_(torch.from_numpy(ours.data))
+        settings = dict(lr=1e-6, max_iter=max_iter, max_eval=max_eval, line_search_fn="strong_wolfe")
+        opt, theirs_opt = LBFGS(model.parameters(), **settings), torch.optim.LBFGS(reference.parameters(), **settings)
+        inner, calls = loss_closure(model, nn.SoftmaxCrossEntropy(), x, y), []
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+        def closure():
+            calls.append("ours")
+            return inner()
+
+        def theirs_closure():
+            calls.append("theirs")
+            theirs_opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(reference(tx), ty)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        theirs_opt.step(theirs_closure)
+        assert calls.count("ours") == calls.count("theirs") <= max_eval + 1
+        assert opt._memory["func_evals"] == calls.count("ours")
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_quadratic_reaches_the_solution_of_the_linear_system(dtype):
     # f(x) = x'Ax/2 - b'x, minimised at A^-1 b; L-BFGS with n pairs is exact on it up to the line search's rounding
@@ -79,7 +112,9 @@ def test_quadratic_reaches_the_solution_of_the_linear_system(dtype):
     param = nn.Parameter(np.zeros(12, dtype=dtype))
     opt = LBFGS([param], max_iter=200, tolerance_grad=1e-11, tolerance_change=0.0, line_search_fn="strong_wolfe")
     opt.step(_function_closure(param, lambda x: (0.5 * x @ a @ x - b @ x, (a @ x - b).astype(dtype))))
-    tolerance = 1e-9 if dtype == np.float64 else 2e-4
+    # the line search compares losses: near the solution they differ by ~lambda |x - x*|^2, below the loss's rounding
+    # once |x - x*| is under ~sqrt(eps) = 1.5e-8 (the last search then spends what is left of max_eval, as torch's)
+    tolerance = 1e-8 if dtype == np.float64 else 2e-4
     np.testing.assert_allclose(param.data, np.linalg.solve(a, b), rtol=0, atol=tolerance)
     assert opt._memory["n_iter"] < 60
 
@@ -191,8 +226,12 @@ def test_state_dict_is_flat_and_checked():
         other.load_state_dict({key: value for key, value in state.items() if key != "lbfgs.ro"})
     with pytest.raises(KeyError, match="unexpected keys"):
         other.load_state_dict({**state, "lbfgs.rho": 1.0})
-    with pytest.raises(ValueError, match="at most history_size"):
-        LBFGS(_model().parameters(), history_size=1).load_state_dict({**state, "history_size": 1})
+    # the pairs are checked against the state's history_size, which the load brings with it (not the optimiser's)
+    with pytest.raises(ValueError, match=r"at most the state's history_size \(1\)"):
+        LBFGS(_model().parameters(), history_size=5).load_state_dict({**state, "history_size": 1})
+    smaller = LBFGS(_model().parameters(), history_size=1)
+    smaller.load_state_dict(state)
+    assert smaller.param_groups[0]["history_size"] == 2 and len(smaller._memory["ro"]) == 2
     with pytest.raises(ValueError, match="not 'LBFGS'"):
         other.load_state_dict({**state, "type": "SGD"})
     with pytest.raises(ValueError, match="lbfgs.n_iter must be a non-negative int, got -1"):

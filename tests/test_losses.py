@@ -619,8 +619,13 @@ def test_cross_entropy_loss_is_softmax_cross_entropy_under_pytorchs_name():
     s64 = scores.astype(np.float64)
     expected = np.mean(np.log(np.exp(s64).sum(1)) - s64[np.arange(6), y])     # hand formula, float64
     assert a(scores, y) == pytest.approx(expected, rel=1e-6)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="got ignore_index="):
         nn.CrossEntropyLoss(ignore_index=-100)                 # PyTorch options cynet does not take
+    # torch's first positional argument is the class weights: it was read as a label smoothing ("must be a number
+    # in [0, 1], got array(...)"), a ValueError about something the user never passed
+    with pytest.raises(TypeError, match=r"1 positional argument\(s\) \(torch's first is weight"):
+        nn.CrossEntropyLoss(np.array([1.0, 2.0, 3.0]))
+    assert nn.CrossEntropyLoss(label_smoothing=0.25).label_smoothing == 0.25
 
 
 def test_a_loss_value_is_a_float_with_item_and_a_backward_that_says_how():

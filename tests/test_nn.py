@@ -811,3 +811,45 @@ def test_a_hand_written_module_as_the_readme_shows_it_checks_out_and_a_missing_b
 
     with pytest.raises(NotImplementedError, match=r"backward\(self, dout, \*, input_grad=True\).*param.grad"):
         NoBackward().backward(np.ones(3))
+
+
+def test_a_none_gradient_is_refused_with_what_differs_from_pytorch():
+    """``p.grad = None`` failed with "grad must have shape (3,), got object array of shape ()", and
+    ``zero_grad(set_to_none=True)`` (PyTorch's default since 2.0) with an unexpected-keyword TypeError."""
+    from cynet import optim
+
+    layer = nn.Linear(3, 2)
+    param = layer.weight
+    with pytest.raises(TypeError, match="grad cannot be None in cynet .*requires_grad=False to keep it still"):
+        param.grad = None
+    for owner, call in (("Parameter", param.zero_grad), ("Linear", layer.zero_grad),
+                        ("SGD", optim.SGD(layer.parameters(), lr=0.1).zero_grad)):
+        with pytest.raises(ValueError, match=f"^{owner}.zero_grad: set_to_none=True is not supported"):
+            call(set_to_none=True)
+        call(set_to_none=False)
+    assert np.all(param.grad == 0)
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: nn.MaxPool2d(2), (2, 4, 6, 6)), (lambda: nn.AvgPool2d(2), (2, 4, 6, 6)),
+    (lambda: nn.AdaptiveAvgPool2d(1), (2, 4, 6, 6)), (lambda: nn.Dropout(0.5), (2, 4, 6, 6)),
+    (lambda: nn.Conv2d(4, 2, 3), (2, 4, 6, 6)), (lambda: nn.BatchNorm2d(4), (2, 4, 6, 6)),
+], ids=["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Dropout", "Conv2d", "BatchNorm2d"])
+def test_a_dout_of_another_dtype_is_refused_by_every_layer_naming_it(make, shape):
+    """The pools and Dropout took a float64 dout on a float32 layer and handed float64 back to the float32 layers
+    before them; the convolution and the norms refused it."""
+    layer = make()
+    y = layer(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+    with pytest.raises(ValueError, match=rf"^{type(layer).__name__}\(.*dout must be a float32 array of shape"):
+        layer.backward(np.ones(y.shape, np.float64))
+    assert layer.backward(np.ones(y.shape, np.float32)).dtype == np.float32
+
+
+def test_maxout_names_itself_in_input_errors_not_its_inner_linear():
+    layer = nn.Maxout(4, 2, pieces=3)
+    with pytest.raises(ValueError, match=r"^Maxout\(in_features=4, out_features=2, pieces=3\): expected input of "
+                                         r"shape \(N, 4\), got float32 array of shape \(2, 3\)"):
+        layer(np.ones((2, 3), np.float32))
+    with pytest.raises(TypeError, match=r"^Maxout\(in_features=4, out_features=2, pieces=3\): input must have the "
+                                        r"weights' dtype float32"):
+        layer(np.ones((2, 4), np.float64))

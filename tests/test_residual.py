@@ -178,5 +178,5 @@ def test_stochastic_depth_passes_the_gradient_check_with_its_mask_fixed_and_refu
         nn.StochasticDepth(0.5)(np.float64(1.0))
     drop = nn.StochasticDepth(0.5, generator=0)
     drop(np.ones((4, 2)))
-    with pytest.raises(ValueError, match=r"dout must have shape \(4, 2\)"):
+    with pytest.raises(ValueError, match=r"dout must be a float64 array of shape \(4, 2\)"):
         drop.backward(np.ones((3, 2)))

@@ -569,6 +569,33 @@ def test_a_divergence_in_a_later_fit_says_which_steps_it_undid():
         np.testing.assert_array_equal(got, want)
 
 
+def test_the_divergence_guard_restores_a_layer_unfrozen_after_its_copy():
+    """A callback unfreezes the first layer after the guard's copy; the steps that follow blow the loss up. The
+    guard put back every other layer and kept the unfrozen one's diverged weights and momentum (its copy skipped
+    frozen parameters), a model half from before and half from after."""
+    x, y = blobs(64, seed=0)
+    model = mlp()
+    for param in model[0].parameters():
+        param.requires_grad = False
+    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    class Unfreeze(Callback):
+        def on_epoch_begin(self, trainer):
+            if trainer.epoch == 1:
+                for param in model[0].parameters():
+                    param.requires_grad = True
+                opt.lr = 50.0
+
+    trainer = Trainer(model, SoftmaxCrossEntropy(), opt, callbacks=[Unfreeze()], progress=False)
+    trainer.guard_every = 1000                  # copies at the start of fit and before the step of iteration 1
+    with pytest.warns(DivergenceWarning, match="from before the step of iteration 1"):
+        trainer.fit(x, y, epochs=3, batch_size=16, shuffle=False)
+    first = mlp()                               # the weights before the step of iteration 1: the start
+    for got, want in zip(weights(model), weights(first)):
+        np.testing.assert_array_equal(got, want)
+    assert opt.state[0] == {} and opt.state[1] == {}              # the unfrozen layer's momentum is gone too
+
+
 def test_the_divergence_guard_undoes_the_steps_in_an_ema_average_too():
     from cynet.ensemble import EMA
 

@@ -21,7 +21,6 @@ import json
 import os
 import pickle
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
+
+from cynet._files import atomic_file
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -437,32 +438,24 @@ def download_cifar10(root=None, *, force=False):
     if target.is_file() and not force:
         return target
     root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{ARCHIVE_NAME}.", suffix=".part")
     md5 = hashlib.md5()
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(CIFAR10_URL, timeout=60) as response:
-                    while True:
-                        block = response.read(1 << 20)
-                        if not block:
-                            break
-                        md5.update(block)
-                        out.write(block)
-            except (urllib.error.URLError, OSError) as exc:
-                raise ConnectionError(
-                    f"download_cifar10: could not download {CIFAR10_URL} ({exc}). If this machine is offline, "
-                    f"download {ARCHIVE_NAME} elsewhere and copy it to {root} (or set $CYNET_DATA to its "
-                    f"directory); load_cifar10_subset() works offline.") from exc
+    with atomic_file(target, suffix=".part") as out:
+        try:
+            with urllib.request.urlopen(CIFAR10_URL, timeout=60) as response:
+                while True:
+                    block = response.read(1 << 20)
+                    if not block:
+                        break
+                    md5.update(block)
+                    out.write(block)
+        except (urllib.error.URLError, OSError) as exc:
+            raise ConnectionError(
+                f"download_cifar10: could not download {CIFAR10_URL} ({exc}). If this machine is offline, "
+                f"download {ARCHIVE_NAME} elsewhere and copy it to {root} (or set $CYNET_DATA to its "
+                f"directory); load_cifar10_subset() works offline.") from exc
         if md5.hexdigest() != CIFAR10_MD5:
             raise ValueError(f"download_cifar10: md5 mismatch for {CIFAR10_URL}: expected {CIFAR10_MD5}, got "
                              f"{md5.hexdigest()} (the partial download was deleted; try again)")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return target
 
 

@@ -24,13 +24,13 @@ Example:
 """
 import json
 import os
-import tempfile
 import warnings
 import zlib
 from collections import namedtuple
 
 import numpy as np
 
+from cynet._files import atomic_file
 from cynet._kernels import load
 from cynet._threading import kernel_threads
 
@@ -964,17 +964,8 @@ def save_bundle(path, model, transform=None, *, metadata=None):
     if transform is not None:
         for key, value in transform.state_dict().items():
             arrays[f"transform.{key}"] = np.asarray(value)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bundle-", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, suffix=".npz.tmp") as f:
+        np.savez(f, **arrays)
     return path
 
 

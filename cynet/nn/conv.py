@@ -332,7 +332,7 @@ class MaxPool2d(Module):
         idx = reuse.empty(y.shape, np.int64)
         _k().maxpool_forward(x, self.kernel_size[0], self.kernel_size[1], self.stride, self.padding, y, idx,
                           kernel_threads(x.size, NS_STREAM))
-        self._idx, self._input_shape = idx, x.shape
+        self._idx, self._input_shape, self._dtype = idx, x.shape, x.dtype
         return y
 
     def backward(self, dout, *, input_grad=True):
@@ -340,8 +340,9 @@ class MaxPool2d(Module):
         if not input_grad:
             return None
         dout = np.asarray(dout)
-        if dout.shape != idx.shape or dout.dtype not in (np.float32, np.float64):
-            raise ValueError(f"{self!r}: dout must be a float array of shape {idx.shape}, got {describe(dout)}")
+        if dout.shape != idx.shape or dout.dtype != self._dtype:
+            raise ValueError(f"{self!r}: dout must be a {self._dtype} array of shape {idx.shape} (the forward's "
+                             f"output), got {describe(dout)}")
         dout = np.ascontiguousarray(dout)
         dx = reuse.empty(self._input_shape, dout.dtype)
         _k().maxpool_backward(dout, idx, dx, kernel_threads(dx.size, NS_STREAM))
@@ -395,7 +396,7 @@ class _AvgPool(Module):
         y = reuse.empty(x.shape[:2] + (len(rows[0]), len(cols[0])), x.dtype)
         _k().avgpool_forward(x, rows[0], rows[1], cols[0], cols[1], rows[2], cols[2], y,
                              kernel_threads(x.size, NS_STREAM))
-        self._plan, self._input_shape = (rows, cols), x.shape
+        self._plan, self._input_shape, self._dtype = (rows, cols), x.shape, x.dtype
         return y
 
     def backward(self, dout, *, input_grad=True):
@@ -404,8 +405,9 @@ class _AvgPool(Module):
             return None
         dout = np.asarray(dout)
         shape = self._input_shape[:2] + (len(rows[0]), len(cols[0]))
-        if dout.shape != shape or dout.dtype not in (np.float32, np.float64):
-            raise ValueError(f"{self!r}: dout must be a float array of shape {shape}, got {describe(dout)}")
+        if dout.shape != shape or dout.dtype != self._dtype:
+            raise ValueError(f"{self!r}: dout must be a {self._dtype} array of shape {shape} (the forward's output), "
+                             f"got {describe(dout)}")
         dx = reuse.empty(self._input_shape, dout.dtype)
         _k().avgpool_backward(np.ascontiguousarray(dout), rows[0], rows[1], cols[0], cols[1], rows[2], cols[2], dx,
                               kernel_threads(dx.size, NS_STREAM))

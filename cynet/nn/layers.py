@@ -618,6 +618,14 @@ class Maxout(Module):
         self._indices = None
 
     def forward(self, x):
+        x = np.asarray(x)
+        name = f"Maxout({self.extra_repr()})"      # named here, not by the inner Linear of pieces * out_features
+        if x.ndim != 2 or x.shape[1] != self.linear.in_features:
+            raise ValueError(f"{name}: expected input of shape (N, {self.linear.in_features}), got {describe(x)}")
+        dtype = self.linear.weight.data.dtype
+        if x.dtype != dtype:
+            raise TypeError(f"{name}: input must have the weights' dtype {dtype}, got {describe(x)} "
+                            f"({dtype_remedy(x.dtype)})")
         y, self._indices = ops.maxout_forward(self.linear(x), self.pieces)
         return y
 
@@ -816,8 +824,9 @@ class Dropout(Module):
         dout = np.asarray(dout)
         if self._mask is None:
             return dout
-        if dout.shape != self._shape:
-            raise ValueError(f"{self!r}: dout must have shape {self._shape}, got {describe(dout)}")
+        if dout.shape != self._shape or dout.dtype != self._mask.dtype:
+            raise ValueError(f"{self!r}: dout must be a {self._mask.dtype} array of shape {self._shape} (the "
+                             f"forward's output), got {describe(dout)}")
         return np.multiply(dout, self._mask, out=reuse.empty(dout.shape, dout.dtype))
 
     def extra_repr(self):

@@ -285,6 +285,15 @@ class CrossEntropyLoss(SoftmaxCrossEntropy):
         2.3026
     """
 
+    def __init__(self, *args, label_smoothing=0.0, **kwargs):
+        # torch's first positional argument is ``weight`` (class weights): a value there is not a label smoothing
+        if args or kwargs:
+            given = ([f"{len(args)} positional argument(s) (torch's first is weight, class weights)"] if args else [])
+            given += [f"{key}=" for key in kwargs]
+            raise TypeError(f"CrossEntropyLoss: only label_smoothing= is taken (by keyword), got {', '.join(given)}; "
+                            f"class weights, ignore_index and other reductions are not supported")
+        super().__init__(label_smoothing)
+
 
 class MulticlassSVM(_DataLoss):
     r"""Multiclass SVM (Weston-Watkins hinge) loss, as in CS231n: every wrong class should score at least ``margin``

@@ -29,6 +29,17 @@ import numpy as np
 from cynet._validation import describe
 
 
+NO_NONE_GRAD = ("a gradient is a buffer of the parameter's shape, never None; zero_grad() resets it. In PyTorch a "
+                "None gradient also makes the optimiser skip the parameter, while here a parameter that gets no new "
+                "gradient still moves by its momentum and weight decay: set requires_grad=False to keep it still")
+"""Why cynet has no ``grad = None`` / ``zero_grad(set_to_none=True)``, for the errors that refuse them."""
+
+
+def _refuse_set_to_none(owner, set_to_none):
+    if set_to_none:
+        raise ValueError(f"{owner}: set_to_none=True is not supported ({NO_NONE_GRAD})")
+
+
 class Parameter:
     """A learnable array and its gradient.
 
@@ -103,15 +114,19 @@ class Parameter:
 
     @grad.setter
     def grad(self, value):
+        if value is None:
+            raise TypeError(f"Parameter: grad cannot be None in cynet ({NO_NONE_GRAD})")
         value = np.asarray(value)
         if value.shape != self.data.shape:
             raise ValueError(f"Parameter: grad must have shape {self.data.shape}, got {describe(value)}")
         self._grad[...] = value
         self._grad_is_zero = False
 
-    def zero_grad(self):
+    def zero_grad(self, set_to_none=False):
         """Reset the gradient to zero, lazily: no memory is written; the next contribution overwrites the buffer
-        instead of adding to it, and the next read of :attr:`grad` zero-fills it."""
+        instead of adding to it, and the next read of :attr:`grad` zero-fills it. ``set_to_none=True`` (PyTorch's)
+        is refused: see :data:`NO_NONE_GRAD`."""
+        _refuse_set_to_none("Parameter.zero_grad", set_to_none)
         self._grad_is_zero = True
 
     def grad_target(self):
@@ -432,8 +447,10 @@ class Module:
             for module, mode in modes:
                 object.__setattr__(module, "training", mode)
 
-    def zero_grad(self):
-        """Reset every parameter's gradient to zero."""
+    def zero_grad(self, set_to_none=False):
+        """Reset every parameter's gradient to zero (``set_to_none=True``, PyTorch's, is refused: a cynet gradient is
+        a buffer, never None; see :data:`cynet.nn.module.NO_NONE_GRAD`)."""
+        _refuse_set_to_none(f"{type(self).__name__}.zero_grad", set_to_none)
         for param in self.parameters():
             param.zero_grad()
 

@@ -158,7 +158,9 @@ class LBFGS(Optimizer):
             dtype. Frozen ones stay as they are.
         lr (float): learning rate (step length before any line search). Default 1.
         max_iter (int): iterations per ``step``. Default 20.
-        max_eval (int): closure calls per ``step``. Default ``max_iter * 5 // 4``.
+        max_eval (int): closure calls per ``step``; the strong-Wolfe line search gets what is left of them, and as
+            in PyTorch its first try comes on top, so a step makes at most ``max_eval + 1``. Default
+            ``max_iter * 5 // 4``.
         tolerance_grad (float): stop when max |g| is at most this. Default 1e-7.
         tolerance_change (float): stop when the loss, or every step entry, changes by less. Default 1e-9.
         history_size (int): curvature pairs kept. Default 100.
@@ -315,8 +317,10 @@ class LBFGS(Optimizer):
                         np.copyto(param.data, saved)
                     return value, gradient
 
+                # what is left of max_eval (PyTorch's rule: the search's first try comes on top of it)
                 loss, flat_grad, t, line_evaluations = _strong_wolfe(evaluate, t, d, loss, flat_grad, gtd,
-                                                                     tolerance_change=tolerance_change)
+                                                                     tolerance_change=tolerance_change,
+                                                                     max_ls=max_eval - evaluations)
                 self._add_step(params, t, d)
             else:
                 self._add_step(params, t, d)
@@ -402,9 +406,10 @@ class LBFGS(Optimizer):
                 memory[key] = np.array(vector, dtype=dtype, copy=True)
             ro = np.asarray(own["ro"], dtype=np.float64)
             k = ro.shape[0] if ro.ndim == 1 else -1
-            if not 0 <= k <= self.param_groups[0]["history_size"]:
-                raise ValueError(f"{name}: lbfgs.ro must hold at most history_size "
-                                 f"({self.param_groups[0]['history_size']}) values, got shape {ro.shape}")
+            history_size = checked[0][0]["history_size"]      # the state's own: loading it brings its settings
+            if not 0 <= k <= history_size:
+                raise ValueError(f"{name}: lbfgs.ro must hold at most the state's history_size ({history_size}) "
+                                 f"values, got shape {ro.shape}")
             memory["ro"] = [float(value) for value in ro]
             for key in ("old_dirs", "old_stps"):
                 pairs = np.asarray(own[key])

@@ -28,7 +28,7 @@ import numpy as np
 from cynet._kernels import load
 from cynet._threading import NS_STREAM, copyto, kernel_threads
 from cynet._validation import KERNEL_DTYPES, describe
-from cynet.nn.module import Parameter
+from cynet.nn.module import Parameter, _refuse_set_to_none
 
 __all__ = ["Optimizer", "ParamGroup", "SGD", "AdaGrad", "RMSProp", "Adam", "AdamW", "weight_decay_groups"]
 
@@ -48,9 +48,9 @@ def _is_real(value):
 
 
 def _unwrap(value):
-    """A 0-d integer or floating NumPy array (a setting read back from ``np.load``/``np.savez``) as its Python
-    number; anything else as it is."""
-    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+    """A 0-d bool, integer or floating NumPy array (a setting or step count read back from ``np.load``/``np.savez``)
+    as its Python value; anything else as it is."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "biuf":
         return value.item()
     return value
 
@@ -417,8 +417,11 @@ class Optimizer:
     def _zeros(self, param):
         return np.zeros(param.data.size, dtype=param.data.dtype)
 
-    def zero_grad(self):
-        """Reset the gradient of every parameter (``param.zero_grad()``, lazy: no memory is written)."""
+    def zero_grad(self, set_to_none=False):
+        """Reset the gradient of every parameter (``param.zero_grad()``, lazy: no memory is written).
+        ``set_to_none=True`` (PyTorch's) is refused: a cynet gradient is a buffer, never None (see
+        :data:`cynet.nn.module.NO_NONE_GRAD`)."""
+        _refuse_set_to_none(f"{type(self).__name__}.zero_grad", set_to_none)
         for param in self.params:
             param.zero_grad()
 
@@ -513,6 +516,7 @@ class Optimizer:
             index, field = int(parts[1]), parts[2]
             param = self.params[index]
             if field == "step":
+                value = _unwrap(value)
                 if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
                     mismatched.append(f"{key}: expected a non-negative int, got {value!r}")
                     continue
@@ -537,7 +541,7 @@ class Optimizer:
         for index, entries in enumerate(per_param):
             if entries:
                 self._check_complete_state(name, index, entries, settings[self._group_of[index]])
-        step = state["step"]
+        step = _unwrap(state["step"])
         if not isinstance(step, numbers.Integral) or isinstance(step, bool) or step < 0:
             raise ValueError(f"{name}: step must be a non-negative int, got {step!r}")
         return settings, int(step), per_param
@@ -563,7 +567,8 @@ class Optimizer:
 
         Cheap enough to take before every step (the trainer's divergence guard does): pass the previous snapshot as
         ``out`` and its arrays are overwritten in place, so nothing is allocated once the state exists. Frozen
-        parameters are not copied, since a step leaves their state alone.
+        parameters' state is copied too (usually none, or unchanged since they froze): one unfrozen after the
+        snapshot may take steps before :meth:`restore`.
 
         Args:
             out (dict): an earlier snapshot of this optimiser to overwrite. Default None: a new one.
@@ -581,13 +586,11 @@ class Optimizer:
             (0, {})
         """
         if out is None or len(out["state"]) != len(self.params):
-            out = {"state": [{} for _ in self.params], "taken": [False] * len(self.params)}
+            out = {"state": [{} for _ in self.params]}
         out["settings"] = [self._group_settings(group) for group in self.param_groups]
         out["step_count"] = self.step_count
-        for index, (param, live) in enumerate(zip(self.params, self.state)):
-            out["taken"][index] = param.requires_grad
-            if param.requires_grad:
-                _copy_state(live, out["state"][index])
+        for live, saved in zip(self.state, out["state"]):
+            _copy_state(live, saved)
         return out
 
     def restore(self, snapshot):
@@ -610,9 +613,8 @@ class Optimizer:
                              f"optimiser has {len(self.param_groups)}")
         self._set_checked_settings(snapshot["settings"])
         self.step_count = snapshot["step_count"]
-        for index, taken in enumerate(snapshot["taken"]):
-            if taken:
-                _copy_state(snapshot["state"][index], self.state[index])
+        for saved, live in zip(snapshot["state"], self.state):
+            _copy_state(saved, live)
 
     def _check_complete_state(self, name, index, entries, settings):
         """A parameter's state must be whole: every array its group's rule keeps (and its step count where
@@ -756,6 +758,7 @@ class SGD(Optimizer):
 
     def _check_setting(self, name, value):
         if name == "nesterov":
+            value = _unwrap(value)
             self._check(isinstance(value, (bool, np.bool_)), f"nesterov must be a bool, got {value!r}")
             return bool(value)
         return self._real(f"{name} value", value, low=-math.inf if name == "dampening" else 0.0)
