@@ -608,8 +608,11 @@ def lsuv_(model, x, *, target_std=1.0, tol=0.02, max_iter=10, orthogonal=True, g
         raise ValueError(f"{name}: target_std and tol must be > 0, got {target_std} and {tol}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
         raise ValueError(f"{name}: max_iter must be an int >= 1, got {max_iter!r}")
+    from cynet.nn.normalization import normalization_parameters
+    gains = normalization_parameters(model)        # a LayerNorm over (C, D) has a 2-d gain: not a weight matrix
     layers = [(layer_name or type(m).__name__, m) for layer_name, m in model.named_modules()
-              if isinstance(getattr(m, "weight", None), Parameter) and m.weight.data.ndim >= 2]
+              if isinstance(getattr(m, "weight", None), Parameter) and m.weight.data.ndim >= 2
+              and id(m.weight) not in gains]
     if not layers:
         raise ValueError(f"{name}: {type(model).__name__} has no layer with a weight matrix to initialise")
     rng = resolve_generator(generator)

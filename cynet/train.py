@@ -391,10 +391,10 @@ class MaxNorm(Callback):
 
     def on_train_begin(self, trainer):
         # projected gradient descent starts from a point of the constraint set
-        self.scaled = max_norm_(trainer.model.parameters(), self.max_norm)
+        self.scaled = max_norm_(trainer.model, self.max_norm)     # the model: its normalisation gains stay
 
     def on_batch_end(self, trainer):
-        self.scaled += max_norm_(trainer.model.parameters(), self.max_norm)
+        self.scaled += max_norm_(trainer.model, self.max_norm)
 
 
 class ProgressBar(Callback):

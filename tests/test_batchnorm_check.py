@@ -90,6 +90,21 @@ def test_recomputing_fixes_what_the_check_found_and_predictions_improve():
     assert again.passed and again.accuracy["eval"] > 0.95
 
 
+@pytest.mark.parametrize("n", [258, 257 + 256])
+def test_the_recommended_fix_passes_the_check_when_the_last_batch_is_tiny(n):
+    """258 samples in batches of 256 and 2: the recomputation averaged the two batches' statistics with equal
+    weights, 0.64 std off the data's mean, and this check then called the statistics it had just recommended stale."""
+    x = np.random.default_rng(0).normal(3.0, 2.0, (n, 8)).astype(np.float32)
+    model = nn.Sequential(nn.Linear(8, 16, generator=0), nn.BatchNorm1d(16), nn.ReLU(),
+                          nn.Linear(16, 3, generator=1))
+    nn.recompute_batchnorm_statistics(model, x)
+    h = x.astype(np.float64) @ model[0].weight.data.T.astype(np.float64) + model[0].bias.data
+    np.testing.assert_allclose(model[1].running_mean, h.mean(0), rtol=0, atol=1e-5 * h.std(0).max())
+    np.testing.assert_allclose(model[1].running_var, h.var(0, ddof=1), rtol=1e-5)
+    report = check_batchnorm(model, x)
+    assert report["running statistics"].passed, report
+
+
 def test_the_model_is_left_as_it_was():
     x = _data()
     model = nn.Sequential(nn.Linear(FEATURES, 4, generator=1), nn.BatchNorm1d(4), nn.Dropout(0.5, generator=2),

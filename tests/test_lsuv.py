@@ -138,3 +138,14 @@ def test_lsuv_reaches_a_tight_tolerance_without_mistaking_it_for_a_constant_batc
     model = nn.Sequential(nn.Linear(20, 30, generator=0), nn.Tanh(), nn.Linear(30, 10, generator=1))
     report = init.lsuv_(model, rng.standard_normal((64, 20)).astype(np.float32), tol=1e-6, generator=0)
     assert all(abs(layer.std_after - 1) < 1e-3 for layer in report)
+
+
+def test_a_layer_norm_gain_is_not_taken_for_a_weight_matrix():
+    """A LayerNorm over (C, H, W) has a gain with ndim >= 2: lsuv_ orthogonalised and scaled it (values from -2.29 to
+    1.89 instead of ones)."""
+    layer_norm = nn.LayerNorm((4, 4, 4))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), layer_norm, nn.Flatten(), nn.Linear(64, 10))
+    x = np.random.default_rng(0).standard_normal((32, 3, 4, 4)).astype(np.float32)
+    report = init.lsuv_(model, x, generator=0)
+    assert [row.name for row in report] == ["0", "3"]
+    assert np.all(layer_norm.weight.data == 1) and np.all(layer_norm.bias.data == 0)

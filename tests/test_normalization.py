@@ -431,15 +431,22 @@ def test_recompute_batchnorm_statistics(rng):
     model[4].freeze()
     model[2].eval()                         # a mixed mode to restore
     recompute_batchnorm_statistics(model, x, batch_size=25)
-    # batches 0:25, 25:50, 50:75, 75:101 (the last sample joins the last batch)
-    slices = [slice(0, 25), slice(25, 50), slice(50, 75), slice(75, 101)]
+    # batches 0:25, 25:50, 50:75, 75:101 (the last sample joins the last batch); the first batch norm's input does
+    # not depend on the batches: its statistics are those of its input over the whole data set, whatever the batches
     h = x @ model[0].weight.data.T + model[0].bias.data
     first = model[1]
-    means = [h[s].mean(0) for s in slices]
-    vars_ = [h[s].var(0, ddof=1) for s in slices]
-    np.testing.assert_allclose(first.running_mean, np.mean(means, 0), rtol=1e-12)
-    np.testing.assert_allclose(first.running_var, np.mean(vars_, 0), rtol=1e-12)
+    np.testing.assert_allclose(first.running_mean, h.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(first.running_var, h.var(0, ddof=1), rtol=1e-12)
     assert int(first.num_batches_tracked) == 4 and int(model[4].num_batches_tracked) == 4
+    # the second one's input passes through the first normalising with each batch's statistics (as in training):
+    # every value it received counts once, so a batch of 26 weighs 26/101 (equal weights per batch before)
+    slices = [slice(0, 25), slice(25, 50), slice(50, 75), slice(75, 101)]
+    normalised = [(h[s] - h[s].mean(0)) / np.sqrt(h[s].var(0) + first.eps) * first.weight.data + first.bias.data
+                  for s in slices]
+    z = np.concatenate([np.maximum(a, 0) @ model[3].weight.data.T + model[3].bias.data for a in normalised])
+    second = model[4]
+    np.testing.assert_allclose(second.running_mean, z.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(second.running_var, z.var(0, ddof=1), rtol=1e-10)
     # the second batch norm sees the first one in eval mode with the statistics it had for that batch: check its
     # statistics through an eval-mode forward of the first layers on the whole data in one batch
     assert model[4].frozen and model[4].momentum == 0.1 and first.momentum == 0.1

@@ -129,3 +129,22 @@ def test_penalty_errors():
         k.penalty_sum(w, 3, np.empty(k.partials_length(8)), 1)
     with pytest.raises(ValueError, match="penalty_grad: power must be 1 or 2, got 0"):
         k.penalty_grad(w, 0, 0.1, np.empty_like(w), False, 1)
+
+
+def test_max_norm_leaves_normalisation_gains_of_any_shape_alone_given_the_model():
+    """A LayerNorm over (C, H, W) has a 3-d gain: taken for a weight of 4 rows of 16 ones (norm 4), MaxNorm(3)
+    scaled the fresh gains to 0.75 before the first step."""
+    layer_norm = nn.LayerNorm((4, 4, 4))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), layer_norm, nn.Flatten(), nn.Linear(64, 10))
+    model[0].weight.data[...] = 1.0                              # filters of 27 ones: norm 5.2 > 3
+    model[3].weight.data[...] = 0.01
+    assert max_norm_(model, 3.0) == 4                            # the four filters only
+    np.testing.assert_allclose(np.linalg.norm(model[0].weight.data.reshape(4, -1), axis=1), 3.0, rtol=1e-6)
+    assert np.all(layer_norm.weight.data == 1) and np.all(layer_norm.bias.data == 0)
+    x, y = np.random.default_rng(0).standard_normal((8, 3, 4, 4)).astype(np.float32), np.arange(8) % 10
+    callback = MaxNorm(3.0)
+    cynet.Trainer(model, nn.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.0), callbacks=[callback],
+                  progress=False).fit(x, y, epochs=1, batch_size=4)
+    assert np.all(layer_norm.weight.data == 1)
+    # given the parameters, the rule is by dimension alone (what a list of parameters can tell)
+    assert max_norm_(layer_norm.parameters(), 3.0) == 4           # the gain's 4 rows of 16 ones (the shift is 0)

@@ -463,6 +463,22 @@ _spin_report = (
     "print(json.dumps(dict(spin=spin, overhead=cynet.parallel_overhead(2), config=text.getvalue(),"
     " runtimes=runtimes)))\n")
 
+
+def _spinning_report(code, low, **env):
+    """``_fresh_process_json(code)`` whose idle workers were seen spinning more than ``low`` seconds, measured up to
+    three times: a spinning thread is seen only when it gets a core, so on a machine busier than its cores (the
+    suite beside other jobs) the measurement says nothing and the test is skipped rather than failed."""
+    for _ in range(3):
+        report = _fresh_process_json(code, **env)
+        if report["spin"] > low:
+            return report
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > cynet.available_cpus() - 0.5:
+        pytest.skip(f"no spin seen in three tries with a load average of {load:.1f} on {cynet.available_cpus()} "
+                    f"CPUs: the idle workers got no core to spin on")
+    return report
+
+
 needs_thread_clocks = pytest.mark.skipif(
     not (sys.platform.startswith("linux") and _runtime.openmp_enabled() and cynet.available_cpus() >= 2),
     reason="idle workers are watched through Linux thread CPU clocks, with OpenMP and two CPUs")
@@ -487,6 +503,7 @@ def test_a_runtime_started_before_cynet_spins_and_parallel_calls_pay_for_it():
     report = _fresh_process_json(code, CYNET_BLAS_POOL="0")
     if len(report["runtimes"]) != 1 or "libgomp" not in report["runtimes"][0]:
         pytest.skip(f"the kernels do not run on the preloaded libgomp here: {report['runtimes']}")
+    report = _spinning_report(code, 1e-3, CYNET_BLAS_POOL="0")
     assert report["spin"] > 1e-3, report  # libgomp's default spin: about 8 ms on the development machine
     assert report["overhead"] >= report["spin"]
     assert "started before cynet" in report["config"]
@@ -494,7 +511,7 @@ def test_a_runtime_started_before_cynet_spins_and_parallel_calls_pay_for_it():
 
 @needs_thread_clocks
 def test_spinning_chosen_by_the_user_is_reported_but_not_charged():
-    report = _fresh_process_json(_spin_report, OMP_WAIT_POLICY="ACTIVE")
+    report = _spinning_report(_spin_report, 1e-3, OMP_WAIT_POLICY="ACTIVE")
     assert report["spin"] > 1e-3, report
     assert report["overhead"] < report["spin"]
     assert "ACTIVE" in report["config"] and "started before cynet" not in report["config"]
@@ -604,7 +621,7 @@ def test_blas_pool_is_on_by_default_with_at_most_two_cpus_and_off_above(monkeypa
 def test_with_the_one_pool_idle_workers_spin():
     if _pool_available_here() != "on":
         pytest.skip(f"no one pool here: {_pool_available_here()}")
-    report = _fresh_process_json(_spin_report, CYNET_BLAS_POOL="1")
+    report = _spinning_report(_spin_report, 2e-4, CYNET_BLAS_POOL="1")
     assert report["spin"] > 2e-4, report       # libgomp's default: spin a while (about 4 ms here), then sleep
     # (that parallel calls do not pay for it is a wall-clock comparison, which a busy machine upsets: bench/'s)
     assert "the runtime's default" in report["config"] and "started before cynet" not in report["config"]

@@ -412,6 +412,7 @@ class _BatchNorm(Module):
             self.num_batches_tracked = None
         self._frozen_stats = False
         self._cache = None
+        self._pooled = None         # _PooledMoments while recompute_batchnorm_statistics runs
 
     # --- freezing: a frozen batch norm normalises with its running statistics and updates nothing ---------------
     def _set_frozen_state(self, frozen):
@@ -523,6 +524,10 @@ class _BatchNorm(Module):
                              f"float64 arrays of shape ({C},) and one dtype (were they replaced by hand?), got "
                              f"{describe(np.asarray(running[0]))} and {describe(np.asarray(running[1]))}")
         self.num_batches_tracked[...] += 1
+        pooled = getattr(self, "_pooled", None)
+        if pooled is not None:                  # recompute_batchnorm_statistics: moments over the whole data set
+            pooled.add(mean, var, n)
+            return
         factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         # (1 - factor) * running_mean + factor * mean, and the same for var * n / (n - 1): NumPy's bits, one call
         _kernels().bn_update_running_stats(self.running_mean, self.running_var, mean, var, factor, n / (n - 1))
@@ -830,13 +835,42 @@ def _batch_slices(n, batch_size, join_single=True):
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+class _PooledMoments:
+    """Per-channel count, mean and sum of squared deviations of batches merged one by one, in float64 (Chan et al.'s
+    pairwise update: exact, whatever the sizes of the batches and the offset of the data)."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, None, None
+
+    def add(self, mean, var, n):
+        """Merge a batch of ``n`` values per channel with (biased) variance ``var`` about ``mean``."""
+        mean, var = np.asarray(mean, np.float64), np.asarray(var, np.float64)
+        if self.mean is None:
+            self.n, self.mean, self.m2 = n, mean.copy(), var * n
+            return
+        total = self.n + n
+        delta = mean - self.mean
+        self.mean += delta * (n / total)
+        self.m2 += var * n + delta * delta * (self.n * n / total)
+        self.n = total
+
+    def write(self, bn):
+        """Running mean and unbiased variance of everything merged, into ``bn``'s buffers (in their dtype)."""
+        if self.mean is not None:
+            bn.running_mean[...] = self.mean
+            bn.running_var[...] = self.m2 / (self.n - 1)
+
+
 def recompute_batchnorm_statistics(model, x, batch_size=256):
     """Reset and re-estimate the running statistics of every batch norm in ``model`` over the data set ``x``.
 
-    Each batch-norm layer (frozen ones too) gets the cumulative average of the batch statistics over the batches
-    (as ``momentum=None`` in PyTorch; variances unbiased), computed with the rest of the model in eval mode (dropout
-    off). Useful after training with small or unrepresentative batches, or after changing weights. The modes (train /
-    eval), momenta and frozen states of all modules are restored afterwards; parameters are not touched.
+    Each batch-norm layer (frozen ones too) gets the mean and the unbiased variance of everything it receives over
+    the batches, every value counted once (a last batch of 2 weighs what its 2 samples do, not what a full batch
+    does: PyTorch's ``momentum=None`` averages the batches' statistics with equal weights), with the rest of the model
+    in eval mode (dropout off) and the batch norms normalising with batch statistics as in training. For one batch
+    norm these are exactly the statistics of its input over ``x``, what :func:`cynet.diagnostics.check_batchnorm`
+    measures. Useful after training with small or unrepresentative batches, or after changing weights. The modes
+    (train / eval), momenta and frozen states of all modules are restored afterwards; parameters are not touched.
 
     Args:
         model (Module): the model (called as ``model(batch)``).
@@ -873,18 +907,21 @@ def _recompute_statistics(model, x, batch_size, norms, saved, frozen_params):
         model.eval()
         for bn in norms:
             bn.reset_running_stats()
-            bn.momentum = None
+            bn._pooled = _PooledMoments()
             bn._frozen_stats = False
             for p in bn.parameters():
                 p.requires_grad = True
             object.__setattr__(bn, "training", True)
         for s in _batch_slices(x.shape[0], batch_size):
             model(x[s])
+        for bn in norms:
+            bn._pooled.write(bn)
     finally:
         for bn, momentum, frozen in saved:
             bn.momentum = momentum
             bn._frozen_stats = frozen
             bn._cache = None
+            bn._pooled = None
         for p, requires_grad in frozen_params:
             p.requires_grad = requires_grad
 

@@ -18,7 +18,7 @@ import numbers
 
 import numpy as np
 
-from cynet.nn.module import Parameter
+from cynet.nn.module import Module, Parameter
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "max_norm_"]
 
@@ -125,10 +125,13 @@ def max_norm_(parameters, max_norm):
 
     for each slice :math:`w_i` along axis 0 of every learning parameter with ``ndim >= 2``: the rows of a Linear
     weight (out_features, in_features), one per output unit. Biases, normalisation gains and frozen parameters are
-    left alone. The trainer applies it after every step with the :class:`cynet.train.MaxNorm` callback.
+    left alone: given the model itself, the gains and shifts of its normalisation layers whatever their shape (a
+    LayerNorm over (C, H, W) has 3-d ones); given its parameters, those with ``ndim < 2``. The trainer applies it
+    after every step with the :class:`cynet.train.MaxNorm` callback (to the model).
 
     Args:
-        parameters (iterable of Parameter, or one Parameter): typically ``model.parameters()``.
+        parameters (Module, iterable of Parameter, or one Parameter): typically the model, or
+            ``model.parameters()``.
         max_norm (float): c, > 0.
 
     Returns:
@@ -150,8 +153,13 @@ def max_norm_(parameters, max_norm):
     if max_norm == 0:
         raise ValueError(f"{fn}: max_norm must be > 0, got {max_norm!r}")
     scaled = 0
+    skipped = set()
+    if isinstance(parameters, Module):
+        from cynet.nn.normalization import normalization_parameters
+        skipped = normalization_parameters(parameters)
+        parameters = parameters.parameters()
     for p in _parameters(fn, parameters):
-        if not p.requires_grad or p.data.ndim < 2 or p.data.size == 0:
+        if not p.requires_grad or p.data.ndim < 2 or p.data.size == 0 or id(p) in skipped:
             continue
         rows = p.data.reshape(p.data.shape[0], -1)
         norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
