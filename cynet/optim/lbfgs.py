@@ -317,9 +317,9 @@ class LBFGS(Optimizer):
                         np.copyto(param.data, saved)
                     return value, gradient
 
-                # what is left of max_eval (PyTorch's rule: the search's first try comes on top of it)
+                # as PyTorch's: what is left of max_eval (the search's first try comes on top of it), and the
+                # search's own interval tolerance (1e-9), not tolerance_change
                 loss, flat_grad, t, line_evaluations = _strong_wolfe(evaluate, t, d, loss, flat_grad, gtd,
-                                                                     tolerance_change=tolerance_change,
                                                                      max_ls=max_eval - evaluations)
                 self._add_step(params, t, d)
             else:
