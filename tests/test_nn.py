@@ -4,6 +4,7 @@ Oracles: NumPy formulas written here, centred-difference numerical gradients in 
 cynet.gradcheck), and torch.nn when torch is importable.
 """
 import math
+import re
 
 import numpy as np
 import pytest
@@ -739,7 +740,13 @@ def test_running_statistics_replaced_by_hand_are_refused_before_any_write(replac
            "read-only": np.ones(64, np.float32)}[replace]
     if replace == "read-only":
         bad.setflags(write=False)
-    bn.running_var = bad
+    if replace == "list":                   # not an array: refused when assigned, the buffer stays as it was
+        with pytest.raises(TypeError, match="cannot assign list to buffer 'running_var'"):
+            bn.running_var = bad
+        assert dict(bn.named_buffers())["running_var"] is bn.running_var
+        object.__setattr__(bn, "running_var", bad)      # past the check: the forward still refuses it
+    else:
+        bn.running_var = bad
     with pytest.raises(ValueError, match="running_mean and running_var must be writable C-contiguous"):
         bn(rng.standard_normal((8, 64)).astype(np.float32))
     assert int(bn.num_batches_tracked) == 0
@@ -853,3 +860,116 @@ def test_maxout_names_itself_in_input_errors_not_its_inner_linear():
     with pytest.raises(TypeError, match=r"^Maxout\(in_features=4, out_features=2, pieces=3\): input must have the "
                                         r"weights' dtype float32"):
         layer(np.ones((2, 4), np.float64))
+
+
+# --- registration, modes and loading, as PyTorch's (QA round of 2026-12-06) -------------------------------------------
+def test_a_replaced_child_or_parameter_keeps_its_place():
+    """``m.fc1 = nn.Linear(...)`` moved fc1 to the end of the registry: the Sequential then computed
+    fc1(fc2(relu(x))), and a replaced weight moved after the bias in parameters() and state_dict()."""
+    from collections import OrderedDict
+
+    model = nn.Sequential(OrderedDict(fc1=nn.Linear(4, 4, generator=0), act=nn.ReLU(),
+                                      fc2=nn.Linear(4, 4, generator=1)))
+    model.fc1 = nn.Linear(4, 4, generator=2)
+    assert [name for name, _ in model.named_children()] == ["fc1", "act", "fc2"]
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    w1, b1, w2, b2 = (p.data.astype(np.float64) for p in model.parameters())
+    np.testing.assert_allclose(model(x), np.maximum(x @ w1.T + b1, 0) @ w2.T + b2, rtol=1e-5, atol=1e-6)
+    positional = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+    setattr(positional, "0", nn.Linear(2, 2))
+    assert [name for name, _ in positional.named_children()] == ["0", "1", "2"]
+    layer = nn.Linear(3, 2)
+    layer.weight = nn.Parameter(np.zeros((2, 3), np.float32))
+    assert list(layer.state_dict()) == ["weight", "bias"] and layer.parameters()[0] is layer.weight
+
+
+def test_an_array_assigned_to_a_buffer_stays_a_buffer_and_a_parameter_name_refuses_an_array():
+    class RunningMean(nn.Module):            # what a CS231n student writes
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("running_mean", np.zeros(3, np.float32))
+
+        def forward(self, x):
+            self.running_mean = 0.9 * self.running_mean + 0.1 * x.mean(axis=0)
+            return x - self.running_mean
+
+    module = RunningMean()
+    module(np.ones((4, 3), np.float32))
+    assert list(module.state_dict()) == ["running_mean"]
+    np.testing.assert_allclose(module.state_dict()["running_mean"], 0.1)
+    assert module.double().running_mean.dtype == np.float64           # still cast as a buffer
+    bn = nn.BatchNorm1d(3)
+    bn.running_mean = np.full(3, 5.0, np.float32)
+    assert "running_mean" in bn.state_dict() and bn.state_dict()["running_mean"][0] == 5.0
+    layer = nn.Linear(3, 2)
+    with pytest.raises(TypeError, match=r"cannot assign ndarray to parameter 'weight' .*weight\.data\[\.\.\.\]"):
+        layer.weight = np.zeros((2, 3), np.float32)
+    assert isinstance(layer.weight, nn.Parameter) and len(layer.parameters()) == 2
+    with pytest.raises(KeyError, match="'weight' is already a parameter"):
+        layer.register_buffer("weight", np.zeros(3, np.float32))
+    layer.bias = None                                                  # None still unregisters
+    assert [name for name, _ in layer.named_parameters()] == ["weight"]
+
+
+def test_a_childs_own_train_override_is_obeyed_when_a_parent_switches():
+    class FrozenStatistics(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm1d(3)
+
+        def forward(self, x):
+            return self.bn(x)
+
+        def train(self, mode=True):
+            super().train(mode)
+            self.bn.eval()                   # keep the running statistics as they are
+            return self
+
+    model = nn.Sequential(FrozenStatistics(), nn.Linear(3, 2))
+    model.eval()
+    model.train()
+    assert model.training and model[1].training and model[0].training and not model[0].bn.training
+    model(np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32))
+    assert np.all(model[0].bn.running_mean == 0)
+
+
+def test_a_load_that_fails_on_a_value_changes_nothing_and_names_the_key():
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    before = {key: value.copy() for key, value in model.state_dict().items()}
+    good = {key: np.full_like(value, 7) for key, value in before.items()}
+    for key, bad in (("1.num_batches_tracked", None), ("1.bias", np.array(["a", "b"])),
+                     ("1.num_batches_tracked", np.array(np.nan))):
+        with pytest.raises(ValueError, match=rf"nothing loaded: {re.escape(key)}: expected numbers"):
+            model.load_state_dict({**good, key: bad})
+        for name, value in model.state_dict().items():
+            np.testing.assert_array_equal(value, before[name])
+    model.load_state_dict(good)
+    assert int(model[1].num_batches_tracked) == 7
+
+
+def test_children_list_an_aliased_child_once_and_apply_visits_it_once():
+    class Aliased(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Linear(2, 2)
+            self.alias = self.encoder
+
+        def forward(self, x):
+            return self.encoder(x)
+
+    module = Aliased()
+    assert [name for name, _ in module.named_children()] == ["encoder"] and len(list(module.children())) == 1
+    visits = []
+    module.apply(lambda m: visits.append(type(m).__name__))
+    assert visits == ["Linear", "Aliased"]
+
+
+def test_layer_names_that_would_hide_the_registries_are_refused_and_to_takes_kernel_dtypes_only():
+    from collections import OrderedDict
+
+    for name in ("training", "_modules", "_parameters", "_buffers", "forward"):
+        with pytest.raises(ValueError, match="do not hide an attribute"):
+            nn.Sequential(OrderedDict([(name, nn.Tanh())]))
+    for dtype in (np.float16, np.longdouble, np.int32):
+        with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+            nn.Linear(2, 2).to(dtype)

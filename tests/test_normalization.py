@@ -1191,7 +1191,12 @@ def test_modules_refuse_parameters_replaced_by_hand():
 def test_eval_mode_with_running_var_replaced_by_a_list_is_a_clear_error():
     bn = BatchNorm1d(3)
     bn.eval()
-    bn.running_var = [1.0, 1.0]
+    with pytest.raises(TypeError, match="cannot assign list to buffer 'running_var'"):
+        bn.running_var = [1.0, 1.0]                     # refused where it happens
+    bn.running_var = np.ones(2, np.float32)
+    with pytest.raises(ValueError, match=r"running_var must have shape \(3,\)"):
+        bn(np.ones((4, 3), np.float32))
+    object.__setattr__(bn, "running_var", [1.0, 1.0])  # past the assignment check: the forward still refuses it
     with pytest.raises(ValueError, match=r"running_var must have shape \(3,\)"):
         bn(np.ones((4, 3), np.float32))
 

@@ -308,15 +308,40 @@ class Module:
 
     # --- registration ------------------------------------------------------------------------------------------------
     def __setattr__(self, name, value):
+        """PyTorch's registration rules: a Parameter or a Module assigned is registered, in the place of the one it
+        replaces (the order of a Sequential's layers and of ``parameters()`` stays); an array assigned to a buffer's
+        name replaces the buffer and stays one (``self.running_mean = 0.9 * self.running_mean + ...``); None
+        unregisters; anything else on a parameter's or buffer's name is a TypeError, not a silent unregistering."""
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
-        for registry in (self._parameters, self._buffers, self._modules):
-            registry.pop(name, None)
+        parameters, buffers, modules = self._parameters, self._buffers, self._modules
         if isinstance(value, Parameter):
-            self._parameters[name] = value
+            buffers.pop(name, None)
+            if modules.pop(name, None) is not None:
+                _structure_changed()
+            parameters[name] = value                    # an existing key keeps its place
         elif isinstance(value, Module):
-            self._modules[name] = value
+            parameters.pop(name, None)
+            buffers.pop(name, None)
+            modules[name] = value
             _structure_changed()
+        elif value is None:
+            parameters.pop(name, None)
+            buffers.pop(name, None)
+            if modules.pop(name, None) is not None:
+                _structure_changed()
+        elif name in parameters:
+            raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} to parameter {name!r} (a "
+                            f"cynet.nn.Parameter or None expected; to change its values, write into "
+                            f"{name}.data[...])")
+        elif name in buffers:
+            if not isinstance(value, np.ndarray):
+                raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} to buffer {name!r} (a "
+                                f"numpy array or None expected)")
+            buffers[name] = value
+        elif name in modules:
+            raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} to child module {name!r} "
+                            f"(a Module or None expected)")
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name):
@@ -327,7 +352,11 @@ class Module:
         object.__delattr__(self, name)
 
     def register_buffer(self, name, array):
-        """Register a non-learnable array saved in :meth:`state_dict` (running statistics, for example)."""
+        """Register a non-learnable array saved in :meth:`state_dict` (running statistics, for example). The name
+        must not be a parameter's or a child module's (KeyError, as in PyTorch)."""
+        if name in self._parameters or name in self._modules:
+            kind = "parameter" if name in self._parameters else "child module"
+            raise KeyError(f"{type(self).__name__}.register_buffer: {name!r} is already a {kind}")
         array = np.ascontiguousarray(array)
         object.__setattr__(self, name, array)
         self._buffers[name] = array
@@ -340,11 +369,17 @@ class Module:
 
     # --- traversal ---------------------------------------------------------------------------------------------------
     def children(self):
-        """The direct child modules."""
-        return iter(self._modules.values())
+        """The direct child modules, each once (one instance under two names is listed under the first)."""
+        for _, child in self.named_children():
+            yield child
 
     def named_children(self):
-        return iter(self._modules.items())
+        """``(name, module)`` for each direct child, each instance once, as in PyTorch."""
+        seen = set()
+        for name, child in self._modules.items():
+            if id(child) not in seen:
+                seen.add(id(child))
+                yield name, child
 
     def named_modules(self, prefix=""):
         """``(name, module)`` for this module and every descendant, depth first.
@@ -418,9 +453,13 @@ class Module:
 
     # --- modes, gradients, freezing ----------------------------------------------------------------------------------
     def train(self, mode=True):
-        """Training mode (dropout active, batch statistics) for this module and its descendants; returns self."""
-        for module in self.modules():
-            object.__setattr__(module, "training", bool(mode))
+        """Training mode (dropout active, batch statistics) for this module and its descendants; returns self.
+
+        Each child's own ``train`` is called (as in PyTorch), so a module that overrides it, to keep a frozen
+        backbone's batch norms in eval mode for example, is obeyed when a parent is switched."""
+        object.__setattr__(self, "training", bool(mode))
+        for child in self.children():
+            child.train(mode)
         return self
 
     def eval(self):
@@ -516,8 +555,9 @@ class Module:
         if isinstance(dtype, str) and dtype.lower() == "cpu":
             return self
         dtype = np.dtype(dtype)
-        if dtype.kind != "f":
-            raise TypeError(f"{type(self).__name__}.to: dtype must be floating point, got {dtype}")
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"{type(self).__name__}.to: dtype must be float32 or float64 (the kernels' types), got "
+                            f"{dtype}")
         cast = {}           # one new array per buffer array: buffers shared by modules (shared_copy) stay shared
         for module in self.modules():
             module._cast_state(dtype)
@@ -565,7 +605,8 @@ class Module:
 
         Raises:
             KeyError: strict and keys are missing or unexpected (all of them listed).
-            ValueError: an array's shape differs from the module's.
+            ValueError: an array's shape differs from the module's, or it does not hold numbers (NaN or inf for an
+                integer buffer); nothing is loaded then.
         """
         targets = OrderedDict(self.named_parameters())
         buffers = OrderedDict(self.named_buffers())
@@ -579,21 +620,26 @@ class Module:
             if unexpected:
                 parts.append(f"unexpected keys {unexpected}")
             raise KeyError(f"{type(self).__name__}.load_state_dict: " + "; ".join(parts))
-        mismatched = []
+        # every value converted and checked before anything is written: a failed load changes nothing
+        mismatched, converted = [], []
         for key, value in state_dict.items():
             target = targets[key].data if key in targets else buffers.get(key)
             if target is None:
                 continue
-            value = np.asarray(value)
-            if value.shape != target.shape:
-                mismatched.append(f"{key}: expected shape {target.shape}, got {value.shape}")
+            array = np.asarray(value)
+            if array.shape != target.shape:
+                mismatched.append(f"{key}: expected shape {target.shape}, got {array.shape}")
+                continue
+            if array.dtype.kind not in "biuf" or (target.dtype.kind in "iu" and array.dtype.kind == "f"
+                                                  and not np.all(np.isfinite(array))):
+                mismatched.append(f"{key}: expected numbers for a {target.dtype} array, got {describe(array)}"
+                                  + (" holding NaN or inf" if array.dtype.kind == "f" else ""))
+                continue
+            converted.append((target, array))
         if mismatched:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: shape mismatch: " + "; ".join(mismatched))
-        for key, value in state_dict.items():
-            if key in targets:
-                targets[key].data[...] = value
-            elif key in buffers:
-                buffers[key][...] = value
+            raise ValueError(f"{type(self).__name__}.load_state_dict: nothing loaded: " + "; ".join(mismatched))
+        for target, array in converted:
+            target[...] = array
         return missing, unexpected
 
     # --- in-place modules --------------------------------------------------------------------------------------------
@@ -816,7 +862,8 @@ class Sequential(_ModuleSequence):
         super().__init__()
         if len(modules) == 1 and isinstance(modules[0], dict):
             for name, module in modules[0].items():
-                if not isinstance(name, str) or not name or "." in name or hasattr(type(self), name):
+                if not isinstance(name, str) or not name or "." in name or hasattr(type(self), name) \
+                        or name in vars(self):      # the registries and `training`
                     raise ValueError(f"Sequential: layer names must be non-empty strings without '.' that do not "
                                      f"hide an attribute, got {name!r}")
                 self._add(f"__init__ (layer {name!r})", name, module)
