@@ -49,6 +49,8 @@ def config():
         "idle_spin_threads": spin_threads,
         "parallel_overhead_us": parallel_overhead() * 1e6,
         "stream_min_bytes": stream_min_bytes(),
+        "stream_min_bytes_set": bool(os.environ.get("CYNET_STREAM_MIN_BYTES", "").strip()),
+        "parallel_overhead_set": bool(os.environ.get("CYNET_PARALLEL_OVERHEAD_US", "").strip()),
         "blas": blas,
         "blas_pool": blas_pool_status(),
         "reuse_arrays": reuse.ENABLED,
@@ -68,7 +70,22 @@ def _fusion_text(c):
         "none (CYNET_FUSE_BATCHNORM_RELU=0, CYNET_FUSE_LINEAR_RELU=0)"
 
 
+def _started_too_early(c):
+    """Whether idle workers spin although nobody chose it: the OpenMP runtime started before cynet could make it
+    passive (torch imported first, for example)."""
+    return c["idle_spin_ms"] >= 1 and not c["wait_policy_set_by_user"] and not _spin_left_to_runtime(c)
+
+
+def _size(n_bytes):
+    return f"{n_bytes / 2**20:.1f} MiB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.1f} KiB" if n_bytes >= 2**10 \
+        else f"{n_bytes} bytes"
+
+
 def _wait_policy_text(c):
+    if _started_too_early(c):
+        return (f"{c['omp_wait_policy'] or 'passive'} asked for by cynet too late: the OpenMP runtime started before "
+                f"cynet (torch imported first, for example), so idle workers spin; import cynet first or set "
+                f"OMP_WAIT_POLICY=PASSIVE in the environment")
     if c["omp_wait_policy"]:
         why = ("idle workers sleep at once, leaving the cores to BLAS" if c["omp_wait_policy"].upper() == "PASSIVE"
                else "idle workers keep spinning")
@@ -101,15 +118,15 @@ def show_config(file=None):
         f"threads        : {c['threads']} (default {c['default_threads']}; CPUs available {c['available_cpus']}; "
         f"set with cynet.set_num_threads or OMP_NUM_THREADS)",
         f"OpenMP waits   : {_wait_policy_text(c)}; idle workers measured spinning {c['idle_spin_ms']:.1f} ms after "
-        f"a parallel region of {c['idle_spin_threads']} thread{'s' if c['idle_spin_threads'] != 1 else ''}"
-        + ("" if c["idle_spin_ms"] < 1 or c["wait_policy_set_by_user"] or _spin_left_to_runtime(c) else
-           " (the OpenMP runtime started before cynet could make it passive, e.g. torch imported first; import cynet "
-           "first or set OMP_WAIT_POLICY=PASSIVE in the environment)"),
+        f"a parallel region of {c['idle_spin_threads']} thread{'s' if c['idle_spin_threads'] != 1 else ''}",
         f"parallel call  : {c['parallel_overhead_us']:.0f} us (waking the workers, or their spinning where larger "
-        f"and it takes cores from BLAS, which the one pool's does not; measured; a kernel call runs on one thread "
-        f"unless splitting saves more; CYNET_PARALLEL_OVERHEAD_US overrides)",
-        f"streaming      : outputs of {c['stream_min_bytes'] / 2**20:.1f} MiB or more written with non-temporal stores "
-        f"(a measured threshold; CYNET_STREAM_MIN_BYTES overrides)",
+        f"and it takes cores from BLAS, which the one pool's does not; "
+        + ("set by CYNET_PARALLEL_OVERHEAD_US" if c["parallel_overhead_set"] else
+           "measured here; CYNET_PARALLEL_OVERHEAD_US overrides")
+        + "; a kernel call runs on one thread unless splitting saves more)",
+        f"streaming      : outputs of {_size(c['stream_min_bytes'])} or more written with non-temporal stores ("
+        + ("set by CYNET_STREAM_MIN_BYTES" if c["stream_min_bytes_set"] else
+           "the default, measured on the development hosts; CYNET_STREAM_MIN_BYTES overrides") + ")",
         "layer outputs  : " + (f"those of {c['reuse_min_bytes'] / 2**20:.0f} MiB or more reused once nothing holds "
                                f"them, up to {c['reuse_max_free_bytes'] / 2**20:.0f} MiB kept free "
                                f"(CYNET_REUSE_ARRAYS=0 turns it off)" if c["reuse_arrays"] else
@@ -118,8 +135,10 @@ def show_config(file=None):
     ]
     if c["blas"]:
         for b in c["blas"]:
+            own = ("" if b["num_threads"] == c["threads"] else
+                   "; its own default until cynet.set_num_threads or cynet.threads sets both")
             lines.append(f"BLAS           : {b['library']} {b['version']} ({b['threading']} threading, "
-                         f"{b['num_threads']} threads) {b['path']}")
+                         f"{b['num_threads']} threads{own}) {b['path']}")
     else:
         lines.append("BLAS           : none found by threadpoolctl")
     pool = c["blas_pool"]

@@ -28,6 +28,7 @@ from cynet.nn.loss import L2Penalty, SoftmaxCrossEntropy
 from cynet.optim import SGD
 from cynet.train import Callback, Trainer
 from cifar10_data import load_split
+from cli_types import non_negative_float, positive_float, positive_int, probability
 
 
 def build_mlp(hidden=200):
@@ -49,15 +50,15 @@ class SaveEveryEpoch(Callback):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", type=int, default=4)
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--snapshots", type=int, default=3, help="checkpoints of model 0 in the one-run ensemble")
-    p.add_argument("--n-train", type=int, default=5000)
-    p.add_argument("--n-val", type=int, default=1000)
-    p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--reg", type=float, default=1e-3)
-    p.add_argument("--decay", type=float, default=0.99, help="EMA decay")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--models", type=positive_int, default=4)
+    p.add_argument("--epochs", type=positive_int, default=6)
+    p.add_argument("--snapshots", type=positive_int, default=3, help="checkpoints of model 0 in the one-run ensemble")
+    p.add_argument("--n-train", type=positive_int, default=5000)
+    p.add_argument("--n-val", type=positive_int, default=1000)
+    p.add_argument("--lr", type=positive_float, default=5e-3)
+    p.add_argument("--reg", type=non_negative_float, default=1e-3)
+    p.add_argument("--decay", type=probability, default=0.99, help="EMA decay")
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--data", default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

@@ -12,14 +12,15 @@ import argparse
 import os
 
 from cynet.diagnostics.init_lab import INIT_SCALES, init_experiment
+from cli_types import positive_int
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plots", metavar="DIR", help="write per-layer activation histograms (PNG) to DIR")
-    parser.add_argument("--layers", type=int, default=10, help="depth (default 10)")
-    parser.add_argument("--width", type=int, default=500, help="units per layer (default 500)")
-    parser.add_argument("--samples", type=int, default=1000, help="input rows (default 1000)")
+    parser.add_argument("--layers", type=positive_int, default=10, help="depth (default 10)")
+    parser.add_argument("--width", type=positive_int, default=500, help="units per layer (default 500)")
+    parser.add_argument("--samples", type=positive_int, default=1000, help="input rows (default 1000)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.plots:

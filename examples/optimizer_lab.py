@@ -38,6 +38,7 @@ import cynet
 from cynet import nn, optim
 from cynet.train import DivergenceWarning, Trainer
 from cifar10_data import load_split
+from cli_types import at_least_one, positive_int
 
 # rule name -> (constructor(params, lr), the usual default rate the CIFAR search centres on)
 RULES = {
@@ -196,13 +197,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="CIFAR-10 directory (default: $CYNET_DATA or ~/.cache/cynet, the shared "
                                        "copy, the subset)")
-    parser.add_argument("--train", type=int, default=2000, help="training images (default 2000)")
-    parser.add_argument("--val", type=int, default=1000, help="validation images (default 1000)")
-    parser.add_argument("--hidden", type=int, default=100, help="hidden units (default 100)")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--lbfgs-iterations", type=int, default=200, help="full-batch L-BFGS iterations")
-    parser.add_argument("--kappa", type=float, default=50.0, help="the ravine's condition number (default 50)")
+    parser.add_argument("--train", type=positive_int, default=2000, help="training images (default 2000)")
+    parser.add_argument("--val", type=positive_int, default=1000, help="validation images (default 1000)")
+    parser.add_argument("--hidden", type=positive_int, default=100, help="hidden units (default 100)")
+    parser.add_argument("--epochs", type=positive_int, default=20)
+    parser.add_argument("--batch-size", type=positive_int, default=100)
+    parser.add_argument("--lbfgs-iterations", type=positive_int, default=200, help="full-batch L-BFGS iterations")
+    parser.add_argument("--kappa", type=at_least_one, default=50.0,
+                        help="the ravine's condition number, >= 1 (default 50)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 

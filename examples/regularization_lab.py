@@ -32,6 +32,7 @@ from cynet.data import Compose, Cutout, Mixup, RandomCrop, RandomHorizontalFlip
 from cynet.diagnostics import diagnose
 from cynet.train import MaxNorm, Trainer
 from cifar10_data import IMAGE, load_split
+from cli_types import positive_float, positive_int
 
 
 def build_mlp(hidden=512, dropout=0.0, dropconnect=0.0):
@@ -60,13 +61,13 @@ def methods(weight_decay=0.1, dropout=0.5, dropconnect=0.5, max_norm=1.0, smooth
     """{name: settings} of the runs; every run starts from the same seed."""
     return {
         "none": {},
-        f"L2 weight decay {weight_decay:g}": {"weight_decay": weight_decay},
+        f"L2 weight decay {weight_decay:g} (weights only)": {"weight_decay": weight_decay},
         f"dropout {dropout:g}": {"dropout": dropout},
         f"DropConnect {dropconnect:g}": {"dropconnect": dropconnect},
         f"max-norm {max_norm:g}": {"callbacks": [MaxNorm(max_norm)]},
         f"label smoothing {smoothing:g}": {"smoothing": smoothing},
         f"mixup {mixup:g}": {"mixup": Mixup(mixup, num_classes=10)},
-        "crops, flips, Cutout": {"batch_transform": augment_images},
+        "crops, flips, Cutout 8": {"batch_transform": augment_images},
     }
 
 
@@ -93,11 +94,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="CIFAR-10 directory (default: $CYNET_DATA or ~/.cache/cynet, the shared "
                                        "copy, the subset)")
-    parser.add_argument("--train", type=int, default=2000, help="training images (default 2000)")
-    parser.add_argument("--val", type=int, default=1000, help="validation images (default 1000)")
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--train", type=positive_int, default=2000, help="training images (default 2000)")
+    parser.add_argument("--val", type=positive_int, default=1000, help="validation images (default 1000)")
+    parser.add_argument("--epochs", type=positive_int, default=15)
+    parser.add_argument("--lr", type=positive_float, default=0.01)
+    parser.add_argument("--batch-size", type=positive_int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 

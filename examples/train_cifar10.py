@@ -50,6 +50,7 @@ from cynet.nn.loss import L2Penalty, SoftmaxCrossEntropy
 from cynet.optim.lr_scheduler import CosineAnnealingLR
 from cynet.train import ModelCheckpoint, Trainer
 from cifar10_data import SHARED
+from cli_types import non_negative_float, positive_float, positive_int, probability
 
 MODELS = {
     # hidden layer widths of the fully connected net (each Linear -> BatchNorm1d -> ReLU)
@@ -75,19 +76,22 @@ def parse_args(argv=None):
     p.add_argument("--download", action="store_true", help="download the official archive if it is not there")
     p.add_argument("--subset", action="store_true", help="train on the small subset packaged with cynet (a quick "
                                                          "offline run of every stage, under a minute)")
-    p.add_argument("--epochs", type=int, default=None, help="default: 30 on a full data set, 15 on the subset")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=None,
-                   help="initial learning rate (SGD, Nesterov momentum 0.9); default 0.05 for the MLPs, 0.01 for the "
-                        "CNN, whose classifier reads 2,048 non-negative features (it diverged at 0.02)")
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="default: 30 on a full data set, 15 on the subset")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="initial learning rate (SGD, Nesterov momentum 0.9); default 0.05 for the MLPs and the "
+                        "resnet, 0.01 for the CNN, whose classifier reads 2,048 non-negative features (it diverged at "
+                        "0.02)")
+    p.add_argument("--weight-decay", type=non_negative_float, default=5e-4)
+    p.add_argument("--dropout", type=probability, default=0.2)
     p.add_argument("--model", choices=sorted(MODELS), default="mlp")
     p.add_argument("--val-size", type=int, default=None, help="validation images (default: 10%% of training)")
     p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
     p.add_argument("--skip-checks", action="store_true", help="do not run the sanity checks before training")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="threads for kernels and BLAS (default: all cores)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="threads for kernels and BLAS (default: all cores)")
     p.add_argument("--out", default="runs/cifar10", help="directory for the checkpoint, plots and history")
     return p.parse_args(argv)
 
@@ -269,7 +273,10 @@ def main(argv=None):
     print(f"history      : {history_path}")
     load_model(best_path, model)
     bundle_path = os.path.join(args.out, "model_and_preprocessing.npz")
-    save_bundle(bundle_path, model, transform, metadata={"model": args.model, "epochs": trainer.epoch})
+    # the weights are the best checkpoint's: its epoch, not the last one trained
+    best_epoch = int(np.nanargmax(history["val_acc"])) + 1
+    save_bundle(bundle_path, model, transform,
+                metadata={"model": args.model, "epoch": best_epoch, "epochs_trained": trainer.epoch})
     print(f"checkpoint   : {best_path} (best validation accuracy); model + preprocessing: {bundle_path}")
     if not args.skip_checks and any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in model.modules()):
         stage("batch norm in training and in evaluation (CS231n: batch normalization at test time)")

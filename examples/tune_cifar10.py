@@ -24,6 +24,7 @@ import time
 from cynet import nn
 from cynet.tune import CoarseToFine, RandomSearch, Stage, choice, loguniform, make_trainer_trial
 from cifar10_data import load_split
+from cli_types import positive_int
 
 
 def build_mlp(params):
@@ -44,16 +45,17 @@ SPACE = {"lr": loguniform(1e-4, 1e-1), "reg": loguniform(1e-5, 1e-1), "hidden": 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--executor", choices=["serial", "process", "dask"], default="process")
-    p.add_argument("--workers", type=int, default=None, help="process-pool / LocalCluster workers (default: cores)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="process-pool / LocalCluster workers (default: cores)")
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (with --executor dask)")
-    p.add_argument("--threads-per-trial", type=int, default=None,
+    p.add_argument("--threads-per-trial", type=positive_int, default=None,
                    help="threads each trial uses (default: cores // workers on the pool, 1 on Dask, all cores "
                         "serially); give the same number to get bit-identical tables from different executors")
-    p.add_argument("--trials", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--n-train", type=int, default=5000)
-    p.add_argument("--n-val", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--trials", type=positive_int, default=16)
+    p.add_argument("--epochs", type=positive_int, default=2)
+    p.add_argument("--n-train", type=positive_int, default=5000)
+    p.add_argument("--n-val", type=positive_int, default=1000)
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--coarse-to-fine", action="store_true", help="add a narrowed second stage (4x the epochs)")
     p.add_argument("--data", default=None)
     p.add_argument("--seed", type=int, default=0)

@@ -137,3 +137,20 @@ def test_optimizer_lab_compares_the_update_rules_on_the_ravine_and_the_subset(ca
     assert limited["passes"] < converged["passes"] and converged["train_loss"] < limited["train_loss"]
     assert "300 training and 200 validation images from packaged" in printed
     assert printed.strip().splitlines()[-1].startswith("lowest training loss:")
+
+
+@pytest.mark.parametrize("name,argv,option", [
+    ("train_cifar10", ["--epochs", "0"], "--epochs"), ("train_cifar10", ["--threads", "0"], "--threads"),
+    ("train_cifar10", ["--dropout", "1.5"], "--dropout"), ("train_cifar10", ["--lr", "-1"], "--lr"),
+    ("train_cifar10", ["--batch-size", "0"], "--batch-size"), ("ensemble_cifar10", ["--snapshots", "0"], "--snapshots"),
+    ("ensemble_cifar10", ["--models", "0"], "--models"), ("regularization_lab", ["--epochs", "0"], "--epochs"),
+    ("regularization_lab", ["--train", "0"], "--train"), ("optimizer_lab", ["--kappa", "-1"], "--kappa"),
+    ("init_lab", ["--layers", "0"], "--layers"), ("tune_cifar10", ["--trials", "0"], "--trials"),
+])
+def test_a_bad_option_is_an_argparse_error_naming_it_before_any_work(name, argv, option, capsys):
+    """--epochs 0 failed in the middle of a run with "CosineAnnealingLR: T_max must be an int >= 1", --snapshots 0
+    after training every model, --threads 0 was ignored and --kappa -1 turned the ravine into a saddle."""
+    with pytest.raises(SystemExit) as stop:
+        load_example(name).main(argv)
+    assert stop.value.code == 2
+    assert f"argument {option}: must be" in capsys.readouterr().err

@@ -136,3 +136,17 @@ def test_update_ratio_plot_draws_weight_matrices_not_a_batchnorms_scale():
         trainer.fit(x, y, epochs=1, batch_size=32)
     assert "1.weight" in monitor.records[0]["update_ratio"]          # BatchNorm1d's (8,) scale is monitored
     assert plots._weight_matrices(monitor) == ["0.weight", "3.weight"]
+
+
+def test_the_file_extension_chooses_the_format(tmp_path):
+    """plot_loss(h, "loss.svg") wrote PNG bytes into loss.svg (every plot forced PNG); SearchResult.plot wrote SVG."""
+    history = _history()
+    plots.plot_loss(history, tmp_path / "loss.svg", window=20)
+    text = (tmp_path / "loss.svg").read_text()
+    assert text.lstrip().startswith("<?xml") and "<svg" in text
+    plots.plot_accuracy(history, tmp_path / "acc.pdf")
+    assert (tmp_path / "acc.pdf").read_bytes().startswith(b"%PDF")
+    plots.plot_accuracy(history, tmp_path / "acc")              # no extension: PNG
+    _check_png(tmp_path / "acc")
+    with pytest.raises(ValueError, match="Format 'xyz' is not supported"):
+        plots.plot_loss(history, tmp_path / "loss.xyz", window=20)

@@ -774,3 +774,19 @@ def test_copyto_between_overlapping_parts_of_one_array_is_numpys_copy(shift):
 def test_copy_bytes_refuses_unequal_lengths():
     with pytest.raises(ValueError, match="dst holds 3 bytes, src 4"):
         _runtime.copy_bytes(np.zeros(4, np.uint8), np.zeros(3, np.uint8), 2)
+
+
+def test_show_config_says_which_settings_were_measured_and_which_were_set():
+    """CYNET_PARALLEL_OVERHEAD_US=50 was printed as "measured", a 1000-byte streaming threshold as "0.0 MiB ... (a
+    measured threshold)", and BLAS's own default thread count next to cynet's as if one setting controlled both."""
+    code = "import cynet; cynet.show_config()"
+    env = {k: v for k, v in os.environ.items() if k not in ("CYNET_PARALLEL_OVERHEAD_US", "CYNET_STREAM_MIN_BYTES")}
+    run = lambda **extra: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,   # noqa: E731
+                                         env={**env, **extra}, timeout=120).stdout
+    set_by_user = run(CYNET_PARALLEL_OVERHEAD_US="50", CYNET_STREAM_MIN_BYTES="1000")
+    assert "parallel call  : 50 us" in set_by_user and "set by CYNET_PARALLEL_OVERHEAD_US" in set_by_user
+    assert "outputs of 1000 bytes or more" in set_by_user and "set by CYNET_STREAM_MIN_BYTES" in set_by_user
+    assert "measured here" not in set_by_user
+    defaults = run()
+    assert "measured here; CYNET_PARALLEL_OVERHEAD_US overrides" in defaults
+    assert "outputs of 32.0 MiB or more" in defaults and "the default, measured on the development hosts" in defaults

@@ -1,9 +1,9 @@
-"""Plots of the lecture's training diagnostics, written as PNG files by matplotlib.
+"""Plots of the lecture's training diagnostics, written as image files by matplotlib.
 
 matplotlib is imported inside each function, so ``import cynet.diagnostics`` stays light. Each figure is a bare
 :class:`matplotlib.figure.Figure`, drawn without pyplot: the functions work on machines without a display and leave
-the session's backend and its figures alone (a notebook's ``plt.show()`` keeps working). Every function writes one PNG
-file and returns its path.
+the session's backend and its figures alone (a notebook's ``plt.show()`` keeps working). Every function writes one
+file, in the format its extension names (``.png``, ``.svg``, ``.pdf``, ...; PNG without one), and returns its path.
 
 Example:
     >>> from cynet.diagnostics.plots import plot_loss, plot_accuracy
@@ -28,8 +28,10 @@ def _subplots(*grid, figsize, **kwargs):
 
 
 def _save(fig, path):
+    """Write ``fig`` in the format of the path's extension (matplotlib's names), PNG when it has none."""
     path = os.fspath(path)
-    fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
+    extension = os.path.splitext(path)[1].lstrip(".").lower()
+    fig.savefig(path, format=extension or "png", dpi=100, bbox_inches="tight")
     return path
 
 
@@ -44,7 +46,7 @@ def plot_loss(history, path, window=50):
 
     Args:
         history (Mapping): a Trainer history with a non-empty "loss" list.
-        path (str or os.PathLike): the PNG file to write.
+        path (str or os.PathLike): the file to write (its extension gives the format: png, svg, pdf, ...).
         window (int): moving-average width in iterations (shrunk to the number of iterations). Default 50.
 
     Returns:
@@ -84,7 +86,7 @@ def plot_accuracy(history, path):
 
     Args:
         history (Mapping): a Trainer history with "train_acc" (and optionally "val_acc").
-        path (str or os.PathLike): the PNG file to write.
+        path (str or os.PathLike): the file to write (its extension gives the format: png, svg, pdf, ...).
 
     Returns:
         str: ``path``.
@@ -134,7 +136,7 @@ def plot_activation_histograms(stats, path, title=None):
         stats: a list of :class:`~cynet.diagnostics.init_lab.LayerStats` (from
             :func:`~cynet.diagnostics.init_lab.activation_statistics`), an
             :class:`~cynet.diagnostics.init_lab.InitExperiment` or a ``TrainingMonitor`` record.
-        path (str or os.PathLike): the PNG file to write.
+        path (str or os.PathLike): the file to write (its extension gives the format: png, svg, pdf, ...).
         title (str): figure title. Default None (the experiment's settings and verdict when given one).
 
     Returns:
@@ -183,7 +185,7 @@ def plot_update_ratios(monitor, path):
 
     Args:
         monitor (TrainingMonitor): a monitor with at least one record.
-        path (str or os.PathLike): the PNG file to write.
+        path (str or os.PathLike): the file to write (its extension gives the format: png, svg, pdf, ...).
 
     Returns:
         str: ``path``.
@@ -229,7 +231,7 @@ def plot_first_layer_templates(weight, path, image_shape=(3, 32, 32), max_templa
     Args:
         weight (numpy.ndarray or Parameter): shape (out, 3072) for CIFAR-10: each row a flattened image in
             cynet's channel-first layout (1024 red, 1024 green, 1024 blue values).
-        path (str or os.PathLike): the PNG file to write.
+        path (str or os.PathLike): the file to write (its extension gives the format: png, svg, pdf, ...).
         image_shape (tuple): ``(channels, height, width)`` of one row, channels 1 or 3. Default (3, 32, 32).
         max_templates (int): draw at most this many rows (the first ones). Default 100.
 

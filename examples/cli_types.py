@@ -1,0 +1,67 @@
+"""argparse types shared by the examples: a bad option is an argparse error naming the option, before any data is
+loaded or any model trained (``--epochs 0`` used to fail in the middle of the run with a library message that never
+named it).
+
+Example:
+    >>> import argparse
+    >>> from cli_types import positive_int
+    >>> parser = argparse.ArgumentParser()
+    >>> _ = parser.add_argument("--epochs", type=positive_int)
+    >>> parser.parse_args(["--epochs", "3"]).epochs
+    3
+"""
+import argparse
+import math
+
+
+def _number(kind, text):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+
+
+def positive_int(text):
+    """An integer >= 1."""
+    value = _number(int, text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text):
+    """An integer >= 0."""
+    value = _number(int, text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def _float(text, accept, requirement):
+    value = _number(float, text)
+    if not (math.isfinite(value) and accept(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number {requirement}, got {text}")
+    return value
+
+
+def positive_float(text):
+    """A finite number > 0."""
+    return _float(text, lambda value: value > 0, "> 0")
+
+
+def non_negative_float(text):
+    """A finite number >= 0."""
+    return _float(text, lambda value: value >= 0, ">= 0")
+
+
+def probability(text):
+    """A number in [0, 1)."""
+    value = _number(float, text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
+    return value
+
+
+def at_least_one(text):
+    """A finite number >= 1 (a condition number)."""
+    return _float(text, lambda value: value >= 1, ">= 1")
