@@ -118,6 +118,7 @@ def test_validation_is_never_recorded_and_wrappers_are_removed():
 def test_invalid_arguments():
     with pytest.raises(ValueError):
         TrainingMonitor(every=0)
-    with pytest.raises(ValueError):
-        TrainingMonitor(ratio_range=(1e-2, 1e-4))
+    for bad in ((1e-2, 1e-4), (1e-2,), (1e-4, 1e-3, 1e-2), None, ("a", "b")):    # not "not enough values to unpack"
+        with pytest.raises(ValueError, match=r"ratio_range must be \(low, high\) with 0 <= low < high"):
+            TrainingMonitor(ratio_range=bad)
     assert isinstance(TrainingMonitor(), Callback)

@@ -10,7 +10,8 @@ iteration it records, per layer (the activation modules, see :func:`cynet.diagno
 
 and per parameter:
 
-- the std of its gradient (the one the optimiser used: data loss plus regularisation);
+- the std of its gradient (``param.grad`` as the step found it: the data loss's plus a trainer's regularisation
+  penalty, without an optimiser's own ``weight_decay``, which the step adds itself);
 - the update-to-weight ratio :math:`\lVert\Delta W\rVert / \lVert W\rVert` of the step, which the lecture wants
   around 1e-3. Outside ``ratio_range`` (1e-4 ... 1e-2 by default) for a weight matrix, an
   :class:`UpdateRatioWarning` says which layer and by how much (biases are recorded but never warned about: they
@@ -87,7 +88,10 @@ class TrainingMonitor(Callback):
                                                                                     every_iterations)
         self.bins = positive_int(name, "bins", bins)
         self.batches = positive_int(name, "batches", batches)
-        low, high = (float(v) for v in ratio_range)
+        try:
+            low, high = (float(v) for v in ratio_range)
+        except (TypeError, ValueError):
+            low = high = math.nan           # not two numbers: the message below
         if not (0 <= low < high):
             raise ValueError(f"TrainingMonitor: ratio_range must be (low, high) with 0 <= low < high, got "
                              f"{ratio_range!r}")
