@@ -42,12 +42,17 @@ def positive_int(owner, name, value):
     return int(value)
 
 
-def as_float_array(op, name, a):
-    """``a`` as a C-contiguous floating ndarray in the machine's byte order (copying only when it is not);
-    TypeError otherwise (also for a masked array, whose mask no kernel would honour)."""
+def refuse_masked(op, name, a):
+    """TypeError for a masked array, whose mask no kernel would honour."""
     if isinstance(a, np.ma.MaskedArray):
         raise TypeError(f"{op}: {name} is a masked array; the mask would be ignored: pass a.filled(value) or "
                         f"a.data explicitly")
+
+
+def as_float_array(op, name, a):
+    """``a`` as a C-contiguous floating ndarray in the machine's byte order (copying only when it is not);
+    TypeError otherwise (also for a masked array, whose mask no kernel would honour)."""
+    refuse_masked(op, name, a)
     a = np.asarray(a)
     if a.dtype.kind != "f":
         raise TypeError(f"{op}: {name} must be a floating-point array (float32 or float64), got {describe(a)}")
@@ -85,6 +90,9 @@ def output(op, out, shape, dtype, name="out"):
         return np.empty(shape, dtype=dtype)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(out).__name__}")
+    if isinstance(out, (np.matrix, np.ma.MaskedArray)):      # 2-d only / a mask the kernels would not keep
+        raise TypeError(f"{op}: {name} must be a plain numpy.ndarray, got a {type(out).__name__} of shape "
+                        f"{out.shape}")
     if out.dtype != dtype:
         raise TypeError(f"{op}: {name} must have dtype {np.dtype(dtype)}, got {describe(out)}")
     if out.shape != shape:

@@ -32,8 +32,8 @@ import numpy as np
 from cynet import reference
 from cynet._kernels import load as _load_kernels
 from cynet._threading import NS_EXP, NS_GELU, NS_PRELU_BACKWARD, NS_STREAM, kernel_threads, stream_stores
-from cynet._validation import (KERNEL_DTYPES, apart_from, as_float_array, describe, output, same_layout,
-                               separate_outputs)
+from cynet._validation import (KERNEL_DTYPES, apart_from, as_float_array, describe, output, refuse_masked,
+                               same_layout, separate_outputs)
 
 __all__ = list(reference.__all__)
 
@@ -190,7 +190,7 @@ def sigmoid_forward(x, *, out=None):
 
     Example:
         >>> import numpy as np, cynet
-        >>> cynet.ops.sigmoid_forward(np.array([0.0, 2.0], np.float32)).round(6)   # within 2 ulp of 1 / (1 + e^-x)
+        >>> cynet.ops.sigmoid_forward(np.array([0.0, 2.0], np.float32)).round(6)   # within 3 ulp of 1 / (1 + e^-x)
         array([0.5     , 0.880797], dtype=float32)
     """
     return _forward("sigmoid_forward", _A.SIGMOID, x, out, 0.0,
@@ -299,6 +299,7 @@ def leaky_relu_backward(dout, x, negative_slope=0.01, *, out=None):
 def _prelu_inputs(op, x, alpha):
     """Validate PReLU's x and alpha; return x, alpha (as x's dtype, contiguous, 1-D) and the kernel layout."""
     x = as_float_array(op, "x", x)
+    refuse_masked(op, "alpha", alpha)
     alpha_in = np.asarray(alpha)
     if alpha_in.dtype.kind != "f":
         raise TypeError(f"{op}: alpha must be floating-point, got {describe(alpha_in)}")
@@ -637,6 +638,7 @@ def maxout_backward(dout, indices, pieces, *, out=None):
     op = "maxout_backward"
     k = _maxout_pieces(op, pieces)
     dout = as_float_array(op, "dout", dout)
+    refuse_masked(op, "indices", indices)
     indices = np.asarray(indices)
     if indices.dtype.kind not in "iu":
         raise TypeError(f"{op}: indices must be an integer array, got {describe(indices)}")

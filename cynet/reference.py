@@ -208,7 +208,7 @@ def prelu_backward(dout, x, alpha, *, out=None, alpha_grad_out=None):
 # --- exponential linear units ----------------------------------------------------------------------------------------
 def elu_forward(x, alpha=1.0, *, out=None):
     a = _scalar(alpha, x.dtype)
-    return _store(np.where(x > 0, x, a * np.expm1(np.minimum(x, 0))), out)
+    return _store(np.where(x >= 0, x, a * np.expm1(np.minimum(x, 0))), out)      # -0 stays -0, as a expm1(-0)
 
 
 def elu_backward(dout, y, alpha=1.0, *, out=None):
@@ -219,7 +219,7 @@ def elu_backward(dout, y, alpha=1.0, *, out=None):
 def selu_forward(x, *, out=None):
     scale = _scalar(SELU_SCALE, x.dtype)
     scale_alpha = _scalar(SELU_SCALE * SELU_ALPHA, x.dtype)
-    return _store(np.where(x > 0, scale * x, scale_alpha * np.expm1(np.minimum(x, 0))), out)
+    return _store(np.where(x >= 0, scale * x, scale_alpha * np.expm1(np.minimum(x, 0))), out)   # -0 stays -0
 
 
 def selu_backward(dout, y, *, out=None):

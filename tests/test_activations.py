@@ -514,3 +514,28 @@ def test_longdouble_gelu_beyond_the_range_of_float64(approximate):
     assert np.signbit(y[2]) and np.signbit(y[5])                # -0: the limit of x Phi(x) from the left
     dx = ops.gelu_backward(np.ones_like(x), x, approximate)
     np.testing.assert_array_equal(dx, [1, 0.5, 0, 0.5, 1, 0])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_elu_and_selu_keep_the_sign_of_a_negative_zero(dtype):
+    """alpha (e^x - 1) at x = -0 is -0 (expm1(-0) = -0, torch gives -0); the kernels and the reference gave +0 for
+    float32/float64 (the vectorised expm1 and np.minimum(-0, 0) drop the sign) and -0 for float16."""
+    x = np.array([-0.0, 0.0, -1e-30, 1e-30], dtype)
+    for y in (ops.elu_forward(x, alpha=1.0), ops.elu_forward(x, alpha=0.5), ops.selu_forward(x),
+              reference.elu_forward(x, 1.0), reference.selu_forward(x)):
+        assert list(np.signbit(y)) == [True, False, True, False]
+        assert y.dtype == dtype
+
+
+def test_an_output_that_is_a_matrix_or_a_masked_array_and_masked_parameters_are_refused_by_name():
+    x = np.ones((1, 4), np.float32)
+    for out in (np.asmatrix(np.empty((1, 4), np.float32)), np.ma.masked_array(np.empty((1, 4), np.float32))):
+        with pytest.raises(TypeError, match=f"^sigmoid_forward: out must be a plain numpy.ndarray, got a "
+                                            f"{type(out).__name__}"):
+            ops.sigmoid_forward(x, out=out)
+    alpha = np.ma.masked_array(np.full(4, 0.25, np.float32), mask=[False, True, False, False])
+    with pytest.raises(TypeError, match="^prelu_forward: alpha is a masked array"):
+        ops.prelu_forward(np.ones((2, 4), np.float32), alpha)
+    indices = np.ma.masked_array(np.zeros((2, 2), np.int32), mask=[[True, False], [False, False]])
+    with pytest.raises(TypeError, match="^maxout_backward: indices is a masked array"):
+        ops.maxout_backward(np.ones((2, 2), np.float32), indices, 2)

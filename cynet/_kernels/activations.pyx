@@ -353,7 +353,8 @@ cdef inline void _gelu_tanh_slope_stage(const floating* dout, const floating* x,
 # Per-stage bodies (m <= STAGE values; the kernels call them with m = STAGE, a constant the compiler unrolls for, then
 # once for the remainder).
 
-# ELU and SELU: y = pos x if x > 0 else neg (exp(x) - 1)  (ELU: pos = 1, neg = alpha; SELU: lambda, lambda alpha)
+# ELU and SELU: y = pos x if x >= 0 else neg (exp(x) - 1)  (ELU: pos = 1, neg = alpha; SELU: lambda, lambda alpha);
+# x = -0 takes the first branch, so it gives -0 as neg * expm1(-0) does (the vectorised expm1 drops the zero's sign)
 cdef inline void _elu_stage(const floating* x, floating* y, Py_ssize_t m, floating pos, floating neg) noexcept nogil:
     cdef floating t[STAGE]
     cdef floating v
@@ -361,7 +362,7 @@ cdef inline void _elu_stage(const floating* x, floating* y, Py_ssize_t m, floati
     vexpm1_block(x, t, m)
     for i in range(m):
         v = x[i]
-        y[i] = pos * v if v > 0 else neg * t[i]
+        y[i] = pos * v if v >= 0 else neg * t[i]
 
 
 # SiLU: y = x sigma(x), and -0 where sigma underflows to 0 (the limit at -inf, not -inf * 0 = NaN)
