@@ -251,11 +251,17 @@ def main(argv=None):
     trainer = Trainer(model, loss, optimizer, scheduler=scheduler, batch_transform=batch_transform,
                       callbacks=[ModelCheckpoint(best_path, monitor="val_acc")], seed=args.seed)
     train_started = time.perf_counter()
-    history = trainer.fit(x_train, y_train, epochs=epochs, batch_size=args.batch_size, validation=(x_val, y_val))
+    try:
+        history = trainer.fit(x_train, y_train, epochs=epochs, batch_size=args.batch_size,
+                              validation=(x_val, y_val))
+    except KeyboardInterrupt:       # Ctrl-C: keep what was trained (the best checkpoint so far) and write the outputs
+        history = trainer.history
+        print(f"\n{trainer.stop_reason}: writing the outputs of the {trainer.epoch} finished epoch(s)", flush=True)
     train_seconds = time.perf_counter() - train_started
     if not history["val_acc"]:
-        sys.exit(f"training stopped before its first epoch ended ({trainer.stop_reason}): no checkpoint to test; "
-                 f"try a smaller --lr than {args.lr:g}")
+        advice = "" if trainer.stop_reason.startswith("interrupted") else f"; try a smaller --lr than {args.lr:g}"
+        sys.exit(f"training stopped before its first epoch ended ({trainer.stop_reason}): no checkpoint to "
+                 f"test{advice}")
     epoch_times = history.get("epoch_time", [])
     print(f"trained {trainer.epoch} epochs in {train_seconds:.1f} s "
           f"({np.mean(epoch_times) if epoch_times else float('nan'):.2f} s per epoch on "

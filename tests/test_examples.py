@@ -93,6 +93,37 @@ def test_train_cifar10_stops_with_a_message_when_training_diverges_at_once(tmp_p
                       str(tmp_path / "diverged")])
 
 
+def test_train_cifar10_interrupted_writes_the_outputs_of_the_finished_epochs(tmp_path, capsys, monkeypatch,
+                                                                           no_cifar_data):
+    """Ctrl-C ended the example with a traceback and only best.npz: no history, plots, bundle or test line."""
+    from cynet.train import Trainer
+
+    example = load_example("train_cifar10")
+    real_epoch, calls = Trainer._run_epoch, []
+
+    def interrupted_in_epoch_3(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_epoch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_run_epoch", interrupted_in_epoch_3)
+    out = tmp_path / "run"
+    accuracy = example.main(["--epochs", "5", "--skip-checks", "--model", "mlp-small", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "interrupted (KeyboardInterrupt) during epoch 3: writing the outputs of the 2 finished epoch(s)" in printed
+    assert re.search(r"test accuracy: \d+\.\d+%", printed) and 0 <= accuracy <= 1
+    for name in ("best.npz", "history.json", "loss.png", "accuracy.png", "model_and_preprocessing.npz"):
+        assert (out / name).exists(), name
+
+    def interrupted_at_once(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_run_epoch", interrupted_at_once)
+    with pytest.raises(SystemExit, match=r"first epoch ended \(interrupted .*no checkpoint to test$"):
+        example.main(["--epochs", "2", "--skip-checks", "--model", "mlp-small", "--out", str(tmp_path / "r2")])
+
+
 def test_train_cifar10_sanity_checks_pass_for_the_default_model(tmp_path, capsys, no_cifar_data):
     example = load_example("train_cifar10")
     example.main(["--subset", "--epochs", "1", "--model", "mlp-small", "--out", str(tmp_path / "run")])
