@@ -139,7 +139,7 @@ class Ensemble:
                     xb = np.asarray(self.transform(xb))
                 if dtype is not None and xb.dtype != dtype:
                     xb = xb.astype(dtype)
-                p = softmax(model.forward(xb))
+                p = softmax(np.asarray(model.forward(xb), dtype=np.float64))   # float64 rows that sum to 1
                 if out is None:
                     out = np.empty((len(x),) + p.shape[1:], dtype=np.float64)
                 out[lo:lo + len(xb)] = p

@@ -45,6 +45,9 @@ def test_ensemble_is_the_mean_of_member_probabilities(members):
     ensemble = Ensemble([linear_with(w, b) for w, b in zip(ws, bs)])
     expected = np.mean([np_softmax(oracle_scores(w, b, x)) for w, b in zip(ws, bs)], axis=0)
     np.testing.assert_allclose(ensemble.predict_proba(x, batch_size=3), expected, rtol=1e-5, atol=1e-7)
+    # float64 rows that sum to 1 as the docstring says (the softmax ran in the members' float32: 2e-8 off)
+    proba = ensemble.predict_proba(x)
+    assert proba.dtype == np.float64 and np.abs(proba.sum(axis=1) - 1).max() < 1e-14
     np.testing.assert_array_equal(ensemble.predict(x), np.argmax(ensemble.predict_proba(x), axis=1))
     y = np.array([0, 1, 2, 0, 1, 2, 0])
     loss, acc = ensemble.evaluate(x, y)

@@ -48,6 +48,14 @@ def test_shuffles_differently_each_epoch_and_reproducibly_with_a_seed():
     c = epochs(BatchIterator(x, y, 4))  # seed=None: the global generator
     cynet.manual_seed(3)
     np.testing.assert_array_equal(c[0], epochs(BatchIterator(x, y, 4))[0])
+    # one iterator built before manual_seed follows it: it kept the generator of its construction, which
+    # manual_seed replaces, so reseeding did not reproduce its epochs
+    reused = BatchIterator(x, y, 4)
+    cynet.manual_seed(3)
+    first = np.concatenate([yb for _, yb in reused])
+    cynet.manual_seed(3)
+    np.testing.assert_array_equal(np.concatenate([yb for _, yb in reused]), first)
+    np.testing.assert_array_equal(first, c[0])
     in_order = np.concatenate([yb for _, yb in BatchIterator(x, y, 4, shuffle=False)])
     np.testing.assert_array_equal(in_order, np.arange(23))
 

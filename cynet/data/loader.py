@@ -388,9 +388,16 @@ class BatchIterator:
             raise TypeError(f"BatchIterator: augment must be callable(xb, generator), got {augment!r}")
         self.x, self.y, self.batch_size = x, y, int(batch_size)
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
-        self.generator = resolve_generator(seed)
+        # None: the global generator at each epoch's start (manual_seed replaces it); else this iterator's own
+        self._own_generator = None if seed is None else resolve_generator(seed)
         self.transform, self.augment = transform, augment
         self._batch_transform = make_batch_transform(transform, augment)
+
+    @property
+    def generator(self):
+        """The generator the next epoch draws from: the iterator's own, or the global one (:func:`cynet.manual_seed`)
+        for ``seed=None``."""
+        return self._own_generator if self._own_generator is not None else resolve_generator(None)
 
     def __len__(self):
         n = self.x.shape[0]
@@ -398,14 +405,15 @@ class BatchIterator:
 
     def __iter__(self):
         n = self.x.shape[0]
-        order = self.generator.permutation(n) if self.shuffle else np.arange(n)
+        generator = self.generator
+        order = generator.permutation(n) if self.shuffle else np.arange(n)
         for b in range(len(self)):
             index = order[b * self.batch_size:(b + 1) * self.batch_size]
             if not self.shuffle:
                 index = slice(b * self.batch_size, min((b + 1) * self.batch_size, n))
             xb = self.x[index]
             if self.transform is not None or self.augment is not None:
-                xb = self._batch_transform(xb, self.generator)
+                xb = self._batch_transform(xb, generator)
             yield xb, (None if self.y is None else self.y[index])
 
     def __repr__(self):
