@@ -313,7 +313,9 @@ def threads(n):
     :func:`set_num_threads`'s count or the original limits (blocks of two threads may close in any order).
     (threadpoolctl 3.8 lets only one Python thread change a pthreads OpenBLAS's limit: the first that changed it,
     while it lives. Once the main thread has set a limit, a block opened in another thread leaves BLAS's limit as it
-    is. Results never change.)
+    is; and when the main thread's block closes while another thread's is open, BLAS takes that block's count, which
+    the other thread cannot undo when it closes: the limit stays until the main thread sets one again. Results never
+    change, only how many threads BLAS runs.)
 
     Example:
         >>> import cynet, numpy as np
