@@ -225,3 +225,14 @@ def test_a_cross_validated_search_keeps_every_folds_accuracy(tmp_path):
         read = list(csv.DictReader(f))
     assert [float(r["val_acc_std"]) for r in read] == [t["val_acc_std"] for t in result.trials]
     assert "val_acc_folds" in str(result)
+
+
+@pytest.mark.parametrize("bad", [None, -1, 1.5, "a", True])
+def test_splitters_refuse_a_seed_that_is_not_an_int_at_construction(bad):
+    """seed=None gave an unseeded shuffle that manual_seed did not control (two identical StratifiedKFold calls split
+    differently), and bad seeds failed in NumPy at split() time with its own messages."""
+    for make, owner in ((lambda: KFold(3, shuffle=True, seed=bad), "KFold"),
+                        (lambda: StratifiedKFold(3, shuffle=True, seed=bad), "StratifiedKFold"),
+                        (lambda: holdout_split(np.zeros((10, 2)), np.arange(10) % 2, 0.2, seed=bad), "holdout_split")):
+        with pytest.raises(ValueError, match=f"^{owner}: seed must be an int >= 0"):
+            make()

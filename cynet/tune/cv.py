@@ -21,6 +21,14 @@ def _check_splits(owner, n_splits):
     return int(n_splits)
 
 
+def _check_seed(owner, seed):
+    """``seed`` as an int >= 0 (NumPy ints too); ValueError naming ``owner`` otherwise. None is refused: an unseeded
+    split would change from run to run, and cynet.manual_seed would not control it."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{owner}: seed must be an int >= 0, got {seed!r}")
+    return int(seed)
+
+
 def _class_labels(owner, y):
     """``y`` as a 1-D array of class labels to stratify by; ValueError naming ``owner`` otherwise.
 
@@ -59,9 +67,9 @@ class KFold:
     """
 
     def __init__(self, n_splits=5, shuffle=False, seed=0):
-        self.n_splits = _check_splits("KFold", n_splits)
+        self.n_splits = _check_splits(type(self).__name__, n_splits)
         self.shuffle = bool(shuffle)
-        self.seed = seed
+        self.seed = _check_seed(type(self).__name__, seed)
 
     def _order(self, n):
         return np.random.default_rng(self.seed).permutation(n) if self.shuffle else np.arange(n)
@@ -178,6 +186,7 @@ def holdout_split(x, y, val_fraction=0.2, *, seed=0, stratify=True):
         raise ValueError(f"holdout_split: x and y lengths differ ({len(x)} and {len(y)})")
     if not 0 < val_fraction < 1:
         raise ValueError(f"holdout_split: val_fraction must lie in (0, 1), got {val_fraction!r}")
+    seed = _check_seed("holdout_split", seed)
     n = len(x)
     n_val = int(round(val_fraction * n))
     if not 0 < n_val < n:
