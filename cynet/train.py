@@ -1019,8 +1019,9 @@ class Trainer:
                           f"from this checkpoint runs that epoch again from these weights, unlike an uninterrupted "
                           f"run (for an exact resume, save at the end of an epoch: e.g. from a callback's "
                           f"on_epoch_end)", UserWarning, stacklevel=2)
-        if self._saves_after_epoch_end is not None:
-            self._saves_after_epoch_end.append(path)
+        pending = getattr(self, "_saves_after_epoch_end", None)      # (a trainer unpickled from before has none)
+        if pending is not None:
+            pending.append(path)
             return
         _checkpoint.save_trainer(path, self)
 
