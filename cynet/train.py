@@ -661,11 +661,10 @@ class Trainer:
         self._saves_after_epoch_end = []
         try:
             self._call("on_epoch_end")
-            paths = self._saves_after_epoch_end
-        finally:
-            self._saves_after_epoch_end = None
-        for path in paths:
-            _checkpoint.save_trainer(path, self)
+        finally:            # also when a later callback raises: what was asked for is written again as it now stands
+            paths, self._saves_after_epoch_end = self._saves_after_epoch_end, None
+            for path in paths:
+                _checkpoint.save_trainer(path, self)
 
     def _batches(self, n, batch_size):
         """The slices of an epoch's batches; a last batch of one example joins the one before when the model has a
@@ -1002,9 +1001,9 @@ class Trainer:
         """Save the full training state to ``path`` (atomically): model, optimiser, scheduler, callbacks, random
         states, history and counters. See :mod:`cynet.checkpoint` for the layout.
 
-        Called from a callback's ``on_epoch_end``, the file is written once every callback's ``on_epoch_end`` has
-        run, so that it holds their state after this epoch whatever their order (an :class:`EarlyStopping` after the
-        saving callback has then counted the epoch).
+        Called from a callback's ``on_epoch_end``, the file is written at once and again when every callback's
+        ``on_epoch_end`` has run, so that it ends up holding their state after this epoch whatever their order (an
+        :class:`EarlyStopping` after the saving callback has then counted the epoch).
 
         A checkpoint taken after an epoch was cut short (KeyboardInterrupt, the divergence guard, a callback's stop
         in the middle of an epoch) holds that epoch's partly trained weights; a resumed ``fit`` runs the whole epoch
@@ -1019,11 +1018,10 @@ class Trainer:
                           f"from this checkpoint runs that epoch again from these weights, unlike an uninterrupted "
                           f"run (for an exact resume, save at the end of an epoch: e.g. from a callback's "
                           f"on_epoch_end)", UserWarning, stacklevel=2)
+        _checkpoint.save_trainer(path, self)
         pending = getattr(self, "_saves_after_epoch_end", None)      # (a trainer unpickled from before has none)
         if pending is not None:
-            pending.append(path)
-            return
-        _checkpoint.save_trainer(path, self)
+            pending.append(path)        # written again once every callback's on_epoch_end has run
 
     def load_checkpoint(self, path):
         """Restore a state saved by :meth:`save_checkpoint`; a following :meth:`fit` resumes exactly.

@@ -587,7 +587,7 @@ def test_a_checkpoint_saved_from_on_epoch_end_resumes_exactly_whatever_the_callb
         def on_epoch_end(self, trainer):
             if trainer.epoch == 2:
                 trainer.save_checkpoint(path)
-                assert not path.exists()                 # written once every callback has seen this epoch's end
+                assert path.exists()                     # written at once, and again once every callback has run
 
     def run(load=False):
         stopper = EarlyStopping(monitor="train_loss", mode="max", patience=2)      # best epoch 1: stops after 3

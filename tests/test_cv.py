@@ -236,3 +236,10 @@ def test_splitters_refuse_a_seed_that_is_not_an_int_at_construction(bad):
                         (lambda: holdout_split(np.zeros((10, 2)), np.arange(10) % 2, 0.2, seed=bad), "holdout_split")):
         with pytest.raises(ValueError, match=f"^{owner}: seed must be an int >= 0"):
             make()
+
+
+def test_cross_validated_trial_checks_its_seed_when_built_and_numpy_seeds_work():
+    with pytest.raises(ValueError, match="^CrossValidatedTrial: seed must be an int >= 0, got None"):
+        CrossValidatedTrial(lambda *a: {"val_acc": 1.0}, cv_seed=None)
+    CrossValidatedTrial(lambda *a: {"val_acc": 1.0}, cv=KFold(3), cv_seed=None)    # ignored with a cv of its own
+    assert KFold(3, shuffle=True, seed=np.array(3)).seed == 3 and KFold(3, seed=np.uint8(2)).seed == 2

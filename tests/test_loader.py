@@ -203,3 +203,16 @@ def test_iterator_augments_after_the_transform_reproducibly():
         assert xa.dtype == np.float32
     # zero fill happens after mean subtraction: padded pixels are exactly 0 in the transformed space
     assert any((xa == 0).any() for xa in a)
+
+
+def test_the_iterators_generator_can_be_set():
+    x, y = indexed()
+    it = BatchIterator(x, y, 4)
+    it.generator = 7                                  # an int seed or a Generator of its own, as seed= takes
+    expected = np.concatenate([yb for _, yb in BatchIterator(x, y, 4, seed=7)])
+    np.testing.assert_array_equal(np.concatenate([yb for _, yb in it]), expected)
+    it.generator = None                               # back to the global generator
+    cynet.manual_seed(5)
+    first = np.concatenate([yb for _, yb in it])
+    cynet.manual_seed(5)
+    np.testing.assert_array_equal(np.concatenate([yb for _, yb in it]), first)

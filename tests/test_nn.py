@@ -973,3 +973,29 @@ def test_layer_names_that_would_hide_the_registries_are_refused_and_to_takes_ker
     for dtype in (np.float16, np.longdouble, np.int32):
         with pytest.raises(TypeError, match="dtype must be float32 or float64"):
             nn.Linear(2, 2).to(dtype)
+
+
+def test_train_and_eval_reach_every_module_of_a_graph_with_a_cycle_once_per_path():
+    """train() recursing through children without a guard ran into RecursionError when a child holds its parent."""
+    class Child(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, x):
+            return self.drop(x)
+
+    class Parent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.child = Child()
+            self.child.owner = self                      # a reference back up: a cycle of registered modules
+
+        def forward(self, x):
+            return self.child(x)
+
+    parent = Parent()
+    parent.eval()
+    assert not parent.training and not parent.child.training and not parent.child.drop.training
+    parent.train()
+    assert all(module.training for module in parent.modules())

@@ -1228,3 +1228,25 @@ def test_a_norm_without_state_takes_the_dtype_of_its_container(make):
     assert y.dtype == np.float64
     model.float()
     assert model(x.astype(np.float32)).dtype == np.float32
+
+
+def test_recomputed_statistics_of_shared_copy_twins_pool_both_branches():
+    """Each twin pooled its own branch and the last one written won: the shared running mean was branch b's alone."""
+    rng = np.random.default_rng(0)
+    first = BatchNorm1d(3, dtype=np.float64)
+    second = first.shared_copy()
+
+    class Siamese(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = first, second
+
+        def forward(self, x):
+            return self.a(x[:, :3]) + self.b(x[:, 3:])
+
+    x = np.concatenate([rng.standard_normal((40, 3)), rng.standard_normal((40, 3)) * 2 + 3], axis=1)
+    recompute_batchnorm_statistics(Siamese(), x, batch_size=16)
+    both = np.concatenate([x[:, :3], x[:, 3:]])
+    np.testing.assert_allclose(first.running_mean, both.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(first.running_var, both.var(0, ddof=1), rtol=1e-12)
+    assert first.running_mean is second.running_mean

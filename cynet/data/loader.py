@@ -399,6 +399,11 @@ class BatchIterator:
         for ``seed=None``."""
         return self._own_generator if self._own_generator is not None else resolve_generator(None)
 
+    @generator.setter
+    def generator(self, value):
+        """An int seed or a Generator of the iterator's own; None: the global generator from the next epoch on."""
+        self._own_generator = None if value is None else resolve_generator(value)
+
     def __len__(self):
         n = self.x.shape[0]
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)

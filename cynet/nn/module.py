@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import copy
 import functools
+import numbers
 import os
 import threading
 import types
@@ -33,6 +34,9 @@ NO_NONE_GRAD = ("a gradient is a buffer of the parameter's shape, never None; ze
                 "None gradient also makes the optimiser skip the parameter, while here a parameter that gets no new "
                 "gradient still moves by its momentum and weight decay: set requires_grad=False to keep it still")
 """Why cynet has no ``grad = None`` / ``zero_grad(set_to_none=True)``, for the errors that refuse them."""
+
+
+_train_walk = threading.local()      # Module.train's modules on the way down, per thread (cycles end there)
 
 
 def _refuse_set_to_none(owner, set_to_none):
@@ -457,9 +461,19 @@ class Module:
 
         Each child's own ``train`` is called (as in PyTorch), so a module that overrides it, to keep a frozen
         backbone's batch norms in eval mode for example, is obeyed when a parent is switched."""
-        object.__setattr__(self, "training", bool(mode))
-        for child in self.children():
-            child.train(mode)
+        walking = getattr(_train_walk, "ids", None)     # the modules whose train() is running in this thread
+        if walking is None:
+            walking = _train_walk.ids = set()
+        entered = id(self) not in walking
+        walking.add(id(self))
+        try:
+            object.__setattr__(self, "training", bool(mode))
+            for child in self.children():
+                if id(child) not in walking:            # a child that holds one of its ancestors: no endless loop
+                    child.train(mode)
+        finally:
+            if entered:
+                walking.discard(id(self))
         return self
 
     def eval(self):
@@ -630,6 +644,8 @@ class Module:
             if array.shape != target.shape:
                 mismatched.append(f"{key}: expected shape {target.shape}, got {array.shape}")
                 continue
+            if array.dtype.kind == "O" and all(isinstance(v, numbers.Real) for v in array.flat):
+                array = array.astype(target.dtype)      # numbers in an object array load (None would become NaN)
             if array.dtype.kind not in "biuf" or (target.dtype.kind in "iu" and array.dtype.kind == "f"
                                                   and not np.all(np.isfinite(array))):
                 mismatched.append(f"{key}: expected numbers for a {target.dtype} array, got {describe(array)}"

@@ -905,9 +905,10 @@ def _recompute_statistics(model, x, batch_size, norms, saved, frozen_params):
     """recompute_batchnorm_statistics's passes; the momenta, frozen states and requires_grad flags come back."""
     try:
         model.eval()
+        pooled = {}         # one pool per running-statistics array: shared_copy twins pool both branches' inputs
         for bn in norms:
             bn.reset_running_stats()
-            bn._pooled = _PooledMoments()
+            bn._pooled = pooled.setdefault(id(bn.running_mean), _PooledMoments())
             bn._frozen_stats = False
             for p in bn.parameters():
                 p.requires_grad = True

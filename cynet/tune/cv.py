@@ -22,8 +22,10 @@ def _check_splits(owner, n_splits):
 
 
 def _check_seed(owner, seed):
-    """``seed`` as an int >= 0 (NumPy ints too); ValueError naming ``owner`` otherwise. None is refused: an unseeded
-    split would change from run to run, and cynet.manual_seed would not control it."""
+    """``seed`` as an int >= 0 (NumPy ints and 0-d integer arrays too); ValueError naming ``owner`` otherwise. None is
+    refused: an unseeded split would change from run to run, and cynet.manual_seed would not control it."""
+    if isinstance(seed, np.ndarray) and seed.ndim == 0 and seed.dtype.kind in "iu":
+        seed = seed.item()
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"{owner}: seed must be an int >= 0, got {seed!r}")
     return int(seed)
@@ -290,7 +292,8 @@ class CrossValidatedTrial:
         if not callable(train_fn):
             raise TypeError(f"CrossValidatedTrial: train_fn must be callable, got {train_fn!r}")
         self.train_fn, self.cv, self.transform_factory = train_fn, cv, transform_factory
-        self.cv_seed = cv_seed
+        # checked here, not in every trial of a search (ignored when cv is given)
+        self.cv_seed = _check_seed("CrossValidatedTrial", cv_seed) if cv is None else cv_seed
 
     def __call__(self, params, data, budget, seed):
         x, y = data
