@@ -12,23 +12,17 @@ Example:
 """
 import numpy as np
 
+from cynet.tune.space import _check_int
+
 __all__ = ["KFold", "StratifiedKFold", "holdout_split", "cross_validate", "CrossValidatedTrial"]
 
 
-def _check_splits(owner, n_splits):
-    if isinstance(n_splits, bool) or not isinstance(n_splits, (int, np.integer)) or n_splits < 2:
-        raise ValueError(f"{owner}: n_splits must be an int >= 2, got {n_splits!r}")
-    return int(n_splits)
-
-
 def _check_seed(owner, seed):
-    """``seed`` as an int >= 0 (NumPy ints and 0-d integer arrays too); ValueError naming ``owner`` otherwise. None is
-    refused: an unseeded split would change from run to run, and cynet.manual_seed would not control it."""
+    """``seed`` as an int >= 0 (a 0-d integer array too); ValueError naming ``owner`` otherwise. None is refused: an
+    unseeded split would change from run to run, and cynet.manual_seed would not control it."""
     if isinstance(seed, np.ndarray) and seed.ndim == 0 and seed.dtype.kind in "iu":
         seed = seed.item()
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"{owner}: seed must be an int >= 0, got {seed!r}")
-    return int(seed)
+    return _check_int(owner, "seed", seed, 0)
 
 
 def _class_labels(owner, y):
@@ -69,7 +63,7 @@ class KFold:
     """
 
     def __init__(self, n_splits=5, shuffle=False, seed=0):
-        self.n_splits = _check_splits(type(self).__name__, n_splits)
+        self.n_splits = _check_int(type(self).__name__, "n_splits", n_splits, 2)
         self.shuffle = bool(shuffle)
         self.seed = _check_seed(type(self).__name__, seed)
 

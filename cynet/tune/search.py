@@ -33,18 +33,12 @@ import numpy as np
 
 from cynet.tune.executors import make_runner
 from cynet.tune.space import Distribution, LogUniform, edge_report, grid_points, narrow_space, sample_space, \
-    _check_space
+    _check_int, _check_space
 
 __all__ = ["RandomSearch", "GridSearch", "CoarseToFine", "Stage", "successive_halving", "SearchResult",
            "make_trainer_trial", "TrainerTrial", "trial_seed"]
 
 _STATUS_ORDER = {"ok": 0, "diverged": 1, "error": 2}
-
-
-def _check_int(owner, name, value, low):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{owner}: {name} must be an int >= {low}, got {value!r}")
-    return int(value)
 
 
 def _check_fraction(owner, name, value, upper=None):

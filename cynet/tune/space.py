@@ -21,6 +21,14 @@ __all__ = ["Distribution", "LogUniform", "Uniform", "Choice", "RandInt", "loguni
            "sample_space", "grid_points", "narrow_space", "edge_report"]
 
 
+def _check_int(owner, name, value, low):
+    """``value`` as an int >= ``low`` (NumPy ints too, not bools); ValueError naming ``owner`` and ``name`` otherwise:
+    the check every integer setting of cynet.tune goes through."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{owner}: {name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
 def _number(owner, name, value):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not math.isfinite(value):
