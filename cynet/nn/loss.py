@@ -26,6 +26,7 @@ from cynet._kernels import load
 from cynet._threading import NS_EXP, kernel_threads
 from cynet._validation import KERNEL_DTYPES, check_probabilities, describe
 from cynet.nn.module import Module
+from cynet.nn.utils import weight_matrices
 
 __all__ = ["SoftmaxCrossEntropy", "CrossEntropyLoss", "MulticlassSVM", "MSELoss", "L2Penalty", "L1Penalty",
            "PenaltySum", "LossValue"]
@@ -433,19 +434,11 @@ class _WeightPenalty:
         self.strength = float(strength)
 
     def penalized(self, model):
-        """The ``(name, Parameter)`` pairs the penalty covers: ndim >= 2, requires_grad, not a normalisation layer's
-        gain or shift (whatever its shape), each parameter once."""
-        from cynet.nn.normalization import normalization_parameters
-
+        """The ``(name, Parameter)`` pairs the penalty covers (:func:`cynet.nn.utils.weight_matrices`: ndim >= 2,
+        requires_grad, not a normalisation layer's gain or shift whatever its shape, each parameter once)."""
         if not callable(getattr(model, "named_parameters", None)):
             raise TypeError(f"{type(self).__name__}: model must be a cynet.nn.Module, got {type(model).__name__}")
-        seen, chosen = normalization_parameters(model), []
-        for name, param in model.named_parameters():
-            if id(param) in seen or not param.requires_grad or param.data.ndim < 2 or param.data.size == 0:
-                continue
-            seen.add(id(param))
-            chosen.append((name, param))
-        return chosen
+        return weight_matrices(model)
 
     def __call__(self, model):
         """The penalty of ``model``'s weights (a Python float; 0.0 when the strength is 0)."""

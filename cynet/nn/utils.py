@@ -20,7 +20,7 @@ import numpy as np
 
 from cynet.nn.module import Module, Parameter
 
-__all__ = ["clip_grad_norm_", "clip_grad_value_", "max_norm_"]
+__all__ = ["clip_grad_norm_", "clip_grad_value_", "max_norm_", "weight_matrices"]
 
 
 def _parameters(fn, parameters):
@@ -116,6 +116,27 @@ def clip_grad_value_(parameters, clip_value):
         np.clip(g, -clip_value, clip_value, out=g)
 
 
+def weight_matrices(model):
+    """The ``(name, Parameter)`` pairs of ``model`` that weight penalties and the max-norm constraint act on: the
+    learning parameters with ``ndim >= 2`` (weight matrices, convolution kernels), each once, not a normalisation
+    layer's gain or shift whatever its shape (a LayerNorm over (C, H, W) has 3-d ones).
+
+    Example:
+        >>> from cynet import nn
+        >>> [name for name, _ in weight_matrices(nn.Sequential(nn.Linear(3, 2), nn.LayerNorm((2,))))]
+        ['0.weight']
+    """
+    from cynet.nn.normalization import normalization_parameters
+
+    seen, chosen = normalization_parameters(model), []
+    for name, param in model.named_parameters():
+        if id(param) in seen or not param.requires_grad or param.data.ndim < 2 or param.data.size == 0:
+            continue
+        seen.add(id(param))
+        chosen.append((name, param))
+    return chosen
+
+
 def max_norm_(parameters, max_norm):
     r"""The max-norm constraint of the CS231n notes: after an update, scale every unit's incoming weight vector back
     onto the ball :math:`\lVert w \rVert_2 \le c` (projected gradient descent; c is typically 3 or 4). With it the
@@ -153,13 +174,10 @@ def max_norm_(parameters, max_norm):
     if max_norm == 0:
         raise ValueError(f"{fn}: max_norm must be > 0, got {max_norm!r}")
     scaled = 0
-    skipped = set()
     if isinstance(parameters, Module):
-        from cynet.nn.normalization import normalization_parameters
-        skipped = normalization_parameters(parameters)
-        parameters = parameters.parameters()
+        parameters = [param for _, param in weight_matrices(parameters)]
     for p in _parameters(fn, parameters):
-        if not p.requires_grad or p.data.ndim < 2 or p.data.size == 0 or id(p) in skipped:
+        if not p.requires_grad or p.data.ndim < 2 or p.data.size == 0:
             continue
         rows = p.data.reshape(p.data.shape[0], -1)
         norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
