@@ -655,15 +655,19 @@ class Trainer:
             getattr(callback, hook)(self)
 
     def _epoch_end(self):
-        """Every callback's on_epoch_end, then the checkpoints they asked for: a checkpoint saved by one callback
-        must hold what the callbacks after it do at this epoch's end (EarlyStopping counting this epoch), or a fit
-        resumed from it goes another way than the uninterrupted run."""
-        self._saves_after_epoch_end = []
+        """Every callback's on_epoch_end; a checkpoint one of them saved is written again once the callbacks after
+        it have run, since it must hold what they do at this epoch's end (EarlyStopping counting this epoch), or a
+        fit resumed from it goes another way than the uninterrupted run. One saved by the last callback is not."""
+        self._saves_after_epoch_end = saved = []
+        stale = {}          # paths a later callback ran after (a dict: each once, in order)
         try:
-            self._call("on_epoch_end")
+            for callback in self.callbacks:
+                stale.update(dict.fromkeys(saved))
+                saved.clear()
+                callback.on_epoch_end(self)
         finally:            # also when a later callback raises: what was asked for is written again as it now stands
-            paths, self._saves_after_epoch_end = self._saves_after_epoch_end, None
-            for path in paths:
+            self._saves_after_epoch_end = None
+            for path in stale:
                 _checkpoint.save_trainer(path, self)
 
     def _batches(self, n, batch_size):

@@ -576,7 +576,8 @@ def test_a_checkpoint_saved_in_the_middle_of_an_epoch_says_it_is_not_an_exact_re
 
 
 @pytest.mark.parametrize("saver_first", [True, False], ids=["saver-before-early-stopping", "saver-after"])
-def test_a_checkpoint_saved_from_on_epoch_end_resumes_exactly_whatever_the_callback_order(tmp_path, saver_first):
+def test_a_checkpoint_saved_from_on_epoch_end_resumes_exactly_whatever_the_callback_order(tmp_path, saver_first,
+                                                                                          monkeypatch):
     """Saved by a callback before EarlyStopping, the file held EarlyStopping's state from before it counted the
     epoch: the resumed run trained 10 epochs where the uninterrupted one stopped after 6, with other weights."""
     x, y = blobs(70, seed=1)
@@ -599,8 +600,11 @@ def test_a_checkpoint_saved_from_on_epoch_end_resumes_exactly_whatever_the_callb
         trainer.fit(x, y, epochs=6, batch_size=16, validation=val)
         return trainer, stopper
 
+    writes, real_save = [], checkpoint.save_trainer
+    monkeypatch.setattr(checkpoint, "save_trainer", lambda *a, **k: (writes.append(1), real_save(*a, **k))[1])
     straight, stopper = run()
     assert path.exists() and straight.epoch == 3 and "early stopping" in straight.stop_reason
+    assert len(writes) == (2 if saver_first else 1)      # written again only when a callback ran after the save
     resumed, resumed_stopper = run(load=True)
     assert resumed.epoch == straight.epoch and resumed.stop_reason == straight.stop_reason
     assert (resumed_stopper.best_epoch, resumed_stopper.wait) == (stopper.best_epoch, stopper.wait)
