@@ -694,7 +694,7 @@ class PCAWhitening(PCA):
         if self.eps == 0 and variance.size:
             # eps = 0 divides each component by its standard deviation: one of (numerically) zero variance would
             # come out inf/NaN or as rounding noise amplified ~1e8 times, so refuse it here rather than at transform
-            zero = variance <= variance[0] * max(variance.size, 1) * np.finfo(np.float64).eps
+            zero = variance <= variance[0] * variance.size * np.finfo(np.float64).eps
             if zero.any():
                 name = type(self).__name__
                 raise ValueError(
