@@ -177,6 +177,7 @@ def test_optimizer_lab_compares_the_update_rules_on_the_ravine_and_the_subset(ca
     ("ensemble_cifar10", ["--models", "0"], "--models"), ("regularization_lab", ["--epochs", "0"], "--epochs"),
     ("regularization_lab", ["--train", "0"], "--train"), ("optimizer_lab", ["--kappa", "-1"], "--kappa"),
     ("init_lab", ["--layers", "0"], "--layers"), ("tune_cifar10", ["--trials", "0"], "--trials"),
+    ("train_cifar10", ["--weight-decay", "-1"], "--weight-decay"),
 ])
 def test_a_bad_option_is_an_argparse_error_naming_it_before_any_work(name, argv, option, capsys):
     """--epochs 0 failed in the middle of a run with "CosineAnnealingLR: T_max must be an int >= 1", --snapshots 0
@@ -185,3 +186,11 @@ def test_a_bad_option_is_an_argparse_error_naming_it_before_any_work(name, argv,
         load_example(name).main(argv)
     assert stop.value.code == 2
     assert f"argument {option}: must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [(["--lr", "abc"], "argument --lr: 'abc' is not a number"),
+                                          (["--epochs", "2.5"], "argument --epochs: '2.5' is not an integer")])
+def test_an_option_that_is_not_a_number_is_named(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        load_example("train_cifar10").main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err

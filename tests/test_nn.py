@@ -907,6 +907,12 @@ def test_an_array_assigned_to_a_buffer_stays_a_buffer_and_a_parameter_name_refus
     assert isinstance(layer.weight, nn.Parameter) and len(layer.parameters()) == 2
     with pytest.raises(KeyError, match="'weight' is already a parameter"):
         layer.register_buffer("weight", np.zeros(3, np.float32))
+    model = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(TypeError, match=r"cannot assign ndarray to child module '0' \(a Module or None expected\)"):
+        setattr(model, "0", np.zeros(3))
+    with pytest.raises(KeyError, match="'0' is already a child module"):
+        model.register_buffer("0", np.zeros(3))
+    assert isinstance(model[0], nn.Linear)
     layer.bias = None                                                  # None still unregisters
     assert [name for name, _ in layer.named_parameters()] == ["weight"]
 
