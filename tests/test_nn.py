@@ -663,6 +663,35 @@ def test_sequential_list_operations_renumber_the_modules():
         model.insert(1.0, nn.ReLU())
 
 
+def test_sequential_item_assignment_replaces_a_layer_in_place():
+    # PyTorch's transfer-learning idiom: model[-1] = nn.Linear(...) swaps the head, name and place kept
+    a, b, head = nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)
+    model = nn.Sequential(a, b, head)
+    new_head = nn.Linear(3, 5)
+    model[-1] = new_head
+    assert list(model) == [a, b, new_head] and model[2] is new_head
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert model.state_dict()["2.weight"].shape == (5, 3)
+    assert model(np.ones((2, 4), np.float32)).shape == (2, 5)
+    model[np.int64(1)] = nn.Tanh()
+    assert isinstance(model[1], nn.Tanh) and len(model) == 3
+    named = nn.Sequential({"fc": nn.Linear(4, 3), "act": nn.ReLU()})
+    named[0] = nn.Linear(4, 6)
+    assert [n for n, _ in named.named_children()] == ["fc", "act"] and named.fc.out_features == 6
+    listed = nn.ModuleList([nn.ReLU(), nn.Tanh()])
+    listed[0] = nn.Sigmoid()
+    assert isinstance(listed[0], nn.Sigmoid) and len(listed) == 2
+    with pytest.raises(IndexError, match="out of range"):
+        model[3] = nn.ReLU()
+    with pytest.raises(TypeError, match="only a Module"):
+        model[0] = "relu"
+    with pytest.raises(TypeError, match="int index"):
+        model[0:1] = nn.ReLU()
+    with pytest.raises(ValueError, match="already in this Sequential"):
+        model[1] = a                            # a second use of one instance
+    assert list(model)[0] is a and len(model) == 3
+
+
 def test_sequential_from_an_ordered_dict_names_its_layers():
     from collections import OrderedDict
     cynet.manual_seed(0)

@@ -780,6 +780,19 @@ class _ModuleSequence(Module):
         self._renumber(layers)
         return module
 
+    def __setitem__(self, index, module):
+        """``seq[index] = module``: replace the module at position ``index`` (an int; negative counts from the end),
+        which keeps its name and place (as in PyTorch: ``model[-1] = nn.Linear(512, 10)`` swaps a classifier head)."""
+        name = type(self).__name__
+        if not isinstance(module, Module):
+            raise TypeError(f"{name}: only a Module can be assigned to an item, got {module!r}")
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+            raise TypeError(f"{name}: item assignment takes an int index (not a slice), got {index!r}")
+        names = list(self._modules)
+        if not -len(names) <= index < len(names):
+            raise IndexError(f"{name}: index {index} is out of range for {len(names)} modules")
+        setattr(self, names[index], module)
+
     def __delitem__(self, index):
         layers = list(self._modules.values())
         del layers[index]
