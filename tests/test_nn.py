@@ -540,6 +540,39 @@ def test_flatten_refuses_a_start_dim_that_is_not_an_axis(shape, start_dim):
         nn.Flatten(start_dim)(np.zeros(shape, np.float32))
 
 
+@pytest.mark.parametrize("shape, start_dim, end_dim, want", [
+    ((2, 3, 4, 5), 1, -1, (2, 60)),
+    ((2, 3, 4, 5), 2, -1, (2, 3, 20)),       # (N, C, H*W)
+    ((2, 3, 4, 5), 0, 1, (6, 4, 5)),         # (N*C, H, W)
+    ((2, 3, 4, 5), 1, 2, (2, 12, 5)),
+    ((2, 3, 4, 5), -3, -2, (2, 12, 5)),
+    ((2, 3, 4, 5), 2, 2, (2, 3, 4, 5)),      # one axis: unchanged
+    ((2, 0, 4, 5), 1, 2, (2, 0, 5)),
+])
+def test_flatten_end_dim_as_pytorch(shape, start_dim, end_dim, want):
+    x = np.arange(math.prod(shape), dtype=np.float32).reshape(shape)
+    flat = nn.Flatten(start_dim, end_dim)
+    y = flat(x)
+    assert y.shape == want                   # hand-worked shapes; torch.flatten below where installed
+    np.testing.assert_array_equal(y.reshape(-1), x.reshape(-1))
+    np.testing.assert_array_equal(flat.backward(y), x)
+    try:
+        import torch
+    except ImportError:
+        return
+    assert tuple(torch.nn.Flatten(start_dim, end_dim)(torch.from_numpy(x)).shape) == want
+
+
+@pytest.mark.parametrize("start_dim, end_dim, message", [(1, 4, "end_dim 4 is not an axis"),
+                                                         (2, 1, "end_dim 1 comes before start_dim 2"),
+                                                         (-1, -2, "end_dim -2 comes before start_dim -1")])
+def test_flatten_refuses_an_end_dim_it_cannot_use(start_dim, end_dim, message):
+    with pytest.raises(ValueError, match=message):
+        nn.Flatten(start_dim, end_dim)(np.zeros((2, 3, 4, 5), np.float32))
+    with pytest.raises(TypeError, match="end_dim must be an int"):
+        nn.Flatten(1, 2.0)
+
+
 @pytest.mark.parametrize("start_dim", [1.7, True, "1"])
 def test_flatten_start_dim_must_be_an_int(start_dim):
     with pytest.raises(TypeError, match="start_dim must be an int"):

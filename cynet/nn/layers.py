@@ -834,7 +834,7 @@ class Dropout(Module):
 
 
 class Flatten(Module):
-    r"""Flatten all axes from ``start_dim`` on into one, in C (row-major) order: (N, C, H, W) -> (N, C*H*W).
+    r"""Flatten the axes ``start_dim`` to ``end_dim`` into one, in C (row-major) order: (N, C, H, W) -> (N, C*H*W).
 
     With the default ``start_dim=1``, each example's entries are laid out one after the other:
 
@@ -844,10 +844,13 @@ class Flatten(Module):
 
     Args:
         start_dim (int): first axis to flatten; negative counts from the last axis, as in PyTorch. Default 1.
+        end_dim (int): last axis to flatten (included), at or after ``start_dim``; negative counts from the last
+            axis. Default -1 (the last axis), as in PyTorch.
 
     Shape:
-        x :math:`(d_0, \dots, d_{s-1}, d_s, \dots, d_{k})` -> y :math:`(d_0, \dots, d_{s-1}, d_s \cdots d_k)` with
-        s = ``start_dim``; e.g. (N, C, H, W) -> (N, C*H*W) for s = 1.
+        x :math:`(d_0, \dots, d_{s-1}, d_s, \dots, d_e, d_{e+1}, \dots)` -> y :math:`(d_0, \dots, d_{s-1},
+        d_s \cdots d_e, d_{e+1}, \dots)` with s = ``start_dim``, e = ``end_dim``; e.g. (N, C, H, W) -> (N, C*H*W)
+        for the defaults, (N, C, H*W) for ``Flatten(2)``, (N*C, H, W) for ``Flatten(0, 1)``.
 
     Example:
         >>> import numpy as np
@@ -856,21 +859,29 @@ class Flatten(Module):
         (2, 3072)
     """
 
-    def __init__(self, start_dim=1):
+    def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
-        if isinstance(start_dim, bool) or not isinstance(start_dim, (int, np.integer)):
-            raise TypeError(f"Flatten: start_dim must be an int, got {start_dim!r}")
+        for name, value in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"Flatten: {name} must be an int, got {value!r}")
         self.start_dim = int(start_dim)
+        self.end_dim = int(end_dim)
         self._shape = None
 
     def forward(self, x):
         x = np.asarray(x)
         start = self.start_dim + x.ndim if self.start_dim < 0 else self.start_dim
+        end = self.end_dim + x.ndim if self.end_dim < 0 else self.end_dim
         if not 0 <= start < x.ndim:
             raise ValueError(f"{self!r}: start_dim {self.start_dim} is not an axis of the input ({describe(x)})")
+        if not 0 <= end < x.ndim:
+            raise ValueError(f"{self!r}: end_dim {self.end_dim} is not an axis of the input ({describe(x)})")
+        if end < start:
+            raise ValueError(f"{self!r}: end_dim {self.end_dim} comes before start_dim {self.start_dim} for an input "
+                             f"of {x.ndim} axes ({describe(x)})")
         self._shape = x.shape
         # the flattened length spelt out: NumPy cannot infer -1 when a kept axis has length 0
-        return x.reshape(x.shape[:start] + (math.prod(x.shape[start:]),))
+        return x.reshape(x.shape[:start] + (math.prod(x.shape[start:end + 1]),) + x.shape[end + 1:])
 
     def backward(self, dout, *, input_grad=True):
         shape = _cached(self, "_shape")
@@ -882,7 +893,7 @@ class Flatten(Module):
         return dout.reshape(shape)
 
     def extra_repr(self):
-        return f"start_dim={self.start_dim}"
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
 class Identity(Module):
