@@ -725,6 +725,21 @@ def test_sequential_item_assignment_replaces_a_layer_in_place():
     assert list(model)[0] is a and len(model) == 3
 
 
+def test_state_dict_lists_each_modules_parameters_then_its_buffers_as_pytorch():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Sequential(nn.Linear(4, 2), nn.BatchNorm1d(2)))
+    want = ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked",
+            "2.0.weight", "2.0.bias", "2.1.weight", "2.1.bias", "2.1.running_mean", "2.1.running_var",
+            "2.1.num_batches_tracked"]
+    assert list(model.state_dict()) == want
+    try:
+        import torch
+    except ImportError:
+        return
+    twin = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4),
+                               torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.BatchNorm1d(2)))
+    assert list(twin.state_dict()) == want
+
+
 def test_sequential_from_an_ordered_dict_names_its_layers():
     from collections import OrderedDict
     cynet.manual_seed(0)

@@ -599,12 +599,19 @@ class Module:
 
     # --- state -------------------------------------------------------------------------------------------------------
     def state_dict(self):
-        """An ordered ``{dotted name: array copy}`` of every parameter and buffer."""
+        """An ordered ``{dotted name: array copy}`` of every parameter and buffer, in PyTorch's order: module by
+        module (this one, then its descendants depth first), each module's parameters then its buffers (a
+        BatchNorm's ``weight, bias, running_mean, running_var, num_batches_tracked`` before the next layer's)."""
+        params = OrderedDict(self.named_parameters())
+        buffers = OrderedDict(self.named_buffers())
         state = OrderedDict()
-        for name, param in self.named_parameters():
-            state[name] = param.data.copy()
-        for name, buf in self.named_buffers():
-            state[name] = np.array(buf, copy=True)
+        for prefix, module in self.named_modules():
+            for names, found, copy_of in ((module._parameters, params, lambda p: p.data.copy()),
+                                       (module._buffers, buffers, lambda b: np.array(b, copy=True))):
+                for name in names:
+                    key = f"{prefix}.{name}" if prefix else name
+                    if key in found:
+                        state[key] = copy_of(found[key])
         return state
 
     def load_state_dict(self, state_dict, strict=True):
