@@ -607,7 +607,7 @@ class Module:
         state = OrderedDict()
         for prefix, module in self.named_modules():
             for names, found, copy_of in ((module._parameters, params, lambda p: p.data.copy()),
-                                       (module._buffers, buffers, lambda b: np.array(b, copy=True))):
+                                          (module._buffers, buffers, lambda b: np.array(b, copy=True))):
                 for name in names:
                     key = f"{prefix}.{name}" if prefix else name
                     if key in found:
