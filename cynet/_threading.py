@@ -90,6 +90,7 @@ class _ThreadSettings(threading.local):
 _state = _ThreadSettings()
 _global_num_threads = None  # set by set_num_threads; None means "the default"
 _overhead_seconds = {}  # thread count -> measured cost of a parallel region (see parallel_overhead)
+_overhead_recheck = {}  # thread count -> (time.monotonic() of the next measurement, interval): loaded measurements
 _spin_seconds = {}  # thread count -> measured spinning of the idle workers (see idle_spin_seconds)
 # BLAS's thread limit is process-wide while cynet's counts are per Python thread: it follows the latest threads()
 # block still open in any Python thread, else set_num_threads's count, else the limit each BLAS library had before
@@ -338,18 +339,43 @@ def threads(n):
             _apply_blas_limit()
 
 
-def _measured_overhead(n):
+# An idle machine wakes a sleeping worker in microseconds (0.9 us on the 2-vCPU development hosts with the one pool,
+# tens of us with sleeping workers); a median wake-up above WAKE_UP_RECHECK_ABOVE means the workers waited for a core
+# that another process held at that moment (measured: 10.6 ms with two busy loops on a 2-vCPU host, in one process
+# of three). Such a measurement would keep every kernel of the process on one thread long after the load is gone, so
+# it is taken again RECHECK_FIRST_SECONDS later, then at doubling intervals up to RECHECK_MAX_SECONDS while it stays
+# that high (each time RECHECK_SAMPLES regions: at most ~0.2 s under such load).
+WAKE_UP_RECHECK_ABOVE = 5e-4
+RECHECK_FIRST_SECONDS = 10.0
+RECHECK_MAX_SECONDS = 320.0
+RECHECK_SAMPLES = 15
+
+
+def _measured_overhead(n, samples=40):
     from cynet._kernels import _runtime
 
     if not _runtime.openmp_enabled():
         return 0.0
     _runtime.parallel_region(n)  # the first region creates the team
-    samples = sorted(_timed(_runtime.parallel_region, n) for _ in range(40))
+    times = sorted(_timed(_runtime.parallel_region, n) for _ in range(samples))
     serial = min(_timed(_runtime.parallel_region, 1) for _ in range(5))
-    wake_up = max(0.0, samples[len(samples) // 2] - serial)
+    wake_up = max(0.0, times[len(times) // 2] - serial)
     # spinning workers cost the next BLAS call its cores, unless BLAS runs on this very team (the one pool)
     spin = 0.0 if WAIT_POLICY_SET_BY_USER or _blas_pool["libraries"] else max(0.0, idle_spin_seconds(n))
+    if wake_up > WAKE_UP_RECHECK_ABOVE and wake_up > spin:
+        previous = _overhead_recheck.get(n)
+        interval = RECHECK_FIRST_SECONDS if previous is None else min(2 * previous[1], RECHECK_MAX_SECONDS)
+        _overhead_recheck[n] = (time.monotonic() + interval, interval)
+    else:
+        _overhead_recheck.pop(n, None)
     return max(wake_up, spin)
+
+
+def _recheck_overhead(n):
+    """The overhead of n threads measured again (its first measurement was the machine's load: see
+    WAKE_UP_RECHECK_ABOVE)."""
+    _overhead_seconds[n] = _measured_overhead(n, RECHECK_SAMPLES)
+    return _overhead_seconds[n]
 
 
 SPIN_HORIZON = 0.05  # idle_spin_seconds watches the idle workers for at most this long
@@ -402,8 +428,11 @@ def parallel_overhead(n=None):
     from whatever runs next (:func:`idle_spin_seconds`), whichever is larger.
 
     Measured on first use for each thread count (the median of 40 empty parallel regions, about 40 x the cost) and
-    kept for the process. ``CYNET_PARALLEL_OVERHEAD_US`` (microseconds, >= 0) replaces the measurement: 0 runs every
-    kernel above its own small threshold on all threads (the test suite does so, to exercise the parallel paths).
+    kept for the process, unless the wake-up measured was above 0.5 ms: that is another process holding the cores at
+    that moment, not the team's cost, so :func:`kernel_threads` measures it again 10 s later, and again at doubling
+    intervals (up to 320 s) while it stays that high. ``CYNET_PARALLEL_OVERHEAD_US`` (microseconds, >= 0) replaces
+    the measurement: 0 runs every kernel above its own small threshold on all threads (the test suite does so, to
+    exercise the parallel paths).
 
     Example:
         >>> import cynet
@@ -445,6 +474,8 @@ def kernel_threads(elements, ns_per_element=NS_STREAM):
     overhead = _overhead_seconds.get(n)               # (n > 1: not a forked child, see get_num_threads)
     if overhead is None:
         overhead = parallel_overhead(n)
+    elif _overhead_recheck and n in _overhead_recheck and time.monotonic() >= _overhead_recheck[n][0]:
+        overhead = _recheck_overhead(n)
     return n if elements * ns_per_element * 1e-9 * (1.0 - 1.0 / n) > overhead else 1
 
 

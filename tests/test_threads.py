@@ -375,6 +375,42 @@ def overhead(monkeypatch):
 
     yield set_us
     _threading._overhead_seconds.clear()
+    _threading._overhead_recheck.clear()
+
+
+def test_a_wake_up_measured_under_load_is_measured_again_later(overhead, monkeypatch):
+    # A busy machine at the first measurement (the workers wait ~10 ms for a core) must not keep every kernel of the
+    # process on one thread once the load is gone: measured with two busy loops on a 2-vCPU host, one process in
+    # three measured 10.6 ms and then ran even 16M-element kernels on one thread for good.
+    from cynet import _threading
+    from cynet._kernels import _runtime
+    if not _runtime.openmp_enabled():
+        pytest.skip("a serial build has no team to wake")
+    monkeypatch.delenv("CYNET_PARALLEL_OVERHEAD_US", raising=False)
+    _threading._overhead_seconds.clear()
+    monkeypatch.setattr(_threading, "idle_spin_seconds", lambda n=None: 0.0)
+    load = {"wait": 0.010}
+    real_timed = _threading._timed
+
+    def timed(f, *args):                    # an n-thread region waits for the loaded core; a serial one does not
+        return real_timed(f, *args) + (load["wait"] if args and args[0] > 1 else 0.0)
+
+    now = [1000.0]
+    monkeypatch.setattr(_threading, "_timed", timed)
+    monkeypatch.setattr(_threading.time, "monotonic", lambda: now[0])
+    with cynet.threads(2):
+        big = 1 << 24                       # 16M streamed values: ~3 ms of work on one thread
+        assert cynet.kernel_threads(big) == 1
+        assert _threading._overhead_recheck[2][1] == _threading.RECHECK_FIRST_SECONDS
+        now[0] += _threading.RECHECK_FIRST_SECONDS + 1
+        assert cynet.kernel_threads(big) == 1                  # still loaded: measured again, the next in 2x
+        assert _threading._overhead_recheck[2][1] == 2 * _threading.RECHECK_FIRST_SECONDS
+        load["wait"] = 0.0                                      # the load is gone
+        now[0] += 1
+        assert cynet.kernel_threads(big) == 1                  # (not due yet)
+        now[0] += 2 * _threading.RECHECK_FIRST_SECONDS
+        assert cynet.kernel_threads(big) == 2
+        assert 2 not in _threading._overhead_recheck and cynet.parallel_overhead() < _threading.WAKE_UP_RECHECK_ABOVE
 
 
 def test_kernel_threads_splits_only_work_that_outweighs_the_wake_up(overhead):
