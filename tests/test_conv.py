@@ -603,3 +603,18 @@ def test_conv_refuses_weights_and_bias_replaced_by_arrays_it_cannot_use():
     conv.weight.data = conv.weight.data.astype(np.float16)
     with pytest.raises(TypeError, match="layers compute in float32 or float64"):
         conv(x.astype(np.float16))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 0, 4), (2, 3, 4, 0), (2, 3, 0, 0)])
+def test_max_pooling_refuses_empty_images_instead_of_reading_outside_them(shape):
+    # with padding every window of an empty image lies in the padding: the kernel took x's first value (memory outside
+    # an empty view, e.g. 42s from the array it was cut from); torch refuses such input, as AvgPool2d does
+    big = np.full((2, 3, 4, 4), 42.0, np.float32)
+    x = big[:shape[0], :shape[1], :shape[2], :shape[3]]
+    for layer in (nn.MaxPool2d(2, stride=1, padding=1), nn.MaxPool2d(2)):
+        with pytest.raises(ValueError, match="empty images"):
+            layer(x)
+    from cynet._kernels import conv
+    y = np.zeros((shape[0], shape[1], 1 + shape[2], 1 + shape[3]), np.float32)
+    with pytest.raises(ValueError, match="empty images"):
+        conv.maxpool_forward(np.ascontiguousarray(x), 2, 2, 1, 1, y, np.zeros(y.shape, np.int64), 1)

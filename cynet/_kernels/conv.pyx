@@ -683,9 +683,12 @@ cdef void _maxpool2x2_plane(const floating* x, floating* y, int64_t* idx, Py_ssi
 def maxpool_forward(const floating[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride,
                     Py_ssize_t pad, floating[:, :, :, ::1] y, int64_t[:, :, :, ::1] idx, int n_threads):
     """Max pooling of ``x`` (N, C, H, W) into ``y`` and the argmax positions ``idx`` (N, C, OH, OW); every window
-    must overlap the image (pad < kernel, checked by the caller)."""
+    overlaps the image (2 pad <= kernel and H, W >= 1: refused otherwise, an empty image's windows hold nothing)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = (H + 2 * pad - kh) // stride + 1, OW = (W + 2 * pad - kw) // stride + 1, p
+    if H < 1 or W < 1:
+        raise ValueError(f"cynet._kernels.conv.maxpool_forward: x {(N, C, H, W)} has empty images: every window "
+                         f"would lie in the padding")
     if kh < 1 or kw < 1 or stride < 1 or pad < 0 or 2 * pad > kh or 2 * pad > kw or OH < 1 or OW < 1 \
             or y.shape[0] != N or y.shape[1] != C or y.shape[2] != OH or y.shape[3] != OW \
             or idx.shape[0] != N or idx.shape[1] != C or idx.shape[2] != OH or idx.shape[3] != OW:

@@ -325,6 +325,9 @@ class MaxPool2d(Module):
 
     def forward(self, x):
         x = _float_images(self, x)
+        if x.shape[2] == 0 or x.shape[3] == 0:          # every window would lie in the padding: no value to take
+            raise ValueError(f"{self!r}: every window must hold at least one value of the image, got an input of "
+                             f"shape {tuple(x.shape)} (empty images)")
         _check_fits(self, x.shape[2:], self.kernel_size, self.padding)
         oh = _output_size(x.shape[2], self.kernel_size[0], self.stride, self.padding)
         ow = _output_size(x.shape[3], self.kernel_size[1], self.stride, self.padding)
