@@ -43,7 +43,9 @@ Each entry is then one of:
   whose numerical gradient is the forward's rounding noise) or one made tiny by a tiny input. The report counts
   these entries per array; an array with no other entry is "unresolved" (named in the report, but it does not fail
   the check: the bias before batch norm is one), and a check in which *no* entry is verified does not pass (its
-  verdict says to scale the input or the loss up).
+  verdict says to scale the input or the loss up). Entries whose perturbation crossed a kink are not verified
+  either: a check whose every sampled entry crossed one (a ReLU net at x = 0, integer scores at the SVM's margins)
+  is unresolved too, and its verdict says to move the sample point.
 - **compared**: every other entry, through :math:`e_i`.
 
 What this can mask: the second difference also holds the curvature, :math:`f_+ - 2 f_0 + f_- \approx h^2
@@ -129,6 +131,8 @@ SECOND_DIFFERENCE_FACTOR = 2.0
 MAX_NOISE_FACTOR = 1e5
 #: The verdict of a check in which no entry rose above the rounding noise (see :attr:`GradcheckReport.verdict`).
 UNRESOLVED = "unresolved: gradients below the rounding noise"
+#: The verdict of a check whose every sampled entry crossed a kink (nothing was compared).
+UNRESOLVED_KINKS = "unresolved: every sampled entry crossed a kink"
 
 
 def rel_error(a, n):
@@ -230,9 +234,18 @@ class ArrayCheck:
 
     @property
     def unresolved(self):
-        """True when some entries are below the rounding noise and none is verified: the check says nothing about
-        this array's gradient."""
-        return self.num_checked == 0 and self.num_below_noise > 0
+        """True when no entry is verified and some were sampled (below the rounding noise, or crossing a kink): the
+        check says nothing about this array's gradient."""
+        return self.num_checked == 0 and (self.num_below_noise > 0 or self.num_kinks > 0)
+
+    @property
+    def unresolved_reason(self):
+        """Why :attr:`unresolved` (None when it is not): the rounding noise, the kinks, or both."""
+        if not self.unresolved:
+            return None
+        if self.num_below_noise and self.num_kinks:
+            return "below the rounding noise or kink-crossed"
+        return "below the rounding noise" if self.num_below_noise else "every entry kink-crossed"
 
     @property
     def max_error(self):
@@ -295,14 +308,16 @@ class GradcheckReport:
 
     @property
     def unresolved_arrays(self):
-        """Names of the arrays with no verified entry and some below the rounding noise (data-loss section first)."""
+        """Names of the arrays with no verified entry and some below the rounding noise or kink-crossed (data-loss
+        section first)."""
         return [a.name for a in self.arrays if a.unresolved]
 
     @property
     def unresolved(self):
-        """True when no entry of any array was verified and some were below the rounding noise: the check cannot
-        tell a right gradient from a wrong one (scale the input or the loss up)."""
-        return self.num_below_noise > 0 and not any(a.num_checked for a in self.arrays)
+        """True when no entry of any array was verified and some were sampled (below the rounding noise, or crossing
+        a kink): the check cannot tell a right gradient from a wrong one (scale the input or the loss up; move the
+        sample point off the kinks)."""
+        return (self.num_below_noise > 0 or self.num_kinks > 0) and not any(a.num_checked for a in self.arrays)
 
     @property
     def noise_level(self):
@@ -314,8 +329,11 @@ class GradcheckReport:
     def verdict(self):
         """The lecture's band of :attr:`max_error` (see :func:`verdict`); when the check is :attr:`unresolved`,
         ``"unresolved: gradients below the rounding noise (|n| <= ...); scale the input or the loss up"``."""
+        if self.unresolved and not self.num_below_noise:
+            return f"{UNRESOLVED_KINKS}; move the sample point (another input, or a random one)"
         if self.unresolved:
-            return f"{UNRESOLVED} (|n| <= {self.noise_level:.1e}); scale the input or the loss up"
+            kinks = f", the other {self.num_kinks} crossed kinks" if self.num_kinks else ""
+            return f"{UNRESOLVED} (|n| <= {self.noise_level:.1e}{kinks}); scale the input or the loss up"
         return verdict(self.max_error)
 
     @property
@@ -358,7 +376,7 @@ class GradcheckReport:
         for a in self.arrays:
             rows.append((a.section, a.name, str(a.shape), str(a.num_checked), str(a.num_kinks),
                          str(a.num_below_noise), f"{a.max_error:.2e}",
-                         "unresolved (below the rounding noise)" if a.unresolved else verdict(a.max_error)))
+                         f"unresolved ({a.unresolved_reason})" if a.unresolved else verdict(a.max_error)))
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
         lines = [head]
         for r in rows:
@@ -375,7 +393,9 @@ class GradcheckReport:
                 text += (f"; arrays with no entry verified: {', '.join(self.unresolved_arrays)} (fine for a gradient "
                          f"that is exactly 0, such as a bias before batch norm; else scale the input or the loss up)")
             lines.append(text)
-        if self.unresolved:
+        if self.unresolved and not self.num_below_noise:
+            status = "FAILED: no entry was compared (every one crossed a kink)"
+        elif self.unresolved:
             status = "FAILED: no entry rose above the rounding noise"
         elif self.suspicious:
             # the tolerance lets it pass, the lecture's bands call it suspicious without kinks: say both

@@ -650,3 +650,13 @@ def test_a_gradient_check_with_every_gradient_below_the_noise_is_not_called_a_wr
     assert report.unresolved and not report.passed
     text = _backward_is_wrong(report, "the loss is not decreasing")
     assert "gradients vanish" in text and "backward pass is wrong" not in text
+
+
+def test_a_gradient_check_with_every_entry_on_a_kink_is_not_called_a_wrong_backward_or_vanishing():
+    from cynet import gradcheck
+    from cynet.diagnostics.babysit import _backward_is_wrong
+
+    report = gradcheck.check_module(nn.ReLU(), np.zeros((2, 4)), num_checks=8, seed=0)    # x = 0: all kinks
+    assert report.unresolved and not report.passed and report.num_below_noise == 0
+    text = _backward_is_wrong(report, "the loss is not decreasing")
+    assert "crossed a kink" in text and "vanish" not in text and "backward pass is wrong" not in text

@@ -712,3 +712,23 @@ def test_a_smooth_pass_in_the_suspicious_band_says_so():
     assert any(line.startswith("worst entry (module): input[") for line in lines)
     kinked = check_module(nn.Sequential(InputGradOff(3, 3e-7), Relu()), x)
     assert kinked.passed and not kinked.suspicious and "PASSED (threshold" in str(kinked)
+
+
+def test_a_check_whose_every_entry_crossed_a_kink_is_unresolved_not_good():
+    # A ReLU whose backward is 7x too large, checked at x = 0: every perturbation crosses the kink, nothing is
+    # compared; the report said PASSED "good" (max error 0 over no entry)
+    class SevenTimesReLU(nn.ReLU):
+        def backward(self, dout, *, input_grad=True):
+            return 7.0 * np.asarray(dout)          # ignores the mask and the scale: wrong everywhere
+
+    report = check_module(SevenTimesReLU(), np.zeros((2, 4)), num_checks=8, seed=0)
+    assert report.num_kinks == 8 and report.num_below_noise == 0
+    assert report.unresolved and not report.passed
+    assert report.verdict.startswith("unresolved: every sampled entry crossed a kink") and "move" in report.verdict
+    text = str(report)
+    assert "unresolved (every entry kink-crossed)" in text and "FAILED: no entry was compared" in text
+    with pytest.raises(GradientCheckError):
+        report.raise_if_failed()
+    # the same wrong backward away from the kink: compared, and failed as wrong
+    off_kink = check_module(SevenTimesReLU(), np.full((2, 4), 0.5), num_checks=8, seed=0)
+    assert not off_kink.unresolved and not off_kink.passed and off_kink.max_error > 0.5

@@ -570,8 +570,12 @@ def _gradient_check(session, tiny, values):
 
 
 def _backward_is_wrong(report, what_the_loss_did):
-    """The explanation for a failed gradient check: a wrong backward pass, or, where every checked gradient was below
-    the rounding noise (the check is unresolved), gradients too small to check at all."""
+    """The explanation for a failed gradient check: a wrong backward pass, or, where no entry was verified (the check
+    is unresolved), gradients too small to check at all, or sample points all on kinks."""
+    if getattr(report, "unresolved", False) and not report.num_below_noise:
+        return (f"{what_the_loss_did}: the gradient check could not compare a single entry — every one it sampled "
+                f"crossed a kink (a ReLU or max at exactly 0, tied scores), so it cannot tell whether the backward "
+                f"pass is right; run cynet.gradcheck.check_model on a random input")
     if getattr(report, "unresolved", False):
         return (f"{what_the_loss_did}: the gradients vanish — every gradient the check sampled is below the rounding "
                 f"noise of the loss, so it cannot tell whether the backward pass is right; look for weights far too "
