@@ -457,6 +457,26 @@ def test_recompute_batchnorm_statistics(rng):
     np.testing.assert_allclose(first.running_var, h.var(0, ddof=1), rtol=1e-12)
 
 
+@pytest.mark.parametrize("bad_call, error", [
+    (lambda model, x: recompute_batchnorm_statistics(model, x.astype(np.float64), batch_size=4), TypeError),
+    (lambda model, x: recompute_batchnorm_statistics(model, x, batch_size=1), ValueError),   # one sample per batch
+])
+def test_a_failed_recompute_leaves_the_trained_running_statistics(bad_call, error, rng):
+    # the statistics were reset before the first batch and never put back: an input mistake wiped the trained ones
+    model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4))
+    x = (rng.standard_normal((12, 5)) + 1.0).astype(np.float32)
+    for i in range(3):
+        model(x[4 * i:4 * i + 4])
+    bn = model[1]
+    before = [np.array(a, copy=True) for a in (bn.running_mean, bn.running_var, bn.num_batches_tracked)]
+    assert int(before[2]) == 3 and not np.allclose(before[0], 0)
+    with pytest.raises(error):
+        bad_call(model, x)
+    for array, saved in zip((bn.running_mean, bn.running_var, bn.num_batches_tracked), before):
+        np.testing.assert_array_equal(array, saved)
+    assert bn.momentum == 0.1 and model.training
+
+
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
 def test_fold_batchnorm_matches_eval_model(dtype, tol, rng):
     model = _bn_model(rng, dtype)
@@ -1250,3 +1270,19 @@ def test_recomputed_statistics_of_shared_copy_twins_pool_both_branches():
     np.testing.assert_allclose(first.running_mean, both.mean(0), rtol=1e-12)
     np.testing.assert_allclose(first.running_var, both.var(0, ddof=1), rtol=1e-12)
     assert first.running_mean is second.running_mean
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_feature_holding_a_nan_has_a_nan_variance_as_numpy_and_torch(dtype, rng):
+    # the clamp of a negative rounding (v > 0 else 0) turned NaN into 0: running_var looked healthy
+    x = rng.standard_normal((6, 3)).astype(dtype)
+    x[2, 0] = np.nan
+    x[4, 1] = np.inf
+    _, mean, var, inv_std = batch_norm_forward(x, np.ones(3, dtype), np.zeros(3, dtype), 1e-5)
+    with np.errstate(invalid="ignore"):
+        want = x.astype(np.float64).var(axis=0)                    # NumPy: nan, nan, finite
+    np.testing.assert_array_equal(np.isnan(var), np.isnan(want))
+    assert np.isnan(inv_std[:2]).all() and np.isfinite(var[2]) and np.isclose(var[2], want[2], rtol=1e-6)
+    bn = BatchNorm1d(3, dtype=dtype)
+    bn(x)
+    assert np.isnan(bn.running_var[:2]).all() and np.isfinite(bn.running_var[2])   # torch: nan, nan, finite

@@ -92,12 +92,12 @@ cdef inline double _inv_std(double var, double eps) noexcept nogil:
 
 
 # Statistics from the shifted sums s1 = sum(x - k), s2 = sum((x - k)^2) of n values (every norm here):
-#   mean = k + s1/n;  var = s2/n - (s1/n)^2, clamped at 0 (biased);  returns r = 1/sqrt(var + eps).
+#   mean = k + s1/n;  var = s2/n - (s1/n)^2, negatives clamped to 0 (biased);  returns r = 1/sqrt(var + eps).
 cdef inline double _shifted_statistics(double k, double s1, double s2, Py_ssize_t n, double eps, double* mean,
                                        double* var) noexcept nogil:
     cdef double m = s1 / n
     cdef double v = s2 / n - m * m
-    v = v if v > 0 else 0
+    v = 0 if v < 0 else v            # (NaN stays NaN: a feature holding a NaN has no variance)
     mean[0] = k + m
     var[0] = v
     return _inv_std(v, eps)

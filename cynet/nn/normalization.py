@@ -902,7 +902,11 @@ def recompute_batchnorm_statistics(model, x, batch_size=256):
 
 
 def _recompute_statistics(model, x, batch_size, norms, saved, frozen_params):
-    """recompute_batchnorm_statistics's passes; the momenta, frozen states and requires_grad flags come back."""
+    """recompute_batchnorm_statistics's passes; the momenta, frozen states and requires_grad flags come back, and so
+    do the trained running statistics when a pass fails (a wrong dtype, a batch of one sample: they were reset)."""
+    trained = [(bn, [np.array(a, copy=True) for a in (bn.running_mean, bn.running_var, bn.num_batches_tracked)])
+               for bn in norms]
+    finished = False
     try:
         model.eval()
         pooled = {}         # one pool per running-statistics array: shared_copy twins pool both branches' inputs
@@ -917,7 +921,12 @@ def _recompute_statistics(model, x, batch_size, norms, saved, frozen_params):
             model(x[s])
         for bn in norms:
             bn._pooled.write(bn)
+        finished = True
     finally:
+        if not finished:
+            for bn, arrays in trained:        # in place: shared_copy twins share these arrays
+                for target, value in zip((bn.running_mean, bn.running_var, bn.num_batches_tracked), arrays):
+                    target[...] = value
         for bn, momentum, frozen in saved:
             bn.momentum = momentum
             bn._frozen_stats = frozen
