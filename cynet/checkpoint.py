@@ -165,6 +165,10 @@ def load(path):
     if _META_KEY not in arrays:
         raise CheckpointError(f"checkpoint: {path!r} is not a cynet checkpoint: an .npz archive without the "
                               f"{_META_KEY!r} header entry")
+    foreign = sorted(name for name, value in arrays.items() if not isinstance(value, np.ndarray))
+    if foreign:                         # NumPy hands back the raw bytes of a member that is not a .npy file
+        raise CheckpointError(f"checkpoint: {path!r} is not a cynet checkpoint: its members {foreign} are not .npy "
+                              f"arrays")
     raw = arrays.pop(_META_KEY)
     try:
         meta = json.loads(str(raw[()]))
@@ -421,6 +425,7 @@ def load_trainer(path, trainer):
         raise CheckpointError(f"checkpoint: {path!r} has invalid trainer counters: {', '.join(problems)}")
 
     # --- apply: first what may still refuse its state (undone on failure), then what cannot fail ---------------------
+    from cynet.ensemble import EMA      # (here: cynet.ensemble imports cynet.train, which imports this module)
     old_rates = learning_rates(optimizer)
     undo = []
     stage = None
@@ -435,6 +440,9 @@ def load_trainer(path, trainer):
             backup = _copied(callback.state_dict())
             callback.load_state_dict(state)
             undo.append(lambda callback=callback, backup=backup: callback.load_state_dict(backup))
+            if isinstance(callback, EMA) and any(key.startswith("shadow.") for key in state) and (
+                    callback.model is not trainer.model):
+                callback.attach(trainer.model)   # the loaded average, bound now: apply() works before any fit
         if checked_optim is None:       # not a cynet optimiser: it could not be checked beforehand
             stage = f"the {type(optimizer).__name__} optimiser"
             optim_backup = _copied(optimizer.state_dict())

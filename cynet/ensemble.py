@@ -19,6 +19,7 @@ Example:
     ((2, 3), True)
 """
 import contextlib
+import numbers
 
 import numpy as np
 
@@ -265,7 +266,7 @@ class EMA(Callback):
     """
 
     def __init__(self, decay=0.999):
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+        if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0 <= decay < 1:
             raise ValueError(f"EMA: decay must be a number in [0, 1), got {decay!r}")
         self.decay = float(decay)
         self.model = None
@@ -285,16 +286,26 @@ class EMA(Callback):
         """
         if not isinstance(model, Module):
             raise TypeError(f"EMA: model must be a cynet.nn.Module, got {type(model).__name__}")
-        self.model = model
-        names = [name for name, _ in model.named_parameters()]
+        named = list(model.named_parameters())
         if self._pending_state is not None:
-            state, self._pending_state = self._pending_state, None
-            missing = [name for name in names if "shadow." + name not in state]
+            state = self._pending_state
+            missing = [name for name, _ in named if "shadow." + name not in state]
             if missing:
                 raise ValueError(f"EMA: the saved state has no shadow for {missing}")
-            self.shadow = [np.array(state["shadow." + name], dtype=p.data.dtype)
-                           for name, p in model.named_parameters()]
+            unexpected = sorted(set(key[len("shadow."):] for key in state if key.startswith("shadow."))
+                                - {name for name, _ in named})
+            if unexpected:
+                raise ValueError(f"EMA: the saved state has shadows of parameters the model does not have: "
+                                 f"{unexpected}")
+            wrong = [f"{name}: saved {np.shape(state['shadow.' + name])}, parameter {p.data.shape}"
+                     for name, p in named if np.shape(state["shadow." + name]) != p.data.shape]
+            if wrong:
+                raise ValueError(f"EMA: the saved shadows do not match the model's parameters ({'; '.join(wrong)})")
+            self.model = model
+            self._pending_state = None
+            self.shadow = [np.array(state["shadow." + name], dtype=p.data.dtype) for name, p in named]
         else:
+            self.model = model
             self.shadow = [p.data.copy() for p in model.parameters()]
             self.num_updates = 0
         return self
@@ -344,6 +355,9 @@ class EMA(Callback):
         Returns:
             contextlib.AbstractContextManager: leaving it calls :meth:`restore`.
         """
+        if self.shadow is None and self._pending_state is not None:
+            raise RuntimeError("EMA.apply: the loaded average is not bound to a model yet: call attach(model) (the "
+                               "Trainer does it when training starts, and load_checkpoint when it loads)")
         if self.shadow is None:
             raise RuntimeError("EMA.apply: nothing averaged yet (attach a model or train first)")
         if self._backup is not None:
@@ -386,16 +400,31 @@ class EMA(Callback):
         if self.shadow is not None:
             for (name, _), shadow in zip(self.model.named_parameters(), self.shadow):
                 state["shadow." + name] = shadow.copy()
+        elif self._pending_state is not None:        # loaded, not yet bound to a model: it round-trips as loaded
+            for key, value in self._pending_state.items():
+                if key.startswith("shadow."):
+                    state[key] = np.array(value, copy=True)
         return state
 
     def load_state_dict(self, state):
-        """Restore :meth:`state_dict`'s output (the shadow is bound to the model at the next attach/training)."""
-        self.decay = float(state.get("decay", self.decay))
-        self.num_updates = int(state.get("num_updates", 0))
+        """Restore :meth:`state_dict`'s output (the shadow is bound to the model at once when one is attached, else at
+        the next attach/training). A state without shadows (saved before any averaging) leaves nothing averaged. A
+        state that does not fit the attached model (other parameter names or shapes) raises ValueError and changes
+        nothing."""
+        decay = float(state.get("decay", self.decay))
+        num_updates = int(state.get("num_updates", 0))
         if any(key.startswith("shadow.") for key in state):
-            self._pending_state = dict(state)
+            pending, self._pending_state = self._pending_state, dict(state)
             if self.model is not None:
-                self.attach(self.model)
+                try:
+                    self.attach(self.model)
+                except ValueError:
+                    self._pending_state = pending
+                    raise
+        else:
+            self._pending_state = None
+            self.shadow = None
+        self.decay, self.num_updates = decay, num_updates
 
     def __repr__(self):
         return f"EMA(decay={self.decay}, num_updates={self.num_updates})"

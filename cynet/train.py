@@ -304,8 +304,12 @@ class EarlyStopping(_BestTracker):
             return
         self.wait += 1
         if self.wait >= self.patience:
-            trainer.stop(f"early stopping: {self.monitor} did not improve on {self.best:.6g} (epoch "
-                         f"{self.best_epoch}) for {self.wait} epochs")
+            if self.best is None:           # NaN or inf every epoch (e.g. val_acc of a regression loss)
+                trainer.stop(f"early stopping: {self.monitor} has had no finite value in {self.wait} epochs (NaN "
+                             f"or inf each time: is it the number to watch for this loss?)")
+            else:
+                trainer.stop(f"early stopping: {self.monitor} did not improve on {self.best:.6g} (epoch "
+                             f"{self.best_epoch}) for {self.wait} epochs")
 
     def on_train_end(self, trainer):
         if self.restore_best_weights and self.best_state is not None:

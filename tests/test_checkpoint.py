@@ -609,3 +609,29 @@ def test_a_checkpoint_saved_from_on_epoch_end_resumes_exactly_whatever_the_callb
     assert resumed.epoch == straight.epoch and resumed.stop_reason == straight.stop_reason
     assert (resumed_stopper.best_epoch, resumed_stopper.wait) == (stopper.best_epoch, stopper.wait)
     assert_same_weights(resumed.model, straight.model.state_dict())
+
+
+def test_an_archive_whose_members_are_not_npy_arrays_is_not_a_checkpoint(tmp_path):
+    # np.load hands back the raw bytes of such members: they reached the model loader as bytes (AttributeError)
+    import zipfile
+    path = tmp_path / "raw.npz"
+    header = io.BytesIO()
+    np.save(header, np.array(json.dumps({"format": checkpoint.FORMAT, "format_version": 1, "kind": "model"})))
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("__meta__.npy", header.getvalue())
+        archive.writestr("model.weight", b"garbage bytes")
+    with pytest.raises(CheckpointError, match=r"raw.npz.*members \['model.weight'\] are not .npy arrays"):
+        checkpoint.load(path)
+
+
+def test_early_stopping_on_a_number_that_is_never_finite_says_so(tmp_path):
+    # val_acc of a regression loss is NaN every epoch: the stop message formatted best=None and raised TypeError
+    from cynet.nn.loss import MSELoss
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((12, 3)).astype(np.float32), rng.standard_normal((12, 2)).astype(np.float32)
+    model = nn.Linear(3, 2, generator=0)
+    stopper = EarlyStopping(monitor="val_acc", patience=2)
+    trainer = Trainer(model, MSELoss(), optim.SGD(model.parameters(), lr=0.01), callbacks=[stopper], progress=False)
+    trainer.fit(x, y, epochs=5, batch_size=4, validation=(x, y))
+    assert trainer.epoch == 2 and stopper.best is None
+    assert "val_acc has had no finite value in 2 epochs" in trainer.stop_reason

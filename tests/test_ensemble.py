@@ -220,3 +220,100 @@ def test_members_with_different_numbers_of_classes_are_refused():
         Ensemble([nn.Linear(4, 3), nn.Linear(4, 5)]).evaluate(x, np.array([0, 1]))
     with pytest.raises(ValueError, match=r"member 0 gives scores of shape \(2, 1\)"):
         Ensemble([nn.Linear(4, 1)]).predict(x)
+
+
+def test_an_ema_loaded_from_a_checkpoint_is_usable_and_saved_again_before_any_fit(tmp_path):
+    # the loaded shadow waited for the next fit: apply() raised, and a checkpoint saved again lost the average, so
+    # a run resumed from that second file restarted its average (num_updates 5 against 20)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 5)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+
+    def make():
+        cynet.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
+        ema = EMA(0.9)
+        return Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.1), callbacks=[ema],
+                       progress=False), ema
+
+    straight, ema_straight = make()
+    straight.fit(x, y, epochs=4, batch_size=16)
+    first, ema_first = make()
+    first.fit(x, y, epochs=2, batch_size=16)
+    first.save_checkpoint(tmp_path / "run.npz")
+    second, ema_second = make()
+    second.load_checkpoint(tmp_path / "run.npz")
+    with ema_second.apply():                  # the loaded average, evaluated before any fit
+        for p, shadow in zip(second.model.parameters(), ema_first.shadow):
+            np.testing.assert_array_equal(p.data, shadow)
+    second.save_checkpoint(tmp_path / "again.npz")
+    third, ema_third = make()
+    third.load_checkpoint(tmp_path / "again.npz")
+    third.fit(x, y, epochs=4, batch_size=16)
+    assert ema_third.num_updates == ema_straight.num_updates == 16
+    for a, b in zip(ema_third.shadow, ema_straight.shadow):
+        np.testing.assert_array_equal(a, b)
+    # an EMA given a state while no model is attached keeps it in its own state_dict
+    lone = EMA(0.5)
+    lone.load_state_dict(ema_first.state_dict())
+    assert set(lone.state_dict()) == set(ema_first.state_dict())
+    with pytest.raises(RuntimeError, match="not bound to a model"):
+        lone.apply()
+
+
+def test_an_ema_refuses_shadows_that_do_not_fit_the_model_and_changes_nothing():
+    small = EMA(0.9).attach(nn.Linear(4, 1, generator=0))
+    ema = EMA(0.9).attach(nn.Linear(4, 8, generator=1))
+    before = [s.copy() for s in ema.shadow]
+    with pytest.raises(ValueError, match=r"weight: saved \(1, 4\), parameter \(8, 4\)"):
+        ema.load_state_dict(small.state_dict())          # it broadcast one row into all eight at apply()
+    for a, b in zip(ema.shadow, before):
+        np.testing.assert_array_equal(a, b)
+    deeper = EMA(0.9).attach(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2)))
+    with pytest.raises(ValueError, match=r"parameters the model does not have: \['1.bias', '1.weight'\]"):
+        EMA(0.9).attach(nn.Sequential(nn.Linear(4, 8))).load_state_dict(deeper.state_dict())
+
+
+def test_ema_decay_takes_any_real_number_type():
+    assert EMA(np.float32(0.99)).decay == pytest.approx(0.99) and EMA(0).decay == 0.0
+    for bad in (True, "0.9", 1.0, -0.1):
+        with pytest.raises(ValueError):
+            EMA(bad)
+
+
+def test_a_refused_checkpoint_leaves_the_ema_as_it_was(tmp_path):
+    # the undo loaded the EMA's backup (no shadow), which left the refused file's shadow pending for the next fit
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 5)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+
+    class Tag(cynet.train.Callback):
+        def __init__(self, tag):
+            self.tag = tag
+
+        def state_dict(self):
+            return {"tag": self.tag}
+
+        def load_state_dict(self, state):
+            if state["tag"] != self.tag:
+                raise ValueError("wrong tag")
+
+    def make(tag):
+        cynet.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
+        ema = EMA(0.9)
+        return Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.1), callbacks=[ema, Tag(tag)],
+                       progress=False), ema
+
+    saved, _ = make("a")
+    saved.fit(x, y, epochs=2, batch_size=16)
+    saved.save_checkpoint(tmp_path / "run.npz")
+    refusing, ema = make("b")
+    with pytest.raises(checkpoint.CheckpointError, match="refused"):
+        refusing.load_checkpoint(tmp_path / "run.npz")
+    assert ema.shadow is None and ema.num_updates == 0 and set(ema.state_dict()) == {"decay", "num_updates"}
+    fresh, ema_fresh = make("b")
+    refusing.fit(x, y, epochs=1, batch_size=16)
+    fresh.fit(x, y, epochs=1, batch_size=16)
+    for a, b in zip(ema.shadow, ema_fresh.shadow):
+        np.testing.assert_array_equal(a, b)
