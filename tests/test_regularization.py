@@ -148,3 +148,18 @@ def test_max_norm_leaves_normalisation_gains_of_any_shape_alone_given_the_model(
     assert np.all(layer_norm.weight.data == 1)
     # given the parameters, the rule is by dimension alone (what a list of parameters can tell)
     assert max_norm_(layer_norm.parameters(), 3.0) == 4           # the gain's 4 rows of 16 ones (the shift is 0)
+
+
+def test_max_norm_scales_a_strided_weight_in_place():
+    # a conv kernel loaded from a (kh, kw, in, out) array as a transposed view: reshape copied it, the scaling went to
+    # the copy, and max_norm_ still counted the units as scaled
+    rng = np.random.default_rng(0)
+    conv = nn.Conv2d(3, 2, 3)
+    conv.weight.data = (rng.standard_normal((3, 3, 3, 2)) * 5).astype(np.float32).transpose(3, 2, 0, 1)
+    assert not conv.weight.data.flags.c_contiguous
+    expected = conv.weight.data.copy()
+    norms = np.sqrt((expected.reshape(2, -1).astype(np.float64) ** 2).sum(1))
+    expected *= (1.0 / norms).astype(np.float32)[:, None, None, None]          # both units are above the bound
+    assert max_norm_(conv, 1.0) == 2
+    np.testing.assert_allclose(conv.weight.data, expected, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(conv.weight.data.reshape(2, -1), axis=1), 1.0, rtol=1e-6)

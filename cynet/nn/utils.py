@@ -179,10 +179,11 @@ def max_norm_(parameters, max_norm):
     for p in _parameters(fn, parameters):
         if not p.requires_grad or p.data.ndim < 2 or p.data.size == 0:
             continue
-        rows = p.data.reshape(p.data.shape[0], -1)
+        rows = p.data.reshape(p.data.shape[0], -1)        # a copy where the weight is strided (a transposed kernel)
         norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
         over = np.flatnonzero(norms > max_norm)
-        if over.size:
-            rows[over] *= (max_norm / norms[over]).astype(rows.dtype)[:, None]
+        if over.size:                                       # scaled in the weight itself, whatever its layout
+            factors = (max_norm / norms[over]).astype(p.data.dtype)
+            p.data[over] *= factors.reshape((-1,) + (1,) * (p.data.ndim - 1))
             scaled += over.size
     return scaled
