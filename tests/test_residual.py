@@ -180,3 +180,15 @@ def test_stochastic_depth_passes_the_gradient_check_with_its_mask_fixed_and_refu
     drop(np.ones((4, 2)))
     with pytest.raises(ValueError, match=r"dout must be a float64 array of shape \(4, 2\)"):
         drop.backward(np.ones((3, 2)))
+
+
+def test_a_branch_that_runs_in_place_only_once_trained_is_refused_at_its_forward():
+    # built in eval mode an in-place Dropout does not write into its input, so the build-time check let it through;
+    # trained, it overwrote the x that the shortcut adds (y in {0, 4} for x = 1 instead of {1, 3})
+    block = nn.Residual(nn.Dropout(0.5, inplace=True).eval())
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_array_equal(block(x), 2 * x)             # eval: the identity plus x
+    block.train()
+    with pytest.raises(ValueError, match="runs in place and would overwrite the input"):
+        block(x)
+    np.testing.assert_array_equal(x, 1)

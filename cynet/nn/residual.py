@@ -54,15 +54,24 @@ class Residual(Module):
         for name, module in (("body", body), ("shortcut", shortcut)):
             if module is not None and not isinstance(module, Module):
                 raise TypeError(f"Residual: {name} must be a cynet.nn.Module, got {type(module).__name__}")
-            if module is not None and module._overwrites_input():
-                raise ValueError(f"Residual: the {name} ({module!r}) runs in place and would overwrite the input "
-                                 f"that the other branch adds; build it with inplace=False")
         if body is None:
             raise TypeError("Residual: body must be a cynet.nn.Module, got NoneType")
+        self._refuse_in_place_branches(body, shortcut, "Residual")
         self.body = body
         self.shortcut = shortcut
 
+    @staticmethod
+    def _refuse_in_place_branches(body, shortcut, who):
+        """ValueError when a branch itself runs in place (it would overwrite the input that the other adds). Checked
+        when built and at every forward: whether a module runs in place can depend on its mode (a Dropout built in
+        eval mode with inplace=True writes into its input once trained)."""
+        for name, module in (("body", body), ("shortcut", shortcut)):
+            if module is not None and module._overwrites_input():
+                raise ValueError(f"{who}: the {name} ({module!r}) runs in place and would overwrite the input that "
+                                 f"the other branch adds; build it with inplace=False")
+
     def forward(self, x):
+        self._refuse_in_place_branches(self.body, self.shortcut, repr(self))
         with _protecting(_arrays_within(x)):      # the shortcut reads x after the body
             out = self.body(x)
         skip = np.asarray(x) if self.shortcut is None else self.shortcut(x)
