@@ -1082,3 +1082,18 @@ def test_train_and_eval_reach_every_module_of_a_graph_with_a_cycle_once_per_path
     assert not parent.training and not parent.child.training and not parent.child.drop.training
     parent.train()
     assert all(module.training for module in parent.modules())
+
+
+def test_a_reused_dropout_mask_follows_the_inputs_dtype():
+    # a float32 pass, then reuse_mask for a float64 pass: the float32 mask made a float64 output whose backward
+    # refused float64 dout ("dout must be a float32 array ... (the forward's output)")
+    drop = nn.Dropout(0.5, generator=0)
+    x32 = np.ones((4, 6), np.float32)
+    y32 = drop(x32)
+    drop.reuse_mask = True
+    y64 = drop(x32.astype(np.float64))
+    assert y64.dtype == np.float64
+    np.testing.assert_array_equal(y64 != 0, y32 != 0)               # the same units kept
+    np.testing.assert_array_equal(y64[y64 != 0], 2.0)                # scaled by 1 / (1 - p) in float64
+    dx = drop.backward(np.ones((4, 6)))
+    np.testing.assert_array_equal(dx, y64)

@@ -806,6 +806,10 @@ class Dropout(Module):
         shape = self._mask_shape(x)
         self._shape = x.shape
         out = x if self.inplace else None
+        if self.reuse_mask and self._mask is not None and self._mask.shape == shape and self._mask.dtype != x.dtype:
+            # the same units kept, the mask in x's dtype (the backward takes dout in the output's dtype)
+            scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
+            self._mask = np.where(self._mask != 0, x.dtype.type(scale), x.dtype.type(0))
         if not (self.reuse_mask and self._mask is not None and self._mask.shape == shape):
             fused = shape == x.shape and x.dtype in KERNEL_DTYPES and x.flags.c_contiguous
             if fused and out is None:
