@@ -101,6 +101,22 @@ def test_standardize_constant_feature_stays_finite():
     assert np.all(np.isfinite(out)) and not out.any()
 
 
+def test_standardize_without_eps_refuses_a_constant_feature_at_fit():
+    # ten values 0.1: float64 mean 0.09999999999999999, var 1.9e-34, the feature came out as +1.0; 3.0: 0/0 = NaN
+    x = np.column_stack([np.arange(10.0), np.full(10, 0.1), np.full(10, 3.0)])
+    with pytest.raises(ValueError, match=r"eps=0 and 2 features have zero variance.*\[1, 2\]"):
+        Standardize(eps=0.0).fit(x)
+    images_ = np.random.default_rng(0).standard_normal((4, 3, 2, 2))
+    images_[:, 1] = 0.5                                        # one constant channel
+    with pytest.raises(ValueError, match=r"1 channels have zero variance.*\[1\]"):
+        Standardize(per="channel", eps=0.0).fit(images_)
+    # a float32 feature that moves by one ulp in one sample of many is not constant
+    tiny = np.full((1000, 1), 1.0, np.float32)
+    tiny[0, 0] = np.nextafter(np.float32(1.0), np.float32(2.0))
+    out = Standardize(eps=0.0).fit_transform(tiny)
+    assert np.isfinite(out).all() and abs(float(out.astype(np.float64).std()) - 1.0) < 1e-3
+
+
 # --- chunked statistics ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cls, attrs", [(MeanImage, ["mean_"]), (ChannelMean, ["mean_"]),
                                         (Standardize, ["mean_", "var_"]),
@@ -520,3 +536,22 @@ def test_an_empty_batch_gives_an_empty_result_of_the_right_shape(make, shape, dt
     back_one = transform.inverse_transform(one)
     back = transform.inverse_transform(empty)
     assert back.shape == (0,) + back_one.shape[1:] == (0,) + shape[1:] and back.dtype == back_one.dtype
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint32, np.int32])
+def test_wide_integer_data_is_centred_with_a_float64_mean(dtype):
+    # the mean was rounded to float32 before x - mean: int64 [1e9, 1e9 + 1] came out as [0, 1] (a float32 step at
+    # 1e9 is 64), not zero-mean; the oracle is (x - mean) in float64, rounded once to float32
+    big = 2_000_000_000 if dtype != np.int32 else 2_000_000_000 // 2
+    x = np.array([[big], [big + 1], [big + 3]], dtype=dtype)
+    want = (x.astype(np.float64) - x.astype(np.float64).mean(0)).astype(np.float32)
+    np.testing.assert_array_equal(MeanImage().fit_transform(x), want)
+    std = Standardize(eps=0.0).fit(x)
+    np.testing.assert_allclose(std.transform(x), want / np.float32(std.scale_[0]), rtol=1e-6)
+    two = np.column_stack([x[:, 0], x[:, 0] * 0 + np.array([0, 5, 1], dtype)]).astype(dtype)
+    pca = PCA().fit(two)
+    z = pca.transform(two).astype(np.float64)
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-5)                      # centred: zero-mean components
+    images_ = np.full((2, 3, 1, 1), big, dtype)
+    images_[1] += 2
+    np.testing.assert_array_equal(ChannelMean().fit_transform(images_)[:, 0, 0, 0], [-1, 1])

@@ -49,6 +49,13 @@ def _output_dtype(x):
     return np.dtype(np.float64) if x.dtype.kind == "f" and x.dtype.itemsize >= 8 else np.dtype(np.float32)
 
 
+def _centring_dtype(x, dtype):
+    """The dtype of the mean that x - mean takes: float64 for integers wider than 16 bits (a mean rounded to float32
+    first is off by up to half a float32 step at its size, 32 at 1e9, so int64 values [1e9, 1e9 + 1] came out as
+    [0, 1], not zero-mean), else the output dtype (float and 8-16-bit data keep their bits)."""
+    return np.dtype(np.float64) if x.dtype.kind in "iu" and x.dtype.itemsize > 2 else dtype
+
+
 def _check_data(owner, x, what="x"):
     """``x`` as an ndarray of at least 2 dims (N, ...) with a real numeric dtype; TypeError/ValueError otherwise."""
     x = np.asarray(x)
@@ -384,7 +391,7 @@ class MeanImage(Transform):
 
     def _transform(self, x, dtype):
         out = np.empty(x.shape, dtype=dtype)
-        np.subtract(x, self.mean_.astype(dtype), out=out, casting="unsafe")
+        np.subtract(x, self.mean_.astype(_centring_dtype(x, dtype)), out=out, casting="unsafe")
         return out
 
     def _inverse(self, x, dtype):
@@ -427,7 +434,8 @@ class ChannelMean(Transform):
     def _apply(self, x, dtype, sign):
         x3 = _channel_view(type(self).__name__, x, self.channels)
         out = np.empty(x3.shape, dtype=dtype)
-        (np.subtract if sign < 0 else np.add)(x3, self.mean_.astype(dtype)[:, None], out=out, casting="unsafe")
+        (np.subtract if sign < 0 else np.add)(x3, self.mean_.astype(_centring_dtype(x3, dtype))[:, None], out=out,
+                                              casting="unsafe")
         return out.reshape(x.shape)
 
     def _transform(self, x, dtype):
@@ -463,7 +471,8 @@ class Standardize(Transform):
     Args:
         per (str): ``"feature"`` (every pixel/channel its own statistics) or ``"channel"`` (one mean and std per
             colour channel). Default ``"feature"``.
-        eps (float): added to the variance; keeps constant features finite. Default 1e-8.
+        eps (float): added to the variance; keeps constant features finite. Default 1e-8. With eps = 0, fit refuses
+            features (channels) of zero variance.
         channels (int): channels for ``per="channel"`` (see :class:`ChannelMean`). Default 3.
         chunk_size (int): rows per float64 chunk while fitting. Default 4096.
 
@@ -500,7 +509,23 @@ class Standardize(Transform):
             mean = _column_mean(x2, self.chunk_size)
             self.var_ = _column_var(x2, mean, self.chunk_size).reshape(x.shape[1:])
             self.mean_ = mean.reshape(x.shape[1:])
+        if self.eps == 0:                    # (values averaged per feature, or per channel)
+            self._refuse_zero_variance(len(x) if self.per != "channel" else x.size // self.channels)
         self.scale_ = np.sqrt(self.var_ + self.eps)
+
+    def _refuse_zero_variance(self, n):
+        """eps = 0 divides by each standard deviation: a constant feature's is 0, or the rounding noise of its mean
+        (1.4e-17 for ten values 0.1, which then came out as +1.0, or 0/0 = NaN for 3.0). Refused at fit, as
+        PCAWhitening refuses a zero-variance direction: a variance within n float64 roundings of its mean counts as
+        zero (a float32 feature that moves by one ulp in one of 50,000 samples stays well above it)."""
+        zero = self.var_ <= (n * np.finfo(np.float64).eps * np.abs(self.mean_)) ** 2
+        if zero.any():
+            where = [tuple(int(i) for i in index) if len(index) > 1 else int(index[0])
+                     for index in np.argwhere(zero)[:5]]
+            unit = "channels" if self.per == "channel" else "features"
+            raise ValueError(f"Standardize.fit: eps=0 and {int(zero.sum())} {unit} have zero variance in the training "
+                             f"data (constant, e.g. {where}): dividing by their standard deviation divides by zero "
+                             f"or by rounding noise. Use eps > 0 (the default is 1e-8)")
 
     def _view(self, x):
         if self.per == "channel":
@@ -515,7 +540,7 @@ class Standardize(Transform):
             load("conv").channel_standardize(xv, self.mean_.astype(dtype), self.scale_.astype(dtype), out,
                                              kernel_threads(out.size))
             return out.reshape(x.shape)
-        np.subtract(xv, mean.astype(dtype), out=out, casting="unsafe")
+        np.subtract(xv, mean.astype(_centring_dtype(xv, dtype)), out=out, casting="unsafe")
         out /= scale.astype(dtype)
         return out.reshape(x.shape)
 
@@ -640,10 +665,10 @@ class PCA(Transform):
 
     def _transform(self, x, dtype):
         x2 = _rows(x)
-        w, mean = self._matrix(dtype), self.mean_.astype(dtype)
+        w, mean = self._matrix(dtype), self.mean_.astype(_centring_dtype(x2, dtype))
         out = np.empty((x2.shape[0], w.shape[1]), dtype=dtype)
         for a, b in _chunks(x2.shape[0], self.chunk_size):
-            np.matmul(x2[a:b] - mean, w, out=out[a:b])
+            np.matmul((x2[a:b] - mean).astype(dtype, copy=False), w, out=out[a:b])
         return out.reshape((x.shape[0],) + self._output_shape())
 
     def _inverse(self, x, dtype):
