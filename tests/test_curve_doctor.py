@@ -189,3 +189,11 @@ def test_flat_stretch_is_measured_to_the_middle_of_the_first_window_below_the_le
     finding = [f for f in diagnose({"loss": list(loss)}) if f.name == "flat then sudden drop"][0]
     # by hand: the linear fall crosses 90 % of 2.30 at 400 + 0.23 / (2.0 / 600) = 469
     assert abs(finding.values["flat_iterations"] - 469) <= 2
+
+
+@pytest.mark.parametrize("curve", [np.linspace(2.3, 1.2, 1000),                         # a straight line
+                                   2.3 * np.exp(-np.arange(1000) / 1500.0)])            # a slow exponential
+def test_a_steady_decline_is_not_a_flat_start(curve):
+    # above 90 % of its start for 23 % of the run, then below 70 %: the old rule called a straight line "flat then
+    # sudden drop" and advised another initialisation; its first half falls 5 % of the start, a flat start ~0 %
+    assert "flat then sudden drop" not in diagnose({"loss": list(curve)}).names()

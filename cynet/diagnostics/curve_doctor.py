@@ -17,7 +17,9 @@ loss not moving       alarm     end and the smoothed minimum within 5 % of start
 loss rising           warning   fell, then climbed back: end - low > 25 % (``REBOUND``) of       decay / lower the
                                 start - low, where low is the smoothed minimum                   lr
 flat then sudden      warning   the smoothed loss stays above 90 % of start for >= 15 % of the   better init
-drop                            run (``FLAT_FRACTION``), then ends below 70 % of start
+drop                            run (``FLAT_FRACTION``), was flat over the first half of that
+                                stretch (fell < 2.5 % of start, ``FLAT_HALF_DROP``: a steady
+                                decline falls 5 %), then ends below 70 % of start
 plateau               warning   the loss fell >= 10 % overall but < 2 % (``PLATEAU_DROP``) of    lr decay
                                 its level over the last 25 % of iterations (``PLATEAU_TAIL``)
 overfitting           warning   final train_acc - val_acc > 0.15 (``GAP``)                       regularise, more data
@@ -50,6 +52,7 @@ NOT_MOVING = 0.05
 REBOUND = 0.25
 FLAT_LEVEL = 0.90
 FLAT_FRACTION = 0.15
+FLAT_HALF_DROP = 0.025
 DROP_LEVEL = 0.70
 PLATEAU_MIN_TOTAL_DROP = 0.10
 PLATEAU_TAIL = 0.25
@@ -175,7 +178,10 @@ def _loss_findings(loss, found):
             {"start": start, "low": low, "low_iteration": low_iteration, "end": end, "iterations": n}))
         return
     below = np.flatnonzero(smooth < FLAT_LEVEL * start)
-    if below.size and below[0] >= FLAT_FRACTION * len(smooth) and end < DROP_LEVEL * start:
+    # flat: over the first half of the stretch above the level the loss fell less than FLAT_HALF_DROP of its start; a
+    # steady decline (a low learning rate, not a bad initialisation) falls half of the 10 % there
+    if below.size and below[0] >= FLAT_FRACTION * len(smooth) and end < DROP_LEVEL * start and (
+            start - smooth[below[0] // 2] < FLAT_HALF_DROP * start):
         flat = int(below[0]) + (window + 1) // 2     # up to the middle of the first window below the level
         found.append(Finding(
             "flat then sudden drop", "warning",
