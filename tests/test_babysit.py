@@ -660,3 +660,27 @@ def test_a_gradient_check_with_every_entry_on_a_kink_is_not_called_a_wrong_backw
     assert report.unresolved and not report.passed and report.num_below_noise == 0
     text = _backward_is_wrong(report, "the loss is not decreasing")
     assert "crossed a kink" in text and "vanish" not in text and "backward pass is wrong" not in text
+
+
+@pytest.mark.parametrize("bad", [True, "0.001", 0.0, -1e-3, float("nan"), float("inf")])
+def test_babysit_refuses_an_overfit_lr_that_is_not_a_positive_number(bad):
+    x, y = _data()
+    with pytest.raises(ValueError, match="overfit_lr must be a positive finite learning rate"):
+        babysit(nn.Sequential(nn.Linear(20, 4, generator=0)), SoftmaxCrossEntropy(), x, y, overfit_lr=bad)
+
+
+def test_the_initial_loss_notes_say_what_the_numbers_allow():
+    # below chance: equal scores (tiny or zero weights) give exactly chance, never less; the hint pointed there
+    x, y = _data()
+    model = nn.Sequential(nn.Linear(20, 32, init="zeros"), nn.Tanh(), nn.Linear(32, 4, generator=1))
+    text = babysit(model, SoftmaxCrossEntropy(), x, y, **FAST)["initial loss"].explanation
+    # a zero first layer before a random one: its units part at the first step, so no claim that they cannot
+    assert "are identical" in text and "where the next layer uses them alike" in text
+
+    class HalfLoss(SoftmaxCrossEntropy):
+        def forward(self, scores, y):
+            return 0.5 * super().forward(scores, y)
+
+    low = babysit(nn.Sequential(nn.Linear(20, 4, init="zeros")), HalfLoss(), x, y, **FAST)["initial loss"]
+    assert low.passed is False and "lower than chance" in low.explanation
+    assert "too small" not in low.explanation and "batch mean" in low.explanation

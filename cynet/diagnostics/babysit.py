@@ -501,9 +501,10 @@ def _check_initial_loss(session, sample, loss, num_classes):
         spread = float(np.std(np.asarray(scores, dtype=np.float64)))
         if session.symmetric:
             text += (f"; but {'every weight is exactly zero and ' if all_zero else ''}the units of "
-                     f"{_labels(session.symmetric)} are identical (zero/constant init): they compute the same value "
-                     f"and get the same update, so training may never break the symmetry — initialise with small "
-                     f"random weights")
+                     f"{_labels(session.symmetric)} are identical (zero/constant init): they compute the same value, "
+                     f"and where the next layer uses them alike or no gradient reaches them (a ReLU at 0) they also "
+                     f"get the same update, so training never breaks the symmetry (the overfit check shows whether it "
+                     f"does) — initialise with small random weights")
         elif spread < 1e-6:
             text += (f"; the scores are all equal (std {spread:.1e}): the weights are tiny or zero, which can leave "
                      f"units symmetric and the gradients vanishing")
@@ -514,8 +515,9 @@ def _check_initial_loss(session, sample, loss, num_classes):
                 f"initialisation) or the inputs are not normalised")
     else:
         text = (f"expected {expected:.3f}, got {value:.3f} ({relative:+.0%}): lower than chance before any "
-                f"training; check that the loss is the batch mean, that the labels match the data and that the "
-                f"weights are not too small / all zero (weight std {weight_std:.3g})")
+                f"training, which equal scores (tiny or zero weights) cannot give; check that the loss is the batch "
+                f"mean and that the labels match the data (or an output bias set to the class frequencies of "
+                f"imbalanced data)")
     return Check(name, False, measured, expect, text, values), value
 
 
@@ -854,7 +856,8 @@ def babysit(model, loss, x, y, *, optimizer_factory=None, regularization=None, n
     Raises:
         TypeError: model is not a Module, or the loss lacks forward/backward.
         ValueError: mismatched or empty data, NaN/inf in x (or in floating y), bad sizes, a ``num_classes`` that
-            is not an int >= 2, an empty or non-numeric ``lr_probe``, a bad ``seed``, a classification loss on a
+            is not an int >= 2, an empty or non-numeric ``lr_probe``, an ``overfit_lr`` that is not a positive
+            finite number, a bad ``seed``, a classification loss on a
             model with a single output, or labels outside the model's outputs. An error the model or the loss
             raises on the data (e.g. a wrong feature count) comes back as its builtin class (ValueError,
             TypeError, IndexError) with "babysit:" and the context before its own message.
@@ -882,6 +885,9 @@ def babysit(model, loss, x, y, *, optimizer_factory=None, regularization=None, n
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"babysit: {arg} must be a positive int, got {value!r}")
     rates = _learning_rates(lr_probe)
+    if isinstance(overfit_lr, bool) or not isinstance(overfit_lr, numbers.Real) or not (
+            math.isfinite(overfit_lr) and overfit_lr > 0):
+        raise ValueError(f"babysit: overfit_lr must be a positive finite learning rate, got {overfit_lr!r}")
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
                                     or num_classes < 2):
         # int(2.7) would silently become 2 classes and int("3") accept a string
