@@ -642,3 +642,25 @@ def test_a_loss_value_is_a_float_with_item_and_a_backward_that_says_how():
         value.backward()
     assert type(pickle.loads(pickle.dumps(value))) is float and type(copy.deepcopy(value)) is float
     assert isinstance(MSELoss()(np.zeros(3, np.float32), np.ones(3, np.float32)), LossValue)
+
+
+@pytest.mark.parametrize("targets", ["smoothing", "soft"])
+def test_a_plus_inf_score_makes_the_whole_row_nan_with_soft_targets_too(targets):
+    # the soft kernel counted the +inf entry among the maxima and gave the finite columns -t_j / N; the docstring
+    # (and the integer-label kernel) make the loss and that row of the gradient NaN
+    scores = np.array([[1.0, np.inf, 2.0], [0.5, 0.1, -0.3]], np.float32)
+    if targets == "smoothing":
+        loss_fn, y = SoftmaxCrossEntropy(label_smoothing=0.1), np.array([0, 2])
+    else:
+        loss_fn, y = SoftmaxCrossEntropy(), np.array([[0.5, 0.0, 0.5], [0.2, 0.3, 0.5]], np.float32)
+    with np.errstate(invalid="ignore"):
+        loss = loss_fn.forward(scores, y)
+    grad = loss_fn.backward()
+    assert np.isnan(loss) and np.isnan(grad[0]).all() and np.isfinite(grad[1]).all()
+
+
+def test_soft_targets_are_checked_in_the_scores_dtype():
+    # 1e39 is finite in float64 and inf in float32: it passed the check, then gave loss inf and an inf gradient
+    scores = np.zeros((1, 3), np.float32)
+    with pytest.raises(ValueError, match="finite"):
+        SoftmaxCrossEntropy().forward(scores, np.array([[1e39, 0.0, 0.0]]))

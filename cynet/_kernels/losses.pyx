@@ -161,6 +161,7 @@ def softmax_cross_entropy(const floating[:, ::1] scores, const int64_t[::1] labe
 cdef inline double _soft_ce_row(const floating* s, const floating* t, floating* d, Py_ssize_t C,
                                 double inv_n) noexcept nogil:
     cdef double m = _row_max(s, C)
+    cdef double poison = m - m          # 0; NaN when the maximum is +inf or NaN: the whole row NaN, as in _ce_row
     cdef double ones = 0, others = 0, total_t = 0, loss = 0, log_z, scale, tj
     cdef Py_ssize_t j
     _row_exp_shifted(s, d, C, m)
@@ -175,10 +176,10 @@ cdef inline double _soft_ce_row(const floating* s, const floating* t, floating* 
         total_t += tj
         if tj != 0:
             loss += tj * ((m - <double>s[j]) + log_z)
-    scale = total_t * inv_n / (ones + others)
+    scale = total_t * inv_n / (ones + others) + poison
     for j in range(C):
         d[j] = <floating>(d[j] * scale - <double>t[j] * inv_n)
-    return loss
+    return loss + poison
 
 
 def softmax_cross_entropy_soft(const floating[:, ::1] scores, const floating[:, ::1] targets,

@@ -94,8 +94,10 @@ def _soft_targets(owner, y, scores):
     """``y`` (N, C) class-probability targets as a C-contiguous array of the scores' dtype: every entry finite and
     >= 0 (rows need not sum to 1, as in PyTorch); clear errors otherwise."""
     y = _float_targets(owner, "target distributions", y, scores)
+    with np.errstate(over="ignore"):    # checked in the scores' dtype: 1e39 in float64 is inf in float32
+        y = np.ascontiguousarray(y, dtype=scores.dtype)
     check_probabilities(owner, y)
-    return np.ascontiguousarray(y, dtype=scores.dtype)
+    return y
 
 
 class LossValue(float):
