@@ -462,3 +462,50 @@ def test_weight_decay_groups_leave_the_biases_undecayed():
     for param, old in zip(model.parameters(), before):
         expected = old * (1 - 0.5 * 0.1) if old.ndim == 2 else old
         np.testing.assert_allclose(param.data, expected, rtol=1e-15)
+
+
+def test_group_in_place_union_is_checked_as_update():
+    # g |= {...} went through dict's own method: lr -1 and a misspelt key were kept, and the step moved the wrong way
+    p = nn.Parameter(np.ones(2))
+    opt = SGD([p], lr=0.1)
+    group = opt.param_groups[0]
+    with pytest.raises(ValueError):
+        group |= {"lr": -1.0}
+    with pytest.raises((KeyError, TypeError, ValueError), match="momentun"):
+        group |= {"momentun": 0.5}
+    assert group["lr"] == 0.1 and "momentun" not in group
+    group |= {"lr": 0.5}
+    assert opt.param_groups[0] is group and group["lr"] == 0.5
+    p.grad[...] = 1.0
+    opt.step()
+    np.testing.assert_array_equal(p.data, 0.5)              # 1 - 0.5 * 1
+
+
+@pytest.mark.parametrize("build", [lambda a, b: SGD([{"params": {a, b}}], lr=0.1), lambda a, b: SGD({a, b}, lr=0.1)])
+def test_parameters_in_a_set_are_refused_as_pytorch_refuses_them(build):
+    # a set's order changes between runs; the state is saved by position, so a resumed run could swap two states
+    a, b = nn.Parameter(np.ones(2)), nn.Parameter(np.zeros(2))
+    with pytest.raises(TypeError, match="order changes from run to run"):
+        build(a, b)
+
+
+@pytest.mark.parametrize("cls, settings", [(RMSProp, {"lr": 0.01}), (SGD, {"lr": 0.1})])
+def test_momentum_switched_on_between_steps_saves_a_state_that_loads(cls, settings):
+    # the state had no momentum buffer yet (it is made by the first step with momentum); load refused it
+    def build():
+        p = nn.Parameter(np.linspace(-1, 1, 4))
+        return p, cls([p], **settings)
+
+    p, opt = build()
+    p.grad[...] = 0.3
+    opt.step()
+    opt.param_groups[0]["momentum"] = 0.9
+    state = opt.state_dict()
+    q, other = build()
+    q.data[...] = p.data
+    other.param_groups[0]["momentum"] = 0.9
+    other.load_state_dict(state)
+    for param, optimizer in ((p, opt), (q, other)):          # both go on alike: the buffer made at the next step
+        param.grad[...] = -0.2
+        optimizer.step()
+    np.testing.assert_array_equal(q.data, p.data)

@@ -85,6 +85,10 @@ class ParamGroup(dict):
     def update(self, *args, **kwargs):
         self._optimizer._assign(dict(*args, **kwargs), [self])
 
+    def __ior__(self, other):               # group |= {...}: checked as update() is
+        self.update(other)
+        return self
+
     def _refuse(self, *args, **kwargs):
         raise TypeError(f"{type(self._optimizer).__name__}: a parameter group's entries cannot be removed or added; "
                         f"assign a setting, or use add_param_group for more parameters")
@@ -206,6 +210,10 @@ class Optimizer:
         prefix = f"{type(self).__name__}:{where}{':' if where else ''} {wanted}, got"
         if isinstance(value, refused):
             raise TypeError(f"{prefix} a single {type(value).__name__}")
+        if isinstance(value, (set, frozenset)):
+            # as PyTorch: a set's order changes between runs, and the state is saved by position in the list
+            raise TypeError(f"{prefix} a {type(value).__name__}, whose order changes from run to run (a checkpoint "
+                            f"would give one parameter's state to another); pass a list, e.g. model.parameters()")
         try:
             return list(value)
         except TypeError:
@@ -769,7 +777,9 @@ class SGD(Optimizer):
                     "Nesterov momentum requires a momentum and zero dampening")
 
     def _required_state(self, settings):
-        return self._state_arrays if settings["momentum"] != 0 else ()
+        # none: the momentum buffer is made by the first step with momentum (momentum switched on after some steps
+        # saves a state without it, which must load as the uninterrupted run goes on)
+        return ()
 
     def _update(self, group, param, data, grad, state, n_threads):
         first = False
@@ -858,7 +868,9 @@ class RMSProp(Optimizer):
         return self._real("epsilon value" if name == "eps" else f"{name} value", value)
 
     def _required_state(self, settings):
-        return self._state_arrays if settings["momentum"] > 0 else ("square_avg",)
+        # the momentum buffer is made (zeros) by the first step with momentum: a state saved before it, or after
+        # momentum was switched on between steps, lacks it and must load as the uninterrupted run goes on
+        return ("square_avg",)
 
     def _update(self, group, param, data, grad, state, n_threads):
         if "square_avg" not in state:
