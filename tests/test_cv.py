@@ -1,11 +1,13 @@
 """Validation splits (cynet.tune.cv): KFold / StratifiedKFold partition the data and keep class proportions, the
 holdout split is stratified, and preprocessing is fitted inside each fold on that fold's training rows only."""
 import csv
+import math
 
 import numpy as np
 import pytest
 
 from cynet.data import Standardize
+from cynet.tune.executors import execute_trial
 from cynet.tune import CrossValidatedTrial, KFold, RandomSearch, StratifiedKFold, cross_validate, holdout_split, \
     loguniform
 
@@ -243,3 +245,16 @@ def test_cross_validated_trial_checks_its_seed_when_built_and_numpy_seeds_work()
         CrossValidatedTrial(lambda *a: {"val_acc": 1.0}, cv_seed=None)
     CrossValidatedTrial(lambda *a: {"val_acc": 1.0}, cv=KFold(3), cv_seed=None)    # ignored with a cv of its own
     assert KFold(3, shuffle=True, seed=np.array(3)).seed == 3 and KFold(3, seed=np.uint8(2)).seed == 2
+
+
+def test_cross_validation_takes_a_trial_without_a_validation_loss():
+    # a trial returning val_loss=None (absent) worked in a plain search and failed every fold here (float(None))
+    x = np.random.default_rng(0).standard_normal((20, 3))
+    y = np.arange(20) % 2
+    out = cross_validate(lambda p, d, b, s: {"val_acc": 0.5, "val_loss": None}, {}, x, y, cv=KFold(4))
+    assert out["status"] == "ok" and out["val_acc"] == 0.5 and out["val_loss"] is None
+    record = execute_trial(CrossValidatedTrial(lambda p, d, b, s: {"val_acc": 0.5, "val_loss": None}, cv=KFold(4)),
+                           (x, y), {"number": 0, "params": {}, "budget": 1, "seed": 0})
+    assert record["status"] == "ok" and math.isnan(record["val_loss"])
+    nan_fold = cross_validate(lambda p, d, b, s: {"val_acc": 0.5, "val_loss": float("nan")}, {}, x, y, cv=KFold(4))
+    assert nan_fold["status"] == "diverged"

@@ -788,3 +788,44 @@ def test_progress_hears_every_trial_once(executor, capsys):
     RandomSearch({"lr": loguniform(1e-3, 1e-1)}, n_trials=2, seed=0, edge=0).run(peak_fn, executor=None,
                                                                                   progress=True)
     assert capsys.readouterr().out.count("val_acc") == 2
+
+
+def test_a_trial_whose_validation_loss_is_not_finite_diverged_and_is_not_ranked():
+    # weights that blew up at the last step: the guard never saw the next loss, the argmax over overflowed scores
+    # still gave an accuracy (the majority class's, 0.8) and the trial won the search
+    record = execute_trial(lambda p, d, b, s: {"val_acc": 0.8, "val_loss": float("nan")}, None,
+                           {"number": 0, "params": {}, "budget": 1, "seed": 0})
+    assert record["status"] == "diverged" and "validation loss is nan" in record["error"]
+    search = RandomSearch({"lr": choice([1e20, 0.01])}, n_trials=2, seed=0)
+
+    def trial(params, data, budget, seed):
+        blew_up = params["lr"] > 1
+        return {"val_acc": 0.8 if blew_up else 0.5, "val_loss": math.nan if blew_up else 1.06}
+
+    result = search.run(trial, executor=None)
+    assert [t["status"] for t in result.trials if t["params"]["lr"] > 1] == ["diverged"] * sum(
+        t["params"]["lr"] > 1 for t in result.trials)
+    if any(t["params"]["lr"] < 1 for t in result.trials):
+        assert result.best_params["lr"] == 0.01
+
+
+def test_a_trial_that_calls_sys_exit_is_an_error_not_the_end_of_the_search():
+    import sys
+    record = execute_trial(lambda p, d, b, s: sys.exit(3), None, {"number": 0, "params": {}, "budget": 1, "seed": 0})
+    assert record["status"] == "error" and record["error"].startswith("SystemExit: 3")
+
+
+def test_run_refuses_a_budget_or_threads_per_trial_it_cannot_use():
+    search = RandomSearch({"lr": loguniform(1e-3, 1e-1)}, n_trials=1, seed=0)
+    trial = lambda p, d, b, s: {"val_acc": 0.5}          # noqa: E731
+    for bad in (0, -3, float("nan"), True):
+        with pytest.raises(ValueError, match="budget must be a finite number > 0"):
+            search.run(trial, executor=None, budget=bad)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="threads_per_trial"):
+            search.run(trial, executor=None, threads_per_trial=bad)
+
+
+def test_grid_points_refuses_names_that_are_not_in_the_space():
+    with pytest.raises(ValueError, match=r"points names \['learning_rate'\], which are not in the space"):
+        grid_points({"lr": loguniform(1e-3, 1e-1), "reg": uniform(0, 1)}, {"learning_rate": 10, "reg": 2})

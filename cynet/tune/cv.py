@@ -252,13 +252,16 @@ def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, b
             x_train, x_val = transform.transform(x_train), transform.transform(x_val)
         out = train_fn(dict(params), (x_train, y[train], x_val, y[val]), budget, _fold_seed(seed, fold))
         accs.append(float(out["val_acc"]))
-        losses.append(float(out.get("val_loss", np.nan)))
+        val_loss = out.get("val_loss")
+        if val_loss is not None:                 # optional: None as absent
+            losses.append(float(val_loss))
         epochs.append(out.get("epochs", budget))
-        if out.get("status", "ok") != "ok" or not np.isfinite(accs[-1]):
+        if out.get("status", "ok") != "ok" or not np.isfinite(accs[-1]) or (
+                val_loss is not None and not np.isfinite(losses[-1])):
             status = "diverged"
     return {"val_acc": float(np.mean(accs)) if status == "ok" else float("nan"), "val_acc_folds": accs,
             "val_acc_std": float(np.std(accs)) if status == "ok" else float("nan"),
-            "val_loss": float(np.mean(losses)), "epochs": epochs, "status": status}
+            "val_loss": float(np.mean(losses)) if losses else None, "epochs": epochs, "status": status}
 
 
 class CrossValidatedTrial:

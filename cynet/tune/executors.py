@@ -112,10 +112,16 @@ def execute_trial(train_fn, data, spec, threads=None):
             raise ValueError(f"train_fn returned status {status!r}; expected one of {STATUSES}")
         if status == "ok" and not math.isfinite(record["val_acc"]):
             status = "diverged"
+        reason = out.get("stop_reason")
+        if status == "ok" and val_loss is not None and not math.isfinite(record["val_loss"]):
+            # weights that blew up at the last step: the guard never saw the next loss, and an argmax over
+            # overflowed scores still gives an accuracy (the majority class's), which would rank
+            status = "diverged"
+            reason = reason or f"the validation loss is {record['val_loss']}: the weights diverged"
         record["status"] = status
-        if out.get("stop_reason"):
-            record["error"] = str(out["stop_reason"])
-    except Exception as error:  # a failing trial is a result, not the end of the search
+        if reason:
+            record["error"] = str(reason)
+    except (Exception, SystemExit) as error:  # a failing trial is a result, not the end of the search (sys.exit too)
         record["status"] = "error"
         record["val_acc"] = math.nan
         tb = traceback.format_exception(type(error), error, error.__traceback__)

@@ -510,6 +510,9 @@ class _Search:
         """
         if not callable(train_fn):
             raise TypeError(f"{type(self).__name__}.run: train_fn must be callable, got {train_fn!r}")
+        budget = _check_budget(f"{type(self).__name__}.run", "budget", budget)
+        if threads_per_trial is not None:
+            threads_per_trial = _check_int(f"{type(self).__name__}.run", "threads_per_trial", threads_per_trial, 1)
         self._best = None                   # (sort key, state_dict)
         runner = make_runner(executor, train_fn, data, n_workers=n_workers, threads_per_trial=threads_per_trial,
                              mp_context=mp_context, max_parallel=self._max_parallel())

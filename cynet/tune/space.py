@@ -318,6 +318,10 @@ def grid_points(space, points):
         dict: ``{name: list of values}``.
     """
     _check_space(space)
+    if isinstance(points, dict) and set(points) - set(space):
+        # a misspelt name would otherwise leave its dimension at the default of 3 without a word
+        raise ValueError(f"GridSearch: points names {sorted(set(points) - set(space))}, which are not in the space "
+                         f"{sorted(space)}")
     out = {}
     for name, dist in space.items():
         n = points.get(name, 3) if isinstance(points, dict) else points
