@@ -6,6 +6,7 @@ import sys
 import numpy as np
 from threadpoolctl import threadpool_info
 
+from cynet import _threading
 from cynet._kernels import _runtime, available_isas, selected_isa
 from cynet._threading import (WAIT_POLICY_SET_BY_USER, available_cpus, blas_pool_status, default_num_threads,
                               get_num_threads, idle_spin_seconds, parallel_overhead, stream_min_bytes)
@@ -82,6 +83,8 @@ def _size(n_bytes):
 
 
 def _wait_policy_text(c):
+    if not c["openmp"]:
+        return "none (a serial build: no OpenMP runtime, no idle workers)"
     if _started_too_early(c):
         return (f"{c['omp_wait_policy'] or 'passive'} asked for by cynet too late: the OpenMP runtime started before "
                 f"cynet (torch imported first, for example), so idle workers spin; import cynet first or set "
@@ -92,8 +95,9 @@ def _wait_policy_text(c):
         return f"{c['omp_wait_policy']} (OMP_WAIT_POLICY: {why})"
     if c["gomp_spincount"]:
         return f"spin {c['gomp_spincount']} rounds, then sleep (GOMP_SPINCOUNT, with OMP_WAIT_POLICY unset)"
-    return ("the runtime's default: spin a while, then sleep (with the one pool BLAS runs on the same team, so nothing "
-            "waits for the cores)")
+    return "the runtime's default: spin a while, then sleep" + (
+        " (with the one pool BLAS runs on the same team, so nothing waits for the cores)"
+        if c["blas_pool"]["libraries"] else "")
 
 
 def _spin_left_to_runtime(c):
@@ -117,8 +121,9 @@ def show_config(file=None):
         f"cap with CYNET_ISA)",
         f"threads        : {c['threads']} (default {c['default_threads']}; CPUs available {c['available_cpus']}; "
         f"set with cynet.set_num_threads or OMP_NUM_THREADS)",
-        f"OpenMP waits   : {_wait_policy_text(c)}; idle workers measured spinning {c['idle_spin_ms']:.1f} ms after "
-        f"a parallel region of {c['idle_spin_threads']} thread{'s' if c['idle_spin_threads'] != 1 else ''}",
+        f"OpenMP waits   : {_wait_policy_text(c)}" + (
+            f"; idle workers measured spinning {c['idle_spin_ms']:.1f} ms after a parallel region of "
+            f"{c['idle_spin_threads']} thread{'s' if c['idle_spin_threads'] != 1 else ''}" if c["openmp"] else ""),
         f"parallel call  : {c['parallel_overhead_us']:.0f} us (waking the workers, or their spinning where larger "
         f"and it takes cores from BLAS, which the one pool's does not; "
         + ("set by CYNET_PARALLEL_OVERHEAD_US" if c["parallel_overhead_set"] else
@@ -135,7 +140,7 @@ def show_config(file=None):
     ]
     if c["blas"]:
         for b in c["blas"]:
-            own = ("" if b["num_threads"] == c["threads"] else
+            own = ("" if b["num_threads"] == c["threads"] or b["path"] in _threading._blas_original else
                    "; its own default until cynet.set_num_threads or cynet.threads sets both")
             lines.append(f"BLAS           : {b['library']} {b['version']} ({b['threading']} threading, "
                          f"{b['num_threads']} threads{own}) {b['path']}")

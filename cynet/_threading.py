@@ -59,7 +59,9 @@ np = importlib.import_module("numpy")  # loads NumPy's BLAS, which the one-pool 
 # OMP_WAIT_POLICY, or libgomp's GOMP_SPINCOUNT, which libgomp honours only where OMP_WAIT_POLICY is unset (idle workers
 # spin that many rounds, then sleep), so cynet leaves OMP_WAIT_POLICY unset for it. cynet's own choice is made at the
 # end of this module (before any kernel loads the OpenMP runtime): PASSIVE, unless BLAS runs on cynet's team.
-WAIT_POLICY_SET_BY_USER = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
+# An empty value is no choice (libgomp reports it invalid and keeps its default spin), as an empty OMP_NUM_THREADS.
+WAIT_POLICY_SET_BY_USER = bool(os.environ.get("OMP_WAIT_POLICY", "").strip()
+                               or os.environ.get("GOMP_SPINCOUNT", "").strip())
 
 __all__ = ["available_cpus", "get_num_threads", "idle_spin_seconds", "kernel_threads", "parallel_overhead",
            "set_num_threads", "stream_stores", "threads"]
@@ -179,9 +181,16 @@ def _num_threads(default):
     """get_num_threads with ``default()`` for the count when nothing was set."""
     local = _state.num_threads
     n = local if local is not None else (_global_num_threads if _global_num_threads is not None else default())
-    if _forked and n > 1:
+    if _forked and n > 1 and _openmp_built():
         return _one_thread_after_fork(n)
     return n
+
+
+@functools.lru_cache(maxsize=None)
+def _openmp_built():
+    """Whether the kernels run on an OpenMP team (not a serial build): a forked child has one only then."""
+    from cynet._kernels import _runtime
+    return bool(_runtime.openmp_enabled())
 
 
 # Settings from the environment as kernel calls see them: read again once DEFAULT_REFRESH_SECONDS have passed since
@@ -255,12 +264,17 @@ def _one_thread_after_fork(asked):
     return 1
 
 
+MAX_THREADS = 2**15     # far above any machine's cores; OpenMP and BLAS take a C int (2**31 overflowed in the kernels)
+
+
 def _validate(n):
-    """``n`` as a Python int: an int or a NumPy integer (not a bool), >= 1."""
+    """``n`` as a Python int: an int or a NumPy integer (not a bool), 1 to MAX_THREADS."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"cynet: the number of threads must be an int, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"cynet: the number of threads must be >= 1, got {n}")
+    if n > MAX_THREADS:
+        raise ValueError(f"cynet: the number of threads must be at most {MAX_THREADS}, got {n}")
     return int(n)
 
 
@@ -578,6 +592,9 @@ def _planned_blas_pool():
                        f"process may use {available_cpus()}); CYNET_BLAS_POOL=1 turns it on")
     if sys.platform == "win32":
         return False, "not built here (needs OpenMP, not on Windows)"
+    from cynet._kernels import _runtime
+    if not _runtime.openmp_enabled():
+        return False, "not built here (a serial build: no OpenMP team)"
     if not _openblas_callback_setters():
         return False, "no pthreads OpenBLAS with a threads callback (0.3.28+) is loaded"
     return True, ""

@@ -349,7 +349,10 @@ def test_python_m_cynet_prints_the_configuration():
 
 
 @pytest.mark.parametrize("user_setting, expected", [(None, "PASSIVE"), (("OMP_WAIT_POLICY", "ACTIVE"), "ACTIVE"),
-                                                    (("GOMP_SPINCOUNT", "3000"), "unset")])
+                                                    (("GOMP_SPINCOUNT", "3000"), "unset"),
+                                                    # empty values are no choice (libgomp calls them invalid)
+                                                    (("OMP_WAIT_POLICY", ""), "PASSIVE"),
+                                                    (("GOMP_SPINCOUNT", " "), "PASSIVE")])
 def test_openmp_workers_wait_passively_unless_the_user_chose(user_setting, expected):
     """Without the one pool, idle OpenMP workers must not spin on the cores OpenBLAS's workers need next; a user's own
     OMP_WAIT_POLICY wins, and so does a GOMP_SPINCOUNT (libgomp ignores it unless OMP_WAIT_POLICY is unset)."""
@@ -826,3 +829,27 @@ def test_show_config_says_which_settings_were_measured_and_which_were_set():
     defaults = run()
     assert "measured here; CYNET_PARALLEL_OVERHEAD_US overrides" in defaults
     assert "outputs of 32.0 MiB or more" in defaults and "the default, measured on the development hosts" in defaults
+
+
+
+@pytest.mark.parametrize("n", [2**15 + 1, 2**31, 10**20])
+def test_a_thread_count_no_runtime_can_take_is_refused_and_changes_nothing(n):
+    # 2**31 was stored, then every kernel raised OverflowError; 10**20 changed the setting before BLAS refused it
+    before = cynet.get_num_threads()
+    with pytest.raises(ValueError, match="at most 32768"):
+        cynet.set_num_threads(n)
+    with pytest.raises(ValueError, match="at most 32768"):
+        with cynet.threads(n):
+            pass
+    assert cynet.get_num_threads() == before
+
+
+
+def test_the_wait_policy_line_says_what_the_build_and_the_pool_are():
+    # a serial build claimed the runtime's spin and the one pool; without the pool the default text claimed it too
+    from cynet import _config
+    c = _config.config()
+    assert _config._wait_policy_text({**c, "openmp": False}).startswith("none (a serial build")
+    no_pool = {**c, "omp_wait_policy": "", "gomp_spincount": "", "wait_policy_set_by_user": False,
+               "idle_spin_ms": 0.0, "blas_pool": {**c["blas_pool"], "libraries": []}}
+    assert _config._wait_policy_text(no_pool) == "the runtime's default: spin a while, then sleep"
