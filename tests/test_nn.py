@@ -1097,3 +1097,51 @@ def test_a_reused_dropout_mask_follows_the_inputs_dtype():
     np.testing.assert_array_equal(y64[y64 != 0], 2.0)                # scaled by 1 / (1 - p) in float64
     dx = drop.backward(np.ones((4, 6)))
     np.testing.assert_array_equal(dx, y64)
+
+
+def test_register_buffer_keeps_a_0d_shape_and_refuses_names_pytorch_refuses():
+    class Counter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("steps", np.array(0))     # np.ascontiguousarray made it (1,)
+    counter = Counter()
+    assert counter.steps.shape == () and counter.state_dict()["steps"].shape == ()
+    counter.load_state_dict({"steps": np.array(7)})
+    assert int(counter.steps) == 7
+    counter.steps = counter.steps + 1                       # a NumPy scalar: kept as the 0-d buffer
+    assert isinstance(counter.steps, np.ndarray) and counter.steps.shape == () and int(counter.steps) == 8
+    assert list(counter.state_dict()) == ["steps"]
+    for bad in ("training", "forward", "a.b", ""):           # the mode flag, a method, dotted, empty: PyTorch's KeyError
+        with pytest.raises(KeyError):
+            nn.ReLU().register_buffer(bad, np.zeros(3))
+    with pytest.raises(TypeError, match="got None"):
+        nn.ReLU().register_buffer("stat", None)
+
+
+def test_a_buffer_set_to_none_takes_an_array_as_a_buffer_again():
+    # PyTorch keeps the name registered; cynet made the array a plain attribute, which dropped out of the state dict
+    module = nn.ReLU()
+    module.register_buffer("stat", np.zeros(2))
+    module.stat = None
+    assert "stat" not in module.state_dict()
+    module.stat = np.ones(2)
+    assert list(module.state_dict()) == ["stat"]
+    module.stat = nn.Parameter(np.zeros(2))                  # a Parameter there ends it: no buffer comes back
+    module.stat = None
+    module.stat = np.ones(2)
+    assert "stat" not in module.state_dict()
+
+
+def test_slicing_a_sequential_keeps_the_layer_names_as_pytorch():
+    from collections import OrderedDict
+    named = nn.Sequential(OrderedDict([("fc1", nn.Linear(4, 3)), ("act", nn.ReLU()), ("fc2", nn.Linear(3, 2))]))
+    tail = named[1:]
+    assert [n for n, _ in tail.named_children()] == ["act", "fc2"] and tail.fc2 is named.fc2
+    assert list(tail.state_dict()) == ["fc2.weight", "fc2.bias"]
+    plain = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    assert list(plain[1:].state_dict()) == ["2.weight", "2.bias"]   # torch: the same keys
+    head = plain[1:]
+    head.append(nn.Tanh())                                   # "2" is taken: the next free number
+    assert [n for n, _ in head.named_children()] == ["1", "2", "3"]
+    listed = nn.ModuleList([nn.ReLU(), nn.Tanh(), nn.Sigmoid()])
+    assert [n for n, _ in listed[1:].named_children()] == ["0", "1"]   # ModuleList renumbers, as torch's

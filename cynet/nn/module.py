@@ -308,6 +308,7 @@ class Module:
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_unset_buffers", set())   # buffer names set to None: an array assigned there is one
         object.__setattr__(self, "training", True)
 
     # --- registration ------------------------------------------------------------------------------------------------
@@ -315,10 +316,13 @@ class Module:
         """PyTorch's registration rules: a Parameter or a Module assigned is registered, in the place of the one it
         replaces (the order of a Sequential's layers and of ``parameters()`` stays); an array assigned to a buffer's
         name replaces the buffer and stays one (``self.running_mean = 0.9 * self.running_mean + ...``); None
-        unregisters; anything else on a parameter's or buffer's name is a TypeError, not a silent unregistering."""
+        unregisters (a buffer's name set to None takes an array as a buffer again, as in PyTorch, at the end of the
+        order); anything else on a parameter's or buffer's name is a TypeError, not a silent unregistering."""
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
         parameters, buffers, modules = self._parameters, self._buffers, self._modules
+        if isinstance(value, (Parameter, Module)):
+            self.__dict__.get("_unset_buffers", set()).discard(name)
         if isinstance(value, Parameter):
             buffers.pop(name, None)
             if modules.pop(name, None) is not None:
@@ -331,17 +335,21 @@ class Module:
             _structure_changed()
         elif value is None:
             parameters.pop(name, None)
-            buffers.pop(name, None)
+            if buffers.pop(name, None) is not None:
+                self.__dict__.get("_unset_buffers", set()).add(name)
             if modules.pop(name, None) is not None:
                 _structure_changed()
         elif name in parameters:
             raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} to parameter {name!r} (a "
                             f"cynet.nn.Parameter or None expected; to change its values, write into "
                             f"{name}.data[...])")
-        elif name in buffers:
+        elif name in buffers or name in self.__dict__.get("_unset_buffers", ()):
+            if isinstance(value, np.generic):       # arithmetic on a 0-d buffer gives a NumPy scalar
+                value = np.asarray(value)
             if not isinstance(value, np.ndarray):
                 raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} to buffer {name!r} (a "
                                 f"numpy array or None expected)")
+            self.__dict__.get("_unset_buffers", set()).discard(name)
             buffers[name] = value
         elif name in modules:
             raise TypeError(f"{type(self).__name__}: cannot assign {type(value).__name__} to child module {name!r} "
@@ -353,16 +361,31 @@ class Module:
             _structure_changed()
         for registry in (self._parameters, self._buffers):
             registry.pop(name, None)
+        self.__dict__.get("_unset_buffers", set()).discard(name)
         object.__delattr__(self, name)
 
     def register_buffer(self, name, array):
-        """Register a non-learnable array saved in :meth:`state_dict` (running statistics, for example). The name
-        must not be a parameter's or a child module's (KeyError, as in PyTorch)."""
+        """Register a non-learnable array saved in :meth:`state_dict` (running statistics, for example), of the shape
+        given (a 0-d counter stays 0-d). As in PyTorch, the name must be a non-empty string without "." that is not
+        already an attribute other than a buffer (KeyError: a parameter's, a child module's, ``training``,
+        ``forward``, ...)."""
+        where = f"{type(self).__name__}.register_buffer"
+        if not isinstance(name, str):
+            raise TypeError(f"{where}: the name must be a string, got {type(name).__name__}")
+        if not name or "." in name:
+            raise KeyError(f"{where}: the name must be non-empty and hold no '.', got {name!r}")
         if name in self._parameters or name in self._modules:
             kind = "parameter" if name in self._parameters else "child module"
-            raise KeyError(f"{type(self).__name__}.register_buffer: {name!r} is already a {kind}")
-        array = np.ascontiguousarray(array)
+            raise KeyError(f"{where}: {name!r} is already a {kind}")
+        if name not in self._buffers and hasattr(self, name):
+            raise KeyError(f"{where}: {name!r} is already an attribute of {type(self).__name__}")
+        if array is None:
+            raise TypeError(f"{where}: the buffer must be an array, got None (to drop a buffer, assign None to it)")
+        array = np.asarray(array)
+        if not array.flags.c_contiguous:
+            array = np.ascontiguousarray(array)       # (np.ascontiguousarray alone makes a 0-d array 1-d)
         object.__setattr__(self, name, array)
+        self.__dict__.get("_unset_buffers", set()).discard(name)
         self._buffers[name] = array
         return array
 
@@ -756,8 +779,12 @@ class _ModuleSequence(Module):
         setattr(self, name, module)
 
     def append(self, module):
-        """Add ``module`` at the end; returns self."""
-        self._add("append", str(len(self._modules)), module)
+        """Add ``module`` at the end, named by its position (or the next free number, where a slice kept other
+        names); returns self."""
+        position = len(self._modules)
+        while str(position) in self._modules:
+            position += 1
+        self._add("append", str(position), module)
         return self
 
     def extend(self, modules):
@@ -818,10 +845,11 @@ class _ModuleSequence(Module):
         return iter(self._modules.values())
 
     def __getitem__(self, index):
-        layers = list(self._modules.values())
         if isinstance(index, slice):
-            return Sequential(*layers[index]) if isinstance(self, Sequential) else ModuleList(layers[index])
-        return layers[index]
+            if isinstance(self, Sequential):            # the layers keep their names, as in PyTorch
+                return Sequential(OrderedDict(list(self._modules.items())[index]))
+            return ModuleList(list(self._modules.values())[index])
+        return list(self._modules.values())[index]
 
 
 class ModuleList(_ModuleSequence):
