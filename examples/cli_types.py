@@ -11,7 +11,10 @@ Example:
     3
 """
 import argparse
+import contextlib
 import math
+import os
+import sys
 
 
 def _number(kind, text):
@@ -65,3 +68,22 @@ def probability(text):
 def at_least_one(text):
     """A finite number >= 1 (a condition number)."""
     return _float(text, lambda value: value >= 1, ">= 1")
+
+
+def output_directory(text):
+    """A directory to write into: one that exists, or a path with nothing there yet (created by the example)."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not a directory")
+    return text
+
+
+@contextlib.contextmanager
+def data_errors_exit(option):
+    """Within the block, data that is missing, corrupt or cannot be downloaded ends the program as a bad option does:
+    one line on stderr naming ``option`` (e.g. "--data") and exit status 2, not a traceback."""
+    from cynet.data.cifar10 import CIFAR10FormatError
+    try:
+        yield
+    except (OSError, CIFAR10FormatError) as error:       # FileNotFoundError, ConnectionError, a corrupt archive
+        print(f"{os.path.basename(sys.argv[0])}: error: {option}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 import cynet
+from cli_types import positive_int
 from cynet import ops, reference
 
 
@@ -21,11 +22,13 @@ def best_time(fn, repeats=5):
     return best
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=1024, help="the input is (size, 4096) float32 (default 1024)")
-    parser.add_argument("--threads", type=int, default=None, help="threads for kernels and BLAS (default: all)")
-    args = parser.parse_args()
+    parser.add_argument("--size", type=positive_int, default=1024,
+                        help="the input is (size, 4096) float32 (default 1024)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="threads for kernels and BLAS (default: all)")
+    args = parser.parse_args(argv)
     if args.threads is not None:
         cynet.set_num_threads(args.threads)
 

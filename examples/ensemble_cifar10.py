@@ -28,7 +28,8 @@ from cynet.nn.loss import L2Penalty, SoftmaxCrossEntropy
 from cynet.optim import SGD
 from cynet.train import Callback, Trainer
 from cifar10_data import load_split
-from cli_types import non_negative_float, positive_float, positive_int, probability
+from cli_types import (data_errors_exit, non_negative_float, non_negative_int, positive_float, positive_int,
+                       probability)
 
 
 def build_mlp(hidden=200):
@@ -60,10 +61,11 @@ def main(argv=None):
     p.add_argument("--decay", type=probability, default=0.99, help="EMA decay")
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--data", default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     args = p.parse_args(argv)
 
-    x_tr, y_tr, x_val, y_val, source = load_split(args.data, args.n_train, args.n_val, args.seed)
+    with data_errors_exit("--data"):
+        x_tr, y_tr, x_val, y_val, source = load_split(args.data, args.n_train, args.n_val, args.seed)
     print(f"data: {source}\n  {len(x_tr)} training / {len(x_val)} validation images\n")
     models, rows = [], []
     snapshot_dir = tempfile.TemporaryDirectory(prefix="cynet-snapshots-")     # removed at exit

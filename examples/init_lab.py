@@ -12,7 +12,7 @@ import argparse
 import os
 
 from cynet.diagnostics.init_lab import INIT_SCALES, init_experiment
-from cli_types import positive_int
+from cli_types import non_negative_int, positive_int
 
 
 def main(argv=None):
@@ -21,7 +21,7 @@ def main(argv=None):
     parser.add_argument("--layers", type=positive_int, default=10, help="depth (default 10)")
     parser.add_argument("--width", type=positive_int, default=500, help="units per layer (default 500)")
     parser.add_argument("--samples", type=positive_int, default=1000, help="input rows (default 1000)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     args = parser.parse_args(argv)
     if args.plots:
         os.makedirs(args.plots, exist_ok=True)

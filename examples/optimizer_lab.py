@@ -38,7 +38,7 @@ import cynet
 from cynet import nn, optim
 from cynet.train import DivergenceWarning, Trainer
 from cifar10_data import load_split
-from cli_types import at_least_one, positive_int
+from cli_types import at_least_one, data_errors_exit, non_negative_int, positive_int
 
 # rule name -> (constructor(params, lr), the usual default rate the CIFAR search centres on)
 RULES = {
@@ -205,7 +205,7 @@ def main(argv=None):
     parser.add_argument("--lbfgs-iterations", type=positive_int, default=200, help="full-batch L-BFGS iterations")
     parser.add_argument("--kappa", type=at_least_one, default=50.0,
                         help="the ravine's condition number, >= 1 (default 50)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     args = parser.parse_args(argv)
 
     print(f"part 1: the ravine f(w) = (w0^2 + {args.kappa:g} w1^2) / 2 from w = (-7, 2), along the axes and turned "
@@ -221,7 +221,8 @@ def main(argv=None):
                  if "evaluations" in r else "")
         print(f"  {r['rule']:<22} {cells[0]:>22} {cells[1]:>22}{extra}")
 
-    x_tr, y_tr, x_val, y_val, source = load_split(args.data, args.train, args.val, args.seed)
+    with data_errors_exit("--data"):
+        x_tr, y_tr, x_val, y_val, source = load_split(args.data, args.train, args.val, args.seed)
     print(f"\npart 2: 3072-{args.hidden}-ReLU-10 on {len(x_tr)} training and {len(x_val)} validation images from "
           f"{source}; {args.epochs} epochs of batches of {args.batch_size}, each rule at the best of three rates "
           f"(final training loss per rate)\n")

@@ -32,7 +32,7 @@ from cynet.data import Compose, Cutout, Mixup, RandomCrop, RandomHorizontalFlip
 from cynet.diagnostics import diagnose
 from cynet.train import MaxNorm, Trainer
 from cifar10_data import IMAGE, load_split
-from cli_types import positive_float, positive_int
+from cli_types import data_errors_exit, non_negative_int, positive_float, positive_int
 
 
 def build_mlp(hidden=512, dropout=0.0, dropconnect=0.0):
@@ -99,10 +99,11 @@ def main(argv=None):
     parser.add_argument("--epochs", type=positive_int, default=15)
     parser.add_argument("--lr", type=positive_float, default=0.01)
     parser.add_argument("--batch-size", type=positive_int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     args = parser.parse_args(argv)
 
-    x_tr, y_tr, x_val, y_val, source = load_split(args.data, args.train, args.val, args.seed)
+    with data_errors_exit("--data"):
+        x_tr, y_tr, x_val, y_val, source = load_split(args.data, args.train, args.val, args.seed)
     print(f"data: {len(x_tr)} training and {len(x_val)} validation images from {source}")
     print(f"model: 3072-512-ReLU-512-ReLU-10, SGD momentum 0.9, lr {args.lr:g}, {args.epochs} epochs, batch "
           f"{args.batch_size}, {cynet.get_num_threads()} threads\n")

@@ -50,7 +50,8 @@ from cynet.nn.loss import L2Penalty, SoftmaxCrossEntropy
 from cynet.optim.lr_scheduler import CosineAnnealingLR
 from cynet.train import ModelCheckpoint, Trainer
 from cifar10_data import SHARED
-from cli_types import non_negative_float, positive_float, positive_int, probability
+from cli_types import (data_errors_exit, non_negative_float, non_negative_int, output_directory, positive_float,
+                       positive_int, probability)
 
 MODELS = {
     # hidden layer widths of the fully connected net (each Linear -> BatchNorm1d -> ReLU)
@@ -89,10 +90,11 @@ def parse_args(argv=None):
     p.add_argument("--val-size", type=int, default=None, help="validation images (default: 10%% of training)")
     p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
     p.add_argument("--skip-checks", action="store_true", help="do not run the sanity checks before training")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--threads", type=positive_int, default=None,
                    help="threads for kernels and BLAS (default: all cores)")
-    p.add_argument("--out", default="runs/cifar10", help="directory for the checkpoint, plots and history")
+    p.add_argument("--out", type=output_directory, default="runs/cifar10",
+                   help="directory for the checkpoint, plots and history")
     return p.parse_args(argv)
 
 
@@ -199,7 +201,8 @@ def main(argv=None):
     started = time.perf_counter()
 
     stage("data")
-    x_all, y_all, x_test, y_test, description, test_source, subset = load_data(args)
+    with data_errors_exit("--data / --test-data"):
+        x_all, y_all, x_test, y_test, description, test_source, subset = load_data(args)
     print(f"source       : {description}")
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(x_all))

@@ -24,7 +24,7 @@ import time
 from cynet import nn
 from cynet.tune import CoarseToFine, RandomSearch, Stage, choice, loguniform, make_trainer_trial
 from cifar10_data import load_split
-from cli_types import positive_int
+from cli_types import data_errors_exit, non_negative_int, output_directory, positive_int
 
 
 def build_mlp(params):
@@ -58,11 +58,12 @@ def main(argv=None):
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--coarse-to-fine", action="store_true", help="add a narrowed second stage (4x the epochs)")
     p.add_argument("--data", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/tune_cifar10")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--out", type=output_directory, default="runs/tune_cifar10")
     args = p.parse_args(argv)
 
-    x_tr, y_tr, x_val, y_val, source = load_split(args.data, args.n_train, args.n_val, args.seed)
+    with data_errors_exit("--data"):
+        x_tr, y_tr, x_val, y_val, source = load_split(args.data, args.n_train, args.n_val, args.seed)
     print(f"data: {source}\n  {len(x_tr)} training / {len(x_val)} validation images")
     trial = make_trainer_trial(build_mlp, optimizer_factory=sgd_momentum, batch_size=args.batch_size)
     if args.coarse_to_fine:

@@ -178,6 +178,11 @@ def test_optimizer_lab_compares_the_update_rules_on_the_ravine_and_the_subset(ca
     ("regularization_lab", ["--train", "0"], "--train"), ("optimizer_lab", ["--kappa", "-1"], "--kappa"),
     ("init_lab", ["--layers", "0"], "--layers"), ("tune_cifar10", ["--trials", "0"], "--trials"),
     ("train_cifar10", ["--weight-decay", "-1"], "--weight-decay"),
+    # a negative seed reached manual_seed / NumPy as a traceback (optimizer_lab's after its whole first part)
+    ("train_cifar10", ["--seed", "-1"], "--seed"), ("tune_cifar10", ["--seed", "-1"], "--seed"),
+    ("ensemble_cifar10", ["--seed", "-1"], "--seed"), ("init_lab", ["--seed", "-1"], "--seed"),
+    ("optimizer_lab", ["--seed", "-1"], "--seed"), ("regularization_lab", ["--seed", "-1"], "--seed"),
+    ("demo_kernels", ["--size", "0"], "--size"), ("demo_kernels", ["--threads", "0"], "--threads"),
 ])
 def test_a_bad_option_is_an_argparse_error_naming_it_before_any_work(name, argv, option, capsys):
     """--epochs 0 failed in the middle of a run with "CosineAnnealingLR: T_max must be an int >= 1", --snapshots 0
@@ -194,3 +199,24 @@ def test_an_option_that_is_not_a_number_is_named(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
         load_example("train_cifar10").main(argv)
     assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+
+def test_an_output_path_that_is_a_file_is_an_argparse_error(tmp_path, capsys):
+    taken = tmp_path / "afile"
+    taken.write_text("")
+    for name in ("train_cifar10", "tune_cifar10"):
+        with pytest.raises(SystemExit) as stop:
+            load_example(name).main(["--out", str(taken)])
+        assert stop.value.code == 2 and "argument --out: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,argv", [("train_cifar10", ["--skip-checks", "--epochs", "1"]),
+                                       ("tune_cifar10", []), ("regularization_lab", [])])
+def test_missing_data_is_a_one_line_error_naming_the_option(name, argv, tmp_path, capsys):
+    # a traceback ended with the (clear) FileNotFoundError; now one line on stderr and status 2, as a bad option
+    with pytest.raises(SystemExit) as stop:
+        load_example(name).main(argv + ["--data", str(tmp_path / "nothing-here")] +
+                                (["--out", str(tmp_path / "out")] if name != "regularization_lab" else []))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and "error: --data" in err[0] and "no CIFAR-10 data" in err[0]
