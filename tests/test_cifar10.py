@@ -450,3 +450,58 @@ def test_subset_script_carves_a_disjoint_test_part_without_test_images(tmp_path)
         make_cifar10_subset.main(["--data", str(d), "--out", str(tmp_path / "big.npz"), "--train", "30",
                                   "--test", "20", "--max-bytes", "1000"])
     assert not (tmp_path / "big.npz").exists()
+
+
+def test_more_malformed_contents_are_format_errors_naming_the_file(tmp_path):
+    # these gave bare LookupError, UnicodeDecodeError, TypeError or NumPy's ragged-array ValueError, the file unnamed
+    d = make_dir(tmp_path / "m", train=(1,), test=False)
+    x, labels = batch(1)
+    good = (d / "data_batch_1").read_bytes()
+    assert b"latin1" in good
+    (d / "data_batch_1").write_bytes(good.replace(b"latin1", b"lVtin1", 1))      # one flipped byte: a codec name
+    with pytest.raises(CIFAR10FormatError, match="data_batch_1: truncated or corrupt pickle"):
+        load_cifar10(d)
+    write_batch(d / "data_batch_1", x, [labels[:2], labels[2:5]] + labels[2:])  # ragged labels
+    with pytest.raises(CIFAR10FormatError, match="data_batch_1: b'data' and b'labels' must be arrays"):
+        load_cifar10(d)
+    write_batch(d / "data_batch_1", x, labels)
+    write_meta(d / "batches.meta", 5)
+    with pytest.raises(CIFAR10FormatError, match="batches.meta: b'label_names' must be a list"):
+        load_cifar10(d)
+    write_meta(d / "batches.meta", [b"\xff\xfe"] * 10)
+    with pytest.raises(CIFAR10FormatError, match="batches.meta: b'label_names' must be a list"):
+        load_cifar10(d)
+
+
+def test_an_npy_given_for_an_npz_is_a_format_error(tmp_path):
+    xt, yt = batch(7)
+    np.save(tmp_path / "test_rows.npy", xt)            # np.save instead of np.savez: one array, no keys
+    with pytest.raises(CIFAR10FormatError, match=r"test_rows.npy: not an .npz archive"):
+        load_test_npz(tmp_path / "test_rows.npy")
+
+
+def test_a_checkpoint_named_like_a_test_file_is_not_taken_for_the_test_set(tmp_path, monkeypatch):
+    from cynet.data import load_cifar10_reachable
+    monkeypatch.setenv("CYNET_DATA", str(tmp_path / "empty"))
+    dev = tmp_path / "dev"
+    make_dir(dev / "cifar-10-batches-py", train=(1,), test=False)
+    np.savez(dev / "latest.npz", w=np.ones(3))          # "*test*.npz": a checkpoint beside the data
+    data, _ = load_cifar10_reachable(fallbacks=[dev])
+    assert data.x_test is None                          # it raised "latest.npz: missing keys"
+    xt, yt = batch(7)
+    np.savez(dev / "cifar10_test_partial.npz", data=xt, labels=np.asarray(yt))
+    data, _ = load_cifar10_reachable(fallbacks=[dev])
+    np.testing.assert_array_equal(data.y_test, yt)      # the real one is found beside it, not dropped as ambiguous
+
+
+def test_a_download_cut_short_is_a_connection_error(tmp_path, monkeypatch):
+    import http.client
+
+    class CutShort(io.BytesIO):
+        def read(self, n=-1):
+            raise http.client.IncompleteRead(b"partial", 100)
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: CutShort())
+    with pytest.raises(ConnectionError, match="could not download"):
+        load_cifar10(tmp_path / "cache", download=True)
+    assert list((tmp_path / "cache").iterdir()) == []

@@ -16,6 +16,7 @@ Example:
     ((3, 32, 32), dtype('uint8'), 'airplane')
 """
 import hashlib
+import http.client
 import io
 import json
 import os
@@ -143,7 +144,7 @@ def safe_unpickle(data, source):
     except UnsafePickleError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            MemoryError, OverflowError, UnicodeDecodeError) as exc:
+            MemoryError, OverflowError, UnicodeDecodeError, LookupError) as exc:     # (LookupError: a codec name)
         raise CIFAR10FormatError(f"{source}: truncated or corrupt pickle ({type(exc).__name__}: {exc}); delete it "
                                  f"and download CIFAR-10 again") from exc
 
@@ -163,11 +164,14 @@ def _parse_batch(obj, source):
     data, labels = _get(obj, "data"), _get(obj, "labels")
     if data is None or labels is None:
         raise CIFAR10FormatError(f"{source}: the dict lacks b'data' or b'labels' (keys: {sorted(map(repr, obj))})")
-    data = np.asarray(data)
+    try:
+        data, labels = np.asarray(data), np.asarray(labels)
+    except (TypeError, ValueError) as exc:               # ragged rows or labels
+        raise CIFAR10FormatError(f"{source}: b'data' and b'labels' must be arrays ({exc})") from exc
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != ROW_SIZE:
         raise CIFAR10FormatError(f"{source}: b'data' must be uint8 rows of {ROW_SIZE} values, got {data.dtype} "
                                  f"array of shape {tuple(data.shape)}")
-    labels = _check_labels(np.asarray(labels), data.shape[0], source)
+    labels = _check_labels(labels, data.shape[0], source)
     return data, labels
 
 
@@ -186,7 +190,10 @@ def _check_labels(labels, n, source):
 def _parse_meta(obj, source):
     if not isinstance(obj, dict) or _get(obj, "label_names") is None:
         raise CIFAR10FormatError(f"{source}: expected a pickled dict with b'label_names'")
-    names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in _get(obj, "label_names"))
+    try:
+        names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in _get(obj, "label_names"))
+    except (TypeError, UnicodeDecodeError) as exc:      # not a list of names, or names that are not UTF-8
+        raise CIFAR10FormatError(f"{source}: b'label_names' must be a list of 10 names ({exc})") from exc
     if len(names) != 10:
         raise CIFAR10FormatError(f"{source}: expected 10 label names, got {len(names)}")
     return names
@@ -387,12 +394,22 @@ def load_cifar10_reachable(root=None, *, fallbacks=(), test=True, flatten=False,
             return load_cifar10_subset(flatten=flatten), True
     if test and data.x_test is None:                      # `place` is where the batches were found
         directory = place.parent if place.is_file() else place
-        found = sorted({f for d in (directory, directory.parent) if d.is_dir() for f in d.glob("*test*.npz")})
+        found = sorted({f for d in (directory, directory.parent) if d.is_dir() for f in d.glob("*test*.npz")
+                        if _holds_test_images(f)})     # a checkpoint named latest.npz is not a test set
         if len(found) == 1:
             x_test, y_test = load_test_npz(found[0], flatten=flatten)
             data = CIFAR10(data.x_train, data.y_train, x_test, y_test, data.classes,
                            f"{data.source}; test images from {found[0]} ({len(y_test)})")
     return data, False
+
+
+def _holds_test_images(path):
+    """Whether the .npz at ``path`` has 'data' and 'labels' (read from its directory, nothing loaded)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return isinstance(f, np.lib.npyio.NpzFile) and {"data", "labels"} <= set(f.files)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        return False
 
 
 def _batch_range(names):
@@ -448,7 +465,7 @@ def download_cifar10(root=None, *, force=False):
                         break
                     md5.update(block)
                     out.write(block)
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:   # (IncompleteRead: cut short)
             raise ConnectionError(
                 f"download_cifar10: could not download {CIFAR10_URL} ({exc}). If this machine is offline, "
                 f"download {ARCHIVE_NAME} elsewhere and copy it to {root} (or set $CYNET_DATA to its "
@@ -465,7 +482,11 @@ def _read_npz(path, keys):
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     try:
-        with np.load(path, allow_pickle=False) as f:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):     # np.save's .npy: one array, no keys
+            raise CIFAR10FormatError(f"{path}: not an .npz archive (an .npy array? save with np.savez and the keys "
+                                     f"{list(keys)})")
+        with f:
             missing = [k for k in keys if k not in f.files]
             if missing:
                 raise CIFAR10FormatError(f"{path}: missing keys {missing} (has {f.files})")
