@@ -190,3 +190,32 @@ def test_the_kernels_refuse_mismatched_lengths_before_touching_memory():
                      ((None, None), np.zeros(4, np.float32))]:
         with pytest.raises(ValueError, match="db must have 4 values and, with the ReLU, y and dz"):
             _act.relu_bias_grad_rows(y, dz_y[0], dz_y[1], db, True, 1)
+
+
+def test_a_fused_relus_output_changed_before_the_backward_is_refused_as_unfused(rng, monkeypatch):
+    # the fused Linear's backward took the changed array as the ReLU's mask: dx off by up to 3, no error; unfused,
+    # the ReLU refuses its backward
+    import cynet.nn.module as module_file
+    x = rng.standard_normal((64, 12)).astype(np.float32)
+    for fuse in (True, False):
+        monkeypatch.setattr(module_file, "FUSE_LINEAR_RELU", fuse)
+        model = _mlp()
+        y = model[:2](x)
+        y -= 0.5
+        with pytest.raises(RuntimeError, match="was modified since that forward"):
+            model[:2].backward(np.ones_like(y))
+
+
+def test_a_method_patched_on_the_class_turns_the_fusion_off(rng):
+    # a patch of nn.ReLU.forward (logging, or a leaky variant tried out) was skipped inside a Sequential while fused
+    x = rng.standard_normal((8, 12)).astype(np.float32)
+    model = nn.Sequential(nn.Linear(12, 6, generator=0), nn.ReLU())
+    original = nn.ReLU.forward
+    try:
+        nn.ReLU.forward = lambda self, x: original(self, x) + 1.0
+        y = model(x)
+    finally:
+        nn.ReLU.forward = original
+    plain = np.maximum(x.astype(np.float64) @ model[0].weight.data.T + model[0].bias.data, 0)
+    np.testing.assert_allclose(y, plain + 1.0, rtol=1e-6, atol=1e-6)          # the patched forward ran
+    np.testing.assert_allclose(model(x), plain, rtol=1e-6, atol=1e-6)          # restored: fused again, plain values

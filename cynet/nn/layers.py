@@ -14,7 +14,7 @@ from cynet._random import resolve_generator
 from cynet._threading import kernel_threads
 from cynet._validation import KERNEL_DTYPES, describe, dtype_remedy, float_dtype, positive_int
 from cynet.nn import _reuse as reuse
-from cynet.nn.module import Module, Parameter
+from cynet.nn.module import Module, Parameter, _fusable
 
 
 def _inplace_flag(layer, inplace):
@@ -175,6 +175,7 @@ def _check_unchanged(module, kept, fingerprint, what):
 
 
 # --- Linear ----------------------------------------------------------------------------------------------------------
+@_fusable
 class Linear(Module):
     r"""Fully connected layer, :math:`y = x W^T + b`.
 
@@ -341,6 +342,11 @@ class _Elementwise(Module):
             return None
         return getattr(ops, f"{self._op}_backward")(dout, saved, *self._args(), out=_reused_like(dout))
 
+    def _check_kept_output(self):
+        """The backward's refusal of a kept output modified since the forward, for a ReLU fused with the module before
+        it (Sequential skips its backward: the other module applies the mask, from this very array for a Linear)."""
+        _check_unchanged(self, _cached(self, "_saved"), self._saved_print, "output")
+
     def _adopt_output(self, y):
         """Take ``y`` as the output of a forward this module did not run (a ReLU computed inside the batch norm before
         it: :meth:`cynet.nn.BatchNorm2d.forward_relu`), so that its backward and kink state read it."""
@@ -387,6 +393,7 @@ class Tanh(_Elementwise):
     _op = "tanh"
 
 
+@_fusable
 class ReLU(_Elementwise):
     r"""Rectified linear unit, :math:`y = \max(0, x)`; :math:`dy/dx = 1[x > 0]` (read from the output).
 

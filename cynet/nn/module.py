@@ -264,6 +264,14 @@ def _refusing_a_reused_instance(backward):
     return checked_backward
 
 
+def _fusable(cls):
+    """Class decorator: record the forward and backward that a fused pass stands for (Sequential._fused_relu fuses
+    only while the class still has them: a method patched on the class afterwards, for logging or an experiment,
+    turns the fusion off)."""
+    cls._fusion_methods = (cls.forward, cls.backward)
+    return cls
+
+
 class Module:
     """Base class of every layer, activation, loss and container.
 
@@ -1016,12 +1024,13 @@ class Sequential(_ModuleSequence):
         first, relu = modules[position], modules[position + 1]
         if not (FUSE_LINEAR_RELU if isinstance(first, Linear) else FUSE_BATCHNORM_RELU):
             return None
-        # forward_relu stands for its own class's forward and backward: not for a subclass's or an instance's own
+        # forward_relu stands for its own class's forward and backward: not for a subclass's, an instance's own, or
+        # methods patched on the class since it was built (_fusable)
         owner = next(cls for cls in type(first).__mro__ if "forward_relu" in vars(cls))
-        if type(first).forward is not owner.forward or type(first).backward is not owner.backward:
+        if (type(first).forward, type(first).backward) != vars(owner).get("_fusion_methods"):
             return None
-        if type(relu) is not ReLU or any(name in vars(module) for module in (first, relu)
-                                         for name in ("forward", "backward")):
+        if type(relu) is not ReLU or (ReLU.forward, ReLU.backward) != vars(ReLU).get("_fusion_methods") or any(
+                name in vars(module) for module in (first, relu) for name in ("forward", "backward")):
             return None
         y = first.forward_relu(x)
         if y is not None:
@@ -1051,7 +1060,8 @@ class Sequential(_ModuleSequence):
         layers = list(self._modules.values())
         fused = getattr(self, "_fused", ())
         for position in range(len(layers) - 1, -1, -1):
-            if position - 1 in fused:
-                continue            # a ReLU fused with the module before it: that backward applies its mask
+            if position - 1 in fused:   # a ReLU fused with the module before it: that backward applies its mask
+                layers[position]._check_kept_output()      # (refused as unfused when its output was changed)
+                continue
             dout = layers[position].backward(dout, input_grad=input_grad if position == 0 else True)
         return dout

@@ -30,7 +30,7 @@ from cynet._validation import (KERNEL_DTYPES, apart_from, as_float_array, descri
 from cynet.nn import _reuse as reuse
 from cynet.nn.conv import Conv2d
 from cynet.nn.layers import Linear
-from cynet.nn.module import Module, Parameter, Sequential
+from cynet.nn.module import Module, Parameter, Sequential, _fusable
 from cynet.nn.residual import Residual
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "recompute_batchnorm_statistics",
@@ -375,6 +375,7 @@ def normalization_parameters(model):
             for param in module.parameters()}
 
 
+@_fusable
 class _BatchNorm(Module):
     """Shared implementation of BatchNorm1d/2d; subclasses give the accepted input ranks."""
 
