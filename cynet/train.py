@@ -48,6 +48,7 @@ import contextlib
 import inspect
 import math
 import numbers
+import os
 import sys
 import time
 import warnings
@@ -153,9 +154,12 @@ class Callback:
     """Base class of trainer callbacks: override the hooks you need; each receives the :class:`Trainer`.
 
     Hooks run in this order: ``on_train_begin`` once per :meth:`Trainer.fit`, then per epoch ``on_epoch_begin``,
-    ``on_batch_end`` after every optimiser step, ``on_epoch_end`` (after validation, the scheduler step and the
-    epoch counter's increment, so ``trainer.history`` holds the epoch's numbers), and ``on_train_end`` once,
-    whatever ends the run (last epoch, a stop, the divergence guard, an exception or KeyboardInterrupt).
+    ``on_batch_begin`` before every iteration (the weights as the coming step will find them, after every
+    callback's ``on_batch_end`` of the iteration before) and ``on_batch_end`` after every optimiser step,
+    ``on_epoch_end`` (after validation, the scheduler step and the epoch counter's increment, so
+    ``trainer.history`` holds the epoch's numbers), and ``on_train_end`` once, whatever ends the run (last epoch, a
+    stop, the divergence guard, an exception or KeyboardInterrupt), for every callback whose ``on_train_begin``
+    ran.
 
     A callback stops training with ``trainer.stop(reason)``. State that must survive a checkpoint goes through
     :meth:`state_dict` / :meth:`load_state_dict` (flat: str -> ndarray or JSON scalar). State that follows the
@@ -173,6 +177,9 @@ class Callback:
         pass
 
     def on_epoch_begin(self, trainer):
+        pass
+
+    def on_batch_begin(self, trainer):
         pass
 
     def on_batch_end(self, trainer):
@@ -367,6 +374,14 @@ class ModelCheckpoint(_BestTracker):
     def on_epoch_end(self, trainer):
         if self._record_if_improved(trainer):
             _checkpoint.save_model(self.path, trainer.model)
+
+    def on_train_end(self, trainer):
+        # a number that was NaN or inf at every epoch (val_acc of a regression loss, train_acc under mixup) never
+        # improves: say that nothing was saved instead of leaving the path silently missing
+        if self.best is None and trainer.epoch > 0 and trainer.history[self.monitor]:
+            warnings.warn(f"ModelCheckpoint: nothing saved to {os.fspath(self.path)!r}: {self.monitor} had no finite "
+                          f"value in {len(trainer.history[self.monitor])} epochs (NaN or inf each time: is it the "
+                          f"number to watch for this loss?)", RuntimeWarning, stacklevel=2)
 
     def __repr__(self):
         return f"ModelCheckpoint({self.path!r}, monitor={self.monitor!r})"
@@ -772,10 +787,13 @@ class Trainer:
         self.stop_training = False
         self.stop_reason = None
         self.model.train()
-        self._call("on_train_begin")
-        # after the callbacks' changes to the weights
-        self._last_good = _LastGoodState(self.model, self.optimizer, self.callbacks, self.iteration)
+        begun = []              # the callbacks whose on_train_begin ran: they get on_train_end whatever happens next
         try:
+            for callback in self.callbacks:
+                callback.on_train_begin(self)
+                begun.append(callback)
+            # after the callbacks' changes to the weights
+            self._last_good = _LastGoodState(self.model, self.optimizer, self.callbacks, self.iteration)
             while self.epoch < epochs and not self.stop_training:
                 self._run_epoch(x, y, batch_size, shuffle, validation)
         except KeyboardInterrupt:
@@ -783,7 +801,8 @@ class Trainer:
             raise
         finally:
             self._last_good = None
-            self._call("on_train_end")
+            for callback in begun:
+                callback.on_train_end(self)
         return self.history
 
     def _run_epoch(self, x, y, batch_size, shuffle, validation):
@@ -795,6 +814,7 @@ class Trainer:
         loss_sum, seen, correct, counted = 0.0, 0, 0, 0
         self.running_loss = self.running_acc = math.nan
         for batch in self._batches(n, batch_size):
+            self._call("on_batch_begin")
             lo, hi = batch.start, batch.stop
             if order is None:
                 xb, yb = x[lo:hi], y[lo:hi]
@@ -816,7 +836,7 @@ class Trainer:
             self.running_loss = loss_sum / seen
             self.running_acc = correct / counted if counted else math.nan
             self._call("on_batch_end")
-            if self.stop_training:
+            if self.stop_training and hi < n:    # (a stop at the epoch's last batch: the epoch is whole, it ends)
                 return
 
         history = self.history

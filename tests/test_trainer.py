@@ -834,3 +834,107 @@ def test_a_monitor_records_when_the_last_batch_joined_the_one_before():
     Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.1), callbacks=[monitor],
             progress=False).fit(x, y, epochs=2, batch_size=16, validation=(x[:10], y[:10]))
     assert len(monitor.records) == 2
+
+
+def _small_problem(seed=0, n=16):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 4)).astype(np.float32)
+    return x, (x[:, 0] > 0).astype(np.int64)
+
+
+def _small_trainer(callbacks, lr=0.1, scheduler=None):
+    cynet.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = optim.SGD(model.parameters(), lr=lr)
+    sched = StepLR(opt, step_size=1, gamma=0.5) if scheduler else None
+    return Trainer(model, SoftmaxCrossEntropy(), opt, callbacks=callbacks, scheduler=sched, progress=False)
+
+
+def test_a_callback_failing_in_on_train_begin_still_ends_those_that_began():
+    # EarlyStopping.on_train_begin put the trained weights in place of the best ones; a later callback raised, no
+    # on_train_end ran, and a fit that trained nothing left the model with other weights
+    x, y = _small_problem()
+    seen = []
+
+    class Recorder(Callback):
+        def on_train_begin(self, trainer):
+            seen.append("begin")
+
+        def on_train_end(self, trainer):
+            seen.append("end")
+
+    class Refuses(Callback):
+        def on_train_begin(self, trainer):
+            raise ValueError("setup check failed")
+
+        def on_train_end(self, trainer):
+            seen.append("refuser's end")
+
+    stopper = EarlyStopping(monitor="train_loss", patience=1)
+    trainer = _small_trainer([stopper, Recorder()])
+    trainer.fit(x, y, epochs=4, batch_size=8)
+    best = trainer.model.state_dict()
+    trainer.callbacks.append(Refuses())
+    seen.clear()
+    with pytest.raises(ValueError, match="setup check failed"):
+        trainer.fit(x, y, epochs=8, batch_size=8)
+    assert seen == ["begin", "end"]                              # not the refuser's own end: it never began
+    for key, value in best.items():
+        np.testing.assert_array_equal(trainer.model.state_dict()[key], value)
+
+
+def test_a_stop_asked_at_an_epochs_last_batch_keeps_the_whole_epoch():
+    # the epoch was trained to its end but dropped: no train_loss entry, no scheduler step, no on_epoch_end
+    x, y = _small_problem()
+    ends = []
+
+    class StopAtIteration4(Callback):
+        def on_batch_end(self, trainer):
+            if trainer.iteration == 4:
+                trainer.stop("enough")
+
+        def on_epoch_end(self, trainer):
+            ends.append(trainer.epoch)
+
+    trainer = _small_trainer([StopAtIteration4()], scheduler=True)
+    trainer.fit(x, y, epochs=5, batch_size=8)                    # 2 batches per epoch: iteration 4 ends epoch 2
+    assert trainer.epoch == 2 and len(trainer.history["train_loss"]) == 2 and ends == [1, 2]
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.025)          # 0.1 halved twice
+    assert trainer.stop_reason == "enough"
+
+
+def test_model_checkpoint_says_when_its_number_was_never_finite(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((12, 3)).astype(np.float32), rng.standard_normal((12, 2)).astype(np.float32)
+    model = nn.Linear(3, 2, generator=0)
+    saver = ModelCheckpoint(tmp_path / "best.npz")               # val_acc of a regression: NaN every epoch
+    trainer = Trainer(model, MSELoss(), optim.SGD(model.parameters(), lr=0.01), callbacks=[saver], progress=False)
+    with pytest.warns(RuntimeWarning, match="nothing saved to .*best.npz.*val_acc had no finite value in 3 epochs"):
+        trainer.fit(x, y, epochs=3, batch_size=4, validation=(x, y))
+    assert not (tmp_path / "best.npz").exists()
+
+
+def test_the_monitors_update_ratio_starts_from_the_weights_the_step_found():
+    # listed before MaxNorm, the monitor copied the weights for the next step before MaxNorm rescaled them, so the
+    # rescaling of the iteration before counted as part of the next update; now the copy is taken in on_batch_begin.
+    # The oracle: a spy right after the monitor, copying in on_batch_begin and measuring in on_batch_end
+    from cynet.diagnostics import TrainingMonitor
+    from cynet.train import MaxNorm
+    x, y = _small_problem(n=32)
+    for order in ("monitor first", "monitor last"):
+        monitor = TrainingMonitor(every_iterations=1, warn=False)
+        steps = []
+
+        class Spy(Callback):
+            def on_batch_begin(self, trainer):
+                self.before = trainer.model[0].weight.data.astype(np.float64)
+
+            def on_batch_end(self, trainer):
+                after = trainer.model[0].weight.data.astype(np.float64)
+                steps.append(np.linalg.norm(after - self.before) / np.linalg.norm(self.before))
+
+        callbacks = [monitor, Spy(), MaxNorm(0.3)] if order == "monitor first" else [MaxNorm(0.3), monitor, Spy()]
+        trainer = _small_trainer(callbacks, lr=0.5)
+        trainer.fit(x, y, epochs=1, batch_size=8)
+        ratios = [r["update_ratio"]["0.weight"] for r in monitor.records]
+        assert len(ratios) == 4 and ratios == pytest.approx(steps, rel=1e-5), order

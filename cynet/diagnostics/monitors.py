@@ -17,10 +17,14 @@ and per parameter:
   :class:`UpdateRatioWarning` says which layer and by how much (biases are recorded but never warned about: they
   start at zero).
 
-How it hooks in: before a monitored iteration (from ``on_epoch_begin`` or the previous ``on_batch_end``) it copies
-the trainable weights and shadows each activation module's ``forward`` with a wrapper that keeps a reference to
-the output; after the step (``on_batch_end``) it reads the outputs, the gradients and the weights, then removes the
-wrappers. Other iterations, and the validation passes, run untouched.
+How it hooks in: before a monitored iteration (from ``on_epoch_begin`` or the previous ``on_batch_end``) it shadows
+each activation module's ``forward`` with a wrapper that keeps a reference to the output, and at the iteration's
+``on_batch_begin`` it copies the trainable weights (as the step finds them, after every callback of the iteration
+before); after the step (its ``on_batch_end``) it reads the outputs, the gradients and the weights, then removes the
+wrappers. :math:`\Delta W` is so the change from the start of the iteration to the monitor's ``on_batch_end``: the
+step's, plus that of any callback listed before the monitor that changes weights (a :class:`~cynet.train.MaxNorm`
+before it counts its projection in, one after it does not). Other iterations, and the validation passes, run
+untouched.
 
 Overhead: only monitored iterations pay, for copying, differencing and summing every trainable weight and
 gradient and for the activation histograms, so with the default schedule (the first batch of every epoch) the
@@ -103,14 +107,16 @@ class TrainingMonitor(Callback):
         self._recorder = None
         self._sink = []
         self._before = None
+        self._copy_due = False
         self._left = 0
         self._window = None
         self._batch_in_epoch = 0
 
     # --- arming ------------------------------------------------------------------------------------------------------
     def _arm(self, trainer):
-        """Prepare the coming iteration: copy the weights, install the forward wrappers (once per window)."""
-        self._before = [p.data.copy() for _, p in self._params]
+        """Prepare the coming iteration: install the forward wrappers (once per window); the weights are copied in
+        on_batch_begin, after every other callback's changes (a MaxNorm after this monitor rescales them)."""
+        self._before, self._copy_due = None, True
         if self._recorder is None:
             self._sink = []
             self._recorder = recording(self._layers, self._sink)
@@ -122,6 +128,7 @@ class TrainingMonitor(Callback):
             self._recorder.__exit__(None, None, None)
         self._recorder = None
         self._before = None
+        self._copy_due = False
         self._left = 0
 
     def _starts_window(self, iteration):
@@ -144,6 +151,11 @@ class TrainingMonitor(Callback):
         if due:
             self._left = self.batches
             self._arm(trainer)
+
+    def on_batch_begin(self, trainer):
+        if self._copy_due:
+            self._before = [p.data.copy() for _, p in self._params]
+            self._copy_due = False
 
     def on_batch_end(self, trainer):
         self._batch_in_epoch += 1
