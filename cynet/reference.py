@@ -270,6 +270,8 @@ def _gelu_backward_wide(dout, x, approximate):
             slope = s * (1 - s)
             # s (1 - s) = 0: the second term is 0 (not 0 * inf = NaN once x^2 overflows, |x| > 1e2466)
             grad = np.where(slope == 0, s, s + x * slope * 2 * sqrt_2_over_pi * (1 + 3 * cubic * x * x))
+            # x = +-inf: NaN as every other dtype's (inf * 0 in the slope term), not the limits 1 and 0
+            grad = np.where(np.isinf(x), np.nan, grad)
     return dout * grad
 
 

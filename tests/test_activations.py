@@ -539,3 +539,13 @@ def test_an_output_that_is_a_matrix_or_a_masked_array_and_masked_parameters_are_
     indices = np.ma.masked_array(np.zeros((2, 2), np.int32), mask=[[True, False], [False, False]])
     with pytest.raises(TypeError, match="^maxout_backward: indices is a masked array"):
         ops.maxout_backward(np.ones((2, 2), np.float32), indices, 2)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_backward_at_infinity_is_nan_in_every_dtype(approximate):
+    # long double's tanh form gave the limits 1 and 0 where every other dtype (and its erf form) gives NaN
+    for dtype in (np.float16, np.float32, np.float64, np.longdouble):
+        x = np.array([np.inf, -np.inf], dtype)
+        with np.errstate(invalid="ignore", over="ignore"):
+            dx = cynet.ops.gelu_backward(np.ones_like(x), x, approximate=approximate)
+        assert np.isnan(dx).all(), (dtype, approximate, dx)
