@@ -1286,3 +1286,10 @@ def test_a_feature_holding_a_nan_has_a_nan_variance_as_numpy_and_torch(dtype, rn
     bn = BatchNorm1d(3, dtype=dtype)
     bn(x)
     assert np.isnan(bn.running_var[:2]).all() and np.isfinite(bn.running_var[2])   # torch: nan, nan, finite
+
+
+@pytest.mark.parametrize("momentum", ["0.5", "abc", True, 1.5, -0.1, float("nan")])
+def test_batch_norm_momentum_must_be_a_number_in_the_unit_interval(momentum):
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\] or None"):
+        BatchNorm1d(3, momentum=momentum)
+    assert BatchNorm1d(3, momentum=np.float32(0.5)).momentum == 0.5 and BatchNorm1d(3, momentum=None).momentum is None

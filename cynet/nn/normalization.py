@@ -19,6 +19,7 @@ the function and the shapes. The modules own parameters, buffers and caches, and
 """
 import copy
 import math
+import numbers
 import sys
 
 import numpy as np
@@ -388,7 +389,8 @@ class _BatchNorm(Module):
         name = type(self).__name__
         self.num_features = positive_int(name, "num_features", num_features)
         self.eps = _positive_float(name, "eps", eps)
-        if momentum is not None and (isinstance(momentum, bool) or not 0 <= float(momentum) <= 1):
+        if momentum is not None and (isinstance(momentum, bool) or not isinstance(momentum, numbers.Real)
+                                     or not 0 <= float(momentum) <= 1):        # (a string "0.5" too)
             raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {momentum!r}")
         self.momentum = None if momentum is None else float(momentum)
         self.affine = bool(affine)
