@@ -239,3 +239,21 @@ def test_the_training_only_pass_leaves_the_global_generator_as_it_was():
         return model[0](np.ones((4, FEATURES)))
 
     np.testing.assert_array_equal(masks_after(True), masks_after(False))
+
+
+def test_statistics_updated_a_few_times_are_named_as_too_young():
+    # three training passes over the very data checked: nothing moved, no augmentation, but 0.9^3 = 73% of the
+    # averages is still the initial mean 0 / variance 1; the check blamed moved weights or augmentation
+    x = _data()
+    model = _model()
+    for start in (0, 100, 200):
+        model(x[start:start + 100])
+    report = check_batchnorm(model, x, batch_size=100)
+    layer = report.layers[0]
+    assert layer.batches_tracked == 3 and layer.initial_share == pytest.approx(0.9 ** 3)
+    text = report["running statistics"].explanation
+    assert report["running statistics"].passed is False
+    assert "too few updates" in text and "73% after 3 batches" in text and "augmentation" not in text
+    for _ in range(60):                                       # 0.9^63: well trained averages, no such cause
+        model(x[:100])
+    assert check_batchnorm(model, x, batch_size=100).layers[0].initial_share < 0.01

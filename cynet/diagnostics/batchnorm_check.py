@@ -44,6 +44,9 @@ MEAN_SHIFT_TOLERANCE = 0.1
 VARIANCE_FACTOR_TOLERANCE = 1.25
 #: Variance factor from which the layers acting only in training are named as a cause of stale statistics.
 TRAINING_NOISE_FACTOR = 1.1
+#: Share of the initial mean 0 / variance 1 still in the running averages above which a stale layer is named as
+#: updated too few times: (1 - 0.1)^29 = 0.047 (momentum 0.1 needs about 30 batches).
+INITIAL_SHARE_TOLERANCE = 0.05
 #: Largest share of samples whose predicted class may differ between eval mode and batch statistics (no labels).
 DISAGREEMENT_TOLERANCE = 0.05
 #: Largest accuracy difference between eval mode and batch statistics (with labels), as a fraction.
@@ -67,6 +70,9 @@ class LayerStatistics:
         variance_ratio (tuple): (min, max) of the ratio over channels.
         describes_data (bool or None): mean_shift and variance_factor within tolerance (None: the layer keeps no
             running statistics and always normalises with the batch's, or the data never reached it).
+        initial_share (float or None): the weight the initial running mean 0 and variance 1 still have in the
+            averages, ``(1 - momentum) ** batches_tracked`` (0 for the cumulative average of ``momentum=None`` once
+            a batch was seen; None without running statistics).
     """
 
     name: str
@@ -78,6 +84,7 @@ class LayerStatistics:
     variance_factor: float
     variance_ratio: tuple
     describes_data: object
+    initial_share: object = None
 
 
 @dataclass
@@ -173,8 +180,10 @@ def _layer_statistics(name, layer, moments):
     nan = float("nan")
     if not layer.track_running_stats:
         return LayerStatistics(name, kind, channels, None, nan, nan, nan, (nan, nan), None)
+    tracked = int(layer.num_batches_tracked)
+    initial = (1.0 if tracked == 0 else 0.0) if layer.momentum is None else (1.0 - layer.momentum) ** tracked
     if moments.count == 0:
-        return LayerStatistics(name, kind, channels, int(layer.num_batches_tracked), nan, nan, nan, (nan, nan), None)
+        return LayerStatistics(name, kind, channels, tracked, nan, nan, nan, (nan, nan), None, initial)
     data_mean, data_var = moments.mean_var()
     data_var = data_var + layer.eps
     shift = (layer.running_mean.astype(np.float64) - data_mean) / np.sqrt(data_var)
@@ -182,8 +191,8 @@ def _layer_statistics(name, layer, moments):
     rms_shift = float(np.sqrt(np.mean(shift ** 2)))
     factor = _variance_factor(ratio)
     fine = rms_shift <= MEAN_SHIFT_TOLERANCE and factor <= VARIANCE_FACTOR_TOLERANCE
-    return LayerStatistics(name, kind, channels, int(layer.num_batches_tracked), rms_shift,
-                           float(np.abs(shift).max()), factor, (float(ratio.min()), float(ratio.max())), bool(fine))
+    return LayerStatistics(name, kind, channels, tracked, rms_shift, float(np.abs(shift).max()), factor,
+                           (float(ratio.min()), float(ratio.max())), bool(fine), initial)
 
 
 def _compare(reference, other):
@@ -236,9 +245,15 @@ def _running_statistics_check(layers, widened):
                      "data: eval mode normalises as training did", {"stale": []})
     names = ", ".join(layer.name for layer in stale)
     fresh = [layer for layer in stale if layer.batches_tracked == 0]
+    young = [layer for layer in stale if (layer.initial_share or 0) > INITIAL_SHARE_TOLERANCE]
     if fresh:
         why = ("they were never updated (num_batches_tracked is 0: the layer never ran in training mode, or was "
                "frozen from the start)")
+    elif young:
+        shares = "; ".join(f"layer {layer.name}: {layer.initial_share:.0%} after {layer.batches_tracked} batches"
+                           for layer in young)
+        why = (f"too few updates: the initial mean 0 and variance 1 still weigh (1 - momentum)^batches in the "
+               f"running averages ({shares})")
     else:
         why = ("the weights before them moved since the averages were taken (the averages follow roughly the last "
                "1/momentum batches), or the training batches differ from these data (augmentation)")
