@@ -316,6 +316,7 @@ class EMA(Callback):
             raise RuntimeError("EMA.update: call attach(model) first (the Trainer does it in on_train_begin)")
         if self._backup is not None:
             raise RuntimeError("EMA.update: the averaged weights are applied; restore() first")
+        self._match_dtypes()
         keep = self.decay
         for shadow, param in zip(self.shadow, self.model.parameters()):
             shadow *= keep
@@ -330,10 +331,18 @@ class EMA(Callback):
     def on_batch_end(self, trainer):
         self.update()
 
+    def _match_dtypes(self):
+        """The shadows in their parameters' dtypes: the model may have been cast (model.double()) since attach, and
+        a float32 shadow would round the average of float64 weights."""
+        for index, (shadow, param) in enumerate(zip(self.shadow, self.model.parameters())):
+            if shadow.dtype != param.data.dtype:
+                self.shadow[index] = shadow.astype(param.data.dtype)
+
     def guard_snapshot(self, previous):
         # the average goes back with the weights when the divergence guard undoes steps
         if self.shadow is None:
             return None
+        self._match_dtypes()
         if previous is None or len(previous[0]) != len(self.shadow):
             previous = ([np.empty_like(shadow) for shadow in self.shadow], 0)
         copies = previous[0]
@@ -362,6 +371,7 @@ class EMA(Callback):
             raise RuntimeError("EMA.apply: nothing averaged yet (attach a model or train first)")
         if self._backup is not None:
             raise RuntimeError("EMA.apply: the averaged weights are already applied")
+        self._match_dtypes()
         params = self.model.parameters()
         self._backup = [p.data.copy() for p in params]
         for param, shadow in zip(params, self.shadow):

@@ -110,3 +110,16 @@ def test_invalid_p(p):
 def test_repr():
     expected = "DropConnectLinear(in_features=4, out_features=2, bias=True, p=0.25)"
     assert repr(nn.DropConnectLinear(4, 2, p=0.25)) == expected
+
+
+def test_a_kept_dropconnect_mask_follows_the_model_to_float64():
+    # reuse_mask (as gradcheck sets it) kept a float32 mask after .double(): 1/(1-p) rounded to float32
+    layer = nn.DropConnectLinear(6, 4, p=0.3, generator=0)
+    x = np.random.default_rng(1).standard_normal((5, 6)).astype(np.float32)
+    layer(x)
+    layer.reuse_mask = True
+    kept = layer._mask != 0
+    layer.double()
+    y = layer(x.astype(np.float64))
+    w = layer.weight.data * np.where(kept, 1.0 / 0.7, 0.0)
+    np.testing.assert_allclose(y, x.astype(np.float64) @ w.T + layer.bias.data, rtol=1e-14, atol=1e-14)

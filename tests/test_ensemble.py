@@ -317,3 +317,30 @@ def test_a_refused_checkpoint_leaves_the_ema_as_it_was(tmp_path):
     fresh.fit(x, y, epochs=1, batch_size=16)
     for a, b in zip(ema.shadow, ema_fresh.shadow):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_ema_follows_a_model_cast_to_float64():
+    # attached in float32, the model then .double(): the shadow stayed float32 and rounded the float64 average
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 5))
+    y = (x[:, 0] > 0).astype(np.int64)
+    cynet.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
+    ema = EMA(0.5).attach(model)
+    model.double()
+    start = [p.data.copy() for p in model.parameters()]
+    seen = []
+
+    class Spy(cynet.train.Callback):
+        def on_batch_end(self, trainer):
+            seen.append([p.data.copy() for p in trainer.model.parameters()])
+
+    trainer = Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.1), callbacks=[ema, Spy()],
+                      progress=False, seed=0)
+    trainer.fit(x, y, epochs=1, batch_size=8)
+    for i, shadow in enumerate(ema.shadow):
+        expected = start[i]
+        for weights in seen:
+            expected = 0.5 * expected + 0.5 * weights[i]
+        assert shadow.dtype == np.float64
+        np.testing.assert_allclose(shadow, expected, rtol=1e-14, atol=1e-15)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import cynet
-from cynet import ops, reference
+from cynet import nn, ops, reference
 from _helpers import numerical_gradient, numerical_gradient_elementwise, relative_error
 
 DTYPES = [np.float32, np.float64]
@@ -475,3 +475,11 @@ def test_maxout_errors_name_the_op_and_the_shapes():
     with pytest.raises(ValueError, match=r"maxout_backward: dout and indices must have the same shape, got float32 "
                                          r"array of shape \(2, 2\) and int32 array of shape \(2, 3\)"):
         ops.maxout_backward(np.zeros((2, 2), np.float32), np.zeros((2, 3), np.int32), 2)
+
+
+def test_maxout_backward_names_itself_for_a_wrong_dout():
+    layer = nn.Maxout(6, 3, pieces=2, dtype=np.float64)
+    layer(np.ones((4, 6)))
+    with pytest.raises(ValueError, match=r"Maxout\(in_features=6, out_features=3, pieces=2\): dout must be a float64 "
+                                         r"array of shape \(4, 3\)"):
+        layer.backward(np.ones((4, 3), np.float32))

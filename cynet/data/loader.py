@@ -340,7 +340,7 @@ class BatchIterator:
     """Iterate over ``(xb, yb)`` mini-batches, reshuffled every epoch with a seeded permutation.
 
     Each batch is gathered with fancy indexing (only that batch is copied), then preprocessed by ``transform``
-    (float32) and, for images, augmented. Iterating again starts a new epoch with a new permutation drawn from the
+    (float32; float64 data stays float64) and, for images, augmented. Iterating again starts a new epoch with a new permutation drawn from the
     same generator, so a seeded iterator gives the same sequence of epochs every run.
 
     Args:
@@ -352,8 +352,9 @@ class BatchIterator:
             (:func:`cynet.manual_seed`). Default None.
         augment (callable or None): ``augment(xb, generator)``, applied after ``transform``. Default None.
         drop_last (bool): skip the last, smaller batch. Default False.
-        transform: a *fitted* preprocessing transform applied to every batch, or None (batches converted to float32
-            only when ``augment`` is set; otherwise returned as stored: a view of ``x`` when ``shuffle=False``).
+        transform: a *fitted* preprocessing transform applied to every batch, or None (batches converted to float32,
+            float64 data kept float64, only when ``augment`` is set; otherwise returned as stored: a view of ``x`` when
+            ``shuffle=False``).
             Default None.
 
     Example:

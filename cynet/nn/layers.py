@@ -638,6 +638,11 @@ class Maxout(Module):
 
     def backward(self, dout, *, input_grad=True):
         indices = _cached(self, "_indices")
+        dout = np.asarray(dout)
+        dtype = self.linear.weight.data.dtype
+        if dout.shape != indices.shape or dout.dtype != dtype:     # named here, not by the inner Linear
+            raise ValueError(f"Maxout({self.extra_repr()}): dout must be a {dtype} array of shape {indices.shape} "
+                             f"(the forward's output), got {describe(dout)}")
         dz = ops.maxout_backward(dout, indices, self.pieces)
         return self.linear.backward(dz, input_grad=input_grad)
 
@@ -707,6 +712,13 @@ class DropConnectLinear(Linear):
 
     def _backward_weight(self):
         return self.weight.data if self._dropped is None else self._dropped
+
+    def _cast_state(self, dtype):
+        # a kept mask in the new dtype: the same weights dropped, scaled by 1/(1 - p) in that dtype (reuse_mask)
+        if self._mask is not None and self._mask.dtype != dtype:
+            self._mask = np.where(self._mask != 0, np.dtype(dtype).type(1.0 / (1.0 - self.p)), np.dtype(dtype).type(0))
+        if self._dropped is not None and self._dropped.dtype != dtype:
+            self._dropped = self._dropped.astype(dtype)
 
     def _weight_gradient(self, dout, x, grad, fresh):
         if self._mask is None:
