@@ -201,7 +201,6 @@ def test_an_option_that_is_not_a_number_is_named(argv, message, capsys):
     assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
-
 def test_an_output_path_that_is_a_file_is_an_argparse_error(tmp_path, capsys):
     taken = tmp_path / "afile"
     taken.write_text("")

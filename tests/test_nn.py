@@ -1111,7 +1111,7 @@ def test_register_buffer_keeps_a_0d_shape_and_refuses_names_pytorch_refuses():
     counter.steps = counter.steps + 1                       # a NumPy scalar: kept as the 0-d buffer
     assert isinstance(counter.steps, np.ndarray) and counter.steps.shape == () and int(counter.steps) == 8
     assert list(counter.state_dict()) == ["steps"]
-    for bad in ("training", "forward", "a.b", ""):           # the mode flag, a method, dotted, empty: PyTorch's KeyError
+    for bad in ("training", "forward", "a.b", ""):      # the mode flag, a method, dotted, empty: PyTorch's KeyError
         with pytest.raises(KeyError):
             nn.ReLU().register_buffer(bad, np.zeros(3))
     with pytest.raises(TypeError, match="got None"):

@@ -831,7 +831,6 @@ def test_show_config_says_which_settings_were_measured_and_which_were_set():
     assert "outputs of 32.0 MiB or more" in defaults and "the default, measured on the development hosts" in defaults
 
 
-
 @pytest.mark.parametrize("n", [2**15 + 1, 2**31, 10**20])
 def test_a_thread_count_no_runtime_can_take_is_refused_and_changes_nothing(n):
     # 2**31 was stored, then every kernel raised OverflowError; 10**20 changed the setting before BLAS refused it
@@ -842,7 +841,6 @@ def test_a_thread_count_no_runtime_can_take_is_refused_and_changes_nothing(n):
         with cynet.threads(n):
             pass
     assert cynet.get_num_threads() == before
-
 
 
 def test_the_wait_policy_line_says_what_the_build_and_the_pool_are():

@@ -340,8 +340,8 @@ class BatchIterator:
     """Iterate over ``(xb, yb)`` mini-batches, reshuffled every epoch with a seeded permutation.
 
     Each batch is gathered with fancy indexing (only that batch is copied), then preprocessed by ``transform``
-    (float32; float64 data stays float64) and, for images, augmented. Iterating again starts a new epoch with a new permutation drawn from the
-    same generator, so a seeded iterator gives the same sequence of epochs every run.
+    (float32; float64 data stays float64) and, for images, augmented. Iterating again starts a new epoch with a new
+    permutation drawn from the same generator, so a seeded iterator gives the same sequence of epochs every run.
 
     Args:
         x (ndarray): inputs, samples first (uint8 images are fine: the transform converts each batch).
