@@ -10,6 +10,8 @@ These helpers turn everything a user may pass into that, or raise:
   input itself (in place), and it may overlap an input otherwise: that input is then copied first (:func:`apart_from`),
   so the result is NumPy's, not whatever the threads' order of reads and writes would give.
 """
+import math
+
 import numpy as np
 
 KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -135,3 +137,24 @@ def separate_outputs(op, first, second, names=("out", "second output")):
     if first is not None and second is not None and np.may_share_memory(first, second):
         raise ValueError(f"{op}: {names[0]} and {names[1]} share memory ({describe(first)} and {describe(second)}); "
                          f"pass separate arrays")
+
+
+def check_finite(owner, name, array):
+    """Raise ValueError when a floating (or complex) ``array`` holds NaN or inf, naming ``owner``, the count and the
+    first row: data like that trains to a NaN loss, which would pass for a learning rate far too large (the divergence
+    guard's advice) or a weight scale far too large."""
+    if array.dtype.kind not in "fc":
+        return
+    # fast path without a boolean copy of x: NaN/inf always reach the sum (a float64 sum of finite float32 values
+    # cannot overflow; a float64 one that does falls through to the exact count)
+    if array.dtype.kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = float(np.sum(array, dtype=np.float64))
+        if math.isfinite(total):
+            return
+    bad = ~np.isfinite(array)
+    count = int(np.count_nonzero(bad))
+    if count:
+        row = int(np.argwhere(bad)[0][0])
+        raise ValueError(f"{owner}: {name} holds {count} NaN/inf value{'s' if count > 1 else ''} (first in row {row}); "
+                         f"remove or impute them before training")

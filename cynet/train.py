@@ -57,6 +57,7 @@ import numpy as np
 
 from cynet import checkpoint as _checkpoint
 from cynet._threading import copyto
+from cynet._validation import check_finite
 from cynet.nn.module import Module
 from cynet.nn.normalization import _batch_slices, _BatchNorm
 from cynet.nn.utils import clip_grad_norm_, max_norm_
@@ -99,6 +100,8 @@ def _check_data(op, x, y):
                          f"{len(y)}")
     if len(x) == 0:
         raise ValueError(f"{op}: x and y are empty")
+    check_finite(op, "x", x)            # a NaN in the data would end as a 'divergence' blamed on the learning rate
+    check_finite(op, "y", y)
     return x, y
 
 

@@ -938,3 +938,19 @@ def test_the_monitors_update_ratio_starts_from_the_weights_the_step_found():
         trainer.fit(x, y, epochs=1, batch_size=8)
         ratios = [r["update_ratio"]["0.weight"] for r in monitor.records]
         assert len(ratios) == 4 and ratios == pytest.approx(steps, rel=1e-5), order
+
+
+def test_nan_in_the_data_is_named_before_training_not_blamed_on_the_learning_rate():
+    # one NaN in x trained to a NaN loss that the divergence guard called a learning rate too large; a NaN in the
+    # validation x gave val_loss NaN next to a plausible val_acc
+    x, y = _small_problem(n=32)
+    bad = x.copy()
+    bad[23, 1] = np.nan
+    trainer = _small_trainer([], lr=1e-6)
+    with pytest.raises(ValueError, match=r"Trainer.fit: x holds 1 NaN/inf value \(first in row 23\)"):
+        trainer.fit(bad, y, epochs=1, batch_size=8)
+    with pytest.raises(ValueError, match=r"Trainer.fit \(validation\): x holds 1 NaN/inf value \(first in row 23\)"):
+        trainer.fit(x, y, epochs=1, batch_size=8, validation=(bad, y))
+    with pytest.raises(ValueError, match=r"Trainer.evaluate: x holds 1 NaN/inf"):
+        trainer.evaluate(bad, y)
+    assert trainer.iteration == 0

@@ -86,6 +86,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cynet._random import get_rng_state, set_rng_state
+from cynet._validation import check_finite
 from cynet.nn.module import Module, Parameter
 
 __all__ = ["babysit", "BabysitReport", "Check", "ProbeResult"]
@@ -352,26 +353,6 @@ def _module_generators(*objects):
                 if isinstance(value, np.random.Generator):
                     found[id(value)] = value
     return list(found.values())
-
-
-def _check_finite(name, array):
-    """Raise ValueError when a floating (or complex) ``array`` holds NaN or inf: it would pass for an overflow of the
-    scores (a weight scale far too large) in the initial-loss check and an explosion at every probed rate."""
-    if array.dtype.kind not in "fc":
-        return
-    # fast path without a boolean copy of x: NaN/inf always reach the sum (a float64 sum of finite float32 values
-    # cannot overflow; a float64 one that does falls through to the exact count)
-    if array.dtype.kind == "f":
-        with np.errstate(over="ignore", invalid="ignore"):
-            total = float(np.sum(array, dtype=np.float64))
-        if math.isfinite(total):
-            return
-    bad = ~np.isfinite(array)
-    count = int(np.count_nonzero(bad))
-    if count:
-        row = int(np.argwhere(bad)[0][0])
-        raise ValueError(f"babysit: {name} holds {count} NaN/inf value{'s' if count > 1 else ''} (first in row {row}); "
-                         f"remove or impute them before training")
 
 
 def _check_labels(y, num_outputs):
@@ -878,8 +859,8 @@ def babysit(model, loss, x, y, *, optimizer_factory=None, regularization=None, n
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y) or len(x) == 0:
         raise ValueError(f"babysit: x and y must be non-empty arrays of the same length, got shapes {x.shape} "
                          f"and {y.shape}")
-    _check_finite("x", x)
-    _check_finite("y", y)               # regression targets; integer labels are checked against the outputs later
+    check_finite("babysit", "x", x)
+    check_finite("babysit", "y", y)     # regression targets; integer labels are checked against the outputs later
     for arg, value in (("tiny_size", tiny_size), ("overfit_steps", overfit_steps), ("probe_steps", probe_steps),
                        ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
