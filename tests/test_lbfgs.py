@@ -362,3 +362,76 @@ def test_trainer_checkpoint_with_lbfgs_resumes_exactly(tmp_path):
     resumed.fit(x, y, epochs=4, batch_size=30)
     for p, q in zip(resumed.model.parameters(), straight.model.parameters()):
         np.testing.assert_array_equal(p.data, q.data)
+
+
+def _quadratic_closure(p, fail_at=None):
+    """f = sum_i i p_i^2 / 2 (curvatures 1..n, so L-BFGS needs several steps); raises KeyboardInterrupt at the call
+    numbered ``fail_at``, or returns NaN from the call numbered ``-fail_at`` when negative."""
+    calls = [0]
+    scale = np.arange(1, p.data.size + 1, dtype=np.float64)
+
+    def closure():
+        calls[0] += 1
+        if fail_at is not None and calls[0] == fail_at:
+            raise KeyboardInterrupt
+        if fail_at is not None and calls[0] == -fail_at:
+            p.grad[...] = np.nan
+            return float("nan")
+        p.grad[...] = scale * p.data
+        return float(0.5 * (scale * p.data) @ p.data)
+    return closure
+
+
+@pytest.mark.parametrize("line_search", [None, "strong_wolfe"])
+def test_an_interrupted_step_leaves_the_parameters_and_the_memory_as_before(line_search):
+    # a KeyboardInterrupt in the closure left the parameters at a trial point and n_iter counting an iteration whose
+    # direction was never stored: every later step failed with a TypeError
+    p = nn.Parameter(np.linspace(1.0, 3.0, 6))
+    reference = nn.Parameter(p.data.copy())
+    opt = LBFGS([p], line_search_fn=line_search, max_iter=2)
+    twin = LBFGS([reference], line_search_fn=line_search, max_iter=2)
+    opt.step(_quadratic_closure(p))
+    twin.step(_quadratic_closure(reference))
+    before = p.data.copy()
+    with pytest.raises(KeyboardInterrupt):
+        opt.step(_quadratic_closure(p, fail_at=2))
+    np.testing.assert_array_equal(p.data, before)
+    opt.step(_quadratic_closure(p))                      # as if the interrupted step never ran
+    twin.step(_quadratic_closure(reference))
+    np.testing.assert_array_equal(p.data, reference.data)
+    assert opt.state_dict().keys() == twin.state_dict().keys()
+
+
+def test_a_non_finite_loss_in_the_line_search_is_named_and_changes_nothing():
+    p = nn.Parameter(np.ones(3))
+    opt = LBFGS([p], line_search_fn="strong_wolfe")
+    with pytest.raises(FloatingPointError, match="line search met a loss of nan"):
+        opt.step(_quadratic_closure(p, fail_at=-2))      # was a bare IndexError from the bracket
+    np.testing.assert_array_equal(p.data, 1.0)
+    assert opt.state_dict()["lbfgs.n_iter"] == 0
+
+
+def test_a_lowered_history_size_trims_the_pairs_and_the_state_loads_back():
+    p = nn.Parameter(np.linspace(-2.0, 2.0, 6))
+    opt = LBFGS([p], history_size=5, max_iter=6)
+
+    def bowl():                                           # curvature 1..6: the pairs carry information
+        p.grad[...] = np.arange(1, 7) * p.data
+        return float(0.5 * (np.arange(1, 7) * p.data) @ p.data)
+
+    opt.step(bowl)
+    opt.history_size = 2
+    for _ in range(3):
+        p.data[...] += 0.5                                # move away so that every step adds pairs
+        opt.step(bowl)
+        assert len(opt.state_dict()["lbfgs.ro"]) <= 2
+    opt.load_state_dict(opt.state_dict())                 # refused: ro held 23 values against history_size 2
+
+
+def test_a_state_that_counts_iterations_without_their_direction_is_refused():
+    p = nn.Parameter(np.ones(3))
+    opt = LBFGS([p])
+    state = opt.state_dict()
+    state["lbfgs.n_iter"] = 4                             # accepted, then the next step failed with a TypeError
+    with pytest.raises(KeyError, match="missing keys .*lbfgs.d"):
+        opt.load_state_dict(state)

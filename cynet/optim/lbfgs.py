@@ -133,6 +133,14 @@ def _strong_wolfe(evaluate, t, d, f, g, gtd, c1=1e-4, c2=0.9, tolerance_change=1
     return best.f, best.g, best.t, evaluations
 
 
+def _counts_past_zero(value):
+    """Whether a saved counter (any type; checked afterwards) is a number above 0."""
+    try:
+        return float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
 class LBFGS(Optimizer):
     r"""L-BFGS (Liu and Nocedal, 1989): quasi-Newton steps from the last ``history_size`` gradient differences, in
     PyTorch's form (``torch.optim.LBFGS``: the same algorithm, settings, stopping rules and strong-Wolfe line search,
@@ -257,6 +265,9 @@ class LBFGS(Optimizer):
 
         Raises:
             TypeError: no closure.
+            FloatingPointError: the line search met a loss that is NaN or inf (the parameters and the optimiser's
+                memory are put back as they were before the step, as for any exception the closure raises, a
+                KeyboardInterrupt included).
         """
         if not callable(closure):
             raise TypeError("LBFGS.step needs a closure that re-evaluates the model: step(closure), where closure() "
@@ -267,6 +278,24 @@ class LBFGS(Optimizer):
         tolerance_grad, tolerance_change = group["tolerance_grad"], group["tolerance_change"]
         params = self._learning()
         memory = self._memory
+        # what an exception inside the closure (Ctrl-C in a long line search) puts back: the parameters were left at
+        # a trial point and the memory counted an iteration whose direction it did not hold (the next step crashed)
+        saved_params = [param.data.copy() for param in params]
+        saved_memory = {key: list(value) if isinstance(value, list) else value for key, value in memory.items()}
+        saved_steps = self.step_count
+        try:
+            return self._step(closure, group, params, memory, lr, max_iter, max_eval, tolerance_grad,
+                              tolerance_change)
+        except BaseException:
+            for param, saved in zip(params, saved_params):
+                np.copyto(param.data, saved)
+            memory.clear()
+            memory.update(saved_memory)
+            self.step_count = saved_steps
+            raise
+
+    def _step(self, closure, group, params, memory, lr, max_iter, max_eval, tolerance_grad, tolerance_change):
+        """The body of :meth:`step`."""
 
         first_loss = closure()
         loss = float(first_loss)
@@ -292,7 +321,7 @@ class LBFGS(Optimizer):
                 s = d * t
                 ys = float(np.dot(y, s))
                 if ys > 1e-10:
-                    if len(old_dirs) == group["history_size"]:
+                    while len(old_dirs) >= group["history_size"]:      # (a history_size lowered since: trim)
                         del old_dirs[0], old_stps[0], ro[0]
                     old_dirs.append(y)
                     old_stps.append(s)
@@ -315,6 +344,11 @@ class LBFGS(Optimizer):
                     gradient = self._gather_grad(params)
                     for param, saved in zip(params, start):
                         np.copyto(param.data, saved)
+                    if not math.isfinite(value):        # the bracket logic cannot order it (an IndexError followed)
+                        raise FloatingPointError(
+                            f"LBFGS: the strong-Wolfe line search met a loss of {value} at step length "
+                            f"{step_length:.3g}: the model overflows along this direction; lower lr (the first "
+                            f"trial step) or look for the cause of the non-finite loss")
                     return value, gradient
 
                 # as PyTorch's: what is left of max_eval (the search's first try comes on top of it), and the
@@ -382,7 +416,7 @@ class LBFGS(Optimizer):
         if unknown:
             raise KeyError(f"{name}: unexpected keys {unknown}")
         missing = [f"lbfgs.{key}" for key in ("n_iter", "func_evals") if key not in own]
-        started = "d" in own
+        started = "d" in own or _counts_past_zero(own.get("n_iter"))     # an iteration ran: its direction is kept
         if started:
             missing += [f"lbfgs.{key}" for key in _SCALARS[2:] + _VECTORS + _HISTORY if key not in own]
         if missing:
