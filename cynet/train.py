@@ -248,9 +248,15 @@ class _BestTracker(Callback):
         return value < self.best - self.min_delta
 
     def state_dict(self):
-        return {"best": self.best, "best_epoch": self.best_epoch}
+        return {"best": self.best, "best_epoch": self.best_epoch, "monitor": self.monitor, "mode": self.mode}
 
     def load_state_dict(self, state):
+        # a best value of another number or direction (val_loss's 1.09 read as a val_acc to beat) would never be beaten
+        for key in ("monitor", "mode"):
+            saved = state.get(key)
+            if saved is not None and str(saved) != getattr(self, key):
+                raise ValueError(f"{self._owner}: the saved state watched {key}={str(saved)!r}, this one "
+                                 f"{key}={getattr(self, key)!r}")
         self.best = state.get("best")
         self.best_epoch = state.get("best_epoch")
 
@@ -659,6 +665,7 @@ class Trainer:
         self.epoch = 0
         self.iteration = 0
         self._iteration_at_epoch_end = 0   # self.iteration when the last epoch completed (save_checkpoint's check)
+        self._epoch_end_incomplete = False  # a callback's on_epoch_end raised: those after it did not see the epoch
         self._saves_after_epoch_end = None  # paths save_checkpoint was given during on_epoch_end, saved after it
         self.stop_reason = None
         self.stop_training = False
@@ -682,15 +689,26 @@ class Trainer:
         fit resumed from it goes another way than the uninterrupted run. One saved by the last callback is not."""
         self._saves_after_epoch_end = saved = []
         stale = {}          # paths a later callback ran after (a dict: each once, in order)
+        completed = False
         try:
             for callback in self.callbacks:
                 stale.update(dict.fromkeys(saved))
                 saved.clear()
                 callback.on_epoch_end(self)
+            completed = True
         finally:            # also when a later callback raises: what was asked for is written again as it now stands
             self._saves_after_epoch_end = None
+            self._epoch_end_incomplete = not completed
             for path in stale:
+                if not completed:
+                    self._warn_incomplete_epoch_end(path)
                 _checkpoint.save_trainer(path, self)
+
+    def _warn_incomplete_epoch_end(self, path):
+        warnings.warn(f"Trainer: the checkpoint {os.fspath(path)!r} was saved at the end of epoch {self.epoch} while a "
+                      f"callback's on_epoch_end raised: the callbacks after it did not see that epoch (an "
+                      f"EarlyStopping did not count it), so a fit resumed from this checkpoint can go another way "
+                      f"than an uninterrupted run", UserWarning, stacklevel=3)
 
     def _batches(self, n, batch_size):
         """The slices of an epoch's batches; a last batch of one example joins the one before when the model has a
@@ -804,8 +822,14 @@ class Trainer:
             raise
         finally:
             self._last_good = None
-            for callback in begun:
-                callback.on_train_end(self)
+            failed = None
+            for callback in begun:              # each one, even after another's raised (EarlyStopping's restore)
+                try:
+                    callback.on_train_end(self)
+                except BaseException as error:      # (the first is raised once every callback has ended)
+                    failed = failed or error
+            if failed is not None:
+                raise failed
         return self.history
 
     def _run_epoch(self, x, y, batch_size, shuffle, validation):
@@ -817,7 +841,11 @@ class Trainer:
         loss_sum, seen, correct, counted = 0.0, 0, 0, 0
         self.running_loss = self.running_acc = math.nan
         for batch in self._batches(n, batch_size):
+            if self.stop_training:              # asked in on_epoch_begin: no step of this epoch
+                return
             self._call("on_batch_begin")
+            if self.stop_training:              # asked in on_batch_begin: not this batch's step
+                return
             lo, hi = batch.start, batch.stop
             if order is None:
                 xb, yb = x[lo:hi], y[lo:hi]
@@ -1043,6 +1071,8 @@ class Trainer:
         Example:
             >>> trainer.save_checkpoint("run.npz")  # doctest: +SKIP
         """
+        if getattr(self, "_epoch_end_incomplete", False) and self.iteration == self._iteration_at_epoch_end:
+            self._warn_incomplete_epoch_end(path)
         if self.iteration != self._iteration_at_epoch_end:
             warnings.warn(f"Trainer.save_checkpoint: saved in the middle of epoch {self.epoch + 1} "
                           f"({self.iteration - self._iteration_at_epoch_end} of its iterations done); a fit resumed "

@@ -954,3 +954,91 @@ def test_nan_in_the_data_is_named_before_training_not_blamed_on_the_learning_rat
     with pytest.raises(ValueError, match=r"Trainer.evaluate: x holds 1 NaN/inf"):
         trainer.evaluate(bad, y)
     assert trainer.iteration == 0
+
+
+def test_max_norm_is_idempotent_so_a_run_in_two_fits_equals_one():
+    # a float32 row scaled onto the ball came back at c (1 + eps) and was scaled again: MaxNorm's projection at the
+    # start of every fit moved a run in two calls away from the uninterrupted one
+    from cynet.nn.utils import max_norm_
+    from cynet.train import MaxNorm
+    layer = nn.Linear(50, 20, generator=0)
+    layer.weight.data *= 10
+    assert max_norm_(layer, 0.3) == 20
+    once = layer.weight.data.copy()
+    assert max_norm_(layer, 0.3) == 0
+    np.testing.assert_array_equal(layer.weight.data, once)
+    x, y = _small_problem(n=32)
+    straight = _small_trainer([MaxNorm(0.3)], lr=0.5)
+    straight.fit(x, y, epochs=4, batch_size=8)
+    split = _small_trainer([MaxNorm(0.3)], lr=0.5)
+    split.fit(x, y, epochs=2, batch_size=8)
+    split.fit(x, y, epochs=4, batch_size=8)
+    for a, b in zip(straight.model.parameters(), split.model.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_every_callback_ends_even_when_one_raises_in_on_train_end():
+    x, y = _small_problem()
+    ended = []
+
+    class Fails(Callback):
+        def on_train_end(self, trainer):
+            raise RuntimeError("logger failed")
+
+    class Ends(Callback):
+        def on_train_end(self, trainer):
+            ended.append(True)
+
+    stopper = EarlyStopping(monitor="train_loss", patience=10)
+    trainer = _small_trainer([Fails(), stopper, Ends()])
+    with pytest.raises(RuntimeError, match="logger failed"):
+        trainer.fit(x, y, epochs=3, batch_size=8)
+    assert ended == [True]                                        # it was skipped, and so was EarlyStopping's restore
+    for key, value in stopper.best_state.items():
+        np.testing.assert_array_equal(trainer.model.state_dict()[key], value)
+
+
+def test_a_checkpoint_saved_while_an_epoch_end_raised_says_it_may_not_resume_exactly(tmp_path):
+    x, y = _small_problem()
+
+    class Saver(Callback):
+        def on_epoch_end(self, trainer):
+            trainer.save_checkpoint(tmp_path / "run.npz")
+
+    class Interrupts(Callback):
+        def on_epoch_end(self, trainer):
+            raise KeyboardInterrupt
+
+    trainer = _small_trainer([Saver(), Interrupts(), EarlyStopping(monitor="train_loss")])
+    with pytest.warns(UserWarning, match="while a callback's on_epoch_end raised"):
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit(x, y, epochs=3, batch_size=8)
+    with pytest.warns(UserWarning, match="while a callback's on_epoch_end raised"):
+        trainer.save_checkpoint(tmp_path / "again.npz")
+
+
+@pytest.mark.parametrize("hook", ["on_epoch_begin", "on_batch_begin"])
+def test_a_stop_asked_before_a_step_takes_no_step(hook):
+    # stopping from on_epoch_begin still trained one step, leaving a cut-short epoch
+    x, y = _small_problem()
+
+    class Stops(Callback):
+        pass
+
+    def stop(self, trainer):
+        if trainer.epoch == 1:
+            trainer.stop(f"stop from {hook}")
+    setattr(Stops, hook, stop)
+    trainer = _small_trainer([Stops()])
+    trainer.fit(x, y, epochs=3, batch_size=8)
+    assert trainer.epoch == 1 and trainer.iteration == 2 and trainer.stop_reason == f"stop from {hook}"
+
+
+def test_a_best_value_saved_for_another_monitor_is_refused(tmp_path):
+    x, y = _small_problem()
+    trainer = _small_trainer([EarlyStopping(monitor="val_loss")])
+    trainer.fit(x, y, epochs=2, batch_size=8, validation=(x, y))
+    trainer.save_checkpoint(tmp_path / "run.npz")
+    other = _small_trainer([EarlyStopping(monitor="val_acc")])
+    with pytest.raises(checkpoint.CheckpointError, match="watched monitor='val_loss', this one monitor='val_acc'"):
+        other.load_checkpoint(tmp_path / "run.npz")

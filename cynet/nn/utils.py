@@ -137,12 +137,18 @@ def weight_matrices(model):
     return chosen
 
 
+MAX_NORM_ULPS = 8        # a row within this many of its dtype's ulps of c counts as on the ball (max_norm_)
+
+
 def max_norm_(parameters, max_norm):
     r"""The max-norm constraint of the CS231n notes: after an update, scale every unit's incoming weight vector back
     onto the ball :math:`\lVert w \rVert_2 \le c` (projected gradient descent; c is typically 3 or 4). With it the
     weights cannot blow up even with a large learning rate.
 
     .. math:: w_i \leftarrow w_i \cdot \min\Big(1, \frac{c}{\lVert w_i \rVert_2}\Big)
+
+    (norms in float64; a row within a few ulps of c counts as on the ball, so that applying it twice changes
+    nothing)
 
     for each slice :math:`w_i` along axis 0 of every learning parameter with ``ndim >= 2``: the rows of a Linear
     weight (out_features, in_features), one per output unit. Biases, normalisation gains and frozen parameters are
@@ -180,8 +186,11 @@ def max_norm_(parameters, max_norm):
         if not p.requires_grad or p.data.ndim < 2 or p.data.size == 0:
             continue
         rows = p.data.reshape(p.data.shape[0], -1)        # a copy where the weight is strided (a transposed kernel)
-        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
-        over = np.flatnonzero(norms > max_norm)
+        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64))
+        # a row scaled onto the ball comes back at c (1 +- a few ulp) in its dtype: within the tolerance it is on the
+        # ball, so the projection is idempotent (it scaled such rows again, and a MaxNorm at the start of every fit
+        # moved the weights of runs in several calls away from one uninterrupted run's)
+        over = np.flatnonzero(norms > max_norm * (1 + MAX_NORM_ULPS * np.finfo(p.data.dtype).eps))
         if over.size:                                       # scaled in the weight itself, whatever its layout
             factors = (max_norm / norms[over]).astype(p.data.dtype)
             p.data[over] *= factors.reshape((-1,) + (1,) * (p.data.ndim - 1))
