@@ -1145,3 +1145,51 @@ def test_slicing_a_sequential_keeps_the_layer_names_as_pytorch():
     assert [n for n, _ in head.named_children()] == ["1", "2", "3"]
     listed = nn.ModuleList([nn.ReLU(), nn.Tanh(), nn.Sigmoid()])
     assert [n for n, _ in listed[1:].named_children()] == ["0", "1"]   # ModuleList renumbers, as torch's
+
+
+def test_a_module_running_twice_inside_its_own_forward_is_refused_at_backward():
+    # super().forward() twice (or a forward calling itself) passed through uncounted: the cache kept the second run
+    # and the weight gradient was silently wrong
+    class TwiceLinear(nn.Linear):
+        def forward(self, x):
+            return super().forward(super().forward(x))
+
+    layer = TwiceLinear(4, 4, generator=0, dtype=np.float64)
+    layer(np.ones((2, 4)))
+    with pytest.raises(RuntimeError, match="ran 2 times"):
+        layer.backward(np.ones((2, 4)))
+
+    class Once(nn.Linear):                                    # super() once: one run, no refusal
+        def forward(self, x):
+            return super().forward(x) * 2.0
+
+    once = Once(4, 4, generator=0, dtype=np.float64)
+    once(np.ones((2, 4)))
+    once.backward(np.ones((2, 4)))
+
+
+def test_a_forward_that_raised_is_no_run_and_a_retry_in_the_pass_is_fine():
+    class Retrying(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3, generator=0)
+
+        def forward(self, x):
+            try:
+                return self.fc(x)                             # float64 input: refused before running
+            except TypeError:
+                return self.fc(x.astype(np.float32))
+
+        def backward(self, dout, *, input_grad=True):
+            return self.fc.backward(dout, input_grad=input_grad)
+
+    model = Retrying()
+    model(np.ones((2, 4)))
+    model.backward(np.ones((2, 3), np.float32))               # was "an instance that ran 2 times"
+
+
+def test_a_tied_weight_of_another_shape_is_named_by_the_layer():
+    a, b = nn.Linear(4, 5), nn.Linear(5, 4)
+    b.weight = a.weight
+    with pytest.raises(ValueError, match=r"its weight has shape \(5, 4\), not \(4, 5\): a weight tied from"):
+        b(np.ones((2, 5), np.float32))

@@ -220,6 +220,9 @@ class Linear(Module):
     def _check_input(self, x):
         x = np.asarray(x)
         w = self.weight.data
+        if w.shape != (self.out_features, self.in_features):      # a tied or replaced weight of another layer's shape
+            raise ValueError(f"{self!r}: its weight has shape {w.shape}, not ({self.out_features}, "
+                             f"{self.in_features}): a weight tied from (or replaced by) a layer of another shape")
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"{self!r}: expected input of shape (N, {self.in_features}), got {describe(x)}")
         _check_weight_dtype(self, x, w.dtype)

@@ -200,10 +200,12 @@ def _first_repeat(container, layers):
 # --- forward passes, for the check against an instance run twice in one pass ---------------------------------------
 # A pass is one outermost module forward (no other module forward running on this thread) with every module forward it
 # makes, and has a token of its own (a fresh object: a record copied or unpickled never matches a live pass). Each
-# module records (token, runs in that pass) when its forward starts, unless the same instance is already running on
-# this thread (a subclass's forward calling super().forward(), forward_relu calling _forward): the record says whether
-# the module ran more than once in the latest pass it took part in. Costs about 1 us per module forward.
-_forwards_running = threading.local()     # .modules: ids of the modules running a forward; .token: the pass's
+# module records (token, runs in that pass) when its forward starts; while the instance is running on this thread, a
+# parent class's forward reached through super() the first time is part of that run, and the same wrapper entered again
+# (a forward calling itself) or a parent's entered a second time (super().forward() twice) counts as another run. The
+# record says whether the module ran more than once in the latest pass it took part in. A forward that raises is no
+# run. Costs about 1 us per module forward.
+_forwards_running = threading.local()     # .modules: {id of a running module: {id of a wrapper: entries}}; .token
 
 
 def _record_run(module):
@@ -217,28 +219,41 @@ def _record_run(module):
 def _recording_passes(forward, declined_is_no_run=False):
     """``forward`` recording its runs; with ``declined_is_no_run`` (forward_relu) a call that returns None, declining
     the fused pass (eval mode, a frozen batch norm: the caller then runs forward and the ReLU), is no run."""
+    def restore(module, before):
+        if before is None:
+            module.__dict__.pop("_pass_runs", None)
+        else:
+            module.__dict__["_pass_runs"] = before
+
     @functools.wraps(forward)
     def recorded_forward(self, *args, **kwargs):
         running = getattr(_forwards_running, "modules", None)
         if running is None:
-            running = _forwards_running.modules = set()
+            running = _forwards_running.modules = {}
         if not running:
             _forwards_running.token = object()
-        key = id(self)
-        if key in running:
+        key, me = id(self), id(recorded_forward)
+        entered = running.get(key)
+        if entered is not None:
+            # the instance is running already: a parent class's forward reached through super() is part of that run
+            # the first time; the same wrapper entered again (a forward calling itself) or a parent's entered twice
+            # (super().forward() called twice) is another run of the instance, whose cache keeps only the last
+            if entered.get(me, 0):
+                _record_run(self)
+            entered[me] = entered.get(me, 0) + 1
             return forward(self, *args, **kwargs)
         before = self.__dict__.get("_pass_runs")
         _record_run(self)
-        running.add(key)
+        running[key] = {me: 1}
         try:
             result = forward(self, *args, **kwargs)
+        except BaseException:
+            restore(self, before)       # a forward that raised (a dtype refused) is no run: a retry may follow
+            raise
         finally:
-            running.discard(key)
+            running.pop(key, None)
         if result is None and declined_is_no_run:
-            if before is None:
-                del self.__dict__["_pass_runs"]
-            else:
-                self.__dict__["_pass_runs"] = before
+            restore(self, before)
         return result
 
     recorded_forward._cynet_pass_wrapper = True
