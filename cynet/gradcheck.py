@@ -78,6 +78,10 @@ The recipe of the notes, all applied here:
   the verdict.
 - **regularisation checked separately** (:func:`check_model`): a penalty's gradient is often much larger than the
   data loss's and would hide a bug in the latter, so the data loss is checked first and the penalty alone second.
+- **accumulation** (beyond the notes): a second backward pass on the same forward must double every parameter's
+  ``.grad``; a backward that assigns (``p.grad = ...``) instead of adding gives the right first gradient and would pass
+  the comparison, then break gradient accumulation and tied weights. Such parameters fail the check, named in
+  :attr:`GradcheckReport.not_accumulating` (a module whose backward refuses a second call is not checked for it).
 
 Reading the maximum relative error (the lecture's bands, :func:`verdict`):
 
@@ -281,8 +285,10 @@ class GradcheckReport:
     entries below the rounding noise, and the overall line.
     """
 
-    def __init__(self, arrays, *, kinks_present, tolerance, kink_tolerance, h, num_checks, seed, notes=()):
+    def __init__(self, arrays, *, kinks_present, tolerance, kink_tolerance, h, num_checks, seed, notes=(),
+                 not_accumulating=()):
         self.arrays = list(arrays)
+        self.not_accumulating = list(not_accumulating)
         self.kinks_present = bool(kinks_present)
         self.tolerance = float(tolerance)
         self.kink_tolerance = float(kink_tolerance)
@@ -346,7 +352,7 @@ class GradcheckReport:
         """True when :attr:`max_error` is below :attr:`threshold` and the check is not :attr:`unresolved` (some
         entry rose above the rounding noise). An array that is unresolved while others are verified (the bias of a
         Linear followed by batch norm, whose gradient is exactly 0) does not fail the check; the report names it."""
-        return not self.unresolved and self.max_error < self.threshold
+        return not self.unresolved and self.max_error < self.threshold and not self.not_accumulating
 
     @property
     def suspicious(self):
@@ -393,7 +399,10 @@ class GradcheckReport:
                 text += (f"; arrays with no entry verified: {', '.join(self.unresolved_arrays)} (fine for a gradient "
                          f"that is exactly 0, such as a bias before batch norm; else scale the input or the loss up)")
             lines.append(text)
-        if self.unresolved and not self.num_below_noise:
+        if self.not_accumulating:
+            status = (f"FAILED: the backward does not add into .grad for {', '.join(self.not_accumulating)} (a second "
+                      f"backward did not double it: assigned, not accumulated?)")
+        elif self.unresolved and not self.num_below_noise:
             status = "FAILED: no entry was compared (every one crossed a kink)"
         elif self.unresolved:
             status = "FAILED: no entry rose above the rounding noise"
@@ -417,6 +426,23 @@ class GradcheckReport:
 
 
 # --- machinery -------------------------------------------------------------------------------------------------------
+def _not_accumulating(params, grads, second_backward, notes):
+    """Names of the parameters whose gradient a second backward pass (after the first, on the same forward) did not
+    add to ``.grad``: the README's contract is ``grad += ...``; a backward that assigns (``p.grad = ...``, a typical
+    slip) gives the same first gradient and passes the check, then breaks gradient accumulation and tied weights."""
+    try:
+        second_backward()
+    except Exception as error:          # (a custom module whose backward runs once per forward: not checked)
+        notes.append(f"accumulation not checked (a second backward raised {type(error).__name__})")
+        return []
+    wrong = []
+    for name, p in params:
+        first = grads[name]
+        if not np.allclose(p.grad, 2 * first, rtol=1e-9, atol=1e-12 * float(np.max(np.abs(first), initial=0.0))):
+            wrong.append(name)
+    return wrong
+
+
 def _validate_settings(fn, num_checks, h, tolerance, kink_tolerance):
     if isinstance(num_checks, bool) or not isinstance(num_checks, numbers.Integral) or num_checks < 1:
         raise ValueError(f"{fn}: num_checks must be a positive int, got {num_checks!r}")
@@ -628,6 +654,8 @@ def check_module(module, x, *, num_checks=10, h=1e-5, seed=0, check_input=True, 
         dx = model.backward(dout, input_grad=check_input)
         params = _parameters(model, notes)
         grads = {name: p.grad.copy() for name, p in params}
+        not_accumulating = _not_accumulating(params, grads, lambda: model.backward(dout, input_grad=check_input),
+                                             notes)
 
         arrays = [_check_array(name, "module", p.data, grads[name], loss, f0, scale, kink_modules, base, rng,
                                num_checks, h) for name, p in params]
@@ -637,7 +665,8 @@ def check_module(module, x, *, num_checks=10, h=1e-5, seed=0, check_input=True, 
             arrays.append(_check_array("input", "module", x, dx, loss, f0, scale, kink_modules, base, rng,
                                        num_checks, h))
     return GradcheckReport(arrays, kinks_present=any(s is not None for s in base), tolerance=tolerance,
-                           kink_tolerance=kink_tolerance, h=h, num_checks=num_checks, seed=seed, notes=notes)
+                           kink_tolerance=kink_tolerance, h=h, num_checks=num_checks, seed=seed, notes=notes,
+                           not_accumulating=not_accumulating)
 
 
 def check_loss(loss_module, scores, y, *, num_checks=10, h=1e-5, seed=0, tolerance=1e-6, kink_tolerance=1e-4):
@@ -748,6 +777,8 @@ def check_model(model, loss_module, x, y, *, regularization=None, num_checks=10,
         dx = model.backward(loss_module.backward(), input_grad=check_input)
         params = _parameters(model, notes)
         grads = {name: p.grad.copy() for name, p in params}
+        not_accumulating = _not_accumulating(
+            params, grads, lambda: model.backward(loss_module.backward(), input_grad=check_input), notes)
         arrays = [_check_array(name, "data loss", p.data, grads[name], data_loss, f0, 0.0, kink_modules, base, rng,
                                num_checks, h) for name, p in params]
         if check_input:
@@ -774,4 +805,4 @@ def check_model(model, loss_module, x, y, *, regularization=None, num_checks=10,
             arrays += [_check_array(name, "regularisation", p.data, grads[name], penalty, f0, 0.0, reg_kinks,
                                     reg_base, rng, num_checks, h) for name, p in params]
     return GradcheckReport(arrays, kinks_present=kinks_present, tolerance=tolerance, kink_tolerance=kink_tolerance,
-                           h=h, num_checks=num_checks, seed=seed, notes=notes)
+                           h=h, num_checks=num_checks, seed=seed, notes=notes, not_accumulating=not_accumulating)

@@ -732,3 +732,33 @@ def test_a_check_whose_every_entry_crossed_a_kink_is_unresolved_not_good():
     # the same wrong backward away from the kink: compared, and failed as wrong
     off_kink = check_module(SevenTimesReLU(), np.full((2, 4), 0.5), num_checks=8, seed=0)
     assert not off_kink.unresolved and not off_kink.passed and off_kink.max_error > 0.5
+
+
+def test_a_backward_that_assigns_the_gradient_instead_of_adding_fails():
+    # p.grad = ... instead of +=: the first gradient is right, so the comparison alone passed it (a typical slip that
+    # breaks gradient accumulation over half-batches and tied weights)
+    class Scale(Module):
+        def __init__(self):
+            super().__init__()
+            self.a = Parameter(np.linspace(0.5, 1.5, 5))
+
+        def forward(self, x):
+            self._x = x
+            return x * self.a.data
+
+        def backward(self, dout, *, input_grad=True):
+            self.a.grad = np.sum(dout * self._x, axis=0)     # assigned: the bug
+            return dout * self.a.data if input_grad else None
+
+    x = np.random.default_rng(0).standard_normal((4, 5))
+    report = check_module(Scale(), x, num_checks=5, seed=0)
+    assert report.not_accumulating == ["a"] and not report.passed and report.max_error < 1e-7
+    assert "does not add into .grad for a" in str(report)
+
+    class Right(Scale):
+        def backward(self, dout, *, input_grad=True):
+            self.a.accumulate(np.sum(dout * self._x, axis=0))
+            return dout * self.a.data if input_grad else None
+
+    good = check_module(Right(), x, num_checks=5, seed=0)
+    assert good.passed and good.not_accumulating == []
