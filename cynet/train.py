@@ -58,6 +58,7 @@ import numpy as np
 from cynet import checkpoint as _checkpoint
 from cynet._threading import copyto
 from cynet._validation import check_finite
+from cynet.nn.loss import LabelError
 from cynet.nn.module import Module
 from cynet.nn.normalization import _batch_slices, _BatchNorm
 from cynet.nn.utils import clip_grad_norm_, max_norm_
@@ -103,6 +104,15 @@ def _check_data(op, x, y):
     check_finite(op, "x", x)            # a NaN in the data would end as a 'divergence' blamed on the learning rate
     check_finite(op, "y", y)
     return x, y
+
+
+def _label_error(op, y, error):
+    """The loss's LabelError (a label outside [0, C) at a position of a batch) as a ValueError naming the first such
+    row of the whole ``y`` and how many there are."""
+    c = error.num_classes
+    bad = np.flatnonzero((y < 0) | (y >= c))        # (the batch's bad label is among them)
+    return ValueError(f"{op}: label {int(y[bad[0]])} in row {int(bad[0])} of y is out of range [0, {c}) for the "
+                      f"model's {c} outputs ({bad.size} such label{'s' if bad.size > 1 else ''} in y)")
 
 
 def _check_x(op, x):
@@ -855,7 +865,10 @@ class Trainer:
             xb = self._prepare(xb, self.generator, dtype)
             if self.mixup is not None:
                 xb, yb = self.mixup(xb, yb, self.generator)
-            result = self._step(xb, yb)
+            try:
+                result = self._step(xb, yb)
+            except LabelError as error:     # named by its row in y, not its place in a shuffled batch
+                raise _label_error("Trainer.fit", y, error) from error
             if result is None:          # diverged
                 return
             data_loss, batch_correct = result
@@ -996,7 +1009,10 @@ class Trainer:
         with self._eval_mode():
             for lo, hi, scores in self._scores(x, batch_size):
                 yb = y[lo:hi]
-                total += float(self.loss.forward(scores, yb)) * (hi - lo)
+                try:
+                    total += float(self.loss.forward(scores, yb)) * (hi - lo)
+                except LabelError as error:
+                    raise _label_error("Trainer.evaluate", y, error) from error
                 batch_correct = _correct(scores, yb)
                 if batch_correct is not None:
                     correct += batch_correct

@@ -1042,3 +1042,15 @@ def test_a_best_value_saved_for_another_monitor_is_refused(tmp_path):
     other = _small_trainer([EarlyStopping(monitor="val_acc")])
     with pytest.raises(checkpoint.CheckpointError, match="watched monitor='val_loss', this one monitor='val_acc'"):
         other.load_checkpoint(tmp_path / "run.npz")
+
+
+def test_a_label_out_of_range_is_named_by_its_row_in_y():
+    # the loss named its position within a shuffled batch (position 7 while y[7] was fine)
+    x, y = _small_problem(n=32)
+    y = y.copy()
+    y[21] = 3                                                  # the model has 2 outputs
+    trainer = _small_trainer([])
+    with pytest.raises(ValueError, match=r"Trainer.fit: label 3 in row 21 of y is out of range \[0, 2\)"):
+        trainer.fit(x, y, epochs=1, batch_size=8)
+    with pytest.raises(ValueError, match=r"Trainer.evaluate: label 3 in row 21 of y"):
+        trainer.evaluate(x, y)

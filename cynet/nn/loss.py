@@ -61,6 +61,15 @@ def _class_scores(owner, scores):
     return scores
 
 
+class LabelError(ValueError):
+    """A label outside ``[0, C)``: ``label``, its ``position`` in the batch, ``num_classes`` C (the Trainer maps the
+    position back to the row of the whole data set)."""
+
+    def __init__(self, message, label, position, num_classes):
+        super().__init__(message)
+        self.label, self.position, self.num_classes = label, position, num_classes
+
+
 def _labels(owner, y, scores):
     """``y`` as a C-contiguous int64 array of length N with every label in [0, C); clear errors otherwise."""
     n, c = scores.shape
@@ -74,8 +83,8 @@ def _labels(owner, y, scores):
         bad = np.flatnonzero((y < 0) | (y >= c))
         first = int(bad[0])
         more = f" ({bad.size} labels out of range in all)" if bad.size > 1 else ""
-        raise ValueError(f"{owner}: label {int(y[first])} at position {first} is out of range [0, {c}) for scores "
-                         f"of shape {scores.shape}{more}")
+        raise LabelError(f"{owner}: label {int(y[first])} at position {first} is out of range [0, {c}) for scores "
+                         f"of shape {scores.shape}{more}", int(y[first]), first, c)
     return np.ascontiguousarray(y, dtype=np.int64)
 
 
