@@ -1293,3 +1293,20 @@ def test_batch_norm_momentum_must_be_a_number_in_the_unit_interval(momentum):
     with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\] or None"):
         BatchNorm1d(3, momentum=momentum)
     assert BatchNorm1d(3, momentum=np.float32(0.5)).momentum == 0.5 and BatchNorm1d(3, momentum=None).momentum is None
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_freezing_a_network_freezes_its_shared_copy_twins_batch_norm_too(affine, rng):
+    # with affine the twins share gamma/beta and so requires_grad; without, the frozen flag was each instance's own
+    # and the twin kept updating the running statistics they share
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, affine=affine))
+    twin = net.shared_copy()
+    net.freeze()
+    assert twin[1].frozen
+    before = net[1].running_mean.copy()
+    twin(rng.standard_normal((8, 3)).astype(np.float32))
+    np.testing.assert_array_equal(net[1].running_mean, before)
+    import copy
+    independent = copy.deepcopy(net)                          # a plain copy has a flag of its own
+    independent.unfreeze()
+    assert not independent[1].frozen and net[1].frozen

@@ -576,9 +576,15 @@ class Module:
         shared = {}
         for module in self.modules():
             generators = [v for v in vars(module).values() if isinstance(v, np.random.Generator)]
-            for value in list(module._parameters.values()) + list(module._buffers.values()) + generators:
+            for value in (list(module._parameters.values()) + list(module._buffers.values()) + generators
+                          + module._twin_shared()):
                 shared[id(value)] = value
         return copy.deepcopy(self, shared)
+
+    def _twin_shared(self):
+        """Objects besides parameters, buffers and generators that a :meth:`shared_copy` twin shares (a batch
+        norm's frozen flag); none by default."""
+        return []
 
     def requires_grad_(self, requires_grad=True):
         """Freeze (False) or unfreeze (True) every parameter, and every module inside (their own notion of frozen,

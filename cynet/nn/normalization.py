@@ -413,13 +413,26 @@ class _BatchNorm(Module):
             self.running_mean = None
             self.running_var = None
             self.num_batches_tracked = None
-        self._frozen_stats = False
+        self._frozen_box = [False]  # the frozen flag in a list that shared_copy twins share, as their statistics
         self._cache = None
         self._pooled = None         # _PooledMoments while recompute_batchnorm_statistics runs
 
     # --- freezing: a frozen batch norm normalises with its running statistics and updates nothing ---------------
     def _set_frozen_state(self, frozen):
         self._frozen_stats = bool(frozen)      # what `frozen` reads without affine parameters
+
+    @property
+    def _frozen_stats(self):
+        return self._frozen_box[0]
+
+    @_frozen_stats.setter
+    def _frozen_stats(self, frozen):
+        # one flag for shared_copy twins (their running statistics are one pair of arrays): freezing the network
+        # that holds one stops the other's updates too, as shared affine parameters do through requires_grad
+        self._frozen_box[0] = bool(frozen)
+
+    def _twin_shared(self):
+        return [self._frozen_box]
 
     @property
     def frozen(self):
