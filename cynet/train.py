@@ -887,7 +887,7 @@ class Trainer:
         history["train_loss"].append(loss_sum / seen)
         history["train_acc"].append(correct / counted if counted else math.nan)
         if validation is not None:
-            val_loss, val_acc = self.evaluate(*validation)
+            val_loss, val_acc = self._evaluate(*validation)
         else:
             val_loss, val_acc = math.nan, math.nan
         history["val_loss"].append(val_loss)
@@ -1004,7 +1004,10 @@ class Trainer:
             >>> loss, acc = trainer.evaluate(x_val, y_val)  # doctest: +SKIP
         """
         x, y = _check_data("Trainer.evaluate", x, y)
-        batch_size = _int_at_least("Trainer.evaluate", "batch_size", batch_size, 1)
+        return self._evaluate(x, y, _int_at_least("Trainer.evaluate", "batch_size", batch_size, 1))
+
+    def _evaluate(self, x, y, batch_size=1024):
+        """:meth:`evaluate` on data already checked (fit's validation set, checked once per fit, not every epoch)."""
         total, correct, counted = 0.0, 0, 0
         with self._eval_mode():
             for lo, hi, scores in self._scores(x, batch_size):
