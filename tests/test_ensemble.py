@@ -185,18 +185,26 @@ def test_ema_rejects_bad_decay_and_double_apply():
             ema.apply()
 
 
-def test_ema_state_survives_a_trainer_checkpoint(tmp_path):
+def _ema_problem(n=64):
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 5)).astype(np.float32)
-    y = (x[:, 0] > 0).astype(np.int64)
+    x = rng.normal(size=(n, 5)).astype(np.float32)
+    return x, (x[:, 0] > 0).astype(np.int64)
+
+
+def _ema_trainer(momentum=0.0, more_callbacks=()):
+    """``(trainer, ema)``: the same seeded 5-8-2 MLP, SGD at lr 0.1 and EMA(0.9) for every call."""
+    cynet.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
+    ema = EMA(0.9)
+    return Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.1, momentum=momentum),
+                   callbacks=[ema, *more_callbacks], progress=False), ema
+
+
+def test_ema_state_survives_a_trainer_checkpoint(tmp_path):
+    x, y = _ema_problem()
 
     def make():
-        cynet.manual_seed(0)
-        model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
-        ema = EMA(0.9)
-        trainer = Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.1, momentum=0.9),
-                          callbacks=[ema], progress=False)
-        return trainer, ema
+        return _ema_trainer(momentum=0.9)
 
     straight, ema_straight = make()
     straight.fit(x, y, epochs=4, batch_size=16)
@@ -225,17 +233,8 @@ def test_members_with_different_numbers_of_classes_are_refused():
 def test_an_ema_loaded_from_a_checkpoint_is_usable_and_saved_again_before_any_fit(tmp_path):
     # the loaded shadow waited for the next fit: apply() raised, and a checkpoint saved again lost the average, so
     # a run resumed from that second file restarted its average (num_updates 5 against 20)
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 5)).astype(np.float32)
-    y = (x[:, 0] > 0).astype(np.int64)
-
-    def make():
-        cynet.manual_seed(0)
-        model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
-        ema = EMA(0.9)
-        return Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.1), callbacks=[ema],
-                       progress=False), ema
-
+    x, y = _ema_problem()
+    make = _ema_trainer
     straight, ema_straight = make()
     straight.fit(x, y, epochs=4, batch_size=16)
     first, ema_first = make()
@@ -283,9 +282,7 @@ def test_ema_decay_takes_any_real_number_type():
 
 def test_a_refused_checkpoint_leaves_the_ema_as_it_was(tmp_path):
     # the undo loaded the EMA's backup (no shadow), which left the refused file's shadow pending for the next fit
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(32, 5)).astype(np.float32)
-    y = (x[:, 0] > 0).astype(np.int64)
+    x, y = _ema_problem(32)
 
     class Tag(cynet.train.Callback):
         def __init__(self, tag):
@@ -299,11 +296,7 @@ def test_a_refused_checkpoint_leaves_the_ema_as_it_was(tmp_path):
                 raise ValueError("wrong tag")
 
     def make(tag):
-        cynet.manual_seed(0)
-        model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
-        ema = EMA(0.9)
-        return Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.1), callbacks=[ema, Tag(tag)],
-                       progress=False), ema
+        return _ema_trainer(more_callbacks=[Tag(tag)])
 
     saved, _ = make("a")
     saved.fit(x, y, epochs=2, batch_size=16)
