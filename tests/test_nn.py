@@ -1116,6 +1116,8 @@ def test_register_buffer_keeps_a_0d_shape_and_refuses_names_pytorch_refuses():
             nn.ReLU().register_buffer(bad, np.zeros(3))
     with pytest.raises(TypeError, match="got None"):
         nn.ReLU().register_buffer("stat", None)
+    with pytest.raises(TypeError, match="the name must be a string"):
+        nn.ReLU().register_buffer(3, np.zeros(2))
 
 
 def test_a_buffer_set_to_none_takes_an_array_as_a_buffer_again():
