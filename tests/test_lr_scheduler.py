@@ -450,3 +450,38 @@ def test_a_second_schedule_or_a_hand_change_that_a_step_overwrites_is_warned_abo
     with pytest.warns(UserWarning, match="StepLR.step: group 0's learning rate is 0.0001, not the 0.001 "):
         schedule.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.1 ** 3)
+
+
+def _npz_round_trip(state):
+    import io
+    buffer = io.BytesIO()
+    np.savez(buffer, **{key: np.asarray(value) for key, value in state.items()})
+    buffer.seek(0)
+    return dict(np.load(buffer, allow_pickle=False))   # every scalar comes back as a 0-d array
+
+
+@pytest.mark.parametrize("label,make", EPOCH_SCHEDULES + [
+    ("plateau", lambda o: ReduceLROnPlateau(o, mode="max", factor=0.5, patience=1, cooldown=1, threshold_mode="abs"))],
+    ids=[c[0] for c in EPOCH_SCHEDULES] + ["plateau"])
+def test_state_dict_read_back_from_npz_resumes_exactly(label, make):
+    """A schedule's state stored with np.savez beside the optimiser's (whose load_state_dict takes 0-d arrays) loads
+    and continues as the uninterrupted run: the settings and counters were refused as 0-d arrays."""
+    def steps(schedule, metrics):
+        out = []
+        for m in metrics:
+            schedule.step(m) if isinstance(schedule, ReduceLROnPlateau) else schedule.step()
+            out.append(schedule.get_last_lr())
+        return out
+    metrics = [1.0, 0.5, 0.5, 0.4, 0.4, 0.4, 0.9, 0.9, 0.9, 0.9, 0.2, 0.2, 0.2, 0.2]
+    opt = make_optimizer()
+    uninterrupted = steps(make(opt), metrics)
+    opt = make_optimizer()
+    first = make(opt)
+    steps(first, metrics[:6])
+    resumed_opt = make_optimizer(lr=0.001)
+    resumed_opt.load_state_dict(_npz_round_trip(opt.state_dict()))
+    second = make(resumed_opt)
+    second.load_state_dict(_npz_round_trip(first.state_dict()))
+    assert first.state_dict().keys() == second.state_dict().keys()
+    assert all(type(second.state_dict()[key]) is type(value) for key, value in first.state_dict().items())
+    assert steps(second, metrics[6:]) == uninterrupted[6:]

@@ -25,7 +25,8 @@ group's base. :meth:`get_last_lr` returns a float for an optimiser with one grou
 otherwise (PyTorch always returns the list).
 
 ``state_dict()`` is flat and JSON-friendly like the optimisers': string keys, JSON scalars (MultiStepLR's milestones
-are an int64 ndarray); a wrapped schedule's keys are prefixed ``after.``.
+are an int64 ndarray); a wrapped schedule's keys are prefixed ``after.``. As the optimisers' ``load_state_dict``,
+``load_state_dict`` also takes a state read back from ``np.savez``/``np.load`` (its scalars as 0-d arrays).
 """
 import bisect
 import copy
@@ -47,6 +48,14 @@ def _is_int(value):
 
 def _is_real(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _unwrap(value):
+    """A 0-d NumPy array (how ``np.savez``/``np.load`` hand back a scalar: a setting, a counter, ReduceLROnPlateau's
+    mode) as its Python value; anything else (MultiStepLR's milestones, per-group rates) as it is."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "biufU":
+        return value.item()
+    return value
 
 
 class _Scheduler:
@@ -127,7 +136,7 @@ class _Scheduler:
             raise KeyError(f"{name}: " + "; ".join(parts))
         probe = copy.copy(self)
         for key in self._settings + self._counters:
-            setattr(probe, key, state[key])
+            setattr(probe, key, _unwrap(state[key]))
         probe._validate()
         probe._validate_counters()
         self.__dict__.update(probe.__dict__)  # the settings, the counters and what is derived from them
