@@ -230,6 +230,23 @@ def test_whitening_without_eps_refuses_zero_variance_directions_at_fit(make, cas
         assert np.all(np.isfinite(z))
 
 
+def test_whitening_without_eps_refuses_a_null_direction_among_few_kept_of_many_features():
+    """The zero-variance bound scaled with the k directions kept instead of the D features of the covariance whose
+    eigenvalues carry the rounding noise: PCAWhitening(2, eps=0) on rank-1 data of 800 features kept the null
+    direction (variance ~5e-16 of the largest): its whitened training variance came out 1.6e-16 instead of 1, and a
+    validation sample 0.001 off the training line got -36 in it (unit-variance outputs)."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(300, 1)) @ rng.normal(size=(1, 800)) + 128 + rng.normal(size=800) * 30
+        assert np.linalg.matrix_rank(np.cov(x, rowvar=False)) == 1
+        t = PCAWhitening(n_components=2, eps=0.0)
+        with pytest.raises(ValueError, match=r"eps=0 and 1 of the 2 directions kept have zero variance .*rank 1"):
+            t.fit(x)
+        assert not t.is_fitted
+        z = PCAWhitening(n_components=1, eps=0.0).fit_transform(x)      # the real direction still whitens
+        np.testing.assert_allclose(np.var(z, axis=0, ddof=1), [1.0], rtol=1e-10)
+
+
 def test_zca_is_symmetric_whitening_closest_to_the_original():
     x = gaussian()
     zca = ZCAWhitening(eps=0.0).fit(x)

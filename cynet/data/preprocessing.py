@@ -718,8 +718,11 @@ class PCAWhitening(PCA):
     def _set_fitted(self, components, variance, ratio):
         if self.eps == 0 and variance.size:
             # eps = 0 divides each component by its standard deviation: one of (numerically) zero variance would
-            # come out inf/NaN or as rounding noise amplified ~1e8 times, so refuse it here rather than at transform
-            zero = variance <= variance[0] * variance.size * np.finfo(np.float64).eps
+            # come out inf/NaN or as rounding noise amplified ~1e8 times, so refuse it here rather than at transform.
+            # The eigenvalues' rounding noise grows with the covariance's size D, not with the k directions kept
+            # (numpy.linalg.matrix_rank's tolerance, lambda_max * D * eps): with k in the bound, PCAWhitening(2) on
+            # rank-1 data of D = 800 features kept a direction of variance 5e-16 * lambda_max as if it were real
+            zero = variance <= variance[0] * components.shape[1] * np.finfo(np.float64).eps
             if zero.any():
                 name = type(self).__name__
                 raise ValueError(
