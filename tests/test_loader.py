@@ -216,3 +216,17 @@ def test_the_iterators_generator_can_be_set():
     first = np.concatenate([yb for _, yb in it])
     cynet.manual_seed(5)
     np.testing.assert_array_equal(np.concatenate([yb for _, yb in it]), first)
+
+
+@pytest.mark.parametrize("dtype, expected", [(">f8", np.float64), ("<f8", np.float64), (">f4", np.float32),
+                                             (np.float16, np.float32), (np.uint8, np.float32)])
+def test_the_hook_without_a_transform_keeps_float64_in_either_byte_order(dtype, expected):
+    """Without a transform the hook kept float64 only when it was native: big-endian float64 data (read from a
+    big-endian file) came back float32, half its bits gone, though the docstring promises float64 stays float64."""
+    x = (np.arange(2 * 1 * 2 * 3) / 3.0).reshape(2, 1, 2, 3).astype(dtype)
+    out = make_batch_transform(None, RandomHorizontalFlip(p=1.0))(x, np.random.default_rng(0))
+    assert out.dtype == expected
+    np.testing.assert_array_equal(out, x.astype(expected)[..., ::-1])
+    xb, _ = next(iter(BatchIterator(x, None, 2, shuffle=False, augment=RandomHorizontalFlip(p=0.0))))
+    assert xb.dtype == expected
+    np.testing.assert_array_equal(xb, x.astype(expected))

@@ -24,6 +24,7 @@ from cynet._kernels import load
 from cynet._random import resolve_generator
 from cynet._threading import kernel_threads
 from cynet._validation import check_probabilities
+from cynet.data.preprocessing import _output_dtype
 
 
 def _check_images(owner, xb):
@@ -320,10 +321,10 @@ def make_batch_transform(transform=None, augment=None):
     def batch_transform(xb, rng=None):
         if transform is not None:
             xb = transform.transform(xb)
-        else:
+        else:       # float64 in either byte order stays float64 (a '>f8' array is not == np.float64), as transforms
             xb = np.asarray(xb)
-            if xb.dtype != np.float64 and xb.dtype != np.float32:
-                xb = xb.astype(np.float32)
+            if xb.dtype != _output_dtype(xb):
+                xb = xb.astype(_output_dtype(xb))
         if augment is not None and rng is not None:
             xb = augment(xb, rng)
         return xb
