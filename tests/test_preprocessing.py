@@ -572,3 +572,25 @@ def test_wide_integer_data_is_centred_with_a_float64_mean(dtype):
     images_ = np.full((2, 3, 1, 1), big, dtype)
     images_[1] += 2
     np.testing.assert_array_equal(ChannelMean().fit_transform(images_)[:, 0, 0, 0], [-1, 1])
+
+
+@pytest.mark.parametrize("index,key,cut", [(0, "mean_", np.s_[0, 0]), (1, "mean_", np.s_[:2]),
+                                           (2, "scale_", np.s_[:1]), (3, "var_", np.s_[:, 0]),
+                                           (4, "components_", np.s_[:, :-1]), (4, "explained_variance_", np.s_[:3]),
+                                           (6, "mean_", np.s_[1:])],
+                         ids=["MeanImage", "ChannelMean", "Standardize-channel", "Standardize-feature", "PCA-columns",
+                              "PCA-variance", "ZCA-mean"])
+def test_load_state_dict_refuses_fitted_arrays_of_another_shape(index, key, cut):
+    """A state whose fitted arrays do not fit its saved sample shape (a hand edit, two states mixed up) is refused
+    and leaves the transform as it was: it used to load and then broadcast against the data (MeanImage's (2,) mean
+    of (3, 2, 2) images subtracted along the last axis without a word)."""
+    x, transforms = fitted_transforms()
+    fitted = transforms[index]
+    state = fitted.state_dict()
+    state[key] = np.asarray(state[key])[cut]
+    target = type(fitted)(**fitted.config())
+    with pytest.raises(ValueError, match=f"{type(fitted).__name__}.load_state_dict: the fitted arrays do not match "
+                                         f"the saved sample shape .*{key} has shape"):
+        target.load_state_dict(state)
+    assert not target.is_fitted
+    assert type(fitted)(**fitted.config()).load_state_dict(fitted.state_dict()).transform(x).shape[0] == len(x)

@@ -304,14 +304,24 @@ class Transform:
             raise KeyError(f"{name}.load_state_dict: fitted state lacks {missing}")
         feature_shape = tuple(int(s) for s in np.asarray(state["feature_shape"]).reshape(-1))
         fitted_on = (int(_scalar(state["fitted_on.n_samples"])), str(_scalar(state["fitted_on.fingerprint"])))
+        arrays = {key: np.asarray(state[key]) for key in self._fitted_names}
+        wrong = [f"{key} has shape {arrays[key].shape}, expected {shape}"
+                 for key, shape in self._fitted_shapes(feature_shape, arrays).items() if arrays[key].shape != shape]
+        if wrong:       # a hand-edited or mixed-up state would broadcast against the data instead of failing
+            raise ValueError(f"{name}.load_state_dict: the fitted arrays do not match the saved sample shape "
+                             f"{feature_shape}: " + "; ".join(wrong))
         for key in self._fitted_names:
-            object.__setattr__(self, key, np.array(state[key], copy=True))
+            object.__setattr__(self, key, np.array(arrays[key], copy=True))
         self.feature_shape_, self.fitted_on = feature_shape, fitted_on
         self._after_load()
         return self
 
     def _after_load(self):
         pass
+
+    def _fitted_shapes(self, feature_shape, arrays):
+        """The shape each fitted array must have for samples of ``feature_shape`` (checked by load_state_dict)."""
+        return {}
 
     @classmethod
     def from_state_dict(cls, state):
@@ -389,6 +399,9 @@ class MeanImage(Transform):
     def _fit(self, x):
         self.mean_ = _column_mean(_rows(x), self.chunk_size).reshape(x.shape[1:])
 
+    def _fitted_shapes(self, feature_shape, arrays):
+        return {"mean_": feature_shape}
+
     def _transform(self, x, dtype):
         out = np.empty(x.shape, dtype=dtype)
         np.subtract(x, self.mean_.astype(_centring_dtype(x, dtype)), out=out, casting="unsafe")
@@ -427,6 +440,9 @@ class ChannelMean(Transform):
     def __init__(self, channels=3, *, chunk_size=DEFAULT_CHUNK_SIZE):
         super().__init__(chunk_size=chunk_size)
         self.channels = _check_channels("ChannelMean", channels)
+
+    def _fitted_shapes(self, feature_shape, arrays):
+        return {"mean_": (self.channels,)}
 
     def _fit(self, x):
         self.mean_, _ = _channel_stats(_channel_view("ChannelMean.fit", x, self.channels), self.chunk_size, False)
@@ -512,6 +528,10 @@ class Standardize(Transform):
         if self.eps == 0:                    # (values averaged per feature, or per channel)
             self._refuse_zero_variance(len(x) if self.per != "channel" else x.size // self.channels)
         self.scale_ = np.sqrt(self.var_ + self.eps)
+
+    def _fitted_shapes(self, feature_shape, arrays):
+        shape = (self.channels,) if self.per == "channel" else feature_shape
+        return {"mean_": shape, "var_": shape, "scale_": shape}
 
     def _refuse_zero_variance(self, n):
         """eps = 0 divides by each standard deviation: a constant feature's is 0, or the rounding noise of its mean
@@ -640,6 +660,13 @@ class PCA(Transform):
     def _after_load(self):
         self.n_components_ = int(self.components_.shape[0])
         self._cache = {}
+
+    def _fitted_shapes(self, feature_shape, arrays):
+        d = int(np.prod(feature_shape))
+        saved = arrays["components_"].shape
+        k = self.n_components if isinstance(self.n_components, int) else saved[0] if len(saved) == 2 else 1
+        k = min(max(k, 1), d)                                   # 1 <= k <= D components of D features
+        return {"mean_": (d,), "components_": (k, d), "explained_variance_": (k,), "explained_variance_ratio_": (k,)}
 
     def _matrix(self, dtype):
         """The (D, k) projection applied to centred rows, in ``dtype`` (cached)."""
