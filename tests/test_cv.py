@@ -199,6 +199,24 @@ def test_stratified_splits_want_one_class_label_per_example(split, name):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("split,name", [(_stratified_kfold_folds, "StratifiedKFold.split"),
+                                        (_holdout_rows, "holdout_split")], ids=["stratified-kfold", "holdout"])
+def test_stratified_splits_refuse_missing_labels_in_an_object_array(split, name):
+    """np.isnan never saw the NaN of an object array, and np.unique cannot sort around it ([0 1 nan 0 1 nan 1]):
+    StratifiedKFold dealt each class into the folds several times (a validation fold held examples twice) and
+    never validated the NaN examples."""
+    x = np.arange(30)[:, None]
+    for gap in (np.nan, None):
+        y = np.array([0, 1, gap] * 10, dtype=object)
+        with pytest.raises(ValueError, match=rf"{name}: y holds 10 missing labels \(None or NaN\)"):
+            split(x, y)
+    # an object array without gaps is split as its integer twin: every example validated exactly once
+    y = np.arange(30) % 3
+    for got, want in zip(split(x, y.astype(object)), split(x, y)):
+        np.testing.assert_array_equal(got, want)
+    check_partition(list(StratifiedKFold(3).split(x, y.astype(object))), 30)
+
+
 def test_unstratified_holdout_still_takes_any_labels():
     x, y = np.arange(30)[:, None], np.eye(3)[np.arange(30) % 3]
     x_tr, y_tr, x_val, y_val = holdout_split(x, y, 0.2, stratify=False)

@@ -29,7 +29,8 @@ def _class_labels(owner, y):
     """``y`` as a 1-D array of class labels to stratify by; ValueError naming ``owner`` otherwise.
 
     One-hot or soft labels (2-D) would be split by their columns (an IndexError or a wrong split), and NaN labels
-    never compare equal to themselves, so ``y == label`` puts them in no class and no fold would ever validate them.
+    never compare equal to themselves, so ``y == label`` puts them in no class and no fold would ever validate them
+    (in an object array, None and NaN alike).
     """
     y = np.asarray(y)
     if y.ndim != 1:
@@ -38,10 +39,28 @@ def _class_labels(owner, y):
                          f"an array of shape {y.shape}{hint}")
     if y.dtype.kind in "fc":
         missing = int(np.count_nonzero(np.isnan(y)))
-        if missing:
-            raise ValueError(f"{owner}: y holds {missing} NaN labels (of {len(y)}); stratifying needs a class label "
-                             f"for every example (1-D integer class labels); drop or label those examples first")
+    elif y.dtype.kind == "O":
+        # an object array (labels from a table with gaps) hides NaN from np.isnan, and np.unique cannot sort
+        # around it: [0, 1, nan, 0, 1, ...] came back with 0 and 1 more than once, so a class's examples were dealt
+        # into the folds twice (a fold holding an example twice) and the NaN examples were never validated
+        missing = sum(_missing_label(label) for label in y)
+    else:
+        missing = 0
+    if missing:
+        what = "NaN labels" if y.dtype.kind in "fc" else "missing labels (None or NaN)"
+        raise ValueError(f"{owner}: y holds {missing} {what} (of {len(y)}); stratifying needs a class label "
+                         f"for every example (1-D integer class labels); drop or label those examples first")
     return y
+
+
+def _missing_label(label):
+    """Whether an element of an object array of labels is missing: None, or unequal to itself (NaN, pandas.NA)."""
+    if label is None:
+        return True
+    try:
+        return bool(label != label)
+    except (TypeError, ValueError):      # pandas.NA: its truth value is ambiguous
+        return True
 
 
 class KFold:
