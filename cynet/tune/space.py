@@ -109,18 +109,22 @@ class _Interval(Distribution):
     def narrow(self, values, margin):
         """The range spanned by ``values``, widened by ``margin`` of this range's width on each side, clipped to it.
 
-        In log space for :class:`LogUniform`.
+        In log space for :class:`LogUniform`. Every value (clipped to this range) lies in the result, ``margin = 0``
+        included.
         """
         a, b = self._to(self.lo), self._to(self.hi)
-        t = [self._to(min(max(float(v), self.lo), self.hi)) for v in values]    # values outside: their end
+        clipped = [min(max(float(v), self.lo), self.hi) for v in values]      # values outside: their end
+        t = [self._to(v) for v in clipped]
         pad = margin * (b - a)
         lo, hi = max(a, min(t) - pad), min(b, max(t) + pad)
         if not lo < hi:    # margin 0 and a single value: keep a sliver around it
             lo, hi = max(a, lo - 1e-6 * (b - a)), min(b, hi + 1e-6 * (b - a))
-        lo, hi = max(self._from(lo), self.lo), min(self._from(hi), self.hi)
-        # tidy float noise such as 0.0009999999999999998, unless that would close a narrow range
+        # exp(log(v)) may round v up (or down) by an ulp: the range still holds every value
+        lo, hi = min(max(self._from(lo), self.lo), min(clipped)), max(min(self._from(hi), self.hi), max(clipped))
+        # tidy float noise such as 0.0009999999999999998, unless that would close a narrow range or cut off a value
+        # (with margin 0 the ends are the extreme values themselves, which 12 digits round inwards as often as not)
         tidy_lo, tidy_hi = max(float(f"{lo:.12g}"), self.lo), min(float(f"{hi:.12g}"), self.hi)
-        if tidy_lo < tidy_hi:
+        if tidy_lo < tidy_hi and tidy_lo <= min(clipped) and tidy_hi >= max(clipped):
             lo, hi = tidy_lo, tidy_hi
         return type(self)(lo, hi)
 
