@@ -841,6 +841,20 @@ def test_run_refuses_a_budget_or_threads_per_trial_it_cannot_use():
             search.run(trial, executor=None, threads_per_trial=bad)
 
 
+def test_run_refuses_a_number_of_workers_that_is_not_a_positive_int():
+    """int() took n_workers=1.5 for one worker, True for one and "2" for two, without a word."""
+    from cynet.tune.executors import make_runner
+
+    search = RandomSearch({"lr": loguniform(1e-3, 1e-1)}, n_trials=1, seed=0)
+    trial = lambda p, d, b, s: {"val_acc": 0.5}          # noqa: E731
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=r"RandomSearch\.run: n_workers must be an int >= 1"):
+            search.run(trial, executor="process", n_workers=bad)
+        with pytest.raises(ValueError, match=r"tune: n_workers must be an int >= 1"):
+            make_runner("process", trial, None, n_workers=bad)
+    assert make_runner("process", trial, None, n_workers=np.int64(2)).n_workers == 2
+
+
 def test_grid_points_refuses_names_that_are_not_in_the_space():
     with pytest.raises(ValueError, match=r"points names \['learning_rate'\], which are not in the space"):
         grid_points({"lr": loguniform(1e-3, 1e-1), "reg": uniform(0, 1)}, {"learning_rate": 10, "reg": 2})

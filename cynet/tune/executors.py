@@ -45,6 +45,8 @@ import warnings
 
 import numpy as np
 
+from cynet.tune.space import _check_int
+
 __all__ = ["execute_trial", "make_runner", "is_dask_client"]
 
 STATUSES = ("ok", "diverged", "error")
@@ -259,9 +261,8 @@ class _ProcessRunner(_Runner):
 
         if n_workers is None:
             n_workers = available_cpus() if max_parallel is None else max(1, min(available_cpus(), max_parallel))
-        self.n_workers = int(n_workers)
-        if self.n_workers < 1:
-            raise ValueError(f"tune: n_workers must be >= 1, got {n_workers!r}")
+        # int() took 1.5 for 1 worker, True for 1 and "2" for 2 without a word
+        self.n_workers = _check_int("tune", "n_workers", n_workers, 1)
         self.threads = int(threads) if threads is not None else max(1, available_cpus() // self.n_workers)
         self.train_fn, self.data, self.mp_context = train_fn, data, mp_context
         self.pool = None

@@ -513,6 +513,8 @@ class _Search:
         budget = _check_budget(f"{type(self).__name__}.run", "budget", budget)
         if threads_per_trial is not None:
             threads_per_trial = _check_int(f"{type(self).__name__}.run", "threads_per_trial", threads_per_trial, 1)
+        if n_workers is not None:
+            n_workers = _check_int(f"{type(self).__name__}.run", "n_workers", n_workers, 1)
         self._best = None                   # (sort key, state_dict)
         runner = make_runner(executor, train_fn, data, n_workers=n_workers, threads_per_trial=threads_per_trial,
                              mp_context=mp_context, max_parallel=self._max_parallel())
