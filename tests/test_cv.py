@@ -276,3 +276,28 @@ def test_cross_validation_takes_a_trial_without_a_validation_loss():
     assert record["status"] == "ok" and math.isnan(record["val_loss"])
     nan_fold = cross_validate(lambda p, d, b, s: {"val_acc": 0.5, "val_loss": float("nan")}, {}, x, y, cv=KFold(4))
     assert nan_fold["status"] == "diverged"
+
+
+def mean_of_validation_rows(params, data, budget, seed):
+    return {"val_acc": float(np.mean(data[2][:, 0]))}
+
+
+def test_cv_as_a_number_of_folds_is_a_shuffled_stratified_kfold_and_anything_else_is_refused():
+    """cv=4 (scikit-learn's habit) is StratifiedKFold(4, shuffle=True, seed=cv_seed): the same folds, fold by fold;
+    it used to fail with "'int' object has no attribute 'split'". A cv without split() is a TypeError naming it."""
+    x = np.arange(40, dtype=np.float64)[:, None]
+    y = np.arange(40) % 2
+    by_number = cross_validate(mean_of_validation_rows, {}, x, y, cv=4, cv_seed=7)
+    by_splitter = cross_validate(mean_of_validation_rows, {}, x, y, cv=StratifiedKFold(4, shuffle=True, seed=7))
+    expected = [float(np.mean(x[val, 0])) for _, val in StratifiedKFold(4, shuffle=True, seed=7).split(x, y)]
+    assert by_number["val_acc_folds"] == by_splitter["val_acc_folds"] == expected
+    assert len(set(expected)) > 1                                   # not the same mean whatever the split
+    trial = CrossValidatedTrial(mean_of_validation_rows, cv=np.int64(4), cv_seed=7)
+    assert trial({}, (x, y), 1, 0)["val_acc_folds"] == expected
+    for bad in ("5", 2.5, True, [0, 1]):
+        with pytest.raises(TypeError, match="cross_validate: cv must be None, a number of folds or a splitter"):
+            cross_validate(mean_of_validation_rows, {}, x, y, cv=bad)
+        with pytest.raises(TypeError, match="CrossValidatedTrial: cv must be"):
+            CrossValidatedTrial(mean_of_validation_rows, cv=bad)
+    with pytest.raises(ValueError):
+        cross_validate(mean_of_validation_rows, {}, x, y, cv=1)      # StratifiedKFold's own check of k

@@ -228,6 +228,19 @@ def _fold_seed(seed, fold):
     return int(np.random.SeedSequence(seed, spawn_key=(fold,)).generate_state(1)[0])
 
 
+def _splitter(owner, cv, cv_seed):
+    """The splitter ``cv`` stands for: None -> ``StratifiedKFold(5, shuffle=True, seed=cv_seed)``, an int k (the
+    scikit-learn habit) -> ``StratifiedKFold(k, shuffle=True, seed=cv_seed)``, or an object with ``split(x, y)``."""
+    if cv is None:
+        return StratifiedKFold(5, shuffle=True, seed=cv_seed)
+    if isinstance(cv, (int, np.integer)) and not isinstance(cv, (bool, np.bool_)):
+        return StratifiedKFold(int(cv), shuffle=True, seed=cv_seed)
+    if isinstance(cv, (str, bytes)) or not callable(getattr(cv, "split", None)):     # str.split is no splitter
+        raise TypeError(f"{owner}: cv must be None, a number of folds or a splitter with split(x, y) (KFold, "
+                        f"StratifiedKFold), got {cv!r}")
+    return cv
+
+
 def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, budget=1, seed=0, cv_seed=0):
     """Train and score one configuration on every fold; the mean validation accuracy is its score.
 
@@ -241,13 +254,18 @@ def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, b
         train_fn (callable): a trial function (for example :func:`cynet.tune.make_trainer_trial`'s).
         params (dict): the configuration.
         x (array_like): all the (training) data; y (array_like): labels.
-        cv: a splitter with ``split(x, y)`` (:class:`KFold`, :class:`StratifiedKFold`). Default None
+        cv: a splitter with ``split(x, y)`` (:class:`KFold`, :class:`StratifiedKFold`), or an int k for
+            ``StratifiedKFold(k, shuffle=True, seed=cv_seed)`` (scikit-learn's ``cv=5``). Default None
             (``StratifiedKFold(5, shuffle=True, seed=cv_seed)``).
         transform_factory (callable): ``transform_factory() -> transform`` with ``fit`` and ``transform``
             (:class:`cynet.data.Standardize`, ...). Default None (no preprocessing).
         budget (int): passed to ``train_fn``. Default 1.
         seed (int): fold ``k`` trains with ``SeedSequence(seed).spawn(...)[k]``'s seed. Default 0.
-        cv_seed (int): seed of the default splitter's shuffle (ignored when ``cv`` is given). Default 0.
+        cv_seed (int): seed of the shuffle of the splitter made for ``cv`` None or an int (ignored when ``cv`` is a
+            splitter). Default 0.
+
+    Raises:
+        TypeError: ``cv`` is neither None, an int nor an object with ``split``.
 
     Returns:
         dict: "val_acc" (mean over folds; NaN when a fold did not finish), "val_acc_folds" (each fold's accuracy),
@@ -260,8 +278,7 @@ def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, b
         >>> scores = cross_validate(trial, {"lr": 1e-2}, x, y, cv=KFold(5, shuffle=True))  # doctest: +SKIP
     """
     x, y = np.asarray(x), np.asarray(y)
-    if cv is None:
-        cv = StratifiedKFold(5, shuffle=True, seed=cv_seed)
+    cv = _splitter("cross_validate", cv, cv_seed)
     accs, losses, epochs, status = [], [], [], "ok"
     for fold, (train, val) in enumerate(cv.split(x, y)):
         x_train, x_val = x[train], x[val]
@@ -292,10 +309,11 @@ class CrossValidatedTrial:
 
     Args:
         train_fn (callable): ``train_fn(params, (x_train, y_train, x_val, y_val), budget, seed) -> dict``.
-        cv: the splitter. Default None (``StratifiedKFold(5, shuffle=True, seed=cv_seed)``).
+        cv: the splitter, or an int k for ``StratifiedKFold(k, shuffle=True, seed=cv_seed)``. Default None
+            (``StratifiedKFold(5, shuffle=True, seed=cv_seed)``).
         transform_factory (callable): preprocessing fitted inside each fold. Default None.
-        cv_seed (int): seed of the default splitter's shuffle, the same for every trial (ignored when ``cv`` is
-            given). Default 0.
+        cv_seed (int): seed of the shuffle of the splitter made for ``cv`` None or an int, the same for every trial
+            (ignored when ``cv`` is a splitter). Default 0.
 
     Example:
         >>> from cynet.data import Standardize
@@ -307,9 +325,11 @@ class CrossValidatedTrial:
     def __init__(self, train_fn, cv=None, transform_factory=None, cv_seed=0):
         if not callable(train_fn):
             raise TypeError(f"CrossValidatedTrial: train_fn must be callable, got {train_fn!r}")
-        self.train_fn, self.cv, self.transform_factory = train_fn, cv, transform_factory
-        # checked here, not in every trial of a search (ignored when cv is given)
-        self.cv_seed = _check_seed("CrossValidatedTrial", cv_seed) if cv is None else cv_seed
+        # checked here, not in every trial of a search (ignored when cv is a splitter)
+        self.cv_seed = _check_seed("CrossValidatedTrial", cv_seed) if cv is None or isinstance(
+            cv, (int, np.integer)) else cv_seed
+        self.train_fn, self.transform_factory = train_fn, transform_factory
+        self.cv = _splitter("CrossValidatedTrial", cv, self.cv_seed)
 
     def __call__(self, params, data, budget, seed):
         x, y = data
