@@ -330,7 +330,8 @@ def load_trainer(path, trainer):
     All or nothing: everything is checked before anything changes (the model's keys and shapes, the optimiser's
     type, settings and state shapes, the scheduler's presence and type, the callbacks, the random states, the history
     and the counters), so a load that fails leaves the trainer as it was. The scheduler's and the callbacks' own
-    ``load_state_dict`` run first and are undone should one of them refuse its state.
+    ``load_state_dict`` run first and are undone should one of them refuse its state (the one that refused it
+    included, in case it raised half-way through its load).
 
     Callbacks are matched in order, leaving out those without state on both sides (a callback whose
     ``state_dict()`` is empty, such as :class:`~cynet.train.ProgressBar`, so ``progress=True`` or ``False`` does not
@@ -433,21 +434,21 @@ def load_trainer(path, trainer):
         if scheduler is not None:
             stage = f"the {type(scheduler).__name__} scheduler"
             sched_backup = _copied(scheduler.state_dict())
+            undo.append(lambda: scheduler.load_state_dict(sched_backup))   # (before: a load may raise half-way)
             scheduler.load_state_dict(sched_state)
-            undo.append(lambda: scheduler.load_state_dict(sched_backup))
         for callback, state in callback_states:
             stage = f"the {type(callback).__name__} callback"
             backup = _copied(callback.state_dict())
-            callback.load_state_dict(state)
             undo.append(lambda callback=callback, backup=backup: callback.load_state_dict(backup))
+            callback.load_state_dict(state)
             if isinstance(callback, EMA) and any(key.startswith("shadow.") for key in state) and (
                     callback.model is not trainer.model):
                 callback.attach(trainer.model)   # the loaded average, bound now: apply() works before any fit
         if checked_optim is None:       # not a cynet optimiser: it could not be checked beforehand
             stage = f"the {type(optimizer).__name__} optimiser"
             optim_backup = _copied(optimizer.state_dict())
-            optimizer.load_state_dict(optim_state)
             undo.append(lambda: optimizer.load_state_dict(optim_backup))
+            optimizer.load_state_dict(optim_state)
     except Exception as error:
         for step in reversed(undo):
             step()

@@ -531,6 +531,46 @@ def test_a_callback_refusing_its_state_undoes_what_was_loaded_before_it(tmp_path
     assert_same_trainer_state(trainer_state(target), before)
 
 
+class HalfLoader(Callback):
+    """A callback whose load_state_dict sets one attribute, then raises on the next (a half-done load)."""
+
+    def __init__(self):
+        self.a, self.b = 1, 2
+
+    def state_dict(self):
+        return {"a": self.a, "b": self.b}
+
+    def load_state_dict(self, state):
+        self.a = state["a"]
+        self.b = int(state["b"])
+
+
+def test_a_callback_raising_half_way_through_its_load_is_undone_too(tmp_path):
+    # the failing callback's own half-loaded state goes back, not only that of the callbacks before it
+    saved = HalfLoader()
+    saved.a = 10
+    path = _saved_sgd_run(tmp_path, callbacks=[EarlyStopping(monitor="val_loss", patience=9), saved])
+    arrays, meta = checkpoint.load(path)
+    meta["callbacks"][1]["state"]["b"] = "not a number"
+    checkpoint.save(tmp_path / "half.npz", arrays, meta)
+    target = _trained_target("sgd", callbacks=[EarlyStopping(monitor="val_loss", patience=9), HalfLoader()])
+    before = trainer_state(target)
+    with pytest.raises(CheckpointError, match="the HalfLoader callback refused its saved state"):
+        target.load_checkpoint(tmp_path / "half.npz")
+    assert (target.callbacks[1].a, target.callbacks[1].b) == (1, 2)
+    assert_same_trainer_state(trainer_state(target), before)
+
+    # EarlyStopping itself: a 'wait' that is not a count is refused after best/best_epoch were read
+    arrays, meta = checkpoint.load(path)
+    meta["callbacks"][0]["state"]["wait"] = "three"
+    checkpoint.save(tmp_path / "wait.npz", arrays, meta)
+    target = _trained_target("sgd", callbacks=[EarlyStopping(monitor="val_loss", patience=9), HalfLoader()])
+    before = trainer_state(target)
+    with pytest.raises(CheckpointError, match="the EarlyStopping callback refused its saved state"):
+        target.load_checkpoint(tmp_path / "wait.npz")
+    assert_same_trainer_state(trainer_state(target), before)
+
+
 def test_a_corrupt_random_state_or_counter_is_found_before_anything_changes(tmp_path):
     path = _saved_sgd_run(tmp_path)
     arrays, meta = checkpoint.load(path)
