@@ -422,6 +422,12 @@ def load_trainer(path, trainer):
     first_loss = counters.get("first_loss")
     if first_loss is not None and not _is_number(first_loss):
         problems.append(f"first_loss = {first_loss!r}")
+    if "iteration_at_epoch_end" in counters:     # (older checkpoints lack it: taken at an epoch's end)
+        at_end = counters["iteration_at_epoch_end"]
+        if not _is_count(at_end) or (_is_count(counters.get("iteration")) and at_end > counters["iteration"]):
+            problems.append(f"iteration_at_epoch_end = {at_end!r}")
+    if not isinstance(counters.get("stop_reason"), (str, type(None))):
+        problems.append(f"stop_reason = {counters['stop_reason']!r}")
     if problems:
         raise CheckpointError(f"checkpoint: {path!r} has invalid trainer counters: {', '.join(problems)}")
 
@@ -467,7 +473,7 @@ def load_trainer(path, trainer):
     trainer.epoch = int(counters["epoch"])
     trainer.iteration = int(counters["iteration"])
     # (older checkpoints: taken at an epoch's end, as far as can be told)
-    trainer._iteration_at_epoch_end = int(counters.get("iteration_at_epoch_end", trainer.iteration))
+    trainer._iteration_at_epoch_end = counters.get("iteration_at_epoch_end", trainer.iteration)
     trainer._first_loss = first_loss
     trainer.stop_reason = counters.get("stop_reason")
 

@@ -589,6 +589,20 @@ def test_a_corrupt_random_state_or_counter_is_found_before_anything_changes(tmp_
     assert_same_trainer_state(trainer_state(target), before)
 
 
+@pytest.mark.parametrize("key, value", [("iteration_at_epoch_end", "eight"), ("iteration_at_epoch_end", 10 ** 6),
+                                        ("iteration_at_epoch_end", -1), ("stop_reason", 5)])
+def test_every_trainer_counter_is_checked_before_anything_changes(tmp_path, key, value):
+    path = _saved_sgd_run(tmp_path)
+    arrays, meta = checkpoint.load(path)
+    meta["trainer"][key] = value
+    checkpoint.save(tmp_path / "bad.npz", arrays, meta)
+    target = _trained_target("sgd")
+    before = trainer_state(target)
+    with pytest.raises(CheckpointError, match=f"invalid trainer counters: {key} = {value!r}"):
+        target.load_checkpoint(tmp_path / "bad.npz")
+    assert_same_trainer_state(trainer_state(target), before)
+
+
 def test_a_checkpoint_saved_in_the_middle_of_an_epoch_says_it_is_not_an_exact_resume(tmp_path):
     x, y = blobs(70, seed=1)
 
