@@ -200,7 +200,13 @@ def _check_model_state(path, model, state):
     unexpected = [key for key in state if key not in expected]
     shapes = [f"{key}: model {tuple(expected[key].shape)}, checkpoint {tuple(state[key].shape)}"
               for key in expected if key in state and state[key].shape != expected[key].shape]
-    if missing or unexpected or shapes:
+    # numbers only (what Module.load_state_dict takes), checked here so that a trainer load fails before anything
+    # changes: strings or complex numbers, or a NaN/inf float for an integer buffer
+    dtypes = [f"{key}: model {expected[key].dtype}, checkpoint {state[key].dtype}"
+              for key in expected if key in state and (
+                  state[key].dtype.kind not in "biuf" or (expected[key].dtype.kind in "iu" and state[key].dtype.kind
+                                                         == "f" and not np.all(np.isfinite(state[key]))))]
+    if missing or unexpected or shapes or dtypes:
         parts = []
         if missing:
             parts.append(f"missing from the checkpoint: {missing}")
@@ -208,6 +214,8 @@ def _check_model_state(path, model, state):
             parts.append(f"not in the model: {unexpected}")
         if shapes:
             parts.append("shape mismatch: " + "; ".join(shapes))
+        if dtypes:
+            parts.append("not numbers the model can take: " + "; ".join(dtypes))
         raise CheckpointError(f"checkpoint: {path!r} does not fit {type(model).__name__}: " + " | ".join(parts))
 
 
@@ -242,8 +250,8 @@ def load_model(path, model):
         cynet.nn.Module: ``model``.
 
     Raises:
-        CheckpointError: the file is not a readable cynet checkpoint, or its keys/shapes differ from the model's
-            (all differences listed).
+        CheckpointError: the file is not a readable cynet checkpoint, or its keys/shapes differ from the model's, or
+            an array does not hold numbers (all differences listed).
     """
     arrays, _ = load(path)
     state = _strip("model.", arrays)

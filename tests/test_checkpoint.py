@@ -603,6 +603,21 @@ def test_every_trainer_counter_is_checked_before_anything_changes(tmp_path, key,
     assert_same_trainer_state(trainer_state(target), before)
 
 
+@pytest.mark.parametrize("bad", [np.array(["a"] * 12), np.zeros(12, np.complex64)], ids=["str", "complex"])
+def test_model_arrays_that_are_not_numbers_are_a_checkpoint_error_before_anything_changes(tmp_path, bad):
+    path = _saved_sgd_run(tmp_path)
+    arrays, meta = checkpoint.load(path)
+    arrays["model.0.bias"] = bad
+    checkpoint.save(tmp_path / "bad.npz", arrays, meta)
+    target = _trained_target("sgd", callbacks=[EarlyStopping(monitor="val_loss", patience=9)])
+    before = trainer_state(target)
+    with pytest.raises(CheckpointError, match=r"bad.npz.*0.bias: model float32, checkpoint " + str(bad.dtype)):
+        target.load_checkpoint(tmp_path / "bad.npz")
+    assert_same_trainer_state(trainer_state(target), before)     # the scheduler's epoch and the lr too
+    with pytest.raises(CheckpointError, match=r"0.bias: model float32, checkpoint " + str(bad.dtype)):
+        checkpoint.load_model(tmp_path / "bad.npz", mlp())
+
+
 def test_a_checkpoint_saved_in_the_middle_of_an_epoch_says_it_is_not_an_exact_resume(tmp_path):
     x, y = blobs(70, seed=1)
 
