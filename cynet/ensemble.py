@@ -419,10 +419,15 @@ class EMA(Callback):
     def load_state_dict(self, state):
         """Restore :meth:`state_dict`'s output (the shadow is bound to the model at once when one is attached, else at
         the next attach/training). A state without shadows (saved before any averaging) leaves nothing averaged. A
-        state that does not fit the attached model (other parameter names or shapes) raises ValueError and changes
-        nothing."""
-        decay = float(state.get("decay", self.decay))
-        num_updates = int(state.get("num_updates", 0))
+        state that does not fit the attached model (other parameter names or shapes), or whose ``decay`` is not in
+        [0, 1) or ``num_updates`` not an int >= 0, raises ValueError and changes nothing."""
+        decay = state.get("decay", self.decay)
+        if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0 <= decay < 1:
+            raise ValueError(f"EMA.load_state_dict: decay must be a number in [0, 1), got {decay!r}")
+        num_updates = state.get("num_updates", 0)
+        if isinstance(num_updates, bool) or not isinstance(num_updates, numbers.Integral) or num_updates < 0:
+            raise ValueError(f"EMA.load_state_dict: num_updates must be an int >= 0, got {num_updates!r}")
+        decay, num_updates = float(decay), int(num_updates)
         if any(key.startswith("shadow.") for key in state):
             pending, self._pending_state = self._pending_state, dict(state)
             if self.model is not None:

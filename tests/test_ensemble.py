@@ -280,6 +280,21 @@ def test_ema_decay_takes_any_real_number_type():
             EMA(bad)
 
 
+@pytest.mark.parametrize("key, value", [("decay", 1.5), ("decay", -0.5), ("decay", float("nan")),
+                                        ("num_updates", -3), ("num_updates", 2.5)])
+def test_an_ema_state_with_a_decay_or_count_the_constructor_would_refuse_is_refused(key, value):
+    # a decay of 1.5 loaded silently made the "average" 1.5 * shadow - 0.5 * weights, growing without bound
+    ema = EMA(0.9).attach(nn.Linear(3, 2, generator=0))
+    state = ema.state_dict()
+    state[key] = value
+    before = (ema.decay, ema.num_updates, [s.copy() for s in ema.shadow])
+    with pytest.raises(ValueError, match=f"EMA.load_state_dict: {key}"):
+        ema.load_state_dict(state)
+    assert (ema.decay, ema.num_updates) == before[:2]
+    for a, b in zip(ema.shadow, before[2]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_refused_checkpoint_leaves_the_ema_as_it_was(tmp_path):
     # the undo loaded the EMA's backup (no shadow), which left the refused file's shadow pending for the next fit
     x, y = _ema_problem(32)
