@@ -241,6 +241,11 @@ class Ensemble:
         return f"Ensemble({len(self.models)} models)"
 
 
+def _scalar_of(value):
+    """A 0-d array (how ``np.savez``/``np.load`` return a scalar) as its Python value; anything else as it is."""
+    return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
+
+
 class EMA(Callback):
     """Polyak/EMA averaging of the weights, as a :class:`~cynet.train.Trainer` callback.
 
@@ -421,10 +426,10 @@ class EMA(Callback):
         the next attach/training). A state without shadows (saved before any averaging) leaves nothing averaged. A
         state that does not fit the attached model (other parameter names or shapes), or whose ``decay`` is not in
         [0, 1) or ``num_updates`` not an int >= 0, raises ValueError and changes nothing."""
-        decay = state.get("decay", self.decay)
+        decay, num_updates = (_scalar_of(state.get(key, default)) for key, default in (("decay", self.decay),
+                                                                                        ("num_updates", 0)))
         if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0 <= decay < 1:
             raise ValueError(f"EMA.load_state_dict: decay must be a number in [0, 1), got {decay!r}")
-        num_updates = state.get("num_updates", 0)
         if isinstance(num_updates, bool) or not isinstance(num_updates, numbers.Integral) or num_updates < 0:
             raise ValueError(f"EMA.load_state_dict: num_updates must be an int >= 0, got {num_updates!r}")
         decay, num_updates = float(decay), int(num_updates)

@@ -352,3 +352,22 @@ def test_the_ema_follows_a_model_cast_to_float64():
             expected = 0.5 * expected + 0.5 * weights[i]
         assert shadow.dtype == np.float64
         np.testing.assert_allclose(shadow, expected, rtol=1e-14, atol=1e-15)
+
+
+def test_an_ema_state_read_back_from_npz_loads(tmp_path):
+    """np.savez/np.load hand scalars back as 0-d arrays: decay and num_updates load from them (the checks of
+    load_state_dict must not refuse a saved EMA's own state)."""
+    model = nn.Linear(3, 2, generator=0)
+    ema = EMA(0.9).attach(model)
+    for _ in range(3):
+        model.weight.data += 1.0
+        ema.update()
+    path = tmp_path / "ema.npz"
+    np.savez(path, **{key: np.asarray(value) for key, value in ema.state_dict().items()})
+    with np.load(path, allow_pickle=False) as f:
+        loaded = {key: f[key] for key in f.files}
+    other = EMA(0.5).attach(nn.Linear(3, 2, generator=1))
+    other.load_state_dict(loaded)
+    assert (other.decay, other.num_updates) == (0.9, 3) and type(other.num_updates) is int
+    for a, b in zip(other.shadow, ema.shadow):
+        np.testing.assert_array_equal(a, b)
