@@ -11,6 +11,7 @@ These helpers turn everything a user may pass into that, or raise:
   so the result is NumPy's, not whatever the threads' order of reads and writes would give.
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -158,3 +159,16 @@ def check_finite(owner, name, array):
         row = int(np.argwhere(bad)[0][0])
         raise ValueError(f"{owner}: {name} holds {count} NaN/inf value{'s' if count > 1 else ''} (first in row {row}); "
                          f"remove or impute them before training")
+
+
+def saved_scalar(value):
+    """A scalar of a state dict as its Python value: a 0-d array (how ``np.savez``/``np.load`` hand a scalar back) or
+    a NumPy scalar; anything else (arrays of more dimensions, Python values) as it is."""
+    if isinstance(value, (np.ndarray, np.generic)) and np.ndim(value) == 0:
+        return value.item()
+    return value
+
+
+def is_count(value):
+    """Whether ``value`` is an int >= 0 (NumPy integers included, bools not)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) and value >= 0

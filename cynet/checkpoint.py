@@ -51,6 +51,7 @@ import numpy as np
 
 from cynet import _random
 from cynet._files import atomic_file
+from cynet._validation import is_count
 from cynet.optim.optimizers import learning_rates
 
 __all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "save", "load", "save_model", "load_model",
@@ -422,7 +423,7 @@ def load_trainer(path, trainer):
         raise CheckpointError(f"checkpoint: {path!r} lists history keys {absent} without a 1-d array for each")
     counters = meta["trainer"]
     problems = [f"{key} = {counters.get(key)!r}" for key in ("epoch", "iteration")
-                if not _is_count(counters.get(key))]
+                if not is_count(counters.get(key))]
     lr = counters.get("lr")
     rates = lr if isinstance(lr, list) else [lr]
     if len(rates) != len(learning_rates(optimizer)) or not all(_is_number(r) and 0 <= r < float("inf") for r in rates):
@@ -432,7 +433,7 @@ def load_trainer(path, trainer):
         problems.append(f"first_loss = {first_loss!r}")
     if "iteration_at_epoch_end" in counters:     # (older checkpoints lack it: taken at an epoch's end)
         at_end = counters["iteration_at_epoch_end"]
-        if not _is_count(at_end) or (_is_count(counters.get("iteration")) and at_end > counters["iteration"]):
+        if not is_count(at_end) or (is_count(counters.get("iteration")) and at_end > counters["iteration"]):
             problems.append(f"iteration_at_epoch_end = {at_end!r}")
     if not isinstance(counters.get("stop_reason"), (str, type(None))):
         problems.append(f"stop_reason = {counters['stop_reason']!r}")
@@ -508,10 +509,6 @@ def _reason(error):
 
 def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_count(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _copied(state):

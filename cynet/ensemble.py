@@ -23,7 +23,7 @@ import numbers
 
 import numpy as np
 
-from cynet._validation import positive_int
+from cynet._validation import positive_int, saved_scalar
 from cynet.nn.module import Module
 from cynet.train import Callback
 
@@ -241,11 +241,6 @@ class Ensemble:
         return f"Ensemble({len(self.models)} models)"
 
 
-def _scalar_of(value):
-    """A 0-d array (how ``np.savez``/``np.load`` return a scalar) as its Python value; anything else as it is."""
-    return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
-
-
 class EMA(Callback):
     """Polyak/EMA averaging of the weights, as a :class:`~cynet.train.Trainer` callback.
 
@@ -426,7 +421,7 @@ class EMA(Callback):
         the next attach/training). A state without shadows (saved before any averaging) leaves nothing averaged. A
         state that does not fit the attached model (other parameter names or shapes), or whose ``decay`` is not in
         [0, 1) or ``num_updates`` not an int >= 0, raises ValueError and changes nothing."""
-        decay, num_updates = (_scalar_of(state.get(key, default)) for key, default in (("decay", self.decay),
+        decay, num_updates = (saved_scalar(state.get(key, default)) for key, default in (("decay", self.decay),
                                                                                         ("num_updates", 0)))
         if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0 <= decay < 1:
             raise ValueError(f"EMA.load_state_dict: decay must be a number in [0, 1), got {decay!r}")

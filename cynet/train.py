@@ -57,7 +57,7 @@ import numpy as np
 
 from cynet import checkpoint as _checkpoint
 from cynet._threading import copyto
-from cynet._validation import check_finite
+from cynet._validation import check_finite, is_count, saved_scalar
 from cynet.nn.loss import LabelError
 from cynet.nn.module import Module
 from cynet.nn.normalization import _batch_slices, _BatchNorm
@@ -267,8 +267,19 @@ class _BestTracker(Callback):
             if saved is not None and str(saved) != getattr(self, key):
                 raise ValueError(f"{self._owner}: the saved state watched {key}={str(saved)!r}, this one "
                                  f"{key}={getattr(self, key)!r}")
-        self.best = state.get("best")
-        self.best_epoch = state.get("best_epoch")
+        self.best, self.best_epoch = self._checked_best(state)
+
+    def _checked_best(self, state):
+        """``best`` (None or a finite number) and ``best_epoch`` (None or an int >= 0) of ``state`` (0-d arrays as
+        read back from an ``.npz`` taken), or ValueError naming the callback: a string best failed at the next
+        comparison, deep in a run."""
+        best, epoch = (saved_scalar(state.get(key)) for key in ("best", "best_epoch"))
+        if best is not None and (isinstance(best, bool) or not isinstance(best, numbers.Real)
+                                 or not math.isfinite(best)):
+            raise ValueError(f"{self._owner}: the saved best must be a finite number or None, got {best!r}")
+        if epoch is not None and not is_count(epoch):
+            raise ValueError(f"{self._owner}: the saved best_epoch must be an int >= 0 or None, got {epoch!r}")
+        return (None if best is None else float(best)), (None if epoch is None else int(epoch))
 
 
 class EarlyStopping(_BestTracker):
@@ -353,8 +364,12 @@ class EarlyStopping(_BestTracker):
         return state
 
     def load_state_dict(self, state):
+        wait = saved_scalar(state.get("wait", 0))
+        if not is_count(wait):     # checked before anything is assigned: a refused state changes nothing
+            raise ValueError(f"EarlyStopping: the saved wait must be an int >= 0, got {wait!r}")
+        self._checked_best(state)
         super().load_state_dict(state)
-        self.wait = int(state.get("wait", 0))
+        self.wait = int(wait)
         for name in ("best_state", "training_state"):
             prefix = name + "."
             setattr(self, name, {key[len(prefix):]: np.array(value) for key, value in state.items()

@@ -1054,3 +1054,34 @@ def test_a_label_out_of_range_is_named_by_its_row_in_y():
         trainer.fit(x, y, epochs=1, batch_size=8)
     with pytest.raises(ValueError, match=r"Trainer.evaluate: label 3 in row 21 of y"):
         trainer.evaluate(x, y)
+
+
+@pytest.mark.parametrize("key,value,message", [("best", "0.5", "best must be a finite number or None"),
+                                               ("best", float("nan"), "best must be a finite number or None"),
+                                               ("best_epoch", -1, "best_epoch must be an int >= 0 or None"),
+                                               ("wait", 2.5, "wait must be an int >= 0"),
+                                               ("wait", "two", "wait must be an int >= 0")])
+def test_early_stopping_refuses_a_saved_state_it_cannot_use_and_keeps_its_own(key, value, message):
+    """A best that is a string loaded and failed at the next comparison, deep in a run; a wait that is not a count
+    raised from int() after best and best_epoch were already replaced. Now refused before anything changes."""
+    stopper = EarlyStopping(monitor="val_loss", patience=3)
+    stopper.best, stopper.best_epoch, stopper.wait = 0.25, 4, 1
+    state = stopper.state_dict()
+    state.update(best=0.75, best_epoch=6, wait=0)
+    state[key] = value
+    with pytest.raises(ValueError, match=message):
+        stopper.load_state_dict(state)
+    assert (stopper.best, stopper.best_epoch, stopper.wait) == (0.25, 4, 1)
+
+
+def test_early_stopping_loads_its_state_read_back_from_npz(tmp_path):
+    stopper = EarlyStopping(monitor="val_acc", patience=3)
+    stopper.best, stopper.best_epoch, stopper.wait = 0.625, 4, 2
+    path = tmp_path / "stopper.npz"
+    np.savez(path, **{key: np.asarray(value) for key, value in stopper.state_dict().items()})
+    with np.load(path, allow_pickle=False) as f:
+        loaded = {key: f[key] for key in f.files}
+    other = EarlyStopping(monitor="val_acc", patience=3)
+    other.load_state_dict(loaded)
+    assert (other.best, other.best_epoch, other.wait) == (0.625, 4, 2)
+    assert type(other.best) is float and type(other.best_epoch) is int and type(other.wait) is int

@@ -36,6 +36,7 @@ import warnings
 
 import numpy as np
 
+from cynet._validation import saved_scalar
 from cynet.optim.optimizers import Optimizer
 
 __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "InverseTimeLR", "InverseSqrtLR", "LinearLR",
@@ -48,14 +49,6 @@ def _is_int(value):
 
 def _is_real(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _unwrap(value):
-    """A 0-d NumPy array (how ``np.savez``/``np.load`` hand back a scalar: a setting, a counter, ReduceLROnPlateau's
-    mode) as its Python value; anything else (MultiStepLR's milestones, per-group rates) as it is."""
-    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "biufU":
-        return value.item()
-    return value
 
 
 class _Scheduler:
@@ -136,7 +129,7 @@ class _Scheduler:
             raise KeyError(f"{name}: " + "; ".join(parts))
         probe = copy.copy(self)
         for key in self._settings + self._counters:
-            setattr(probe, key, _unwrap(state[key]))
+            setattr(probe, key, saved_scalar(state[key]))
         probe._validate()
         probe._validate_counters()
         self.__dict__.update(probe.__dict__)  # the settings, the counters and what is derived from them
