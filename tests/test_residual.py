@@ -80,6 +80,27 @@ def test_the_input_is_kept_from_in_place_modules_in_the_body():
     np.testing.assert_allclose(block(x.copy()), expected, rtol=1e-6)
 
 
+def test_the_input_and_what_the_body_keeps_are_kept_from_in_place_modules_in_the_shortcut():
+    # Nested after a Linear, the block's input is a fresh array that no enclosing module protects: a shortcut starting
+    # with an in-place ReLU overwrote it after the body's Linear had kept it, and that Linear's weight gradient,
+    # dout^T x, came out of the rectified x (0.8 off for this one).
+    model = nn.Sequential(nn.Linear(4, 4), nn.Residual(nn.Sequential(nn.Linear(4, 4)),
+                                                       nn.Sequential(nn.ReLU(inplace=True), nn.Linear(4, 4))))
+    with pytest.raises(ValueError, match="runs in place and would overwrite"):
+        model(np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4))
+    # a body that passes x on returns x itself: the shortcut's in-place ReLU would change the body's output too
+    model = nn.Sequential(nn.Linear(4, 4), nn.Residual(nn.Identity(), nn.Sequential(nn.ReLU(inplace=True))))
+    with pytest.raises(ValueError, match="runs in place and would overwrite"):
+        model(np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4))
+    # after a fresh array inside the shortcut, an in-place activation is fine: y = body(x) + relu(W x + b)
+    cynet.manual_seed(0)
+    block = nn.Residual(nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True)))
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    body, short = block.body, block.shortcut[0]
+    expected = (x @ body.weight.data.T + body.bias.data) + np.maximum(x @ short.weight.data.T + short.bias.data, 0)
+    np.testing.assert_allclose(block(x.copy()), expected, rtol=1e-6)
+
+
 def test_shape_mismatch_and_bad_arguments_are_refused():
     block = nn.Residual(nn.Linear(4, 3))
     with pytest.raises(ValueError, match=r"the body's output .*\(2, 3\).* and the shortcut's .*\(2, 4\)"):

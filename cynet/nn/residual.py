@@ -32,7 +32,9 @@ class Residual(Module):
     A ReLU after the sum, as in ResNet, goes after the block in the enclosing :class:`Sequential`.
 
     While the body runs, the input is kept from in-place modules inside it (the shortcut still reads it):
-    ``Residual(nn.Sequential(nn.ReLU(inplace=True), ...))`` raises the Sequential's ValueError.
+    ``Residual(nn.Sequential(nn.ReLU(inplace=True), ...))`` raises the Sequential's ValueError; while the shortcut
+    runs, so are the input, the body's output and what the body keeps for its backward (a first Linear's input):
+    ``Residual(body, nn.Sequential(nn.ReLU(inplace=True), ...))`` raises it too.
 
     Args:
         body (Module): :math:`F`; it must not run in place itself.
@@ -74,7 +76,13 @@ class Residual(Module):
         self._refuse_in_place_branches(self.body, self.shortcut, repr(self))
         with _protecting(_arrays_within(x)):      # the shortcut reads x after the body
             out = self.body(x)
-        skip = np.asarray(x) if self.shortcut is None else self.shortcut(x)
+        if self.shortcut is None:
+            skip = np.asarray(x)
+        else:
+            # an in-place module inside the shortcut must not overwrite x either (what the body keeps of it, a Linear's
+            # input, or the body's output itself when the body passes x on) nor anything else the body keeps
+            with _protecting(list(_arrays_within(x)) + list(self.body._kept_arrays()) + list(_arrays_within(out))):
+                skip = self.shortcut(x)
         if np.shape(out) != np.shape(skip):
             raise ValueError(f"{self!r}: the body's output ({describe(np.asarray(out))}) and the shortcut's "
                              f"({describe(skip)}) must have the same shape; give a shortcut that projects x")
