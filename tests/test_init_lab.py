@@ -160,6 +160,20 @@ def test_sigmoid_saturates_at_zero_and_one_and_one_zero_layer_separates_at_the_f
     assert one.verdict == "units identical until the first step"
 
 
+def test_one_zero_relu_layer_is_never_separated_by_the_step():
+    # a single zero-initialised ReLU layer outputs 0 everywhere, where ReLU passes no gradient: the step leaves its
+    # weights at zero (oracle below), so its units stay identical; it was called "units identical until the first
+    # step" (symmetric_after_step read False for any single layer)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, 20))
+    out = np.maximum(x @ np.zeros((20, 20)).T, 0.0)
+    grad = ((out - rng.standard_normal(out.shape)) / 30 * (out > 0)).T @ x
+    assert not np.any(grad)                                  # the weights do not move
+    one = init_experiment("relu", "zeros", layers=1, width=20, samples=30)
+    assert one.identical_units == [True] and one.symmetric_after_step
+    assert one.verdict == "symmetry never broken"
+
+
 def test_a_later_in_place_module_does_not_change_a_recorded_output():
     # leaf mode: Dropout(inplace=True) overwrote the Linear's output before it was summarised (its std read 0.80
     # instead of 0.56)

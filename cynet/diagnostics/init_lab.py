@@ -245,7 +245,8 @@ class InitExperiment:
             the first step".
         identical_units (list[bool]): per layer, whether all units carry identical activations.
         symmetric_after_step (bool): whether, after one SGD step, all units of every hidden layer still share the
-            same weights (the output layer's differ: each output unit has its own target).
+            same weights (the output layer's differ: each output unit has its own target); for a single layer,
+            whether its own units still do (a zero-initialised ReLU layer gets no gradient and never separates).
     """
 
     nonlinearity: str
@@ -392,7 +393,9 @@ def init_experiment(nonlinearity="tanh", init="xavier", layers=10, width=500, sa
     for param in net.parameters():
         param.data -= 0.1 * param.grad
     # the hidden layers: the output layer's units get different targets, so its rows part from the first step on
-    hidden = modules[::2][:-1]
-    result.symmetric_after_step = bool(hidden) and all(bool(np.all(m.weight.data == m.weight.data[:1])) for m in hidden)
+    # where a gradient reaches them; a single layer is its own output layer and is read itself (ReLU at 0 passes no
+    # gradient: its zero weights do not move and its units stay identical)
+    hidden = modules[::2][:-1] or modules[:1]
+    result.symmetric_after_step = all(bool(np.all(m.weight.data == m.weight.data[:1])) for m in hidden)
     result.verdict = _verdict(result)
     return result
