@@ -161,6 +161,23 @@ def test_missing_keys_and_errors():
         diagnose([1, 2, 3])
 
 
+@pytest.mark.parametrize("loss", [
+    [0.0] * 10 + list(np.linspace(0.0, 1e6, 90)),      # from 0 to a million: diverged
+    list(np.linspace(-5.0, 50.0, 100)),                # a negative start, rising by 55
+    [-1.0] * 100,
+])
+def test_a_loss_starting_at_zero_or_below_cannot_be_judged_and_is_not_called_healthy(loss):
+    # every rule is relative to the start (3x, +5 %, -5 %): with a start <= 0 none applied and the curve, even one
+    # from 0 to 1e6, was reported "healthy: keep going"
+    start = float(np.mean(loss[:len(loss) // 20]))
+    assert start <= 0
+    d = diagnose({"loss": loss})
+    assert "healthy" not in d.names()
+    assert d.names() == ["cannot tell"]
+    assert d[0].severity == "info" and d[0].values["start"] == pytest.approx(start)
+    assert f"{start:.4g}" in d[0].evidence
+
+
 def test_a_loss_that_falls_and_climbs_back_to_its_start_rose_rather_than_stood_still():
     # before: end within 5 % of start read "not moving: raise the learning rate", the opposite advice
     loss = np.concatenate([np.linspace(2.3, 0.5, 500), np.linspace(0.5, 2.3, 500)])

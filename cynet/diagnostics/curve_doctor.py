@@ -27,8 +27,10 @@ underfitting          warning   gap < 0.05 (``SMALL_GAP``) and train_acc < 0.6  
                                 (``LOW_ACCURACY``)
 still improving       info      val_acc at its best in the last epoch and up > 1 point           train longer
                                 (``RISING``) over the last 3 epochs
-healthy               ok        none of the alarms or warnings above                             —
+healthy               ok        none of the alarms or warnings above (and the loss judged)       —
 no data               info      no loss over 2 or more iterations and no finite accuracy         train first
+cannot tell           info      the loss starts at 0 or below: every loss rule above compares    judge the curve
+                                with the start, so none applies (and "healthy" is not claimed)   by eye
 ====================  ========  ===============================================================  ====================
 
 Example:
@@ -144,6 +146,14 @@ def _loss_findings(loss, found):
     smooth = _moving_average(loss, window)
     end = float(smooth[-1])
     if start <= 0:
+        # every rule is relative to the start: 3x, +5 %, -5 % of a start of 0 or below mean nothing
+        found.append(Finding(
+            "cannot tell", "info",
+            f"the loss starts at {start:.4g} (mean of the first {window} iterations) and ends at {end:.4g}: the "
+            f"rules compare the loss with its start, which must be positive",
+            "judge this curve by eye (plot_loss); the rules fit a loss that is positive at the start, such as "
+            "cross-entropy, an SVM loss or a mean squared error",
+            {"start": start, "end": end, "iterations": n}))
         return
     if end > (1 + LOSS_RISE) * start:
         found.append(Finding(
@@ -279,7 +289,7 @@ def diagnose(history):
         found.append(Finding(
             "no data", "info", "the history holds no loss over 2 or more iterations and no finite accuracy",
             "nothing to diagnose: pass the history of a run (Trainer.history after fit)"))
-    elif not any(f.severity in ("alarm", "warning") for f in found):
+    elif not any(f.severity in ("alarm", "warning") or f.name == "cannot tell" for f in found):
         loss = _series(history, "loss")
         evidence = "no alarm or warning"
         if loss.size >= 2:
