@@ -178,6 +178,18 @@ def test_a_loss_starting_at_zero_or_below_cannot_be_judged_and_is_not_called_hea
     assert f"{start:.4g}" in d[0].evidence
 
 
+@pytest.mark.parametrize("key", ["train_acc", "val_acc"])
+def test_accuracies_given_in_percent_are_refused_not_read_as_fractions(key):
+    # 90 % vs 85 % is a 5-point gap (no overfitting); read as fractions 90 and 85 it was a gap of 500 % and the
+    # finding said "train accuracy 9000.0%"
+    history = {"train_acc": [50.0, 90.0], "val_acc": [45.0, 85.0]}
+    history = {k: (v if k == key else [a / 100 for a in v]) for k, v in history.items()}
+    with pytest.raises(ValueError, match=key):
+        diagnose(history)
+    fractions = diagnose({"train_acc": [0.5, 0.9], "val_acc": [0.45, 0.85]})
+    assert "overfitting" not in fractions.names()
+
+
 def test_a_loss_that_falls_and_climbs_back_to_its_start_rose_rather_than_stood_still():
     # before: end within 5 % of start read "not moving: raise the learning rate", the opposite advice
     loss = np.concatenate([np.linspace(2.3, 0.5, 500), np.linspace(0.5, 2.3, 500)])

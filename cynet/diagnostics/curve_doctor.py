@@ -1,7 +1,7 @@
 r"""The curve doctor: read a training history and name the lecture's patterns, with the numbers and the advice.
 
 :func:`diagnose` takes a :class:`cynet.train.Trainer` history (per iteration "loss"; per epoch "train_loss",
-"train_acc", "val_loss", "val_acc") and applies these rules. The per-iteration loss is first smoothed with a
+"train_acc", "val_loss", "val_acc", accuracies as fractions in [0, 1]) and applies these rules. The per-iteration loss is first smoothed with a
 moving average over :math:`w = \max(1, n/20)` iterations; *start* is the mean of the first w losses, *end* the last
 smoothed value.
 
@@ -216,6 +216,12 @@ def _loss_findings(loss, found):
 def _accuracy_findings(history, found):
     train = _series(history, "train_acc")
     val = _series(history, "val_acc")
+    for key, values in (("train_acc", train), ("val_acc", val)):
+        outside = values[np.isfinite(values) & ((values < 0) | (values > 1))]
+        if outside.size:
+            # percentages (0-100) read as fractions: a gap of 30 points became 3000 %, always "overfitting"
+            raise ValueError(f"diagnose: history[{key!r}] must hold accuracies as fractions in [0, 1] (as "
+                             f"Trainer.history does), got {outside[0]:g}; divide percentages by 100")
     if not train.size or not math.isfinite(train[-1]):
         return
     if val.size != train.size or not math.isfinite(val[-1]):
@@ -272,6 +278,7 @@ def diagnose(history):
 
     Raises:
         TypeError: history is not a mapping.
+        ValueError: a finite "train_acc" or "val_acc" outside [0, 1] (a percentage, not a fraction).
 
     Example:
         >>> d = diagnose(trainer.history)    # doctest: +SKIP
