@@ -1,9 +1,9 @@
 r"""The curve doctor: read a training history and name the lecture's patterns, with the numbers and the advice.
 
 :func:`diagnose` takes a :class:`cynet.train.Trainer` history (per iteration "loss"; per epoch "train_loss",
-"train_acc", "val_loss", "val_acc", accuracies as fractions in [0, 1]) and applies these rules. The per-iteration loss is first smoothed with a
-moving average over :math:`w = \max(1, n/20)` iterations; *start* is the mean of the first w losses, *end* the last
-smoothed value.
+"train_acc", "val_loss", "val_acc", accuracies as fractions in [0, 1]) and applies these rules. The per-iteration
+loss is first smoothed with a moving average over :math:`w = \max(1, n/20)` iterations; *start* is the mean of the
+first w losses, *end* the last smoothed value.
 
 ====================  ========  ===============================================================  ====================
 finding               severity  rule (module constant)                                           advice
