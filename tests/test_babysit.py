@@ -123,6 +123,15 @@ def test_svm_expected_loss_is_c_minus_one_and_mse_is_skipped():
     target = np.random.default_rng(1).normal(size=(len(x), 5)).astype(np.float32)
     report = babysit(small, MSELoss(), x, target, optimizer_factory=sgd, **FAST)
     assert report["initial loss"].passed is None and "skipped" in report["initial loss"].explanation
+    # a regression has no accuracy to reach: the overfit check expects the loss only (it asked for "100% acc")
+    assert report["overfit tiny subset"].expected == "loss < 10% of start"
+    assert "acc" not in report["overfit tiny subset"].measured
+    assert report_expected_for_classification(x, y).startswith("100% acc, loss < ")
+
+
+def report_expected_for_classification(x, y):
+    model = nn.Sequential(nn.Linear(20, 5, init="normal", generator=0))
+    return babysit(model, SoftmaxCrossEntropy(), x, y, optimizer_factory=sgd, **FAST)["overfit tiny subset"].expected
 
 
 def test_zero_init_passes_but_warns_about_symmetry():

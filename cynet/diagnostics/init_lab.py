@@ -263,8 +263,8 @@ class InitExperiment:
 
     @property
     def unit_stds(self):
-        """Per layer, the signal's std (:attr:`LayerStats.unit_std`): what the verdict's collapse and explosion
-        rules read."""
+        """Per layer, the signal's std (:attr:`LayerStats.unit_std`): what the verdict's collapse rules read beside
+        :attr:`stds` (the explosion rule reads :attr:`stds` alone)."""
         return np.array([s.unit_std for s in self.stats])
 
     @property
@@ -307,7 +307,8 @@ def _shrinks(stds):
 def _verdict(result):
     stds = result.stds
     if result.identical_units and all(result.identical_units):
-        # one layer: its units get different targets and part at the first step (symmetric_after_step is False)
+        # identical units part at the first step where a gradient reaches them (a single layer's units get
+        # different targets), and never where none does (zero weights before a ReLU): symmetric_after_step says which
         return "symmetry never broken" if result.symmetric_after_step else "units identical until the first step"
     if not np.all(np.isfinite(stds)):
         return "exploding"
