@@ -21,7 +21,8 @@ from hypothesis.extra.numpy import arrays
 import cynet
 from cynet import ops, reference
 from _helpers import (BY_ID, ELEMENTWISE, EXTENDED, SPECIAL_VALUES, TRANSCENDENTAL, condition_number,
-                      numerical_gradient, numerical_gradient_elementwise, relative_error, truth_forward, ulp_error)
+                      numerical_gradient, numerical_gradient_elementwise, relative_error, truth_derivative, truth_forward,
+                      ulp_error)
 
 DTYPES = [np.float32, np.float64]
 DTYPE_IDS = ["float32", "float64"]
@@ -549,3 +550,18 @@ def test_gelu_backward_at_infinity_is_nan_in_every_dtype(approximate):
         with np.errstate(invalid="ignore", over="ignore"):
             dx = cynet.ops.gelu_backward(np.ones_like(x), x, approximate=approximate)
         assert np.isnan(dx).all(), (dtype, approximate, dx)
+
+
+# float64 gelu_backward(approximate='tanh') (the kernel and the reference alike) took the gate's slope
+# sigma(w) (1 - sigma(w)) from the rounded sigma(w), which is exactly 1 from x = 4.9 on, while the term it multiplies,
+# x sigma (1 - sigma) 2c (1 + 3k x^2), is still several eps there: dx was 5.4 eps |dout| (1 + |x|) off at x = 7.09,
+# beyond BACKWARD_EPS (the float32 kernel, which takes e / (1 + e)^2 with e = exp(-|w|), met it). The oracle: the
+# long-double derivative (its own cancellation is 2048 times smaller).
+@pytest.mark.parametrize("module", [ops, reference], ids=["kernel", "reference"])
+def test_float64_gelu_tanh_backward_keeps_the_gate_slope_where_the_gate_rounds_to_one(module):
+    x = np.linspace(-12, 12, 240_001)
+    dout = np.random.default_rng(41).standard_normal(x.size)
+    dx = module.gelu_backward(dout, x, approximate="tanh")
+    truth = dout.astype(np.longdouble) * truth_derivative(BY_ID["gelu-tanh"], x)
+    err = (np.abs(dx - truth) / (np.finfo(np.float64).eps * np.abs(dout) * (1 + np.abs(x)))).astype(np.float64)
+    assert err.max() <= BACKWARD_EPS, (x[np.argmax(err)], err.max())

@@ -25,7 +25,7 @@ from cynet._kernels._vecmath cimport (FUSED_FMA, STAGE, TAIL_RATIO_BLOCK, _expm1
                                       gelu_erf_central_block, gelu_erf_slope_central_block, gelu_tanh_central_block,
                                       gelu_tanh_slope_central_block, normal_tail_ratio, scatter_f32,
                                       normal_tail_ratio_block, normal_tail_ratio_f32, opaque_f32, opaque_f64, round_f32,
-                                      vexp_neg_block, vexpm1_block, vsigmoid_block, vtanh_block)
+                                      vexp_neg_block, vexpm1_block, vfabs, vsigmoid_block, vtanh_block)
 
 
 cpdef enum Activation:
@@ -336,18 +336,24 @@ cdef inline void _gelu_tanh_slope_stage(const floating* dout, const floating* x,
             dx[i] = dout[i] * (gate + v * (gate_slope * (<float>1.5957691216057308 *
                                                           (<float>1.0 + <float>0.134145 * x2))))
     else:
-        # x clamped to +-40 inside w and the polynomial as above (beyond, sigma(w) is exactly 0 or 1 in float64 and
-        # its derivative exactly 0; unclamped, x^2 overflows past 1.3e154 and 0 * inf gave NaN for a finite x)
+        # x clamped to +-40 inside w and the polynomial as above (beyond, exp(-|w|) is 0 in float64, so sigma(w) is
+        # exactly 0 or 1 and its derivative 0; unclamped, x^2 overflows past 1.3e154 and 0 * inf gave NaN for a finite
+        # x). sigma(w) (1 - sigma(w)) = e / (1 + e)^2 as in float32: sigma (1 - sigma) from a rounded sigma lost the
+        # slope where sigma rounds to 1 (x = 7.09: 5.4 eps (1 + |x|), the bound is 4)
         for i in range(m):
             v = x[i]
             xc = 40.0 if v > 40.0 else (-40.0 if v < -40.0 else v)
             w[i] = 2.0 * SQRT_2_OVER_PI * (xc + GELU_TANH_CUBIC * xc * xc * xc)
-        vsigmoid_block(w, w, m)
+            e[i] = vfabs(w[i])
+        vexp_neg_block(e, e, m)
         for i in range(m):
             v = x[i]
             xc = 40.0 if v > 40.0 else (-40.0 if v < -40.0 else v)
-            t = w[i]
-            dx[i] = dout[i] * (t + v * t * (1 - t) * 2.0 * SQRT_2_OVER_PI * (1 + 3.0 * GELU_TANH_CUBIC * xc * xc))
+            t = e[i]
+            s = 1.0 / (1.0 + t)
+            gate = t * s if w[i] < 0 else s
+            gate_slope = (t * s) * s                                                    # sigma(w) (1 - sigma(w))
+            dx[i] = dout[i] * (gate + v * gate_slope * 2.0 * SQRT_2_OVER_PI * (1 + 3.0 * GELU_TANH_CUBIC * xc * xc))
 
 
 # Per-stage bodies (m <= STAGE values; the kernels call them with m = STAGE, a constant the compiler unrolls for, then
