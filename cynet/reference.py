@@ -266,8 +266,10 @@ def _gelu_backward_wide(dout, x, approximate):
         grad = _erfc_wide(-x / sqrt2) / 2 + x * _normal_pdf_wide(x)
     else:
         with np.errstate(over="ignore", invalid="ignore"):  # in the branch np.where drops
-            s = _stable_sigmoid(2 * (sqrt_2_over_pi * (x + cubic * x ** 3)))
-            slope = s * (1 - s)
+            w = 2 * (sqrt_2_over_pi * (x + cubic * x ** 3))
+            s = _stable_sigmoid(w)
+            e = np.exp(-np.abs(w))
+            slope = e / ((1 + e) * (1 + e))  # s (1 - s), which is 0 once s rounds to 1 (x > 7.3) while this is not
             # s (1 - s) = 0: the second term is 0 (not 0 * inf = NaN once x^2 overflows, |x| > 1e2466)
             grad = np.where(slope == 0, s, s + x * slope * 2 * sqrt_2_over_pi * (1 + 3 * cubic * x * x))
             # x = +-inf: NaN as every other dtype's (inf * 0 in the slope term), not the limits 1 and 0

@@ -517,6 +517,16 @@ def test_longdouble_gelu_beyond_the_range_of_float64(approximate):
     np.testing.assert_array_equal(dx, [1, 0.5, 0, 0.5, 1, 0])
 
 
+@needs_extended
+def test_longdouble_gelu_tanh_backward_keeps_the_gate_slope_where_the_gate_rounds_to_one():
+    # the long-double tanh form took sigma(w) (1 - sigma(w)) from the rounded sigma(w), exactly 1 in long double from
+    # x = 7.3 on: at x = 7.665 dx was 1, 6.2 long-double eps (1 + |x|) below mpmath's derivative (60 digits)
+    x = np.array([np.longdouble("7.665")])
+    dx = ops.gelu_backward(np.ones_like(x), x, approximate="tanh")
+    truth = np.longdouble("1.000000000000000005812757")
+    assert float(abs(dx[0] - truth)) <= BACKWARD_EPS * float(np.finfo(np.longdouble).eps) * (1 + 7.665), dx[0]
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_elu_and_selu_keep_the_sign_of_a_negative_zero(dtype):
     """alpha (e^x - 1) at x = -0 is -0 (expm1(-0) = -0, torch gives -0); the kernels and the reference gave +0 for
