@@ -118,3 +118,16 @@ def test_trainer_steps_with_the_clipped_gradient():
     for bad in (0, -1.0, math.inf, "1"):
         with pytest.raises(ValueError, match="clip_grad_norm must be a positive finite number"):
             cynet.Trainer(model, loss, optim.SGD(model.parameters(), lr=0.1), progress=False, clip_grad_norm=bad)
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf])
+@pytest.mark.parametrize("where", [0, 1, 2])
+def test_a_nan_gradient_in_any_parameter_makes_the_norm_nan(norm_type, where):
+    # the inf-norm took Python's max over the parameters, which drops a NaN unless it comes first: a NaN in the second
+    # parameter's gradient gave a finite norm, error_if_nonfinite did not raise and the NaN stayed (torch: NaN)
+    params, _ = _parameters()
+    params[where].grad[(0,) * params[where].grad.ndim] = np.nan
+    with pytest.raises(RuntimeError, match="cannot be clipped"):
+        clip_grad_norm_(params, 1.0, norm_type=norm_type, error_if_nonfinite=True)
+    assert math.isnan(clip_grad_norm_(params, 1.0, norm_type=norm_type))
+    assert all(np.all(np.isnan(p.grad)) for p in params)            # scaled by a NaN factor, as in PyTorch

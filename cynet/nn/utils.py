@@ -75,7 +75,9 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     if not grads:
         return 0.0
     if norm_type == math.inf:
-        total = max(float(np.max(np.abs(g))) if g.size else 0.0 for g in grads)
+        # np.max, not Python's max: a NaN compares False, so max() kept it only when it came first (a NaN in any
+        # other parameter's gradient gave a finite norm, no error_if_nonfinite, and the NaN left in place)
+        total = float(np.max([float(np.max(np.abs(g))) if g.size else 0.0 for g in grads]))
     elif norm_type == 2.0:
         total = math.sqrt(sum(float(np.dot(g.reshape(-1), g.reshape(-1))) for g in grads))
     else:
