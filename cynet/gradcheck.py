@@ -137,6 +137,9 @@ MAX_NOISE_FACTOR = 1e5
 UNRESOLVED = "unresolved: gradients below the rounding noise"
 #: The verdict of a check whose every sampled entry crossed a kink (nothing was compared).
 UNRESOLVED_KINKS = "unresolved: every sampled entry crossed a kink"
+#: The verdict of a check that sampled no entry at all (every parameter frozen and ``check_input=False``).
+NOTHING_CHECKED = ("nothing checked: no learnable parameter (frozen ones are skipped) and no input (check_input=False) "
+                   "to sample")
 
 
 def rel_error(a, n):
@@ -326,6 +329,12 @@ class GradcheckReport:
         return (self.num_below_noise > 0 or self.num_kinks > 0) and not any(a.num_checked for a in self.arrays)
 
     @property
+    def nothing_checked(self):
+        """True when no entry was sampled at all: every parameter frozen (or none) and the input not checked, or
+        only empty arrays. Such a check compared nothing and does not pass."""
+        return not any(a.indices for a in self.arrays)
+
+    @property
     def noise_level(self):
         """The largest rounding-noise level :math:`\\delta_i` of the entries below the noise (0 when none is)."""
         levels = [float(np.max(a.noise[a.below_noise & ~a.kink])) for a in self.arrays if a.num_below_noise]
@@ -334,7 +343,10 @@ class GradcheckReport:
     @property
     def verdict(self):
         """The lecture's band of :attr:`max_error` (see :func:`verdict`); when the check is :attr:`unresolved`,
-        ``"unresolved: gradients below the rounding noise (|n| <= ...); scale the input or the loss up"``."""
+        ``"unresolved: gradients below the rounding noise (|n| <= ...); scale the input or the loss up"``; when
+        :attr:`nothing_checked`, ``"nothing checked: ..."``."""
+        if self.nothing_checked:
+            return NOTHING_CHECKED
         if self.unresolved and not self.num_below_noise:
             return f"{UNRESOLVED_KINKS}; move the sample point (another input, or a random one)"
         if self.unresolved:
@@ -351,8 +363,10 @@ class GradcheckReport:
     def passed(self):
         """True when :attr:`max_error` is below :attr:`threshold` and the check is not :attr:`unresolved` (some
         entry rose above the rounding noise). An array that is unresolved while others are verified (the bias of a
-        Linear followed by batch norm, whose gradient is exactly 0) does not fail the check; the report names it."""
-        return not self.unresolved and self.max_error < self.threshold and not self.not_accumulating
+        Linear followed by batch norm, whose gradient is exactly 0) does not fail the check; the report names it. A
+        check that sampled no entry at all (:attr:`nothing_checked`) does not pass either."""
+        return (not self.unresolved and not self.nothing_checked and self.max_error < self.threshold
+                and not self.not_accumulating)
 
     @property
     def suspicious(self):
@@ -402,6 +416,8 @@ class GradcheckReport:
         if self.not_accumulating:
             status = (f"FAILED: the backward does not add into .grad for {', '.join(self.not_accumulating)} (a second "
                       f"backward did not double it: assigned, not accumulated?)")
+        elif self.nothing_checked:
+            status = "FAILED: no entry was compared"
         elif self.unresolved and not self.num_below_noise:
             status = "FAILED: no entry was compared (every one crossed a kink)"
         elif self.unresolved:

@@ -762,3 +762,19 @@ def test_a_backward_that_assigns_the_gradient_instead_of_adding_fails():
 
     good = check_module(Right(), x, num_checks=5, seed=0)
     assert good.passed and good.not_accumulating == []
+
+
+def test_a_check_that_samples_nothing_does_not_pass():
+    # every parameter frozen and check_input=False: no entry is compared, yet the report said "good; PASSED"
+    layer = nn.Linear(3, 2, generator=0)
+    layer.freeze()
+    report = check_module(layer, np.ones((2, 3)), check_input=False)
+    assert report.arrays == [] and report.nothing_checked
+    assert not report.passed
+    assert report.verdict.startswith("nothing checked")
+    assert "FAILED: no entry was compared" in str(report)
+    with pytest.raises(GradientCheckError):
+        report.raise_if_failed()
+    assert not check_module(nn.Tanh(), np.ones((2, 3)), check_input=False).passed
+    # a frozen layer whose input is checked still passes
+    assert check_module(layer, np.ones((2, 3))).passed
