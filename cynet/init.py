@@ -171,10 +171,15 @@ def fan_in_and_fan_out(tensor):
         >>> init.fan_in_and_fan_out(np.empty((64, 3, 5, 5)))   # a conv weight: 3*25 in, 64*25 out
         (75, 1600)
     """
-    array = _array("fan_in_and_fan_out", tensor)
+    return _fans("fan_in_and_fan_out", tensor)
+
+
+def _fans(fn, tensor):
+    """fan_in_and_fan_out for the function ``fn`` of cynet.init (named in its errors)."""
+    array = _array(fn, tensor)
     if array.ndim < 2:
-        raise ValueError(f"cynet.init.fan_in_and_fan_out: fan in and fan out can not be computed for a tensor with "
-                         f"fewer than 2 dimensions, got {describe(array)}")
+        raise ValueError(f"cynet.init.{fn}: fan in and fan out can not be computed for a tensor with fewer than 2 "
+                         f"dimensions, got {describe(array)}")
     receptive = int(np.prod(array.shape[2:], dtype=np.int64)) if array.ndim > 2 else 1
     return array.shape[1] * receptive, array.shape[0] * receptive
 
@@ -182,7 +187,7 @@ def fan_in_and_fan_out(tensor):
 def _fan(fn, tensor, mode):
     if mode not in ("fan_in", "fan_out"):
         raise ValueError(f"cynet.init.{fn}: mode must be 'fan_in' or 'fan_out', got {mode!r}")
-    fan_in, fan_out = fan_in_and_fan_out(tensor)
+    fan_in, fan_out = _fans(fn, tensor)
     return fan_in if mode == "fan_in" else fan_out
 
 
@@ -277,7 +282,7 @@ def xavier_uniform_(tensor, gain=1.0, generator=None):
         >>> bool(np.abs(w).max() <= 0.1)    # b = sqrt(6 / 600)
         True
     """
-    fan_in, fan_out = fan_in_and_fan_out(tensor)
+    fan_in, fan_out = _fans("xavier_uniform_", tensor)
     gain = _real("xavier_uniform_", "gain", gain)
     std = gain * math.sqrt(2.0 / float(fan_in + fan_out)) if fan_in + fan_out else 0.0
     bound = math.sqrt(3.0) * std
@@ -300,7 +305,7 @@ def xavier_normal_(tensor, gain=1.0, generator=None):
         >>> bool(abs(w.std() / np.sqrt(2 / 800) - 1) < 0.02)
         True
     """
-    fan_in, fan_out = fan_in_and_fan_out(tensor)
+    fan_in, fan_out = _fans("xavier_normal_", tensor)
     gain = _real("xavier_normal_", "gain", gain)
     std = gain * math.sqrt(2.0 / float(fan_in + fan_out)) if fan_in + fan_out else 0.0
     return _normal("xavier_normal_", tensor, 0.0, std, generator)
