@@ -933,7 +933,7 @@ class Adam(Optimizer):
     @property
     def betas(self):
         """``(beta1, beta2)``; assigning a pair checks both before setting either (also as a group's ``"betas"``)."""
-        return (self.beta1, self.beta2)
+        return self._common("betas")    # (groups with different pairs: the error names betas, not beta1)
 
     @betas.setter
     def betas(self, value):
