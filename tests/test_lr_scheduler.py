@@ -485,3 +485,16 @@ def test_state_dict_read_back_from_npz_resumes_exactly(label, make):
     assert first.state_dict().keys() == second.state_dict().keys()
     assert all(type(second.state_dict()[key]) is type(value) for key, value in first.state_dict().items())
     assert steps(second, metrics[6:]) == uninterrupted[6:]
+
+
+def test_a_step_refused_for_a_group_added_later_leaves_the_epoch_count():
+    """A schedule made for one group refuses to step once a second is added; the refused step used to count, so
+    the epoch had moved on although no rate was set."""
+    opt = make_optimizer()
+    schedule = StepLR(opt, step_size=2, gamma=0.5)
+    schedule.step()
+    opt.add_param_group({"params": [nn.Parameter(np.zeros(2))]})
+    for _ in range(2):
+        with pytest.raises(ValueError, match="create the schedule after adding groups"):
+            schedule.step()
+    assert schedule.last_epoch == 1 and schedule.get_last_lr() == BASE_LR

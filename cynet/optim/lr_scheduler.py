@@ -196,7 +196,11 @@ class LRScheduler(_Scheduler):
         ``LinearWarmup(opt, warmup_steps, after=schedule)``)."""
         self._warn_if_overwriting()
         self.last_epoch += 1
-        self._apply()
+        try:
+            self._apply()
+        except BaseException:
+            self.last_epoch -= 1        # a refused step (a group added since) does not count
+            raise
 
     def _warn_if_overwriting(self):
         if self._warned_overwrite:
