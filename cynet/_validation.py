@@ -68,10 +68,13 @@ def as_float_array(op, name, a):
 def check_probabilities(owner, y):
     """Raise ValueError naming ``owner`` unless every entry of the float array ``y`` is finite and >= 0 (target
     probabilities; rows need not sum to 1, as in PyTorch)."""
-    if not np.all(np.isfinite(y)) or np.any(y < 0):
-        raise ValueError(f"{owner}: target probabilities must be finite and >= 0, got values in "
-                         f"[{np.nanmin(y)}, {np.nanmax(y)}]" + (" and non-finite ones" if not np.all(np.isfinite(y))
-                                                                else ""))
+    finite = np.isfinite(y)
+    if not np.all(finite) or np.any(y < 0):
+        # the range of the finite values (np.nanmin warned "All-NaN slice" for targets that hold no number at all)
+        values = y[finite]
+        shown = f"values in [{values.min()}, {values.max()}]" if values.size else "no finite value"
+        raise ValueError(f"{owner}: target probabilities must be finite and >= 0, got {shown}"
+                         + (" and non-finite ones" if values.size < y.size else ""))
 
 
 def same_layout(op, names, arrays):

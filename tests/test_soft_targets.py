@@ -121,6 +121,7 @@ def test_soft_targets_thread_invariance_and_limits(rng):
 @pytest.mark.parametrize("targets,error,message", [
     (np.full((2, 3), -0.1), ValueError, "target probabilities must be finite and >= 0"),
     (np.array([[0.5, np.nan, 0.5], [1, 0, 0]]), ValueError, "and non-finite ones"),
+    (np.full((2, 3), np.nan), ValueError, "got no finite value and non-finite ones"),     # (it warned All-NaN slice)
     (np.full((2, 4), 0.25), ValueError, r"must have the shape of scores \(2, 3\)"),
     (np.array([[1, 0, 0], [0, 1, 0]]), ValueError, r"labels y must have shape \(2,\)"),   # integers: labels
 ])
