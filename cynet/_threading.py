@@ -149,7 +149,7 @@ def _from_environment():
             n = int(value)
         except ValueError:
             return None
-        if n >= 1:
+        if 1 <= n <= MAX_THREADS:   # above it, as an invalid value: the default (no kernel call could take it)
             return n
     return None
 
