@@ -70,6 +70,15 @@ def at_least_one(text):
     return _float(text, lambda value: value >= 1, ">= 1")
 
 
+def thread_count(text):
+    """An integer from 1 to the most threads cynet takes (``cynet._threading.MAX_THREADS``)."""
+    from cynet._threading import MAX_THREADS
+    value = positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_THREADS}, got {value}")
+    return value
+
+
 def output_directory(text):
     """A directory to write into: one that exists, or a path with nothing there yet (created by the example)."""
     if os.path.exists(text) and not os.path.isdir(text):

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 import cynet
-from cli_types import positive_int
+from cli_types import positive_int, thread_count
 from cynet import ops, reference
 
 
@@ -26,7 +26,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=positive_int, default=1024,
                         help="the input is (size, 4096) float32 (default 1024)")
-    parser.add_argument("--threads", type=positive_int, default=None,
+    parser.add_argument("--threads", type=thread_count, default=None,
                         help="threads for kernels and BLAS (default: all)")
     args = parser.parse_args(argv)
     if args.threads is not None:

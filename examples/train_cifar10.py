@@ -51,7 +51,7 @@ from cynet.optim.lr_scheduler import CosineAnnealingLR
 from cynet.train import ModelCheckpoint, Trainer
 from cifar10_data import SHARED
 from cli_types import (data_errors_exit, non_negative_float, non_negative_int, output_directory, positive_float,
-                       positive_int, probability)
+                       positive_int, probability, thread_count)
 
 MODELS = {
     # hidden layer widths of the fully connected net (each Linear -> BatchNorm1d -> ReLU)
@@ -91,7 +91,7 @@ def parse_args(argv=None):
     p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
     p.add_argument("--skip-checks", action="store_true", help="do not run the sanity checks before training")
     p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--threads", type=positive_int, default=None,
+    p.add_argument("--threads", type=thread_count, default=None,
                    help="threads for kernels and BLAS (default: all cores)")
     p.add_argument("--out", type=output_directory, default="runs/cifar10",
                    help="directory for the checkpoint, plots and history")

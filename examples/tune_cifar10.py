@@ -24,7 +24,7 @@ import time
 from cynet import nn
 from cynet.tune import CoarseToFine, RandomSearch, Stage, choice, loguniform, make_trainer_trial
 from cifar10_data import load_split
-from cli_types import data_errors_exit, non_negative_int, output_directory, positive_int
+from cli_types import data_errors_exit, non_negative_int, output_directory, positive_int, thread_count
 
 
 def build_mlp(params):
@@ -48,7 +48,7 @@ def main(argv=None):
     p.add_argument("--workers", type=positive_int, default=None,
                    help="process-pool / LocalCluster workers (default: cores)")
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (with --executor dask)")
-    p.add_argument("--threads-per-trial", type=positive_int, default=None,
+    p.add_argument("--threads-per-trial", type=thread_count, default=None,
                    help="threads each trial uses (default: cores // workers on the pool, 1 on Dask, all cores "
                         "serially); give the same number to get bit-identical tables from different executors")
     p.add_argument("--trials", type=positive_int, default=16)

@@ -183,6 +183,9 @@ def test_optimizer_lab_compares_the_update_rules_on_the_ravine_and_the_subset(ca
     ("ensemble_cifar10", ["--seed", "-1"], "--seed"), ("init_lab", ["--seed", "-1"], "--seed"),
     ("optimizer_lab", ["--seed", "-1"], "--seed"), ("regularization_lab", ["--seed", "-1"], "--seed"),
     ("demo_kernels", ["--size", "0"], "--size"), ("demo_kernels", ["--threads", "0"], "--threads"),
+    # above cynet's limit of 32768 threads: a traceback from set_num_threads (tune's after loading the data)
+    ("train_cifar10", ["--threads", "100000"], "--threads"), ("demo_kernels", ["--threads", "100000"], "--threads"),
+    ("tune_cifar10", ["--threads-per-trial", "100000"], "--threads-per-trial"),
 ])
 def test_a_bad_option_is_an_argparse_error_naming_it_before_any_work(name, argv, option, capsys):
     """--epochs 0 failed in the middle of a run with "CosineAnnealingLR: T_max must be an int >= 1", --snapshots 0
