@@ -86,6 +86,17 @@ def output_directory(text):
     return text
 
 
+def make_output_directory(path, option):
+    """Create ``path`` (and its parents) for the outputs; one that cannot be created (a file on the way, no
+    permission) ends the program as a bad option does: one line on stderr naming ``option`` and exit status 2."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        print(f"{os.path.basename(sys.argv[0])}: error: {option}: cannot create {path!r}: {error.strerror or error}",
+              file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 @contextlib.contextmanager
 def data_errors_exit(option):
     """Within the block, data that is missing, corrupt or cannot be downloaded ends the program as a bad option does:

@@ -12,7 +12,7 @@ import argparse
 import os
 
 from cynet.diagnostics.init_lab import INIT_SCALES, init_experiment
-from cli_types import non_negative_int, positive_int
+from cli_types import make_output_directory, non_negative_int, positive_int
 
 
 def main(argv=None):
@@ -24,7 +24,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=non_negative_int, default=0)
     args = parser.parse_args(argv)
     if args.plots:
-        os.makedirs(args.plots, exist_ok=True)
+        make_output_directory(args.plots, "--plots")
         from cynet.diagnostics.plots import plot_activation_histograms
     summary = []
     for nonlinearity in ("tanh", "relu"):

@@ -50,8 +50,8 @@ from cynet.nn.loss import L2Penalty, SoftmaxCrossEntropy
 from cynet.optim.lr_scheduler import CosineAnnealingLR
 from cynet.train import ModelCheckpoint, Trainer
 from cifar10_data import SHARED
-from cli_types import (data_errors_exit, non_negative_float, non_negative_int, output_directory, positive_float,
-                       positive_int, probability, thread_count)
+from cli_types import (data_errors_exit, make_output_directory, non_negative_float, non_negative_int, output_directory,
+                       positive_float, positive_int, probability, thread_count)
 
 MODELS = {
     # hidden layer widths of the fully connected net (each Linear -> BatchNorm1d -> ReLU)
@@ -197,7 +197,7 @@ def main(argv=None):
     if args.threads:
         cynet.set_num_threads(args.threads)
     cynet.manual_seed(args.seed)
-    os.makedirs(args.out, exist_ok=True)
+    make_output_directory(args.out, "--out")
     started = time.perf_counter()
 
     stage("data")

@@ -24,7 +24,8 @@ import time
 from cynet import nn
 from cynet.tune import CoarseToFine, RandomSearch, Stage, choice, loguniform, make_trainer_trial
 from cifar10_data import load_split
-from cli_types import data_errors_exit, non_negative_int, output_directory, positive_int, thread_count
+from cli_types import (data_errors_exit, make_output_directory, non_negative_int, output_directory, positive_int,
+                       thread_count)
 
 
 def build_mlp(params):
@@ -61,6 +62,7 @@ def main(argv=None):
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--out", type=output_directory, default="runs/tune_cifar10")
     args = p.parse_args(argv)
+    make_output_directory(args.out, "--out")
 
     with data_errors_exit("--data"):
         x_tr, y_tr, x_val, y_val, source = load_split(args.data, args.n_train, args.n_val, args.seed)
@@ -84,7 +86,6 @@ def main(argv=None):
                                                dashboard_address=None)
             client = distributed.Client(cluster)
         executor = client
-    os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
     try:
         result = search.run(trial, (x_tr, y_tr, x_val, y_val), budget=args.epochs, executor=executor,

@@ -213,6 +213,18 @@ def test_an_output_path_that_is_a_file_is_an_argparse_error(tmp_path, capsys):
         assert stop.value.code == 2 and "argument --out: " in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name,option", [("train_cifar10", "--out"), ("tune_cifar10", "--out"),
+                                         ("init_lab", "--plots")])
+def test_an_output_directory_that_cannot_be_created_is_a_one_line_error(name, option, tmp_path, capsys):
+    # a path under a file passed the check and ended in a NotADirectoryError traceback from os.makedirs
+    taken = tmp_path / "afile"
+    taken.write_text("")
+    with pytest.raises(SystemExit) as stop:
+        load_example(name).main([option, str(taken / "sub")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and f"error: {option}: cannot create" in err[0]
+
+
 @pytest.mark.parametrize("name,argv", [("train_cifar10", ["--skip-checks", "--epochs", "1"]),
                                        ("tune_cifar10", []), ("regularization_lab", [])])
 def test_missing_data_is_a_one_line_error_naming_the_option(name, argv, tmp_path, capsys):
