@@ -435,3 +435,32 @@ def test_a_state_that_counts_iterations_without_their_direction_is_refused():
     state["lbfgs.n_iter"] = 4                             # accepted, then the next step failed with a TypeError
     with pytest.raises(KeyError, match="missing keys .*lbfgs.d"):
         opt.load_state_dict(state)
+
+
+def test_a_state_saved_right_after_lowering_history_size_loads_and_resumes_exactly():
+    # the memory held 5 pairs against history_size 2 until the next iteration trimmed them: state_dict exported all 5
+    # and load_state_dict (its own output, or a fresh optimiser's) refused them ("at most the state's history_size")
+    def run(p):
+        def bowl():
+            p.grad[...] = np.arange(1, 7) * p.data
+            return float(0.5 * (np.arange(1, 7) * p.data) @ p.data)
+        return bowl
+
+    straight_p, resumed_p = nn.Parameter(np.linspace(-2.0, 2.0, 6)), nn.Parameter(np.linspace(-2.0, 2.0, 6))
+    straight = LBFGS([straight_p], history_size=5, max_iter=6)
+    first = LBFGS([resumed_p], history_size=5, max_iter=6)
+    straight.step(run(straight_p))
+    first.step(run(resumed_p))
+    assert len(first._memory["ro"]) == 5
+    straight.history_size = first.history_size = 2
+    state = first.state_dict()
+    assert state["lbfgs.ro"].shape == (2,) and state["lbfgs.old_dirs"].shape == (2, 6)
+    resumed = LBFGS([resumed_p], history_size=7)
+    resumed.load_state_dict(state)
+    first.load_state_dict(first.state_dict())
+    for _ in range(3):
+        straight_p.data += 0.5
+        resumed_p.data += 0.5
+        assert straight.step(run(straight_p)) == resumed.step(run(resumed_p))
+        np.testing.assert_array_equal(straight_p.data, resumed_p.data)
+        assert len(straight._memory["ro"]) <= 2

@@ -321,12 +321,14 @@ class LBFGS(Optimizer):
                 s = d * t
                 ys = float(np.dot(y, s))
                 if ys > 1e-10:
-                    while len(old_dirs) >= group["history_size"]:      # (a history_size lowered since: trim)
-                        del old_dirs[0], old_stps[0], ro[0]
                     old_dirs.append(y)
                     old_stps.append(s)
                     ro.append(1.0 / ys)
                     h_diag = ys / float(np.dot(y, y))
+                # the oldest pair goes; all those past a history_size lowered since, whether or not a pair came in
+                # (state_dict keeps the same last history_size pairs, which its load accepts)
+                while len(old_dirs) > group["history_size"]:
+                    del old_dirs[0], old_stps[0], ro[0]
                 d = self._two_loop(flat_grad, old_dirs, old_stps, ro, h_diag)
             prev_flat_grad = flat_grad.copy()
             prev_loss = loss
@@ -390,7 +392,8 @@ class LBFGS(Optimizer):
     def state_dict(self):
         """:meth:`Optimizer.state_dict`'s keys and the memory: ``lbfgs.n_iter``, ``lbfgs.func_evals``, and after the
         first iteration ``lbfgs.t``, ``lbfgs.H_diag``, ``lbfgs.prev_loss``, ``lbfgs.d``, ``lbfgs.prev_flat_grad`` and
-        the curvature pairs ``lbfgs.old_dirs`` / ``lbfgs.old_stps`` (k, n) and ``lbfgs.ro`` (k,)."""
+        the curvature pairs ``lbfgs.old_dirs`` / ``lbfgs.old_stps`` (k, n) and ``lbfgs.ro`` (k,): the last
+        k <= ``history_size`` of them (after the setting was lowered, those the next iteration keeps)."""
         out = super().state_dict()
         memory = self._memory
         for key in _SCALARS:
@@ -401,9 +404,11 @@ class LBFGS(Optimizer):
                 out[f"lbfgs.{key}"] = memory[key].copy()
         if "d" in memory:
             n, dtype = memory["d"].size, memory["d"].dtype
-            for key in ("old_dirs", "old_stps"):
-                out[f"lbfgs.{key}"] = np.array(memory[key], dtype=dtype).reshape(len(memory[key]), n)
-            out["lbfgs.ro"] = np.array(memory["ro"], dtype=np.float64)
+            kept = self.param_groups[0]["history_size"]     # the last pairs: a history_size lowered since drops the
+            for key in ("old_dirs", "old_stps"):            # others at the next iteration anyway
+                pairs = memory[key][-kept:]
+                out[f"lbfgs.{key}"] = np.array(pairs, dtype=dtype).reshape(len(pairs), n)
+            out["lbfgs.ro"] = np.array(memory["ro"][-kept:], dtype=np.float64)
         return out
 
     def _checked_state(self, state):
