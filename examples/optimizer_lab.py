@@ -144,7 +144,8 @@ def minibatch_run(name, make, lr, data, hidden, epochs, batch_size, seed):
 
 def lbfgs_full_batch(name, data, hidden, max_iter, max_eval, seed):
     """One L-BFGS ``step`` on the whole training set (deterministic: no dropout, no batch norm), at most
-    ``max_iter`` iterations and ``max_eval`` gradient evaluations."""
+    ``max_iter`` iterations and ``max_eval`` gradient evaluations; ``{stop}`` in ``name`` becomes what ended it
+    ("converged": a tolerance; or the limit it reached)."""
     x_tr, y_tr, x_val, y_val = data
     model, loss = build_model(hidden, seed), nn.SoftmaxCrossEntropy()
     opt = optim.LBFGS(model.parameters(), max_iter=max_iter, max_eval=max_eval, history_size=20,
@@ -153,8 +154,14 @@ def lbfgs_full_batch(name, data, hidden, max_iter, max_eval, seed):
     opt.step(optim.loss_closure(model, loss, x_tr, y_tr))
     seconds = time.perf_counter() - start
     train_loss, val_acc = full_loss_and_accuracy(model, loss, x_tr, y_tr, x_val, y_val)
+    state = opt.state_dict()
+    iterations, evals = int(state["lbfgs.n_iter"]), int(state["lbfgs.func_evals"])
+    if "{stop}" in name:     # what ended the step: a tolerance (converged) or a limit
+        stop = (f"stopped at {iterations} iterations" if iterations >= max_iter else
+                f"stopped at {evals} evaluations" if evals >= max_eval else "converged")
+        name = name.format(stop=stop)
     return {"rule": name, "lr": 1.0, "train_loss": train_loss, "val_acc": val_acc,
-            "passes": float(opt.state_dict()["lbfgs.func_evals"]), "seconds": seconds, "stop": None}
+            "passes": float(evals), "seconds": seconds, "stop": None}
 
 
 def lbfgs_minibatch(data, hidden, epochs, batch_size, seed):
@@ -187,7 +194,7 @@ def cifar_part(data, hidden, epochs, batch_size, lbfgs_iterations, seed, report=
                                                                     f"{r['train_loss']:.3f}") for r in tried),
                flush=True)
     rows.append(lbfgs_full_batch(f"L-BFGS full batch, ~{epochs} evals", data, hidden, 10 * epochs, epochs, seed))
-    rows.append(lbfgs_full_batch("L-BFGS full batch, converged", data, hidden, lbfgs_iterations,
+    rows.append(lbfgs_full_batch("L-BFGS full batch, {stop}", data, hidden, lbfgs_iterations,
                                  lbfgs_iterations * 5 // 4, seed))
     rows.append(lbfgs_minibatch(data, hidden, epochs, batch_size, seed))
     return rows

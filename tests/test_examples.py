@@ -166,8 +166,27 @@ def test_optimizer_lab_compares_the_update_rules_on_the_ravine_and_the_subset(ca
         assert r["passes"] == 2.0 and 0.0 <= r["val_acc"] <= 1.0
     limited, converged = rows[6], rows[7]
     assert limited["passes"] < converged["passes"] and converged["train_loss"] < limited["train_loss"]
+    assert converged["rule"] in ("L-BFGS full batch, converged", "L-BFGS full batch, stopped at 30 iterations",
+                                 f"L-BFGS full batch, stopped at {int(converged['passes'])} evaluations")
     assert "300 training and 200 validation images from packaged" in printed
     assert printed.strip().splitlines()[-1].startswith("lowest training loss:")
+
+
+def test_optimizer_lab_names_the_limit_that_ended_the_full_batch_l_bfgs():
+    """The 'converged' row said converged after 3 iterations (--lbfgs-iterations 3): it names what ended the step."""
+    example = load_example("optimizer_lab")
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=(40, 3072)).astype(np.float32), np.arange(40) % 10,
+            rng.normal(size=(20, 3072)).astype(np.float32), np.arange(20) % 10)
+    row = example.lbfgs_full_batch("L-BFGS full batch, {stop}", data, 8, 3, 100, 0)
+    assert row["rule"] == "L-BFGS full batch, stopped at 3 iterations"
+    row = example.lbfgs_full_batch("L-BFGS full batch, {stop}", data, 8, 100, 4, 0)
+    assert row["rule"] == "L-BFGS full batch, stopped at 4 evaluations" and row["passes"] == 4
+    # a tiny problem that an L-BFGS step finishes well within its limits
+    tiny = (np.zeros((10, 3072), np.float32), np.zeros(10, np.int64), np.zeros((5, 3072), np.float32),
+            np.zeros(5, np.int64))
+    row = example.lbfgs_full_batch("L-BFGS full batch, {stop}", tiny, 8, 500, 1000, 0)
+    assert row["rule"] == "L-BFGS full batch, converged" and row["passes"] < 1000
 
 
 @pytest.mark.parametrize("name,argv,option", [
