@@ -144,11 +144,9 @@ def available_cpus():
 
 def _from_environment():
     value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if value:
-        try:
-            n = int(value)
-        except ValueError:
-            return None
+    digits = value[1:] if value.startswith("+") else value
+    if digits.isascii() and digits.isdigit():    # digits only, as the OpenMP runtime reads it (int() took "1_0")
+        n = int(digits)
         if 1 <= n <= MAX_THREADS:   # above it, as an invalid value: the default (no kernel call could take it)
             return n
     return None

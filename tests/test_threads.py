@@ -301,7 +301,7 @@ def test_set_num_threads_during_another_threads_block_is_kept_when_the_block_end
 # --- the default: OMP_NUM_THREADS, then the CPUs available ----------------------------------------------------------
 @pytest.mark.parametrize("value,expected", [("3", 3), ("5", 5), (" 2 ", 2), ("4,2", 4), ("1", 1), ("0", None),
                                             ("-2", None), ("abc", None), ("", None), ("2.5", None),
-                                            ("100000", None)])
+                                            ("100000", None), ("1_0", None), ("+3", 3), ("\u0663", None)])
 def test_omp_num_threads_sets_the_default(monkeypatch, value, expected):
     monkeypatch.setenv("OMP_NUM_THREADS", value)
     assert cynet.get_num_threads() == (expected or cynet.available_cpus())
