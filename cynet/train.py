@@ -106,13 +106,15 @@ def _check_data(op, x, y):
     return x, y
 
 
-def _label_error(op, y, error):
+def _label_error(op, y, error, name="y", offset=0):
     """The loss's LabelError (a label outside [0, C) at a position of a batch) as a ValueError naming the first such
-    row of the whole ``y`` and how many there are."""
+    row of the whole ``y`` and how many there are. ``y`` is rows ``offset, offset + 1, ...`` of the array the user
+    knows as ``name`` (validation_split's held-out labels are the last rows of fit's ``y``)."""
     c = error.num_classes
     bad = np.flatnonzero((y < 0) | (y >= c))        # (the batch's bad label is among them)
-    return ValueError(f"{op}: label {int(y[bad[0]])} in row {int(bad[0])} of y is out of range [0, {c}) for the "
-                      f"model's {c} outputs ({bad.size} such label{'s' if bad.size > 1 else ''} in y)")
+    return ValueError(f"{op}: label {int(y[bad[0]])} in row {int(bad[0]) + offset} of {name} is out of range "
+                      f"[0, {c}) for the model's {c} outputs ({bad.size} such label{'s' if bad.size > 1 else ''} in "
+                      f"{name})")
 
 
 def _check_x(op, x):
@@ -813,6 +815,10 @@ class Trainer:
                                  f"{held}; it must leave at least one example on each side")
             validation = (x[len(x) - held:], y[len(y) - held:])
             x, y = x[:len(x) - held], y[:len(y) - held]
+            # a bad held-out label is named by its row in fit's y
+            self._validation_labels = ("Trainer.fit (validation_split)", "y", len(x))
+        else:
+            self._validation_labels = ("Trainer.fit (validation)", "y_val", 0)
         epochs = _int_at_least("Trainer.fit", "epochs", epochs, 0)
         batch_size = _int_at_least("Trainer.fit", "batch_size", batch_size, 1)
         _int_at_least("Trainer.fit", "guard_every", self.guard_every, 1)
@@ -902,7 +908,7 @@ class Trainer:
         history["train_loss"].append(loss_sum / seen)
         history["train_acc"].append(correct / counted if counted else math.nan)
         if validation is not None:
-            val_loss, val_acc = self._evaluate(*validation)
+            val_loss, val_acc = self._evaluate(*validation, labels=self._validation_labels)
         else:
             val_loss, val_acc = math.nan, math.nan
         history["val_loss"].append(val_loss)
@@ -1021,8 +1027,9 @@ class Trainer:
         x, y = _check_data("Trainer.evaluate", x, y)
         return self._evaluate(x, y, _int_at_least("Trainer.evaluate", "batch_size", batch_size, 1))
 
-    def _evaluate(self, x, y, batch_size=1024):
-        """:meth:`evaluate` on data already checked (fit's validation set, checked once per fit, not every epoch)."""
+    def _evaluate(self, x, y, batch_size=1024, labels=("Trainer.evaluate", "y", 0)):
+        """:meth:`evaluate` on data already checked (fit's validation set, checked once per fit, not every epoch);
+        ``labels``: the operation, the array's name and the row offset a label out of range is reported with."""
         total, correct, counted = 0.0, 0, 0
         with self._eval_mode():
             for lo, hi, scores in self._scores(x, batch_size):
@@ -1030,7 +1037,7 @@ class Trainer:
                 try:
                     total += float(self.loss.forward(scores, yb)) * (hi - lo)
                 except LabelError as error:
-                    raise _label_error("Trainer.evaluate", y, error) from error
+                    raise _label_error(labels[0], y, error, *labels[1:]) from error
                 batch_correct = _correct(scores, yb)
                 if batch_correct is not None:
                     correct += batch_correct

@@ -1056,6 +1056,21 @@ def test_a_label_out_of_range_is_named_by_its_row_in_y():
         trainer.evaluate(x, y)
 
 
+def test_a_bad_validation_label_is_named_by_its_row_in_the_array_the_user_passed():
+    # the validation pass reported 'Trainer.evaluate: ... row 3 of y' for fit's y[27] held out by validation_split
+    # (its row within the held-out part), and called validation=(x_val, y_val)'s labels 'y'
+    x, y = _small_problem(n=32)
+    y = y.copy()
+    y[27] = 3                                                  # in the last 8 rows: held out by 0.25
+    with pytest.raises(ValueError, match=r"Trainer.fit \(validation_split\): label 3 in row 27 of y is out of "
+                                         r"range \[0, 2\)"):
+        _small_trainer([]).fit(x, y, epochs=1, batch_size=8, validation_split=0.25)
+    x_val, y_val = x[16:].copy(), y[16:].copy()                # y_val[11] is the bad label
+    with pytest.raises(ValueError, match=r"Trainer.fit \(validation\): label 3 in row 11 of y_val is out of "
+                                         r"range \[0, 2\) .*\(1 such label in y_val\)"):
+        _small_trainer([]).fit(x[:16], y[:16], epochs=1, batch_size=8, validation=(x_val, y_val))
+
+
 @pytest.mark.parametrize("key,value,message", [("best", "0.5", "best must be a finite number or None"),
                                                ("best", float("nan"), "best must be a finite number or None"),
                                                ("best_epoch", -1, "best_epoch must be an int >= 0 or None"),
