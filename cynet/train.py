@@ -586,8 +586,8 @@ class Trainer:
             One that takes a closure (:class:`~cynet.optim.LBFGS`) gets one re-evaluating the current batch; its
             first call returns the loss the trainer has just computed (with the penalty), gradients already in place.
         scheduler: optional learning-rate schedule from :mod:`cynet.optim.lr_scheduler`, stepped once per epoch
-            (a ReduceLROnPlateau gets the validation loss, or the training loss when there is no validation).
-            Default None.
+            (a ReduceLROnPlateau gets the validation loss, or the training loss when there is no validation, so
+            its mode must be "min"). Default None.
         regularization: optional penalty such as :class:`cynet.nn.loss.L2Penalty`: ``regularization(model)``
             gives its value (history "reg_loss") and ``regularization.backward(model)`` adds its gradient.
             Default None.
@@ -658,6 +658,11 @@ class Trainer:
                                 f"load_state_dict), got {optimizer!r}")
         if scheduler is not None and not callable(getattr(scheduler, "step", None)):
             raise TypeError(f"Trainer: scheduler must have a step() method, got {scheduler!r}")
+        if getattr(scheduler, "mode", None) == "max" and _wants_metric(scheduler):
+            # fed a loss, a 'max' plateau would cut the rate each time the loss kept falling
+            raise ValueError(f"Trainer: the scheduler {type(scheduler).__name__} has mode='max', but the trainer "
+                             f"steps it with the validation loss (the training loss without validation), which "
+                             f"improves by going down: use mode='min'")
         if regularization is not None and not (callable(regularization)
                                                and callable(getattr(regularization, "backward", None))):
             raise TypeError(f"Trainer: regularization must be callable as penalty(model) and have "

@@ -376,6 +376,23 @@ def test_schedulers_step_once_per_epoch_and_plateau_gets_the_validation_loss():
     assert seen == history["val_loss"]
 
 
+def test_a_plateau_schedule_in_max_mode_is_refused_since_the_trainer_feeds_it_a_loss():
+    # accepted, it cut the learning rate after every epoch whose validation loss went down (no 'increase')
+    x, y = blobs(40, seed=9)
+    model = mlp()
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"Trainer: the scheduler ReduceLROnPlateau has mode='max', but the trainer "
+                                         r"steps it with the validation loss"):
+        Trainer(model, SoftmaxCrossEntropy(), opt, scheduler=ReduceLROnPlateau(opt, mode="max", patience=0),
+                progress=False)
+    # in 'min' mode a loss that keeps going down leaves the rate alone (the oracle: the schedule's own rule)
+    trainer = Trainer(model, SoftmaxCrossEntropy(), opt, scheduler=ReduceLROnPlateau(opt, patience=0),
+                      progress=False)
+    history = trainer.fit(x, y, epochs=3, batch_size=20, validation=(x, y))
+    assert all(b < a for a, b in zip(history["val_loss"], history["val_loss"][1:]))
+    assert history["lr"] == [0.1] * 6 and opt.lr == 0.1
+
+
 # --- callbacks -------------------------------------------------------------------------------------------------------
 def _diverging_validation_setup(**early):
     """Validation labels are the training labels shifted, so val_loss rises as training succeeds."""
