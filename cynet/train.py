@@ -123,6 +123,7 @@ def _check_x(op, x):
         raise ValueError(f"{op}: x must hold at least one example, got shape {x.shape}")
     if x.dtype.kind not in "biuf":
         raise TypeError(f"{op}: x must be a numeric array, got dtype {x.dtype}")
+    check_finite(op, "x", x)            # a NaN row's scores are NaN: arg-max class 0, probabilities NaN
     return x
 
 

@@ -245,6 +245,17 @@ def test_evaluate_and_predict_are_batched_deterministic_and_leave_gradients_alon
         np.testing.assert_array_equal(p.grad, 0.25)
 
 
+def test_predict_refuses_nan_inputs_as_evaluate_does():
+    # predict gave class 0 for a row holding a NaN (np.argmax of NaN scores) and predict_proba NaN "probabilities"
+    x, y = blobs(12, seed=7)
+    x[5, 2] = np.nan
+    trainer = Trainer(mlp(), SoftmaxCrossEntropy(), optim.SGD(mlp().parameters(), lr=0.1), progress=False)
+    for method in ("evaluate", "predict", "predict_proba"):
+        args = (x, y) if method == "evaluate" else (x,)
+        with pytest.raises(ValueError, match=rf"Trainer.{method}: x holds 1 NaN/inf value \(first in row 5\)"):
+            getattr(trainer, method)(*args, batch_size=4)
+
+
 def test_inference_restores_each_modules_mode_even_after_an_error():
     x, y = blobs(10, seed=8)
     model = mlp(dropout=0.5)
