@@ -143,10 +143,10 @@ def separate_outputs(op, first, second, names=("out", "second output")):
                          f"pass separate arrays")
 
 
-def check_finite(owner, name, array):
+def check_finite(owner, name, array, before="training"):
     """Raise ValueError when a floating (or complex) ``array`` holds NaN or inf, naming ``owner``, the count and the
     first row: data like that trains to a NaN loss, which would pass for a learning rate far too large (the divergence
-    guard's advice) or a weight scale far too large."""
+    guard's advice) or a weight scale far too large. ``before``: what the data is for, in the message's advice."""
     if array.dtype.kind not in "fc":
         return
     # fast path without a boolean copy of x: NaN/inf always reach the sum (a float64 sum of finite float32 values
@@ -161,7 +161,7 @@ def check_finite(owner, name, array):
     if count:
         row = int(np.argwhere(bad)[0][0])
         raise ValueError(f"{owner}: {name} holds {count} NaN/inf value{'s' if count > 1 else ''} (first in row {row}); "
-                         f"remove or impute them before training")
+                         f"remove or impute them before {before}")
 
 
 def saved_scalar(value):

@@ -101,8 +101,9 @@ def _check_data(op, x, y):
                          f"{len(y)}")
     if len(x) == 0:
         raise ValueError(f"{op}: x and y are empty")
-    check_finite(op, "x", x)            # a NaN in the data would end as a 'divergence' blamed on the learning rate
-    check_finite(op, "y", y)
+    before = "evaluating" if op == "Trainer.evaluate" else "training"
+    check_finite(op, "x", x, before)    # a NaN in the data would end as a 'divergence' blamed on the learning rate
+    check_finite(op, "y", y, before)
     return x, y
 
 
@@ -123,7 +124,7 @@ def _check_x(op, x):
         raise ValueError(f"{op}: x must hold at least one example, got shape {x.shape}")
     if x.dtype.kind not in "biuf":
         raise TypeError(f"{op}: x must be a numeric array, got dtype {x.dtype}")
-    check_finite(op, "x", x)            # a NaN row's scores are NaN: arg-max class 0, probabilities NaN
+    check_finite(op, "x", x, "predicting")     # a NaN row's scores are NaN: arg-max class 0, probabilities NaN
     return x
 
 

@@ -252,7 +252,9 @@ def test_predict_refuses_nan_inputs_as_evaluate_does():
     trainer = Trainer(mlp(), SoftmaxCrossEntropy(), optim.SGD(mlp().parameters(), lr=0.1), progress=False)
     for method in ("evaluate", "predict", "predict_proba"):
         args = (x, y) if method == "evaluate" else (x,)
-        with pytest.raises(ValueError, match=rf"Trainer.{method}: x holds 1 NaN/inf value \(first in row 5\)"):
+        before = "evaluating" if method == "evaluate" else "predicting"      # (it advised it "before training")
+        with pytest.raises(ValueError, match=rf"Trainer.{method}: x holds 1 NaN/inf value \(first in row 5\); "
+                                             rf"remove or impute them before {before}"):
             getattr(trainer, method)(*args, batch_size=4)
 
 
