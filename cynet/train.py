@@ -29,6 +29,10 @@ every iteration costs 5-10 % of the epoch of a CIFAR-10 MLP, every tenth iterati
 benchmark's 3072-1024-512-10 MLP, two threads: the trainer's epoch 669-674 ms against 658-659 ms without the guard;
 2-4 % with NumPy's one-thread copies). ``trainer.guard_every = 1`` puts back the state from just before the bad step
 itself; a larger value (50, say) makes the copies cheaper still, at the price of an older state to go back to.
+What the guard does not put back: the epoch and iteration counters, the history and the learning-rate schedule
+(its epoch count, and the rate it set at the epoch ends since the copy, which the optimiser's restored settings
+undo): they still describe the run that diverged. Start again from the restored weights with a new optimiser and
+schedule (a lower rate) rather than calling ``fit`` again on the same trainer.
 
 Example:
     >>> import numpy as np, cynet
@@ -809,6 +813,8 @@ class Trainer:
             (0.52, None)
         """
         x, y = _check_data("Trainer.fit", x, y)
+        if not isinstance(shuffle, (bool, np.bool_)):       # shuffle="no" is truthy: it shuffled
+            raise TypeError(f"Trainer.fit: shuffle must be True or False, got {shuffle!r}")
         if validation_split is not None:
             if validation is not None:
                 raise ValueError("Trainer.fit: pass validation or validation_split, not both")

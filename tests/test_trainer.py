@@ -1130,3 +1130,15 @@ def test_early_stopping_loads_its_state_read_back_from_npz(tmp_path):
     other.load_state_dict(loaded)
     assert (other.best, other.best_epoch, other.wait) == (0.625, 4, 2)
     assert type(other.best) is float and type(other.best_epoch) is int and type(other.wait) is int
+
+
+@pytest.mark.parametrize("value", ["no", 0, None, 1.0])
+def test_fit_refuses_a_shuffle_that_is_not_a_bool(value):
+    # shuffle="no" is truthy: it shuffled
+    x, y = blobs(12, seed=3)
+    model = mlp()
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False)
+    before = [p.data.copy() for p in model.parameters()]
+    with pytest.raises(TypeError, match="Trainer.fit: shuffle must be True or False, got"):
+        trainer.fit(x, y, epochs=1, batch_size=4, shuffle=value)
+    assert all(np.array_equal(p.data, b) for p, b in zip(model.parameters(), before)) and trainer.epoch == 0
