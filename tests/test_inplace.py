@@ -196,3 +196,35 @@ def test_an_in_place_pass_that_changes_nothing_is_not_refused():
     expected = y * (1 - y)
     nn.ReLU(inplace=True)(y)
     np.testing.assert_allclose(sig.backward(np.ones_like(x)), expected)
+
+
+class _Activation(nn.Module):
+    """A custom module whose forward calls an activation (Sequential's own check sees only its direct children)."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.act = act
+
+    def forward(self, x):
+        return self.act(x)
+
+    def backward(self, dout, *, input_grad=True):
+        return self.act.backward(dout, input_grad=input_grad)
+
+
+@pytest.mark.parametrize("inner", [lambda: nn.LeakyReLU(0.1, inplace=True), lambda: nn.Dropout(0.5, inplace=True)])
+def test_an_inplace_module_inside_a_custom_module_cannot_overwrite_what_an_enclosing_chain_needs(inner):
+    # a Tanh's output, mostly positive: the 16 values the backward samples missed the one negative value the in-place
+    # LeakyReLU changed, and the Tanh's gradient there came out wrong, silently
+    x = np.abs(np.random.default_rng(0).standard_normal((10, 100))).astype(np.float32)
+    x[0, 1] = -2.0
+    model = nn.Sequential(nn.Tanh(), _Activation(inner()))
+    with pytest.raises(ValueError, match="runs in place and would overwrite"):
+        model(x)
+    # a Residual's input, which its identity shortcut adds after the body ran: the output itself was wrong
+    block = nn.Residual(nn.Sequential(nn.Linear(100, 100), _Activation(inner())))
+    block(x)                                                    # a Linear's fresh output: allowed
+    with pytest.raises(ValueError, match="runs in place and would overwrite"):
+        nn.Residual(_Activation(inner()))(x.copy())
+    # outside any chain, the activation is the caller's business, as before
+    assert _Activation(inner())(x.copy()).shape == x.shape

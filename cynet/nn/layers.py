@@ -14,7 +14,7 @@ from cynet._random import resolve_generator
 from cynet._threading import kernel_threads
 from cynet._validation import KERNEL_DTYPES, describe, dtype_remedy, float_dtype, positive_int
 from cynet.nn import _reuse as reuse
-from cynet.nn.module import Module, Parameter, _fusable
+from cynet.nn.module import Module, Parameter, _fusable, _refuse_overwriting_protected
 
 
 def _inplace_flag(layer, inplace):
@@ -325,6 +325,7 @@ class _Elementwise(Module):
     def forward(self, x):
         if self.inplace:
             _check_writeable_input(self, x)
+            _refuse_overwriting_protected(self, x)
             # out=x; the backward reads y, which is x's array now (for LeakyReLU, y > 0 exactly where x > 0)
             y = getattr(ops, f"{self._op}_forward")(x, *self._args(), out=x)
             self._keep(y)
@@ -816,6 +817,7 @@ class Dropout(Module):
     def forward(self, x):
         if self._overwrites_input():
             _check_writeable_input(self, x)
+            _refuse_overwriting_protected(self, x)
         x = np.asarray(x)
         if x.dtype.kind != "f":
             raise TypeError(f"{self!r}: input must be floating point, got {describe(x)}")

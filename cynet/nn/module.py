@@ -784,6 +784,20 @@ FUSE_BATCHNORM_RELU = os.environ.get("CYNET_FUSE_BATCHNORM_RELU", "1").strip() !
 FUSE_LINEAR_RELU = os.environ.get("CYNET_FUSE_LINEAR_RELU", "1").strip() != "0"
 
 
+def _refuse_overwriting_protected(module, x):
+    """ValueError if the in-place ``module`` is about to write into ``x`` while an enclosing Sequential or Residual
+    still needs ``x`` (its input, or what a module run before keeps for its backward): the check Sequential makes for
+    its own children, made again by the module itself for one reached through a custom module's forward."""
+    protected = _protected_arrays.get()
+    if not protected or not isinstance(x, np.ndarray):
+        return
+    if any(np.may_share_memory(array, x) for array in protected):
+        raise ValueError(
+            f"{module!r} runs in place and would overwrite an array that an enclosing Sequential or Residual still "
+            f"needs (its input, or an array a module run before keeps for its backward; {describe(x)}), which "
+            f"would give a wrong output or gradient; build it with inplace=False")
+
+
 @contextlib.contextmanager
 def _protecting(arrays):
     """For the block: the arrays no in-place module may overwrite are the enclosing blocks' and ``arrays``; yields
