@@ -128,6 +128,12 @@ def fmt_ratio(value, digits=2):
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def fmt_direction(direction):
+    """'for' / 'bac' for the kernels' two directions; any other (the loss's 'forward+backward', the optimisers'
+    'step') in full: its first three letters would read as a forward."""
+    return {"forward": "for", "backward": "bac"}.get(direction, direction)
+
+
 def ratio(a, b):
     return a / b if a is not None and b else None
 
@@ -173,7 +179,7 @@ def table(rows, differs, flag_limit):
         if flags:
             flagged.append((op, direction, shape, threads))
         dagger = "†" if torch is not None and (op, direction) in differs else ""
-        out.append(f"| {op} | {direction[:3]} | {shape} | {threads} | {fmt_ms(cynet)} | {fmt_ms(numpy)} | "
+        out.append(f"| {op} | {fmt_direction(direction)} | {shape} | {threads} | {fmt_ms(cynet)} | {fmt_ms(numpy)} | "
                    f"{fmt_ms(torch)}{dagger} | {fmt_ms(limit)} | {floor_by or '—'} | {fmt_ratio(vs_limit)} | "
                    f"{fmt_ratio(vs_numpy, 1)} | {fmt_ratio(vs_torch)} | "
                    f"{'**' + '; '.join(flags) + '**' if flags else ''} |")
@@ -194,7 +200,7 @@ def scaling_table(rows):
         last = times[top]
         floors = [last[impl] for _, impl in FLOORS if impl in last]
         cells = " | ".join(fmt_ms(times[n].get("cynet")) for n in counts)
-        out.append(f"| {op} | {direction[:3]} | {shape} | {cells} | "
+        out.append(f"| {op} | {fmt_direction(direction)} | {shape} | {cells} | "
                    f"{fmt_ratio(ratio(times[low].get('cynet'), last.get('cynet')), 1)} | "
                    f"{fmt_ratio(ratio(last.get('cynet'), min(floors) if floors else None))} | "
                    f"{fmt_ratio(ratio(last.get('torch'), last.get('cynet')))} |")

@@ -160,3 +160,16 @@ def test_report_prints_the_interleaved_ratios_to_each_floor_and_bound():
                                            "ratio_to_bound_median": {"two-pass": 1.2}}}]}
     line = report.group_table(report.load_groups(data)).splitlines()[-1]
     assert "by floor: np 1.250, nt 2.000" in line and "against the two-pass bound 1.200" in line
+
+
+def test_report_spells_out_directions_other_than_forward_and_backward():
+    # the loss is timed forward+backward, the optimisers' step is a step: neither is a forward
+    rows = {("relu", "forward", "8x8", 1): {"cynet": 1.0},
+            ("relu", "backward", "8x8", 1): {"cynet": 1.0},
+            ("softmax_ce", "forward+backward", "8x8", 1): {"cynet": 1.0},
+            ("optim_adam", "step", "8x8", 1): {"cynet": 1.0}}
+    body, _ = report.table(rows, set(), 1.3)
+    dirs = [line.split(" | ")[1] for line in body.splitlines()[2:]]
+    assert dirs == ["for", "bac", "forward+backward", "step"]
+    dirs = [line.split(" | ")[1] for line in report.scaling_table(rows).splitlines()[2:]]
+    assert dirs == ["for", "bac", "forward+backward", "step"]
