@@ -114,8 +114,11 @@ def group_table(groups):
 
 
 def fmt_seconds(value):
-    """A group's median: in seconds from one second up, else in milliseconds."""
-    return f"{value:.3f} s" if value >= 1 else f"{value * 1e3:.2f} ms"
+    """A group's median: in seconds from one second up, else in milliseconds (to the microsecond below 1 ms, where
+    two decimals would leave one or two significant digits)."""
+    if value >= 1:
+        return f"{value:.3f} s"
+    return f"{value * 1e3:.2f} ms" if value >= 1e-3 else f"{value * 1e3:.3f} ms"
 
 
 def fmt_ms(value):

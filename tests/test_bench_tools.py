@@ -173,3 +173,11 @@ def test_report_spells_out_directions_other_than_forward_and_backward():
     assert dirs == ["for", "bac", "forward+backward", "step"]
     dirs = [line.split(" | ")[1] for line in report.scaling_table(rows).splitlines()[2:]]
     assert dirs == ["for", "bac", "forward+backward", "step"]
+
+
+def test_report_prints_sub_millisecond_group_medians_to_the_microsecond():
+    # bias_relu / dropout at (256, 1024) take tens of microseconds: 54 us and 46 us must not both read "0.05 ms"
+    groups = {"bias_relu/forward/256x1024/t1": {"cynet": 54e-6, "limit": 46e-6}}
+    line = report.group_table(groups).splitlines()[-1]
+    assert "cynet 0.054 ms (1.17)" in line and "limit 0.046 ms (1.00)" in line
+    assert report.fmt_seconds(2.5e-3) == "2.50 ms" and report.fmt_seconds(1.25) == "1.250 s"
