@@ -204,6 +204,17 @@ def _cpu_busy_seconds():
     return (user + nice + system + irq + softirq) / hz, steal / hz
 
 
+def _stat_cpus():
+    """How many CPUs /proc/stat's first line sums (every online CPU of the machine, whatever this process's affinity
+    or cgroup quota allows it), or None."""
+    try:
+        with open("/proc/stat") as f:
+            n = sum(1 for line in f if line.startswith("cpu") and line[3:4].isdigit())
+    except OSError:
+        return None
+    return n or None
+
+
 def _own_cpu_seconds():
     """CPU time of this process (all threads) and of its finished children (pytest-benchmark runs py-cpuinfo in a
     subprocess just before the machine-info hook)."""
@@ -261,5 +272,6 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         foreign = max(0.0, (busy - _session["busy"]) - own)
         info.update(own_cpu_seconds=round(own, 1), foreign_cpu_seconds=round(foreign, 1),
                     steal_seconds=round(steal - _session["steal"], 1),
-                    foreign_cpu_fraction=round(foreign / max(wall * cynet.available_cpus(), 1e-9), 3))
+                    foreign_cpu_fraction=round(foreign / max(wall * (_stat_cpus() or cynet.available_cpus()), 1e-9),
+                                               3))
     machine_info["cynet_bench"] = info

@@ -181,3 +181,19 @@ def test_report_prints_sub_millisecond_group_medians_to_the_microsecond():
     line = report.group_table(groups).splitlines()[-1]
     assert "cynet 0.054 ms (1.17)" in line and "limit 0.046 ms (1.00)" in line
     assert report.fmt_seconds(2.5e-3) == "2.50 ms" and report.fmt_seconds(1.25) == "1.250 s"
+
+
+def test_foreign_cpu_fraction_is_of_the_cpus_proc_stat_counts(monkeypatch):
+    # /proc/stat sums every CPU of the machine; a run pinned to 1 of its 4 CPUs (taskset, a cgroup quota) must not
+    # divide the machine's foreign CPU time by one CPU's capacity (3 s over 10 s read as 30 %, not 7.5 %)
+    conftest = _module("conftest")
+    monkeypatch.setattr(conftest.cynet, "available_cpus", lambda: 1)
+    monkeypatch.setattr(conftest, "_stat_cpus", lambda: 4, raising=False)
+    monkeypatch.setattr(conftest, "_cpu_busy_seconds", lambda: (113.0, 0.0))     # 13 s busy in all
+    monkeypatch.setattr(conftest, "_own_cpu_seconds", lambda: 10.0)              # 10 s of it this run's
+    monkeypatch.setattr(conftest.time, "perf_counter", lambda: 110.0)
+    conftest._session.update(wall=100.0, busy=100.0, steal=0.0, own=0.0, loadavg=None)
+    machine_info = {}
+    conftest.pytest_benchmark_update_machine_info(None, machine_info)
+    info = machine_info["cynet_bench"]
+    assert info["foreign_cpu_seconds"] == 3.0 and info["foreign_cpu_fraction"] == 0.075
