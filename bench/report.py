@@ -235,7 +235,12 @@ def main(argv=None):
     parser.add_argument("--scaling", action="store_true",
                         help="one row per op with cynet's time at every thread count (runs of bench/scaling.sh)")
     args = parser.parse_args(argv)
-    data, rows, notes, differs = load(args.json)
+    try:
+        data, rows, notes, differs = load(args.json)
+    except (OSError, ValueError) as exc:       # a missing file (an unexpanded glob), a JSON cut short
+        print(f"report.py: cannot read {getattr(exc, 'filename', None) or ', '.join(args.json)}: {exc}",
+              file=sys.stderr)
+        return 2
     groups = load_groups(data)
     if not rows and not groups:
         print(f"{', '.join(args.json)}: no benchmarks of bench/ in these files", file=sys.stderr)

@@ -197,3 +197,13 @@ def test_foreign_cpu_fraction_is_of_the_cpus_proc_stat_counts(monkeypatch):
     conftest.pytest_benchmark_update_machine_info(None, machine_info)
     info = machine_info["cynet_bench"]
     assert info["foreign_cpu_seconds"] == 3.0 and info["foreign_cpu_fraction"] == 0.075
+
+
+def test_report_names_a_file_it_cannot_read(tmp_path, capsys):
+    # bench/scaling.sh passes its glob as is when every run of a suite timed out: one line, not a traceback
+    bad = tmp_path / "cut.json"
+    bad.write_text('{"benchmarks": [')
+    assert report.main([str(tmp_path / "activations-t*.json")]) == 2
+    assert "activations-t*.json" in capsys.readouterr().err
+    assert report.main([str(bad)]) == 2
+    assert "cut.json" in capsys.readouterr().err
