@@ -54,8 +54,10 @@ def _option(config, name, default):
 
 class TimingPolicy:
     def __init__(self, bench_time, min_rounds, max_rounds):
-        if bench_time <= 0 or min_rounds < 1 or max_rounds < min_rounds:
-            raise pytest.UsageError("--bench-time must be > 0 and 1 <= --bench-min-rounds <= --bench-max-rounds")
+        if not (math.isfinite(bench_time) and bench_time > 0) or min_rounds < 1 or max_rounds < min_rounds:
+            # (nan and inf passed "> 0" / "<= 0" and crashed every benchmark in math.ceil)
+            raise pytest.UsageError("--bench-time must be a finite number > 0 and 1 <= --bench-min-rounds <= "
+                                    "--bench-max-rounds")
         self.bench_time, self.min_rounds, self.max_rounds = bench_time, min_rounds, max_rounds
 
     def run(self, benchmark, fn):

@@ -30,9 +30,9 @@ suite() {  # suite NAME PYTEST-ARGS...: one run per thread count, then the repor
 
 # The multi-threaded work only: the single-threaded NumPy reference and NumPy floor add nothing to a scaling table.
 suite activations bench/test_bench_activations.py --bench-time 0.15 \
-    -k "4096x4096 and not interleaved and (cynet or torch or limit_torch)"
+    -k "4096x4096 and not interleaved and (cynet or torch or limit_torch or limit_stream)"
 suite normalization bench/test_bench_normalization.py --bench-time 0.15 \
-    -k "(4096x4096 or 128x64x32x32) and (cynet or torch or limit_torch)"
+    -k "(4096x4096 or 128x64x32x32) and (cynet or torch or limit_torch or limit_stream)"
 suite training bench/test_bench_training.py --bench-min-rounds 3 \
     -k "test_epoch and not interleaved and mlp- and (cynet- or torch or floor)"
 exit $status

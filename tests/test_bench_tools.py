@@ -207,3 +207,21 @@ def test_report_names_a_file_it_cannot_read(tmp_path, capsys):
     assert "activations-t*.json" in capsys.readouterr().err
     assert report.main([str(bad)]) == 2
     assert "cut.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bench_time", [float("nan"), float("inf"), 0.0, -1.0])
+def test_timing_policy_refuses_a_bench_time_that_is_not_a_finite_positive_number(bench_time):
+    # nan and inf passed the check and crashed every benchmark in math.ceil(bench_time / cost)
+    conftest = _module("conftest")
+    with pytest.raises(pytest.UsageError, match="--bench-time must be a finite number > 0"):
+        conftest.TimingPolicy(bench_time, 3, 100)
+    assert conftest.TimingPolicy(0.25, 3, 100).bench_time == 0.25
+
+
+def test_scaling_script_times_every_floor_of_the_rows_it_reports():
+    # out of cache the streaming floor is the fastest; without it the scaling tables' cynet/limit read low
+    script = (BENCH / "scaling.sh").read_text()
+    selections = [line for line in script.splitlines() if line.strip().startswith("-k")]
+    assert len(selections) == 3
+    for line in selections[:2]:
+        assert "limit_stream" in line and "limit_torch" in line
