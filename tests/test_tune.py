@@ -699,6 +699,21 @@ def test_grid_search_on_the_process_pool_matches_serial():
     assert [(t["number"], t["val_acc"]) for t in serial.trials] == [(t["number"], t["val_acc"]) for t in pooled.trials]
 
 
+def test_a_hyperparameter_named_like_a_column_keeps_both_in_the_table_and_csv(tmp_path):
+    # "epochs" and "seed" as hyperparameters replaced the trained epochs and the training seed in the table
+    def fn(params, data, budget, seed):
+        return {"val_acc": params["lr"], "epochs": 7}
+
+    space = {"lr": uniform(0, 1), "epochs": choice([2, 3]), "seed": choice([10, 20]), "error": choice(["x"])}
+    result = RandomSearch(space, n_trials=3, seed=0, edge=0).run(fn, executor=None)
+    with open(result.to_csv(tmp_path / "trials.csv")) as f:
+        read = list(csv.DictReader(f))
+    for row, t in zip(read, result.trials):
+        assert int(row["epochs"]) == t["epochs"] == 7 and int(row["seed"]) == t["seed"]
+        assert int(row["params.epochs"]) == t["params"]["epochs"] and int(row["params.seed"]) == t["params"]["seed"]
+        assert row["params.error"] == "x" and row["error"] == ""
+
+
 def test_json_writes_nan_as_null_and_save_best_needs_weights(tmp_path):
     result = RandomSearch({"lr": loguniform(1e-4, 1.0)}, n_trials=12, seed=3).run(flaky_fn, executor=None)
     with open(result.to_json(tmp_path / "r.json")) as f:

@@ -303,7 +303,7 @@ class SearchResult:
     def table(self):
         """The trials as flat rows (dicts), best first: rank, number, stage, rung, status, val_acc, (when trials
         were cross-validated: val_acc_std, val_acc_folds,) val_loss, epochs, budget, seconds, threads, seed, one
-        column per hyperparameter, error.
+        column per hyperparameter (named "params.<name>" when the name is one of these columns), error.
 
         Returns:
             list of dict: the rows.
@@ -318,7 +318,8 @@ class SearchResult:
             row.update({"val_loss": t["val_loss"], "epochs": t["epochs"], "budget": t["budget"],
                         "seconds": t["seconds"], "threads": t.get("threads"), "seed": t["seed"]})
             for name in self._param_names():
-                row[name] = t["params"].get(name)
+                # a hyperparameter named like a column ("epochs", "seed") took that column's place in the row
+                row[f"params.{name}" if name in row or name == "error" else name] = t["params"].get(name)
             row["error"] = t["error"]
             rows.append(row)
         return rows
