@@ -96,9 +96,10 @@ class Ensemble:
         else:
             weights = np.asarray(weights, dtype=np.float64)
             if weights.shape != (len(models),) or not np.all(np.isfinite(weights)) or np.any(weights < 0) \
-                    or weights.sum() <= 0:
+                    or not np.any(weights > 0):
                 raise ValueError(f"Ensemble: weights must be {len(models)} finite non-negative numbers with a "
                                  f"positive sum, got {weights!r}")
+            weights = weights / weights.max()     # finite weights whose sum overflows gave all-zero weights
             weights = weights / weights.sum()
         if transform is not None and not callable(transform):
             raise TypeError(f"Ensemble: transform must be callable, got {transform!r}")

@@ -71,6 +71,16 @@ def test_weighted_ensemble_and_validation(members):
         Ensemble([np.zeros(3)])
 
 
+def test_huge_finite_weights_are_normalised_not_zeroed(members):
+    # finite weights whose sum overflows to inf were divided by it: all-zero weights, probabilities summing to 0
+    ws, bs, x = members
+    models = [linear_with(w, b) for w, b in zip(ws, bs)]
+    ensemble = Ensemble(models, weights=[1e308, 1e308, 5e307])
+    np.testing.assert_allclose(ensemble.weights, [0.4, 0.4, 0.2], rtol=1e-12)
+    np.testing.assert_allclose(ensemble.predict_proba(x), Ensemble(models, weights=[2, 2, 1]).predict_proba(x),
+                               rtol=1e-12)
+
+
 @pytest.mark.parametrize("labels, error, match", [
     ([0, 1, 2, 0, 1, 2, -1], ValueError, r"labels must lie in \[0, 3\).*-1 to 2"),   # -1 would score class 2
     ([0, 1, 2, 0, 1, 2, 3], ValueError, r"labels must lie in \[0, 3\)"),
