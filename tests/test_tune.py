@@ -597,7 +597,9 @@ def test_search_arguments_are_checked_before_any_trial_runs(make, message):
 
 @pytest.mark.parametrize("kwargs,message", [({"n_trials": 0}, "n_trials"), ({"eta": 1}, "eta"),
                                             ({"max_rungs": 0}, "max_rungs"), ({"min_budget": 0}, "min_budget"),
-                                            ({"min_budget": float("inf")}, "min_budget")])
+                                            ({"min_budget": float("inf")}, "min_budget"),
+                                            ({"threads_per_trial": 0}, "threads_per_trial"),   # said CoarseToFine.run
+                                            ({"n_workers": 0}, "n_workers")])
 def test_successive_halving_names_itself_in_argument_errors(kwargs, message):
     CALLS.clear()
     with pytest.raises(ValueError, match=f"successive_halving: {message}"):

@@ -509,13 +509,14 @@ class _Search:
         Returns:
             SearchResult: every trial, best first.
         """
+        owner = self._caller_name or f"{type(self).__name__}.run"   # successive_halving, not CoarseToFine.run
         if not callable(train_fn):
-            raise TypeError(f"{type(self).__name__}.run: train_fn must be callable, got {train_fn!r}")
-        budget = _check_budget(f"{type(self).__name__}.run", "budget", budget)
+            raise TypeError(f"{owner}: train_fn must be callable, got {train_fn!r}")
+        budget = _check_budget(owner, "budget", budget)
         if threads_per_trial is not None:
-            threads_per_trial = _check_int(f"{type(self).__name__}.run", "threads_per_trial", threads_per_trial, 1)
+            threads_per_trial = _check_int(owner, "threads_per_trial", threads_per_trial, 1)
         if n_workers is not None:
-            n_workers = _check_int(f"{type(self).__name__}.run", "n_workers", n_workers, 1)
+            n_workers = _check_int(owner, "n_workers", n_workers, 1)
         self._best = None                   # (sort key, state_dict)
         runner = make_runner(executor, train_fn, data, n_workers=n_workers, threads_per_trial=threads_per_trial,
                              mp_context=mp_context, max_parallel=self._max_parallel())
