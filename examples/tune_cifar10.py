@@ -47,7 +47,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--executor", choices=["serial", "process", "dask"], default="process")
     p.add_argument("--workers", type=positive_int, default=None,
-                   help="process-pool / LocalCluster workers (default: cores)")
+                   help="process-pool / LocalCluster workers (default: the cores on the pool, 2 for a LocalCluster)")
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (with --executor dask)")
     p.add_argument("--threads-per-trial", type=thread_count, default=None,
                    help="threads each trial uses (default: cores // workers on the pool, 1 on Dask, all cores "
