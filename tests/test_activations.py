@@ -21,8 +21,8 @@ from hypothesis.extra.numpy import arrays
 import cynet
 from cynet import ops, reference
 from _helpers import (BY_ID, ELEMENTWISE, EXTENDED, SPECIAL_VALUES, TRANSCENDENTAL, condition_number,
-                      numerical_gradient, numerical_gradient_elementwise, relative_error, truth_derivative, truth_forward,
-                      ulp_error)
+                      numerical_gradient, numerical_gradient_elementwise, relative_error, truth_derivative,
+                      truth_forward, ulp_error)
 
 DTYPES = [np.float32, np.float64]
 DTYPE_IDS = ["float32", "float64"]
