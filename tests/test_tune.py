@@ -875,3 +875,15 @@ def test_run_refuses_a_number_of_workers_that_is_not_a_positive_int():
 def test_grid_points_refuses_names_that_are_not_in_the_space():
     with pytest.raises(ValueError, match=r"points names \['learning_rate'\], which are not in the space"):
         grid_points({"lr": loguniform(1e-3, 1e-1), "reg": uniform(0, 1)}, {"learning_rate": 10, "reg": 2})
+
+
+def test_successive_halving_takes_the_pools_multiprocessing_context():
+    """RandomSearch.run takes mp_context (forkserver/spawn: parallel kernels in the workers); successive_halving had
+    no way to pass it. A context of its own gives the same table as the serial run."""
+    import multiprocessing
+    space = {"lr": loguniform(1e-4, 1e-1)}
+    serial = successive_halving(peak_fn, None, space, n_trials=4, eta=2, seed=3, executor=None)
+    pooled = successive_halving(peak_fn, None, space, n_trials=4, eta=2, seed=3, executor="process", n_workers=1,
+                                mp_context=multiprocessing.get_context("fork"))
+    assert [(t["number"], t["budget"], t["val_acc"]) for t in pooled.trials] == \
+        [(t["number"], t["budget"], t["val_acc"]) for t in serial.trials]

@@ -789,7 +789,7 @@ class CoarseToFine(_Search):
 
 def successive_halving(train_fn, data=None, space=None, *, n_trials=27, min_budget=1, eta=3, max_rungs=None,
                        seed=0, executor="process", n_workers=None, threads_per_trial=None, checkpoint_dir=None,
-                       progress=False):
+                       progress=False, mp_context=None):
     """Successive halving: ``n_trials`` random configurations at ``min_budget``; keep the top ``1/eta``, give them
     ``eta`` times the budget; repeat until one configuration is left (or ``max_rungs`` rungs ran).
 
@@ -802,7 +802,8 @@ def successive_halving(train_fn, data=None, space=None, *, n_trials=27, min_budg
         eta (int): reduction factor, >= 2. Default 3.
         max_rungs (int or None): limit on the rungs. Default None.
         seed (int): the search's seed. Default 0.
-        executor, n_workers, threads_per_trial, checkpoint_dir, progress: as for :meth:`RandomSearch.run`.
+        executor, n_workers, threads_per_trial, checkpoint_dir, progress, mp_context: as for
+            :meth:`RandomSearch.run`.
 
     Returns:
         SearchResult: every rung's records (a surviving configuration keeps its trial number and seed; "rung" says
@@ -834,4 +835,4 @@ def successive_halving(train_fn, data=None, space=None, *, n_trials=27, min_budg
                           seed=seed)
     search._caller_name, search._caller_depth = "successive_halving", 1
     return search.run(train_fn, data, executor=executor, n_workers=n_workers, threads_per_trial=threads_per_trial,
-                      checkpoint_dir=checkpoint_dir, progress=progress)
+                      checkpoint_dir=checkpoint_dir, progress=progress, mp_context=mp_context)
