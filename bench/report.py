@@ -28,8 +28,8 @@ MiB or more with them; out of cache the streaming floor is therefore the one to 
 win. A file from before the streaming floor existed has no ``limit_stream``: its cynet/limit at (4096, 4096) and for
 BatchNorm2d's (128, 64, 32, 32) is flattered (ratios below 1 were possible).
 
-Several JSON files (runs of one suite at different thread counts, say) make one table, in the order given; the
-header describes the first. ``--scaling`` prints instead one row per op with cynet's time at every thread count.
+Several JSON files (runs of one suite at different thread counts, say) make one table, rows in the order the runs
+met them and each op's rows by thread count; the header describes the first file. ``--scaling`` prints instead one row per op with cynet's time at every thread count.
 
 Standard library only.
 """
