@@ -590,7 +590,8 @@ class Trainer:
             (e.g. :class:`cynet.nn.loss.SoftmaxCrossEntropy`).
         optimizer: a :mod:`cynet.optim` optimiser over the model's parameters (``step``, ``lr``, ``state_dict``).
             One that takes a closure (:class:`~cynet.optim.LBFGS`) gets one re-evaluating the current batch; its
-            first call returns the loss the trainer has just computed (with the penalty), gradients already in place.
+            first call returns the loss the trainer has just computed (with the penalty), gradients already in place;
+            a non-finite loss its line search meets (a FloatingPointError) stops training as the divergence guard does.
         scheduler: optional learning-rate schedule from :mod:`cynet.optim.lr_scheduler`, stepped once per epoch
             (a ReduceLROnPlateau gets the validation loss, or the training loss when there is no validation, so
             its mode must be "min"). Default None.
@@ -970,7 +971,13 @@ class Trainer:
         if (self.iteration - 1) % self.guard_every == 0:
             self._last_good.take(self.iteration)
         if getattr(self.optimizer, "needs_closure", False):
-            self.optimizer.step(self._closure(xb, yb, data_loss + reg_loss))
+            try:
+                self.optimizer.step(self._closure(xb, yb, data_loss + reg_loss))
+            except FloatingPointError as error:
+                # L-BFGS's line search met a NaN/inf loss: it put its parameters back, but the closure's forward
+                # passes left the buffers (BatchNorm running statistics) at what they saw there; the guard's case
+                self._diverged(f"the optimiser's re-evaluation met a non-finite loss ({error})")
+                return None
         else:
             self.optimizer.step()
         return data_loss, _correct(scores, yb)

@@ -464,3 +464,23 @@ def test_a_state_saved_right_after_lowering_history_size_loads_and_resumes_exact
         assert straight.step(run(straight_p)) == resumed.step(run(resumed_p))
         np.testing.assert_array_equal(straight_p.data, resumed_p.data)
         assert len(straight._memory["ro"]) <= 2
+
+
+def test_a_non_finite_loss_in_the_trainers_line_search_is_the_divergence_guards_case():
+    # the line search's closure calls run forward passes: on a NaN it put the weights back but raised out of fit,
+    # the batch norm's running statistics left at the overflowed trial point's (running_var inf)
+    x, y = _data()
+    cynet.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 4)).to(np.float64)
+    weights = [p.data.copy() for p in model.parameters()]
+    trainer = Trainer(model, nn.SoftmaxCrossEntropy(), LBFGS(model.parameters(), lr=1e300, max_iter=5,
+                                                             line_search_fn="strong_wolfe"), progress=False)
+    with np.errstate(all="ignore"), pytest.warns(cynet.train.DivergenceWarning, match="non-finite loss"):
+        trainer.fit(x, y, epochs=1, batch_size=len(x), shuffle=False)
+    assert trainer.stop_reason.startswith("diverged at iteration 1")
+    for p, w in zip(model.parameters(), weights):
+        np.testing.assert_array_equal(p.data, w)
+    # by hand: the iteration's own forward moved the statistics once (momentum 0.1) from (0, 1)
+    h = x @ weights[0].T + weights[1]
+    np.testing.assert_allclose(model[1].running_mean, 0.1 * h.mean(axis=0), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(model[1].running_var, 0.9 + 0.1 * h.var(axis=0, ddof=1), rtol=1e-12)
