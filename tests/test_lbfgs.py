@@ -484,3 +484,15 @@ def test_a_non_finite_loss_in_the_trainers_line_search_is_the_divergence_guards_
     h = x @ weights[0].T + weights[1]
     np.testing.assert_allclose(model[1].running_mean, 0.1 * h.mean(axis=0), rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(model[1].running_var, 0.9 + 0.1 * h.var(axis=0, ddof=1), rtol=1e-12)
+
+
+def test_batch_norm_in_training_mode_keeps_the_loss_and_moves_its_running_statistics_per_closure_call():
+    # the docstring's account: the same loss at every call, one running-statistics update per call
+    x, y = _data()
+    cynet.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 4)).to(np.float64)
+    closure = loss_closure(model, nn.SoftmaxCrossEntropy(), x, y)
+    assert closure() == closure()
+    opt = LBFGS(model.parameters(), max_iter=5, line_search_fn="strong_wolfe")
+    opt.step(closure)
+    assert model[1].num_batches_tracked == 2 + opt.state_dict()["lbfgs.func_evals"]

@@ -158,8 +158,10 @@ class LBFGS(Optimizer):
     curvature pairs carry over from one ``step`` to the next.
 
     CS231n: L-BFGS "usually works very well in full batch, deterministic mode", and "does not transfer very well to
-    the mini-batch setting": a different batch per ``step`` breaks the pairs, and dropout or batch norm in training
-    mode make even one batch's loss change between closure calls (switch them to eval mode, or use SGD there).
+    the mini-batch setting": a different batch per ``step`` breaks the pairs, and dropout in training mode makes even
+    one batch's loss change between closure calls (a new mask each call). Batch norm in training mode keeps one
+    batch's loss the same (its batch statistics), but every closure call's forward pass updates its running
+    statistics: up to ``max_eval + 1`` times per ``step`` (switch these layers to eval mode, or use SGD there).
 
     Args:
         params (iterable of Parameter): the parameters (one group: L-BFGS has no per-parameter settings); all of one
