@@ -570,7 +570,9 @@ def lsuv_(model, x, *, target_std=1.0, tol=0.02, max_iter=10, orthogonal=True, g
     standard deviation of its output on the batch ``x``, repeated until that std is within ``tol`` (relative) of
     ``target_std`` or ``max_iter`` scalings were made. Each layer is measured after the layers before it are done,
     so every layer's output on this batch ends with unit variance whatever the nonlinearities in between: unlike the
-    closed-form rules, the scale comes from the data. The forward passes run in evaluation mode (no dropout;
+    closed-form rules, the scale comes from the data. A weight tied between layers (one :class:`Parameter`, e.g. a
+    :meth:`~cynet.nn.Module.shared_copy`) is set up for the first layer using it only: scaling it again for a later
+    one would undo the first's unit variance. The forward passes run in evaluation mode (no dropout;
     batch norm with its running statistics), and every module's mode is restored afterwards.
 
     .. math:: W_\ell \leftarrow W_\ell \cdot \frac{\sigma^*}{\operatorname{std}(y_\ell(x))}
@@ -615,9 +617,11 @@ def lsuv_(model, x, *, target_std=1.0, tol=0.02, max_iter=10, orthogonal=True, g
         raise ValueError(f"{name}: max_iter must be an int >= 1, got {max_iter!r}")
     from cynet.nn.normalization import normalization_parameters
     gains = normalization_parameters(model)        # a LayerNorm over (C, D) has a 2-d gain: not a weight matrix
-    layers = [(layer_name or type(m).__name__, m) for layer_name, m in model.named_modules()
-              if isinstance(getattr(m, "weight", None), Parameter) and m.weight.data.ndim >= 2
-              and id(m.weight) not in gains]
+    layers, seen = [], set(gains)      # a tied weight is set up by the first layer using it, and left alone after
+    for layer_name, m in model.named_modules():
+        if isinstance(getattr(m, "weight", None), Parameter) and m.weight.data.ndim >= 2 and id(m.weight) not in seen:
+            seen.add(id(m.weight))
+            layers.append((layer_name or type(m).__name__, m))
     if not layers:
         raise ValueError(f"{name}: {type(model).__name__} has no layer with a weight matrix to initialise")
     rng = resolve_generator(generator)
