@@ -257,3 +257,21 @@ def test_statistics_updated_a_few_times_are_named_as_too_young():
     for _ in range(60):                                       # 0.9^63: well trained averages, no such cause
         model(x[:100])
     assert check_batchnorm(model, x, batch_size=100).layers[0].initial_share < 0.01
+
+
+def test_recomputed_statistics_on_shifted_data_are_not_named_as_too_young():
+    # recompute_batchnorm_statistics over 2 batches leaves num_batches_tracked = 2, and the check took 0.9^2 = 81% of
+    # the averages for the initial mean 0 / variance 1 ("too few updates") once the data shifted, though the
+    # recomputed averages hold none of them
+    x = _data()
+    model = nn.recompute_batchnorm_statistics(_model(), x, batch_size=300)
+    shifted = check_batchnorm(model, _data(mean=5.0, std=4.0, seed=1), batch_size=300)
+    layer = shifted.layers[0]
+    assert layer.batches_tracked == 2 and layer.initial_share == 0.0
+    text = shifted["running statistics"].explanation
+    assert shifted["running statistics"].passed is False
+    assert "too few updates" not in text and "augmentation" in text
+    model[0].reset_running_stats()                             # back to the initial values: their whole weight
+    for start in (0, 100):
+        model.train()(x[start:start + 100])
+    assert check_batchnorm(model, x, batch_size=100).layers[0].initial_share == pytest.approx(0.9 ** 2)

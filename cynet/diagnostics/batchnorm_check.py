@@ -72,7 +72,8 @@ class LayerStatistics:
             running statistics and always normalises with the batch's, or the data never reached it).
         initial_share (float or None): the weight the initial running mean 0 and variance 1 still have in the
             averages, ``(1 - momentum) ** batches_tracked`` (0 for the cumulative average of ``momentum=None`` once
-            a batch was seen; None without running statistics).
+            a batch was seen, and since :func:`~cynet.nn.recompute_batchnorm_statistics` wrote them; None without
+            running statistics).
     """
 
     name: str
@@ -182,6 +183,9 @@ def _layer_statistics(name, layer, moments):
         return LayerStatistics(name, kind, channels, None, nan, nan, nan, (nan, nan), None)
     tracked = int(layer.num_batches_tracked)
     initial = (1.0 if tracked == 0 else 0.0) if layer.momentum is None else (1.0 - layer.momentum) ** tracked
+    recomputed = getattr(layer, "_recomputed_at", None)
+    if recomputed is not None and tracked >= recomputed:
+        initial = 0.0           # recompute_batchnorm_statistics wrote them whole: no initial 0 and 1 left to weigh
     if moments.count == 0:
         return LayerStatistics(name, kind, channels, tracked, nan, nan, nan, (nan, nan), None, initial)
     data_mean, data_var = moments.mean_var()

@@ -416,6 +416,7 @@ class _BatchNorm(Module):
         self._frozen_box = [False]  # the frozen flag in a list that shared_copy twins share, as their statistics
         self._cache = None
         self._pooled = None         # _PooledMoments while recompute_batchnorm_statistics runs
+        self._recomputed_at = None  # num_batches_tracked when recompute_batchnorm_statistics last wrote the statistics
 
     # --- freezing: a frozen batch norm normalises with its running statistics and updates nothing ---------------
     def _set_frozen_state(self, frozen):
@@ -449,6 +450,7 @@ class _BatchNorm(Module):
             self.running_mean[...] = 0
             self.running_var[...] = 1
             self.num_batches_tracked[...] = 0
+        self._recomputed_at = None
 
     def _params(self, x):
         """gamma and beta for x: the parameters (checked: replaced by hand, they would reach the kernels), or ones and
@@ -875,6 +877,7 @@ class _PooledMoments:
         if self.mean is not None:
             bn.running_mean[...] = self.mean
             bn.running_var[...] = self.m2 / (self.n - 1)
+            bn._recomputed_at = int(bn.num_batches_tracked)     # nothing of the initial 0 and 1 left in them
 
 
 def recompute_batchnorm_statistics(model, x, batch_size=256):
