@@ -630,6 +630,9 @@ def lsuv_(model, x, *, target_std=1.0, tol=0.02, max_iter=10, orthogonal=True, g
         model.eval()
         for layer_name, layer in layers:
             weight = layer.weight.data
+            if not orthogonal and not np.any(weight):
+                raise ValueError(f"{name}: layer {layer_name!r} ({type(layer).__name__}) has all-zero weights: "
+                                 f"scaling cannot change its output (orthogonal=True draws new weights first)")
             std = before = _output_std(model, x, layer_name, layer)
             if orthogonal:
                 orthogonal_(weight, generator=rng)

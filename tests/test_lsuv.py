@@ -164,3 +164,16 @@ def test_a_tied_weight_is_set_up_once_and_the_report_stays_true():
     assert abs(outputs[0].std() - 1) < 0.02
     np.testing.assert_allclose(outputs[0].std(), report[0].std_after, rtol=1e-5)
     np.testing.assert_allclose(outputs[2].std(), report[1].std_after, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_all_zero_weights_are_named_not_a_constant_batch(bias):
+    """Zero weights with orthogonal=False: the error blamed the batch ("constant input? Pass a batch of real data")
+    though x was random."""
+    model = nn.Sequential(nn.Linear(16, 8, bias=bias, init="zeros", generator=0), nn.ReLU(), nn.Linear(8, 4))
+    if bias:
+        model[0].bias.data[...] = np.arange(8)
+    x = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
+    with pytest.raises(ValueError, match="layer '0' \\(Linear\\) has all-zero weights"):
+        init.lsuv_(model, x, orthogonal=False)
+    assert np.all(model[0].weight.data == 0)
