@@ -275,3 +275,16 @@ def test_recomputed_statistics_on_shifted_data_are_not_named_as_too_young():
     for start in (0, 100):
         model.train()(x[start:start + 100])
     assert check_batchnorm(model, x, batch_size=100).layers[0].initial_share == pytest.approx(0.9 ** 2)
+
+
+def test_statistics_loaded_after_a_recompute_are_weighed_as_theirs():
+    # the note that the statistics were recomputed described the old arrays: loaded ones (5 updates of a training
+    # run) still hold 0.9^5 of the initial mean 0 / variance 1, which the check must count again
+    x = _data()
+    young = _model()
+    for start in range(0, 500, 100):
+        young.train()(x[start:start + 100])
+    model = nn.recompute_batchnorm_statistics(_model(), x, batch_size=300)
+    assert check_batchnorm(model, x, batch_size=300).layers[0].initial_share == 0.0
+    model.load_state_dict(young.state_dict())
+    assert check_batchnorm(model, x, batch_size=100).layers[0].initial_share == pytest.approx(0.9 ** 5)

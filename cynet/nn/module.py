@@ -715,7 +715,13 @@ class Module:
             raise ValueError(f"{type(self).__name__}.load_state_dict: nothing loaded: " + "; ".join(mismatched))
         for target, array in converted:
             target[...] = array
+        for module in self.modules():
+            module._state_loaded()
         return missing, unexpected
+
+    def _state_loaded(self):
+        """Called on every module after :meth:`load_state_dict` wrote its arrays: forget what described the old ones
+        (a batch norm's note that its running statistics were recomputed)."""
 
     # --- in-place modules --------------------------------------------------------------------------------------------
     def _overwrites_input(self):

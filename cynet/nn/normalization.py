@@ -452,6 +452,9 @@ class _BatchNorm(Module):
             self.num_batches_tracked[...] = 0
         self._recomputed_at = None
 
+    def _state_loaded(self):
+        self._recomputed_at = None      # loaded statistics are not the recomputed ones
+
     def _params(self, x):
         """gamma and beta for x: the parameters (checked: replaced by hand, they would reach the kernels), or ones and
         zeros."""
