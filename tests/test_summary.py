@@ -65,3 +65,22 @@ def test_summary_of_a_float64_model_runs_in_float64_without_being_told():
     assert s.dtype == np.float64 and s.param_bytes == (10 * 5 + 5) * 8     # 8 bytes an entry, by hand
     assert s.activation_bytes_per_example == 2 * 5 * 8                     # two (5,) float64 outputs
     assert summary(model, (10,), dtype=np.float64).total_params == s.total_params == 55
+
+
+def test_summary_keeps_a_modules_own_forward_and_an_enclosing_recording():
+    # before: the recording wrapper's removal popped any instance forward, the user's override or the wrapper of a
+    # recording still open (a TrainingMonitor's), which then stopped recording
+    from cynet.diagnostics.init_lab import recording
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU())
+    x = np.ones((4, 3), np.float32)
+    override = lambda inp: np.full((len(inp), 2), 7.0, np.float32)     # noqa: E731
+    model[1].forward = override
+    summary(model, (3,))
+    assert vars(model[1])["forward"] is override and np.array_equal(model(x), np.full((4, 2), 7.0))
+    del model[1].forward
+    outer = []
+    with recording([("1", model[1])], outer):
+        summary(model, (3,))                                  # its batch of 2 zeros passes through the outer too
+        model(x)
+    assert [y.shape for _, _, y in outer] == [(2, 2), (4, 2)]
+    assert "forward" not in vars(model[1])

@@ -160,14 +160,19 @@ def monitored_layers(model):
     return [(name, m) for name, m in model.named_modules() if not m._modules and name]
 
 
+_NO_FORWARD = object()      # recording: the module had no instance forward of its own
+
+
 @contextlib.contextmanager
 def recording(named_modules, sink):
     """Within the block, every forward of the given modules appends ``(name, module, output)`` to ``sink``.
 
     The output is copied when recorded: a later in-place module (``Dropout(inplace=True)``) would otherwise change
-    it before it is read. The wrapper is an instance attribute shadowing the class's ``forward`` and is removed on
-    exit (also on error).
+    it before it is read. The wrapper is an instance attribute shadowing the module's ``forward``; on exit (also on
+    error) it stops recording and the module's ``forward`` is put back as it was: the class's, a user's instance
+    override, or the wrapper of an enclosing recording still open (which so keeps recording).
     """
+    active = [True]
     wrapped = []
     try:
         for name, module in named_modules:
@@ -175,15 +180,25 @@ def recording(named_modules, sink):
 
             def forward(*args, _original=original, _name=name, _module=module, **kwargs):
                 out = _original(*args, **kwargs)
-                sink.append((_name, _module, np.array(out, copy=True) if isinstance(out, np.ndarray) else out))
+                if active[0]:
+                    sink.append((_name, _module, np.array(out, copy=True) if isinstance(out, np.ndarray) else out))
                 return out
 
+            forward._recording = (active, module.__dict__.get("forward", _NO_FORWARD))
             object.__setattr__(module, "forward", forward)
             wrapped.append(module)
         yield sink
     finally:
+        active[0] = False
         for module in wrapped:
-            module.__dict__.pop("forward", None)
+            # drop the closed recordings' wrappers from the top (one left below an open one just passes through)
+            own = module.__dict__.get("forward", _NO_FORWARD)
+            while getattr(own, "_recording", None) is not None and not own._recording[0][0]:
+                own = own._recording[1]
+            if own is _NO_FORWARD:
+                module.__dict__.pop("forward", None)
+            else:
+                object.__setattr__(module, "forward", own)
 
 
 def activation_statistics(model_or_layers, x, *, bins=50):
