@@ -122,3 +122,19 @@ def test_invalid_arguments():
         with pytest.raises(ValueError, match=r"ratio_range must be \(low, high\) with 0 <= low < high"):
             TrainingMonitor(ratio_range=bad)
     assert isinstance(TrainingMonitor(), Callback)
+
+
+def test_history_refuses_a_name_or_key_it_does_not_hold():
+    # before: a misspelt parameter or layer name returned two empty arrays (an empty plot), an unknown key an
+    # AttributeError of LayerStats
+    x, y = _data()
+    monitor = TrainingMonitor(every_iterations=1)
+    assert [len(a) for a in monitor.history("update_ratio", "0.weight")] == [0, 0]     # no records yet
+    _fit(_model(), monitor, x, y)
+    assert len(monitor.history("update_ratio", "0.weight")[1]) == 4
+    with pytest.raises(ValueError, match=r"no parameter named '0\.weights'.*'0\.weight', '0\.bias'"):
+        monitor.history("update_ratio", "0.weights")
+    with pytest.raises(ValueError, match=r"no monitored layer named '0'.*\['1', '3'\]"):
+        monitor.history("dead", "0")                      # the Linear, not its ReLU
+    with pytest.raises(ValueError, match="key must be one of"):
+        monitor.history("grad", "1")

@@ -241,8 +241,23 @@ class TrainingMonitor(Callback):
             name (str): the parameter or layer name.
 
         Returns:
-            tuple: two numpy arrays of the same length.
+            tuple: two numpy arrays of the same length (empty before the first record).
+
+        Raises:
+            ValueError: an unknown ``key``, or a ``name`` no record holds for it (a misspelt name, a layer's for a
+                parameter's quantity or the other way round).
         """
+        param_keys, layer_keys = ("update_ratio", "grad_std"), ("mean", "std", "saturated", "dead", "unit_std")
+        if key not in param_keys + layer_keys:
+            raise ValueError(f"TrainingMonitor.history: key must be one of {param_keys + layer_keys}, got {key!r}")
+        if self.records:
+            known = (list(self.records[0][key]) if key in param_keys
+                     else [layer.name for layer in self.records[0]["layers"]])
+            if not any(name in (record[key] if key in param_keys else [layer.name for layer in record["layers"]])
+                       for record in self.records):
+                kind = "parameter" if key in param_keys else "monitored layer"
+                raise ValueError(f"TrainingMonitor.history: no {kind} named {name!r} for {key!r}; the "
+                                 f"{kind}s are {known}")
         iterations, values = [], []
         for record in self.records:
             if key in ("update_ratio", "grad_std"):
