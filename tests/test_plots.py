@@ -150,3 +150,12 @@ def test_the_file_extension_chooses_the_format(tmp_path):
     _check_png(tmp_path / "acc")
     with pytest.raises(ValueError, match="Format 'xyz' is not supported"):
         plots.plot_loss(history, tmp_path / "loss.xyz", window=20)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, "3", True])
+def test_first_layer_templates_refuse_a_count_that_is_not_a_positive_int(tmp_path, bad):
+    # max_templates=0 or -5 drew one template ("at most" 0), 2.5 two
+    with pytest.raises(ValueError, match="plot_first_layer_templates: max_templates must be a positive int"):
+        plots.plot_first_layer_templates(np.zeros((4, 64)), tmp_path / "t.png", image_shape=(1, 8, 8),
+                                         max_templates=bad)
+    assert not (tmp_path / "t.png").exists()

@@ -84,3 +84,10 @@ def test_summary_keeps_a_modules_own_forward_and_an_enclosing_recording():
         model(x)
     assert [y.shape for _, _, y in outer] == [(2, 2), (4, 2)]
     assert "forward" not in vars(model[1])
+
+
+@pytest.mark.parametrize("bad", [2.5, "3", 0, True])
+def test_summary_refuses_a_batch_size_that_is_not_a_positive_int(bad):
+    # int() took 2.5 for 2 and "3" for 3
+    with pytest.raises(ValueError, match="summary: batch_size must be a positive int"):
+        summary(nn.Sequential(nn.Linear(4, 3)), (4,), batch_size=bad)

@@ -15,6 +15,8 @@ import os
 
 import numpy as np
 
+from cynet._validation import positive_int
+
 __all__ = ["plot_loss", "plot_accuracy", "plot_activation_histograms", "plot_update_ratios",
            "plot_first_layer_templates"]
 
@@ -254,7 +256,7 @@ def plot_first_layer_templates(weight, path, image_shape=(3, 32, 32), max_templa
     if w.ndim != 2 or w.shape[1] != size or w.shape[0] == 0:
         raise ValueError(f"plot_first_layer_templates: weight must have shape (out, {size}) for images of shape "
                          f"{image_shape}, got shape {w.shape}")
-    w = w[:max(1, int(max_templates))]
+    w = w[:positive_int("plot_first_layer_templates", "max_templates", max_templates)]   # (0 or -5 drew one)
     n = len(w)
     cols = min(n, 10)
     rows = math.ceil(n / cols)

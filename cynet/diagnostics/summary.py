@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cynet._validation import positive_int
 from cynet.diagnostics.init_lab import recording
 from cynet.nn.module import Module
 
@@ -96,8 +97,9 @@ def summary(model, input_shape, dtype=None, batch_size=2):
             isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in input_shape):
         raise TypeError(f"summary: input_shape must be a tuple of ints, got {input_shape!r}")
     input_shape = tuple(int(d) for d in input_shape)
-    if any(d < 1 for d in input_shape) or isinstance(batch_size, bool) or int(batch_size) < 1:
-        raise ValueError(f"summary: input_shape {input_shape} and batch_size {batch_size!r} must be positive")
+    if any(d < 1 for d in input_shape):
+        raise ValueError(f"summary: input_shape {input_shape} must be positive")
+    batch_size = positive_int("summary", "batch_size", batch_size)      # (int() took 2.5 for 2 and "3" for 3)
     if dtype is None:
         dtype = next((p.data.dtype for p in model.parameters()), np.dtype(np.float32))
     leaves = [(name, m) for name, m in model.named_modules() if not m._modules]
