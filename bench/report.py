@@ -29,7 +29,8 @@ win. A file from before the streaming floor existed has no ``limit_stream``: its
 BatchNorm2d's (128, 64, 32, 32) is flattered (ratios below 1 were possible).
 
 Several JSON files (runs of one suite at different thread counts, say) make one table, rows in the order the runs
-met them and each op's rows by thread count; the header describes the first file. ``--scaling`` prints instead one row per op with cynet's time at every thread count.
+met them and each op's rows by thread count; the header describes the first file. ``--scaling`` prints instead one
+row per op with cynet's time at every thread count.
 
 Standard library only.
 """
