@@ -226,3 +226,22 @@ def test_a_steady_decline_is_not_a_flat_start(curve):
     # above 90 % of its start for 23 % of the run, then below 70 %: the old rule called a straight line "flat then
     # sudden drop" and advised another initialisation; its first half falls 5 % of the start, a flat start ~0 %
     assert "flat then sudden drop" not in diagnose({"loss": list(curve)}).names()
+
+
+def test_no_underfitting_advice_when_the_loss_itself_is_alarming():
+    # a run at lr 1e-6 (or from all-zero weights): the loss does not move, the accuracies stay at chance; before, the
+    # "loss not moving: raise the lr" alarm came with "underfitting: the model is too weak, use a bigger model", a
+    # confident cause that the run contradicts (the loss never started to fall: a bigger model does nothing)
+    flat = {"loss": _noisy(np.full(120, 2.306), 0.01), "train_acc": [0.124, 0.124, 0.124],
+            "val_acc": [0.118, 0.118, 0.12]}
+    d = diagnose(flat)
+    assert d.names()[0] == "loss not moving"
+    assert "underfitting" not in d.names()
+    # a slow divergence: the accuracies are low because the loss rises, not for lack of capacity
+    rising = {"loss": list(np.linspace(2.3, 3.0, 200)), "train_acc": [0.15, 0.12], "val_acc": [0.14, 0.12]}
+    d = diagnose(rising)
+    assert d.names()[0] == "loss rising" and "underfitting" not in d.names()
+    # with a loss that falls, low accuracies and no gap are still underfitting
+    falling = {"loss": list(2.3 / np.sqrt(1 + np.arange(200) / 20)), "train_acc": [0.3, 0.35],
+               "val_acc": [0.29, 0.34]}
+    assert "underfitting" in diagnose(falling).names()

@@ -24,7 +24,7 @@ plateau               warning   the loss fell >= 10 % overall but < 2 % (``PLATE
                                 its level over the last 25 % of iterations (``PLATEAU_TAIL``)
 overfitting           warning   final train_acc - val_acc > 0.15 (``GAP``)                       regularise, more data
 underfitting          warning   gap < 0.05 (``SMALL_GAP``) and train_acc < 0.6                   bigger model, longer
-                                (``LOW_ACCURACY``)
+                                (``LOW_ACCURACY``); not with a loss alarm, which names the cause
 still improving       info      val_acc at its best in the last epoch and up > 1 point           train longer
                                 (``RISING``) over the last 3 epochs
 healthy               ok        none of the alarms or warnings above (and the loss judged)       —
@@ -214,6 +214,9 @@ def _loss_findings(loss, found):
 
 
 def _accuracy_findings(history, found):
+    # low accuracies under a loss alarm (exploded, rising, not moving) are that alarm's effect: "the model is too
+    # weak, use a bigger one" would contradict it (a loss at lr 1e-6 or from zero weights never started to fall)
+    loss_alarm = any(f.severity == "alarm" for f in found)
     train = _series(history, "train_acc")
     val = _series(history, "val_acc")
     for key, values in (("train_acc", train), ("val_acc", val)):
@@ -225,7 +228,7 @@ def _accuracy_findings(history, found):
     if not train.size or not math.isfinite(train[-1]):
         return
     if val.size != train.size or not math.isfinite(val[-1]):
-        if train[-1] < LOW_ACCURACY:
+        if train[-1] < LOW_ACCURACY and not loss_alarm:
             found.append(Finding(
                 "underfitting", "warning",
                 f"train accuracy {train[-1]:.1%} (below {LOW_ACCURACY:.0%}; no validation numbers)",
@@ -246,7 +249,7 @@ def _accuracy_findings(history, found):
         found.append(Finding("overfitting", "warning", evidence,
                              "increase the regularisation (weight decay, dropout), get more data or augment it, "
                              "or stop earlier (EarlyStopping)", values))
-    elif gap < SMALL_GAP and train[-1] < LOW_ACCURACY:
+    elif gap < SMALL_GAP and train[-1] < LOW_ACCURACY and not loss_alarm:
         found.append(Finding(
             "underfitting", "warning",
             f"train accuracy {train[-1]:.1%} and validation {val[-1]:.1%}: no gap ({gap:+.1%}) and low accuracy "
