@@ -132,8 +132,16 @@ def generator_scope(generator):
 
 
 def get_rng_state(generator=None):
-    """The state of ``generator`` (default: the global one) as a JSON string, storable without pickle."""
-    return json.dumps(resolve_generator(generator).bit_generator.state)
+    """The state of ``generator`` (default: the global one) as a JSON string, storable without pickle. Any bit
+    generator's state: the arrays in MT19937's, Philox's and SFC64's are stored as lists of ints."""
+    return json.dumps(resolve_generator(generator).bit_generator.state, default=_array_as_list)
+
+
+def _array_as_list(value):
+    """JSON for the arrays of a bit generator's state (MT19937's key, Philox's counter, ...): a list of ints."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cynet.get_rng_state: cannot store {type(value).__name__} in a random state")
 
 
 def set_rng_state(state, generator=None):
