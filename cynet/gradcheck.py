@@ -459,7 +459,11 @@ def _not_accumulating(params, grads, second_backward, notes):
     return wrong
 
 
-def _validate_settings(fn, num_checks, h, tolerance, kink_tolerance):
+def _validate_settings(fn, num_checks, h, tolerance, kink_tolerance, seed):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        # default_rng(None) would draw fresh entropy: a check that changes on every call and that the report's
+        # "seed None" cannot reproduce
+        raise ValueError(f"{fn}: seed must be a non-negative int, got {seed!r}")
     if isinstance(num_checks, bool) or not isinstance(num_checks, numbers.Integral) or num_checks < 1:
         raise ValueError(f"{fn}: num_checks must be a positive int, got {num_checks!r}")
     for name, value in (("h", h), ("tolerance", tolerance), ("kink_tolerance", kink_tolerance)):
@@ -637,7 +641,7 @@ def check_module(module, x, *, num_checks=10, h=1e-5, seed=0, check_input=True, 
         'good'
     """
     fn = "check_module"
-    _validate_settings(fn, num_checks, h, tolerance, kink_tolerance)
+    _validate_settings(fn, num_checks, h, tolerance, kink_tolerance, seed)
     model = _float64_copy(module)
     x = _float64_input(fn, "x", x)
     rng = np.random.default_rng(seed)
@@ -713,7 +717,7 @@ def check_loss(loss_module, scores, y, *, num_checks=10, h=1e-5, seed=0, toleran
         'good'
     """
     fn = "check_loss"
-    _validate_settings(fn, num_checks, h, tolerance, kink_tolerance)
+    _validate_settings(fn, num_checks, h, tolerance, kink_tolerance, seed)
     loss_module = _float64_copy(loss_module)
     scores = _float64_input(fn, "scores", scores)
     y = _float64_targets(y)
@@ -770,7 +774,7 @@ def check_model(model, loss_module, x, y, *, regularization=None, num_checks=10,
         True
     """
     fn = "check_model"
-    _validate_settings(fn, num_checks, h, tolerance, kink_tolerance)
+    _validate_settings(fn, num_checks, h, tolerance, kink_tolerance, seed)
     model = _float64_copy(model)
     loss_module = _float64_copy(loss_module)
     x = _float64_input(fn, "x", x)

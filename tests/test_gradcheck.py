@@ -259,6 +259,21 @@ def test_seed_reproducibility():
     assert len(set(a["input"].indices)) == 6          # distinct entries
 
 
+@pytest.mark.parametrize("seed", [None, True, -1, 1.0, [1, 2]])
+def test_a_seed_that_is_not_a_non_negative_int_is_refused(seed):
+    # seed=None was taken by default_rng(None): fresh entropy, another sample of entries (and dropout masks) on
+    # every call, with "seed None" in the report; True was taken as 1
+    x = batch((5, 4))
+    with pytest.raises(ValueError, match="seed must be a non-negative int"):
+        check_module(Quadratic(4), x, seed=seed)
+    with pytest.raises(ValueError, match="seed must be a non-negative int"):
+        check_loss(SquaredError(), x, x, seed=seed)
+    with pytest.raises(ValueError, match="seed must be a non-negative int"):
+        check_model(Quadratic(4), SquaredError(), x, x, seed=seed)
+    assert check_module(Quadratic(4), x, seed=np.int64(7))["input"].indices == \
+        check_module(Quadratic(4), x, seed=7)["input"].indices
+
+
 def test_runs_in_float64_and_leaves_the_module_alone():
     module = Quadratic(3, dtype=np.float32)
     before = module.state_dict()
