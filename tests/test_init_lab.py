@@ -191,3 +191,13 @@ def test_nan_activations_are_not_dead_units():
     stats = summarize("0", nn.ReLU(), y)
     assert math.isnan(stats.dead) and math.isnan(stats.std)            # was dead = 2/3: the NaN unit counted dead
     assert summarize("0", nn.ReLU(), np.nan_to_num(y)).dead == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("seed", [None, True, -1, 1.5, [1, 2]])
+def test_init_experiment_refuses_a_seed_that_is_not_a_non_negative_int(seed):
+    # seed=None went to default_rng(None): fresh entropy, another experiment on every call; True and [1, 2] were
+    # taken as seeds too
+    with pytest.raises(ValueError, match="seed must be a non-negative int"):
+        init_experiment("relu", "he", layers=1, width=4, samples=5, seed=seed)
+    assert repr(init_experiment("relu", "he", layers=2, width=6, samples=8, seed=np.int64(3))) == \
+        repr(init_experiment("relu", "he", layers=2, width=6, samples=8, seed=3))

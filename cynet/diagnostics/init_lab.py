@@ -367,7 +367,7 @@ def init_experiment(nonlinearity="tanh", init="xavier", layers=10, width=500, sa
         InitExperiment: per-layer statistics, the verdict and the symmetry findings; ``print`` shows a table.
 
     Raises:
-        ValueError: unknown nonlinearity or init, or sizes below 1.
+        ValueError: unknown nonlinearity or init, sizes below 1, or a seed that is not a non-negative int.
 
     Example:
         >>> r = init_experiment("relu", "he", width=200, samples=300)
@@ -382,6 +382,9 @@ def init_experiment(nonlinearity="tanh", init="xavier", layers=10, width=500, sa
     for name, value in (("layers", layers), ("width", width), ("samples", samples)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"init_experiment: {name} must be a positive int, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        # default_rng(None) would draw fresh entropy: another experiment on every call
+        raise ValueError(f"init_experiment: seed must be a non-negative int, got {seed!r}")
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((samples, width))
     std = _weight_std(init, width)
