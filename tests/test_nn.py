@@ -517,6 +517,18 @@ def test_flatten_round_trip():
     np.testing.assert_array_equal(flat.backward(y), x)
 
 
+def test_flatten_backward_refuses_a_dout_of_another_shape_with_the_outputs_size():
+    # a (12, 2) dout for a (2, 12) output (a transposed gradient) was reshaped into dx without a word: a wrong dx,
+    # where Linear and ReLU refuse a dout of the wrong shape
+    x = np.arange(24, dtype=np.float64).reshape(2, 3, 4)
+    flat = nn.Flatten()
+    flat(x)
+    with pytest.raises(ValueError, match=r"dout must have the forward's output shape \(2, 12\)"):
+        flat.backward(np.ones((12, 2)))
+    dout = np.arange(24, dtype=np.float64).reshape(12, 2).T        # the right shape, not C-contiguous
+    np.testing.assert_array_equal(flat.backward(dout), np.ascontiguousarray(dout).reshape(2, 3, 4))
+
+
 @pytest.mark.parametrize("shape, start_dim, want", [
     ((0, 3, 4, 4), 1, (0, 48)),           # an empty batch (NumPy cannot infer -1 there)
     ((2, 0, 3, 4), 2, (2, 0, 12)),

@@ -895,6 +895,7 @@ class Flatten(Module):
         self.start_dim = int(start_dim)
         self.end_dim = int(end_dim)
         self._shape = None
+        self._out_shape = None
 
     def forward(self, x):
         x = np.asarray(x)
@@ -909,15 +910,18 @@ class Flatten(Module):
                              f"of {x.ndim} axes ({describe(x)})")
         self._shape = x.shape
         # the flattened length spelt out: NumPy cannot infer -1 when a kept axis has length 0
-        return x.reshape(x.shape[:start] + (math.prod(x.shape[start:end + 1]),) + x.shape[end + 1:])
+        self._out_shape = x.shape[:start] + (math.prod(x.shape[start:end + 1]),) + x.shape[end + 1:]
+        return x.reshape(self._out_shape)
 
     def backward(self, dout, *, input_grad=True):
         shape = _cached(self, "_shape")
         if not input_grad:
             return None
         dout = np.asarray(dout)
-        if dout.size != math.prod(shape):
-            raise ValueError(f"{self!r}: dout of shape {dout.shape} does not match the input shape {shape}")
+        # the output's shape, not only its size: a transposed dout ((D, N) for (N, D)) reshaped silently was a wrong dx
+        if dout.shape != self._out_shape:
+            raise ValueError(f"{self!r}: dout must have the forward's output shape {self._out_shape} (the input's "
+                             f"{shape} flattened), got {describe(dout)}")
         return dout.reshape(shape)
 
     def extra_repr(self):
