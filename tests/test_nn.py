@@ -509,6 +509,17 @@ def test_dropout_keeps_one_minus_p_and_draws_a_new_key_each_pass():
     assert abs((first & second).mean() - 0.49) < 4 * np.sqrt(0.49 * 0.51 / x.size)   # independent passes
 
 
+def test_module_list_extend_appends_nothing_when_an_item_is_not_a_module():
+    # the ReLU before the 3 was appended and the error named ModuleList.append, a call the user never made
+    layers = nn.ModuleList([nn.Linear(2, 2)])
+    with pytest.raises(TypeError, match=r"ModuleList.extend: not a Module: 3"):
+        layers.extend([nn.ReLU(), 3])
+    assert len(layers) == 1 and list(layers.state_dict()) == ["0.weight", "0.bias"]
+    layers.extend(m for m in [nn.ReLU(), nn.Linear(2, 1)])          # any iterable, a generator too
+    assert [type(m).__name__ for m in layers] == ["Linear", "ReLU", "Linear"]
+    assert list(layers.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+
 def test_flatten_round_trip():
     x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
     flat = nn.Flatten()

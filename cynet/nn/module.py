@@ -837,8 +837,13 @@ class _ModuleSequence(Module):
         return self
 
     def extend(self, modules):
-        """Append each module of an iterable (another Sequential or ModuleList, a list); returns self."""
-        for module in list(modules):
+        """Append each module of an iterable (another Sequential or ModuleList, a list); returns self. Nothing is
+        appended when one of them is not a Module."""
+        modules = list(modules)
+        for module in modules:          # all checked first: a refused item no longer left the ones before it appended
+            if not isinstance(module, Module):
+                raise TypeError(f"{type(self).__name__}.extend: not a Module: {module!r}")
+        for module in modules:
             self.append(module)
         return self
 
