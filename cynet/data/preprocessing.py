@@ -120,8 +120,10 @@ def _column_var(x2d, mean, chunk_size):
     """Population variance of every column (second pass around the known mean, float64)."""
     total = np.zeros(x2d.shape[1], dtype=np.float64)
     for a, b in _chunks(x2d.shape[0], chunk_size):
-        centred = x2d[a:b].astype(np.float64) - mean
+        centred = x2d[a:b].astype(np.float64)
+        centred -= mean                 # in place, and dropped before the next chunk: one chunk-sized temporary
         total += np.einsum("nd,nd->d", centred, centred)
+        del centred
     return total / x2d.shape[0]
 
 
@@ -130,8 +132,10 @@ def _covariance(x2d, mean, chunk_size):
     n, d = x2d.shape
     cov = np.zeros((d, d), dtype=np.float64)
     for a, b in _chunks(n, chunk_size):
-        centred = x2d[a:b].astype(np.float64) - mean
+        centred = x2d[a:b].astype(np.float64)
+        centred -= mean
         cov += centred.T @ centred
+        del centred
     return cov / max(n - 1, 1)
 
 
@@ -359,8 +363,10 @@ def _channel_stats(x3, chunk_size, with_var):
         return mean, None
     sq = np.zeros(c, dtype=np.float64)
     for a, b in _chunks(n, chunk_size):
-        centred = x3[a:b].astype(np.float64) - mean[:, None]
+        centred = x3[a:b].astype(np.float64)
+        centred -= mean[:, None]
         sq += np.einsum("ncp,ncp->c", centred, centred)
+        del centred
     return mean, sq / (n * p)
 
 
