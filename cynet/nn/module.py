@@ -667,7 +667,8 @@ class Module:
         return state
 
     def load_state_dict(self, state_dict, strict=True):
-        """Copy arrays from ``state_dict`` into the parameters and buffers, in place.
+        """Copy arrays from ``state_dict`` into the parameters and buffers, in place: each value is cast to the
+        array's own dtype (a float64 state loads into a float32 model as float32, as PyTorch's ``copy_`` does).
 
         Args:
             state_dict (Mapping[str, array_like]): as returned by :meth:`state_dict`.
