@@ -19,7 +19,7 @@ from hypothesis import given, strategies as st
 from hypothesis.extra.numpy import arrays
 
 import cynet
-from cynet import ops, reference
+from cynet import nn, ops, reference
 from _helpers import (BY_ID, ELEMENTWISE, EXTENDED, SPECIAL_VALUES, TRANSCENDENTAL, condition_number,
                       numerical_gradient, numerical_gradient_elementwise, relative_error, truth_derivative,
                       truth_forward, ulp_error)
@@ -575,3 +575,29 @@ def test_float64_gelu_tanh_backward_keeps_the_gate_slope_where_the_gate_rounds_t
     truth = dout.astype(np.longdouble) * truth_derivative(BY_ID["gelu-tanh"], x)
     err = (np.abs(dx - truth) / (np.finfo(np.float64).eps * np.abs(dout) * (1 + np.abs(x)))).astype(np.float64)
     assert err.max() <= BACKWARD_EPS, (x[np.argmax(err)], err.max())
+
+
+# The activation layers passed their input and dout straight to cynet.ops, so a user's mistake came back naming an op
+# the user never called ("relu_forward: x must be a floating-point array", "gelu_backward: dout and x must have the
+# same shape"), and PReLU(3) given 5 channels named prelu_forward's alpha; the layer itself is named now.
+@pytest.mark.parametrize("layer", [nn.ReLU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU,
+                                   lambda: nn.PReLU(3)], ids=lambda f: getattr(f, "__name__", "PReLU"))
+def test_activation_layer_errors_name_the_layer_not_the_op(layer):
+    module = layer()
+    name = type(module).__name__
+    if name != "PReLU":
+        with pytest.raises(TypeError, match=rf"^{name}\(.*\): input must be a floating-point array .*got int64 array "
+                                            r"of shape \(2, 3\)"):
+            module.forward(np.ones((2, 3), np.int64))
+    module.forward(np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match=rf"^{name}\(.*\): dout must be a float32 array of shape \(2, 3\) \(the "
+                                         r"forward's output\), got float32 array of shape \(3, 2\)"):
+        module.backward(np.ones((3, 2), np.float32))
+    with pytest.raises(TypeError, match=rf"^{name}\(.*\): dout must be a float32 array of shape \(2, 3\).*got float64"):
+        module.backward(np.ones((2, 3), np.float64))
+
+
+def test_prelu_per_channel_refuses_another_channel_count_naming_the_layer():
+    with pytest.raises(ValueError, match=r"^PReLU\(num_parameters=3\): expected input of shape \(N, 3, \*\).*got "
+                                         r"float32 array of shape \(2, 5\)"):
+        nn.PReLU(3).forward(np.ones((2, 5), np.float32))

@@ -35,6 +35,22 @@ def _check_writeable_input(module, x):
         raise ValueError(f"{module!r}: an in-place input must be writeable, got a read-only {describe(x)}")
 
 
+def _check_float_input(module, x):
+    """An activation's input: a floating-point array (the error names the layer, not the op it calls)."""
+    a = x if isinstance(x, np.ndarray) else np.asarray(x)
+    if a.dtype.kind != "f":
+        raise TypeError(f"{module!r}: input must be a floating-point array (float32 or float64), got {describe(a)}")
+
+
+def _check_dout(module, dout, kept):
+    """An elementwise layer's dout: the dtype and shape of the forward's output (``kept``: its input or output)."""
+    d = dout if isinstance(dout, np.ndarray) else np.asarray(dout)
+    if d.dtype != kept.dtype or d.shape != kept.shape:
+        raise (TypeError if d.shape == kept.shape else ValueError)(
+            f"{module!r}: dout must be a {kept.dtype} array of shape {kept.shape} (the forward's output), got "
+            f"{describe(d)}")
+
+
 def _reused_like(array):
     """A reused output of ``array``'s shape and dtype for an op's ``out=`` (None, letting the op allocate and
     validate, when ``array`` is not a float32/float64 ndarray)."""
@@ -330,6 +346,7 @@ class _Elementwise(Module):
             y = getattr(ops, f"{self._op}_forward")(x, *self._args(), out=x)
             self._keep(y)
             return y
+        _check_float_input(self, x)
         y = getattr(ops, f"{self._op}_forward")(x, *self._args(), out=_reused_like(x))
         self._keep(y if self._saves == "y" else np.asarray(x))
         return y
@@ -344,6 +361,7 @@ class _Elementwise(Module):
         _check_unchanged(self, saved, self._saved_print, "output" if self._saves == "y" or self.inplace else "input")
         if not input_grad:
             return None
+        _check_dout(self, dout, saved)
         return getattr(ops, f"{self._op}_backward")(dout, saved, *self._args(), out=_reused_like(dout))
 
     def _check_kept_output(self):
@@ -577,12 +595,16 @@ class PReLU(Module):
         x = np.asarray(x)
         if x.dtype != self.alpha.data.dtype:
             raise TypeError(f"{self!r}: input must have alpha's dtype {self.alpha.data.dtype}, got {describe(x)}")
+        if self.num_parameters > 1 and (x.ndim < 2 or x.shape[1] != self.num_parameters):
+            raise ValueError(f"{self!r}: expected input of shape (N, {self.num_parameters}, *) (one slope per channel "
+                             f"of axis 1), got {describe(x)}")
         y = ops.prelu_forward(x, self.alpha.data, out=_reused_like(x))
         self._x = x
         return y
 
     def backward(self, dout, *, input_grad=True):
         x = _cached(self, "_x")
+        _check_dout(self, dout, x)
         dx, dalpha = ops.prelu_backward(dout, x, self.alpha.data, out=_reused_like(x) if input_grad else None)
         if self.alpha.requires_grad:
             self.alpha.accumulate(dalpha)
