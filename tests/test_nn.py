@@ -1218,3 +1218,18 @@ def test_a_tied_weight_of_another_shape_is_named_by_the_layer():
     b.weight = a.weight
     with pytest.raises(ValueError, match=r"its weight has shape \(5, 4\), not \(4, 5\): a weight tied from"):
         b(np.ones((2, 5), np.float32))
+
+
+# load_state_dict(None) failed deep inside with Python's "argument of type 'NoneType' is not iterable"; to("cuda") with
+# NumPy's "data type 'cuda' not understood"; and to(None) cast the whole model to float64 (np.dtype(None)) silently.
+def test_load_state_dict_and_to_refuse_what_is_not_a_state_or_a_dtype_naming_the_call():
+    model = nn.Sequential(nn.Linear(4, 3))
+    for bad in (None, [("0.weight", np.zeros((3, 4)))]):
+        with pytest.raises(TypeError, match=r"^Sequential.load_state_dict: expected a dict of arrays .*got "
+                                            + type(bad).__name__):
+            model.load_state_dict(bad)
+    for bad in ("cuda", None):
+        with pytest.raises(TypeError, match=rf"^Sequential.to: dtype must be float32 or float64.*got {bad!r}: cynet "
+                                            r"runs on the CPU only"):
+            model.to(bad)
+    assert model[0].weight.data.dtype == np.float32

@@ -24,6 +24,7 @@ import os
 import threading
 import types
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -620,7 +621,13 @@ class Module:
         """
         if isinstance(dtype, str) and dtype.lower() == "cpu":
             return self
-        dtype = np.dtype(dtype)
+        try:
+            if dtype is None:           # np.dtype(None) is float64: to(None) cast the model without a word
+                raise TypeError
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"{type(self).__name__}.to: dtype must be float32 or float64 (the kernels' types) or "
+                            f"'cpu', got {dtype!r}: cynet runs on the CPU only") from None
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"{type(self).__name__}.to: dtype must be float32 or float64 (the kernels' types), got "
                             f"{dtype}")
@@ -682,6 +689,9 @@ class Module:
             ValueError: an array's shape differs from the module's, or it does not hold numbers (NaN or inf for an
                 integer buffer); nothing is loaded then.
         """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{type(self).__name__}.load_state_dict: expected a dict of arrays (from state_dict()), "
+                            f"got {type(state_dict).__name__}")
         targets = OrderedDict(self.named_parameters())
         buffers = OrderedDict(self.named_buffers())
         expected = list(targets) + list(buffers)
