@@ -756,3 +756,12 @@ def test_a_state_dict_read_back_from_npz_loads_and_continues_exactly(make):
     np.testing.assert_array_equal(theirs.data, ours.data)
     assert other.state_dict().keys() == opt.state_dict().keys()
     assert all(type(value) is not np.ndarray or value.ndim for value in other.state_dict().values())
+
+
+# lr="0.1" (a rate read from a config file or the command line) was refused with "invalid learning rate: 0.1", which
+# reads as a valid rate: the value is shown as its repr, with its type.
+def test_a_learning_rate_that_is_not_a_number_is_shown_as_what_it_is():
+    with pytest.raises(ValueError, match=r"^SGD: invalid learning rate: '0.1' \(str; lr must be a number >= 0\)"):
+        SGD(nn.Linear(3, 2).parameters(), lr="0.1")
+    with pytest.raises(ValueError, match=r"^Adam: invalid learning rate: None \(NoneType"):
+        optim.Adam(nn.Linear(3, 2).parameters(), lr=None)

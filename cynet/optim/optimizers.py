@@ -296,7 +296,9 @@ class Optimizer:
     def _checked_lr(self, value):
         value = _unwrap(value)
         if not _is_real(value) or not value >= 0 or math.isinf(value):
-            raise ValueError(f"{type(self).__name__}: invalid learning rate: {value}")
+            # a non-number shown as its repr: lr="0.1" read "invalid learning rate: 0.1", a valid-looking rate
+            shown = value if _is_real(value) else f"{value!r} ({type(value).__name__}; lr must be a number >= 0)"
+            raise ValueError(f"{type(self).__name__}: invalid learning rate: {shown}")
         return float(value)
 
     def _group_settings(self, group):
