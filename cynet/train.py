@@ -654,6 +654,10 @@ class Trainer:
 
     def __init__(self, model, loss, optimizer, *, scheduler=None, regularization=None, callbacks=(),
                  batch_transform=None, seed=0, progress=True, clip_grad_norm=None, mixup=None):
+        for name, value in (("model", model), ("loss", loss), ("optimizer", optimizer)):
+            if isinstance(value, type):     # nn.SoftmaxCrossEntropy without (): it failed deep inside fit
+                raise TypeError(f"Trainer: {name} is the class {value.__name__}, not an instance of it: create one "
+                                f"(e.g. {value.__name__}(...))")
         if not isinstance(model, Module):
             raise TypeError(f"Trainer: model must be a cynet.nn.Module, got {type(model).__name__}")
         for name in ("forward", "backward"):
@@ -663,6 +667,13 @@ class Trainer:
             if not callable(getattr(optimizer, name, None)):
                 raise TypeError(f"Trainer: optimizer must be a cynet.optim optimiser (step, zero_grad, state_dict, "
                                 f"load_state_dict), got {optimizer!r}")
+        owned = {id(param) for param in model.parameters()}
+        stepped = getattr(optimizer, "params", None)
+        if owned and stepped and not any(id(param) in owned for param in stepped):
+            # (built over another model's parameters, e.g. before the model was created again): fit ran and the
+            # model never changed
+            raise ValueError(f"Trainer: the optimizer {type(optimizer).__name__} updates none of the model's "
+                             f"parameters (it was built over another model's); build it over model.parameters()")
         if scheduler is not None and not callable(getattr(scheduler, "step", None)):
             raise TypeError(f"Trainer: scheduler must have a step() method, got {scheduler!r}")
         if getattr(scheduler, "mode", None) == "max" and _wants_metric(scheduler):

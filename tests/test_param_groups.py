@@ -417,8 +417,8 @@ def test_trainer_with_groups_records_the_first_groups_rate_and_resumes_exactly(t
     for p, q in zip(resumed.model.parameters(), straight.model.parameters()):
         np.testing.assert_array_equal(p.data, q.data)
 
-    single = Trainer(_model(np.float32), SoftmaxCrossEntropy(), SGD(_model(np.float32).parameters(), lr=0.1),
-                     progress=False)
+    model = _model(np.float32)
+    single = Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.1), progress=False)
     with pytest.raises(checkpoint.CheckpointError, match="parameter group"):
         checkpoint.load_trainer(path, single)
 

@@ -249,7 +249,8 @@ def test_predict_refuses_nan_inputs_as_evaluate_does():
     # predict gave class 0 for a row holding a NaN (np.argmax of NaN scores) and predict_proba NaN "probabilities"
     x, y = blobs(12, seed=7)
     x[5, 2] = np.nan
-    trainer = Trainer(mlp(), SoftmaxCrossEntropy(), optim.SGD(mlp().parameters(), lr=0.1), progress=False)
+    model = mlp()
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False)
     for method in ("evaluate", "predict", "predict_proba"):
         args = (x, y) if method == "evaluate" else (x,)
         before = "evaluating" if method == "evaluate" else "predicting"      # (it advised it "before training")
@@ -1142,3 +1143,19 @@ def test_fit_refuses_a_shuffle_that_is_not_a_bool(value):
     with pytest.raises(TypeError, match="Trainer.fit: shuffle must be True or False, got"):
         trainer.fit(x, y, epochs=1, batch_size=4, shuffle=value)
     assert all(np.array_equal(p.data, b) for p, b in zip(model.parameters(), before)) and trainer.epoch == 0
+
+
+# Trainer(model, nn.SoftmaxCrossEntropy, opt) (the class, no parentheses) was accepted and fit failed deep inside with
+# "'numpy.ndarray' object has no attribute '__dict__'"; an optimiser built over another model's parameters (the model
+# created again after it) was accepted and fit ran without ever changing the model.
+def test_trainer_refuses_a_class_for_an_instance_and_an_optimizer_of_another_model():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"^Trainer: loss is the class SoftmaxCrossEntropy, not an instance of it"):
+        Trainer(model, nn.SoftmaxCrossEntropy, opt, progress=False)
+    with pytest.raises(TypeError, match=r"^Trainer: optimizer is the class SGD, not an instance"):
+        Trainer(model, nn.SoftmaxCrossEntropy(), optim.SGD, progress=False)
+    other = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+    with pytest.raises(ValueError, match=r"^Trainer: the optimizer SGD updates none of the model's parameters .*"
+                                         r"build it over model.parameters\(\)"):
+        Trainer(other, nn.SoftmaxCrossEntropy(), opt, progress=False)
