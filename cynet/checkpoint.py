@@ -87,6 +87,17 @@ def _check_arrays(arrays):
     return checked
 
 
+def _path(path):
+    """``os.fspath(path)``; a TypeError naming the checkpoint call's argument order for anything else (a model passed
+    first: ``load_model(model, path)``)."""
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise TypeError(f"checkpoint: path must be a str or os.PathLike, got {type(path).__name__}; the calls take "
+                        f"the path first: save_model(path, model), load_model(path, model), "
+                        f"load_trainer(path, trainer)") from None
+
+
 def save(path, arrays, meta):
     """Write ``arrays`` and the JSON-serialisable ``meta`` to ``path`` as an ``.npz`` archive, atomically.
 
@@ -109,7 +120,7 @@ def save(path, arrays, meta):
         >>> from cynet import checkpoint
         >>> checkpoint.save(os.path.join(tempfile.mkdtemp(), "a.npz"), {"x": np.zeros(2)}, {})
     """
-    path = os.fspath(path)
+    path = _path(path)
     arrays = _check_arrays(arrays)
     if not isinstance(meta, dict):
         raise TypeError(f"checkpoint.save: meta must be a dict, got {type(meta).__name__}")
@@ -143,7 +154,7 @@ def load(path):
         >>> from cynet import checkpoint
         >>> arrays, meta = checkpoint.load("run.npz")  # doctest: +SKIP
     """
-    path = os.fspath(path)
+    path = _path(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint: no such file {path!r}")
     if os.path.isdir(path):
@@ -234,6 +245,7 @@ def save_model(path, model):
         >>> checkpoint.save_model(path, nn.Linear(3, 2))
         >>> _ = checkpoint.load_model(path, nn.Linear(3, 2))
     """
+    _path(path)
     save(path, _prefixed("model.", model.state_dict()), {"kind": "model", "model": type(model).__name__})
 
 
@@ -359,7 +371,7 @@ def load_trainer(path, trainer):
     """
     from cynet.optim.optimizers import Optimizer
 
-    path = os.fspath(path)
+    path = _path(path)
     arrays, meta = load(path)
     if meta.get("kind") != "trainer":
         raise CheckpointError(f"checkpoint: {path!r} holds a {meta.get('kind')!r} checkpoint, not a trainer's "

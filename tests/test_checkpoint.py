@@ -704,3 +704,15 @@ def test_early_stopping_on_a_number_that_is_never_finite_says_so(tmp_path):
     trainer.fit(x, y, epochs=5, batch_size=4, validation=(x, y))
     assert trainer.epoch == 2 and stopper.best is None
     assert "val_acc has had no finite value in 2 epochs" in trainer.stop_reason
+
+
+# load_model(model, path) and save_model(model, path) (the arguments swapped) failed with Python's bare "expected str,
+# bytes or os.PathLike object, not Sequential" / "'str' object has no attribute 'state_dict'".
+def test_swapped_path_and_model_are_refused_naming_the_argument_order(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 2))
+    path = str(tmp_path / "m.npz")
+    checkpoint.save_model(path, model)
+    for call in (checkpoint.load_model, checkpoint.save_model):
+        with pytest.raises(TypeError, match=r"^checkpoint: path must be a str or os.PathLike, got Sequential; the "
+                                            r"calls take the path first: save_model\(path, model\)"):
+            call(model, path)
