@@ -887,3 +887,49 @@ def test_successive_halving_takes_the_pools_multiprocessing_context():
                                 mp_context=multiprocessing.get_context("fork"))
     assert [(t["number"], t["budget"], t["val_acc"]) for t in pooled.trials] == \
         [(t["number"], t["budget"], t["val_acc"]) for t in serial.trials]
+
+
+# --- common mistakes with spaces: a clear error naming the function, never a silent wrong answer -------------------
+def test_choice_refuses_a_string_or_a_non_sequence():
+    # choice("relu") silently became choice(['r', 'e', 'l', 'u']); choice(5) failed with "'int' object is not iterable"
+    for bad in ("relu", 5, None, {"a": 1}):
+        with pytest.raises(TypeError, match=r"choice: options must be a list of candidates"):
+            choice(bad)
+
+
+def test_narrow_space_refuses_one_dict_or_configurations_without_the_names():
+    space = {"lr": loguniform(1e-4, 1e-1)}
+    with pytest.raises(TypeError, match=r"narrow_space: best_params must be a list .*pass \[best_params\]"):
+        narrow_space(space, {"lr": 1e-2})               # result.best_params: was "string indices must be integers"
+    with pytest.raises(TypeError, match=r"narrow_space: .*got an element 0.01"):
+        narrow_space(space, [1e-2])
+    with pytest.raises(ValueError, match=r"narrow_space: the configuration \{'LR': 0.01\} has no value for \['lr'\]"):
+        narrow_space(space, [{"LR": 1e-2}])             # was a bare KeyError: 'lr'
+
+
+def test_edge_report_refuses_swapped_or_malformed_arguments():
+    space, params = {"lr": loguniform(1e-4, 1e-1)}, {"lr": 0.09}
+    assert edge_report(space, params)                   # the right order reports the edge
+    with pytest.raises(TypeError, match=r"edge_report: the arguments are swapped: call edge_report\(space, params\)"):
+        edge_report(params, space)                      # silently returned [] ("no edge")
+    with pytest.raises(TypeError, match=r"edge_report: params must be a dict"):
+        edge_report(space, [0.09])                      # silently returned []
+    with pytest.raises(TypeError, match=r"a search space must be a non-empty dict"):
+        edge_report([1], params)                        # was "'list' object has no attribute 'items'"
+    with pytest.raises(ValueError, match=r"edge_report: params\['lr'\] must be a finite number > 0 .*got -1"):
+        edge_report(space, {"lr": -1})                  # was "math domain error"
+    with pytest.raises(ValueError, match=r"edge_report: edge must be a number in \[0, 0.5\), got '0.1'"):
+        edge_report(space, params, edge="0.1")
+
+
+def test_sample_space_refuses_a_seed_for_the_generator():
+    with pytest.raises(TypeError, match=r"sample_space: rng must be a numpy.random.Generator .*got 0"):
+        sample_space({"lr": loguniform(1e-4, 1e-1)}, 0)     # was "'int' object has no attribute 'uniform'"
+
+
+def test_coarse_to_fine_refuses_a_single_stage_or_none():
+    space = {"lr": loguniform(1e-4, 1e-1)}
+    with pytest.raises(TypeError, match=r"CoarseToFine: stages must be a non-empty list of Stage.*pass \[stage\]"):
+        CoarseToFine(space, Stage(4))                   # was "'Stage' object is not iterable"
+    with pytest.raises(TypeError, match=r"CoarseToFine: stages must be a non-empty list of Stage, got None"):
+        CoarseToFine(space, None)

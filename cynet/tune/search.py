@@ -742,6 +742,9 @@ class CoarseToFine(_Search):
 
     def __init__(self, space, stages, seed=0, *, margin=0.1, edge=0.1):
         self.space = _check_space(space)
+        if isinstance(stages, Stage) or not isinstance(stages, (list, tuple)):
+            raise TypeError(f"CoarseToFine: stages must be a non-empty list of Stage, got {stages!r}"
+                            + ("; pass [stage]" if isinstance(stages, Stage) else ""))
         stages = list(stages)
         if not stages or not all(isinstance(s, Stage) for s in stages):
             raise TypeError("CoarseToFine: stages must be a non-empty list of Stage")

@@ -186,6 +186,10 @@ class Choice(Distribution):
     numeric = False
 
     def __init__(self, options):
+        if isinstance(options, (str, bytes, dict)) or not hasattr(options, "__iter__"):
+            # choice("relu") drew single letters; choice(5) failed with "'int' object is not iterable"
+            raise TypeError(f"choice: options must be a list of candidates, e.g. choice(['relu', 'tanh']), got "
+                            f"{options!r}")
         options = list(options)
         if not options:
             raise ValueError("choice: needs at least one option")
@@ -307,6 +311,9 @@ def sample_space(space, rng):
         3
     """
     _check_space(space)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"sample_space: rng must be a numpy.random.Generator (numpy.random.default_rng(seed)), got "
+                        f"{rng!r}")
     return {name: (dist.sample(rng) if isinstance(dist, Distribution) else dist) for name, dist in space.items()}
 
 
@@ -356,8 +363,19 @@ def narrow_space(space, best_params, margin=0.1):
         loguniform(0.001, 0.1)
     """
     _check_space(space)
+    if isinstance(best_params, dict):     # result.best_params, one configuration, not a list of them
+        raise TypeError(f"narrow_space: best_params must be a list of configurations (dicts), got one dict "
+                        f"{best_params!r}; pass [best_params]")
     if not best_params:
         raise ValueError("narrow_space: needs at least one configuration to narrow around")
+    for params in best_params:
+        if not isinstance(params, dict):
+            raise TypeError(f"narrow_space: best_params must be a list of configurations (dicts), got an element "
+                            f"{params!r}")
+        missing = [name for name, dist in space.items() if isinstance(dist, Distribution) and name not in params]
+        if missing:
+            raise ValueError(f"narrow_space: the configuration {params!r} has no value for {missing} of the space "
+                             f"{sorted(space)}")
     if isinstance(margin, bool) or not (isinstance(margin, (int, float, np.integer, np.floating))
                                         and math.isfinite(margin) and 0 <= margin):
         raise ValueError(f"narrow_space: margin must be a number >= 0, got {margin!r}")
@@ -389,6 +407,16 @@ def edge_report(space, params, edge=0.1):
         >>> print(edge_report({"lr": loguniform(1e-4, 1e-1)}, {"lr": 0.09})[0][:60])
         lr=0.09 lies at the upper edge of loguniform(0.0001, 0.1) (p
     """
+    _check_space(space)
+    if not isinstance(params, dict):
+        raise TypeError(f"edge_report: params must be a dict {{name: value}} (one configuration), got {params!r}")
+    if not any(isinstance(dist, Distribution) for dist in space.values()) \
+            and any(isinstance(value, Distribution) for value in params.values()):
+        # edge_report(params, space): every "range" a constant, nothing was ever at an edge
+        raise TypeError("edge_report: the arguments are swapped: call edge_report(space, params)")
+    if isinstance(edge, bool) or not isinstance(edge, (int, float, np.integer, np.floating)) \
+            or not 0 <= edge < 0.5:
+        raise ValueError(f"edge_report: edge must be a number in [0, 0.5), got {edge!r}")
     messages = []
     if not edge > 0:
         return messages
@@ -397,6 +425,11 @@ def edge_report(space, params, edge=0.1):
             continue
         if isinstance(dist, RandInt) and dist.hi - dist.lo <= 2:
             continue    # one or two integers: every value is an edge, nothing to learn
+        value = params[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(value) or (dist.log and value <= 0):
+            raise ValueError(f"edge_report: params[{name!r}] must be a finite number"
+                             f"{' > 0' if dist.log else ''} drawn from {dist!r}, got {value!r}")
         position = dist.position(params[name])
         scale = "log-range" if dist.log else "range"
         if position <= edge:
