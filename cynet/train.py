@@ -49,6 +49,7 @@ Example:
     True
 """
 import contextlib
+import difflib
 import inspect
 import math
 import numbers
@@ -227,6 +228,20 @@ class Callback:
 
     def guard_restore(self, snapshot):
         """Put back :meth:`guard_snapshot`'s copy: the divergence guard has undone the steps taken since."""
+
+
+_HOOKS = ("on_train_begin", "on_epoch_begin", "on_batch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
+
+
+def _check_hook_names(callback):
+    """ValueError for a method named like a hook that is none (on_epoch_ends, on_validation_end): the trainer never
+    calls it, and the callback silently did nothing."""
+    for name in dir(type(callback)):
+        if name.startswith("on_") and name not in _HOOKS and callable(getattr(type(callback), name)):
+            close = difflib.get_close_matches(name, _HOOKS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"Trainer: the callback {type(callback).__name__} defines {name}(), which is not a "
+                             f"hook the trainer calls ({', '.join(_HOOKS)}): {hint}it would never run")
 
 
 class _BestTracker(Callback):
@@ -689,10 +704,15 @@ class Trainer:
             raise TypeError(f"Trainer: batch_transform must be callable as f(xb, rng), got {batch_transform!r}")
         if mixup is not None and not callable(mixup):
             raise TypeError(f"Trainer: mixup must be callable as f(xb, yb, rng) -> (xb, targets), got {mixup!r}")
+        if isinstance(callbacks, Callback) or not hasattr(callbacks, "__iter__"):
+            # callbacks=EarlyStopping(): was "'EarlyStopping' object is not iterable"
+            raise TypeError(f"Trainer: callbacks must be a list of Callback instances, got {callbacks!r}; pass "
+                            f"[callback]")
         callbacks = list(callbacks)
         for callback in callbacks:
             if not isinstance(callback, Callback):
                 raise TypeError(f"Trainer: callbacks must be cynet.train.Callback instances, got {callback!r}")
+            _check_hook_names(callback)
         seed = _int_at_least("Trainer", "seed", seed, 0)
         if clip_grad_norm is not None:
             clip_grad_norm = _positive_finite("Trainer", "clip_grad_norm", clip_grad_norm,

@@ -862,7 +862,7 @@ def test_a_monitor_records_when_the_last_batch_joined_the_one_before():
     model = nn.Sequential(nn.Linear(8, 16, generator=0), nn.BatchNorm1d(16), nn.ReLU(),
                           nn.Linear(16, 3, generator=1)).double()
     monitor = TrainingMonitor(batches=10)
-    Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.1), callbacks=[monitor],
+    Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), callbacks=[monitor],
             progress=False).fit(x, y, epochs=2, batch_size=16, validation=(x[:10], y[:10]))
     assert len(monitor.records) == 2
 
@@ -1159,3 +1159,23 @@ def test_trainer_refuses_a_class_for_an_instance_and_an_optimizer_of_another_mod
     with pytest.raises(ValueError, match=r"^Trainer: the optimizer SGD updates none of the model's parameters .*"
                                          r"build it over model.parameters\(\)"):
         Trainer(other, nn.SoftmaxCrossEntropy(), opt, progress=False)
+
+
+def test_trainer_refuses_a_callback_hook_with_a_misspelt_name():
+    # on_epoch_ends was never called: the callback silently did nothing
+    class Typo(Callback):
+        def on_epoch_ends(self, trainer):
+            raise AssertionError("never reached")
+
+    model = nn.Sequential(nn.Linear(4, 3))
+    with pytest.raises(ValueError, match=r"Trainer: the callback Typo defines on_epoch_ends\(\), which is not a hook "
+                                         r".*did you mean 'on_epoch_end'\?"):
+        Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), callbacks=[Typo()], progress=False)
+
+
+def test_trainer_refuses_a_single_callback_not_in_a_list():
+    model = nn.Sequential(nn.Linear(4, 3))
+    with pytest.raises(TypeError, match=r"Trainer: callbacks must be a list of Callback instances, got "
+                                        r"EarlyStopping.*pass \[callback\]"):     # was "... is not iterable"
+        Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), callbacks=EarlyStopping(),
+                progress=False)
