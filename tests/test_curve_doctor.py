@@ -245,3 +245,17 @@ def test_no_underfitting_advice_when_the_loss_itself_is_alarming():
     falling = {"loss": list(2.3 / np.sqrt(1 + np.arange(200) / 20)), "train_acc": [0.3, 0.35],
                "val_acc": [0.29, 0.34]}
     assert "underfitting" in diagnose(falling).names()
+
+
+def test_diagnose_refuses_a_keras_style_history():
+    # its "accuracy"/"val_accuracy" were silently skipped: a 99% vs 50% gap gave no overfitting finding
+    history = {"loss": [2.0, 1.0, 0.5, 0.1], "accuracy": [0.5, 0.8, 0.95, 0.99], "val_loss": [2.0, 2.1, 2.5, 3.0],
+               "val_accuracy": [0.5, 0.5, 0.5, 0.5]}
+    with pytest.raises(ValueError, match=r"diagnose: history has the keys \['accuracy', 'val_accuracy'\], not "
+                                         r"cynet's 'train_acc'/'val_acc'.*rename them"):
+        diagnose(history)
+
+
+def test_diagnose_names_a_series_that_is_not_numbers():
+    with pytest.raises(TypeError, match=r"diagnose: history\['loss'\] must be a sequence of numbers, got 'abc'"):
+        diagnose({"loss": "abc"})           # was "could not convert string to float: 'a'"

@@ -114,7 +114,10 @@ def _series(history, key):
     values = history.get(key)
     if values is None:
         return np.zeros(0)
-    return np.asarray(list(values), dtype=np.float64)
+    try:
+        return np.asarray(list(values), dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"diagnose: history[{key!r}] must be a sequence of numbers, got {values!r:.100}") from None
 
 
 def _loss_findings(loss, found):
@@ -280,8 +283,8 @@ def diagnose(history):
         nothing alarming was found); ``print`` shows one line per finding.
 
     Raises:
-        TypeError: history is not a mapping.
-        ValueError: a finite "train_acc" or "val_acc" outside [0, 1] (a percentage, not a fraction).
+        TypeError: history is not a mapping, or one of its series holds something other than numbers.
+        ValueError: Keras-style keys ("accuracy", "val_accuracy") without "train_acc"/"val_acc"; a finite "train_acc" or "val_acc" outside [0, 1] (a percentage, not a fraction).
 
     Example:
         >>> d = diagnose(trainer.history)    # doctest: +SKIP
@@ -290,6 +293,12 @@ def diagnose(history):
     """
     if not hasattr(history, "get"):
         raise TypeError(f"diagnose: history must be a mapping such as Trainer.history, got {type(history).__name__}")
+    foreign = [key for key in ("accuracy", "val_accuracy", "acc") if key in history]
+    if foreign and not any(key in history for key in ("train_acc", "val_acc")):
+        # a Keras-style history: its accuracies were silently skipped (no overfitting finding, ever)
+        raise ValueError(f"diagnose: history has the keys {foreign}, not cynet's 'train_acc'/'val_acc' (a Keras-style "
+                         f"history?): rename them, e.g. {{'loss': ..., 'train_acc': h['accuracy'], 'val_acc': "
+                         f"h['val_accuracy'], 'val_loss': h['val_loss']}}")
     found = []
     _loss_findings(_series(history, "loss"), found)
     _accuracy_findings(history, found)
