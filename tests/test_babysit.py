@@ -693,3 +693,11 @@ def test_the_initial_loss_notes_say_what_the_numbers_allow():
     low = babysit(nn.Sequential(nn.Linear(20, 4, init="zeros")), HalfLoss(), x, y, **FAST)["initial loss"]
     assert low.passed is False and "lower than chance" in low.explanation
     assert "too small" not in low.explanation and "batch mean" in low.explanation
+
+
+def test_babysit_refuses_a_loss_class_for_an_instance():
+    # nn.SoftmaxCrossEntropy without the parentheses failed with "'numpy.ndarray' object has no attribute '__dict__'"
+    model = nn.Sequential(nn.Linear(5, 3))
+    x, y = np.zeros((8, 5), np.float32), np.arange(8) % 3
+    with pytest.raises(TypeError, match=r"babysit: loss is the class SoftmaxCrossEntropy, not an instance of it"):
+        babysit(model, nn.SoftmaxCrossEntropy, x, y)

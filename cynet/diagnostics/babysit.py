@@ -853,6 +853,10 @@ def babysit(model, loss, x, y, *, optimizer_factory=None, regularization=None, n
         (True, (0.0001, 0.001))
     """
     start = time.perf_counter()
+    for name, value in (("model", model), ("loss", loss)):
+        if isinstance(value, type):     # nn.SoftmaxCrossEntropy without (): "'numpy.ndarray' has no '__dict__'"
+            raise TypeError(f"babysit: {name} is the class {value.__name__}, not an instance of it: create one "
+                            f"(e.g. {value.__name__}(...))")
     if not isinstance(model, Module):
         raise TypeError(f"babysit: model must be a cynet.nn.Module, got {type(model).__name__}")
     if not (callable(getattr(loss, "forward", None)) and callable(getattr(loss, "backward", None))):
