@@ -234,14 +234,15 @@ _HOOKS = ("on_train_begin", "on_epoch_begin", "on_batch_begin", "on_batch_end", 
 
 
 def _check_hook_names(callback):
-    """ValueError for a method named like a hook that is none (on_epoch_ends, on_validation_end): the trainer never
-    calls it, and the callback silently did nothing."""
+    """UserWarning for a method named almost like a hook (on_epoch_ends, on_batch_ended): the trainer never calls it,
+    and the callback would silently do nothing. A helper named otherwise (on_improvement) is left alone."""
     for name in dir(type(callback)):
         if name.startswith("on_") and name not in _HOOKS and callable(getattr(type(callback), name)):
-            close = difflib.get_close_matches(name, _HOOKS, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ValueError(f"Trainer: the callback {type(callback).__name__} defines {name}(), which is not a "
-                             f"hook the trainer calls ({', '.join(_HOOKS)}): {hint}it would never run")
+            close = difflib.get_close_matches(name, _HOOKS, n=1, cutoff=0.85)
+            if close:
+                warnings.warn(f"Trainer: the callback {type(callback).__name__} defines {name}(), which is not a "
+                              f"hook the trainer calls ({', '.join(_HOOKS)}): did you mean {close[0]!r}? As "
+                              f"written it never runs", UserWarning, stacklevel=3)
 
 
 class _BestTracker(Callback):

@@ -1161,16 +1161,24 @@ def test_trainer_refuses_a_class_for_an_instance_and_an_optimizer_of_another_mod
         Trainer(other, nn.SoftmaxCrossEntropy(), opt, progress=False)
 
 
-def test_trainer_refuses_a_callback_hook_with_a_misspelt_name():
-    # on_epoch_ends was never called: the callback silently did nothing
+def test_trainer_warns_of_a_callback_hook_with_a_misspelt_name():
+    # on_epoch_ends was never called: the callback silently did nothing. A helper named otherwise stays quiet.
     class Typo(Callback):
         def on_epoch_ends(self, trainer):
             raise AssertionError("never reached")
 
+    class Helper(Callback):
+        def on_improvement(self, trainer):
+            pass
+
     model = nn.Sequential(nn.Linear(4, 3))
-    with pytest.raises(ValueError, match=r"Trainer: the callback Typo defines on_epoch_ends\(\), which is not a hook "
+    with pytest.warns(UserWarning, match=r"Trainer: the callback Typo defines on_epoch_ends\(\), which is not a hook "
                                          r".*did you mean 'on_epoch_end'\?"):
         Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), callbacks=[Typo()], progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), callbacks=[Helper()],
+                progress=False)
 
 
 def test_trainer_refuses_a_single_callback_not_in_a_list():
