@@ -284,7 +284,8 @@ def diagnose(history):
 
     Raises:
         TypeError: history is not a mapping, or one of its series holds something other than numbers.
-        ValueError: Keras-style keys ("accuracy", "val_accuracy") without "train_acc"/"val_acc"; a finite "train_acc" or "val_acc" outside [0, 1] (a percentage, not a fraction).
+        ValueError: Keras-style keys ("accuracy", "val_accuracy") without "train_acc"/"val_acc"; a finite
+            "train_acc" or "val_acc" outside [0, 1] (a percentage, not a fraction).
 
     Example:
         >>> d = diagnose(trainer.history)    # doctest: +SKIP
