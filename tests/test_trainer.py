@@ -855,7 +855,6 @@ def test_without_a_batch_norm_every_batch_stays_as_sliced(n, batch_size, steps):
 def test_a_monitor_records_when_the_last_batch_joined_the_one_before():
     from cynet.diagnostics import TrainingMonitor
     from cynet.nn.loss import SoftmaxCrossEntropy
-    from cynet.optim import SGD
 
     rng = np.random.default_rng(2)
     x, y = rng.standard_normal((97, 8)), rng.integers(0, 3, 97)
