@@ -427,7 +427,18 @@ class ModelCheckpoint(_BestTracker):
 
     def __init__(self, path, monitor="val_acc", mode="auto"):
         super().__init__("ModelCheckpoint", monitor, mode)
-        self.path = path
+        try:
+            self.path = os.fspath(path)
+        except TypeError:
+            raise TypeError(f"ModelCheckpoint: path must be a str or os.PathLike, got {path!r}") from None
+
+    def on_train_begin(self, trainer):
+        super().on_train_begin(trainer)
+        # checked before the first epoch: the first save failed on a hidden temporary file's name, an epoch in
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"ModelCheckpoint: the directory {directory!r} of {self.path!r} does not exist: "
+                                    f"create it before training")
 
     def on_epoch_end(self, trainer):
         if self._record_if_improved(trainer):

@@ -1186,3 +1186,18 @@ def test_trainer_refuses_a_single_callback_not_in_a_list():
                                         r"EarlyStopping.*pass \[callback\]"):     # was "... is not iterable"
         Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), callbacks=EarlyStopping(),
                 progress=False)
+
+
+def test_model_checkpoint_into_a_missing_directory_fails_before_training(tmp_path):
+    # the first save failed after an epoch, naming a hidden temporary file
+    x, y = _small_problem()
+    model = nn.Sequential(nn.Linear(4, 2, generator=0))
+    before = [p.data.copy() for p in model.parameters()]
+    saver = ModelCheckpoint(tmp_path / "missing" / "best.npz", monitor="train_loss")
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), callbacks=[saver],
+                      progress=False)
+    with pytest.raises(FileNotFoundError, match=r"ModelCheckpoint: the directory .*missing' of .* does not exist"):
+        trainer.fit(x, y, epochs=1, batch_size=8)
+    assert trainer.iteration == 0 and all(np.array_equal(p.data, b) for p, b in zip(model.parameters(), before))
+    with pytest.raises(TypeError, match="ModelCheckpoint: path must be a str or os.PathLike"):
+        ModelCheckpoint(None)
