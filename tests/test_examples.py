@@ -147,6 +147,22 @@ def test_regularization_lab_compares_every_method_on_the_subset(capsys, no_cifar
     assert "smallest gap:" in printed.splitlines()[-1]
 
 
+def test_regularization_lab_gap_is_one_models_train_minus_validation_accuracy(capsys, no_cifar_data):
+    """The gap was the final model's training accuracy minus the best epoch's validation accuracy: two models, and a
+    gap understated wherever validation peaked before the end (3 epochs here: several rows peak at epoch 2)."""
+    example = load_example("regularization_lab")
+    results = example.main(["--train", "300", "--val", "200", "--epochs", "3", "--batch-size", "50"])
+    printed = capsys.readouterr().out
+    assert any(max(r["history"]["val_acc"]) != r["history"]["val_acc"][-1] for r in results)   # the case that tells
+    for r in results:
+        final_val = r["history"]["val_acc"][-1]
+        assert r["gap"] == pytest.approx(r["train_acc"] - final_val)
+        assert r["val_acc"] == pytest.approx(max(r["history"]["val_acc"]))
+        assert f"{r['train_acc']:>9.1%} {final_val:>8.1%} {r['gap']:>+7.1%}" in printed
+    narrowest = min(results[1:], key=lambda r: r["train_acc"] - r["history"]["val_acc"][-1])
+    assert printed.splitlines()[-1].startswith(f"smallest gap: {narrowest['name']} (")
+
+
 def test_optimizer_lab_compares_the_update_rules_on_the_ravine_and_the_subset(capsys, no_cifar_data):
     example = load_example("optimizer_lab")
     ravine, rows = example.main(["--train", "300", "--val", "200", "--epochs", "2", "--hidden", "20",
