@@ -99,6 +99,7 @@ def main(argv=None):
           f"model 0)")
     print(f"\n{time.perf_counter() - start:.1f} s on {cynet.get_num_threads()} threads")
     snapshot_dir.cleanup()
+    return {"models": rows, "ensemble": ens_acc, "snapshots": snap_acc, "snapshot_paths": len(saver.paths)}
 
 
 if __name__ == "__main__":

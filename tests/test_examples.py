@@ -163,6 +163,27 @@ def test_regularization_lab_gap_is_one_models_train_minus_validation_accuracy(ca
     assert printed.splitlines()[-1].startswith(f"smallest gap: {narrowest['name']} (")
 
 
+def test_ensemble_lab_reports_what_it_computed_on_the_subset(capsys, no_cifar_data):
+    """It had no test of its output: the means and differences printed must be those of the returned accuracies."""
+    example = load_example("ensemble_cifar10")
+    result = example.main(["--models", "3", "--epochs", "3", "--snapshots", "2", "--n-train", "300", "--n-val", "200"])
+    printed = capsys.readouterr().out
+    rows = result["models"]
+    assert [k for k, _, _ in rows] == [0, 1, 2] and result["snapshot_paths"] == 2
+    for k, acc, ema_acc in rows:
+        assert 0.0 <= acc <= 1.0 and 0.0 <= ema_acc <= 1.0
+        assert f"model {k}: val_acc {acc:.4f}   with EMA weights {ema_acc:.4f}" in printed
+    mean = float(np.mean([acc for _, acc, _ in rows]))
+    mean_ema = float(np.mean([ema for _, _, ema in rows]))
+    best = max(acc for _, acc, _ in rows)
+    assert f"mean single model         {mean:.4f}" in printed
+    assert f"mean EMA model            {mean_ema:.4f}   ({mean_ema - mean:+.4f})" in printed
+    assert (f"ensemble of 3 models      {result['ensemble']:.4f}   ({result['ensemble'] - mean:+.4f} over the mean "
+            f"model, {result['ensemble'] - best:+.4f} over the best)") in printed
+    assert f"snapshot ensemble (2)     {result['snapshots']:.4f}   ({result['snapshots'] - rows[0][1]:+.4f} over" in printed
+    assert "300 training / 200 validation images" in printed
+
+
 def test_optimizer_lab_compares_the_update_rules_on_the_ravine_and_the_subset(capsys, no_cifar_data):
     example = load_example("optimizer_lab")
     ravine, rows = example.main(["--train", "300", "--val", "200", "--epochs", "2", "--hidden", "20",
