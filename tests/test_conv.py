@@ -1,6 +1,8 @@
 """Conv2d and MaxPool2d: forward and backward against a direct NumPy implementation (loops over the kernel), the
 numerical gradient, torch.nn.functional (float64), thread-count invariance, validation, and a small CNN that trains.
 """
+import threading
+
 import numpy as np
 import pytest
 
@@ -191,6 +193,32 @@ def test_results_do_not_depend_on_the_thread_count(rng):
     for other in outputs[1:]:
         for a, b in zip(outputs[0], other):
             assert np.array_equal(a, b)
+
+
+def test_two_python_threads_running_one_conv_forward_get_their_own_outputs(rng):
+    # a server predicting from several threads with one model: the layer's scratch buffers were shared by the two
+    # forwards, and each got the other's columns and products (wrong outputs in ~all rounds, no error)
+    conv = nn.Conv2d(3, 8, 3, padding=1, generator=0).eval()
+    xs = [rng.standard_normal((32, 3, 16, 16)).astype(np.float32) for _ in range(2)]
+    expected = [conv(x).copy() for x in xs]
+    barrier, wrong = threading.Barrier(2), [0, 0]
+
+    def predict(i):
+        for _ in range(50):
+            barrier.wait()
+            wrong[i] += not np.array_equal(conv(xs[i]), expected[i])
+
+    workers = [threading.Thread(target=predict, args=(i,)) for i in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert wrong == [0, 0]
+    y = conv.train()(xs[0])       # a training pass after them still finds its columns for the backward
+    dx = conv.backward(np.ones_like(y))
+    twin = nn.Conv2d(3, 8, 3, padding=1, generator=0)
+    assert np.array_equal(y, twin(xs[0])) and np.array_equal(dx, twin.backward(np.ones_like(y)))
+    assert np.array_equal(conv.weight.grad, twin.weight.grad)
 
 
 def test_gradients_accumulate_frozen_weights_and_no_input_grad(rng):

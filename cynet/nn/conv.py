@@ -8,8 +8,12 @@ of the chunk (:mod:`cynet._kernels.conv`), the product ``W (F, C kh kw) @ cols (
 put in the images' layout with the bias; the backward, chunk by chunk from the last, rebuilds each chunk's columns
 from the kept input (the last chunk's are still in the buffer) for dW, and turns dcols = W^T dout into dx by col2im.
 Chunks keep the column matrix in cache between im2col and the product, and the layer's scratch memory small (three
-chunk-sized buffers, reused by the next passes) whatever the batch size.
+chunk-sized buffers, reused by the next passes) whatever the batch size. A forward takes the buffers out of the layer
+while it runs, so that two Python threads running one model's forward at once (a server predicting from several
+threads) each work in buffers of their own.
 """
+import threading
+
 import numpy as np
 
 from cynet._kernels import load
@@ -22,6 +26,7 @@ from cynet.nn.module import Module
 __all__ = ["Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
 
 _kernels = None
+_scratch_lock = threading.Lock()     # Conv2d._take_scratch: one thread at a time takes a layer's buffers
 
 
 def _k():
@@ -180,6 +185,15 @@ class Conv2d(Module):
         start = -raw.ctypes.data % 64
         return raw[start:start + size * itemsize].view(dtype)
 
+    def _take_scratch(self):
+        """``(cols, product)``: the forward's scratch buffers, taken out of the layer (None where another thread's
+        forward of this layer holds them: it then allocates its own) until the forward puts them back. Buffers shared
+        by two concurrent forwards gave each the other's columns and products (wrong outputs, silently)."""
+        with _scratch_lock:
+            kept = self._cols, self._product
+            self._cols = self._product = self._cols_chunk = None
+        return kept
+
     def _output_hw(self, h, w):
         return (_output_size(h, self.kernel_size[0], self.stride, self.padding),
                 _output_size(w, self.kernel_size[1], self.stride, self.padding))
@@ -213,8 +227,9 @@ class Conv2d(Module):
         oh, ow = self._output_hw(x.shape[2], x.shape[3])
         columns = oh * ow
         chunk, chunks = self._chunks(n, columns, w.dtype)
-        cols = self._cols = self._buffer(self._cols, k * chunk * columns, w.dtype)
-        product = self._product = self._buffer(self._product, features * chunk * columns, w.dtype)
+        cols, product = self._take_scratch()
+        cols = self._buffer(cols, k * chunk * columns, w.dtype)
+        product = self._buffer(product, features * chunk * columns, w.dtype)
         y = reuse.empty((n, features, oh, ow), w.dtype)
         images = y.reshape(n, features, columns)
         weights = w.reshape(features, k)
@@ -231,7 +246,9 @@ class Conv2d(Module):
             np.matmul(weights, chunk_cols, out=chunk_product)                           # (F, m OH OW)
             _k().to_images(chunk_product, bias, self.bias is not None, images[first:first + m],
                            kernel_threads(m * features * columns, NS_STREAM))
-        self._x, self._cols_chunk = x, chunks[-1][0] if chunks else None
+        self._x = x
+        with _scratch_lock:     # the buffers back, with the chunk whose columns cols holds (for the backward)
+            self._cols, self._product, self._cols_chunk = cols, product, chunks[-1][0] if chunks else None
         return y
 
     def backward(self, dout, *, input_grad=True):
