@@ -24,7 +24,7 @@ import numbers
 import numpy as np
 
 from cynet._validation import positive_int, saved_scalar
-from cynet.nn.module import Module
+from cynet.nn.module import Module, _evaluation_mode
 from cynet.train import Callback
 
 __all__ = ["Ensemble", "EMA", "softmax"]
@@ -55,8 +55,7 @@ def softmax(scores):
 
 @contextlib.contextmanager
 def _eval_mode(model):
-    with model.modes_restored():
-        model.eval()
+    with _evaluation_mode(model):     # (shared by concurrent predictions from several Python threads)
         yield
 
 

@@ -64,7 +64,7 @@ from cynet import checkpoint as _checkpoint
 from cynet._threading import copyto
 from cynet._validation import check_finite, is_count, saved_scalar
 from cynet.nn.loss import LabelError
-from cynet.nn.module import Module
+from cynet.nn.module import Module, _evaluation_mode
 from cynet.nn.normalization import _batch_slices, _BatchNorm
 from cynet.nn.utils import clip_grad_norm_, max_norm_
 from cynet.optim.lbfgs import loss_closure
@@ -813,8 +813,7 @@ class Trainer:
     @contextlib.contextmanager
     def _eval_mode(self):
         """Evaluation mode for the block; every module's own previous mode comes back afterwards, even on error."""
-        with self.model.modes_restored():
-            self.model.eval()
+        with _evaluation_mode(self.model):     # (shared by concurrent predictions from several Python threads)
             yield
 
     def stop(self, reason):

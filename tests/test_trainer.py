@@ -6,6 +6,7 @@ NumPy computations of the loss and accuracy for evaluate/predict.
 """
 import io
 import math
+import threading
 import warnings
 
 import numpy as np
@@ -243,6 +244,50 @@ def test_evaluate_and_predict_are_batched_deterministic_and_leave_gradients_alon
     np.testing.assert_allclose(proba, shifted / shifted.sum(axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
     for p in model.parameters():
         np.testing.assert_array_equal(p.grad, 0.25)
+
+
+def test_predictions_from_two_python_threads_keep_evaluation_mode_until_both_end():
+    # each prediction restored the modes it had seen on entry: the first to end put the model back in training mode
+    # while the other still ran (batch statistics, running statistics updated, units dropped), and the model was
+    # left in evaluation mode after both
+    rng = np.random.default_rng(0)
+    model = nn.Sequential(nn.Linear(16, 32, generator=1), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.5, generator=2),
+                          nn.Linear(32, 4, generator=3))
+    x = rng.standard_normal((64, 16)).astype(np.float32)
+    model(x * 2 + 1)                                   # running statistics unlike the batches'
+    events = {name: threading.Event() for name in ("first_in", "second_in", "first_done")}
+
+    def transform(xb, rng):          # orders the two threads: the first ends while the second is half-way through
+        name = threading.current_thread().name
+        if name == "first" and not events["first_in"].is_set():
+            events["first_in"].set()
+            events["second_in"].wait(10)
+        elif name == "second" and not events["second_in"].is_set():
+            events["second_in"].set()
+            events["first_done"].wait(10)
+        return xb
+
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), batch_transform=transform)
+    expected = trainer.predict_proba(x, batch_size=16)
+    events["first_in"].clear()
+    running = model[1].running_mean.copy()
+    results = {}
+
+    def predict(name):
+        results[name] = trainer.predict_proba(x, batch_size=16)
+        if name == "first":
+            events["first_done"].set()
+
+    first = threading.Thread(target=predict, args=("first",), name="first")
+    first.start()
+    events["first_in"].wait(10)
+    second = threading.Thread(target=predict, args=("second",), name="second")
+    second.start()
+    first.join()
+    second.join()
+    assert np.array_equal(results["first"], expected) and np.array_equal(results["second"], expected)
+    assert all(module.training for module in model.modules())
+    assert np.array_equal(model[1].running_mean, running)
 
 
 def test_predict_refuses_nan_inputs_as_evaluate_does():

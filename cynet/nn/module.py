@@ -38,6 +38,34 @@ NO_NONE_GRAD = ("a gradient is a buffer of the parameter's shape, never None; ze
 
 
 _train_walk = threading.local()      # Module.train's modules on the way down, per thread (cycles end there)
+# _evaluation_mode's open blocks: id of the model -> [blocks open on it, in any thread; the modes to restore]
+_evaluating = {}
+_evaluating_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _evaluation_mode(model):
+    """Evaluation mode for the block, for the tools that evaluate a model on the side (:meth:`cynet.Trainer.predict`,
+    :meth:`~cynet.Trainer.evaluate`, :class:`cynet.ensemble.Ensemble`): the first block opened on ``model`` saves every
+    module's mode and switches to evaluation, the last one to close, in whichever Python thread, restores them. (A
+    block per thread, each restoring what it saw, let the first to close put a model in training mode back while
+    another thread's prediction was still running: that one then used batch statistics, updated the running ones and
+    dropped units, and the model was left in evaluation mode afterwards.)"""
+    with _evaluating_lock:
+        entry = _evaluating.get(id(model))
+        if entry is None:
+            entry = _evaluating[id(model)] = [0, [(module, module.training) for module in model.modules()]]
+            model.eval()
+        entry[0] += 1
+    try:
+        yield model
+    finally:
+        with _evaluating_lock:
+            entry[0] -= 1
+            if entry[0] == 0:
+                del _evaluating[id(model)]
+                for module, mode in entry[1]:
+                    object.__setattr__(module, "training", mode)
 
 
 def _refuse_set_to_none(owner, set_to_none):
