@@ -333,6 +333,11 @@ class Module:
     took part in refuses its backward. Forwards with no backward (evaluation) never raise; modules called one by one
     at the top level are a pass each.
 
+    Threads: several Python threads may evaluate one model at once (``Trainer.predict`` / ``evaluate``, an
+    :class:`~cynet.ensemble.Ensemble`: evaluation mode is held until the last of them ends, and each forward computes
+    its own output), or train models of their own. Training one model from two threads at once is not supported:
+    each module keeps only its latest forward's values, so the backwards would mix the two passes.
+
     Example:
         >>> import numpy as np, cynet
         >>> from cynet import nn
