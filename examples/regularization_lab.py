@@ -109,17 +109,19 @@ def main(argv=None):
     print(f"model: 3072-512-ReLU-512-ReLU-10, SGD momentum 0.9, lr {args.lr:g}, {args.epochs} epochs, batch "
           f"{args.batch_size}, {cynet.get_num_threads()} threads\n")
     results = []
+    width = max(len(name) for name in methods())        # the longest name sets the column (L2's is 34 characters)
     for name, settings in methods().items():
         results.append(run(name, settings, (x_tr, y_tr, x_val, y_val), args.epochs, args.lr, args.batch_size,
                            args.seed))
         r = results[-1]
-        print(f"  {name:<26} train {r['train_acc']:6.1%}  val {r['final_val_acc']:6.1%}  gap {r['gap']:+6.1%}  "
+        print(f"  {name:<{width}} train {r['train_acc']:6.1%}  val {r['final_val_acc']:6.1%}  gap {r['gap']:+6.1%}  "
               f"best val {r['val_acc']:6.1%}  ({r['seconds']:.1f} s)", flush=True)
     baseline = results[0]
-    print(f"\n{'method':<26} {'train acc':>9} {'val acc':>8} {'gap':>7} {'gap vs none':>12} {'best val':>9}")
+    # gap vs none: a difference of two percentages, in percentage points
+    print(f"\n{'method':<{width}} {'train acc':>9} {'val acc':>8} {'gap':>7} {'gap vs none':>12} {'best val':>9}")
     for r in results:
-        print(f"{r['name']:<26} {r['train_acc']:>9.1%} {r['final_val_acc']:>8.1%} {r['gap']:>+7.1%} "
-              f"{r['gap'] - baseline['gap']:>+12.1%} {r['val_acc']:>9.1%}")
+        print(f"{r['name']:<{width}} {r['train_acc']:>9.1%} {r['final_val_acc']:>8.1%} {r['gap']:>+7.1%} "
+              f"{100 * (r['gap'] - baseline['gap']):>+8.1f} pts {r['val_acc']:>9.1%}")
     narrowest = min(results[1:], key=lambda r: r["gap"])
     best = max(results, key=lambda r: r["val_acc"])
     findings = [f for f in diagnose(baseline["history"]) if f.name == "overfitting"]
