@@ -373,17 +373,23 @@ class EMA(Callback):
             raise RuntimeError("EMA.apply: the averaged weights are already applied")
         self._match_dtypes()
         params = self.model.parameters()
-        self._backup = [p.data.copy() for p in params]
+        # the buffers too: a block that recomputes the batch-norm statistics for the averaged weights leaves the live
+        # model's own (the trained weights with another model's running statistics predicted worse, silently)
+        self._backup = ([p.data.copy() for p in params], [np.array(b, copy=True) for b in self.model.buffers()])
         for param, shadow in zip(params, self.shadow):
             np.copyto(param.data, shadow)
         return _Restorer(self)
 
     def restore(self):
-        """Put the trained weights back after :meth:`apply`."""
+        """Put the trained weights, and the buffers (batch-norm running statistics) as they were at :meth:`apply`,
+        back."""
         if self._backup is None:
             return
-        for param, saved in zip(self.model.parameters(), self._backup):
+        weights, buffers = self._backup
+        for param, saved in zip(self.model.parameters(), weights):
             np.copyto(param.data, saved)
+        for buffer, saved in zip(self.model.buffers(), buffers):
+            np.copyto(buffer, saved)
         self._backup = None
 
     def copy_to(self, model):

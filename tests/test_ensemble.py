@@ -195,6 +195,39 @@ def test_ema_rejects_bad_decay_and_double_apply():
             ema.apply()
 
 
+def _trained_bn_ema():
+    """``(model, ema, x)``: a Linear-BatchNorm1d-ReLU-Linear net trained a few SGD steps with EMA(0.5)."""
+    x, y = _ema_problem()
+    cynet.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    ema = EMA(0.5)
+    Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.5), callbacks=[ema], seed=0,
+            progress=False).fit(x, y, epochs=2, batch_size=16)
+    return model, ema, x
+
+
+def test_ema_apply_puts_back_the_batchnorm_statistics_a_block_recomputed():
+    # recomputing the running statistics for the averaged weights inside the block left them in the live model: the
+    # trained weights then predicted with statistics of other weights (CIFAR-10 MLP: 43.0% -> 39.7%, silently)
+    model, ema, x = _trained_bn_ema()
+    weights = [p.data.copy() for p in model.parameters()]
+    buffers = [b.copy() for b in model.buffers()]
+    with ema.apply():
+        nn.recompute_batchnorm_statistics(model, x * 3 + 1)
+        assert not np.array_equal(model[1].running_mean, buffers[0])
+    for a, p in zip(weights, model.parameters()):
+        np.testing.assert_array_equal(p.data, a)
+    for a, b in zip(buffers, model.buffers()):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(b, a)
+    with pytest.raises(KeyError):           # on an exception inside the block too
+        with ema.apply():
+            model[1].running_var[...] = 7
+            raise KeyError("inside")
+    for a, b in zip(buffers, model.buffers()):
+        np.testing.assert_array_equal(b, a)
+
+
 def _ema_problem(n=64):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n, 5)).astype(np.float32)
