@@ -81,7 +81,7 @@ def main(argv=None):
                           progress=False)
         trainer.fit(x_tr, y_tr, epochs=args.epochs, batch_size=args.batch_size)
         _, acc = trainer.evaluate(x_val, y_val)
-        with ema.apply():
+        with ema.apply():       # a model with batch norm: ema.apply(x_tr), statistics for the averaged weights
             _, ema_acc = trainer.evaluate(x_val, y_val)
         rows.append((k, acc, ema_acc))
         models.append(model)

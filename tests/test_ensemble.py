@@ -228,6 +228,33 @@ def test_ema_apply_puts_back_the_batchnorm_statistics_a_block_recomputed():
         np.testing.assert_array_equal(b, a)
 
 
+def test_ema_apply_with_training_inputs_recomputes_the_batchnorm_statistics_for_the_averaged_weights():
+    # the averaged weights ran with the live model's running statistics (CIFAR-10 MLP: 39.9% instead of 47.4%)
+    import copy
+    model, ema, x = _trained_bn_ema()
+    oracle = ema.copy_to(copy.deepcopy(model))
+    nn.recompute_batchnorm_statistics(oracle, x, batch_size=16)
+    weights = [p.data.copy() for p in model.parameters()]
+    buffers = [b.copy() for b in model.buffers()]
+    with ema.apply(x, batch_size=16):
+        for a, b in zip(oracle.buffers(), model.buffers()):
+            np.testing.assert_array_equal(b, a)
+        for p, shadow in zip(model.parameters(), ema.shadow):
+            np.testing.assert_array_equal(p.data, shadow)
+    for a, p in zip(weights, model.parameters()):
+        np.testing.assert_array_equal(p.data, a)
+    for a, b in zip(buffers, model.buffers()):
+        np.testing.assert_array_equal(b, a)
+    with pytest.raises(ValueError):         # a recomputation that fails leaves nothing applied
+        ema.apply(x[:, :3])
+    for a, p in zip(weights, model.parameters()):
+        np.testing.assert_array_equal(p.data, a)
+    for a, b in zip(buffers, model.buffers()):
+        np.testing.assert_array_equal(b, a)
+    with ema.apply():
+        pass
+
+
 def _ema_problem(n=64):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n, 5)).astype(np.float32)
