@@ -810,6 +810,35 @@ def test_plot_uses_a_log_axis_for_loguniform(tmp_path, monkeypatch):
     assert best in fig.axes[0].collections[1].get_offsets()[:, 1]       # the gold star marks the best trial
 
 
+def test_plot_places_every_option_of_a_choice_even_tuples_and_none(tmp_path, monkeypatch):
+    # layer sizes as tuples made the plot fail ("x and y must be the same size"); None was silently left out
+    figure = pytest.importorskip("matplotlib.figure")
+    options = [(64,), (128, 64), (256, 128), None]
+
+    def fn(params, data, budget, seed):
+        if params["lr"] > 0.05:
+            return {"val_acc": float("nan")}
+        return {"val_acc": params["lr"]}
+
+    result = RandomSearch({"lr": loguniform(1e-4, 1e-1), "layers": choice(options)}, n_trials=12, seed=0,
+                          edge=0).run(fn, executor=None)
+    saved = []
+    original = figure.Figure.savefig
+    monkeypatch.setattr(figure.Figure, "savefig", lambda self, *a, **k: (saved.append(self), original(self, *a, **k)))
+    result.plot(tmp_path / "p.png")
+    ax = saved[0].axes[1]
+    ok = [t for t in result.trials if t["status"] == "ok"]
+    failed = [t for t in result.trials if t["status"] != "ok"]
+    assert ok and failed and {t["params"]["layers"] for t in result.trials} == set(options)
+    points, best, crosses = (c.get_offsets() for c in ax.collections)
+    assert points[:, 0].tolist() == [options.index(t["params"]["layers"]) for t in ok]
+    assert points[:, 1].tolist() == [t["val_acc"] for t in ok]
+    assert best.tolist() == [[options.index(ok[0]["params"]["layers"]), ok[0]["val_acc"]]]
+    assert crosses[:, 0].tolist() == [options.index(t["params"]["layers"]) for t in failed]
+    assert list(ax.get_xticks()) == [0, 1, 2, 3]
+    assert [label.get_text() for label in ax.get_xticklabels()] == ["(64,)", "(128, 64)", "(256, 128)", "None"]
+
+
 @pytest.mark.parametrize("executor", [None, "process"])
 def test_progress_hears_every_trial_once(executor, capsys):
     heard = []

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cynet.tune.executors import make_runner
-from cynet.tune.space import Distribution, LogUniform, edge_report, grid_points, narrow_space, sample_space, \
-    _check_int, _check_space
+from cynet.tune.space import Choice, Distribution, LogUniform, edge_report, grid_points, narrow_space, \
+    sample_space, _check_int, _check_space, _same
 
 __all__ = ["RandomSearch", "GridSearch", "CoarseToFine", "Stage", "successive_halving", "SearchResult",
            "make_trainer_trial", "TrainerTrial", "trial_seed"]
@@ -244,6 +244,15 @@ def _format(value):
     return str(value)
 
 
+def _option_index(options, value):
+    """The position of ``value`` among a choice's ``options`` (appended to them when it is none of them)."""
+    for i, option in enumerate(options):
+        if _same(option, value):
+            return i
+    options.append(value)
+    return len(options) - 1
+
+
 class SearchResult:
     """Every trial of a search, best first, with the best configuration, exports, a plot and the best checkpoint.
 
@@ -408,9 +417,9 @@ class SearchResult:
         return path
 
     def plot(self, path, *, include_failed=True):
-        """Validation accuracy against each hyperparameter (log-scaled axis for :func:`loguniform` ones), one panel
-        each, saved to ``path`` (matplotlib, imported only here; drawn on a standalone Agg figure, so pyplot's
-        state and backend are left alone).
+        """Validation accuracy against each hyperparameter (log-scaled axis for :func:`loguniform` ones, one tick per
+        option, labelled with it, for a :func:`choice`), one panel each, saved to ``path`` (matplotlib, imported only
+        here; drawn on a standalone Agg figure, so pyplot's state and backend are left alone).
 
         Args:
             path (str or os.PathLike): image file (.png, .pdf, ...).
@@ -429,17 +438,27 @@ class SearchResult:
         low = min((t["val_acc"] for t in ok), default=0.0)
         for ax, name in zip(axes[0], names):
             dist = self.space.get(name)
-            xs = [t["params"][name] for t in ok]
+            # a choice's options at 0, 1, ... labelled with their values: matplotlib cannot place tuples (layer
+            # sizes) and leaves None out
+            options = list(dist.options) if isinstance(dist, Choice) else None
+
+            def x(t, name=name, options=options):
+                value = t["params"][name]
+                return value if options is None else _option_index(options, value)
+
             sizes = [12 + 8 * t.get("rung", 0) for t in ok]
-            ax.scatter(xs, [t["val_acc"] for t in ok], s=sizes, alpha=0.75, label="trial")
+            ax.scatter([x(t) for t in ok], [t["val_acc"] for t in ok], s=sizes, alpha=0.75, label="trial")
             if ok:
-                ax.scatter([ok[0]["params"][name]], [ok[0]["val_acc"]], marker="*", s=160, color="gold",
+                ax.scatter([x(ok[0])], [ok[0]["val_acc"]], marker="*", s=160, color="gold",
                            edgecolor="k", zorder=3, label="best")
             if include_failed and failed:
-                ax.scatter([t["params"][name] for t in failed], [low] * len(failed), marker="x", color="red",
+                ax.scatter([x(t) for t in failed], [low] * len(failed), marker="x", color="red",
                            label="diverged/error")
             if isinstance(dist, LogUniform):
                 ax.set_xscale("log")
+            if options is not None:
+                ax.set_xticks(range(len(options)))
+                ax.set_xticklabels([_format(o) if isinstance(o, float) else str(o) for o in options])
             ax.set_xlabel(name)
             ax.set_ylabel("validation accuracy")
             ax.grid(alpha=0.3)
