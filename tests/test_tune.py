@@ -716,6 +716,26 @@ def test_a_hyperparameter_named_like_a_column_keeps_both_in_the_table_and_csv(tm
         assert row["params.error"] == "x" and row["error"] == ""
 
 
+def test_printed_table_keeps_its_columns_aligned_with_long_names_and_values():
+    # every column was 10 characters wide: a name such as "weight_decay" or a value such as 3.12345e-05 pushed the
+    # rest of its line to the right, under the wrong headers
+    def fn(params, data, budget, seed):
+        return {"val_acc": params["lr"], "val_loss": 0.5}
+
+    space = {"lr": loguniform(1e-6, 1e-4), "weight_decay": loguniform(1e-6, 1e-4)}
+    result = RandomSearch(space, n_trials=6, seed=0, edge=0).run(fn, executor=None)
+    lines = str(result).splitlines()
+    header = lines[0].split()
+    assert header[0] == "rank" and "weight_decay" in header and len(lines) == 7
+    ends = [lines[0].index(name) + len(name) for name in header]
+    for line, t in zip(lines[1:], result.trials):
+        cells = line.split()
+        assert len(cells) == len(header)
+        assert [line.index(" " + cell, end - len(cell) - 1) + len(cell) + 1 for cell, end in zip(cells, ends)] == ends
+        assert float(cells[header.index("lr")]) == pytest.approx(t["params"]["lr"], rel=1e-5)
+    assert len({len(line) for line in lines}) == 1
+
+
 def test_json_writes_nan_as_null_and_save_best_needs_weights(tmp_path):
     result = RandomSearch({"lr": loguniform(1e-4, 1.0)}, n_trials=12, seed=3).run(flaky_fn, executor=None)
     with open(result.to_json(tmp_path / "r.json")) as f:

@@ -471,9 +471,12 @@ class SearchResult:
     def __str__(self):
         rows = self.table()
         columns = [c for c in (rows[0] if rows else {}) if c not in ("error",)]
-        lines = ["  ".join(f"{c:>10}" for c in columns)]
-        for row in rows:
-            lines.append("  ".join(f"{_format(row[c]):>10}" for c in columns))
+        cells = [[_format(row[c]) for c in columns] for row in rows]
+        # each column as wide as its name and its widest value (a name such as "weight_decay" or a value such as
+        # 3.12345e-05 overflowed a fixed width and pushed the rest of its line under the wrong headers)
+        widths = [max([10, len(c)] + [len(line[i]) for line in cells]) for i, c in enumerate(columns)]
+        lines = ["  ".join(f"{c:>{w}}" for c, w in zip(columns, widths))]
+        lines.extend("  ".join(f"{cell:>{w}}" for cell, w in zip(line, widths)) for line in cells)
         return "\n".join(lines)
 
     def __repr__(self):
