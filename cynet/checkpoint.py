@@ -310,6 +310,11 @@ def save_trainer(path, trainer):
         path (str or os.PathLike): destination file (written atomically).
         trainer (cynet.train.Trainer): the trainer.
     """
+    for callback in trainer.callbacks:
+        if getattr(callback, "applied", False):
+            # the model holds the averaged weights now: saved as the trained ones, a resume would train on from them
+            raise RuntimeError(f"save_trainer: {type(callback).__name__}'s averaged weights are applied to the model "
+                               f"(inside its apply() block): save the trainer after the block (or restore() first)")
     arrays = _prefixed("model.", trainer.model.state_dict())
     meta = {"kind": "trainer", "model": type(trainer.model).__name__}
 

@@ -404,6 +404,11 @@ class EMA(Callback):
                 raise
         return _Restorer(self)
 
+    @property
+    def applied(self):
+        """Whether the averaged weights are in the model now (between :meth:`apply` and :meth:`restore`)."""
+        return self._backup is not None
+
     def restore(self):
         """Put the trained weights, and the buffers (batch-norm running statistics) as they were at :meth:`apply`,
         back."""

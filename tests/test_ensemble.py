@@ -441,3 +441,17 @@ def test_an_ema_state_read_back_from_npz_loads(tmp_path):
     assert (other.decay, other.num_updates) == (0.9, 3) and type(other.num_updates) is int
     for a, b in zip(other.shadow, ema.shadow):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_trainer_is_not_saved_while_the_averaged_weights_are_applied(tmp_path):
+    # saved inside ema.apply(), the checkpoint held the averaged weights as the model's: a resume trained on from them
+    save_trainer = checkpoint.save_trainer
+    x, y = _ema_problem()
+    trainer, ema = _ema_trainer()
+    trainer.fit(x, y, epochs=1, batch_size=16)
+    with ema.apply():
+        assert ema.applied
+        with pytest.raises(RuntimeError, match=r"save_trainer: EMA's averaged weights are applied to the model"):
+            save_trainer(tmp_path / "t.npz", trainer)
+    assert not ema.applied and not (tmp_path / "t.npz").exists()
+    save_trainer(tmp_path / "t.npz", trainer)
