@@ -657,7 +657,8 @@ class Trainer:
         divergence_factor (float): class attribute, 3.0: the guard stops when a data loss exceeds this many times
             the first iteration's (when that was positive). Right for classification, where the first loss is
             about log(C) on every batch; for a regression loss on small, noisy batches a single batch can exceed
-            3x by chance: set a larger factor on the instance (``trainer.divergence_factor = 20``).
+            3x by chance: set a larger factor on the instance (``trainer.divergence_factor = 20``; a number >= 1,
+            ``math.inf`` to stop only on a NaN/inf loss).
         guard_every (int): class attribute, 10: the guard copies the training state before the step of every
             ``guard_every``-th iteration, and a divergence puts back the latest copy (at most ``guard_every``
             iterations old, every one of them with a good loss). 1 restores the state from just before the bad
@@ -846,8 +847,8 @@ class Trainer:
             dict[str, list[float]]: :attr:`history`.
 
         Raises:
-            ValueError: mismatched lengths, empty data, ``batch_size < 1``, ``epochs < 0`` or a
-                :attr:`guard_every` that is not an int >= 1.
+            ValueError: mismatched lengths, empty data, ``batch_size < 1``, ``epochs < 0``, a
+                :attr:`guard_every` that is not an int >= 1 or a :attr:`divergence_factor` that is not a number >= 1.
 
         Example:
             >>> history = trainer.fit(x_train, y_train, epochs=10, batch_size=128,
@@ -878,6 +879,10 @@ class Trainer:
         epochs = _int_at_least("Trainer.fit", "epochs", epochs, 0)
         batch_size = _int_at_least("Trainer.fit", "batch_size", batch_size, 1)
         _int_at_least("Trainer.fit", "guard_every", self.guard_every, 1)
+        factor = self.divergence_factor      # (set on the instance: NaN turned the loss rule off, None failed mid-run)
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not factor >= 1:
+            raise ValueError(f"Trainer.fit: divergence_factor must be a number >= 1 (math.inf: no limit on the data "
+                             f"loss), got {factor!r}")
         if validation is not None:
             if not isinstance(validation, (tuple, list)) or len(validation) != 2:
                 raise ValueError("Trainer.fit: validation must be a pair (x_val, y_val)")

@@ -770,6 +770,22 @@ def test_guard_every_must_be_a_positive_int(bad):
     assert trainer.iteration == 0
 
 
+@pytest.mark.parametrize("bad", [None, "20", math.nan, 0, 0.5, -3.0, True])
+def test_divergence_factor_must_be_a_number_at_least_one(bad):
+    # set on the instance, NaN silently turned the loss rule off and None or "20" failed at the second iteration
+    # with a bare TypeError, after a step; a factor below 1 stopped on a loss lower than the first
+    x, y = blobs(16, seed=2)
+    model = mlp()
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False)
+    trainer.divergence_factor = bad
+    with pytest.raises(ValueError, match=r"Trainer.fit: divergence_factor must be a number >= 1 .*, got"):
+        trainer.fit(x, y, epochs=1, batch_size=8)
+    assert trainer.iteration == 0
+    trainer.divergence_factor = math.inf        # only a NaN/inf loss stops the run
+    trainer.fit(x, y, epochs=1, batch_size=8)
+    assert trainer.iteration == 2 and trainer.stop_reason is None
+
+
 def test_divergence_at_the_first_iteration_restores_the_running_statistics():
     x, y = blobs(24, seed=3)
 
