@@ -12,8 +12,8 @@ doctor names "overfitting". Then the same net, seed and epochs with each of CS23
 
 It prints, for each, the final model's training and validation accuracy (evaluation mode, the clean images), the gap
 between them (both of the same, final, model), the best validation accuracy of any epoch and the time, then names the
-run with the smallest gap and the one with the best validation accuracy. The strengths are the usual starting points, not tuned values: search them with
-``cynet.tune`` for a real model.
+run with the smallest gap and the one with the best validation accuracy. The strengths are the usual starting
+points, not tuned values: search them with ``cynet.tune`` for a real model.
 
 Data: ``--data`` (a CIFAR-10 directory), else ``$CYNET_DATA`` or ``~/.cache/cynet``, else the shared development copy
 ``../shared/datasets`` next to the project (or ``$CYNET_SHARED_DATA``), else the small subset packaged with cynet.
