@@ -250,6 +250,24 @@ def test_snapshot_and_restore_keep_each_groups_settings():
         one_group.restore(saved)
 
 
+def test_restore_puts_back_the_defaults_a_later_group_takes():
+    """``opt.lr = x`` after a snapshot sets the groups and the defaults; restore put the groups back but kept the
+    defaults, so a group added after the divergence guard's restore took the rate and momentum of the undone run."""
+    model = _model()
+    opt = SGD(model[2].parameters(), lr=0.1, weight_decay=5e-4)
+    saved = opt.snapshot()
+    opt.lr = 3.0
+    opt.momentum = 0.9
+    opt.weight_decay = 0.0
+    opt.restore(saved)
+    assert opt.defaults == {"lr": 0.1, "momentum": 0.0, "nesterov": False, "weight_decay": 5e-4, "dampening": 0.0}
+    opt.defaults["lr"] = 7.0                                    # the snapshot holds a copy, not the live dict
+    opt.restore(saved)
+    assert opt.defaults["lr"] == 0.1
+    opt.add_param_group({"params": model[0].parameters()})
+    assert [(g["lr"], g["momentum"], g["weight_decay"]) for g in opt.param_groups] == [(0.1, 0.0, 5e-4)] * 2
+
+
 def test_copies_and_pickles_keep_checking_their_own_groups():
     model = _model()
     opt = SGD([{"params": model[0].parameters(), "lr": 0.01}, {"params": model[2].parameters()}], lr=0.1)

@@ -572,8 +572,8 @@ class Optimizer:
 
     # --- snapshots ----------------------------------------------------------------------------------------------------
     def snapshot(self, out=None):
-        """Copy the state a :meth:`step` changes — per-parameter arrays and step counts — and the settings, for
-        :meth:`restore`.
+        """Copy the state a :meth:`step` changes — per-parameter arrays and step counts — and the settings (each
+        group's and :attr:`defaults`), for :meth:`restore`.
 
         Cheap enough to take before every step (the trainer's divergence guard does): pass the previous snapshot as
         ``out`` and its arrays are overwritten in place, so nothing is allocated once the state exists. Frozen
@@ -598,6 +598,7 @@ class Optimizer:
         if out is None or len(out["state"]) != len(self.params):
             out = {"state": [{} for _ in self.params]}
         out["settings"] = [self._group_settings(group) for group in self.param_groups]
+        out["defaults"] = dict(self.defaults)
         out["step_count"] = self.step_count
         for live, saved in zip(self.state, out["state"]):
             _copy_state(live, saved)
@@ -605,8 +606,9 @@ class Optimizer:
 
     def restore(self, snapshot):
         """Put back the state copied by :meth:`snapshot` (into the existing arrays, so references stay valid): the
-        settings, the step counts and every parameter's state as it was, including "no state yet" for parameters
-        whose first step came after the snapshot.
+        settings (each group's and :attr:`defaults`, which a group added later takes), the step counts and every
+        parameter's state as it was, including "no state yet" for parameters whose first step came after the
+        snapshot.
 
         Args:
             snapshot (dict): from :meth:`snapshot` of this optimiser.
@@ -622,6 +624,7 @@ class Optimizer:
             raise ValueError(f"{name}: the snapshot holds {len(snapshot['settings'])} parameter group(s), this "
                              f"optimiser has {len(self.param_groups)}")
         self._set_checked_settings(snapshot["settings"])
+        object.__setattr__(self, "defaults", dict(snapshot["defaults"]))   # what a group added later takes
         self.step_count = snapshot["step_count"]
         for saved, live in zip(snapshot["state"], self.state):
             _copy_state(saved, live)
