@@ -516,8 +516,8 @@ class L2Penalty(_WeightPenalty):
     what an optimiser's ``weight_decay=λ`` adds to the gradient: use one or the other, not both. (Assignment 1
     writes :math:`\lambda\sum W^2` with gradient :math:`2\lambda W`: the same penalty at twice the strength.) The
     two part ways under gradient clipping (``Trainer(clip_grad_norm=...)``): the penalty's gradient is clipped with
-    the data's, the optimiser's decay is added after the clipping; and with adaptive optimisers (Adam), where decay
-    added to the gradient is rescaled with it (AdamW decouples it).
+    the data's, the optimiser's decay is added after the clipping. AdamW's decoupled decay is neither: it shrinks
+    the weights outside the adaptive step, where this penalty's gradient (like Adam's ``weight_decay``) is rescaled.
 
     The value is reported apart from the data loss; ``backward(model)`` *adds* :math:`\lambda W` into each weight's
     ``grad`` (overwriting a gradient that was just zeroed), so call it after ``model.backward`` and before the
