@@ -63,6 +63,7 @@ import numpy as np
 from cynet import checkpoint as _checkpoint
 from cynet._threading import copyto
 from cynet._validation import check_finite, is_count, saved_scalar
+from cynet.data.loader import Compose, Cutout, RandomCrop, RandomHorizontalFlip
 from cynet.nn.loss import LabelError
 from cynet.nn.module import Module, _evaluation_mode
 from cynet.nn.normalization import _batch_slices, _BatchNorm
@@ -630,7 +631,9 @@ class Trainer:
             augmentation or preprocessing (``xb`` may be uint8). During training ``rng`` is the trainer's
             generator; for :meth:`evaluate`, :meth:`predict` and validation it is called as
             ``batch_transform(xb, None)``, which must mean "no randomness" (for example a centre crop instead of a
-            random one, no flip). Default None. Batches whose dtype differs from the model's parameters are then
+            random one, no flip): an augmentation itself (:class:`cynet.data.RandomCrop`, :class:`cynet.data.Compose`,
+            ...) is refused, since it stays random there; pass ``make_batch_transform(transform, augment)``.
+            Default None. Batches whose dtype differs from the model's parameters are then
             cast to it (so uint8 images without a transform become float32 of the same values).
         seed (int): seeds :attr:`generator`, the source of the shuffling order (and of the transform's
             randomness). Default 0.
@@ -715,6 +718,12 @@ class Trainer:
                             f"backward(model), got {regularization!r}")
         if batch_transform is not None and not callable(batch_transform):
             raise TypeError(f"Trainer: batch_transform must be callable as f(xb, rng), got {batch_transform!r}")
+        if isinstance(batch_transform, (RandomCrop, RandomHorizontalFlip, Cutout, Compose)):
+            # called with rng=None an augmentation draws from the global generator: evaluate, predict and the
+            # validation were augmented too, at random, without a word
+            raise TypeError(f"Trainer: batch_transform={batch_transform!r} is an augmentation, which stays random when "
+                            f"evaluation calls it with rng=None; pass make_batch_transform(transform, augment) (from "
+                            f"cynet.data), which augments training batches only")
         if mixup is not None and not callable(mixup):
             raise TypeError(f"Trainer: mixup must be callable as f(xb, yb, rng) -> (xb, targets), got {mixup!r}")
         if isinstance(callbacks, Callback) or not hasattr(callbacks, "__iter__"):

@@ -212,6 +212,23 @@ def test_batch_transform_gets_uint8_and_the_trainer_generator_in_training_and_no
     assert loss == pytest.approx(want_loss, rel=1e-5)
 
 
+def test_an_augmentation_as_batch_transform_is_refused_since_it_would_augment_evaluation():
+    # RandomHorizontalFlip()(xb, None) draws from the global generator: evaluate and predict came out at random
+    from cynet.data import Compose, Cutout, RandomCrop, RandomHorizontalFlip, make_batch_transform
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((32, 1, 4, 4)).astype(np.float32), np.arange(32) % 2
+    for augment in (RandomHorizontalFlip(), RandomCrop(4, padding=1), Cutout(2), Compose([RandomHorizontalFlip()])):
+        model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2, generator=0))
+        with pytest.raises(TypeError, match="is an augmentation.*make_batch_transform"):
+            Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), batch_transform=augment,
+                    progress=False)
+        trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False,
+                          batch_transform=make_batch_transform(None, augment))
+        trainer.fit(x, y, epochs=1, batch_size=8)
+        assert trainer.evaluate(x, y) == trainer.evaluate(x, y)
+        np.testing.assert_array_equal(trainer.predict(x), np.argmax(model.eval()(x), axis=1))
+
+
 def test_uint8_input_without_transform_is_cast_to_the_model_dtype():
     x = np.array([[0, 1], [2, 3], [4, 5]], np.uint8)
     model = nn.Sequential(nn.Linear(2, 2, generator=0))
