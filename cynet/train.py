@@ -64,7 +64,7 @@ from cynet import checkpoint as _checkpoint
 from cynet._threading import copyto
 from cynet._validation import check_finite, is_count, saved_scalar
 from cynet.data.loader import Compose, Cutout, RandomCrop, RandomHorizontalFlip
-from cynet.nn.loss import LabelError
+from cynet.nn.loss import LabelError, MulticlassSVM
 from cynet.nn.module import Module, _evaluation_mode
 from cynet.nn.normalization import _batch_slices, _BatchNorm
 from cynet.nn.utils import clip_grad_norm_, max_norm_
@@ -643,7 +643,7 @@ class Trainer:
         mixup (callable): ``mixup(xb, yb, generator) -> (xb, targets)`` applied to every training batch after
             ``batch_transform``, e.g. :class:`cynet.data.Mixup`; it draws from the trainer's generator, so runs and
             resumed runs stay reproducible. The loss must take its targets (SoftmaxCrossEntropy takes (N, C)
-            distributions), and "train_acc" is NaN (the targets are mixtures). Default None.
+            distributions; a MulticlassSVM is refused), and "train_acc" is NaN (the targets are mixtures). Default None.
 
     Attributes:
         history (dict[str, list[float]]): per iteration "loss" (data loss), "reg_loss", "lr" (the first parameter
@@ -726,6 +726,11 @@ class Trainer:
                             f"cynet.data), which augments training batches only")
         if mixup is not None and not callable(mixup):
             raise TypeError(f"Trainer: mixup must be callable as f(xb, yb, rng) -> (xb, targets), got {mixup!r}")
+        if mixup is not None and isinstance(loss, MulticlassSVM):
+            # (was refused at the first batch by the loss: "labels y must be an integer array ..., got float32 array
+            # of shape (N, C)", of labels the user never gave)
+            raise TypeError(f"Trainer: mixup gives (N, C) target distributions, which {type(loss).__name__} cannot "
+                            f"take (it needs class indices); use SoftmaxCrossEntropy with mixup, or no mixup")
         if isinstance(callbacks, Callback) or not hasattr(callbacks, "__iter__"):
             # callbacks=EarlyStopping(): was "'EarlyStopping' object is not iterable"
             raise TypeError(f"Trainer: callbacks must be a list of Callback instances, got {callbacks!r}; pass "
