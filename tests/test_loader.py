@@ -230,3 +230,12 @@ def test_the_hook_without_a_transform_keeps_float64_in_either_byte_order(dtype, 
     xb, _ = next(iter(BatchIterator(x, None, 2, shuffle=False, augment=RandomHorizontalFlip(p=0.0))))
     assert xb.dtype == expected
     np.testing.assert_array_equal(xb, x.astype(expected))
+
+
+def test_compose_refuses_a_single_augmentation_with_a_message():
+    # was "'RandomCrop' object is not iterable"
+    for single in (RandomCrop(4, padding=1), Compose([RandomHorizontalFlip()]), 3):
+        with pytest.raises(TypeError, match=r"augmentations must be a list of callables.*pass \[augmentation\]"):
+            Compose(single)
+    out = Compose((RandomHorizontalFlip(p=1.0),))(np.arange(2.0).reshape(1, 1, 1, 2), np.random.default_rng(0))
+    assert out.ravel().tolist() == [1.0, 0.0]

@@ -140,6 +140,10 @@ class Compose:
     """
 
     def __init__(self, augmentations):
+        if callable(augmentations) or not hasattr(augmentations, "__iter__"):
+            # Compose(RandomCrop(32)) was "'RandomCrop' object is not iterable"
+            raise TypeError(f"Compose: augmentations must be a list of callables, got {augmentations!r}; pass "
+                            f"[augmentation]")
         augmentations = list(augmentations)
         for a in augmentations:
             if not callable(a):
