@@ -63,7 +63,7 @@ import numpy as np
 from cynet import checkpoint as _checkpoint
 from cynet._threading import copyto
 from cynet._validation import check_finite, is_count, saved_scalar
-from cynet.data.loader import Compose, Cutout, RandomCrop, RandomHorizontalFlip
+from cynet.data.loader import Compose, Cutout, Mixup, RandomCrop, RandomHorizontalFlip
 from cynet.nn.loss import LabelError, MulticlassSVM
 from cynet.nn.module import Module, _evaluation_mode
 from cynet.nn.normalization import _batch_slices, _BatchNorm
@@ -718,6 +718,9 @@ class Trainer:
                             f"backward(model), got {regularization!r}")
         if batch_transform is not None and not callable(batch_transform):
             raise TypeError(f"Trainer: batch_transform must be callable as f(xb, rng), got {batch_transform!r}")
+        if isinstance(batch_transform, Mixup):     # (failed at the first batch: "Generator has no len()")
+            raise TypeError(f"Trainer: {batch_transform!r} mixes inputs and labels: pass it as mixup=, not as "
+                            f"batch_transform")
         if isinstance(batch_transform, (RandomCrop, RandomHorizontalFlip, Cutout, Compose)):
             # called with rng=None an augmentation draws from the global generator: evaluate, predict and the
             # validation were augmented too, at random, without a word

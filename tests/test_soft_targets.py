@@ -257,13 +257,15 @@ def test_trainer_mixup_trains_reproducibly_resumes_exactly_and_leaves_evaluation
         _trainer(mixup=0.2)
 
 
-def test_trainer_refuses_mixup_with_a_multiclass_svm_before_training():
+def test_trainer_refuses_mixup_with_a_multiclass_svm_or_as_batch_transform():
     # the SVM needs class indices: it failed at the first batch, blaming float (N, C) "labels y" the user never gave
     from cynet.nn.loss import MulticlassSVM
     x, y = _data()
     model = nn.Sequential(nn.Linear(6, 3))
     with pytest.raises(TypeError, match="mixup gives .* MulticlassSVM cannot take"):
         Trainer(model, MulticlassSVM(), optim.SGD(model.parameters(), lr=0.1), mixup=Mixup(0.4, 3), progress=False)
+    with pytest.raises(TypeError, match="pass it as mixup="):     # was "Generator has no len()" at the first batch
+        Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), batch_transform=Mixup(0.4, 3))
     trainer = Trainer(model, MulticlassSVM(), optim.SGD(model.parameters(), lr=0.1), progress=False)
     trainer.fit(x, y, epochs=1, batch_size=32)                             # without mixup it trains
     assert trainer.iteration == 3
