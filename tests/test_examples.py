@@ -49,6 +49,17 @@ def test_train_cifar10_learns_on_the_subset_and_reports_test_accuracy(tmp_path, 
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with np.load(out / "best.npz", allow_pickle=False) as checkpoint:
         assert len(checkpoint.files) > 0
+    # the saved model + preprocessing reproduce the printed test accuracy, and the bundle is the best epoch's
+    import json
+    from cynet.data import load_bundle, load_cifar10_subset
+
+    history = json.loads((out / "history.json").read_text())
+    bundle = load_bundle(out / "model_and_preprocessing.npz", example.build_model(example.MODELS["mlp-small"], 0.2, 0))
+    assert bundle.metadata["epoch"] == int(np.argmax(history["val_acc"])) + 1
+    assert bundle.metadata["epochs_trained"] == len(history["val_acc"]) == 4
+    data = load_cifar10_subset()
+    predicted = bundle.model.eval().forward(bundle.transform.transform(data.x_test)).argmax(axis=1)
+    assert np.mean(predicted == data.y_test) == accuracy
 
 
 def test_train_cifar10_resnet_runs_on_the_subset_and_overfits_a_tiny_set(tmp_path, capsys, no_cifar_data):
@@ -126,11 +137,18 @@ def test_train_cifar10_interrupted_writes_the_outputs_of_the_finished_epochs(tmp
 
 def test_train_cifar10_sanity_checks_pass_for_the_default_model(tmp_path, capsys, no_cifar_data):
     example = load_example("train_cifar10")
-    example.main(["--subset", "--epochs", "1", "--model", "mlp-small", "--out", str(tmp_path / "run")])
+    accuracy = example.main(["--subset", "--epochs", "1", "--model", "mlp-small", "--out", str(tmp_path / "run")])
     printed = capsys.readouterr().out
     assert re.search(r"\[PASS\] initial loss: expected 2\.303", printed), printed
     assert "[PASS] overfit tiny subset" in printed
     assert "[PASS] regularization raises loss" in printed
+    # the checks leave the model and the random streams as they found them: the run does not depend on them
+    skipped = example.main(["--subset", "--epochs", "1", "--model", "mlp-small", "--skip-checks", "--out",
+                            str(tmp_path / "skipped")])
+    assert skipped == accuracy
+    import json
+    first, second = (json.loads((tmp_path / name / "history.json").read_text()) for name in ("run", "skipped"))
+    assert all(first[key] == second[key] for key in first if key != "epoch_time")
 
 
 def test_regularization_lab_compares_every_method_on_the_subset(capsys, no_cifar_data):
