@@ -171,7 +171,9 @@ def load(path):
                                   f"(loading them could run code): not a cynet checkpoint") from error
         raise CheckpointError(f"checkpoint: {path!r} is truncated or corrupt: {type(error).__name__}: {error}") \
             from error
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as error:
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, NotImplementedError, RuntimeError) as error:
+        # (zipfile raises NotImplementedError or RuntimeError for a corrupt directory entry: a flipped flag bit reads
+        # as encryption or an unknown compression method)
         raise CheckpointError(f"checkpoint: {path!r} is truncated or corrupt: {type(error).__name__}: {error}") \
             from error
     if _META_KEY not in arrays:

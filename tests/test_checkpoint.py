@@ -175,6 +175,22 @@ def test_corrupt_file_bad_crc(tmp_path):
         checkpoint.load(path)
 
 
+
+def test_a_corrupt_directory_entry_is_a_checkpoint_error(tmp_path):
+    # a flipped bit in the zip's central directory makes zipfile raise NotImplementedError (an "encrypted" or
+    # "compressed patched" flag, an unknown compression method) or RuntimeError ("password required"), not BadZipFile
+    path = tmp_path / "entry.npz"
+    checkpoint.save(path, {"w": np.arange(50, dtype=np.float64)}, {"a": 1})
+    data = path.read_bytes()
+    entry = data.rfind(b"PK\x01\x02")       # the last central directory entry (the header's)
+    assert entry > 0
+    for offset, bit in ((8, 0x01), (8, 0x40), (8, 0x20), (10, 0x01), (6, 0xFF)):   # flags, method, version needed
+        damaged = bytearray(data)
+        damaged[entry + offset] ^= bit
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(CheckpointError, match="entry.npz.*truncated or corrupt"):
+            checkpoint.load(path)
+
 def test_not_a_cynet_checkpoint(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("hello, not an archive\n")
