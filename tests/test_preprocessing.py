@@ -426,6 +426,25 @@ def test_bundle_errors(tmp_path):
     assert os.listdir(tmp_path).count("no_transform.npz") == 1
 
 
+def test_a_truncated_or_corrupt_bundle_is_a_value_error(tmp_path):
+    # zipfile's own exceptions (BadZipFile, NotImplementedError, RuntimeError) escaped load_bundle
+    path = tmp_path / "damaged.npz"
+    save_bundle(path, nn.Linear(3, 2), MeanImage().fit(np.ones((4, 3), np.float32)))
+    data = path.read_bytes()
+    entry = data.rfind(b"PK\x01\x02")       # the last central directory entry
+    crc_damaged = bytearray(data)
+    crc_damaged[data.find(b"\x93NUMPY") + 20] ^= 0xFF                 # inside the first member: a bad CRC
+    flag_damaged = bytearray(data)
+    flag_damaged[entry + 8] ^= 0x40                                   # "strong encryption": NotImplementedError
+    password_damaged = bytearray(data)
+    password_damaged[entry + 8] ^= 0x01                               # "encrypted, password required": RuntimeError
+    for damaged in (data[:len(data) // 2], data[:len(data) - 10], data[:30], bytes(crc_damaged),
+                    bytes(flag_damaged), bytes(password_damaged)):
+        path.write_bytes(damaged)
+        with pytest.raises(ValueError, match="damaged.npz"):
+            load_bundle(path, nn.Linear(3, 2))
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
 def test_channel_standardize_gives_numpys_bits_on_any_thread_count(dtype):
     # per-channel Standardize of C-contiguous batches runs on the kernels' threads (conv.channel_standardize): the

@@ -25,6 +25,7 @@ Example:
 import json
 import os
 import warnings
+import zipfile
 import zlib
 from collections import namedtuple
 
@@ -1041,7 +1042,7 @@ def load_bundle(path, model):
         Bundle: ``(model, transform, metadata)``; ``transform`` is None when none was saved.
 
     Raises:
-        FileNotFoundError: no such file. ValueError: not a cynet bundle.
+        FileNotFoundError: no such file. ValueError: not a cynet bundle, or a truncated or corrupt file.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -1049,7 +1050,8 @@ def load_bundle(path, model):
     try:
         with np.load(path, allow_pickle=False) as data:
             stored = {key: data[key] for key in data.files}
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
+        # (a truncated or corrupt zip: BadZipFile, or NotImplementedError/RuntimeError for a damaged directory entry)
         raise ValueError(f"load_bundle: {path} is not a readable .npz bundle ({exc})") from exc
     if _scalar(stored.get("bundle.format", np.asarray(""))) != _BUNDLE_FORMAT:
         raise ValueError(f"load_bundle: {path} is not a cynet bundle (no 'bundle.format' = {_BUNDLE_FORMAT!r})")
