@@ -445,6 +445,24 @@ def test_a_truncated_or_corrupt_bundle_is_a_value_error(tmp_path):
             load_bundle(path, nn.Linear(3, 2))
 
 
+@pytest.mark.parametrize("key, value", [("transform.class", "NoSuchTransform"), ("transform.mean_", np.zeros(5)),
+                                        ("transform.config", "{not json"), ("bundle.metadata", "{not json")])
+def test_a_bundle_whose_transform_or_metadata_cannot_be_read_leaves_the_model_unchanged(tmp_path, key, value):
+    # the weights were loaded into the model before the transform was rebuilt: a failed load changed the model
+    path = tmp_path / "bad.npz"
+    save_bundle(path, nn.Linear(3, 2, generator=1), MeanImage().fit(np.ones((4, 3), np.float32)))
+    with np.load(path, allow_pickle=False) as data:
+        stored = {name: data[name] for name in data.files}
+    stored[key] = np.asarray(value)
+    np.savez(path, **stored)
+    model = nn.Linear(3, 2, generator=2)
+    before = {name: value.copy() for name, value in model.state_dict().items()}
+    with pytest.raises(ValueError):
+        load_bundle(path, model)
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
 def test_channel_standardize_gives_numpys_bits_on_any_thread_count(dtype):
     # per-channel Standardize of C-contiguous batches runs on the kernels' threads (conv.channel_standardize): the

@@ -1041,6 +1041,8 @@ def load_bundle(path, model):
     Returns:
         Bundle: ``(model, transform, metadata)``; ``transform`` is None when none was saved.
 
+    ``model`` is changed only once the transform and the metadata have been read back.
+
     Raises:
         FileNotFoundError: no such file. ValueError: not a cynet bundle, or a truncated or corrupt file.
     """
@@ -1055,7 +1057,9 @@ def load_bundle(path, model):
         raise ValueError(f"load_bundle: {path} is not a readable .npz bundle ({exc})") from exc
     if _scalar(stored.get("bundle.format", np.asarray(""))) != _BUNDLE_FORMAT:
         raise ValueError(f"load_bundle: {path} is not a cynet bundle (no 'bundle.format' = {_BUNDLE_FORMAT!r})")
-    model.load_state_dict({k[6:]: v for k, v in stored.items() if k.startswith("model.")})
+    # the transform and the metadata first: one that cannot be read must leave the model's weights as they were
     tstate = {k[10:]: v for k, v in stored.items() if k.startswith("transform.")}
     transform = transform_from_state_dict(tstate) if tstate else None
-    return Bundle(model, transform, json.loads(_scalar(stored["bundle.metadata"])))
+    metadata = json.loads(_scalar(stored["bundle.metadata"]))
+    model.load_state_dict({k[6:]: v for k, v in stored.items() if k.startswith("model.")})
+    return Bundle(model, transform, metadata)
