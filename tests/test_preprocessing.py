@@ -463,6 +463,17 @@ def test_a_bundle_whose_transform_or_metadata_cannot_be_read_leaves_the_model_un
         np.testing.assert_array_equal(value, before[name], err_msg=name)
 
 
+def test_save_bundle_never_pickles(tmp_path):
+    # np.savez pickled an object array: save_bundle wrote a file that load_bundle (allow_pickle=False) refuses
+    class ObjectState:
+        def state_dict(self):
+            return {"w": np.array([{"a": 1}], dtype=object)}
+
+    with pytest.raises(ValueError, match="allow_pickle"):
+        save_bundle(tmp_path / "obj.npz", ObjectState())
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
 def test_channel_standardize_gives_numpys_bits_on_any_thread_count(dtype):
     # per-channel Standardize of C-contiguous batches runs on the kernels' threads (conv.channel_standardize): the

@@ -1004,6 +1004,9 @@ def save_bundle(path, model, transform=None, *, metadata=None):
     Returns:
         str: the path written.
 
+    Raises:
+        ValueError: an array of object dtype (only pickle could store it); nothing is written.
+
     Example:
         >>> import numpy as np, tempfile, os
         >>> from cynet import nn
@@ -1027,7 +1030,7 @@ def save_bundle(path, model, transform=None, *, metadata=None):
         for key, value in transform.state_dict().items():
             arrays[f"transform.{key}"] = np.asarray(value)
     with atomic_file(path, suffix=".npz.tmp") as f:
-        np.savez(f, **arrays)
+        np.savez(f, allow_pickle=False, **arrays)      # an object array is refused, never pickled
     return path
 
 
