@@ -1029,8 +1029,12 @@ def save_bundle(path, model, transform=None, *, metadata=None):
     if transform is not None:
         for key, value in transform.state_dict().items():
             arrays[f"transform.{key}"] = np.asarray(value)
+    objects = sorted(key for key, value in arrays.items() if value.dtype.hasobject)
+    if objects:     # np.savez would pickle them (its allow_pickle argument is NumPy 2.1's: not relied on here)
+        raise ValueError(f"save_bundle: {objects} hold Python objects (dtype object), which only pickle could "
+                         f"store: a bundle holds numbers only; nothing written")
     with atomic_file(path, suffix=".npz.tmp") as f:
-        np.savez(f, allow_pickle=False, **arrays)      # an object array is refused, never pickled
+        np.savez(f, **arrays)
     return path
 
 
