@@ -666,6 +666,10 @@ class Trainer:
             ``guard_every``-th iteration, and a divergence puts back the latest copy (at most ``guard_every``
             iterations old, every one of them with a good loss). 1 restores the state from just before the bad
             step, at the cost of a copy of the parameters and optimiser state per iteration.
+        warn_divergence (bool): class attribute, True: the guard issues a :class:`DivergenceWarning` when it stops
+            training. ``trainer.warn_divergence = False`` keeps it quiet for this trainer only (the stop and
+            :attr:`stop_reason` are the same), where a process-wide warnings filter would also silence the trainers
+            of other threads, and outlive its ``catch_warnings`` block when blocks of two threads overlap.
 
     Example:
         >>> import numpy as np
@@ -682,6 +686,7 @@ class Trainer:
 
     divergence_factor = 3.0
     guard_every = 10
+    warn_divergence = True
 
     def __init__(self, model, loss, optimizer, *, scheduler=None, regularization=None, callbacks=(),
                  batch_transform=None, seed=0, progress=True, clip_grad_norm=None, mixup=None):
@@ -1080,8 +1085,9 @@ class Trainer:
         else:
             restored = "no step was taken in this run, so the weights are unchanged (buffers restored)"
         self.stop(f"diverged at iteration {self.iteration} (epoch {self.epoch + 1}): {problem}; {restored}")
-        warnings.warn(f"Trainer: training {self.stop_reason}. Try a smaller learning rate.", DivergenceWarning,
-                      stacklevel=5)
+        if self.warn_divergence:
+            warnings.warn(f"Trainer: training {self.stop_reason}. Try a smaller learning rate.", DivergenceWarning,
+                          stacklevel=5)
 
     # --- inference ---------------------------------------------------------------------------------------------------
     def _scores(self, x, batch_size):

@@ -11,6 +11,7 @@ import os
 import pathlib
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ import cynet
 from cynet import checkpoint, nn
 from cynet.nn.loss import SoftmaxCrossEntropy
 from cynet.optim import SGD
+from cynet.train import Callback, DivergenceWarning, Trainer
 from cynet.tune import (
     CoarseToFine, GridSearch, LogUniform, RandomSearch, Stage, choice, edge_report, grid_points, loguniform,
     make_trainer_trial, narrow_space, randint, sample_space, successive_halving, trial_seed, uniform,
@@ -320,6 +322,56 @@ def test_random_search_on_a_thread_pool_matches_serial(problem):
                                 edge=0).run(trial, small, executor=pool, threads_per_trial=1)
     assert all(t["status"] == "ok" for t in threaded.trials), [t["error"] for t in threaded.trials]
     assert table(threaded) == table(serial)
+
+
+class _Signal(Callback):
+    """Sets ``started`` when training begins; at its end, waits for ``wait_for`` (with a timeout, never a hang)."""
+
+    def __init__(self, started=None, wait_for=None):
+        self.started, self.wait_for = started, wait_for
+
+    def on_train_begin(self, trainer):
+        if self.started is not None:
+            self.started.set()
+
+    def on_train_end(self, trainer):
+        if self.wait_for is not None:
+            assert self.wait_for.wait(30)
+
+
+def test_trainer_trials_overlapping_on_threads_leave_the_warning_filters_alone(problem):
+    """Each trial silenced DivergenceWarning with warnings.catch_warnings, which swaps the process-wide filter list:
+    a trial entering while another was inside saved the other's 'ignore' filter and put it back for good when it
+    left last, so every later divergence in the process, the user's own Trainer runs included, went unreported."""
+    import concurrent.futures
+
+    b_started, a_finished = threading.Event(), threading.Event()
+    hooks = {"a": [_Signal(wait_for=b_started)], "b": [_Signal(started=b_started, wait_for=a_finished)]}
+    trial = make_trainer_trial(build_mlp, SoftmaxCrossEntropy(), sgd_factory, batch_size=32,
+                               callbacks=lambda params: hooks[params["who"]])
+    small = tuple(part[:96] for part in problem)
+
+    def run_a():
+        try:
+            return trial({"lr": 1e4, "who": "a"}, small, 1, 0)
+        finally:
+            a_finished.set()
+
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        inside = list(warnings.filters)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(run_a)
+            second = pool.submit(trial, {"lr": 0.1, "who": "b"}, small, 1, 1)
+            assert first.result()["status"] == "diverged" and second.result()["status"] == "ok"
+        assert warnings.filters == inside
+        assert not [w for w in caught if issubclass(w.category, DivergenceWarning)]  # the record says it
+        model = build_mlp({})
+        trainer = Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=1e4), progress=False)
+        trainer.fit(*small[:2], epochs=1, batch_size=32)
+        assert [w for w in caught if issubclass(w.category, DivergenceWarning)]
+    assert warnings.filters == before
 
 
 def test_trainer_trial_reports_divergence(problem):

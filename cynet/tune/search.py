@@ -160,7 +160,7 @@ class TrainerTrial:
 
     def __call__(self, params, data, budget, seed):
         from cynet import _random
-        from cynet.train import DivergenceWarning, Trainer
+        from cynet.train import Trainer
 
         x_train, y_train, x_val, y_val = _split_data(data)
         epochs = max(1, int(round(budget)))
@@ -179,10 +179,12 @@ class TrainerTrial:
             callbacks = list(self.callbacks(params)) if self.callbacks is not None else []
             trainer = Trainer(model, loss, self._optimizer(model, params), regularization=self._regularization(params),
                               callbacks=callbacks, batch_transform=self.batch_transform, seed=seed, progress=False)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DivergenceWarning)
-                trainer.fit(x_train, y_train, epochs=epochs, batch_size=int(params.get("batch_size", self.batch_size)),
-                            validation=(x_val, y_val))
+            # the record reports a divergence; silenced on this trainer alone (warnings.catch_warnings changes the
+            # process-wide filters: trials overlapping on threads left an 'ignore DivergenceWarning' filter behind
+            # for good, and silenced the other threads' trainers meanwhile)
+            trainer.warn_divergence = False
+            trainer.fit(x_train, y_train, epochs=epochs, batch_size=int(params.get("batch_size", self.batch_size)),
+                        validation=(x_val, y_val))
             diverged = bool(trainer.stop_reason) and trainer.stop_reason.startswith("diverged")
             if diverged:
                 val_loss, val_acc = math.nan, math.nan
