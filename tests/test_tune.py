@@ -380,6 +380,21 @@ def test_trainer_trial_reports_divergence(problem):
     assert with_huge_lr["stop_reason"].startswith("diverged")
 
 
+def test_trainer_trial_trains_its_budget_in_epochs_and_refuses_a_fractional_one(problem):
+    """round(budget) trained 1 epoch for a budget of 0.5, 2 for 1.5 and 4 for 4.5 (banker's rounding): successive
+    halving from min_budget=0.5 with eta=3 trained 1, 2, 4 epochs while its records showed budgets 0.5, 1.5, 4.5."""
+    small = tuple(part[:96] for part in problem)
+    record = execute_trial(mlp_trial(), small, {"number": 0, "params": {"lr": 0.1}, "budget": 2.0, "seed": 0})
+    assert record["status"] == "ok" and record["epochs"] == 2 and len(record["history"]["val_acc"]) == 2
+    for budget in (0.5, 1.5, 4.5, 2.5):
+        record = execute_trial(mlp_trial(), small, {"number": 0, "params": {"lr": 0.1}, "budget": budget, "seed": 0})
+        assert record["status"] == "error" and "whole number" in record["error"], record
+    with pytest.warns(UserWarning, match="no trial of the search finished"):
+        result = successive_halving(mlp_trial(), small, {"lr": loguniform(1e-2, 1e-1)}, n_trials=3, min_budget=0.5,
+                                    eta=3, executor=None)
+    assert {t["status"] for t in result.trials} == {"error"}
+
+
 # --- failure handling ------------------------------------------------------------------------------------------------
 def test_errors_and_diverged_trials_are_recorded_not_ranked():
     result = RandomSearch({"lr": loguniform(1e-4, 1.0)}, n_trials=12, seed=3).run(flaky_fn, executor=None)

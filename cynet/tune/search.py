@@ -163,7 +163,13 @@ class TrainerTrial:
         from cynet.train import Trainer
 
         x_train, y_train, x_val, y_val = _split_data(data)
-        epochs = max(1, int(round(budget)))
+        # the budget is the epoch count: round() trained 1 epoch for 0.5, 2 for 2.5 and 4 for 4.5 (successive halving
+        # from min_budget=0.5, eta=3) while the records showed budgets 0.5, 1.5, 4.5
+        if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(budget) or budget < 1 or budget != int(budget):
+            raise ValueError(f"make_trainer_trial: the budget is the number of epochs to train, a whole number >= 1; "
+                             f"got {budget!r}")
+        epochs = int(budget)
         # The trial's own generator, local to this thread, for the initial weights, dropout masks and every other
         # generator=None draw: seeding the process-wide generator (and restoring it afterwards) let trials running on
         # threads beside each other (a thread pool, a Dask worker with several threads) draw from each other's seeds.
@@ -205,7 +211,8 @@ def make_trainer_trial(build_model, loss=None, optimizer_factory=None, *, batch_
 
     Per trial, inside :func:`cynet._random.generator_scope` of the trial's seed (a global generator local to the
     calling thread, the one ``cynet.manual_seed(seed)`` would make; the caller's generator is never touched), the
-    model is built, trained for ``budget`` epochs on ``data = (x_train, y_train, x_val, y_val)`` (or a dict with
+    model is built from scratch, trained for ``budget`` epochs (a whole number >= 1; any other budget makes the trial
+    an "error") on ``data = (x_train, y_train, x_val, y_val)`` (or a dict with
     those keys) with the trainer's divergence guard, and scored on the validation split. Its initial weights and
     dropout masks thus depend on the seed alone, also when other trials run on threads beside it (a thread pool, a
     Dask worker with several threads). A run the guard stopped is reported with status "diverged" (and NaN
