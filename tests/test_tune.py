@@ -395,6 +395,18 @@ def test_trainer_trial_trains_its_budget_in_epochs_and_refuses_a_fractional_one(
     assert {t["status"] for t in result.trials} == {"error"}
 
 
+def test_make_trainer_trial_refuses_trainers_forms_of_callbacks_and_regularization():
+    """A list of callbacks or a penalty instance (what Trainer takes) was accepted and failed in every trial."""
+    from cynet.nn.loss import L2Penalty
+    from cynet.train import EarlyStopping
+
+    with pytest.raises(TypeError, match="callbacks must be a function params -> list"):
+        make_trainer_trial(build_mlp, callbacks=[EarlyStopping()])
+    with pytest.raises(TypeError, match="regularization must be a function params -> penalty"):
+        make_trainer_trial(build_mlp, regularization=L2Penalty(1e-3))
+    make_trainer_trial(build_mlp, callbacks=lambda p: [EarlyStopping()], regularization=lambda p: L2Penalty(1e-3))
+
+
 # --- failure handling ------------------------------------------------------------------------------------------------
 def test_errors_and_diverged_trials_are_recorded_not_ranked():
     result = RandomSearch({"lr": loguniform(1e-4, 1.0)}, n_trials=12, seed=3).run(flaky_fn, executor=None)

@@ -131,6 +131,14 @@ class TrainerTrial:
         if not callable(build_model):
             raise TypeError(f"make_trainer_trial: build_model must be callable as build_model(params), got "
                             f"{build_model!r}")
+        # Trainer's forms (a list of callbacks, a penalty instance) failed in every trial, with "'list' object is not
+        # callable" or "L2Penalty: model must be a cynet.nn.Module, got dict"
+        if callbacks is not None and not callable(callbacks):
+            raise TypeError(f"make_trainer_trial: callbacks must be a function params -> list of Callback (new ones "
+                            f"per trial, e.g. lambda params: [EarlyStopping()]), got {callbacks!r}")
+        if regularization is not None and (not callable(regularization) or hasattr(regularization, "backward")):
+            raise TypeError(f"make_trainer_trial: regularization must be a function params -> penalty (e.g. lambda "
+                            f"params: L2Penalty(params['reg'])), got {regularization!r}")
         self.build_model = build_model
         self.loss = loss
         self.optimizer_factory = optimizer_factory
