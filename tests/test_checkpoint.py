@@ -175,7 +175,6 @@ def test_corrupt_file_bad_crc(tmp_path):
         checkpoint.load(path)
 
 
-
 def test_a_corrupt_directory_entry_is_a_checkpoint_error(tmp_path):
     # a flipped bit in the zip's central directory makes zipfile raise NotImplementedError (an "encrypted" or
     # "compressed patched" flag, an unknown compression method) or RuntimeError ("password required"), not BadZipFile
@@ -190,6 +189,7 @@ def test_a_corrupt_directory_entry_is_a_checkpoint_error(tmp_path):
         path.write_bytes(bytes(damaged))
         with pytest.raises(CheckpointError, match="entry.npz.*truncated or corrupt"):
             checkpoint.load(path)
+
 
 def test_not_a_cynet_checkpoint(tmp_path):
     text = tmp_path / "notes.txt"
