@@ -629,11 +629,13 @@ _POOL_REPORT = "import os, cynet; print(cynet._threading.blas_pool_status()['rea
 def _expected_pool_report(available):
     """_POOL_REPORT's line where the pool was asked for (forced, or by default with at most two CPUs): on, with the
     waits left to the runtime; or the reason it cannot run, with passive waits for cynet's team. A build without
-    OpenMP (CYNET_NO_OPENMP=1) has no team: its plan does not know that before the kernels load, so it leaves the
-    environment alone as for the pool."""
+    OpenMP (CYNET_NO_OPENMP=1) has no team, and the plan asks the kernels whether they were built with OpenMP: no pool,
+    for that reason, and PASSIVE as for any plan without the pool."""
     if available == "on":
         return "on unset"
-    return f"{available} {'PASSIVE' if _runtime.openmp_enabled() else 'unset'}"
+    if not _runtime.openmp_enabled():
+        return "not built here (a serial build: no OpenMP team) PASSIVE"
+    return f"{available} PASSIVE"
 
 
 def test_blas_pool_follows_the_environment_variable_and_leaves_the_waits_to_the_runtime():
