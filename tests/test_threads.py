@@ -856,6 +856,6 @@ def test_the_wait_policy_line_says_what_the_build_and_the_pool_are():
     from cynet import _config
     c = _config.config()
     assert _config._wait_policy_text({**c, "openmp": False}).startswith("none (a serial build")
-    no_pool = {**c, "omp_wait_policy": "", "gomp_spincount": "", "wait_policy_set_by_user": False,
+    no_pool = {**c, "openmp": True, "omp_wait_policy": "", "gomp_spincount": "", "wait_policy_set_by_user": False,
                "idle_spin_ms": 0.0, "blas_pool": {**c["blas_pool"], "libraries": []}}
     assert _config._wait_policy_text(no_pool) == "the runtime's default: spin a while, then sleep"
