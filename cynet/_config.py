@@ -120,15 +120,17 @@ def show_config(file=None):
         f"SIMD kernels   : {c['simd']} (built and supported here: {', '.join(c['simd_available'])}; "
         f"cap with CYNET_ISA)",
         f"threads        : {c['threads']} (default {c['default_threads']}; CPUs available {c['available_cpus']}; "
-        f"set with cynet.set_num_threads or OMP_NUM_THREADS)",
+        f"set with cynet.set_num_threads or OMP_NUM_THREADS)"
+        + ("" if c["openmp"] else "; a serial build runs every kernel on one thread: the count limits BLAS only"),
         f"OpenMP waits   : {_wait_policy_text(c)}" + (
             f"; idle workers measured spinning {c['idle_spin_ms']:.1f} ms after a parallel region of "
             f"{c['idle_spin_threads']} thread{'s' if c['idle_spin_threads'] != 1 else ''}" if c["openmp"] else ""),
-        f"parallel call  : {c['parallel_overhead_us']:.0f} us (waking the workers, or their spinning where larger "
-        f"and it takes cores from BLAS, which the one pool's does not; "
-        + ("set by CYNET_PARALLEL_OVERHEAD_US" if c["parallel_overhead_set"] else
-           "measured here; CYNET_PARALLEL_OVERHEAD_US overrides")
-        + "; a kernel call runs on one thread unless splitting saves more)",
+        (f"parallel call  : {c['parallel_overhead_us']:.0f} us (waking the workers, or their spinning where larger "
+         f"and it takes cores from BLAS, which the one pool's does not; "
+         + ("set by CYNET_PARALLEL_OVERHEAD_US" if c["parallel_overhead_set"] else
+            "measured here; CYNET_PARALLEL_OVERHEAD_US overrides")
+         + "; a kernel call runs on one thread unless splitting saves more)" if c["openmp"] else
+         "parallel call  : none (a serial build: every kernel call runs on the calling thread)"),
         f"streaming      : outputs of {_size(c['stream_min_bytes'])} or more written with non-temporal stores ("
         + ("set by CYNET_STREAM_MIN_BYTES" if c["stream_min_bytes_set"] else
            "the default, measured on the development hosts; CYNET_STREAM_MIN_BYTES overrides") + ")",

@@ -831,11 +831,15 @@ def test_show_config_says_which_settings_were_measured_and_which_were_set():
     run = lambda **extra: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,   # noqa: E731
                                          env={**env, **extra}, timeout=120).stdout
     set_by_user = run(CYNET_PARALLEL_OVERHEAD_US="50", CYNET_STREAM_MIN_BYTES="1000")
-    assert "parallel call  : 50 us" in set_by_user and "set by CYNET_PARALLEL_OVERHEAD_US" in set_by_user
     assert "outputs of 1000 bytes or more" in set_by_user and "set by CYNET_STREAM_MIN_BYTES" in set_by_user
     assert "measured here" not in set_by_user
     defaults = run()
-    assert "measured here; CYNET_PARALLEL_OVERHEAD_US overrides" in defaults
+    if _runtime.openmp_enabled():
+        assert "parallel call  : 50 us" in set_by_user and "set by CYNET_PARALLEL_OVERHEAD_US" in set_by_user
+        assert "measured here; CYNET_PARALLEL_OVERHEAD_US overrides" in defaults
+    else:   # nothing to measure or set: no kernel call is split
+        for text in (set_by_user, defaults):
+            assert "parallel call  : none (a serial build: every kernel call runs on the calling thread)" in text
     assert "outputs of 32.0 MiB or more" in defaults and "the default, measured on the development hosts" in defaults
 
 
@@ -849,6 +853,27 @@ def test_a_thread_count_no_runtime_can_take_is_refused_and_changes_nothing(n):
         with cynet.threads(n):
             pass
     assert cynet.get_num_threads() == before
+
+
+def test_a_serial_builds_configuration_says_its_kernels_run_on_one_thread(monkeypatch):
+    # a serial build printed "parallel call  : 0 us (... measured here ...; a kernel call runs on one thread unless
+    # splitting saves more)" and a thread count as if its kernels used it: nothing was measured, nothing is split
+    from cynet import _config
+    c = {**_config.config(), "openmp": False, "threads": 3}
+    text = io.StringIO()
+    monkeypatch.setattr(_config, "config", lambda: c)
+    _config.show_config(file=text)
+    lines = {line[:15]: line[17:] for line in text.getvalue().splitlines()}
+    assert lines["threads        "].startswith("3 (default ")
+    assert lines["threads        "].endswith("; a serial build runs every kernel on one thread: the count limits "
+                                             "BLAS only")
+    assert lines["parallel call  "] == "none (a serial build: every kernel call runs on the calling thread)"
+    monkeypatch.setattr(_config, "config", lambda: {**c, "openmp": True})
+    text = io.StringIO()
+    _config.show_config(file=text)
+    lines = {line[:15]: line[17:] for line in text.getvalue().splitlines()}
+    assert "serial" not in lines["threads        "]
+    assert lines["parallel call  "].endswith("unless splitting saves more)")
 
 
 def test_the_wait_policy_line_says_what_the_build_and_the_pool_are():
