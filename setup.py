@@ -57,8 +57,9 @@ OPENMP_PROBE = textwrap.dedent(
 
 def _openmp_flags(compiler):
     """Return (compile_args, link_args) for OpenMP with this compiler, or None when OpenMP is disabled/unusable."""
-    if os.environ.get("CYNET_NO_OPENMP", "0") not in ("", "0"):
-        print("cynet: CYNET_NO_OPENMP is set: building the kernels without OpenMP (serial).")
+    if os.environ.get("CYNET_NO_OPENMP", "0").strip().lower() not in ("", "0", "false", "no", "off"):
+        print("cynet: WARNING: CYNET_NO_OPENMP is set: building the kernels without OpenMP (serial).",
+              file=sys.stderr)
         return None
     if compiler.compiler_type == "msvc":
         candidates = [(["/openmp"], [])]
