@@ -1233,3 +1233,41 @@ def test_load_state_dict_and_to_refuse_what_is_not_a_state_or_a_dtype_naming_the
                                             r"runs on the CPU only"):
             model.to(bad)
     assert model[0].weight.data.dtype == np.float32
+
+
+# ---- torch-style positional calls: the same meaning as in torch, or a TypeError (never a silent other meaning)
+
+@pytest.mark.parametrize("make", [
+    lambda: nn.Conv2d(3, 16, 3, 1, 1, 2),                  # torch: dilation=2 (was bias=2)
+    lambda: nn.Conv2d(3, 16, 3, 1, 1, 1, 1, False),        # torch: dilation, groups, bias=False
+    lambda: nn.AvgPool2d(2, 2, 0, True),                   # torch: ceil_mode=True (was count_include_pad)
+    lambda: nn.AvgPool2d(3, 2, 1, False, False),           # torch: ceil_mode, count_include_pad
+    lambda: nn.Linear(4, 3, True, "cpu"),                  # torch: device
+    lambda: nn.Linear(4, 3, True, None, np.float64),       # torch: device, dtype
+    lambda: nn.BatchNorm1d(4, 1e-5, 0.1, True, True, None),  # torch: device
+    lambda: nn.BatchNorm2d(4, 1e-5, 0.1, True, True, None),
+    lambda: nn.LayerNorm(4, 1e-5, True, False),            # torch: bias=False
+    lambda: nn.GroupNorm(2, 4, 1e-5, True, None),          # torch: device
+    lambda: nn.PReLU(1, 0.25, None),                       # torch: device
+], ids=["conv-dilation", "conv-bias8", "avgpool-ceil", "avgpool-5", "linear-device", "linear-dtype",
+        "bn1d-device", "bn2d-device", "layernorm-bias", "groupnorm-device", "prelu-device"])
+def test_torch_positional_parameters_cynet_lacks_raise(make):
+    with pytest.raises(TypeError):
+        make()
+
+
+def test_torch_positional_calls_mean_the_same():
+    conv = nn.Conv2d(3, 16, 3, 2, 1)
+    assert (conv.stride, conv.padding, conv.bias is not None) == (2, 1, True)
+    assert nn.Conv2d(3, 4, 3, bias=False).bias is None
+    pool = nn.AvgPool2d(3, 2, 1, count_include_pad=False)
+    assert (pool.stride, pool.padding, pool.count_include_pad) == (2, 1, False)
+    drop = nn.Dropout(0.3, True)                           # torch: Dropout(p, inplace)
+    assert (drop.p, drop.inplace, drop.generator) == (0.3, True, None)
+    assert nn.Dropout(0.3, False, generator=0).generator is not None
+    with pytest.raises(TypeError, match="inplace"):        # a seed in torch's inplace place: no longer a generator
+        nn.Dropout(0.3, 1)
+    bn = nn.BatchNorm1d(4, 1e-3, 0.2, False, False)
+    assert (bn.eps, bn.momentum, bn.affine, bn.track_running_stats) == (1e-3, 0.2, False, False)
+    assert nn.Linear(4, 3, False).bias is None
+    assert len(nn.ModuleList(None)) == 0 and len(nn.ModuleList()) == 0     # torch's default is None

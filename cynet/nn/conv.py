@@ -137,7 +137,9 @@ class Conv2d(Module):
         kernel_size (int or pair): :math:`(k_h, k_w)`.
         stride (int): s, the same along both axes. Default 1.
         padding (int): p, zeros on every side. Default 0.
-        bias (bool): learn a bias per output channel. Default True.
+        bias (bool): keyword-only, as everything after it (PyTorch's sixth and seventh positional parameters are
+            ``dilation`` and ``groups``, which cynet lacks: ``Conv2d(3, 16, 3, 1, 1, 2)`` is a TypeError rather
+            than a bias). Learn a bias per output channel. Default True.
         init (str or callable): weight initialisation as :class:`Linear`'s, with fan_in = C k_h k_w ("default" is
             PyTorch's; "he" for ReLU nets). Default "default".
         dtype: float32 (default) or float64.
@@ -154,7 +156,7 @@ class Conv2d(Module):
         (2, 16, 32, 32)
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, init="default",
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, *, bias=True, init="default",
                  dtype=np.float32, generator=None):
         super().__init__()
         name = "Conv2d"
@@ -447,7 +449,8 @@ class AvgPool2d(_AvgPool):
         kernel_size (int or pair): :math:`(k_h, k_w)`.
         stride (int): s. Default: the kernel size (must be square then).
         padding (int): p, at most half the kernel. Default 0.
-        count_include_pad (bool): divide by the padded window's size. Default True.
+        count_include_pad (bool): keyword-only (PyTorch's fourth positional parameter is ``ceil_mode``, which cynet
+            lacks: ``AvgPool2d(2, 2, 0, True)`` is a TypeError). Divide by the padded window's size. Default True.
 
     Shape:
         x (N, C, H, W) -> y (N, C, OH, OW), with OH = (H + 2p - k_h) // s + 1.
@@ -460,7 +463,7 @@ class AvgPool2d(_AvgPool):
                  [10.5, 12.5]]]], dtype=float32)
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
+    def __init__(self, kernel_size, stride=None, padding=0, *, count_include_pad=True):
         super().__init__()
         self.kernel_size, self.stride, self.padding = _pool_settings("AvgPool2d", kernel_size, stride, padding)
         if not isinstance(count_include_pad, (bool, np.bool_)):

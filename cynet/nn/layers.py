@@ -205,12 +205,13 @@ class Linear(Module):
         in_features (int): D, the size of each input row.
         out_features (int): M, the size of each output row.
         bias (bool): learn an additive bias. Default True.
-        init (str or callable): weight initialisation, a name understood by :func:`cynet.init.get_initializer`
+        init (str or callable): keyword-only, as everything after it (PyTorch's fourth positional parameter is
+            ``device``). Weight initialisation, a name understood by :func:`cynet.init.get_initializer`
             ("default" — PyTorch's, uniform with bound :math:`1/\sqrt{D}` —, "he"/"kaiming_normal",
             "kaiming_uniform", "xavier"/"xavier_normal", "xavier_uniform", "normal" (std 0.01), "orthogonal",
             "zeros") or a callable ``f(weight, generator)``. The bias starts at zero, except with "default" where it
             is uniform in :math:`\pm 1/\sqrt{D}` as in PyTorch.
-        dtype: float32 (default) or float64.
+        dtype: keyword-only (PyTorch's parameter in its place is ``device``); float32 (default) or float64.
         generator: a seed or :class:`numpy.random.Generator` for the initial weights (default: the global one).
 
     Shape:
@@ -224,7 +225,7 @@ class Linear(Module):
         (2, 100)
     """
 
-    def __init__(self, in_features, out_features, bias=True, init="default", dtype=np.float32, generator=None):
+    def __init__(self, in_features, out_features, bias=True, *, init="default", dtype=np.float32, generator=None):
         super().__init__()
         self.in_features = positive_int("Linear", "in_features", in_features)
         self.out_features = positive_int("Linear", "out_features", out_features)
@@ -572,7 +573,7 @@ class PReLU(Module):
     Args:
         num_parameters (int): 1 or C, the size of axis 1 of the input. Default 1.
         init (float): initial slope. Default 0.25.
-        dtype: float32 (default) or float64.
+        dtype: keyword-only (PyTorch's parameter in its place is ``device``); float32 (default) or float64.
 
     Shape:
         x (N, C, *) -> same; alpha (num_parameters,).
@@ -584,7 +585,7 @@ class PReLU(Module):
         array([-1.,  2.], dtype=float32)
     """
 
-    def __init__(self, num_parameters=1, init=0.25, dtype=np.float32):
+    def __init__(self, num_parameters=1, init=0.25, *, dtype=np.float32):
         super().__init__()
         self.num_parameters = positive_int("PReLU", "num_parameters", num_parameters)
         value = ops._finite_number("PReLU", "init", init)
@@ -798,9 +799,9 @@ class Dropout(Module):
 
     Args:
         p (float): drop probability in [0, 1]. Default 0.5.
-        generator: a seed or :class:`numpy.random.Generator` (default: the global one).
         inplace (bool): in training, write y into x's array (the backward needs only the mask); see
-            :class:`cynet.nn.Sequential` for what it checks first. Default False.
+            :class:`cynet.nn.Sequential` for what it checks first. Default False. Second, as PyTorch's.
+        generator: keyword-only; a seed or :class:`numpy.random.Generator` (default: the global one).
 
     Shape: any -> same.
 
@@ -815,7 +816,7 @@ class Dropout(Module):
         array([1., 1.], dtype=float32)
     """
 
-    def __init__(self, p=0.5, generator=None, inplace=False):
+    def __init__(self, p=0.5, inplace=False, *, generator=None):
         super().__init__()
         name = type(self).__name__
         p = ops._finite_number(name, "p", p)

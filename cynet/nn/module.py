@@ -978,9 +978,9 @@ class ModuleList(_ModuleSequence):
         (3, ['layers.0.weight', 'layers.0.bias'])
     """
 
-    def __init__(self, modules=()):
+    def __init__(self, modules=None):
         super().__init__()
-        for index, module in enumerate(modules):
+        for index, module in enumerate(() if modules is None else modules):     # None: empty, as torch's
             self._add(f"__init__ (item {index})", str(index), module)
 
     def forward(self, *args, **kwargs):

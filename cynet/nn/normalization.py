@@ -383,7 +383,7 @@ class _BatchNorm(Module):
     _ranks = ()
     _shape_text = ""
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, *,
                  dtype=np.float32):
         super().__init__()
         name = type(self).__name__
@@ -623,7 +623,7 @@ class BatchNorm1d(_BatchNorm):
         affine (bool): learn gamma (``weight``, ones) and beta (``bias``, zeros). Default True.
         track_running_stats (bool): keep ``running_mean``, ``running_var`` and ``num_batches_tracked`` buffers.
             Default True.
-        dtype: float32 (default) or float64.
+        dtype: keyword-only (PyTorch's parameter in its place is ``device``); float32 (default) or float64.
 
     Shape:
         x (N, C) or (N, C, L) -> y of the same shape; weight, bias, running_mean, running_var (C,).
@@ -652,7 +652,8 @@ class BatchNorm2d(_BatchNorm):
     Args:
         num_features (int): C.
         eps (float): Default 1e-5.  momentum (float or None): Default 0.1.  affine (bool): Default True.
-        track_running_stats (bool): Default True.  dtype: float32 (default) or float64.
+        track_running_stats (bool): Default True.
+        dtype: keyword-only (PyTorch's parameter in its place is ``device``); float32 (default) or float64.
 
     Shape:
         x (N, C, H, W) -> y (N, C, H, W); weight, bias, running_mean, running_var (C,).
@@ -739,7 +740,7 @@ class LayerNorm(_RowNorm):
         normalized_shape (int or tuple): the trailing shape normalised over.
         eps (float): added to the variance. Default 1e-5.
         elementwise_affine (bool): learn ``weight`` (ones) and ``bias`` (zeros). Default True.
-        dtype: float32 (default) or float64.
+        dtype: keyword-only (PyTorch's parameter in its place is ``device``); float32 (default) or float64.
 
     Shape:
         x (*, *normalized_shape) -> y of the same shape.
@@ -752,7 +753,7 @@ class LayerNorm(_RowNorm):
         array([[-1.342, -0.447,  0.447,  1.342]], dtype=float32)
     """
 
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, dtype=np.float32):
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, *, dtype=np.float32):
         super().__init__()
         if isinstance(normalized_shape, (int, np.integer)) and not isinstance(normalized_shape, bool):
             normalized_shape = (normalized_shape,)
@@ -802,7 +803,7 @@ class GroupNorm(_RowNorm):
         num_channels (int): C.
         eps (float): added to the variance. Default 1e-5.
         affine (bool): learn ``weight`` (ones) and ``bias`` (zeros) of shape (C,). Default True.
-        dtype: float32 (default) or float64.
+        dtype: keyword-only (PyTorch's parameter in its place is ``device``); float32 (default) or float64.
 
     Shape:
         x (N, C, *) -> y of the same shape.
@@ -815,7 +816,7 @@ class GroupNorm(_RowNorm):
         (3, 4, 5, 5)
     """
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32):
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, dtype=np.float32):
         super().__init__()
         self.num_groups = positive_int("GroupNorm", "num_groups", num_groups)
         self.num_channels = positive_int("GroupNorm", "num_channels", num_channels)

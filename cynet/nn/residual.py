@@ -130,7 +130,7 @@ class StochasticDepth(Dropout):
     def __init__(self, p=0.5, mode="row", generator=None):
         if mode not in ("row", "batch"):
             raise ValueError(f"StochasticDepth: mode must be 'row' or 'batch', got {mode!r}")
-        super().__init__(p, generator)
+        super().__init__(p, generator=generator)
         self.mode = mode
 
     def _mask_shape(self, x):
