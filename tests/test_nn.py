@@ -1271,3 +1271,14 @@ def test_torch_positional_calls_mean_the_same():
     assert (bn.eps, bn.momentum, bn.affine, bn.track_running_stats) == (1e-3, 0.2, False, False)
     assert nn.Linear(4, 3, False).bias is None
     assert len(nn.ModuleList(None)) == 0 and len(nn.ModuleList()) == 0     # torch's default is None
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Maxout(4, 3, 2, True, "he"),
+                                  lambda: nn.DropConnectLinear(4, 3, True, "he")], ids=["maxout", "dropconnect"])
+def test_layers_built_like_linear_take_init_dtype_and_generator_by_keyword(make):
+    # as Linear: a fifth (fourth) positional argument is refused, not taken for init; by keyword they work
+    with pytest.raises(TypeError):
+        make()
+    maxout = nn.Maxout(4, 3, 2, True, init="he", dtype=np.float64, generator=0)
+    assert all(p.data.dtype == np.float64 for p in maxout.parameters())
+    assert nn.DropConnectLinear(4, 3, True, init="he", dtype=np.float64, generator=0, p=0.2).p == 0.2

@@ -642,7 +642,7 @@ class Maxout(Module):
         (2, 4)
     """
 
-    def __init__(self, in_features, out_features, pieces=2, bias=True, init="default", dtype=np.float32,
+    def __init__(self, in_features, out_features, pieces=2, bias=True, *, init="default", dtype=np.float32,
                  generator=None):
         super().__init__()
         self.pieces = positive_int("Maxout", "pieces", pieces)
@@ -712,7 +712,7 @@ class DropConnectLinear(Linear):
         (True, [0.0, 2.0])
     """
 
-    def __init__(self, in_features, out_features, bias=True, init="default", dtype=np.float32, generator=None, *,
+    def __init__(self, in_features, out_features, bias=True, *, init="default", dtype=np.float32, generator=None,
                  p=0.5):
         generator = None if generator is None else resolve_generator(generator)
         super().__init__(in_features, out_features, bias=bias, init=init, dtype=dtype, generator=generator)
