@@ -52,6 +52,7 @@ import numpy as np
 from cynet import _random
 from cynet._files import atomic_file
 from cynet._validation import is_count
+from cynet.nn.module import _loadable
 from cynet.optim.optimizers import learning_rates
 
 __all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "save", "load", "save_model", "load_model",
@@ -214,12 +215,10 @@ def _check_model_state(path, model, state):
     unexpected = [key for key in state if key not in expected]
     shapes = [f"{key}: model {tuple(expected[key].shape)}, checkpoint {tuple(state[key].shape)}"
               for key in expected if key in state and state[key].shape != expected[key].shape]
-    # numbers only (what Module.load_state_dict takes), checked here so that a trainer load fails before anything
+    # what Module.load_state_dict takes (its rule), checked here so that a trainer load fails before anything
     # changes: strings or complex numbers, or a NaN/inf float for an integer buffer
     dtypes = [f"{key}: model {expected[key].dtype}, checkpoint {state[key].dtype}"
-              for key in expected if key in state and (
-                  state[key].dtype.kind not in "biuf" or (expected[key].dtype.kind in "iu" and state[key].dtype.kind
-                                                         == "f" and not np.all(np.isfinite(state[key]))))]
+              for key in expected if key in state and not _loadable(state[key], expected[key].dtype)]
     if missing or unexpected or shapes or dtypes:
         parts = []
         if missing:

@@ -19,12 +19,11 @@ Example:
     >>> proba.shape, bool(np.allclose(proba.sum(axis=1), 1))
     ((2, 3), True)
 """
-import contextlib
 import numbers
 
 import numpy as np
 
-from cynet._validation import positive_int, saved_scalar
+from cynet._validation import is_count, positive_int, saved_scalar
 from cynet.nn.module import Module, _evaluation_mode
 from cynet.nn.normalization import recompute_batchnorm_statistics
 from cynet.train import Callback
@@ -55,10 +54,11 @@ def softmax(scores):
     return e / e.sum(axis=1, keepdims=True)
 
 
-@contextlib.contextmanager
-def _eval_mode(model):
-    with _evaluation_mode(model):     # (shared by concurrent predictions from several Python threads)
-        yield
+def _checked_decay(owner, decay):
+    """``decay`` as a float in [0, 1), or ValueError naming ``owner`` (the constructor and a loaded state alike)."""
+    if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0 <= decay < 1:
+        raise ValueError(f"{owner}: decay must be a number in [0, 1), got {decay!r}")
+    return float(decay)
 
 
 def _model_dtype(model):
@@ -135,7 +135,7 @@ class Ensemble:
     def _member_proba(self, model, x, batch_size):
         dtype = _model_dtype(model)
         out = None
-        with _eval_mode(model):
+        with _evaluation_mode(model):     # (shared by concurrent predictions from several Python threads)
             for lo in range(0, len(x), batch_size):
                 xb = x[lo:lo + batch_size]
                 if self.transform is not None:
@@ -276,9 +276,7 @@ class EMA(Callback):
     """
 
     def __init__(self, decay=0.999):
-        if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0 <= decay < 1:
-            raise ValueError(f"EMA: decay must be a number in [0, 1), got {decay!r}")
-        self.decay = float(decay)
+        self.decay = _checked_decay("EMA", decay)
         self.model = None
         self.shadow = None
         self.num_updates = 0
@@ -460,11 +458,10 @@ class EMA(Callback):
         [0, 1) or ``num_updates`` not an int >= 0, raises ValueError and changes nothing."""
         decay, num_updates = (saved_scalar(state.get(key, default)) for key, default in (("decay", self.decay),
                                                                                         ("num_updates", 0)))
-        if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0 <= decay < 1:
-            raise ValueError(f"EMA.load_state_dict: decay must be a number in [0, 1), got {decay!r}")
-        if isinstance(num_updates, bool) or not isinstance(num_updates, numbers.Integral) or num_updates < 0:
+        decay = _checked_decay("EMA.load_state_dict", decay)
+        if not is_count(num_updates):
             raise ValueError(f"EMA.load_state_dict: num_updates must be an int >= 0, got {num_updates!r}")
-        decay, num_updates = float(decay), int(num_updates)
+        num_updates = int(num_updates)
         if any(key.startswith("shadow.") for key in state):
             pending, self._pending_state = self._pending_state, dict(state)
             if self.model is not None:

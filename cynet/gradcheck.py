@@ -115,7 +115,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cynet._random import generator_scope
-from cynet._validation import describe
+from cynet._validation import describe, is_count
 
 __all__ = ["rel_error", "verdict", "check_module", "check_loss", "check_model", "ArrayCheck", "GradcheckReport",
            "GradientCheckError"]
@@ -460,7 +460,7 @@ def _not_accumulating(params, grads, second_backward, notes):
 
 
 def _validate_settings(fn, num_checks, h, tolerance, kink_tolerance, seed):
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+    if not is_count(seed):
         # default_rng(None) would draw fresh entropy: a check that changes on every call and that the report's
         # "seed None" cannot reproduce
         raise ValueError(f"{fn}: seed must be a non-negative int, got {seed!r}")

@@ -392,8 +392,7 @@ class EarlyStopping(_BestTracker):
         wait = saved_scalar(state.get("wait", 0))
         if not is_count(wait):     # checked before anything is assigned: a refused state changes nothing
             raise ValueError(f"EarlyStopping: the saved wait must be an int >= 0, got {wait!r}")
-        self._checked_best(state)
-        super().load_state_dict(state)
+        super().load_state_dict(state)     # (checks monitor, mode and best before it assigns them)
         self.wait = int(wait)
         for name in ("best_state", "training_state"):
             prefix = name + "."
@@ -449,7 +448,7 @@ class ModelCheckpoint(_BestTracker):
         # a number that was NaN or inf at every epoch (val_acc of a regression loss, train_acc under mixup) never
         # improves: say that nothing was saved instead of leaving the path silently missing
         if self.best is None and trainer.epoch > 0 and trainer.history[self.monitor]:
-            warnings.warn(f"ModelCheckpoint: nothing saved to {os.fspath(self.path)!r}: {self.monitor} had no finite "
+            warnings.warn(f"ModelCheckpoint: nothing saved to {self.path!r}: {self.monitor} had no finite "
                           f"value in {len(trainer.history[self.monitor])} epochs (NaN or inf each time: is it the "
                           f"number to watch for this loss?)", RuntimeWarning, stacklevel=2)
 
@@ -1202,7 +1201,7 @@ class Trainer:
         Example:
             >>> trainer.save_checkpoint("run.npz")  # doctest: +SKIP
         """
-        if getattr(self, "_epoch_end_incomplete", False) and self.iteration == self._iteration_at_epoch_end:
+        if self._epoch_end_incomplete and self.iteration == self._iteration_at_epoch_end:
             self._warn_incomplete_epoch_end(path)
         if self.iteration != self._iteration_at_epoch_end:
             warnings.warn(f"Trainer.save_checkpoint: saved in the middle of epoch {self.epoch + 1} "

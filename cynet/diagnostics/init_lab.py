@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cynet._validation import is_count
 from cynet.nn.layers import Linear, Maxout, PReLU, ReLU, Sigmoid, Tanh, _Elementwise
 from cynet.nn.module import Module, Sequential
 
@@ -382,7 +383,7 @@ def init_experiment(nonlinearity="tanh", init="xavier", layers=10, width=500, sa
     for name, value in (("layers", layers), ("width", width), ("samples", samples)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"init_experiment: {name} must be a positive int, got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not is_count(seed):
         # default_rng(None) would draw fresh entropy: another experiment on every call
         raise ValueError(f"init_experiment: seed must be a non-negative int, got {seed!r}")
     rng = np.random.default_rng(seed)

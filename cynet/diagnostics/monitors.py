@@ -250,17 +250,17 @@ class TrainingMonitor(Callback):
         param_keys, layer_keys = ("update_ratio", "grad_std"), ("mean", "std", "saturated", "dead", "unit_std")
         if key not in param_keys + layer_keys:
             raise ValueError(f"TrainingMonitor.history: key must be one of {param_keys + layer_keys}, got {key!r}")
-        if self.records:
-            known = (list(self.records[0][key]) if key in param_keys
-                     else [layer.name for layer in self.records[0]["layers"]])
-            if not any(name in (record[key] if key in param_keys else [layer.name for layer in record["layers"]])
-                       for record in self.records):
-                kind = "parameter" if key in param_keys else "monitored layer"
-                raise ValueError(f"TrainingMonitor.history: no {kind} named {name!r} for {key!r}; the "
-                                 f"{kind}s are {known}")
+
+        def names(record):
+            return list(record[key]) if key in param_keys else [layer.name for layer in record["layers"]]
+
+        if self.records and not any(name in names(record) for record in self.records):
+            kind = "parameter" if key in param_keys else "monitored layer"
+            raise ValueError(f"TrainingMonitor.history: no {kind} named {name!r} for {key!r}; the "
+                             f"{kind}s are {names(self.records[0])}")
         iterations, values = [], []
         for record in self.records:
-            if key in ("update_ratio", "grad_std"):
+            if key in param_keys:
                 if name in record[key]:
                     iterations.append(record["iteration"])
                     values.append(record[key][name])

@@ -68,6 +68,14 @@ def _evaluation_mode(model):
                     object.__setattr__(module, "training", mode)
 
 
+def _loadable(array, dtype):
+    """Whether ``array`` can be loaded into an array of ``dtype`` (:meth:`Module.load_state_dict`'s rule, also
+    checked by :func:`cynet.checkpoint.load_trainer` before anything loads): numbers, and no NaN or inf for an
+    integer buffer."""
+    return array.dtype.kind in "biuf" and not (np.dtype(dtype).kind in "iu" and array.dtype.kind == "f"
+                                                 and not np.all(np.isfinite(array)))
+
+
 def _refuse_set_to_none(owner, set_to_none):
     if set_to_none:
         raise ValueError(f"{owner}: set_to_none=True is not supported ({NO_NONE_GRAD})")
@@ -749,8 +757,7 @@ class Module:
                 continue
             if array.dtype.kind == "O" and all(isinstance(v, numbers.Real) for v in array.flat):
                 array = array.astype(target.dtype)      # numbers in an object array load (None would become NaN)
-            if array.dtype.kind not in "biuf" or (target.dtype.kind in "iu" and array.dtype.kind == "f"
-                                                  and not np.all(np.isfinite(array))):
+            if not _loadable(array, target.dtype):
                 mismatched.append(f"{key}: expected numbers for a {target.dtype} array, got {describe(array)}"
                                   + (" holding NaN or inf" if array.dtype.kind == "f" else ""))
                 continue
@@ -866,10 +873,14 @@ class _ModuleSequence(Module):
     :class:`Sequential` and :class:`ModuleList`. Insertions and removals rename the children to their new positions,
     so state-dict keys follow (as in PyTorch)."""
 
-    def _add(self, what, name, module):
+    def _checked(self, what, module):
+        """``module``, or a TypeError naming the call (``what``) when it is not a Module."""
         if not isinstance(module, Module):
             raise TypeError(f"{type(self).__name__}.{what}: not a Module: {module!r}")
-        setattr(self, name, module)
+        return module
+
+    def _add(self, what, name, module):
+        setattr(self, name, self._checked(what, module))
 
     def append(self, module):
         """Add ``module`` at the end, named by its position (or the next free number, where a slice kept other
@@ -885,8 +896,7 @@ class _ModuleSequence(Module):
         appended when one of them is not a Module."""
         modules = list(modules)
         for module in modules:          # all checked first: a refused item no longer left the ones before it appended
-            if not isinstance(module, Module):
-                raise TypeError(f"{type(self).__name__}.extend: not a Module: {module!r}")
+            self._checked("extend", module)
         for module in modules:
             self.append(module)
         return self
@@ -894,8 +904,7 @@ class _ModuleSequence(Module):
     def insert(self, index, module):
         """Insert ``module`` before position ``index`` (negative counts from the end, as for a list); the modules
         after it are renamed. Returns self."""
-        if not isinstance(module, Module):
-            raise TypeError(f"{type(self).__name__}.insert: not a Module: {module!r}")
+        self._checked("insert", module)
         if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
             raise TypeError(f"{type(self).__name__}.insert: index must be an int, got {index!r}")
         layers = list(self._modules.values())
