@@ -561,30 +561,43 @@ class HalfLoader(Callback):
         self.b = int(state["b"])
 
 
+def _refused_edit(path, edited, edit, match, callbacks=list):
+    """Load the checkpoint at ``path``, ``edit(arrays, meta)`` it and save it to ``edited``; a trained target (its
+    callbacks from ``callbacks()``) must refuse it with a CheckpointError matching ``match`` and keep its whole state.
+    Returns the target."""
+    arrays, meta = checkpoint.load(path)
+    edit(arrays, meta)
+    checkpoint.save(edited, arrays, meta)
+    target = _trained_target("sgd", callbacks=callbacks())
+    before = trainer_state(target)
+    with pytest.raises(CheckpointError, match=match):
+        target.load_checkpoint(edited)
+    assert_same_trainer_state(trainer_state(target), before)
+    return target
+
+
 def test_a_callback_raising_half_way_through_its_load_is_undone_too(tmp_path):
     # the failing callback's own half-loaded state goes back, not only that of the callbacks before it
     saved = HalfLoader()
     saved.a = 10
     path = _saved_sgd_run(tmp_path, callbacks=[EarlyStopping(monitor="val_loss", patience=9), saved])
-    arrays, meta = checkpoint.load(path)
-    meta["callbacks"][1]["state"]["b"] = "not a number"
-    checkpoint.save(tmp_path / "half.npz", arrays, meta)
-    target = _trained_target("sgd", callbacks=[EarlyStopping(monitor="val_loss", patience=9), HalfLoader()])
-    before = trainer_state(target)
-    with pytest.raises(CheckpointError, match="the HalfLoader callback refused its saved state"):
-        target.load_checkpoint(tmp_path / "half.npz")
+
+    def callbacks():
+        return [EarlyStopping(monitor="val_loss", patience=9), HalfLoader()]
+
+    def set_b(arrays, meta):
+        meta["callbacks"][1]["state"]["b"] = "not a number"
+
+    target = _refused_edit(path, tmp_path / "half.npz", set_b, "the HalfLoader callback refused its saved state",
+                           callbacks)
     assert (target.callbacks[1].a, target.callbacks[1].b) == (1, 2)
-    assert_same_trainer_state(trainer_state(target), before)
 
     # EarlyStopping itself: a 'wait' that is not a count is refused after best/best_epoch were read
-    arrays, meta = checkpoint.load(path)
-    meta["callbacks"][0]["state"]["wait"] = "three"
-    checkpoint.save(tmp_path / "wait.npz", arrays, meta)
-    target = _trained_target("sgd", callbacks=[EarlyStopping(monitor="val_loss", patience=9), HalfLoader()])
-    before = trainer_state(target)
-    with pytest.raises(CheckpointError, match="the EarlyStopping callback refused its saved state"):
-        target.load_checkpoint(tmp_path / "wait.npz")
-    assert_same_trainer_state(trainer_state(target), before)
+    def set_wait(arrays, meta):
+        meta["callbacks"][0]["state"]["wait"] = "three"
+
+    _refused_edit(path, tmp_path / "wait.npz", set_wait, "the EarlyStopping callback refused its saved state",
+                  callbacks)
 
 
 def test_a_corrupt_random_state_or_counter_is_found_before_anything_changes(tmp_path):
@@ -608,28 +621,22 @@ def test_a_corrupt_random_state_or_counter_is_found_before_anything_changes(tmp_
 @pytest.mark.parametrize("key, value", [("iteration_at_epoch_end", "eight"), ("iteration_at_epoch_end", 10 ** 6),
                                         ("iteration_at_epoch_end", -1), ("stop_reason", 5)])
 def test_every_trainer_counter_is_checked_before_anything_changes(tmp_path, key, value):
-    path = _saved_sgd_run(tmp_path)
-    arrays, meta = checkpoint.load(path)
-    meta["trainer"][key] = value
-    checkpoint.save(tmp_path / "bad.npz", arrays, meta)
-    target = _trained_target("sgd")
-    before = trainer_state(target)
-    with pytest.raises(CheckpointError, match=f"invalid trainer counters: {key} = {value!r}"):
-        target.load_checkpoint(tmp_path / "bad.npz")
-    assert_same_trainer_state(trainer_state(target), before)
+    def set_counter(arrays, meta):
+        meta["trainer"][key] = value
+
+    _refused_edit(_saved_sgd_run(tmp_path), tmp_path / "bad.npz", set_counter,
+                  f"invalid trainer counters: {key} = {value!r}")
 
 
 @pytest.mark.parametrize("bad", [np.array(["a"] * 12), np.zeros(12, np.complex64)], ids=["str", "complex"])
 def test_model_arrays_that_are_not_numbers_are_a_checkpoint_error_before_anything_changes(tmp_path, bad):
-    path = _saved_sgd_run(tmp_path)
-    arrays, meta = checkpoint.load(path)
-    arrays["model.0.bias"] = bad
-    checkpoint.save(tmp_path / "bad.npz", arrays, meta)
-    target = _trained_target("sgd", callbacks=[EarlyStopping(monitor="val_loss", patience=9)])
-    before = trainer_state(target)
-    with pytest.raises(CheckpointError, match=r"bad.npz.*0.bias: model float32, checkpoint " + str(bad.dtype)):
-        target.load_checkpoint(tmp_path / "bad.npz")
-    assert_same_trainer_state(trainer_state(target), before)     # the scheduler's epoch and the lr too
+    def set_bias(arrays, meta):
+        arrays["model.0.bias"] = bad
+
+    # the whole trainer state kept: the scheduler's epoch and the lr too
+    _refused_edit(_saved_sgd_run(tmp_path), tmp_path / "bad.npz", set_bias,
+                  r"bad.npz.*0.bias: model float32, checkpoint " + str(bad.dtype),
+                  lambda: [EarlyStopping(monitor="val_loss", patience=9)])
     with pytest.raises(CheckpointError, match=r"0.bias: model float32, checkpoint " + str(bad.dtype)):
         checkpoint.load_model(tmp_path / "bad.npz", mlp())
 

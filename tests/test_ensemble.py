@@ -144,6 +144,27 @@ def test_ema_shadow_equals_closed_form_average():
     np.testing.assert_array_equal(model.weight.data, weights[-1].astype(np.float32))
 
 
+class _WeightRecorder(cynet.train.Callback):
+    """Records the model's weights after every optimiser step."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_batch_end(self, trainer):
+        self.seen.append([p.data.copy() for p in trainer.model.parameters()])
+
+
+def _replayed_average(start, seen, decay):
+    """The oracle of an EMA's shadows: its recursion replayed by hand, in float64, on the recorded weights."""
+    expected = []
+    for i, first in enumerate(start):
+        average = first.astype(np.float64)
+        for weights in seen:
+            average = decay * average + (1 - decay) * weights[i]
+        expected.append(average)
+    return expected
+
+
 def test_ema_as_trainer_callback_and_state_dict():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 5)).astype(np.float32)
@@ -152,20 +173,12 @@ def test_ema_as_trainer_callback_and_state_dict():
     model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
     ema = EMA(decay=0.5)
     start = [p.data.copy() for p in model.parameters()]
-    seen = []
-
-    class Spy(cynet.train.Callback):
-        def on_batch_end(self, trainer):
-            seen.append([p.data.copy() for p in trainer.model.parameters()])
-
-    trainer = Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.1), callbacks=[ema, Spy()],
+    spy = _WeightRecorder()
+    trainer = Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.1), callbacks=[ema, spy],
                       progress=False, seed=0)
     trainer.fit(x, y, epochs=2, batch_size=16)
     assert ema.num_updates == trainer.iteration == 8
-    for i, shadow in enumerate(ema.shadow):          # the same recursion replayed on the recorded weights
-        expected = start[i].astype(np.float64)
-        for weights in seen:
-            expected = 0.5 * expected + 0.5 * weights[i]
+    for shadow, expected in zip(ema.shadow, _replayed_average(start, spy.seen, 0.5)):
         np.testing.assert_allclose(shadow, expected, rtol=1e-5, atol=1e-6)
     trained = [p.data.copy() for p in model.parameters()]
     with ema.apply():
@@ -407,19 +420,11 @@ def test_the_ema_follows_a_model_cast_to_float64():
     ema = EMA(0.5).attach(model)
     model.double()
     start = [p.data.copy() for p in model.parameters()]
-    seen = []
-
-    class Spy(cynet.train.Callback):
-        def on_batch_end(self, trainer):
-            seen.append([p.data.copy() for p in trainer.model.parameters()])
-
-    trainer = Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.1), callbacks=[ema, Spy()],
+    spy = _WeightRecorder()
+    trainer = Trainer(model, SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.1), callbacks=[ema, spy],
                       progress=False, seed=0)
     trainer.fit(x, y, epochs=1, batch_size=8)
-    for i, shadow in enumerate(ema.shadow):
-        expected = start[i]
-        for weights in seen:
-            expected = 0.5 * expected + 0.5 * weights[i]
+    for shadow, expected in zip(ema.shadow, _replayed_average(start, spy.seen, 0.5)):
         assert shadow.dtype == np.float64
         np.testing.assert_allclose(shadow, expected, rtol=1e-14, atol=1e-15)
 

@@ -776,28 +776,30 @@ def test_divergence_guard_restores_optimiser_state_and_batchnorm_statistics(opti
     assert not np.array_equal(diverged["0.weight"], model_before["0.weight"])
 
 
-@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
-def test_guard_every_must_be_a_positive_int(bad):
+def _fit_refusing(attribute, value, message):
+    """``(trainer, x, y)``: a trainer given ``attribute = value`` on the instance, whose fit refused it (a ValueError
+    matching ``message``) before any step."""
     x, y = blobs(16, seed=2)
     model = mlp()
     trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False)
-    trainer.guard_every = bad
-    with pytest.raises(ValueError, match=r"Trainer.fit: guard_every must be an int >= 1, got"):
+    setattr(trainer, attribute, value)
+    with pytest.raises(ValueError, match=message):
         trainer.fit(x, y, epochs=1, batch_size=8)
     assert trainer.iteration == 0
+    return trainer, x, y
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_guard_every_must_be_a_positive_int(bad):
+    _fit_refusing("guard_every", bad, r"Trainer.fit: guard_every must be an int >= 1, got")
 
 
 @pytest.mark.parametrize("bad", [None, "20", math.nan, 0, 0.5, -3.0, True])
 def test_divergence_factor_must_be_a_number_at_least_one(bad):
     # set on the instance, NaN silently turned the loss rule off and None or "20" failed at the second iteration
     # with a bare TypeError, after a step; a factor below 1 stopped on a loss lower than the first
-    x, y = blobs(16, seed=2)
-    model = mlp()
-    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False)
-    trainer.divergence_factor = bad
-    with pytest.raises(ValueError, match=r"Trainer.fit: divergence_factor must be a number >= 1 .*, got"):
-        trainer.fit(x, y, epochs=1, batch_size=8)
-    assert trainer.iteration == 0
+    trainer, x, y = _fit_refusing("divergence_factor", bad,
+                                  r"Trainer.fit: divergence_factor must be a number >= 1 .*, got")
     trainer.divergence_factor = math.inf        # only a NaN/inf loss stops the run
     trainer.fit(x, y, epochs=1, batch_size=8)
     assert trainer.iteration == 2 and trainer.stop_reason is None
