@@ -1157,6 +1157,21 @@ def test_a_buffer_set_to_none_takes_an_array_as_a_buffer_again():
     assert "stat" not in module.state_dict()
 
 
+def test_a_buffer_set_to_none_can_be_registered_again_as_pytorch():
+    # torch.nn.BatchNorm1d(2): running_mean = None, then register_buffer("running_mean", ...) registers it again;
+    # cynet raised KeyError "'running_mean' is already an attribute of BatchNorm1d"
+    bn = nn.BatchNorm1d(2)
+    bn.running_mean = None
+    assert "running_mean" not in bn.state_dict()
+    restored = bn.register_buffer("running_mean", np.full(2, 3.0, np.float32))
+    assert bn.running_mean is restored
+    np.testing.assert_array_equal(bn.state_dict()["running_mean"], [3.0, 3.0])
+    with pytest.raises(KeyError, match="already an attribute"):      # a plain attribute set to None is not a buffer
+        plain = nn.ReLU()
+        plain.stat = None
+        plain.register_buffer("stat", np.zeros(2))
+
+
 def test_slicing_a_sequential_keeps_the_layer_names_as_pytorch():
     from collections import OrderedDict
     named = nn.Sequential(OrderedDict([("fc1", nn.Linear(4, 3)), ("act", nn.ReLU()), ("fc2", nn.Linear(3, 2))]))

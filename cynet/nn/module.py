@@ -433,7 +433,7 @@ class Module:
         """Register a non-learnable array saved in :meth:`state_dict` (running statistics, for example), of the shape
         given (a 0-d counter stays 0-d). As in PyTorch, the name must be a non-empty string without "." that is not
         already an attribute other than a buffer (KeyError: a parameter's, a child module's, ``training``,
-        ``forward``, ...)."""
+        ``forward``, ...); a buffer's name set to None may be registered again, as there."""
         where = f"{type(self).__name__}.register_buffer"
         if not isinstance(name, str):
             raise TypeError(f"{where}: the name must be a string, got {type(name).__name__}")
@@ -442,7 +442,8 @@ class Module:
         if name in self._parameters or name in self._modules:
             kind = "parameter" if name in self._parameters else "child module"
             raise KeyError(f"{where}: {name!r} is already a {kind}")
-        if name not in self._buffers and hasattr(self, name):
+        # a buffer set to None is still a buffer (PyTorch keeps the name registered): it may be registered again
+        if name not in self._buffers and name not in self.__dict__.get("_unset_buffers", ()) and hasattr(self, name):
             raise KeyError(f"{where}: {name!r} is already an attribute of {type(self).__name__}")
         if array is None:
             raise TypeError(f"{where}: the buffer must be an array, got None (to drop a buffer, assign None to it)")
