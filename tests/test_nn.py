@@ -151,6 +151,9 @@ def test_named_parameters_state_dict_and_strict_loading():
     with pytest.raises(KeyError, match=r"unexpected keys \['9.weight'\]"):
         other.load_state_dict(extra)
     assert other.load_state_dict(extra, strict=False) == ([], ["9.weight"])
+    # PyTorch's field names (torch: result.missing_keys / result.unexpected_keys; cynet's plain tuple had neither)
+    result = other.load_state_dict({k: v for k, v in extra.items() if k != "2.bias"}, strict=False)
+    assert (result.missing_keys, result.unexpected_keys) == (["2.bias"], ["9.weight"])
     bad = dict(state, **{"0.weight": np.zeros((3, 5), np.float32)})
     with pytest.raises(ValueError, match=r"0.weight: expected shape \(4, 5\), got \(3, 5\)"):
         other.load_state_dict(bad)

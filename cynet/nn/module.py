@@ -23,7 +23,7 @@ import numbers
 import os
 import threading
 import types
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 from collections.abc import Mapping
 
 import numpy as np
@@ -74,6 +74,11 @@ def _loadable(array, dtype):
     integer buffer."""
     return array.dtype.kind in "biuf" and not (np.dtype(dtype).kind in "iu" and array.dtype.kind == "f"
                                                  and not np.all(np.isfinite(array)))
+
+
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+IncompatibleKeys.__doc__ = """What :meth:`Module.load_state_dict` returns: ``(missing_keys, unexpected_keys)``, a tuple
+whose fields also have PyTorch's names (``result.missing_keys``, ``result.unexpected_keys``)."""
 
 
 def _refuse_set_to_none(owner, set_to_none):
@@ -724,7 +729,8 @@ class Module:
             strict (bool): require exactly the same keys (default). Shapes must always agree.
 
         Returns:
-            tuple: ``(missing_keys, unexpected_keys)`` (both empty when strict).
+            IncompatibleKeys: the tuple ``(missing_keys, unexpected_keys)`` (both empty when strict), also readable
+            by PyTorch's field names ``.missing_keys`` and ``.unexpected_keys``.
 
         Raises:
             KeyError: strict and keys are missing or unexpected (all of them listed).
@@ -769,7 +775,7 @@ class Module:
             target[...] = array
         for module in self.modules():
             module._state_loaded()
-        return missing, unexpected
+        return IncompatibleKeys(missing, unexpected)
 
     def _state_loaded(self):
         """Called on every module after :meth:`load_state_dict` wrote its arrays: forget what described the old ones
