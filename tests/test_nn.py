@@ -1175,6 +1175,17 @@ def test_a_buffer_set_to_none_can_be_registered_again_as_pytorch():
         plain.register_buffer("stat", np.zeros(2))
 
 
+def test_train_refuses_a_mode_that_is_not_a_bool_as_pytorch():
+    # torch: model.train("False") raises ValueError; cynet took bool("False") == True and stayed in training mode
+    model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+    model.eval()
+    for bad in ("False", "eval", 0, None):
+        with pytest.raises(TypeError, match=r"Sequential.train: mode must be True or False"):
+            model.train(bad)
+    assert [m.training for m in model.modules()] == [False, False, False]     # nothing switched
+    assert model.train(np.bool_(True)) is model and all(m.training for m in model.modules())
+
+
 def test_slicing_a_sequential_keeps_the_layer_names_as_pytorch():
     from collections import OrderedDict
     named = nn.Sequential(OrderedDict([("fc1", nn.Linear(4, 3)), ("act", nn.ReLU()), ("fc2", nn.Linear(3, 2))]))

@@ -554,7 +554,10 @@ class Module:
         """Training mode (dropout active, batch statistics) for this module and its descendants; returns self.
 
         Each child's own ``train`` is called (as in PyTorch), so a module that overrides it, to keep a frozen
-        backbone's batch norms in eval mode for example, is obeyed when a parent is switched."""
+        backbone's batch norms in eval mode for example, is obeyed when a parent is switched. ``mode`` must be a
+        bool, as in PyTorch (``train("False")`` or ``train(0)`` is a TypeError, not a truthiness guess)."""
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"{type(self).__name__}.train: mode must be True or False, got {mode!r}")
         walking = getattr(_train_walk, "ids", None)     # the modules whose train() is running in this thread
         if walking is None:
             walking = _train_walk.ids = set()
