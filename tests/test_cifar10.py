@@ -505,3 +505,41 @@ def test_a_download_cut_short_is_a_connection_error(tmp_path, monkeypatch):
     with pytest.raises(ConnectionError, match="could not download"):
         load_cifar10(tmp_path / "cache", download=True)
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+# --- memory: one copy of the training set while it is assembled ------------------------------------------------------
+def test_training_batches_are_assembled_without_a_second_copy_of_the_training_set(tmp_path):
+    """Keeping every parsed batch and concatenating them held two copies (peak 308 MB for the 50k set); each batch is
+    now copied into the result as it comes: peak = the result plus a few batch-sized buffers (file bytes, parsed)."""
+    import tracemalloc
+    rows = 1000
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    for b in range(1, 6):
+        write_batch(d / f"data_batch_{b}", *batch(b, rows), protocol=4)   # the pixels as one bytes object
+    tracemalloc.start()
+    try:
+        data = load_cifar10(d, test=False, flatten=True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    one_batch = rows * 3072
+    assert data.x_train.nbytes == 5 * one_batch
+    assert peak < data.x_train.nbytes + 4 * one_batch, (peak, data.x_train.nbytes)    # two copies: >= 10 batches
+    x = np.concatenate([batch(b, rows)[0] for b in range(1, 6)])
+    np.testing.assert_array_equal(data.x_train, x)
+
+
+def test_training_batches_of_different_sizes_are_assembled_in_order(tmp_path):
+    """The result is sized from the first batch; a larger later batch grows it, smaller ones shrink it."""
+    sizes = {1: 5, 2: 9, 3: 2, 4: 7}
+    for order in ([1, 2, 3, 4], [2, 3, 1], [3, 2], [4, 3]):
+        d = tmp_path / "-".join(map(str, order))
+        d.mkdir()
+        for b in order:
+            write_batch(d / f"data_batch_{b}", *batch(b, sizes[b]))
+        data = load_cifar10(d, batches=order, test=False, flatten=True)
+        parts = [batch(b, sizes[b]) for b in order]
+        np.testing.assert_array_equal(data.x_train, np.concatenate([p[0] for p in parts]))
+        np.testing.assert_array_equal(data.y_train, np.concatenate([p[1] for p in parts]))
+        assert data.x_train.flags.c_contiguous and data.x_train.flags.owndata

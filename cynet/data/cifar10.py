@@ -326,13 +326,7 @@ def load_cifar10(root=None, *, batches=None, test=True, flatten=False, download=
                  else [n for n in TRAIN_BATCHES if source.has(n)])
         if not names:
             raise FileNotFoundError(f"load_cifar10: no training batch (data_batch_1..5) in {source.description}")
-        parts = []
-        for name in names:
-            data, where = source.read(name)
-            parts.append(_parse_batch(safe_unpickle(data, where), where))
-            del data
-        x_train, y_train = _concat(parts)
-        del parts
+        x_train, y_train = _read_training_batches(source, names)
         x_test = y_test = None
         if test and source.has(TEST_BATCH):
             data, where = source.read(TEST_BATCH)
@@ -419,16 +413,36 @@ def _batch_range(names):
     return ", ".join(names)
 
 
-def _concat(parts):
-    """One uint8 array and one label array from the batches, written once into preallocated arrays."""
-    n = sum(p[0].shape[0] for p in parts)
-    x = np.empty((n, ROW_SIZE), dtype=np.uint8)
-    y = np.empty(n, dtype=np.int64)
-    start = 0
-    for data, labels in parts:
-        x[start:start + len(labels)] = data
-        y[start:start + len(labels)] = labels
-        start += len(labels)
+def _read_training_batches(source, names):
+    """The training batches ``names`` as one uint8 ``(N, 3072)`` array and one int64 ``(N,)`` label array.
+
+    Each batch is parsed and copied into the result as it comes, then dropped, so the peak is the result plus one
+    batch (its file bytes and its parsed rows), not two copies of the training set. The result is allocated for
+    ``len(names)`` batches the size of the first; batches of other sizes (a development copy) grow or shrink it in
+    place (``ndarray.resize``: no second copy is kept).
+    """
+    x = y = None
+    filled = 0
+    for remaining, name in zip(range(len(names) - 1, -1, -1), names):
+        raw, where = source.read(name)
+        batch = safe_unpickle(raw, where)
+        del raw
+        data, labels = _parse_batch(batch, where)
+        del batch
+        n = len(labels)
+        if x is None:
+            x = np.empty((n * len(names), ROW_SIZE), dtype=np.uint8)
+            y = np.empty(n * len(names), dtype=np.int64)
+        elif filled + n > len(y):                      # a batch larger than the first: room for it and the rest
+            x.resize((filled + n * (remaining + 1), ROW_SIZE), refcheck=False)
+            y.resize(filled + n * (remaining + 1), refcheck=False)
+        x[filled:filled + n] = data
+        y[filled:filled + n] = labels
+        filled += n
+        del data, labels
+    if filled != len(y):                               # smaller batches than the first: give the rest back
+        x.resize((filled, ROW_SIZE), refcheck=False)
+        y.resize(filled, refcheck=False)
     return x, y
 
 
