@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import cynet
-from cynet.data import (BatchIterator, Compose, MeanImage, RandomCrop, RandomHorizontalFlip, augment_batch,
+from cynet.data import (BatchIterator, Compose, Cutout, MeanImage, RandomCrop, RandomHorizontalFlip, augment_batch,
                         make_batch_transform)
 
 
@@ -239,3 +239,22 @@ def test_compose_refuses_a_single_augmentation_with_a_message():
             Compose(single)
     out = Compose((RandomHorizontalFlip(p=1.0),))(np.arange(2.0).reshape(1, 1, 1, 2), np.random.default_rng(0))
     assert out.ravel().tolist() == [1.0, 0.0]
+
+
+def test_augmentations_refuse_arguments_of_the_wrong_type_naming_the_class():
+    # RandomCrop("32") was read as the size ('3', '2'); RandomCrop(32.0) was "'float' object is not iterable";
+    # RandomHorizontalFlip("a") and Cutout(value="a") were bare comparison / isfinite TypeErrors
+    for size in ("32", 32.0, None, {32: 32}):
+        with pytest.raises(TypeError, match=r"RandomCrop: size must be a positive int or \(height, width\), got"):
+            RandomCrop(size)
+    with pytest.raises(ValueError, match=r"RandomCrop: size .* got \(32, 32.0\)"):
+        RandomCrop((32, 32.0))
+    for p in ("a", None, True):
+        with pytest.raises(TypeError, match="RandomHorizontalFlip: p must be a number"):
+            RandomHorizontalFlip(p)
+    with pytest.raises(TypeError, match="Cutout: value must be a number"):
+        Cutout(4, value="a")
+    with pytest.raises(TypeError, match="Cutout: p must be a number"):
+        Cutout(4, p="0.5")
+    assert RandomCrop([3, 2], padding=1).size == (3, 2) and RandomCrop(np.int64(4)).size == (4, 4)
+    assert RandomHorizontalFlip(1).p == 1.0 and Cutout(2, p=np.float32(0.5), value=np.int64(1)).value == 1.0

@@ -58,9 +58,15 @@ class RandomCrop:
     """
 
     def __init__(self, size=32, padding=4):
-        size = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+        given = size
+        if isinstance(size, (int, np.integer)):
+            size = (size, size)
+        elif isinstance(size, (tuple, list)):     # not any iterable: "32" was read as the size ('3', '2')
+            size = tuple(size)
+        else:
+            raise TypeError(f"RandomCrop: size must be a positive int or (height, width), got {given!r}")
         if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in size):
-            raise ValueError(f"RandomCrop: size must be a positive int or (height, width), got {size!r}")
+            raise ValueError(f"RandomCrop: size must be a positive int or (height, width), got {given!r}")
         if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
             raise ValueError(f"RandomCrop: padding must be an int >= 0, got {padding!r}")
         self.size, self.padding = (int(size[0]), int(size[1])), int(padding)
@@ -109,6 +115,8 @@ class RandomHorizontalFlip:
     """
 
     def __init__(self, p=0.5):
+        if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
+            raise TypeError(f"RandomHorizontalFlip: p must be a number in [0, 1], got {p!r}")
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"RandomHorizontalFlip: p must be in [0, 1], got {p!r}")
         self.p = float(p)
@@ -185,6 +193,9 @@ class Cutout:
     def __init__(self, size=16, p=1.0, value=0.0):
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
             raise ValueError(f"Cutout: size must be an int >= 1, got {size!r}")
+        for name, number in (("p", p), ("value", value)):
+            if isinstance(number, bool) or not isinstance(number, (int, float, np.integer, np.floating)):
+                raise TypeError(f"Cutout: {name} must be a number, got {number!r}")
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"Cutout: p must be in [0, 1], got {p!r}")
         if not np.isfinite(value):
