@@ -662,3 +662,14 @@ def test_load_state_dict_refuses_fitted_arrays_of_another_shape(index, key, cut)
         target.load_state_dict(state)
     assert not target.is_fitted
     assert type(fitted)(**fitted.config()).load_state_dict(fitted.state_dict()).transform(x).shape[0] == len(x)
+
+
+def test_eps_of_the_wrong_type_is_a_type_error_naming_the_transform():
+    # Standardize(eps="a") / PCAWhitening(eps=None) were numpy's anonymous "ufunc 'isfinite' not supported"
+    for cls in (Standardize, PCAWhitening, ZCAWhitening):
+        for eps in ("a", None, [1e-5], True):
+            with pytest.raises(TypeError, match=f"{cls.__name__}: eps must be a finite number >= 0, got"):
+                cls(eps=eps)
+        with pytest.raises(ValueError, match=f"{cls.__name__}: eps must be a finite number >= 0"):
+            cls(eps=-1.0)
+        assert cls(eps=np.float32(0.5)).eps == 0.5 and cls(eps=0).eps == 0.0

@@ -371,6 +371,16 @@ def _channel_stats(x3, chunk_size, with_var):
     return mean, sq / (n * p)
 
 
+def _check_eps(owner, eps):
+    """``eps`` as a float: TypeError unless a real number (np.isfinite('a') was an anonymous ufunc TypeError),
+    ValueError unless finite and >= 0."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{owner}: eps must be a finite number >= 0, got {eps!r}")
+    if not np.isfinite(eps) or eps < 0:
+        raise ValueError(f"{owner}: eps must be a finite number >= 0, got {eps!r}")
+    return float(eps)
+
+
 def _check_channels(owner, channels):
     if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
         raise ValueError(f"{owner}: channels must be a positive int, got {channels!r}")
@@ -519,9 +529,8 @@ class Standardize(Transform):
         super().__init__(chunk_size=chunk_size)
         if per not in ("feature", "channel"):
             raise ValueError(f"Standardize: per must be 'feature' or 'channel', got {per!r}")
-        if not np.isfinite(eps) or eps < 0:
-            raise ValueError(f"Standardize: eps must be a finite number >= 0, got {eps!r}")
-        self.per, self.eps, self.channels = per, float(eps), _check_channels("Standardize", channels)
+        self.per, self.eps = per, _check_eps("Standardize", eps)
+        self.channels = _check_channels("Standardize", channels)
 
     def _fit(self, x):
         if self.per == "channel":
@@ -745,9 +754,7 @@ class PCAWhitening(PCA):
 
     def __init__(self, n_components=None, eps=1e-5, *, chunk_size=DEFAULT_CHUNK_SIZE):
         super().__init__(n_components, chunk_size=chunk_size)
-        if not np.isfinite(eps) or eps < 0:
-            raise ValueError(f"{type(self).__name__}: eps must be a finite number >= 0, got {eps!r}")
-        self.eps = float(eps)
+        self.eps = _check_eps(type(self).__name__, eps)
 
     def _set_fitted(self, components, variance, ratio):
         if self.eps == 0 and variance.size:
