@@ -52,6 +52,18 @@ def refuse_masked(op, name, a):
                         f"a.data explicitly")
 
 
+def native(a):
+    """``a`` as an ndarray in the machine's byte order: big-endian data (a file written on another machine) becomes a
+    C-contiguous copy of the same values in the native dtype (``>f4`` -> ``float32``), anything else is returned as
+    ``np.asarray`` gives it. The modules and losses take their inputs through it, so that a ``>f4`` batch is the
+    float32 batch it holds (the kernels read native floats, and a layer's checks compare dtypes with ``==``, which a
+    byte order fails)."""
+    a = np.asarray(a)
+    if a.dtype.isnative:
+        return a
+    return a.astype(a.dtype.newbyteorder("="), order="C")
+
+
 def as_float_array(op, name, a):
     """``a`` as a C-contiguous floating ndarray in the machine's byte order (copying only when it is not);
     TypeError otherwise (also for a masked array, whose mask no kernel would honour)."""
@@ -60,7 +72,7 @@ def as_float_array(op, name, a):
     if a.dtype.kind != "f":
         raise TypeError(f"{op}: {name} must be a floating-point array (float32 or float64), got {describe(a)}")
     if not a.dtype.isnative:
-        return a.astype(a.dtype.newbyteorder("="), order="C")   # big-endian data: the kernels read native floats
+        return native(a)    # big-endian data: the kernels read native floats
     # (np.ascontiguousarray would turn a 0-d array into shape (1,); 0-d arrays are always contiguous)
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 

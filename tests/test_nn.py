@@ -1311,3 +1311,95 @@ def test_layers_built_like_linear_take_init_dtype_and_generator_by_keyword(make)
     maxout = nn.Maxout(4, 3, 2, True, init="he", dtype=np.float64, generator=0)
     assert all(p.data.dtype == np.float64 for p in maxout.parameters())
     assert nn.DropConnectLinear(4, 3, True, init="he", dtype=np.float64, generator=0, p=0.2).p == 0.2
+
+
+# --- big-endian data: the float32/float64 it holds, in every layer and loss ------------------------------------------
+def _big_endian_cases():
+    """(name, builder, input shape): every layer that takes floats, with its own dtype."""
+    return [
+        ("Linear", lambda dt: nn.Linear(6, 5, generator=0, dtype=dt), (4, 6)),
+        ("Maxout", lambda dt: nn.Maxout(6, 3, generator=0, dtype=dt), (4, 6)),
+        ("DropConnectLinear", lambda dt: nn.DropConnectLinear(6, 5, generator=0, dtype=dt), (4, 6)),
+        ("PReLU", lambda dt: nn.PReLU(3, dtype=dt), (2, 3, 4)),
+        ("LeakyReLU", lambda dt: nn.LeakyReLU(), (4, 6)),
+        ("GELU", lambda dt: nn.GELU(), (4, 6)),
+        ("SiLU", lambda dt: nn.SiLU(), (4, 6)),
+        ("ReLU", lambda dt: nn.ReLU(), (4, 6)),
+        ("Dropout", lambda dt: nn.Dropout(0.3, generator=3), (4, 6)),
+        ("StochasticDepth", lambda dt: nn.StochasticDepth(0.5, generator=0), (4, 6)),
+        ("Flatten", lambda dt: nn.Flatten(), (2, 3, 4)),
+        ("BatchNorm1d", lambda dt: nn.BatchNorm1d(6, dtype=dt), (4, 6)),
+        ("BatchNorm2d", lambda dt: nn.BatchNorm2d(3, dtype=dt), (2, 3, 4, 5)),
+        ("LayerNorm", lambda dt: nn.LayerNorm(6, dtype=dt), (4, 6)),
+        ("GroupNorm", lambda dt: nn.GroupNorm(2, 4, dtype=dt), (2, 4, 3, 3)),
+        ("Conv2d", lambda dt: nn.Conv2d(3, 4, 3, padding=1, generator=0, dtype=dt), (2, 3, 5, 5)),
+        ("MaxPool2d", lambda dt: nn.MaxPool2d(2), (2, 3, 4, 4)),
+        ("AvgPool2d", lambda dt: nn.AvgPool2d(2), (2, 3, 4, 4)),
+        ("AdaptiveAvgPool2d", lambda dt: nn.AdaptiveAvgPool2d(1), (2, 3, 4, 4)),
+        ("Sequential", lambda dt: nn.Sequential(nn.Linear(6, 5, generator=0, dtype=dt), nn.ReLU(),
+                                                nn.BatchNorm1d(5, dtype=dt), nn.Linear(5, 2, generator=1, dtype=dt)),
+         (4, 6)),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name, build, shape", _big_endian_cases(), ids=[c[0] for c in _big_endian_cases()])
+def test_big_endian_input_and_dout_give_the_native_arrays_results(name, build, shape, dtype):
+    """A '>f4' batch (data read from a file written on another machine) is the float32 batch it holds: Linear,
+    Conv2d, the norms and pools refused it ("input must have the weights' dtype float32, got >f4 array", with the
+    advice to convert the data to float32), GELU/SiLU/LeakyReLU/PReLU took it and then refused the native dout of
+    their own output ("dout must be a >f4 array"), and Dropout/StochasticDepth/Flatten returned '>f4' outputs. The
+    oracle: the same layer on the native copy (the ops already converted big-endian data)."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(dtype)
+
+    def run(x_in, dout_of):
+        cynet.manual_seed(0)
+        layer = build(dtype).train()
+        y = layer(x_in)
+        dout = np.random.default_rng(5).standard_normal(np.shape(y)).astype(dtype)
+        dx = layer.backward(dout_of(dout))
+        return y, dx, [p.grad.copy() for p in layer.parameters()]
+
+    y0, dx0, g0 = run(x, lambda d: d)
+    swapped = x.astype(np.dtype(dtype).newbyteorder(">"))
+    for x_in, dout_of in [(swapped, lambda d: d), (x, lambda d: d.astype(d.dtype.newbyteorder(">"))),
+                          (swapped, lambda d: d.astype(d.dtype.newbyteorder(">")))]:
+        y, dx, g = run(x_in, dout_of)
+        assert y.dtype == dtype and dx.dtype == dtype
+        np.testing.assert_array_equal(y, y0)
+        np.testing.assert_array_equal(dx, dx0)
+        for a, b in zip(g, g0):
+            np.testing.assert_array_equal(a, b)
+    assert np.array_equal(swapped, x)                   # the caller's array is untouched
+
+
+@pytest.mark.parametrize("loss, target", [(nn.CrossEntropyLoss(), np.array([0, 2, 1, 2])),
+                                          (nn.CrossEntropyLoss(label_smoothing=0.1), np.array([0, 2, 1, 2])),
+                                          (nn.MulticlassSVM(), np.array([0, 2, 1, 2], ">i8")),
+                                          (nn.MSELoss(), np.linspace(-1, 1, 12).reshape(4, 3))])
+def test_a_loss_takes_big_endian_scores_as_the_native_ones(loss, target):
+    """Big-endian scores were a TypeError "scores must be a float32 or float64 array, got >f8 array"."""
+    scores = np.random.default_rng(0).standard_normal((4, 3))
+    want = loss(scores, target)
+    grad = loss.backward().copy()
+    assert loss(scores.astype(">f8"), target) == want
+    assert loss.backward().dtype == np.float64
+    np.testing.assert_array_equal(loss.backward(), grad)
+
+
+def test_an_in_place_activation_names_the_byte_order_of_a_big_endian_input():
+    """An in-place layer cannot convert its input: the error says why '>f4' is not float32 here."""
+    with pytest.raises(TypeError, match=r"ReLU\(inplace=True\): an in-place input must be float32 or float64 in the "
+                                        r"machine's byte order .*got >f4 array of shape \(2, 3\)"):
+        nn.ReLU(inplace=True)(np.ones((2, 3), ">f4"))
+
+
+def test_an_activation_still_refuses_a_masked_input_or_dout():
+    x = np.ma.array(np.ones((2, 3), np.float32), mask=[[True, False, False], [False] * 3])
+    with pytest.raises(TypeError, match=r"GELU\(approximate='none'\): input is a masked array"):
+        nn.GELU()(x)
+    layer = nn.ReLU()
+    layer(np.ones((2, 3), np.float32))
+    with pytest.raises(TypeError, match=r"ReLU\(\): dout is a masked array"):
+        layer.backward(x)

@@ -18,7 +18,7 @@ import numpy as np
 
 from cynet._kernels import load
 from cynet._threading import NS_STREAM, kernel_threads
-from cynet._validation import describe, float_dtype, positive_int
+from cynet._validation import describe, float_dtype, native, positive_int
 from cynet.nn import _reuse as reuse
 from cynet.nn.layers import _add_bias_gradient, _cached, _check_weight_dtype, _initial_parameters
 from cynet.nn.module import Module
@@ -90,8 +90,9 @@ SMALL_GRADIENT_RATIO = 24
 
 
 def _images(module, x, channels=None):
-    """x as a C-contiguous (N, C, H, W) array, with C = ``channels`` when given; ValueError otherwise."""
-    x = np.asarray(x)
+    """x as a C-contiguous (N, C, H, W) array in the machine's byte order, with C = ``channels`` when given;
+    ValueError otherwise."""
+    x = native(x)
     if x.ndim != 4 or (channels is not None and x.shape[1] != channels):
         raise ValueError(f"{module!r}: expected input of shape (N, {'C' if channels is None else channels}, H, W), "
                          f"got {describe(x)}")
@@ -258,7 +259,7 @@ class Conv2d(Module):
         n, features, k = x.shape[0], self.out_channels, self.weight.data[0].size
         oh, ow = self._output_hw(x.shape[2], x.shape[3])
         columns = oh * ow
-        dout = np.asarray(dout)
+        dout = native(dout)
         if dout.shape != (n, features, oh, ow) or dout.dtype != x.dtype:
             raise ValueError(f"{self!r}: dout must be a {x.dtype} array of shape {(n, features, oh, ow)}, got "
                              f"{describe(dout)}")
@@ -361,7 +362,7 @@ class MaxPool2d(Module):
         idx = _cached(self, "_idx")
         if not input_grad:
             return None
-        dout = np.asarray(dout)
+        dout = native(dout)
         if dout.shape != idx.shape or dout.dtype != self._dtype:
             raise ValueError(f"{self!r}: dout must be a {self._dtype} array of shape {idx.shape} (the forward's "
                              f"output), got {describe(dout)}")
@@ -425,7 +426,7 @@ class _AvgPool(Module):
         rows, cols = _cached(self, "_plan")
         if not input_grad:
             return None
-        dout = np.asarray(dout)
+        dout = native(dout)
         shape = self._input_shape[:2] + (len(rows[0]), len(cols[0]))
         if dout.shape != shape or dout.dtype != self._dtype:
             raise ValueError(f"{self!r}: dout must be a {self._dtype} array of shape {shape} (the forward's output), "

@@ -12,7 +12,7 @@ from cynet import ops
 from cynet._kernels import load
 from cynet._random import resolve_generator
 from cynet._threading import kernel_threads
-from cynet._validation import KERNEL_DTYPES, describe, dtype_remedy, float_dtype, positive_int
+from cynet._validation import KERNEL_DTYPES, describe, dtype_remedy, float_dtype, native, positive_int, refuse_masked
 from cynet.nn import _reuse as reuse
 from cynet.nn.module import Module, Parameter, _fusable, _refuse_overwriting_protected
 
@@ -28,7 +28,9 @@ def _check_writeable_input(module, x):
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{module!r}: an in-place input must be a numpy.ndarray, got {type(x).__name__}")
     if x.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"{module!r}: an in-place input must be float32 or float64, got {describe(x)}")
+        order = "" if x.dtype.isnative else (" in the machine's byte order (it is written in place, so it cannot be "
+                                             "converted: pass x.astype(x.dtype.newbyteorder('=')))")
+        raise TypeError(f"{module!r}: an in-place input must be float32 or float64{order}, got {describe(x)}")
     if not x.flags.c_contiguous:
         raise ValueError(f"{module!r}: an in-place input must be C-contiguous, got a strided {describe(x)}")
     if not x.flags.writeable:
@@ -36,19 +38,25 @@ def _check_writeable_input(module, x):
 
 
 def _check_float_input(module, x):
-    """An activation's input: a floating-point array (the error names the layer, not the op it calls)."""
-    a = x if isinstance(x, np.ndarray) else np.asarray(x)
+    """An activation's input as a floating-point ndarray in the machine's byte order (the error names the layer, not
+    the op it calls); a masked array is refused (the op would ignore its mask)."""
+    refuse_masked(repr(module), "input", x)
+    a = native(x)
     if a.dtype.kind != "f":
         raise TypeError(f"{module!r}: input must be a floating-point array (float32 or float64), got {describe(a)}")
+    return a
 
 
 def _check_dout(module, dout, kept):
-    """An elementwise layer's dout: the dtype and shape of the forward's output (``kept``: its input or output)."""
-    d = dout if isinstance(dout, np.ndarray) else np.asarray(dout)
+    """An elementwise layer's dout, in the machine's byte order: the dtype and shape of the forward's output
+    (``kept``: its input or output); a masked array is refused, as the op refuses it."""
+    refuse_masked(repr(module), "dout", dout)
+    d = native(dout)
     if d.dtype != kept.dtype or d.shape != kept.shape:
         raise (TypeError if d.shape == kept.shape else ValueError)(
             f"{module!r}: dout must be a {kept.dtype} array of shape {kept.shape} (the forward's output), got "
             f"{describe(d)}")
+    return d
 
 
 def _reused_like(array):
@@ -235,7 +243,7 @@ class Linear(Module):
         self._relu_y = None           # forward_relu's output, whose mask the backward applies
 
     def _check_input(self, x):
-        x = np.asarray(x)
+        x = native(x)
         w = self.weight.data
         if w.shape != (self.out_features, self.in_features):      # a tied or replaced weight of another layer's shape
             raise ValueError(f"{self!r}: its weight has shape {w.shape}, not ({self.out_features}, "
@@ -282,7 +290,7 @@ class Linear(Module):
 
     def backward(self, dout, *, input_grad=True):
         x = _cached(self, "_x")
-        dout = np.asarray(dout)
+        dout = native(dout)
         if dout.shape != (x.shape[0], self.out_features) or dout.dtype != x.dtype:
             raise ValueError(f"{self!r}: dout must be a {x.dtype} array of shape {(x.shape[0], self.out_features)}, "
                              f"got {describe(dout)}")
@@ -347,9 +355,9 @@ class _Elementwise(Module):
             y = getattr(ops, f"{self._op}_forward")(x, *self._args(), out=x)
             self._keep(y)
             return y
-        _check_float_input(self, x)
+        x = _check_float_input(self, x)
         y = getattr(ops, f"{self._op}_forward")(x, *self._args(), out=_reused_like(x))
-        self._keep(y if self._saves == "y" else np.asarray(x))
+        self._keep(y if self._saves == "y" else x)
         return y
 
     def _keep(self, array):
@@ -362,7 +370,7 @@ class _Elementwise(Module):
         _check_unchanged(self, saved, self._saved_print, "output" if self._saves == "y" or self.inplace else "input")
         if not input_grad:
             return None
-        _check_dout(self, dout, saved)
+        dout = _check_dout(self, dout, saved)
         return getattr(ops, f"{self._op}_backward")(dout, saved, *self._args(), out=_reused_like(dout))
 
     def _check_kept_output(self):
@@ -593,7 +601,7 @@ class PReLU(Module):
         self._x = None
 
     def forward(self, x):
-        x = np.asarray(x)
+        x = native(x)
         if x.dtype != self.alpha.data.dtype:
             raise TypeError(f"{self!r}: input must have alpha's dtype {self.alpha.data.dtype}, got {describe(x)}")
         if self.num_parameters > 1 and (x.ndim < 2 or x.shape[1] != self.num_parameters):
@@ -605,7 +613,7 @@ class PReLU(Module):
 
     def backward(self, dout, *, input_grad=True):
         x = _cached(self, "_x")
-        _check_dout(self, dout, x)
+        dout = _check_dout(self, dout, x)
         dx, dalpha = ops.prelu_backward(dout, x, self.alpha.data, out=_reused_like(x) if input_grad else None)
         if self.alpha.requires_grad:
             self.alpha.accumulate(dalpha)
@@ -652,7 +660,7 @@ class Maxout(Module):
         self._indices = None
 
     def forward(self, x):
-        x = np.asarray(x)
+        x = native(x)
         name = f"Maxout({self.extra_repr()})"      # named here, not by the inner Linear of pieces * out_features
         if x.ndim != 2 or x.shape[1] != self.linear.in_features:
             raise ValueError(f"{name}: expected input of shape (N, {self.linear.in_features}), got {describe(x)}")
@@ -665,7 +673,7 @@ class Maxout(Module):
 
     def backward(self, dout, *, input_grad=True):
         indices = _cached(self, "_indices")
-        dout = np.asarray(dout)
+        dout = native(dout)
         dtype = self.linear.weight.data.dtype
         if dout.shape != indices.shape or dout.dtype != dtype:     # named here, not by the inner Linear
             raise ValueError(f"Maxout({self.extra_repr()}): dout must be a {dtype} array of shape {indices.shape} "
@@ -841,7 +849,7 @@ class Dropout(Module):
         if self._overwrites_input():
             _check_writeable_input(self, x)
             _refuse_overwriting_protected(self, x)
-        x = np.asarray(x)
+        x = native(x)
         if x.dtype.kind != "f":
             raise TypeError(f"{self!r}: input must be floating point, got {describe(x)}")
         if not 0.0 <= self.p <= 1.0:             # (checked again: an attribute a user may set; p = 2 zeroed all)
@@ -872,7 +880,7 @@ class Dropout(Module):
             raise RuntimeError(f"{self!r}: backward called before forward (nothing cached)")
         if not input_grad:
             return None
-        dout = np.asarray(dout)
+        dout = native(dout)
         if self._mask is None:
             return dout
         if dout.shape != self._shape or dout.dtype != self._mask.dtype:
@@ -921,7 +929,7 @@ class Flatten(Module):
         self._out_shape = None
 
     def forward(self, x):
-        x = np.asarray(x)
+        x = native(x)
         start = self.start_dim + x.ndim if self.start_dim < 0 else self.start_dim
         end = self.end_dim + x.ndim if self.end_dim < 0 else self.end_dim
         if not 0 <= start < x.ndim:
@@ -940,7 +948,7 @@ class Flatten(Module):
         shape = _cached(self, "_shape")
         if not input_grad:
             return None
-        dout = np.asarray(dout)
+        dout = native(dout)
         # the output's shape, not only its size: a transposed dout ((D, N) for (N, D)) reshaped silently was a wrong dx
         if dout.shape != self._out_shape:
             raise ValueError(f"{self!r}: dout must have the forward's output shape {self._out_shape} (the input's "

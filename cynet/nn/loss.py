@@ -24,7 +24,7 @@ import numpy as np
 
 from cynet._kernels import load
 from cynet._threading import NS_EXP, kernel_threads
-from cynet._validation import KERNEL_DTYPES, check_probabilities, describe
+from cynet._validation import KERNEL_DTYPES, check_probabilities, describe, native
 from cynet.nn.module import Module
 from cynet.nn.utils import weight_matrices
 
@@ -44,8 +44,9 @@ def _k():
 
 # --- validation ------------------------------------------------------------------------------------------------------
 def _float_scores(owner, name, scores):
-    """``scores`` as a C-contiguous float32/float64 ndarray (copied only when strided); TypeError otherwise."""
-    a = np.asarray(scores)
+    """``scores`` as a C-contiguous float32/float64 ndarray in the machine's byte order (copied only when strided or
+    big-endian); TypeError otherwise."""
+    a = native(scores)
     if a.dtype not in KERNEL_DTYPES:
         raise TypeError(f"{owner}: {name} must be a float32 or float64 array, got {describe(a)}")
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)

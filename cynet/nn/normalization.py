@@ -26,8 +26,8 @@ import numpy as np
 
 from cynet._kernels import load
 from cynet._threading import NS_NORM, NS_NORM_FORWARD, kernel_threads, stream_stores
-from cynet._validation import (KERNEL_DTYPES, apart_from, as_float_array, describe, dtype_remedy, float_dtype, output,
-                               positive_int, same_layout)
+from cynet._validation import (KERNEL_DTYPES, apart_from, as_float_array, describe, dtype_remedy, float_dtype, native,
+                               output, positive_int, same_layout)
 from cynet.nn import _reuse as reuse
 from cynet.nn.conv import Conv2d
 from cynet.nn.layers import Linear
@@ -465,7 +465,7 @@ class _BatchNorm(Module):
         return np.ones(C, x.dtype), np.zeros(C, x.dtype)
 
     def _check_input(self, x):
-        x = np.asarray(x)
+        x = native(x)
         if x.ndim not in self._ranks or x.shape[1] != self.num_features:
             raise ValueError(f"{self!r}: expected input of shape {self._shape_text} with C = {self.num_features}, "
                              f"got {describe(x)}")
@@ -557,7 +557,7 @@ class _BatchNorm(Module):
         if self._cache is None:
             raise RuntimeError(f"{self!r}: backward called before forward (nothing cached)")
         mode, x, mean, inv_std, *rest = self._cache
-        dout = np.asarray(dout)
+        dout = native(dout)
         if dout.shape != x.shape or dout.dtype != x.dtype:
             raise ValueError(f"{self!r}: dout must be a {x.dtype} array of shape {tuple(x.shape)}, got "
                              f"{describe(dout)}")
@@ -699,7 +699,7 @@ class _RowNorm(Module):
                             f"({dtype_remedy(x.dtype)})")
 
     def forward(self, x):
-        x = np.ascontiguousarray(x)
+        x = np.ascontiguousarray(native(x))
         x3, groups = self._view(x)
         self._check_dtype(x)
         gamma, beta = self._affine_arrays(x)
@@ -711,7 +711,7 @@ class _RowNorm(Module):
         if getattr(self, "_cache", None) is None:
             raise RuntimeError(f"{self!r}: backward called before forward (nothing cached)")
         x, x3, groups, mean, inv_std = self._cache
-        dout = np.asarray(dout)
+        dout = native(dout)
         if dout.shape != x.shape or dout.dtype != x.dtype:
             raise ValueError(f"{self!r}: dout must be a {x.dtype} array of shape {tuple(x.shape)}, got "
                              f"{describe(dout)}")
