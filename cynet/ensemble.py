@@ -23,10 +23,10 @@ import numbers
 
 import numpy as np
 
-from cynet._validation import is_count, positive_int, saved_scalar
+from cynet._validation import describe, is_count, positive_int, saved_scalar
 from cynet.nn.module import Module, _evaluation_mode
 from cynet.nn.normalization import recompute_batchnorm_statistics
-from cynet.train import Callback
+from cynet.train import Callback, _check_x
 
 __all__ = ["Ensemble", "EMA", "softmax"]
 
@@ -35,10 +35,13 @@ def softmax(scores):
     """Row-wise softmax of a (N, C) score array, computed stably (the row maximum subtracted first).
 
     Args:
-        scores (array_like): shape (N, C), float.
+        scores (array_like): shape (N, C) with C >= 1, real numbers (integers and bools are taken as float64).
 
     Returns:
         numpy.ndarray: probabilities of the scores' float dtype, rows summing to 1.
+
+    Raises:
+        ValueError: scores not of shape (N, C) with C >= 1. TypeError: complex or non-numeric scores.
 
     Example:
         >>> import numpy as np
@@ -47,6 +50,11 @@ def softmax(scores):
         array([[0.5, 0.5]])
     """
     scores = np.asarray(scores)
+    if scores.ndim != 2 or scores.shape[1] < 1:
+        raise ValueError(f"cynet.ensemble.softmax: scores must have shape (N, C) with C >= 1 classes, got "
+                         f"{describe(scores)}")
+    if scores.dtype.kind not in "biuf":         # complex: astype(float64) dropped the imaginary parts
+        raise TypeError(f"cynet.ensemble.softmax: scores must be real numbers, got {describe(scores)}")
     if scores.dtype.kind != "f":
         scores = scores.astype(np.float64)
     shifted = scores - scores.max(axis=1, keepdims=True)
@@ -132,7 +140,7 @@ class Ensemble:
         models = [checkpoint.load_model(path, build_model()) for path in paths]
         return cls(models, weights=weights, transform=transform)
 
-    def _member_proba(self, model, x, batch_size):
+    def _member_proba(self, index, model, x, batch_size):
         dtype = _model_dtype(model)
         out = None
         with _evaluation_mode(model):     # (shared by concurrent predictions from several Python threads)
@@ -142,7 +150,11 @@ class Ensemble:
                     xb = np.asarray(self.transform(xb))
                 if dtype is not None and xb.dtype != dtype:
                     xb = xb.astype(dtype)
-                p = softmax(np.asarray(model.forward(xb), dtype=np.float64))   # float64 rows that sum to 1
+                scores = np.asarray(model.forward(xb), dtype=np.float64)
+                if scores.ndim != 2:       # (named here, not by softmax; the number of classes is checked after)
+                    raise ValueError(f"Ensemble: member {index} gives scores of shape {scores.shape} for a batch of "
+                                     f"{len(xb)} examples: every member must give (N, C) class scores, C >= 2")
+                p = softmax(scores)   # float64 rows that sum to 1
                 if out is None:
                     out = np.empty((len(x),) + p.shape[1:], dtype=np.float64)
                 out[lo:lo + len(xb)] = p
@@ -152,18 +164,21 @@ class Ensemble:
         """Each member's class probabilities.
 
         Args:
-            x (array_like): inputs. batch_size (int): examples per forward pass. Default 1024.
+            x (array_like): inputs, numeric (as :meth:`cynet.Trainer.predict` takes them: complex, text or object
+                arrays, and NaN or inf values, are refused rather than converted or propagated).
+            batch_size (int): examples per forward pass. Default 1024.
 
         Returns:
             list of numpy.ndarray: one (N, C) float64 array per member.
         """
-        x = np.asarray(x)
-        if x.ndim == 0 or len(x) == 0:
-            raise ValueError(f"Ensemble: x must hold at least one example, got shape {x.shape}")
+        return self._member_probabilities(_check_x("Ensemble", x), batch_size)
+
+    def _member_probabilities(self, x, batch_size):
+        """:meth:`member_proba` of checked inputs."""
         batch_size = positive_int("Ensemble", "batch_size", batch_size)
         probabilities = []
         for index, model in enumerate(self.models):
-            p = self._member_proba(model, x, batch_size)
+            p = self._member_proba(index, model, x, batch_size)
             # a member with another number of classes would broadcast into the mean (one output: rows summing to 2)
             if p.ndim != 2 or p.shape[1] < 2 or (probabilities and p.shape != probabilities[0].shape):
                 first = f"; member 0 gives {probabilities[0].shape[1]}" if probabilities else ""
@@ -182,7 +197,10 @@ class Ensemble:
         Returns:
             numpy.ndarray: (N, C) float64, rows summing to 1.
         """
-        members = self.member_proba(x, batch_size)
+        return self._mean(self.member_proba(x, batch_size))
+
+    def _mean(self, members):
+        """The weighted mean of the members' probabilities."""
         out = np.zeros_like(members[0])
         for weight, p in zip(self.weights, members):
             out += weight * p
@@ -197,15 +215,16 @@ class Ensemble:
         return np.argmax(self.predict_proba(x, batch_size), axis=1).astype(np.int64)
 
     @staticmethod
-    def _labels(x, y):
-        """y as integer class labels, one per row of x (checked before any member runs)."""
+    def _inputs(x, y):
+        """x (checked) and y as integer class labels, one per row of x (checked before any member runs)."""
+        x = _check_x("Ensemble.evaluate", x, "evaluating")
         y = np.asarray(y)
         if y.ndim != 1 or y.dtype.kind not in "iu":
             raise TypeError(f"Ensemble.evaluate: y must be a 1-d array of integer class labels, got {y.dtype} of "
                             f"shape {y.shape}")
         if len(y) != len(x):
             raise ValueError(f"Ensemble.evaluate: x and y lengths differ ({len(x)} and {len(y)})")
-        return y
+        return x, y
 
     @staticmethod
     def _score(proba, y):
@@ -227,8 +246,8 @@ class Ensemble:
         Returns:
             tuple: ``(loss, accuracy)`` as floats.
         """
-        y = self._labels(x, y)
-        return self._score(self.predict_proba(x, batch_size), y)
+        x, y = self._inputs(x, y)
+        return self._score(self._mean(self._member_probabilities(x, batch_size)), y)
 
     def evaluate_members(self, x, y, batch_size=1024):
         """``(loss, accuracy)`` of each member alone (to see the ensemble's gain).
@@ -236,8 +255,8 @@ class Ensemble:
         Returns:
             list of tuple: one ``(loss, accuracy)`` per member.
         """
-        y = self._labels(x, y)
-        return [self._score(p, y) for p in self.member_proba(x, batch_size)]
+        x, y = self._inputs(x, y)
+        return [self._score(p, y) for p in self._member_probabilities(x, batch_size)]
 
     def __repr__(self):
         return f"Ensemble({len(self.models)} models)"

@@ -124,13 +124,15 @@ def _label_error(op, y, error, name="y", offset=0):
                       f"{name})")
 
 
-def _check_x(op, x):
+def _check_x(op, x, before="predicting"):
+    """Inputs to predict from (also :class:`cynet.ensemble.Ensemble`'s): a numeric array of at least one example, every
+    value finite; ValueError / TypeError naming ``op`` otherwise."""
     x = np.asarray(x)
     if x.ndim == 0 or len(x) == 0:
         raise ValueError(f"{op}: x must hold at least one example, got shape {x.shape}")
     if x.dtype.kind not in "biuf":
         raise TypeError(f"{op}: x must be a numeric array, got dtype {x.dtype}")
-    check_finite(op, "x", x, "predicting")     # a NaN row's scores are NaN: arg-max class 0, probabilities NaN
+    check_finite(op, "x", x, before)     # a NaN row's scores are NaN: arg-max class 0, probabilities NaN
     return x
 
 

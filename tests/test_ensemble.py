@@ -460,3 +460,52 @@ def test_a_trainer_is_not_saved_while_the_averaged_weights_are_applied(tmp_path)
             save_trainer(tmp_path / "t.npz", trainer)
     assert not ema.applied and not (tmp_path / "t.npz").exists()
     save_trainer(tmp_path / "t.npz", trainer)
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    (lambda x: x.astype(np.complex128), TypeError, r"Ensemble: x must be a numeric array, got dtype complex128"),
+    (lambda x: x.astype(str), TypeError, r"Ensemble: x must be a numeric array, got dtype <U"),
+    (lambda x: x.astype(object), TypeError, r"Ensemble: x must be a numeric array, got dtype object"),
+    (lambda x: np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x), ValueError,
+     r"Ensemble: x holds 1 NaN/inf value \(first in row 1\)"),
+])
+def test_ensemble_refuses_inputs_that_trainer_predict_refuses(members, bad, error, match):
+    """Complex inputs were cast to float32 with the imaginary parts dropped, text ones parsed, and a NaN row gave NaN
+    probabilities that predict() turned into class 0: the members' own Trainer.predict refuses all of these."""
+    ws, bs, x = members
+    ensemble = Ensemble([linear_with(w, b) for w, b in zip(ws, bs)])
+    for call in (ensemble.predict_proba, ensemble.predict, ensemble.member_proba):
+        with pytest.raises(error, match=match):
+            call(bad(x))
+    with pytest.raises(error, match=match.replace("Ensemble:", "Ensemble.evaluate:")):
+        ensemble.evaluate(bad(x), np.zeros(len(x), int))
+    # the same values as numbers (bool, integers, another float dtype, a list) are taken, as Trainer.predict does
+    np.testing.assert_array_equal(ensemble.predict_proba(x.tolist()), ensemble.predict_proba(x.astype(np.float64)))
+
+
+def test_ensemble_evaluate_of_a_scalar_x_is_a_value_error(members):
+    """It was "TypeError: object of type 'numpy.float32' has no len()"."""
+    ws, bs, _ = members
+    ensemble = Ensemble([linear_with(ws[0], bs[0])])
+    with pytest.raises(ValueError, match=r"Ensemble.evaluate: x must hold at least one example, got shape \(\)"):
+        ensemble.evaluate(np.float32(1), np.array([0]))
+
+
+@pytest.mark.parametrize("scores, error, match", [
+    (np.ones(3), ValueError, r"softmax: scores must have shape \(N, C\) with C >= 1 classes, got float64 array of "
+                             r"shape \(3,\)"),
+    (np.float64(2.0), ValueError, r"softmax: scores must have shape \(N, C\).*shape \(\)"),
+    (np.ones((2, 0)), ValueError, r"softmax: scores must have shape \(N, C\).*shape \(2, 0\)"),
+    (np.ones((2, 3), np.complex128), TypeError, r"softmax: scores must be real numbers, got complex128"),
+])
+def test_softmax_refuses_what_it_cannot_normalise(scores, error, match):
+    """1-d and 0-d scores were numpy's AxisError, zero classes "zero-size array to reduction operation maximum", and
+    complex scores lost their imaginary parts (a ComplexWarning, and probabilities of the real parts)."""
+    with pytest.raises(error, match=match):
+        softmax(scores)
+
+
+def test_softmax_takes_integer_big_endian_and_empty_batches():
+    np.testing.assert_allclose(softmax([[1, 2, 3]]), np_softmax([[1, 2, 3]]), rtol=1e-15)
+    np.testing.assert_array_equal(softmax(np.array([[1.0, 2.0]], ">f8")), softmax(np.array([[1.0, 2.0]])))
+    assert softmax(np.ones((0, 3))).shape == (0, 3)
