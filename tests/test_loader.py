@@ -258,3 +258,15 @@ def test_augmentations_refuse_arguments_of_the_wrong_type_naming_the_class():
         Cutout(4, p="0.5")
     assert RandomCrop([3, 2], padding=1).size == (3, 2) and RandomCrop(np.int64(4)).size == (4, 4)
     assert RandomHorizontalFlip(1).p == 1.0 and Cutout(2, p=np.float32(0.5), value=np.int64(1)).value == 1.0
+
+
+@pytest.mark.parametrize("augment", [RandomCrop(4, padding=1), RandomHorizontalFlip()], ids=repr)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_big_endian_batch_is_augmented_as_the_native_one(augment, dtype):
+    """A '>f4' batch went down NumPy's path and came back '>f4' (a dtype the layers after it compared unequal to
+    float32); now it is the float32 batch it holds, by the kernels, with the native result."""
+    x = np.random.default_rng(0).standard_normal((5, 3, 4, 4)).astype(dtype)
+    want = augment(x, np.random.default_rng(7))
+    got = augment(x.astype(np.dtype(dtype).newbyteorder(">")), np.random.default_rng(7))
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, want)

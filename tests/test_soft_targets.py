@@ -274,3 +274,39 @@ def test_trainer_refuses_mixup_with_a_multiclass_svm_or_as_batch_transform():
 def test_cutout_refuses_a_value_that_overflows_float16_images():
     with pytest.raises(ValueError, match="overflows float16 images"):
         Cutout(2, value=1e5)(np.ones((1, 1, 3, 3), np.float16), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("xb, yb, error, message", [
+    (np.float32(1.0), [0], ValueError, r"Mixup: xb must be a batch, examples first \(N, \.\.\.\), got float32 array "
+                                       r"of shape \(\)"),
+    (np.zeros((1, 4)), np.int64(1), ValueError, r"Mixup: xb and yb must have the same length.*yb of shape \(\)"),
+    (np.zeros((2, 4)), None, ValueError, r"Mixup: xb and yb must have the same length.*yb of shape \(\)"),
+])
+def test_mixup_names_a_batch_without_a_length(xb, yb, error, message):
+    """A 0-d batch or label was "TypeError: len() of unsized object" / "object of type 'numpy.int64' has no len()"."""
+    with pytest.raises(error, match=message):
+        Mixup(0.2, 3)(xb, yb, np.random.default_rng(0))
+
+
+def test_mixup_takes_labels_of_any_integer_type_or_a_list():
+    x = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    y = np.array([0, 2, 1, 1, 0, 2])
+    want = Mixup(0.4, 3)(x, y, np.random.default_rng(3))
+    for labels in (y.astype(np.uint8), y.astype(np.int8), y.astype(np.uint64), y.astype(">i4"), y.tolist()):
+        got = Mixup(0.4, 3)(x, labels, np.random.default_rng(3))
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_cutout_of_bool_images_and_a_clear_error_for_non_numbers():
+    """Bool images were "ValueError: data type <class 'numpy.bool'> not inexact" (np.finfo of a bool), object ones
+    the same; bool images are cut like integer ones (the value must be storable: 0 or 1)."""
+    masks = np.ones((3, 1, 4, 4), bool)
+    out = Cutout(2)(masks, np.random.default_rng(1))
+    numbers = Cutout(2)(masks.astype(np.uint8), np.random.default_rng(1))
+    assert out.dtype == bool
+    np.testing.assert_array_equal(out, numbers.astype(bool))
+    with pytest.raises(ValueError, match=r"Cutout: value 0\.5 cannot be stored in bool images"):
+        Cutout(2, value=0.5)(masks, np.random.default_rng(1))
+    with pytest.raises(TypeError, match=r"Cutout: images must be numbers.*got object array of shape \(3, 1, 4, 4\)"):
+        Cutout(2)(masks.astype(object), np.random.default_rng(1))

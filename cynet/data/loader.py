@@ -23,12 +23,14 @@ import numpy as np
 from cynet._kernels import load
 from cynet._random import resolve_generator
 from cynet._threading import kernel_threads
-from cynet._validation import check_probabilities
+from cynet._validation import check_probabilities, describe, native
 from cynet.data.preprocessing import _output_dtype
 
 
 def _check_images(owner, xb):
-    xb = np.asarray(xb)
+    """A batch of images (N, C, H, W) as an ndarray in the machine's byte order (big-endian data converted: a '>f4'
+    batch comes back float32, by the kernels)."""
+    xb = native(xb)
     if xb.ndim != 4:
         raise ValueError(f"{owner}: expects a batch of images (N, C, H, W), got {xb.dtype} array of shape "
                          f"{tuple(xb.shape)}; reshape flat rows first, e.g. x.reshape(-1, 3, 32, 32)")
@@ -204,7 +206,13 @@ class Cutout:
 
     def __call__(self, xb, generator=None):
         xb = _check_images("Cutout", xb)
-        if xb.dtype.kind in "iu":
+        if xb.dtype.kind not in "biufc":
+            raise TypeError(f"Cutout: images must be numbers (bool, integer, floating point or complex), got "
+                            f"{describe(xb)}")
+        if xb.dtype.kind == "b":
+            if self.value not in (0.0, 1.0):
+                raise ValueError(f"Cutout: value {self.value:g} cannot be stored in bool images (0 or 1)")
+        elif xb.dtype.kind in "iu":
             info = np.iinfo(xb.dtype)
             if self.value != int(self.value) or not info.min <= self.value <= info.max:
                 raise ValueError(f"Cutout: value {self.value:g} cannot be stored in {xb.dtype} images (whole numbers "
@@ -292,8 +300,12 @@ class Mixup:
         xb = np.asarray(xb)
         if xb.dtype.kind != "f":
             raise TypeError(f"Mixup: xb must be a float batch (mix after preprocessing), got {xb.dtype}")
-        if len(yb) != len(xb):
-            raise ValueError(f"Mixup: xb and yb must have the same length, got {len(xb)} and {len(yb)}")
+        if xb.ndim == 0:
+            raise ValueError(f"Mixup: xb must be a batch, examples first (N, ...), got {describe(xb)}")
+        yb = np.asarray(yb)
+        if yb.ndim == 0 or len(yb) != len(xb):
+            raise ValueError(f"Mixup: xb and yb must have the same length (one label or target row per example), got "
+                             f"xb of shape {xb.shape} and yb of shape {yb.shape}")
         targets = self.targets(yb, xb.dtype)
         rng = resolve_generator(generator)
         lam = rng.beta(self.alpha, self.alpha)
