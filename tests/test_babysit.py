@@ -261,6 +261,30 @@ def test_overfit_with_tiny_learning_rate_says_learning_rate_too_low():
         assert check.values["gradient_check_error"] < 1e-4
 
 
+@pytest.mark.parametrize("freeze", ["all", "one by one"])
+def test_a_fully_frozen_model_fails_overfit_and_probe_saying_nothing_is_trainable(freeze):
+    # every parameter requires_grad=False: the loss cannot move at any rate. babysit raised "ValueError: max() arg
+    # is an empty sequence" (the gradient check had no array to name) instead of a report
+    x, y = _data()
+    model = _mlp()
+    if freeze == "all":
+        model.requires_grad_(False)
+    else:
+        for param in model.parameters():
+            param.requires_grad = False
+    before = [p.data.copy() for p in model.parameters()]
+    report = babysit(model, SoftmaxCrossEntropy(), x, y, **FAST)
+    overfit, probe = report["overfit tiny subset"], report["learning-rate probe"]
+    assert report["initial loss"].passed is True
+    assert overfit.passed is False and probe.passed is False and not report.passed
+    assert overfit.explanation.startswith("nothing can learn: every parameter of the model is frozen")
+    assert "requires_grad=False on all 4 parameters, 804 entries" in overfit.explanation   # 20*32 + 32 + 32*4 + 4
+    assert overfit.values["final_loss"] == overfit.values["initial_loss"]
+    assert "frozen" in probe.explanation and "too small" not in probe.explanation
+    assert all(r.verdict == "barely changing" and r.final_loss == r.initial_loss for r in report.probe)
+    assert all(np.array_equal(a, p.data) and not p.requires_grad for a, p in zip(before, model.parameters()))
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_overfit_with_huge_learning_rate_says_exploding_too_high():
     x, y = _data()

@@ -19,6 +19,8 @@ CS231n ("Training Neural Networks I", *babysitting the learning process*) asks f
    of its smoothed targets: losses are then measured from that floor (10 % of the way from the floor to the start).
    A failure is explained by measurement; the first matching rule names the cause:
 
+   - no parameter with ``requires_grad`` (a model without parameters, or every one frozen): nothing can learn,
+     whatever the learning rate or the backward pass (the learning-rate probe's hint says so too);
    - a NaN/inf loss, or one above 3x the first (``EXPLODE_FACTOR``): the learning rate is too high — unless
      :func:`cynet.gradcheck.check_model` (data loss, ``GRADCHECK_ENTRIES`` = 5 entries per parameter, float64, on
      the initial weights) fails, which makes it a wrong backward pass;
@@ -602,6 +604,18 @@ def _loss_floor(loss, num_classes):
     return -(high * math.log(high) + (num_classes - 1) * low * math.log(low))
 
 
+def _nothing_trainable(model):
+    """Why no step can change ``model`` (it has no parameters, or every one is frozen), or None when some parameter
+    has ``requires_grad``: then neither the learning rate nor the backward pass is to blame for a loss that stays."""
+    params = model.parameters()
+    if any(p.requires_grad for p in params):
+        return None
+    if not params:
+        return "the model has no parameters at all"
+    return (f"every parameter of the model is frozen (requires_grad=False on all {len(params)} parameters, "
+            f"{sum(p.size for p in params):,} entries)")
+
+
 def _check_overfit(session, tiny, steps, lr):
     name = "overfit tiny subset"
     session.reset()
@@ -660,7 +674,12 @@ def _check_overfit(session, tiny, steps, lr):
                      f"{n} examples fitted in {reached} steps (lr {lr:g}): loss {first:.3f} -> {last:.3f}"
                      f"{acc_text}{floor_text}; forward, backward and update work together", values)
     exploded = math.isfinite(first) and first > 0 and peak > EXPLODE_FACTOR * first
-    if not math.isfinite(last) or exploded:
+    frozen = _nothing_trainable(session.model)
+    if frozen is not None:
+        # no gradient check to run (it skips frozen parameters and had nothing to compare) and no rate to blame
+        text = (f"nothing can learn: {frozen}, so no step changes the model (loss {first:.3f} -> {last:.3f}"
+                f"{acc_text} after {taken} steps) — set requires_grad=True on the parameters to train")
+    elif not math.isfinite(last) or exploded:
         if not math.isfinite(last):
             what = f"the loss exploded: it became {last} after {taken} steps"
         else:
@@ -766,7 +785,11 @@ def _check_lr_probe(report, session, sample, rates, steps, batch_size, rng):
     if not good:
         hints = []
         backward = session.gradient_check
-        if never_broken:
+        frozen = _nothing_trainable(session.model)
+        if frozen is not None:
+            hints.append(f"{frozen}: no step changes the model, so no learning rate helps — set requires_grad=True "
+                         f"on the parameters to train")
+        elif never_broken:
             layers = [(layer, module) for layer, module in session.symmetric if layer in never_broken]
             hints.append(f"symmetry never broken: the units of {_labels(layers)} are identical (zero/constant init) "
                          f"after every rate that did not explode, so no learning rate helps — initialise with small "
