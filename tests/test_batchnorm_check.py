@@ -288,3 +288,24 @@ def test_statistics_loaded_after_a_recompute_are_weighed_as_theirs():
     assert check_batchnorm(model, x, batch_size=300).layers[0].initial_share == 0.0
     model.load_state_dict(young.state_dict())
     assert check_batchnorm(model, x, batch_size=100).layers[0].initial_share == pytest.approx(0.9 ** 5)
+
+
+def test_equal_accuracies_with_many_differing_predictions_are_not_called_the_same_predictions():
+    # an untrained classifier on stale statistics: eval mode and batch statistics each get about as many labels right
+    # (57.6 % both), yet 22 % of the predicted classes differ. The check passes on the accuracy (its criterion with
+    # labels) but said "the model predicts nearly the same", which its own measured share contradicts
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1000, 20)) * 3 + 2
+    y = (x[:, 0] > 2).astype(np.int64)
+    model = nn.Sequential(nn.Linear(20, 16, generator=0), nn.BatchNorm1d(16), nn.ReLU(),
+                          nn.Linear(16, 2, generator=1)).double()
+    report = check_batchnorm(model, x, y)
+    check = report["eval vs batch statistics"]
+    eval_predictions = np.argmax(model.eval()(x), axis=1)
+    assert report.accuracy["eval"] == pytest.approx(np.mean(eval_predictions == y))
+    assert abs(report.accuracy["eval"] - report.accuracy["batch statistics"]) <= 0.01
+    share = report.disagreement["batch statistics"]
+    assert share > 0.05
+    assert check.passed is True
+    assert "predicts nearly the same" not in check.explanation
+    assert f"{share:.1%} of the predictions differ" in check.explanation

@@ -292,6 +292,14 @@ def _modes_check(disagreement, difference, accuracy, batch_size):
         measured = f"{share:.1%} of predictions differ"
         passed = share <= DISAGREEMENT_TOLERANCE
         expected = f"<= {DISAGREEMENT_TOLERANCE:.0%} of predictions"
+    if passed and accuracy is not None and share is not None and share > DISAGREEMENT_TOLERANCE:
+        # the accuracies agree (the criterion with labels) but the predictions do not: "predicts nearly the same"
+        # would contradict the measured share (an untrained or near-chance model gets as many right either way)
+        return Check("eval vs batch statistics", True, measured, expected,
+                     f"the accuracy is the same within {100 * ACCURACY_GAP_TOLERANCE:g} point whether its batch norms "
+                     f"use the running averages (eval) or the statistics of each batch of {batch_size}, but "
+                     f"{share:.1%} of the predictions differ (more than {DISAGREEMENT_TOLERANCE:.0%}): the two modes "
+                     f"get as many samples right, not the same ones", {"disagreement": share})
     if passed:
         return Check("eval vs batch statistics", True, measured, expected,
                      "the model predicts nearly the same whether its batch norms use the running averages (eval) "
