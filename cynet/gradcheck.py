@@ -34,10 +34,12 @@ subtracts. The check evaluates :math:`f_\pm = L(w \pm h e_i)` at every sampled e
 
 Each entry is then one of:
 
-- **agreeing** (error 0, verified): :math:`|a_i - n_i| \le \text{floor}_i` with one of them above the floor, or
-  both exactly 0 (the loss did not move by a bit, and the backward says so). A gradient of :math:`3 \cdot 10^{-8}`
-  (an L2 penalty's on a weight near 0) read through losses near 1 differs from its centred difference by rounding
-  alone, a relative error of :math:`10^{-6}`.
+- **agreeing** (verified, counted as error 0): :math:`|a_i - n_i| \le \text{floor}_i` with one of them above the
+  floor, or both exactly 0 (the loss did not move by a bit, and the backward says so). A gradient of
+  :math:`3 \cdot 10^{-8}` (an L2 penalty's on a weight near 0) read through losses near 1 differs from its centred
+  difference by rounding alone, a relative error of :math:`10^{-6}`. The verdict counts such an entry as 0; the
+  printed report still shows the relative error measured (:attr:`ArrayCheck.max_measured_error`, typically
+  :math:`10^{-11}`-:math:`10^{-8}` for a right gradient), and says so where counting it as 0 changes the band.
 - **below the rounding noise** (error 0, *not* verified): otherwise, when :math:`\max(|a_i|, |n_i|) \le
   \delta_i`. Neither value says more than "about 0": a gradient that is exactly 0 in exact arithmetic (that bias's,
   whose numerical gradient is the forward's rounding noise) or one made tiny by a tiny input. The report counts
@@ -140,6 +142,9 @@ UNRESOLVED_KINKS = "unresolved: every sampled entry crossed a kink"
 #: The verdict of a check that sampled no entry at all (every parameter frozen and ``check_input=False``).
 NOTHING_CHECKED = ("nothing checked: no learnable parameter (frozen ones are skipped) and no input (check_input=False) "
                    "to sample")
+#: Appended to an array's band in the printed table when its measured error lies in a worse band than the error
+#: counted (entries agreeing within the loss's rounding floor count as 0; see the module doc).
+WITHIN_ROUNDING = " (agrees within the loss's rounding)"
 
 
 def rel_error(a, n):
@@ -196,11 +201,15 @@ class ArrayCheck:
         section (str): ``"data loss"``, ``"regularisation"``, ``"module"`` or ``"loss"``.
         shape (tuple): the array's shape.
         indices (list[tuple]): the checked entries (multi-indices), kink-crossed ones included.
-        analytic, numeric, errors (ndarray): per checked entry.
+        analytic, numeric (ndarray): per checked entry.
+        errors (ndarray): per checked entry, the relative error the verdict counts (0 for entries agreeing within
+            the loss's rounding floor and for those below the rounding noise; see the module doc).
         kink (ndarray of bool): the entries whose perturbation crossed a kink (left out of :attr:`max_error`).
         below_noise (ndarray of bool): the entries whose analytic and numerical values are both below the rounding
             noise (error 0, not verified; see the module doc). Default: none.
         noise (ndarray): each entry's rounding-noise level :math:`\delta_i`. Default: zeros.
+        measured (ndarray): per checked entry, the relative error :math:`|a_i - n_i| / \max(|a_i|, |n_i|)` as
+            measured, before the rounding rules set any to 0 (what the printed report shows). Default: ``errors``.
     """
 
     name: str
@@ -213,8 +222,11 @@ class ArrayCheck:
     kink: np.ndarray = None
     below_noise: np.ndarray = None
     noise: np.ndarray = None
+    measured: np.ndarray = None
 
     def __post_init__(self):
+        if self.measured is None:
+            self.measured = self.errors
         if self.below_noise is None:
             self.below_noise = np.zeros(len(self.indices), dtype=bool)
         if self.noise is None:
@@ -254,13 +266,23 @@ class ArrayCheck:
             return "below the rounding noise or kink-crossed"
         return "below the rounding noise" if self.num_below_noise else "every entry kink-crossed"
 
-    @property
-    def max_error(self):
-        """Largest relative error over the counted entries (NaN counts as inf; 0 when none counts)."""
-        counted = self.errors[self._verified]
+    def _largest(self, errors):
+        counted = errors[self._verified]
         if counted.size == 0:
             return 0.0
         return float(np.max(np.where(np.isnan(counted), np.inf, counted)))
+
+    @property
+    def max_error(self):
+        """Largest relative error over the counted entries (NaN counts as inf; 0 when none counts): what the
+        verdict reads, entries agreeing within the rounding floor counted as 0."""
+        return self._largest(self.errors)
+
+    @property
+    def max_measured_error(self):
+        """Largest relative error as measured over the same entries (agreeing ones with their own value): the
+        number the printed report shows."""
+        return self._largest(self.measured)
 
     @property
     def worst(self):
@@ -304,6 +326,12 @@ class GradcheckReport:
     def max_error(self):
         """Largest relative error over every counted entry of every array."""
         return max((a.max_error for a in self.arrays), default=0.0)
+
+    @property
+    def max_measured_error(self):
+        """Largest measured relative error over every counted entry of every array (see
+        :attr:`ArrayCheck.max_measured_error`)."""
+        return max((a.max_measured_error for a in self.arrays), default=0.0)
 
     @property
     def num_kinks(self):
@@ -394,9 +422,12 @@ class GradcheckReport:
             head += "; " + "; ".join(self.notes)
         rows = [("section", "array", "shape", "checked", "kinks", "below noise", "max rel error", "verdict")]
         for a in self.arrays:
+            band = verdict(a.max_error)
+            if verdict(a.max_measured_error) != band:
+                band += WITHIN_ROUNDING
             rows.append((a.section, a.name, str(a.shape), str(a.num_checked), str(a.num_kinks),
-                         str(a.num_below_noise), f"{a.max_error:.2e}",
-                         f"unresolved ({a.unresolved_reason})" if a.unresolved else verdict(a.max_error)))
+                         str(a.num_below_noise), f"{a.max_measured_error:.2e}",
+                         f"unresolved ({a.unresolved_reason})" if a.unresolved else band))
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
         lines = [head]
         for r in rows:
@@ -431,7 +462,11 @@ class GradcheckReport:
         kinks = f", {self.num_kinks} kink-crossed entries skipped" if self.num_kinks else ""
         unresolved = (f"; unresolved: {', '.join(self.unresolved_arrays)}" if self.unresolved_arrays
                       and not self.unresolved else "")
-        lines.append(f"overall: max rel error {self.max_error:.2e} -> {self.verdict}; {status} "
+        rounding = ""
+        if verdict(self.max_measured_error) != verdict(self.max_error) and not self.unresolved:
+            rounding = (f" (entries agreeing within the loss's rounding counted as 0: max counted "
+                        f"{self.max_error:.2e})")
+        lines.append(f"overall: max rel error {self.max_measured_error:.2e}{rounding} -> {self.verdict}; {status} "
                      f"(threshold {self.threshold:g}{', kinks present' if self.kinks_present else ''}){kinks}"
                      f"{unresolved}")
         return "\n".join(lines)
@@ -578,7 +613,8 @@ def _check_array(name, section, array, analytic, loss, f0, scale, kink_modules, 
     floor = NOISE_FACTOR * size
     pooled = float(np.max(second[~kink], initial=0.0))
     noise = np.maximum(floor, np.minimum(SECOND_DIFFERENCE_FACTOR * pooled, MAX_NOISE_FACTOR * size))
-    errors = rel_error(an, nu)
+    measured = rel_error(an, nu)
+    errors = measured.copy()
     # equal to within the rounding of the loss, with one of them above it: verified (the second difference is not
     # used here: on a curved entry it is h^2 L'', which would excuse relative errors of about 1e-5)
     agree = (np.abs(an - nu) <= floor) & (np.maximum(np.abs(an), np.abs(nu)) > floor)
@@ -587,7 +623,7 @@ def _check_array(name, section, array, analytic, loss, f0, scale, kink_modules, 
     below = (np.maximum(np.abs(an), np.abs(nu)) <= noise) & ((an != 0) | (nu != 0)) & ~agree & ~kink
     errors[below | agree] = 0.0
     return ArrayCheck(name=name, section=section, shape=tuple(array.shape), indices=indices, analytic=an, numeric=nu,
-                      errors=errors, kink=kink, below_noise=below, noise=noise)
+                      errors=errors, kink=kink, below_noise=below, noise=noise, measured=measured)
 
 
 def _parameters(model, notes):

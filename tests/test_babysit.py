@@ -334,6 +334,9 @@ def test_too_little_capacity_stalls():
     assert check.values["accuracy"] < 1.0
     assert "stalls" in check.explanation and "capacity" in check.explanation
     assert "the gradient checks out" in check.explanation and check.values["gradient_check_error"] < 1e-6
+    # the relative error measured (a right gradient's is 1e-11 .. 1e-7), not the 0 the verdict counts it as
+    error = check.values["gradient_check_error"]
+    assert error > 0 and f"max relative error {error:.1g})" in check.explanation
 
 
 def test_tiny_subset_is_overfitted_to_100_percent():

@@ -470,6 +470,33 @@ def test_a_tiny_gradient_equal_to_within_the_rounding_noise_agrees():
     report = check_model(_near_zero_weight_model(), SoftmaxCrossEntropy(), x, y, regularization=L2Penalty(1e-2),
                          num_checks=100)
     assert report.passed, str(report)
+    # counted as 0, but the table shows the error measured and says why its band is not the verdict's
+    weight = next(a for a in report.arrays if a.section == "regularisation" and a.name == "0.weight")
+    assert weight.max_error == 0 and 1e-7 < weight.max_measured_error < 1e-4
+    row = next(line for line in str(report).splitlines() if line.startswith("regularisation  0.weight"))
+    assert f"{weight.max_measured_error:.2e}" in row and row.endswith("good (agrees within the loss's rounding)")
+    assert "counted as 0: max counted 0.00e+00) -> good; PASSED" in str(report).splitlines()[-1]
+
+
+def test_the_report_shows_the_relative_errors_measured_not_zeros():
+    # every entry of a right gradient agrees within the loss's rounding floor and counts as 0 in the verdict; the
+    # table printed "0.00e+00" for every array, a number no centred difference gives (the notes' 1e-7 .. 1e-11)
+    from cynet.nn.loss import SoftmaxCrossEntropy
+
+    rng = np.random.default_rng(0)
+    model = nn.Sequential(nn.Linear(20, 16, dtype=np.float64, generator=1), nn.Tanh(),
+                          nn.Linear(16, 4, dtype=np.float64, generator=2))
+    x, y = rng.standard_normal((8, 20)), rng.integers(0, 4, 8)
+    report = check_model(model, SoftmaxCrossEntropy(), x, y)
+    assert report.passed and report.verdict == "good" and report.max_error == 0
+    lines = str(report).splitlines()
+    for a in report.arrays:
+        an, nu = a.analytic, a.numeric
+        measured = np.max(np.abs(an - nu) / np.maximum(np.abs(an), np.abs(nu)))       # the notes' formula
+        assert 0 < measured < 1e-7 and a.max_measured_error == measured
+        row = next(line for line in lines if line.split()[:3] == ["data", "loss", a.name])
+        assert row.split()[-2:] == [f"{measured:.2e}", "good"]
+    assert lines[-1].startswith(f"overall: max rel error {report.max_measured_error:.2e} -> good; PASSED")
 
 
 def test_a_penalty_with_a_module_style_kink_state_still_works():

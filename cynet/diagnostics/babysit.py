@@ -550,7 +550,7 @@ def _gradient_check(session, tiny, values):
     except Exception:           # the check is a diagnosis aid: it must not turn a report into a crash
         return None
     session.gradient_check = report
-    values["gradient_check_error"] = report.max_error
+    values["gradient_check_error"] = report.max_measured_error     # as measured (the report's table), not 0
     return report
 
 
@@ -584,7 +584,7 @@ def _explain_not_decreasing(session, tiny, first, last, taken, lr, values):
                 f"rate is far too small")
     if not report.passed:
         return _backward_is_wrong(report, head)
-    checked = f"the gradient checks out (max relative error {report.max_error:.1g})"
+    checked = f"the gradient checks out (max relative error {report.max_measured_error:.1g})"
     if math.isfinite(per_step) and per_step < LOW_UPDATE_RATIO:
         return (f"the loss barely moved ({first:.3f} -> {last:.3f} in {taken} steps): learning rate too low — "
                 f"lr {lr:g} changed the weights by {movement:.2g} of their norm in all ({per_step:.2g} per step, "
@@ -691,7 +691,7 @@ def _check_overfit(session, tiny, steps, lr):
         else:
             text = f"{what}: the learning rate {lr:g} is too high (or the weights are far too large)"
             if report is not None:
-                text += f"; the gradient checks out (max relative error {report.max_error:.1g})"
+                text += f"; the gradient checks out (max relative error {report.max_measured_error:.1g})"
     elif symmetric:
         text = (f"symmetry never broken: the units of {_labels(symmetric)} are identical (zero/constant init) and "
                 f"still are after {taken} steps (loss {first:.3f} -> {last:.3f}{acc_text}): they compute the same "
@@ -719,7 +719,7 @@ def _check_overfit(session, tiny, steps, lr):
             text = (f"{head}: too little capacity for {n} examples, or a learning rate that is too low/high; try "
                     f"more steps or another rate")
             if report is not None:
-                text += f" (the gradient checks out: max relative error {report.max_error:.1g})"
+                text += f" (the gradient checks out: max relative error {report.max_measured_error:.1g})"
     if session.symmetric and not symmetric and not held_long:
         text += (f" (note: {_labels(session.symmetric)} started with identical units, a zero/constant init; the run "
                  f"broke that symmetry, but small random weights give training a better start)")
