@@ -62,7 +62,7 @@ import numpy as np
 
 from cynet import checkpoint as _checkpoint
 from cynet._threading import copyto
-from cynet._validation import check_finite, is_count, saved_scalar
+from cynet._validation import check_finite, is_count, refuse_masked, saved_scalar
 from cynet.data.loader import Compose, Cutout, Mixup, RandomCrop, RandomHorizontalFlip
 from cynet.nn.loss import LabelError, MulticlassSVM
 from cynet.nn.module import Module, _evaluation_mode
@@ -95,6 +95,8 @@ def _positive_finite(op, name, value, allowed="a positive finite number"):
 
 
 def _check_data(op, x, y):
+    refuse_masked(op, "x", x)          # np.asarray would train on the values under the mask without a word
+    refuse_masked(op, "y", y)
     x = np.asarray(x)
     y = np.asarray(y)
     if x.ndim == 0 or y.ndim == 0:
@@ -126,7 +128,8 @@ def _label_error(op, y, error, name="y", offset=0):
 
 def _check_x(op, x, before="predicting"):
     """Inputs to predict from (also :class:`cynet.ensemble.Ensemble`'s): a numeric array of at least one example, every
-    value finite; ValueError / TypeError naming ``op`` otherwise."""
+    value finite; ValueError / TypeError naming ``op`` otherwise (a masked array too: its mask would be ignored)."""
+    refuse_masked(op, "x", x)
     x = np.asarray(x)
     if x.ndim == 0 or len(x) == 0:
         raise ValueError(f"{op}: x must hold at least one example, got shape {x.shape}")

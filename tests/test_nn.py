@@ -1403,3 +1403,24 @@ def test_an_activation_still_refuses_a_masked_input_or_dout():
     layer(np.ones((2, 3), np.float32))
     with pytest.raises(TypeError, match=r"ReLU\(\): dout is a masked array"):
         layer.backward(x)
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Linear(3, 2), lambda: nn.BatchNorm1d(3), lambda: nn.Dropout(0.5),
+                                  lambda: nn.LayerNorm(3), lambda: nn.Flatten(),
+                                  lambda: nn.Sequential(nn.Linear(3, 2), nn.ReLU())],
+                         ids=["Linear", "BatchNorm1d", "Dropout", "LayerNorm", "Flatten", "Sequential"])
+def test_every_layer_refuses_a_masked_input_it_would_read_without_its_mask(make):
+    # only the activations refused one: Linear(3, 2) gave the product of the values under the mask, silently
+    x = np.ma.array(np.arange(6, dtype=np.float32).reshape(2, 3), mask=[[False, True, False], [False] * 3])
+    layer = make()
+    with pytest.raises(TypeError, match=r"input is a masked array; the mask would be ignored"):
+        layer(x)
+    layer(x.filled(0.0))                                  # what the message says to pass instead works
+
+
+def test_a_loss_refuses_masked_scores_or_targets():
+    scores = np.ma.array(np.zeros((2, 3), np.float32), mask=[[False, True, False], [False] * 3])
+    with pytest.raises(TypeError, match=r"SoftmaxCrossEntropy\(\): input is a masked array"):
+        nn.SoftmaxCrossEntropy()(scores, np.array([0, 1]))
+    with pytest.raises(TypeError, match=r"SoftmaxCrossEntropy\(\): input is a masked array"):
+        nn.SoftmaxCrossEntropy()(scores.data, np.ma.array([0, 1], mask=[True, False]))

@@ -1281,3 +1281,22 @@ def test_model_checkpoint_into_a_missing_directory_fails_before_training(tmp_pat
     assert trainer.iteration == 0 and all(np.array_equal(p.data, b) for p, b in zip(model.parameters(), before))
     with pytest.raises(TypeError, match="ModelCheckpoint: path must be a str or os.PathLike"):
         ModelCheckpoint(None)
+
+
+def test_fit_predict_and_evaluate_refuse_masked_data():
+    # np.asarray dropped the mask: a masked x trained on (and predicted from) the values under the mask, silently
+    rng = np.random.default_rng(0)
+    x = np.ma.array(rng.standard_normal((8, 3)).astype(np.float32), mask=np.zeros((8, 3), bool))
+    x.mask[0, 1] = True
+    y = np.zeros(8, np.int64)
+    model = nn.Sequential(nn.Linear(3, 2, generator=0))
+    trainer = Trainer(model, nn.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False)
+    before = model.state_dict()
+    for call, name in [(lambda: trainer.fit(x, y, epochs=1, batch_size=4), "Trainer.fit: x"),
+                       (lambda: trainer.fit(x.data, np.ma.array(y, mask=y == 0), epochs=1), "Trainer.fit: y"),
+                       (lambda: trainer.predict(x), "Trainer.predict: x"),
+                       (lambda: trainer.evaluate(x, y), "Trainer.evaluate: x")]:
+        with pytest.raises(TypeError, match=f"{name} is a masked array; the mask would be ignored"):
+            call()
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])

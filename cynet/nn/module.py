@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from cynet._validation import describe
+from cynet._validation import describe, refuse_masked
 
 
 NO_NONE_GRAD = ("a gradient is a buffer of the parameter's shape, never None; zero_grad() resets it. In PyTorch a "
@@ -808,6 +808,9 @@ class Module:
             f"README's 'Your own module'")
 
     def __call__(self, *args, **kwargs):
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, np.ma.MaskedArray):           # np.asarray would drop the mask without a word
+                refuse_masked(repr(self) if not self._modules else type(self).__name__, "input", value)
         return self.forward(*args, **kwargs)
 
     # --- printing ----------------------------------------------------------------------------------------------------
