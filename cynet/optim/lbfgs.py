@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from cynet.optim.optimizers import Optimizer
+from cynet.optim.optimizers import Optimizer, _unwrap
 
 __all__ = ["LBFGS", "loss_closure"]
 
@@ -216,6 +216,11 @@ class LBFGS(Optimizer):
         raise ValueError("LBFGS: parameter groups are not supported (one set of settings for all parameters)")
 
     def _check_setting(self, name, value):
+        # a state read back from np.savez/np.load holds every setting as a 0-d array (max_iter array(20),
+        # line_search_fn array('strong_wolfe')): taken as its Python value, as the other optimisers take theirs
+        value = _unwrap(value)
+        if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind == "U":
+            value = str(value)
         if name == "line_search_fn":
             self._check(value in _LINE_SEARCHES, f"line_search_fn must be None or 'strong_wolfe', got {value!r}")
             return value
