@@ -215,23 +215,25 @@ def test_a_converged_problem_returns_at_once_and_a_frozen_parameter_stays():
     np.testing.assert_array_equal(param.data, np.ones(3))
 
 
-def _interrupted_equals_straight(save_and_load):
+def _interrupted_equals_straight(save_and_load, line_search_fn="strong_wolfe"):
     x, y = _data()
     straight = _model()
-    opt = LBFGS(straight.parameters(), history_size=3, max_iter=4, line_search_fn="strong_wolfe")
+    opt = LBFGS(straight.parameters(), history_size=3, max_iter=4, line_search_fn=line_search_fn)
     closure = loss_closure(straight, nn.SoftmaxCrossEntropy(), x, y)
     for _ in range(4):
         opt.step(closure)
 
     first = _model()
-    first_opt = LBFGS(first.parameters(), history_size=3, max_iter=4, line_search_fn="strong_wolfe")
+    first_opt = LBFGS(first.parameters(), history_size=3, max_iter=4, line_search_fn=line_search_fn)
     first_closure = loss_closure(first, nn.SoftmaxCrossEntropy(), x, y)
     for _ in range(2):
         first_opt.step(first_closure)
     resumed = _model(seed=5)
     resumed.load_state_dict(first.state_dict())
-    resumed_opt = LBFGS(resumed.parameters(), lr=0.3, history_size=3)
+    resumed_opt = LBFGS(resumed.parameters(), lr=0.3, history_size=3,
+                        line_search_fn="strong_wolfe" if line_search_fn is None else None)
     save_and_load(first_opt, resumed_opt)
+    assert resumed_opt.param_groups[0]["line_search_fn"] == line_search_fn
     assert resumed_opt.max_iter == 4 and resumed_opt.lr == 1.0
     resumed_closure = loss_closure(resumed, nn.SoftmaxCrossEntropy(), x, y)
     for _ in range(2):
@@ -245,7 +247,8 @@ def test_state_dict_resumes_exactly():
     _interrupted_equals_straight(lambda source, target: target.load_state_dict(source.state_dict()))
 
 
-def test_a_state_dict_read_back_from_npz_resumes_exactly():
+@pytest.mark.parametrize("line_search_fn", ["strong_wolfe", None])
+def test_a_state_dict_read_back_from_npz_resumes_exactly(line_search_fn):
     """np.savez/np.load hands every setting back as a 0-d array: LBFGS refused them ("max_iter must be an int >= 1,
     got array(4)"), where the other optimisers and the schedules take them; now they load as their Python values."""
     def through_npz(source, target):
@@ -256,9 +259,10 @@ def test_a_state_dict_read_back_from_npz_resumes_exactly():
             target.load_state_dict(dict(saved))
         group = target.param_groups[0]
         assert type(group["max_iter"]) is int and type(group["history_size"]) is int
-        assert type(group["line_search_fn"]) is str and group["line_search_fn"] == "strong_wolfe"
+        # None (the default) was saved as an object array that np.load(allow_pickle=False) refused
+        assert group["line_search_fn"] == line_search_fn and type(group["line_search_fn"]) is type(line_search_fn)
 
-    _interrupted_equals_straight(through_npz)
+    _interrupted_equals_straight(through_npz, line_search_fn)
 
 
 def test_state_dict_is_flat_and_checked():
@@ -270,7 +274,7 @@ def test_state_dict_is_flat_and_checked():
     state = opt.state_dict()
     n = sum(p.data.size for p in model.parameters())
     assert state["lbfgs.old_dirs"].shape == (2, n) and state["lbfgs.ro"].shape == (2,)
-    assert state["line_search_fn"] is None and state["max_eval"] == 6
+    assert state["line_search_fn"] == "none" and state["max_eval"] == 6        # None, saved without pickle
     other = LBFGS(_model().parameters(), history_size=2)
     with pytest.raises(ValueError, match=r"lbfgs.d must have shape \(92,\)"):
         other.load_state_dict({**state, "lbfgs.d": np.zeros(3)})

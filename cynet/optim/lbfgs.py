@@ -16,6 +16,8 @@ from cynet.optim.optimizers import Optimizer, _unwrap
 __all__ = ["LBFGS", "loss_closure"]
 
 _LINE_SEARCHES = (None, "strong_wolfe")
+# line_search_fn None as state_dict() writes it: a string np.savez stores without pickle
+SAVED_NO_LINE_SEARCH = "none"
 _SCALARS = ("n_iter", "func_evals", "t", "H_diag", "prev_loss")       # the memory's scalars (t and after: optional)
 _VECTORS = ("d", "prev_flat_grad")                                     # the memory's flat vectors (optional)
 _HISTORY = ("old_dirs", "old_stps", "ro")                              # (k, n), (k, n), (k,): the curvature pairs
@@ -222,6 +224,7 @@ class LBFGS(Optimizer):
         if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind == "U":
             value = str(value)
         if name == "line_search_fn":
+            value = None if value == SAVED_NO_LINE_SEARCH else value        # as state_dict writes None
             self._check(value in _LINE_SEARCHES, f"line_search_fn must be None or 'strong_wolfe', got {value!r}")
             return value
         if name in ("max_iter", "max_eval", "history_size"):
@@ -400,8 +403,12 @@ class LBFGS(Optimizer):
         """:meth:`Optimizer.state_dict`'s keys and the memory: ``lbfgs.n_iter``, ``lbfgs.func_evals``, and after the
         first iteration ``lbfgs.t``, ``lbfgs.H_diag``, ``lbfgs.prev_loss``, ``lbfgs.d``, ``lbfgs.prev_flat_grad`` and
         the curvature pairs ``lbfgs.old_dirs`` / ``lbfgs.old_stps`` (k, n) and ``lbfgs.ro`` (k,): the last
-        k <= ``history_size`` of them (after the setting was lowered, those the next iteration keeps)."""
+        k <= ``history_size`` of them (after the setting was lowered, those the next iteration keeps).
+        ``line_search_fn`` None is saved as the string ``"none"`` (np.savez would write None as an object array,
+        which ``np.load(allow_pickle=False)`` refuses); loading takes either."""
         out = super().state_dict()
+        if out["line_search_fn"] is None:
+            out["line_search_fn"] = SAVED_NO_LINE_SEARCH
         memory = self._memory
         for key in _SCALARS:
             if key in memory:
