@@ -678,7 +678,8 @@ class ReduceLROnPlateau(_Scheduler):
 
     After each epoch call ``step(metric)`` (e.g. the validation loss). The metric improves when it beats the best so
     far by the threshold: ``metric < best * (1 - threshold)`` in ``"min"`` mode with ``threshold_mode="rel"``
-    (``metric < best - threshold`` with ``"abs"``; the reverse inequalities in ``"max"`` mode). After more than
+    (``metric < best - threshold`` with ``"abs"``); in ``"max"`` mode ``metric > best * (1 + threshold)`` (``"rel"``)
+    or ``metric > best + threshold`` (``"abs"``), as in PyTorch. After more than
     ``patience`` epochs without improvement the rate becomes ``max(lr * factor, min_lr)`` (changes smaller than
     ``eps`` are ignored), then ``cooldown`` epochs pass before bad epochs count again. A NaN metric never improves.
 

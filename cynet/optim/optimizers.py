@@ -749,7 +749,8 @@ class SGD(Optimizer):
             Nesterov momentum (needs momentum > 0 and dampening 0, also when settings change later:
             to drop the momentum of a Nesterov optimiser, set ``nesterov = False`` first). Default False.
         weight_decay (float): L2 penalty :math:`\lambda` >= 0 added to the gradient. Default 0.
-        dampening (float): :math:`\tau`, scales the gradient's share of the velocity. Default 0.
+        dampening (float): :math:`\tau`, scales the gradient's share of the velocity by :math:`1 - \tau`; any
+            real number, as in PyTorch (a negative one enlarges the share). Default 0.
 
     State per parameter: ``momentum_buffer`` (with momentum only).
 
