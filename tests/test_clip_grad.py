@@ -131,3 +131,21 @@ def test_a_nan_gradient_in_any_parameter_makes_the_norm_nan(norm_type, where):
         clip_grad_norm_(params, 1.0, norm_type=norm_type, error_if_nonfinite=True)
     assert math.isnan(clip_grad_norm_(params, 1.0, norm_type=norm_type))
     assert all(np.all(np.isnan(p.grad)) for p in params)            # scaled by a NaN factor, as in PyTorch
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 3.0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_finite_norm_whose_powers_overflow_still_clips(norm_type, dtype):
+    # float32 squares overflow from |g| ~ 1.8e19 on (float64 ones from ~1.3e154): the "norm" came out inf and the
+    # coefficient max_norm / inf = 0 zeroed every gradient, where the norm is finite and the clip a plain rescale
+    big = 3e19 if dtype == np.float32 else 3e200
+    p, q = nn.Parameter(np.zeros(1, dtype)), nn.Parameter(np.zeros(1, dtype))
+    p.grad, q.grad = [3 * big], [4 * big]
+    want_norm = (3.0 ** norm_type + 4.0 ** norm_type) ** (1 / norm_type) * big       # by hand
+    total = clip_grad_norm_([p, q], max_norm=1.0, norm_type=norm_type, error_if_nonfinite=True)
+    assert total == pytest.approx(want_norm, rel=1e-6)
+    np.testing.assert_allclose([p.grad[0], q.grad[0]], np.array([3, 4]) * big / want_norm, rtol=1e-6)
+    # an infinite entry still makes the norm infinite (and raises when asked to)
+    q.grad = [np.inf]
+    with pytest.raises(RuntimeError, match="is inf"):
+        clip_grad_norm_([p, q], max_norm=1.0, norm_type=norm_type, error_if_nonfinite=True)

@@ -78,10 +78,16 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         # np.max, not Python's max: a NaN compares False, so max() kept it only when it came first (a NaN in any
         # other parameter's gradient gave a finite norm, no error_if_nonfinite, and the NaN left in place)
         total = float(np.max([float(np.max(np.abs(g))) if g.size else 0.0 for g in grads]))
-    elif norm_type == 2.0:
-        total = math.sqrt(sum(float(np.dot(g.reshape(-1), g.reshape(-1))) for g in grads))
     else:
-        total = sum(float(np.sum(np.abs(g, dtype=np.float64) ** norm_type)) for g in grads) ** (1.0 / norm_type)
+        with np.errstate(over="ignore"):                # an overflow is taken up below
+            if norm_type == 2.0:
+                total = math.sqrt(sum(float(np.dot(g.reshape(-1), g.reshape(-1))) for g in grads))
+            else:
+                total = sum(float(np.sum(np.abs(g, dtype=np.float64) ** norm_type)) for g in grads) ** (1 / norm_type)
+    if total == math.inf and norm_type != math.inf:
+        # the sum of powers overflowed (float32 squares from |g| ~ 1.8e19 on), not necessarily the norm: an
+        # infinite "norm" of finite gradients would scale them all to 0
+        total = _scaled_norm(grads, norm_type)
     if not math.isfinite(total):
         if error_if_nonfinite:
             raise RuntimeError(f"{fn}: the total norm of order {norm_type:g} of the gradients is {total}, so they "
@@ -93,6 +99,16 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         for g in grads:
             np.multiply(g, g.dtype.type(coefficient), out=g)
     return total
+
+
+def _scaled_norm(grads, norm_type):
+    """The q-norm of all ``grads`` together computed as m (sum |g / m|^q)^(1/q) in float64, m the largest |entry|:
+    no overflow for any finite gradients (inf or NaN when an entry is)."""
+    largest = float(np.max([float(np.max(np.abs(g))) if g.size else 0.0 for g in grads]))
+    if not math.isfinite(largest) or largest == 0.0:
+        return largest
+    powers = sum(float(np.sum((np.abs(g, dtype=np.float64) / largest) ** norm_type)) for g in grads)
+    return largest * powers ** (1.0 / norm_type)
 
 
 def clip_grad_value_(parameters, clip_value):
