@@ -1424,3 +1424,19 @@ def test_a_loss_refuses_masked_scores_or_targets():
         nn.SoftmaxCrossEntropy()(scores, np.array([0, 1]))
     with pytest.raises(TypeError, match=r"SoftmaxCrossEntropy\(\): input is a masked array"):
         nn.SoftmaxCrossEntropy()(scores.data, np.ma.array([0, 1], mask=[True, False]))
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Dropout(0.5).eval(), lambda: nn.Dropout(0.0),
+                                  lambda: nn.Dropout(0.5), lambda: nn.StochasticDepth(0.5).eval()],
+                         ids=["eval", "p=0", "train", "StochasticDepth-eval"])
+def test_dropout_checks_dout_in_every_mode(make):
+    # in eval mode and with p = 0 the backward passed any dout on: a (2, 5) dout for a (4, 3) input came back as dx
+    layer = make()
+    layer(np.ones((4, 3), np.float32))
+    with pytest.raises(ValueError, match=r"dout must be a float32 array of shape \(4, 3\).*got float32 array of "
+                                         r"shape \(2, 5\)"):
+        layer.backward(np.ones((2, 5), np.float32))
+    with pytest.raises(ValueError, match=r"dout must be a float32 array of shape \(4, 3\)"):
+        layer.backward(np.ones((4, 3), np.float64))
+    dx = layer.backward(np.full((4, 3), 2.0, np.float32))
+    assert dx.shape == (4, 3) and set(np.unique(dx)) <= {0.0, 2.0, 4.0}

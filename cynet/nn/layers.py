@@ -805,6 +805,10 @@ class Dropout(Module):
     writes y (``cynet._kernels.dropout``): the same mask for any thread count. Setting ``reuse_mask = True`` makes the
     next forward passes reuse the last mask (gradient checks use it).
 
+    In evaluation mode, and in training with p = 0, the forward returns x itself (no copy, unlike PyTorch's new
+    tensor): an in-place module after it would write into x, which :class:`cynet.nn.Sequential` refuses when an
+    earlier module still needs x.
+
     Args:
         p (float): drop probability in [0, 1]. Default 0.5.
         inplace (bool): in training, write y into x's array (the backward needs only the mask); see
@@ -835,7 +839,8 @@ class Dropout(Module):
         self.inplace = _inplace_flag(name, inplace)
         self.reuse_mask = False
         self._mask = None          # keep-mask scaled by 1/(1-p), in x's dtype; None in eval or when p == 0
-        self._shape = None         # the shape of the last training-mode input
+        self._shape = None         # the shape and dtype of the last input (the backward's dout)
+        self._dtype = None
         self._ran = False          # a forward has run (backward before it is an error, as for every module)
 
     def _mask_shape(self, x):
@@ -855,11 +860,11 @@ class Dropout(Module):
         if not 0.0 <= self.p <= 1.0:             # (checked again: an attribute a user may set; p = 2 zeroed all)
             raise ValueError(f"{self!r}: p must lie in [0, 1], got {self.p!r}")
         self._ran = True
+        self._shape, self._dtype = x.shape, x.dtype      # what the backward's dout must be, in every mode
         if not self.training or self.p == 0.0:
             self._mask = None
             return x
         shape = self._mask_shape(x)
-        self._shape = x.shape
         out = x if self.inplace else None
         if self.reuse_mask and self._mask is not None and self._mask.shape == shape and self._mask.dtype != x.dtype:
             # the same units kept, the mask in x's dtype (the backward takes dout in the output's dtype)
@@ -881,11 +886,12 @@ class Dropout(Module):
         if not input_grad:
             return None
         dout = native(dout)
+        # checked in eval mode and for p = 0 too, where dout is passed on: a (2, 5) dout for a (4, 3) input was
+        if dout.shape != self._shape or dout.dtype != self._dtype:
+            raise ValueError(f"{self!r}: dout must be a {self._dtype} array of shape {self._shape} (the "
+                             f"forward's output), got {describe(dout)}")
         if self._mask is None:
             return dout
-        if dout.shape != self._shape or dout.dtype != self._mask.dtype:
-            raise ValueError(f"{self!r}: dout must be a {self._mask.dtype} array of shape {self._shape} (the "
-                             f"forward's output), got {describe(dout)}")
         return np.multiply(dout, self._mask, out=reuse.empty(dout.shape, dout.dtype))
 
     def extra_repr(self):
