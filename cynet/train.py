@@ -75,6 +75,8 @@ __all__ = ["Trainer", "Callback", "ProgressBar", "EarlyStopping", "ModelCheckpoi
 
 ITERATION_KEYS = ("loss", "reg_loss", "lr")
 EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_time")
+_DIVERGED = "diverged at iteration"                     # how stop_reason starts after the divergence guard
+_INTERRUPTED = "interrupted (KeyboardInterrupt)"        # ... and after a KeyboardInterrupt
 
 
 class DivergenceWarning(RuntimeWarning):
@@ -843,6 +845,13 @@ class Trainer:
         with _evaluation_mode(self.model):     # (shared by concurrent predictions from several Python threads)
             yield
 
+    def _stopped_by_a_callback(self):
+        """Whether the last run (this trainer's, or the one a loaded checkpoint saved) ended at an epoch's end because
+        a callback asked it to (EarlyStopping), not because of the divergence guard or a KeyboardInterrupt."""
+        reason = self.stop_reason
+        return (reason is not None and self.iteration == self._iteration_at_epoch_end
+                and not reason.startswith((_DIVERGED, _INTERRUPTED)))
+
     def stop(self, reason):
         """Ask :meth:`fit` to stop after the current batch (for callbacks); ``reason`` goes to :attr:`stop_reason`."""
         self.stop_training = True
@@ -854,7 +863,10 @@ class Trainer:
 
         After loading a checkpoint saved at epoch 2, ``fit(x, y, epochs=4)`` runs epochs 3 and 4. A run ends
         early when a callback stops it (:class:`EarlyStopping`) or the divergence guard fires; an epoch cut short
-        leaves no per-epoch entry in the history and does not count in :attr:`epoch`.
+        leaves no per-epoch entry in the history and does not count in :attr:`epoch`. A run a callback stopped at an
+        epoch's end (:class:`EarlyStopping`) is over: a later ``fit`` (of this trainer, or of one loaded from its
+        checkpoint, which keeps :attr:`stop_reason`) trains on past the stop, unlike the uninterrupted run, and warns
+        so (UserWarning).
 
         Args:
             x (array_like): training inputs, one example per row (any numeric dtype; see ``batch_transform``).
@@ -919,6 +931,12 @@ class Trainer:
                               f"already done: nothing to train (pass epochs={self.epoch + epochs} for {epochs} "
                               f"more)", stacklevel=2)
             return self.history
+        if self._stopped_by_a_callback():
+            # (a checkpoint keeps stop_reason): the uninterrupted run ended here, this one trains on past the stop
+            warnings.warn(f"Trainer.fit: the previous run was stopped at the end of epoch {self.epoch} "
+                          f"({self.stop_reason}); this fit trains on past that stop to epoch {epochs}, which the "
+                          f"uninterrupted run did not do (it ended there, with these weights)", UserWarning,
+                          stacklevel=2)
 
         self.epochs = epochs
         self.batches_per_epoch = len(self._batches(len(x), batch_size))
@@ -936,7 +954,7 @@ class Trainer:
             while self.epoch < epochs and not self.stop_training:
                 self._run_epoch(x, y, batch_size, shuffle, validation)
         except KeyboardInterrupt:
-            self.stop_reason = f"interrupted (KeyboardInterrupt) during epoch {self.epoch + 1}"
+            self.stop_reason = f"{_INTERRUPTED} during epoch {self.epoch + 1}"
             raise
         finally:
             self._last_good = None
@@ -1088,7 +1106,7 @@ class Trainer:
                         f"{steps})")
         else:
             restored = "no step was taken in this run, so the weights are unchanged (buffers restored)"
-        self.stop(f"diverged at iteration {self.iteration} (epoch {self.epoch + 1}): {problem}; {restored}")
+        self.stop(f"{_DIVERGED} {self.iteration} (epoch {self.epoch + 1}): {problem}; {restored}")
         if self.warn_divergence:
             warnings.warn(f"Trainer: training {self.stop_reason}. Try a smaller learning rate.", DivergenceWarning,
                           stacklevel=5)
@@ -1224,7 +1242,9 @@ class Trainer:
 
         Build the trainer as for the original run (same architecture, optimiser and scheduler types, and the same
         callbacks with state, in the same order; see :func:`cynet.checkpoint.load_trainer`), load, then call ``fit``
-        with the same total ``epochs``. A load that fails changes nothing.
+        with the same total ``epochs``. A checkpoint of a run that a callback stopped (:class:`EarlyStopping`) holds a
+        finished run: a ``fit`` after loading it trains on past the stop, and warns that the uninterrupted run ended
+        there. A load that fails changes nothing.
 
         Returns:
             Trainer: self.

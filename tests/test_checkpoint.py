@@ -739,3 +739,59 @@ def test_swapped_path_and_model_are_refused_naming_the_argument_order(tmp_path):
         with pytest.raises(TypeError, match=r"^checkpoint: path must be a str or os.PathLike, got Sequential; the "
                                             r"calls take the path first: save_model\(path, model\)"):
             call(model, path)
+
+
+def test_a_fit_after_a_checkpoint_of_a_run_early_stopping_ended_warns_that_it_trains_past_the_stop(tmp_path):
+    """The uninterrupted run stopped after epoch 2 (EarlyStopping, patience 1); fit(epochs=2), saved and resumed with
+    fit(epochs=6) silently trained on for epoch 3 (5 more steps: the weights training reached differ by up to 0.071,
+    the history has 15 iterations for 10): the checkpoint held the stop_reason but the resumed fit dropped it. The
+    run is over; a fit after it now says that it trains past the stop."""
+    x, y = blobs(70, seed=1)
+    val = blobs(30, seed=2)
+
+    def trainer():
+        stopper = EarlyStopping(monitor="train_loss", mode="max", patience=1)    # best epoch 1: stops after 2
+        return _trainer("sgd", callbacks=[stopper])
+
+    cynet.manual_seed(5)
+    straight = trainer()
+    straight.fit(x, y, epochs=6, batch_size=16, validation=val)
+    assert straight.epoch == 2 and "early stopping" in straight.stop_reason
+
+    cynet.manual_seed(5)
+    first = trainer()
+    first.fit(x, y, epochs=2, batch_size=16, validation=val)
+    assert first.stop_reason == straight.stop_reason
+    first.save_checkpoint(tmp_path / "stopped.npz")
+    resumed = trainer().load_checkpoint(tmp_path / "stopped.npz")
+    assert resumed.stop_reason == straight.stop_reason
+    assert_same_weights(resumed.model, straight.model)          # the checkpoint holds the finished run
+    with pytest.warns(UserWarning, match=r"stopped at the end of epoch 2 \(early stopping.*trains on past that "
+                                         r"stop to epoch 6"):
+        resumed.fit(x, y, epochs=6, batch_size=16, validation=val)
+    assert resumed.epoch > 2                                     # as documented: it trains on
+    with pytest.warns(UserWarning, match="stopped at the end of epoch 2"):    # the same trainer, fit again
+        straight.fit(x, y, epochs=6, batch_size=16, validation=val)
+
+    # a run interrupted (not stopped) at an epoch's end resumes without the warning, exactly
+    class Interrupt(Exception):
+        pass
+
+    class InterruptAtEpoch2(Callback):
+        def on_epoch_begin(self, trainer):
+            if trainer.epoch == 2:
+                raise Interrupt
+
+    cynet.manual_seed(5)
+    straight = _trainer("sgd")
+    straight.fit(x, y, epochs=4, batch_size=16, validation=val)
+    cynet.manual_seed(5)
+    interrupted = _trainer("sgd", callbacks=[InterruptAtEpoch2()])
+    with pytest.raises(Interrupt):
+        interrupted.fit(x, y, epochs=4, batch_size=16, validation=val)
+    interrupted.save_checkpoint(tmp_path / "interrupted.npz")
+    resumed = _trainer("sgd").load_checkpoint(tmp_path / "interrupted.npz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed.fit(x, y, epochs=4, batch_size=16, validation=val)
+    assert_same_weights(resumed.model, straight.model)
