@@ -346,7 +346,8 @@ def save_trainer(path, trainer):
     meta["trainer"] = {"epoch": trainer.epoch, "iteration": trainer.iteration,
                        "iteration_at_epoch_end": getattr(trainer, "_iteration_at_epoch_end", trainer.iteration),
                        "first_loss": trainer._first_loss, "lr": _saved_rates(trainer.optimizer),
-                       "stop_reason": trainer.stop_reason}
+                       "stop_reason": trainer.stop_reason,
+                       "fit_settings": getattr(trainer, "_fit_settings", None)}
     save(path, arrays, meta)
 
 
@@ -455,6 +456,10 @@ def load_trainer(path, trainer):
             problems.append(f"iteration_at_epoch_end = {at_end!r}")
     if not isinstance(counters.get("stop_reason"), (str, type(None))):
         problems.append(f"stop_reason = {counters['stop_reason']!r}")
+    fit_settings = counters.get("fit_settings")       # (older checkpoints lack it)
+    if fit_settings is not None and not (isinstance(fit_settings, dict) and all(
+            isinstance(value, (bool, int)) for value in fit_settings.values())):
+        problems.append(f"fit_settings = {fit_settings!r}")
     if problems:
         raise CheckpointError(f"checkpoint: {path!r} has invalid trainer counters: {', '.join(problems)}")
 
@@ -503,6 +508,7 @@ def load_trainer(path, trainer):
     trainer._iteration_at_epoch_end = counters.get("iteration_at_epoch_end", trainer.iteration)
     trainer._first_loss = first_loss
     trainer.stop_reason = counters.get("stop_reason")
+    trainer._fit_settings = trainer._resumed_settings = fit_settings
 
 
 def _saved_rates(optimizer):

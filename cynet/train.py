@@ -787,6 +787,8 @@ class Trainer:
         self.running_loss = math.nan
         self.running_acc = math.nan
         self._first_loss = None
+        self._fit_settings = None        # the last fit's batch_size, example count and shuffle (saved in checkpoints)
+        self._resumed_settings = None    # those a loaded checkpoint saved: the next fit compares its own with them
         self._last_good = None      # the divergence guard's copy, during fit
 
     # --- helpers -----------------------------------------------------------------------------------------------------
@@ -851,6 +853,20 @@ class Trainer:
         reason = self.stop_reason
         return (reason is not None and self.iteration == self._iteration_at_epoch_end
                 and not reason.startswith((_DIVERGED, _INTERRUPTED)))
+
+    def _check_resumed_settings(self, settings):
+        """Keep this fit's settings; after a load_checkpoint, warn when they differ from those of the saved run (its
+        batches, and so its weights, are then not the uninterrupted run's)."""
+        saved, self._resumed_settings = getattr(self, "_resumed_settings", None), None
+        self._fit_settings = settings
+        if saved:
+            changed = [f"{key} {saved[key]} -> {value}" for key, value in settings.items()
+                       if key in saved and saved[key] != value]
+            if changed:
+                warnings.warn(f"Trainer.fit: resumed from a checkpoint with other data or settings than the run that "
+                              f"saved it ({', '.join(changed)}): training goes on, but not as the uninterrupted run "
+                              f"would have (pass the same x, y, batch_size and shuffle for an exact resume)",
+                              UserWarning, stacklevel=3)
 
     def stop(self, reason):
         """Ask :meth:`fit` to stop after the current batch (for callbacks); ``reason`` goes to :attr:`stop_reason`."""
@@ -939,6 +955,7 @@ class Trainer:
                           stacklevel=2)
 
         self.epochs = epochs
+        self._check_resumed_settings({"batch_size": batch_size, "examples": len(x), "shuffle": bool(shuffle)})
         self.batches_per_epoch = len(self._batches(len(x), batch_size))
         self.has_validation = validation is not None
         self.stop_training = False
@@ -1242,7 +1259,9 @@ class Trainer:
 
         Build the trainer as for the original run (same architecture, optimiser and scheduler types, and the same
         callbacks with state, in the same order; see :func:`cynet.checkpoint.load_trainer`), load, then call ``fit``
-        with the same total ``epochs``. A checkpoint of a run that a callback stopped (:class:`EarlyStopping`) holds a
+        with the same total ``epochs`` (and the same ``x``, ``y``, ``batch_size``, ``shuffle`` and validation data: a
+        fit with another batch size, example count or shuffle goes on but warns that it is not an exact resume;
+        other data of the same length is not detected). A checkpoint of a run that a callback stopped (:class:`EarlyStopping`) holds a
         finished run: a ``fit`` after loading it trains on past the stop, and warns that the uninterrupted run ended
         there. A load that fails changes nothing.
 

@@ -795,3 +795,34 @@ def test_a_fit_after_a_checkpoint_of_a_run_early_stopping_ended_warns_that_it_tr
         warnings.simplefilter("error")
         resumed.fit(x, y, epochs=4, batch_size=16, validation=val)
     assert_same_weights(resumed.model, straight.model)
+
+
+@pytest.mark.parametrize("change, message", [({"batch_size": 32}, "batch_size 16 -> 32"),
+                                             ({"shuffle": False}, "shuffle True -> False"),
+                                             ({"examples": 50}, "examples 70 -> 50")])
+def test_a_resume_with_another_batch_size_or_data_warns_that_it_is_not_exact(tmp_path, change, message):
+    """fit(epochs=2, batch_size=16), saved, then resumed with batch_size=32 (or shuffle=False, or 50 examples for 70)
+    went on without a word, to other weights than the uninterrupted run's; it now warns, naming what changed. The
+    same settings resume silently and exactly."""
+    x, y = blobs(70, seed=1)
+    val = blobs(30, seed=2)
+    cynet.manual_seed(5)
+    first = _trainer("sgd")
+    first.fit(x, y, epochs=2, batch_size=16, validation=val)
+    first.save_checkpoint(tmp_path / "run.npz")
+    cynet.manual_seed(5)
+    straight = _trainer("sgd")
+    straight.fit(x, y, epochs=4, batch_size=16, validation=val)
+
+    n = change.get("examples", 70)
+    settings = {"batch_size": change.get("batch_size", 16), "shuffle": change.get("shuffle", True)}
+    other = _trainer("sgd").load_checkpoint(tmp_path / "run.npz")
+    with pytest.warns(UserWarning, match=rf"resumed from a checkpoint with other data or settings .*\({message}\)"):
+        other.fit(x[:n], y[:n], epochs=4, validation=val, **settings)
+    assert not np.array_equal(other.model[0].weight.data, straight.model[0].weight.data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        other.fit(x, y, epochs=5, batch_size=8, validation=val)      # this trainer's own choice: no warning
+        same = _trainer("sgd").load_checkpoint(tmp_path / "run.npz")
+        same.fit(x, y, epochs=4, batch_size=16, validation=val)
+    assert_same_weights(same.model, straight.model)
