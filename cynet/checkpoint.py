@@ -508,7 +508,8 @@ def load_trainer(path, trainer):
     trainer._iteration_at_epoch_end = counters.get("iteration_at_epoch_end", trainer.iteration)
     trainer._first_loss = first_loss
     trainer.stop_reason = counters.get("stop_reason")
-    trainer._fit_settings = trainer._resumed_settings = fit_settings
+    trainer._fit_settings = fit_settings
+    trainer._resumed_settings = {} if fit_settings is None else dict(fit_settings)      # (older files: nothing to compare)
 
 
 def _saved_rates(optimizer):

@@ -788,7 +788,9 @@ class Trainer:
         self.running_acc = math.nan
         self._first_loss = None
         self._fit_settings = None        # the last fit's batch_size, example count and shuffle (saved in checkpoints)
-        self._resumed_settings = None    # those a loaded checkpoint saved: the next fit compares its own with them
+        # after load_checkpoint, those the checkpoint saved (an empty dict for older files) until the next fit trains:
+        # it compares its own with them
+        self._resumed_settings = None
         self._last_good = None      # the divergence guard's copy, during fit
 
     # --- helpers -----------------------------------------------------------------------------------------------------
@@ -847,17 +849,18 @@ class Trainer:
         with _evaluation_mode(self.model):     # (shared by concurrent predictions from several Python threads)
             yield
 
-    def _stopped_by_a_callback(self):
-        """Whether the last run (this trainer's, or the one a loaded checkpoint saved) ended at an epoch's end because
-        a callback asked it to (EarlyStopping), not because of the divergence guard or a KeyboardInterrupt."""
+    def _resumed_a_stopped_run(self):
+        """Whether this trainer was loaded from the checkpoint of a run that had ended at an epoch's end because a
+        callback asked it to (EarlyStopping), not because of the divergence guard or a KeyboardInterrupt, and has not
+        trained since (a fit of the live trainer after its own early stop is a deliberate continuation)."""
         reason = self.stop_reason
-        return (reason is not None and self.iteration == self._iteration_at_epoch_end
-                and not reason.startswith((_DIVERGED, _INTERRUPTED)))
+        return (self._resumed_settings is not None and reason is not None
+                and self.iteration == self._iteration_at_epoch_end and not reason.startswith((_DIVERGED, _INTERRUPTED)))
 
     def _check_resumed_settings(self, settings):
         """Keep this fit's settings; after a load_checkpoint, warn when they differ from those of the saved run (its
         batches, and so its weights, are then not the uninterrupted run's)."""
-        saved, self._resumed_settings = getattr(self, "_resumed_settings", None), None
+        saved, self._resumed_settings = self._resumed_settings, None
         self._fit_settings = settings
         if saved:
             changed = [f"{key} {saved[key]} -> {value}" for key, value in settings.items()
@@ -879,10 +882,10 @@ class Trainer:
 
         After loading a checkpoint saved at epoch 2, ``fit(x, y, epochs=4)`` runs epochs 3 and 4. A run ends
         early when a callback stops it (:class:`EarlyStopping`) or the divergence guard fires; an epoch cut short
-        leaves no per-epoch entry in the history and does not count in :attr:`epoch`. A run a callback stopped at an
-        epoch's end (:class:`EarlyStopping`) is over: a later ``fit`` (of this trainer, or of one loaded from its
-        checkpoint, which keeps :attr:`stop_reason`) trains on past the stop, unlike the uninterrupted run, and warns
-        so (UserWarning).
+        leaves no per-epoch entry in the history and does not count in :attr:`epoch`. A later ``fit`` of the same
+        trainer continues training (with the callbacks' state carried over); after :meth:`load_checkpoint` of a run a
+        callback stopped at an epoch's end (:class:`EarlyStopping`; the checkpoint keeps :attr:`stop_reason`), the
+        first ``fit`` trains on past the stop, which the uninterrupted run did not, and warns so (UserWarning).
 
         Args:
             x (array_like): training inputs, one example per row (any numeric dtype; see ``batch_transform``).
@@ -947,7 +950,7 @@ class Trainer:
                               f"already done: nothing to train (pass epochs={self.epoch + epochs} for {epochs} "
                               f"more)", stacklevel=2)
             return self.history
-        if self._stopped_by_a_callback():
+        if self._resumed_a_stopped_run():
             # (a checkpoint keeps stop_reason): the uninterrupted run ended here, this one trains on past the stop
             warnings.warn(f"Trainer.fit: the previous run was stopped at the end of epoch {self.epoch} "
                           f"({self.stop_reason}); this fit trains on past that stop to epoch {epochs}, which the "
