@@ -248,3 +248,20 @@ def test_the_layer_and_trainer_tests_pass_with_every_output_pooled():
                              "-k", "not every_output_pooled", *(os.path.join(here, m) for m in modules)],
                             env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("setting, expected", [("", _reuse.DEFAULT_MIN_BYTES), (" 1024 ", 1024), ("0", 0),
+                                               ("abc", None), ("-5", None), ("1_0", None)])
+def test_reuse_min_bytes_is_read_as_a_byte_count_and_empty_is_unset(setting, expected):
+    """An empty CYNET_REUSE_MIN_BYTES (as an empty OMP_NUM_THREADS) is no setting: it failed ``import cynet`` with
+    int()'s bare "invalid literal for int() with base 10: ''"; a value that is not a byte count names the variable."""
+    env = dict(os.environ, CYNET_REUSE_MIN_BYTES=setting)
+    code = "import cynet; from cynet.nn import _reuse; print(_reuse.MIN_BYTES)"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if expected is None:
+        assert result.returncode != 0
+        assert "CYNET_REUSE_MIN_BYTES must be a whole number of bytes >= 0" in result.stderr and repr(setting.strip()) \
+            in result.stderr
+    else:
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert int(result.stdout) == expected

@@ -36,7 +36,22 @@ from collections import OrderedDict
 
 import numpy as np
 
-MIN_BYTES = int(os.environ.get("CYNET_REUSE_MIN_BYTES", 4 << 20))   # smaller outputs are allocated fresh
+DEFAULT_MIN_BYTES = 4 << 20
+
+
+def _min_bytes_from_environment():
+    """``CYNET_REUSE_MIN_BYTES`` as a whole number of bytes >= 0 (digits only, as ``OMP_NUM_THREADS`` is read); unset
+    or empty: :data:`DEFAULT_MIN_BYTES`. Anything else is a ValueError naming the variable (``int()`` failed with
+    "invalid literal for int() with base 10: ''" for an empty value, and took -5 or '1_0')."""
+    setting = os.environ.get("CYNET_REUSE_MIN_BYTES", "").strip()
+    if not setting:
+        return DEFAULT_MIN_BYTES
+    if not (setting.isascii() and setting.isdigit()):
+        raise ValueError(f"cynet: CYNET_REUSE_MIN_BYTES must be a whole number of bytes >= 0, got {setting!r}")
+    return int(setting)
+
+
+MIN_BYTES = _min_bytes_from_environment()   # smaller outputs are allocated fresh
 MAX_FREE_BYTES = 256 << 20   # after each new allocation, the most the pool keeps of arrays nothing else holds
 MAX_BYTES = 2 << 30      # the most the pool keeps allocated, in use or free
 
