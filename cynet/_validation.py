@@ -12,6 +12,7 @@ These helpers turn everything a user may pass into that, or raise:
 """
 import math
 import numbers
+import os
 
 import numpy as np
 
@@ -43,6 +44,15 @@ def positive_int(owner, name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
     return int(value)
+
+
+OFF_VALUES = ("0", "false", "no", "off")
+
+
+def switched_off(variable):
+    """Whether the on/off environment variable ``variable`` (on when unset) says off: 0, false, no or off, in any
+    case and with spaces around (what every CYNET_* switch reads)."""
+    return os.environ.get(variable, "").strip().lower() in OFF_VALUES
 
 
 def refuse_masked(op, name, a):

@@ -3,6 +3,8 @@
 Oracles: NumPy (``y + b``, ``np.where(y < 0, 0, y)``, ``dz.sum(axis=0)``: the kernels must give their bits), the same
 network run layer by layer (``FUSE_LINEAR_RELU`` off), and float64 numerical gradients.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -220,3 +222,18 @@ def test_a_method_patched_on_the_class_turns_the_fusion_off(rng):
     plain = np.maximum(x.astype(np.float64) @ model[0].weight.data.T + model[0].bias.data, 0)
     np.testing.assert_allclose(y, plain + 1.0, rtol=1e-6, atol=1e-6)          # the patched forward ran
     np.testing.assert_allclose(model(x), plain, rtol=1e-6, atol=1e-6)          # restored: fused again, plain values
+
+
+@pytest.mark.parametrize("value, fused", [("0", False), ("false", False), (" Off ", False), ("no", False),
+                                          ("1", True), ("", True), ("yes", True)])
+def test_the_fusion_switches_read_off_as_every_cynet_switch_does(value, fused):
+    # only exactly "0" turned the fusions off: CYNET_FUSE_LINEAR_RELU=false left them on, while CYNET_REUSE_ARRAYS
+    # took 0 / false / no / off
+    import subprocess
+    import sys
+    code = ("from cynet.nn import module, _reuse; "
+            "print(module.FUSE_LINEAR_RELU, module.FUSE_BATCHNORM_RELU, _reuse.ENABLED)")
+    env = {**os.environ, "CYNET_FUSE_LINEAR_RELU": value, "CYNET_FUSE_BATCHNORM_RELU": value,
+           "CYNET_REUSE_ARRAYS": value}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == [str(fused)] * 3

@@ -36,6 +36,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from cynet._validation import switched_off
+
 DEFAULT_MIN_BYTES = 4 << 20
 
 
@@ -63,7 +65,7 @@ def _reference_count_baseline():
 
 
 def _enabled_by_default():
-    if os.environ.get("CYNET_REUSE_ARRAYS", "1").strip().lower() in ("0", "false", "no", "off"):
+    if switched_off("CYNET_REUSE_ARRAYS"):
         return False
     gil_enabled = getattr(sys, "_is_gil_enabled", None)
     return gil_enabled is None or gil_enabled()

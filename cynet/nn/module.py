@@ -20,7 +20,6 @@ import contextvars
 import copy
 import functools
 import numbers
-import os
 import threading
 import types
 from collections import OrderedDict, namedtuple
@@ -28,7 +27,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from cynet._validation import describe, refuse_masked
+from cynet._validation import describe, refuse_masked, switched_off
 
 
 NO_NONE_GRAD = ("a gradient is a buffer of the parameter's shape, never None; zero_grad() resets it. In PyTorch a "
@@ -850,8 +849,8 @@ _protected_arrays = contextvars.ContextVar("cynet_protected_arrays", default=Non
 # Sequential runs a batch norm (training statistics) and a plain ReLU right after it as one pass
 # (BatchNorm*.forward_relu); CYNET_FUSE_BATCHNORM_RELU=0 runs them one by one (the same bits either way). Likewise a
 # Linear and a plain ReLU (Linear.forward_relu: the bias and the ReLU in one pass); CYNET_FUSE_LINEAR_RELU=0.
-FUSE_BATCHNORM_RELU = os.environ.get("CYNET_FUSE_BATCHNORM_RELU", "1").strip() != "0"
-FUSE_LINEAR_RELU = os.environ.get("CYNET_FUSE_LINEAR_RELU", "1").strip() != "0"
+FUSE_BATCHNORM_RELU = not switched_off("CYNET_FUSE_BATCHNORM_RELU")     # (0, false, no, off: off, as the other
+FUSE_LINEAR_RELU = not switched_off("CYNET_FUSE_LINEAR_RELU")           # CYNET_* switches; 'false' left it on)
 
 
 def _refuse_overwriting_protected(module, x):
