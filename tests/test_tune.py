@@ -887,6 +887,27 @@ def test_narrowed_range_holds_every_value_it_narrows_around_even_with_margin_0(d
     assert narrow_space({"lr": loguniform(1e-4, 1e0)}, [{"lr": 1e-2}], margin=0.25)["lr"] == loguniform(1e-3, 1e-1)
 
 
+def test_coarse_to_fine_with_margin_0_and_keep_1_narrows_below_one_float_without_failing():
+    """Margin 0 around one value keeps a sliver of 1e-6 of the width: 2e-6 of uniform(0, 1), then 4e-12, then
+    8e-18, below the spacing of floats near 0.565 (1.1e-16): the fourth stage's narrow_space built uniform(v, v) and
+    the search failed with 'need lo < hi' after three stages had trained. The range now keeps the neighbouring
+    floats around the value, inside the old range."""
+    def score(params, data, budget, seed):
+        return {"val_acc": -abs(params["p"] - 0.3) - abs(math.log10(params["lr"]) + 2)}
+
+    space = {"p": uniform(0.0, 1.0), "lr": loguniform(1e-4, 1e-1)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = CoarseToFine(space, [Stage(4, keep=1)] * 5, margin=0.0).run(score, executor=None)
+    assert len(result.stage_spaces) == 5 and len(result.trials) == 20
+    for previous, current in zip(result.stage_spaces, result.stage_spaces[1:]):
+        for name in space:
+            assert previous[name].lo <= current[name].lo < current[name].hi <= previous[name].hi
+    value = 0.5651311671186441                       # the case that failed, directly
+    narrowed = uniform(np.nextafter(value, 0), np.nextafter(value, 1)).narrow([value], 0.0)
+    assert narrowed.lo <= value <= narrowed.hi and narrowed.lo < narrowed.hi
+
+
 def test_randint_grid_is_exact_for_large_integers():
     big = 10 ** 17
     assert randint(big, big + 10).grid(3) == [big, big + 4, big + 9]         # linspace over floats gave big + 16
