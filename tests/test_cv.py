@@ -301,3 +301,20 @@ def test_cv_as_a_number_of_folds_is_a_shuffled_stratified_kfold_and_anything_els
             CrossValidatedTrial(mean_of_validation_rows, cv=bad)
     with pytest.raises(ValueError):
         cross_validate(mean_of_validation_rows, {}, x, y, cv=1)      # StratifiedKFold's own check of k
+
+
+def test_each_fold_gets_its_own_copy_of_the_configuration():
+    """cross_validate gave every fold the same shallow copy's lists: a trial appending its output layer to
+    params["hidden"] saw [64, 10] in fold 0, [64, 10, 10] in fold 1, ... and changed the caller's params; each fold
+    now gets a deep copy, and the folds of a 3-fold run all see [64, 10]."""
+    seen = []
+
+    def trial(params, data, budget, seed):
+        params["hidden"].append(10)
+        seen.append(list(params["hidden"]))
+        return {"val_acc": 1.0 / len(params["hidden"])}
+
+    params = {"hidden": [64]}
+    out = cross_validate(trial, params, np.zeros((12, 2)), np.arange(12) % 2, cv=KFold(3))
+    assert seen == [[64, 10]] * 3 and params == {"hidden": [64]}
+    assert out["val_acc_folds"] == [0.5, 0.5, 0.5]

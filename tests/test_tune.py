@@ -577,6 +577,37 @@ def test_any_executor_with_submit_works(problem):
     assert [t["val_acc"] for t in result.trials] == [t["val_acc"] for t in serial.trials]
 
 
+def output_layer_appended_in_place_fn(params, data, budget, seed):
+    """A trial that completes its layer sizes in place, as a build_model adding the output layer may."""
+    sizes = params["hidden"]
+    sizes.append(10)
+    return {"val_acc": 1.0 / len(sizes)}
+
+
+def test_a_trial_that_changes_its_params_in_place_leaves_the_space_the_records_and_other_trials_alone():
+    """Trials got a shallow copy of their configuration: appending to a choice's list changed the option itself, so
+    serially (seed 0, all six drawing [128]) trial 1 saw [128, 10, 10] and scored 1/3, trial 5 [128, 10 x 6] and 1/7,
+    the space's choice ended as [[128, 10, 10, 10, 10, 10, 10], [256, 128]] and every record showed that list; on the
+    process pool (its own copy per trial) all six scored 1/2 and recorded [128, 10]. Every trial now gets a deep
+    copy: same results on every executor, records showing the configuration drawn (seed 1 draws both options)."""
+    results = {}
+    for executor, seed in ((None, 0), ("process", 0), (None, 1), ("process", 1)):
+        space = {"hidden": choice([[128], [256, 128]])}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = RandomSearch(space, 6, seed=seed).run(output_layer_appended_in_place_fn, executor=executor,
+                                                        n_workers=None if executor is None else 2)
+        assert space["hidden"].options == [[128], [256, 128]]
+        drawn = RandomSearch(space, 6, seed=seed).configurations()
+        expected = {i: config["hidden"] for i, config in enumerate(drawn)}
+        for t in result.trials:
+            assert t["params"]["hidden"] == expected[t["number"]]
+            assert t["val_acc"] == 1.0 / (len(expected[t["number"]]) + 1)
+        results[executor, seed] = sorted((t["number"], t["val_acc"]) for t in result.trials)
+    assert results[None, 0] == results["process", 0] and results[None, 1] == results["process", 1]
+    assert {v for _, v in results[None, 1]} == {1 / 2, 1 / 3}
+
+
 def test_unknown_executor_rejected():
     with pytest.raises(ValueError, match="executor"):
         RandomSearch({"lr": uniform(0, 1)}, 2).run(peak_fn, executor="threads")

@@ -12,7 +12,7 @@ Example:
 """
 import numpy as np
 
-from cynet.tune.space import _check_int
+from cynet.tune.space import _check_int, _trial_params
 
 __all__ = ["KFold", "StratifiedKFold", "holdout_split", "cross_validate", "CrossValidatedTrial"]
 
@@ -245,7 +245,8 @@ def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, b
     """Train and score one configuration on every fold; the mean validation accuracy is its score.
 
     For each fold: a fresh transform from ``transform_factory()`` is fitted on the fold's training rows only and
-    applied to both parts; then ``train_fn(params, (x_train, y_train, x_val, y_val), budget, fold_seed)`` runs.
+    applied to both parts; then ``train_fn(params, (x_train, y_train, x_val, y_val), budget, fold_seed)`` runs
+    (on a deep copy of ``params`` per fold).
 
     The folds depend on ``cv`` (or ``cv_seed``) only, never on ``seed``: configurations cross-validated with
     different training seeds are scored on the same splits, so their scores can be compared.
@@ -286,7 +287,7 @@ def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, b
             transform = transform_factory()
             transform.fit(x_train)
             x_train, x_val = transform.transform(x_train), transform.transform(x_val)
-        out = train_fn(dict(params), (x_train, y[train], x_val, y[val]), budget, _fold_seed(seed, fold))
+        out = train_fn(_trial_params(params), (x_train, y[train], x_val, y[val]), budget, _fold_seed(seed, fold))
         accs.append(float(out["val_acc"]))
         val_loss = out.get("val_loss")
         if val_loss is not None:                 # optional: None as absent

@@ -45,7 +45,7 @@ import warnings
 
 import numpy as np
 
-from cynet.tune.space import _check_int
+from cynet.tune.space import _check_int, _trial_params
 
 __all__ = ["execute_trial", "make_runner", "is_dask_client"]
 
@@ -63,7 +63,8 @@ def execute_trial(train_fn, data, spec, threads=None):
     """Run one trial and return its record (never raises for a failing trial).
 
     Args:
-        train_fn (callable): ``train_fn(params, data, budget, seed) -> dict`` with at least "val_acc".
+        train_fn (callable): ``train_fn(params, data, budget, seed) -> dict`` with at least "val_acc"; ``params``
+            is a deep copy of ``spec["params"]``, which it may change without touching the record or the space.
         data: passed through to ``train_fn``.
         spec (dict): "number", "params", "budget", "seed" (and any bookkeeping keys, copied to the record).
         threads (int or None): run the trial with this many threads (:func:`cynet.threads`). Default None (the
@@ -91,10 +92,10 @@ def execute_trial(train_fn, data, spec, threads=None):
         if threads is not None:
             with cynet.threads(int(threads)):
                 record["threads"] = cynet.get_num_threads()
-                out = train_fn(dict(spec["params"]), data, spec["budget"], spec["seed"])
+                out = train_fn(_trial_params(spec["params"]), data, spec["budget"], spec["seed"])
         else:
             record["threads"] = cynet.get_num_threads()
-            out = train_fn(dict(spec["params"]), data, spec["budget"], spec["seed"])
+            out = train_fn(_trial_params(spec["params"]), data, spec["budget"], spec["seed"])
         if not isinstance(out, dict) or "val_acc" not in out:
             raise TypeError(f"train_fn must return a dict with at least 'val_acc', got {out!r:.200}")
         record["val_acc"] = float(out["val_acc"])

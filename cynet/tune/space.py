@@ -12,6 +12,7 @@ Example:
     >>> sorted(params)
     ['batch_size', 'hidden', 'lr']
 """
+import copy
 import math
 from fractions import Fraction
 
@@ -27,6 +28,23 @@ def _check_int(owner, name, value, low):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{owner}: {name} must be an int >= {low}, got {value!r}")
     return int(value)
+
+
+def _trial_params(params):
+    """A copy of ``params`` for one call of a trial function, nested values (a choice of layer sizes) included.
+
+    A trial that changes a list in place (``params["hidden"].append(10)`` for the output layer) changed the option
+    of the :func:`choice` it was drawn from, the record of its own configuration and what every later trial (or
+    fold) in this process received; on a process pool, where each trial gets its own unpickled copy, it did not, so
+    the same seed gave other trials per executor. A value that cannot be deep-copied is passed as it is.
+    """
+    fresh = {}
+    for name, value in params.items():
+        try:
+            fresh[name] = copy.deepcopy(value)
+        except Exception:       # locks, open files and other values deepcopy refuses: as before
+            fresh[name] = value
+    return fresh
 
 
 def _number(owner, name, value):
