@@ -2,6 +2,7 @@
 holdout split is stratified, and preprocessing is fitted inside each fold on that fold's training rows only."""
 import csv
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -53,7 +54,8 @@ def test_stratified_kfold_keeps_class_proportions(shuffle):
     rng = np.random.default_rng(0)
     y = rng.permutation(np.repeat([0, 1, 2, 3], [50, 30, 17, 3]))
     k = 5
-    splits = list(StratifiedKFold(k, shuffle=shuffle, seed=3).split(y, y))
+    with pytest.warns(UserWarning, match=r"1 class has fewer examples than the 5 folds: 3 \(3\)"):
+        splits = list(StratifiedKFold(k, shuffle=shuffle, seed=3).split(y, y))
     check_partition(splits, len(y))
     counts = np.bincount(y, minlength=4)
     for _, val in splits:
@@ -318,3 +320,21 @@ def test_each_fold_gets_its_own_copy_of_the_configuration():
     out = cross_validate(trial, params, np.zeros((12, 2)), np.arange(12) % 2, cv=KFold(3))
     assert seen == [[64, 10]] * 3 and params == {"hidden": [64]}
     assert out["val_acc_folds"] == [0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("fraction", ["0.2", None, True, [0.2]])
+def test_holdout_split_names_itself_for_a_fraction_that_is_not_a_number(fraction):
+    # "0.2" or None failed with a bare "'<' not supported between instances of 'int' and 'str'"
+    with pytest.raises(ValueError, match=r"holdout_split: val_fraction must lie in \(0, 1\)"):
+        holdout_split(np.zeros((10, 2)), np.arange(10) % 2, fraction)
+
+
+def test_stratified_kfold_warns_when_a_class_has_fewer_examples_than_folds():
+    # class 2 has 2 examples for 3 folds: one fold never validates it, silently (scikit-learn warns here)
+    y = np.array([0] * 6 + [1] * 6 + [2] * 2)
+    with pytest.warns(UserWarning, match=r"StratifiedKFold: 1 class has fewer examples than the 3 folds: 2 \(2\)"):
+        folds = list(StratifiedKFold(3).split(y, y))
+    assert sum(2 not in y[val] for _, val in folds) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        list(StratifiedKFold(2).split(y, y))

@@ -10,6 +10,8 @@ Example:
     >>> [len(val) for _, val in KFold(3).split(np.zeros((10, 2)))]
     [4, 3, 3]
 """
+import warnings
+
 import numpy as np
 
 from cynet.tune.space import _check_int, _trial_params
@@ -145,6 +147,9 @@ class StratifiedKFold(KFold):
         Raises:
             ValueError: no ``y``; ``y`` not 1-D (one-hot labels: pass ``y.argmax(axis=1)``) or holding NaN; ``x`` and
             ``y`` of different lengths; fewer examples than folds.
+
+        Warns:
+            UserWarning: a class with fewer examples than folds (some folds then validate without it).
         """
         if y is None:
             raise ValueError("StratifiedKFold.split: needs the labels y")
@@ -154,10 +159,18 @@ class StratifiedKFold(KFold):
             raise ValueError(f"StratifiedKFold.split: x and y lengths differ ({n} and {len(y)})")
         if n < self.n_splits:
             raise ValueError(f"StratifiedKFold: cannot split {n} examples into {self.n_splits} folds")
+        labels, counts = np.unique(y, return_counts=True)
+        if counts.min() < self.n_splits:          # (scikit-learn warns too): those classes are missing from some folds
+            scarce = [f"{label!r} ({count})" for label, count in zip(labels.tolist(), counts.tolist())
+                      if count < self.n_splits]
+            warnings.warn(f"StratifiedKFold: {len(scarce)} class{'es have' if len(scarce) > 1 else ' has'} fewer "
+                          f"examples than the {self.n_splits} folds: {', '.join(scarce[:5])}"
+                          f"{', ...' if len(scarce) > 5 else ''}; some folds will not see them in validation",
+                          UserWarning, stacklevel=2)
         rng = np.random.default_rng(self.seed)
         folds = [[] for _ in range(self.n_splits)]
         offset = 0
-        for label in np.unique(y):
+        for label in labels:
             members = np.flatnonzero(y == label)
             if self.shuffle:
                 members = rng.permutation(members)
@@ -199,7 +212,8 @@ def holdout_split(x, y, val_fraction=0.2, *, seed=0, stratify=True):
     x, y = np.asarray(x), np.asarray(y)
     if len(x) != len(y):
         raise ValueError(f"holdout_split: x and y lengths differ ({len(x)} and {len(y)})")
-    if not 0 < val_fraction < 1:
+    if (isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float, np.integer, np.floating))
+            or not 0 < val_fraction < 1):        # ("0.2" or None: a bare "'<' not supported" TypeError before)
         raise ValueError(f"holdout_split: val_fraction must lie in (0, 1), got {val_fraction!r}")
     seed = _check_seed("holdout_split", seed)
     n = len(x)
