@@ -24,6 +24,7 @@ import numbers
 import numpy as np
 
 from cynet._validation import describe, is_count, positive_int, saved_scalar
+from cynet.data.loader import Compose, Cutout, Mixup, RandomCrop, RandomHorizontalFlip
 from cynet.nn.module import Module, _evaluation_mode
 from cynet.nn.normalization import recompute_batchnorm_statistics
 from cynet.train import Callback, _check_x
@@ -83,7 +84,9 @@ class Ensemble:
         weights (sequence of float or None): non-negative member weights (normalised to sum to 1). Default None
             (the plain mean).
         transform (callable or None): ``transform(x_batch) -> array`` applied before every forward pass (the
-            preprocessing the members were trained with, e.g. a fitted ``Standardize().transform``). Default None.
+            preprocessing the members were trained with, e.g. a fitted ``Standardize().transform``). A random
+            augmentation (:class:`cynet.data.RandomCrop`, :class:`cynet.data.Compose`, ...) is refused: it would
+            change the images at every prediction. Default None.
 
     Example:
         >>> from cynet import nn
@@ -112,6 +115,13 @@ class Ensemble:
             weights = weights / weights.sum()
         if transform is not None and not callable(transform):
             raise TypeError(f"Ensemble: transform must be callable, got {transform!r}")
+        if isinstance(transform, (RandomCrop, RandomHorizontalFlip, Cutout, Compose, Mixup)):
+            # called as transform(xb) an augmentation draws from the global generator: every prediction was of
+            # randomly cropped / flipped / cut-out images, different from call to call, without a word
+            raise TypeError(f"Ensemble: transform={transform!r} is a random augmentation, which would change the "
+                            f"images at every prediction; pass the fitted preprocessing (e.g. "
+                            f"Standardize().fit(x_train).transform, or make_batch_transform(transform, augment), "
+                            f"which augments training batches only)")
         self.models = models
         self.weights = weights
         self.transform = transform

@@ -4,6 +4,7 @@ import pytest
 
 import cynet
 from cynet import checkpoint, nn
+from cynet.data import Compose, Cutout, RandomCrop, RandomHorizontalFlip, Standardize, make_batch_transform
 from cynet.ensemble import EMA, Ensemble, softmax
 from cynet.nn.loss import SoftmaxCrossEntropy
 from cynet.optim import SGD
@@ -509,3 +510,28 @@ def test_softmax_takes_integer_big_endian_and_empty_batches():
     np.testing.assert_allclose(softmax([[1, 2, 3]]), np_softmax([[1, 2, 3]]), rtol=1e-15)
     np.testing.assert_array_equal(softmax(np.array([[1.0, 2.0]], ">f8")), softmax(np.array([[1.0, 2.0]])))
     assert softmax(np.ones((0, 3))).shape == (0, 3)
+
+
+@pytest.mark.parametrize("augmentation", [
+    lambda: RandomHorizontalFlip(), lambda: RandomCrop(8, padding=2), lambda: Cutout(4),
+    lambda: Compose([RandomCrop(8, padding=2)]),
+])
+def test_ensemble_refuses_a_random_augmentation_as_its_transform(augmentation):
+    # called as transform(xb) it drew from the global generator: two predict_proba calls on the same images differed
+    # by 0.29-0.45 in probability (a flip, a crop, a cutout), as the Trainer refuses it as a batch_transform
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5))
+    with pytest.raises(TypeError, match="Ensemble: transform=.* is a random augmentation"):
+        Ensemble([model], transform=augmentation())
+
+
+def test_ensemble_with_the_training_batch_transform_predicts_the_preprocessed_images_deterministically():
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, size=(20, 3, 8, 8), dtype=np.uint8)
+    scaler = Standardize(per="channel").fit(x)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5))
+    ensemble = Ensemble([model], transform=make_batch_transform(
+        scaler, Compose([RandomCrop(8, padding=2), RandomHorizontalFlip()])))
+    model.eval()
+    expected = np_softmax(model.forward(scaler.transform(x)))
+    np.testing.assert_array_equal(ensemble.predict_proba(x), expected)
+    np.testing.assert_array_equal(ensemble.predict_proba(x), expected)
