@@ -24,7 +24,7 @@ import numbers
 import numpy as np
 
 from cynet._validation import describe, is_count, positive_int, saved_scalar
-from cynet.data.loader import Compose, Cutout, Mixup, RandomCrop, RandomHorizontalFlip
+from cynet.data.loader import RANDOM_AUGMENTATIONS, Mixup
 from cynet.nn.module import Module, _evaluation_mode
 from cynet.nn.normalization import recompute_batchnorm_statistics
 from cynet.train import Callback, _check_x
@@ -115,7 +115,7 @@ class Ensemble:
             weights = weights / weights.sum()
         if transform is not None and not callable(transform):
             raise TypeError(f"Ensemble: transform must be callable, got {transform!r}")
-        if isinstance(transform, (RandomCrop, RandomHorizontalFlip, Cutout, Compose, Mixup)):
+        if isinstance(transform, (*RANDOM_AUGMENTATIONS, Mixup)):
             # called as transform(xb) an augmentation draws from the global generator: every prediction was of
             # randomly cropped / flipped / cut-out images, different from call to call, without a word
             raise TypeError(f"Ensemble: transform={transform!r} is a random augmentation, which would change the "

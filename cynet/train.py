@@ -63,7 +63,7 @@ import numpy as np
 from cynet import checkpoint as _checkpoint
 from cynet._threading import copyto
 from cynet._validation import check_finite, is_count, refuse_masked, saved_scalar
-from cynet.data.loader import Compose, Cutout, Mixup, RandomCrop, RandomHorizontalFlip
+from cynet.data.loader import RANDOM_AUGMENTATIONS, Mixup
 from cynet.nn.loss import LabelError, MulticlassSVM
 from cynet.nn.module import Module, _evaluation_mode
 from cynet.nn.normalization import _batch_slices, _BatchNorm
@@ -732,7 +732,7 @@ class Trainer:
         if isinstance(batch_transform, Mixup):     # (failed at the first batch: "Generator has no len()")
             raise TypeError(f"Trainer: {batch_transform!r} mixes inputs and labels: pass it as mixup=, not as "
                             f"batch_transform")
-        if isinstance(batch_transform, (RandomCrop, RandomHorizontalFlip, Cutout, Compose)):
+        if isinstance(batch_transform, RANDOM_AUGMENTATIONS):
             # called with rng=None an augmentation draws from the global generator: evaluate, predict and the
             # validation were augmented too, at random, without a word
             raise TypeError(f"Trainer: batch_transform={batch_transform!r} is an augmentation, which stays random when "

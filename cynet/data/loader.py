@@ -321,6 +321,11 @@ class Mixup:
         return f"Mixup(alpha={self.alpha}, num_classes={self.num_classes})"
 
 
+#: The random image augmentations: called without a generator they draw from the global one, so the consumers that
+#: take a preprocessing callable (Trainer's batch_transform, Ensemble's transform) refuse them.
+RANDOM_AUGMENTATIONS = (RandomCrop, RandomHorizontalFlip, Cutout, Compose)
+
+
 def make_batch_transform(transform=None, augment=None):
     """A ``batch_transform(xb, rng)`` hook for a training loop: transform, then augment unless ``rng`` is None.
 
