@@ -22,8 +22,9 @@ from cynet.nn.loss import SoftmaxCrossEntropy
 from cynet.optim import SGD
 from cynet.train import Callback, DivergenceWarning, Trainer
 from cynet.tune import (
-    CoarseToFine, GridSearch, LogUniform, RandomSearch, Stage, choice, edge_report, grid_points, loguniform,
-    make_trainer_trial, narrow_space, randint, sample_space, successive_halving, trial_seed, uniform,
+    CoarseToFine, GridSearch, LogRandInt, LogUniform, RandomSearch, Stage, choice, edge_report, grid_points,
+    lograndint, loguniform, make_trainer_trial, narrow_space, randint, sample_space, successive_halving, trial_seed,
+    uniform,
 )
 from cynet.tune.executors import execute_trial
 
@@ -1113,3 +1114,44 @@ def test_coarse_to_fine_refuses_a_single_stage_or_none():
         CoarseToFine(space, Stage(4))                   # was "'Stage' object is not iterable"
     with pytest.raises(TypeError, match=r"CoarseToFine: stages must be a non-empty list of Stage, got None"):
         CoarseToFine(space, None)
+
+
+def test_lograndint_draws_integers_with_the_log_uniform_probabilities():
+    # P(k) = log((k + 1) / k) / log(hi / lo): floor(exp(t)), t uniform on [log lo, log hi); chi-squared on 8 bins
+    dist = lograndint(32, 1025)
+    rng = np.random.default_rng(0)
+    draws = np.array([dist.sample(rng) for _ in range(100_000)])
+    assert draws.dtype.kind == "i" and draws.min() == 32 and draws.max() == 1024
+    edges = [32, 45, 64, 91, 128, 181, 256, 512, 1025]
+    k = np.arange(32, 1025)
+    p = np.log((k + 1) / k) / np.log(1025 / 32)
+    expected = np.array([p[(k >= lo) & (k < hi)].sum() for lo, hi in zip(edges[:-1], edges[1:])]) * len(draws)
+    observed = np.histogram(draws, bins=edges)[0]
+    chi2 = float(np.sum((observed - expected) ** 2 / expected))
+    assert chi2 < 24.3, (observed, expected)           # 7 degrees of freedom, p = 0.001
+    # as many draws in 32..63 as in 512..1024 (randint would give 16x as many to the latter)
+    assert abs(np.mean(draws < 64) - np.mean(draws >= 512)) < 0.01
+
+
+def test_lograndint_grid_narrow_and_edges_work_in_log_scale():
+    dist = lograndint(32, 1025)
+    assert dist.grid(6) == [32, 64, 128, 256, 512, 1024] and dist.grid(1) == [181]     # sqrt(32 * 1024) = 181.02
+    assert grid_points({"h": dist}, 3) == {"h": [32, 181, 1024]}
+    # around 100 with margin 0.1 of the log-width log(1024 / 32): 100 * 32^(-0.1) = 70.7 -> 70, 100 * 32^0.1 = 141.4
+    # -> 142 (hi excluded: 143)
+    narrowed = narrow_space({"h": dist}, [{"h": 100}], margin=0.1)["h"]
+    assert isinstance(narrowed, LogRandInt) and (narrowed.lo, narrowed.hi) == (70, 143)
+    assert narrow_space({"h": dist}, [{"h": 100}, {"h": 300}], margin=0)["h"] == lograndint(100, 301)
+    position = (np.log(1000) - np.log(32)) / (np.log(1024) - np.log(32))            # 0.99 of the log-range
+    assert f"position {position:.2f} of the log-range" in edge_report({"h": dist}, {"h": 1000})[0]
+    assert edge_report({"h": dist}, {"h": 181}) == []
+    with pytest.raises(ValueError, match="lograndint: lo must be an int >= 1"):
+        lograndint(0, 10)
+    with pytest.raises(ValueError, match="need lo < hi"):
+        lograndint(10, 10)
+
+
+def test_a_one_point_grid_of_randint_is_its_middle_value_like_the_other_ranges():
+    # GridSearch(points=1) gave randint(1, 10)'s lower end 1 (then "lies at the lower edge"), uniform(0, 1)'s midpoint
+    assert grid_points({"n": randint(1, 10), "p": uniform(0, 1)}, 1) == {"n": [5], "p": [0.5]}
+    assert randint(1, 2).grid(1) == [1] and randint(0, 4).grid(1) == [2]

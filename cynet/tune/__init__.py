@@ -1,6 +1,6 @@
 """Hyperparameter search, cross-validation and trial execution (local by default, Dask when asked).
 
-- spaces: :func:`loguniform`, :func:`uniform`, :func:`choice`, :func:`randint`;
+- spaces: :func:`loguniform`, :func:`uniform`, :func:`choice`, :func:`randint`, :func:`lograndint`;
 - searches: :class:`RandomSearch` (default), :class:`GridSearch`, :class:`CoarseToFine` with :class:`Stage`,
   :func:`successive_halving`; results in :class:`SearchResult`;
 - trials: ``train_fn(params, data, budget, seed) -> dict`` or :func:`make_trainer_trial`;
@@ -15,8 +15,8 @@ Example:
     >>> result.best_params, result.to_csv("trials.csv")       # doctest: +SKIP
 """
 from cynet.tune.space import (
-    Choice, Distribution, LogUniform, RandInt, Uniform, choice, edge_report, grid_points, loguniform, narrow_space,
-    randint, sample_space, uniform,
+    Choice, Distribution, LogRandInt, LogUniform, RandInt, Uniform, choice, edge_report, grid_points, lograndint,
+    loguniform, narrow_space, randint, sample_space, uniform,
 )
 from cynet.tune.search import (
     CoarseToFine, GridSearch, RandomSearch, SearchResult, Stage, TrainerTrial, make_trainer_trial,
@@ -26,8 +26,8 @@ from cynet.tune.cv import CrossValidatedTrial, KFold, StratifiedKFold, cross_val
 from cynet.tune.executors import execute_trial
 
 __all__ = [
-    "Distribution", "LogUniform", "Uniform", "Choice", "RandInt", "loguniform", "uniform", "choice", "randint",
-    "sample_space", "grid_points", "narrow_space", "edge_report",
+    "Distribution", "LogUniform", "Uniform", "Choice", "RandInt", "LogRandInt", "loguniform", "uniform", "choice",
+    "randint", "lograndint", "sample_space", "grid_points", "narrow_space", "edge_report",
     "RandomSearch", "GridSearch", "CoarseToFine", "Stage", "successive_halving", "SearchResult",
     "make_trainer_trial", "TrainerTrial", "trial_seed",
     "KFold", "StratifiedKFold", "holdout_split", "cross_validate", "CrossValidatedTrial", "execute_trial",

@@ -18,8 +18,8 @@ from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["Distribution", "LogUniform", "Uniform", "Choice", "RandInt", "loguniform", "uniform", "choice", "randint",
-           "sample_space", "grid_points", "narrow_space", "edge_report"]
+__all__ = ["Distribution", "LogUniform", "Uniform", "Choice", "RandInt", "LogRandInt", "loguniform", "uniform", "choice",
+           "randint", "lograndint", "sample_space", "grid_points", "narrow_space", "edge_report"]
 
 
 def _check_int(owner, name, value, low):
@@ -183,9 +183,11 @@ class RandInt(Distribution):
         return int(rng.integers(self.lo, self.hi))
 
     def grid(self, n):
-        # as np.linspace(lo, hi - 1, n) rounded, in exact integer arithmetic (floats lose large integers)
+        # as np.linspace(lo, hi - 1, n) rounded, in exact integer arithmetic (floats lose large integers); n = 1:
+        # the middle value, as the continuous ranges give their midpoint (it was lo, an edge of the range)
         span = self.hi - 1 - self.lo
-        return sorted({self.lo + round(Fraction(i * span, n - 1)) for i in range(n)} if n > 1 else {self.lo})
+        return sorted({self.lo + round(Fraction(i * span, n - 1)) for i in range(n)} if n > 1
+                      else {self.lo + round(Fraction(span, 2))})
 
     def position(self, value):
         if self.hi - self.lo == 1:
@@ -201,6 +203,53 @@ class RandInt(Distribution):
 
     def __repr__(self):
         return f"randint({self.lo}, {self.hi})"
+
+
+class LogRandInt(RandInt):
+    r"""An integer in ``lo, ..., hi - 1`` (``hi`` excluded) whose logarithm is about uniform: ``floor(exp(t))`` with
+    ``t`` uniform on ``[log lo, log hi)``, so that :math:`P(k) = \log((k + 1) / k) / \log(hi / lo)` (as Ray Tune's
+    ``lograndint``): for sizes that matter by their ratio (hidden units 32 ... 512, batch sizes), where
+    :func:`randint` would spend most trials on the large values. Grids, narrowing and edge positions work in log
+    scale too."""
+
+    log = True
+
+    def __init__(self, lo, hi):
+        if isinstance(lo, (int, np.integer)) and not isinstance(lo, bool) and lo < 1:
+            raise ValueError(f"lograndint: lo must be an int >= 1 (it samples log(value)), got lo={lo!r}")
+        super().__init__(lo, hi)
+
+    def sample(self, rng):
+        value = math.floor(math.exp(rng.uniform(math.log(self.lo), math.log(self.hi))))
+        return int(min(max(value, self.lo), self.hi - 1))     # exp(log(x)) may round past an end
+
+    def grid(self, n):
+        """Up to ``n`` distinct integers, log-spaced from ``lo`` to ``hi - 1`` (both included), rounded; ``n = 1``:
+        the geometric middle, rounded."""
+        a, b = math.log(self.lo), math.log(self.hi - 1)
+        points = [0.5 * (a + b)] if n == 1 else np.linspace(a, b, n)
+        values = {min(max(round(math.exp(t)), self.lo), self.hi - 1) for t in points}
+        if n > 1:
+            values |= {self.lo, self.hi - 1}
+        return sorted(int(v) for v in values)
+
+    def position(self, value):
+        if self.hi - self.lo == 1:
+            return 0.5
+        return (math.log(value) - math.log(self.lo)) / (math.log(self.hi - 1) - math.log(self.lo))
+
+    def narrow(self, values, margin):
+        """The integers spanned by ``values``, widened by ``margin`` of this range's width in log scale on each
+        side, clipped to this range (every value, clipped to it, included)."""
+        values = [min(max(int(v), self.lo), self.hi - 1) for v in values]     # values outside: their end
+        a, b = math.log(self.lo), math.log(self.hi - 1)
+        pad = margin * (b - a)
+        lo = max(self.lo, min(min(values), math.floor(math.exp(math.log(min(values)) - pad))))
+        hi = min(self.hi - 1, max(max(values), math.ceil(math.exp(math.log(max(values)) + pad))))
+        return LogRandInt(int(lo), int(hi) + 1)
+
+    def __repr__(self):
+        return f"lograndint({self.lo}, {self.hi})"
 
 
 class Choice(Distribution):
@@ -289,6 +338,26 @@ def randint(lo, hi):
         >>> layers = randint(1, 4)     # 1, 2 or 3
     """
     return RandInt(lo, hi)
+
+
+def lograndint(lo, hi):
+    """An integer in ``[lo, hi)`` (``hi`` excluded) drawn uniformly in log scale (see :class:`LogRandInt`).
+
+    Args:
+        lo (int): smallest value, >= 1.
+        hi (int): one past the largest value.
+
+    Returns:
+        LogRandInt: the distribution.
+
+    Example:
+        >>> import numpy as np
+        >>> from cynet.tune import lograndint
+        >>> hidden = lograndint(32, 1025)          # 32 ... 1024: as many draws in 32-64 as in 512-1024
+        >>> hidden.grid(6)
+        [32, 64, 128, 256, 512, 1024]
+    """
+    return LogRandInt(lo, hi)
 
 
 def choice(options):
