@@ -509,7 +509,8 @@ def load_trainer(path, trainer):
     trainer._first_loss = first_loss
     trainer.stop_reason = counters.get("stop_reason")
     trainer._fit_settings = fit_settings
-    trainer._resumed_settings = {} if fit_settings is None else dict(fit_settings)      # (older files: nothing to compare)
+    # (older files have none: nothing to compare)
+    trainer._resumed_settings = {} if fit_settings is None else dict(fit_settings)
 
 
 def _saved_rates(optimizer):

@@ -1264,9 +1264,9 @@ class Trainer:
         callbacks with state, in the same order; see :func:`cynet.checkpoint.load_trainer`), load, then call ``fit``
         with the same total ``epochs`` (and the same ``x``, ``y``, ``batch_size``, ``shuffle`` and validation data: a
         fit with another batch size, example count or shuffle goes on but warns that it is not an exact resume;
-        other data of the same length is not detected). A checkpoint of a run that a callback stopped (:class:`EarlyStopping`) holds a
-        finished run: a ``fit`` after loading it trains on past the stop, and warns that the uninterrupted run ended
-        there. A load that fails changes nothing.
+        other data of the same length is not detected). A checkpoint of a run that a callback stopped
+        (:class:`EarlyStopping`) holds a finished run: a ``fit`` after loading it trains on past the stop, and warns
+        that the uninterrupted run ended there. A load that fails changes nothing.
 
         Returns:
             Trainer: self.

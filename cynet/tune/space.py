@@ -18,8 +18,8 @@ from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["Distribution", "LogUniform", "Uniform", "Choice", "RandInt", "LogRandInt", "loguniform", "uniform", "choice",
-           "randint", "lograndint", "sample_space", "grid_points", "narrow_space", "edge_report"]
+__all__ = ["Distribution", "LogUniform", "Uniform", "Choice", "RandInt", "LogRandInt", "loguniform", "uniform",
+           "choice", "randint", "lograndint", "sample_space", "grid_points", "narrow_space", "edge_report"]
 
 
 def _check_int(owner, name, value, low):
