@@ -338,3 +338,21 @@ def test_stratified_kfold_warns_when_a_class_has_fewer_examples_than_folds():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         list(StratifiedKFold(2).split(y, y))
+
+
+def test_cross_validate_reports_the_worst_fold_status_and_refuses_unknown_ones():
+    # a fold returning status "error" made the whole result "diverged"; an unknown status was taken as a divergence
+    x, y = np.zeros((12, 2)), np.arange(12) % 2
+
+    def trial_with(statuses):
+        def train_fn(params, data, budget, seed):
+            return {"val_acc": 0.5, "status": statuses.pop(0)}
+        return train_fn
+
+    for statuses, want in [(["ok", "ok", "ok"], "ok"), (["ok", "diverged", "ok"], "diverged"),
+                           (["ok", "error", "diverged"], "error"), (["diverged", "ok", "error"], "error")]:
+        out = cross_validate(trial_with(list(statuses)), {}, x, y, cv=KFold(3))
+        assert out["status"] == want, (statuses, out["status"])
+        assert (want == "ok") == np.isfinite(out["val_acc"])
+    with pytest.raises(ValueError, match=r"cross_validate: train_fn returned status 'failed' for fold 1"):
+        cross_validate(trial_with(["ok", "failed", "ok"]), {}, x, y, cv=KFold(3))

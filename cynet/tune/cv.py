@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 
+from cynet.tune.executors import STATUSES
 from cynet.tune.space import _check_int, _trial_params
 
 __all__ = ["KFold", "StratifiedKFold", "holdout_split", "cross_validate", "CrossValidatedTrial"]
@@ -285,8 +286,9 @@ def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, b
     Returns:
         dict: "val_acc" (mean over folds; NaN when a fold did not finish), "val_acc_folds" (each fold's accuracy),
         "val_acc_std" (their standard deviation, ``numpy.std``: divisor the number of folds; NaN when a fold did not
-        finish), "val_loss", "epochs" (per fold), "status" ("ok", or "diverged" when any fold diverged). In a search,
-        "val_acc_folds" and "val_acc_std" are kept in each trial's record and shown in the results table.
+        finish), "val_loss", "epochs" (per fold), "status" (the worst fold's: "ok", "diverged" when a fold
+        diverged, "error" when one reported an error). In a search, "val_acc_folds" and "val_acc_std" are kept in
+        each trial's record and shown in the results table.
 
     Example:
         >>> from cynet.tune import cross_validate, KFold
@@ -307,9 +309,14 @@ def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, b
         if val_loss is not None:                 # optional: None as absent
             losses.append(float(val_loss))
         epochs.append(out.get("epochs", budget))
-        if out.get("status", "ok") != "ok" or not np.isfinite(accs[-1]) or (
-                val_loss is not None and not np.isfinite(losses[-1])):
-            status = "diverged"
+        fold_status = out.get("status", "ok")
+        if fold_status not in STATUSES:
+            raise ValueError(f"cross_validate: train_fn returned status {fold_status!r} for fold {fold}; expected one "
+                             f"of {STATUSES}")
+        if fold_status == "ok" and (not np.isfinite(accs[-1]) or (val_loss is not None
+                                                                 and not np.isfinite(losses[-1]))):
+            fold_status = "diverged"
+        status = max(status, fold_status, key=STATUSES.index)    # the worst fold's ("error" was called "diverged")
     return {"val_acc": float(np.mean(accs)) if status == "ok" else float("nan"), "val_acc_folds": accs,
             "val_acc_std": float(np.std(accs)) if status == "ok" else float("nan"),
             "val_loss": float(np.mean(losses)) if losses else None, "epochs": epochs, "status": status}
