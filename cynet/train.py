@@ -887,6 +887,11 @@ class Trainer:
         callback stopped at an epoch's end (:class:`EarlyStopping`; the checkpoint keeps :attr:`stop_reason`), the
         first ``fit`` trains on past the stop, which the uninterrupted run did not, and warns so (UserWarning).
 
+        ``fit`` calls ``model.train()`` first, as a PyTorch loop does, and leaves the model in training mode: a
+        BatchNorm left in eval mode by hand is switched back (to keep one's statistics fixed, ``freeze()`` it, or give
+        the module a ``train`` that keeps it in eval: each module's own ``train`` is obeyed); evaluation inside
+        ``fit`` (validation) runs in eval mode and hands training mode back.
+
         Args:
             x (array_like): training inputs, one example per row (any numeric dtype; see ``batch_transform``).
             y (array_like): labels (class indices for classification losses), ``len(y) == len(x)``.
