@@ -640,7 +640,9 @@ class Trainer:
             random one, no flip): an augmentation itself (:class:`cynet.data.RandomCrop`, :class:`cynet.data.Compose`,
             ...) is refused, since it stays random there; pass ``make_batch_transform(transform, augment)``.
             Default None. Batches whose dtype differs from the model's parameters are then
-            cast to it (so uint8 images without a transform become float32 of the same values).
+            cast to it (so uint8 images without a transform become float32 of the same values; a float64 model fed
+            uint8 images through a transform wants ``make_batch_transform(transform, augment, dtype=np.float64)``,
+            as the transforms give float32 for integer input).
         seed (int): seeds :attr:`generator`, the source of the shuffling order (and of the transform's
             randomness). Default 0.
         progress (bool): show a :class:`ProgressBar` (tqdm). Default True.

@@ -270,3 +270,21 @@ def test_a_big_endian_batch_is_augmented_as_the_native_one(augment, dtype):
     got = augment(x.astype(np.dtype(dtype).newbyteorder(">")), np.random.default_rng(7))
     assert got.dtype == dtype
     np.testing.assert_array_equal(got, want)
+
+
+def test_make_batch_transform_with_dtype_float64_standardises_uint8_images_in_float64():
+    # a float64 model fed uint8 images got float32-rounded inputs (the transform gives float32 for integer input,
+    # the trainer's cast to float64 after it cannot restore the bits): dtype=np.float64 computes them in float64
+    from cynet.data import Standardize, make_batch_transform
+    x = np.random.default_rng(0).integers(0, 256, (20, 3, 4, 4)).astype(np.uint8)
+    standardize = Standardize(per="channel").fit(x)
+    want = standardize.transform(x.astype(np.float64))
+    got = make_batch_transform(standardize, dtype=np.float64)(x, None)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, want)
+    assert make_batch_transform(standardize)(x, None).dtype == np.float32          # the default is unchanged
+    flipped = make_batch_transform(None, RandomHorizontalFlip(p=1.0), dtype=np.float64)(x, np.random.default_rng(0))
+    np.testing.assert_array_equal(flipped, x[..., ::-1].astype(np.float64))
+    for bad in (np.int32, "complex128", 3):
+        with pytest.raises(TypeError, match="make_batch_transform: dtype must be numpy.float32, numpy.float64"):
+            make_batch_transform(standardize, dtype=bad)

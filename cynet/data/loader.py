@@ -326,16 +326,20 @@ class Mixup:
 RANDOM_AUGMENTATIONS = (RandomCrop, RandomHorizontalFlip, Cutout, Compose)
 
 
-def make_batch_transform(transform=None, augment=None):
+def make_batch_transform(transform=None, augment=None, *, dtype=None):
     """A ``batch_transform(xb, rng)`` hook for a training loop: transform, then augment unless ``rng`` is None.
 
     Args:
         transform: a fitted preprocessing transform (``transform.transform(xb)``), or None.
         augment: a callable ``augment(xb, generator)`` (:class:`RandomCrop`, :class:`Compose`, …), or None.
+        dtype: keyword-only; ``numpy.float64`` casts each batch to float64 before the transform, so that a float64
+            model fed uint8 images gets inputs computed in float64 (the transforms give float32 for integer input,
+            which the trainer's cast to the model's float64 cannot make more precise). Default None (as below).
 
     Returns:
         callable: ``batch_transform(xb, rng)``; ``rng`` a :class:`numpy.random.Generator` for training, None for
-        evaluation (transform only, no augmentation). Output is float32 (float64 stays float64).
+        evaluation (transform only, no augmentation). Output is float32 (float64 stays float64; ``dtype=float64``:
+        float64).
 
     Example:
         >>> import numpy as np
@@ -349,8 +353,17 @@ def make_batch_transform(transform=None, augment=None):
         raise TypeError(f"make_batch_transform: transform must have a .transform(x) method, got {transform!r}")
     if augment is not None and not callable(augment):
         raise TypeError(f"make_batch_transform: augment must be callable(xb, generator), got {augment!r}")
+    if dtype is not None:
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            dtype = np.dtype(object)           # (not None: np.dtype(None) is float64, and None == float64 is True)
+        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError("make_batch_transform: dtype must be numpy.float32, numpy.float64 or None")
 
     def batch_transform(xb, rng=None):
+        if dtype is not None:
+            xb = np.asarray(xb, dtype=dtype)
         if transform is not None:
             xb = transform.transform(xb)
         else:       # float64 in either byte order stays float64 (a '>f8' array is not == np.float64), as transforms
