@@ -333,7 +333,8 @@ class EarlyStopping(_BestTracker):
     Args:
         monitor (str): "val_acc" (default), "val_loss", "train_acc" or "train_loss".
         patience (int): epochs without improvement tolerated before stopping. Default 5.
-        min_delta (float): the smallest change that counts as an improvement. Default 0.
+        min_delta (float): the margin an improvement must exceed: a change of exactly ``min_delta`` (or less)
+            counts as no improvement (as in Keras). Default 0.
         restore_best_weights (bool): restore the best epoch's weights at the end. Default True.
         mode (str): "auto" (default: "max" for accuracies, "min" for losses), "min" or "max".
 

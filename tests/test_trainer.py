@@ -505,6 +505,29 @@ def test_early_stopping_min_delta_and_no_restore():
         np.testing.assert_array_equal(got, want)
 
 
+def test_early_stopping_min_delta_is_a_strict_margin():
+    # documented: an improvement must beat the best by more than min_delta; exactly min_delta is no improvement
+    # (values exact in binary, so no rounding decides it)
+    class Fake:
+        def __init__(self):
+            self.history, self.epoch, self.stop_reason = {"val_loss": []}, 0, None
+
+        def stop(self, reason):
+            self.stop_reason = reason
+
+    for values, min_delta, stopped_at in (([1.0, 0.5], 0.5, 2), ([1.0, 0.4375], 0.5, None)):
+        stopper, fake = EarlyStopping(monitor="val_loss", patience=1, min_delta=min_delta,
+                                      restore_best_weights=False), Fake()
+        stopped = None
+        for value in values:
+            fake.history["val_loss"].append(value)
+            fake.epoch += 1
+            stopper.on_epoch_end(fake)
+            if fake.stop_reason and stopped is None:
+                stopped = fake.epoch
+        assert stopped == stopped_at
+
+
 def test_early_stopping_restores_best_weights_on_keyboard_interrupt():
     trainer, recorder, stopper, (x, y), val = _diverging_validation_setup(monitor="val_loss", patience=50)
 
