@@ -114,6 +114,7 @@ def save(path, arrays, meta):
 
     Raises:
         TypeError: an array of object dtype, a non-string name, or ``meta`` not JSON-serialisable.
+        ValueError: a name holding a path separator (``/``) or the reserved ``"__meta__"``.
         OSError: the file cannot be written (the old file, if any, is left as it was).
 
     Example:
@@ -147,7 +148,7 @@ def load(path):
         dict (with ``format`` and ``format_version``).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        FileNotFoundError: ``path`` does not exist. IsADirectoryError: ``path`` is a directory.
         CheckpointError: the file is not a zip archive, is truncated or corrupt (bad CRC), holds pickled data, is an
             ``.npz`` without a cynet header, or was written by a newer format version. The message names the file.
 

@@ -830,3 +830,8 @@ def test_a_resume_with_another_batch_size_or_data_warns_that_it_is_not_exact(tmp
         same = _trainer("sgd").load_checkpoint(tmp_path / "run.npz")
         same.fit(x, y, epochs=4, batch_size=16, validation=val)
     assert_same_weights(same.model, straight.model)
+
+
+def test_load_of_a_directory_raises_the_documented_is_a_directory_error(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        checkpoint.load(tmp_path)
