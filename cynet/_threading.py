@@ -280,8 +280,8 @@ def set_num_threads(n):
     """Use ``n`` threads for cynet's kernels and for BLAS from now on; ``None`` returns to the default.
 
     Args:
-        n (int or None): threads, >= 1. More threads than :func:`available_cpus` are allowed (and honoured) but
-            only oversubscribe the machine.
+        n (int or None): threads, 1 to MAX_THREADS (2**15). More threads than :func:`available_cpus` are allowed
+            (and honoured) but only oversubscribe the machine.
 
     Example:
         >>> import cynet
