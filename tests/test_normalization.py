@@ -299,6 +299,40 @@ def test_batchnorm_matches_torch(shape, dtype, rng):
     _assert_matches_torch(bn, x, dout, lambda xt, w, b: F.batch_norm(xt, rm, rv, w, b, training=False), dtype)
 
 
+@pytest.mark.parametrize("make, shape", [(lambda: LayerNorm(3072), (128, 3072)),
+                                         (lambda: GroupNorm(2, 4), (128, 4, 24, 32))], ids=["layernorm", "groupnorm"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_row_norm_backward_without_input_grad_allocates_no_input_sized_array(make, shape, dtype):
+    """A LayerNorm/GroupNorm first in a network (backward with input_grad=False) handed the kernel a never-written
+    stand-in for dx of the input's full size, every step (1.57 MB for (128, 3072) float32); a one-row one as batch
+    norm's. dgamma and dbeta are the bits of the input_grad=True pass."""
+    import tracemalloc
+    rng = np.random.default_rng(0)
+    x, dout = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    norm = make()
+    if dtype == np.float64:
+        norm.double()
+    norm(x)
+    norm.backward(dout)
+    expected = norm.weight.grad.copy(), norm.bias.grad.copy()
+    norm.zero_grad()
+    norm.backward(dout, input_grad=False)                       # warm-up
+    norm.zero_grad()
+    tracemalloc.start()
+    try:
+        assert norm.backward(dout, input_grad=False) is None
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # the budget: the one-row stand-in, the kernel's float64 scratch (chunks, 2, P), dgamma and dbeta, 16 KiB slack
+    from cynet.nn.normalization import _ROW_CHUNKS
+    P = norm.weight.data.size
+    budget = x.nbytes // shape[0] + _ROW_CHUNKS * 2 * P * 8 + 2 * P * 8 + (16 << 10)
+    assert peak < budget, f"backward(input_grad=False) allocated {peak} bytes (budget {budget}, input {x.nbytes})"
+    np.testing.assert_array_equal(norm.weight.grad, expected[0])
+    np.testing.assert_array_equal(norm.bias.grad, expected[1])
+
+
 @needs_torch
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("normalized_shape,shape", [(5, (3, 5)), (300, (200, 300)), ((4, 6), (2, 3, 4, 6))], ids=str)

@@ -341,8 +341,8 @@ def row_norm_backward(dout3, x3, groups, gamma, mean, inv_std, *, input_grad=Tru
 def _row_norm_backward(dout3, x3, groups, gamma, mean, inv_std, dx3):
     """row_norm_backward on checked arguments; ``dx3`` the output, None for input_grad=False."""
     input_grad = dx3 is not None
-    if not input_grad:
-        dx3 = np.empty(x3.shape, x3.dtype)                  # (never written)
+    if not input_grad:              # the kernel gets a one-row stand-in for dx that it never writes (as batch norm's)
+        dx3 = np.empty((1,) + x3.shape[1:], x3.dtype)
     P = gamma.shape[0]
     partials = np.empty((_row_chunks(x3), 2, P))
     dgamma = np.empty(P)
