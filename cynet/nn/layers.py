@@ -668,7 +668,10 @@ class Maxout(Module):
         if x.dtype != dtype:
             raise TypeError(f"{name}: input must have the weights' dtype {dtype}, got {describe(x)} "
                             f"({dtype_remedy(x.dtype)})")
-        y, self._indices = ops.maxout_forward(self.linear(x), self.pieces)
+        z = self.linear(x)
+        shape = (z.shape[0], self.out_features)     # outputs and winners from the pool, as every layer's output
+        y, self._indices = ops.maxout_forward(z, self.pieces, out=reuse.empty(shape, dtype),
+                                              indices_out=reuse.empty(shape, np.int32))
         return y
 
     def backward(self, dout, *, input_grad=True):
@@ -678,7 +681,8 @@ class Maxout(Module):
         if dout.shape != indices.shape or dout.dtype != dtype:     # named here, not by the inner Linear
             raise ValueError(f"Maxout({self.extra_repr()}): dout must be a {dtype} array of shape {indices.shape} "
                              f"(the forward's output), got {describe(dout)}")
-        dz = ops.maxout_backward(dout, indices, self.pieces)
+        dz = ops.maxout_backward(dout, indices, self.pieces,
+                                 out=reuse.empty((indices.shape[0], self.linear.out_features), dtype))
         return self.linear.backward(dz, input_grad=input_grad)
 
     def kink_state(self):
