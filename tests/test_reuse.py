@@ -299,3 +299,38 @@ def test_maxout_outputs_winners_and_gradient_come_from_the_pool():
     _reuse.ENABLED = False
     np.testing.assert_array_equal(y, fresh(x))
     np.testing.assert_array_equal(maxout._indices, fresh._indices)
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Linear(1024, 256, generator=0),
+                                  lambda: nn.DropConnectLinear(1024, 256, p=0.5, generator=0)],
+                         ids=["Linear accumulating", "DropConnectLinear"])
+def test_weight_gradients_use_a_pooled_product(make):
+    """An accumulating weight gradient (a second backward without zero_grad, tied weights) and DropConnect's masked
+    one computed dout^T x into a fresh weight-sized array (1 MiB here) at every backward; now a pooled one, the
+    same bits (against the product written out by hand)."""
+    import tracemalloc
+    layer = make()
+    rng = np.random.default_rng(0)
+    x, dout = rng.standard_normal((256, 1024), dtype=np.float32), rng.standard_normal((256, 256), dtype=np.float32)
+    for _ in range(2):                                     # warm-up: the pool gets its arrays
+        layer.zero_grad()
+        layer(x)
+        layer.backward(dout, input_grad=False)
+        layer.backward(dout, input_grad=False)
+    layer.zero_grad()
+    layer(x)
+    layer.backward(dout, input_grad=False)
+    first = layer.weight.grad.copy()
+    tracemalloc.start()
+    try:
+        layer.backward(dout, input_grad=False)             # adds into the gradient
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 10, f"an accumulating backward allocated {peak} bytes"
+    product = np.matmul(dout.T, x)
+    mask = getattr(layer, "_mask", None)
+    if mask is not None:
+        product *= mask
+    np.testing.assert_array_equal(first, product)
+    np.testing.assert_array_equal(layer.weight.grad, first + product)

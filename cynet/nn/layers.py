@@ -285,8 +285,8 @@ class Linear(Module):
         """Write (``fresh``) or add ``dout^T x`` into ``grad``."""
         if fresh:
             np.matmul(dout.T, x, out=grad)
-        else:
-            grad += np.matmul(dout.T, x)
+        else:                       # (accumulating: tied weights, two backward passes) the product in a pooled array
+            grad += np.matmul(dout.T, x, out=reuse.empty(grad.shape, grad.dtype))
 
     def backward(self, dout, *, input_grad=True):
         x = _cached(self, "_x")
@@ -762,7 +762,7 @@ class DropConnectLinear(Linear):
     def _weight_gradient(self, dout, x, grad, fresh):
         if self._mask is None:
             return super()._weight_gradient(dout, x, grad, fresh)
-        masked = np.matmul(dout.T, x)
+        masked = np.matmul(dout.T, x, out=reuse.empty(grad.shape, grad.dtype))     # (a pooled array, not a fresh one)
         masked *= self._mask
         if fresh:
             np.copyto(grad, masked)
