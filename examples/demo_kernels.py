@@ -27,7 +27,8 @@ def main(argv=None):
     parser.add_argument("--size", type=positive_int, default=1024,
                         help="the input is (size, 4096) float32 (default 1024)")
     parser.add_argument("--threads", type=thread_count, default=None,
-                        help="threads for kernels and BLAS (default: all)")
+                        help="threads for kernels and BLAS (default: $OMP_NUM_THREADS, else every CPU this process "
+                             "may use)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         cynet.set_num_threads(args.threads)
@@ -57,7 +58,8 @@ def main(argv=None):
         ("silu_backward", lambda o: ops.silu_backward(dout, x, out=o),
          lambda o: reference.silu_backward(dout, x, out=o)),
     ]
-    print(f"\ninput (N, D) = {x.shape} float32, {cynet.get_num_threads()} threads; "
+    n = cynet.get_num_threads()
+    print(f"\ninput (N, D) = {x.shape} float32, {n} thread{'s' if n != 1 else ''}; "
           f"memory-copy floor for these bytes: {limit * 1e3:.2f} ms\n")
     print(f"{'op':<14}{'max |cynet - numpy|':>22}{'cynet ms':>10}{'numpy ms':>10}{'speed-up':>10}{'x floor':>9}")
     for name, fast, slow in cases:

@@ -86,6 +86,9 @@ def main(argv=None):
         rows.append((k, acc, ema_acc))
         models.append(model)
         print(f"model {k}: val_acc {acc:.4f}   with EMA weights {ema_acc:.4f}", flush=True)
+        if k == 0 and ema.num_updates < 1 / (1 - args.decay):
+            print(f"  note: {ema.num_updates} steps, fewer than the EMA's memory of about {1 / (1 - args.decay):.0f}: "
+                  f"the average still leans on the initial weights (lower --decay, or train longer)")
 
     _, ens_acc = Ensemble(models).evaluate(x_val, y_val)
     _, snap_acc = Ensemble.from_checkpoints(saver.paths, build_mlp).evaluate(x_val, y_val)
@@ -97,7 +100,8 @@ def main(argv=None):
           f"{ens_acc - max(r[1] for r in rows):+.4f} over the best)")
     print(f"{f'snapshot ensemble ({len(saver.paths)})':<26}{snap_acc:.4f}   ({snap_acc - rows[0][1]:+.4f} over "
           f"model 0)")
-    print(f"\n{time.perf_counter() - start:.1f} s on {cynet.get_num_threads()} threads")
+    n = cynet.get_num_threads()
+    print(f"\n{time.perf_counter() - start:.1f} s on {n} thread{'s' if n != 1 else ''}")
     snapshot_dir.cleanup()
     return {"models": rows, "ensemble": ens_acc, "snapshots": snap_acc, "snapshot_paths": len(saver.paths)}
 

@@ -4,13 +4,14 @@ CS231n lecture teaches it, with every stage shown.
 Stages: load the data (the full set, the shared development set, or the small subset packaged with cynet when
 nothing else is reachable) -> carve a validation split from the training images -> fit the preprocessing on the
 training part only -> build an MLP (or CNN) with batch norm and He initialisation -> run the lecture's sanity checks
-(initial loss ~ ln 10, overfitting a tiny subset, a learning-rate probe) -> train with progress bars, keeping the
-best checkpoint by validation accuracy -> plot the loss curve and the accuracies -> report test accuracy once, on
-the best checkpoint, as the last line ``test accuracy: NN.NN% (N images)``.
+(initial loss ~ ln 10, the penalty raising the loss, overfitting a tiny subset, a learning-rate probe) -> train
+with progress bars, keeping the best checkpoint by validation accuracy -> plot the loss curve and the accuracies ->
+the batch-norm check on the best checkpoint -> report test accuracy once, on the best checkpoint, as the last line
+``test accuracy: NN.NN% (N images)``.
 
 Data, the first that is there: ``--data``; ``$CYNET_DATA`` or ``~/.cache/cynet``; the development copy
-``../shared/datasets`` next to the project (40,000 training images, and its 1,017 test images in
-``cifar10_test_partial.npz``); else the small subset packaged with cynet, which the run says it uses.
+``../shared/datasets`` next to the project or at ``$CYNET_SHARED_DATA`` (40,000 training images, and its 1,017 test
+images in ``cifar10_test_partial.npz``); else the small subset packaged with cynet, which the run says it uses.
 
 Examples:
     # the data this machine can reach, offline
@@ -70,8 +71,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="CIFAR-10 directory (data_batch_* files) or cifar-10-python.tar.gz; default: "
-                                  "$CYNET_DATA or ~/.cache/cynet, else ../shared/datasets next to the project, "
-                                  "else the subset packaged with cynet")
+                                  "$CYNET_DATA or ~/.cache/cynet, else ../shared/datasets next to the project or at "
+                                  "$CYNET_SHARED_DATA, else the subset packaged with cynet")
     p.add_argument("--test-data", help="test images as an .npz with 'data' and 'labels' (default: test_batch, "
                                        "else the one *test*.npz file beside the batches, if any)")
     p.add_argument("--download", action="store_true", help="download the official archive if it is not there")
@@ -87,12 +88,13 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=non_negative_float, default=5e-4)
     p.add_argument("--dropout", type=probability, default=0.2)
     p.add_argument("--model", choices=sorted(MODELS), default="mlp")
-    p.add_argument("--val-size", type=int, default=None, help="validation images (default: 10%% of training)")
+    p.add_argument("--val-size", type=positive_int, default=None,
+                   help="validation images (default: 10%% of training)")
     p.add_argument("--no-augment", action="store_true", help="no random crops / flips")
     p.add_argument("--skip-checks", action="store_true", help="do not run the sanity checks before training")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--threads", type=thread_count, default=None,
-                   help="threads for kernels and BLAS (default: all cores)")
+                   help="threads for kernels and BLAS (default: $OMP_NUM_THREADS, else every CPU this process may use)")
     p.add_argument("--out", type=output_directory, default="runs/cifar10",
                    help="directory for the checkpoint, plots and history")
     return p.parse_args(argv)
@@ -266,10 +268,10 @@ def main(argv=None):
         sys.exit(f"training stopped before its first epoch ended ({trainer.stop_reason}): no checkpoint to "
                  f"test{advice}")
     epoch_times = history.get("epoch_time", [])
+    n = cynet.get_num_threads()
     print(f"trained {trainer.epoch} epochs in {train_seconds:.1f} s "
           f"({np.mean(epoch_times) if epoch_times else float('nan'):.2f} s per epoch on "
-          f"{cynet.get_num_threads()} threads); best validation accuracy "
-          f"{100 * max(history['val_acc']):.2f}%")
+          f"{n} thread{'s' if n != 1 else ''}); best validation accuracy {100 * max(history['val_acc']):.2f}%")
     if trainer.stop_reason:
         print(f"stopped early: {trainer.stop_reason}")
 

@@ -80,7 +80,10 @@ def main(argv=None):
         import distributed
 
         if args.scheduler:
-            client = distributed.Client(args.scheduler)
+            try:
+                client = distributed.Client(args.scheduler)
+            except OSError as error:      # (a raw traceback after the connection timeout before)
+                p.error(f"--scheduler: cannot reach {args.scheduler}: {error}")
         else:
             cluster = distributed.LocalCluster(n_workers=args.workers or 2, threads_per_worker=1, processes=True,
                                                dashboard_address=None)
