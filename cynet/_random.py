@@ -72,12 +72,22 @@ def default_generator():
 
 def resolve_generator(generator=None):
     """``generator`` itself, a new generator seeded with it when it is an int, or the global one when ``None``
-    (:func:`default_generator`: the calling thread's scoped one inside :func:`generator_scope`)."""
+    (:func:`default_generator`: the calling thread's scoped one inside :func:`generator_scope`).
+
+    Raises:
+        TypeError: ``generator`` is not None, an int (a bool is refused) or a Generator (a float, a legacy
+            ``numpy.random.RandomState``).
+        ValueError: a negative int seed.
+    """
     if generator is None:
         return default_generator()
     if isinstance(generator, np.random.Generator):
         return generator
     if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
+        if generator < 0:
+            # (was NumPy's bare "expected non-negative integer", naming neither cynet nor the argument)
+            raise ValueError(f"cynet: generator must be None, a non-negative int seed or a numpy.random.Generator, "
+                             f"got the negative seed {generator!r}")
         return np.random.default_rng(int(generator))
     raise TypeError(f"cynet: generator must be None, an int seed or a numpy.random.Generator, got {generator!r}")
 

@@ -115,6 +115,21 @@ def test_generator_scope_rejects_bad_arguments(bad):
             pass
 
 
+@pytest.mark.parametrize("make", [
+    lambda g: resolve_generator(g),
+    lambda g: nn.Linear(3, 2, generator=g),
+    lambda g: nn.Conv2d(3, 2, 3, generator=g),
+    lambda g: nn.Dropout(0.5, generator=g),
+    lambda g: cynet.init.kaiming_normal_(np.empty((3, 4)), generator=g),
+], ids=["resolve_generator", "Linear", "Conv2d", "Dropout", "init"])
+def test_a_negative_seed_as_generator_is_refused_naming_cynet(make):
+    # was NumPy's bare "ValueError: expected non-negative integer", naming neither cynet nor the argument
+    with pytest.raises(ValueError, match="cynet: generator must be .* non-negative int seed.* -3"):
+        make(-3)
+    with pytest.raises(ValueError, match="cynet: generator"):
+        make(np.int64(-1))
+
+
 @pytest.mark.parametrize("bit_generator", [np.random.PCG64, np.random.MT19937, np.random.Philox, np.random.SFC64])
 def test_rng_state_round_trips_for_every_bit_generator(bit_generator):
     # resolve_generator takes any numpy Generator (a Dropout(generator=Generator(MT19937(0))), say), so its state
