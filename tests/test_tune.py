@@ -199,6 +199,15 @@ def test_trial_seeds_come_from_seedsequence_spawn():
     assert [trial_seed(123, i) for i in range(6)] == [int(c.generate_state(1)[0]) for c in children]
 
 
+@pytest.mark.parametrize("seed, number", [(-1, 0), (1.5, 0), (True, 0), (0, -2), (0, 2.0)])
+def test_trial_seed_refuses_a_seed_or_number_that_is_not_a_non_negative_int(seed, number):
+    # -1 raised NumPy's bare "expected non-negative integer", 1.5 a TypeError about SeedSequence's entropy, and
+    # trial_seed(True, 0) returned trial_seed(1, 0)
+    with pytest.raises(ValueError, match=r"trial_seed: (seed|number) must be an int >= 0"):
+        trial_seed(seed, number)
+    assert trial_seed(np.int64(5), np.int32(2)) == trial_seed(5, 2)
+
+
 def test_random_search_reproducible_and_prefix_stable():
     a = RandomSearch(SPACE, n_trials=10, seed=7).configurations()
     b = RandomSearch(SPACE, n_trials=10, seed=7).configurations()

@@ -75,11 +75,18 @@ def trial_seed(seed, number):
     Returns:
         int: the seed passed to ``train_fn``.
 
+    Raises:
+        ValueError: ``seed`` or ``number`` is not a non-negative int (a bool, a float, a negative number).
+
     Example:
         >>> from cynet.tune import trial_seed
         >>> trial_seed(0, 3) == trial_seed(0, 3) != trial_seed(0, 4)
         True
     """
+    # (a negative seed raised NumPy's bare "expected non-negative integer", 1.5 a TypeError about SeedSequence's
+    # entropy, and True passed as the seed 1)
+    seed = _check_int("trial_seed", "seed", seed, 0)
+    number = _check_int("trial_seed", "number", number, 0)
     return int(_trial_sequence(seed, number).generate_state(1)[0])
 
 
