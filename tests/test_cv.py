@@ -356,3 +356,22 @@ def test_cross_validate_reports_the_worst_fold_status_and_refuses_unknown_ones()
         assert (want == "ok") == np.isfinite(out["val_acc"])
     with pytest.raises(ValueError, match=r"cross_validate: train_fn returned status 'failed' for fold 1"):
         cross_validate(trial_with(["ok", "failed", "ok"]), {}, x, y, cv=KFold(3))
+
+
+@pytest.mark.parametrize("bad", [None, -1, 1.5, True])
+def test_cross_validate_refuses_a_training_seed_that_is_not_a_non_negative_int(bad):
+    # seed=None drew the fold seeds from fresh OS entropy (other training seeds at every call, silently); -1 raised
+    # NumPy's bare "expected non-negative integer"; True trained with the seed 1
+    x, y = np.arange(20.0).reshape(10, 2), np.arange(10) % 2
+    seen = []
+
+    def trial(params, data, budget, seed):
+        seen.append(seed)
+        return {"val_acc": 0.5}
+
+    with pytest.raises(ValueError, match=r"cross_validate: seed must be an int >= 0"):
+        cross_validate(trial, {}, x, y, cv=2, seed=bad)
+    assert seen == []
+    cross_validate(trial, {}, x, y, cv=2, seed=np.int64(3))
+    cross_validate(trial, {}, x, y, cv=2, seed=3)
+    assert seen[:2] == seen[2:] and len(set(seen)) == 2

@@ -282,6 +282,7 @@ def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, b
 
     Raises:
         TypeError: ``cv`` is neither None, an int nor an object with ``split``.
+        ValueError: ``seed`` is not a non-negative int (None included: the fold seeds would change from run to run).
 
     Returns:
         dict: "val_acc" (mean over folds; NaN when a fold did not finish), "val_acc_folds" (each fold's accuracy),
@@ -294,6 +295,9 @@ def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, b
         >>> from cynet.tune import cross_validate, KFold
         >>> scores = cross_validate(trial, {"lr": 1e-2}, x, y, cv=KFold(5, shuffle=True))  # doctest: +SKIP
     """
+    # (seed=None drew the fold seeds from fresh OS entropy, other ones at every call, silently; -1 raised NumPy's
+    # bare "expected non-negative integer", and True trained with the seed 1)
+    seed = _check_seed("cross_validate", seed)
     x, y = np.asarray(x), np.asarray(y)
     cv = _splitter("cross_validate", cv, cv_seed)
     accs, losses, epochs, status = [], [], [], "ok"
