@@ -817,7 +817,10 @@ class Dropout(Module):
         p (float): drop probability in [0, 1]. Default 0.5.
         inplace (bool): in training, write y into x's array (the backward needs only the mask); see
             :class:`cynet.nn.Sequential` for what it checks first. Default False. Second, as PyTorch's.
-        generator: keyword-only; a seed or :class:`numpy.random.Generator` (default: the global one).
+        generator: keyword-only; a seed or :class:`numpy.random.Generator` (default: the global one). A
+            ``copy.deepcopy`` of the layer (or of a model holding it) copies the generator's state, so the copy
+            draws the same masks as the original from then on; give a copy its own (``copy.generator =
+            numpy.random.default_rng(k)``) for independent masks.
 
     Shape: any -> same.
 
