@@ -62,7 +62,7 @@ import numpy as np
 
 from cynet import checkpoint as _checkpoint
 from cynet._threading import copyto
-from cynet._validation import check_finite, is_count, refuse_masked, saved_scalar
+from cynet._validation import check_finite, describe, is_count, refuse_masked, saved_scalar
 from cynet.data.loader import RANDOM_AUGMENTATIONS, Mixup
 from cynet.nn.loss import LabelError, MulticlassSVM
 from cynet.nn.module import Module, _evaluation_mode
@@ -107,8 +107,10 @@ def _check_data(op, x, y):
     if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
         raise TypeError(f"{op}: x and y must be numeric arrays, got dtypes {x.dtype} and {y.dtype}")
     if len(x) != len(y):
+        single = (f"; x of shape {x.shape} looks like a single example: pass x[None] (shape {(1,) + x.shape})"
+                  if x.ndim == 1 and len(y) == 1 else "")
         raise ValueError(f"{op}: x and y must have the same length (one label per example), got {len(x)} and "
-                         f"{len(y)}")
+                         f"{len(y)}{single}")
     if len(x) == 0:
         raise ValueError(f"{op}: x and y are empty")
     before = "evaluating" if op == "Trainer.evaluate" else "training"
@@ -137,6 +139,11 @@ def _check_x(op, x, before="predicting"):
         raise ValueError(f"{op}: x must hold at least one example, got shape {x.shape}")
     if x.dtype.kind not in "biuf":
         raise TypeError(f"{op}: x must be a numeric array, got dtype {x.dtype}")
+    if x.ndim == 1:
+        # one example of shape (D,) was cut into "batches" of its values: the model then named a shape such as
+        # (1024,) the user never passed
+        raise ValueError(f"{op}: x must be a batch with one example per row, shape (N, ...), got {describe(x)}; "
+                         f"for a single example pass x[None] (shape {(1,) + x.shape})")
     check_finite(op, "x", x, before)     # a NaN row's scores are NaN: arg-max class 0, probabilities NaN
     return x
 

@@ -351,6 +351,24 @@ def test_inference_restores_each_modules_mode_even_after_an_error():
     assert [m.training for m in model.modules()] == before
 
 
+def test_a_single_example_without_the_batch_axis_is_named_as_such():
+    # predict(x_test[0]) on a (N, 3072) model: the (3072,) vector was cut into "batches" of its values and Linear
+    # reported a shape (1024,) the learner never passed; evaluate said "got 3072 and 1"
+    model = nn.Sequential(nn.Linear(3072, 10, generator=0))
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False)
+    one = np.zeros(3072, np.float32)
+    for call, op in [(trainer.predict, "Trainer.predict"), (trainer.predict_proba, "Trainer.predict_proba")]:
+        with pytest.raises(ValueError, match=rf"{op}: x must be a batch with one example per row, shape \(N, \.\.\.\), "
+                                             rf"got float32 array of shape \(3072,\); for a single example pass "
+                                             rf"x\[None\] \(shape \(1, 3072\)\)"):
+            call(one)
+    with pytest.raises(ValueError, match=r"Trainer.evaluate: x and y must have the same length \(one label per "
+                                         r"example\), got 3072 and 1; x of shape \(3072,\) looks like a single "
+                                         r"example: pass x\[None\] \(shape \(1, 3072\)\)"):
+        trainer.evaluate(one, np.array([3]))
+    assert trainer.predict(one[None]).shape == (1,)
+
+
 def test_predict_proba_needs_a_probabilistic_loss():
     model = mlp()
     trainer = Trainer(model, MSELoss(), optim.SGD(model.parameters(), lr=0.1), progress=False)
