@@ -728,6 +728,14 @@ class Trainer:
                              f"parameters (it was built over another model's); build it over model.parameters()")
         if scheduler is not None and not callable(getattr(scheduler, "step", None)):
             raise TypeError(f"Trainer: scheduler must have a step() method, got {scheduler!r}")
+        scheduled = getattr(scheduler, "optimizer", None)
+        if scheduled is not None and scheduled is not optimizer:
+            # (fit stepped the other optimiser's rate every epoch; the trained one kept its first rate, silently)
+            raise ValueError(f"Trainer: the scheduler {type(scheduler).__name__} was built over another optimiser "
+                             f"({type(scheduled).__name__} at {id(scheduled):#x}) than the trainer's "
+                             f"{type(optimizer).__name__} at {id(optimizer):#x}, whose learning rate it would never "
+                             f"change; build it over the trainer's optimiser: {type(scheduler).__name__}(optimizer, "
+                             f"...)")
         if getattr(scheduler, "mode", None) == "max" and _wants_metric(scheduler):
             # fed a loss, a 'max' plateau would cut the rate each time the loss kept falling
             raise ValueError(f"Trainer: the scheduler {type(scheduler).__name__} has mode='max', but the trainer "

@@ -369,6 +369,20 @@ def test_a_single_example_without_the_batch_axis_is_named_as_such():
     assert trainer.predict(one[None]).shape == (1,)
 
 
+def test_a_scheduler_of_another_optimiser_is_refused():
+    # fit stepped the other optimiser's rate (0.1 -> 1e-4 in 3 epochs) and trained at 0.1 throughout, silently
+    model = mlp()
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    other = optim.SGD(mlp().parameters(), lr=0.1)
+    for scheduler in (StepLR(other, step_size=1, gamma=0.1), ReduceLROnPlateau(other)):
+        with pytest.raises(ValueError, match=rf"Trainer: the scheduler {type(scheduler).__name__} was built over "
+                                             r"another optimiser \(SGD at 0x[0-9a-f]+\) than the trainer's SGD at "
+                                             r"0x[0-9a-f]+, whose learning rate it would never change; build it over "
+                                             r"the trainer's optimiser"):
+            Trainer(model, SoftmaxCrossEntropy(), opt, scheduler=scheduler, progress=False)
+    Trainer(model, SoftmaxCrossEntropy(), opt, scheduler=StepLR(opt, step_size=1), progress=False)
+
+
 def test_predict_proba_needs_a_probabilistic_loss():
     model = mlp()
     trainer = Trainer(model, MSELoss(), optim.SGD(model.parameters(), lr=0.1), progress=False)
