@@ -377,6 +377,12 @@ def test_invalid_params_are_refused():
         Adam([model.weight, np.zeros(3)])
     with pytest.raises(TypeError, match="not named_parameters"):
         Adam(model.named_parameters())
+    # SGD(model): a Sequential iterates over its layers, and the message was "params[0] is not a
+    # cynet.nn.Parameter but a Linear"
+    for module in (nn.Sequential(model, nn.ReLU()), model):
+        with pytest.raises(TypeError, match=rf"SGD: params must be the model's parameters, got the module "
+                                            rf"{type(module).__name__} itself; pass model.parameters\(\)"):
+            SGD(module, lr=0.1)
     with pytest.raises(TypeError, match="got a single Parameter"):
         Adam(model.weight)
     with pytest.raises(TypeError, match="iterable of Parameter"):

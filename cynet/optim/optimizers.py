@@ -28,7 +28,7 @@ import numpy as np
 from cynet._kernels import load
 from cynet._threading import NS_STREAM, copyto, kernel_threads
 from cynet._validation import KERNEL_DTYPES, describe
-from cynet.nn.module import Parameter, _refuse_set_to_none
+from cynet.nn.module import Module, Parameter, _refuse_set_to_none
 
 __all__ = ["Optimizer", "ParamGroup", "SGD", "AdaGrad", "RMSProp", "Adam", "AdamW", "weight_decay_groups"]
 
@@ -168,6 +168,10 @@ class Optimizer:
     def _group_specs(self, params):
         """The constructor's ``params`` as ``(parameters, settings, where)`` per group, the parameters checked."""
         name = type(self).__name__
+        if isinstance(params, Module):
+            # (a Sequential iterates over its layers: was "params[0] is not a cynet.nn.Parameter but a Linear")
+            raise TypeError(f"{name}: params must be the model's parameters, got the module {type(params).__name__} "
+                            f"itself; pass model.parameters()")
         params = self._listed(params, (Parameter, np.ndarray, dict), "", "params must be an iterable of Parameter "
                               "(e.g. model.parameters()) or a list of parameter-group dicts")
         if not params:
