@@ -500,8 +500,22 @@ def test_label_validation(loss_cls):
     with pytest.raises(ValueError, match=rf"{name}: labels y must have shape \(4,\) to match scores of shape "
                                          rf"\(4, 3\), got int64 array of shape \(3,\)"):
         loss(scores, np.array([0, 1, 2]))
-    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"shape \(4,\).*int64 array of shape \(4, 1\); pass y.ravel\(\)$"):
         loss(scores, np.zeros((4, 1), np.int64))
+    # the learner's usual label mistakes end with the remedy
+    with pytest.raises(TypeError, match=rf"{name}: labels y must be an integer array of class indices, got float32 "
+                                        rf"array of shape \(4,\); labels read as floats: pass y.astype\(np.int64\)$"):
+        loss(scores, np.array([0, 1, 2, 0], np.float32))
+    one_hot = np.eye(3, dtype=np.int64)[[0, 1, 2, 0]]
+    with pytest.raises(ValueError, match=rf"{name}: labels y must have shape \(4,\) to match scores of shape "
+                                         rf"\(4, 3\), got int64 array of shape \(4, 3\); for one-hot rows pass "
+                                         rf"y.argmax\(axis=1\)$"):
+        loss(scores, one_hot)
+    if loss_cls is MulticlassSVM:       # (a float one-hot is a soft target for the cross-entropy, an error here)
+        with pytest.raises(TypeError, match=r"MulticlassSVM: labels y must be an integer array of class indices, "
+                                            r"got float64 array of shape \(4, 3\); for one-hot rows pass "
+                                            r"y.argmax\(axis=1\)$"):
+            loss(scores, one_hot.astype(np.float64))
 
 
 @pytest.mark.parametrize("loss_cls", [SoftmaxCrossEntropy, MulticlassSVM])

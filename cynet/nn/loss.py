@@ -75,11 +75,20 @@ def _labels(owner, y, scores):
     """``y`` as a C-contiguous int64 array of length N with every label in [0, C); clear errors otherwise."""
     n, c = scores.shape
     y = np.asarray(y)
+    one_hot = y.ndim == 2 and y.shape == scores.shape
     if y.dtype.kind not in "iu":
-        raise TypeError(f"{owner}: labels y must be an integer array of class indices, got {describe(y)}")
+        if one_hot and y.dtype.kind == "f":
+            remedy = "; for one-hot rows pass y.argmax(axis=1)"
+        elif y.dtype.kind == "f" and y.shape == (n,):
+            remedy = "; labels read as floats: pass y.astype(np.int64)"
+        else:
+            remedy = ""
+        raise TypeError(f"{owner}: labels y must be an integer array of class indices, got {describe(y)}{remedy}")
     if y.shape != (n,):
+        remedy = "; for one-hot rows pass y.argmax(axis=1)" if one_hot else (
+            "; pass y.ravel()" if y.shape == (n, 1) else "")
         raise ValueError(f"{owner}: labels y must have shape ({n},) to match scores of shape {scores.shape}, "
-                         f"got {describe(y)}")
+                         f"got {describe(y)}{remedy}")
     if y.min() < 0 or y.max() >= c:
         bad = np.flatnonzero((y < 0) | (y >= c))
         first = int(bad[0])
