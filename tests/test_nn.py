@@ -264,6 +264,13 @@ def test_sequential_rejects_non_modules_and_indexes():
     model = mlp()
     assert len(model) == 3 and isinstance(model[-1], nn.Linear)
     assert isinstance(model[:2], nn.Sequential) and len(model[:2]) == 2
+    # model[3] on a 3-layer model: the message was the bare "list index out of range"
+    for index in (3, -4):
+        with pytest.raises(IndexError, match=rf"Sequential: index {index} is out of range for its 3 modules "
+                                             r"\(valid: -3 to 2\)"):
+            model[index]
+    with pytest.raises(IndexError, match=r"ModuleList: index 0 is out of range for its 0 modules"):
+        nn.ModuleList()[0]
 
 
 def test_backward_before_forward_is_a_clear_error():

@@ -968,7 +968,13 @@ class _ModuleSequence(Module):
             if isinstance(self, Sequential):            # the layers keep their names, as in PyTorch
                 return Sequential(OrderedDict(list(self._modules.items())[index]))
             return ModuleList(list(self._modules.values())[index])
-        return list(self._modules.values())[index]
+        modules = list(self._modules.values())
+        try:
+            return modules[index]
+        except IndexError:          # (was the bare "list index out of range")
+            raise IndexError(f"{type(self).__name__}: index {index} is out of range for its {len(modules)} "
+                             f"module{'s' if len(modules) != 1 else ''} (valid: {-len(modules)} to "
+                             f"{len(modules) - 1})") from None
 
 
 class ModuleList(_ModuleSequence):
