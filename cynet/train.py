@@ -64,7 +64,7 @@ from cynet import checkpoint as _checkpoint
 from cynet._threading import copyto
 from cynet._validation import check_finite, describe, is_count, refuse_masked, saved_scalar
 from cynet.data.loader import RANDOM_AUGMENTATIONS, Mixup
-from cynet.nn.loss import LabelError, MulticlassSVM
+from cynet.nn.loss import LabelError, MulticlassSVM, SoftmaxCrossEntropy
 from cynet.nn.module import Module, _evaluation_mode
 from cynet.nn.normalization import _batch_slices, _BatchNorm
 from cynet.nn.utils import clip_grad_norm_, max_norm_
@@ -810,6 +810,7 @@ class Trainer:
         # it compares its own with them
         self._resumed_settings = None
         self._last_good = None      # the divergence guard's copy, during fit
+        self._unchecked_labels = None   # fit's labels, checked against the model's outputs at its first step
 
     # --- helpers -----------------------------------------------------------------------------------------------------
     def _call(self, hook):
@@ -967,6 +968,11 @@ class Trainer:
             if not isinstance(validation, (tuple, list)) or len(validation) != 2:
                 raise ValueError("Trainer.fit: validation must be a pair (x_val, y_val)")
             validation = _check_data("Trainer.fit (validation)", *validation)
+            if self.batch_transform is None and validation[0].shape[1:] != x.shape[1:]:
+                # (found by the model after the first whole epoch of training)
+                raise ValueError(f"Trainer.fit: the validation examples have shape {validation[0].shape[1:]}, the "
+                                 f"training examples {x.shape[1:]}: x_val must be laid out as x (x_val of shape "
+                                 f"{validation[0].shape})")
         if epochs <= self.epoch:
             if self.epoch > 0:
                 warnings.warn(f"Trainer.fit: epochs={epochs} is the total to reach and {self.epoch} epochs are "
@@ -981,6 +987,11 @@ class Trainer:
                           stacklevel=2)
 
         self.epochs = epochs
+        # every label checked against the model's outputs at the first step, before any weight changes (a label out
+        # of range was found at its own batch, after the steps of the batches before it)
+        self._unchecked_labels = [(y, "Trainer.fit", "y", 0)]
+        if validation is not None:
+            self._unchecked_labels.append((validation[1], *self._validation_labels))
         self._check_resumed_settings({"batch_size": batch_size, "examples": len(x), "shuffle": bool(shuffle)})
         self.batches_per_epoch = len(self._batches(len(x), batch_size))
         self.has_validation = validation is not None
@@ -1076,6 +1087,8 @@ class Trainer:
         model = self.model
         model.zero_grad()
         scores = model.forward(xb)
+        if self._unchecked_labels:
+            self._check_every_label(scores)
         data_loss = float(self.loss.forward(scores, yb))
         reg_loss = float(self.regularization(model)) if self.regularization is not None else 0.0
         self.iteration += 1
@@ -1115,6 +1128,18 @@ class Trainer:
         else:
             self.optimizer.step()
         return data_loss, _correct(scores, yb)
+
+    def _check_every_label(self, scores):
+        """At a fit's first step: every class label of the training (and validation) labels in [0, C) for the
+        model's C outputs, else the ValueError naming the first bad row, before any step."""
+        unchecked, self._unchecked_labels = self._unchecked_labels, None
+        if not isinstance(self.loss, (SoftmaxCrossEntropy, MulticlassSVM)) or scores.ndim != 2:
+            return
+        c = scores.shape[1]
+        for y, op, name, offset in unchecked:
+            if y.ndim == 1 and y.dtype.kind in "iu" and y.size and (y.min() < 0 or y.max() >= c):
+                bad = int(np.flatnonzero((y < 0) | (y >= c))[0])
+                raise _label_error(op, y, LabelError("", int(y[bad]), bad, c), name, offset)
 
     def _closure(self, xb, yb, current_loss):
         """The closure of an optimiser that re-evaluates (L-BFGS): the batch's loss and gradients, as :meth:`_step`

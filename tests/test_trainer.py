@@ -1355,3 +1355,40 @@ def test_fit_predict_and_evaluate_refuse_masked_data():
             call()
     for key, value in model.state_dict().items():
         np.testing.assert_array_equal(value, before[key])
+
+
+def test_a_label_out_of_range_is_refused_before_any_step():
+    # label 10 in the last row of y (10 classes) was found at its own batch, after the steps of every batch before
+    # it had changed the weights; a bad validation label only after the first whole epoch
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 6)).astype(np.float32)
+    y = rng.integers(0, 10, 40)
+    model = nn.Sequential(nn.Linear(6, 10, generator=0))
+    before = {key: value.copy() for key, value in model.state_dict().items()}
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False)
+    bad = y.copy()
+    bad[-1] = 10
+    with pytest.raises(ValueError, match=r"Trainer.fit: label 10 in row 39 of y is out of range \[0, 10\)"):
+        trainer.fit(x, bad, epochs=1, batch_size=4, shuffle=False)
+    bad_val = y[:8].copy()
+    bad_val[5] = -1
+    with pytest.raises(ValueError, match=r"Trainer.fit \(validation\): label -1 in row 5 of y_val is out of range"):
+        trainer.fit(x, y, epochs=1, batch_size=4, validation=(x[:8], bad_val))
+    assert trainer.iteration == 0
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+    # the held-out rows of validation_split are named by their row in fit's y
+    with pytest.raises(ValueError, match=r"label 10 in row 39 of y is out of range"):
+        trainer.fit(x, bad, epochs=1, batch_size=4, validation_split=0.25)
+
+
+def test_validation_examples_of_another_shape_are_refused_before_training():
+    # found by the model only after the first whole epoch of training
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((16, 6)).astype(np.float32), rng.integers(0, 3, 16)
+    model = nn.Sequential(nn.Linear(6, 3, generator=0))
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False)
+    with pytest.raises(ValueError, match=r"Trainer.fit: the validation examples have shape \(5,\), the training "
+                                         r"examples \(6,\)"):
+        trainer.fit(x, y, epochs=1, batch_size=4, validation=(x[:, :5], y))
+    assert trainer.iteration == 0
