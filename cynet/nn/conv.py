@@ -130,7 +130,9 @@ class Conv2d(Module):
     :math:`dx = \text{col2im}(W^T dY)` (parallel over input channels). Where the weight is small for its sums
     (:data:`SMALL_GRADIENT_RATIO`: a first layer's 3 x 3 x 3 filters) dW and db come from one Cython pass per chunk,
     summed in float64 over the chunks, instead of a BLAS product and a NumPy sum. Chunk sizes follow the shapes only,
-    so every thread count gives the same bits.
+    so cynet's own kernels (im2col, col2im, the row products) give the same bits for every thread count; the BLAS
+    products need not: with OpenBLAS, y, dx and the BLAS-computed dW can differ in their last bits between 1 and 2
+    threads, in float32 too (see the README's Threads section).
 
     Args:
         in_channels (int): C.
