@@ -646,3 +646,12 @@ def test_max_pooling_refuses_empty_images_instead_of_reading_outside_them(shape)
     y = np.zeros((shape[0], shape[1], 1 + shape[2], 1 + shape[3]), np.float32)
     with pytest.raises(ValueError, match="empty images"):
         conv.maxpool_forward(np.ascontiguousarray(x), 2, 2, 1, 1, y, np.zeros(y.shape, np.int64), 1)
+
+
+def test_conv2d_refuses_empty_images_as_max_pooling_does():
+    # (1, 3, 0, 4) with padding 1 gave a (1, 2, 2, 6) output of bias values; torch refuses it, as MaxPool2d does
+    conv = nn.Conv2d(3, 2, 1, padding=1)
+    with pytest.raises(ValueError, match=r"Conv2d\(.*\): the images must hold at least one pixel, got an input of "
+                                         r"shape \(1, 3, 0, 4\) \(empty images\)"):
+        conv(np.zeros((1, 3, 0, 4), np.float32))
+    assert conv(np.zeros((0, 3, 2, 2), np.float32)).shape == (0, 2, 4, 4)      # an empty batch is still fine

@@ -222,6 +222,9 @@ class Conv2d(Module):
 
     def forward(self, x):
         x = _images(self, x, self.in_channels)
+        if x.shape[2] == 0 or x.shape[3] == 0:     # (padding made room for the kernel: an output of bias values)
+            raise ValueError(f"{self!r}: the images must hold at least one pixel, got an input of shape "
+                             f"{tuple(x.shape)} (empty images)")
         _check_fits(self, x.shape[2:], self.kernel_size, self.padding)
         w = self.weight.data
         _check_weight_dtype(self, x, w.dtype)
