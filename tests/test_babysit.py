@@ -466,6 +466,18 @@ def test_other_seeds_give_other_but_reproducible_dropout_runs():
     assert runs[0]["overfit tiny subset"].values == runs[1]["overfit tiny subset"].values
 
 
+def test_num_classes_other_than_the_models_outputs_is_refused():
+    """num_classes=100 on a 4-output model expected ln 100 = 4.605 and failed a healthy start (ln 4 = 1.39) as
+    "lower than chance"; the chance level is that of the scores the loss reads, so the mismatch is an error."""
+    x, y = _data()
+    for loss in (SoftmaxCrossEntropy(), MulticlassSVM()):
+        with pytest.raises(ValueError, match=r"^babysit: num_classes=100 but the model has 4 outputs \(scores of "
+                                             r"shape \(256, 4\)\)"):
+            babysit(_mlp(), loss, x, y, num_classes=100, **FAST)
+    report = babysit(_mlp(), SoftmaxCrossEntropy(), x, y, num_classes=4, **FAST)
+    assert report["initial loss"].values["expected"] == pytest.approx(math.log(4))
+
+
 def test_overfit_runs_without_dropout_masks_as_regularisation_is_off():
     """The overfit check turns regularisation off, and dropout/DropConnect are regularisation: with p = 0.5 masks
     active the 20 random-label examples stayed at 95 % accuracy (loss 2.39 -> 0.745 after 200 steps), blamed on

@@ -464,7 +464,14 @@ def _check_initial_loss(session, sample, loss, num_classes):
                              f"{type(loss).__name__} sees C = {num_classes} class and has nothing to classify; a "
                              f"classifier needs C >= 2 outputs (2 for a two-class problem)")
         if expected is not None and _is_classification(np.asarray(scores), session.y):
-            _check_labels(session.y, int(scores.shape[-1]))
+            width = int(scores.shape[-1])
+            if not inferred and num_classes != width:
+                # the chance level belongs to the scores the loss reads: num_classes=100 on 10 outputs expected
+                # ln 100 = 4.605 and failed a healthy start (2.47) as "lower than chance"
+                raise ValueError(f"babysit: num_classes={num_classes} but the model has {width} outputs (scores of "
+                                 f"shape {np.shape(scores)}): {type(loss).__name__}'s chance level is that of its "
+                                 f"{width} classes; give num_classes={width}, or leave it out")
+            _check_labels(session.y, width)
         value = session.loss_value(scores, yb)
     values = {"loss": value, "expected": expected, "num_classes": int(num_classes)}
     if expected is None:
@@ -845,8 +852,9 @@ def babysit(model, loss, x, y, *, optimizer_factory=None, regularization=None, n
             :class:`cynet.optim.Adam` (reliably overfits 20 CIFAR-like examples in well under 200 steps).
         regularization: optional penalty, ``penalty(model) -> float`` (e.g. ``L2Penalty(1e-3)``). Only check 2
             uses it; without it check 2 is skipped. Default None.
-        num_classes (int): C for the expected initial loss, an int >= 2. Default None: the width of the model's
-            output (which must then be 2 or more for a classification loss).
+        num_classes (int): C for the expected initial loss, an int >= 2; with a classification loss it must equal
+            the width of the model's output. Default None: that width (which must be 2 or more for a
+            classification loss).
         tiny_size (int): examples in the overfitting subset. Default 20.
         overfit_steps (int): full-batch steps allowed for overfitting. Default 200.
         overfit_lr (float): learning rate of the overfitting run. Default 1e-3 (right for Adam; pass your own
@@ -872,7 +880,8 @@ def babysit(model, loss, x, y, *, optimizer_factory=None, regularization=None, n
         ValueError: mismatched or empty data, NaN/inf in x (or in floating y), bad sizes, a ``num_classes`` that
             is not an int >= 2, an empty or non-numeric ``lr_probe``, an ``overfit_lr`` that is not a positive
             finite number, a bad ``seed``, a classification loss on a
-            model with a single output, or labels outside the model's outputs. An error the model or the loss
+            model with a single output, a ``num_classes`` other than the width of the scores a classification
+            loss reads, or labels outside the model's outputs. An error the model or the loss
             raises on the data (e.g. a wrong feature count) comes back as its builtin class (ValueError,
             TypeError, IndexError) with "babysit:" and the context before its own message.
 
