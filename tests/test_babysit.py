@@ -285,6 +285,19 @@ def test_a_fully_frozen_model_fails_overfit_and_probe_saying_nothing_is_trainabl
     assert all(np.array_equal(a, p.data) and not p.requires_grad for a, p in zip(before, model.parameters()))
 
 
+def test_a_fully_frozen_model_fails_the_penalty_check_saying_so_not_blaming_the_penalty():
+    # L2Penalty covers trainable weights only: 0 on a frozen model, which read "zero strength, or it is not computed
+    # on the weights?"
+    from cynet.nn.loss import L2Penalty
+    x, y = _data()
+    model = _mlp()
+    model.requires_grad_(False)
+    check = babysit(model, SoftmaxCrossEntropy(), x, y, regularization=L2Penalty(1e-2), **FAST)[
+        "regularization raises loss"]
+    assert check.passed is False and check.values["penalty"] == 0
+    assert "every parameter of the model is frozen" in check.explanation and "zero strength" not in check.explanation
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_overfit_with_huge_learning_rate_says_exploding_too_high():
     x, y = _data()

@@ -527,6 +527,11 @@ def _check_regularization(session, regularization, data_loss):
     if not math.isfinite(reg):
         return Check(name, False, measured, "> data loss", f"the penalty is {reg}: not finite", values)
     if reg <= 0:
+        frozen = _nothing_trainable(session.model)
+        if frozen is not None:      # (a penalty over the trainable weights has none to act on: not its fault)
+            return Check(name, False, measured, "> data loss",
+                         f"the penalty adds {reg:.3g}: {frozen}, and a penalty acts on trainable weights only — "
+                         f"set requires_grad=True on the parameters to train", values)
         return Check(name, False, measured, "> data loss",
                      f"the penalty adds {reg:.3g}: it does not raise the loss (zero strength, or it is not "
                      f"computed on the weights?)", values)
