@@ -159,3 +159,15 @@ def test_first_layer_templates_refuse_a_count_that_is_not_a_positive_int(tmp_pat
         plots.plot_first_layer_templates(np.zeros((4, 64)), tmp_path / "t.png", image_shape=(1, 8, 8),
                                          max_templates=bad)
     assert not (tmp_path / "t.png").exists()
+
+
+def test_histories_of_numpy_arrays_are_plotted(tmp_path):
+    # {"loss": np.array([...])} raised "The truth value of an array with more than one element is ambiguous"
+    figures = []
+    save = plots._save
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "_save", lambda fig, path: (figures.append(fig), save(fig, path))[1])
+        plots.plot_loss({"loss": np.array([2.0, 1.5, 1.2])}, tmp_path / "l.png", window=2)
+        plots.plot_accuracy({"train_acc": np.array([0.3, 0.5]), "val_acc": np.array([0.2, 0.4])}, tmp_path / "a.png")
+    np.testing.assert_array_equal(figures[0].axes[0].get_lines()[0].get_ydata(), [2.0, 1.5, 1.2])
+    np.testing.assert_array_equal(figures[1].axes[0].get_lines()[1].get_ydata(), [0.2, 0.4])

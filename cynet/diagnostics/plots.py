@@ -40,7 +40,8 @@ def _save(fig, path):
 def _values(history, key, op):
     if not hasattr(history, "get"):
         raise TypeError(f"{op}: history must be a mapping such as Trainer.history, got {type(history).__name__}")
-    return np.asarray(list(history.get(key) or []), dtype=np.float64)
+    values = history.get(key)          # (not ``or []``: a numpy array of the values has no truth value)
+    return np.asarray([] if values is None else list(values), dtype=np.float64)
 
 
 def plot_loss(history, path, window=50):
