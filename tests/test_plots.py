@@ -171,3 +171,10 @@ def test_histories_of_numpy_arrays_are_plotted(tmp_path):
         plots.plot_accuracy({"train_acc": np.array([0.3, 0.5]), "val_acc": np.array([0.2, 0.4])}, tmp_path / "a.png")
     np.testing.assert_array_equal(figures[0].axes[0].get_lines()[0].get_ydata(), [2.0, 1.5, 1.2])
     np.testing.assert_array_equal(figures[1].axes[0].get_lines()[1].get_ydata(), [0.2, 0.4])
+
+
+def test_accuracy_plot_refuses_validation_values_of_another_length(tmp_path):
+    # 1 val_acc for 2 epochs: the validation curve was silently left out of the plot
+    with pytest.raises(ValueError, match=r"plot_accuracy: history has 1 'val_acc' values for 2 epochs"):
+        plots.plot_accuracy({"train_acc": [0.3, 0.5], "val_acc": [0.2]}, tmp_path / "a.png")
+    assert not (tmp_path / "a.png").exists()

@@ -95,7 +95,8 @@ def plot_accuracy(history, path):
         str: ``path``.
 
     Raises:
-        TypeError: history is not a mapping. ValueError: no "train_acc" values.
+        TypeError: history is not a mapping. ValueError: no "train_acc" values, or "val_acc" values of another
+        number.
 
     Example:
         >>> plot_accuracy({"train_acc": [0.3, 0.5], "val_acc": [0.3, 0.45]}, "acc.png")  # doctest: +SKIP
@@ -105,6 +106,9 @@ def plot_accuracy(history, path):
     val = _values(history, "val_acc", "plot_accuracy")
     if train.size == 0:
         raise ValueError("plot_accuracy: history has no per-epoch 'train_acc' values")
+    if val.size and val.size != train.size:     # (the validation curve was silently left out)
+        raise ValueError(f"plot_accuracy: history has {val.size} 'val_acc' values for {train.size} epochs of "
+                         f"'train_acc'; give one of each per epoch")
     fig, ax = _subplots(figsize=(6, 4))
     epochs = np.arange(1, train.size + 1)
     ax.plot(epochs, train, "o-", label="train")
