@@ -178,3 +178,10 @@ def test_accuracy_plot_refuses_validation_values_of_another_length(tmp_path):
     with pytest.raises(ValueError, match=r"plot_accuracy: history has 1 'val_acc' values for 2 epochs"):
         plots.plot_accuracy({"train_acc": [0.3, 0.5], "val_acc": [0.2]}, tmp_path / "a.png")
     assert not (tmp_path / "a.png").exists()
+
+
+def test_accuracy_plot_refuses_a_history_without_a_finite_accuracy(tmp_path):
+    # a Trainer whose loss gives no accuracy records NaN each epoch: an empty plot came out, without a word
+    with pytest.raises(ValueError, match=r"plot_accuracy: history has no finite 'train_acc' value \(2 epochs"):
+        plots.plot_accuracy({"train_acc": [float("nan")] * 2, "val_acc": [float("nan")] * 2}, tmp_path / "a.png")
+    assert not (tmp_path / "a.png").exists()

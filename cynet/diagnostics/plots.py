@@ -95,8 +95,8 @@ def plot_accuracy(history, path):
         str: ``path``.
 
     Raises:
-        TypeError: history is not a mapping. ValueError: no "train_acc" values, or "val_acc" values of another
-        number.
+        TypeError: history is not a mapping. ValueError: no "train_acc" values, none finite, or "val_acc" values
+        of another number.
 
     Example:
         >>> plot_accuracy({"train_acc": [0.3, 0.5], "val_acc": [0.3, 0.45]}, "acc.png")  # doctest: +SKIP
@@ -109,6 +109,9 @@ def plot_accuracy(history, path):
     if val.size and val.size != train.size:     # (the validation curve was silently left out)
         raise ValueError(f"plot_accuracy: history has {val.size} 'val_acc' values for {train.size} epochs of "
                          f"'train_acc'; give one of each per epoch")
+    if not np.isfinite(train).any():           # (an empty plot; a Trainer whose loss gives no accuracy records NaN)
+        raise ValueError(f"plot_accuracy: history has no finite 'train_acc' value ({train.size} epochs, all NaN or "
+                         f"inf: does the loss give class accuracies?)")
     fig, ax = _subplots(figsize=(6, 4))
     epochs = np.arange(1, train.size + 1)
     ax.plot(epochs, train, "o-", label="train")
