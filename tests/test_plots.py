@@ -185,3 +185,12 @@ def test_accuracy_plot_refuses_a_history_without_a_finite_accuracy(tmp_path):
     with pytest.raises(ValueError, match=r"plot_accuracy: history has no finite 'train_acc' value \(2 epochs"):
         plots.plot_accuracy({"train_acc": [float("nan")] * 2, "val_acc": [float("nan")] * 2}, tmp_path / "a.png")
     assert not (tmp_path / "a.png").exists()
+
+
+@pytest.mark.parametrize("history, bad", [({"train_acc": [30.0, 50.0]}, "'train_acc'.*got 30"),
+                                          ({"train_acc": [0.3, 0.5], "val_acc": [0.2, 45.0]}, "'val_acc'.*got 45")])
+def test_accuracy_plot_refuses_percentages(tmp_path, history, bad):
+    # accuracies in percent were drawn above the fixed 0 to 1.02 axis: a plot with no curve on it
+    with pytest.raises(ValueError, match="plot_accuracy: " + bad):
+        plots.plot_accuracy(history, tmp_path / "a.png")
+    assert not (tmp_path / "a.png").exists()

@@ -95,8 +95,8 @@ def plot_accuracy(history, path):
         str: ``path``.
 
     Raises:
-        TypeError: history is not a mapping. ValueError: no "train_acc" values, none finite, or "val_acc" values
-        of another number.
+        TypeError: history is not a mapping. ValueError: no "train_acc" values, none finite, "val_acc" values of
+        another number, or an accuracy outside [0, 1].
 
     Example:
         >>> plot_accuracy({"train_acc": [0.3, 0.5], "val_acc": [0.3, 0.45]}, "acc.png")  # doctest: +SKIP
@@ -112,6 +112,11 @@ def plot_accuracy(history, path):
     if not np.isfinite(train).any():           # (an empty plot; a Trainer whose loss gives no accuracy records NaN)
         raise ValueError(f"plot_accuracy: history has no finite 'train_acc' value ({train.size} epochs, all NaN or "
                          f"inf: does the loss give class accuracies?)")
+    for key, values in (("train_acc", train), ("val_acc", val)):
+        outside = values[np.isfinite(values) & ((values < 0) | (values > 1))]
+        if outside.size:                       # (drawn above the axis's fixed 0 to 1.02: not seen at all)
+            raise ValueError(f"plot_accuracy: '{key}' must hold fractions in [0, 1], got {outside[0]:g} "
+                             f"(a percentage?)")
     fig, ax = _subplots(figsize=(6, 4))
     epochs = np.arange(1, train.size + 1)
     ax.plot(epochs, train, "o-", label="train")
