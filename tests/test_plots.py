@@ -194,3 +194,14 @@ def test_accuracy_plot_refuses_percentages(tmp_path, history, bad):
     with pytest.raises(ValueError, match="plot_accuracy: " + bad):
         plots.plot_accuracy(history, tmp_path / "a.png")
     assert not (tmp_path / "a.png").exists()
+
+
+def test_first_layer_templates_refuse_non_finite_weights(tmp_path):
+    # a row holding one NaN was drawn as a black square, the same image as a constant (all-zero) row
+    weight = np.ones((3, 16))
+    weight[1, 5] = np.nan
+    weight[2, 0] = np.inf
+    with pytest.raises(ValueError, match=r"plot_first_layer_templates: weight rows \[1, 2\] hold NaN or inf"):
+        plots.plot_first_layer_templates(weight, tmp_path / "t.png", image_shape=(1, 4, 4))
+    assert not (tmp_path / "t.png").exists()
+    plots.plot_first_layer_templates(weight, tmp_path / "t.png", image_shape=(1, 4, 4), max_templates=1)

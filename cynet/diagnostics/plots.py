@@ -254,7 +254,8 @@ def plot_first_layer_templates(weight, path, image_shape=(3, 32, 32), max_templa
         str: ``path``.
 
     Raises:
-        ValueError: weight is not 2-D with ``prod(image_shape)`` columns, has no rows, or a bad image_shape.
+        ValueError: weight is not 2-D with ``prod(image_shape)`` columns, has no rows, a drawn row holds NaN or
+            inf, or a bad image_shape.
 
     Example:
         >>> plot_first_layer_templates(model[0].weight, "templates.png")  # doctest: +SKIP
@@ -270,6 +271,10 @@ def plot_first_layer_templates(weight, path, image_shape=(3, 32, 32), max_templa
         raise ValueError(f"plot_first_layer_templates: weight must have shape (out, {size}) for images of shape "
                          f"{image_shape}, got shape {w.shape}")
     w = w[:positive_int("plot_first_layer_templates", "max_templates", max_templates)]   # (0 or -5 drew one)
+    bad = np.flatnonzero(~np.isfinite(w).all(axis=1))
+    if bad.size:                               # (such a row was drawn black, as a constant one: a silent 0)
+        raise ValueError(f"plot_first_layer_templates: weight rows {bad[:10].tolist()} hold NaN or inf (a diverged "
+                         f"training?); there is no image to draw")
     n = len(w)
     cols = min(n, 10)
     rows = math.ceil(n / cols)
