@@ -1,4 +1,5 @@
 """Tests of cynet.diagnostics.plots: valid PNG files come out, wrong inputs give clear errors."""
+import os
 import subprocess
 import sys
 import warnings
@@ -205,3 +206,23 @@ def test_first_layer_templates_refuse_non_finite_weights(tmp_path):
         plots.plot_first_layer_templates(weight, tmp_path / "t.png", image_shape=(1, 4, 4))
     assert not (tmp_path / "t.png").exists()
     plots.plot_first_layer_templates(weight, tmp_path / "t.png", image_shape=(1, 4, 4), max_templates=1)
+
+
+def test_plots_without_matplotlib_say_what_to_install(tmp_path):
+    # before: "ModuleNotFoundError: No module named 'matplotlib.figure'", naming neither the plot nor the fix
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from cynet.diagnostics import plots\n"
+            "from cynet.tune import SearchResult, loguniform\n"
+            "for call in (lambda: plots.plot_loss({'loss': [2.0, 1.0]}, 'l.png'),\n"
+            "             lambda: SearchResult([], {'lr': loguniform(1e-4, 1e-1)}).plot('s.png')):\n"
+            "    try:\n"
+            "        call()\n"
+            "    except ImportError as error:\n"
+            "        print(error)\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.stdout.splitlines() == [
+        "plot_loss draws with matplotlib, which is not installed: pip install matplotlib",
+        "SearchResult.plot draws with matplotlib, which is not installed: pip install matplotlib"]
+    assert not list(tmp_path.iterdir())

@@ -4,6 +4,7 @@ matplotlib is imported inside each function, so ``import cynet.diagnostics`` sta
 :class:`matplotlib.figure.Figure`, drawn without pyplot: the functions work on machines without a display and leave
 the session's backend and its figures alone (a notebook's ``plt.show()`` keeps working). Every function writes one
 file, in the format its extension names (``.png``, ``.svg``, ``.pdf``, ...; PNG without one), and returns its path.
+Without matplotlib installed, each raises an ImportError naming the function and ``pip install matplotlib``.
 
 Example:
     >>> from cynet.diagnostics.plots import plot_loss, plot_accuracy
@@ -21,10 +22,18 @@ __all__ = ["plot_loss", "plot_accuracy", "plot_activation_histograms", "plot_upd
            "plot_first_layer_templates"]
 
 
-def _subplots(*grid, figsize, **kwargs):
-    """``(figure, axes)`` of a new pyplot-free Figure (no backend switch, nothing registered with pyplot)."""
-    from matplotlib.figure import Figure
+def _figure_class(op):
+    """matplotlib's ``Figure``, or an ImportError that says what to install."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(f"{op} draws with matplotlib, which is not installed: pip install matplotlib") from error
+    return Figure
 
+
+def _subplots(op, *grid, figsize, **kwargs):
+    """``(figure, axes)`` of a new pyplot-free Figure (no backend switch, nothing registered with pyplot)."""
+    Figure = _figure_class(op)
     figure = Figure(figsize=figsize)
     return figure, figure.subplots(*grid, **kwargs)
 
@@ -67,7 +76,7 @@ def plot_loss(history, path, window=50):
         raise ValueError("plot_loss: history has no per-iteration 'loss' values")
     if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
         raise ValueError(f"plot_loss: window must be a positive int, got {window!r}")
-    fig, ax = _subplots(figsize=(7, 4))
+    fig, ax = _subplots("plot_loss", figsize=(7, 4))
     it = np.arange(1, loss.size + 1)
     finite = np.isfinite(loss)
     ax.plot(it[finite], loss[finite], lw=0.6, alpha=0.4, color="C0", label="loss")
@@ -117,7 +126,7 @@ def plot_accuracy(history, path):
         if outside.size:                       # (drawn above the axis's fixed 0 to 1.02: not seen at all)
             raise ValueError(f"plot_accuracy: '{key}' must hold fractions in [0, 1], got {outside[0]:g} "
                              f"(a percentage?)")
-    fig, ax = _subplots(figsize=(6, 4))
+    fig, ax = _subplots("plot_accuracy", figsize=(6, 4))
     epochs = np.arange(1, train.size + 1)
     ax.plot(epochs, train, "o-", label="train")
     if val.size == train.size and np.isfinite(val).any():
@@ -171,7 +180,8 @@ def plot_activation_histograms(stats, path, title=None):
     n = len(layers)
     cols = min(n, 5)
     rows = math.ceil(n / cols)
-    fig, axes = _subplots(rows, cols, figsize=(2.6 * cols, 2.3 * rows), squeeze=False)
+    fig, axes = _subplots("plot_activation_histograms", rows, cols, figsize=(2.6 * cols, 2.3 * rows),
+                          squeeze=False)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     for ax, layer in zip(axes.ravel(), layers):
@@ -219,7 +229,7 @@ def plot_update_ratios(monitor, path):
     if not monitor.records:
         raise ValueError("plot_update_ratios: the monitor has no records yet (train with it in the callbacks)")
     weights = _weight_matrices(monitor)
-    fig, ax = _subplots(figsize=(7, 4))
+    fig, ax = _subplots("plot_update_ratios", figsize=(7, 4))
     drawn = 0
     for name in weights:
         its, ratios = monitor.history("update_ratio", name)
@@ -278,7 +288,8 @@ def plot_first_layer_templates(weight, path, image_shape=(3, 32, 32), max_templa
     n = len(w)
     cols = min(n, 10)
     rows = math.ceil(n / cols)
-    fig, axes = _subplots(rows, cols, figsize=(1.2 * cols, 1.2 * rows), squeeze=False)
+    fig, axes = _subplots("plot_first_layer_templates", rows, cols, figsize=(1.2 * cols, 1.2 * rows),
+                          squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for index, (ax, row) in enumerate(zip(axes.ravel(), w)):

@@ -451,8 +451,13 @@ class SearchResult:
 
         Returns:
             str: the path written.
+
+        Raises:
+            ImportError: matplotlib is not installed (the message says ``pip install matplotlib``).
         """
-        from matplotlib.figure import Figure     # no pyplot: the caller's backend (a notebook's, say) is untouched
+        from cynet.diagnostics.plots import _figure_class
+
+        Figure = _figure_class("SearchResult.plot")   # no pyplot: the caller's backend (a notebook's, say) is untouched
 
         names = [n for n, d in self.space.items() if isinstance(d, Distribution)] or list(self.space)
         fig = Figure(figsize=(4 * len(names), 3.4))
