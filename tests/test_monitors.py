@@ -138,3 +138,32 @@ def test_history_refuses_a_name_or_key_it_does_not_hold():
         monitor.history("dead", "0")                      # the Linear, not its ReLU
     with pytest.raises(ValueError, match="key must be one of"):
         monitor.history("grad", "1")
+
+
+def test_a_re_evaluating_optimizer_records_the_batch_not_its_line_search():
+    """L-BFGS re-runs forward and backward at other weights inside its step: those passes were pooled into the
+    batch's activations ((1000, 16) for a batch of 50) and their last gradients read as the step's."""
+    from cynet.optim import LBFGS
+    x, y = _data(n=50)
+    x = x.astype(np.float64)
+    model = _model().double()
+    weights = {name: p.data.copy() for name, p in model.named_parameters()}
+    optimizer = LBFGS(model.parameters(), lr=1)
+    grads_at_step = []
+    step = optimizer.step
+
+    def recorded_step(*args, **kwargs):
+        grads_at_step.append({name: p.grad.copy() for name, p in model.named_parameters()})
+        return step(*args, **kwargs)
+
+    optimizer.step = recorded_step
+    monitor = TrainingMonitor(every=1, warn=False)
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optimizer, callbacks=[monitor], progress=False)
+    trainer.fit(x, y, epochs=1, batch_size=50, shuffle=False)
+    relu = np.maximum(x @ weights["0.weight"].T + weights["0.bias"], 0)
+    layer = monitor.records[0]["layers"][0]
+    assert layer.shape == (50, 16)
+    np.testing.assert_allclose([layer.mean, layer.std], [relu.mean(), relu.std()], rtol=1e-12)
+    for name, grad in grads_at_step[0].items():
+        np.testing.assert_allclose(monitor.records[0]["grad_std"][name], np.std(grad), rtol=1e-12)
+    assert optimizer.__dict__["step"] is recorded_step        # the optimiser's own step is back

@@ -20,8 +20,11 @@ and per parameter:
 How it hooks in: before a monitored iteration (from ``on_epoch_begin`` or the previous ``on_batch_end``) it shadows
 each activation module's ``forward`` with a wrapper that keeps a reference to the output, and at the iteration's
 ``on_batch_begin`` it copies the trainable weights (as the step finds them, after every callback of the iteration
-before); after the step (its ``on_batch_end``) it reads the outputs, the gradients and the weights, then removes the
-wrappers. :math:`\Delta W` is so the change from the start of the iteration to the monitor's ``on_batch_end``: the
+before) and shadows the optimiser's ``step`` for that one call; when the step starts, it takes the gradients' stds
+and closes the iteration's activations (the trainer's forward of the batch: the forward passes an optimiser that
+re-evaluates makes in its step, :class:`~cynet.optim.LBFGS`'s line search at other weights, are not the batch's
+activations, nor are the gradients they leave); after the step (its ``on_batch_end``) it reads the outputs and the
+weights, then removes the wrappers. :math:`\Delta W` is so the change from the start of the iteration to the monitor's ``on_batch_end``: the
 step's, plus that of any callback listed before the monitor that changes weights (a :class:`~cynet.train.MaxNorm`
 before it counts its projection in, one after it does not). Other iterations, and the validation passes, run
 untouched.
@@ -52,6 +55,9 @@ from cynet.diagnostics.init_lab import monitored_layers, recording, summarize
 from cynet.train import Callback
 
 __all__ = ["TrainingMonitor", "UpdateRatioWarning"]
+
+
+_NO_STEP = object()      # the optimiser had no instance attribute ``step`` of its own
 
 
 class UpdateRatioWarning(UserWarning):
@@ -111,6 +117,10 @@ class TrainingMonitor(Callback):
         self._left = 0
         self._window = None
         self._batch_in_epoch = 0
+        self._kept = 0              # activations of the window's earlier iterations: len(self._sink) at arming
+        self._closed_at = None      # len(self._sink) when the monitored step started (None: not seen)
+        self._step_grad_std = None  # the gradients' stds as the monitored step found them
+        self._watched = None        # (optimizer, its own step attribute or _NO_STEP) while its step is shadowed
 
     # --- arming ------------------------------------------------------------------------------------------------------
     def _arm(self, trainer):
@@ -122,6 +132,7 @@ class TrainingMonitor(Callback):
             self._recorder = recording(self._layers, self._sink)
             self._recorder.__enter__()
             self._window = {"grad_std": {}, "update_ratio": {}, "count": 0}
+        self._kept = len(self._sink)
 
     def _disarm(self):
         if self._recorder is not None:
@@ -130,6 +141,42 @@ class TrainingMonitor(Callback):
         self._before = None
         self._copy_due = False
         self._left = 0
+        self._unwatch_step()
+
+    def _watch_step(self, optimizer):
+        """Shadow ``optimizer.step`` for the coming call: when it starts, :meth:`_at_step` reads the gradients and
+        closes the iteration's activations. An optimiser whose ``step`` cannot be shadowed is read after its step."""
+        self._closed_at = self._step_grad_std = None
+        own = optimizer.__dict__.get("step", _NO_STEP) if hasattr(optimizer, "__dict__") else _NO_STEP
+        step = optimizer.step
+
+        def watched_step(*args, **kwargs):
+            self._at_step()
+            return step(*args, **kwargs)
+
+        try:
+            object.__setattr__(optimizer, "step", watched_step)
+        except (AttributeError, TypeError):
+            return
+        watched_step._monitor_step = True
+        self._watched = (optimizer, own)
+
+    def _at_step(self):
+        if self._closed_at is None:
+            self._closed_at = len(self._sink)
+            self._step_grad_std = [float(np.std(param.grad, dtype=np.float64)) for _, param in self._params]
+        self._unwatch_step()
+
+    def _unwatch_step(self):
+        if self._watched is None:
+            return
+        optimizer, own = self._watched
+        self._watched = None
+        if getattr(optimizer.__dict__.get("step"), "_monitor_step", False):
+            if own is _NO_STEP:
+                del optimizer.__dict__["step"]
+            else:
+                object.__setattr__(optimizer, "step", own)
 
     def _starts_window(self, iteration):
         """Iteration-schedule test for the 1-based ``iteration`` about to run."""
@@ -154,8 +201,10 @@ class TrainingMonitor(Callback):
 
     def on_batch_begin(self, trainer):
         if self._copy_due:
+            del self._sink[self._kept:]     # forwards since arming (other callbacks') are not the batch's
             self._before = [p.data.copy() for _, p in self._params]
             self._copy_due = False
+            self._watch_step(trainer.optimizer)
 
     def on_batch_end(self, trainer):
         self._batch_in_epoch += 1
@@ -180,9 +229,15 @@ class TrainingMonitor(Callback):
     def _measure(self, trainer):
         window = self._window
         window["count"] += 1
-        for (name, param), before in zip(self._params, self._before):
-            grad = param.grad
-            window["grad_std"][name] = window["grad_std"].get(name, 0.0) + float(np.std(grad, dtype=np.float64))
+        self._unwatch_step()
+        if self._closed_at is not None:
+            del self._sink[self._closed_at:]    # forwards after the step began (L-BFGS's re-evaluations)
+        grad_stds = self._step_grad_std
+        if grad_stds is None:                   # (a step that could not be watched: the gradients as it left them)
+            grad_stds = [float(np.std(param.grad, dtype=np.float64)) for _, param in self._params]
+        self._closed_at = self._step_grad_std = None
+        for (name, param), before, grad_std in zip(self._params, self._before, grad_stds):
+            window["grad_std"][name] = window["grad_std"].get(name, 0.0) + grad_std
             norm = float(np.linalg.norm(before.ravel()))
             delta = float(np.linalg.norm((param.data - before).ravel()))
             ratio = delta / norm if norm > 0 else math.nan
