@@ -196,7 +196,9 @@ class Callback:
     ``on_epoch_end`` (after validation, the scheduler step and the epoch counter's increment, so
     ``trainer.history`` holds the epoch's numbers), and ``on_train_end`` once, whatever ends the run (last epoch, a
     stop, the divergence guard, an exception or KeyboardInterrupt), for every callback whose ``on_train_begin``
-    ran.
+    ran. An exception that ends the run leaves :meth:`Trainer.fit` unchanged, even when an ``on_train_end`` raises
+    too (that one is named in a note of it); otherwise the first ``on_train_end`` error is raised, once every
+    callback has ended.
 
     A callback stops training with ``trainer.stop(reason)``. State that must survive a checkpoint goes through
     :meth:`state_dict` / :meth:`load_state_dict` (flat: str -> ndarray or JSON scalar). State that follows the
@@ -999,6 +1001,7 @@ class Trainer:
         self.stop_reason = None
         self.model.train()
         begun = []              # the callbacks whose on_train_begin ran: they get on_train_end whatever happens next
+        ended_by = None         # the exception that ended the run, if one did
         try:
             for callback in self.callbacks:
                 callback.on_train_begin(self)
@@ -1007,8 +1010,12 @@ class Trainer:
             self._last_good = _LastGoodState(self.model, self.optimizer, self.callbacks, self.iteration)
             while self.epoch < epochs and not self.stop_training:
                 self._run_epoch(x, y, batch_size, shuffle, validation)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as error:
             self.stop_reason = f"{_INTERRUPTED} during epoch {self.epoch + 1}"
+            ended_by = error
+            raise
+        except BaseException as error:
+            ended_by = error
             raise
         finally:
             self._last_good = None
@@ -1017,9 +1024,18 @@ class Trainer:
                 try:
                     callback.on_train_end(self)
                 except BaseException as error:      # (the first is raised once every callback has ended)
-                    failed = failed or error
+                    failed = failed or (callback, error)
             if failed is not None:
-                raise failed
+                if ended_by is None:
+                    raise failed[1]
+                # the run's own exception goes on unchanged (an on_train_end that failed while the run was ending on
+                # an error replaced it: a KeyboardInterrupt or a ValueError came out as the callback's error)
+                note = (f"Trainer.fit: while this exception ended the run, {type(failed[0]).__name__}.on_train_end "
+                        f"raised {failed[1]!r}")
+                if hasattr(ended_by, "add_note"):       # (Python >= 3.11)
+                    ended_by.add_note(note)
+                else:
+                    warnings.warn(note, RuntimeWarning, stacklevel=2)
         return self.history
 
     def _run_epoch(self, x, y, batch_size, shuffle, validation):

@@ -6,6 +6,7 @@ NumPy computations of the loss and accuracy for evaluate/predict.
 """
 import io
 import math
+import sys
 import threading
 import warnings
 
@@ -1392,3 +1393,30 @@ def test_validation_examples_of_another_shape_are_refused_before_training():
                                          r"examples \(6,\)"):
         trainer.fit(x, y, epochs=1, batch_size=4, validation=(x[:, :5], y))
     assert trainer.iteration == 0
+
+
+@pytest.mark.parametrize("error", [ValueError("bad batch"), KeyboardInterrupt()])
+def test_the_exception_that_ends_a_run_is_not_replaced_by_a_failing_on_train_end(error):
+    # it was: a ValueError (or Ctrl+C) raised in on_batch_end came out of fit as the logger's RuntimeError
+    x, y = _small_problem()
+    ended = []
+
+    class Raises(Callback):
+        def on_batch_end(self, trainer):
+            raise error
+
+    class FailsAtEnd(Callback):
+        def on_train_end(self, trainer):
+            raise RuntimeError("logger failed")
+
+    class Ends(Callback):
+        def on_train_end(self, trainer):
+            ended.append(True)
+
+    trainer = _small_trainer([Raises(), FailsAtEnd(), Ends()])
+    with pytest.raises(type(error)) as raised:
+        trainer.fit(x, y, epochs=2, batch_size=8)
+    assert raised.value is error and ended == [True]
+    if sys.version_info >= (3, 11):
+        assert any("FailsAtEnd.on_train_end raised RuntimeError('logger failed')" in note
+                   for note in raised.value.__notes__)
