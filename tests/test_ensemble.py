@@ -145,7 +145,6 @@ def test_ema_shadow_equals_closed_form_average():
     np.testing.assert_array_equal(model.weight.data, weights[-1].astype(np.float32))
 
 
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_an_ema_update_allocates_no_copy_of_the_weights(dtype):
     """shadow = decay * shadow + (1 - decay) * weights in place: after the first update, no array of a parameter's
@@ -175,6 +174,7 @@ def test_an_ema_update_allocates_no_copy_of_the_weights(dtype):
         assert peak < weight_bytes // 16, f"EMA.update allocated {peak} bytes at its step {step + 1}"
     for shadow, oracle in zip(ema.shadow, expected):
         np.testing.assert_array_equal(shadow, oracle)
+
 
 class _WeightRecorder(cynet.train.Callback):
     """Records the model's weights after every optimiser step."""

@@ -24,10 +24,10 @@ before) and shadows the optimiser's ``step`` for that one call; when the step st
 and closes the iteration's activations (the trainer's forward of the batch: the forward passes an optimiser that
 re-evaluates makes in its step, :class:`~cynet.optim.LBFGS`'s line search at other weights, are not the batch's
 activations, nor are the gradients they leave); after the step (its ``on_batch_end``) it reads the outputs and the
-weights, then removes the wrappers. :math:`\Delta W` is so the change from the start of the iteration to the monitor's ``on_batch_end``: the
-step's, plus that of any callback listed before the monitor that changes weights (a :class:`~cynet.train.MaxNorm`
-before it counts its projection in, one after it does not). Other iterations, and the validation passes, run
-untouched.
+weights, then removes the wrappers. :math:`\Delta W` is so the change from the start of the iteration to the
+monitor's ``on_batch_end``: the step's, plus that of any callback listed before the monitor that changes weights (a
+:class:`~cynet.train.MaxNorm` before it counts its projection in, one after it does not). Other iterations, and the
+validation passes, run untouched.
 
 Overhead: only monitored iterations pay, for copying, differencing and summing every trainable weight and
 gradient and for the activation histograms, so with the default schedule (the first batch of every epoch) the
