@@ -23,7 +23,6 @@ import pytest
 # cynet first: its kernels then bind the system libgomp (torch would otherwise load its bundled copy first and,
 # having the same soname, serve both). The loaded runtime is recorded in the JSON (machine_info.cynet_bench).
 import cynet
-from cynet import reference
 
 try:  # torch is optional: its columns are skipped cleanly without it
     import torch

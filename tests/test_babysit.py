@@ -518,11 +518,12 @@ def test_overfit_runs_without_dropout_masks_as_regularisation_is_off():
     draw.choice(300, size=256, replace=False)
     tiny = np.sort(draw.choice(300, size=20, replace=False))
     loss, optimizer = SoftmaxCrossEntropy(), Adam(model.parameters(), lr=1e-3)
+    first = None
     for step in range(1, 201):
         model.zero_grad()
         scores = model(x[tiny])
         value = float(loss.forward(scores, y[tiny]))
-        first = value if step == 1 else first
+        first = value if first is None else first
         model.backward(loss.backward(), input_grad=False)
         optimizer.step()
         if np.all(scores.argmax(1) == y[tiny]) and value <= 0.1 * first:
