@@ -1447,3 +1447,32 @@ def test_dropout_checks_dout_in_every_mode(make):
         layer.backward(np.ones((4, 3), np.float64))
     dx = layer.backward(np.full((4, 3), 2.0, np.float32))
     assert dx.shape == (4, 3) and set(np.unique(dx)) <= {0.0, 2.0, 4.0}
+
+
+class _GradientOfWrongShape(nn.Module):
+    """A hand-written backward with a bug: it returns dx for only the first two input columns, or None."""
+
+    def __init__(self, result):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.result = result
+
+    def forward(self, x):
+        return self.fc(x)
+
+    def backward(self, dout, *, input_grad=True):
+        dx = self.fc.backward(dout)
+        return None if self.result == "none" else dx[:, :2]
+
+
+@pytest.mark.parametrize("result, message", [("cut", r"layer 1 \(_GradientOfWrongShape\)\.backward returned an "
+                                                       r"input gradient of shape \(5, 2\) for its input of shape "
+                                                       r"\(5, 4\)"),
+                                              ("none", r"layer 1 \(_GradientOfWrongShape\)\.backward returned None")])
+def test_sequential_names_the_layer_whose_backward_returned_a_bad_input_gradient(result, message):
+    # (was the next layer's error about a dout it did not cause: "Linear(...): dout must be a float32 array of shape
+    # (5, 4), got float32 array of shape (5, 2)", or "... got object array of shape ()" for None)
+    model = nn.Sequential(nn.Linear(4, 4), _GradientOfWrongShape(result))
+    y = model(np.ones((5, 4), np.float32))
+    with pytest.raises(ValueError, match=message):
+        model.backward(np.ones_like(y))

@@ -213,3 +213,26 @@ def test_a_branch_that_runs_in_place_only_once_trained_is_refused_at_its_forward
     with pytest.raises(ValueError, match="runs in place and would overwrite the input"):
         block(x)
     np.testing.assert_array_equal(x, 1)
+
+
+def test_a_branch_gradient_of_another_shape_than_the_input_is_refused_not_broadcast():
+    # a custom shortcut whose backward sums dx over the batch returned (1, 4): it was broadcast into the (5, 4) sum,
+    # a silently wrong input gradient
+    class SummedOverTheBatch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x)
+
+        def backward(self, dout, *, input_grad=True):
+            dx = self.fc.backward(dout)
+            return dx.sum(axis=0, keepdims=True) if input_grad else None
+
+    block = nn.Residual(nn.Linear(4, 4), SummedOverTheBatch())
+    y = block(np.ones((5, 4), np.float32))
+    with pytest.raises(ValueError, match=r"the shortcut \(SummedOverTheBatch\)\.backward returned an input gradient "
+                                         r"of shape \(1, 4\) for its input of shape \(5, 4\)"):
+        block.backward(np.ones_like(y))
+    assert block.backward(np.ones_like(y), input_grad=False) is None      # no input gradient asked: nothing checked

@@ -830,6 +830,23 @@ class Module:
         return "\n".join(lines) + "\n)"
 
 
+def _check_input_gradient(container, where, module, dx, may_be_none, input_shape):
+    """ValueError naming ``module`` (at ``where`` in ``container``) when the input gradient its backward returned is
+    None where the module before it needs one (``may_be_none`` False), or its shape is not its input's
+    (``input_shape``, None when unknown): otherwise the next module's backward refused a dout it did not cause, or a
+    broadcast made the gradient silently wrong."""
+    if dx is None:
+        if may_be_none:
+            return
+        raise ValueError(f"{type(container).__name__}: {where} ({type(module).__name__}).backward returned None for "
+                         f"its input's gradient (input shape {input_shape}), which the module before it needs: a "
+                         f"backward returns dx (None only when called with input_grad=False)")
+    if input_shape is not None and np.shape(dx) != tuple(input_shape):
+        raise ValueError(f"{type(container).__name__}: {where} ({type(module).__name__}).backward returned an input "
+                         f"gradient of shape {np.shape(dx)} for its input of shape {tuple(input_shape)}: dx must have "
+                         f"the shape of the forward's x")
+
+
 def _arrays_within(value):
     """The numpy arrays in value: itself, or inside a tuple, list or dict (one module attribute)."""
     if isinstance(value, np.ndarray):
@@ -1103,9 +1120,12 @@ class Sequential(_ModuleSequence):
             object.__setattr__(self, "_checked_at", token)
         modules = list(self._modules.values())
         self._fused = set()
+        # each layer's input shape, for backward's check of the gradient each layer returns for its input
+        self._input_shapes = shapes = [None] * len(modules)
         if not any(module._overwrites_input() for module in self.modules()):
             position = 0
             while position < len(modules):
+                shapes[position] = np.shape(x)
                 y = self._fused_relu(modules, position, x)
                 x = modules[position](x) if y is None else y
                 position += 1 if y is None else 2
@@ -1114,6 +1134,7 @@ class Sequential(_ModuleSequence):
         with _protecting(() if _protected_arrays.get() is not None else _arrays_within(x)) as protected:
             position = 0
             while position < len(modules):
+                shapes[position] = np.shape(x)
                 y = self._fused_relu(modules, position, x)
                 # fused, the ReLU's output is the batch norm's fresh array: nothing to check
                 ran = modules[position:position + 1 if y is None else position + 2]
@@ -1176,9 +1197,14 @@ class Sequential(_ModuleSequence):
     def backward(self, dout, *, input_grad=True):
         layers = list(self._modules.values())
         fused = getattr(self, "_fused", ())
+        shapes = self.__dict__.get("_input_shapes", ())
         for position in range(len(layers) - 1, -1, -1):
             if position - 1 in fused:   # a ReLU fused with the module before it: that backward applies its mask
                 layers[position]._check_kept_output()      # (refused as unfused when its output was changed)
                 continue
-            dout = layers[position].backward(dout, input_grad=input_grad if position == 0 else True)
+            wanted = input_grad if position == 0 else True
+            dout = layers[position].backward(dout, input_grad=wanted)
+            if wanted:
+                _check_input_gradient(self, f"layer {position}", layers[position], dout, position == 0,
+                                      shapes[position] if position < len(shapes) else None)
         return dout

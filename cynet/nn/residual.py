@@ -15,7 +15,7 @@ import numpy as np
 from cynet._validation import describe
 from cynet.nn import _reuse as reuse
 from cynet.nn.layers import Dropout
-from cynet.nn.module import Module, _arrays_within, _protecting
+from cynet.nn.module import Module, _arrays_within, _check_input_gradient, _protecting
 
 __all__ = ["Residual", "StochasticDepth"]
 
@@ -74,6 +74,7 @@ class Residual(Module):
 
     def forward(self, x):
         self._refuse_in_place_branches(self.body, self.shortcut, repr(self))
+        self._input_shape = np.shape(x)        # backward checks each branch's input gradient against it
         with _protecting(_arrays_within(x)):      # the shortcut reads x after the body
             out = self.body(x)
         if self.shortcut is None:
@@ -94,6 +95,11 @@ class Residual(Module):
         through_shortcut = dout if self.shortcut is None else self.shortcut.backward(dout, input_grad=input_grad)
         if not input_grad:
             return None
+        # a branch's gradient of another shape than x would broadcast into the sum without a word
+        shape = self.__dict__.get("_input_shape")
+        _check_input_gradient(self, "the body", self.body, through_body, False, shape)
+        if self.shortcut is not None:
+            _check_input_gradient(self, "the shortcut", self.shortcut, through_shortcut, False, shape)
         dtype = np.result_type(through_body, through_shortcut)
         return np.add(through_body, through_shortcut, out=reuse.empty(np.shape(through_body), dtype))
 
