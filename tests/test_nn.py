@@ -1476,3 +1476,24 @@ def test_sequential_names_the_layer_whose_backward_returned_a_bad_input_gradient
     y = model(np.ones((5, 4), np.float32))
     with pytest.raises(ValueError, match=message):
         model.backward(np.ones_like(y))
+
+
+def test_a_custom_module_that_never_calls_super_init_is_refused_when_built():
+    # (assigning nothing, it was built and then failed far away: "'NoBase' object has no attribute '_parameters'" from
+    # parameters(), repr or a Sequential holding it)
+    class NoBase(nn.Module):
+        def __init__(self, scale):
+            self_scale = scale      # noqa: F841 (a student's slip: nothing assigned, super().__init__() forgotten)
+
+        def forward(self, x):
+            return x
+
+    with pytest.raises(TypeError, match=r"NoBase\.__init__ did not call super\(\)\.__init__\(\)"):
+        NoBase(2.0)
+
+    class WithBase(NoBase):         # a subclass that does call it
+        def __init__(self):
+            nn.Module.__init__(self)
+            self.fc = nn.Linear(2, 2)
+
+    assert len(WithBase().parameters()) == 2

@@ -320,6 +320,21 @@ def _refusing_a_reused_instance(backward):
     return checked_backward
 
 
+def _checking_base_init(init):
+    """A subclass's ``__init__`` followed by a TypeError when it never ran ``Module.__init__`` (a forgotten
+    ``super().__init__()`` that assigned nothing, which Module.__setattr__ would have caught): the module otherwise
+    failed later with "object has no attribute '_parameters'" from parameters(), repr or a Sequential."""
+    @functools.wraps(init)
+    def checked_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if "_parameters" not in self.__dict__:
+            raise TypeError(f"{type(self).__name__}.__init__ did not call super().__init__(): a module's __init__ must "
+                            f"call it first, to set up its parameters, buffers and child modules")
+
+    checked_init._cynet_init_check = True
+    return checked_init
+
+
 def _fusable(cls):
     """Class decorator: record the forward and backward that a fused pass stands for (Sequential._fused_relu fuses
     only while the class still has them: a method patched on the class afterwards, for logging or an experiment,
@@ -372,6 +387,9 @@ class Module:
             method = vars(owner)[name]
             if isinstance(method, types.FunctionType) and not getattr(method, "_cynet_pass_wrapper", False):
                 setattr(cls, name, wrap(method))
+        init = vars(cls).get("__init__")
+        if isinstance(init, types.FunctionType) and not getattr(init, "_cynet_init_check", False):
+            cls.__init__ = _checking_base_init(init)
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
