@@ -1497,3 +1497,33 @@ def test_a_custom_module_that_never_calls_super_init_is_refused_when_built():
             self.fc = nn.Linear(2, 2)
 
     assert len(WithBase().parameters()) == 2
+
+
+def test_modules_and_parameters_in_a_plain_list_or_dict_are_warned_about_at_the_first_call():
+    # PyTorch's classic silent bug: layers kept in a plain list are not registered, so the optimiser never sees them
+    # (here parameters() gave 0 of the 24, without a word)
+    class ListNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = []
+            for _ in range(2):
+                self.layers.append(nn.Linear(3, 4 if not self.layers else 3))
+            self.extra = {"scale": nn.Parameter(np.ones(3, np.float32))}
+            self._teacher = [nn.Linear(3, 3)]        # a leading "_": deliberately unregistered, no warning
+
+        def forward(self, x):
+            return self.layers[1](self.layers[0](x)[:, :3])
+
+    net = ListNet()
+    with pytest.warns(UserWarning) as record:
+        net(np.ones((2, 3), np.float32))
+    messages = [str(w.message) for w in record if "not registered" in str(w.message)]
+    assert len(messages) == 2
+    assert "attribute 'layers' is a plain list holding 2 Module object(s)" in messages[0]
+    assert "attribute 'extra' is a plain dict holding 1 Parameter object(s)" in messages[1]
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net(np.ones((2, 3), np.float32))                    # once per instance
+        registered = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+        registered(np.ones((2, 3), np.float32))             # registered modules: no warning

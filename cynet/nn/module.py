@@ -825,6 +825,9 @@ class Module:
             f"README's 'Your own module'")
 
     def __call__(self, *args, **kwargs):
+        if "_registration_checked" not in self.__dict__:       # once per instance, at its first call
+            object.__setattr__(self, "_registration_checked", True)
+            _warn_unregistered(self)
         for value in (*args, *kwargs.values()):
             if isinstance(value, np.ma.MaskedArray):           # np.asarray would drop the mask without a word
                 refuse_masked(repr(self) if not self._modules else type(self).__name__, "input", value)
@@ -846,6 +849,27 @@ class Module:
             child_repr = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {child_repr}")
         return "\n".join(lines) + "\n)"
+
+
+def _warn_unregistered(module):
+    """UserWarning for each public attribute of ``module`` that is a plain list, tuple or dict holding Modules or
+    Parameters: those are not registered (PyTorch's classic silent bug: parameters(), so the optimiser, state_dict,
+    .to(), train()/eval() and gradcheck never see them). A name starting with "_" is taken as deliberate."""
+    import warnings
+
+    for name, value in vars(module).items():
+        if name.startswith("_") or not isinstance(value, (list, tuple, dict)) or isinstance(value, Module):
+            continue
+        items = list(value.values()) if isinstance(value, dict) else list(value)
+        held = [item for item in items if isinstance(item, (Module, Parameter))]
+        if held:
+            kinds = sorted({"Module" if isinstance(item, Module) else "Parameter" for item in held})
+            warnings.warn(
+                f"{type(module).__name__}: attribute {name!r} is a plain {type(value).__name__} holding {len(held)} "
+                f"{' and '.join(kinds)} object(s), which are not registered: parameters() (so the optimiser), "
+                f"state_dict(), .to(), train()/eval() and gradcheck do not see them. Use nn.ModuleList (or assign "
+                f"each as an attribute: self.fc1 = ...); name the attribute with a leading '_' if this is deliberate",
+                UserWarning, stacklevel=3)
 
 
 def _check_input_gradient(container, where, module, dx, may_be_none, input_shape):
