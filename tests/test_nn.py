@@ -1483,7 +1483,8 @@ def test_a_custom_module_that_never_calls_super_init_is_refused_when_built():
     # parameters(), repr or a Sequential holding it)
     class NoBase(nn.Module):
         def __init__(self, scale):
-            self_scale = scale      # noqa: F841 (a student's slip: nothing assigned, super().__init__() forgotten)
+            if scale <= 0:          # (a student's slip: nothing assigned, super().__init__() forgotten)
+                raise ValueError(scale)
 
         def forward(self, x):
             return x
@@ -1527,3 +1528,26 @@ def test_modules_and_parameters_in_a_plain_list_or_dict_are_warned_about_at_the_
         net(np.ones((2, 3), np.float32))                    # once per instance
         registered = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
         registered(np.ones((2, 3), np.float32))             # registered modules: no warning
+
+
+def test_sequential_passes_a_tuple_of_arrays_of_different_shapes_between_its_modules():
+    # the input-gradient check recorded np.shape(x) of every module's input: NumPy refuses that of a ragged tuple
+    class Split(nn.Module):
+        def forward(self, x):
+            return x[:, :2], x[:, 2:]
+
+        def backward(self, dout, *, input_grad=True):
+            return np.concatenate(dout, axis=1) if input_grad else None
+
+    class Join(nn.Module):
+        def forward(self, parts):
+            self._widths = [p.shape[1] for p in parts]
+            return np.concatenate([2 * parts[0], parts[1]], axis=1)
+
+        def backward(self, dout, *, input_grad=True):
+            return (2 * dout[:, :self._widths[0]], dout[:, self._widths[0]:]) if input_grad else None
+
+    model = nn.Sequential(Split(), Join())
+    x = np.arange(10, dtype=np.float32).reshape(2, 5)
+    np.testing.assert_array_equal(model(x), np.concatenate([2 * x[:, :2], x[:, 2:]], axis=1))
+    np.testing.assert_array_equal(model.backward(np.ones((2, 5), np.float32)), [[2, 2, 1, 1, 1]] * 2)

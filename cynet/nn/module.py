@@ -872,6 +872,12 @@ def _warn_unregistered(module):
                 UserWarning, stacklevel=3)
 
 
+def _shape_of(x):
+    """``x.shape`` for an array, else None: a module may take a tuple of arrays of different shapes, whose
+    ``np.shape`` NumPy refuses (inhomogeneous), and its input gradient is then not checked."""
+    return tuple(x.shape) if isinstance(x, np.ndarray) else None
+
+
 def _check_input_gradient(container, where, module, dx, may_be_none, input_shape):
     """ValueError naming ``module`` (at ``where`` in ``container``) when the input gradient its backward returned is
     None where the module before it needs one (``may_be_none`` False), or its shape is not its input's
@@ -1167,7 +1173,7 @@ class Sequential(_ModuleSequence):
         if not any(module._overwrites_input() for module in self.modules()):
             position = 0
             while position < len(modules):
-                shapes[position] = np.shape(x)
+                shapes[position] = _shape_of(x)
                 y = self._fused_relu(modules, position, x)
                 x = modules[position](x) if y is None else y
                 position += 1 if y is None else 2
@@ -1176,7 +1182,7 @@ class Sequential(_ModuleSequence):
         with _protecting(() if _protected_arrays.get() is not None else _arrays_within(x)) as protected:
             position = 0
             while position < len(modules):
-                shapes[position] = np.shape(x)
+                shapes[position] = _shape_of(x)
                 y = self._fused_relu(modules, position, x)
                 # fused, the ReLU's output is the batch norm's fresh array: nothing to check
                 ran = modules[position:position + 1 if y is None else position + 2]

@@ -15,7 +15,7 @@ import numpy as np
 from cynet._validation import describe
 from cynet.nn import _reuse as reuse
 from cynet.nn.layers import Dropout
-from cynet.nn.module import Module, _arrays_within, _check_input_gradient, _protecting
+from cynet.nn.module import Module, _arrays_within, _check_input_gradient, _protecting, _shape_of
 
 __all__ = ["Residual", "StochasticDepth"]
 
@@ -74,7 +74,7 @@ class Residual(Module):
 
     def forward(self, x):
         self._refuse_in_place_branches(self.body, self.shortcut, repr(self))
-        self._input_shape = np.shape(x)        # backward checks each branch's input gradient against it
+        self._input_shape = _shape_of(x)        # backward checks each branch's input gradient against it
         with _protecting(_arrays_within(x)):      # the shortcut reads x after the body
             out = self.body(x)
         if self.shortcut is None:
