@@ -1551,3 +1551,36 @@ def test_sequential_passes_a_tuple_of_arrays_of_different_shapes_between_its_mod
     x = np.arange(10, dtype=np.float32).reshape(2, 5)
     np.testing.assert_array_equal(model(x), np.concatenate([2 * x[:, :2], x[:, 2:]], axis=1))
     np.testing.assert_array_equal(model.backward(np.ones((2, 5), np.float32)), [[2, 2, 1, 1, 1]] * 2)
+
+
+def test_a_cs231n_style_backward_without_input_grad_works_in_containers_and_the_trainer():
+    # backward(self, dout) failed inside Sequential / the Trainer with Python's "unexpected keyword argument
+    # 'input_grad'": it is called without it, and its dx dropped where none is wanted
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(np.full(3, 2.0, np.float32))
+
+        def forward(self, x):
+            self._x = x
+            return x * self.w.data
+
+        def backward(self, dout):
+            self.w.grad += (dout * self._x).sum(axis=0)
+            return dout * self.w.data
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    first = nn.Sequential(Scale(), nn.Linear(3, 2, generator=0))
+    first(x)
+    assert first.backward(np.ones((2, 2), np.float32), input_grad=False) is None
+    np.testing.assert_allclose(first[0].w.grad, (first[1].weight.data.sum(axis=0) * x).sum(axis=0), rtol=1e-6)
+    dx = nn.Sequential(nn.Linear(3, 3, generator=1), Scale())
+    dx(x)
+    assert dx.backward(np.ones((2, 3), np.float32)).shape == (2, 3)
+    from cynet import gradcheck, optim
+    report = gradcheck.check_module(Scale(), x.astype(np.float64) + 1)
+    assert report.passed, str(report)
+    model = nn.Sequential(Scale(), nn.Linear(3, 2, generator=0))
+    trainer = cynet.Trainer(model, nn.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False)
+    trainer.fit(x, np.array([0, 1]), epochs=2, batch_size=2)
+    assert trainer.iteration == 2 and not np.array_equal(model[0].w.data, np.full(3, 2.0))

@@ -6,6 +6,8 @@ model is a chain of modules and the backward pass runs the chain in reverse.
 
 ``backward(dout, input_grad=False)`` skips dx (returns ``None``): the first layer of a network never needs it, and
 for a Linear layer it is a whole matrix product per batch. :class:`Sequential` asks only its first child to skip it.
+A module of your own may write the CS231n form ``backward(self, dout)``: it is then called without ``input_grad``
+and its dx dropped where none is wanted.
 
 In-place activations (``nn.ReLU(inplace=True)``, ...) write their output into their input array. Without autograd's
 version counters, :class:`Sequential` checks each of them before it runs: its input must not be (a view of) an array
@@ -19,6 +21,7 @@ import contextlib
 import contextvars
 import copy
 import functools
+import inspect
 import numbers
 import threading
 import types
@@ -301,9 +304,26 @@ def _recording_passes(forward, declined_is_no_run=False):
     return recorded_forward
 
 
+def _takes_input_grad(function):
+    """Whether ``function`` accepts the keyword ``input_grad`` (by name, or through ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == "input_grad" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
 def _refusing_a_reused_instance(backward):
+    # a CS231n-style backward(self, dout) without input_grad: called without it (a container passes it to every
+    # module, which failed with Python's "unexpected keyword argument 'input_grad'"), its dx dropped when not wanted
+    takes_input_grad = _takes_input_grad(backward)
+
     @functools.wraps(backward)
     def checked_backward(self, *args, **kwargs):
+        if not takes_input_grad and "input_grad" in kwargs:
+            wanted = kwargs.pop("input_grad")
+            dx = checked_backward(self, *args, **kwargs)
+            return dx if wanted else None
         runs = self.__dict__.get("_pass_runs", (0, 0))[1]
         if runs > 1:
             raise RuntimeError(
