@@ -861,13 +861,16 @@ class _PooledMoments:
     """Per-channel count, mean and sum of squared deviations of batches merged one by one, in float64 (Chan et al.'s
     pairwise update: exact, whatever the sizes of the batches and the offset of the data)."""
 
-    def __init__(self):
+    def __init__(self, order=None):
         self.n, self.mean, self.m2 = 0, None, None
+        self._order = order         # a list shared by the pools of one pass: each appends itself on its first batch
 
     def add(self, mean, var, n):
         """Merge a batch of ``n`` values per channel with (biased) variance ``var`` about ``mean``."""
         mean, var = np.asarray(mean, np.float64), np.asarray(var, np.float64)
         if self.mean is None:
+            if self._order is not None:
+                self._order.append(self)
             self.n, self.mean, self.m2 = n, mean.copy(), var * n
             return
         total = self.n + n
@@ -890,9 +893,12 @@ def recompute_batchnorm_statistics(model, x, batch_size=256):
     Each batch-norm layer (frozen ones too) gets the mean and the unbiased variance of everything it receives over
     the batches, every value counted once (a last batch of 2 weighs what its 2 samples do, not what a full batch
     does: PyTorch's ``momentum=None`` averages the batches' statistics with equal weights), with the rest of the model
-    in eval mode (dropout off) and the batch norms normalising with batch statistics as in training. For one batch
-    norm these are exactly the statistics of its input over ``x``, what :func:`cynet.diagnostics.check_batchnorm`
-    measures. Useful after training with small or unrepresentative batches, or after changing weights. The modes
+    in eval mode (dropout off). The batch norms are done one after the other in the order the data reach them, one
+    pass over ``x`` each: a batch norm's input is taken with the ones before it normalising with their NEW running
+    statistics (eval mode), as the model will run in evaluation (PyTorch's ``update_bn`` normalises them with batch
+    statistics instead, which leaves a later batch norm's statistics off by the batches' noise). So these are
+    exactly the statistics of each batch norm's input over ``x`` in eval mode, what
+    :func:`cynet.diagnostics.check_batchnorm` measures, whatever ``batch_size``. Useful after training with small or unrepresentative batches, or after changing weights. The modes
     (train / eval), momenta and frozen states of all modules are restored afterwards; parameters are not touched.
 
     Args:
@@ -932,18 +938,35 @@ def _recompute_statistics(model, x, batch_size, norms, saved, frozen_params):
     finished = False
     try:
         model.eval()
-        pooled = {}         # one pool per running-statistics array: shared_copy twins pool both branches' inputs
         for bn in norms:
             bn.reset_running_stats()
-            bn._pooled = pooled.setdefault(id(bn.running_mean), _PooledMoments())
             bn._frozen_stats = False
             for p in bn.parameters():
                 p.requires_grad = True
-            object.__setattr__(bn, "training", True)
-        for s in _batch_slices(x.shape[0], batch_size):
-            model(x[s])
+        # one group per running-statistics array (shared_copy twins pool both branches' inputs), in the order the
+        # data reach them: each pass completes the first group reached, the ones before it in eval mode with their
+        # new statistics, the ones not done yet normalising with batch statistics (their own input is retaken later)
+        pending = {}
         for bn in norms:
-            bn._pooled.write(bn)
+            pending.setdefault(id(bn.running_mean), []).append(bn)
+        slices = _batch_slices(x.shape[0], batch_size)
+        while pending:
+            order, pools = [], {}
+            for key, group in pending.items():
+                pools[key] = _PooledMoments(order)
+                for bn in group:
+                    bn.reset_running_stats()
+                    bn._pooled = pools[key]
+                    object.__setattr__(bn, "training", True)
+            for s in slices:
+                model(x[s])
+            if not order:
+                break                   # the data reach none of them: they keep the reset statistics
+            key = next(key for key, pool in pools.items() if pool is order[0])
+            for bn in pending.pop(key):
+                pools[key].write(bn)
+                bn._pooled = None
+                object.__setattr__(bn, "training", False)
         finished = True
     finally:
         if not finished:
