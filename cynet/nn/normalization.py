@@ -898,8 +898,10 @@ def recompute_batchnorm_statistics(model, x, batch_size=256):
     statistics (eval mode), as the model will run in evaluation (PyTorch's ``update_bn`` normalises them with batch
     statistics instead, which leaves a later batch norm's statistics off by the batches' noise). So these are
     exactly the statistics of each batch norm's input over ``x`` in eval mode, what
-    :func:`cynet.diagnostics.check_batchnorm` measures, whatever ``batch_size``. Useful after training with small or unrepresentative batches, or after changing weights. The modes
-    (train / eval), momenta and frozen states of all modules are restored afterwards; parameters are not touched.
+    :func:`cynet.diagnostics.check_batchnorm` measures, whatever ``batch_size``; the price is one forward pass over
+    ``x`` per batch norm. Useful after training with small or unrepresentative batches, or after changing weights.
+    The modes (train / eval), momenta and frozen states of all modules are restored afterwards; parameters are not
+    touched.
 
     Args:
         model (Module): the model (called as ``model(batch)``).
