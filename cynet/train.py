@@ -336,8 +336,9 @@ class EarlyStopping(_BestTracker):
     and are saved in trainer checkpoints; :meth:`reset` starts afresh. When the best weights are put back, the
     weights training had reached are kept too (and saved in checkpoints): the next ``fit`` (or one resumed from a
     checkpoint) continues from them, so that training in several calls gives the weights of one uninterrupted run.
-    It does not if the model's weights were changed in between (they are then the ones training continues from); to
-    go on from the best weights on purpose, set ``training_state = None`` before the next ``fit``.
+    It does not if the model's weights were changed in between (they are then the ones training continues from; a
+    dtype change, ``model.float()`` or ``model.double()``, is no change: the reached weights come back in the new
+    dtype); to go on from the best weights on purpose, set ``training_state = None`` before the next ``fit``.
 
     Args:
         monitor (str): "val_acc" (default), "val_loss", "train_acc" or "train_loss".
@@ -422,8 +423,12 @@ class EarlyStopping(_BestTracker):
 
 
 def _same_arrays(first, second):
-    """Whether two state dicts hold the same keys and arrays (bit for bit)."""
-    return first.keys() == second.keys() and all(np.array_equal(first[key], second[key]) for key in first)
+    """Whether two state dicts hold the same keys and arrays (bit for bit), ``second``'s arrays taken in ``first``'s
+    dtypes: a model cast since (``model.float()`` between two fits) still holds the weights it held (a float64 best
+    state, rounded to float32, compared unequal to itself, and the next fit went on from the best weights)."""
+    return first.keys() == second.keys() and all(
+        np.array_equal(first[key], np.asarray(second[key]).astype(np.asarray(first[key]).dtype, copy=False))
+        for key in first)
 
 
 class ModelCheckpoint(_BestTracker):

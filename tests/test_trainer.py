@@ -1420,3 +1420,24 @@ def test_the_exception_that_ends_a_run_is_not_replaced_by_a_failing_on_train_end
     if sys.version_info >= (3, 11):
         assert any("FailsAtEnd.on_train_end raised RuntimeError('logger failed')" in note
                    for note in raised.value.__notes__)
+
+
+@pytest.mark.parametrize("start, cast", [(np.float64, "float"), (np.float32, "double")])
+def test_early_stopping_goes_on_from_the_reached_weights_after_a_dtype_change_between_fits(start, cast):
+    # a float64 model cast with .float() between two fits no longer equalled its float64 best state bit for bit, so
+    # the second fit went on from the best epoch's weights (0.21 away) instead of those training had reached
+    x, y = blobs(40, seed=0, spread=2.0)
+    xv, yv = blobs(20, seed=1, spread=2.0)
+    model = mlp().to(start)
+    stopper = EarlyStopping(monitor="val_loss", patience=100)
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.5), callbacks=[stopper],
+                      progress=False)
+    trainer.fit(x, y, epochs=6, batch_size=10, validation=(xv, yv))
+    reached = {key: value.copy() for key, value in stopper.training_state.items()}
+    assert any(not np.array_equal(reached[key], stopper.best_state[key]) for key in reached)
+    getattr(model, cast)()
+    stopper.on_train_begin(trainer)
+    dtype = np.float32 if cast == "float" else np.float64
+    for key, value in model.state_dict().items():
+        assert value.dtype == dtype
+        np.testing.assert_array_equal(value, reached[key].astype(dtype))
