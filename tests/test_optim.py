@@ -511,6 +511,32 @@ def test_changing_the_model_dtype_after_the_first_step_is_reported(rng):
         opt.step()
 
 
+@pytest.mark.parametrize("make", [lambda p: SGD(p, lr=0.1, momentum=0.9), lambda p: Adam(p, lr=0.1),
+                                  lambda p: AdamW(p, lr=0.1), lambda p: RMSProp(p, lr=0.1),
+                                  lambda p: AdaGrad(p, lr=0.1)])
+def test_a_step_refused_for_a_part_cast_since_changes_nothing(make):
+    # an optimiser over an encoder and a head, the head cast with .double() after two steps: the refused step had
+    # already moved the encoder's weights by 0.1 (Adam) and counted its step (2 -> 3), step_count staying at 2
+    encoder, head = nn.Linear(4, 4, generator=0), nn.Linear(4, 2, generator=1)
+    opt = make(encoder.parameters() + head.parameters())
+    for _ in range(2):
+        for p in opt.params:
+            p.grad = np.full(p.shape, 0.5, p.data.dtype)
+        opt.step()
+    head.double()
+    for p in head.parameters():
+        p.grad = np.full(p.shape, 0.5)
+    before = copy.deepcopy(([p.data for p in opt.params], opt.state_dict()))
+    with pytest.raises(TypeError, match=r"params\[2\].*create a new optimiser"):
+        opt.step()
+    for p, saved in zip(opt.params, before[0]):
+        np.testing.assert_array_equal(p.data, saved.astype(p.data.dtype))
+    after = opt.state_dict()
+    assert after.keys() == before[1].keys() and opt.step_count == 2
+    for key, value in before[1].items():
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+
+
 def test_kernels_check_lengths_themselves():
     from cynet._kernels import load
 

@@ -413,10 +413,11 @@ class Optimizer:
         """
         # each group's settings as a plain dict for this step: ParamGroup's own lookup (aliases) cost 0.3 us a read
         settings = [dict(group) for group in self.param_groups]
-        for index, param in enumerate(self.params):
-            if not param.requires_grad:
-                continue
-            data, grad = self._arrays(index, param)
+        # every parameter checked before any is updated: a step refused at params[2] (a part of the model cast with
+        # .double() since the optimiser started) had already moved params[0] and [1] and counted their steps
+        arrays = [(index, param) + self._arrays(index, param) for index, param in enumerate(self.params)
+                  if param.requires_grad]
+        for index, param, data, grad in arrays:
             state = self.state[index]
             if self._counts_steps:
                 state["step"] = state.get("step", 0) + 1
