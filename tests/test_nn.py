@@ -1271,6 +1271,19 @@ def test_load_state_dict_and_to_refuse_what_is_not_a_state_or_a_dtype_naming_the
     assert model[0].weight.data.dtype == np.float32
 
 
+# to('float') cast a model to float64 (NumPy's reading of 'float') while .float() casts it to float32 (PyTorch's
+# torch.float too): the same word, two dtypes, one of them silent.
+def test_to_refuses_the_ambiguous_name_float_and_keeps_float32_and_float64():
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    for bad in ("float", "Float"):
+        with pytest.raises(TypeError, match=r"^Sequential.to: dtype 'float' is ambiguous .*np.float32 or np.float64"):
+            model.to(bad)
+    assert model[0].weight.data.dtype == np.float32 and model[1].running_mean.dtype == np.float32
+    assert model.to("float64")[0].weight.data.dtype == np.float64
+    assert model.float()[0].weight.data.dtype == np.float32
+    assert model.to("double")[1].running_var.dtype == np.float64
+
+
 # ---- torch-style positional calls: the same meaning as in torch, or a TypeError (never a silent other meaning)
 
 @pytest.mark.parametrize("make", [

@@ -708,6 +708,11 @@ class Module:
         """
         if isinstance(dtype, str) and dtype.lower() == "cpu":
             return self
+        if isinstance(dtype, str) and dtype.strip().lower() == "float":
+            # NumPy reads 'float' as float64, PyTorch's torch.float is float32 and self.float() casts to float32:
+            # to('float') made a float64 model without a word
+            raise TypeError(f"{type(self).__name__}.to: dtype 'float' is ambiguous (NumPy's 'float' is float64, "
+                            f"PyTorch's torch.float and .float() are float32): pass np.float32 or np.float64")
         try:
             if dtype is None:           # np.dtype(None) is float64: to(None) cast the model without a word
                 raise TypeError
