@@ -5,7 +5,8 @@ fallback :mod:`cynet.ops` uses for floating dtypes the kernels are not compiled 
 
 Written for clarity and numerical care, not speed: each function is the textbook formula in the input's dtype, in
 the form that stays accurate at the extremes (a sigmoid that never overflows, ``expm1`` near zero, ``erfc`` in the
-left tail of GELU). One exception, GELU: NumPy has no erf, so for float16, float32 and float64 inputs GELU is evaluated
+left tail of GELU). float16 SiLU (forward and backward) is evaluated in float32 and rounded once: its subnormal
+sigmoid and a cancellation near the derivative's root cost it up to 760 ulp in float16 itself. One more exception, GELU: NumPy has no erf, so for float16, float32 and float64 inputs GELU is evaluated
 in float64 (erfc from SciPy when installed, else libm's ``math.erfc``) and rounded once to the input's dtype. For a
 long double wider than float64 (x87 extended precision on x86-64 Linux) it is evaluated in long double, with this
 module's own erfc (:func:`_erfc_wide`, relative error below 3e-19): measured against mpmath, the erf form's forward and
@@ -316,16 +317,27 @@ def gelu_backward(dout, x, approximate="none", *, out=None):
     return _store((dout * grad.astype(x.dtype)).astype(x.dtype), out)
 
 
+def _silu_working(x):
+    """x in SiLU's working dtype: float32 for float16, whose subnormals start at 6.1e-5 (sigmoid(-12) = 6.1e-6 kept
+    2 digits, so x sigmoid(x) = -6.3e-5 at -12.16 was 6.2 ulp off) and whose 1 + x (1 - s) cancels near the
+    derivative's root at -1.278 (760 ulp off); the input's own dtype otherwise."""
+    return x.astype(np.float32) if x.dtype.itemsize < 4 else x
+
+
 def silu_forward(x, *, out=None):
-    s = _stable_sigmoid(x)
+    """x sigmoid(x); float16 is evaluated in float32 and rounded once (see :func:`_silu_working`)."""
+    xw = _silu_working(x)
+    s = _stable_sigmoid(xw)
     with np.errstate(invalid="ignore"):
-        y = np.where(s == 0, x.dtype.type(-0.0), x * s)  # -0 where sigmoid underflows: the limit at -inf
-    return _store(y, out)
+        y = np.where(s == 0, xw.dtype.type(-0.0), xw * s)  # -0 where sigmoid underflows: the limit at -inf
+    return _store(y.astype(x.dtype, copy=False), out)
 
 
 def silu_backward(dout, x, *, out=None):
-    s = _stable_sigmoid(x)
-    return _store(dout * (s * (1 + x * (1 - s))), out)
+    """dout s (1 + x (1 - s)); float16 in float32, rounded once, as :func:`silu_forward`."""
+    xw = _silu_working(x)
+    s = _stable_sigmoid(xw)
+    return _store((dout.astype(xw.dtype, copy=False) * (s * (1 + xw * (1 - s)))).astype(x.dtype, copy=False), out)
 
 
 # --- Maxout ----------------------------------------------------------------------------------------------------------

@@ -466,6 +466,22 @@ def test_float16_falls_back_to_the_reference(op):
     np.testing.assert_array_equal(out, y)
 
 
+def test_float16_silu_is_accurate_over_every_float16():
+    """Every finite float16: SiLU and its gradient within 1 ulp of the float64 formula rounded to float16. Evaluated in
+    float16, x sigmoid(x) was 6.2 ulp off at x = -12.16 (sigmoid(-12) = 6.1e-6 is a float16 subnormal) and the
+    gradient 760 ulp off at x = -1.28 (1 + x (1 - s) cancels near the derivative's root)."""
+    x = np.arange(65536, dtype=np.uint16).view(np.float16)
+    x = x[np.isfinite(x)]
+    xd = x.astype(np.float64)
+    e = np.exp(-np.abs(xd))
+    s = np.where(xd >= 0, 1 / (1 + e), e / (1 + e))
+    truths = {"forward": xd * s, "backward": s * (1 + xd * (1 - s))}
+    got = {"forward": ops.silu_forward(x), "backward": ops.silu_backward(np.ones_like(x), x)}
+    for name, truth in truths.items():
+        assert got[name].dtype == np.float16
+        assert ulp_error(got[name], truth, np.float16).max() <= 1, name
+
+
 def test_longdouble_falls_back_to_the_reference(op):
     x = np.linspace(-6, 6, 101).astype(np.longdouble)
     y = op.forward(x)
