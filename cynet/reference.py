@@ -196,8 +196,10 @@ def prelu_backward(dout, x, alpha, *, out=None, alpha_grad_out=None):
     alpha_arr = np.asarray(alpha, dtype=x.dtype)
     a = _prelu_alpha_view(x, alpha_arr)
     dx = np.where(x > 0, dout, a * dout)
-    # dalpha = sum of dout * min(x, 0): zero where x > 0, NaN where dout or x is NaN.
-    contribution = dout.astype(np.float64) * np.minimum(x, 0).astype(np.float64)
+    # dalpha = sum of dout * min(x, 0): zero where x > 0, NaN where dout or x is NaN. Summed in float64, or in long
+    # double for a long double wider than it (a float64 cast overflowed x = -1e400 to -inf: NaN for dout = 1e-400)
+    acc = np.promote_types(x.dtype, np.float64)
+    contribution = dout.astype(acc) * np.minimum(x, 0).astype(acc)
     if alpha_arr.size == 1:
         dalpha = np.asarray(contribution.sum()).reshape(alpha_arr.shape)
     else:

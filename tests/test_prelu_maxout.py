@@ -262,6 +262,23 @@ def test_prelu_float16_falls_back_to_the_reference():
     np.testing.assert_array_equal(dalpha, ref_dalpha)
 
 
+@pytest.mark.skipif(np.finfo(np.longdouble).nmant <= np.finfo(np.float64).nmant,
+                    reason="long double is float64 here")
+def test_prelu_longdouble_dalpha_is_summed_in_long_double():
+    """Summed in float64, dalpha was NaN for x = -1e400, dout = 1e-400 (true -1: x overflowed to -inf), 0 for
+    x = -1e-200, dout = 1e-200 (true -1e-400: the product underflowed) and float64-accurate only (1 + 2^-60)."""
+    ld = np.longdouble
+    x = np.array([[ld("-1e400"), ld("-1e-200"), ld(-1)]])
+    dout = np.array([[ld("1e-400"), ld("1e-200"), 1 + ld(2) ** -60]])
+    alpha = np.full(3, ld("0.25"))
+    for prelu_backward in (ops.prelu_backward, reference.prelu_backward):
+        dx, dalpha = prelu_backward(dout, x, alpha)
+        assert dalpha.dtype == np.longdouble
+        assert dalpha[0] == ld(-1) or abs(dalpha[0] + 1) <= 4 * np.finfo(ld).eps, dalpha
+        assert abs(dalpha[1] / ld("-1e-400") - 1) <= 4 * np.finfo(ld).eps, dalpha
+        assert dalpha[2] == -(1 + ld(2) ** -60), dalpha
+
+
 @pytest.mark.parametrize("x_shape,alpha_shape", [((4, 3), (5,)), ((4, 3, 2, 2), (4,)), ((6,), (6,)), ((2, 3), (2,)),
                                                  ((4, 3), (3, 2))], ids=str)
 def test_prelu_wrong_alpha_size_names_both_shapes(x_shape, alpha_shape):
