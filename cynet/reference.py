@@ -219,15 +219,25 @@ def elu_backward(dout, y, alpha=1.0, *, out=None):
     return _store(np.where(y > 0, dout, dout * (y + a)), out)
 
 
+_SELU_SCALE_DIGITS = "1.0507009873554804934193349852946"
+_SELU_SCALE_ALPHA_DIGITS = "1.7580993408473768599402175208123"   # the product of the two 32-digit constants
+
+
+def _selu_constants(dtype):
+    """lambda and lambda alpha in ``dtype``: from their digits for a long double wider than float64 (the float64
+    constants were 2470 of its ulp off), the float64 values rounded otherwise (as the kernels)."""
+    if _wider_than_float64(dtype):
+        return dtype.type(_SELU_SCALE_DIGITS), dtype.type(_SELU_SCALE_ALPHA_DIGITS)
+    return _scalar(SELU_SCALE, dtype), _scalar(SELU_SCALE * SELU_ALPHA, dtype)
+
+
 def selu_forward(x, *, out=None):
-    scale = _scalar(SELU_SCALE, x.dtype)
-    scale_alpha = _scalar(SELU_SCALE * SELU_ALPHA, x.dtype)
+    scale, scale_alpha = _selu_constants(x.dtype)
     return _store(np.where(x >= 0, scale * x, scale_alpha * np.expm1(np.minimum(x, 0))), out)   # -0 stays -0
 
 
 def selu_backward(dout, y, *, out=None):
-    scale = _scalar(SELU_SCALE, y.dtype)
-    scale_alpha = _scalar(SELU_SCALE * SELU_ALPHA, y.dtype)
+    scale, scale_alpha = _selu_constants(y.dtype)
     return _store(np.where(y > 0, scale * dout, dout * (y + scale_alpha)), out)
 
 

@@ -489,6 +489,22 @@ def test_longdouble_falls_back_to_the_reference(op):
     np.testing.assert_array_equal(y, op.forward(x, module=reference))
 
 
+@pytest.mark.skipif(np.finfo(np.longdouble).nmant <= np.finfo(np.float64).nmant,
+                    reason="long double is float64 here")
+def test_longdouble_selu_uses_long_double_constants():
+    """lambda and lambda alpha to 32 digits, not rounded to float64 first (2470 ulp off at x = -0.0089)."""
+    ld = np.longdouble
+    scale, scale_alpha = ld("1.0507009873554804934193349852946"), ld("1.7580993408473768599402175208123")
+    x = np.array([ld("-0.0089073546386104398426"), ld(1), ld(-1)])
+    truth = np.where(x > 0, scale * x, scale_alpha * np.expm1(x))
+    y = ops.selu_forward(x)
+    assert y.dtype == np.longdouble
+    assert ulp_error(y, truth).max() <= 3
+    dx = ops.selu_backward(np.ones_like(x), y)
+    assert dx[1] == scale
+    assert ulp_error(dx[[0, 2]], (scale_alpha * np.exp(x))[[0, 2]]).max() <= 4
+
+
 # Long double GELU, evaluated in long double (cynet.reference._erfc_wide), not in float64 and rounded: exact values from
 # mpmath (300 bits) as (x, x Phi(x), Phi(x) + x phi(x), and the condition numbers |x f'/f| of both, at least 1).
 _LD_1_AND_A_BIT = np.longdouble(1) + np.longdouble(2) ** -60  # 1 in float64
