@@ -547,18 +547,19 @@ class LSUVReport(list):
         return "\n".join(lines)
 
 
-def _output_std(model, x, layer_name, layer):
-    """The standard deviation (float64) of ``layer``'s output in a forward pass of ``x`` through ``model``."""
+def _output(model, x, layer_name, layer):
+    """``(std, output)``: ``layer``'s output (float64) in a forward pass of ``x`` through ``model``, and its std."""
     from cynet.diagnostics.init_lab import recording
 
     outputs = []
     with recording([(layer_name, layer)], outputs):
         model.forward(x)
-    std = float(np.std(np.asarray(outputs[-1][2], dtype=np.float64)))
+    output = np.asarray(outputs[-1][2], dtype=np.float64)
+    std = float(np.std(output))
     if not math.isfinite(std) or std == 0:
         raise ValueError(f"lsuv_: the output of layer {layer_name!r} ({type(layer).__name__}) has std {std} on this "
                          f"batch: nothing to scale (constant input or dead units)")
-    return std
+    return std, output
 
 
 def lsuv_(model, x, *, target_std=1.0, tol=0.02, max_iter=10, orthogonal=True, generator=None):
@@ -573,7 +574,8 @@ def lsuv_(model, x, *, target_std=1.0, tol=0.02, max_iter=10, orthogonal=True, g
     closed-form rules, the scale comes from the data. A weight tied between layers (one :class:`Parameter`, e.g. a
     :meth:`~cynet.nn.Module.shared_copy`) is set up for the first layer using it only: scaling it again for a later
     one would undo the first's unit variance. The forward passes run in evaluation mode (no dropout;
-    batch norm with its running statistics), and every module's mode is restored afterwards.
+    batch norm with its running statistics), and every module's mode is restored afterwards. Biases are left as they
+    are: the measured std includes them, so with inputs of a small scale a layer may need several scalings.
 
     .. math:: W_\ell \leftarrow W_\ell \cdot \frac{\sigma^*}{\operatorname{std}(y_\ell(x))}
 
@@ -633,20 +635,25 @@ def lsuv_(model, x, *, target_std=1.0, tol=0.02, max_iter=10, orthogonal=True, g
             if not orthogonal and not np.any(weight):
                 raise ValueError(f"{name}: layer {layer_name!r} ({type(layer).__name__}) has all-zero weights: "
                                  f"scaling cannot change its output (orthogonal=True draws new weights first)")
-            std = before = _output_std(model, x, layer_name, layer)
+            std, output = _output(model, x, layer_name, layer)
+            before = std
             if orthogonal:
                 orthogonal_(weight, generator=rng)
-                std = _output_std(model, x, layer_name, layer)
+                std, output = _output(model, x, layer_name, layer)
             total, iterations, start = 1.0, 0, weight.copy()
             while abs(std / target_std - 1) > tol and iterations < max_iter:
                 factor = target_std / std
                 weight *= weight.dtype.type(factor)
                 total *= factor
                 iterations += 1
-                previous, std = std, _output_std(model, x, layer_name, layer)
-                # the weights do not move the output (a constant batch: only the bias is left): a scaling that
-                # should change the std by more than 0.1% changed it by less than half of that
-                if abs(factor - 1) > 1e-3 and abs(std / previous - 1) < 0.5 * abs(factor - 1):
+                previous, (std, new) = std, _output(model, x, layer_name, layer)
+                # the weights do not move the output (a zero batch: only the bias is left): scaling them by the
+                # factor changed no value. (Not "the std changed less than the factor": with a bias the std moves
+                # less than in proportion, e.g. 0.083 -> 0.53 for a factor of 12 on inputs of std 0.05, and the
+                # next scalings still reach the target.)
+                moved = float(np.std(new - output))
+                output = new
+                if abs(factor - 1) > 1e-3 and moved <= 1e-6 * abs(factor - 1) * previous:
                     weight[...] = start
                     raise ValueError(f"{name}: the output of layer {layer_name!r} ({type(layer).__name__}) does not "
                                      f"change with its weights on this batch (std {previous:.6g}, then {std:.6g} after "

@@ -177,3 +177,23 @@ def test_all_zero_weights_are_named_not_a_constant_batch(bias):
     with pytest.raises(ValueError, match="layer '0' \\(Linear\\) has all-zero weights"):
         init.lsuv_(model, x, orthogonal=False)
     assert np.all(model[0].weight.data == 0)
+
+
+@pytest.mark.parametrize("scale", [0.05, 1e-3])
+def test_a_bias_that_dominates_the_output_is_not_taken_for_a_constant_batch(scale):
+    """Inputs of std 0.05 through a default Linear (bias U(+-1/sqrt(50))): scaling the weights by 12.05 moved the
+    output std from 0.083 to 0.53, less than in proportion because of the bias, and lsuv_ refused the batch as
+    constant ("does not change with its weights ... constant input?"). The next scalings reach the target."""
+    rng = np.random.default_rng(0)
+    cynet.manual_seed(0)
+    model = nn.Sequential(nn.Linear(50, 64), nn.ReLU(), nn.Linear(64, 10))
+    x = (rng.standard_normal((256, 50)) * scale).astype(np.float32)
+    biases = [m.bias.data.copy() for m in (model[0], model[2])]
+    report = init.lsuv_(model, x, generator=0)
+    assert all(abs(layer.std_after - 1) <= 0.02 for layer in report)
+    h = x.astype(np.float64) @ model[0].weight.data.T.astype(np.float64) + model[0].bias.data
+    assert abs(h.std() - 1) <= 0.02                       # checked by hand, not through the recording
+    h = np.maximum(h, 0) @ model[2].weight.data.T.astype(np.float64) + model[2].bias.data
+    assert abs(h.std() - 1) <= 0.02
+    for m, b in zip((model[0], model[2]), biases):          # biases left alone, as documented
+        np.testing.assert_array_equal(m.bias.data, b)
