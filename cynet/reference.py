@@ -6,7 +6,8 @@ fallback :mod:`cynet.ops` uses for floating dtypes the kernels are not compiled 
 Written for clarity and numerical care, not speed: each function is the textbook formula in the input's dtype, in
 the form that stays accurate at the extremes (a sigmoid that never overflows, ``expm1`` near zero, ``erfc`` in the
 left tail of GELU). float16 SiLU (forward and backward) is evaluated in float32 and rounded once: its subnormal
-sigmoid and a cancellation near the derivative's root cost it up to 760 ulp in float16 itself. One more exception, GELU: NumPy has no erf, so for float16, float32 and float64 inputs GELU is evaluated
+sigmoid and a cancellation near the derivative's root cost it up to 760 ulp in float16 itself. One more exception,
+GELU: NumPy has no erf, so for float16, float32 and float64 inputs GELU is evaluated
 in float64 (erfc from SciPy when installed, else libm's ``math.erfc``) and rounded once to the input's dtype. For a
 long double wider than float64 (x87 extended precision on x86-64 Linux) it is evaluated in long double, with this
 module's own erfc (:func:`_erfc_wide`, relative error below 3e-19): measured against mpmath, the erf form's forward and

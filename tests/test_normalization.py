@@ -1348,7 +1348,8 @@ def test_recompute_batchnorm_statistics_in_series_inside_a_residual_block(rng):
     # statistics), whatever the batch size: the second of two BatchNorm2d was off by the batches' noise
     conv = lambda: nn.Conv2d(2, 2, 3, padding=1, dtype=np.float64)
     model = nn.Sequential(nn.Residual(nn.Sequential(conv(), BatchNorm2d(2, dtype=np.float64), nn.ReLU(), conv(),
-                                                    BatchNorm2d(2, dtype=np.float64))), BatchNorm2d(2, dtype=np.float64))
+                                                    BatchNorm2d(2, dtype=np.float64))),
+                          BatchNorm2d(2, dtype=np.float64))
     x = rng.standard_normal((13, 2, 4, 4)) * 2 + 1
     recompute_batchnorm_statistics(model, x, batch_size=4)
     model.eval()
