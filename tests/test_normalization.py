@@ -632,6 +632,14 @@ def test_errors_name_layer_and_shapes():
         BatchNorm1d(3, momentum=2.0)
 
 
+@pytest.mark.parametrize("normalized_shape", [3.0, None, True], ids=repr)
+def test_layernorm_refuses_a_normalized_shape_that_is_not_a_shape(normalized_shape):
+    """A float, None or a bool is neither an int nor a sequence of them: a TypeError naming LayerNorm and the value
+    (it was Python's bare "'float' object is not iterable")."""
+    with pytest.raises(TypeError, match=rf"LayerNorm: normalized_shape .*got {normalized_shape!r}"):
+        LayerNorm(normalized_shape)
+
+
 def test_reprs():
     assert repr(BatchNorm2d(8)) == "BatchNorm2d(8, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)"
     assert repr(LayerNorm((2, 3))) == "LayerNorm((2, 3), eps=1e-05, elementwise_affine=True)"

@@ -757,7 +757,11 @@ class LayerNorm(_RowNorm):
         super().__init__()
         if isinstance(normalized_shape, (int, np.integer)) and not isinstance(normalized_shape, bool):
             normalized_shape = (normalized_shape,)
-        shape = tuple(normalized_shape)
+        try:
+            shape = tuple(normalized_shape)
+        except TypeError:               # a float, a bool, None: not a shape (PyTorch's error would not say which)
+            raise TypeError(f"LayerNorm: normalized_shape must be a positive int or a tuple/list of them, got "
+                            f"{normalized_shape!r}") from None
         for n in shape:
             positive_int("LayerNorm", "normalized_shape", n)
         if not shape:
