@@ -640,6 +640,29 @@ def test_layernorm_refuses_a_normalized_shape_that_is_not_a_shape(normalized_sha
         LayerNorm(normalized_shape)
 
 
+@needs_torch
+@pytest.mark.parametrize("make", [lambda m: m.BatchNorm1d(3), lambda m: m.BatchNorm2d(3, momentum=None),
+                                  lambda m: m.LayerNorm((2, 3)), lambda m: m.GroupNorm(1, 3),
+                                  lambda m: m.BatchNorm1d(3, affine=False), lambda m: m.LayerNorm(3, 1e-5, False)],
+                         ids=["bn1d", "bn2d", "ln", "gn", "bn1d-no-affine", "ln-no-affine"])
+def test_reset_parameters_as_torch(make, rng):
+    """reset_parameters (PyTorch's name; it was an AttributeError): the running statistics reset, weight ones and
+    bias zeros, the state then equal to a fresh torch twin's."""
+    norm = make(nn)
+    for param in norm.parameters():
+        param.data[...] = rng.standard_normal(param.data.shape)
+    if getattr(norm, "track_running_stats", False):
+        norm.train()
+        for _ in range(2):
+            norm(rng.standard_normal((4, 3) + ((5, 5) if isinstance(norm, BatchNorm2d) else ())).astype(np.float32))
+    norm.reset_parameters()
+    want = make(torch.nn).state_dict()
+    got = norm.state_dict()
+    assert list(got) == list(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key].numpy(), err_msg=key)
+
+
 def test_reprs():
     assert repr(BatchNorm2d(8)) == "BatchNorm2d(8, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)"
     assert repr(LayerNorm((2, 3))) == "LayerNorm((2, 3), eps=1e-05, elementwise_affine=True)"

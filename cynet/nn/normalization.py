@@ -361,6 +361,14 @@ def _positive_float(layer, name, value):
     return float(value)
 
 
+def _reset_affine(norm):
+    """A norm's weight back to ones and its bias to zeros, in place (twins sharing them see it), if it has them."""
+    if norm.weight is not None:
+        norm.weight.data[...] = 1
+    if norm.bias is not None:
+        norm.bias.data[...] = 0
+
+
 def _accumulate(param, value):
     """Add a float64 gradient into a parameter (cast to its dtype)."""
     if param is not None and param.requires_grad:
@@ -451,6 +459,11 @@ class _BatchNorm(Module):
             self.running_var[...] = 1
             self.num_batches_tracked[...] = 0
         self._recomputed_at = None
+
+    def reset_parameters(self):
+        """PyTorch's name: :meth:`reset_running_stats`, and weight back to ones and bias to zeros (in place)."""
+        self.reset_running_stats()
+        _reset_affine(self)
 
     def _state_loaded(self):
         self._recomputed_at = None      # loaded statistics are not the recomputed ones
@@ -676,6 +689,10 @@ class _RowNorm(Module):
 
     def _view(self, x):
         raise NotImplementedError
+
+    def reset_parameters(self):
+        """PyTorch's name: weight back to ones and bias to zeros (in place), where the layer has them."""
+        _reset_affine(self)
 
     def _affine_arrays(self, x):
         """gamma and beta as vectors for x: the parameters (checked: replaced by hand, they would reach the kernels),
