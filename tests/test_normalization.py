@@ -663,6 +663,36 @@ def test_reset_parameters_as_torch(make, rng):
         np.testing.assert_array_equal(got[key], want[key].numpy(), err_msg=key)
 
 
+@needs_torch
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("make,shape", [(lambda m, d: m.LayerNorm(5, 1e-5, True, False, **d), (3, 5)),
+                                        (lambda m, d: m.LayerNorm((2, 3), bias=False, **d), (4, 2, 3)),
+                                        (lambda m, d: m.GroupNorm(2, 4, bias=False, **d), (3, 4, 5))],
+                         ids=["ln-positional", "ln-2d", "gn"])
+def test_row_norms_without_bias_as_torch(make, shape, dtype, rng):
+    """bias=False (PyTorch's LayerNorm's fourth argument, GroupNorm's keyword; it was a TypeError): a gain only, no
+    bias parameter or state_dict key; outputs and gradients as torch's twin, loaded from its state_dict."""
+    norm = make(nn, dict(dtype=dtype))
+    twin = make(torch.nn, dict(dtype=torch.float64))
+    assert norm.bias is None and [k for k, _ in norm.named_parameters()] == ["weight"]
+    assert repr(norm).endswith(", bias=False)")
+    with torch.no_grad():
+        twin.weight.uniform_(0.5, 1.5)
+    norm.load_state_dict({k: v.numpy() for k, v in twin.state_dict().items()})
+    assert list(norm.state_dict()) == list(twin.state_dict())
+    x = randn(rng, shape, dtype, loc=1.0, scale=2.0)
+    dout = randn(rng, shape, dtype)
+    y = norm(x)
+    dx = norm.backward(dout)
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    twin(xt).backward(torch.tensor(dout.astype(np.float64)))
+    tol = TOL[dtype]
+    np.testing.assert_allclose(y, twin(xt).detach().numpy(), **tol)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), **tol)
+    np.testing.assert_allclose(norm.weight.grad, twin.weight.grad.numpy(), rtol=1e-4 if dtype == np.float32 else 1e-11,
+                               atol=1e-4 if dtype == np.float32 else 1e-11)
+
+
 def test_reprs():
     assert repr(BatchNorm2d(8)) == "BatchNorm2d(8, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)"
     assert repr(LayerNorm((2, 3))) == "LayerNorm((2, 3), eps=1e-05, elementwise_affine=True)"

@@ -698,10 +698,12 @@ class _RowNorm(Module):
         """gamma and beta as vectors for x: the parameters (checked: replaced by hand, they would reach the kernels),
         or ones and zeros."""
         P = self._param_size
-        if self.weight is not None:
-            return (_vector(self, "weight", self.weight.data.reshape(-1), P, x.dtype, _PER_PARAMETER, x),
-                    _vector(self, "bias", self.bias.data.reshape(-1), P, x.dtype, _PER_PARAMETER, x))
-        return np.ones(P, x.dtype), np.zeros(P, x.dtype)
+        if self.weight is None:
+            return np.ones(P, x.dtype), np.zeros(P, x.dtype)
+        gamma = _vector(self, "weight", self.weight.data.reshape(-1), P, x.dtype, _PER_PARAMETER, x)
+        if self.bias is None:                                               # bias=False: a gain only
+            return gamma, np.zeros(P, x.dtype)
+        return gamma, _vector(self, "bias", self.bias.data.reshape(-1), P, x.dtype, _PER_PARAMETER, x)
 
     def _dtype(self):
         return self.weight.data.dtype if self.weight is not None else self._dtype_no_state
@@ -738,7 +740,8 @@ class _RowNorm(Module):
                                                 reuse.like(x3) if input_grad else None)
         if self.weight is not None:
             _accumulate(self.weight, dgamma.reshape(self.weight.data.shape))
-            _accumulate(self.bias, dbeta.reshape(self.bias.data.shape))
+            if self.bias is not None:
+                _accumulate(self.bias, dbeta.reshape(self.bias.data.shape))
         return None if dx3 is None else dx3.reshape(x.shape)
 
 
@@ -757,6 +760,8 @@ class LayerNorm(_RowNorm):
         normalized_shape (int or tuple): the trailing shape normalised over.
         eps (float): added to the variance. Default 1e-5.
         elementwise_affine (bool): learn ``weight`` (ones) and ``bias`` (zeros). Default True.
+        bias (bool): with ``elementwise_affine``, False learns the gain ``weight`` only (no ``bias``; PyTorch's
+            fourth argument). Default True.
         dtype: keyword-only (PyTorch's parameter in its place is ``device``); float32 (default) or float64.
 
     Shape:
@@ -770,7 +775,7 @@ class LayerNorm(_RowNorm):
         array([[-1.342, -0.447,  0.447,  1.342]], dtype=float32)
     """
 
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, *, dtype=np.float32):
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, *, dtype=np.float32):
         super().__init__()
         if isinstance(normalized_shape, (int, np.integer)) and not isinstance(normalized_shape, bool):
             normalized_shape = (normalized_shape,)
@@ -791,7 +796,7 @@ class LayerNorm(_RowNorm):
         self._param_size = int(np.prod(self.normalized_shape))
         if self.elementwise_affine:
             self.weight = Parameter(np.ones(self.normalized_shape, dtype))
-            self.bias = Parameter(np.zeros(self.normalized_shape, dtype))
+            self.bias = Parameter(np.zeros(self.normalized_shape, dtype)) if bias else None
         else:
             self.weight = None
             self.bias = None
@@ -805,7 +810,8 @@ class LayerNorm(_RowNorm):
         return x.reshape(-1, self._param_size, 1), 1
 
     def extra_repr(self):
-        return f"{self.normalized_shape}, eps={self.eps:g}, elementwise_affine={self.elementwise_affine}"
+        text = f"{self.normalized_shape}, eps={self.eps:g}, elementwise_affine={self.elementwise_affine}"
+        return text + (", bias=False" if self.weight is not None and self.bias is None else "")
 
 
 class GroupNorm(_RowNorm):
@@ -824,6 +830,7 @@ class GroupNorm(_RowNorm):
         num_channels (int): C.
         eps (float): added to the variance. Default 1e-5.
         affine (bool): learn ``weight`` (ones) and ``bias`` (zeros) of shape (C,). Default True.
+        bias (bool): keyword-only, as in PyTorch; with ``affine``, False learns the gain ``weight`` only. Default True.
         dtype: keyword-only (PyTorch's parameter in its place is ``device``); float32 (default) or float64.
 
     Shape:
@@ -837,7 +844,7 @@ class GroupNorm(_RowNorm):
         (3, 4, 5, 5)
     """
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, dtype=np.float32):
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, bias=True, dtype=np.float32):
         super().__init__()
         self.num_groups = positive_int("GroupNorm", "num_groups", num_groups)
         self.num_channels = positive_int("GroupNorm", "num_channels", num_channels)
@@ -851,7 +858,7 @@ class GroupNorm(_RowNorm):
         self._param_size = self.num_channels
         if self.affine:
             self.weight = Parameter(np.ones(self.num_channels, dtype))
-            self.bias = Parameter(np.zeros(self.num_channels, dtype))
+            self.bias = Parameter(np.zeros(self.num_channels, dtype)) if bias else None
         else:
             self.weight = None
             self.bias = None
@@ -865,7 +872,8 @@ class GroupNorm(_RowNorm):
         return x.reshape(x.shape[0] * G, self.num_channels // G, S), G
 
     def extra_repr(self):
-        return f"{self.num_groups}, {self.num_channels}, eps={self.eps:g}, affine={self.affine}"
+        text = f"{self.num_groups}, {self.num_channels}, eps={self.eps:g}, affine={self.affine}"
+        return text + (", bias=False" if self.weight is not None and self.bias is None else "")
 
 
 # --- batch-norm tools ------------------------------------------------------------------------------------------------
