@@ -149,6 +149,13 @@ def test_stochastic_depth_is_the_identity_in_eval_and_at_p0_and_zero_at_p1():
     assert all(np.array_equal(drop(x), first) for _ in range(5))
 
 
+def test_a_stochastic_depth_mode_set_after_construction_is_checked_at_the_forward():
+    drop = nn.StochasticDepth(0.5, generator=0)
+    drop.mode = "rows"                  # a typo: was taken for "batch" (one draw for the whole batch), silently
+    with pytest.raises(ValueError, match=r"StochasticDepth\(p=0.5, mode='rows'\): mode must be 'row' or 'batch'"):
+        drop(np.ones((8, 2), np.float32))
+
+
 def test_a_net_with_stochastic_depth_resumes_exactly_from_a_checkpoint(tmp_path):
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((64, 6)).astype(np.float32), rng.integers(0, 3, 64)

@@ -140,6 +140,9 @@ class StochasticDepth(Dropout):
         self.mode = mode
 
     def _mask_shape(self, x):
+        # checked again at each forward: an attribute a user may set (mode = "rows" was taken for "batch")
+        if not (isinstance(self.mode, str) and self.mode in ("row", "batch")):
+            raise ValueError(f"{self!r}: mode must be 'row' or 'batch', got {self.mode!r}")
         if x.ndim == 0:
             raise ValueError(f"{self!r}: input must have a batch axis (N, ...), got {describe(x)}")
         return (x.shape[0],) + (1,) * (x.ndim - 1) if self.mode == "row" else (1,) * x.ndim
