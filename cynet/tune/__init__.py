@@ -4,6 +4,9 @@
 - searches: :class:`RandomSearch` (default), :class:`GridSearch`, :class:`CoarseToFine` with :class:`Stage`,
   :func:`successive_halving`; results in :class:`SearchResult`;
 - trials: ``train_fn(params, data, budget, seed) -> dict`` or :func:`make_trainer_trial`;
+- the objective: trials are ranked by ``objective="val_acc"`` (maximised, the default) or any other number
+  ``train_fn`` returns: ``objective="val_loss"`` (minimised; a regression model has no accuracy), or a key with
+  ``mode="min"``/``"max"`` (:class:`Objective`);
 - validation: :func:`holdout_split`, :class:`KFold`, :class:`StratifiedKFold`, :func:`cross_validate`,
   :class:`CrossValidatedTrial`;
 - executors: ``executor="process"`` (default), None/"serial", a :class:`distributed.Client`, any ``submit``-er.
@@ -24,11 +27,12 @@ from cynet.tune.search import (
 )
 from cynet.tune.cv import CrossValidatedTrial, KFold, StratifiedKFold, cross_validate, holdout_split
 from cynet.tune.executors import execute_trial
+from cynet.tune.objective import Objective
 
 __all__ = [
     "Distribution", "LogUniform", "Uniform", "Choice", "RandInt", "LogRandInt", "loguniform", "uniform", "choice",
     "randint", "lograndint", "sample_space", "grid_points", "narrow_space", "edge_report",
     "RandomSearch", "GridSearch", "CoarseToFine", "Stage", "successive_halving", "SearchResult",
-    "make_trainer_trial", "TrainerTrial", "trial_seed",
+    "make_trainer_trial", "TrainerTrial", "trial_seed", "Objective",
     "KFold", "StratifiedKFold", "holdout_split", "cross_validate", "CrossValidatedTrial", "execute_trial",
 ]

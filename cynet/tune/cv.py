@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 
 from cynet.tune.executors import STATUSES
+from cynet.tune.objective import Objective, as_objective
 from cynet.tune.space import _check_int, _trial_params
 
 __all__ = ["KFold", "StratifiedKFold", "holdout_split", "cross_validate", "CrossValidatedTrial"]
@@ -256,8 +257,19 @@ def _splitter(owner, cv, cv_seed):
     return cv
 
 
-def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, budget=1, seed=0, cv_seed=0):
-    """Train and score one configuration on every fold; the mean validation accuracy is its score.
+def _objective_key(owner, objective):
+    """The key ``objective`` (a str or an :class:`~cynet.tune.Objective`) averages over the folds."""
+    if isinstance(objective, Objective):
+        return objective.key
+    if objective in ("val_acc", "val_loss"):
+        return objective
+    return as_objective(owner, objective, "max").key      # validates the key; the mode plays no part in a mean
+
+
+def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, budget=1, seed=0, cv_seed=0,
+                   objective="val_acc"):
+    """Train and score one configuration on every fold; the mean of the objective (validation accuracy by
+    default, "val_loss" for a regression model) is its score.
 
     For each fold: a fresh transform from ``transform_factory()`` is fitted on the fold's training rows only and
     applied to both parts; then ``train_fn(params, (x_train, y_train, x_val, y_val), budget, fold_seed)`` runs
@@ -279,17 +291,24 @@ def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, b
         seed (int): fold ``k`` trains with ``SeedSequence(seed).spawn(...)[k]``'s seed. Default 0.
         cv_seed (int): seed of the shuffle of the splitter made for ``cv`` None or an int (ignored when ``cv`` is a
             splitter). Default 0.
+        objective (str or Objective): the key of ``train_fn``'s dict whose per-fold values are kept, averaged and
+            spread ("<key>_folds", "<key>_std"); every fold must return it. Use the search's objective. Default
+            "val_acc".
 
     Raises:
         TypeError: ``cv`` is neither None, an int nor an object with ``split``.
         ValueError: ``seed`` is not a non-negative int (None included: the fold seeds would change from run to run).
+        KeyError: a fold's ``train_fn`` returned no value for the objective's key (the message names the key).
 
     Returns:
         dict: "val_acc" (mean over folds; NaN when a fold did not finish), "val_acc_folds" (each fold's accuracy),
         "val_acc_std" (their standard deviation, ``numpy.std``: divisor the number of folds; NaN when a fold did not
         finish), "val_loss", "epochs" (per fold), "status" (the worst fold's: "ok", "diverged" when a fold
         diverged, "error" when one reported an error). In a search, "val_acc_folds" and "val_acc_std" are kept in
-        each trial's record and shown in the results table.
+        each trial's record and shown in the results table. With another objective, "<key>", "<key>_folds" and
+        "<key>_std" are those of its key instead (NaN mean and std when a fold did not finish), and "val_acc" and
+        "val_loss" are plain means over the folds that returned them (None when none did); a fold is "diverged"
+        when its objective value or its "val_loss" is not finite (a NaN accuracy of a regression model is not).
 
     Example:
         >>> from cynet.tune import cross_validate, KFold
@@ -298,8 +317,11 @@ def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, b
     # (seed=None drew the fold seeds from fresh OS entropy, other ones at every call, silently; -1 raised NumPy's
     # bare "expected non-negative integer", and True trained with the seed 1)
     seed = _check_seed("cross_validate", seed)
+    key = _objective_key("cross_validate", objective)
     x, y = np.asarray(x), np.asarray(y)
     cv = _splitter("cross_validate", cv, cv_seed)
+    if key != "val_acc":
+        return _cross_validate_by(key, train_fn, params, x, y, cv, transform_factory, budget, seed)
     accs, losses, epochs, status = [], [], [], "ok"
     for fold, (train, val) in enumerate(cv.split(x, y)):
         x_train, x_val = x[train], x[val]
@@ -326,6 +348,42 @@ def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, b
             "val_loss": float(np.mean(losses)) if losses else None, "epochs": epochs, "status": status}
 
 
+def _cross_validate_by(key, train_fn, params, x, y, cv, transform_factory, budget, seed):
+    """:func:`cross_validate` with an objective other than "val_acc" (``key``): its per-fold values are required,
+    averaged and spread; "val_acc" (NaN for a regression model) and "val_loss" are optional means."""
+    scores, epochs, status = [], [], "ok"
+    extra = {"val_acc": [], "val_loss": []}
+    for fold, (train, val) in enumerate(cv.split(x, y)):
+        x_train, x_val = x[train], x[val]
+        if transform_factory is not None:
+            transform = transform_factory()
+            transform.fit(x_train)
+            x_train, x_val = transform.transform(x_train), transform.transform(x_val)
+        out = train_fn(_trial_params(params), (x_train, y[train], x_val, y[val]), budget, _fold_seed(seed, fold))
+        if not isinstance(out, dict) or out.get(key) is None:
+            raise KeyError(f"cross_validate: train_fn returned no {key!r} (the objective) for fold {fold}; got "
+                           f"{out!r:.200}")
+        scores.append(float(out[key]))
+        for name, values in extra.items():
+            if name != key and out.get(name) is not None:           # optional: None as absent
+                values.append(float(out[name]))
+        epochs.append(out.get("epochs", budget))
+        fold_status = out.get("status", "ok")
+        if fold_status not in STATUSES:
+            raise ValueError(f"cross_validate: train_fn returned status {fold_status!r} for fold {fold}; expected one "
+                             f"of {STATUSES}")
+        val_loss = out.get("val_loss")
+        if fold_status == "ok" and (not np.isfinite(scores[-1]) or (val_loss is not None
+                                                                   and not np.isfinite(float(val_loss)))):
+            fold_status = "diverged"
+        status = max(status, fold_status, key=STATUSES.index)
+    result = {name: float(np.mean(values)) if values else None for name, values in extra.items() if name != key}
+    result.update({key: float(np.mean(scores)) if status == "ok" else float("nan"), f"{key}_folds": scores,
+                   f"{key}_std": float(np.std(scores)) if status == "ok" else float("nan"), "epochs": epochs,
+                   "status": status})
+    return result
+
+
 class CrossValidatedTrial:
     """Turn a trial function on a holdout split into one scored by cross-validation (usable in any search).
 
@@ -340,6 +398,9 @@ class CrossValidatedTrial:
         transform_factory (callable): preprocessing fitted inside each fold. Default None.
         cv_seed (int): seed of the shuffle of the splitter made for ``cv`` None or an int, the same for every trial
             (ignored when ``cv`` is a splitter). Default 0.
+        objective (str or Objective): the key averaged over the folds, with its per-fold values and spread
+            (:func:`cross_validate`); pass the search's objective (a regression model: "val_loss"). Default
+            "val_acc".
 
     Example:
         >>> from cynet.data import Standardize
@@ -348,9 +409,10 @@ class CrossValidatedTrial:
         >>> RandomSearch(space, 8).run(cv_trial, (x, y))                                       # doctest: +SKIP
     """
 
-    def __init__(self, train_fn, cv=None, transform_factory=None, cv_seed=0):
+    def __init__(self, train_fn, cv=None, transform_factory=None, cv_seed=0, *, objective="val_acc"):
         if not callable(train_fn):
             raise TypeError(f"CrossValidatedTrial: train_fn must be callable, got {train_fn!r}")
+        self.objective = _objective_key("CrossValidatedTrial", objective)
         # checked here, not in every trial of a search (ignored when cv is a splitter)
         self.cv_seed = _check_seed("CrossValidatedTrial", cv_seed) if cv is None or isinstance(
             cv, (int, np.integer)) else cv_seed
@@ -360,4 +422,4 @@ class CrossValidatedTrial:
     def __call__(self, params, data, budget, seed):
         x, y = data
         return cross_validate(self.train_fn, params, x, y, cv=self.cv, transform_factory=self.transform_factory,
-                              budget=budget, seed=seed, cv_seed=self.cv_seed)
+                              budget=budget, seed=seed, cv_seed=self.cv_seed, objective=self.objective)

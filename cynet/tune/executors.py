@@ -59,21 +59,30 @@ def _plain(value):
     return value
 
 
-def execute_trial(train_fn, data, spec, threads=None):
+def execute_trial(train_fn, data, spec, threads=None, objective=None):
     """Run one trial and return its record (never raises for a failing trial).
 
+    The trial is "diverged" when its objective value (``objective``'s key; "val_acc" by default) is not finite, or
+    when it returned a "val_loss" that is not finite; "error" when ``train_fn`` raised or returned no value for
+    the objective's key (the error names the key). With an objective other than "val_acc", "val_acc" is optional
+    (NaN when absent: a regression model has no accuracy).
+
     Args:
-        train_fn (callable): ``train_fn(params, data, budget, seed) -> dict`` with at least "val_acc"; ``params``
-            is a deep copy of ``spec["params"]``, which it may change without touching the record or the space.
+        train_fn (callable): ``train_fn(params, data, budget, seed) -> dict`` with at least the objective's key
+            ("val_acc" by default); ``params`` is a deep copy of ``spec["params"]``, which it may change without
+            touching the record or the space.
         data: passed through to ``train_fn``.
         spec (dict): "number", "params", "budget", "seed" (and any bookkeeping keys, copied to the record).
         threads (int or None): run the trial with this many threads (:func:`cynet.threads`). Default None (the
             current setting).
+        objective (str, Objective or None): what the search ranks by (:class:`cynet.tune.Objective`). Default None
+            ("val_acc").
 
     Returns:
         dict: the spec's keys plus "status", "val_acc", "val_loss", "epochs", "seconds", "threads" (the thread
-        count it ran with), "error", "history", "state_dict"; and "val_acc_folds" (floats) and "val_acc_std" when
-        ``train_fn`` returns per-fold accuracies (:class:`cynet.tune.CrossValidatedTrial` does).
+        count it ran with), "error", "history", "state_dict"; the objective's key (a float) when it is another one;
+        and "<key>_folds" (floats) and "<key>_std" when ``train_fn`` returns per-fold values of the objective's key
+        (:class:`cynet.tune.CrossValidatedTrial` does: "val_acc_folds" and "val_acc_std" by default).
 
     Example:
         >>> from cynet.tune.executors import execute_trial
@@ -84,9 +93,12 @@ def execute_trial(train_fn, data, spec, threads=None):
     """
     import cynet
 
+    key = _objective_key(objective)
     record = dict(spec)
     record.update(status="ok", val_acc=math.nan, val_loss=math.nan, epochs=None, seconds=0.0, threads=None,
                   error=None, history=None, state_dict=None)
+    if key not in record:
+        record[key] = math.nan
     start = time.perf_counter()
     try:
         if threads is not None:
@@ -96,24 +108,27 @@ def execute_trial(train_fn, data, spec, threads=None):
         else:
             record["threads"] = cynet.get_num_threads()
             out = train_fn(_trial_params(spec["params"]), data, spec["budget"], spec["seed"])
-        if not isinstance(out, dict) or "val_acc" not in out:
-            raise TypeError(f"train_fn must return a dict with at least 'val_acc', got {out!r:.200}")
-        record["val_acc"] = float(out["val_acc"])
+        if not isinstance(out, dict) or out.get(key) is None:
+            objective_note = "" if key == "val_acc" else ", the search's objective"
+            raise TypeError(f"train_fn must return a dict with at least {key!r}{objective_note}, got {out!r:.200}")
+        val_acc = out.get("val_acc")
+        record["val_acc"] = math.nan if val_acc is None else float(val_acc)    # optional unless the objective
         val_loss = out.get("val_loss")
         record["val_loss"] = math.nan if val_loss is None else float(val_loss)     # optional: None as absent
+        record[key] = float(out[key])
         record["epochs"] = _plain(out.get("epochs", spec["budget"]))
         record["history"] = out.get("history")
         record["state_dict"] = out.get("state_dict")
-        if out.get("val_acc_folds") is not None:
-            # a cross-validated trial: keep each fold's accuracy, so the results show the spread behind the mean
-            folds = [float(v) for v in out["val_acc_folds"]]
-            record["val_acc_folds"] = folds
-            record["val_acc_std"] = float(out["val_acc_std"]) if out.get("val_acc_std") is not None \
+        if out.get(f"{key}_folds") is not None:
+            # a cross-validated trial: keep each fold's value, so the results show the spread behind the mean
+            folds = [float(v) for v in out[f"{key}_folds"]]
+            record[f"{key}_folds"] = folds
+            record[f"{key}_std"] = float(out[f"{key}_std"]) if out.get(f"{key}_std") is not None \
                 else float(np.std(folds)) if folds else math.nan
         status = out.get("status", "ok")
         if status not in STATUSES:
             raise ValueError(f"train_fn returned status {status!r}; expected one of {STATUSES}")
-        if status == "ok" and not math.isfinite(record["val_acc"]):
+        if status == "ok" and not math.isfinite(record[key]):
             status = "diverged"
         reason = out.get("stop_reason")
         if status == "ok" and val_loss is not None and not math.isfinite(record["val_loss"]):
@@ -127,16 +142,25 @@ def execute_trial(train_fn, data, spec, threads=None):
     except (Exception, SystemExit) as error:  # a failing trial is a result, not the end of the search (sys.exit too)
         record["status"] = "error"
         record["val_acc"] = math.nan
+        record[key] = math.nan
         tb = traceback.format_exception(type(error), error, error.__traceback__)
         record["error"] = f"{type(error).__name__}: {error}\n" + "".join(tb[-3:])
     record["seconds"] = time.perf_counter() - start
     return record
 
 
-def _error_record(spec, text):
+def _objective_key(objective):
+    """The record key an objective (None, a key, or a :class:`cynet.tune.Objective`) ranks by."""
+    if objective is None:
+        return "val_acc"
+    return objective if isinstance(objective, str) else objective.key
+
+
+def _error_record(spec, text, objective=None):
     record = dict(spec)
     record.update(status="error", val_acc=math.nan, val_loss=math.nan, epochs=None, seconds=math.nan, threads=None,
                   error=text, history=None, state_dict=None)
+    record[_objective_key(objective)] = math.nan
     return record
 
 
@@ -145,7 +169,7 @@ _WORKER = {}
 _IDLE = -1          # a worker's entry in the table of running trials while it runs none
 
 
-def _init_worker(train_fn, data, threads, running_tickets=None, next_slot=None):
+def _init_worker(train_fn, data, threads, running_tickets=None, next_slot=None, objective=None):
     """Process-pool initializer: keep ``train_fn`` and ``data`` for every trial of this worker; set its threads.
 
     ``running_tickets`` (a shared array, one entry per worker) and ``next_slot`` (a shared counter) let the parent
@@ -158,6 +182,7 @@ def _init_worker(train_fn, data, threads, running_tickets=None, next_slot=None):
     _WORKER["train_fn"] = train_fn
     _WORKER["data"] = data
     _WORKER["threads"] = int(threads)
+    _WORKER["objective"] = objective
     _WORKER["running_tickets"], _WORKER["slot"] = running_tickets, None
     if running_tickets is not None:
         with next_slot.get_lock():
@@ -172,14 +197,14 @@ def _run_in_worker(spec, ticket):
     if slot is not None:
         running_tickets[slot] = ticket
     try:
-        return execute_trial(_WORKER["train_fn"], _WORKER["data"], spec)
+        return execute_trial(_WORKER["train_fn"], _WORKER["data"], spec, objective=_WORKER.get("objective"))
     finally:
         if slot is not None:
             running_tickets[slot] = _IDLE
 
 
-def _run_with_data(train_fn, data, spec, threads):
-    return execute_trial(train_fn, data, spec, threads)
+def _run_with_data(train_fn, data, spec, threads, objective=None):
+    return execute_trial(train_fn, data, spec, threads, objective)
 
 
 def is_dask_client(executor):
@@ -194,6 +219,10 @@ class _Runner:
     """Base of the runners: ``on_result(record)``, when set, is called as each trial's record is final."""
 
     on_result = None
+    objective = None    # what the search ranks by (None: "val_acc"); set by make_runner
+
+    def _error_record(self, spec, text):
+        return _error_record(spec, text, self.objective)
 
     def _notify(self, record):
         if self.on_result is not None:
@@ -208,7 +237,8 @@ class _SerialRunner(_Runner):
         self.train_fn, self.data, self.threads = train_fn, data, threads
 
     def run(self, specs):
-        return [self._notify(execute_trial(self.train_fn, self.data, spec, self.threads)) for spec in specs]
+        return [self._notify(execute_trial(self.train_fn, self.data, spec, self.threads, self.objective))
+                for spec in specs]
 
     def close(self):
         pass
@@ -220,16 +250,16 @@ class _ProcessPool:
     Args:
         n_workers (int): worker processes.
         mp_context: the :mod:`multiprocessing` context (None: the platform's).
-        train_fn, data, threads: handed to each worker once, by the initializer.
+        train_fn, data, threads, objective: handed to each worker once, by the initializer.
     """
 
-    def __init__(self, n_workers, mp_context, train_fn, data, threads):
+    def __init__(self, n_workers, mp_context, train_fn, data, threads, objective=None):
         context = mp_context if mp_context is not None else multiprocessing.get_context()
         self.running_tickets = context.RawArray("q", [_IDLE] * n_workers)
         next_slot = context.Value("i", 0)
         self.executor = concurrent.futures.ProcessPoolExecutor(
             max_workers=n_workers, mp_context=mp_context, initializer=_init_worker,
-            initargs=(train_fn, data, threads, self.running_tickets, next_slot))
+            initargs=(train_fn, data, threads, self.running_tickets, next_slot, objective))
 
     def submit(self, spec, ticket):
         return self.executor.submit(_run_in_worker, spec, ticket)
@@ -271,7 +301,8 @@ class _ProcessRunner(_Runner):
 
     def _pool(self):
         if self.pool is None:
-            self.pool = _ProcessPool(self.n_workers, self.mp_context, self.train_fn, self.data, self.threads)
+            self.pool = _ProcessPool(self.n_workers, self.mp_context, self.train_fn, self.data, self.threads,
+                                     self.objective)
         return self.pool
 
     def _discard_pool(self):
@@ -296,7 +327,7 @@ class _ProcessRunner(_Runner):
                 breaks_before_any_trial_ran += 1
                 if breaks_before_any_trial_ran == 2:
                     for i in lost:
-                        results[i] = self._notify(_error_record(
+                        results[i] = self._notify(self._error_record(
                             specs[i], "the process pool broke twice before this trial started (BrokenProcessPool; "
                                       "does the worker initializer fail, or is something killing the workers?)"))
                     break
@@ -328,7 +359,7 @@ class _ProcessRunner(_Runner):
             except concurrent.futures.process.BrokenProcessPool:
                 lost.append(i)
             except Exception as error:  # e.g. a result that cannot be pickled back
-                results[i] = self._notify(_error_record(specs[i], f"{type(error).__name__}: {error}"))
+                results[i] = self._notify(self._error_record(specs[i], f"{type(error).__name__}: {error}"))
         lost += unsubmitted
         if not lost:
             return [], set()
@@ -338,18 +369,19 @@ class _ProcessRunner(_Runner):
 
     def _run_each_in_its_own_process(self, specs, indices, results):
         """Run each of ``specs[indices]`` alone in a one-worker pool; a trial whose worker dies is recorded."""
-        pools = {i: _ProcessPool(1, self.mp_context, self.train_fn, self.data, self.threads) for i in sorted(indices)}
+        pools = {i: _ProcessPool(1, self.mp_context, self.train_fn, self.data, self.threads, self.objective)
+                 for i in sorted(indices)}
         try:
             futures = [(i, pool.submit(specs[i], ticket=0)) for i, pool in pools.items()]
             for i, future in futures:
                 try:
                     results[i] = self._notify(future.result())
                 except concurrent.futures.process.BrokenProcessPool as error:
-                    results[i] = self._notify(_error_record(
+                    results[i] = self._notify(self._error_record(
                         specs[i], f"the worker process died while running this trial alone (BrokenProcessPool: "
                                   f"{error})"))
                 except Exception as error:
-                    results[i] = self._notify(_error_record(specs[i], f"{type(error).__name__}: {error}"))
+                    results[i] = self._notify(self._error_record(specs[i], f"{type(error).__name__}: {error}"))
         finally:
             for pool in pools.values():
                 pool.shutdown(wait=True)
@@ -380,11 +412,11 @@ def _worker_data_plugin(data):
     return TrialData(data)
 
 
-def _run_with_worker_data(train_fn, plugin_name, spec, threads):
+def _run_with_worker_data(train_fn, plugin_name, spec, threads, objective=None):
     """Dask task: run one trial on the data held by this worker's plugin ``plugin_name``."""
     from distributed import get_worker
 
-    return execute_trial(train_fn, get_worker().plugins[plugin_name].data, spec, threads)
+    return execute_trial(train_fn, get_worker().plugins[plugin_name].data, spec, threads, objective)
 
 
 class _DaskRunner(_Runner):
@@ -415,7 +447,7 @@ class _DaskRunner(_Runner):
     def _submit(self, spec):
         key = f"cynet-trial-{spec['number']}-{spec.get('rung', 0)}-{time.monotonic_ns()}"
         return self.client.submit(_run_with_worker_data, self.train_fn, self.plugin_name, spec, self.threads,
-                                  pure=False, key=key)
+                                  self.objective, pure=False, key=key)
 
     def run(self, specs):
         from distributed import KilledWorker, as_completed
@@ -433,7 +465,7 @@ class _DaskRunner(_Runner):
             except KilledWorker as error:
                 killed_worker[i] = error
             except Exception as error:  # lost connections, cancelled futures, ...
-                results[i] = self._notify(_error_record(specs[i], f"{type(error).__name__}: {error}"))
+                results[i] = self._notify(self._error_record(specs[i], f"{type(error).__name__}: {error}"))
             finally:
                 # a result left on the cluster is lost with its worker and computed again: let it go once read
                 future.release()
@@ -452,15 +484,15 @@ class _DaskRunner(_Runner):
             i = unsettled.pop(0)
             if not unsettled and not culprit_confirmed:
                 # workers died, and every other suspect finished when alone: this trial killed them
-                results[i] = self._notify(_error_record(specs[i], f"KilledWorker: {killed_worker[i]}"))
+                results[i] = self._notify(self._error_record(specs[i], f"KilledWorker: {killed_worker[i]}"))
                 break
             try:
                 results[i] = self._notify(self._submit(specs[i]).result())
             except KilledWorker as error:
                 culprit_confirmed = True
-                results[i] = self._notify(_error_record(specs[i], f"KilledWorker (also when run alone): {error}"))
+                results[i] = self._notify(self._error_record(specs[i], f"KilledWorker (also when run alone): {error}"))
             except Exception as error:
-                results[i] = self._notify(_error_record(specs[i], f"{type(error).__name__}: {error}"))
+                results[i] = self._notify(self._error_record(specs[i], f"{type(error).__name__}: {error}"))
 
     def close(self):
         try:
@@ -476,14 +508,15 @@ class _ExecutorRunner(_Runner):
         self.executor, self.train_fn, self.data, self.threads = executor, train_fn, data, threads
 
     def run(self, specs):
-        futures = [self.executor.submit(_run_with_data, self.train_fn, self.data, spec, self.threads)
+        futures = [self.executor.submit(_run_with_data, self.train_fn, self.data, spec, self.threads,
+                                        self.objective)
                    for spec in specs]
         results = []
         for spec, future in zip(specs, futures):
             try:
                 results.append(self._notify(future.result()))
             except Exception as error:
-                results.append(self._notify(_error_record(spec, f"{type(error).__name__}: {error}")))
+                results.append(self._notify(self._error_record(spec, f"{type(error).__name__}: {error}")))
         return results
 
     def close(self):
@@ -491,7 +524,7 @@ class _ExecutorRunner(_Runner):
 
 
 def make_runner(executor, train_fn, data, *, n_workers=None, threads_per_trial=None, mp_context=None,
-                max_parallel=None):
+                max_parallel=None, objective=None):
     """The runner for ``executor``: an object with ``run(specs) -> records`` (in order) and ``close()``.
 
     Args:
@@ -505,10 +538,18 @@ def make_runner(executor, train_fn, data, *, n_workers=None, threads_per_trial=N
         mp_context: a :mod:`multiprocessing` context for the process pool. Default None (the platform's).
         max_parallel (int or None): the most trials the search ever runs at once (so that a 2-trial search on 16
             cores starts 2 workers of 8 threads, not 16 of 1). Default None.
+        objective (str, Objective or None): what the search ranks by, passed to :func:`execute_trial`. Default
+            None ("val_acc").
 
     Returns:
         object: the runner (set its ``on_result`` to a callable to hear about each finished trial).
     """
+    runner = _make_runner(executor, train_fn, data, n_workers, threads_per_trial, mp_context, max_parallel)
+    runner.objective = objective
+    return runner
+
+
+def _make_runner(executor, train_fn, data, n_workers, threads_per_trial, mp_context, max_parallel):
     if executor is None or executor == "serial":
         return _SerialRunner(train_fn, data, threads_per_trial)
     if executor == "process":
@@ -520,7 +561,7 @@ def make_runner(executor, train_fn, data, *, n_workers=None, threads_per_trial=N
         return _DaskRunner(executor, train_fn, data, threads_per_trial)
     if callable(getattr(executor, "submit", None)):
         if n_workers is not None:
-            warnings.warn("tune: n_workers is ignored with a user-supplied executor", UserWarning, stacklevel=3)
+            warnings.warn("tune: n_workers is ignored with a user-supplied executor", UserWarning, stacklevel=4)
         return _ExecutorRunner(executor, train_fn, data, threads_per_trial)
     raise TypeError(f"tune: executor must be None, 'serial', 'process', a distributed.Client or an object with "
                     f"submit(), got {type(executor).__name__}")

@@ -12,6 +12,13 @@ returns a :class:`SearchResult`. Trial ``i``'s seed and its hyperparameter draw 
 ``numpy.random.SeedSequence(seed).spawn(...)[i]``, so a search is reproducible and a trial's outcome does not depend
 on where it ran.
 
+Trials are ranked by the search's objective (:class:`cynet.tune.Objective`): ``objective="val_acc"``, the
+highest validation accuracy (the default), ``objective="val_loss"``, the lowest validation loss (a regression model
+trained with :class:`cynet.nn.loss.MSELoss` has no accuracy), or any number ``train_fn`` returns with
+``mode="min"`` or ``"max"``. Everything that picks "the best" follows it: the result's order, ``best_trial``, the
+saved weights, the survivors of successive halving and the trials coarse-to-fine narrows around. A trial whose
+objective value is not finite ranks as diverged.
+
 Example:
     >>> from cynet.tune import RandomSearch, loguniform
     >>> def train_fn(params, data, budget, seed):
@@ -32,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cynet.tune.executors import make_runner
+from cynet.tune.objective import Objective, as_objective
 from cynet.tune.space import Choice, Distribution, LogUniform, edge_report, grid_points, narrow_space, \
     sample_space, _check_int, _check_space, _same
 
@@ -39,6 +47,7 @@ __all__ = ["RandomSearch", "GridSearch", "CoarseToFine", "Stage", "successive_ha
            "make_trainer_trial", "TrainerTrial", "trial_seed"]
 
 _STATUS_ORDER = {"ok": 0, "diverged": 1, "error": 2}
+_DEFAULT_OBJECTIVE = Objective()
 
 
 def _check_fraction(owner, name, value, upper=None):
@@ -95,22 +104,22 @@ def _param_rng(seed, number):
     return np.random.default_rng(_trial_sequence(seed, number).spawn(1)[0])
 
 
-def _sort_key(record):
-    """Ranking: finished trials first, the longest-trained (largest budget) first among them, then by accuracy
-    (ties: lower number); then diverged, then errors. An accuracy after 1 epoch is not compared with one after 9:
-    under successive halving or coarse-to-fine the best record is one of the longest-trained survivors."""
-    acc = record["val_acc"]
-    ok = record["status"] == "ok" and math.isfinite(acc)
+def _sort_key(record, objective=_DEFAULT_OBJECTIVE):
+    """Ranking: finished trials first, the longest-trained (largest budget) first among them, then by the objective
+    (the highest accuracy by default; ties: lower number); then diverged (a non-finite objective value too), then
+    errors. An accuracy after 1 epoch is not compared with one after 9: under successive halving or coarse-to-fine
+    the best record is one of the longest-trained survivors."""
+    ok = objective.finished(record)
     group = 0 if ok else max(1, _STATUS_ORDER.get(record["status"], 3))
     budget = record.get("budget", 0)
     budget = budget if ok and isinstance(budget, (int, float)) and math.isfinite(budget) else 0
-    return (group, -budget, -acc if ok else 0.0, record["number"], record.get("rung", 0))
+    return (group, -budget, objective.loss(record) if ok else 0.0, record["number"], record.get("rung", 0))
 
 
-def _stage_key(record):
-    """Ranking inside a successive-halving stage: survivors of later rungs first, then by accuracy."""
-    ok = record["status"] == "ok" and math.isfinite(record["val_acc"])
-    return (0 if ok else 1, -record.get("rung", 0), -record["val_acc"] if ok else 0.0, record["number"])
+def _stage_key(record, objective=_DEFAULT_OBJECTIVE):
+    """Ranking inside a successive-halving stage: survivors of later rungs first, then by the objective."""
+    ok = objective.finished(record)
+    return (0 if ok else 1, -record.get("rung", 0), objective.loss(record) if ok else 0.0, record["number"])
 
 
 # --- trials built from a model factory -------------------------------------------------------------------------------
@@ -231,7 +240,9 @@ def make_trainer_trial(build_model, loss=None, optimizer_factory=None, *, batch_
     those keys) with the trainer's divergence guard, and scored on the validation split. Its initial weights and
     dropout masks thus depend on the seed alone, also when other trials run on threads beside it (a thread pool, a
     Dask worker with several threads). A run the guard stopped is reported with status "diverged" (and NaN
-    accuracy), never ranked.
+    accuracy), never ranked. A regression model (``loss=MSELoss()``, real-valued targets) reports a NaN "val_acc"
+    and a finite "val_loss": search it with ``objective="val_loss"`` (by the default objective, its trials would
+    all be "diverged").
 
     Args:
         build_model (callable): ``build_model(params) -> cynet.nn.Module``.
@@ -282,15 +293,19 @@ class SearchResult:
 
     Trials that finished ("ok") are ranked by budget, the longest-trained first (an accuracy after 1 epoch is not
     compared with one after 9: under successive halving and coarse-to-fine the best is a longest-trained survivor),
-    then by validation accuracy (ties: lower trial number first); "diverged" and "error" trials follow and never
-    count as best. In a single-budget search (random, grid) that is simply the order of accuracy.
+    then by the search's objective (:class:`~cynet.tune.Objective`: the highest validation accuracy by default,
+    the lowest "val_loss" with ``objective="val_loss"``; ties: lower trial number first); "diverged" (a non-finite
+    objective value included) and "error" trials follow and never count as best. In a single-budget search (random,
+    grid) that is simply the order of the objective.
 
     Attributes:
         trials (list of dict): one record per trial run (per rung under successive halving), best first: "number",
             "stage", "rung", "params", "seed", "budget", "status", "val_acc", "val_loss", "epochs", "seconds",
             "threads", "error", "history"; with a cross-validated trial (:class:`~cynet.tune.CrossValidatedTrial`)
-            also "val_acc_folds" (each fold's accuracy) and "val_acc_std" (their standard deviation).
+            also "val_acc_folds" (each fold's accuracy) and "val_acc_std" (their standard deviation); with another
+            objective its key (when not "val_loss"), and "<key>_folds" and "<key>_std" for a cross-validated one.
         space (dict): the initial search space.
+        objective (Objective): what the trials are ranked by.
         best_state_dict (dict or None): the best trial's weights, when its ``train_fn`` returned a "state_dict".
         best_checkpoint (str or None): where :meth:`save_best` wrote them.
         stage_spaces (list of dict): the space each stage sampled from (one entry for a single-stage search).
@@ -301,8 +316,9 @@ class SearchResult:
         >>> result.best_params, result.to_csv("trials.csv"), result.plot("val_acc.png")  # doctest: +SKIP
     """
 
-    def __init__(self, trials, space, best_state_dict=None, stage_spaces=None):
-        self.trials = sorted(trials, key=_sort_key)
+    def __init__(self, trials, space, best_state_dict=None, stage_spaces=None, objective=None):
+        self.objective = as_objective("SearchResult", "val_acc" if objective is None else objective)
+        self.trials = sorted(trials, key=lambda record: _sort_key(record, self.objective))
         self.space = space
         self.best_state_dict = best_state_dict
         self.best_checkpoint = None
@@ -311,7 +327,7 @@ class SearchResult:
     @property
     def best_trial(self):
         """The record of the best finished trial (raises RuntimeError when no trial finished)."""
-        if not self.trials or self.trials[0]["status"] != "ok" or not math.isfinite(self.trials[0]["val_acc"]):
+        if not self.trials or not self.objective.finished(self.trials[0]):
             counts = {s: sum(t["status"] == s for t in self.trials) for s in ("diverged", "error")}
             raise RuntimeError(f"SearchResult: no trial finished ({len(self.trials)} trials: {counts['diverged']} "
                                f"diverged, {counts['error']} errors); see result.trials[i]['error']")
@@ -324,8 +340,13 @@ class SearchResult:
 
     @property
     def best_val_acc(self):
-        """The best validation accuracy."""
+        """The best trial's validation accuracy (NaN for a regression model ranked by another objective)."""
         return self.best_trial["val_acc"]
+
+    @property
+    def best_value(self):
+        """The best trial's value of the objective (its "val_acc" by default, its "val_loss" when ranked by it)."""
+        return self.objective.value(self.best_trial)
 
     def _param_names(self):
         names = list(self.space)
@@ -336,19 +357,25 @@ class SearchResult:
     def table(self):
         """The trials as flat rows (dicts), best first: rank, number, stage, rung, status, val_acc, (when trials
         were cross-validated: val_acc_std, val_acc_folds,) val_loss, epochs, budget, seconds, threads, seed, one
-        column per hyperparameter (named "params.<name>" when the name is one of these columns), error.
+        column per hyperparameter (named "params.<name>" when the name is one of these columns), error. With
+        another objective, its column (and its "_std" and "_folds" columns) comes right after status, followed by
+        those of val_acc and val_loss it is not.
 
         Returns:
             list of dict: the rows.
         """
         rows = []
-        folds = any("val_acc_folds" in t for t in self.trials)
+        key = self.objective.key
+        folds = any(f"{key}_folds" in t for t in self.trials)
         for rank, t in enumerate(self.trials, 1):
             row = {"rank": rank, "number": t["number"], "stage": t.get("stage", 0), "rung": t.get("rung", 0),
-                   "status": t["status"], "val_acc": t["val_acc"]}
-            if folds:               # the mean accuracy alone hides how much it varies from fold to fold
-                row["val_acc_std"], row["val_acc_folds"] = t.get("val_acc_std"), t.get("val_acc_folds")
-            row.update({"val_loss": t["val_loss"], "epochs": t["epochs"], "budget": t["budget"],
+                   "status": t["status"], key: t.get(key, math.nan)}
+            if folds:               # the mean score alone hides how much it varies from fold to fold
+                row[f"{key}_std"], row[f"{key}_folds"] = t.get(f"{key}_std"), t.get(f"{key}_folds")
+            for other in ("val_acc", "val_loss"):
+                if other != key:
+                    row[other] = t[other]
+            row.update({"epochs": t["epochs"], "budget": t["budget"],
                         "seconds": t["seconds"], "threads": t.get("threads"), "seed": t["seed"]})
             for name in self._param_names():
                 # a hyperparameter named like a column ("epochs", "seed") took that column's place in the row
@@ -403,6 +430,9 @@ class SearchResult:
 
         try:
             best = {"params": self.best_params, "val_acc": self.best_val_acc}
+            if not self.objective.is_default:
+                best.update({"objective": self.objective.key, "mode": self.objective.mode,
+                             self.objective.key: self.best_value})
         except RuntimeError:
             best = None
         document = {"space": {k: repr(v) if isinstance(v, Distribution) else v for k, v in self.space.items()},
@@ -414,7 +444,8 @@ class SearchResult:
         return path
 
     def save_best(self, directory):
-        """Save the best trial's weights with :mod:`cynet.checkpoint` as ``best_val{acc:.4f}.npz`` in ``directory``.
+        """Save the best trial's weights with :mod:`cynet.checkpoint` as ``best_val{acc:.4f}.npz`` in ``directory``
+        (``best_{key}{value:.4g}.npz`` when the objective is not "val_acc", e.g. ``best_val_loss0.0123.npz``).
 
         The file loads with :func:`cynet.checkpoint.load_model`; its header also holds the hyperparameters.
 
@@ -433,15 +464,20 @@ class SearchResult:
         if self.best_state_dict is None:
             raise RuntimeError("SearchResult.save_best: the trial function returned no 'state_dict' for the best "
                                "trial")
-        path = os.path.join(os.fspath(directory), f"best_val{best['val_acc']:.4f}.npz")
+        key = self.objective.key
+        name = f"best_val{best['val_acc']:.4f}.npz" if key == "val_acc" else f"best_{key}{self.best_value:.4g}.npz"
+        path = os.path.join(os.fspath(directory), name)
         meta = {"kind": "model", "model": "tune-best", "val_acc": best["val_acc"], "trial": best["number"],
                 "params": json.loads(json.dumps(best["params"], default=repr))}
+        if key != "val_acc":
+            meta.update({"objective": key, "mode": self.objective.mode, key: self.best_value})
         checkpoint.save(path, {"model." + k: np.asarray(v) for k, v in self.best_state_dict.items()}, meta)
         self.best_checkpoint = path
         return path
 
     def plot(self, path, *, include_failed=True):
-        """Validation accuracy against each hyperparameter (log-scaled axis for :func:`loguniform` ones, one tick per
+        """The objective (validation accuracy by default; the y axis is labelled with it) against each
+        hyperparameter (log-scaled axis for :func:`loguniform` ones, one tick per
         option, labelled with it, for a :func:`choice`), one panel each, saved to ``path`` (matplotlib, imported only
         here; drawn on a standalone Agg figure, so pyplot's state and backend are left alone).
 
@@ -462,9 +498,11 @@ class SearchResult:
         names = [n for n, d in self.space.items() if isinstance(d, Distribution)] or list(self.space)
         fig = Figure(figsize=(4 * len(names), 3.4))
         axes = fig.subplots(1, len(names), squeeze=False)
-        ok = [t for t in self.trials if t["status"] == "ok" and math.isfinite(t["val_acc"])]
+        objective = self.objective
+        ok = [t for t in self.trials if objective.finished(t)]
         failed = [t for t in self.trials if t not in ok]
-        low = min((t["val_acc"] for t in ok), default=0.0)
+        # failed trials are drawn at the worst end of the finished ones
+        low = (min if objective.mode == "max" else max)((objective.value(t) for t in ok), default=0.0)
         for ax, name in zip(axes[0], names):
             dist = self.space.get(name)
             # a choice's options at 0, 1, ... labelled with their values: matplotlib cannot place tuples (layer
@@ -476,9 +514,9 @@ class SearchResult:
                 return value if options is None else _option_index(options, value)
 
             sizes = [12 + 8 * t.get("rung", 0) for t in ok]
-            ax.scatter([x(t) for t in ok], [t["val_acc"] for t in ok], s=sizes, alpha=0.75, label="trial")
+            ax.scatter([x(t) for t in ok], [objective.value(t) for t in ok], s=sizes, alpha=0.75, label="trial")
             if ok:
-                ax.scatter([x(ok[0])], [ok[0]["val_acc"]], marker="*", s=160, color="gold",
+                ax.scatter([x(ok[0])], [objective.value(ok[0])], marker="*", s=160, color="gold",
                            edgecolor="k", zorder=3, label="best")
             if include_failed and failed:
                 ax.scatter([x(t) for t in failed], [low] * len(failed), marker="x", color="red",
@@ -489,7 +527,7 @@ class SearchResult:
                 ax.set_xticks(range(len(options)))
                 ax.set_xticklabels([_format(o) if isinstance(o, float) else str(o) for o in options])
             ax.set_xlabel(name)
-            ax.set_ylabel("validation accuracy")
+            ax.set_ylabel(objective.label)
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=8)
         fig.tight_layout()
@@ -510,17 +548,17 @@ class SearchResult:
 
     def __repr__(self):
         try:
-            best = f"best val_acc={self.best_val_acc:.4f} params={self.best_params}"
+            best = f"best {self.objective.key}={self.best_value:.4f} params={self.best_params}"
         except RuntimeError:
             best = "no finished trial"
         return f"SearchResult({len(self.trials)} trials, {best})"
 
 
-def _print_progress(record):
+def _print_progress(record, key="val_acc"):
     params = ", ".join(f"{k}={_format(v)}" for k, v in record["params"].items())
     rung = f" rung {record['rung']}" if record.get("rung") else ""
-    print(f"trial {record['number']:>3}{rung} (budget {record['budget']}): {record['status']:<8} val_acc "
-          f"{record['val_acc']:.4f}  {params}  ({record['seconds']:.1f} s)", flush=True)
+    print(f"trial {record['number']:>3}{rung} (budget {record['budget']}): {record['status']:<8} {key} "
+          f"{record.get(key, math.nan):.4f}  {params}  ({record['seconds']:.1f} s)", flush=True)
 
 
 # --- searches --------------------------------------------------------------------------------------------------------
@@ -528,6 +566,7 @@ class _Search:
     """Shared machinery: the runner, the bookkeeping of the best weights, edge warnings, the result."""
 
     edge = 0.1
+    objective = _DEFAULT_OBJECTIVE
     _caller_name = None     # the function the user called, when it is not the class (successive_halving)
     _caller_depth = 0       # its extra frames between the user and run(), for the warnings' stacklevel
 
@@ -540,8 +579,9 @@ class _Search:
         """Run the search.
 
         Args:
-            train_fn (callable): ``train_fn(params, data, budget, seed) -> dict`` (at least "val_acc"; optional
-                "val_loss", "epochs", "history", "state_dict", "status").
+            train_fn (callable): ``train_fn(params, data, budget, seed) -> dict`` (at least the objective's key,
+                "val_acc" by default; optional "val_loss", "epochs", "history", "state_dict", "status"). A trial
+                without the objective's key is an "error" naming it; one whose value is not finite is "diverged".
             data: passed to every trial (shipped once per worker). Default None.
             budget (int): epochs (or any budget unit of ``train_fn``) per trial; stages of :class:`CoarseToFine`
                 carry their own. Default 1.
@@ -558,7 +598,7 @@ class _Search:
             mp_context: multiprocessing context for the pool. Default None.
 
         Returns:
-            SearchResult: every trial, best first.
+            SearchResult: every trial, best first (by the search's ``objective``).
         """
         owner = self._caller_name or f"{type(self).__name__}.run"   # successive_halving, not CoarseToFine.run
         if not callable(train_fn):
@@ -570,14 +610,15 @@ class _Search:
             n_workers = _check_int(owner, "n_workers", n_workers, 1)
         self._best = None                   # (sort key, state_dict)
         runner = make_runner(executor, train_fn, data, n_workers=n_workers, threads_per_trial=threads_per_trial,
-                             mp_context=mp_context, max_parallel=self._max_parallel())
+                             mp_context=mp_context, max_parallel=self._max_parallel(), objective=self.objective)
         if progress:
-            runner.on_result = progress if callable(progress) else _print_progress
+            runner.on_result = progress if callable(progress) else \
+                (lambda record, key=self.objective.key: _print_progress(record, key))
         try:
             records, spaces = self._search(runner, budget)
         finally:
             runner.close()
-        result = SearchResult(records, self.space, self._best[1] if self._best else None, spaces)
+        result = SearchResult(records, self.space, self._best[1] if self._best else None, spaces, self.objective)
         try:
             best = result.best_params
         except RuntimeError:
@@ -597,8 +638,8 @@ class _Search:
         records = runner.run(specs)
         for record in records:
             state = record.pop("state_dict", None)
-            if record["status"] == "ok" and math.isfinite(record["val_acc"]):
-                key = _sort_key(record)
+            if self.objective.finished(record):
+                key = _sort_key(record, self.objective)
                 if self._best is None or key < self._best[0]:
                     self._best = (key, state)
         return records
@@ -624,9 +665,14 @@ class RandomSearch(_Search):
         seed (int): the search's seed. Default 0.
         edge (float): warn when the best value lies within this fraction of an end of its range, in [0, 0.5)
             (0: never). Default 0.1.
+        objective (str or Objective): what trials are ranked by, a key of ``train_fn``'s dict (see
+            :class:`~cynet.tune.Objective`). Default "val_acc" (maximised); "val_loss" is minimised.
+        mode (str or None): "max" or "min"; required for a key other than "val_acc" and "val_loss". Default None.
 
     Raises:
-        ValueError: ``n_trials`` < 1, a negative ``seed``, ``edge`` outside [0, 0.5).
+        ValueError: ``n_trials`` < 1, a negative ``seed``, ``edge`` outside [0, 0.5), an unknown ``mode`` or a key
+        other than "val_acc"/"val_loss" without one.
+        TypeError: ``objective`` is neither a str nor an :class:`~cynet.tune.Objective`.
 
     Example:
         >>> from cynet.tune import RandomSearch, loguniform, uniform
@@ -634,13 +680,16 @@ class RandomSearch(_Search):
         >>> configs = search.configurations()
         >>> len(configs)
         20
+        >>> RandomSearch({"lr": loguniform(1e-4, 1e-1)}, objective="val_loss").objective   # a regression model
+        Objective('val_loss', mode='min')
     """
 
-    def __init__(self, space, n_trials=16, seed=0, *, edge=0.1):
+    def __init__(self, space, n_trials=16, seed=0, *, edge=0.1, objective="val_acc", mode=None):
         self.space = _check_space(space)
         self.n_trials = _check_int("RandomSearch", "n_trials", n_trials, 1)
         self.seed = _check_int("RandomSearch", "seed", seed, 0)
         self.edge = _check_fraction("RandomSearch", "edge", edge, 0.5)
+        self.objective = as_objective("RandomSearch", objective, mode)
 
     def configurations(self):
         """The hyperparameter draws of every trial, in trial order (no training).
@@ -669,9 +718,13 @@ class GridSearch(_Search):
         seed (int): seeds the trials' training (:func:`trial_seed`). Default 0.
         edge (float): edge-warning threshold in [0, 0.5), as for :class:`RandomSearch` (a grid always reaches both
             ends of a range, so the warning says that the best grid point is an end point). Default 0.1.
+        objective (str or Objective): what trials are ranked by, a key of ``train_fn``'s dict (see
+            :class:`~cynet.tune.Objective`). Default "val_acc" (maximised); "val_loss" is minimised.
+        mode (str or None): "max" or "min"; required for a key other than "val_acc" and "val_loss". Default None.
 
     Raises:
-        ValueError: bad ``points``, a negative ``seed``, ``edge`` outside [0, 0.5).
+        ValueError: bad ``points``, a negative ``seed``, ``edge`` outside [0, 0.5), a bad ``objective``/``mode``
+        (as for :class:`RandomSearch`).
 
     Example:
         >>> from cynet.tune import GridSearch, loguniform
@@ -679,12 +732,13 @@ class GridSearch(_Search):
         9
     """
 
-    def __init__(self, space, points=3, seed=0, *, edge=0.1):
+    def __init__(self, space, points=3, seed=0, *, edge=0.1, objective="val_acc", mode=None):
         self.space = _check_space(space)
         self.points = points
         grid_points(space, points)      # validates
         self.seed = _check_int("GridSearch", "seed", seed, 0)
         self.edge = _check_fraction("GridSearch", "edge", edge, 0.5)
+        self.objective = as_objective("GridSearch", objective, mode)
 
     def _max_parallel(self):
         return len(self.configurations())
@@ -750,8 +804,8 @@ def _halving(search, runner, configs, budget, eta, max_rungs, stage, first_numbe
         records.extend(batch)
         if eta is None or len(alive) == 1 or (max_rungs is not None and rung + 1 >= max_rungs):
             break
-        ranked = sorted((r for r in batch if r["status"] == "ok" and math.isfinite(r["val_acc"])),
-                        key=_sort_key)
+        objective = search.objective        # the survivors are the best by it
+        ranked = sorted((r for r in batch if objective.finished(r)), key=lambda r: _sort_key(r, objective))
         n_keep = max(1, len(alive) // eta)
         by_number = dict(alive)
         alive = [(r["number"], by_number[r["number"]]) for r in ranked[:n_keep]]
@@ -768,7 +822,8 @@ class CoarseToFine(_Search):
     search's, lies within ``edge`` of an end of its range in the initial ``space`` (:func:`edge_report`): the
     optimum may be outside the ranges searched. The narrowed ranges are not judged: they are centred on the best
     trials so far, and a best value near their edge is expected. A stage with ``eta`` runs successive halving
-    (:func:`successive_halving`).
+    (:func:`successive_halving`). "Best" follows ``objective``: with ``objective="val_loss"`` the ranges narrow
+    around the lowest-loss trials.
 
     Args:
         space (dict): the initial (coarse) space.
@@ -776,11 +831,15 @@ class CoarseToFine(_Search):
         seed (int): the search's seed; trial numbers continue across stages. Default 0.
         margin (float): padding of the narrowed ranges, a fraction of the old width, >= 0. Default 0.1.
         edge (float): edge-warning threshold, a fraction of the initial range, in [0, 0.5). Default 0.1.
+        objective (str or Objective): what trials are ranked by, a key of ``train_fn``'s dict (see
+            :class:`~cynet.tune.Objective`). Default "val_acc" (maximised); "val_loss" is minimised.
+        mode (str or None): "max" or "min"; required for a key other than "val_acc" and "val_loss". Default None.
 
     Raises:
-        TypeError: ``stages`` is not a non-empty list of :class:`Stage`.
-        ValueError: a negative ``seed`` or ``margin``, ``edge`` outside [0, 0.5) (checked here, before any trial
-        runs).
+        TypeError: ``stages`` is not a non-empty list of :class:`Stage`; ``objective`` neither a str nor an
+        :class:`~cynet.tune.Objective`.
+        ValueError: a negative ``seed`` or ``margin``, ``edge`` outside [0, 0.5), a bad ``objective``/``mode``
+        (checked here, before any trial runs).
 
     Attributes (after :meth:`run`):
         stage_spaces (list of dict): the space of each stage (also on the result).
@@ -791,7 +850,7 @@ class CoarseToFine(_Search):
         ...                       stages=[Stage(16, budget_epochs=1, keep=4), Stage(8, budget_epochs=4, eta=2)])
     """
 
-    def __init__(self, space, stages, seed=0, *, margin=0.1, edge=0.1):
+    def __init__(self, space, stages, seed=0, *, margin=0.1, edge=0.1, objective="val_acc", mode=None):
         self.space = _check_space(space)
         if isinstance(stages, Stage) or not isinstance(stages, (list, tuple)):
             raise TypeError(f"CoarseToFine: stages must be a non-empty list of Stage, got {stages!r}"
@@ -804,6 +863,7 @@ class CoarseToFine(_Search):
         # checked here, not when the first stage has trained and narrow_space meets it
         self.margin = _check_fraction("CoarseToFine", "margin", margin)
         self.edge = _check_fraction("CoarseToFine", "edge", edge, 0.5)
+        self.objective = as_objective("CoarseToFine", objective, mode)
         self.stage_spaces = []
 
     def _max_parallel(self):
@@ -819,8 +879,8 @@ class CoarseToFine(_Search):
                                      number, self.seed)
             records.extend(stage_records)
             number += stage.n_trials
-            ranked = [r for r in sorted(stage_records, key=_stage_key)
-                      if r["status"] == "ok" and math.isfinite(r["val_acc"])]
+            ranked = [r for r in sorted(stage_records, key=lambda r: _stage_key(r, self.objective))
+                      if self.objective.finished(r)]
             last = index + 1 == len(self.stages)
             if not ranked:
                 what = f"stage {index}" if len(self.stages) > 1 else "the search"
@@ -843,9 +903,10 @@ class CoarseToFine(_Search):
 
 def successive_halving(train_fn, data=None, space=None, *, n_trials=27, min_budget=1, eta=3, max_rungs=None,
                        seed=0, executor="process", n_workers=None, threads_per_trial=None, checkpoint_dir=None,
-                       progress=False, mp_context=None):
-    """Successive halving: ``n_trials`` random configurations at ``min_budget``; keep the top ``1/eta``, give them
-    ``eta`` times the budget; repeat until one configuration is left (or ``max_rungs`` rungs ran).
+                       progress=False, mp_context=None, objective="val_acc", mode=None):
+    """Successive halving: ``n_trials`` random configurations at ``min_budget``; keep the top ``1/eta`` (by
+    ``objective``: the highest "val_acc" by default, the lowest "val_loss" with ``objective="val_loss"``), give
+    them ``eta`` times the budget; repeat until one configuration is left (or ``max_rungs`` rungs ran).
 
     Args:
         train_fn (callable): ``train_fn(params, data, budget, seed) -> dict``.
@@ -858,14 +919,16 @@ def successive_halving(train_fn, data=None, space=None, *, n_trials=27, min_budg
         seed (int): the search's seed. Default 0.
         executor, n_workers, threads_per_trial, checkpoint_dir, progress, mp_context: as for
             :meth:`RandomSearch.run`.
+        objective (str or Objective), mode (str or None): what the survivors and the best are chosen by, as for
+            :class:`RandomSearch`. Default "val_acc" (maximised).
 
     Returns:
         SearchResult: every rung's records (a surviving configuration keeps its trial number and seed; "rung" says
         which budget it had).
 
     Raises:
-        ValueError: no ``space``; ``n_trials`` < 1, ``eta`` < 2, ``max_rungs`` < 1, ``min_budget`` <= 0 or a
-        negative ``seed``. TypeError: ``train_fn`` is not callable.
+        ValueError: no ``space``; ``n_trials`` < 1, ``eta`` < 2, ``max_rungs`` < 1, ``min_budget`` <= 0, a
+        negative ``seed``, a bad ``objective``/``mode``. TypeError: ``train_fn`` is not callable.
 
     Example:
         >>> from cynet.tune import successive_halving, loguniform
@@ -885,8 +948,9 @@ def successive_halving(train_fn, data=None, space=None, *, n_trials=27, min_budg
         max_rungs = _check_int("successive_halving", "max_rungs", max_rungs, 1)
     min_budget = _check_budget("successive_halving", "min_budget", min_budget)
     seed = _check_int("successive_halving", "seed", seed, 0)
+    objective = as_objective("successive_halving", objective, mode)
     search = CoarseToFine(space, [Stage(n_trials, budget_epochs=min_budget, keep=1, eta=eta, max_rungs=max_rungs)],
-                          seed=seed)
+                          seed=seed, objective=objective)
     search._caller_name, search._caller_depth = "successive_halving", 1
     return search.run(train_fn, data, executor=executor, n_workers=n_workers, threads_per_trial=threads_per_trial,
                       checkpoint_dir=checkpoint_dir, progress=progress, mp_context=mp_context)
