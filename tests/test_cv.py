@@ -375,3 +375,27 @@ def test_cross_validate_refuses_a_training_seed_that_is_not_a_non_negative_int(b
     cross_validate(trial, {}, x, y, cv=2, seed=np.int64(3))
     cross_validate(trial, {}, x, y, cv=2, seed=3)
     assert seen[:2] == seen[2:] and len(set(seen)) == 2
+
+
+def mean_target_loss_fn(params, data, budget, seed):
+    """A regression-like fold: the validation loss is the mean of the validation targets; no accuracy."""
+    x_train, y_train, x_val, y_val = data
+    return {"val_loss": float(np.mean(y_val)), "val_acc": float("nan")}
+
+
+def test_cross_validate_averages_val_loss_over_the_folds_by_hand():
+    x, y = np.zeros((9, 1)), np.arange(9.0)
+    # KFold(3) without shuffling: validation targets [0, 1, 2], [3, 4, 5], [6, 7, 8]: losses 1, 4, 7
+    out = cross_validate(mean_target_loss_fn, {}, x, y, cv=KFold(3), objective="val_loss")
+    assert out["val_loss_folds"] == [1.0, 4.0, 7.0] and out["val_loss"] == 4.0
+    assert out["val_loss_std"] == pytest.approx(math.sqrt(6.0))          # sqrt(((1-4)^2 + 0 + (7-4)^2) / 3)
+    assert out["status"] == "ok" and math.isnan(out["val_acc"])          # a NaN accuracy is no divergence here
+    with pytest.raises(KeyError, match="cross_validate: train_fn returned no 'val_mae' \\(the objective\\)"):
+        cross_validate(mean_target_loss_fn, {}, x, y, cv=KFold(3), objective="val_mae")
+    # in a search ranked by the same objective, the folds and their spread reach the record and the table
+    search = RandomSearch({"k": 1}, n_trials=2, objective="val_loss", edge=0)
+    result = search.run(CrossValidatedTrial(mean_target_loss_fn, KFold(3), objective="val_loss"), (x, y),
+                        executor=None)
+    record = result.best_trial
+    assert record["val_loss"] == 4.0 and record["val_loss_folds"] == [1.0, 4.0, 7.0]
+    assert list(result.table()[0])[5:8] == ["val_loss", "val_loss_std", "val_loss_folds"]

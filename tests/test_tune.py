@@ -22,7 +22,7 @@ from cynet.nn.loss import SoftmaxCrossEntropy
 from cynet.optim import SGD
 from cynet.train import Callback, DivergenceWarning, Trainer
 from cynet.tune import (
-    CoarseToFine, GridSearch, LogRandInt, LogUniform, RandomSearch, Stage, choice, edge_report, grid_points,
+    CoarseToFine, GridSearch, LogRandInt, LogUniform, Objective, RandomSearch, Stage, choice, edge_report, grid_points,
     lograndint, loguniform, make_trainer_trial, narrow_space, randint, sample_space, successive_halving, trial_seed,
     uniform,
 )
@@ -1164,3 +1164,148 @@ def test_a_one_point_grid_of_randint_is_its_middle_value_like_the_other_ranges()
     # GridSearch(points=1) gave randint(1, 10)'s lower end 1 (then "lies at the lower edge"), uniform(0, 1)'s midpoint
     assert grid_points({"n": randint(1, 10), "p": uniform(0, 1)}, 1) == {"n": [5], "p": [0.5]}
     assert randint(1, 2).grid(1) == [1] and randint(0, 4).grid(1) == [2]
+
+
+# --- the objective: ranking by validation loss (or any key train_fn returns) ----------------------------------------
+LOSS_OF_K = [0.3, 0.1, 0.3, float("nan"), 0.2, 0.1, float("inf")]
+
+
+def loss_table_fn(params, data, budget, seed):
+    """A regression-like trial: a validation loss from a table, no accuracy at all."""
+    return {"val_loss": LOSS_OF_K[params["k"]]}
+
+
+def test_ranking_by_val_loss_is_the_hand_sorted_order_with_ties_by_number(tmp_path):
+    search = GridSearch({"k": choice(list(range(len(LOSS_OF_K))))}, objective="val_loss", edge=0)
+    assert search.objective == Objective("val_loss", "min")
+    result = search.run(loss_table_fn, executor=None)
+    # by hand: losses 0.1 (k=1, k=5: lower number first), 0.2 (k=4), 0.3 (k=0, k=2); then NaN and inf: diverged
+    assert [t["number"] for t in result.trials] == [1, 5, 4, 0, 2, 3, 6]
+    assert [t["status"] for t in result.trials] == ["ok"] * 5 + ["diverged"] * 2
+    assert all(math.isnan(t["val_acc"]) for t in result.trials)
+    assert result.best_params == {"k": 1} and result.best_value == 0.1 and math.isnan(result.best_val_acc)
+    table = result.table()
+    assert list(table[0])[:7] == ["rank", "number", "stage", "rung", "status", "val_loss", "val_acc"]
+    assert [row["val_loss"] for row in table[:5]] == [0.1, 0.1, 0.2, 0.3, 0.3]
+    with open(result.to_csv(tmp_path / "t.csv")) as f:
+        assert [int(r["number"]) for r in csv.DictReader(f)] == [1, 5, 4, 0, 2, 3, 6]
+    assert "best val_loss=0.1000" in repr(result)
+    document = json.load(open(result.to_json(tmp_path / "t.json")))
+    assert document["best"]["objective"] == "val_loss" and document["best"]["val_loss"] == 0.1
+    # the same trials by the default objective: none returned val_acc, so all are errors naming the key
+    default = GridSearch({"k": choice(list(range(len(LOSS_OF_K))))}, edge=0).run(loss_table_fn, executor=None)
+    assert all(t["status"] == "error" and "'val_acc'" in t["error"] for t in default.trials)
+
+
+def test_objective_with_mode_max_on_another_key_and_the_plot_label(tmp_path):
+    def r2_fn(params, data, budget, seed):
+        return {"r2": [0.5, 0.9, 0.7, 0.9][params["k"]], "val_acc": 1.0 - params["k"]}
+
+    result = RandomSearch({"k": choice([0, 1, 2, 3])}, n_trials=4, objective="r2", mode="max", edge=0).run(
+        r2_fn, executor=None)
+    by_hand = sorted(((-t["r2"], t["number"]) for t in result.trials))
+    assert [t["number"] for t in result.trials] == [number for _, number in by_hand]
+    assert result.best_trial["r2"] == 0.9 and result.best_trial["params"]["k"] in (1, 3)
+    assert "r2" in result.table()[0] and list(result.table()[0]).index("r2") == 5
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+    labels = []
+    original = Figure.savefig
+    try:
+        Figure.savefig = lambda self, *a, **k: labels.extend(ax.get_ylabel() for ax in self.axes)
+        result.plot(tmp_path / "r2.png")
+    finally:
+        Figure.savefig = original
+    assert labels == ["r2 (higher is better)"]
+
+
+def halving_loss_fn(params, data, budget, seed):
+    return {"val_loss": abs(math.log10(params["lr"]) + 2) / budget}
+
+
+def test_successive_halving_keeps_the_lowest_losses_by_hand():
+    result = successive_halving(halving_loss_fn, None, {"lr": loguniform(1e-4, 1e0)}, n_trials=9, eta=3,
+                                executor=None, objective="val_loss")
+    rungs = {r: [t for t in result.trials if t["rung"] == r] for r in (0, 1, 2)}
+    assert [len(rungs[r]) for r in (0, 1, 2)] == [9, 3, 1]
+    for r in (0, 1):
+        lowest = sorted(rungs[r], key=lambda t: t["val_loss"])[:len(rungs[r + 1])]
+        assert {t["number"] for t in rungs[r + 1]} == {t["number"] for t in lowest}
+    # maximising the loss instead keeps the worst ones: the objective decides
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)        # its best lies at the edge of the range, as it should
+        worst = successive_halving(halving_loss_fn, None, {"lr": loguniform(1e-4, 1e0)}, n_trials=9, eta=3,
+                                   executor=None, objective="val_loss", mode="max")
+    top = sorted((t for t in worst.trials if t["rung"] == 0), key=lambda t: -t["val_loss"])[:3]
+    assert {t["number"] for t in worst.trials if t["rung"] == 1} == {t["number"] for t in top}
+    assert result.best_trial["rung"] == 2 and result.best_trial["number"] == rungs[2][0]["number"]
+
+
+def test_coarse_to_fine_narrows_around_the_lowest_loss_trials():
+    space = {"lr": loguniform(1e-5, 1e0)}
+    search = CoarseToFine(space, [Stage(10, keep=2), Stage(4)], margin=0.1, edge=0, objective="val_loss")
+    result = search.run(halving_loss_fn, executor=None)
+    stage0 = [t for t in result.trials if t["stage"] == 0]
+    kept = sorted(stage0, key=lambda t: (t["val_loss"], t["number"]))[:2]
+    logs = sorted(math.log10(t["params"]["lr"]) for t in kept)
+    pad = 0.1 * 5                                       # margin times the old width of 5 decades
+    low, high = max(logs[0] - pad, -5), min(logs[1] + pad, 0)
+    narrowed = result.stage_spaces[1]["lr"]
+    assert math.log10(narrowed.lo) == pytest.approx(low) and math.log10(narrowed.hi) == pytest.approx(high)
+    assert all(narrowed.lo <= t["params"]["lr"] <= narrowed.hi for t in result.trials if t["stage"] == 1)
+
+
+def test_execute_trial_with_an_objective():
+    spec = {"number": 0, "params": {}, "budget": 1, "seed": 0}
+    record = execute_trial(lambda p, d, b, s: {"val_loss": 0.25}, None, spec, objective=Objective("val_loss"))
+    assert record["status"] == "ok" and record["val_loss"] == 0.25 and math.isnan(record["val_acc"])
+    record = execute_trial(lambda p, d, b, s: {"val_acc": 0.9}, None, spec, objective="val_loss")
+    assert record["status"] == "error" and "'val_loss'" in record["error"] and "objective" in record["error"]
+    record = execute_trial(lambda p, d, b, s: {"val_acc": 0.9, "val_loss": float("inf")}, None, spec,
+                           objective="val_loss")
+    assert record["status"] == "diverged"
+    record = execute_trial(lambda p, d, b, s: {"mae": float("nan"), "val_acc": 0.5}, None, spec,
+                           objective=Objective("mae", "min"))
+    assert record["status"] == "diverged" and math.isnan(record["mae"])
+
+
+def test_objective_refusals():
+    space = {"lr": loguniform(1e-4, 1e-1)}
+    with pytest.raises(ValueError, match=r"RandomSearch: mode must be 'min' or 'max', got 'lowest'"):
+        RandomSearch(space, objective="val_loss", mode="lowest")
+    with pytest.raises(ValueError, match=r"GridSearch: objective 'val_mae' needs mode="):
+        GridSearch(space, objective="val_mae")
+    with pytest.raises(TypeError, match="CoarseToFine: objective must be"):
+        CoarseToFine(space, [Stage(2)], objective=3)
+    with pytest.raises(ValueError, match="successive_halving: objective 'epochs' is a trial record's bookkeeping"):
+        successive_halving(halving_loss_fn, None, space, objective="epochs", mode="min")
+    with pytest.raises(ValueError, match="contradicts"):
+        RandomSearch(space, objective=Objective("val_loss"), mode="max")
+
+
+def build_linear(params):
+    return nn.Linear(3, 1)
+
+
+def test_regression_search_with_mse_is_ranked_by_val_loss_end_to_end(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 3)).astype(np.float32)
+    y = (x @ np.array([[1.0], [-2.0], [0.5]]) + 0.3).astype(np.float32)
+    data = (x[:64], y[:64], x[64:], y[64:])
+    trial = make_trainer_trial(build_linear, nn.loss.MSELoss(), sgd_factory, batch_size=16)
+    search = GridSearch({"lr": choice([1e-3, 1e-2, 1e-1])}, objective="val_loss", edge=0)
+    result = search.run(trial, data, budget=3, executor=None, checkpoint_dir=tmp_path)
+    assert [t["status"] for t in result.trials] == ["ok"] * 3
+    assert all(math.isnan(t["val_acc"]) and math.isfinite(t["val_loss"]) for t in result.trials)
+    losses = [t["val_loss"] for t in result.trials]
+    assert losses == sorted(losses) and result.best_params == {"lr": 0.1}     # the largest step learns the most
+    # the oracle: the saved best weights' mean squared error on the validation split, computed with NumPy
+    state = result.best_state_dict
+    weight, bias = (np.asarray(v, dtype=np.float64) for v in state.values())
+    weight = weight if weight.shape == (3, 1) else weight.T
+    mse = np.mean((x[64:].astype(np.float64) @ weight + bias - y[64:]) ** 2)
+    assert result.best_value == pytest.approx(mse, rel=1e-5)
+    assert os.path.basename(result.best_checkpoint) == f"best_val_loss{result.best_value:.4g}.npz"
+    # by the default objective these trials have no accuracy: all "diverged", none best
+    with pytest.raises(RuntimeError, match="no trial finished"):
+        GridSearch({"lr": choice([1e-2])}, edge=0).run(trial, data, budget=1, executor=None).best_trial

@@ -35,8 +35,8 @@ class Objective:
 
     Raises:
         TypeError: ``key`` is not a non-empty str.
-        ValueError: ``key`` names a record's bookkeeping ("epochs", "seconds", "status", ...); ``mode`` is neither "min", "max" nor None, or None for a key other than "val_acc" and
-            "val_loss".
+        ValueError: ``key`` names a record's bookkeeping ("epochs", "seconds", "status", ...); ``mode`` is neither
+            "min", "max" nor None, or None for a key other than "val_acc" and "val_loss".
 
     Example:
         >>> from cynet.tune import Objective
