@@ -320,39 +320,8 @@ def cross_validate(train_fn, params, x, y, *, cv=None, transform_factory=None, b
     key = _objective_key("cross_validate", objective)
     x, y = np.asarray(x), np.asarray(y)
     cv = _splitter("cross_validate", cv, cv_seed)
-    if key != "val_acc":
-        return _cross_validate_by(key, train_fn, params, x, y, cv, transform_factory, budget, seed)
-    accs, losses, epochs, status = [], [], [], "ok"
-    for fold, (train, val) in enumerate(cv.split(x, y)):
-        x_train, x_val = x[train], x[val]
-        if transform_factory is not None:
-            transform = transform_factory()
-            transform.fit(x_train)
-            x_train, x_val = transform.transform(x_train), transform.transform(x_val)
-        out = train_fn(_trial_params(params), (x_train, y[train], x_val, y[val]), budget, _fold_seed(seed, fold))
-        accs.append(float(out["val_acc"]))
-        val_loss = out.get("val_loss")
-        if val_loss is not None:                 # optional: None as absent
-            losses.append(float(val_loss))
-        epochs.append(out.get("epochs", budget))
-        fold_status = out.get("status", "ok")
-        if fold_status not in STATUSES:
-            raise ValueError(f"cross_validate: train_fn returned status {fold_status!r} for fold {fold}; expected one "
-                             f"of {STATUSES}")
-        if fold_status == "ok" and (not np.isfinite(accs[-1]) or (val_loss is not None
-                                                                 and not np.isfinite(losses[-1]))):
-            fold_status = "diverged"
-        status = max(status, fold_status, key=STATUSES.index)    # the worst fold's ("error" was called "diverged")
-    return {"val_acc": float(np.mean(accs)) if status == "ok" else float("nan"), "val_acc_folds": accs,
-            "val_acc_std": float(np.std(accs)) if status == "ok" else float("nan"),
-            "val_loss": float(np.mean(losses)) if losses else None, "epochs": epochs, "status": status}
-
-
-def _cross_validate_by(key, train_fn, params, x, y, cv, transform_factory, budget, seed):
-    """:func:`cross_validate` with an objective other than "val_acc" (``key``): its per-fold values are required,
-    averaged and spread; "val_acc" (NaN for a regression model) and "val_loss" are optional means."""
     scores, epochs, status = [], [], "ok"
-    extra = {"val_acc": [], "val_loss": []}
+    others = {name: [] for name in ("val_acc", "val_loss") if name != key}     # optional: means of what folds give
     for fold, (train, val) in enumerate(cv.split(x, y)):
         x_train, x_val = x[train], x[val]
         if transform_factory is not None:
@@ -364,8 +333,8 @@ def _cross_validate_by(key, train_fn, params, x, y, cv, transform_factory, budge
             raise KeyError(f"cross_validate: train_fn returned no {key!r} (the objective) for fold {fold}; got "
                            f"{out!r:.200}")
         scores.append(float(out[key]))
-        for name, values in extra.items():
-            if name != key and out.get(name) is not None:           # optional: None as absent
+        for name, values in others.items():
+            if out.get(name) is not None:                              # None as absent
                 values.append(float(out[name]))
         epochs.append(out.get("epochs", budget))
         fold_status = out.get("status", "ok")
@@ -376,11 +345,12 @@ def _cross_validate_by(key, train_fn, params, x, y, cv, transform_factory, budge
         if fold_status == "ok" and (not np.isfinite(scores[-1]) or (val_loss is not None
                                                                    and not np.isfinite(float(val_loss)))):
             fold_status = "diverged"
-        status = max(status, fold_status, key=STATUSES.index)
-    result = {name: float(np.mean(values)) if values else None for name, values in extra.items() if name != key}
-    result.update({key: float(np.mean(scores)) if status == "ok" else float("nan"), f"{key}_folds": scores,
-                   f"{key}_std": float(np.std(scores)) if status == "ok" else float("nan"), "epochs": epochs,
-                   "status": status})
+        status = max(status, fold_status, key=STATUSES.index)    # the worst fold's ("error" was called "diverged")
+    finished = status == "ok"
+    result = {key: float(np.mean(scores)) if finished else float("nan"), f"{key}_folds": scores,
+              f"{key}_std": float(np.std(scores)) if finished else float("nan")}
+    result.update({name: float(np.mean(values)) if values else None for name, values in others.items()})
+    result.update(epochs=epochs, status=status)
     return result
 
 
