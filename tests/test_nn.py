@@ -1295,7 +1295,7 @@ def test_to_refuses_the_ambiguous_name_float_and_keeps_float32_and_float64():
     lambda: nn.Linear(4, 3, True, None, np.float64),       # torch: device, dtype
     lambda: nn.BatchNorm1d(4, 1e-5, 0.1, True, True, None),  # torch: device
     lambda: nn.BatchNorm2d(4, 1e-5, 0.1, True, True, None),
-    lambda: nn.LayerNorm(4, 1e-5, True, False),            # torch: bias=False
+    lambda: nn.LayerNorm(4, 1e-5, True, True, None),       # torch: bias, device (bias is taken now, as torch's)
     lambda: nn.GroupNorm(2, 4, 1e-5, True, None),          # torch: device
     lambda: nn.PReLU(1, 0.25, None),                       # torch: device
 ], ids=["conv-dilation", "conv-bias8", "avgpool-ceil", "avgpool-5", "linear-device", "linear-dtype",
