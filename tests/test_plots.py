@@ -183,9 +183,29 @@ def test_accuracy_plot_refuses_validation_values_of_another_length(tmp_path):
 
 def test_accuracy_plot_refuses_a_history_without_a_finite_accuracy(tmp_path):
     # a Trainer whose loss gives no accuracy records NaN each epoch: an empty plot came out, without a word
-    with pytest.raises(ValueError, match=r"plot_accuracy: history has no finite 'train_acc' value \(2 epochs"):
+    with pytest.raises(ValueError, match=r"plot_accuracy: history has no finite 'train_acc' or 'val_acc' value \(2 epochs"):
         plots.plot_accuracy({"train_acc": [float("nan")] * 2, "val_acc": [float("nan")] * 2}, tmp_path / "a.png")
     assert not (tmp_path / "a.png").exists()
+
+
+def test_accuracy_plot_draws_the_validation_curve_of_a_mixup_run(tmp_path):
+    # Trainer(mixup=...) records a NaN 'train_acc' every epoch (the targets are mixtures) beside a finite 'val_acc':
+    # the run was refused as 'no finite train_acc ... does the loss give class accuracies?'
+    pytest.importorskip("matplotlib")
+    from cynet import nn
+    from cynet.data import Mixup
+    from cynet.optim import SGD
+    from cynet.train import Trainer
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 8)).astype(np.float32), rng.integers(0, 3, 64)
+    model = nn.Sequential(nn.Linear(8, 3))
+    trainer = Trainer(model, nn.loss.SoftmaxCrossEntropy(), SGD(model.parameters(), lr=0.1),
+                      mixup=Mixup(0.2, num_classes=3), progress=False)
+    trainer.fit(x, y, epochs=2, batch_size=16, validation=(x, y))
+    assert np.isnan(trainer.history["train_acc"]).all() and np.isfinite(trainer.history["val_acc"]).all()
+    plots.plot_accuracy(trainer.history, tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("history, bad", [({"train_acc": [30.0, 50.0]}, "'train_acc'.*got 30"),

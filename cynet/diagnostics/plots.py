@@ -104,7 +104,8 @@ def plot_accuracy(history, path):
         str: ``path``.
 
     Raises:
-        TypeError: history is not a mapping. ValueError: no "train_acc" values, none finite, "val_acc" values of
+        TypeError: history is not a mapping. ValueError: no "train_acc" values, no finite "train_acc" or "val_acc"
+        value (a run with mixup, whose "train_acc" is NaN, draws its validation curve alone), "val_acc" values of
         another number, or an accuracy outside [0, 1].
 
     Example:
@@ -118,9 +119,11 @@ def plot_accuracy(history, path):
     if val.size and val.size != train.size:     # (the validation curve was silently left out)
         raise ValueError(f"plot_accuracy: history has {val.size} 'val_acc' values for {train.size} epochs of "
                          f"'train_acc'; give one of each per epoch")
-    if not np.isfinite(train).any():           # (an empty plot; a Trainer whose loss gives no accuracy records NaN)
-        raise ValueError(f"plot_accuracy: history has no finite 'train_acc' value ({train.size} epochs, all NaN or "
-                         f"inf: does the loss give class accuracies?)")
+    # (an empty plot; a Trainer whose loss gives no accuracy records NaN). A run with mixup records a NaN
+    # 'train_acc' at every epoch (its targets are mixtures) beside a finite 'val_acc': its validation curve is drawn
+    if not np.isfinite(train).any() and not np.isfinite(val).any():
+        raise ValueError(f"plot_accuracy: history has no finite 'train_acc' or 'val_acc' value ({train.size} epochs, "
+                         f"all NaN or inf: does the loss give class accuracies?)")
     for key, values in (("train_acc", train), ("val_acc", val)):
         outside = values[np.isfinite(values) & ((values < 0) | (values > 1))]
         if outside.size:                       # (drawn above the axis's fixed 0 to 1.02: not seen at all)
@@ -128,7 +131,8 @@ def plot_accuracy(history, path):
                              f"(a percentage?)")
     fig, ax = _subplots("plot_accuracy", figsize=(6, 4))
     epochs = np.arange(1, train.size + 1)
-    ax.plot(epochs, train, "o-", label="train")
+    if np.isfinite(train).any():
+        ax.plot(epochs, train, "o-", label="train")
     if val.size == train.size and np.isfinite(val).any():
         ax.plot(epochs, val, "s-", label="validation")
     ax.set_xlabel("epoch")
