@@ -1283,6 +1283,28 @@ def test_objective_refusals():
         RandomSearch(space, objective=Objective("val_loss"), mode="max")
 
 
+def regression_fold_fn(params, data, budget, seed):
+    return {"val_acc": math.nan, "val_loss": 0.5 + params["lr"]}      # a regression model: no accuracy
+
+
+def test_a_cross_validated_trial_averaging_another_key_than_the_search_ranks_by_is_refused():
+    # CrossValidatedTrial's default 'val_acc' under a search by 'val_loss' (a regression model): every trial was
+    # 'diverged' with a finite val_loss (0.51, 0.6) and no error, and the search ended with no finished trial
+    from cynet.tune import CrossValidatedTrial, KFold
+
+    x, y = np.zeros((12, 2), np.float32), np.zeros(12, np.float32)
+    space = {"lr": loguniform(1e-2, 1e-1)}
+    with pytest.raises(ValueError, match=r"RandomSearch.run: the CrossValidatedTrial averages 'val_acc' over its "
+                                         r"folds, but the search ranks by 'val_loss'; pass "
+                                         r"CrossValidatedTrial\(\.\.\., objective='val_loss'\)"):
+        RandomSearch(space, 2, objective="val_loss").run(CrossValidatedTrial(regression_fold_fn, cv=KFold(3)),
+                                                         (x, y), executor=None)
+    result = RandomSearch(space, 2, objective="val_loss").run(
+        CrossValidatedTrial(regression_fold_fn, cv=KFold(3), objective="val_loss"), (x, y), executor=None)
+    assert [t["status"] for t in result.trials] == ["ok", "ok"]
+    assert result.best_value == min(0.5 + t["params"]["lr"] for t in result.trials)
+
+
 def build_linear(params):
     return nn.Linear(3, 1)
 

@@ -597,12 +597,25 @@ class _Search:
                 Default False.
             mp_context: multiprocessing context for the pool. Default None.
 
+        Raises:
+            ValueError: ``train_fn`` is a :class:`~cynet.tune.CrossValidatedTrial` whose ``objective`` is another key
+                than the search's (checked before any trial runs).
+
         Returns:
             SearchResult: every trial, best first (by the search's ``objective``).
         """
         owner = self._caller_name or f"{type(self).__name__}.run"   # successive_halving, not CoarseToFine.run
         if not callable(train_fn):
             raise TypeError(f"{owner}: train_fn must be callable, got {train_fn!r}")
+        from cynet.tune.cv import CrossValidatedTrial
+
+        # a cross-validated trial averaging another key than the search ranks by: a regression search by
+        # "val_loss" over CrossValidatedTrial's default "val_acc" made every trial "diverged" (NaN mean accuracy)
+        # with a finite val_loss and no error, and the search ended with no finished trial
+        if isinstance(train_fn, CrossValidatedTrial) and train_fn.objective != self.objective.key:
+            raise ValueError(f"{owner}: the CrossValidatedTrial averages {train_fn.objective!r} over its folds, but "
+                             f"the search ranks by {self.objective.key!r}; pass "
+                             f"CrossValidatedTrial(..., objective={self.objective.key!r})")
         budget = _check_budget(owner, "budget", budget)
         if threads_per_trial is not None:
             threads_per_trial = _check_int(owner, "threads_per_trial", threads_per_trial, 1)
