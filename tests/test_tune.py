@@ -1142,6 +1142,21 @@ def test_lograndint_draws_integers_with_the_log_uniform_probabilities():
     assert abs(np.mean(draws < 64) - np.mean(draws >= 512)) < 0.01
 
 
+def test_lograndint_of_a_range_too_narrow_for_its_logarithms():
+    # lograndint(2**60, 2**60 + 10): log(lo) == log(hi - 1) in float64, so every draw was lo, the 5-point grid had
+    # 2 points and edge_report raised ZeroDivisionError; there the law is uniform within 1e-9, drawn as randint's
+    lo = 2 ** 60
+    dist = lograndint(lo, lo + 10)
+    rng = np.random.default_rng(0)
+    draws = {dist.sample(rng) for _ in range(200)}
+    assert draws == set(range(lo, lo + 10))
+    assert dist.grid(5) == [lo, lo + 2, lo + 4, lo + 7, lo + 9]
+    assert dist.position(lo + 9) == 1.0 and dist.position(lo) == 0.0
+    assert len(edge_report({"n": dist}, {"n": lo})) == 1
+    narrowed = dist.narrow([lo + 5], 0.1)
+    assert isinstance(narrowed, LogRandInt) and narrowed.lo <= lo + 5 < narrowed.hi
+
+
 def test_lograndint_grid_narrow_and_edges_work_in_log_scale():
     dist = lograndint(32, 1025)
     assert dist.grid(6) == [32, 64, 128, 256, 512, 1024] and dist.grid(1) == [181]     # sqrt(32 * 1024) = 181.02

@@ -219,13 +219,24 @@ class LogRandInt(RandInt):
             raise ValueError(f"lograndint: lo must be an int >= 1 (it samples log(value)), got lo={lo!r}")
         super().__init__(lo, hi)
 
+    def _flat(self):
+        """Whether the range is too narrow for its logarithms (lograndint(2**60, 2**60 + 10): log lo == log(hi - 1)
+        in float64, so every draw was lo and edge positions divided by zero): there the log-uniform law is the
+        uniform one within 1e-9 of each probability, and the integers are drawn, gridded and placed as randint's."""
+        return math.log(self.hi - 1) - math.log(self.lo) < 1e-9 * max(1.0, math.log(self.hi - 1)) \
+            and self.hi - self.lo > 1
+
     def sample(self, rng):
+        if self._flat():
+            return super().sample(rng)
         value = math.floor(math.exp(rng.uniform(math.log(self.lo), math.log(self.hi))))
         return int(min(max(value, self.lo), self.hi - 1))     # exp(log(x)) may round past an end
 
     def grid(self, n):
         """Up to ``n`` distinct integers, log-spaced from ``lo`` to ``hi - 1`` (both included), rounded; ``n = 1``:
         the geometric middle, rounded."""
+        if self._flat():
+            return super().grid(n)
         a, b = math.log(self.lo), math.log(self.hi - 1)
         points = [0.5 * (a + b)] if n == 1 else np.linspace(a, b, n)
         values = {min(max(round(math.exp(t)), self.lo), self.hi - 1) for t in points}
@@ -236,11 +247,16 @@ class LogRandInt(RandInt):
     def position(self, value):
         if self.hi - self.lo == 1:
             return 0.5
+        if self._flat():
+            return super().position(value)
         return (math.log(value) - math.log(self.lo)) / (math.log(self.hi - 1) - math.log(self.lo))
 
     def narrow(self, values, margin):
         """The integers spanned by ``values``, widened by ``margin`` of this range's width in log scale on each
         side, clipped to this range (every value, clipped to it, included)."""
+        if self._flat():
+            narrowed = super().narrow(values, margin)
+            return LogRandInt(narrowed.lo, narrowed.hi)
         values = [min(max(int(v), self.lo), self.hi - 1) for v in values]     # values outside: their end
         a, b = math.log(self.lo), math.log(self.hi - 1)
         pad = margin * (b - a)
