@@ -183,7 +183,8 @@ def test_accuracy_plot_refuses_validation_values_of_another_length(tmp_path):
 
 def test_accuracy_plot_refuses_a_history_without_a_finite_accuracy(tmp_path):
     # a Trainer whose loss gives no accuracy records NaN each epoch: an empty plot came out, without a word
-    with pytest.raises(ValueError, match=r"plot_accuracy: history has no finite 'train_acc' or 'val_acc' value \(2 epochs"):
+    with pytest.raises(ValueError,
+                       match=r"plot_accuracy: history has no finite 'train_acc' or 'val_acc' value \(2 epochs"):
         plots.plot_accuracy({"train_acc": [float("nan")] * 2, "val_acc": [float("nan")] * 2}, tmp_path / "a.png")
     assert not (tmp_path / "a.png").exists()
 
