@@ -1513,6 +1513,34 @@ def test_a_custom_module_that_never_calls_super_init_is_refused_when_built():
     assert len(WithBase().parameters()) == 2
 
 
+def test_a_plain_list_of_already_registered_layers_is_not_warned_about():
+    # self.fc1, self.fc2 registered one by one and also listed for a loop: a false alarm ("2 Module object(s), which
+    # are not registered") while parameters() held all 4; a list mixing in an unregistered one names that one only
+    import warnings
+
+    class Net(nn.Module):
+        def __init__(self, extra=False):
+            super().__init__()
+            self.fc1 = nn.Linear(3, 4)
+            self.fc2 = nn.Linear(4, 2)
+            self.gain = nn.Parameter(np.ones(2, np.float32))
+            self.layers = [self.fc1, self.fc2] + ([nn.Linear(2, 2)] if extra else [])
+            self.params = (self.gain,)
+            self.shapes, self.hp = [(3, 4), (4, 2)], {"lr": 0.1}
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    x = np.ones((2, 3), np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Net()(x)
+    with pytest.warns(UserWarning, match=r"attribute 'layers' is a plain list holding 1 Module object\(s\)"):
+        Net(extra=True)(x)
+
+
 def test_modules_and_parameters_in_a_plain_list_or_dict_are_warned_about_at_the_first_call():
     # PyTorch's classic silent bug: layers kept in a plain list are not registered, so the optimiser never sees them
     # (here parameters() gave 0 of the 24, without a word)

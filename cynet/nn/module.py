@@ -882,11 +882,17 @@ def _warn_unregistered(module):
     .to(), train()/eval() and gradcheck never see them). A name starting with "_" is taken as deliberate."""
     import warnings
 
+    registered = None           # the ids of the modules and parameters this module does register (computed lazily)
     for name, value in vars(module).items():
         if name.startswith("_") or not isinstance(value, (list, tuple, dict)) or isinstance(value, Module):
             continue
         items = list(value.values()) if isinstance(value, dict) else list(value)
         held = [item for item in items if isinstance(item, (Module, Parameter))]
+        if held and registered is None:
+            # a list of layers also assigned one by one (self.fc1 = ...; self.layers = [self.fc1, ...]) is a
+            # convenience over registered objects, not a bug: only the unregistered ones are warned about
+            registered = {id(m) for m in module.modules()} | {id(p) for p in module.parameters()}
+        held = [item for item in held if id(item) not in registered]
         if held:
             kinds = sorted({"Module" if isinstance(item, Module) else "Parameter" for item in held})
             warnings.warn(
