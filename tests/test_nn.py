@@ -1438,6 +1438,19 @@ def test_every_layer_refuses_a_masked_input_it_would_read_without_its_mask(make)
     layer(x.filled(0.0))                                  # what the message says to pass instead works
 
 
+@pytest.mark.parametrize("make", [lambda: nn.Linear(3, 2), lambda: nn.BatchNorm1d(3)], ids=["Linear", "BatchNorm1d"])
+def test_a_masked_array_from_a_module_is_refused_by_a_fused_pair_after_it_too(make):
+    # a custom module returning a masked array, then a Linear (or batch norm) and a ReLU: unfused, the Linear refused
+    # it; fused (forward_relu), Sequential ran it on the values under the mask ([[3, 3], [12, 12]] for all-ones weights)
+    class Masking(nn.Module):
+        def forward(self, x):
+            return np.ma.array(x, mask=[[True, False, False], [False] * 3])
+
+    model = nn.Sequential(Masking(), make(), nn.ReLU())
+    with pytest.raises(TypeError, match=r"input is a masked array; the mask would be ignored"):
+        model(np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
 def test_a_loss_refuses_masked_scores_or_targets():
     scores = np.ma.array(np.zeros((2, 3), np.float32), mask=[[False, True, False], [False] * 3])
     with pytest.raises(TypeError, match=r"SoftmaxCrossEntropy\(\): input is a masked array"):

@@ -1236,6 +1236,10 @@ class Sequential(_ModuleSequence):
         nor with ``CYNET_FUSE_BATCHNORM_RELU=0`` / ``CYNET_FUSE_LINEAR_RELU=0``."""
         if position + 1 >= len(modules) or not hasattr(modules[position], "forward_relu"):
             return None
+        if isinstance(x, np.ma.MaskedArray):
+            # (a module before it returned one): unfused, the module's __call__ refuses it; forward_relu read the
+            # values under the mask without a word
+            return None
         from cynet.nn.layers import Linear, ReLU
 
         first, relu = modules[position], modules[position + 1]
