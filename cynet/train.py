@@ -1165,7 +1165,9 @@ class Trainer:
         """At a fit's first step: every class label of the training (and validation) labels in [0, C) for the
         model's C outputs, else the ValueError naming the first bad row, before any step."""
         unchecked, self._unchecked_labels = self._unchecked_labels, None
-        if not isinstance(self.loss, (SoftmaxCrossEntropy, MulticlassSVM)) or scores.ndim != 2:
+        # only for the library's own forward: a subclass with its own (labels of -1 skipped as unlabelled rows, say)
+        # decides which labels it takes, batch by batch, and was refused here for labels it handles
+        if type(self.loss).forward not in (SoftmaxCrossEntropy.forward, MulticlassSVM.forward) or scores.ndim != 2:
             return
         c = scores.shape[1]
         for y, op, name, offset in unchecked:

@@ -1383,6 +1383,35 @@ def test_a_label_out_of_range_is_refused_before_any_step():
         trainer.fit(x, bad, epochs=1, batch_size=4, validation_split=0.25)
 
 
+def test_a_loss_subclass_with_its_own_forward_decides_which_labels_it_takes():
+    # a cross-entropy over the labelled rows only (label -1: unlabelled) trained before the first-step label check;
+    # then fit refused it ('label -1 in row 5 of y is out of range [0, 3)'); a subclass without a forward of its own
+    # is still checked at the first step
+    class IgnoringCE(SoftmaxCrossEntropy):
+        def forward(self, scores, y):
+            keep = y >= 0
+            loss = super().forward(scores[keep], y[keep])
+            dscores = np.zeros_like(scores)
+            dscores[keep] = self._dscores * keep.sum() / len(y)
+            self._dscores = dscores
+            return loss * keep.sum() / len(y)
+
+    class PlainCE(SoftmaxCrossEntropy):
+        pass
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((40, 5)).astype(np.float32), rng.integers(0, 3, 40)
+    y[5] = -1
+    model = nn.Sequential(nn.Linear(5, 3, generator=0))
+    trainer = Trainer(model, IgnoringCE(), optim.SGD(model.parameters(), lr=0.1), progress=False)
+    trainer.fit(x, y, epochs=1, batch_size=8)
+    assert trainer.iteration == 5
+    trainer = Trainer(model, PlainCE(), optim.SGD(model.parameters(), lr=0.1), progress=False)
+    with pytest.raises(ValueError, match=r"label -1 in row 5 of y is out of range \[0, 3\)"):
+        trainer.fit(x, y, epochs=1, batch_size=8)
+    assert trainer.iteration == 0
+
+
 def test_validation_examples_of_another_shape_are_refused_before_training():
     # found by the model only after the first whole epoch of training
     rng = np.random.default_rng(0)
