@@ -130,17 +130,6 @@ def _label_error(op, y, error, name="y", offset=0):
                       f"{name})")
 
 
-def _same_layout(x_val, x, model):
-    """Whether validation examples ``x_val`` are laid out as the training examples ``x``: the same shape, or for
-    images through a model with an adaptive pooling (which takes any height and width: validating on full images
-    after training on crops) the same channels with other spatial sizes."""
-    if x_val.shape[1:] == x.shape[1:]:
-        return True
-    from cynet.nn.conv import AdaptiveAvgPool2d
-    return (x_val.ndim == x.ndim == 4 and x_val.shape[1] == x.shape[1]
-            and any(isinstance(module, AdaptiveAvgPool2d) for module in model.modules()))
-
-
 def _check_x(op, x, before="predicting"):
     """Inputs to predict from (also :class:`cynet.ensemble.Ensemble`'s): a numeric array of at least one example, every
     value finite; ValueError / TypeError naming ``op`` otherwise (a masked array too: its mask would be ignored)."""
@@ -986,11 +975,6 @@ class Trainer:
             if not isinstance(validation, (tuple, list)) or len(validation) != 2:
                 raise ValueError("Trainer.fit: validation must be a pair (x_val, y_val)")
             validation = _check_data("Trainer.fit (validation)", *validation)
-            if self.batch_transform is None and not _same_layout(validation[0], x, self.model):
-                # (found by the model after the first whole epoch of training)
-                raise ValueError(f"Trainer.fit: the validation examples have shape {validation[0].shape[1:]}, the "
-                                 f"training examples {x.shape[1:]}: x_val must be laid out as x (x_val of shape "
-                                 f"{validation[0].shape})")
         if epochs <= self.epoch:
             if self.epoch > 0:
                 warnings.warn(f"Trainer.fit: epochs={epochs} is the total to reach and {self.epoch} epochs are "

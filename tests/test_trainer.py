@@ -1412,39 +1412,6 @@ def test_a_loss_subclass_with_its_own_forward_decides_which_labels_it_takes():
     assert trainer.iteration == 0
 
 
-def test_validation_examples_of_another_shape_are_refused_before_training():
-    # found by the model only after the first whole epoch of training
-    rng = np.random.default_rng(0)
-    x, y = rng.standard_normal((16, 6)).astype(np.float32), rng.integers(0, 3, 16)
-    model = nn.Sequential(nn.Linear(6, 3, generator=0))
-    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False)
-    with pytest.raises(ValueError, match=r"Trainer.fit: the validation examples have shape \(5,\), the training "
-                                         r"examples \(6,\)"):
-        trainer.fit(x, y, epochs=1, batch_size=4, validation=(x[:, :5], y))
-    assert trainer.iteration == 0
-
-
-def test_validation_images_of_another_size_are_taken_by_a_model_with_adaptive_pooling():
-    # a fully convolutional model (AdaptiveAvgPool2d) trained on 8x8 crops validates on 12x12 images, which evaluate()
-    # takes: fit refused them ('the validation examples have shape (3, 12, 12), the training examples (3, 8, 8)');
-    # other channels, or another size through a Flatten + Linear head, are still refused before training
-    rng = np.random.default_rng(0)
-    x, y = rng.standard_normal((16, 3, 8, 8)).astype(np.float32), rng.integers(0, 3, 16)
-    x_val, y_val = rng.standard_normal((8, 3, 12, 12)).astype(np.float32), rng.integers(0, 3, 8)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(4, 3))
-    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False)
-    trainer.fit(x, y, epochs=1, batch_size=8, validation=(x_val, y_val))
-    assert trainer.history["val_loss"][-1] == pytest.approx(trainer.evaluate(x_val, y_val)[0])
-    with pytest.raises(ValueError, match=r"the validation examples have shape \(2, 12, 12\)"):
-        trainer.fit(x, y, epochs=2, batch_size=8, validation=(x_val[:, :2], y_val))
-    flat = nn.Sequential(nn.Flatten(), nn.Linear(192, 3))
-    trainer = Trainer(flat, SoftmaxCrossEntropy(), optim.SGD(flat.parameters(), lr=0.1), progress=False)
-    with pytest.raises(ValueError, match=r"the validation examples have shape \(3, 12, 12\)"):
-        trainer.fit(x, y, epochs=1, batch_size=8, validation=(x_val, y_val))
-    assert trainer.iteration == 0
-
-
 @pytest.mark.parametrize("error", [ValueError("bad batch"), KeyboardInterrupt()])
 def test_the_exception_that_ends_a_run_is_not_replaced_by_a_failing_on_train_end(error):
     # it was: a ValueError (or Ctrl+C) raised in on_batch_end came out of fit as the logger's RuntimeError
