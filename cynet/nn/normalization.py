@@ -928,9 +928,10 @@ def recompute_batchnorm_statistics(model, x, batch_size=256):
     statistics instead, which leaves a later batch norm's statistics off by the batches' noise). So these are
     exactly the statistics of each batch norm's input over ``x`` in eval mode, what
     :func:`cynet.diagnostics.check_batchnorm` measures, whatever ``batch_size``; the price is one forward pass over
-    ``x`` per batch norm. Useful after training with small or unrepresentative batches, or after changing weights.
-    The modes (train / eval), momenta and frozen states of all modules are restored afterwards; parameters are not
-    touched.
+    ``x`` per batch norm. (Not exact for :meth:`~cynet.nn.Module.shared_copy` twins with another batch norm between
+    them: the second twin's input depends on the statistics being computed; they are pooled from one pass.) Useful
+    after training with small or unrepresentative batches, or after changing weights. The modes (train / eval),
+    momenta and frozen states of all modules are restored afterwards; parameters are not touched.
 
     Args:
         model (Module): the model (called as ``model(batch)``).
