@@ -678,3 +678,13 @@ def test_soft_targets_are_checked_in_the_scores_dtype():
     scores = np.zeros((1, 3), np.float32)
     with pytest.raises(ValueError, match="finite"):
         SoftmaxCrossEntropy().forward(scores, np.array([[1e39, 0.0, 0.0]]))
+
+
+def test_mse_loss_refuses_pytorchs_arguments_by_its_own_name():
+    # MSELoss(reduction='sum') / MSELoss(None) raised "_DataLoss.__init__() got an unexpected keyword argument
+    # 'reduction'": an internal class named, not the loss
+    for args, kwargs, shown in [((), {"reduction": "sum"}, "reduction="), ((), {"size_average": False}, "size_average="),
+                                ((), {"reduce": False}, "reduce="), ((None,), {}, "1 positional argument")]:
+        with pytest.raises(TypeError, match=f"MSELoss: takes no arguments.*got {shown}"):
+            MSELoss(*args, **kwargs)
+    assert MSELoss()(np.zeros(2), np.ones(2)) == 1.0

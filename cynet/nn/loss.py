@@ -399,7 +399,7 @@ class MSELoss(_DataLoss):
     with :math:`n` the number of elements (N times the features), not the batch size. Differences and the sum are
     formed in double precision. inf or NaN in either array gives an inf or NaN loss (and gradient entries).
 
-    Args: none.
+    Args: none (PyTorch's ``size_average``, ``reduce`` and ``reduction`` are refused with a TypeError).
 
     Shape:
         scores (N, \*) float32 or float64, the predictions (any number of dimensions >= 1; non-contiguous input is
@@ -420,6 +420,16 @@ class MSELoss(_DataLoss):
         array([[ 0. ,  1. ],
                [ 0. , -0.5]])
     """
+
+    def __init__(self, *args, **kwargs):
+        # PyTorch's MSELoss(size_average=None, reduce=None, reduction='mean'): refused by this class's name, not
+        # "_DataLoss.__init__() got an unexpected keyword argument 'reduction'"
+        if args or kwargs:
+            given = ([f"{len(args)} positional argument(s) (torch's are size_average, reduce, reduction)"]
+                     if args else []) + [f"{key}=" for key in kwargs]
+            raise TypeError(f"MSELoss: takes no arguments (always the mean over every element), got "
+                            f"{', '.join(given)}; other reductions are not supported")
+        super().__init__()
 
     def forward(self, scores, y):
         """Mean of ``(scores - y) ** 2`` over all elements; also computes the gradient.
