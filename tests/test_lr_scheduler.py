@@ -327,6 +327,18 @@ def test_reduce_on_plateau_state_dict_resumes_exactly():
     assert initial["best"] == math.inf  # infinities survive Python's JSON
 
 
+def test_load_state_dict_of_pytorch_format_names_it():
+    # a PyTorch scheduler's state_dict (no "type" key) was refused as "the state is of a None schedule, not 'StepLR'"
+    s = StepLR(make_optimizer(), step_size=2)
+    torch_format = {"step_size": 2, "gamma": 0.1, "base_lrs": [0.1], "last_epoch": 3, "_step_count": 4,
+                    "_last_lr": [0.01]}
+    with pytest.raises(ValueError, match=r"StepLR.load_state_dict: the state has no 'type' key \(keys \['_last_lr', "
+                                         r"'_step_count', 'base_lrs', .*\]\): not a cynet StepLR.state_dict\(\); it "
+                                         r"looks like a PyTorch state_dict"):
+        s.load_state_dict(torch_format)
+    assert s.last_epoch == 0
+
+
 def test_load_state_dict_errors():
     opt = make_optimizer()
     s = StepLR(opt, step_size=2)

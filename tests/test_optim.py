@@ -619,6 +619,19 @@ def test_load_state_dict_casts_to_the_parameter_dtype(rng):
                                   state["state.0.momentum_buffer"].astype(np.float32).ravel())
 
 
+def test_load_state_dict_of_pytorch_format_names_it(rng):
+    # PyTorch's nested {"state": ..., "param_groups": [...]} (no "type" key) was refused as "the state is of a None
+    # optimiser, not 'Adam'": a reader porting a checkpoint could not tell what was wrong
+    model, opt, _ = _trained("adam", dict(lr=0.01), rng, 1)
+    torch_format = {"state": {}, "param_groups": [{"lr": 0.01, "betas": (0.9, 0.999), "params": [0, 1, 2, 3]}]}
+    with pytest.raises(ValueError, match=r"Adam.load_state_dict: the state has no 'type' key \(keys \['param_groups', "
+                                         r"'state'\]\): not a cynet Adam.state_dict\(\); it looks like a PyTorch"):
+        opt.load_state_dict(torch_format)
+    with pytest.raises(ValueError, match=r"no 'type' key \(keys \['lr'\]\): not a cynet Adam.state_dict\(\)$"):
+        opt.load_state_dict({"lr": 0.1})
+    assert opt.step_count == 0 and opt.lr == 0.01
+
+
 def test_load_state_dict_errors(rng):
     model, opt, grads = _trained("adam", dict(lr=0.01), rng, 1)
     _run(model, opt, grads)

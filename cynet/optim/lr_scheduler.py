@@ -37,7 +37,7 @@ import warnings
 import numpy as np
 
 from cynet._validation import saved_scalar
-from cynet.optim.optimizers import Optimizer
+from cynet.optim.optimizers import Optimizer, _check_state_type
 
 __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "InverseTimeLR", "InverseSqrtLR", "LinearLR",
            "PolynomialLR", "CosineAnnealingLR", "CosineAnnealingWarmRestarts", "LinearWarmup", "ReduceLROnPlateau"]
@@ -118,8 +118,7 @@ class _Scheduler:
         name = f"{type(self).__name__}.load_state_dict"
         if not hasattr(state, "keys"):
             raise TypeError(f"{name}: expected a dict from state_dict(), got {type(state).__name__}")
-        if state.get("type") != type(self).__name__:
-            raise ValueError(f"{name}: the state is of a {state.get('type')!r} schedule, not {type(self).__name__!r}")
+        _check_state_type(name, state, type(self).__name__, "schedule")
         expected = ("type",) + self._settings + self._counters
         missing = [key for key in expected if key not in state]
         unexpected = [key for key in state if key not in expected and not self._accepts_key(key)]

@@ -47,6 +47,23 @@ def _is_real(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _check_state_type(name, state, expected, what):
+    """ValueError from ``load_state_dict`` (``name``) when ``state`` is not the flat state of a cynet ``expected``
+    (``what``: "optimiser" or "schedule"); a state without a ``type`` key (PyTorch's nested ``{"state": ...,
+    "param_groups": ...}``, or a dict of something else) is named as such, with its keys, not as "a None optimiser"."""
+    kind = state.get("type")
+    if kind is None:
+        keys = sorted(map(str, state.keys()))
+        shown = keys[:8] + (["..."] if len(keys) > 8 else [])
+        torch_like = "param_groups" in keys or "_step_count" in keys or "base_lrs" in keys
+        raise ValueError(f"{name}: the state has no 'type' key (keys {shown}): not a cynet {expected}.state_dict()"
+                         + (f"; it looks like a PyTorch state_dict, a format cynet does not read (cynet's is flat: "
+                            f"'type', the settings, " + ("'step' and 'state.<i>.<name>' arrays)" if what == "optimiser"
+                                                         else "'base_lr' and 'last_epoch')") if torch_like else ""))
+    if kind != expected:
+        raise ValueError(f"{name}: the state is of a {kind!r} {what}, not {expected!r}")
+
+
 def _unwrap(value):
     """A 0-d bool, integer or floating NumPy array (a setting or step count read back from ``np.load``/``np.savez``)
     as its Python value; anything else as it is."""
@@ -498,9 +515,7 @@ class Optimizer:
         name = f"{type(self).__name__}.load_state_dict"
         if not hasattr(state, "keys"):
             raise TypeError(f"{name}: expected a dict from state_dict(), got {type(state).__name__}")
-        kind = state.get("type")
-        if kind != type(self).__name__:
-            raise ValueError(f"{name}: the state is of a {kind!r} optimiser, not {type(self).__name__!r}")
+        _check_state_type(name, state, type(self).__name__, "optimiser")
         saved_groups = state.get("n_groups", 1)
         if saved_groups != len(self.param_groups):
             raise ValueError(f"{name}: the state holds {saved_groups} parameter group(s), this optimiser has "
