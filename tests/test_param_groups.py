@@ -529,3 +529,14 @@ def test_momentum_switched_on_between_steps_saves_a_state_that_loads(cls, settin
         param.grad[...] = -0.2
         optimizer.step()
     np.testing.assert_array_equal(q.data, p.data)
+
+
+def test_an_alias_setting_is_in_the_group_as_it_reads():
+    # "betas" in group was False while group["betas"] worked: PyTorch code guarded by it skipped its assignment
+    from cynet import nn, optim
+    opt = optim.Adam(nn.Linear(2, 2).parameters(), lr=1e-3, betas=(0.8, 0.99))
+    group = opt.param_groups[0]
+    assert "betas" in group and "lr" in group and "beta1" in group and "nesterov" not in group
+    if "betas" in group:
+        group["betas"] = (0.5, 0.9)
+    assert group["betas"] == (0.5, 0.9) and group.get("betas") == (0.5, 0.9) and group.get("nope", 1) == 1

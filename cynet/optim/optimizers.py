@@ -92,7 +92,12 @@ class ParamGroup(dict):
         return dict.__getitem__(self, key)
 
     def get(self, key, default=None):
-        return self[key] if key in self._optimizer._aliases or key in self else default
+        return self[key] if key in self else default
+
+    def __contains__(self, key):
+        # an alias ("betas" for beta1 / beta2) is in the group as it reads: ``if "betas" in group: group["betas"]
+        # = ...`` (PyTorch code) skipped the assignment without a word
+        return key in self._optimizer._aliases or dict.__contains__(self, key)
 
     def __setitem__(self, key, value):
         if key == "params":
