@@ -683,7 +683,8 @@ def test_soft_targets_are_checked_in_the_scores_dtype():
 def test_mse_loss_refuses_pytorchs_arguments_by_its_own_name():
     # MSELoss(reduction='sum') / MSELoss(None) raised "_DataLoss.__init__() got an unexpected keyword argument
     # 'reduction'": an internal class named, not the loss
-    for args, kwargs, shown in [((), {"reduction": "sum"}, "reduction="), ((), {"size_average": False}, "size_average="),
+    for args, kwargs, shown in [((), {"reduction": "sum"}, "reduction="),
+                                ((), {"size_average": False}, "size_average="),
                                 ((), {"reduce": False}, "reduce="), ((None,), {}, "1 positional argument")]:
         with pytest.raises(TypeError, match=f"MSELoss: takes no arguments.*got {shown}"):
             MSELoss(*args, **kwargs)

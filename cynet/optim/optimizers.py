@@ -56,10 +56,11 @@ def _check_state_type(name, state, expected, what):
         keys = sorted(map(str, state.keys()))
         shown = keys[:8] + (["..."] if len(keys) > 8 else [])
         torch_like = "param_groups" in keys or "_step_count" in keys or "base_lrs" in keys
+        flat = ("'step' and 'state.<i>.<name>' arrays)" if what == "optimiser" else "'base_lr' and 'last_epoch')")
+        hint = ("; it looks like a PyTorch state_dict, a format cynet does not read (cynet's is flat: 'type', the "
+                "settings, " + flat) if torch_like else ""
         raise ValueError(f"{name}: the state has no 'type' key (keys {shown}): not a cynet {expected}.state_dict()"
-                         + (f"; it looks like a PyTorch state_dict, a format cynet does not read (cynet's is flat: "
-                            f"'type', the settings, " + ("'step' and 'state.<i>.<name>' arrays)" if what == "optimiser"
-                                                         else "'base_lr' and 'last_epoch')") if torch_like else ""))
+                         f"{hint}")
     if kind != expected:
         raise ValueError(f"{name}: the state is of a {kind!r} {what}, not {expected!r}")
 
