@@ -142,12 +142,40 @@ class Ensemble:
         Returns:
             Ensemble: the loaded members.
 
+        Raises:
+            TypeError: ``paths`` a single path, or ``build_model`` not a model factory. ValueError: ``build_model``
+                returned a model (or parameters) it had already returned.
+
         Example:
             >>> ens = Ensemble.from_checkpoints(["e10.npz", "e20.npz"], lambda: make_mlp())  # doctest: +SKIP
         """
+        import os
+
         from cynet import checkpoint
 
-        models = [checkpoint.load_model(path, build_model()) for path in paths]
+        if isinstance(paths, (str, bytes, os.PathLike)):
+            # a single path was iterated character by character ("'/' is a directory")
+            raise TypeError(f"Ensemble.from_checkpoints: paths must be a sequence of paths (one per member), got the "
+                            f"single path {paths!r}; pass [{paths!r}]")
+        if isinstance(build_model, Module) or not callable(build_model):
+            # a Module is callable: build_model() ran its forward without an input
+            raise TypeError(f"Ensemble.from_checkpoints: build_model must be a callable that builds a new model "
+                            f"(e.g. lambda: make_model()), got {type(build_model).__name__}")
+        models, seen = [], set()
+        for index, path in enumerate(paths):
+            model = build_model()
+            if not isinstance(model, Module):
+                raise TypeError(f"Ensemble.from_checkpoints: build_model() must return a cynet.nn.Module, got "
+                                f"{type(model).__name__}")
+            params = {id(p) for p in model.parameters()}
+            if id(model) in seen or params & seen:
+                # every checkpoint was loaded into one module: N copies of the last checkpoint, silently
+                raise ValueError(f"Ensemble.from_checkpoints: build_model returned the same model (or one sharing "
+                                 f"its parameters) for checkpoint {index} ({os.fspath(path)!r}) as for an earlier "
+                                 f"one; it must build a new model at every call")
+            seen.add(id(model))
+            seen |= params
+            models.append(checkpoint.load_model(path, model))
         return cls(models, weights=weights, transform=transform)
 
     def _member_proba(self, index, model, x, batch_size):

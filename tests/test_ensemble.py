@@ -566,3 +566,19 @@ def test_ensemble_with_the_training_batch_transform_predicts_the_preprocessed_im
     expected = np_softmax(model.forward(scaler.transform(x)))
     np.testing.assert_array_equal(ensemble.predict_proba(x), expected)
     np.testing.assert_array_equal(ensemble.predict_proba(x), expected)
+
+
+def test_from_checkpoints_refuses_a_build_model_that_returns_the_same_module_twice(members, tmp_path):
+    # ``lambda: model`` loaded every checkpoint into one module: an "ensemble" of N copies of the last checkpoint
+    ws, bs, _ = members
+    paths = []
+    for i, (w, b) in enumerate(zip(ws, bs)):
+        paths.append(str(tmp_path / f"m{i}.npz"))
+        checkpoint.save_model(paths[-1], linear_with(w, b))
+    shared = nn.Linear(4, 3)
+    with pytest.raises(ValueError, match="Ensemble.from_checkpoints: build_model returned the same"):
+        Ensemble.from_checkpoints(paths, lambda: shared)
+    with pytest.raises(TypeError, match="Ensemble.from_checkpoints: build_model must be a callable that builds"):
+        Ensemble.from_checkpoints(paths, nn.Linear(4, 3))
+    with pytest.raises(TypeError, match="Ensemble.from_checkpoints: paths must be a sequence of paths"):
+        Ensemble.from_checkpoints(paths[0], lambda: nn.Linear(4, 3))
