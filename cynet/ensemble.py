@@ -20,6 +20,7 @@ Example:
     ((2, 3), True)
 """
 import numbers
+import os
 
 import numpy as np
 
@@ -149,8 +150,6 @@ class Ensemble:
         Example:
             >>> ens = Ensemble.from_checkpoints(["e10.npz", "e20.npz"], lambda: make_mlp())  # doctest: +SKIP
         """
-        import os
-
         from cynet import checkpoint
 
         if isinstance(paths, (str, bytes, os.PathLike)):
