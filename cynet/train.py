@@ -1068,11 +1068,14 @@ class Trainer:
             if result is None:          # diverged
                 return
             data_loss, batch_correct = result
-            loss_sum += data_loss * (hi - lo)
-            seen += hi - lo
+            # weighted by the rows trained on: a mixup callable may return another number of rows than it was given
+            # (the originals with the mixes, say), and counting the batch's slice made an accuracy above 1
+            rows = len(xb)
+            loss_sum += data_loss * rows
+            seen += rows
             if batch_correct is not None:
                 correct += batch_correct
-                counted += hi - lo
+                counted += rows
             self.running_loss = loss_sum / seen
             self.running_acc = correct / counted if counted else math.nan
             self._call("on_batch_end")

@@ -151,6 +151,23 @@ def test_train_acc_and_loss_on_a_frozen_model_equal_evaluate():
     assert history["train_acc"][0] == pytest.approx(want_acc) == history["val_acc"][0]
 
 
+def test_epoch_numbers_count_the_rows_a_mixup_callable_returned():
+    """A mixup callable that returns the originals with the batch (2N rows of integer labels) trained on 2N rows per
+    step: train_acc counted those correct over the N of the slice (1.8 was reported), train_loss mis-weighted the
+    partial last batch. Both now weigh each batch by the rows trained on."""
+    x, y = blobs(37, seed=4)
+    model = mlp().freeze()
+    double = lambda xb, yb, generator: (np.concatenate([xb, xb]), np.concatenate([yb, yb]))
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), progress=False,
+                      mixup=double)
+    history = trainer.fit(x, y, epochs=1, batch_size=10, shuffle=False)
+    scores = model.eval()(x).astype(np.float64)
+    want_loss, _ = numpy_softmax_loss(scores, y)
+    assert history["train_acc"][0] == pytest.approx(np.mean(scores.argmax(axis=1) == y))
+    assert history["train_loss"][0] == pytest.approx(want_loss, rel=1e-5)
+    assert trainer.running_acc == history["train_acc"][0] <= 1
+
+
 def test_seeded_runs_are_reproducible_and_the_seed_matters():
     x, y = blobs(60, seed=5)
 
