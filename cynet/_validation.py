@@ -194,6 +194,12 @@ def saved_scalar(value):
     return value
 
 
+def is_real(value):
+    """Whether ``value`` is a real number: a Python int or float or a NumPy integer or floating scalar (bools not;
+    NaN and inf are, for the caller's range check to refuse)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 def is_count(value):
     """Whether ``value`` is an int >= 0 (NumPy integers included, bools not)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) and value >= 0

@@ -23,7 +23,7 @@ import numpy as np
 from cynet._kernels import load
 from cynet._random import resolve_generator
 from cynet._threading import kernel_threads
-from cynet._validation import check_probabilities, describe, native
+from cynet._validation import check_probabilities, describe, is_real, native
 from cynet.data.preprocessing import _output_dtype
 
 
@@ -117,7 +117,7 @@ class RandomHorizontalFlip:
     """
 
     def __init__(self, p=0.5):
-        if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
+        if not is_real(p):
             raise TypeError(f"RandomHorizontalFlip: p must be a number in [0, 1], got {p!r}")
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"RandomHorizontalFlip: p must be in [0, 1], got {p!r}")
@@ -196,7 +196,7 @@ class Cutout:
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
             raise ValueError(f"Cutout: size must be an int >= 1, got {size!r}")
         for name, number in (("p", p), ("value", value)):
-            if isinstance(number, bool) or not isinstance(number, (int, float, np.integer, np.floating)):
+            if not is_real(number):
                 raise TypeError(f"Cutout: {name} must be a number, got {number!r}")
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"Cutout: p must be in [0, 1], got {p!r}")

@@ -34,6 +34,7 @@ import numpy as np
 from cynet._files import atomic_file
 from cynet._kernels import load
 from cynet._threading import kernel_threads
+from cynet._validation import is_real
 
 DEFAULT_CHUNK_SIZE = 4096
 _BUNDLE_FORMAT = "cynet-bundle-v1"
@@ -374,7 +375,7 @@ def _channel_stats(x3, chunk_size, with_var):
 def _check_eps(owner, eps):
     """``eps`` as a float: TypeError unless a real number (np.isfinite('a') was an anonymous ufunc TypeError),
     ValueError unless finite and >= 0."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)):
+    if not is_real(eps):
         raise TypeError(f"{owner}: eps must be a finite number >= 0, got {eps!r}")
     if not np.isfinite(eps) or eps < 0:
         raise ValueError(f"{owner}: eps must be a finite number >= 0, got {eps!r}")

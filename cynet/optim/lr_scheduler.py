@@ -37,7 +37,7 @@ import warnings
 import numpy as np
 
 from cynet._validation import saved_scalar
-from cynet.optim.optimizers import Optimizer, _check_state_type
+from cynet.optim.optimizers import Optimizer, _check_state_type, _is_real
 
 __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "InverseTimeLR", "InverseSqrtLR", "LinearLR",
            "PolynomialLR", "CosineAnnealingLR", "CosineAnnealingWarmRestarts", "LinearWarmup", "ReduceLROnPlateau"]
@@ -45,10 +45,6 @@ __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "InverseTime
 
 def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class _Scheduler:

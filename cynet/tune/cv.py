@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 
+from cynet._validation import is_real
 from cynet.tune.executors import STATUSES
 from cynet.tune.objective import Objective, as_objective
 from cynet.tune.space import _check_int, _trial_params
@@ -214,8 +215,7 @@ def holdout_split(x, y, val_fraction=0.2, *, seed=0, stratify=True):
     x, y = np.asarray(x), np.asarray(y)
     if len(x) != len(y):
         raise ValueError(f"holdout_split: x and y lengths differ ({len(x)} and {len(y)})")
-    if (isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float, np.integer, np.floating))
-            or not 0 < val_fraction < 1):        # ("0.2" or None: a bare "'<' not supported" TypeError before)
+    if not is_real(val_fraction) or not 0 < val_fraction < 1:   # ("0.2" or None: a bare "'<' not supported")
         raise ValueError(f"holdout_split: val_fraction must lie in (0, 1), got {val_fraction!r}")
     seed = _check_seed("holdout_split", seed)
     n = len(x)

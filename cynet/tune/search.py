@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cynet._validation import is_real
 from cynet.tune.executors import make_runner
 from cynet.tune.objective import Objective, as_objective
 from cynet.tune.space import Choice, Distribution, LogUniform, edge_report, grid_points, narrow_space, \
@@ -63,8 +64,7 @@ def _check_fraction(owner, name, value, upper=None):
 def _check_budget(owner, name, value):
     """``value`` as a Python number when it is a finite number > 0 (NumPy scalars too, not bools); ValueError
     otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not (math.isfinite(value) and value > 0):
+    if not is_real(value) or not (math.isfinite(value) and value > 0):
         raise ValueError(f"{owner}: {name} must be a finite number > 0, got {value!r}")
     return value.item() if isinstance(value, (np.integer, np.floating)) else value
 
@@ -189,8 +189,7 @@ class TrainerTrial:
         x_train, y_train, x_val, y_val = _split_data(data)
         # the budget is the epoch count: round() trained 1 epoch for 0.5, 2 for 2.5 and 4 for 4.5 (successive halving
         # from min_budget=0.5, eta=3) while the records showed budgets 0.5, 1.5, 4.5
-        if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(budget) or budget < 1 or budget != int(budget):
+        if not is_real(budget) or not math.isfinite(budget) or budget < 1 or budget != int(budget):
             raise ValueError(f"make_trainer_trial: the budget is the number of epochs to train, a whole number >= 1; "
                              f"got {budget!r}")
         epochs = int(budget)

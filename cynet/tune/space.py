@@ -18,6 +18,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from cynet._validation import is_real
+
 __all__ = ["Distribution", "LogUniform", "Uniform", "Choice", "RandInt", "LogRandInt", "loguniform", "uniform",
            "choice", "randint", "lograndint", "sample_space", "grid_points", "narrow_space", "edge_report"]
 
@@ -48,8 +50,7 @@ def _trial_params(params):
 
 
 def _number(owner, name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(value):
+    if not is_real(value) or not math.isfinite(value):
         raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}")
     return value
 
@@ -522,8 +523,7 @@ def edge_report(space, params, edge=0.1):
             and any(isinstance(value, Distribution) for value in params.values()):
         # edge_report(params, space): every "range" a constant, nothing was ever at an edge
         raise TypeError("edge_report: the arguments are swapped: call edge_report(space, params)")
-    if isinstance(edge, bool) or not isinstance(edge, (int, float, np.integer, np.floating)) \
-            or not 0 <= edge < 0.5:
+    if not is_real(edge) or not 0 <= edge < 0.5:
         raise ValueError(f"edge_report: edge must be a number in [0, 0.5), got {edge!r}")
     messages = []
     if not edge > 0:
@@ -534,8 +534,7 @@ def edge_report(space, params, edge=0.1):
         if isinstance(dist, RandInt) and dist.hi - dist.lo <= 2:
             continue    # one or two integers: every value is an edge, nothing to learn
         value = params[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(value) or (dist.log and value <= 0):
+        if not is_real(value) or not math.isfinite(value) or (dist.log and value <= 0):
             raise ValueError(f"edge_report: params[{name!r}] must be a finite number"
                              f"{' > 0' if dist.log else ''} drawn from {dist!r}, got {value!r}")
         position = dist.position(params[name])
