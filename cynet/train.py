@@ -119,11 +119,11 @@ def _check_data(op, x, y):
     return x, y
 
 
-def _label_error(op, y, error, name="y", offset=0):
-    """The loss's LabelError (a label outside [0, C) at a position of a batch) as a ValueError naming the first such
-    row of the whole ``y`` and how many there are. ``y`` is rows ``offset, offset + 1, ...`` of the array the user
-    knows as ``name`` (validation_split's held-out labels are the last rows of fit's ``y``)."""
-    c = error.num_classes
+def _label_error(op, y, c, name="y", offset=0):
+    """A ValueError naming the first row of the whole ``y`` whose label lies outside [0, ``c``) (the model's ``c``
+    outputs; a loss's LabelError carries it, num_classes) and how many there are. ``y`` is rows ``offset, offset +
+    1, ...`` of the array the user knows as ``name`` (validation_split's held-out labels are the last rows of fit's
+    ``y``)."""
     bad = np.flatnonzero((y < 0) | (y >= c))        # (the batch's bad label is among them)
     return ValueError(f"{op}: label {int(y[bad[0]])} in row {int(bad[0]) + offset} of {name} is out of range "
                       f"[0, {c}) for the model's {c} outputs ({bad.size} such label{'s' if bad.size > 1 else ''} in "
@@ -1064,7 +1064,7 @@ class Trainer:
             try:
                 result = self._step(xb, yb)
             except LabelError as error:     # named by its row in y, not its place in a shuffled batch
-                raise _label_error("Trainer.fit", y, error) from error
+                raise _label_error("Trainer.fit", y, error.num_classes) from error
             if result is None:          # diverged
                 return
             data_loss, batch_correct = result
@@ -1159,8 +1159,7 @@ class Trainer:
         c = scores.shape[1]
         for y, op, name, offset in unchecked:
             if y.ndim == 1 and y.dtype.kind in "iu" and y.size and (y.min() < 0 or y.max() >= c):
-                bad = int(np.flatnonzero((y < 0) | (y >= c))[0])
-                raise _label_error(op, y, LabelError("", int(y[bad]), bad, c), name, offset)
+                raise _label_error(op, y, c, name, offset)
 
     def _closure(self, xb, yb, current_loss):
         """The closure of an optimiser that re-evaluates (L-BFGS): the batch's loss and gradients, as :meth:`_step`
@@ -1238,7 +1237,7 @@ class Trainer:
                 try:
                     total += float(self.loss.forward(scores, yb)) * (hi - lo)
                 except LabelError as error:
-                    raise _label_error(labels[0], y, error, *labels[1:]) from error
+                    raise _label_error(labels[0], y, error.num_classes, *labels[1:]) from error
                 batch_correct = _correct(scores, yb)
                 if batch_correct is not None:
                     correct += batch_correct
