@@ -25,6 +25,7 @@ import inspect
 import numbers
 import threading
 import types
+import warnings
 from collections import OrderedDict, namedtuple
 from collections.abc import Mapping
 
@@ -880,8 +881,6 @@ def _warn_unregistered(module):
     """UserWarning for each public attribute of ``module`` that is a plain list, tuple or dict holding Modules or
     Parameters: those are not registered (PyTorch's classic silent bug: parameters(), so the optimiser, state_dict,
     .to(), train()/eval() and gradcheck never see them). A name starting with "_" is taken as deliberate."""
-    import warnings
-
     registered = None           # the ids of the modules and parameters this module does register (computed lazily)
     for name, value in vars(module).items():
         if name.startswith("_") or not isinstance(value, (list, tuple, dict)) or isinstance(value, Module):
