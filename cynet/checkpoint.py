@@ -348,7 +348,7 @@ def save_trainer(path, trainer):
                        "iteration_at_epoch_end": getattr(trainer, "_iteration_at_epoch_end", trainer.iteration),
                        "first_loss": trainer._first_loss, "lr": _saved_rates(trainer.optimizer),
                        "stop_reason": trainer.stop_reason,
-                       "fit_settings": getattr(trainer, "_fit_settings", None)}
+                       "fit_settings": trainer._fit_settings}
     save(path, arrays, meta)
 
 

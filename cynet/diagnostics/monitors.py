@@ -164,8 +164,12 @@ class TrainingMonitor(Callback):
     def _at_step(self):
         if self._closed_at is None:
             self._closed_at = len(self._sink)
-            self._step_grad_std = [float(np.std(param.grad, dtype=np.float64)) for _, param in self._params]
+            self._step_grad_std = self._grad_stds()
         self._unwatch_step()
+
+    def _grad_stds(self):
+        """The standard deviation (float64) of each monitored parameter's gradient as it is now."""
+        return [float(np.std(param.grad, dtype=np.float64)) for _, param in self._params]
 
     def _unwatch_step(self):
         if self._watched is None:
@@ -234,7 +238,7 @@ class TrainingMonitor(Callback):
             del self._sink[self._closed_at:]    # forwards after the step began (L-BFGS's re-evaluations)
         grad_stds = self._step_grad_std
         if grad_stds is None:                   # (a step that could not be watched: the gradients as it left them)
-            grad_stds = [float(np.std(param.grad, dtype=np.float64)) for _, param in self._params]
+            grad_stds = self._grad_stds()
         self._closed_at = self._step_grad_std = None
         for (name, param), before, grad_std in zip(self._params, self._before, grad_stds):
             window["grad_std"][name] = window["grad_std"].get(name, 0.0) + grad_std
